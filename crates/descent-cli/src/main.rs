@@ -1,0 +1,105 @@
+//! The `descent` command-line tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use descent_core::reference::{collect_case_files, load_case, run_and_check, Case};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "descent", version, about = "Deep-learning optimization toolkit: optimizers, schedules, training and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay recorded reference trajectories (torch / optax) through descent.
+    ///
+    /// With one CASE.json, prints {"id", "params"} (optimizer) or {"id", "lr"} (schedule) as JSON.
+    /// With --check, applies the pass rule to every case under the given files and folders.
+    Replay {
+        /// Apply the pass rule and print one line per case and a summary.
+        #[arg(long)]
+        check: bool,
+        /// Case files or folders of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List the optimizers and schedules descent reproduces, by registry name.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Replay { check: true, paths } => check(&paths),
+        Command::Replay { check: false, paths } => replay(&paths),
+        Command::List => {
+            list();
+            Ok(true)
+        }
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn replay(paths: &[PathBuf]) -> Result<bool> {
+    if paths.len() != 1 || paths[0].is_dir() {
+        anyhow::bail!("replay without --check takes exactly one case file");
+    }
+    let case = load_case(&paths[0])?;
+    let out = match &case {
+        Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
+        Case::Schedule(c) => json!({"id": c.id, "lr": c.run().with_context(|| c.id.clone())?}),
+    };
+    println!("{out}");
+    Ok(true)
+}
+
+fn check(paths: &[PathBuf]) -> Result<bool> {
+    let files = collect_case_files(paths)?;
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let outcome = load_case(f).and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
+        match outcome {
+            Ok((id, r)) if r.passed => {
+                passed += 1;
+                println!("PASS {id}  (worst error {:.3} of tolerance, step {})", r.ratio, r.step);
+            }
+            Ok((id, r)) => {
+                failed += 1;
+                println!("FAIL {id}  (error {:.3}× tolerance at step {})", r.ratio, r.step);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}  ({e})", f.display());
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+fn list() {
+    println!("optimizers:");
+    for n in descent_core::spec::registry_names() {
+        println!("  {n}");
+    }
+    println!("schedules:");
+    for n in descent_core::spec::TORCH_SCHEDULES {
+        println!("  torch.{n}");
+    }
+    for n in descent_core::spec::OPTAX_SCHEDULES {
+        println!("  optax.{n}");
+    }
+}

@@ -1,0 +1,44 @@
+//! Typed errors of the core crate.
+
+/// Everything that can go wrong in the core: bad specs, bad hyper-parameters, bad shapes, bad state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name (optimizer, schedule, keyword argument, …) that is not known.
+    #[error("unknown {kind} `{name}`; accepted: {accepted}")]
+    Unknown {
+        kind: &'static str,
+        name: String,
+        accepted: String,
+    },
+    /// A hyper-parameter outside its valid range, refused at construction as torch and optax do.
+    #[error("invalid hyper-parameter: {0}")]
+    Invalid(String),
+    /// A missing or ill-typed field in a spec or file.
+    #[error("{context}: {message}")]
+    Field { context: String, message: String },
+    /// Gradients or parameters whose count or sizes do not match the optimizer's.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A saved state that does not fit this optimizer.
+    #[error("state: {0}")]
+    State(String),
+    /// A file that could not be read or parsed.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// Result alias of the core crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+/// Checks a condition on a hyper-parameter, with the library's wording.
+pub(crate) fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Invalid(msg()))
+    }
+}

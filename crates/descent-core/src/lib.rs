@@ -1,0 +1,37 @@
+//! # descent-core
+//!
+//! Optimizers, gradient transformations and learning-rate schedules on flat `f32` buffers, with no
+//! tensor library underneath. They reproduce `torch.optim` and optax to their recorded numbers and
+//! compose the way optax does: small [`Transform`]s chained into optimizers, elementwise chains fused
+//! block by block so a step is one pass over memory.
+//!
+//! ```
+//! use descent_core::{schedule, transform::{chain, Optimizer}, transforms::*};
+//!
+//! // AdamW with a warm-up + cosine learning rate (optax.adamw with warmup_cosine_decay_schedule).
+//! let lr = schedule::warmup_cosine_decay(0.0, 1e-3, 100, 1_000, 1e-5, 1.0);
+//! let adamw = chain(vec![
+//!     Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+//!     Box::new(AddDecayedWeights::new(1e-4)),
+//!     Box::new(ScaleByLearningRate::new(lr, true)),
+//! ]);
+//! let mut params = vec![vec![0.5f32; 6], vec![0.0f32; 3]];
+//! let shapes = vec![vec![2, 3], vec![3]];
+//! let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+//! let mut opt = Optimizer::new(adamw, shapes, &views).unwrap();
+//! let grads = vec![vec![0.1f32; 6], vec![-0.2f32; 3]];
+//! opt.step_vecs(&mut params, &grads).unwrap();
+//! assert_eq!(opt.steps(), 1);
+//! ```
+
+pub mod error;
+pub mod reference;
+pub mod schedule;
+pub mod spec;
+pub mod state;
+pub mod torch;
+pub mod transform;
+pub mod transforms;
+
+pub use error::{Error, Result};
+pub use transform::{chain, Elementwise, LearningRate, NonFinite, Optimizer, Transform};

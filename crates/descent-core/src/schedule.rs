@@ -1,0 +1,430 @@
+//! Learning-rate schedules: plain functions of the step, as in optax, including the closed forms of
+//! the `torch.optim.lr_scheduler` classes (the learning rate in force after `t` calls to
+//! `scheduler.step()`), and the stateful [`ReduceLrOnPlateau`].
+
+use std::f64::consts::PI;
+
+use crate::error::{ensure, Result};
+
+/// A learning rate as a function of the 0-based step count.
+pub trait Schedule: Send + Sync {
+    fn value(&self, step: u64) -> f64;
+}
+
+impl<F: Fn(u64) -> f64 + Send + Sync> Schedule for F {
+    fn value(&self, step: u64) -> f64 {
+        self(step)
+    }
+}
+
+/// A boxed schedule.
+pub type BoxSchedule = Box<dyn Schedule>;
+
+impl Schedule for BoxSchedule {
+    fn value(&self, step: u64) -> f64 {
+        (**self).value(step)
+    }
+}
+
+/// optax `constant_schedule`.
+pub fn constant(value: f64) -> BoxSchedule {
+    Box::new(move |_| value)
+}
+
+/// optax `polynomial_schedule`: from `init` to `end` over `transition_steps` after
+/// `transition_begin`, with exponent `power`.
+pub fn polynomial(init: f64, end: f64, power: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
+    if transition_steps == 0 {
+        return constant(init);
+    }
+    Box::new(move |t: u64| {
+        let c = (t.saturating_sub(transition_begin)).min(transition_steps) as f64;
+        let frac = 1.0 - c / transition_steps as f64;
+        (init - end) * frac.powf(power) + end
+    })
+}
+
+/// optax `linear_schedule`.
+pub fn linear(init: f64, end: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
+    polynomial(init, end, 1.0, transition_steps, transition_begin)
+}
+
+/// optax `piecewise_constant_schedule`: multiplies by `scale` from each boundary step on.
+pub fn piecewise_constant(init: f64, mut boundaries_and_scales: Vec<(u64, f64)>) -> Result<BoxSchedule> {
+    ensure(boundaries_and_scales.iter().all(|(_, s)| *s >= 0.0), || "piecewise_constant_schedule: scales must be non-negative".into())?;
+    boundaries_and_scales.sort_by_key(|(b, _)| *b);
+    Ok(Box::new(move |t: u64| {
+        let mut v = init;
+        for &(b, s) in &boundaries_and_scales {
+            if t >= b {
+                v *= s;
+            }
+        }
+        v
+    }))
+}
+
+/// optax `exponential_decay`: `init · rate^((t − begin)/transition_steps)`, floored with
+/// `staircase`, clipped at `end_value`.
+pub fn exponential_decay(init: f64, transition_steps: u64, decay_rate: f64, transition_begin: u64, staircase: bool, end_value: Option<f64>) -> BoxSchedule {
+    if transition_steps == 0 || decay_rate == 0.0 {
+        return constant(init);
+    }
+    Box::new(move |t: u64| {
+        let dc = t as f64 - transition_begin as f64;
+        let mut p = dc / transition_steps as f64;
+        if staircase {
+            p = p.floor();
+        }
+        let mut v = if dc <= 0.0 { init } else { init * decay_rate.powf(p) };
+        if let Some(e) = end_value {
+            v = if decay_rate < 1.0 { v.max(e) } else { v.min(e) };
+        }
+        v
+    })
+}
+
+/// optax `cosine_decay_schedule`: `init · ((1−α)·(½(1 + cos(πt/T)))^exponent + α)`.
+pub fn cosine_decay(init: f64, decay_steps: u64, alpha: f64, exponent: f64) -> BoxSchedule {
+    Box::new(move |t: u64| {
+        let t = (t as f64).min(decay_steps as f64);
+        let cos = 0.5 * (1.0 + (PI * t / decay_steps as f64).cos());
+        init * ((1.0 - alpha) * cos.powf(exponent) + alpha)
+    })
+}
+
+/// optax `join_schedules`: `schedules[k+1]` takes over (from its own step 0) at `boundaries[k]`.
+pub fn join(schedules: Vec<BoxSchedule>, boundaries: Vec<u64>) -> BoxSchedule {
+    Box::new(move |t: u64| {
+        let mut out = schedules[0].value(t);
+        for (b, s) in boundaries.iter().zip(&schedules[1..]) {
+            if t >= *b {
+                out = s.value(t - b);
+            }
+        }
+        out
+    })
+}
+
+/// optax `warmup_constant_schedule`.
+pub fn warmup_constant(init: f64, peak: f64, warmup_steps: u64) -> BoxSchedule {
+    linear(init, peak, warmup_steps, 0)
+}
+
+/// optax `warmup_cosine_decay_schedule`: linear warm-up to `peak`, then cosine decay to `end`
+/// reached at `decay_steps` (warm-up included).
+pub fn warmup_cosine_decay(init: f64, peak: f64, warmup_steps: u64, decay_steps: u64, end: f64, exponent: f64) -> BoxSchedule {
+    let alpha = if peak == 0.0 { 0.0 } else { end / peak };
+    join(
+        vec![linear(init, peak, warmup_steps, 0), cosine_decay(peak, decay_steps.saturating_sub(warmup_steps), alpha, exponent)],
+        vec![warmup_steps],
+    )
+}
+
+/// optax `warmup_exponential_decay_schedule`.
+#[allow(clippy::too_many_arguments)]
+pub fn warmup_exponential_decay(
+    init: f64,
+    peak: f64,
+    warmup_steps: u64,
+    transition_steps: u64,
+    decay_rate: f64,
+    transition_begin: u64,
+    staircase: bool,
+    end_value: Option<f64>,
+) -> BoxSchedule {
+    join(
+        vec![
+            linear(init, peak, warmup_steps, 0),
+            exponential_decay(peak, transition_steps, decay_rate, transition_begin, staircase, end_value),
+        ],
+        vec![warmup_steps],
+    )
+}
+
+/// Interpolation between the knots of [`piecewise_interpolate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    Linear,
+    Cosine,
+}
+
+/// optax `piecewise_interpolate_schedule`: values `init · Π scales` at the boundaries, interpolated
+/// in between.
+pub fn piecewise_interpolate(kind: Interpolation, init: f64, mut boundaries_and_scales: Vec<(u64, f64)>) -> BoxSchedule {
+    boundaries_and_scales.sort_by_key(|(b, _)| *b);
+    let mut bounds = vec![0u64];
+    let mut values = vec![init];
+    for (b, s) in &boundaries_and_scales {
+        bounds.push(*b);
+        values.push(values.last().unwrap() * s);
+    }
+    Box::new(move |t: u64| {
+        let t = t as f64;
+        for k in 0..bounds.len() - 1 {
+            let (lo, hi) = (bounds[k] as f64, bounds[k + 1] as f64);
+            if lo <= t && t < hi {
+                let pct = (t - lo) / (hi - lo).max(1.0);
+                let (a, b) = (values[k], values[k + 1]);
+                return match kind {
+                    Interpolation::Linear => (b - a) * pct + a,
+                    Interpolation::Cosine => b + (a - b) / 2.0 * ((PI * pct).cos() + 1.0),
+                };
+            }
+        }
+        if t >= *bounds.last().unwrap() as f64 {
+            *values.last().unwrap()
+        } else {
+            0.0
+        }
+    })
+}
+
+/// optax `linear_onecycle_schedule` (Smith & Topin 2018).
+pub fn linear_onecycle(transition_steps: u64, peak: f64, pct_start: f64, pct_final: f64, div_factor: f64, final_div_factor: f64) -> BoxSchedule {
+    let t = transition_steps as f64;
+    piecewise_interpolate(
+        Interpolation::Linear,
+        peak / div_factor,
+        vec![((pct_start * t) as u64, div_factor), ((pct_final * t) as u64, 1.0 / div_factor), (transition_steps, 1.0 / final_div_factor)],
+    )
+}
+
+/// optax `cosine_onecycle_schedule` (Smith & Topin 2018).
+pub fn cosine_onecycle(transition_steps: u64, peak: f64, pct_start: f64, div_factor: f64, final_div_factor: f64) -> BoxSchedule {
+    let t = transition_steps as f64;
+    piecewise_interpolate(
+        Interpolation::Cosine,
+        peak / div_factor,
+        vec![((pct_start * t) as u64, div_factor), (transition_steps, 1.0 / (div_factor * final_div_factor))],
+    )
+}
+
+// ---- torch.optim.lr_scheduler, as closed forms of the step count ----
+
+/// torch `StepLR`: `base · γ^⌊t/step_size⌋`.
+pub fn step_lr(base: f64, step_size: u64, gamma: f64) -> Result<BoxSchedule> {
+    ensure(step_size > 0, || "StepLR: step_size must be positive".into())?;
+    Ok(Box::new(move |t: u64| base * gamma.powi((t / step_size) as i32)))
+}
+
+/// torch `MultiStepLR`: multiplied by `γ` at each milestone.
+pub fn multistep_lr(base: f64, milestones: Vec<u64>, gamma: f64) -> BoxSchedule {
+    Box::new(move |t: u64| base * gamma.powi(milestones.iter().filter(|&&m| m <= t).count() as i32))
+}
+
+/// torch `ExponentialLR`: `base · γᵗ`.
+pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
+    Box::new(move |t: u64| base * gamma.powi(t as i32))
+}
+
+/// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
+pub fn cosine_annealing_lr(base: f64, t_max: u64, eta_min: f64) -> Result<BoxSchedule> {
+    ensure(t_max > 0, || "CosineAnnealingLR: T_max must be positive".into())?;
+    Ok(Box::new(move |t: u64| eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0))
+}
+
+/// torch `CosineAnnealingWarmRestarts` (SGDR): periods `T_0, T_0·T_mult, …`.
+pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min: f64) -> Result<BoxSchedule> {
+    ensure(t_0 > 0, || format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}"))?;
+    ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
+    Ok(Box::new(move |t: u64| {
+        let (mut cur, mut ti) = (t, t_0);
+        while cur >= ti {
+            cur -= ti;
+            ti *= t_mult;
+        }
+        eta_min + (base - eta_min) * (1.0 + (PI * cur as f64 / ti as f64).cos()) / 2.0
+    }))
+}
+
+/// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters`.
+pub fn linear_lr(base: f64, start_factor: f64, end_factor: f64, total_iters: u64) -> Result<BoxSchedule> {
+    ensure(start_factor > 0.0 && start_factor <= 1.0, || "LinearLR: Starting multiplicative factor expected to be greater than 0 and less or equal to 1.".into())?;
+    ensure((0.0..=1.0).contains(&end_factor), || "LinearLR: Ending multiplicative factor expected to be between 0 and 1.".into())?;
+    Ok(Box::new(move |t: u64| {
+        let f = if total_iters == 0 { end_factor } else { start_factor + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64 };
+        base * f
+    }))
+}
+
+/// torch `ConstantLR`: `base · factor` until `total_iters`, then `base`.
+pub fn constant_lr(base: f64, factor: f64, total_iters: u64) -> Result<BoxSchedule> {
+    ensure((0.0..=1.0).contains(&factor), || "ConstantLR: Constant multiplicative factor expected to be between 0 and 1.".into())?;
+    Ok(Box::new(move |t: u64| if t < total_iters { base * factor } else { base }))
+}
+
+/// torch `PolynomialLR`: `base · (1 − min(t, T)/T)^power`.
+pub fn polynomial_lr(base: f64, total_iters: u64, power: f64) -> BoxSchedule {
+    Box::new(move |t: u64| {
+        if total_iters == 0 {
+            return base;
+        }
+        base * (1.0 - t.min(total_iters) as f64 / total_iters as f64).powf(power)
+    })
+}
+
+/// How torch `OneCycleLR` anneals between phases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anneal {
+    Cos,
+    Linear,
+}
+
+/// torch `OneCycleLR` (Smith & Topin 2018): warm-up from `max_lr/div_factor` to `max_lr`, then
+/// annealing to `initial/final_div_factor` (three phases with `three_phase`).
+pub fn onecycle_lr(max_lr: f64, total_steps: u64, pct_start: f64, anneal: Anneal, div_factor: f64, final_div_factor: f64, three_phase: bool) -> Result<BoxSchedule> {
+    ensure(total_steps > 0, || format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}"))?;
+    ensure((0.0..=1.0).contains(&pct_start), || format!("OneCycleLR: Expected float between 0 and 1 pct_start, but got {pct_start}"))?;
+    let initial = max_lr / div_factor;
+    let min_lr = initial / final_div_factor;
+    let total = total_steps as f64;
+    let phases: Vec<(f64, f64, f64)> = if three_phase {
+        vec![(pct_start * total - 1.0, initial, max_lr), (2.0 * pct_start * total - 2.0, max_lr, initial), (total - 1.0, initial, min_lr)]
+    } else {
+        vec![(pct_start * total - 1.0, initial, max_lr), (total - 1.0, max_lr, min_lr)]
+    };
+    Ok(Box::new(move |t: u64| {
+        let t = t as f64;
+        let mut start_step = 0.0;
+        for (k, &(end_step, start, end)) in phases.iter().enumerate() {
+            if t <= end_step || k == phases.len() - 1 {
+                let pct = (t - start_step) / (end_step - start_step);
+                return match anneal {
+                    Anneal::Cos => end + (start - end) / 2.0 * ((PI * pct).cos() + 1.0),
+                    Anneal::Linear => (end - start) * pct + start,
+                };
+            }
+            start_step = end_step;
+        }
+        min_lr
+    }))
+}
+
+/// torch `CyclicLR` modes (Smith 2017).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CyclicMode {
+    Triangular,
+    Triangular2,
+    ExpRange { gamma: f64 },
+}
+
+/// torch `CyclicLR`: triangular cycles between `base_lr` and `max_lr`.
+pub fn cyclic_lr(base_lr: f64, max_lr: f64, step_size_up: u64, step_size_down: Option<u64>, mode: CyclicMode) -> Result<BoxSchedule> {
+    let down = step_size_down.unwrap_or(step_size_up);
+    let total = (step_size_up + down) as f64;
+    ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;
+    let ratio = step_size_up as f64 / total;
+    Ok(Box::new(move |t: u64| {
+        let tf = t as f64;
+        let cycle = (1.0 + tf / total).floor();
+        let x = 1.0 + tf / total - cycle;
+        let scale = if x <= ratio { x / ratio } else { (x - 1.0) / (ratio - 1.0) };
+        let height = (max_lr - base_lr) * scale;
+        let f = match mode {
+            CyclicMode::Triangular => 1.0,
+            CyclicMode::Triangular2 => 1.0 / 2f64.powf(cycle - 1.0),
+            CyclicMode::ExpRange { gamma } => gamma.powf(tf),
+        };
+        base_lr + height * f
+    }))
+}
+
+/// Whether a metric should go down or up (torch `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlateauMode {
+    Min,
+    Max,
+}
+
+/// torch `threshold_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThresholdMode {
+    Rel,
+    Abs,
+}
+
+/// torch `ReduceLROnPlateau`: multiplies the learning rate by `factor` after `patience` steps
+/// without improvement of the metric.
+#[derive(Clone, Debug)]
+pub struct ReduceLrOnPlateau {
+    pub lr: f64,
+    mode: PlateauMode,
+    factor: f64,
+    patience: u64,
+    threshold: f64,
+    threshold_mode: ThresholdMode,
+    cooldown: u64,
+    min_lr: f64,
+    eps: f64,
+    best: f64,
+    num_bad_epochs: u64,
+    cooldown_counter: u64,
+}
+
+impl ReduceLrOnPlateau {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        lr: f64,
+        mode: PlateauMode,
+        factor: f64,
+        patience: u64,
+        threshold: f64,
+        threshold_mode: ThresholdMode,
+        cooldown: u64,
+        min_lr: f64,
+        eps: f64,
+    ) -> Result<Self> {
+        ensure(factor < 1.0, || "ReduceLROnPlateau: Factor should be < 1.0.".into())?;
+        Ok(ReduceLrOnPlateau {
+            lr,
+            mode,
+            factor,
+            patience,
+            threshold,
+            threshold_mode,
+            cooldown,
+            min_lr,
+            eps,
+            best: match mode {
+                PlateauMode::Min => f64::INFINITY,
+                PlateauMode::Max => f64::NEG_INFINITY,
+            },
+            num_bad_epochs: 0,
+            cooldown_counter: 0,
+        })
+    }
+
+    fn is_better(&self, a: f64) -> bool {
+        let best = self.best;
+        match (self.mode, self.threshold_mode) {
+            (PlateauMode::Min, ThresholdMode::Rel) => a < best * (1.0 - self.threshold),
+            (PlateauMode::Min, ThresholdMode::Abs) => a < best - self.threshold,
+            (PlateauMode::Max, ThresholdMode::Rel) => a > best * (1.0 + self.threshold),
+            (PlateauMode::Max, ThresholdMode::Abs) => a > best + self.threshold,
+        }
+    }
+
+    /// Feeds one metric value; returns the learning rate in force afterwards.
+    pub fn step(&mut self, metric: f64) -> f64 {
+        if self.is_better(metric) {
+            self.best = metric;
+            self.num_bad_epochs = 0;
+        } else {
+            self.num_bad_epochs += 1;
+        }
+        if self.cooldown_counter > 0 {
+            self.cooldown_counter -= 1;
+            self.num_bad_epochs = 0;
+        }
+        if self.num_bad_epochs > self.patience {
+            let new_lr = (self.lr * self.factor).max(self.min_lr);
+            if self.lr - new_lr > self.eps {
+                self.lr = new_lr;
+            }
+            self.cooldown_counter = self.cooldown;
+            self.num_bad_epochs = 0;
+        }
+        self.lr
+    }
+}

@@ -1,0 +1,919 @@
+//! The `torch.optim` optimizers, each a single fused elementwise transformation that returns the
+//! parameter displacement (`p_new − p`), following PyTorch 2.x's single-tensor code path.
+//!
+//! Every optimizer takes its learning rate as a [`LearningRate`]: a constant, or a schedule that
+//! plays the role of a torch `lr_scheduler` (evaluated at the 0-based step).
+
+use crate::error::{ensure, Result};
+use crate::state::{visit_buffers, StateVisitor};
+use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transforms::{elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros};
+
+fn check_lr(lr: &LearningRate) -> Result<()> {
+    if let Some(x) = lr.constant() {
+        ensure(x >= 0.0, || format!("Invalid learning rate: {x}"))?;
+    }
+    Ok(())
+}
+fn check_eps(eps: f64) -> Result<()> {
+    ensure(eps >= 0.0, || format!("Invalid epsilon value: {eps}"))
+}
+fn check_wd(wd: f64) -> Result<()> {
+    ensure(wd >= 0.0, || format!("Invalid weight_decay value: {wd}"))
+}
+fn check_beta(i: usize, b: f64) -> Result<()> {
+    ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))
+}
+
+/// How weight decay enters a torch optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDecay {
+    /// Added to the gradient (`g ← g + λp`), an L2 penalty.
+    L2,
+    /// Applied to the parameters (`p ← p(1 − lr·λ)`), Loshchilov & Hutter 2019.
+    Decoupled,
+}
+
+/// `torch.optim.SGD`: momentum with dampening, Nesterov, L2 weight decay, maximize.
+pub struct Sgd {
+    lr: LearningRate,
+    momentum: f32,
+    dampening: f32,
+    weight_decay: f32,
+    nesterov: bool,
+    maximize: bool,
+    step: u64,
+    momentum_buffer: Vec<Vec<f32>>,
+    first: bool,
+    cur_lr: f32,
+}
+impl Sgd {
+    pub fn new(lr: impl Into<LearningRate>, momentum: f64, dampening: f64, weight_decay: f64, nesterov: bool, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
+        check_wd(weight_decay)?;
+        ensure(!nesterov || (momentum > 0.0 && dampening == 0.0), || "Nesterov momentum requires a momentum and zero dampening".into())?;
+        Ok(Sgd {
+            lr,
+            momentum: momentum as f32,
+            dampening: dampening as f32,
+            weight_decay: weight_decay as f32,
+            nesterov,
+            maximize,
+            step: 0,
+            momentum_buffer: vec![],
+            first: true,
+            cur_lr: 0.0,
+        })
+    }
+}
+elementwise_transform!(Sgd, |s, shapes, _p| { s.momentum_buffer = if s.momentum != 0.0 { zeros(shapes) } else { vec![] }; }; bufs: [momentum_buffer]; counters: [step]; scalars: []);
+impl Elementwise for Sgd {
+    fn begin_step(&mut self) {
+        self.cur_lr = self.lr.at(self.step) as f32;
+        self.first = self.step == 0;
+        self.step += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let (lr, mom, damp, wd) = (self.cur_lr, self.momentum, self.dampening, self.weight_decay);
+        if mom == 0.0 {
+            for (g, &w) in u.iter_mut().zip(p) {
+                let mut d = if self.maximize { -*g } else { *g };
+                d += wd * w;
+                *g = -lr * d;
+            }
+            return;
+        }
+        let buf = &mut self.momentum_buffer[i][off..off + u.len()];
+        for ((g, &w), b) in u.iter_mut().zip(p).zip(buf) {
+            let mut d = if self.maximize { -*g } else { *g };
+            d += wd * w;
+            *b = if self.first { d } else { mom * *b + (1.0 - damp) * d };
+            let step = if self.nesterov { d + mom * *b } else { *b };
+            *g = -lr * step;
+        }
+    }
+}
+
+/// `torch.optim.Adam` and `torch.optim.AdamW` (AMSGrad, L2 or decoupled weight decay, maximize).
+pub struct Adam {
+    lr: LearningRate,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: WeightDecay,
+    amsgrad: bool,
+    maximize: bool,
+    step: u64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+    max_exp_avg_sq: Vec<Vec<f32>>,
+    k: [f32; 4],
+}
+impl Adam {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, decay: WeightDecay, amsgrad: bool, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        check_eps(eps)?;
+        check_beta(0, betas.0)?;
+        check_beta(1, betas.1)?;
+        check_wd(weight_decay)?;
+        Ok(Adam {
+            lr,
+            b1: betas.0 as f32,
+            b2: betas.1 as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            decay,
+            amsgrad,
+            maximize,
+            step: 0,
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+            max_exp_avg_sq: vec![],
+            k: [0.0; 4],
+        })
+    }
+}
+elementwise_transform!(Adam, |s, shapes, _p| {
+    s.exp_avg = zeros(shapes);
+    s.exp_avg_sq = zeros(shapes);
+    s.max_exp_avg_sq = if s.amsgrad { zeros(shapes) } else { vec![] };
+}; bufs: [exp_avg, exp_avg_sq, max_exp_avg_sq]; counters: [step]; scalars: []);
+impl Elementwise for Adam {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let t = self.step as f64;
+        let bc1 = 1.0 - (self.b1 as f64).powf(t);
+        let bc2 = 1.0 - (self.b2 as f64).powf(t);
+        // [step size, 1/sqrt(bc2), decoupled decay factor, lr]
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec as f32, lr as f32];
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let n = u.len();
+        let [step_size, inv_sqrt_bc2, dec, _] = self.k;
+        let l2 = if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 };
+        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
+        let m = &mut self.exp_avg[i][off..off + n];
+        let v = &mut self.exp_avg_sq[i][off..off + n];
+        let mut vmax = if self.amsgrad { Some(&mut self.max_exp_avg_sq[i][off..off + n]) } else { None };
+        for j in 0..n {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += l2 * p[j];
+            m[j] += (g - m[j]) * (1.0 - b1);
+            v[j] = b2 * v[j] + (1.0 - b2) * g * g;
+            let vv = match vmax.as_deref_mut() {
+                Some(vm) => {
+                    vm[j] = vm[j].max(v[j]);
+                    vm[j]
+                }
+                None => v[j],
+            };
+            let denom = vv.sqrt() * inv_sqrt_bc2 + eps;
+            u[j] = -dec * p[j] - step_size * (m[j] / denom);
+        }
+    }
+}
+
+/// `torch.optim.Adagrad` (Duchi et al. 2011): learning-rate decay, initial accumulator, L2 decay.
+pub struct Adagrad {
+    lr: LearningRate,
+    lr_decay: f64,
+    weight_decay: f32,
+    initial: f32,
+    eps: f32,
+    maximize: bool,
+    step: u64,
+    sum: Vec<Vec<f32>>,
+    clr: f32,
+}
+impl Adagrad {
+    pub fn new(lr: impl Into<LearningRate>, lr_decay: f64, weight_decay: f64, initial_accumulator_value: f64, eps: f64, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        ensure(lr_decay >= 0.0, || format!("Invalid lr_decay value: {lr_decay}"))?;
+        check_wd(weight_decay)?;
+        ensure(initial_accumulator_value >= 0.0, || format!("Invalid initial_accumulator_value value: {initial_accumulator_value}"))?;
+        check_eps(eps)?;
+        Ok(Adagrad {
+            lr,
+            lr_decay,
+            weight_decay: weight_decay as f32,
+            initial: initial_accumulator_value as f32,
+            eps: eps as f32,
+            maximize,
+            step: 0,
+            sum: vec![],
+            clr: 0.0,
+        })
+    }
+}
+elementwise_transform!(Adagrad, |s, shapes, _p| { s.sum = full(shapes, s.initial); }; bufs: [sum]; counters: [step]; scalars: []);
+impl Elementwise for Adagrad {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        self.clr = (lr / (1.0 + (self.step - 1) as f64 * self.lr_decay)) as f32;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let s = &mut self.sum[i][off..off + u.len()];
+        for ((g, &w), s) in u.iter_mut().zip(p).zip(s) {
+            let mut d = if self.maximize { -*g } else { *g };
+            d += self.weight_decay * w;
+            *s += d * d;
+            *g = -self.clr * d / (s.sqrt() + self.eps);
+        }
+    }
+}
+
+/// `torch.optim.RMSprop`: smoothing `alpha`, centered, momentum, L2 decay.
+pub struct Rmsprop {
+    lr: LearningRate,
+    alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+    momentum: f32,
+    centered: bool,
+    maximize: bool,
+    step: u64,
+    square_avg: Vec<Vec<f32>>,
+    grad_avg: Vec<Vec<f32>>,
+    momentum_buffer: Vec<Vec<f32>>,
+    cur_lr: f32,
+}
+impl Rmsprop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lr: impl Into<LearningRate>, alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        check_eps(eps)?;
+        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
+        check_wd(weight_decay)?;
+        ensure(alpha >= 0.0, || format!("Invalid alpha value: {alpha}"))?;
+        Ok(Rmsprop {
+            lr,
+            alpha: alpha as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            momentum: momentum as f32,
+            centered,
+            maximize,
+            step: 0,
+            square_avg: vec![],
+            grad_avg: vec![],
+            momentum_buffer: vec![],
+            cur_lr: 0.0,
+        })
+    }
+}
+elementwise_transform!(Rmsprop, |s, shapes, _p| {
+    s.square_avg = zeros(shapes);
+    s.grad_avg = if s.centered { zeros(shapes) } else { vec![] };
+    s.momentum_buffer = if s.momentum > 0.0 { zeros(shapes) } else { vec![] };
+}; bufs: [square_avg, grad_avg, momentum_buffer]; counters: [step]; scalars: []);
+impl Elementwise for Rmsprop {
+    fn begin_step(&mut self) {
+        self.cur_lr = self.lr.at(self.step) as f32;
+        self.step += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let n = u.len();
+        let a = self.alpha;
+        for j in 0..n {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += self.weight_decay * p[j];
+            let sq = &mut self.square_avg[i][off + j];
+            *sq = a * *sq + (1.0 - a) * g * g;
+            let avg = if self.centered {
+                let ga = &mut self.grad_avg[i][off + j];
+                *ga += (g - *ga) * (1.0 - a);
+                (*sq - *ga * *ga).sqrt() + self.eps
+            } else {
+                sq.sqrt() + self.eps
+            };
+            u[j] = if self.momentum > 0.0 {
+                let b = &mut self.momentum_buffer[i][off + j];
+                *b = self.momentum * *b + g / avg;
+                -self.cur_lr * *b
+            } else {
+                -self.cur_lr * g / avg
+            };
+        }
+    }
+}
+
+/// `torch.optim.Adadelta` (Zeiler 2012).
+pub struct Adadelta {
+    lr: LearningRate,
+    rho: f32,
+    eps: f32,
+    weight_decay: f32,
+    maximize: bool,
+    step: u64,
+    square_avg: Vec<Vec<f32>>,
+    acc_delta: Vec<Vec<f32>>,
+    cur_lr: f32,
+}
+impl Adadelta {
+    pub fn new(lr: impl Into<LearningRate>, rho: f64, eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        ensure((0.0..=1.0).contains(&rho), || format!("Invalid rho value: {rho}"))?;
+        check_eps(eps)?;
+        check_wd(weight_decay)?;
+        Ok(Adadelta {
+            lr,
+            rho: rho as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            maximize,
+            step: 0,
+            square_avg: vec![],
+            acc_delta: vec![],
+            cur_lr: 0.0,
+        })
+    }
+}
+elementwise_transform!(Adadelta, |s, shapes, _p| { s.square_avg = zeros(shapes); s.acc_delta = zeros(shapes); }; bufs: [square_avg, acc_delta]; counters: [step]; scalars: []);
+impl Elementwise for Adadelta {
+    fn begin_step(&mut self) {
+        self.cur_lr = self.lr.at(self.step) as f32;
+        self.step += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let r = self.rho;
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += self.weight_decay * p[j];
+            let sq = &mut self.square_avg[i][off + j];
+            *sq = r * *sq + (1.0 - r) * g * g;
+            let std = (*sq + self.eps).sqrt();
+            let acc = &mut self.acc_delta[i][off + j];
+            let delta = (*acc + self.eps).sqrt() / std * g;
+            *acc = r * *acc + (1.0 - r) * delta * delta;
+            u[j] = -self.cur_lr * delta;
+        }
+    }
+}
+
+/// `torch.optim.Adamax` (Kingma & Ba 2015, §7).
+pub struct Adamax {
+    lr: LearningRate,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    weight_decay: f32,
+    maximize: bool,
+    step: u64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_inf: Vec<Vec<f32>>,
+    clr: f32,
+}
+impl Adamax {
+    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        check_eps(eps)?;
+        check_beta(0, betas.0)?;
+        check_beta(1, betas.1)?;
+        check_wd(weight_decay)?;
+        Ok(Adamax {
+            lr,
+            b1: betas.0 as f32,
+            b2: betas.1 as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            maximize,
+            step: 0,
+            exp_avg: vec![],
+            exp_inf: vec![],
+            clr: 0.0,
+        })
+    }
+}
+elementwise_transform!(Adamax, |s, shapes, _p| { s.exp_avg = zeros(shapes); s.exp_inf = zeros(shapes); }; bufs: [exp_avg, exp_inf]; counters: [step]; scalars: []);
+impl Elementwise for Adamax {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        self.clr = (lr / (1.0 - (self.b1 as f64).powf(self.step as f64))) as f32;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += self.weight_decay * p[j];
+            let m = &mut self.exp_avg[i][off + j];
+            *m += (g - *m) * (1.0 - self.b1);
+            let e = &mut self.exp_inf[i][off + j];
+            *e = (*e * self.b2).max(g.abs() + self.eps);
+            u[j] = -self.clr * *m / *e;
+        }
+    }
+}
+
+/// `torch.optim.NAdam` (Dozat 2016) with the momentum-decay schedule, L2 or decoupled decay.
+pub struct Nadam {
+    lr: LearningRate,
+    b1: f64,
+    b2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: WeightDecay,
+    momentum_decay: f64,
+    maximize: bool,
+    step: u64,
+    mu_product: f64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+    k: [f32; 5],
+}
+impl Nadam {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, momentum_decay: f64, decay: WeightDecay, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        check_eps(eps)?;
+        check_beta(0, betas.0)?;
+        check_beta(1, betas.1)?;
+        check_wd(weight_decay)?;
+        ensure(momentum_decay >= 0.0, || format!("Invalid momentum_decay value: {momentum_decay}"))?;
+        Ok(Nadam {
+            lr,
+            b1: betas.0,
+            b2: betas.1 as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            decay,
+            momentum_decay,
+            maximize,
+            step: 0,
+            mu_product: 1.0,
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+            k: [0.0; 5],
+        })
+    }
+}
+impl Transform for Nadam {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.exp_avg = zeros(shapes);
+        self.exp_avg_sq = zeros(shapes);
+        self.mu_product = 1.0;
+        Ok(())
+    }
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        visit_buffers(v, "exp_avg", &mut self.exp_avg)?;
+        visit_buffers(v, "exp_avg_sq", &mut self.exp_avg_sq)?;
+        v.counter("step", &mut self.step)?;
+        v.scalar("mu_product", &mut self.mu_product)
+    }
+}
+impl Elementwise for Nadam {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let t = self.step as f64;
+        let bc2 = 1.0 - (self.b2 as f64).powf(t);
+        let mu = self.b1 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay));
+        let mu_next = self.b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
+        self.mu_product *= mu;
+        let mu_product_next = self.mu_product * mu_next;
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        self.k = [
+            (lr * (1.0 - mu) / (1.0 - self.mu_product)) as f32,
+            (lr * mu_next / (1.0 - mu_product_next)) as f32,
+            bc2 as f32,
+            dec as f32,
+            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
+        ];
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let [cg, cm, bc2, dec, l2] = self.k;
+        let b1 = self.b1 as f32;
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += l2 * p[j];
+            let m = &mut self.exp_avg[i][off + j];
+            *m += (g - *m) * (1.0 - b1);
+            let v = &mut self.exp_avg_sq[i][off + j];
+            *v = self.b2 * *v + (1.0 - self.b2) * g * g;
+            let denom = (*v / bc2).sqrt() + self.eps;
+            u[j] = -dec * p[j] - cg * g / denom - cm * *m / denom;
+        }
+    }
+}
+
+/// `torch.optim.RAdam` (Liu et al. 2020), L2 or decoupled decay.
+pub struct Radam {
+    lr: LearningRate,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: WeightDecay,
+    maximize: bool,
+    step: u64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+    k: [f32; 5],
+    rectified: bool,
+}
+impl Radam {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, decay: WeightDecay, maximize: bool) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        check_eps(eps)?;
+        check_beta(0, betas.0)?;
+        check_beta(1, betas.1)?;
+        check_wd(weight_decay)?;
+        Ok(Radam {
+            lr,
+            b1: betas.0 as f32,
+            b2: betas.1 as f32,
+            eps: eps as f32,
+            weight_decay: weight_decay as f32,
+            decay,
+            maximize,
+            step: 0,
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+            k: [0.0; 5],
+            rectified: false,
+        })
+    }
+}
+elementwise_transform!(Radam, |s, shapes, _p| { s.exp_avg = zeros(shapes); s.exp_avg_sq = zeros(shapes); }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
+impl Elementwise for Radam {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let t = self.step as f64;
+        let (b1, b2) = (self.b1 as f64, self.b2 as f64);
+        let bc1 = 1.0 - b1.powf(t);
+        let bc2 = 1.0 - b2.powf(t);
+        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
+        self.rectified = rho_t > 5.0;
+        let rect = if self.rectified {
+            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt()
+        } else {
+            0.0
+        };
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        self.k = [(lr / bc1) as f32, (lr / bc1 * rect) as f32, bc2.sqrt() as f32, dec as f32, if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 }];
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let [plain, rect, sqrt_bc2, dec, l2] = self.k;
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += l2 * p[j];
+            let m = &mut self.exp_avg[i][off + j];
+            *m += (g - *m) * (1.0 - self.b1);
+            let v = &mut self.exp_avg_sq[i][off + j];
+            *v = self.b2 * *v + (1.0 - self.b2) * g * g;
+            let step = if self.rectified { rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps)) } else { plain * *m };
+            u[j] = -dec * p[j] - step;
+        }
+    }
+}
+
+/// `torch.optim.Rprop` (Riedmiller & Braun 1993): sign-based steps with per-element step sizes.
+pub struct Rprop {
+    lr: f32,
+    eta_minus: f32,
+    eta_plus: f32,
+    step_min: f32,
+    step_max: f32,
+    maximize: bool,
+    step: u64,
+    prev: Vec<Vec<f32>>,
+    step_size: Vec<Vec<f32>>,
+}
+impl Rprop {
+    pub fn new(lr: f64, etas: (f64, f64), step_sizes: (f64, f64), maximize: bool) -> Result<Self> {
+        ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
+        ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || format!("Invalid eta values: {}, {}", etas.0, etas.1))?;
+        Ok(Rprop {
+            lr: lr as f32,
+            eta_minus: etas.0 as f32,
+            eta_plus: etas.1 as f32,
+            step_min: step_sizes.0 as f32,
+            step_max: step_sizes.1 as f32,
+            maximize,
+            step: 0,
+            prev: vec![],
+            step_size: vec![],
+        })
+    }
+}
+elementwise_transform!(Rprop, |s, shapes, _p| { s.prev = zeros(shapes); s.step_size = full(shapes, s.lr); }; bufs: [prev, step_size]; counters: [step]; scalars: []);
+impl Elementwise for Rprop {
+    fn begin_step(&mut self) {
+        self.step += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            let prev = &mut self.prev[i][off + j];
+            let ss = &mut self.step_size[i][off + j];
+            let s = sign(g * *prev);
+            let factor = if s > 0.0 {
+                self.eta_plus
+            } else if s < 0.0 {
+                self.eta_minus
+            } else {
+                1.0
+            };
+            *ss = (*ss * factor).clamp(self.step_min, self.step_max);
+            if s < 0.0 {
+                g = 0.0;
+            }
+            u[j] = -sign(g) * *ss;
+            *prev = g;
+        }
+    }
+}
+
+/// `torch.optim.ASGD` (Polyak & Juditsky 1992): SGD with a decaying step and an averaged iterate
+/// `ax` kept in the state.
+pub struct Asgd {
+    lr: f64,
+    lambd: f64,
+    alpha: f64,
+    t0: f64,
+    weight_decay: f32,
+    maximize: bool,
+    step: u64,
+    eta: f64,
+    mu: f64,
+    ax: Vec<Vec<f32>>,
+    k: [f32; 3],
+}
+impl Asgd {
+    pub fn new(lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+        ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
+        check_wd(weight_decay)?;
+        Ok(Asgd { lr, lambd, alpha, t0, weight_decay: weight_decay as f32, maximize, step: 0, eta: lr, mu: 1.0, ax: vec![], k: [0.0; 3] })
+    }
+}
+impl Transform for Asgd {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.ax = zeros(shapes);
+        self.eta = self.lr;
+        self.mu = 1.0;
+        Ok(())
+    }
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        visit_buffers(v, "ax", &mut self.ax)?;
+        v.counter("step", &mut self.step)?;
+        v.scalar("eta", &mut self.eta)?;
+        v.scalar("mu", &mut self.mu)
+    }
+}
+impl Elementwise for Asgd {
+    fn begin_step(&mut self) {
+        self.step += 1;
+        self.k = [self.eta as f32, (1.0 - self.lambd * self.eta) as f32, self.mu as f32];
+        let t = self.step as f64;
+        self.eta = self.lr / (1.0 + self.lambd * self.lr * t).powf(self.alpha);
+        self.mu = 1.0 / (t - self.t0).max(1.0);
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let [eta, shrink, mu] = self.k;
+        for j in 0..u.len() {
+            let mut g = if self.maximize { -u[j] } else { u[j] };
+            g += self.weight_decay * p[j];
+            let new_p = p[j] * shrink - eta * g;
+            let ax = &mut self.ax[i][off + j];
+            *ax = if mu != 1.0 { *ax + (new_p - *ax) * mu } else { new_p };
+            u[j] = new_p - p[j];
+        }
+    }
+}
+
+/// `torch.optim.Adafactor` (Shazeer & Stern 2018, as PyTorch implements it): row/column second
+/// moments over the last two axes, relative step `min(lr, 1/√t)` scaled by the parameter RMS,
+/// update clipping `d`, decoupled weight decay.
+pub struct Adafactor {
+    lr: f64,
+    beta2_decay: f64,
+    eps1: Option<f64>,
+    eps2: f64,
+    d: f64,
+    weight_decay: f64,
+    maximize: bool,
+    step: u64,
+    shapes: Vec<Vec<usize>>,
+    row_var: Vec<Vec<f32>>,
+    col_var: Vec<Vec<f32>>,
+    variance: Vec<Vec<f32>>,
+}
+impl Adafactor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(lr: f64, beta2_decay: f64, eps: (Option<f64>, f64), d: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+        ensure(lr >= 0.0, || format!("Learning rate should be >= 0 but is: {lr}"))?;
+        ensure(beta2_decay <= 0.0, || format!("beta2_decay should be <= 0 but is: {beta2_decay}"))?;
+        ensure(eps.0.is_none_or(|e| e >= 0.0), || format!("epsilon1 should be >= 0 but is: {:?}", eps.0))?;
+        ensure(eps.1 >= 0.0, || format!("epsilon2 should be >= 0 but is: {}", eps.1))?;
+        ensure(d >= 1.0, || format!("Clipping threshold d should be >= 1 but is: {d}"))?;
+        check_wd(weight_decay)?;
+        Ok(Adafactor {
+            lr,
+            beta2_decay,
+            eps1: eps.0,
+            eps2: eps.1,
+            d,
+            weight_decay,
+            maximize,
+            step: 0,
+            shapes: vec![],
+            row_var: vec![],
+            col_var: vec![],
+            variance: vec![],
+        })
+    }
+}
+impl Transform for Adafactor {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        self.row_var.clear();
+        self.col_var.clear();
+        self.variance.clear();
+        for s in shapes {
+            if s.len() > 1 {
+                let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+                let batch: usize = s[..s.len() - 2].iter().product();
+                self.row_var.push(vec![0.0; batch * r]);
+                self.col_var.push(vec![0.0; batch * c]);
+                self.variance.push(vec![]);
+            } else {
+                self.row_var.push(vec![]);
+                self.col_var.push(vec![]);
+                self.variance.push(vec![0.0; s.iter().product()]);
+            }
+        }
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        self.step += 1;
+        let t = self.step as f64;
+        let w = t.powf(self.beta2_decay) as f32; // 1 − β₂,t
+        let rho = self.lr.min(1.0 / t.sqrt());
+        let eps1 = self.eps1.unwrap_or(f32::EPSILON as f64) as f32;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            if self.maximize {
+                u.iter_mut().for_each(|g| *g = -*g);
+            }
+            let n = u.len();
+            let alpha = (self.eps2.max(sum_sq(p).sqrt() / (n as f64).sqrt()) * rho) as f32;
+            let s = &self.shapes[i];
+            let mut upd = vec![0.0f32; n];
+            if s.len() > 1 {
+                let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+                for b in 0..n / (r * c) {
+                    let g = &u[b * r * c..(b + 1) * r * c];
+                    let rv = &mut self.row_var[i][b * r..(b + 1) * r];
+                    for (k, v) in rv.iter_mut().enumerate() {
+                        let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
+                        *v += (mean - *v) * w;
+                    }
+                    let cv = &mut self.col_var[i][b * c..(b + 1) * c];
+                    for (k, v) in cv.iter_mut().enumerate() {
+                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>() / r as f64) as f32;
+                        *v += (mean - *v) * w;
+                    }
+                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
+                    for q in 0..r {
+                        for k in 0..c {
+                            let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
+                            upd[b * r * c + q * c + k] = g[q * c + k] / est.sqrt();
+                        }
+                    }
+                }
+            } else {
+                for (j, (g, v)) in u.iter().zip(self.variance[i].iter_mut()).enumerate() {
+                    *v += (g * g - *v) * w;
+                    upd[j] = g / v.max(eps1 * eps1).sqrt();
+                }
+            }
+            let denom = (sum_sq(&upd).sqrt() / ((n as f64).sqrt() * self.d)).max(1.0);
+            let step = alpha / denom as f32;
+            let decay = (self.lr * self.weight_decay) as f32;
+            for j in 0..n {
+                let decayed = p[j] * (1.0 - decay);
+                u[j] = decayed - step * upd[j] - p[j];
+            }
+        }
+        Ok(())
+    }
+    state!(Adafactor; bufs: [row_var, col_var, variance]; counters: [step]; scalars: []);
+}
+
+/// How torch `Muon` adjusts the learning rate to the matrix shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MuonLrAdjust {
+    /// `√max(1, rows/cols)` (Keller Jordan's original).
+    Original,
+    /// `0.2·√max(rows, cols)`, matching AdamW's update RMS (Moonshot, Liu et al. 2025).
+    MatchRmsAdamw,
+}
+
+/// `torch.optim.Muon`: EMA momentum (Nesterov by default), Newton–Schulz orthogonalization,
+/// shape-adjusted learning rate, decoupled weight decay; 2-D parameters only.
+///
+/// PyTorch runs the Newton–Schulz iteration in bfloat16; descent runs it in `f32`, so its numbers
+/// match torch's to bfloat16 noise (a few percent of a step), not to the last bit.
+pub struct Muon {
+    lr: LearningRate,
+    weight_decay: f64,
+    momentum: f32,
+    nesterov: bool,
+    coeffs: [f64; 3],
+    eps: f64,
+    ns_steps: usize,
+    adjust: MuonLrAdjust,
+    step: u64,
+    shapes: Vec<Vec<usize>>,
+    momentum_buffer: Vec<Vec<f32>>,
+}
+impl Muon {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        weight_decay: f64,
+        momentum: f64,
+        nesterov: bool,
+        coeffs: [f64; 3],
+        eps: f64,
+        ns_steps: usize,
+        adjust: MuonLrAdjust,
+    ) -> Result<Self> {
+        let lr = lr.into();
+        check_lr(&lr)?;
+        ensure(momentum >= 0.0, || format!("momentum should be >= 0 but is: {momentum}"))?;
+        check_wd(weight_decay)?;
+        ensure(ns_steps < 100, || "Number of steps must be less than 100 for computational efficiency".into())?;
+        Ok(Muon {
+            lr,
+            weight_decay,
+            momentum: momentum as f32,
+            nesterov,
+            coeffs,
+            eps,
+            ns_steps,
+            adjust,
+            step: 0,
+            shapes: vec![],
+            momentum_buffer: vec![],
+        })
+    }
+}
+impl Transform for Muon {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
+            return Err(crate::error::invalid(format!("Muon only supports 2D parameters whereas we found a parameter with size: {s:?}")));
+        }
+        self.shapes = shapes.to_vec();
+        self.momentum_buffer = zeros(shapes);
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let m = self.momentum;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            for (g, b) in u.iter_mut().zip(self.momentum_buffer[i].iter_mut()) {
+                *b += (*g - *b) * (1.0 - m);
+                if self.nesterov {
+                    *g += (*b - *g) * m;
+                } else {
+                    *g = *b;
+                }
+            }
+            let (rows, cols) = (self.shapes[i][0], self.shapes[i][1]);
+            let o = newton_schulz(u, rows, cols, self.coeffs, self.ns_steps, self.eps, true);
+            let ratio = match self.adjust {
+                MuonLrAdjust::Original => (rows as f64 / cols as f64).max(1.0).sqrt(),
+                MuonLrAdjust::MatchRmsAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),
+            };
+            let (adj, decay) = ((lr * ratio) as f32, (1.0 - lr * self.weight_decay) as f32);
+            for j in 0..u.len() {
+                u[j] = p[j] * decay - adj * o[j] - p[j];
+            }
+        }
+        Ok(())
+    }
+    state!(Muon; bufs: [momentum_buffer]; counters: [step]; scalars: []);
+}

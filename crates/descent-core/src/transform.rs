@@ -1,0 +1,324 @@
+//! Gradient transformations in the manner of optax, and the [`Optimizer`] that drives them.
+//!
+//! A [`Transform`] turns the incoming updates (at first the gradients) into outgoing updates, in
+//! place, keeping its own state. Updates are *added* to the parameters (optax's convention), so a
+//! descent step ends with a negative learning-rate scale. Transformations whose update of an element
+//! depends on that element alone implement [`Elementwise`]: a [`Chain`] of them runs block by block
+//! over cache-sized slices, so a chain reads and writes each buffer once per step, not once per link.
+
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use crate::state::{StateDict, StateVisitor};
+
+/// Number of elements processed by every link of an elementwise chain before moving on.
+pub const BLOCK: usize = 2048;
+
+/// The shape of each parameter, row-major.
+pub type Shapes = [Vec<usize>];
+
+/// Number of elements of a shape.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// A gradient transformation: `init` allocates state for a list of parameters, `update` rewrites
+/// the updates in place.
+pub trait Transform: Send {
+    /// Allocates state for parameters of these shapes with these initial values.
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()>;
+
+    /// Transforms `updates` in place; `params` are the current parameters.
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let e = self
+            .as_elementwise()
+            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
+        e.begin_step();
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            for off in (0..u.len()).step_by(BLOCK) {
+                let end = (off + BLOCK).min(u.len());
+                e.apply(i, off, &mut u[off..end], &p[off..end]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The elementwise form of this transformation, if it has one.
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        None
+    }
+
+    /// Visits every buffer, scalar and counter of the state.
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()>;
+
+    /// The parameters a user should evaluate or report, when they differ from the ones the
+    /// optimizer steps (Lookahead's slow weights). `None`: the stepped parameters themselves.
+    fn eval_params(&self, _params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
+        None
+    }
+}
+
+/// A transformation whose update of element `j` reads only element `j` of each buffer.
+pub trait Elementwise {
+    /// Called once per step before any `apply`: advance counters, compute per-step scalars.
+    fn begin_step(&mut self);
+    /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
+    /// of the parameter.
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+}
+
+/// A learning rate: a constant or a schedule of the step count.
+pub enum LearningRate {
+    Constant(f64),
+    Schedule(Box<dyn Schedule>),
+}
+
+impl LearningRate {
+    /// The value at step `count` (0-based).
+    pub fn at(&self, count: u64) -> f64 {
+        match self {
+            LearningRate::Constant(x) => *x,
+            LearningRate::Schedule(s) => s.value(count),
+        }
+    }
+    /// A constant's value; `None` for a schedule.
+    pub fn constant(&self) -> Option<f64> {
+        match self {
+            LearningRate::Constant(x) => Some(*x),
+            LearningRate::Schedule(_) => None,
+        }
+    }
+}
+
+impl From<f64> for LearningRate {
+    fn from(x: f64) -> Self {
+        LearningRate::Constant(x)
+    }
+}
+
+impl<S: Schedule + 'static> From<Box<S>> for LearningRate {
+    fn from(s: Box<S>) -> Self {
+        LearningRate::Schedule(s)
+    }
+}
+
+/// Applies transformations in sequence (optax `chain`). Runs of elementwise links are fused: each
+/// block of each parameter goes through all of them while it is in cache.
+pub struct Chain {
+    links: Vec<Box<dyn Transform>>,
+}
+
+impl Chain {
+    pub fn new(links: Vec<Box<dyn Transform>>) -> Self {
+        Chain { links }
+    }
+    fn all_elementwise(&mut self) -> bool {
+        self.links.iter_mut().all(|l| l.as_elementwise().is_some())
+    }
+}
+
+/// Shorthand for [`Chain::new`].
+pub fn chain(links: Vec<Box<dyn Transform>>) -> Box<dyn Transform> {
+    Box::new(Chain::new(links))
+}
+
+impl Transform for Chain {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
+    }
+
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let mut k = 0;
+        while k < self.links.len() {
+            if self.links[k].as_elementwise().is_none() {
+                self.links[k].update(updates, params)?;
+                k += 1;
+                continue;
+            }
+            let mut end = k;
+            while end < self.links.len() && self.links[end].as_elementwise().is_some() {
+                end += 1;
+            }
+            let run = &mut self.links[k..end];
+            for l in run.iter_mut() {
+                l.as_elementwise().expect("checked").begin_step();
+            }
+            for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+                for off in (0..u.len()).step_by(BLOCK) {
+                    let stop = (off + BLOCK).min(u.len());
+                    for l in run.iter_mut() {
+                        l.as_elementwise().expect("checked").apply(i, off, &mut u[off..stop], &p[off..stop]);
+                    }
+                }
+            }
+            k = end;
+        }
+        Ok(())
+    }
+
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        if self.all_elementwise() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        for (k, l) in self.links.iter_mut().enumerate() {
+            v.push(&k.to_string());
+            l.visit_state(v)?;
+            v.pop();
+        }
+        Ok(())
+    }
+
+    fn eval_params(&self, params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
+        self.links.iter().rev().find_map(|l| l.eval_params(params))
+    }
+}
+
+impl Elementwise for Chain {
+    fn begin_step(&mut self) {
+        for l in self.links.iter_mut() {
+            l.as_elementwise().expect("all links are elementwise").begin_step();
+        }
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        for l in self.links.iter_mut() {
+            l.as_elementwise().expect("all links are elementwise").apply(i, off, u, p);
+        }
+    }
+}
+
+/// What to do with a step whose gradients hold NaN or infinite values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Pass them on, as torch and optax do.
+    #[default]
+    Propagate,
+    /// Skip the whole step, leave parameters and state untouched, and count it (optax
+    /// `apply_if_finite`).
+    Skip,
+}
+
+/// Drives a transformation over a fixed list of parameters: checks shapes, owns the update buffers,
+/// applies the updates, counts steps.
+pub struct Optimizer {
+    tx: Box<dyn Transform>,
+    shapes: Vec<Vec<usize>>,
+    updates: Vec<Vec<f32>>,
+    steps: u64,
+    skipped: u64,
+    non_finite: NonFinite,
+}
+
+impl Optimizer {
+    /// Builds the optimizer and initializes its state for these parameters.
+    pub fn new(mut tx: Box<dyn Transform>, shapes: Vec<Vec<usize>>, params: &[&[f32]]) -> Result<Self> {
+        check_sizes("parameter", &shapes, params)?;
+        tx.init(&shapes, params)?;
+        let updates = shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
+        Ok(Optimizer { tx, shapes, updates, steps: 0, skipped: 0, non_finite: NonFinite::Propagate })
+    }
+
+    /// Sets the policy for non-finite gradients.
+    pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
+        self.non_finite = policy;
+        self
+    }
+
+    /// The parameter shapes this optimizer was built for.
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    /// Steps taken (skipped steps not counted).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Steps skipped for non-finite gradients.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// One optimization step: parameters move by the transformed gradients. Returns `false` when
+    /// the step was skipped for non-finite gradients.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<bool> {
+        check_sizes("parameter", &self.shapes, params)?;
+        check_sizes("gradient", &self.shapes, grads)?;
+        if self.non_finite == NonFinite::Skip && grads.iter().any(|g| g.iter().any(|x| !x.is_finite())) {
+            self.skipped += 1;
+            return Ok(false);
+        }
+        for (u, g) in self.updates.iter_mut().zip(grads) {
+            u.copy_from_slice(g);
+        }
+        {
+            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+            self.tx.update(&mut self.updates, &views)?;
+        }
+        for (p, u) in params.iter_mut().zip(&self.updates) {
+            for (x, d) in p.iter_mut().zip(u) {
+                *x += d;
+            }
+        }
+        self.steps += 1;
+        Ok(true)
+    }
+
+    /// [`Optimizer::step`] on owned buffers.
+    pub fn step_vecs(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<bool> {
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let g: Vec<&[f32]> = grads.iter().map(|v| v.as_slice()).collect();
+        self.step(&mut p, &g)
+    }
+
+    /// The parameters to evaluate (Lookahead's slow weights), or a copy of `params`.
+    pub fn eval_params(&self, params: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
+        self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
+    }
+
+    /// The whole state, for saving.
+    pub fn state_dict(&mut self) -> Result<StateDict> {
+        let mut s = crate::state::Saver::default();
+        self.tx.visit_state(&mut s)?;
+        s.dict.counters.insert("optimizer.steps".into(), self.steps);
+        s.dict.counters.insert("optimizer.skipped".into(), self.skipped);
+        Ok(s.dict)
+    }
+
+    /// Restores a state saved by [`Optimizer::state_dict`]; refuses a mismatched one whole.
+    pub fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
+        let mut inner = dict.clone();
+        let steps = inner.counters.remove("optimizer.steps");
+        let skipped = inner.counters.remove("optimizer.skipped");
+        let (Some(steps), Some(skipped)) = (steps, skipped) else {
+            return Err(Error::State("missing counters `optimizer.steps`/`optimizer.skipped`".into()));
+        };
+        let mut check = crate::state::Checker::new(&inner);
+        self.tx.visit_state(&mut check)?;
+        check.finish()?;
+        self.tx.visit_state(&mut crate::state::Loader::new(&inner))?;
+        self.steps = steps;
+        self.skipped = skipped;
+        Ok(())
+    }
+}
+
+fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -> Result<()> {
+    if bufs.len() != shapes.len() {
+        return Err(Error::Shape(format!("expected {} {what} tensors, got {}", shapes.len(), bufs.len())));
+    }
+    for (i, (s, b)) in shapes.iter().zip(bufs).enumerate() {
+        if b.as_ref().len() != numel(s) {
+            return Err(Error::Shape(format!(
+                "{what} {i} has {} elements, expected {} (shape {s:?})",
+                b.as_ref().len(),
+                numel(s)
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! Adaptive elementwise transformations: Adam and its relatives.
+
+use super::{elementwise_transform, full, sign, zeros};
+use crate::transform::Elementwise;
+
+fn bc(decay: f32, t: u64) -> f32 {
+    (1.0 - (decay as f64).powf(t as f64)) as f32
+}
+
+/// optax `scale_by_adam` (Kingma & Ba 2015): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `u ← m̂ / (√(v̂ + eps_root) + eps)`; with `nesterov`, NAdam's `m̂` (Dozat 2016); with `amsgrad`,
+/// optax `scale_by_amsgrad` (the running maximum of `v̂`, Reddi et al. 2018).
+pub struct ScaleByAdam {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    eps_root: f32,
+    nesterov: bool,
+    amsgrad: bool,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    nu_max: Vec<Vec<f32>>,
+    bc1: f32,
+    bc1_next: f32,
+    bc2: f32,
+}
+impl ScaleByAdam {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
+        ScaleByAdam {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            nesterov,
+            amsgrad: false,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            nu_max: vec![],
+            bc1: 1.0,
+            bc1_next: 1.0,
+            bc2: 1.0,
+        }
+    }
+    /// AMSGrad: divide by the running maximum of the bias-corrected second moment.
+    pub fn amsgrad(mut self) -> Self {
+        self.amsgrad = true;
+        self
+    }
+}
+elementwise_transform!(ScaleByAdam, |s, shapes, _p| {
+    s.mu = zeros(shapes);
+    s.nu = zeros(shapes);
+    s.nu_max = if s.amsgrad { zeros(shapes) } else { vec![] };
+}; bufs: [mu, nu, nu_max]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByAdam {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = bc(self.b1, self.count);
+        self.bc1_next = bc(self.b1, self.count + 1);
+        self.bc2 = bc(self.b2, self.count);
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let (b1, b2, eps, eps_root) = (self.b1, self.b2, self.eps, self.eps_root);
+        let (bc1, bc1n, bc2) = (self.bc1, self.bc1_next, self.bc2);
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        if self.amsgrad {
+            let vm = &mut self.nu_max[i][off..off + n];
+            for j in 0..n {
+                let g = u[j];
+                m[j] = (1.0 - b1) * g + b1 * m[j];
+                v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                vm[j] = vm[j].max(v[j] / bc2);
+                u[j] = (m[j] / bc1) / ((vm[j] + eps_root).sqrt() + eps);
+            }
+        } else if self.nesterov {
+            for j in 0..n {
+                let g = u[j];
+                m[j] = (1.0 - b1) * g + b1 * m[j];
+                v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                let m_hat = b1 * (m[j] / bc1n) + (1.0 - b1) * (g / bc1);
+                u[j] = m_hat / ((v[j] / bc2 + eps_root).sqrt() + eps);
+            }
+        } else {
+            for j in 0..n {
+                let g = u[j];
+                m[j] = (1.0 - b1) * g + b1 * m[j];
+                v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                u[j] = (m[j] / bc1) / ((v[j] / bc2 + eps_root).sqrt() + eps);
+            }
+        }
+    }
+}
+
+/// optax `scale_by_rms` (RMSProp, Tieleman & Hinton 2012): `ν ← decay·ν + (1−decay)g²`,
+/// `u ← g/√(ν̂ + eps)` (or `g/(√ν̂ + eps)`), `ν̂` bias-corrected on request.
+pub struct ScaleByRms {
+    decay: f32,
+    eps: f32,
+    initial_scale: f32,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    count: u64,
+    nu: Vec<Vec<f32>>,
+    bc: f32,
+}
+impl ScaleByRms {
+    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+        ScaleByRms {
+            decay: decay as f32,
+            eps: eps as f32,
+            initial_scale: initial_scale as f32,
+            eps_in_sqrt,
+            bias_correction,
+            count: 0,
+            nu: vec![],
+            bc: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByRms, |s, shapes, _p| { s.nu = full(shapes, s.initial_scale); }; bufs: [nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByRms {
+    fn begin_step(&mut self) {
+        if self.bias_correction {
+            self.count += 1;
+            self.bc = bc(self.decay, self.count);
+        }
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let v = &mut self.nu[i][off..off + u.len()];
+        let d = self.decay;
+        for (g, v) in u.iter_mut().zip(v) {
+            *v = (1.0 - d) * *g * *g + d * *v;
+            let vh = *v / self.bc;
+            *g *= if self.eps_in_sqrt { 1.0 / (vh + self.eps).sqrt() } else { 1.0 / (vh.sqrt() + self.eps) };
+        }
+    }
+}
+
+/// optax `scale_by_stddev` (centered RMSProp, Graves 2013): divides by `√(ν − μ² + eps)`.
+pub struct ScaleByStddev {
+    decay: f32,
+    eps: f32,
+    initial_scale: f32,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc: f32,
+}
+impl ScaleByStddev {
+    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+        ScaleByStddev {
+            decay: decay as f32,
+            eps: eps as f32,
+            initial_scale: initial_scale as f32,
+            eps_in_sqrt,
+            bias_correction,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            bc: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByStddev, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = full(shapes, s.initial_scale); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByStddev {
+    fn begin_step(&mut self) {
+        if self.bias_correction {
+            self.count += 1;
+            self.bc = bc(self.decay, self.count);
+        }
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        let d = self.decay;
+        for j in 0..n {
+            let g = u[j];
+            m[j] = (1.0 - d) * g + d * m[j];
+            v[j] = (1.0 - d) * g * g + d * v[j];
+            let (mh, vh) = (m[j] / self.bc, v[j] / self.bc);
+            let var = vh - mh * mh;
+            u[j] = g * if self.eps_in_sqrt { 1.0 / (var + self.eps).sqrt() } else { 1.0 / (var.sqrt() + self.eps) };
+        }
+    }
+}
+
+/// optax `scale_by_adamax` (Kingma & Ba 2015, §7): `ν ← max(|g| + eps, β₂ν)`, `u ← m̂/ν`.
+pub struct ScaleByAdamax {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc1: f32,
+}
+impl ScaleByAdamax {
+    pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
+        ScaleByAdamax { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, count: 0, mu: vec![], nu: vec![], bc1: 1.0 }
+    }
+}
+elementwise_transform!(ScaleByAdamax, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByAdamax {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = bc(self.b1, self.count);
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
+            v[j] = (g.abs() + self.eps).max(self.b2 * v[j]);
+            u[j] = (m[j] / self.bc1) / v[j];
+        }
+    }
+}
+
+/// optax `scale_by_lion` (Chen et al. 2023): `u ← sign((1−β₁)g + β₁m)`, then `m ← (1−β₂)g + β₂m`.
+pub struct ScaleByLion {
+    b1: f32,
+    b2: f32,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+}
+impl ScaleByLion {
+    pub fn new(b1: f64, b2: f64) -> Self {
+        ScaleByLion { b1: b1 as f32, b2: b2 as f32, count: 0, mu: vec![] }
+    }
+}
+elementwise_transform!(ScaleByLion, |s, shapes, _p| { s.mu = zeros(shapes); }; bufs: [mu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByLion {
+    fn begin_step(&mut self) {
+        self.count += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let m = &mut self.mu[i][off..off + u.len()];
+        for (g, m) in u.iter_mut().zip(m) {
+            let x = (1.0 - self.b1) * *g + self.b1 * *m;
+            *m = (1.0 - self.b2) * *g + self.b2 * *m;
+            *g = sign(x);
+        }
+    }
+}
+
+/// optax `scale_by_adadelta` (Zeiler 2012): `u ← √(E[Δx²] + eps)/√(E[g²] + eps)·g`.
+pub struct ScaleByAdadelta {
+    rho: f32,
+    eps: f32,
+    e_g: Vec<Vec<f32>>,
+    e_x: Vec<Vec<f32>>,
+}
+impl ScaleByAdadelta {
+    pub fn new(rho: f64, eps: f64) -> Self {
+        ScaleByAdadelta { rho: rho as f32, eps: eps as f32, e_g: vec![], e_x: vec![] }
+    }
+}
+elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes); s.e_x = zeros(shapes); }; bufs: [e_g, e_x]; counters: []; scalars: []);
+impl Elementwise for ScaleByAdadelta {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let eg = &mut self.e_g[i][off..off + n];
+        let ex = &mut self.e_x[i][off..off + n];
+        let r = self.rho;
+        for j in 0..n {
+            let g = u[j];
+            eg[j] = (1.0 - r) * g * g + r * eg[j];
+            let d = (ex[j] + self.eps).sqrt() / (eg[j] + self.eps).sqrt() * g;
+            ex[j] = (1.0 - r) * d * d + r * ex[j];
+            u[j] = d;
+        }
+    }
+}
+
+/// optax `scale_by_adan` (Xie et al. 2022, Algorithm 1): moments of the gradient, of its
+/// difference and of the squared Nesterov-corrected gradient.
+pub struct ScaleByAdan {
+    b1: f32,
+    b2: f32,
+    b3: f32,
+    eps: f32,
+    eps_root: f32,
+    t: u64,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    n: Vec<Vec<f32>>,
+    g: Vec<Vec<f32>>,
+    first: bool,
+    bcs: [f32; 3],
+}
+impl ScaleByAdan {
+    pub fn new(b1: f64, b2: f64, b3: f64, eps: f64, eps_root: f64) -> Self {
+        ScaleByAdan {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            b3: b3 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            t: 0,
+            m: vec![],
+            v: vec![],
+            n: vec![],
+            g: vec![],
+            first: true,
+            bcs: [1.0; 3],
+        }
+    }
+}
+elementwise_transform!(ScaleByAdan, |s, shapes, _p| {
+    s.m = zeros(shapes);
+    s.v = zeros(shapes);
+    s.n = zeros(shapes);
+    s.g = zeros(shapes);
+}; bufs: [m, v, n, g]; counters: [t]; scalars: []);
+impl Elementwise for ScaleByAdan {
+    fn begin_step(&mut self) {
+        self.first = self.t == 0;
+        self.t += 1;
+        self.bcs = [bc(self.b1, self.t), bc(self.b2, self.t), bc(self.b3, self.t)];
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let len = u.len();
+        let (b1, b2, b3) = (self.b1, self.b2, self.b3);
+        let m = &mut self.m[i][off..off + len];
+        let v = &mut self.v[i][off..off + len];
+        let n = &mut self.n[i][off..off + len];
+        let pg = &mut self.g[i][off..off + len];
+        for j in 0..len {
+            let g = u[j];
+            let diff = if self.first { 0.0 } else { g - pg[j] };
+            m[j] = (1.0 - b1) * g + b1 * m[j];
+            v[j] = (1.0 - b2) * diff + b2 * v[j];
+            let sq = g + (1.0 - b2) * diff;
+            n[j] = (1.0 - b3) * sq * sq + b3 * n[j];
+            let num = m[j] / self.bcs[0] + (1.0 - b2) * (v[j] / self.bcs[1]);
+            u[j] = num / ((n[j] / self.bcs[2] + self.eps_root).sqrt() + self.eps);
+            pg[j] = g;
+        }
+    }
+}
+
+/// optax `scale_by_belief` (AdaBelief, Zhuang et al. 2020): the second moment of `g − m`.
+pub struct ScaleByBelief {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    eps_root: f32,
+    nesterov: bool,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc1: f32,
+    bc1_next: f32,
+    bc2: f32,
+}
+impl ScaleByBelief {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
+        ScaleByBelief {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            nesterov,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            bc1: 1.0,
+            bc1_next: 1.0,
+            bc2: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByBelief, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByBelief {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = bc(self.b1, self.count);
+        self.bc1_next = bc(self.b1, self.count + 1);
+        self.bc2 = bc(self.b2, self.count);
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let (b1, b2) = (self.b1, self.b2);
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            m[j] = (1.0 - b1) * g + b1 * m[j];
+            let e = g - m[j];
+            v[j] = (1.0 - b2) * e * e + b2 * v[j] + self.eps_root;
+            let m_hat = if self.nesterov { b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1) } else { m[j] / self.bc1 };
+            u[j] = m_hat / ((v[j] / self.bc2).sqrt() + self.eps);
+        }
+    }
+}
+
+/// optax `scale_by_yogi` (Zaheer et al. 2018): `ν ← ν − (1−β₂)·sign(ν − g²)·g²`.
+pub struct ScaleByYogi {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    eps_root: f32,
+    initial: f32,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc1: f32,
+    bc2: f32,
+}
+impl ScaleByYogi {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, initial_accumulator_value: f64) -> Self {
+        ScaleByYogi {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            initial: initial_accumulator_value as f32,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            bc1: 1.0,
+            bc2: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByYogi, |s, shapes, _p| { s.mu = full(shapes, s.initial); s.nu = full(shapes, s.initial); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByYogi {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = bc(self.b1, self.count);
+        self.bc2 = bc(self.b2, self.count);
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            let g2 = g * g;
+            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
+            v[j] -= (1.0 - self.b2) * sign(v[j] - g2) * g2;
+            u[j] = (m[j] / self.bc1) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+        }
+    }
+}
+
+/// optax `scale_by_radam` (Liu et al. 2020): Adam with the variance rectification `r_t` once the
+/// SMA length `ρ_t` passes `threshold`, plain momentum before.
+pub struct ScaleByRadam {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    eps_root: f32,
+    threshold: f64,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc1: f32,
+    bc2: f32,
+    rect: Option<f32>,
+}
+impl ScaleByRadam {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, threshold: f64) -> Self {
+        ScaleByRadam {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            threshold,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            bc1: 1.0,
+            bc2: 1.0,
+            rect: None,
+        }
+    }
+}
+elementwise_transform!(ScaleByRadam, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByRadam {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = bc(self.b1, self.count);
+        self.bc2 = bc(self.b2, self.count);
+        let b2 = self.b2 as f64;
+        let ro_inf = 2.0 / (1.0 - b2) - 1.0;
+        let b2t = b2.powf(self.count as f64);
+        let ro = ro_inf - 2.0 * self.count as f64 * b2t / (1.0 - b2t);
+        self.rect = (ro >= self.threshold).then(|| {
+            ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt() as f32
+        });
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
+            v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
+            let mh = m[j] / self.bc1;
+            u[j] = match self.rect {
+                Some(r) => r * mh / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps),
+                None => mh,
+            };
+        }
+    }
+}

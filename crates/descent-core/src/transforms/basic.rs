@@ -1,0 +1,222 @@
+//! Stateless and momentum-style elementwise transformations.
+
+use super::{elementwise_transform, full, sign, zeros};
+use crate::transform::{Elementwise, LearningRate};
+
+/// optax `scale`: `u ← s·u`.
+pub struct Scale {
+    pub step_size: f32,
+}
+impl Scale {
+    pub fn new(step_size: f64) -> Self {
+        Scale { step_size: step_size as f32 }
+    }
+}
+elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for Scale {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        for x in u {
+            *x *= self.step_size;
+        }
+    }
+}
+
+/// optax `scale_by_learning_rate`: `u ← −lr(t)·u` (or `+lr(t)·u` without `flip_sign`); the
+/// learning rate may be a schedule of the step count.
+pub struct ScaleByLearningRate {
+    lr: LearningRate,
+    sign: f64,
+    count: u64,
+    current: f32,
+}
+impl ScaleByLearningRate {
+    pub fn new(lr: impl Into<LearningRate>, flip_sign: bool) -> Self {
+        ScaleByLearningRate { lr: lr.into(), sign: if flip_sign { -1.0 } else { 1.0 }, count: 0, current: 0.0 }
+    }
+}
+elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
+impl Elementwise for ScaleByLearningRate {
+    fn begin_step(&mut self) {
+        self.current = (self.sign * self.lr.at(self.count)) as f32;
+        self.count += 1;
+    }
+    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        for x in u {
+            *x *= self.current;
+        }
+    }
+}
+
+/// optax `add_decayed_weights`: `u ← u + λ(t)·p` (L2 / decoupled weight decay, depending on where it
+/// stands in the chain). An optional mask leaves some parameters out.
+pub struct AddDecayedWeights {
+    wd: LearningRate,
+    mask: Option<Vec<bool>>,
+    count: u64,
+    current: f32,
+}
+impl AddDecayedWeights {
+    pub fn new(weight_decay: impl Into<LearningRate>) -> Self {
+        AddDecayedWeights { wd: weight_decay.into(), mask: None, count: 0, current: 0.0 }
+    }
+    /// Applies decay only to the parameters whose mask entry is `true`.
+    pub fn masked(mut self, mask: Vec<bool>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+}
+elementwise_transform!(AddDecayedWeights, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
+impl Elementwise for AddDecayedWeights {
+    fn begin_step(&mut self) {
+        self.current = self.wd.at(self.count) as f32;
+        self.count += 1;
+    }
+    fn apply(&mut self, i: usize, _off: usize, u: &mut [f32], p: &[f32]) {
+        if self.current == 0.0 || self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+            return;
+        }
+        let wd = self.current;
+        for (x, &w) in u.iter_mut().zip(p) {
+            *x += wd * w;
+        }
+    }
+}
+
+/// optax `trace`: momentum `t ← u + decay·t`, output `t` (or `u + decay·t` with Nesterov).
+pub struct Trace {
+    decay: f32,
+    nesterov: bool,
+    trace: Vec<Vec<f32>>,
+}
+impl Trace {
+    pub fn new(decay: f64, nesterov: bool) -> Self {
+        Trace { decay: decay as f32, nesterov, trace: vec![] }
+    }
+}
+elementwise_transform!(Trace, |s, shapes, _p| { s.trace = zeros(shapes); }; bufs: [trace]; counters: []; scalars: []);
+impl Elementwise for Trace {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let t = &mut self.trace[i][off..off + u.len()];
+        let d = self.decay;
+        for (g, t) in u.iter_mut().zip(t) {
+            *t = *g + d * *t;
+            *g = if self.nesterov { *g + d * *t } else { *t };
+        }
+    }
+}
+
+/// optax `ema`: `e ← (1−decay)·u + decay·e`, output `e`, divided by `1 − decayᵗ` with `debias`.
+pub struct Ema {
+    decay: f32,
+    debias: bool,
+    count: u64,
+    ema: Vec<Vec<f32>>,
+    inv_bc: f32,
+}
+impl Ema {
+    pub fn new(decay: f64, debias: bool) -> Self {
+        Ema { decay: decay as f32, debias, count: 0, ema: vec![], inv_bc: 1.0 }
+    }
+}
+elementwise_transform!(Ema, |s, shapes, _p| { s.ema = zeros(shapes); }; bufs: [ema]; counters: [count]; scalars: []);
+impl Elementwise for Ema {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.inv_bc = if self.debias { (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32 } else { 1.0 };
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let e = &mut self.ema[i][off..off + u.len()];
+        let d = self.decay;
+        for (g, e) in u.iter_mut().zip(e) {
+            *e = (1.0 - d) * *g + d * *e;
+            *g = *e * self.inv_bc;
+        }
+    }
+}
+
+/// optax `scale_by_sign`: `u ← sign(u)`.
+#[derive(Default)]
+pub struct ScaleBySign;
+elementwise_transform!(ScaleBySign, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for ScaleBySign {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        for x in u {
+            *x = sign(*x);
+        }
+    }
+}
+
+/// optax `clip`: each element clipped to `[−max_delta, max_delta]`.
+pub struct Clip {
+    max_delta: f32,
+}
+impl Clip {
+    pub fn new(max_delta: f64) -> Self {
+        Clip { max_delta: max_delta as f32 }
+    }
+}
+elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for Clip {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        for x in u {
+            *x = x.clamp(-self.max_delta, self.max_delta);
+        }
+    }
+}
+
+/// optax `scale_by_optimistic_gradient`: `u ← (α+β)·g − β·g_prev` (optimistic gradient descent,
+/// Daskalakis et al. 2018); the first step uses `g_prev = g`.
+pub struct ScaleByOptimisticGradient {
+    alpha: f32,
+    beta: f32,
+    first: bool,
+    initial: u64,
+    prev: Vec<Vec<f32>>,
+}
+impl ScaleByOptimisticGradient {
+    pub fn new(alpha: f64, beta: f64) -> Self {
+        ScaleByOptimisticGradient { alpha: alpha as f32, beta: beta as f32, first: true, initial: 1, prev: vec![] }
+    }
+}
+elementwise_transform!(ScaleByOptimisticGradient, |s, shapes, _p| { s.prev = zeros(shapes); s.initial = 1; }; bufs: [prev]; counters: [initial]; scalars: []);
+impl Elementwise for ScaleByOptimisticGradient {
+    fn begin_step(&mut self) {
+        self.first = self.initial == 1;
+        self.initial = 0;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let prev = &mut self.prev[i][off..off + u.len()];
+        for (g, pg) in u.iter_mut().zip(prev) {
+            let gp = if self.first { *g } else { *pg };
+            *pg = *g;
+            *g = (self.alpha + self.beta) * *g - self.beta * gp;
+        }
+    }
+}
+
+/// optax `scale_by_rss` (AdaGrad): `s ← s + u²`, `u ← u / √(s + eps)` where `s > 0`.
+pub struct ScaleByRss {
+    initial: f32,
+    eps: f32,
+    sum_of_squares: Vec<Vec<f32>>,
+}
+impl ScaleByRss {
+    pub fn new(initial_accumulator_value: f64, eps: f64) -> Self {
+        ScaleByRss { initial: initial_accumulator_value as f32, eps: eps as f32, sum_of_squares: vec![] }
+    }
+}
+elementwise_transform!(ScaleByRss, |s, shapes, _p| { s.sum_of_squares = full(shapes, s.initial); }; bufs: [sum_of_squares]; counters: []; scalars: []);
+impl Elementwise for ScaleByRss {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let s = &mut self.sum_of_squares[i][off..off + u.len()];
+        for (g, s) in u.iter_mut().zip(s) {
+            *s += *g * *g;
+            *g = if *s > 0.0 { *g / (*s + self.eps).sqrt() } else { 0.0 };
+        }
+    }
+}

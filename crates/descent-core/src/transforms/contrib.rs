@@ -1,0 +1,538 @@
+//! optax `contrib` algorithms: AdEMAMix, ADOPT, COCOB, MADGRAD, D-Adaptation, Prodigy, DoG,
+//! Schedule-Free.
+
+use super::{elementwise_transform, state, sum_sq, zeros};
+use crate::error::Result;
+use crate::state::StateVisitor;
+use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+/// optax `contrib.scale_by_ademamix` (Pagliardini et al. 2024): Adam with a second, slow EMA
+/// `m₂` (decay `b3`) mixed in with weight `alpha`.
+pub struct ScaleByAdemamix {
+    b1: f32,
+    b2: f32,
+    b3: f32,
+    alpha: f32,
+    eps: f32,
+    eps_root: f32,
+    count: u64,
+    m1: Vec<Vec<f32>>,
+    m2: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    bc1: f32,
+    bc2: f32,
+}
+impl ScaleByAdemamix {
+    pub fn new(b1: f64, b2: f64, b3: f64, alpha: f64, eps: f64, eps_root: f64) -> Self {
+        ScaleByAdemamix {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            b3: b3 as f32,
+            alpha: alpha as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            count: 0,
+            m1: vec![],
+            m2: vec![],
+            nu: vec![],
+            bc1: 1.0,
+            bc2: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes); s.m2 = zeros(shapes); s.nu = zeros(shapes); }; bufs: [m1, m2, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByAdemamix {
+    fn begin_step(&mut self) {
+        self.count += 1;
+        self.bc1 = (1.0 - (self.b1 as f64).powf(self.count as f64)) as f32;
+        self.bc2 = (1.0 - (self.b2 as f64).powf(self.count as f64)) as f32;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m1 = &mut self.m1[i][off..off + n];
+        let m2 = &mut self.m2[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            m1[j] = (1.0 - self.b1) * g + self.b1 * m1[j];
+            m2[j] = (1.0 - self.b3) * g + self.b3 * m2[j];
+            v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
+            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j]) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+        }
+    }
+}
+
+/// optax `contrib.scale_by_adopt` (Taniguchi et al. 2024): the gradient is normalized by the
+/// *previous* second moment (and clipped to `±t^¼`) before it enters the momentum.
+pub struct ScaleByAdopt {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    nesterov: bool,
+    use_clipping: bool,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+    step_b1: f32,
+    step_b2: f32,
+    clip: f32,
+}
+impl ScaleByAdopt {
+    pub fn new(b1: f64, b2: f64, eps: f64, nesterov: bool, use_clipping: bool) -> Self {
+        ScaleByAdopt {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            nesterov,
+            use_clipping,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            step_b1: 1.0,
+            step_b2: 0.0,
+            clip: 0.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByAdopt, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByAdopt {
+    fn begin_step(&mut self) {
+        let first = self.count == 0;
+        self.step_b1 = if first { 1.0 } else { self.b1 };
+        self.step_b2 = if first { 0.0 } else { self.b2 };
+        self.clip = (self.count as f32).powf(0.25);
+        self.count += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let n = u.len();
+        let m = &mut self.mu[i][off..off + n];
+        let v = &mut self.nu[i][off..off + n];
+        let (b1, b2) = (self.step_b1, self.step_b2);
+        for j in 0..n {
+            let g = u[j];
+            let mut x = g / v[j].sqrt().max(self.eps);
+            if self.use_clipping {
+                x = x.clamp(-self.clip, self.clip);
+            }
+            v[j] = (1.0 - b2) * g * g + b2 * v[j];
+            m[j] = (1.0 - b1) * x + b1 * m[j];
+            u[j] = if self.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
+        }
+    }
+}
+
+/// optax `contrib.scale_by_cocob` (Orabona & Tommasi 2017): coin-betting, learning-rate free.
+pub struct ScaleByCocob {
+    alpha: f32,
+    eps: f32,
+    init_particles: Vec<Vec<f32>>,
+    cumulative_gradients: Vec<Vec<f32>>,
+    scale: Vec<Vec<f32>>,
+    subgradients: Vec<Vec<f32>>,
+    reward: Vec<Vec<f32>>,
+}
+impl ScaleByCocob {
+    pub fn new(alpha: f64, eps: f64) -> Self {
+        ScaleByCocob {
+            alpha: alpha as f32,
+            eps: eps as f32,
+            init_particles: vec![],
+            cumulative_gradients: vec![],
+            scale: vec![],
+            subgradients: vec![],
+            reward: vec![],
+        }
+    }
+}
+elementwise_transform!(ScaleByCocob, |s, shapes, params| {
+    s.init_particles = params.iter().map(|p| p.to_vec()).collect();
+    s.cumulative_gradients = zeros(shapes);
+    s.scale = super::full(shapes, s.eps);
+    s.subgradients = zeros(shapes);
+    s.reward = zeros(shapes);
+}; bufs: [init_particles, cumulative_gradients, scale, subgradients, reward]; counters: []; scalars: []);
+impl Elementwise for ScaleByCocob {
+    fn begin_step(&mut self) {}
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let n = u.len();
+        let p0 = &self.init_particles[i][off..off + n];
+        let c = &mut self.cumulative_gradients[i][off..off + n];
+        let l = &mut self.scale[i][off..off + n];
+        let gs = &mut self.subgradients[i][off..off + n];
+        let r = &mut self.reward[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            l[j] = l[j].max(g.abs());
+            gs[j] += g.abs();
+            r[j] = (r[j] - g * (p[j] - p0[j])).max(0.0);
+            c[j] -= g;
+            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
+        }
+    }
+}
+
+/// optax `contrib.scale_by_madgrad` (Defazio & Jelassi 2021): dual averaging with a cube-root
+/// denominator and momentum toward the dual iterate; returns the full step (learning rate inside).
+pub struct ScaleByMadgrad {
+    lr: LearningRate,
+    momentum: f32,
+    eps: f32,
+    count: u64,
+    grad_sum_sq: Vec<Vec<f32>>,
+    s: Vec<Vec<f32>>,
+    x0: Vec<Vec<f32>>,
+    lamb: f32,
+}
+impl ScaleByMadgrad {
+    pub fn new(lr: impl Into<LearningRate>, momentum: f64, eps: f64) -> Self {
+        ScaleByMadgrad {
+            lr: lr.into(),
+            momentum: momentum as f32,
+            eps: eps as f32,
+            count: 0,
+            grad_sum_sq: vec![],
+            s: vec![],
+            x0: vec![],
+            lamb: 0.0,
+        }
+    }
+}
+elementwise_transform!(ScaleByMadgrad, |st, shapes, params| {
+    st.grad_sum_sq = zeros(shapes);
+    st.s = zeros(shapes);
+    st.x0 = params.iter().map(|p| p.to_vec()).collect();
+}; bufs: [grad_sum_sq, s, x0]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByMadgrad {
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.count) as f32 + self.eps;
+        self.lamb = lr * ((self.count + 1) as f32).sqrt();
+        self.count += 1;
+    }
+    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let n = u.len();
+        let gss = &mut self.grad_sum_sq[i][off..off + n];
+        let s = &mut self.s[i][off..off + n];
+        let x0 = &self.x0[i][off..off + n];
+        for j in 0..n {
+            let g = u[j];
+            gss[j] += self.lamb * g * g;
+            s[j] += self.lamb * g;
+            let sigma = gss[j].cbrt() + self.eps;
+            let z = x0[j] - s[j] / sigma;
+            let x_new = (1.0 - self.momentum) * z + self.momentum * p[j];
+            u[j] = x_new - p[j];
+        }
+    }
+}
+
+fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>()).sum()
+}
+
+/// optax `contrib.dadapt_adamw` (Defazio & Mishchenko 2023): AdamW whose step size `d` is
+/// estimated from the gradients; returns the full step.
+pub struct DadaptAdamw {
+    lr: LearningRate,
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    weight_decay: f64,
+    estim_lr0: f64,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+    grad_sum: Vec<Vec<f32>>,
+    estim_lr: f64,
+    numerator_weighted: f64,
+    count: u64,
+}
+impl DadaptAdamw {
+    pub fn new(lr: impl Into<LearningRate>, b1: f64, b2: f64, eps: f64, estim_lr0: f64, weight_decay: f64) -> Self {
+        DadaptAdamw {
+            lr: lr.into(),
+            b1,
+            b2,
+            eps,
+            weight_decay,
+            estim_lr0,
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+            grad_sum: vec![],
+            estim_lr: estim_lr0,
+            numerator_weighted: 0.0,
+            count: 0,
+        }
+    }
+}
+impl Transform for DadaptAdamw {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.exp_avg = zeros(shapes);
+        self.exp_avg_sq = zeros(shapes);
+        self.grad_sum = zeros(shapes);
+        self.estim_lr = self.estim_lr0;
+        self.numerator_weighted = 0.0;
+        self.count = 0;
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
+        let sb2 = b2.sqrt();
+        let sched = self.lr.at(self.count);
+        self.count += 1;
+        let t = self.count as f64;
+        let bc = (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        let dlr = self.estim_lr * sched * bc;
+        let weighted: Vec<Vec<f32>> = self
+            .grad_sum
+            .iter()
+            .zip(&self.exp_avg_sq)
+            .map(|(s, v)| s.iter().zip(v).map(|(&s, &v)| s / (v.sqrt() + eps as f32)).collect())
+            .collect();
+        let numerator_acum = vdot(updates, &weighted);
+        let (b1f, b2f, sb2f, dlrf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32);
+        for i in 0..updates.len() {
+            for j in 0..updates[i].len() {
+                let g = updates[i][j];
+                self.exp_avg[i][j] = b1f * self.exp_avg[i][j] + (1.0 - b1f) * dlrf * g;
+                self.exp_avg_sq[i][j] = b2f * self.exp_avg_sq[i][j] + (1.0 - b2f) * g * g;
+                self.grad_sum[i][j] = sb2f * self.grad_sum[i][j] + (1.0 - sb2f) * dlrf * g;
+            }
+        }
+        let l1: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
+        self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
+        let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
+        self.estim_lr = self.estim_lr.max(d_estimate);
+        let wd = (self.weight_decay * dlr) as f32;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            for (j, x) in u.iter_mut().enumerate() {
+                *x = -wd * p[j] - self.exp_avg[i][j] / (self.exp_avg_sq[i][j].sqrt() + eps as f32);
+            }
+        }
+        Ok(())
+    }
+    state!(DadaptAdamw; bufs: [exp_avg, exp_avg_sq, grad_sum]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
+}
+
+/// optax `contrib.prodigy` (Mishchenko & Defazio 2023): D-Adaptation with the distance to the
+/// initial point; returns the full step.
+pub struct Prodigy {
+    lr: LearningRate,
+    b1: f64,
+    b2: f64,
+    b3: f64,
+    eps: f64,
+    estim_lr0: f64,
+    estim_lr_coef: f64,
+    weight_decay: f64,
+    safeguard_warmup: bool,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+    grad_sum: Vec<Vec<f32>>,
+    params0: Vec<Vec<f32>>,
+    estim_lr: f64,
+    numerator_weighted: f64,
+    count: u64,
+}
+impl Prodigy {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        b1: f64,
+        b2: f64,
+        b3: Option<f64>,
+        eps: f64,
+        estim_lr0: f64,
+        estim_lr_coef: f64,
+        weight_decay: f64,
+        safeguard_warmup: bool,
+    ) -> Self {
+        Prodigy {
+            lr: lr.into(),
+            b1,
+            b2,
+            b3: b3.unwrap_or(b2.sqrt()),
+            eps,
+            estim_lr0,
+            estim_lr_coef,
+            weight_decay,
+            safeguard_warmup,
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+            grad_sum: vec![],
+            params0: vec![],
+            estim_lr: estim_lr0,
+            numerator_weighted: 0.0,
+            count: 0,
+        }
+    }
+}
+impl Transform for Prodigy {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.exp_avg = zeros(shapes);
+        self.exp_avg_sq = zeros(shapes);
+        self.grad_sum = zeros(shapes);
+        self.params0 = params.iter().map(|p| p.to_vec()).collect();
+        self.estim_lr = self.estim_lr0;
+        self.numerator_weighted = 0.0;
+        self.count = 0;
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let (b1, b2, b3) = (self.b1, self.b2, self.b3);
+        let sched = self.lr.at(self.count);
+        self.count += 1;
+        let t = self.count as f64;
+        let bc = (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        let d = self.estim_lr;
+        let dlr = d * sched * bc;
+        let mut numerator_acum = 0.0f64;
+        for (i, u) in updates.iter().enumerate() {
+            for (j, &g) in u.iter().enumerate() {
+                numerator_acum += g as f64 * (self.params0[i][j] - params[i][j]) as f64;
+            }
+        }
+        let (b1f, b2f, b3f, df) = (b1 as f32, b2 as f32, b3 as f32, d as f32);
+        let gs_scale = if self.safeguard_warmup { d / self.estim_lr0 } else { dlr / self.estim_lr0 } as f32;
+        for i in 0..updates.len() {
+            for j in 0..updates[i].len() {
+                let dg = df * updates[i][j];
+                self.exp_avg[i][j] = b1f * self.exp_avg[i][j] + (1.0 - b1f) * dg;
+                self.exp_avg_sq[i][j] = b2f * self.exp_avg_sq[i][j] + (1.0 - b2f) * dg * dg;
+                self.grad_sum[i][j] = b3f * self.grad_sum[i][j] + gs_scale * dg;
+            }
+        }
+        self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
+        let denominator: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
+        let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
+        self.estim_lr = self.estim_lr.max(estimate);
+        let (dlrf, epsd) = (dlr as f32, (d * self.eps) as f32);
+        let wd = (self.weight_decay * dlr) as f32;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            for (j, x) in u.iter_mut().enumerate() {
+                *x = -dlrf * self.exp_avg[i][j] / (self.exp_avg_sq[i][j].sqrt() + epsd) - wd * p[j];
+            }
+        }
+        Ok(())
+    }
+    state!(Prodigy; bufs: [exp_avg, exp_avg_sq, grad_sum, params0]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
+}
+
+/// How DoG chooses its first step (optax `init_step`).
+#[derive(Clone, Copy, Debug)]
+pub enum DogInit {
+    /// `r_ε` given directly.
+    Distance(f64),
+    /// `r_ε = value · (1 + ‖x₀‖)`.
+    Heuristic(f64),
+    /// The first step uses this learning rate.
+    LearningRate(f64),
+}
+
+/// optax `contrib.scale_by_dog` (Ivgi et al. 2023, "Distance over Gradients"): step size
+/// `max distance from x₀ / √(Σ‖g‖²)`.
+pub struct ScaleByDog {
+    init_step: DogInit,
+    eps: f64,
+    is_init_step: u64,
+    init_params: Vec<Vec<f32>>,
+    max_dist: f64,
+    sum_sq_norm_grads: f64,
+}
+impl ScaleByDog {
+    pub fn new(init_step: DogInit, eps: f64) -> Self {
+        ScaleByDog { init_step, eps, is_init_step: 1, init_params: vec![], max_dist: 0.0, sum_sq_norm_grads: 0.0 }
+    }
+}
+impl Transform for ScaleByDog {
+    fn init(&mut self, _shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.init_params = params.iter().map(|p| p.to_vec()).collect();
+        let norm = params.iter().map(|p| sum_sq(p)).sum::<f64>().sqrt();
+        self.max_dist = match self.init_step {
+            DogInit::Distance(v) => v,
+            DogInit::Heuristic(v) => v * (1.0 + norm),
+            DogInit::LearningRate(_) => 0.0,
+        };
+        self.is_init_step = 1;
+        self.sum_sq_norm_grads = 0.0;
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let mut dist = 0.0f64;
+        for (p0, p) in self.init_params.iter().zip(params) {
+            dist += p0.iter().zip(p.iter()).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        }
+        self.max_dist = self.max_dist.max(dist.sqrt());
+        self.sum_sq_norm_grads += updates.iter().map(|u| sum_sq(u)).sum::<f64>();
+        let mut lr = self.max_dist / (self.sum_sq_norm_grads + self.eps).sqrt();
+        if let DogInit::LearningRate(v) = self.init_step {
+            if self.is_init_step == 1 {
+                lr = v;
+            }
+        }
+        self.is_init_step = 0;
+        let lr = lr as f32;
+        updates.iter_mut().flatten().for_each(|x| *x *= lr);
+        Ok(())
+    }
+    state!(ScaleByDog; bufs: [init_params]; counters: [is_init_step]; scalars: [max_dist, sum_sq_norm_grads]);
+}
+
+/// optax `contrib.schedule_free` (Defazio et al. 2024, "The Road Less Scheduled"): wraps a base
+/// optimizer whose steps move the sequence `z`; the parameters are the interpolation
+/// `y = b1·x + (1−b1)·z` of `z` and its weighted average `x`.
+pub struct ScheduleFree {
+    base: Box<dyn Transform>,
+    lr: LearningRate,
+    b1: f64,
+    weight_lr_power: f64,
+    weight_sum: f64,
+    step_count: u64,
+    max_lr: f64,
+    z: Vec<Vec<f32>>,
+}
+impl ScheduleFree {
+    pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
+        ScheduleFree { base, lr: lr.into(), b1, weight_lr_power, weight_sum: 0.0, step_count: 1, max_lr: 0.0, z: vec![] }
+    }
+}
+impl Transform for ScheduleFree {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.z = params.iter().map(|p| p.to_vec()).collect();
+        self.weight_sum = 0.0;
+        self.step_count = 1;
+        self.max_lr = 0.0;
+        self.base.init(shapes, params)
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let lr = self.lr.at(self.step_count);
+        self.max_lr = self.max_lr.max(lr);
+        self.step_count += 1;
+        let weight = self.max_lr.powf(self.weight_lr_power);
+        let next_total = self.weight_sum + weight;
+        let ck = if next_total == 0.0 { 0.0 } else { weight / next_total };
+        self.weight_sum = next_total;
+        self.base.update(updates, params)?;
+        let (b1, ck) = (self.b1 as f32, ck as f32);
+        for (i, (u, y)) in updates.iter_mut().zip(params).enumerate() {
+            for (j, d) in u.iter_mut().enumerate() {
+                let z_old = self.z[i][j];
+                let z = z_old + *d;
+                let prev_x = (y[j] - (1.0 - b1) * z_old) / b1;
+                let x = (1.0 - ck) * prev_x + ck * z;
+                let new_y = b1 * x + (1.0 - b1) * z;
+                self.z[i][j] = z;
+                *d = new_y - y[j];
+            }
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        crate::state::visit_buffers(v, "z", &mut self.z)?;
+        v.scalar("weight_sum", &mut self.weight_sum)?;
+        v.scalar("max_lr", &mut self.max_lr)?;
+        v.counter("step_count", &mut self.step_count)?;
+        v.push("base");
+        self.base.visit_state(v)?;
+        v.pop();
+        Ok(())
+    }
+}

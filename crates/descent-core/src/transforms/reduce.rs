@@ -1,0 +1,618 @@
+//! Transformations that need a reduction over a whole tensor (or all of them) before the
+//! elementwise part: norms, means, factored moments, orthogonalization.
+
+use super::{state, sum_sq, zeros};
+use crate::error::Result;
+use crate::state::StateVisitor;
+use crate::transform::{numel, Shapes, Transform};
+
+macro_rules! stateless {
+    () => {
+        fn init(&mut self, _shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+            Ok(())
+        }
+        fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+            Ok(())
+        }
+    };
+}
+
+/// optax `centralize` (Gradient Centralization, Yong et al. 2020): for tensors of rank > 1,
+/// subtracts the mean over all axes but the first.
+#[derive(Default)]
+pub struct Centralize {
+    shapes: Vec<Vec<usize>>,
+}
+impl Transform for Centralize {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        for (u, s) in updates.iter_mut().zip(&self.shapes) {
+            if s.len() > 1 && !u.is_empty() {
+                let row = u.len() / s[0];
+                for r in u.chunks_mut(row) {
+                    let mean = (r.iter().map(|&x| x as f64).sum::<f64>() / row as f64) as f32;
+                    r.iter_mut().for_each(|x| *x -= mean);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// optax `clip_by_global_norm`: if the norm of all updates together exceeds `max_norm`, scales them
+/// all by `max_norm / norm` (one norm over every parameter, not one per tensor).
+pub struct ClipByGlobalNorm {
+    max_norm: f64,
+}
+impl ClipByGlobalNorm {
+    pub fn new(max_norm: f64) -> Self {
+        ClipByGlobalNorm { max_norm }
+    }
+}
+/// The L2 norm of all buffers together.
+pub fn global_norm(bufs: &[Vec<f32>]) -> f64 {
+    bufs.iter().map(|b| sum_sq(b)).sum::<f64>().sqrt()
+}
+impl Transform for ClipByGlobalNorm {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        let norm = global_norm(updates);
+        if norm >= self.max_norm {
+            let s = (self.max_norm / norm) as f32;
+            updates.iter_mut().flatten().for_each(|x| *x *= s);
+        }
+        Ok(())
+    }
+}
+
+/// The group of each element for optax's `unitwise_norm`: rank ≤ 1 (after squeezing) one group,
+/// rank 2–3 one per index of the trailing axes, rank 4–5 one per index of the last axis.
+fn unit_groups(shape: &[usize]) -> (usize, Box<dyn Fn(usize) -> usize>) {
+    let n = numel(shape);
+    let squeezed = shape.iter().filter(|&&d| d != 1).count();
+    if squeezed <= 1 || shape.len() <= 1 {
+        (1, Box::new(|_| 0))
+    } else if shape.len() <= 3 {
+        let inner = n / shape[0].max(1);
+        (inner, Box::new(move |e| e % inner))
+    } else {
+        let last = *shape.last().unwrap_or(&1);
+        (last, Box::new(move |e| e % last))
+    }
+}
+
+fn unit_norms(x: &[f32], groups: usize, key: &dyn Fn(usize) -> usize) -> Vec<f64> {
+    let mut s = vec![0.0f64; groups];
+    for (e, &v) in x.iter().enumerate() {
+        s[key(e)] += (v as f64) * (v as f64);
+    }
+    s.iter_mut().for_each(|v| *v = v.sqrt());
+    s
+}
+
+/// optax `adaptive_grad_clip` (AGC, Brock et al. 2021): clips each unit's gradient norm to
+/// `clipping · max(‖param unit‖, eps)`.
+pub struct AdaptiveGradClip {
+    clipping: f64,
+    eps: f64,
+    shapes: Vec<Vec<usize>>,
+}
+impl AdaptiveGradClip {
+    pub fn new(clipping: f64, eps: f64) -> Self {
+        AdaptiveGradClip { clipping, eps, shapes: vec![] }
+    }
+}
+impl Transform for AdaptiveGradClip {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        for ((u, p), s) in updates.iter_mut().zip(params).zip(&self.shapes) {
+            let (groups, key) = unit_groups(s);
+            let gn = unit_norms(u, groups, &*key);
+            let pn = unit_norms(p, groups, &*key);
+            for (e, x) in u.iter_mut().enumerate() {
+                let k = key(e);
+                let max_norm = self.clipping * pn[k].max(self.eps);
+                if gn[k] >= max_norm {
+                    *x = (*x as f64 * (max_norm / gn[k].max(1e-6))) as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn safe_norm(x: &[f32], min_norm: f64) -> f64 {
+    let n = sum_sq(x).sqrt();
+    if n <= min_norm {
+        min_norm
+    } else {
+        n
+    }
+}
+
+/// optax `scale_by_trust_ratio` (LARS/LAMB, You et al. 2017/2019): scales each tensor's update by
+/// `coef · ‖p‖ / (‖u‖ + eps)`, or 1 when either norm is zero.
+pub struct ScaleByTrustRatio {
+    min_norm: f64,
+    trust_coefficient: f64,
+    eps: f64,
+    mask: Option<Vec<bool>>,
+}
+impl ScaleByTrustRatio {
+    pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
+        ScaleByTrustRatio { min_norm, trust_coefficient, eps, mask: None }
+    }
+    /// Applies only to the parameters whose mask entry is `true`.
+    pub fn masked(mut self, mask: Vec<bool>) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+}
+impl Transform for ScaleByTrustRatio {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+                continue;
+            }
+            let pn = safe_norm(p, self.min_norm);
+            let un = safe_norm(u, self.min_norm);
+            let ratio = if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) };
+            let r = ratio as f32;
+            u.iter_mut().for_each(|x| *x *= r);
+        }
+        Ok(())
+    }
+}
+
+fn rms(x: &[f32]) -> f64 {
+    if x.is_empty() {
+        0.0
+    } else {
+        (sum_sq(x) / x.len() as f64).sqrt()
+    }
+}
+
+/// optax `clip_by_block_rms`: divides each tensor by `max(1, rms(u)/threshold)`.
+pub struct ClipByBlockRms {
+    threshold: f64,
+}
+impl ClipByBlockRms {
+    pub fn new(threshold: f64) -> Self {
+        ClipByBlockRms { threshold }
+    }
+}
+impl Transform for ClipByBlockRms {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        for u in updates.iter_mut() {
+            let d = (rms(u) / self.threshold).max(1.0) as f32;
+            u.iter_mut().for_each(|x| *x /= d);
+        }
+        Ok(())
+    }
+}
+
+/// optax `scale_by_param_block_rms`: multiplies each tensor's update by `max(rms(p), min_scale)`.
+pub struct ScaleByParamBlockRms {
+    min_scale: f64,
+}
+impl ScaleByParamBlockRms {
+    pub fn new(min_scale: f64) -> Self {
+        ScaleByParamBlockRms { min_scale }
+    }
+}
+impl Transform for ScaleByParamBlockRms {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        for (u, p) in updates.iter_mut().zip(params) {
+            let r = rms(p);
+            let s = if r <= self.min_scale { self.min_scale } else { r } as f32;
+            u.iter_mut().for_each(|x| *x *= s);
+        }
+        Ok(())
+    }
+}
+
+/// How a tensor's second moment is kept by Adafactor.
+#[derive(Clone, Debug)]
+enum Factoring {
+    /// Full per-element moment.
+    Full,
+    /// Row and column moments over the two axes `d1` (kept in `v_row`) and `d0` (kept in `v_col`)
+    /// with the other axes as batch.
+    Factored { d0: usize, d1: usize },
+}
+
+/// Iterates a row-major shape: for each flat index, its multi-index.
+fn unravel(mut e: usize, shape: &[usize], out: &mut [usize]) {
+    for k in (0..shape.len()).rev() {
+        out[k] = e % shape[k];
+        e /= shape[k];
+    }
+}
+
+/// Flat index into `shape` with axis `skip` removed.
+fn ravel_without(idx: &[usize], shape: &[usize], skip: usize) -> usize {
+    let mut f = 0;
+    for k in 0..shape.len() {
+        if k != skip {
+            f = f * shape[k] + idx[k];
+        }
+    }
+    f
+}
+
+/// optax `scale_by_factored_rms` (Adafactor, Shazeer & Stern 2018): the second moment of tensors
+/// whose two largest axes are at least `min_dim_size_to_factor` is kept as row and column means.
+pub struct ScaleByFactoredRms {
+    factored: bool,
+    decay_rate: f64,
+    step_offset: u64,
+    min_dim_size_to_factor: usize,
+    epsilon: f32,
+    count: u64,
+    shapes: Vec<Vec<usize>>,
+    kinds: Vec<Factoring>,
+    v_row: Vec<Vec<f32>>,
+    v_col: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+impl ScaleByFactoredRms {
+    pub fn new(factored: bool, decay_rate: f64, step_offset: u64, min_dim_size_to_factor: usize, epsilon: f64) -> Self {
+        ScaleByFactoredRms {
+            factored,
+            decay_rate,
+            step_offset,
+            min_dim_size_to_factor,
+            epsilon: epsilon as f32,
+            count: 0,
+            shapes: vec![],
+            kinds: vec![],
+            v_row: vec![],
+            v_col: vec![],
+            v: vec![],
+        }
+    }
+}
+impl Transform for ScaleByFactoredRms {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        self.kinds.clear();
+        self.v_row.clear();
+        self.v_col.clear();
+        self.v.clear();
+        for s in shapes {
+            let kind = if !self.factored || s.len() < 2 {
+                Factoring::Full
+            } else {
+                // numpy argsort is stable: ties keep axis order.
+                let mut order: Vec<usize> = (0..s.len()).collect();
+                order.sort_by_key(|&k| s[k]);
+                let (d1, d0) = (order[s.len() - 2], order[s.len() - 1]);
+                if s[d1] < self.min_dim_size_to_factor {
+                    Factoring::Full
+                } else {
+                    Factoring::Factored { d0, d1 }
+                }
+            };
+            match kind {
+                Factoring::Full => {
+                    self.v_row.push(vec![0.0]);
+                    self.v_col.push(vec![0.0]);
+                    self.v.push(vec![0.0; numel(s)]);
+                }
+                Factoring::Factored { d0, d1 } => {
+                    self.v_row.push(vec![0.0; numel(s) / s[d0]]);
+                    self.v_col.push(vec![0.0; numel(s) / s[d1]]);
+                    self.v.push(vec![0.0]);
+                }
+            }
+            self.kinds.push(kind);
+        }
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        let t = (self.count as f64 - self.step_offset as f64 + 1.0) as f32;
+        let decay = 1.0 - t.powf(-(self.decay_rate as f32));
+        for (i, u) in updates.iter_mut().enumerate() {
+            match self.kinds[i].clone() {
+                Factoring::Full => {
+                    for (g, v) in u.iter_mut().zip(self.v[i].iter_mut()) {
+                        *v = decay * *v + (1.0 - decay) * (*g * *g + self.epsilon);
+                        *g *= v.powf(-0.5);
+                    }
+                }
+                Factoring::Factored { d0, d1 } => {
+                    let s = &self.shapes[i];
+                    let mut idx = vec![0; s.len()];
+                    // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
+                    let mut row = vec![0.0f64; self.v_row[i].len()];
+                    let mut col = vec![0.0f64; self.v_col[i].len()];
+                    for (e, g) in u.iter().enumerate() {
+                        unravel(e, s, &mut idx);
+                        let g2 = (*g * *g + self.epsilon) as f64;
+                        row[ravel_without(&idx, s, d0)] += g2;
+                        col[ravel_without(&idx, s, d1)] += g2;
+                    }
+                    for (v, r) in self.v_row[i].iter_mut().zip(&row) {
+                        *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
+                    }
+                    for (v, c) in self.v_col[i].iter_mut().zip(&col) {
+                        *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
+                    }
+                    // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
+                    let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
+                    let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
+                    let mut rmean = vec![0.0f64; self.v_row[i].len() / row_shape[rd1]];
+                    let mut ridx = vec![0; row_shape.len()];
+                    for (e, v) in self.v_row[i].iter().enumerate() {
+                        unravel(e, &row_shape, &mut ridx);
+                        rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
+                    }
+                    for (e, g) in u.iter_mut().enumerate() {
+                        unravel(e, s, &mut idx);
+                        let r = ravel_without(&idx, s, d0);
+                        let mut ri = vec![0; row_shape.len()];
+                        unravel(r, &row_shape, &mut ri);
+                        let rm = rmean[ravel_without(&ri, &row_shape, rd1)] as f32;
+                        let row_factor = (self.v_row[i][r] / rm).powf(-0.5);
+                        let col_factor = self.v_col[i][ravel_without(&idx, s, d1)].powf(-0.5);
+                        *g = *g * row_factor * col_factor;
+                    }
+                }
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+    state!(ScaleByFactoredRms; bufs: [v_row, v_col, v]; counters: [count]; scalars: []);
+}
+
+/// optax `scale_by_novograd` (Ginsburg et al. 2019): a per-tensor second moment of the gradient
+/// norm, and momentum over the normalized gradient plus weight decay.
+pub struct ScaleByNovograd {
+    b1: f32,
+    b2: f64,
+    eps: f64,
+    eps_root: f64,
+    weight_decay: f32,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+}
+impl ScaleByNovograd {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, weight_decay: f64) -> Self {
+        ScaleByNovograd {
+            b1: b1 as f32,
+            b2,
+            eps,
+            eps_root,
+            weight_decay: weight_decay as f32,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+        }
+    }
+}
+impl Transform for ScaleByNovograd {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.mu = zeros(shapes);
+        self.nu = shapes.iter().map(|_| vec![0.0]).collect();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        self.count += 1;
+        let first = self.count == 1;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            let g2 = sum_sq(u) as f32;
+            let nu = &mut self.nu[i][0];
+            *nu = if first { g2 } else { (1.0 - self.b2 as f32) * g2 + self.b2 as f32 * *nu };
+            let scale = 1.0 / (((*nu as f64 + self.eps_root).sqrt() + self.eps) as f32);
+            for ((g, m), &w) in u.iter_mut().zip(self.mu[i].iter_mut()).zip(p.iter()) {
+                let add = *g * scale + self.weight_decay * w;
+                *m = if first { add } else { self.b1 * *m + add };
+                *g = *m;
+            }
+        }
+        Ok(())
+    }
+    state!(ScaleByNovograd; bufs: [mu, nu]; counters: [count]; scalars: []);
+}
+
+/// optax `scale_by_sm3` (Anil et al. 2019): memory-efficient AdaGrad with one accumulator per
+/// index of each axis, followed by momentum.
+pub struct ScaleBySm3 {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    shapes: Vec<Vec<usize>>,
+    /// Per parameter, the accumulators of each axis concatenated.
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+}
+impl ScaleBySm3 {
+    pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
+        ScaleBySm3 { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, shapes: vec![], mu: vec![], nu: vec![] }
+    }
+}
+impl Transform for ScaleBySm3 {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        self.mu = shapes.iter().map(|s| vec![0.0; s.iter().sum::<usize>().max(1)]).collect();
+        self.nu = zeros(shapes);
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        let (c0, c1) = (if self.b2 != 1.0 { 1.0 - self.b2 } else { 1.0 }, self.b2);
+        for (i, u) in updates.iter_mut().enumerate() {
+            let s = &self.shapes[i];
+            let offsets: Vec<usize> = s.iter().scan(0, |acc, &d| {
+                let o = *acc;
+                *acc += d;
+                Some(o)
+            }).collect();
+            let mut idx = vec![0; s.len()];
+            let mut new_mu = vec![f32::NEG_INFINITY; self.mu[i].len()];
+            for (e, g) in u.iter_mut().enumerate() {
+                let accum = if s.len() < 2 {
+                    c0 * *g * *g + c1 * self.mu[i][e.min(self.mu[i].len() - 1)]
+                } else {
+                    unravel(e, s, &mut idx);
+                    let m = (0..s.len()).map(|k| self.mu[i][offsets[k] + idx[k]]).fold(f32::INFINITY, f32::min);
+                    c0 * *g * *g + c1 * m
+                };
+                if s.len() < 2 {
+                    let last = new_mu.len() - 1;
+                    new_mu[e.min(last)] = accum;
+                } else {
+                    for k in 0..s.len() {
+                        let slot = &mut new_mu[offsets[k] + idx[k]];
+                        *slot = slot.max(accum);
+                    }
+                }
+                let inv = if accum > 0.0 { 1.0 / (accum + self.eps).sqrt() } else { 0.0 };
+                let up = *g * inv;
+                let nu = &mut self.nu[i][e];
+                *nu = (1.0 - self.b1) * up + self.b1 * *nu;
+                *g = *nu;
+            }
+            self.mu[i] = new_mu;
+        }
+        Ok(())
+    }
+    state!(ScaleBySm3; bufs: [mu, nu]; counters: []; scalars: []);
+}
+
+/// `C = A·Bᵀ`-free small dense matrix product `C[m×n] = A[m×k]·B[k×n]`, row-major, accumulating
+/// in `f32` like the libraries' GEMMs.
+pub(crate) fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for r in 0..m {
+        let crow = &mut c[r * n..(r + 1) * n];
+        for t in 0..k {
+            let av = a[r * k + t];
+            let brow = &b[t * n..(t + 1) * n];
+            for (cv, bv) in crow.iter_mut().zip(brow) {
+                *cv += av * bv;
+            }
+        }
+    }
+    c
+}
+
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = x[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Newton–Schulz orthogonalization of a `rows × cols` matrix (Muon, Jordan et al. 2024): the
+/// matrix is transposed to be wide, normalized by `max(‖X‖_F, eps)` (`clamp`, torch) or by
+/// `‖X‖_F + eps` (optax), then iterated `X ← aX + (bA + cA²)X` with `A = XXᵀ`.
+pub fn newton_schulz(x: &[f32], rows: usize, cols: usize, coeffs: [f64; 3], steps: usize, eps: f64, clamp: bool) -> Vec<f32> {
+    let tall = rows > cols;
+    let (m, n, mut x) = if tall { (cols, rows, transpose(x, rows, cols)) } else { (rows, cols, x.to_vec()) };
+    let norm = sum_sq(&x).sqrt();
+    let d = if clamp { norm.max(eps) } else { norm + eps } as f32;
+    x.iter_mut().for_each(|v| *v /= d);
+    let [a, b, c] = coeffs.map(|v| v as f32);
+    for _ in 0..steps {
+        let xt = transpose(&x, m, n);
+        let gram = matmul(&x, &xt, m, n, m);
+        let gram2 = matmul(&gram, &gram, m, m, m);
+        let poly: Vec<f32> = gram.iter().zip(&gram2).map(|(g, g2)| b * g + c * g2).collect();
+        let px = matmul(&poly, &x, m, m, n);
+        x.iter_mut().zip(&px).for_each(|(v, p)| *v = a * *v + p);
+    }
+    if tall {
+        transpose(&x, m, n)
+    } else {
+        x
+    }
+}
+
+/// optax `contrib.scale_by_muon`: momentum (`μ ← βμ + (1−β)g`, bias-corrected, Nesterov by
+/// default) orthogonalized by Newton–Schulz; for 2-D parameters.
+pub struct ScaleByMuon {
+    coeffs: [f64; 3],
+    steps: usize,
+    beta: f32,
+    eps: f64,
+    nesterov: bool,
+    count: u64,
+    shapes: Vec<Vec<usize>>,
+    mu: Vec<Vec<f32>>,
+}
+impl ScaleByMuon {
+    pub fn new(coeffs: [f64; 3], steps: usize, beta: f64, eps: f64, nesterov: bool) -> Self {
+        ScaleByMuon { coeffs, steps, beta: beta as f32, eps, nesterov, count: 0, shapes: vec![], mu: vec![] }
+    }
+}
+impl Transform for ScaleByMuon {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
+            return Err(crate::error::invalid(format!("Muon orthogonalizes 2-D parameters only, got shape {s:?}")));
+        }
+        self.shapes = shapes.to_vec();
+        self.mu = zeros(shapes);
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        self.count += 1;
+        let b = self.beta as f64;
+        let bc = (1.0 - b.powf(self.count as f64)) as f32;
+        let bc_next = (1.0 - b.powf(self.count as f64 + 1.0)) as f32;
+        let beta = self.beta;
+        for (i, u) in updates.iter_mut().enumerate() {
+            for (g, m) in u.iter_mut().zip(self.mu[i].iter_mut()) {
+                *m = (1.0 - beta) * *g + beta * *m;
+                *g = if self.nesterov { beta * (*m / bc_next) + (1.0 - beta) * (*g / bc) } else { *m / bc };
+            }
+            let s = &self.shapes[i];
+            *u = newton_schulz(u, s[0], s[1], self.coeffs, self.steps, self.eps, false);
+        }
+        Ok(())
+    }
+    state!(ScaleByMuon; bufs: [mu]; counters: [count]; scalars: []);
+}
+
+/// optax `contrib.scale_by_shape`: scales a 2-D update by `√max(1, fan_out/fan_in)` (fan_in the
+/// first axis), Muon's width transfer.
+#[derive(Default)]
+pub struct ScaleByShape {
+    shapes: Vec<Vec<usize>>,
+}
+impl Transform for ScaleByShape {
+    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        self.shapes = shapes.to_vec();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        for (u, s) in updates.iter_mut().zip(&self.shapes) {
+            let (fan_in, fan_out) = (s[0] as f64, s[1..].iter().product::<usize>() as f64);
+            let scale = (fan_out / fan_in).max(1.0).sqrt() as f32;
+            u.iter_mut().for_each(|x| *x *= scale);
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+        Ok(())
+    }
+}
