@@ -9,7 +9,11 @@ use descent_core::reference::{collect_case_files, load_case, run_and_check, Case
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "descent", version, about = "Deep-learning optimization toolkit: optimizers, schedules, training and benchmarks")]
+#[command(
+    name = "descent",
+    version,
+    about = "Deep-learning optimization toolkit: optimizers, schedules, training and benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Replay { check: true, paths } => check(&paths),
-        Command::Replay { check: false, paths } => replay(&paths),
+        Command::Replay {
+            check: false,
+            paths,
+        } => replay(&paths),
         Command::List => {
             list();
             Ok(true)
@@ -74,11 +81,17 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
         match outcome {
             Ok((id, r)) if r.passed => {
                 passed += 1;
-                println!("PASS {id}  (worst error {:.3} of tolerance, step {})", r.ratio, r.step);
+                println!(
+                    "PASS {id}  (worst error {:.3} of tolerance, step {})",
+                    r.ratio, r.step
+                );
             }
             Ok((id, r)) => {
                 failed += 1;
-                println!("FAIL {id}  (error {:.3}× tolerance at step {})", r.ratio, r.step);
+                println!(
+                    "FAIL {id}  (error {:.3}× tolerance at step {})",
+                    r.ratio, r.step
+                );
             }
             Err(e) => {
                 failed += 1;

@@ -33,7 +33,13 @@ pub fn constant(value: f64) -> BoxSchedule {
 
 /// optax `polynomial_schedule`: from `init` to `end` over `transition_steps` after
 /// `transition_begin`, with exponent `power`.
-pub fn polynomial(init: f64, end: f64, power: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
+pub fn polynomial(
+    init: f64,
+    end: f64,
+    power: f64,
+    transition_steps: u64,
+    transition_begin: u64,
+) -> BoxSchedule {
     if transition_steps == 0 {
         return constant(init);
     }
@@ -50,8 +56,13 @@ pub fn linear(init: f64, end: f64, transition_steps: u64, transition_begin: u64)
 }
 
 /// optax `piecewise_constant_schedule`: multiplies by `scale` from each boundary step on.
-pub fn piecewise_constant(init: f64, mut boundaries_and_scales: Vec<(u64, f64)>) -> Result<BoxSchedule> {
-    ensure(boundaries_and_scales.iter().all(|(_, s)| *s >= 0.0), || "piecewise_constant_schedule: scales must be non-negative".into())?;
+pub fn piecewise_constant(
+    init: f64,
+    mut boundaries_and_scales: Vec<(u64, f64)>,
+) -> Result<BoxSchedule> {
+    ensure(boundaries_and_scales.iter().all(|(_, s)| *s >= 0.0), || {
+        "piecewise_constant_schedule: scales must be non-negative".into()
+    })?;
     boundaries_and_scales.sort_by_key(|(b, _)| *b);
     Ok(Box::new(move |t: u64| {
         let mut v = init;
@@ -66,7 +77,14 @@ pub fn piecewise_constant(init: f64, mut boundaries_and_scales: Vec<(u64, f64)>)
 
 /// optax `exponential_decay`: `init · rate^((t − begin)/transition_steps)`, floored with
 /// `staircase`, clipped at `end_value`.
-pub fn exponential_decay(init: f64, transition_steps: u64, decay_rate: f64, transition_begin: u64, staircase: bool, end_value: Option<f64>) -> BoxSchedule {
+pub fn exponential_decay(
+    init: f64,
+    transition_steps: u64,
+    decay_rate: f64,
+    transition_begin: u64,
+    staircase: bool,
+    end_value: Option<f64>,
+) -> BoxSchedule {
     if transition_steps == 0 || decay_rate == 0.0 {
         return constant(init);
     }
@@ -76,7 +94,11 @@ pub fn exponential_decay(init: f64, transition_steps: u64, decay_rate: f64, tran
         if staircase {
             p = p.floor();
         }
-        let mut v = if dc <= 0.0 { init } else { init * decay_rate.powf(p) };
+        let mut v = if dc <= 0.0 {
+            init
+        } else {
+            init * decay_rate.powf(p)
+        };
         if let Some(e) = end_value {
             v = if decay_rate < 1.0 { v.max(e) } else { v.min(e) };
         }
@@ -113,10 +135,25 @@ pub fn warmup_constant(init: f64, peak: f64, warmup_steps: u64) -> BoxSchedule {
 
 /// optax `warmup_cosine_decay_schedule`: linear warm-up to `peak`, then cosine decay to `end`
 /// reached at `decay_steps` (warm-up included).
-pub fn warmup_cosine_decay(init: f64, peak: f64, warmup_steps: u64, decay_steps: u64, end: f64, exponent: f64) -> BoxSchedule {
+pub fn warmup_cosine_decay(
+    init: f64,
+    peak: f64,
+    warmup_steps: u64,
+    decay_steps: u64,
+    end: f64,
+    exponent: f64,
+) -> BoxSchedule {
     let alpha = if peak == 0.0 { 0.0 } else { end / peak };
     join(
-        vec![linear(init, peak, warmup_steps, 0), cosine_decay(peak, decay_steps.saturating_sub(warmup_steps), alpha, exponent)],
+        vec![
+            linear(init, peak, warmup_steps, 0),
+            cosine_decay(
+                peak,
+                decay_steps.saturating_sub(warmup_steps),
+                alpha,
+                exponent,
+            ),
+        ],
         vec![warmup_steps],
     )
 }
@@ -136,7 +173,14 @@ pub fn warmup_exponential_decay(
     join(
         vec![
             linear(init, peak, warmup_steps, 0),
-            exponential_decay(peak, transition_steps, decay_rate, transition_begin, staircase, end_value),
+            exponential_decay(
+                peak,
+                transition_steps,
+                decay_rate,
+                transition_begin,
+                staircase,
+                end_value,
+            ),
         ],
         vec![warmup_steps],
     )
@@ -151,7 +195,11 @@ pub enum Interpolation {
 
 /// optax `piecewise_interpolate_schedule`: values `init · Π scales` at the boundaries, interpolated
 /// in between.
-pub fn piecewise_interpolate(kind: Interpolation, init: f64, mut boundaries_and_scales: Vec<(u64, f64)>) -> BoxSchedule {
+pub fn piecewise_interpolate(
+    kind: Interpolation,
+    init: f64,
+    mut boundaries_and_scales: Vec<(u64, f64)>,
+) -> BoxSchedule {
     boundaries_and_scales.sort_by_key(|(b, _)| *b);
     let mut bounds = vec![0u64];
     let mut values = vec![init];
@@ -181,22 +229,42 @@ pub fn piecewise_interpolate(kind: Interpolation, init: f64, mut boundaries_and_
 }
 
 /// optax `linear_onecycle_schedule` (Smith & Topin 2018).
-pub fn linear_onecycle(transition_steps: u64, peak: f64, pct_start: f64, pct_final: f64, div_factor: f64, final_div_factor: f64) -> BoxSchedule {
+pub fn linear_onecycle(
+    transition_steps: u64,
+    peak: f64,
+    pct_start: f64,
+    pct_final: f64,
+    div_factor: f64,
+    final_div_factor: f64,
+) -> BoxSchedule {
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Linear,
         peak / div_factor,
-        vec![((pct_start * t) as u64, div_factor), ((pct_final * t) as u64, 1.0 / div_factor), (transition_steps, 1.0 / final_div_factor)],
+        vec![
+            ((pct_start * t) as u64, div_factor),
+            ((pct_final * t) as u64, 1.0 / div_factor),
+            (transition_steps, 1.0 / final_div_factor),
+        ],
     )
 }
 
 /// optax `cosine_onecycle_schedule` (Smith & Topin 2018).
-pub fn cosine_onecycle(transition_steps: u64, peak: f64, pct_start: f64, div_factor: f64, final_div_factor: f64) -> BoxSchedule {
+pub fn cosine_onecycle(
+    transition_steps: u64,
+    peak: f64,
+    pct_start: f64,
+    div_factor: f64,
+    final_div_factor: f64,
+) -> BoxSchedule {
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Cosine,
         peak / div_factor,
-        vec![((pct_start * t) as u64, div_factor), (transition_steps, 1.0 / (div_factor * final_div_factor))],
+        vec![
+            ((pct_start * t) as u64, div_factor),
+            (transition_steps, 1.0 / (div_factor * final_div_factor)),
+        ],
     )
 }
 
@@ -204,8 +272,12 @@ pub fn cosine_onecycle(transition_steps: u64, peak: f64, pct_start: f64, div_fac
 
 /// torch `StepLR`: `base · γ^⌊t/step_size⌋`.
 pub fn step_lr(base: f64, step_size: u64, gamma: f64) -> Result<BoxSchedule> {
-    ensure(step_size > 0, || "StepLR: step_size must be positive".into())?;
-    Ok(Box::new(move |t: u64| base * gamma.powi((t / step_size) as i32)))
+    ensure(step_size > 0, || {
+        "StepLR: step_size must be positive".into()
+    })?;
+    Ok(Box::new(move |t: u64| {
+        base * gamma.powi((t / step_size) as i32)
+    }))
 }
 
 /// torch `MultiStepLR`: multiplied by `γ` at each milestone.
@@ -220,14 +292,27 @@ pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
 
 /// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
 pub fn cosine_annealing_lr(base: f64, t_max: u64, eta_min: f64) -> Result<BoxSchedule> {
-    ensure(t_max > 0, || "CosineAnnealingLR: T_max must be positive".into())?;
-    Ok(Box::new(move |t: u64| eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0))
+    ensure(t_max > 0, || {
+        "CosineAnnealingLR: T_max must be positive".into()
+    })?;
+    Ok(Box::new(move |t: u64| {
+        eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0
+    }))
 }
 
 /// torch `CosineAnnealingWarmRestarts` (SGDR): periods `T_0, T_0·T_mult, …`.
-pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min: f64) -> Result<BoxSchedule> {
-    ensure(t_0 > 0, || format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}"))?;
-    ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
+pub fn cosine_annealing_warm_restarts(
+    base: f64,
+    t_0: u64,
+    t_mult: u64,
+    eta_min: f64,
+) -> Result<BoxSchedule> {
+    ensure(t_0 > 0, || {
+        format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}")
+    })?;
+    ensure(t_mult >= 1, || {
+        format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}")
+    })?;
     Ok(Box::new(move |t: u64| {
         let (mut cur, mut ti) = (t, t_0);
         while cur >= ti {
@@ -239,19 +324,37 @@ pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min:
 }
 
 /// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters`.
-pub fn linear_lr(base: f64, start_factor: f64, end_factor: f64, total_iters: u64) -> Result<BoxSchedule> {
-    ensure(start_factor > 0.0 && start_factor <= 1.0, || "LinearLR: Starting multiplicative factor expected to be greater than 0 and less or equal to 1.".into())?;
-    ensure((0.0..=1.0).contains(&end_factor), || "LinearLR: Ending multiplicative factor expected to be between 0 and 1.".into())?;
+pub fn linear_lr(
+    base: f64,
+    start_factor: f64,
+    end_factor: f64,
+    total_iters: u64,
+) -> Result<BoxSchedule> {
+    ensure(start_factor > 0.0 && start_factor <= 1.0, || {
+        "LinearLR: Starting multiplicative factor expected to be greater than 0 and less or equal to 1.".into()
+    })?;
+    ensure((0.0..=1.0).contains(&end_factor), || {
+        "LinearLR: Ending multiplicative factor expected to be between 0 and 1.".into()
+    })?;
     Ok(Box::new(move |t: u64| {
-        let f = if total_iters == 0 { end_factor } else { start_factor + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64 };
+        let f = if total_iters == 0 {
+            end_factor
+        } else {
+            start_factor
+                + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64
+        };
         base * f
     }))
 }
 
 /// torch `ConstantLR`: `base · factor` until `total_iters`, then `base`.
 pub fn constant_lr(base: f64, factor: f64, total_iters: u64) -> Result<BoxSchedule> {
-    ensure((0.0..=1.0).contains(&factor), || "ConstantLR: Constant multiplicative factor expected to be between 0 and 1.".into())?;
-    Ok(Box::new(move |t: u64| if t < total_iters { base * factor } else { base }))
+    ensure((0.0..=1.0).contains(&factor), || {
+        "ConstantLR: Constant multiplicative factor expected to be between 0 and 1.".into()
+    })?;
+    Ok(Box::new(
+        move |t: u64| if t < total_iters { base * factor } else { base },
+    ))
 }
 
 /// torch `PolynomialLR`: `base · (1 − min(t, T)/T)^power`.
@@ -273,16 +376,35 @@ pub enum Anneal {
 
 /// torch `OneCycleLR` (Smith & Topin 2018): warm-up from `max_lr/div_factor` to `max_lr`, then
 /// annealing to `initial/final_div_factor` (three phases with `three_phase`).
-pub fn onecycle_lr(max_lr: f64, total_steps: u64, pct_start: f64, anneal: Anneal, div_factor: f64, final_div_factor: f64, three_phase: bool) -> Result<BoxSchedule> {
-    ensure(total_steps > 0, || format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}"))?;
-    ensure((0.0..=1.0).contains(&pct_start), || format!("OneCycleLR: Expected float between 0 and 1 pct_start, but got {pct_start}"))?;
+pub fn onecycle_lr(
+    max_lr: f64,
+    total_steps: u64,
+    pct_start: f64,
+    anneal: Anneal,
+    div_factor: f64,
+    final_div_factor: f64,
+    three_phase: bool,
+) -> Result<BoxSchedule> {
+    ensure(total_steps > 0, || {
+        format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}")
+    })?;
+    ensure((0.0..=1.0).contains(&pct_start), || {
+        format!("OneCycleLR: Expected float between 0 and 1 pct_start, but got {pct_start}")
+    })?;
     let initial = max_lr / div_factor;
     let min_lr = initial / final_div_factor;
     let total = total_steps as f64;
     let phases: Vec<(f64, f64, f64)> = if three_phase {
-        vec![(pct_start * total - 1.0, initial, max_lr), (2.0 * pct_start * total - 2.0, max_lr, initial), (total - 1.0, initial, min_lr)]
+        vec![
+            (pct_start * total - 1.0, initial, max_lr),
+            (2.0 * pct_start * total - 2.0, max_lr, initial),
+            (total - 1.0, initial, min_lr),
+        ]
     } else {
-        vec![(pct_start * total - 1.0, initial, max_lr), (total - 1.0, max_lr, min_lr)]
+        vec![
+            (pct_start * total - 1.0, initial, max_lr),
+            (total - 1.0, max_lr, min_lr),
+        ]
     };
     Ok(Box::new(move |t: u64| {
         let t = t as f64;
@@ -310,16 +432,28 @@ pub enum CyclicMode {
 }
 
 /// torch `CyclicLR`: triangular cycles between `base_lr` and `max_lr`.
-pub fn cyclic_lr(base_lr: f64, max_lr: f64, step_size_up: u64, step_size_down: Option<u64>, mode: CyclicMode) -> Result<BoxSchedule> {
+pub fn cyclic_lr(
+    base_lr: f64,
+    max_lr: f64,
+    step_size_up: u64,
+    step_size_down: Option<u64>,
+    mode: CyclicMode,
+) -> Result<BoxSchedule> {
     let down = step_size_down.unwrap_or(step_size_up);
     let total = (step_size_up + down) as f64;
-    ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;
+    ensure(total > 0.0, || {
+        "CyclicLR: step sizes must be positive".into()
+    })?;
     let ratio = step_size_up as f64 / total;
     Ok(Box::new(move |t: u64| {
         let tf = t as f64;
         let cycle = (1.0 + tf / total).floor();
         let x = 1.0 + tf / total - cycle;
-        let scale = if x <= ratio { x / ratio } else { (x - 1.0) / (ratio - 1.0) };
+        let scale = if x <= ratio {
+            x / ratio
+        } else {
+            (x - 1.0) / (ratio - 1.0)
+        };
         let height = (max_lr - base_lr) * scale;
         let f = match mode {
             CyclicMode::Triangular => 1.0,
@@ -375,7 +509,9 @@ impl ReduceLrOnPlateau {
         min_lr: f64,
         eps: f64,
     ) -> Result<Self> {
-        ensure(factor < 1.0, || "ReduceLROnPlateau: Factor should be < 1.0.".into())?;
+        ensure(factor < 1.0, || {
+            "ReduceLROnPlateau: Factor should be < 1.0.".into()
+        })?;
         Ok(ReduceLrOnPlateau {
             lr,
             mode,

@@ -13,8 +13,21 @@ use crate::transform::{chain, LearningRate, Transform};
 use crate::transforms::*;
 
 /// The torch optimizers descent reproduces.
-pub const TORCH_OPTIMIZERS: &[&str] =
-    &["adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "asgd", "muon", "nadam", "radam", "rmsprop", "rprop", "sgd"];
+pub const TORCH_OPTIMIZERS: &[&str] = &[
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "asgd",
+    "muon",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "sgd",
+];
 
 /// The optax optimizers and transformations descent reproduces (usable as `chain` links).
 pub const OPTAX_OPTIMIZERS: &[&str] = &[
@@ -127,9 +140,18 @@ impl<'a> Kwargs<'a> {
         let map = match value {
             Value::Object(m) => m,
             Value::Null => EMPTY.get_or_init(Map::new),
-            other => return Err(Error::Field { context, message: format!("expected an object of keyword arguments, got {other}") }),
+            other => {
+                return Err(Error::Field {
+                    context,
+                    message: format!("expected an object of keyword arguments, got {other}"),
+                })
+            }
         };
-        Ok(Kwargs { context, map, accepted: vec![] })
+        Ok(Kwargs {
+            context,
+            map,
+            accepted: vec![],
+        })
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -138,25 +160,34 @@ impl<'a> Kwargs<'a> {
     }
 
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::Field { context: format!("{}: `{key}`", self.context), message: msg.to_string() }
+        Error::Field {
+            context: format!("{}: `{key}`", self.context),
+            message: msg.to_string(),
+        }
     }
 
     pub fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
         }
     }
     pub fn f64(&mut self, key: &'static str, default: f64) -> Result<f64> {
         Ok(self.opt_f64(key)?.unwrap_or(default))
     }
     pub fn req_f64(&mut self, key: &'static str) -> Result<f64> {
-        self.opt_f64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
+        self.opt_f64(key)?
+            .ok_or_else(|| self.err(key, "missing required argument"))
     }
     pub fn bool(&mut self, key: &'static str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
     pub fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
@@ -164,7 +195,9 @@ impl<'a> Kwargs<'a> {
             None => Ok(None),
             Some(v) => {
                 let x = v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0);
-                x.map(|x| Some(x as u64)).ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}")))
+                x.map(|x| Some(x as u64)).ok_or_else(|| {
+                    self.err(key, format!("expected a non-negative integer, got {v}"))
+                })
             }
         }
     }
@@ -172,20 +205,28 @@ impl<'a> Kwargs<'a> {
         Ok(self.opt_u64(key)?.unwrap_or(default))
     }
     pub fn req_u64(&mut self, key: &'static str) -> Result<u64> {
-        self.opt_u64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
+        self.opt_u64(key)?
+            .ok_or_else(|| self.err(key, "missing required argument"))
     }
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
         }
     }
     pub fn f64s(&mut self, key: &'static str) -> Result<Option<Vec<f64>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Array(a)) => {
-                a.iter().map(|x| x.as_f64().ok_or_else(|| self.err(key, format!("expected numbers, got {x}")))).collect::<Result<Vec<_>>>().map(Some)
-            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_f64()
+                        .ok_or_else(|| self.err(key, format!("expected numbers, got {x}")))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
             Some(v) => Err(self.err(key, format!("expected a list of numbers, got {v}"))),
         }
     }
@@ -203,19 +244,32 @@ impl<'a> Kwargs<'a> {
     /// A learning rate: a number, or `{"schedule": NAME, …kwargs}` naming an optax schedule.
     pub fn lr(&mut self, key: &'static str, default: Option<f64>) -> Result<LearningRate> {
         match self.get(key) {
-            None => default.map(LearningRate::Constant).ok_or_else(|| self.err(key, "missing required argument")),
+            None => default
+                .map(LearningRate::Constant)
+                .ok_or_else(|| self.err(key, "missing required argument")),
             Some(Value::Number(n)) => Ok(LearningRate::Constant(n.as_f64().unwrap_or(f64::NAN))),
             Some(Value::Object(o)) => {
-                let name = o.get("schedule").and_then(|v| v.as_str()).ok_or_else(|| self.err(key, "a schedule object needs a `schedule` name"))?;
+                let name = o
+                    .get("schedule")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| self.err(key, "a schedule object needs a `schedule` name"))?;
                 let mut rest = o.clone();
                 rest.remove("schedule");
                 let ctx = format!("{}: `{key}`", self.context);
                 match build_schedule("optax", name, &Value::Object(rest), None)? {
                     ScheduleSpec::Function(s) => Ok(LearningRate::Schedule(s)),
-                    ScheduleSpec::Plateau(_) => Err(Error::Field { context: ctx, message: "ReduceLROnPlateau needs metrics; it cannot be a learning-rate function".into() }),
+                    ScheduleSpec::Plateau(_) => Err(Error::Field {
+                        context: ctx,
+                        message:
+                            "ReduceLROnPlateau needs metrics; it cannot be a learning-rate function"
+                                .into(),
+                    }),
                 }
             }
-            Some(v) => Err(self.err(key, format!("expected a number or a schedule object, got {v}"))),
+            Some(v) => Err(self.err(
+                key,
+                format!("expected a number or a schedule object, got {v}"),
+            )),
         }
     }
     /// Fails on any argument that was never read.
@@ -225,7 +279,11 @@ impl<'a> Kwargs<'a> {
                 let mut acc = self.accepted.clone();
                 acc.sort();
                 acc.dedup();
-                return Err(Error::Unknown { kind: "keyword argument", name: format!("{k}` of `{}", self.context), accepted: acc.join(", ") });
+                return Err(Error::Unknown {
+                    kind: "keyword argument",
+                    name: format!("{k}` of `{}", self.context),
+                    accepted: acc.join(", "),
+                });
             }
         }
         Ok(())
@@ -237,13 +295,23 @@ fn boxed<T: Transform + 'static>(t: T) -> Box<dyn Transform> {
 }
 
 fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
-    Error::Unknown { kind, name: name.to_string(), accepted: accepted.join(", ") }
+    Error::Unknown {
+        kind,
+        name: name.to_string(),
+        accepted: accepted.join(", "),
+    }
 }
 
 /// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
 /// arguments, optional torch `param_groups` (`[{"params": [indices], "hparams": {overrides}}]`), and
 /// the parameter shapes.
-pub fn build_optimizer(library: &str, name: &str, hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+pub fn build_optimizer(
+    library: &str,
+    name: &str,
+    hparams: &Value,
+    param_groups: Option<&Value>,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn Transform>> {
     match library {
         "torch" => match param_groups {
             None => build_torch(name, hparams),
@@ -251,7 +319,10 @@ pub fn build_optimizer(library: &str, name: &str, hparams: &Value, param_groups:
         },
         "optax" => {
             if param_groups.is_some() {
-                return Err(Error::Field { context: format!("optax.{name}"), message: "param_groups are a torch notion; use optax partition instead".into() });
+                return Err(Error::Field {
+                    context: format!("optax.{name}"),
+                    message: "param_groups are a torch notion; use optax partition instead".into(),
+                });
             }
             build_optax(name, hparams, shapes)
         }
@@ -260,22 +331,49 @@ pub fn build_optimizer(library: &str, name: &str, hparams: &Value, param_groups:
 }
 
 /// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
-pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let (lib, name) = registry_name.split_once('.').ok_or_else(|| unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>()))?;
+pub fn build_named(
+    registry_name: &str,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn Transform>> {
+    let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
+        unknown(
+            "optimizer",
+            registry_name,
+            &registry_names()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+        )
+    })?;
     if lib != "torch" && lib != "optax" {
-        return Err(unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>()));
+        return Err(unknown(
+            "optimizer",
+            registry_name,
+            &registry_names()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+        ));
     }
     build_optimizer(lib, name, hparams, None, shapes)
 }
 
 /// Every registry name, `library.name`.
 pub fn registry_names() -> Vec<String> {
-    TORCH_OPTIMIZERS.iter().map(|n| format!("torch.{n}")).chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}"))).collect()
+    TORCH_OPTIMIZERS
+        .iter()
+        .map(|n| format!("torch.{n}"))
+        .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
+        .collect()
 }
 
 fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box<dyn Transform>> {
     let ctx = format!("torch.{name}: param_groups");
-    let arr = groups.as_array().ok_or_else(|| Error::Field { context: ctx.clone(), message: "expected a list of groups".into() })?;
+    let arr = groups.as_array().ok_or_else(|| Error::Field {
+        context: ctx.clone(),
+        message: "expected a list of groups".into(),
+    })?;
     let base = hparams.as_object().cloned().unwrap_or_default();
     let mut parts = vec![];
     for (k, g) in arr.iter().enumerate() {
@@ -283,13 +381,24 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
         let idx: Vec<usize> = g
             .get("params")
             .and_then(|p| p.as_array())
-            .ok_or_else(|| Error::Field { context: gctx.clone(), message: "missing `params` (a list of parameter indices)".into() })?
+            .ok_or_else(|| Error::Field {
+                context: gctx.clone(),
+                message: "missing `params` (a list of parameter indices)".into(),
+            })?
             .iter()
-            .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| Error::Field { context: gctx.clone(), message: format!("parameter index {v} is not a non-negative integer") }))
+            .map(|v| {
+                v.as_u64().map(|x| x as usize).ok_or_else(|| Error::Field {
+                    context: gctx.clone(),
+                    message: format!("parameter index {v} is not a non-negative integer"),
+                })
+            })
             .collect::<Result<_>>()?;
         let mut merged = base.clone();
         if let Some(o) = g.get("hparams") {
-            let o = o.as_object().ok_or_else(|| Error::Field { context: gctx.clone(), message: "`hparams` must be an object".into() })?;
+            let o = o.as_object().ok_or_else(|| Error::Field {
+                context: gctx.clone(),
+                message: "`hparams` must be an object".into(),
+            })?;
             for (k, v) in o {
                 merged.insert(k.clone(), v.clone());
             }
@@ -305,7 +414,14 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
     let tx: Box<dyn Transform> = match name {
         "sgd" => {
             let lr = k.lr("lr", Some(1e-3))?;
-            let t = torch::Sgd::new(lr, k.f64("momentum", 0.0)?, k.f64("dampening", 0.0)?, k.f64("weight_decay", 0.0)?, k.bool("nesterov", false)?, k.bool("maximize", maximize_default)?)?;
+            let t = torch::Sgd::new(
+                lr,
+                k.f64("momentum", 0.0)?,
+                k.f64("dampening", 0.0)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("nesterov", false)?,
+                k.bool("maximize", maximize_default)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -315,7 +431,19 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?;
             let decoupled = k.bool("decoupled_weight_decay", name == "adamw")?;
-            let t = torch::Adam::new(lr, betas, eps, wd, if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 }, k.bool("amsgrad", false)?, k.bool("maximize", false)?)?;
+            let t = torch::Adam::new(
+                lr,
+                betas,
+                eps,
+                wd,
+                if decoupled {
+                    WeightDecay::Decoupled
+                } else {
+                    WeightDecay::L2
+                },
+                k.bool("amsgrad", false)?,
+                k.bool("maximize", false)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -345,12 +473,24 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             boxed(t)
         }
         "adadelta" => {
-            let t = torch::Adadelta::new(k.lr("lr", Some(1.0))?, k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?, k.bool("maximize", false)?)?;
+            let t = torch::Adadelta::new(
+                k.lr("lr", Some(1.0))?,
+                k.f64("rho", 0.9)?,
+                k.f64("eps", 1e-6)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("maximize", false)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "adamax" => {
-            let t = torch::Adamax::new(k.lr("lr", Some(2e-3))?, k.pair("betas", (0.9, 0.999))?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?, k.bool("maximize", false)?)?;
+            let t = torch::Adamax::new(
+                k.lr("lr", Some(2e-3))?,
+                k.pair("betas", (0.9, 0.999))?,
+                k.f64("eps", 1e-8)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("maximize", false)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -360,7 +500,11 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", 0.0)?;
             let md = k.f64("momentum_decay", 4e-3)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+            let dec = if k.bool("decoupled_weight_decay", false)? {
+                WeightDecay::Decoupled
+            } else {
+                WeightDecay::L2
+            };
             let t = torch::Nadam::new(lr, betas, eps, wd, md, dec, k.bool("maximize", false)?)?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
@@ -370,18 +514,34 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let betas = k.pair("betas", (0.9, 0.999))?;
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", 0.0)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+            let dec = if k.bool("decoupled_weight_decay", false)? {
+                WeightDecay::Decoupled
+            } else {
+                WeightDecay::L2
+            };
             let t = torch::Radam::new(lr, betas, eps, wd, dec, k.bool("maximize", false)?)?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "rprop" => {
-            let t = torch::Rprop::new(k.f64("lr", 1e-2)?, k.pair("etas", (0.5, 1.2))?, k.pair("step_sizes", (1e-6, 50.0))?, k.bool("maximize", false)?)?;
+            let t = torch::Rprop::new(
+                k.f64("lr", 1e-2)?,
+                k.pair("etas", (0.5, 1.2))?,
+                k.pair("step_sizes", (1e-6, 50.0))?,
+                k.bool("maximize", false)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "asgd" => {
-            let t = torch::Asgd::new(k.f64("lr", 1e-2)?, k.f64("lambd", 1e-4)?, k.f64("alpha", 0.75)?, k.f64("t0", 1e6)?, k.f64("weight_decay", 0.0)?, k.bool("maximize", false)?)?;
+            let t = torch::Asgd::new(
+                k.f64("lr", 1e-2)?,
+                k.f64("lambd", 1e-4)?,
+                k.f64("alpha", 0.75)?,
+                k.f64("t0", 1e6)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("maximize", false)?,
+            )?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -390,10 +550,24 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let b2d = k.f64("beta2_decay", -0.8)?;
             let eps = match k.value("eps") {
                 None => (None, 1e-3),
-                Some(Value::Array(a)) if a.len() == 2 => (a[0].as_f64(), a[1].as_f64().unwrap_or(1e-3)),
-                Some(v) => return Err(Error::Field { context: "torch.adafactor: `eps`".into(), message: format!("expected [eps1 or null, eps2], got {v}") }),
+                Some(Value::Array(a)) if a.len() == 2 => {
+                    (a[0].as_f64(), a[1].as_f64().unwrap_or(1e-3))
+                }
+                Some(v) => {
+                    return Err(Error::Field {
+                        context: "torch.adafactor: `eps`".into(),
+                        message: format!("expected [eps1 or null, eps2], got {v}"),
+                    })
+                }
             };
-            let t = torch::Adafactor::new(lr, b2d, eps, k.f64("d", 1.0)?, k.f64("weight_decay", 0.0)?, k.bool("maximize", false)?)?;
+            let t = torch::Adafactor::new(
+                lr,
+                b2d,
+                eps,
+                k.f64("d", 1.0)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("maximize", false)?,
+            )?;
             let _ = k.bool("foreach", false)?;
             boxed(t)
         }
@@ -402,14 +576,31 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let coeffs = match k.f64s("ns_coefficients")? {
                 None => [3.4445, -4.7750, 2.0315],
                 Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
+                Some(_) => {
+                    return Err(crate::error::invalid(
+                        "Coefficients must be a tuple of exactly 3 values",
+                    ))
+                }
             };
             let adjust = match k.str("adjust_lr_fn", "original")? {
                 "original" => MuonLrAdjust::Original,
                 "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
-                other => return Err(crate::error::invalid(format!("Adjust learning rate function {other} is not supported"))),
+                other => {
+                    return Err(crate::error::invalid(format!(
+                        "Adjust learning rate function {other} is not supported"
+                    )))
+                }
             };
-            let t = torch::Muon::new(lr, k.f64("weight_decay", 0.1)?, k.f64("momentum", 0.95)?, k.bool("nesterov", true)?, coeffs, k.f64("eps", 1e-7)?, k.u64("ns_steps", 5)? as usize, adjust)?;
+            let t = torch::Muon::new(
+                lr,
+                k.f64("weight_decay", 0.1)?,
+                k.f64("momentum", 0.95)?,
+                k.bool("nesterov", true)?,
+                coeffs,
+                k.f64("eps", 1e-7)?,
+                k.u64("ns_steps", 5)? as usize,
+                adjust,
+            )?;
             let _ = k.bool("use_addmm", false)?;
             boxed(t)
         }
@@ -430,16 +621,32 @@ fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
 /// A list spec `[name, kwargs]`.
 fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
     match v {
-        Value::Array(a) if a.len() == 2 && a[0].is_string() => Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].clone())),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok((a[0].as_str().unwrap_or_default().to_string(), Value::Null)),
+        Value::Array(a) if a.len() == 2 && a[0].is_string() => {
+            Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].clone()))
+        }
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            Ok((a[0].as_str().unwrap_or_default().to_string(), Value::Null))
+        }
         Value::String(s) => Ok((s.clone(), Value::Null)),
-        other => Err(Error::Field { context: ctx.to_string(), message: format!("expected [name, {{kwargs}}], got {other}") }),
+        other => Err(Error::Field {
+            context: ctx.to_string(),
+            message: format!("expected [name, {{kwargs}}], got {other}"),
+        }),
     }
 }
 
-fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -> Result<Box<dyn Transform>> {
+fn adam_chain(
+    k: &mut Kwargs,
+    nesterov_default: bool,
+    wd_default: Option<f64>,
+) -> Result<Box<dyn Transform>> {
     let lr = k.lr("learning_rate", None)?;
-    let (b1, b2, eps, eps_root) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+    let (b1, b2, eps, eps_root) = (
+        k.f64("b1", 0.9)?,
+        k.f64("b2", 0.999)?,
+        k.f64("eps", 1e-8)?,
+        k.f64("eps_root", 0.0)?,
+    );
     let _ = k.value("mu_dtype");
     let nesterov = k.bool("nesterov", nesterov_default)?;
     let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov))];
@@ -457,7 +664,13 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
     let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
     let tx: Box<dyn Transform> = match name {
         "chain" => {
-            let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field { context: "optax.chain".into(), message: "missing `links` (a list of [name, kwargs])".into() })?;
+            let links =
+                k.value("links")
+                    .and_then(|v| v.as_array())
+                    .ok_or_else(|| Error::Field {
+                        context: "optax.chain".into(),
+                        message: "missing `links` (a list of [name, kwargs])".into(),
+                    })?;
             let mut txs = vec![];
             for (i, l) in links.iter().enumerate() {
                 let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
@@ -468,13 +681,23 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "multisteps" | "MultiSteps" => {
             let every_k = k.req_u64("every_k")?;
             let mean = k.bool("use_grad_mean", true)?;
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
-            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?)
+            let (n, kw) = link(
+                k.value("inner").unwrap_or(&Value::Null),
+                "optax.multisteps: inner",
+            )?;
+            boxed(MultiSteps::new(
+                build_optax(&n, &kw, shapes)?,
+                every_k,
+                mean,
+            )?)
         }
         "lookahead" => {
             let sync = k.req_u64("sync_period")?;
             let alpha = k.req_f64("slow_step_size")?;
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
+            let (n, kw) = link(
+                k.value("inner").unwrap_or(&Value::Null),
+                "optax.lookahead: inner",
+            )?;
             boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?)
         }
         "sgd" => {
@@ -493,12 +716,23 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "nadamw" => adam_chain(&mut k, true, Some(1e-4))?,
         "amsgrad" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdam::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?, false).amsgrad();
+            let t = ScaleByAdam::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+                false,
+            )
+            .amsgrad();
             chain(vec![boxed(t), lr_link(lr)])
         }
         "adamax" | "adamaxw" => {
             let lr = k.lr("learning_rate", None)?;
-            let mut links = vec![boxed(ScaleByAdamax::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?))];
+            let mut links = vec![boxed(ScaleByAdamax::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-8)?,
+            ))];
             if name == "adamaxw" {
                 links.push(boxed(AddDecayedWeights::new(k.f64("weight_decay", 1e-4)?)));
                 let _ = k.value("mask");
@@ -508,18 +742,49 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "adagrad" => {
             let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)), lr_link(lr)])
+            chain(vec![
+                boxed(ScaleByRss::new(
+                    k.f64("initial_accumulator_value", 0.1)?,
+                    k.f64("eps", 1e-7)?,
+                )),
+                lr_link(lr),
+            ])
         }
         "adadelta" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
-            let (rho, eps, wd) = (k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?);
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
+            let (rho, eps, wd) = (
+                k.f64("rho", 0.9)?,
+                k.f64("eps", 1e-6)?,
+                k.f64("weight_decay", 0.0)?,
+            );
+            chain(vec![
+                boxed(AddDecayedWeights::new(wd)),
+                boxed(ScaleByAdadelta::new(rho, eps)),
+                lr_link(lr),
+            ])
         }
         "rmsprop" => {
             let lr = k.lr("learning_rate", None)?;
-            let (decay, eps, init, in_sqrt) = (k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?);
-            let (centered, momentum, nesterov, bc) = (k.bool("centered", false)?, k.opt_f64("momentum")?, k.bool("nesterov", false)?, k.bool("bias_correction", false)?);
-            let mut links = vec![if centered { boxed(ScaleByStddev::new(decay, eps, init, in_sqrt, bc)) } else { boxed(ScaleByRms::new(decay, eps, init, in_sqrt, bc)) }, lr_link(lr)];
+            let (decay, eps, init, in_sqrt) = (
+                k.f64("decay", 0.9)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("initial_scale", 0.0)?,
+                k.bool("eps_in_sqrt", true)?,
+            );
+            let (centered, momentum, nesterov, bc) = (
+                k.bool("centered", false)?,
+                k.opt_f64("momentum")?,
+                k.bool("nesterov", false)?,
+                k.bool("bias_correction", false)?,
+            );
+            let mut links = vec![
+                if centered {
+                    boxed(ScaleByStddev::new(decay, eps, init, in_sqrt, bc))
+                } else {
+                    boxed(ScaleByRms::new(decay, eps, init, in_sqrt, bc))
+                },
+                lr_link(lr),
+            ];
             if let Some(m) = momentum {
                 links.push(boxed(Trace::new(m, nesterov)));
             }
@@ -527,9 +792,17 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "radam" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByRadam::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?, k.f64("threshold", 5.0)?);
+            let t = ScaleByRadam::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+                k.f64("threshold", 5.0)?,
+            );
             if k.bool("nesterov", false)? {
-                return Err(crate::error::invalid("optax.radam: nesterov=True is not supported by descent yet"));
+                return Err(crate::error::invalid(
+                    "optax.radam: nesterov=True is not supported by descent yet",
+                ));
             }
             chain(vec![boxed(t), lr_link(lr)])
         }
@@ -539,11 +812,21 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let _ = k.value("mu_dtype");
             let wd = k.f64("weight_decay", 1e-3)?;
             let _ = k.value("mask");
-            chain(vec![boxed(ScaleByLion::new(b1, b2)), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![
+                boxed(ScaleByLion::new(b1, b2)),
+                boxed(AddDecayedWeights::new(wd)),
+                lr_link(lr),
+            ])
         }
         "lamb" => {
             let lr = k.lr("learning_rate", None)?;
-            let (b1, b2, eps, eps_root, wd) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-6)?, k.f64("eps_root", 0.0)?, k.f64("weight_decay", 0.0)?);
+            let (b1, b2, eps, eps_root, wd) = (
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-6)?,
+                k.f64("eps_root", 0.0)?,
+                k.f64("weight_decay", 0.0)?,
+            );
             let _ = k.value("mask");
             chain(vec![
                 boxed(ScaleByAdam::new(b1, b2, eps, eps_root, false)),
@@ -554,9 +837,23 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "lars" => {
             let lr = k.lr("learning_rate", None)?;
-            let (wd, tc, eps, m, nesterov) = (k.f64("weight_decay", 0.0)?, k.f64("trust_coefficient", 0.001)?, k.f64("eps", 0.0)?, k.f64("momentum", 0.9)?, k.bool("nesterov", false)?);
-            let wd_mask = bool_mask(k.value("weight_decay_mask"), shapes.len(), "optax.lars: weight_decay_mask")?;
-            let tr_mask = bool_mask(k.value("trust_ratio_mask"), shapes.len(), "optax.lars: trust_ratio_mask")?;
+            let (wd, tc, eps, m, nesterov) = (
+                k.f64("weight_decay", 0.0)?,
+                k.f64("trust_coefficient", 0.001)?,
+                k.f64("eps", 0.0)?,
+                k.f64("momentum", 0.9)?,
+                k.bool("nesterov", false)?,
+            );
+            let wd_mask = bool_mask(
+                k.value("weight_decay_mask"),
+                shapes.len(),
+                "optax.lars: weight_decay_mask",
+            )?;
+            let tr_mask = bool_mask(
+                k.value("trust_ratio_mask"),
+                shapes.len(),
+                "optax.lars: trust_ratio_mask",
+            )?;
             chain(vec![
                 boxed(AddDecayedWeights::new(wd).masked(wd_mask)),
                 boxed(ScaleByTrustRatio::new(0.0, tc, eps).masked(tr_mask)),
@@ -566,11 +863,26 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "yogi" => {
             let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleByYogi::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-3)?, 0.0, 1e-6)), lr_link(lr)])
+            chain(vec![
+                boxed(ScaleByYogi::new(
+                    k.f64("b1", 0.9)?,
+                    k.f64("b2", 0.999)?,
+                    k.f64("eps", 1e-3)?,
+                    0.0,
+                    1e-6,
+                )),
+                lr_link(lr),
+            ])
         }
         "adabelief" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByBelief::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-16)?, k.f64("eps_root", 1e-16)?, k.bool("nesterov", false)?);
+            let t = ScaleByBelief::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-16)?,
+                k.f64("eps_root", 1e-16)?,
+                k.bool("nesterov", false)?,
+            );
             let mut links = vec![boxed(t)];
             if let Some(wd) = k.opt_f64("weight_decay")? {
                 links.push(boxed(AddDecayedWeights::new(wd)));
@@ -581,25 +893,48 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "novograd" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByNovograd::new(k.f64("b1", 0.9)?, k.f64("b2", 0.25)?, k.f64("eps", 1e-6)?, k.f64("eps_root", 0.0)?, k.f64("weight_decay", 0.0)?);
+            let t = ScaleByNovograd::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.25)?,
+                k.f64("eps", 1e-6)?,
+                k.f64("eps_root", 0.0)?,
+                k.f64("weight_decay", 0.0)?,
+            );
             chain(vec![boxed(t), lr_link(lr)])
         }
         "adan" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdan::new(k.f64("b1", 0.98)?, k.f64("b2", 0.92)?, k.f64("b3", 0.99)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 1e-8)?);
+            let t = ScaleByAdan::new(
+                k.f64("b1", 0.98)?,
+                k.f64("b2", 0.92)?,
+                k.f64("b3", 0.99)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 1e-8)?,
+            );
             let wd = k.f64("weight_decay", 0.0)?;
             let _ = k.value("mask");
-            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![
+                boxed(t),
+                boxed(AddDecayedWeights::new(wd)),
+                lr_link(lr),
+            ])
         }
         "sm3" => {
             let lr = k.req_f64("learning_rate")?;
-            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), boxed(Scale::new(-lr))])
+            chain(vec![
+                boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)),
+                boxed(Scale::new(-lr)),
+            ])
         }
         "fromage" => {
             let lr = k.req_f64("learning_rate")?;
             let min_norm = k.f64("min_norm", 1e-6)?;
             let mult = 1.0 / (1.0 + lr * lr).sqrt();
-            chain(vec![boxed(ScaleByTrustRatio::new(min_norm, 1.0, 0.0)), lr_link(LearningRate::Constant(lr * mult)), boxed(AddDecayedWeights::new(mult - 1.0))])
+            chain(vec![
+                boxed(ScaleByTrustRatio::new(min_norm, 1.0, 0.0)),
+                lr_link(LearningRate::Constant(lr * mult)),
+                boxed(AddDecayedWeights::new(mult - 1.0)),
+            ])
         }
         "sign_sgd" => {
             let lr = k.lr("learning_rate", None)?;
@@ -609,11 +944,21 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let lr = k.lr("learning_rate", None)?;
             let beta = k.f64("beta", 0.9)?;
             let _ = k.value("accumulator_dtype");
-            chain(vec![boxed(Ema::new(beta, false)), boxed(ScaleBySign), lr_link(lr)])
+            chain(vec![
+                boxed(Ema::new(beta, false)),
+                boxed(ScaleBySign),
+                lr_link(lr),
+            ])
         }
         "optimistic_gradient_descent" => {
             let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
+            chain(vec![
+                boxed(ScaleByOptimisticGradient::new(
+                    k.f64("alpha", 1.0)?,
+                    k.f64("beta", 1.0)?,
+                )),
+                lr_link(lr),
+            ])
         }
         "adafactor" => {
             let lr = match k.value("learning_rate") {
@@ -632,7 +977,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let wdr = k.opt_f64("weight_decay_rate")?;
             let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
             let _ = k.value("weight_decay_mask");
-            let mut links = vec![boxed(ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps))];
+            let mut links = vec![boxed(ScaleByFactoredRms::new(
+                factored, decay_rate, offset, min_dim, eps,
+            ))];
             if let Some(c) = clip {
                 links.push(boxed(ClipByBlockRms::new(c)));
             }
@@ -653,34 +1000,76 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "contrib.ademamix" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdemamix::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("b3", 0.9999)?, k.f64("alpha", 5.0)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+            let t = ScaleByAdemamix::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("b3", 0.9999)?,
+                k.f64("alpha", 5.0)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+            );
             let _ = k.value("mu_dtype");
             let wd = k.f64("weight_decay", 0.0)?;
             let _ = k.value("mask");
-            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![
+                boxed(t),
+                boxed(AddDecayedWeights::new(wd)),
+                lr_link(lr),
+            ])
         }
         "contrib.adopt" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdopt::new(k.f64("b1", 0.9)?, k.f64("b2", 0.9999)?, k.f64("eps", 1e-6)?, k.bool("nesterov", false)?, k.bool("use_clipping", true)?);
+            let t = ScaleByAdopt::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.9999)?,
+                k.f64("eps", 1e-6)?,
+                k.bool("nesterov", false)?,
+                k.bool("use_clipping", true)?,
+            );
             let _ = k.value("mu_dtype");
             chain(vec![boxed(t), lr_link(lr)])
         }
         "contrib.cocob" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
-            let (alpha, eps, wd) = (k.f64("alpha", 100.0)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
+            let (alpha, eps, wd) = (
+                k.f64("alpha", 100.0)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("weight_decay", 0.0)?,
+            );
             let _ = k.value("mask");
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByLearningRate::new(lr, false)), boxed(ScaleByCocob::new(alpha, eps))])
+            chain(vec![
+                boxed(AddDecayedWeights::new(wd)),
+                boxed(ScaleByLearningRate::new(lr, false)),
+                boxed(ScaleByCocob::new(alpha, eps)),
+            ])
         }
         "contrib.dadapt_adamw" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
             let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            boxed(DadaptAdamw::new(lr, b1, b2, k.f64("eps", 1e-8)?, k.f64("estim_lr0", 1e-6)?, k.f64("weight_decay", 0.0)?))
+            boxed(DadaptAdamw::new(
+                lr,
+                b1,
+                b2,
+                k.f64("eps", 1e-8)?,
+                k.f64("estim_lr0", 1e-6)?,
+                k.f64("weight_decay", 0.0)?,
+            ))
         }
         "contrib.prodigy" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
             let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
             let b3 = k.opt_f64("beta3")?;
-            let t = Prodigy::new(lr, b1, b2, b3, k.f64("eps", 1e-8)?, k.f64("estim_lr0", 1e-6)?, k.f64("estim_lr_coef", 1.0)?, k.f64("weight_decay", 0.0)?, k.bool("safeguard_warmup", false)?);
+            let t = Prodigy::new(
+                lr,
+                b1,
+                b2,
+                b3,
+                k.f64("eps", 1e-8)?,
+                k.f64("estim_lr0", 1e-6)?,
+                k.f64("estim_lr_coef", 1.0)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("safeguard_warmup", false)?,
+            );
             let _ = k.value("weight_decay_mask");
             boxed(t)
         }
@@ -689,15 +1078,29 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let init = match k.value("init_step") {
                 None => DogInit::Heuristic(1e-6),
                 Some(Value::Array(a)) if a.len() == 2 => {
-                    let v = a[1].as_f64().ok_or_else(|| Error::Field { context: "optax.contrib.dog: `init_step`".into(), message: "expected [kind, value]".into() })?;
+                    let v = a[1].as_f64().ok_or_else(|| Error::Field {
+                        context: "optax.contrib.dog: `init_step`".into(),
+                        message: "expected [kind, value]".into(),
+                    })?;
                     match a[0].as_str() {
                         Some("heuristic") => DogInit::Heuristic(v),
                         Some("distance") => DogInit::Distance(v),
                         Some("learning_rate") => DogInit::LearningRate(v),
-                        other => return Err(unknown("init_step kind", &format!("{other:?}"), &["heuristic", "distance", "learning_rate"])),
+                        other => {
+                            return Err(unknown(
+                                "init_step kind",
+                                &format!("{other:?}"),
+                                &["heuristic", "distance", "learning_rate"],
+                            ))
+                        }
                     }
                 }
-                Some(v) => return Err(Error::Field { context: "optax.contrib.dog: `init_step`".into(), message: format!("expected [kind, value], got {v}") }),
+                Some(v) => {
+                    return Err(Error::Field {
+                        context: "optax.contrib.dog: `init_step`".into(),
+                        message: format!("expected [kind, value], got {v}"),
+                    })
+                }
             };
             let eps = k.f64("eps", 1e-8)?;
             let mut links = vec![];
@@ -711,8 +1114,15 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "contrib.madgrad" => {
             let lr = k.lr("learning_rate", None)?;
-            let (m, wd, eps) = (k.f64("momentum", 0.9)?, k.f64("weight_decay", 0.0)?, k.f64("eps", 1e-6)?);
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByMadgrad::new(lr, m, eps))])
+            let (m, wd, eps) = (
+                k.f64("momentum", 0.9)?,
+                k.f64("weight_decay", 0.0)?,
+                k.f64("eps", 1e-6)?,
+            );
+            chain(vec![
+                boxed(AddDecayedWeights::new(wd)),
+                boxed(ScaleByMadgrad::new(lr, m, eps)),
+            ])
         }
         "contrib.schedule_free_sgd" | "contrib.schedule_free_adamw" => {
             let adamw = name.ends_with("adamw");
@@ -726,8 +1136,16 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 None => LearningRate::Constant(lr0),
             };
             let base = if adamw {
-                let (b2, eps, wd) = (k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-                chain(vec![boxed(ScaleByRms::new(b2, eps, 0.0, false, true)), boxed(AddDecayedWeights::new(wd)), lr_link(lr())])
+                let (b2, eps, wd) = (
+                    k.f64("b2", 0.999)?,
+                    k.f64("eps", 1e-8)?,
+                    k.f64("weight_decay", 0.0)?,
+                );
+                chain(vec![
+                    boxed(ScaleByRms::new(b2, eps, 0.0, false, true)),
+                    boxed(AddDecayedWeights::new(wd)),
+                    lr_link(lr()),
+                ])
             } else {
                 let mut links = vec![];
                 if let Some(wd) = k.opt_f64("weight_decay")? {
@@ -741,7 +1159,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "contrib.muon" => {
             let lr = k.f64("learning_rate", f64::NAN)?;
             if lr.is_nan() {
-                return Err(Error::Field { context: "optax.contrib.muon: `learning_rate`".into(), message: "missing required argument".into() });
+                return Err(Error::Field {
+                    context: "optax.contrib.muon: `learning_rate`".into(),
+                    message: "missing required argument".into(),
+                });
             }
             let coeffs = match k.f64s("ns_coeffs")? {
                 None => [3.4445, -4.7750, 2.0315],
@@ -749,13 +1170,36 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
             };
             let steps = k.u64("ns_steps", 5)? as usize;
-            let (beta, eps, wd, nesterov) = (k.f64("beta", 0.95)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?, k.bool("nesterov", true)?);
-            let (ab1, ab2, aeps_root, awd) = (k.f64("adam_b1", 0.9)?, k.f64("adam_b2", 0.999)?, k.f64("adam_eps_root", 0.0)?, k.f64("adam_weight_decay", 0.0)?);
+            let (beta, eps, wd, nesterov) = (
+                k.f64("beta", 0.95)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("weight_decay", 0.0)?,
+                k.bool("nesterov", true)?,
+            );
+            let (ab1, ab2, aeps_root, awd) = (
+                k.f64("adam_b1", 0.9)?,
+                k.f64("adam_b2", 0.999)?,
+                k.f64("adam_eps_root", 0.0)?,
+                k.f64("adam_weight_decay", 0.0)?,
+            );
             let alr = k.f64("adam_learning_rate", lr)?;
-            let muon_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() == 2).collect();
-            let adam_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() != 2).collect();
-            let muon = chain(vec![boxed(ScaleByMuon::new(coeffs, steps, beta, eps, nesterov)), boxed(ScaleByShape::default()), boxed(AddDecayedWeights::new(wd)), lr_link(LearningRate::Constant(lr))]);
-            let adam = chain(vec![boxed(ScaleByAdam::new(ab1, ab2, eps, aeps_root, nesterov)), boxed(AddDecayedWeights::new(awd)), lr_link(LearningRate::Constant(alr))]);
+            let muon_idx: Vec<usize> = (0..shapes.len())
+                .filter(|&i| shapes[i].len() == 2)
+                .collect();
+            let adam_idx: Vec<usize> = (0..shapes.len())
+                .filter(|&i| shapes[i].len() != 2)
+                .collect();
+            let muon = chain(vec![
+                boxed(ScaleByMuon::new(coeffs, steps, beta, eps, nesterov)),
+                boxed(ScaleByShape::default()),
+                boxed(AddDecayedWeights::new(wd)),
+                lr_link(LearningRate::Constant(lr)),
+            ]);
+            let adam = chain(vec![
+                boxed(ScaleByAdam::new(ab1, ab2, eps, aeps_root, nesterov)),
+                boxed(AddDecayedWeights::new(awd)),
+                lr_link(LearningRate::Constant(alr)),
+            ]);
             let mut groups = vec![(muon_idx, muon)];
             if !adam_idx.is_empty() {
                 groups.push((adam_idx, adam));
@@ -763,7 +1207,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             boxed(Partition::new(groups))
         }
         // transformations
-        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
+        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(
+            k.req_f64("clipping")?,
+            k.f64("eps", 1e-3)?,
+        )),
         "add_decayed_weights" => {
             let _ = k.value("mask");
             boxed(AddDecayedWeights::new(k.f64("weight_decay", 0.0)?))
@@ -775,22 +1222,65 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "ema" => boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)),
         "identity" => chain(vec![]),
         "scale" => boxed(Scale::new(k.req_f64("step_size")?)),
-        "scale_by_adam" => boxed(ScaleByAdam::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?, k.bool("nesterov", false)?)),
-        "scale_by_belief" => boxed(ScaleByBelief::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-16)?, k.f64("eps_root", 1e-16)?, k.bool("nesterov", false)?)),
+        "scale_by_adam" => boxed(ScaleByAdam::new(
+            k.f64("b1", 0.9)?,
+            k.f64("b2", 0.999)?,
+            k.f64("eps", 1e-8)?,
+            k.f64("eps_root", 0.0)?,
+            k.bool("nesterov", false)?,
+        )),
+        "scale_by_belief" => boxed(ScaleByBelief::new(
+            k.f64("b1", 0.9)?,
+            k.f64("b2", 0.999)?,
+            k.f64("eps", 1e-16)?,
+            k.f64("eps_root", 1e-16)?,
+            k.bool("nesterov", false)?,
+        )),
         "scale_by_learning_rate" => {
             let lr = k.lr("learning_rate", None)?;
             boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?))
         }
         "scale_by_lion" => boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)),
         "scale_by_param_block_rms" => boxed(ScaleByParamBlockRms::new(k.f64("min_scale", 1e-3)?)),
-        "scale_by_rms" => boxed(ScaleByRms::new(k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?, k.bool("bias_correction", false)?)),
-        "scale_by_rss" => boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
+        "scale_by_rms" => boxed(ScaleByRms::new(
+            k.f64("decay", 0.9)?,
+            k.f64("eps", 1e-8)?,
+            k.f64("initial_scale", 0.0)?,
+            k.bool("eps_in_sqrt", true)?,
+            k.bool("bias_correction", false)?,
+        )),
+        "scale_by_rss" => boxed(ScaleByRss::new(
+            k.f64("initial_accumulator_value", 0.1)?,
+            k.f64("eps", 1e-7)?,
+        )),
         "scale_by_sign" => boxed(ScaleBySign),
-        "scale_by_stddev" => boxed(ScaleByStddev::new(k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?, k.bool("bias_correction", false)?)),
-        "scale_by_trust_ratio" => boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?)),
-        "scale_by_yogi" => boxed(ScaleByYogi::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-3)?, k.f64("eps_root", 0.0)?, k.f64("initial_accumulator_value", 1e-6)?)),
+        "scale_by_stddev" => boxed(ScaleByStddev::new(
+            k.f64("decay", 0.9)?,
+            k.f64("eps", 1e-8)?,
+            k.f64("initial_scale", 0.0)?,
+            k.bool("eps_in_sqrt", true)?,
+            k.bool("bias_correction", false)?,
+        )),
+        "scale_by_trust_ratio" => boxed(ScaleByTrustRatio::new(
+            k.f64("min_norm", 0.0)?,
+            k.f64("trust_coefficient", 1.0)?,
+            k.f64("eps", 0.0)?,
+        )),
+        "scale_by_yogi" => boxed(ScaleByYogi::new(
+            k.f64("b1", 0.9)?,
+            k.f64("b2", 0.999)?,
+            k.f64("eps", 1e-3)?,
+            k.f64("eps_root", 0.0)?,
+            k.f64("initial_accumulator_value", 1e-6)?,
+        )),
         "trace" => boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)),
-        other => return Err(unknown("optax optimizer or transformation", other, OPTAX_OPTIMIZERS)),
+        other => {
+            return Err(unknown(
+                "optax optimizer or transformation",
+                other,
+                OPTAX_OPTIMIZERS,
+            ))
+        }
     };
     k.finish()?;
     Ok(tx)
@@ -801,8 +1291,19 @@ fn bool_mask(v: Option<&Value>, n: usize, ctx: &str) -> Result<Vec<bool>> {
     match v {
         None => Ok(vec![true; n]),
         Some(Value::Bool(b)) => Ok(vec![*b; n]),
-        Some(Value::Array(a)) if a.len() == n => a.iter().map(|x| x.as_bool().ok_or_else(|| Error::Field { context: ctx.into(), message: format!("expected booleans, got {x}") })).collect(),
-        Some(other) => Err(Error::Field { context: ctx.into(), message: format!("expected a boolean or one boolean per parameter, got {other}") }),
+        Some(Value::Array(a)) if a.len() == n => a
+            .iter()
+            .map(|x| {
+                x.as_bool().ok_or_else(|| Error::Field {
+                    context: ctx.into(),
+                    message: format!("expected booleans, got {x}"),
+                })
+            })
+            .collect(),
+        Some(other) => Err(Error::Field {
+            context: ctx.into(),
+            message: format!("expected a boolean or one boolean per parameter, got {other}"),
+        }),
     }
 }
 
@@ -822,21 +1323,56 @@ fn anneal(s: &str) -> Result<sch::Anneal> {
 
 /// Builds a schedule from `library`, its name there, its keyword arguments and (torch) the
 /// optimizer's initial learning rate.
-pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option<f64>) -> Result<ScheduleSpec> {
+pub fn build_schedule(
+    library: &str,
+    name: &str,
+    kwargs: &Value,
+    base_lr: Option<f64>,
+) -> Result<ScheduleSpec> {
     let mut k = Kwargs::new(format!("{library}.{name}"), kwargs)?;
-    let need_base = || base_lr.ok_or_else(|| Error::Field { context: format!("{library}.{name}"), message: "torch schedulers need the optimizer's `base_lr`".into() });
+    let need_base = || {
+        base_lr.ok_or_else(|| Error::Field {
+            context: format!("{library}.{name}"),
+            message: "torch schedulers need the optimizer's `base_lr`".into(),
+        })
+    };
     let s = match (library, name) {
-        ("torch", "StepLR") => sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?,
+        ("torch", "StepLR") => {
+            sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?
+        }
         ("torch", "MultiStepLR") => {
-            let ms = k.f64s("milestones")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
+            let ms = k
+                .f64s("milestones")?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x as u64)
+                .collect();
             sch::multistep_lr(need_base()?, ms, k.f64("gamma", 0.1)?)
         }
         ("torch", "ExponentialLR") => sch::exponential_lr(need_base()?, k.req_f64("gamma")?),
-        ("torch", "CosineAnnealingLR") => sch::cosine_annealing_lr(need_base()?, k.req_u64("T_max")?, k.f64("eta_min", 0.0)?)?,
-        ("torch", "CosineAnnealingWarmRestarts") => sch::cosine_annealing_warm_restarts(need_base()?, k.req_u64("T_0")?, k.u64("T_mult", 1)?, k.f64("eta_min", 0.0)?)?,
-        ("torch", "LinearLR") => sch::linear_lr(need_base()?, k.f64("start_factor", 1.0 / 3.0)?, k.f64("end_factor", 1.0)?, k.u64("total_iters", 5)?)?,
-        ("torch", "ConstantLR") => sch::constant_lr(need_base()?, k.f64("factor", 1.0 / 3.0)?, k.u64("total_iters", 5)?)?,
-        ("torch", "PolynomialLR") => sch::polynomial_lr(need_base()?, k.u64("total_iters", 5)?, k.f64("power", 1.0)?),
+        ("torch", "CosineAnnealingLR") => {
+            sch::cosine_annealing_lr(need_base()?, k.req_u64("T_max")?, k.f64("eta_min", 0.0)?)?
+        }
+        ("torch", "CosineAnnealingWarmRestarts") => sch::cosine_annealing_warm_restarts(
+            need_base()?,
+            k.req_u64("T_0")?,
+            k.u64("T_mult", 1)?,
+            k.f64("eta_min", 0.0)?,
+        )?,
+        ("torch", "LinearLR") => sch::linear_lr(
+            need_base()?,
+            k.f64("start_factor", 1.0 / 3.0)?,
+            k.f64("end_factor", 1.0)?,
+            k.u64("total_iters", 5)?,
+        )?,
+        ("torch", "ConstantLR") => sch::constant_lr(
+            need_base()?,
+            k.f64("factor", 1.0 / 3.0)?,
+            k.u64("total_iters", 5)?,
+        )?,
+        ("torch", "PolynomialLR") => {
+            sch::polynomial_lr(need_base()?, k.u64("total_iters", 5)?, k.f64("power", 1.0)?)
+        }
         ("torch", "OneCycleLR") => {
             let max_lr = k.req_f64("max_lr")?;
             let total = match k.opt_u64("total_steps")? {
@@ -845,7 +1381,11 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             };
             let pct = k.f64("pct_start", 0.3)?;
             let a = anneal(k.str("anneal_strategy", "cos")?)?;
-            let (div, fdiv, three) = (k.f64("div_factor", 25.0)?, k.f64("final_div_factor", 1e4)?, k.bool("three_phase", false)?);
+            let (div, fdiv, three) = (
+                k.f64("div_factor", 25.0)?,
+                k.f64("final_div_factor", 1e4)?,
+                k.bool("three_phase", false)?,
+            );
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.85)?;
             let _ = k.f64("max_momentum", 0.95)?;
@@ -860,7 +1400,13 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 "triangular" => sch::CyclicMode::Triangular,
                 "triangular2" => sch::CyclicMode::Triangular2,
                 "exp_range" => sch::CyclicMode::ExpRange { gamma },
-                other => return Err(unknown("CyclicLR mode", other, &["triangular", "triangular2", "exp_range"])),
+                other => {
+                    return Err(unknown(
+                        "CyclicLR mode",
+                        other,
+                        &["triangular", "triangular2", "exp_range"],
+                    ))
+                }
             };
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.8)?;
@@ -873,26 +1419,56 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 "max" => sch::PlateauMode::Max,
                 other => return Err(unknown("ReduceLROnPlateau mode", other, &["min", "max"])),
             };
-            let (factor, patience, threshold) = (k.f64("factor", 0.1)?, k.u64("patience", 10)?, k.f64("threshold", 1e-4)?);
+            let (factor, patience, threshold) = (
+                k.f64("factor", 0.1)?,
+                k.u64("patience", 10)?,
+                k.f64("threshold", 1e-4)?,
+            );
             let tm = match k.str("threshold_mode", "rel")? {
                 "rel" => sch::ThresholdMode::Rel,
                 "abs" => sch::ThresholdMode::Abs,
                 other => return Err(unknown("threshold_mode", other, &["rel", "abs"])),
             };
-            let (cooldown, min_lr, eps) = (k.u64("cooldown", 0)?, k.f64("min_lr", 0.0)?, k.f64("eps", 1e-8)?);
+            let (cooldown, min_lr, eps) = (
+                k.u64("cooldown", 0)?,
+                k.f64("min_lr", 0.0)?,
+                k.f64("eps", 1e-8)?,
+            );
             k.finish()?;
-            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(need_base()?, mode, factor, patience, threshold, tm, cooldown, min_lr, eps)?));
+            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(
+                need_base()?,
+                mode,
+                factor,
+                patience,
+                threshold,
+                tm,
+                cooldown,
+                min_lr,
+                eps,
+            )?));
         }
         ("torch", other) => return Err(unknown("torch scheduler", other, TORCH_SCHEDULES)),
         ("optax", n) => {
             let n = n.strip_suffix("_schedule").unwrap_or(n);
             match n {
                 "constant" => sch::constant(k.req_f64("value")?),
-                "polynomial" => sch::polynomial(k.req_f64("init_value")?, k.req_f64("end_value")?, k.req_f64("power")?, k.req_u64("transition_steps")?, k.u64("transition_begin", 0)?),
-                "linear" => sch::linear(k.req_f64("init_value")?, k.req_f64("end_value")?, k.req_u64("transition_steps")?, k.u64("transition_begin", 0)?),
+                "polynomial" => sch::polynomial(
+                    k.req_f64("init_value")?,
+                    k.req_f64("end_value")?,
+                    k.req_f64("power")?,
+                    k.req_u64("transition_steps")?,
+                    k.u64("transition_begin", 0)?,
+                ),
+                "linear" => sch::linear(
+                    k.req_f64("init_value")?,
+                    k.req_f64("end_value")?,
+                    k.req_u64("transition_steps")?,
+                    k.u64("transition_begin", 0)?,
+                ),
                 "piecewise_constant" => {
                     let init = k.req_f64("init_value")?;
-                    let bs = boundaries(k.value("boundaries_and_scales"), &format!("optax.{name}"))?;
+                    let bs =
+                        boundaries(k.value("boundaries_and_scales"), &format!("optax.{name}"))?;
                     sch::piecewise_constant(init, bs)?
                 }
                 "exponential_decay" => sch::exponential_decay(
@@ -903,8 +1479,17 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     k.bool("staircase", false)?,
                     k.opt_f64("end_value")?,
                 ),
-                "cosine_decay" => sch::cosine_decay(k.req_f64("init_value")?, k.req_u64("decay_steps")?, k.f64("alpha", 0.0)?, k.f64("exponent", 1.0)?),
-                "warmup_constant" => sch::warmup_constant(k.req_f64("init_value")?, k.req_f64("peak_value")?, k.req_u64("warmup_steps")?),
+                "cosine_decay" => sch::cosine_decay(
+                    k.req_f64("init_value")?,
+                    k.req_u64("decay_steps")?,
+                    k.f64("alpha", 0.0)?,
+                    k.f64("exponent", 1.0)?,
+                ),
+                "warmup_constant" => sch::warmup_constant(
+                    k.req_f64("init_value")?,
+                    k.req_f64("peak_value")?,
+                    k.req_u64("warmup_steps")?,
+                ),
                 "warmup_cosine_decay" => sch::warmup_cosine_decay(
                     k.req_f64("init_value")?,
                     k.req_f64("peak_value")?,
@@ -931,7 +1516,13 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     k.f64("div_factor", 25.0)?,
                     k.f64("final_div_factor", 1e4)?,
                 ),
-                "cosine_onecycle" => sch::cosine_onecycle(k.req_u64("transition_steps")?, k.req_f64("peak_value")?, k.f64("pct_start", 0.3)?, k.f64("div_factor", 25.0)?, k.f64("final_div_factor", 1e4)?),
+                "cosine_onecycle" => sch::cosine_onecycle(
+                    k.req_u64("transition_steps")?,
+                    k.req_f64("peak_value")?,
+                    k.f64("pct_start", 0.3)?,
+                    k.f64("div_factor", 25.0)?,
+                    k.f64("final_div_factor", 1e4)?,
+                ),
                 _ => return Err(unknown("optax schedule", name, OPTAX_SCHEDULES)),
             }
         }
@@ -942,17 +1533,27 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
 }
 
 fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
-    let err = |m: String| Error::Field { context: format!("{ctx}: `boundaries_and_scales`"), message: m };
+    let err = |m: String| Error::Field {
+        context: format!("{ctx}: `boundaries_and_scales`"),
+        message: m,
+    };
     match v {
         None => Ok(vec![]),
         Some(Value::Object(o)) => o
             .iter()
             .map(|(b, s)| {
-                let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
-                let s = s.as_f64().ok_or_else(|| err(format!("scale {s} is not a number")))?;
+                let b: u64 = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
+                let s = s
+                    .as_f64()
+                    .ok_or_else(|| err(format!("scale {s} is not a number")))?;
                 Ok((b, s))
             })
             .collect(),
-        Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
+        Some(other) => Err(err(format!(
+            "expected an object {{step: scale}}, got {other}"
+        ))),
     }
 }

@@ -69,7 +69,9 @@ pub struct Saver {
 
 impl StateVisitor for Saver {
     fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
-        self.dict.buffers.insert(join(&self.scopes, name), buf.clone());
+        self.dict
+            .buffers
+            .insert(join(&self.scopes, name), buf.clone());
         Ok(())
     }
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
@@ -99,7 +101,11 @@ pub struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     pub fn new(dict: &'a StateDict) -> Self {
-        Checker { scopes: vec![], dict, seen: 0 }
+        Checker {
+            scopes: vec![],
+            dict,
+            seen: 0,
+        }
     }
     /// Fails if the dictionary holds entries the optimizer does not have.
     pub fn finish(self) -> Result<()> {
@@ -162,26 +168,41 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(dict: &'a StateDict) -> Self {
-        Loader { scopes: vec![], dict }
+        Loader {
+            scopes: vec![],
+            dict,
+        }
     }
 }
 
 impl StateVisitor for Loader<'_> {
     fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
         let key = join(&self.scopes, name);
-        let b = self.dict.buffers.get(&key).ok_or_else(|| Error::State(format!("missing buffer `{key}`")))?;
+        let b = self
+            .dict
+            .buffers
+            .get(&key)
+            .ok_or_else(|| Error::State(format!("missing buffer `{key}`")))?;
         buf.clear();
         buf.extend_from_slice(b);
         Ok(())
     }
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
         let key = join(&self.scopes, name);
-        *x = *self.dict.scalars.get(&key).ok_or_else(|| Error::State(format!("missing scalar `{key}`")))?;
+        *x = *self
+            .dict
+            .scalars
+            .get(&key)
+            .ok_or_else(|| Error::State(format!("missing scalar `{key}`")))?;
         Ok(())
     }
     fn counter(&mut self, name: &str, x: &mut u64) -> Result<()> {
         let key = join(&self.scopes, name);
-        *x = *self.dict.counters.get(&key).ok_or_else(|| Error::State(format!("missing counter `{key}`")))?;
+        *x = *self
+            .dict
+            .counters
+            .get(&key)
+            .ok_or_else(|| Error::State(format!("missing counter `{key}`")))?;
         Ok(())
     }
     fn push(&mut self, scope: &str) {

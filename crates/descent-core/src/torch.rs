@@ -22,7 +22,9 @@ fn check_wd(wd: f64) -> Result<()> {
     ensure(wd >= 0.0, || format!("Invalid weight_decay value: {wd}"))
 }
 fn check_beta(i: usize, b: f64) -> Result<()> {
-    ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))
+    ensure((0.0..1.0).contains(&b), || {
+        format!("Invalid beta parameter at index {i}: {b}")
+    })
 }
 
 /// How weight decay enters a torch optimizer.
@@ -48,12 +50,23 @@ pub struct Sgd {
     cur_lr: f32,
 }
 impl Sgd {
-    pub fn new(lr: impl Into<LearningRate>, momentum: f64, dampening: f64, weight_decay: f64, nesterov: bool, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        momentum: f64,
+        dampening: f64,
+        weight_decay: f64,
+        nesterov: bool,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
+        ensure(momentum >= 0.0, || {
+            format!("Invalid momentum value: {momentum}")
+        })?;
         check_wd(weight_decay)?;
-        ensure(!nesterov || (momentum > 0.0 && dampening == 0.0), || "Nesterov momentum requires a momentum and zero dampening".into())?;
+        ensure(!nesterov || (momentum > 0.0 && dampening == 0.0), || {
+            "Nesterov momentum requires a momentum and zero dampening".into()
+        })?;
         Ok(Sgd {
             lr,
             momentum: momentum as f32,
@@ -76,7 +89,12 @@ impl Elementwise for Sgd {
         self.step += 1;
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let (lr, mom, damp, wd) = (self.cur_lr, self.momentum, self.dampening, self.weight_decay);
+        let (lr, mom, damp, wd) = (
+            self.cur_lr,
+            self.momentum,
+            self.dampening,
+            self.weight_decay,
+        );
         if mom == 0.0 {
             for (g, &w) in u.iter_mut().zip(p) {
                 let mut d = if self.maximize { -*g } else { *g };
@@ -89,7 +107,11 @@ impl Elementwise for Sgd {
         for ((g, &w), b) in u.iter_mut().zip(p).zip(buf) {
             let mut d = if self.maximize { -*g } else { *g };
             d += wd * w;
-            *b = if self.first { d } else { mom * *b + (1.0 - damp) * d };
+            *b = if self.first {
+                d
+            } else {
+                mom * *b + (1.0 - damp) * d
+            };
             let step = if self.nesterov { d + mom * *b } else { *b };
             *g = -lr * step;
         }
@@ -114,7 +136,15 @@ pub struct Adam {
 }
 impl Adam {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, decay: WeightDecay, amsgrad: bool, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        decay: WeightDecay,
+        amsgrad: bool,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
@@ -151,17 +181,34 @@ impl Elementwise for Adam {
         let bc1 = 1.0 - (self.b1 as f64).powf(t);
         let bc2 = 1.0 - (self.b2 as f64).powf(t);
         // [step size, 1/sqrt(bc2), decoupled decay factor, lr]
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
-        self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec as f32, lr as f32];
+        let dec = if self.decay == WeightDecay::Decoupled {
+            lr * self.weight_decay as f64
+        } else {
+            0.0
+        };
+        self.k = [
+            (lr / bc1) as f32,
+            (1.0 / bc2.sqrt()) as f32,
+            dec as f32,
+            lr as f32,
+        ];
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         let n = u.len();
         let [step_size, inv_sqrt_bc2, dec, _] = self.k;
-        let l2 = if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 };
+        let l2 = if self.decay == WeightDecay::L2 {
+            self.weight_decay
+        } else {
+            0.0
+        };
         let (b1, b2, eps) = (self.b1, self.b2, self.eps);
         let m = &mut self.exp_avg[i][off..off + n];
         let v = &mut self.exp_avg_sq[i][off..off + n];
-        let mut vmax = if self.amsgrad { Some(&mut self.max_exp_avg_sq[i][off..off + n]) } else { None };
+        let mut vmax = if self.amsgrad {
+            Some(&mut self.max_exp_avg_sq[i][off..off + n])
+        } else {
+            None
+        };
         for j in 0..n {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
@@ -193,12 +240,23 @@ pub struct Adagrad {
     clr: f32,
 }
 impl Adagrad {
-    pub fn new(lr: impl Into<LearningRate>, lr_decay: f64, weight_decay: f64, initial_accumulator_value: f64, eps: f64, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        lr_decay: f64,
+        weight_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(lr_decay >= 0.0, || format!("Invalid lr_decay value: {lr_decay}"))?;
+        ensure(lr_decay >= 0.0, || {
+            format!("Invalid lr_decay value: {lr_decay}")
+        })?;
         check_wd(weight_decay)?;
-        ensure(initial_accumulator_value >= 0.0, || format!("Invalid initial_accumulator_value value: {initial_accumulator_value}"))?;
+        ensure(initial_accumulator_value >= 0.0, || {
+            format!("Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        })?;
         check_eps(eps)?;
         Ok(Adagrad {
             lr,
@@ -248,11 +306,21 @@ pub struct Rmsprop {
 }
 impl Rmsprop {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(lr: impl Into<LearningRate>, alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        alpha: f64,
+        eps: f64,
+        weight_decay: f64,
+        momentum: f64,
+        centered: bool,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
-        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
+        ensure(momentum >= 0.0, || {
+            format!("Invalid momentum value: {momentum}")
+        })?;
         check_wd(weight_decay)?;
         ensure(alpha >= 0.0, || format!("Invalid alpha value: {alpha}"))?;
         Ok(Rmsprop {
@@ -320,10 +388,18 @@ pub struct Adadelta {
     cur_lr: f32,
 }
 impl Adadelta {
-    pub fn new(lr: impl Into<LearningRate>, rho: f64, eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        rho: f64,
+        eps: f64,
+        weight_decay: f64,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure((0.0..=1.0).contains(&rho), || format!("Invalid rho value: {rho}"))?;
+        ensure((0.0..=1.0).contains(&rho), || {
+            format!("Invalid rho value: {rho}")
+        })?;
         check_eps(eps)?;
         check_wd(weight_decay)?;
         Ok(Adadelta {
@@ -375,7 +451,13 @@ pub struct Adamax {
     clr: f32,
 }
 impl Adamax {
-    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
@@ -434,14 +516,24 @@ pub struct Nadam {
 }
 impl Nadam {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, momentum_decay: f64, decay: WeightDecay, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        momentum_decay: f64,
+        decay: WeightDecay,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
         check_beta(0, betas.0)?;
         check_beta(1, betas.1)?;
         check_wd(weight_decay)?;
-        ensure(momentum_decay >= 0.0, || format!("Invalid momentum_decay value: {momentum_decay}"))?;
+        ensure(momentum_decay >= 0.0, || {
+            format!("Invalid momentum_decay value: {momentum_decay}")
+        })?;
         Ok(Nadam {
             lr,
             b1: betas.0,
@@ -486,13 +578,21 @@ impl Elementwise for Nadam {
         let mu_next = self.b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
         self.mu_product *= mu;
         let mu_product_next = self.mu_product * mu_next;
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        let dec = if self.decay == WeightDecay::Decoupled {
+            lr * self.weight_decay as f64
+        } else {
+            0.0
+        };
         self.k = [
             (lr * (1.0 - mu) / (1.0 - self.mu_product)) as f32,
             (lr * mu_next / (1.0 - mu_product_next)) as f32,
             bc2 as f32,
             dec as f32,
-            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
+            if self.decay == WeightDecay::L2 {
+                self.weight_decay
+            } else {
+                0.0
+            },
         ];
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
@@ -528,7 +628,14 @@ pub struct Radam {
 }
 impl Radam {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(lr: impl Into<LearningRate>, betas: (f64, f64), eps: f64, weight_decay: f64, decay: WeightDecay, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        decay: WeightDecay,
+        maximize: bool,
+    ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
@@ -564,12 +671,27 @@ impl Elementwise for Radam {
         let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
         self.rectified = rho_t > 5.0;
         let rect = if self.rectified {
-            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt()
+            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                .sqrt()
         } else {
             0.0
         };
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
-        self.k = [(lr / bc1) as f32, (lr / bc1 * rect) as f32, bc2.sqrt() as f32, dec as f32, if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 }];
+        let dec = if self.decay == WeightDecay::Decoupled {
+            lr * self.weight_decay as f64
+        } else {
+            0.0
+        };
+        self.k = [
+            (lr / bc1) as f32,
+            (lr / bc1 * rect) as f32,
+            bc2.sqrt() as f32,
+            dec as f32,
+            if self.decay == WeightDecay::L2 {
+                self.weight_decay
+            } else {
+                0.0
+            },
+        ];
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         let [plain, rect, sqrt_bc2, dec, l2] = self.k;
@@ -580,7 +702,11 @@ impl Elementwise for Radam {
             *m += (g - *m) * (1.0 - self.b1);
             let v = &mut self.exp_avg_sq[i][off + j];
             *v = self.b2 * *v + (1.0 - self.b2) * g * g;
-            let step = if self.rectified { rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps)) } else { plain * *m };
+            let step = if self.rectified {
+                rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps))
+            } else {
+                plain * *m
+            };
             u[j] = -dec * p[j] - step;
         }
     }
@@ -601,7 +727,9 @@ pub struct Rprop {
 impl Rprop {
     pub fn new(lr: f64, etas: (f64, f64), step_sizes: (f64, f64), maximize: bool) -> Result<Self> {
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
-        ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || format!("Invalid eta values: {}, {}", etas.0, etas.1))?;
+        ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || {
+            format!("Invalid eta values: {}, {}", etas.0, etas.1)
+        })?;
         Ok(Rprop {
             lr: lr as f32,
             eta_minus: etas.0 as f32,
@@ -621,10 +749,11 @@ impl Elementwise for Rprop {
         self.step += 1;
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
-            let prev = &mut self.prev[i][off + j];
-            let ss = &mut self.step_size[i][off + j];
+        let n = u.len();
+        let prevs = &mut self.prev[i][off..off + n];
+        let sizes = &mut self.step_size[i][off..off + n];
+        for ((x, prev), ss) in u.iter_mut().zip(prevs).zip(sizes) {
+            let mut g = if self.maximize { -*x } else { *x };
             let s = sign(g * *prev);
             let factor = if s > 0.0 {
                 self.eta_plus
@@ -637,7 +766,7 @@ impl Elementwise for Rprop {
             if s < 0.0 {
                 g = 0.0;
             }
-            u[j] = -sign(g) * *ss;
+            *x = -sign(g) * *ss;
             *prev = g;
         }
     }
@@ -659,10 +788,29 @@ pub struct Asgd {
     k: [f32; 3],
 }
 impl Asgd {
-    pub fn new(lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+    pub fn new(
+        lr: f64,
+        lambd: f64,
+        alpha: f64,
+        t0: f64,
+        weight_decay: f64,
+        maximize: bool,
+    ) -> Result<Self> {
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
         check_wd(weight_decay)?;
-        Ok(Asgd { lr, lambd, alpha, t0, weight_decay: weight_decay as f32, maximize, step: 0, eta: lr, mu: 1.0, ax: vec![], k: [0.0; 3] })
+        Ok(Asgd {
+            lr,
+            lambd,
+            alpha,
+            t0,
+            weight_decay: weight_decay as f32,
+            maximize,
+            step: 0,
+            eta: lr,
+            mu: 1.0,
+            ax: vec![],
+            k: [0.0; 3],
+        })
     }
 }
 impl Transform for Asgd {
@@ -685,7 +833,11 @@ impl Transform for Asgd {
 impl Elementwise for Asgd {
     fn begin_step(&mut self) {
         self.step += 1;
-        self.k = [self.eta as f32, (1.0 - self.lambd * self.eta) as f32, self.mu as f32];
+        self.k = [
+            self.eta as f32,
+            (1.0 - self.lambd * self.eta) as f32,
+            self.mu as f32,
+        ];
         let t = self.step as f64;
         self.eta = self.lr / (1.0 + self.lambd * self.lr * t).powf(self.alpha);
         self.mu = 1.0 / (t - self.t0).max(1.0);
@@ -697,7 +849,11 @@ impl Elementwise for Asgd {
             g += self.weight_decay * p[j];
             let new_p = p[j] * shrink - eta * g;
             let ax = &mut self.ax[i][off + j];
-            *ax = if mu != 1.0 { *ax + (new_p - *ax) * mu } else { new_p };
+            *ax = if mu != 1.0 {
+                *ax + (new_p - *ax) * mu
+            } else {
+                new_p
+            };
             u[j] = new_p - p[j];
         }
     }
@@ -722,12 +878,29 @@ pub struct Adafactor {
 }
 impl Adafactor {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(lr: f64, beta2_decay: f64, eps: (Option<f64>, f64), d: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
-        ensure(lr >= 0.0, || format!("Learning rate should be >= 0 but is: {lr}"))?;
-        ensure(beta2_decay <= 0.0, || format!("beta2_decay should be <= 0 but is: {beta2_decay}"))?;
-        ensure(eps.0.is_none_or(|e| e >= 0.0), || format!("epsilon1 should be >= 0 but is: {:?}", eps.0))?;
-        ensure(eps.1 >= 0.0, || format!("epsilon2 should be >= 0 but is: {}", eps.1))?;
-        ensure(d >= 1.0, || format!("Clipping threshold d should be >= 1 but is: {d}"))?;
+    pub fn new(
+        lr: f64,
+        beta2_decay: f64,
+        eps: (Option<f64>, f64),
+        d: f64,
+        weight_decay: f64,
+        maximize: bool,
+    ) -> Result<Self> {
+        ensure(lr >= 0.0, || {
+            format!("Learning rate should be >= 0 but is: {lr}")
+        })?;
+        ensure(beta2_decay <= 0.0, || {
+            format!("beta2_decay should be <= 0 but is: {beta2_decay}")
+        })?;
+        ensure(eps.0.is_none_or(|e| e >= 0.0), || {
+            format!("epsilon1 should be >= 0 but is: {:?}", eps.0)
+        })?;
+        ensure(eps.1 >= 0.0, || {
+            format!("epsilon2 should be >= 0 but is: {}", eps.1)
+        })?;
+        ensure(d >= 1.0, || {
+            format!("Clipping threshold d should be >= 1 but is: {d}")
+        })?;
         check_wd(weight_decay)?;
         Ok(Adafactor {
             lr,
@@ -791,10 +964,12 @@ impl Transform for Adafactor {
                     }
                     let cv = &mut self.col_var[i][b * c..(b + 1) * c];
                     for (k, v) in cv.iter_mut().enumerate() {
-                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>() / r as f64) as f32;
+                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>()
+                            / r as f64) as f32;
                         *v += (mean - *v) * w;
                     }
-                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
+                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64)
+                        .max(eps1 as f64) as f32;
                     for q in 0..r {
                         for k in 0..c {
                             let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
@@ -862,9 +1037,13 @@ impl Muon {
     ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(momentum >= 0.0, || format!("momentum should be >= 0 but is: {momentum}"))?;
+        ensure(momentum >= 0.0, || {
+            format!("momentum should be >= 0 but is: {momentum}")
+        })?;
         check_wd(weight_decay)?;
-        ensure(ns_steps < 100, || "Number of steps must be less than 100 for computational efficiency".into())?;
+        ensure(ns_steps < 100, || {
+            "Number of steps must be less than 100 for computational efficiency".into()
+        })?;
         Ok(Muon {
             lr,
             weight_decay,
@@ -883,7 +1062,9 @@ impl Muon {
 impl Transform for Muon {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
-            return Err(crate::error::invalid(format!("Muon only supports 2D parameters whereas we found a parameter with size: {s:?}")));
+            return Err(crate::error::invalid(format!(
+                "Muon only supports 2D parameters whereas we found a parameter with size: {s:?}"
+            )));
         }
         self.shapes = shapes.to_vec();
         self.momentum_buffer = zeros(shapes);

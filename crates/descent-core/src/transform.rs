@@ -29,9 +29,9 @@ pub trait Transform: Send {
 
     /// Transforms `updates` in place; `params` are the current parameters.
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let e = self
-            .as_elementwise()
-            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
+        let e = self.as_elementwise().ok_or_else(|| {
+            Error::Invalid("transformation has neither update nor an elementwise form".into())
+        })?;
         e.begin_step();
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             for off in (0..u.len()).step_by(BLOCK) {
@@ -95,8 +95,8 @@ impl From<f64> for LearningRate {
     }
 }
 
-impl<S: Schedule + 'static> From<Box<S>> for LearningRate {
-    fn from(s: Box<S>) -> Self {
+impl From<Box<dyn Schedule>> for LearningRate {
+    fn from(s: Box<dyn Schedule>) -> Self {
         LearningRate::Schedule(s)
     }
 }
@@ -123,7 +123,9 @@ pub fn chain(links: Vec<Box<dyn Transform>>) -> Box<dyn Transform> {
 
 impl Transform for Chain {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
+        self.links
+            .iter_mut()
+            .try_for_each(|l| l.init(shapes, params))
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
@@ -146,7 +148,12 @@ impl Transform for Chain {
                 for off in (0..u.len()).step_by(BLOCK) {
                     let stop = (off + BLOCK).min(u.len());
                     for l in run.iter_mut() {
-                        l.as_elementwise().expect("checked").apply(i, off, &mut u[off..stop], &p[off..stop]);
+                        l.as_elementwise().expect("checked").apply(
+                            i,
+                            off,
+                            &mut u[off..stop],
+                            &p[off..stop],
+                        );
                     }
                 }
             }
@@ -180,12 +187,16 @@ impl Transform for Chain {
 impl Elementwise for Chain {
     fn begin_step(&mut self) {
         for l in self.links.iter_mut() {
-            l.as_elementwise().expect("all links are elementwise").begin_step();
+            l.as_elementwise()
+                .expect("all links are elementwise")
+                .begin_step();
         }
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         for l in self.links.iter_mut() {
-            l.as_elementwise().expect("all links are elementwise").apply(i, off, u, p);
+            l.as_elementwise()
+                .expect("all links are elementwise")
+                .apply(i, off, u, p);
         }
     }
 }
@@ -214,11 +225,22 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Builds the optimizer and initializes its state for these parameters.
-    pub fn new(mut tx: Box<dyn Transform>, shapes: Vec<Vec<usize>>, params: &[&[f32]]) -> Result<Self> {
+    pub fn new(
+        mut tx: Box<dyn Transform>,
+        shapes: Vec<Vec<usize>>,
+        params: &[&[f32]],
+    ) -> Result<Self> {
         check_sizes("parameter", &shapes, params)?;
         tx.init(&shapes, params)?;
         let updates = shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
-        Ok(Optimizer { tx, shapes, updates, steps: 0, skipped: 0, non_finite: NonFinite::Propagate })
+        Ok(Optimizer {
+            tx,
+            shapes,
+            updates,
+            steps: 0,
+            skipped: 0,
+            non_finite: NonFinite::Propagate,
+        })
     }
 
     /// Sets the policy for non-finite gradients.
@@ -247,7 +269,9 @@ impl Optimizer {
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<bool> {
         check_sizes("parameter", &self.shapes, params)?;
         check_sizes("gradient", &self.shapes, grads)?;
-        if self.non_finite == NonFinite::Skip && grads.iter().any(|g| g.iter().any(|x| !x.is_finite())) {
+        if self.non_finite == NonFinite::Skip
+            && grads.iter().any(|g| g.iter().any(|x| !x.is_finite()))
+        {
             self.skipped += 1;
             return Ok(false);
         }
@@ -277,7 +301,9 @@ impl Optimizer {
     /// The parameters to evaluate (Lookahead's slow weights), or a copy of `params`.
     pub fn eval_params(&self, params: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
-        self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
+        self.tx
+            .eval_params(&views)
+            .unwrap_or_else(|| params.to_vec())
     }
 
     /// The whole state, for saving.
@@ -285,7 +311,9 @@ impl Optimizer {
         let mut s = crate::state::Saver::default();
         self.tx.visit_state(&mut s)?;
         s.dict.counters.insert("optimizer.steps".into(), self.steps);
-        s.dict.counters.insert("optimizer.skipped".into(), self.skipped);
+        s.dict
+            .counters
+            .insert("optimizer.skipped".into(), self.skipped);
         Ok(s.dict)
     }
 
@@ -295,12 +323,15 @@ impl Optimizer {
         let steps = inner.counters.remove("optimizer.steps");
         let skipped = inner.counters.remove("optimizer.skipped");
         let (Some(steps), Some(skipped)) = (steps, skipped) else {
-            return Err(Error::State("missing counters `optimizer.steps`/`optimizer.skipped`".into()));
+            return Err(Error::State(
+                "missing counters `optimizer.steps`/`optimizer.skipped`".into(),
+            ));
         };
         let mut check = crate::state::Checker::new(&inner);
         self.tx.visit_state(&mut check)?;
         check.finish()?;
-        self.tx.visit_state(&mut crate::state::Loader::new(&inner))?;
+        self.tx
+            .visit_state(&mut crate::state::Loader::new(&inner))?;
         self.steps = steps;
         self.skipped = skipped;
         Ok(())
@@ -309,7 +340,11 @@ impl Optimizer {
 
 fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -> Result<()> {
     if bufs.len() != shapes.len() {
-        return Err(Error::Shape(format!("expected {} {what} tensors, got {}", shapes.len(), bufs.len())));
+        return Err(Error::Shape(format!(
+            "expected {} {what} tensors, got {}",
+            shapes.len(),
+            bufs.len()
+        )));
     }
     for (i, (s, b)) in shapes.iter().zip(bufs).enumerate() {
         if b.as_ref().len() != numel(s) {

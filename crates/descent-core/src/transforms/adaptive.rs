@@ -108,7 +108,13 @@ pub struct ScaleByRms {
     bc: f32,
 }
 impl ScaleByRms {
-    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+    pub fn new(
+        decay: f64,
+        eps: f64,
+        initial_scale: f64,
+        eps_in_sqrt: bool,
+        bias_correction: bool,
+    ) -> Self {
         ScaleByRms {
             decay: decay as f32,
             eps: eps as f32,
@@ -135,7 +141,11 @@ impl Elementwise for ScaleByRms {
         for (g, v) in u.iter_mut().zip(v) {
             *v = (1.0 - d) * *g * *g + d * *v;
             let vh = *v / self.bc;
-            *g *= if self.eps_in_sqrt { 1.0 / (vh + self.eps).sqrt() } else { 1.0 / (vh.sqrt() + self.eps) };
+            *g *= if self.eps_in_sqrt {
+                1.0 / (vh + self.eps).sqrt()
+            } else {
+                1.0 / (vh.sqrt() + self.eps)
+            };
         }
     }
 }
@@ -153,7 +163,13 @@ pub struct ScaleByStddev {
     bc: f32,
 }
 impl ScaleByStddev {
-    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+    pub fn new(
+        decay: f64,
+        eps: f64,
+        initial_scale: f64,
+        eps_in_sqrt: bool,
+        bias_correction: bool,
+    ) -> Self {
         ScaleByStddev {
             decay: decay as f32,
             eps: eps as f32,
@@ -186,7 +202,11 @@ impl Elementwise for ScaleByStddev {
             v[j] = (1.0 - d) * g * g + d * v[j];
             let (mh, vh) = (m[j] / self.bc, v[j] / self.bc);
             let var = vh - mh * mh;
-            u[j] = g * if self.eps_in_sqrt { 1.0 / (var + self.eps).sqrt() } else { 1.0 / (var.sqrt() + self.eps) };
+            u[j] = g * if self.eps_in_sqrt {
+                1.0 / (var + self.eps).sqrt()
+            } else {
+                1.0 / (var.sqrt() + self.eps)
+            };
         }
     }
 }
@@ -203,7 +223,15 @@ pub struct ScaleByAdamax {
 }
 impl ScaleByAdamax {
     pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
-        ScaleByAdamax { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, count: 0, mu: vec![], nu: vec![], bc1: 1.0 }
+        ScaleByAdamax {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+            bc1: 1.0,
+        }
     }
 }
 elementwise_transform!(ScaleByAdamax, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
@@ -234,7 +262,12 @@ pub struct ScaleByLion {
 }
 impl ScaleByLion {
     pub fn new(b1: f64, b2: f64) -> Self {
-        ScaleByLion { b1: b1 as f32, b2: b2 as f32, count: 0, mu: vec![] }
+        ScaleByLion {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            count: 0,
+            mu: vec![],
+        }
     }
 }
 elementwise_transform!(ScaleByLion, |s, shapes, _p| { s.mu = zeros(shapes); }; bufs: [mu]; counters: [count]; scalars: []);
@@ -261,7 +294,12 @@ pub struct ScaleByAdadelta {
 }
 impl ScaleByAdadelta {
     pub fn new(rho: f64, eps: f64) -> Self {
-        ScaleByAdadelta { rho: rho as f32, eps: eps as f32, e_g: vec![], e_x: vec![] }
+        ScaleByAdadelta {
+            rho: rho as f32,
+            eps: eps as f32,
+            e_g: vec![],
+            e_x: vec![],
+        }
     }
 }
 elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes); s.e_x = zeros(shapes); }; bufs: [e_g, e_x]; counters: []; scalars: []);
@@ -326,7 +364,11 @@ impl Elementwise for ScaleByAdan {
     fn begin_step(&mut self) {
         self.first = self.t == 0;
         self.t += 1;
-        self.bcs = [bc(self.b1, self.t), bc(self.b2, self.t), bc(self.b3, self.t)];
+        self.bcs = [
+            bc(self.b1, self.t),
+            bc(self.b2, self.t),
+            bc(self.b3, self.t),
+        ];
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let len = u.len();
@@ -398,7 +440,11 @@ impl Elementwise for ScaleByBelief {
             m[j] = (1.0 - b1) * g + b1 * m[j];
             let e = g - m[j];
             v[j] = (1.0 - b2) * e * e + b2 * v[j] + self.eps_root;
-            let m_hat = if self.nesterov { b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1) } else { m[j] / self.bc1 };
+            let m_hat = if self.nesterov {
+                b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1)
+            } else {
+                m[j] / self.bc1
+            };
             u[j] = m_hat / ((v[j] / self.bc2).sqrt() + self.eps);
         }
     }
@@ -497,7 +543,8 @@ impl Elementwise for ScaleByRadam {
         let b2t = b2.powf(self.count as f64);
         let ro = ro_inf - 2.0 * self.count as f64 * b2t / (1.0 - b2t);
         self.rect = (ro >= self.threshold).then(|| {
-            ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt() as f32
+            ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt()
+                as f32
         });
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {

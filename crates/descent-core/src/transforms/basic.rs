@@ -9,7 +9,9 @@ pub struct Scale {
 }
 impl Scale {
     pub fn new(step_size: f64) -> Self {
-        Scale { step_size: step_size as f32 }
+        Scale {
+            step_size: step_size as f32,
+        }
     }
 }
 elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
@@ -32,7 +34,12 @@ pub struct ScaleByLearningRate {
 }
 impl ScaleByLearningRate {
     pub fn new(lr: impl Into<LearningRate>, flip_sign: bool) -> Self {
-        ScaleByLearningRate { lr: lr.into(), sign: if flip_sign { -1.0 } else { 1.0 }, count: 0, current: 0.0 }
+        ScaleByLearningRate {
+            lr: lr.into(),
+            sign: if flip_sign { -1.0 } else { 1.0 },
+            count: 0,
+            current: 0.0,
+        }
     }
 }
 elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
@@ -58,7 +65,12 @@ pub struct AddDecayedWeights {
 }
 impl AddDecayedWeights {
     pub fn new(weight_decay: impl Into<LearningRate>) -> Self {
-        AddDecayedWeights { wd: weight_decay.into(), mask: None, count: 0, current: 0.0 }
+        AddDecayedWeights {
+            wd: weight_decay.into(),
+            mask: None,
+            count: 0,
+            current: 0.0,
+        }
     }
     /// Applies decay only to the parameters whose mask entry is `true`.
     pub fn masked(mut self, mask: Vec<bool>) -> Self {
@@ -73,7 +85,12 @@ impl Elementwise for AddDecayedWeights {
         self.count += 1;
     }
     fn apply(&mut self, i: usize, _off: usize, u: &mut [f32], p: &[f32]) {
-        if self.current == 0.0 || self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+        if self.current == 0.0
+            || self
+                .mask
+                .as_ref()
+                .is_some_and(|m| !m.get(i).copied().unwrap_or(true))
+        {
             return;
         }
         let wd = self.current;
@@ -91,7 +108,11 @@ pub struct Trace {
 }
 impl Trace {
     pub fn new(decay: f64, nesterov: bool) -> Self {
-        Trace { decay: decay as f32, nesterov, trace: vec![] }
+        Trace {
+            decay: decay as f32,
+            nesterov,
+            trace: vec![],
+        }
     }
 }
 elementwise_transform!(Trace, |s, shapes, _p| { s.trace = zeros(shapes); }; bufs: [trace]; counters: []; scalars: []);
@@ -117,14 +138,24 @@ pub struct Ema {
 }
 impl Ema {
     pub fn new(decay: f64, debias: bool) -> Self {
-        Ema { decay: decay as f32, debias, count: 0, ema: vec![], inv_bc: 1.0 }
+        Ema {
+            decay: decay as f32,
+            debias,
+            count: 0,
+            ema: vec![],
+            inv_bc: 1.0,
+        }
     }
 }
 elementwise_transform!(Ema, |s, shapes, _p| { s.ema = zeros(shapes); }; bufs: [ema]; counters: [count]; scalars: []);
 impl Elementwise for Ema {
     fn begin_step(&mut self) {
         self.count += 1;
-        self.inv_bc = if self.debias { (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32 } else { 1.0 };
+        self.inv_bc = if self.debias {
+            (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32
+        } else {
+            1.0
+        };
     }
     fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let e = &mut self.ema[i][off..off + u.len()];
@@ -155,7 +186,9 @@ pub struct Clip {
 }
 impl Clip {
     pub fn new(max_delta: f64) -> Self {
-        Clip { max_delta: max_delta as f32 }
+        Clip {
+            max_delta: max_delta as f32,
+        }
     }
 }
 elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
@@ -179,7 +212,13 @@ pub struct ScaleByOptimisticGradient {
 }
 impl ScaleByOptimisticGradient {
     pub fn new(alpha: f64, beta: f64) -> Self {
-        ScaleByOptimisticGradient { alpha: alpha as f32, beta: beta as f32, first: true, initial: 1, prev: vec![] }
+        ScaleByOptimisticGradient {
+            alpha: alpha as f32,
+            beta: beta as f32,
+            first: true,
+            initial: 1,
+            prev: vec![],
+        }
     }
 }
 elementwise_transform!(ScaleByOptimisticGradient, |s, shapes, _p| { s.prev = zeros(shapes); s.initial = 1; }; bufs: [prev]; counters: [initial]; scalars: []);
@@ -206,7 +245,11 @@ pub struct ScaleByRss {
 }
 impl ScaleByRss {
     pub fn new(initial_accumulator_value: f64, eps: f64) -> Self {
-        ScaleByRss { initial: initial_accumulator_value as f32, eps: eps as f32, sum_of_squares: vec![] }
+        ScaleByRss {
+            initial: initial_accumulator_value as f32,
+            eps: eps as f32,
+            sum_of_squares: vec![],
+        }
     }
 }
 elementwise_transform!(ScaleByRss, |s, shapes, _p| { s.sum_of_squares = full(shapes, s.initial); }; bufs: [sum_of_squares]; counters: []; scalars: []);
@@ -216,7 +259,11 @@ impl Elementwise for ScaleByRss {
         let s = &mut self.sum_of_squares[i][off..off + u.len()];
         for (g, s) in u.iter_mut().zip(s) {
             *s += *g * *g;
-            *g = if *s > 0.0 { *g / (*s + self.eps).sqrt() } else { 0.0 };
+            *g = if *s > 0.0 {
+                *g / (*s + self.eps).sqrt()
+            } else {
+                0.0
+            };
         }
     }
 }

@@ -57,7 +57,8 @@ impl Elementwise for ScaleByAdemamix {
             m1[j] = (1.0 - self.b1) * g + self.b1 * m1[j];
             m2[j] = (1.0 - self.b3) * g + self.b3 * m2[j];
             v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
-            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j]) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j])
+                / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
         }
     }
 }
@@ -116,7 +117,11 @@ impl Elementwise for ScaleByAdopt {
             }
             v[j] = (1.0 - b2) * g * g + b2 * v[j];
             m[j] = (1.0 - b1) * x + b1 * m[j];
-            u[j] = if self.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
+            u[j] = if self.nesterov {
+                (1.0 - b1) * x + b1 * m[j]
+            } else {
+                m[j]
+            };
         }
     }
 }
@@ -166,7 +171,8 @@ impl Elementwise for ScaleByCocob {
             gs[j] += g.abs();
             r[j] = (r[j] - g * (p[j] - p0[j])).max(0.0);
             c[j] -= g;
-            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
+            u[j] = -p[j]
+                + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
         }
     }
 }
@@ -226,7 +232,15 @@ impl Elementwise for ScaleByMadgrad {
 }
 
 fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>()).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| p as f64 * q as f64)
+                .sum::<f64>()
+        })
+        .sum()
 }
 
 /// optax `contrib.dadapt_adamw` (Defazio & Mishchenko 2023): AdamW whose step size `d` is
@@ -246,7 +260,14 @@ pub struct DadaptAdamw {
     count: u64,
 }
 impl DadaptAdamw {
-    pub fn new(lr: impl Into<LearningRate>, b1: f64, b2: f64, eps: f64, estim_lr0: f64, weight_decay: f64) -> Self {
+    pub fn new(
+        lr: impl Into<LearningRate>,
+        b1: f64,
+        b2: f64,
+        eps: f64,
+        estim_lr0: f64,
+        weight_decay: f64,
+    ) -> Self {
         DadaptAdamw {
             lr: lr.into(),
             b1,
@@ -285,20 +306,30 @@ impl Transform for DadaptAdamw {
             .grad_sum
             .iter()
             .zip(&self.exp_avg_sq)
-            .map(|(s, v)| s.iter().zip(v).map(|(&s, &v)| s / (v.sqrt() + eps as f32)).collect())
+            .map(|(s, v)| {
+                s.iter()
+                    .zip(v)
+                    .map(|(&s, &v)| s / (v.sqrt() + eps as f32))
+                    .collect()
+            })
             .collect();
         let numerator_acum = vdot(updates, &weighted);
         let (b1f, b2f, sb2f, dlrf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32);
-        for i in 0..updates.len() {
-            for j in 0..updates[i].len() {
-                let g = updates[i][j];
-                self.exp_avg[i][j] = b1f * self.exp_avg[i][j] + (1.0 - b1f) * dlrf * g;
-                self.exp_avg_sq[i][j] = b2f * self.exp_avg_sq[i][j] + (1.0 - b2f) * g * g;
-                self.grad_sum[i][j] = sb2f * self.grad_sum[i][j] + (1.0 - sb2f) * dlrf * g;
+        for (i, u) in updates.iter().enumerate() {
+            let (m, v, s) = (
+                &mut self.exp_avg[i],
+                &mut self.exp_avg_sq[i],
+                &mut self.grad_sum[i],
+            );
+            for (j, &g) in u.iter().enumerate() {
+                m[j] = b1f * m[j] + (1.0 - b1f) * dlrf * g;
+                v[j] = b2f * v[j] + (1.0 - b2f) * g * g;
+                s[j] = sb2f * s[j] + (1.0 - sb2f) * dlrf * g;
             }
         }
         let l1: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
-        self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
+        self.numerator_weighted =
+            sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
         let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
         self.estim_lr = self.estim_lr.max(d_estimate);
         let wd = (self.weight_decay * dlr) as f32;
@@ -391,16 +422,26 @@ impl Transform for Prodigy {
             }
         }
         let (b1f, b2f, b3f, df) = (b1 as f32, b2 as f32, b3 as f32, d as f32);
-        let gs_scale = if self.safeguard_warmup { d / self.estim_lr0 } else { dlr / self.estim_lr0 } as f32;
-        for i in 0..updates.len() {
-            for j in 0..updates[i].len() {
-                let dg = df * updates[i][j];
-                self.exp_avg[i][j] = b1f * self.exp_avg[i][j] + (1.0 - b1f) * dg;
-                self.exp_avg_sq[i][j] = b2f * self.exp_avg_sq[i][j] + (1.0 - b2f) * dg * dg;
-                self.grad_sum[i][j] = b3f * self.grad_sum[i][j] + gs_scale * dg;
+        let gs_scale = if self.safeguard_warmup {
+            d / self.estim_lr0
+        } else {
+            dlr / self.estim_lr0
+        } as f32;
+        for (i, u) in updates.iter().enumerate() {
+            let (m, v, s) = (
+                &mut self.exp_avg[i],
+                &mut self.exp_avg_sq[i],
+                &mut self.grad_sum[i],
+            );
+            for (j, &g) in u.iter().enumerate() {
+                let dg = df * g;
+                m[j] = b1f * m[j] + (1.0 - b1f) * dg;
+                v[j] = b2f * v[j] + (1.0 - b2f) * dg * dg;
+                s[j] = b3f * s[j] + gs_scale * dg;
             }
         }
-        self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
+        self.numerator_weighted =
+            b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
         let denominator: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
         let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
         self.estim_lr = self.estim_lr.max(estimate);
@@ -439,7 +480,14 @@ pub struct ScaleByDog {
 }
 impl ScaleByDog {
     pub fn new(init_step: DogInit, eps: f64) -> Self {
-        ScaleByDog { init_step, eps, is_init_step: 1, init_params: vec![], max_dist: 0.0, sum_sq_norm_grads: 0.0 }
+        ScaleByDog {
+            init_step,
+            eps,
+            is_init_step: 1,
+            init_params: vec![],
+            max_dist: 0.0,
+            sum_sq_norm_grads: 0.0,
+        }
     }
 }
 impl Transform for ScaleByDog {
@@ -458,7 +506,11 @@ impl Transform for ScaleByDog {
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         let mut dist = 0.0f64;
         for (p0, p) in self.init_params.iter().zip(params) {
-            dist += p0.iter().zip(p.iter()).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>();
+            dist += p0
+                .iter()
+                .zip(p.iter())
+                .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
         }
         self.max_dist = self.max_dist.max(dist.sqrt());
         self.sum_sq_norm_grads += updates.iter().map(|u| sum_sq(u)).sum::<f64>();
@@ -490,8 +542,22 @@ pub struct ScheduleFree {
     z: Vec<Vec<f32>>,
 }
 impl ScheduleFree {
-    pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
-        ScheduleFree { base, lr: lr.into(), b1, weight_lr_power, weight_sum: 0.0, step_count: 1, max_lr: 0.0, z: vec![] }
+    pub fn new(
+        base: Box<dyn Transform>,
+        lr: impl Into<LearningRate>,
+        b1: f64,
+        weight_lr_power: f64,
+    ) -> Self {
+        ScheduleFree {
+            base,
+            lr: lr.into(),
+            b1,
+            weight_lr_power,
+            weight_sum: 0.0,
+            step_count: 1,
+            max_lr: 0.0,
+            z: vec![],
+        }
     }
 }
 impl Transform for ScheduleFree {
@@ -508,7 +574,11 @@ impl Transform for ScheduleFree {
         self.step_count += 1;
         let weight = self.max_lr.powf(self.weight_lr_power);
         let next_total = self.weight_sum + weight;
-        let ck = if next_total == 0.0 { 0.0 } else { weight / next_total };
+        let ck = if next_total == 0.0 {
+            0.0
+        } else {
+            weight / next_total
+        };
         self.weight_sum = next_total;
         self.base.update(updates, params)?;
         let (b1, ck) = (self.b1 as f32, ck as f32);

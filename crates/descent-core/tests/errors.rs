@@ -1,0 +1,204 @@
+//! Bad input gets a clear error, never a panic.
+
+use descent_core::reference::parse_case;
+use descent_core::spec::{build_optimizer, build_schedule};
+use descent_core::torch::{Adam, WeightDecay};
+use descent_core::transforms::ScaleByAdam;
+use descent_core::{chain, NonFinite, Optimizer};
+use serde_json::json;
+
+fn shapes() -> Vec<Vec<usize>> {
+    vec![vec![2, 2], vec![3]]
+}
+
+fn err_of(lib: &str, name: &str, h: serde_json::Value) -> String {
+    match build_optimizer(lib, name, &h, None, &shapes()) {
+        Ok(_) => panic!("{lib}.{name} {h} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unknown_optimizer_names_it_and_lists_the_valid_ones() {
+    let e = err_of("torch", "adamz", json!({}));
+    assert!(
+        e.contains("adamz") && e.contains("adamw") && e.contains("sgd"),
+        "{e}"
+    );
+    let e = err_of("optax", "lionn", json!({}));
+    assert!(e.contains("lionn") && e.contains("lion"), "{e}");
+    let e = err_of("keras", "adam", json!({}));
+    assert!(
+        e.contains("keras") && e.contains("torch") && e.contains("optax"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keyword_argument_names_it_and_lists_the_accepted_ones() {
+    let e = err_of("torch", "adam", json!({"lr": 0.1, "beta1": 0.9}));
+    assert!(
+        e.contains("beta1") && e.contains("betas") && e.contains("amsgrad"),
+        "{e}"
+    );
+    let e = err_of(
+        "optax",
+        "adamw",
+        json!({"learning_rate": 0.1, "betas": [0.9, 0.99]}),
+    );
+    assert!(e.contains("betas") && e.contains("b1"), "{e}");
+}
+
+#[test]
+fn ill_typed_or_missing_arguments_name_the_field() {
+    let e = err_of("torch", "sgd", json!({"lr": "fast"}));
+    assert!(e.contains("`lr`") && e.contains("fast"), "{e}");
+    let e = err_of("optax", "adam", json!({}));
+    assert!(e.contains("learning_rate") && e.contains("missing"), "{e}");
+    let e = err_of("torch", "adam", json!({"betas": [0.9]}));
+    assert!(e.contains("betas"), "{e}");
+}
+
+#[test]
+fn invalid_hyper_parameters_are_refused_at_construction() {
+    for (name, h, needle) in [
+        ("adam", json!({"lr": -1.0}), "learning rate"),
+        (
+            "adam",
+            json!({"betas": [1.0, 0.999]}),
+            "beta parameter at index 0",
+        ),
+        (
+            "adamw",
+            json!({"betas": [0.9, -0.1]}),
+            "beta parameter at index 1",
+        ),
+        ("sgd", json!({"lr": 0.1, "momentum": -0.5}), "momentum"),
+        ("sgd", json!({"lr": 0.1, "nesterov": true}), "Nesterov"),
+        ("rmsprop", json!({"eps": -1e-8}), "epsilon"),
+        ("adagrad", json!({"weight_decay": -0.1}), "weight_decay"),
+    ] {
+        let e = err_of("torch", name, h);
+        assert!(e.contains(needle), "{name}: {e}");
+    }
+    assert!(Adam::new(0.1, (0.9, 1.5), 1e-8, 0.0, WeightDecay::L2, false, false).is_err());
+}
+
+#[test]
+fn wrong_gradient_count_or_size_is_an_error() {
+    let tx = chain(vec![Box::new(ScaleByAdam::new(
+        0.9, 0.999, 1e-8, 0.0, false,
+    ))]);
+    let mut params = vec![vec![1.0f32; 4], vec![0.0f32; 3]];
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let mut opt = Optimizer::new(tx, shapes(), &views).unwrap();
+    let e = opt
+        .step_vecs(&mut params, &[vec![0.0; 4]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected 2 gradient tensors, got 1"), "{e}");
+    let e = opt
+        .step_vecs(&mut params, &[vec![0.0; 4], vec![0.0; 5]])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gradient 1 has 5 elements, expected 3"), "{e}");
+    assert_eq!(
+        params,
+        vec![vec![1.0f32; 4], vec![0.0f32; 3]],
+        "a refused step must not touch the parameters"
+    );
+}
+
+#[test]
+fn muon_refuses_non_matrix_parameters() {
+    let tx = build_optimizer("torch", "muon", &json!({"lr": 0.02}), None, &shapes()).unwrap();
+    let params = [vec![1.0f32; 4], vec![0.0f32; 3]];
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let e = Optimizer::new(tx, shapes(), &views)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("2D") && e.contains("[3]"), "{e}");
+}
+
+#[test]
+fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
+    let e = parse_case("bad.json", "{not json").unwrap_err().to_string();
+    assert!(e.starts_with("bad.json: malformed JSON"), "{e}");
+    let e = parse_case("bad.json", r#"{"id": "torch.sgd.x", "optimizer": "sgd", "hparams": {}, "params": [{"shape": [2], "init": [1, 2, 3]}]}"#).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.json") && e.contains("params[0].init"),
+        "{e}"
+    );
+    let e = parse_case("bad.json", r#"{"optimizer": "sgd"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("field `id`: missing"), "{e}");
+    let e = parse_case(
+        "bad.json",
+        r#"{"id": "torch.sgd.x", "optimizer": "sgd", "hparams": {}, "params": [{"shape": [2], "init": [1, 2]}],
+            "grads": [[[1, 2]]], "expected": [[[1, "x"]]], "tolerance": {"rel": 0.001, "abs": 0}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("expected[0][0]"), "{e}");
+    assert!(!e.contains('\n'), "error spans lines: {e}");
+}
+
+#[test]
+fn unknown_schedule_names_it() {
+    let e = build_schedule("torch", "WarmupLR", &json!({}), Some(0.1))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("WarmupLR") && e.contains("OneCycleLR"), "{e}");
+    let e = build_schedule("optax", "cosine_warmup", &json!({}), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("cosine_warmup") && e.contains("warmup_cosine_decay_schedule"),
+        "{e}"
+    );
+    let e = build_schedule(
+        "torch",
+        "StepLR",
+        &json!({"step_size": 10, "gama": 0.5}),
+        Some(0.1),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("gama") && e.contains("gamma"), "{e}");
+}
+
+#[test]
+fn non_finite_gradients_follow_the_library_or_skip_and_count() {
+    let build = || {
+        let params = [vec![1.0f32; 4], vec![0.0f32; 3]];
+        let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+        Optimizer::new(
+            build_optimizer("torch", "adam", &json!({"lr": 0.1}), None, &shapes()).unwrap(),
+            shapes(),
+            &views,
+        )
+        .unwrap()
+    };
+    let grads = vec![vec![0.1, f32::NAN, 0.1, 0.1], vec![0.0; 3]];
+    // Default: as torch, the NaN propagates into the parameter.
+    let mut p = vec![vec![1.0f32; 4], vec![0.0f32; 3]];
+    let mut opt = build();
+    assert!(opt.step_vecs(&mut p, &grads).unwrap());
+    assert!(p[0][1].is_nan() && p[0][0].is_finite());
+    // Skip: nothing moves, the step is counted as skipped.
+    let mut p = vec![vec![1.0f32; 4], vec![0.0f32; 3]];
+    let mut opt = build().with_non_finite(NonFinite::Skip);
+    let before = opt.state_dict().unwrap();
+    assert!(!opt.step_vecs(&mut p, &grads).unwrap());
+    assert_eq!(p, vec![vec![1.0f32; 4], vec![0.0f32; 3]]);
+    assert_eq!(opt.skipped(), 1);
+    assert_eq!(opt.steps(), 0);
+    let mut after = opt.state_dict().unwrap();
+    after.counters.insert("optimizer.skipped".into(), 0);
+    assert_eq!(after, before);
+}
