@@ -128,6 +128,11 @@ pub fn join(schedules: Vec<BoxSchedule>, boundaries: Vec<u64>) -> BoxSchedule {
     })
 }
 
+/// torch `ChainedScheduler` over multiplicative schedulers: `base · Π sᵢ(t)/base`.
+pub fn chained(base: f64, schedules: Vec<BoxSchedule>) -> BoxSchedule {
+    Box::new(move |t: u64| schedules.iter().fold(base, |lr, s| lr * s.value(t) / base))
+}
+
 /// optax `warmup_constant_schedule`.
 pub fn warmup_constant(init: f64, peak: f64, warmup_steps: u64) -> BoxSchedule {
     linear(init, peak, warmup_steps, 0)
@@ -562,5 +567,95 @@ impl ReduceLrOnPlateau {
             self.num_bad_epochs = 0;
         }
         self.lr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{build_schedule, ScheduleSpec};
+    use serde_json::json;
+
+    fn f(lib: &str, name: &str, kw: serde_json::Value, base: Option<f64>) -> BoxSchedule {
+        match build_schedule(lib, name, &kw, base).unwrap() {
+            ScheduleSpec::Function(s) => s,
+            ScheduleSpec::Plateau(_) => panic!("not a function"),
+        }
+    }
+
+    #[test]
+    fn sequential_warmup_then_cosine() {
+        let s = f(
+            "torch",
+            "SequentialLR",
+            json!({"schedulers": [["LinearLR", {"start_factor": 0.1, "total_iters": 5}], ["CosineAnnealingLR", {"T_max": 10}]], "milestones": [5]}),
+            Some(1.0),
+        );
+        assert!((s.value(0) - 0.1).abs() < 1e-12);
+        assert!((s.value(4) - 0.82).abs() < 1e-12);
+        assert!(
+            (s.value(5) - 1.0).abs() < 1e-12,
+            "the cosine starts from its own step 0"
+        );
+        assert!((s.value(10) - 0.5).abs() < 1e-12);
+        assert!(s.value(15).abs() < 1e-12);
+    }
+
+    #[test]
+    fn chained_multiplies_factors() {
+        let s = f(
+            "torch",
+            "ChainedScheduler",
+            json!({"schedulers": [["ConstantLR", {"factor": 0.5, "total_iters": 2}], ["ExponentialLR", {"gamma": 0.9}]]}),
+            Some(2.0),
+        );
+        assert!((s.value(0) - 1.0).abs() < 1e-12);
+        assert!((s.value(1) - 0.9).abs() < 1e-12);
+        assert!((s.value(2) - 2.0 * 0.81).abs() < 1e-12);
+    }
+
+    #[test]
+    fn join_schedules_restarts_each_piece() {
+        let s = f(
+            "optax",
+            "join_schedules",
+            json!({"schedules": [["constant_schedule", {"value": 1.0}], ["linear_schedule", {"init_value": 0.5, "end_value": 0.0, "transition_steps": 10}]], "boundaries": [3]}),
+            None,
+        );
+        assert_eq!(s.value(2), 1.0);
+        assert_eq!(s.value(3), 0.5);
+        assert!((s.value(8) - 0.25).abs() < 1e-12);
+        let e = build_schedule(
+            "optax",
+            "join_schedules",
+            &json!({"schedules": [["constant_schedule", {"value": 1.0}]], "boundaries": [3]}),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("boundaries"), "{e}");
+    }
+
+    #[test]
+    fn plateau_reduces_after_patience_and_respects_cooldown_and_min_lr() {
+        let mut p = ReduceLrOnPlateau::new(
+            1.0,
+            PlateauMode::Min,
+            0.5,
+            1,
+            0.0,
+            ThresholdMode::Abs,
+            1,
+            0.3,
+            1e-8,
+        )
+        .unwrap();
+        assert_eq!(p.step(1.0), 1.0); // best
+        assert_eq!(p.step(1.0), 1.0); // 1 bad
+        assert_eq!(p.step(1.0), 0.5); // 2 bad > patience: reduce, cooldown 1
+        assert_eq!(p.step(1.0), 0.5); // cooldown swallows it
+        assert_eq!(p.step(1.0), 0.5); // 1 bad
+        assert_eq!(p.step(1.0), 0.3); // reduce, clipped at min_lr
+        assert_eq!(p.step(0.1), 0.3); // improvement
     }
 }

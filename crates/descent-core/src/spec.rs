@@ -105,6 +105,8 @@ pub const TORCH_SCHEDULES: &[&str] = &[
     "OneCycleLR",
     "PolynomialLR",
     "ReduceLROnPlateau",
+    "SequentialLR",
+    "ChainedScheduler",
     "StepLR",
 ];
 
@@ -114,6 +116,7 @@ pub const OPTAX_SCHEDULES: &[&str] = &[
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
     "exponential_decay",
+    "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",
     "piecewise_constant_schedule",
@@ -1447,7 +1450,53 @@ pub fn build_schedule(
                 eps,
             )?));
         }
+        ("torch", "SequentialLR") => {
+            let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
+            let ms: Vec<u64> = k
+                .f64s("milestones")?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x as u64)
+                .collect();
+            if ms.len() + 1 != parts.len() {
+                return Err(Error::Field {
+                    context: "torch.SequentialLR: `milestones`".into(),
+                    message: format!(
+                        "{} schedulers need {} milestones, got {}",
+                        parts.len(),
+                        parts.len().saturating_sub(1),
+                        ms.len()
+                    ),
+                });
+            }
+            sch::join(parts, ms)
+        }
+        ("torch", "ChainedScheduler") => {
+            let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
+            sch::chained(need_base()?, parts)
+        }
         ("torch", other) => return Err(unknown("torch scheduler", other, TORCH_SCHEDULES)),
+        ("optax", "join_schedules") => {
+            let parts = sub_schedules(&mut k, "schedules", library, base_lr)?;
+            let bs: Vec<u64> = k
+                .f64s("boundaries")?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x as u64)
+                .collect();
+            if bs.len() + 1 != parts.len() {
+                return Err(Error::Field {
+                    context: "optax.join_schedules: `boundaries`".into(),
+                    message: format!(
+                        "{} schedules need {} boundaries, got {}",
+                        parts.len(),
+                        parts.len().saturating_sub(1),
+                        bs.len()
+                    ),
+                });
+            }
+            sch::join(parts, bs)
+        }
         ("optax", n) => {
             let n = n.strip_suffix("_schedule").unwrap_or(n);
             match n {
@@ -1530,6 +1579,42 @@ pub fn build_schedule(
     };
     k.finish()?;
     Ok(ScheduleSpec::Function(s))
+}
+
+/// The `[[name, kwargs], …]` list of a combining schedule.
+fn sub_schedules(
+    k: &mut Kwargs,
+    key: &'static str,
+    library: &str,
+    base_lr: Option<f64>,
+) -> Result<Vec<BoxSchedule>> {
+    let ctx = format!("{}: `{key}`", k.context);
+    let list = k
+        .value(key)
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| Error::Field {
+            context: ctx.clone(),
+            message: "missing list of [name, kwargs]".into(),
+        })?;
+    if list.is_empty() {
+        return Err(Error::Field {
+            context: ctx,
+            message: "needs at least one schedule".into(),
+        });
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (name, kw) = link(l, &format!("{ctx}[{i}]"))?;
+            match build_schedule(library, &name, &kw, base_lr)? {
+                ScheduleSpec::Function(s) => Ok(s),
+                ScheduleSpec::Plateau(_) => Err(Error::Field {
+                    context: format!("{ctx}[{i}]"),
+                    message: "ReduceLROnPlateau cannot be combined".into(),
+                }),
+            }
+        })
+        .collect()
 }
 
 fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {

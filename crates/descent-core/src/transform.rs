@@ -361,7 +361,9 @@ fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transforms::{AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByLearningRate, Trace};
+    use crate::transforms::{
+        AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByLearningRate, Trace,
+    };
 
     fn links() -> Vec<Box<dyn Transform>> {
         vec![
@@ -379,7 +381,14 @@ mod tests {
     #[test]
     fn fused_chain_equals_link_by_link() {
         let shapes = vec![vec![3 * BLOCK + 17], vec![5], vec![BLOCK]];
-        let params: Vec<Vec<f32>> = shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()).collect();
+        let params: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|s| {
+                (0..numel(s))
+                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect()
+            })
+            .collect();
         let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
         let mut fused = Chain::new(links());
         let mut separate = links();
@@ -388,7 +397,15 @@ mod tests {
             l.init(&shapes, &views).unwrap();
         }
         for step in 0..4 {
-            let grads: Vec<Vec<f32>> = params.iter().map(|p| p.iter().enumerate().map(|(i, x)| (x * (step + 1) as f32 + (i % 13) as f32 * 0.1).sin()).collect()).collect();
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .enumerate()
+                        .map(|(i, x)| (x * (step + 1) as f32 + (i % 13) as f32 * 0.1).sin())
+                        .collect()
+                })
+                .collect();
             let mut a = grads.clone();
             fused.update(&mut a, &views).unwrap();
             let mut b = grads.clone();
@@ -403,7 +420,10 @@ mod tests {
 
     #[test]
     fn an_all_elementwise_chain_is_itself_elementwise() {
-        let mut c = Chain::new(vec![Box::new(Clip::new(1.0)), Box::new(ScaleByLearningRate::new(0.1, true))]);
+        let mut c = Chain::new(vec![
+            Box::new(Clip::new(1.0)),
+            Box::new(ScaleByLearningRate::new(0.1, true)),
+        ]);
         assert!(c.as_elementwise().is_some());
         let mut c = Chain::new(links());
         assert!(c.as_elementwise().is_none());
