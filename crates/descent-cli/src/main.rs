@@ -41,10 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Replay { check: true, paths } => check(&paths),
-        Command::Replay {
-            check: false,
-            paths,
-        } => replay(&paths),
+        Command::Replay { check: false, paths } => replay(&paths),
         Command::List => {
             list();
             Ok(true)
@@ -81,17 +78,11 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
         match outcome {
             Ok((id, r)) if r.passed => {
                 passed += 1;
-                println!(
-                    "PASS {id}  (worst error {:.3} of tolerance, step {})",
-                    r.ratio, r.step
-                );
+                println!("PASS {id}  (worst error {:.3} of tolerance, step {})", r.ratio, r.step);
             }
             Ok((id, r)) => {
                 failed += 1;
-                println!(
-                    "FAIL {id}  (error {:.3}× tolerance at step {})",
-                    r.ratio, r.step
-                );
+                println!("FAIL {id}  (error {:.3}× tolerance at step {})", r.ratio, r.step);
             }
             Err(e) => {
                 failed += 1;

@@ -15,19 +15,11 @@ fn reference() -> PathBuf {
 fn replay_prints_the_trajectory_in_the_layout_of_expected() {
     let file = reference().join("optim/torch.adamw.default.json");
     let out = descent().arg("replay").arg(&file).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let case: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(got["id"], "torch.adamw.default");
-    let (p, e) = (
-        got["params"].as_array().unwrap(),
-        case["expected"].as_array().unwrap(),
-    );
+    let (p, e) = (got["params"].as_array().unwrap(), case["expected"].as_array().unwrap());
     assert_eq!(p.len(), e.len());
     for (ps, es) in p.iter().zip(e) {
         let (ps, es) = (ps.as_array().unwrap(), es.as_array().unwrap());
@@ -40,19 +32,12 @@ fn replay_prints_the_trajectory_in_the_layout_of_expected() {
 
 #[test]
 fn replay_of_a_schedule_prints_lr() {
-    let out = descent()
-        .arg("replay")
-        .arg(reference().join("schedules/torch.step_lr.json"))
-        .output()
-        .unwrap();
+    let out = descent().arg("replay").arg(reference().join("schedules/torch.step_lr.json")).output().unwrap();
     assert!(out.status.success());
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let lr = got["lr"].as_array().unwrap();
     assert_eq!(lr.len(), 100);
-    assert!(
-        (lr[0].as_f64().unwrap() - 0.1).abs() < 1e-12
-            && (lr[10].as_f64().unwrap() - 0.05).abs() < 1e-12
-    );
+    assert!((lr[0].as_f64().unwrap() - 0.1).abs() < 1e-12 && (lr[10].as_f64().unwrap() - 0.05).abs() < 1e-12);
 }
 
 #[test]
@@ -62,41 +47,21 @@ fn check_prints_a_line_per_case_and_the_summary() {
     let good = reference().join("optim/torch.sgd.nesterov.json");
     std::fs::copy(&good, dir.join("good.json")).unwrap();
     // A case whose expected trajectory was tampered with must fail.
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
     v["expected"][3][0][0] = serde_json::json!(v["expected"][3][0][0].as_f64().unwrap() + 0.5);
     v["id"] = serde_json::json!("tampered");
     std::fs::write(dir.join("tampered.json"), v.to_string()).unwrap();
     std::fs::write(dir.join("broken.json"), "{\"id\": ").unwrap();
 
-    let out = descent()
-        .args(["replay", "--check"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "a failing case must fail the command"
-    );
+    assert!(!out.status.success(), "a failing case must fail the command");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("PASS torch.sgd.nesterov")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("FAIL tampered") && l.contains("step 3")), "{text}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("PASS torch.sgd.nesterov")),
-        "{text}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("FAIL tampered") && l.contains("step 3")),
-        "{text}"
-    );
-    assert!(
-        lines.iter().any(|l| l.starts_with("FAIL")
-            && l.contains("broken.json")
-            && l.contains("malformed JSON")),
+        lines.iter().any(|l| l.starts_with("FAIL") && l.contains("broken.json") && l.contains("malformed JSON")),
         "{text}"
     );
     assert_eq!(lines[3], "1 passed, 2 failed");
@@ -105,10 +70,7 @@ fn check_prints_a_line_per_case_and_the_summary() {
 
 #[test]
 fn missing_paths_are_an_error_naming_them() {
-    let out = descent()
-        .args(["replay", "--check", "no/such/dir"])
-        .output()
-        .unwrap();
+    let out = descent().args(["replay", "--check", "no/such/dir"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
 }

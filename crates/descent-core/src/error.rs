@@ -5,11 +5,7 @@
 pub enum Error {
     /// A name (optimizer, schedule, keyword argument, …) that is not known.
     #[error("unknown {kind} `{name}`; accepted: {accepted}")]
-    Unknown {
-        kind: &'static str,
-        name: String,
-        accepted: String,
-    },
+    Unknown { kind: &'static str, name: String, accepted: String },
     /// A hyper-parameter outside its valid range, refused at construction as torch and optax do.
     #[error("invalid hyper-parameter: {0}")]
     Invalid(String),

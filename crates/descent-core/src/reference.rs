@@ -60,61 +60,41 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn err(&self, field: &str, msg: impl std::fmt::Display) -> Error {
-        Error::File {
-            path: self.path.clone(),
-            message: format!("field `{field}`: {msg}"),
-        }
+        Error::File { path: self.path.clone(), message: format!("field `{field}`: {msg}") }
     }
     fn get(&self, field: &str) -> Result<&'a Value> {
         self.v.get(field).ok_or_else(|| self.err(field, "missing"))
     }
     fn str(&self, field: &str) -> Result<String> {
-        self.get(field)?
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.err(field, "expected a string"))
+        self.get(field)?.as_str().map(str::to_string).ok_or_else(|| self.err(field, "expected a string"))
     }
     fn f32s(&self, field: &str, v: &Value) -> Result<Vec<f32>> {
         v.as_array()
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
             .iter()
-            .map(|x| {
-                x.as_f64()
-                    .map(|f| f as f32)
-                    .ok_or_else(|| self.err(field, format!("{x} is not a number")))
-            })
+            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| self.err(field, format!("{x} is not a number"))))
             .collect()
     }
     fn f64s(&self, field: &str, v: &Value) -> Result<Vec<f64>> {
         v.as_array()
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
             .iter()
-            .map(|x| {
-                x.as_f64()
-                    .ok_or_else(|| self.err(field, format!("{x} is not a number")))
-            })
+            .map(|x| x.as_f64().ok_or_else(|| self.err(field, format!("{x} is not a number"))))
             .collect()
     }
     /// `[[[f32] per parameter] per step]`, each parameter checked against the shapes.
     fn steps(&self, field: &str, shapes: &[Vec<usize>]) -> Result<Vec<Vec<Vec<f32>>>> {
-        let arr = self
-            .get(field)?
-            .as_array()
-            .ok_or_else(|| self.err(field, "expected a list of steps"))?;
+        let arr = self.get(field)?.as_array().ok_or_else(|| self.err(field, "expected a list of steps"))?;
         arr.iter()
             .enumerate()
             .map(|(t, step)| {
-                let ps = step.as_array().ok_or_else(|| {
-                    self.err(&format!("{field}[{t}]"), "expected a list of parameters")
-                })?;
+                let ps = step
+                    .as_array()
+                    .ok_or_else(|| self.err(&format!("{field}[{t}]"), "expected a list of parameters"))?;
                 if ps.len() != shapes.len() {
                     return Err(self.err(
                         &format!("{field}[{t}]"),
-                        format!(
-                            "has {} tensors, the case has {} parameters",
-                            ps.len(),
-                            shapes.len()
-                        ),
+                        format!("has {} tensors, the case has {} parameters", ps.len(), shapes.len()),
                     ));
                 }
                 ps.iter()
@@ -124,10 +104,7 @@ impl<'a> Fields<'a> {
                         let f = format!("{field}[{t}][{i}]");
                         let v = self.f32s(&f, p)?;
                         if v.len() != numel(s) {
-                            return Err(self.err(
-                                &f,
-                                format!("has {} values, shape {s:?} needs {}", v.len(), numel(s)),
-                            ));
+                            return Err(self.err(&f, format!("has {} values, shape {s:?} needs {}", v.len(), numel(s))));
                         }
                         Ok(v)
                     })
@@ -148,14 +125,9 @@ fn library_of(id: &str, v: &Value) -> String {
 
 /// Parses a reference case from JSON text; `path` names it in errors.
 pub fn parse_case(path: &str, text: &str) -> Result<Case> {
-    let v: Value = serde_json::from_str(text).map_err(|e| Error::File {
-        path: path.into(),
-        message: format!("malformed JSON: {e}"),
-    })?;
-    let f = Fields {
-        path: path.into(),
-        v: &v,
-    };
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::File { path: path.into(), message: format!("malformed JSON: {e}") })?;
+    let f = Fields { path: path.into(), v: &v };
     let id = f.str("id")?;
     let library = library_of(&id, &v);
     if v.get("expected_lr").is_some() || v.get("schedule").is_some() {
@@ -166,10 +138,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         };
         let base_lr = match v.get("base_lr") {
             None | Some(Value::Null) => None,
-            Some(b) => Some(
-                b.as_f64()
-                    .ok_or_else(|| f.err("base_lr", "expected a number"))?,
-            ),
+            Some(b) => Some(b.as_f64().ok_or_else(|| f.err("base_lr", "expected a number"))?),
         };
         return Ok(Case::Schedule(ScheduleCase {
             id,
@@ -181,10 +150,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             expected_lr,
         }));
     }
-    let params = f
-        .get("params")?
-        .as_array()
-        .ok_or_else(|| f.err("params", "expected a list"))?;
+    let params = f.get("params")?.as_array().ok_or_else(|| f.err("params", "expected a list"))?;
     let mut shapes = vec![];
     let mut init = vec![];
     for (i, p) in params.iter().enumerate() {
@@ -194,26 +160,12 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             .and_then(|s| s.as_array())
             .ok_or_else(|| f.err(&field, "missing or not a list"))?
             .iter()
-            .map(|d| {
-                d.as_u64()
-                    .map(|d| d as usize)
-                    .ok_or_else(|| f.err(&field, format!("{d} is not a dimension")))
-            })
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| f.err(&field, format!("{d} is not a dimension"))))
             .collect::<Result<_>>()?;
         let field = format!("params[{i}].init");
-        let vals = f.f32s(
-            &field,
-            p.get("init").ok_or_else(|| f.err(&field, "missing"))?,
-        )?;
+        let vals = f.f32s(&field, p.get("init").ok_or_else(|| f.err(&field, "missing"))?)?;
         if vals.len() != numel(&shape) {
-            return Err(f.err(
-                &field,
-                format!(
-                    "has {} values, shape {shape:?} needs {}",
-                    vals.len(),
-                    numel(&shape)
-                ),
-            ));
+            return Err(f.err(&field, format!("has {} values, shape {shape:?} needs {}", vals.len(), numel(&shape))));
         }
         shapes.push(shape);
         init.push(vals);
@@ -221,24 +173,13 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     let grads = f.steps("grads", &shapes)?;
     let expected = f.steps("expected", &shapes)?;
     if grads.len() != expected.len() {
-        return Err(f.err(
-            "expected",
-            format!(
-                "has {} steps but `grads` has {}",
-                expected.len(),
-                grads.len()
-            ),
-        ));
+        return Err(f.err("expected", format!("has {} steps but `grads` has {}", expected.len(), grads.len())));
     }
     let tol = f.get("tolerance")?;
-    let rel = tol
-        .get("rel")
-        .and_then(|x| x.as_f64())
-        .ok_or_else(|| f.err("tolerance.rel", "missing or not a number"))?;
-    let abs = tol
-        .get("abs")
-        .and_then(|x| x.as_f64())
-        .ok_or_else(|| f.err("tolerance.abs", "missing or not a number"))?;
+    let rel =
+        tol.get("rel").and_then(|x| x.as_f64()).ok_or_else(|| f.err("tolerance.rel", "missing or not a number"))?;
+    let abs =
+        tol.get("abs").and_then(|x| x.as_f64()).ok_or_else(|| f.err("tolerance.abs", "missing or not a number"))?;
     Ok(Case::Optim(OptimCase {
         id,
         library,
@@ -256,10 +197,8 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
 
 /// Reads and parses one case file.
 pub fn load_case(path: &Path) -> Result<Case> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
     parse_case(&path.display().to_string(), &text)
 }
 
@@ -270,15 +209,10 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if p.is_dir() {
             let mut stack = vec![p.clone()];
             while let Some(d) = stack.pop() {
-                let rd = std::fs::read_dir(&d).map_err(|e| Error::File {
-                    path: d.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                let rd = std::fs::read_dir(&d)
+                    .map_err(|e| Error::File { path: d.display().to_string(), message: e.to_string() })?;
                 for e in rd {
-                    let e = e.map_err(|e| Error::File {
-                        path: d.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                    let e = e.map_err(|e| Error::File { path: d.display().to_string(), message: e.to_string() })?;
                     let path = e.path();
                     if path.is_dir() {
                         stack.push(path);
@@ -290,10 +224,7 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            return Err(Error::File {
-                path: p.display().to_string(),
-                message: "no such file or folder".into(),
-            });
+            return Err(Error::File { path: p.display().to_string(), message: "no such file or folder".into() });
         }
     }
     out.sort();
@@ -303,13 +234,8 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 impl OptimCase {
     /// Builds the case's optimizer for its parameters.
     pub fn optimizer(&self) -> Result<Optimizer> {
-        let tx = build_optimizer(
-            &self.library,
-            &self.optimizer,
-            &self.hparams,
-            self.param_groups.as_ref(),
-            &self.shapes,
-        )?;
+        let tx =
+            build_optimizer(&self.library, &self.optimizer, &self.hparams, self.param_groups.as_ref(), &self.shapes)?;
         let views: Vec<&[f32]> = self.init.iter().map(|v| v.as_slice()).collect();
         Optimizer::new(tx, self.shapes.clone(), &views)
     }
@@ -329,11 +255,7 @@ impl OptimCase {
     /// Applies the pass rule to a trajectory: per step, `max|d_ours − d_ref| ≤ rel·max|d_ref| + abs`
     /// on displacements from `init`. Returns the worst ratio of error to allowance and its step.
     pub fn check(&self, ours: &[Vec<Vec<f32>>]) -> Check {
-        let mut worst = Check {
-            passed: ours.len() == self.expected.len(),
-            ratio: 0.0,
-            step: 0,
-        };
+        let mut worst = Check { passed: ours.len() == self.expected.len(), ratio: 0.0, step: 0 };
         for (t, (o, e)) in ours.iter().zip(&self.expected).enumerate() {
             let (mut err, mut scale) = (0.0f64, 0.0f64);
             for ((o, e), i) in o.iter().zip(e).zip(&self.init) {
@@ -341,11 +263,7 @@ impl OptimCase {
                     let d_ref = e as f64 - i as f64;
                     let d_ours = o as f64 - i as f64;
                     let diff = (d_ours - d_ref).abs();
-                    err = if diff.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        err.max(diff)
-                    };
+                    err = if diff.is_nan() { f64::INFINITY } else { err.max(diff) };
                     scale = scale.max(d_ref.abs());
                 }
             }
@@ -384,11 +302,7 @@ impl ScheduleCase {
 
     /// The schedule pass rule: `|ours − expected| ≤ 1e-6 · max(1, |expected|)` at every step.
     pub fn check(&self, ours: &[f64]) -> Check {
-        let mut worst = Check {
-            passed: ours.len() == self.expected_lr.len(),
-            ratio: 0.0,
-            step: 0,
-        };
+        let mut worst = Check { passed: ours.len() == self.expected_lr.len(), ratio: 0.0, step: 0 };
         for (t, (o, e)) in ours.iter().zip(&self.expected_lr).enumerate() {
             let ratio = (o - e).abs() / (1e-6 * e.abs().max(1.0));
             if ratio.is_nan() || ratio > 1.0 {

@@ -33,13 +33,7 @@ pub fn constant(value: f64) -> BoxSchedule {
 
 /// optax `polynomial_schedule`: from `init` to `end` over `transition_steps` after
 /// `transition_begin`, with exponent `power`.
-pub fn polynomial(
-    init: f64,
-    end: f64,
-    power: f64,
-    transition_steps: u64,
-    transition_begin: u64,
-) -> BoxSchedule {
+pub fn polynomial(init: f64, end: f64, power: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
     if transition_steps == 0 {
         return constant(init);
     }
@@ -56,10 +50,7 @@ pub fn linear(init: f64, end: f64, transition_steps: u64, transition_begin: u64)
 }
 
 /// optax `piecewise_constant_schedule`: multiplies by `scale` from each boundary step on.
-pub fn piecewise_constant(
-    init: f64,
-    mut boundaries_and_scales: Vec<(u64, f64)>,
-) -> Result<BoxSchedule> {
+pub fn piecewise_constant(init: f64, mut boundaries_and_scales: Vec<(u64, f64)>) -> Result<BoxSchedule> {
     ensure(boundaries_and_scales.iter().all(|(_, s)| *s >= 0.0), || {
         "piecewise_constant_schedule: scales must be non-negative".into()
     })?;
@@ -94,11 +85,7 @@ pub fn exponential_decay(
         if staircase {
             p = p.floor();
         }
-        let mut v = if dc <= 0.0 {
-            init
-        } else {
-            init * decay_rate.powf(p)
-        };
+        let mut v = if dc <= 0.0 { init } else { init * decay_rate.powf(p) };
         if let Some(e) = end_value {
             v = if decay_rate < 1.0 { v.max(e) } else { v.min(e) };
         }
@@ -152,12 +139,7 @@ pub fn warmup_cosine_decay(
     join(
         vec![
             linear(init, peak, warmup_steps, 0),
-            cosine_decay(
-                peak,
-                decay_steps.saturating_sub(warmup_steps),
-                alpha,
-                exponent,
-            ),
+            cosine_decay(peak, decay_steps.saturating_sub(warmup_steps), alpha, exponent),
         ],
         vec![warmup_steps],
     )
@@ -178,14 +160,7 @@ pub fn warmup_exponential_decay(
     join(
         vec![
             linear(init, peak, warmup_steps, 0),
-            exponential_decay(
-                peak,
-                transition_steps,
-                decay_rate,
-                transition_begin,
-                staircase,
-                end_value,
-            ),
+            exponential_decay(peak, transition_steps, decay_rate, transition_begin, staircase, end_value),
         ],
         vec![warmup_steps],
     )
@@ -266,10 +241,7 @@ pub fn cosine_onecycle(
     piecewise_interpolate(
         Interpolation::Cosine,
         peak / div_factor,
-        vec![
-            ((pct_start * t) as u64, div_factor),
-            (transition_steps, 1.0 / (div_factor * final_div_factor)),
-        ],
+        vec![((pct_start * t) as u64, div_factor), (transition_steps, 1.0 / (div_factor * final_div_factor))],
     )
 }
 
@@ -277,12 +249,8 @@ pub fn cosine_onecycle(
 
 /// torch `StepLR`: `base · γ^⌊t/step_size⌋`.
 pub fn step_lr(base: f64, step_size: u64, gamma: f64) -> Result<BoxSchedule> {
-    ensure(step_size > 0, || {
-        "StepLR: step_size must be positive".into()
-    })?;
-    Ok(Box::new(move |t: u64| {
-        base * gamma.powi((t / step_size) as i32)
-    }))
+    ensure(step_size > 0, || "StepLR: step_size must be positive".into())?;
+    Ok(Box::new(move |t: u64| base * gamma.powi((t / step_size) as i32)))
 }
 
 /// torch `MultiStepLR`: multiplied by `γ` at each milestone.
@@ -297,27 +265,14 @@ pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
 
 /// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
 pub fn cosine_annealing_lr(base: f64, t_max: u64, eta_min: f64) -> Result<BoxSchedule> {
-    ensure(t_max > 0, || {
-        "CosineAnnealingLR: T_max must be positive".into()
-    })?;
-    Ok(Box::new(move |t: u64| {
-        eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0
-    }))
+    ensure(t_max > 0, || "CosineAnnealingLR: T_max must be positive".into())?;
+    Ok(Box::new(move |t: u64| eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0))
 }
 
 /// torch `CosineAnnealingWarmRestarts` (SGDR): periods `T_0, T_0·T_mult, …`.
-pub fn cosine_annealing_warm_restarts(
-    base: f64,
-    t_0: u64,
-    t_mult: u64,
-    eta_min: f64,
-) -> Result<BoxSchedule> {
-    ensure(t_0 > 0, || {
-        format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}")
-    })?;
-    ensure(t_mult >= 1, || {
-        format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}")
-    })?;
+pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min: f64) -> Result<BoxSchedule> {
+    ensure(t_0 > 0, || format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}"))?;
+    ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
     Ok(Box::new(move |t: u64| {
         let (mut cur, mut ti) = (t, t_0);
         while cur >= ti {
@@ -329,12 +284,7 @@ pub fn cosine_annealing_warm_restarts(
 }
 
 /// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters`.
-pub fn linear_lr(
-    base: f64,
-    start_factor: f64,
-    end_factor: f64,
-    total_iters: u64,
-) -> Result<BoxSchedule> {
+pub fn linear_lr(base: f64, start_factor: f64, end_factor: f64, total_iters: u64) -> Result<BoxSchedule> {
     ensure(start_factor > 0.0 && start_factor <= 1.0, || {
         "LinearLR: Starting multiplicative factor expected to be greater than 0 and less or equal to 1.".into()
     })?;
@@ -345,8 +295,7 @@ pub fn linear_lr(
         let f = if total_iters == 0 {
             end_factor
         } else {
-            start_factor
-                + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64
+            start_factor + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64
         };
         base * f
     }))
@@ -357,9 +306,7 @@ pub fn constant_lr(base: f64, factor: f64, total_iters: u64) -> Result<BoxSchedu
     ensure((0.0..=1.0).contains(&factor), || {
         "ConstantLR: Constant multiplicative factor expected to be between 0 and 1.".into()
     })?;
-    Ok(Box::new(
-        move |t: u64| if t < total_iters { base * factor } else { base },
-    ))
+    Ok(Box::new(move |t: u64| if t < total_iters { base * factor } else { base }))
 }
 
 /// torch `PolynomialLR`: `base · (1 − min(t, T)/T)^power`.
@@ -390,9 +337,7 @@ pub fn onecycle_lr(
     final_div_factor: f64,
     three_phase: bool,
 ) -> Result<BoxSchedule> {
-    ensure(total_steps > 0, || {
-        format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}")
-    })?;
+    ensure(total_steps > 0, || format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}"))?;
     ensure((0.0..=1.0).contains(&pct_start), || {
         format!("OneCycleLR: Expected float between 0 and 1 pct_start, but got {pct_start}")
     })?;
@@ -406,10 +351,7 @@ pub fn onecycle_lr(
             (total - 1.0, initial, min_lr),
         ]
     } else {
-        vec![
-            (pct_start * total - 1.0, initial, max_lr),
-            (total - 1.0, max_lr, min_lr),
-        ]
+        vec![(pct_start * total - 1.0, initial, max_lr), (total - 1.0, max_lr, min_lr)]
     };
     Ok(Box::new(move |t: u64| {
         let t = t as f64;
@@ -446,19 +388,13 @@ pub fn cyclic_lr(
 ) -> Result<BoxSchedule> {
     let down = step_size_down.unwrap_or(step_size_up);
     let total = (step_size_up + down) as f64;
-    ensure(total > 0.0, || {
-        "CyclicLR: step sizes must be positive".into()
-    })?;
+    ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;
     let ratio = step_size_up as f64 / total;
     Ok(Box::new(move |t: u64| {
         let tf = t as f64;
         let cycle = (1.0 + tf / total).floor();
         let x = 1.0 + tf / total - cycle;
-        let scale = if x <= ratio {
-            x / ratio
-        } else {
-            (x - 1.0) / (ratio - 1.0)
-        };
+        let scale = if x <= ratio { x / ratio } else { (x - 1.0) / (ratio - 1.0) };
         let height = (max_lr - base_lr) * scale;
         let f = match mode {
             CyclicMode::Triangular => 1.0,
@@ -514,9 +450,7 @@ impl ReduceLrOnPlateau {
         min_lr: f64,
         eps: f64,
     ) -> Result<Self> {
-        ensure(factor < 1.0, || {
-            "ReduceLROnPlateau: Factor should be < 1.0.".into()
-        })?;
+        ensure(factor < 1.0, || "ReduceLROnPlateau: Factor should be < 1.0.".into())?;
         Ok(ReduceLrOnPlateau {
             lr,
             mode,
@@ -593,10 +527,7 @@ mod tests {
         );
         assert!((s.value(0) - 0.1).abs() < 1e-12);
         assert!((s.value(4) - 0.82).abs() < 1e-12);
-        assert!(
-            (s.value(5) - 1.0).abs() < 1e-12,
-            "the cosine starts from its own step 0"
-        );
+        assert!((s.value(5) - 1.0).abs() < 1e-12, "the cosine starts from its own step 0");
         assert!((s.value(10) - 0.5).abs() < 1e-12);
         assert!(s.value(15).abs() < 1e-12);
     }
@@ -638,18 +569,8 @@ mod tests {
 
     #[test]
     fn plateau_reduces_after_patience_and_respects_cooldown_and_min_lr() {
-        let mut p = ReduceLrOnPlateau::new(
-            1.0,
-            PlateauMode::Min,
-            0.5,
-            1,
-            0.0,
-            ThresholdMode::Abs,
-            1,
-            0.3,
-            1e-8,
-        )
-        .unwrap();
+        let mut p =
+            ReduceLrOnPlateau::new(1.0, PlateauMode::Min, 0.5, 1, 0.0, ThresholdMode::Abs, 1, 0.3, 1e-8).unwrap();
         assert_eq!(p.step(1.0), 1.0); // best
         assert_eq!(p.step(1.0), 1.0); // 1 bad
         assert_eq!(p.step(1.0), 0.5); // 2 bad > patience: reduce, cooldown 1

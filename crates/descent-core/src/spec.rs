@@ -150,11 +150,7 @@ impl<'a> Kwargs<'a> {
                 })
             }
         };
-        Ok(Kwargs {
-            context,
-            map,
-            accepted: vec![],
-        })
+        Ok(Kwargs { context, map, accepted: vec![] })
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a Value> {
@@ -163,34 +159,25 @@ impl<'a> Kwargs<'a> {
     }
 
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::Field {
-            context: format!("{}: `{key}`", self.context),
-            message: msg.to_string(),
-        }
+        Error::Field { context: format!("{}: `{key}`", self.context), message: msg.to_string() }
     }
 
     pub fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
         }
     }
     pub fn f64(&mut self, key: &'static str, default: f64) -> Result<f64> {
         Ok(self.opt_f64(key)?.unwrap_or(default))
     }
     pub fn req_f64(&mut self, key: &'static str) -> Result<f64> {
-        self.opt_f64(key)?
-            .ok_or_else(|| self.err(key, "missing required argument"))
+        self.opt_f64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
     }
     pub fn bool(&mut self, key: &'static str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
     pub fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
@@ -198,9 +185,8 @@ impl<'a> Kwargs<'a> {
             None => Ok(None),
             Some(v) => {
                 let x = v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0);
-                x.map(|x| Some(x as u64)).ok_or_else(|| {
-                    self.err(key, format!("expected a non-negative integer, got {v}"))
-                })
+                x.map(|x| Some(x as u64))
+                    .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}")))
             }
         }
     }
@@ -208,15 +194,12 @@ impl<'a> Kwargs<'a> {
         Ok(self.opt_u64(key)?.unwrap_or(default))
     }
     pub fn req_u64(&mut self, key: &'static str) -> Result<u64> {
-        self.opt_u64(key)?
-            .ok_or_else(|| self.err(key, "missing required argument"))
+        self.opt_u64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
     }
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+            Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
         }
     }
     pub fn f64s(&mut self, key: &'static str) -> Result<Option<Vec<f64>>> {
@@ -224,10 +207,7 @@ impl<'a> Kwargs<'a> {
             None => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| {
-                    x.as_f64()
-                        .ok_or_else(|| self.err(key, format!("expected numbers, got {x}")))
-                })
+                .map(|x| x.as_f64().ok_or_else(|| self.err(key, format!("expected numbers, got {x}"))))
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(v) => Err(self.err(key, format!("expected a list of numbers, got {v}"))),
@@ -247,9 +227,7 @@ impl<'a> Kwargs<'a> {
     /// A learning rate: a number, or `{"schedule": NAME, …kwargs}` naming an optax schedule.
     pub fn lr(&mut self, key: &'static str, default: Option<f64>) -> Result<LearningRate> {
         match self.get(key) {
-            None => default
-                .map(LearningRate::Constant)
-                .ok_or_else(|| self.err(key, "missing required argument")),
+            None => default.map(LearningRate::Constant).ok_or_else(|| self.err(key, "missing required argument")),
             Some(Value::Number(n)) => Ok(LearningRate::Constant(n.as_f64().unwrap_or(f64::NAN))),
             Some(Value::Object(o)) => {
                 let name = o
@@ -263,16 +241,11 @@ impl<'a> Kwargs<'a> {
                     ScheduleSpec::Function(s) => Ok(LearningRate::Schedule(s)),
                     ScheduleSpec::Plateau(_) => Err(Error::Field {
                         context: ctx,
-                        message:
-                            "ReduceLROnPlateau needs metrics; it cannot be a learning-rate function"
-                                .into(),
+                        message: "ReduceLROnPlateau needs metrics; it cannot be a learning-rate function".into(),
                     }),
                 }
             }
-            Some(v) => Err(self.err(
-                key,
-                format!("expected a number or a schedule object, got {v}"),
-            )),
+            Some(v) => Err(self.err(key, format!("expected a number or a schedule object, got {v}"))),
         }
     }
     /// Fails on any argument that was never read.
@@ -298,11 +271,7 @@ fn boxed<T: Transform + 'static>(t: T) -> Box<dyn Transform> {
 }
 
 fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
-    Error::Unknown {
-        kind,
-        name: name.to_string(),
-        accepted: accepted.join(", "),
-    }
+    Error::Unknown { kind, name: name.to_string(), accepted: accepted.join(", ") }
 }
 
 /// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
@@ -334,29 +303,15 @@ pub fn build_optimizer(
 }
 
 /// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
-pub fn build_named(
-    registry_name: &str,
-    hparams: &Value,
-    shapes: &[Vec<usize>],
-) -> Result<Box<dyn Transform>> {
+pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
-        unknown(
-            "optimizer",
-            registry_name,
-            &registry_names()
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>(),
-        )
+        unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())
     })?;
     if lib != "torch" && lib != "optax" {
         return Err(unknown(
             "optimizer",
             registry_name,
-            &registry_names()
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>(),
+            &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         ));
     }
     build_optimizer(lib, name, hparams, None, shapes)
@@ -373,10 +328,9 @@ pub fn registry_names() -> Vec<String> {
 
 fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box<dyn Transform>> {
     let ctx = format!("torch.{name}: param_groups");
-    let arr = groups.as_array().ok_or_else(|| Error::Field {
-        context: ctx.clone(),
-        message: "expected a list of groups".into(),
-    })?;
+    let arr = groups
+        .as_array()
+        .ok_or_else(|| Error::Field { context: ctx.clone(), message: "expected a list of groups".into() })?;
     let base = hparams.as_object().cloned().unwrap_or_default();
     let mut parts = vec![];
     for (k, g) in arr.iter().enumerate() {
@@ -398,10 +352,9 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
             .collect::<Result<_>>()?;
         let mut merged = base.clone();
         if let Some(o) = g.get("hparams") {
-            let o = o.as_object().ok_or_else(|| Error::Field {
-                context: gctx.clone(),
-                message: "`hparams` must be an object".into(),
-            })?;
+            let o = o
+                .as_object()
+                .ok_or_else(|| Error::Field { context: gctx.clone(), message: "`hparams` must be an object".into() })?;
             for (k, v) in o {
                 merged.insert(k.clone(), v.clone());
             }
@@ -439,11 +392,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                 betas,
                 eps,
                 wd,
-                if decoupled {
-                    WeightDecay::Decoupled
-                } else {
-                    WeightDecay::L2
-                },
+                if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
                 k.bool("amsgrad", false)?,
                 k.bool("maximize", false)?,
             )?;
@@ -503,11 +452,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", 0.0)?;
             let md = k.f64("momentum_decay", 4e-3)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? {
-                WeightDecay::Decoupled
-            } else {
-                WeightDecay::L2
-            };
+            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
             let t = torch::Nadam::new(lr, betas, eps, wd, md, dec, k.bool("maximize", false)?)?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
@@ -517,11 +462,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let betas = k.pair("betas", (0.9, 0.999))?;
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", 0.0)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? {
-                WeightDecay::Decoupled
-            } else {
-                WeightDecay::L2
-            };
+            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
             let t = torch::Radam::new(lr, betas, eps, wd, dec, k.bool("maximize", false)?)?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
@@ -553,9 +494,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let b2d = k.f64("beta2_decay", -0.8)?;
             let eps = match k.value("eps") {
                 None => (None, 1e-3),
-                Some(Value::Array(a)) if a.len() == 2 => {
-                    (a[0].as_f64(), a[1].as_f64().unwrap_or(1e-3))
-                }
+                Some(Value::Array(a)) if a.len() == 2 => (a[0].as_f64(), a[1].as_f64().unwrap_or(1e-3)),
                 Some(v) => {
                     return Err(Error::Field {
                         context: "torch.adafactor: `eps`".into(),
@@ -579,11 +518,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let coeffs = match k.f64s("ns_coefficients")? {
                 None => [3.4445, -4.7750, 2.0315],
                 Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => {
-                    return Err(crate::error::invalid(
-                        "Coefficients must be a tuple of exactly 3 values",
-                    ))
-                }
+                Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
             };
             let adjust = match k.str("adjust_lr_fn", "original")? {
                 "original" => MuonLrAdjust::Original,
@@ -631,25 +566,16 @@ fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
             Ok((a[0].as_str().unwrap_or_default().to_string(), Value::Null))
         }
         Value::String(s) => Ok((s.clone(), Value::Null)),
-        other => Err(Error::Field {
-            context: ctx.to_string(),
-            message: format!("expected [name, {{kwargs}}], got {other}"),
-        }),
+        other => {
+            Err(Error::Field { context: ctx.to_string(), message: format!("expected [name, {{kwargs}}], got {other}") })
+        }
     }
 }
 
-fn adam_chain(
-    k: &mut Kwargs,
-    nesterov_default: bool,
-    wd_default: Option<f64>,
-) -> Result<Box<dyn Transform>> {
+fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -> Result<Box<dyn Transform>> {
     let lr = k.lr("learning_rate", None)?;
-    let (b1, b2, eps, eps_root) = (
-        k.f64("b1", 0.9)?,
-        k.f64("b2", 0.999)?,
-        k.f64("eps", 1e-8)?,
-        k.f64("eps_root", 0.0)?,
-    );
+    let (b1, b2, eps, eps_root) =
+        (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
     let _ = k.value("mu_dtype");
     let nesterov = k.bool("nesterov", nesterov_default)?;
     let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov))];
@@ -667,13 +593,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
     let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
     let tx: Box<dyn Transform> = match name {
         "chain" => {
-            let links =
-                k.value("links")
-                    .and_then(|v| v.as_array())
-                    .ok_or_else(|| Error::Field {
-                        context: "optax.chain".into(),
-                        message: "missing `links` (a list of [name, kwargs])".into(),
-                    })?;
+            let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
+                context: "optax.chain".into(),
+                message: "missing `links` (a list of [name, kwargs])".into(),
+            })?;
             let mut txs = vec![];
             for (i, l) in links.iter().enumerate() {
                 let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
@@ -684,23 +607,13 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "multisteps" | "MultiSteps" => {
             let every_k = k.req_u64("every_k")?;
             let mean = k.bool("use_grad_mean", true)?;
-            let (n, kw) = link(
-                k.value("inner").unwrap_or(&Value::Null),
-                "optax.multisteps: inner",
-            )?;
-            boxed(MultiSteps::new(
-                build_optax(&n, &kw, shapes)?,
-                every_k,
-                mean,
-            )?)
+            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
+            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?)
         }
         "lookahead" => {
             let sync = k.req_u64("sync_period")?;
             let alpha = k.req_f64("slow_step_size")?;
-            let (n, kw) = link(
-                k.value("inner").unwrap_or(&Value::Null),
-                "optax.lookahead: inner",
-            )?;
+            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
             boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?)
         }
         "sgd" => {
@@ -731,11 +644,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "adamax" | "adamaxw" => {
             let lr = k.lr("learning_rate", None)?;
-            let mut links = vec![boxed(ScaleByAdamax::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-            ))];
+            let mut links =
+                vec![boxed(ScaleByAdamax::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?))];
             if name == "adamaxw" {
                 links.push(boxed(AddDecayedWeights::new(k.f64("weight_decay", 1e-4)?)));
                 let _ = k.value("mask");
@@ -746,34 +656,19 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "adagrad" => {
             let lr = k.lr("learning_rate", None)?;
             chain(vec![
-                boxed(ScaleByRss::new(
-                    k.f64("initial_accumulator_value", 0.1)?,
-                    k.f64("eps", 1e-7)?,
-                )),
+                boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
                 lr_link(lr),
             ])
         }
         "adadelta" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
-            let (rho, eps, wd) = (
-                k.f64("rho", 0.9)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("weight_decay", 0.0)?,
-            );
-            chain(vec![
-                boxed(AddDecayedWeights::new(wd)),
-                boxed(ScaleByAdadelta::new(rho, eps)),
-                lr_link(lr),
-            ])
+            let (rho, eps, wd) = (k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?);
+            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
         }
         "rmsprop" => {
             let lr = k.lr("learning_rate", None)?;
-            let (decay, eps, init, in_sqrt) = (
-                k.f64("decay", 0.9)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("initial_scale", 0.0)?,
-                k.bool("eps_in_sqrt", true)?,
-            );
+            let (decay, eps, init, in_sqrt) =
+                (k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?);
             let (centered, momentum, nesterov, bc) = (
                 k.bool("centered", false)?,
                 k.opt_f64("momentum")?,
@@ -803,9 +698,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("threshold", 5.0)?,
             );
             if k.bool("nesterov", false)? {
-                return Err(crate::error::invalid(
-                    "optax.radam: nesterov=True is not supported by descent yet",
-                ));
+                return Err(crate::error::invalid("optax.radam: nesterov=True is not supported by descent yet"));
             }
             chain(vec![boxed(t), lr_link(lr)])
         }
@@ -815,11 +708,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let _ = k.value("mu_dtype");
             let wd = k.f64("weight_decay", 1e-3)?;
             let _ = k.value("mask");
-            chain(vec![
-                boxed(ScaleByLion::new(b1, b2)),
-                boxed(AddDecayedWeights::new(wd)),
-                lr_link(lr),
-            ])
+            chain(vec![boxed(ScaleByLion::new(b1, b2)), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
         }
         "lamb" => {
             let lr = k.lr("learning_rate", None)?;
@@ -847,16 +736,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("momentum", 0.9)?,
                 k.bool("nesterov", false)?,
             );
-            let wd_mask = bool_mask(
-                k.value("weight_decay_mask"),
-                shapes.len(),
-                "optax.lars: weight_decay_mask",
-            )?;
-            let tr_mask = bool_mask(
-                k.value("trust_ratio_mask"),
-                shapes.len(),
-                "optax.lars: trust_ratio_mask",
-            )?;
+            let wd_mask = bool_mask(k.value("weight_decay_mask"), shapes.len(), "optax.lars: weight_decay_mask")?;
+            let tr_mask = bool_mask(k.value("trust_ratio_mask"), shapes.len(), "optax.lars: trust_ratio_mask")?;
             chain(vec![
                 boxed(AddDecayedWeights::new(wd).masked(wd_mask)),
                 boxed(ScaleByTrustRatio::new(0.0, tc, eps).masked(tr_mask)),
@@ -867,13 +748,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "yogi" => {
             let lr = k.lr("learning_rate", None)?;
             chain(vec![
-                boxed(ScaleByYogi::new(
-                    k.f64("b1", 0.9)?,
-                    k.f64("b2", 0.999)?,
-                    k.f64("eps", 1e-3)?,
-                    0.0,
-                    1e-6,
-                )),
+                boxed(ScaleByYogi::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-3)?, 0.0, 1e-6)),
                 lr_link(lr),
             ])
         }
@@ -916,18 +791,11 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             );
             let wd = k.f64("weight_decay", 0.0)?;
             let _ = k.value("mask");
-            chain(vec![
-                boxed(t),
-                boxed(AddDecayedWeights::new(wd)),
-                lr_link(lr),
-            ])
+            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
         }
         "sm3" => {
             let lr = k.req_f64("learning_rate")?;
-            chain(vec![
-                boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)),
-                boxed(Scale::new(-lr)),
-            ])
+            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), boxed(Scale::new(-lr))])
         }
         "fromage" => {
             let lr = k.req_f64("learning_rate")?;
@@ -947,21 +815,11 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let lr = k.lr("learning_rate", None)?;
             let beta = k.f64("beta", 0.9)?;
             let _ = k.value("accumulator_dtype");
-            chain(vec![
-                boxed(Ema::new(beta, false)),
-                boxed(ScaleBySign),
-                lr_link(lr),
-            ])
+            chain(vec![boxed(Ema::new(beta, false)), boxed(ScaleBySign), lr_link(lr)])
         }
         "optimistic_gradient_descent" => {
             let lr = k.lr("learning_rate", None)?;
-            chain(vec![
-                boxed(ScaleByOptimisticGradient::new(
-                    k.f64("alpha", 1.0)?,
-                    k.f64("beta", 1.0)?,
-                )),
-                lr_link(lr),
-            ])
+            chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
         }
         "adafactor" => {
             let lr = match k.value("learning_rate") {
@@ -980,9 +838,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let wdr = k.opt_f64("weight_decay_rate")?;
             let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
             let _ = k.value("weight_decay_mask");
-            let mut links = vec![boxed(ScaleByFactoredRms::new(
-                factored, decay_rate, offset, min_dim, eps,
-            ))];
+            let mut links = vec![boxed(ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps))];
             if let Some(c) = clip {
                 links.push(boxed(ClipByBlockRms::new(c)));
             }
@@ -1014,11 +870,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let _ = k.value("mu_dtype");
             let wd = k.f64("weight_decay", 0.0)?;
             let _ = k.value("mask");
-            chain(vec![
-                boxed(t),
-                boxed(AddDecayedWeights::new(wd)),
-                lr_link(lr),
-            ])
+            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
         }
         "contrib.adopt" => {
             let lr = k.lr("learning_rate", None)?;
@@ -1034,11 +886,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "contrib.cocob" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
-            let (alpha, eps, wd) = (
-                k.f64("alpha", 100.0)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("weight_decay", 0.0)?,
-            );
+            let (alpha, eps, wd) = (k.f64("alpha", 100.0)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
             let _ = k.value("mask");
             chain(vec![
                 boxed(AddDecayedWeights::new(wd)),
@@ -1117,15 +965,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "contrib.madgrad" => {
             let lr = k.lr("learning_rate", None)?;
-            let (m, wd, eps) = (
-                k.f64("momentum", 0.9)?,
-                k.f64("weight_decay", 0.0)?,
-                k.f64("eps", 1e-6)?,
-            );
-            chain(vec![
-                boxed(AddDecayedWeights::new(wd)),
-                boxed(ScaleByMadgrad::new(lr, m, eps)),
-            ])
+            let (m, wd, eps) = (k.f64("momentum", 0.9)?, k.f64("weight_decay", 0.0)?, k.f64("eps", 1e-6)?);
+            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByMadgrad::new(lr, m, eps))])
         }
         "contrib.schedule_free_sgd" | "contrib.schedule_free_adamw" => {
             let adamw = name.ends_with("adamw");
@@ -1139,11 +980,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 None => LearningRate::Constant(lr0),
             };
             let base = if adamw {
-                let (b2, eps, wd) = (
-                    k.f64("b2", 0.999)?,
-                    k.f64("eps", 1e-8)?,
-                    k.f64("weight_decay", 0.0)?,
-                );
+                let (b2, eps, wd) = (k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
                 chain(vec![
                     boxed(ScaleByRms::new(b2, eps, 0.0, false, true)),
                     boxed(AddDecayedWeights::new(wd)),
@@ -1173,12 +1010,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
             };
             let steps = k.u64("ns_steps", 5)? as usize;
-            let (beta, eps, wd, nesterov) = (
-                k.f64("beta", 0.95)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("nesterov", true)?,
-            );
+            let (beta, eps, wd, nesterov) =
+                (k.f64("beta", 0.95)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?, k.bool("nesterov", true)?);
             let (ab1, ab2, aeps_root, awd) = (
                 k.f64("adam_b1", 0.9)?,
                 k.f64("adam_b2", 0.999)?,
@@ -1186,12 +1019,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("adam_weight_decay", 0.0)?,
             );
             let alr = k.f64("adam_learning_rate", lr)?;
-            let muon_idx: Vec<usize> = (0..shapes.len())
-                .filter(|&i| shapes[i].len() == 2)
-                .collect();
-            let adam_idx: Vec<usize> = (0..shapes.len())
-                .filter(|&i| shapes[i].len() != 2)
-                .collect();
+            let muon_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() == 2).collect();
+            let adam_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() != 2).collect();
             let muon = chain(vec![
                 boxed(ScaleByMuon::new(coeffs, steps, beta, eps, nesterov)),
                 boxed(ScaleByShape::default()),
@@ -1210,10 +1039,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             boxed(Partition::new(groups))
         }
         // transformations
-        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(
-            k.req_f64("clipping")?,
-            k.f64("eps", 1e-3)?,
-        )),
+        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
         "add_decayed_weights" => {
             let _ = k.value("mask");
             boxed(AddDecayedWeights::new(k.f64("weight_decay", 0.0)?))
@@ -1252,10 +1078,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             k.bool("eps_in_sqrt", true)?,
             k.bool("bias_correction", false)?,
         )),
-        "scale_by_rss" => boxed(ScaleByRss::new(
-            k.f64("initial_accumulator_value", 0.1)?,
-            k.f64("eps", 1e-7)?,
-        )),
+        "scale_by_rss" => boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
         "scale_by_sign" => boxed(ScaleBySign),
         "scale_by_stddev" => boxed(ScaleByStddev::new(
             k.f64("decay", 0.9)?,
@@ -1264,11 +1087,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             k.bool("eps_in_sqrt", true)?,
             k.bool("bias_correction", false)?,
         )),
-        "scale_by_trust_ratio" => boxed(ScaleByTrustRatio::new(
-            k.f64("min_norm", 0.0)?,
-            k.f64("trust_coefficient", 1.0)?,
-            k.f64("eps", 0.0)?,
-        )),
+        "scale_by_trust_ratio" => {
+            boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?))
+        }
         "scale_by_yogi" => boxed(ScaleByYogi::new(
             k.f64("b1", 0.9)?,
             k.f64("b2", 0.999)?,
@@ -1277,13 +1098,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             k.f64("initial_accumulator_value", 1e-6)?,
         )),
         "trace" => boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)),
-        other => {
-            return Err(unknown(
-                "optax optimizer or transformation",
-                other,
-                OPTAX_OPTIMIZERS,
-            ))
-        }
+        other => return Err(unknown("optax optimizer or transformation", other, OPTAX_OPTIMIZERS)),
     };
     k.finish()?;
     Ok(tx)
@@ -1297,10 +1112,8 @@ fn bool_mask(v: Option<&Value>, n: usize, ctx: &str) -> Result<Vec<bool>> {
         Some(Value::Array(a)) if a.len() == n => a
             .iter()
             .map(|x| {
-                x.as_bool().ok_or_else(|| Error::Field {
-                    context: ctx.into(),
-                    message: format!("expected booleans, got {x}"),
-                })
+                x.as_bool()
+                    .ok_or_else(|| Error::Field { context: ctx.into(), message: format!("expected booleans, got {x}") })
             })
             .collect(),
         Some(other) => Err(Error::Field {
@@ -1326,12 +1139,7 @@ fn anneal(s: &str) -> Result<sch::Anneal> {
 
 /// Builds a schedule from `library`, its name there, its keyword arguments and (torch) the
 /// optimizer's initial learning rate.
-pub fn build_schedule(
-    library: &str,
-    name: &str,
-    kwargs: &Value,
-    base_lr: Option<f64>,
-) -> Result<ScheduleSpec> {
+pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option<f64>) -> Result<ScheduleSpec> {
     let mut k = Kwargs::new(format!("{library}.{name}"), kwargs)?;
     let need_base = || {
         base_lr.ok_or_else(|| Error::Field {
@@ -1340,16 +1148,9 @@ pub fn build_schedule(
         })
     };
     let s = match (library, name) {
-        ("torch", "StepLR") => {
-            sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?
-        }
+        ("torch", "StepLR") => sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?,
         ("torch", "MultiStepLR") => {
-            let ms = k
-                .f64s("milestones")?
-                .unwrap_or_default()
-                .into_iter()
-                .map(|x| x as u64)
-                .collect();
+            let ms = k.f64s("milestones")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
             sch::multistep_lr(need_base()?, ms, k.f64("gamma", 0.1)?)
         }
         ("torch", "ExponentialLR") => sch::exponential_lr(need_base()?, k.req_f64("gamma")?),
@@ -1368,14 +1169,10 @@ pub fn build_schedule(
             k.f64("end_factor", 1.0)?,
             k.u64("total_iters", 5)?,
         )?,
-        ("torch", "ConstantLR") => sch::constant_lr(
-            need_base()?,
-            k.f64("factor", 1.0 / 3.0)?,
-            k.u64("total_iters", 5)?,
-        )?,
-        ("torch", "PolynomialLR") => {
-            sch::polynomial_lr(need_base()?, k.u64("total_iters", 5)?, k.f64("power", 1.0)?)
+        ("torch", "ConstantLR") => {
+            sch::constant_lr(need_base()?, k.f64("factor", 1.0 / 3.0)?, k.u64("total_iters", 5)?)?
         }
+        ("torch", "PolynomialLR") => sch::polynomial_lr(need_base()?, k.u64("total_iters", 5)?, k.f64("power", 1.0)?),
         ("torch", "OneCycleLR") => {
             let max_lr = k.req_f64("max_lr")?;
             let total = match k.opt_u64("total_steps")? {
@@ -1384,11 +1181,8 @@ pub fn build_schedule(
             };
             let pct = k.f64("pct_start", 0.3)?;
             let a = anneal(k.str("anneal_strategy", "cos")?)?;
-            let (div, fdiv, three) = (
-                k.f64("div_factor", 25.0)?,
-                k.f64("final_div_factor", 1e4)?,
-                k.bool("three_phase", false)?,
-            );
+            let (div, fdiv, three) =
+                (k.f64("div_factor", 25.0)?, k.f64("final_div_factor", 1e4)?, k.bool("three_phase", false)?);
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.85)?;
             let _ = k.f64("max_momentum", 0.95)?;
@@ -1403,13 +1197,7 @@ pub fn build_schedule(
                 "triangular" => sch::CyclicMode::Triangular,
                 "triangular2" => sch::CyclicMode::Triangular2,
                 "exp_range" => sch::CyclicMode::ExpRange { gamma },
-                other => {
-                    return Err(unknown(
-                        "CyclicLR mode",
-                        other,
-                        &["triangular", "triangular2", "exp_range"],
-                    ))
-                }
+                other => return Err(unknown("CyclicLR mode", other, &["triangular", "triangular2", "exp_range"])),
             };
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.8)?;
@@ -1422,21 +1210,14 @@ pub fn build_schedule(
                 "max" => sch::PlateauMode::Max,
                 other => return Err(unknown("ReduceLROnPlateau mode", other, &["min", "max"])),
             };
-            let (factor, patience, threshold) = (
-                k.f64("factor", 0.1)?,
-                k.u64("patience", 10)?,
-                k.f64("threshold", 1e-4)?,
-            );
+            let (factor, patience, threshold) =
+                (k.f64("factor", 0.1)?, k.u64("patience", 10)?, k.f64("threshold", 1e-4)?);
             let tm = match k.str("threshold_mode", "rel")? {
                 "rel" => sch::ThresholdMode::Rel,
                 "abs" => sch::ThresholdMode::Abs,
                 other => return Err(unknown("threshold_mode", other, &["rel", "abs"])),
             };
-            let (cooldown, min_lr, eps) = (
-                k.u64("cooldown", 0)?,
-                k.f64("min_lr", 0.0)?,
-                k.f64("eps", 1e-8)?,
-            );
+            let (cooldown, min_lr, eps) = (k.u64("cooldown", 0)?, k.f64("min_lr", 0.0)?, k.f64("eps", 1e-8)?);
             k.finish()?;
             return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(
                 need_base()?,
@@ -1452,12 +1233,7 @@ pub fn build_schedule(
         }
         ("torch", "SequentialLR") => {
             let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
-            let ms: Vec<u64> = k
-                .f64s("milestones")?
-                .unwrap_or_default()
-                .into_iter()
-                .map(|x| x as u64)
-                .collect();
+            let ms: Vec<u64> = k.f64s("milestones")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
             if ms.len() + 1 != parts.len() {
                 return Err(Error::Field {
                     context: "torch.SequentialLR: `milestones`".into(),
@@ -1478,12 +1254,7 @@ pub fn build_schedule(
         ("torch", other) => return Err(unknown("torch scheduler", other, TORCH_SCHEDULES)),
         ("optax", "join_schedules") => {
             let parts = sub_schedules(&mut k, "schedules", library, base_lr)?;
-            let bs: Vec<u64> = k
-                .f64s("boundaries")?
-                .unwrap_or_default()
-                .into_iter()
-                .map(|x| x as u64)
-                .collect();
+            let bs: Vec<u64> = k.f64s("boundaries")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
             if bs.len() + 1 != parts.len() {
                 return Err(Error::Field {
                     context: "optax.join_schedules: `boundaries`".into(),
@@ -1516,8 +1287,7 @@ pub fn build_schedule(
                 ),
                 "piecewise_constant" => {
                     let init = k.req_f64("init_value")?;
-                    let bs =
-                        boundaries(k.value("boundaries_and_scales"), &format!("optax.{name}"))?;
+                    let bs = boundaries(k.value("boundaries_and_scales"), &format!("optax.{name}"))?;
                     sch::piecewise_constant(init, bs)?
                 }
                 "exponential_decay" => sch::exponential_decay(
@@ -1534,11 +1304,9 @@ pub fn build_schedule(
                     k.f64("alpha", 0.0)?,
                     k.f64("exponent", 1.0)?,
                 ),
-                "warmup_constant" => sch::warmup_constant(
-                    k.req_f64("init_value")?,
-                    k.req_f64("peak_value")?,
-                    k.req_u64("warmup_steps")?,
-                ),
+                "warmup_constant" => {
+                    sch::warmup_constant(k.req_f64("init_value")?, k.req_f64("peak_value")?, k.req_u64("warmup_steps")?)
+                }
                 "warmup_cosine_decay" => sch::warmup_cosine_decay(
                     k.req_f64("init_value")?,
                     k.req_f64("peak_value")?,
@@ -1582,25 +1350,14 @@ pub fn build_schedule(
 }
 
 /// The `[[name, kwargs], …]` list of a combining schedule.
-fn sub_schedules(
-    k: &mut Kwargs,
-    key: &'static str,
-    library: &str,
-    base_lr: Option<f64>,
-) -> Result<Vec<BoxSchedule>> {
+fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Option<f64>) -> Result<Vec<BoxSchedule>> {
     let ctx = format!("{}: `{key}`", k.context);
     let list = k
         .value(key)
         .and_then(|v| v.as_array())
-        .ok_or_else(|| Error::Field {
-            context: ctx.clone(),
-            message: "missing list of [name, kwargs]".into(),
-        })?;
+        .ok_or_else(|| Error::Field { context: ctx.clone(), message: "missing list of [name, kwargs]".into() })?;
     if list.is_empty() {
-        return Err(Error::Field {
-            context: ctx,
-            message: "needs at least one schedule".into(),
-        });
+        return Err(Error::Field { context: ctx, message: "needs at least one schedule".into() });
     }
     list.iter()
         .enumerate()
@@ -1618,27 +1375,17 @@ fn sub_schedules(
 }
 
 fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
-    let err = |m: String| Error::Field {
-        context: format!("{ctx}: `boundaries_and_scales`"),
-        message: m,
-    };
+    let err = |m: String| Error::Field { context: format!("{ctx}: `boundaries_and_scales`"), message: m };
     match v {
         None => Ok(vec![]),
         Some(Value::Object(o)) => o
             .iter()
             .map(|(b, s)| {
-                let b: u64 = b
-                    .trim()
-                    .parse()
-                    .map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
-                let s = s
-                    .as_f64()
-                    .ok_or_else(|| err(format!("scale {s} is not a number")))?;
+                let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
+                let s = s.as_f64().ok_or_else(|| err(format!("scale {s} is not a number")))?;
                 Ok((b, s))
             })
             .collect(),
-        Some(other) => Err(err(format!(
-            "expected an object {{step: scale}}, got {other}"
-        ))),
+        Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }
 }

@@ -32,6 +32,24 @@ pub fn visit_buffers(v: &mut dyn StateVisitor, name: &str, bufs: &mut [Vec<f32>]
     Ok(())
 }
 
+/// Buffers that can be visited under a name (plain per-parameter vectors or
+/// [`crate::transforms::ParamBufs`]).
+pub trait VisitBuffers {
+    fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()>;
+}
+
+impl VisitBuffers for Vec<Vec<f32>> {
+    fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
+        visit_buffers(v, name, self)
+    }
+}
+
+impl VisitBuffers for crate::transforms::ParamBufs {
+    fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
+        self.visit(v, name)
+    }
+}
+
 /// The saved state of an optimizer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateDict {
@@ -69,9 +87,7 @@ pub struct Saver {
 
 impl StateVisitor for Saver {
     fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
-        self.dict
-            .buffers
-            .insert(join(&self.scopes, name), buf.clone());
+        self.dict.buffers.insert(join(&self.scopes, name), buf.clone());
         Ok(())
     }
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
@@ -101,11 +117,7 @@ pub struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     pub fn new(dict: &'a StateDict) -> Self {
-        Checker {
-            scopes: vec![],
-            dict,
-            seen: 0,
-        }
+        Checker { scopes: vec![], dict, seen: 0 }
     }
     /// Fails if the dictionary holds entries the optimizer does not have.
     pub fn finish(self) -> Result<()> {
@@ -125,11 +137,9 @@ impl StateVisitor for Checker<'_> {
         let key = join(&self.scopes, name);
         match self.dict.buffers.get(&key) {
             None => Err(Error::State(format!("missing buffer `{key}`"))),
-            Some(b) if b.len() != buf.len() => Err(Error::State(format!(
-                "buffer `{key}` has {} elements, expected {}",
-                b.len(),
-                buf.len()
-            ))),
+            Some(b) if b.len() != buf.len() => {
+                Err(Error::State(format!("buffer `{key}` has {} elements, expected {}", b.len(), buf.len())))
+            }
             Some(_) => {
                 self.seen += 1;
                 Ok(())
@@ -168,41 +178,26 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(dict: &'a StateDict) -> Self {
-        Loader {
-            scopes: vec![],
-            dict,
-        }
+        Loader { scopes: vec![], dict }
     }
 }
 
 impl StateVisitor for Loader<'_> {
     fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
         let key = join(&self.scopes, name);
-        let b = self
-            .dict
-            .buffers
-            .get(&key)
-            .ok_or_else(|| Error::State(format!("missing buffer `{key}`")))?;
+        let b = self.dict.buffers.get(&key).ok_or_else(|| Error::State(format!("missing buffer `{key}`")))?;
         buf.clear();
         buf.extend_from_slice(b);
         Ok(())
     }
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
         let key = join(&self.scopes, name);
-        *x = *self
-            .dict
-            .scalars
-            .get(&key)
-            .ok_or_else(|| Error::State(format!("missing scalar `{key}`")))?;
+        *x = *self.dict.scalars.get(&key).ok_or_else(|| Error::State(format!("missing scalar `{key}`")))?;
         Ok(())
     }
     fn counter(&mut self, name: &str, x: &mut u64) -> Result<()> {
         let key = join(&self.scopes, name);
-        *x = *self
-            .dict
-            .counters
-            .get(&key)
-            .ok_or_else(|| Error::State(format!("missing counter `{key}`")))?;
+        *x = *self.dict.counters.get(&key).ok_or_else(|| Error::State(format!("missing counter `{key}`")))?;
         Ok(())
     }
     fn push(&mut self, scope: &str) {

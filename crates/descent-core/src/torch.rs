@@ -5,9 +5,9 @@
 //! plays the role of a torch `lr_scheduler` (evaluated at the 0-based step).
 
 use crate::error::{ensure, Result};
-use crate::state::{visit_buffers, StateVisitor};
+use crate::state::StateVisitor;
 use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
-use crate::transforms::{elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros};
+use crate::transforms::{elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, ParamBufs};
 
 fn check_lr(lr: &LearningRate) -> Result<()> {
     if let Some(x) = lr.constant() {
@@ -22,9 +22,7 @@ fn check_wd(wd: f64) -> Result<()> {
     ensure(wd >= 0.0, || format!("Invalid weight_decay value: {wd}"))
 }
 fn check_beta(i: usize, b: f64) -> Result<()> {
-    ensure((0.0..1.0).contains(&b), || {
-        format!("Invalid beta parameter at index {i}: {b}")
-    })
+    ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))
 }
 
 /// How weight decay enters a torch optimizer.
@@ -45,7 +43,7 @@ pub struct Sgd {
     nesterov: bool,
     maximize: bool,
     step: u64,
-    momentum_buffer: Vec<Vec<f32>>,
+    momentum_buffer: ParamBufs,
     first: bool,
     cur_lr: f32,
 }
@@ -60,9 +58,7 @@ impl Sgd {
     ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(momentum >= 0.0, || {
-            format!("Invalid momentum value: {momentum}")
-        })?;
+        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
         check_wd(weight_decay)?;
         ensure(!nesterov || (momentum > 0.0 && dampening == 0.0), || {
             "Nesterov momentum requires a momentum and zero dampening".into()
@@ -75,26 +71,21 @@ impl Sgd {
             nesterov,
             maximize,
             step: 0,
-            momentum_buffer: vec![],
+            momentum_buffer: ParamBufs::default(),
             first: true,
             cur_lr: 0.0,
         })
     }
 }
-elementwise_transform!(Sgd, |s, shapes, _p| { s.momentum_buffer = if s.momentum != 0.0 { zeros(shapes) } else { vec![] }; }; bufs: [momentum_buffer]; counters: [step]; scalars: []);
+elementwise_transform!(Sgd, |s, shapes, _p| { s.momentum_buffer = if s.momentum != 0.0 { zeros(shapes).into() } else { ParamBufs::default() }; }; bufs: [momentum_buffer]; counters: [step]; scalars: []);
 impl Elementwise for Sgd {
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.first = self.step == 0;
         self.step += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let (lr, mom, damp, wd) = (
-            self.cur_lr,
-            self.momentum,
-            self.dampening,
-            self.weight_decay,
-        );
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let (lr, mom, damp, wd) = (self.cur_lr, self.momentum, self.dampening, self.weight_decay);
         if mom == 0.0 {
             for (g, &w) in u.iter_mut().zip(p) {
                 let mut d = if self.maximize { -*g } else { *g };
@@ -103,15 +94,11 @@ impl Elementwise for Sgd {
             }
             return;
         }
-        let buf = &mut self.momentum_buffer[i][off..off + u.len()];
+        let buf = self.momentum_buffer.slice(i, off, u.len());
         for ((g, &w), b) in u.iter_mut().zip(p).zip(buf) {
             let mut d = if self.maximize { -*g } else { *g };
             d += wd * w;
-            *b = if self.first {
-                d
-            } else {
-                mom * *b + (1.0 - damp) * d
-            };
+            *b = if self.first { d } else { mom * *b + (1.0 - damp) * d };
             let step = if self.nesterov { d + mom * *b } else { *b };
             *g = -lr * step;
         }
@@ -129,9 +116,9 @@ pub struct Adam {
     amsgrad: bool,
     maximize: bool,
     step: u64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
-    max_exp_avg_sq: Vec<Vec<f32>>,
+    exp_avg: ParamBufs,
+    exp_avg_sq: ParamBufs,
+    max_exp_avg_sq: ParamBufs,
     k: [f32; 4],
 }
 impl Adam {
@@ -161,17 +148,17 @@ impl Adam {
             amsgrad,
             maximize,
             step: 0,
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
-            max_exp_avg_sq: vec![],
+            exp_avg: ParamBufs::default(),
+            exp_avg_sq: ParamBufs::default(),
+            max_exp_avg_sq: ParamBufs::default(),
             k: [0.0; 4],
         })
     }
 }
 elementwise_transform!(Adam, |s, shapes, _p| {
-    s.exp_avg = zeros(shapes);
-    s.exp_avg_sq = zeros(shapes);
-    s.max_exp_avg_sq = if s.amsgrad { zeros(shapes) } else { vec![] };
+    s.exp_avg = zeros(shapes).into();
+    s.exp_avg_sq = zeros(shapes).into();
+    s.max_exp_avg_sq = if s.amsgrad { zeros(shapes).into() } else { ParamBufs::default() };
 }; bufs: [exp_avg, exp_avg_sq, max_exp_avg_sq]; counters: [step]; scalars: []);
 impl Elementwise for Adam {
     fn begin_step(&mut self) {
@@ -181,34 +168,17 @@ impl Elementwise for Adam {
         let bc1 = 1.0 - (self.b1 as f64).powf(t);
         let bc2 = 1.0 - (self.b2 as f64).powf(t);
         // [step size, 1/sqrt(bc2), decoupled decay factor, lr]
-        let dec = if self.decay == WeightDecay::Decoupled {
-            lr * self.weight_decay as f64
-        } else {
-            0.0
-        };
-        self.k = [
-            (lr / bc1) as f32,
-            (1.0 / bc2.sqrt()) as f32,
-            dec as f32,
-            lr as f32,
-        ];
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec as f32, lr as f32];
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         let n = u.len();
         let [step_size, inv_sqrt_bc2, dec, _] = self.k;
-        let l2 = if self.decay == WeightDecay::L2 {
-            self.weight_decay
-        } else {
-            0.0
-        };
+        let l2 = if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 };
         let (b1, b2, eps) = (self.b1, self.b2, self.eps);
-        let m = &mut self.exp_avg[i][off..off + n];
-        let v = &mut self.exp_avg_sq[i][off..off + n];
-        let mut vmax = if self.amsgrad {
-            Some(&mut self.max_exp_avg_sq[i][off..off + n])
-        } else {
-            None
-        };
+        let m = self.exp_avg.slice(i, off, n);
+        let v = self.exp_avg_sq.slice(i, off, n);
+        let mut vmax = if self.amsgrad { Some(self.max_exp_avg_sq.slice(i, off, n)) } else { None };
         for j in 0..n {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
@@ -236,7 +206,7 @@ pub struct Adagrad {
     eps: f32,
     maximize: bool,
     step: u64,
-    sum: Vec<Vec<f32>>,
+    sum: ParamBufs,
     clr: f32,
 }
 impl Adagrad {
@@ -250,9 +220,7 @@ impl Adagrad {
     ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(lr_decay >= 0.0, || {
-            format!("Invalid lr_decay value: {lr_decay}")
-        })?;
+        ensure(lr_decay >= 0.0, || format!("Invalid lr_decay value: {lr_decay}"))?;
         check_wd(weight_decay)?;
         ensure(initial_accumulator_value >= 0.0, || {
             format!("Invalid initial_accumulator_value value: {initial_accumulator_value}")
@@ -266,20 +234,20 @@ impl Adagrad {
             eps: eps as f32,
             maximize,
             step: 0,
-            sum: vec![],
+            sum: ParamBufs::default(),
             clr: 0.0,
         })
     }
 }
-elementwise_transform!(Adagrad, |s, shapes, _p| { s.sum = full(shapes, s.initial); }; bufs: [sum]; counters: [step]; scalars: []);
+elementwise_transform!(Adagrad, |s, shapes, _p| { s.sum = full(shapes, s.initial).into(); }; bufs: [sum]; counters: [step]; scalars: []);
 impl Elementwise for Adagrad {
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
         self.clr = (lr / (1.0 + (self.step - 1) as f64 * self.lr_decay)) as f32;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let s = &mut self.sum[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let s = self.sum.slice(i, off, u.len());
         for ((g, &w), s) in u.iter_mut().zip(p).zip(s) {
             let mut d = if self.maximize { -*g } else { *g };
             d += self.weight_decay * w;
@@ -299,9 +267,9 @@ pub struct Rmsprop {
     centered: bool,
     maximize: bool,
     step: u64,
-    square_avg: Vec<Vec<f32>>,
-    grad_avg: Vec<Vec<f32>>,
-    momentum_buffer: Vec<Vec<f32>>,
+    square_avg: ParamBufs,
+    grad_avg: ParamBufs,
+    momentum_buffer: ParamBufs,
     cur_lr: f32,
 }
 impl Rmsprop {
@@ -318,9 +286,7 @@ impl Rmsprop {
         let lr = lr.into();
         check_lr(&lr)?;
         check_eps(eps)?;
-        ensure(momentum >= 0.0, || {
-            format!("Invalid momentum value: {momentum}")
-        })?;
+        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
         check_wd(weight_decay)?;
         ensure(alpha >= 0.0, || format!("Invalid alpha value: {alpha}"))?;
         Ok(Rmsprop {
@@ -332,40 +298,44 @@ impl Rmsprop {
             centered,
             maximize,
             step: 0,
-            square_avg: vec![],
-            grad_avg: vec![],
-            momentum_buffer: vec![],
+            square_avg: ParamBufs::default(),
+            grad_avg: ParamBufs::default(),
+            momentum_buffer: ParamBufs::default(),
             cur_lr: 0.0,
         })
     }
 }
 elementwise_transform!(Rmsprop, |s, shapes, _p| {
-    s.square_avg = zeros(shapes);
-    s.grad_avg = if s.centered { zeros(shapes) } else { vec![] };
-    s.momentum_buffer = if s.momentum > 0.0 { zeros(shapes) } else { vec![] };
+    s.square_avg = zeros(shapes).into();
+    s.grad_avg = if s.centered { zeros(shapes).into() } else { ParamBufs::default() };
+    s.momentum_buffer = if s.momentum > 0.0 { zeros(shapes).into() } else { ParamBufs::default() };
 }; bufs: [square_avg, grad_avg, momentum_buffer]; counters: [step]; scalars: []);
 impl Elementwise for Rmsprop {
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let square_avg_s = self.square_avg.slice(i, off, u.len());
+        let grad_avg_s = if self.grad_avg.is_empty() { &mut [][..] } else { self.grad_avg.slice(i, off, u.len()) };
+        let momentum_buffer_s =
+            if self.momentum_buffer.is_empty() { &mut [][..] } else { self.momentum_buffer.slice(i, off, u.len()) };
         let n = u.len();
         let a = self.alpha;
         for j in 0..n {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += self.weight_decay * p[j];
-            let sq = &mut self.square_avg[i][off + j];
+            let sq = &mut square_avg_s[j];
             *sq = a * *sq + (1.0 - a) * g * g;
             let avg = if self.centered {
-                let ga = &mut self.grad_avg[i][off + j];
+                let ga = &mut grad_avg_s[j];
                 *ga += (g - *ga) * (1.0 - a);
                 (*sq - *ga * *ga).sqrt() + self.eps
             } else {
                 sq.sqrt() + self.eps
             };
             u[j] = if self.momentum > 0.0 {
-                let b = &mut self.momentum_buffer[i][off + j];
+                let b = &mut momentum_buffer_s[j];
                 *b = self.momentum * *b + g / avg;
                 -self.cur_lr * *b
             } else {
@@ -383,23 +353,15 @@ pub struct Adadelta {
     weight_decay: f32,
     maximize: bool,
     step: u64,
-    square_avg: Vec<Vec<f32>>,
-    acc_delta: Vec<Vec<f32>>,
+    square_avg: ParamBufs,
+    acc_delta: ParamBufs,
     cur_lr: f32,
 }
 impl Adadelta {
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        rho: f64,
-        eps: f64,
-        weight_decay: f64,
-        maximize: bool,
-    ) -> Result<Self> {
+    pub fn new(lr: impl Into<LearningRate>, rho: f64, eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure((0.0..=1.0).contains(&rho), || {
-            format!("Invalid rho value: {rho}")
-        })?;
+        ensure((0.0..=1.0).contains(&rho), || format!("Invalid rho value: {rho}"))?;
         check_eps(eps)?;
         check_wd(weight_decay)?;
         Ok(Adadelta {
@@ -409,27 +371,29 @@ impl Adadelta {
             weight_decay: weight_decay as f32,
             maximize,
             step: 0,
-            square_avg: vec![],
-            acc_delta: vec![],
+            square_avg: ParamBufs::default(),
+            acc_delta: ParamBufs::default(),
             cur_lr: 0.0,
         })
     }
 }
-elementwise_transform!(Adadelta, |s, shapes, _p| { s.square_avg = zeros(shapes); s.acc_delta = zeros(shapes); }; bufs: [square_avg, acc_delta]; counters: [step]; scalars: []);
+elementwise_transform!(Adadelta, |s, shapes, _p| { s.square_avg = zeros(shapes).into(); s.acc_delta = zeros(shapes).into(); }; bufs: [square_avg, acc_delta]; counters: [step]; scalars: []);
 impl Elementwise for Adadelta {
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let square_avg_s = self.square_avg.slice(i, off, u.len());
+        let acc_delta_s = self.acc_delta.slice(i, off, u.len());
         let r = self.rho;
         for j in 0..u.len() {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += self.weight_decay * p[j];
-            let sq = &mut self.square_avg[i][off + j];
+            let sq = &mut square_avg_s[j];
             *sq = r * *sq + (1.0 - r) * g * g;
             let std = (*sq + self.eps).sqrt();
-            let acc = &mut self.acc_delta[i][off + j];
+            let acc = &mut acc_delta_s[j];
             let delta = (*acc + self.eps).sqrt() / std * g;
             *acc = r * *acc + (1.0 - r) * delta * delta;
             u[j] = -self.cur_lr * delta;
@@ -446,8 +410,8 @@ pub struct Adamax {
     weight_decay: f32,
     maximize: bool,
     step: u64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_inf: Vec<Vec<f32>>,
+    exp_avg: ParamBufs,
+    exp_inf: ParamBufs,
     clr: f32,
 }
 impl Adamax {
@@ -472,26 +436,28 @@ impl Adamax {
             weight_decay: weight_decay as f32,
             maximize,
             step: 0,
-            exp_avg: vec![],
-            exp_inf: vec![],
+            exp_avg: ParamBufs::default(),
+            exp_inf: ParamBufs::default(),
             clr: 0.0,
         })
     }
 }
-elementwise_transform!(Adamax, |s, shapes, _p| { s.exp_avg = zeros(shapes); s.exp_inf = zeros(shapes); }; bufs: [exp_avg, exp_inf]; counters: [step]; scalars: []);
+elementwise_transform!(Adamax, |s, shapes, _p| { s.exp_avg = zeros(shapes).into(); s.exp_inf = zeros(shapes).into(); }; bufs: [exp_avg, exp_inf]; counters: [step]; scalars: []);
 impl Elementwise for Adamax {
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
         self.clr = (lr / (1.0 - (self.b1 as f64).powf(self.step as f64))) as f32;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
+        let exp_inf_s = self.exp_inf.slice(i, off, u.len());
         for j in 0..u.len() {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += self.weight_decay * p[j];
-            let m = &mut self.exp_avg[i][off + j];
+            let m = &mut exp_avg_s[j];
             *m += (g - *m) * (1.0 - self.b1);
-            let e = &mut self.exp_inf[i][off + j];
+            let e = &mut exp_inf_s[j];
             *e = (*e * self.b2).max(g.abs() + self.eps);
             u[j] = -self.clr * *m / *e;
         }
@@ -510,8 +476,8 @@ pub struct Nadam {
     maximize: bool,
     step: u64,
     mu_product: f64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
+    exp_avg: ParamBufs,
+    exp_avg_sq: ParamBufs,
     k: [f32; 5],
 }
 impl Nadam {
@@ -531,9 +497,7 @@ impl Nadam {
         check_beta(0, betas.0)?;
         check_beta(1, betas.1)?;
         check_wd(weight_decay)?;
-        ensure(momentum_decay >= 0.0, || {
-            format!("Invalid momentum_decay value: {momentum_decay}")
-        })?;
+        ensure(momentum_decay >= 0.0, || format!("Invalid momentum_decay value: {momentum_decay}"))?;
         Ok(Nadam {
             lr,
             b1: betas.0,
@@ -545,25 +509,28 @@ impl Nadam {
             maximize,
             step: 0,
             mu_product: 1.0,
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
+            exp_avg: ParamBufs::default(),
+            exp_avg_sq: ParamBufs::default(),
             k: [0.0; 5],
         })
     }
 }
 impl Transform for Nadam {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
-        self.exp_avg = zeros(shapes);
-        self.exp_avg_sq = zeros(shapes);
+        self.exp_avg = zeros(shapes).into();
+        self.exp_avg_sq = zeros(shapes).into();
         self.mu_product = 1.0;
         Ok(())
     }
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
         Some(self)
     }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
-        visit_buffers(v, "exp_avg", &mut self.exp_avg)?;
-        visit_buffers(v, "exp_avg_sq", &mut self.exp_avg_sq)?;
+        self.exp_avg.visit(v, "exp_avg")?;
+        self.exp_avg_sq.visit(v, "exp_avg_sq")?;
         v.counter("step", &mut self.step)?;
         v.scalar("mu_product", &mut self.mu_product)
     }
@@ -578,32 +545,26 @@ impl Elementwise for Nadam {
         let mu_next = self.b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
         self.mu_product *= mu;
         let mu_product_next = self.mu_product * mu_next;
-        let dec = if self.decay == WeightDecay::Decoupled {
-            lr * self.weight_decay as f64
-        } else {
-            0.0
-        };
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
         self.k = [
             (lr * (1.0 - mu) / (1.0 - self.mu_product)) as f32,
             (lr * mu_next / (1.0 - mu_product_next)) as f32,
             bc2 as f32,
             dec as f32,
-            if self.decay == WeightDecay::L2 {
-                self.weight_decay
-            } else {
-                0.0
-            },
+            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
         ];
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
+        let exp_avg_sq_s = self.exp_avg_sq.slice(i, off, u.len());
         let [cg, cm, bc2, dec, l2] = self.k;
         let b1 = self.b1 as f32;
         for j in 0..u.len() {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
-            let m = &mut self.exp_avg[i][off + j];
+            let m = &mut exp_avg_s[j];
             *m += (g - *m) * (1.0 - b1);
-            let v = &mut self.exp_avg_sq[i][off + j];
+            let v = &mut exp_avg_sq_s[j];
             *v = self.b2 * *v + (1.0 - self.b2) * g * g;
             let denom = (*v / bc2).sqrt() + self.eps;
             u[j] = -dec * p[j] - cg * g / denom - cm * *m / denom;
@@ -621,8 +582,8 @@ pub struct Radam {
     decay: WeightDecay,
     maximize: bool,
     step: u64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
+    exp_avg: ParamBufs,
+    exp_avg_sq: ParamBufs,
     k: [f32; 5],
     rectified: bool,
 }
@@ -651,14 +612,14 @@ impl Radam {
             decay,
             maximize,
             step: 0,
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
+            exp_avg: ParamBufs::default(),
+            exp_avg_sq: ParamBufs::default(),
             k: [0.0; 5],
             rectified: false,
         })
     }
 }
-elementwise_transform!(Radam, |s, shapes, _p| { s.exp_avg = zeros(shapes); s.exp_avg_sq = zeros(shapes); }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
+elementwise_transform!(Radam, |s, shapes, _p| { s.exp_avg = zeros(shapes).into(); s.exp_avg_sq = zeros(shapes).into(); }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
 impl Elementwise for Radam {
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -671,42 +632,31 @@ impl Elementwise for Radam {
         let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
         self.rectified = rho_t > 5.0;
         let rect = if self.rectified {
-            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                .sqrt()
+            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt()
         } else {
             0.0
         };
-        let dec = if self.decay == WeightDecay::Decoupled {
-            lr * self.weight_decay as f64
-        } else {
-            0.0
-        };
+        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
         self.k = [
             (lr / bc1) as f32,
             (lr / bc1 * rect) as f32,
             bc2.sqrt() as f32,
             dec as f32,
-            if self.decay == WeightDecay::L2 {
-                self.weight_decay
-            } else {
-                0.0
-            },
+            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
         ];
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
+        let exp_avg_sq_s = self.exp_avg_sq.slice(i, off, u.len());
         let [plain, rect, sqrt_bc2, dec, l2] = self.k;
         for j in 0..u.len() {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
-            let m = &mut self.exp_avg[i][off + j];
+            let m = &mut exp_avg_s[j];
             *m += (g - *m) * (1.0 - self.b1);
-            let v = &mut self.exp_avg_sq[i][off + j];
+            let v = &mut exp_avg_sq_s[j];
             *v = self.b2 * *v + (1.0 - self.b2) * g * g;
-            let step = if self.rectified {
-                rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps))
-            } else {
-                plain * *m
-            };
+            let step = if self.rectified { rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps)) } else { plain * *m };
             u[j] = -dec * p[j] - step;
         }
     }
@@ -721,15 +671,13 @@ pub struct Rprop {
     step_max: f32,
     maximize: bool,
     step: u64,
-    prev: Vec<Vec<f32>>,
-    step_size: Vec<Vec<f32>>,
+    prev: ParamBufs,
+    step_size: ParamBufs,
 }
 impl Rprop {
     pub fn new(lr: f64, etas: (f64, f64), step_sizes: (f64, f64), maximize: bool) -> Result<Self> {
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
-        ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || {
-            format!("Invalid eta values: {}, {}", etas.0, etas.1)
-        })?;
+        ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || format!("Invalid eta values: {}, {}", etas.0, etas.1))?;
         Ok(Rprop {
             lr: lr as f32,
             eta_minus: etas.0 as f32,
@@ -738,20 +686,20 @@ impl Rprop {
             step_max: step_sizes.1 as f32,
             maximize,
             step: 0,
-            prev: vec![],
-            step_size: vec![],
+            prev: ParamBufs::default(),
+            step_size: ParamBufs::default(),
         })
     }
 }
-elementwise_transform!(Rprop, |s, shapes, _p| { s.prev = zeros(shapes); s.step_size = full(shapes, s.lr); }; bufs: [prev, step_size]; counters: [step]; scalars: []);
+elementwise_transform!(Rprop, |s, shapes, _p| { s.prev = zeros(shapes).into(); s.step_size = full(shapes, s.lr).into(); }; bufs: [prev, step_size]; counters: [step]; scalars: []);
 impl Elementwise for Rprop {
     fn begin_step(&mut self) {
         self.step += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let prevs = &mut self.prev[i][off..off + n];
-        let sizes = &mut self.step_size[i][off..off + n];
+        let prevs = self.prev.slice(i, off, n);
+        let sizes = self.step_size.slice(i, off, n);
         for ((x, prev), ss) in u.iter_mut().zip(prevs).zip(sizes) {
             let mut g = if self.maximize { -*x } else { *x };
             let s = sign(g * *prev);
@@ -784,18 +732,11 @@ pub struct Asgd {
     step: u64,
     eta: f64,
     mu: f64,
-    ax: Vec<Vec<f32>>,
+    ax: ParamBufs,
     k: [f32; 3],
 }
 impl Asgd {
-    pub fn new(
-        lr: f64,
-        lambd: f64,
-        alpha: f64,
-        t0: f64,
-        weight_decay: f64,
-        maximize: bool,
-    ) -> Result<Self> {
+    pub fn new(lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
         check_wd(weight_decay)?;
         Ok(Asgd {
@@ -808,14 +749,14 @@ impl Asgd {
             step: 0,
             eta: lr,
             mu: 1.0,
-            ax: vec![],
+            ax: ParamBufs::default(),
             k: [0.0; 3],
         })
     }
 }
 impl Transform for Asgd {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
-        self.ax = zeros(shapes);
+        self.ax = zeros(shapes).into();
         self.eta = self.lr;
         self.mu = 1.0;
         Ok(())
@@ -823,8 +764,11 @@ impl Transform for Asgd {
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
         Some(self)
     }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
-        visit_buffers(v, "ax", &mut self.ax)?;
+        self.ax.visit(v, "ax")?;
         v.counter("step", &mut self.step)?;
         v.scalar("eta", &mut self.eta)?;
         v.scalar("mu", &mut self.mu)
@@ -833,27 +777,20 @@ impl Transform for Asgd {
 impl Elementwise for Asgd {
     fn begin_step(&mut self) {
         self.step += 1;
-        self.k = [
-            self.eta as f32,
-            (1.0 - self.lambd * self.eta) as f32,
-            self.mu as f32,
-        ];
+        self.k = [self.eta as f32, (1.0 - self.lambd * self.eta) as f32, self.mu as f32];
         let t = self.step as f64;
         self.eta = self.lr / (1.0 + self.lambd * self.lr * t).powf(self.alpha);
         self.mu = 1.0 / (t - self.t0).max(1.0);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let ax_s = self.ax.slice(i, off, u.len());
         let [eta, shrink, mu] = self.k;
         for j in 0..u.len() {
             let mut g = if self.maximize { -u[j] } else { u[j] };
             g += self.weight_decay * p[j];
             let new_p = p[j] * shrink - eta * g;
-            let ax = &mut self.ax[i][off + j];
-            *ax = if mu != 1.0 {
-                *ax + (new_p - *ax) * mu
-            } else {
-                new_p
-            };
+            let ax = &mut ax_s[j];
+            *ax = if mu != 1.0 { *ax + (new_p - *ax) * mu } else { new_p };
             u[j] = new_p - p[j];
         }
     }
@@ -886,21 +823,11 @@ impl Adafactor {
         weight_decay: f64,
         maximize: bool,
     ) -> Result<Self> {
-        ensure(lr >= 0.0, || {
-            format!("Learning rate should be >= 0 but is: {lr}")
-        })?;
-        ensure(beta2_decay <= 0.0, || {
-            format!("beta2_decay should be <= 0 but is: {beta2_decay}")
-        })?;
-        ensure(eps.0.is_none_or(|e| e >= 0.0), || {
-            format!("epsilon1 should be >= 0 but is: {:?}", eps.0)
-        })?;
-        ensure(eps.1 >= 0.0, || {
-            format!("epsilon2 should be >= 0 but is: {}", eps.1)
-        })?;
-        ensure(d >= 1.0, || {
-            format!("Clipping threshold d should be >= 1 but is: {d}")
-        })?;
+        ensure(lr >= 0.0, || format!("Learning rate should be >= 0 but is: {lr}"))?;
+        ensure(beta2_decay <= 0.0, || format!("beta2_decay should be <= 0 but is: {beta2_decay}"))?;
+        ensure(eps.0.is_none_or(|e| e >= 0.0), || format!("epsilon1 should be >= 0 but is: {:?}", eps.0))?;
+        ensure(eps.1 >= 0.0, || format!("epsilon2 should be >= 0 but is: {}", eps.1))?;
+        ensure(d >= 1.0, || format!("Clipping threshold d should be >= 1 but is: {d}"))?;
         check_wd(weight_decay)?;
         Ok(Adafactor {
             lr,
@@ -964,12 +891,10 @@ impl Transform for Adafactor {
                     }
                     let cv = &mut self.col_var[i][b * c..(b + 1) * c];
                     for (k, v) in cv.iter_mut().enumerate() {
-                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>()
-                            / r as f64) as f32;
+                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>() / r as f64) as f32;
                         *v += (mean - *v) * w;
                     }
-                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64)
-                        .max(eps1 as f64) as f32;
+                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
                     for q in 0..r {
                         for k in 0..c {
                             let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
@@ -1037,13 +962,9 @@ impl Muon {
     ) -> Result<Self> {
         let lr = lr.into();
         check_lr(&lr)?;
-        ensure(momentum >= 0.0, || {
-            format!("momentum should be >= 0 but is: {momentum}")
-        })?;
+        ensure(momentum >= 0.0, || format!("momentum should be >= 0 but is: {momentum}"))?;
         check_wd(weight_decay)?;
-        ensure(ns_steps < 100, || {
-            "Number of steps must be less than 100 for computational efficiency".into()
-        })?;
+        ensure(ns_steps < 100, || "Number of steps must be less than 100 for computational efficiency".into())?;
         Ok(Muon {
             lr,
             weight_decay,

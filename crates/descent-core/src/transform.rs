@@ -6,12 +6,20 @@
 //! depends on that element alone implement [`Elementwise`]: a [`Chain`] of them runs block by block
 //! over cache-sized slices, so a chain reads and writes each buffer once per step, not once per link.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
 use crate::state::{StateDict, StateVisitor};
 
 /// Number of elements processed by every link of an elementwise chain before moving on.
 pub const BLOCK: usize = 2048;
+
+/// Elements per task when a tensor is split across threads.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Tensors smaller than this stay on the calling thread (no pool overhead for a bias).
+pub const PARALLEL_MIN: usize = 2 * CHUNK;
 
 /// The shape of each parameter, row-major.
 pub type Shapes = [Vec<usize>];
@@ -23,27 +31,27 @@ pub fn numel(shape: &[usize]) -> usize {
 
 /// A gradient transformation: `init` allocates state for a list of parameters, `update` rewrites
 /// the updates in place.
-pub trait Transform: Send {
+pub trait Transform: Send + Sync {
     /// Allocates state for parameters of these shapes with these initial values.
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()>;
 
     /// Transforms `updates` in place; `params` are the current parameters.
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let e = self.as_elementwise().ok_or_else(|| {
-            Error::Invalid("transformation has neither update nor an elementwise form".into())
-        })?;
-        e.begin_step();
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            for off in (0..u.len()).step_by(BLOCK) {
-                let end = (off + BLOCK).min(u.len());
-                e.apply(i, off, &mut u[off..end], &p[off..end]);
-            }
-        }
+        self.as_elementwise()
+            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?
+            .begin_step();
+        let e = self.elementwise().expect("a transformation with as_elementwise has elementwise");
+        run_elementwise(e, updates, params);
         Ok(())
     }
 
-    /// The elementwise form of this transformation, if it has one.
+    /// The elementwise form of this transformation, for `begin_step`.
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        None
+    }
+
+    /// The elementwise form of this transformation, for `apply`.
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
         None
     }
 
@@ -58,12 +66,60 @@ pub trait Transform: Send {
 }
 
 /// A transformation whose update of element `j` reads only element `j` of each buffer.
-pub trait Elementwise {
+pub trait Elementwise: Sync {
     /// Called once per step before any `apply`: advance counters, compute per-step scalars.
     fn begin_step(&mut self);
     /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
-    /// of the parameter.
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+    /// of the parameter. Several threads may call it at once on different ranges.
+    ///
+    /// # Safety
+    /// Concurrent calls must cover disjoint element ranges of each parameter, within its bounds.
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+}
+
+/// Runs `f(off, block)` over `data` in blocks of [`BLOCK`], splitting large buffers across threads
+/// in chunks of [`CHUNK`].
+fn for_blocks<T: Send, F>(data: &mut [T], f: F)
+where
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let seq = |base: usize, chunk: &mut [T]| {
+        for (k, b) in chunk.chunks_mut(BLOCK).enumerate() {
+            f(base + k * BLOCK, b);
+        }
+    };
+    if data.len() >= PARALLEL_MIN {
+        data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| seq(c * CHUNK, chunk));
+    } else {
+        seq(0, data);
+    }
+}
+
+/// Applies an elementwise transformation to all updates: block by block, large tensors split
+/// across threads.
+pub fn run_elementwise(e: &dyn Elementwise, updates: &mut [Vec<f32>], params: &[&[f32]]) {
+    for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+        for_blocks(u, |off, ub| unsafe { e.apply(i, off, ub, &p[off..off + ub.len()]) });
+    }
+}
+
+/// One fused pass for an elementwise optimizer: each block of the gradient is copied into a
+/// block-sized scratch, transformed, and added to the parameters, so a step reads the gradient, the
+/// state and the parameters once and writes the state and the parameters once.
+fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+    for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+        for_blocks(p, |off, pb| {
+            let mut scratch = [0.0f32; BLOCK];
+            let u = &mut scratch[..pb.len()];
+            u.copy_from_slice(&g[off..off + pb.len()]);
+            // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+            unsafe { e.apply(i, off, u, pb) };
+            for (x, d) in pb.iter_mut().zip(u.iter()) {
+                *x += d;
+            }
+        });
+    }
 }
 
 /// A learning rate: a constant or a schedule of the step count.
@@ -111,9 +167,6 @@ impl Chain {
     pub fn new(links: Vec<Box<dyn Transform>>) -> Self {
         Chain { links }
     }
-    fn all_elementwise(&mut self) -> bool {
-        self.links.iter_mut().all(|l| l.as_elementwise().is_some())
-    }
 }
 
 /// Shorthand for [`Chain::new`].
@@ -123,47 +176,40 @@ pub fn chain(links: Vec<Box<dyn Transform>>) -> Box<dyn Transform> {
 
 impl Transform for Chain {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        self.links
-            .iter_mut()
-            .try_for_each(|l| l.init(shapes, params))
+        self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         let mut k = 0;
         while k < self.links.len() {
-            if self.links[k].as_elementwise().is_none() {
+            if self.links[k].elementwise().is_none() {
                 self.links[k].update(updates, params)?;
                 k += 1;
                 continue;
             }
             let mut end = k;
-            while end < self.links.len() && self.links[end].as_elementwise().is_some() {
+            while end < self.links.len() && self.links[end].elementwise().is_some() {
                 end += 1;
             }
-            let run = &mut self.links[k..end];
-            for l in run.iter_mut() {
-                l.as_elementwise().expect("checked").begin_step();
+            for l in self.links[k..end].iter_mut() {
+                l.as_elementwise().expect("elementwise link").begin_step();
             }
-            for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-                for off in (0..u.len()).step_by(BLOCK) {
-                    let stop = (off + BLOCK).min(u.len());
-                    for l in run.iter_mut() {
-                        l.as_elementwise().expect("checked").apply(
-                            i,
-                            off,
-                            &mut u[off..stop],
-                            &p[off..stop],
-                        );
-                    }
-                }
-            }
+            run_elementwise(&ChainRun(&self.links[k..end]), updates, params);
             k = end;
         }
         Ok(())
     }
 
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
-        if self.all_elementwise() {
+        if self.links.iter().all(|l| l.elementwise().is_some()) {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        if self.links.iter().all(|l| l.elementwise().is_some()) {
             Some(self)
         } else {
             None
@@ -187,16 +233,22 @@ impl Transform for Chain {
 impl Elementwise for Chain {
     fn begin_step(&mut self) {
         for l in self.links.iter_mut() {
-            l.as_elementwise()
-                .expect("all links are elementwise")
-                .begin_step();
+            l.as_elementwise().expect("all links are elementwise").begin_step();
         }
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        for l in self.links.iter_mut() {
-            l.as_elementwise()
-                .expect("all links are elementwise")
-                .apply(i, off, u, p);
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        ChainRun(&self.links).apply(i, off, u, p)
+    }
+}
+
+/// A run of elementwise links applied one after the other to each block.
+struct ChainRun<'a>(&'a [Box<dyn Transform>]);
+
+impl Elementwise for ChainRun<'_> {
+    fn begin_step(&mut self) {}
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        for l in self.0 {
+            l.elementwise().expect("all links are elementwise").apply(i, off, u, p);
         }
     }
 }
@@ -225,22 +277,12 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Builds the optimizer and initializes its state for these parameters.
-    pub fn new(
-        mut tx: Box<dyn Transform>,
-        shapes: Vec<Vec<usize>>,
-        params: &[&[f32]],
-    ) -> Result<Self> {
+    pub fn new(mut tx: Box<dyn Transform>, shapes: Vec<Vec<usize>>, params: &[&[f32]]) -> Result<Self> {
         check_sizes("parameter", &shapes, params)?;
         tx.init(&shapes, params)?;
-        let updates = shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
-        Ok(Optimizer {
-            tx,
-            shapes,
-            updates,
-            steps: 0,
-            skipped: 0,
-            non_finite: NonFinite::Propagate,
-        })
+        // Full-size update buffers only for transformations that need them (reductions, wrappers);
+        // elementwise ones run fused through a block-sized scratch.
+        Ok(Optimizer { tx, shapes, updates: vec![], steps: 0, skipped: 0, non_finite: NonFinite::Propagate })
     }
 
     /// Sets the policy for non-finite gradients.
@@ -269,23 +311,31 @@ impl Optimizer {
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<bool> {
         check_sizes("parameter", &self.shapes, params)?;
         check_sizes("gradient", &self.shapes, grads)?;
-        if self.non_finite == NonFinite::Skip
-            && grads.iter().any(|g| g.iter().any(|x| !x.is_finite()))
-        {
+        if self.non_finite == NonFinite::Skip && grads.iter().any(|g| g.iter().any(|x| !x.is_finite())) {
             self.skipped += 1;
             return Ok(false);
         }
+        if let Some(e) = self.tx.as_elementwise() {
+            e.begin_step();
+            fused_step(self.tx.elementwise().expect("elementwise form"), params, grads);
+            self.steps += 1;
+            return Ok(true);
+        }
+        if self.updates.is_empty() {
+            self.updates = self.shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
+        }
         for (u, g) in self.updates.iter_mut().zip(grads) {
-            u.copy_from_slice(g);
+            for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
         }
         {
             let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
             self.tx.update(&mut self.updates, &views)?;
         }
         for (p, u) in params.iter_mut().zip(&self.updates) {
-            for (x, d) in p.iter_mut().zip(u) {
-                *x += d;
-            }
+            for_blocks(p, |off, b| {
+                let n = b.len();
+                b.iter_mut().zip(&u[off..off + n]).for_each(|(x, d)| *x += d)
+            });
         }
         self.steps += 1;
         Ok(true)
@@ -301,9 +351,7 @@ impl Optimizer {
     /// The parameters to evaluate (Lookahead's slow weights), or a copy of `params`.
     pub fn eval_params(&self, params: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
-        self.tx
-            .eval_params(&views)
-            .unwrap_or_else(|| params.to_vec())
+        self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
     }
 
     /// The whole state, for saving.
@@ -311,9 +359,7 @@ impl Optimizer {
         let mut s = crate::state::Saver::default();
         self.tx.visit_state(&mut s)?;
         s.dict.counters.insert("optimizer.steps".into(), self.steps);
-        s.dict
-            .counters
-            .insert("optimizer.skipped".into(), self.skipped);
+        s.dict.counters.insert("optimizer.skipped".into(), self.skipped);
         Ok(s.dict)
     }
 
@@ -323,15 +369,12 @@ impl Optimizer {
         let steps = inner.counters.remove("optimizer.steps");
         let skipped = inner.counters.remove("optimizer.skipped");
         let (Some(steps), Some(skipped)) = (steps, skipped) else {
-            return Err(Error::State(
-                "missing counters `optimizer.steps`/`optimizer.skipped`".into(),
-            ));
+            return Err(Error::State("missing counters `optimizer.steps`/`optimizer.skipped`".into()));
         };
         let mut check = crate::state::Checker::new(&inner);
         self.tx.visit_state(&mut check)?;
         check.finish()?;
-        self.tx
-            .visit_state(&mut crate::state::Loader::new(&inner))?;
+        self.tx.visit_state(&mut crate::state::Loader::new(&inner))?;
         self.steps = steps;
         self.skipped = skipped;
         Ok(())
@@ -340,11 +383,7 @@ impl Optimizer {
 
 fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -> Result<()> {
     if bufs.len() != shapes.len() {
-        return Err(Error::Shape(format!(
-            "expected {} {what} tensors, got {}",
-            shapes.len(),
-            bufs.len()
-        )));
+        return Err(Error::Shape(format!("expected {} {what} tensors, got {}", shapes.len(), bufs.len())));
     }
     for (i, (s, b)) in shapes.iter().zip(bufs).enumerate() {
         if b.as_ref().len() != numel(s) {
@@ -361,9 +400,7 @@ fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transforms::{
-        AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByLearningRate, Trace,
-    };
+    use crate::transforms::{AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByLearningRate, Trace};
 
     fn links() -> Vec<Box<dyn Transform>> {
         vec![
@@ -376,19 +413,14 @@ mod tests {
         ]
     }
 
-    /// A fused chain (block by block) gives exactly what running each link over whole buffers gives,
-    /// for sizes that are not multiples of the block and a reduction in the middle.
+    /// A fused chain (block by block, large tensors across threads) gives exactly what running each
+    /// link over whole buffers gives, for sizes that are not multiples of the block or chunk and a
+    /// reduction in the middle.
     #[test]
     fn fused_chain_equals_link_by_link() {
-        let shapes = vec![vec![3 * BLOCK + 17], vec![5], vec![BLOCK]];
-        let params: Vec<Vec<f32>> = shapes
-            .iter()
-            .map(|s| {
-                (0..numel(s))
-                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                    .collect()
-            })
-            .collect();
+        let shapes = vec![vec![3 * BLOCK + 17], vec![5], vec![BLOCK], vec![PARALLEL_MIN + 3 * CHUNK / 2 + 7]];
+        let params: Vec<Vec<f32>> =
+            shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()).collect();
         let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
         let mut fused = Chain::new(links());
         let mut separate = links();
@@ -400,10 +432,7 @@ mod tests {
             let grads: Vec<Vec<f32>> = params
                 .iter()
                 .map(|p| {
-                    p.iter()
-                        .enumerate()
-                        .map(|(i, x)| (x * (step + 1) as f32 + (i % 13) as f32 * 0.1).sin())
-                        .collect()
+                    p.iter().enumerate().map(|(i, x)| (x * (step + 1) as f32 + (i % 13) as f32 * 0.1).sin()).collect()
                 })
                 .collect();
             let mut a = grads.clone();
@@ -418,12 +447,44 @@ mod tests {
         }
     }
 
+    /// The optimizer's single fused pass (copy, transform, add per block, across threads) equals
+    /// the unfused path that materializes full update buffers.
+    #[test]
+    fn fused_optimizer_step_equals_unfused() {
+        let shapes = vec![vec![PARALLEL_MIN + CHUNK + 5], vec![7], vec![BLOCK + 1]];
+        let init: Vec<Vec<f32>> =
+            shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 31) % 97) as f32 / 48.0 - 1.0).collect()).collect();
+        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
+        let make = |fused: bool| {
+            let mut l: Vec<Box<dyn Transform>> = vec![
+                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(AddDecayedWeights::new(0.01)),
+                Box::new(ScaleByLearningRate::new(0.01, true)),
+            ];
+            if !fused {
+                // A no-op reduction forces the full-buffer path.
+                l.insert(0, Box::new(ClipByGlobalNorm::new(f64::INFINITY)));
+            }
+            let mut c = Chain::new(l);
+            assert_eq!(c.as_elementwise().is_some(), fused);
+            Optimizer::new(Box::new(c), shapes.clone(), &views).unwrap()
+        };
+        let (mut a, mut b) = (make(true), make(false));
+        let (mut pa, mut pb) = (init.clone(), init.clone());
+        for step in 0..3 {
+            let g: Vec<Vec<f32>> =
+                init.iter().map(|p| p.iter().map(|x| (x * (step + 2) as f32).cos()).collect()).collect();
+            a.step_vecs(&mut pa, &g).unwrap();
+            b.step_vecs(&mut pb, &g).unwrap();
+        }
+        for (x, y) in pa.iter().flatten().zip(pb.iter().flatten()) {
+            assert_eq!(x.to_bits(), y.to_bits());
+        }
+    }
+
     #[test]
     fn an_all_elementwise_chain_is_itself_elementwise() {
-        let mut c = Chain::new(vec![
-            Box::new(Clip::new(1.0)),
-            Box::new(ScaleByLearningRate::new(0.1, true)),
-        ]);
+        let mut c = Chain::new(vec![Box::new(Clip::new(1.0)), Box::new(ScaleByLearningRate::new(0.1, true))]);
         assert!(c.as_elementwise().is_some());
         let mut c = Chain::new(links());
         assert!(c.as_elementwise().is_none());

@@ -21,31 +21,18 @@ fn err_of(lib: &str, name: &str, h: serde_json::Value) -> String {
 #[test]
 fn unknown_optimizer_names_it_and_lists_the_valid_ones() {
     let e = err_of("torch", "adamz", json!({}));
-    assert!(
-        e.contains("adamz") && e.contains("adamw") && e.contains("sgd"),
-        "{e}"
-    );
+    assert!(e.contains("adamz") && e.contains("adamw") && e.contains("sgd"), "{e}");
     let e = err_of("optax", "lionn", json!({}));
     assert!(e.contains("lionn") && e.contains("lion"), "{e}");
     let e = err_of("keras", "adam", json!({}));
-    assert!(
-        e.contains("keras") && e.contains("torch") && e.contains("optax"),
-        "{e}"
-    );
+    assert!(e.contains("keras") && e.contains("torch") && e.contains("optax"), "{e}");
 }
 
 #[test]
 fn unknown_keyword_argument_names_it_and_lists_the_accepted_ones() {
     let e = err_of("torch", "adam", json!({"lr": 0.1, "beta1": 0.9}));
-    assert!(
-        e.contains("beta1") && e.contains("betas") && e.contains("amsgrad"),
-        "{e}"
-    );
-    let e = err_of(
-        "optax",
-        "adamw",
-        json!({"learning_rate": 0.1, "betas": [0.9, 0.99]}),
-    );
+    assert!(e.contains("beta1") && e.contains("betas") && e.contains("amsgrad"), "{e}");
+    let e = err_of("optax", "adamw", json!({"learning_rate": 0.1, "betas": [0.9, 0.99]}));
     assert!(e.contains("betas") && e.contains("b1"), "{e}");
 }
 
@@ -63,16 +50,8 @@ fn ill_typed_or_missing_arguments_name_the_field() {
 fn invalid_hyper_parameters_are_refused_at_construction() {
     for (name, h, needle) in [
         ("adam", json!({"lr": -1.0}), "learning rate"),
-        (
-            "adam",
-            json!({"betas": [1.0, 0.999]}),
-            "beta parameter at index 0",
-        ),
-        (
-            "adamw",
-            json!({"betas": [0.9, -0.1]}),
-            "beta parameter at index 1",
-        ),
+        ("adam", json!({"betas": [1.0, 0.999]}), "beta parameter at index 0"),
+        ("adamw", json!({"betas": [0.9, -0.1]}), "beta parameter at index 1"),
         ("sgd", json!({"lr": 0.1, "momentum": -0.5}), "momentum"),
         ("sgd", json!({"lr": 0.1, "nesterov": true}), "Nesterov"),
         ("rmsprop", json!({"eps": -1e-8}), "epsilon"),
@@ -86,27 +65,15 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
 
 #[test]
 fn wrong_gradient_count_or_size_is_an_error() {
-    let tx = chain(vec![Box::new(ScaleByAdam::new(
-        0.9, 0.999, 1e-8, 0.0, false,
-    ))]);
+    let tx = chain(vec![Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false))]);
     let mut params = vec![vec![1.0f32; 4], vec![0.0f32; 3]];
     let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
     let mut opt = Optimizer::new(tx, shapes(), &views).unwrap();
-    let e = opt
-        .step_vecs(&mut params, &[vec![0.0; 4]])
-        .unwrap_err()
-        .to_string();
+    let e = opt.step_vecs(&mut params, &[vec![0.0; 4]]).unwrap_err().to_string();
     assert!(e.contains("expected 2 gradient tensors, got 1"), "{e}");
-    let e = opt
-        .step_vecs(&mut params, &[vec![0.0; 4], vec![0.0; 5]])
-        .unwrap_err()
-        .to_string();
+    let e = opt.step_vecs(&mut params, &[vec![0.0; 4], vec![0.0; 5]]).unwrap_err().to_string();
     assert!(e.contains("gradient 1 has 5 elements, expected 3"), "{e}");
-    assert_eq!(
-        params,
-        vec![vec![1.0f32; 4], vec![0.0f32; 3]],
-        "a refused step must not touch the parameters"
-    );
+    assert_eq!(params, vec![vec![1.0f32; 4], vec![0.0f32; 3]], "a refused step must not touch the parameters");
 }
 
 #[test]
@@ -114,10 +81,7 @@ fn muon_refuses_non_matrix_parameters() {
     let tx = build_optimizer("torch", "muon", &json!({"lr": 0.02}), None, &shapes()).unwrap();
     let params = [vec![1.0f32; 4], vec![0.0f32; 3]];
     let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
-    let e = Optimizer::new(tx, shapes(), &views)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Optimizer::new(tx, shapes(), &views).err().unwrap().to_string();
     assert!(e.contains("2D") && e.contains("[3]"), "{e}");
 }
 
@@ -125,14 +89,14 @@ fn muon_refuses_non_matrix_parameters() {
 fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
     let e = parse_case("bad.json", "{not json").unwrap_err().to_string();
     assert!(e.starts_with("bad.json: malformed JSON"), "{e}");
-    let e = parse_case("bad.json", r#"{"id": "torch.sgd.x", "optimizer": "sgd", "hparams": {}, "params": [{"shape": [2], "init": [1, 2, 3]}]}"#).unwrap_err().to_string();
-    assert!(
-        e.contains("bad.json") && e.contains("params[0].init"),
-        "{e}"
-    );
-    let e = parse_case("bad.json", r#"{"optimizer": "sgd"}"#)
-        .unwrap_err()
-        .to_string();
+    let e = parse_case(
+        "bad.json",
+        r#"{"id": "torch.sgd.x", "optimizer": "sgd", "hparams": {}, "params": [{"shape": [2], "init": [1, 2, 3]}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bad.json") && e.contains("params[0].init"), "{e}");
+    let e = parse_case("bad.json", r#"{"optimizer": "sgd"}"#).unwrap_err().to_string();
     assert!(e.contains("field `id`: missing"), "{e}");
     let e = parse_case(
         "bad.json",
@@ -147,28 +111,12 @@ fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
 
 #[test]
 fn unknown_schedule_names_it() {
-    let e = build_schedule("torch", "WarmupLR", &json!({}), Some(0.1))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = build_schedule("torch", "WarmupLR", &json!({}), Some(0.1)).err().unwrap().to_string();
     assert!(e.contains("WarmupLR") && e.contains("OneCycleLR"), "{e}");
-    let e = build_schedule("optax", "cosine_warmup", &json!({}), None)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("cosine_warmup") && e.contains("warmup_cosine_decay_schedule"),
-        "{e}"
-    );
-    let e = build_schedule(
-        "torch",
-        "StepLR",
-        &json!({"step_size": 10, "gama": 0.5}),
-        Some(0.1),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = build_schedule("optax", "cosine_warmup", &json!({}), None).err().unwrap().to_string();
+    assert!(e.contains("cosine_warmup") && e.contains("warmup_cosine_decay_schedule"), "{e}");
+    let e =
+        build_schedule("torch", "StepLR", &json!({"step_size": 10, "gama": 0.5}), Some(0.1)).err().unwrap().to_string();
     assert!(e.contains("gama") && e.contains("gamma"), "{e}");
 }
 

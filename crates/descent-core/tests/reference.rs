@@ -5,19 +5,13 @@ mod common;
 use descent_core::reference::run_and_check;
 
 /// Cases that do not pass yet, with the reason. Must shrink to empty.
-const KNOWN_FAILING: &[(&str, &str)] = &[(
-    "torch.muon.nesterov_off",
-    "torch runs Newton-Schulz in bfloat16; descent in f32",
-)];
+const KNOWN_FAILING: &[(&str, &str)] =
+    &[("torch.muon.nesterov_off", "torch runs Newton-Schulz in bfloat16; descent in f32")];
 
 #[test]
 fn every_reference_case_passes() {
     let cases = common::all_cases();
-    assert!(
-        cases.len() >= 82,
-        "expected the whole reference set, found {} cases",
-        cases.len()
-    );
+    assert!(cases.len() >= 82, "expected the whole reference set, found {} cases", cases.len());
     let mut failures = vec![];
     let mut unexpectedly_passing = vec![];
     for case in &cases {
@@ -30,24 +24,12 @@ fn every_reference_case_passes() {
             }
             Ok(r) => {
                 if !known {
-                    failures.push(format!(
-                        "{}: error {:.3}x tolerance at step {}",
-                        case.id(),
-                        r.ratio,
-                        r.step
-                    ));
+                    failures.push(format!("{}: error {:.3}x tolerance at step {}", case.id(), r.ratio, r.step));
                 }
             }
             Err(e) => failures.push(format!("{}: {e}", case.id())),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "failing cases:\n{}",
-        failures.join("\n")
-    );
-    assert!(
-        unexpectedly_passing.is_empty(),
-        "now passing, remove from KNOWN_FAILING: {unexpectedly_passing:?}"
-    );
+    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    assert!(unexpectedly_passing.is_empty(), "now passing, remove from KNOWN_FAILING: {unexpectedly_passing:?}");
 }

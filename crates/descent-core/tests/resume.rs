@@ -15,8 +15,7 @@ fn run(case: &OptimCase, stop_at: Option<usize>) -> Vec<Vec<f32>> {
             let text = opt.state_dict().unwrap().to_json().unwrap();
             drop(opt);
             opt = case.optimizer().unwrap();
-            opt.load_state_dict(&StateDict::from_json(&text).unwrap())
-                .unwrap();
+            opt.load_state_dict(&StateDict::from_json(&text).unwrap()).unwrap();
         }
         opt.step_vecs(&mut params, g).unwrap();
     }
@@ -32,12 +31,7 @@ fn resume_is_bit_exact_for_every_optimizer() {
         for k in [1, c.grads.len() / 2, c.grads.len() - 1] {
             let resumed = run(&c, Some(k));
             for (a, b) in full.iter().flatten().zip(resumed.iter().flatten()) {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{}: resumed after step {k} differs ({a} vs {b})",
-                    c.id
-                );
+                assert_eq!(a.to_bits(), b.to_bits(), "{}: resumed after step {k} differs ({a} vs {b})", c.id);
             }
         }
         checked += 1;
@@ -64,9 +58,5 @@ fn state_of_another_optimizer_is_refused_whole() {
     let sgd_state = s.state_dict().unwrap();
     let err = a.load_state_dict(&sgd_state).unwrap_err().to_string();
     assert!(err.starts_with("state:"), "{err}");
-    assert_eq!(
-        a.state_dict().unwrap(),
-        before,
-        "a refused state must leave the optimizer untouched"
-    );
+    assert_eq!(a.state_dict().unwrap(), before, "a refused state must leave the optimizer untouched");
 }

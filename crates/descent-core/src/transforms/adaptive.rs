@@ -1,6 +1,6 @@
 //! Adaptive elementwise transformations: Adam and its relatives.
 
-use super::{elementwise_transform, full, sign, zeros};
+use super::{elementwise_transform, full, sign, zeros, ParamBufs};
 use crate::transform::Elementwise;
 
 fn bc(decay: f32, t: u64) -> f32 {
@@ -18,9 +18,9 @@ pub struct ScaleByAdam {
     nesterov: bool,
     amsgrad: bool,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
-    nu_max: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
+    nu_max: ParamBufs,
     bc1: f32,
     bc1_next: f32,
     bc2: f32,
@@ -35,9 +35,9 @@ impl ScaleByAdam {
             nesterov,
             amsgrad: false,
             count: 0,
-            mu: vec![],
-            nu: vec![],
-            nu_max: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
+            nu_max: ParamBufs::default(),
             bc1: 1.0,
             bc1_next: 1.0,
             bc2: 1.0,
@@ -50,9 +50,9 @@ impl ScaleByAdam {
     }
 }
 elementwise_transform!(ScaleByAdam, |s, shapes, _p| {
-    s.mu = zeros(shapes);
-    s.nu = zeros(shapes);
-    s.nu_max = if s.amsgrad { zeros(shapes) } else { vec![] };
+    s.mu = zeros(shapes).into();
+    s.nu = zeros(shapes).into();
+    s.nu_max = if s.amsgrad { zeros(shapes).into() } else { ParamBufs::default() };
 }; bufs: [mu, nu, nu_max]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdam {
     fn begin_step(&mut self) {
@@ -61,14 +61,14 @@ impl Elementwise for ScaleByAdam {
         self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
         let (b1, b2, eps, eps_root) = (self.b1, self.b2, self.eps, self.eps_root);
         let (bc1, bc1n, bc2) = (self.bc1, self.bc1_next, self.bc2);
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         if self.amsgrad {
-            let vm = &mut self.nu_max[i][off..off + n];
+            let vm = self.nu_max.slice(i, off, n);
             for j in 0..n {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
@@ -104,17 +104,11 @@ pub struct ScaleByRms {
     eps_in_sqrt: bool,
     bias_correction: bool,
     count: u64,
-    nu: Vec<Vec<f32>>,
+    nu: ParamBufs,
     bc: f32,
 }
 impl ScaleByRms {
-    pub fn new(
-        decay: f64,
-        eps: f64,
-        initial_scale: f64,
-        eps_in_sqrt: bool,
-        bias_correction: bool,
-    ) -> Self {
+    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
         ScaleByRms {
             decay: decay as f32,
             eps: eps as f32,
@@ -122,12 +116,12 @@ impl ScaleByRms {
             eps_in_sqrt,
             bias_correction,
             count: 0,
-            nu: vec![],
+            nu: ParamBufs::default(),
             bc: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByRms, |s, shapes, _p| { s.nu = full(shapes, s.initial_scale); }; bufs: [nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByRms, |s, shapes, _p| { s.nu = full(shapes, s.initial_scale).into(); }; bufs: [nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByRms {
     fn begin_step(&mut self) {
         if self.bias_correction {
@@ -135,17 +129,13 @@ impl Elementwise for ScaleByRms {
             self.bc = bc(self.decay, self.count);
         }
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let v = &mut self.nu[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let v = self.nu.slice(i, off, u.len());
         let d = self.decay;
         for (g, v) in u.iter_mut().zip(v) {
             *v = (1.0 - d) * *g * *g + d * *v;
             let vh = *v / self.bc;
-            *g *= if self.eps_in_sqrt {
-                1.0 / (vh + self.eps).sqrt()
-            } else {
-                1.0 / (vh.sqrt() + self.eps)
-            };
+            *g *= if self.eps_in_sqrt { 1.0 / (vh + self.eps).sqrt() } else { 1.0 / (vh.sqrt() + self.eps) };
         }
     }
 }
@@ -158,18 +148,12 @@ pub struct ScaleByStddev {
     eps_in_sqrt: bool,
     bias_correction: bool,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     bc: f32,
 }
 impl ScaleByStddev {
-    pub fn new(
-        decay: f64,
-        eps: f64,
-        initial_scale: f64,
-        eps_in_sqrt: bool,
-        bias_correction: bool,
-    ) -> Self {
+    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
         ScaleByStddev {
             decay: decay as f32,
             eps: eps as f32,
@@ -177,13 +161,13 @@ impl ScaleByStddev {
             eps_in_sqrt,
             bias_correction,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByStddev, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = full(shapes, s.initial_scale); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByStddev, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = full(shapes, s.initial_scale).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByStddev {
     fn begin_step(&mut self) {
         if self.bias_correction {
@@ -191,10 +175,10 @@ impl Elementwise for ScaleByStddev {
             self.bc = bc(self.decay, self.count);
         }
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         let d = self.decay;
         for j in 0..n {
             let g = u[j];
@@ -202,11 +186,7 @@ impl Elementwise for ScaleByStddev {
             v[j] = (1.0 - d) * g * g + d * v[j];
             let (mh, vh) = (m[j] / self.bc, v[j] / self.bc);
             let var = vh - mh * mh;
-            u[j] = g * if self.eps_in_sqrt {
-                1.0 / (var + self.eps).sqrt()
-            } else {
-                1.0 / (var.sqrt() + self.eps)
-            };
+            u[j] = g * if self.eps_in_sqrt { 1.0 / (var + self.eps).sqrt() } else { 1.0 / (var.sqrt() + self.eps) };
         }
     }
 }
@@ -217,8 +197,8 @@ pub struct ScaleByAdamax {
     b2: f32,
     eps: f32,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     bc1: f32,
 }
 impl ScaleByAdamax {
@@ -228,22 +208,22 @@ impl ScaleByAdamax {
             b2: b2 as f32,
             eps: eps as f32,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc1: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByAdamax, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByAdamax, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdamax {
     fn begin_step(&mut self) {
         self.count += 1;
         self.bc1 = bc(self.b1, self.count);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
@@ -258,25 +238,20 @@ pub struct ScaleByLion {
     b1: f32,
     b2: f32,
     count: u64,
-    mu: Vec<Vec<f32>>,
+    mu: ParamBufs,
 }
 impl ScaleByLion {
     pub fn new(b1: f64, b2: f64) -> Self {
-        ScaleByLion {
-            b1: b1 as f32,
-            b2: b2 as f32,
-            count: 0,
-            mu: vec![],
-        }
+        ScaleByLion { b1: b1 as f32, b2: b2 as f32, count: 0, mu: ParamBufs::default() }
     }
 }
-elementwise_transform!(ScaleByLion, |s, shapes, _p| { s.mu = zeros(shapes); }; bufs: [mu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByLion, |s, shapes, _p| { s.mu = zeros(shapes).into(); }; bufs: [mu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByLion {
     fn begin_step(&mut self) {
         self.count += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let m = &mut self.mu[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let m = self.mu.slice(i, off, u.len());
         for (g, m) in u.iter_mut().zip(m) {
             let x = (1.0 - self.b1) * *g + self.b1 * *m;
             *m = (1.0 - self.b2) * *g + self.b2 * *m;
@@ -289,26 +264,21 @@ impl Elementwise for ScaleByLion {
 pub struct ScaleByAdadelta {
     rho: f32,
     eps: f32,
-    e_g: Vec<Vec<f32>>,
-    e_x: Vec<Vec<f32>>,
+    e_g: ParamBufs,
+    e_x: ParamBufs,
 }
 impl ScaleByAdadelta {
     pub fn new(rho: f64, eps: f64) -> Self {
-        ScaleByAdadelta {
-            rho: rho as f32,
-            eps: eps as f32,
-            e_g: vec![],
-            e_x: vec![],
-        }
+        ScaleByAdadelta { rho: rho as f32, eps: eps as f32, e_g: ParamBufs::default(), e_x: ParamBufs::default() }
     }
 }
-elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes); s.e_x = zeros(shapes); }; bufs: [e_g, e_x]; counters: []; scalars: []);
+elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes).into(); s.e_x = zeros(shapes).into(); }; bufs: [e_g, e_x]; counters: []; scalars: []);
 impl Elementwise for ScaleByAdadelta {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let eg = &mut self.e_g[i][off..off + n];
-        let ex = &mut self.e_x[i][off..off + n];
+        let eg = self.e_g.slice(i, off, n);
+        let ex = self.e_x.slice(i, off, n);
         let r = self.rho;
         for j in 0..n {
             let g = u[j];
@@ -329,10 +299,10 @@ pub struct ScaleByAdan {
     eps: f32,
     eps_root: f32,
     t: u64,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    n: Vec<Vec<f32>>,
-    g: Vec<Vec<f32>>,
+    m: ParamBufs,
+    v: ParamBufs,
+    n: ParamBufs,
+    g: ParamBufs,
     first: bool,
     bcs: [f32; 3],
 }
@@ -345,38 +315,34 @@ impl ScaleByAdan {
             eps: eps as f32,
             eps_root: eps_root as f32,
             t: 0,
-            m: vec![],
-            v: vec![],
-            n: vec![],
-            g: vec![],
+            m: ParamBufs::default(),
+            v: ParamBufs::default(),
+            n: ParamBufs::default(),
+            g: ParamBufs::default(),
             first: true,
             bcs: [1.0; 3],
         }
     }
 }
 elementwise_transform!(ScaleByAdan, |s, shapes, _p| {
-    s.m = zeros(shapes);
-    s.v = zeros(shapes);
-    s.n = zeros(shapes);
-    s.g = zeros(shapes);
+    s.m = zeros(shapes).into();
+    s.v = zeros(shapes).into();
+    s.n = zeros(shapes).into();
+    s.g = zeros(shapes).into();
 }; bufs: [m, v, n, g]; counters: [t]; scalars: []);
 impl Elementwise for ScaleByAdan {
     fn begin_step(&mut self) {
         self.first = self.t == 0;
         self.t += 1;
-        self.bcs = [
-            bc(self.b1, self.t),
-            bc(self.b2, self.t),
-            bc(self.b3, self.t),
-        ];
+        self.bcs = [bc(self.b1, self.t), bc(self.b2, self.t), bc(self.b3, self.t)];
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let len = u.len();
         let (b1, b2, b3) = (self.b1, self.b2, self.b3);
-        let m = &mut self.m[i][off..off + len];
-        let v = &mut self.v[i][off..off + len];
-        let n = &mut self.n[i][off..off + len];
-        let pg = &mut self.g[i][off..off + len];
+        let m = self.m.slice(i, off, len);
+        let v = self.v.slice(i, off, len);
+        let n = self.n.slice(i, off, len);
+        let pg = self.g.slice(i, off, len);
         for j in 0..len {
             let g = u[j];
             let diff = if self.first { 0.0 } else { g - pg[j] };
@@ -399,8 +365,8 @@ pub struct ScaleByBelief {
     eps_root: f32,
     nesterov: bool,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     bc1: f32,
     bc1_next: f32,
     bc2: f32,
@@ -414,15 +380,15 @@ impl ScaleByBelief {
             eps_root: eps_root as f32,
             nesterov,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc1: 1.0,
             bc1_next: 1.0,
             bc2: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByBelief, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByBelief, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByBelief {
     fn begin_step(&mut self) {
         self.count += 1;
@@ -430,21 +396,18 @@ impl Elementwise for ScaleByBelief {
         self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
         let (b1, b2) = (self.b1, self.b2);
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - b1) * g + b1 * m[j];
             let e = g - m[j];
             v[j] = (1.0 - b2) * e * e + b2 * v[j] + self.eps_root;
-            let m_hat = if self.nesterov {
-                b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1)
-            } else {
-                m[j] / self.bc1
-            };
+            let m_hat =
+                if self.nesterov { b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1) } else { m[j] / self.bc1 };
             u[j] = m_hat / ((v[j] / self.bc2).sqrt() + self.eps);
         }
     }
@@ -458,8 +421,8 @@ pub struct ScaleByYogi {
     eps_root: f32,
     initial: f32,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     bc1: f32,
     bc2: f32,
 }
@@ -472,24 +435,24 @@ impl ScaleByYogi {
             eps_root: eps_root as f32,
             initial: initial_accumulator_value as f32,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByYogi, |s, shapes, _p| { s.mu = full(shapes, s.initial); s.nu = full(shapes, s.initial); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByYogi, |s, shapes, _p| { s.mu = full(shapes, s.initial).into(); s.nu = full(shapes, s.initial).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByYogi {
     fn begin_step(&mut self) {
         self.count += 1;
         self.bc1 = bc(self.b1, self.count);
         self.bc2 = bc(self.b2, self.count);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             let g2 = g * g;
@@ -509,8 +472,8 @@ pub struct ScaleByRadam {
     eps_root: f32,
     threshold: f64,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     bc1: f32,
     bc2: f32,
     rect: Option<f32>,
@@ -524,15 +487,15 @@ impl ScaleByRadam {
             eps_root: eps_root as f32,
             threshold,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
             rect: None,
         }
     }
 }
-elementwise_transform!(ScaleByRadam, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByRadam, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByRadam {
     fn begin_step(&mut self) {
         self.count += 1;
@@ -542,15 +505,13 @@ impl Elementwise for ScaleByRadam {
         let ro_inf = 2.0 / (1.0 - b2) - 1.0;
         let b2t = b2.powf(self.count as f64);
         let ro = ro_inf - 2.0 * self.count as f64 * b2t / (1.0 - b2t);
-        self.rect = (ro >= self.threshold).then(|| {
-            ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt()
-                as f32
-        });
+        self.rect = (ro >= self.threshold)
+            .then(|| ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt() as f32);
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - self.b1) * g + self.b1 * m[j];

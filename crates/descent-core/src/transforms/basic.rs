@@ -1,6 +1,6 @@
 //! Stateless and momentum-style elementwise transformations.
 
-use super::{elementwise_transform, full, sign, zeros};
+use super::{elementwise_transform, full, sign, zeros, ParamBufs};
 use crate::transform::{Elementwise, LearningRate};
 
 /// optax `scale`: `u ← s·u`.
@@ -9,15 +9,13 @@ pub struct Scale {
 }
 impl Scale {
     pub fn new(step_size: f64) -> Self {
-        Scale {
-            step_size: step_size as f32,
-        }
+        Scale { step_size: step_size as f32 }
     }
 }
 elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Scale {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
         for x in u {
             *x *= self.step_size;
         }
@@ -34,12 +32,7 @@ pub struct ScaleByLearningRate {
 }
 impl ScaleByLearningRate {
     pub fn new(lr: impl Into<LearningRate>, flip_sign: bool) -> Self {
-        ScaleByLearningRate {
-            lr: lr.into(),
-            sign: if flip_sign { -1.0 } else { 1.0 },
-            count: 0,
-            current: 0.0,
-        }
+        ScaleByLearningRate { lr: lr.into(), sign: if flip_sign { -1.0 } else { 1.0 }, count: 0, current: 0.0 }
     }
 }
 elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
@@ -48,7 +41,7 @@ impl Elementwise for ScaleByLearningRate {
         self.current = (self.sign * self.lr.at(self.count)) as f32;
         self.count += 1;
     }
-    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
         for x in u {
             *x *= self.current;
         }
@@ -65,12 +58,7 @@ pub struct AddDecayedWeights {
 }
 impl AddDecayedWeights {
     pub fn new(weight_decay: impl Into<LearningRate>) -> Self {
-        AddDecayedWeights {
-            wd: weight_decay.into(),
-            mask: None,
-            count: 0,
-            current: 0.0,
-        }
+        AddDecayedWeights { wd: weight_decay.into(), mask: None, count: 0, current: 0.0 }
     }
     /// Applies decay only to the parameters whose mask entry is `true`.
     pub fn masked(mut self, mask: Vec<bool>) -> Self {
@@ -84,13 +72,8 @@ impl Elementwise for AddDecayedWeights {
         self.current = self.wd.at(self.count) as f32;
         self.count += 1;
     }
-    fn apply(&mut self, i: usize, _off: usize, u: &mut [f32], p: &[f32]) {
-        if self.current == 0.0
-            || self
-                .mask
-                .as_ref()
-                .is_some_and(|m| !m.get(i).copied().unwrap_or(true))
-        {
+    unsafe fn apply(&self, i: usize, _off: usize, u: &mut [f32], p: &[f32]) {
+        if self.current == 0.0 || self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
             return;
         }
         let wd = self.current;
@@ -104,22 +87,18 @@ impl Elementwise for AddDecayedWeights {
 pub struct Trace {
     decay: f32,
     nesterov: bool,
-    trace: Vec<Vec<f32>>,
+    trace: ParamBufs,
 }
 impl Trace {
     pub fn new(decay: f64, nesterov: bool) -> Self {
-        Trace {
-            decay: decay as f32,
-            nesterov,
-            trace: vec![],
-        }
+        Trace { decay: decay as f32, nesterov, trace: ParamBufs::default() }
     }
 }
-elementwise_transform!(Trace, |s, shapes, _p| { s.trace = zeros(shapes); }; bufs: [trace]; counters: []; scalars: []);
+elementwise_transform!(Trace, |s, shapes, _p| { s.trace = zeros(shapes).into(); }; bufs: [trace]; counters: []; scalars: []);
 impl Elementwise for Trace {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let t = &mut self.trace[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let t = self.trace.slice(i, off, u.len());
         let d = self.decay;
         for (g, t) in u.iter_mut().zip(t) {
             *t = *g + d * *t;
@@ -133,32 +112,23 @@ pub struct Ema {
     decay: f32,
     debias: bool,
     count: u64,
-    ema: Vec<Vec<f32>>,
+    ema: ParamBufs,
     inv_bc: f32,
 }
 impl Ema {
     pub fn new(decay: f64, debias: bool) -> Self {
-        Ema {
-            decay: decay as f32,
-            debias,
-            count: 0,
-            ema: vec![],
-            inv_bc: 1.0,
-        }
+        Ema { decay: decay as f32, debias, count: 0, ema: ParamBufs::default(), inv_bc: 1.0 }
     }
 }
-elementwise_transform!(Ema, |s, shapes, _p| { s.ema = zeros(shapes); }; bufs: [ema]; counters: [count]; scalars: []);
+elementwise_transform!(Ema, |s, shapes, _p| { s.ema = zeros(shapes).into(); }; bufs: [ema]; counters: [count]; scalars: []);
 impl Elementwise for Ema {
     fn begin_step(&mut self) {
         self.count += 1;
-        self.inv_bc = if self.debias {
-            (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32
-        } else {
-            1.0
-        };
+        self.inv_bc =
+            if self.debias { (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32 } else { 1.0 };
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let e = &mut self.ema[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let e = self.ema.slice(i, off, u.len());
         let d = self.decay;
         for (g, e) in u.iter_mut().zip(e) {
             *e = (1.0 - d) * *g + d * *e;
@@ -173,7 +143,7 @@ pub struct ScaleBySign;
 elementwise_transform!(ScaleBySign, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for ScaleBySign {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
         for x in u {
             *x = sign(*x);
         }
@@ -186,15 +156,13 @@ pub struct Clip {
 }
 impl Clip {
     pub fn new(max_delta: f64) -> Self {
-        Clip {
-            max_delta: max_delta as f32,
-        }
+        Clip { max_delta: max_delta as f32 }
     }
 }
 elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Clip {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
         for x in u {
             *x = x.clamp(-self.max_delta, self.max_delta);
         }
@@ -208,7 +176,7 @@ pub struct ScaleByOptimisticGradient {
     beta: f32,
     first: bool,
     initial: u64,
-    prev: Vec<Vec<f32>>,
+    prev: ParamBufs,
 }
 impl ScaleByOptimisticGradient {
     pub fn new(alpha: f64, beta: f64) -> Self {
@@ -217,18 +185,18 @@ impl ScaleByOptimisticGradient {
             beta: beta as f32,
             first: true,
             initial: 1,
-            prev: vec![],
+            prev: ParamBufs::default(),
         }
     }
 }
-elementwise_transform!(ScaleByOptimisticGradient, |s, shapes, _p| { s.prev = zeros(shapes); s.initial = 1; }; bufs: [prev]; counters: [initial]; scalars: []);
+elementwise_transform!(ScaleByOptimisticGradient, |s, shapes, _p| { s.prev = zeros(shapes).into(); s.initial = 1; }; bufs: [prev]; counters: [initial]; scalars: []);
 impl Elementwise for ScaleByOptimisticGradient {
     fn begin_step(&mut self) {
         self.first = self.initial == 1;
         self.initial = 0;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let prev = &mut self.prev[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let prev = self.prev.slice(i, off, u.len());
         for (g, pg) in u.iter_mut().zip(prev) {
             let gp = if self.first { *g } else { *pg };
             *pg = *g;
@@ -241,29 +209,21 @@ impl Elementwise for ScaleByOptimisticGradient {
 pub struct ScaleByRss {
     initial: f32,
     eps: f32,
-    sum_of_squares: Vec<Vec<f32>>,
+    sum_of_squares: ParamBufs,
 }
 impl ScaleByRss {
     pub fn new(initial_accumulator_value: f64, eps: f64) -> Self {
-        ScaleByRss {
-            initial: initial_accumulator_value as f32,
-            eps: eps as f32,
-            sum_of_squares: vec![],
-        }
+        ScaleByRss { initial: initial_accumulator_value as f32, eps: eps as f32, sum_of_squares: ParamBufs::default() }
     }
 }
-elementwise_transform!(ScaleByRss, |s, shapes, _p| { s.sum_of_squares = full(shapes, s.initial); }; bufs: [sum_of_squares]; counters: []; scalars: []);
+elementwise_transform!(ScaleByRss, |s, shapes, _p| { s.sum_of_squares = full(shapes, s.initial).into(); }; bufs: [sum_of_squares]; counters: []; scalars: []);
 impl Elementwise for ScaleByRss {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let s = &mut self.sum_of_squares[i][off..off + u.len()];
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+        let s = self.sum_of_squares.slice(i, off, u.len());
         for (g, s) in u.iter_mut().zip(s) {
             *s += *g * *g;
-            *g = if *s > 0.0 {
-                *g / (*s + self.eps).sqrt()
-            } else {
-                0.0
-            };
+            *g = if *s > 0.0 { *g / (*s + self.eps).sqrt() } else { 0.0 };
         }
     }
 }

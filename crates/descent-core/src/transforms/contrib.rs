@@ -1,7 +1,7 @@
 //! optax `contrib` algorithms: AdEMAMix, ADOPT, COCOB, MADGRAD, D-Adaptation, Prodigy, DoG,
 //! Schedule-Free.
 
-use super::{elementwise_transform, state, sum_sq, zeros};
+use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
 use crate::state::StateVisitor;
 use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
@@ -16,9 +16,9 @@ pub struct ScaleByAdemamix {
     eps: f32,
     eps_root: f32,
     count: u64,
-    m1: Vec<Vec<f32>>,
-    m2: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    m1: ParamBufs,
+    m2: ParamBufs,
+    nu: ParamBufs,
     bc1: f32,
     bc2: f32,
 }
@@ -32,33 +32,32 @@ impl ScaleByAdemamix {
             eps: eps as f32,
             eps_root: eps_root as f32,
             count: 0,
-            m1: vec![],
-            m2: vec![],
-            nu: vec![],
+            m1: ParamBufs::default(),
+            m2: ParamBufs::default(),
+            nu: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
         }
     }
 }
-elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes); s.m2 = zeros(shapes); s.nu = zeros(shapes); }; bufs: [m1, m2, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes).into(); s.m2 = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [m1, m2, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdemamix {
     fn begin_step(&mut self) {
         self.count += 1;
         self.bc1 = (1.0 - (self.b1 as f64).powf(self.count as f64)) as f32;
         self.bc2 = (1.0 - (self.b2 as f64).powf(self.count as f64)) as f32;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m1 = &mut self.m1[i][off..off + n];
-        let m2 = &mut self.m2[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m1 = self.m1.slice(i, off, n);
+        let m2 = self.m2.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             m1[j] = (1.0 - self.b1) * g + self.b1 * m1[j];
             m2[j] = (1.0 - self.b3) * g + self.b3 * m2[j];
             v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
-            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j])
-                / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j]) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
         }
     }
 }
@@ -72,8 +71,8 @@ pub struct ScaleByAdopt {
     nesterov: bool,
     use_clipping: bool,
     count: u64,
-    mu: Vec<Vec<f32>>,
-    nu: Vec<Vec<f32>>,
+    mu: ParamBufs,
+    nu: ParamBufs,
     step_b1: f32,
     step_b2: f32,
     clip: f32,
@@ -87,15 +86,15 @@ impl ScaleByAdopt {
             nesterov,
             use_clipping,
             count: 0,
-            mu: vec![],
-            nu: vec![],
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
             step_b1: 1.0,
             step_b2: 0.0,
             clip: 0.0,
         }
     }
 }
-elementwise_transform!(ScaleByAdopt, |s, shapes, _p| { s.mu = zeros(shapes); s.nu = zeros(shapes); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+elementwise_transform!(ScaleByAdopt, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdopt {
     fn begin_step(&mut self) {
         let first = self.count == 0;
@@ -104,10 +103,10 @@ impl Elementwise for ScaleByAdopt {
         self.clip = (self.count as f32).powf(0.25);
         self.count += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let n = u.len();
-        let m = &mut self.mu[i][off..off + n];
-        let v = &mut self.nu[i][off..off + n];
+        let m = self.mu.slice(i, off, n);
+        let v = self.nu.slice(i, off, n);
         let (b1, b2) = (self.step_b1, self.step_b2);
         for j in 0..n {
             let g = u[j];
@@ -117,11 +116,7 @@ impl Elementwise for ScaleByAdopt {
             }
             v[j] = (1.0 - b2) * g * g + b2 * v[j];
             m[j] = (1.0 - b1) * x + b1 * m[j];
-            u[j] = if self.nesterov {
-                (1.0 - b1) * x + b1 * m[j]
-            } else {
-                m[j]
-            };
+            u[j] = if self.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
         }
     }
 }
@@ -130,49 +125,48 @@ impl Elementwise for ScaleByAdopt {
 pub struct ScaleByCocob {
     alpha: f32,
     eps: f32,
-    init_particles: Vec<Vec<f32>>,
-    cumulative_gradients: Vec<Vec<f32>>,
-    scale: Vec<Vec<f32>>,
-    subgradients: Vec<Vec<f32>>,
-    reward: Vec<Vec<f32>>,
+    init_particles: ParamBufs,
+    cumulative_gradients: ParamBufs,
+    scale: ParamBufs,
+    subgradients: ParamBufs,
+    reward: ParamBufs,
 }
 impl ScaleByCocob {
     pub fn new(alpha: f64, eps: f64) -> Self {
         ScaleByCocob {
             alpha: alpha as f32,
             eps: eps as f32,
-            init_particles: vec![],
-            cumulative_gradients: vec![],
-            scale: vec![],
-            subgradients: vec![],
-            reward: vec![],
+            init_particles: ParamBufs::default(),
+            cumulative_gradients: ParamBufs::default(),
+            scale: ParamBufs::default(),
+            subgradients: ParamBufs::default(),
+            reward: ParamBufs::default(),
         }
     }
 }
 elementwise_transform!(ScaleByCocob, |s, shapes, params| {
-    s.init_particles = params.iter().map(|p| p.to_vec()).collect();
-    s.cumulative_gradients = zeros(shapes);
-    s.scale = super::full(shapes, s.eps);
-    s.subgradients = zeros(shapes);
-    s.reward = zeros(shapes);
+    s.init_particles = params.iter().map(|p| p.to_vec()).collect::<Vec<Vec<f32>>>().into();
+    s.cumulative_gradients = zeros(shapes).into();
+    s.scale = super::full(shapes, s.eps).into();
+    s.subgradients = zeros(shapes).into();
+    s.reward = zeros(shapes).into();
 }; bufs: [init_particles, cumulative_gradients, scale, subgradients, reward]; counters: []; scalars: []);
 impl Elementwise for ScaleByCocob {
     fn begin_step(&mut self) {}
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         let n = u.len();
-        let p0 = &self.init_particles[i][off..off + n];
-        let c = &mut self.cumulative_gradients[i][off..off + n];
-        let l = &mut self.scale[i][off..off + n];
-        let gs = &mut self.subgradients[i][off..off + n];
-        let r = &mut self.reward[i][off..off + n];
+        let p0 = self.init_particles.slice(i, off, n);
+        let c = self.cumulative_gradients.slice(i, off, n);
+        let l = self.scale.slice(i, off, n);
+        let gs = self.subgradients.slice(i, off, n);
+        let r = self.reward.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             l[j] = l[j].max(g.abs());
             gs[j] += g.abs();
             r[j] = (r[j] - g * (p[j] - p0[j])).max(0.0);
             c[j] -= g;
-            u[j] = -p[j]
-                + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
+            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
         }
     }
 }
@@ -184,9 +178,9 @@ pub struct ScaleByMadgrad {
     momentum: f32,
     eps: f32,
     count: u64,
-    grad_sum_sq: Vec<Vec<f32>>,
-    s: Vec<Vec<f32>>,
-    x0: Vec<Vec<f32>>,
+    grad_sum_sq: ParamBufs,
+    s: ParamBufs,
+    x0: ParamBufs,
     lamb: f32,
 }
 impl ScaleByMadgrad {
@@ -196,17 +190,17 @@ impl ScaleByMadgrad {
             momentum: momentum as f32,
             eps: eps as f32,
             count: 0,
-            grad_sum_sq: vec![],
-            s: vec![],
-            x0: vec![],
+            grad_sum_sq: ParamBufs::default(),
+            s: ParamBufs::default(),
+            x0: ParamBufs::default(),
             lamb: 0.0,
         }
     }
 }
 elementwise_transform!(ScaleByMadgrad, |st, shapes, params| {
-    st.grad_sum_sq = zeros(shapes);
-    st.s = zeros(shapes);
-    st.x0 = params.iter().map(|p| p.to_vec()).collect();
+    st.grad_sum_sq = zeros(shapes).into();
+    st.s = zeros(shapes).into();
+    st.x0 = params.iter().map(|p| p.to_vec()).collect::<Vec<Vec<f32>>>().into();
 }; bufs: [grad_sum_sq, s, x0]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByMadgrad {
     fn begin_step(&mut self) {
@@ -214,11 +208,11 @@ impl Elementwise for ScaleByMadgrad {
         self.lamb = lr * ((self.count + 1) as f32).sqrt();
         self.count += 1;
     }
-    fn apply(&mut self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         let n = u.len();
-        let gss = &mut self.grad_sum_sq[i][off..off + n];
-        let s = &mut self.s[i][off..off + n];
-        let x0 = &self.x0[i][off..off + n];
+        let gss = self.grad_sum_sq.slice(i, off, n);
+        let s = self.s.slice(i, off, n);
+        let x0 = self.x0.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             gss[j] += self.lamb * g * g;
@@ -232,15 +226,7 @@ impl Elementwise for ScaleByMadgrad {
 }
 
 fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.iter()
-                .zip(y)
-                .map(|(&p, &q)| p as f64 * q as f64)
-                .sum::<f64>()
-        })
-        .sum()
+    a.iter().zip(b).map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>()).sum()
 }
 
 /// optax `contrib.dadapt_adamw` (Defazio & Mishchenko 2023): AdamW whose step size `d` is
@@ -260,14 +246,7 @@ pub struct DadaptAdamw {
     count: u64,
 }
 impl DadaptAdamw {
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        b1: f64,
-        b2: f64,
-        eps: f64,
-        estim_lr0: f64,
-        weight_decay: f64,
-    ) -> Self {
+    pub fn new(lr: impl Into<LearningRate>, b1: f64, b2: f64, eps: f64, estim_lr0: f64, weight_decay: f64) -> Self {
         DadaptAdamw {
             lr: lr.into(),
             b1,
@@ -306,21 +285,12 @@ impl Transform for DadaptAdamw {
             .grad_sum
             .iter()
             .zip(&self.exp_avg_sq)
-            .map(|(s, v)| {
-                s.iter()
-                    .zip(v)
-                    .map(|(&s, &v)| s / (v.sqrt() + eps as f32))
-                    .collect()
-            })
+            .map(|(s, v)| s.iter().zip(v).map(|(&s, &v)| s / (v.sqrt() + eps as f32)).collect())
             .collect();
         let numerator_acum = vdot(updates, &weighted);
         let (b1f, b2f, sb2f, dlrf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32);
         for (i, u) in updates.iter().enumerate() {
-            let (m, v, s) = (
-                &mut self.exp_avg[i],
-                &mut self.exp_avg_sq[i],
-                &mut self.grad_sum[i],
-            );
+            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
             for (j, &g) in u.iter().enumerate() {
                 m[j] = b1f * m[j] + (1.0 - b1f) * dlrf * g;
                 v[j] = b2f * v[j] + (1.0 - b2f) * g * g;
@@ -328,8 +298,7 @@ impl Transform for DadaptAdamw {
             }
         }
         let l1: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
-        self.numerator_weighted =
-            sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
+        self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
         let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
         self.estim_lr = self.estim_lr.max(d_estimate);
         let wd = (self.weight_decay * dlr) as f32;
@@ -422,17 +391,9 @@ impl Transform for Prodigy {
             }
         }
         let (b1f, b2f, b3f, df) = (b1 as f32, b2 as f32, b3 as f32, d as f32);
-        let gs_scale = if self.safeguard_warmup {
-            d / self.estim_lr0
-        } else {
-            dlr / self.estim_lr0
-        } as f32;
+        let gs_scale = if self.safeguard_warmup { d / self.estim_lr0 } else { dlr / self.estim_lr0 } as f32;
         for (i, u) in updates.iter().enumerate() {
-            let (m, v, s) = (
-                &mut self.exp_avg[i],
-                &mut self.exp_avg_sq[i],
-                &mut self.grad_sum[i],
-            );
+            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
             for (j, &g) in u.iter().enumerate() {
                 let dg = df * g;
                 m[j] = b1f * m[j] + (1.0 - b1f) * dg;
@@ -440,8 +401,7 @@ impl Transform for Prodigy {
                 s[j] = b3f * s[j] + gs_scale * dg;
             }
         }
-        self.numerator_weighted =
-            b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
+        self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
         let denominator: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
         let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
         self.estim_lr = self.estim_lr.max(estimate);
@@ -480,14 +440,7 @@ pub struct ScaleByDog {
 }
 impl ScaleByDog {
     pub fn new(init_step: DogInit, eps: f64) -> Self {
-        ScaleByDog {
-            init_step,
-            eps,
-            is_init_step: 1,
-            init_params: vec![],
-            max_dist: 0.0,
-            sum_sq_norm_grads: 0.0,
-        }
+        ScaleByDog { init_step, eps, is_init_step: 1, init_params: vec![], max_dist: 0.0, sum_sq_norm_grads: 0.0 }
     }
 }
 impl Transform for ScaleByDog {
@@ -506,11 +459,7 @@ impl Transform for ScaleByDog {
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         let mut dist = 0.0f64;
         for (p0, p) in self.init_params.iter().zip(params) {
-            dist += p0
-                .iter()
-                .zip(p.iter())
-                .map(|(&a, &b)| ((a - b) as f64).powi(2))
-                .sum::<f64>();
+            dist += p0.iter().zip(p.iter()).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>();
         }
         self.max_dist = self.max_dist.max(dist.sqrt());
         self.sum_sq_norm_grads += updates.iter().map(|u| sum_sq(u)).sum::<f64>();
@@ -542,12 +491,7 @@ pub struct ScheduleFree {
     z: Vec<Vec<f32>>,
 }
 impl ScheduleFree {
-    pub fn new(
-        base: Box<dyn Transform>,
-        lr: impl Into<LearningRate>,
-        b1: f64,
-        weight_lr_power: f64,
-    ) -> Self {
+    pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
         ScheduleFree {
             base,
             lr: lr.into(),
@@ -574,11 +518,7 @@ impl Transform for ScheduleFree {
         self.step_count += 1;
         let weight = self.max_lr.powf(self.weight_lr_power);
         let next_total = self.weight_sum + weight;
-        let ck = if next_total == 0.0 {
-            0.0
-        } else {
-            weight / next_total
-        };
+        let ck = if next_total == 0.0 { 0.0 } else { weight / next_total };
         self.weight_sum = next_total;
         self.base.update(updates, params)?;
         let (b1, ck) = (self.b1 as f32, ck as f32);

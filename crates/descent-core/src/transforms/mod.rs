@@ -17,6 +17,60 @@ pub use wrappers::*;
 
 use crate::transform::{numel, Shapes};
 
+/// One state buffer per parameter, writable from several threads at once on disjoint ranges.
+///
+/// Elementwise transformations keep their state here so that a step can run block by block, with
+/// the blocks of a large tensor split across threads (see [`crate::transform::Elementwise`]).
+#[derive(Default)]
+pub struct ParamBufs {
+    data: Vec<Vec<f32>>,
+    ptrs: Vec<*mut f32>,
+}
+
+// SAFETY: the raw pointers point into `data`, which `ParamBufs` owns; concurrent writes go through
+// `slice`, whose contract requires disjoint ranges.
+unsafe impl Send for ParamBufs {}
+unsafe impl Sync for ParamBufs {}
+
+impl From<Vec<Vec<f32>>> for ParamBufs {
+    fn from(data: Vec<Vec<f32>>) -> Self {
+        let mut b = ParamBufs { data, ptrs: vec![] };
+        b.refresh();
+        b
+    }
+}
+
+impl ParamBufs {
+    fn refresh(&mut self) {
+        self.ptrs = self.data.iter_mut().map(|v| v.as_mut_ptr()).collect();
+    }
+    /// No buffers (the transformation does not use this one).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Elements `off..off+n` of buffer `i`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap these elements: concurrent callers must use disjoint
+    /// ranges, and nothing may hold `&mut self` meanwhile.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, i: usize, off: usize, n: usize) -> &mut [f32] {
+        assert!(off + n <= self.data[i].len(), "state range out of bounds");
+        std::slice::from_raw_parts_mut(self.ptrs[i].add(off), n)
+    }
+    /// The buffers, for reading.
+    pub fn buffers(&self) -> &[Vec<f32>] {
+        &self.data
+    }
+    /// Visits every buffer as `name.i`.
+    pub fn visit(&mut self, v: &mut dyn crate::state::StateVisitor, name: &str) -> crate::error::Result<()> {
+        let r = crate::state::visit_buffers(v, name, &mut self.data);
+        self.refresh();
+        r
+    }
+}
+
 /// One zero-filled buffer per parameter.
 pub(crate) fn zeros(shapes: &Shapes) -> Vec<Vec<f32>> {
     full(shapes, 0.0)
@@ -49,7 +103,7 @@ macro_rules! state {
     ($t:ty; bufs: [$($b:ident),*]; counters: [$($c:ident),*]; scalars: [$($s:ident),*]) => {
         fn visit_state(&mut self, v: &mut dyn $crate::state::StateVisitor) -> $crate::error::Result<()> {
             let _ = &v;
-            $( $crate::state::visit_buffers(v, stringify!($b), &mut self.$b)?; )*
+            $( $crate::state::VisitBuffers::visit_as(&mut self.$b, v, stringify!($b))?; )*
             $( v.counter(stringify!($c), &mut self.$c)?; )*
             $( v.scalar(stringify!($s), &mut self.$s)?; )*
             Ok(())
@@ -71,6 +125,9 @@ macro_rules! elementwise_transform {
                 Ok(())
             }
             fn as_elementwise(&mut self) -> Option<&mut dyn $crate::transform::Elementwise> {
+                Some(self)
+            }
+            fn elementwise(&self) -> Option<&dyn $crate::transform::Elementwise> {
                 Some(self)
             }
             $crate::transforms::state!($t; $($st)*);

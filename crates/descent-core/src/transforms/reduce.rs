@@ -105,11 +105,7 @@ pub struct AdaptiveGradClip {
 }
 impl AdaptiveGradClip {
     pub fn new(clipping: f64, eps: f64) -> Self {
-        AdaptiveGradClip {
-            clipping,
-            eps,
-            shapes: vec![],
-        }
+        AdaptiveGradClip { clipping, eps, shapes: vec![] }
     }
 }
 impl Transform for AdaptiveGradClip {
@@ -156,12 +152,7 @@ pub struct ScaleByTrustRatio {
 }
 impl ScaleByTrustRatio {
     pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
-        ScaleByTrustRatio {
-            min_norm,
-            trust_coefficient,
-            eps,
-            mask: None,
-        }
+        ScaleByTrustRatio { min_norm, trust_coefficient, eps, mask: None }
     }
     /// Applies only to the parameters whose mask entry is `true`.
     pub fn masked(mut self, mask: Vec<bool>) -> Self {
@@ -173,20 +164,12 @@ impl Transform for ScaleByTrustRatio {
     stateless!();
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            if self
-                .mask
-                .as_ref()
-                .is_some_and(|m| !m.get(i).copied().unwrap_or(true))
-            {
+            if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
                 continue;
             }
             let pn = safe_norm(p, self.min_norm);
             let un = safe_norm(u, self.min_norm);
-            let ratio = if pn == 0.0 || un == 0.0 {
-                1.0
-            } else {
-                self.trust_coefficient * pn / (un + self.eps)
-            };
+            let ratio = if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) };
             let r = ratio as f32;
             u.iter_mut().for_each(|x| *x *= r);
         }
@@ -236,11 +219,7 @@ impl Transform for ScaleByParamBlockRms {
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         for (u, p) in updates.iter_mut().zip(params) {
             let r = rms(p);
-            let s = if r <= self.min_scale {
-                self.min_scale
-            } else {
-                r
-            } as f32;
+            let s = if r <= self.min_scale { self.min_scale } else { r } as f32;
             u.iter_mut().for_each(|x| *x *= s);
         }
         Ok(())
@@ -292,13 +271,7 @@ pub struct ScaleByFactoredRms {
     v: Vec<Vec<f32>>,
 }
 impl ScaleByFactoredRms {
-    pub fn new(
-        factored: bool,
-        decay_rate: f64,
-        step_offset: u64,
-        min_dim_size_to_factor: usize,
-        epsilon: f64,
-    ) -> Self {
+    pub fn new(factored: bool, decay_rate: f64, step_offset: u64, min_dim_size_to_factor: usize, epsilon: f64) -> Self {
         ScaleByFactoredRms {
             factored,
             decay_rate,
@@ -381,15 +354,13 @@ impl Transform for ScaleByFactoredRms {
                         *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
                     }
                     // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
-                    let row_shape: Vec<usize> =
-                        (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
+                    let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
                     let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
                     let mut rmean = vec![0.0f64; self.v_row[i].len() / row_shape[rd1]];
                     let mut ridx = vec![0; row_shape.len()];
                     for (e, v) in self.v_row[i].iter().enumerate() {
                         unravel(e, &row_shape, &mut ridx);
-                        rmean[ravel_without(&ridx, &row_shape, rd1)] +=
-                            *v as f64 / row_shape[rd1] as f64;
+                        rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
                     }
                     for (e, g) in u.iter_mut().enumerate() {
                         unravel(e, s, &mut idx);
@@ -448,11 +419,7 @@ impl Transform for ScaleByNovograd {
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             let g2 = sum_sq(u) as f32;
             let nu = &mut self.nu[i][0];
-            *nu = if first {
-                g2
-            } else {
-                (1.0 - self.b2 as f32) * g2 + self.b2 as f32 * *nu
-            };
+            *nu = if first { g2 } else { (1.0 - self.b2 as f32) * g2 + self.b2 as f32 * *nu };
             let scale = 1.0 / (((*nu as f64 + self.eps_root).sqrt() + self.eps) as f32);
             for ((g, m), &w) in u.iter_mut().zip(self.mu[i].iter_mut()).zip(p.iter()) {
                 let add = *g * scale + self.weight_decay * w;
@@ -478,23 +445,13 @@ pub struct ScaleBySm3 {
 }
 impl ScaleBySm3 {
     pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
-        ScaleBySm3 {
-            b1: b1 as f32,
-            b2: b2 as f32,
-            eps: eps as f32,
-            shapes: vec![],
-            mu: vec![],
-            nu: vec![],
-        }
+        ScaleBySm3 { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, shapes: vec![], mu: vec![], nu: vec![] }
     }
 }
 impl Transform for ScaleBySm3 {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
         self.shapes = shapes.to_vec();
-        self.mu = shapes
-            .iter()
-            .map(|s| vec![0.0; s.iter().sum::<usize>().max(1)])
-            .collect();
+        self.mu = shapes.iter().map(|s| vec![0.0; s.iter().sum::<usize>().max(1)]).collect();
         self.nu = zeros(shapes);
         Ok(())
     }
@@ -517,9 +474,7 @@ impl Transform for ScaleBySm3 {
                     c0 * *g * *g + c1 * self.mu[i][e.min(self.mu[i].len() - 1)]
                 } else {
                     unravel(e, s, &mut idx);
-                    let m = (0..s.len())
-                        .map(|k| self.mu[i][offsets[k] + idx[k]])
-                        .fold(f32::INFINITY, f32::min);
+                    let m = (0..s.len()).map(|k| self.mu[i][offsets[k] + idx[k]]).fold(f32::INFINITY, f32::min);
                     c0 * *g * *g + c1 * m
                 };
                 if s.len() < 2 {
@@ -531,11 +486,7 @@ impl Transform for ScaleBySm3 {
                         *slot = slot.max(accum);
                     }
                 }
-                let inv = if accum > 0.0 {
-                    1.0 / (accum + self.eps).sqrt()
-                } else {
-                    0.0
-                };
+                let inv = if accum > 0.0 { 1.0 / (accum + self.eps).sqrt() } else { 0.0 };
                 let up = *g * inv;
                 let nu = &mut self.nu[i][e];
                 *nu = (1.0 - self.b1) * up + self.b1 * *nu;
@@ -588,11 +539,7 @@ pub fn newton_schulz(
     clamp: bool,
 ) -> Vec<f32> {
     let tall = rows > cols;
-    let (m, n, mut x) = if tall {
-        (cols, rows, transpose(x, rows, cols))
-    } else {
-        (rows, cols, x.to_vec())
-    };
+    let (m, n, mut x) = if tall { (cols, rows, transpose(x, rows, cols)) } else { (rows, cols, x.to_vec()) };
     let norm = sum_sq(&x).sqrt();
     let d = if clamp { norm.max(eps) } else { norm + eps } as f32;
     x.iter_mut().for_each(|v| *v /= d);
@@ -601,11 +548,7 @@ pub fn newton_schulz(
         let xt = transpose(&x, m, n);
         let gram = matmul(&x, &xt, m, n, m);
         let gram2 = matmul(&gram, &gram, m, m, m);
-        let poly: Vec<f32> = gram
-            .iter()
-            .zip(&gram2)
-            .map(|(g, g2)| b * g + c * g2)
-            .collect();
+        let poly: Vec<f32> = gram.iter().zip(&gram2).map(|(g, g2)| b * g + c * g2).collect();
         let px = matmul(&poly, &x, m, m, n);
         x.iter_mut().zip(&px).for_each(|(v, p)| *v = a * *v + p);
     }
@@ -630,24 +573,13 @@ pub struct ScaleByMuon {
 }
 impl ScaleByMuon {
     pub fn new(coeffs: [f64; 3], steps: usize, beta: f64, eps: f64, nesterov: bool) -> Self {
-        ScaleByMuon {
-            coeffs,
-            steps,
-            beta: beta as f32,
-            eps,
-            nesterov,
-            count: 0,
-            shapes: vec![],
-            mu: vec![],
-        }
+        ScaleByMuon { coeffs, steps, beta: beta as f32, eps, nesterov, count: 0, shapes: vec![], mu: vec![] }
     }
 }
 impl Transform for ScaleByMuon {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
-            return Err(crate::error::invalid(format!(
-                "Muon orthogonalizes 2-D parameters only, got shape {s:?}"
-            )));
+            return Err(crate::error::invalid(format!("Muon orthogonalizes 2-D parameters only, got shape {s:?}")));
         }
         self.shapes = shapes.to_vec();
         self.mu = zeros(shapes);
@@ -662,11 +594,7 @@ impl Transform for ScaleByMuon {
         for (i, u) in updates.iter_mut().enumerate() {
             for (g, m) in u.iter_mut().zip(self.mu[i].iter_mut()) {
                 *m = (1.0 - beta) * *g + beta * *m;
-                *g = if self.nesterov {
-                    beta * (*m / bc_next) + (1.0 - beta) * (*g / bc)
-                } else {
-                    *m / bc
-                };
+                *g = if self.nesterov { beta * (*m / bc_next) + (1.0 - beta) * (*g / bc) } else { *m / bc };
             }
             let s = &self.shapes[i];
             *u = newton_schulz(u, s[0], s[1], self.coeffs, self.steps, self.eps, false);

@@ -21,14 +21,7 @@ impl MultiSteps {
         if every_k == 0 {
             return Err(Error::Invalid("every_k_schedule must be at least 1".into()));
         }
-        Ok(MultiSteps {
-            inner,
-            every_k,
-            use_grad_mean,
-            mini_step: 0,
-            gradient_step: 0,
-            acc_grads: vec![],
-        })
+        Ok(MultiSteps { inner, every_k, use_grad_mean, mini_step: 0, gradient_step: 0, acc_grads: vec![] })
     }
 }
 impl Transform for MultiSteps {
@@ -42,11 +35,7 @@ impl Transform for MultiSteps {
         let n = self.mini_step as f32;
         for (acc, u) in self.acc_grads.iter_mut().zip(updates.iter()) {
             for (a, &g) in acc.iter_mut().zip(u) {
-                *a = if self.use_grad_mean {
-                    *a + (g - *a) / (n + 1.0)
-                } else {
-                    g + *a
-                };
+                *a = if self.use_grad_mean { *a + (g - *a) / (n + 1.0) } else { g + *a };
             }
         }
         let emit = self.mini_step == self.every_k - 1;
@@ -87,17 +76,9 @@ pub struct Lookahead {
 impl Lookahead {
     pub fn new(inner: Box<dyn Transform>, sync_period: u64, slow_step_size: f64) -> Result<Self> {
         if sync_period < 1 {
-            return Err(Error::Invalid(
-                "Synchronization period must be >= 1.".into(),
-            ));
+            return Err(Error::Invalid("Synchronization period must be >= 1.".into()));
         }
-        Ok(Lookahead {
-            inner,
-            sync_period,
-            slow_step_size: slow_step_size as f32,
-            steps_since_sync: 0,
-            slow: vec![],
-        })
+        Ok(Lookahead { inner, sync_period, slow_step_size: slow_step_size as f32, steps_since_sync: 0, slow: vec![] })
     }
 }
 impl Transform for Lookahead {
@@ -153,15 +134,10 @@ impl Transform for Partition {
         for (idx, _) in &self.groups {
             for &i in idx {
                 if i >= shapes.len() {
-                    return Err(Error::Shape(format!(
-                        "group names parameter {i} but there are {}",
-                        shapes.len()
-                    )));
+                    return Err(Error::Shape(format!("group names parameter {i} but there are {}", shapes.len())));
                 }
                 if std::mem::replace(&mut seen[i], true) {
-                    return Err(Error::Shape(format!(
-                        "parameter {i} appears in more than one group"
-                    )));
+                    return Err(Error::Shape(format!("parameter {i} appears in more than one group")));
                 }
             }
         }
@@ -177,10 +153,7 @@ impl Transform for Partition {
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         for (idx, tx) in self.groups.iter_mut() {
-            let mut sub: Vec<Vec<f32>> = idx
-                .iter()
-                .map(|&i| std::mem::take(&mut updates[i]))
-                .collect();
+            let mut sub: Vec<Vec<f32>> = idx.iter().map(|&i| std::mem::take(&mut updates[i])).collect();
             let ps: Vec<&[f32]> = idx.iter().map(|&i| params[i]).collect();
             let r = tx.update(&mut sub, &ps);
             for (&i, u) in idx.iter().zip(sub) {
