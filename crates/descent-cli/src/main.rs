@@ -1,5 +1,7 @@
 //! The `descent` command-line tool.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +37,33 @@ enum Command {
     },
     /// List the optimizers and schedules descent reproduces, by registry name.
     List,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Optimizer steps on flat buffers against the memory roofline of their access pattern.
+    Step {
+        /// An optimizer name (`adam`, `torch.adamw`, `optax.lion`, …) or `all`.
+        #[arg(long, default_value = "all")]
+        optimizer: String,
+        /// Parameters in all.
+        #[arg(long, default_value_t = 50_000_000)]
+        params: usize,
+        /// Split the parameters over this many tensors of realistic sizes.
+        #[arg(long, default_value_t = 1)]
+        tensors: usize,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +74,10 @@ fn main() -> ExitCode {
         Command::List => {
             list();
             Ok(true)
+        }
+        Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps } } => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            bench::run(&bench::StepBench { optimizer, params, tensors, threads, steps }).map(|_| true)
         }
     };
     match r {

@@ -1389,3 +1389,41 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
         Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }
 }
+
+/// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
+/// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
+/// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …).
+pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
+    let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some((lib, rest)) = name.split_once('.') {
+        let known = match lib {
+            "torch" => TORCH_OPTIMIZERS.contains(&rest),
+            "optax" => OPTAX_OPTIMIZERS.contains(&rest),
+            _ => false,
+        };
+        if known {
+            return Ok((if lib == "torch" { "torch" } else { "optax" }, rest.to_string()));
+        }
+        return Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() });
+    }
+    if TORCH_OPTIMIZERS.contains(&name) {
+        return Ok(("torch", name.to_string()));
+    }
+    if OPTAX_OPTIMIZERS.contains(&name) {
+        return Ok(("optax", name.to_string()));
+    }
+    let contrib = format!("contrib.{name}");
+    if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) {
+        return Ok(("optax", contrib));
+    }
+    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() })
+}
+
+/// The learning-rate keyword of a library (`lr` for torch, `learning_rate` for optax).
+pub fn lr_key(library: &str) -> &'static str {
+    if library == "torch" {
+        "lr"
+    } else {
+        "learning_rate"
+    }
+}

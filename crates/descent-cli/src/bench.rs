@@ -1,0 +1,206 @@
+//! `descent bench step`: optimizer steps against the memory roofline of their access pattern.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
+use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+/// The optimizers `--optimizer all` measures: every elementwise one of the catalogue and the
+/// reduction-based ones that apply to flat buffers, each with the settings that make it typical.
+pub const ALL: &[(&str, &str)] = &[
+    ("sgd", r#"{"lr": 0.01}"#),
+    ("sgd", r#"{"lr": 0.01, "momentum": 0.9}"#),
+    ("sgd", r#"{"lr": 0.01, "momentum": 0.9, "nesterov": true, "weight_decay": 1e-4}"#),
+    ("adam", r#"{"lr": 0.001}"#),
+    ("adamw", r#"{"lr": 0.001}"#),
+    ("nadam", r#"{"lr": 0.001}"#),
+    ("radam", r#"{"lr": 0.001}"#),
+    ("adamax", r#"{"lr": 0.001}"#),
+    ("adagrad", r#"{"lr": 0.01}"#),
+    ("rmsprop", r#"{"lr": 0.001}"#),
+    ("adadelta", r#"{"lr": 1.0}"#),
+    ("lion", r#"{"learning_rate": 0.0001}"#),
+    ("adan", r#"{"learning_rate": 0.001}"#),
+    ("adabelief", r#"{"learning_rate": 0.001}"#),
+    ("yogi", r#"{"learning_rate": 0.001}"#),
+    ("sign_sgd", r#"{"learning_rate": 0.001}"#),
+    ("signum", r#"{"learning_rate": 0.001}"#),
+    ("schedule_free_adamw", r#"{"learning_rate": 0.001}"#),
+    ("schedule_free_sgd", r#"{"learning_rate": 0.1}"#),
+    ("lamb", r#"{"learning_rate": 0.001}"#),
+    ("lars", r#"{"learning_rate": 0.1}"#),
+    ("optax.adafactor", r#"{"learning_rate": 0.01}"#),
+    (
+        "optax.chain",
+        r#"{"links": [["clip_by_global_norm", {"max_norm": 1.0}], ["scale_by_adam", {}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.001}]]}"#,
+    ),
+];
+
+/// Settings of one benchmark run.
+pub struct StepBench {
+    pub optimizer: String,
+    pub params: usize,
+    pub tensors: usize,
+    pub threads: usize,
+    pub steps: usize,
+}
+
+/// Splits `n` parameters over `k` tensors of realistic, uneven sizes (a few large matrices, a tail
+/// of small ones), summing to `n`.
+fn split_sizes(n: usize, k: usize) -> Vec<usize> {
+    if k <= 1 {
+        return vec![n];
+    }
+    let weights: Vec<f64> = (0..k).map(|i| 1.0 / (1.0 + i as f64 % 7.0).powi(2)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sizes: Vec<usize> = weights.iter().map(|w| ((w / total) * n as f64).max(1.0) as usize).collect();
+    let s: usize = sizes.iter().sum();
+    sizes[0] = (sizes[0] + n).saturating_sub(s).max(1);
+    sizes
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// The roofline kernel: the same buffers read and written as by an optimizer with `k` state
+/// buffers (read p, g and the state; write p and the state), with `x += g` as the arithmetic,
+/// the same block/chunk threading.
+fn roofline_step(p: &mut [Vec<f32>], g: &[Vec<f32>], state: &mut [Vec<Vec<f32>>]) {
+    {
+        for t in 0..p.len() {
+            let n = p[t].len();
+            let ptrs: Vec<SendPtr> = std::iter::once(SendPtr(p[t].as_mut_ptr()))
+                .chain(state.iter_mut().map(|s| SendPtr(s[t].as_mut_ptr())))
+                .collect();
+            let gp = &g[t];
+            let body = |off: usize, len: usize| {
+                let gs = &gp[off..off + len];
+                for ptr in &ptrs {
+                    // SAFETY: each task touches its own disjoint range of every buffer.
+                    let x = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(off), len) };
+                    for (a, b) in x.iter_mut().zip(gs) {
+                        *a += b;
+                    }
+                }
+            };
+            if n >= PARALLEL_MIN {
+                (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| body(c * CHUNK, CHUNK.min(n - c * CHUNK)));
+            } else {
+                body(0, n);
+            }
+        }
+    }
+}
+
+fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
+    let (lib, opt_name) = resolve_optimizer(name)?;
+    let mut hparams = hparams.clone();
+    if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
+        hparams[lr_key(lib)] = json!(1e-3);
+    }
+    let sizes = split_sizes(cfg.params, cfg.tensors);
+    let shapes: Vec<Vec<usize>> = sizes.iter().map(|&s| vec![s]).collect();
+    let mut params: Vec<Vec<f32>> =
+        sizes.iter().map(|&s| (0..s).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect()).collect();
+    let grads: Vec<Vec<f32>> =
+        sizes.iter().map(|&s| (0..s).map(|i| ((i % 777) as f32 - 388.0) * 1e-4).collect()).collect();
+    let tx = build_optimizer(lib, &opt_name, &hparams, None, &shapes).with_context(|| format!("{name} {hparams}"))?;
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let mut opt = Optimizer::new(tx, shapes.clone(), &views)?;
+    let label = format!("{lib}.{opt_name} {}", hparams);
+
+    // Full-size state buffers per parameter decide the access pattern.
+    let state = opt.state_dict()?;
+    let k = state.buffers.iter().filter(|(_, b)| b.len() == sizes[0]).count();
+    let bytes = (3 + 2 * k) * 4;
+
+    // The roofline's own buffers, touched once so that no page fault lands in a timed step.
+    let mut rstate: Vec<Vec<Vec<f32>>> = (0..k).map(|_| sizes.iter().map(|&s| vec![1.0f32; s]).collect()).collect();
+    let mut rparams = params.clone();
+    opt.step_vecs(&mut params, &grads)?;
+    roofline_step(&mut rparams, &grads, &mut rstate);
+    // Interleaved, best of `steps`: both see the same machine state, and the minimum is the least
+    // disturbed measurement of each.
+    let (mut step_s, mut roof_s) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..cfg.steps {
+        let t0 = Instant::now();
+        opt.step_vecs(&mut params, &grads)?;
+        step_s = step_s.min(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        roofline_step(&mut rparams, &grads, &mut rstate);
+        roof_s = roof_s.min(t0.elapsed().as_secs_f64());
+    }
+    let n = cfg.params as f64;
+    Ok(json!({
+        "optimizer": label,
+        "params": cfg.params,
+        "tensors": sizes.len(),
+        "threads": cfg.threads,
+        "state_buffers": k,
+        "bytes_per_param": bytes,
+        "ns_per_param": step_s * 1e9 / n,
+        "params_per_s": n / step_s,
+        "gb_per_s": n * bytes as f64 / step_s / 1e9,
+        "roofline_params_per_s": n / roof_s,
+        "fraction_of_roofline": roof_s / step_s,
+    }))
+}
+
+/// Runs the benchmark and prints the table and one JSON line per optimizer.
+pub fn run(cfg: &StepBench) -> Result<()> {
+    if cfg.params == 0 || cfg.steps == 0 || cfg.tensors == 0 || cfg.threads == 0 {
+        bail!("--params, --tensors, --steps and --threads must be positive");
+    }
+    let list: Vec<(String, Value)> = if cfg.optimizer == "all" {
+        ALL.iter().map(|(n, h)| (n.to_string(), serde_json::from_str(h).expect("valid table"))).collect()
+    } else {
+        vec![(cfg.optimizer.clone(), json!({}))]
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
+    println!(
+        "{} parameters in {} tensor(s), {} thread(s), best of {} steps; roofline = same buffers, same pattern, x += g",
+        cfg.params, cfg.tensors, cfg.threads, cfg.steps
+    );
+    println!(
+        "{:<34} {:>9} {:>10} {:>8} {:>8} {:>11}",
+        "optimizer", "ns/param", "Gparam/s", "B/param", "GB/s", "of roofline"
+    );
+    let mut lines = vec![];
+    for (name, h) in list {
+        let r = pool.install(|| bench_one(&name, &h, cfg))?;
+        let short: String = r["optimizer"].as_str().unwrap_or("").chars().take(34).collect();
+        println!(
+            "{:<34} {:>9.3} {:>10.3} {:>8} {:>8.1} {:>10.0}%",
+            short,
+            r["ns_per_param"].as_f64().unwrap_or(0.0),
+            r["params_per_s"].as_f64().unwrap_or(0.0) / 1e9,
+            r["bytes_per_param"],
+            r["gb_per_s"].as_f64().unwrap_or(0.0),
+            100.0 * r["fraction_of_roofline"].as_f64().unwrap_or(0.0)
+        );
+        lines.push(r);
+    }
+    for r in lines {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_sizes_sum_to_the_total() {
+        for (n, k) in [(50_000_000, 1), (50_000_000, 10), (1000, 7), (10, 10)] {
+            let s = split_sizes(n, k);
+            assert_eq!(s.len(), k);
+            assert_eq!(s.iter().sum::<usize>(), n, "{n} over {k}: {s:?}");
+            assert!(s.iter().all(|&x| x >= 1));
+        }
+    }
+}
