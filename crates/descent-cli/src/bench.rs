@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
-use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
+use descent_core::transform::{Optimizer, BLOCK, CHUNK, PARALLEL_MIN};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -66,6 +66,28 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// `x += g`, vectorized like the optimizers' kernels (AVX2 when the CPU has it).
+fn add(x: &mut [f32], g: &[f32]) {
+    #[inline(always)]
+    fn body(x: &mut [f32], g: &[f32]) {
+        for (a, b) in x.iter_mut().zip(g) {
+            *a += b;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &mut [f32], g: &[f32]) {
+            body(x, g)
+        }
+        if descent_core::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(x, g) };
+        }
+    }
+    body(x, g)
+}
+
 /// The roofline kernel: the same buffers read and written as by an optimizer with `k` state
 /// buffers (read p, g and the state; write p and the state), with `x += g` as the arithmetic,
 /// the same block/chunk threading.
@@ -77,13 +99,15 @@ fn roofline_step(p: &mut [Vec<f32>], g: &[Vec<f32>], state: &mut [Vec<Vec<f32>>]
                 .chain(state.iter_mut().map(|s| SendPtr(s[t].as_mut_ptr())))
                 .collect();
             let gp = &g[t];
+            // Block by block, every buffer of the block in turn: the fused step's access pattern.
             let body = |off: usize, len: usize| {
-                let gs = &gp[off..off + len];
-                for ptr in &ptrs {
-                    // SAFETY: each task touches its own disjoint range of every buffer.
-                    let x = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(off), len) };
-                    for (a, b) in x.iter_mut().zip(gs) {
-                        *a += b;
+                for b in (off..off + len).step_by(BLOCK) {
+                    let n = BLOCK.min(off + len - b);
+                    let gs = &gp[b..b + n];
+                    for ptr in &ptrs {
+                        // SAFETY: each task touches its own disjoint range of every buffer.
+                        let x = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b), n) };
+                        add(x, gs);
                     }
                 }
             };

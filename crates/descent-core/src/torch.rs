@@ -7,6 +7,7 @@
 use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
 use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transforms::simd_apply;
 use crate::transforms::{elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, ParamBufs};
 
 fn check_lr(lr: &LearningRate) -> Result<()> {
@@ -84,25 +85,25 @@ impl Elementwise for Sgd {
         self.first = self.step == 0;
         self.step += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let (lr, mom, damp, wd) = (self.cur_lr, self.momentum, self.dampening, self.weight_decay);
+    simd_apply!(Sgd, |this, i, off, u, p| {
+        let (lr, mom, damp, wd) = (this.cur_lr, this.momentum, this.dampening, this.weight_decay);
         if mom == 0.0 {
             for (g, &w) in u.iter_mut().zip(p) {
-                let mut d = if self.maximize { -*g } else { *g };
+                let mut d = if this.maximize { -*g } else { *g };
                 d += wd * w;
                 *g = -lr * d;
             }
             return;
         }
-        let buf = self.momentum_buffer.slice(i, off, u.len());
+        let buf = this.momentum_buffer.slice(i, off, u.len());
         for ((g, &w), b) in u.iter_mut().zip(p).zip(buf) {
-            let mut d = if self.maximize { -*g } else { *g };
+            let mut d = if this.maximize { -*g } else { *g };
             d += wd * w;
-            *b = if self.first { d } else { mom * *b + (1.0 - damp) * d };
-            let step = if self.nesterov { d + mom * *b } else { *b };
+            *b = if this.first { d } else { mom * *b + (1.0 - damp) * d };
+            let step = if this.nesterov { d + mom * *b } else { *b };
             *g = -lr * step;
         }
-    }
+    });
 }
 
 /// `torch.optim.Adam` and `torch.optim.AdamW` (AMSGrad, L2 or decoupled weight decay, maximize).
@@ -171,16 +172,16 @@ impl Elementwise for Adam {
         let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
         self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec as f32, lr as f32];
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    simd_apply!(Adam, |this, i, off, u, p| {
         let n = u.len();
-        let [step_size, inv_sqrt_bc2, dec, _] = self.k;
-        let l2 = if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 };
-        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
-        let m = self.exp_avg.slice(i, off, n);
-        let v = self.exp_avg_sq.slice(i, off, n);
-        let mut vmax = if self.amsgrad { Some(self.max_exp_avg_sq.slice(i, off, n)) } else { None };
+        let [step_size, inv_sqrt_bc2, dec, _] = this.k;
+        let l2 = if this.decay == WeightDecay::L2 { this.weight_decay } else { 0.0 };
+        let (b1, b2, eps) = (this.b1, this.b2, this.eps);
+        let m = this.exp_avg.slice(i, off, n);
+        let v = this.exp_avg_sq.slice(i, off, n);
+        let mut vmax = if this.amsgrad { Some(this.max_exp_avg_sq.slice(i, off, n)) } else { None };
         for j in 0..n {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
+            let mut g = if this.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
             m[j] += (g - m[j]) * (1.0 - b1);
             v[j] = b2 * v[j] + (1.0 - b2) * g * g;
@@ -194,7 +195,7 @@ impl Elementwise for Adam {
             let denom = vv.sqrt() * inv_sqrt_bc2 + eps;
             u[j] = -dec * p[j] - step_size * (m[j] / denom);
         }
-    }
+    });
 }
 
 /// `torch.optim.Adagrad` (Duchi et al. 2011): learning-rate decay, initial accumulator, L2 decay.
@@ -246,15 +247,15 @@ impl Elementwise for Adagrad {
         self.step += 1;
         self.clr = (lr / (1.0 + (self.step - 1) as f64 * self.lr_decay)) as f32;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let s = self.sum.slice(i, off, u.len());
+    simd_apply!(Adagrad, |this, i, off, u, p| {
+        let s = this.sum.slice(i, off, u.len());
         for ((g, &w), s) in u.iter_mut().zip(p).zip(s) {
-            let mut d = if self.maximize { -*g } else { *g };
-            d += self.weight_decay * w;
+            let mut d = if this.maximize { -*g } else { *g };
+            d += this.weight_decay * w;
             *s += d * d;
-            *g = -self.clr * d / (s.sqrt() + self.eps);
+            *g = -this.clr * d / (s.sqrt() + this.eps);
         }
-    }
+    });
 }
 
 /// `torch.optim.RMSprop`: smoothing `alpha`, centered, momentum, L2 decay.
@@ -315,34 +316,34 @@ impl Elementwise for Rmsprop {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let square_avg_s = self.square_avg.slice(i, off, u.len());
-        let grad_avg_s = if self.grad_avg.is_empty() { &mut [][..] } else { self.grad_avg.slice(i, off, u.len()) };
+    simd_apply!(Rmsprop, |this, i, off, u, p| {
+        let square_avg_s = this.square_avg.slice(i, off, u.len());
+        let grad_avg_s = if this.grad_avg.is_empty() { &mut [][..] } else { this.grad_avg.slice(i, off, u.len()) };
         let momentum_buffer_s =
-            if self.momentum_buffer.is_empty() { &mut [][..] } else { self.momentum_buffer.slice(i, off, u.len()) };
+            if this.momentum_buffer.is_empty() { &mut [][..] } else { this.momentum_buffer.slice(i, off, u.len()) };
         let n = u.len();
-        let a = self.alpha;
+        let a = this.alpha;
         for j in 0..n {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
-            g += self.weight_decay * p[j];
+            let mut g = if this.maximize { -u[j] } else { u[j] };
+            g += this.weight_decay * p[j];
             let sq = &mut square_avg_s[j];
             *sq = a * *sq + (1.0 - a) * g * g;
-            let avg = if self.centered {
+            let avg = if this.centered {
                 let ga = &mut grad_avg_s[j];
                 *ga += (g - *ga) * (1.0 - a);
-                (*sq - *ga * *ga).sqrt() + self.eps
+                (*sq - *ga * *ga).sqrt() + this.eps
             } else {
-                sq.sqrt() + self.eps
+                sq.sqrt() + this.eps
             };
-            u[j] = if self.momentum > 0.0 {
+            u[j] = if this.momentum > 0.0 {
                 let b = &mut momentum_buffer_s[j];
-                *b = self.momentum * *b + g / avg;
-                -self.cur_lr * *b
+                *b = this.momentum * *b + g / avg;
+                -this.cur_lr * *b
             } else {
-                -self.cur_lr * g / avg
+                -this.cur_lr * g / avg
             };
         }
-    }
+    });
 }
 
 /// `torch.optim.Adadelta` (Zeiler 2012).
@@ -383,22 +384,22 @@ impl Elementwise for Adadelta {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let square_avg_s = self.square_avg.slice(i, off, u.len());
-        let acc_delta_s = self.acc_delta.slice(i, off, u.len());
-        let r = self.rho;
+    simd_apply!(Adadelta, |this, i, off, u, p| {
+        let square_avg_s = this.square_avg.slice(i, off, u.len());
+        let acc_delta_s = this.acc_delta.slice(i, off, u.len());
+        let r = this.rho;
         for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
-            g += self.weight_decay * p[j];
+            let mut g = if this.maximize { -u[j] } else { u[j] };
+            g += this.weight_decay * p[j];
             let sq = &mut square_avg_s[j];
             *sq = r * *sq + (1.0 - r) * g * g;
-            let std = (*sq + self.eps).sqrt();
+            let std = (*sq + this.eps).sqrt();
             let acc = &mut acc_delta_s[j];
-            let delta = (*acc + self.eps).sqrt() / std * g;
+            let delta = (*acc + this.eps).sqrt() / std * g;
             *acc = r * *acc + (1.0 - r) * delta * delta;
-            u[j] = -self.cur_lr * delta;
+            u[j] = -this.cur_lr * delta;
         }
-    }
+    });
 }
 
 /// `torch.optim.Adamax` (Kingma & Ba 2015, §7).
@@ -449,19 +450,19 @@ impl Elementwise for Adamax {
         self.step += 1;
         self.clr = (lr / (1.0 - (self.b1 as f64).powf(self.step as f64))) as f32;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
-        let exp_inf_s = self.exp_inf.slice(i, off, u.len());
+    simd_apply!(Adamax, |this, i, off, u, p| {
+        let exp_avg_s = this.exp_avg.slice(i, off, u.len());
+        let exp_inf_s = this.exp_inf.slice(i, off, u.len());
         for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
-            g += self.weight_decay * p[j];
+            let mut g = if this.maximize { -u[j] } else { u[j] };
+            g += this.weight_decay * p[j];
             let m = &mut exp_avg_s[j];
-            *m += (g - *m) * (1.0 - self.b1);
+            *m += (g - *m) * (1.0 - this.b1);
             let e = &mut exp_inf_s[j];
-            *e = (*e * self.b2).max(g.abs() + self.eps);
-            u[j] = -self.clr * *m / *e;
+            *e = (*e * this.b2).max(g.abs() + this.eps);
+            u[j] = -this.clr * *m / *e;
         }
-    }
+    });
 }
 
 /// `torch.optim.NAdam` (Dozat 2016) with the momentum-decay schedule, L2 or decoupled decay.
@@ -554,22 +555,22 @@ impl Elementwise for Nadam {
             if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
         ];
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
-        let exp_avg_sq_s = self.exp_avg_sq.slice(i, off, u.len());
-        let [cg, cm, bc2, dec, l2] = self.k;
-        let b1 = self.b1 as f32;
+    simd_apply!(Nadam, |this, i, off, u, p| {
+        let exp_avg_s = this.exp_avg.slice(i, off, u.len());
+        let exp_avg_sq_s = this.exp_avg_sq.slice(i, off, u.len());
+        let [cg, cm, bc2, dec, l2] = this.k;
+        let b1 = this.b1 as f32;
         for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
+            let mut g = if this.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
             let m = &mut exp_avg_s[j];
             *m += (g - *m) * (1.0 - b1);
             let v = &mut exp_avg_sq_s[j];
-            *v = self.b2 * *v + (1.0 - self.b2) * g * g;
-            let denom = (*v / bc2).sqrt() + self.eps;
+            *v = this.b2 * *v + (1.0 - this.b2) * g * g;
+            let denom = (*v / bc2).sqrt() + this.eps;
             u[j] = -dec * p[j] - cg * g / denom - cm * *m / denom;
         }
-    }
+    });
 }
 
 /// `torch.optim.RAdam` (Liu et al. 2020), L2 or decoupled decay.
@@ -645,21 +646,21 @@ impl Elementwise for Radam {
             if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
         ];
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let exp_avg_s = self.exp_avg.slice(i, off, u.len());
-        let exp_avg_sq_s = self.exp_avg_sq.slice(i, off, u.len());
-        let [plain, rect, sqrt_bc2, dec, l2] = self.k;
+    simd_apply!(Radam, |this, i, off, u, p| {
+        let exp_avg_s = this.exp_avg.slice(i, off, u.len());
+        let exp_avg_sq_s = this.exp_avg_sq.slice(i, off, u.len());
+        let [plain, rect, sqrt_bc2, dec, l2] = this.k;
         for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
+            let mut g = if this.maximize { -u[j] } else { u[j] };
             g += l2 * p[j];
             let m = &mut exp_avg_s[j];
-            *m += (g - *m) * (1.0 - self.b1);
+            *m += (g - *m) * (1.0 - this.b1);
             let v = &mut exp_avg_sq_s[j];
-            *v = self.b2 * *v + (1.0 - self.b2) * g * g;
-            let step = if self.rectified { rect * *m * (sqrt_bc2 / (v.sqrt() + self.eps)) } else { plain * *m };
+            *v = this.b2 * *v + (1.0 - this.b2) * g * g;
+            let step = if this.rectified { rect * *m * (sqrt_bc2 / (v.sqrt() + this.eps)) } else { plain * *m };
             u[j] = -dec * p[j] - step;
         }
-    }
+    });
 }
 
 /// `torch.optim.Rprop` (Riedmiller & Braun 1993): sign-based steps with per-element step sizes.
@@ -696,28 +697,28 @@ impl Elementwise for Rprop {
     fn begin_step(&mut self) {
         self.step += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(Rprop, |this, i, off, u, p| {
         let n = u.len();
-        let prevs = self.prev.slice(i, off, n);
-        let sizes = self.step_size.slice(i, off, n);
+        let prevs = this.prev.slice(i, off, n);
+        let sizes = this.step_size.slice(i, off, n);
         for ((x, prev), ss) in u.iter_mut().zip(prevs).zip(sizes) {
-            let mut g = if self.maximize { -*x } else { *x };
+            let mut g = if this.maximize { -*x } else { *x };
             let s = sign(g * *prev);
             let factor = if s > 0.0 {
-                self.eta_plus
+                this.eta_plus
             } else if s < 0.0 {
-                self.eta_minus
+                this.eta_minus
             } else {
                 1.0
             };
-            *ss = (*ss * factor).clamp(self.step_min, self.step_max);
+            *ss = (*ss * factor).clamp(this.step_min, this.step_max);
             if s < 0.0 {
                 g = 0.0;
             }
             *x = -sign(g) * *ss;
             *prev = g;
         }
-    }
+    });
 }
 
 /// `torch.optim.ASGD` (Polyak & Juditsky 1992): SGD with a decaying step and an averaged iterate
@@ -782,18 +783,18 @@ impl Elementwise for Asgd {
         self.eta = self.lr / (1.0 + self.lambd * self.lr * t).powf(self.alpha);
         self.mu = 1.0 / (t - self.t0).max(1.0);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        let ax_s = self.ax.slice(i, off, u.len());
-        let [eta, shrink, mu] = self.k;
+    simd_apply!(Asgd, |this, i, off, u, p| {
+        let ax_s = this.ax.slice(i, off, u.len());
+        let [eta, shrink, mu] = this.k;
         for j in 0..u.len() {
-            let mut g = if self.maximize { -u[j] } else { u[j] };
-            g += self.weight_decay * p[j];
+            let mut g = if this.maximize { -u[j] } else { u[j] };
+            g += this.weight_decay * p[j];
             let new_p = p[j] * shrink - eta * g;
             let ax = &mut ax_s[j];
             *ax = if mu != 1.0 { *ax + (new_p - *ax) * mu } else { new_p };
             u[j] = new_p - p[j];
         }
-    }
+    });
 }
 
 /// `torch.optim.Adafactor` (Shazeer & Stern 2018, as PyTorch implements it): row/column second

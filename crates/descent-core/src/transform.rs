@@ -77,22 +77,32 @@ pub trait Elementwise: Sync {
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
 }
 
+/// Runs `f(off, chunk)` over `data` in chunks of [`CHUNK`], across threads when the buffer is
+/// large, on the calling thread otherwise.
+fn for_chunks<T: Send, F>(data: &mut [T], f: F)
+where
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    if data.len() >= PARALLEL_MIN {
+        data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| f(c * CHUNK, chunk));
+    } else {
+        for (c, chunk) in data.chunks_mut(CHUNK).enumerate() {
+            f(c * CHUNK, chunk);
+        }
+    }
+}
+
 /// Runs `f(off, block)` over `data` in blocks of [`BLOCK`], splitting large buffers across threads
 /// in chunks of [`CHUNK`].
 fn for_blocks<T: Send, F>(data: &mut [T], f: F)
 where
     F: Fn(usize, &mut [T]) + Sync,
 {
-    let seq = |base: usize, chunk: &mut [T]| {
+    for_chunks(data, |base, chunk| {
         for (k, b) in chunk.chunks_mut(BLOCK).enumerate() {
             f(base + k * BLOCK, b);
         }
-    };
-    if data.len() >= PARALLEL_MIN {
-        data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| seq(c * CHUNK, chunk));
-    } else {
-        seq(0, data);
-    }
+    });
 }
 
 /// Applies an elementwise transformation to all updates: block by block, large tensors split
@@ -109,17 +119,40 @@ pub fn run_elementwise(e: &dyn Elementwise, updates: &mut [Vec<f32>], params: &[
 /// state and the parameters once and writes the state and the parameters once.
 fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) {
     for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-        for_blocks(p, |off, pb| {
+        for_chunks(p, |base, chunk| {
             let mut scratch = [0.0f32; BLOCK];
-            let u = &mut scratch[..pb.len()];
-            u.copy_from_slice(&g[off..off + pb.len()]);
-            // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
-            unsafe { e.apply(i, off, u, pb) };
-            for (x, d) in pb.iter_mut().zip(u.iter()) {
-                *x += d;
+            for (k, pb) in chunk.chunks_mut(BLOCK).enumerate() {
+                let off = base + k * BLOCK;
+                let u = &mut scratch[..pb.len()];
+                u.copy_from_slice(&g[off..off + pb.len()]);
+                // SAFETY: chunks and their blocks are disjoint ranges of parameter `i`.
+                unsafe { e.apply(i, off, u, pb) };
+                add_assign(pb, u);
             }
         });
     }
+}
+
+/// `p += u`, vectorized for the CPU at hand.
+fn add_assign(p: &mut [f32], u: &[f32]) {
+    #[inline(always)]
+    fn body(p: &mut [f32], u: &[f32]) {
+        for (x, d) in p.iter_mut().zip(u) {
+            *x += d;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(p: &mut [f32], u: &[f32]) {
+            body(p, u)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(p, u) };
+        }
+    }
+    body(p, u)
 }
 
 /// A learning rate: a constant or a schedule of the step count.

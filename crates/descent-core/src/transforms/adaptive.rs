@@ -1,5 +1,6 @@
 //! Adaptive elementwise transformations: Adam and its relatives.
 
+use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
 use crate::transform::Elementwise;
 
@@ -61,14 +62,14 @@ impl Elementwise for ScaleByAdam {
         self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdam, |this, i, off, u, p| {
         let n = u.len();
-        let (b1, b2, eps, eps_root) = (self.b1, self.b2, self.eps, self.eps_root);
-        let (bc1, bc1n, bc2) = (self.bc1, self.bc1_next, self.bc2);
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
-        if self.amsgrad {
-            let vm = self.nu_max.slice(i, off, n);
+        let (b1, b2, eps, eps_root) = (this.b1, this.b2, this.eps, this.eps_root);
+        let (bc1, bc1n, bc2) = (this.bc1, this.bc1_next, this.bc2);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
+        if this.amsgrad {
+            let vm = this.nu_max.slice(i, off, n);
             for j in 0..n {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
@@ -76,7 +77,7 @@ impl Elementwise for ScaleByAdam {
                 vm[j] = vm[j].max(v[j] / bc2);
                 u[j] = (m[j] / bc1) / ((vm[j] + eps_root).sqrt() + eps);
             }
-        } else if self.nesterov {
+        } else if this.nesterov {
             for j in 0..n {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
@@ -92,7 +93,7 @@ impl Elementwise for ScaleByAdam {
                 u[j] = (m[j] / bc1) / ((v[j] / bc2 + eps_root).sqrt() + eps);
             }
         }
-    }
+    });
 }
 
 /// optax `scale_by_rms` (RMSProp, Tieleman & Hinton 2012): `ν ← decay·ν + (1−decay)g²`,
@@ -129,15 +130,15 @@ impl Elementwise for ScaleByRms {
             self.bc = bc(self.decay, self.count);
         }
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let v = self.nu.slice(i, off, u.len());
-        let d = self.decay;
+    simd_apply!(ScaleByRms, |this, i, off, u, p| {
+        let v = this.nu.slice(i, off, u.len());
+        let d = this.decay;
         for (g, v) in u.iter_mut().zip(v) {
             *v = (1.0 - d) * *g * *g + d * *v;
-            let vh = *v / self.bc;
-            *g *= if self.eps_in_sqrt { 1.0 / (vh + self.eps).sqrt() } else { 1.0 / (vh.sqrt() + self.eps) };
+            let vh = *v / this.bc;
+            *g *= if this.eps_in_sqrt { 1.0 / (vh + this.eps).sqrt() } else { 1.0 / (vh.sqrt() + this.eps) };
         }
-    }
+    });
 }
 
 /// optax `scale_by_stddev` (centered RMSProp, Graves 2013): divides by `√(ν − μ² + eps)`.
@@ -175,20 +176,20 @@ impl Elementwise for ScaleByStddev {
             self.bc = bc(self.decay, self.count);
         }
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByStddev, |this, i, off, u, p| {
         let n = u.len();
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
-        let d = self.decay;
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
+        let d = this.decay;
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - d) * g + d * m[j];
             v[j] = (1.0 - d) * g * g + d * v[j];
-            let (mh, vh) = (m[j] / self.bc, v[j] / self.bc);
+            let (mh, vh) = (m[j] / this.bc, v[j] / this.bc);
             let var = vh - mh * mh;
-            u[j] = g * if self.eps_in_sqrt { 1.0 / (var + self.eps).sqrt() } else { 1.0 / (var.sqrt() + self.eps) };
+            u[j] = g * if this.eps_in_sqrt { 1.0 / (var + this.eps).sqrt() } else { 1.0 / (var.sqrt() + this.eps) };
         }
-    }
+    });
 }
 
 /// optax `scale_by_adamax` (Kingma & Ba 2015, §7): `ν ← max(|g| + eps, β₂ν)`, `u ← m̂/ν`.
@@ -220,17 +221,17 @@ impl Elementwise for ScaleByAdamax {
         self.count += 1;
         self.bc1 = bc(self.b1, self.count);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdamax, |this, i, off, u, p| {
         let n = u.len();
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
-            v[j] = (g.abs() + self.eps).max(self.b2 * v[j]);
-            u[j] = (m[j] / self.bc1) / v[j];
+            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
+            v[j] = (g.abs() + this.eps).max(this.b2 * v[j]);
+            u[j] = (m[j] / this.bc1) / v[j];
         }
-    }
+    });
 }
 
 /// optax `scale_by_lion` (Chen et al. 2023): `u ← sign((1−β₁)g + β₁m)`, then `m ← (1−β₂)g + β₂m`.
@@ -250,14 +251,14 @@ impl Elementwise for ScaleByLion {
     fn begin_step(&mut self) {
         self.count += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let m = self.mu.slice(i, off, u.len());
+    simd_apply!(ScaleByLion, |this, i, off, u, p| {
+        let m = this.mu.slice(i, off, u.len());
         for (g, m) in u.iter_mut().zip(m) {
-            let x = (1.0 - self.b1) * *g + self.b1 * *m;
-            *m = (1.0 - self.b2) * *g + self.b2 * *m;
+            let x = (1.0 - this.b1) * *g + this.b1 * *m;
+            *m = (1.0 - this.b2) * *g + this.b2 * *m;
             *g = sign(x);
         }
-    }
+    });
 }
 
 /// optax `scale_by_adadelta` (Zeiler 2012): `u ← √(E[Δx²] + eps)/√(E[g²] + eps)·g`.
@@ -275,19 +276,19 @@ impl ScaleByAdadelta {
 elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes).into(); s.e_x = zeros(shapes).into(); }; bufs: [e_g, e_x]; counters: []; scalars: []);
 impl Elementwise for ScaleByAdadelta {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdadelta, |this, i, off, u, p| {
         let n = u.len();
-        let eg = self.e_g.slice(i, off, n);
-        let ex = self.e_x.slice(i, off, n);
-        let r = self.rho;
+        let eg = this.e_g.slice(i, off, n);
+        let ex = this.e_x.slice(i, off, n);
+        let r = this.rho;
         for j in 0..n {
             let g = u[j];
             eg[j] = (1.0 - r) * g * g + r * eg[j];
-            let d = (ex[j] + self.eps).sqrt() / (eg[j] + self.eps).sqrt() * g;
+            let d = (ex[j] + this.eps).sqrt() / (eg[j] + this.eps).sqrt() * g;
             ex[j] = (1.0 - r) * d * d + r * ex[j];
             u[j] = d;
         }
-    }
+    });
 }
 
 /// optax `scale_by_adan` (Xie et al. 2022, Algorithm 1): moments of the gradient, of its
@@ -336,25 +337,25 @@ impl Elementwise for ScaleByAdan {
         self.t += 1;
         self.bcs = [bc(self.b1, self.t), bc(self.b2, self.t), bc(self.b3, self.t)];
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdan, |this, i, off, u, p| {
         let len = u.len();
-        let (b1, b2, b3) = (self.b1, self.b2, self.b3);
-        let m = self.m.slice(i, off, len);
-        let v = self.v.slice(i, off, len);
-        let n = self.n.slice(i, off, len);
-        let pg = self.g.slice(i, off, len);
+        let (b1, b2, b3) = (this.b1, this.b2, this.b3);
+        let m = this.m.slice(i, off, len);
+        let v = this.v.slice(i, off, len);
+        let n = this.n.slice(i, off, len);
+        let pg = this.g.slice(i, off, len);
         for j in 0..len {
             let g = u[j];
-            let diff = if self.first { 0.0 } else { g - pg[j] };
+            let diff = if this.first { 0.0 } else { g - pg[j] };
             m[j] = (1.0 - b1) * g + b1 * m[j];
             v[j] = (1.0 - b2) * diff + b2 * v[j];
             let sq = g + (1.0 - b2) * diff;
             n[j] = (1.0 - b3) * sq * sq + b3 * n[j];
-            let num = m[j] / self.bcs[0] + (1.0 - b2) * (v[j] / self.bcs[1]);
-            u[j] = num / ((n[j] / self.bcs[2] + self.eps_root).sqrt() + self.eps);
+            let num = m[j] / this.bcs[0] + (1.0 - b2) * (v[j] / this.bcs[1]);
+            u[j] = num / ((n[j] / this.bcs[2] + this.eps_root).sqrt() + this.eps);
             pg[j] = g;
         }
-    }
+    });
 }
 
 /// optax `scale_by_belief` (AdaBelief, Zhuang et al. 2020): the second moment of `g − m`.
@@ -396,21 +397,21 @@ impl Elementwise for ScaleByBelief {
         self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByBelief, |this, i, off, u, p| {
         let n = u.len();
-        let (b1, b2) = (self.b1, self.b2);
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
+        let (b1, b2) = (this.b1, this.b2);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - b1) * g + b1 * m[j];
             let e = g - m[j];
-            v[j] = (1.0 - b2) * e * e + b2 * v[j] + self.eps_root;
+            v[j] = (1.0 - b2) * e * e + b2 * v[j] + this.eps_root;
             let m_hat =
-                if self.nesterov { b1 * (m[j] / self.bc1_next) + (1.0 - b1) * (g / self.bc1) } else { m[j] / self.bc1 };
-            u[j] = m_hat / ((v[j] / self.bc2).sqrt() + self.eps);
+                if this.nesterov { b1 * (m[j] / this.bc1_next) + (1.0 - b1) * (g / this.bc1) } else { m[j] / this.bc1 };
+            u[j] = m_hat / ((v[j] / this.bc2).sqrt() + this.eps);
         }
-    }
+    });
 }
 
 /// optax `scale_by_yogi` (Zaheer et al. 2018): `ν ← ν − (1−β₂)·sign(ν − g²)·g²`.
@@ -449,18 +450,18 @@ impl Elementwise for ScaleByYogi {
         self.bc1 = bc(self.b1, self.count);
         self.bc2 = bc(self.b2, self.count);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByYogi, |this, i, off, u, p| {
         let n = u.len();
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             let g2 = g * g;
-            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
-            v[j] -= (1.0 - self.b2) * sign(v[j] - g2) * g2;
-            u[j] = (m[j] / self.bc1) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
+            v[j] -= (1.0 - this.b2) * sign(v[j] - g2) * g2;
+            u[j] = (m[j] / this.bc1) / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps);
         }
-    }
+    });
 }
 
 /// optax `scale_by_radam` (Liu et al. 2020): Adam with the variance rectification `r_t` once the
@@ -508,19 +509,19 @@ impl Elementwise for ScaleByRadam {
         self.rect = (ro >= self.threshold)
             .then(|| ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt() as f32);
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByRadam, |this, i, off, u, p| {
         let n = u.len();
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
-            v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
-            let mh = m[j] / self.bc1;
-            u[j] = match self.rect {
-                Some(r) => r * mh / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps),
+            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
+            v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
+            let mh = m[j] / this.bc1;
+            u[j] = match this.rect {
+                Some(r) => r * mh / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps),
                 None => mh,
             };
         }
-    }
+    });
 }

@@ -1,5 +1,6 @@
 //! Stateless and momentum-style elementwise transformations.
 
+use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
 use crate::transform::{Elementwise, LearningRate};
 
@@ -15,11 +16,11 @@ impl Scale {
 elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Scale {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(Scale, |this, i, off, u, p| {
         for x in u {
-            *x *= self.step_size;
+            *x *= this.step_size;
         }
-    }
+    });
 }
 
 /// optax `scale_by_learning_rate`: `u ← −lr(t)·u` (or `+lr(t)·u` without `flip_sign`); the
@@ -41,11 +42,11 @@ impl Elementwise for ScaleByLearningRate {
         self.current = (self.sign * self.lr.at(self.count)) as f32;
         self.count += 1;
     }
-    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByLearningRate, |this, i, off, u, p| {
         for x in u {
-            *x *= self.current;
+            *x *= this.current;
         }
-    }
+    });
 }
 
 /// optax `add_decayed_weights`: `u ← u + λ(t)·p` (L2 / decoupled weight decay, depending on where it
@@ -72,15 +73,15 @@ impl Elementwise for AddDecayedWeights {
         self.current = self.wd.at(self.count) as f32;
         self.count += 1;
     }
-    unsafe fn apply(&self, i: usize, _off: usize, u: &mut [f32], p: &[f32]) {
-        if self.current == 0.0 || self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+    simd_apply!(AddDecayedWeights, |this, i, off, u, p| {
+        if this.current == 0.0 || this.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
             return;
         }
-        let wd = self.current;
+        let wd = this.current;
         for (x, &w) in u.iter_mut().zip(p) {
             *x += wd * w;
         }
-    }
+    });
 }
 
 /// optax `trace`: momentum `t ← u + decay·t`, output `t` (or `u + decay·t` with Nesterov).
@@ -97,14 +98,14 @@ impl Trace {
 elementwise_transform!(Trace, |s, shapes, _p| { s.trace = zeros(shapes).into(); }; bufs: [trace]; counters: []; scalars: []);
 impl Elementwise for Trace {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let t = self.trace.slice(i, off, u.len());
-        let d = self.decay;
+    simd_apply!(Trace, |this, i, off, u, p| {
+        let t = this.trace.slice(i, off, u.len());
+        let d = this.decay;
         for (g, t) in u.iter_mut().zip(t) {
             *t = *g + d * *t;
-            *g = if self.nesterov { *g + d * *t } else { *t };
+            *g = if this.nesterov { *g + d * *t } else { *t };
         }
-    }
+    });
 }
 
 /// optax `ema`: `e ← (1−decay)·u + decay·e`, output `e`, divided by `1 − decayᵗ` with `debias`.
@@ -127,14 +128,14 @@ impl Elementwise for Ema {
         self.inv_bc =
             if self.debias { (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32 } else { 1.0 };
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let e = self.ema.slice(i, off, u.len());
-        let d = self.decay;
+    simd_apply!(Ema, |this, i, off, u, p| {
+        let e = this.ema.slice(i, off, u.len());
+        let d = this.decay;
         for (g, e) in u.iter_mut().zip(e) {
             *e = (1.0 - d) * *g + d * *e;
-            *g = *e * self.inv_bc;
+            *g = *e * this.inv_bc;
         }
-    }
+    });
 }
 
 /// optax `scale_by_sign`: `u ← sign(u)`.
@@ -143,11 +144,11 @@ pub struct ScaleBySign;
 elementwise_transform!(ScaleBySign, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for ScaleBySign {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleBySign, |this, i, off, u, p| {
         for x in u {
             *x = sign(*x);
         }
-    }
+    });
 }
 
 /// optax `clip`: each element clipped to `[−max_delta, max_delta]`.
@@ -162,11 +163,11 @@ impl Clip {
 elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Clip {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(Clip, |this, i, off, u, p| {
         for x in u {
-            *x = x.clamp(-self.max_delta, self.max_delta);
+            *x = x.clamp(-this.max_delta, this.max_delta);
         }
-    }
+    });
 }
 
 /// optax `scale_by_optimistic_gradient`: `u ← (α+β)·g − β·g_prev` (optimistic gradient descent,
@@ -195,14 +196,14 @@ impl Elementwise for ScaleByOptimisticGradient {
         self.first = self.initial == 1;
         self.initial = 0;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let prev = self.prev.slice(i, off, u.len());
+    simd_apply!(ScaleByOptimisticGradient, |this, i, off, u, p| {
+        let prev = this.prev.slice(i, off, u.len());
         for (g, pg) in u.iter_mut().zip(prev) {
-            let gp = if self.first { *g } else { *pg };
+            let gp = if this.first { *g } else { *pg };
             *pg = *g;
-            *g = (self.alpha + self.beta) * *g - self.beta * gp;
+            *g = (this.alpha + this.beta) * *g - this.beta * gp;
         }
-    }
+    });
 }
 
 /// optax `scale_by_rss` (AdaGrad): `s ← s + u²`, `u ← u / √(s + eps)` where `s > 0`.
@@ -219,11 +220,11 @@ impl ScaleByRss {
 elementwise_transform!(ScaleByRss, |s, shapes, _p| { s.sum_of_squares = full(shapes, s.initial).into(); }; bufs: [sum_of_squares]; counters: []; scalars: []);
 impl Elementwise for ScaleByRss {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
-        let s = self.sum_of_squares.slice(i, off, u.len());
+    simd_apply!(ScaleByRss, |this, i, off, u, p| {
+        let s = this.sum_of_squares.slice(i, off, u.len());
         for (g, s) in u.iter_mut().zip(s) {
             *s += *g * *g;
-            *g = if *s > 0.0 { *g / (*s + self.eps).sqrt() } else { 0.0 };
+            *g = if *s > 0.0 { *g / (*s + this.eps).sqrt() } else { 0.0 };
         }
-    }
+    });
 }

@@ -1,6 +1,7 @@
 //! optax `contrib` algorithms: AdEMAMix, ADOPT, COCOB, MADGRAD, D-Adaptation, Prodigy, DoG,
 //! Schedule-Free.
 
+use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
 use crate::state::StateVisitor;
@@ -47,19 +48,19 @@ impl Elementwise for ScaleByAdemamix {
         self.bc1 = (1.0 - (self.b1 as f64).powf(self.count as f64)) as f32;
         self.bc2 = (1.0 - (self.b2 as f64).powf(self.count as f64)) as f32;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdemamix, |this, i, off, u, p| {
         let n = u.len();
-        let m1 = self.m1.slice(i, off, n);
-        let m2 = self.m2.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
+        let m1 = this.m1.slice(i, off, n);
+        let m2 = this.m2.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m1[j] = (1.0 - self.b1) * g + self.b1 * m1[j];
-            m2[j] = (1.0 - self.b3) * g + self.b3 * m2[j];
-            v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
-            u[j] = (m1[j] / self.bc1 + self.alpha * m2[j]) / ((v[j] / self.bc2 + self.eps_root).sqrt() + self.eps);
+            m1[j] = (1.0 - this.b1) * g + this.b1 * m1[j];
+            m2[j] = (1.0 - this.b3) * g + this.b3 * m2[j];
+            v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
+            u[j] = (m1[j] / this.bc1 + this.alpha * m2[j]) / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps);
         }
-    }
+    });
 }
 
 /// optax `contrib.scale_by_adopt` (Taniguchi et al. 2024): the gradient is normalized by the
@@ -103,22 +104,22 @@ impl Elementwise for ScaleByAdopt {
         self.clip = (self.count as f32).powf(0.25);
         self.count += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
+    simd_apply!(ScaleByAdopt, |this, i, off, u, p| {
         let n = u.len();
-        let m = self.mu.slice(i, off, n);
-        let v = self.nu.slice(i, off, n);
-        let (b1, b2) = (self.step_b1, self.step_b2);
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
+        let (b1, b2) = (this.step_b1, this.step_b2);
         for j in 0..n {
             let g = u[j];
-            let mut x = g / v[j].sqrt().max(self.eps);
-            if self.use_clipping {
-                x = x.clamp(-self.clip, self.clip);
+            let mut x = g / v[j].sqrt().max(this.eps);
+            if this.use_clipping {
+                x = x.clamp(-this.clip, this.clip);
             }
             v[j] = (1.0 - b2) * g * g + b2 * v[j];
             m[j] = (1.0 - b1) * x + b1 * m[j];
-            u[j] = if self.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
+            u[j] = if this.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
         }
-    }
+    });
 }
 
 /// optax `contrib.scale_by_cocob` (Orabona & Tommasi 2017): coin-betting, learning-rate free.
@@ -153,22 +154,22 @@ elementwise_transform!(ScaleByCocob, |s, shapes, params| {
 }; bufs: [init_particles, cumulative_gradients, scale, subgradients, reward]; counters: []; scalars: []);
 impl Elementwise for ScaleByCocob {
     fn begin_step(&mut self) {}
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    simd_apply!(ScaleByCocob, |this, i, off, u, p| {
         let n = u.len();
-        let p0 = self.init_particles.slice(i, off, n);
-        let c = self.cumulative_gradients.slice(i, off, n);
-        let l = self.scale.slice(i, off, n);
-        let gs = self.subgradients.slice(i, off, n);
-        let r = self.reward.slice(i, off, n);
+        let p0 = this.init_particles.slice(i, off, n);
+        let c = this.cumulative_gradients.slice(i, off, n);
+        let l = this.scale.slice(i, off, n);
+        let gs = this.subgradients.slice(i, off, n);
+        let r = this.reward.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
             l[j] = l[j].max(g.abs());
             gs[j] += g.abs();
             r[j] = (r[j] - g * (p[j] - p0[j])).max(0.0);
             c[j] -= g;
-            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(self.alpha * l[j])) * (l[j] + r[j]));
+            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(this.alpha * l[j])) * (l[j] + r[j]));
         }
-    }
+    });
 }
 
 /// optax `contrib.scale_by_madgrad` (Defazio & Jelassi 2021): dual averaging with a cube-root
@@ -208,21 +209,21 @@ impl Elementwise for ScaleByMadgrad {
         self.lamb = lr * ((self.count + 1) as f32).sqrt();
         self.count += 1;
     }
-    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+    simd_apply!(ScaleByMadgrad, |this, i, off, u, p| {
         let n = u.len();
-        let gss = self.grad_sum_sq.slice(i, off, n);
-        let s = self.s.slice(i, off, n);
-        let x0 = self.x0.slice(i, off, n);
+        let gss = this.grad_sum_sq.slice(i, off, n);
+        let s = this.s.slice(i, off, n);
+        let x0 = this.x0.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            gss[j] += self.lamb * g * g;
-            s[j] += self.lamb * g;
-            let sigma = gss[j].cbrt() + self.eps;
+            gss[j] += this.lamb * g * g;
+            s[j] += this.lamb * g;
+            let sigma = gss[j].cbrt() + this.eps;
             let z = x0[j] - s[j] / sigma;
-            let x_new = (1.0 - self.momentum) * z + self.momentum * p[j];
+            let x_new = (1.0 - this.momentum) * z + this.momentum * p[j];
             u[j] = x_new - p[j];
         }
-    }
+    });
 }
 
 fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {

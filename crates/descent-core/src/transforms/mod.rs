@@ -84,12 +84,12 @@ pub(crate) fn full(shapes: &Shapes, v: f32) -> Vec<Vec<f32>> {
 /// `jnp.sign` / `torch.sign`: 0 at 0 (unlike `f32::signum`), NaN stays NaN.
 #[inline(always)]
 pub(crate) fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
+    // Branch-free so that loops over it vectorize: ±1 with the sign bit of `x`, except 0 and NaN.
+    let unit = f32::from_bits((x.to_bits() & 0x8000_0000) | 0x3f80_0000);
+    if x == 0.0 || x.is_nan() {
         x
+    } else {
+        unit
     }
 }
 
@@ -111,6 +111,48 @@ macro_rules! state {
     };
 }
 pub(crate) use state;
+
+/// Whether this CPU runs AVX2 with FMA (checked once, cached by the standard library).
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Implements `Elementwise::apply` from a kernel body, compiled twice: for the baseline target and
+/// with AVX2 + FMA, chosen at run time. The body sees `this` (the transformation), `i`, `off`, `u`
+/// and `p` (resliced to `u.len()` so the compiler drops bounds checks). Both versions compute
+/// bit-identical results: Rust never contracts `a * b + c` into an FMA on its own.
+macro_rules! simd_apply {
+    ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        unsafe fn apply(&self, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
+            #[inline(always)]
+            #[allow(unused_variables, unused_unsafe)]
+            unsafe fn kernel($this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
+                let $p = &$p[..$u.len()];
+                $body
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn kernel_avx2($this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
+                    kernel($this, $i, $off, $u, $p)
+                }
+                if $crate::transforms::has_avx2() {
+                    return kernel_avx2(self, $i, $off, $u, $p);
+                }
+            }
+            kernel(self, $i, $off, $u, $p)
+        }
+    };
+}
+pub(crate) use simd_apply;
 
 /// Implements `Transform` for an elementwise transformation whose `init` is given as a closure
 /// body over `shapes` and `params`.
