@@ -54,11 +54,13 @@ fn split_sizes(n: usize, k: usize) -> Vec<usize> {
     if k <= 1 {
         return vec![n];
     }
-    let weights: Vec<f64> = (0..k).map(|i| 1.0 / (1.0 + i as f64 % 7.0).powi(2)).collect();
+    // One element each, the rest shared by weights 1, 1/4, 1/9, … repeating every 7 tensors.
+    let weights: Vec<f64> = (0..k).map(|i| 1.0 / (1.0 + (i % 7) as f64).powi(2)).collect();
     let total: f64 = weights.iter().sum();
-    let mut sizes: Vec<usize> = weights.iter().map(|w| ((w / total) * n as f64).max(1.0) as usize).collect();
-    let s: usize = sizes.iter().sum();
-    sizes[0] = (sizes[0] + n).saturating_sub(s).max(1);
+    let rest = n - k;
+    let mut sizes: Vec<usize> = weights.iter().map(|w| 1 + ((w / total) * rest as f64) as usize).collect();
+    let assigned: usize = sizes.iter().sum();
+    sizes[0] += n - assigned;
     sizes
 }
 
@@ -178,6 +180,9 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
 pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.params == 0 || cfg.steps == 0 || cfg.tensors == 0 || cfg.threads == 0 {
         bail!("--params, --tensors, --steps and --threads must be positive");
+    }
+    if cfg.tensors > cfg.params {
+        bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
     }
     let list: Vec<(String, Value)> = if cfg.optimizer == "all" {
         ALL.iter().map(|(n, h)| (n.to_string(), serde_json::from_str(h).expect("valid table"))).collect()

@@ -489,7 +489,8 @@ pub struct ScheduleFree {
     weight_sum: f64,
     step_count: u64,
     max_lr: f64,
-    z: Vec<Vec<f32>>,
+    z: ParamBufs,
+    ck: f32,
 }
 impl ScheduleFree {
     pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
@@ -501,43 +502,82 @@ impl ScheduleFree {
             weight_sum: 0.0,
             step_count: 1,
             max_lr: 0.0,
-            z: vec![],
+            z: ParamBufs::default(),
+            ck: 0.0,
         }
     }
 }
-impl Transform for ScheduleFree {
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        self.z = params.iter().map(|p| p.to_vec()).collect();
-        self.weight_sum = 0.0;
-        self.step_count = 1;
-        self.max_lr = 0.0;
-        self.base.init(shapes, params)
-    }
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+impl ScheduleFree {
+    /// Advances the weight sum and returns `c_k`, the weight of the new `z` in the average `x`.
+    fn next_ck(&mut self) -> f32 {
         let lr = self.lr.at(self.step_count);
         self.max_lr = self.max_lr.max(lr);
         self.step_count += 1;
         let weight = self.max_lr.powf(self.weight_lr_power);
         let next_total = self.weight_sum + weight;
-        let ck = if next_total == 0.0 { 0.0 } else { weight / next_total };
         self.weight_sum = next_total;
+        (if next_total == 0.0 { 0.0 } else { weight / next_total }) as f32
+    }
+
+    /// Turns the base optimizer's step `d` of `z` into the step of `y`, in place.
+    #[inline(always)]
+    fn interpolate(b1: f32, ck: f32, u: &mut [f32], y: &[f32], z: &mut [f32]) {
+        let y = &y[..u.len()];
+        let z = &mut z[..u.len()];
+        for j in 0..u.len() {
+            let z_old = z[j];
+            let z_new = z_old + u[j];
+            let prev_x = (y[j] - (1.0 - b1) * z_old) / b1;
+            let x = (1.0 - ck) * prev_x + ck * z_new;
+            let new_y = b1 * x + (1.0 - b1) * z_new;
+            z[j] = z_new;
+            u[j] = new_y - y[j];
+        }
+    }
+}
+
+impl Transform for ScheduleFree {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.z = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
+        self.weight_sum = 0.0;
+        self.step_count = 1;
+        self.max_lr = 0.0;
+        self.ck = 0.0;
+        self.base.init(shapes, params)
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        if self.as_elementwise().is_some() {
+            // Elementwise base: one fused pass (the default `update` runs it block by block).
+            self.as_elementwise().expect("checked").begin_step();
+            crate::transform::run_elementwise(self.elementwise().expect("checked"), updates, params);
+            return Ok(());
+        }
+        let ck = self.next_ck();
         self.base.update(updates, params)?;
-        let (b1, ck) = (self.b1 as f32, ck as f32);
+        let b1 = self.b1 as f32;
         for (i, (u, y)) in updates.iter_mut().zip(params).enumerate() {
-            for (j, d) in u.iter_mut().enumerate() {
-                let z_old = self.z[i][j];
-                let z = z_old + *d;
-                let prev_x = (y[j] - (1.0 - b1) * z_old) / b1;
-                let x = (1.0 - ck) * prev_x + ck * z;
-                let new_y = b1 * x + (1.0 - b1) * z;
-                self.z[i][j] = z;
-                *d = new_y - y[j];
-            }
+            // SAFETY: `&mut self` excludes any concurrent access.
+            let z = unsafe { self.z.slice(i, 0, u.len()) };
+            Self::interpolate(b1, ck, u, y, z);
         }
         Ok(())
     }
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        if self.base.elementwise().is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        if self.base.elementwise().is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
-        crate::state::visit_buffers(v, "z", &mut self.z)?;
+        self.z.visit(v, "z")?;
         v.scalar("weight_sum", &mut self.weight_sum)?;
         v.scalar("max_lr", &mut self.max_lr)?;
         v.counter("step_count", &mut self.step_count)?;
@@ -545,5 +585,16 @@ impl Transform for ScheduleFree {
         self.base.visit_state(v)?;
         v.pop();
         Ok(())
+    }
+}
+
+impl Elementwise for ScheduleFree {
+    fn begin_step(&mut self) {
+        self.ck = self.next_ck();
+        self.base.as_elementwise().expect("elementwise base").begin_step();
+    }
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        self.base.elementwise().expect("elementwise base").apply(i, off, u, p);
+        Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
     }
 }
