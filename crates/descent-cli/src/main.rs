@@ -63,6 +63,9 @@ enum BenchCommand {
         /// Timed steps after one warm-up step.
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Keyword arguments of a single optimizer, as JSON in the library's own names.
+        #[arg(long, default_value = "{}")]
+        hparams: String,
     },
 }
 
@@ -75,9 +78,14 @@ fn main() -> ExitCode {
             list();
             Ok(true)
         }
-        Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps } } => {
+        Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            bench::run(&bench::StepBench { optimizer, params, tensors, threads, steps }).map(|_| true)
+            serde_json::from_str(&hparams)
+                .with_context(|| format!("--hparams is not a JSON object: {hparams}"))
+                .and_then(|hparams| {
+                    bench::run(&bench::StepBench { optimizer, hparams, params, tensors, threads, steps })
+                })
+                .map(|_| true)
         }
     };
     match r {

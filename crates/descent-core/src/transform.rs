@@ -37,9 +37,14 @@ pub trait Transform: Send + Sync {
 
     /// Transforms `updates` in place; `params` are the current parameters.
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        self.as_elementwise()
-            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?
-            .begin_step();
+        let e = self
+            .as_elementwise()
+            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
+        if e.needs_prepare() {
+            let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
+            e.prepare(&inputs, params);
+        }
+        e.begin_step();
         let e = self.elementwise().expect("a transformation with as_elementwise has elementwise");
         run_elementwise(e, updates, params);
         Ok(())
@@ -75,6 +80,20 @@ pub trait Elementwise: Sync {
     /// # Safety
     /// Concurrent calls must cover disjoint element ranges of each parameter, within its bounds.
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+    /// Whether the rule needs a reduction of its input (a global norm) before the elementwise pass.
+    /// Such a transformation stays fusable only at the head of a chain, where its input is the
+    /// gradient itself.
+    fn needs_prepare(&self) -> bool {
+        false
+    }
+    /// Reads the input (what `apply` will receive as `u`) before `begin_step`.
+    fn prepare(&mut self, _inputs: &[&[f32]], _params: &[&[f32]]) {}
+    /// For a rule `u ← α·u + β·p` with per-step `α`, `β` the same for every parameter (scaling,
+    /// weight decay): `(α, β)` for this step, after `begin_step`. A chain folds a run of such links
+    /// into one pass.
+    fn affine(&self) -> Option<(f32, f32)> {
+        None
+    }
 }
 
 /// Runs `f(off, chunk)` over `data` in chunks of [`CHUNK`], across threads when the buffer is
@@ -103,6 +122,22 @@ where
             f(base + k * BLOCK, b);
         }
     });
+}
+
+/// The squared L2 norm of all buffers together, computed in `f64` over fixed chunks and summed in
+/// order, so the result does not depend on the number of threads.
+pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
+    let part = |c: &[f32]| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+    bufs.iter()
+        .map(|b| {
+            let parts: Vec<f64> = if b.len() >= PARALLEL_MIN {
+                b.par_chunks(CHUNK).map(part).collect()
+            } else {
+                b.chunks(CHUNK).map(part).collect()
+            };
+            parts.iter().sum::<f64>()
+        })
+        .sum()
 }
 
 /// Applies an elementwise transformation to all updates: block by block, large tensors split
@@ -200,6 +235,12 @@ impl Chain {
     pub fn new(links: Vec<Box<dyn Transform>>) -> Self {
         Chain { links }
     }
+
+    /// One fused elementwise pass covers the whole chain: every link is elementwise and only the
+    /// first may need a reduction of its input.
+    fn fusable(&self) -> bool {
+        self.links.iter().enumerate().all(|(k, l)| l.elementwise().is_some_and(|e| k == 0 || !e.needs_prepare()))
+    }
 }
 
 /// Shorthand for [`Chain::new`].
@@ -220,9 +261,14 @@ impl Transform for Chain {
                 k += 1;
                 continue;
             }
-            let mut end = k;
-            while end < self.links.len() && self.links[end].elementwise().is_some() {
+            let mut end = k + 1;
+            while end < self.links.len() && self.links[end].elementwise().is_some_and(|e| !e.needs_prepare()) {
                 end += 1;
+            }
+            let head = self.links[k].as_elementwise().expect("elementwise link");
+            if head.needs_prepare() {
+                let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
+                head.prepare(&inputs, params);
             }
             for l in self.links[k..end].iter_mut() {
                 l.as_elementwise().expect("elementwise link").begin_step();
@@ -234,7 +280,7 @@ impl Transform for Chain {
     }
 
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
-        if self.links.iter().all(|l| l.elementwise().is_some()) {
+        if self.fusable() {
             Some(self)
         } else {
             None
@@ -242,7 +288,7 @@ impl Transform for Chain {
     }
 
     fn elementwise(&self) -> Option<&dyn Elementwise> {
-        if self.links.iter().all(|l| l.elementwise().is_some()) {
+        if self.fusable() {
             Some(self)
         } else {
             None
@@ -272,18 +318,66 @@ impl Elementwise for Chain {
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         ChainRun(&self.links).apply(i, off, u, p)
     }
+    fn needs_prepare(&self) -> bool {
+        self.links.first().and_then(|l| l.elementwise()).is_some_and(|e| e.needs_prepare())
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        if let Some(e) = self.links.first_mut().and_then(|l| l.as_elementwise()) {
+            e.prepare(inputs, params);
+        }
+    }
 }
 
-/// A run of elementwise links applied one after the other to each block.
+/// A run of elementwise links applied one after the other to each block; a tail of affine links
+/// (`u ← α·u + β·p`) is composed into one `(α, β)` and applied in a single loop.
 struct ChainRun<'a>(&'a [Box<dyn Transform>]);
 
 impl Elementwise for ChainRun<'_> {
     fn begin_step(&mut self) {}
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        for l in self.0 {
-            l.elementwise().expect("all links are elementwise").apply(i, off, u, p);
+        fn link(l: &dyn Transform) -> &dyn Elementwise {
+            l.elementwise().expect("elementwise link")
+        }
+        let n = self.0.len();
+        let tail = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine().is_some()).count();
+        let head = if tail < 2 { n } else { n - tail };
+        for l in &self.0[..head] {
+            link(l.as_ref()).apply(i, off, u, p);
+        }
+        if head < n {
+            // (α, β) of the composition: u ← α₂(α₁u + β₁p) + β₂p.
+            let (a, b) = self.0[head..].iter().fold((1.0f32, 0.0f32), |(a, b), l| {
+                let (a2, b2) = link(l.as_ref()).affine().expect("affine link");
+                (a2 * a, a2 * b + b2)
+            });
+            affine_pass(u, p, a, b);
         }
     }
+}
+
+/// `u ← a·u + b·p`, vectorized for the CPU at hand.
+fn affine_pass(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+    #[inline(always)]
+    fn body(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+        let p = &p[..u.len()];
+        if b == 0.0 {
+            u.iter_mut().for_each(|x| *x *= a);
+        } else {
+            u.iter_mut().zip(p).for_each(|(x, w)| *x = a * *x + b * w);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+            body(u, p, a, b)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(u, p, a, b) };
+        }
+    }
+    body(u, p, a, b)
 }
 
 /// What to do with a step whose gradients hold NaN or infinite values.
@@ -349,6 +443,9 @@ impl Optimizer {
             return Ok(false);
         }
         if let Some(e) = self.tx.as_elementwise() {
+            if e.needs_prepare() {
+                e.prepare(grads, &params.iter().map(|p| &**p).collect::<Vec<_>>());
+            }
             e.begin_step();
             fused_step(self.tx.elementwise().expect("elementwise form"), params, grads);
             self.steps += 1;
@@ -495,8 +592,8 @@ mod tests {
                 Box::new(ScaleByLearningRate::new(0.01, true)),
             ];
             if !fused {
-                // A no-op reduction forces the full-buffer path.
-                l.insert(0, Box::new(ClipByGlobalNorm::new(f64::INFINITY)));
+                // A no-op whole-tensor transformation (centralizing 1-D tensors) forces the full-buffer path.
+                l.insert(0, Box::new(crate::transforms::Centralize::default()));
             }
             let mut c = Chain::new(l);
             assert_eq!(c.as_elementwise().is_some(), fused);
@@ -512,6 +609,79 @@ mod tests {
         }
         for (x, y) in pa.iter().flatten().zip(pb.iter().flatten()) {
             assert_eq!(x.to_bits(), y.to_bits());
+        }
+    }
+
+    /// Global-norm clipping at the head of a chain runs fused (a read-only norm pass, then one
+    /// pass) and gives exactly what the link-by-link path gives; elsewhere in a chain it splits
+    /// the fused runs.
+    #[test]
+    fn global_norm_clip_fuses_at_the_head_of_a_chain() {
+        let shapes = vec![vec![PARALLEL_MIN + 11], vec![3]];
+        let init: Vec<Vec<f32>> =
+            shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect()).collect();
+        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
+        let links = || -> Vec<Box<dyn Transform>> {
+            vec![
+                Box::new(ClipByGlobalNorm::new(1.0)),
+                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(ScaleByLearningRate::new(0.01, true)),
+            ]
+        };
+        let mut head = Chain::new(links());
+        assert!(head.as_elementwise().is_some());
+        let mut tail = links();
+        tail.rotate_left(1);
+        assert!(Chain::new(tail).as_elementwise().is_none());
+
+        let mut fused = Optimizer::new(Box::new(head), shapes.clone(), &views).unwrap();
+        let mut separate = links();
+        for l in separate.iter_mut() {
+            l.init(&shapes, &views).unwrap();
+        }
+        let (mut pa, mut pb) = (init.clone(), init.clone());
+        for step in 0..3 {
+            let g: Vec<Vec<f32>> =
+                init.iter().map(|p| p.iter().map(|x| (x * (step + 3) as f32).sin()).collect()).collect();
+            fused.step_vecs(&mut pa, &g).unwrap();
+            let mut u = g.clone();
+            let pv: Vec<&[f32]> = pb.iter().map(|p| p.as_slice()).collect();
+            for l in separate.iter_mut() {
+                l.update(&mut u, &pv).unwrap();
+            }
+            for (p, d) in pb.iter_mut().zip(&u) {
+                p.iter_mut().zip(d).for_each(|(x, d)| *x += d);
+            }
+        }
+        for (x, y) in pa.iter().flatten().zip(pb.iter().flatten()) {
+            assert_eq!(x.to_bits(), y.to_bits());
+        }
+    }
+
+    /// A tail of affine links (weight decay, learning rate) is folded into one pass; the result
+    /// equals applying them one by one up to rounding (a few ulps).
+    #[test]
+    fn folded_affine_tail_matches_link_by_link() {
+        let shapes = vec![vec![BLOCK * 2 + 3]];
+        let init: Vec<Vec<f32>> = vec![(0..numel(&shapes[0])).map(|i| (i as f32 * 0.37).sin()).collect()];
+        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
+        let links = || -> Vec<Box<dyn Transform>> {
+            vec![
+                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(AddDecayedWeights::new(0.05)),
+                Box::new(ScaleByLearningRate::new(0.01, true)),
+            ]
+        };
+        let mut folded = Chain::new(links());
+        let mut separate = links();
+        folded.init(&shapes, &views).unwrap();
+        separate.iter_mut().for_each(|l| l.init(&shapes, &views).unwrap());
+        let g: Vec<Vec<f32>> = init.iter().map(|p| p.iter().map(|x| x.cos()).collect()).collect();
+        let (mut a, mut b) = (g.clone(), g.clone());
+        folded.update(&mut a, &views).unwrap();
+        separate.iter_mut().for_each(|l| l.update(&mut b, &views).unwrap());
+        for (x, y) in a[0].iter().zip(&b[0]) {
+            assert!((x - y).abs() <= 4.0 * f32::EPSILON * y.abs().max(1e-30), "{x} vs {y}");
         }
     }
 

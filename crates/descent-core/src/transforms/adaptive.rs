@@ -4,8 +4,9 @@ use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
 use crate::transform::Elementwise;
 
+/// `1 / (1 − decayᵗ)`: bias corrections are applied as products, so a kernel divides once.
 fn bc(decay: f32, t: u64) -> f32 {
-    (1.0 - (decay as f64).powf(t as f64)) as f32
+    (1.0 / (1.0 - (decay as f64).powf(t as f64))) as f32
 }
 
 /// optax `scale_by_adam` (Kingma & Ba 2015): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
@@ -74,23 +75,23 @@ impl Elementwise for ScaleByAdam {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
                 v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                vm[j] = vm[j].max(v[j] / bc2);
-                u[j] = (m[j] / bc1) / ((vm[j] + eps_root).sqrt() + eps);
+                vm[j] = vm[j].max(v[j] * bc2);
+                u[j] = (m[j] * bc1) / ((vm[j] + eps_root).sqrt() + eps);
             }
         } else if this.nesterov {
             for j in 0..n {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
                 v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                let m_hat = b1 * (m[j] / bc1n) + (1.0 - b1) * (g / bc1);
-                u[j] = m_hat / ((v[j] / bc2 + eps_root).sqrt() + eps);
+                let m_hat = b1 * (m[j] * bc1n) + (1.0 - b1) * (g * bc1);
+                u[j] = m_hat / ((v[j] * bc2 + eps_root).sqrt() + eps);
             }
         } else {
             for j in 0..n {
                 let g = u[j];
                 m[j] = (1.0 - b1) * g + b1 * m[j];
                 v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                u[j] = (m[j] / bc1) / ((v[j] / bc2 + eps_root).sqrt() + eps);
+                u[j] = (m[j] * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
             }
         }
     });
@@ -135,7 +136,7 @@ impl Elementwise for ScaleByRms {
         let d = this.decay;
         for (g, v) in u.iter_mut().zip(v) {
             *v = (1.0 - d) * *g * *g + d * *v;
-            let vh = *v / this.bc;
+            let vh = *v * this.bc;
             *g *= if this.eps_in_sqrt { 1.0 / (vh + this.eps).sqrt() } else { 1.0 / (vh.sqrt() + this.eps) };
         }
     });
@@ -185,7 +186,7 @@ impl Elementwise for ScaleByStddev {
             let g = u[j];
             m[j] = (1.0 - d) * g + d * m[j];
             v[j] = (1.0 - d) * g * g + d * v[j];
-            let (mh, vh) = (m[j] / this.bc, v[j] / this.bc);
+            let (mh, vh) = (m[j] * this.bc, v[j] * this.bc);
             let var = vh - mh * mh;
             u[j] = g * if this.eps_in_sqrt { 1.0 / (var + this.eps).sqrt() } else { 1.0 / (var.sqrt() + this.eps) };
         }
@@ -229,7 +230,7 @@ impl Elementwise for ScaleByAdamax {
             let g = u[j];
             m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
             v[j] = (g.abs() + this.eps).max(this.b2 * v[j]);
-            u[j] = (m[j] / this.bc1) / v[j];
+            u[j] = (m[j] * this.bc1) / v[j];
         }
     });
 }
@@ -351,8 +352,8 @@ impl Elementwise for ScaleByAdan {
             v[j] = (1.0 - b2) * diff + b2 * v[j];
             let sq = g + (1.0 - b2) * diff;
             n[j] = (1.0 - b3) * sq * sq + b3 * n[j];
-            let num = m[j] / this.bcs[0] + (1.0 - b2) * (v[j] / this.bcs[1]);
-            u[j] = num / ((n[j] / this.bcs[2] + this.eps_root).sqrt() + this.eps);
+            let num = m[j] * this.bcs[0] + (1.0 - b2) * (v[j] * this.bcs[1]);
+            u[j] = num / ((n[j] * this.bcs[2] + this.eps_root).sqrt() + this.eps);
             pg[j] = g;
         }
     });
@@ -408,8 +409,8 @@ impl Elementwise for ScaleByBelief {
             let e = g - m[j];
             v[j] = (1.0 - b2) * e * e + b2 * v[j] + this.eps_root;
             let m_hat =
-                if this.nesterov { b1 * (m[j] / this.bc1_next) + (1.0 - b1) * (g / this.bc1) } else { m[j] / this.bc1 };
-            u[j] = m_hat / ((v[j] / this.bc2).sqrt() + this.eps);
+                if this.nesterov { b1 * (m[j] * this.bc1_next) + (1.0 - b1) * (g * this.bc1) } else { m[j] * this.bc1 };
+            u[j] = m_hat / ((v[j] * this.bc2).sqrt() + this.eps);
         }
     });
 }
@@ -459,7 +460,7 @@ impl Elementwise for ScaleByYogi {
             let g2 = g * g;
             m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
             v[j] -= (1.0 - this.b2) * sign(v[j] - g2) * g2;
-            u[j] = (m[j] / this.bc1) / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps);
+            u[j] = (m[j] * this.bc1) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
 }
@@ -517,9 +518,9 @@ impl Elementwise for ScaleByRadam {
             let g = u[j];
             m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
             v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
-            let mh = m[j] / this.bc1;
+            let mh = m[j] * this.bc1;
             u[j] = match this.rect {
-                Some(r) => r * mh / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps),
+                Some(r) => r * mh / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps),
                 None => mh,
             };
         }

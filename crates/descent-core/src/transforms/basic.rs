@@ -16,6 +16,9 @@ impl Scale {
 elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Scale {
     fn begin_step(&mut self) {}
+    fn affine(&self) -> Option<(f32, f32)> {
+        Some((self.step_size, 0.0))
+    }
     simd_apply!(Scale, |this, i, off, u, p| {
         for x in u {
             *x *= this.step_size;
@@ -38,6 +41,9 @@ impl ScaleByLearningRate {
 }
 elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for ScaleByLearningRate {
+    fn affine(&self) -> Option<(f32, f32)> {
+        Some((self.current, 0.0))
+    }
     fn begin_step(&mut self) {
         self.current = (self.sign * self.lr.at(self.count)) as f32;
         self.count += 1;
@@ -69,6 +75,10 @@ impl AddDecayedWeights {
 }
 elementwise_transform!(AddDecayedWeights, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for AddDecayedWeights {
+    fn affine(&self) -> Option<(f32, f32)> {
+        // Per-parameter masks make the rule differ between parameters: not foldable.
+        self.mask.is_none().then_some((1.0, self.current))
+    }
     fn begin_step(&mut self) {
         self.current = self.wd.at(self.count) as f32;
         self.count += 1;

@@ -45,8 +45,8 @@ elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes).i
 impl Elementwise for ScaleByAdemamix {
     fn begin_step(&mut self) {
         self.count += 1;
-        self.bc1 = (1.0 - (self.b1 as f64).powf(self.count as f64)) as f32;
-        self.bc2 = (1.0 - (self.b2 as f64).powf(self.count as f64)) as f32;
+        self.bc1 = (1.0 / (1.0 - (self.b1 as f64).powf(self.count as f64))) as f32;
+        self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(self.count as f64))) as f32;
     }
     simd_apply!(ScaleByAdemamix, |this, i, off, u, p| {
         let n = u.len();
@@ -58,7 +58,7 @@ impl Elementwise for ScaleByAdemamix {
             m1[j] = (1.0 - this.b1) * g + this.b1 * m1[j];
             m2[j] = (1.0 - this.b3) * g + this.b3 * m2[j];
             v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
-            u[j] = (m1[j] / this.bc1 + this.alpha * m2[j]) / ((v[j] / this.bc2 + this.eps_root).sqrt() + this.eps);
+            u[j] = (m1[j] * this.bc1 + this.alpha * m2[j]) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
 }
@@ -596,5 +596,13 @@ impl Elementwise for ScheduleFree {
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         self.base.elementwise().expect("elementwise base").apply(i, off, u, p);
         Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
+    }
+    fn needs_prepare(&self) -> bool {
+        self.base.elementwise().is_some_and(|e| e.needs_prepare())
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        if let Some(e) = self.base.as_elementwise() {
+            e.prepare(inputs, params);
+        }
     }
 }

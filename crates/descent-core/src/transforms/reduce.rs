@@ -4,7 +4,8 @@
 use super::{state, sum_sq, zeros};
 use crate::error::Result;
 use crate::state::StateVisitor;
-use crate::transform::{numel, Shapes, Transform};
+use crate::transform::{numel, Elementwise, Shapes, Transform};
+use crate::transforms::simd_apply;
 
 macro_rules! stateless {
     () => {
@@ -46,28 +47,46 @@ impl Transform for Centralize {
 }
 
 /// optax `clip_by_global_norm`: if the norm of all updates together exceeds `max_norm`, scales them
-/// all by `max_norm / norm` (one norm over every parameter, not one per tensor).
+/// all by `max_norm / norm` (one norm over every parameter, not one per tensor). Elementwise after a
+/// reduction of its input, so at the head of a chain it costs one read of the gradient.
 pub struct ClipByGlobalNorm {
     max_norm: f64,
+    scale: f32,
 }
 impl ClipByGlobalNorm {
     pub fn new(max_norm: f64) -> Self {
-        ClipByGlobalNorm { max_norm }
+        ClipByGlobalNorm { max_norm, scale: 1.0 }
     }
 }
 /// The L2 norm of all buffers together.
 pub fn global_norm(bufs: &[Vec<f32>]) -> f64 {
-    bufs.iter().map(|b| sum_sq(b)).sum::<f64>().sqrt()
+    let views: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+    crate::transform::global_sum_sq(&views).sqrt()
 }
 impl Transform for ClipByGlobalNorm {
     stateless!();
-    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
-        let norm = global_norm(updates);
-        if norm >= self.max_norm {
-            let s = (self.max_norm / norm) as f32;
-            updates.iter_mut().flatten().for_each(|x| *x *= s);
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
+}
+impl Elementwise for ClipByGlobalNorm {
+    fn begin_step(&mut self) {}
+    simd_apply!(ClipByGlobalNorm, |this, i, off, u, p| {
+        if this.scale != 1.0 {
+            for x in u.iter_mut() {
+                *x *= this.scale;
+            }
         }
-        Ok(())
+    });
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        let norm = crate::transform::global_sum_sq(inputs).sqrt();
+        self.scale = if norm >= self.max_norm { (self.max_norm / norm) as f32 } else { 1.0 };
     }
 }
 
