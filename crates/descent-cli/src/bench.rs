@@ -148,6 +148,7 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
     // Full-size state buffers per parameter decide the access pattern.
     let state = opt.state_dict()?;
     let k = state.buffers.iter().filter(|(_, b)| b.len() == sizes[0]).count();
+    let state_bytes = opt.state_bytes()? as f64 / cfg.params as f64;
     let bytes = (3 + 2 * k) * 4;
 
     // The roofline's own buffers, touched once so that no page fault lands in a timed step.
@@ -173,6 +174,7 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
         "tensors": sizes.len(),
         "threads": cfg.threads,
         "state_buffers": k,
+        "state_bytes_per_param": state_bytes,
         "bytes_per_param": bytes,
         "ns_per_param": step_s * 1e9 / n,
         "params_per_s": n / step_s,

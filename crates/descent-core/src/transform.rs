@@ -484,6 +484,13 @@ impl Optimizer {
         self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
     }
 
+    /// Bytes of optimizer state (every buffer, not the parameters or scratch).
+    pub fn state_bytes(&mut self) -> Result<usize> {
+        let mut s = crate::state::Saver::default();
+        self.tx.visit_state(&mut s)?;
+        Ok(s.dict.buffers.values().map(|b| b.len() * std::mem::size_of::<f32>()).sum())
+    }
+
     /// The whole state, for saving.
     pub fn state_dict(&mut self) -> Result<StateDict> {
         let mut s = crate::state::Saver::default();

@@ -351,7 +351,7 @@ impl Transform for ScaleByFactoredRms {
                 Factoring::Full => {
                     for (g, v) in u.iter_mut().zip(self.v[i].iter_mut()) {
                         *v = decay * *v + (1.0 - decay) * (*g * *g + self.epsilon);
-                        *g *= v.powf(-0.5);
+                        *g /= v.sqrt();
                     }
                 }
                 Factoring::Factored { d0, d1 } => {
@@ -387,8 +387,8 @@ impl Transform for ScaleByFactoredRms {
                         let mut ri = vec![0; row_shape.len()];
                         unravel(r, &row_shape, &mut ri);
                         let rm = rmean[ravel_without(&ri, &row_shape, rd1)] as f32;
-                        let row_factor = (self.v_row[i][r] / rm).powf(-0.5);
-                        let col_factor = self.v_col[i][ravel_without(&idx, s, d1)].powf(-0.5);
+                        let row_factor = 1.0 / (self.v_row[i][r] / rm).sqrt();
+                        let col_factor = 1.0 / self.v_col[i][ravel_without(&idx, s, d1)].sqrt();
                         *g = *g * row_factor * col_factor;
                     }
                 }
