@@ -88,10 +88,10 @@ pub trait Elementwise: Sync {
     }
     /// Reads the input (what `apply` will receive as `u`) before `begin_step`.
     fn prepare(&mut self, _inputs: &[&[f32]], _params: &[&[f32]]) {}
-    /// For a rule `u ← α·u + β·p` with per-step `α`, `β` the same for every parameter (scaling,
-    /// weight decay): `(α, β)` for this step, after `begin_step`. A chain folds a run of such links
-    /// into one pass.
-    fn affine(&self) -> Option<(f32, f32)> {
+    /// For a rule `u ← α·u + β·p` with per-step, per-parameter `α`, `β` (scaling, weight decay,
+    /// trust ratios): `(α, β)` for parameter `i` this step, after `begin_step`. A chain folds a run
+    /// of such links into one pass.
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
         None
     }
 }
@@ -127,7 +127,7 @@ where
 /// The squared L2 norm of all buffers together, computed in `f64` over fixed chunks and summed in
 /// order, so the result does not depend on the number of threads.
 pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
-    let part = |c: &[f32]| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+    let part = crate::transforms::sum_sq;
     bufs.iter()
         .map(|b| {
             let parts: Vec<f64> = if b.len() >= PARALLEL_MIN {
@@ -339,7 +339,7 @@ impl Elementwise for ChainRun<'_> {
             l.elementwise().expect("elementwise link")
         }
         let n = self.0.len();
-        let tail = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine().is_some()).count();
+        let tail = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
         let head = if tail < 2 { n } else { n - tail };
         for l in &self.0[..head] {
             link(l.as_ref()).apply(i, off, u, p);
@@ -347,7 +347,7 @@ impl Elementwise for ChainRun<'_> {
         if head < n {
             // (α, β) of the composition: u ← α₂(α₁u + β₁p) + β₂p.
             let (a, b) = self.0[head..].iter().fold((1.0f32, 0.0f32), |(a, b), l| {
-                let (a2, b2) = link(l.as_ref()).affine().expect("affine link");
+                let (a2, b2) = link(l.as_ref()).affine(i).expect("affine link");
                 (a2 * a, a2 * b + b2)
             });
             affine_pass(u, p, a, b);

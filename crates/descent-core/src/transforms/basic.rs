@@ -16,7 +16,7 @@ impl Scale {
 elementwise_transform!(Scale, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Scale {
     fn begin_step(&mut self) {}
-    fn affine(&self) -> Option<(f32, f32)> {
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
         Some((self.step_size, 0.0))
     }
     simd_apply!(Scale, |this, i, off, u, p| {
@@ -41,7 +41,7 @@ impl ScaleByLearningRate {
 }
 elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for ScaleByLearningRate {
-    fn affine(&self) -> Option<(f32, f32)> {
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
         Some((self.current, 0.0))
     }
     fn begin_step(&mut self) {
@@ -75,9 +75,9 @@ impl AddDecayedWeights {
 }
 elementwise_transform!(AddDecayedWeights, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for AddDecayedWeights {
-    fn affine(&self) -> Option<(f32, f32)> {
-        // Per-parameter masks make the rule differ between parameters: not foldable.
-        self.mask.is_none().then_some((1.0, self.current))
+    fn affine(&self, i: usize) -> Option<(f32, f32)> {
+        let on = self.mask.as_ref().is_none_or(|m| m.get(i).copied().unwrap_or(true));
+        Some((1.0, if on { self.current } else { 0.0 }))
     }
     fn begin_step(&mut self) {
         self.current = self.wd.at(self.count) as f32;

@@ -93,9 +93,36 @@ pub(crate) fn sign(x: f32) -> f32 {
     }
 }
 
-/// Sum of squares in `f64`, for norms.
-pub(crate) fn sum_sq(x: &[f32]) -> f64 {
-    x.iter().map(|&v| (v as f64) * (v as f64)).sum()
+/// Sum of squares in `f64`, for norms: eight independent accumulators (so the adds pipeline and
+/// vectorize) combined in a fixed order, so the result is deterministic.
+pub fn sum_sq(x: &[f32]) -> f64 {
+    #[inline(always)]
+    fn body(x: &[f32]) -> f64 {
+        let mut acc = [0.0f64; 8];
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for k in 0..8 {
+                acc[k] += (c[k] as f64) * (c[k] as f64);
+            }
+        }
+        let mut tail = 0.0f64;
+        for &v in chunks.remainder() {
+            tail += (v as f64) * (v as f64);
+        }
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(x: &[f32]) -> f64 {
+            body(x)
+        }
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2(x) };
+        }
+    }
+    body(x)
 }
 
 /// Implements `visit_state` from a list of per-parameter buffer fields and counter fields.

@@ -152,26 +152,19 @@ impl Transform for AdaptiveGradClip {
     }
 }
 
-fn safe_norm(x: &[f32], min_norm: f64) -> f64 {
-    let n = sum_sq(x).sqrt();
-    if n <= min_norm {
-        min_norm
-    } else {
-        n
-    }
-}
-
 /// optax `scale_by_trust_ratio` (LARS/LAMB, You et al. 2017/2019): scales each tensor's update by
-/// `coef · ‖p‖ / (‖u‖ + eps)`, or 1 when either norm is zero.
+/// `coef · ‖p‖ / (‖u‖ + eps)`, or 1 when either norm is zero. Elementwise after a per-tensor
+/// reduction of its input, so it costs one read-only pass between two fused ones.
 pub struct ScaleByTrustRatio {
     min_norm: f64,
     trust_coefficient: f64,
     eps: f64,
     mask: Option<Vec<bool>>,
+    ratios: Vec<f32>,
 }
 impl ScaleByTrustRatio {
     pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
-        ScaleByTrustRatio { min_norm, trust_coefficient, eps, mask: None }
+        ScaleByTrustRatio { min_norm, trust_coefficient, eps, mask: None, ratios: vec![] }
     }
     /// Applies only to the parameters whose mask entry is `true`.
     pub fn masked(mut self, mask: Vec<bool>) -> Self {
@@ -181,18 +174,51 @@ impl ScaleByTrustRatio {
 }
 impl Transform for ScaleByTrustRatio {
     stateless!();
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
-                continue;
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
+}
+impl Elementwise for ScaleByTrustRatio {
+    fn begin_step(&mut self) {}
+    simd_apply!(ScaleByTrustRatio, |this, i, off, u, p| {
+        let r = this.ratios[i];
+        if r != 1.0 {
+            for x in u.iter_mut() {
+                *x *= r;
             }
-            let pn = safe_norm(p, self.min_norm);
-            let un = safe_norm(u, self.min_norm);
-            let ratio = if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) };
-            let r = ratio as f32;
-            u.iter_mut().for_each(|x| *x *= r);
         }
-        Ok(())
+    });
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let safe = |sq: f64, min: f64| {
+            let n = sq.sqrt();
+            if n <= min {
+                min
+            } else {
+                n
+            }
+        };
+        self.ratios = inputs
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(i, (u, p))| {
+                if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+                    return 1.0;
+                }
+                let pn = safe(crate::transform::global_sum_sq(&[p]), self.min_norm);
+                let un = safe(crate::transform::global_sum_sq(&[u]), self.min_norm);
+                (if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) }) as f32
+            })
+            .collect();
+    }
+    fn affine(&self, i: usize) -> Option<(f32, f32)> {
+        Some((self.ratios[i], 0.0))
     }
 }
 
