@@ -1,0 +1,19 @@
+//! Typed errors of the training engine.
+
+/// What can go wrong while loading data or training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] descent_core::Error),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A data file that is missing, truncated or malformed.
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
+    /// A parameter or gradient that is not what the optimizer expects.
+    #[error("{0}")]
+    Param(String),
+}
+
+/// Result alias of the training engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! # descent-train
+//!
+//! The training engine on candle: descent's optimizers updating candle `Var`s in place, datasets,
+//! models and the training loop.
+
+pub mod error;
+pub mod mnist;
+pub mod optim;
+
+pub use error::{Error, Result};
+pub use optim::VarOptimizer;

@@ -1,0 +1,1 @@
+//! The MNIST idx format, gzip or not.
