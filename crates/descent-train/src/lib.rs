@@ -5,7 +5,9 @@
 
 pub mod error;
 pub mod mnist;
+pub mod model;
 pub mod optim;
+pub mod rng;
 
 pub use error::{Error, Result};
 pub use optim::VarOptimizer;

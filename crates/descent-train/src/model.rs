@@ -1,0 +1,200 @@
+//! Models with their parameters as named candle variables (PyTorch's names: `fc1.weight`, …),
+//! initialized from a seed.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Weight initialization schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// PyTorch's default for `Linear`/`Conv2d`: weights and biases `U(−1/√fan_in, 1/√fan_in)`
+    /// (kaiming_uniform with a = √5).
+    TorchDefault,
+    /// Glorot & Bengio 2010, uniform: `U(±√(6/(fan_in + fan_out)))`.
+    XavierUniform,
+    /// Glorot normal: `N(0, 2/(fan_in + fan_out))`.
+    XavierNormal,
+    /// He et al. 2015, uniform for ReLU: `U(±√(6/fan_in))`.
+    KaimingUniform,
+    /// He normal for ReLU: `N(0, 2/fan_in)`.
+    KaimingNormal,
+}
+
+impl Init {
+    pub const NAMES: &'static [&'static str] =
+        &["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"];
+
+    pub fn parse(s: &str) -> Result<Init> {
+        Ok(match s {
+            "torch" | "default" => Init::TorchDefault,
+            "xavier_uniform" | "glorot_uniform" => Init::XavierUniform,
+            "xavier_normal" | "glorot_normal" => Init::XavierNormal,
+            "kaiming_uniform" | "he_uniform" => Init::KaimingUniform,
+            "kaiming_normal" | "he_normal" => Init::KaimingNormal,
+            other => return Err(Error::Param(format!("unknown init `{other}`; accepted: {}", Init::NAMES.join(", ")))),
+        })
+    }
+
+    /// Weight values for a tensor with these fans.
+    fn weights(self, n: usize, fan_in: usize, fan_out: usize, rng: &mut Rng) -> Vec<f32> {
+        let (fi, fo) = (fan_in as f32, fan_out as f32);
+        match self {
+            Init::TorchDefault => {
+                let b = 1.0 / fi.sqrt();
+                (0..n).map(|_| rng.range(-b, b)).collect()
+            }
+            Init::XavierUniform => {
+                let b = (6.0 / (fi + fo)).sqrt();
+                (0..n).map(|_| rng.range(-b, b)).collect()
+            }
+            Init::XavierNormal => {
+                let s = (2.0 / (fi + fo)).sqrt();
+                (0..n).map(|_| s * rng.normal()).collect()
+            }
+            Init::KaimingUniform => {
+                let b = (6.0 / fi).sqrt();
+                (0..n).map(|_| rng.range(-b, b)).collect()
+            }
+            Init::KaimingNormal => {
+                let s = (2.0 / fi).sqrt();
+                (0..n).map(|_| s * rng.normal()).collect()
+            }
+        }
+    }
+
+    /// Bias values: PyTorch's `U(±1/√fan_in)` for the default scheme, zeros otherwise.
+    fn biases(self, n: usize, fan_in: usize, rng: &mut Rng) -> Vec<f32> {
+        match self {
+            Init::TorchDefault => {
+                let b = 1.0 / (fan_in as f32).sqrt();
+                (0..n).map(|_| rng.range(-b, b)).collect()
+            }
+            _ => vec![0.0; n],
+        }
+    }
+}
+
+fn var(values: Vec<f32>, shape: &[usize], dev: &Device) -> Result<Var> {
+    Ok(Var::from_tensor(&Tensor::from_vec(values, shape, dev)?)?)
+}
+
+/// A fully connected layer `y = x Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    pub fn new(inp: usize, out: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        let w = init.weights(inp * out, inp, out, rng);
+        let b = init.biases(out, inp, rng);
+        Ok(Linear { weight: var(w, &[out, inp], dev)?, bias: var(b, &[out], dev)? })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?)
+    }
+}
+
+/// Inverted dropout with a mask drawn from the seeded generator (candle's own RNG is not seedable).
+pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 }).collect();
+    let m = Tensor::from_vec(mask, x.dims(), x.device())?;
+    Ok((x * m)?)
+}
+
+/// Whether a forward pass trains (dropout on) or evaluates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// A model: a forward pass and its parameters by name.
+pub trait Model {
+    /// Logits (or predictions) for a batch.
+    fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor>;
+    /// Parameters with PyTorch's names, in a fixed order.
+    fn named_vars(&self) -> Vec<(String, Var)>;
+}
+
+/// Linear regression `y = w·x + b` on one feature.
+pub struct LinearRegression {
+    pub layer: Linear,
+}
+
+impl LinearRegression {
+    pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Ok(LinearRegression { layer: Linear::new(1, 1, init, rng, dev)? })
+    }
+}
+
+impl Model for LinearRegression {
+    fn forward(&self, x: &Tensor, _mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
+        self.layer.forward(x)
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        vec![("bias".into(), self.layer.bias.clone()), ("weight".into(), self.layer.weight.clone())]
+    }
+}
+
+/// Flatten → Linear(784, 128) → ReLU → Dropout(p) → Linear(128, 10).
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub dropout: f32,
+}
+
+impl Mlp {
+    pub fn new(init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Ok(Mlp { fc1: Linear::new(784, 128, init, rng, dev)?, fc2: Linear::new(128, 10, init, rng, dev)?, dropout })
+    }
+}
+
+impl Model for Mlp {
+    fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
+        let x = x.flatten_from(1)?;
+        let h = self.fc1.forward(&x)?.relu()?;
+        let h = if mode == Mode::Train { dropout(&h, self.dropout, rng)? } else { h };
+        self.fc2.forward(&h)
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        vec![
+            ("fc1.bias".into(), self.fc1.bias.clone()),
+            ("fc1.weight".into(), self.fc1.weight.clone()),
+            ("fc2.bias".into(), self.fc2.bias.clone()),
+            ("fc2.weight".into(), self.fc2.weight.clone()),
+        ]
+    }
+}
+
+/// Mean cross-entropy of logits `[n, classes]` against class indices `[n]` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// Mean squared error.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok((pred - target)?.sqr()?.mean_all()?)
+}
+
+/// Mean binary cross-entropy with logits, in the stable form `max(x,0) − x·y + log(1 + e^{−|x|})`.
+pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let relu = logits.relu()?;
+    let soft = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok(((relu - (logits * target)?)? + soft)?.mean_all()?)
+}
+
+/// Number of correct predictions (argmax of logits against class indices).
+pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(D::Minus1)?;
+    Ok(pred.eq(targets)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
