@@ -1,6 +1,7 @@
 //! The `descent` command-line tool.
 
 mod bench;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,45 @@ enum Command {
     },
     /// List the optimizers and schedules descent reproduces, by registry name.
     List,
+    /// Train a model on the bundled data.
+    Train {
+        /// Model: linear (regression on y = 2x + noise) or mlp (MNIST).
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
+        #[arg(long, default_value = "adam")]
+        optimizer: String,
+        /// Learning rate (default: 1e-3 for MNIST models, 0.1 for linear).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
+        #[arg(long, default_value = "{}")]
+        hparams: String,
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Stop after this many optimizer steps.
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
+        #[arg(long, default_value = "torch")]
+        init: String,
+        /// Dropout probability of the MLP's hidden layer.
+        #[arg(long, default_value_t = 0.2)]
+        dropout: f32,
+        /// Standardize MNIST pixels with the training set's mean and std.
+        #[arg(long)]
+        normalize: bool,
+        /// Folder with the MNIST idx files.
+        #[arg(long, default_value = "data/mnist")]
+        data: PathBuf,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -78,6 +118,42 @@ fn main() -> ExitCode {
             list();
             Ok(true)
         }
+        Command::Train {
+            model,
+            optimizer,
+            lr,
+            hparams,
+            epochs,
+            steps,
+            batch_size,
+            seed,
+            init,
+            dropout,
+            normalize,
+            data,
+            threads,
+        } => set_threads(threads)
+            .and_then(|_| {
+                serde_json::from_str(&hparams).with_context(|| format!("--hparams is not a JSON object: {hparams}"))
+            })
+            .and_then(|hparams| {
+                let lr = lr.or(Some(if model == "linear" { 0.1 } else { 1e-3 }));
+                train::run(train::TrainArgs {
+                    model,
+                    optimizer,
+                    lr,
+                    hparams,
+                    epochs,
+                    steps,
+                    batch_size,
+                    seed,
+                    init,
+                    dropout,
+                    normalize,
+                    data,
+                })
+            })
+            .map(|_| true),
         Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             serde_json::from_str(&hparams)
@@ -96,6 +172,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Sets the worker-thread count once, for rayon and for candle (which otherwise reads
+/// `/proc/cpuinfo` on every matmul when `RAYON_NUM_THREADS` is unset).
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if n == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    Ok(())
 }
 
 fn replay(paths: &[PathBuf]) -> Result<bool> {

@@ -3,11 +3,13 @@
 //! The training engine on candle: descent's optimizers updating candle `Var`s in place, datasets,
 //! models and the training loop.
 
+pub mod data;
 pub mod error;
 pub mod mnist;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use optim::VarOptimizer;

@@ -1,0 +1,153 @@
+//! The training loop: epochs of mini-batches (forward, loss, backward, optimizer step), evaluation
+//! on the test set after each epoch, termination by epochs or steps.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
+use serde_json::Value;
+
+use crate::data::{epoch_order, Dataset};
+use crate::error::{Error, Result};
+use crate::model::{correct, cross_entropy, mse, Mode, Model};
+use crate::optim::VarOptimizer;
+use crate::rng::Rng;
+
+/// The loss a workload trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Classification: logits against class indices; accuracy is reported.
+    CrossEntropy,
+    /// Regression.
+    Mse,
+}
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Optimizer by descent name (`adam`, `torch.sgd`, `optax.lion`, …).
+    pub optimizer: String,
+    /// Learning rate (the library's `lr` / `learning_rate`); `None` keeps the library default.
+    pub lr: Option<f64>,
+    /// Other keyword arguments, in the library's own names.
+    pub hparams: Value,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (within an epoch too).
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub loss: Loss,
+}
+
+/// What one epoch gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub steps: u64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    /// `None` for regression.
+    pub test_accuracy: Option<f64>,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+}
+
+/// Builds the optimizer of a config over a model's parameters.
+pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
+    let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
+    let mut h = match &cfg.hparams {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(_) => cfg.hparams.clone(),
+        other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
+    };
+    if let Some(lr) = cfg.lr {
+        h[lr_key(lib)] = serde_json::json!(lr);
+    }
+    let vars = model.named_vars();
+    let shapes: Vec<Vec<usize>> = vars.iter().map(|(_, v)| v.dims().to_vec()).collect();
+    let tx = build_optimizer(lib, &name, &h, None, &shapes)?;
+    VarOptimizer::new(vars, tx)
+}
+
+fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
+    match loss {
+        Loss::CrossEntropy => cross_entropy(out, y),
+        Loss::Mse => mse(out, y),
+    }
+}
+
+/// Loss and accuracy over a whole dataset, in batches of 1000, without dropout.
+pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
+    let (mut total, mut right) = (0.0f64, 0usize);
+    let mut rng = Rng::new(0);
+    let n = data.len();
+    let mut start = 0;
+    while start < n {
+        let len = 1000.min(n - start);
+        let (x, y) = data.range(start, len)?;
+        let out = model.forward(&x, Mode::Eval, &mut rng)?;
+        total += loss_of(loss, &out, &y)?.to_scalar::<f32>()? as f64 * len as f64;
+        if loss == Loss::CrossEntropy {
+            right += correct(&out, &y)?;
+        }
+        start += len;
+    }
+    let acc = (loss == Loss::CrossEntropy).then(|| right as f64 / n as f64);
+    Ok((total / n as f64, acc))
+}
+
+/// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each epoch's
+/// metrics as they come. A NaN or infinite loss stops the run with the step number.
+pub fn train(
+    model: &dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    mut on_epoch: impl FnMut(&EpochMetrics),
+) -> Result<Vec<EpochMetrics>> {
+    if cfg.batch_size == 0 {
+        return Err(Error::Param("batch size must be at least 1".into()));
+    }
+    let mut opt = optimizer_for(model, cfg)?;
+    let mut rng = Rng::new(cfg.seed);
+    let mut steps = 0u64;
+    let mut history = vec![];
+    'epochs: for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let order = epoch_order(train.len(), &mut rng);
+        let (mut sum, mut seen) = (0.0f64, 0usize);
+        for idx in order.chunks(cfg.batch_size) {
+            if cfg.max_steps.is_some_and(|m| steps >= m) {
+                break;
+            }
+            let (x, y) = train.batch(idx)?;
+            let out = model.forward(&x, Mode::Train, &mut rng)?;
+            let loss = loss_of(cfg.loss, &out, &y)?;
+            let l = loss.to_scalar::<f32>()?;
+            if !l.is_finite() {
+                return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
+            }
+            opt.backward_step(&loss)?;
+            steps += 1;
+            sum += l as f64 * idx.len() as f64;
+            seen += idx.len();
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
+        let m = EpochMetrics {
+            epoch,
+            steps,
+            train_loss: sum / seen.max(1) as f64,
+            test_loss,
+            test_accuracy,
+            seconds,
+            samples_per_s: seen as f64 / seconds,
+        };
+        on_epoch(&m);
+        history.push(m);
+        if cfg.max_steps.is_some_and(|m| steps >= m) {
+            break 'epochs;
+        }
+    }
+    Ok(history)
+}
