@@ -40,13 +40,13 @@ enum Command {
     List,
     /// Train a model on the bundled data.
     Train {
-        /// Model: linear (regression on y = 2x + noise) or mlp (MNIST).
-        #[arg(long, default_value = "mlp")]
+        /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
+        #[arg(long, default_value = "lenet")]
         model: String,
         /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
         #[arg(long, default_value = "adam")]
         optimizer: String,
-        /// Learning rate (default: 1e-3 for MNIST models, 0.1 for linear).
+        /// Learning rate (default: 2e-3 for lenet, 1e-3 for mlp, 0.1 for linear).
         #[arg(long)]
         lr: Option<f64>,
         /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
@@ -57,8 +57,9 @@ enum Command {
         /// Stop after this many optimizer steps.
         #[arg(long)]
         steps: Option<u64>,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
+        /// Batch size (default: 128 for lenet, 32 otherwise).
+        #[arg(long)]
+        batch_size: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
@@ -137,7 +138,9 @@ fn main() -> ExitCode {
                 serde_json::from_str(&hparams).with_context(|| format!("--hparams is not a JSON object: {hparams}"))
             })
             .and_then(|hparams| {
-                let lr = lr.or(Some(if model == "linear" { 0.1 } else { 1e-3 }));
+                let (default_lr, default_batch) = train::defaults(&model);
+                let lr = lr.or(Some(default_lr));
+                let batch_size = batch_size.unwrap_or(default_batch);
                 train::run(train::TrainArgs {
                     model,
                     optimizer,

@@ -6,12 +6,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use descent_train::data::Dataset;
 use descent_train::mnist;
-use descent_train::model::{Init, LinearRegression, Mlp, Model};
+use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
 use descent_train::train::{train, Loss, TrainConfig};
 
 /// The models `descent train` knows.
-pub const MODELS: &[&str] = &["linear", "mlp"];
+pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
 
 /// Validated settings of a training run.
 pub struct TrainArgs {
@@ -29,6 +29,15 @@ pub struct TrainArgs {
     pub data: PathBuf,
 }
 
+/// Per-model defaults: (learning rate, batch size), the recipes the README quotes.
+pub fn defaults(model: &str) -> (f64, usize) {
+    match model {
+        "lenet" => (2e-3, 128),
+        "linear" => (0.1, 32),
+        _ => (1e-3, 32),
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
@@ -39,10 +48,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let te = Dataset::regression(2_000, &mut rng)?;
             (Box::new(LinearRegression::new(init, &mut rng, &dev)?), tr, te, Loss::Mse)
         }
-        "mlp" => {
+        "mlp" | "lenet" => {
             let m = mnist::load(&a.data).with_context(|| format!("loading MNIST from {}", a.data.display()))?;
             let (tr, te) = (Dataset::mnist(&m.train, a.normalize)?, Dataset::mnist(&m.test, a.normalize)?);
-            (Box::new(Mlp::new(init, a.dropout, &mut rng, &dev)?), tr, te, Loss::CrossEntropy)
+            let model: Box<dyn Model> = if a.model == "mlp" {
+                Box::new(Mlp::new(init, a.dropout, &mut rng, &dev)?)
+            } else {
+                Box::new(LeNet5::new(init, &mut rng, &dev)?)
+            };
+            (model, tr, te, Loss::CrossEntropy)
         }
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     };

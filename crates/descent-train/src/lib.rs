@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod error;
+pub mod layers;
 pub mod mnist;
 pub mod model;
 pub mod optim;

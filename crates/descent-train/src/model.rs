@@ -38,7 +38,7 @@ impl Init {
     }
 
     /// Weight values for a tensor with these fans.
-    fn weights(self, n: usize, fan_in: usize, fan_out: usize, rng: &mut Rng) -> Vec<f32> {
+    pub(crate) fn weights(self, n: usize, fan_in: usize, fan_out: usize, rng: &mut Rng) -> Vec<f32> {
         let (fi, fo) = (fan_in as f32, fan_out as f32);
         match self {
             Init::TorchDefault => {
@@ -65,7 +65,7 @@ impl Init {
     }
 
     /// Bias values: PyTorch's `U(±1/√fan_in)` for the default scheme, zeros otherwise.
-    fn biases(self, n: usize, fan_in: usize, rng: &mut Rng) -> Vec<f32> {
+    pub(crate) fn biases(self, n: usize, fan_in: usize, rng: &mut Rng) -> Vec<f32> {
         match self {
             Init::TorchDefault => {
                 let b = 1.0 / (fan_in as f32).sqrt();
@@ -197,4 +197,53 @@ pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
     let pred = logits.argmax(D::Minus1)?;
     Ok(pred.eq(targets)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+/// LeNet-5 (LeCun et al. 1998) as PyTorch tutorials write it: Conv(1→6, 5) → ReLU → MaxPool(2) →
+/// Conv(6→16, 5) → ReLU → MaxPool(2) → Linear(256, 120) → ReLU → Linear(120, 84) → ReLU →
+/// Linear(84, 10).
+pub struct LeNet5 {
+    pub conv1: crate::layers::Conv2d,
+    pub conv2: crate::layers::Conv2d,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub fc3: Linear,
+}
+
+impl LeNet5 {
+    pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Ok(LeNet5 {
+            conv1: crate::layers::Conv2d::new(1, 6, 5, init, rng)?,
+            conv2: crate::layers::Conv2d::new(6, 16, 5, init, rng)?,
+            fc1: Linear::new(256, 120, init, rng, dev)?,
+            fc2: Linear::new(120, 84, init, rng, dev)?,
+            fc3: Linear::new(84, 10, init, rng, dev)?,
+        })
+    }
+}
+
+impl Model for LeNet5 {
+    fn forward(&self, x: &Tensor, _mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
+        let pool = crate::layers::MaxPool2d::new(2, 2, 0);
+        let h = pool.forward(&self.conv1.forward(x)?.relu()?)?;
+        let h = pool.forward(&self.conv2.forward(&h)?.relu()?)?;
+        let h = h.flatten_from(1)?;
+        let h = self.fc1.forward(&h)?.relu()?;
+        let h = self.fc2.forward(&h)?.relu()?;
+        self.fc3.forward(&h)
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        vec![
+            ("conv1.bias".into(), self.conv1.bias.clone()),
+            ("conv1.weight".into(), self.conv1.weight.clone()),
+            ("conv2.bias".into(), self.conv2.bias.clone()),
+            ("conv2.weight".into(), self.conv2.weight.clone()),
+            ("fc1.bias".into(), self.fc1.bias.clone()),
+            ("fc1.weight".into(), self.fc1.weight.clone()),
+            ("fc2.bias".into(), self.fc2.bias.clone()),
+            ("fc2.weight".into(), self.fc2.weight.clone()),
+            ("fc3.bias".into(), self.fc3.bias.clone()),
+            ("fc3.weight".into(), self.fc3.weight.clone()),
+        ]
+    }
 }

@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
+use descent_train::layers::Conv2d;
+use descent_train::layers::{conv2d, MaxPool2d};
 use descent_train::mnist;
-use descent_train::model::{bce_with_logits, cross_entropy, mse, Linear, Mlp, Mode, Model};
+use descent_train::model::{bce_with_logits, cross_entropy, mse, LeNet5, Linear, Mlp, Mode, Model};
 use descent_train::rng::Rng;
 use serde_json::Value;
 
 /// Reference files whose layers descent does not have yet. Must shrink to empty.
-const NOT_YET: &[&str] = &["conv2d.", "max_pool2d.", "lenet5"];
+const NOT_YET: &[&str] = &[];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn")
@@ -62,6 +64,64 @@ fn losses_match_pytorch() {
     }
 }
 
+fn files(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(".json"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {prefix} files");
+    v
+}
+
+#[test]
+fn max_pool_matches_pytorch_including_tied_maxima() {
+    for f in files("max_pool2d.") {
+        let c = load(&format!("layers/{f}"));
+        let a = &c["args"];
+        let pool = MaxPool2d::new(
+            a["kernel_size"].as_u64().unwrap() as usize,
+            a["stride"].as_u64().unwrap() as usize,
+            a["padding"].as_u64().unwrap() as usize,
+        );
+        let x = Var::from_tensor(&tensor(&c["input"])).unwrap();
+        let y = pool.forward(x.as_tensor()).unwrap();
+        assert_close(&format!("{f} output"), &y, &tensor(&c["output"]));
+        let loss = (y * tensor(&c["grad_output"])).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert_close(&format!("{f} grad_input"), g.get(x.as_tensor()).unwrap(), &tensor(&c["grad_input"]));
+    }
+}
+
+#[test]
+fn conv2d_matches_pytorch_under_stride_padding_dilation_groups() {
+    for f in files("conv2d.") {
+        let c = load(&format!("layers/{f}"));
+        let a = &c["args"];
+        let arg = |k: &str| a[k].as_u64().unwrap() as usize;
+        let x = Var::from_tensor(&tensor(&c["input"])).unwrap();
+        let w = Var::from_tensor(&tensor(&c["weight"])).unwrap();
+        let b = Var::from_tensor(&tensor(&c["bias"])).unwrap();
+        let y = conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            arg("stride"),
+            arg("padding"),
+            arg("dilation"),
+            arg("groups"),
+        )
+        .unwrap();
+        assert_close(&format!("{f} output"), &y, &tensor(&c["output"]));
+        let loss = (y * tensor(&c["grad_output"])).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert_close(&format!("{f} grad_input"), g.get(x.as_tensor()).unwrap(), &tensor(&c["grad_input"]));
+        assert_close(&format!("{f} grad_weight"), g.get(w.as_tensor()).unwrap(), &tensor(&c["grad_weight"]));
+        assert_close(&format!("{f} grad_bias"), g.get(b.as_tensor()).unwrap(), &tensor(&c["grad_bias"]));
+    }
+}
+
 fn batch(c: &Value) -> (Tensor, Tensor) {
     let b = &c["batch"];
     let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
@@ -100,6 +160,38 @@ fn mlp_matches_pytorch_on_a_batch() {
     let _ = DType::F32;
 }
 
+fn check_model(c: &Value, model: &dyn Model) {
+    let (x, y) = batch(c);
+    let logits = model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap();
+    assert_close("logits", &logits, &tensor(&c["logits"]));
+    let loss = cross_entropy(&logits, &y).unwrap();
+    assert_loss("loss", loss.to_scalar::<f32>().unwrap(), c["loss"].as_f64().unwrap());
+    let grads = loss.backward().unwrap();
+    let named = model.named_vars();
+    assert_eq!(named.len(), c["grads"].as_object().unwrap().len());
+    for (name, v) in named {
+        assert_close(&format!("grad {name}"), grads.get(v.as_tensor()).unwrap(), &tensor(&c["grads"][&name]));
+    }
+}
+
+#[test]
+fn lenet5_matches_pytorch_on_a_batch() {
+    let c = load("models/lenet5.json");
+    let p = |n: &str| Var::from_tensor(&tensor(&c["params"][n])).unwrap();
+    let conv = |n: &str| Conv2d {
+        weight: p(&format!("{n}.weight")),
+        bias: p(&format!("{n}.bias")),
+        stride: 1,
+        padding: 0,
+        dilation: 1,
+        groups: 1,
+    };
+    let lin = |n: &str| Linear { weight: p(&format!("{n}.weight")), bias: p(&format!("{n}.bias")) };
+    let model =
+        LeNet5 { conv1: conv("conv1"), conv2: conv("conv2"), fc1: lin("fc1"), fc2: lin("fc2"), fc3: lin("fc3") };
+    check_model(&c, &model);
+}
+
 #[test]
 fn every_reference_file_is_covered() {
     let mut files = vec![];
@@ -111,10 +203,13 @@ fn every_reference_file_is_covered() {
             }
         }
     }
-    let covered = ["cross_entropy.json", "mse.json", "bce_with_logits.json", "mlp.json"];
+    let covered = ["cross_entropy.json", "mse.json", "bce_with_logits.json", "mlp.json", "lenet5.json"];
+    let covered_prefixes = ["conv2d.", "max_pool2d."];
     for f in &files {
         assert!(
-            covered.contains(&f.as_str()) || NOT_YET.iter().any(|p| f.starts_with(p)),
+            covered.contains(&f.as_str())
+                || covered_prefixes.iter().any(|p| f.starts_with(p))
+                || NOT_YET.iter().any(|p| f.starts_with(p)),
             "reference file {f} is neither tested nor listed as not yet implemented"
         );
     }
