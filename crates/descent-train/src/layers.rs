@@ -144,7 +144,8 @@ impl Conv2d {
     }
 }
 
-/// `torch.nn.functional.conv2d`: input `[n, c, h, w]`, weight `[o, c/groups, kh, kw]`, bias `[o]`.
+/// `torch.nn.functional.conv2d`: input `[n, c, h, w]`, weight `[o, c/groups, kh, kw]`, bias `[o]`,
+/// as descent's im2col + GEMM op with its own backward ([`crate::conv::Conv2dOp`]).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -154,9 +155,14 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let y = x.conv2d(w, padding, stride, dilation, groups)?;
-    Ok(match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dims()[0], 1, 1))?)?,
-        None => y,
-    })
+    let op = crate::conv::Conv2dOp { stride, padding, dilation, groups };
+    let zeros;
+    let b = match b {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(w.dims()[0], w.dtype(), w.device())?;
+            &zeros
+        }
+    };
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?)
 }

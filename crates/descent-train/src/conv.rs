@@ -1,0 +1,281 @@
+//! 2-D convolution as a candle op with its own backward: im2col + GEMM (the `gemm` crate candle
+//! itself uses) for the output and both gradients, images split across threads, and the bias
+//! gradient summed directly. candle 0.11's path (conv_transpose2d for the input gradient, a
+//! `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Images per task: fixed, so the reduction order of the weight gradient (and so its bits) does not
+/// depend on the number of threads.
+const IMAGES_PER_TASK: usize = 8;
+
+/// `torch.nn.functional.conv2d` arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dOp {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    /// Input channels per group, output channels per group.
+    cg: usize,
+    og: usize,
+}
+
+impl Geom {
+    /// Rows of an image's column matrix per group: `cg · kh · kw`.
+    fn k(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+    fn hw(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+impl Conv2dOp {
+    fn geom(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Geom> {
+        if x.len() != 4 || w.len() != 4 {
+            candle_core::bail!(
+                "conv2d expects input [n, c, h, w] and weight [o, c/groups, kh, kw], got {x:?} and {w:?}"
+            );
+        }
+        let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
+        let (o, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
+        let g = self.groups;
+        if g == 0 || c % g != 0 || o % g != 0 || cg != c / g {
+            candle_core::bail!(
+                "conv2d: {c} input and {o} output channels do not split into {g} groups of weight {w:?}"
+            );
+        }
+        let span = |k: usize| self.dilation * (k - 1) + 1;
+        if h + 2 * self.padding < span(kh) || wd + 2 * self.padding < span(kw) || self.stride == 0 {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} (dilation {}) larger than the padded input {x:?}",
+                self.dilation
+            );
+        }
+        let oh = (h + 2 * self.padding - span(kh)) / self.stride + 1;
+        let ow = (wd + 2 * self.padding - span(kw)) / self.stride + 1;
+        Ok(Geom { n, c, h, w: wd, o, kh, kw, oh, ow, cg, og: o / g })
+    }
+
+    /// The column matrix `[cg·kh·kw, oh·ow]` of group `gi` of one image `x` (`[c, h, w]`).
+    fn im2col(&self, g: &Geom, x: &[f32], gi: usize, cols: &mut [f32]) {
+        let hw = g.hw();
+        for ci in 0..g.cg {
+            let plane = &x[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                    for oy in 0..g.oh {
+                        let iy = (oy * self.stride + ky * self.dilation) as isize - self.padding as isize;
+                        let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                        if iy < 0 || iy >= g.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        for (ox, v) in out.iter_mut().enumerate() {
+                            let ix = (ox * self.stride + kx * self.dilation) as isize - self.padding as isize;
+                            *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the column matrix gradient back into the image gradient (the adjoint of `im2col`).
+    fn col2im(&self, g: &Geom, cols: &[f32], gi: usize, gx: &mut [f32]) {
+        let hw = g.hw();
+        for ci in 0..g.cg {
+            let plane = &mut gx[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &cols[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                    for oy in 0..g.oh {
+                        let iy = (oy * self.stride + ky * self.dilation) as isize - self.padding as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        for (ox, v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                            let ix = (ox * self.stride + kx * self.dilation) as isize - self.padding as isize;
+                            if ix >= 0 && (ix as usize) < g.w {
+                                dst[ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]`, all row-major with the given row strides; `lhs_t` /
+/// `rhs_t` read the operand transposed (its storage is `[k×m]` / `[n×k]`).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
+    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
+    // SAFETY: the asserts bound every access of the strides above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: {what} must be f32") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
+    Ok(&v[a..b])
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "descent-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.geom(l1.dims(), l2.dims())?;
+        let (x, w, b) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
+        if b.len() != g.o {
+            candle_core::bail!("conv2d: bias has {} elements for {} output channels", b.len(), g.o);
+        }
+        let (k, hw) = (g.k(), g.hw());
+        let mut out = vec![0.0f32; g.n * g.o * hw];
+        out.par_chunks_mut(g.o * hw).enumerate().for_each(|(ni, y)| {
+            let xi = &x[ni * g.c * g.h * g.w..(ni + 1) * g.c * g.h * g.w];
+            let mut cols = vec![0.0f32; k * hw];
+            for gi in 0..self.groups {
+                self.im2col(&g, xi, gi, &mut cols);
+                let yg = &mut y[gi * g.og * hw..(gi + 1) * g.og * hw];
+                matmul(yg, false, &w[gi * g.og * k..(gi + 1) * g.og * k], false, &cols, false, g.og, hw, k);
+            }
+            for (oc, plane) in y.chunks_mut(hw).enumerate() {
+                plane.iter_mut().for_each(|v| *v += b[oc]);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geom(x.dims(), w.dims())?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ws = w.flatten_all()?.to_vec1::<f32>()?;
+        let gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (k, hw, img) = (g.k(), g.hw(), g.c * g.h * g.w);
+        let mut gx = vec![0.0f32; xs.len()];
+        // Per task of IMAGES_PER_TASK images: its input gradients (disjoint) and a partial weight
+        // and bias gradient, reduced afterwards in task order.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx
+            .par_chunks_mut(IMAGES_PER_TASK * img)
+            .enumerate()
+            .map(|(t, gxs)| {
+                let mut gw = vec![0.0f32; ws.len()];
+                let mut gb = vec![0.0f32; g.o];
+                let mut cols = vec![0.0f32; k * hw];
+                let mut gcols = vec![0.0f32; k * hw];
+                for (j, gxi) in gxs.chunks_mut(img).enumerate() {
+                    let ni = t * IMAGES_PER_TASK + j;
+                    let xi = &xs[ni * img..(ni + 1) * img];
+                    let gyi = &gy[ni * g.o * hw..(ni + 1) * g.o * hw];
+                    for gi in 0..self.groups {
+                        let gyg = &gyi[gi * g.og * hw..(gi + 1) * g.og * hw];
+                        self.im2col(&g, xi, gi, &mut cols);
+                        // dW_g += dY_g [og × hw] · colsᵀ [hw × k]
+                        matmul(&mut gw[gi * g.og * k..(gi + 1) * g.og * k], true, gyg, false, &cols, true, g.og, k, hw);
+                        // dcols = W_gᵀ [k × og] · dY_g [og × hw]
+                        matmul(
+                            &mut gcols,
+                            false,
+                            &ws[gi * g.og * k..(gi + 1) * g.og * k],
+                            true,
+                            gyg,
+                            false,
+                            k,
+                            hw,
+                            g.og,
+                        );
+                        self.col2im(&g, &gcols, gi, gxi);
+                    }
+                    for (oc, plane) in gyi.chunks(hw).enumerate() {
+                        gb[oc] += plane.iter().sum::<f32>();
+                    }
+                }
+                (gw, gb)
+            })
+            .collect();
+        let mut gw = vec![0.0f32; ws.len()];
+        let mut gb = vec![0.0f32; g.o];
+        for (pw, pb) in &partials {
+            gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(gx, x.dims(), dev)?),
+            Some(Tensor::from_vec(gw, w.dims(), dev)?),
+            Some(Tensor::from_vec(gb, g.o, dev)?),
+        ))
+    }
+}
