@@ -89,6 +89,12 @@ impl Conv2dOp {
                             continue;
                         }
                         let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let x0 = (kx * self.dilation) as isize - self.padding as isize;
+                        if self.stride == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
+                            // The whole output row reads one contiguous run of the input row.
+                            out.copy_from_slice(&src[x0 as usize..x0 as usize + g.ow]);
+                            continue;
+                        }
                         for (ox, v) in out.iter_mut().enumerate() {
                             let ix = (ox * self.stride + kx * self.dilation) as isize - self.padding as isize;
                             *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
@@ -113,6 +119,12 @@ impl Conv2dOp {
                             continue;
                         }
                         let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let x0 = (kx * self.dilation) as isize - self.padding as isize;
+                        if self.stride == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
+                            let d = &mut dst[x0 as usize..x0 as usize + g.ow];
+                            d.iter_mut().zip(&row[oy * g.ow..(oy + 1) * g.ow]).for_each(|(a, b)| *a += b);
+                            continue;
+                        }
                         for (ox, v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
                             let ix = (ox * self.stride + kx * self.dilation) as isize - self.padding as isize;
                             if ix >= 0 && (ix as usize) < g.w {

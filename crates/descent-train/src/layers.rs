@@ -3,18 +3,25 @@
 //! candle 0.11's `max_pool2d` backward spreads it over `avg_pool(mask)`.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::model::Init;
 use crate::rng::Rng;
 
-/// 2-D max-pooling of `[n, c, h, w]` with a square window, stride and zero... (−∞) padding, as
-/// `torch.nn.functional.max_pool2d` (`ceil_mode=False`, `dilation=1`).
+/// 2-D max-pooling of `[n, c, h, w]` with a square window, stride and padding (padded cells never
+/// win), as `torch.nn.functional.max_pool2d` (`ceil_mode=False`, `dilation=1`).
 #[derive(Debug, Clone, Copy)]
 pub struct MaxPool2d {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+}
+
+/// The op instance of one forward call: keeps the argmax of each window for its backward.
+struct MaxPoolOp {
+    pool: MaxPool2d,
+    argmax: std::sync::Mutex<Vec<u32>>,
 }
 
 impl MaxPool2d {
@@ -26,79 +33,83 @@ impl MaxPool2d {
         (n + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
-    /// For each output element, the flat index (within its `[h, w]` plane) of the chosen maximum.
-    fn argmax(&self, x: &[f32], dims: &[usize]) -> (Vec<f32>, Vec<usize>) {
-        let (n, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let mut out = vec![0.0f32; n * c * oh * ow];
-        let mut idx = vec![0usize; n * c * oh * ow];
-        for plane in 0..n * c {
-            let xp = &x[plane * h * w..(plane + 1) * h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
-                    for ky in 0..self.kernel {
-                        let iy = (oy * self.stride + ky) as isize - self.padding as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..self.kernel {
-                            let ix = (ox * self.stride + kx) as isize - self.padding as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let j = iy as usize * w + ix as usize;
-                            let v = xp[j];
-                            // Strictly greater keeps the first maximum; NaN propagates as in torch.
-                            if v > best || v.is_nan() && !best.is_nan() || at == usize::MAX {
-                                best = v;
-                                at = j;
-                            }
-                        }
+    /// One `[h, w]` plane: each output's maximum and the flat index of the first maximal element in
+    /// row-major window order (PyTorch's choice among ties; NaN wins, as in torch).
+    fn plane(&self, xp: &[f32], h: usize, w: usize, out: &mut [f32], idx: &mut [u32]) {
+        let ow = self.out_size(w);
+        for (o, (v, at)) in out.iter_mut().zip(idx.iter_mut()).enumerate() {
+            let (oy, ox) = (o / ow, o % ow);
+            let y0 = (oy * self.stride) as isize - self.padding as isize;
+            let x0 = (ox * self.stride) as isize - self.padding as isize;
+            let (ylo, yhi) = (y0.max(0) as usize, ((y0 + self.kernel as isize) as usize).min(h));
+            let (xlo, xhi) = (x0.max(0) as usize, ((x0 + self.kernel as isize) as usize).min(w));
+            let (mut best, mut j) = (xp[ylo * w + xlo], ylo * w + xlo);
+            for iy in ylo..yhi {
+                for (ix, &c) in xp[iy * w + xlo..iy * w + xhi].iter().enumerate() {
+                    if c > best || (c.is_nan() && !best.is_nan()) {
+                        best = c;
+                        j = iy * w + xlo + ix;
                     }
-                    let o = plane * oh * ow + oy * ow + ox;
-                    out[o] = best;
-                    idx[o] = at;
                 }
             }
+            *v = best;
+            *at = j as u32;
         }
-        (out, idx)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op1(*self)?)
+        let op = MaxPoolOp { pool: *self, argmax: std::sync::Mutex::new(vec![]) };
+        Ok(x.contiguous()?.apply_op1(op)?)
     }
 }
 
-impl CustomOp1 for MaxPool2d {
+impl CustomOp1 for MaxPoolOp {
     fn name(&self) -> &'static str {
         "descent-max-pool2d"
     }
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = &self.pool;
         let dims = layout.dims();
         if dims.len() != 4 {
             candle_core::bail!("max_pool2d expects [n, c, h, w], got {dims:?}");
         }
-        if dims[2] + 2 * self.padding < self.kernel || dims[3] + 2 * self.padding < self.kernel {
-            candle_core::bail!("max_pool2d window {} larger than the padded input {dims:?}", self.kernel);
+        if p.kernel == 0 || p.stride == 0 || 2 * p.padding > p.kernel {
+            candle_core::bail!(
+                "max_pool2d: kernel {}, stride {}, padding {} (padding at most half the kernel)",
+                p.kernel,
+                p.stride,
+                p.padding
+            );
+        }
+        if dims[2] + 2 * p.padding < p.kernel || dims[3] + 2 * p.padding < p.kernel {
+            candle_core::bail!("max_pool2d window {} larger than the padded input {dims:?}", p.kernel);
         }
         let CpuStorage::F32(v) = storage else { candle_core::bail!("max_pool2d: f32 only") };
         let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("max_pool2d: input not contiguous") };
-        let (out, _) = self.argmax(&v[a..b], dims);
-        Ok((CpuStorage::F32(out), Shape::from((dims[0], dims[1], self.out_size(dims[2]), self.out_size(dims[3])))))
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dims = arg.dims().to_vec();
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad_res.flatten_all()?.to_vec1::<f32>()?;
-        let (_, idx) = self.argmax(&x, &dims);
+        let x = &v[a..b];
         let (h, w) = (dims[2], dims[3]);
-        let per_plane = g.len() / (dims[0] * dims[1]);
-        let mut gx = vec![0.0f32; x.len()];
-        for (o, (&gv, &j)) in g.iter().zip(&idx).enumerate() {
-            let plane = o / per_plane;
-            gx[plane * h * w + j] += gv;
-        }
+        let (oh, ow) = (p.out_size(h), p.out_size(w));
+        let mut out = vec![0.0f32; dims[0] * dims[1] * oh * ow];
+        let mut idx = vec![0u32; out.len()];
+        out.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).enumerate().for_each(|(k, (o, i))| {
+            p.plane(&x[k * h * w..(k + 1) * h * w], h, w, o, i);
+        });
+        *self.argmax.lock().expect("argmax lock") = idx;
+        Ok((CpuStorage::F32(out), Shape::from((dims[0], dims[1], oh, ow))))
+    }
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dims = arg.dims().to_vec();
+        let (h, w) = (dims[2], dims[3]);
+        let per_plane = res.dims()[2] * res.dims()[3];
+        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let idx = self.argmax.lock().expect("argmax lock");
+        let mut gx = vec![0.0f32; arg.elem_count()];
+        gx.par_chunks_mut(h * w).enumerate().for_each(|(k, plane)| {
+            let gs = &g[k * per_plane..(k + 1) * per_plane];
+            for (&gv, &j) in gs.iter().zip(&idx[k * per_plane..(k + 1) * per_plane]) {
+                plane[j as usize] += gv;
+            }
+        });
         Ok(Some(Tensor::from_vec(gx, dims, arg.device())?))
     }
 }
