@@ -77,6 +77,27 @@ enum Command {
         /// Worker threads (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Clip gradients by their global L2 norm.
+        #[arg(long)]
+        clip_norm: Option<f64>,
+        /// Clip each gradient element to [-v, v].
+        #[arg(long)]
+        clip_value: Option<f64>,
+        /// L1 penalty coefficient added to the loss.
+        #[arg(long, default_value_t = 0.0)]
+        l1: f64,
+        /// L2 penalty coefficient (l2/2 · Σw²) added to the loss.
+        #[arg(long, default_value_t = 0.0)]
+        l2: f64,
+        /// Early stopping: epochs without test-loss improvement before stopping (best weights restored).
+        #[arg(long)]
+        patience: Option<usize>,
+        /// Minimum test-loss decrease that counts as an improvement.
+        #[arg(long, default_value_t = 0.0)]
+        min_delta: f64,
+        /// Stop once test accuracy reaches this percentage.
+        #[arg(long)]
+        target_accuracy: Option<f64>,
     },
     /// Benchmarks.
     Bench {
@@ -133,6 +154,13 @@ fn main() -> ExitCode {
             normalize,
             data,
             threads,
+            clip_norm,
+            clip_value,
+            l1,
+            l2,
+            patience,
+            min_delta,
+            target_accuracy,
         } => set_threads(threads)
             .and_then(|_| {
                 serde_json::from_str(&hparams).with_context(|| format!("--hparams is not a JSON object: {hparams}"))
@@ -154,6 +182,13 @@ fn main() -> ExitCode {
                     dropout,
                     normalize,
                     data,
+                    clip_norm,
+                    clip_value,
+                    l1,
+                    l2,
+                    patience,
+                    min_delta,
+                    target_accuracy,
                 })
             })
             .map(|_| true),

@@ -8,7 +8,7 @@ use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train, Loss, TrainConfig};
+use descent_train::train::{train, Loss, Stop, TrainConfig};
 
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
@@ -27,6 +27,14 @@ pub struct TrainArgs {
     pub dropout: f32,
     pub normalize: bool,
     pub data: PathBuf,
+    pub clip_norm: Option<f64>,
+    pub clip_value: Option<f64>,
+    pub l1: f64,
+    pub l2: f64,
+    pub patience: Option<usize>,
+    pub min_delta: f64,
+    /// Percent.
+    pub target_accuracy: Option<f64>,
 }
 
 /// Per-model defaults: (learning rate, batch size), the recipes the README quotes.
@@ -61,14 +69,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     };
     let cfg = TrainConfig {
-        optimizer: a.optimizer.clone(),
-        lr: a.lr,
         hparams: a.hparams,
-        epochs: a.epochs,
         max_steps: a.steps,
-        batch_size: a.batch_size,
         seed: a.seed,
-        loss,
+        clip_norm: a.clip_norm,
+        clip_value: a.clip_value,
+        l1: a.l1,
+        l2: a.l2,
+        patience: a.patience,
+        min_delta: a.min_delta,
+        target_accuracy: a.target_accuracy.map(|t| t / 100.0),
+        ..TrainConfig::new(&a.optimizer, a.lr, a.epochs, a.batch_size, loss)
     };
     println!(
         "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
@@ -79,14 +90,28 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.batch_size,
         a.epochs
     );
-    let history = train(model.as_ref(), &train_set, &test_set, &cfg, |m| {
+    let (history, stop) = train(model.as_ref(), &train_set, &test_set, &cfg, |m| {
         let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
         println!(
             "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  {:.1}s  {:.0} samples/s",
             m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
         );
     })?;
-    if let Some(last) = history.last() {
+    match stop {
+        Stop::EarlyStopping { best_epoch } => {
+            println!(
+                "early stopping: no improvement for {} epoch(s); restored epoch {best_epoch}",
+                a.patience.unwrap_or(0)
+            )
+        }
+        Stop::TargetAccuracy => println!("target accuracy reached"),
+        Stop::Steps | Stop::Epochs => {}
+    }
+    let last = match stop {
+        Stop::EarlyStopping { best_epoch } => history.get(best_epoch - 1),
+        _ => history.last(),
+    };
+    if let Some(last) = last {
         match last.test_accuracy {
             Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),
             None => {

@@ -37,6 +37,54 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub seed: u64,
     pub loss: Loss,
+    /// Clip gradients by their global norm (optax `clip_by_global_norm`) before the optimizer.
+    pub clip_norm: Option<f64>,
+    /// Clip each gradient element to `[−v, v]` (optax `clip`) before the optimizer.
+    pub clip_value: Option<f64>,
+    /// L1 and L2 penalties added to the loss: `l1·Σ|w| + l2/2·Σw²` over every parameter.
+    pub l1: f64,
+    pub l2: f64,
+    /// Stop when the test loss has not improved by `min_delta` for this many epochs, and restore
+    /// the best weights.
+    pub patience: Option<usize>,
+    pub min_delta: f64,
+    /// Stop once the test accuracy reaches this fraction.
+    pub target_accuracy: Option<f64>,
+}
+
+impl TrainConfig {
+    /// A plain config: no clipping, penalties or early stopping.
+    pub fn new(optimizer: &str, lr: Option<f64>, epochs: usize, batch_size: usize, loss: Loss) -> Self {
+        TrainConfig {
+            optimizer: optimizer.into(),
+            lr,
+            hparams: Value::Object(Default::default()),
+            epochs,
+            max_steps: None,
+            batch_size,
+            seed: 0,
+            loss,
+            clip_norm: None,
+            clip_value: None,
+            l1: 0.0,
+            l2: 0.0,
+            patience: None,
+            min_delta: 0.0,
+            target_accuracy: None,
+        }
+    }
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Epochs,
+    Steps,
+    /// No improvement for `patience` epochs; the best epoch's weights were restored.
+    EarlyStopping {
+        best_epoch: usize,
+    },
+    TargetAccuracy,
 }
 
 /// What one epoch gave.
@@ -65,8 +113,36 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
     }
     let vars = model.named_vars();
     let shapes: Vec<Vec<usize>> = vars.iter().map(|(_, v)| v.dims().to_vec()).collect();
-    let tx = build_optimizer(lib, &name, &h, None, &shapes)?;
+    let mut tx = build_optimizer(lib, &name, &h, None, &shapes)?;
+    let mut pre: Vec<Box<dyn descent_core::Transform>> = vec![];
+    if let Some(v) = cfg.clip_value {
+        pre.push(Box::new(descent_core::transforms::Clip::new(v)));
+    }
+    if let Some(n) = cfg.clip_norm {
+        pre.push(Box::new(descent_core::transforms::ClipByGlobalNorm::new(n)));
+    }
+    if !pre.is_empty() {
+        pre.push(tx);
+        tx = descent_core::chain(pre);
+    }
     VarOptimizer::new(vars, tx)
+}
+
+/// The loss plus the L1 and L2 penalties of the config.
+fn penalized(loss: Tensor, model: &dyn Model, cfg: &TrainConfig) -> Result<Tensor> {
+    let mut loss = loss;
+    if cfg.l1 != 0.0 || cfg.l2 != 0.0 {
+        for (_, v) in model.named_vars() {
+            let t = v.as_tensor();
+            if cfg.l1 != 0.0 {
+                loss = (loss + (t.abs()?.sum_all()? * cfg.l1)?)?;
+            }
+            if cfg.l2 != 0.0 {
+                loss = (loss + (t.sqr()?.sum_all()? * (cfg.l2 / 2.0))?)?;
+            }
+        }
+    }
+    Ok(loss)
 }
 
 fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -97,14 +173,15 @@ pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, O
 }
 
 /// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each epoch's
-/// metrics as they come. A NaN or infinite loss stops the run with the step number.
+/// metrics as they come. Stops after the epochs or steps, on early stopping (restoring the best
+/// weights) or at the target accuracy. A NaN or infinite loss stops the run with the step number.
 pub fn train(
     model: &dyn Model,
     train: &Dataset,
     test: &Dataset,
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochMetrics),
-) -> Result<Vec<EpochMetrics>> {
+) -> Result<(Vec<EpochMetrics>, Stop)> {
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
@@ -112,6 +189,8 @@ pub fn train(
     let mut rng = Rng::new(cfg.seed);
     let mut steps = 0u64;
     let mut history = vec![];
+    let mut stop = Stop::Epochs;
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = epoch_order(train.len(), &mut rng);
@@ -122,7 +201,7 @@ pub fn train(
             }
             let (x, y) = train.batch(idx)?;
             let out = model.forward(&x, Mode::Train, &mut rng)?;
-            let loss = loss_of(cfg.loss, &out, &y)?;
+            let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
             let l = loss.to_scalar::<f32>()?;
             if !l.is_finite() {
                 return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
@@ -144,10 +223,33 @@ pub fn train(
             samples_per_s: seen as f64 / seconds,
         };
         on_epoch(&m);
+        let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
+        if improved && cfg.patience.is_some() {
+            let snapshot: Vec<Tensor> =
+                model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+            best = Some((m.test_loss, epoch, snapshot));
+        }
+        let reached = cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
         history.push(m);
-        if cfg.max_steps.is_some_and(|m| steps >= m) {
+        if reached {
+            stop = Stop::TargetAccuracy;
             break 'epochs;
         }
+        if cfg.max_steps.is_some_and(|m| steps >= m) {
+            stop = Stop::Steps;
+            break 'epochs;
+        }
+        if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
+            if epoch - best_epoch >= p {
+                stop = Stop::EarlyStopping { best_epoch: *best_epoch };
+                break 'epochs;
+            }
+        }
     }
-    Ok(history)
+    if let (Stop::EarlyStopping { .. }, Some((_, _, snapshot))) = (stop, &best) {
+        for ((_, v), t) in model.named_vars().iter().zip(snapshot) {
+            v.set(t)?;
+        }
+    }
+    Ok((history, stop))
 }

@@ -7,20 +7,21 @@ use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train, Loss, TrainConfig};
+use descent_train::train::{train, Loss, Stop, TrainConfig};
 use serde_json::json;
 
 fn cfg(optimizer: &str, lr: f64, epochs: usize, batch: usize) -> TrainConfig {
-    TrainConfig {
-        optimizer: optimizer.into(),
-        lr: Some(lr),
-        hparams: json!({}),
-        epochs,
-        max_steps: None,
-        batch_size: batch,
-        seed: 0,
-        loss: Loss::Mse,
-    }
+    TrainConfig { hparams: json!({}), ..TrainConfig::new(optimizer, Some(lr), epochs, batch, Loss::Mse) }
+}
+
+fn regression(seed: u64) -> (Dataset, Dataset, LinearRegression) {
+    let mut rng = Rng::new(seed);
+    let (tr, te) = (Dataset::regression(1000, &mut rng).unwrap(), Dataset::regression(300, &mut rng).unwrap());
+    (tr, te, LinearRegression::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap())
+}
+
+fn slope(m: &LinearRegression) -> f32 {
+    m.layer.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
 }
 
 #[test]
@@ -28,7 +29,8 @@ fn linear_regression_recovers_the_slope() {
     let mut rng = Rng::new(42);
     let (tr, te) = (Dataset::regression(2000, &mut rng).unwrap(), Dataset::regression(500, &mut rng).unwrap());
     let model = LinearRegression::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap();
-    let h = train(&model, &tr, &te, &cfg("sgd", 0.1, 20, 32), |_| {}).unwrap();
+    let (h, stop) = train(&model, &tr, &te, &cfg("sgd", 0.1, 20, 32), |_| {}).unwrap();
+    assert_eq!(stop, Stop::Epochs);
     let w = model.layer.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
     assert!((w - 2.0).abs() < 0.05, "slope {w}");
     assert!(h.last().unwrap().test_loss < 0.1, "{:?}", h.last());
@@ -40,7 +42,7 @@ fn the_same_seed_gives_the_same_numbers() {
         let mut rng = Rng::new(3);
         let (tr, te) = (Dataset::regression(300, &mut rng).unwrap(), Dataset::regression(100, &mut rng).unwrap());
         let model = LinearRegression::new(Init::XavierUniform, &mut rng, &Device::Cpu).unwrap();
-        let h = train(&model, &tr, &te, &cfg("adam", 0.05, 2, 16), |_| {}).unwrap();
+        let (h, _) = train(&model, &tr, &te, &cfg("adam", 0.05, 2, 16), |_| {}).unwrap();
         (
             h.iter().map(|m| (m.train_loss, m.test_loss)).collect::<Vec<_>>(),
             model.named_vars()[1].1.as_tensor().to_vec2::<f32>().unwrap(),
@@ -59,7 +61,8 @@ fn mlp_learns_mnist_in_a_few_hundred_steps() {
     let mut c = cfg("adam", 1e-3, 1, 64);
     c.loss = Loss::CrossEntropy;
     c.max_steps = Some(300);
-    let h = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert_eq!(stop, Stop::Steps);
     let last = h.last().unwrap();
     assert_eq!(last.steps, 300);
     assert!(last.test_accuracy.unwrap() > 0.88, "{last:?}");
@@ -73,4 +76,53 @@ fn a_diverging_run_stops_with_the_step() {
     let model = LinearRegression::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap();
     let e = train(&model, &tr, &te, &cfg("sgd", 1e6, 5, 8), |_| {}).unwrap_err().to_string();
     assert!(e.contains("at step") && e.contains("training stopped"), "{e}");
+}
+
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let (tr, te, model) = regression(5);
+    // A learning rate this large makes the test loss bounce; patience 1 stops at the first rise.
+    let mut c = cfg("sgd", 0.9, 30, 4);
+    c.patience = Some(1);
+    let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    let Stop::EarlyStopping { best_epoch } = stop else { panic!("{stop:?} after {} epochs", h.len()) };
+    let best = h[best_epoch - 1].test_loss;
+    assert!(h.iter().all(|m| m.test_loss >= best));
+    assert!(h.len() < 30 && h.last().unwrap().test_loss > best);
+    // The model now holds the best epoch's weights: its test loss is the best one.
+    let (loss, _) = descent_train::train::evaluate(&model, &te, Loss::Mse).unwrap();
+    assert!((loss - best).abs() < 1e-9, "{loss} vs {best}");
+}
+
+#[test]
+fn target_accuracy_stops_the_run() {
+    let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    let (tr, te) = (Dataset::mnist(&m.train, false).unwrap(), Dataset::mnist(&m.test, false).unwrap());
+    let model = Mlp::new(Init::TorchDefault, 0.0, &mut Rng::new(0), &Device::Cpu).unwrap();
+    let mut c = TrainConfig::new("adam", Some(1e-3), 5, 64, Loss::CrossEntropy);
+    c.max_steps = Some(400);
+    c.target_accuracy = Some(0.5);
+    let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert_eq!((stop, h.len()), (Stop::TargetAccuracy, 1));
+}
+
+#[test]
+fn penalties_and_clipping_change_the_result_as_expected() {
+    let run = |f: &dyn Fn(&mut TrainConfig)| {
+        let (tr, te, model) = regression(9);
+        let mut c = cfg("sgd", 0.1, 10, 32);
+        f(&mut c);
+        train(&model, &tr, &te, &c, |_| {}).unwrap();
+        slope(&model)
+    };
+    let plain = run(&|_| {});
+    let l2 = run(&|c| c.l2 = 1.0);
+    let l1 = run(&|c| c.l1 = 0.5);
+    assert!((plain - 2.0).abs() < 0.1, "{plain}");
+    // Ridge: minimizer of E(2x - w x)^2 + w^2/2 with E x^2 = 1/3 is w = 2/3 / (1/3 + 1/2) = 0.8.
+    assert!((l2 - 0.8).abs() < 0.1, "{l2}");
+    assert!(l1 < plain - 0.3, "{l1} vs {plain}");
+    // Clipping every gradient to 1e-4 per element barely moves the weights in 10 epochs.
+    let clipped = run(&|c| c.clip_value = Some(1e-4));
+    assert!((clipped - plain).abs() > 1.0, "{clipped}");
 }
