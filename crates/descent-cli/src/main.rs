@@ -39,66 +39,7 @@ enum Command {
     /// List the optimizers and schedules descent reproduces, by registry name.
     List,
     /// Train a model on the bundled data.
-    Train {
-        /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
-        #[arg(long, default_value = "lenet")]
-        model: String,
-        /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
-        #[arg(long, default_value = "adam")]
-        optimizer: String,
-        /// Learning rate (default: 2e-3 for lenet, 1e-3 for mlp, 0.1 for linear).
-        #[arg(long)]
-        lr: Option<f64>,
-        /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
-        #[arg(long, default_value = "{}")]
-        hparams: String,
-        #[arg(long, default_value_t = 1)]
-        epochs: usize,
-        /// Stop after this many optimizer steps.
-        #[arg(long)]
-        steps: Option<u64>,
-        /// Batch size (default: 128 for lenet, 32 otherwise).
-        #[arg(long)]
-        batch_size: Option<usize>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
-        #[arg(long, default_value = "torch")]
-        init: String,
-        /// Dropout probability of the MLP's hidden layer.
-        #[arg(long, default_value_t = 0.2)]
-        dropout: f32,
-        /// Standardize MNIST pixels with the training set's mean and std.
-        #[arg(long)]
-        normalize: bool,
-        /// Folder with the MNIST idx files.
-        #[arg(long, default_value = "data/mnist")]
-        data: PathBuf,
-        /// Worker threads (default: the machine's cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Clip gradients by their global L2 norm.
-        #[arg(long)]
-        clip_norm: Option<f64>,
-        /// Clip each gradient element to [-v, v].
-        #[arg(long)]
-        clip_value: Option<f64>,
-        /// L1 penalty coefficient added to the loss.
-        #[arg(long, default_value_t = 0.0)]
-        l1: f64,
-        /// L2 penalty coefficient (l2/2 · Σw²) added to the loss.
-        #[arg(long, default_value_t = 0.0)]
-        l2: f64,
-        /// Early stopping: epochs without test-loss improvement before stopping (best weights restored).
-        #[arg(long)]
-        patience: Option<usize>,
-        /// Minimum test-loss decrease that counts as an improvement.
-        #[arg(long, default_value_t = 0.0)]
-        min_delta: f64,
-        /// Stop once test accuracy reaches this percentage.
-        #[arg(long)]
-        target_accuracy: Option<f64>,
-    },
+    Train(Box<train::TrainArgs>),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -140,58 +81,7 @@ fn main() -> ExitCode {
             list();
             Ok(true)
         }
-        Command::Train {
-            model,
-            optimizer,
-            lr,
-            hparams,
-            epochs,
-            steps,
-            batch_size,
-            seed,
-            init,
-            dropout,
-            normalize,
-            data,
-            threads,
-            clip_norm,
-            clip_value,
-            l1,
-            l2,
-            patience,
-            min_delta,
-            target_accuracy,
-        } => set_threads(threads)
-            .and_then(|_| {
-                serde_json::from_str(&hparams).with_context(|| format!("--hparams is not a JSON object: {hparams}"))
-            })
-            .and_then(|hparams| {
-                let (default_lr, default_batch) = train::defaults(&model);
-                let lr = lr.or(Some(default_lr));
-                let batch_size = batch_size.unwrap_or(default_batch);
-                train::run(train::TrainArgs {
-                    model,
-                    optimizer,
-                    lr,
-                    hparams,
-                    epochs,
-                    steps,
-                    batch_size,
-                    seed,
-                    init,
-                    dropout,
-                    normalize,
-                    data,
-                    clip_norm,
-                    clip_value,
-                    l1,
-                    l2,
-                    patience,
-                    min_delta,
-                    target_accuracy,
-                })
-            })
-            .map(|_| true),
+        Command::Train(args) => set_threads(args.threads).and_then(|_| train::run(*args)).map(|_| true),
         Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             serde_json::from_str(&hparams)

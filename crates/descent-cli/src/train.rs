@@ -13,28 +13,72 @@ use descent_train::train::{train, Loss, Stop, TrainConfig};
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
 
-/// Validated settings of a training run.
+/// The flags of `descent train`.
+#[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
+    #[arg(long, default_value = "lenet")]
     pub model: String,
+    /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
+    #[arg(long, default_value = "adam")]
     pub optimizer: String,
+    /// Learning rate (default: 2e-3 for lenet, 1e-3 for mlp, 0.1 for linear).
+    #[arg(long)]
     pub lr: Option<f64>,
+    /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
+    #[arg(long, default_value = "{}")]
+    #[arg(value_parser = parse_json)]
     pub hparams: serde_json::Value,
+    #[arg(long, default_value_t = 1)]
     pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
     pub steps: Option<u64>,
-    pub batch_size: usize,
+    /// Batch size (default: 128 for lenet, 32 otherwise).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
+    #[arg(long, default_value = "torch")]
     pub init: String,
+    /// Dropout probability of the MLP's hidden layer.
+    #[arg(long, default_value_t = 0.2)]
     pub dropout: f32,
+    /// Standardize MNIST pixels with the training set's mean and std.
+    #[arg(long)]
     pub normalize: bool,
+    /// Folder with the MNIST idx files.
+    #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Clip gradients by their global L2 norm.
+    #[arg(long)]
     pub clip_norm: Option<f64>,
+    /// Clip each gradient element to [-v, v].
+    #[arg(long)]
     pub clip_value: Option<f64>,
+    /// L1 penalty coefficient added to the loss.
+    #[arg(long, default_value_t = 0.0)]
     pub l1: f64,
+    /// L2 penalty coefficient (l2/2 · Σw²) added to the loss.
+    #[arg(long, default_value_t = 0.0)]
     pub l2: f64,
+    /// Early stopping: epochs without test-loss improvement before stopping (best weights restored).
+    #[arg(long)]
     pub patience: Option<usize>,
+    /// Minimum test-loss decrease that counts as an improvement.
+    #[arg(long, default_value_t = 0.0)]
     pub min_delta: f64,
-    /// Percent.
+    /// Stop once test accuracy reaches this percentage.
+    #[arg(long)]
     pub target_accuracy: Option<f64>,
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON ({e})"))
 }
 
 /// Per-model defaults: (learning rate, batch size), the recipes the README quotes.
@@ -46,7 +90,10 @@ pub fn defaults(model: &str) -> (f64, usize) {
     }
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
+pub fn run(mut a: TrainArgs) -> Result<()> {
+    let (default_lr, default_batch) = defaults(&a.model);
+    a.lr = a.lr.or(Some(default_lr));
+    let batch_size = a.batch_size.unwrap_or(default_batch);
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
     let dev = Device::Cpu;
@@ -79,7 +126,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         patience: a.patience,
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
-        ..TrainConfig::new(&a.optimizer, a.lr, a.epochs, a.batch_size, loss)
+        ..TrainConfig::new(&a.optimizer, a.lr, a.epochs, batch_size, loss)
     };
     println!(
         "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
@@ -87,7 +134,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         train_set.len(),
         a.optimizer,
         a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into()),
-        a.batch_size,
+        batch_size,
         a.epochs
     );
     let (history, stop) = train(model.as_ref(), &train_set, &test_set, &cfg, |m| {
