@@ -4,17 +4,18 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use descent_train::checkpoint::Checkpoint;
 use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train, Loss, Stop, TrainConfig};
+use descent_train::train::{train_from, EpochMetrics, Loss, Stop, TrainConfig};
 
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
 
-/// The flags of `descent train`.
-#[derive(clap::Args, Debug)]
+/// The flags of `descent train`; also the `config.json` of a run folder.
+#[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainArgs {
     /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
     #[arg(long, default_value = "lenet")]
@@ -29,8 +30,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "{}")]
     #[arg(value_parser = parse_json)]
     pub hparams: serde_json::Value,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    /// Epochs in all (default 1; with --resume, the new total).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Stop after this many optimizer steps.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -75,6 +77,19 @@ pub struct TrainArgs {
     /// Stop once test accuracy reaches this percentage.
     #[arg(long)]
     pub target_accuracy: Option<f64>,
+    /// Run folder for config.json, metrics.jsonl, metrics.csv and checkpoint.safetensors
+    /// (default: runs/MODEL-OPTIMIZER-seedSEED).
+    #[arg(long)]
+    #[serde(skip)]
+    pub out: Option<PathBuf>,
+    /// Overwrite an existing run folder.
+    #[arg(long)]
+    #[serde(skip)]
+    pub force: bool,
+    /// Continue the run in this folder from its last checkpoint, with its config.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
 }
 
 fn parse_json(s: &str) -> Result<serde_json::Value, String> {
@@ -90,10 +105,110 @@ pub fn defaults(model: &str) -> (f64, usize) {
     }
 }
 
-pub fn run(mut a: TrainArgs) -> Result<()> {
+/// The run folder's files.
+struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+
+    /// Appends one epoch to metrics.jsonl and metrics.csv.
+    fn append(&self, m: &EpochMetrics) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "epoch": m.epoch, "steps": m.steps, "train_loss": m.train_loss, "test_loss": m.test_loss,
+            "test_accuracy": m.test_accuracy, "seconds": m.seconds, "samples_per_s": m.samples_per_s,
+        });
+        let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name));
+        writeln!(open("metrics.jsonl")?, "{line}")?;
+        let csv = self.dir.join("metrics.csv");
+        let header = !csv.exists();
+        let mut f = open("metrics.csv")?;
+        if header {
+            writeln!(f, "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s")?;
+        }
+        let acc = m.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{}",
+            m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
+        )?;
+        Ok(())
+    }
+
+    /// Drops metric lines past `epoch` (written before a crash that preceded their checkpoint).
+    fn truncate_after(&self, epoch: usize) -> Result<()> {
+        for name in ["metrics.jsonl", "metrics.csv"] {
+            let p = self.dir.join(name);
+            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            let keep: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    let e = if name.ends_with(".csv") {
+                        l.split(',').next().and_then(|x| x.parse::<usize>().ok())
+                    } else {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v["epoch"].as_u64().map(|e| e as usize))
+                    };
+                    e.is_none_or(|e| e <= epoch)
+                })
+                .collect();
+            std::fs::write(&p, keep.join("\n") + "\n")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    // Settings: the flags, or the run folder's config when resuming (with --epochs as new total).
+    let (mut a, run_dir, resume) = match &a.resume {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("config.json"))
+                .with_context(|| format!("{}: no config.json, not a descent run folder", dir.display()))?;
+            let mut cfg: TrainArgs =
+                serde_json::from_str(&text).with_context(|| format!("{}: malformed config.json", dir.display()))?;
+            if a.epochs.is_some() {
+                cfg.epochs = a.epochs;
+            }
+            cfg.threads = a.threads;
+            let rd = RunDir { dir: dir.clone() };
+            let ck = Checkpoint::load(&rd.checkpoint())?;
+            rd.truncate_after(ck.epoch)?;
+            (cfg, rd, Some(ck))
+        }
+        None => {
+            // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k]; an explicit --out that
+            // exists needs --force.
+            let dir = match &a.out {
+                Some(d) => d.clone(),
+                None => {
+                    let base = format!("{}-{}-seed{}", a.model, a.optimizer.replace('/', "_"), a.seed);
+                    (1..)
+                        .map(|k| PathBuf::from("runs").join(if k == 1 { base.clone() } else { format!("{base}-{k}") }))
+                        .find(|d| !d.exists())
+                        .expect("some name is free")
+                }
+            };
+            if dir.exists() && !a.force {
+                bail!(
+                    "run folder {} exists; pass --force to overwrite it or --resume {} to continue it",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            (a, RunDir { dir }, None)
+        }
+    };
     let (default_lr, default_batch) = defaults(&a.model);
     a.lr = a.lr.or(Some(default_lr));
-    let batch_size = a.batch_size.unwrap_or(default_batch);
+    a.batch_size = a.batch_size.or(Some(default_batch));
+    a.epochs = a.epochs.or(Some(1));
+    let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
+
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
     let dev = Device::Cpu;
@@ -116,7 +231,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     };
     let cfg = TrainConfig {
-        hparams: a.hparams,
+        hparams: a.hparams.clone(),
         max_steps: a.steps,
         seed: a.seed,
         clip_norm: a.clip_norm,
@@ -126,8 +241,18 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         patience: a.patience,
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
-        ..TrainConfig::new(&a.optimizer, a.lr, a.epochs, batch_size, loss)
+        ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)
     };
+    // Everything is valid (model, data, optimizer and its arguments): now the run folder.
+    descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
+    if resume.is_none() {
+        let dir = &run_dir.dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(run_dir.dir.join("config.json"), serde_json::to_string_pretty(&a)?)?;
     println!(
         "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
         a.model,
@@ -135,14 +260,22 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         a.optimizer,
         a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into()),
         batch_size,
-        a.epochs
+        epochs
     );
-    let (history, stop) = train(model.as_ref(), &train_set, &test_set, &cfg, |m| {
+    if let Some(ck) = &resume {
+        println!("resuming {} after epoch {} (step {})", run_dir.dir.display(), ck.epoch, ck.steps);
+    }
+    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), |m, end| {
         let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
         println!(
             "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  {:.1}s  {:.0} samples/s",
             m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
         );
+        run_dir.append(m).map_err(|e| descent_train::Error::Data {
+            path: run_dir.dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        end.checkpoint()?.save(&run_dir.checkpoint())
     })?;
     match stop {
         Stop::EarlyStopping { best_epoch } => {
@@ -158,6 +291,7 @@ pub fn run(mut a: TrainArgs) -> Result<()> {
         Stop::EarlyStopping { best_epoch } => history.get(best_epoch - 1),
         _ => history.last(),
     };
+    println!("run folder: {}", run_dir.dir.display());
     if let Some(last) = last {
         match last.test_accuracy {
             Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),

@@ -8,10 +8,18 @@ fn descent() -> Command {
     c
 }
 
+/// A fresh run folder under the temp dir.
+fn out(tag: &str) -> String {
+    let d = std::env::temp_dir().join(format!("descent-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.to_string_lossy().to_string()
+}
+
 #[test]
 fn linear_regression_prints_the_learned_slope() {
+    let dir = out("slope");
     let out = descent()
-        .args(["train", "--model", "linear", "--optimizer", "sgd", "--epochs", "3", "--threads", "1"])
+        .args(["train", "--model", "linear", "--optimizer", "sgd", "--epochs", "3", "--threads", "1", "--out", &dir])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -24,7 +32,11 @@ fn linear_regression_prints_the_learned_slope() {
 
 #[test]
 fn mlp_reports_test_accuracy() {
-    let out = descent().args(["train", "--model", "mlp", "--steps", "200", "--threads", "2"]).output().unwrap();
+    let dir = out("mlp");
+    let out = descent()
+        .args(["train", "--model", "mlp", "--steps", "200", "--threads", "2", "--out", &dir])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     let acc: f64 =
@@ -34,18 +46,57 @@ fn mlp_reports_test_accuracy() {
 
 #[test]
 fn bad_flags_are_errors_that_list_the_valid_choices() {
+    let dir = out("bad");
     for (args, needles) in [
         (vec!["train", "--model", "resnet"], vec!["resnet", "lenet", "mlp", "linear"]),
-        (vec!["train", "--optimizer", "adamz"], vec!["adamz", "torch.adam"]),
+        (vec!["train", "--model", "linear", "--optimizer", "adamz"], vec!["adamz", "torch.adam"]),
+        (
+            vec!["train", "--model", "linear", "--optimizer", "sgd", "--hparams", "{\"momentun\": 0.9}"],
+            vec!["momentun", "momentum"],
+        ),
         (vec!["train", "--init", "ones"], vec!["ones", "xavier_uniform"]),
         (vec!["train", "--hparams", "{momentum"], vec!["hparams", "JSON"]),
         (vec!["train", "--model", "mlp", "--data", "no/such/dir"], vec!["no/such/dir", "missing"]),
     ] {
-        let out = descent().args(&args).output().unwrap();
+        let out = descent().args(&args).args(["--out", &dir]).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         for n in needles {
             assert!(err.contains(n), "{args:?}: {err}");
         }
+        assert!(!std::path::Path::new(&dir).exists(), "{args:?} left a run folder behind");
     }
+}
+
+#[test]
+fn run_folder_metrics_and_exact_resume() {
+    let dir = std::env::temp_dir().join(format!("descent-cli-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str]| {
+        let o = descent().args(args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let (ok, text) = run(&["train", "--model", "linear", "--epochs", "4", "--out", a]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["train", "--model", "linear", "--epochs", "2", "--out", b]);
+    assert!(ok, "{text}");
+    // The folder exists: refused without --force, continued with --resume.
+    let (ok, text) = run(&["train", "--model", "linear", "--epochs", "2", "--out", b]);
+    assert!(!ok && text.contains("--force") && text.contains("--resume"), "{text}");
+    let (ok, text) = run(&["train", "--resume", b, "--epochs", "4"]);
+    assert!(ok && text.contains("resuming"), "{text}");
+    let last = |t: &str| t.lines().last().unwrap().to_string();
+    let read = |d: &str, f: &str| std::fs::read_to_string(std::path::Path::new(d).join(f)).unwrap();
+    // Same weights, same metrics (timings aside) as the uninterrupted run.
+    let (_, ta) = run(&["train", "--model", "linear", "--epochs", "4", "--out", a, "--force"]);
+    assert_eq!(last(&ta), last(&text));
+    let losses = |d: &str| {
+        read(d, "metrics.csv").lines().map(|l| l.split(',').take(4).collect::<Vec<_>>().join(",")).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(a), losses(b));
+    assert_eq!(read(b, "metrics.jsonl").lines().count(), 4);
+    assert!(read(b, "config.json").contains("\"model\": \"linear\""));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,6 +3,7 @@
 //! The training engine on candle: descent's optimizers updating candle `Var`s in place, datasets,
 //! models and the training loop.
 
+pub mod checkpoint;
 pub mod conv;
 pub mod data;
 pub mod error;

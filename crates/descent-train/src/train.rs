@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use serde_json::Value;
 
+use crate::checkpoint::Checkpoint;
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
@@ -182,16 +183,56 @@ pub fn train(
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochMetrics),
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
+    train_from(model, train, test, cfg, None, |m, _| {
+        on_epoch(m);
+        Ok(())
+    })
+}
+
+/// The end of an epoch, where a checkpoint can be taken.
+pub struct EpochEnd<'a> {
+    model: &'a dyn Model,
+    opt: &'a mut VarOptimizer,
+    epoch: usize,
+    steps: u64,
+    rng: u64,
+}
+
+impl EpochEnd<'_> {
+    /// Weights, optimizer state, position and generator state now: what `train_from` needs to
+    /// continue exactly as if never stopped.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint> {
+        Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)
+    }
+}
+
+/// [`train`], optionally continuing from a checkpoint taken at the end of an epoch (the run then
+/// goes on bit for bit as an uninterrupted one), with access to each epoch's end for checkpoints.
+pub fn train_from(
+    model: &dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    resume: Option<&Checkpoint>,
+    mut on_epoch: impl FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>,
+) -> Result<(Vec<EpochMetrics>, Stop)> {
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
     let mut opt = optimizer_for(model, cfg)?;
     let mut rng = Rng::new(cfg.seed);
     let mut steps = 0u64;
+    let mut first_epoch = 1;
+    if let Some(ck) = resume {
+        ck.apply(model, &mut opt)?;
+        rng = Rng::new(ck.rng);
+        steps = ck.steps;
+        first_epoch = ck.epoch + 1;
+    }
     let mut history = vec![];
     let mut stop = Stop::Epochs;
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-    'epochs: for epoch in 1..=cfg.epochs {
+    'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
         let order = epoch_order(train.len(), &mut rng);
         let (mut sum, mut seen) = (0.0f64, 0usize);
@@ -222,7 +263,7 @@ pub fn train(
             seconds,
             samples_per_s: seen as f64 / seconds,
         };
-        on_epoch(&m);
+        on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state() })?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
             let snapshot: Vec<Tensor> =

@@ -126,3 +126,62 @@ fn penalties_and_clipping_change_the_result_as_expected() {
     let clipped = run(&|c| c.clip_value = Some(1e-4));
     assert!((clipped - plain).abs() > 1.0, "{clipped}");
 }
+
+/// A run stopped after an epoch, checkpointed to disk, reloaded into a fresh model and continued
+/// gives bit for bit the weights of an uninterrupted run; a mismatched checkpoint is refused whole.
+#[test]
+fn resume_from_a_checkpoint_is_exact() {
+    use descent_train::checkpoint::Checkpoint;
+    use descent_train::train::train_from;
+    let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    // A small slice of MNIST keeps this fast; dropout exercises the generator state.
+    let tr = Dataset::mnist(&m.test, false).unwrap();
+    let (x, y) = tr.range(0, 2000).unwrap();
+    let tr = Dataset { x, y };
+    let te = tr.clone();
+    let mut c = TrainConfig::new("adamw", Some(1e-3), 3, 50, Loss::CrossEntropy);
+    c.clip_norm = Some(1.0);
+    let new_model = || Mlp::new(Init::TorchDefault, 0.3, &mut Rng::new(11), &Device::Cpu).unwrap();
+    let weights = |model: &Mlp| {
+        model
+            .named_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let full = new_model();
+    train(&full, &tr, &te, &c, |_| {}).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("descent-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    let first = new_model();
+    let mut c1 = c.clone();
+    c1.epochs = 1;
+    train_from(&first, &tr, &te, &c1, None, |_, end| end.checkpoint()?.save(&path)).unwrap();
+    assert!(!dir.join("checkpoint.safetensors.tmp").exists());
+
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(ck.epoch, 1);
+    let resumed = new_model();
+    let (h, _) = train_from(&resumed, &tr, &te, &c, Some(&ck), |_, _| Ok(())).unwrap();
+    assert_eq!(h.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![2, 3]);
+    for (a, b) in weights(&full).iter().flatten().zip(weights(&resumed).iter().flatten()) {
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+
+    // A checkpoint of another model is refused, and nothing is changed.
+    let lr_model = LinearRegression::new(Init::TorchDefault, &mut Rng::new(1), &Device::Cpu).unwrap();
+    let before = lr_model.named_vars()[1].1.as_tensor().to_vec2::<f32>().unwrap();
+    let mut opt = descent_train::train::optimizer_for(&lr_model, &cfg("adam", 0.1, 1, 8)).unwrap();
+    let e = ck.apply(&lr_model, &mut opt).unwrap_err().to_string();
+    assert!(e.contains("checkpoint"), "{e}");
+    assert_eq!(lr_model.named_vars()[1].1.as_tensor().to_vec2::<f32>().unwrap(), before);
+
+    // A corrupt file is refused with the reason.
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    let e = Checkpoint::load(&path).unwrap_err().to_string();
+    assert!(e.contains("checkpoint.safetensors") && e.contains("not a safetensors file"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
