@@ -9,7 +9,7 @@ use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train_from, EpochMetrics, Loss, Stop, TrainConfig};
+use descent_train::train::{train_from, EpochMetrics, Loss, LrSchedule, Stop, TrainConfig};
 
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Stop once test accuracy reaches this percentage.
     #[arg(long)]
     pub target_accuracy: Option<f64>,
+    /// Learning-rate schedule: constant, cosine, warmup_cosine, onecycle, linear, exponential,
+    /// step, plateau (ReduceLROnPlateau on the test loss).
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
     /// Run folder for config.json, metrics.jsonl, metrics.csv and checkpoint.safetensors
     /// (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
@@ -108,6 +112,7 @@ pub fn defaults(model: &str) -> (f64, usize) {
 /// The run folder's files.
 struct RunDir {
     dir: PathBuf,
+    base_lr: f64,
 }
 
 impl RunDir {
@@ -121,6 +126,7 @@ impl RunDir {
         let line = serde_json::json!({
             "epoch": m.epoch, "steps": m.steps, "train_loss": m.train_loss, "test_loss": m.test_loss,
             "test_accuracy": m.test_accuracy, "seconds": m.seconds, "samples_per_s": m.samples_per_s,
+            "lr": self.base_lr * m.lr_scale,
         });
         let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name));
         writeln!(open("metrics.jsonl")?, "{line}")?;
@@ -128,7 +134,7 @@ impl RunDir {
         let header = !csv.exists();
         let mut f = open("metrics.csv")?;
         if header {
-            writeln!(f, "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s")?;
+            writeln!(f, "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr")?;
         }
         let acc = m.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
         writeln!(
@@ -175,7 +181,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 cfg.epochs = a.epochs;
             }
             cfg.threads = a.threads;
-            let rd = RunDir { dir: dir.clone() };
+            let rd = RunDir { dir: dir.clone(), base_lr: cfg.lr.unwrap_or(f64::NAN) };
             let ck = Checkpoint::load(&rd.checkpoint())?;
             rd.truncate_after(ck.epoch)?;
             (cfg, rd, Some(ck))
@@ -200,7 +206,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     dir.display()
                 );
             }
-            (a, RunDir { dir }, None)
+            let base_lr = a.lr.unwrap_or(defaults(&a.model).0);
+            (a, RunDir { dir, base_lr }, None)
         }
     };
     let (default_lr, default_batch) = defaults(&a.model);
@@ -241,6 +248,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         patience: a.patience,
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
+        schedule: LrSchedule::parse(&a.schedule)?,
         ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)
     };
     // Everything is valid (model, data, optimizer and its arguments): now the run folder.
@@ -268,8 +276,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), |m, end| {
         let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
         println!(
-            "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  {:.1}s  {:.0} samples/s",
-            m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
+            "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+            m.epoch,
+            m.steps,
+            m.train_loss,
+            m.test_loss,
+            acc,
+            run_dir.base_lr * m.lr_scale,
+            m.seconds,
+            m.samples_per_s
         );
         run_dir.append(m).map_err(|e| descent_train::Error::Data {
             path: run_dir.dir.display().to_string(),

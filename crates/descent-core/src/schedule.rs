@@ -406,22 +406,22 @@ pub fn cyclic_lr(
 }
 
 /// Whether a metric should go down or up (torch `mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PlateauMode {
     Min,
     Max,
 }
 
 /// torch `threshold_mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ThresholdMode {
     Rel,
     Abs,
 }
 
 /// torch `ReduceLROnPlateau`: multiplies the learning rate by `factor` after `patience` steps
-/// without improvement of the metric.
-#[derive(Clone, Debug)]
+/// without improvement of the metric. Its whole state serializes, for checkpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReduceLrOnPlateau {
     pub lr: f64,
     mode: PlateauMode,

@@ -27,6 +27,8 @@ pub struct Checkpoint {
     pub steps: u64,
     /// State of the generator of batch order and dropout.
     pub rng: u64,
+    /// State of a metric-driven scheduler (ReduceLROnPlateau), as JSON.
+    pub scheduler: Option<String>,
 }
 
 fn err(path: &Path, m: impl Into<String>) -> Error {
@@ -51,7 +53,7 @@ impl Checkpoint {
             .into_iter()
             .map(|(n, v)| Ok((n, v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
             .collect::<Result<_>>()?;
-        Ok(Checkpoint { weights, optimizer: opt.core().state_dict()?, epoch, steps, rng })
+        Ok(Checkpoint { weights, optimizer: opt.core().state_dict()?, epoch, steps, rng, scheduler: None })
     }
 
     /// Writes the checkpoint to `path` atomically.
@@ -69,7 +71,7 @@ impl Checkpoint {
             .collect::<Result<Vec<_>>>()?;
         let scalars = serde_json::to_string(&self.optimizer.scalars).map_err(|e| err(path, e.to_string()))?;
         let counters = serde_json::to_string(&self.optimizer.counters).map_err(|e| err(path, e.to_string()))?;
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("format".to_string(), FORMAT.to_string()),
             ("epoch".into(), self.epoch.to_string()),
             ("steps".into(), self.steps.to_string()),
@@ -79,6 +81,9 @@ impl Checkpoint {
         ]
         .into_iter()
         .collect();
+        if let Some(s) = &self.scheduler {
+            meta.insert("scheduler".into(), s.clone());
+        }
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
         let tmp = path.with_extension("safetensors.tmp");
         let write = || -> std::io::Result<()> {
@@ -116,6 +121,7 @@ impl Checkpoint {
             epoch: num("epoch")? as usize,
             steps: num("steps")?,
             rng: num("rng")?,
+            scheduler: meta.get("scheduler").cloned(),
         };
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();

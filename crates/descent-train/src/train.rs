@@ -51,6 +51,7 @@ pub struct TrainConfig {
     pub min_delta: f64,
     /// Stop once the test accuracy reaches this fraction.
     pub target_accuracy: Option<f64>,
+    pub schedule: LrSchedule,
 }
 
 impl TrainConfig {
@@ -72,6 +73,95 @@ impl TrainConfig {
             patience: None,
             min_delta: 0.0,
             target_accuracy: None,
+            schedule: LrSchedule::Constant,
+        }
+    }
+}
+
+/// A learning-rate schedule of the training loop, as a multiplier of the optimizer's learning rate
+/// set before each step (torch's scheduler model: it rewrites the group's `lr`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrSchedule {
+    Constant,
+    /// Cosine decay to 0 over the run, per step (CosineAnnealingLR with T_max = all steps).
+    Cosine,
+    /// Linear warm-up over this fraction of the steps, then cosine decay to 0.
+    WarmupCosine {
+        warmup: f64,
+    },
+    /// One cycle over the run (torch OneCycleLR defaults: 30% up, cosine, ÷25 then ÷10⁴).
+    OneCycle,
+    /// Linear decay to 0, per step.
+    Linear,
+    /// ×`gamma` after each epoch (ExponentialLR stepped per epoch).
+    Exponential {
+        gamma: f64,
+    },
+    /// ×`gamma` every `every` epochs (StepLR stepped per epoch).
+    Step {
+        every: usize,
+        gamma: f64,
+    },
+    /// ×`factor` after `patience` epochs without test-loss improvement (ReduceLROnPlateau).
+    Plateau {
+        factor: f64,
+        patience: u64,
+    },
+}
+
+impl LrSchedule {
+    pub const NAMES: &'static [&'static str] =
+        &["constant", "cosine", "warmup_cosine", "onecycle", "linear", "exponential", "step", "plateau"];
+
+    /// By name, with the defaults a user of torch would expect.
+    pub fn parse(s: &str) -> Result<LrSchedule> {
+        Ok(match s {
+            "constant" | "none" => LrSchedule::Constant,
+            "cosine" => LrSchedule::Cosine,
+            "warmup_cosine" => LrSchedule::WarmupCosine { warmup: 0.05 },
+            "onecycle" => LrSchedule::OneCycle,
+            "linear" => LrSchedule::Linear,
+            "exponential" => LrSchedule::Exponential { gamma: 0.9 },
+            "step" => LrSchedule::Step { every: 1, gamma: 0.5 },
+            "plateau" => LrSchedule::Plateau { factor: 0.1, patience: 2 },
+            other => {
+                return Err(Error::Param(format!(
+                    "unknown schedule `{other}`; accepted: {}",
+                    LrSchedule::NAMES.join(", ")
+                )))
+            }
+        })
+    }
+
+    /// The multiplier at `step` of `total` steps, in `epoch` (1-based), for per-step and
+    /// per-epoch schedules (plateau is driven by the metric instead).
+    fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
+        let (t, n) = (step as f64, total.max(1) as f64);
+        match *self {
+            LrSchedule::Constant | LrSchedule::Plateau { .. } => 1.0,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * t.min(n) / n).cos()),
+            LrSchedule::WarmupCosine { warmup } => {
+                let w = (warmup * n).round().max(1.0);
+                if t < w {
+                    (t + 1.0) / w
+                } else {
+                    0.5 * (1.0 + (std::f64::consts::PI * ((t - w) / (n - w).max(1.0)).min(1.0)).cos())
+                }
+            }
+            LrSchedule::OneCycle => descent_core::schedule::onecycle_lr(
+                1.0,
+                total.max(1),
+                0.3,
+                descent_core::schedule::Anneal::Cos,
+                25.0,
+                1e4,
+                false,
+            )
+            .map(|s| s.value(step.min(total.saturating_sub(1))))
+            .unwrap_or(1.0),
+            LrSchedule::Linear => (1.0 - t / n).max(0.0),
+            LrSchedule::Exponential { gamma } => gamma.powi(epoch as i32 - 1),
+            LrSchedule::Step { every, gamma } => gamma.powi(((epoch - 1) / every.max(1)) as i32),
         }
     }
 }
@@ -99,10 +189,20 @@ pub struct EpochMetrics {
     pub test_accuracy: Option<f64>,
     pub seconds: f64,
     pub samples_per_s: f64,
+    /// The learning-rate multiplier in force at the end of the epoch.
+    pub lr_scale: f64,
 }
 
 /// Builds the optimizer of a config over a model's parameters.
 pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
+    Ok(optimizer_with_scale(model, cfg)?.0)
+}
+
+/// The optimizer and the learning-rate multiplier its last link applies.
+fn optimizer_with_scale(
+    model: &dyn Model,
+    cfg: &TrainConfig,
+) -> Result<(VarOptimizer, std::sync::Arc<descent_core::transforms::SharedScale>)> {
     let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
     let mut h = match &cfg.hparams {
         Value::Null => Value::Object(Default::default()),
@@ -122,11 +222,16 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
     if let Some(n) = cfg.clip_norm {
         pre.push(Box::new(descent_core::transforms::ClipByGlobalNorm::new(n)));
     }
-    if !pre.is_empty() {
+    let scale = descent_core::transforms::SharedScale::new(1.0);
+    if cfg.schedule != LrSchedule::Constant {
+        pre.push(tx);
+        pre.push(Box::new(descent_core::transforms::ScaleByShared::new(scale.clone())));
+        tx = descent_core::chain(pre);
+    } else if !pre.is_empty() {
         pre.push(tx);
         tx = descent_core::chain(pre);
     }
-    VarOptimizer::new(vars, tx)
+    Ok((VarOptimizer::new(vars, tx)?, scale))
 }
 
 /// The loss plus the L1 and L2 penalties of the config.
@@ -196,13 +301,16 @@ pub struct EpochEnd<'a> {
     epoch: usize,
     steps: u64,
     rng: u64,
+    scheduler: Option<String>,
 }
 
 impl EpochEnd<'_> {
     /// Weights, optimizer state, position and generator state now: what `train_from` needs to
     /// continue exactly as if never stopped.
     pub fn checkpoint(&mut self) -> Result<Checkpoint> {
-        Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)
+        let mut ck = Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)?;
+        ck.scheduler = self.scheduler.clone();
+        Ok(ck)
     }
 }
 
@@ -219,8 +327,24 @@ pub fn train_from(
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
-    let mut opt = optimizer_for(model, cfg)?;
+    let (mut opt, scale) = optimizer_with_scale(model, cfg)?;
     let mut rng = Rng::new(cfg.seed);
+    let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
+    let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch * cfg.epochs as u64);
+    let mut plateau = match cfg.schedule {
+        LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
+            1.0,
+            descent_core::schedule::PlateauMode::Min,
+            factor,
+            patience,
+            1e-4,
+            descent_core::schedule::ThresholdMode::Rel,
+            0,
+            0.0,
+            1e-8,
+        )?),
+        _ => None,
+    };
     let mut steps = 0u64;
     let mut first_epoch = 1;
     if let Some(ck) = resume {
@@ -228,6 +352,9 @@ pub fn train_from(
         rng = Rng::new(ck.rng);
         steps = ck.steps;
         first_epoch = ck.epoch + 1;
+        if let (Some(p), Some(text)) = (plateau.as_mut(), &ck.scheduler) {
+            *p = serde_json::from_str(text).map_err(|e| Error::Param(format!("checkpoint scheduler state: {e}")))?;
+        }
     }
     let mut history = vec![];
     let mut stop = Stop::Epochs;
@@ -240,6 +367,11 @@ pub fn train_from(
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
+            let m = match &plateau {
+                Some(p) => p.lr,
+                None => cfg.schedule.multiplier(steps, total, epoch),
+            };
+            scale.set(m);
             let (x, y) = train.batch(idx)?;
             let out = model.forward(&x, Mode::Train, &mut rng)?;
             let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
@@ -254,6 +386,9 @@ pub fn train_from(
         }
         let seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
+        if let Some(p) = plateau.as_mut() {
+            p.step(test_loss);
+        }
         let m = EpochMetrics {
             epoch,
             steps,
@@ -262,8 +397,10 @@ pub fn train_from(
             test_accuracy,
             seconds,
             samples_per_s: seen as f64 / seconds,
+            lr_scale: scale.get(),
         };
-        on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state() })?;
+        let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
+        on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state(), scheduler })?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
             let snapshot: Vec<Tensor> =

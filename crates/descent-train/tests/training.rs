@@ -141,6 +141,9 @@ fn resume_from_a_checkpoint_is_exact() {
     let te = tr.clone();
     let mut c = TrainConfig::new("adamw", Some(1e-3), 3, 50, Loss::CrossEntropy);
     c.clip_norm = Some(1.0);
+    // A plateau scheduler that cuts the rate after any epoch without improvement: its state must
+    // travel in the checkpoint too.
+    c.schedule = descent_train::train::LrSchedule::Plateau { factor: 0.5, patience: 0 };
     let new_model = || Mlp::new(Init::TorchDefault, 0.3, &mut Rng::new(11), &Device::Cpu).unwrap();
     let weights = |model: &Mlp| {
         model
@@ -184,4 +187,25 @@ fn resume_from_a_checkpoint_is_exact() {
     let e = Checkpoint::load(&path).unwrap_err().to_string();
     assert!(e.contains("checkpoint.safetensors") && e.contains("not a safetensors file"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schedules_set_the_learning_rate_multiplier() {
+    use descent_train::train::LrSchedule;
+    let run = |s: LrSchedule, epochs: usize| {
+        let (tr, te, model) = regression(2);
+        let mut c = cfg("sgd", 0.05, epochs, 100);
+        c.schedule = s;
+        train(&model, &tr, &te, &c, |_| {}).unwrap().0.iter().map(|m| m.lr_scale).collect::<Vec<_>>()
+    };
+    // 1000 samples / 100 per batch = 10 steps an epoch; the multiplier shown is the last step's.
+    let cos = run(LrSchedule::Cosine, 2);
+    assert!((cos[0] - 0.5 * (1.0 + (std::f64::consts::PI * 9.0 / 20.0).cos())).abs() < 1e-12, "{cos:?}");
+    assert!(cos[1] < 0.01);
+    assert_eq!(run(LrSchedule::Step { every: 2, gamma: 0.5 }, 4), vec![1.0, 1.0, 0.5, 0.5]);
+    let exp = run(LrSchedule::Exponential { gamma: 0.9 }, 3);
+    assert!((exp[2] - 0.81).abs() < 1e-12);
+    let lin = run(LrSchedule::Linear, 1);
+    assert!((lin[0] - 0.1).abs() < 1e-12, "{lin:?}");
+    assert!(LrSchedule::parse("cosinus").unwrap_err().to_string().contains("warmup_cosine"));
 }

@@ -238,3 +238,47 @@ impl Elementwise for ScaleByRss {
         }
     });
 }
+
+/// A learning-rate multiplier set from outside between steps (by a training loop's scheduler, as
+/// torch schedulers rewrite a group's `lr`). Shared between the loop and the optimizer.
+#[derive(Debug, Default)]
+pub struct SharedScale(std::sync::atomic::AtomicU64);
+
+impl SharedScale {
+    pub fn new(v: f64) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SharedScale(std::sync::atomic::AtomicU64::new(v.to_bits())))
+    }
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// `u ← s·u` with `s` read from a [`SharedScale`] at the start of each step. For optimizers whose
+/// step is proportional to the learning rate (SGD, Adam, AdamW, RMSprop, Lion, …), scaling by
+/// `lr_t / lr` is the same as changing the learning rate to `lr_t`.
+pub struct ScaleByShared {
+    scale: std::sync::Arc<SharedScale>,
+    current: f32,
+}
+impl ScaleByShared {
+    pub fn new(scale: std::sync::Arc<SharedScale>) -> Self {
+        ScaleByShared { scale, current: 1.0 }
+    }
+}
+elementwise_transform!(ScaleByShared, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for ScaleByShared {
+    fn begin_step(&mut self) {
+        self.current = self.scale.get() as f32;
+    }
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
+        Some((self.current, 0.0))
+    }
+    simd_apply!(ScaleByShared, |this, i, off, u, p| {
+        for x in u.iter_mut() {
+            *x *= this.current;
+        }
+    });
+}
