@@ -137,9 +137,10 @@ impl RunDir {
             writeln!(f, "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr")?;
         }
         let acc = m.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
+        let lr = self.base_lr * m.lr_scale;
         writeln!(
             f,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{lr}",
             m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
         )?;
         Ok(())

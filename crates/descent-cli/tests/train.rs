@@ -97,6 +97,10 @@ fn run_folder_metrics_and_exact_resume() {
     };
     assert_eq!(losses(a), losses(b));
     assert_eq!(read(b, "metrics.jsonl").lines().count(), 4);
+    // Every CSV row has as many fields as the header.
+    let csv = read(b, "metrics.csv");
+    let widths: Vec<usize> = csv.lines().map(|l| l.split(',').count()).collect();
+    assert!(widths.iter().all(|&w| w == widths[0]), "{csv}");
     assert!(read(b, "config.json").contains("\"model\": \"linear\""));
     std::fs::remove_dir_all(&dir).unwrap();
 }
