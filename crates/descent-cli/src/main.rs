@@ -49,6 +49,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training throughput: forward + backward + optimizer step over fixed batches.
+    Train {
+        /// lenet, mlp or linear.
+        #[arg(long, default_value = "lenet")]
+        model: String,
+        #[arg(long, default_value = "adam")]
+        optimizer: String,
+        /// Batch size (default: the model's training default).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Timed batches.
+        #[arg(long, default_value_t = 50)]
+        batches: usize,
+        /// Untimed batches first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Worker threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Optimizer steps on flat buffers against the memory roofline of their access pattern.
     Step {
         /// An optimizer name (`adam`, `torch.adamw`, `optax.lion`, …) or `all`.
@@ -82,6 +102,13 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Train(args) => set_threads(args.threads).and_then(|_| train::run(*args)).map(|_| true),
+        Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {
+            set_threads(threads)
+                .and_then(|n| {
+                    train::bench(train::BenchArgs { model, optimizer, batch_size, batches, warmup, threads: n })
+                })
+                .map(|_| true)
+        }
         Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             serde_json::from_str(&hparams)
@@ -104,14 +131,14 @@ fn main() -> ExitCode {
 
 /// Sets the worker-thread count once, for rayon and for candle (which otherwise reads
 /// `/proc/cpuinfo` on every matmul when `RAYON_NUM_THREADS` is unset).
-fn set_threads(threads: Option<usize>) -> Result<()> {
+fn set_threads(threads: Option<usize>) -> Result<usize> {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     if n == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
-    Ok(())
+    Ok(n)
 }
 
 fn replay(paths: &[PathBuf]) -> Result<bool> {

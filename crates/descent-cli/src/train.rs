@@ -100,6 +100,78 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON ({e})"))
 }
 
+/// The model, its training and test sets and its loss.
+type Workload = (Box<dyn Model>, Dataset, Dataset, Loss);
+
+/// Builds a workload by name (`lenet`, `mlp`, `linear`).
+pub fn workload(
+    model: &str,
+    init: Init,
+    dropout: f32,
+    normalize: bool,
+    data: &std::path::Path,
+    rng: &mut Rng,
+) -> Result<Workload> {
+    let dev = Device::Cpu;
+    Ok(match model {
+        "linear" => {
+            let tr = Dataset::regression(10_000, rng)?;
+            let te = Dataset::regression(2_000, rng)?;
+            (Box::new(LinearRegression::new(init, rng, &dev)?), tr, te, Loss::Mse)
+        }
+        "mlp" | "lenet" => {
+            let m = mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?;
+            let (tr, te) = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
+            let net: Box<dyn Model> = if model == "mlp" {
+                Box::new(Mlp::new(init, dropout, rng, &dev)?)
+            } else {
+                Box::new(LeNet5::new(init, rng, &dev)?)
+            };
+            (net, tr, te, Loss::CrossEntropy)
+        }
+        other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
+    })
+}
+
+/// Settings of `descent bench train`.
+pub struct BenchArgs {
+    pub model: String,
+    pub optimizer: String,
+    pub batch_size: Option<usize>,
+    pub batches: usize,
+    pub warmup: usize,
+    pub threads: usize,
+}
+
+/// `descent bench train`: samples/s of forward + backward + step and the share of each.
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let mut rng = Rng::new(0);
+    let (model, train_set, _, loss) =
+        workload(&a.model, Init::TorchDefault, 0.2, false, std::path::Path::new("data/mnist"), &mut rng)?;
+    let (lr, default_batch) = defaults(&a.model);
+    let batch = a.batch_size.unwrap_or(default_batch);
+    let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
+    let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
+    let total = t.forward_s + t.backward_s + t.step_s;
+    println!(
+        "{} batch {} with {}, {} thread(s), {} batches after {} warm-up: {:.0} samples/s",
+        a.model, batch, a.optimizer, a.threads, a.batches, a.warmup, t.samples_per_s
+    );
+    println!(
+        "  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%  ({:.2} ms per batch)",
+        100.0 * t.forward_s / total,
+        100.0 * t.backward_s / total,
+        100.0 * t.step_s / total,
+        1e3 * total / a.batches as f64
+    );
+    println!(
+        "{}",
+        serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": a.optimizer, "threads": a.threads,
+            "samples_per_s": t.samples_per_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
+    );
+    Ok(())
+}
+
 /// Per-model defaults: (learning rate, batch size), the recipes the README quotes.
 pub fn defaults(model: &str) -> (f64, usize) {
     match model {
@@ -219,25 +291,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
-    let dev = Device::Cpu;
-    let (model, train_set, test_set, loss): (Box<dyn Model>, Dataset, Dataset, Loss) = match a.model.as_str() {
-        "linear" => {
-            let tr = Dataset::regression(10_000, &mut rng)?;
-            let te = Dataset::regression(2_000, &mut rng)?;
-            (Box::new(LinearRegression::new(init, &mut rng, &dev)?), tr, te, Loss::Mse)
-        }
-        "mlp" | "lenet" => {
-            let m = mnist::load(&a.data).with_context(|| format!("loading MNIST from {}", a.data.display()))?;
-            let (tr, te) = (Dataset::mnist(&m.train, a.normalize)?, Dataset::mnist(&m.test, a.normalize)?);
-            let model: Box<dyn Model> = if a.model == "mlp" {
-                Box::new(Mlp::new(init, a.dropout, &mut rng, &dev)?)
-            } else {
-                Box::new(LeNet5::new(init, &mut rng, &dev)?)
-            };
-            (model, tr, te, Loss::CrossEntropy)
-        }
-        other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
-    };
+    let (model, train_set, test_set, loss) = workload(&a.model, init, a.dropout, a.normalize, &a.data, &mut rng)?;
     let cfg = TrainConfig {
         hparams: a.hparams.clone(),
         max_steps: a.steps,

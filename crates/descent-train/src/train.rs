@@ -431,3 +431,48 @@ pub fn train_from(
     }
     Ok((history, stop))
 }
+
+/// Timings of [`bench`]: throughput and the seconds spent in each phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchTimes {
+    pub samples_per_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub step_s: f64,
+}
+
+/// Training throughput: `warmup` untimed steps, then `batches` timed steps of forward (with the
+/// loss), backward and optimizer step, each phase timed separately.
+pub fn bench(
+    model: &dyn Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    warmup: usize,
+    batches: usize,
+) -> Result<BenchTimes> {
+    let mut opt = optimizer_for(model, cfg)?;
+    let mut rng = Rng::new(cfg.seed);
+    let order = epoch_order(data.len(), &mut rng);
+    let mut batches_iter = order.chunks(cfg.batch_size).cycle();
+    let (mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0usize);
+    for k in 0..warmup + batches {
+        let idx = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let (x, y) = data.batch(idx)?;
+        let t0 = Instant::now();
+        let out = model.forward(&x, Mode::Train, &mut rng)?;
+        let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.step(&grads)?;
+        let t3 = Instant::now();
+        if k >= warmup {
+            f += (t1 - t0).as_secs_f64();
+            b += (t2 - t1).as_secs_f64();
+            s += (t3 - t2).as_secs_f64();
+            samples += idx.len();
+        }
+    }
+    Ok(BenchTimes { samples_per_s: samples as f64 / (f + b + s), forward_s: f, backward_s: b, step_s: s })
+}
