@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Stop once test accuracy reaches this percentage.
     #[arg(long)]
     pub target_accuracy: Option<f64>,
+    /// A parameter group: parameters whose name contains PATTERN get these optimizer arguments,
+    /// e.g. --group 'bias={"weight_decay": 0}'. Repeatable; the first match wins.
+    #[arg(long = "group", value_name = "PATTERN=JSON", value_parser = parse_group)]
+    pub groups: Vec<(String, serde_json::Value)>,
     /// Learning-rate schedule: constant, cosine, warmup_cosine, onecycle, linear, exponential,
     /// step, plateau (ReduceLROnPlateau on the test loss).
     #[arg(long, default_value = "constant")]
@@ -94,6 +98,15 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+}
+
+fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (pat, json) = s.split_once('=').ok_or("expected PATTERN=JSON, e.g. bias={\"weight_decay\": 0}")?;
+    let v = parse_json(json)?;
+    if !v.is_object() {
+        return Err(format!("the arguments of group `{pat}` must be a JSON object"));
+    }
+    Ok((pat.to_string(), v))
 }
 
 fn parse_json(s: &str) -> Result<serde_json::Value, String> {
@@ -304,6 +317,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
         schedule: LrSchedule::parse(&a.schedule)?,
+        groups: a.groups.clone(),
         ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)
     };
     // Everything is valid (model, data, optimizer and its arguments): now the run folder.

@@ -52,6 +52,9 @@ pub struct TrainConfig {
     /// Stop once the test accuracy reaches this fraction.
     pub target_accuracy: Option<f64>,
     pub schedule: LrSchedule,
+    /// Parameter groups by name: parameters whose name contains the pattern get these keyword
+    /// arguments on top of `hparams` (first matching group wins), e.g. `("bias", {"weight_decay": 0})`.
+    pub groups: Vec<(String, Value)>,
 }
 
 impl TrainConfig {
@@ -74,6 +77,7 @@ impl TrainConfig {
             min_delta: 0.0,
             target_accuracy: None,
             schedule: LrSchedule::Constant,
+            groups: vec![],
         }
     }
 }
@@ -214,7 +218,36 @@ fn optimizer_with_scale(
     }
     let vars = model.named_vars();
     let shapes: Vec<Vec<usize>> = vars.iter().map(|(_, v)| v.dims().to_vec()).collect();
-    let mut tx = build_optimizer(lib, &name, &h, None, &shapes)?;
+    let mut tx = if cfg.groups.is_empty() {
+        build_optimizer(lib, &name, &h, None, &shapes)?
+    } else {
+        // One optimizer per group over its parameters (torch param_groups, optax partition).
+        let mut member: Vec<usize> = vec![cfg.groups.len(); vars.len()];
+        for (i, (n, _)) in vars.iter().enumerate() {
+            if let Some(g) = cfg.groups.iter().position(|(pat, _)| n.contains(pat.as_str())) {
+                member[i] = g;
+            }
+        }
+        let mut parts = vec![];
+        for g in 0..=cfg.groups.len() {
+            let idx: Vec<usize> = (0..vars.len()).filter(|&i| member[i] == g).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let mut gh = h.clone();
+            if let Some((pat, over)) = cfg.groups.get(g) {
+                let over = over.as_object().ok_or_else(|| {
+                    Error::Param(format!("group `{pat}`: arguments must be a JSON object, got {over}"))
+                })?;
+                for (k, v) in over {
+                    gh[k] = v.clone();
+                }
+            }
+            let sub: Vec<Vec<usize>> = idx.iter().map(|&i| shapes[i].clone()).collect();
+            parts.push((idx, build_optimizer(lib, &name, &gh, None, &sub)?));
+        }
+        Box::new(descent_core::transforms::Partition::new(parts))
+    };
     let mut pre: Vec<Box<dyn descent_core::Transform>> = vec![];
     if let Some(v) = cfg.clip_value {
         pre.push(Box::new(descent_core::transforms::Clip::new(v)));

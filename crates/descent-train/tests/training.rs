@@ -209,3 +209,31 @@ fn schedules_set_the_learning_rate_multiplier() {
     assert!((lin[0] - 0.1).abs() < 1e-12, "{lin:?}");
     assert!(LrSchedule::parse("cosinus").unwrap_err().to_string().contains("warmup_cosine"));
 }
+
+/// Groups by name: no weight decay on biases leaves them where plain AdamW would shrink them.
+#[test]
+fn parameter_groups_by_name() {
+    let run = |groups: Vec<(String, serde_json::Value)>| {
+        let (tr, te, model) = regression(4);
+        let mut c = cfg("adamw", 0.01, 3, 32);
+        c.hparams = json!({"weight_decay": 50.0});
+        c.groups = groups;
+        train(&model, &tr, &te, &c, |_| {}).unwrap();
+        let v = model.named_vars();
+        (v[0].1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], slope(&model))
+    };
+    let (b_all, w_all) = run(vec![]);
+    let (b_grp, w_grp) = run(vec![("bias".into(), json!({"weight_decay": 0.0}))]);
+    // Heavy decay pins both near 0; without decay on the bias it is free, the weight still pinned.
+    assert!(b_all.abs() < 0.05 && w_all.abs() < 0.2, "{b_all} {w_all}");
+    assert!(w_grp.abs() < 0.2, "{w_grp}");
+    assert!((b_grp - b_all).abs() > 1e-4, "{b_grp} vs {b_all}");
+    // Works for optax optimizers too, and a bad override is an error naming it.
+    let (tr, te, model) = regression(4);
+    let mut c = cfg("lion", 1e-3, 1, 32);
+    c.groups = vec![("weight".into(), json!({"b1": 0.5}))];
+    train(&model, &tr, &te, &c, |_| {}).unwrap();
+    c.groups = vec![("weight".into(), json!({"beta1": 0.5}))];
+    let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("beta1") && e.contains("b1"), "{e}");
+}
