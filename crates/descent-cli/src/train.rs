@@ -9,7 +9,7 @@ use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train_from, EpochMetrics, Loss, LrSchedule, Stop, TrainConfig};
+use descent_train::train::{train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, Stop, TrainConfig};
 
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
@@ -194,6 +194,69 @@ pub fn defaults(model: &str) -> (f64, usize) {
     }
 }
 
+/// What the user sees: a progress bar per epoch (hidden when stderr is not a terminal), a summary
+/// line per epoch; and what stays: metrics and a checkpoint per epoch in the run folder.
+struct CliHooks<'a> {
+    run_dir: &'a RunDir,
+    bar: Option<indicatif::ProgressBar>,
+    loss_sum: f64,
+    seen: usize,
+}
+
+impl Hooks for &mut CliHooks<'_> {
+    fn on_step(&mut self, epoch: usize, batch: usize, batches: usize, samples: usize, loss: f32, lr_scale: f64) {
+        if batch == 0 || self.bar.is_none() {
+            let bar = indicatif::ProgressBar::new(batches as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(epoch.to_string());
+            self.bar = Some(bar);
+            self.loss_sum = 0.0;
+            self.seen = 0;
+        }
+        self.loss_sum += loss as f64 * samples as f64;
+        self.seen += samples;
+        if let Some(bar) = &self.bar {
+            bar.set_position(batch as u64 + 1);
+            if batch % 20 == 0 || batch + 1 == batches {
+                let rate = self.seen as f64 / bar.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4}  lr {:.2e}  {:.0} samples/s",
+                    self.loss_sum / self.seen as f64,
+                    self.run_dir.base_lr * lr_scale,
+                    rate
+                ));
+            }
+        }
+    }
+
+    fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> descent_train::Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+        println!(
+            "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+            m.epoch,
+            m.steps,
+            m.train_loss,
+            m.test_loss,
+            acc,
+            self.run_dir.base_lr * m.lr_scale,
+            m.seconds,
+            m.samples_per_s
+        );
+        self.run_dir.append(m).map_err(|e| descent_train::Error::Data {
+            path: self.run_dir.dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        end.checkpoint()?.save(&self.run_dir.checkpoint())
+    }
+}
+
 /// The run folder's files.
 struct RunDir {
     dir: PathBuf,
@@ -342,25 +405,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(ck) = &resume {
         println!("resuming {} after epoch {} (step {})", run_dir.dir.display(), ck.epoch, ck.steps);
     }
-    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), |m, end| {
-        let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-        println!(
-            "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
-            m.epoch,
-            m.steps,
-            m.train_loss,
-            m.test_loss,
-            acc,
-            run_dir.base_lr * m.lr_scale,
-            m.seconds,
-            m.samples_per_s
-        );
-        run_dir.append(m).map_err(|e| descent_train::Error::Data {
-            path: run_dir.dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        end.checkpoint()?.save(&run_dir.checkpoint())
-    })?;
+    let mut hooks = CliHooks { run_dir: &run_dir, bar: None, loss_sum: 0.0, seen: 0 };
+    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), &mut hooks)?;
     match stop {
         Stop::EarlyStopping { best_epoch } => {
             println!(

@@ -321,7 +321,7 @@ pub fn train(
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochMetrics),
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
-    train_from(model, train, test, cfg, None, |m, _| {
+    train_from(model, train, test, cfg, None, |m: &EpochMetrics, _: &mut EpochEnd| {
         on_epoch(m);
         Ok(())
     })
@@ -347,6 +347,21 @@ impl EpochEnd<'_> {
     }
 }
 
+/// What a caller sees of a run: every step, and the end of every epoch (where checkpoints go).
+/// A closure `|metrics, end| -> Result<()>` is an epoch hook.
+pub trait Hooks {
+    /// After each optimizer step: the epoch, the batch within it, the batches per epoch, the
+    /// batch's samples and loss, and the learning-rate multiplier.
+    fn on_step(&mut self, _epoch: usize, _batch: usize, _batches: usize, _samples: usize, _loss: f32, _lr_scale: f64) {}
+    fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> Result<()>;
+}
+
+impl<F: FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>> Hooks for F {
+    fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> Result<()> {
+        self(m, end)
+    }
+}
+
 /// [`train`], optionally continuing from a checkpoint taken at the end of an epoch (the run then
 /// goes on bit for bit as an uninterrupted one), with access to each epoch's end for checkpoints.
 pub fn train_from(
@@ -355,7 +370,7 @@ pub fn train_from(
     test: &Dataset,
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
-    mut on_epoch: impl FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>,
+    mut hooks: impl Hooks,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
@@ -396,7 +411,8 @@ pub fn train_from(
         let t0 = Instant::now();
         let order = epoch_order(train.len(), &mut rng);
         let (mut sum, mut seen) = (0.0f64, 0usize);
-        for idx in order.chunks(cfg.batch_size) {
+        let batches = order.len().div_ceil(cfg.batch_size);
+        for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
@@ -414,6 +430,7 @@ pub fn train_from(
             }
             opt.backward_step(&loss)?;
             steps += 1;
+            hooks.on_step(epoch, bi, batches, idx.len(), l, m);
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
         }
@@ -433,7 +450,7 @@ pub fn train_from(
             lr_scale: scale.get(),
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
-        on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state(), scheduler })?;
+        hooks.on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state(), scheduler })?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
             let snapshot: Vec<Tensor> =

@@ -162,13 +162,17 @@ fn resume_from_a_checkpoint_is_exact() {
     let first = new_model();
     let mut c1 = c.clone();
     c1.epochs = 1;
-    train_from(&first, &tr, &te, &c1, None, |_, end| end.checkpoint()?.save(&path)).unwrap();
+    train_from(&first, &tr, &te, &c1, None, |_: &_, end: &mut descent_train::train::EpochEnd| {
+        end.checkpoint()?.save(&path)
+    })
+    .unwrap();
     assert!(!dir.join("checkpoint.safetensors.tmp").exists());
 
     let ck = Checkpoint::load(&path).unwrap();
     assert_eq!(ck.epoch, 1);
     let resumed = new_model();
-    let (h, _) = train_from(&resumed, &tr, &te, &c, Some(&ck), |_, _| Ok(())).unwrap();
+    let (h, _) =
+        train_from(&resumed, &tr, &te, &c, Some(&ck), |_: &_, _: &mut descent_train::train::EpochEnd| Ok(())).unwrap();
     assert_eq!(h.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![2, 3]);
     for (a, b) in weights(&full).iter().flatten().zip(weights(&resumed).iter().flatten()) {
         assert_eq!(a.to_bits(), b.to_bits());
