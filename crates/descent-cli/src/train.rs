@@ -221,7 +221,7 @@ impl Hooks for &mut CliHooks<'_> {
         self.seen += samples;
         if let Some(bar) = &self.bar {
             bar.set_position(batch as u64 + 1);
-            if batch % 20 == 0 || batch + 1 == batches {
+            if batch.is_multiple_of(20) || batch + 1 == batches {
                 let rate = self.seen as f64 / bar.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "loss {:.4}  lr {:.2e}  {:.0} samples/s",
