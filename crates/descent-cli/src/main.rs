@@ -93,7 +93,13 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed through `ArgMatches` so that `--config` can tell which flags were given.
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let r = match cli.command {
         Command::Replay { check: true, paths } => check(&paths),
         Command::Replay { check: false, paths } => replay(&paths),
@@ -101,7 +107,10 @@ fn main() -> ExitCode {
             list();
             Ok(true)
         }
-        Command::Train(args) => set_threads(args.threads).and_then(|_| train::run(*args)).map(|_| true),
+        Command::Train(args) => {
+            let sub = matches.subcommand_matches("train").expect("train subcommand");
+            args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
+        }
         Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {
             set_threads(threads)
                 .and_then(|n| {

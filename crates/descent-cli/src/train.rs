@@ -14,8 +14,10 @@ use descent_train::train::{train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSc
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
 
-/// The flags of `descent train`; also the `config.json` of a run folder.
+/// The flags of `descent train`; also the `config.json` of a run folder and the keys of a
+/// `--config` TOML file.
 #[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainArgs {
     /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
     #[arg(long, default_value = "lenet")]
@@ -98,6 +100,36 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// A TOML file with any of these settings (keys as the flags, with underscores); flags given on
+    /// the command line override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// Merges a `--config` file under the flags that were given on the command line.
+    pub fn with_config(self, matches: &clap::ArgMatches) -> Result<TrainArgs> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file: toml::Table = toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        let mut merged = serde_json::to_value(&self)?;
+        let flags = merged.as_object_mut().expect("TrainArgs serializes to an object");
+        let known: Vec<String> = flags.keys().cloned().collect();
+        for (k, v) in file {
+            if !known.contains(&k) {
+                bail!("{}: unknown setting `{k}`; accepted: {}", path.display(), known.join(", "));
+            }
+            let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
+            if !from_cli {
+                flags.insert(k.clone(), serde_json::to_value(v).with_context(|| format!("{}: `{k}`", path.display()))?);
+            }
+        }
+        let mut out: TrainArgs = serde_json::from_value(merged)
+            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
+        (out.out, out.force, out.resume, out.config) = (self.out, self.force, self.resume, self.config);
+        Ok(out)
+    }
 }
 
 fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
@@ -393,6 +425,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(run_dir.dir.join("config.json"), serde_json::to_string_pretty(&a)?)?;
+    std::fs::write(run_dir.dir.join("config.toml"), toml::to_string(&a).context("config as TOML")?)?;
     println!(
         "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
         a.model,

@@ -104,3 +104,37 @@ fn run_folder_metrics_and_exact_resume() {
     assert!(read(b, "config.json").contains("\"model\": \"linear\""));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_toml_config_under_command_line_flags() {
+    let dir = std::path::PathBuf::from(out("toml"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"linear\"\noptimizer = \"sgd\"\nlr = 0.1\nepochs = 2\nhparams = { momentum = 0.5 }\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let o =
+            descent().args(["train", "--config", cfg.to_str().unwrap(), "--out", out]).args(extra).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let a = dir.join("a").to_string_lossy().to_string();
+    let (ok, text) = run(&[], &a);
+    assert!(ok && text.lines().filter(|l| l.starts_with("epoch ")).count() == 2, "{text}");
+    // The run folder's config.toml runs as is and gives the same numbers.
+    let b = dir.join("b").to_string_lossy().to_string();
+    let o = descent().args(["train", "--config", &format!("{a}/config.toml"), "--out", &b]).output().unwrap();
+    let tb = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(text.lines().last(), tb.lines().last(), "{tb}");
+    // A flag on the command line wins over the file.
+    let c = dir.join("c").to_string_lossy().to_string();
+    let (ok, text) = run(&["--epochs", "3"], &c);
+    assert!(ok && text.lines().filter(|l| l.starts_with("epoch ")).count() == 3, "{text}");
+    // Unknown keys are named.
+    std::fs::write(&cfg, "model = \"linear\"\nlrr = 0.1\n").unwrap();
+    let (ok, text) = run(&[], &dir.join("d").to_string_lossy());
+    assert!(!ok && text.contains("unknown setting `lrr`") && text.contains("lr"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
