@@ -79,6 +79,9 @@ pub struct TrainArgs {
     /// Stop once test accuracy reaches this percentage.
     #[arg(long)]
     pub target_accuracy: Option<f64>,
+    /// Stop when the epoch's training loss changes by less than this.
+    #[arg(long)]
+    pub min_loss_change: Option<f64>,
     /// A parameter group: parameters whose name contains PATTERN get these optimizer arguments,
     /// e.g. --group 'bias={"weight_decay": 0}'. Repeatable; the first match wins.
     #[arg(long = "group", value_name = "PATTERN=JSON", value_parser = parse_group)]
@@ -413,6 +416,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
         schedule: LrSchedule::parse(&a.schedule)?,
         groups: a.groups.clone(),
+        min_loss_change: a.min_loss_change,
         ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)
     };
     // Everything is valid (model, data, optimizer and its arguments): now the run folder.
@@ -448,6 +452,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             )
         }
         Stop::TargetAccuracy => println!("target accuracy reached"),
+        Stop::Converged => {
+            println!("converged: the training loss changed by less than {}", a.min_loss_change.unwrap_or(0.0))
+        }
         Stop::Steps | Stop::Epochs => {}
     }
     let last = match stop {

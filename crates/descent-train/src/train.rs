@@ -51,6 +51,8 @@ pub struct TrainConfig {
     pub min_delta: f64,
     /// Stop once the test accuracy reaches this fraction.
     pub target_accuracy: Option<f64>,
+    /// Stop when the epoch's training loss changes by less than this from the previous epoch.
+    pub min_loss_change: Option<f64>,
     pub schedule: LrSchedule,
     /// Parameter groups by name: parameters whose name contains the pattern get these keyword
     /// arguments on top of `hparams` (first matching group wins), e.g. `("bias", {"weight_decay": 0})`.
@@ -76,6 +78,7 @@ impl TrainConfig {
             patience: None,
             min_delta: 0.0,
             target_accuracy: None,
+            min_loss_change: None,
             schedule: LrSchedule::Constant,
             groups: vec![],
         }
@@ -180,6 +183,8 @@ pub enum Stop {
         best_epoch: usize,
     },
     TargetAccuracy,
+    /// The training loss changed by less than the threshold.
+    Converged,
 }
 
 /// What one epoch gave.
@@ -404,7 +409,7 @@ pub fn train_from(
             *p = serde_json::from_str(text).map_err(|e| Error::Param(format!("checkpoint scheduler state: {e}")))?;
         }
     }
-    let mut history = vec![];
+    let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in first_epoch..=cfg.epochs {
@@ -458,9 +463,17 @@ pub fn train_from(
             best = Some((m.test_loss, epoch, snapshot));
         }
         let reached = cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
+        let converged = match (cfg.min_loss_change, history.last()) {
+            (Some(th), Some(prev)) => (m.train_loss - prev.train_loss).abs() < th,
+            _ => false,
+        };
         history.push(m);
         if reached {
             stop = Stop::TargetAccuracy;
+            break 'epochs;
+        }
+        if converged {
+            stop = Stop::Converged;
             break 'epochs;
         }
         if cfg.max_steps.is_some_and(|m| steps >= m) {

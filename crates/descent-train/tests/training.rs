@@ -241,3 +241,15 @@ fn parameter_groups_by_name() {
     let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
     assert!(e.contains("beta1") && e.contains("b1"), "{e}");
 }
+
+#[test]
+fn a_small_loss_change_stops_the_run() {
+    let (tr, te, model) = regression(6);
+    let mut c = cfg("sgd", 0.1, 50, 32);
+    c.min_loss_change = Some(1e-3);
+    let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert_eq!(stop, Stop::Converged);
+    assert!(h.len() < 50);
+    let n = h.len();
+    assert!((h[n - 1].train_loss - h[n - 2].train_loss).abs() < 1e-3);
+}
