@@ -236,6 +236,8 @@ impl CustomOp3 for Conv2dOp {
         let ws = w.flatten_all()?.to_vec1::<f32>()?;
         let gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let (k, hw, img) = (g.k(), g.hw(), g.c * g.h * g.w);
+        // The input of a first layer is data: no gradient to compute for it.
+        let need_gx = x.track_op();
         let mut gx = vec![0.0f32; xs.len()];
         // Per task of IMAGES_PER_TASK images: its input gradients (disjoint) and a partial weight
         // and bias gradient, reduced afterwards in task order.
@@ -285,7 +287,7 @@ impl CustomOp3 for Conv2dOp {
         }
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(gx, x.dims(), dev)?),
+            if need_gx { Some(Tensor::from_vec(gx, x.dims(), dev)?) } else { None },
             Some(Tensor::from_vec(gw, w.dims(), dev)?),
             Some(Tensor::from_vec(gb, g.o, dev)?),
         ))
