@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
-use descent_core::transform::{Optimizer, BLOCK, CHUNK, PARALLEL_MIN};
+use descent_core::transform::{add_assign, Optimizer, BLOCK, CHUNK, PARALLEL_MIN};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -74,28 +74,6 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `x += g`, vectorized like the optimizers' kernels (AVX2 when the CPU has it).
-fn add(x: &mut [f32], g: &[f32]) {
-    #[inline(always)]
-    fn body(x: &mut [f32], g: &[f32]) {
-        for (a, b) in x.iter_mut().zip(g) {
-            *a += b;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(x: &mut [f32], g: &[f32]) {
-            body(x, g)
-        }
-        if descent_core::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(x, g) };
-        }
-    }
-    body(x, g)
-}
-
 /// The roofline kernel: the same buffers read and written as by an optimizer with `k` state
 /// buffers (read p, g and the state; write p and the state), with `x += g` as the arithmetic,
 /// the same block/chunk threading.
@@ -115,7 +93,7 @@ fn roofline_step(p: &mut [Vec<f32>], g: &[Vec<f32>], state: &mut [Vec<Vec<f32>>]
                     for ptr in &ptrs {
                         // SAFETY: each task touches its own disjoint range of every buffer.
                         let x = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(b), n) };
-                        add(x, gs);
+                        add_assign(x, gs);
                     }
                 }
             };

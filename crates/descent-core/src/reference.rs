@@ -267,14 +267,7 @@ impl OptimCase {
                     scale = scale.max(d_ref.abs());
                 }
             }
-            let ratio = err / (self.rel * scale + self.abs);
-            if ratio.is_nan() || ratio > 1.0 {
-                worst.passed = false;
-            }
-            if ratio.is_nan() || ratio > worst.ratio {
-                worst.ratio = ratio;
-                worst.step = t;
-            }
+            worst.record(t, err / (self.rel * scale + self.abs));
         }
         worst
     }
@@ -304,14 +297,7 @@ impl ScheduleCase {
     pub fn check(&self, ours: &[f64]) -> Check {
         let mut worst = Check { passed: ours.len() == self.expected_lr.len(), ratio: 0.0, step: 0 };
         for (t, (o, e)) in ours.iter().zip(&self.expected_lr).enumerate() {
-            let ratio = (o - e).abs() / (1e-6 * e.abs().max(1.0));
-            if ratio.is_nan() || ratio > 1.0 {
-                worst.passed = false;
-            }
-            if ratio.is_nan() || ratio > worst.ratio {
-                worst.ratio = ratio;
-                worst.step = t;
-            }
+            worst.record(t, (o - e).abs() / (1e-6 * e.abs().max(1.0)));
         }
         worst
     }
@@ -323,6 +309,19 @@ pub struct Check {
     pub passed: bool,
     pub ratio: f64,
     pub step: usize,
+}
+
+impl Check {
+    /// Takes step `t`'s error as a fraction of its allowance (NaN counts as failing).
+    fn record(&mut self, t: usize, ratio: f64) {
+        if ratio.is_nan() || ratio > 1.0 {
+            self.passed = false;
+        }
+        if ratio.is_nan() || ratio > self.ratio {
+            self.ratio = ratio;
+            self.step = t;
+        }
+    }
 }
 
 /// Replays a case and checks it.

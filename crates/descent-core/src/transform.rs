@@ -168,8 +168,9 @@ fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) 
     }
 }
 
-/// `p += u`, vectorized for the CPU at hand.
-fn add_assign(p: &mut [f32], u: &[f32]) {
+/// `p += u`, vectorized for the CPU at hand (the fused step's last operation; benchmarks use it as
+/// the roofline's arithmetic).
+pub fn add_assign(p: &mut [f32], u: &[f32]) {
     #[inline(always)]
     fn body(p: &mut [f32], u: &[f32]) {
         for (x, d) in p.iter_mut().zip(u) {
