@@ -4,6 +4,8 @@
 //! `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use crate::gemm::matmul;
 use rayon::prelude::*;
 
 /// Images per task: fixed, so the reduction order of the weight gradient (and so its bits) does not
@@ -138,50 +140,7 @@ impl Conv2dOp {
     }
 }
 
-/// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]`, all row-major with the given row strides; `lhs_t` /
-/// `rhs_t` read the operand transposed (its storage is `[k×m]` / `[n×k]`).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
-    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
-    // SAFETY: the asserts bound every access of the strides above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: {what} must be f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
     Ok(&v[a..b])
@@ -214,7 +173,7 @@ impl CustomOp3 for Conv2dOp {
             for gi in 0..self.groups {
                 self.im2col(&g, xi, gi, &mut cols);
                 let yg = &mut y[gi * g.og * hw..(gi + 1) * g.og * hw];
-                matmul(yg, false, &w[gi * g.og * k..(gi + 1) * g.og * k], false, &cols, false, g.og, hw, k);
+                matmul(yg, false, &w[gi * g.og * k..(gi + 1) * g.og * k], false, &cols, false, g.og, hw, k, false);
             }
             for (oc, plane) in y.chunks_mut(hw).enumerate() {
                 plane.iter_mut().for_each(|v| *v += b[oc]);
@@ -257,20 +216,24 @@ impl CustomOp3 for Conv2dOp {
                         let gyg = &gyi[gi * g.og * hw..(gi + 1) * g.og * hw];
                         self.im2col(&g, xi, gi, &mut cols);
                         // dW_g += dY_g [og × hw] · colsᵀ [hw × k]
-                        matmul(&mut gw[gi * g.og * k..(gi + 1) * g.og * k], true, gyg, false, &cols, true, g.og, k, hw);
-                        // dcols = W_gᵀ [k × og] · dY_g [og × hw]
                         matmul(
-                            &mut gcols,
-                            false,
-                            &ws[gi * g.og * k..(gi + 1) * g.og * k],
+                            &mut gw[gi * g.og * k..(gi + 1) * g.og * k],
                             true,
                             gyg,
                             false,
+                            &cols,
+                            true,
+                            g.og,
                             k,
                             hw,
-                            g.og,
+                            false,
                         );
-                        self.col2im(&g, &gcols, gi, gxi);
+                        if need_gx {
+                            // dcols = W_gᵀ [k × og] · dY_g [og × hw]
+                            let wg = &ws[gi * g.og * k..(gi + 1) * g.og * k];
+                            matmul(&mut gcols, false, wg, true, gyg, false, k, hw, g.og, false);
+                            self.col2im(&g, &gcols, gi, gxi);
+                        }
                     }
                     for (oc, plane) in gyi.chunks(hw).enumerate() {
                         gb[oc] += plane.iter().sum::<f32>();

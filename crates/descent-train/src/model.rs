@@ -94,7 +94,7 @@ impl Linear {
         Ok(Linear { weight: var(w, &[out, inp], dev)?, bias: var(b, &[out], dev)? })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?)
+        crate::linear::linear(x, self.weight.as_tensor(), self.bias.as_tensor())
     }
 }
 
