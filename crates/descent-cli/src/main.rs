@@ -92,7 +92,24 @@ enum BenchCommand {
     },
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, which turns `descent … | head` into a
+/// panic on the next print): a closed pipe ends the program quietly, like other command-line tools.
+#[cfg(unix)]
+fn default_sigpipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: resetting a signal to its default action at start-up, before any thread exists.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     // Parsed through `ArgMatches` so that `--config` can tell which flags were given.
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
