@@ -49,7 +49,7 @@ fn losses_match_pytorch() {
     for (file, f) in [("layers/cross_entropy.json", 0), ("layers/mse.json", 1), ("layers/bce_with_logits.json", 2)] {
         let c = load(file);
         let input = Var::from_tensor(&tensor(&c["input"])).unwrap();
-        let loss = match f {
+        let mean = match f {
             0 => {
                 let t: Vec<u32> = c["target"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
                 let n = t.len();
@@ -57,6 +57,14 @@ fn losses_match_pytorch() {
             }
             1 => mse(input.as_tensor(), &tensor(&c["target"])).unwrap(),
             _ => bce_with_logits(input.as_tensor(), &tensor(&c["target"])).unwrap(),
+        };
+        // descent's losses are means; torch's `sum` reduction is the mean times the element count
+        // (per sample for cross-entropy).
+        let count = if f == 0 { input.dims()[0] } else { input.elem_count() };
+        let loss = match c["args"]["reduction"].as_str().unwrap_or("mean") {
+            "mean" => mean,
+            "sum" => (mean * count as f64).unwrap(),
+            other => panic!("{file}: unknown reduction {other}"),
         };
         assert_loss(file, loss.to_scalar::<f32>().unwrap(), c["loss"].as_f64().unwrap());
         let grads = loss.backward().unwrap();
@@ -102,11 +110,11 @@ fn conv2d_matches_pytorch_under_stride_padding_dilation_groups() {
         let arg = |k: &str| a[k].as_u64().unwrap() as usize;
         let x = Var::from_tensor(&tensor(&c["input"])).unwrap();
         let w = Var::from_tensor(&tensor(&c["weight"])).unwrap();
-        let b = Var::from_tensor(&tensor(&c["bias"])).unwrap();
+        let b = (!c["bias"].is_null()).then(|| Var::from_tensor(&tensor(&c["bias"])).unwrap());
         let y = conv2d(
             x.as_tensor(),
             w.as_tensor(),
-            Some(b.as_tensor()),
+            b.as_ref().map(|b| b.as_tensor()),
             arg("stride"),
             arg("padding"),
             arg("dilation"),
@@ -118,20 +126,30 @@ fn conv2d_matches_pytorch_under_stride_padding_dilation_groups() {
         let g = loss.backward().unwrap();
         assert_close(&format!("{f} grad_input"), g.get(x.as_tensor()).unwrap(), &tensor(&c["grad_input"]));
         assert_close(&format!("{f} grad_weight"), g.get(w.as_tensor()).unwrap(), &tensor(&c["grad_weight"]));
-        assert_close(&format!("{f} grad_bias"), g.get(b.as_tensor()).unwrap(), &tensor(&c["grad_bias"]));
+        if let Some(b) = &b {
+            assert_close(&format!("{f} grad_bias"), g.get(b.as_tensor()).unwrap(), &tensor(&c["grad_bias"]));
+        }
     }
 }
 
 fn batch(c: &Value) -> (Tensor, Tensor) {
     let b = &c["batch"];
     let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
-    assert_eq!(b["file"], "train-images-idx3-ubyte.gz");
-    assert_eq!(b["scale"], "x/255");
+    let split = match b["file"].as_str().unwrap() {
+        f if f.starts_with("train-images") => &m.train,
+        f if f.starts_with("t10k-images") => &m.test,
+        other => panic!("unknown batch file {other}"),
+    };
     let (start, count) = (b["start"].as_u64().unwrap() as usize, b["count"].as_u64().unwrap() as usize);
     let px = 28 * 28;
-    let x: Vec<f32> = m.train.images[start * px..(start + count) * px].iter().map(|&v| v as f32 / 255.0).collect();
+    let scale = |v: u8| match b["scale"].as_str().unwrap() {
+        "x/255" => v as f32 / 255.0,
+        "(x/255-0.1307)/0.3081" => (v as f32 / 255.0 - 0.1307) / 0.3081,
+        other => panic!("unknown scaling {other}"),
+    };
+    let x: Vec<f32> = split.images[start * px..(start + count) * px].iter().map(|&v| scale(v)).collect();
     let labels: Vec<u32> = b["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let ours: Vec<u32> = m.train.labels[start..start + count].iter().map(|&l| l as u32).collect();
+    let ours: Vec<u32> = split.labels[start..start + count].iter().map(|&l| l as u32).collect();
     assert_eq!(labels, ours, "the batch's labels are the bundled file's");
     (
         Tensor::from_vec(x, (count, 1, 28, 28), &Device::Cpu).unwrap(),
@@ -212,5 +230,52 @@ fn every_reference_file_is_covered() {
                 || NOT_YET.iter().any(|p| f.starts_with(p)),
             "reference file {f} is neither tested nor listed as not yet implemented"
         );
+    }
+}
+
+/// Each model's backward against central finite differences on sampled parameters.
+#[test]
+fn model_gradients_match_finite_differences() {
+    let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    let n = 16;
+    let x: Vec<f32> = m.test.images[..n * 784].iter().map(|&v| v as f32 / 255.0).collect();
+    let x = Tensor::from_vec(x, (n, 1, 28, 28), &Device::Cpu).unwrap();
+    let y: Vec<u32> = m.test.labels[..n].iter().map(|&l| l as u32).collect();
+    let y = Tensor::from_vec(y, n, &Device::Cpu).unwrap();
+    let mut rng = Rng::new(3);
+    let models: Vec<(&str, Box<dyn Model>)> = vec![
+        ("mlp", Box::new(Mlp::new(descent_train::model::Init::TorchDefault, 0.0, &mut rng, &Device::Cpu).unwrap())),
+        ("lenet5", Box::new(LeNet5::new(descent_train::model::Init::TorchDefault, &mut rng, &Device::Cpu).unwrap())),
+    ];
+    for (name, model) in models {
+        let loss = || -> f64 {
+            let out = model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap();
+            cross_entropy(&out, &y).unwrap().to_scalar::<f32>().unwrap() as f64
+        };
+        let out = model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap();
+        let grads = cross_entropy(&out, &y).unwrap().backward().unwrap();
+        for (pname, v) in model.named_vars() {
+            let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let vals = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // The largest gradient entries, where finite differences are well above rounding.
+            let mut order: Vec<usize> = (0..g.len()).collect();
+            order.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
+            for &i in order.iter().take(3) {
+                let h = 1e-3f32;
+                let at = |d: f32| {
+                    let mut p = vals.clone();
+                    p[i] += d;
+                    v.set(&Tensor::from_vec(p, v.dims(), &Device::Cpu).unwrap()).unwrap();
+                    loss()
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                at(0.0);
+                let an = g[i] as f64;
+                assert!(
+                    (fd - an).abs() <= 2e-3 + 0.05 * an.abs(),
+                    "{name} {pname}[{i}]: finite difference {fd}, backward {an}"
+                );
+            }
+        }
     }
 }
