@@ -26,6 +26,7 @@ pub const TORCH_OPTIMIZERS: &[&str] = &[
     "radam",
     "rmsprop",
     "rprop",
+    "rprop",
     "sgd",
 ];
 
@@ -54,6 +55,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "optimistic_gradient_descent",
     "radam",
     "rmsprop",
+    "rprop",
     "sgd",
     "sign_sgd",
     "signum",
@@ -85,6 +87,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "scale_by_lion",
     "scale_by_param_block_rms",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_sign",
     "scale_by_stddev",
@@ -639,7 +642,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("eps_root", 0.0)?,
                 false,
             )
-            .amsgrad();
+            .amsgrad()
+            .bias_correction(k.bool("bias_correction_mu", true)?, k.bool("bias_correction_nu", true)?);
+            let _ = k.value("mu_dtype");
             chain(vec![boxed(t), lr_link(lr)])
         }
         "adamax" | "adamaxw" => {
@@ -690,7 +695,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "radam" => {
             let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByRadam::new(
+            let mut t = ScaleByRadam::new(
                 k.f64("b1", 0.9)?,
                 k.f64("b2", 0.999)?,
                 k.f64("eps", 1e-8)?,
@@ -698,9 +703,20 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("threshold", 5.0)?,
             );
             if k.bool("nesterov", false)? {
-                return Err(crate::error::invalid("optax.radam: nesterov=True is not supported by descent yet"));
+                t = t.nesterov();
             }
             chain(vec![boxed(t), lr_link(lr)])
+        }
+        "rprop" => {
+            let lr = k.req_f64("learning_rate")?;
+            let t = ScaleByRprop::new(
+                lr,
+                k.f64("eta_minus", 0.5)?,
+                k.f64("eta_plus", 1.2)?,
+                k.f64("min_step_size", 1e-6)?,
+                k.f64("max_step_size", 50.0)?,
+            );
+            chain(vec![boxed(t), boxed(Scale::new(-1.0))])
         }
         "lion" => {
             let lr = k.lr("learning_rate", None)?;
@@ -1080,6 +1096,13 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         )),
         "scale_by_rss" => boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
         "scale_by_sign" => boxed(ScaleBySign),
+        "scale_by_rprop" => boxed(ScaleByRprop::new(
+            k.req_f64("learning_rate")?,
+            k.f64("eta_minus", 0.5)?,
+            k.f64("eta_plus", 1.2)?,
+            k.f64("min_step_size", 1e-6)?,
+            k.f64("max_step_size", 50.0)?,
+        )),
         "scale_by_stddev" => boxed(ScaleByStddev::new(
             k.f64("decay", 0.9)?,
             k.f64("eps", 1e-8)?,

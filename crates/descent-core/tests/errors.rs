@@ -150,3 +150,22 @@ fn non_finite_gradients_follow_the_library_or_skip_and_count() {
     after.counters.insert("optimizer.skipped".into(), 0);
     assert_eq!(after, before);
 }
+
+/// optax rprop: the first step does not move, later steps apply the previous step's
+/// `lr·sign(g)`, step sizes grow by eta_plus while signs agree (optax 0.2.8's update rule).
+#[test]
+fn optax_rprop_follows_optax_update_rule() {
+    let shapes = vec![vec![2]];
+    let tx = build_optimizer("optax", "rprop", &json!({"learning_rate": 0.1}), None, &shapes).unwrap();
+    let mut p = vec![vec![0.0f32, 0.0]];
+    let views: Vec<&[f32]> = p.iter().map(|v| v.as_slice()).collect();
+    let mut opt = Optimizer::new(tx, shapes, &views).unwrap();
+    opt.step_vecs(&mut p, &[vec![1.0, -2.0]]).unwrap();
+    assert_eq!(p[0], vec![0.0, 0.0]);
+    opt.step_vecs(&mut p, &[vec![3.0, -1.0]]).unwrap();
+    // Signs agree: step sizes 0.1 -> 0.12; the emitted update is the previous one, -0.1·sign(g1).
+    assert_eq!(p[0], vec![-0.1, 0.1]);
+    opt.step_vecs(&mut p, &[vec![-1.0, -1.0]]).unwrap();
+    // First element flips: skipped; second agrees: applies 0.12.
+    assert!((p[0][0] + 0.1).abs() < 1e-7 && (p[0][1] - 0.22).abs() < 1e-6, "{:?}", p[0]);
+}

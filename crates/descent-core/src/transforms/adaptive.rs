@@ -13,6 +13,8 @@ fn bc(decay: f32, t: u64) -> f32 {
 /// `u ← m̂ / (√(v̂ + eps_root) + eps)`; with `nesterov`, NAdam's `m̂` (Dozat 2016); with `amsgrad`,
 /// optax `scale_by_amsgrad` (the running maximum of `v̂`, Reddi et al. 2018).
 pub struct ScaleByAdam {
+    correct_mu: bool,
+    correct_nu: bool,
     b1: f32,
     b2: f32,
     eps: f32,
@@ -30,6 +32,8 @@ pub struct ScaleByAdam {
 impl ScaleByAdam {
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
         ScaleByAdam {
+            correct_mu: true,
+            correct_nu: true,
             b1: b1 as f32,
             b2: b2 as f32,
             eps: eps as f32,
@@ -50,6 +54,12 @@ impl ScaleByAdam {
         self.amsgrad = true;
         self
     }
+    /// optax `scale_by_amsgrad`'s `bias_correction_mu` / `bias_correction_nu` switches.
+    pub fn bias_correction(mut self, mu: bool, nu: bool) -> Self {
+        self.correct_mu = mu;
+        self.correct_nu = nu;
+        self
+    }
 }
 elementwise_transform!(ScaleByAdam, |s, shapes, _p| {
     s.mu = zeros(shapes).into();
@@ -59,9 +69,9 @@ elementwise_transform!(ScaleByAdam, |s, shapes, _p| {
 impl Elementwise for ScaleByAdam {
     fn begin_step(&mut self) {
         self.count += 1;
-        self.bc1 = bc(self.b1, self.count);
+        self.bc1 = if self.correct_mu { bc(self.b1, self.count) } else { 1.0 };
         self.bc1_next = bc(self.b1, self.count + 1);
-        self.bc2 = bc(self.b2, self.count);
+        self.bc2 = if self.correct_nu { bc(self.b2, self.count) } else { 1.0 };
     }
     simd_apply!(ScaleByAdam, |this, i, off, u, p| {
         let n = u.len();
@@ -468,6 +478,8 @@ impl Elementwise for ScaleByYogi {
 /// optax `scale_by_radam` (Liu et al. 2020): Adam with the variance rectification `r_t` once the
 /// SMA length `ρ_t` passes `threshold`, plain momentum before.
 pub struct ScaleByRadam {
+    nesterov: bool,
+    bc1_next: f32,
     b1: f32,
     b2: f32,
     eps: f32,
@@ -483,6 +495,8 @@ pub struct ScaleByRadam {
 impl ScaleByRadam {
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, threshold: f64) -> Self {
         ScaleByRadam {
+            nesterov: false,
+            bc1_next: 1.0,
             b1: b1 as f32,
             b2: b2 as f32,
             eps: eps as f32,
@@ -498,10 +512,19 @@ impl ScaleByRadam {
     }
 }
 elementwise_transform!(ScaleByRadam, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl ScaleByRadam {
+    /// NAdam-style first moment, as optax `scale_by_radam(nesterov=True)`.
+    pub fn nesterov(mut self) -> Self {
+        self.nesterov = true;
+        self
+    }
+}
+
 impl Elementwise for ScaleByRadam {
     fn begin_step(&mut self) {
         self.count += 1;
         self.bc1 = bc(self.b1, self.count);
+        self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
         let b2 = self.b2 as f64;
         let ro_inf = 2.0 / (1.0 - b2) - 1.0;
@@ -518,7 +541,11 @@ impl Elementwise for ScaleByRadam {
             let g = u[j];
             m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
             v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
-            let mh = m[j] * this.bc1;
+            let mh = if this.nesterov {
+                this.b1 * (m[j] * this.bc1_next) + (1.0 - this.b1) * (g * this.bc1)
+            } else {
+                m[j] * this.bc1
+            };
             u[j] = match this.rect {
                 Some(r) => r * mh / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps),
                 None => mh,

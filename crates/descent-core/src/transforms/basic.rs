@@ -282,3 +282,53 @@ impl Elementwise for ScaleByShared {
         }
     });
 }
+
+/// optax `scale_by_rprop` (Riedmiller & Braun 1993): per-element step sizes grow by `eta_plus` while
+/// the gradient keeps its sign and shrink by `eta_minus` when it flips (the step is then skipped).
+/// As optax 0.2.8 writes it, the update emitted at a step is the one computed at the step before
+/// (zeroed where the sign flipped), so the first step does not move; `rprop` negates it.
+pub struct ScaleByRprop {
+    lr: f32,
+    eta_minus: f32,
+    eta_plus: f32,
+    min_step: f32,
+    max_step: f32,
+    step_sizes: ParamBufs,
+    prev_updates: ParamBufs,
+}
+impl ScaleByRprop {
+    pub fn new(lr: f64, eta_minus: f64, eta_plus: f64, min_step: f64, max_step: f64) -> Self {
+        ScaleByRprop {
+            lr: lr as f32,
+            eta_minus: eta_minus as f32,
+            eta_plus: eta_plus as f32,
+            min_step: min_step as f32,
+            max_step: max_step as f32,
+            step_sizes: ParamBufs::default(),
+            prev_updates: ParamBufs::default(),
+        }
+    }
+}
+elementwise_transform!(ScaleByRprop, |s, shapes, _p| {
+    s.step_sizes = full(shapes, s.lr).into();
+    s.prev_updates = zeros(shapes).into();
+}; bufs: [step_sizes, prev_updates]; counters: []; scalars: []);
+impl Elementwise for ScaleByRprop {
+    fn begin_step(&mut self) {}
+    simd_apply!(ScaleByRprop, |this, i, off, u, p| {
+        let n = u.len();
+        let ss = this.step_sizes.slice(i, off, n);
+        let prev = this.prev_updates.slice(i, off, n);
+        for j in 0..n {
+            let g = u[j];
+            let s = g * prev[j];
+            if s != 0.0 {
+                let f = if s > 0.0 { this.eta_plus } else { this.eta_minus };
+                ss[j] = (ss[j] * f).clamp(this.min_step, this.max_step);
+            }
+            let old = prev[j];
+            prev[j] = if s < 0.0 { 0.0 } else { ss[j] * sign(g) };
+            u[j] = if s < 0.0 { 0.0 } else { old };
+        }
+    });
+}
