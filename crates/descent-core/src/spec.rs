@@ -96,6 +96,9 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "trace",
 ];
 
+/// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam.
+pub const DESCENT_OPTIMIZERS: &[&str] = &["adam8bit", "adamw8bit"];
+
 /// The torch lr_scheduler classes descent reproduces.
 pub const TORCH_SCHEDULES: &[&str] = &[
     "ConstantLR",
@@ -301,8 +304,34 @@ pub fn build_optimizer(
             }
             build_optax(name, hparams, shapes)
         }
-        other => Err(unknown("library", other, &["torch", "optax"])),
+        "descent" => build_descent(name, hparams),
+        other => Err(unknown("library", other, &["torch", "optax", "descent"])),
     }
+}
+
+/// descent's own optimizers, with torch-style arguments (as bitsandbytes' `AdamW8bit` takes them).
+fn build_descent(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
+    let mut k = Kwargs::new(format!("descent.{name}"), hparams)?;
+    let tx = match name {
+        "adam8bit" | "adamw8bit" => {
+            let lr = k.lr("lr", Some(1e-3))?;
+            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
+            let eps = k.f64("eps", 1e-8)?;
+            let wd = k.f64("weight_decay", if name == "adamw8bit" { 1e-2 } else { 0.0 })?;
+            for (i, b) in [b1, b2].into_iter().enumerate() {
+                crate::error::ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))?;
+            }
+            crate::error::ensure(wd >= 0.0 && eps >= 0.0, || format!("Invalid weight_decay {wd} or eps {eps}"))?;
+            chain(vec![
+                boxed(ScaleByAdam8bit::new(b1, b2, eps)),
+                boxed(AddDecayedWeights::new(wd)),
+                boxed(ScaleByLearningRate::new(lr, true)),
+            ])
+        }
+        other => return Err(unknown("descent optimizer", other, DESCENT_OPTIMIZERS)),
+    };
+    k.finish()?;
+    Ok(tx)
 }
 
 /// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
@@ -310,7 +339,7 @@ pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) 
     let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
         unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())
     })?;
-    if lib != "torch" && lib != "optax" {
+    if lib != "torch" && lib != "optax" && lib != "descent" {
         return Err(unknown(
             "optimizer",
             registry_name,
@@ -326,6 +355,7 @@ pub fn registry_names() -> Vec<String> {
         .iter()
         .map(|n| format!("torch.{n}"))
         .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
+        .chain(DESCENT_OPTIMIZERS.iter().map(|n| format!("descent.{n}")))
         .collect()
 }
 
@@ -1420,12 +1450,13 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
     if let Some((lib, rest)) = name.split_once('.') {
         let known = match lib {
-            "torch" => TORCH_OPTIMIZERS.contains(&rest),
-            "optax" => OPTAX_OPTIMIZERS.contains(&rest),
-            _ => false,
+            "torch" => TORCH_OPTIMIZERS.contains(&rest).then_some("torch"),
+            "optax" => OPTAX_OPTIMIZERS.contains(&rest).then_some("optax"),
+            "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
+            _ => None,
         };
-        if known {
-            return Ok((if lib == "torch" { "torch" } else { "optax" }, rest.to_string()));
+        if let Some(lib) = known {
+            return Ok((lib, rest.to_string()));
         }
         return Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() });
     }
@@ -1439,12 +1470,15 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) {
         return Ok(("optax", contrib));
     }
+    if DESCENT_OPTIMIZERS.contains(&name) {
+        return Ok(("descent", name.to_string()));
+    }
     Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() })
 }
 
-/// The learning-rate keyword of a library (`lr` for torch, `learning_rate` for optax).
+/// The learning-rate keyword of a library (`lr` for torch and descent, `learning_rate` for optax).
 pub fn lr_key(library: &str) -> &'static str {
-    if library == "torch" {
+    if library == "torch" || library == "descent" {
         "lr"
     } else {
         "learning_rate"

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 pub trait StateVisitor {
     /// A buffer of `f32` values (moments, accumulators, …).
     fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()>;
+    /// A buffer stored in one byte an element, handed over as `f32` values (exact for bytes).
+    fn quantized_buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
+        self.buffer(name, buf)
+    }
     /// A real-valued scalar (estimated learning rates, running sums, …).
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()>;
     /// A step counter.
@@ -44,9 +48,26 @@ impl VisitBuffers for Vec<Vec<f32>> {
     }
 }
 
-impl VisitBuffers for crate::transforms::ParamBufs {
+impl VisitBuffers for crate::transforms::ParamBufs<f32> {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
         self.visit(v, name)
+    }
+}
+
+/// Quantized state travels as `f32` values (exact for bytes) and comes back as bytes.
+impl VisitBuffers for crate::transforms::ParamBufs<u8> {
+    fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
+        self.with_buffers(|d| {
+            for (i, b) in d.iter_mut().enumerate() {
+                let mut f: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                v.quantized_buffer(&format!("{name}.{i}"), &mut f)?;
+                if f.iter().any(|&x| !(0.0..=255.0).contains(&x) || x.fract() != 0.0) {
+                    return Err(Error::State(format!("buffer `{name}.{i}` holds values that are not bytes")));
+                }
+                *b = f.iter().map(|&x| x as u8).collect();
+            }
+            Ok(())
+        })
     }
 }
 

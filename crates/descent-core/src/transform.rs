@@ -75,7 +75,9 @@ pub trait Elementwise: Sync {
     /// Called once per step before any `apply`: advance counters, compute per-step scalars.
     fn begin_step(&mut self);
     /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
-    /// of the parameter. Several threads may call it at once on different ranges.
+    /// of the parameter. Several threads may call it at once on different ranges. The drivers call
+    /// it on blocks of at most [`BLOCK`] elements starting at multiples of [`BLOCK`] (block-wise
+    /// quantized state relies on this).
     ///
     /// # Safety
     /// Concurrent calls must cover disjoint element ranges of each parameter, within its bounds.
@@ -483,6 +485,33 @@ impl Optimizer {
     pub fn eval_params(&self, params: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
         self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
+    }
+
+    /// Bytes of optimizer state as stored (bytes for quantized state), from the visited buffers:
+    /// `f32` buffers count 4 bytes an element, quantized ones 1.
+    pub fn stored_state_bytes(&mut self) -> usize {
+        struct Count(usize);
+        impl StateVisitor for Count {
+            fn buffer(&mut self, _: &str, buf: &mut Vec<f32>) -> Result<()> {
+                self.0 += buf.len() * 4;
+                Ok(())
+            }
+            fn scalar(&mut self, _: &str, _: &mut f64) -> Result<()> {
+                Ok(())
+            }
+            fn counter(&mut self, _: &str, _: &mut u64) -> Result<()> {
+                Ok(())
+            }
+            fn quantized_buffer(&mut self, _: &str, buf: &mut Vec<f32>) -> Result<()> {
+                self.0 += buf.len();
+                Ok(())
+            }
+            fn push(&mut self, _: &str) {}
+            fn pop(&mut self) {}
+        }
+        let mut c = Count(0);
+        let _ = self.tx.visit_state(&mut c);
+        c.0
     }
 
     /// Bytes of optimizer state (every buffer, not the parameters or scratch).

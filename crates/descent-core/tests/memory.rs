@@ -57,3 +57,48 @@ fn adafactor_state_is_sub_linear_for_matrices() {
     // Vectors keep a full second moment.
     assert_eq!(bytes_per_param("torch.adafactor", json!({}), &[vec![1000]]), 4.0);
 }
+
+/// 8-bit AdamW: one byte per moment plus one f32 scale per 2048 elements for large tensors,
+/// 32-bit moments for small ones; its state saves and resumes bit for bit.
+#[test]
+fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
+    use descent_core::state::StateDict;
+    let shapes = vec![vec![512, 64], vec![64]];
+    let build = || {
+        let tx = build_optimizer("descent", "adamw8bit", &json!({"lr": 1e-2}), None, &shapes).unwrap();
+        let p: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|s| (0..s.iter().product::<usize>()).map(|i| (i as f32 * 0.01).sin()).collect())
+            .collect();
+        let views: Vec<&[f32]> = p.iter().map(|v| v.as_slice()).collect();
+        (Optimizer::new(tx, shapes.clone(), &views).unwrap(), p)
+    };
+    let (mut opt, mut p) = build();
+    let big: usize = 512 * 64;
+    assert_eq!(opt.stored_state_bytes(), 2 * big + 2 * 4 * big.div_ceil(2048) + 2 * 4 * 64);
+    let grads = |t: usize| -> Vec<Vec<f32>> {
+        shapes
+            .iter()
+            .map(|s| (0..s.iter().product::<usize>()).map(|i| ((i * 7 + t * 13) as f32 * 0.37).cos()).collect())
+            .collect()
+    };
+    let (mut opt2, mut p2) = build();
+    for t in 0..6 {
+        if t == 3 {
+            let text = opt2.state_dict().unwrap().to_json().unwrap();
+            let (fresh, _) = build();
+            opt2 = fresh;
+            opt2.load_state_dict(&StateDict::from_json(&text).unwrap()).unwrap();
+        }
+        opt.step_vecs(&mut p, &grads(t)).unwrap();
+        opt2.step_vecs(&mut p2, &grads(t)).unwrap();
+    }
+    for (a, b) in p.iter().flatten().zip(p2.iter().flatten()) {
+        assert_eq!(a.to_bits(), b.to_bits());
+    }
+    // A saved state whose byte buffers hold non-bytes is refused.
+    let mut bad = opt.state_dict().unwrap();
+    let key = bad.buffers.keys().find(|k| k.contains(".m.")).unwrap().clone();
+    bad.buffers.get_mut(&key).unwrap()[0] = 300.0;
+    assert!(opt.load_state_dict(&bad).unwrap_err().to_string().contains("not bytes"));
+}

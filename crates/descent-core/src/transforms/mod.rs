@@ -6,12 +6,14 @@
 mod adaptive;
 mod basic;
 mod contrib;
+mod quantized;
 mod reduce;
 mod wrappers;
 
 pub use adaptive::*;
 pub use basic::*;
 pub use contrib::*;
+pub use quantized::*;
 pub use reduce::*;
 pub use wrappers::*;
 
@@ -21,26 +23,32 @@ use crate::transform::{numel, Shapes};
 ///
 /// Elementwise transformations keep their state here so that a step can run block by block, with
 /// the blocks of a large tensor split across threads (see [`crate::transform::Elementwise`]).
-#[derive(Default)]
-pub struct ParamBufs {
-    data: Vec<Vec<f32>>,
-    ptrs: Vec<*mut f32>,
+/// `T` is `f32` for full-precision state, `u8` for quantized state.
+pub struct ParamBufs<T = f32> {
+    data: Vec<Vec<T>>,
+    ptrs: Vec<*mut T>,
+}
+
+impl<T> Default for ParamBufs<T> {
+    fn default() -> Self {
+        ParamBufs { data: vec![], ptrs: vec![] }
+    }
 }
 
 // SAFETY: the raw pointers point into `data`, which `ParamBufs` owns; concurrent writes go through
 // `slice`, whose contract requires disjoint ranges.
-unsafe impl Send for ParamBufs {}
-unsafe impl Sync for ParamBufs {}
+unsafe impl<T: Send> Send for ParamBufs<T> {}
+unsafe impl<T: Sync> Sync for ParamBufs<T> {}
 
-impl From<Vec<Vec<f32>>> for ParamBufs {
-    fn from(data: Vec<Vec<f32>>) -> Self {
+impl<T> From<Vec<Vec<T>>> for ParamBufs<T> {
+    fn from(data: Vec<Vec<T>>) -> Self {
         let mut b = ParamBufs { data, ptrs: vec![] };
         b.refresh();
         b
     }
 }
 
-impl ParamBufs {
+impl<T> ParamBufs<T> {
     fn refresh(&mut self) {
         self.ptrs = self.data.iter_mut().map(|v| v.as_mut_ptr()).collect();
     }
@@ -55,19 +63,26 @@ impl ParamBufs {
     /// ranges, and nothing may hold `&mut self` meanwhile.
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice(&self, i: usize, off: usize, n: usize) -> &mut [f32] {
+    pub unsafe fn slice(&self, i: usize, off: usize, n: usize) -> &mut [T] {
         assert!(off + n <= self.data[i].len(), "state range out of bounds");
         std::slice::from_raw_parts_mut(self.ptrs[i].add(off), n)
     }
     /// The buffers, for reading.
-    pub fn buffers(&self) -> &[Vec<f32>] {
+    pub fn buffers(&self) -> &[Vec<T>] {
         &self.data
     }
-    /// Visits every buffer as `name.i`.
-    pub fn visit(&mut self, v: &mut dyn crate::state::StateVisitor, name: &str) -> crate::error::Result<()> {
-        let r = crate::state::visit_buffers(v, name, &mut self.data);
+    /// Mutable access to the buffers (the pointers are refreshed afterwards).
+    pub fn with_buffers<R>(&mut self, f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> R {
+        let r = f(&mut self.data);
         self.refresh();
         r
+    }
+}
+
+impl ParamBufs<f32> {
+    /// Visits every buffer as `name.i`.
+    pub fn visit(&mut self, v: &mut dyn crate::state::StateVisitor, name: &str) -> crate::error::Result<()> {
+        self.with_buffers(|d| crate::state::visit_buffers(v, name, d))
     }
 }
 
