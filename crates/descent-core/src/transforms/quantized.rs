@@ -164,7 +164,7 @@ impl Elementwise for ScaleByAdam8bit {
             }
             return;
         }
-        assert!(off % BLOCK == 0 && n <= BLOCK, "8-bit state needs BLOCK-aligned blocks");
+        assert!(off.is_multiple_of(BLOCK) && n <= BLOCK, "8-bit state needs BLOCK-aligned blocks");
         let blk = off / BLOCK;
         let (mq, vq) = (this.m.slice(i, off, n), this.v.slice(i, off, n));
         let (ms, vs) = (&mut this.m_scale.slice(i, blk, 1)[0], &mut this.v_scale.slice(i, blk, 1)[0]);
