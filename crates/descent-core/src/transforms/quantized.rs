@@ -101,6 +101,7 @@ pub struct ScaleByAdam8bit {
     v_scale: ParamBufs,
     bc1: f32,
     bc2: f32,
+    sqrt_bc2: f32,
 }
 
 impl ScaleByAdam8bit {
@@ -119,6 +120,7 @@ impl ScaleByAdam8bit {
             v_scale: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
+            sqrt_bc2: 1.0,
         }
     }
 }
@@ -149,6 +151,7 @@ impl Elementwise for ScaleByAdam8bit {
         let t = self.count as f64;
         self.bc1 = (1.0 / (1.0 - (self.b1 as f64).powf(t))) as f32;
         self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))) as f32;
+        self.sqrt_bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))).sqrt() as f32;
     }
     simd_apply!(ScaleByAdam8bit, |this, i, off, u, p| {
         let n = u.len();
@@ -177,9 +180,11 @@ impl Elementwise for ScaleByAdam8bit {
             let m = (1.0 - b1) * g + b1 * decode_m(mq[j], msc);
             let sv = decode_sqrt_v(vq[j]) * vsc;
             let v = (1.0 - b2) * g * g + b2 * sv * sv;
-            u[j] = (m * this.bc1) / ((v * this.bc2).sqrt() + this.eps);
+            // One square root serves the code and the step: √(v·bc₂) = √v·√bc₂.
+            let s = v.sqrt();
+            u[j] = (m * this.bc1) / (s * this.sqrt_bc2 + this.eps);
             mf[j] = m;
-            sf[j] = v.sqrt();
+            sf[j] = s;
         }
         let (m_max, s_max) = (lane_max_abs(mf), lane_max_abs(sf));
         let inv_m = if m_max > 0.0 { 1.0 / m_max } else { 0.0 };
