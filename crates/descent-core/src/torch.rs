@@ -35,6 +35,17 @@ pub enum WeightDecay {
     Decoupled,
 }
 
+impl WeightDecay {
+    /// `(lr·λ, 0)` for decoupled decay (the step's `−lr·λ·p` term), `(0, λ)` for L2 (added to the
+    /// gradient).
+    fn terms(self, lr: f64, weight_decay: f32) -> (f32, f32) {
+        match self {
+            WeightDecay::Decoupled => ((lr * weight_decay as f64) as f32, 0.0),
+            WeightDecay::L2 => (0.0, weight_decay),
+        }
+    }
+}
+
 /// `torch.optim.SGD`: momentum with dampening, Nesterov, L2 weight decay, maximize.
 pub struct Sgd {
     lr: LearningRate,
@@ -168,14 +179,13 @@ impl Elementwise for Adam {
         let t = self.step as f64;
         let bc1 = 1.0 - (self.b1 as f64).powf(t);
         let bc2 = 1.0 - (self.b2 as f64).powf(t);
-        // [step size, 1/sqrt(bc2), decoupled decay factor, lr]
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
-        self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec as f32, lr as f32];
+        // [step size, 1/sqrt(bc2), decoupled decay factor, L2 coefficient]
+        let (dec, l2) = self.decay.terms(lr, self.weight_decay);
+        self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec, l2];
     }
     simd_apply!(Adam, |this, i, off, u, p| {
         let n = u.len();
-        let [step_size, inv_sqrt_bc2, dec, _] = this.k;
-        let l2 = if this.decay == WeightDecay::L2 { this.weight_decay } else { 0.0 };
+        let [step_size, inv_sqrt_bc2, dec, l2] = this.k;
         let (b1, b2, eps) = (this.b1, this.b2, this.eps);
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
@@ -546,13 +556,13 @@ impl Elementwise for Nadam {
         let mu_next = self.b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
         self.mu_product *= mu;
         let mu_product_next = self.mu_product * mu_next;
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
+        let (dec, l2) = self.decay.terms(lr, self.weight_decay);
         self.k = [
             (lr * (1.0 - mu) / (1.0 - self.mu_product)) as f32,
             (lr * mu_next / (1.0 - mu_product_next)) as f32,
             bc2 as f32,
-            dec as f32,
-            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
+            dec,
+            l2,
         ];
     }
     simd_apply!(Nadam, |this, i, off, u, p| {
@@ -637,14 +647,8 @@ impl Elementwise for Radam {
         } else {
             0.0
         };
-        let dec = if self.decay == WeightDecay::Decoupled { lr * self.weight_decay as f64 } else { 0.0 };
-        self.k = [
-            (lr / bc1) as f32,
-            (lr / bc1 * rect) as f32,
-            bc2.sqrt() as f32,
-            dec as f32,
-            if self.decay == WeightDecay::L2 { self.weight_decay } else { 0.0 },
-        ];
+        let (dec, l2) = self.decay.terms(lr, self.weight_decay);
+        self.k = [(lr / bc1) as f32, (lr / bc1 * rect) as f32, bc2.sqrt() as f32, dec, l2];
     }
     simd_apply!(Radam, |this, i, off, u, p| {
         let exp_avg_s = this.exp_avg.slice(i, off, u.len());
