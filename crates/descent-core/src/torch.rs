@@ -8,7 +8,19 @@ use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
 use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
 use crate::transforms::simd_apply;
-use crate::transforms::{elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, ParamBufs};
+use crate::transforms::{
+    elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, NsPrecision, ParamBufs,
+};
+
+/// `torch.lerp` on scalars: `start + w·(end − start)`, computed from the nearer end as torch does.
+#[inline]
+fn lerp(start: f32, end: f32, w: f32) -> f32 {
+    if w.abs() < 0.5 {
+        start + w * (end - start)
+    } else {
+        end - (end - start) * (1.0 - w)
+    }
+}
 
 fn check_lr(lr: &LearningRate) -> Result<()> {
     if let Some(x) = lr.constant() {
@@ -935,11 +947,9 @@ pub enum MuonLrAdjust {
     MatchRmsAdamw,
 }
 
-/// `torch.optim.Muon`: EMA momentum (Nesterov by default), Newton–Schulz orthogonalization,
-/// shape-adjusted learning rate, decoupled weight decay; 2-D parameters only.
-///
-/// PyTorch runs the Newton–Schulz iteration in bfloat16; descent runs it in `f32`, so its numbers
-/// match torch's to bfloat16 noise (a few percent of a step), not to the last bit.
+/// `torch.optim.Muon`: EMA momentum (Nesterov by default), Newton–Schulz orthogonalization in
+/// torch's bfloat16 arithmetic ([`NsPrecision::TorchBf16`]), shape-adjusted learning rate,
+/// decoupled weight decay; 2-D parameters only.
 pub struct Muon {
     lr: LearningRate,
     weight_decay: f64,
@@ -1002,15 +1012,11 @@ impl Transform for Muon {
         let m = self.momentum;
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             for (g, b) in u.iter_mut().zip(self.momentum_buffer[i].iter_mut()) {
-                *b += (*g - *b) * (1.0 - m);
-                if self.nesterov {
-                    *g += (*b - *g) * m;
-                } else {
-                    *g = *b;
-                }
+                *b = lerp(*b, *g, 1.0 - m);
+                *g = if self.nesterov { lerp(*g, *b, m) } else { *b };
             }
             let (rows, cols) = (self.shapes[i][0], self.shapes[i][1]);
-            let o = newton_schulz(u, rows, cols, self.coeffs, self.ns_steps, self.eps, true);
+            let o = newton_schulz(u, rows, cols, self.coeffs, self.ns_steps, self.eps, NsPrecision::TorchBf16);
             let ratio = match self.adjust {
                 MuonLrAdjust::Original => (rows as f64 / cols as f64).max(1.0).sqrt(),
                 MuonLrAdjust::MatchRmsAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),

@@ -5,8 +5,7 @@ mod common;
 use descent_core::reference::run_and_check;
 
 /// Cases that do not pass yet, with the reason. Must shrink to empty.
-const KNOWN_FAILING: &[(&str, &str)] =
-    &[("torch.muon.nesterov_off", "torch runs Newton-Schulz in bfloat16; descent in f32")];
+const KNOWN_FAILING: &[(&str, &str)] = &[];
 
 #[test]
 fn every_reference_case_passes() {

@@ -571,9 +571,31 @@ pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Newton–Schulz orthogonalization of a `rows × cols` matrix (Muon, Jordan et al. 2024): the
-/// matrix is transposed to be wide, normalized by `max(‖X‖_F, eps)` (`clamp`, torch) or by
-/// `‖X‖_F + eps` (optax), then iterated `X ← aX + (bA + cA²)X` with `A = XXᵀ`.
+/// The arithmetic of a Newton–Schulz iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsPrecision {
+    /// `f32` throughout, the norm added to `eps` (optax on float32 parameters).
+    F32,
+    /// As `torch.optim.Muon` (PyTorch 2.15): the matrix cast to bfloat16, the norm clamped at
+    /// `eps`, and each of `A = XXᵀ`, `B = bA + c·A·A` and `X = aX + B·X` accumulated in `f32` and
+    /// rounded to bfloat16 once (torch's `addmm`). Reproduces torch's result bit for bit.
+    TorchBf16,
+}
+
+/// Rounds an `f32` to the nearest bfloat16 (ties to even), kept in an `f32`.
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let b = x.to_bits();
+    let lsb = (b >> 16) & 1;
+    f32::from_bits(b.wrapping_add(0x7fff + lsb) & 0xffff_0000)
+}
+
+/// Newton–Schulz orthogonalization of a `rows × cols` matrix (Muon, Jordan et al. 2024): the matrix
+/// is transposed to be wide, normalized by its Frobenius norm, then iterated
+/// `X ← aX + (bA + cA²)X` with `A = XXᵀ`, in the arithmetic `precision` names.
 pub fn newton_schulz(
     x: &[f32],
     rows: usize,
@@ -581,21 +603,29 @@ pub fn newton_schulz(
     coeffs: [f64; 3],
     steps: usize,
     eps: f64,
-    clamp: bool,
+    precision: NsPrecision,
 ) -> Vec<f32> {
+    let r: fn(f32) -> f32 = match precision {
+        NsPrecision::F32 => |v| v,
+        NsPrecision::TorchBf16 => round_bf16,
+    };
     let tall = rows > cols;
     let (m, n, mut x) = if tall { (cols, rows, transpose(x, rows, cols)) } else { (rows, cols, x.to_vec()) };
-    let norm = sum_sq(&x).sqrt();
-    let d = if clamp { norm.max(eps) } else { norm + eps } as f32;
-    x.iter_mut().for_each(|v| *v /= d);
+    x.iter_mut().for_each(|v| *v = r(*v));
+    let d = match precision {
+        NsPrecision::F32 => (sum_sq(&x).sqrt() + eps) as f32,
+        NsPrecision::TorchBf16 => r(sum_sq(&x).sqrt() as f32).max(eps as f32),
+    };
+    x.iter_mut().for_each(|v| *v = r(*v / d));
     let [a, b, c] = coeffs.map(|v| v as f32);
     for _ in 0..steps {
         let xt = transpose(&x, m, n);
-        let gram = matmul(&x, &xt, m, n, m);
+        let mut gram = matmul(&x, &xt, m, n, m);
+        gram.iter_mut().for_each(|v| *v = r(*v));
         let gram2 = matmul(&gram, &gram, m, m, m);
-        let poly: Vec<f32> = gram.iter().zip(&gram2).map(|(g, g2)| b * g + c * g2).collect();
+        let poly: Vec<f32> = gram.iter().zip(&gram2).map(|(g, g2)| r(b * g + c * g2)).collect();
         let px = matmul(&poly, &x, m, m, n);
-        x.iter_mut().zip(&px).for_each(|(v, p)| *v = a * *v + p);
+        x.iter_mut().zip(&px).for_each(|(v, p)| *v = r(a * *v + p));
     }
     if tall {
         transpose(&x, m, n)
@@ -642,7 +672,7 @@ impl Transform for ScaleByMuon {
                 *g = if self.nesterov { beta * (*m / bc_next) + (1.0 - beta) * (*g / bc) } else { *m / bc };
             }
             let s = &self.shapes[i];
-            *u = newton_schulz(u, s[0], s[1], self.coeffs, self.steps, self.eps, false);
+            *u = newton_schulz(u, s[0], s[1], self.coeffs, self.steps, self.eps, NsPrecision::F32);
         }
         Ok(())
     }
@@ -670,5 +700,23 @@ impl Transform for ScaleByShape {
     }
     fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_bf16;
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and the next bf16 (1 + 2^-7): ties go to the even 1.
+        assert_eq!(round_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: up to the even one.
+        assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        assert_eq!(round_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 1.0 + 2f32.powi(-7));
+        assert_eq!(round_bf16(-2.5), -2.5);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::MAX), f32::INFINITY);
+        assert_eq!(round_bf16(0.1).to_bits() & 0xffff, 0);
     }
 }
