@@ -9,7 +9,9 @@ use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, Stop, TrainConfig};
+use descent_train::train::{
+    train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, SpecSchedule, Stop, TrainConfig,
+};
 
 /// The models `descent train` knows.
 pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
@@ -87,9 +89,16 @@ pub struct TrainArgs {
     #[arg(long = "group", value_name = "PATTERN=JSON", value_parser = parse_group)]
     pub groups: Vec<(String, serde_json::Value)>,
     /// Learning-rate schedule: constant, cosine, warmup_cosine, onecycle, linear, exponential,
-    /// step, plateau (ReduceLROnPlateau on the test loss).
+    /// step, plateau (ReduceLROnPlateau on the test loss), or a library schedule by name
+    /// (torch.OneCycleLR, optax.warmup_cosine_decay_schedule, …) with --schedule-args.
     #[arg(long, default_value = "constant")]
     pub schedule: String,
+    /// Keyword arguments of a library schedule, as JSON in the library's own names.
+    #[arg(long, default_value = "{}", value_parser = parse_json)]
+    pub schedule_args: serde_json::Value,
+    /// Step a library schedule every optimizer step or every epoch (torch's usual placement).
+    #[arg(long, default_value = "step", value_parser = ["step", "epoch"])]
+    pub schedule_interval: String,
     /// Run folder for config.json, metrics.jsonl, metrics.csv and checkpoint.safetensors
     /// (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
@@ -414,7 +423,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         patience: a.patience,
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
-        schedule: LrSchedule::parse(&a.schedule)?,
+        schedule: if a.schedule.contains('.') {
+            let lr = a.lr.unwrap_or(default_lr);
+            LrSchedule::Spec(SpecSchedule::build(&a.schedule, &a.schedule_args, lr, a.schedule_interval == "epoch")?)
+        } else {
+            LrSchedule::parse(&a.schedule)?
+        },
         groups: a.groups.clone(),
         min_loss_change: a.min_loss_change,
         ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)

@@ -85,9 +85,53 @@ impl TrainConfig {
     }
 }
 
+/// A torch or optax schedule from the compatibility specs, driving the training loop.
+#[derive(Clone)]
+pub struct SpecSchedule {
+    /// `library.Name`, for display.
+    pub name: String,
+    pub schedule: std::sync::Arc<dyn descent_core::schedule::Schedule>,
+    /// The optimizer's learning rate: the schedule's value divided by it is the multiplier.
+    pub base_lr: f64,
+    /// Stepped once per epoch (torch's usual `scheduler.step()` placement) instead of per batch.
+    pub per_epoch: bool,
+}
+
+impl std::fmt::Debug for SpecSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (per {})", self.name, if self.per_epoch { "epoch" } else { "step" })
+    }
+}
+
+impl PartialEq for SpecSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.base_lr == other.base_lr && self.per_epoch == other.per_epoch
+    }
+}
+
+impl SpecSchedule {
+    /// Builds `library.Name` (e.g. `torch.OneCycleLR`, `optax.warmup_cosine_decay_schedule`) with
+    /// its keyword arguments; torch schedules get `base_lr` as the optimizer's learning rate.
+    pub fn build(name: &str, kwargs: &Value, base_lr: f64, per_epoch: bool) -> Result<SpecSchedule> {
+        let (lib, n) = name.split_once('.').ok_or_else(|| {
+            Error::Param(format!(
+                "schedule `{name}`: expected library.Name (torch.StepLR, optax.cosine_decay_schedule)"
+            ))
+        })?;
+        match descent_core::spec::build_schedule(lib, n, kwargs, Some(base_lr))? {
+            descent_core::spec::ScheduleSpec::Function(f) => {
+                Ok(SpecSchedule { name: name.to_string(), schedule: std::sync::Arc::from(f), base_lr, per_epoch })
+            }
+            descent_core::spec::ScheduleSpec::Plateau(_) => {
+                Err(Error::Param("ReduceLROnPlateau: use --schedule plateau (it follows the test loss)".into()))
+            }
+        }
+    }
+}
+
 /// A learning-rate schedule of the training loop, as a multiplier of the optimizer's learning rate
 /// set before each step (torch's scheduler model: it rewrites the group's `lr`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LrSchedule {
     Constant,
     /// Cosine decay to 0 over the run, per step (CosineAnnealingLR with T_max = all steps).
@@ -114,6 +158,8 @@ pub enum LrSchedule {
         factor: f64,
         patience: u64,
     },
+    /// A torch or optax schedule by name.
+    Spec(SpecSchedule),
 }
 
 impl LrSchedule {
@@ -144,10 +190,10 @@ impl LrSchedule {
     /// per-epoch schedules (plateau is driven by the metric instead).
     fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
         let (t, n) = (step as f64, total.max(1) as f64);
-        match *self {
+        match self {
             LrSchedule::Constant | LrSchedule::Plateau { .. } => 1.0,
             LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * t.min(n) / n).cos()),
-            LrSchedule::WarmupCosine { warmup } => {
+            &LrSchedule::WarmupCosine { warmup } => {
                 let w = (warmup * n).round().max(1.0);
                 if t < w {
                     (t + 1.0) / w
@@ -167,8 +213,12 @@ impl LrSchedule {
             .map(|s| s.value(step.min(total.saturating_sub(1))))
             .unwrap_or(1.0),
             LrSchedule::Linear => (1.0 - t / n).max(0.0),
-            LrSchedule::Exponential { gamma } => gamma.powi(epoch as i32 - 1),
-            LrSchedule::Step { every, gamma } => gamma.powi(((epoch - 1) / every.max(1)) as i32),
+            &LrSchedule::Exponential { gamma } => gamma.powi(epoch as i32 - 1),
+            &LrSchedule::Step { every, gamma } => gamma.powi(((epoch - 1) / every.max(1)) as i32),
+            LrSchedule::Spec(ref s) => {
+                let t = if s.per_epoch { epoch as u64 - 1 } else { step };
+                s.schedule.value(t) / s.base_lr
+            }
         }
     }
 }
@@ -384,8 +434,8 @@ pub fn train_from(
     let mut rng = Rng::new(cfg.seed);
     let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch * cfg.epochs as u64);
-    let mut plateau = match cfg.schedule {
-        LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
+    let mut plateau = match &cfg.schedule {
+        &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
             1.0,
             descent_core::schedule::PlateauMode::Min,
             factor,

@@ -212,6 +212,21 @@ fn schedules_set_the_learning_rate_multiplier() {
     let lin = run(LrSchedule::Linear, 1);
     assert!((lin[0] - 0.1).abs() < 1e-12, "{lin:?}");
     assert!(LrSchedule::parse("cosinus").unwrap_err().to_string().contains("warmup_cosine"));
+    // Library schedules by name: torch StepLR stepped per epoch, optax linear per step.
+    use descent_train::train::SpecSchedule;
+    let torch = SpecSchedule::build("torch.StepLR", &json!({"step_size": 1, "gamma": 0.5}), 0.05, true).unwrap();
+    assert_eq!(run(LrSchedule::Spec(torch), 3), vec![1.0, 0.5, 0.25]);
+    let optax = SpecSchedule::build(
+        "optax.linear_schedule",
+        &json!({"init_value": 0.05, "end_value": 0.0, "transition_steps": 20}),
+        0.05,
+        false,
+    )
+    .unwrap();
+    let lin2 = run(LrSchedule::Spec(optax), 2);
+    assert!((lin2[0] - 0.55).abs() < 1e-9 && (lin2[1] - 0.05).abs() < 1e-9, "{lin2:?}");
+    let e = SpecSchedule::build("torch.StepLR", &json!({}), 0.1, true).unwrap_err().to_string();
+    assert!(e.contains("step_size"), "{e}");
 }
 
 /// Groups by name: no weight decay on biases leaves them where plain AdamW would shrink them.
