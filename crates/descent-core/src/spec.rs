@@ -318,10 +318,7 @@ fn build_descent(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", if name == "adamw8bit" { 1e-2 } else { 0.0 })?;
-            for (i, b) in [b1, b2].into_iter().enumerate() {
-                crate::error::ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))?;
-            }
-            crate::error::ensure(wd >= 0.0 && eps >= 0.0, || format!("Invalid weight_decay {wd} or eps {eps}"))?;
+            crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
             chain(vec![
                 boxed(ScaleByAdam8bit::new(b1, b2, eps)),
                 boxed(AddDecayedWeights::new(wd)),

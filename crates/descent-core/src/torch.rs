@@ -38,6 +38,16 @@ fn check_beta(i: usize, b: f64) -> Result<()> {
     ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))
 }
 
+/// The checks torch's Adam family makes at construction: learning rate, epsilon, both betas and
+/// weight decay, with torch's messages.
+pub(crate) fn check_adam_like(lr: &LearningRate, betas: (f64, f64), eps: f64, weight_decay: f64) -> Result<()> {
+    check_lr(lr)?;
+    check_eps(eps)?;
+    check_beta(0, betas.0)?;
+    check_beta(1, betas.1)?;
+    check_wd(weight_decay)
+}
+
 /// How weight decay enters a torch optimizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightDecay {
@@ -157,11 +167,7 @@ impl Adam {
         maximize: bool,
     ) -> Result<Self> {
         let lr = lr.into();
-        check_lr(&lr)?;
-        check_eps(eps)?;
-        check_beta(0, betas.0)?;
-        check_beta(1, betas.1)?;
-        check_wd(weight_decay)?;
+        check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Adam {
             lr,
             b1: betas.0 as f32,
@@ -446,11 +452,7 @@ impl Adamax {
         maximize: bool,
     ) -> Result<Self> {
         let lr = lr.into();
-        check_lr(&lr)?;
-        check_eps(eps)?;
-        check_beta(0, betas.0)?;
-        check_beta(1, betas.1)?;
-        check_wd(weight_decay)?;
+        check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Adamax {
             lr,
             b1: betas.0 as f32,
@@ -515,11 +517,7 @@ impl Nadam {
         maximize: bool,
     ) -> Result<Self> {
         let lr = lr.into();
-        check_lr(&lr)?;
-        check_eps(eps)?;
-        check_beta(0, betas.0)?;
-        check_beta(1, betas.1)?;
-        check_wd(weight_decay)?;
+        check_adam_like(&lr, betas, eps, weight_decay)?;
         ensure(momentum_decay >= 0.0, || format!("Invalid momentum_decay value: {momentum_decay}"))?;
         Ok(Nadam {
             lr,
@@ -621,11 +619,7 @@ impl Radam {
         maximize: bool,
     ) -> Result<Self> {
         let lr = lr.into();
-        check_lr(&lr)?;
-        check_eps(eps)?;
-        check_beta(0, betas.0)?;
-        check_beta(1, betas.1)?;
-        check_wd(weight_decay)?;
+        check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Radam {
             lr,
             b1: betas.0 as f32,
