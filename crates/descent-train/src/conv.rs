@@ -1,24 +1,48 @@
 //! 2-D convolution as a candle op with its own backward: im2col + GEMM (the `gemm` crate candle
-//! itself uses) for the output and both gradients, images split across threads, and the bias
-//! gradient summed directly. candle 0.11's path (conv_transpose2d for the input gradient, a
-//! `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
+//! itself uses) for the output and both gradients, a few images per GEMM and tasks split across
+//! threads, and the bias gradient summed directly. candle 0.11's path (conv_transpose2d for the
+//! input gradient, a `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
+//!
+//! The op can also apply ReLU, or ReLU then max-pooling, to its output in the same pass
+//! ([`Epilogue`]): the values and gradients of `max_pool2d(relu(conv2d(x)))` without the full-size
+//! activation and its gradient ever becoming candle tensors (each one costs candle's backward a
+//! zero-filled buffer, a comparison, a product and a sum the size of the convolution's output).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use crate::gemm::matmul;
+use crate::layers::MaxPool2d;
 use rayon::prelude::*;
 
-/// Images per task: fixed, so the reduction order of the weight gradient (and so its bits) does not
-/// depend on the number of threads.
+/// Images per task (their columns side by side in one GEMM): fixed, so the reduction order of the
+/// weight gradient (and so its bits) does not depend on the number of threads.
 const IMAGES_PER_TASK: usize = 8;
 
-/// `torch.nn.functional.conv2d` arguments.
+/// What the convolution op applies to its output (after the bias) before returning it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// The convolution as is.
+    Identity,
+    /// `relu(conv2d(x))`.
+    Relu,
+    /// `max_pool2d(relu(conv2d(x)))`, which equals pooling first and then ReLU, gradients included:
+    /// a window whose maximum is positive routes its gradient to that maximum, others to nothing.
+    ReluMaxPool(MaxPool2d),
+}
+
+/// `torch.nn.functional.conv2d` arguments, and the epilogue fused into the op.
+#[derive(Debug)]
 pub struct Conv2dOp {
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
-    pub groups: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+    epilogue: Epilogue,
+    /// For [`Epilogue::ReluMaxPool`]: each pooled output's winner, as an index into its `[oh, ow]`
+    /// plane of the convolution's output, kept from the forward for the backward.
+    argmax: Mutex<Vec<u32>>,
 }
 
 /// Sizes of one convolution.
@@ -46,9 +70,23 @@ impl Geom {
     fn hw(&self) -> usize {
         self.oh * self.ow
     }
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// The contiguous f32 data of a tensor (read-locked while `f` runs).
+fn with_f32s<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else { candle_core::bail!("conv2d: {what} must be on the CPU") };
+    Ok(f(f32s(s, layout, what)?))
 }
 
 impl Conv2dOp {
+    pub fn new(stride: usize, padding: usize, dilation: usize, groups: usize, epilogue: Epilogue) -> Self {
+        Conv2dOp { stride, padding, dilation, groups, epilogue, argmax: Mutex::new(Vec::new()) }
+    }
+
     fn geom(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Geom> {
         if x.len() != 4 || w.len() != 4 {
             candle_core::bail!(
@@ -72,17 +110,29 @@ impl Conv2dOp {
         }
         let oh = (h + 2 * self.padding - span(kh)) / self.stride + 1;
         let ow = (wd + 2 * self.padding - span(kw)) / self.stride + 1;
+        if let Epilogue::ReluMaxPool(p) = self.epilogue {
+            p.check(&[n, o, oh, ow])?;
+        }
         Ok(Geom { n, c, h, w: wd, o, kh, kw, oh, ow, cg, og: o / g })
     }
 
-    /// The column matrix `[cg·kh·kw, oh·ow]` of group `gi` of one image `x` (`[c, h, w]`).
-    fn im2col(&self, g: &Geom, x: &[f32], gi: usize, cols: &mut [f32]) {
+    /// The `[oh', ow']` size of one output plane (pooled or not).
+    fn out_plane(&self, g: &Geom) -> (usize, usize) {
+        match self.epilogue {
+            Epilogue::ReluMaxPool(p) => (p.out_size(g.oh), p.out_size(g.ow)),
+            _ => (g.oh, g.ow),
+        }
+    }
+
+    /// Writes the column matrix of group `gi` of one image `x` (`[c, h, w]`): row `r` of the
+    /// `cg·kh·kw` rows goes to `cols[r·ld + off ..][.. oh·ow]`, so several images sit side by side.
+    fn im2col(&self, g: &Geom, x: &[f32], gi: usize, cols: &mut [f32], ld: usize, off: usize) {
         let hw = g.hw();
         for ci in 0..g.cg {
             let plane = &x[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
-                    let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                    let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld + off..][..hw];
                     for oy in 0..g.oh {
                         let iy = (oy * self.stride + ky * self.dilation) as isize - self.padding as isize;
                         let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
@@ -107,14 +157,15 @@ impl Conv2dOp {
         }
     }
 
-    /// Adds the column matrix gradient back into the image gradient (the adjoint of `im2col`).
-    fn col2im(&self, g: &Geom, cols: &[f32], gi: usize, gx: &mut [f32]) {
+    /// Adds a column matrix gradient (laid out as [`Self::im2col`] writes it) back into the image
+    /// gradient: the adjoint of `im2col`.
+    fn col2im(&self, g: &Geom, cols: &[f32], gi: usize, gx: &mut [f32], ld: usize, off: usize) {
         let hw = g.hw();
         for ci in 0..g.cg {
             let plane = &mut gx[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
-                    let row = &cols[((ci * g.kh + ky) * g.kw + kx) * hw..][..hw];
+                    let row = &cols[((ci * g.kh + ky) * g.kw + kx) * ld + off..][..hw];
                     for oy in 0..g.oh {
                         let iy = (oy * self.stride + ky * self.dilation) as isize - self.padding as isize;
                         if iy < 0 || iy >= g.h as isize {
@@ -138,12 +189,30 @@ impl Conv2dOp {
             }
         }
     }
+
+    /// The column matrices of `nb` images `xs` side by side (`[cg·kh·kw, nb·oh·ow]`) for group `gi`.
+    fn columns(&self, g: &Geom, xs: &[f32], nb: usize, gi: usize, cols: &mut [f32]) {
+        let (hw, img) = (g.hw(), g.image());
+        for b in 0..nb {
+            self.im2col(g, &xs[b * img..(b + 1) * img], gi, cols, nb * hw, b * hw);
+        }
+    }
 }
 
 pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: {what} must be f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
     Ok(&v[a..b])
+}
+
+/// ReLU keeping NaN (as `torch.relu`).
+#[inline]
+fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -165,21 +234,66 @@ impl CustomOp3 for Conv2dOp {
         if b.len() != g.o {
             candle_core::bail!("conv2d: bias has {} elements for {} output channels", b.len(), g.o);
         }
-        let (k, hw) = (g.k(), g.hw());
-        let mut out = vec![0.0f32; g.n * g.o * hw];
-        out.par_chunks_mut(g.o * hw).enumerate().for_each(|(ni, y)| {
-            let xi = &x[ni * g.c * g.h * g.w..(ni + 1) * g.c * g.h * g.w];
-            let mut cols = vec![0.0f32; k * hw];
+        let (k, hw, img) = (g.k(), g.hw(), g.image());
+        let (ph, pw) = self.out_plane(&g);
+        let out_img = g.o * ph * pw;
+        let mut out = vec![0.0f32; g.n * out_img];
+        let pool = match self.epilogue {
+            Epilogue::ReluMaxPool(p) => Some(p),
+            _ => None,
+        };
+        let mut argmax = vec![0u32; if pool.is_some() { out.len() } else { 0 }];
+        let tasks = g.n.div_ceil(IMAGES_PER_TASK);
+        let idx_chunks: Vec<&mut [u32]> = if pool.is_some() {
+            argmax.chunks_mut(IMAGES_PER_TASK * out_img).collect()
+        } else {
+            (0..tasks).map(|_| &mut [][..]).collect()
+        };
+        out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).enumerate().for_each(|(t, (outs, idx))| {
+            let nb = outs.len() / out_img;
+            let ld = nb * hw;
+            let xs = &x[t * IMAGES_PER_TASK * img..][..nb * img];
+            let mut cols = vec![0.0f32; k * ld];
+            let mut y = vec![0.0f32; g.o * ld];
             for gi in 0..self.groups {
-                self.im2col(&g, xi, gi, &mut cols);
-                let yg = &mut y[gi * g.og * hw..(gi + 1) * g.og * hw];
-                matmul(yg, false, &w[gi * g.og * k..(gi + 1) * g.og * k], false, &cols, false, g.og, hw, k, false);
+                self.columns(&g, xs, nb, gi, &mut cols);
+                let wg = &w[gi * g.og * k..(gi + 1) * g.og * k];
+                matmul(
+                    &mut y[gi * g.og * ld..(gi + 1) * g.og * ld],
+                    false,
+                    wg,
+                    false,
+                    &cols,
+                    false,
+                    g.og,
+                    ld,
+                    k,
+                    false,
+                );
             }
-            for (oc, plane) in y.chunks_mut(hw).enumerate() {
-                plane.iter_mut().for_each(|v| *v += b[oc]);
+            for bi in 0..nb {
+                for oc in 0..g.o {
+                    let plane = &mut y[oc * ld + bi * hw..][..hw];
+                    let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                    match pool {
+                        None if self.epilogue == Epilogue::Relu => {
+                            dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = relu(v + b[oc]))
+                        }
+                        None => dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = v + b[oc]),
+                        Some(p) => {
+                            plane.iter_mut().for_each(|v| *v += b[oc]);
+                            let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                            p.plane(plane, g.oh, g.ow, dst, at);
+                            dst.iter_mut().for_each(|v| *v = relu(*v));
+                        }
+                    }
+                }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
+        if pool.is_some() {
+            *self.argmax.lock().expect("argmax lock") = argmax;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, ph, pw))))
     }
 
     fn bwd(
@@ -187,62 +301,90 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom(x.dims(), w.dims())?;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ws = w.flatten_all()?.to_vec1::<f32>()?;
-        let gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let (k, hw, img) = (g.k(), g.hw(), g.c * g.h * g.w);
+        let grad = grad.contiguous()?;
+        let (k, hw, img) = (g.k(), g.hw(), g.image());
+        let (ph, pw) = self.out_plane(&g);
         // The input of a first layer is data: no gradient to compute for it.
         let need_gx = x.track_op();
-        let mut gx = vec![0.0f32; xs.len()];
-        // Per task of IMAGES_PER_TASK images: its input gradients (disjoint) and a partial weight
-        // and bias gradient, reduced afterwards in task order.
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx
-            .par_chunks_mut(IMAGES_PER_TASK * img)
-            .enumerate()
-            .map(|(t, gxs)| {
-                let mut gw = vec![0.0f32; ws.len()];
-                let mut gb = vec![0.0f32; g.o];
-                let mut cols = vec![0.0f32; k * hw];
-                let mut gcols = vec![0.0f32; k * hw];
-                for (j, gxi) in gxs.chunks_mut(img).enumerate() {
-                    let ni = t * IMAGES_PER_TASK + j;
-                    let xi = &xs[ni * img..(ni + 1) * img];
-                    let gyi = &gy[ni * g.o * hw..(ni + 1) * g.o * hw];
-                    for gi in 0..self.groups {
-                        let gyg = &gyi[gi * g.og * hw..(gi + 1) * g.og * hw];
-                        self.im2col(&g, xi, gi, &mut cols);
-                        // dW_g += dY_g [og × hw] · colsᵀ [hw × k]
-                        matmul(
-                            &mut gw[gi * g.og * k..(gi + 1) * g.og * k],
-                            true,
-                            gyg,
-                            false,
-                            &cols,
-                            true,
-                            g.og,
-                            k,
-                            hw,
-                            false,
-                        );
-                        if need_gx {
-                            // dcols = W_gᵀ [k × og] · dY_g [og × hw]
-                            let wg = &ws[gi * g.og * k..(gi + 1) * g.og * k];
-                            matmul(&mut gcols, false, wg, true, gyg, false, k, hw, g.og, false);
-                            self.col2im(&g, &gcols, gi, gxi);
-                        }
-                    }
-                    for (oc, plane) in gyi.chunks(hw).enumerate() {
-                        gb[oc] += plane.iter().sum::<f32>();
-                    }
-                }
-                (gw, gb)
+        let mut gx = vec![0.0f32; if need_gx { g.n * img } else { 0 }];
+        let argmax = self.argmax.lock().expect("argmax lock");
+        let tasks = g.n.div_ceil(IMAGES_PER_TASK);
+        let gx_chunks: Vec<&mut [f32]> = if need_gx {
+            gx.chunks_mut(IMAGES_PER_TASK * img).collect()
+        } else {
+            (0..tasks).map(|_| &mut [][..]).collect()
+        };
+        let wlen = w.elem_count();
+        // Per task: its images' input gradients (disjoint) and a partial weight and bias gradient,
+        // reduced afterwards in task order.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = with_f32s(x, "input", |xs| {
+            with_f32s(w, "weight", |ws| {
+                with_f32s(&grad, "gradient", |gy| {
+                    with_f32s(res, "output", |res| {
+                        gx_chunks
+                            .into_par_iter()
+                            .enumerate()
+                            .map(|(t, gxs)| {
+                                let n0 = t * IMAGES_PER_TASK;
+                                let nb = IMAGES_PER_TASK.min(g.n - n0);
+                                let ld = nb * hw;
+                                // The gradient of the convolution's output, images side by side.
+                                let mut gyt = vec![0.0f32; g.o * ld];
+                                for bi in 0..nb {
+                                    for oc in 0..g.o {
+                                        let at = ((n0 + bi) * g.o + oc) * ph * pw;
+                                        let (src, r) = (&gy[at..][..ph * pw], &res[at..][..ph * pw]);
+                                        let dst = &mut gyt[oc * ld + bi * hw..][..hw];
+                                        match self.epilogue {
+                                            Epilogue::Identity => dst.copy_from_slice(src),
+                                            Epilogue::Relu => dst
+                                                .iter_mut()
+                                                .zip(src.iter().zip(r))
+                                                .for_each(|(d, (&gv, &rv))| *d = if rv > 0.0 { gv } else { 0.0 }),
+                                            Epilogue::ReluMaxPool(_) => {
+                                                for ((&gv, &rv), &j) in src.iter().zip(r).zip(&argmax[at..][..ph * pw])
+                                                {
+                                                    if rv > 0.0 {
+                                                        dst[j as usize] += gv;
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                                let gb: Vec<f32> = gyt.chunks(ld).map(|row| row.iter().sum()).collect();
+                                let mut gw = vec![0.0f32; wlen];
+                                let mut cols = vec![0.0f32; k * ld];
+                                let mut gcols = vec![0.0f32; if need_gx { k * ld } else { 0 }];
+                                let xs = &xs[n0 * img..][..nb * img];
+                                for gi in 0..self.groups {
+                                    let gyg = &gyt[gi * g.og * ld..(gi + 1) * g.og * ld];
+                                    self.columns(&g, xs, nb, gi, &mut cols);
+                                    // dW_g = dY_g [og × ld] · colsᵀ [ld × k]
+                                    let gwg = &mut gw[gi * g.og * k..(gi + 1) * g.og * k];
+                                    matmul(gwg, false, gyg, false, &cols, true, g.og, k, ld, false);
+                                    if need_gx {
+                                        // dcols = W_gᵀ [k × og] · dY_g [og × ld]
+                                        let wg = &ws[gi * g.og * k..(gi + 1) * g.og * k];
+                                        matmul(&mut gcols, false, wg, true, gyg, false, k, ld, g.og, false);
+                                        for bi in 0..nb {
+                                            self.col2im(&g, &gcols, gi, &mut gxs[bi * img..][..img], ld, bi * hw);
+                                        }
+                                    }
+                                }
+                                (gw, gb)
+                            })
+                            .collect()
+                    })
+                })
             })
-            .collect();
-        let mut gw = vec![0.0f32; ws.len()];
+        })????;
+        drop(argmax);
+        let mut gw = vec![0.0f32; wlen];
         let mut gb = vec![0.0f32; g.o];
         for (pw, pb) in &partials {
             gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
@@ -326,5 +468,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused epilogues give the values and gradients of the separate ops (conv, then candle's
+    /// ReLU, then descent's max-pool), over batches that do not fill the last task, groups, and
+    /// inputs with ties so that the pooling's choice among equal maxima matters.
+    #[test]
+    fn fused_epilogues_match_the_separate_ops() {
+        use crate::conv::Epilogue;
+        use crate::layers::{conv2d_with, MaxPool2d};
+        let mut rng = Rng::new(11);
+        for (n, c, o, groups, h, w, k, pool) in [
+            (11, 1, 6, 1, 14, 14, 5, MaxPool2d::new(2, 2, 0)),
+            (9, 4, 6, 2, 9, 11, 3, MaxPool2d::new(3, 2, 1)),
+            (3, 2, 3, 1, 8, 8, 1, MaxPool2d::new(2, 2, 0)),
+        ] {
+            let x = randn(&[n, c, h, w], &mut rng);
+            // Quantized weights and inputs make equal outputs (ties in the pooling windows) common.
+            let round = |v: &Var| {
+                Var::from_tensor(&(v.as_tensor() * 2.0).unwrap().round().unwrap().affine(0.5, 0.0).unwrap()).unwrap()
+            };
+            let (x, wt, b) = (round(&x), round(&randn(&[o, c / groups, k, k], &mut rng)), randn(&[o], &mut rng));
+            for epilogue in [Epilogue::Identity, Epilogue::Relu, Epilogue::ReluMaxPool(pool)] {
+                let fused =
+                    conv2d_with(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), 1, 0, 1, groups, epilogue).unwrap();
+                let y = conv2d_with(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    Some(b.as_tensor()),
+                    1,
+                    0,
+                    1,
+                    groups,
+                    Epilogue::Identity,
+                )
+                .unwrap();
+                let separate = match epilogue {
+                    Epilogue::Identity => y,
+                    Epilogue::Relu => y.relu().unwrap(),
+                    Epilogue::ReluMaxPool(p) => p.forward(&y.relu().unwrap()).unwrap(),
+                };
+                assert_eq!(fused.dims(), separate.dims(), "{epilogue:?}");
+                assert_eq!(max_diff(&fused, &separate), 0.0, "{epilogue:?} values");
+                let probe: Vec<f32> = (0..fused.elem_count()).map(|_| rng.normal()).collect();
+                let probe = Tensor::from_vec(probe, fused.dims(), &Device::Cpu).unwrap();
+                let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (separate * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for v in [&x, &wt, &b] {
+                    let (a, e) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                    assert!(max_diff(a, e) < 1e-4, "{epilogue:?} gradient of {:?}", v.dims());
+                }
+            }
+        }
+    }
+
+    /// The 2×2 stride-2 fast path of max-pooling picks the same maxima and indices as the general
+    /// one, with ties and NaN.
+    #[test]
+    fn max_pool_fast_path_matches_the_general_one() {
+        let mut rng = Rng::new(3);
+        let (h, w) = (10, 12);
+        let mut x: Vec<f32> = (0..h * w).map(|_| (rng.normal() * 2.0).round()).collect();
+        x[5] = f32::NAN;
+        x[40] = f32::NAN;
+        x[41] = f32::NAN;
+        let fast = crate::layers::MaxPool2d::new(2, 2, 0);
+        let (mut o1, mut i1, mut o2, mut i2) = (vec![0.0; 30], vec![0u32; 30], vec![0.0; 30], vec![0u32; 30]);
+        fast.plane(&x, h, w, &mut o1, &mut i1);
+        fast.plane_general(&x, h, w, &mut o2, &mut i2);
+        assert_eq!(i1, i2);
+        assert_eq!(format!("{o1:?}"), format!("{o2:?}"));
     }
 }

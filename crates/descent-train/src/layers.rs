@@ -5,13 +5,14 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::conv::{Conv2dOp, Epilogue};
 use crate::error::Result;
 use crate::model::Init;
 use crate::rng::Rng;
 
 /// 2-D max-pooling of `[n, c, h, w]` with a square window, stride and padding (padded cells never
 /// win), as `torch.nn.functional.max_pool2d` (`ceil_mode=False`, `dilation=1`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
     pub kernel: usize,
     pub stride: usize,
@@ -29,13 +30,41 @@ impl MaxPool2d {
         MaxPool2d { kernel, stride, padding }
     }
 
-    fn out_size(&self, n: usize) -> usize {
+    pub(crate) fn out_size(&self, n: usize) -> usize {
         (n + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Checks the window against an input of shape `dims` (`[n, c, h, w]`).
+    pub(crate) fn check(&self, dims: &[usize]) -> candle_core::Result<()> {
+        if dims.len() != 4 {
+            candle_core::bail!("max_pool2d expects [n, c, h, w], got {dims:?}");
+        }
+        if self.kernel == 0 || self.stride == 0 || 2 * self.padding > self.kernel {
+            candle_core::bail!(
+                "max_pool2d: kernel {}, stride {}, padding {} (padding at most half the kernel)",
+                self.kernel,
+                self.stride,
+                self.padding
+            );
+        }
+        if dims[2] + 2 * self.padding < self.kernel || dims[3] + 2 * self.padding < self.kernel {
+            candle_core::bail!("max_pool2d window {} larger than the padded input {dims:?}", self.kernel);
+        }
+        Ok(())
     }
 
     /// One `[h, w]` plane: each output's maximum and the flat index of the first maximal element in
     /// row-major window order (PyTorch's choice among ties; NaN wins, as in torch).
-    fn plane(&self, xp: &[f32], h: usize, w: usize, out: &mut [f32], idx: &mut [u32]) {
+    pub(crate) fn plane(&self, xp: &[f32], h: usize, w: usize, out: &mut [f32], idx: &mut [u32]) {
+        if self.kernel == 2 && self.stride == 2 && self.padding == 0 {
+            self.plane_2x2(xp, h, w, out, idx)
+        } else {
+            self.plane_general(xp, h, w, out, idx)
+        }
+    }
+
+    /// [`Self::plane`] for any window.
+    pub(crate) fn plane_general(&self, xp: &[f32], h: usize, w: usize, out: &mut [f32], idx: &mut [u32]) {
         let ow = self.out_size(w);
         for (o, (v, at)) in out.iter_mut().zip(idx.iter_mut()).enumerate() {
             let (oy, ox) = (o / ow, o % ow);
@@ -57,6 +86,30 @@ impl MaxPool2d {
         }
     }
 
+    /// [`Self::plane`] for the common 2×2 window with stride 2 and no padding, without the general
+    /// path's window bounds.
+    fn plane_2x2(&self, xp: &[f32], h: usize, w: usize, out: &mut [f32], idx: &mut [u32]) {
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        for oy in 0..oh {
+            let (r0, r1) = (&xp[2 * oy * w..][..w], &xp[(2 * oy + 1) * w..][..w]);
+            let (outs, ats) = (&mut out[oy * ow..][..ow], &mut idx[oy * ow..][..ow]);
+            for ox in 0..ow {
+                let x = 2 * ox;
+                let cands = [(r0[x], 2 * oy * w + x), (r0[x + 1], 2 * oy * w + x + 1)];
+                let cands2 = [(r1[x], (2 * oy + 1) * w + x), (r1[x + 1], (2 * oy + 1) * w + x + 1)];
+                let (mut best, mut j) = cands[0];
+                for (c, at) in [cands[1], cands2[0], cands2[1]] {
+                    if c > best || (c.is_nan() && !best.is_nan()) {
+                        best = c;
+                        j = at;
+                    }
+                }
+                outs[ox] = best;
+                ats[ox] = j as u32;
+            }
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let op = MaxPoolOp { pool: *self, argmax: std::sync::Mutex::new(vec![]) };
         Ok(x.contiguous()?.apply_op1(op)?)
@@ -70,20 +123,7 @@ impl CustomOp1 for MaxPoolOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = &self.pool;
         let dims = layout.dims();
-        if dims.len() != 4 {
-            candle_core::bail!("max_pool2d expects [n, c, h, w], got {dims:?}");
-        }
-        if p.kernel == 0 || p.stride == 0 || 2 * p.padding > p.kernel {
-            candle_core::bail!(
-                "max_pool2d: kernel {}, stride {}, padding {} (padding at most half the kernel)",
-                p.kernel,
-                p.stride,
-                p.padding
-            );
-        }
-        if dims[2] + 2 * p.padding < p.kernel || dims[3] + 2 * p.padding < p.kernel {
-            candle_core::bail!("max_pool2d window {} larger than the padded input {dims:?}", p.kernel);
-        }
+        p.check(dims)?;
         let CpuStorage::F32(v) = storage else { candle_core::bail!("max_pool2d: f32 only") };
         let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("max_pool2d: input not contiguous") };
         let x = &v[a..b];
@@ -143,7 +183,12 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv2d(
+        self.forward_with(x, Epilogue::Identity)
+    }
+
+    /// The convolution with an activation (and pooling) fused into its op.
+    pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        conv2d_with(
             x,
             self.weight.as_tensor(),
             Some(self.bias.as_tensor()),
@@ -151,6 +196,7 @@ impl Conv2d {
             self.padding,
             self.dilation,
             self.groups,
+            epilogue,
         )
     }
 }
@@ -166,7 +212,22 @@ pub fn conv2d(
     dilation: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let op = crate::conv::Conv2dOp { stride, padding, dilation, groups };
+    conv2d_with(x, w, b, stride, padding, dilation, groups, Epilogue::Identity)
+}
+
+/// [`conv2d`] followed by the `epilogue` in the same op (e.g. LeNet's conv → ReLU → max-pool).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let op = Conv2dOp::new(stride, padding, dilation, groups, epilogue);
     let zeros;
     let b = match b {
         Some(b) => b,

@@ -224,9 +224,10 @@ impl LeNet5 {
 
 impl Model for LeNet5 {
     fn forward(&self, x: &Tensor, _mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
-        let pool = crate::layers::MaxPool2d::new(2, 2, 0);
-        let h = pool.forward(&self.conv1.forward(x)?.relu()?)?;
-        let h = pool.forward(&self.conv2.forward(&h)?.relu()?)?;
+        // conv → ReLU → max-pool as one op each (the same values and gradients as three).
+        let block = crate::conv::Epilogue::ReluMaxPool(crate::layers::MaxPool2d::new(2, 2, 0));
+        let h = self.conv1.forward_with(x, block)?;
+        let h = self.conv2.forward_with(&h, block)?;
         let h = h.flatten_from(1)?;
         let h = self.fc1.forward(&h)?.relu()?;
         let h = self.fc2.forward(&h)?.relu()?;
