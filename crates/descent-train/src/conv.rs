@@ -60,6 +60,10 @@ struct Geom {
     /// Input channels per group, output channels per group.
     cg: usize,
     og: usize,
+    /// Stride 1, dilation 1, no padding: each column-matrix row of an image is then one contiguous
+    /// run of the input (output position `(oy, ox)` at column `oy·w + ox`, the `w − ow` columns
+    /// between rows unused), copied with one `memcpy`, at the cost of GEMMs `w/ow` wider.
+    wide: bool,
 }
 
 impl Geom {
@@ -73,13 +77,49 @@ impl Geom {
     fn image(&self) -> usize {
         self.c * self.h * self.w
     }
+    /// Columns of one image's column matrix.
+    fn seg(&self) -> usize {
+        if self.wide {
+            (self.oh - 1) * self.w + self.ow
+        } else {
+            self.hw()
+        }
+    }
+    /// The column of output position `(oy, ox)` in an image's column matrix.
+    fn col(&self, oy: usize, ox: usize) -> usize {
+        oy * if self.wide { self.w } else { self.ow } + ox
+    }
 }
 
-/// The contiguous f32 data of a tensor (read-locked while `f` runs).
-fn with_f32s<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else { candle_core::bail!("conv2d: {what} must be on the CPU") };
-    Ok(f(f32s(s, layout, what)?))
+/// The contiguous f32 data of a CPU storage.
+fn cpu_f32s<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let Storage::Cpu(s) = s else { candle_core::bail!("conv2d: {what} must be on the CPU") };
+    f32s(s, l, what)
+}
+
+thread_local! {
+    /// Per-thread working buffers of the convolution tasks, kept between calls: a fresh
+    /// zero-filled allocation per task costs page faults and a memset the size of the columns.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` on `N` (at most 3) buffers of the given lengths from this thread's scratch. Their
+/// contents are whatever the last user left: `f` writes before it reads.
+fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32]; N]) -> R) -> R {
+    let run = |bufs: &mut [Vec<f32>; 3]| {
+        for (b, &n) in bufs.iter_mut().zip(&lens) {
+            if b.len() < n {
+                b.resize(n, 0.0);
+            }
+        }
+        let mut it = bufs.iter_mut().zip(lens).map(|(b, n)| &mut b[..n]);
+        f(std::array::from_fn(|_| it.next().expect("at most 3 scratch buffers")))
+    };
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut bufs) => run(&mut bufs),
+        // Re-entered (a task inside a task): fresh buffers.
+        Err(_) => run(&mut Default::default()),
+    })
 }
 
 impl Conv2dOp {
@@ -113,7 +153,8 @@ impl Conv2dOp {
         if let Epilogue::ReluMaxPool(p) = self.epilogue {
             p.check(&[n, o, oh, ow])?;
         }
-        Ok(Geom { n, c, h, w: wd, o, kh, kw, oh, ow, cg, og: o / g })
+        let wide = self.stride == 1 && self.dilation == 1 && self.padding == 0;
+        Ok(Geom { n, c, h, w: wd, o, kh, kw, oh, ow, cg, og: o / g, wide })
     }
 
     /// The `[oh', ow']` size of one output plane (pooled or not).
@@ -127,7 +168,19 @@ impl Conv2dOp {
     /// Writes the column matrix of group `gi` of one image `x` (`[c, h, w]`): row `r` of the
     /// `cg·kh·kw` rows goes to `cols[r·ld + off ..][.. oh·ow]`, so several images sit side by side.
     fn im2col(&self, g: &Geom, x: &[f32], gi: usize, cols: &mut [f32], ld: usize, off: usize) {
-        let hw = g.hw();
+        let (hw, seg) = (g.hw(), g.seg());
+        if g.wide {
+            for ci in 0..g.cg {
+                let plane = &x[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = &mut cols[((ci * g.kh + ky) * g.kw + kx) * ld + off..][..seg];
+                        row.copy_from_slice(&plane[ky * g.w + kx..][..seg]);
+                    }
+                }
+            }
+            return;
+        }
         for ci in 0..g.cg {
             let plane = &x[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
             for ky in 0..g.kh {
@@ -160,7 +213,21 @@ impl Conv2dOp {
     /// Adds a column matrix gradient (laid out as [`Self::im2col`] writes it) back into the image
     /// gradient: the adjoint of `im2col`.
     fn col2im(&self, g: &Geom, cols: &[f32], gi: usize, gx: &mut [f32], ld: usize, off: usize) {
-        let hw = g.hw();
+        let (hw, seg) = (g.hw(), g.seg());
+        if g.wide {
+            // The unused columns carry zero gradient, so whole runs can be added.
+            for ci in 0..g.cg {
+                let plane = &mut gx[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = &cols[((ci * g.kh + ky) * g.kw + kx) * ld + off..][..seg];
+                        let dst = &mut plane[ky * g.w + kx..][..seg];
+                        dst.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            return;
+        }
         for ci in 0..g.cg {
             let plane = &mut gx[(gi * g.cg + ci) * g.h * g.w..][..g.h * g.w];
             for ky in 0..g.kh {
@@ -192,9 +259,9 @@ impl Conv2dOp {
 
     /// The column matrices of `nb` images `xs` side by side (`[cg·kh·kw, nb·oh·ow]`) for group `gi`.
     fn columns(&self, g: &Geom, xs: &[f32], nb: usize, gi: usize, cols: &mut [f32]) {
-        let (hw, img) = (g.hw(), g.image());
+        let (seg, img) = (g.seg(), g.image());
         for b in 0..nb {
-            self.im2col(g, &xs[b * img..(b + 1) * img], gi, cols, nb * hw, b * hw);
+            self.im2col(g, &xs[b * img..(b + 1) * img], gi, cols, nb * seg, b * seg);
         }
     }
 }
@@ -203,6 +270,20 @@ pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core
     let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: {what} must be f32") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
     Ok(&v[a..b])
+}
+
+/// A sum in 8 interleaved partial sums: vectorizes, where a plain `sum` is one long chain of
+/// dependent additions (the same bits on every run either way).
+fn sum_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// ReLU keeping NaN (as `torch.relu`).
@@ -251,44 +332,39 @@ impl CustomOp3 for Conv2dOp {
         };
         out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).enumerate().for_each(|(t, (outs, idx))| {
             let nb = outs.len() / out_img;
-            let ld = nb * hw;
+            let ld = nb * g.seg();
             let xs = &x[t * IMAGES_PER_TASK * img..][..nb * img];
-            let mut cols = vec![0.0f32; k * ld];
-            let mut y = vec![0.0f32; g.o * ld];
-            for gi in 0..self.groups {
-                self.columns(&g, xs, nb, gi, &mut cols);
-                let wg = &w[gi * g.og * k..(gi + 1) * g.og * k];
-                matmul(
-                    &mut y[gi * g.og * ld..(gi + 1) * g.og * ld],
-                    false,
-                    wg,
-                    false,
-                    &cols,
-                    false,
-                    g.og,
-                    ld,
-                    k,
-                    false,
-                );
-            }
-            for bi in 0..nb {
-                for oc in 0..g.o {
-                    let plane = &mut y[oc * ld + bi * hw..][..hw];
-                    let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
-                    match pool {
-                        None if self.epilogue == Epilogue::Relu => {
-                            dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = relu(v + b[oc]))
+            with_scratch([k * ld, g.o * ld], |[cols, y]| {
+                for gi in 0..self.groups {
+                    self.columns(&g, xs, nb, gi, cols);
+                    let (wg, yg) = (&w[gi * g.og * k..][..g.og * k], &mut y[gi * g.og * ld..][..g.og * ld]);
+                    matmul(yg, false, wg, false, cols, false, g.og, ld, k, false);
+                }
+                for bi in 0..nb {
+                    for oc in 0..g.o {
+                        let plane = &mut y[oc * ld + bi * g.seg()..][..g.seg()];
+                        if g.wide {
+                            for oy in 1..g.oh {
+                                plane.copy_within(oy * g.w..oy * g.w + g.ow, oy * g.ow);
+                            }
                         }
-                        None => dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = v + b[oc]),
-                        Some(p) => {
-                            plane.iter_mut().for_each(|v| *v += b[oc]);
-                            let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
-                            p.plane(plane, g.oh, g.ow, dst, at);
-                            dst.iter_mut().for_each(|v| *v = relu(*v));
+                        let plane = &mut plane[..hw];
+                        let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                        match pool {
+                            None if self.epilogue == Epilogue::Relu => {
+                                dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = relu(v + b[oc]))
+                            }
+                            None => dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = v + b[oc]),
+                            Some(p) => {
+                                plane.iter_mut().for_each(|v| *v += b[oc]);
+                                let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                                p.plane(plane, g.oh, g.ow, dst, at);
+                                dst.iter_mut().for_each(|v| *v = relu(*v));
+                            }
                         }
                     }
                 }
-            }
+            })
         });
         if pool.is_some() {
             *self.argmax.lock().expect("argmax lock") = argmax;
@@ -306,85 +382,32 @@ impl CustomOp3 for Conv2dOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom(x.dims(), w.dims())?;
         let grad = grad.contiguous()?;
-        let (k, hw, img) = (g.k(), g.hw(), g.image());
-        let (ph, pw) = self.out_plane(&g);
+        let ((sx, lx), (sw, lw), (sg, lg), (sr, lr)) =
+            (x.storage_and_layout(), w.storage_and_layout(), grad.storage_and_layout(), res.storage_and_layout());
+        let io = BackwardIo {
+            xs: cpu_f32s(&sx, lx, "input")?,
+            ws: cpu_f32s(&sw, lw, "weight")?,
+            gy: cpu_f32s(&sg, lg, "gradient")?,
+            res: cpu_f32s(&sr, lr, "output")?,
+            argmax: &self.argmax.lock().expect("argmax lock"),
+        };
+        let img = g.image();
         // The input of a first layer is data: no gradient to compute for it.
         let need_gx = x.track_op();
         let mut gx = vec![0.0f32; if need_gx { g.n * img } else { 0 }];
-        let argmax = self.argmax.lock().expect("argmax lock");
-        let tasks = g.n.div_ceil(IMAGES_PER_TASK);
         let gx_chunks: Vec<&mut [f32]> = if need_gx {
             gx.chunks_mut(IMAGES_PER_TASK * img).collect()
         } else {
-            (0..tasks).map(|_| &mut [][..]).collect()
+            (0..g.n.div_ceil(IMAGES_PER_TASK)).map(|_| &mut [][..]).collect()
         };
-        let wlen = w.elem_count();
         // Per task: its images' input gradients (disjoint) and a partial weight and bias gradient,
         // reduced afterwards in task order.
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = with_f32s(x, "input", |xs| {
-            with_f32s(w, "weight", |ws| {
-                with_f32s(&grad, "gradient", |gy| {
-                    with_f32s(res, "output", |res| {
-                        gx_chunks
-                            .into_par_iter()
-                            .enumerate()
-                            .map(|(t, gxs)| {
-                                let n0 = t * IMAGES_PER_TASK;
-                                let nb = IMAGES_PER_TASK.min(g.n - n0);
-                                let ld = nb * hw;
-                                // The gradient of the convolution's output, images side by side.
-                                let mut gyt = vec![0.0f32; g.o * ld];
-                                for bi in 0..nb {
-                                    for oc in 0..g.o {
-                                        let at = ((n0 + bi) * g.o + oc) * ph * pw;
-                                        let (src, r) = (&gy[at..][..ph * pw], &res[at..][..ph * pw]);
-                                        let dst = &mut gyt[oc * ld + bi * hw..][..hw];
-                                        match self.epilogue {
-                                            Epilogue::Identity => dst.copy_from_slice(src),
-                                            Epilogue::Relu => dst
-                                                .iter_mut()
-                                                .zip(src.iter().zip(r))
-                                                .for_each(|(d, (&gv, &rv))| *d = if rv > 0.0 { gv } else { 0.0 }),
-                                            Epilogue::ReluMaxPool(_) => {
-                                                for ((&gv, &rv), &j) in src.iter().zip(r).zip(&argmax[at..][..ph * pw])
-                                                {
-                                                    if rv > 0.0 {
-                                                        dst[j as usize] += gv;
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                                let gb: Vec<f32> = gyt.chunks(ld).map(|row| row.iter().sum()).collect();
-                                let mut gw = vec![0.0f32; wlen];
-                                let mut cols = vec![0.0f32; k * ld];
-                                let mut gcols = vec![0.0f32; if need_gx { k * ld } else { 0 }];
-                                let xs = &xs[n0 * img..][..nb * img];
-                                for gi in 0..self.groups {
-                                    let gyg = &gyt[gi * g.og * ld..(gi + 1) * g.og * ld];
-                                    self.columns(&g, xs, nb, gi, &mut cols);
-                                    // dW_g = dY_g [og × ld] · colsᵀ [ld × k]
-                                    let gwg = &mut gw[gi * g.og * k..(gi + 1) * g.og * k];
-                                    matmul(gwg, false, gyg, false, &cols, true, g.og, k, ld, false);
-                                    if need_gx {
-                                        // dcols = W_gᵀ [k × og] · dY_g [og × ld]
-                                        let wg = &ws[gi * g.og * k..(gi + 1) * g.og * k];
-                                        matmul(&mut gcols, false, wg, true, gyg, false, k, ld, g.og, false);
-                                        for bi in 0..nb {
-                                            self.col2im(&g, &gcols, gi, &mut gxs[bi * img..][..img], ld, bi * hw);
-                                        }
-                                    }
-                                }
-                                (gw, gb)
-                            })
-                            .collect()
-                    })
-                })
-            })
-        })????;
-        drop(argmax);
-        let mut gw = vec![0.0f32; wlen];
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
+            .into_par_iter()
+            .enumerate()
+            .map(|(t, gxs)| self.backward_task(&g, &io, t * IMAGES_PER_TASK, need_gx.then_some(gxs)))
+            .collect();
+        let mut gw = vec![0.0f32; io.ws.len()];
         let mut gb = vec![0.0f32; g.o];
         for (pw, pb) in &partials {
             gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
@@ -396,6 +419,79 @@ impl CustomOp3 for Conv2dOp {
             Some(Tensor::from_vec(gw, w.dims(), dev)?),
             Some(Tensor::from_vec(gb, g.o, dev)?),
         ))
+    }
+}
+
+/// The data the backward reads: input, weight, the output's gradient, the output, the argmax.
+struct BackwardIo<'a> {
+    xs: &'a [f32],
+    ws: &'a [f32],
+    gy: &'a [f32],
+    res: &'a [f32],
+    argmax: &'a [u32],
+}
+
+impl Conv2dOp {
+    /// The backward of images `n0..` of one task: adds their input gradients into `gxs` (when
+    /// wanted) and returns their weight and bias gradients.
+    fn backward_task(&self, g: &Geom, io: &BackwardIo, n0: usize, gxs: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+        let (k, img, seg) = (g.k(), g.image(), g.seg());
+        let (ph, pw) = self.out_plane(g);
+        let nb = IMAGES_PER_TASK.min(g.n - n0);
+        let ld = nb * seg;
+        let mut gw = vec![0.0f32; io.ws.len()];
+        let gk = if gxs.is_some() { k * ld } else { 0 };
+        with_scratch([g.o * ld, k * ld, gk], |[gyt, cols, gcols]| {
+            // The gradient of the convolution's output, images side by side.
+            if g.wide || matches!(self.epilogue, Epilogue::ReluMaxPool(_)) {
+                gyt.fill(0.0);
+            }
+            for bi in 0..nb {
+                for oc in 0..g.o {
+                    let at = ((n0 + bi) * g.o + oc) * ph * pw;
+                    let (src, r) = (&io.gy[at..][..ph * pw], &io.res[at..][..ph * pw]);
+                    let dst = &mut gyt[oc * ld + bi * seg..][..seg];
+                    match self.epilogue {
+                        Epilogue::Identity | Epilogue::Relu => {
+                            let relu = self.epilogue == Epilogue::Relu;
+                            for oy in 0..g.oh {
+                                let d = &mut dst[g.col(oy, 0)..][..g.ow];
+                                let (s, rr) = (&src[oy * g.ow..][..g.ow], &r[oy * g.ow..][..g.ow]);
+                                for ((d, &gv), &rv) in d.iter_mut().zip(s).zip(rr) {
+                                    *d = if !relu || rv > 0.0 { gv } else { 0.0 };
+                                }
+                            }
+                        }
+                        Epilogue::ReluMaxPool(_) => {
+                            for ((&gv, &rv), &j) in src.iter().zip(r).zip(&io.argmax[at..][..ph * pw]) {
+                                if rv > 0.0 {
+                                    dst[g.col(j as usize / g.ow, j as usize % g.ow)] += gv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let gb: Vec<f32> = gyt.chunks(ld).map(sum_lanes).collect();
+            let xs = &io.xs[n0 * img..][..nb * img];
+            let mut gxs = gxs;
+            for gi in 0..self.groups {
+                let gyg = &gyt[gi * g.og * ld..][..g.og * ld];
+                self.columns(g, xs, nb, gi, cols);
+                // dW_g = dY_g [og × ld] · colsᵀ [ld × k]
+                let gwg = &mut gw[gi * g.og * k..][..g.og * k];
+                matmul(gwg, false, gyg, false, cols, true, g.og, k, ld, false);
+                if let Some(gxs) = gxs.as_deref_mut() {
+                    // dcols = W_gᵀ [k × og] · dY_g [og × ld]
+                    let wg = &io.ws[gi * g.og * k..][..g.og * k];
+                    matmul(gcols, false, wg, true, gyg, false, k, ld, g.og, false);
+                    for bi in 0..nb {
+                        self.col2im(g, gcols, gi, &mut gxs[bi * img..][..img], ld, bi * seg);
+                    }
+                }
+            }
+            (gw, gb)
+        })
     }
 }
 
