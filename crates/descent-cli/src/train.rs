@@ -209,13 +209,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let batch = a.batch_size.unwrap_or(default_batch);
     let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
     let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
-    let total = t.forward_s + t.backward_s + t.step_s;
+    let total = t.data_s + t.forward_s + t.backward_s + t.step_s;
     println!(
         "{} batch {} with {}, {} thread(s), {} batches after {} warm-up: {:.0} samples/s",
         a.model, batch, a.optimizer, a.threads, a.batches, a.warmup, t.samples_per_s
     );
     println!(
-        "  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%  ({:.2} ms per batch)",
+        "  batch assembly {:.1}%  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%  ({:.2} ms per batch)",
+        100.0 * t.data_s / total,
         100.0 * t.forward_s / total,
         100.0 * t.backward_s / total,
         100.0 * t.step_s / total,
@@ -224,7 +225,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": a.optimizer, "threads": a.threads,
-            "samples_per_s": t.samples_per_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
+            "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
     );
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub(crate) mod gemm;
 pub mod layers;
 pub mod linear;
+pub mod loss;
 pub mod mnist;
 pub mod model;
 pub mod optim;

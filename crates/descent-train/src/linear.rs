@@ -11,9 +11,18 @@ use crate::gemm::matmul;
 /// Products at least this large (multiply-adds) run the GEMM across threads.
 const PARALLEL_FLOPS: usize = 1 << 22;
 
-/// `torch.nn.functional.linear`.
+/// The activation applied by the linear op to its output, in the same pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// `relu(x Wᵀ + b)`: candle's separate ReLU costs its backward a zero-filled buffer, a
+    /// comparison, a product and a sum the size of the output.
+    Relu,
+}
+
+/// `torch.nn.functional.linear`, followed by an [`Activation`].
 #[derive(Debug, Clone, Copy)]
-pub struct LinearOp;
+pub struct LinearOp(pub Activation);
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -43,6 +52,9 @@ impl CustomOp3 for LinearOp {
             row.copy_from_slice(b);
         }
         matmul(&mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
+        if self.0 == Activation::Relu {
+            y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, out))))
     }
 
@@ -51,13 +63,20 @@ impl CustomOp3 for LinearOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, inp, out) = (x.dims()[0], x.dims()[1], w.dims()[0]);
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let ws = w.flatten_all()?.to_vec1::<f32>()?;
-        let gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        if self.0 == Activation::Relu {
+            // The gradient passes where the output is positive (as torch's ReLU backward).
+            let (s, l) = res.storage_and_layout();
+            let candle_core::Storage::Cpu(s) = &*s else { candle_core::bail!("linear: output must be on the CPU") };
+            let r = f32s(s, l, "output")?;
+            gy.iter_mut().zip(r).for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 });
+        }
         let par = n * out * inp >= PARALLEL_FLOPS;
         let mut gw = vec![0.0f32; out * inp];
         matmul(&mut gw, false, &gy, true, &xs, false, out, inp, n, par);
@@ -79,5 +98,39 @@ impl CustomOp3 for LinearOp {
 
 /// `y = x Wᵀ + b` for `x` of shape `[n, in]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
-    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp)?)
+    linear_with(x, w, b, Activation::Identity)
+}
+
+/// `act(x Wᵀ + b)` as one op.
+pub fn linear_with(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> crate::Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp(act))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::{linear, linear_with, Activation};
+    use crate::rng::Rng;
+
+    /// `linear_with(.., Relu)` gives candle's `relu(linear(..))` values and gradients.
+    #[test]
+    fn fused_relu_matches_the_separate_op() {
+        let mut rng = Rng::new(2);
+        let mut var = |shape: &[usize]| {
+            let n = shape.iter().product();
+            Var::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+        };
+        let (x, w, b, probe) = (var(&[5, 7]), var(&[4, 7]), var(&[4]), var(&[5, 4]));
+        let fused = linear_with(x.as_tensor(), w.as_tensor(), b.as_tensor(), Activation::Relu).unwrap();
+        let separate = linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap().relu().unwrap();
+        let diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff(&fused, &separate), 0.0);
+        let g1 = (fused * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (separate * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            assert!(diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()) < 1e-5);
+        }
+    }
 }

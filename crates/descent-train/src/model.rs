@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
+use crate::linear::Activation;
 use crate::rng::Rng;
 
 /// Weight initialization schemes.
@@ -94,7 +95,11 @@ impl Linear {
         Ok(Linear { weight: var(w, &[out, inp], dev)?, bias: var(b, &[out], dev)? })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::linear::linear(x, self.weight.as_tensor(), self.bias.as_tensor())
+        self.forward_with(x, Activation::Identity)
+    }
+    /// The layer and its activation as one op.
+    pub fn forward_with(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        crate::linear::linear_with(x, self.weight.as_tensor(), self.bias.as_tensor(), act)
     }
 }
 
@@ -160,7 +165,7 @@ impl Mlp {
 impl Model for Mlp {
     fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
         let x = x.flatten_from(1)?;
-        let h = self.fc1.forward(&x)?.relu()?;
+        let h = self.fc1.forward_with(&x, Activation::Relu)?;
         let h = if mode == Mode::Train { dropout(&h, self.dropout, rng)? } else { h };
         self.fc2.forward(&h)
     }
@@ -176,9 +181,7 @@ impl Model for Mlp {
 
 /// Mean cross-entropy of logits `[n, classes]` against class indices `[n]` (u32).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
+    Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, crate::loss::CrossEntropyOp)?)
 }
 
 /// Mean squared error.
@@ -229,8 +232,8 @@ impl Model for LeNet5 {
         let h = self.conv1.forward_with(x, block)?;
         let h = self.conv2.forward_with(&h, block)?;
         let h = h.flatten_from(1)?;
-        let h = self.fc1.forward(&h)?.relu()?;
-        let h = self.fc2.forward(&h)?.relu()?;
+        let h = self.fc1.forward_with(&h, Activation::Relu)?;
+        let h = self.fc2.forward_with(&h, Activation::Relu)?;
         self.fc3.forward(&h)
     }
     fn named_vars(&self) -> Vec<(String, Var)> {

@@ -549,13 +549,15 @@ pub fn train_from(
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchTimes {
     pub samples_per_s: f64,
+    /// Assembling the batch from the dataset (index selection of the shuffled samples).
+    pub data_s: f64,
     pub forward_s: f64,
     pub backward_s: f64,
     pub step_s: f64,
 }
 
-/// Training throughput: `warmup` untimed steps, then `batches` timed steps of forward (with the
-/// loss), backward and optimizer step, each phase timed separately.
+/// Training throughput: `warmup` untimed steps, then `batches` timed steps of batch assembly,
+/// forward (with the loss), backward and optimizer step, each phase timed separately.
 pub fn bench(
     model: &dyn Model,
     data: &Dataset,
@@ -567,9 +569,10 @@ pub fn bench(
     let mut rng = Rng::new(cfg.seed);
     let order = epoch_order(data.len(), &mut rng);
     let mut batches_iter = order.chunks(cfg.batch_size).cycle();
-    let (mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0usize);
+    let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
     for k in 0..warmup + batches {
         let idx = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let td = Instant::now();
         let (x, y) = data.batch(idx)?;
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train, &mut rng)?;
@@ -581,11 +584,18 @@ pub fn bench(
         opt.step(&grads)?;
         let t3 = Instant::now();
         if k >= warmup {
+            d += (t0 - td).as_secs_f64();
             f += (t1 - t0).as_secs_f64();
             b += (t2 - t1).as_secs_f64();
             s += (t3 - t2).as_secs_f64();
             samples += idx.len();
         }
     }
-    Ok(BenchTimes { samples_per_s: samples as f64 / (f + b + s), forward_s: f, backward_s: b, step_s: s })
+    Ok(BenchTimes {
+        samples_per_s: samples as f64 / (d + f + b + s),
+        data_s: d,
+        forward_s: f,
+        backward_s: b,
+        step_s: s,
+    })
 }
