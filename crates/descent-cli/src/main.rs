@@ -1,6 +1,10 @@
 //! The `descent` command-line tool.
 
 mod bench;
+mod compare;
+mod plot;
+mod runs;
+mod tensorboard;
 mod train;
 
 use std::path::PathBuf;
@@ -40,6 +44,25 @@ enum Command {
     List,
     /// Train a model on the bundled data.
     Train(Box<train::TrainArgs>),
+    /// Compare runs of one workload that differ in optimizer, learning rate, schedule,
+    /// regularization or batch size: a table, charts (PNG and SVG) and an HTML report.
+    ///
+    /// e.g. descent compare --model mlp --epochs 2 --run sgd:lr=0.1 --run sgd:lr=0.05,momentum=0.9
+    /// --run adam:lr=1e-3 --run adamw:lr=1e-3,schedule=cosine
+    Compare(Box<compare::CompareArgs>),
+    /// Redraw the charts of finished runs (train, compare or sweep folders) from their metric
+    /// files, overlaid.
+    Plot {
+        /// Run folders, or compare/sweep folders (their runs/ are drawn).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Folder for the charts.
+        #[arg(long, default_value = "runs/plot")]
+        out: PathBuf,
+        /// Title prefix of the charts.
+        #[arg(long, default_value = "runs")]
+        title: String,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -128,6 +151,11 @@ fn main() -> ExitCode {
             let sub = matches.subcommand_matches("train").expect("train subcommand");
             args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
         }
+        Command::Compare(args) => {
+            let sub = matches.subcommand_matches("compare").expect("compare subcommand");
+            set_threads(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)
+        }
+        Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {
             set_threads(threads)
                 .and_then(|n| {
@@ -172,6 +200,34 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
     }
     rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
     Ok(n)
+}
+
+/// `descent plot`: the charts of every run under `dirs`, overlaid, into `out`.
+fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()> {
+    let mut all = vec![];
+    for d in dirs {
+        for run in runs::expand(d)? {
+            let m = runs::read_run(&run)?;
+            for w in &m.warnings {
+                eprintln!("warning: {w}");
+            }
+            all.push(m);
+        }
+    }
+    // Runs with the same settings (made at different times) are told apart by their folder.
+    let labels: Vec<String> = all.iter().map(|m| m.label.clone()).collect();
+    for m in all.iter_mut() {
+        if labels.iter().filter(|l| **l == m.label).count() > 1 {
+            m.label = format!("{} ({})", m.label, m.dir.display());
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let files = runs::draw(&all, out, title)?;
+    println!("{} runs drawn into {}:", all.len(), out.display());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
 }
 
 fn replay(paths: &[PathBuf]) -> Result<bool> {

@@ -10,7 +10,7 @@ use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
 use descent_train::train::{
-    train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, SpecSchedule, Stop, TrainConfig,
+    train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, SpecSchedule, StepMetrics, Stop, TrainConfig,
 };
 
 /// The models `descent train` knows.
@@ -99,8 +99,13 @@ pub struct TrainArgs {
     /// Step a library schedule every optimizer step or every epoch (torch's usual placement).
     #[arg(long, default_value = "step", value_parser = ["step", "epoch"])]
     pub schedule_interval: String,
-    /// Run folder for config.json, metrics.jsonl, metrics.csv and checkpoint.safetensors
-    /// (default: runs/MODEL-OPTIMIZER-seedSEED).
+    /// Also write TensorBoard scalar event files (loss, learning rate, gradient norm per step; test
+    /// loss and accuracy, samples/s per epoch) under RUN_DIR/tensorboard.
+    #[arg(long)]
+    #[serde(default)]
+    pub tensorboard: bool,
+    /// Run folder for config.json, metrics.jsonl/.csv (per epoch), steps.jsonl/.csv (per step) and
+    /// checkpoint.safetensors (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
     #[serde(skip)]
     pub out: Option<PathBuf>,
@@ -239,39 +244,62 @@ pub fn defaults(model: &str) -> (f64, usize) {
     }
 }
 
-/// What the user sees: a progress bar per epoch (hidden when stderr is not a terminal), a summary
-/// line per epoch; and what stays: metrics and a checkpoint per epoch in the run folder.
+/// What the user sees: a progress bar per epoch (hidden when stderr is not a terminal or the run
+/// is quiet), a summary line per epoch; and what stays: metrics per step and per epoch, TensorBoard
+/// events when asked, and a checkpoint per epoch in the run folder.
 struct CliHooks<'a> {
     run_dir: &'a RunDir,
+    quiet: bool,
     bar: Option<indicatif::ProgressBar>,
     loss_sum: f64,
     seen: usize,
+    steps: StepWriter,
+    tensorboard: Option<crate::tensorboard::Scalars>,
+    state_bytes: usize,
+    /// The first error of a per-step write, raised at the epoch's end.
+    error: Option<String>,
 }
 
 impl Hooks for &mut CliHooks<'_> {
-    fn on_step(&mut self, epoch: usize, batch: usize, batches: usize, samples: usize, loss: f32, lr_scale: f64) {
-        if batch == 0 || self.bar.is_none() {
-            let bar = indicatif::ProgressBar::new(batches as u64);
+    fn on_step(&mut self, s: &StepMetrics) {
+        let lr = self.run_dir.base_lr * s.lr_scale;
+        if let Err(e) = self.steps.write(s, lr) {
+            self.error.get_or_insert(format!("writing steps.jsonl: {e}"));
+        }
+        if let Some(tb) = &mut self.tensorboard {
+            let r = tb
+                .scalar("train/loss", s.step, s.loss as f64)
+                .and_then(|_| tb.scalar("train/lr", s.step, lr))
+                .and_then(|_| tb.scalar("train/grad_norm", s.step, s.grad_norm));
+            if let Err(e) = r {
+                self.error.get_or_insert(format!("writing TensorBoard events: {e}"));
+            }
+        }
+        if self.quiet {
+            return;
+        }
+        if s.batch == 0 || self.bar.is_none() {
+            let bar = indicatif::ProgressBar::new(s.batches as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            bar.set_prefix(epoch.to_string());
+            bar.set_prefix(s.epoch.to_string());
             self.bar = Some(bar);
             self.loss_sum = 0.0;
             self.seen = 0;
         }
-        self.loss_sum += loss as f64 * samples as f64;
-        self.seen += samples;
+        self.loss_sum += s.loss as f64 * s.samples as f64;
+        self.seen += s.samples;
         if let Some(bar) = &self.bar {
-            bar.set_position(batch as u64 + 1);
-            if batch.is_multiple_of(20) || batch + 1 == batches {
+            bar.set_position(s.batch as u64 + 1);
+            if s.batch.is_multiple_of(20) || s.batch + 1 == s.batches {
                 let rate = self.seen as f64 / bar.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "loss {:.4}  lr {:.2e}  {:.0} samples/s",
                     self.loss_sum / self.seen as f64,
-                    self.run_dir.base_lr * lr_scale,
+                    lr,
                     rate
                 ));
             }
@@ -283,22 +311,77 @@ impl Hooks for &mut CliHooks<'_> {
             bar.finish_and_clear();
         }
         let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-        println!(
-            "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
-            m.epoch,
-            m.steps,
-            m.train_loss,
-            m.test_loss,
-            acc,
-            self.run_dir.base_lr * m.lr_scale,
-            m.seconds,
-            m.samples_per_s
-        );
-        self.run_dir.append(m).map_err(|e| descent_train::Error::Data {
-            path: self.run_dir.dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+        if !self.quiet {
+            println!(
+                "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+                m.epoch,
+                m.steps,
+                m.train_loss,
+                m.test_loss,
+                acc,
+                self.run_dir.base_lr * m.lr_scale,
+                m.seconds,
+                m.samples_per_s
+            );
+        }
+        self.state_bytes = self.state_bytes.max(end.state_bytes());
+        let io = |e: String| descent_train::Error::Data { path: self.run_dir.dir.display().to_string(), message: e };
+        if let Some(e) = self.error.take() {
+            return Err(io(e));
+        }
+        self.steps.flush().map_err(|e| io(format!("writing steps.jsonl: {e}")))?;
+        if let Some(tb) = &mut self.tensorboard {
+            let step = m.steps;
+            let mut r = tb.scalar("epoch/train_loss", step, m.train_loss);
+            r = r.and_then(|_| tb.scalar("epoch/test_loss", step, m.test_loss));
+            if let Some(a) = m.test_accuracy {
+                r = r.and_then(|_| tb.scalar("epoch/test_accuracy", step, a));
+            }
+            r = r.and_then(|_| tb.scalar("epoch/samples_per_s", step, m.samples_per_s));
+            r.and_then(|_| tb.flush()).map_err(|e| io(format!("writing TensorBoard events: {e}")))?;
+        }
+        self.run_dir.append(m).map_err(|e| io(e.to_string()))?;
         end.checkpoint()?.save(&self.run_dir.checkpoint())
+    }
+}
+
+/// steps.jsonl and steps.csv: one line per optimizer step, buffered and flushed at each epoch's
+/// end (before its checkpoint).
+struct StepWriter {
+    jsonl: std::io::BufWriter<std::fs::File>,
+    csv: std::io::BufWriter<std::fs::File>,
+}
+
+impl StepWriter {
+    fn open(dir: &std::path::Path) -> Result<StepWriter> {
+        use std::io::Write;
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .with_context(|| format!("opening {}", dir.join(name).display()))
+        };
+        let header = !dir.join("steps.csv").exists();
+        let mut csv = std::io::BufWriter::new(open("steps.csv")?);
+        if header {
+            writeln!(csv, "step,epoch,loss,lr,grad_norm")?;
+        }
+        Ok(StepWriter { jsonl: std::io::BufWriter::new(open("steps.jsonl")?), csv })
+    }
+
+    fn write(&mut self, s: &StepMetrics, lr: f64) -> std::io::Result<()> {
+        use std::io::Write;
+        let line =
+            serde_json::json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": lr, "grad_norm": s.grad_norm});
+        writeln!(self.jsonl, "{line}")?;
+        writeln!(self.csv, "{},{},{},{lr},{}", s.step, s.epoch, s.loss, s.grad_norm)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        self.jsonl.flush()?;
+        self.csv.flush()
     }
 }
 
@@ -339,8 +422,25 @@ impl RunDir {
         Ok(())
     }
 
-    /// Drops metric lines past `epoch` (written before a crash that preceded their checkpoint).
-    fn truncate_after(&self, epoch: usize) -> Result<()> {
+    /// Drops metric lines past `epoch` and step lines past `steps` (written before a crash that
+    /// preceded their checkpoint).
+    fn truncate_after(&self, epoch: usize, steps: u64) -> Result<()> {
+        for name in ["steps.jsonl", "steps.csv"] {
+            let p = self.dir.join(name);
+            let Ok(text) = std::fs::read_to_string(&p) else { continue };
+            let keep: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    let s = if name.ends_with(".csv") {
+                        l.split(',').next().and_then(|x| x.parse::<u64>().ok())
+                    } else {
+                        serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64())
+                    };
+                    s.is_none_or(|s| s <= steps)
+                })
+                .collect();
+            std::fs::write(&p, keep.join("\n") + "\n")?;
+        }
         for name in ["metrics.jsonl", "metrics.csv"] {
             let p = self.dir.join(name);
             let Ok(text) = std::fs::read_to_string(&p) else { continue };
@@ -363,7 +463,102 @@ impl RunDir {
     }
 }
 
+/// How a run reports while it trains.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// No progress bar and no per-epoch lines (runs of `descent compare` in parallel).
+    pub quiet: bool,
+}
+
+/// What a finished run leaves for its caller.
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub args: TrainArgs,
+    pub history: Vec<EpochMetrics>,
+    pub stop: Stop,
+    /// The largest optimizer state seen at an epoch's end, in bytes as stored.
+    pub state_bytes: usize,
+    /// The first value of each parameter at the end, by name (what a regression learned).
+    pub first_values: Vec<(String, f32)>,
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
+    let out = execute(a, &RunOptions::default())?;
+    let a = &out.args;
+    match out.stop {
+        Stop::EarlyStopping { best_epoch } => {
+            println!(
+                "early stopping: no improvement for {} epoch(s); restored epoch {best_epoch}",
+                a.patience.unwrap_or(0)
+            )
+        }
+        Stop::TargetAccuracy => println!("target accuracy reached"),
+        Stop::Converged => {
+            println!("converged: the training loss changed by less than {}", a.min_loss_change.unwrap_or(0.0))
+        }
+        Stop::Steps | Stop::Epochs => {}
+    }
+    let last = match out.stop {
+        Stop::EarlyStopping { best_epoch } => out.history.get(best_epoch - 1),
+        _ => out.history.last(),
+    };
+    println!("run folder: {}", out.dir.display());
+    if let Some(last) = last {
+        match last.test_accuracy {
+            Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),
+            None => {
+                let w: Vec<String> = out.first_values.iter().map(|(n, v)| format!("{n} = {v:.4}")).collect();
+                println!("test loss: {:.5}  ({})", last.test_loss, w.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates the settings into a training config, without touching any run folder.
+pub fn validate(a: &TrainArgs) -> Result<()> {
+    let mut rng = Rng::new(a.seed);
+    let init = Init::parse(&a.init)?;
+    let model: Box<dyn Model> = match a.model.as_str() {
+        "linear" => Box::new(LinearRegression::new(init, &mut rng, &Device::Cpu)?),
+        "mlp" => Box::new(Mlp::new(init, a.dropout, &mut rng, &Device::Cpu)?),
+        "lenet" => Box::new(LeNet5::new(init, &mut rng, &Device::Cpu)?),
+        other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
+    };
+    let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
+    let cfg = config(a, loss)?;
+    descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
+    Ok(())
+}
+
+/// The training config of a run's settings (defaults filled in).
+fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
+    let (default_lr, default_batch) = defaults(&a.model);
+    let lr = a.lr.unwrap_or(default_lr);
+    Ok(TrainConfig {
+        hparams: a.hparams.clone(),
+        max_steps: a.steps,
+        seed: a.seed,
+        clip_norm: a.clip_norm,
+        clip_value: a.clip_value,
+        l1: a.l1,
+        l2: a.l2,
+        patience: a.patience,
+        min_delta: a.min_delta,
+        target_accuracy: a.target_accuracy.map(|t| t / 100.0),
+        schedule: if a.schedule.contains('.') {
+            LrSchedule::Spec(SpecSchedule::build(&a.schedule, &a.schedule_args, lr, a.schedule_interval == "epoch")?)
+        } else {
+            LrSchedule::parse(&a.schedule)?
+        },
+        groups: a.groups.clone(),
+        min_loss_change: a.min_loss_change,
+        ..TrainConfig::new(&a.optimizer, Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
+    })
+}
+
+/// Trains one run into its folder (new, or resumed from its checkpoint).
+pub fn execute(a: TrainArgs, opts: &RunOptions) -> Result<RunOutcome> {
     // Settings: the flags, or the run folder's config when resuming (with --epochs as new total).
     let (mut a, run_dir, resume) = match &a.resume {
         Some(dir) => {
@@ -377,7 +572,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             cfg.threads = a.threads;
             let rd = RunDir { dir: dir.clone(), base_lr: cfg.lr.unwrap_or(f64::NAN) };
             let ck = Checkpoint::load(&rd.checkpoint())?;
-            rd.truncate_after(ck.epoch)?;
+            rd.truncate_after(ck.epoch, ck.steps)?;
             (cfg, rd, Some(ck))
         }
         None => {
@@ -409,31 +604,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     a.batch_size = a.batch_size.or(Some(default_batch));
     a.epochs = a.epochs.or(Some(1));
     let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
-
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
     let (model, train_set, test_set, loss) = workload(&a.model, init, a.dropout, a.normalize, &a.data, &mut rng)?;
-    let cfg = TrainConfig {
-        hparams: a.hparams.clone(),
-        max_steps: a.steps,
-        seed: a.seed,
-        clip_norm: a.clip_norm,
-        clip_value: a.clip_value,
-        l1: a.l1,
-        l2: a.l2,
-        patience: a.patience,
-        min_delta: a.min_delta,
-        target_accuracy: a.target_accuracy.map(|t| t / 100.0),
-        schedule: if a.schedule.contains('.') {
-            let lr = a.lr.unwrap_or(default_lr);
-            LrSchedule::Spec(SpecSchedule::build(&a.schedule, &a.schedule_args, lr, a.schedule_interval == "epoch")?)
-        } else {
-            LrSchedule::parse(&a.schedule)?
-        },
-        groups: a.groups.clone(),
-        min_loss_change: a.min_loss_change,
-        ..TrainConfig::new(&a.optimizer, a.lr, epochs, batch_size, loss)
-    };
+    let cfg = config(&a, loss)?;
     // Everything is valid (model, data, optimizer and its arguments): now the run folder.
     descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
     if resume.is_none() {
@@ -445,7 +619,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     std::fs::write(run_dir.dir.join("config.json"), serde_json::to_string_pretty(&a)?)?;
     std::fs::write(run_dir.dir.join("config.toml"), toml::to_string(&a).context("config as TOML")?)?;
-    println!(
+    let say = |m: String| {
+        if !opts.quiet {
+            println!("{m}")
+        }
+    };
+    say(format!(
         "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
         a.model,
         train_set.len(),
@@ -453,42 +632,29 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into()),
         batch_size,
         epochs
-    );
+    ));
     if let Some(ck) = &resume {
-        println!("resuming {} after epoch {} (step {})", run_dir.dir.display(), ck.epoch, ck.steps);
+        say(format!("resuming {} after epoch {} (step {})", run_dir.dir.display(), ck.epoch, ck.steps));
     }
-    let mut hooks = CliHooks { run_dir: &run_dir, bar: None, loss_sum: 0.0, seen: 0 };
-    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), &mut hooks)?;
-    match stop {
-        Stop::EarlyStopping { best_epoch } => {
-            println!(
-                "early stopping: no improvement for {} epoch(s); restored epoch {best_epoch}",
-                a.patience.unwrap_or(0)
-            )
-        }
-        Stop::TargetAccuracy => println!("target accuracy reached"),
-        Stop::Converged => {
-            println!("converged: the training loss changed by less than {}", a.min_loss_change.unwrap_or(0.0))
-        }
-        Stop::Steps | Stop::Epochs => {}
-    }
-    let last = match stop {
-        Stop::EarlyStopping { best_epoch } => history.get(best_epoch - 1),
-        _ => history.last(),
+    let tensorboard =
+        if a.tensorboard { Some(crate::tensorboard::Scalars::create(&run_dir.dir.join("tensorboard"))?) } else { None };
+    let mut hooks = CliHooks {
+        run_dir: &run_dir,
+        quiet: opts.quiet,
+        bar: None,
+        loss_sum: 0.0,
+        seen: 0,
+        steps: StepWriter::open(&run_dir.dir)?,
+        tensorboard,
+        state_bytes: 0,
+        error: None,
     };
-    println!("run folder: {}", run_dir.dir.display());
-    if let Some(last) = last {
-        match last.test_accuracy {
-            Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),
-            None => {
-                let named = model.named_vars();
-                let w: Vec<String> = named
-                    .iter()
-                    .map(|(n, v)| Ok(format!("{n} = {:.4}", v.as_tensor().flatten_all()?.to_vec1::<f32>()?[0])))
-                    .collect::<Result<_>>()?;
-                println!("test loss: {:.5}  ({})", last.test_loss, w.join(", "));
-            }
-        }
-    }
-    Ok(())
+    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), &mut hooks)?;
+    let state_bytes = hooks.state_bytes;
+    let first_values = model
+        .named_vars()
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().flatten_all()?.get(0)?.to_scalar::<f32>()?)))
+        .collect::<Result<_>>()?;
+    Ok(RunOutcome { dir: run_dir.dir.clone(), args: a, history, stop, state_bytes, first_values })
 }

@@ -158,6 +158,25 @@ impl VarOptimizer {
         Ok(result.ok_or_else(|| Error::Param("optimizer step did not run".into()))??)
     }
 
+    /// The global L2 norm of the variables' gradients (before any clipping), accumulated in f64.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut sum = 0.0f64;
+        for v in &self.vars {
+            let Some(g) = grads.get(v.as_tensor()) else { continue };
+            let (storage, layout) = g.storage_and_layout();
+            match (&*storage, layout.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(s)), Some((a, b))) => {
+                    sum += s[a..b].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+                }
+                _ => {
+                    drop(storage);
+                    sum += g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                }
+            }
+        }
+        Ok(sum.sqrt())
+    }
+
     /// `loss.backward()` then [`VarOptimizer::step`].
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<bool> {
         let grads = loss.backward()?;

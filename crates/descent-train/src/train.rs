@@ -252,6 +252,24 @@ pub struct EpochMetrics {
     pub lr_scale: f64,
 }
 
+/// What one optimizer step reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMetrics {
+    pub epoch: usize,
+    /// The batch within the epoch (from 0) and the batches per epoch.
+    pub batch: usize,
+    pub batches: usize,
+    /// Optimizer steps taken so far, this one included.
+    pub step: u64,
+    pub samples: usize,
+    /// The batch's loss (with any L1/L2 penalty).
+    pub loss: f32,
+    /// The learning-rate multiplier the step used.
+    pub lr_scale: f64,
+    /// The global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+}
+
 /// Builds the optimizer of a config over a model's parameters.
 pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
     Ok(optimizer_with_scale(model, cfg)?.0)
@@ -400,14 +418,18 @@ impl EpochEnd<'_> {
         ck.scheduler = self.scheduler.clone();
         Ok(ck)
     }
+
+    /// Bytes of optimizer state as stored (quantized buffers at their packed size).
+    pub fn state_bytes(&mut self) -> usize {
+        self.opt.core().stored_state_bytes()
+    }
 }
 
 /// What a caller sees of a run: every step, and the end of every epoch (where checkpoints go).
 /// A closure `|metrics, end| -> Result<()>` is an epoch hook.
 pub trait Hooks {
-    /// After each optimizer step: the epoch, the batch within it, the batches per epoch, the
-    /// batch's samples and loss, and the learning-rate multiplier.
-    fn on_step(&mut self, _epoch: usize, _batch: usize, _batches: usize, _samples: usize, _loss: f32, _lr_scale: f64) {}
+    /// After each optimizer step.
+    fn on_step(&mut self, _s: &StepMetrics) {}
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> Result<()>;
 }
 
@@ -483,9 +505,20 @@ pub fn train_from(
             if !l.is_finite() {
                 return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
             }
-            opt.backward_step(&loss)?;
+            let grads = loss.backward()?;
+            let grad_norm = opt.grad_norm(&grads)?;
+            opt.step(&grads)?;
             steps += 1;
-            hooks.on_step(epoch, bi, batches, idx.len(), l, m);
+            hooks.on_step(&StepMetrics {
+                epoch,
+                batch: bi,
+                batches,
+                step: steps,
+                samples: idx.len(),
+                loss: l,
+                lr_scale: m,
+                grad_norm,
+            });
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
         }

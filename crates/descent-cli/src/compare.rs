@@ -1,0 +1,481 @@
+//! `descent compare`: several runs of one workload (same model, data, seed, batch order and
+//! length) that differ in optimizer, learning rate, schedule, regularization or batch size; a
+//! table, charts and an HTML report of them side by side.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::runs::{self, RunMetrics};
+use crate::train::{self, RunOptions, TrainArgs};
+
+/// The flags of `descent compare`: the shared workload (every `descent train` flag) and the runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// A run: OPTIMIZER:key=value,… where keys are train settings (lr, batch_size, schedule,
+    /// schedule_interval, l1, l2, clip_norm, clip_value, dropout, init, seed, steps, epochs,
+    /// target_accuracy) or the optimizer's own arguments (momentum, weight_decay, betas=[0.9,0.99],
+    /// …). Repeatable; also `[[run]]` tables in --config.
+    #[arg(long = "run", value_name = "SPEC")]
+    pub runs: Vec<String>,
+    /// Test accuracy (%) whose first epoch the table reports, in steps and seconds (the runs do
+    /// not stop there).
+    #[arg(long, default_value_t = 95.0)]
+    pub target: f64,
+    /// Runs trained at once (default: 1 per 2 cores beyond the first two, at least 1; each run's
+    /// threads are shared).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub base: TrainArgs,
+}
+
+/// Keys of a run spec that set a training option; any other key is an optimizer argument.
+const TRAIN_KEYS: &[&str] = &[
+    "lr",
+    "batch_size",
+    "schedule",
+    "schedule_args",
+    "schedule_interval",
+    "l1",
+    "l2",
+    "clip_norm",
+    "clip_value",
+    "dropout",
+    "init",
+    "seed",
+    "steps",
+    "epochs",
+    "target_accuracy",
+    "min_loss_change",
+    "patience",
+    "min_delta",
+    "normalize",
+];
+
+/// One configured run: its label and its full settings.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub label: String,
+    pub args: TrainArgs,
+}
+
+/// Splits `a=1,b=[1,2],c=x` at the commas outside brackets and braces.
+fn split_top(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0usize, vec![]);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// A run spec `OPTIMIZER:key=value,…` as an object of settings.
+pub fn parse_spec(spec: &str) -> Result<Map<String, Value>> {
+    let (opt, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    if opt.trim().is_empty() {
+        bail!("run `{spec}`: no optimizer; write OPTIMIZER:key=value,…, e.g. sgd:lr=0.1,momentum=0.9");
+    }
+    let mut m = Map::new();
+    m.insert("optimizer".into(), Value::from(opt.trim()));
+    for part in split_top(rest) {
+        let (k, v) = part.split_once('=').with_context(|| format!("run `{spec}`: `{part}` is not key=value"))?;
+        let k = k.trim().replace('-', "_");
+        let v = serde_json::from_str(v.trim()).unwrap_or_else(|_| Value::from(v.trim()));
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+/// The settings of a run: the shared ones with the run's keys over them. Optimizer arguments go
+/// into `hparams` (over the shared `--hparams`).
+pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<TrainArgs> {
+    let mut v = serde_json::to_value(base)?;
+    let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
+    let mut hparams = obj["hparams"].as_object().cloned().unwrap_or_default();
+    for (k, val) in run {
+        match k.as_str() {
+            "optimizer" => {
+                obj.insert(k.clone(), val.clone());
+            }
+            "label" => {}
+            "hparams" => {
+                let h = val
+                    .as_object()
+                    .with_context(|| format!("{what}: `hparams` must be a table of optimizer arguments"))?;
+                hparams.extend(h.clone());
+            }
+            key if TRAIN_KEYS.contains(&key) => {
+                obj.insert(k.clone(), val.clone());
+            }
+            "model" | "data" | "threads" | "out" | "force" | "tensorboard" => {
+                bail!("{what}: `{k}` is shared by all runs of a comparison; set it once, outside the runs")
+            }
+            _ => {
+                hparams.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    obj.insert("hparams".into(), Value::Object(hparams));
+    let mut args: TrainArgs =
+        serde_json::from_value(v).with_context(|| format!("{what}: a setting has the wrong type"))?;
+    (args.out, args.force, args.resume, args.config) = (None, true, None, None);
+    Ok(args)
+}
+
+/// The runs of a comparison from `--run` flags and `[[run]]` tables of the config file, and the
+/// shared settings from the file's top level (under the command-line flags).
+pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>> {
+    let mut base = a.base.clone();
+    let mut tables: Vec<Map<String, Value>> = vec![];
+    if let Some(path) = &a.base.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut file: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        if let Some(runs) = file.remove("run") {
+            let runs = runs.as_array().with_context(|| format!("{}: `run` must be [[run]] tables", path.display()))?;
+            for (i, r) in runs.iter().enumerate() {
+                let t = serde_json::to_value(r)?;
+                let t = t.as_object().with_context(|| format!("{}: run {} is not a table", path.display(), i + 1))?;
+                if !t.contains_key("optimizer") {
+                    bail!("{}: run {} has no `optimizer`", path.display(), i + 1);
+                }
+                tables.push(t.clone());
+            }
+        }
+        for key in ["target", "jobs"] {
+            file.remove(key);
+        }
+        let mut merged = serde_json::to_value(&base)?;
+        let flags = merged.as_object_mut().expect("an object");
+        let known: Vec<String> = flags.keys().cloned().collect();
+        for (k, v) in file {
+            if !known.contains(&k) {
+                bail!("{}: unknown setting `{k}`; accepted: run, target, jobs, {}", path.display(), known.join(", "));
+            }
+            if matches.value_source(&k) != Some(clap::parser::ValueSource::CommandLine) {
+                flags.insert(k.clone(), serde_json::to_value(v)?);
+            }
+        }
+        let merged: TrainArgs = serde_json::from_value(merged)
+            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
+        base = TrainArgs { out: base.out, force: base.force, resume: None, config: None, ..merged };
+    }
+    if a.base.resume.is_some() {
+        bail!("compare does not resume runs; run the comparison again (each run is seeded)");
+    }
+    let mut specs = vec![];
+    for (i, s) in a.runs.iter().enumerate() {
+        let m = parse_spec(s)?;
+        specs.push(RunSpec { label: s.clone(), args: apply(&base, &m, &format!("run {} (`{s}`)", i + 1))? });
+    }
+    for (i, t) in tables.iter().enumerate() {
+        let what = format!("[[run]] {}", i + 1);
+        let args = apply(&base, t, &what)?;
+        let label = t
+            .get("label")
+            .and_then(|l| l.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| runs::label(&serde_json::to_value(&args).expect("TrainArgs serializes")));
+        specs.push(RunSpec { label, args });
+    }
+    if specs.is_empty() {
+        bail!("no runs to compare: give --run OPTIMIZER:key=value,… (twice or more) or [[run]] tables in --config");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &specs {
+        if !seen.insert(s.label.clone()) {
+            bail!("two runs are both `{}`; give them different settings or labels", s.label);
+        }
+    }
+    // Every run valid before any trains: an unknown optimizer or argument names its run.
+    for (i, s) in specs.iter().enumerate() {
+        train::validate(&s.args).with_context(|| format!("run {} (`{}`)", i + 1, s.label))?;
+    }
+    Ok(specs)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub enum Status {
+    Finished,
+    /// The run stopped with an error (a NaN or infinite loss, for one): its message.
+    Failed(String),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub dir: PathBuf,
+    pub status: Status,
+    pub train_loss: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub steps_to_target: Option<u64>,
+    pub seconds_to_target: Option<f64>,
+    pub samples_per_s: Option<f64>,
+    pub state_bytes: Option<usize>,
+}
+
+/// A folder name for run `i` from its label.
+fn folder_name(i: usize, label: &str) -> String {
+    let clean: String =
+        label.chars().map(|c| if c.is_ascii_alphanumeric() || "=.-_".contains(c) { c } else { '_' }).take(60).collect();
+    format!("{:02}-{clean}", i + 1)
+}
+
+pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let specs = plan(&a, matches)?;
+    let out = a.base.out.clone().unwrap_or_else(|| {
+        (1..)
+            .map(|k| PathBuf::from("runs").join(if k == 1 { "compare".into() } else { format!("compare-{k}") }))
+            .find(|d| !d.exists())
+            .expect("some name is free")
+    });
+    if out.exists() {
+        if !a.base.force {
+            bail!("folder {} exists; pass --force to overwrite it", out.display());
+        }
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.display()))?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = a.jobs.unwrap_or((cores.saturating_sub(2) / 2).max(1)).clamp(1, specs.len());
+    println!("comparing {} runs of {} into {} ({} at a time)", specs.len(), a.base.model, out.display(), jobs);
+    let dirs: Vec<PathBuf> =
+        specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
+    let results: Vec<std::sync::Mutex<Option<Result<train::RunOutcome>>>> =
+        specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let quiet = jobs > 1;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(spec) = specs.get(i) else { break };
+                if !quiet {
+                    println!("\n[{}/{}] {}", i + 1, specs.len(), spec.label);
+                }
+                let mut args = spec.args.clone();
+                (args.out, args.force, args.tensorboard) = (Some(dirs[i].clone()), true, a.base.tensorboard);
+                let r = train::execute(args, &RunOptions { quiet });
+                if quiet {
+                    match &r {
+                        Ok(o) => println!("done: {} ({} epochs)", spec.label, o.history.len()),
+                        Err(e) => println!("failed: {}: {e:#}", spec.label),
+                    }
+                }
+                *results[i].lock().expect("result lock") = Some(r);
+            });
+        }
+    });
+    let mut rows = vec![];
+    let mut metrics: Vec<RunMetrics> = vec![];
+    for ((spec, dir), r) in specs.iter().zip(&dirs).zip(results) {
+        let r = r.into_inner().expect("result lock").expect("every run ran");
+        let (status, state_bytes) = match &r {
+            Ok(o) => (Status::Finished, Some(o.state_bytes)),
+            Err(e) => (Status::Failed(format!("{e:#}")), None),
+        };
+        let mut m = match runs::read_run(dir) {
+            Ok(m) => m,
+            Err(e) => {
+                // Failed before writing anything readable (its message is in the table).
+                if matches!(status, Status::Finished) {
+                    return Err(e);
+                }
+                rows.push(row(spec, dir, status, None, state_bytes, a.target));
+                continue;
+            }
+        };
+        m.faint = matches!(status, Status::Failed(_));
+        m.label = if m.faint { format!("{} (failed)", spec.label) } else { spec.label.clone() };
+        rows.push(row(spec, dir, status, Some(&m), state_bytes, a.target));
+        metrics.push(m);
+    }
+    write_table(&rows, &out, a.target)?;
+    let title = format!("{} on {}", a.base.model, if a.base.model == "linear" { "y = 2x + noise" } else { "MNIST" });
+    let files = runs::draw(&metrics, &out, &title)?;
+    write_report(&rows, &files, &out, &title, a.target)?;
+    println!("\n{}", std::fs::read_to_string(out.join("table.md"))?);
+    println!("table, charts and report.html in {}", out.display());
+    Ok(())
+}
+
+fn row(
+    spec: &RunSpec,
+    dir: &Path,
+    status: Status,
+    m: Option<&RunMetrics>,
+    state_bytes: Option<usize>,
+    target: f64,
+) -> Row {
+    let last = m.and_then(|m| m.epochs.last());
+    let hit = m.and_then(|m| {
+        let mut secs = 0.0;
+        m.epochs.iter().find_map(|e| {
+            secs += e.seconds;
+            e.test_accuracy.filter(|a| 100.0 * a >= target).map(|_| (e.steps, secs))
+        })
+    });
+    let (steps, seconds): (u64, f64) = m
+        .map(|m| (m.epochs.last().map(|e| e.steps).unwrap_or(0), m.epochs.iter().map(|e| e.seconds).sum()))
+        .unwrap_or((0, 0.0));
+    let seen: f64 = m.map(|m| m.epochs.iter().map(|e| e.samples_per_s * e.seconds).sum()).unwrap_or(0.0);
+    let _ = steps;
+    Row {
+        label: spec.label.clone(),
+        dir: dir.to_path_buf(),
+        status,
+        train_loss: last.map(|e| e.train_loss),
+        test_loss: last.map(|e| e.test_loss),
+        test_accuracy: last.and_then(|e| e.test_accuracy),
+        steps_to_target: hit.map(|h| h.0),
+        seconds_to_target: hit.map(|h| h.1),
+        samples_per_s: (seconds > 0.0).then(|| seen / seconds),
+        state_bytes,
+    }
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "—".into())
+}
+
+/// The table's cells, one `Vec` per run, and its header.
+fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
+    let header = vec![
+        "run".to_string(),
+        "train loss".into(),
+        "test loss".into(),
+        "test accuracy".into(),
+        format!("steps to {target}%"),
+        format!("seconds to {target}%"),
+        "samples/s".into(),
+        "optimizer state".into(),
+        "status".into(),
+    ];
+    let body = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                opt(r.train_loss, |v| format!("{v:.4}")),
+                opt(r.test_loss, |v| format!("{v:.4}")),
+                opt(r.test_accuracy, |v| format!("{:.2}%", 100.0 * v)),
+                opt(r.steps_to_target, |v| v.to_string()),
+                opt(r.seconds_to_target, |v| format!("{v:.1}")),
+                opt(r.samples_per_s, |v| format!("{v:.0}")),
+                opt(r.state_bytes, human_bytes),
+                match &r.status {
+                    Status::Finished => "finished".into(),
+                    Status::Failed(e) => format!("failed: {}", e.lines().last().unwrap_or(e)),
+                },
+            ]
+        })
+        .collect();
+    (header, body)
+}
+
+fn human_bytes(b: usize) -> String {
+    match b {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// table.md (Markdown), table.csv (exact numbers) and compare.json.
+fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
+    let (header, body) = cells(rows, target);
+    let mut md = format!("| {} |\n|{}\n", header.join(" | "), " --- |".repeat(header.len()));
+    for r in &body {
+        md += &format!("| {} |\n", r.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
+    }
+    std::fs::write(out.join("table.md"), md)?;
+    let q =
+        |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let mut csv = "run,train_loss,test_loss,test_accuracy,steps_to_target,seconds_to_target,samples_per_s,state_bytes,status,dir\n".to_string();
+    for r in rows {
+        let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let status = match &r.status {
+            Status::Finished => "finished".to_string(),
+            Status::Failed(e) => format!("failed: {e}"),
+        };
+        csv += &format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            q(&r.label),
+            f(r.train_loss),
+            f(r.test_loss),
+            f(r.test_accuracy),
+            r.steps_to_target.map(|v| v.to_string()).unwrap_or_default(),
+            f(r.seconds_to_target),
+            f(r.samples_per_s),
+            r.state_bytes.map(|v| v.to_string()).unwrap_or_default(),
+            q(&status),
+            q(&r.dir.display().to_string())
+        );
+    }
+    std::fs::write(out.join("table.csv"), csv)?;
+    let json: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "label": r.label, "dir": r.dir, "train_loss": r.train_loss, "test_loss": r.test_loss,
+                "test_accuracy": r.test_accuracy, "steps_to_target": r.steps_to_target,
+                "seconds_to_target": r.seconds_to_target, "samples_per_s": r.samples_per_s,
+                "state_bytes": r.state_bytes,
+                "status": match &r.status { Status::Finished => "finished".to_string(), Status::Failed(e) => format!("failed: {e}") },
+            })
+        })
+        .collect();
+    std::fs::write(
+        out.join("compare.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"target": target, "runs": json}))?,
+    )?;
+    Ok(())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// report.html: the table and the charts (SVG) in one page.
+fn write_report(rows: &[Row], files: &[PathBuf], out: &Path, title: &str, target: f64) -> Result<()> {
+    let (header, body) = cells(rows, target);
+    let mut h = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>descent compare: {t}</title>\n<style>\
+         body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}} \
+         td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child,th:first-child{{text-align:left}} \
+         img{{max-width:100%;width:900px;display:block;margin:1.5em 0}}</style></head><body>\n<h1>{t}</h1>\n<table>\n<tr>",
+        t = html_escape(title)
+    );
+    for c in &header {
+        h += &format!("<th>{}</th>", html_escape(c));
+    }
+    h += "</tr>\n";
+    for r in &body {
+        h += "<tr>";
+        for c in r {
+            h += &format!("<td>{}</td>", html_escape(c));
+        }
+        h += "</tr>\n";
+    }
+    h += "</table>\n";
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "svg")) {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        h += &format!("<img src=\"{}\" alt=\"{}\">\n", html_escape(name), html_escape(name));
+    }
+    h += "<p>Run folders: <code>runs/</code> (config, metrics per step and per epoch, checkpoint).</p>\n</body></html>\n";
+    std::fs::write(out.join("report.html"), h)?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Charts as PNG and SVG with plotters: line charts of runs (loss, accuracy, learning rate,
+//! gradient norm) and contour maps with optimizer trajectories. Text is drawn with a bundled font
+//! (DejaVu Sans through ab_glyph), so a headless machine needs no system font library.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// Ten colours that stay apart (matplotlib's `tab10`).
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The size of every picture, in pixels.
+pub const SIZE: (u32, u32) = (960, 600);
+
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
+            .unwrap_or_else(|_| panic!("the bundled font parses"));
+    });
+}
+
+/// One line of a chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// Drawn faint beneath the line in the same colour (the raw values under a smoothed curve).
+    pub raw: Vec<(f64, f64)>,
+    /// A run that stopped early (pruned, diverged) is drawn faint.
+    pub faint: bool,
+    /// Points as markers (per-epoch values) rather than a bare line.
+    pub markers: bool,
+}
+
+impl Series {
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, raw: vec![], faint: false, markers: false }
+    }
+}
+
+/// Which scale the y axis takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YScale {
+    Linear,
+    Log,
+    /// Logarithmic when the positive values span more than a decade and a half.
+    Auto,
+}
+
+/// A line chart.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub title: String,
+    /// The x axis counts whole things (epochs): integer ticks, half a unit of margin each side.
+    pub integer_x: bool,
+    pub x_label: String,
+    pub y_label: String,
+    pub y_scale: YScale,
+    pub series: Vec<Series>,
+    /// Where the legend goes (away from where the curves are).
+    pub legend: SeriesLabelPosition,
+}
+
+/// Exponential moving average with TensorBoard's debiasing (`weight` 0 is no smoothing).
+pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
+    let (mut acc, mut norm) = (0.0, 0.0);
+    points
+        .iter()
+        .map(|&(x, y)| {
+            acc = weight * acc + (1.0 - weight) * y;
+            norm = weight * norm + (1.0 - weight);
+            (x, acc / norm)
+        })
+        .collect()
+}
+
+/// The x and y ranges of a chart's finite points, padded a little (log: positive values only).
+/// Faint series (failed runs) do not stretch the axes: a diverged run would flatten the others.
+fn ranges(chart: &Chart, log: bool) -> (Range<f64>, Range<f64>) {
+    let pts = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter().chain(&s.raw));
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in pts {
+        if !x.is_finite() || !y.is_finite() || (log && y <= 0.0) {
+            continue;
+        }
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if y0 > y1 {
+        (y0, y1) = if log { (0.1, 1.0) } else { (0.0, 1.0) };
+    }
+    if x1 == x0 && !chart.integer_x {
+        x1 = x0 + 1.0;
+    }
+    if log {
+        let (a, b) = (y0.ln(), y1.ln().max(y0.ln() + 0.1));
+        let pad = 0.05 * (b - a);
+        return (x0..x1, (a - pad).exp()..(b + pad).exp());
+    }
+    let span = if y1 > y0 { y1 - y0 } else { y0.abs().max(1.0) };
+    (x0..x1, (y0 - 0.05 * span)..(y1 + 0.05 * span))
+}
+
+fn wants_log(chart: &Chart) -> bool {
+    match chart.y_scale {
+        YScale::Linear => false,
+        YScale::Log => true,
+        YScale::Auto => {
+            let ys = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter().chain(&s.raw)).map(|p| p.1);
+            let (lo, hi) = ys
+                .filter(|y| y.is_finite() && *y > 0.0)
+                .fold((f64::INFINITY, 0.0f64), |(l, h), y| (l.min(y), h.max(y)));
+            lo.is_finite() && hi / lo > 30.0
+        }
+    }
+}
+
+/// A tick label: 3 significant digits, trailing zeros dropped, powers of ten outside [1e-3, 1e5).
+pub fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        let s = format!("{v:.2e}");
+        let (m, e) = s.split_once('e').expect("exponent form");
+        let m = m.trim_end_matches('0').trim_end_matches('.');
+        return format!("{m}e{e}");
+    }
+    let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing: {e:?}")
+}
+
+/// Draws `chart` into `stem.png` and `stem.svg`; returns both paths.
+pub fn line_chart(chart: &Chart, stem: &Path) -> Result<[PathBuf; 2]> {
+    register_font();
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), chart)?;
+    draw_lines(SVGBackend::new(&svg, SIZE).into_drawing_area(), chart)?;
+    Ok([png, svg])
+}
+
+macro_rules! lines_body {
+    ($root:expr, $chart:expr, $xr:expr, $yr:expr) => {{
+        let chart = $chart;
+        let mut cc = ChartBuilder::on($root)
+            .caption(&chart.title, (FONT, 24))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d($xr, $yr)
+            .map_err(err)?;
+        let int_tick = |x: &f64| if (x - x.round()).abs() < 1e-9 { format!("{}", x.round()) } else { String::new() };
+        let x_ticks = |x: &f64| if chart.integer_x { int_tick(x) } else { tick(*x) };
+        cc.configure_mesh()
+            .x_desc(chart.x_label.as_str())
+            .y_desc(chart.y_label.as_str())
+            .x_label_formatter(&x_ticks)
+            .y_label_formatter(&|y| tick(*y))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()
+            .map_err(err)?;
+        let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+        for (i, s) in chart.series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            if !s.raw.is_empty() {
+                cc.draw_series(LineSeries::new(s.raw.iter().filter(finite).copied(), c.mix(0.18).stroke_width(1)))
+                    .map_err(err)?;
+            }
+            let style = if s.faint { c.mix(0.35).stroke_width(2) } else { c.stroke_width(2) };
+            cc.draw_series(LineSeries::new(s.points.iter().filter(finite).copied(), style))
+                .map_err(err)?
+                .label(&s.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+            if s.markers {
+                cc.draw_series(s.points.iter().filter(finite).map(|&p| Circle::new(p, 4, style.filled())))
+                    .map_err(err)?;
+            }
+        }
+        cc.configure_series_labels()
+            .label_font((FONT, 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(160, 160, 160))
+            .position(chart.legend.clone())
+            .draw()
+            .map_err(err)?;
+    }};
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let log = wants_log(chart);
+    let (mut xr, yr) = ranges(chart, log);
+    if chart.integer_x {
+        xr = (xr.start.round() - 0.5)..(xr.end.round() + 0.5);
+    }
+    if log {
+        lines_body!(&root, chart, xr, yr.log_scale());
+    } else {
+        lines_body!(&root, chart, xr, yr);
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A function of two variables drawn as filled contour bands (levels evenly spaced in
+/// `log(1 + f − min)`, so valleys stay visible next to steep walls), with paths drawn over it.
+pub struct ContourMap<'a> {
+    pub title: String,
+    pub f: &'a dyn Fn(f64, f64) -> f64,
+    pub x: Range<f64>,
+    pub y: Range<f64>,
+    /// Labelled paths (optimizer trajectories), each starting with a hollow circle and ending with
+    /// a filled one.
+    pub paths: Vec<(String, Vec<(f64, f64)>)>,
+    /// Points marked with a cross (the known minima).
+    pub marks: Vec<(f64, f64)>,
+}
+
+/// Draws `map` into `stem.png` and `stem.svg`.
+pub fn contour_map(map: &ContourMap, stem: &Path) -> Result<[PathBuf; 2]> {
+    register_font();
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    draw_contours(BitMapBackend::new(&png, (900, 760)).into_drawing_area(), map, 220)?;
+    // The SVG gets a coarser grid: every cell is an element.
+    draw_contours(SVGBackend::new(&svg, (900, 760)).into_drawing_area(), map, 110)?;
+    Ok([png, svg])
+}
+
+/// A light-to-dark blue ramp for the bands (low values light).
+fn band_colour(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &ContourMap, grid: usize) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let mut cc = ChartBuilder::on(&root)
+        .caption(&map.title, (FONT, 24))
+        .margin(16)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(map.x.clone(), map.y.clone())
+        .map_err(err)?;
+    cc.configure_mesh()
+        .x_desc("x")
+        .y_desc("y")
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 17))
+        .draw()
+        .map_err(err)?;
+    let (dx, dy) = ((map.x.end - map.x.start) / grid as f64, (map.y.end - map.y.start) / grid as f64);
+    let mut vals = vec![0.0f64; grid * grid];
+    for j in 0..grid {
+        for i in 0..grid {
+            vals[j * grid + i] = (map.f)(map.x.start + (i as f64 + 0.5) * dx, map.y.start + (j as f64 + 0.5) * dy);
+        }
+    }
+    let finite = vals.iter().copied().filter(|v| v.is_finite());
+    let lo = finite.clone().fold(f64::INFINITY, f64::min);
+    let hi = finite.fold(f64::NEG_INFINITY, f64::max);
+    let scale = |v: f64| (1.0 + (v - lo).max(0.0)).ln() / (1.0 + (hi - lo).max(1e-12)).ln();
+    const LEVELS: f64 = 18.0;
+    cc.draw_series((0..grid * grid).map(|k| {
+        let (i, j) = (k % grid, k / grid);
+        let band = (scale(vals[k]) * LEVELS).floor() / LEVELS;
+        let (x0, y0) = (map.x.start + i as f64 * dx, map.y.start + j as f64 * dy);
+        Rectangle::new([(x0, y0), (x0 + dx, y0 + dy)], band_colour(0.85 * band).filled())
+    }))
+    .map_err(err)?;
+    cc.draw_series(map.marks.iter().map(|&p| Cross::new(p, 7, BLACK.stroke_width(2)))).map_err(err)?;
+    let inside = |p: &(f64, f64)| map.x.contains(&p.0) && map.y.contains(&p.1);
+    for (k, (label, path)) in map.paths.iter().enumerate() {
+        let c = PALETTE[(k + 1) % PALETTE.len()];
+        let style = c.stroke_width(2);
+        // A path leaving the frame is cut where it leaves (a diverging optimizer).
+        let shown: Vec<(f64, f64)> =
+            path.iter().copied().take_while(|p| p.0.is_finite() && p.1.is_finite() && inside(p)).collect();
+        cc.draw_series(LineSeries::new(shown.iter().copied(), style))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+        if let Some(&first) = shown.first() {
+            cc.draw_series(std::iter::once(Circle::new(first, 6, c.stroke_width(2)))).map_err(err)?;
+        }
+        if let Some(&last) = shown.last() {
+            cc.draw_series(std::iter::once(Circle::new(last, 5, c.filled()))).map_err(err)?;
+        }
+    }
+    cc.configure_series_labels()
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(160, 160, 160))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

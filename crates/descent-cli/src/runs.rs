@@ -1,0 +1,274 @@
+//! Reading finished run folders back (per-step and per-epoch metrics, config) and drawing their
+//! charts: what `descent compare` draws after its runs and `descent plot` redraws from folders.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::plot::{self, Chart, Series, YScale};
+use plotters::chart::SeriesLabelPosition;
+
+/// One line of steps.jsonl.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub step: u64,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub steps: u64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_accuracy: Option<f64>,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    pub lr: f64,
+}
+
+/// A run folder's metrics as read back.
+#[derive(Debug, Clone)]
+pub struct RunMetrics {
+    pub dir: PathBuf,
+    pub label: String,
+    pub config: Value,
+    pub steps: Vec<StepRow>,
+    pub epochs: Vec<EpochRow>,
+    /// Problems met while reading (a truncated last line), one line each.
+    pub warnings: Vec<String>,
+    /// Drawn faint (a run that failed or was stopped early).
+    pub faint: bool,
+}
+
+/// The complete JSON lines of a metric file. A last line without its newline or that does not
+/// parse (a run killed mid-write) is dropped with a warning; a bad line before the end is an error.
+fn json_lines(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        match serde_json::from_str::<Value>(line.trim_end()) {
+            Ok(v) if line.ends_with('\n') || !last => out.push(v),
+            Ok(_) | Err(_) if last => {
+                warnings.push(format!(
+                    "{}: line {} is incomplete (the run was stopped mid-write); read the {} lines before it",
+                    path.display(),
+                    i + 1,
+                    i
+                ));
+            }
+            Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
+            Ok(_) => unreachable!("complete lines parse above"),
+        }
+    }
+    Ok(out)
+}
+
+fn num(v: &Value, key: &str, path: &Path, line: usize) -> Result<f64> {
+    v[key].as_f64().with_context(|| format!("{}: line {line}: no number `{key}`", path.display()))
+}
+
+/// Reads a run folder (config.json, steps.jsonl, metrics.jsonl).
+pub fn read_run(dir: &Path) -> Result<RunMetrics> {
+    let cfg_path = dir.join("config.json");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{}: no config.json, not a descent run folder", dir.display()))?,
+    )
+    .with_context(|| format!("{}: malformed", cfg_path.display()))?;
+    let mut warnings = vec![];
+    let sp = dir.join("steps.jsonl");
+    let steps = json_lines(&sp, &mut warnings)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(StepRow {
+                step: num(v, "step", &sp, i + 1)? as u64,
+                epoch: num(v, "epoch", &sp, i + 1)? as usize,
+                loss: num(v, "loss", &sp, i + 1)?,
+                lr: num(v, "lr", &sp, i + 1)?,
+                grad_norm: num(v, "grad_norm", &sp, i + 1)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mp = dir.join("metrics.jsonl");
+    let epochs = json_lines(&mp, &mut warnings)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(EpochRow {
+                epoch: num(v, "epoch", &mp, i + 1)? as usize,
+                steps: num(v, "steps", &mp, i + 1)? as u64,
+                train_loss: num(v, "train_loss", &mp, i + 1)?,
+                test_loss: num(v, "test_loss", &mp, i + 1)?,
+                test_accuracy: v["test_accuracy"].as_f64(),
+                seconds: num(v, "seconds", &mp, i + 1)?,
+                samples_per_s: num(v, "samples_per_s", &mp, i + 1)?,
+                lr: num(v, "lr", &mp, i + 1)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), config, steps, epochs, warnings, faint: false })
+}
+
+/// A short name for a run from its config: the optimizer, learning rate, optimizer arguments and
+/// whatever else departs from the defaults (schedule, batch size, penalties, clipping).
+pub fn label(c: &Value) -> String {
+    let mut parts = vec![c["optimizer"].as_str().unwrap_or("?").to_string()];
+    let fmt = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if let Some(lr) = c.get("lr").filter(|v| !v.is_null()) {
+        parts.push(format!("lr={}", fmt(lr)));
+    }
+    if let Some(h) = c["hparams"].as_object() {
+        parts.extend(h.iter().map(|(k, v)| format!("{k}={}", fmt(v))));
+    }
+    if c["schedule"].as_str().is_some_and(|s| s != "constant") {
+        parts.push(format!("schedule={}", fmt(&c["schedule"])));
+    }
+    for (key, default) in [("l1", 0.0), ("l2", 0.0)] {
+        if c[key].as_f64().is_some_and(|v| v != default) {
+            parts.push(format!("{key}={}", fmt(&c[key])));
+        }
+    }
+    for key in ["batch_size", "clip_norm", "clip_value"] {
+        if let Some(v) = c.get(key).filter(|v| !v.is_null()) {
+            if key != "batch_size" || Some(v) != default_batch(c).as_ref() {
+                parts.push(format!("{key}={}", fmt(v)));
+            }
+        }
+    }
+    parts.join(" ")
+}
+
+fn default_batch(c: &Value) -> Option<Value> {
+    let model = c["model"].as_str()?;
+    Some(Value::from(crate::train::defaults(model).1))
+}
+
+/// The run folders under `dir`: itself if it is a run folder, else its `runs/*` (a compare or
+/// sweep folder), in name order.
+pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join("config.json").exists() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let runs = dir.join("runs");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .with_context(|| {
+            format!("{}: neither a run folder (config.json) nor a compare or sweep folder (runs/)", dir.display())
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").exists())
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        bail!("{}: no run folders", runs.display());
+    }
+    Ok(found)
+}
+
+/// The charts of a set of runs into `out`: training loss and gradient norm per step (smoothed,
+/// raw faint beneath), learning rate per step, test accuracy (or test loss, for regression) per
+/// epoch. Returns the files written.
+pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>> {
+    let mut files = vec![];
+    let per_step = |f: fn(&StepRow) -> f64, smoothed: bool| -> Vec<Series> {
+        runs.iter()
+            .map(|r| {
+                let raw: Vec<(f64, f64)> = r.steps.iter().map(|s| (s.step as f64, f(s))).collect();
+                let weight = if smoothed { smoothing_weight(raw.len()) } else { 0.0 };
+                let mut s = Series::line(&r.label, plot::smooth(&raw, weight));
+                if smoothed && weight > 0.0 {
+                    s.raw = raw;
+                }
+                s.faint = r.faint;
+                s
+            })
+            .collect()
+    };
+    let charts = [
+        (
+            "loss",
+            format!("{title}: training loss"),
+            "loss (smoothed; raw faint)",
+            per_step(|s| s.loss, true),
+            YScale::Auto,
+        ),
+        (
+            "grad_norm",
+            format!("{title}: gradient norm"),
+            "global L2 norm of the gradient",
+            per_step(|s| s.grad_norm, true),
+            YScale::Auto,
+        ),
+        ("lr", format!("{title}: learning rate"), "learning rate", per_step(|s| s.lr, false), YScale::Auto),
+    ];
+    for (name, t, y, series, scale) in charts {
+        let chart = Chart {
+            title: t,
+            integer_x: false,
+            x_label: "optimizer step".into(),
+            y_label: y.into(),
+            y_scale: scale,
+            series,
+            legend: SeriesLabelPosition::UpperRight,
+        };
+        files.extend(plot::line_chart(&chart, &out.join(name))?);
+    }
+    let classification = runs.iter().any(|r| r.epochs.iter().any(|e| e.test_accuracy.is_some()));
+    let series = runs
+        .iter()
+        .map(|r| {
+            let pts = r
+                .epochs
+                .iter()
+                .map(|e| {
+                    (
+                        e.epoch as f64,
+                        if classification { 100.0 * e.test_accuracy.unwrap_or(f64::NAN) } else { e.test_loss },
+                    )
+                })
+                .collect();
+            Series { markers: true, faint: r.faint, ..Series::line(&r.label, pts) }
+        })
+        .collect();
+    let (name, t, y) = if classification {
+        ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)")
+    } else {
+        ("test_loss", format!("{title}: test loss"), "test loss")
+    };
+    let legend = if classification { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight };
+    let chart = Chart {
+        title: t,
+        integer_x: true,
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        y_scale: YScale::Auto,
+        series,
+        legend,
+    };
+    files.extend(plot::line_chart(&chart, &out.join(name))?);
+    Ok(files)
+}
+
+/// TensorBoard-like smoothing that keeps about the last 2% of a run's steps in its memory.
+fn smoothing_weight(n: usize) -> f64 {
+    if n < 20 {
+        0.0
+    } else {
+        (1.0 - 1.0 / (0.02 * n as f64).max(2.0)).min(0.99)
+    }
+}

@@ -1,0 +1,245 @@
+//! `descent compare`, `descent plot` and TensorBoard output as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn descent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    c
+}
+
+fn out(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("descent-cmp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = descent().args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{args:?}: {text}");
+    text
+}
+
+fn run_err(args: &[&str]) -> String {
+    let o = descent().args(args).output().unwrap();
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Each picture decodes as a PNG of the chart size, and its SVG twin is an SVG of that size.
+fn check_pictures(dir: &Path, names: &[&str], size: (u32, u32)) {
+    for name in names {
+        let png = image::open(dir.join(format!("{name}.png"))).unwrap_or_else(|e| panic!("{name}.png: {e}"));
+        assert_eq!((png.width(), png.height()), size, "{name}.png");
+        // Not a blank canvas: a chart has many colours.
+        let rgb = png.to_rgb8();
+        let colours: std::collections::HashSet<[u8; 3]> = rgb.pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 20, "{name}.png has {} colours", colours.len());
+        let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains(&format!("width=\"{}\"", size.0)), "{name}.svg");
+        assert!(svg.trim_end().ends_with("</svg>"), "{name}.svg is complete");
+    }
+}
+
+/// The data rows of a CSV file (RFC 4180 quoting).
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let split = |line: &str| {
+        let (mut cells, mut cur, mut quoted, mut chars) = (vec![], String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cur.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => cells.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        cells.push(cur);
+        cells
+    };
+    std::fs::read_to_string(path).unwrap().lines().skip(1).map(split).collect()
+}
+
+/// The table's numbers are those of the same runs made alone with `descent train` (the run
+/// folders hold the same per-step metrics, bit for bit); a diverging run is marked failed while the
+/// others finish; the charts and the report are written.
+#[test]
+fn compare_equals_runs_made_alone_and_marks_a_diverged_run() {
+    let dir = out("table");
+    let d = dir.to_str().unwrap();
+    run_ok(&[
+        "compare",
+        "--model",
+        "linear",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--target",
+        "50",
+        "--run",
+        "sgd:lr=0.1",
+        "--run",
+        "adam:lr=0.05,betas=[0.8,0.99]",
+        "--run",
+        "sgd:lr=1e30",
+        "--out",
+        d,
+    ]);
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert_eq!(rows.len(), 3);
+    assert!(rows[2].iter().any(|c| c.contains("failed") && c.contains("step")), "{:?}", rows[2]);
+    for (row, args) in rows[..2].iter().zip([
+        vec!["--optimizer", "sgd", "--lr", "0.1"],
+        vec!["--optimizer", "adam", "--lr", "0.05", "--hparams", "{\"betas\": [0.8, 0.99]}"],
+    ]) {
+        assert_eq!(row[8], "finished", "{row:?}");
+        let alone = out(&format!("alone-{}", args[1]));
+        let mut a =
+            vec!["train", "--model", "linear", "--epochs", "2", "--threads", "1", "--out", alone.to_str().unwrap()];
+        a.extend(args.iter().copied());
+        run_ok(&a);
+        let last: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(alone.join("metrics.jsonl")).unwrap().lines().last().unwrap())
+                .unwrap();
+        assert_eq!(row[1], last["train_loss"].as_f64().unwrap().to_string(), "{row:?}");
+        assert_eq!(row[2], last["test_loss"].as_f64().unwrap().to_string(), "{row:?}");
+        let run_dir = PathBuf::from(row.last().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("steps.jsonl")).unwrap(),
+            std::fs::read_to_string(alone.join("steps.jsonl")).unwrap(),
+            "{row:?}"
+        );
+    }
+    check_pictures(&dir, &["loss", "grad_norm", "lr", "test_loss"], (960, 600));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<table>") && html.contains("loss.svg") && html.contains("sgd:lr=0.1"));
+    assert!(std::fs::read_to_string(dir.join("table.md")).unwrap().contains("| adam:lr=0.05,betas=[0.8,0.99] |"));
+    // An existing folder is not overwritten without --force.
+    let e = run_err(&["compare", "--model", "linear", "--run", "sgd", "--out", d]);
+    assert!(e.contains("exists") && e.contains("--force"), "{e}");
+}
+
+#[test]
+fn unknown_optimizers_and_options_in_a_run_are_named() {
+    let dir = out("bad");
+    let d = dir.to_str().unwrap();
+    for (run, needles) in [
+        ("adamz:lr=0.1", vec!["adamz", "run 1"]),
+        ("sgd:lr=0.1,momentom=0.9", vec!["momentom", "momentum"]),
+        ("sgd:model=mlp", vec!["model", "shared"]),
+        ("sgd:lr", vec!["lr", "key=value"]),
+    ] {
+        let e = run_err(&["compare", "--model", "linear", "--run", run, "--out", d]);
+        for n in needles {
+            assert!(e.contains(n), "{run}: {e}");
+        }
+        assert!(!dir.exists(), "{run}: nothing written before the runs are valid");
+    }
+}
+
+/// Runs from a TOML file: shared settings at the top, `[[run]]` tables.
+#[test]
+fn compare_from_a_toml_file() {
+    let dir = out("toml");
+    let cfg = dir.with_extension("toml");
+    std::fs::write(
+        &cfg,
+        "model = \"linear\"\nepochs = 1\nthreads = 1\n\n[[run]]\noptimizer = \"sgd\"\nlr = 0.1\nmomentum = 0.9\n\n\
+         [[run]]\noptimizer = \"rmsprop\"\nlr = 0.01\nlabel = \"rms\"\n",
+    )
+    .unwrap();
+    run_ok(&["compare", "--config", cfg.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert_eq!(rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["sgd lr=0.1 momentum=0.9", "rms"]);
+}
+
+/// `descent plot` redraws from run folders; a metric file cut mid-line (a run killed while writing)
+/// is read up to its last complete line, with a warning that says so.
+#[test]
+fn plot_redraws_runs_and_reads_a_truncated_file_up_to_its_last_line() {
+    let (a, b, pics) = (out("plot-a"), out("plot-b"), out("plot-out"));
+    run_ok(&["train", "--model", "linear", "--epochs", "2", "--threads", "1", "--out", a.to_str().unwrap()]);
+    run_ok(&[
+        "train",
+        "--model",
+        "linear",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.05",
+        "--threads",
+        "1",
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    let steps = std::fs::read_to_string(b.join("steps.jsonl")).unwrap();
+    let cut = &steps[..steps.len() - 20];
+    std::fs::write(b.join("steps.jsonl"), cut).unwrap();
+    let text = run_ok(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--out", pics.to_str().unwrap()]);
+    assert!(text.contains("incomplete") && text.contains("steps.jsonl"), "{text}");
+    assert!(text.contains("2 runs drawn"), "{text}");
+    check_pictures(&pics, &["loss", "grad_norm", "lr", "test_loss"], (960, 600));
+}
+
+/// `--tensorboard` writes event files whose records (checksums verified) hold the run's scalars:
+/// one training loss per step equal to steps.jsonl, and the test loss per epoch.
+#[test]
+fn tensorboard_event_files_parse_and_hold_the_metrics() {
+    let dir = out("tb");
+    run_ok(&[
+        "train",
+        "--model",
+        "linear",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--tensorboard",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let tb = dir.join("tensorboard");
+    let file = std::fs::read_dir(&tb).unwrap().next().unwrap().unwrap().path();
+    assert!(file.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
+    let mut losses = vec![];
+    let mut tags = std::collections::BTreeSet::new();
+    let mut first = true;
+    for e in tfrecord::EventIter::open(&file, Default::default()).unwrap() {
+        let e = e.unwrap();
+        match e.what {
+            Some(tfrecord::protobuf::event::What::FileVersion(v)) => {
+                assert!(first);
+                assert_eq!(v, "brain.Event:2");
+            }
+            Some(tfrecord::protobuf::event::What::Summary(s)) => {
+                for v in s.value {
+                    let Some(tfrecord::protobuf::summary::value::Value::SimpleValue(x)) = v.value else { panic!() };
+                    if v.tag == "train/loss" {
+                        losses.push((e.step, x));
+                    }
+                    tags.insert(v.tag);
+                }
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+        first = false;
+    }
+    for t in ["train/loss", "train/lr", "train/grad_norm", "epoch/test_loss", "epoch/train_loss", "epoch/samples_per_s"]
+    {
+        assert!(tags.contains(t), "{t} in {tags:?}");
+    }
+    let steps: Vec<(i64, f32)> = std::fs::read_to_string(dir.join("steps.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_i64().unwrap(), v["loss"].as_f64().unwrap() as f32)
+        })
+        .collect();
+    assert_eq!(losses, steps);
+}
