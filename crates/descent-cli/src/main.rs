@@ -2,6 +2,7 @@
 
 mod bench;
 mod compare;
+mod landscape;
 mod plot;
 mod runs;
 mod tensorboard;
@@ -50,6 +51,9 @@ enum Command {
     /// e.g. descent compare --model mlp --epochs 2 --run sgd:lr=0.1 --run sgd:lr=0.05,momentum=0.9
     /// --run adam:lr=1e-3 --run adamw:lr=1e-3,schedule=cosine
     Compare(Box<compare::CompareArgs>),
+    /// Optimizers on 2-D test functions (Rosenbrock, Beale, Himmelblau, an ill-conditioned
+    /// quadratic, a saddle, Rastrigin): paths over contour maps, and a table.
+    Landscape(landscape::LandscapeArgs),
     /// Redraw the charts of finished runs (train, compare or sweep folders) from their metric
     /// files, overlaid.
     Plot {
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
             let sub = matches.subcommand_matches("compare").expect("compare subcommand");
             set_threads(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)
         }
+        Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {
             set_threads(threads)

@@ -59,7 +59,6 @@ impl Series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum YScale {
     Linear,
-    Log,
     /// Logarithmic when the positive values span more than a decade and a half.
     Auto,
 }
@@ -123,7 +122,6 @@ fn ranges(chart: &Chart, log: bool) -> (Range<f64>, Range<f64>) {
 fn wants_log(chart: &Chart) -> bool {
     match chart.y_scale {
         YScale::Linear => false,
-        YScale::Log => true,
         YScale::Auto => {
             let ys = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter().chain(&s.raw)).map(|p| p.1);
             let (lo, hi) = ys

@@ -37,7 +37,6 @@ pub struct EpochRow {
 pub struct RunMetrics {
     pub dir: PathBuf,
     pub label: String,
-    pub config: Value,
     pub steps: Vec<StepRow>,
     pub epochs: Vec<EpochRow>,
     /// Problems met while reading (a truncated last line), one line each.
@@ -119,7 +118,7 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
             })
         })
         .collect::<Result<_>>()?;
-    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), config, steps, epochs, warnings, faint: false })
+    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, warnings, faint: false })
 }
 
 /// A short name for a run from its config: the optimizer, learning rate, optimizer arguments and
@@ -250,16 +249,13 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     } else {
         ("test_loss", format!("{title}: test loss"), "test loss")
     };
-    let legend = if classification { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight };
-    let chart = Chart {
-        title: t,
-        integer_x: true,
-        x_label: "epoch".into(),
-        y_label: y.into(),
-        y_scale: YScale::Auto,
-        series,
-        legend,
+    let (legend, y_scale) = if classification {
+        (SeriesLabelPosition::LowerRight, YScale::Linear)
+    } else {
+        (SeriesLabelPosition::UpperRight, YScale::Auto)
     };
+    let chart =
+        Chart { title: t, integer_x: true, x_label: "epoch".into(), y_label: y.into(), y_scale, series, legend };
     files.extend(plot::line_chart(&chart, &out.join(name))?);
     Ok(files)
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tfrecord::protobuf::event::What;
-use tfrecord::protobuf::summary::value::Value as SummaryValue;
 use tfrecord::{Event, EventWriter, EventWriterConfig};
 
 /// An open event file.
@@ -55,31 +54,4 @@ impl Scalars {
     pub fn flush(&mut self) -> Result<()> {
         Ok(self.writer.flush()?)
     }
-}
-
-/// Every scalar `(tag, step, value)` of the event files in `dir`, in file then record order
-/// (each record's length and data checksums verified by the reader).
-pub fn read_scalars(dir: &Path) -> Result<Vec<(String, i64, f32)>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("tfevents")))
-        .collect();
-    files.sort();
-    let mut out = vec![];
-    for f in files {
-        let events =
-            tfrecord::EventIter::open(&f, Default::default()).with_context(|| format!("opening {}", f.display()))?;
-        for e in events {
-            let e = e.with_context(|| format!("{}: corrupt record", f.display()))?;
-            if let Some(What::Summary(s)) = e.what {
-                for v in s.value {
-                    if let Some(SummaryValue::SimpleValue(x)) = v.value {
-                        out.push((v.tag, e.step, x));
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
 }

@@ -243,3 +243,50 @@ fn tensorboard_event_files_parse_and_hold_the_metrics() {
         .collect();
     assert_eq!(losses, steps);
 }
+
+/// `descent landscape`: the pictures decode at their size, and the table's end point of plain SGD
+/// is `p ← p − η ∇f(p)` iterated in f32 on Rosenbrock's analytic gradient, computed here.
+#[test]
+fn landscape_paths_are_plain_gradient_steps_and_pictures_decode() {
+    let dir = out("land");
+    let d = dir.to_str().unwrap();
+    run_ok(&[
+        "landscape",
+        "--function",
+        "rosenbrock",
+        "--function",
+        "saddle",
+        "--run",
+        "sgd:lr=0.001",
+        "--run",
+        "adam:lr=0.05,schedule=cosine",
+        "--steps",
+        "40",
+        "--out",
+        d,
+    ]);
+    check_pictures(&dir, &["rosenbrock", "saddle"], (900, 760));
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert_eq!(rows.len(), 4);
+    let (mut x, mut y) = (-1.5f32, 2.0f32);
+    for _ in 0..40 {
+        let (xd, yd) = (x as f64, y as f64);
+        let (gx, gy) = (-2.0 * (1.0 - xd) - 400.0 * xd * (yd - xd * xd), 200.0 * (yd - xd * xd));
+        (x, y) = (x - 0.001 * gx as f32, y - 0.001 * gy as f32);
+    }
+    assert_eq!((rows[0][0].as_str(), rows[0][1].as_str()), ("rosenbrock", "sgd:lr=0.001"));
+    assert_eq!(rows[0][2].parse::<f64>().unwrap() as f32, x);
+    assert_eq!(rows[0][3].parse::<f64>().unwrap() as f32, y);
+    for (args, needles) in [
+        (vec!["--function", "sphere"], vec!["sphere", "rosenbrock"]),
+        (vec!["--run", "adamz:lr=1"], vec!["adamz", "run 1"]),
+        (vec!["--run", "sgd:lr=0.1,schedule=plateau"], vec!["plateau", "per epoch"]),
+    ] {
+        let mut a = vec!["landscape", "--out", "/nonexistent/never-written"];
+        a.extend(args);
+        let e = run_err(&a);
+        for n in needles {
+            assert!(e.contains(n), "{a:?}: {e}");
+        }
+    }
+}

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod error;
+pub mod landscape;
 pub mod reference;
 pub mod schedule;
 pub mod spec;

@@ -188,7 +188,7 @@ impl LrSchedule {
 
     /// The multiplier at `step` of `total` steps, in `epoch` (1-based), for per-step and
     /// per-epoch schedules (plateau is driven by the metric instead).
-    fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
+    pub fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
         let (t, n) = (step as f64, total.max(1) as f64);
         match self {
             LrSchedule::Constant | LrSchedule::Plateau { .. } => 1.0,
