@@ -59,7 +59,7 @@ impl Series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum YScale {
     Linear,
-    /// Logarithmic when the positive values span more than a decade and a half.
+    /// Logarithmic when the positive values span more than a decade.
     Auto,
 }
 
@@ -91,9 +91,11 @@ pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
 }
 
 /// The x and y ranges of a chart's finite points, padded a little (log: positive values only).
-/// Faint series (failed runs) do not stretch the axes: a diverged run would flatten the others.
+/// The axes fit the lines, not the raw values beneath smoothed ones (per-batch noise would squash
+/// the curves), and faint series (failed runs) do not stretch them: a diverged run would flatten
+/// the others. What falls outside is clipped.
 fn ranges(chart: &Chart, log: bool) -> (Range<f64>, Range<f64>) {
-    let pts = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter().chain(&s.raw));
+    let pts = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         if !x.is_finite() || !y.is_finite() || (log && y <= 0.0) {
@@ -123,11 +125,11 @@ fn wants_log(chart: &Chart) -> bool {
     match chart.y_scale {
         YScale::Linear => false,
         YScale::Auto => {
-            let ys = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter().chain(&s.raw)).map(|p| p.1);
+            let ys = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter()).map(|p| p.1);
             let (lo, hi) = ys
                 .filter(|y| y.is_finite() && *y > 0.0)
                 .fold((f64::INFINITY, 0.0f64), |(l, h), y| (l.min(y), h.max(y)));
-            lo.is_finite() && hi / lo > 30.0
+            lo.is_finite() && hi / lo > 10.0
         }
     }
 }
@@ -151,6 +153,26 @@ pub fn tick(v: f64) -> String {
     } else {
         s
     }
+}
+
+/// Ticks of a log axis: 1, 2 and 5 times the powers of ten in range; every digit when that gives
+/// fewer than four; powers of ten alone when it gives more than twelve.
+fn log_ticks(r: &Range<f64>) -> Vec<f64> {
+    let (lo, hi) = (r.start.log10().floor() as i32, r.end.log10().ceil() as i32);
+    let pick = |mults: &[f64]| -> Vec<f64> {
+        (lo..=hi).flat_map(|d| mults.iter().map(move |m| m * 10f64.powi(d))).filter(|v| r.contains(v)).collect()
+    };
+    let ticks = pick(&[1.0, 2.0, 5.0]);
+    if ticks.len() < 4 {
+        return pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    }
+    if ticks.len() <= 12 {
+        return ticks;
+    }
+    // Many decades: powers of ten, every k-th so that at most 12 remain.
+    let powers = pick(&[1.0]);
+    let k = powers.len().div_ceil(12).max(1);
+    powers.into_iter().enumerate().filter(|(i, _)| i % k == 0).map(|(_, v)| v).collect()
 }
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -181,6 +203,7 @@ macro_rules! lines_body {
         cc.configure_mesh()
             .x_desc(chart.x_label.as_str())
             .y_desc(chart.y_label.as_str())
+            .y_labels(12)
             .x_label_formatter(&x_ticks)
             .y_label_formatter(&|y| tick(*y))
             .label_style((FONT, 15))
@@ -190,12 +213,19 @@ macro_rules! lines_body {
             .draw()
             .map_err(err)?;
         let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+        // Raw values first, all of them, so that no run's noise covers another's line; fainter
+        // the more of it there is.
+        let raw_points: usize = chart.series.iter().map(|s| s.raw.len()).sum();
+        let alpha = (0.25 * (2000.0 / raw_points.max(1) as f64).sqrt()).clamp(0.06, 0.25);
         for (i, s) in chart.series.iter().enumerate() {
-            let c = PALETTE[i % PALETTE.len()];
             if !s.raw.is_empty() {
-                cc.draw_series(LineSeries::new(s.raw.iter().filter(finite).copied(), c.mix(0.18).stroke_width(1)))
+                let c = PALETTE[i % PALETTE.len()];
+                cc.draw_series(LineSeries::new(s.raw.iter().filter(finite).copied(), c.mix(alpha).stroke_width(1)))
                     .map_err(err)?;
             }
+        }
+        for (i, s) in chart.series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
             let style = if s.faint { c.mix(0.35).stroke_width(2) } else { c.stroke_width(2) };
             cc.draw_series(LineSeries::new(s.points.iter().filter(finite).copied(), style))
                 .map_err(err)?
@@ -224,7 +254,8 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -
         xr = (xr.start.round() - 0.5)..(xr.end.round() + 0.5);
     }
     if log {
-        lines_body!(&root, chart, xr, yr.log_scale());
+        let keys = log_ticks(&yr);
+        lines_body!(&root, chart, xr, yr.log_scale().with_key_points(keys));
     } else {
         lines_body!(&root, chart, xr, yr);
     }
