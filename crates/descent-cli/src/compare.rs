@@ -268,7 +268,7 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
                 }
                 let mut args = spec.args.clone();
                 (args.out, args.force, args.tensorboard) = (Some(dirs[i].clone()), true, a.base.tensorboard);
-                let r = train::execute(args, &RunOptions { quiet });
+                let r = train::execute(args, RunOptions { quiet, ..Default::default() });
                 if quiet {
                     match &r {
                         Ok(o) => println!("done: {} ({} epochs)", spec.label, o.history.len()),

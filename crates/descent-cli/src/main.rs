@@ -5,8 +5,10 @@ mod compare;
 mod landscape;
 mod plot;
 mod runs;
+mod sweep;
 mod tensorboard;
 mod train;
+mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,13 @@ enum Command {
     /// e.g. descent compare --model mlp --epochs 2 --run sgd:lr=0.1 --run sgd:lr=0.05,momentum=0.9
     /// --run adam:lr=1e-3 --run adamw:lr=1e-3,schedule=cosine
     Compare(Box<compare::CompareArgs>),
+    /// Hyper-parameter search over any training option: grid, random or TPE proposals, optional
+    /// ASHA stopping of poor trials; a table, the best config as TOML, and charts.
+    ///
+    /// e.g. descent sweep --model mlp --epochs 2 --param lr=loguniform:1e-4..1e-1
+    /// --param weight_decay=loguniform:1e-5..1e-1 --param schedule=choice:constant|cosine
+    /// --optimizer adamw --method tpe --pruner asha --trials 30
+    Sweep(Box<sweep::SweepArgs>),
     /// Optimizers on 2-D test functions (Rosenbrock, Beale, Himmelblau, an ill-conditioned
     /// quadratic, a saddle, Rastrigin): paths over contour maps, and a table.
     Landscape(landscape::LandscapeArgs),
@@ -158,6 +167,10 @@ fn main() -> ExitCode {
         Command::Compare(args) => {
             let sub = matches.subcommand_matches("compare").expect("compare subcommand");
             set_threads(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)
+        }
+        Command::Sweep(args) => {
+            let sub = matches.subcommand_matches("sweep").expect("sweep subcommand");
+            set_threads(args.base.threads).and_then(|_| sweep::run(*args, sub)).map(|_| true)
         }
         Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),

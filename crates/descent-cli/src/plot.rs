@@ -45,13 +45,24 @@ pub struct Series {
     pub raw: Vec<(f64, f64)>,
     /// A run that stopped early (pruned, diverged) is drawn faint.
     pub faint: bool,
-    /// Points as markers (per-epoch values) rather than a bare line.
-    pub markers: bool,
+    pub style: SeriesStyle,
+    /// A fixed colour instead of the palette's next (grey for the many faint trials of a sweep).
+    pub colour: Option<RGBColor>,
+}
+
+/// How a series' points are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesStyle {
+    Line,
+    /// A line with a marker at each point (per-epoch values).
+    LineMarkers,
+    /// Markers alone (one point per trial).
+    Markers,
 }
 
 impl Series {
     pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
-        Series { label: label.into(), points, raw: vec![], faint: false, markers: false }
+        Series { label: label.into(), points, raw: vec![], faint: false, style: SeriesStyle::Line, colour: None }
     }
 }
 
@@ -67,6 +78,8 @@ pub enum YScale {
 #[derive(Debug, Clone)]
 pub struct Chart {
     pub title: String,
+    /// A logarithmic x axis (a learning rate against the objective).
+    pub log_x: bool,
     /// The x axis counts whole things (epochs): integer ticks, half a unit of margin each side.
     pub integer_x: bool,
     pub x_label: String,
@@ -75,6 +88,8 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Where the legend goes (away from where the curves are).
     pub legend: SeriesLabelPosition,
+    /// Faint series stretch the axes too (stopped trials of a sweep, unlike diverged runs).
+    pub fit_faint: bool,
 }
 
 /// Exponential moving average with TensorBoard's debiasing (`weight` 0 is no smoothing).
@@ -95,22 +110,29 @@ pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
 /// the curves), and faint series (failed runs) do not stretch them: a diverged run would flatten
 /// the others. What falls outside is clipped.
 fn ranges(chart: &Chart, log: bool) -> (Range<f64>, Range<f64>) {
-    let pts = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter());
+    let visible = chart.series.iter().filter(|s| !s.faint).count();
+    // All faint (every trial pruned): fit them rather than nothing.
+    let pts = chart.series.iter().filter(|s| !s.faint || visible == 0 || chart.fit_faint).flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
-        if !x.is_finite() || !y.is_finite() || (log && y <= 0.0) {
+        if !x.is_finite() || !y.is_finite() || (log && y <= 0.0) || (chart.log_x && x <= 0.0) {
             continue;
         }
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
-        (x0, x1) = (0.0, 1.0);
+        (x0, x1) = if chart.log_x { (0.1, 1.0) } else { (0.0, 1.0) };
     }
     if y0 > y1 {
         (y0, y1) = if log { (0.1, 1.0) } else { (0.0, 1.0) };
     }
     if x1 == x0 && !chart.integer_x {
         x1 = x0 + 1.0;
+    }
+    if chart.log_x {
+        let (a, b) = (x0.ln(), x1.ln().max(x0.ln() + 0.1));
+        let pad = 0.04 * (b - a);
+        (x0, x1) = ((a - pad).exp(), (b + pad).exp());
     }
     if log {
         let (a, b) = (y0.ln(), y1.ln().max(y0.ln() + 0.1));
@@ -125,7 +147,8 @@ fn wants_log(chart: &Chart) -> bool {
     match chart.y_scale {
         YScale::Linear => false,
         YScale::Auto => {
-            let ys = chart.series.iter().filter(|s| !s.faint).flat_map(|s| s.points.iter()).map(|p| p.1);
+            let ys =
+                chart.series.iter().filter(|s| !s.faint || chart.fit_faint).flat_map(|s| s.points.iter()).map(|p| p.1);
             let (lo, hi) = ys
                 .filter(|y| y.is_finite() && *y > 0.0)
                 .fold((f64::INFINITY, 0.0f64), |(l, h), y| (l.min(y), h.max(y)));
@@ -219,19 +242,28 @@ macro_rules! lines_body {
         let alpha = (0.25 * (2000.0 / raw_points.max(1) as f64).sqrt()).clamp(0.06, 0.25);
         for (i, s) in chart.series.iter().enumerate() {
             if !s.raw.is_empty() {
-                let c = PALETTE[i % PALETTE.len()];
+                let c = s.colour.unwrap_or(PALETTE[i % PALETTE.len()]);
                 cc.draw_series(LineSeries::new(s.raw.iter().filter(finite).copied(), c.mix(alpha).stroke_width(1)))
                     .map_err(err)?;
             }
         }
-        for (i, s) in chart.series.iter().enumerate() {
-            let c = PALETTE[i % PALETTE.len()];
+        // Faint series first, beneath the others.
+        let mut order: Vec<usize> = (0..chart.series.len()).collect();
+        order.sort_by_key(|&i| !chart.series[i].faint);
+        for i in order {
+            let s = &chart.series[i];
+            let c = s.colour.unwrap_or(PALETTE[i % PALETTE.len()]);
             let style = if s.faint { c.mix(0.35).stroke_width(2) } else { c.stroke_width(2) };
-            cc.draw_series(LineSeries::new(s.points.iter().filter(finite).copied(), style))
-                .map_err(err)?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
-            if s.markers {
+            let pts = s.points.iter().filter(finite).copied();
+            let drawn = if s.style == SeriesStyle::Markers {
+                cc.draw_series(pts.map(|p| Circle::new(p, 4, style.filled()))).map_err(err)?
+            } else {
+                cc.draw_series(LineSeries::new(pts, style)).map_err(err)?
+            };
+            if !s.label.is_empty() {
+                drawn.label(&s.label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+            }
+            if s.style == SeriesStyle::LineMarkers {
                 cc.draw_series(s.points.iter().filter(finite).map(|&p| Circle::new(p, 4, style.filled())))
                     .map_err(err)?;
             }
@@ -253,11 +285,20 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -
     if chart.integer_x {
         xr = (xr.start.round() - 0.5)..(xr.end.round() + 0.5);
     }
-    if log {
-        let keys = log_ticks(&yr);
-        lines_body!(&root, chart, xr, yr.log_scale().with_key_points(keys));
-    } else {
-        lines_body!(&root, chart, xr, yr);
+    match (chart.log_x, log) {
+        (false, false) => lines_body!(&root, chart, xr, yr),
+        (false, true) => {
+            let keys = log_ticks(&yr);
+            lines_body!(&root, chart, xr, yr.log_scale().with_key_points(keys))
+        }
+        (true, false) => {
+            let keys = log_ticks(&xr);
+            lines_body!(&root, chart, xr.log_scale().with_key_points(keys), yr)
+        }
+        (true, true) => {
+            let (kx, ky) = (log_ticks(&xr), log_ticks(&yr));
+            lines_body!(&root, chart, xr.log_scale().with_key_points(kx), yr.log_scale().with_key_points(ky))
+        }
     }
     root.present().map_err(err)?;
     Ok(())

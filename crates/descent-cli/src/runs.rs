@@ -218,12 +218,14 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     for (name, t, y, series, scale) in charts {
         let chart = Chart {
             title: t,
+            log_x: false,
             integer_x: false,
             x_label: "optimizer step".into(),
             y_label: y.into(),
             y_scale: scale,
             series,
             legend: SeriesLabelPosition::UpperRight,
+            fit_faint: false,
         };
         files.extend(plot::line_chart(&chart, &out.join(name))?);
     }
@@ -241,7 +243,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
                     )
                 })
                 .collect();
-            Series { markers: true, faint: r.faint, ..Series::line(&r.label, pts) }
+            Series { style: plot::SeriesStyle::LineMarkers, faint: r.faint, ..Series::line(&r.label, pts) }
         })
         .collect();
     let (name, t, y) = if classification {
@@ -254,8 +256,17 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     } else {
         (SeriesLabelPosition::UpperRight, YScale::Auto)
     };
-    let chart =
-        Chart { title: t, integer_x: true, x_label: "epoch".into(), y_label: y.into(), y_scale, series, legend };
+    let chart = Chart {
+        title: t,
+        log_x: false,
+        integer_x: true,
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        y_scale,
+        series,
+        legend,
+        fit_faint: false,
+    };
     files.extend(plot::line_chart(&chart, &out.join(name))?);
     Ok(files)
 }

@@ -10,7 +10,8 @@ use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
 use descent_train::train::{
-    train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, SpecSchedule, StepMetrics, Stop, TrainConfig,
+    train_from, Control, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule, SpecSchedule,
+    StepMetrics, Stop, TrainConfig,
 };
 
 /// The models `descent train` knows.
@@ -99,6 +100,11 @@ pub struct TrainArgs {
     /// Step a library schedule every optimizer step or every epoch (torch's usual placement).
     #[arg(long, default_value = "step", value_parser = ["step", "epoch"])]
     pub schedule_interval: String,
+    /// Hold out the last N training samples as the evaluation set (instead of the test set): the
+    /// run's test_* metrics are then validation metrics, as a hyper-parameter search needs.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub validation: usize,
     /// Also write TensorBoard scalar event files (loss, learning rate, gradient norm per step; test
     /// loss and accuracy, samples/s per epoch) under RUN_DIR/tensorboard.
     #[arg(long)]
@@ -250,6 +256,9 @@ pub fn defaults(model: &str) -> (f64, usize) {
 struct CliHooks<'a> {
     run_dir: &'a RunDir,
     quiet: bool,
+    on_eval: Option<OnEval<'a>>,
+    /// evals.jsonl, opened at the first mid-epoch evaluation.
+    evals: Option<std::fs::File>,
     bar: Option<indicatif::ProgressBar>,
     loss_sum: f64,
     seen: usize,
@@ -261,6 +270,24 @@ struct CliHooks<'a> {
 }
 
 impl Hooks for &mut CliHooks<'_> {
+    fn on_eval(&mut self, e: &EvalMetrics) -> descent_train::Result<Control> {
+        use std::io::Write;
+        let io = |e: std::io::Error| descent_train::Error::Data {
+            path: self.run_dir.dir.join("evals.jsonl").display().to_string(),
+            message: e.to_string(),
+        };
+        if self.evals.is_none() {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(self.run_dir.dir.join("evals.jsonl"));
+            self.evals = Some(f.map_err(io)?);
+        }
+        let line = serde_json::json!({"epoch": e.epoch, "step": e.step, "test_loss": e.test_loss, "test_accuracy": e.test_accuracy});
+        writeln!(self.evals.as_mut().expect("opened above"), "{line}").map_err(io)?;
+        Ok(match &mut self.on_eval {
+            Some(f) => f(e),
+            None => Control::Continue,
+        })
+    }
+
     fn on_step(&mut self, s: &StepMetrics) {
         let lr = self.run_dir.base_lr * s.lr_scale;
         if let Err(e) = self.steps.write(s, lr) {
@@ -463,11 +490,17 @@ impl RunDir {
     }
 }
 
+/// Decides, after each mid-epoch evaluation, whether a run goes on (a sweep's pruner).
+pub type OnEval<'a> = Box<dyn FnMut(&EvalMetrics) -> Control + Send + 'a>;
+
 /// How a run reports while it trains.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
+#[derive(Default)]
+pub struct RunOptions<'a> {
     /// No progress bar and no per-epoch lines (runs of `descent compare` in parallel).
     pub quiet: bool,
+    /// Evaluations within epochs (written to evals.jsonl and passed to `on_eval`).
+    pub eval_at: Option<EvalAt>,
+    pub on_eval: Option<OnEval<'a>>,
 }
 
 /// What a finished run leaves for its caller.
@@ -483,7 +516,7 @@ pub struct RunOutcome {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let out = execute(a, &RunOptions::default())?;
+    let out = execute(a, RunOptions::default())?;
     let a = &out.args;
     match out.stop {
         Stop::EarlyStopping { best_epoch } => {
@@ -496,6 +529,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Stop::Converged => {
             println!("converged: the training loss changed by less than {}", a.min_loss_change.unwrap_or(0.0))
         }
+        Stop::Requested { step } => println!("stopped at step {step}"),
         Stop::Steps | Stop::Epochs => {}
     }
     let last = match out.stop {
@@ -557,8 +591,21 @@ fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
     })
 }
 
+/// With `n > 0`, the last `n` training samples become the evaluation set.
+fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset)> {
+    if n == 0 {
+        return Ok((train, test));
+    }
+    let len = train.len();
+    if n >= len {
+        bail!("--validation {n} leaves no training samples (the training set has {len})");
+    }
+    let (tr, va) = (train.range(0, len - n)?, train.range(len - n, n)?);
+    Ok((Dataset { x: tr.0, y: tr.1 }, Dataset { x: va.0, y: va.1 }))
+}
+
 /// Trains one run into its folder (new, or resumed from its checkpoint).
-pub fn execute(a: TrainArgs, opts: &RunOptions) -> Result<RunOutcome> {
+pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     // Settings: the flags, or the run folder's config when resuming (with --epochs as new total).
     let (mut a, run_dir, resume) = match &a.resume {
         Some(dir) => {
@@ -607,7 +654,11 @@ pub fn execute(a: TrainArgs, opts: &RunOptions) -> Result<RunOutcome> {
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
     let (model, train_set, test_set, loss) = workload(&a.model, init, a.dropout, a.normalize, &a.data, &mut rng)?;
-    let cfg = config(&a, loss)?;
+    let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
+    let mut cfg = config(&a, loss)?;
+    if let Some(at) = opts.eval_at.clone() {
+        cfg.eval_at = at;
+    }
     // Everything is valid (model, data, optimizer and its arguments): now the run folder.
     descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
     if resume.is_none() {
@@ -641,6 +692,8 @@ pub fn execute(a: TrainArgs, opts: &RunOptions) -> Result<RunOutcome> {
     let mut hooks = CliHooks {
         run_dir: &run_dir,
         quiet: opts.quiet,
+        on_eval: opts.on_eval,
+        evals: None,
         bar: None,
         loss_sum: 0.0,
         seen: 0,

@@ -57,6 +57,9 @@ pub struct TrainConfig {
     /// Parameter groups by name: parameters whose name contains the pattern get these keyword
     /// arguments on top of `hparams` (first matching group wins), e.g. `("bias", {"weight_decay": 0})`.
     pub groups: Vec<(String, Value)>,
+    /// Evaluations within epochs too, reported to [`Hooks::on_eval`] (which may stop the run
+    /// there: a pruned trial of a sweep).
+    pub eval_at: EvalAt,
 }
 
 impl TrainConfig {
@@ -81,6 +84,7 @@ impl TrainConfig {
             min_loss_change: None,
             schedule: LrSchedule::Constant,
             groups: vec![],
+            eval_at: EvalAt::EpochEnds,
         }
     }
 }
@@ -235,6 +239,49 @@ pub enum Stop {
     TargetAccuracy,
     /// The training loss changed by less than the threshold.
     Converged,
+    /// A hook asked to stop after an evaluation (a pruned trial), at this step.
+    Requested {
+        step: u64,
+    },
+}
+
+/// When the loop evaluates besides each epoch's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalAt {
+    /// Only at epoch ends.
+    EpochEnds,
+    /// Every this many steps too.
+    Every(u64),
+    /// At these steps too (a sweep's rungs).
+    Steps(Vec<u64>),
+}
+
+impl EvalAt {
+    fn at(&self, step: u64) -> bool {
+        match self {
+            EvalAt::EpochEnds => false,
+            EvalAt::Every(k) => *k > 0 && step.is_multiple_of(*k),
+            EvalAt::Steps(s) => s.contains(&step),
+        }
+    }
+}
+
+/// A hook's answer to an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// A mid-epoch evaluation ([`TrainConfig::eval_at`]) on the evaluation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalMetrics {
+    pub epoch: usize,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    pub test_loss: f64,
+    /// `None` for regression.
+    pub test_accuracy: Option<f64>,
 }
 
 /// What one epoch gave.
@@ -430,6 +477,11 @@ impl EpochEnd<'_> {
 pub trait Hooks {
     /// After each optimizer step.
     fn on_step(&mut self, _s: &StepMetrics) {}
+    /// After each evaluation within an epoch ([`TrainConfig::eval_at`]; not at epoch ends, which
+    /// [`Hooks::on_epoch`] sees): [`Control::Stop`] ends the run there.
+    fn on_eval(&mut self, _e: &EvalMetrics) -> Result<Control> {
+        Ok(Control::Continue)
+    }
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> Result<()>;
 }
 
@@ -521,6 +573,14 @@ pub fn train_from(
             });
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
+            let epoch_end = bi + 1 == batches || cfg.max_steps.is_some_and(|m| steps >= m);
+            if cfg.eval_at.at(steps) && !epoch_end {
+                let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
+                if hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })? == Control::Stop {
+                    stop = Stop::Requested { step: steps };
+                    break 'epochs;
+                }
+            }
         }
         let seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;

@@ -1,0 +1,830 @@
+//! `descent sweep`: a hyper-parameter search over any training option with grid, random or TPE
+//! proposals and optional ASHA-style stopping of poor trials, resumable from its folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use descent_train::train::{Control, Stop};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::compare::apply;
+use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
+use crate::train::{self, RunOptions, TrainArgs};
+use crate::tune::{self, Domain, Method, Param, Told};
+
+/// The flags of `descent sweep`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// A search dimension NAME=KIND:ARGS: uniform:LO..HI, loguniform:LO..HI, int:LO..HI,
+    /// logint:LO..HI or choice:A|B|…; NAME is a train setting (lr, batch_size, schedule, l2, …) or
+    /// an optimizer argument (weight_decay, momentum, …). Repeatable; also a [space] table in
+    /// --config.
+    #[arg(long = "param", value_name = "NAME=KIND:ARGS")]
+    pub params: Vec<String>,
+    /// How trials are proposed: grid, random or tpe.
+    #[arg(long, default_value = "tpe")]
+    pub method: String,
+    /// Stop poor trials early: none, or asha (successive halving at rungs of steps).
+    #[arg(long, default_value = "none")]
+    pub pruner: String,
+    /// Trials (default 20; a grid runs all its points).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// What to optimize: val_accuracy, val_loss, test_accuracy, test_loss, or steps_to:ACC (steps
+    /// until the validation accuracy reaches ACC %).
+    #[arg(long, default_value = "val_accuracy")]
+    pub objective: String,
+    /// Stop starting trials once this many epochs have been spent in all.
+    #[arg(long)]
+    pub max_total_epochs: Option<f64>,
+    /// ASHA: the reduction factor η (the best 1/η of the trials at a rung go on).
+    #[arg(long, default_value_t = 3)]
+    pub reduction_factor: usize,
+    /// ASHA: the first rung, in steps (default: a trial's steps / η³); rungs at min·η^k.
+    #[arg(long)]
+    pub min_steps: Option<u64>,
+    /// Grid: values per numeric dimension.
+    #[arg(long, default_value_t = 3)]
+    pub grid_points: usize,
+    /// TPE: random trials before the estimators take over (default: 10, at most a third).
+    #[arg(long)]
+    pub startup: Option<usize>,
+    /// Trials trained at once (their proposals then depend on which finish first).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub base: TrainArgs,
+}
+
+/// What a sweep folder records of its settings (sweep.json), enough to resume it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Settings {
+    space: Vec<(String, String)>,
+    method: String,
+    pruner: String,
+    trials: Option<usize>,
+    objective: String,
+    max_total_epochs: Option<f64>,
+    reduction_factor: usize,
+    min_steps: Option<u64>,
+    grid_points: usize,
+    startup: Option<usize>,
+    base: TrainArgs,
+}
+
+/// What is optimized, as a loss (lower is better).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Objective {
+    Accuracy,
+    Loss,
+    StepsTo(f64),
+}
+
+impl Objective {
+    fn parse(s: &str) -> Result<(Objective, bool)> {
+        Ok(match s {
+            "val_accuracy" => (Objective::Accuracy, true),
+            "val_loss" => (Objective::Loss, true),
+            "test_accuracy" => (Objective::Accuracy, false),
+            "test_loss" => (Objective::Loss, false),
+            s if s.starts_with("steps_to:") => {
+                let acc: f64 =
+                    s["steps_to:".len()..].parse().with_context(|| format!("objective `{s}`: not steps_to:ACC"))?;
+                if !(0.0..=100.0).contains(&acc) {
+                    bail!("objective `{s}`: the accuracy is a percentage");
+                }
+                (Objective::StepsTo(acc), true)
+            }
+            other => bail!(
+                "unknown objective `{other}`; accepted: val_accuracy, val_loss, test_accuracy, test_loss, steps_to:ACC"
+            ),
+        })
+    }
+
+    /// The loss at an evaluation (accuracy in [0, 1] or loss); steps-to-target prunes on accuracy.
+    fn at_eval(self, loss: f64, acc: Option<f64>) -> f64 {
+        match self {
+            Objective::Loss => loss,
+            Objective::Accuracy | Objective::StepsTo(_) => acc.map(|a| -a).unwrap_or(f64::NAN),
+        }
+    }
+
+    /// How the objective reads for a person.
+    fn shown(self, loss: f64) -> String {
+        match self {
+            Objective::Accuracy => format!("{:.2}%", -100.0 * loss),
+            Objective::Loss => format!("{loss:.4}"),
+            Objective::StepsTo(_) if loss.is_infinite() => "not reached".into(),
+            Objective::StepsTo(_) => format!("{loss} steps"),
+        }
+    }
+}
+
+/// One finished trial (a line of trials.jsonl).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Trial {
+    trial: usize,
+    values: Map<String, Value>,
+    /// complete, pruned or failed (with the reason).
+    status: String,
+    /// The objective as a loss (lower is better); infinite for a failed trial.
+    loss: f64,
+    steps: u64,
+    epochs: f64,
+    seconds: f64,
+    /// (step, loss) at each evaluation: mid-epoch ones and epoch ends.
+    curve: Vec<(u64, f64)>,
+    /// (step, loss) at the rungs it reached.
+    rungs: Vec<(u64, f64)>,
+}
+
+fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
+    let mut base = a.base.clone();
+    let mut space: Vec<(String, String)> = vec![];
+    let mut file_sweep = Map::new();
+    if let Some(path) = &a.base.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut file: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        if let Some(sp) = file.remove("space") {
+            let sp = sp.as_table().with_context(|| format!("{}: `space` must be a table", path.display()))?;
+            for (k, v) in sp {
+                let def = v
+                    .as_str()
+                    .with_context(|| format!("{}: space `{k}` must be a string KIND:ARGS", path.display()))?;
+                space.push((k.clone(), def.to_string()));
+            }
+        }
+        let sweep_keys = [
+            "method",
+            "pruner",
+            "trials",
+            "objective",
+            "max_total_epochs",
+            "reduction_factor",
+            "min_steps",
+            "grid_points",
+            "startup",
+        ];
+        for k in sweep_keys {
+            if let Some(v) = file.remove(k) {
+                file_sweep.insert(k.to_string(), serde_json::to_value(v)?);
+            }
+        }
+        let mut merged = serde_json::to_value(&base)?;
+        let flags = merged.as_object_mut().expect("an object");
+        let known: Vec<String> = flags.keys().cloned().collect();
+        for (k, v) in file {
+            if !known.contains(&k) {
+                bail!(
+                    "{}: unknown setting `{k}`; accepted: space, {}, {}",
+                    path.display(),
+                    sweep_keys.join(", "),
+                    known.join(", ")
+                );
+            }
+            if matches.value_source(&k) != Some(clap::parser::ValueSource::CommandLine) {
+                flags.insert(k.clone(), serde_json::to_value(v)?);
+            }
+        }
+        let merged: TrainArgs = serde_json::from_value(merged)
+            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
+        base = TrainArgs { out: base.out, force: base.force, resume: None, config: None, ..merged };
+    }
+    for p in &a.params {
+        let (name, def) =
+            p.split_once('=').with_context(|| format!("--param `{p}`: expected NAME=KIND:ARGS ({})", tune::KINDS))?;
+        space.retain(|(n, _)| n != name.trim());
+        space.push((name.trim().to_string(), def.trim().to_string()));
+    }
+    let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
+    let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();
+    let method = pick("method").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.method.clone());
+    let pruner = pick("pruner").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.pruner.clone());
+    let objective = pick("objective").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.objective.clone());
+    let num = |k: &str| pick(k).and_then(|v| v.as_f64());
+    Ok(Settings {
+        space,
+        method,
+        pruner,
+        trials: num("trials").map(|v| v as usize).or(a.trials),
+        objective,
+        max_total_epochs: num("max_total_epochs").or(a.max_total_epochs),
+        reduction_factor: num("reduction_factor").map(|v| v as usize).unwrap_or(a.reduction_factor),
+        min_steps: num("min_steps").map(|v| v as u64).or(a.min_steps),
+        grid_points: num("grid_points").map(|v| v as usize).unwrap_or(a.grid_points),
+        startup: num("startup").map(|v| v as usize).or(a.startup),
+        base,
+    })
+}
+
+/// The checked plan of a sweep.
+struct Plan {
+    space: Vec<Param>,
+    method: Method,
+    asha: bool,
+    trials: usize,
+    /// For a grid, every trial's values.
+    grid: Vec<Map<String, Value>>,
+    objective: Objective,
+    validation: bool,
+    steps_per_trial: u64,
+    steps_per_epoch: u64,
+    rungs: Vec<u64>,
+}
+
+fn plan(s: &Settings) -> Result<Plan> {
+    if s.space.is_empty() {
+        bail!("an empty search space: give --param NAME=KIND:ARGS ({}) or a [space] table in --config", tune::KINDS);
+    }
+    let space: Vec<Param> = s.space.iter().map(|(n, d)| Param::parse_domain(n, d)).collect::<Result<_>>()?;
+    let (objective, validation) = Objective::parse(&s.objective)?;
+    if s.base.model == "linear" && objective != Objective::Loss {
+        bail!(
+            "objective `{}` needs accuracy, which the linear regression has not: use val_loss or test_loss",
+            s.objective
+        );
+    }
+    let grid = if s.method == "grid" { tune::grid(&space, s.grid_points.max(1)) } else { vec![] };
+    let method = match s.method.as_str() {
+        "grid" => Method::Grid,
+        "random" => Method::Random,
+        "tpe" => Method::Tpe { startup: 0 },
+        other => bail!("unknown method `{other}`; accepted: grid, random, tpe"),
+    };
+    let trials = match (method, s.trials) {
+        (_, Some(0)) => bail!("--trials 0: a sweep needs at least one trial"),
+        (Method::Grid, None) => grid.len(),
+        (Method::Grid, Some(n)) if n < grid.len() => {
+            bail!("the grid has {} points, more than --trials {n} (fewer --grid-points, or more trials)", grid.len())
+        }
+        (Method::Grid, Some(_)) => grid.len(),
+        (_, None) => 20,
+        (_, Some(n)) => n,
+    };
+    let method = match method {
+        Method::Tpe { .. } => Method::Tpe { startup: s.startup.unwrap_or(10.min(trials / 3).max(1)) },
+        m => m,
+    };
+    let asha = match s.pruner.as_str() {
+        "none" => false,
+        "asha" => true,
+        other => bail!("unknown pruner `{other}`; accepted: none, asha"),
+    };
+    if s.reduction_factor < 2 {
+        bail!("--reduction-factor must be at least 2, got {}", s.reduction_factor);
+    }
+    if let Some(b) = s.max_total_epochs {
+        if b <= 0.0 {
+            bail!("--max-total-epochs must be positive, got {b}");
+        }
+    }
+    // Every trial's settings must be valid: check the space's corners (each dimension's extremes).
+    for p in &space {
+        for v in p.grid(2) {
+            let mut m = Map::new();
+            m.insert(p.name.clone(), v.clone());
+            let args = apply(&s.base, &m, &format!("search dimension `{}` = {v}", p.name))?;
+            train::validate(&args).with_context(|| format!("search dimension `{}` = {v}", p.name))?;
+        }
+    }
+    let default_batch = train::defaults(&s.base.model).1;
+    let n_train: u64 = match s.base.model.as_str() {
+        "linear" => 10_000,
+        _ => 60_000,
+    };
+    let val = if validation { s.base.validation.max(if s.base.model == "linear" { 2_000 } else { 5_000 }) } else { 0 };
+    let batch = s.base.batch_size.unwrap_or(default_batch).max(1) as u64;
+    let per_epoch = (n_train - val as u64).div_ceil(batch);
+    let steps_per_trial = s.base.steps.unwrap_or(u64::MAX).min(per_epoch * s.base.epochs.unwrap_or(1) as u64);
+    let eta = s.reduction_factor as u64;
+    let min = s.min_steps.unwrap_or((steps_per_trial / eta.pow(3)).max(1));
+    let rungs = if asha { tune::rungs(min, s.reduction_factor, steps_per_trial) } else { vec![] };
+    Ok(Plan {
+        space,
+        method,
+        asha,
+        trials,
+        grid,
+        objective,
+        validation,
+        steps_per_trial,
+        steps_per_epoch: per_epoch,
+        rungs,
+    })
+}
+
+/// The sweep's state shared by its workers.
+struct State {
+    history: Vec<Trial>,
+    next: usize,
+    epochs_spent: f64,
+}
+
+pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let (out, s, resumed) = match &a.base.resume {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("sweep.json"))
+                .with_context(|| format!("{}: no sweep.json, not a sweep folder", dir.display()))?;
+            let s: Settings =
+                serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep.json", dir.display()))?;
+            (dir.clone(), s, true)
+        }
+        None => {
+            let s = settings(&a, matches)?;
+            let out = a.base.out.clone().unwrap_or_else(|| {
+                (1..)
+                    .map(|k| PathBuf::from("runs").join(if k == 1 { "sweep".into() } else { format!("sweep-{k}") }))
+                    .find(|d| !d.exists())
+                    .expect("some name is free")
+            });
+            (out, s, false)
+        }
+    };
+    let p = plan(&s)?;
+    if !resumed {
+        if out.exists() {
+            if !a.base.force {
+                bail!(
+                    "folder {} exists; pass --force to overwrite it or --resume {} to continue it",
+                    out.display(),
+                    out.display()
+                );
+            }
+            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+        }
+        std::fs::create_dir_all(out.join("trials")).with_context(|| format!("creating {}", out.display()))?;
+        std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&s)?)?;
+    }
+    let history = read_trials(&out)?;
+    if resumed {
+        // Drop a line cut by a kill before appending after it; trial folders without a line run again.
+        let mut text = String::new();
+        for t in &history {
+            text += &format!("{}\n", serde_json::to_string(t)?);
+        }
+        std::fs::write(out.join("trials.jsonl"), text)
+            .with_context(|| format!("rewriting {}", out.join("trials.jsonl").display()))?;
+    }
+    let spent: f64 = history.iter().map(|t| t.epochs).sum();
+    if resumed {
+        println!("resuming {}: {} of {} trials finished", out.display(), history.len(), p.trials);
+    }
+    println!(
+        "sweep of {} over {} with {}{}: {} trials of up to {} steps, objective {}",
+        s.base.model,
+        s.space.iter().map(|(n, d)| format!("{n}={d}")).collect::<Vec<_>>().join(" "),
+        s.method,
+        if p.asha {
+            format!(" and ASHA (η {}, rungs at steps {:?})", s.reduction_factor, p.rungs)
+        } else {
+            String::new()
+        },
+        p.trials,
+        p.steps_per_trial,
+        s.objective
+    );
+    let state = Mutex::new(State { history, next: 0, epochs_spent: spent });
+    let seed = s.base.seed;
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..a.jobs.max(1).min(p.trials.max(1)))
+            .map(|_| scope.spawn(|| worker(&out, &s, &p, seed, &state)))
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a sweep worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    let history = state.into_inner().expect("state lock").history;
+    report(&out, &s, &p, &history)
+}
+
+/// Takes trials until none is left: proposes, trains, records.
+fn worker(out: &Path, s: &Settings, p: &Plan, seed: u64, state: &Mutex<State>) -> Result<()> {
+    loop {
+        let (i, values) = {
+            let mut st = state.lock().expect("state lock");
+            let done: std::collections::HashSet<usize> = st.history.iter().map(|t| t.trial).collect();
+            while st.next < p.trials && done.contains(&st.next) {
+                st.next += 1;
+            }
+            if st.next >= p.trials {
+                return Ok(());
+            }
+            if s.max_total_epochs.is_some_and(|b| st.epochs_spent >= b) {
+                println!("epoch budget spent ({:.2} epochs): no more trials", st.epochs_spent);
+                st.next = p.trials;
+                return Ok(());
+            }
+            let i = st.next;
+            st.next += 1;
+            let values = match p.method {
+                Method::Grid => p.grid[i].clone(),
+                m => {
+                    let told: Vec<Told> =
+                        st.history.iter().map(|t| Told { values: t.values.clone(), loss: t.loss }).collect();
+                    tune::propose(&p.space, m, i, seed, &told)?
+                }
+            };
+            (i, values)
+        };
+        let t = run_trial(out, s, p, i, values, state)?;
+        let mut st = state.lock().expect("state lock");
+        st.epochs_spent += t.epochs;
+        append_trial(out, &t)?;
+        println!(
+            "trial {}/{}: {} → {} ({}, {:.2} epochs, {:.1}s)",
+            i + 1,
+            p.trials,
+            show_values(&t.values),
+            p.objective.shown(t.loss),
+            t.status,
+            t.epochs,
+            t.seconds
+        );
+        st.history.push(t);
+    }
+}
+
+fn show_values(v: &Map<String, Value>) -> String {
+    v.iter()
+        .map(|(k, v)| match v {
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+                format!("{k}={}", plot::tick(n.as_f64().unwrap()))
+            }
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The settings of trial `values` on top of the shared ones.
+fn trial_args(s: &Settings, p: &Plan, values: &Map<String, Value>, what: &str) -> Result<TrainArgs> {
+    let mut args = apply(&s.base, values, what)?;
+    if p.validation && args.validation == 0 {
+        args.validation = if args.model == "linear" { 2_000 } else { 5_000 };
+    }
+    if !p.validation {
+        args.validation = 0;
+    }
+    Ok(args)
+}
+
+fn run_trial(
+    out: &Path,
+    s: &Settings,
+    p: &Plan,
+    i: usize,
+    values: Map<String, Value>,
+    state: &Mutex<State>,
+) -> Result<Trial> {
+    let dir = out.join("trials").join(format!("{:03}", i + 1));
+    let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
+    (args.out, args.force, args.tensorboard) = (Some(dir.clone()), true, s.base.tensorboard);
+    let rungs_reached = Mutex::new(Vec::<(u64, f64)>::new());
+    let on_eval: train::OnEval = Box::new(|e| {
+        let v = p.objective.at_eval(e.test_loss, e.test_accuracy);
+        if !p.rungs.contains(&e.step) {
+            return Control::Continue;
+        }
+        rungs_reached.lock().expect("rungs lock").push((e.step, v));
+        let st = state.lock().expect("state lock");
+        let mut at_rung: Vec<f64> =
+            st.history.iter().flat_map(|t| t.rungs.iter().filter(|r| r.0 == e.step).map(|r| r.1)).collect();
+        at_rung.push(v);
+        if tune::promotable(v, &at_rung, s.reduction_factor) {
+            Control::Continue
+        } else {
+            Control::Stop
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let opts = RunOptions {
+        quiet: true,
+        eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(p.rungs.clone())),
+        on_eval: p.asha.then_some(on_eval),
+    };
+    let r = train::execute(args, opts);
+    let seconds = t0.elapsed().as_secs_f64();
+    let rungs = rungs_reached.into_inner().expect("rungs lock");
+    let curve = read_curve(&dir, p.objective);
+    let per_epoch = p.steps_per_epoch.max(1) as f64;
+    Ok(match r {
+        Ok(o) => {
+            let steps = match o.stop {
+                Stop::Requested { step } => step,
+                _ => o.history.last().map(|e| e.steps).unwrap_or(0),
+            };
+            let pruned = matches!(o.stop, Stop::Requested { .. });
+            let loss = match p.objective {
+                Objective::StepsTo(acc) => {
+                    let hit = curve.iter().find(|(_, v)| -v * 100.0 >= acc).map(|&(s, _)| s as f64);
+                    hit.unwrap_or(f64::INFINITY)
+                }
+                _ if pruned => rungs.last().map(|r| r.1).unwrap_or(f64::INFINITY),
+                obj => o.history.last().map(|e| obj.at_eval(e.test_loss, e.test_accuracy)).unwrap_or(f64::INFINITY),
+            };
+            let status = if pruned { "pruned" } else { "complete" };
+            Trial {
+                trial: i,
+                values,
+                status: status.into(),
+                loss,
+                steps,
+                epochs: steps as f64 / per_epoch,
+                seconds,
+                curve,
+                rungs,
+            }
+        }
+        Err(e) => {
+            let steps = curve.last().map(|c| c.0).unwrap_or(0);
+            let msg = format!("{e:#}");
+            Trial {
+                trial: i,
+                values,
+                status: format!("failed: {}", msg.lines().last().unwrap_or(&msg)),
+                loss: f64::INFINITY,
+                steps,
+                epochs: steps as f64 / per_epoch,
+                seconds,
+                curve,
+                rungs,
+            }
+        }
+    })
+}
+
+/// The objective at every evaluation of a trial folder: evals.jsonl (mid-epoch) and
+/// metrics.jsonl (epoch ends), by step.
+fn read_curve(dir: &Path, obj: Objective) -> Vec<(u64, f64)> {
+    let mut out = vec![];
+    for name in ["evals.jsonl", "metrics.jsonl"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
+        for l in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
+            let step = v["step"].as_u64().or(v["steps"].as_u64());
+            if let (Some(step), Some(loss)) = (step, v["test_loss"].as_f64()) {
+                out.push((step, obj.at_eval(loss, v["test_accuracy"].as_f64())));
+            }
+        }
+    }
+    out.sort_by_key(|c| c.0);
+    out
+}
+
+fn read_trials(out: &Path) -> Result<Vec<Trial>> {
+    let path = out.join("trials.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut trials = vec![];
+    for (k, l) in text.split_inclusive('\n').enumerate() {
+        match serde_json::from_str::<Trial>(l.trim_end()) {
+            Ok(t) if l.ends_with('\n') => trials.push(t),
+            // A line cut by a kill: that trial runs again.
+            _ if k + 1 == text.split_inclusive('\n').count() => {
+                eprintln!("warning: {}: line {} is incomplete; its trial runs again", path.display(), k + 1)
+            }
+            Err(e) => bail!("{}: line {}: {e}", path.display(), k + 1),
+            Ok(_) => unreachable!("complete lines parse above"),
+        }
+    }
+    Ok(trials)
+}
+
+/// Appends a finished trial to trials.jsonl (one write of one line, then flushed to disk).
+fn append_trial(out: &Path, t: &Trial) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("trials.jsonl"))?;
+    f.write_all(format!("{}\n", serde_json::to_string(t)?).as_bytes())?;
+    f.sync_data()?;
+    Ok(())
+}
+
+/// The table (best first), best.toml, and the charts.
+fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
+    let mut sorted: Vec<&Trial> = history.iter().collect();
+    sorted.sort_by(|a, b| a.loss.total_cmp(&b.loss).then(a.trial.cmp(&b.trial)));
+    let names: Vec<&str> = p.space.iter().map(|q| q.name.as_str()).collect();
+    let mut md = format!(
+        "| trial | {} | {} | status | epochs | seconds |\n|{}\n",
+        names.join(" | "),
+        s.objective,
+        " --- |".repeat(names.len() + 5)
+    );
+    let mut csv = format!("trial,{},objective,loss,status,epochs,seconds\n", names.join(","));
+    for t in &sorted {
+        let cell = |n: &str| {
+            t.values.get(n).map(|v| match v {
+                Value::String(s) => s.clone(),
+                Value::Number(x) if x.as_f64().is_some_and(|f| f.fract() != 0.0) => plot::tick(x.as_f64().unwrap()),
+                other => other.to_string(),
+            })
+        };
+        let cells: Vec<String> = names.iter().map(|n| cell(n).unwrap_or_default()).collect();
+        md += &format!(
+            "| {} | {} | {} | {} | {:.2} | {:.1} |\n",
+            t.trial + 1,
+            cells.join(" | "),
+            p.objective.shown(t.loss),
+            t.status,
+            t.epochs,
+            t.seconds
+        );
+        let raw: Vec<String> = names
+            .iter()
+            .map(|n| t.values.get(*n).map(|v| v.to_string().replace(',', ";")).unwrap_or_default())
+            .collect();
+        csv += &format!(
+            "{},{},{},{},\"{}\",{},{}\n",
+            t.trial + 1,
+            raw.join(","),
+            p.objective.shown(t.loss).replace(',', ";"),
+            t.loss,
+            t.status.replace('"', "'"),
+            t.epochs,
+            t.seconds
+        );
+    }
+    std::fs::write(out.join("table.md"), &md)?;
+    std::fs::write(out.join("table.csv"), csv)?;
+    let full: f64 = history.len() as f64 * p.steps_per_trial as f64;
+    let spent: f64 = history.iter().map(|t| t.steps as f64).sum();
+    let best = sorted.first().filter(|t| t.loss.is_finite());
+    if let Some(b) = best {
+        let args = trial_args(s, p, &b.values, "best trial")?;
+        let text = format!(
+            "# The best trial of the sweep in {} (trial {}, {} {}).\n# descent train --config best.toml trains it again.\n{}",
+            out.display(),
+            b.trial + 1,
+            s.objective,
+            p.objective.shown(b.loss),
+            toml::to_string(&args).context("best config as TOML")?
+        );
+        std::fs::write(out.join("best.toml"), text)?;
+    }
+    draw(out, s, p, history)?;
+    println!("\n{md}");
+    if p.asha {
+        println!(
+            "steps spent: {spent:.0} of {full:.0} for every trial to the end ({:.0}%)",
+            100.0 * spent / full.max(1.0)
+        );
+    }
+    match best {
+        Some(b) => println!(
+            "best: trial {} ({}) with {} {}; its settings in {}",
+            b.trial + 1,
+            show_values(&b.values),
+            s.objective,
+            p.objective.shown(b.loss),
+            out.join("best.toml").display()
+        ),
+        None => println!("no trial finished"),
+    }
+    Ok(())
+}
+
+/// The objective's value for a chart (accuracy in %).
+fn natural(obj: Objective, loss: f64) -> f64 {
+    match obj {
+        Objective::Accuracy => -100.0 * loss,
+        _ => loss,
+    }
+}
+
+fn draw(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
+    let obj_label = match p.objective {
+        Objective::Accuracy => format!("{} (%)", s.objective),
+        _ => s.objective.clone(),
+    };
+    let finished: Vec<&Trial> = history.iter().filter(|t| t.loss.is_finite()).collect();
+    let mut by_trial: Vec<&Trial> = finished.clone();
+    by_trial.sort_by_key(|t| t.trial);
+    let point = |t: &Trial| (t.trial as f64 + 1.0, natural(p.objective, t.loss));
+    let mut best_so_far = vec![];
+    let mut best = f64::INFINITY;
+    for t in &by_trial {
+        best = best.min(t.loss);
+        best_so_far.push((t.trial as f64 + 1.0, natural(p.objective, best)));
+    }
+    let markers = |label: &str, pts: Vec<(f64, f64)>, faint: bool| Series {
+        style: SeriesStyle::Markers,
+        faint,
+        ..Series::line(label, pts)
+    };
+    let legend = if p.objective == Objective::Accuracy {
+        plotters::chart::SeriesLabelPosition::LowerRight
+    } else {
+        plotters::chart::SeriesLabelPosition::UpperRight
+    };
+    let chart = Chart {
+        title: format!("sweep of {}: {} per trial", s.base.model, s.objective),
+        log_x: false,
+        integer_x: true,
+        x_label: "trial".into(),
+        y_label: obj_label.clone(),
+        y_scale: YScale::Auto,
+        series: vec![
+            markers("complete", by_trial.iter().filter(|t| t.status == "complete").map(|t| point(t)).collect(), false),
+            markers("pruned", by_trial.iter().filter(|t| t.status == "pruned").map(|t| point(t)).collect(), false),
+            Series::line("best so far", best_so_far),
+        ],
+        legend: legend.clone(),
+        fit_faint: true,
+    };
+    plot::line_chart(&chart, &out.join("objective"))?;
+    for q in &p.space {
+        let log_x = matches!(q.domain, Domain::LogUniform { .. } | Domain::LogInt { .. });
+        let choice = match &q.domain {
+            Domain::Choice(v) => Some(v.clone()),
+            _ => None,
+        };
+        let x_of = |v: &Value| match &choice {
+            Some(vals) => vals.iter().position(|c| c == v).map(|i| i as f64),
+            None => v.as_f64(),
+        };
+        let pts = |status: &str| -> Vec<(f64, f64)> {
+            finished
+                .iter()
+                .filter(|t| t.status == status)
+                .filter_map(|t| Some((x_of(t.values.get(&q.name)?)?, natural(p.objective, t.loss))))
+                .collect()
+        };
+        let x_label = match &choice {
+            Some(vals) => format!(
+                "{} ({})",
+                q.name,
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{i} = {}", v.as_str().map(String::from).unwrap_or(v.to_string())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => q.name.clone(),
+        };
+        let chart = Chart {
+            title: format!("{} against {}", s.objective, q.name),
+            log_x,
+            integer_x: choice.is_some(),
+            x_label,
+            y_label: obj_label.clone(),
+            y_scale: YScale::Auto,
+            series: vec![
+                markers("complete", pts("complete"), false),
+                markers("pruned (at its last rung)", pts("pruned"), true),
+            ],
+            legend: legend.clone(),
+            fit_faint: true,
+        };
+        plot::line_chart(&chart, &out.join(format!("param_{}", q.name)))?;
+    }
+    // Learning curves: the ten best complete trials in colour, the stopped ones faint and grey.
+    let mut complete: Vec<&Trial> = finished.iter().copied().filter(|t| t.status == "complete").collect();
+    complete.sort_by(|a, b| a.loss.total_cmp(&b.loss));
+    let shown = |v: f64| if p.objective == Objective::Loss { v } else { -100.0 * v };
+    let curve = |t: &Trial| t.curve.iter().map(|&(st, v)| (st as f64, shown(v))).collect::<Vec<_>>();
+    let mut series: Vec<Series> = history
+        .iter()
+        .filter(|t| t.status != "complete")
+        .map(|t| Series {
+            faint: true,
+            style: SeriesStyle::LineMarkers,
+            colour: Some(plotters::style::RGBColor(150, 150, 150)),
+            ..Series::line("", curve(t))
+        })
+        .collect();
+    if let Some(first) = series.first_mut() {
+        first.label = "stopped".into();
+    }
+    series.extend(
+        complete
+            .iter()
+            .take(10)
+            .map(|t| Series::line(format!("trial {}: {}", t.trial + 1, show_values(&t.values)), curve(t))),
+    );
+    let metric = match p.objective {
+        Objective::Loss => "evaluation loss",
+        _ => "evaluation accuracy (%)",
+    };
+    let chart = Chart {
+        title: format!("sweep of {}: learning curves of the best trials", s.base.model),
+        // ASHA's rungs are geometric: a log axis spaces them evenly.
+        log_x: p.asha,
+        integer_x: false,
+        x_label: if p.asha { "optimizer step (log scale)".into() } else { "optimizer step".into() },
+        y_label: metric.into(),
+        y_scale: YScale::Auto,
+        series,
+        legend,
+        fit_faint: true,
+    };
+    plot::line_chart(&chart, &out.join("curves"))?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `descent sweep` as a user runs it, on the linear regression (seconds per trial).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn descent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    c
+}
+
+fn out(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("descent-sweep-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = descent().args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{args:?}: {text}");
+    text
+}
+
+fn trials(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const BASE: &[&str] = &["sweep", "--model", "linear", "--optimizer", "sgd", "--threads", "1"];
+
+/// A sweep killed midway (trials.jsonl cut after three trials and a half-written fourth line)
+/// resumes from its folder: the finished trials are not run again, and the rest are the trials an
+/// uninterrupted sweep ran, value for value. The best config file then trains, with `descent
+/// train --config`, to the objective the sweep recorded for it.
+#[test]
+fn resume_skips_finished_trials_and_the_best_config_trains_to_its_objective() {
+    let (full, cut) = (out("full"), out("cut"));
+    let mut args: Vec<&str> = BASE.to_vec();
+    args.extend([
+        "--objective",
+        "val_loss",
+        "--param",
+        "lr=loguniform:1e-3..0.3",
+        "--param",
+        "momentum=uniform:0..0.9",
+        "--trials",
+        "6",
+        "--method",
+        "tpe",
+        "--startup",
+        "3",
+    ]);
+    let mut a = args.clone();
+    a.extend(["--out", full.to_str().unwrap()]);
+    run_ok(&a);
+    let mut a = args.clone();
+    a.extend(["--out", cut.to_str().unwrap()]);
+    run_ok(&a);
+    let text = std::fs::read_to_string(cut.join("trials.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(cut.join("trials.jsonl"), format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], &lines[3][..40]))
+        .unwrap();
+    let resumed = run_ok(&["sweep", "--resume", cut.to_str().unwrap()]);
+    assert!(resumed.contains("3 of 6 trials finished"), "{resumed}");
+    for k in 1..=3 {
+        assert!(!resumed.contains(&format!("trial {k}/6:")), "trial {k} ran again: {resumed}");
+    }
+    let (a, b) = (trials(&full), trials(&cut));
+    assert_eq!(b.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x["values"], &x["loss"], &x["status"]), (&y["values"], &y["loss"], &y["status"]));
+    }
+    // The best config as written trains to the recorded objective.
+    let best = a.iter().min_by(|x, y| x["loss"].as_f64().unwrap().total_cmp(&y["loss"].as_f64().unwrap())).unwrap();
+    let again = out("again");
+    run_ok(&[
+        "train",
+        "--config",
+        full.join("best.toml").to_str().unwrap(),
+        "--threads",
+        "1",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(again.join("metrics.jsonl")).unwrap().lines().last().unwrap())
+            .unwrap();
+    assert_eq!(last["test_loss"].as_f64(), best["loss"].as_f64());
+    let table = std::fs::read_to_string(full.join("table.md")).unwrap();
+    assert!(
+        table.lines().nth(2).unwrap().starts_with(&format!("| {} |", best["trial"].as_u64().unwrap() + 1)),
+        "{table}"
+    );
+    for pic in ["objective", "curves", "param_lr", "param_momentum"] {
+        let img = image::open(full.join(format!("{pic}.png"))).unwrap();
+        assert_eq!((img.width(), img.height()), (960, 600));
+    }
+}
+
+/// A grid runs exactly its points; a diverging trial is recorded as failed and the sweep goes on.
+#[test]
+fn a_grid_runs_every_point_and_a_diverging_trial_is_recorded_as_failed() {
+    let dir = out("grid");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend([
+        "--objective",
+        "val_loss",
+        "--method",
+        "grid",
+        "--param",
+        "lr=choice:0.05|1e30",
+        "--param",
+        "momentum=uniform:0..0.5",
+        "--grid-points",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    run_ok(&a);
+    let t = trials(&dir);
+    assert_eq!(t.len(), 4);
+    let values: Vec<(f64, f64)> =
+        t.iter().map(|x| (x["values"]["lr"].as_f64().unwrap(), x["values"]["momentum"].as_f64().unwrap())).collect();
+    for point in [(0.05, 0.0), (0.05, 0.5), (1e30, 0.0), (1e30, 0.5)] {
+        assert!(values.contains(&point), "{values:?}");
+    }
+    let failed: Vec<&serde_json::Value> =
+        t.iter().filter(|x| x["status"].as_str().unwrap().starts_with("failed")).collect();
+    assert_eq!(failed.len(), 2, "{t:?}");
+    assert!(failed.iter().all(|x| x["status"].as_str().unwrap().contains("step")));
+    assert!(std::fs::read_to_string(dir.join("best.toml")).unwrap().contains("lr = 0.05"));
+}
+
+/// ASHA stops trials at rungs: some are pruned and the sweep spends less than every trial run to
+/// the end.
+#[test]
+fn asha_prunes_and_saves_steps() {
+    let dir = out("asha");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend([
+        "--objective",
+        "val_loss",
+        "--param",
+        "lr=loguniform:1e-4..0.3",
+        "--method",
+        "random",
+        "--pruner",
+        "asha",
+        "--trials",
+        "9",
+        "--epochs",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let text = run_ok(&a);
+    let t = trials(&dir);
+    let pruned = t.iter().filter(|x| x["status"] == "pruned").count();
+    assert!(pruned >= 3, "{pruned} pruned of {}: {text}", t.len());
+    let spent: u64 = t.iter().map(|x| x["steps"].as_u64().unwrap()).sum();
+    let full = 9 * t.iter().map(|x| x["steps"].as_u64().unwrap()).max().unwrap();
+    assert!(spent * 10 < full * 7, "{spent} of {full}");
+    assert!(text.contains("steps spent"), "{text}");
+}
+
+#[test]
+fn bad_spaces_and_budgets_are_named() {
+    let dir = out("bad");
+    for (extra, needles) in [
+        (vec![], vec!["empty search space"]),
+        (vec!["--param", "lr=loguniform:0.1..0.001"], vec!["lr", "inverted"]),
+        (vec!["--param", "momentom=uniform:0..0.9"], vec!["momentom", "momentum"]),
+        (vec!["--param", "lr=loguniform:1e-3..0.1", "--trials", "0"], vec!["--trials 0"]),
+        (vec!["--param", "lr=loguniform:1e-3..0.1", "--method", "bayes"], vec!["bayes", "tpe"]),
+        (vec!["--param", "lr=loguniform:1e-3..0.1", "--objective", "f1"], vec!["f1", "val_accuracy"]),
+        (vec!["--param", "lr=loguniform:1e-3..0.1", "--objective", "val_accuracy"], vec!["val_accuracy", "val_loss"]),
+    ] {
+        let mut a: Vec<&str> = BASE.to_vec();
+        if !extra.contains(&"--objective") {
+            a.extend(["--objective", "val_loss"]);
+        }
+        a.extend(extra.iter().copied());
+        a.extend(["--out", dir.to_str().unwrap()]);
+        let o = descent().args(&a).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{a:?}");
+        for n in needles {
+            assert!(e.contains(n), "{a:?}: {e}");
+        }
+        assert!(!dir.exists(), "{a:?}: nothing written");
+    }
+}
