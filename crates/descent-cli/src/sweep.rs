@@ -828,3 +828,106 @@ fn draw(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
     plot::line_chart(&chart, &out.join("curves"))?;
     Ok(())
 }
+
+/// `descent bench sweep`: for each seed, TPE proposals with ASHA stopping against random search
+/// (no stopping) with the same number of trials, and the default Adam 1e-3 run alone; the best
+/// validation accuracy of each and the steps each sweep spent.
+pub fn bench(
+    seeds: u64,
+    trials: usize,
+    epochs: usize,
+    out: &Path,
+    parse: impl Fn(Vec<String>) -> Result<(SweepArgs, clap::ArgMatches)>,
+) -> Result<()> {
+    if seeds == 0 || trials == 0 || epochs == 0 {
+        bail!("--seeds, --trials and --epochs must be at least 1");
+    }
+    let space = [
+        "lr=loguniform:1e-4..1e-1",
+        "weight_decay=loguniform:1e-5..1e-1",
+        "schedule=choice:constant|cosine|warmup_cosine",
+    ];
+    let mut rows = vec![];
+    for seed in 0..seeds {
+        let best = |method: &str, pruner: &str| -> Result<(f64, f64, f64)> {
+            let dir = out.join(format!("seed{seed}-{method}-{pruner}"));
+            let mut args: Vec<String> = ["descent", "sweep", "--model", "mlp", "--optimizer", "adamw", "--force"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            for p in space {
+                args.extend(["--param".into(), p.into()]);
+            }
+            args.extend([
+                "--method".into(),
+                method.into(),
+                "--pruner".into(),
+                pruner.into(),
+                "--trials".into(),
+                trials.to_string(),
+                "--epochs".into(),
+                epochs.to_string(),
+                "--seed".into(),
+                seed.to_string(),
+                "--out".into(),
+                dir.display().to_string(),
+            ]);
+            let (a, m) = parse(args)?;
+            let t0 = std::time::Instant::now();
+            run(a, &m)?;
+            let secs = t0.elapsed().as_secs_f64();
+            let h = read_trials(&dir)?;
+            let best = h.iter().map(|t| t.loss).fold(f64::INFINITY, f64::min);
+            let full = (h.len() as u64 * h.iter().map(|t| t.steps).max().unwrap_or(1)) as f64;
+            let spent: f64 = h.iter().map(|t| t.steps as f64).sum();
+            Ok((-100.0 * best, spent / full.max(1.0), secs))
+        };
+        let (tpe, tpe_frac, tpe_s) = best("tpe", "asha")?;
+        let (random, random_frac, random_s) = best("random", "none")?;
+        // The default recipe alone, on the same validation split.
+        let dir = out.join(format!("seed{seed}-default-adam"));
+        let mut targs = TrainArgs::from_flags(&[
+            "--model",
+            "mlp",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-3",
+            "--validation",
+            "5000",
+            "--force",
+        ])?;
+        (targs.epochs, targs.seed, targs.out) = (Some(epochs), seed, Some(dir));
+        let o = train::execute(targs, RunOptions { quiet: true, ..Default::default() })?;
+        let default = 100.0 * o.history.last().and_then(|e| e.test_accuracy).unwrap_or(f64::NAN);
+        rows.push((seed, tpe, tpe_frac, tpe_s, random, random_frac, random_s, default));
+    }
+    println!("\nTPE + ASHA against random search, {trials} trials of AdamW on the MLP ({epochs} epochs each), and Adam 1e-3:");
+    println!(
+        "| seed | TPE+ASHA best val acc | steps spent | seconds | random best val acc | seconds | Adam 1e-3 val acc |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &(seed, tpe, frac, ts, random, _rfrac, rs, default) in &rows {
+        println!("| {seed} | {tpe:.2}% | {:.0}% | {ts:.0} | {random:.2}% | {rs:.0} | {default:.2}% |", 100.0 * frac);
+    }
+    let mean = |f: &dyn Fn(&(u64, f64, f64, f64, f64, f64, f64, f64)) -> f64| {
+        rows.iter().map(f).sum::<f64>() / rows.len() as f64
+    };
+    println!(
+        "| mean | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% |",
+        mean(&|r| r.1),
+        100.0 * mean(&|r| r.2),
+        mean(&|r| r.3),
+        mean(&|r| r.4),
+        mean(&|r| r.6),
+        mean(&|r| r.7)
+    );
+    for r in &rows {
+        println!(
+            "{}",
+            serde_json::json!({"seed": r.0, "tpe_asha_best": r.1, "tpe_asha_steps_fraction": r.2, "tpe_asha_seconds": r.3,
+                "random_best": r.4, "random_seconds": r.6, "default_adam": r.7, "trials": trials, "epochs": epochs})
+        );
+    }
+    Ok(())
+}

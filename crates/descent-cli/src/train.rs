@@ -131,6 +131,17 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The settings of `descent train FLAGS…` (defaults for the rest).
+    pub fn from_flags(flags: &[&str]) -> Result<TrainArgs> {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: TrainArgs,
+        }
+        use clap::Parser;
+        Ok(Wrap::try_parse_from(std::iter::once("train").chain(flags.iter().copied()))?.a)
+    }
+
     /// Merges a `--config` file under the flags that were given on the command line.
     pub fn with_config(self, matches: &clap::ArgMatches) -> Result<TrainArgs> {
         let Some(path) = self.config.clone() else { return Ok(self) };
