@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod landscape;
+mod lrfind;
 mod plot;
 mod runs;
 mod sweep;
@@ -60,6 +61,9 @@ enum Command {
     /// --param weight_decay=loguniform:1e-5..1e-1 --param schedule=choice:constant|cosine
     /// --optimizer adamw --method tpe --pruner asha --trials 30
     Sweep(Box<sweep::SweepArgs>),
+    /// The learning-rate range test: the loss while the learning rate grows exponentially, its
+    /// chart, and a suggested learning rate.
+    LrFind(Box<lrfind::LrFindArgs>),
     /// Optimizers on 2-D test functions (Rosenbrock, Beale, Himmelblau, an ill-conditioned
     /// quadratic, a saddle, Rastrigin): paths over contour maps, and a table.
     Landscape(landscape::LandscapeArgs),
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             let sub = matches.subcommand_matches("sweep").expect("sweep subcommand");
             set_threads(args.base.threads).and_then(|_| sweep::run(*args, sub)).map(|_| true)
         }
+        Command::LrFind(args) => set_threads(args.base.threads).and_then(|_| lrfind::run(*args)).map(|_| true),
         Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {

@@ -829,6 +829,18 @@ fn draw(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
     Ok(())
 }
 
+/// One seed of `descent bench sweep`: best validation accuracies (%), the share of steps TPE+ASHA
+/// spent, seconds.
+struct BenchRow {
+    seed: u64,
+    tpe: f64,
+    tpe_frac: f64,
+    tpe_s: f64,
+    random: f64,
+    random_s: f64,
+    default: f64,
+}
+
 /// `descent bench sweep`: for each seed, TPE proposals with ASHA stopping against random search
 /// (no stopping) with the same number of trials, and the default Adam 1e-3 run alone; the best
 /// validation accuracy of each and the steps each sweep spent.
@@ -883,7 +895,7 @@ pub fn bench(
             Ok((-100.0 * best, spent / full.max(1.0), secs))
         };
         let (tpe, tpe_frac, tpe_s) = best("tpe", "asha")?;
-        let (random, random_frac, random_s) = best("random", "none")?;
+        let (random, _, random_s) = best("random", "none")?;
         // The default recipe alone, on the same validation split.
         let dir = out.join(format!("seed{seed}-default-adam"));
         let mut targs = TrainArgs::from_flags(&[
@@ -900,33 +912,41 @@ pub fn bench(
         (targs.epochs, targs.seed, targs.out) = (Some(epochs), seed, Some(dir));
         let o = train::execute(targs, RunOptions { quiet: true, ..Default::default() })?;
         let default = 100.0 * o.history.last().and_then(|e| e.test_accuracy).unwrap_or(f64::NAN);
-        rows.push((seed, tpe, tpe_frac, tpe_s, random, random_frac, random_s, default));
+        rows.push(BenchRow { seed, tpe, tpe_frac, tpe_s, random, random_s, default });
     }
     println!("\nTPE + ASHA against random search, {trials} trials of AdamW on the MLP ({epochs} epochs each), and Adam 1e-3:");
     println!(
         "| seed | TPE+ASHA best val acc | steps spent | seconds | random best val acc | seconds | Adam 1e-3 val acc |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for &(seed, tpe, frac, ts, random, _rfrac, rs, default) in &rows {
-        println!("| {seed} | {tpe:.2}% | {:.0}% | {ts:.0} | {random:.2}% | {rs:.0} | {default:.2}% |", 100.0 * frac);
+    for r in &rows {
+        println!(
+            "| {} | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% |",
+            r.seed,
+            r.tpe,
+            100.0 * r.tpe_frac,
+            r.tpe_s,
+            r.random,
+            r.random_s,
+            r.default
+        );
     }
-    let mean = |f: &dyn Fn(&(u64, f64, f64, f64, f64, f64, f64, f64)) -> f64| {
-        rows.iter().map(f).sum::<f64>() / rows.len() as f64
-    };
+    let mean = |f: fn(&BenchRow) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
     println!(
         "| mean | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% |",
-        mean(&|r| r.1),
-        100.0 * mean(&|r| r.2),
-        mean(&|r| r.3),
-        mean(&|r| r.4),
-        mean(&|r| r.6),
-        mean(&|r| r.7)
+        mean(|r| r.tpe),
+        100.0 * mean(|r| r.tpe_frac),
+        mean(|r| r.tpe_s),
+        mean(|r| r.random),
+        mean(|r| r.random_s),
+        mean(|r| r.default)
     );
     for r in &rows {
         println!(
             "{}",
-            serde_json::json!({"seed": r.0, "tpe_asha_best": r.1, "tpe_asha_steps_fraction": r.2, "tpe_asha_seconds": r.3,
-                "random_best": r.4, "random_seconds": r.6, "default_adam": r.7, "trials": trials, "epochs": epochs})
+            serde_json::json!({"seed": r.seed, "tpe_asha_best": r.tpe, "tpe_asha_steps_fraction": r.tpe_frac,
+                "tpe_asha_seconds": r.tpe_s, "random_best": r.random, "random_seconds": r.random_s,
+                "default_adam": r.default, "trials": trials, "epochs": epochs})
         );
     }
     Ok(())

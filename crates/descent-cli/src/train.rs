@@ -299,7 +299,7 @@ impl Hooks for &mut CliHooks<'_> {
         })
     }
 
-    fn on_step(&mut self, s: &StepMetrics) {
+    fn on_step(&mut self, s: &StepMetrics) -> Control {
         let lr = self.run_dir.base_lr * s.lr_scale;
         if let Err(e) = self.steps.write(s, lr) {
             self.error.get_or_insert(format!("writing steps.jsonl: {e}"));
@@ -314,7 +314,7 @@ impl Hooks for &mut CliHooks<'_> {
             }
         }
         if self.quiet {
-            return;
+            return Control::Continue;
         }
         if s.batch == 0 || self.bar.is_none() {
             let bar = indicatif::ProgressBar::new(s.batches as u64);
@@ -342,6 +342,7 @@ impl Hooks for &mut CliHooks<'_> {
                 ));
             }
         }
+        Control::Continue
     }
 
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> descent_train::Result<()> {
@@ -577,7 +578,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
 }
 
 /// The training config of a run's settings (defaults filled in).
-fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
+pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
     let (default_lr, default_batch) = defaults(&a.model);
     let lr = a.lr.unwrap_or(default_lr);
     Ok(TrainConfig {

@@ -196,3 +196,50 @@ fn bad_spaces_and_budgets_are_named() {
         assert!(!dir.exists(), "{a:?}: nothing written");
     }
 }
+
+/// The range test's learning rates grow exponentially from --start-lr to --end-lr, the test stops
+/// once the loss diverges, and the suggestion lies where the loss fell: for SGD on the linear
+/// regression (curvature about 1, so steps diverge past lr ≈ 2) between 1e-3 and 2.
+#[test]
+fn lr_find_sweeps_exponentially_stops_at_divergence_and_suggests() {
+    let dir = out("lrfind");
+    let text = run_ok(&[
+        "lr-find",
+        "--model",
+        "linear",
+        "--optimizer",
+        "sgd",
+        "--threads",
+        "1",
+        "--start-lr",
+        "1e-5",
+        "--end-lr",
+        "1e3",
+        "--num-steps",
+        "400",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(text.contains("stopped: the loss diverged"), "{text}");
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(dir.join("lr_find.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(rows.len() < 400 && rows.len() > 100, "{}", rows.len());
+    for r in &rows {
+        let expected = 1e-5 * 1e8f64.powf((r[0] - 1.0) / 399.0);
+        assert!((r[1] / expected - 1.0).abs() < 1e-9, "step {}: {} vs {expected}", r[0], r[1]);
+    }
+    let line = text.lines().find(|l| l.starts_with("suggested learning rate:")).unwrap();
+    let lr: f64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!((1e-3..2.0).contains(&lr), "{line}");
+    let img = image::open(dir.join("lr_find.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (960, 600));
+    let o = descent()
+        .args(["lr-find", "--model", "linear", "--lr", "0.1", "--out", dir.to_str().unwrap(), "--force"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--start-lr"));
+}

@@ -475,8 +475,11 @@ impl EpochEnd<'_> {
 /// What a caller sees of a run: every step, and the end of every epoch (where checkpoints go).
 /// A closure `|metrics, end| -> Result<()>` is an epoch hook.
 pub trait Hooks {
-    /// After each optimizer step.
-    fn on_step(&mut self, _s: &StepMetrics) {}
+    /// After each optimizer step: [`Control::Stop`] ends the run there (a learning-rate range
+    /// test that has diverged).
+    fn on_step(&mut self, _s: &StepMetrics) -> Control {
+        Control::Continue
+    }
     /// After each evaluation within an epoch ([`TrainConfig::eval_at`]; not at epoch ends, which
     /// [`Hooks::on_epoch`] sees): [`Control::Stop`] ends the run there.
     fn on_eval(&mut self, _e: &EvalMetrics) -> Result<Control> {
@@ -561,7 +564,7 @@ pub fn train_from(
             let grad_norm = opt.grad_norm(&grads)?;
             opt.step(&grads)?;
             steps += 1;
-            hooks.on_step(&StepMetrics {
+            let control = hooks.on_step(&StepMetrics {
                 epoch,
                 batch: bi,
                 batches,
@@ -573,6 +576,10 @@ pub fn train_from(
             });
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
+            if control == Control::Stop {
+                stop = Stop::Requested { step: steps };
+                break 'epochs;
+            }
             let epoch_end = bi + 1 == batches || cfg.max_steps.is_some_and(|m| steps >= m);
             if cfg.eval_at.at(steps) && !epoch_end {
                 let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;

@@ -1,0 +1,216 @@
+//! `descent lr-find`: the learning-rate range test (Smith 2017, "Cyclical Learning Rates for
+//! Training Neural Networks"; fastai's `lr_find`): train from the initial weights while the
+//! learning rate grows exponentially, record the loss, stop once it diverges, and suggest the
+//! learning rate where the smoothed loss falls fastest.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use descent_train::model::Init;
+use descent_train::rng::Rng;
+use descent_train::train::{train_from, Control, EpochEnd, EpochMetrics, Hooks, LrSchedule, SpecSchedule, StepMetrics};
+
+use crate::plot::{self, Chart, Series, YScale};
+use crate::train::{self, TrainArgs};
+
+/// The flags of `descent lr-find`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LrFindArgs {
+    /// The first learning rate.
+    #[arg(long, default_value_t = 1e-7)]
+    pub start_lr: f64,
+    /// The last learning rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub end_lr: f64,
+    /// Steps from the first to the last learning rate.
+    #[arg(long, default_value_t = 300)]
+    pub num_steps: u64,
+    /// Stop once the smoothed loss exceeds this multiple of its minimum.
+    #[arg(long, default_value_t = 4.0)]
+    pub diverge: f64,
+    #[command(flatten)]
+    pub base: TrainArgs,
+}
+
+/// One step of the test.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub lr: f64,
+    pub loss: f64,
+    /// Exponential moving average of the loss (β = 0.9), debiased.
+    pub smoothed: f64,
+}
+
+/// Records the test and stops it at divergence.
+struct Recorder {
+    start: f64,
+    diverge: f64,
+    points: Vec<Point>,
+    avg: f64,
+    best: f64,
+}
+
+impl Hooks for &mut Recorder {
+    fn on_step(&mut self, s: &StepMetrics) -> Control {
+        // fastai smooths with 0.98, whose memory (about 50 steps) spans two decades of a 200-step
+        // test and shifts the curve right; 0.9 keeps it within half a decade.
+        const BETA: f64 = 0.9;
+        self.avg = BETA * self.avg + (1.0 - BETA) * s.loss as f64;
+        let smoothed = self.avg / (1.0 - BETA.powi(s.step as i32));
+        self.points.push(Point { lr: self.start * s.lr_scale, loss: s.loss as f64, smoothed });
+        self.best = self.best.min(smoothed);
+        if s.step > 1 && smoothed > self.diverge * self.best {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn on_epoch(&mut self, _m: &EpochMetrics, _end: &mut EpochEnd) -> descent_train::Result<()> {
+        Ok(())
+    }
+}
+
+/// The suggestions: the learning rate where the smoothed loss falls fastest (per decade), before
+/// its minimum, and a tenth of the learning rate at the minimum.
+pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
+    let min = (0..points.len()).min_by(|&a, &b| points[a].smoothed.total_cmp(&points[b].smoothed))?;
+    // Skip the first tenth: the moving average is still warming up.
+    let first = (points.len() / 10).min(min);
+    // Slopes over a quarter of a decade each side: neighbouring steps differ by batch noise more
+    // than by the trend.
+    let decades = (points[points.len() - 1].lr / points[0].lr).log10().max(1e-9);
+    let k = ((points.len() as f64 / decades / 4.0).round() as usize).max(1);
+    let slope = |i: usize| {
+        let (a, b) = (i.saturating_sub(k), (i + k).min(points.len() - 1));
+        if a == b {
+            return 0.0;
+        }
+        (points[b].smoothed - points[a].smoothed) / (points[b].lr.log10() - points[a].lr.log10())
+    };
+    let steepest = (first..=min).min_by(|&a, &b| slope(a).total_cmp(&slope(b)))?;
+    Some((points[steepest].lr, points[min].lr / 10.0))
+}
+
+pub fn run(a: LrFindArgs) -> Result<()> {
+    if !(a.start_lr > 0.0 && a.end_lr > a.start_lr && a.start_lr.is_finite() && a.end_lr.is_finite()) {
+        bail!("--start-lr {} and --end-lr {}: need 0 < start < end", a.start_lr, a.end_lr);
+    }
+    if a.num_steps < 10 {
+        bail!("--num-steps {}: the test needs at least 10 steps", a.num_steps);
+    }
+    if a.diverge <= 1.0 {
+        bail!("--diverge {}: must be above 1", a.diverge);
+    }
+    if a.base.lr.is_some() || a.base.schedule != "constant" {
+        bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
+    }
+    let out = a.base.out.clone().unwrap_or_else(|| PathBuf::from("runs/lr-find"));
+    if out.exists() && !a.base.force {
+        bail!("folder {} exists; pass --force to overwrite it", out.display());
+    }
+    let mut args = a.base.clone();
+    args.lr = Some(a.start_lr);
+    train::validate(&args)?;
+    let init = Init::parse(&args.init)?;
+    let mut rng = Rng::new(args.seed);
+    let (model, train_set, test_set, loss) =
+        train::workload(&args.model, init, args.dropout, args.normalize, &args.data, &mut rng)?;
+    let mut cfg = train::config(&args, loss)?;
+    let (start, ratio, n) = (a.start_lr, a.end_lr / a.start_lr, a.num_steps);
+    cfg.schedule = LrSchedule::Spec(SpecSchedule {
+        name: "learning-rate range test".into(),
+        schedule: Arc::new(move |t: u64| start * ratio.powf(t.min(n - 1) as f64 / (n - 1) as f64)),
+        base_lr: start,
+        per_epoch: false,
+    });
+    cfg.max_steps = Some(n);
+    cfg.epochs = (n as usize).div_ceil(train_set.len().div_ceil(cfg.batch_size).max(1));
+    println!(
+        "learning-rate range test: {} with {}, {:e} to {:e} over {} steps (batch {})",
+        args.model, args.optimizer, a.start_lr, a.end_lr, n, cfg.batch_size
+    );
+    let mut rec = Recorder { start, diverge: a.diverge, points: vec![], avg: 0.0, best: f64::INFINITY };
+    match train_from(model.as_ref(), &train_set, &test_set, &cfg, None, &mut rec) {
+        Ok(_) => {}
+        // A non-finite loss is the test's natural end at a too-large learning rate.
+        Err(e) if e.to_string().contains("training stopped") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let points = rec.points;
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut csv = "step,lr,loss,smoothed\n".to_string();
+    for (i, p) in points.iter().enumerate() {
+        csv += &format!("{},{},{},{}\n", i + 1, p.lr, p.loss, p.smoothed);
+    }
+    std::fs::write(out.join("lr_find.csv"), csv)?;
+    let suggestion = suggest(&points);
+    let mut series = vec![Series {
+        raw: points.iter().map(|p| (p.lr, p.loss)).collect(),
+        ..Series::line(
+            format!("{} {}", args.model, args.optimizer),
+            points.iter().map(|p| (p.lr, p.smoothed)).collect(),
+        )
+    }];
+    if let Some((steep, _)) = suggestion {
+        let lo = points.iter().map(|p| p.smoothed).fold(f64::INFINITY, f64::min);
+        let hi = points.first().map(|p| p.smoothed).unwrap_or(lo);
+        series.push(Series::line(format!("suggested {}", plot::tick(steep)), vec![(steep, lo), (steep, hi)]));
+    }
+    let chart = Chart {
+        title: format!("learning-rate range test: {} with {}", args.model, args.optimizer),
+        log_x: true,
+        integer_x: false,
+        x_label: "learning rate (log scale)".into(),
+        y_label: "training loss (smoothed; raw faint)".into(),
+        y_scale: YScale::Auto,
+        series,
+        legend: plotters::chart::SeriesLabelPosition::UpperLeft,
+        fit_faint: false,
+    };
+    plot::line_chart(&chart, &out.join("lr_find"))?;
+    let stopped = points.len() < n as usize;
+    println!(
+        "{} steps{}; loss, smoothed loss and the chart in {}",
+        points.len(),
+        if stopped { " (stopped: the loss diverged)" } else { "" },
+        out.display()
+    );
+    match suggestion {
+        Some((steep, min10)) => {
+            println!("suggested learning rate: {} (steepest descent of the smoothed loss)", plot::tick(steep));
+            println!("                         {} (a tenth of the learning rate at the minimum)", plot::tick(min10));
+        }
+        None => println!("no suggestion: the test recorded no step"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a synthetic curve (flat, a smooth fall between 1e-4 and 1e-2, steepest at 1e-3, then a
+    /// rise) the steepest descent is found near 1e-3 and the other suggestion is a tenth of the
+    /// minimum's learning rate.
+    #[test]
+    fn suggestions_follow_the_curve() {
+        let points: Vec<Point> = (0..100)
+            .map(|i| {
+                let lr = 10f64.powf(-6.0 + 6.0 * i as f64 / 99.0);
+                let x = lr.log10();
+                let t = ((x + 4.0) / 2.0).clamp(0.0, 1.0);
+                let s = if x < -2.0 { 2.0 - 1.8 * (3.0 * t * t - 2.0 * t * t * t) } else { 0.2 + (x + 2.0).powi(2) };
+                Point { lr, loss: s, smoothed: s }
+            })
+            .collect();
+        let (steep, min10) = suggest(&points).unwrap();
+        assert!((7e-4..1.5e-3).contains(&steep), "{steep}");
+        let min_lr = points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).unwrap().lr;
+        assert_eq!(min10, min_lr / 10.0);
+    }
+}
