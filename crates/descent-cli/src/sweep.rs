@@ -492,10 +492,9 @@ fn run_trial(
         }
         rungs_reached.lock().expect("rungs lock").push((e.step, v));
         let st = state.lock().expect("state lock");
-        let mut at_rung: Vec<f64> =
+        let others: Vec<f64> =
             st.history.iter().flat_map(|t| t.rungs.iter().filter(|r| r.0 == e.step).map(|r| r.1)).collect();
-        at_rung.push(v);
-        if tune::promotable(v, &at_rung, s.reduction_factor) {
+        if tune::promotable(v, &others, s.reduction_factor) {
             Control::Continue
         } else {
             Control::Stop

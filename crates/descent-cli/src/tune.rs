@@ -1,7 +1,7 @@
 //! Hyper-parameter search: spaces (uniform, log-uniform, integer, choice), samplers (grid, random,
 //! TPE through the `tpe` crate) and the successive-halving rule of ASHA (Li et al. 2020,
-//! "A System for Massively Parallel Hyperparameter Tuning"), as Optuna's
-//! `SuccessiveHalvingPruner` applies it to trials that run one after another.
+//! "A System for Massively Parallel Hyperparameter Tuning") as Ray Tune's ASHA scheduler applies
+//! it to stop trials.
 
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
@@ -248,17 +248,23 @@ pub fn propose(space: &[Param], method: Method, i: usize, seed: u64, history: &[
     Ok(out)
 }
 
-/// Successive halving's promotion rule at one rung: does a trial whose objective (lower is
-/// better) is `value` go on, given the values recorded at this rung so far (itself included)?
-/// The top `⌊n/η⌋` go on; while fewer than `η` have reached the rung, only the best so far.
-pub fn promotable(value: f64, rung_values: &[f64], eta: usize) -> bool {
-    let mut sorted: Vec<f64> = rung_values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() || value.is_nan() {
+/// Successive halving's rule at one rung, as Ray Tune's ASHA scheduler applies it: a trial whose
+/// objective (lower is better) is `value` goes on unless it is worse than the `1/η` quantile
+/// (linearly interpolated, as numpy's) of the values `others` recorded at this rung before it;
+/// the first trial at a rung always goes on.
+pub fn promotable(value: f64, others: &[f64], eta: usize) -> bool {
+    let mut sorted: Vec<f64> = others.iter().copied().filter(|v| !v.is_nan()).collect();
+    if value.is_nan() {
         return false;
     }
-    let k = (sorted.len() / eta.max(2)).max(1);
-    value <= sorted[k - 1]
+    if sorted.is_empty() {
+        return true;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let pos = (sorted.len() - 1) as f64 / eta.max(2) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    let cutoff = if i + 1 < sorted.len() { sorted[i] + frac * (sorted[i + 1] - sorted[i]) } else { sorted[i] };
+    value <= cutoff
 }
 
 /// The rungs of a budget of `max` steps: `min·η^k` below `max`.
@@ -363,22 +369,20 @@ mod tests {
         assert!(tpe < random / 2.0, "TPE {tpe} vs random {random}");
     }
 
-    /// On a synthetic objective where each trial's value at a rung is its final value, the rule
-    /// stops every trial worse than the best third seen at that rung, and never the best one.
+    /// On a synthetic objective (each trial's value at a rung is its final value) the rule stops
+    /// exactly the trials worse than the first third of those before them.
     #[test]
     fn the_pruner_stops_the_trials_it_should() {
         assert_eq!(rungs(10, 3, 300), vec![10, 30, 90, 270]);
         assert!(rungs(10, 3, 10).is_empty());
         let finals = [5.0, 3.0, 8.0, 1.0, 9.0, 2.0, 7.0, 6.0, 4.0];
-        let mut at_rung = vec![];
-        let mut promoted = vec![];
-        for &v in &finals {
-            at_rung.push(v);
-            promoted.push(promotable(v, &at_rung, 3));
-        }
-        // 5: first, best so far; 3: best; 8: no; 1: best; 9: no; 2: top 2 of 6 → yes;
-        // 7: no; 6: top 2 of 8 = {1, 2} → no; 4: top 3 of 9 = {1, 2, 3} → no.
+        let promoted: Vec<bool> = (0..finals.len()).map(|i| promotable(finals[i], &finals[..i], 3)).collect();
+        // Cutoffs (the 1/3 quantile of the earlier values): none, 5, 3.67, 4.33, 3, 3.67, 2.67,
+        // 3, 3.67.
         assert_eq!(promoted, [true, true, false, true, false, true, false, false, false]);
-        assert!(!promotable(f64::NAN, &[1.0, f64::NAN], 3));
+        // Ties pass; NaN never does, and is ignored among the others.
+        assert!(promotable(3.0, &[3.0, 3.0, 3.0], 3));
+        assert!(!promotable(f64::NAN, &[1.0], 3));
+        assert!(promotable(2.0, &[f64::NAN], 3));
     }
 }
