@@ -837,6 +837,8 @@ struct BenchRow {
     tpe_s: f64,
     random: f64,
     random_s: f64,
+    /// TPE+ASHA given the random search's epochs rather than its number of trials.
+    tpe_budget: f64,
     default: f64,
 }
 
@@ -860,8 +862,9 @@ pub fn bench(
     ];
     let mut rows = vec![];
     for seed in 0..seeds {
-        let best = |method: &str, pruner: &str| -> Result<(f64, f64, f64)> {
-            let dir = out.join(format!("seed{seed}-{method}-{pruner}"));
+        let best = |method: &str, pruner: &str, budget: Option<usize>| -> Result<(f64, f64, f64)> {
+            let tag = if budget.is_some() { "-budget" } else { "" };
+            let dir = out.join(format!("seed{seed}-{method}-{pruner}{tag}"));
             let mut args: Vec<String> = ["descent", "sweep", "--model", "mlp", "--optimizer", "adamw", "--force"]
                 .iter()
                 .map(|s| s.to_string())
@@ -869,13 +872,18 @@ pub fn bench(
             for p in space {
                 args.extend(["--param".into(), p.into()]);
             }
+            // With an epoch budget: as many trials as fit in it (up to five times as many).
+            let n = if budget.is_some() { 5 * trials } else { trials };
+            if let Some(b) = budget {
+                args.extend(["--max-total-epochs".into(), b.to_string()]);
+            }
             args.extend([
                 "--method".into(),
                 method.into(),
                 "--pruner".into(),
                 pruner.into(),
                 "--trials".into(),
-                trials.to_string(),
+                n.to_string(),
                 "--epochs".into(),
                 epochs.to_string(),
                 "--seed".into(),
@@ -893,8 +901,9 @@ pub fn bench(
             let spent: f64 = h.iter().map(|t| t.steps as f64).sum();
             Ok((-100.0 * best, spent / full.max(1.0), secs))
         };
-        let (tpe, tpe_frac, tpe_s) = best("tpe", "asha")?;
-        let (random, _, random_s) = best("random", "none")?;
+        let (tpe, tpe_frac, tpe_s) = best("tpe", "asha", None)?;
+        let (random, _, random_s) = best("random", "none", None)?;
+        let (tpe_budget, _, _) = best("tpe", "asha", Some(trials * epochs))?;
         // The default recipe alone, on the same validation split.
         let dir = out.join(format!("seed{seed}-default-adam"));
         let mut targs = TrainArgs::from_flags(&[
@@ -911,33 +920,35 @@ pub fn bench(
         (targs.epochs, targs.seed, targs.out) = (Some(epochs), seed, Some(dir));
         let o = train::execute(targs, RunOptions { quiet: true, ..Default::default() })?;
         let default = 100.0 * o.history.last().and_then(|e| e.test_accuracy).unwrap_or(f64::NAN);
-        rows.push(BenchRow { seed, tpe, tpe_frac, tpe_s, random, random_s, default });
+        rows.push(BenchRow { seed, tpe, tpe_frac, tpe_s, random, random_s, tpe_budget, default });
     }
     println!("\nTPE + ASHA against random search, {trials} trials of AdamW on the MLP ({epochs} epochs each), and Adam 1e-3:");
     println!(
-        "| seed | TPE+ASHA best val acc | steps spent | seconds | random best val acc | seconds | Adam 1e-3 val acc |"
+        "| seed | TPE+ASHA best val acc | steps spent | seconds | random best val acc | seconds | TPE+ASHA with random's epochs | Adam 1e-3 val acc |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         println!(
-            "| {} | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% |",
+            "| {} | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% | {:.2}% |",
             r.seed,
             r.tpe,
             100.0 * r.tpe_frac,
             r.tpe_s,
             r.random,
             r.random_s,
+            r.tpe_budget,
             r.default
         );
     }
     let mean = |f: fn(&BenchRow) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
     println!(
-        "| mean | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% |",
+        "| mean | {:.2}% | {:.0}% | {:.0} | {:.2}% | {:.0} | {:.2}% | {:.2}% |",
         mean(|r| r.tpe),
         100.0 * mean(|r| r.tpe_frac),
         mean(|r| r.tpe_s),
         mean(|r| r.random),
         mean(|r| r.random_s),
+        mean(|r| r.tpe_budget),
         mean(|r| r.default)
     );
     for r in &rows {
@@ -945,6 +956,7 @@ pub fn bench(
             "{}",
             serde_json::json!({"seed": r.seed, "tpe_asha_best": r.tpe, "tpe_asha_steps_fraction": r.tpe_frac,
                 "tpe_asha_seconds": r.tpe_s, "random_best": r.random, "random_seconds": r.random_s,
+                "tpe_asha_same_epochs_best": r.tpe_budget,
                 "default_adam": r.default, "trials": trials, "epochs": epochs})
         );
     }
