@@ -158,23 +158,23 @@ fn default_batch(c: &Value) -> Option<Value> {
     Some(Value::from(crate::train::defaults(model).1))
 }
 
-/// The run folders under `dir`: itself if it is a run folder, else its `runs/*` (a compare or
-/// sweep folder), in name order.
+/// The run folders under `dir`: itself if it is a run folder, else those in its `runs/` (a
+/// compare folder) or `trials/` (a sweep folder), in name order.
 pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.join("config.json").exists() {
         return Ok(vec![dir.to_path_buf()]);
     }
-    let runs = dir.join("runs");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&runs)
-        .with_context(|| {
-            format!("{}: neither a run folder (config.json) nor a compare or sweep folder (runs/)", dir.display())
-        })?
+    let Some(sub) = ["runs", "trials"].iter().map(|s| dir.join(s)).find(|d| d.is_dir()) else {
+        bail!("{}: neither a run folder (config.json) nor a compare (runs/) or sweep (trials/) folder", dir.display());
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&sub)
+        .with_context(|| format!("reading {}", sub.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("config.json").exists())
         .collect();
     found.sort();
     if found.is_empty() {
-        bail!("{}: no run folders", runs.display());
+        bail!("{}: no run folders", sub.display());
     }
     Ok(found)
 }

@@ -99,6 +99,10 @@ fn resume_skips_finished_trials_and_the_best_config_trains_to_its_objective() {
         let img = image::open(full.join(format!("{pic}.png"))).unwrap();
         assert_eq!((img.width(), img.height()), (960, 600));
     }
+    // `descent plot` redraws a sweep folder's trials.
+    let pics = out("sweep-plot");
+    let text = run_ok(&["plot", full.to_str().unwrap(), "--out", pics.to_str().unwrap()]);
+    assert!(text.contains("6 runs drawn"), "{text}");
 }
 
 /// A grid runs exactly its points; a diverging trial is recorded as failed and the sweep goes on.
