@@ -328,11 +328,9 @@ fn row(
             e.test_accuracy.filter(|a| 100.0 * a >= target).map(|_| (e.steps, secs))
         })
     });
-    let (steps, seconds): (u64, f64) = m
-        .map(|m| (m.epochs.last().map(|e| e.steps).unwrap_or(0), m.epochs.iter().map(|e| e.seconds).sum()))
-        .unwrap_or((0, 0.0));
+    // Samples per second over the whole run: samples seen over training seconds.
+    let seconds: f64 = m.map(|m| m.epochs.iter().map(|e| e.seconds).sum()).unwrap_or(0.0);
     let seen: f64 = m.map(|m| m.epochs.iter().map(|e| e.samples_per_s * e.seconds).sum()).unwrap_or(0.0);
-    let _ = steps;
     Row {
         label: spec.label.clone(),
         dir: dir.to_path_buf(),
