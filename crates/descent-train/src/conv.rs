@@ -10,8 +10,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use crate::cpu::{f32_slice, storage_f32s};
 use crate::gemm::matmul;
 use crate::layers::MaxPool2d;
 use rayon::prelude::*;
@@ -89,12 +90,6 @@ impl Geom {
     fn col(&self, oy: usize, ox: usize) -> usize {
         oy * if self.wide { self.w } else { self.ow } + ox
     }
-}
-
-/// The contiguous f32 data of a CPU storage.
-fn cpu_f32s<'a>(s: &'a Storage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let Storage::Cpu(s) = s else { candle_core::bail!("conv2d: {what} must be on the CPU") };
-    f32s(s, l, what)
 }
 
 thread_local! {
@@ -266,12 +261,6 @@ impl Conv2dOp {
     }
 }
 
-pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("conv2d: {what} must be f32") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("conv2d: {what} must be contiguous") };
-    Ok(&v[a..b])
-}
-
 /// A sum in 8 interleaved partial sums: vectorizes, where a plain `sum` is one long chain of
 /// dependent additions (the same bits on every run either way).
 fn sum_lanes(xs: &[f32]) -> f32 {
@@ -311,7 +300,11 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.geom(l1.dims(), l2.dims())?;
-        let (x, w, b) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
+        let (x, w, b) = (
+            f32_slice(s1, l1, "conv2d input")?,
+            f32_slice(s2, l2, "conv2d weight")?,
+            f32_slice(s3, l3, "conv2d bias")?,
+        );
         if b.len() != g.o {
             candle_core::bail!("conv2d: bias has {} elements for {} output channels", b.len(), g.o);
         }
@@ -385,10 +378,10 @@ impl CustomOp3 for Conv2dOp {
         let ((sx, lx), (sw, lw), (sg, lg), (sr, lr)) =
             (x.storage_and_layout(), w.storage_and_layout(), grad.storage_and_layout(), res.storage_and_layout());
         let io = BackwardIo {
-            xs: cpu_f32s(&sx, lx, "input")?,
-            ws: cpu_f32s(&sw, lw, "weight")?,
-            gy: cpu_f32s(&sg, lg, "gradient")?,
-            res: cpu_f32s(&sr, lr, "output")?,
+            xs: storage_f32s(&sx, lx, "conv2d input")?,
+            ws: storage_f32s(&sw, lw, "conv2d weight")?,
+            gy: storage_f32s(&sg, lg, "conv2d gradient")?,
+            res: storage_f32s(&sr, lr, "conv2d output")?,
             argmax: &self.argmax.lock().expect("argmax lock"),
         };
         let img = g.image();

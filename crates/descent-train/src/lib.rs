@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod conv;
+pub(crate) mod cpu;
 pub mod data;
 pub mod error;
 pub(crate) mod gemm;

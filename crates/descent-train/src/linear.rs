@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::conv::f32s;
+use crate::cpu::{f32_slice, storage_f32s};
 use crate::gemm::matmul;
 
 /// Products at least this large (multiply-adds) run the GEMM across threads.
@@ -46,7 +46,11 @@ impl CustomOp3 for LinearOp {
             );
         }
         let (n, inp, out) = (xd[0], xd[1], wd[0]);
-        let (x, w, b) = (f32s(s1, l1, "input")?, f32s(s2, l2, "weight")?, f32s(s3, l3, "bias")?);
+        let (x, w, b) = (
+            f32_slice(s1, l1, "linear input")?,
+            f32_slice(s2, l2, "linear weight")?,
+            f32_slice(s3, l3, "linear bias")?,
+        );
         let mut y = vec![0.0f32; n * out];
         for row in y.chunks_mut(out) {
             row.copy_from_slice(b);
@@ -73,8 +77,7 @@ impl CustomOp3 for LinearOp {
         if self.0 == Activation::Relu {
             // The gradient passes where the output is positive (as torch's ReLU backward).
             let (s, l) = res.storage_and_layout();
-            let candle_core::Storage::Cpu(s) = &*s else { candle_core::bail!("linear: output must be on the CPU") };
-            let r = f32s(s, l, "output")?;
+            let r = storage_f32s(&s, l, "linear output")?;
             gy.iter_mut().zip(r).for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 });
         }
         let par = n * out * inp >= PARALLEL_FLOPS;

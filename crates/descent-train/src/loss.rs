@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
-use crate::conv::f32s;
+use crate::cpu::{f32_slice, storage_f32s};
 
 /// Mean cross-entropy of logits `[n, classes]` against class indices `[n]` (u32 or i64).
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +60,7 @@ impl CustomOp2 for CrossEntropyOp {
             );
         }
         let (n, classes) = (dims[0], dims[1]);
-        let x = f32s(s1, l1, "logits")?;
+        let x = f32_slice(s1, l1, "cross_entropy logits")?;
         let t = targets(s2, l2, classes)?;
         let total: f32 = x.chunks(classes).zip(&t).map(|(row, &t)| log_sum_exp(row) - row[t]).sum();
         Ok((CpuStorage::F32(vec![total / n as f32]), Shape::from(())))
@@ -77,10 +77,8 @@ impl CustomOp2 for CrossEntropyOp {
         let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? / n as f32;
         let (sx, lx) = logits.storage_and_layout();
         let (st, lt) = targets_t.storage_and_layout();
-        let (Storage::Cpu(sx), Storage::Cpu(st)) = (&*sx, &*st) else {
-            candle_core::bail!("cross_entropy: CPU tensors only")
-        };
-        let x = f32s(sx, lx, "logits")?;
+        let x = storage_f32s(&sx, lx, "cross_entropy logits")?;
+        let Storage::Cpu(st) = &*st else { candle_core::bail!("cross_entropy targets: must be on the CPU") };
         let t = targets(st, lt, classes)?;
         let mut gx = vec![0.0f32; n * classes];
         for ((row, grow), &t) in x.chunks(classes).zip(gx.chunks_mut(classes)).zip(&t) {

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use candle_nn::VarMap;
 use descent_core::transform::{Optimizer, Transform};
 
+use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
 
 /// An optimizer over a fixed list of named candle variables.
@@ -17,13 +18,6 @@ pub struct VarOptimizer {
     names: Vec<String>,
     vars: Vec<Var>,
     opt: Optimizer,
-}
-
-/// The contiguous `f32` slice of a storage under its layout.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: descent optimizes f32 tensors") };
-    let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("{what}: tensor is not contiguous") };
-    Ok(&v[start..end])
 }
 
 /// One level of the nested in-place ops: takes the write lock of variable `k`, records its slice,
@@ -69,8 +63,7 @@ impl candle_core::InplaceOp2 for Level<'_> {
             let guards: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
             let mut gslices = Vec::with_capacity(guards.len());
             for (i, (s, l)) in guards.iter().enumerate() {
-                let candle_core::Storage::Cpu(cs) = &**s else { candle_core::bail!("descent optimizes CPU tensors") };
-                gslices.push(f32_slice(cs, l, &r.names[i])?);
+                gslices.push(storage_f32s(s, l, &r.names[i])?);
             }
             // SAFETY: every slot points into a storage whose write lock is held by an enclosing
             // level of this recursion, and the slots are distinct tensors.
