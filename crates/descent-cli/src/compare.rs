@@ -138,9 +138,7 @@ pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>>
     let mut base = a.base.clone();
     let mut tables: Vec<Map<String, Value>> = vec![];
     if let Some(path) = &a.base.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut file: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        let mut file = train::read_toml(path)?;
         if let Some(runs) = file.remove("run") {
             let runs = runs.as_array().with_context(|| format!("{}: `run` must be [[run]] tables", path.display()))?;
             for (i, r) in runs.iter().enumerate() {
@@ -155,20 +153,8 @@ pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>>
         for key in ["target", "jobs"] {
             file.remove(key);
         }
-        let mut merged = serde_json::to_value(&base)?;
-        let flags = merged.as_object_mut().expect("an object");
-        let known: Vec<String> = flags.keys().cloned().collect();
-        for (k, v) in file {
-            if !known.contains(&k) {
-                bail!("{}: unknown setting `{k}`; accepted: run, target, jobs, {}", path.display(), known.join(", "));
-            }
-            if matches.value_source(&k) != Some(clap::parser::ValueSource::CommandLine) {
-                flags.insert(k.clone(), serde_json::to_value(v)?);
-            }
-        }
-        let merged: TrainArgs = serde_json::from_value(merged)
-            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
-        base = TrainArgs { out: base.out, force: base.force, resume: None, config: None, ..merged };
+        base = base.merge_table(file, path, matches, &["run", "target", "jobs"])?;
+        (base.resume, base.config) = (None, None);
     }
     if a.base.resume.is_some() {
         bail!("compare does not resume runs; run the comparison again (each run is seeded)");

@@ -145,9 +145,7 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     let mut space: Vec<(String, String)> = vec![];
     let mut file_sweep = Map::new();
     if let Some(path) = &a.base.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut file: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        let mut file = train::read_toml(path)?;
         if let Some(sp) = file.remove("space") {
             let sp = sp.as_table().with_context(|| format!("{}: `space` must be a table", path.display()))?;
             for (k, v) in sp {
@@ -173,25 +171,9 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
                 file_sweep.insert(k.to_string(), serde_json::to_value(v)?);
             }
         }
-        let mut merged = serde_json::to_value(&base)?;
-        let flags = merged.as_object_mut().expect("an object");
-        let known: Vec<String> = flags.keys().cloned().collect();
-        for (k, v) in file {
-            if !known.contains(&k) {
-                bail!(
-                    "{}: unknown setting `{k}`; accepted: space, {}, {}",
-                    path.display(),
-                    sweep_keys.join(", "),
-                    known.join(", ")
-                );
-            }
-            if matches.value_source(&k) != Some(clap::parser::ValueSource::CommandLine) {
-                flags.insert(k.clone(), serde_json::to_value(v)?);
-            }
-        }
-        let merged: TrainArgs = serde_json::from_value(merged)
-            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
-        base = TrainArgs { out: base.out, force: base.force, resume: None, config: None, ..merged };
+        let also: Vec<&str> = std::iter::once("space").chain(sweep_keys).collect();
+        base = base.merge_table(file, path, matches, &also)?;
+        (base.resume, base.config) = (None, None);
     }
     for p in &a.params {
         let (name, def) =

@@ -145,14 +145,27 @@ impl TrainArgs {
     /// Merges a `--config` file under the flags that were given on the command line.
     pub fn with_config(self, matches: &clap::ArgMatches) -> Result<TrainArgs> {
         let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let file: toml::Table = toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))?;
+        let file = read_toml(&path)?;
+        self.merge_table(file, &path, matches, &[])
+    }
+
+    /// These settings with the keys of `file` (read from `path`) under the flags given on the
+    /// command line. `also` names the keys the caller already took out of the table (listed as
+    /// accepted in the error for an unknown one). The run folder flags stay as they are.
+    pub fn merge_table(
+        self,
+        file: toml::Table,
+        path: &std::path::Path,
+        matches: &clap::ArgMatches,
+        also: &[&str],
+    ) -> Result<TrainArgs> {
         let mut merged = serde_json::to_value(&self)?;
         let flags = merged.as_object_mut().expect("TrainArgs serializes to an object");
         let known: Vec<String> = flags.keys().cloned().collect();
         for (k, v) in file {
             if !known.contains(&k) {
-                bail!("{}: unknown setting `{k}`; accepted: {}", path.display(), known.join(", "));
+                let accepted: Vec<&str> = also.iter().copied().chain(known.iter().map(|s| s.as_str())).collect();
+                bail!("{}: unknown setting `{k}`; accepted: {}", path.display(), accepted.join(", "));
             }
             let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
             if !from_cli {
@@ -164,6 +177,12 @@ impl TrainArgs {
         (out.out, out.force, out.resume, out.config) = (self.out, self.force, self.resume, self.config);
         Ok(out)
     }
+}
+
+/// A TOML file as a table, or an error naming the file.
+pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))
 }
 
 fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
