@@ -1,32 +1,9 @@
 //! `descent compare`, `descent plot` and TensorBoard output as a user runs them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn descent() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    c
-}
-
-fn out(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-cmp-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let o = descent().args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{args:?}: {text}");
-    text
-}
-
-fn run_err(args: &[&str]) -> String {
-    let o = descent().args(args).output().unwrap();
-    assert!(!o.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+use common::{out, run_err, run_ok};
 
 /// Each picture decodes as a PNG of the chart size, and its SVG twin is an SVG of that size.
 fn check_pictures(dir: &Path, names: &[&str], size: (u32, u32)) {

@@ -1,26 +1,9 @@
 //! `descent sweep` as a user runs it, on the linear regression (seconds per trial).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+mod common;
 
-fn descent() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    c
-}
-
-fn out(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-sweep-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let o = descent().args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{args:?}: {text}");
-    text
-}
+use common::{descent, out, run_ok};
 
 fn trials(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("trials.jsonl"))

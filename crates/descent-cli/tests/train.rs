@@ -1,18 +1,12 @@
 //! `descent train` as a user runs it.
 
-use std::process::Command;
+mod common;
 
-fn descent() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    c
-}
+use common::descent;
 
 /// A fresh run folder under the temp dir.
 fn out(tag: &str) -> String {
-    let d = std::env::temp_dir().join(format!("descent-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d.to_string_lossy().to_string()
+    common::out(tag).to_string_lossy().to_string()
 }
 
 #[test]
