@@ -204,24 +204,30 @@ impl Elementwise for Adam {
     simd_apply!(Adam, |this, i, off, u, p| {
         let n = u.len();
         let [step_size, inv_sqrt_bc2, dec, l2] = this.k;
-        let (b1, b2, eps) = (this.b1, this.b2, this.eps);
+        let (b1, b2, eps, maximize) = (this.b1, this.b2, this.eps, this.maximize);
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
-        let mut vmax = if this.amsgrad { Some(this.max_exp_avg_sq.slice(i, off, n)) } else { None };
-        for j in 0..n {
-            let mut g = if this.maximize { -u[j] } else { u[j] };
-            g += l2 * p[j];
-            m[j] += (g - m[j]) * (1.0 - b1);
-            v[j] = b2 * v[j] + (1.0 - b2) * g * g;
-            let vv = match vmax.as_deref_mut() {
-                Some(vm) => {
-                    vm[j] = vm[j].max(v[j]);
-                    vm[j]
-                }
-                None => v[j],
-            };
-            let denom = vv.sqrt() * inv_sqrt_bc2 + eps;
-            u[j] = -dec * p[j] - step_size * (m[j] / denom);
+        // The moments of one element, then its update from the (maximum) second moment.
+        let moments = |g: f32, w: f32, m: &mut f32, v: &mut f32| {
+            let mut g = if maximize { -g } else { g };
+            g += l2 * w;
+            *m += (g - *m) * (1.0 - b1);
+            *v = b2 * *v + (1.0 - b2) * g * g;
+        };
+        let update = |w: f32, m: f32, vv: f32| -dec * w - step_size * (m / (vv.sqrt() * inv_sqrt_bc2 + eps));
+        // Separate loops: a branch on AMSGrad inside one loop becomes masked loads and stores.
+        if this.amsgrad {
+            let vmax = this.max_exp_avg_sq.slice(i, off, n);
+            for j in 0..n {
+                moments(u[j], p[j], &mut m[j], &mut v[j]);
+                vmax[j] = vmax[j].max(v[j]);
+                u[j] = update(p[j], m[j], vmax[j]);
+            }
+        } else {
+            for j in 0..n {
+                moments(u[j], p[j], &mut m[j], &mut v[j]);
+                u[j] = update(p[j], m[j], v[j]);
+            }
         }
     });
 }
@@ -345,31 +351,48 @@ impl Elementwise for Rmsprop {
         self.step += 1;
     }
     simd_apply!(Rmsprop, |this, i, off, u, p| {
-        let square_avg_s = this.square_avg.slice(i, off, u.len());
-        let grad_avg_s = if this.grad_avg.is_empty() { &mut [][..] } else { this.grad_avg.slice(i, off, u.len()) };
-        let momentum_buffer_s =
-            if this.momentum_buffer.is_empty() { &mut [][..] } else { this.momentum_buffer.slice(i, off, u.len()) };
+        /// One loop per combination of options: a branch on them inside the loop would become
+        /// masked loads and stores of the unused buffers.
+        #[inline(always)]
+        fn run<const CENTERED: bool, const MOMENTUM: bool>(
+            this: &Rmsprop,
+            u: &mut [f32],
+            p: &[f32],
+            sq: &mut [f32],
+            ga: &mut [f32],
+            mb: &mut [f32],
+        ) {
+            let n = u.len();
+            let (p, sq) = (&p[..n], &mut sq[..n]);
+            let (ga, mb) = (&mut ga[..if CENTERED { n } else { 0 }], &mut mb[..if MOMENTUM { n } else { 0 }]);
+            let (a, eps, wd, mom, lr) = (this.alpha, this.eps, this.weight_decay, this.momentum, this.cur_lr);
+            for j in 0..n {
+                let mut g = if this.maximize { -u[j] } else { u[j] };
+                g += wd * p[j];
+                sq[j] = a * sq[j] + (1.0 - a) * g * g;
+                let avg = if CENTERED {
+                    ga[j] += (g - ga[j]) * (1.0 - a);
+                    (sq[j] - ga[j] * ga[j]).sqrt() + eps
+                } else {
+                    sq[j].sqrt() + eps
+                };
+                u[j] = if MOMENTUM {
+                    mb[j] = mom * mb[j] + g / avg;
+                    -lr * mb[j]
+                } else {
+                    -lr * g / avg
+                };
+            }
+        }
         let n = u.len();
-        let a = this.alpha;
-        for j in 0..n {
-            let mut g = if this.maximize { -u[j] } else { u[j] };
-            g += this.weight_decay * p[j];
-            let sq = &mut square_avg_s[j];
-            *sq = a * *sq + (1.0 - a) * g * g;
-            let avg = if this.centered {
-                let ga = &mut grad_avg_s[j];
-                *ga += (g - *ga) * (1.0 - a);
-                (*sq - *ga * *ga).sqrt() + this.eps
-            } else {
-                sq.sqrt() + this.eps
-            };
-            u[j] = if this.momentum > 0.0 {
-                let b = &mut momentum_buffer_s[j];
-                *b = this.momentum * *b + g / avg;
-                -this.cur_lr * *b
-            } else {
-                -this.cur_lr * g / avg
-            };
+        let sq = this.square_avg.slice(i, off, n);
+        let ga = if this.centered { this.grad_avg.slice(i, off, n) } else { &mut [][..] };
+        let mb = if this.momentum > 0.0 { this.momentum_buffer.slice(i, off, n) } else { &mut [][..] };
+        match (this.centered, this.momentum > 0.0) {
+            (false, false) => run::<false, false>(this, u, p, sq, ga, mb),
+            (false, true) => run::<false, true>(this, u, p, sq, ga, mb),
+            (true, false) => run::<true, false>(this, u, p, sq, ga, mb),
+            (true, true) => run::<true, true>(this, u, p, sq, ga, mb),
         }
     });
 }

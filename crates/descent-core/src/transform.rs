@@ -15,6 +15,9 @@ use crate::state::{StateDict, StateVisitor};
 /// Number of elements processed by every link of an elementwise chain before moving on.
 pub const BLOCK: usize = 2048;
 
+/// Elements per pass of a kernel's fused step: every buffer's slice of it stays in L1.
+pub const SUB_BLOCK: usize = 64;
+
 /// Elements per task when a tensor is split across threads.
 pub const CHUNK: usize = 64 * 1024;
 
@@ -96,6 +99,108 @@ pub trait Elementwise: Sync {
     fn affine(&self, _i: usize) -> Option<(f32, f32)> {
         None
     }
+    /// The rule as a map of the incoming update alone (`u ← a·u + b·p`, or clipping), which a
+    /// chain folds into the copy of the gradient ahead of its kernel. Affine rules by default.
+    fn head(&self, i: usize) -> Option<Head> {
+        self.affine(i).map(|(a, b)| Head::Affine(Affine { a, b }))
+    }
+    /// One fused optimizer step on elements `off..off+p.len()` of parameter `i`:
+    /// `p ← p + tail(rule(head(g)))`, with `head` and `tail` the maps a chain folds around this
+    /// rule (identity when `None`). `off` is a multiple of [`BLOCK`]. The default runs `apply` on
+    /// block-sized copies of `g`; kernels override it with a loop that keeps each sub-block in L1.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::apply`]; `g.len() == p.len()`.
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        let mut scratch = [0.0f32; BLOCK];
+        for (k, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
+            let u = &mut scratch[..pb.len()];
+            start(u, gb, pb, fold.head);
+            self.apply(i, off + k * BLOCK, u, pb);
+            finish(pb, u, fold.tail);
+        }
+    }
+}
+
+/// The composition of affine rules, `u ← a·u + b·p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    pub a: f32,
+    pub b: f32,
+}
+
+/// A map of the gradient alone that a chain applies ahead of its kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Head {
+    /// `u ← a·g + b·p` (scaling, L2 weight decay, global-norm clipping's factor).
+    Affine(Affine),
+    /// `u ← clamp(g, −δ, δ)` (optax `clip`).
+    Clip(f32),
+}
+
+/// The maps folded around a rule's fused step: `head` on the gradient, `tail` on the update.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fold {
+    pub head: Option<Head>,
+    pub tail: Option<Affine>,
+}
+
+/// `u ← head(g)`: the first operation of a fused step, vectorized for the CPU at hand.
+pub fn start(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+            start_inline(u, g, p, head)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(u, g, p, head) };
+        }
+    }
+    start_inline(u, g, p, head)
+}
+
+/// [`start`] for inlining into a kernel compiled for a given target. Gives the bits of the rules
+/// it stands for (`1·g` is `g`; a zero `b` multiplies nothing by `p`).
+#[inline(always)]
+pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+    let (g, p) = (&g[..u.len()], &p[..u.len()]);
+    match head {
+        None => u.copy_from_slice(g),
+        Some(Head::Affine(Affine { a, b: 0.0 })) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g * a),
+        Some(Head::Affine(Affine { a, b })) => u.iter_mut().zip(g).zip(p).for_each(|((x, g), w)| *x = a * g + b * w),
+        Some(Head::Clip(d)) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g.clamp(-d, d)),
+    }
+}
+
+/// `p ← p + tail(u)`: the last operation of a fused step (identity tail when `None`), vectorized
+/// for the CPU at hand. Gives the bits of `u ← a·u + b·p` followed by `p ← p + u`.
+pub fn finish(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
+            finish_inline(p, u, tail)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(p, u, tail) };
+        }
+    }
+    finish_inline(p, u, tail)
+}
+
+/// [`finish`] for inlining into a kernel compiled for a given target.
+#[inline(always)]
+pub fn finish_inline(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
+    let u = &u[..p.len()];
+    match tail {
+        None => p.iter_mut().zip(u).for_each(|(x, d)| *x += d),
+        // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
+        Some(Affine { a, b: 0.0 }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d),
+        Some(Affine { a, b }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d + b * *x),
+    }
 }
 
 /// Runs `f(off, chunk)` over `data` in chunks of [`CHUNK`], across threads when the buffer is
@@ -151,22 +256,13 @@ pub fn run_elementwise(e: &dyn Elementwise, updates: &mut [Vec<f32>], params: &[
     }
 }
 
-/// One fused pass for an elementwise optimizer: each block of the gradient is copied into a
-/// block-sized scratch, transformed, and added to the parameters, so a step reads the gradient, the
-/// state and the parameters once and writes the state and the parameters once.
+/// One fused pass for an elementwise optimizer: each chunk of each parameter goes through the
+/// rule's [`Elementwise::step`], so a step reads the gradient, the state and the parameters once
+/// and writes the state and the parameters once.
 fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) {
     for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-        for_chunks(p, |base, chunk| {
-            let mut scratch = [0.0f32; BLOCK];
-            for (k, pb) in chunk.chunks_mut(BLOCK).enumerate() {
-                let off = base + k * BLOCK;
-                let u = &mut scratch[..pb.len()];
-                u.copy_from_slice(&g[off..off + pb.len()]);
-                // SAFETY: chunks and their blocks are disjoint ranges of parameter `i`.
-                unsafe { e.apply(i, off, u, pb) };
-                add_assign(pb, u);
-            }
-        });
+        // SAFETY: chunks are disjoint ranges of parameter `i`, each with its own gradient range.
+        for_chunks(p, |base, chunk| unsafe { e.step(i, base, &g[base..base + chunk.len()], chunk, Fold::default()) });
     }
 }
 
@@ -329,6 +425,52 @@ impl Elementwise for Chain {
             e.prepare(inputs, params);
         }
     }
+    /// The chain as `prologue → kernel → affine tail`: the tail folds into the kernel's fused
+    /// step, and so does a prologue of one map of the gradient alone (clipping, L2 decay). Any
+    /// other prologue runs first on block-sized copies of the gradient.
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        fn link(l: &dyn Transform) -> &dyn Elementwise {
+            l.elementwise().expect("elementwise link")
+        }
+        let n = self.links.len();
+        let k = self.links.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
+        // The chain's tail composed with the caller's: u ← a₂(a₁u + b₁p) + b₂p.
+        let own = self.links[n - k..].iter().fold(None, |t: Option<Affine>, l| {
+            let (a2, b2) = link(l.as_ref()).affine(i).expect("affine link");
+            let (a, b) = t.map_or((1.0, 0.0), |t| (t.a, t.b));
+            Some(Affine { a: a2 * a, b: a2 * b + b2 })
+        });
+        let tail = match (own, fold.tail) {
+            (Some(t), Some(o)) => Some(Affine { a: o.a * t.a, b: o.a * t.b + o.b }),
+            (t, None) | (None, t) => t,
+        };
+        let (kernel, prologue) = match n - k {
+            0 => (None, &self.links[..0]),
+            m => (Some(link(self.links[m - 1].as_ref())), &self.links[..m - 1]),
+        };
+        let head = match prologue {
+            [] => Some(fold.head),
+            [l] if fold.head.is_none() => link(l.as_ref()).head(i).map(Some),
+            _ => None,
+        };
+        match (kernel, head) {
+            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, tail }),
+            (None, Some(head)) if head.is_none() => return finish(p, g, tail),
+            _ => {}
+        }
+        let mut scratch = [0.0f32; BLOCK];
+        for (b, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
+            let u = &mut scratch[..pb.len()];
+            start(u, gb, pb, fold.head);
+            for l in prologue {
+                link(l.as_ref()).apply(i, off + b * BLOCK, u, pb);
+            }
+            match kernel {
+                Some(kernel) => kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, tail }),
+                None => finish(pb, u, tail),
+            }
+        }
+    }
 }
 
 /// A run of elementwise links applied one after the other to each block; a tail of affine links
@@ -454,6 +596,19 @@ impl Optimizer {
             self.steps += 1;
             return Ok(true);
         }
+        self.step_unfused(params, grads)?;
+        self.steps += 1;
+        Ok(true)
+    }
+
+    /// The link-by-link path: the gradients copied into full-size update buffers, each
+    /// transformation (or fused run of elementwise links) applied over whole buffers, then added
+    /// to the parameters. The path of transformations that need whole tensors (reductions,
+    /// wrappers); for elementwise ones, the reference their fused step is tested against. Does
+    /// not count the step.
+    pub fn step_unfused(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<()> {
+        check_sizes("parameter", &self.shapes, params)?;
+        check_sizes("gradient", &self.shapes, grads)?;
         if self.updates.is_empty() {
             self.updates = self.shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
         }
@@ -470,8 +625,7 @@ impl Optimizer {
                 b.iter_mut().zip(&u[off..off + n]).for_each(|(x, d)| *x += d)
             });
         }
-        self.steps += 1;
-        Ok(true)
+        Ok(())
     }
 
     /// [`Optimizer::step`] on owned buffers.

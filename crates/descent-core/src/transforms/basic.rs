@@ -173,6 +173,9 @@ impl Clip {
 elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Clip {
     fn begin_step(&mut self) {}
+    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
+        Some(crate::transform::Head::Clip(self.max_delta))
+    }
     simd_apply!(Clip, |this, i, off, u, p| {
         for x in u {
             *x = x.clamp(-this.max_delta, this.max_delta);

@@ -154,12 +154,23 @@ macro_rules! state {
 }
 pub(crate) use state;
 
-/// Whether this CPU runs AVX2 with FMA (checked once, cached by the standard library).
+static SIMD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the run-time dispatch to AVX2 kernels on (the default) or off, for the whole process:
+/// off, every kernel runs its baseline build, the reference the AVX2 build is tested against.
+pub fn set_simd(enabled: bool) {
+    SIMD.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether kernels run their AVX2 + FMA build: the CPU has both (checked once, cached by the
+/// standard library) and [`set_simd`] has not turned the dispatch off.
 #[inline]
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        SIMD.load(std::sync::atomic::Ordering::Relaxed)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -167,12 +178,21 @@ pub fn has_avx2() -> bool {
     }
 }
 
-/// Implements `Elementwise::apply` from a kernel body, compiled twice: for the baseline target and
-/// with AVX2 + FMA, chosen at run time. The body sees `this` (the transformation), `i`, `off`, `u`
-/// and `p` (resliced to `u.len()` so the compiler drops bounds checks). Both versions compute
-/// bit-identical results: Rust never contracts `a * b + c` into an FMA on its own.
+/// Implements `Elementwise::apply` and `Elementwise::step` from a kernel body, compiled twice: for
+/// the baseline target and with AVX2 + FMA, chosen at run time. The body sees `this` (the
+/// transformation), `i`, `off`, `u` and `p` (resliced to `u.len()` so the compiler drops bounds
+/// checks). Both versions compute bit-identical results: Rust never contracts `a * b + c` into an
+/// FMA on its own.
+///
+/// `step` runs the inlined body on sub-blocks of [`crate::transform::SUB_BLOCK`] elements (or the
+/// given `block`): copy the gradient into a scratch that stays in L1, transform it, add it to `p`.
+/// Each state buffer is then read and written once, in short sequential bursts, as in a single
+/// loop; whole-block passes over 2048 elements fall out of L1 and cost a third of the bandwidth.
 macro_rules! simd_apply {
     ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        $crate::transforms::simd_apply!($t, block = $crate::transform::SUB_BLOCK, |$this, $i, $off, $u, $p| $body);
+    };
+    ($t:ty, block = $sub:expr, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
         unsafe fn apply(&self, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
             #[inline(always)]
             #[allow(unused_variables, unused_unsafe)]
@@ -191,6 +211,43 @@ macro_rules! simd_apply {
                 }
             }
             kernel(self, $i, $off, $u, $p)
+        }
+        unsafe fn step(
+            &self,
+            i: usize,
+            off: usize,
+            g: &[f32],
+            p: &mut [f32],
+            fold: $crate::transform::Fold,
+        ) {
+            #[inline(always)]
+            #[allow(unused_variables, unused_unsafe)]
+            unsafe fn kernel($this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
+                let $p = &$p[..$u.len()];
+                $body
+            }
+            #[inline(always)]
+            unsafe fn run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold) {
+                const SUB: usize = $sub;
+                let mut scratch = [0.0f32; SUB];
+                for (k, (pb, gb)) in p.chunks_mut(SUB).zip(g.chunks(SUB)).enumerate() {
+                    let u = &mut scratch[..pb.len()];
+                    $crate::transform::start_inline(u, gb, pb, fold.head);
+                    kernel(this, i, off + k * SUB, u, pb);
+                    $crate::transform::finish_inline(pb, u, fold.tail);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run_avx2(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold) {
+                    run(this, i, off, g, p, fold)
+                }
+                if $crate::transforms::has_avx2() {
+                    return run_avx2(self, i, off, g, p, fold);
+                }
+            }
+            run(self, i, off, g, p, fold)
         }
     };
 }

@@ -153,7 +153,7 @@ impl Elementwise for ScaleByAdam8bit {
         self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))) as f32;
         self.sqrt_bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))).sqrt() as f32;
     }
-    simd_apply!(ScaleByAdam8bit, |this, i, off, u, p| {
+    simd_apply!(ScaleByAdam8bit, block = BLOCK, |this, i, off, u, p| {
         let n = u.len();
         let (b1, b2) = (this.b1, this.b2);
         if this.m.buffers()[i].is_empty() {

@@ -74,6 +74,9 @@ impl Transform for ClipByGlobalNorm {
 }
 impl Elementwise for ClipByGlobalNorm {
     fn begin_step(&mut self) {}
+    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
+        Some(crate::transform::Head::Affine(crate::transform::Affine { a: self.scale, b: 0.0 }))
+    }
     simd_apply!(ClipByGlobalNorm, |this, i, off, u, p| {
         if this.scale != 1.0 {
             for x in u.iter_mut() {

@@ -1,0 +1,130 @@
+//! Every optimizer of the reference set, on random data of awkward sizes: the fused step (chunks
+//! across threads, sub-blocks, a chain's tail folded into its kernel) against the link-by-link path
+//! over whole buffers, and the AVX2 kernels against their baseline build.
+//!
+//! One test in its own binary: it switches the process-wide SIMD dispatch off and on.
+
+mod common;
+
+use descent_core::reference::{Case, OptimCase};
+use descent_core::spec::build_optimizer;
+use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
+use descent_core::transforms::set_simd;
+
+/// The case's parameters with the same ranks, made large and of sizes that are multiples of no
+/// vector width: vectors span several thread chunks, matrices several blocks.
+fn awkward(shapes: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    shapes
+        .iter()
+        .map(|s| match s.as_slice() {
+            [_] => vec![PARALLEL_MIN + CHUNK + 13],
+            [r, c] => vec![r * 1001 + 3, *c],
+            other => other.to_vec(),
+        })
+        .collect()
+}
+
+/// Deterministic values in (−1, 1) from a 64-bit LCG.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Fused,
+    Unfused,
+}
+
+fn run(tx: &dyn Fn() -> Optimizer, init: &[Vec<f32>], grads: &[Vec<Vec<f32>>], path: Path) -> Vec<Vec<f32>> {
+    let mut opt = tx();
+    let mut params = init.to_vec();
+    for g in grads {
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
+        match path {
+            Path::Fused => {
+                opt.step(&mut p, &g).unwrap();
+            }
+            Path::Unfused => opt.step_unfused(&mut p, &g).unwrap(),
+        }
+    }
+    params
+}
+
+/// Within a few units in the last place of the larger value (the folded affine tail of a chain
+/// may round differently from its links one by one).
+fn close(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(1e-30)
+}
+
+/// Chains that exercise each way a chain folds into its kernel's step: a clipping or L2 head, a
+/// stateful prologue (block path), a tail alone, links that are all affine.
+const CHAINS: &[&str] = &[
+    r#"[["clip", {"max_delta": 0.5}], ["scale_by_adam", {}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["clip_by_global_norm", {"max_norm": 1.0}], ["scale_by_adam", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["add_decayed_weights", {"weight_decay": 0.1}], ["scale_by_rms", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["trace", {"decay": 0.9}], ["scale_by_sign", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["clip", {"max_delta": 0.5}], ["trace", {"decay": 0.9}], ["scale_by_sign", {}]]"#,
+    r#"[["add_decayed_weights", {"weight_decay": 0.1}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["scale_by_adam", {}]]"#,
+];
+
+#[test]
+fn fused_and_simd_kernels_match_the_reference_paths() {
+    let mut checked = 0;
+    let mut seen = std::collections::HashSet::new();
+    let chains = CHAINS.iter().map(|links| {
+        Case::Optim(OptimCase {
+            id: format!("optax.chain {links}"),
+            library: "optax".into(),
+            optimizer: "chain".into(),
+            hparams: serde_json::json!({ "links": serde_json::from_str::<serde_json::Value>(links).unwrap() }),
+            param_groups: None,
+            shapes: vec![vec![5], vec![4, 3]],
+            init: vec![],
+            grads: vec![],
+            expected: vec![],
+            rel: 0.0,
+            abs: 0.0,
+        })
+    });
+    for case in common::all_cases().into_iter().chain(chains) {
+        let Case::Optim(c) = case else { continue };
+        if !seen.insert((c.library.clone(), c.optimizer.clone(), c.hparams.to_string(), c.shapes.clone())) {
+            continue;
+        }
+        let shapes = awkward(&c.shapes);
+        let init: Vec<Vec<f32>> =
+            shapes.iter().enumerate().map(|(k, s)| random(s.iter().product(), k as u64)).collect();
+        let grads: Vec<Vec<Vec<f32>>> = (0..5)
+            .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
+            .collect();
+        let tx = || {
+            let tx = build_optimizer(&c.library, &c.optimizer, &c.hparams, c.param_groups.as_ref(), &shapes)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.id));
+            let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
+            Optimizer::new(tx, shapes.clone(), &views).unwrap()
+        };
+        let fused = run(&tx, &init, &grads, Path::Fused);
+        let unfused = run(&tx, &init, &grads, Path::Unfused);
+        set_simd(false);
+        let baseline = run(&tx, &init, &grads, Path::Fused);
+        set_simd(true);
+        for (k, ((f, u), b)) in fused.iter().zip(&unfused).zip(&baseline).enumerate() {
+            for (j, ((x, y), z)) in f.iter().zip(u).zip(b).enumerate() {
+                assert!(close(*x, *y), "{}: tensor {k}[{j}]: fused {x} vs link by link {y}", c.id);
+                assert!(close(*x, *z), "{}: tensor {k}[{j}]: AVX2 {x} vs baseline {z}", c.id);
+            }
+        }
+        // The step moved the parameters: the comparison is not of untouched buffers.
+        assert!(fused.iter().flatten().zip(init.iter().flatten()).any(|(a, b)| a != b), "{}: no change", c.id);
+        checked += 1;
+    }
+    assert!(checked >= 61 + CHAINS.len(), "only {checked} optimizer configurations checked");
+}
