@@ -184,15 +184,12 @@ pub fn has_avx2() -> bool {
 /// checks). Both versions compute bit-identical results: Rust never contracts `a * b + c` into an
 /// FMA on its own.
 ///
-/// `step` runs the inlined body on sub-blocks of [`crate::transform::SUB_BLOCK`] elements (or the
-/// given `block`): copy the gradient into a scratch that stays in L1, transform it, add it to `p`.
+/// `step` runs the inlined body on sub-blocks of [`crate::transform::SUB_BLOCK`] elements: copy the gradient into a scratch that stays in L1, transform it, add it to `p`.
 /// Each state buffer is then read and written once, in short sequential bursts, as in a single
 /// loop; whole-block passes over 2048 elements fall out of L1 and cost a third of the bandwidth.
+/// `simd_apply!(@apply …)` implements `apply` alone, for a rule with its own `step`.
 macro_rules! simd_apply {
-    ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
-        $crate::transforms::simd_apply!($t, block = $crate::transform::SUB_BLOCK, |$this, $i, $off, $u, $p| $body);
-    };
-    ($t:ty, block = $sub:expr, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+    (@apply $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
         unsafe fn apply(&self, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
             #[inline(always)]
             #[allow(unused_variables, unused_unsafe)]
@@ -212,6 +209,9 @@ macro_rules! simd_apply {
             }
             kernel(self, $i, $off, $u, $p)
         }
+    };
+    ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        $crate::transforms::simd_apply!(@apply $t, |$this, $i, $off, $u, $p| $body);
         unsafe fn step(
             &self,
             i: usize,
@@ -228,7 +228,7 @@ macro_rules! simd_apply {
             }
             #[inline(always)]
             unsafe fn run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold) {
-                const SUB: usize = $sub;
+                const SUB: usize = $crate::transform::SUB_BLOCK;
                 let mut scratch = [0.0f32; SUB];
                 for (k, (pb, gb)) in p.chunks_mut(SUB).zip(g.chunks(SUB)).enumerate() {
                     let u = &mut scratch[..pb.len()];

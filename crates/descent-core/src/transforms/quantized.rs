@@ -12,7 +12,7 @@
 //! bitsandbytes'.
 
 use super::{elementwise_transform, simd_apply, ParamBufs};
-use crate::transform::{numel, Elementwise, BLOCK};
+use crate::transform::{numel, start_inline, Affine, Elementwise, Fold, BLOCK};
 
 /// The signed 8-bit float code of a first moment `m` in a block whose absolute maximum is
 /// `1/inv`: sign bit, 4 bits of exponent (2⁰ down to 2⁻¹⁴), 3 of mantissa; low bits 0 = zero.
@@ -153,38 +153,95 @@ impl Elementwise for ScaleByAdam8bit {
         self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))) as f32;
         self.sqrt_bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))).sqrt() as f32;
     }
-    simd_apply!(ScaleByAdam8bit, block = BLOCK, |this, i, off, u, p| {
+    simd_apply!(@apply ScaleByAdam8bit, |this, i, off, u, p| {
         let n = u.len();
-        let (b1, b2) = (this.b1, this.b2);
-        if this.m.buffers()[i].is_empty() {
+        let mut g = [0.0f32; BLOCK];
+        let g = &mut g[..n];
+        g.copy_from_slice(u);
+        let mut scratch = [0.0f32; 2 * BLOCK];
+        this.block(i, off, g, &mut scratch, |j, x| u[j] = x);
+    });
+    /// Block by block: the update of each element goes straight into the parameter (with the
+    /// chain's head and tail folded in), then the block's moments are re-quantized.
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        #[inline(always)]
+        unsafe fn run(this: &ScaleByAdam8bit, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+            let mut scratch = [0.0f32; 3 * BLOCK];
+            let (scratch, mapped) = scratch.split_at_mut(2 * BLOCK);
+            for (k, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
+                let (o, n) = (off + k * BLOCK, pb.len());
+                let gb = match fold.head {
+                    None => gb,
+                    head => {
+                        start_inline(&mut mapped[..n], gb, pb, head);
+                        &mapped[..n]
+                    }
+                };
+                match fold.tail {
+                    None => this.block(i, o, gb, scratch, |j, x| pb[j] += x),
+                    Some(Affine { a, b: 0.0 }) => this.block(i, o, gb, scratch, |j, x| pb[j] += a * x),
+                    Some(Affine { a, b }) => this.block(i, o, gb, scratch, |j, x| pb[j] += a * x + b * pb[j]),
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn run_avx2(this: &ScaleByAdam8bit, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+                run(this, i, off, g, p, fold)
+            }
+            if super::has_avx2() {
+                return run_avx2(self, i, off, g, p, fold);
+            }
+        }
+        run(self, i, off, g, p, fold)
+    }
+}
+
+impl ScaleByAdam8bit {
+    /// The new moments `(m, √v)` and the update of one element, from its gradient and its stored
+    /// moments.
+    #[inline(always)]
+    fn element(&self, g: f32, m: f32, sv: f32) -> (f32, f32, f32) {
+        let (b1, b2) = (self.b1, self.b2);
+        let m = (1.0 - b1) * g + b1 * m;
+        let v = (1.0 - b2) * g * g + b2 * sv * sv;
+        // One square root serves the code and the step: √(v·bc₂) = √v·√bc₂.
+        let s = v.sqrt();
+        (m, s, (m * self.bc1) / (s * self.sqrt_bc2 + self.eps))
+    }
+
+    /// One block of parameter `i` (at most [`BLOCK`] elements from `off`, a multiple of it): the
+    /// update of element `j` goes to `out(j, u)`. `scratch` holds `2·BLOCK` floats.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::apply`].
+    #[inline(always)]
+    unsafe fn block(&self, i: usize, off: usize, g: &[f32], scratch: &mut [f32], mut out: impl FnMut(usize, f32)) {
+        let n = g.len();
+        if self.m.buffers()[i].is_empty() {
             // A small tensor: plain f32 Adam.
-            let (m, v) = (this.m32.slice(i, off, n), this.v32.slice(i, off, n));
+            let (m, v) = (self.m32.slice(i, off, n), self.v32.slice(i, off, n));
             for j in 0..n {
-                let g = u[j];
-                m[j] = (1.0 - b1) * g + b1 * m[j];
-                v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                u[j] = (m[j] * this.bc1) / ((v[j] * this.bc2).sqrt() + this.eps);
+                let g = g[j];
+                m[j] = (1.0 - self.b1) * g + self.b1 * m[j];
+                v[j] = (1.0 - self.b2) * g * g + self.b2 * v[j];
+                out(j, (m[j] * self.bc1) / ((v[j] * self.bc2).sqrt() + self.eps));
             }
             return;
         }
         assert!(off.is_multiple_of(BLOCK) && n <= BLOCK, "8-bit state needs BLOCK-aligned blocks");
         let blk = off / BLOCK;
-        let (mq, vq) = (this.m.slice(i, off, n), this.v.slice(i, off, n));
-        let (ms, vs) = (&mut this.m_scale.slice(i, blk, 1)[0], &mut this.v_scale.slice(i, blk, 1)[0]);
-        let mut mf = [0.0f32; BLOCK];
-        let mut sf = [0.0f32; BLOCK];
+        let (mq, vq) = (self.m.slice(i, off, n), self.v.slice(i, off, n));
+        let (ms, vs) = (&mut self.m_scale.slice(i, blk, 1)[0], &mut self.v_scale.slice(i, blk, 1)[0]);
+        let (mf, sf) = scratch.split_at_mut(BLOCK);
         let (mf, sf) = (&mut mf[..n], &mut sf[..n]);
         let (msc, vsc) = (*ms, *vs);
         for j in 0..n {
-            let g = u[j];
-            let m = (1.0 - b1) * g + b1 * decode_m(mq[j], msc);
-            let sv = decode_sqrt_v(vq[j]) * vsc;
-            let v = (1.0 - b2) * g * g + b2 * sv * sv;
-            // One square root serves the code and the step: √(v·bc₂) = √v·√bc₂.
-            let s = v.sqrt();
-            u[j] = (m * this.bc1) / (s * this.sqrt_bc2 + this.eps);
+            let (m, s, u) = self.element(g[j], decode_m(mq[j], msc), decode_sqrt_v(vq[j]) * vsc);
             mf[j] = m;
             sf[j] = s;
+            out(j, u);
         }
         let (m_max, s_max) = (lane_max_abs(mf), lane_max_abs(sf));
         let inv_m = if m_max > 0.0 { 1.0 / m_max } else { 0.0 };
@@ -195,7 +252,7 @@ impl Elementwise for ScaleByAdam8bit {
         }
         *ms = m_max;
         *vs = s_max;
-    });
+    }
 }
 
 #[cfg(test)]
