@@ -53,6 +53,13 @@ pub trait Transform: Send + Sync {
         Ok(())
     }
 
+    /// A whole step `p ← p + update(g)` for a transformation that does not run as one fused
+    /// pass, with `updates` as full-size scratch: by default the gradients are copied into it,
+    /// transformed by `update`, and added to the parameters.
+    fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
+        step_through_updates(self, params, grads, updates)
+    }
+
     /// The elementwise form of this transformation, for `begin_step`.
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
         None
@@ -200,6 +207,32 @@ pub fn finish_inline(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
         // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
         Some(Affine { a, b: 0.0 }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d),
         Some(Affine { a, b }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d + b * *x),
+    }
+}
+
+/// The plain step: gradients copied into `updates`, `tx.update`, updates added to the parameters.
+fn step_through_updates<T: Transform + ?Sized>(
+    tx: &mut T,
+    params: &mut [&mut [f32]],
+    grads: &[&[f32]],
+    updates: &mut [Vec<f32>],
+) -> Result<()> {
+    for (u, g) in updates.iter_mut().zip(grads) {
+        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
+    }
+    {
+        let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+        tx.update(updates, &views)?;
+    }
+    add_updates(params, updates);
+    Ok(())
+}
+
+/// `p += u` for every parameter, split across threads for large ones.
+fn add_updates<U: AsRef<[f32]> + Sync>(params: &mut [&mut [f32]], updates: &[U]) {
+    for (p, u) in params.iter_mut().zip(updates) {
+        let u = u.as_ref();
+        for_blocks(p, |off, b| add_assign(b, &u[off..off + b.len()]));
     }
 }
 
@@ -378,6 +411,75 @@ impl Transform for Chain {
         Ok(())
     }
 
+    /// The runs of [`Chain::update`], with the traffic of the first and last cut: the first
+    /// elementwise run reads the gradients themselves (no copy into `updates` first), and a last
+    /// elementwise run adds into the parameters in its fused step (no separate add pass).
+    fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
+        // Whether `updates` holds the current updates yet; before that they are the gradients.
+        let mut materialized = false;
+        let mut k = 0;
+        while k < self.links.len() {
+            if self.links[k].elementwise().is_none() {
+                if !materialized {
+                    for (u, g) in updates.iter_mut().zip(grads) {
+                        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
+                    }
+                    materialized = true;
+                }
+                let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+                self.links[k].update(updates, &views)?;
+                k += 1;
+                continue;
+            }
+            let mut end = k + 1;
+            while end < self.links.len() && self.links[end].elementwise().is_some_and(|e| !e.needs_prepare()) {
+                end += 1;
+            }
+            {
+                let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+                let head = self.links[k].as_elementwise().expect("elementwise link");
+                if head.needs_prepare() {
+                    let inputs: Vec<&[f32]> =
+                        if materialized { updates.iter().map(|u| u.as_slice()).collect() } else { grads.to_vec() };
+                    head.prepare(&inputs, &views);
+                }
+            }
+            for l in self.links[k..end].iter_mut() {
+                l.as_elementwise().expect("elementwise link").begin_step();
+            }
+            let run = ChainRun(&self.links[k..end]);
+            if end == self.links.len() {
+                for (i, p) in params.iter_mut().enumerate() {
+                    let input: &[f32] = if materialized { &updates[i] } else { grads[i] };
+                    // SAFETY: chunks are disjoint ranges of parameter `i`.
+                    for_chunks(p, |base, chunk| unsafe {
+                        run.step(i, base, &input[base..base + chunk.len()], chunk, Fold::default())
+                    });
+                }
+                return Ok(());
+            }
+            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+            for (i, (u, p)) in updates.iter_mut().zip(&views).enumerate() {
+                let g = grads[i];
+                // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+                for_blocks(u, |off, ub| unsafe {
+                    if !materialized {
+                        ub.copy_from_slice(&g[off..off + ub.len()]);
+                    }
+                    run.apply(i, off, ub, &p[off..off + ub.len()])
+                });
+            }
+            materialized = true;
+            k = end;
+        }
+        if materialized {
+            add_updates(params, updates);
+        } else {
+            add_updates(params, grads);
+        }
+        Ok(())
+    }
+
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
         if self.fusable() {
             Some(self)
@@ -425,6 +527,17 @@ impl Elementwise for Chain {
             e.prepare(inputs, params);
         }
     }
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        ChainRun(&self.links).step(i, off, g, p, fold)
+    }
+}
+
+/// A run of elementwise links applied one after the other to each block; a tail of affine links
+/// (`u ← α·u + β·p`) is composed into one `(α, β)` and applied in a single loop.
+struct ChainRun<'a>(&'a [Box<dyn Transform>]);
+
+impl Elementwise for ChainRun<'_> {
+    fn begin_step(&mut self) {}
     /// The chain as `prologue → kernel → affine tail`: the tail folds into the kernel's fused
     /// step, and so does a prologue of one map of the gradient alone (clipping, L2 decay). Any
     /// other prologue runs first on block-sized copies of the gradient.
@@ -432,10 +545,10 @@ impl Elementwise for Chain {
         fn link(l: &dyn Transform) -> &dyn Elementwise {
             l.elementwise().expect("elementwise link")
         }
-        let n = self.links.len();
-        let k = self.links.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
+        let n = self.0.len();
+        let k = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
         // The chain's tail composed with the caller's: u ← a₂(a₁u + b₁p) + b₂p.
-        let own = self.links[n - k..].iter().fold(None, |t: Option<Affine>, l| {
+        let own = self.0[n - k..].iter().fold(None, |t: Option<Affine>, l| {
             let (a2, b2) = link(l.as_ref()).affine(i).expect("affine link");
             let (a, b) = t.map_or((1.0, 0.0), |t| (t.a, t.b));
             Some(Affine { a: a2 * a, b: a2 * b + b2 })
@@ -445,8 +558,8 @@ impl Elementwise for Chain {
             (t, None) | (None, t) => t,
         };
         let (kernel, prologue) = match n - k {
-            0 => (None, &self.links[..0]),
-            m => (Some(link(self.links[m - 1].as_ref())), &self.links[..m - 1]),
+            0 => (None, &self.0[..0]),
+            m => (Some(link(self.0[m - 1].as_ref())), &self.0[..m - 1]),
         };
         let head = match prologue {
             [] => Some(fold.head),
@@ -471,14 +584,6 @@ impl Elementwise for Chain {
             }
         }
     }
-}
-
-/// A run of elementwise links applied one after the other to each block; a tail of affine links
-/// (`u ← α·u + β·p`) is composed into one `(α, β)` and applied in a single loop.
-struct ChainRun<'a>(&'a [Box<dyn Transform>]);
-
-impl Elementwise for ChainRun<'_> {
-    fn begin_step(&mut self) {}
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         fn link(l: &dyn Transform) -> &dyn Elementwise {
             l.elementwise().expect("elementwise link")
@@ -596,7 +701,10 @@ impl Optimizer {
             self.steps += 1;
             return Ok(true);
         }
-        self.step_unfused(params, grads)?;
+        if self.updates.is_empty() {
+            self.updates = self.shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
+        }
+        self.tx.step_buffers(params, grads, &mut self.updates)?;
         self.steps += 1;
         Ok(true)
     }
@@ -612,19 +720,7 @@ impl Optimizer {
         if self.updates.is_empty() {
             self.updates = self.shapes.iter().map(|s| vec![0.0; numel(s)]).collect();
         }
-        for (u, g) in self.updates.iter_mut().zip(grads) {
-            for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
-        }
-        {
-            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-            self.tx.update(&mut self.updates, &views)?;
-        }
-        for (p, u) in params.iter_mut().zip(&self.updates) {
-            for_blocks(p, |off, b| {
-                let n = b.len();
-                b.iter_mut().zip(&u[off..off + n]).for_each(|(x, d)| *x += d)
-            });
-        }
+        step_through_updates(self.tx.as_mut(), params, grads, &mut self.updates)?;
         Ok(())
     }
 
