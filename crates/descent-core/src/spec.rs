@@ -202,6 +202,24 @@ impl<'a> Kwargs<'a> {
     pub fn req_u64(&mut self, key: &'static str) -> Result<u64> {
         self.opt_u64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
     }
+    /// optax's `mu_dtype`: `float32` (the default) or `bfloat16`.
+    pub fn mu_dtype(&mut self) -> Result<MomentDtype> {
+        match self.str("mu_dtype", "float32")? {
+            "float32" | "f32" => Ok(MomentDtype::F32),
+            "bfloat16" | "bf16" => Ok(MomentDtype::Bf16),
+            other => Err(self.err("mu_dtype", format!("unknown dtype `{other}`; valid: float32, bfloat16"))),
+        }
+    }
+    /// `mu_dtype` where only `float32` is implemented: anything else is refused, not ignored.
+    pub fn mu_dtype_f32_only(&mut self) -> Result<()> {
+        match self.mu_dtype()? {
+            MomentDtype::F32 => Ok(()),
+            MomentDtype::Bf16 => Err(self.err(
+                "mu_dtype",
+                "bfloat16 first moments are implemented for adam, adamw, nadam, nadamw and amsgrad only",
+            )),
+        }
+    }
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
@@ -606,9 +624,9 @@ fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -
     let lr = k.lr("learning_rate", None)?;
     let (b1, b2, eps, eps_root) =
         (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
-    let _ = k.value("mu_dtype");
+    let mu_dtype = k.mu_dtype()?;
     let nesterov = k.bool("nesterov", nesterov_default)?;
-    let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov))];
+    let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype))];
     if let Some(d) = wd_default {
         let wd = k.f64("weight_decay", d)?;
         let _ = k.value("mask");
@@ -671,7 +689,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             )
             .amsgrad()
             .bias_correction(k.bool("bias_correction_mu", true)?, k.bool("bias_correction_nu", true)?);
-            let _ = k.value("mu_dtype");
+            let t = t.mu_dtype(k.mu_dtype()?);
             chain(vec![boxed(t), lr_link(lr)])
         }
         "adamax" | "adamaxw" => {
@@ -748,7 +766,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "lion" => {
             let lr = k.lr("learning_rate", None)?;
             let (b1, b2) = (k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
-            let _ = k.value("mu_dtype");
+            k.mu_dtype_f32_only()?;
             let wd = k.f64("weight_decay", 1e-3)?;
             let _ = k.value("mask");
             chain(vec![boxed(ScaleByLion::new(b1, b2)), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
@@ -910,7 +928,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("eps", 1e-8)?,
                 k.f64("eps_root", 0.0)?,
             );
-            let _ = k.value("mu_dtype");
+            k.mu_dtype_f32_only()?;
             let wd = k.f64("weight_decay", 0.0)?;
             let _ = k.value("mask");
             chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
@@ -924,7 +942,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.bool("nesterov", false)?,
                 k.bool("use_clipping", true)?,
             );
-            let _ = k.value("mu_dtype");
+            k.mu_dtype_f32_only()?;
             chain(vec![boxed(t), lr_link(lr)])
         }
         "contrib.cocob" => {
@@ -1094,13 +1112,16 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "ema" => boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)),
         "identity" => chain(vec![]),
         "scale" => boxed(Scale::new(k.req_f64("step_size")?)),
-        "scale_by_adam" => boxed(ScaleByAdam::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("eps_root", 0.0)?,
-            k.bool("nesterov", false)?,
-        )),
+        "scale_by_adam" => boxed(
+            ScaleByAdam::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+                k.bool("nesterov", false)?,
+            )
+            .mu_dtype(k.mu_dtype()?),
+        ),
         "scale_by_belief" => boxed(ScaleByBelief::new(
             k.f64("b1", 0.9)?,
             k.f64("b2", 0.999)?,

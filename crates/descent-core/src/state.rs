@@ -18,6 +18,10 @@ pub trait StateVisitor {
     fn quantized_buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
         self.buffer(name, buf)
     }
+    /// A bfloat16 buffer, as its exact `f32` values (2 bytes an element as stored).
+    fn bf16_buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
+        self.buffer(name, buf)
+    }
     /// A real-valued scalar (estimated learning rates, running sums, …).
     fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()>;
     /// A step counter.
@@ -51,6 +55,24 @@ impl VisitBuffers for Vec<Vec<f32>> {
 impl VisitBuffers for crate::transforms::ParamBufs<f32> {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
         self.visit(v, name)
+    }
+}
+
+/// bfloat16 state travels as its exact `f32` values and comes back as bfloat16 bits.
+impl VisitBuffers for crate::transforms::ParamBufs<u16> {
+    fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
+        use crate::transforms::{bf16_to_f32, f32_to_bf16};
+        self.with_buffers(|d| {
+            for (i, b) in d.iter_mut().enumerate() {
+                let mut f: Vec<f32> = b.iter().map(|&x| bf16_to_f32(x)).collect();
+                v.bf16_buffer(&format!("{name}.{i}"), &mut f)?;
+                if f.iter().any(|x| x.to_bits() & 0xffff != 0) {
+                    return Err(Error::State(format!("buffer `{name}.{i}` holds values that are not bfloat16")));
+                }
+                *b = f.iter().map(|&x| f32_to_bf16(x)).collect();
+            }
+            Ok(())
+        })
     }
 }
 

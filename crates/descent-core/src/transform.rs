@@ -737,8 +737,8 @@ impl Optimizer {
         self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
     }
 
-    /// Bytes of optimizer state as stored (bytes for quantized state), from the visited buffers:
-    /// `f32` buffers count 4 bytes an element, quantized ones 1.
+    /// Bytes of optimizer state as stored, from the visited buffers: `f32` buffers count 4 bytes
+    /// an element, bfloat16 ones 2, quantized ones 1.
     pub fn stored_state_bytes(&mut self) -> usize {
         struct Count(usize);
         impl StateVisitor for Count {
@@ -754,6 +754,10 @@ impl Optimizer {
             }
             fn quantized_buffer(&mut self, _: &str, buf: &mut Vec<f32>) -> Result<()> {
                 self.0 += buf.len();
+                Ok(())
+            }
+            fn bf16_buffer(&mut self, _: &str, buf: &mut Vec<f32>) -> Result<()> {
+                self.0 += buf.len() * 2;
                 Ok(())
             }
             fn push(&mut self, _: &str) {}

@@ -44,6 +44,11 @@ fn ill_typed_or_missing_arguments_name_the_field() {
     assert!(e.contains("learning_rate") && e.contains("missing"), "{e}");
     let e = err_of("torch", "adam", json!({"betas": [0.9]}));
     assert!(e.contains("betas"), "{e}");
+    // A dtype descent does not store is an error, never silently f32.
+    let e = err_of("optax", "adam", json!({"learning_rate": 0.1, "mu_dtype": "float16"}));
+    assert!(e.contains("mu_dtype") && e.contains("float16") && e.contains("bfloat16"), "{e}");
+    let e = err_of("optax", "contrib.adopt", json!({"learning_rate": 0.1, "mu_dtype": "bfloat16"}));
+    assert!(e.contains("mu_dtype") && e.contains("adamw"), "{e}");
 }
 
 #[test]

@@ -73,6 +73,7 @@ const CHAINS: &[&str] = &[
     r#"[["clip", {"max_delta": 0.5}], ["trace", {"decay": 0.9}], ["scale_by_sign", {}]]"#,
     r#"[["add_decayed_weights", {"weight_decay": 0.1}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
     r#"[["scale_by_adam", {}]]"#,
+    r#"[["scale_by_adam", {"mu_dtype": "bfloat16", "nesterov": true}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
 ];
 
 #[test]

@@ -2,7 +2,7 @@
 
 use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
-use crate::transform::Elementwise;
+use crate::transform::{numel, Elementwise};
 
 /// `1 / (1 − decayᵗ)`: bias corrections are applied as products, so a kernel divides once.
 fn bc(decay: f32, t: u64) -> f32 {
@@ -21,8 +21,12 @@ pub struct ScaleByAdam {
     eps_root: f32,
     nesterov: bool,
     amsgrad: bool,
+    mu_dtype: MomentDtype,
     count: u64,
     mu: ParamBufs,
+    /// The first moment as bfloat16 bits, when `mu_dtype` is [`MomentDtype::Bf16`] (`mu` is
+    /// then empty).
+    mu_bf16: ParamBufs<u16>,
     nu: ParamBufs,
     nu_max: ParamBufs,
     bc1: f32,
@@ -40,8 +44,10 @@ impl ScaleByAdam {
             eps_root: eps_root as f32,
             nesterov,
             amsgrad: false,
+            mu_dtype: MomentDtype::F32,
             count: 0,
             mu: ParamBufs::default(),
+            mu_bf16: ParamBufs::default(),
             nu: ParamBufs::default(),
             nu_max: ParamBufs::default(),
             bc1: 1.0,
@@ -54,6 +60,12 @@ impl ScaleByAdam {
         self.amsgrad = true;
         self
     }
+    /// optax's `mu_dtype`: the type the first moment is stored in between steps (computed in
+    /// `f32`, rounded to nearest even on store, as optax's `tree_cast`).
+    pub fn mu_dtype(mut self, dtype: MomentDtype) -> Self {
+        self.mu_dtype = dtype;
+        self
+    }
     /// optax `scale_by_amsgrad`'s `bias_correction_mu` / `bias_correction_nu` switches.
     pub fn bias_correction(mut self, mu: bool, nu: bool) -> Self {
         self.correct_mu = mu;
@@ -62,10 +74,13 @@ impl ScaleByAdam {
     }
 }
 elementwise_transform!(ScaleByAdam, |s, shapes, _p| {
-    s.mu = zeros(shapes).into();
+    match s.mu_dtype {
+        MomentDtype::F32 => s.mu = zeros(shapes).into(),
+        MomentDtype::Bf16 => s.mu_bf16 = shapes.iter().map(|sh| vec![0u16; numel(sh)]).collect::<Vec<_>>().into(),
+    }
     s.nu = zeros(shapes).into();
     s.nu_max = if s.amsgrad { zeros(shapes).into() } else { ParamBufs::default() };
-}; bufs: [mu, nu, nu_max]; counters: [count]; scalars: []);
+}; bufs: [mu, mu_bf16, nu, nu_max]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdam {
     fn begin_step(&mut self) {
         self.count += 1;
@@ -74,37 +89,106 @@ impl Elementwise for ScaleByAdam {
         self.bc2 = if self.correct_nu { bc(self.b2, self.count) } else { 1.0 };
     }
     simd_apply!(ScaleByAdam, |this, i, off, u, p| {
-        let n = u.len();
-        let (b1, b2, eps, eps_root) = (this.b1, this.b2, this.eps, this.eps_root);
-        let (bc1, bc1n, bc2) = (this.bc1, this.bc1_next, this.bc2);
-        let m = this.mu.slice(i, off, n);
-        let v = this.nu.slice(i, off, n);
-        if this.amsgrad {
-            let vm = this.nu_max.slice(i, off, n);
-            for j in 0..n {
-                let g = u[j];
-                m[j] = (1.0 - b1) * g + b1 * m[j];
-                v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                vm[j] = vm[j].max(v[j] * bc2);
-                u[j] = (m[j] * bc1) / ((vm[j] + eps_root).sqrt() + eps);
-            }
-        } else if this.nesterov {
-            for j in 0..n {
-                let g = u[j];
-                m[j] = (1.0 - b1) * g + b1 * m[j];
-                v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                let m_hat = b1 * (m[j] * bc1n) + (1.0 - b1) * (g * bc1);
-                u[j] = m_hat / ((v[j] * bc2 + eps_root).sqrt() + eps);
-            }
-        } else {
-            for j in 0..n {
-                let g = u[j];
-                m[j] = (1.0 - b1) * g + b1 * m[j];
-                v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                u[j] = (m[j] * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
+        /// The loops, for a first moment stored as `f32` or as bfloat16.
+        #[inline(always)]
+        fn run<M: Moment>(this: &ScaleByAdam, u: &mut [f32], mut m: M, v: &mut [f32], vm: &mut [f32]) {
+            let n = u.len();
+            let v = &mut v[..n];
+            let (b1, b2, eps, eps_root) = (this.b1, this.b2, this.eps, this.eps_root);
+            let (bc1, bc1n, bc2) = (this.bc1, this.bc1_next, this.bc2);
+            if this.amsgrad {
+                let vm = &mut vm[..n];
+                for j in 0..n {
+                    let g = u[j];
+                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    m.set(j, mj);
+                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                    vm[j] = vm[j].max(v[j] * bc2);
+                    u[j] = (mj * bc1) / ((vm[j] + eps_root).sqrt() + eps);
+                }
+            } else if this.nesterov {
+                for j in 0..n {
+                    let g = u[j];
+                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    m.set(j, mj);
+                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                    let m_hat = b1 * (mj * bc1n) + (1.0 - b1) * (g * bc1);
+                    u[j] = m_hat / ((v[j] * bc2 + eps_root).sqrt() + eps);
+                }
+            } else {
+                for j in 0..n {
+                    let g = u[j];
+                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    m.set(j, mj);
+                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                    u[j] = (mj * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
+                }
             }
         }
+        let n = u.len();
+        let v = this.nu.slice(i, off, n);
+        let vm = if this.amsgrad { this.nu_max.slice(i, off, n) } else { &mut [][..] };
+        match this.mu_dtype {
+            MomentDtype::F32 => run(this, u, &mut this.mu.slice(i, off, n)[..n], v, vm),
+            MomentDtype::Bf16 => run(this, u, Bf16(&mut this.mu_bf16.slice(i, off, n)[..n]), v, vm),
+        }
     });
+}
+
+/// The type a moment is stored in between steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MomentDtype {
+    /// 4 bytes an element.
+    F32,
+    /// bfloat16, 2 bytes an element: `f32`'s range with 8 bits of precision.
+    Bf16,
+}
+
+/// A moment buffer as the kernels read and write it: `f32` values, whatever the storage.
+trait Moment {
+    fn get(&self, j: usize) -> f32;
+    fn set(&mut self, j: usize, x: f32);
+}
+impl Moment for &mut [f32] {
+    #[inline(always)]
+    fn get(&self, j: usize) -> f32 {
+        self[j]
+    }
+    #[inline(always)]
+    fn set(&mut self, j: usize, x: f32) {
+        self[j] = x;
+    }
+}
+/// bfloat16 storage: the upper half of an `f32`'s bits.
+struct Bf16<'a>(&'a mut [u16]);
+impl Moment for Bf16<'_> {
+    #[inline(always)]
+    fn get(&self, j: usize) -> f32 {
+        bf16_to_f32(self.0[j])
+    }
+    #[inline(always)]
+    fn set(&mut self, j: usize, x: f32) {
+        self.0[j] = f32_to_bf16(x);
+    }
+}
+
+/// The `f32` value of bfloat16 bits (exact).
+#[inline(always)]
+pub fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// `x` rounded to the nearest bfloat16, ties to even (as `jnp.astype(bfloat16)`); NaN stays NaN.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    // A NaN whose payload sits in the low half would round to infinity: keep it a quiet NaN.
+    if x.is_nan() {
+        ((b >> 16) as u16) | 0x0040
+    } else {
+        rounded
+    }
 }
 
 /// optax `scale_by_rms` (RMSProp, Tieleman & Hinton 2012): `ν ← decay·ν + (1−decay)g²`,
