@@ -119,13 +119,33 @@ pub trait Elementwise: Sync {
     /// # Safety
     /// As for [`Elementwise::apply`]; `g.len() == p.len()`.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
-        let mut scratch = [0.0f32; BLOCK];
-        for (k, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
-            let u = &mut scratch[..pb.len()];
-            start(u, gb, pb, fold.head);
-            self.apply(i, off + k * BLOCK, u, pb);
-            finish(pb, u, fold.tail);
-        }
+        step_via_apply(self, i, off, g, p, fold)
+    }
+    /// The rule as a pointwise map of the update alone (sign, clipping), which a chain folds
+    /// between its kernel and its affine tail.
+    fn map(&self, _i: usize) -> Option<Map> {
+        None
+    }
+}
+
+/// [`Elementwise::step`] through `apply`: block-sized copies of `g`, transformed, added to `p`.
+///
+/// # Safety
+/// As for [`Elementwise::step`].
+pub(crate) unsafe fn step_via_apply<E: Elementwise + ?Sized>(
+    e: &E,
+    i: usize,
+    off: usize,
+    g: &[f32],
+    p: &mut [f32],
+    fold: Fold,
+) {
+    let mut scratch = [0.0f32; BLOCK];
+    for (k, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
+        let u = &mut scratch[..pb.len()];
+        start(u, gb, pb, fold.head);
+        e.apply(i, off + k * BLOCK, u, pb);
+        finish(pb, u, fold.map, fold.tail);
     }
 }
 
@@ -145,10 +165,21 @@ pub enum Head {
     Clip(f32),
 }
 
-/// The maps folded around a rule's fused step: `head` on the gradient, `tail` on the update.
+/// A pointwise map of the update that a chain applies between its kernel and its tail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Map {
+    /// `u ← sign(u)` (optax `scale_by_sign`).
+    Sign,
+    /// `u ← clamp(u, −δ, δ)` (optax `clip`).
+    Clip(f32),
+}
+
+/// The maps folded around a rule's fused step: `head` on the gradient, then `map` and `tail` on
+/// the update.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Fold {
     pub head: Option<Head>,
+    pub map: Option<Map>,
     pub tail: Option<Affine>,
 }
 
@@ -181,33 +212,65 @@ pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
     }
 }
 
-/// `p ← p + tail(u)`: the last operation of a fused step (identity tail when `None`), vectorized
-/// for the CPU at hand. Gives the bits of `u ← a·u + b·p` followed by `p ← p + u`.
-pub fn finish(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
+/// `p ← p + tail(map(u))`: the last operation of a fused step (identity `map` and `tail` when
+/// `None`), vectorized for the CPU at hand. Gives the bits of `u ← map(u)`, `u ← a·u + b·p`,
+/// `p ← p + u`.
+pub fn finish(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
-            finish_inline(p, u, tail)
+        unsafe fn avx2(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
+            finish_inline(p, u, map, tail)
         }
         if crate::transforms::has_avx2() {
             // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(p, u, tail) };
+            return unsafe { avx2(p, u, map, tail) };
         }
     }
-    finish_inline(p, u, tail)
+    finish_inline(p, u, map, tail)
 }
 
 /// [`finish`] for inlining into a kernel compiled for a given target.
 #[inline(always)]
-pub fn finish_inline(p: &mut [f32], u: &[f32], tail: Option<Affine>) {
-    let u = &u[..p.len()];
-    match tail {
-        None => p.iter_mut().zip(u).for_each(|(x, d)| *x += d),
-        // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
-        Some(Affine { a, b: 0.0 }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d),
-        Some(Affine { a, b }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * d + b * *x),
+pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
+    let u = &mut u[..p.len()];
+    match map {
+        None => {}
+        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
+        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
     }
+    match tail {
+        None => p.iter_mut().zip(u).for_each(|(x, d)| *x += *d),
+        // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
+        Some(Affine { a, b: 0.0 }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * *d),
+        Some(Affine { a, b }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * *d + b * *x),
+    }
+}
+
+/// `p ← p + tail(map(head(g)))` for a chain of maps alone (plain SGD, sign SGD), in sub-blocks
+/// that stay in L1, vectorized for the CPU at hand.
+fn pointwise_step(g: &[f32], p: &mut [f32], fold: Fold) {
+    #[inline(always)]
+    fn run(g: &[f32], p: &mut [f32], fold: Fold) {
+        let mut scratch = [0.0f32; SUB_BLOCK];
+        for (pb, gb) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)) {
+            let u = &mut scratch[..pb.len()];
+            start_inline(u, gb, pb, fold.head);
+            finish_inline(pb, u, fold.map, fold.tail);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(g: &[f32], p: &mut [f32], fold: Fold) {
+            run(g, p, fold)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(g, p, fold) };
+        }
+    }
+    run(g, p, fold)
 }
 
 /// The plain step: gradients copied into `updates`, `tx.update`, updates added to the parameters.
@@ -538,15 +601,20 @@ struct ChainRun<'a>(&'a [Box<dyn Transform>]);
 
 impl Elementwise for ChainRun<'_> {
     fn begin_step(&mut self) {}
-    /// The chain as `prologue → kernel → affine tail`: the tail folds into the kernel's fused
-    /// step, and so does a prologue of one map of the gradient alone (clipping, L2 decay). Any
-    /// other prologue runs first on block-sized copies of the gradient.
+    /// The chain as `prologue → kernel → map → affine tail`: the tail and a pointwise map before
+    /// it (sign, clipping) fold into the kernel's fused step, and so does a prologue of one map
+    /// of the gradient alone (clipping, L2 decay). Any other prologue runs first on block-sized
+    /// copies of the gradient.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         fn link(l: &dyn Transform) -> &dyn Elementwise {
             l.elementwise().expect("elementwise link")
         }
         let n = self.0.len();
         let k = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
+        if fold.map.is_some() && k > 0 {
+            // The caller's map comes after this chain's tail: no single fold expresses that.
+            return step_via_apply(self, i, off, g, p, fold);
+        }
         // The chain's tail composed with the caller's: u ← a₂(a₁u + b₁p) + b₂p.
         let own = self.0[n - k..].iter().fold(None, |t: Option<Affine>, l| {
             let (a2, b2) = link(l.as_ref()).affine(i).expect("affine link");
@@ -557,7 +625,15 @@ impl Elementwise for ChainRun<'_> {
             (Some(t), Some(o)) => Some(Affine { a: o.a * t.a, b: o.a * t.b + o.b }),
             (t, None) | (None, t) => t,
         };
-        let (kernel, prologue) = match n - k {
+        let mut end = n - k;
+        let mut map = fold.map;
+        if map.is_none() && end > 0 {
+            map = link(self.0[end - 1].as_ref()).map(i);
+            if map.is_some() {
+                end -= 1;
+            }
+        }
+        let (kernel, prologue) = match end {
             0 => (None, &self.0[..0]),
             m => (Some(link(self.0[m - 1].as_ref())), &self.0[..m - 1]),
         };
@@ -567,8 +643,8 @@ impl Elementwise for ChainRun<'_> {
             _ => None,
         };
         match (kernel, head) {
-            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, tail }),
-            (None, Some(head)) if head.is_none() => return finish(p, g, tail),
+            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail }),
+            (None, _) => return pointwise_step(g, p, Fold { head: fold.head, map, tail }),
             _ => {}
         }
         let mut scratch = [0.0f32; BLOCK];
@@ -578,9 +654,8 @@ impl Elementwise for ChainRun<'_> {
             for l in prologue {
                 link(l.as_ref()).apply(i, off + b * BLOCK, u, pb);
             }
-            match kernel {
-                Some(kernel) => kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, tail }),
-                None => finish(pb, u, tail),
+            if let Some(kernel) = kernel {
+                kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, map, tail });
             }
         }
     }

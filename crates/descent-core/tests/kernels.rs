@@ -64,7 +64,8 @@ fn close(a: f32, b: f32) -> bool {
 }
 
 /// Chains that exercise each way a chain folds into its kernel's step: a clipping or L2 head, a
-/// stateful prologue (block path), a tail alone, links that are all affine.
+/// stateful prologue (block path), a sign or clip before the tail, a tail alone, links that are
+/// all maps.
 const CHAINS: &[&str] = &[
     r#"[["clip", {"max_delta": 0.5}], ["scale_by_adam", {}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
     r#"[["clip_by_global_norm", {"max_norm": 1.0}], ["scale_by_adam", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
@@ -73,6 +74,8 @@ const CHAINS: &[&str] = &[
     r#"[["clip", {"max_delta": 0.5}], ["trace", {"decay": 0.9}], ["scale_by_sign", {}]]"#,
     r#"[["add_decayed_weights", {"weight_decay": 0.1}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
     r#"[["scale_by_adam", {}]]"#,
+    r#"[["scale_by_adam", {}], ["clip", {"max_delta": 0.5}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["clip", {"max_delta": 0.5}], ["scale_by_sign", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
     r#"[["scale_by_adam", {"mu_dtype": "bfloat16", "nesterov": true}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
 ];
 

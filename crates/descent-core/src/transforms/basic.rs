@@ -154,6 +154,9 @@ pub struct ScaleBySign;
 elementwise_transform!(ScaleBySign, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for ScaleBySign {
     fn begin_step(&mut self) {}
+    fn map(&self, _i: usize) -> Option<crate::transform::Map> {
+        Some(crate::transform::Map::Sign)
+    }
     simd_apply!(ScaleBySign, |this, i, off, u, p| {
         for x in u {
             *x = sign(*x);
@@ -175,6 +178,9 @@ impl Elementwise for Clip {
     fn begin_step(&mut self) {}
     fn head(&self, _i: usize) -> Option<crate::transform::Head> {
         Some(crate::transform::Head::Clip(self.max_delta))
+    }
+    fn map(&self, _i: usize) -> Option<crate::transform::Map> {
+        Some(crate::transform::Map::Clip(self.max_delta))
     }
     simd_apply!(Clip, |this, i, off, u, p| {
         for x in u {
