@@ -16,53 +16,43 @@ use crate::transform::{numel, start_inline, Affine, Elementwise, Fold, BLOCK};
 
 /// The signed 8-bit float code of a first moment `m` in a block whose absolute maximum is
 /// `1/inv`: sign bit, 4 bits of exponent (2⁰ down to 2⁻¹⁴), 3 of mantissa; low bits 0 = zero.
+/// With the mantissa rounded to 3 bits (a carry moves into the exponent by itself), the code is
+/// the float's bits from the exponent down, shifted so that 2⁻¹⁴ maps to 1, clamped to 0..=127.
 #[inline(always)]
 fn encode_m(m: f32, inv: f32) -> u8 {
-    let x = m.abs() * inv;
-    let r = x.to_bits().wrapping_add(1 << 19);
-    let k = (r >> 23) as i32 - 127;
-    let low = if k < -14 || x <= 0.0 { 0 } else { ((((k + 14) as u32) << 3 | ((r >> 20) & 0x7)) + 1).min(127) };
+    let r = (m.abs() * inv).to_bits().wrapping_add(1 << 19);
+    let low = ((r >> 20) as i32 - ((127 - 14) << 3) + 1).clamp(0, 127) as u32;
     (low | ((m.to_bits() >> 24) & 0x80)) as u8
 }
 
 #[inline(always)]
 fn decode_m(q: u8, scale: f32) -> f32 {
     let low = (q & 0x7F) as u32;
+    // Code c ≥ 1 stands for the float with bits (c − 1 + (127 − 14)·8) << 20.
+    let x = f32::from_bits((low.wrapping_sub(1).wrapping_add((127 - 14) << 3)) << 20) * scale;
+    let signed = f32::from_bits(x.to_bits() | ((q as u32 & 0x80) << 24));
+    // Code 0 is +0 whatever its sign bit.
     if low == 0 {
-        return 0.0;
-    }
-    let c = low - 1;
-    let k = (c >> 3) as i32 - 14;
-    let x = f32::from_bits((((k + 127) as u32) << 23) | ((c & 0x7) << 20));
-    let v = x * scale;
-    if q & 0x80 != 0 {
-        -v
+        0.0
     } else {
-        v
+        signed
     }
 }
 
-/// The 8-bit float code of `x = √v / max ∈ [0, 1]`.
+/// The 8-bit float code of `x = √v / max ∈ [0, 1]`: 4 bits of exponent, 4 of mantissa.
 #[inline(always)]
 fn encode_sqrt_v(x: f32) -> u8 {
-    // Round the mantissa to 4 bits; a carry moves into the exponent by itself.
     let r = x.to_bits().wrapping_add(1 << 18);
-    let k = (r >> 23) as i32 - 127;
-    if k < -14 || x <= 0.0 {
-        0
-    } else {
-        ((((k + 14) as u32) << 4 | ((r >> 19) & 0xF)) + 1).min(255) as u8
-    }
+    ((r >> 19) as i32 - ((127 - 14) << 4) + 1).clamp(0, 255) as u8
 }
 
 #[inline(always)]
 fn decode_sqrt_v(q: u8) -> f32 {
     if q == 0 {
-        return 0.0;
+        0.0
+    } else {
+        f32::from_bits((q as u32 - 1 + ((127 - 14) << 4)) << 19)
     }
-    let c = (q - 1) as u32;
-    let k = (c >> 4) as i32 - 14;
-    f32::from_bits((((k + 127) as u32) << 23) | ((c & 0xF) << 19))
 }
 
 /// `max |x|` in eight independent lanes (max is exact in any order, so this is the plain maximum;
@@ -262,6 +252,77 @@ impl ScaleByAdam8bit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The codes written out step by step (exponent, mantissa, cases), against which the
+    // branch-free forms above are checked.
+    /// The signed 8-bit float code of a first moment `m` in a block whose absolute maximum is
+    /// `1/inv`: sign bit, 4 bits of exponent (2⁰ down to 2⁻¹⁴), 3 of mantissa; low bits 0 = zero.
+    fn encode_m_ref(m: f32, inv: f32) -> u8 {
+        let x = m.abs() * inv;
+        let r = x.to_bits().wrapping_add(1 << 19);
+        let k = (r >> 23) as i32 - 127;
+        let low = if k < -14 || x <= 0.0 { 0 } else { ((((k + 14) as u32) << 3 | ((r >> 20) & 0x7)) + 1).min(127) };
+        (low | ((m.to_bits() >> 24) & 0x80)) as u8
+    }
+
+    fn decode_m_ref(q: u8, scale: f32) -> f32 {
+        let low = (q & 0x7F) as u32;
+        if low == 0 {
+            return 0.0;
+        }
+        let c = low - 1;
+        let k = (c >> 3) as i32 - 14;
+        let x = f32::from_bits((((k + 127) as u32) << 23) | ((c & 0x7) << 20));
+        let v = x * scale;
+        if q & 0x80 != 0 {
+            -v
+        } else {
+            v
+        }
+    }
+
+    /// The 8-bit float code of `x = √v / max ∈ [0, 1]`.
+    fn encode_sqrt_v_ref(x: f32) -> u8 {
+        // Round the mantissa to 4 bits; a carry moves into the exponent by itself.
+        let r = x.to_bits().wrapping_add(1 << 18);
+        let k = (r >> 23) as i32 - 127;
+        if k < -14 || x <= 0.0 {
+            0
+        } else {
+            ((((k + 14) as u32) << 4 | ((r >> 19) & 0xF)) + 1).min(255) as u8
+        }
+    }
+
+    fn decode_sqrt_v_ref(q: u8) -> f32 {
+        if q == 0 {
+            return 0.0;
+        }
+        let c = (q - 1) as u32;
+        let k = (c >> 4) as i32 - 14;
+        f32::from_bits((((k + 127) as u32) << 23) | ((c & 0xF) << 19))
+    }
+
+    #[test]
+    fn branch_free_codes_equal_the_step_by_step_ones() {
+        for q in 0..=255u8 {
+            for scale in [1.0f32, 0.37, 3.5e-3] {
+                assert_eq!(decode_m(q, scale).to_bits(), decode_m_ref(q, scale).to_bits(), "{q}");
+            }
+            assert_eq!(decode_sqrt_v(q).to_bits(), decode_sqrt_v_ref(q).to_bits(), "{q}");
+        }
+        // Every float in [0, 1.001] with a sparse mantissa walk, both signs, and exact zeros.
+        let mut x = 0u32;
+        while x <= 1.001f32.to_bits() {
+            let f = f32::from_bits(x);
+            for inv in [1.0f32, 0.999_999_9] {
+                assert_eq!(encode_m(f, inv), encode_m_ref(f, inv), "{f}");
+                assert_eq!(encode_m(-f, inv), encode_m_ref(-f, inv), "{f}");
+            }
+            assert_eq!(encode_sqrt_v(f), encode_sqrt_v_ref(f), "{f}");
+            x += 997;
+        }
+        assert_eq!(encode_m(-0.0, 1.0), encode_m_ref(-0.0, 1.0));
+    }
 
     #[test]
     fn codes_round_trip_within_their_precision() {
