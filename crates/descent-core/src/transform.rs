@@ -145,7 +145,7 @@ pub(crate) unsafe fn step_via_apply<E: Elementwise + ?Sized>(
         let u = &mut scratch[..pb.len()];
         start(u, gb, pb, fold.head);
         e.apply(i, off + k * BLOCK, u, pb);
-        finish(pb, u, fold.map, fold.tail);
+        finish_fold(pb, u, &fold, i, off + k * BLOCK);
     }
 }
 
@@ -175,12 +175,47 @@ pub enum Map {
 }
 
 /// The maps folded around a rule's fused step: `head` on the gradient, then `map` and `tail` on
-/// the update.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Fold {
+/// the update, and `post` in place of the final `p ← p + u`.
+#[derive(Clone, Copy, Default)]
+pub struct Fold<'a> {
     pub head: Option<Head>,
     pub map: Option<Map>,
     pub tail: Option<Affine>,
+    pub post: Option<&'a dyn Epilogue>,
+}
+
+/// A rule that ends a fused step in place of `p ← p + u` (Schedule-Free's interpolation between
+/// its sequences), called once per sub-block.
+pub trait Epilogue: Sync {
+    /// Moves elements `off..off+p.len()` of parameter `i` by the final update `u`.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::apply`].
+    unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]);
+}
+
+/// The end of a fused step on elements `off..` of parameter `i`: [`finish_inline`], or the map
+/// and tail applied to `u` and the fold's epilogue.
+///
+/// # Safety
+/// As for [`Elementwise::apply`].
+#[inline(always)]
+pub unsafe fn finish_fold(p: &mut [f32], u: &mut [f32], fold: &Fold, i: usize, off: usize) {
+    let Some(post) = fold.post else {
+        return finish_inline(p, u, fold.map, fold.tail);
+    };
+    let u = &mut u[..p.len()];
+    match fold.map {
+        None => {}
+        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
+        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
+    }
+    match fold.tail {
+        None => {}
+        Some(Affine { a, b: 0.0 }) => u.iter_mut().for_each(|x| *x *= a),
+        Some(Affine { a, b }) => u.iter_mut().zip(p.iter()).for_each(|(x, w)| *x = a * *x + b * w),
+    }
+    post.finish(i, off, u, p);
 }
 
 /// `u ← head(g)`: the first operation of a fused step, vectorized for the CPU at hand.
@@ -213,24 +248,8 @@ pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
 }
 
 /// `p ← p + tail(map(u))`: the last operation of a fused step (identity `map` and `tail` when
-/// `None`), vectorized for the CPU at hand. Gives the bits of `u ← map(u)`, `u ← a·u + b·p`,
-/// `p ← p + u`.
-pub fn finish(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
-            finish_inline(p, u, map, tail)
-        }
-        if crate::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(p, u, map, tail) };
-        }
-    }
-    finish_inline(p, u, map, tail)
-}
-
-/// [`finish`] for inlining into a kernel compiled for a given target.
+/// `None`), inlined into a kernel compiled for a given target. Gives the bits of `u ← map(u)`,
+/// `u ← a·u + b·p`, `p ← p + u`.
 #[inline(always)]
 pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
     let u = &mut u[..p.len()];
@@ -249,28 +268,30 @@ pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Optio
 
 /// `p ← p + tail(map(head(g)))` for a chain of maps alone (plain SGD, sign SGD), in sub-blocks
 /// that stay in L1, vectorized for the CPU at hand.
-fn pointwise_step(g: &[f32], p: &mut [f32], fold: Fold) {
+///
+/// # Safety
+/// As for [`Elementwise::step`].
+unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
     #[inline(always)]
-    fn run(g: &[f32], p: &mut [f32], fold: Fold) {
+    unsafe fn run(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         let mut scratch = [0.0f32; SUB_BLOCK];
-        for (pb, gb) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)) {
+        for (k, (pb, gb)) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).enumerate() {
             let u = &mut scratch[..pb.len()];
             start_inline(u, gb, pb, fold.head);
-            finish_inline(pb, u, fold.map, fold.tail);
+            finish_fold(pb, u, &fold, i, off + k * SUB_BLOCK);
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(g: &[f32], p: &mut [f32], fold: Fold) {
-            run(g, p, fold)
+        unsafe fn avx2(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+            run(i, off, g, p, fold)
         }
         if crate::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(g, p, fold) };
+            return avx2(i, off, g, p, fold);
         }
     }
-    run(g, p, fold)
+    run(i, off, g, p, fold)
 }
 
 /// The plain step: gradients copied into `updates`, `tx.update`, updates added to the parameters.
@@ -643,8 +664,8 @@ impl Elementwise for ChainRun<'_> {
             _ => None,
         };
         match (kernel, head) {
-            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail }),
-            (None, _) => return pointwise_step(g, p, Fold { head: fold.head, map, tail }),
+            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail, post: fold.post }),
+            (None, _) => return pointwise_step(i, off, g, p, Fold { head: fold.head, map, tail, post: fold.post }),
             _ => {}
         }
         let mut scratch = [0.0f32; BLOCK];
@@ -655,7 +676,7 @@ impl Elementwise for ChainRun<'_> {
                 link(l.as_ref()).apply(i, off + b * BLOCK, u, pb);
             }
             if let Some(kernel) = kernel {
-                kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, map, tail });
+                kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, map, tail, post: fold.post });
             }
         }
     }

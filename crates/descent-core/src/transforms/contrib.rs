@@ -5,7 +5,7 @@ use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transform::{Elementwise, Epilogue, Fold, LearningRate, Shapes, Transform};
 
 /// optax `contrib.scale_by_ademamix` (Pagliardini et al. 2024): Adam with a second, slow EMA
 /// `m₂` (decay `b3`) mixed in with weight `alpha`.
@@ -536,6 +536,13 @@ impl ScheduleFree {
     }
 }
 
+impl Epilogue for ScheduleFree {
+    unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
+        Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
+        crate::transform::finish_inline(p, u, None, None);
+    }
+}
+
 impl Transform for ScheduleFree {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         self.z = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
@@ -592,6 +599,15 @@ impl Elementwise for ScheduleFree {
     fn begin_step(&mut self) {
         self.ck = self.next_ck();
         self.base.as_elementwise().expect("elementwise base").begin_step();
+    }
+    /// The base optimizer's fused step, ending in the interpolation instead of the plain add.
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        let base = self.base.elementwise().expect("elementwise base");
+        if fold.map.is_some() || fold.tail.is_some() || fold.post.is_some() {
+            // Maps after the interpolation (a chain around Schedule-Free): the general path.
+            return crate::transform::step_via_apply(self, i, off, g, p, fold);
+        }
+        base.step(i, off, g, p, Fold { head: fold.head, map: None, tail: None, post: Some(self) })
     }
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         self.base.elementwise().expect("elementwise base").apply(i, off, u, p);

@@ -234,7 +234,7 @@ macro_rules! simd_apply {
                     let u = &mut scratch[..pb.len()];
                     $crate::transform::start_inline(u, gb, pb, fold.head);
                     kernel(this, i, off + k * SUB, u, pb);
-                    $crate::transform::finish_inline(pb, u, fold.map, fold.tail);
+                    $crate::transform::finish_fold(pb, u, &fold, i, off + k * SUB);
                 }
             }
             #[cfg(target_arch = "x86_64")]

@@ -154,8 +154,8 @@ impl Elementwise for ScaleByAdam8bit {
     /// Block by block: the update of each element goes straight into the parameter (with the
     /// chain's head and tail folded in), then the block's moments are re-quantized.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
-        if fold.map.is_some() {
-            // A sign or clip after Adam: rare enough for the general path.
+        if fold.map.is_some() || fold.post.is_some() {
+            // A sign or clip after Adam, an epilogue: rare enough for the general path.
             return crate::transform::step_via_apply(self, i, off, g, p, fold);
         }
         #[inline(always)]
