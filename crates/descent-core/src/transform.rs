@@ -100,6 +100,22 @@ pub trait Elementwise: Sync {
     }
     /// Reads the input (what `apply` will receive as `u`) before `begin_step`.
     fn prepare(&mut self, _inputs: &[&[f32]], _params: &[&[f32]]) {}
+    /// [`Elementwise::prepare`] for the input `heads[i](grads[i])`, a chain's head map of the
+    /// gradients: rules override it to read the gradients without materializing the map.
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<Head>]) {
+        let mapped: Vec<Vec<f32>> = grads
+            .iter()
+            .zip(params)
+            .zip(heads)
+            .map(|((g, p), h)| {
+                let mut u = vec![0.0; g.len()];
+                start(&mut u, g, p, *h);
+                u
+            })
+            .collect();
+        let inputs: Vec<&[f32]> = mapped.iter().map(|u| u.as_slice()).collect();
+        self.prepare(&inputs, params);
+    }
     /// For a rule `u ← α·u + β·p` with per-step, per-parameter `α`, `β` (scaling, weight decay,
     /// trust ratios): `(α, β)` for parameter `i` this step, after `begin_step`. A chain folds a run
     /// of such links into one pass.
@@ -109,7 +125,7 @@ pub trait Elementwise: Sync {
     /// The rule as a map of the incoming update alone (`u ← a·u + b·p`, or clipping), which a
     /// chain folds into the copy of the gradient ahead of its kernel. Affine rules by default.
     fn head(&self, i: usize) -> Option<Head> {
-        self.affine(i).map(|(a, b)| Head::Affine(Affine { a, b }))
+        self.affine(i).map(|(a, b)| Head::affine(a, b))
     }
     /// One fused optimizer step on elements `off..off+p.len()` of parameter `i`:
     /// `p ← p + tail(rule(head(g)))`, with `head` and `tail` the maps a chain folds around this
@@ -159,10 +175,29 @@ pub struct Affine {
 /// A map of the gradient alone that a chain applies ahead of its kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Head {
-    /// `u ← a·g + b·p` (scaling, L2 weight decay, global-norm clipping's factor).
-    Affine(Affine),
+    /// `u ← s₂·(s₁·(a·g + b·p))`, in that order (weight decay, then trust ratio and learning
+    /// rate: each link rounds as it would alone). A scale of 1 is no scaling.
+    Affine { map: Affine, scales: [f32; 2] },
     /// `u ← clamp(g, −δ, δ)` (optax `clip`).
     Clip(f32),
+}
+
+impl Head {
+    /// `u ← a·g + b·p`.
+    pub fn affine(a: f32, b: f32) -> Head {
+        Head::Affine { map: Affine { a, b }, scales: [1.0, 1.0] }
+    }
+    /// This map followed by the link `u ← a·u + b·p`, if it can be written as one head.
+    fn then(self, a: f32, b: f32) -> Option<Head> {
+        match self {
+            Head::Affine { map, scales: [s1, s2] } if b == 0.0 => match (s1 == 1.0, s2 == 1.0) {
+                (true, _) => Some(Head::Affine { map, scales: [a, s2] }),
+                (false, true) => Some(Head::Affine { map, scales: [s1, a] }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// A pointwise map of the update that a chain applies between its kernel and its tail.
@@ -241,8 +276,18 @@ pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
     let (g, p) = (&g[..u.len()], &p[..u.len()]);
     match head {
         None => u.copy_from_slice(g),
-        Some(Head::Affine(Affine { a, b: 0.0 })) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g * a),
-        Some(Head::Affine(Affine { a, b })) => u.iter_mut().zip(g).zip(p).for_each(|((x, g), w)| *x = a * g + b * w),
+        Some(Head::Affine { map: Affine { a, b }, scales }) => {
+            if b == 0.0 {
+                u.iter_mut().zip(g).for_each(|(x, g)| *x = g * a);
+            } else {
+                u.iter_mut().zip(g).zip(p).for_each(|((x, g), w)| *x = a * g + b * w);
+            }
+            for s in scales {
+                if s != 1.0 {
+                    u.iter_mut().for_each(|x| *x *= s);
+                }
+            }
+        }
         Some(Head::Clip(d)) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g.clamp(-d, d)),
     }
 }
@@ -346,6 +391,17 @@ where
             f(base + k * BLOCK, b);
         }
     });
+}
+
+/// [`global_sum_sq`] of one tensor's `head(g)`, without materializing it (bit for bit the same).
+pub fn global_sum_sq_mapped(g: &[f32], p: &[f32], head: Option<Head>) -> f64 {
+    let part = |(gc, pc): (&[f32], &[f32])| crate::transforms::sum_sq_mapped(gc, pc, head);
+    let parts: Vec<f64> = if g.len() >= PARALLEL_MIN {
+        g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)).map(part).collect()
+    } else {
+        g.chunks(CHUNK).zip(p.chunks(CHUNK)).map(part).collect()
+    };
+    parts.iter().sum::<f64>()
 }
 
 /// The squared L2 norm of all buffers together, computed in `f64` over fixed chunks and summed in
@@ -464,6 +520,30 @@ pub fn chain(links: Vec<Box<dyn Transform>>) -> Box<dyn Transform> {
     Box::new(Chain::new(links))
 }
 
+impl Chain {
+    /// The rest of a step whose first link is the map `heads[i]` of the gradients (begun
+    /// already): the second link's reduction reads the mapped gradients on the fly, then the
+    /// remaining links run as one fused step with the map as their head.
+    fn step_after_head(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], heads: &[Option<Head>]) -> Result<()> {
+        {
+            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+            let e = self.links[1].as_elementwise().expect("elementwise link");
+            e.prepare_mapped(grads, &views, heads);
+        }
+        for l in self.links[1..].iter_mut() {
+            l.as_elementwise().expect("elementwise link").begin_step();
+        }
+        let run = ChainRun(&self.links[1..]);
+        for (i, p) in params.iter_mut().enumerate() {
+            let g = grads[i];
+            let fold = Fold { head: heads[i], ..Fold::default() };
+            // SAFETY: chunks are disjoint ranges of parameter `i`.
+            for_chunks(p, |base, chunk| unsafe { run.step(i, base, &g[base..base + chunk.len()], chunk, fold) });
+        }
+        Ok(())
+    }
+}
+
 impl Transform for Chain {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
@@ -518,6 +598,39 @@ impl Transform for Chain {
             let mut end = k + 1;
             while end < self.links.len() && self.links[end].elementwise().is_some_and(|e| !e.needs_prepare()) {
                 end += 1;
+            }
+            // A lone map of the gradient (weight decay in LARS) ahead of a run that needs a
+            // reduction of its output and ends the chain: not materialized, but folded into the
+            // reduction's read and the last run's step as their head.
+            if k == 0
+                && end == 1
+                && self.links.len() > 1
+                && !self.links[0].elementwise().is_some_and(|e| e.needs_prepare())
+            {
+                let rest = &self.links[1..];
+                let last_run = rest.iter().all(|l| l.elementwise().is_some())
+                    && rest.iter().skip(1).all(|l| l.elementwise().is_some_and(|e| !e.needs_prepare()));
+                if last_run && rest[0].elementwise().is_some_and(|e| e.needs_prepare()) {
+                    self.links[0].as_elementwise().expect("elementwise link").begin_step();
+                    let first = self.links[0].elementwise().expect("elementwise link");
+                    let heads: Vec<Option<Head>> = (0..params.len()).map(|i| first.head(i)).collect();
+                    if heads.iter().all(|h| h.is_some()) {
+                        return self.step_after_head(params, grads, &heads);
+                    }
+                    // No head form after all: undo nothing (begin_step ran once), materialize.
+                    let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+                    for (i, (u, p)) in updates.iter_mut().zip(&views).enumerate() {
+                        let g = grads[i];
+                        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+                        for_blocks(u, |off, ub| unsafe {
+                            ub.copy_from_slice(&g[off..off + ub.len()]);
+                            first.apply(i, off, ub, &p[off..off + ub.len()])
+                        });
+                    }
+                    materialized = true;
+                    k = 1;
+                    continue;
+                }
             }
             {
                 let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
@@ -623,9 +736,9 @@ struct ChainRun<'a>(&'a [Box<dyn Transform>]);
 impl Elementwise for ChainRun<'_> {
     fn begin_step(&mut self) {}
     /// The chain as `prologue → kernel → map → affine tail`: the tail and a pointwise map before
-    /// it (sign, clipping) fold into the kernel's fused step, and so does a prologue of one map
-    /// of the gradient alone (clipping, L2 decay). Any other prologue runs first on block-sized
-    /// copies of the gradient.
+    /// it (sign, clipping) fold into the kernel's fused step, and so does a prologue of maps of
+    /// the gradient alone (affine links, or one clip). Any other prologue runs first on
+    /// block-sized copies of the gradient.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         fn link(l: &dyn Transform) -> &dyn Elementwise {
             l.elementwise().expect("elementwise link")
@@ -658,11 +771,17 @@ impl Elementwise for ChainRun<'_> {
             0 => (None, &self.0[..0]),
             m => (Some(link(self.0[m - 1].as_ref())), &self.0[..m - 1]),
         };
-        let head = match prologue {
-            [] => Some(fold.head),
-            [l] if fold.head.is_none() => link(l.as_ref()).head(i).map(Some),
-            _ => None,
-        };
+        // The prologue as one head map: an affine link and up to two scalings after it, or one
+        // clip; anything else leaves `None` (the block path).
+        let head = prologue.iter().fold(Some(fold.head), |h, l| {
+            let e = link(l.as_ref());
+            match (h, e.affine(i)) {
+                (Some(None), Some((a, b))) => Some(Some(Head::affine(a, b))),
+                (Some(Some(head)), Some((a, b))) => head.then(a, b).map(Some),
+                (Some(None), None) => e.head(i).map(Some),
+                _ => None,
+            }
+        });
         match (kernel, head) {
             (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail, post: fold.post }),
             (None, _) => return pointwise_step(i, off, g, p, Fold { head: fold.head, map, tail, post: fold.post }),

@@ -108,23 +108,41 @@ pub(crate) fn sign(x: f32) -> f32 {
     }
 }
 
-/// Sum of squares in `f64`, for norms: eight independent accumulators (so the adds pipeline and
-/// vectorize) combined in a fixed order, so the result is deterministic.
-pub fn sum_sq(x: &[f32]) -> f64 {
+/// A sum of squares in `f64` over eight independent lanes (so the adds pipeline and vectorize),
+/// combined in a fixed order, so the result is deterministic. Slices added one after another give
+/// the sum of their concatenation, as long as all but the last have a length divisible by 8.
+#[derive(Default)]
+pub(crate) struct SumSq {
+    acc: [f64; 8],
+    tail: f64,
+}
+impl SumSq {
     #[inline(always)]
-    fn body(x: &[f32]) -> f64 {
-        let mut acc = [0.0f64; 8];
+    pub(crate) fn add(&mut self, x: &[f32]) {
         let mut chunks = x.chunks_exact(8);
         for c in &mut chunks {
             for k in 0..8 {
-                acc[k] += (c[k] as f64) * (c[k] as f64);
+                self.acc[k] += (c[k] as f64) * (c[k] as f64);
             }
         }
-        let mut tail = 0.0f64;
         for &v in chunks.remainder() {
-            tail += (v as f64) * (v as f64);
+            self.tail += (v as f64) * (v as f64);
         }
-        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    }
+    #[inline(always)]
+    pub(crate) fn total(&self) -> f64 {
+        let a = &self.acc;
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + self.tail
+    }
+}
+
+/// Sum of squares in `f64`, for norms (see [`SumSq`]).
+pub fn sum_sq(x: &[f32]) -> f64 {
+    #[inline(always)]
+    fn body(x: &[f32]) -> f64 {
+        let mut s = SumSq::default();
+        s.add(x);
+        s.total()
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -138,6 +156,35 @@ pub fn sum_sq(x: &[f32]) -> f64 {
         }
     }
     body(x)
+}
+
+/// [`sum_sq`] of `head(g)` (the head map of a chain, with `p` the parameters), without
+/// materializing it: the same value, bit for bit.
+pub fn sum_sq_mapped(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+    #[inline(always)]
+    fn body(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+        const B: usize = crate::transform::BLOCK;
+        let mut s = SumSq::default();
+        let mut u = [0.0f32; B];
+        for (gb, pb) in g.chunks(B).zip(p.chunks(B)) {
+            let u = &mut u[..gb.len()];
+            crate::transform::start_inline(u, gb, pb, head);
+            s.add(u);
+        }
+        s.total()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+            body(g, p, head)
+        }
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2(g, p, head) };
+        }
+    }
+    body(g, p, head)
 }
 
 /// Implements `visit_state` from a list of per-parameter buffer fields and counter fields.

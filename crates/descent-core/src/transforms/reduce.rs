@@ -75,7 +75,7 @@ impl Transform for ClipByGlobalNorm {
 impl Elementwise for ClipByGlobalNorm {
     fn begin_step(&mut self) {}
     fn head(&self, _i: usize) -> Option<crate::transform::Head> {
-        Some(crate::transform::Head::Affine(crate::transform::Affine { a: self.scale, b: 0.0 }))
+        Some(crate::transform::Head::affine(self.scale, 0.0))
     }
     simd_apply!(ClipByGlobalNorm, |this, i, off, u, p| {
         if this.scale != 1.0 {
@@ -175,6 +175,31 @@ impl ScaleByTrustRatio {
         self
     }
 }
+impl ScaleByTrustRatio {
+    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)`.
+    fn ratios_of(&self, norms: &[(f64, f64)]) -> Vec<f32> {
+        let safe = |sq: f64, min: f64| {
+            let n = sq.sqrt();
+            if n <= min {
+                min
+            } else {
+                n
+            }
+        };
+        norms
+            .iter()
+            .enumerate()
+            .map(|(i, &(p_sq, u_sq))| {
+                if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+                    return 1.0;
+                }
+                let pn = safe(p_sq, self.min_norm);
+                let un = safe(u_sq, self.min_norm);
+                (if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) }) as f32
+            })
+            .collect()
+    }
+}
 impl Transform for ScaleByTrustRatio {
     stateless!();
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
@@ -198,27 +223,23 @@ impl Elementwise for ScaleByTrustRatio {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let safe = |sq: f64, min: f64| {
-            let n = sq.sqrt();
-            if n <= min {
-                min
-            } else {
-                n
-            }
-        };
-        self.ratios = inputs
+        let norms: Vec<(f64, f64)> = inputs
             .iter()
             .zip(params)
-            .enumerate()
-            .map(|(i, (u, p))| {
-                if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
-                    return 1.0;
-                }
-                let pn = safe(crate::transform::global_sum_sq(&[p]), self.min_norm);
-                let un = safe(crate::transform::global_sum_sq(&[u]), self.min_norm);
-                (if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) }) as f32
+            .map(|(u, p)| (crate::transform::global_sum_sq(&[p]), crate::transform::global_sum_sq(&[u])))
+            .collect();
+        self.ratios = self.ratios_of(&norms);
+    }
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::transform::Head>]) {
+        let norms: Vec<(f64, f64)> = grads
+            .iter()
+            .zip(params)
+            .zip(heads)
+            .map(|((g, p), h)| {
+                (crate::transform::global_sum_sq(&[p]), crate::transform::global_sum_sq_mapped(g, p, *h))
             })
             .collect();
+        self.ratios = self.ratios_of(&norms);
     }
     fn affine(&self, i: usize) -> Option<(f32, f32)> {
         Some((self.ratios[i], 0.0))
