@@ -773,12 +773,12 @@ impl Elementwise for ChainRun<'_> {
         };
         // The prologue as one head map: an affine link and up to two scalings after it, or one
         // clip; anything else leaves `None` (the block path).
-        let head = prologue.iter().fold(Some(fold.head), |h, l| {
+        let head: Option<Option<Head>> = prologue.iter().try_fold(fold.head, |h, l| {
             let e = link(l.as_ref());
             match (h, e.affine(i)) {
-                (Some(None), Some((a, b))) => Some(Some(Head::affine(a, b))),
-                (Some(Some(head)), Some((a, b))) => head.then(a, b).map(Some),
-                (Some(None), None) => e.head(i).map(Some),
+                (None, Some((a, b))) => Some(Some(Head::affine(a, b))),
+                (Some(head), Some((a, b))) => head.then(a, b).map(Some),
+                (None, None) => e.head(i).map(Some),
                 _ => None,
             }
         });

@@ -121,8 +121,8 @@ impl SumSq {
     pub(crate) fn add(&mut self, x: &[f32]) {
         let mut chunks = x.chunks_exact(8);
         for c in &mut chunks {
-            for k in 0..8 {
-                self.acc[k] += (c[k] as f64) * (c[k] as f64);
+            for (a, &v) in self.acc.iter_mut().zip(c) {
+                *a += (v as f64) * (v as f64);
             }
         }
         for &v in chunks.remainder() {
