@@ -568,10 +568,43 @@ impl Transform for ScaleBySm3 {
     state!(ScaleBySm3; bufs: [mu, nu]; counters: []; scalars: []);
 }
 
-/// `C = A·Bᵀ`-free small dense matrix product `C[m×n] = A[m×k]·B[k×n]`, row-major, accumulating
-/// in `f32` like the libraries' GEMMs.
+/// Products with at least this many multiply-adds go to the blocked, threaded GEMM.
+const GEMM_MIN: usize = 1 << 18;
+
+/// Dense matrix product `C[m×n] = A[m×k]·B[k×n]`, row-major, accumulating in `f32` like the
+/// libraries' GEMMs: in order of `k` for small products (the reference problems' sizes, where
+/// this order reproduces torch's bfloat16 Newton–Schulz bit for bit), through the `gemm` crate
+/// (blocked, vectorized, on rayon's threads) for large ones.
 pub(crate) fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert!(a.len() == m * k && b.len() == k * n, "matmul operand sizes");
     let mut c = vec![0.0f32; m * n];
+    if m * k * n >= GEMM_MIN {
+        // SAFETY: the strides describe the row-major operands whose sizes are asserted above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        return c;
+    }
     for r in 0..m {
         let crow = &mut c[r * n..(r + 1) * n];
         for t in 0..k {
@@ -729,7 +762,30 @@ impl Transform for ScaleByShape {
 
 #[cfg(test)]
 mod tests {
-    use super::round_bf16;
+    use super::{matmul, round_bf16, GEMM_MIN};
+
+    /// Large products go through the blocked GEMM: the same values as the in-order sum, to `f32`
+    /// rounding of the sum of absolute products.
+    #[test]
+    fn large_products_use_the_gemm_and_agree_with_the_plain_sum() {
+        let (m, k, n) = (70, 90, 50);
+        assert!(m * k * n >= GEMM_MIN);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0).collect();
+        let c = matmul(&a, &b, m, k, n);
+        for r in 0..m {
+            for j in 0..n {
+                let (mut sum, mut mag) = (0.0f64, 0.0f64);
+                for t in 0..k {
+                    let p = a[r * k + t] as f64 * b[t * n + j] as f64;
+                    sum += p;
+                    mag += p.abs();
+                }
+                let got = c[r * n + j] as f64;
+                assert!((got - sum).abs() <= 2.0 * k as f64 * f32::EPSILON as f64 * mag, "{r},{j}: {got} vs {sum}");
+            }
+        }
+    }
 
     #[test]
     fn bf16_rounding_is_to_nearest_even() {
