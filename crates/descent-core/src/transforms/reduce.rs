@@ -324,6 +324,26 @@ fn ravel_without(idx: &[usize], shape: &[usize], skip: usize) -> usize {
     f
 }
 
+/// Calls `f(e, r, c)` for every element `e` of a tensor of shape `s` in order, with `r` its
+/// multi-index without axis `d0` and `c` without axis `d1`, flattened. Matrices go by two plain
+/// loops; other ranks unravel each index.
+fn for_each_row_col(s: &[usize], d0: usize, d1: usize, mut f: impl FnMut(usize, usize, usize)) {
+    if let [n0, n1] = *s {
+        for a in 0..n0 {
+            for b in 0..n1 {
+                let pick = |axis: usize| if axis == 0 { a } else { b };
+                f(a * n1 + b, pick(d1), pick(d0));
+            }
+        }
+        return;
+    }
+    let mut idx = vec![0; s.len()];
+    for e in 0..numel(s) {
+        unravel(e, s, &mut idx);
+        f(e, ravel_without(&idx, s, d0), ravel_without(&idx, s, d1));
+    }
+}
+
 /// optax `scale_by_factored_rms` (Adafactor, Shazeer & Stern 2018): the second moment of tensors
 /// whose two largest axes are at least `min_dim_size_to_factor` is kept as row and column means.
 pub struct ScaleByFactoredRms {
@@ -406,16 +426,18 @@ impl Transform for ScaleByFactoredRms {
                 }
                 Factoring::Factored { d0, d1 } => {
                     let s = &self.shapes[i];
-                    let mut idx = vec![0; s.len()];
+                    // Row index of an element: its multi-index without axis d0; column index:
+                    // without axis d1. A matrix needs no index arithmetic per element.
                     // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
                     let mut row = vec![0.0f64; self.v_row[i].len()];
                     let mut col = vec![0.0f64; self.v_col[i].len()];
-                    for (e, g) in u.iter().enumerate() {
-                        unravel(e, s, &mut idx);
-                        let g2 = (*g * *g + self.epsilon) as f64;
-                        row[ravel_without(&idx, s, d0)] += g2;
-                        col[ravel_without(&idx, s, d1)] += g2;
-                    }
+                    let eps = self.epsilon;
+                    for_each_row_col(s, d0, d1, |e, r, c| {
+                        let g = u[e];
+                        let g2 = (g * g + eps) as f64;
+                        row[r] += g2;
+                        col[c] += g2;
+                    });
                     for (v, r) in self.v_row[i].iter_mut().zip(&row) {
                         *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
                     }
@@ -431,16 +453,16 @@ impl Transform for ScaleByFactoredRms {
                         unravel(e, &row_shape, &mut ridx);
                         rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
                     }
-                    for (e, g) in u.iter_mut().enumerate() {
-                        unravel(e, s, &mut idx);
-                        let r = ravel_without(&idx, s, d0);
-                        let mut ri = vec![0; row_shape.len()];
-                        unravel(r, &row_shape, &mut ri);
-                        let rm = rmean[ravel_without(&ri, &row_shape, rd1)] as f32;
-                        let row_factor = 1.0 / (self.v_row[i][r] / rm).sqrt();
-                        let col_factor = 1.0 / self.v_col[i][ravel_without(&idx, s, d1)].sqrt();
-                        *g = *g * row_factor * col_factor;
-                    }
+                    // The factors of each row and each column, once.
+                    let row_factor: Vec<f32> = (0..self.v_row[i].len())
+                        .map(|r| {
+                            unravel(r, &row_shape, &mut ridx);
+                            let rm = rmean[ravel_without(&ridx, &row_shape, rd1)] as f32;
+                            1.0 / (self.v_row[i][r] / rm).sqrt()
+                        })
+                        .collect();
+                    let col_factor: Vec<f32> = self.v_col[i].iter().map(|v| 1.0 / v.sqrt()).collect();
+                    for_each_row_col(s, d0, d1, |e, r, c| u[e] = u[e] * row_factor[r] * col_factor[c]);
                 }
             }
         }
