@@ -923,9 +923,15 @@ impl Transform for Adafactor {
                         let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
                         *v += (mean - *v) * w;
                     }
+                    // Column sums row by row (the same order of terms per column as summing down
+                    // each column, without striding across the matrix).
+                    let mut col_sq = vec![0.0f64; c];
+                    for row in g.chunks_exact(c) {
+                        col_sq.iter_mut().zip(row).for_each(|(acc, &x)| *acc += (x as f64).powi(2));
+                    }
                     let cv = &mut self.col_var[i][b * c..(b + 1) * c];
-                    for (k, v) in cv.iter_mut().enumerate() {
-                        let mean = ((0..r).map(|q| (g[q * c + k] as f64).powi(2)).sum::<f64>() / r as f64) as f32;
+                    for (v, sq) in cv.iter_mut().zip(&col_sq) {
+                        let mean = (sq / r as f64) as f32;
                         *v += (mean - *v) * w;
                     }
                     let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
