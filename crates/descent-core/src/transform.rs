@@ -617,7 +617,7 @@ impl Transform for Chain {
                     if heads.iter().all(|h| h.is_some()) {
                         return self.step_after_head(params, grads, &heads);
                     }
-                    // No head form after all: undo nothing (begin_step ran once), materialize.
+                    // Some parameter has no head form: the link (already begun) runs into `updates`.
                     let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
                     for (i, (u, p)) in updates.iter_mut().zip(&views).enumerate() {
                         let g = grads[i];
