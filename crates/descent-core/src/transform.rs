@@ -3,8 +3,11 @@
 //! A [`Transform`] turns the incoming updates (at first the gradients) into outgoing updates, in
 //! place, keeping its own state. Updates are *added* to the parameters (optax's convention), so a
 //! descent step ends with a negative learning-rate scale. Transformations whose update of an element
-//! depends on that element alone implement [`Elementwise`]: a [`Chain`] of them runs block by block
-//! over cache-sized slices, so a chain reads and writes each buffer once per step, not once per link.
+//! depends on that element alone implement [`Elementwise`]. The [`Optimizer`] runs them through
+//! [`Elementwise::step`]: the kernel on L1-sized sub-blocks, added into the parameters in the same
+//! pass, with the maps a [`Chain`] has around its kernel (clipping, weight decay, learning rate,
+//! sign, Schedule-Free's interpolation) folded in as a [`Fold`]. A step reads and writes each buffer
+//! once, not once per link.
 
 use rayon::prelude::*;
 
