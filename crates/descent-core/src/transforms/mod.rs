@@ -136,7 +136,7 @@ impl SumSq {
     }
 }
 
-/// Sum of squares in `f64`, for norms (see [`SumSq`]).
+/// Sum of squares in `f64` over eight lanes combined in a fixed order, for norms: deterministic.
 pub fn sum_sq(x: &[f32]) -> f64 {
     #[inline(always)]
     fn body(x: &[f32]) -> f64 {
