@@ -349,15 +349,35 @@ fn step_through_updates<T: Transform + ?Sized>(
     grads: &[&[f32]],
     updates: &mut [Vec<f32>],
 ) -> Result<()> {
-    for (u, g) in updates.iter_mut().zip(grads) {
-        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
-    }
+    copy_into(updates, grads);
     {
         let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
         tx.update(updates, &views)?;
     }
     add_updates(params, updates);
     Ok(())
+}
+
+/// `updates ← grads`, split across threads for large tensors.
+fn copy_into(updates: &mut [Vec<f32>], grads: &[&[f32]]) {
+    for (u, g) in updates.iter_mut().zip(grads) {
+        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
+    }
+}
+
+/// `updates ← run(input)` block by block, the input being the gradients (`from_grads`) or the
+/// updates themselves.
+fn apply_into(run: &dyn Elementwise, updates: &mut [Vec<f32>], grads: &[&[f32]], params: &[&[f32]], from_grads: bool) {
+    for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+        let g = grads[i];
+        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+        for_blocks(u, |off, ub| unsafe {
+            if from_grads {
+                ub.copy_from_slice(&g[off..off + ub.len()]);
+            }
+            run.apply(i, off, ub, &p[off..off + ub.len()])
+        });
+    }
 }
 
 /// `p += u` for every parameter, split across threads for large ones.
@@ -524,6 +544,24 @@ pub fn chain(links: Vec<Box<dyn Transform>>) -> Box<dyn Transform> {
 }
 
 impl Chain {
+    /// The end of the fused run of elementwise links that starts at link `k`: it extends while
+    /// the links are elementwise and need no reduction of their input.
+    fn run_end(&self, k: usize) -> usize {
+        k + 1 + self.links[k + 1..].iter().take_while(|l| l.elementwise().is_some_and(|e| !e.needs_prepare())).count()
+    }
+
+    /// Starts the fused run of links `k..end`: the reduction its first link needs of `inputs`
+    /// (if any), then every link's `begin_step`.
+    fn begin_run(&mut self, k: usize, end: usize, inputs: &[&[f32]], params: &[&[f32]]) {
+        let head = self.links[k].as_elementwise().expect("elementwise link");
+        if head.needs_prepare() {
+            head.prepare(inputs, params);
+        }
+        for l in self.links[k..end].iter_mut() {
+            l.as_elementwise().expect("elementwise link").begin_step();
+        }
+    }
+
     /// The rest of a step whose first link is the map `heads[i]` of the gradients (begun
     /// already): the second link's reduction reads the mapped gradients on the fly, then the
     /// remaining links run as one fused step with the map as their head.
@@ -560,18 +598,9 @@ impl Transform for Chain {
                 k += 1;
                 continue;
             }
-            let mut end = k + 1;
-            while end < self.links.len() && self.links[end].elementwise().is_some_and(|e| !e.needs_prepare()) {
-                end += 1;
-            }
-            let head = self.links[k].as_elementwise().expect("elementwise link");
-            if head.needs_prepare() {
-                let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
-                head.prepare(&inputs, params);
-            }
-            for l in self.links[k..end].iter_mut() {
-                l.as_elementwise().expect("elementwise link").begin_step();
-            }
+            let end = self.run_end(k);
+            let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
+            self.begin_run(k, end, &inputs, params);
             run_elementwise(&ChainRun(&self.links[k..end]), updates, params);
             k = end;
         }
@@ -588,9 +617,7 @@ impl Transform for Chain {
         while k < self.links.len() {
             if self.links[k].elementwise().is_none() {
                 if !materialized {
-                    for (u, g) in updates.iter_mut().zip(grads) {
-                        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
-                    }
+                    copy_into(updates, grads);
                     materialized = true;
                 }
                 let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
@@ -598,10 +625,7 @@ impl Transform for Chain {
                 k += 1;
                 continue;
             }
-            let mut end = k + 1;
-            while end < self.links.len() && self.links[end].elementwise().is_some_and(|e| !e.needs_prepare()) {
-                end += 1;
-            }
+            let end = self.run_end(k);
             // A lone map of the gradient (weight decay in LARS) ahead of a run that needs a
             // reduction of its output and ends the chain: not materialized, but folded into the
             // reduction's read and the last run's step as their head.
@@ -615,21 +639,14 @@ impl Transform for Chain {
                     && rest.iter().skip(1).all(|l| l.elementwise().is_some_and(|e| !e.needs_prepare()));
                 if last_run && rest[0].elementwise().is_some_and(|e| e.needs_prepare()) {
                     self.links[0].as_elementwise().expect("elementwise link").begin_step();
-                    let first = self.links[0].elementwise().expect("elementwise link");
+                    let first = link(self.links[0].as_ref());
                     let heads: Vec<Option<Head>> = (0..params.len()).map(|i| first.head(i)).collect();
                     if heads.iter().all(|h| h.is_some()) {
                         return self.step_after_head(params, grads, &heads);
                     }
                     // Some parameter has no head form: the link (already begun) runs into `updates`.
                     let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-                    for (i, (u, p)) in updates.iter_mut().zip(&views).enumerate() {
-                        let g = grads[i];
-                        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
-                        for_blocks(u, |off, ub| unsafe {
-                            ub.copy_from_slice(&g[off..off + ub.len()]);
-                            first.apply(i, off, ub, &p[off..off + ub.len()])
-                        });
-                    }
+                    apply_into(first, updates, grads, &views, true);
                     materialized = true;
                     k = 1;
                     continue;
@@ -637,15 +654,9 @@ impl Transform for Chain {
             }
             {
                 let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-                let head = self.links[k].as_elementwise().expect("elementwise link");
-                if head.needs_prepare() {
-                    let inputs: Vec<&[f32]> =
-                        if materialized { updates.iter().map(|u| u.as_slice()).collect() } else { grads.to_vec() };
-                    head.prepare(&inputs, &views);
-                }
-            }
-            for l in self.links[k..end].iter_mut() {
-                l.as_elementwise().expect("elementwise link").begin_step();
+                let inputs: Vec<&[f32]> =
+                    if materialized { updates.iter().map(|u| u.as_slice()).collect() } else { grads.to_vec() };
+                self.begin_run(k, end, &inputs, &views);
             }
             let run = ChainRun(&self.links[k..end]);
             if end == self.links.len() {
@@ -659,16 +670,7 @@ impl Transform for Chain {
                 return Ok(());
             }
             let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-            for (i, (u, p)) in updates.iter_mut().zip(&views).enumerate() {
-                let g = grads[i];
-                // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
-                for_blocks(u, |off, ub| unsafe {
-                    if !materialized {
-                        ub.copy_from_slice(&g[off..off + ub.len()]);
-                    }
-                    run.apply(i, off, ub, &p[off..off + ub.len()])
-                });
-            }
+            apply_into(&run, updates, grads, &views, !materialized);
             materialized = true;
             k = end;
         }
@@ -732,6 +734,11 @@ impl Elementwise for Chain {
     }
 }
 
+/// The elementwise form of a link of a run known to be elementwise.
+fn link(l: &dyn Transform) -> &dyn Elementwise {
+    l.elementwise().expect("elementwise link")
+}
+
 /// A run of elementwise links applied one after the other to each block; a tail of affine links
 /// (`u ← α·u + β·p`) is composed into one `(α, β)` and applied in a single loop.
 struct ChainRun<'a>(&'a [Box<dyn Transform>]);
@@ -743,9 +750,6 @@ impl Elementwise for ChainRun<'_> {
     /// the gradient alone (affine links, or one clip). Any other prologue runs first on
     /// block-sized copies of the gradient.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
-        fn link(l: &dyn Transform) -> &dyn Elementwise {
-            l.elementwise().expect("elementwise link")
-        }
         let n = self.0.len();
         let k = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
         if fold.map.is_some() && k > 0 {
@@ -803,9 +807,6 @@ impl Elementwise for ChainRun<'_> {
         }
     }
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
-        fn link(l: &dyn Transform) -> &dyn Elementwise {
-            l.elementwise().expect("elementwise link")
-        }
         let n = self.0.len();
         let tail = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
         let head = if tail < 2 { n } else { n - tail };
