@@ -58,30 +58,27 @@ fn adafactor_state_is_sub_linear_for_matrices() {
     assert_eq!(bytes_per_param("torch.adafactor", json!({}), &[vec![1000]]), 4.0);
 }
 
-/// 8-bit AdamW: one byte per moment plus one f32 scale per 2048 elements for large tensors,
-/// 32-bit moments for small ones; its state saves and resumes bit for bit.
-#[test]
-fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
+/// Runs `lib.name` for six steps on `shapes`, once straight through and once saved (through
+/// JSON), rebuilt and loaded after step 3; asserts that both end bit for bit the same and returns
+/// the uninterrupted optimizer.
+fn assert_resume_is_exact(lib: &str, name: &str, h: &serde_json::Value, shapes: &[Vec<usize>]) -> Optimizer {
     use descent_core::state::StateDict;
-    let shapes = vec![vec![512, 64], vec![64]];
     let build = || {
-        let tx = build_optimizer("descent", "adamw8bit", &json!({"lr": 1e-2}), None, &shapes).unwrap();
+        let tx = build_optimizer(lib, name, h, None, shapes).unwrap();
         let p: Vec<Vec<f32>> = shapes
             .iter()
             .map(|s| (0..s.iter().product::<usize>()).map(|i| (i as f32 * 0.01).sin()).collect())
             .collect();
         let views: Vec<&[f32]> = p.iter().map(|v| v.as_slice()).collect();
-        (Optimizer::new(tx, shapes.clone(), &views).unwrap(), p)
+        (Optimizer::new(tx, shapes.to_vec(), &views).unwrap(), p)
     };
-    let (mut opt, mut p) = build();
-    let big: usize = 512 * 64;
-    assert_eq!(opt.stored_state_bytes(), 2 * big + 2 * 4 * big.div_ceil(2048) + 2 * 4 * 64);
     let grads = |t: usize| -> Vec<Vec<f32>> {
         shapes
             .iter()
             .map(|s| (0..s.iter().product::<usize>()).map(|i| ((i * 7 + t * 13) as f32 * 0.37).cos()).collect())
             .collect()
     };
+    let (mut opt, mut p) = build();
     let (mut opt2, mut p2) = build();
     for t in 0..6 {
         if t == 3 {
@@ -94,8 +91,19 @@ fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
         opt2.step_vecs(&mut p2, &grads(t)).unwrap();
     }
     for (a, b) in p.iter().flatten().zip(p2.iter().flatten()) {
-        assert_eq!(a.to_bits(), b.to_bits());
+        assert_eq!(a.to_bits(), b.to_bits(), "{lib}.{name}: resumed run differs");
     }
+    opt
+}
+
+/// 8-bit AdamW: one byte per moment plus one f32 scale per 2048 elements for large tensors,
+/// 32-bit moments for small ones; its state saves and resumes bit for bit.
+#[test]
+fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
+    let shapes = vec![vec![512, 64], vec![64]];
+    let mut opt = assert_resume_is_exact("descent", "adamw8bit", &json!({"lr": 1e-2}), &shapes);
+    let big: usize = 512 * 64;
+    assert_eq!(opt.stored_state_bytes(), 2 * big + 2 * 4 * big.div_ceil(2048) + 2 * 4 * 64);
     // A saved state whose byte buffers hold non-bytes is refused.
     let mut bad = opt.state_dict().unwrap();
     let key = bad.buffers.keys().find(|k| k.contains(".m.")).unwrap().clone();
@@ -108,41 +116,11 @@ fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
 /// state saves and resumes bit for bit, and a saved moment that is not bfloat16 is refused.
 #[test]
 fn bf16_first_moment_takes_two_bytes_and_resumes_exactly() {
-    use descent_core::state::StateDict;
     let shapes = vec![vec![300, 7], vec![7]];
     let n: usize = 300 * 7 + 7;
     let h = json!({"learning_rate": 1e-2, "mu_dtype": "bfloat16"});
-    let build = || {
-        let tx = build_optimizer("optax", "adamw", &h, None, &shapes).unwrap();
-        let p: Vec<Vec<f32>> = shapes
-            .iter()
-            .map(|s| (0..s.iter().product::<usize>()).map(|i| (i as f32 * 0.01).sin()).collect())
-            .collect();
-        let views: Vec<&[f32]> = p.iter().map(|v| v.as_slice()).collect();
-        (Optimizer::new(tx, shapes.clone(), &views).unwrap(), p)
-    };
-    let (mut opt, mut p) = build();
+    let mut opt = assert_resume_is_exact("optax", "adamw", &h, &shapes);
     assert_eq!(opt.stored_state_bytes(), 6 * n);
-    let grads = |t: usize| -> Vec<Vec<f32>> {
-        shapes
-            .iter()
-            .map(|s| (0..s.iter().product::<usize>()).map(|i| ((i * 7 + t * 13) as f32 * 0.37).cos()).collect())
-            .collect()
-    };
-    let (mut opt2, mut p2) = build();
-    for t in 0..6 {
-        if t == 3 {
-            let text = opt2.state_dict().unwrap().to_json().unwrap();
-            let (fresh, _) = build();
-            opt2 = fresh;
-            opt2.load_state_dict(&StateDict::from_json(&text).unwrap()).unwrap();
-        }
-        opt.step_vecs(&mut p, &grads(t)).unwrap();
-        opt2.step_vecs(&mut p2, &grads(t)).unwrap();
-    }
-    for (a, b) in p.iter().flatten().zip(p2.iter().flatten()) {
-        assert_eq!(a.to_bits(), b.to_bits());
-    }
     let mut bad = opt.state_dict().unwrap();
     let key = bad.buffers.keys().find(|k| k.contains("mu_bf16.")).unwrap().clone();
     assert!(bad.buffers[&key].iter().any(|&x| x != 0.0), "the moment was stored");
