@@ -185,18 +185,34 @@ fn interleaved_ratio(a: (&str, &str), b: (&str, &str), cfg: &StepBench) -> Resul
     let parse = |h: &str| serde_json::from_str::<Value>(h).expect("valid table");
     let mut x = setup(a.0, &parse(a.1), cfg)?;
     let mut y = setup(b.0, &parse(b.1), cfg)?;
-    x.opt.step_vecs(&mut x.params, &x.grads)?;
-    y.opt.step_vecs(&mut y.params, &y.grads)?;
-    let (mut tx, mut ty) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..cfg.steps {
-        let t0 = Instant::now();
-        x.opt.step_vecs(&mut x.params, &x.grads)?;
-        tx = tx.min(t0.elapsed().as_secs_f64());
-        let t0 = Instant::now();
-        y.opt.step_vecs(&mut y.params, &y.grads)?;
-        ty = ty.min(t0.elapsed().as_secs_f64());
-    }
+    let (tx, ty) = best_alternating(
+        cfg.steps,
+        || Ok(x.opt.step_vecs(&mut x.params, &x.grads).map(drop)?),
+        || Ok(y.opt.step_vecs(&mut y.params, &y.grads).map(drop)?),
+    )?;
     Ok(ty / tx)
+}
+
+/// The best of `steps` timings of `a` and of `b`, after one untimed call of each (no page fault
+/// lands in a timed one), timed alternately: both see the same machine state, and the minimum
+/// is the least disturbed measurement of each.
+fn best_alternating(
+    steps: usize,
+    mut a: impl FnMut() -> Result<()>,
+    mut b: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    a()?;
+    b()?;
+    let (mut ta, mut tb) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        a()?;
+        ta = ta.min(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        b()?;
+        tb = tb.min(t0.elapsed().as_secs_f64());
+    }
+    Ok((ta, tb))
 }
 
 fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
@@ -213,19 +229,14 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
     // The roofline's own buffers, touched once so that no page fault lands in a timed step.
     let mut rstate: Vec<Vec<Vec<f32>>> = (0..k).map(|_| sizes.iter().map(|&s| vec![1.0f32; s]).collect()).collect();
     let mut rparams = params.clone();
-    opt.step_vecs(&mut params, &grads)?;
-    roofline_step(&mut rparams, &grads, &mut rstate);
-    // Interleaved, best of `steps`: both see the same machine state, and the minimum is the least
-    // disturbed measurement of each.
-    let (mut step_s, mut roof_s) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..cfg.steps {
-        let t0 = Instant::now();
-        opt.step_vecs(&mut params, &grads)?;
-        step_s = step_s.min(t0.elapsed().as_secs_f64());
-        let t0 = Instant::now();
-        roofline_step(&mut rparams, &grads, &mut rstate);
-        roof_s = roof_s.min(t0.elapsed().as_secs_f64());
-    }
+    let (step_s, roof_s) = best_alternating(
+        cfg.steps,
+        || Ok(opt.step_vecs(&mut params, &grads).map(drop)?),
+        || {
+            roofline_step(&mut rparams, &grads, &mut rstate);
+            Ok(())
+        },
+    )?;
     let n = cfg.params as f64;
     Ok(json!({
         "optimizer": label,
