@@ -243,15 +243,9 @@ pub unsafe fn finish_fold(p: &mut [f32], u: &mut [f32], fold: &Fold, i: usize, o
         return finish_inline(p, u, fold.map, fold.tail);
     };
     let u = &mut u[..p.len()];
-    match fold.map {
-        None => {}
-        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
-        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
-    }
-    match fold.tail {
-        None => {}
-        Some(Affine { a, b: 0.0 }) => u.iter_mut().for_each(|x| *x *= a),
-        Some(Affine { a, b }) => u.iter_mut().zip(p.iter()).for_each(|(x, w)| *x = a * *x + b * w),
+    map_inline(u, fold.map);
+    if let Some(Affine { a, b }) = fold.tail {
+        affine_inline(u, p, a, b);
     }
     post.finish(i, off, u, p);
 }
@@ -301,11 +295,7 @@ pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
 #[inline(always)]
 pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
     let u = &mut u[..p.len()];
-    match map {
-        None => {}
-        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
-        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
-    }
+    map_inline(u, map);
     match tail {
         None => p.iter_mut().zip(u).for_each(|(x, d)| *x += *d),
         // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
@@ -826,27 +816,40 @@ impl Elementwise for ChainRun<'_> {
 
 /// `u ← a·u + b·p`, vectorized for the CPU at hand.
 fn affine_pass(u: &mut [f32], p: &[f32], a: f32, b: f32) {
-    #[inline(always)]
-    fn body(u: &mut [f32], p: &[f32], a: f32, b: f32) {
-        let p = &p[..u.len()];
-        if b == 0.0 {
-            u.iter_mut().for_each(|x| *x *= a);
-        } else {
-            u.iter_mut().zip(p).for_each(|(x, w)| *x = a * *x + b * w);
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
         unsafe fn avx2(u: &mut [f32], p: &[f32], a: f32, b: f32) {
-            body(u, p, a, b)
+            affine_inline(u, p, a, b)
         }
         if crate::transforms::has_avx2() {
             // SAFETY: the CPU supports AVX2.
             return unsafe { avx2(u, p, a, b) };
         }
     }
-    body(u, p, a, b)
+    affine_inline(u, p, a, b)
+}
+
+/// [`affine_pass`] for inlining into a kernel compiled for a given target (a zero `b`
+/// multiplies nothing by `p`).
+#[inline(always)]
+fn affine_inline(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+    let p = &p[..u.len()];
+    if b == 0.0 {
+        u.iter_mut().for_each(|x| *x *= a);
+    } else {
+        u.iter_mut().zip(p).for_each(|(x, w)| *x = a * *x + b * w);
+    }
+}
+
+/// `u ← map(u)` (identity when `None`), for inlining into a kernel.
+#[inline(always)]
+fn map_inline(u: &mut [f32], map: Option<Map>) {
+    match map {
+        None => {}
+        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
+        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
+    }
 }
 
 /// What to do with a step whose gradients hold NaN or infinite values.
