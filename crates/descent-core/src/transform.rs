@@ -408,29 +408,26 @@ where
 
 /// [`global_sum_sq`] of one tensor's `head(g)`, without materializing it (bit for bit the same).
 pub fn global_sum_sq_mapped(g: &[f32], p: &[f32], head: Option<Head>) -> f64 {
-    let part = |(gc, pc): (&[f32], &[f32])| crate::transforms::sum_sq_mapped(gc, pc, head);
-    let parts: Vec<f64> = if g.len() >= PARALLEL_MIN {
-        g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)).map(part).collect()
-    } else {
-        g.chunks(CHUNK).zip(p.chunks(CHUNK)).map(part).collect()
-    };
-    parts.iter().sum::<f64>()
+    chunked_sum(g.len(), |r| crate::transforms::sum_sq_mapped(&g[r.clone()], &p[r], head))
 }
 
 /// The squared L2 norm of all buffers together, computed in `f64` over fixed chunks and summed in
 /// order, so the result does not depend on the number of threads.
 pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
-    let part = crate::transforms::sum_sq;
-    bufs.iter()
-        .map(|b| {
-            let parts: Vec<f64> = if b.len() >= PARALLEL_MIN {
-                b.par_chunks(CHUNK).map(part).collect()
-            } else {
-                b.chunks(CHUNK).map(part).collect()
-            };
-            parts.iter().sum::<f64>()
-        })
-        .sum()
+    bufs.iter().map(|b| chunked_sum(b.len(), |r| crate::transforms::sum_sq(&b[r]))).sum()
+}
+
+/// `Σ part(chunk)` over the [`CHUNK`]-sized ranges of `0..n`, the parts computed across threads
+/// for large `n` and added in order.
+fn chunked_sum(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    let range = |c: usize| c * CHUNK..n.min((c + 1) * CHUNK);
+    let chunks = n.div_ceil(CHUNK);
+    let parts: Vec<f64> = if n >= PARALLEL_MIN {
+        (0..chunks).into_par_iter().map(|c| part(range(c))).collect()
+    } else {
+        (0..chunks).map(|c| part(range(c))).collect()
+    };
+    parts.iter().sum::<f64>()
 }
 
 /// Applies an elementwise transformation to all updates: block by block, large tensors split

@@ -176,7 +176,11 @@ impl ScaleByTrustRatio {
     }
 }
 impl ScaleByTrustRatio {
-    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)`.
+    /// Whether the mask (if any) includes parameter `i`; masked-out tensors need no norms.
+    fn applies_to(&self, i: usize) -> bool {
+        self.mask.as_ref().is_none_or(|m| m.get(i).copied().unwrap_or(true))
+    }
+    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)` (1 where masked out).
     fn ratios_of(&self, norms: &[(f64, f64)]) -> Vec<f32> {
         let safe = |sq: f64, min: f64| {
             let n = sq.sqrt();
@@ -190,7 +194,7 @@ impl ScaleByTrustRatio {
             .iter()
             .enumerate()
             .map(|(i, &(p_sq, u_sq))| {
-                if self.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+                if !self.applies_to(i) {
                     return 1.0;
                 }
                 let pn = safe(p_sq, self.min_norm);
@@ -223,20 +227,28 @@ impl Elementwise for ScaleByTrustRatio {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let norms: Vec<(f64, f64)> = inputs
-            .iter()
-            .zip(params)
-            .map(|(u, p)| (crate::transform::global_sum_sq(&[p]), crate::transform::global_sum_sq(&[u])))
+        let norms: Vec<(f64, f64)> = (0..inputs.len())
+            .map(|i| {
+                if self.applies_to(i) {
+                    (crate::transform::global_sum_sq(&[params[i]]), crate::transform::global_sum_sq(&[inputs[i]]))
+                } else {
+                    (0.0, 0.0)
+                }
+            })
             .collect();
         self.ratios = self.ratios_of(&norms);
     }
     fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::transform::Head>]) {
-        let norms: Vec<(f64, f64)> = grads
-            .iter()
-            .zip(params)
-            .zip(heads)
-            .map(|((g, p), h)| {
-                (crate::transform::global_sum_sq(&[p]), crate::transform::global_sum_sq_mapped(g, p, *h))
+        let norms: Vec<(f64, f64)> = (0..grads.len())
+            .map(|i| {
+                if self.applies_to(i) {
+                    (
+                        crate::transform::global_sum_sq(&[params[i]]),
+                        crate::transform::global_sum_sq_mapped(grads[i], params[i], heads[i]),
+                    )
+                } else {
+                    (0.0, 0.0)
+                }
             })
             .collect();
         self.ratios = self.ratios_of(&norms);
