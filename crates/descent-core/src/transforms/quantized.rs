@@ -382,6 +382,7 @@ impl ScaleByAdam8bit {
         let (mut mmax, mut vmax) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let n16 = n - n % 16;
         for j in (0..n16).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(out.p.wrapping_add(j) as *const i8);
             let (x0, x1) = decode16_m(mq.as_ptr().add(j));
             let (y0, y1) = decode16_sqrt_v(vq.as_ptr().add(j));
             for (k, x, y) in [(j, x0, y0), (j + 8, x1, y1)] {
@@ -414,6 +415,11 @@ impl ScaleByAdam8bit {
         let (inv_m8, inv_s8) = (sp(inv_m), sp(inv_s));
         let n32 = n - n % 32;
         for j in (0..n32).step_by(32) {
+            let next = |x: *const f32| x.wrapping_add(n + j) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(next(g.as_ptr()));
+            _mm_prefetch::<_MM_HINT_T0>(next(g.as_ptr().wrapping_add(16)));
+            _mm_prefetch::<_MM_HINT_T0>(mq.as_ptr().wrapping_add(n + j) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(vq.as_ptr().wrapping_add(n + j) as *const i8);
             let mut m = [_mm256_setzero_ps(); 4];
             let mut s = [_mm256_setzero_ps(); 4];
             for r in 0..4 {
