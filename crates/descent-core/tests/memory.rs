@@ -106,9 +106,18 @@ fn adamw8bit_state_is_a_quarter_and_resumes_exactly() {
     assert_eq!(opt.stored_state_bytes(), 2 * big + 2 * 4 * big.div_ceil(2048) + 2 * 4 * 64);
     // A saved state whose byte buffers hold non-bytes is refused.
     let mut bad = opt.state_dict().unwrap();
-    let key = bad.buffers.keys().find(|k| k.contains(".m.")).unwrap().clone();
+    let key = bad.buffers.keys().find(|k| k.contains(".m_code.")).unwrap().clone();
     bad.buffers.get_mut(&key).unwrap()[0] = 300.0;
     assert!(opt.load_state_dict(&bad).unwrap_err().to_string().contains("not bytes"));
+    // Codes of an earlier format (saved as `m` and `v`) are refused, not decoded the new way.
+    let mut old = opt.state_dict().unwrap();
+    old.buffers = old
+        .buffers
+        .into_iter()
+        .map(|(k, b)| (k.replace(".m_code.", ".m.").replace(".sqrt_v_code.", ".v."), b))
+        .collect();
+    let err = opt.load_state_dict(&old).unwrap_err().to_string();
+    assert!(err.contains("missing buffer") && err.contains("m_code"), "{err}");
 }
 
 /// optax's `mu_dtype: bfloat16`: the first moment in 2 bytes (6 bytes of Adam state per

@@ -96,10 +96,13 @@ pub struct ScaleByAdam8bit {
     b2: f32,
     eps: f32,
     count: u64,
-    m: ParamBufs<u8>,
-    v: ParamBufs<u8>,
+    /// The codes of `m` and `√v` (the module docs give their format). The names carry the
+    /// format: a state saved with the earlier codes (as `m` and `v`) fails to load, naming the
+    /// missing buffer, instead of decoding into wrong moments.
+    m_code: ParamBufs<u8>,
+    sqrt_v_code: ParamBufs<u8>,
     m_scale: ParamBufs,
-    v_scale: ParamBufs,
+    sqrt_v_scale: ParamBufs,
     bc1: f32,
     bc2: f32,
     sqrt_bc2: f32,
@@ -115,10 +118,10 @@ impl ScaleByAdam8bit {
             b2: b2 as f32,
             eps: eps as f32,
             count: 0,
-            m: ParamBufs::default(),
-            v: ParamBufs::default(),
+            m_code: ParamBufs::default(),
+            sqrt_v_code: ParamBufs::default(),
             m_scale: ParamBufs::default(),
-            v_scale: ParamBufs::default(),
+            sqrt_v_scale: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
             sqrt_bc2: 1.0,
@@ -137,14 +140,14 @@ impl ScaleByAdam8bit {
 elementwise_transform!(ScaleByAdam8bit, |s, shapes, _p| {
     let q = |sh: &Vec<usize>| numel(sh) >= s.min_8bit_size;
     let sized = |sh: &Vec<usize>, yes: bool| if yes { numel(sh) } else { 0 };
-    s.m = shapes.iter().map(|sh| vec![0u8; sized(sh, q(sh))]).collect::<Vec<_>>().into();
-    s.v = shapes.iter().map(|sh| vec![0u8; sized(sh, q(sh))]).collect::<Vec<_>>().into();
+    s.m_code = shapes.iter().map(|sh| vec![0u8; sized(sh, q(sh))]).collect::<Vec<_>>().into();
+    s.sqrt_v_code = shapes.iter().map(|sh| vec![0u8; sized(sh, q(sh))]).collect::<Vec<_>>().into();
     s.m32 = shapes.iter().map(|sh| vec![0.0f32; sized(sh, !q(sh))]).collect::<Vec<_>>().into();
     s.v32 = shapes.iter().map(|sh| vec![0.0f32; sized(sh, !q(sh))]).collect::<Vec<_>>().into();
     let blocks = |sh: &Vec<usize>| if q(sh) { numel(sh).div_ceil(BLOCK) } else { 0 };
     s.m_scale = shapes.iter().map(|sh| vec![0.0f32; blocks(sh)]).collect::<Vec<_>>().into();
-    s.v_scale = shapes.iter().map(|sh| vec![0.0f32; blocks(sh)]).collect::<Vec<_>>().into();
-}; bufs: [m, v, m_scale, v_scale, m32, v32]; counters: [count]; scalars: []);
+    s.sqrt_v_scale = shapes.iter().map(|sh| vec![0.0f32; blocks(sh)]).collect::<Vec<_>>().into();
+}; bufs: [m_code, sqrt_v_code, m_scale, sqrt_v_scale, m32, v32]; counters: [count]; scalars: []);
 
 impl Elementwise for ScaleByAdam8bit {
     fn begin_step(&mut self) {
@@ -257,8 +260,8 @@ impl ScaleByAdam8bit {
     }
 
     /// The new moments `(m, v)` of one element from its gradient and its codes' values `x`
-    /// and `y` (`y` codes `√v`), with the block's decay factors `(b1·m_scale, b2·v_scale²)`:
-    /// the scales fold into the decays, `b1·m = b1·m_scale·x` and `b2·v = b2·v_scale²·y²`.
+    /// and `y` (`y` codes `√v`), with the block's decay factors `(b1·m_scale, b2·sqrt_v_scale²)`:
+    /// the scales fold into the decays, `b1·m = b1·m_scale·x` and `b2·v = b2·sqrt_v_scale²·y²`.
     #[inline(always)]
     fn moments(&self, g: f32, x: f32, y: f32, (bm, bv): (f32, f32)) -> (f32, f32) {
         let m = (1.0 - self.b1) * g + bm * x;
@@ -266,7 +269,7 @@ impl ScaleByAdam8bit {
         (m, v)
     }
 
-    /// The decay factors of [`Self::moments`] for a block with scales `(m_scale, v_scale)`.
+    /// The decay factors of [`Self::moments`] for a block with scales `(m_scale, sqrt_v_scale)`.
     #[inline(always)]
     fn decays(&self, m_scale: f32, v_scale: f32) -> (f32, f32) {
         (self.b1 * m_scale, self.b2 * v_scale * v_scale)
@@ -296,7 +299,7 @@ impl ScaleByAdam8bit {
         out: Out,
         scratch: &mut [f32; 2 * BLOCK],
     ) {
-        if self.m.buffers()[i].is_empty() {
+        if self.m_code.buffers()[i].is_empty() {
             // A small tensor: plain f32 Adam.
             let n = g.len();
             let (m, v) = (self.m32.slice(i, off, n), self.v32.slice(i, off, n));
@@ -325,8 +328,8 @@ impl ScaleByAdam8bit {
     unsafe fn codes(&self, i: usize, off: usize, n: usize) -> (&mut [u8], &mut [u8], &mut f32, &mut f32) {
         assert!(off.is_multiple_of(BLOCK) && n <= BLOCK, "8-bit state needs BLOCK-aligned blocks");
         let blk = off / BLOCK;
-        let (ms, vs) = (&mut self.m_scale.slice(i, blk, 1)[0], &mut self.v_scale.slice(i, blk, 1)[0]);
-        (self.m.slice(i, off, n), self.v.slice(i, off, n), ms, vs)
+        let (ms, vs) = (&mut self.m_scale.slice(i, blk, 1)[0], &mut self.sqrt_v_scale.slice(i, blk, 1)[0]);
+        (self.m_code.slice(i, off, n), self.sqrt_v_code.slice(i, off, n), ms, vs)
     }
 
     /// The plain block kernel: decode and update the moments, then the parameters and the
