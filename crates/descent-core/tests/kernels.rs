@@ -79,44 +79,34 @@ const CHAINS: &[&str] = &[
     r#"[["scale_by_adam", {"mu_dtype": "bfloat16", "nesterov": true}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
 ];
 
+/// A case with no recorded trajectory, only an optimizer to build on the usual two shapes.
+fn case(library: &str, optimizer: &str, hparams: serde_json::Value) -> Case {
+    Case::Optim(OptimCase {
+        id: format!("{library}.{optimizer} {hparams}"),
+        library: library.into(),
+        optimizer: optimizer.into(),
+        hparams,
+        param_groups: None,
+        shapes: vec![vec![5], vec![4, 3]],
+        init: vec![],
+        grads: vec![],
+        expected: vec![],
+        rel: 0.0,
+        abs: 0.0,
+    })
+}
+
 #[test]
 fn fused_and_simd_kernels_match_the_reference_paths() {
     let mut checked = 0;
     let mut seen = std::collections::HashSet::new();
     let chains = CHAINS.iter().map(|links| {
-        Case::Optim(OptimCase {
-            id: format!("optax.chain {links}"),
-            library: "optax".into(),
-            optimizer: "chain".into(),
-            hparams: serde_json::json!({ "links": serde_json::from_str::<serde_json::Value>(links).unwrap() }),
-            param_groups: None,
-            shapes: vec![vec![5], vec![4, 3]],
-            init: vec![],
-            grads: vec![],
-            expected: vec![],
-            rel: 0.0,
-            abs: 0.0,
-        })
+        let links = serde_json::from_str::<serde_json::Value>(links).unwrap();
+        case("optax", "chain", serde_json::json!({ "links": links }))
     });
     // descent's own optimizers, which the reference set does not hold: 8-bit Adam with and
     // without a decay term in its tail.
-    let own = [("adamw8bit", serde_json::json!({"lr": 0.01})), ("adam8bit", serde_json::json!({"lr": 0.01}))].map(
-        |(name, hparams)| {
-            Case::Optim(OptimCase {
-                id: format!("descent.{name}"),
-                library: "descent".into(),
-                optimizer: name.into(),
-                hparams,
-                param_groups: None,
-                shapes: vec![vec![5], vec![4, 3]],
-                init: vec![],
-                grads: vec![],
-                expected: vec![],
-                rel: 0.0,
-                abs: 0.0,
-            })
-        },
-    );
+    let own = ["adamw8bit", "adam8bit"].map(|name| case("descent", name, serde_json::json!({"lr": 0.01})));
     for case in common::all_cases().into_iter().chain(chains).chain(own) {
         let Case::Optim(c) = case else { continue };
         if !seen.insert((c.library.clone(), c.optimizer.clone(), c.hparams.to_string(), c.shapes.clone())) {
