@@ -386,8 +386,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
         md += &format!("| {} |\n", r.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
     }
     std::fs::write(out.join("table.md"), md)?;
-    let q =
-        |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let q = crate::runs::csv_field;
     let mut csv = "run,train_loss,test_loss,test_accuracy,steps_to_target,seconds_to_target,samples_per_s,state_bytes,status,dir\n".to_string();
     for r in rows {
         let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();

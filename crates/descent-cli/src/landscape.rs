@@ -200,9 +200,9 @@ fn write_table(rows: &[PathRow], out: &std::path::Path, tol: f64) -> Result<()> 
             plot::tick(r.value)
         );
         csv += &format!(
-            "{},\"{}\",{},{},{},{},{}\n",
-            r.function,
-            r.label,
+            "{},{},{},{},{},{},{}\n",
+            crate::runs::csv_field(&r.function.to_string()),
+            crate::runs::csv_field(&r.label),
             r.end.0,
             r.end.1,
             r.value,

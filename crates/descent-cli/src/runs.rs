@@ -121,6 +121,16 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, warnings, faint: false })
 }
 
+/// A field of a CSV table as RFC 4180 writes it: quoted when it holds a comma, a quote or a line
+/// break, with quotes doubled inside (every table.csv the tool writes goes through this).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// A short name for a run from its config: the optimizer, learning rate, optimizer arguments and
 /// whatever else departs from the defaults (schedule, batch size, penalties, clipping).
 pub fn label(c: &Value) -> String {

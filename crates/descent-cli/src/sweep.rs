@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::compare::apply;
 use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
+use crate::runs::csv_field;
 use crate::train::{self, RunOptions, TrainArgs};
 use crate::tune::{self, Domain, Method, Param, Told};
 
@@ -618,17 +619,22 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
             t.epochs,
             t.seconds
         );
+        // Exact values: strings as they are, numbers and lists as JSON.
         let raw: Vec<String> = names
             .iter()
-            .map(|n| t.values.get(*n).map(|v| v.to_string().replace(',', ";")).unwrap_or_default())
+            .map(|n| match t.values.get(*n) {
+                Some(Value::String(s)) => csv_field(s),
+                Some(v) => csv_field(&v.to_string()),
+                None => String::new(),
+            })
             .collect();
         csv += &format!(
-            "{},{},{},{},\"{}\",{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             t.trial + 1,
             raw.join(","),
-            p.objective.shown(t.loss).replace(',', ";"),
+            csv_field(&p.objective.shown(t.loss)),
             t.loss,
-            t.status.replace('"', "'"),
+            csv_field(&t.status),
             t.epochs,
             t.seconds
         );

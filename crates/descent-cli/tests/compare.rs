@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 mod common;
 
-use common::{out, run_err, run_ok};
+use common::{csv_rows, out, run_err, run_ok};
 
 /// Each picture decodes as a PNG of the chart size, and its SVG twin is an SVG of that size.
 fn check_pictures(dir: &Path, names: &[&str], size: (u32, u32)) {
@@ -18,27 +18,6 @@ fn check_pictures(dir: &Path, names: &[&str], size: (u32, u32)) {
         assert!(svg.contains("<svg") && svg.contains(&format!("width=\"{}\"", size.0)), "{name}.svg");
         assert!(svg.trim_end().ends_with("</svg>"), "{name}.svg is complete");
     }
-}
-
-/// The data rows of a CSV file (RFC 4180 quoting).
-fn csv_rows(path: &Path) -> Vec<Vec<String>> {
-    let split = |line: &str| {
-        let (mut cells, mut cur, mut quoted, mut chars) = (vec![], String::new(), false, line.chars().peekable());
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    cur.push('"');
-                    chars.next();
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => cells.push(std::mem::take(&mut cur)),
-                _ => cur.push(c),
-            }
-        }
-        cells.push(cur);
-        cells
-    };
-    std::fs::read_to_string(path).unwrap().lines().skip(1).map(split).collect()
 }
 
 /// The table's numbers are those of the same runs made alone with `descent train` (the run

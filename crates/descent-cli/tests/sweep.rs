@@ -3,7 +3,7 @@
 use std::path::Path;
 mod common;
 
-use common::{descent, out, run_ok};
+use common::{csv_rows, descent, out, run_ok};
 
 fn trials(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("trials.jsonl"))
@@ -122,6 +122,17 @@ fn a_grid_runs_every_point_and_a_diverging_trial_is_recorded_as_failed() {
     assert_eq!(failed.len(), 2, "{t:?}");
     assert!(failed.iter().all(|x| x["status"].as_str().unwrap().contains("step")));
     assert!(std::fs::read_to_string(dir.join("best.toml")).unwrap().contains("lr = 0.05"));
+    // table.csv holds one row a trial, with as many fields as its header and each status whole
+    // (a failure's message may hold commas or quotes).
+    let header = std::fs::read_to_string(dir.join("table.csv")).unwrap().lines().next().unwrap().to_string();
+    let columns: Vec<&str> = header.split(',').collect();
+    let status = columns.iter().position(|c| *c == "status").unwrap();
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!(r.len(), columns.len(), "{r:?}");
+        assert!(t.iter().any(|x| x["status"].as_str().unwrap() == r[status]), "{r:?}");
+    }
 }
 
 /// ASHA stops trials at rungs: some are pruned and the sweep spends less than every trial run to

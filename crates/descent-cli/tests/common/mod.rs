@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `descent`, run from the repository root (where `data/mnist` is).
@@ -33,4 +33,25 @@ pub fn run_err(args: &[&str]) -> String {
     let o = descent().args(args).output().unwrap();
     assert!(!o.status.success(), "{args:?} should fail");
     String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The rows of a CSV file after its header, split as RFC 4180 quotes them.
+pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let split = |line: &str| {
+        let (mut cells, mut cur, mut quoted, mut chars) = (vec![], String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cur.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => cells.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        cells.push(cur);
+        cells
+    };
+    std::fs::read_to_string(path).unwrap().lines().skip(1).map(split).collect()
 }
