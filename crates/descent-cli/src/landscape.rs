@@ -201,7 +201,7 @@ fn write_table(rows: &[PathRow], out: &std::path::Path, tol: f64) -> Result<()> 
         );
         csv += &format!(
             "{},{},{},{},{},{},{}\n",
-            crate::runs::csv_field(&r.function.to_string()),
+            crate::runs::csv_field(r.function),
             crate::runs::csv_field(&r.label),
             r.end.0,
             r.end.1,
