@@ -899,7 +899,15 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let wdr = k.opt_f64("weight_decay_rate")?;
             let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
             let _ = k.value("weight_decay_mask");
-            let mut links = vec![boxed(ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps))];
+            let rms = ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps);
+            if momentum.is_none() && wdr.is_none() {
+                // The default recipe, as one transformation with a three-pass step.
+                let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
+                let param_scale = scale_param.then(|| ScaleByParamBlockRms::new(1e-3));
+                k.finish()?;
+                return Ok(boxed(Adafactor::new(rms, clip.map(ClipByBlockRms::new), lr, param_scale)));
+            }
+            let mut links = vec![boxed(rms)];
             if let Some(c) = clip {
                 links.push(boxed(ClipByBlockRms::new(c)));
             }

@@ -4,8 +4,9 @@
 use super::{state, sum_sq, zeros};
 use crate::error::Result;
 use crate::state::StateVisitor;
-use crate::transform::{numel, Elementwise, Shapes, Transform};
+use crate::transform::{numel, Elementwise, Shapes, Transform, CHUNK, PARALLEL_MIN};
 use crate::transforms::simd_apply;
+use rayon::prelude::*;
 
 macro_rules! stateless {
     () => {
@@ -258,11 +259,13 @@ impl Elementwise for ScaleByTrustRatio {
     }
 }
 
+/// The root mean square of a tensor, summed over fixed chunks across threads (the same value
+/// for any thread count; see [`crate::transform::global_sum_sq`]).
 fn rms(x: &[f32]) -> f64 {
     if x.is_empty() {
         0.0
     } else {
-        (sum_sq(x) / x.len() as f64).sqrt()
+        (crate::transform::global_sum_sq(&[x]) / x.len() as f64).sqrt()
     }
 }
 
@@ -431,57 +434,252 @@ impl Transform for ScaleByFactoredRms {
         for (i, u) in updates.iter_mut().enumerate() {
             match self.kinds[i].clone() {
                 Factoring::Full => {
-                    for (g, v) in u.iter_mut().zip(self.v[i].iter_mut()) {
-                        *v = decay * *v + (1.0 - decay) * (*g * *g + self.epsilon);
-                        *g /= v.sqrt();
-                    }
+                    let g = u.clone();
+                    full_moment(&mut self.v[i], &g, u, None, decay, self.epsilon);
                 }
-                Factoring::Factored { d0, d1 } => {
-                    let s = &self.shapes[i];
-                    // Row index of an element: its multi-index without axis d0; column index:
-                    // without axis d1. A matrix needs no index arithmetic per element.
-                    // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
-                    let mut row = vec![0.0f64; self.v_row[i].len()];
-                    let mut col = vec![0.0f64; self.v_col[i].len()];
-                    let eps = self.epsilon;
-                    for_each_row_col(s, d0, d1, |e, r, c| {
-                        let g = u[e];
-                        let g2 = (g * g + eps) as f64;
-                        row[r] += g2;
-                        col[c] += g2;
-                    });
-                    for (v, r) in self.v_row[i].iter_mut().zip(&row) {
-                        *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
-                    }
-                    for (v, c) in self.v_col[i].iter_mut().zip(&col) {
-                        *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
-                    }
-                    // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
-                    let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
-                    let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
-                    let mut rmean = vec![0.0f64; self.v_row[i].len() / row_shape[rd1]];
-                    let mut ridx = vec![0; row_shape.len()];
-                    for (e, v) in self.v_row[i].iter().enumerate() {
-                        unravel(e, &row_shape, &mut ridx);
-                        rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
-                    }
-                    // The factors of each row and each column, once.
-                    let row_factor: Vec<f32> = (0..self.v_row[i].len())
-                        .map(|r| {
-                            unravel(r, &row_shape, &mut ridx);
-                            let rm = rmean[ravel_without(&ridx, &row_shape, rd1)] as f32;
-                            1.0 / (self.v_row[i][r] / rm).sqrt()
-                        })
-                        .collect();
-                    let col_factor: Vec<f32> = self.v_col[i].iter().map(|v| 1.0 / v.sqrt()).collect();
-                    for_each_row_col(s, d0, d1, |e, r, c| u[e] = u[e] * row_factor[r] * col_factor[c]);
-                }
+                Factoring::Factored { d0, d1 } => self.factored(i, u, decay, d0, d1),
             }
         }
         self.count += 1;
         Ok(())
     }
     state!(ScaleByFactoredRms; bufs: [v_row, v_col, v]; counters: [count]; scalars: []);
+}
+
+impl ScaleByFactoredRms {
+    /// A factored tensor's step in place: the row and column means of `u² + eps` update the row
+    /// and column moments, and `u` is divided by their rank-one estimate of `√v`.
+    fn factored(&mut self, i: usize, u: &mut [f32], decay: f32, d0: usize, d1: usize) {
+        let s = &self.shapes[i];
+        // Row index of an element: its multi-index without axis d0; column index:
+        // without axis d1. A matrix needs no index arithmetic per element.
+        // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
+        let mut row = vec![0.0f64; self.v_row[i].len()];
+        let mut col = vec![0.0f64; self.v_col[i].len()];
+        let eps = self.epsilon;
+        for_each_row_col(s, d0, d1, |e, r, c| {
+            let g = u[e];
+            let g2 = (g * g + eps) as f64;
+            row[r] += g2;
+            col[c] += g2;
+        });
+        for (v, r) in self.v_row[i].iter_mut().zip(&row) {
+            *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
+        }
+        for (v, c) in self.v_col[i].iter_mut().zip(&col) {
+            *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
+        }
+        // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
+        let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
+        let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
+        let mut rmean = vec![0.0f64; self.v_row[i].len() / row_shape[rd1]];
+        let mut ridx = vec![0; row_shape.len()];
+        for (e, v) in self.v_row[i].iter().enumerate() {
+            unravel(e, &row_shape, &mut ridx);
+            rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
+        }
+        // The factors of each row and each column, once.
+        let row_factor: Vec<f32> = (0..self.v_row[i].len())
+            .map(|r| {
+                unravel(r, &row_shape, &mut ridx);
+                let rm = rmean[ravel_without(&ridx, &row_shape, rd1)] as f32;
+                1.0 / (self.v_row[i][r] / rm).sqrt()
+            })
+            .collect();
+        let col_factor: Vec<f32> = self.v_col[i].iter().map(|v| 1.0 / v.sqrt()).collect();
+        for_each_row_col(s, d0, d1, |e, r, c| u[e] = u[e] * row_factor[r] * col_factor[c]);
+    }
+
+    /// [`Transform::update`] reading the gradients from `grads` into `updates`; the moment of a
+    /// full tensor in one threaded pass, which also gives its `(Σu², Σp²)` (`None` for factored
+    /// ones).
+    fn update_from(
+        &mut self,
+        grads: &[&[f32]],
+        updates: &mut [Vec<f32>],
+        params: &[&[f32]],
+    ) -> Vec<Option<(f64, f64)>> {
+        let t = (self.count as f64 - self.step_offset as f64 + 1.0) as f32;
+        let decay = 1.0 - t.powf(-(self.decay_rate as f32));
+        let mut sums = vec![];
+        for (i, (g, u)) in grads.iter().zip(updates.iter_mut()).enumerate() {
+            sums.push(match self.kinds[i].clone() {
+                Factoring::Full => Some(full_moment(&mut self.v[i], g, u, Some(params[i]), decay, self.epsilon)),
+                Factoring::Factored { d0, d1 } => {
+                    u.copy_from_slice(g);
+                    self.factored(i, u, decay, d0, d1);
+                    None
+                }
+            });
+        }
+        self.count += 1;
+        sums
+    }
+}
+
+/// A full (unfactored) Adafactor moment: `v ← decay·v + (1 − decay)·(g² + eps)`, `u ← g/√v`,
+/// split across threads for large tensors. Returns `(Σu², Σp²)` (0 for `Σp²` without `p`).
+fn full_moment(v: &mut [f32], g: &[f32], u: &mut [f32], p: Option<&[f32]>, decay: f32, eps: f32) -> (f64, f64) {
+    #[inline(always)]
+    fn kernel(v: &mut [f32], g: &[f32], u: &mut [f32], decay: f32, eps: f32) {
+        for ((v, &g), u) in v.iter_mut().zip(g).zip(u.iter_mut()) {
+            *v = decay * *v + (1.0 - decay) * (g * g + eps);
+            *u = g / v.sqrt();
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel_avx2(v: &mut [f32], g: &[f32], u: &mut [f32], decay: f32, eps: f32) {
+        kernel(v, g, u, decay, eps)
+    }
+    let body = |v: &mut [f32], g: &[f32], u: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { kernel_avx2(v, g, u, decay, eps) };
+        }
+        kernel(v, g, u, decay, eps)
+    };
+    // Σu² chunk by chunk while each chunk of `u` is still in cache, and Σp² in the same pass:
+    // the parts and their order of `global_sum_sq`, so the same bits as the root mean squares
+    // taken afterwards.
+    let p = p.unwrap_or(&[]);
+    let p_part = |k: usize| p.get(k * CHUNK..p.len().min((k + 1) * CHUNK)).map_or(0.0, sum_sq);
+    let parts: Vec<(f64, f64)> = if v.len() >= PARALLEL_MIN {
+        v.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(u.par_chunks_mut(CHUNK))
+            .enumerate()
+            .map(|(k, ((v, g), u))| {
+                body(v, g, u);
+                (sum_sq(u), p_part(k))
+            })
+            .collect()
+    } else {
+        body(v, g, u);
+        u.chunks(CHUNK).enumerate().map(|(k, u)| (sum_sq(u), p_part(k))).collect()
+    };
+    (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
+}
+
+/// `p ← p + (((u / d)·lr)·s)·flip`, each factor present or not: Adafactor's last pass, with the
+/// operations of its links in their order.
+#[inline(always)]
+fn scaled_add(p: &mut [f32], u: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32) {
+    for (p, &u) in p.iter_mut().zip(u) {
+        let mut x = u;
+        if let Some(d) = d {
+            x /= d;
+        }
+        if let Some(lr) = lr {
+            x *= lr;
+        }
+        if let Some(s) = s {
+            x *= s;
+        }
+        *p += x * flip;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scaled_add_avx2(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32) {
+    scaled_add(p, u, f, flip)
+}
+
+/// optax `adafactor` without momentum or weight decay (its defaults): `scale_by_factored_rms →
+/// clip_by_block_rms → scale_by_learning_rate → scale_by_param_block_rms → scale(−1)`, as one
+/// transformation whose step takes three passes: the moments (writing the update), the
+/// per-tensor root mean squares of the update and the parameters, and one pass
+/// `p ← p − ((u/d)·lr)·s`. `update` runs the links one by one (the reference path), with the
+/// same operations in the same order, and the state carries the chain's names.
+pub struct Adafactor {
+    rms: ScaleByFactoredRms,
+    clip: Option<ClipByBlockRms>,
+    lr: Option<crate::transforms::ScaleByLearningRate>,
+    param_scale: Option<ScaleByParamBlockRms>,
+    flip: crate::transforms::Scale,
+}
+
+impl Adafactor {
+    pub fn new(
+        rms: ScaleByFactoredRms,
+        clip: Option<ClipByBlockRms>,
+        lr: Option<crate::transforms::ScaleByLearningRate>,
+        param_scale: Option<ScaleByParamBlockRms>,
+    ) -> Self {
+        Adafactor { rms, clip, lr, param_scale, flip: crate::transforms::Scale::new(-1.0) }
+    }
+}
+
+impl Transform for Adafactor {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        self.rms.init(shapes, params)?;
+        if let Some(l) = &mut self.lr {
+            l.init(shapes, params)?;
+        }
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        self.rms.update(updates, params)?;
+        if let Some(c) = &mut self.clip {
+            c.update(updates, params)?;
+        }
+        if let Some(l) = &mut self.lr {
+            l.update(updates, params)?;
+        }
+        if let Some(s) = &mut self.param_scale {
+            s.update(updates, params)?;
+        }
+        self.flip.update(updates, params)
+    }
+    fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
+        let sums = {
+            let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+            self.rms.update_from(grads, updates, &views)
+        };
+        let lr = self.lr.as_mut().map(|l| {
+            l.begin_step();
+            l.affine(0).expect("a learning rate is affine").0
+        });
+        let flip = self.flip.step_size;
+        for ((u, p), sum) in updates.iter().zip(params.iter_mut()).zip(sums) {
+            // `rms(u)` and `rms(p)`, from the moment pass's sums where it gave them.
+            let mean = |s: f64| if u.is_empty() { 0.0 } else { (s / u.len() as f64).sqrt() };
+            let d =
+                self.clip.as_ref().map(|c| (sum.map_or_else(|| rms(u), |s| mean(s.0)) / c.threshold).max(1.0) as f32);
+            let s = self.param_scale.as_ref().map(|m| {
+                let r = sum.map_or_else(|| rms(p), |s| mean(s.1));
+                (if r <= m.min_scale { m.min_scale } else { r }) as f32
+            });
+            let body = |p: &mut [f32], u: &[f32]| {
+                #[cfg(target_arch = "x86_64")]
+                if crate::transforms::has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { scaled_add_avx2(p, u, [d, lr, s], flip) };
+                }
+                scaled_add(p, u, [d, lr, s], flip)
+            };
+            if p.len() >= PARALLEL_MIN {
+                p.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(p, u)| body(p, u));
+            } else {
+                body(p, u);
+            }
+        }
+        Ok(())
+    }
+    /// The chain's names: link 0 the moments, the learning rate at its index among the links.
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        v.push("0");
+        self.rms.visit_state(v)?;
+        v.pop();
+        if let Some(l) = &mut self.lr {
+            v.push(&(1 + self.clip.is_some() as usize).to_string());
+            l.visit_state(v)?;
+            v.pop();
+        }
+        Ok(())
+    }
 }
 
 /// optax `scale_by_novograd` (Ginsburg et al. 2019): a per-tensor second moment of the gradient
