@@ -6,7 +6,7 @@
 
 use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transform::{global_sum_sq, Elementwise, LearningRate, Shapes, Transform};
 use crate::transforms::simd_apply;
 use crate::transforms::{
     elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, NsPrecision, ParamBufs,
@@ -879,6 +879,93 @@ impl Adafactor {
         })
     }
 }
+impl Adafactor {
+    /// Advances the step: `(1 − β₂,t, eps1)`.
+    fn begin_step(&mut self) -> (f32, f32) {
+        self.step += 1;
+        let w = (self.step as f64).powf(self.beta2_decay) as f32; // 1 − β₂,t
+        (w, self.eps1.unwrap_or(f32::EPSILON as f64) as f32)
+    }
+
+    /// Updates tensor `i`'s second moments from its gradient `g` and writes `g / √v̂` to `upd`.
+    fn scaled(&mut self, i: usize, g: &[f32], upd: &mut [f32], w: f32, eps1: f32) {
+        let n = g.len();
+        let s = &self.shapes[i];
+        if s.len() > 1 {
+            let u = g;
+            let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+            for b in 0..n / (r * c) {
+                let g = &u[b * r * c..(b + 1) * r * c];
+                let rv = &mut self.row_var[i][b * r..(b + 1) * r];
+                for (k, v) in rv.iter_mut().enumerate() {
+                    let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
+                    *v += (mean - *v) * w;
+                }
+                // Column sums row by row (the same order of terms per column as summing down
+                // each column, without striding across the matrix).
+                let mut col_sq = vec![0.0f64; c];
+                for row in g.chunks_exact(c) {
+                    col_sq.iter_mut().zip(row).for_each(|(acc, &x)| *acc += (x as f64).powi(2));
+                }
+                let cv = &mut self.col_var[i][b * c..(b + 1) * c];
+                for (v, sq) in cv.iter_mut().zip(&col_sq) {
+                    let mean = (sq / r as f64) as f32;
+                    *v += (mean - *v) * w;
+                }
+                let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
+                for q in 0..r {
+                    for k in 0..c {
+                        let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
+                        upd[b * r * c + q * c + k] = g[q * c + k] / est.sqrt();
+                    }
+                }
+            }
+        } else {
+            #[inline(always)]
+            fn kernel(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
+                for ((g, v), u) in g.iter().zip(v.iter_mut()).zip(upd.iter_mut()) {
+                    *v += (g * g - *v) * w;
+                    *u = g / v.max(floor).sqrt();
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn kernel_avx2(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
+                kernel(g, v, upd, w, floor)
+            }
+            let body = |g: &[f32], v: &mut [f32], upd: &mut [f32]| {
+                #[cfg(target_arch = "x86_64")]
+                if crate::transforms::has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { kernel_avx2(g, v, upd, w, eps1 * eps1) };
+                }
+                kernel(g, v, upd, w, eps1 * eps1)
+            };
+            let v = &mut self.variance[i];
+            if n >= crate::transform::PARALLEL_MIN {
+                use rayon::prelude::*;
+                let k = crate::transform::CHUNK;
+                g.par_chunks(k)
+                    .zip(v.par_chunks_mut(k))
+                    .zip(upd.par_chunks_mut(k))
+                    .for_each(|((g, v), u)| body(g, v, u));
+            } else {
+                body(g, v, upd);
+            }
+        }
+    }
+
+    /// The step `α/max(1, rms(upd)/d)` and the decoupled decay `lr·λ` for a tensor `p` with
+    /// scaled update `upd`; the norms are summed over fixed chunks across threads.
+    fn step_size(&self, p: &[f32], upd: &[f32]) -> (f32, f32) {
+        let n = (p.len() as f64).sqrt();
+        let rho = self.lr.min(1.0 / (self.step as f64).sqrt());
+        let alpha = (self.eps2.max(global_sum_sq(&[p]).sqrt() / n) * rho) as f32;
+        let denom = (global_sum_sq(&[upd]).sqrt() / (n * self.d)).max(1.0);
+        (alpha / denom as f32, (self.lr * self.weight_decay) as f32)
+    }
+}
+
 impl Transform for Adafactor {
     fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
         self.shapes = shapes.to_vec();
@@ -901,59 +988,45 @@ impl Transform for Adafactor {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        self.step += 1;
-        let t = self.step as f64;
-        let w = t.powf(self.beta2_decay) as f32; // 1 − β₂,t
-        let rho = self.lr.min(1.0 / t.sqrt());
-        let eps1 = self.eps1.unwrap_or(f32::EPSILON as f64) as f32;
+        let (w, eps1) = self.begin_step();
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             if self.maximize {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
-            let n = u.len();
-            let alpha = (self.eps2.max(sum_sq(p).sqrt() / (n as f64).sqrt()) * rho) as f32;
-            let s = &self.shapes[i];
-            let mut upd = vec![0.0f32; n];
-            if s.len() > 1 {
-                let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
-                for b in 0..n / (r * c) {
-                    let g = &u[b * r * c..(b + 1) * r * c];
-                    let rv = &mut self.row_var[i][b * r..(b + 1) * r];
-                    for (k, v) in rv.iter_mut().enumerate() {
-                        let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
-                        *v += (mean - *v) * w;
-                    }
-                    // Column sums row by row (the same order of terms per column as summing down
-                    // each column, without striding across the matrix).
-                    let mut col_sq = vec![0.0f64; c];
-                    for row in g.chunks_exact(c) {
-                        col_sq.iter_mut().zip(row).for_each(|(acc, &x)| *acc += (x as f64).powi(2));
-                    }
-                    let cv = &mut self.col_var[i][b * c..(b + 1) * c];
-                    for (v, sq) in cv.iter_mut().zip(&col_sq) {
-                        let mean = (sq / r as f64) as f32;
-                        *v += (mean - *v) * w;
-                    }
-                    let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
-                    for q in 0..r {
-                        for k in 0..c {
-                            let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
-                            upd[b * r * c + q * c + k] = g[q * c + k] / est.sqrt();
-                        }
-                    }
-                }
-            } else {
-                for (j, (g, v)) in u.iter().zip(self.variance[i].iter_mut()).enumerate() {
-                    *v += (g * g - *v) * w;
-                    upd[j] = g / v.max(eps1 * eps1).sqrt();
-                }
-            }
-            let denom = (sum_sq(&upd).sqrt() / ((n as f64).sqrt() * self.d)).max(1.0);
-            let step = alpha / denom as f32;
-            let decay = (self.lr * self.weight_decay) as f32;
-            for j in 0..n {
+            let mut upd = vec![0.0f32; u.len()];
+            self.scaled(i, u, &mut upd, w, eps1);
+            let (step, decay) = self.step_size(p, &upd);
+            for j in 0..u.len() {
                 let decayed = p[j] * (1.0 - decay);
                 u[j] = decayed - step * upd[j] - p[j];
+            }
+        }
+        Ok(())
+    }
+    /// The same step with `updates` as the scaled updates' scratch, then one pass into the
+    /// parameters (`maximize` goes through the plain path).
+    fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
+        if self.maximize {
+            return crate::transform::step_through_updates(self, params, grads, updates);
+        }
+        let (w, eps1) = self.begin_step();
+        for (i, (p, upd)) in params.iter_mut().zip(updates.iter_mut()).enumerate() {
+            self.scaled(i, grads[i], upd, w, eps1);
+            let (step, decay) = self.step_size(p, upd);
+            // `p + ((p·(1 − decay) − step·upd) − p)`: the update of `update`, added.
+            let body = |p: &mut [f32], upd: &[f32]| {
+                for (p, &x) in p.iter_mut().zip(upd) {
+                    let decayed = *p * (1.0 - decay);
+                    *p += decayed - step * x - *p;
+                }
+            };
+            if p.len() >= crate::transform::PARALLEL_MIN {
+                use rayon::prelude::*;
+                p.par_chunks_mut(crate::transform::CHUNK)
+                    .zip(upd.par_chunks(crate::transform::CHUNK))
+                    .for_each(|(p, u)| body(p, u));
+            } else {
+                body(p, upd);
             }
         }
         Ok(())

@@ -333,7 +333,7 @@ unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: F
 }
 
 /// The plain step: gradients copied into `updates`, `tx.update`, updates added to the parameters.
-fn step_through_updates<T: Transform + ?Sized>(
+pub(crate) fn step_through_updates<T: Transform + ?Sized>(
     tx: &mut T,
     params: &mut [&mut [f32]],
     grads: &[&[f32]],
