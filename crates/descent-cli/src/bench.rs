@@ -42,6 +42,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("lamb", r#"{"learning_rate": 0.001}"#),
     ("lars", r#"{"learning_rate": 0.1}"#),
     ("optax.adafactor", r#"{"learning_rate": 0.01}"#),
+    ("torch.adafactor", r#"{"lr": 0.01}"#),
     ADAMW_CHAIN,
     (
         "optax.chain",
