@@ -589,10 +589,11 @@ unsafe fn scaled_add_avx2(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f
 
 /// optax `adafactor` without momentum or weight decay (its defaults): `scale_by_factored_rms →
 /// clip_by_block_rms → scale_by_learning_rate → scale_by_param_block_rms → scale(−1)`, as one
-/// transformation whose step takes three passes: the moments (writing the update), the
-/// per-tensor root mean squares of the update and the parameters, and one pass
-/// `p ← p − ((u/d)·lr)·s`. `update` runs the links one by one (the reference path), with the
-/// same operations in the same order, and the state carries the chain's names.
+/// transformation whose step is two passes over an unfactored tensor: the moments, writing the
+/// update and summing `u²` and `p²` while each chunk is in cache, then `p ← p − ((u/d)·lr)·s`
+/// (a factored tensor takes its row and column sums, and the root mean squares in read passes
+/// of their own). `update` runs the links one by one (the reference path), with the same
+/// operations in the same order, and the state carries the chain's names.
 pub struct Adafactor {
     rms: ScaleByFactoredRms,
     clip: Option<ClipByBlockRms>,
