@@ -879,6 +879,13 @@ impl Adafactor {
         })
     }
 }
+/// torch Adafactor's update of one parameter `p` with scaled update `x`:
+/// `(p·(1 − decay) − step·x) − p`, the decayed and stepped parameter less the current one.
+#[inline(always)]
+fn adafactor_update(p: f32, x: f32, step: f32, decay: f32) -> f32 {
+    p * (1.0 - decay) - step * x - p
+}
+
 impl Adafactor {
     /// Advances the step: `(1 − β₂,t, eps1)`.
     fn begin_step(&mut self) -> (f32, f32) {
@@ -997,8 +1004,7 @@ impl Transform for Adafactor {
             self.scaled(i, u, &mut upd, w, eps1);
             let (step, decay) = self.step_size(p, &upd);
             for j in 0..u.len() {
-                let decayed = p[j] * (1.0 - decay);
-                u[j] = decayed - step * upd[j] - p[j];
+                u[j] = adafactor_update(p[j], upd[j], step, decay);
             }
         }
         Ok(())
@@ -1013,21 +1019,13 @@ impl Transform for Adafactor {
         for (i, (p, upd)) in params.iter_mut().zip(updates.iter_mut()).enumerate() {
             self.scaled(i, grads[i], upd, w, eps1);
             let (step, decay) = self.step_size(p, upd);
-            // `p + ((p·(1 − decay) − step·upd) − p)`: the update of `update`, added.
+            // The update of `update`, added.
             let body = |p: &mut [f32], upd: &[f32]| {
                 for (p, &x) in p.iter_mut().zip(upd) {
-                    let decayed = *p * (1.0 - decay);
-                    *p += decayed - step * x - *p;
+                    *p += adafactor_update(*p, x, step, decay);
                 }
             };
-            if p.len() >= crate::transform::PARALLEL_MIN {
-                use rayon::prelude::*;
-                p.par_chunks_mut(crate::transform::CHUNK)
-                    .zip(upd.par_chunks(crate::transform::CHUNK))
-                    .for_each(|(p, u)| body(p, u));
-            } else {
-                body(p, upd);
-            }
+            crate::transform::for_chunks(p, |off, p| body(p, &upd[off..off + p.len()]));
         }
         Ok(())
     }

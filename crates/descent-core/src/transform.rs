@@ -380,7 +380,7 @@ fn add_updates<U: AsRef<[f32]> + Sync>(params: &mut [&mut [f32]], updates: &[U])
 
 /// Runs `f(off, chunk)` over `data` in chunks of [`CHUNK`], across threads when the buffer is
 /// large, on the calling thread otherwise.
-fn for_chunks<T: Send, F>(data: &mut [T], f: F)
+pub(crate) fn for_chunks<T: Send, F>(data: &mut [T], f: F)
 where
     F: Fn(usize, &mut [T]) + Sync,
 {

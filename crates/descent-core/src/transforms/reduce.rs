@@ -262,10 +262,15 @@ impl Elementwise for ScaleByTrustRatio {
 /// The root mean square of a tensor, summed over fixed chunks across threads (the same value
 /// for any thread count; see [`crate::transform::global_sum_sq`]).
 fn rms(x: &[f32]) -> f64 {
-    if x.is_empty() {
+    rms_of(crate::transform::global_sum_sq(&[x]), x.len())
+}
+
+/// The root mean square of `n` values whose squares sum to `sum_sq` (0 for none).
+fn rms_of(sum_sq: f64, n: usize) -> f64 {
+    if n == 0 {
         0.0
     } else {
-        (crate::transform::global_sum_sq(&[x]) / x.len() as f64).sqrt()
+        (sum_sq / n as f64).sqrt()
     }
 }
 
@@ -277,12 +282,16 @@ impl ClipByBlockRms {
     pub fn new(threshold: f64) -> Self {
         ClipByBlockRms { threshold }
     }
+    /// What a tensor whose update has root mean square `rms` is divided by.
+    fn divisor(&self, rms: f64) -> f32 {
+        (rms / self.threshold).max(1.0) as f32
+    }
 }
 impl Transform for ClipByBlockRms {
     stateless!();
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
         for u in updates.iter_mut() {
-            let d = (rms(u) / self.threshold).max(1.0) as f32;
+            let d = self.divisor(rms(u));
             u.iter_mut().for_each(|x| *x /= d);
         }
         Ok(())
@@ -297,13 +306,16 @@ impl ScaleByParamBlockRms {
     pub fn new(min_scale: f64) -> Self {
         ScaleByParamBlockRms { min_scale }
     }
+    /// The factor of a tensor whose parameters have root mean square `rms`.
+    fn factor(&self, rms: f64) -> f32 {
+        (if rms <= self.min_scale { self.min_scale } else { rms }) as f32
+    }
 }
 impl Transform for ScaleByParamBlockRms {
     stateless!();
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         for (u, p) in updates.iter_mut().zip(params) {
-            let r = rms(p);
-            let s = if r <= self.min_scale { self.min_scale } else { r } as f32;
+            let s = self.factor(rms(p));
             u.iter_mut().for_each(|x| *x *= s);
         }
         Ok(())
@@ -429,13 +441,11 @@ impl Transform for ScaleByFactoredRms {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
-        let t = (self.count as f64 - self.step_offset as f64 + 1.0) as f32;
-        let decay = 1.0 - t.powf(-(self.decay_rate as f32));
+        let decay = self.decay();
         for (i, u) in updates.iter_mut().enumerate() {
             match self.kinds[i].clone() {
                 Factoring::Full => {
-                    let g = u.clone();
-                    full_moment(&mut self.v[i], &g, u, None, decay, self.epsilon);
+                    full_moment(&mut self.v[i], u, None, None, decay, self.epsilon);
                 }
                 Factoring::Factored { d0, d1 } => self.factored(i, u, decay, d0, d1),
             }
@@ -447,6 +457,12 @@ impl Transform for ScaleByFactoredRms {
 }
 
 impl ScaleByFactoredRms {
+    /// This step's decay `1 − t^(−decay_rate)` (`t` counted from `step_offset`).
+    fn decay(&self) -> f32 {
+        let t = (self.count as f64 - self.step_offset as f64 + 1.0) as f32;
+        1.0 - t.powf(-(self.decay_rate as f32))
+    }
+
     /// A factored tensor's step in place: the row and column means of `u² + eps` update the row
     /// and column moments, and `u` is divided by their rank-one estimate of `√v`.
     fn factored(&mut self, i: usize, u: &mut [f32], decay: f32, d0: usize, d1: usize) {
@@ -499,12 +515,11 @@ impl ScaleByFactoredRms {
         updates: &mut [Vec<f32>],
         params: &[&[f32]],
     ) -> Vec<Option<(f64, f64)>> {
-        let t = (self.count as f64 - self.step_offset as f64 + 1.0) as f32;
-        let decay = 1.0 - t.powf(-(self.decay_rate as f32));
+        let decay = self.decay();
         let mut sums = vec![];
         for (i, (g, u)) in grads.iter().zip(updates.iter_mut()).enumerate() {
             sums.push(match self.kinds[i].clone() {
-                Factoring::Full => Some(full_moment(&mut self.v[i], g, u, Some(params[i]), decay, self.epsilon)),
+                Factoring::Full => full_moment(&mut self.v[i], u, Some(g), Some(params[i]), decay, self.epsilon),
                 Factoring::Factored { d0, d1 } => {
                     u.copy_from_slice(g);
                     self.factored(i, u, decay, d0, d1);
@@ -518,48 +533,55 @@ impl ScaleByFactoredRms {
 }
 
 /// A full (unfactored) Adafactor moment: `v ← decay·v + (1 − decay)·(g² + eps)`, `u ← g/√v`,
-/// split across threads for large tensors. Returns `(Σu², Σp²)` (0 for `Σp²` without `p`).
-fn full_moment(v: &mut [f32], g: &[f32], u: &mut [f32], p: Option<&[f32]>, decay: f32, eps: f32) -> (f64, f64) {
+/// split across threads for large tensors; `g: None` reads the gradient from `u` (in place).
+/// With the parameters `p`, also returns `(Σu², Σp²)`, summed chunk by chunk while each chunk is
+/// in cache: the parts and their order of `global_sum_sq`, so the same bits as the root mean
+/// squares taken afterwards.
+fn full_moment(
+    v: &mut [f32],
+    u: &mut [f32],
+    g: Option<&[f32]>,
+    p: Option<&[f32]>,
+    decay: f32,
+    eps: f32,
+) -> Option<(f64, f64)> {
     #[inline(always)]
-    fn kernel(v: &mut [f32], g: &[f32], u: &mut [f32], decay: f32, eps: f32) {
-        for ((v, &g), u) in v.iter_mut().zip(g).zip(u.iter_mut()) {
+    fn kernel(v: &mut [f32], g: Option<&[f32]>, u: &mut [f32], decay: f32, eps: f32) {
+        let moment = |v: &mut f32, g: f32| {
             *v = decay * *v + (1.0 - decay) * (g * g + eps);
-            *u = g / v.sqrt();
+            g / v.sqrt()
+        };
+        match g {
+            Some(g) => v.iter_mut().zip(g).zip(u.iter_mut()).for_each(|((v, &g), u)| *u = moment(v, g)),
+            None => v.iter_mut().zip(u.iter_mut()).for_each(|(v, u)| *u = moment(v, *u)),
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel_avx2(v: &mut [f32], g: &[f32], u: &mut [f32], decay: f32, eps: f32) {
+    unsafe fn kernel_avx2(v: &mut [f32], g: Option<&[f32]>, u: &mut [f32], decay: f32, eps: f32) {
         kernel(v, g, u, decay, eps)
     }
-    let body = |v: &mut [f32], g: &[f32], u: &mut [f32]| {
+    fn chunk(x: &[f32], k: usize) -> &[f32] {
+        &x[k * CHUNK..x.len().min((k + 1) * CHUNK)]
+    }
+    let run = |k: usize, v: &mut [f32], u: &mut [f32]| {
+        let g = g.map(|g| chunk(g, k));
         #[cfg(target_arch = "x86_64")]
         if crate::transforms::has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { kernel_avx2(v, g, u, decay, eps) };
+            unsafe { kernel_avx2(v, g, u, decay, eps) };
+            return p.map(|p| (sum_sq(u), sum_sq(chunk(p, k))));
         }
-        kernel(v, g, u, decay, eps)
+        kernel(v, g, u, decay, eps);
+        p.map(|p| (sum_sq(u), sum_sq(chunk(p, k))))
     };
-    // Σu² chunk by chunk while each chunk of `u` is still in cache, and Σp² in the same pass:
-    // the parts and their order of `global_sum_sq`, so the same bits as the root mean squares
-    // taken afterwards.
-    let p = p.unwrap_or(&[]);
-    let p_part = |k: usize| p.get(k * CHUNK..p.len().min((k + 1) * CHUNK)).map_or(0.0, sum_sq);
-    let parts: Vec<(f64, f64)> = if v.len() >= PARALLEL_MIN {
-        v.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(u.par_chunks_mut(CHUNK))
-            .enumerate()
-            .map(|(k, ((v, g), u))| {
-                body(v, g, u);
-                (sum_sq(u), p_part(k))
-            })
-            .collect()
+    let parts: Vec<Option<(f64, f64)>> = if v.len() >= PARALLEL_MIN {
+        v.par_chunks_mut(CHUNK).zip(u.par_chunks_mut(CHUNK)).enumerate().map(|(k, (v, u))| run(k, v, u)).collect()
     } else {
-        body(v, g, u);
-        u.chunks(CHUNK).enumerate().map(|(k, u)| (sum_sq(u), p_part(k))).collect()
+        v.chunks_mut(CHUNK).zip(u.chunks_mut(CHUNK)).enumerate().map(|(k, (v, u))| run(k, v, u)).collect()
     };
-    (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
+    let parts: Vec<(f64, f64)> = parts.into_iter().collect::<Option<_>>()?;
+    Some((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()))
 }
 
 /// `p ← p + (((u / d)·lr)·s)·flip`, each factor present or not: Adafactor's last pass, with the
@@ -646,13 +668,8 @@ impl Transform for Adafactor {
         let flip = self.flip.step_size;
         for ((u, p), sum) in updates.iter().zip(params.iter_mut()).zip(sums) {
             // `rms(u)` and `rms(p)`, from the moment pass's sums where it gave them.
-            let mean = |s: f64| if u.is_empty() { 0.0 } else { (s / u.len() as f64).sqrt() };
-            let d =
-                self.clip.as_ref().map(|c| (sum.map_or_else(|| rms(u), |s| mean(s.0)) / c.threshold).max(1.0) as f32);
-            let s = self.param_scale.as_ref().map(|m| {
-                let r = sum.map_or_else(|| rms(p), |s| mean(s.1));
-                (if r <= m.min_scale { m.min_scale } else { r }) as f32
-            });
+            let d = self.clip.as_ref().map(|c| c.divisor(sum.map_or_else(|| rms(u), |s| rms_of(s.0, u.len()))));
+            let s = self.param_scale.as_ref().map(|m| m.factor(sum.map_or_else(|| rms(p), |s| rms_of(s.1, p.len()))));
             let body = |p: &mut [f32], u: &[f32]| {
                 #[cfg(target_arch = "x86_64")]
                 if crate::transforms::has_avx2() {
@@ -661,11 +678,7 @@ impl Transform for Adafactor {
                 }
                 scaled_add(p, u, [d, lr, s], flip)
             };
-            if p.len() >= PARALLEL_MIN {
-                p.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(p, u)| body(p, u));
-            } else {
-                body(p, u);
-            }
+            crate::transform::for_chunks(p, |off, p| body(p, &u[off..off + p.len()]));
         }
         Ok(())
     }
