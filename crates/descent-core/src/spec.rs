@@ -900,31 +900,22 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
             let _ = k.value("weight_decay_mask");
             let rms = ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps);
+            let clip = clip.map(ClipByBlockRms::new);
+            let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
+            let param_scale = scale_param.then(|| ScaleByParamBlockRms::new(1e-3));
             if momentum.is_none() && wdr.is_none() {
-                // The default recipe, as one transformation with a three-pass step.
-                let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
-                let param_scale = scale_param.then(|| ScaleByParamBlockRms::new(1e-3));
-                k.finish()?;
-                return Ok(boxed(Adafactor::new(rms, clip.map(ClipByBlockRms::new), lr, param_scale)));
+                // The default recipe, as one transformation with a fused step.
+                boxed(Adafactor::new(rms, clip, lr, param_scale))
+            } else {
+                let mut links = vec![boxed(rms)];
+                links.extend(clip.map(boxed));
+                links.extend(lr.map(boxed));
+                links.extend(param_scale.map(boxed));
+                links.extend(momentum.map(|m| boxed(Ema::new(m, false))));
+                links.extend(wdr.map(|w| boxed(AddDecayedWeights::new(w))));
+                links.push(boxed(Scale::new(-1.0)));
+                chain(links)
             }
-            let mut links = vec![boxed(rms)];
-            if let Some(c) = clip {
-                links.push(boxed(ClipByBlockRms::new(c)));
-            }
-            if let Some(lr) = lr {
-                links.push(boxed(ScaleByLearningRate::new(lr, false)));
-            }
-            if scale_param {
-                links.push(boxed(ScaleByParamBlockRms::new(1e-3)));
-            }
-            if let Some(m) = momentum {
-                links.push(boxed(Ema::new(m, false)));
-            }
-            if let Some(w) = wdr {
-                links.push(boxed(AddDecayedWeights::new(w)));
-            }
-            links.push(boxed(Scale::new(-1.0)));
-            chain(links)
         }
         "contrib.ademamix" => {
             let lr = k.lr("learning_rate", None)?;
