@@ -20,11 +20,31 @@ pub struct Dataset {
 impl Dataset {
     /// MNIST images as `[n, 1, rows, cols]` in `[0, 1]` (or standardized with `normalize`), labels
     /// as `u32`.
+    /// A split whose images do not hold `rows × cols` bytes per label, or with a label past 9, is
+    /// an error naming its file (a `Split` read by [`crate::mnist::load`] is always consistent).
     pub fn mnist(split: &Split, normalize: bool) -> Result<Dataset> {
+        let n = split.labels.len();
+        let want = n.checked_mul(split.rows).and_then(|v| v.checked_mul(split.cols));
+        if want != Some(split.images.len()) {
+            return Err(crate::Error::Data {
+                path: split.images_file.display().to_string(),
+                message: format!(
+                    "{} bytes of images for {n} labels of {}×{} images",
+                    split.images.len(),
+                    split.rows,
+                    split.cols
+                ),
+            });
+        }
+        if let Some((i, &l)) = split.labels.iter().enumerate().find(|(_, &l)| l > 9) {
+            return Err(crate::Error::Data {
+                path: split.labels_file.display().to_string(),
+                message: format!("label {l} at index {i} is out of range 0..=9"),
+            });
+        }
         let (mean, std) = if normalize { (MNIST_MEAN, MNIST_STD) } else { (0.0, 1.0) };
         let x: Vec<f32> = split.images.iter().map(|&v| (v as f32 / 255.0 - mean) / std).collect();
         let y: Vec<u32> = split.labels.iter().map(|&l| l as u32).collect();
-        let n = y.len();
         Ok(Dataset {
             x: Tensor::from_vec(x, (n, 1, split.rows, split.cols), &Device::Cpu)?,
             y: Tensor::from_vec(y, n, &Device::Cpu)?,

@@ -2,7 +2,7 @@
 //! third byte is the element type (0x08 = unsigned byte) and fourth the number of dimensions, the
 //! dimensions as big-endian `u32`, then the data.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -43,33 +43,80 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx> {
     let dims: Vec<usize> = (0..ndim)
         .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    // Checked: the dimensions come from the file; nothing is allocated from them.
     let body = &bytes[header..];
-    if body.len() < n {
-        return Err(data_err(
-            path,
-            format!("truncated: dimensions {dims:?} need {n} bytes of data, file has {}", body.len()),
-        ));
-    }
+    let n = match dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= body.len() => n,
+        n => {
+            let need = n.map_or("more".to_string(), |n| n.to_string());
+            return Err(data_err(
+                path,
+                format!("truncated: dimensions {dims:?} need {need} bytes of data, file has {}", body.len()),
+            ));
+        }
+    };
     if body.len() > n {
-        return Err(data_err(path, format!("{} bytes of trailing data after dimensions {dims:?}", body.len() - n)));
+        return Err(trailing(path, body.len() - n, &dims));
     }
     Ok(Idx { dims, data: body.to_vec() })
 }
 
+fn trailing(path: &Path, extra: usize, dims: &[usize]) -> Error {
+    data_err(path, format!("{extra} bytes of trailing data after dimensions {dims:?}"))
+}
+
+/// The length of the idx file whose header (magic and dimensions) `head` starts with, when the
+/// header is whole, valid and its size fits in memory.
+fn declared_len(head: &[u8]) -> Option<usize> {
+    if head.len() < 4 || head[..3] != [0, 0, 8] || head[3] == 0 {
+        return None;
+    }
+    let header = 4 + 4 * head[3] as usize;
+    let dims = head.get(4..header)?;
+    dims.chunks_exact(4)
+        .try_fold(1usize, |a, d| a.checked_mul(u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize))?
+        .checked_add(header)
+}
+
+/// Reads a file, telling a missing file (with the forms accepted) from one that cannot be read.
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => data_err(path, "missing (an idx file is accepted plain or gzip-compressed as .gz)"),
+        _ => data_err(path, format!("cannot be read: {e}")),
+    })
+}
+
+/// Gunzips an idx stream: the header first, then no more than the data it declares (so a
+/// corrupt or hostile stream cannot make it allocate more than the file's true contents), then
+/// the rest of the stream is read through without keeping it, for the gzip checksum and to count
+/// any trailing data.
+fn gunzip_idx(path: &Path, raw: &[u8]) -> Result<Idx> {
+    let gz = |e: std::io::Error| data_err(path, format!("gzip: {e}"));
+    let mut dec = flate2::read::GzDecoder::new(raw);
+    let mut out = Vec::new();
+    (&mut dec).take(4).read_to_end(&mut out).map_err(gz)?;
+    if out.len() == 4 && out[..3] == [0, 0, 8] {
+        (&mut dec).take(4 * out[3] as u64).read_to_end(&mut out).map_err(gz)?;
+    }
+    let Some(len) = declared_len(&out) else { return parse_idx(path, &out) };
+    (&mut dec).take(len as u64 + 1).read_to_end(&mut out).map_err(gz)?;
+    let rest = std::io::copy(&mut dec, &mut std::io::sink()).map_err(gz)?;
+    if out.len() > len || rest > 0 {
+        let idx = parse_idx(path, &out[..len])?;
+        let extra = usize::try_from(rest).unwrap_or(usize::MAX).saturating_add(out.len() - len);
+        return Err(trailing(path, extra, &idx.dims));
+    }
+    parse_idx(path, &out)
+}
+
 /// Reads an idx file, gunzipping it if it starts with the gzip magic.
 pub fn read_idx(path: &Path) -> Result<Idx> {
-    let raw = std::fs::read(path).map_err(|e| data_err(path, e.to_string()))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| data_err(path, format!("gzip: {e}")))?;
-        out
+    let raw = read_file(path)?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        gunzip_idx(path, &raw)
     } else {
-        raw
-    };
-    parse_idx(path, &bytes)
+        parse_idx(path, &raw)
+    }
 }
 
 /// One split of MNIST: images as `count × rows × cols` bytes and their labels.
@@ -79,6 +126,9 @@ pub struct Split {
     pub labels: Vec<u8>,
     pub rows: usize,
     pub cols: usize,
+    /// The files the images and labels were read from.
+    pub images_file: PathBuf,
+    pub labels_file: PathBuf,
 }
 
 impl Split {
@@ -87,6 +137,17 @@ impl Split {
     }
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Refuses images of another size than `rows × cols` (a model's input), naming the file.
+    pub fn expect_size(&self, rows: usize, cols: usize) -> Result<()> {
+        if (self.rows, self.cols) != (rows, cols) {
+            return Err(data_err(
+                &self.images_file,
+                format!("images are {}×{}, the model takes {rows}×{cols}", self.rows, self.cols),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -97,14 +158,21 @@ pub struct Mnist {
     pub test: Split,
 }
 
+/// `stem.gz` or `stem` in `dir`: the first that exists. Anything but absence (no permission to
+/// look) is reported as it is, with the path.
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     for name in [format!("{stem}.gz"), stem.to_string()] {
         let p = dir.join(&name);
-        if p.exists() {
-            return Ok(p);
+        match std::fs::metadata(&p) {
+            Ok(_) => return Ok(p),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(data_err(&p, format!("cannot be read: {e}"))),
         }
     }
-    Err(data_err(&dir.join(format!("{stem}.gz")), "missing (neither the .gz nor the uncompressed file is there)"))
+    Err(data_err(
+        &dir.join(format!("{stem}.gz")),
+        format!("missing (accepted: {stem}.gz, gzip-compressed, or {stem}, plain; neither is there)"),
+    ))
 }
 
 fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Split> {
@@ -123,7 +191,14 @@ fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Split> {
     if let Some((i, &l)) = lab.data.iter().enumerate().find(|(_, &l)| l > 9) {
         return Err(data_err(&lp, format!("label {l} at index {i} is out of range 0..=9")));
     }
-    Ok(Split { images: img.data, labels: lab.data, rows: img.dims[1], cols: img.dims[2] })
+    Ok(Split {
+        images: img.data,
+        labels: lab.data,
+        rows: img.dims[1],
+        cols: img.dims[2],
+        images_file: ip,
+        labels_file: lp,
+    })
 }
 
 /// Loads the four standard files (`train-images-idx3-ubyte[.gz]`, …) from a folder.
@@ -132,6 +207,15 @@ pub fn load(dir: &Path) -> Result<Mnist> {
         train: load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
         test: load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
     })
+}
+
+/// [`load`], refusing images of another size than `rows × cols` (the model's input) with an error
+/// naming the images file and both sizes.
+pub fn load_expecting(dir: &Path, rows: usize, cols: usize) -> Result<Mnist> {
+    let m = load(dir)?;
+    m.train.expect_size(rows, cols)?;
+    m.test.expect_size(rows, cols)?;
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -217,6 +301,78 @@ mod tests {
         let e = load(&d).unwrap_err().to_string();
         assert!(e.contains("gzip"), "{e}");
         assert!(!e.contains('\n'));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unreadable_files_report_the_os_error_and_missing_ones_the_accepted_names() {
+        let d = tmpdir("unreadable");
+        write_set(&d, 2, &[3, 4], false);
+        // A folder where a file should be: found, but reading it fails with the OS's reason.
+        std::fs::remove_file(d.join("train-labels-idx1-ubyte")).unwrap();
+        std::fs::create_dir(d.join("train-labels-idx1-ubyte")).unwrap();
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("train-labels-idx1-ubyte: cannot be read:") && !e.contains("missing"), "{e}");
+        std::fs::remove_dir(d.join("train-labels-idx1-ubyte")).unwrap();
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("train-labels-idx1-ubyte.gz: missing"), "{e}");
+        assert!(e.contains("gzip-compressed") && e.contains("plain"), "{e}");
+        // A file without read permission (not refused to root, who reads anything).
+        write_set(&d, 2, &[3, 4], false);
+        let p = d.join("t10k-labels-idx1-ubyte");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        if std::fs::read(&p).is_err() {
+            let e = load(&d).unwrap_err().to_string();
+            assert!(e.contains("t10k-labels-idx1-ubyte: cannot be read:") && e.contains("ermission"), "{e}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn inconsistent_files_are_errors_not_panics() {
+        let p = Path::new("x.idx");
+        // Dimensions whose product overflows, or far beyond the file: refused before any
+        // allocation from them.
+        let huge = idx(&[u32::MAX, u32::MAX, u32::MAX], &[1, 2, 3]);
+        let e = parse_idx(p, &huge).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("need more bytes"), "{e}");
+        let e = parse_idx(p, &idx(&[u32::MAX, 2], &[1, 2, 3])).unwrap_err().to_string();
+        assert!(e.contains("need 8589934590 bytes"), "{e}");
+        let d = tmpdir("huge");
+        std::fs::write(d.join("h.gz"), gz(&huge)).unwrap();
+        let e = read_idx(&d.join("h.gz")).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        // Trailing data in a gzip stream is counted without being kept.
+        std::fs::write(d.join("t.gz"), gz(&idx(&[2], &[1; 1000]))).unwrap();
+        let e = read_idx(&d.join("t.gz")).unwrap_err().to_string();
+        assert!(e.contains("998 bytes of trailing data after dimensions [2]"), "{e}");
+        // Fewer labels than images.
+        write_set(&d, 3, &[1, 2], true);
+        let lab = d.join("train-labels-idx1-ubyte.gz");
+        std::fs::write(&lab, gz(&idx(&[2], &[1, 2]))).unwrap();
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("2 labels for 3 images"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_set_of_another_image_size_is_refused_naming_the_file() {
+        let d = tmpdir("size");
+        write_set(&d, 2, &[3, 9], true);
+        let m = load(&d).unwrap();
+        assert_eq!(m.train.images_file, d.join("train-images-idx3-ubyte.gz"));
+        assert_eq!(m.test.labels_file, d.join("t10k-labels-idx1-ubyte.gz"));
+        assert!(load_expecting(&d, 2, 3).is_ok());
+        match load_expecting(&d, 28, 28).unwrap_err() {
+            Error::Data { path, message } => {
+                assert_eq!(path, d.join("train-images-idx3-ubyte.gz").display().to_string());
+                assert_eq!(message, "images are 2×3, the model takes 28×28");
+            }
+            e => panic!("{e}"),
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
