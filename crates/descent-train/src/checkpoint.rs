@@ -1,7 +1,11 @@
 //! Checkpoints: the model's weights and the optimizer's whole state in one safetensors file, with
 //! the epoch, step count and data-order generator in its metadata, written atomically (temporary
-//! file, then rename) so a crash never leaves a corrupt one. Loading validates everything before
-//! changing anything: a mismatched checkpoint is refused whole, never half-loaded.
+//! file, then rename) so a crash never leaves a half-written one.
+//!
+//! Loading verifies the file whole before anything uses it: a CRC-32 over every metadata field
+//! and every tensor (so a flipped bit is caught), no NaN or infinity in the weights or optimizer
+//! state, and [`Checkpoint::apply`] checks that it fits the model; a mismatched checkpoint is
+//! refused whole, never half-loaded.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::optim::VarOptimizer;
 
-const FORMAT: &str = "descent-checkpoint-1";
+const FORMAT: &str = "descent-checkpoint-2";
+/// The format before checksums: refused, since nothing in it can be verified.
+const FORMAT_V1: &str = "descent-checkpoint-1";
 
 /// Everything needed to continue a run exactly.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +35,13 @@ pub struct Checkpoint {
     pub rng: u64,
     /// State of a metric-driven scheduler (ReduceLROnPlateau), as JSON.
     pub scheduler: Option<String>,
+    /// The identity of the run that wrote the checkpoint, set by the caller before
+    /// [`Checkpoint::save`] ([`Checkpoint::capture`] leaves it empty). Stored and loaded as is;
+    /// comparing it with the run being resumed is the caller's business.
+    pub run_id: String,
+    /// A hash of the run's configuration, set by the caller like `run_id` (empty from
+    /// [`Checkpoint::capture`]), so that resuming under another configuration can be refused.
+    pub config_hash: String,
 }
 
 fn err(path: &Path, m: impl Into<String>) -> Error {
@@ -39,8 +52,51 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The CRC-32 of a checkpoint's content in a canonical encoding: the number of metadata fields,
+/// then each field but `checksum` sorted by key (key and value, each as a little-endian `u64`
+/// length and the bytes), then the number of tensors and each tensor sorted by name (its name and
+/// dtype name as length and bytes, the number of dimensions and each dimension as `u64`, the
+/// data as length and bytes). Lengths make the encoding unambiguous.
+fn checksum(meta: &HashMap<String, String>, tensors: &[(&str, Dtype, &[usize], &[u8])]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    let mut put = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    let mut fields: Vec<(&String, &String)> = meta.iter().filter(|(k, _)| k.as_str() != "checksum").collect();
+    fields.sort();
+    let mut sorted: Vec<&(&str, Dtype, &[usize], &[u8])> = tensors.iter().collect();
+    sorted.sort_by_key(|t| t.0);
+    put(&(fields.len() as u64).to_le_bytes());
+    for (k, v) in fields {
+        put(k.as_bytes());
+        put(v.as_bytes());
+    }
+    put(&(sorted.len() as u64).to_le_bytes());
+    for (name, dtype, shape, data) in sorted {
+        put(name.as_bytes());
+        put(dtype.to_string().as_bytes());
+        let dims: Vec<u8> = shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect();
+        put(&dims);
+        put(data);
+    }
+    h.finalize()
+}
+
+/// The first NaN or infinity of `v`, as an error naming the tensor and the index.
+fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(err(
+            path,
+            format!("tensor `{name}` holds {} at index {i}: the run had diverged when it was saved", v[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Checkpoint {
-    /// Captures the model and optimizer now.
+    /// Captures the model and optimizer now, at the end of epoch `epoch` (`run_id` and
+    /// `config_hash` empty, no position inside an epoch).
     pub fn capture(
         model: &dyn Model,
         opt: &mut VarOptimizer,
@@ -53,10 +109,19 @@ impl Checkpoint {
             .into_iter()
             .map(|(n, v)| Ok((n, v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
             .collect::<Result<_>>()?;
-        Ok(Checkpoint { weights, optimizer: opt.core().state_dict()?, epoch, steps, rng, scheduler: None })
+        Ok(Checkpoint {
+            weights,
+            optimizer: opt.core().state_dict()?,
+            epoch,
+            steps,
+            rng,
+            scheduler: None,
+            run_id: String::new(),
+            config_hash: String::new(),
+        })
     }
 
-    /// Writes the checkpoint to `path` atomically.
+    /// Writes the checkpoint to `path` atomically, with its checksum.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
             self.weights.iter().map(|(n, s, v)| (format!("model/{n}"), s.clone(), le_bytes(v))).collect();
@@ -78,12 +143,18 @@ impl Checkpoint {
             ("rng".into(), self.rng.to_string()),
             ("optimizer_scalars".into(), scalars),
             ("optimizer_counters".into(), counters),
+            ("run_id".into(), self.run_id.clone()),
+            ("config_hash".into(), self.config_hash.clone()),
         ]
         .into_iter()
         .collect();
         if let Some(s) = &self.scheduler {
             meta.insert("scheduler".into(), s.clone());
         }
+        let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
+            bytes.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())).collect();
+        let sum = checksum(&meta, &parts);
+        meta.insert("checksum".into(), format!("{sum:08x}"));
         let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
         let tmp = path.with_extension("safetensors.tmp");
         let write = || -> std::io::Result<()> {
@@ -96,41 +167,82 @@ impl Checkpoint {
         write().map_err(|e| err(path, format!("writing checkpoint: {e}")))
     }
 
-    /// Reads a checkpoint, checking its format.
+    /// Reads a checkpoint and verifies it whole: its format, its checksum, every field, and that
+    /// the weights and optimizer state are finite. Memory use is proportional to the file's size.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let data = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&data)
+        Self::from_bytes(path, &data)
+    }
+
+    /// [`Checkpoint::load`] of the bytes of a file; `path` names it in errors.
+    pub fn from_bytes(path: &Path, data: &[u8]) -> Result<Checkpoint> {
+        // Deserializing checks the header's length, the tensors' offsets against the buffer and
+        // each shape's element count (with overflow checks) against its bytes.
+        let st = safetensors::SafeTensors::deserialize(data)
             .map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-        let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| err(path, e.to_string()))?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(data).map_err(|e| err(path, e.to_string()))?;
         let meta = md.metadata().clone().ok_or_else(|| err(path, "no metadata: not a descent checkpoint"))?;
         let get = |k: &str| meta.get(k).ok_or_else(|| err(path, format!("metadata field `{k}` missing")));
-        if get("format")? != FORMAT {
-            return Err(err(path, format!("format `{}` is not `{FORMAT}`", get("format")?)));
+        let format = meta.get("format").ok_or_else(|| err(path, "no format field: not a descent checkpoint"))?;
+        if format == FORMAT_V1 {
+            return Err(err(
+                path,
+                format!(
+                    "written by an older descent ({FORMAT_V1}) without a checksum, so it cannot be verified; \
+                     start the run again to get a {FORMAT} checkpoint"
+                ),
+            ));
         }
+        if format != FORMAT {
+            return Err(err(path, format!("format `{format}` is not `{FORMAT}`")));
+        }
+
+        let stored = get("checksum")?;
+        let stored = u32::from_str_radix(stored, 16)
+            .ok()
+            .filter(|_| stored.len() == 8)
+            .ok_or_else(|| err(path, format!("checksum `{stored}` is not 8 hexadecimal digits")))?;
+        let mut tensors = Vec::with_capacity(st.len());
+        for n in st.names() {
+            tensors.push((n, st.tensor(n).map_err(|e| err(path, e.to_string()))?));
+        }
+        let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
+            tensors.iter().map(|(n, t)| (*n, t.dtype(), t.shape(), t.data())).collect();
+        if checksum(&meta, &parts) != stored {
+            return Err(err(path, "checksum mismatch: the file was modified or corrupted after it was written"));
+        }
+
         let num =
             |k: &str| get(k)?.parse::<u64>().map_err(|_| err(path, format!("metadata field `{k}` is not a number")));
+        let count =
+            |k: &str| usize::try_from(num(k)?).map_err(|_| err(path, format!("metadata field `{k}` is out of range")));
+        let optimizer = StateDict {
+            scalars: serde_json::from_str(get("optimizer_scalars")?)
+                .map_err(|e| err(path, format!("optimizer_scalars: {e}")))?,
+            counters: serde_json::from_str(get("optimizer_counters")?)
+                .map_err(|e| err(path, format!("optimizer_counters: {e}")))?,
+            ..Default::default()
+        };
+        if let Some((k, v)) = optimizer.scalars.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(err(path, format!("optimizer scalar `{k}` is {v}")));
+        }
         let mut ck = Checkpoint {
             weights: vec![],
-            optimizer: StateDict {
-                scalars: serde_json::from_str(get("optimizer_scalars")?)
-                    .map_err(|e| err(path, format!("optimizer_scalars: {e}")))?,
-                counters: serde_json::from_str(get("optimizer_counters")?)
-                    .map_err(|e| err(path, format!("optimizer_counters: {e}")))?,
-                ..Default::default()
-            },
-            epoch: num("epoch")? as usize,
+            optimizer,
+            epoch: count("epoch")?,
             steps: num("steps")?,
             rng: num("rng")?,
             scheduler: meta.get("scheduler").cloned(),
+            run_id: get("run_id")?.clone(),
+            config_hash: get("config_hash")?.clone(),
         };
-        let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-        names.sort();
-        for n in names {
-            let t = st.tensor(&n).map_err(|e| err(path, e.to_string()))?;
+        tensors.sort_by_key(|(n, _)| *n);
+        for (n, t) in tensors {
             if t.dtype() != Dtype::F32 {
-                return Err(err(path, format!("tensor `{n}` is {:?}, expected F32", t.dtype())));
+                return Err(err(path, format!("tensor `{n}` is {}, expected F32", t.dtype())));
             }
             let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            check_finite(path, n, &v)?;
             if let Some(w) = n.strip_prefix("model/") {
                 ck.weights.push((w.to_string(), t.shape().to_vec(), v));
             } else if let Some(k) = n.strip_prefix("optimizer/") {
