@@ -1,6 +1,6 @@
 //! Checkpoints: the model's weights and the optimizer's whole state in one safetensors file, with
-//! the epoch, step count and data-order generator in its metadata, written atomically (temporary
-//! file, then rename) so a crash never leaves a half-written one.
+//! the epoch, step count, position inside an epoch and generator states in its metadata, written
+//! atomically (temporary file, then rename) so a crash never leaves a half-written one.
 //!
 //! Loading verifies the file whole before anything uses it: a CRC-32 over every metadata field
 //! and every tensor (so a flipped bit is caught), no NaN or infinity in the weights or optimizer
@@ -28,13 +28,17 @@ pub struct Checkpoint {
     /// `(name, shape, values)` of each model parameter.
     pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
     pub optimizer: StateDict,
-    /// Epochs completed and optimizer steps taken.
+    /// Epochs completed (a checkpoint taken inside epoch `k` has `epoch == k − 1` and
+    /// [`Checkpoint::progress`] set) and optimizer steps taken.
     pub epoch: usize,
     pub steps: u64,
-    /// State of the generator of batch order and dropout.
+    /// State of the generator of batch order and dropout now.
     pub rng: u64,
     /// State of a metric-driven scheduler (ReduceLROnPlateau), as JSON.
     pub scheduler: Option<String>,
+    /// Where the run stood inside epoch `epoch + 1` when it was stopped there (by a step limit);
+    /// `None` when the checkpoint was taken at the end of an epoch.
+    pub progress: Option<EpochProgress>,
     /// The identity of the run that wrote the checkpoint, set by the caller before
     /// [`Checkpoint::save`] ([`Checkpoint::capture`] leaves it empty). Stored and loaded as is;
     /// comparing it with the run being resumed is the caller's business.
@@ -42,6 +46,22 @@ pub struct Checkpoint {
     /// A hash of the run's configuration, set by the caller like `run_id` (empty from
     /// [`Checkpoint::capture`]), so that resuming under another configuration can be refused.
     pub config_hash: String,
+}
+
+/// A position inside an epoch: what continuing it needs to give the same weights, bit for bit,
+/// and the same epoch metrics as a run never stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochProgress {
+    /// Batches of the epoch already done (steps taken in it).
+    pub batch: usize,
+    /// The generator state at the start of the epoch, before its order was drawn: `epoch_order`
+    /// from it gives the epoch's order again.
+    pub epoch_rng: u64,
+    /// The epoch's running sum of batch loss × batch size, the samples it has seen and the
+    /// seconds it has taken so far.
+    pub loss_sum: f64,
+    pub samples: usize,
+    pub seconds: f64,
 }
 
 fn err(path: &Path, m: impl Into<String>) -> Error {
@@ -116,9 +136,16 @@ impl Checkpoint {
             steps,
             rng,
             scheduler: None,
+            progress: None,
             run_id: String::new(),
             config_hash: String::new(),
         })
+    }
+
+    /// True when the checkpoint was taken inside epoch `epoch + 1` rather than at the end of
+    /// epoch `epoch`: resuming finishes that epoch first.
+    pub fn mid_epoch(&self) -> bool {
+        self.progress.is_some()
     }
 
     /// Writes the checkpoint to `path` atomically, with its checksum.
@@ -150,6 +177,14 @@ impl Checkpoint {
         .collect();
         if let Some(s) = &self.scheduler {
             meta.insert("scheduler".into(), s.clone());
+        }
+        if let Some(p) = &self.progress {
+            meta.insert("batch".into(), p.batch.to_string());
+            meta.insert("epoch_rng".into(), p.epoch_rng.to_string());
+            // Rust prints the shortest decimal that reads back as the same f64.
+            meta.insert("epoch_loss_sum".into(), p.loss_sum.to_string());
+            meta.insert("epoch_samples".into(), p.samples.to_string());
+            meta.insert("epoch_seconds".into(), p.seconds.to_string());
         }
         let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
             bytes.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())).collect();
@@ -216,6 +251,13 @@ impl Checkpoint {
             |k: &str| get(k)?.parse::<u64>().map_err(|_| err(path, format!("metadata field `{k}` is not a number")));
         let count =
             |k: &str| usize::try_from(num(k)?).map_err(|_| err(path, format!("metadata field `{k}` is out of range")));
+        let float = |k: &str| {
+            get(k)?
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| err(path, format!("metadata field `{k}` is not a finite number")))
+        };
         let optimizer = StateDict {
             scalars: serde_json::from_str(get("optimizer_scalars")?)
                 .map_err(|e| err(path, format!("optimizer_scalars: {e}")))?,
@@ -226,6 +268,16 @@ impl Checkpoint {
         if let Some((k, v)) = optimizer.scalars.iter().find(|(_, v)| !v.is_finite()) {
             return Err(err(path, format!("optimizer scalar `{k}` is {v}")));
         }
+        let progress = match meta.get("batch") {
+            None => None,
+            Some(_) => Some(EpochProgress {
+                batch: count("batch")?,
+                epoch_rng: num("epoch_rng")?,
+                loss_sum: float("epoch_loss_sum")?,
+                samples: count("epoch_samples")?,
+                seconds: float("epoch_seconds")?,
+            }),
+        };
         let mut ck = Checkpoint {
             weights: vec![],
             optimizer,
@@ -233,6 +285,7 @@ impl Checkpoint {
             steps: num("steps")?,
             rng: num("rng")?,
             scheduler: meta.get("scheduler").cloned(),
+            progress,
             run_id: get("run_id")?.clone(),
             config_hash: get("config_hash")?.clone(),
         };

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use serde_json::Value;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, EpochProgress};
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
@@ -447,23 +447,32 @@ pub fn train(
     })
 }
 
-/// The end of an epoch, where a checkpoint can be taken.
+/// The end of an epoch, or of the run inside an epoch (a step limit), where a checkpoint can be
+/// taken.
 pub struct EpochEnd<'a> {
     model: &'a dyn Model,
     opt: &'a mut VarOptimizer,
+    /// Epochs completed.
     epoch: usize,
     steps: u64,
     rng: u64,
     scheduler: Option<String>,
+    progress: Option<EpochProgress>,
 }
 
 impl EpochEnd<'_> {
-    /// Weights, optimizer state, position and generator state now: what `train_from` needs to
-    /// continue exactly as if never stopped.
+    /// Weights, optimizer state, position (inside the epoch too) and generator state now: what
+    /// `train_from` needs to continue exactly as if never stopped.
     pub fn checkpoint(&mut self) -> Result<Checkpoint> {
         let mut ck = Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)?;
         ck.scheduler = self.scheduler.clone();
+        ck.progress = self.progress.clone();
         Ok(ck)
+    }
+
+    /// True when the run stopped inside the epoch (a step limit) rather than at its end.
+    pub fn mid_epoch(&self) -> bool {
+        self.progress.is_some()
     }
 
     /// Bytes of optimizer state as stored (quantized buffers at their packed size).
@@ -494,8 +503,12 @@ impl<F: FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>> Hooks for F {
     }
 }
 
-/// [`train`], optionally continuing from a checkpoint taken at the end of an epoch (the run then
-/// goes on bit for bit as an uninterrupted one), with access to each epoch's end for checkpoints.
+/// [`train`], optionally continuing from a checkpoint, with access to each epoch's end for
+/// checkpoints. From a checkpoint taken at an epoch's end, or inside an epoch by a step limit, the
+/// run goes on bit for bit as an uninterrupted one with the new limits: the same weights, and the
+/// same metrics for the epoch that was cut (its order and running loss are in the checkpoint). A
+/// checkpoint that already reached `max_steps` or `epochs` returns at once with no epochs and
+/// [`Stop::Steps`] or [`Stop::Epochs`], the model holding its weights.
 pub fn train_from(
     model: &dyn Model,
     train: &Dataset,
@@ -527,13 +540,21 @@ pub fn train_from(
     };
     let mut steps = 0u64;
     let mut first_epoch = 1;
+    let mut progress: Option<EpochProgress> = None;
     if let Some(ck) = resume {
         ck.apply(model, &mut opt)?;
         rng = Rng::new(ck.rng);
         steps = ck.steps;
         first_epoch = ck.epoch + 1;
+        progress = ck.progress.clone();
         if let (Some(p), Some(text)) = (plateau.as_mut(), &ck.scheduler) {
             *p = serde_json::from_str(text).map_err(|e| Error::Param(format!("checkpoint scheduler state: {e}")))?;
+        }
+        if cfg.max_steps.is_some_and(|m| steps >= m) {
+            return Ok((vec![], Stop::Steps));
+        }
+        if ck.epoch >= cfg.epochs {
+            return Ok((vec![], Stop::Epochs));
         }
     }
     let mut history: Vec<EpochMetrics> = vec![];
@@ -541,10 +562,34 @@ pub fn train_from(
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
-        let order = epoch_order(train.len(), &mut rng);
-        let (mut sum, mut seen) = (0.0f64, 0usize);
-        let batches = order.len().div_ceil(cfg.batch_size);
-        for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let batches = train.len().div_ceil(cfg.batch_size);
+        // A resumed epoch draws its order again from the generator state at its start and goes on
+        // at its batch; `rng` then holds the state after the batches done (dropout draws).
+        let (order, epoch_rng, first_batch, mut sum, mut seen, seconds_before) = match progress.take() {
+            Some(p) => {
+                if p.batch >= batches || p.samples != p.batch * cfg.batch_size {
+                    return Err(Error::Param(format!(
+                        "the checkpoint was taken after batch {} ({} samples) of epoch {epoch}, which has {batches} \
+                         batches of {}: the training set or batch size is not the run's",
+                        p.batch, p.samples, cfg.batch_size
+                    )));
+                }
+                (
+                    epoch_order(train.len(), &mut Rng::new(p.epoch_rng)),
+                    p.epoch_rng,
+                    p.batch,
+                    p.loss_sum,
+                    p.samples,
+                    p.seconds,
+                )
+            }
+            None => {
+                let epoch_rng = rng.state();
+                (epoch_order(train.len(), &mut rng), epoch_rng, 0, 0.0f64, 0usize, 0.0)
+            }
+        };
+        let mut done = first_batch;
+        for (bi, idx) in order.chunks(cfg.batch_size).enumerate().skip(first_batch) {
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
@@ -576,6 +621,7 @@ pub fn train_from(
             });
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
+            done = bi + 1;
             if control == Control::Stop {
                 stop = Stop::Requested { step: steps };
                 break 'epochs;
@@ -589,9 +635,13 @@ pub fn train_from(
                 }
             }
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = seconds_before + t0.elapsed().as_secs_f64();
+        // Cut by the step limit: the checkpoint records where, and the epoch's scheduler step is
+        // left to the end of the epoch as in a run never stopped.
+        let cut =
+            (done < batches).then_some(EpochProgress { batch: done, epoch_rng, loss_sum: sum, samples: seen, seconds });
         let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
-        if let Some(p) = plateau.as_mut() {
+        if let (Some(p), None) = (plateau.as_mut(), &cut) {
             p.step(test_loss);
         }
         let m = EpochMetrics {
@@ -605,7 +655,11 @@ pub fn train_from(
             lr_scale: scale.get(),
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
-        hooks.on_epoch(&m, &mut EpochEnd { model, opt: &mut opt, epoch, steps, rng: rng.state(), scheduler })?;
+        let completed = if cut.is_some() { epoch - 1 } else { epoch };
+        hooks.on_epoch(
+            &m,
+            &mut EpochEnd { model, opt: &mut opt, epoch: completed, steps, rng: rng.state(), scheduler, progress: cut },
+        )?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
             let snapshot: Vec<Tensor> =

@@ -1,5 +1,5 @@
-//! Checkpoints: a file that was changed, holds a NaN or predates checksums is refused with the
-//! reason.
+//! Checkpoints: resuming inside an epoch is exact, a finished run stays finished, and a file that
+//! was changed, holds a NaN or predates checksums is refused with the reason.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use descent_train::checkpoint::Checkpoint;
 use descent_train::data::Dataset;
-use descent_train::model::{Init, LinearRegression};
+use descent_train::mnist;
+use descent_train::model::{Init, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
-use descent_train::train::{train_from, EpochEnd, EpochMetrics, Hooks, Loss, StepMetrics, TrainConfig};
+use descent_train::train::{
+    train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, StepMetrics, Stop, TrainConfig,
+};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("descent-ck-{tag}-{}", std::process::id()));
@@ -18,17 +21,36 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
+/// 500 MNIST samples (10 batches of 50 an epoch), for training and testing.
+fn mnist_slice() -> Dataset {
+    let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    let all = Dataset::mnist(&m.test, false).unwrap();
+    let (x, y) = all.range(0, 500).unwrap();
+    Dataset { x, y }
+}
+
+fn weights(model: &dyn Model) -> Vec<Vec<u32>> {
+    model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| {
+            v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+        })
+        .collect()
+}
+
 /// Records every step and epoch, and saves a checkpoint at each epoch end (the last one stays).
 struct Recorder {
     path: Option<PathBuf>,
     steps: Vec<StepMetrics>,
     epochs: Vec<EpochMetrics>,
     last: Option<Checkpoint>,
+    all: Vec<Checkpoint>,
 }
 
 impl Recorder {
     fn new(path: Option<&Path>) -> Self {
-        Recorder { path: path.map(Path::to_path_buf), steps: vec![], epochs: vec![], last: None }
+        Recorder { path: path.map(Path::to_path_buf), steps: vec![], epochs: vec![], last: None, all: vec![] }
     }
 }
 
@@ -40,15 +62,114 @@ impl Hooks for &mut Recorder {
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> descent_train::Result<()> {
         self.epochs.push(m.clone());
         let ck = end.checkpoint()?;
+        assert_eq!(ck.mid_epoch(), end.mid_epoch());
         if let Some(p) = &self.path {
             ck.save(p)?;
         }
+        self.all.push(ck.clone());
         self.last = Some(ck);
         Ok(())
     }
 }
 
-/// A small saved checkpoint (linear regression, Adam).
+/// A run stopped by its step limit inside an epoch, saved to disk and resumed with a larger limit
+/// gives the weights of a run never stopped bit for bit, and the cut epoch's metrics.
+#[test]
+fn resume_inside_an_epoch_is_exact() {
+    let data = mnist_slice();
+    let mut c = TrainConfig::new("adamw", Some(1e-3), 5, 50, Loss::CrossEntropy);
+    c.clip_norm = Some(1.0);
+    // The plateau scheduler steps at epoch ends only: a cut epoch must not step it.
+    c.schedule = LrSchedule::Plateau { factor: 0.5, patience: 0 };
+    // Dropout draws from the generator between the batches.
+    let new_model = || Mlp::new(Init::TorchDefault, 0.3, &mut Rng::new(11), &Device::Cpu).unwrap();
+
+    let full = new_model();
+    let mut c20 = c.clone();
+    c20.max_steps = Some(20);
+    let mut rec_full = Recorder::new(None);
+    let (h_full, stop) = train_from(&full, &data, &data, &c20, None, &mut rec_full).unwrap();
+    assert_eq!((stop, h_full.len(), h_full[1].steps), (Stop::Steps, 2, 20));
+
+    let dir = tmpdir("mid");
+    let path = dir.join("checkpoint.safetensors");
+    let first = new_model();
+    let mut c13 = c.clone();
+    c13.max_steps = Some(13);
+    let mut rec = Recorder::new(Some(&path));
+    let (h, stop) = train_from(&first, &data, &data, &c13, None, &mut rec).unwrap();
+    assert_eq!((stop, h.iter().map(|m| (m.epoch, m.steps)).collect::<Vec<_>>()), (Stop::Steps, vec![(1, 10), (2, 13)]));
+
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(&ck, rec.last.as_ref().unwrap());
+    assert!(ck.mid_epoch());
+    // The cut epoch did not step the plateau scheduler: its state is the one of epoch 1's end.
+    assert_eq!(ck.scheduler, rec.all[0].scheduler);
+    assert_eq!((ck.epoch, ck.steps), (1, 13));
+    let p = ck.progress.as_ref().unwrap();
+    assert_eq!((p.batch, p.samples), (3, 150));
+
+    let resumed = new_model();
+    let mut rec2 = Recorder::new(None);
+    let (h2, stop) = train_from(&resumed, &data, &data, &c20, Some(&ck), &mut rec2).unwrap();
+    assert_eq!(stop, Stop::Steps);
+    assert_eq!(h2.iter().map(|m| (m.epoch, m.steps)).collect::<Vec<_>>(), vec![(2, 20)]);
+    assert_eq!(weights(&full), weights(&resumed));
+    // The epoch that straddles the stop has the uninterrupted run's metrics.
+    assert_eq!(h2[0].train_loss.to_bits(), h_full[1].train_loss.to_bits());
+    assert_eq!(h2[0].test_loss.to_bits(), h_full[1].test_loss.to_bits());
+    assert_eq!(h2[0].lr_scale, h_full[1].lr_scale);
+    // Its steps go on at batch 3 of epoch 2, as the uninterrupted run's did.
+    let tail = |r: &Recorder| r.steps.iter().map(|s| (s.epoch, s.batch, s.step, s.loss.to_bits())).collect::<Vec<_>>();
+    assert_eq!(tail(&rec2), tail(&rec_full)[13..].to_vec());
+    // Both end at the same checkpoint: weights, optimizer, generator and scheduler state.
+    assert_eq!(rec2.last, rec_full.last);
+    assert!(!rec2.last.as_ref().unwrap().mid_epoch());
+
+    // Another batch size cannot continue the cut epoch.
+    let mut c_other = c20.clone();
+    c_other.batch_size = 40;
+    let e =
+        train_from(&new_model(), &data, &data, &c_other, Some(&ck), &mut Recorder::new(None)).unwrap_err().to_string();
+    assert!(e.contains("batch 3") && e.contains("batch size"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Resuming a run that already reached its step limit or epochs adds nothing and evaluates nothing.
+#[test]
+fn resuming_a_finished_run_returns_at_once() {
+    let mut rng = Rng::new(3);
+    let data = Dataset::regression(100, &mut rng).unwrap();
+    let new_model = || LinearRegression::new(Init::TorchDefault, &mut Rng::new(1), &Device::Cpu).unwrap();
+    let mut c = TrainConfig::new("adam", Some(0.05), 3, 32, Loss::Mse);
+    c.max_steps = Some(6);
+    let model = new_model();
+    let mut rec = Recorder::new(None);
+    train_from(&model, &data, &data, &c, None, &mut rec).unwrap();
+    let ck = rec.last.unwrap();
+    assert!(ck.mid_epoch() && ck.steps == 6);
+
+    let again = new_model();
+    let mut rec2 = Recorder::new(None);
+    let (h, stop) = train_from(&again, &data, &data, &c, Some(&ck), &mut rec2).unwrap();
+    assert_eq!((h.len(), stop), (0, Stop::Steps));
+    assert!(rec2.epochs.is_empty() && rec2.steps.is_empty());
+    assert_eq!(weights(&again), weights(&model));
+
+    // At an epoch's end, with every epoch done.
+    c.max_steps = None;
+    c.epochs = 2;
+    let mut rec = Recorder::new(None);
+    train_from(&new_model(), &data, &data, &c, None, &mut rec).unwrap();
+    let ck = rec.last.unwrap();
+    assert!(!ck.mid_epoch() && ck.epoch == 2);
+    let mut rec2 = Recorder::new(None);
+    let (h, stop) = train_from(&new_model(), &data, &data, &c, Some(&ck), &mut rec2).unwrap();
+    assert_eq!((h.len(), stop), (0, Stop::Epochs));
+    assert!(rec2.epochs.is_empty());
+}
+
+/// A small saved checkpoint (linear regression, Adam, cut inside its second epoch).
 fn saved(dir: &Path) -> (PathBuf, Checkpoint) {
     let mut rng = Rng::new(5);
     let data = Dataset::regression(64, &mut rng).unwrap();
@@ -86,7 +207,7 @@ fn identity_fields_round_trip_and_capture_leaves_them_empty() {
     let model = LinearRegression::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap();
     train_from(&model, &data, &data, &TrainConfig::new("sgd", Some(0.1), 1, 16, Loss::Mse), None, &mut rec).unwrap();
     let fresh = rec.last.unwrap();
-    assert!(fresh.run_id.is_empty() && fresh.config_hash.is_empty());
+    assert!(fresh.run_id.is_empty() && fresh.config_hash.is_empty() && !fresh.mid_epoch());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -141,6 +262,12 @@ fn non_finite_weights_or_state_are_refused() {
     let e = Checkpoint::load(&path).unwrap_err().to_string();
     assert!(e.contains(&format!("tensor `optimizer/{key}` holds -inf at index 0")), "{e}");
 
+    // A non-finite running loss of the cut epoch.
+    let mut bad = ck.clone();
+    bad.progress.as_mut().unwrap().loss_sum = f64::INFINITY;
+    bad.save(&path).unwrap();
+    let e = Checkpoint::load(&path).unwrap_err().to_string();
+    assert!(e.contains("epoch_loss_sum") && e.contains("finite"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
