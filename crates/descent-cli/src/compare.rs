@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
+use crate::folder;
 use crate::runs::{self, RunMetrics};
 use crate::train::{self, RunOptions, TrainArgs};
 
@@ -126,8 +127,7 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
         }
     }
     obj.insert("hparams".into(), Value::Object(hparams));
-    let mut args: TrainArgs =
-        serde_json::from_value(v).with_context(|| format!("{what}: a setting has the wrong type"))?;
+    let mut args = train::settings_from_value(v, what)?;
     (args.out, args.force, args.resume, args.config) = (None, true, None, None);
     Ok(args)
 }
@@ -228,13 +228,8 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
             .find(|d| !d.exists())
             .expect("some name is free")
     });
-    if out.exists() {
-        if !a.base.force {
-            bail!("folder {} exists; pass --force to overwrite it", out.display());
-        }
-        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.display()))?;
+    let _claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false)?;
+    std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = a.jobs.unwrap_or((cores.saturating_sub(2) / 2).max(1)).clamp(1, specs.len());
     println!("comparing {} runs of {} into {} ({} at a time)", specs.len(), a.base.model, out.display(), jobs);
@@ -385,7 +380,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
     for r in &body {
         md += &format!("| {} |\n", r.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
     }
-    std::fs::write(out.join("table.md"), md)?;
+    folder::write_atomic(&out.join("table.md"), md.as_bytes())?;
     let q = crate::runs::csv_field;
     let mut csv = "run,train_loss,test_loss,test_accuracy,steps_to_target,seconds_to_target,samples_per_s,state_bytes,status,dir\n".to_string();
     for r in rows {
@@ -408,7 +403,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
             q(&r.dir.display().to_string())
         );
     }
-    std::fs::write(out.join("table.csv"), csv)?;
+    folder::write_atomic(&out.join("table.csv"), csv.as_bytes())?;
     let json: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -421,9 +416,9 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
             })
         })
         .collect();
-    std::fs::write(
-        out.join("compare.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"target": target, "runs": json}))?,
+    folder::write_atomic(
+        &out.join("compare.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"target": target, "runs": json}))?.as_bytes(),
     )?;
     Ok(())
 }
@@ -459,6 +454,6 @@ fn write_report(rows: &[Row], files: &[PathBuf], out: &Path, title: &str, target
         h += &format!("<img src=\"{}\" alt=\"{}\">\n", html_escape(name), html_escape(name));
     }
     h += "<p>Run folders: <code>runs/</code> (config, metrics per step and per epoch, checkpoint).</p>\n</body></html>\n";
-    std::fs::write(out.join("report.html"), h)?;
+    folder::write_atomic(&out.join("report.html"), h.as_bytes())?;
     Ok(())
 }

@@ -137,13 +137,7 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
         plans.push((f, runs));
     }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/landscape"));
-    if out.exists() {
-        if !a.force {
-            bail!("folder {} exists; pass --force to overwrite it", out.display());
-        }
-        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _claimed = crate::folder::claim_new(&out, crate::folder::Kind::Landscape, a.force, false)?;
     let mut rows = vec![];
     for (f, runs) in plans {
         let mut paths = vec![];
@@ -210,7 +204,7 @@ fn write_table(rows: &[PathRow], out: &std::path::Path, tol: f64) -> Result<()> 
             r.diverged
         );
     }
-    std::fs::write(out.join("table.md"), md)?;
-    std::fs::write(out.join("table.csv"), csv)?;
+    crate::folder::write_atomic(&out.join("table.md"), md.as_bytes())?;
+    crate::folder::write_atomic(&out.join("table.csv"), csv.as_bytes())?;
     Ok(())
 }

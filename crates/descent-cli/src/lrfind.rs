@@ -6,11 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use descent_train::model::Init;
 use descent_train::rng::Rng;
 use descent_train::train::{train_from, Control, EpochEnd, EpochMetrics, Hooks, LrSchedule, SpecSchedule, StepMetrics};
 
+use crate::folder;
 use crate::plot::{self, Chart, Series, YScale};
 use crate::train::{self, TrainArgs};
 
@@ -107,9 +108,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }
     let out = a.base.out.clone().unwrap_or_else(|| PathBuf::from("runs/lr-find"));
-    if out.exists() && !a.base.force {
-        bail!("folder {} exists; pass --force to overwrite it", out.display());
-    }
+    folder::check_new(&out, folder::Kind::LrFind, a.base.force, false)?;
     let mut args = a.base.clone();
     args.lr = Some(a.start_lr);
     train::validate(&args)?;
@@ -139,15 +138,12 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     let points = rec.points;
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false)?;
     let mut csv = "step,lr,loss,smoothed\n".to_string();
     for (i, p) in points.iter().enumerate() {
         csv += &format!("{},{},{},{}\n", i + 1, p.lr, p.loss, p.smoothed);
     }
-    std::fs::write(out.join("lr_find.csv"), csv)?;
+    folder::write_atomic(&out.join("lr_find.csv"), csv.as_bytes())?;
     let suggestion = suggest(&points);
     let mut series = vec![Series {
         raw: points.iter().map(|p| (p.lr, p.loss)).collect(),

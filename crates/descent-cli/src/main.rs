@@ -2,6 +2,9 @@
 
 mod bench;
 mod compare;
+mod folder;
+#[cfg(test)]
+mod fuzz;
 mod landscape;
 mod lrfind;
 mod plot;
@@ -47,12 +50,18 @@ enum Command {
     /// List the optimizers and schedules descent reproduces, by registry name.
     List,
     /// Train a model on the bundled data.
+    ///
+    /// With --resume DIR the run continues from its last checkpoint with the settings of its
+    /// config.json: only --epochs and --steps (each to a larger total than what is done) and
+    /// --threads may be given with it; any other setting that differs from the run's is refused.
+    #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Compare runs of one workload that differ in optimizer, learning rate, schedule,
     /// regularization or batch size: a table, charts (PNG and SVG) and an HTML report.
     ///
     /// e.g. descent compare --model mlp --epochs 2 --run sgd:lr=0.1 --run sgd:lr=0.05,momentum=0.9
     /// --run adam:lr=1e-3 --run adamw:lr=1e-3,schedule=cosine
+    #[command(allow_negative_numbers = true)]
     Compare(Box<compare::CompareArgs>),
     /// Hyper-parameter search over any training option: grid, random or TPE proposals, optional
     /// ASHA stopping of poor trials; a table, the best config as TOML, and charts.
@@ -60,12 +69,15 @@ enum Command {
     /// e.g. descent sweep --model mlp --epochs 2 --param lr=loguniform:1e-4..1e-1
     /// --param weight_decay=loguniform:1e-5..1e-1 --param schedule=choice:constant|cosine
     /// --optimizer adamw --method tpe --pruner asha --trials 30
+    #[command(allow_negative_numbers = true)]
     Sweep(Box<sweep::SweepArgs>),
     /// The learning-rate range test: the loss while the learning rate grows exponentially, its
     /// chart, and a suggested learning rate.
+    #[command(allow_negative_numbers = true)]
     LrFind(Box<lrfind::LrFindArgs>),
     /// Optimizers on 2-D test functions (Rosenbrock, Beale, Himmelblau, an ill-conditioned
     /// quadratic, a saddle, Rastrigin): paths over contour maps, and a table.
+    #[command(allow_negative_numbers = true)]
     Landscape(landscape::LandscapeArgs),
     /// Redraw the charts of finished runs (train, compare or sweep folders) from their metric
     /// files, overlaid.
@@ -183,6 +195,12 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => {
             let sub = matches.subcommand_matches("train").expect("train subcommand");
+            let mut args = *args;
+            args.given = sub
+                .ids()
+                .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect();
             args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
         }
         Command::Compare(args) => {
@@ -228,9 +246,27 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", user_message(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error as the user reads it: its chain of causes on one line, without the backtrace that
+/// some libraries (candle) put into their messages when `RUST_BACKTRACE` is set; backtraces are
+/// for bugs, not for a wrong flag or file.
+fn user_message(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    let lines: Vec<&str> = full
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("stack backtrace:"))
+        .filter(|l| !l.trim().is_empty())
+        .take_while(|l| !l.trim_start().starts_with("0: "))
+        .collect();
+    match lines.len() {
+        0 => full,
+        1 | 2 => lines.join("\n"),
+        _ => format!("{}\n{}", lines[0], lines[1]),
     }
 }
 
@@ -242,8 +278,8 @@ fn main() -> ExitCode {
 /// 15% faster with one).
 fn set_threads(threads: Option<usize>) -> Result<usize> {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    if n == 0 {
-        anyhow::bail!("--threads must be at least 1");
+    if n == 0 || n > train::MAX_THREADS {
+        anyhow::bail!("--threads {n}: must be between 1 and {}", train::MAX_THREADS);
     }
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
@@ -272,7 +308,9 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
             m.label = format!("{} ({})", m.label, m.dir.display());
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Charts are redrawn over the plot folder's own (no --force needed), never into a folder of
+    // other files.
+    let _claimed = folder::claim_new(out, folder::Kind::Plot, true, false)?;
     let files = runs::draw(&all, out, title)?;
     println!("{} runs drawn into {}:", all.len(), out.display());
     for f in files {

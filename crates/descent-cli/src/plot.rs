@@ -206,9 +206,23 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 pub fn line_chart(chart: &Chart, stem: &Path) -> Result<[PathBuf; 2]> {
     register_font();
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
-    draw_lines(BitMapBackend::new(&png, SIZE).into_drawing_area(), chart)?;
-    draw_lines(SVGBackend::new(&svg, SIZE).into_drawing_area(), chart)?;
+    atomically(&png, |p| draw_lines(BitMapBackend::new(p, SIZE).into_drawing_area(), chart))?;
+    atomically(&svg, |p| draw_lines(SVGBackend::new(p, SIZE).into_drawing_area(), chart))?;
     Ok([png, svg])
+}
+
+/// Draws into a temporary file beside `path` (with its extension, which picks the format), then
+/// renames it over `path`: a chart is replaced whole or not at all.
+fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{stem}.tmp{}.{ext}", std::process::id()));
+    let r =
+        draw(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| anyhow!("writing {}: {e}", path.display())));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 macro_rules! lines_body {
@@ -322,9 +336,9 @@ pub struct ContourMap<'a> {
 pub fn contour_map(map: &ContourMap, stem: &Path) -> Result<[PathBuf; 2]> {
     register_font();
     let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
-    draw_contours(BitMapBackend::new(&png, (900, 760)).into_drawing_area(), map, 220)?;
+    atomically(&png, |p| draw_contours(BitMapBackend::new(p, (900, 760)).into_drawing_area(), map, 220))?;
     // The SVG gets a coarser grid: every cell is an element.
-    draw_contours(SVGBackend::new(&svg, (900, 760)).into_drawing_area(), map, 110)?;
+    atomically(&svg, |p| draw_contours(SVGBackend::new(p, (900, 760)).into_drawing_area(), map, 110))?;
     Ok([png, svg])
 }
 

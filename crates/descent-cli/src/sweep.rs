@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::compare::apply;
+use crate::folder;
 use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
 use crate::runs::csv_field;
 use crate::train::{self, RunOptions, TrainArgs};
@@ -184,21 +185,41 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     }
     let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();
-    let method = pick("method").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.method.clone());
-    let pruner = pick("pruner").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.pruner.clone());
-    let objective = pick("objective").and_then(|v| v.as_str().map(String::from)).unwrap_or(a.objective.clone());
-    let num = |k: &str| pick(k).and_then(|v| v.as_f64());
+    let (method, pruner, objective) = (a.method.clone(), a.pruner.clone(), a.objective.clone());
+    let file = a.base.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let int = |k: &str| -> Result<Option<u64>> {
+        match pick(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .with_context(|| format!("{file}: `{k}`: expected a non-negative integer, found {v}")),
+        }
+    };
+    let text = |k: &str, given: &String| -> Result<String> {
+        match pick(k) {
+            None => Ok(given.clone()),
+            Some(Value::String(v)) => Ok(v),
+            Some(v) => bail!("{file}: `{k}`: expected a string, found {v}"),
+        }
+    };
+    let max_total_epochs = match pick("max_total_epochs") {
+        None => a.max_total_epochs,
+        Some(v) => {
+            Some(v.as_f64().with_context(|| format!("{file}: `max_total_epochs`: expected a number, found {v}"))?)
+        }
+    };
     Ok(Settings {
         space,
-        method,
-        pruner,
-        trials: num("trials").map(|v| v as usize).or(a.trials),
-        objective,
-        max_total_epochs: num("max_total_epochs").or(a.max_total_epochs),
-        reduction_factor: num("reduction_factor").map(|v| v as usize).unwrap_or(a.reduction_factor),
-        min_steps: num("min_steps").map(|v| v as u64).or(a.min_steps),
-        grid_points: num("grid_points").map(|v| v as usize).unwrap_or(a.grid_points),
-        startup: num("startup").map(|v| v as usize).or(a.startup),
+        method: text("method", &method)?,
+        pruner: text("pruner", &pruner)?,
+        trials: int("trials")?.map(|v| v as usize).or(a.trials),
+        objective: text("objective", &objective)?,
+        max_total_epochs,
+        reduction_factor: int("reduction_factor")?.map(|v| v as usize).unwrap_or(a.reduction_factor),
+        min_steps: int("min_steps")?.or(a.min_steps),
+        grid_points: int("grid_points")?.map(|v| v as usize).unwrap_or(a.grid_points),
+        startup: int("startup")?.map(|v| v as usize).or(a.startup),
         base,
     })
 }
@@ -260,8 +281,8 @@ fn plan(s: &Settings) -> Result<Plan> {
         bail!("--reduction-factor must be at least 2, got {}", s.reduction_factor);
     }
     if let Some(b) = s.max_total_epochs {
-        if b <= 0.0 {
-            bail!("--max-total-epochs must be positive, got {b}");
+        if !(b > 0.0 && b.is_finite()) {
+            bail!("--max-total-epochs {b}: must be a positive number");
         }
     }
     // Every trial's settings must be valid: check the space's corners (each dimension's extremes).
@@ -274,11 +295,24 @@ fn plan(s: &Settings) -> Result<Plan> {
         }
     }
     let default_batch = train::defaults(&s.base.model).1;
+    // Epochs are counted on the training set the trials really read (a smaller --data set too).
     let n_train: u64 = match s.base.model.as_str() {
         "linear" => 10_000,
-        _ => 60_000,
+        _ => descent_train::mnist::load(&s.base.data)
+            .with_context(|| format!("loading MNIST from {}", s.base.data.display()))?
+            .train
+            .len() as u64,
     };
-    let val = if validation { s.base.validation.max(if s.base.model == "linear" { 2_000 } else { 5_000 }) } else { 0 };
+    // As trial_args holds out: the --validation given, else the default hold-out.
+    let val = match (validation, s.base.validation) {
+        (false, _) => 0,
+        (true, 0) if s.base.model == "linear" => 2_000,
+        (true, 0) => 5_000,
+        (true, n) => n,
+    };
+    if val as u64 >= n_train {
+        bail!("--validation {val} leaves no training samples (the training set has {n_train})");
+    }
     let batch = s.base.batch_size.unwrap_or(default_batch).max(1) as u64;
     let per_epoch = (n_train - val as u64).div_ceil(batch);
     let steps_per_trial = s.base.steps.unwrap_or(u64::MAX).min(per_epoch * s.base.epochs.unwrap_or(1) as u64);
@@ -307,13 +341,14 @@ struct State {
 }
 
 pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let (out, s, resumed) = match &a.base.resume {
+    let (out, s, resumed, claimed) = match &a.base.resume {
         Some(dir) => {
+            let claimed = folder::claim_existing(dir, folder::Kind::Sweep)?;
             let text = std::fs::read_to_string(dir.join("sweep.json"))
                 .with_context(|| format!("{}: no sweep.json, not a sweep folder", dir.display()))?;
             let s: Settings =
                 serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep.json", dir.display()))?;
-            (dir.clone(), s, true)
+            (dir.clone(), s, true, Some(claimed))
         }
         None => {
             let s = settings(&a, matches)?;
@@ -323,24 +358,20 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
                     .find(|d| !d.exists())
                     .expect("some name is free")
             });
-            (out, s, false)
+            (out, s, false, None)
         }
     };
     let p = plan(&s)?;
-    if !resumed {
-        if out.exists() {
-            if !a.base.force {
-                bail!(
-                    "folder {} exists; pass --force to overwrite it or --resume {} to continue it",
-                    out.display(),
-                    out.display()
-                );
-            }
-            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    let _claimed = match claimed {
+        Some(c) => c,
+        None => {
+            let c = folder::claim_new(&out, folder::Kind::Sweep, a.base.force, true)?;
+            std::fs::create_dir_all(out.join("trials"))
+                .with_context(|| format!("creating {}", out.join("trials").display()))?;
+            folder::write_atomic(&out.join("sweep.json"), serde_json::to_string_pretty(&s)?.as_bytes())?;
+            c
         }
-        std::fs::create_dir_all(out.join("trials")).with_context(|| format!("creating {}", out.display()))?;
-        std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&s)?)?;
-    }
+    };
     let history = read_trials(&out)?;
     if resumed {
         // Drop a line cut by a kill before appending after it; trial folders without a line run again.
@@ -348,8 +379,7 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
         for t in &history {
             text += &format!("{}\n", serde_json::to_string(t)?);
         }
-        std::fs::write(out.join("trials.jsonl"), text)
-            .with_context(|| format!("rewriting {}", out.join("trials.jsonl").display()))?;
+        folder::write_atomic(&out.join("trials.jsonl"), text.as_bytes())?;
     }
     let spent: f64 = history.iter().map(|t| t.epochs).sum();
     if resumed {
@@ -582,11 +612,7 @@ fn read_trials(out: &Path) -> Result<Vec<Trial>> {
 
 /// Appends a finished trial to trials.jsonl (one write of one line, then flushed to disk).
 fn append_trial(out: &Path, t: &Trial) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("trials.jsonl"))?;
-    f.write_all(format!("{}\n", serde_json::to_string(t)?).as_bytes())?;
-    f.sync_data()?;
-    Ok(())
+    folder::append(&out.join("trials.jsonl"), &format!("{}\n", serde_json::to_string(t)?), true)
 }
 
 /// The table (best first), best.toml, and the charts.
@@ -639,8 +665,8 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
             t.seconds
         );
     }
-    std::fs::write(out.join("table.md"), &md)?;
-    std::fs::write(out.join("table.csv"), csv)?;
+    folder::write_atomic(&out.join("table.md"), md.as_bytes())?;
+    folder::write_atomic(&out.join("table.csv"), csv.as_bytes())?;
     let full: f64 = history.len() as f64 * p.steps_per_trial as f64;
     let spent: f64 = history.iter().map(|t| t.steps as f64).sum();
     let best = sorted.first().filter(|t| t.loss.is_finite());
@@ -654,7 +680,7 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
             p.objective.shown(b.loss),
             toml::to_string(&args).context("best config as TOML")?
         );
-        std::fs::write(out.join("best.toml"), text)?;
+        folder::write_atomic(&out.join("best.toml"), text.as_bytes())?;
     }
     draw(out, s, p, history)?;
     println!("\n{md}");

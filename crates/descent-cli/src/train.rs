@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use descent_train::checkpoint::Checkpoint;
+
+use crate::folder;
 use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
@@ -128,6 +130,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// The settings given on the command line (their ids), which `--resume` compares with the
+    /// run's config.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub given: Vec<String>,
 }
 
 impl TrainArgs {
@@ -172,11 +179,19 @@ impl TrainArgs {
                 flags.insert(k.clone(), serde_json::to_value(v).with_context(|| format!("{}: `{k}`", path.display()))?);
             }
         }
-        let mut out: TrainArgs = serde_json::from_value(merged)
-            .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
+        let mut out = settings_from_value(merged, &path.display().to_string())?;
         (out.out, out.force, out.resume, out.config) = (self.out, self.force, self.resume, self.config);
         Ok(out)
     }
+}
+
+/// Train settings from their JSON form; a value of the wrong type is an error naming its key
+/// (`steps: invalid type: string "fifty", expected u64`), after `what` (the file or run).
+pub fn settings_from_value(v: serde_json::Value, what: &str) -> Result<TrainArgs> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        anyhow::anyhow!("{what}: `{key}`: {}", e.into_inner())
+    })
 }
 
 /// A TOML file as a table, or an error naming the file.
@@ -219,6 +234,8 @@ pub fn workload(
         }
         "mlp" | "lenet" => {
             let m = mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?;
+            m.train.expect_size(28, 28)?;
+            m.test.expect_size(28, 28)?;
             let (tr, te) = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
             let net: Box<dyn Model> = if model == "mlp" {
                 Box::new(Mlp::new(init, dropout, rng, &dev)?)
@@ -287,8 +304,6 @@ struct CliHooks<'a> {
     run_dir: &'a RunDir,
     quiet: bool,
     on_eval: Option<OnEval<'a>>,
-    /// evals.jsonl, opened at the first mid-epoch evaluation.
-    evals: Option<std::fs::File>,
     bar: Option<indicatif::ProgressBar>,
     loss_sum: f64,
     seen: usize,
@@ -301,17 +316,10 @@ struct CliHooks<'a> {
 
 impl Hooks for &mut CliHooks<'_> {
     fn on_eval(&mut self, e: &EvalMetrics) -> descent_train::Result<Control> {
-        use std::io::Write;
-        let io = |e: std::io::Error| descent_train::Error::Data {
-            path: self.run_dir.dir.join("evals.jsonl").display().to_string(),
-            message: e.to_string(),
-        };
-        if self.evals.is_none() {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(self.run_dir.dir.join("evals.jsonl"));
-            self.evals = Some(f.map_err(io)?);
-        }
         let line = serde_json::json!({"epoch": e.epoch, "step": e.step, "test_loss": e.test_loss, "test_accuracy": e.test_accuracy});
-        writeln!(self.evals.as_mut().expect("opened above"), "{line}").map_err(io)?;
+        let path = self.run_dir.dir.join(folder::run::EVALS_JSONL);
+        folder::append(&path, &format!("{line}\n"), false)
+            .map_err(|e| descent_train::Error::Data { path: path.display().to_string(), message: format!("{e:#}") })?;
         Ok(match &mut self.on_eval {
             Some(f) => f(e),
             None => Control::Continue,
@@ -320,9 +328,7 @@ impl Hooks for &mut CliHooks<'_> {
 
     fn on_step(&mut self, s: &StepMetrics) -> Control {
         let lr = self.run_dir.base_lr * s.lr_scale;
-        if let Err(e) = self.steps.write(s, lr) {
-            self.error.get_or_insert(format!("writing steps.jsonl: {e}"));
-        }
+        self.steps.write(s, lr);
         if let Some(tb) = &mut self.tensorboard {
             let r = tb
                 .scalar("train/loss", s.step, s.loss as f64)
@@ -387,7 +393,7 @@ impl Hooks for &mut CliHooks<'_> {
         if let Some(e) = self.error.take() {
             return Err(io(e));
         }
-        self.steps.flush().map_err(|e| io(format!("writing steps.jsonl: {e}")))?;
+        self.steps.flush(&self.run_dir.dir).map_err(|e| io(format!("{e:#}")))?;
         if let Some(tb) = &mut self.tensorboard {
             let step = m.steps;
             let mut r = tb.scalar("epoch/train_loss", step, m.train_loss);
@@ -398,126 +404,104 @@ impl Hooks for &mut CliHooks<'_> {
             r = r.and_then(|_| tb.scalar("epoch/samples_per_s", step, m.samples_per_s));
             r.and_then(|_| tb.flush()).map_err(|e| io(format!("writing TensorBoard events: {e}")))?;
         }
-        self.run_dir.append(m).map_err(|e| io(e.to_string()))?;
-        end.checkpoint()?.save(&self.run_dir.checkpoint())
+        self.run_dir.append(m).map_err(|e| io(format!("{e:#}")))?;
+        let mut ck = end.checkpoint()?;
+        ck.run_id = self.run_dir.id.clone();
+        ck.config_hash = self.run_dir.config_hash.clone();
+        ck.save(&self.run_dir.checkpoint())
     }
 }
 
-/// steps.jsonl and steps.csv: one line per optimizer step, buffered and flushed at each epoch's
-/// end (before its checkpoint).
+/// steps.jsonl and steps.csv: one line per optimizer step, gathered in memory and appended at
+/// each epoch's end (before its checkpoint) in one write per file, so that a kill leaves at most
+/// one torn line at a file's end, which resume cuts.
+#[derive(Default)]
 struct StepWriter {
-    jsonl: std::io::BufWriter<std::fs::File>,
-    csv: std::io::BufWriter<std::fs::File>,
+    jsonl: String,
+    csv: String,
 }
 
 impl StepWriter {
-    fn open(dir: &std::path::Path) -> Result<StepWriter> {
-        use std::io::Write;
-        let open = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(name))
-                .with_context(|| format!("opening {}", dir.join(name).display()))
-        };
-        let header = !dir.join("steps.csv").exists();
-        let mut csv = std::io::BufWriter::new(open("steps.csv")?);
-        if header {
-            writeln!(csv, "step,epoch,loss,lr,grad_norm")?;
-        }
-        Ok(StepWriter { jsonl: std::io::BufWriter::new(open("steps.jsonl")?), csv })
-    }
-
-    fn write(&mut self, s: &StepMetrics, lr: f64) -> std::io::Result<()> {
-        use std::io::Write;
+    fn write(&mut self, s: &StepMetrics, lr: f64) {
+        use std::fmt::Write;
         let line =
             serde_json::json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": lr, "grad_norm": s.grad_norm});
-        writeln!(self.jsonl, "{line}")?;
-        writeln!(self.csv, "{},{},{},{lr},{}", s.step, s.epoch, s.loss, s.grad_norm)
+        let _ = writeln!(self.jsonl, "{line}");
+        let _ = writeln!(self.csv, "{},{},{},{lr},{}", s.step, s.epoch, s.loss, s.grad_norm);
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        use std::io::Write;
-        self.jsonl.flush()?;
-        self.csv.flush()
+    fn flush(&mut self, dir: &std::path::Path) -> Result<()> {
+        folder::append(&dir.join(folder::run::STEPS_JSONL), &std::mem::take(&mut self.jsonl), false)?;
+        folder::append(&dir.join(folder::run::STEPS_CSV), &std::mem::take(&mut self.csv), false)
     }
 }
+
+const STEPS_CSV_HEADER: &str = "step,epoch,loss,lr,grad_norm\n";
+const METRICS_CSV_HEADER: &str = "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr\n";
 
 /// The run folder's files.
 struct RunDir {
     dir: PathBuf,
     base_lr: f64,
+    /// The folder's id and the hash of its config, written into every checkpoint.
+    id: String,
+    config_hash: String,
 }
 
 impl RunDir {
     fn checkpoint(&self) -> PathBuf {
-        self.dir.join("checkpoint.safetensors")
+        self.dir.join(folder::run::CHECKPOINT)
     }
 
-    /// Appends one epoch to metrics.jsonl and metrics.csv.
+    /// The CSV files with their header lines, if they are new.
+    fn start_csvs(&self) -> Result<()> {
+        for (name, header) in
+            [(folder::run::STEPS_CSV, STEPS_CSV_HEADER), (folder::run::METRICS_CSV, METRICS_CSV_HEADER)]
+        {
+            let p = self.dir.join(name);
+            if std::fs::metadata(&p).map(|m| m.len() == 0).unwrap_or(true) {
+                folder::append(&p, header, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one epoch to metrics.jsonl and metrics.csv, one write each.
     fn append(&self, m: &EpochMetrics) -> Result<()> {
-        use std::io::Write;
+        let lr = self.base_lr * m.lr_scale;
         let line = serde_json::json!({
             "epoch": m.epoch, "steps": m.steps, "train_loss": m.train_loss, "test_loss": m.test_loss,
             "test_accuracy": m.test_accuracy, "seconds": m.seconds, "samples_per_s": m.samples_per_s,
-            "lr": self.base_lr * m.lr_scale,
+            "lr": lr,
         });
-        let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(name));
-        writeln!(open("metrics.jsonl")?, "{line}")?;
-        let csv = self.dir.join("metrics.csv");
-        let header = !csv.exists();
-        let mut f = open("metrics.csv")?;
-        if header {
-            writeln!(f, "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr")?;
-        }
+        folder::append(&self.dir.join(folder::run::METRICS_JSONL), &format!("{line}\n"), false)?;
         let acc = m.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
-        let lr = self.base_lr * m.lr_scale;
-        writeln!(
-            f,
-            "{},{},{},{},{},{},{},{lr}",
+        let row = format!(
+            "{},{},{},{},{},{},{},{lr}\n",
             m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
-        )?;
-        Ok(())
+        );
+        folder::append(&self.dir.join(folder::run::METRICS_CSV), &row, false)
     }
 
-    /// Drops metric lines past `epoch` and step lines past `steps` (written before a crash that
-    /// preceded their checkpoint).
-    fn truncate_after(&self, epoch: usize, steps: u64) -> Result<()> {
-        for name in ["steps.jsonl", "steps.csv"] {
-            let p = self.dir.join(name);
-            let Ok(text) = std::fs::read_to_string(&p) else { continue };
-            let keep: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    let s = if name.ends_with(".csv") {
-                        l.split(',').next().and_then(|x| x.parse::<u64>().ok())
-                    } else {
-                        serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64())
-                    };
-                    s.is_none_or(|s| s <= steps)
-                })
-                .collect();
-            std::fs::write(&p, keep.join("\n") + "\n")?;
-        }
-        for name in ["metrics.jsonl", "metrics.csv"] {
-            let p = self.dir.join(name);
-            let Ok(text) = std::fs::read_to_string(&p) else { continue };
-            let keep: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    let e = if name.ends_with(".csv") {
-                        l.split(',').next().and_then(|x| x.parse::<usize>().ok())
-                    } else {
-                        serde_json::from_str::<serde_json::Value>(l)
-                            .ok()
-                            .and_then(|v| v["epoch"].as_u64().map(|e| e as usize))
-                    };
-                    e.is_none_or(|e| e <= epoch)
-                })
-                .collect();
-            std::fs::write(&p, keep.join("\n") + "\n")?;
-        }
-        Ok(())
+    /// Cuts every metric file back to the complete records the checkpoint covers: steps up to
+    /// `steps` and the `epochs` completed (the row of an epoch cut by `--steps` goes: the resumed
+    /// run writes it again, whole). Torn lines (a kill mid-write) go too.
+    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<()> {
+        let json = |key: &'static str| {
+            move |l: &str| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v[key].as_u64())
+        };
+        let csv = |l: &str| l.split(',').next().and_then(|x| x.parse::<u64>().ok());
+        let keep_epoch = |e: u64| e <= epochs as u64;
+        let d = &self.dir;
+        folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| json("step")(l).is_some_and(|s| s <= steps))?;
+        folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| json("step")(l).is_some_and(|s| s <= steps))?;
+        folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| {
+            l.starts_with("step,") || (csv(l).is_some_and(|s| s <= steps) && l.split(',').count() == 5)
+        })?;
+        folder::retain_lines(&d.join(folder::run::METRICS_JSONL), |l| json("epoch")(l).is_some_and(keep_epoch))?;
+        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| {
+            l.starts_with("epoch,") || (csv(l).is_some_and(keep_epoch) && l.split(',').count() == 8)
+        })
     }
 }
 
@@ -544,10 +528,16 @@ pub struct RunOutcome {
     pub state_bytes: usize,
     /// The first value of each parameter at the end, by name (what a regression learned).
     pub first_values: Vec<(String, f32)>,
+    /// Set when `--resume` found the run already at its end: why nothing was trained.
+    pub nothing_to_do: Option<String>,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let out = execute(a, RunOptions::default())?;
+    if let Some(why) = &out.nothing_to_do {
+        println!("{why}");
+        return Ok(());
+    }
     let a = &out.args;
     match out.stop {
         Stop::EarlyStopping { best_epoch } => {
@@ -564,7 +554,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Stop::Steps | Stop::Epochs => {}
     }
     let last = match out.stop {
-        Stop::EarlyStopping { best_epoch } => out.history.get(best_epoch - 1),
+        Stop::EarlyStopping { best_epoch } => out.history.iter().find(|e| e.epoch == best_epoch),
         _ => out.history.last(),
     };
     println!("run folder: {}", out.dir.display());
@@ -580,8 +570,111 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The most worker threads accepted (beyond it a typo, e.g. `--threads 100000`, would start a
+/// thread per unit and stall the machine).
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks every numeric setting: finite and in its range. Settings from a flag or a TOML file are
+/// named by their flag.
+pub fn check_numbers(a: &TrainArgs) -> Result<()> {
+    fn finite(flag: &str, v: f64) -> Result<f64> {
+        if !v.is_finite() {
+            bail!("{flag} {v}: must be a finite number");
+        }
+        Ok(v)
+    }
+    if let Some(lr) = a.lr {
+        if finite("--lr", lr)? < 0.0 {
+            bail!("--lr {lr}: the learning rate must be at least 0");
+        }
+    }
+    if a.epochs == Some(0) {
+        bail!("--epochs 0: a run needs at least one epoch");
+    }
+    if a.steps == Some(0) {
+        bail!("--steps 0: a run needs at least one step");
+    }
+    if a.batch_size == Some(0) {
+        bail!("--batch-size 0: a batch needs at least one sample");
+    }
+    if let Some(t) = a.threads {
+        if t == 0 || t > MAX_THREADS {
+            bail!("--threads {t}: must be between 1 and {MAX_THREADS}");
+        }
+    }
+    if !(0.0..1.0).contains(&a.dropout) {
+        bail!("--dropout {}: a probability in [0, 1)", a.dropout);
+    }
+    for (flag, v) in [("--clip-norm", a.clip_norm), ("--clip-value", a.clip_value)] {
+        if let Some(v) = v {
+            if finite(flag, v)? <= 0.0 {
+                bail!("{flag} {v}: must be above 0");
+            }
+        }
+    }
+    for (flag, v) in [
+        ("--l1", Some(a.l1)),
+        ("--l2", Some(a.l2)),
+        ("--min-delta", Some(a.min_delta)),
+        ("--min-loss-change", a.min_loss_change),
+    ] {
+        if let Some(v) = v {
+            if finite(flag, v)? < 0.0 {
+                bail!("{flag} {v}: must be at least 0");
+            }
+        }
+    }
+    if let Some(t) = a.target_accuracy {
+        if !(finite("--target-accuracy", t)? > 0.0 && t <= 100.0) {
+            bail!("--target-accuracy {t}: a percentage in (0, 100]");
+        }
+    }
+    if !a.hparams.is_object() {
+        bail!("--hparams {}: must be a JSON object of the optimizer's arguments", a.hparams);
+    }
+    for key in ["lr", "learning_rate"] {
+        if let Some(v) = a.hparams.get(key).and_then(|v| v.as_f64()) {
+            if v < 0.0 {
+                bail!("--hparams: `{key}` {v}: the learning rate must be at least 0");
+            }
+        }
+    }
+    // Settings that the model or schedule would not use are refused rather than ignored.
+    if a.model != "mlp" && a.dropout != 0.2 {
+        bail!("--dropout {}: the {} model has no dropout (only mlp has)", a.dropout, a.model);
+    }
+    if a.model == "linear" {
+        if a.normalize {
+            bail!("--normalize: the linear model trains on synthetic data, not MNIST pixels");
+        }
+        if a.data != std::path::Path::new("data/mnist") {
+            bail!("--data {}: the linear model trains on synthetic data", a.data.display());
+        }
+        if a.target_accuracy.is_some() {
+            bail!("--target-accuracy: the linear model is a regression, without accuracy");
+        }
+    }
+    if a.patience.is_none() && a.min_delta != 0.0 {
+        bail!("--min-delta {}: it is early stopping's threshold; give --patience too", a.min_delta);
+    }
+    if !a.schedule.contains('.') && a.schedule_interval != "step" {
+        bail!(
+            "--schedule-interval {}: only a library schedule (torch.StepLR, …) is stepped per epoch; `{}` sets its own pace",
+            a.schedule_interval, a.schedule
+        );
+    }
+    if !a.schedule.contains('.') && a.schedule_args.as_object().is_none_or(|o| !o.is_empty()) {
+        bail!(
+            "--schedule-args {} is for a library schedule (torch.OneCycleLR, optax.cosine_decay_schedule, …); the built-in schedule `{}` takes none",
+            a.schedule_args, a.schedule
+        );
+    }
+    Ok(())
+}
+
 /// Validates the settings into a training config, without touching any run folder.
 pub fn validate(a: &TrainArgs) -> Result<()> {
+    check_numbers(a)?;
     let mut rng = Rng::new(a.seed);
     let init = Init::parse(&a.init)?;
     let model: Box<dyn Model> = match a.model.as_str() {
@@ -591,9 +684,124 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     };
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
-    let cfg = config(a, loss)?;
-    descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
+    check_model_settings(model.as_ref(), &config(a, loss)?, a)
+}
+
+/// What needs the model: the group patterns match parameters, and the optimizer builds.
+fn check_model_settings(model: &dyn Model, cfg: &TrainConfig, a: &TrainArgs) -> Result<()> {
+    let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
+    for (pat, _) in &a.groups {
+        if !names.iter().any(|n| n.contains(pat.as_str())) {
+            bail!("--group `{pat}` matches no parameter of {}; its parameters: {}", a.model, names.join(", "));
+        }
+    }
+    descent_train::train::optimizer_for(model, cfg)?;
     Ok(())
+}
+
+/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`)
+/// and how many threads compute it. Their hash goes into every checkpoint, so that a config.json
+/// edited after the run started is noticed.
+fn config_hash(a: &TrainArgs) -> Result<String> {
+    let mut v = serde_json::to_value(a)?;
+    let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
+    for k in ["epochs", "steps", "threads"] {
+        obj.remove(k);
+    }
+    // FNV-1a over the canonical JSON (keys sorted): an identity, not a defence against tampering.
+    let text = v.to_string();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// The flag of a setting, as the user types it.
+fn flag(id: &str) -> String {
+    match id {
+        "groups" => "--group".into(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+/// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total) and
+/// `--threads` from the command line; any other flag that contradicts the config is refused.
+/// `Ok(Err(why))` when the run has nothing left to do.
+fn resume_settings(
+    cli: &TrainArgs,
+    dir: &std::path::Path,
+    mut cfg: TrainArgs,
+    ck: &Checkpoint,
+    marker: &folder::Marker,
+) -> Result<std::result::Result<TrainArgs, String>> {
+    let (cli_v, cfg_v) = (serde_json::to_value(cli)?, serde_json::to_value(&cfg)?);
+    let d = dir.display();
+    for id in &cli.given {
+        match id.as_str() {
+            "resume" | "threads" | "epochs" | "steps" => {}
+            "config" => {
+                bail!("--config cannot be combined with --resume: a resumed run keeps the settings of its config.json")
+            }
+            "force" => bail!(
+                "--force cannot be combined with --resume: --resume continues the run in {d}, --force replaces a run"
+            ),
+            "out" => {
+                if cli.out.as_deref() != Some(dir) {
+                    bail!("--out contradicts --resume {d}: a resumed run stays in its folder");
+                }
+            }
+            key => {
+                let (given, kept) = (&cli_v[key], &cfg_v[key]);
+                if given != kept {
+                    bail!(
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total) and --threads may be given",
+                        flag(key),
+                        match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
+                    );
+                }
+            }
+        }
+    }
+    // `ck.epoch` counts completed epochs (a checkpoint inside an epoch continues that one).
+    let given = |k: &str| cli.given.iter().any(|g| g == k);
+    let extends = (given("epochs") && cli.epochs != cfg.epochs) || (given("steps") && cli.steps != cfg.steps);
+    if extends && matches!(cfg.schedule.as_str(), "cosine" | "warmup_cosine" | "onecycle" | "linear") {
+        bail!(
+            "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
+            cfg.schedule
+        );
+    }
+    // The run's own totals, given again, extend nothing.
+    if let Some(e) = cli.epochs.filter(|&e| given("epochs") && Some(e) != cfg.epochs) {
+        if e <= ck.epoch {
+            bail!("--epochs {e} is not more than the {} epoch(s) the run in {d} has done", ck.epoch);
+        }
+        cfg.epochs = Some(e);
+    }
+    if let Some(s) = cli.steps.filter(|&s| given("steps") && Some(s) != cfg.steps) {
+        if s <= ck.steps {
+            bail!("--steps {s} is not more than the {} steps the run in {d} has taken", ck.steps);
+        }
+        cfg.steps = Some(s);
+    }
+    cfg.threads = cli.threads;
+    if let Some(why) = &marker.ended {
+        return Ok(Err(format!("nothing to do: the run in {d} already ended ({why})")));
+    }
+    if let Some(s) = cfg.steps.filter(|&s| ck.steps >= s) {
+        return Ok(Err(format!(
+            "nothing to do: the run in {d} already reached its {s} steps; pass a larger --steps to continue it"
+        )));
+    }
+    let epochs = cfg.epochs.unwrap_or(1);
+    if !ck.mid_epoch() && ck.epoch >= epochs {
+        return Ok(Err(format!(
+            "nothing to do: the run in {d} already finished its {epochs} epoch(s); pass a larger --epochs to continue it"
+        )));
+    }
+    Ok(Ok(cfg))
 }
 
 /// The training config of a run's settings (defaults filled in).
@@ -637,50 +845,79 @@ fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset
 
 /// Trains one run into its folder (new, or resumed from its checkpoint).
 pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
-    // Settings: the flags, or the run folder's config when resuming (with --epochs as new total).
-    let (mut a, run_dir, resume) = match &a.resume {
+    // The settings: the flags, or the run folder's config when resuming. Nothing is written
+    // before every setting, the data and the optimizer have been checked.
+    enum Folder {
+        New(PathBuf),
+        Resume(folder::Claimed, Box<Checkpoint>),
+    }
+    let cli = a;
+    let (mut a, target) = match &cli.resume {
         Some(dir) => {
-            let text = std::fs::read_to_string(dir.join("config.json"))
-                .with_context(|| format!("{}: no config.json, not a descent run folder", dir.display()))?;
-            let mut cfg: TrainArgs =
-                serde_json::from_str(&text).with_context(|| format!("{}: malformed config.json", dir.display()))?;
-            if a.epochs.is_some() {
-                cfg.epochs = a.epochs;
+            let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
+            let cfg_path = dir.join(folder::run::CONFIG_JSON);
+            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+            let cfg: TrainArgs =
+                serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
+            let ck_path = dir.join(folder::run::CHECKPOINT);
+            if !ck_path.exists() {
+                bail!(
+                    "{}: no checkpoint: the run stopped before the end of its first epoch; start it again with --out {} --force",
+                    dir.display(),
+                    dir.display()
+                );
             }
-            cfg.threads = a.threads;
-            let rd = RunDir { dir: dir.clone(), base_lr: cfg.lr.unwrap_or(f64::NAN) };
-            let ck = Checkpoint::load(&rd.checkpoint())?;
-            rd.truncate_after(ck.epoch, ck.steps)?;
-            (cfg, rd, Some(ck))
+            let ck = Checkpoint::load(&ck_path)?;
+            if ck.run_id != claimed.marker.id {
+                bail!(
+                    "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
+                    ck_path.display(),
+                    if ck.run_id.is_empty() { "none" } else { &ck.run_id },
+                    claimed.marker.id
+                );
+            }
+            if ck.config_hash != config_hash(&cfg)? {
+                bail!(
+                    "{}: config.json was changed after the checkpoint was written; a run resumes only with the settings it ran with",
+                    dir.display()
+                );
+            }
+            match resume_settings(&cli, dir, cfg, &ck, &claimed.marker)? {
+                Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
+                Err(why) => {
+                    return Ok(RunOutcome {
+                        dir: dir.clone(),
+                        args: cli,
+                        history: vec![],
+                        stop: Stop::Epochs,
+                        state_bytes: 0,
+                        first_values: vec![],
+                        nothing_to_do: Some(why),
+                    })
+                }
+            }
         }
         None => {
-            // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k]; an explicit --out that
-            // exists needs --force.
-            let dir = match &a.out {
+            check_numbers(&cli)?;
+            // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k].
+            let dir = match &cli.out {
                 Some(d) => d.clone(),
                 None => {
-                    let base = format!("{}-{}-seed{}", a.model, a.optimizer.replace('/', "_"), a.seed);
+                    let base = format!("{}-{}-seed{}", cli.model, cli.optimizer.replace('/', "_"), cli.seed);
                     (1..)
                         .map(|k| PathBuf::from("runs").join(if k == 1 { base.clone() } else { format!("{base}-{k}") }))
                         .find(|d| !d.exists())
                         .expect("some name is free")
                 }
             };
-            if dir.exists() && !a.force {
-                bail!(
-                    "run folder {} exists; pass --force to overwrite it or --resume {} to continue it",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            let base_lr = a.lr.unwrap_or(defaults(&a.model).0);
-            (a, RunDir { dir, base_lr }, None)
+            (cli.clone(), Folder::New(dir))
         }
     };
     let (default_lr, default_batch) = defaults(&a.model);
     a.lr = a.lr.or(Some(default_lr));
     a.batch_size = a.batch_size.or(Some(default_batch));
     a.epochs = a.epochs.or(Some(1));
+    a.given = vec![];
     let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
@@ -690,17 +927,28 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     if let Some(at) = opts.eval_at.clone() {
         cfg.eval_at = at;
     }
-    // Everything is valid (model, data, optimizer and its arguments): now the run folder.
-    descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
-    if resume.is_none() {
-        let dir = &run_dir.dir;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    check_model_settings(model.as_ref(), &cfg, &a)?;
+    // Everything is valid: now the run folder.
+    let hash = config_hash(&a)?;
+    let (claimed, resume) = match target {
+        Folder::New(dir) => (folder::claim_new(&dir, folder::Kind::Run, cli.force, true)?, None),
+        Folder::Resume(c, ck) => (c, Some(*ck)),
+    };
+    let run_dir = RunDir {
+        dir: claimed.dir.clone(),
+        base_lr: a.lr.unwrap_or(f64::NAN),
+        id: claimed.marker.id.clone(),
+        config_hash: hash,
+    };
+    if let Some(ck) = &resume {
+        run_dir.truncate_after(ck.epoch, ck.steps)?;
     }
-    std::fs::write(run_dir.dir.join("config.json"), serde_json::to_string_pretty(&a)?)?;
-    std::fs::write(run_dir.dir.join("config.toml"), toml::to_string(&a).context("config as TOML")?)?;
+    folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_JSON), serde_json::to_string_pretty(&a)?.as_bytes())?;
+    folder::write_atomic(
+        &run_dir.dir.join(folder::run::CONFIG_TOML),
+        toml::to_string(&a).context("config as TOML")?.as_bytes(),
+    )?;
+    run_dir.start_csvs()?;
     let say = |m: String| {
         if !opts.quiet {
             println!("{m}")
@@ -716,29 +964,43 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         epochs
     ));
     if let Some(ck) = &resume {
-        say(format!("resuming {} after epoch {} (step {})", run_dir.dir.display(), ck.epoch, ck.steps));
+        say(format!("resuming {} after step {} ({} epoch(s) complete)", run_dir.dir.display(), ck.steps, ck.epoch));
     }
-    let tensorboard =
-        if a.tensorboard { Some(crate::tensorboard::Scalars::create(&run_dir.dir.join("tensorboard"))?) } else { None };
+    let tensorboard = if a.tensorboard {
+        Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
+    } else {
+        None
+    };
     let mut hooks = CliHooks {
         run_dir: &run_dir,
         quiet: opts.quiet,
         on_eval: opts.on_eval,
-        evals: None,
         bar: None,
         loss_sum: 0.0,
         seen: 0,
-        steps: StepWriter::open(&run_dir.dir)?,
+        steps: StepWriter::default(),
         tensorboard,
         state_bytes: 0,
         error: None,
     };
     let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), &mut hooks)?;
+    let ended = match stop {
+        Stop::EarlyStopping { best_epoch } => Some(format!("early stopping, best epoch {best_epoch}")),
+        Stop::TargetAccuracy => Some("target accuracy reached".to_string()),
+        Stop::Converged => Some("converged".to_string()),
+        Stop::Requested { step } => Some(format!("stopped at step {step}")),
+        Stop::Steps | Stop::Epochs => None,
+    };
+    if ended.is_some() {
+        let mut marker = claimed.marker.clone();
+        marker.ended = ended;
+        marker.write(&run_dir.dir)?;
+    }
     let state_bytes = hooks.state_bytes;
     let first_values = model
         .named_vars()
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().flatten_all()?.get(0)?.to_scalar::<f32>()?)))
         .collect::<Result<_>>()?;
-    Ok(RunOutcome { dir: run_dir.dir.clone(), args: a, history, stop, state_bytes, first_values })
+    Ok(RunOutcome { dir: run_dir.dir.clone(), args: a, history, stop, state_bytes, first_values, nothing_to_do: None })
 }

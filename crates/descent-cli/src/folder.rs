@@ -1,0 +1,494 @@
+//! The folders descent writes (run, compare, sweep, landscape, lr-find and plot folders): which
+//! files are descent's, how a folder is claimed (an exclusive lock, `--force`), and how its files
+//! are written so that a crash never leaves a torn or half-written one.
+//!
+//! The rules, as the README's "Reliability" section states them:
+//! - Every folder descent makes holds a marker, `descent.json`, naming its kind and a random id.
+//! - `--force` replaces only a folder of the same kind that descent wrote (by its marker, or for
+//!   folders written before markers, by its own files), and then only descent's own files in it;
+//!   an empty folder is taken as is. Anything else is refused before anything is deleted.
+//! - A folder is locked (an OS file lock on `.descent.lock`, released by the kernel when the
+//!   process ends, however it ends) for as long as a command writes into it: a second command on
+//!   the same folder is refused.
+//! - Whole files are written to a temporary file beside them, synced, then renamed over the old
+//!   one; records are appended one complete line per write.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The marker file in every folder descent makes.
+pub const MARKER: &str = "descent.json";
+/// The lock file of a folder in use.
+pub const LOCK: &str = ".descent.lock";
+
+/// The files of a run folder.
+pub mod run {
+    pub const CONFIG_JSON: &str = "config.json";
+    pub const CONFIG_TOML: &str = "config.toml";
+    pub const METRICS_JSONL: &str = "metrics.jsonl";
+    pub const METRICS_CSV: &str = "metrics.csv";
+    pub const STEPS_JSONL: &str = "steps.jsonl";
+    pub const STEPS_CSV: &str = "steps.csv";
+    pub const EVALS_JSONL: &str = "evals.jsonl";
+    pub const CHECKPOINT: &str = "checkpoint.safetensors";
+    pub const TENSORBOARD: &str = "tensorboard";
+}
+
+/// What kind of folder: each kind has its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Run,
+    Compare,
+    Sweep,
+    Landscape,
+    LrFind,
+    Plot,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Run => "run",
+            Kind::Compare => "compare",
+            Kind::Sweep => "sweep",
+            Kind::Landscape => "landscape",
+            Kind::LrFind => "lr-find",
+            Kind::Plot => "plot",
+        }
+    }
+
+    /// The files (and folders) descent writes at the top of a folder of this kind.
+    fn files(self) -> &'static [&'static str] {
+        match self {
+            Kind::Run => &[
+                run::CONFIG_JSON,
+                run::CONFIG_TOML,
+                run::METRICS_JSONL,
+                run::METRICS_CSV,
+                run::STEPS_JSONL,
+                run::STEPS_CSV,
+                run::EVALS_JSONL,
+                run::CHECKPOINT,
+                run::TENSORBOARD,
+            ],
+            Kind::Compare => &["runs", "table.md", "table.csv", "compare.json", "report.html"],
+            Kind::Sweep => &["sweep.json", "trials.jsonl", "trials", "table.md", "table.csv", "best.toml"],
+            Kind::Landscape => &["table.md", "table.csv"],
+            Kind::LrFind => &["lr_find.csv"],
+            Kind::Plot => &[],
+        }
+    }
+
+    /// Whether `name` is a chart this kind draws (PNG and SVG).
+    fn is_chart(self, name: &str) -> bool {
+        let Some(stem) = name.strip_suffix(".png").or_else(|| name.strip_suffix(".svg")) else { return false };
+        match self {
+            Kind::Run => false,
+            Kind::Compare | Kind::Plot => ["loss", "grad_norm", "lr", "accuracy", "test_loss"].contains(&stem),
+            Kind::Sweep => ["objective", "curves"].contains(&stem) || stem.starts_with("param_"),
+            Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),
+            Kind::LrFind => stem == "lr_find",
+        }
+    }
+
+    /// Whether `name` at the top of a folder of this kind is descent's.
+    fn owns(self, name: &str) -> bool {
+        name == MARKER
+            || name == LOCK
+            || self.files().contains(&name)
+            || self.is_chart(name)
+            || (name.starts_with('.') && name.contains(".tmp"))
+    }
+
+    /// Whether a folder without a marker is one that descent wrote before markers existed.
+    fn legacy(self, dir: &Path) -> bool {
+        let has = |n: &str| dir.join(n).is_file();
+        match self {
+            Kind::Run => has(run::CONFIG_JSON) && (has(run::METRICS_JSONL) || has(run::STEPS_JSONL)),
+            Kind::Compare => has("compare.json"),
+            Kind::Sweep => has("sweep.json"),
+            Kind::Landscape => has("table.md") && has("table.csv") && !has("compare.json") && !has("sweep.json"),
+            Kind::LrFind => has("lr_find.csv"),
+            Kind::Plot => false,
+        }
+    }
+}
+
+/// The marker file's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    pub kind: Kind,
+    /// A random id given when the folder is made: checkpoints carry it, so one run's checkpoint
+    /// is never resumed in another's folder.
+    pub id: String,
+    /// The descent version that made the folder.
+    pub version: String,
+    /// Why a run ended before its epochs or steps did (early stopping, a target reached), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+impl Marker {
+    fn new(kind: Kind) -> Marker {
+        Marker { kind, id: new_id(), version: env!("CARGO_PKG_VERSION").into(), ended: None }
+    }
+
+    /// The marker of `dir`, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Marker>> {
+        let path = dir.join(MARKER);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{}: not a descent folder marker", path.display()))
+    }
+
+    /// Writes the marker into `dir`, atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join(MARKER), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+}
+
+/// 16 hex digits from the clock, the process and a counter: unique enough to tell runs apart.
+fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{:016x}", h.finish())
+}
+
+/// A folder this process writes into, locked until dropped.
+#[derive(Debug)]
+pub struct Claimed {
+    pub dir: PathBuf,
+    pub marker: Marker,
+    _lock: File,
+}
+
+/// What an existing folder is, for a command about to write a folder of `kind` there.
+enum Found {
+    Empty,
+    Ours,
+    OtherKind(Kind),
+    Foreign(Vec<String>),
+}
+
+fn inspect(dir: &Path, kind: Kind) -> Result<Found> {
+    let names = entries(dir)?;
+    if names.iter().all(|n| n == LOCK) {
+        return Ok(Found::Empty);
+    }
+    match Marker::read(dir)? {
+        Some(m) if m.kind == kind => Ok(Found::Ours),
+        Some(m) => Ok(Found::OtherKind(m.kind)),
+        None if kind.legacy(dir) => Ok(Found::Ours),
+        None => Ok(Found::Foreign(names)),
+    }
+}
+
+fn entries(dir: &Path) -> Result<Vec<String>> {
+    let mut names = vec![];
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Takes the lock of `dir` (which exists), or says who holds it.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let who = holder.trim().parse::<u32>().map(|p| format!(" (process {p})")).unwrap_or_default();
+            bail!("{} is in use by another descent command{who}; wait for it to finish", dir.display());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// Checks, without changing anything, that [`claim_new`] would take `dir`: for a command to say
+/// so before it spends time computing what it will write there.
+pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("{} exists and is not a folder", dir.display());
+        }
+        check_replaceable(dir, kind, force, resume_hint)?;
+    }
+    Ok(())
+}
+
+/// Claims `dir` for a new folder of `kind`: creates it if missing; takes it as is if empty; with
+/// `force`, clears descent's files from a folder of the same kind that descent wrote. Anything
+/// else is refused before anything is deleted. `resume_hint` adds `--resume DIR` to the advice
+/// for an existing folder.
+pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<Claimed> {
+    let existed = dir.exists();
+    if existed {
+        if !dir.is_dir() {
+            bail!("{} exists and is not a folder", dir.display());
+        }
+        check_replaceable(dir, kind, force, resume_hint)?;
+    } else {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let lock = lock(dir)?;
+    if existed {
+        // Checked again under the lock: another command may have written in between.
+        check_replaceable(dir, kind, force, resume_hint)?;
+        clear(dir, kind)?;
+    }
+    let marker = Marker::new(kind);
+    marker.write(dir)?;
+    Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
+}
+
+fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<()> {
+    let d = dir.display();
+    match inspect(dir, kind)? {
+        Found::Empty => Ok(()),
+        Found::Ours if force => Ok(()),
+        Found::Ours if resume_hint => {
+            bail!("{} folder {d} exists; pass --force to replace it or --resume {d} to continue it", kind.name())
+        }
+        Found::Ours => bail!("{} folder {d} exists; pass --force to replace it", kind.name()),
+        Found::OtherKind(k) => bail!(
+            "{d} is a descent {} folder, not a {} folder: choose another --out (--force replaces only a folder of the same kind)",
+            k.name(),
+            kind.name()
+        ),
+        Found::Foreign(names) => {
+            let shown: Vec<&str> = names.iter().take(3).map(|s| s.as_str()).collect();
+            let more = if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
+            bail!(
+                "{d} is not a folder descent wrote (it holds {}{more}); descent writes only into a new or empty folder{}: choose another --out",
+                shown.join(", "),
+                if force { " and --force replaces only descent's own folders" } else { "" }
+            )
+        }
+    }
+}
+
+/// Removes descent's files of a `kind` folder (its sub-folders of runs too, each only of
+/// descent's files); everything else stays.
+fn clear(dir: &Path, kind: Kind) -> Result<()> {
+    for name in entries(dir)? {
+        if name == LOCK || !kind.owns(&name) {
+            continue;
+        }
+        let p = dir.join(&name);
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+        if meta.is_dir() {
+            match (kind, name.as_str()) {
+                (Kind::Compare, "runs") | (Kind::Sweep, "trials") => {
+                    for sub in entries(&p)? {
+                        let s = p.join(&sub);
+                        if s.is_dir() && matches!(inspect(&s, Kind::Run)?, Found::Ours | Found::Empty) {
+                            // A run folder in use by another command is not cleared under it.
+                            let _lock = lock(&s)?;
+                            clear(&s, Kind::Run)?;
+                            remove_if_empty(&s)?;
+                        }
+                    }
+                }
+                (Kind::Run, run::TENSORBOARD) => {
+                    for sub in entries(&p)? {
+                        if sub.starts_with("events.out.tfevents.") {
+                            remove_file(&p.join(sub))?;
+                        }
+                    }
+                }
+                _ => continue,
+            }
+            remove_if_empty(&p)?;
+        } else {
+            remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_file(p: &Path) -> Result<()> {
+    std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))
+}
+
+/// Removes `dir` if nothing but a lock file is left in it.
+fn remove_if_empty(dir: &Path) -> Result<()> {
+    let names = entries(dir)?;
+    if names.iter().all(|n| n == LOCK) {
+        if names.iter().any(|n| n == LOCK) {
+            remove_file(&dir.join(LOCK))?;
+        }
+        std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Claims an existing folder of `kind` to continue it (`--resume`).
+pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
+    let d = dir.display();
+    if !dir.is_dir() {
+        bail!("{d}: no such folder to resume");
+    }
+    let marker = match Marker::read(dir)? {
+        Some(m) if m.kind == kind => m,
+        Some(m) => bail!("{d} is a descent {} folder, not a {} folder", m.kind.name(), kind.name()),
+        None if kind.legacy(dir) && kind == Kind::Run => bail!(
+            "{d} was written by an older descent whose runs carry no identity; it cannot be resumed safely: start it again with --force"
+        ),
+        // A sweep's trials are checked line by line: an older folder is given its marker.
+        None if kind.legacy(dir) => Marker::new(kind),
+        None => bail!("{d} is not a descent {} folder (no {MARKER})", kind.name()),
+    };
+    let lock = lock(dir)?;
+    if !dir.join(MARKER).exists() {
+        marker.write(dir)?;
+    }
+    Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
+}
+
+/// Writes a whole file atomically: a temporary file beside it, synced, renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The rename itself is made durable by syncing the folder (best effort).
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::new(e).context(format!("writing {}", path.display()))
+    })
+}
+
+/// Appends `text` (whole lines) to `path` in one write; with `sync`, flushed to disk before
+/// returning.
+pub fn append(path: &Path, text: &str, sync: bool) -> Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    debug_assert!(text.ends_with('\n'), "records are whole lines");
+    let go = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        f.write_all(text.as_bytes())?;
+        if sync {
+            f.sync_data()?;
+        }
+        Ok(())
+    };
+    go().with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Rewrites a line-record file keeping only complete lines (ending in a newline) that `keep`
+/// accepts; a missing file stays missing. Atomic.
+pub fn retain_lines(path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && keep(l.trim_end())).collect();
+    if kept != text {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("descent-folder-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn force_never_deletes_a_foreign_folder() {
+        let d = tmp("foreign");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        let e = claim_new(&d, Kind::Run, true, true).unwrap_err().to_string();
+        assert!(e.contains("not a folder descent wrote") && e.contains("notes.txt"), "{e}");
+        assert_eq!(entries(&d).unwrap(), vec!["notes.txt"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn force_clears_only_descents_files() {
+        let d = tmp("ours");
+        let c = claim_new(&d, Kind::Run, false, true).unwrap();
+        std::fs::write(d.join(run::METRICS_JSONL), "{}\n").unwrap();
+        std::fs::write(d.join("mine.txt"), "keep").unwrap();
+        drop(c);
+        let again = claim_new(&d, Kind::Run, false, true).unwrap_err().to_string();
+        assert!(again.contains("--force"), "{again}");
+        let c = claim_new(&d, Kind::Run, true, true).unwrap();
+        assert!(!d.join(run::METRICS_JSONL).exists());
+        assert_eq!(std::fs::read_to_string(d.join("mine.txt")).unwrap(), "keep");
+        drop(c);
+        let e = claim_new(&d, Kind::Sweep, true, false).unwrap_err().to_string();
+        assert!(e.contains("descent run folder"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_claimed_folder_is_refused_to_a_second_claim() {
+        let d = tmp("lock");
+        let c = claim_new(&d, Kind::Run, false, true).unwrap();
+        let e = claim_existing(&d, Kind::Run).unwrap_err().to_string();
+        assert!(e.contains("in use by another descent command"), "{e}");
+        drop(c);
+        claim_existing(&d, Kind::Run).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn retain_lines_drops_a_torn_last_line() {
+        let d = tmp("retain");
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("m.jsonl");
+        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"st").unwrap();
+        retain_lines(&p, |_| true).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,419 @@
+//! The README's reliability promises, as a user meets them: what `--force` may delete, locked run
+//! folders, whole-record metric files after a kill, verified checkpoints, resume that refuses what
+//! contradicts the run, exact numbers through every file, and one-line errors for bad settings.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::descent;
+
+fn fresh(tag: &str) -> PathBuf {
+    let d = common::out(&format!("rel-{tag}"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let o = descent().args(args).output().unwrap();
+    (o.status.success(), text(&o))
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A linear-regression run (fast: about a second an epoch).
+fn linear(out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["train", "--model", "linear", "--threads", "1", "--out", s(out)];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn force_deletes_nothing_descent_did_not_write() {
+    let d = fresh("force");
+    // A folder of the user's files, by path and as the working folder (`--out .`).
+    let mine = d.join("some dir");
+    std::fs::create_dir_all(mine.join("sub")).unwrap();
+    std::fs::write(mine.join("thesis.tex"), "years of work").unwrap();
+    std::fs::write(mine.join("sub/data.csv"), "1,2").unwrap();
+    let before = names(&mine);
+    for cmd in [
+        vec!["train", "--model", "linear", "--out", s(&mine), "--force"],
+        vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--out", s(&mine), "--force"],
+        vec!["landscape", "--function", "beale", "--steps", "5", "--out", s(&mine), "--force"],
+        vec!["lr-find", "--model", "linear", "--num-steps", "20", "--out", s(&mine), "--force"],
+        vec![
+            "sweep",
+            "--model",
+            "linear",
+            "--param",
+            "lr=loguniform:1e-3..1e-1",
+            "--trials",
+            "1",
+            "--objective",
+            "val_loss",
+            "--out",
+            s(&mine),
+            "--force",
+        ],
+    ] {
+        let (ok, t) = run(&cmd);
+        assert!(!ok && t.contains("not a folder descent wrote"), "{cmd:?}: {t}");
+        assert_eq!(names(&mine), before, "{cmd:?} touched the folder");
+    }
+    let o =
+        descent().current_dir(&mine).args(["train", "--model", "linear", "--out", ".", "--force"]).output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(names(&mine), before);
+    assert_eq!(read(&mine.join("thesis.tex")), "years of work");
+
+    // A run folder: --force replaces descent's files and keeps the user's.
+    let r = d.join("run");
+    assert!(linear(&r, &["--epochs", "1"]).0);
+    std::fs::write(r.join("notes.md"), "my notes").unwrap();
+    let (ok, t) = linear(&r, &["--epochs", "1"]);
+    assert!(!ok && t.contains("--force") && t.contains("--resume"), "{t}");
+    let (ok, t) = linear(&r, &["--epochs", "1", "--optimizer", "sgd", "--force"]);
+    assert!(ok, "{t}");
+    assert_eq!(read(&r.join("notes.md")), "my notes");
+    assert!(read(&r.join("config.json")).contains("\"optimizer\": \"sgd\""));
+    // A folder of another kind is not replaced by --force either.
+    let (ok, t) = run(&["landscape", "--function", "beale", "--steps", "5", "--out", s(&r), "--force"]);
+    assert!(!ok && t.contains("descent run folder"), "{t}");
+    assert!(r.join("checkpoint.safetensors").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_failing_command_leaves_no_folder_and_bad_settings_are_named_in_a_line() {
+    let d = fresh("bad");
+    let out = d.join("run");
+    let toml = d.join("c.toml");
+    std::fs::write(&toml, "model = \"linear\"\nsteps = \"fifty\"\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--lr", "nan"], "--lr"),
+        (vec!["--lr", "inf"], "--lr"),
+        (vec!["--lr", "1e400"], "--lr"),
+        (vec!["--lr", "-0.1"], "at least 0"),
+        (vec!["--hparams", "{\"lr\": -1}"], "learning rate"),
+        (vec!["--dropout", "1"], "--dropout"),
+        (vec!["--clip-norm", "0"], "--clip-norm"),
+        (vec!["--clip-value", "-1"], "--clip-value"),
+        (vec!["--threads", "0"], "--threads"),
+        (vec!["--threads", "100000"], "--threads"),
+        (vec!["--batch-size", "0"], "--batch-size"),
+        (vec!["--epochs", "0"], "--epochs"),
+        (vec!["--steps", "0"], "--steps"),
+        (vec!["--l2", "-1"], "--l2"),
+        (vec!["--target-accuracy", "150"], "--target-accuracy"),
+        (vec!["--schedule", "cosine", "--schedule-args", "{\"T_max\": 5}"], "--schedule-args"),
+        (vec!["--group", "nosuchparam={\"lr\": 0.1}"], "nosuchparam"),
+        (vec!["--config", s(&toml)], "steps"),
+    ];
+    for (extra, needle) in cases {
+        let o = descent()
+            .env("RUST_BACKTRACE", "1")
+            .args(["train", "--model", "linear", "--out", s(&out)])
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(err.lines().count() <= 2 && !err.contains("backtrace"), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} left a run folder behind");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_second_command_on_a_folder_in_use_is_refused() {
+    let d = fresh("lock");
+    let r = d.join("run");
+    let mut first = descent()
+        .args(["train", "--model", "mlp", "--epochs", "20", "--threads", "1", "--out", s(&r)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !r.join("config.json").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (ok, t) = linear(&r, &["--force"]);
+    assert!(!ok && t.contains("in use by another descent command"), "{t}");
+    let (ok, t) = run(&["train", "--resume", s(&r)]);
+    assert!(!ok && t.contains("in use"), "{t}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The kernel released the lock with the process: the folder is usable again.
+    let (ok, t) = linear(&r, &["--force", "--steps", "5"]);
+    assert!(ok, "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Every line of a metric file is a whole record.
+fn assert_whole_lines(dir: &Path) {
+    for f in ["steps.jsonl", "metrics.jsonl"] {
+        let t = read(&dir.join(f));
+        assert!(t.ends_with('\n'), "{f}");
+        for l in t.lines() {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{f}: `{l}`: {e}"));
+        }
+    }
+    for (f, w) in [("steps.csv", 5), ("metrics.csv", 8)] {
+        let t = read(&dir.join(f));
+        assert!(t.lines().all(|l| l.split(',').count() == w), "{f}: {t}");
+    }
+}
+
+#[test]
+fn resume_cuts_torn_lines_and_continues_bit_for_bit() {
+    let d = fresh("torn");
+    let (a, b) = (d.join("a"), d.join("b"));
+    assert!(linear(&a, &["--epochs", "3"]).0);
+    assert!(linear(&b, &["--epochs", "1"]).0);
+    // A kill mid-write of the next epoch's lines, after the checkpoint.
+    for (f, torn) in
+        [("steps.jsonl", "{\"step\": 999, \"ep"), ("metrics.jsonl", "{\"epoch\": 2, \"st"), ("steps.csv", "999,2,0.1")]
+    {
+        let mut t = read(&b.join(f));
+        t += torn;
+        std::fs::write(b.join(f), t).unwrap();
+    }
+    let (ok, t) = run(&["train", "--resume", s(&b), "--epochs", "3"]);
+    assert!(ok, "{t}");
+    assert_whole_lines(&b);
+    let (ok, t) = run(&["plot", s(&b), "--out", s(&d.join("plot"))]);
+    assert!(ok && !t.contains("warning"), "{t}");
+    let losses = |dir: &Path| read(&dir.join("steps.csv"));
+    assert_eq!(losses(&a), losses(&b));
+
+    // A run stopped by --steps mid-epoch continues that epoch exactly.
+    let (c, e) = (d.join("c"), d.join("e"));
+    assert!(linear(&c, &["--steps", "450", "--epochs", "2"]).0);
+    assert!(linear(&e, &["--steps", "100", "--epochs", "2"]).0);
+    let (ok, t) = run(&["train", "--resume", s(&e), "--steps", "450"]);
+    assert!(ok, "{t}");
+    assert_eq!(losses(&c), losses(&e));
+    let epochs = |dir: &Path| {
+        read(&dir.join("metrics.csv"))
+            .lines()
+            .map(|l| l.split(',').take(3).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(epochs(&c), epochs(&e));
+    assert_whole_lines(&e);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn random_kills_then_resume_leave_whole_files() {
+    let d = fresh("kill");
+    for k in 0..2u64 {
+        let r = d.join(format!("r{k}"));
+        let mut child = descent()
+            .args(["train", "--model", "linear", "--epochs", "200", "--threads", "1", "--out", s(&r)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300 + 370 * k));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (ok, t) = run(&["train", "--resume", s(&r)]);
+        if r.join("checkpoint.safetensors").exists() {
+            assert!(ok, "{t}");
+            assert_whole_lines(&r);
+        } else {
+            assert!(!ok && t.contains("no checkpoint"), "{t}");
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn checkpoints_are_verified_before_resume() {
+    let d = fresh("ck");
+    let (a, b) = (d.join("a"), d.join("b"));
+    assert!(linear(&a, &["--epochs", "1"]).0);
+    assert!(linear(&b, &["--epochs", "1"]).0);
+    let ck = a.join("checkpoint.safetensors");
+    let good = std::fs::read(&ck).unwrap();
+    // A flipped bit in the tensor data.
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x10;
+    std::fs::write(&ck, &bad).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
+    assert!(!ok && t.contains("checksum"), "{t}");
+    // Another run's checkpoint copied in.
+    std::fs::copy(b.join("checkpoint.safetensors"), &ck).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
+    assert!(!ok && t.contains("another run"), "{t}");
+    // An edited config.
+    std::fs::write(&ck, &good).unwrap();
+    let cfg = read(&a.join("config.json"));
+    std::fs::write(a.join("config.json"), cfg.replace("\"batch_size\": 32", "\"batch_size\": 64")).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
+    assert!(!ok && t.contains("config.json was changed"), "{t}");
+    std::fs::write(a.join("config.json"), cfg).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
+    assert!(ok, "{t}");
+    // A run killed before its first checkpoint.
+    std::fs::remove_file(b.join("checkpoint.safetensors")).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&b), "--epochs", "2"]);
+    assert!(!ok && t.contains("no checkpoint") && t.contains("--force"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn resume_refuses_contradicting_flags_and_says_when_nothing_is_left() {
+    let d = fresh("flags");
+    let r = d.join("r");
+    let lr = "0.0011505071387557337";
+    assert!(linear(&r, &["--epochs", "2", "--lr", lr]).0);
+    let snapshot = |dir: &Path| {
+        names(dir)
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .map(|n| (n.clone(), std::fs::read(dir.join(n)).ok()))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(&r);
+    for (flags, needle) in [
+        (vec!["--lr", "0.5"], "--lr"),
+        (vec!["--batch-size", "64"], "--batch-size"),
+        (vec!["--seed", "3"], "--seed"),
+        (vec!["--optimizer", "sgd"], "--optimizer"),
+        (vec!["--model", "mlp"], "--model"),
+        (vec!["--hparams", "{\"weight_decay\": 0.1}"], "--hparams"),
+        (vec!["--schedule", "cosine"], "--schedule"),
+        (vec!["--force"], "--force"),
+        (vec!["--out", "elsewhere"], "--out"),
+        (vec!["--epochs", "1"], "--epochs 1"),
+        (vec!["--steps", "10"], "--steps 10"),
+    ] {
+        let mut args = vec!["train", "--resume", s(&r)];
+        args.extend_from_slice(&flags);
+        let (ok, t) = run(&args);
+        assert!(!ok && t.contains(needle), "{flags:?}: {t}");
+        assert_eq!(snapshot(&r), before, "{flags:?} changed the folder");
+    }
+    // A flag equal to the run's own setting is no contradiction; a finished run is left alone.
+    let (ok, t) = run(&["train", "--resume", s(&r), "--model", "linear", "--lr", lr]);
+    assert!(ok && t.contains("nothing to do"), "{t}");
+    assert_eq!(snapshot(&r), before);
+    // Floats survive the rewrite of the config exactly.
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "3"]);
+    assert!(ok, "{t}");
+    assert!(read(&r.join("config.json")).contains(lr), "{}", read(&r.join("config.json")));
+    assert!(read(&r.join("config.toml")).contains(lr));
+    // A run stopped by --steps says so instead of appending an empty epoch.
+    let st = d.join("st");
+    assert!(linear(&st, &["--steps", "40"]).0);
+    let (ok, t) = run(&["train", "--resume", s(&st)]);
+    assert!(ok && t.contains("nothing to do") && t.contains("--steps"), "{t}");
+    assert_eq!(read(&st.join("metrics.jsonl")).lines().count(), 1);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// MNIST-format idx files of `n` images `rows`×`cols` (plain, not gzipped).
+fn write_idx_set(dir: &Path, n_train: u32, n_test: u32, rows: u32, cols: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let images = |n: u32| {
+        let mut b = vec![0, 0, 8, 3];
+        for x in [n, rows, cols] {
+            b.extend_from_slice(&x.to_be_bytes());
+        }
+        b.extend((0..n * rows * cols).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+        b
+    };
+    let labels = |n: u32| {
+        let mut b = vec![0, 0, 8, 1];
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend((0..n).map(|i| (i % 10) as u8));
+        b
+    };
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images(n_train)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels(n_train)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images(n_test)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels(n_test)).unwrap();
+}
+
+#[test]
+fn data_that_does_not_fit_the_model_is_named_when_loaded() {
+    let d = fresh("data");
+    let small = d.join("small");
+    write_idx_set(&small, 50, 20, 14, 14);
+    let (ok, t) = run(&["train", "--model", "lenet", "--data", s(&small), "--out", s(&d.join("r"))]);
+    assert!(!ok && t.contains("14×14") && t.contains("train-images-idx3-ubyte"), "{t}");
+    assert!(t.lines().count() <= 2, "{t}");
+    // A file that exists but cannot be read is not reported as missing.
+    let odd = d.join("odd");
+    write_idx_set(&odd, 50, 20, 28, 28);
+    std::fs::remove_file(odd.join("train-labels-idx1-ubyte")).unwrap();
+    std::fs::create_dir(odd.join("train-labels-idx1-ubyte")).unwrap();
+    let (ok, t) = run(&["train", "--model", "mlp", "--data", s(&odd), "--out", s(&d.join("r"))]);
+    assert!(!ok && !t.contains("missing") && t.contains("train-labels-idx1-ubyte"), "{t}");
+    assert!(!d.join("r").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_sweep_counts_epochs_on_its_own_data_and_records_choices_exactly() {
+    let d = fresh("sweepdata");
+    let data = d.join("data");
+    write_idx_set(&data, 640, 100, 28, 28);
+    let out = d.join("sweep");
+    let (ok, t) = run(&[
+        "sweep",
+        "--model",
+        "mlp",
+        "--data",
+        s(&data),
+        "--validation",
+        "320",
+        "--batch-size",
+        "32",
+        "--param",
+        "lr=choice:0.0011505071387557337|0.002",
+        "--method",
+        "grid",
+        "--objective",
+        "val_loss",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{t}");
+    let trials = read(&out.join("trials.jsonl"));
+    assert!(trials.contains("0.0011505071387557337"), "{trials}");
+    for l in trials.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["epochs"].as_f64(), Some(1.0), "{l}");
+        assert_eq!(v["steps"].as_u64(), Some(10), "{l}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
