@@ -300,7 +300,8 @@ fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
 
 /// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
 /// arguments, optional torch `param_groups` (`[{"params": [indices], "hparams": {overrides}}]`), and
-/// the parameter shapes.
+/// the parameter shapes (refused, before anything is built, when one is too large to address:
+/// see [`crate::transform::check_shapes`]).
 pub fn build_optimizer(
     library: &str,
     name: &str,
@@ -308,6 +309,7 @@ pub fn build_optimizer(
     param_groups: Option<&Value>,
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn Transform>> {
+    crate::transform::check_shapes(shapes)?;
     match library {
         "torch" => match param_groups {
             None => build_torch(name, hparams),
