@@ -18,6 +18,12 @@ pub enum Error {
     /// A saved state that does not fit this optimizer.
     #[error("state: {0}")]
     State(String),
+    /// A run longer than its schedule supports (torch `OneCycleLR` stepped past `total_steps`).
+    #[error(
+        "Tried to step {} times. The specified number of total steps is {supported} (a run of {requested} steps)",
+        .supported.saturating_add(1)
+    )]
+    TooManySteps { requested: u64, supported: u64 },
     /// A file that could not be read or parsed.
     #[error("{path}: {message}")]
     File { path: String, message: String },

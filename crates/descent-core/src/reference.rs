@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::schedule::check_steps;
 use crate::spec::{build_optimizer, build_schedule, ScheduleSpec};
-use crate::transform::{numel, Optimizer};
+use crate::transform::{shape_numel, Optimizer};
 
 /// An optimizer case: parameters, gradients per step, expected parameters per step.
 #[derive(Debug, Clone)]
@@ -68,6 +69,23 @@ impl<'a> Fields<'a> {
     fn str(&self, field: &str) -> Result<String> {
         self.get(field)?.as_str().map(str::to_string).ok_or_else(|| self.err(field, "expected a string"))
     }
+    /// A non-negative number; `None` when absent or null.
+    fn opt_count(&self, field: &str) -> Result<Option<u64>> {
+        match self.v.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => {
+                x.as_u64().map(Some).ok_or_else(|| self.err(field, format!("{x} is not a non-negative integer")))
+            }
+        }
+    }
+    /// A non-empty list.
+    fn list(&self, field: &str) -> Result<&'a Vec<Value>> {
+        let a = self.get(field)?.as_array().ok_or_else(|| self.err(field, "expected a list"))?;
+        if a.is_empty() {
+            return Err(self.err(field, "is empty"));
+        }
+        Ok(a)
+    }
     fn f32s(&self, field: &str, v: &Value) -> Result<Vec<f32>> {
         v.as_array()
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
@@ -82,9 +100,13 @@ impl<'a> Fields<'a> {
             .map(|x| x.as_f64().ok_or_else(|| self.err(field, format!("{x} is not a number"))))
             .collect()
     }
-    /// `[[[f32] per parameter] per step]`, each parameter checked against the shapes.
-    fn steps(&self, field: &str, shapes: &[Vec<usize>]) -> Result<Vec<Vec<Vec<f32>>>> {
+    /// `[[[f32] per parameter] per step]`, at least one step, each parameter checked against the
+    /// element counts of the shapes.
+    fn steps(&self, field: &str, shapes: &[Vec<usize>], sizes: &[usize]) -> Result<Vec<Vec<Vec<f32>>>> {
         let arr = self.get(field)?.as_array().ok_or_else(|| self.err(field, "expected a list of steps"))?;
+        if arr.is_empty() {
+            return Err(self.err(field, "has no steps"));
+        }
         arr.iter()
             .enumerate()
             .map(|(t, step)| {
@@ -98,13 +120,13 @@ impl<'a> Fields<'a> {
                     ));
                 }
                 ps.iter()
-                    .zip(shapes)
+                    .zip(shapes.iter().zip(sizes))
                     .enumerate()
-                    .map(|(i, (p, s))| {
+                    .map(|(i, (p, (s, &n)))| {
                         let f = format!("{field}[{t}][{i}]");
                         let v = self.f32s(&f, p)?;
-                        if v.len() != numel(s) {
-                            return Err(self.err(&f, format!("has {} values, shape {s:?} needs {}", v.len(), numel(s))));
+                        if v.len() != n {
+                            return Err(self.err(&f, format!("has {} values, shape {s:?} needs {n}", v.len())));
                         }
                         Ok(v)
                     })
@@ -123,35 +145,58 @@ fn library_of(id: &str, v: &Value) -> String {
         .to_string()
 }
 
-/// Parses a reference case from JSON text; `path` names it in errors.
+/// Parses a reference case from JSON text; `path` names it in errors. Everything a replay relies
+/// on is checked here, before any optimizer is built or buffer allocated: every shape against the
+/// values given (with checked arithmetic), every step's tensors against the shapes, the recorded
+/// step count against the data, the tolerances. A malformed case is an error naming its field.
 pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::File { path: path.into(), message: format!("malformed JSON: {e}") })?;
+    if !v.is_object() {
+        return Err(Error::File { path: path.into(), message: "expected a JSON object".into() });
+    }
     let f = Fields { path: path.into(), v: &v };
     let id = f.str("id")?;
     let library = library_of(&id, &v);
+    let steps = f.opt_count("steps")?;
     if v.get("expected_lr").is_some() || v.get("schedule").is_some() {
         let expected_lr = f.f64s("expected_lr", f.get("expected_lr")?)?;
+        if expected_lr.is_empty() {
+            return Err(f.err("expected_lr", "is empty"));
+        }
+        let n = expected_lr.len();
+        if let Some(s) = steps.filter(|&s| s != n as u64) {
+            return Err(f.err("steps", format!("is {s} but `expected_lr` has {n} learning rates")));
+        }
         let metrics = match v.get("metrics") {
             None | Some(Value::Null) => None,
             Some(m) => Some(f.f64s("metrics", m)?),
         };
+        // One metric per step; the last one (after the last step) is never read.
+        if let Some(m) = metrics.as_ref().filter(|m| m.len() != n && m.len() + 1 != n) {
+            return Err(f.err("metrics", format!("has {} values for {n} steps", m.len())));
+        }
         let base_lr = match v.get("base_lr") {
             None | Some(Value::Null) => None,
             Some(b) => Some(b.as_f64().ok_or_else(|| f.err("base_lr", "expected a number"))?),
         };
+        let kwargs = v.get("kwargs").cloned().unwrap_or(Value::Null);
+        if !(kwargs.is_object() || kwargs.is_null()) {
+            return Err(f.err("kwargs", "expected an object of keyword arguments"));
+        }
         return Ok(Case::Schedule(ScheduleCase {
             id,
             library,
             schedule: f.str("schedule")?,
             base_lr,
-            kwargs: v.get("kwargs").cloned().unwrap_or(Value::Null),
+            kwargs,
             metrics,
             expected_lr,
         }));
     }
-    let params = f.get("params")?.as_array().ok_or_else(|| f.err("params", "expected a list"))?;
+    let params = f.list("params")?;
     let mut shapes = vec![];
+    let mut sizes = vec![];
     let mut init = vec![];
     for (i, p) in params.iter().enumerate() {
         let field = format!("params[{i}].shape");
@@ -160,26 +205,43 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             .and_then(|s| s.as_array())
             .ok_or_else(|| f.err(&field, "missing or not a list"))?
             .iter()
-            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| f.err(&field, format!("{d} is not a dimension"))))
+            .map(|d| {
+                d.as_u64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or_else(|| f.err(&field, format!("{d} is not a dimension")))
+            })
             .collect::<Result<_>>()?;
+        let n = shape_numel(&shape).map_err(|e| match e {
+            Error::Shape(m) => f.err(&field, m),
+            other => f.err(&field, other),
+        })?;
         let field = format!("params[{i}].init");
         let vals = f.f32s(&field, p.get("init").ok_or_else(|| f.err(&field, "missing"))?)?;
-        if vals.len() != numel(&shape) {
-            return Err(f.err(&field, format!("has {} values, shape {shape:?} needs {}", vals.len(), numel(&shape))));
+        if vals.len() != n {
+            return Err(f.err(&field, format!("has {} values, shape {shape:?} needs {n}", vals.len())));
         }
         shapes.push(shape);
+        sizes.push(n);
         init.push(vals);
     }
-    let grads = f.steps("grads", &shapes)?;
-    let expected = f.steps("expected", &shapes)?;
+    let grads = f.steps("grads", &shapes, &sizes)?;
+    if let Some(s) = steps.filter(|&s| s != grads.len() as u64) {
+        return Err(f.err("steps", format!("is {s} but `grads` has {} steps", grads.len())));
+    }
+    let expected = f.steps("expected", &shapes, &sizes)?;
     if grads.len() != expected.len() {
         return Err(f.err("expected", format!("has {} steps but `grads` has {}", expected.len(), grads.len())));
     }
     let tol = f.get("tolerance")?;
-    let rel =
-        tol.get("rel").and_then(|x| x.as_f64()).ok_or_else(|| f.err("tolerance.rel", "missing or not a number"))?;
-    let abs =
-        tol.get("abs").and_then(|x| x.as_f64()).ok_or_else(|| f.err("tolerance.abs", "missing or not a number"))?;
+    let tolerance =
+        |key: &str| {
+            let field = format!("tolerance.{key}");
+            tol.get(key)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| f.err(&field, "missing or not a number"))
+                .and_then(|x| if x >= 0.0 { Ok(x) } else { Err(f.err(&field, format!("{x} is negative"))) })
+        };
+    let (rel, abs) = (tolerance("rel")?, tolerance("abs")?);
     Ok(Case::Optim(OptimCase {
         id,
         library,
@@ -275,10 +337,14 @@ impl OptimCase {
 
 impl ScheduleCase {
     /// The learning rate descent gives at steps `0..n`.
+    /// A schedule that supports fewer steps (torch `OneCycleLR` past `total_steps`) is an error.
     pub fn run(&self) -> Result<Vec<f64>> {
         let n = self.expected_lr.len();
         match build_schedule(&self.library, &self.schedule, &self.kwargs, self.base_lr)? {
-            ScheduleSpec::Function(s) => Ok((0..n as u64).map(|t| s.value(t)).collect()),
+            ScheduleSpec::Function(s) => {
+                check_steps(&s, n as u64)?;
+                Ok((0..n as u64).map(|t| s.value(t)).collect())
+            }
             ScheduleSpec::Plateau(mut p) => {
                 let metrics = self.metrics.as_ref().ok_or_else(|| Error::Field {
                     context: self.id.clone(),

@@ -4,11 +4,18 @@
 
 use std::f64::consts::PI;
 
-use crate::error::{ensure, Result};
+use crate::error::{ensure, Error, Result};
 
 /// A learning rate as a function of the 0-based step count.
 pub trait Schedule: Send + Sync {
     fn value(&self, step: u64) -> f64;
+    /// How many steps a run may take with this schedule: `Some(n)` when only the learning rates
+    /// of steps `0..n` are defined, as for torch `OneCycleLR` (`n` its `total_steps`: torch steps
+    /// the scheduler after each optimizer step and raises on the step past `total_steps`);
+    /// `None` (the default) when every step has one. [`check_steps`] applies it.
+    fn max_steps(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<F: Fn(u64) -> f64 + Send + Sync> Schedule for F {
@@ -23,6 +30,34 @@ pub type BoxSchedule = Box<dyn Schedule>;
 impl Schedule for BoxSchedule {
     fn value(&self, step: u64) -> f64 {
         (**self).value(step)
+    }
+    fn max_steps(&self) -> Option<u64> {
+        (**self).max_steps()
+    }
+}
+
+/// Checks, before a run, that `schedule` supports `steps` steps (the learning rates of steps
+/// `0..steps`; see [`Schedule::max_steps`]). Past its end, [`Error::TooManySteps`] with torch's
+/// wording.
+pub fn check_steps<S: Schedule + ?Sized>(schedule: &S, steps: u64) -> Result<()> {
+    match schedule.max_steps() {
+        Some(supported) if steps > supported => Err(Error::TooManySteps { requested: steps, supported }),
+        _ => Ok(()),
+    }
+}
+
+/// A schedule defined for its first `max_steps` steps only.
+struct Limited {
+    inner: BoxSchedule,
+    max_steps: u64,
+}
+
+impl Schedule for Limited {
+    fn value(&self, step: u64) -> f64 {
+        self.inner.value(step)
+    }
+    fn max_steps(&self) -> Option<u64> {
+        Some(self.max_steps)
     }
 }
 
@@ -103,21 +138,71 @@ pub fn cosine_decay(init: f64, decay_steps: u64, alpha: f64, exponent: f64) -> B
 }
 
 /// optax `join_schedules`: `schedules[k+1]` takes over (from its own step 0) at `boundaries[k]`.
+/// No schedules: NaN at every step.
 pub fn join(schedules: Vec<BoxSchedule>, boundaries: Vec<u64>) -> BoxSchedule {
-    Box::new(move |t: u64| {
-        let mut out = schedules[0].value(t);
-        for (b, s) in boundaries.iter().zip(&schedules[1..]) {
+    Box::new(Joined { schedules, boundaries })
+}
+
+struct Joined {
+    schedules: Vec<BoxSchedule>,
+    boundaries: Vec<u64>,
+}
+
+impl Joined {
+    /// The step from which schedule `k` is in force (`boundaries[k-1]`, 0 for the first).
+    fn start(&self, k: usize) -> u64 {
+        if k == 0 {
+            0
+        } else {
+            self.boundaries[k - 1]
+        }
+    }
+}
+
+impl Schedule for Joined {
+    fn value(&self, t: u64) -> f64 {
+        let Some(first) = self.schedules.first() else { return f64::NAN };
+        let mut out = first.value(t);
+        for (b, s) in self.boundaries.iter().zip(&self.schedules[1..]) {
             if t >= *b {
                 out = s.value(t - b);
             }
         }
         out
-    })
+    }
+    /// The first step at which a part in force would be asked for a step past its own end:
+    /// part `k` is in force from its start until the earliest start of a later part.
+    fn max_steps(&self) -> Option<u64> {
+        let parts = self.schedules.len().min(self.boundaries.len() + 1);
+        (0..parts)
+            .filter_map(|k| {
+                let start = self.start(k);
+                let end = (k + 1..parts).map(|j| self.start(j)).min();
+                let stop = start.saturating_add(self.schedules[k].max_steps()?);
+                end.is_none_or(|end| stop < end).then_some(stop)
+            })
+            .min()
+    }
 }
 
 /// torch `ChainedScheduler` over multiplicative schedulers: `base · Π sᵢ(t)/base`.
 pub fn chained(base: f64, schedules: Vec<BoxSchedule>) -> BoxSchedule {
-    Box::new(move |t: u64| schedules.iter().fold(base, |lr, s| lr * s.value(t) / base))
+    Box::new(Chained { base, schedules })
+}
+
+struct Chained {
+    base: f64,
+    schedules: Vec<BoxSchedule>,
+}
+
+impl Schedule for Chained {
+    fn value(&self, t: u64) -> f64 {
+        self.schedules.iter().fold(self.base, |lr, s| lr * s.value(t) / self.base)
+    }
+    /// Every scheduler steps at every step: the shortest one's.
+    fn max_steps(&self) -> Option<u64> {
+        self.schedules.iter().filter_map(|s| s.max_steps()).min()
+    }
 }
 
 /// optax `warmup_constant_schedule`.
@@ -247,10 +332,18 @@ pub fn cosine_onecycle(
 
 // ---- torch.optim.lr_scheduler, as closed forms of the step count ----
 
+/// `x^n`: by repeated multiplication (`powi`) for exponents that fit an `i32`, `powf` beyond.
+fn powu(x: f64, n: u64) -> f64 {
+    match i32::try_from(n) {
+        Ok(n) => x.powi(n),
+        Err(_) => x.powf(n as f64),
+    }
+}
+
 /// torch `StepLR`: `base · γ^⌊t/step_size⌋`.
 pub fn step_lr(base: f64, step_size: u64, gamma: f64) -> Result<BoxSchedule> {
     ensure(step_size > 0, || "StepLR: step_size must be positive".into())?;
-    Ok(Box::new(move |t: u64| base * gamma.powi((t / step_size) as i32)))
+    Ok(Box::new(move |t: u64| base * powu(gamma, t / step_size)))
 }
 
 /// torch `MultiStepLR`: multiplied by `γ` at each milestone.
@@ -260,7 +353,7 @@ pub fn multistep_lr(base: f64, milestones: Vec<u64>, gamma: f64) -> BoxSchedule 
 
 /// torch `ExponentialLR`: `base · γᵗ`.
 pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
-    Box::new(move |t: u64| base * gamma.powi(t as i32))
+    Box::new(move |t: u64| base * powu(gamma, t))
 }
 
 /// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
@@ -275,9 +368,18 @@ pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min:
     ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
     Ok(Box::new(move |t: u64| {
         let (mut cur, mut ti) = (t, t_0);
-        while cur >= ti {
-            cur -= ti;
-            ti *= t_mult;
+        if t_mult == 1 {
+            cur %= t_0;
+        } else {
+            // Periods grow geometrically: at most 64 of them fit in a u64 step count, and a
+            // period past u64::MAX is the one in force.
+            while cur >= ti {
+                cur -= ti;
+                match ti.checked_mul(t_mult) {
+                    Some(next) => ti = next,
+                    None => break,
+                }
+            }
         }
         eta_min + (base - eta_min) * (1.0 + (PI * cur as f64 / ti as f64).cos()) / 2.0
     }))
@@ -353,7 +455,7 @@ pub fn onecycle_lr(
     } else {
         vec![(pct_start * total - 1.0, initial, max_lr), (total - 1.0, max_lr, min_lr)]
     };
-    Ok(Box::new(move |t: u64| {
+    let f = move |t: u64| {
         let t = t as f64;
         let mut start_step = 0.0;
         for (k, &(end_step, start, end)) in phases.iter().enumerate() {
@@ -367,7 +469,8 @@ pub fn onecycle_lr(
             start_step = end_step;
         }
         min_lr
-    }))
+    };
+    Ok(Box::new(Limited { inner: Box::new(f), max_steps: total_steps }))
 }
 
 /// torch `CyclicLR` modes (Smith 2017).
@@ -387,7 +490,7 @@ pub fn cyclic_lr(
     mode: CyclicMode,
 ) -> Result<BoxSchedule> {
     let down = step_size_down.unwrap_or(step_size_up);
-    let total = (step_size_up + down) as f64;
+    let total = step_size_up as f64 + down as f64;
     ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;
     let ratio = step_size_up as f64 / total;
     Ok(Box::new(move |t: u64| {

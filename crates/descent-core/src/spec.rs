@@ -159,7 +159,19 @@ impl<'a> Kwargs<'a> {
         Ok(Kwargs { context, map, accepted: vec![] })
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+    /// The argument as given: `None` when absent. A `null` is an error naming the key: the
+    /// library's signature takes no `None` for it, and a null must not stand for the default (a
+    /// non-finite `f64` becomes `null` in a `serde_json::Value`).
+    fn get(&mut self, key: &'static str) -> Result<Option<&'a Value>> {
+        self.accepted.push(key);
+        match self.map.get(key) {
+            Some(Value::Null) => Err(self.err(key, "is null, which this argument does not accept")),
+            v => Ok(v),
+        }
+    }
+
+    /// An argument the library declares `Optional`: absent and `null` are both `None`.
+    fn get_optional(&mut self, key: &'static str) -> Option<&'a Value> {
         self.accepted.push(key);
         self.map.get(key).filter(|v| !v.is_null())
     }
@@ -168,43 +180,71 @@ impl<'a> Kwargs<'a> {
         Error::Field { context: format!("{}: `{key}`", self.context), message: msg.to_string() }
     }
 
-    pub fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+    /// A finite number.
+    fn number(&self, key: &str, v: &Value) -> Result<f64> {
+        match v.as_f64() {
+            Some(x) if x.is_finite() => Ok(x),
+            Some(x) => Err(self.err(key, format!("must be finite, got {x}"))),
+            None => Err(self.err(key, format!("expected a number, got {v}"))),
         }
     }
+
+    /// A non-negative integer (an integral float such as `5.0` too).
+    fn count(&self, key: &str, v: &Value) -> Result<u64> {
+        if let Some(x) = v.as_u64() {
+            return Ok(x);
+        }
+        // 2^64: the first float past u64::MAX.
+        v.as_f64()
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 18_446_744_073_709_551_616.0)
+            .map(|x| x as u64)
+            .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}")))
+    }
+
+    /// A number the library declares `Optional[float]`: `None` when absent or null.
+    pub fn opt_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
+        self.get_optional(key).map(|v| self.number(key, v)).transpose()
+    }
+    /// A number with a default (null is an error).
     pub fn f64(&mut self, key: &'static str, default: f64) -> Result<f64> {
-        Ok(self.opt_f64(key)?.unwrap_or(default))
+        Ok(self.get(key)?.map(|v| self.number(key, v)).transpose()?.unwrap_or(default))
     }
     pub fn req_f64(&mut self, key: &'static str) -> Result<f64> {
-        self.opt_f64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
+        match self.get(key)? {
+            None => Err(self.err(key, "missing required argument")),
+            Some(v) => self.number(key, v),
+        }
     }
     pub fn bool(&mut self, key: &'static str, default: bool) -> Result<bool> {
-        match self.get(key) {
+        match self.get(key)? {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
-    pub fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
-        match self.get(key) {
+    /// A boolean the library declares `Optional[bool]`: `None` when absent or null.
+    pub fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>> {
+        match self.get_optional(key) {
             None => Ok(None),
-            Some(v) => {
-                let x = v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0);
-                x.map(|x| Some(x as u64))
-                    .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}")))
-            }
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
+    /// A count the library declares `Optional[int]`: `None` when absent or null.
+    pub fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
+        self.get_optional(key).map(|v| self.count(key, v)).transpose()
+    }
+    /// A count with a default (null is an error).
     pub fn u64(&mut self, key: &'static str, default: u64) -> Result<u64> {
-        Ok(self.opt_u64(key)?.unwrap_or(default))
+        Ok(self.get(key)?.map(|v| self.count(key, v)).transpose()?.unwrap_or(default))
     }
     pub fn req_u64(&mut self, key: &'static str) -> Result<u64> {
-        self.opt_u64(key)?.ok_or_else(|| self.err(key, "missing required argument"))
+        match self.get(key)? {
+            None => Err(self.err(key, "missing required argument")),
+            Some(v) => self.count(key, v),
+        }
     }
-    /// optax's `mu_dtype`: `float32` (the default) or `bfloat16`.
+    /// optax's `mu_dtype`: `float32` (the default, also for `None`) or `bfloat16`.
     pub fn mu_dtype(&mut self) -> Result<MomentDtype> {
-        match self.str("mu_dtype", "float32")? {
+        match self.opt_str("mu_dtype")?.unwrap_or("float32") {
             "float32" | "f32" => Ok(MomentDtype::F32),
             "bfloat16" | "bf16" => Ok(MomentDtype::Bf16),
             other => Err(self.err("mu_dtype", format!("unknown dtype `{other}`; valid: float32, bfloat16"))),
@@ -221,20 +261,32 @@ impl<'a> Kwargs<'a> {
         }
     }
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
-        match self.get(key) {
+        match self.get(key)? {
             None => Ok(default),
             Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
         }
     }
-    pub fn f64s(&mut self, key: &'static str) -> Result<Option<Vec<f64>>> {
-        match self.get(key) {
+    /// A string the library declares `Optional[str]`: `None` when absent or null.
+    pub fn opt_str(&mut self, key: &'static str) -> Result<Option<&'a str>> {
+        match self.get_optional(key) {
             None => Ok(None),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_f64().ok_or_else(|| self.err(key, format!("expected numbers, got {x}"))))
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+        }
+    }
+    /// A list of finite numbers.
+    pub fn f64s(&mut self, key: &'static str) -> Result<Option<Vec<f64>>> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Value::Array(a)) => a.iter().map(|x| self.number(key, x)).collect::<Result<Vec<_>>>().map(Some),
             Some(v) => Err(self.err(key, format!("expected a list of numbers, got {v}"))),
+        }
+    }
+    /// A list of non-negative integers (steps, milestones).
+    pub fn u64s(&mut self, key: &'static str) -> Result<Option<Vec<u64>>> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Value::Array(a)) => a.iter().map(|x| self.count(key, x)).collect::<Result<Vec<_>>>().map(Some),
+            Some(v) => Err(self.err(key, format!("expected a list of non-negative integers, got {v}"))),
         }
     }
     pub fn pair(&mut self, key: &'static str, default: (f64, f64)) -> Result<(f64, f64)> {
@@ -244,15 +296,20 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected 2 numbers, got {}", v.len()))),
         }
     }
-    /// A raw value (nested specs).
+    /// A raw value (nested specs, masks) of an argument that may be `None`: absent or null.
     pub fn value(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.get_optional(key)
+    }
+    /// A raw value of an argument that may not be `None`: absent, or an error when null.
+    pub fn present(&mut self, key: &'static str) -> Result<Option<&'a Value>> {
         self.get(key)
     }
-    /// A learning rate: a number, or `{"schedule": NAME, …kwargs}` naming an optax schedule.
+    /// A learning rate: a finite number, or `{"schedule": NAME, …kwargs}` naming an optax
+    /// schedule. Absent: the default, or an error when there is none; null: an error.
     pub fn lr(&mut self, key: &'static str, default: Option<f64>) -> Result<LearningRate> {
-        match self.get(key) {
+        match self.get(key)? {
             None => default.map(LearningRate::Constant).ok_or_else(|| self.err(key, "missing required argument")),
-            Some(Value::Number(n)) => Ok(LearningRate::Constant(n.as_f64().unwrap_or(f64::NAN))),
+            Some(v @ Value::Number(_)) => Ok(LearningRate::Constant(self.number(key, v)?)),
             Some(Value::Object(o)) => {
                 let name = o
                     .get("schedule")
@@ -300,7 +357,8 @@ fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
 
 /// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
 /// arguments, optional torch `param_groups` (`[{"params": [indices], "hparams": {overrides}}]`), and
-/// the parameter shapes.
+/// the parameter shapes (refused, before anything is built, when one is too large to address:
+/// see [`crate::transform::check_shapes`]).
 pub fn build_optimizer(
     library: &str,
     name: &str,
@@ -308,6 +366,7 @@ pub fn build_optimizer(
     param_groups: Option<&Value>,
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn Transform>> {
+    crate::transform::check_shapes(shapes)?;
     match library {
         "torch" => match param_groups {
             None => build_torch(name, hparams),
@@ -379,7 +438,16 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
     let arr = groups
         .as_array()
         .ok_or_else(|| Error::Field { context: ctx.clone(), message: "expected a list of groups".into() })?;
-    let base = hparams.as_object().cloned().unwrap_or_default();
+    let base = match hparams {
+        Value::Object(o) => o.clone(),
+        Value::Null => Map::new(),
+        other => {
+            return Err(Error::Field {
+                context: format!("torch.{name}"),
+                message: format!("expected an object of keyword arguments, got {other}"),
+            })
+        }
+    };
     let mut parts = vec![];
     for (k, g) in arr.iter().enumerate() {
         let gctx = format!("{ctx}[{k}]");
@@ -540,9 +608,15 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
         "adafactor" => {
             let lr = k.f64("lr", 1e-2)?;
             let b2d = k.f64("beta2_decay", -0.8)?;
-            let eps = match k.value("eps") {
+            // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
+            let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
+            let eps = match k.present("eps")? {
                 None => (None, 1e-3),
-                Some(Value::Array(a)) if a.len() == 2 => (a[0].as_f64(), a[1].as_f64().unwrap_or(1e-3)),
+                Some(Value::Array(a))
+                    if a.len() == 2 && (a[0].is_null() || finite(&a[0]).is_some()) && finite(&a[1]).is_some() =>
+                {
+                    (finite(&a[0]), finite(&a[1]).unwrap_or(1e-3))
+                }
                 Some(v) => {
                     return Err(Error::Field {
                         context: "torch.adafactor: `eps`".into(),
@@ -558,7 +632,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                 k.f64("weight_decay", 0.0)?,
                 k.bool("maximize", false)?,
             )?;
-            let _ = k.bool("foreach", false)?;
+            let _ = k.opt_bool("foreach")?;
             boxed(t)
         }
         "muon" => {
@@ -568,7 +642,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                 Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
                 Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
             };
-            let adjust = match k.str("adjust_lr_fn", "original")? {
+            let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
                 "original" => MuonLrAdjust::Original,
                 "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
                 other => {
@@ -598,7 +672,11 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
 
 /// Accepts torch's implementation-selection flags, which do not change the numbers.
 fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
-    for key in ["foreach", "fused", "capturable", "differentiable"] {
+    // `foreach` and `fused` are `Optional[bool]` in torch; the other two plain booleans.
+    for key in ["foreach", "fused"] {
+        let _ = k.opt_bool(key)?;
+    }
+    for key in ["capturable", "differentiable"] {
         let _ = k.bool(key, false)?;
     }
     Ok(())
@@ -986,12 +1064,12 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "contrib.dog" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
-            let init = match k.value("init_step") {
+            let init = match k.present("init_step")? {
                 None => DogInit::Heuristic(1e-6),
                 Some(Value::Array(a)) if a.len() == 2 => {
-                    let v = a[1].as_f64().ok_or_else(|| Error::Field {
+                    let v = a[1].as_f64().filter(|v| v.is_finite()).ok_or_else(|| Error::Field {
                         context: "optax.contrib.dog: `init_step`".into(),
-                        message: "expected [kind, value]".into(),
+                        message: format!("expected [kind, finite value], got {}", a[1]),
                     })?;
                     match a[0].as_str() {
                         Some("heuristic") => DogInit::Heuristic(v),
@@ -1057,13 +1135,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             boxed(ScheduleFree::new(base, lr(), b1, power))
         }
         "contrib.muon" => {
-            let lr = k.f64("learning_rate", f64::NAN)?;
-            if lr.is_nan() {
-                return Err(Error::Field {
-                    context: "optax.contrib.muon: `learning_rate`".into(),
-                    message: "missing required argument".into(),
-                });
-            }
+            let lr = k.req_f64("learning_rate")?;
             let coeffs = match k.f64s("ns_coeffs")? {
                 None => [3.4445, -4.7750, 2.0315],
                 Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
@@ -1078,7 +1150,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("adam_eps_root", 0.0)?,
                 k.f64("adam_weight_decay", 0.0)?,
             );
-            let alr = k.f64("adam_learning_rate", lr)?;
+            let alr = k.opt_f64("adam_learning_rate")?.unwrap_or(lr);
             let muon_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() == 2).collect();
             let adam_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() != 2).collect();
             let muon = chain(vec![
@@ -1220,7 +1292,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
     let s = match (library, name) {
         ("torch", "StepLR") => sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?,
         ("torch", "MultiStepLR") => {
-            let ms = k.f64s("milestones")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
+            let ms = k.u64s("milestones")?.unwrap_or_default();
             sch::multistep_lr(need_base()?, ms, k.f64("gamma", 0.1)?)
         }
         ("torch", "ExponentialLR") => sch::exponential_lr(need_base()?, k.req_f64("gamma")?),
@@ -1247,7 +1319,13 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             let max_lr = k.req_f64("max_lr")?;
             let total = match k.opt_u64("total_steps")? {
                 Some(t) => t,
-                None => k.req_u64("epochs")? * k.req_u64("steps_per_epoch")?,
+                None => {
+                    let (epochs, per_epoch) = (k.req_u64("epochs")?, k.req_u64("steps_per_epoch")?);
+                    epochs.checked_mul(per_epoch).ok_or_else(|| Error::Field {
+                        context: "torch.OneCycleLR: `epochs`".into(),
+                        message: format!("{epochs} epochs of {per_epoch} steps overflow a step count"),
+                    })?
+                }
             };
             let pct = k.f64("pct_start", 0.3)?;
             let a = anneal(k.str("anneal_strategy", "cos")?)?;
@@ -1303,7 +1381,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
         }
         ("torch", "SequentialLR") => {
             let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
-            let ms: Vec<u64> = k.f64s("milestones")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
+            let ms: Vec<u64> = k.u64s("milestones")?.unwrap_or_default();
             if ms.len() + 1 != parts.len() {
                 return Err(Error::Field {
                     context: "torch.SequentialLR: `milestones`".into(),
@@ -1324,7 +1402,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
         ("torch", other) => return Err(unknown("torch scheduler", other, TORCH_SCHEDULES)),
         ("optax", "join_schedules") => {
             let parts = sub_schedules(&mut k, "schedules", library, base_lr)?;
-            let bs: Vec<u64> = k.f64s("boundaries")?.unwrap_or_default().into_iter().map(|x| x as u64).collect();
+            let bs: Vec<u64> = k.u64s("boundaries")?.unwrap_or_default();
             if bs.len() + 1 != parts.len() {
                 return Err(Error::Field {
                     context: "optax.join_schedules: `boundaries`".into(),
@@ -1452,7 +1530,10 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
             .iter()
             .map(|(b, s)| {
                 let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
-                let s = s.as_f64().ok_or_else(|| err(format!("scale {s} is not a number")))?;
+                let s = s
+                    .as_f64()
+                    .filter(|s| s.is_finite())
+                    .ok_or_else(|| err(format!("scale {s} is not a finite number")))?;
                 Ok((b, s))
             })
             .collect(),

@@ -6,7 +6,7 @@
 
 use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
-use crate::transform::{global_sum_sq, Elementwise, LearningRate, Shapes, Transform};
+use crate::transform::{global_sum_sq, numel, Elementwise, LearningRate, Shapes, Transform};
 use crate::transforms::simd_apply;
 use crate::transforms::{
     elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, NsPrecision, ParamBufs,
@@ -560,7 +560,8 @@ impl Nadam {
     }
 }
 impl Transform for Nadam {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes).into();
         self.exp_avg_sq = zeros(shapes).into();
         self.mu_product = 1.0;
@@ -789,7 +790,8 @@ impl Asgd {
     }
 }
 impl Transform for Asgd {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.ax = zeros(shapes).into();
         self.eta = self.lr;
         self.mu = 1.0;
@@ -899,6 +901,9 @@ impl Adafactor {
         let n = g.len();
         let s = &self.shapes[i];
         if s.len() > 1 {
+            if n == 0 {
+                return;
+            }
             let u = g;
             let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
             for b in 0..n / (r * c) {
@@ -974,22 +979,26 @@ impl Adafactor {
 }
 
 impl Transform for Adafactor {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
         self.row_var.clear();
         self.col_var.clear();
         self.variance.clear();
         for s in shapes {
+            let n = numel(s);
             if s.len() > 1 {
-                let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
-                let batch: usize = s[..s.len() - 2].iter().product();
+                // An empty tensor keeps no row or column moments: there is nothing to scale, and
+                // its other axes may be long (torch would allocate them).
+                let (r, c) = if n == 0 { (0, 0) } else { (s[s.len() - 2], s[s.len() - 1]) };
+                let batch = if n == 0 { 0 } else { n / (r * c) };
                 self.row_var.push(vec![0.0; batch * r]);
                 self.col_var.push(vec![0.0; batch * c]);
                 self.variance.push(vec![]);
             } else {
                 self.row_var.push(vec![]);
                 self.col_var.push(vec![]);
-                self.variance.push(vec![0.0; s.iter().product()]);
+                self.variance.push(vec![0.0; n]);
             }
         }
         Ok(())
@@ -1090,7 +1099,8 @@ impl Muon {
     }
 }
 impl Transform for Muon {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
             return Err(crate::error::invalid(format!(
                 "Muon only supports 2D parameters whereas we found a parameter with size: {s:?}"

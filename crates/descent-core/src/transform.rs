@@ -30,15 +30,63 @@ pub const PARALLEL_MIN: usize = 2 * CHUNK;
 /// The shape of each parameter, row-major.
 pub type Shapes = [Vec<usize>];
 
-/// Number of elements of a shape.
+/// Number of elements of a shape; `usize::MAX` for a shape whose product does not fit (which no
+/// buffer can match). [`shape_numel`] is the checked form.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or(usize::MAX)
+}
+
+/// Number of elements of a shape, `None` when the product of its dimensions overflows `usize`.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// The most elements a parameter may have: its `f64` scratch must be addressable.
+pub const MAX_NUMEL: usize = isize::MAX as usize / std::mem::size_of::<f64>();
+
+/// The element count of a shape descent can hold. Refused: a product of the dimensions above
+/// [`MAX_NUMEL`], and likewise the product with zero dimensions counted as 1 (torch's strides,
+/// which bound what per-axis state an empty tensor could ask for), so that no shape, even one
+/// with no elements, names an extent that cannot be addressed.
+pub fn shape_numel(shape: &[usize]) -> Result<usize> {
+    let extent = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1)));
+    match (checked_numel(shape), extent) {
+        (Some(n), Some(e)) if n <= MAX_NUMEL && e <= MAX_NUMEL => Ok(n),
+        _ => Err(Error::Shape(format!(
+            "shape {shape:?} is too large: its dimensions (zeros counted as 1) multiply to more than {MAX_NUMEL}"
+        ))),
+    }
+}
+
+/// Checks parameter shapes before anything is built or allocated for them: each one within
+/// [`shape_numel`]'s bounds. Returns their element counts.
+pub fn check_shapes(shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
+    shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| shape_numel(s).map_err(|e| Error::Shape(format!("parameter {i}: {}", shape_message(e)))))
+        .collect()
+}
+
+fn shape_message(e: Error) -> String {
+    match e {
+        Error::Shape(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// What [`Transform::init`] may rely on: valid shapes ([`check_shapes`]) and one parameter buffer
+/// per shape, of its element count. Transformations check it before allocating any state, so
+/// that state is never out of proportion to the parameters given.
+pub fn check_init(shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+    check_sizes("parameter", shapes, params)
 }
 
 /// A gradient transformation: `init` allocates state for a list of parameters, `update` rewrites
 /// the updates in place.
 pub trait Transform: Send + Sync {
-    /// Allocates state for parameters of these shapes with these initial values.
+    /// Allocates state for parameters of these shapes with these initial values. Shapes and
+    /// values that fail [`check_init`] are an error, before anything is allocated.
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()>;
 
     /// Transforms `updates` in place; `params` are the current parameters.
@@ -574,6 +622,7 @@ impl Chain {
 
 impl Transform for Chain {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
     }
 
@@ -874,7 +923,7 @@ pub struct Optimizer {
 impl Optimizer {
     /// Builds the optimizer and initializes its state for these parameters.
     pub fn new(mut tx: Box<dyn Transform>, shapes: Vec<Vec<usize>>, params: &[&[f32]]) -> Result<Self> {
-        check_sizes("parameter", &shapes, params)?;
+        check_init(&shapes, params)?;
         tx.init(&shapes, params)?;
         // Full-size update buffers only for transformations that need them (reductions, wrappers);
         // elementwise ones run fused through a block-sized scratch.
@@ -1026,11 +1075,11 @@ fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -
         return Err(Error::Shape(format!("expected {} {what} tensors, got {}", shapes.len(), bufs.len())));
     }
     for (i, (s, b)) in shapes.iter().zip(bufs).enumerate() {
-        if b.as_ref().len() != numel(s) {
+        let n = shape_numel(s).map_err(|e| Error::Shape(format!("{what} {i}: {}", shape_message(e))))?;
+        if b.as_ref().len() != n {
             return Err(Error::Shape(format!(
-                "{what} {i} has {} elements, expected {} (shape {s:?})",
-                b.as_ref().len(),
-                numel(s)
+                "{what} {i} has {} elements, expected {n} (shape {s:?})",
+                b.as_ref().len()
             )));
         }
     }

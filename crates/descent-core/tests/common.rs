@@ -8,7 +8,12 @@ use descent_core::reference::{collect_case_files, load_case, Case};
 
 /// `shared/reference` beside the repository.
 pub fn reference_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
+    shared_dir("reference")
+}
+
+/// A folder of `shared/` beside the repository (`reference`, `reference-r2`, …).
+pub fn shared_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared").join(name);
     assert!(
         dir.is_dir(),
         "reference set not found at {} (the shared folder must sit beside the repository)",

@@ -265,7 +265,8 @@ impl DadaptAdamw {
     }
 }
 impl Transform for DadaptAdamw {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
         self.grad_sum = zeros(shapes);
@@ -368,6 +369,7 @@ impl Prodigy {
 }
 impl Transform for Prodigy {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
         self.grad_sum = zeros(shapes);
@@ -445,7 +447,8 @@ impl ScaleByDog {
     }
 }
 impl Transform for ScaleByDog {
-    fn init(&mut self, _shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.init_params = params.iter().map(|p| p.to_vec()).collect();
         let norm = params.iter().map(|p| sum_sq(p)).sum::<f64>().sqrt();
         self.max_dist = match self.init_step {
@@ -545,6 +548,7 @@ impl Epilogue for ScheduleFree {
 
 impl Transform for ScheduleFree {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.z = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
         self.weight_sum = 0.0;
         self.step_count = 1;

@@ -306,6 +306,7 @@ macro_rules! elementwise_transform {
     ($t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; $($st:tt)*) => {
         impl $crate::transform::Transform for $t {
             fn init(&mut self, $shapes: &$crate::transform::Shapes, $params: &[&[f32]]) -> $crate::error::Result<()> {
+                $crate::transform::check_init($shapes, $params)?;
                 let $this = self;
                 let _ = &$params;
                 let _ = &$shapes;

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 macro_rules! stateless {
     () => {
-        fn init(&mut self, _shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+        fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+            crate::transform::check_init(shapes, params)?;
             Ok(())
         }
         fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
@@ -26,7 +27,8 @@ pub struct Centralize {
     shapes: Vec<Vec<usize>>,
 }
 impl Transform for Centralize {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
         Ok(())
     }
@@ -99,7 +101,8 @@ impl Elementwise for ClipByGlobalNorm {
 fn unit_groups(shape: &[usize]) -> (usize, Box<dyn Fn(usize) -> usize>) {
     let n = numel(shape);
     let squeezed = shape.iter().filter(|&&d| d != 1).count();
-    if squeezed <= 1 || shape.len() <= 1 {
+    // An empty tensor has no units to norm, however long its other axes.
+    if n == 0 || squeezed <= 1 || shape.len() <= 1 {
         (1, Box::new(|_| 0))
     } else if shape.len() <= 3 {
         let inner = n / shape[0].max(1);
@@ -132,7 +135,8 @@ impl AdaptiveGradClip {
     }
 }
 impl Transform for AdaptiveGradClip {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
         Ok(())
     }
@@ -404,14 +408,17 @@ impl ScaleByFactoredRms {
     }
 }
 impl Transform for ScaleByFactoredRms {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
         self.kinds.clear();
         self.v_row.clear();
         self.v_col.clear();
         self.v.clear();
         for s in shapes {
-            let kind = if !self.factored || s.len() < 2 {
+            // An empty tensor keeps a full (empty) moment: no per-axis state for axes that may be
+            // long, and no division by a zero axis.
+            let kind = if !self.factored || s.len() < 2 || numel(s) == 0 {
                 Factoring::Full
             } else {
                 // numpy argsort is stable: ties keep axis order.
@@ -637,6 +644,7 @@ impl Adafactor {
 
 impl Transform for Adafactor {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.rms.init(shapes, params)?;
         if let Some(l) = &mut self.lr {
             l.init(shapes, params)?;
@@ -723,7 +731,8 @@ impl ScaleByNovograd {
     }
 }
 impl Transform for ScaleByNovograd {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.mu = zeros(shapes);
         self.nu = shapes.iter().map(|_| vec![0.0]).collect();
         Ok(())
@@ -764,9 +773,13 @@ impl ScaleBySm3 {
     }
 }
 impl Transform for ScaleBySm3 {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
-        self.mu = shapes.iter().map(|s| vec![0.0; s.iter().sum::<usize>().max(1)]).collect();
+        // One accumulator per index of each axis; an empty tensor needs none of them (its axes
+        // may be long).
+        self.mu =
+            shapes.iter().map(|s| vec![0.0; if numel(s) == 0 { 1 } else { s.iter().sum::<usize>().max(1) }]).collect();
         self.nu = zeros(shapes);
         Ok(())
     }
@@ -865,6 +878,10 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<
 }
 
 pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    if x.is_empty() {
+        // No element to move, however long the other axis: no loop over it.
+        return vec![];
+    }
     let mut t = vec![0.0; x.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -908,6 +925,9 @@ pub fn newton_schulz(
     eps: f64,
     precision: NsPrecision,
 ) -> Vec<f32> {
+    if x.is_empty() {
+        return vec![];
+    }
     let r: fn(f32) -> f32 = match precision {
         NsPrecision::F32 => |v| v,
         NsPrecision::TorchBf16 => round_bf16,
@@ -955,7 +975,8 @@ impl ScaleByMuon {
     }
 }
 impl Transform for ScaleByMuon {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
             return Err(crate::error::invalid(format!("Muon orthogonalizes 2-D parameters only, got shape {s:?}")));
         }
@@ -989,13 +1010,15 @@ pub struct ScaleByShape {
     shapes: Vec<Vec<usize>>,
 }
 impl Transform for ScaleByShape {
-    fn init(&mut self, shapes: &Shapes, _params: &[&[f32]]) -> Result<()> {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
         for (u, s) in updates.iter_mut().zip(&self.shapes) {
-            let (fan_in, fan_out) = (s[0] as f64, s[1..].iter().product::<usize>() as f64);
+            let fan_in = s.first().map_or(1.0, |&d| d as f64);
+            let fan_out = s.iter().skip(1).map(|&d| d as f64).product::<f64>();
             let scale = (fan_out / fan_in).max(1.0).sqrt() as f32;
             u.iter_mut().for_each(|x| *x *= scale);
         }

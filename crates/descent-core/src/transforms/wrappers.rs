@@ -26,6 +26,7 @@ impl MultiSteps {
 }
 impl Transform for MultiSteps {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.acc_grads = zeros(shapes);
         self.mini_step = 0;
         self.gradient_step = 0;
@@ -83,6 +84,7 @@ impl Lookahead {
 }
 impl Transform for Lookahead {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         self.slow = params.iter().map(|p| p.to_vec()).collect();
         self.steps_since_sync = 0;
         self.inner.init(shapes, params)
@@ -130,6 +132,7 @@ impl Partition {
 }
 impl Transform for Partition {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
         let mut seen = vec![false; shapes.len()];
         for (idx, _) in &self.groups {
             for &i in idx {

@@ -1,0 +1,278 @@
+//! Hostile or inconsistent input is an error naming what is wrong: shapes that overflow, recorded
+//! step counts that disagree with the data, schedules stepped past their end, hyper-parameters
+//! that are null or not finite.
+
+use descent_core::reference::{parse_case, run_and_check, Case};
+use descent_core::schedule::{check_steps, onecycle_lr, Anneal, Schedule};
+use descent_core::spec::{build_optimizer, build_schedule, ScheduleSpec};
+use descent_core::Error;
+use serde_json::{json, Value};
+
+fn parse_err(v: &Value) -> String {
+    match parse_case("case.json", &v.to_string()) {
+        Ok(_) => panic!("accepted: {v}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn optim_case() -> Value {
+    json!({
+        "id": "torch.sgd.x", "source": "torch 2.15 torch.optim.SGD", "optimizer": "sgd", "hparams": {"lr": 0.1},
+        "params": [{"shape": [2], "init": [1.0, 2.0]}],
+        "grads": [[[0.5, -0.5]], [[0.25, 0.25]]],
+        "expected": [[[0.95, 2.05]], [[0.925, 2.025]]],
+        "steps": 2, "tolerance": {"rel": 1e-3, "abs": 4e-6}
+    })
+}
+
+fn schedule_case() -> Value {
+    json!({
+        "id": "torch.onecycle", "source": "torch 2.15 torch.optim.lr_scheduler.OneCycleLR", "schedule": "OneCycleLR",
+        "base_lr": 0.1, "kwargs": {"max_lr": 0.5, "total_steps": 4}, "steps": 4,
+        "expected_lr": [0.02, 0.5, 0.25, 0.0]
+    })
+}
+
+#[test]
+fn the_valid_cases_here_parse_and_run() {
+    let c = parse_case("case.json", &optim_case().to_string()).unwrap();
+    assert!(run_and_check(&c).unwrap().passed);
+    let c = parse_case("case.json", &schedule_case().to_string()).unwrap();
+    run_and_check(&c).unwrap();
+}
+
+#[test]
+fn a_shape_whose_product_overflows_is_an_error_before_anything_is_allocated() {
+    for shape in [json!([4294967296u64, 4294967296u64]), json!([0, 4294967296u64, 4294967296u64])] {
+        for opt in ["sgd", "adafactor"] {
+            let mut v = optim_case();
+            v["optimizer"] = json!(opt);
+            v["params"][0]["shape"] = shape.clone();
+            v["params"][0]["init"] = json!([]);
+            v["grads"] = json!([[[]]]);
+            v["expected"] = json!([[[]]]);
+            v["steps"] = json!(1);
+            let e = parse_err(&v);
+            assert!(e.contains("case.json") && e.contains("params[0].shape") && e.contains("too large"), "{e}");
+        }
+    }
+    let mut v = optim_case();
+    v["source"] = json!("optax 0.2.8 optax.adafactor");
+    v["id"] = json!("optax.adafactor.x");
+    v["optimizer"] = json!("adafactor");
+    v["params"][0]["shape"] = json!([4294967296u64, 4294967296u64]);
+    let e = parse_err(&v);
+    assert!(e.contains("params[0].shape") && e.contains("too large"), "{e}");
+}
+
+#[test]
+fn shapes_and_step_data_must_agree() {
+    let mut v = optim_case();
+    v["params"][0]["shape"] = json!([3]);
+    assert!(parse_err(&v).contains("params[0].init"));
+    let mut v = optim_case();
+    v["params"][0]["shape"] = json!([2, 0]);
+    assert!(parse_err(&v).contains("params[0].init"));
+    let mut v = optim_case();
+    v["params"][0]["shape"] = json!([-2]);
+    assert!(parse_err(&v).contains("params[0].shape"));
+    let mut v = optim_case();
+    v["grads"][1] = json!([[1.0]]);
+    assert!(parse_err(&v).contains("grads[1][0]"));
+    let mut v = optim_case();
+    v["grads"][1] = json!([[1.0, 2.0], [3.0]]);
+    assert!(parse_err(&v).contains("grads[1]"));
+    let mut v = optim_case();
+    v["expected"] = json!([[[0.95, 2.05]]]);
+    assert!(parse_err(&v).contains("`expected`"));
+    for (field, value) in [("params", json!([])), ("grads", json!([])), ("expected", json!([]))] {
+        let mut v = optim_case();
+        v[field] = value;
+        let e = parse_err(&v);
+        assert!(e.contains(&format!("`{field}`")), "{e}");
+    }
+    for steps in [json!(3), json!(-1), json!(1e30), json!(18446744073709551615u64), json!("2")] {
+        let mut v = optim_case();
+        v["steps"] = steps;
+        let e = parse_err(&v);
+        assert!(e.contains("`steps`"), "{e}");
+    }
+    let mut v = optim_case();
+    v["tolerance"]["rel"] = json!(-1.0);
+    assert!(parse_err(&v).contains("tolerance.rel"));
+    let mut v = optim_case();
+    v.as_object_mut().unwrap().remove("tolerance");
+    assert!(parse_err(&v).contains("tolerance"));
+    assert!(parse_err(&json!([1, 2])).contains("object"));
+}
+
+#[test]
+fn a_schedule_case_s_steps_must_agree_with_its_learning_rates() {
+    let mut v = schedule_case();
+    v["steps"] = json!(5);
+    let e = parse_err(&v);
+    assert!(e.contains("`steps`") && e.contains("is 5") && e.contains("4 learning rates"), "{e}");
+    let mut v = schedule_case();
+    v["steps"] = json!(1u64 << 62);
+    assert!(parse_err(&v).contains("`steps`"));
+    let mut v = schedule_case();
+    v["expected_lr"] = json!([]);
+    v["steps"] = json!(0);
+    assert!(parse_err(&v).contains("expected_lr"));
+    let mut v = schedule_case();
+    v["schedule"] = json!("ReduceLROnPlateau");
+    v["metrics"] = json!([1.0, 2.0]);
+    let e = parse_err(&v);
+    assert!(e.contains("`metrics`") && e.contains("2 values for 4 steps"), "{e}");
+    // No `steps` recorded: the learning rates say how many.
+    let mut v = schedule_case();
+    v.as_object_mut().unwrap().remove("steps");
+    parse_case("case.json", &v.to_string()).unwrap();
+}
+
+/// torch raises `ValueError("Tried to step {t} times. The specified number of total steps is
+/// {total_steps}")` when `OneCycleLR` is stepped past `total_steps`: a run takes at most
+/// `total_steps` optimizer steps.
+#[test]
+fn onecycle_past_its_total_steps_is_an_error() {
+    let mut v = schedule_case();
+    v["kwargs"]["total_steps"] = json!(3);
+    let c = parse_case("case.json", &v.to_string()).unwrap();
+    let e = run_and_check(&c).unwrap_err();
+    assert!(matches!(e, Error::TooManySteps { requested: 4, supported: 3 }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("Tried to step 4 times. The specified number of total steps is 3"), "{msg}");
+    let Case::Schedule(c) = c else { unreachable!() };
+    assert!(c.run().is_err());
+
+    let s = onecycle_lr(0.5, 100, 0.3, Anneal::Cos, 25.0, 1e4, false).unwrap();
+    assert_eq!(s.max_steps(), Some(100));
+    check_steps(&s, 100).unwrap();
+    check_steps(&s, 0).unwrap();
+    assert!(check_steps(&s, 101).is_err());
+    assert!(check_steps(&s, u64::MAX).is_err());
+}
+
+fn schedule(lib: &str, name: &str, kw: Value) -> Box<dyn Schedule> {
+    match build_schedule(lib, name, &kw, Some(0.1)).unwrap() {
+        ScheduleSpec::Function(s) => s,
+        ScheduleSpec::Plateau(_) => unreachable!(),
+    }
+}
+
+#[test]
+fn combined_schedules_support_what_their_parts_in_force_support() {
+    let onecycle = json!(["OneCycleLR", {"max_lr": 0.5, "total_steps": 10}]);
+    let s = schedule("torch", "StepLR", json!({"step_size": 3}));
+    assert_eq!(s.max_steps(), None);
+    check_steps(&s, u64::MAX).unwrap();
+    // OneCycleLR from step 5: ten steps of its own, so steps 0..15.
+    let s = schedule(
+        "torch",
+        "SequentialLR",
+        json!({"schedulers": [["ConstantLR", {}], onecycle.clone()], "milestones": [5]}),
+    );
+    assert_eq!(s.max_steps(), Some(15));
+    // OneCycleLR first, replaced at step 10: never stepped past its end.
+    let s = schedule(
+        "torch",
+        "SequentialLR",
+        json!({"schedulers": [onecycle.clone(), ["ConstantLR", {}]], "milestones": [10]}),
+    );
+    assert_eq!(s.max_steps(), None);
+    // Replaced at step 12 only: its end comes first.
+    let s = schedule(
+        "torch",
+        "SequentialLR",
+        json!({"schedulers": [onecycle.clone(), ["ConstantLR", {}]], "milestones": [12]}),
+    );
+    assert_eq!(s.max_steps(), Some(10));
+    let s = schedule("torch", "ChainedScheduler", json!({"schedulers": [["ExponentialLR", {"gamma": 0.9}], onecycle]}));
+    assert_eq!(s.max_steps(), Some(10));
+}
+
+#[test]
+fn schedules_at_huge_steps_return_numbers_without_overflow_or_endless_loops() {
+    for (name, kw) in [
+        ("CosineAnnealingWarmRestarts", json!({"T_0": 1})),
+        ("CosineAnnealingWarmRestarts", json!({"T_0": 1, "T_mult": 2})),
+        ("CosineAnnealingWarmRestarts", json!({"T_0": 3, "T_mult": 1000})),
+        ("CyclicLR", json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": u64::MAX, "step_size_down": u64::MAX})),
+        ("StepLR", json!({"step_size": 1, "gamma": 0.5})),
+        ("ExponentialLR", json!({"gamma": 0.5})),
+    ] {
+        let s = schedule("torch", name, kw);
+        for t in [0, 1, 1 << 40, u64::MAX - 1, u64::MAX] {
+            let _ = s.value(t);
+        }
+    }
+    let s = schedule("torch", "StepLR", json!({"step_size": 1, "gamma": 0.5}));
+    assert_eq!(s.value(u64::MAX), 0.0);
+    let e = match build_schedule(
+        "torch",
+        "OneCycleLR",
+        &json!({"max_lr": 0.1, "epochs": u64::MAX, "steps_per_epoch": 2}),
+        None,
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("epochs") && e.contains("overflow"), "{e}");
+}
+
+fn build_err(lib: &str, name: &str, h: Value) -> String {
+    match build_optimizer(lib, name, &h, None, &[vec![2, 2]]) {
+        Ok(_) => panic!("{lib}.{name} {h} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `serde_json::json!(f64::NAN)` is `null`: a null hyper-parameter is an error naming it, never
+/// the default, unless the library takes `None` for it.
+#[test]
+fn null_or_non_finite_hyper_parameters_are_errors_naming_them() {
+    assert_eq!(json!(f64::NAN), Value::Null);
+    for (lib, name, h, key) in [
+        ("torch", "adam", json!({"lr": f64::NAN}), "`lr`"),
+        ("torch", "adam", json!({"lr": 0.1, "eps": f64::INFINITY}), "`eps`"),
+        ("torch", "adam", json!({"betas": [0.9, f64::NAN]}), "`betas`"),
+        ("torch", "sgd", json!({"lr": 0.1, "momentum": null}), "`momentum`"),
+        ("torch", "sgd", json!({"lr": 0.1, "maximize": null}), "`maximize`"),
+        ("torch", "adafactor", json!({"eps": [null, null]}), "`eps`"),
+        ("torch", "adafactor", json!({"eps": null}), "`eps`"),
+        ("torch", "muon", json!({"ns_steps": null}), "`ns_steps`"),
+        ("optax", "adam", json!({"learning_rate": null}), "`learning_rate`"),
+        ("optax", "adamw", json!({"learning_rate": 0.1, "weight_decay": f64::NAN}), "`weight_decay`"),
+        ("optax", "contrib.muon", json!({"learning_rate": null}), "`learning_rate`"),
+        ("optax", "contrib.dog", json!({"init_step": ["heuristic", null]}), "init_step"),
+        ("optax", "chain", json!({"links": [["scale", {"step_size": null}]]}), "`step_size`"),
+        ("optax", "adam", json!({"learning_rate": {"schedule": "constant_schedule", "value": null}}), "`value`"),
+        ("descent", "adamw8bit", json!({"lr": null}), "`lr`"),
+    ] {
+        let e = build_err(lib, name, h.clone());
+        assert!(e.contains(key), "{lib}.{name} {h}: {e}");
+    }
+    // The libraries' Optional arguments take None.
+    for (lib, name, h) in [
+        ("torch", "adam", json!({"lr": 0.1, "foreach": null, "fused": null})),
+        ("torch", "adafactor", json!({"eps": [null, 1e-3]})),
+        ("torch", "muon", json!({"adjust_lr_fn": null})),
+        ("optax", "sgd", json!({"learning_rate": 0.1, "momentum": null})),
+        ("optax", "adam", json!({"learning_rate": 0.1, "mu_dtype": null})),
+        ("optax", "adafactor", json!({"learning_rate": null, "clipping_threshold": null, "momentum": null})),
+        ("optax", "contrib.muon", json!({"learning_rate": 0.1, "adam_learning_rate": null})),
+    ] {
+        build_optimizer(lib, name, &h, None, &[vec![2, 2]]).unwrap_or_else(|e| panic!("{lib}.{name} {h}: {e}"));
+    }
+    let e = match build_schedule("torch", "StepLR", &json!({"step_size": 2, "gamma": null}), Some(0.1)) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("`gamma`") && e.contains("null"), "{e}");
+    let e = match build_schedule("torch", "MultiStepLR", &json!({"milestones": [2, -1]}), Some(0.1)) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("`milestones`"), "{e}");
+    assert!(build_schedule("torch", "OneCycleLR", &json!({"max_lr": 0.1, "total_steps": null}), None).is_err());
+}
