@@ -92,7 +92,9 @@ pub fn parse_spec(spec: &str) -> Result<Map<String, Value>> {
         let (k, v) = part.split_once('=').with_context(|| format!("run `{spec}`: `{part}` is not key=value"))?;
         let k = k.trim().replace('-', "_");
         let v = serde_json::from_str(v.trim()).unwrap_or_else(|_| Value::from(v.trim()));
-        m.insert(k, v);
+        if m.insert(k.clone(), v).is_some() {
+            bail!("run `{spec}`: `{k}` is given twice");
+        }
     }
     Ok(m)
 }
@@ -134,7 +136,7 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
 
 /// The runs of a comparison from `--run` flags and `[[run]]` tables of the config file, and the
 /// shared settings from the file's top level (under the command-line flags).
-pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>> {
+pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>> {
     let mut base = a.base.clone();
     let mut tables: Vec<Map<String, Value>> = vec![];
     if let Some(path) = &a.base.config {
@@ -142,7 +144,7 @@ pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>>
         if let Some(runs) = file.remove("run") {
             let runs = runs.as_array().with_context(|| format!("{}: `run` must be [[run]] tables", path.display()))?;
             for (i, r) in runs.iter().enumerate() {
-                let t = serde_json::to_value(r)?;
+                let t = train::toml_json(r, &format!("{}: run {}", path.display(), i + 1))?;
                 let t = t.as_object().with_context(|| format!("{}: run {} is not a table", path.display(), i + 1))?;
                 if !t.contains_key("optimizer") {
                     bail!("{}: run {} has no `optimizer`", path.display(), i + 1);
@@ -150,14 +152,32 @@ pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>>
                 tables.push(t.clone());
             }
         }
-        for key in ["target", "jobs"] {
-            file.remove(key);
+        // The comparison's own settings from the file, under the command line's.
+        let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
+        if let Some(v) = file.remove("target").filter(|_| !from_cli("target")) {
+            a.target = v
+                .as_float()
+                .or(v.as_integer().map(|i| i as f64))
+                .with_context(|| format!("{}: `target`: expected a number, found {v}", path.display()))?;
+        }
+        if let Some(v) = file.remove("jobs").filter(|_| !from_cli("jobs")) {
+            let n = v
+                .as_integer()
+                .filter(|&n| n >= 0)
+                .with_context(|| format!("{}: `jobs`: expected a non-negative integer, found {v}", path.display()))?;
+            a.jobs = Some(n as usize);
         }
         base = base.merge_table(file, path, matches, &["run", "target", "jobs"])?;
         (base.resume, base.config) = (None, None);
     }
     if a.base.resume.is_some() {
         bail!("compare does not resume runs; run the comparison again (each run is seeded)");
+    }
+    if !(a.target > 0.0 && a.target <= 100.0) {
+        bail!("--target {}: a test accuracy in percent, in (0, 100]", a.target);
+    }
+    if a.jobs == Some(0) {
+        bail!("--jobs 0: at least one run at a time");
     }
     let mut specs = vec![];
     for (i, s) in a.runs.iter().enumerate() {
@@ -175,7 +195,7 @@ pub fn plan(a: &CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>>
         specs.push(RunSpec { label, args });
     }
     if specs.is_empty() {
-        bail!("no runs to compare: give --run OPTIMIZER:key=value,… (twice or more) or [[run]] tables in --config");
+        bail!("no runs to compare: give --run OPTIMIZER:key=value,… (once per run) or [[run]] tables in --config");
     }
     let mut seen = std::collections::HashSet::new();
     for s in &specs {
@@ -221,14 +241,16 @@ fn folder_name(i: usize, label: &str) -> String {
 }
 
 pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let specs = plan(&a, matches)?;
+    let mut a = a;
+    let specs = plan(&mut a, matches)?;
     let out = a.base.out.clone().unwrap_or_else(|| {
         (1..)
             .map(|k| PathBuf::from("runs").join(if k == 1 { "compare".into() } else { format!("compare-{k}") }))
             .find(|d| !d.exists())
             .expect("some name is free")
     });
-    let _claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false)?;
+    let claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
+    let parent = Some(claimed.marker.id.clone());
     std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = a.jobs.unwrap_or((cores.saturating_sub(2) / 2).max(1)).clamp(1, specs.len());
@@ -249,7 +271,7 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
                 }
                 let mut args = spec.args.clone();
                 (args.out, args.force, args.tensorboard) = (Some(dirs[i].clone()), true, a.base.tensorboard);
-                let r = train::execute(args, RunOptions { quiet, ..Default::default() });
+                let r = train::execute(args, RunOptions { quiet, parent: parent.clone(), ..Default::default() });
                 if quiet {
                     match &r {
                         Ok(o) => println!("done: {} ({} epochs)", spec.label, o.history.len()),

@@ -131,11 +131,21 @@ pub struct Marker {
     /// Why a run ended before its epochs or steps did (early stopping, a target reached), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// The id of the compare or sweep folder whose run this is: only that folder's `--force`
+    /// clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Marker {
-    fn new(kind: Kind) -> Marker {
-        Marker { kind, id: new_id(), version: env!("CARGO_PKG_VERSION").into(), ended: None }
+    fn new(kind: Kind, parent: Option<&str>) -> Marker {
+        Marker {
+            kind,
+            id: new_id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ended: None,
+            parent: parent.map(String::from),
+        }
     }
 
     /// The marker of `dir`, if it has one.
@@ -182,16 +192,21 @@ enum Found {
     Empty,
     Ours,
     OtherKind(Kind),
+    /// A run of its own, or of another compare or sweep folder, where one of `parent` was expected.
+    OtherParent,
     Foreign(Vec<String>),
 }
 
-fn inspect(dir: &Path, kind: Kind) -> Result<Found> {
+/// What `dir` is to a command writing a `kind` folder there for the compare or sweep folder
+/// `parent` (`None`: for itself).
+fn inspect(dir: &Path, kind: Kind, parent: Option<&str>) -> Result<Found> {
     let names = entries(dir)?;
     if names.iter().all(|n| n == LOCK) {
         return Ok(Found::Empty);
     }
     match Marker::read(dir)? {
-        Some(m) if m.kind == kind => Ok(Found::Ours),
+        Some(m) if m.kind == kind && m.parent.as_deref() == parent => Ok(Found::Ours),
+        Some(m) if m.kind == kind => Ok(Found::OtherParent),
         Some(m) => Ok(Found::OtherKind(m.kind)),
         None if kind.legacy(dir) => Ok(Found::Ours),
         None => Ok(Found::Foreign(names)),
@@ -236,12 +251,12 @@ fn lock(dir: &Path) -> Result<File> {
 
 /// Checks, without changing anything, that [`claim_new`] would take `dir`: for a command to say
 /// so before it spends time computing what it will write there.
-pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<()> {
+pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent: Option<&str>) -> Result<()> {
     if dir.exists() {
         if !dir.is_dir() {
             bail!("{} exists and is not a folder", dir.display());
         }
-        check_replaceable(dir, kind, force, resume_hint)?;
+        check_replaceable(dir, kind, force, resume_hint, parent)?;
     }
     Ok(())
 }
@@ -249,37 +264,43 @@ pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Resu
 /// Claims `dir` for a new folder of `kind`: creates it if missing; takes it as is if empty; with
 /// `force`, clears descent's files from a folder of the same kind that descent wrote. Anything
 /// else is refused before anything is deleted. `resume_hint` adds `--resume DIR` to the advice
-/// for an existing folder.
-pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<Claimed> {
+/// for an existing folder. `parent` is the id of the compare or sweep folder the new folder is a
+/// run of.
+pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent: Option<&str>) -> Result<Claimed> {
     let existed = dir.exists();
     if existed {
         if !dir.is_dir() {
             bail!("{} exists and is not a folder", dir.display());
         }
-        check_replaceable(dir, kind, force, resume_hint)?;
+        check_replaceable(dir, kind, force, resume_hint, parent)?;
     } else {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let lock = lock(dir)?;
     if existed {
         // Checked again under the lock: another command may have written in between.
-        check_replaceable(dir, kind, force, resume_hint)?;
-        clear(dir, kind)?;
+        check_replaceable(dir, kind, force, resume_hint, parent)?;
+        let old = Marker::read(dir)?.map(|m| m.id);
+        clear(dir, kind, old.as_deref())?;
     }
-    let marker = Marker::new(kind);
+    let marker = Marker::new(kind, parent);
     marker.write(dir)?;
     Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
 }
 
-fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> Result<()> {
+fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent: Option<&str>) -> Result<()> {
     let d = dir.display();
-    match inspect(dir, kind)? {
+    match inspect(dir, kind, parent)? {
         Found::Empty => Ok(()),
         Found::Ours if force => Ok(()),
         Found::Ours if resume_hint => {
             bail!("{} folder {d} exists; pass --force to replace it or --resume {d} to continue it", kind.name())
         }
         Found::Ours => bail!("{} folder {d} exists; pass --force to replace it", kind.name()),
+        Found::OtherParent => bail!(
+            "{d} holds a {} that is not this command's own (another run, compare or sweep made it): choose another --out",
+            kind.name()
+        ),
         Found::OtherKind(k) => bail!(
             "{d} is a descent {} folder, not a {} folder: choose another --out (--force replaces only a folder of the same kind)",
             k.name(),
@@ -297,9 +318,9 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool) -> 
     }
 }
 
-/// Removes descent's files of a `kind` folder (its sub-folders of runs too, each only of
-/// descent's files); everything else stays.
-fn clear(dir: &Path, kind: Kind) -> Result<()> {
+/// Removes descent's files of a `kind` folder whose marker id was `id` (its sub-folders of runs
+/// too, only those it made, each only of descent's files); everything else stays.
+fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
     for name in entries(dir)? {
         if name == LOCK || !kind.owns(&name) {
             continue;
@@ -311,10 +332,10 @@ fn clear(dir: &Path, kind: Kind) -> Result<()> {
                 (Kind::Compare, "runs") | (Kind::Sweep, "trials") => {
                     for sub in entries(&p)? {
                         let s = p.join(&sub);
-                        if s.is_dir() && matches!(inspect(&s, Kind::Run)?, Found::Ours | Found::Empty) {
+                        if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours | Found::Empty) {
                             // A run folder in use by another command is not cleared under it.
                             let _lock = lock(&s)?;
-                            clear(&s, Kind::Run)?;
+                            clear(&s, Kind::Run, None)?;
                             remove_if_empty(&s)?;
                         }
                     }
@@ -365,7 +386,7 @@ pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
             "{d} was written by an older descent whose runs carry no identity; it cannot be resumed safely: start it again with --force"
         ),
         // A sweep's trials are checked line by line: an older folder is given its marker.
-        None if kind.legacy(dir) => Marker::new(kind),
+        None if kind.legacy(dir) => Marker::new(kind, None),
         None => bail!("{d} is not a descent {} folder (no {MARKER})", kind.name()),
     };
     let lock = lock(dir)?;
@@ -446,7 +467,7 @@ mod tests {
         let d = tmp("foreign");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("notes.txt"), "mine").unwrap();
-        let e = claim_new(&d, Kind::Run, true, true).unwrap_err().to_string();
+        let e = claim_new(&d, Kind::Run, true, true, None).unwrap_err().to_string();
         assert!(e.contains("not a folder descent wrote") && e.contains("notes.txt"), "{e}");
         assert_eq!(entries(&d).unwrap(), vec!["notes.txt"]);
         std::fs::remove_dir_all(&d).unwrap();
@@ -455,17 +476,17 @@ mod tests {
     #[test]
     fn force_clears_only_descents_files() {
         let d = tmp("ours");
-        let c = claim_new(&d, Kind::Run, false, true).unwrap();
+        let c = claim_new(&d, Kind::Run, false, true, None).unwrap();
         std::fs::write(d.join(run::METRICS_JSONL), "{}\n").unwrap();
         std::fs::write(d.join("mine.txt"), "keep").unwrap();
         drop(c);
-        let again = claim_new(&d, Kind::Run, false, true).unwrap_err().to_string();
+        let again = claim_new(&d, Kind::Run, false, true, None).unwrap_err().to_string();
         assert!(again.contains("--force"), "{again}");
-        let c = claim_new(&d, Kind::Run, true, true).unwrap();
+        let c = claim_new(&d, Kind::Run, true, true, None).unwrap();
         assert!(!d.join(run::METRICS_JSONL).exists());
         assert_eq!(std::fs::read_to_string(d.join("mine.txt")).unwrap(), "keep");
         drop(c);
-        let e = claim_new(&d, Kind::Sweep, true, false).unwrap_err().to_string();
+        let e = claim_new(&d, Kind::Sweep, true, false, None).unwrap_err().to_string();
         assert!(e.contains("descent run folder"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -473,7 +494,7 @@ mod tests {
     #[test]
     fn a_claimed_folder_is_refused_to_a_second_claim() {
         let d = tmp("lock");
-        let c = claim_new(&d, Kind::Run, false, true).unwrap();
+        let c = claim_new(&d, Kind::Run, false, true, None).unwrap();
         let e = claim_existing(&d, Kind::Run).unwrap_err().to_string();
         assert!(e.contains("in use by another descent command"), "{e}");
         drop(c);

@@ -42,6 +42,9 @@ pub struct LandscapeArgs {
 }
 
 /// The default optimizers of a function: (SGD, momentum and Nesterov lr, Adagrad lr, RMSprop lr,
+/// The most steps a path may take (each is kept in memory and drawn).
+const MAX_STEPS: usize = 10_000_000;
+
 /// Adam lr), steps that show each one's character in a few hundred steps.
 fn default_runs(f: TestFunction) -> Vec<String> {
     let (sgd, adagrad, rmsprop, adam) = match f {
@@ -121,8 +124,11 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
     } else {
         a.functions.iter().map(|f| TestFunction::parse(f)).collect::<descent_core::Result<_>>()?
     };
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
+    if a.steps == 0 || a.steps > MAX_STEPS {
+        bail!("--steps {}: must be between 1 and {MAX_STEPS}", a.steps);
+    }
+    if !(a.tol > 0.0 && a.tol.is_finite()) {
+        bail!("--tol {}: must be a positive number", a.tol);
     }
     // Every spec valid before anything is written.
     let mut plans = vec![];
@@ -137,7 +143,7 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
         plans.push((f, runs));
     }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/landscape"));
-    let _claimed = crate::folder::claim_new(&out, crate::folder::Kind::Landscape, a.force, false)?;
+    let _claimed = crate::folder::claim_new(&out, crate::folder::Kind::Landscape, a.force, false, None)?;
     let mut rows = vec![];
     for (f, runs) in plans {
         let mut paths = vec![];

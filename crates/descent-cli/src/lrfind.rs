@@ -34,6 +34,9 @@ pub struct LrFindArgs {
     pub base: TrainArgs,
 }
 
+/// The longest test (each step's point is kept and drawn).
+const MAX_STEPS: u64 = 1_000_000;
+
 /// One step of the test.
 #[derive(Debug, Clone, Copy)]
 pub struct Point {
@@ -98,17 +101,35 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if !(a.start_lr > 0.0 && a.end_lr > a.start_lr && a.start_lr.is_finite() && a.end_lr.is_finite()) {
         bail!("--start-lr {} and --end-lr {}: need 0 < start < end", a.start_lr, a.end_lr);
     }
-    if a.num_steps < 10 {
-        bail!("--num-steps {}: the test needs at least 10 steps", a.num_steps);
+    if !(10..=MAX_STEPS).contains(&a.num_steps) {
+        bail!("--num-steps {}: the test takes between 10 and {MAX_STEPS} steps", a.num_steps);
     }
-    if a.diverge <= 1.0 {
-        bail!("--diverge {}: must be above 1", a.diverge);
+    if !(a.diverge > 1.0 && a.diverge.is_finite()) {
+        bail!("--diverge {}: a finite multiple above 1", a.diverge);
+    }
+    // The test sets its own length, learning rates and folder: train settings it would not use
+    // are refused rather than ignored.
+    let b = &a.base;
+    for (given, flag) in [
+        (b.epochs.is_some(), "--epochs"),
+        (b.steps.is_some(), "--steps (use --num-steps)"),
+        (b.patience.is_some(), "--patience"),
+        (b.min_loss_change.is_some(), "--min-loss-change"),
+        (b.target_accuracy.is_some(), "--target-accuracy"),
+        (b.validation != 0, "--validation"),
+        (b.tensorboard, "--tensorboard"),
+        (b.resume.is_some(), "--resume"),
+        (b.schedule_interval != "step", "--schedule-interval"),
+    ] {
+        if given {
+            bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");
+        }
     }
     if a.base.lr.is_some() || a.base.schedule != "constant" {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }
     let out = a.base.out.clone().unwrap_or_else(|| PathBuf::from("runs/lr-find"));
-    folder::check_new(&out, folder::Kind::LrFind, a.base.force, false)?;
+    folder::check_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut args = a.base.clone();
     args.lr = Some(a.start_lr);
     train::validate(&args)?;
@@ -138,7 +159,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     let points = rec.points;
-    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false)?;
+    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut csv = "step,lr,loss,smoothed\n".to_string();
     for (i, p) in points.iter().enumerate() {
         csv += &format!("{},{},{},{}\n", i + 1, p.lr, p.loss, p.smoothed);

@@ -199,6 +199,7 @@ fn main() -> ExitCode {
             args.given = sub
                 .ids()
                 .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+                .filter(|id| !id.as_str().starts_with(|c: char| c.is_ascii_uppercase()))
                 .map(|id| id.to_string())
                 .collect();
             args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
@@ -310,7 +311,7 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
     }
     // Charts are redrawn over the plot folder's own (no --force needed), never into a folder of
     // other files.
-    let _claimed = folder::claim_new(out, folder::Kind::Plot, true, false)?;
+    let _claimed = folder::claim_new(out, folder::Kind::Plot, true, false, None)?;
     let files = runs::draw(&all, out, title)?;
     println!("{} runs drawn into {}:", all.len(), out.display());
     for f in files {

@@ -94,7 +94,7 @@ impl Objective {
             s if s.starts_with("steps_to:") => {
                 let acc: f64 =
                     s["steps_to:".len()..].parse().with_context(|| format!("objective `{s}`: not steps_to:ACC"))?;
-                if !(0.0..=100.0).contains(&acc) {
+                if !(acc > 0.0 && acc <= 100.0) {
                     bail!("objective `{s}`: the accuracy is a percentage");
                 }
                 (Objective::StepsTo(acc), true)
@@ -170,7 +170,7 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         ];
         for k in sweep_keys {
             if let Some(v) = file.remove(k) {
-                file_sweep.insert(k.to_string(), serde_json::to_value(v)?);
+                file_sweep.insert(k.to_string(), train::toml_json(&v, &format!("{}: `{k}`", path.display()))?);
             }
         }
         let also: Vec<&str> = std::iter::once("space").chain(sweep_keys).collect();
@@ -186,6 +186,20 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();
     let (method, pruner, objective) = (a.method.clone(), a.pruner.clone(), a.objective.clone());
+    // Options of a method or pruner the sweep does not use are refused, not ignored.
+    let given = |k: &str| from_cli(k) || file_sweep.contains_key(k);
+    let method_now = pick("method").and_then(|v| v.as_str().map(String::from)).unwrap_or(method.clone());
+    let pruner_now = pick("pruner").and_then(|v| v.as_str().map(String::from)).unwrap_or(pruner.clone());
+    for (key, needs, is) in [
+        ("grid_points", "--method grid", method_now == "grid"),
+        ("startup", "--method tpe", method_now == "tpe"),
+        ("min_steps", "--pruner asha", pruner_now == "asha"),
+        ("reduction_factor", "--pruner asha", pruner_now == "asha"),
+    ] {
+        if given(key) && !is {
+            bail!("--{}: it takes effect only with {needs}", key.replace('_', "-"));
+        }
+    }
     let file = a.base.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let int = |k: &str| -> Result<Option<u64>> {
         match pick(k) {
@@ -251,7 +265,18 @@ fn plan(s: &Settings) -> Result<Plan> {
             s.objective
         );
     }
-    let grid = if s.method == "grid" { tune::grid(&space, s.grid_points.max(1)) } else { vec![] };
+    if s.grid_points == 0 || s.grid_points > MAX_GRID {
+        bail!("--grid-points {}: between 1 and {MAX_GRID}", s.grid_points);
+    }
+    let grid = if s.method == "grid" {
+        let size = space.iter().try_fold(1usize, |n, p| n.checked_mul(p.grid(s.grid_points).len()));
+        match size {
+            Some(n) if n <= MAX_GRID => tune::grid(&space, s.grid_points),
+            _ => bail!("the grid has more than {MAX_GRID} points: fewer --grid-points or dimensions"),
+        }
+    } else {
+        vec![]
+    };
     let method = match s.method.as_str() {
         "grid" => Method::Grid,
         "random" => Method::Random,
@@ -279,6 +304,14 @@ fn plan(s: &Settings) -> Result<Plan> {
     };
     if s.reduction_factor < 2 {
         bail!("--reduction-factor must be at least 2, got {}", s.reduction_factor);
+    }
+    if s.min_steps == Some(0) {
+        bail!("--min-steps 0: the first rung needs at least one step");
+    }
+    if let (Method::Tpe { .. }, Some(st)) = (method, s.startup) {
+        if st == 0 || st > trials {
+            bail!("--startup {st}: between 1 and the {trials} trials");
+        }
     }
     if let Some(b) = s.max_total_epochs {
         if !(b > 0.0 && b.is_finite()) {
@@ -333,6 +366,9 @@ fn plan(s: &Settings) -> Result<Plan> {
     })
 }
 
+/// The most points a grid may have (and values per dimension).
+const MAX_GRID: usize = 100_000;
+
 /// The sweep's state shared by its workers.
 struct State {
     history: Vec<Trial>,
@@ -341,8 +377,25 @@ struct State {
 }
 
 pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
+    if a.jobs == 0 {
+        bail!("--jobs 0: at least one trial at a time");
+    }
     let (out, s, resumed, claimed) = match &a.base.resume {
         Some(dir) => {
+            // A resumed sweep keeps the settings of its sweep.json.
+            for id in matches.ids() {
+                let id = id.as_str();
+                // (Upper-case ids are clap's groups of the flattened structs, not flags.)
+                if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+                    && !["resume", "threads", "jobs"].contains(&id)
+                    && !id.starts_with(|c: char| c.is_ascii_uppercase())
+                {
+                    bail!(
+                        "--{} cannot be combined with --resume: a resumed sweep keeps the settings of its sweep.json (only --threads and --jobs may be given)",
+                        id.replace('_', "-")
+                    );
+                }
+            }
             let claimed = folder::claim_existing(dir, folder::Kind::Sweep)?;
             let text = std::fs::read_to_string(dir.join("sweep.json"))
                 .with_context(|| format!("{}: no sweep.json, not a sweep folder", dir.display()))?;
@@ -362,10 +415,10 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let p = plan(&s)?;
-    let _claimed = match claimed {
+    let claimed = match claimed {
         Some(c) => c,
         None => {
-            let c = folder::claim_new(&out, folder::Kind::Sweep, a.base.force, true)?;
+            let c = folder::claim_new(&out, folder::Kind::Sweep, a.base.force, true, None)?;
             std::fs::create_dir_all(out.join("trials"))
                 .with_context(|| format!("creating {}", out.join("trials").display()))?;
             folder::write_atomic(&out.join("sweep.json"), serde_json::to_string_pretty(&s)?.as_bytes())?;
@@ -403,7 +456,7 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
     let seed = s.base.seed;
     std::thread::scope(|scope| -> Result<()> {
         let workers: Vec<_> = (0..a.jobs.max(1).min(p.trials.max(1)))
-            .map(|_| scope.spawn(|| worker(&out, &s, &p, seed, &state)))
+            .map(|_| scope.spawn(|| worker(&out, &s, &p, seed, &state, &claimed.marker.id)))
             .collect();
         for w in workers {
             w.join().map_err(|_| anyhow::anyhow!("a sweep worker panicked"))??;
@@ -415,7 +468,7 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
 }
 
 /// Takes trials until none is left: proposes, trains, records.
-fn worker(out: &Path, s: &Settings, p: &Plan, seed: u64, state: &Mutex<State>) -> Result<()> {
+fn worker(out: &Path, s: &Settings, p: &Plan, seed: u64, state: &Mutex<State>, sweep_id: &str) -> Result<()> {
     loop {
         let (i, values) = {
             let mut st = state.lock().expect("state lock");
@@ -443,7 +496,7 @@ fn worker(out: &Path, s: &Settings, p: &Plan, seed: u64, state: &Mutex<State>) -
             };
             (i, values)
         };
-        let t = run_trial(out, s, p, i, values, state)?;
+        let t = run_trial(out, s, p, i, values, state, sweep_id)?;
         let mut st = state.lock().expect("state lock");
         st.epochs_spent += t.epochs;
         append_trial(out, &t)?;
@@ -493,6 +546,7 @@ fn run_trial(
     i: usize,
     values: Map<String, Value>,
     state: &Mutex<State>,
+    sweep_id: &str,
 ) -> Result<Trial> {
     let dir = out.join("trials").join(format!("{:03}", i + 1));
     let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
@@ -518,6 +572,7 @@ fn run_trial(
         quiet: true,
         eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(p.rungs.clone())),
         on_eval: p.asha.then_some(on_eval),
+        parent: Some(sweep_id.to_string()),
     };
     let r = train::execute(args, opts);
     let seconds = t0.elapsed().as_secs_f64();

@@ -176,11 +176,12 @@ impl TrainArgs {
             }
             let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
             if !from_cli {
-                flags.insert(k.clone(), serde_json::to_value(v).with_context(|| format!("{}: `{k}`", path.display()))?);
+                flags.insert(k.clone(), toml_json(&v, &format!("{}: `{k}`", path.display()))?);
             }
         }
         let mut out = settings_from_value(merged, &path.display().to_string())?;
-        (out.out, out.force, out.resume, out.config) = (self.out, self.force, self.resume, self.config);
+        (out.out, out.force, out.resume, out.config, out.given) =
+            (self.out, self.force, self.resume, self.config, self.given);
         Ok(out)
     }
 }
@@ -192,6 +193,21 @@ pub fn settings_from_value(v: serde_json::Value, what: &str) -> Result<TrainArgs
         let key = e.path().to_string();
         anyhow::anyhow!("{what}: `{key}`: {}", e.into_inner())
     })
+}
+
+/// A TOML value as JSON. TOML has `nan` and `inf`, which JSON has not (serde_json would make them
+/// `null`, read back as "not given"): they are refused, naming `what`.
+pub fn toml_json(v: &toml::Value, what: &str) -> Result<serde_json::Value> {
+    fn check(v: &toml::Value, what: &str) -> Result<()> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => bail!("{what}: {f} is not a finite number"),
+            toml::Value::Array(a) => a.iter().try_for_each(|x| check(x, what)),
+            toml::Value::Table(t) => t.iter().try_for_each(|(k, x)| check(x, &format!("{what}.{k}"))),
+            _ => Ok(()),
+        }
+    }
+    check(v, what)?;
+    serde_json::to_value(v).with_context(|| what.to_string())
 }
 
 /// A TOML file as a table, or an error naming the file.
@@ -236,6 +252,11 @@ pub fn workload(
             let m = mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?;
             m.train.expect_size(28, 28)?;
             m.test.expect_size(28, 28)?;
+            for (split, what) in [(&m.train, "training"), (&m.test, "test")] {
+                if split.is_empty() {
+                    bail!("{}: no {what} images", split.images_file.display());
+                }
+            }
             let (tr, te) = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
             let net: Box<dyn Model> = if model == "mlp" {
                 Box::new(Mlp::new(init, dropout, rng, &dev)?)
@@ -516,6 +537,8 @@ pub struct RunOptions<'a> {
     /// Evaluations within epochs (written to evals.jsonl and passed to `on_eval`).
     pub eval_at: Option<EvalAt>,
     pub on_eval: Option<OnEval<'a>>,
+    /// The id of the compare or sweep folder this run belongs to (see `folder::Marker::parent`).
+    pub parent: Option<String>,
 }
 
 /// What a finished run leaves for its caller.
@@ -672,8 +695,32 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--lr` and the optimizer's learning-rate argument in `--hparams` (`lr` for torch, `learning_rate`
+/// for optax) are one setting: the one in `--hparams` moves to `lr`, and the two given with
+/// different values is an error.
+pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
+    let Ok((lib, _)) = descent_core::spec::resolve_optimizer(&a.optimizer) else { return Ok(()) };
+    let key = descent_core::spec::lr_key(lib);
+    let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
+    let Some(v) = h.get(key) else { return Ok(()) };
+    let Some(x) = v.as_f64() else {
+        bail!("--hparams `{key}` = {v}: give a learning-rate schedule with --schedule and --schedule-args");
+    };
+    match a.lr {
+        Some(lr) if lr != x => bail!("--lr {lr} and --hparams `{key}` = {x} are the same setting; give one"),
+        _ => {
+            a.lr = Some(x);
+            h.remove(key);
+        }
+    }
+    Ok(())
+}
+
 /// Validates the settings into a training config, without touching any run folder.
 pub fn validate(a: &TrainArgs) -> Result<()> {
+    let mut a = a.clone();
+    unify_lr(&mut a)?;
+    let a = &a;
     check_numbers(a)?;
     let mut rng = Rng::new(a.seed);
     let init = Init::parse(&a.init)?;
@@ -696,6 +743,29 @@ fn check_model_settings(model: &dyn Model, cfg: &TrainConfig, a: &TrainArgs) -> 
         }
     }
     descent_train::train::optimizer_for(model, cfg)?;
+    Ok(())
+}
+
+/// A library schedule defined for a limited number of steps (torch `OneCycleLR`'s `total_steps`)
+/// must cover the run, as torch refuses to step it further.
+fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
+    let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
+    let per_epoch = train_len.div_ceil(cfg.batch_size.max(1)) as u64;
+    let (n, unit) = if s.per_epoch {
+        (cfg.epochs as u64, "epochs (--schedule-interval epoch)")
+    } else {
+        (cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64)), "steps")
+    };
+    descent_core::schedule::check_steps(s.schedule.as_ref(), n)
+        .with_context(|| format!("--schedule {}: the run takes {n} {unit}", s.name))?;
+    // Every learning rate the run will use is a finite number ≥ 0 (a schedule's arguments can make
+    // it NaN, e.g. decay over 0 steps, or negative).
+    for t in 0..n.min(10_000_000) {
+        let v = s.schedule.value(t);
+        if !(v >= 0.0 && v.is_finite()) {
+            bail!("--schedule {}: the learning rate at step {t} would be {v}; check --schedule-args", s.name);
+        }
+    }
     Ok(())
 }
 
@@ -898,6 +968,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             }
         }
         None => {
+            let mut cli = cli.clone();
+            unify_lr(&mut cli)?;
             check_numbers(&cli)?;
             // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k].
             let dir = match &cli.out {
@@ -910,6 +982,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                         .expect("some name is free")
                 }
             };
+            folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
             (cli.clone(), Folder::New(dir))
         }
     };
@@ -928,10 +1001,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         cfg.eval_at = at;
     }
     check_model_settings(model.as_ref(), &cfg, &a)?;
+    check_schedule_length(&cfg, train_set.len())?;
     // Everything is valid: now the run folder.
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
-        Folder::New(dir) => (folder::claim_new(&dir, folder::Kind::Run, cli.force, true)?, None),
+        Folder::New(dir) => {
+            (folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?, None)
+        }
         Folder::Resume(c, ck) => (c, Some(*ck)),
     };
     let run_dir = RunDir {

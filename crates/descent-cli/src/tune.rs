@@ -53,6 +53,10 @@ impl Param {
             if lo.fract() != 0.0 || hi.fract() != 0.0 {
                 bail!("{what}: an integer range needs integer bounds, got {lo}..{hi}");
             }
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer up to it is a float
+            if lo.abs() > EXACT || hi.abs() > EXACT {
+                bail!("{what}: integer bounds beyond ±2^53 ({lo}..{hi})");
+            }
             Ok((lo as i64, hi as i64))
         };
         let domain = match kind.trim() {
@@ -147,7 +151,9 @@ impl Param {
             Domain::LogUniform { lo, hi } => {
                 spread(lo.log10(), hi.log10()).into_iter().map(|c| Value::from(10f64.powf(c).clamp(*lo, *hi))).collect()
             }
-            Domain::Int { lo, hi } | Domain::LogInt { lo, hi } if (hi - lo + 1) as usize <= points => {
+            Domain::Int { lo, hi } | Domain::LogInt { lo, hi }
+                if hi.checked_sub(*lo).and_then(|d| d.checked_add(1)).is_some_and(|n| n as u64 <= points as u64) =>
+            {
                 (*lo..=*hi).map(Value::from).collect()
             }
             Domain::Int { lo, hi } => {

@@ -417,3 +417,180 @@ fn a_sweep_counts_epochs_on_its_own_data_and_records_choices_exactly() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
+    let d = fresh("refuse");
+    let out = d.join("out");
+    let nan_toml = d.join("nan.toml");
+    std::fs::write(&nan_toml, "model = \"linear\"\nlr = nan\n").unwrap();
+    let empty = d.join("empty");
+    write_idx_set(&empty, 0, 10, 28, 28);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--config", s(&nan_toml)], "lr"),
+        (
+            vec!["train", "--model", "linear", "--lr", "0.1", "--optimizer", "sgd", "--hparams", "{\"lr\": 5}"],
+            "same setting",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--schedule",
+                "optax.cosine_decay_schedule",
+                "--schedule-args",
+                "{\"init_value\": 0.1, \"decay_steps\": 0}",
+            ],
+            "learning rate at step",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--schedule",
+                "torch.OneCycleLR",
+                "--schedule-args",
+                "{\"max_lr\": 0.1, \"total_steps\": 100}",
+            ],
+            "total steps",
+        ),
+        (vec!["train", "--model", "mlp", "--data", s(&empty)], "no training images"),
+        (vec!["train", "--model", "lenet", "--dropout", "0.5"], "--dropout"),
+        (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1,lr=0.2"], "twice"),
+        (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--target", "nan"], "--target"),
+        (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--jobs", "0"], "--jobs"),
+        (vec!["landscape", "--tol", "inf"], "--tol"),
+        (vec!["landscape", "--steps", "18446744073709551615"], "--steps"),
+        (vec!["lr-find", "--model", "linear", "--diverge", "nan"], "--diverge"),
+        (vec!["lr-find", "--model", "linear", "--epochs", "5"], "--epochs"),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "val_loss",
+                "--grid-points",
+                "5",
+            ],
+            "--method grid",
+        ),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "val_loss",
+                "--pruner",
+                "asha",
+                "--min-steps",
+                "0",
+            ],
+            "--min-steps",
+        ),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "val_loss",
+                "--method",
+                "grid",
+                "--grid-points",
+                "100000",
+                "--param",
+                "wd=uniform:0..1",
+            ],
+            "grid",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = descent().args(&args).args(["--out", s(&out)]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.code() == Some(2), "{args:?}: {}", text(&o));
+        assert!(err.contains(needle) && err.lines().count() <= 2, "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} left a folder behind");
+    }
+    // The learning rate in --hparams is --lr.
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "linear",
+        "--optimizer",
+        "sgd",
+        "--hparams",
+        "{\"lr\": 0.05}",
+        "--epochs",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok && t.contains("(lr 0.05)"), "{t}");
+    // A resumed run or sweep refuses a config file or settings of its own.
+    let ok_toml = d.join("ok.toml");
+    std::fs::write(&ok_toml, "model = \"linear\"\n").unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&out), "--epochs", "2", "--config", s(&ok_toml)]);
+    assert!(!ok && t.contains("--config"), "{t}");
+    // A huge epoch count with a step limit is a run, not an overflow.
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "linear",
+        "--epochs",
+        "18446744073709551615",
+        "--steps",
+        "3",
+        "--out",
+        s(&d.join("big")),
+    ]);
+    assert!(ok, "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn compare_force_clears_only_its_own_runs() {
+    let d = fresh("cmpforce");
+    let c = d.join("cmp");
+    assert!(run(&["compare", "--model", "linear", "--epochs", "1", "--run", "sgd:lr=0.1", "--out", s(&c)]).0);
+    // A user's own run put inside the comparison's runs/.
+    let mine = c.join("runs").join("03-mine");
+    assert!(linear(&mine, &["--epochs", "1"]).0);
+    let (ok, t) =
+        run(&["compare", "--model", "linear", "--epochs", "1", "--run", "sgd:lr=0.2", "--out", s(&c), "--force"]);
+    assert!(ok, "{t}");
+    assert!(mine.join("checkpoint.safetensors").exists(), "{:?}", names(&mine));
+    assert!(!c.join("runs").join("01-sgd_lr=0.1").exists(), "{:?}", names(&c.join("runs")));
+    // A sweep resumed keeps its settings.
+    let sw = d.join("sw");
+    assert!(
+        run(&[
+            "sweep",
+            "--model",
+            "linear",
+            "--param",
+            "lr=loguniform:1e-3..1e-1",
+            "--objective",
+            "val_loss",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            s(&sw)
+        ])
+        .0
+    );
+    let (ok, t) = run(&["sweep", "--resume", s(&sw), "--trials", "8"]);
+    assert!(!ok && t.contains("--trials"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

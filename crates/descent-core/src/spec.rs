@@ -26,7 +26,6 @@ pub const TORCH_OPTIMIZERS: &[&str] = &[
     "radam",
     "rmsprop",
     "rprop",
-    "rprop",
     "sgd",
 ];
 

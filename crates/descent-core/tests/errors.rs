@@ -174,3 +174,12 @@ fn optax_rprop_follows_optax_update_rule() {
     // First element flips: skipped; second agrees: applies 0.12.
     assert!((p[0][0] + 0.1).abs() < 1e-7 && (p[0][1] - 0.22).abs() < 1e-6, "{:?}", p[0]);
 }
+
+#[test]
+fn registry_names_are_listed_once_each() {
+    let names = descent_core::spec::registry_names();
+    let mut seen = std::collections::HashSet::new();
+    for n in &names {
+        assert!(seen.insert(n), "{n} is listed twice");
+    }
+}

@@ -523,7 +523,7 @@ pub fn train_from(
     let (mut opt, scale) = optimizer_with_scale(model, cfg)?;
     let mut rng = Rng::new(cfg.seed);
     let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
-    let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch * cfg.epochs as u64);
+    let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
     let mut plateau = match &cfg.schedule {
         &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
             1.0,
