@@ -4,32 +4,82 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::folder::run;
 
 use crate::plot::{self, Chart, Series, YScale};
 use plotters::chart::SeriesLabelPosition;
 
-/// One line of steps.jsonl.
-#[derive(Debug, Clone, PartialEq)]
+/// One line of steps.jsonl (and a row of steps.csv): what `descent train` writes after each step
+/// and `plot` / `compare` read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRow {
     pub step: u64,
     pub epoch: usize,
-    pub loss: f64,
+    /// The batch's loss, as the model computed it (f32, written in its shortest form).
+    pub loss: f32,
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
 }
 
-/// One line of metrics.jsonl.
-#[derive(Debug, Clone, PartialEq)]
+impl StepRow {
+    pub const CSV_HEADER: &'static str = "step,epoch,loss,lr,grad_norm\n";
+
+    pub fn csv(&self) -> String {
+        format!("{},{},{},{},{}\n", self.step, self.epoch, self.loss, self.lr, self.grad_norm)
+    }
+}
+
+/// One line of metrics.jsonl (and a row of metrics.csv): an epoch's end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
     pub epoch: usize,
     pub steps: u64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_loss: f64,
+    /// `None` for regression.
     pub test_accuracy: Option<f64>,
     pub seconds: f64,
     pub samples_per_s: f64,
     pub lr: f64,
+}
+
+impl EpochRow {
+    pub const CSV_HEADER: &'static str = "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr\n";
+
+    pub fn csv(&self) -> String {
+        let acc = self.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
+        format!(
+            "{},{},{},{},{acc},{},{},{}\n",
+            self.epoch, self.steps, self.train_loss, self.test_loss, self.seconds, self.samples_per_s, self.lr
+        )
+    }
+}
+
+/// One line of evals.jsonl: an evaluation inside an epoch (a sweep's rungs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub epoch: usize,
+    pub step: u64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub test_loss: f64,
+    pub test_accuracy: Option<f64>,
+}
+
+/// JSON has no NaN or infinity: serde_json writes them as `null`, read back here as NaN (a loss
+/// that overflowed is drawn as a gap, not refused).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// A record as one JSON line.
+pub fn json_line<T: Serialize>(record: &T) -> String {
+    format!("{}\n", serde_json::to_string(record).expect("records serialize"))
 }
 
 /// A run folder's metrics as read back.
@@ -45,9 +95,10 @@ pub struct RunMetrics {
     pub faint: bool,
 }
 
-/// The complete JSON lines of a metric file. A last line without its newline or that does not
-/// parse (a run killed mid-write) is dropped with a warning; a bad line before the end is an error.
-fn json_lines(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Value>> {
+/// The complete records of a JSON-lines file (none if it is missing). A last line without its
+/// newline or that does not parse (a run killed mid-write) is dropped with a warning; a bad line
+/// before the end is an error.
+pub fn read_records<T: serde::de::DeserializeOwned>(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<T>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -57,9 +108,9 @@ fn json_lines(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Value>> {
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let last = i + 1 == lines.len();
-        match serde_json::from_str::<Value>(line.trim_end()) {
-            Ok(v) if line.ends_with('\n') || !last => out.push(v),
-            Ok(_) | Err(_) if last => {
+        match serde_json::from_str::<T>(line.trim_end()) {
+            Ok(v) if line.ends_with('\n') => out.push(v),
+            _ if last => {
                 warnings.push(format!(
                     "{}: line {} is incomplete (the run was stopped mid-write); read the {} lines before it",
                     path.display(),
@@ -68,56 +119,23 @@ fn json_lines(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Value>> {
                 ));
             }
             Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
-            Ok(_) => unreachable!("complete lines parse above"),
+            Ok(_) => unreachable!("only the last line can lack its newline"),
         }
     }
     Ok(out)
 }
 
-fn num(v: &Value, key: &str, path: &Path, line: usize) -> Result<f64> {
-    v[key].as_f64().with_context(|| format!("{}: line {line}: no number `{key}`", path.display()))
-}
-
 /// Reads a run folder (config.json, steps.jsonl, metrics.jsonl).
 pub fn read_run(dir: &Path) -> Result<RunMetrics> {
-    let cfg_path = dir.join("config.json");
+    let cfg_path = dir.join(run::CONFIG_JSON);
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("{}: no config.json, not a descent run folder", dir.display()))?,
+            .with_context(|| format!("{}: no {}, not a descent run folder", dir.display(), run::CONFIG_JSON))?,
     )
     .with_context(|| format!("{}: malformed", cfg_path.display()))?;
     let mut warnings = vec![];
-    let sp = dir.join("steps.jsonl");
-    let steps = json_lines(&sp, &mut warnings)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            Ok(StepRow {
-                step: num(v, "step", &sp, i + 1)? as u64,
-                epoch: num(v, "epoch", &sp, i + 1)? as usize,
-                loss: num(v, "loss", &sp, i + 1)?,
-                lr: num(v, "lr", &sp, i + 1)?,
-                grad_norm: num(v, "grad_norm", &sp, i + 1)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    let mp = dir.join("metrics.jsonl");
-    let epochs = json_lines(&mp, &mut warnings)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            Ok(EpochRow {
-                epoch: num(v, "epoch", &mp, i + 1)? as usize,
-                steps: num(v, "steps", &mp, i + 1)? as u64,
-                train_loss: num(v, "train_loss", &mp, i + 1)?,
-                test_loss: num(v, "test_loss", &mp, i + 1)?,
-                test_accuracy: v["test_accuracy"].as_f64(),
-                seconds: num(v, "seconds", &mp, i + 1)?,
-                samples_per_s: num(v, "samples_per_s", &mp, i + 1)?,
-                lr: num(v, "lr", &mp, i + 1)?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let steps = read_records(&dir.join(run::STEPS_JSONL), &mut warnings)?;
+    let epochs = read_records(&dir.join(run::METRICS_JSONL), &mut warnings)?;
     Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, warnings, faint: false })
 }
 
@@ -171,7 +189,7 @@ fn default_batch(c: &Value) -> Option<Value> {
 /// The run folders under `dir`: itself if it is a run folder, else those in its `runs/` (a
 /// compare folder) or `trials/` (a sweep folder), in name order.
 pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
-    if dir.join("config.json").exists() {
+    if dir.join(run::CONFIG_JSON).exists() {
         return Ok(vec![dir.to_path_buf()]);
     }
     let Some(sub) = ["runs", "trials"].iter().map(|s| dir.join(s)).find(|d| d.is_dir()) else {
@@ -180,7 +198,7 @@ pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(&sub)
         .with_context(|| format!("reading {}", sub.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").exists())
+        .filter(|p| p.join(run::CONFIG_JSON).exists())
         .collect();
     found.sort();
     if found.is_empty() {
@@ -213,7 +231,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
             "loss",
             format!("{title}: training loss"),
             "loss (smoothed; raw faint)",
-            per_step(|s| s.loss, true),
+            per_step(|s| s.loss as f64, true),
             YScale::Auto,
         ),
         (

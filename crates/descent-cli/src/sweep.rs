@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::compare::apply;
 use crate::folder;
+use crate::folder::run;
 use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
-use crate::runs::csv_field;
+use crate::runs::{csv_field, read_records, EpochRow, EvalRow};
 use crate::train::{self, RunOptions, TrainArgs};
 use crate::tune::{self, Domain, Method, Param, Told};
 
@@ -629,16 +630,11 @@ fn run_trial(
 /// metrics.jsonl (epoch ends), by step.
 fn read_curve(dir: &Path, obj: Objective) -> Vec<(u64, f64)> {
     let mut out = vec![];
-    for name in ["evals.jsonl", "metrics.jsonl"] {
-        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
-        for l in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
-            let step = v["step"].as_u64().or(v["steps"].as_u64());
-            if let (Some(step), Some(loss)) = (step, v["test_loss"].as_f64()) {
-                out.push((step, obj.at_eval(loss, v["test_accuracy"].as_f64())));
-            }
-        }
-    }
+    let mut warnings = vec![];
+    let evals: Vec<EvalRow> = read_records(&dir.join(run::EVALS_JSONL), &mut warnings).unwrap_or_default();
+    let epochs: Vec<EpochRow> = read_records(&dir.join(run::METRICS_JSONL), &mut warnings).unwrap_or_default();
+    out.extend(evals.iter().map(|e| (e.step, obj.at_eval(e.test_loss, e.test_accuracy))));
+    out.extend(epochs.iter().map(|e| (e.steps, obj.at_eval(e.test_loss, e.test_accuracy))));
     out.sort_by_key(|c| c.0);
     out
 }

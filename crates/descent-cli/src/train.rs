@@ -7,6 +7,7 @@ use candle_core::Device;
 use descent_train::checkpoint::Checkpoint;
 
 use crate::folder;
+use crate::runs::{json_line, EpochRow, EvalRow, StepRow};
 use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
@@ -337,9 +338,9 @@ struct CliHooks<'a> {
 
 impl Hooks for &mut CliHooks<'_> {
     fn on_eval(&mut self, e: &EvalMetrics) -> descent_train::Result<Control> {
-        let line = serde_json::json!({"epoch": e.epoch, "step": e.step, "test_loss": e.test_loss, "test_accuracy": e.test_accuracy});
+        let row = EvalRow { epoch: e.epoch, step: e.step, test_loss: e.test_loss, test_accuracy: e.test_accuracy };
         let path = self.run_dir.dir.join(folder::run::EVALS_JSONL);
-        folder::append(&path, &format!("{line}\n"), false)
+        folder::append(&path, &json_line(&row), false)
             .map_err(|e| descent_train::Error::Data { path: path.display().to_string(), message: format!("{e:#}") })?;
         Ok(match &mut self.on_eval {
             Some(f) => f(e),
@@ -444,11 +445,9 @@ struct StepWriter {
 
 impl StepWriter {
     fn write(&mut self, s: &StepMetrics, lr: f64) {
-        use std::fmt::Write;
-        let line =
-            serde_json::json!({"step": s.step, "epoch": s.epoch, "loss": s.loss, "lr": lr, "grad_norm": s.grad_norm});
-        let _ = writeln!(self.jsonl, "{line}");
-        let _ = writeln!(self.csv, "{},{},{},{lr},{}", s.step, s.epoch, s.loss, s.grad_norm);
+        let row = StepRow { step: s.step, epoch: s.epoch, loss: s.loss, lr, grad_norm: s.grad_norm };
+        self.jsonl += &json_line(&row);
+        self.csv += &row.csv();
     }
 
     fn flush(&mut self, dir: &std::path::Path) -> Result<()> {
@@ -456,9 +455,6 @@ impl StepWriter {
         folder::append(&dir.join(folder::run::STEPS_CSV), &std::mem::take(&mut self.csv), false)
     }
 }
-
-const STEPS_CSV_HEADER: &str = "step,epoch,loss,lr,grad_norm\n";
-const METRICS_CSV_HEADER: &str = "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr\n";
 
 /// The run folder's files.
 struct RunDir {
@@ -477,7 +473,7 @@ impl RunDir {
     /// The CSV files with their header lines, if they are new.
     fn start_csvs(&self) -> Result<()> {
         for (name, header) in
-            [(folder::run::STEPS_CSV, STEPS_CSV_HEADER), (folder::run::METRICS_CSV, METRICS_CSV_HEADER)]
+            [(folder::run::STEPS_CSV, StepRow::CSV_HEADER), (folder::run::METRICS_CSV, EpochRow::CSV_HEADER)]
         {
             let p = self.dir.join(name);
             if std::fs::metadata(&p).map(|m| m.len() == 0).unwrap_or(true) {
@@ -489,40 +485,44 @@ impl RunDir {
 
     /// Appends one epoch to metrics.jsonl and metrics.csv, one write each.
     fn append(&self, m: &EpochMetrics) -> Result<()> {
-        let lr = self.base_lr * m.lr_scale;
-        let line = serde_json::json!({
-            "epoch": m.epoch, "steps": m.steps, "train_loss": m.train_loss, "test_loss": m.test_loss,
-            "test_accuracy": m.test_accuracy, "seconds": m.seconds, "samples_per_s": m.samples_per_s,
-            "lr": lr,
-        });
-        folder::append(&self.dir.join(folder::run::METRICS_JSONL), &format!("{line}\n"), false)?;
-        let acc = m.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
-        let row = format!(
-            "{},{},{},{},{},{},{},{lr}\n",
-            m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
-        );
-        folder::append(&self.dir.join(folder::run::METRICS_CSV), &row, false)
+        let row = EpochRow {
+            epoch: m.epoch,
+            steps: m.steps,
+            train_loss: m.train_loss,
+            test_loss: m.test_loss,
+            test_accuracy: m.test_accuracy,
+            seconds: m.seconds,
+            samples_per_s: m.samples_per_s,
+            lr: self.base_lr * m.lr_scale,
+        };
+        folder::append(&self.dir.join(folder::run::METRICS_JSONL), &json_line(&row), false)?;
+        folder::append(&self.dir.join(folder::run::METRICS_CSV), &row.csv(), false)
     }
 
     /// Cuts every metric file back to the complete records the checkpoint covers: steps up to
     /// `steps` and the `epochs` completed (the row of an epoch cut by `--steps` goes: the resumed
     /// run writes it again, whole). Torn lines (a kill mid-write) go too.
     fn truncate_after(&self, epochs: usize, steps: u64) -> Result<()> {
-        let json = |key: &'static str| {
-            move |l: &str| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v[key].as_u64())
+        // A CSV row counts when it has its header's fields and its first one is in range.
+        let csv = |header: &str, l: &str, keep: &dyn Fn(u64) -> bool| {
+            l == header.trim_end()
+                || (l.split(',').count() == header.split(',').count()
+                    && l.split(',').next().and_then(|x| x.parse::<u64>().ok()).is_some_and(keep))
         };
-        let csv = |l: &str| l.split(',').next().and_then(|x| x.parse::<u64>().ok());
-        let keep_epoch = |e: u64| e <= epochs as u64;
         let d = &self.dir;
-        folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| json("step")(l).is_some_and(|s| s <= steps))?;
-        folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| json("step")(l).is_some_and(|s| s <= steps))?;
-        folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| {
-            l.starts_with("step,") || (csv(l).is_some_and(|s| s <= steps) && l.split(',').count() == 5)
+        let step_ok = |s: u64| s <= steps;
+        let epoch_ok = |e: u64| e <= epochs as u64;
+        folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| {
+            serde_json::from_str::<StepRow>(l).is_ok_and(|r| step_ok(r.step))
         })?;
-        folder::retain_lines(&d.join(folder::run::METRICS_JSONL), |l| json("epoch")(l).is_some_and(keep_epoch))?;
-        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| {
-            l.starts_with("epoch,") || (csv(l).is_some_and(keep_epoch) && l.split(',').count() == 8)
-        })
+        folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| {
+            serde_json::from_str::<EvalRow>(l).is_ok_and(|r| step_ok(r.step))
+        })?;
+        folder::retain_lines(&d.join(folder::run::METRICS_JSONL), |l| {
+            serde_json::from_str::<EpochRow>(l).is_ok_and(|r| epoch_ok(r.epoch as u64))
+        })?;
+        folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
+        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))
     }
 }
 
