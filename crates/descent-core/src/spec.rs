@@ -485,14 +485,14 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
     let tx: Box<dyn Transform> = match name {
         "sgd" => {
             let lr = k.lr("lr", Some(1e-3))?;
-            let t = torch::Sgd::new(
+            let t = torch::Sgd::new(torch::SgdConfig {
                 lr,
-                k.f64("momentum", 0.0)?,
-                k.f64("dampening", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("nesterov", false)?,
-                k.bool("maximize", maximize_default)?,
-            )?;
+                momentum: k.f64("momentum", 0.0)?,
+                dampening: k.f64("dampening", 0.0)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                nesterov: k.bool("nesterov", false)?,
+                maximize: k.bool("maximize", maximize_default)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -502,62 +502,62 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?;
             let decoupled = k.bool("decoupled_weight_decay", name == "adamw")?;
-            let t = torch::Adam::new(
+            let t = torch::Adam::new(torch::AdamConfig {
                 lr,
                 betas,
                 eps,
-                wd,
-                if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
-                k.bool("amsgrad", false)?,
-                k.bool("maximize", false)?,
-            )?;
+                weight_decay: wd,
+                decay: if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
+                amsgrad: k.bool("amsgrad", false)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "adagrad" => {
-            let t = torch::Adagrad::new(
-                k.lr("lr", Some(1e-2))?,
-                k.f64("lr_decay", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-                k.f64("initial_accumulator_value", 0.0)?,
-                k.f64("eps", 1e-10)?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Adagrad::new(torch::AdagradConfig {
+                lr: k.lr("lr", Some(1e-2))?,
+                lr_decay: k.f64("lr_decay", 0.0)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                initial_accumulator_value: k.f64("initial_accumulator_value", 0.0)?,
+                eps: k.f64("eps", 1e-10)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "rmsprop" => {
-            let t = torch::Rmsprop::new(
-                k.lr("lr", Some(1e-2))?,
-                k.f64("alpha", 0.99)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("weight_decay", 0.0)?,
-                k.f64("momentum", 0.0)?,
-                k.bool("centered", false)?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Rmsprop::new(torch::RmspropConfig {
+                lr: k.lr("lr", Some(1e-2))?,
+                alpha: k.f64("alpha", 0.99)?,
+                eps: k.f64("eps", 1e-8)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                momentum: k.f64("momentum", 0.0)?,
+                centered: k.bool("centered", false)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "adadelta" => {
-            let t = torch::Adadelta::new(
-                k.lr("lr", Some(1.0))?,
-                k.f64("rho", 0.9)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Adadelta::new(torch::AdadeltaConfig {
+                lr: k.lr("lr", Some(1.0))?,
+                rho: k.f64("rho", 0.9)?,
+                eps: k.f64("eps", 1e-6)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "adamax" => {
-            let t = torch::Adamax::new(
-                k.lr("lr", Some(2e-3))?,
-                k.pair("betas", (0.9, 0.999))?,
-                k.f64("eps", 1e-8)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Adamax::new(torch::AdamaxConfig {
+                lr: k.lr("lr", Some(2e-3))?,
+                betas: k.pair("betas", (0.9, 0.999))?,
+                eps: k.f64("eps", 1e-8)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -568,7 +568,16 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let wd = k.f64("weight_decay", 0.0)?;
             let md = k.f64("momentum_decay", 4e-3)?;
             let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let t = torch::Nadam::new(lr, betas, eps, wd, md, dec, k.bool("maximize", false)?)?;
+            let maximize = k.bool("maximize", false)?;
+            let t = torch::Nadam::new(torch::NadamConfig {
+                lr,
+                betas,
+                eps,
+                weight_decay: wd,
+                momentum_decay: md,
+                decay: dec,
+                maximize,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -578,29 +587,30 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             let eps = k.f64("eps", 1e-8)?;
             let wd = k.f64("weight_decay", 0.0)?;
             let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let t = torch::Radam::new(lr, betas, eps, wd, dec, k.bool("maximize", false)?)?;
+            let maximize = k.bool("maximize", false)?;
+            let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "rprop" => {
-            let t = torch::Rprop::new(
-                k.f64("lr", 1e-2)?,
-                k.pair("etas", (0.5, 1.2))?,
-                k.pair("step_sizes", (1e-6, 50.0))?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Rprop::new(torch::RpropConfig {
+                lr: k.f64("lr", 1e-2)?,
+                etas: k.pair("etas", (0.5, 1.2))?,
+                step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
         "asgd" => {
-            let t = torch::Asgd::new(
-                k.f64("lr", 1e-2)?,
-                k.f64("lambd", 1e-4)?,
-                k.f64("alpha", 0.75)?,
-                k.f64("t0", 1e6)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("maximize", false)?,
-            )?;
+            let t = torch::Asgd::new(torch::AsgdConfig {
+                lr: k.f64("lr", 1e-2)?,
+                lambd: k.f64("lambd", 1e-4)?,
+                alpha: k.f64("alpha", 0.75)?,
+                t0: k.f64("t0", 1e6)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
@@ -623,14 +633,14 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                     })
                 }
             };
-            let t = torch::Adafactor::new(
+            let t = torch::Adafactor::new(torch::AdafactorConfig {
                 lr,
-                b2d,
+                beta2_decay: b2d,
                 eps,
-                k.f64("d", 1.0)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("maximize", false)?,
-            )?;
+                d: k.f64("d", 1.0)?,
+                weight_decay: k.f64("weight_decay", 0.0)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             let _ = k.opt_bool("foreach")?;
             boxed(t)
         }
@@ -650,16 +660,16 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                     )))
                 }
             };
-            let t = torch::Muon::new(
+            let t = torch::Muon::new(torch::MuonConfig {
                 lr,
-                k.f64("weight_decay", 0.1)?,
-                k.f64("momentum", 0.95)?,
-                k.bool("nesterov", true)?,
+                weight_decay: k.f64("weight_decay", 0.1)?,
+                momentum: k.f64("momentum", 0.95)?,
+                nesterov: k.bool("nesterov", true)?,
                 coeffs,
-                k.f64("eps", 1e-7)?,
-                k.u64("ns_steps", 5)? as usize,
+                eps: k.f64("eps", 1e-7)?,
+                ns_steps: k.u64("ns_steps", 5)? as usize,
                 adjust,
-            )?;
+            })?;
             let _ = k.bool("use_addmm", false)?;
             boxed(t)
         }

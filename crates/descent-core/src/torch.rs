@@ -81,16 +81,39 @@ pub struct Sgd {
     first: bool,
     cur_lr: f32,
 }
+/// `torch.optim.SGD`'s arguments, with its defaults.
+pub struct SgdConfig {
+    /// Learning rate (`lr`).
+    pub lr: LearningRate,
+    /// Momentum factor μ: `b ← μ·b + (1 − dampening)·g`.
+    pub momentum: f64,
+    /// Dampening of the momentum's new gradient.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Nesterov momentum: step along `g + μ·b`.
+    pub nesterov: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            lr: LearningRate::Constant(1e-3),
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            maximize: false,
+        }
+    }
+}
+
 impl Sgd {
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        momentum: f64,
-        dampening: f64,
-        weight_decay: f64,
-        nesterov: bool,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: SgdConfig) -> Result<Self> {
+        let SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize } = config;
         check_lr(&lr)?;
         ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
         check_wd(weight_decay)?;
@@ -155,18 +178,49 @@ pub struct Adam {
     max_exp_avg_sq: ParamBufs,
     k: [f32; 4],
 }
+/// `torch.optim.Adam`'s arguments, with its defaults (Kingma & Ba 2015); [`AdamConfig::adamw`] gives `torch.optim.AdamW`'s (Loshchilov & Hutter 2019).
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decays of the first and second moments.
+    pub betas: (f64, f64),
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Weight decay λ, applied as `decay` says.
+    pub weight_decay: f64,
+    /// L2 (Adam) or decoupled (AdamW) weight decay.
+    pub decay: WeightDecay,
+    /// Keep the running maximum of the second moment (Reddi et al. 2018).
+    pub amsgrad: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: LearningRate::Constant(1e-3),
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decay: WeightDecay::L2,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// `torch.optim.AdamW`'s defaults: Adam with decoupled weight decay 1e-2.
+    pub fn adamw() -> Self {
+        AdamConfig { weight_decay: 1e-2, decay: WeightDecay::Decoupled, ..Default::default() }
+    }
+}
+
 impl Adam {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        betas: (f64, f64),
-        eps: f64,
-        weight_decay: f64,
-        decay: WeightDecay,
-        amsgrad: bool,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AdamConfig) -> Result<Self> {
+        let AdamConfig { lr, betas, eps, weight_decay, decay, amsgrad, maximize } = config;
         check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Adam {
             lr,
@@ -244,16 +298,39 @@ pub struct Adagrad {
     sum: ParamBufs,
     clr: f32,
 }
+/// `torch.optim.Adagrad`'s arguments, with its defaults (Duchi et al. 2011).
+pub struct AdagradConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// The step size is `lr / (1 + (t − 1)·lr_decay)`.
+    pub lr_decay: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Starting value of the sum of squares.
+    pub initial_accumulator_value: f64,
+    /// Added to the root of the sum of squares.
+    pub eps: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdagradConfig {
+    fn default() -> Self {
+        AdagradConfig {
+            lr: LearningRate::Constant(1e-2),
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+            maximize: false,
+        }
+    }
+}
+
 impl Adagrad {
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        lr_decay: f64,
-        weight_decay: f64,
-        initial_accumulator_value: f64,
-        eps: f64,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AdagradConfig) -> Result<Self> {
+        let AdagradConfig { lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize } = config;
         check_lr(&lr)?;
         ensure(lr_decay >= 0.0, || format!("Invalid lr_decay value: {lr_decay}"))?;
         check_wd(weight_decay)?;
@@ -307,18 +384,42 @@ pub struct Rmsprop {
     momentum_buffer: ParamBufs,
     cur_lr: f32,
 }
+/// `torch.optim.RMSprop`'s arguments, with its defaults (Hinton, lecture 6e).
+pub struct RmspropConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decay of the mean square.
+    pub alpha: f64,
+    /// Added to the root of the mean square.
+    pub eps: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Momentum of the scaled step.
+    pub momentum: f64,
+    /// Divide by the variance estimate (mean square minus squared mean).
+    pub centered: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for RmspropConfig {
+    fn default() -> Self {
+        RmspropConfig {
+            lr: LearningRate::Constant(1e-2),
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
+    }
+}
+
 impl Rmsprop {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        alpha: f64,
-        eps: f64,
-        weight_decay: f64,
-        momentum: f64,
-        centered: bool,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: RmspropConfig) -> Result<Self> {
+        let RmspropConfig { lr, alpha, eps, weight_decay, momentum, centered, maximize } = config;
         check_lr(&lr)?;
         check_eps(eps)?;
         ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
@@ -409,9 +510,30 @@ pub struct Adadelta {
     acc_delta: ParamBufs,
     cur_lr: f32,
 }
+/// `torch.optim.Adadelta`'s arguments, with its defaults (Zeiler 2012).
+pub struct AdadeltaConfig {
+    /// Learning rate (scales the delta).
+    pub lr: LearningRate,
+    /// Decay of the running averages.
+    pub rho: f64,
+    /// Added inside both roots.
+    pub eps: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdadeltaConfig {
+    fn default() -> Self {
+        AdadeltaConfig { lr: LearningRate::Constant(1.0), rho: 0.9, eps: 1e-6, weight_decay: 0.0, maximize: false }
+    }
+}
+
 impl Adadelta {
-    pub fn new(lr: impl Into<LearningRate>, rho: f64, eps: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AdadeltaConfig) -> Result<Self> {
+        let AdadeltaConfig { lr, rho, eps, weight_decay, maximize } = config;
         check_lr(&lr)?;
         ensure((0.0..=1.0).contains(&rho), || format!("Invalid rho value: {rho}"))?;
         check_eps(eps)?;
@@ -466,15 +588,36 @@ pub struct Adamax {
     exp_inf: ParamBufs,
     clr: f32,
 }
+/// `torch.optim.Adamax`'s arguments, with its defaults (Kingma & Ba 2015, section 7).
+pub struct AdamaxConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decays of the first moment and of the infinity norm.
+    pub betas: (f64, f64),
+    /// Added to the infinity norm.
+    pub eps: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdamaxConfig {
+    fn default() -> Self {
+        AdamaxConfig {
+            lr: LearningRate::Constant(2e-3),
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            maximize: false,
+        }
+    }
+}
+
 impl Adamax {
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        betas: (f64, f64),
-        eps: f64,
-        weight_decay: f64,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AdamaxConfig) -> Result<Self> {
+        let AdamaxConfig { lr, betas, eps, weight_decay, maximize } = config;
         check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Adamax {
             lr,
@@ -528,18 +671,42 @@ pub struct Nadam {
     exp_avg_sq: ParamBufs,
     k: [f32; 5],
 }
+/// `torch.optim.NAdam`'s arguments, with its defaults (Dozat 2016).
+pub struct NadamConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decays of the first and second moments.
+    pub betas: (f64, f64),
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Weight decay λ.
+    pub weight_decay: f64,
+    /// ψ of the momentum schedule `β1·(1 − ½·0.96^(tψ))`.
+    pub momentum_decay: f64,
+    /// L2 or decoupled (NAdamW) weight decay.
+    pub decay: WeightDecay,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for NadamConfig {
+    fn default() -> Self {
+        NadamConfig {
+            lr: LearningRate::Constant(2e-3),
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum_decay: 4e-3,
+            decay: WeightDecay::L2,
+            maximize: false,
+        }
+    }
+}
+
 impl Nadam {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        betas: (f64, f64),
-        eps: f64,
-        weight_decay: f64,
-        momentum_decay: f64,
-        decay: WeightDecay,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: NadamConfig) -> Result<Self> {
+        let NadamConfig { lr, betas, eps, weight_decay, momentum_decay, decay, maximize } = config;
         check_adam_like(&lr, betas, eps, weight_decay)?;
         ensure(momentum_decay >= 0.0, || format!("Invalid momentum_decay value: {momentum_decay}"))?;
         Ok(Nadam {
@@ -632,17 +799,39 @@ pub struct Radam {
     k: [f32; 5],
     rectified: bool,
 }
+/// `torch.optim.RAdam`'s arguments, with its defaults (Liu et al. 2020).
+pub struct RadamConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decays of the first and second moments.
+    pub betas: (f64, f64),
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Weight decay λ.
+    pub weight_decay: f64,
+    /// L2 or decoupled weight decay.
+    pub decay: WeightDecay,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for RadamConfig {
+    fn default() -> Self {
+        RadamConfig {
+            lr: LearningRate::Constant(1e-3),
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decay: WeightDecay::L2,
+            maximize: false,
+        }
+    }
+}
+
 impl Radam {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        betas: (f64, f64),
-        eps: f64,
-        weight_decay: f64,
-        decay: WeightDecay,
-        maximize: bool,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: RadamConfig) -> Result<Self> {
+        let RadamConfig { lr, betas, eps, weight_decay, decay, maximize } = config;
         check_adam_like(&lr, betas, eps, weight_decay)?;
         Ok(Radam {
             lr,
@@ -709,8 +898,28 @@ pub struct Rprop {
     prev: ParamBufs,
     step_size: ParamBufs,
 }
+/// `torch.optim.Rprop`'s arguments, with its defaults (Riedmiller & Braun 1993).
+pub struct RpropConfig {
+    /// The initial step size of every entry.
+    pub lr: f64,
+    /// Factors of the step size on a sign change and on agreement.
+    pub etas: (f64, f64),
+    /// Bounds of the step size.
+    pub step_sizes: (f64, f64),
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for RpropConfig {
+    fn default() -> Self {
+        RpropConfig { lr: 1e-2, etas: (0.5, 1.2), step_sizes: (1e-6, 50.0), maximize: false }
+    }
+}
+
 impl Rprop {
-    pub fn new(lr: f64, etas: (f64, f64), step_sizes: (f64, f64), maximize: bool) -> Result<Self> {
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: RpropConfig) -> Result<Self> {
+        let RpropConfig { lr, etas, step_sizes, maximize } = config;
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
         ensure(0.0 < etas.0 && etas.0 < 1.0 && 1.0 < etas.1, || format!("Invalid eta values: {}, {}", etas.0, etas.1))?;
         Ok(Rprop {
@@ -770,8 +979,32 @@ pub struct Asgd {
     ax: ParamBufs,
     k: [f32; 3],
 }
+/// `torch.optim.ASGD`'s arguments, with its defaults (Polyak & Juditsky 1992).
+pub struct AsgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay term.
+    pub lambd: f64,
+    /// Power of the eta update.
+    pub alpha: f64,
+    /// The step from which averaging starts.
+    pub t0: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AsgdConfig {
+    fn default() -> Self {
+        AsgdConfig { lr: 1e-2, lambd: 1e-4, alpha: 0.75, t0: 1e6, weight_decay: 0.0, maximize: false }
+    }
+}
+
 impl Asgd {
-    pub fn new(lr: f64, lambd: f64, alpha: f64, t0: f64, weight_decay: f64, maximize: bool) -> Result<Self> {
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AsgdConfig) -> Result<Self> {
+        let AsgdConfig { lr, lambd, alpha, t0, weight_decay, maximize } = config;
         ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
         check_wd(weight_decay)?;
         Ok(Asgd {
@@ -849,16 +1082,32 @@ pub struct Adafactor {
     col_var: Vec<Vec<f32>>,
     variance: Vec<Vec<f32>>,
 }
+/// `torch.optim.Adafactor`'s arguments, with its defaults (Shazeer & Stern 2018).
+pub struct AdafactorConfig {
+    /// Learning rate (relative to the parameters' RMS).
+    pub lr: f64,
+    /// The second moment's decay is `1 − t^beta2_decay`.
+    pub beta2_decay: f64,
+    /// `eps1` (added to the second moment; `None`: the float's smallest normal) and `eps2` (floor of the parameter RMS).
+    pub eps: (Option<f64>, f64),
+    /// Clipping threshold of the update's RMS.
+    pub d: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdafactorConfig {
+    fn default() -> Self {
+        AdafactorConfig { lr: 1e-2, beta2_decay: -0.8, eps: (None, 1e-3), d: 1.0, weight_decay: 0.0, maximize: false }
+    }
+}
+
 impl Adafactor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: f64,
-        beta2_decay: f64,
-        eps: (Option<f64>, f64),
-        d: f64,
-        weight_decay: f64,
-        maximize: bool,
-    ) -> Result<Self> {
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: AdafactorConfig) -> Result<Self> {
+        let AdafactorConfig { lr, beta2_decay, eps, d, weight_decay, maximize } = config;
         ensure(lr >= 0.0, || format!("Learning rate should be >= 0 but is: {lr}"))?;
         ensure(beta2_decay <= 0.0, || format!("beta2_decay should be <= 0 but is: {beta2_decay}"))?;
         ensure(eps.0.is_none_or(|e| e >= 0.0), || format!("epsilon1 should be >= 0 but is: {:?}", eps.0))?;
@@ -1066,19 +1315,45 @@ pub struct Muon {
     shapes: Vec<Vec<usize>>,
     momentum_buffer: Vec<Vec<f32>>,
 }
+/// `torch.optim.Muon`'s arguments, with its defaults (Jordan et al. 2024).
+pub struct MuonConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Momentum of the gradient.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Coefficients of the quintic Newton–Schulz iteration.
+    pub coeffs: [f64; 3],
+    /// Added to the norm before the iteration.
+    pub eps: f64,
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+    /// How the learning rate is scaled by the matrix shape.
+    pub adjust: MuonLrAdjust,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            lr: LearningRate::Constant(1e-3),
+            weight_decay: 0.1,
+            momentum: 0.95,
+            nesterov: true,
+            coeffs: [3.4445, -4.7750, 2.0315],
+            eps: 1e-7,
+            ns_steps: 5,
+            adjust: MuonLrAdjust::Original,
+        }
+    }
+}
+
 impl Muon {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        weight_decay: f64,
-        momentum: f64,
-        nesterov: bool,
-        coeffs: [f64; 3],
-        eps: f64,
-        ns_steps: usize,
-        adjust: MuonLrAdjust,
-    ) -> Result<Self> {
-        let lr = lr.into();
+    /// The optimizer of `config`, checked as torch checks its arguments.
+    pub fn new(config: MuonConfig) -> Result<Self> {
+        let MuonConfig { lr, weight_decay, momentum, nesterov, coeffs, eps, ns_steps, adjust } = config;
         check_lr(&lr)?;
         ensure(momentum >= 0.0, || format!("momentum should be >= 0 but is: {momentum}"))?;
         check_wd(weight_decay)?;

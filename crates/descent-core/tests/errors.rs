@@ -2,7 +2,7 @@
 
 use descent_core::reference::parse_case;
 use descent_core::spec::{build_optimizer, build_schedule};
-use descent_core::torch::{Adam, WeightDecay};
+use descent_core::torch::{Adam, AdamConfig, WeightDecay};
 use descent_core::transforms::ScaleByAdam;
 use descent_core::{chain, NonFinite, Optimizer};
 use serde_json::json;
@@ -65,7 +65,9 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
         let e = err_of("torch", name, h);
         assert!(e.contains(needle), "{name}: {e}");
     }
-    assert!(Adam::new(0.1, (0.9, 1.5), 1e-8, 0.0, WeightDecay::L2, false, false).is_err());
+    let betas = (0.9, 1.5);
+    assert!(Adam::new(AdamConfig { lr: 0.1.into(), betas, ..Default::default() }).is_err());
+    assert!(Adam::new(AdamConfig { weight_decay: 0.1, decay: WeightDecay::Decoupled, ..AdamConfig::adamw() }).is_ok());
 }
 
 #[test]
