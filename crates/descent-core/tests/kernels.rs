@@ -91,6 +91,7 @@ fn case(library: &str, optimizer: &str, hparams: serde_json::Value) -> Case {
         init: vec![],
         grads: vec![],
         expected: vec![],
+        lr_per_step: None,
         rel: 0.0,
         abs: 0.0,
     })
