@@ -22,6 +22,8 @@ pub struct OptimCase {
     pub init: Vec<Vec<f32>>,
     pub grads: Vec<Vec<Vec<f32>>>,
     pub expected: Vec<Vec<Vec<f32>>>,
+    /// `inject_hyperparams` cases: the learning rate set before each step.
+    pub lr_per_step: Option<Vec<f64>>,
     pub rel: f64,
     pub abs: f64,
 }
@@ -224,7 +226,25 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         sizes.push(n);
         init.push(vals);
     }
-    let grads = f.steps("grads", &shapes, &sizes)?;
+    let mut grads = f.steps("grads", &shapes, &sizes)?;
+    // `[step, parameter, element]` triples: JSON holds a placeholder where the gradient is NaN.
+    if let Some(nan) = v.get("nan_grads").filter(|n| !n.is_null()) {
+        let nan = nan.as_array().ok_or_else(|| f.err("nan_grads", "expected a list of [step, parameter, element]"))?;
+        for (k, e) in nan.iter().enumerate() {
+            let field = format!("nan_grads[{k}]");
+            let ix: Vec<usize> = e
+                .as_array()
+                .filter(|a| a.len() == 3)
+                .and_then(|a| a.iter().map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok())).collect())
+                .ok_or_else(|| f.err(&field, format!("expected [step, parameter, element], got {e}")))?;
+            let slot = grads
+                .get_mut(ix[0])
+                .and_then(|s| s.get_mut(ix[1]))
+                .and_then(|p| p.get_mut(ix[2]))
+                .ok_or_else(|| f.err(&field, format!("{e} is outside the gradients")))?;
+            *slot = f32::NAN;
+        }
+    }
     if let Some(s) = steps.filter(|&s| s != grads.len() as u64) {
         return Err(f.err("steps", format!("is {s} but `grads` has {} steps", grads.len())));
     }
@@ -242,6 +262,19 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
                 .and_then(|x| if x >= 0.0 { Ok(x) } else { Err(f.err(&field, format!("{x} is negative"))) })
         };
     let (rel, abs) = (tolerance("rel")?, tolerance("abs")?);
+    let lr_per_step = match v.get("lr_per_step") {
+        None | Some(Value::Null) => None,
+        Some(l) => {
+            let l = f.f64s("lr_per_step", l)?;
+            if l.len() != grads.len() {
+                return Err(f.err("lr_per_step", format!("has {} rates for {} steps", l.len(), grads.len())));
+            }
+            if let Some(x) = l.iter().find(|x| !x.is_finite()) {
+                return Err(f.err("lr_per_step", format!("{x} is not finite")));
+            }
+            Some(l)
+        }
+    };
     Ok(Case::Optim(OptimCase {
         id,
         library,
@@ -252,6 +285,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         init,
         grads,
         expected,
+        lr_per_step,
         rel,
         abs,
     }))
@@ -294,10 +328,30 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 impl OptimCase {
+    /// The hyper-parameters the optimizer is built from. With `lr_per_step` (an
+    /// `inject_hyperparams` case) the inner optimizer's `learning_rate` becomes that list: the
+    /// rate set before each step.
+    pub fn build_hparams(&self) -> Result<Value> {
+        let Some(lrs) = &self.lr_per_step else { return Ok(self.hparams.clone()) };
+        let err = |m: &str| Error::Field { context: format!("{}: `lr_per_step`", self.id), message: m.into() };
+        if self.optimizer != "inject_hyperparams" {
+            return Err(err("only an inject_hyperparams case sets the learning rate per step"));
+        }
+        let mut h = self.hparams.clone();
+        let kwargs = h
+            .get_mut("inner")
+            .and_then(|i| i.as_array_mut())
+            .filter(|a| a.len() == 2)
+            .and_then(|a| a[1].as_object_mut())
+            .ok_or_else(|| err("the case's `inner` must be [name, {kwargs}]"))?;
+        kwargs.insert(crate::spec::lr_key(&self.library).into(), Value::from(lrs.clone()));
+        Ok(h)
+    }
+
     /// Builds the case's optimizer for its parameters.
     pub fn optimizer(&self) -> Result<Optimizer> {
-        let tx =
-            build_optimizer(&self.library, &self.optimizer, &self.hparams, self.param_groups.as_ref(), &self.shapes)?;
+        let hparams = self.build_hparams()?;
+        let tx = build_optimizer(&self.library, &self.optimizer, &hparams, self.param_groups.as_ref(), &self.shapes)?;
         let views: Vec<&[f32]> = self.init.iter().map(|v| v.as_slice()).collect();
         Optimizer::new(tx, self.shapes.clone(), &views)
     }

@@ -61,6 +61,14 @@ impl Schedule for Limited {
     }
 }
 
+/// The learning rate set before each step, from a list: `values[t]` at step `t`, the last value
+/// after the list ends (optax `inject_hyperparams` with the rate written into its state before
+/// every update).
+pub fn per_step(values: Vec<f64>) -> Result<BoxSchedule> {
+    ensure(!values.is_empty(), || "a per-step learning rate needs at least one value".into())?;
+    Ok(Box::new(move |t: u64| values[usize::try_from(t).unwrap_or(usize::MAX).min(values.len() - 1)]))
+}
+
 /// optax `constant_schedule`.
 pub fn constant(value: f64) -> BoxSchedule {
     Box::new(move |_| value)

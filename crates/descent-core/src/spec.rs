@@ -73,12 +73,14 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     // transformations
     "adaptive_grad_clip",
     "add_decayed_weights",
+    "apply_every",
     "centralize",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "ema",
     "identity",
+    "keep_params_nonnegative",
     "scale",
     "scale_by_adam",
     "scale_by_belief",
@@ -92,7 +94,17 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "set_to_zero",
     "trace",
+    "zero_nans",
+    // wrappers and per-parameter masks and labels
+    "apply_if_finite",
+    "freeze",
+    "inject_hyperparams",
+    "masked",
+    "multi_transform",
+    "partition",
+    "selective_transform",
 ];
 
 /// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam.
@@ -303,12 +315,71 @@ impl<'a> Kwargs<'a> {
     pub fn present(&mut self, key: &'static str) -> Result<Option<&'a Value>> {
         self.get(key)
     }
-    /// A learning rate: a finite number, or `{"schedule": NAME, …kwargs}` naming an optax
-    /// schedule. Absent: the default, or an error when there is none; null: an error.
+    /// A per-parameter mask (optax `mask`, `weight_decay_mask`, `freeze_mask`): `None` when absent
+    /// or null (no mask); a boolean for all parameters; or a list of one boolean per parameter, in
+    /// parameter order. Anything else (a callable, which JSON cannot hold, or a tree of another
+    /// shape) is an error naming the argument, never a mask ignored.
+    pub fn mask(&mut self, key: &'static str, n: usize) -> Result<Option<Vec<bool>>> {
+        match self.get_optional(key) {
+            None => Ok(None),
+            Some(v) => self.mask_value(key, v, n).map(Some),
+        }
+    }
+    /// [`Kwargs::mask`] for an argument the library requires.
+    pub fn req_mask(&mut self, key: &'static str, n: usize) -> Result<Vec<bool>> {
+        match self.get(key)? {
+            None => Err(self.err(key, "missing required argument")),
+            Some(v) => self.mask_value(key, v, n),
+        }
+    }
+    fn mask_value(&self, key: &str, v: &Value, n: usize) -> Result<Vec<bool>> {
+        match v {
+            Value::Bool(b) => Ok(vec![*b; n]),
+            Value::Array(a) if a.len() == n => a
+                .iter()
+                .map(|x| x.as_bool().ok_or_else(|| self.err(key, format!("expected booleans, got {x}"))))
+                .collect(),
+            Value::Array(a) => {
+                Err(self.err(key, format!("has {} entries for {n} parameters (one boolean per parameter)", a.len())))
+            }
+            other => Err(self.err(
+                key,
+                format!("expected a boolean or one boolean per parameter, got {other}; a callable mask cannot be given here"),
+            )),
+        }
+    }
+    /// Per-parameter labels (optax `param_labels`): one string for all parameters, or a list of
+    /// one string per parameter. A callable is refused, naming the argument.
+    pub fn labels(&mut self, key: &'static str, n: usize) -> Result<Vec<String>> {
+        let v = self.get(key)?.ok_or_else(|| self.err(key, "missing required argument"))?;
+        match v {
+            Value::String(l) => Ok(vec![l.clone(); n]),
+            Value::Array(a) if a.len() == n => a
+                .iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| self.err(key, format!("expected strings, got {x}")))
+                })
+                .collect(),
+            Value::Array(a) => {
+                Err(self.err(key, format!("has {} entries for {n} parameters (one label per parameter)", a.len())))
+            }
+            other => Err(self.err(
+                key,
+                format!("expected a label or one label per parameter, got {other}; a callable cannot be given here"),
+            )),
+        }
+    }
+    /// A learning rate: a finite number, `{"schedule": NAME, …kwargs}` naming an optax schedule, or
+    /// a list of finite numbers, the rate of step 0, 1, … (the last one holding after). Absent: the default, or an error when there is none; null: an error.
     pub fn lr(&mut self, key: &'static str, default: Option<f64>) -> Result<LearningRate> {
         match self.get(key)? {
             None => default.map(LearningRate::Constant).ok_or_else(|| self.err(key, "missing required argument")),
             Some(v @ Value::Number(_)) => Ok(LearningRate::Constant(self.number(key, v)?)),
+            // The rate set before each step (optax `inject_hyperparams` driven from outside).
+            Some(Value::Array(a)) => {
+                let values = a.iter().map(|x| self.number(key, x)).collect::<Result<Vec<_>>>()?;
+                Ok(LearningRate::Schedule(sch::per_step(values).map_err(|e| self.err(key, e))?))
+            }
             Some(Value::Object(o)) => {
                 let name = o
                     .get("schedule")
@@ -707,7 +778,36 @@ fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
     }
 }
 
-fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -> Result<Box<dyn Transform>> {
+/// `add_decayed_weights(weight_decay, mask)`, the mask read from argument `key` (one entry per
+/// parameter of `n`).
+fn masked_decay(k: &mut Kwargs, wd: f64, key: &'static str, n: usize) -> Result<Box<dyn Transform>> {
+    with_mask(boxed(AddDecayedWeights::new(wd)), k.mask(key, n)?)
+}
+
+/// optax `masked(tx, mask)`: `tx` itself when there is no mask.
+fn with_mask(tx: Box<dyn Transform>, mask: Option<Vec<bool>>) -> Result<Box<dyn Transform>> {
+    Ok(match mask {
+        Some(m) => Partition::masked(tx, &m),
+        None => tx,
+    })
+}
+
+/// The shapes of the parameters `keep` selects.
+fn select(shapes: &[Vec<usize>], keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+    (0..shapes.len()).filter(|&i| keep(i)).map(|i| shapes[i].clone()).collect()
+}
+
+/// An optax optimizer given as `[name, kwargs]` in argument `key`, built for `shapes`.
+fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let ctx = format!("{}: `{key}`", k.context);
+    let v = k
+        .present(key)?
+        .ok_or_else(|| Error::Field { context: ctx.clone(), message: "missing required argument".into() })?;
+    let (n, kw) = link(v, &ctx)?;
+    build_optax(&n, &kw, shapes)
+}
+
+fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>, n: usize) -> Result<Box<dyn Transform>> {
     let lr = k.lr("learning_rate", None)?;
     let (b1, b2, eps, eps_root) =
         (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
@@ -716,8 +816,7 @@ fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -
     let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype))];
     if let Some(d) = wd_default {
         let wd = k.f64("weight_decay", d)?;
-        let _ = k.value("mask");
-        links.push(boxed(AddDecayedWeights::new(wd)));
+        links.push(masked_decay(k, wd, "mask", n)?);
     }
     links.push(boxed(ScaleByLearningRate::new(lr, true)));
     Ok(chain(links))
@@ -725,6 +824,7 @@ fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>) -
 
 fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new(format!("optax.{name}"), hparams)?;
+    let n = shapes.len();
     let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
     let tx: Box<dyn Transform> = match name {
         "chain" => {
@@ -742,8 +842,31 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "multisteps" | "MultiSteps" => {
             let every_k = k.req_u64("every_k")?;
             let mean = k.bool("use_grad_mean", true)?;
+            let skip = match k.value("should_skip_update_fn") {
+                None => SkipUpdate::Never,
+                Some(v) => {
+                    let ctx = "optax.multisteps: `should_skip_update_fn`";
+                    let (f, kw) = link(v, ctx)?;
+                    let mut fk = Kwargs::new(format!("optax.{f}"), &kw)?;
+                    let skip = match f.as_str() {
+                        "skip_not_finite" => SkipUpdate::NotFinite,
+                        "skip_large_updates" => {
+                            SkipUpdate::LargeUpdates { max_squared_norm: fk.req_f64("max_squared_norm")? }
+                        }
+                        other => {
+                            return Err(unknown(
+                                "should_skip_update_fn",
+                                other,
+                                &["skip_not_finite", "skip_large_updates"],
+                            ))
+                        }
+                    };
+                    fk.finish()?;
+                    skip
+                }
+            };
             let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
-            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?)
+            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip))
         }
         "lookahead" => {
             let sync = k.req_u64("sync_period")?;
@@ -761,10 +884,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 None => chain(vec![lr_link(lr)]),
             }
         }
-        "adam" => adam_chain(&mut k, false, None)?,
-        "nadam" => adam_chain(&mut k, true, None)?,
-        "adamw" => adam_chain(&mut k, false, Some(1e-4))?,
-        "nadamw" => adam_chain(&mut k, true, Some(1e-4))?,
+        "adam" => adam_chain(&mut k, false, None, n)?,
+        "nadam" => adam_chain(&mut k, true, None, n)?,
+        "adamw" => adam_chain(&mut k, false, Some(1e-4), n)?,
+        "nadamw" => adam_chain(&mut k, true, Some(1e-4), n)?,
         "amsgrad" => {
             let lr = k.lr("learning_rate", None)?;
             let t = ScaleByAdam::new(
@@ -784,8 +907,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let mut links =
                 vec![boxed(ScaleByAdamax::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?))];
             if name == "adamaxw" {
-                links.push(boxed(AddDecayedWeights::new(k.f64("weight_decay", 1e-4)?)));
-                let _ = k.value("mask");
+                let wd = k.f64("weight_decay", 1e-4)?;
+                links.push(masked_decay(&mut k, wd, "mask", n)?);
             }
             links.push(lr_link(lr));
             chain(links)
@@ -800,7 +923,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "adadelta" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
             let (rho, eps, wd) = (k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?);
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
+            let decay = masked_decay(&mut k, wd, "weight_decay_mask", n)?;
+            chain(vec![decay, boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
         }
         "rmsprop" => {
             let lr = k.lr("learning_rate", None)?;
@@ -855,8 +979,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let (b1, b2) = (k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
             k.mu_dtype_f32_only()?;
             let wd = k.f64("weight_decay", 1e-3)?;
-            let _ = k.value("mask");
-            chain(vec![boxed(ScaleByLion::new(b1, b2)), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![boxed(ScaleByLion::new(b1, b2)), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
         }
         "lamb" => {
             let lr = k.lr("learning_rate", None)?;
@@ -867,10 +990,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("eps_root", 0.0)?,
                 k.f64("weight_decay", 0.0)?,
             );
-            let _ = k.value("mask");
             chain(vec![
                 boxed(ScaleByAdam::new(b1, b2, eps, eps_root, false)),
-                boxed(AddDecayedWeights::new(wd)),
+                masked_decay(&mut k, wd, "mask", n)?,
                 boxed(ScaleByTrustRatio::new(0.0, 1.0, 0.0)),
                 lr_link(lr),
             ])
@@ -884,11 +1006,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("momentum", 0.9)?,
                 k.bool("nesterov", false)?,
             );
-            let wd_mask = bool_mask(k.value("weight_decay_mask"), shapes.len(), "optax.lars: weight_decay_mask")?;
-            let tr_mask = bool_mask(k.value("trust_ratio_mask"), shapes.len(), "optax.lars: trust_ratio_mask")?;
             chain(vec![
-                boxed(AddDecayedWeights::new(wd).masked(wd_mask)),
-                boxed(ScaleByTrustRatio::new(0.0, tc, eps).masked(tr_mask)),
+                masked_decay(&mut k, wd, "weight_decay_mask", n)?,
+                with_mask(boxed(ScaleByTrustRatio::new(0.0, tc, eps)), k.mask("trust_ratio_mask", n)?)?,
                 lr_link(lr),
                 boxed(Trace::new(m, nesterov)),
             ])
@@ -910,10 +1030,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.bool("nesterov", false)?,
             );
             let mut links = vec![boxed(t)];
+            let mask = k.mask("weight_decay_mask", n)?;
             if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(boxed(AddDecayedWeights::new(wd)));
+                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
             }
-            let _ = k.value("weight_decay_mask");
             links.push(lr_link(lr));
             chain(links)
         }
@@ -938,8 +1058,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("eps_root", 1e-8)?,
             );
             let wd = k.f64("weight_decay", 0.0)?;
-            let _ = k.value("mask");
-            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
         }
         "sm3" => {
             let lr = k.req_f64("learning_rate")?;
@@ -985,7 +1104,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let _ = k.value("dtype_momentum");
             let wdr = k.opt_f64("weight_decay_rate")?;
             let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
-            let _ = k.value("weight_decay_mask");
+            // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
+            let wd_mask = k.mask("weight_decay_mask", n)?;
             let rms = ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps);
             let clip = clip.map(ClipByBlockRms::new);
             let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
@@ -999,7 +1119,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 links.extend(lr.map(boxed));
                 links.extend(param_scale.map(boxed));
                 links.extend(momentum.map(|m| boxed(Ema::new(m, false))));
-                links.extend(wdr.map(|w| boxed(AddDecayedWeights::new(w))));
+                if let Some(w) = wdr {
+                    links.push(with_mask(boxed(AddDecayedWeights::new(w)), wd_mask)?);
+                }
                 links.push(boxed(Scale::new(-1.0)));
                 chain(links)
             }
@@ -1016,8 +1138,7 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             );
             k.mu_dtype_f32_only()?;
             let wd = k.f64("weight_decay", 0.0)?;
-            let _ = k.value("mask");
-            chain(vec![boxed(t), boxed(AddDecayedWeights::new(wd)), lr_link(lr)])
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
         }
         "contrib.adopt" => {
             let lr = k.lr("learning_rate", None)?;
@@ -1034,9 +1155,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "contrib.cocob" => {
             let lr = k.lr("learning_rate", Some(1.0))?;
             let (alpha, eps, wd) = (k.f64("alpha", 100.0)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-            let _ = k.value("mask");
             chain(vec![
-                boxed(AddDecayedWeights::new(wd)),
+                masked_decay(&mut k, wd, "mask", n)?,
                 boxed(ScaleByLearningRate::new(lr, false)),
                 boxed(ScaleByCocob::new(alpha, eps)),
             ])
@@ -1068,7 +1188,13 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 k.f64("weight_decay", 0.0)?,
                 k.bool("safeguard_warmup", false)?,
             );
-            let _ = k.value("weight_decay_mask");
+            // The decay is inside prodigy's own update, not a link a partition could select.
+            if k.mask("weight_decay_mask", n)?.is_some_and(|m| m.iter().any(|on| !on)) {
+                return Err(k.err(
+                    "weight_decay_mask",
+                    "a mask that excludes parameters is not implemented for contrib.prodigy",
+                ));
+            }
             boxed(t)
         }
         "contrib.dog" => {
@@ -1102,10 +1228,10 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             };
             let eps = k.f64("eps", 1e-8)?;
             let mut links = vec![];
+            let mask = k.mask("mask", n)?;
             if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(boxed(AddDecayedWeights::new(wd)));
+                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
             }
-            let _ = k.value("mask");
             links.push(boxed(ScaleByDog::new(init, eps)));
             links.push(lr_link(lr));
             chain(links)
@@ -1182,8 +1308,55 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         // transformations
         "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
         "add_decayed_weights" => {
-            let _ = k.value("mask");
-            boxed(AddDecayedWeights::new(k.f64("weight_decay", 0.0)?))
+            let wd = k.f64("weight_decay", 0.0)?;
+            masked_decay(&mut k, wd, "mask", n)?
+        }
+        "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
+        "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
+        "set_to_zero" => boxed(SetToZero),
+        "zero_nans" => boxed(ZeroNans),
+        // Per-parameter masks and labels, all through `Partition`.
+        "masked" => {
+            let mask = k.req_mask("mask", n)?;
+            let inner = inner_optax(&mut k, "inner", &select(shapes, |i| mask[i]))?;
+            Partition::masked(inner, &mask)
+        }
+        "freeze" => Partition::masked(boxed(SetToZero), &k.req_mask("mask", n)?),
+        "selective_transform" => {
+            let frozen = k.req_mask("freeze_mask", n)?;
+            let inner = inner_optax(&mut k, "optimizer", &select(shapes, |i| !frozen[i]))?;
+            Partition::split(&frozen, boxed(SetToZero), inner)
+        }
+        "partition" | "multi_transform" => {
+            let labels = k.labels("param_labels", n)?;
+            let ctx = format!("optax.{name}: `transforms`");
+            let txs = match k.present("transforms")? {
+                Some(Value::Object(o)) => o,
+                Some(other) => {
+                    return Err(Error::Field {
+                        context: ctx,
+                        message: format!("expected an object {{label: [name, kwargs]}}, got {other}"),
+                    })
+                }
+                None => return Err(Error::Field { context: ctx, message: "missing required argument".into() }),
+            };
+            let mut built = vec![];
+            for (label, spec) in txs {
+                let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
+                built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
+            }
+            boxed(Partition::labelled(built, &labels)?)
+        }
+        "apply_if_finite" => {
+            let max_errors = k.req_u64("max_consecutive_errors")?;
+            boxed(ApplyIfFinite::new(inner_optax(&mut k, "inner", shapes)?, max_errors))
+        }
+        // The hyper-parameters injected into the state: the inner optimizer with its arguments;
+        // a rate changed before each step is given as the inner `learning_rate`'s list of
+        // per-step values.
+        "inject_hyperparams" => {
+            let _ = k.opt_str("hyperparam_dtype")?;
+            inner_optax(&mut k, "inner", shapes)?
         }
         "centralize" => boxed(Centralize::default()),
         "clip" => boxed(Clip::new(k.req_f64("max_delta")?)),
@@ -1253,25 +1426,6 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
     };
     k.finish()?;
     Ok(tx)
-}
-
-/// optax masks given as one boolean for all parameters, or a list with one per parameter.
-fn bool_mask(v: Option<&Value>, n: usize, ctx: &str) -> Result<Vec<bool>> {
-    match v {
-        None => Ok(vec![true; n]),
-        Some(Value::Bool(b)) => Ok(vec![*b; n]),
-        Some(Value::Array(a)) if a.len() == n => a
-            .iter()
-            .map(|x| {
-                x.as_bool()
-                    .ok_or_else(|| Error::Field { context: ctx.into(), message: format!("expected booleans, got {x}") })
-            })
-            .collect(),
-        Some(other) => Err(Error::Field {
-            context: ctx.into(),
-            message: format!("expected a boolean or one boolean per parameter, got {other}"),
-        }),
-    }
 }
 
 /// A schedule built from a spec: a function of the step, or the metric-driven plateau scheduler.

@@ -76,7 +76,15 @@ const CHAINS: &[&str] = &[
     r#"[["scale_by_adam", {}]]"#,
     r#"[["scale_by_adam", {}], ["clip", {"max_delta": 0.5}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
     r#"[["clip", {"max_delta": 0.5}], ["scale_by_sign", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
-    r#"[["scale_by_adam", {"mu_dtype": "bfloat16", "nesterov": true}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["scale_by_adam", {"mu_dtype": "bfloat16", "nesterov": true}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#, // Per-parameter masks (two parameters): a masked affine link in the tail, a masked kernel, a
+    // masked head that zeroes, a masked reduction at the head and after a lone map, and the
+    // accumulating and clamping links of the same family.
+    r#"[["scale_by_adam", {}], ["masked", {"inner": ["add_decayed_weights", {"weight_decay": 0.1}], "mask": [true, false]}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["masked", {"inner": ["scale_by_adam", {}], "mask": [false, true]}], ["scale", {"step_size": -0.01}]]"#,
+    r#"[["freeze", {"mask": [true, false]}], ["adamw", {"learning_rate": 0.01, "weight_decay": 0.1}]]"#,
+    r#"[["masked", {"inner": ["clip_by_global_norm", {"max_norm": 1.0}], "mask": [false, true]}], ["scale_by_adam", {}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["add_decayed_weights", {"weight_decay": 0.1}], ["masked", {"inner": ["scale_by_trust_ratio", {}], "mask": [true, false]}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]"#,
+    r#"[["zero_nans", {}], ["scale_by_adam", {}], ["apply_every", {"k": 2}], ["scale_by_learning_rate", {"learning_rate": 0.01}], ["keep_params_nonnegative", {}]]"#,
 ];
 
 /// A case with no recorded trajectory, only an optimizer to build on the usual two shapes.
@@ -91,6 +99,7 @@ fn case(library: &str, optimizer: &str, hparams: serde_json::Value) -> Case {
         init: vec![],
         grads: vec![],
         expected: vec![],
+        lr_per_step: None,
         rel: 0.0,
         abs: 0.0,
     })
@@ -110,7 +119,20 @@ fn fused_and_simd_kernels_match_the_reference_paths() {
     let own = ["adamw8bit", "adam8bit"]
         .map(|name| case("descent", name, serde_json::json!({"lr": 0.01})))
         .into_iter()
-        .chain([case("optax", "adafactor", serde_json::json!({"learning_rate": 0.01, "min_dim_size_to_factor": 2}))]);
+        .chain([case("optax", "adafactor", serde_json::json!({"learning_rate": 0.01, "min_dim_size_to_factor": 2}))])
+        // A partition at the top: the optimizer's fused step goes through each group's kernel.
+        .chain([
+            case(
+                "optax",
+                "selective_transform",
+                serde_json::json!({"optimizer": ["adamw", {"learning_rate": 0.01, "weight_decay": 0.1}], "freeze_mask": [false, true]}),
+            ),
+            case(
+                "optax",
+                "partition",
+                serde_json::json!({"transforms": {"a": ["adam", {"learning_rate": 0.01}], "b": ["sgd", {"learning_rate": 0.05, "momentum": 0.9}]}, "param_labels": ["b", "a"]}),
+            ),
+        ]);
     for case in common::all_cases().into_iter().chain(chains).chain(own) {
         let Case::Optim(c) = case else { continue };
         if !seen.insert((c.library.clone(), c.optimizer.clone(), c.hparams.to_string(), c.shapes.clone())) {
@@ -143,5 +165,5 @@ fn fused_and_simd_kernels_match_the_reference_paths() {
         assert!(fused.iter().flatten().zip(init.iter().flatten()).any(|(a, b)| a != b), "{}: no change", c.id);
         checked += 1;
     }
-    assert!(checked >= 61 + CHAINS.len() + 3, "only {checked} optimizer configurations checked");
+    assert!(checked >= 61 + CHAINS.len() + 5, "only {checked} optimizer configurations checked");
 }

@@ -56,40 +56,84 @@ impl Elementwise for ScaleByLearningRate {
 }
 
 /// optax `add_decayed_weights`: `u ← u + λ(t)·p` (L2 / decoupled weight decay, depending on where it
-/// stands in the chain). An optional mask leaves some parameters out.
+/// stands in the chain). Its `mask` is [`crate::transforms::Partition::masked`].
 pub struct AddDecayedWeights {
     wd: LearningRate,
-    mask: Option<Vec<bool>>,
     count: u64,
     current: f32,
 }
 impl AddDecayedWeights {
     pub fn new(weight_decay: impl Into<LearningRate>) -> Self {
-        AddDecayedWeights { wd: weight_decay.into(), mask: None, count: 0, current: 0.0 }
-    }
-    /// Applies decay only to the parameters whose mask entry is `true`.
-    pub fn masked(mut self, mask: Vec<bool>) -> Self {
-        self.mask = Some(mask);
-        self
+        AddDecayedWeights { wd: weight_decay.into(), count: 0, current: 0.0 }
     }
 }
 elementwise_transform!(AddDecayedWeights, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for AddDecayedWeights {
-    fn affine(&self, i: usize) -> Option<(f32, f32)> {
-        let on = self.mask.as_ref().is_none_or(|m| m.get(i).copied().unwrap_or(true));
-        Some((1.0, if on { self.current } else { 0.0 }))
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
+        Some((1.0, self.current))
     }
     fn begin_step(&mut self) {
         self.current = self.wd.at(self.count) as f32;
         self.count += 1;
     }
     simd_apply!(AddDecayedWeights, |this, i, off, u, p| {
-        if this.current == 0.0 || this.mask.as_ref().is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
+        if this.current == 0.0 {
             return;
         }
         let wd = this.current;
         for (x, &w) in u.iter_mut().zip(p) {
             *x += wd * w;
+        }
+    });
+}
+
+/// optax `identity`: the updates unchanged (the side of a mask a transformation does not touch).
+pub struct Identity;
+elementwise_transform!(Identity, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for Identity {
+    fn begin_step(&mut self) {}
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
+        Some((1.0, 0.0))
+    }
+    unsafe fn apply(&self, _i: usize, _off: usize, _u: &mut [f32], _p: &[f32]) {}
+}
+
+/// optax `set_to_zero`: every update is 0, whatever it was (NaN included); `freeze` applies it
+/// where its mask is `true`.
+pub struct SetToZero;
+elementwise_transform!(SetToZero, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for SetToZero {
+    fn begin_step(&mut self) {}
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        u.fill(0.0);
+    }
+}
+
+/// optax `zero_nans`: NaN entries of the update become 0 (infinities stay).
+pub struct ZeroNans;
+elementwise_transform!(ZeroNans, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for ZeroNans {
+    fn begin_step(&mut self) {}
+    simd_apply!(ZeroNans, |this, i, off, u, p| {
+        for x in u {
+            if x.is_nan() {
+                *x = 0.0;
+            }
+        }
+    });
+}
+
+/// optax `keep_params_nonnegative`, last in a chain: where `p + u < 0` the update becomes `−p`,
+/// so the entry lands on 0.
+pub struct KeepParamsNonnegative;
+elementwise_transform!(KeepParamsNonnegative, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for KeepParamsNonnegative {
+    fn begin_step(&mut self) {}
+    simd_apply!(KeepParamsNonnegative, |this, i, off, u, p| {
+        for (x, &w) in u.iter_mut().zip(p) {
+            if w + *x < 0.0 {
+                *x = -w;
+            }
         }
     });
 }
@@ -338,6 +382,39 @@ impl Elementwise for ScaleByRprop {
             let old = prev[j];
             prev[j] = if s < 0.0 { 0.0 } else { ss[j] * sign(g) };
             u[j] = if s < 0.0 { 0.0 } else { old };
+        }
+    });
+}
+
+/// optax `apply_every`: sums the incoming updates and emits the sum at steps `k−1, 2k−1, …`
+/// (zero-based), zeros in between; the sum restarts after each emission.
+pub struct ApplyEvery {
+    k: u64,
+    count: u64,
+    grad_acc: ParamBufs,
+    accumulate: bool,
+    emit: bool,
+}
+impl ApplyEvery {
+    pub fn new(k: u64) -> crate::error::Result<Self> {
+        crate::error::ensure(k >= 1, || format!("apply_every needs k >= 1, got {k}"))?;
+        Ok(ApplyEvery { k, count: 0, grad_acc: ParamBufs::default(), accumulate: false, emit: false })
+    }
+}
+elementwise_transform!(ApplyEvery, |s, shapes, _p| { s.grad_acc = zeros(shapes).into(); s.count = 0; }; bufs: [grad_acc]; counters: [count]; scalars: []);
+impl Elementwise for ApplyEvery {
+    fn begin_step(&mut self) {
+        let c = self.count % self.k;
+        self.accumulate = c != 0;
+        self.emit = c == self.k - 1;
+        self.count = (self.count + 1) % self.k;
+    }
+    simd_apply!(ApplyEvery, |this, i, off, u, p| {
+        let acc = this.grad_acc.slice(i, off, u.len());
+        for (x, a) in u.iter_mut().zip(acc) {
+            *a = if this.accumulate { *a + *x } else { *x };
+            // optax multiplies by the emit flag: a non-finite sum stays NaN when not emitted.
+            *x = if this.emit { *a } else { 0.0 * *a };
         }
     });
 }

@@ -167,25 +167,15 @@ pub struct ScaleByTrustRatio {
     min_norm: f64,
     trust_coefficient: f64,
     eps: f64,
-    mask: Option<Vec<bool>>,
     ratios: Vec<f32>,
 }
 impl ScaleByTrustRatio {
     pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
-        ScaleByTrustRatio { min_norm, trust_coefficient, eps, mask: None, ratios: vec![] }
-    }
-    /// Applies only to the parameters whose mask entry is `true`.
-    pub fn masked(mut self, mask: Vec<bool>) -> Self {
-        self.mask = Some(mask);
-        self
+        ScaleByTrustRatio { min_norm, trust_coefficient, eps, ratios: vec![] }
     }
 }
 impl ScaleByTrustRatio {
-    /// Whether the mask (if any) includes parameter `i`; masked-out tensors need no norms.
-    fn applies_to(&self, i: usize) -> bool {
-        self.mask.as_ref().is_none_or(|m| m.get(i).copied().unwrap_or(true))
-    }
-    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)` (1 where masked out).
+    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)`.
     fn ratios_of(&self, norms: &[(f64, f64)]) -> Vec<f32> {
         let safe = |sq: f64, min: f64| {
             let n = sq.sqrt();
@@ -197,11 +187,7 @@ impl ScaleByTrustRatio {
         };
         norms
             .iter()
-            .enumerate()
-            .map(|(i, &(p_sq, u_sq))| {
-                if !self.applies_to(i) {
-                    return 1.0;
-                }
+            .map(|&(p_sq, u_sq)| {
                 let pn = safe(p_sq, self.min_norm);
                 let un = safe(u_sq, self.min_norm);
                 (if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) }) as f32
@@ -233,27 +219,17 @@ impl Elementwise for ScaleByTrustRatio {
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
         let norms: Vec<(f64, f64)> = (0..inputs.len())
-            .map(|i| {
-                if self.applies_to(i) {
-                    (crate::transform::global_sum_sq(&[params[i]]), crate::transform::global_sum_sq(&[inputs[i]]))
-                } else {
-                    (0.0, 0.0)
-                }
-            })
+            .map(|i| (crate::transform::global_sum_sq(&[params[i]]), crate::transform::global_sum_sq(&[inputs[i]])))
             .collect();
         self.ratios = self.ratios_of(&norms);
     }
     fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::transform::Head>]) {
         let norms: Vec<(f64, f64)> = (0..grads.len())
             .map(|i| {
-                if self.applies_to(i) {
-                    (
-                        crate::transform::global_sum_sq(&[params[i]]),
-                        crate::transform::global_sum_sq_mapped(grads[i], params[i], heads[i]),
-                    )
-                } else {
-                    (0.0, 0.0)
-                }
+                (
+                    crate::transform::global_sum_sq(&[params[i]]),
+                    crate::transform::global_sum_sq_mapped(grads[i], params[i], heads[i]),
+                )
             })
             .collect();
         self.ratios = self.ratios_of(&norms);

@@ -1,17 +1,49 @@
-//! Transformations that wrap others: gradient accumulation, Lookahead, per-group partitions.
+//! Transformations that wrap others: gradient accumulation, Lookahead, `apply_if_finite`, and
+//! per-parameter groups (partitions and masks).
 
 use crate::error::{Error, Result};
 use crate::state::StateVisitor;
-use crate::transform::{Shapes, Transform};
+use crate::transform::{Elementwise, Fold, Head, Map, Shapes, Transform};
 
 use super::zeros;
 
+/// optax `MultiSteps`' `should_skip_update_fn`: which incoming gradients a step skips (no update,
+/// no change of state).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SkipUpdate {
+    /// Every gradient is accumulated (the default).
+    #[default]
+    Never,
+    /// optax `skip_not_finite`: a gradient with any NaN or infinite entry.
+    NotFinite,
+    /// optax `skip_large_updates`: unless the sum of the squares of all entries is below the bound
+    /// (so a NaN gradient is skipped too).
+    LargeUpdates { max_squared_norm: f64 },
+}
+impl SkipUpdate {
+    /// Whether a step with these updates is skipped.
+    pub fn skips(&self, updates: &[Vec<f32>]) -> bool {
+        match *self {
+            SkipUpdate::Never => false,
+            SkipUpdate::NotFinite => updates.iter().flatten().any(|x| !x.is_finite()),
+            SkipUpdate::LargeUpdates { max_squared_norm } => {
+                let views: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
+                let sq = crate::transform::global_sum_sq(&views);
+                // Skipped unless below the bound: a NaN sum (no ordering) skips too.
+                sq.partial_cmp(&max_squared_norm) != Some(std::cmp::Ordering::Less)
+            }
+        }
+    }
+}
+
 /// optax `MultiSteps`: accumulates the mean (or sum) of `every_k` gradients and applies the inner
-/// optimizer once per `every_k` steps; the steps in between return zero updates.
+/// optimizer once per `every_k` steps; the steps in between return zero updates. A gradient that
+/// the skip test refuses gives a zero update and changes no state.
 pub struct MultiSteps {
     inner: Box<dyn Transform>,
     every_k: u64,
     use_grad_mean: bool,
+    skip: SkipUpdate,
     mini_step: u64,
     gradient_step: u64,
     acc_grads: Vec<Vec<f32>>,
@@ -21,7 +53,20 @@ impl MultiSteps {
         if every_k == 0 {
             return Err(Error::Invalid("every_k_schedule must be at least 1".into()));
         }
-        Ok(MultiSteps { inner, every_k, use_grad_mean, mini_step: 0, gradient_step: 0, acc_grads: vec![] })
+        Ok(MultiSteps {
+            inner,
+            every_k,
+            use_grad_mean,
+            skip: SkipUpdate::Never,
+            mini_step: 0,
+            gradient_step: 0,
+            acc_grads: vec![],
+        })
+    }
+    /// Skips the steps whose gradients `skip` refuses.
+    pub fn skip_if(mut self, skip: SkipUpdate) -> Self {
+        self.skip = skip;
+        self
     }
 }
 impl Transform for MultiSteps {
@@ -33,6 +78,10 @@ impl Transform for MultiSteps {
         self.inner.init(shapes, params)
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        if self.skip.skips(updates) {
+            updates.iter_mut().flatten().for_each(|x| *x = 0.0);
+            return Ok(());
+        }
         let n = self.mini_step as f32;
         for (acc, u) in self.acc_grads.iter_mut().zip(updates.iter()) {
             for (a, &g) in acc.iter_mut().zip(u) {
@@ -57,6 +106,54 @@ impl Transform for MultiSteps {
         crate::state::visit_buffers(v, "acc_grads", &mut self.acc_grads)?;
         v.counter("mini_step", &mut self.mini_step)?;
         v.counter("gradient_step", &mut self.gradient_step)?;
+        v.push("inner");
+        self.inner.visit_state(v)?;
+        v.pop();
+        Ok(())
+    }
+}
+
+/// optax `apply_if_finite`: a step whose updates hold any NaN or infinity gives a zero update and
+/// leaves the inner state untouched, unless more than `max_consecutive_errors` steps in a row
+/// were refused, when it is applied anyway.
+pub struct ApplyIfFinite {
+    inner: Box<dyn Transform>,
+    max_consecutive_errors: u64,
+    notfinite_count: u64,
+    last_finite: u64,
+    total_notfinite: u64,
+}
+impl ApplyIfFinite {
+    pub fn new(inner: Box<dyn Transform>, max_consecutive_errors: u64) -> Self {
+        ApplyIfFinite { inner, max_consecutive_errors, notfinite_count: 0, last_finite: 1, total_notfinite: 0 }
+    }
+}
+impl Transform for ApplyIfFinite {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        (self.notfinite_count, self.last_finite, self.total_notfinite) = (0, 1, 0);
+        self.inner.init(shapes, params)
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let finite = updates.iter().flatten().all(|x| x.is_finite());
+        if finite {
+            self.notfinite_count = 0;
+        } else {
+            self.notfinite_count = self.notfinite_count.saturating_add(1);
+            self.total_notfinite = self.total_notfinite.saturating_add(1);
+        }
+        self.last_finite = finite as u64;
+        if finite || self.notfinite_count > self.max_consecutive_errors {
+            self.inner.update(updates, params)
+        } else {
+            updates.iter_mut().flatten().for_each(|x| *x = 0.0);
+            Ok(())
+        }
+    }
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        v.counter("notfinite_count", &mut self.notfinite_count)?;
+        v.counter("last_finite", &mut self.last_finite)?;
+        v.counter("total_notfinite", &mut self.total_notfinite)?;
         v.push("inner");
         self.inner.visit_state(v)?;
         v.pop();
@@ -118,35 +215,98 @@ impl Transform for Lookahead {
     }
 }
 
-/// Different transformations for disjoint groups of parameters (torch `param_groups`, optax
-/// `partition`). Every parameter belongs to exactly one group.
+/// Different transformations for disjoint groups of parameters: torch `param_groups`, and the one
+/// mechanism behind optax's per-parameter masks and labels (`partition` / `multi_transform`,
+/// `masked`, `freeze`, `selective_transform`, the `mask` / `weight_decay_mask` arguments of the
+/// aliases). Every parameter belongs to exactly one group; a group's transformation sees only its
+/// parameters and keeps state for them alone. When every group is elementwise, so is the
+/// partition, and a chain fuses it like any other elementwise link.
 pub struct Partition {
     groups: Vec<(Vec<usize>, Box<dyn Transform>)>,
+    /// `(group, index within the group)` of each parameter, set by `init`.
+    slot: Vec<(usize, usize)>,
 }
 impl Partition {
     /// Groups of parameter indices with their transformation; checked against the parameter count
     /// at `init`.
     pub fn new(groups: Vec<(Vec<usize>, Box<dyn Transform>)>) -> Self {
-        Partition { groups }
+        Partition { groups, slot: vec![] }
+    }
+
+    /// One transformation per label, each parameter updated by the transformation of its label
+    /// (optax `partition`). A label without a transformation is an error naming it; a
+    /// transformation whose label no parameter carries is dropped (it would see no parameters).
+    pub fn labelled(transforms: Vec<(String, Box<dyn Transform>)>, labels: &[String]) -> Result<Self> {
+        if let Some(l) = labels.iter().find(|l| !transforms.iter().any(|(k, _)| k == *l)) {
+            let mut keys: Vec<&str> = transforms.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort();
+            return Err(Error::Invalid(format!(
+                "parameter label `{l}` has no transformation (transformations: {})",
+                keys.join(", ")
+            )));
+        }
+        let groups = transforms
+            .into_iter()
+            .filter_map(|(k, tx)| {
+                let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == k).collect();
+                (!idx.is_empty()).then_some((idx, tx))
+            })
+            .collect();
+        Ok(Partition::new(groups))
+    }
+
+    /// `inner` for the parameters whose mask entry is `true`, the updates of the others passed
+    /// through unchanged (optax `masked`). An all-`true` mask gives `inner` itself.
+    pub fn masked(inner: Box<dyn Transform>, mask: &[bool]) -> Box<dyn Transform> {
+        Self::split(mask, inner, Box::new(super::Identity))
+    }
+
+    /// `on` for the parameters whose mask entry is `true`, `off` for the others; a side that no
+    /// parameter takes is dropped.
+    pub fn split(mask: &[bool], on: Box<dyn Transform>, off: Box<dyn Transform>) -> Box<dyn Transform> {
+        let yes: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+        let no: Vec<usize> = (0..mask.len()).filter(|&i| !mask[i]).collect();
+        if no.is_empty() {
+            on
+        } else if yes.is_empty() {
+            off
+        } else {
+            Box::new(Partition::new(vec![(yes, on), (no, off)]))
+        }
+    }
+
+    fn fusable(&self) -> bool {
+        self.groups.iter().all(|(_, tx)| tx.elementwise().is_some())
+    }
+
+    /// The group of each parameter's entry in `items`, as one list per group.
+    fn per_group<T: Copy>(&self, items: &[T]) -> Vec<Vec<T>> {
+        self.groups.iter().map(|(idx, _)| idx.iter().map(|&i| items[i]).collect()).collect()
+    }
+
+    fn member(&self, i: usize) -> (&dyn Elementwise, usize) {
+        let (g, j) = self.slot[i];
+        (self.groups[g].1.elementwise().expect("every group is elementwise"), j)
     }
 }
 impl Transform for Partition {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        let mut seen = vec![false; shapes.len()];
-        for (idx, _) in &self.groups {
-            for &i in idx {
+        let mut slot = vec![None; shapes.len()];
+        for (g, (idx, _)) in self.groups.iter().enumerate() {
+            for (j, &i) in idx.iter().enumerate() {
                 if i >= shapes.len() {
                     return Err(Error::Shape(format!("group names parameter {i} but there are {}", shapes.len())));
                 }
-                if std::mem::replace(&mut seen[i], true) {
+                if slot[i].replace((g, j)).is_some() {
                     return Err(Error::Shape(format!("parameter {i} appears in more than one group")));
                 }
             }
         }
-        if let Some(i) = seen.iter().position(|s| !s) {
+        if let Some(i) = slot.iter().position(|s| s.is_none()) {
             return Err(Error::Shape(format!("parameter {i} is in no group")));
         }
+        self.slot = slot.into_iter().flatten().collect();
         for (idx, tx) in self.groups.iter_mut() {
             let sh: Vec<Vec<usize>> = idx.iter().map(|&i| shapes[i].clone()).collect();
             let ps: Vec<&[f32]> = idx.iter().map(|&i| params[i]).collect();
@@ -165,6 +325,20 @@ impl Transform for Partition {
             r?;
         }
         Ok(())
+    }
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        if self.fusable() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        if self.fusable() {
+            Some(self)
+        } else {
+            None
+        }
     }
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
         for (k, (_, tx)) in self.groups.iter_mut().enumerate() {
@@ -186,5 +360,55 @@ impl Transform for Partition {
             }
         }
         out
+    }
+}
+
+/// Each parameter goes through its group's rule, with its index within the group.
+impl Elementwise for Partition {
+    fn begin_step(&mut self) {
+        for (_, tx) in self.groups.iter_mut() {
+            tx.as_elementwise().expect("every group is elementwise").begin_step();
+        }
+    }
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
+        let (e, j) = self.member(i);
+        e.apply(j, off, u, p)
+    }
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        let (e, j) = self.member(i);
+        e.step(j, off, g, p, fold)
+    }
+    fn needs_prepare(&self) -> bool {
+        self.groups.iter().any(|(_, tx)| tx.elementwise().is_some_and(|e| e.needs_prepare()))
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (inputs, params) = (self.per_group(inputs), self.per_group(params));
+        for (k, (_, tx)) in self.groups.iter_mut().enumerate() {
+            let e = tx.as_elementwise().expect("every group is elementwise");
+            if e.needs_prepare() {
+                e.prepare(&inputs[k], &params[k]);
+            }
+        }
+    }
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<Head>]) {
+        let (grads, params, heads) = (self.per_group(grads), self.per_group(params), self.per_group(heads));
+        for (k, (_, tx)) in self.groups.iter_mut().enumerate() {
+            let e = tx.as_elementwise().expect("every group is elementwise");
+            if e.needs_prepare() {
+                e.prepare_mapped(&grads[k], &params[k], &heads[k]);
+            }
+        }
+    }
+    fn affine(&self, i: usize) -> Option<(f32, f32)> {
+        let (e, j) = self.member(i);
+        e.affine(j)
+    }
+    fn head(&self, i: usize) -> Option<Head> {
+        let (e, j) = self.member(i);
+        e.head(j)
+    }
+    fn map(&self, i: usize) -> Option<Map> {
+        let (e, j) = self.member(i);
+        e.map(j)
     }
 }
