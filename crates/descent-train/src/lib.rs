@@ -19,4 +19,4 @@ pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use optim::VarOptimizer;
+pub use optim::{OptimizerConfig, VarOptimizer};
