@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use descent_core::state::StateDict;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -124,10 +124,21 @@ impl Checkpoint {
         steps: u64,
         rng: u64,
     ) -> Result<Checkpoint> {
-        let weights = model
-            .named_vars()
-            .into_iter()
-            .map(|(n, v)| Ok((n, v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+        Self::capture_vars(&model.named_vars(), opt, epoch, steps, rng)
+    }
+
+    /// [`Checkpoint::capture`] of named variables (a model of your own: a `VarMap`'s variables,
+    /// say) instead of a descent [`Model`].
+    pub fn capture_vars(
+        vars: &[(String, Var)],
+        opt: &mut VarOptimizer,
+        epoch: usize,
+        steps: u64,
+        rng: u64,
+    ) -> Result<Checkpoint> {
+        let weights = vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
             .collect::<Result<_>>()?;
         Ok(Checkpoint {
             weights,
@@ -310,11 +321,15 @@ impl Checkpoint {
     /// Restores weights and optimizer state, after checking that every parameter is there with
     /// its shape and that the optimizer state fits; on any mismatch nothing is changed.
     pub fn apply(&self, model: &dyn Model, opt: &mut VarOptimizer) -> Result<()> {
-        let vars = model.named_vars();
+        self.apply_vars(&model.named_vars(), opt)
+    }
+
+    /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`].
+    pub fn apply_vars(&self, vars: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {
         let mut by_name: HashMap<&str, (&Vec<usize>, &Vec<f32>)> =
             self.weights.iter().map(|(n, s, v)| (n.as_str(), (s, v))).collect();
         let mut tensors = vec![];
-        for (n, v) in &vars {
+        for (n, v) in vars {
             let (s, w) = by_name
                 .remove(n.as_str())
                 .ok_or_else(|| Error::Param(format!("checkpoint has no weights for `{n}`")))?;

@@ -2,6 +2,11 @@
 //!
 //! The training engine on candle: descent's optimizers updating candle `Var`s in place, datasets,
 //! models and the training loop.
+//!
+//! For a candle model of your own (its parameters in a `VarMap`), [`OptimizerConfig`] and
+//! [`VarOptimizer::for_varmap`] give the optimizers with parameter groups by name, clipping, a
+//! schedule and checkpoints, without descent's models or loop: see [`optim`] and the `own_model`
+//! and `read_checkpoint` examples.
 
 pub mod checkpoint;
 pub mod conv;
@@ -19,4 +24,4 @@ pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use optim::VarOptimizer;
+pub use optim::{OptimizerConfig, VarOptimizer};

@@ -4,11 +4,57 @@
 //! run one optimizer step over all parameters together (global norms, trust ratios need them all),
 //! the in-place ops are nested: each level holds one variable's write lock, and the innermost level
 //! runs the core step on every parameter's storage. No parameter or state is copied.
+//!
+//! # Your own candle model
+//!
+//! [`OptimizerConfig`] and [`VarOptimizer::for_varmap`] (or [`VarOptimizer::for_vars`]) give any
+//! candle model whose parameters live in a `VarMap` descent's optimizers, with parameter groups by
+//! name, gradient clipping, a learning-rate schedule and checkpoints, without descent's models or
+//! training loop:
+//!
+//! ```
+//! use candle_core::{DType, Device, Module, Tensor};
+//! use candle_nn::{linear, VarBuilder, VarMap};
+//! use descent_train::optim::{OptimizerConfig, VarOptimizer};
+//! use serde_json::json;
+//! use std::sync::Arc;
+//!
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+//! let fc = linear(3, 1, vb.pp("fc"))?;
+//! let mut opt = VarOptimizer::for_varmap(
+//!     &varmap,
+//!     &OptimizerConfig {
+//!         optimizer: "adamw".into(),
+//!         lr: Some(1e-2),
+//!         hparams: json!({"weight_decay": 0.1}),
+//!         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
+//!         clip_norm: Some(1.0),
+//!         // Multiplier of the learning rate at each step: warm-up then cosine decay.
+//!         schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 10, 100, 0.0, 1.0))),
+//!         ..Default::default()
+//!     },
+//! )?;
+//! let x = Tensor::ones((4, 3), DType::F32, &Device::Cpu)?;
+//! let loss = fc.forward(&x)?.sqr()?.mean_all()?;
+//! opt.step(&loss.backward()?)?;
+//! assert_eq!(opt.steps(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use candle_core::backprop::GradStore;
+use std::path::Path;
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use candle_nn::VarMap;
+use descent_core::schedule::Schedule;
+use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use descent_core::transform::{Optimizer, Transform};
+use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition, ScaleByShared, SharedScale};
+use serde_json::Value;
+
+use crate::checkpoint::Checkpoint;
 
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
@@ -18,6 +64,141 @@ pub struct VarOptimizer {
     names: Vec<String>,
     vars: Vec<Var>,
     opt: Optimizer,
+    /// The learning-rate multiplier link, for optimizers built from an [`OptimizerConfig`].
+    scale: Option<Arc<SharedScale>>,
+    /// The multiplier by step that [`VarOptimizer::step`] sets before each step.
+    schedule: Option<Arc<dyn Schedule>>,
+}
+
+/// How to optimize the parameters of a candle model of your own, for
+/// [`VarOptimizer::for_varmap`] and [`VarOptimizer::for_vars`]; build it as candle's
+/// `ParamsAdamW`: `OptimizerConfig { lr: Some(1e-3), ..Default::default() }`.
+#[derive(Clone)]
+pub struct OptimizerConfig {
+    /// Optimizer by descent name: `adamw`, `sgd`, `torch.adam`, `optax.lion`, `lamb`, … (a bare
+    /// name is torch's when torch has it, else optax's). Default `adamw`.
+    pub optimizer: String,
+    /// The learning rate (the library's `lr` / `learning_rate`); `None` keeps the library's
+    /// default.
+    pub lr: Option<f64>,
+    /// Other keyword arguments, in the library's own names (`{"weight_decay": 0.05, "betas":
+    /// [0.9, 0.95]}` for torch, `{"b1": 0.9}` for optax). Default: none.
+    pub hparams: Value,
+    /// Parameter groups by name (torch `param_groups`, optax `partition`): the parameters whose
+    /// name contains the pattern get these keyword arguments on top of `hparams`, the first
+    /// matching group winning, e.g. `("bias", json!({"weight_decay": 0.0}))`. A pattern that
+    /// selects no parameter is an error.
+    pub groups: Vec<(String, Value)>,
+    /// Clip the gradients by their global L2 norm (torch `clip_grad_norm_`, optax
+    /// `clip_by_global_norm`) before the optimizer.
+    pub clip_norm: Option<f64>,
+    /// Clip each gradient element to `[−v, v]` (optax `clip`) before the optimizer.
+    pub clip_value: Option<f64>,
+    /// A multiplier of every group's learning rate by step (torch `LambdaLR`): step `t` (from 0)
+    /// uses `lr × schedule(t)`. Any `descent_core::schedule` function or closure `|t| …`.
+    /// [`VarOptimizer::step`] applies it; without one the multiplier is 1 unless set with
+    /// [`VarOptimizer::set_lr_scale`].
+    pub schedule: Option<Arc<dyn Schedule>>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            optimizer: "adamw".into(),
+            lr: None,
+            hparams: Value::Object(Default::default()),
+            groups: vec![],
+            clip_norm: None,
+            clip_value: None,
+            schedule: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for OptimizerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptimizerConfig")
+            .field("optimizer", &self.optimizer)
+            .field("lr", &self.lr)
+            .field("hparams", &self.hparams)
+            .field("groups", &self.groups)
+            .field("clip_norm", &self.clip_norm)
+            .field("clip_value", &self.clip_value)
+            .field("schedule", &self.schedule.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl OptimizerConfig {
+    /// The transformation of this config over parameters with these names and shapes: the
+    /// clipping, the optimizer (one per group) and the learning-rate multiplier link last.
+    fn transform(&self, names: &[String], shapes: &[Vec<usize>]) -> Result<(Box<dyn Transform>, Arc<SharedScale>)> {
+        let (lib, name) = resolve_optimizer(&self.optimizer)?;
+        let mut h = match &self.hparams {
+            Value::Null => Value::Object(Default::default()),
+            Value::Object(_) => self.hparams.clone(),
+            other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
+        };
+        if let Some(lr) = self.lr {
+            h[lr_key(lib)] = serde_json::json!(lr);
+        }
+        let tx = if self.groups.is_empty() {
+            build_optimizer(lib, &name, &h, None, shapes)?
+        } else {
+            let mut member: Vec<usize> = vec![self.groups.len(); names.len()];
+            for (i, n) in names.iter().enumerate() {
+                if let Some(g) = self.groups.iter().position(|(pat, _)| n.contains(pat.as_str())) {
+                    member[i] = g;
+                }
+            }
+            let mut parts = vec![];
+            for g in 0..=self.groups.len() {
+                let idx: Vec<usize> = (0..names.len()).filter(|&i| member[i] == g).collect();
+                if let Some((pat, _)) = self.groups.get(g).filter(|_| idx.is_empty()) {
+                    return Err(Error::Param(match names.iter().position(|n| n.contains(pat.as_str())) {
+                        None => format!("group `{pat}` matches no parameter; the parameters are: {}", names.join(", ")),
+                        Some(i) => format!(
+                            "group `{pat}` selects no parameter: `{}` and every other name containing it belong to \
+                             the earlier group `{}`",
+                            names[i], self.groups[member[i]].0
+                        ),
+                    }));
+                }
+                if idx.is_empty() {
+                    continue;
+                }
+                let mut gh = h.clone();
+                if let Some((pat, over)) = self.groups.get(g) {
+                    let over = over.as_object().ok_or_else(|| {
+                        Error::Param(format!("group `{pat}`: arguments must be a JSON object, got {over}"))
+                    })?;
+                    for (k, v) in over {
+                        gh[k] = v.clone();
+                    }
+                }
+                let sub: Vec<Vec<usize>> = idx.iter().map(|&i| shapes[i].clone()).collect();
+                parts.push((idx, build_optimizer(lib, &name, &gh, None, &sub)?));
+            }
+            Box::new(Partition::new(parts))
+        };
+        let mut links: Vec<Box<dyn Transform>> = vec![];
+        if let Some(v) = self.clip_value {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::Param(format!("clip_value must be a positive number, got {v}")));
+            }
+            links.push(Box::new(Clip::new(v)));
+        }
+        if let Some(n) = self.clip_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return Err(Error::Param(format!("clip_norm must be a positive number, got {n}")));
+            }
+            links.push(Box::new(ClipByGlobalNorm::new(n)));
+        }
+        links.push(tx);
+        let scale = SharedScale::new(1.0);
+        links.push(Box::new(ScaleByShared::new(scale.clone())));
+        Ok((descent_core::chain(links), scale))
+    }
 }
 
 /// One level of the nested in-place ops: takes the write lock of variable `k`, records its slice,
@@ -94,7 +275,100 @@ impl VarOptimizer {
         let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
         let opt = Optimizer::new(tx, shapes, &views)?;
         let (names, vars) = named.into_iter().unzip();
-        Ok(VarOptimizer { names, vars, opt })
+        Ok(VarOptimizer { names, vars, opt, scale: None, schedule: None })
+    }
+
+    /// The optimizer of `cfg` over every variable of a `VarMap`, in the order of their names.
+    pub fn for_varmap(varmap: &VarMap, cfg: &OptimizerConfig) -> Result<Self> {
+        Self::for_vars(Self::named_vars(varmap), cfg)
+    }
+
+    /// The optimizer of `cfg` over named variables, kept in the given order (which a checkpoint
+    /// of the optimizer state depends on; names must be distinct).
+    pub fn for_vars(named: Vec<(String, Var)>, cfg: &OptimizerConfig) -> Result<Self> {
+        let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::Param(format!("two parameters are named `{dup}`")));
+        }
+        let shapes: Vec<Vec<usize>> = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
+        let (tx, scale) = cfg.transform(&names, &shapes)?;
+        let mut opt = Self::new(named, tx)?;
+        opt.scale = Some(scale);
+        opt.schedule = cfg.schedule.clone();
+        Ok(opt)
+    }
+
+    /// The named variables, in optimizer order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.names.iter().cloned().zip(self.vars.iter().cloned()).collect()
+    }
+
+    /// Optimizer steps taken (steps skipped for non-finite gradients not counted).
+    pub fn steps(&self) -> u64 {
+        self.opt.steps()
+    }
+
+    /// The learning-rate multiplier of the next step: the config's schedule at the current step
+    /// when it has one, else the value last set (1 at first).
+    pub fn lr_scale(&self) -> f64 {
+        match (&self.schedule, &self.scale) {
+            (Some(s), _) => s.value(self.opt.steps()),
+            (None, Some(scale)) => scale.get(),
+            (None, None) => 1.0,
+        }
+    }
+
+    /// Sets the multiplier of every group's learning rate for the following steps (as a torch
+    /// scheduler rewrites `lr`): for a schedule driven by your own loop. Refused when the
+    /// config has a schedule (which sets it at each step) or the optimizer was built with
+    /// [`VarOptimizer::new`] (which has no multiplier).
+    pub fn set_lr_scale(&mut self, scale: f64) -> Result<()> {
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(Error::Param(format!("learning-rate multiplier must be finite and non-negative, got {scale}")));
+        }
+        match (&self.schedule, &self.scale) {
+            (Some(_), _) => Err(Error::Param(
+                "the optimizer's config has a schedule, which sets the multiplier at each step".into(),
+            )),
+            (None, None) => Err(Error::Param(
+                "this optimizer has no learning-rate multiplier: build it with VarOptimizer::for_vars".into(),
+            )),
+            (None, Some(s)) => {
+                s.set(scale);
+                Ok(())
+            }
+        }
+    }
+
+    /// The variables' weights and the optimizer's whole state now, as a [`Checkpoint`] (epoch 0,
+    /// `steps` the optimizer's).
+    pub fn checkpoint(&mut self) -> Result<Checkpoint> {
+        let vars = self.vars();
+        let steps = self.opt.steps();
+        Checkpoint::capture_vars(&vars, self, 0, steps, 0)
+    }
+
+    /// Restores the variables' weights and the optimizer state from a checkpoint, after checking
+    /// that it has exactly these parameters with their shapes and a fitting state; on a mismatch
+    /// nothing changes.
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let vars = self.vars();
+        ck.apply_vars(&vars, self)
+    }
+
+    /// Writes weights and optimizer state to a checkpoint file (safetensors, with a checksum,
+    /// atomically); tensors are named `model/<name>` and `optimizer/<state>`.
+    pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.checkpoint()?.save(path.as_ref())
+    }
+
+    /// Reads a checkpoint file, verifies it whole and restores it (see [`VarOptimizer::restore`]);
+    /// returns it for its metadata.
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let ck = Checkpoint::load(path.as_ref())?;
+        self.restore(&ck)?;
+        Ok(ck)
     }
 
     /// Every variable of a `VarMap`, sorted by name (its `HashMap` order is unspecified).
@@ -117,7 +391,20 @@ impl VarOptimizer {
 
     /// One step from the gradients of a backward pass. A variable without gradient (unused in the
     /// loss) gets a zero gradient, as torch skips nothing in its state either.
+    ///
+    /// With a schedule in the config, sets the learning-rate multiplier to its value at the
+    /// current step first. Returns false when the step was skipped (non-finite gradients under
+    /// a skipping policy).
     pub fn step(&mut self, grads: &GradStore) -> Result<bool> {
+        if let (Some(schedule), Some(scale)) = (&self.schedule, &self.scale) {
+            let t = self.opt.steps();
+            descent_core::schedule::check_steps(schedule.as_ref(), t + 1)?;
+            let m = schedule.value(t);
+            if !m.is_finite() {
+                return Err(Error::Param(format!("the schedule's multiplier at step {t} is {m}")));
+            }
+            scale.set(m);
+        }
         if self.vars.is_empty() {
             return Ok(true);
         }

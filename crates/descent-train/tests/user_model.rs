@@ -1,0 +1,226 @@
+//! The optimizer on a candle model of one's own (a `VarMap`), without descent's models or loop:
+//! parameter groups by name, clipping, schedules and checkpoints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
+use descent_train::optim::{OptimizerConfig, VarOptimizer};
+use serde_json::json;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("descent-user-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn values(v: &Var) -> Vec<f32> {
+    v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn var(name: &str, v: Vec<f32>) -> (String, Var) {
+    let n = v.len();
+    (name.to_string(), Var::from_tensor(&Tensor::from_vec(v, n, &Device::Cpu).unwrap()).unwrap())
+}
+
+/// A 2-layer MLP on a VarMap, its variables initialized by candle from a fixed seed.
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(varmap: &VarMap) -> Mlp {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+        Mlp { fc1: linear(4, 8, vb.pp("fc1")).unwrap(), fc2: linear(8, 3, vb.pp("fc2")).unwrap() }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.fc1.forward(x).unwrap().relu().unwrap()).unwrap()
+    }
+}
+
+fn batch(k: usize) -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..32 * 4).map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin()).collect();
+    let y: Vec<u32> = (0..32).map(|i| ((i + k) % 3) as u32).collect();
+    (Tensor::from_vec(x, (32, 4), &Device::Cpu).unwrap(), Tensor::from_vec(y, 32, &Device::Cpu).unwrap())
+}
+
+fn train_steps(model: &Mlp, opt: &mut VarOptimizer, from: usize, to: usize) {
+    for k in from..to {
+        let (x, y) = batch(k);
+        let loss = candle_nn::loss::cross_entropy(&model.forward(&x), &y).unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+}
+
+fn full_config() -> OptimizerConfig {
+    OptimizerConfig {
+        optimizer: "adamw".into(),
+        lr: Some(0.05),
+        hparams: json!({"weight_decay": 0.1}),
+        groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
+        clip_norm: Some(0.5),
+        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 3, 12, 0.0, 1.0))),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn varmap_names_are_sorted() {
+    let varmap = VarMap::new();
+    let _m = Mlp::new(&varmap);
+    let opt = VarOptimizer::for_varmap(&varmap, &OptimizerConfig::default()).unwrap();
+    assert_eq!(opt.names(), ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]);
+}
+
+/// With zero gradients AdamW's only move is the decoupled decay `p ← p·(1 − lr·wd)`: the weight
+/// follows it, the bias of the no-decay group stays put bit for bit.
+#[test]
+fn group_by_name_keeps_bias_out_of_weight_decay() {
+    let (lr, wd) = (0.1f64, 0.5f64);
+    let w0 = vec![1.0f32, -2.0, 0.5];
+    let b0 = vec![0.25f32, -0.75];
+    let vars = vec![var("fc.bias", b0.clone()), var("fc.weight", w0.clone()), var("other", vec![3.0])];
+    let cfg = OptimizerConfig {
+        lr: Some(lr),
+        hparams: json!({"weight_decay": wd}),
+        groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
+        ..Default::default()
+    };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    let steps = 4;
+    for _ in 0..steps {
+        // Only `other` is in the loss: the weight and the bias get zero gradients.
+        let loss = vars[2].1.as_tensor().sqr().unwrap().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    let bias = values(&vars[0].1);
+    for (a, b) in bias.iter().zip(&b0) {
+        assert_eq!(a.to_bits(), b.to_bits(), "bias moved: {a} vs {b}");
+    }
+    let factor = (1.0 - lr * wd).powi(steps);
+    for (a, b) in values(&vars[1].1).iter().zip(&w0) {
+        let want = *b as f64 * factor;
+        assert!((*a as f64 - want).abs() <= 1e-6 * want.abs(), "weight {a}, expected {want}");
+    }
+    // Without the group the bias decays as the weight does.
+    let vars2 = vec![var("fc.bias", b0.clone())];
+    let mut opt2 = VarOptimizer::for_vars(vars2.clone(), &OptimizerConfig { groups: vec![], ..cfg }).unwrap();
+    for _ in 0..steps {
+        let zero = (vars2[0].1.as_tensor() * 0.0).unwrap().sum_all().unwrap();
+        opt2.step(&zero.backward().unwrap()).unwrap();
+    }
+    for (a, b) in values(&vars2[0].1).iter().zip(&b0) {
+        let want = *b as f64 * factor;
+        assert!((*a as f64 - want).abs() <= 1e-6 * want.abs(), "bias {a}, expected {want}");
+    }
+}
+
+#[test]
+fn group_pattern_that_matches_nothing_is_an_error() {
+    let varmap = VarMap::new();
+    let _m = Mlp::new(&varmap);
+    let cfg = OptimizerConfig { groups: vec![("biases".into(), json!({"weight_decay": 0.0}))], ..Default::default() };
+    let e = VarOptimizer::for_varmap(&varmap, &cfg).err().expect("an unmatched pattern must be refused").to_string();
+    assert!(e.contains("`biases`") && e.contains("fc1.bias"), "{e}");
+    // A pattern whose parameters an earlier group already took selects nothing either.
+    let cfg = OptimizerConfig {
+        groups: vec![("fc1".into(), json!({"lr": 0.1})), ("fc1.bias".into(), json!({"weight_decay": 0.0}))],
+        ..Default::default()
+    };
+    let e = VarOptimizer::for_varmap(&varmap, &cfg).err().expect("a shadowed pattern must be refused").to_string();
+    assert!(e.contains("`fc1.bias`") && e.contains("`fc1`"), "{e}");
+    // Unknown keyword arguments in a group are refused too.
+    let cfg = OptimizerConfig { groups: vec![("bias".into(), json!({"weight_dcay": 0.0}))], ..Default::default() };
+    assert!(VarOptimizer::for_varmap(&varmap, &cfg).is_err());
+}
+
+/// SGD with lr 1 on `loss = Σ c·w`: the step is the gradient `c`, scaled down to norm `clip`.
+#[test]
+fn clip_norm_bounds_the_step() {
+    let c = [3.0f32, 4.0, 0.0, 12.0]; // norm 13
+    let vars = vec![var("w", vec![0.0; 4])];
+    let cfg = OptimizerConfig { optimizer: "sgd".into(), lr: Some(1.0), clip_norm: Some(2.6), ..Default::default() };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    let ct = Tensor::new(&c, &Device::Cpu).unwrap();
+    let loss = (vars[0].1.as_tensor() * &ct).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    assert!((opt.grad_norm(&grads).unwrap() - 13.0).abs() < 1e-9);
+    opt.step(&grads).unwrap();
+    let got = values(&vars[0].1);
+    for (g, c) in got.iter().zip(&c) {
+        assert!((g + c * 0.2).abs() < 1e-6, "{got:?}");
+    }
+    let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 2.6).abs() < 1e-5, "{norm}");
+    assert!(VarOptimizer::for_vars(vars, &OptimizerConfig { clip_norm: Some(-1.0), ..Default::default() }).is_err());
+}
+
+/// The schedule multiplies the learning rate at each step; without one the loop sets it.
+#[test]
+fn schedule_and_manual_multiplier() {
+    let vars = vec![var("w", vec![0.0])];
+    let grad = |v: &Var| v.as_tensor().sum_all().unwrap().backward().unwrap(); // gradient 1
+    let cfg = OptimizerConfig {
+        optimizer: "sgd".into(),
+        lr: Some(1.0),
+        schedule: Some(Arc::new(|t: u64| 0.5f64.powi(t as i32))),
+        ..Default::default()
+    };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    for _ in 0..3 {
+        opt.step(&grad(&vars[0].1)).unwrap();
+    }
+    assert_eq!(values(&vars[0].1), [-1.75]);
+    assert_eq!(opt.lr_scale(), 0.125);
+    assert!(opt.set_lr_scale(1.0).is_err(), "the schedule owns the multiplier");
+
+    let vars = vec![var("w", vec![0.0])];
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &OptimizerConfig { schedule: None, ..cfg }).unwrap();
+    opt.step(&grad(&vars[0].1)).unwrap();
+    opt.set_lr_scale(0.25).unwrap();
+    opt.step(&grad(&vars[0].1)).unwrap();
+    assert_eq!(values(&vars[0].1), [-1.25]);
+    assert!(opt.set_lr_scale(f64::NAN).is_err());
+}
+
+/// Ten steps straight equal five, a checkpoint file, a fresh model loading it, and five more:
+/// bit for bit, with groups, clipping and a schedule.
+#[test]
+fn checkpoint_round_trip_continues_bit_identically() {
+    let dir = tmpdir("roundtrip");
+    let path = dir.join("ck.safetensors");
+
+    let varmap = VarMap::new();
+    let model = Mlp::new(&varmap);
+    let mut opt = VarOptimizer::for_varmap(&varmap, &full_config()).unwrap();
+    train_steps(&model, &mut opt, 0, 5);
+    opt.save_checkpoint(&path).unwrap();
+    train_steps(&model, &mut opt, 5, 10);
+    let straight: Vec<Vec<f32>> = opt.vars().iter().map(|(_, v)| values(v)).collect();
+
+    // Another process would build the model afresh (other initial weights) and load.
+    let varmap2 = VarMap::new();
+    let model2 = Mlp::new(&varmap2);
+    let mut opt2 = VarOptimizer::for_varmap(&varmap2, &full_config()).unwrap();
+    let ck = opt2.load_checkpoint(&path).unwrap();
+    assert_eq!(ck.steps, 5);
+    assert_eq!(opt2.steps(), 5);
+    let names: Vec<&str> = ck.weights.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]);
+    train_steps(&model2, &mut opt2, 5, 10);
+    let resumed: Vec<Vec<f32>> = opt2.vars().iter().map(|(_, v)| values(v)).collect();
+    for (a, b) in straight.iter().flatten().zip(resumed.iter().flatten()) {
+        assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+    }
+
+    // A checkpoint of another model is refused whole: nothing changes.
+    let other = vec![var("w", vec![1.0, 2.0])];
+    let mut opt3 = VarOptimizer::for_vars(other.clone(), &OptimizerConfig { groups: vec![], ..full_config() }).unwrap();
+    let e = opt3.load_checkpoint(&path).unwrap_err().to_string();
+    assert!(e.contains("`w`"), "{e}");
+    assert_eq!(values(&other[0].1), [1.0, 2.0]);
+    assert_eq!(opt3.steps(), 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
