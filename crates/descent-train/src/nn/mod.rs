@@ -1,0 +1,18 @@
+//! Building blocks to assemble models from, each matching PyTorch's forward and backward: embedding,
+//! average pooling and dropout.
+//!
+//! Where candle's composition is slow or gives the wrong gradient, a block is one candle op with its
+//! own backward (f32 on the CPU, like the rest of descent's ops); otherwise it is candle's ops.
+
+pub mod activation;
+pub mod dropout;
+pub mod embedding;
+pub mod pool;
+
+pub use activation::{gelu, log_softmax, softmax, Gelu};
+pub use dropout::Dropout;
+pub use embedding::{embedding, Embedding};
+pub use pool::{adaptive_avg_pool2d_1x1, avg_pool2d, AvgPool2d};
+
+/// Rows handled per rayon task by the row-wise ops: small tensors stay on one thread.
+pub(crate) const ROWS_PER_TASK: usize = 64;
