@@ -7,11 +7,13 @@
 pub mod activation;
 pub mod dropout;
 pub mod embedding;
+pub mod norm;
 pub mod pool;
 
 pub use activation::{gelu, log_softmax, softmax, Gelu};
 pub use dropout::Dropout;
 pub use embedding::{embedding, Embedding};
+pub use norm::{batch_norm, layer_norm, BatchNorm, BatchNorm1d, BatchNorm2d, LayerNorm};
 pub use pool::{adaptive_avg_pool2d_1x1, avg_pool2d, AvgPool2d};
 
 /// Rows handled per rayon task by the row-wise ops: small tensors stay on one thread.
