@@ -219,3 +219,68 @@ impl CausalSelfAttention {
         Ok(self.c_proj.forward(&y.reshape((b * t, c))?)?.reshape((b, t, c))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var, D};
+
+    use super::{causal_attention, causal_attention_with_weights};
+    use crate::rng::Rng;
+
+    /// candle's composition of the same attention, the reference for the fused op.
+    fn composed(qkv: &Tensor, n_head: usize) -> Tensor {
+        let (b, t, c3) = qkv.dims3().unwrap();
+        let (c, hs) = (c3 / 3, c3 / 3 / n_head);
+        let part = |i: usize| {
+            qkv.narrow(2, i * c, c)
+                .unwrap()
+                .reshape((b, t, n_head, hs))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() / (hs as f64).sqrt()).unwrap();
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let att = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        att.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Values and gradients of the fused op against candle's composition, over shapes the
+    /// reference file does not have: one position, one head, one channel per head, long sequences.
+    #[test]
+    fn fused_attention_matches_the_composition() {
+        let mut rng = Rng::new(11);
+        for (b, t, c, nh) in [(1, 1, 4, 2), (2, 5, 6, 1), (3, 33, 24, 4), (1, 7, 8, 8), (2, 70, 64, 4)] {
+            let n = b * t * 3 * c;
+            let qkv =
+                Var::from_vec((0..n).map(|_| 2.0 * rng.normal()).collect::<Vec<f32>>(), (b, t, 3 * c), &Device::Cpu)
+                    .unwrap();
+            let probe =
+                Tensor::from_vec((0..b * t * c).map(|_| rng.normal()).collect::<Vec<f32>>(), (b, t, c), &Device::Cpu)
+                    .unwrap();
+            let fused = causal_attention(qkv.as_tensor(), nh).unwrap();
+            let reference = composed(qkv.as_tensor(), nh);
+            let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(&fused, &reference) <= 1e-5 * scale + 1e-6, "output {b}x{t}x{c}/{nh}");
+            let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (g1.get(qkv.as_tensor()).unwrap(), g2.get(qkv.as_tensor()).unwrap());
+            let scale = g2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(g1, g2);
+            assert!(d <= 1e-5 * scale + 1e-6, "gradient {b}x{t}x{c}/{nh}: {d} against {scale}");
+            let (_, att) = causal_attention_with_weights(qkv.as_tensor(), nh).unwrap();
+            let rows = att.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5), "weights sum to one per query");
+        }
+        let qkv = Tensor::zeros((1, 3, 9), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_attention(&qkv, 2).unwrap_err().to_string().contains("does not split into 2 heads"));
+    }
+}

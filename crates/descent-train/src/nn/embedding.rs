@@ -43,3 +43,21 @@ impl Embedding {
         embedding(indices, self.weight.as_tensor())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::embedding;
+
+    #[test]
+    fn an_index_outside_the_table_is_an_error_naming_it() {
+        let w = Tensor::zeros((4, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for (bad, name) in [(vec![0i64, 4], "index 4"), (vec![-1i64, 2], "index -1")] {
+            let e = embedding(&Tensor::new(bad.as_slice(), &Device::Cpu).unwrap(), &w).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("4-row"), "{e}");
+        }
+        let ok = embedding(&Tensor::new(&[[3u32, 0], [1, 1]], &Device::Cpu).unwrap(), &w).unwrap();
+        assert_eq!(ok.dims(), [2, 2, 3]);
+    }
+}

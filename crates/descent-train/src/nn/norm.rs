@@ -392,3 +392,104 @@ impl BatchNorm {
         vec![("running_mean".into(), self.running_mean.clone()), ("running_var".into(), self.running_var.clone())]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var, D};
+
+    use super::{batch_norm, layer_norm};
+    use crate::rng::Rng;
+
+    fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Var {
+        let n = shape.iter().product();
+        Var::from_vec((0..n).map(|_| offset + 3.0 * rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn close(what: &str, a: &Tensor, b: &Tensor) {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_diff(a, b);
+        assert!(d <= 1e-4 * scale + 1e-6, "{what}: {d} against {scale}");
+    }
+
+    /// Layer norm against candle's composition on a 4-D input far from zero mean.
+    #[test]
+    fn layer_norm_matches_the_composition() {
+        let mut rng = Rng::new(4);
+        let (x, w, b, probe) = (
+            randn(&mut rng, &[2, 3, 4, 10], 50.0),
+            randn(&mut rng, &[10], 0.0),
+            randn(&mut rng, &[10], 0.0),
+            randn(&mut rng, &[2, 3, 4, 10], 0.0),
+        );
+        let ours = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-3).unwrap();
+        let xc = x.as_tensor().broadcast_sub(&x.as_tensor().mean_keepdim(D::Minus1).unwrap()).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let composed = xc
+            .broadcast_div(&(var + 1e-3).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        close("output", &ours, &composed);
+        let g1 = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (n, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            close(n, g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        }
+    }
+
+    /// Batch norm on `[n, c, l]` (BatchNorm1d's other form) against candle's composition, and the
+    /// running statistics after two training steps.
+    #[test]
+    fn batch_norm_matches_the_composition_on_3d_input() {
+        let mut rng = Rng::new(9);
+        let (x, w, b, probe) = (
+            randn(&mut rng, &[5, 3, 7], 4.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[5, 3, 7], 0.0),
+        );
+        let (rm, rv) = (
+            Var::from_vec(vec![0.5f32, -1.0, 2.0], 3, &Device::Cpu).unwrap(),
+            Var::from_vec(vec![1.0f32, 2.0, 0.5], 3, &Device::Cpu).unwrap(),
+        );
+        let ours = batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).unwrap();
+        let bc = |t: &Tensor| t.reshape((1, 3, 1)).unwrap();
+        let mean = x.as_tensor().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+        let xc = x.as_tensor().broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+        let composed = xc
+            .broadcast_div(&(&var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&bc(w.as_tensor()))
+            .unwrap()
+            .broadcast_add(&bc(b.as_tensor()))
+            .unwrap();
+        close("output", &ours, &composed);
+        let g1 = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (n, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            close(n, g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        }
+        let expect_mean = ((mean.flatten_all().unwrap() * 0.1).unwrap()
+            + (Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap() * 0.9).unwrap())
+        .unwrap();
+        let expect_var = ((var.flatten_all().unwrap() * (0.1 * 35.0 / 34.0)).unwrap()
+            + (Tensor::new(&[1.0f32, 2.0, 0.5], &Device::Cpu).unwrap() * 0.9).unwrap())
+        .unwrap();
+        close("running_mean", rm.as_tensor(), &expect_mean);
+        close("running_var", rv.as_tensor(), &expect_var);
+        // Evaluation reads them and leaves them alone.
+        let before = rm.as_tensor().copy().unwrap();
+        batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), false, 0.1, 1e-5).unwrap();
+        assert_eq!(max_diff(rm.as_tensor(), &before), 0.0);
+        // A single value per channel has no variance to train on.
+        let one = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(batch_norm(&one, &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).is_err());
+    }
+}

@@ -95,3 +95,36 @@ pub fn adaptive_avg_pool2d_1x1(x: &Tensor) -> Result<Tensor> {
     let (n, c, _, _) = x.dims4()?;
     Ok(x.flatten_from(2)?.mean_keepdim(2)?.reshape((n, c, 1, 1))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::AvgPool2d;
+    use crate::rng::Rng;
+
+    /// Other windows than 2×2 / 2: the forward equals candle's (which is right), and the backward
+    /// is the forward's adjoint, `⟨pool(x), g⟩ = ⟨x, poolᵀ(g)⟩`.
+    #[test]
+    fn avg_pool_is_candles_forward_and_its_adjoint() {
+        let mut rng = Rng::new(6);
+        for (k, s, h, w) in [(3, 2, 7, 8), (2, 1, 4, 5), (2, 2, 5, 5), (3, 3, 3, 10)] {
+            let n = 2 * 3 * h * w;
+            let x =
+                Var::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f32>>(), (2, 3, h, w), &Device::Cpu).unwrap();
+            let y = AvgPool2d::new(k, s).forward(x.as_tensor()).unwrap();
+            let theirs = x.as_tensor().avg_pool2d_with_stride(k, s).unwrap();
+            let d = (&y - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-6, "forward k{k} s{s} {h}x{w}: {d}");
+            let g: Vec<f32> = (0..y.elem_count()).map(|_| rng.normal()).collect();
+            let g = Tensor::from_vec(g, y.dims(), &Device::Cpu).unwrap();
+            let lhs = (&y * &g).unwrap().sum_all().unwrap();
+            let gx = lhs.backward().unwrap();
+            let rhs = (x.as_tensor() * gx.get(x.as_tensor()).unwrap()).unwrap().sum_all().unwrap();
+            let (l, r) = (lhs.to_scalar::<f32>().unwrap(), rhs.to_scalar::<f32>().unwrap());
+            assert!((l - r).abs() <= 1e-5 * l.abs().max(1.0), "adjoint k{k} s{s} {h}x{w}: {l} vs {r}");
+        }
+        let small = Tensor::zeros((1, 1, 1, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(AvgPool2d::new(2, 2).forward(&small).is_err());
+    }
+}
