@@ -19,6 +19,7 @@ pub mod linear;
 pub mod loss;
 pub mod mnist;
 pub mod model;
+pub mod nn;
 pub mod optim;
 pub mod rng;
 pub mod train;

@@ -1,0 +1,286 @@
+//! Causal multi-head self-attention (nanoGPT's `CausalSelfAttention`). The attention core is one
+//! candle op with its own backward: per (batch, head), the scores `q·kᵀ/√hs`, the causal mask and
+//! the softmax in one pass over one `[t, t]` buffer, kept for the backward, which recovers the
+//! softmax's gradient from it and `rowsum(dy ∘ y)` (as flash attention does). candle's composition
+//! materializes the `[b, h, t, t]` scores, the masked scores, their exponentials and the weights,
+//! each again in the backward.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{f32_slice, storage_f32s};
+use crate::error::{Error, Result};
+use crate::gemm::matmul;
+use crate::model::{Init, Linear};
+use crate::rng::Rng;
+
+/// The attention core on `qkv` `[b, t, 3c]` (q, k, v side by side, head `h` on channels
+/// `[h·hs, (h+1)·hs)` of each), giving `[b, t, c]` with the heads side by side.
+struct AttentionOp {
+    n_head: usize,
+    /// The attention weights `[b, n_head, t, t]` of the forward, zero above the diagonal.
+    att: Arc<Mutex<Vec<f32>>>,
+}
+
+/// `(b, t, c, hs)` of a `[b, t, 3c]` input split into `n_head` heads.
+fn geom(dims: &[usize], n_head: usize) -> candle_core::Result<(usize, usize, usize, usize)> {
+    if dims.len() != 3
+        || dims[1] == 0
+        || dims[2] == 0
+        || !dims[2].is_multiple_of(3)
+        || n_head == 0
+        || !(dims[2] / 3).is_multiple_of(n_head)
+    {
+        candle_core::bail!("causal attention: qkv [b, t, 3c] {dims:?} (t > 0) does not split into {n_head} heads");
+    }
+    let c = dims[2] / 3;
+    Ok((dims[0], dims[1], c, c / n_head))
+}
+
+/// Copies the `[t, hs]` block at channel `off` of each row of `src` (rows of `ld`) into `dst`.
+fn gather(dst: &mut [f32], src: &[f32], ld: usize, off: usize, hs: usize) {
+    for (d, s) in dst.chunks_mut(hs).zip(src.chunks(ld)) {
+        d.copy_from_slice(&s[off..off + hs]);
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "descent-causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, t, c, hs) = geom(l.dims(), self.n_head)?;
+        let x = f32_slice(s, l, "causal attention qkv")?;
+        let nh = self.n_head;
+        let scale = 1.0 / (hs as f32).sqrt();
+        let mut att = vec![0.0f32; b * nh * t * t];
+        // Each (batch, head) task: its weights in place, its output block returned.
+        let ys: Vec<Vec<f32>> = att
+            .par_chunks_mut(t * t)
+            .enumerate()
+            .map(|(task, p)| {
+                let (bi, h) = (task / nh, task % nh);
+                let rows = &x[bi * t * 3 * c..][..t * 3 * c];
+                let (mut q, mut k, mut v) = (vec![0.0f32; t * hs], vec![0.0f32; t * hs], vec![0.0f32; t * hs]);
+                gather(&mut q, rows, 3 * c, h * hs, hs);
+                gather(&mut k, rows, 3 * c, c + h * hs, hs);
+                gather(&mut v, rows, 3 * c, 2 * c + h * hs, hs);
+                matmul(p, false, &q, false, &k, true, t, t, hs, false);
+                for (i, row) in p.chunks_mut(t).enumerate() {
+                    let (seen, masked) = row.split_at_mut(i + 1);
+                    masked.fill(0.0);
+                    let m = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
+                    let mut sum = 0.0f32;
+                    for s in seen.iter_mut() {
+                        *s = (*s * scale - m).exp();
+                        sum += *s;
+                    }
+                    let r = 1.0 / sum;
+                    seen.iter_mut().for_each(|s| *s *= r);
+                }
+                let mut y = vec![0.0f32; t * hs];
+                matmul(&mut y, false, p, false, &v, false, t, hs, t, false);
+                y
+            })
+            .collect();
+        let mut out = vec![0.0f32; b * t * c];
+        for (task, y) in ys.iter().enumerate() {
+            let (bi, h) = (task / nh, task % nh);
+            for (row, yr) in out[bi * t * c..][..t * c].chunks_mut(c).zip(y.chunks(hs)) {
+                row[h * hs..(h + 1) * hs].copy_from_slice(yr);
+            }
+        }
+        *self.att.lock().expect("attention weights lock") = att;
+        Ok((CpuStorage::F32(out), Shape::from((b, t, c))))
+    }
+
+    /// Per head, with `P` the weights and `s` = 1/√hs: `dv = Pᵀ·dy`, `dP = dy·vᵀ`,
+    /// `dS = P ∘ (dP − rowsum(dy ∘ y))·s` (the softmax's backward; `rowsum(P ∘ dP) = rowsum(dy ∘ y)`),
+    /// `dq = dS·k`, `dk = dSᵀ·q`.
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (_, t, c, hs) = geom(arg.dims(), self.n_head)?;
+        let nh = self.n_head;
+        let scale = 1.0 / (hs as f32).sqrt();
+        let g = grad.contiguous()?;
+        let (sx, lx) = arg.storage_and_layout();
+        let (sy, ly) = res.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let x = storage_f32s(&sx, lx, "causal attention qkv")?;
+        let yall = storage_f32s(&sy, ly, "causal attention output")?;
+        let gall = storage_f32s(&sg, lg, "causal attention gradient")?;
+        let att = self.att.lock().expect("attention weights lock");
+        // Each task returns its [3, t, hs] block of dq, dk, dv.
+        let blocks: Vec<Vec<f32>> = att
+            .par_chunks(t * t)
+            .enumerate()
+            .map(|(task, p)| {
+                let (bi, h) = (task / nh, task % nh);
+                let rows = &x[bi * t * 3 * c..][..t * 3 * c];
+                let buf = || vec![0.0f32; t * hs];
+                let (mut q, mut k, mut v, mut y, mut dy) = (buf(), buf(), buf(), buf(), buf());
+                gather(&mut q, rows, 3 * c, h * hs, hs);
+                gather(&mut k, rows, 3 * c, c + h * hs, hs);
+                gather(&mut v, rows, 3 * c, 2 * c + h * hs, hs);
+                gather(&mut y, &yall[bi * t * c..][..t * c], c, h * hs, hs);
+                gather(&mut dy, &gall[bi * t * c..][..t * c], c, h * hs, hs);
+                let mut out = vec![0.0f32; 3 * t * hs];
+                let (dq, rest) = out.split_at_mut(t * hs);
+                let (dk, dv) = rest.split_at_mut(t * hs);
+                matmul(dv, false, p, true, &dy, false, t, hs, t, false);
+                let mut ds = vec![0.0f32; t * t];
+                matmul(&mut ds, false, &dy, false, &v, true, t, t, hs, false);
+                for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
+                    let d: f32 = dy[i * hs..][..hs].iter().zip(&y[i * hs..][..hs]).map(|(a, b)| a * b).sum();
+                    dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
+                    dsr[i + 1..].fill(0.0);
+                }
+                matmul(dq, false, &ds, false, &k, false, t, hs, t, false);
+                matmul(dk, false, &ds, true, &q, false, t, hs, t, false);
+                out
+            })
+            .collect();
+        let mut gx = vec![0.0f32; x.len()];
+        for (task, blk) in blocks.iter().enumerate() {
+            let (bi, h) = (task / nh, task % nh);
+            for (part, src) in blk.chunks(t * hs).enumerate() {
+                let off = part * c + h * hs;
+                for (row, s) in gx[bi * t * 3 * c..][..t * 3 * c].chunks_mut(3 * c).zip(src.chunks(hs)) {
+                    row[off..off + hs].copy_from_slice(s);
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+    }
+}
+
+/// The causal attention of `qkv` `[b, t, 3c]` split into `n_head` heads:
+/// `softmax(q·kᵀ/√hs, keys after the query masked)·v` per head, heads side by side in `[b, t, c]`.
+pub fn causal_attention(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
+    Ok(qkv.contiguous()?.apply_op1(AttentionOp { n_head, att: Arc::new(Mutex::new(Vec::new())) })?)
+}
+
+/// [`causal_attention`] and a copy of its attention weights `[b, n_head, t, t]` (zero above the
+/// diagonal), for inspection: the backward does not flow through the copy.
+pub fn causal_attention_with_weights(qkv: &Tensor, n_head: usize) -> Result<(Tensor, Tensor)> {
+    let att = Arc::new(Mutex::new(Vec::new()));
+    let y = qkv.contiguous()?.apply_op1(AttentionOp { n_head, att: att.clone() })?;
+    let (b, t, _) = y.dims3()?;
+    let w = att.lock().expect("attention weights lock").clone();
+    Ok((y, Tensor::from_vec(w, (b, n_head, t, t), qkv.device())?))
+}
+
+/// nanoGPT's `CausalSelfAttention` without dropout: `c_attn` (`[3c, c]` weight and bias) makes q, k
+/// and v, [`causal_attention`] over `n_head` heads, and `c_proj` (`[c, c]`) mixes the heads.
+#[derive(Clone)]
+pub struct CausalSelfAttention {
+    pub c_attn: Linear,
+    pub c_proj: Linear,
+    pub n_head: usize,
+}
+
+impl CausalSelfAttention {
+    /// `c` channels in `n_head` heads (`c` a multiple of `n_head`).
+    pub fn new(c: usize, n_head: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if n_head == 0 || !c.is_multiple_of(n_head) {
+            return Err(Error::Param(format!("attention: {c} channels do not split into {n_head} heads")));
+        }
+        Ok(CausalSelfAttention {
+            c_attn: Linear::new(c, 3 * c, init, rng, dev)?,
+            c_proj: Linear::new(c, c, init, rng, dev)?,
+            n_head,
+        })
+    }
+
+    /// `x` `[b, t, c]` to `[b, t, c]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let y = causal_attention(&self.qkv(x)?, self.n_head)?;
+        self.project(&y, b, t, c)
+    }
+
+    /// [`Self::forward`] and the attention weights `[b, n_head, t, t]`.
+    pub fn forward_with_weights(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, c) = x.dims3()?;
+        let (y, att) = causal_attention_with_weights(&self.qkv(x)?, self.n_head)?;
+        Ok((self.project(&y, b, t, c)?, att))
+    }
+
+    /// `c_attn(x)` as `[b, t, 3c]`.
+    fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        Ok(self.c_attn.forward(&x.reshape((b * t, c))?)?.reshape((b, t, 3 * c))?)
+    }
+
+    /// `c_proj(y)` as `[b, t, c]`.
+    fn project(&self, y: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor> {
+        Ok(self.c_proj.forward(&y.reshape((b * t, c))?)?.reshape((b, t, c))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var, D};
+
+    use super::{causal_attention, causal_attention_with_weights};
+    use crate::rng::Rng;
+
+    /// candle's composition of the same attention, the reference for the fused op.
+    fn composed(qkv: &Tensor, n_head: usize) -> Tensor {
+        let (b, t, c3) = qkv.dims3().unwrap();
+        let (c, hs) = (c3 / 3, c3 / 3 / n_head);
+        let part = |i: usize| {
+            qkv.narrow(2, i * c, c)
+                .unwrap()
+                .reshape((b, t, n_head, hs))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let s = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() / (hs as f64).sqrt()).unwrap();
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+        let att = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        att.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t, c)).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Values and gradients of the fused op against candle's composition, over shapes the
+    /// reference file does not have: one position, one head, one channel per head, long sequences.
+    #[test]
+    fn fused_attention_matches_the_composition() {
+        let mut rng = Rng::new(11);
+        for (b, t, c, nh) in [(1, 1, 4, 2), (2, 5, 6, 1), (3, 33, 24, 4), (1, 7, 8, 8), (2, 70, 64, 4)] {
+            let n = b * t * 3 * c;
+            let qkv =
+                Var::from_vec((0..n).map(|_| 2.0 * rng.normal()).collect::<Vec<f32>>(), (b, t, 3 * c), &Device::Cpu)
+                    .unwrap();
+            let probe =
+                Tensor::from_vec((0..b * t * c).map(|_| rng.normal()).collect::<Vec<f32>>(), (b, t, c), &Device::Cpu)
+                    .unwrap();
+            let fused = causal_attention(qkv.as_tensor(), nh).unwrap();
+            let reference = composed(qkv.as_tensor(), nh);
+            let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(max_diff(&fused, &reference) <= 1e-5 * scale + 1e-6, "output {b}x{t}x{c}/{nh}");
+            let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (g1.get(qkv.as_tensor()).unwrap(), g2.get(qkv.as_tensor()).unwrap());
+            let scale = g2.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(g1, g2);
+            assert!(d <= 1e-5 * scale + 1e-6, "gradient {b}x{t}x{c}/{nh}: {d} against {scale}");
+            let (_, att) = causal_attention_with_weights(qkv.as_tensor(), nh).unwrap();
+            let rows = att.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5), "weights sum to one per query");
+        }
+        let qkv = Tensor::zeros((1, 3, 9), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_attention(&qkv, 2).unwrap_err().to_string().contains("does not split into 2 heads"));
+    }
+}

@@ -1,0 +1,495 @@
+//! Layer normalization and batch normalization as candle ops with their own backward (the closed
+//! forms below), where candle's composition builds a dozen tensors each way.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::cpu::{f32_slice, storage_f32s};
+use crate::error::{Error, Result};
+use crate::model::Mode;
+use crate::nn::ROWS_PER_TASK;
+
+/// Mean and biased variance (over `x.len()`) of `x`, accumulated in f64.
+fn moments(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var)
+}
+
+/// `torch.nn.functional.layer_norm` over the last dimension with weight and bias.
+#[derive(Debug, Clone, Copy)]
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl LayerNormOp {
+    fn check(&self, x: &[usize], w: &[usize], b: &[usize]) -> candle_core::Result<usize> {
+        match x.last() {
+            Some(&c) if c > 0 && w == [c] && b == [c] => Ok(c),
+            _ => candle_core::bail!("layer_norm: input [.., c] {x:?}, weight [c] {w:?} and bias [c] {b:?} do not fit"),
+        }
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "descent-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let c = self.check(l1.dims(), l2.dims(), l3.dims())?;
+        let (x, w, b) = (
+            f32_slice(s1, l1, "layer_norm input")?,
+            f32_slice(s2, l2, "layer_norm weight")?,
+            f32_slice(s3, l3, "layer_norm bias")?,
+        );
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(ROWS_PER_TASK).for_each(|(y, x)| {
+            let (mean, var) = moments(x);
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                *o = ((v as f64 - mean) * rstd) as f32 * w + b;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// With `x̂ = (x − μ)·r` and `ĝ = g·w` per row: `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`,
+    /// `dw = Σ_rows g·x̂`, `db = Σ_rows g`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.elem_count();
+        let g = grad.contiguous()?;
+        let (sx, lx) = x.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let xs = storage_f32s(&sx, lx, "layer_norm input")?;
+        let ws = storage_f32s(&sw, lw, "layer_norm weight")?;
+        let gs = storage_f32s(&sg, lg, "layer_norm gradient")?;
+        let mut gx = vec![0.0f32; xs.len()];
+        // Each task returns its rows' partial sums of g·x̂ and g, added in task order.
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = gx
+            .par_chunks_mut(c * ROWS_PER_TASK)
+            .zip(xs.par_chunks(c * ROWS_PER_TASK).zip(gs.par_chunks(c * ROWS_PER_TASK)))
+            .map(|(gx, (xs, gs))| {
+                let (mut gw, mut gb) = (vec![0.0f64; c], vec![0.0f64; c]);
+                let mut xhat = vec![0.0f64; c];
+                for ((gx, x), g) in gx.chunks_mut(c).zip(xs.chunks(c)).zip(gs.chunks(c)) {
+                    let (mean, var) = moments(x);
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                    for i in 0..c {
+                        xhat[i] = (x[i] as f64 - mean) * rstd;
+                        let gh = g[i] as f64 * ws[i] as f64;
+                        sg += gh;
+                        sgx += gh * xhat[i];
+                        gw[i] += g[i] as f64 * xhat[i];
+                        gb[i] += g[i] as f64;
+                    }
+                    let (mg, mgx) = (sg / c as f64, sgx / c as f64);
+                    for i in 0..c {
+                        gx[i] = (rstd * (g[i] as f64 * ws[i] as f64 - mg - xhat[i] * mgx)) as f32;
+                    }
+                }
+                (gw, gb)
+            })
+            .collect();
+        let (mut gw, mut gb) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (pw, pb) in partial {
+            gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+            gb.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        let f = |v: Vec<f64>| Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<f32>>(), c, dev);
+        Ok((Some(Tensor::from_vec(gx, x.dims(), dev)?), Some(f(gw)?), Some(f(gb)?)))
+    }
+}
+
+/// `torch.nn.functional.layer_norm(x, [c], weight, bias, eps)`: each row of the last dimension
+/// (size `c`) normalized by its mean and biased variance, then scaled and shifted.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })?)
+}
+
+/// `torch.nn.LayerNorm(c)`: weight (ones) and bias (zeros) of shape `[c]`, eps 1e-5 by default.
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(c: usize, dev: &Device) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: Var::from_tensor(&Tensor::ones(c, candle_core::DType::F32, dev)?)?,
+            bias: Var::from_tensor(&Tensor::zeros(c, candle_core::DType::F32, dev)?)?,
+            eps: 1e-5,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
+    }
+}
+
+/// Per-channel statistics of one batch-norm forward: mean and `1/√(var + eps)`.
+#[derive(Debug, Default)]
+struct ChannelStats {
+    mean: Vec<f64>,
+    rstd: Vec<f64>,
+    /// The biased batch variance (training) for the running estimate.
+    var: Vec<f64>,
+}
+
+/// `torch.nn.functional.batch_norm` on `[n, c, ...]` with weight and bias. Training normalizes by
+/// the batch's statistics (kept in `stats` for the backward and the running estimates); evaluation
+/// by the given running statistics.
+struct BatchNormOp {
+    eps: f64,
+    /// `Some((running_mean, running_var))` in evaluation mode.
+    running: Option<(Vec<f32>, Vec<f32>)>,
+    stats: Arc<Mutex<ChannelStats>>,
+}
+
+/// `(outer, c, inner)` of an `[n, c, ...]` input.
+fn bn_geom(x: &[usize], w: &[usize], b: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+    if x.len() < 2 || x[1..].contains(&0) || w != [x[1]] || b != [x[1]] {
+        candle_core::bail!("batch_norm: input [n, c, ...] {x:?}, weight [c] {w:?} and bias [c] {b:?} do not fit");
+    }
+    Ok((x[0], x[1], x[2..].iter().product()))
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "descent-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, inner) = bn_geom(l1.dims(), l2.dims(), l3.dims())?;
+        let (x, w, b) = (
+            f32_slice(s1, l1, "batch_norm input")?,
+            f32_slice(s2, l2, "batch_norm weight")?,
+            f32_slice(s3, l3, "batch_norm bias")?,
+        );
+        let count = n * inner;
+        let (mean, var): (Vec<f64>, Vec<f64>) = match &self.running {
+            Some((rm, rv)) => {
+                if rm.len() != c || rv.len() != c {
+                    candle_core::bail!(
+                        "batch_norm: running statistics of {} and {} for {c} channels",
+                        rm.len(),
+                        rv.len()
+                    );
+                }
+                (rm.iter().map(|&v| v as f64).collect(), rv.iter().map(|&v| v as f64).collect())
+            }
+            None => {
+                if count < 2 {
+                    candle_core::bail!(
+                        "batch_norm: training needs more than one value per channel, got input {:?}",
+                        l1.dims()
+                    );
+                }
+                (0..c)
+                    .into_par_iter()
+                    .map(|ci| {
+                        let blocks = || (0..n).map(|ni| &x[(ni * c + ci) * inner..][..inner]);
+                        let mean = blocks().flatten().map(|&v| v as f64).sum::<f64>() / count as f64;
+                        let var = blocks().flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count as f64;
+                        (mean, var)
+                    })
+                    .unzip()
+            }
+        };
+        let rstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(inner).zip(x.par_chunks(inner)).enumerate().for_each(|(k, (y, x))| {
+            let ci = k % c;
+            let (m, r, w, b) = (mean[ci], rstd[ci], w[ci], b[ci]);
+            y.iter_mut().zip(x).for_each(|(o, &v)| *o = ((v as f64 - m) * r) as f32 * w + b);
+        });
+        *self.stats.lock().expect("batch_norm stats lock") = ChannelStats { mean, rstd, var };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    /// Training, with `x̂ = (x − μ)·r` over the `m` values of a channel:
+    /// `dx = w·r·(g − mean(g) − x̂·mean(g·x̂))`; evaluation (fixed statistics): `dx = w·r·g`.
+    /// Both: `dw = Σ g·x̂`, `db = Σ g` per channel.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, inner) = bn_geom(x.dims(), w.dims(), w.dims())?;
+        let g = grad.contiguous()?;
+        let (sx, lx) = x.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let xs = storage_f32s(&sx, lx, "batch_norm input")?;
+        let ws = storage_f32s(&sw, lw, "batch_norm weight")?;
+        let gs = storage_f32s(&sg, lg, "batch_norm gradient")?;
+        let stats = self.stats.lock().expect("batch_norm stats lock");
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
+        let count = (n * inner) as f64;
+        let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                for ni in 0..n {
+                    let at = (ni * c + ci) * inner;
+                    for (&x, &g) in xs[at..at + inner].iter().zip(&gs[at..at + inner]) {
+                        sg += g as f64;
+                        sgx += g as f64 * (x as f64 - mean[ci]) * rstd[ci];
+                    }
+                }
+                (sg, sgx)
+            })
+            .unzip();
+        let training = self.running.is_none();
+        let mut gx = vec![0.0f32; xs.len()];
+        gx.par_chunks_mut(inner).zip(xs.par_chunks(inner).zip(gs.par_chunks(inner))).enumerate().for_each(
+            |(k, (gx, (xs, gs)))| {
+                let ci = k % c;
+                let (m, r, scale) = (mean[ci], rstd[ci], ws[ci] as f64 * rstd[ci]);
+                let (mg, mgx) = if training { (sum_g[ci] / count, sum_gx[ci] / count) } else { (0.0, 0.0) };
+                for ((o, &x), &g) in gx.iter_mut().zip(xs).zip(gs) {
+                    *o = (scale * (g as f64 - mg - (x as f64 - m) * r * mgx)) as f32;
+                }
+            },
+        );
+        let dev = x.device();
+        let f = |v: Vec<f64>| Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<f32>>(), c, dev);
+        Ok((Some(Tensor::from_vec(gx, x.dims(), dev)?), Some(f(sum_gx)?), Some(f(sum_g)?)))
+    }
+}
+
+/// `torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
+/// eps)` on `[n, c]`, `[n, c, l]` or `[n, c, h, w]`. In training, the running statistics (`[c]`)
+/// move towards the batch's mean and unbiased variance by `momentum`, in place; in evaluation they
+/// normalize the input and stay as they are.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+    weight: &Tensor,
+    bias: &Tensor,
+    training: bool,
+    momentum: f64,
+    eps: f64,
+) -> Result<Tensor> {
+    let read = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?) };
+    let (rm, rv) = (read(running_mean)?, read(running_var)?);
+    let stats = Arc::new(Mutex::new(ChannelStats::default()));
+    let op = BatchNormOp { eps, running: (!training).then(|| (rm.clone(), rv.clone())), stats: stats.clone() };
+    let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    if training {
+        let s = stats.lock().expect("batch_norm stats lock");
+        if rm.len() != s.mean.len() || rv.len() != s.mean.len() {
+            return Err(Error::Param(format!(
+                "batch_norm: running statistics of {} and {} values for {} channels",
+                rm.len(),
+                rv.len(),
+                s.mean.len()
+            )));
+        }
+        let count = (x.elem_count() / s.mean.len()) as f64;
+        let m = momentum as f32;
+        let mean: Vec<f32> = rm.iter().zip(&s.mean).map(|(&r, &b)| (1.0 - m) * r + m * b as f32).collect();
+        let unbiased = count / (count - 1.0);
+        let var: Vec<f32> = rv.iter().zip(&s.var).map(|(&r, &b)| (1.0 - m) * r + m * (b * unbiased) as f32).collect();
+        running_mean.set(&Tensor::from_vec(mean, running_mean.dims(), x.device())?)?;
+        running_var.set(&Tensor::from_vec(var, running_var.dims(), x.device())?)?;
+    }
+    Ok(y)
+}
+
+/// `torch.nn.BatchNorm1d` / `BatchNorm2d` (the same layer: `[n, c]`, `[n, c, l]` or `[n, c, h, w]`):
+/// weight (ones) and bias (zeros) are parameters; `running_mean` (zeros) and `running_var` (ones)
+/// are buffers, not parameters: updated in place by each training-mode forward, read and saved by
+/// the caller, and used instead of the batch's statistics in evaluation mode.
+#[derive(Clone)]
+pub struct BatchNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+/// [`BatchNorm`] on `[n, c]` (or `[n, c, l]`).
+pub type BatchNorm1d = BatchNorm;
+/// [`BatchNorm`] on `[n, c, h, w]`.
+pub type BatchNorm2d = BatchNorm;
+
+impl BatchNorm {
+    /// `c` channels, momentum 0.1, eps 1e-5, PyTorch's initial values.
+    pub fn new(c: usize, dev: &Device) -> Result<Self> {
+        let v = |one: bool| -> Result<Var> {
+            let t = if one {
+                Tensor::ones(c, candle_core::DType::F32, dev)?
+            } else {
+                Tensor::zeros(c, candle_core::DType::F32, dev)?
+            };
+            Ok(Var::from_tensor(&t)?)
+        };
+        Ok(BatchNorm {
+            weight: v(true)?,
+            bias: v(false)?,
+            running_mean: v(false)?,
+            running_var: v(true)?,
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    /// Batch statistics (and a running-statistics update) in [`Mode::Train`], running statistics in
+    /// [`Mode::Eval`].
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        batch_norm(
+            x,
+            &self.running_mean,
+            &self.running_var,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            mode == Mode::Train,
+            self.momentum,
+            self.eps,
+        )
+    }
+
+    /// The buffers with PyTorch's names (under the layer's prefix): `running_mean`, `running_var`.
+    pub fn named_buffers(&self) -> Vec<(String, Var)> {
+        vec![("running_mean".into(), self.running_mean.clone()), ("running_var".into(), self.running_var.clone())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var, D};
+
+    use super::{batch_norm, layer_norm};
+    use crate::rng::Rng;
+
+    fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Var {
+        let n = shape.iter().product();
+        Var::from_vec((0..n).map(|_| offset + 3.0 * rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn close(what: &str, a: &Tensor, b: &Tensor) {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_diff(a, b);
+        assert!(d <= 1e-4 * scale + 1e-6, "{what}: {d} against {scale}");
+    }
+
+    /// Layer norm against candle's composition on a 4-D input far from zero mean.
+    #[test]
+    fn layer_norm_matches_the_composition() {
+        let mut rng = Rng::new(4);
+        let (x, w, b, probe) = (
+            randn(&mut rng, &[2, 3, 4, 10], 50.0),
+            randn(&mut rng, &[10], 0.0),
+            randn(&mut rng, &[10], 0.0),
+            randn(&mut rng, &[2, 3, 4, 10], 0.0),
+        );
+        let ours = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-3).unwrap();
+        let xc = x.as_tensor().broadcast_sub(&x.as_tensor().mean_keepdim(D::Minus1).unwrap()).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let composed = xc
+            .broadcast_div(&(var + 1e-3).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        close("output", &ours, &composed);
+        let g1 = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (n, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            close(n, g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        }
+    }
+
+    /// Batch norm on `[n, c, l]` (BatchNorm1d's other form) against candle's composition, and the
+    /// running statistics after two training steps.
+    #[test]
+    fn batch_norm_matches_the_composition_on_3d_input() {
+        let mut rng = Rng::new(9);
+        let (x, w, b, probe) = (
+            randn(&mut rng, &[5, 3, 7], 4.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[5, 3, 7], 0.0),
+        );
+        let (rm, rv) = (
+            Var::from_vec(vec![0.5f32, -1.0, 2.0], 3, &Device::Cpu).unwrap(),
+            Var::from_vec(vec![1.0f32, 2.0, 0.5], 3, &Device::Cpu).unwrap(),
+        );
+        let ours = batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).unwrap();
+        let bc = |t: &Tensor| t.reshape((1, 3, 1)).unwrap();
+        let mean = x.as_tensor().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+        let xc = x.as_tensor().broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
+        let composed = xc
+            .broadcast_div(&(&var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&bc(w.as_tensor()))
+            .unwrap()
+            .broadcast_add(&bc(b.as_tensor()))
+            .unwrap();
+        close("output", &ours, &composed);
+        let g1 = (ours * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        for (n, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            close(n, g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        }
+        let expect_mean = ((mean.flatten_all().unwrap() * 0.1).unwrap()
+            + (Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap() * 0.9).unwrap())
+        .unwrap();
+        let expect_var = ((var.flatten_all().unwrap() * (0.1 * 35.0 / 34.0)).unwrap()
+            + (Tensor::new(&[1.0f32, 2.0, 0.5], &Device::Cpu).unwrap() * 0.9).unwrap())
+        .unwrap();
+        close("running_mean", rm.as_tensor(), &expect_mean);
+        close("running_var", rv.as_tensor(), &expect_var);
+        // Evaluation reads them and leaves them alone.
+        let before = rm.as_tensor().copy().unwrap();
+        batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), false, 0.1, 1e-5).unwrap();
+        assert_eq!(max_diff(rm.as_tensor(), &before), 0.0);
+        // A single value per channel has no variance to train on.
+        let one = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(batch_norm(&one, &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).is_err());
+    }
+}
