@@ -536,6 +536,12 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
                 })
             })
             .collect::<Result<_>>()?;
+        if let Some(other) = g.as_object().and_then(|o| o.keys().find(|k| *k != "params" && *k != "hparams")) {
+            return Err(Error::Field {
+                context: gctx.clone(),
+                message: format!("unknown key `{other}`; a group is {{\"params\": [indices], \"hparams\": {{…}}}}"),
+            });
+        }
         let mut merged = base.clone();
         if let Some(o) = g.get("hparams") {
             let o = o
@@ -675,7 +681,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
         }
         "asgd" => {
             let t = torch::Asgd::new(torch::AsgdConfig {
-                lr: k.f64("lr", 1e-2)?,
+                lr: k.lr("lr", Some(1e-2))?,
                 lambd: k.f64("lambd", 1e-4)?,
                 alpha: k.f64("alpha", 0.75)?,
                 t0: k.f64("t0", 1e6)?,

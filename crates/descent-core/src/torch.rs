@@ -136,6 +136,9 @@ impl Sgd {
 }
 elementwise_transform!(Sgd, |s, shapes, _p| { s.momentum_buffer = if s.momentum != 0.0 { zeros(shapes).into() } else { ParamBufs::default() }; }; bufs: [momentum_buffer]; counters: [step]; scalars: []);
 impl Elementwise for Sgd {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.first = self.step == 0;
@@ -245,6 +248,9 @@ elementwise_transform!(Adam, |s, shapes, _p| {
     s.max_exp_avg_sq = if s.amsgrad { zeros(shapes).into() } else { ParamBufs::default() };
 }; bufs: [exp_avg, exp_avg_sq, max_exp_avg_sq]; counters: [step]; scalars: []);
 impl Elementwise for Adam {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
@@ -353,6 +359,9 @@ impl Adagrad {
 }
 elementwise_transform!(Adagrad, |s, shapes, _p| { s.sum = full(shapes, s.initial).into(); }; bufs: [sum]; counters: [step]; scalars: []);
 impl Elementwise for Adagrad {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
@@ -447,6 +456,9 @@ elementwise_transform!(Rmsprop, |s, shapes, _p| {
     s.momentum_buffer = if s.momentum > 0.0 { zeros(shapes).into() } else { ParamBufs::default() };
 }; bufs: [square_avg, grad_avg, momentum_buffer]; counters: [step]; scalars: []);
 impl Elementwise for Rmsprop {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
@@ -553,6 +565,9 @@ impl Adadelta {
 }
 elementwise_transform!(Adadelta, |s, shapes, _p| { s.square_avg = zeros(shapes).into(); s.acc_delta = zeros(shapes).into(); }; bufs: [square_avg, acc_delta]; counters: [step]; scalars: []);
 impl Elementwise for Adadelta {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         self.cur_lr = self.lr.at(self.step) as f32;
         self.step += 1;
@@ -635,6 +650,9 @@ impl Adamax {
 }
 elementwise_transform!(Adamax, |s, shapes, _p| { s.exp_avg = zeros(shapes).into(); s.exp_inf = zeros(shapes).into(); }; bufs: [exp_avg, exp_inf]; counters: [step]; scalars: []);
 impl Elementwise for Adamax {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
@@ -748,6 +766,9 @@ impl Transform for Nadam {
     }
 }
 impl Elementwise for Nadam {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
@@ -851,6 +872,9 @@ impl Radam {
 }
 elementwise_transform!(Radam, |s, shapes, _p| { s.exp_avg = zeros(shapes).into(); s.exp_avg_sq = zeros(shapes).into(); }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
 impl Elementwise for Radam {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
@@ -967,7 +991,7 @@ impl Elementwise for Rprop {
 /// `torch.optim.ASGD` (Polyak & Juditsky 1992): SGD with a decaying step and an averaged iterate
 /// `ax` kept in the state.
 pub struct Asgd {
-    lr: f64,
+    lr: LearningRate,
     lambd: f64,
     alpha: f64,
     t0: f64,
@@ -981,8 +1005,9 @@ pub struct Asgd {
 }
 /// `torch.optim.ASGD`'s arguments, with its defaults (Polyak & Juditsky 1992).
 pub struct AsgdConfig {
-    /// Learning rate.
-    pub lr: f64,
+    /// Learning rate: the one in force at a step also sets the next step's `eta`, as torch's
+    /// `param_group["lr"]` does.
+    pub lr: LearningRate,
     /// Decay term.
     pub lambd: f64,
     /// Power of the eta update.
@@ -997,7 +1022,14 @@ pub struct AsgdConfig {
 
 impl Default for AsgdConfig {
     fn default() -> Self {
-        AsgdConfig { lr: 1e-2, lambd: 1e-4, alpha: 0.75, t0: 1e6, weight_decay: 0.0, maximize: false }
+        AsgdConfig {
+            lr: LearningRate::Constant(1e-2),
+            lambd: 1e-4,
+            alpha: 0.75,
+            t0: 1e6,
+            weight_decay: 0.0,
+            maximize: false,
+        }
     }
 }
 
@@ -1005,7 +1037,8 @@ impl Asgd {
     /// The optimizer of `config`, checked as torch checks its arguments.
     pub fn new(config: AsgdConfig) -> Result<Self> {
         let AsgdConfig { lr, lambd, alpha, t0, weight_decay, maximize } = config;
-        ensure(lr >= 0.0, || format!("Invalid learning rate: {lr}"))?;
+        check_lr(&lr)?;
+        let eta = lr.at(0);
         check_wd(weight_decay)?;
         Ok(Asgd {
             lr,
@@ -1015,7 +1048,7 @@ impl Asgd {
             weight_decay: weight_decay as f32,
             maximize,
             step: 0,
-            eta: lr,
+            eta,
             mu: 1.0,
             ax: ParamBufs::default(),
             k: [0.0; 3],
@@ -1026,7 +1059,7 @@ impl Transform for Asgd {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.ax = zeros(shapes).into();
-        self.eta = self.lr;
+        self.eta = self.lr.at(0);
         self.mu = 1.0;
         Ok(())
     }
@@ -1044,11 +1077,20 @@ impl Transform for Asgd {
     }
 }
 impl Elementwise for Asgd {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
+        if self.step == 0 {
+            // torch creates `eta` at the first step, from the learning rate in force then.
+            self.eta = self.lr.at(0);
+        }
         self.step += 1;
         self.k = [self.eta as f32, (1.0 - self.lambd * self.eta) as f32, self.mu as f32];
         let t = self.step as f64;
-        self.eta = self.lr / (1.0 + self.lambd * self.lr * t).powf(self.alpha);
+        // torch: after the step, eta from the group's lr now in force (the step just taken).
+        let lr = self.lr.at(self.step - 1);
+        self.eta = lr / (1.0 + self.lambd * lr * t).powf(self.alpha);
         self.mu = 1.0 / (t - self.t0).max(1.0);
     }
     simd_apply!(Asgd, |this, i, off, u, p| {
@@ -1374,6 +1416,9 @@ impl Muon {
     }
 }
 impl Transform for Muon {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {

@@ -124,6 +124,15 @@ pub trait Transform: Send + Sync {
     /// Visits every buffer, scalar and counter of the state.
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()>;
 
+    /// Visits the learning rates this transformation holds (its `lr` / `learning_rate`), for
+    /// [`Optimizer::set_learning_rate`]. By default those of its elementwise form; compositions
+    /// visit their parts'.
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        if let Some(e) = self.as_elementwise() {
+            e.visit_learning_rates(f);
+        }
+    }
+
     /// The parameters a user should evaluate or report, when they differ from the ones the
     /// optimizer steps (Lookahead's slow weights). `None`: the stepped parameters themselves.
     fn eval_params(&self, _params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
@@ -135,6 +144,8 @@ pub trait Transform: Send + Sync {
 pub trait Elementwise: Sync {
     /// Called once per step before any `apply`: advance counters, compute per-step scalars.
     fn begin_step(&mut self);
+    /// Visits the learning rates this rule holds (see [`Transform::visit_learning_rates`]).
+    fn visit_learning_rates(&mut self, _f: &mut dyn FnMut(&mut LearningRate)) {}
     /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
     /// of the parameter. Several threads may call it at once on different ranges. The drivers call
     /// it on blocks of at most [`BLOCK`] elements starting at multiples of [`BLOCK`] (block-wise
@@ -621,6 +632,11 @@ impl Chain {
 }
 
 impl Transform for Chain {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        for l in &mut self.links {
+            l.visit_learning_rates(f);
+        }
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
@@ -921,6 +937,63 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// Sets the learning rate of every part of the optimizer that has one (torch's
+    /// `param_group["lr"] = lr`, optax's `inject_hyperparams`): from the next step on, the rate is
+    /// `lr`, replacing a constant or a schedule. Each optimizer reacts as its library does: Adam's
+    /// moments are not rescaled, torch ASGD's next `eta` follows the new rate, torch Rprop (whose
+    /// `lr` only sets the initial step sizes) has none to set. An error when no part has a
+    /// learning rate.
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(Error::Invalid(format!("Invalid learning rate: {lr}")));
+        }
+        let mut found = 0;
+        self.tx.visit_learning_rates(&mut |r| {
+            *r = LearningRate::Constant(lr);
+            found += 1;
+        });
+        if found == 0 {
+            return Err(Error::Invalid("this optimizer has no learning rate to set".into()));
+        }
+        Ok(())
+    }
+
+    /// Every learning rate of the optimizer in a fixed order (one per torch param group or
+    /// partition group, say): its value when constant, `None` for a schedule.
+    pub fn learning_rates(&mut self) -> Vec<Option<f64>> {
+        let mut rates = vec![];
+        self.tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
+        rates
+    }
+
+    /// Sets each learning rate, in the order of [`Optimizer::learning_rates`] (a scheduler that
+    /// scales each group's base rate, as torch's `LRScheduler` does). `lrs` must have one value
+    /// per rate.
+    pub fn set_learning_rates(&mut self, lrs: &[f64]) -> Result<()> {
+        let n = self.learning_rates().len();
+        if lrs.len() != n {
+            return Err(Error::Invalid(format!("{} learning rates given, the optimizer has {n}", lrs.len())));
+        }
+        if let Some(bad) = lrs.iter().find(|x| !x.is_finite() || **x < 0.0) {
+            return Err(Error::Invalid(format!("Invalid learning rate: {bad}")));
+        }
+        let mut k = 0;
+        self.tx.visit_learning_rates(&mut |r| {
+            *r = LearningRate::Constant(lrs[k]);
+            k += 1;
+        });
+        Ok(())
+    }
+
+    /// The learning rate in force, when it is one constant (after [`Optimizer::set_learning_rate`],
+    /// or as built); `None` for a schedule, several different rates, or none.
+    pub fn learning_rate(&mut self) -> Option<f64> {
+        let mut rates = vec![];
+        self.tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
+        let first = (*rates.first()?)?;
+        rates.iter().all(|r| *r == Some(first)).then_some(first)
+    }
+
     /// Builds the optimizer and initializes its state for these parameters.
     pub fn new(mut tx: Box<dyn Transform>, shapes: Vec<Vec<usize>>, params: &[&[f32]]) -> Result<Self> {
         check_init(&shapes, params)?;

@@ -41,6 +41,9 @@ impl ScaleByLearningRate {
 }
 elementwise_transform!(ScaleByLearningRate, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
 impl Elementwise for ScaleByLearningRate {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn affine(&self, _i: usize) -> Option<(f32, f32)> {
         Some((self.current, 0.0))
     }

@@ -204,6 +204,9 @@ elementwise_transform!(ScaleByMadgrad, |st, shapes, params| {
     st.x0 = params.iter().map(|p| p.to_vec()).collect::<Vec<Vec<f32>>>().into();
 }; bufs: [grad_sum_sq, s, x0]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByMadgrad {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.count) as f32 + self.eps;
         self.lamb = lr * ((self.count + 1) as f32).sqrt();
@@ -265,6 +268,9 @@ impl DadaptAdamw {
     }
 }
 impl Transform for DadaptAdamw {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
@@ -368,6 +374,9 @@ impl Prodigy {
     }
 }
 impl Transform for Prodigy {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
@@ -547,6 +556,10 @@ impl Epilogue for ScheduleFree {
 }
 
 impl Transform for ScheduleFree {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+        self.base.visit_learning_rates(f);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.z = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, Fold, Head, Map, Shapes, Transform};
+use crate::transform::{Elementwise, Fold, Head, LearningRate, Map, Shapes, Transform};
 
 use super::zeros;
 
@@ -70,6 +70,9 @@ impl MultiSteps {
     }
 }
 impl Transform for MultiSteps {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        self.inner.visit_learning_rates(f);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.acc_grads = zeros(shapes);
@@ -129,6 +132,9 @@ impl ApplyIfFinite {
     }
 }
 impl Transform for ApplyIfFinite {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        self.inner.visit_learning_rates(f);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         (self.notfinite_count, self.last_finite, self.total_notfinite) = (0, 1, 0);
@@ -180,6 +186,9 @@ impl Lookahead {
     }
 }
 impl Transform for Lookahead {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        self.inner.visit_learning_rates(f);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.slow = params.iter().map(|p| p.to_vec()).collect();
@@ -290,6 +299,11 @@ impl Partition {
     }
 }
 impl Transform for Partition {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        for (_, g) in &mut self.groups {
+            g.visit_learning_rates(f);
+        }
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         let mut slot = vec![None; shapes.len()];
