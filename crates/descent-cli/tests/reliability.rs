@@ -458,6 +458,7 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         ),
         (vec!["train", "--model", "mlp", "--data", s(&empty)], "no training images"),
         (vec!["train", "--model", "lenet", "--dropout", "0.5"], "--dropout"),
+        (vec!["train", "--model", "linear", "--optimizer", "torch.rprop", "--schedule", "cosine"], "no learning rate"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1,lr=0.2"], "twice"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--target", "nan"], "--target"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--jobs", "0"], "--jobs"),

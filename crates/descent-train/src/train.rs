@@ -319,14 +319,11 @@ pub struct StepMetrics {
 
 /// Builds the optimizer of a config over a model's parameters.
 pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
-    Ok(optimizer_with_scale(model, cfg)?.0)
+    Ok(optimizer_with_rates(model, cfg)?.0)
 }
 
 /// The optimizer and the learning-rate multiplier its last link applies.
-fn optimizer_with_scale(
-    model: &dyn Model,
-    cfg: &TrainConfig,
-) -> Result<(VarOptimizer, std::sync::Arc<descent_core::transforms::SharedScale>)> {
+fn optimizer_with_rates(model: &dyn Model, cfg: &TrainConfig) -> Result<(VarOptimizer, Option<ScheduledRates>)> {
     let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
     let mut h = match &cfg.hparams {
         Value::Null => Value::Object(Default::default()),
@@ -375,16 +372,48 @@ fn optimizer_with_scale(
     if let Some(n) = cfg.clip_norm {
         pre.push(Box::new(descent_core::transforms::ClipByGlobalNorm::new(n)));
     }
-    let scale = descent_core::transforms::SharedScale::new(1.0);
-    if cfg.schedule != LrSchedule::Constant {
-        pre.push(tx);
-        pre.push(Box::new(descent_core::transforms::ScaleByShared::new(scale.clone())));
-        tx = descent_core::chain(pre);
-    } else if !pre.is_empty() {
+    if !pre.is_empty() {
         pre.push(tx);
         tx = descent_core::chain(pre);
     }
-    Ok((VarOptimizer::new(vars, tx)?, scale))
+    let mut opt = VarOptimizer::new(vars, tx)?;
+    let rates = ScheduledRates::new(&mut opt, cfg)?;
+    Ok((opt, rates))
+}
+
+/// The learning rates a schedule drives: each of the optimizer's rates as built (one per
+/// parameter group), set to `base × multiplier` before each step, as torch's `LRScheduler` sets
+/// each group's `lr`. The optimizer then reacts as its library does (ASGD's `eta` follows the
+/// rate; Adam's moments are not rescaled).
+struct ScheduledRates {
+    base: Vec<f64>,
+}
+
+impl ScheduledRates {
+    fn new(opt: &mut VarOptimizer, cfg: &TrainConfig) -> Result<Option<ScheduledRates>> {
+        if cfg.schedule == LrSchedule::Constant {
+            return Ok(None);
+        }
+        let rates = opt.core().learning_rates();
+        if rates.is_empty() {
+            return Err(Error::Param(format!(
+                "`{}` has no learning rate a schedule can set (torch Rprop reads lr only for its first step sizes)",
+                cfg.optimizer
+            )));
+        }
+        let base = rates.into_iter().collect::<Option<Vec<f64>>>().ok_or_else(|| {
+            Error::Param(format!(
+                "`{}`'s learning rate is a schedule already; a second one cannot set it",
+                cfg.optimizer
+            ))
+        })?;
+        Ok(Some(ScheduledRates { base }))
+    }
+
+    fn set(&self, opt: &mut VarOptimizer, multiplier: f64) -> Result<()> {
+        let lrs: Vec<f64> = self.base.iter().map(|b| b * multiplier).collect();
+        Ok(opt.core().set_learning_rates(&lrs)?)
+    }
 }
 
 /// The loss plus the L1 and L2 penalties of the config.
@@ -520,7 +549,8 @@ pub fn train_from(
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
-    let (mut opt, scale) = optimizer_with_scale(model, cfg)?;
+    let (mut opt, rates) = optimizer_with_rates(model, cfg)?;
+    let mut lr_scale = 1.0;
     let mut rng = Rng::new(cfg.seed);
     let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
@@ -597,7 +627,10 @@ pub fn train_from(
                 Some(p) => p.lr,
                 None => cfg.schedule.multiplier(steps, total, epoch),
             };
-            scale.set(m);
+            if let Some(r) = &rates {
+                r.set(&mut opt, m)?;
+            }
+            lr_scale = m;
             let (x, y) = train.batch(idx)?;
             let out = model.forward(&x, Mode::Train, &mut rng)?;
             let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
@@ -652,7 +685,7 @@ pub fn train_from(
             test_accuracy,
             seconds,
             samples_per_s: seen as f64 / seconds,
-            lr_scale: scale.get(),
+            lr_scale,
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
