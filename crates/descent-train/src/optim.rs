@@ -51,7 +51,7 @@ use candle_nn::VarMap;
 use descent_core::schedule::Schedule;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use descent_core::transform::{Optimizer, Transform};
-use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition, ScaleByShared, SharedScale};
+use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition};
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
@@ -64,8 +64,10 @@ pub struct VarOptimizer {
     names: Vec<String>,
     vars: Vec<Var>,
     opt: Optimizer,
-    /// The learning-rate multiplier link, for optimizers built from an [`OptimizerConfig`].
-    scale: Option<Arc<SharedScale>>,
+    /// The optimizer's learning rates as built (one per group), which a multiplier scales, for
+    /// optimizers built from an [`OptimizerConfig`]; and the multiplier in force.
+    base_rates: Option<Vec<f64>>,
+    scale: f64,
     /// The multiplier by step that [`VarOptimizer::step`] sets before each step.
     schedule: Option<Arc<dyn Schedule>>,
 }
@@ -132,7 +134,7 @@ impl std::fmt::Debug for OptimizerConfig {
 impl OptimizerConfig {
     /// The transformation of this config over parameters with these names and shapes: the
     /// clipping, the optimizer (one per group) and the learning-rate multiplier link last.
-    fn transform(&self, names: &[String], shapes: &[Vec<usize>]) -> Result<(Box<dyn Transform>, Arc<SharedScale>)> {
+    fn transform(&self, names: &[String], shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         let (lib, name) = resolve_optimizer(&self.optimizer)?;
         let mut h = match &self.hparams {
             Value::Null => Value::Object(Default::default()),
@@ -195,9 +197,7 @@ impl OptimizerConfig {
             links.push(Box::new(ClipByGlobalNorm::new(n)));
         }
         links.push(tx);
-        let scale = SharedScale::new(1.0);
-        links.push(Box::new(ScaleByShared::new(scale.clone())));
-        Ok((descent_core::chain(links), scale))
+        Ok(descent_core::chain(links))
     }
 }
 
@@ -275,7 +275,7 @@ impl VarOptimizer {
         let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
         let opt = Optimizer::new(tx, shapes, &views)?;
         let (names, vars) = named.into_iter().unzip();
-        Ok(VarOptimizer { names, vars, opt, scale: None, schedule: None })
+        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None })
     }
 
     /// The optimizer of `cfg` over every variable of a `VarMap`, in the order of their names.
@@ -292,9 +292,18 @@ impl VarOptimizer {
             return Err(Error::Param(format!("two parameters are named `{dup}`")));
         }
         let shapes: Vec<Vec<usize>> = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
-        let (tx, scale) = cfg.transform(&names, &shapes)?;
+        let tx = cfg.transform(&names, &shapes)?;
         let mut opt = Self::new(named, tx)?;
-        opt.scale = Some(scale);
+        // The rates a multiplier scales; an optimizer without a settable rate (torch Rprop) or
+        // whose rate is a schedule already has none.
+        let rates: Option<Vec<f64>> = opt.opt.learning_rates().into_iter().collect();
+        opt.base_rates = rates.filter(|r| !r.is_empty());
+        if cfg.schedule.is_some() && opt.base_rates.is_none() {
+            return Err(Error::Param(format!(
+                "`{}` has no constant learning rate a schedule can scale (torch Rprop has none; a schedule given as its rate already sets it)",
+                cfg.optimizer
+            )));
+        }
         opt.schedule = cfg.schedule.clone();
         Ok(opt)
     }
@@ -312,10 +321,9 @@ impl VarOptimizer {
     /// The learning-rate multiplier of the next step: the config's schedule at the current step
     /// when it has one, else the value last set (1 at first).
     pub fn lr_scale(&self) -> f64 {
-        match (&self.schedule, &self.scale) {
-            (Some(s), _) => s.value(self.opt.steps()),
-            (None, Some(scale)) => scale.get(),
-            (None, None) => 1.0,
+        match &self.schedule {
+            Some(s) => s.value(self.opt.steps()),
+            None => self.scale,
         }
     }
 
@@ -327,18 +335,27 @@ impl VarOptimizer {
         if !scale.is_finite() || scale < 0.0 {
             return Err(Error::Param(format!("learning-rate multiplier must be finite and non-negative, got {scale}")));
         }
-        match (&self.schedule, &self.scale) {
-            (Some(_), _) => Err(Error::Param(
+        if self.schedule.is_some() {
+            return Err(Error::Param(
                 "the optimizer's config has a schedule, which sets the multiplier at each step".into(),
-            )),
-            (None, None) => Err(Error::Param(
-                "this optimizer has no learning-rate multiplier: build it with VarOptimizer::for_vars".into(),
-            )),
-            (None, Some(s)) => {
-                s.set(scale);
-                Ok(())
-            }
+            ));
         }
+        self.apply_scale(scale)
+    }
+
+    /// Sets every learning rate to its base value times `scale` (the optimizer reacts as its
+    /// library does to a new `lr`).
+    fn apply_scale(&mut self, scale: f64) -> Result<()> {
+        let Some(base) = &self.base_rates else {
+            return Err(Error::Param(
+                "this optimizer has no learning rate to scale: build it with VarOptimizer::for_vars (torch Rprop has none)"
+                    .into(),
+            ));
+        };
+        let lrs: Vec<f64> = base.iter().map(|b| b * scale).collect();
+        self.opt.set_learning_rates(&lrs)?;
+        self.scale = scale;
+        Ok(())
     }
 
     /// The variables' weights and the optimizer's whole state now, as a [`Checkpoint`] (epoch 0,
@@ -396,14 +413,14 @@ impl VarOptimizer {
     /// current step first. Returns false when the step was skipped (non-finite gradients under
     /// a skipping policy).
     pub fn step(&mut self, grads: &GradStore) -> Result<bool> {
-        if let (Some(schedule), Some(scale)) = (&self.schedule, &self.scale) {
+        if let Some(schedule) = self.schedule.clone() {
             let t = self.opt.steps();
             descent_core::schedule::check_steps(schedule.as_ref(), t + 1)?;
             let m = schedule.value(t);
             if !m.is_finite() {
                 return Err(Error::Param(format!("the schedule's multiplier at step {t} is {m}")));
             }
-            scale.set(m);
+            self.apply_scale(m)?;
         }
         if self.vars.is_empty() {
             return Ok(true);
