@@ -51,6 +51,8 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "nadam",
     "nadamw",
     "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "radam",
     "rmsprop",
@@ -1087,6 +1089,33 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         "optimistic_gradient_descent" => {
             let lr = k.lr("learning_rate", None)?;
             chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
+        }
+        "optimistic_adam" | "optimistic_adam_v2" => {
+            let v2 = name.ends_with("v2");
+            let lr = k.lr("learning_rate", None)?;
+            let (alpha, beta, lr) = if v2 {
+                (k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?, lr)
+            } else {
+                let Some(rate) = lr.constant() else {
+                    return Err(k.err(
+                        "learning_rate",
+                        "this version of `optimistic_adam` does not support learning rate schedules but \
+                         `optimistic_adam_v2` does",
+                    ));
+                };
+                // The learning rate and the optimism weight the optimistic gradient; the last
+                // link only flips the sign.
+                (rate, k.opt_f64("optimism")?.unwrap_or(rate), LearningRate::Constant(1.0))
+            };
+            let (b1, b2, eps, eps_root) =
+                (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+            let mu_dtype = k.mu_dtype()?;
+            let nesterov = k.bool("nesterov", true)?;
+            chain(vec![
+                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype)),
+                boxed(ScaleByOptimisticGradient::new(alpha, beta)),
+                lr_link(lr),
+            ])
         }
         "adafactor" => {
             let lr = match k.value("learning_rate") {

@@ -19,8 +19,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("optax.contrib.sam", "problem cases"),
     ("optax.contrib.simplified_ademamix", "optimizer"),
     ("optax.lbfgs", "problem cases"),
-    ("optax.optimistic_adam", "optimizer"),
-    ("optax.optimistic_adam_v2", "optimizer"),
     ("optax.polyak_sgd", "problem cases"),
     ("po", "the pytorch_optimizer library"),
     ("torch.lbfgs", "problem cases"),
