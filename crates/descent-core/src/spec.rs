@@ -83,6 +83,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "ema",
     "identity",
     "keep_params_nonnegative",
+    "normalize_by_update_norm",
     "scale",
     "scale_by_adam",
     "scale_by_belief",
@@ -1342,6 +1343,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
         "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
+        "normalize_by_update_norm" => {
+            boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?))
+        }
         "set_to_zero" => boxed(SetToZero),
         "zero_nans" => boxed(ZeroNans),
         // Per-parameter masks and labels, all through `Partition`.

@@ -8,7 +8,6 @@ use descent_core::reference::{collect_case_files, load_case, run_and_check};
 /// Case families (id prefixes) of the second set that descent does not implement yet, with what
 /// is missing. Every other case must pass; one of these that passes must come off the list.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("optax.chain.normalize_by_update_norm_sgd", "transformation normalize_by_update_norm"),
     ("optax.contrib.acprop", "optimizer"),
     ("optax.contrib.dowg", "optimizer"),
     ("optax.contrib.galore", "optimizer"),
