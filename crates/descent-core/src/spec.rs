@@ -62,16 +62,20 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "signum",
     "sm3",
     "yogi",
+    "contrib.acprop",
     "contrib.ademamix",
     "contrib.adopt",
     "contrib.cocob",
     "contrib.dadapt_adamw",
     "contrib.dog",
+    "contrib.dowg",
     "contrib.madgrad",
+    "contrib.mechanize",
     "contrib.muon",
     "contrib.prodigy",
     "contrib.schedule_free_adamw",
     "contrib.schedule_free_sgd",
+    "contrib.simplified_ademamix",
     // transformations
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -1155,6 +1159,58 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 links.push(boxed(Scale::new(-1.0)));
                 chain(links)
             }
+        }
+        "contrib.acprop" => {
+            let lr = k.lr("learning_rate", None)?;
+            let t = ScaleByAcprop::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-16)?,
+                k.f64("eps_root", 1e-16)?,
+            );
+            let wd = k.f64("weight_decay", 0.0)?;
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
+        }
+        "contrib.simplified_ademamix" => {
+            let lr = k.lr("learning_rate", None)?;
+            let t = ScaleBySimplifiedAdemamix::new(
+                k.f64("b1", 0.99)?,
+                k.f64("b2", 0.95)?,
+                k.lr("alpha", Some(0.0))?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+            );
+            let wd = k.f64("weight_decay", 0.0)?;
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
+        }
+        "contrib.dowg" => {
+            let lr = k.lr("learning_rate", Some(1.0))?;
+            let init = k.opt_f64("init_estim_sq_dist")?;
+            let eps = k.f64("eps", 1e-4)?;
+            let mask = k.mask("mask", n)?;
+            let mut links = vec![];
+            if let Some(wd) = k.opt_f64("weight_decay")? {
+                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
+            }
+            links.push(boxed(ScaleByDowg::new(init, eps)));
+            links.push(lr_link(lr));
+            chain(links)
+        }
+        "contrib.mechanize" => {
+            let base = inner_optax(&mut k, "base_optimizer", shapes)?;
+            let num_betas = k.u64("num_betas", 6)?;
+            // βᵢ = 1 − 10⁻ⁱ rounds to 1 in float32 from i = 8 on: more scales add nothing.
+            if !(1..=64).contains(&num_betas) {
+                return Err(k.err("num_betas", format!("must be between 1 and 64, got {num_betas}")));
+            }
+            let num_betas = num_betas as usize;
+            boxed(Mechanize::new(
+                base,
+                k.f64("weight_decay", 1e-2)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("s_init", 1e-6)?,
+                num_betas,
+            ))
         }
         "contrib.ademamix" => {
             let lr = k.lr("learning_rate", None)?;
