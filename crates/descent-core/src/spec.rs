@@ -27,6 +27,7 @@ pub const TORCH_OPTIMIZERS: &[&str] = &[
     "rmsprop",
     "rprop",
     "sgd",
+    "sparseadam",
 ];
 
 /// The optax optimizers and transformations descent reproduces (usable as `chain` links).
@@ -590,6 +591,15 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
                 maximize: k.bool("maximize", false)?,
             })?;
             ignore_impl_flags(&mut k)?;
+            boxed(t)
+        }
+        "sparseadam" => {
+            let t = torch::SparseAdam::new(torch::SparseAdamConfig {
+                lr: k.lr("lr", Some(1e-3))?,
+                betas: k.pair("betas", (0.9, 0.999))?,
+                eps: k.f64("eps", 1e-8)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
             boxed(t)
         }
         "adagrad" => {

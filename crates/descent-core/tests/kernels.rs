@@ -100,6 +100,7 @@ fn case(library: &str, optimizer: &str, hparams: serde_json::Value) -> Case {
         grads: vec![],
         expected: vec![],
         lr_per_step: None,
+        sparse_grads: None,
         rel: 0.0,
         abs: 0.0,
     })

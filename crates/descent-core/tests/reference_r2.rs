@@ -16,7 +16,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("optax.polyak_sgd", "problem cases"),
     ("po", "the pytorch_optimizer library"),
     ("torch.lbfgs", "problem cases"),
-    ("torch.sparseadam", "sparse gradients"),
 ];
 
 #[test]
