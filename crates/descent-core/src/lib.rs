@@ -28,6 +28,7 @@ pub mod error;
 pub mod landscape;
 pub mod reference;
 pub mod schedule;
+pub mod sparse;
 pub mod spec;
 pub mod state;
 pub mod torch;

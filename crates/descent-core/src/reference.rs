@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::schedule::check_steps;
+use crate::sparse::SparseRows;
 use crate::spec::{build_optimizer, build_schedule, ScheduleSpec};
 use crate::transform::{shape_numel, Optimizer};
 
@@ -24,8 +25,18 @@ pub struct OptimCase {
     pub expected: Vec<Vec<Vec<f32>>>,
     /// `inject_hyperparams` cases: the learning rate set before each step.
     pub lr_per_step: Option<Vec<f64>>,
+    /// How the gradients reach the optimizer when they are sparse.
+    pub sparse_grads: Option<SparseGrads>,
     pub rel: f64,
     pub abs: f64,
+}
+
+/// The layout of a case's sparse gradients (its `sparse_grads` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseGrads {
+    /// `"rows"`: each gradient holds only the rows (slices along the first axis) that are not
+    /// entirely zero.
+    Rows,
 }
 
 /// A schedule case: the learning rate in force at each step.
@@ -275,6 +286,11 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             Some(l)
         }
     };
+    let sparse_grads = match v.get("sparse_grads") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "rows" => Some(SparseGrads::Rows),
+        Some(other) => return Err(f.err("sparse_grads", format!("{other} is not a known layout (\"rows\")"))),
+    };
     Ok(Case::Optim(OptimCase {
         id,
         library,
@@ -286,6 +302,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         grads,
         expected,
         lr_per_step,
+        sparse_grads,
         rel,
         abs,
     }))
@@ -362,7 +379,14 @@ impl OptimCase {
         let mut params = self.init.clone();
         let mut out = Vec::with_capacity(self.grads.len());
         for g in &self.grads {
-            opt.step_vecs(&mut params, g)?;
+            match self.sparse_grads {
+                None => opt.step_vecs(&mut params, g)?,
+                Some(SparseGrads::Rows) => {
+                    let views: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
+                    let rows = SparseRows::nonzero_rows(&self.shapes, &views)?;
+                    opt.step_sparse_vecs(&mut params, g, &rows)?
+                }
+            };
             out.push(opt.eval_params(&params));
         }
         Ok(out)

@@ -27,6 +27,7 @@ pub const TORCH_OPTIMIZERS: &[&str] = &[
     "rmsprop",
     "rprop",
     "sgd",
+    "sparseadam",
 ];
 
 /// The optax optimizers and transformations descent reproduces (usable as `chain` links).
@@ -51,6 +52,8 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "nadam",
     "nadamw",
     "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "radam",
     "rmsprop",
@@ -60,16 +63,20 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "signum",
     "sm3",
     "yogi",
+    "contrib.acprop",
     "contrib.ademamix",
     "contrib.adopt",
     "contrib.cocob",
     "contrib.dadapt_adamw",
     "contrib.dog",
+    "contrib.dowg",
     "contrib.madgrad",
+    "contrib.mechanize",
     "contrib.muon",
     "contrib.prodigy",
     "contrib.schedule_free_adamw",
     "contrib.schedule_free_sgd",
+    "contrib.simplified_ademamix",
     // transformations
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -81,6 +88,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "ema",
     "identity",
     "keep_params_nonnegative",
+    "normalize_by_update_norm",
     "scale",
     "scale_by_adam",
     "scale_by_belief",
@@ -591,6 +599,15 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             ignore_impl_flags(&mut k)?;
             boxed(t)
         }
+        "sparseadam" => {
+            let t = torch::SparseAdam::new(torch::SparseAdamConfig {
+                lr: k.lr("lr", Some(1e-3))?,
+                betas: k.pair("betas", (0.9, 0.999))?,
+                eps: k.f64("eps", 1e-8)?,
+                maximize: k.bool("maximize", false)?,
+            })?;
+            boxed(t)
+        }
         "adagrad" => {
             let t = torch::Adagrad::new(torch::AdagradConfig {
                 lr: k.lr("lr", Some(1e-2))?,
@@ -1094,6 +1111,33 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let lr = k.lr("learning_rate", None)?;
             chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
         }
+        "optimistic_adam" | "optimistic_adam_v2" => {
+            let v2 = name.ends_with("v2");
+            let lr = k.lr("learning_rate", None)?;
+            let (alpha, beta, lr) = if v2 {
+                (k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?, lr)
+            } else {
+                let Some(rate) = lr.constant() else {
+                    return Err(k.err(
+                        "learning_rate",
+                        "this version of `optimistic_adam` does not support learning rate schedules but \
+                         `optimistic_adam_v2` does",
+                    ));
+                };
+                // The learning rate and the optimism weight the optimistic gradient; the last
+                // link only flips the sign.
+                (rate, k.opt_f64("optimism")?.unwrap_or(rate), LearningRate::Constant(1.0))
+            };
+            let (b1, b2, eps, eps_root) =
+                (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+            let mu_dtype = k.mu_dtype()?;
+            let nesterov = k.bool("nesterov", true)?;
+            chain(vec![
+                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype)),
+                boxed(ScaleByOptimisticGradient::new(alpha, beta)),
+                lr_link(lr),
+            ])
+        }
         "adafactor" => {
             let lr = match k.value("learning_rate") {
                 None => None,
@@ -1131,6 +1175,58 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 links.push(boxed(Scale::new(-1.0)));
                 chain(links)
             }
+        }
+        "contrib.acprop" => {
+            let lr = k.lr("learning_rate", None)?;
+            let t = ScaleByAcprop::new(
+                k.f64("b1", 0.9)?,
+                k.f64("b2", 0.999)?,
+                k.f64("eps", 1e-16)?,
+                k.f64("eps_root", 1e-16)?,
+            );
+            let wd = k.f64("weight_decay", 0.0)?;
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
+        }
+        "contrib.simplified_ademamix" => {
+            let lr = k.lr("learning_rate", None)?;
+            let t = ScaleBySimplifiedAdemamix::new(
+                k.f64("b1", 0.99)?,
+                k.f64("b2", 0.95)?,
+                k.lr("alpha", Some(0.0))?,
+                k.f64("eps", 1e-8)?,
+                k.f64("eps_root", 0.0)?,
+            );
+            let wd = k.f64("weight_decay", 0.0)?;
+            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
+        }
+        "contrib.dowg" => {
+            let lr = k.lr("learning_rate", Some(1.0))?;
+            let init = k.opt_f64("init_estim_sq_dist")?;
+            let eps = k.f64("eps", 1e-4)?;
+            let mask = k.mask("mask", n)?;
+            let mut links = vec![];
+            if let Some(wd) = k.opt_f64("weight_decay")? {
+                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
+            }
+            links.push(boxed(ScaleByDowg::new(init, eps)));
+            links.push(lr_link(lr));
+            chain(links)
+        }
+        "contrib.mechanize" => {
+            let base = inner_optax(&mut k, "base_optimizer", shapes)?;
+            let num_betas = k.u64("num_betas", 6)?;
+            // βᵢ = 1 − 10⁻ⁱ rounds to 1 in float32 from i = 8 on: more scales add nothing.
+            if !(1..=64).contains(&num_betas) {
+                return Err(k.err("num_betas", format!("must be between 1 and 64, got {num_betas}")));
+            }
+            let num_betas = num_betas as usize;
+            boxed(Mechanize::new(
+                base,
+                k.f64("weight_decay", 1e-2)?,
+                k.f64("eps", 1e-8)?,
+                k.f64("s_init", 1e-6)?,
+                num_betas,
+            ))
         }
         "contrib.ademamix" => {
             let lr = k.lr("learning_rate", None)?;
@@ -1319,6 +1415,9 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
         "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
+        "normalize_by_update_norm" => {
+            boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?))
+        }
         "set_to_zero" => boxed(SetToZero),
         "zero_nans" => boxed(ZeroNans),
         // Per-parameter masks and labels, all through `Partition`.

@@ -4,6 +4,8 @@
 //! Every optimizer takes its learning rate as a [`LearningRate`]: a constant, or a schedule that
 //! plays the role of a torch `lr_scheduler` (evaluated at the 0-based step).
 
+pub use crate::sparse::{SparseAdam, SparseAdamConfig};
+
 use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
 use crate::transform::{global_sum_sq, numel, Elementwise, LearningRate, Shapes, Transform};

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
+use crate::sparse::SparseRows;
 use crate::state::{StateDict, StateVisitor};
 
 /// Number of elements processed by every link of an elementwise chain before moving on.
@@ -137,6 +138,18 @@ pub trait Transform: Send + Sync {
     /// optimizer steps (Lookahead's slow weights). `None`: the stepped parameters themselves.
     fn eval_params(&self, _params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
         None
+    }
+
+    /// Whether [`Transform::step_sparse`] takes sparse gradients (torch SparseAdam does; the
+    /// others refuse them, as torch's dense optimizers do).
+    fn supports_sparse(&self) -> bool {
+        false
+    }
+
+    /// A whole step `p ← p + update(g)` with a sparse gradient: `grads` hold values only in the
+    /// rows `rows` marks present, the others are absent (see [`crate::sparse`]).
+    fn step_sparse(&mut self, _params: &mut [&mut [f32]], _grads: &[&[f32]], _rows: &SparseRows) -> Result<()> {
+        Err(Error::Invalid("this optimizer does not support sparse gradients (torch SparseAdam does)".into()))
     }
 }
 
@@ -1048,6 +1061,40 @@ impl Optimizer {
         self.tx.step_buffers(params, grads, &mut self.updates)?;
         self.steps += 1;
         Ok(true)
+    }
+
+    /// One optimization step with sparse gradients: only the rows `rows` marks present hold
+    /// gradient values (see [`crate::sparse`]). An optimizer that does not support sparse
+    /// gradients refuses them before anything changes. Returns `false` when the step was skipped
+    /// for non-finite gradients (in the present rows).
+    pub fn step_sparse(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], rows: &SparseRows) -> Result<bool> {
+        check_sizes("parameter", &self.shapes, params)?;
+        check_sizes("gradient", &self.shapes, grads)?;
+        rows.check(&self.shapes)?;
+        if !self.tx.supports_sparse() {
+            return Err(Error::Invalid(
+                "this optimizer does not support sparse gradients (torch SparseAdam does)".into(),
+            ));
+        }
+        if self.non_finite == NonFinite::Skip {
+            let finite = (0..grads.len()).all(|i| {
+                rows.ranges(i, &self.shapes[i]).into_iter().all(|r| grads[i][r].iter().all(|x| x.is_finite()))
+            });
+            if !finite {
+                self.skipped += 1;
+                return Ok(false);
+            }
+        }
+        self.tx.step_sparse(params, grads, rows)?;
+        self.steps += 1;
+        Ok(true)
+    }
+
+    /// [`Optimizer::step_sparse`] on owned buffers.
+    pub fn step_sparse_vecs(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], rows: &SparseRows) -> Result<bool> {
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let g: Vec<&[f32]> = grads.iter().map(|v| v.as_slice()).collect();
+        self.step_sparse(&mut p, &g, rows)
     }
 
     /// The link-by-link path: the gradients copied into full-size update buffers, each

@@ -100,6 +100,7 @@ fn case(library: &str, optimizer: &str, hparams: serde_json::Value) -> Case {
         grads: vec![],
         expected: vec![],
         lr_per_step: None,
+        sparse_grads: None,
         rel: 0.0,
         abs: 0.0,
     })
@@ -120,6 +121,25 @@ fn fused_and_simd_kernels_match_the_reference_paths() {
         .map(|name| case("descent", name, serde_json::json!({"lr": 0.01})))
         .into_iter()
         .chain([case("optax", "adafactor", serde_json::json!({"learning_rate": 0.01, "min_dim_size_to_factor": 2}))])
+        // Algorithms of the second reference set: elementwise kernels, a reduction ahead of a
+        // scale (alone, and after a weight-decay head), and SparseAdam's dense form.
+        .chain([
+            case("optax", "contrib.acprop", serde_json::json!({"learning_rate": 0.01, "weight_decay": 0.01})),
+            case(
+                "optax",
+                "contrib.simplified_ademamix",
+                serde_json::json!({"learning_rate": 0.01, "alpha": 2.0, "weight_decay": 0.01}),
+            ),
+            case("optax", "contrib.dowg", serde_json::json!({})),
+            case("optax", "contrib.dowg", serde_json::json!({"weight_decay": 0.01})),
+            case("optax", "optimistic_adam", serde_json::json!({"learning_rate": 0.01, "optimism": 0.02})),
+            case(
+                "optax",
+                "chain",
+                serde_json::json!({"links": [["normalize_by_update_norm", {}], ["sgd", {"learning_rate": 0.03, "momentum": 0.9}]]}),
+            ),
+            case("torch", "sparseadam", serde_json::json!({"lr": 0.01})),
+        ])
         // A partition at the top: the optimizer's fused step goes through each group's kernel.
         .chain([
             case(

@@ -8,23 +8,14 @@ use descent_core::reference::{collect_case_files, load_case, run_and_check};
 /// Case families (id prefixes) of the second set that descent does not implement yet, with what
 /// is missing. Every other case must pass; one of these that passes must come off the list.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("optax.chain.normalize_by_update_norm_sgd", "transformation normalize_by_update_norm"),
-    ("optax.contrib.acprop", "optimizer"),
-    ("optax.contrib.dowg", "optimizer"),
     ("optax.contrib.galore", "optimizer"),
-    ("optax.contrib.mechanize_adam", "contrib.mechanize"),
-    ("optax.contrib.mechanize_sgd", "contrib.mechanize"),
     ("optax.contrib.momo", "problem cases (an objective instead of gradients)"),
     ("optax.contrib.momo_adam", "problem cases"),
     ("optax.contrib.sam", "problem cases"),
-    ("optax.contrib.simplified_ademamix", "optimizer"),
     ("optax.lbfgs", "problem cases"),
-    ("optax.optimistic_adam", "optimizer"),
-    ("optax.optimistic_adam_v2", "optimizer"),
     ("optax.polyak_sgd", "problem cases"),
     ("po", "the pytorch_optimizer library"),
     ("torch.lbfgs", "problem cases"),
-    ("torch.sparseadam", "sparse gradients"),
 ];
 
 #[test]

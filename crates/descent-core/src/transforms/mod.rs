@@ -6,6 +6,7 @@
 mod adaptive;
 mod basic;
 mod contrib;
+mod contrib2;
 mod quantized;
 mod reduce;
 mod wrappers;
@@ -13,6 +14,7 @@ mod wrappers;
 pub use adaptive::*;
 pub use basic::*;
 pub use contrib::*;
+pub use contrib2::*;
 pub use quantized::*;
 pub use reduce::*;
 pub use wrappers::*;

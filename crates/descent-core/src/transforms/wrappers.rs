@@ -340,6 +340,25 @@ impl Transform for Partition {
         }
         Ok(())
     }
+    fn supports_sparse(&self) -> bool {
+        self.groups.iter().all(|(_, tx)| tx.supports_sparse())
+    }
+    /// Each group's sparse step on its parameters (torch `param_groups` of SparseAdam).
+    fn step_sparse(
+        &mut self,
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+        rows: &crate::sparse::SparseRows,
+    ) -> Result<()> {
+        let mut slots: Vec<Option<&mut [f32]>> = params.iter_mut().map(|p| Some(&mut **p)).collect();
+        for (idx, tx) in self.groups.iter_mut() {
+            let mut ps: Vec<&mut [f32]> =
+                idx.iter().map(|&i| slots[i].take().expect("each parameter is in one group")).collect();
+            let gs: Vec<&[f32]> = idx.iter().map(|&i| grads[i]).collect();
+            tx.step_sparse(&mut ps, &gs, &rows.select(idx))?;
+        }
+        Ok(())
+    }
     fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
         if self.fusable() {
             Some(self)
