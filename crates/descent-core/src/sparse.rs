@@ -236,6 +236,9 @@ impl Transform for SparseAdam {
 }
 
 impl Elementwise for SparseAdam {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;

@@ -709,7 +709,7 @@ fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
             boxed(t)
         }
         "adafactor" => {
-            let lr = k.f64("lr", 1e-2)?;
+            let lr = k.lr("lr", Some(1e-2))?;
             let b2d = k.f64("beta2_decay", -0.8)?;
             // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
             let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());

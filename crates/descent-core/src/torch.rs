@@ -1113,7 +1113,7 @@ impl Elementwise for Asgd {
 /// moments over the last two axes, relative step `min(lr, 1/√t)` scaled by the parameter RMS,
 /// update clipping `d`, decoupled weight decay.
 pub struct Adafactor {
-    lr: f64,
+    lr: LearningRate,
     beta2_decay: f64,
     eps1: Option<f64>,
     eps2: f64,
@@ -1129,7 +1129,7 @@ pub struct Adafactor {
 /// `torch.optim.Adafactor`'s arguments, with its defaults (Shazeer & Stern 2018).
 pub struct AdafactorConfig {
     /// Learning rate (relative to the parameters' RMS).
-    pub lr: f64,
+    pub lr: LearningRate,
     /// The second moment's decay is `1 − t^beta2_decay`.
     pub beta2_decay: f64,
     /// `eps1` (added to the second moment; `None`: the float's smallest normal) and `eps2` (floor of the parameter RMS).
@@ -1144,7 +1144,14 @@ pub struct AdafactorConfig {
 
 impl Default for AdafactorConfig {
     fn default() -> Self {
-        AdafactorConfig { lr: 1e-2, beta2_decay: -0.8, eps: (None, 1e-3), d: 1.0, weight_decay: 0.0, maximize: false }
+        AdafactorConfig {
+            lr: LearningRate::Constant(1e-2),
+            beta2_decay: -0.8,
+            eps: (None, 1e-3),
+            d: 1.0,
+            weight_decay: 0.0,
+            maximize: false,
+        }
     }
 }
 
@@ -1152,7 +1159,9 @@ impl Adafactor {
     /// The optimizer of `config`, checked as torch checks its arguments.
     pub fn new(config: AdafactorConfig) -> Result<Self> {
         let AdafactorConfig { lr, beta2_decay, eps, d, weight_decay, maximize } = config;
-        ensure(lr >= 0.0, || format!("Learning rate should be >= 0 but is: {lr}"))?;
+        if let Some(x) = lr.constant() {
+            ensure(x >= 0.0, || format!("Learning rate should be >= 0 but is: {x}"))?;
+        }
         ensure(beta2_decay <= 0.0, || format!("beta2_decay should be <= 0 but is: {beta2_decay}"))?;
         ensure(eps.0.is_none_or(|e| e >= 0.0), || format!("epsilon1 should be >= 0 but is: {:?}", eps.0))?;
         ensure(eps.1 >= 0.0, || format!("epsilon2 should be >= 0 but is: {}", eps.1))?;
@@ -1264,14 +1273,19 @@ impl Adafactor {
     /// scaled update `upd`; the norms are summed over fixed chunks across threads.
     fn step_size(&self, p: &[f32], upd: &[f32]) -> (f32, f32) {
         let n = (p.len() as f64).sqrt();
-        let rho = self.lr.min(1.0 / (self.step as f64).sqrt());
+        // The group's lr in force at this step (the step counter has advanced already).
+        let lr = self.lr.at(self.step.saturating_sub(1));
+        let rho = lr.min(1.0 / (self.step as f64).sqrt());
         let alpha = (self.eps2.max(global_sum_sq(&[p]).sqrt() / n) * rho) as f32;
         let denom = (global_sum_sq(&[upd]).sqrt() / (n * self.d)).max(1.0);
-        (alpha / denom as f32, (self.lr * self.weight_decay) as f32)
+        (alpha / denom as f32, (lr * self.weight_decay) as f32)
     }
 }
 
 impl Transform for Adafactor {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.shapes = shapes.to_vec();

@@ -114,3 +114,24 @@ fn chains_groups_and_optimizers_without_a_rate() {
     let mut rprop = Optimizer::new(tx, shapes.clone(), &views).unwrap();
     assert!(rprop.set_learning_rate(0.1).is_err());
 }
+
+#[test]
+fn every_registry_optimizer_with_a_learning_rate_argument_lets_it_be_set() {
+    // An optimizer built with a constant `lr` / `learning_rate` exposes it: setting it must be
+    // possible for every registry name that takes one (torch Rprop excepted: init-only).
+    // One matrix: every registry optimizer takes it (Muon takes matrices only).
+    let shapes = vec![vec![4, 3]];
+    let p0: Vec<Vec<f32>> = vec![vec![0.1; 12]];
+    let views: Vec<&[f32]> = p0.iter().map(|p| p.as_slice()).collect();
+    for reg in descent_core::spec::registry_names() {
+        let (lib, name) = descent_core::spec::resolve_optimizer(&reg).unwrap();
+        if (lib, name.as_str()) == ("torch", "rprop") {
+            continue;
+        }
+        let key = descent_core::spec::lr_key(lib);
+        let Ok(tx) = build_optimizer(lib, &name, &json!({ key: 0.01 }), None, &shapes) else { continue };
+        let mut opt = Optimizer::new(tx, shapes.clone(), &views).unwrap();
+        assert!(!opt.learning_rates().is_empty(), "{reg}: its `{key}` cannot be set");
+        opt.set_learning_rate(0.02).unwrap();
+    }
+}

@@ -196,6 +196,9 @@ impl Mechanize {
     }
 }
 impl Transform for Mechanize {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        self.base.visit_learning_rates(f);
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         let n = self.betas.len();

@@ -619,6 +619,11 @@ impl Adafactor {
 }
 
 impl Transform for Adafactor {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut crate::transform::LearningRate)) {
+        if let Some(l) = &mut self.lr {
+            l.visit_learning_rates(f);
+        }
+    }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.rms.init(shapes, params)?;
