@@ -1085,15 +1085,18 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "sm3" => {
             let lr = k.req_f64("learning_rate")?;
-            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), boxed(Scale::new(-lr))])
+            // optax: scale(-learning_rate), as a rate that can be set (inject_hyperparams).
+            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), lr_link(LearningRate::Constant(lr))])
         }
         "fromage" => {
             let lr = k.req_f64("learning_rate")?;
             let min_norm = k.f64("min_norm", 1e-6)?;
             let mult = 1.0 / (1.0 + lr * lr).sqrt();
+            // The rate enters the decay factor too, fixed here: a plain scale, which
+            // set_learning_rate does not see (it would change the step but not the decay).
             chain(vec![
                 boxed(ScaleByTrustRatio::new(min_norm, 1.0, 0.0)),
-                lr_link(LearningRate::Constant(lr * mult)),
+                boxed(Scale::new(-(lr * mult))),
                 boxed(AddDecayedWeights::new(mult - 1.0)),
             ])
         }

@@ -621,7 +621,7 @@ impl Adafactor {
 impl Transform for Adafactor {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut crate::transform::LearningRate)) {
         if let Some(l) = &mut self.lr {
-            l.visit_learning_rates(f);
+            Transform::visit_learning_rates(l, f);
         }
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
