@@ -26,10 +26,11 @@ const FORMAT_V1: &str = "descent-checkpoint-1";
 /// Everything needed to continue a run exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    /// `(name, shape, values)` of each model parameter.
+    /// `(name, shape, values)` of each model parameter, sorted by name.
     pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
     /// `(name, shape, values)` of each model buffer ([`Model::named_buffers`]: batch norm's
-    /// running statistics), stored under `buffers/`; empty for a model without any.
+    /// running statistics), sorted by name, stored under `buffers/`; empty for a model without
+    /// any.
     pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
     pub optimizer: StateDict,
     /// Epochs completed (a checkpoint taken inside epoch `k` has `epoch == k − 1` and
@@ -75,11 +76,15 @@ fn err(path: &Path, m: impl Into<String>) -> Error {
 /// `(name, shape, values)` of a stored tensor.
 type Stored = (String, Vec<usize>, Vec<f32>);
 
-/// `(name, shape, values)` of each variable.
+/// `(name, shape, values)` of each variable, sorted by name as [`Checkpoint::load`] gives them
+/// (so a saved and loaded checkpoint equals the captured one whatever the model's order).
 fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
-    vars.iter()
+    let mut v = vars
+        .iter()
         .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
-        .collect()
+        .collect::<Result<Vec<Stored>>>()?;
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
