@@ -1,6 +1,7 @@
-//! Checkpoints: the model's weights and the optimizer's whole state in one safetensors file, with
-//! the epoch, step count, position inside an epoch and generator states in its metadata, written
-//! atomically (temporary file, then rename) so a crash never leaves a half-written one.
+//! Checkpoints: the model's weights and buffers (batch norm's running statistics) and the
+//! optimizer's whole state in one safetensors file, with the epoch, step count, position inside an
+//! epoch and generator states in its metadata, written atomically (temporary file, then rename) so a
+//! crash never leaves a half-written one.
 //!
 //! Loading verifies the file whole before anything uses it: a CRC-32 over every metadata field
 //! and every tensor (so a flipped bit is caught), no NaN or infinity in the weights or optimizer
@@ -25,8 +26,12 @@ const FORMAT_V1: &str = "descent-checkpoint-1";
 /// Everything needed to continue a run exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    /// `(name, shape, values)` of each model parameter.
+    /// `(name, shape, values)` of each model parameter, sorted by name.
     pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// `(name, shape, values)` of each model buffer ([`Model::named_buffers`]: batch norm's
+    /// running statistics), sorted by name, stored under `buffers/`; empty for a model without
+    /// any.
+    pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
     pub optimizer: StateDict,
     /// Epochs completed (a checkpoint taken inside epoch `k` has `epoch == k − 1` and
     /// [`Checkpoint::progress`] set) and optimizer steps taken.
@@ -68,6 +73,20 @@ fn err(path: &Path, m: impl Into<String>) -> Error {
     Error::Data { path: path.display().to_string(), message: m.into() }
 }
 
+/// `(name, shape, values)` of a stored tensor.
+type Stored = (String, Vec<usize>, Vec<f32>);
+
+/// `(name, shape, values)` of each variable, sorted by name as [`Checkpoint::load`] gives them
+/// (so a saved and loaded checkpoint equals the captured one whatever the model's order).
+fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
+    let mut v = vars
+        .iter()
+        .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+        .collect::<Result<Vec<Stored>>>()?;
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -103,6 +122,26 @@ fn checksum(meta: &HashMap<String, String>, tensors: &[(&str, Dtype, &[usize], &
     h.finalize()
 }
 
+/// The stored values for each of `vars`, as tensors in their order, after checking that each is
+/// stored with its shape and that nothing else is (`what`: `weights` or `buffer`, for errors).
+fn matching(what: &str, stored: &[Stored], vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    let mut by_name: HashMap<&str, (&Vec<usize>, &Vec<f32>)> =
+        stored.iter().map(|(n, s, v)| (n.as_str(), (s, v))).collect();
+    let mut tensors = vec![];
+    for (n, v) in vars {
+        let (s, w) =
+            by_name.remove(n.as_str()).ok_or_else(|| Error::Param(format!("checkpoint has no {what} for `{n}`")))?;
+        if s.as_slice() != v.dims() {
+            return Err(Error::Param(format!("checkpoint {what} `{n}`: shape {s:?}, the model's {:?}", v.dims())));
+        }
+        tensors.push(Tensor::from_vec(w.clone(), s.as_slice(), v.device())?);
+    }
+    if let Some(extra) = by_name.keys().next() {
+        return Err(Error::Param(format!("checkpoint has {what} `{extra}` the model does not have")));
+    }
+    Ok(tensors)
+}
+
 /// The first NaN or infinity of `v`, as an error naming the tensor and the index.
 fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
@@ -124,7 +163,9 @@ impl Checkpoint {
         steps: u64,
         rng: u64,
     ) -> Result<Checkpoint> {
-        Self::capture_vars(&model.named_vars(), opt, epoch, steps, rng)
+        let mut ck = Self::capture_vars(&model.named_vars(), opt, epoch, steps, rng)?;
+        ck.buffers = values(&model.named_buffers())?;
+        Ok(ck)
     }
 
     /// [`Checkpoint::capture`] of named variables (a model of your own: a `VarMap`'s variables,
@@ -136,12 +177,9 @@ impl Checkpoint {
         steps: u64,
         rng: u64,
     ) -> Result<Checkpoint> {
-        let weights = vars
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
-            .collect::<Result<_>>()?;
         Ok(Checkpoint {
-            weights,
+            weights: values(vars)?,
+            buffers: vec![],
             optimizer: opt.core().state_dict()?,
             epoch,
             steps,
@@ -163,6 +201,7 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
             self.weights.iter().map(|(n, s, v)| (format!("model/{n}"), s.clone(), le_bytes(v))).collect();
+        bytes.extend(self.buffers.iter().map(|(n, s, v)| (format!("buffers/{n}"), s.clone(), le_bytes(v))));
         for (k, v) in &self.optimizer.buffers {
             bytes.push((format!("optimizer/{k}"), vec![v.len()], le_bytes(v)));
         }
@@ -214,7 +253,8 @@ impl Checkpoint {
     }
 
     /// Reads a checkpoint and verifies it whole: its format, its checksum, every field, and that
-    /// the weights and optimizer state are finite. Memory use is proportional to the file's size.
+    /// the weights, buffers and optimizer state are finite. Memory use is proportional to the
+    /// file's size.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let data = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
         Self::from_bytes(path, &data)
@@ -291,6 +331,7 @@ impl Checkpoint {
         };
         let mut ck = Checkpoint {
             weights: vec![],
+            buffers: vec![],
             optimizer,
             epoch: count("epoch")?,
             steps: num("steps")?,
@@ -309,6 +350,8 @@ impl Checkpoint {
             check_finite(path, n, &v)?;
             if let Some(w) = n.strip_prefix("model/") {
                 ck.weights.push((w.to_string(), t.shape().to_vec(), v));
+            } else if let Some(b) = n.strip_prefix("buffers/") {
+                ck.buffers.push((b.to_string(), t.shape().to_vec(), v));
             } else if let Some(k) = n.strip_prefix("optimizer/") {
                 ck.optimizer.buffers.insert(k.to_string(), v);
             } else {
@@ -318,34 +361,24 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    /// Restores weights and optimizer state, after checking that every parameter is there with
-    /// its shape and that the optimizer state fits; on any mismatch nothing is changed.
+    /// Restores weights, buffers and optimizer state, after checking that every parameter and
+    /// buffer is there with its shape (and nothing else) and that the optimizer state fits; on
+    /// any mismatch nothing is changed.
     pub fn apply(&self, model: &dyn Model, opt: &mut VarOptimizer) -> Result<()> {
-        self.apply_vars(&model.named_vars(), opt)
+        self.apply_parts(&model.named_vars(), &model.named_buffers(), opt)
     }
 
-    /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`].
+    /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`] (no buffers: a
+    /// checkpoint holding some is refused).
     pub fn apply_vars(&self, vars: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {
-        let mut by_name: HashMap<&str, (&Vec<usize>, &Vec<f32>)> =
-            self.weights.iter().map(|(n, s, v)| (n.as_str(), (s, v))).collect();
-        let mut tensors = vec![];
-        for (n, v) in vars {
-            let (s, w) = by_name
-                .remove(n.as_str())
-                .ok_or_else(|| Error::Param(format!("checkpoint has no weights for `{n}`")))?;
-            if s.as_slice() != v.dims() {
-                return Err(Error::Param(format!(
-                    "checkpoint weights `{n}` have shape {s:?}, the model {:?}",
-                    v.dims()
-                )));
-            }
-            tensors.push(Tensor::from_vec(w.clone(), s.as_slice(), v.device())?);
-        }
-        if let Some(extra) = by_name.keys().next() {
-            return Err(Error::Param(format!("checkpoint has weights `{extra}` the model does not have")));
-        }
+        self.apply_parts(vars, &[], opt)
+    }
+
+    fn apply_parts(&self, vars: &[(String, Var)], buffers: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {
+        let mut tensors = matching("weights", &self.weights, vars)?;
+        tensors.extend(matching("buffer", &self.buffers, buffers)?);
         opt.core().load_state_dict(&self.optimizer)?;
-        for ((_, v), t) in vars.iter().zip(&tensors) {
+        for ((_, v), t) in vars.iter().chain(buffers).zip(&tensors) {
             v.set(t)?;
         }
         Ok(())

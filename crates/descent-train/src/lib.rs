@@ -21,6 +21,7 @@ pub mod mnist;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod resnet;
 pub mod rng;
 pub mod train;
 

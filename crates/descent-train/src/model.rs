@@ -127,6 +127,12 @@ pub trait Model {
     fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor>;
     /// Parameters with PyTorch's names, in a fixed order.
     fn named_vars(&self) -> Vec<(String, Var)>;
+    /// State that is not trained by the optimizer but belongs to the model (batch norm's running
+    /// statistics), with PyTorch's names, in a fixed order: saved in checkpoints with the
+    /// parameters. None by default.
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        vec![]
+    }
 }
 
 /// Linear regression `y = w·x + b` on one feature.

@@ -46,7 +46,7 @@ pub struct TrainConfig {
     pub l1: f64,
     pub l2: f64,
     /// Stop when the test loss has not improved by `min_delta` for this many epochs, and restore
-    /// the best weights.
+    /// the best weights (and the model's buffers: batch norm's running statistics).
     pub patience: Option<usize>,
     pub min_delta: f64,
     /// Stop once the test accuracy reaches this fraction.
@@ -695,8 +695,12 @@ pub fn train_from(
         )?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
-            let snapshot: Vec<Tensor> =
-                model.named_vars().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+            let snapshot: Vec<Tensor> = model
+                .named_vars()
+                .iter()
+                .chain(&model.named_buffers())
+                .map(|(_, v)| v.as_tensor().copy())
+                .collect::<candle_core::Result<_>>()?;
             best = Some((m.test_loss, epoch, snapshot));
         }
         let reached = cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
@@ -725,7 +729,7 @@ pub fn train_from(
         }
     }
     if let (Stop::EarlyStopping { .. }, Some((_, _, snapshot))) = (stop, &best) {
-        for ((_, v), t) in model.named_vars().iter().zip(snapshot) {
+        for ((_, v), t) in model.named_vars().iter().chain(&model.named_buffers()).zip(snapshot) {
             v.set(t)?;
         }
     }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// Model files whose models descent does not assemble yet (their layers are all covered above).
 /// Must shrink to empty.
-const MODELS_NOT_YET: &[&str] = &["gpt_char", "resnet_mnist"];
+const MODELS_NOT_YET: &[&str] = &["gpt_char"];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2")
@@ -269,7 +269,12 @@ fn every_layer_file_matches_pytorch() {
 fn every_model_file_is_covered_or_listed() {
     for f in json_files("models") {
         let stem = f.split('.').next().unwrap();
-        assert!(MODELS_NOT_YET.contains(&stem), "model reference {f} is neither tested nor listed as not yet covered");
+        // tests/resnet.rs checks every `resnet*` file.
+        let covered = stem.starts_with("resnet");
+        assert!(
+            covered || MODELS_NOT_YET.contains(&stem),
+            "model reference {f} is neither tested nor listed as not yet covered"
+        );
     }
 }
 

@@ -1,0 +1,373 @@
+//! A residual CNN (He et al. 2016, the CIFAR form with BasicBlocks) for MNIST-sized images, and a
+//! plain CNN of the same depth without batch norm or skip connections, to compare how gradients
+//! reach the first layers of each.
+//!
+//! Layout, with `width` channels in the first stage and twice as many in each next one: a 3×3 stem
+//! convolution (padding 1), then per stage `blocks` BasicBlocks (the first of each stage after the
+//! first with stride 2), global average pooling and a linear classifier. A BasicBlock is
+//! `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, both convolutions 3×3 with padding 1
+//! and no bias; the shortcut is the identity, or a strided 1×1 convolution and batch norm
+//! (`downsample.0`, `downsample.1`) where the size or the channels change. The depth counts the
+//! weighted layers on the main path: the stem, two per block and the classifier, `2·stages·blocks
+//! + 2`; two stages of one block each (depth 6, width 16) is the smallest, PyTorch's
+//! `resnet_mnist` reference.
+//!
+//! Names are PyTorch's for this layout: `conv1`, `bn1`, then `layer{s}` for stage `s` (from 1)
+//! holding a single block, or `layer{s}.{i}` for block `i` (from 0) of a stage of several (a
+//! `Sequential`, as torchvision's ResNets), then `fc`. Parameters and buffers come in PyTorch's
+//! registration order.
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::conv::Epilogue;
+use crate::cpu::{f32_slice, storage_f32s};
+use crate::error::{Error, Result};
+use crate::layers::conv2d_with;
+use crate::model::{Init, Linear, Mode, Model};
+use crate::nn::{adaptive_avg_pool2d_1x1, BatchNorm2d};
+use crate::rng::Rng;
+
+/// The shape of a [`ResNet`] or [`PlainCnn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CnnConfig {
+    /// Channels of the input images (1 for MNIST).
+    pub in_channels: usize,
+    /// Channels of the first stage; each next stage has twice as many.
+    pub width: usize,
+    /// Stages; each after the first halves the image's height and width.
+    pub stages: usize,
+    /// Blocks (two 3×3 convolutions each) per stage.
+    pub blocks: usize,
+    /// Outputs of the classifier.
+    pub classes: usize,
+}
+
+impl CnnConfig {
+    /// Depths this layout has for MNIST (two stages, one input channel, ten classes): `4n + 2`
+    /// for `n` blocks per stage, from 6.
+    pub fn mnist(depth: usize, width: usize) -> Result<CnnConfig> {
+        if depth < 6 || !(depth - 2).is_multiple_of(4) || width == 0 {
+            return Err(Error::Param(format!(
+                "depth {depth} and width {width}: the depth is 4n + 2 for n ≥ 1 residual blocks per stage \
+                 (6, 10, 14, 18, …), the width at least 1"
+            )));
+        }
+        Ok(CnnConfig { in_channels: 1, width, stages: 2, blocks: (depth - 2) / 4, classes: 10 })
+    }
+
+    /// Weighted layers on the main path: the stem, two per block, the classifier.
+    pub fn depth(&self) -> usize {
+        2 * self.stages * self.blocks + 2
+    }
+
+    /// Each block's name prefix (with the trailing dot), input and output channels and stride.
+    fn blocks(&self) -> Vec<(String, usize, usize, usize)> {
+        let mut v = vec![];
+        let mut c = self.width;
+        for s in 0..self.stages {
+            let out = self.width << s;
+            for i in 0..self.blocks {
+                let prefix = if self.blocks == 1 { format!("layer{}.", s + 1) } else { format!("layer{}.{i}.", s + 1) };
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                v.push((prefix, c, out, stride));
+                c = out;
+            }
+        }
+        v
+    }
+
+    /// Channels into the classifier.
+    fn features(&self) -> usize {
+        self.width << (self.stages - 1)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.in_channels == 0 || self.width == 0 || self.stages == 0 || self.blocks == 0 || self.classes == 0 {
+            return Err(Error::Param(format!("{self:?}: every size must be at least 1")));
+        }
+        Ok(())
+    }
+}
+
+/// A square convolution's weight `[out, inp, k, k]` (and bias `[out]` when wanted), fans as
+/// [`crate::layers::Conv2d`] has them.
+fn conv_vars(
+    inp: usize,
+    out: usize,
+    k: usize,
+    bias: bool,
+    init: Init,
+    rng: &mut Rng,
+    dev: &Device,
+) -> Result<(Var, Option<Var>)> {
+    let fan_in = inp * k * k;
+    let w = init.weights(out * fan_in, fan_in, out * k * k, rng);
+    let w = Var::from_tensor(&Tensor::from_vec(w, (out, inp, k, k), dev)?)?;
+    let b =
+        if bias { Some(Var::from_tensor(&Tensor::from_vec(init.biases(out, fan_in, rng), out, dev)?)?) } else { None };
+    Ok((w, b))
+}
+
+/// The convolution of a square kernel with "same" padding (`k / 2`).
+fn conv(x: &Tensor, w: &Var, b: Option<&Var>, stride: usize, epilogue: Epilogue) -> Result<Tensor> {
+    let pad = w.dims()[2] / 2;
+    conv2d_with(x, w.as_tensor(), b.map(|b| b.as_tensor()), stride, pad, 1, 1, epilogue)
+}
+
+/// ReLU as one op whose backward passes the gradient where the output is positive, as PyTorch's
+/// (candle's passes it where the input is `≥ 0`, zero included) and without candle's mask tensors.
+struct ReluOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "descent-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "relu input")?;
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| {
+            // NaN stays NaN, as torch.relu.
+            y.iter_mut().zip(x).for_each(|(y, &v)| *y = if v < 0.0 { 0.0 } else { v });
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (sr, lr) = res.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (r, g) = (storage_f32s(&sr, lr, "relu output")?, storage_f32s(&sg, lg, "relu gradient")?);
+        let mut gx = vec![0.0f32; r.len()];
+        gx.par_chunks_mut(1 << 14).zip(r.par_chunks(1 << 14).zip(g.par_chunks(1 << 14))).for_each(|(gx, (r, g))| {
+            gx.iter_mut().zip(r.iter().zip(g)).for_each(|(d, (&r, &g))| *d = if r > 0.0 { g } else { 0.0 });
+        });
+        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+    }
+}
+
+fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(ReluOp)?)
+}
+
+fn push_bn(v: &mut Vec<(String, Var)>, prefix: &str, bn: &BatchNorm2d) {
+    v.push((format!("{prefix}weight"), bn.weight.clone()));
+    v.push((format!("{prefix}bias"), bn.bias.clone()));
+}
+
+fn push_buffers(v: &mut Vec<(String, Var)>, prefix: &str, bn: &BatchNorm2d) {
+    v.extend(bn.named_buffers().into_iter().map(|(n, b)| (format!("{prefix}{n}"), b)));
+}
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+#[derive(Clone)]
+pub struct BasicBlock {
+    /// The name prefix (`layer1.`, `layer2.0.`, …).
+    pub prefix: String,
+    pub conv1: Var,
+    pub bn1: BatchNorm2d,
+    pub conv2: Var,
+    pub bn2: BatchNorm2d,
+    /// The 1×1 convolution and batch norm of the shortcut, where it is not the identity.
+    pub downsample: Option<(Var, BatchNorm2d)>,
+    pub stride: usize,
+}
+
+impl BasicBlock {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = relu(&self.bn1.forward(&conv(x, &self.conv1, None, self.stride, Epilogue::Identity)?, mode)?)?;
+        let h = self.bn2.forward(&conv(&h, &self.conv2, None, 1, Epilogue::Identity)?, mode)?;
+        let shortcut = match &self.downsample {
+            Some((w, bn)) => bn.forward(&conv(x, w, None, self.stride, Epilogue::Identity)?, mode)?,
+            None => x.clone(),
+        };
+        relu(&(h + shortcut)?)
+    }
+}
+
+/// The residual CNN described in the [module](self) documentation.
+#[derive(Clone)]
+pub struct ResNet {
+    pub config: CnnConfig,
+    pub conv1: Var,
+    pub bn1: BatchNorm2d,
+    pub blocks: Vec<BasicBlock>,
+    pub fc: Linear,
+}
+
+impl ResNet {
+    /// The MNIST ResNet of `depth` weighted layers (`4n + 2`: 6, 10, 14, …) with `width` channels
+    /// in its first stage; depth 6 and width 16 is the `resnet_mnist` reference's.
+    pub fn new(depth: usize, width: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<ResNet> {
+        Self::with_config(CnnConfig::mnist(depth, width)?, init, rng, dev)
+    }
+
+    /// Any layout. Convolution and classifier weights from `init`; batch norms as PyTorch's
+    /// (weight 1, bias 0, running mean 0, running variance 1, momentum 0.1, eps 1e-5).
+    pub fn with_config(config: CnnConfig, init: Init, rng: &mut Rng, dev: &Device) -> Result<ResNet> {
+        config.check()?;
+        let (conv1, _) = conv_vars(config.in_channels, config.width, 3, false, init, rng, dev)?;
+        let bn1 = BatchNorm2d::new(config.width, dev)?;
+        let mut blocks = vec![];
+        for (prefix, inp, out, stride) in config.blocks() {
+            let (c1, _) = conv_vars(inp, out, 3, false, init, rng, dev)?;
+            let (c2, _) = conv_vars(out, out, 3, false, init, rng, dev)?;
+            let downsample = if stride != 1 || inp != out {
+                Some((conv_vars(inp, out, 1, false, init, rng, dev)?.0, BatchNorm2d::new(out, dev)?))
+            } else {
+                None
+            };
+            blocks.push(BasicBlock {
+                prefix,
+                conv1: c1,
+                bn1: BatchNorm2d::new(out, dev)?,
+                conv2: c2,
+                bn2: BatchNorm2d::new(out, dev)?,
+                downsample,
+                stride,
+            });
+        }
+        let fc = Linear::new(config.features(), config.classes, init, rng, dev)?;
+        Ok(ResNet { config, conv1, bn1, blocks, fc })
+    }
+
+    /// Every batch norm with its name prefix, in registration order.
+    fn batch_norms(&self) -> Vec<(String, &BatchNorm2d)> {
+        let mut v = vec![("bn1.".to_string(), &self.bn1)];
+        for b in &self.blocks {
+            v.push((format!("{}bn1.", b.prefix), &b.bn1));
+            v.push((format!("{}bn2.", b.prefix), &b.bn2));
+            if let Some((_, bn)) = &b.downsample {
+                v.push((format!("{}downsample.1.", b.prefix), bn));
+            }
+        }
+        v
+    }
+}
+
+impl Model for ResNet {
+    /// In [`Mode::Train`] the batch norms normalize with the batch's statistics and move their
+    /// running statistics; in [`Mode::Eval`] they use the running statistics and leave them.
+    fn forward(&self, x: &Tensor, mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
+        let mut h = relu(&self.bn1.forward(&conv(x, &self.conv1, None, 1, Epilogue::Identity)?, mode)?)?;
+        for b in &self.blocks {
+            h = b.forward(&h, mode)?;
+        }
+        let h = adaptive_avg_pool2d_1x1(&h)?.flatten_from(1)?;
+        self.fc.forward(&h)
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = vec![("conv1.weight".to_string(), self.conv1.clone())];
+        push_bn(&mut v, "bn1.", &self.bn1);
+        for b in &self.blocks {
+            let p = &b.prefix;
+            v.push((format!("{p}conv1.weight"), b.conv1.clone()));
+            push_bn(&mut v, &format!("{p}bn1."), &b.bn1);
+            v.push((format!("{p}conv2.weight"), b.conv2.clone()));
+            push_bn(&mut v, &format!("{p}bn2."), &b.bn2);
+            if let Some((w, bn)) = &b.downsample {
+                v.push((format!("{p}downsample.0.weight"), w.clone()));
+                push_bn(&mut v, &format!("{p}downsample.1."), bn);
+            }
+        }
+        v.push(("fc.weight".into(), self.fc.weight.clone()));
+        v.push(("fc.bias".into(), self.fc.bias.clone()));
+        v
+    }
+
+    /// Each batch norm's `running_mean` and `running_var`.
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        let mut v = vec![];
+        for (prefix, bn) in self.batch_norms() {
+            push_buffers(&mut v, &prefix, bn);
+        }
+        v
+    }
+}
+
+/// The [`ResNet`] layout without batch norm and without skip connections: the same convolutions
+/// (with biases), each followed by ReLU, then global average pooling and the classifier, so the
+/// same depth. Names as the ResNet's: `conv1`, `layer{s}[.{i}].conv1`, `.conv2`, `fc`.
+#[derive(Clone)]
+pub struct PlainCnn {
+    pub config: CnnConfig,
+    /// `(name prefix, weight, bias, stride)` of each convolution in order, the stem first.
+    pub convs: Vec<(String, Var, Var, usize)>,
+    pub fc: Linear,
+}
+
+impl PlainCnn {
+    /// The plain counterpart of [`ResNet::new`]: the same depth and width.
+    pub fn new(depth: usize, width: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<PlainCnn> {
+        Self::with_config(CnnConfig::mnist(depth, width)?, init, rng, dev)
+    }
+
+    pub fn with_config(config: CnnConfig, init: Init, rng: &mut Rng, dev: &Device) -> Result<PlainCnn> {
+        config.check()?;
+        let mut convs = vec![];
+        let mut add = |prefix: String, inp: usize, out: usize, stride: usize, rng: &mut Rng| -> Result<()> {
+            let (w, b) = conv_vars(inp, out, 3, true, init, rng, dev)?;
+            convs.push((prefix, w, b.expect("a bias was asked for"), stride));
+            Ok(())
+        };
+        add("conv1.".into(), config.in_channels, config.width, 1, rng)?;
+        for (prefix, inp, out, stride) in config.blocks() {
+            add(format!("{prefix}conv1."), inp, out, stride, rng)?;
+            add(format!("{prefix}conv2."), out, out, 1, rng)?;
+        }
+        let fc = Linear::new(config.features(), config.classes, init, rng, dev)?;
+        Ok(PlainCnn { config, convs, fc })
+    }
+}
+
+impl Model for PlainCnn {
+    fn forward(&self, x: &Tensor, _mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (_, w, b, stride) in &self.convs {
+            h = conv(&h, w, Some(b), *stride, Epilogue::Relu)?;
+        }
+        let h = adaptive_avg_pool2d_1x1(&h)?.flatten_from(1)?;
+        self.fc.forward(&h)
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = vec![];
+        for (p, w, b, _) in &self.convs {
+            v.push((format!("{p}weight"), w.clone()));
+            v.push((format!("{p}bias"), b.clone()));
+        }
+        v.push(("fc.weight".into(), self.fc.weight.clone()));
+        v.push(("fc.bias".into(), self.fc.bias.clone()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::relu;
+    use crate::rng::Rng;
+
+    /// The ReLU op against candle's away from zero, and its gradient zero at zero (PyTorch's).
+    #[test]
+    fn relu_matches_candle_and_torch_at_zero() {
+        let mut rng = Rng::new(3);
+        let mut v: Vec<f32> = (0..40_000).map(|_| rng.normal()).collect();
+        v[7] = 0.0;
+        let x = Var::from_vec(v, (4, 10_000), &Device::Cpu).unwrap();
+        let probe =
+            Tensor::from_vec((0..40_000).map(|_| rng.normal()).collect::<Vec<f32>>(), (4, 10_000), &Device::Cpu)
+                .unwrap();
+        let ours = relu(x.as_tensor()).unwrap();
+        let theirs = x.as_tensor().relu().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&ours), flat(&theirs));
+        let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (mut a, b) = (flat(g1.get(x.as_tensor()).unwrap()), flat(g2.get(x.as_tensor()).unwrap()));
+        assert_eq!(a[7], 0.0);
+        a[7] = b[7];
+        assert_eq!(a, b);
+    }
+}
