@@ -411,7 +411,10 @@ fn the_shakespeare_corpus_is_nanogpts() {
 }
 
 /// Forward and backward at nanoGPT's CPU recipe size (4 layers, 4 heads, 128 wide, block 64,
-/// batch 12): `cargo test --release -p descent-train --test gpt -- --ignored --nocapture`.
+/// batch 12): `CANDLE_NUM_THREADS=1 cargo test --release -p descent-train --test gpt -- --ignored
+/// --nocapture`. One candle elementwise thread, as `descent` sets it: with more, candle's pool spins
+/// on its barrier after each large add (the residual stream and the gradient sums), which took
+/// two thirds of the backward on a 2-core machine.
 #[test]
 #[ignore]
 fn recipe_step_timing() {
