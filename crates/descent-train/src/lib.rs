@@ -14,6 +14,7 @@ pub(crate) mod cpu;
 pub mod data;
 pub mod error;
 pub(crate) mod gemm;
+pub mod gpt;
 pub mod layers;
 pub mod linear;
 pub mod loss;
@@ -23,6 +24,7 @@ pub mod nn;
 pub mod optim;
 pub mod resnet;
 pub mod rng;
+pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};
