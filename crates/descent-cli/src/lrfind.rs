@@ -136,7 +136,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     let init = Init::parse(&args.init)?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) =
-        train::workload(&args.model, init, args.dropout, args.normalize, &args.data, &mut rng)?;
+        train::workload(&args.model, train::Arch::of(&args), init, args.dropout, args.normalize, &args.data, &mut rng)?;
     let mut cfg = train::config(&args, loss)?;
     let (start, ratio, n) = (a.start_lr, a.end_lr / a.start_lr, a.num_steps);
     cfg.schedule = LrSchedule::Spec(SpecSchedule {

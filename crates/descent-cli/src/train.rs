@@ -11,6 +11,7 @@ use crate::runs::{json_line, EpochRow, EvalRow, StepRow};
 use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
+use descent_train::resnet::{PlainCnn, ResNet};
 use descent_train::rng::Rng;
 use descent_train::train::{
     train_from, Control, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule, SpecSchedule,
@@ -18,14 +19,16 @@ use descent_train::train::{
 };
 
 /// The models `descent train` knows.
-pub const MODELS: &[&str] = &["lenet", "mlp", "linear"];
+pub const MODELS: &[&str] = &["lenet", "mlp", "linear", "resnet", "plain"];
 
 /// The flags of `descent train`; also the `config.json` of a run folder and the keys of a
 /// `--config` TOML file.
 #[derive(clap::Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainArgs {
-    /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST) or linear (regression on y = 2x + noise).
+    /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST), resnet (a residual CNN with batch norm on
+    /// MNIST), plain (the same depth without batch norm or skips) or linear (regression on
+    /// y = 2x + noise).
     #[arg(long, default_value = "lenet")]
     pub model: String,
     /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
@@ -52,6 +55,14 @@ pub struct TrainArgs {
     /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
     #[arg(long, default_value = "torch")]
     pub init: String,
+    /// resnet and plain: weighted layers, 4n+2 (6, 10, 14, …; default 6).
+    #[arg(long)]
+    #[serde(default)]
+    pub depth: Option<usize>,
+    /// resnet and plain: channels of the first stage, doubled at each later stage (default 16).
+    #[arg(long)]
+    #[serde(default)]
+    pub width: Option<usize>,
     /// Dropout probability of the MLP's hidden layer.
     #[arg(long, default_value_t = 0.2)]
     pub dropout: f32,
@@ -233,9 +244,43 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
 /// The model, its training and test sets and its loss.
 type Workload = (Box<dyn Model>, Dataset, Dataset, Loss);
 
-/// Builds a workload by name (`lenet`, `mlp`, `linear`).
+/// The CNNs' shape: `--depth` and `--width`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arch {
+    pub depth: Option<usize>,
+    pub width: Option<usize>,
+}
+
+impl Arch {
+    pub fn of(a: &TrainArgs) -> Arch {
+        Arch { depth: a.depth, width: a.width }
+    }
+}
+
+/// A model by name, initialized from `rng`.
+pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng) -> Result<Box<dyn Model>> {
+    let dev = Device::Cpu;
+    let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
+    Ok(match model {
+        "linear" => Box::new(LinearRegression::new(init, rng, &dev)?),
+        "mlp" => Box::new(Mlp::new(init, dropout, rng, &dev)?),
+        "lenet" => Box::new(LeNet5::new(init, rng, &dev)?),
+        "resnet" => Box::new(
+            ResNet::new(depth, width, init, rng, &dev)
+                .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
+        ),
+        "plain" => Box::new(
+            PlainCnn::new(depth, width, init, rng, &dev)
+                .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
+        ),
+        other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
+    })
+}
+
+/// Builds a workload by name (`lenet`, `mlp`, `resnet`, `plain`, `linear`).
 pub fn workload(
     model: &str,
+    arch: Arch,
     init: Init,
     dropout: f32,
     normalize: bool,
@@ -249,7 +294,7 @@ pub fn workload(
             let te = Dataset::regression(2_000, rng)?;
             (Box::new(LinearRegression::new(init, rng, &dev)?), tr, te, Loss::Mse)
         }
-        "mlp" | "lenet" => {
+        "mlp" | "lenet" | "resnet" | "plain" => {
             let m = mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?;
             m.train.expect_size(28, 28)?;
             m.test.expect_size(28, 28)?;
@@ -259,12 +304,7 @@ pub fn workload(
                 }
             }
             let (tr, te) = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
-            let net: Box<dyn Model> = if model == "mlp" {
-                Box::new(Mlp::new(init, dropout, rng, &dev)?)
-            } else {
-                Box::new(LeNet5::new(init, rng, &dev)?)
-            };
-            (net, tr, te, Loss::CrossEntropy)
+            (model_of(model, arch, init, dropout, rng)?, tr, te, Loss::CrossEntropy)
         }
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     })
@@ -283,8 +323,15 @@ pub struct BenchArgs {
 /// `descent bench train`: samples/s of forward + backward + step and the share of each.
 pub fn bench(a: BenchArgs) -> Result<()> {
     let mut rng = Rng::new(0);
-    let (model, train_set, _, loss) =
-        workload(&a.model, Init::TorchDefault, 0.2, false, std::path::Path::new("data/mnist"), &mut rng)?;
+    let (model, train_set, _, loss) = workload(
+        &a.model,
+        Arch::default(),
+        Init::TorchDefault,
+        0.2,
+        false,
+        std::path::Path::new("data/mnist"),
+        &mut rng,
+    )?;
     let (lr, default_batch) = defaults(&a.model);
     let batch = a.batch_size.unwrap_or(default_batch);
     let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
@@ -314,6 +361,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 pub fn defaults(model: &str) -> (f64, usize) {
     match model {
         "lenet" => (2e-3, 128),
+        "resnet" | "plain" => (1e-3, 128),
         "linear" => (0.1, 32),
         _ => (1e-3, 32),
     }
@@ -677,6 +725,16 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
             bail!("--target-accuracy: the linear model is a regression, without accuracy");
         }
     }
+    if !matches!(a.model.as_str(), "resnet" | "plain") {
+        for (flag, v) in [("--depth", a.depth), ("--width", a.width)] {
+            if let Some(v) = v {
+                bail!("{flag} {v}: only the resnet and plain models take it");
+            }
+        }
+    }
+    if a.width == Some(0) {
+        bail!("--width 0: at least one channel");
+    }
     if a.patience.is_none() && a.min_delta != 0.0 {
         bail!("--min-delta {}: it is early stopping's threshold; give --patience too", a.min_delta);
     }
@@ -724,12 +782,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     check_numbers(a)?;
     let mut rng = Rng::new(a.seed);
     let init = Init::parse(&a.init)?;
-    let model: Box<dyn Model> = match a.model.as_str() {
-        "linear" => Box::new(LinearRegression::new(init, &mut rng, &Device::Cpu)?),
-        "mlp" => Box::new(Mlp::new(init, a.dropout, &mut rng, &Device::Cpu)?),
-        "lenet" => Box::new(LeNet5::new(init, &mut rng, &Device::Cpu)?),
-        other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
-    };
+    let model = model_of(&a.model, Arch::of(a), init, a.dropout, &mut rng)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
     check_model_settings(model.as_ref(), &config(a, loss)?, a)
 }
@@ -994,7 +1047,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
     let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
-    let (model, train_set, test_set, loss) = workload(&a.model, init, a.dropout, a.normalize, &a.data, &mut rng)?;
+    let (model, train_set, test_set, loss) =
+        workload(&a.model, Arch::of(&a), init, a.dropout, a.normalize, &a.data, &mut rng)?;
     let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
     let mut cfg = config(&a, loss)?;
     if let Some(at) = opts.eval_at.clone() {

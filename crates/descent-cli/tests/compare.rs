@@ -87,7 +87,7 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
     for (run, needles) in [
         ("adamz:lr=0.1", vec!["adamz", "run 1"]),
         ("sgd:lr=0.1,momentom=0.9", vec!["momentom", "momentum"]),
-        ("sgd:model=mlp", vec!["model", "shared"]),
+        ("sgd:data=data/mnist", vec!["data", "shared"]),
         ("sgd:lr", vec!["lr", "key=value"]),
     ] {
         let e = run_err(&["compare", "--model", "linear", "--run", run, "--out", d]);

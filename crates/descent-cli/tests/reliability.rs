@@ -595,3 +595,41 @@ fn compare_force_clears_only_its_own_runs() {
     assert!(!ok && t.contains("--trials"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn residual_and_plain_cnns_train_and_resume_with_their_running_statistics() {
+    let d = fresh("resnet");
+    let data = d.join("data");
+    write_idx_set(&data, 96, 32, 28, 28);
+    let go = |out: &Path, model: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model,
+            "--data",
+            s(&data),
+            "--batch-size",
+            "16",
+            "--threads",
+            "2",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (a, b) = (d.join("a"), d.join("b"));
+    assert!(go(&a, "resnet", &["--steps", "9", "--epochs", "2"]).0);
+    // Cut inside the second epoch, resumed: the same steps bit for bit (batch norm's running
+    // statistics travel in the checkpoint).
+    assert!(go(&b, "resnet", &["--steps", "4", "--epochs", "2"]).0);
+    let (ok, t) = run(&["train", "--resume", s(&b), "--steps", "9"]);
+    assert!(ok, "{t}");
+    assert_eq!(read(&a.join("steps.csv")), read(&b.join("steps.csv")));
+    assert_eq!(read(&a.join("metrics.csv")).lines().count(), read(&b.join("metrics.csv")).lines().count());
+    let (ok, t) = go(&d.join("p"), "plain", &["--depth", "10", "--steps", "2"]);
+    assert!(ok, "{t}");
+    let (ok, t) = go(&d.join("q"), "resnet", &["--depth", "7"]);
+    assert!(!ok && t.contains("--depth 7"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
