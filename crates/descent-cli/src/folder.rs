@@ -34,6 +34,7 @@ pub mod run {
     pub const STEPS_JSONL: &str = "steps.jsonl";
     pub const STEPS_CSV: &str = "steps.csv";
     pub const EVALS_JSONL: &str = "evals.jsonl";
+    pub const GRAD_NORMS_JSONL: &str = "grad_norms.jsonl";
     pub const CHECKPOINT: &str = "checkpoint.safetensors";
     pub const TENSORBOARD: &str = "tensorboard";
 }
@@ -73,6 +74,7 @@ impl Kind {
                 run::STEPS_JSONL,
                 run::STEPS_CSV,
                 run::EVALS_JSONL,
+                run::GRAD_NORMS_JSONL,
                 run::CHECKPOINT,
                 run::TENSORBOARD,
             ],
@@ -89,7 +91,9 @@ impl Kind {
         let Some(stem) = name.strip_suffix(".png").or_else(|| name.strip_suffix(".svg")) else { return false };
         match self {
             Kind::Run => false,
-            Kind::Compare | Kind::Plot => ["loss", "grad_norm", "lr", "accuracy", "test_loss"].contains(&stem),
+            Kind::Compare | Kind::Plot => {
+                ["loss", "grad_norm", "lr", "accuracy", "test_loss", "grad_norm_by_layer"].contains(&stem)
+            }
             Kind::Sweep => ["objective", "curves"].contains(&stem) || stem.starts_with("param_"),
             Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),
             Kind::LrFind => stem == "lr_find",

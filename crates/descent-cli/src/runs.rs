@@ -71,6 +71,14 @@ pub struct EvalRow {
     pub test_accuracy: Option<f64>,
 }
 
+/// One line of grad_norms.jsonl (`--log-grad-norms`): each parameter's gradient norm at a step, in
+/// the model's order (input side first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradNormRow {
+    pub step: u64,
+    pub norms: Vec<(String, f64)>,
+}
+
 /// JSON has no NaN or infinity: serde_json writes them as `null`, read back here as NaN (a loss
 /// that overflowed is drawn as a gap, not refused).
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
@@ -89,6 +97,8 @@ pub struct RunMetrics {
     pub label: String,
     pub steps: Vec<StepRow>,
     pub epochs: Vec<EpochRow>,
+    /// Per-parameter gradient norms, when the run logged them.
+    pub grad_norms: Vec<GradNormRow>,
     /// Problems met while reading (a truncated last line), one line each.
     pub warnings: Vec<String>,
     /// Drawn faint (a run that failed or was stopped early).
@@ -136,7 +146,8 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     let mut warnings = vec![];
     let steps = read_records(&dir.join(run::STEPS_JSONL), &mut warnings)?;
     let epochs = read_records(&dir.join(run::METRICS_JSONL), &mut warnings)?;
-    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, warnings, faint: false })
+    let grad_norms = read_records(&dir.join(run::GRAD_NORMS_JSONL), &mut warnings)?;
+    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, grad_norms, warnings, faint: false })
 }
 
 /// A field of a CSV table as RFC 4180 writes it: quoted when it holds a comma, a quote or a line
@@ -257,6 +268,9 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
         };
         files.extend(plot::line_chart(&chart, &out.join(name))?);
     }
+    if runs.iter().any(|r| !r.grad_norms.is_empty()) {
+        files.extend(plot::line_chart(&grad_norms_by_layer(runs, title), &out.join("grad_norm_by_layer"))?);
+    }
     let classification = runs.iter().any(|r| r.epochs.iter().any(|e| e.test_accuracy.is_some()));
     let series = runs
         .iter()
@@ -297,6 +311,45 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     };
     files.extend(plot::line_chart(&chart, &out.join(name))?);
     Ok(files)
+}
+
+/// Each weight matrix's gradient norm by depth (its index among the weights, input side first),
+/// averaged over the last tenth of each run's steps: where gradients vanish.
+fn grad_norms_by_layer(runs: &[RunMetrics], title: &str) -> Chart {
+    // Weights of layers, not of normalizations (whose scale tells another story).
+    let is_layer = |n: &str| n.ends_with("weight") && !n.contains("bn") && !n.contains("norm") && !n.contains("ln");
+    let series = runs
+        .iter()
+        .filter(|r| !r.grad_norms.is_empty())
+        .map(|r| {
+            let n = r.grad_norms.len();
+            let tail = &r.grad_norms[n - (n / 10).max(1)..];
+            let names: Vec<&str> = tail[0].norms.iter().map(|(k, _)| k.as_str()).filter(|k| is_layer(k)).collect();
+            let pts = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let vals: Vec<f64> = tail
+                        .iter()
+                        .filter_map(|row| row.norms.iter().find(|(k, _)| k == name).map(|(_, v)| *v))
+                        .collect();
+                    (i as f64 + 1.0, vals.iter().sum::<f64>() / vals.len().max(1) as f64)
+                })
+                .collect();
+            Series { style: plot::SeriesStyle::LineMarkers, faint: r.faint, ..Series::line(&r.label, pts) }
+        })
+        .collect();
+    Chart {
+        title: format!("{title}: gradient norm by depth"),
+        log_x: false,
+        integer_x: true,
+        x_label: "weight layer (input side first)".into(),
+        y_label: "gradient L2 norm (mean of the last 10% of steps)".into(),
+        y_scale: YScale::Auto,
+        series,
+        legend: SeriesLabelPosition::UpperRight,
+        fit_faint: false,
+    }
 }
 
 /// TensorBoard-like smoothing that keeps about the last 2% of a run's steps in its memory.

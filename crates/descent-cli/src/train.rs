@@ -7,7 +7,7 @@ use candle_core::Device;
 use descent_train::checkpoint::Checkpoint;
 
 use crate::folder;
-use crate::runs::{json_line, EpochRow, EvalRow, StepRow};
+use crate::runs::{json_line, EpochRow, EvalRow, GradNormRow, StepRow};
 use descent_train::data::Dataset;
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
@@ -119,6 +119,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub validation: usize,
+    /// Write each parameter's gradient norm at every step to grad_norms.jsonl (plot and compare
+    /// draw them by depth: where gradients vanish).
+    #[arg(long)]
+    #[serde(default)]
+    pub log_grad_norms: bool,
     /// Also write TensorBoard scalar event files (loss, learning rate, gradient norm per step; test
     /// loss and accuracy, samples/s per epoch) under RUN_DIR/tensorboard.
     #[arg(long)]
@@ -489,6 +494,7 @@ impl Hooks for &mut CliHooks<'_> {
 struct StepWriter {
     jsonl: String,
     csv: String,
+    grad_norms: String,
 }
 
 impl StepWriter {
@@ -496,10 +502,14 @@ impl StepWriter {
         let row = StepRow { step: s.step, epoch: s.epoch, loss: s.loss, lr, grad_norm: s.grad_norm };
         self.jsonl += &json_line(&row);
         self.csv += &row.csv();
+        if !s.param_grad_norms.is_empty() {
+            self.grad_norms += &json_line(&GradNormRow { step: s.step, norms: s.param_grad_norms.clone() });
+        }
     }
 
     fn flush(&mut self, dir: &std::path::Path) -> Result<()> {
         folder::append(&dir.join(folder::run::STEPS_JSONL), &std::mem::take(&mut self.jsonl), false)?;
+        folder::append(&dir.join(folder::run::GRAD_NORMS_JSONL), &std::mem::take(&mut self.grad_norms), false)?;
         folder::append(&dir.join(folder::run::STEPS_CSV), &std::mem::take(&mut self.csv), false)
     }
 }
@@ -562,6 +572,9 @@ impl RunDir {
         let epoch_ok = |e: u64| e <= epochs as u64;
         folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| {
             serde_json::from_str::<StepRow>(l).is_ok_and(|r| step_ok(r.step))
+        })?;
+        folder::retain_lines(&d.join(folder::run::GRAD_NORMS_JSONL), |l| {
+            serde_json::from_str::<GradNormRow>(l).is_ok_and(|r| step_ok(r.step))
         })?;
         folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| {
             serde_json::from_str::<EvalRow>(l).is_ok_and(|r| step_ok(r.step))
@@ -949,6 +962,7 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
         },
         groups: a.groups.clone(),
         min_loss_change: a.min_loss_change,
+        log_grad_norms: a.log_grad_norms,
         ..TrainConfig::new(&a.optimizer, Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }

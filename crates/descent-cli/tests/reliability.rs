@@ -619,13 +619,42 @@ fn residual_and_plain_cnns_train_and_resume_with_their_running_statistics() {
         run(&args)
     };
     let (a, b) = (d.join("a"), d.join("b"));
-    assert!(go(&a, "resnet", &["--steps", "9", "--epochs", "2"]).0);
+    assert!(go(&a, "resnet", &["--steps", "9", "--epochs", "2", "--log-grad-norms"]).0);
     // Cut inside the second epoch, resumed: the same steps bit for bit (batch norm's running
     // statistics travel in the checkpoint).
-    assert!(go(&b, "resnet", &["--steps", "4", "--epochs", "2"]).0);
+    assert!(go(&b, "resnet", &["--steps", "4", "--epochs", "2", "--log-grad-norms"]).0);
     let (ok, t) = run(&["train", "--resume", s(&b), "--steps", "9"]);
     assert!(ok, "{t}");
     assert_eq!(read(&a.join("steps.csv")), read(&b.join("steps.csv")));
+    let norms = read(&a.join("grad_norms.jsonl"));
+    assert_eq!(norms.lines().count(), 9);
+    assert_eq!(norms, read(&b.join("grad_norms.jsonl")));
+    // A residual and a plain network side by side: the per-layer gradient chart is drawn.
+    let c = d.join("cmp");
+    let (ok, t) = run(&[
+        "compare",
+        "--data",
+        s(&data),
+        "--batch-size",
+        "16",
+        "--threads",
+        "2",
+        "--steps",
+        "3",
+        "--log-grad-norms",
+        "--run",
+        "adam:model=resnet,depth=10",
+        "--run",
+        "adam:model=plain,depth=10",
+        "--out",
+        s(&c),
+    ]);
+    assert!(ok, "{t}");
+    assert!(
+        c.join("grad_norm_by_layer.png").is_file() && c.join("grad_norm_by_layer.svg").is_file(),
+        "{:?}",
+        names(&c)
+    );
     assert_eq!(read(&a.join("metrics.csv")).lines().count(), read(&b.join("metrics.csv")).lines().count());
     let (ok, t) = go(&d.join("p"), "plain", &["--depth", "10", "--steps", "2"]);
     assert!(ok, "{t}");

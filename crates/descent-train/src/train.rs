@@ -60,6 +60,8 @@ pub struct TrainConfig {
     /// Evaluations within epochs too, reported to [`Hooks::on_eval`] (which may stop the run
     /// there: a pruned trial of a sweep).
     pub eval_at: EvalAt,
+    /// Report each parameter's gradient norm at every step ([`StepMetrics::param_grad_norms`]).
+    pub log_grad_norms: bool,
 }
 
 impl TrainConfig {
@@ -85,6 +87,7 @@ impl TrainConfig {
             schedule: LrSchedule::Constant,
             groups: vec![],
             eval_at: EvalAt::EpochEnds,
+            log_grad_norms: false,
         }
     }
 }
@@ -315,6 +318,24 @@ pub struct StepMetrics {
     pub lr_scale: f64,
     /// The global L2 norm of the gradients before clipping.
     pub grad_norm: f64,
+    /// With [`TrainConfig::log_grad_norms`], each parameter's gradient L2 norm by name, in the
+    /// model's order (input side first): where gradients vanish or explode. Empty otherwise.
+    pub param_grad_norms: Vec<(String, f64)>,
+}
+
+/// Each parameter's gradient L2 norm (0 for a parameter without gradient), in model order.
+fn param_grad_norms(model: &dyn Model, grads: &candle_core::backprop::GradStore) -> Result<Vec<(String, f64)>> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| {
+            let norm = match grads.get(v.as_tensor()) {
+                Some(g) => (g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64).sqrt(),
+                None => 0.0,
+            };
+            Ok((n, norm))
+        })
+        .collect()
 }
 
 /// Builds the optimizer of a config over a model's parameters.
@@ -640,6 +661,7 @@ pub fn train_from(
             }
             let grads = loss.backward()?;
             let grad_norm = opt.grad_norm(&grads)?;
+            let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
             opt.step(&grads)?;
             steps += 1;
             let control = hooks.on_step(&StepMetrics {
@@ -651,6 +673,7 @@ pub fn train_from(
                 loss: l,
                 lr_scale: m,
                 grad_norm,
+                param_grad_norms,
             });
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
