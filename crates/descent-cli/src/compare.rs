@@ -257,7 +257,11 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = a.jobs.unwrap_or((cores.saturating_sub(2) / 2).max(1)).clamp(1, specs.len());
-    println!("comparing {} runs of {} into {} ({} at a time)", specs.len(), a.base.model, out.display(), jobs);
+    // The runs' models: one, or several when runs set their own.
+    let mut models: Vec<&str> = specs.iter().map(|s| s.args.model.as_str()).collect();
+    models.dedup();
+    let models = if models.iter().all(|m| *m == models[0]) { models[0].to_string() } else { models.join(" and ") };
+    println!("comparing {} runs of {models} into {} ({} at a time)", specs.len(), out.display(), jobs);
     let dirs: Vec<PathBuf> =
         specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
     let results: Vec<std::sync::Mutex<Option<Result<train::RunOutcome>>>> =
@@ -310,7 +314,7 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
         metrics.push(m);
     }
     write_table(&rows, &out, a.target)?;
-    let title = format!("{} on {}", a.base.model, if a.base.model == "linear" { "y = 2x + noise" } else { "MNIST" });
+    let title = format!("{models} on {}", if a.base.model == "linear" { "y = 2x + noise" } else { "MNIST" });
     let files = runs::draw(&metrics, &out, &title)?;
     write_report(&rows, &files, &out, &title, a.target)?;
     println!("\n{}", std::fs::read_to_string(out.join("table.md"))?);
