@@ -42,7 +42,7 @@ fn mlp_reports_test_accuracy() {
 fn bad_flags_are_errors_that_list_the_valid_choices() {
     let dir = out("bad");
     for (args, needles) in [
-        (vec!["train", "--model", "resnet"], vec!["resnet", "lenet", "mlp", "linear"]),
+        (vec!["train", "--model", "vgg"], vec!["vgg", "lenet", "mlp", "linear", "resnet", "plain"]),
         (vec!["train", "--model", "linear", "--optimizer", "adamz"], vec!["adamz", "torch.adam"]),
         (
             vec!["train", "--model", "linear", "--optimizer", "sgd", "--hparams", "{\"momentun\": 0.9}"],

@@ -4,14 +4,13 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, EpochProgress};
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
-use crate::optim::VarOptimizer;
+use crate::optim::{OptimizerConfig, VarOptimizer};
 use crate::rng::Rng;
 
 /// The loss a workload trains on.
@@ -343,61 +342,19 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
     Ok(optimizer_with_rates(model, cfg)?.0)
 }
 
-/// The optimizer and the learning-rate multiplier its last link applies.
+/// The optimizer of a config (through [`OptimizerConfig`]: groups by name, clipping) and the
+/// learning rates its schedule drives.
 fn optimizer_with_rates(model: &dyn Model, cfg: &TrainConfig) -> Result<(VarOptimizer, Option<ScheduledRates>)> {
-    let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
-    let mut h = match &cfg.hparams {
-        Value::Null => Value::Object(Default::default()),
-        Value::Object(_) => cfg.hparams.clone(),
-        other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
+    let config = OptimizerConfig {
+        optimizer: cfg.optimizer.clone(),
+        lr: cfg.lr,
+        hparams: cfg.hparams.clone(),
+        groups: cfg.groups.clone(),
+        clip_norm: cfg.clip_norm,
+        clip_value: cfg.clip_value,
+        schedule: None,
     };
-    if let Some(lr) = cfg.lr {
-        h[lr_key(lib)] = serde_json::json!(lr);
-    }
-    let vars = model.named_vars();
-    let shapes: Vec<Vec<usize>> = vars.iter().map(|(_, v)| v.dims().to_vec()).collect();
-    let mut tx = if cfg.groups.is_empty() {
-        build_optimizer(lib, &name, &h, None, &shapes)?
-    } else {
-        // One optimizer per group over its parameters (torch param_groups, optax partition).
-        let mut member: Vec<usize> = vec![cfg.groups.len(); vars.len()];
-        for (i, (n, _)) in vars.iter().enumerate() {
-            if let Some(g) = cfg.groups.iter().position(|(pat, _)| n.contains(pat.as_str())) {
-                member[i] = g;
-            }
-        }
-        let mut parts = vec![];
-        for g in 0..=cfg.groups.len() {
-            let idx: Vec<usize> = (0..vars.len()).filter(|&i| member[i] == g).collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let mut gh = h.clone();
-            if let Some((pat, over)) = cfg.groups.get(g) {
-                let over = over.as_object().ok_or_else(|| {
-                    Error::Param(format!("group `{pat}`: arguments must be a JSON object, got {over}"))
-                })?;
-                for (k, v) in over {
-                    gh[k] = v.clone();
-                }
-            }
-            let sub: Vec<Vec<usize>> = idx.iter().map(|&i| shapes[i].clone()).collect();
-            parts.push((idx, build_optimizer(lib, &name, &gh, None, &sub)?));
-        }
-        Box::new(descent_core::transforms::Partition::new(parts))
-    };
-    let mut pre: Vec<Box<dyn descent_core::Transform>> = vec![];
-    if let Some(v) = cfg.clip_value {
-        pre.push(Box::new(descent_core::transforms::Clip::new(v)));
-    }
-    if let Some(n) = cfg.clip_norm {
-        pre.push(Box::new(descent_core::transforms::ClipByGlobalNorm::new(n)));
-    }
-    if !pre.is_empty() {
-        pre.push(tx);
-        tx = descent_core::chain(pre);
-    }
-    let mut opt = VarOptimizer::new(vars, tx)?;
+    let mut opt = VarOptimizer::for_vars(model.named_vars(), &config)?;
     let rates = ScheduledRates::new(&mut opt, cfg)?;
     Ok((opt, rates))
 }
