@@ -983,7 +983,8 @@ impl Optimizer {
     /// scales each group's base rate, as torch's `LRScheduler` does). `lrs` must have one value
     /// per rate.
     pub fn set_learning_rates(&mut self, lrs: &[f64]) -> Result<()> {
-        let n = self.learning_rates().len();
+        let mut n = 0;
+        self.tx.visit_learning_rates(&mut |_| n += 1);
         if lrs.len() != n {
             return Err(Error::Invalid(format!("{} learning rates given, the optimizer has {n}", lrs.len())));
         }

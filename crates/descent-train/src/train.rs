@@ -337,14 +337,12 @@ fn param_grad_norms(model: &dyn Model, grads: &candle_core::backprop::GradStore)
         .collect()
 }
 
-/// Builds the optimizer of a config over a model's parameters.
+/// Builds the optimizer of a config over a model's parameters (through [`OptimizerConfig`]:
+/// groups by name, clipping). A schedule sets each group's rate to its base times the
+/// multiplier before every step ([`VarOptimizer::set_lr_scale`], as torch's `LRScheduler` sets
+/// each group's `lr`), so the optimizer reacts as its library does (ASGD's `eta` follows the
+/// rate; Adam's moments are not rescaled); one without a rate it can set is refused here.
 pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
-    Ok(optimizer_with_rates(model, cfg)?.0)
-}
-
-/// The optimizer of a config (through [`OptimizerConfig`]: groups by name, clipping) and the
-/// learning rates its schedule drives.
-fn optimizer_with_rates(model: &dyn Model, cfg: &TrainConfig) -> Result<(VarOptimizer, Option<ScheduledRates>)> {
     let config = OptimizerConfig {
         optimizer: cfg.optimizer.clone(),
         lr: cfg.lr,
@@ -355,43 +353,16 @@ fn optimizer_with_rates(model: &dyn Model, cfg: &TrainConfig) -> Result<(VarOpti
         schedule: None,
     };
     let mut opt = VarOptimizer::for_vars(model.named_vars(), &config)?;
-    let rates = ScheduledRates::new(&mut opt, cfg)?;
-    Ok((opt, rates))
-}
-
-/// The learning rates a schedule drives: each of the optimizer's rates as built (one per
-/// parameter group), set to `base × multiplier` before each step, as torch's `LRScheduler` sets
-/// each group's `lr`. The optimizer then reacts as its library does (ASGD's `eta` follows the
-/// rate; Adam's moments are not rescaled).
-struct ScheduledRates {
-    base: Vec<f64>,
-}
-
-impl ScheduledRates {
-    fn new(opt: &mut VarOptimizer, cfg: &TrainConfig) -> Result<Option<ScheduledRates>> {
-        if cfg.schedule == LrSchedule::Constant {
-            return Ok(None);
-        }
-        let rates = opt.core().learning_rates();
-        if rates.is_empty() {
-            return Err(Error::Param(format!(
-                "`{}` has no learning rate a schedule can set (torch Rprop reads lr only for its first step sizes)",
-                cfg.optimizer
-            )));
-        }
-        let base = rates.into_iter().collect::<Option<Vec<f64>>>().ok_or_else(|| {
+    if cfg.schedule != LrSchedule::Constant {
+        opt.set_lr_scale(1.0).map_err(|_| {
             Error::Param(format!(
-                "`{}`'s learning rate is a schedule already; a second one cannot set it",
+                "`{}` has no learning rate a schedule can set (torch Rprop reads lr only for its first step sizes; \
+                 a rate given as a schedule sets itself)",
                 cfg.optimizer
             ))
         })?;
-        Ok(Some(ScheduledRates { base }))
     }
-
-    fn set(&self, opt: &mut VarOptimizer, multiplier: f64) -> Result<()> {
-        let lrs: Vec<f64> = self.base.iter().map(|b| b * multiplier).collect();
-        Ok(opt.core().set_learning_rates(&lrs)?)
-    }
+    Ok(opt)
 }
 
 /// The loss plus the L1 and L2 penalties of the config.
@@ -527,8 +498,7 @@ pub fn train_from(
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
-    let (mut opt, rates) = optimizer_with_rates(model, cfg)?;
-    let mut lr_scale = 1.0;
+    let mut opt = optimizer_for(model, cfg)?;
     let mut rng = Rng::new(cfg.seed);
     let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
@@ -605,10 +575,9 @@ pub fn train_from(
                 Some(p) => p.lr,
                 None => cfg.schedule.multiplier(steps, total, epoch),
             };
-            if let Some(r) = &rates {
-                r.set(&mut opt, m)?;
+            if cfg.schedule != LrSchedule::Constant {
+                opt.set_lr_scale(m)?;
             }
-            lr_scale = m;
             let (x, y) = train.batch(idx)?;
             let out = model.forward(&x, Mode::Train, &mut rng)?;
             let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
@@ -665,7 +634,7 @@ pub fn train_from(
             test_accuracy,
             seconds,
             samples_per_s: seen as f64 / seconds,
-            lr_scale,
+            lr_scale: opt.lr_scale(),
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
