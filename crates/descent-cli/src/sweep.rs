@@ -640,23 +640,11 @@ fn read_curve(dir: &Path, obj: Objective) -> Vec<(u64, f64)> {
 }
 
 fn read_trials(out: &Path) -> Result<Vec<Trial>> {
-    let path = out.join("trials.jsonl");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut trials = vec![];
-    for (k, l) in text.split_inclusive('\n').enumerate() {
-        match serde_json::from_str::<Trial>(l.trim_end()) {
-            Ok(t) if l.ends_with('\n') => trials.push(t),
-            // A line cut by a kill: that trial runs again.
-            _ if k + 1 == text.split_inclusive('\n').count() => {
-                eprintln!("warning: {}: line {} is incomplete; its trial runs again", path.display(), k + 1)
-            }
-            Err(e) => bail!("{}: line {}: {e}", path.display(), k + 1),
-            Ok(_) => unreachable!("complete lines parse above"),
-        }
+    // A line cut by a kill is dropped with a warning: that trial runs again.
+    let mut warnings = vec![];
+    let trials = read_records(&out.join("trials.jsonl"), &mut warnings)?;
+    for w in warnings {
+        eprintln!("warning: {w}; its trial runs again");
     }
     Ok(trials)
 }
