@@ -258,9 +258,13 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = a.jobs.unwrap_or((cores.saturating_sub(2) / 2).max(1)).clamp(1, specs.len());
     // The runs' models: one, or several when runs set their own.
-    let mut models: Vec<&str> = specs.iter().map(|s| s.args.model.as_str()).collect();
-    models.dedup();
-    let models = if models.iter().all(|m| *m == models[0]) { models[0].to_string() } else { models.join(" and ") };
+    let mut models: Vec<&str> = vec![];
+    for s in &specs {
+        if !models.contains(&s.args.model.as_str()) {
+            models.push(&s.args.model);
+        }
+    }
+    let models = models.join(" and ");
     println!("comparing {} runs of {models} into {} ({} at a time)", specs.len(), out.display(), jobs);
     let dirs: Vec<PathBuf> =
         specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
