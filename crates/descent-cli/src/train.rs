@@ -797,17 +797,12 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout, &mut rng)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
-    check_model_settings(model.as_ref(), &config(a, loss)?, a)
+    check_model_settings(model.as_ref(), &config(a, loss)?)
 }
 
-/// What needs the model: the group patterns match parameters, and the optimizer builds.
-fn check_model_settings(model: &dyn Model, cfg: &TrainConfig, a: &TrainArgs) -> Result<()> {
-    let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
-    for (pat, _) in &a.groups {
-        if !names.iter().any(|n| n.contains(pat.as_str())) {
-            bail!("--group `{pat}` matches no parameter of {}; its parameters: {}", a.model, names.join(", "));
-        }
-    }
+/// What needs the model: the optimizer builds over its parameters (which refuses a `--group`
+/// that selects no parameter, naming it) and a schedule can set its rates.
+fn check_model_settings(model: &dyn Model, cfg: &TrainConfig) -> Result<()> {
     descent_train::train::optimizer_for(model, cfg)?;
     Ok(())
 }
@@ -1068,7 +1063,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     if let Some(at) = opts.eval_at.clone() {
         cfg.eval_at = at;
     }
-    check_model_settings(model.as_ref(), &cfg, &a)?;
+    check_model_settings(model.as_ref(), &cfg)?;
     check_schedule_length(&cfg, train_set.len())?;
     // Everything is valid: now the run folder.
     let hash = config_hash(&a)?;
