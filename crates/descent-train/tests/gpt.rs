@@ -5,6 +5,8 @@
 //! for that field, `min_abs_grad` keeping only elements whose recorded gradient is that large); the
 //! losses to 1e-5 relative.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -18,6 +20,8 @@ use descent_train::text::{CharCorpus, TextSplit};
 use descent_train::VarOptimizer;
 use serde_json::{json, Value};
 
+use common::{tensor, values, Check};
+
 fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2/models")
 }
@@ -30,72 +34,8 @@ fn shakespeare() -> CharCorpus {
     CharCorpus::load(data_dir().join("tinyshakespeare/input.txt")).unwrap()
 }
 
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
 fn ints(v: &Value) -> Vec<u32> {
     v["data"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-/// One reference file's comparisons: each tensor's error, and those over tolerance.
-struct Check<'a> {
-    file: &'a str,
-    case: &'a Value,
-    failures: Vec<String>,
-}
-
-impl Check<'_> {
-    /// Compares `ours` with the case's `field.key` (or `field`) under the file's tolerance for
-    /// `field`.
-    fn close(&mut self, field: &str, key: Option<&str>, ours: &Tensor) {
-        let (what, refv) = match key {
-            Some(k) => (format!("{field}.{k}"), &self.case[field][k]),
-            None => (field.to_string(), &self.case[field]),
-        };
-        assert!(refv.is_object(), "{}: no recorded {what}", self.file);
-        let reference = tensor(refv);
-        if ours.dims() != reference.dims() {
-            self.failures.push(format!("{what}: shape {:?}, recorded {:?}", ours.dims(), reference.dims()));
-            return;
-        }
-        let tol = &self.case["tolerance"][field];
-        let rel = tol["rel"].as_f64().unwrap_or(1e-4);
-        let abs = tol["abs"].as_f64().unwrap_or(1e-6);
-        let (o, r) = (values(ours), values(&reference));
-        let keep: Vec<bool> = match (tol["min_abs_grad"].as_f64(), key) {
-            (Some(m), Some(k)) => values(&tensor(&self.case["grads"][k])).iter().map(|g| g.abs() as f64 >= m).collect(),
-            _ => vec![true; r.len()],
-        };
-        let (mut err, mut scale) = (0.0f64, 0.0f64);
-        for ((&a, &b), &k) in o.iter().zip(&r).zip(&keep) {
-            if k {
-                scale = scale.max((b as f64).abs());
-                err = err.max(if a.is_nan() != b.is_nan() { f64::INFINITY } else { ((a - b) as f64).abs() });
-            }
-        }
-        let bound = rel * scale + abs;
-        eprintln!("{} {what}: max error {err:.3e}, bound {bound:.3e} ({:.3} of it)", self.file, err / bound);
-        if err.is_nan() || err > bound {
-            self.failures.push(format!("{what}: max error {err} over {bound} (scale {scale})"));
-        }
-    }
-
-    /// A scalar to 1e-5 relative.
-    fn close_scalar(&mut self, field: &str, ours: f32) {
-        let r = self.case[field].as_f64().unwrap_or_else(|| panic!("{}: no recorded {field}", self.file));
-        let err = (ours as f64 - r).abs();
-        eprintln!("{} {field}: {ours} against {r}, relative error {:.3e} (bound 1e-5)", self.file, err / r.abs());
-        if err.is_nan() || err > 1e-5 * r.abs() {
-            self.failures.push(format!("{field}: {ours}, recorded {r}"));
-        }
-    }
 }
 
 /// The file's configuration, after checking that it is a model [`Gpt`] builds.
@@ -214,7 +154,7 @@ fn every_gpt_file_matches_pytorch() {
     let mut failures = vec![];
     for f in &files {
         let case: Value = serde_json::from_str(&std::fs::read_to_string(reference_dir().join(f)).unwrap()).unwrap();
-        let mut k = Check { file: f, case: &case, failures: vec![] };
+        let mut k = Check::new(f, &case);
         check_gpt(&mut k, &corpus);
         failures.extend(k.failures.into_iter().map(|e| format!("{f} {e}")));
     }

@@ -3,6 +3,8 @@
 //! up). Pass rule: each tensor `max|ours − ref| ≤ rel·max|ref| + abs`, 1e-4 and 1e-6 unless the file's
 //! `tolerance` says otherwise for that field.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -12,6 +14,8 @@ use descent_train::nn::{
     CausalSelfAttention, Gelu,
 };
 use serde_json::Value;
+
+use common::{tensor, Check};
 
 /// Model files whose models descent does not assemble yet (their layers are all covered above).
 /// Must shrink to empty.
@@ -34,12 +38,6 @@ fn json_files(sub: &str) -> Vec<String> {
     v
 }
 
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
 fn indices(v: &Value) -> Tensor {
     let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
     let data: Vec<i64> = v["data"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
@@ -48,63 +46,6 @@ fn indices(v: &Value) -> Tensor {
 
 fn var(v: &Value) -> Var {
     Var::from_tensor(&tensor(v)).unwrap()
-}
-
-/// One reference file's comparisons: each tensor's error, and those over tolerance.
-struct Check<'a> {
-    file: &'a str,
-    case: &'a Value,
-    failures: Vec<String>,
-}
-
-impl Check<'_> {
-    /// Compares `ours` with the case's `field` (or `field.key`), under the file's tolerance for
-    /// `field` (`rel`, `abs`, and `min_abs_grad`: only elements whose recorded gradient `grads.key`
-    /// is at least that large).
-    fn close(&mut self, field: &str, key: Option<&str>, ours: &Tensor) {
-        let what = match key {
-            Some(k) => format!("{field}.{k}"),
-            None => field.to_string(),
-        };
-        let refv = match key {
-            Some(k) => &self.case[field][k],
-            None => &self.case[field],
-        };
-        assert!(refv.is_object(), "{}: no recorded {what}", self.file);
-        let reference = tensor(refv);
-        if ours.dims() != reference.dims() {
-            self.failures.push(format!("{what}: shape {:?}, recorded {:?}", ours.dims(), reference.dims()));
-            return;
-        }
-        let tol = &self.case["tolerance"][field];
-        let rel = tol["rel"].as_f64().unwrap_or(1e-4);
-        let abs = tol["abs"].as_f64().unwrap_or(1e-6);
-        let o = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let r = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let keep: Vec<bool> = match (tol["min_abs_grad"].as_f64(), key) {
-            (Some(m), Some(k)) => tensor(&self.case["grads"][k])
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|g| g.abs() as f64 >= m)
-                .collect(),
-            _ => vec![true; r.len()],
-        };
-        let (mut err, mut scale) = (0.0f64, 0.0f64);
-        for ((&a, &b), &k) in o.iter().zip(&r).zip(&keep) {
-            if k {
-                scale = scale.max((b as f64).abs());
-                err = err.max(if a.is_nan() != b.is_nan() { f64::INFINITY } else { ((a - b) as f64).abs() });
-            }
-        }
-        let bound = rel * scale + abs;
-        eprintln!("{} {what}: max error {err:.3e}, bound {bound:.3e}", self.file);
-        if err.is_nan() || err > bound {
-            self.failures.push(format!("{what}: max error {err} over {bound} (scale {scale})"));
-        }
-    }
 }
 
 /// The gradients of `sum(y · grad_output)`.
@@ -236,7 +177,7 @@ fn every_layer_file_matches_pytorch() {
     for f in &files {
         let case: Value =
             serde_json::from_str(&std::fs::read_to_string(dir().join("layers").join(f)).unwrap()).unwrap();
-        let mut k = Check { file: f, case: &case, failures: vec![] };
+        let mut k = Check::new(f, &case);
         let kind = f.split('.').next().unwrap();
         match kind {
             "layer_norm" => check_layer_norm(&mut k),

@@ -4,6 +4,8 @@
 //! Pass rule as tests/reference_nn_r2.rs: `max|ours − ref| ≤ rel·max|ref| + abs`, 1e-4 and 1e-6
 //! unless the file's `tolerance` says otherwise for the field; the loss to 1e-5 relative.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,6 +19,8 @@ use descent_train::resnet::{CnnConfig, PlainCnn, ResNet};
 use descent_train::rng::Rng;
 use descent_train::train::{evaluate, optimizer_for, train_from, EpochEnd, EpochMetrics, Loss, Stop, TrainConfig};
 use serde_json::Value;
+
+use common::{tensor, values, Check};
 
 fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2/models")
@@ -38,65 +42,8 @@ fn slice(split: &mnist::Split, start: usize, count: usize) -> Dataset {
     }
 }
 
-fn tensor(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = v["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 fn bits(vars: &[(String, Var)]) -> Vec<(String, Vec<u32>)> {
-    vars.iter().map(|(n, v)| (n.clone(), flat(v.as_tensor()).iter().map(|x| x.to_bits()).collect())).collect()
-}
-
-/// One reference file's comparisons: each tensor's error, and those over tolerance.
-struct Check<'a> {
-    case: &'a Value,
-    failures: Vec<String>,
-    /// The largest error as a fraction of its bound, and where.
-    worst: (f64, String),
-}
-
-impl Check<'_> {
-    /// Compares `ours` with the case's `field` (or `field.key`) under the file's tolerance for
-    /// `field` (`rel`, `abs`, and `min_abs_grad`: only elements whose recorded `grads.key` is at
-    /// least that large).
-    fn close(&mut self, field: &str, key: Option<&str>, ours: &Tensor) {
-        let what = key.map_or(field.to_string(), |k| format!("{field}.{k}"));
-        let refv = key.map_or(&self.case[field], |k| &self.case[field][k]);
-        assert!(refv.is_object(), "no recorded {what}");
-        let reference = tensor(refv);
-        if ours.dims() != reference.dims() {
-            self.failures.push(format!("{what}: shape {:?}, recorded {:?}", ours.dims(), reference.dims()));
-            return;
-        }
-        let tol = &self.case["tolerance"][field];
-        let rel = tol["rel"].as_f64().unwrap_or(1e-4);
-        let abs = tol["abs"].as_f64().unwrap_or(1e-6);
-        let (o, r) = (flat(ours), flat(&reference));
-        let keep: Vec<bool> = match (tol["min_abs_grad"].as_f64(), key) {
-            (Some(m), Some(k)) => flat(&tensor(&self.case["grads"][k])).iter().map(|g| g.abs() as f64 >= m).collect(),
-            _ => vec![true; r.len()],
-        };
-        let (mut err, mut scale) = (0.0f64, 0.0f64);
-        for ((&a, &b), &k) in o.iter().zip(&r).zip(&keep) {
-            if k {
-                scale = scale.max((b as f64).abs());
-                err = err.max(if a.is_nan() != b.is_nan() { f64::INFINITY } else { ((a - b) as f64).abs() });
-            }
-        }
-        let bound = rel * scale + abs;
-        eprintln!("{what}: max error {err:.3e}, bound {bound:.3e} ({:.3} of it)", err / bound);
-        if err / bound > self.worst.0 {
-            self.worst = (err / bound, what.clone());
-        }
-        if err.is_nan() || err > bound {
-            self.failures.push(format!("{what}: max error {err} over {bound} (scale {scale})"));
-        }
-    }
+    vars.iter().map(|(n, v)| (n.clone(), values(v.as_tensor()).iter().map(|x| x.to_bits()).collect())).collect()
 }
 
 /// The layout of a reference file's model, from its parameters' names and shapes: the stem's
@@ -166,7 +113,7 @@ fn check_file(name: &str) -> (Vec<String>, (f64, String)) {
 
     let logits = model.forward(&data.x, Mode::Train, &mut Rng::new(0)).unwrap();
     let loss = cross_entropy(&logits, &data.y).unwrap();
-    let mut k = Check { case: &case, failures: vec![], worst: (0.0, String::new()) };
+    let mut k = Check::new(name, &case);
     k.close("logits", None, &logits);
     let (ours, theirs) = (loss.to_scalar::<f32>().unwrap() as f64, case["loss"].as_f64().unwrap());
     eprintln!("loss: {ours} against {theirs}, relative error {:.3e}", (ours - theirs).abs() / theirs.abs());
@@ -242,14 +189,14 @@ fn eval_mode_leaves_the_buffers_unchanged() {
     let model = ResNet::new(6, 8, Init::TorchDefault, &mut Rng::new(1), &Device::Cpu).unwrap();
     let x = slice(&mnist().test, 0, 16).x;
     let before = bits(&model.named_buffers());
-    let e1 = flat(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
+    let e1 = values(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
     assert_eq!(bits(&model.named_buffers()), before);
     // The whole-dataset evaluation of the training loop too.
     evaluate(&model, &slice(&mnist().test, 0, 40), Loss::CrossEntropy).unwrap();
     assert_eq!(bits(&model.named_buffers()), before);
-    let e2 = flat(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
+    let e2 = values(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
     assert_eq!(e1, e2);
-    let t = flat(&model.forward(&x, Mode::Train, &mut Rng::new(0)).unwrap());
+    let t = values(&model.forward(&x, Mode::Train, &mut Rng::new(0)).unwrap());
     assert_ne!(t, e1, "training mode normalizes with the batch's statistics");
     let after = bits(&model.named_buffers());
     assert!(before.iter().zip(&after).all(|(a, b)| a != b), "every running statistic moves in training");
@@ -297,7 +244,7 @@ fn checkpoint_round_trip_keeps_the_running_statistics() {
     let stored: BTreeMap<&str, &Vec<f32>> = ck.buffers.iter().map(|(n, _, v)| (n.as_str(), v)).collect();
     assert_eq!(stored.len(), 12);
     for (n, v) in first.named_buffers() {
-        assert_eq!(stored[n.as_str()], &flat(v.as_tensor()), "{n}");
+        assert_eq!(stored[n.as_str()], &values(v.as_tensor()), "{n}");
     }
     // Not the initial values: the statistics moved during the three steps.
     assert!(stored["bn1.running_var"].iter().all(|&v| v != 1.0));
