@@ -1045,7 +1045,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 }
             };
             folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
-            (cli.clone(), Folder::New(dir))
+            (cli, Folder::New(dir))
         }
     };
     let (default_lr, default_batch) = defaults(&a.model);
