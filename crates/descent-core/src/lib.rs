@@ -26,6 +26,7 @@
 
 pub mod error;
 pub mod landscape;
+pub mod po;
 pub mod reference;
 pub mod schedule;
 pub mod sparse;

@@ -460,7 +460,8 @@ pub fn build_optimizer(
             build_optax(name, hparams, shapes)
         }
         "descent" => build_descent(name, hparams),
-        other => Err(unknown("library", other, &["torch", "optax", "descent"])),
+        "po" => crate::po::build(name, hparams, param_groups, shapes),
+        other => Err(unknown("library", other, &["torch", "optax", "po", "descent"])),
     }
 }
 
@@ -491,7 +492,7 @@ pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) 
     let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
         unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())
     })?;
-    if lib != "torch" && lib != "optax" && lib != "descent" {
+    if !["torch", "optax", "po", "descent"].contains(&lib) {
         return Err(unknown(
             "optimizer",
             registry_name,
@@ -507,12 +508,26 @@ pub fn registry_names() -> Vec<String> {
         .iter()
         .map(|n| format!("torch.{n}"))
         .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
+        .chain(crate::po::po_optimizers().iter().map(|n| format!("po.{n}")))
         .chain(DESCENT_OPTIMIZERS.iter().map(|n| format!("descent.{n}")))
         .collect()
 }
 
 fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box<dyn Transform>> {
-    let ctx = format!("torch.{name}: param_groups");
+    build_groups(&format!("torch.{name}"), hparams, groups, |merged, _| build_torch(name, merged))
+}
+
+/// Builds one optimizer per parameter group (`[{"params": [indices], "hparams": {overrides}}]`,
+/// torch's `param_groups`): `build` gets the constructor's keyword arguments overridden by the
+/// group's, and the group's parameter indices; the parts form a [`Partition`].
+pub fn build_groups(
+    context: &str,
+    hparams: &Value,
+    groups: &Value,
+    build: impl Fn(&Value, &[usize]) -> Result<Box<dyn Transform>>,
+) -> Result<Box<dyn Transform>> {
+    let name = context;
+    let ctx = format!("{context}: param_groups");
     let arr = groups
         .as_array()
         .ok_or_else(|| Error::Field { context: ctx.clone(), message: "expected a list of groups".into() })?;
@@ -521,7 +536,7 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
         Value::Null => Map::new(),
         other => {
             return Err(Error::Field {
-                context: format!("torch.{name}"),
+                context: name.to_string(),
                 message: format!("expected an object of keyword arguments, got {other}"),
             })
         }
@@ -559,7 +574,8 @@ fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box
                 merged.insert(k.clone(), v.clone());
             }
         }
-        parts.push((idx, build_torch(name, &Value::Object(merged))?));
+        let part = build(&Value::Object(merged), &idx)?;
+        parts.push((idx, part));
     }
     Ok(boxed(Partition::new(parts)))
 }
@@ -1822,6 +1838,7 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
             "torch" => TORCH_OPTIMIZERS.contains(&rest).then_some("torch"),
             "optax" => OPTAX_OPTIMIZERS.contains(&rest).then_some("optax"),
             "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
+            "po" => crate::po::po_optimizers().contains(&rest).then_some("po"),
             _ => None,
         };
         if let Some(lib) = known {
@@ -1845,9 +1862,10 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() })
 }
 
-/// The learning-rate keyword of a library (`lr` for torch and descent, `learning_rate` for optax).
+/// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
+/// `learning_rate` for optax).
 pub fn lr_key(library: &str) -> &'static str {
-    if library == "torch" || library == "descent" {
+    if library == "torch" || library == "po" || library == "descent" {
         "lr"
     } else {
         "learning_rate"

@@ -1,0 +1,44 @@
+//! pytorch_optimizer (`po.<name>`): the optimizers PyTorch users get from the `pytorch_optimizer`
+//! package (4.1), with that library's class names as `load_optimizer` accepts them, its keyword
+//! arguments and its defaults. Like torch optimizers they subtract their update from the
+//! parameters.
+//!
+//! The builders are grouped by family, one file each; [`PO_OPTIMIZERS`] is the union of their
+//! name lists, and [`build`] asks each family in turn.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::transform::Transform;
+
+mod adam_family;
+mod matrix;
+mod more;
+
+/// The pytorch_optimizer optimizers descent reproduces (registry names `po.<name>`).
+pub fn po_optimizers() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> =
+        adam_family::NAMES.iter().chain(more::NAMES).chain(matrix::NAMES).copied().collect();
+    names.sort_unstable();
+    names
+}
+
+type Family = fn(&str, &Value, Option<&Value>, &[Vec<usize>]) -> Option<Result<Box<dyn Transform>>>;
+
+/// Builds the pytorch_optimizer optimizer `name` with its keyword arguments, optional
+/// `param_groups` (`[{"params": [indices], "hparams": {…}}]`, the constructor's arguments applying
+/// where a group says nothing) and the parameter shapes.
+pub fn build(
+    name: &str,
+    hparams: &Value,
+    param_groups: Option<&Value>,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn Transform>> {
+    let families: [Family; 3] = [adam_family::build, more::build, matrix::build];
+    for f in families {
+        if let Some(tx) = f(name, hparams, param_groups, shapes) {
+            return tx;
+        }
+    }
+    Err(Error::Unknown { kind: "pytorch_optimizer optimizer", name: name.into(), accepted: po_optimizers().join(", ") })
+}
