@@ -24,6 +24,7 @@
 //! assert_eq!(opt.steps(), 1);
 //! ```
 
+pub mod closure;
 pub mod error;
 pub mod landscape;
 pub mod po;

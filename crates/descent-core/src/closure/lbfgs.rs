@@ -1,0 +1,21 @@
+//! L-BFGS: torch `LBFGS` (with and without `strong_wolfe`) and optax `lbfgs` with its zoom line search.
+
+use serde_json::Value;
+
+use crate::error::Result;
+
+use super::ClosureOptimizer;
+
+/// The registry names of this family (`library.name`).
+pub const NAMES: &[&str] = &[];
+
+/// Builds `library.name` if it belongs to this family (`None` otherwise).
+pub fn build(
+    library: &str,
+    name: &str,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+) -> Option<Result<Box<dyn ClosureOptimizer>>> {
+    let _ = (library, name, hparams, shapes);
+    None
+}

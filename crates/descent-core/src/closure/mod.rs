@@ -1,0 +1,78 @@
+//! Optimizers that evaluate the objective themselves: torch's `step(closure)` (L-BFGS), optax's
+//! `lbfgs` with its zoom line search, sharpness-aware minimization (a second gradient at a
+//! perturbed point), and the step sizes that need the loss value (Polyak SGD, MoMo).
+//!
+//! A gradient-only [`crate::Optimizer`] is handed gradients; a [`ClosureOptimizer`] is handed an
+//! [`Objective`] and calls it wherever its algorithm needs the loss and gradient.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::state::StateVisitor;
+use crate::transform::LearningRate;
+
+mod first_order;
+mod lbfgs;
+
+/// The objective a closure-driven optimizer evaluates.
+pub trait Objective {
+    /// The loss `L(params)`; writes `∇L(params)` into `grads` (one buffer per parameter, the
+    /// parameters' sizes).
+    fn value_and_grad(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32>;
+}
+
+impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) -> Result<f32>> Objective for F {
+    fn value_and_grad(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32> {
+        self(params, grads)
+    }
+}
+
+/// An optimizer that evaluates the objective where its algorithm chooses.
+pub trait ClosureOptimizer: Send {
+    /// One step (as the library defines one: see each optimizer): moves `params` in place and
+    /// returns the loss at the parameters the step started from.
+    fn step(&mut self, params: &mut [Vec<f32>], objective: &mut dyn Objective) -> Result<f32>;
+
+    /// Visits the learning rates this optimizer holds, as [`crate::Transform::visit_learning_rates`].
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        let _ = f;
+    }
+
+    /// Visits every buffer, scalar and counter of the state (checkpoints, resume).
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()>;
+}
+
+type Family = fn(&str, &str, &Value, &[Vec<usize>]) -> Option<Result<Box<dyn ClosureOptimizer>>>;
+
+/// The closure-driven optimizers, as registry names (`torch.lbfgs`, `optax.contrib.sam`, …).
+pub fn closure_optimizers() -> Vec<String> {
+    let mut names: Vec<String> = first_order::NAMES.iter().chain(lbfgs::NAMES).map(|s| s.to_string()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Whether `library.name` is a closure-driven optimizer (it cannot step on gradients alone).
+pub fn is_closure_optimizer(library: &str, name: &str) -> bool {
+    let full = format!("{library}.{name}");
+    first_order::NAMES.contains(&full.as_str()) || lbfgs::NAMES.contains(&full.as_str())
+}
+
+/// Builds the closure-driven optimizer `name` of `library` for parameters of these shapes.
+pub fn build_closure_optimizer(
+    library: &str,
+    name: &str,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn ClosureOptimizer>> {
+    let families: [Family; 2] = [first_order::build, lbfgs::build];
+    for f in families {
+        if let Some(opt) = f(library, name, hparams, shapes) {
+            return opt;
+        }
+    }
+    Err(Error::Unknown {
+        kind: "closure-driven optimizer",
+        name: format!("{library}.{name}"),
+        accepted: closure_optimizers().join(", "),
+    })
+}
