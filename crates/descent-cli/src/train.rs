@@ -34,7 +34,10 @@ pub struct TrainArgs {
     /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
-    /// Learning rate (default: 2e-3 for lenet, 1e-3 for mlp, 0.1 for linear).
+    /// Learning rate; the same setting as `lr` / `learning_rate` in --hparams. Default: the
+    /// optimizer library's own (torch Adam 1e-3, optax Prodigy 1.0, …); where the library has none
+    /// (optax's adam, lion, …) and for torch SGD, the model's suggested rate (lenet 2e-3, mlp and
+    /// resnet 1e-3, linear 0.1).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
@@ -337,8 +340,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         std::path::Path::new("data/mnist"),
         &mut rng,
     )?;
-    let (lr, default_batch) = defaults(&a.model);
-    let batch = a.batch_size.unwrap_or(default_batch);
+    let lr = default_lr(&a.model, &a.optimizer);
+    let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
     let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
     let total = t.data_s + t.forward_s + t.backward_s + t.step_s;
@@ -362,7 +365,21 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Per-model defaults: (learning rate, batch size), the recipes the README quotes.
+/// The learning rate a run takes when none is given: the optimizer library's own default, as
+/// its constructor has it (torch `Adam` 1e-3, optax `contrib.prodigy` 1.0); the model's suggested
+/// rate where the library requires one (optax `adam(learning_rate)`) and for torch SGD, whose
+/// 1e-3 (since torch 2.2) is a placeholder rather than a recipe.
+pub fn default_lr(model: &str, optimizer: &str) -> f64 {
+    let suggested = defaults(model).0;
+    match descent_core::spec::resolve_optimizer(optimizer) {
+        Ok((lib, name)) if !(lib == "torch" && name == "sgd") => {
+            descent_core::spec::library_default_lr(lib, &name).unwrap_or(suggested)
+        }
+        _ => suggested,
+    }
+}
+
+/// Per-model defaults: (suggested learning rate, batch size), the recipes the README quotes.
 pub fn defaults(model: &str) -> (f64, usize) {
     match model {
         "lenet" => (2e-3, 128),
@@ -937,8 +954,8 @@ fn resume_settings(
 
 /// The training config of a run's settings (defaults filled in).
 pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
-    let (default_lr, default_batch) = defaults(&a.model);
-    let lr = a.lr.unwrap_or(default_lr);
+    let default_batch = defaults(&a.model).1;
+    let lr = a.lr.unwrap_or_else(|| default_lr(&a.model, &a.optimizer));
     Ok(TrainConfig {
         hparams: a.hparams.clone(),
         max_steps: a.steps,
@@ -1048,8 +1065,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             (cli, Folder::New(dir))
         }
     };
-    let (default_lr, default_batch) = defaults(&a.model);
-    a.lr = a.lr.or(Some(default_lr));
+    let default_batch = defaults(&a.model).1;
+    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, &a.optimizer)));
     a.batch_size = a.batch_size.or(Some(default_batch));
     a.epochs = a.epochs.or(Some(1));
     a.given = vec![];

@@ -1871,3 +1871,14 @@ pub fn lr_key(library: &str) -> &'static str {
         "learning_rate"
     }
 }
+
+/// The learning rate an optimizer takes when its library's constructor is not given one: torch
+/// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
+/// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
+pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
+    let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
+    let mut rates = vec![];
+    tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
+    let first = (*rates.first()?)?;
+    rates.iter().all(|r| *r == Some(first)).then_some(first)
+}

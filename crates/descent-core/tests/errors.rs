@@ -185,3 +185,18 @@ fn registry_names_are_listed_once_each() {
         assert!(seen.insert(n), "{n} is listed twice");
     }
 }
+
+#[test]
+fn library_default_learning_rates_are_the_libraries() {
+    use descent_core::spec::library_default_lr;
+    // torch gives every optimizer a default; optax requires it except where the method sets its
+    // own scale (Prodigy, D-Adaptation and DoG start from 1.0).
+    assert_eq!(library_default_lr("torch", "adam"), Some(1e-3));
+    assert_eq!(library_default_lr("torch", "adadelta"), Some(1.0));
+    assert_eq!(library_default_lr("torch", "adagrad"), Some(1e-2));
+    assert_eq!(library_default_lr("torch", "sgd"), Some(1e-3));
+    assert_eq!(library_default_lr("optax", "contrib.prodigy"), Some(1.0));
+    assert_eq!(library_default_lr("optax", "contrib.dadapt_adamw"), Some(1.0));
+    assert_eq!(library_default_lr("optax", "adam"), None);
+    assert_eq!(library_default_lr("optax", "chain"), None);
+}
