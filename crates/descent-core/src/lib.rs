@@ -24,9 +24,13 @@
 //! assert_eq!(opt.steps(), 1);
 //! ```
 
+pub mod chain;
 pub mod closure;
 pub mod error;
+pub mod kernel;
 pub mod landscape;
+pub mod learning_rate;
+pub mod optimizer;
 pub mod po;
 pub mod reference;
 pub mod schedule;
@@ -37,5 +41,9 @@ pub mod torch;
 pub mod transform;
 pub mod transforms;
 
+pub use chain::chain;
 pub use error::{Error, Result};
-pub use transform::{chain, Elementwise, LearningRate, NonFinite, Optimizer, Transform};
+pub use kernel::Elementwise;
+pub use learning_rate::LearningRate;
+pub use optimizer::{NonFinite, Optimizer};
+pub use transform::Transform;

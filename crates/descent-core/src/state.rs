@@ -41,7 +41,7 @@ pub fn visit_buffers(v: &mut dyn StateVisitor, name: &str, bufs: &mut [Vec<f32>]
 }
 
 /// Buffers that can be visited under a name (plain per-parameter vectors or
-/// [`crate::transforms::ParamBufs`]).
+/// [`crate::kernel::ParamBufs`]).
 pub trait VisitBuffers {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()>;
 }
@@ -52,14 +52,14 @@ impl VisitBuffers for Vec<Vec<f32>> {
     }
 }
 
-impl VisitBuffers for crate::transforms::ParamBufs<f32> {
+impl VisitBuffers for crate::kernel::ParamBufs<f32> {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
         self.visit(v, name)
     }
 }
 
 /// bfloat16 state travels as its exact `f32` values and comes back as bfloat16 bits.
-impl VisitBuffers for crate::transforms::ParamBufs<u16> {
+impl VisitBuffers for crate::kernel::ParamBufs<u16> {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
         use crate::transforms::{bf16_to_f32, f32_to_bf16};
         self.with_buffers(|d| {
@@ -77,7 +77,7 @@ impl VisitBuffers for crate::transforms::ParamBufs<u16> {
 }
 
 /// Quantized state travels as `f32` values (exact for bytes) and comes back as bytes.
-impl VisitBuffers for crate::transforms::ParamBufs<u8> {
+impl VisitBuffers for crate::kernel::ParamBufs<u8> {
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()> {
         self.with_buffers(|d| {
             for (i, b) in d.iter_mut().enumerate() {

@@ -1341,7 +1341,7 @@ impl Transform for Adafactor {
                     *p += adafactor_update(*p, x, step, decay);
                 }
             };
-            crate::transform::for_chunks(p, |off, p| body(p, &upd[off..off + p.len()]));
+            crate::kernel::for_chunks(p, |off, p| body(p, &upd[off..off + p.len()]));
         }
         Ok(())
     }

@@ -551,7 +551,7 @@ impl ScheduleFree {
 impl Epilogue for ScheduleFree {
     unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
         Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
-        crate::transform::finish_inline(p, u, None, None);
+        crate::kernel::finish_inline(p, u, None, None);
     }
 }
 
@@ -622,7 +622,7 @@ impl Elementwise for ScheduleFree {
         let base = self.base.elementwise().expect("elementwise base");
         if fold.map.is_some() || fold.tail.is_some() || fold.post.is_some() {
             // Maps after the interpolation (a chain around Schedule-Free): the general path.
-            return crate::transform::step_via_apply(self, i, off, g, p, fold);
+            return crate::kernel::step_via_apply(self, i, off, g, p, fold);
         }
         base.step(i, off, g, p, Fold { head: fold.head, map: None, tail: None, post: Some(self) })
     }

@@ -170,7 +170,7 @@ impl Elementwise for ScaleByAdam8bit {
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         if fold.map.is_some() || fold.post.is_some() {
             // A sign or clip after Adam, an epilogue: rare enough for the general path.
-            return crate::transform::step_via_apply(self, i, off, g, p, fold);
+            return crate::kernel::step_via_apply(self, i, off, g, p, fold);
         }
         #[inline(always)]
         unsafe fn run(this: &ScaleByAdam8bit, fast: bool, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {

@@ -1,0 +1,612 @@
+//! The machinery of fused elementwise steps: the [`Elementwise`] rule and the [`Fold`] of maps a
+//! chain puts around it (head, map, affine tail, epilogue), the drivers that run a rule over
+//! blocks and chunks across threads, per-parameter state buffers ([`ParamBufs`]), deterministic
+//! sums of squares, and the run-time dispatch to AVX2 + FMA builds ([`has_avx2`]).
+//!
+//! A step reads and writes each buffer once: the kernel runs on L1-sized sub-blocks and its
+//! result is added into the parameters in the same pass.
+
+use rayon::prelude::*;
+
+use crate::learning_rate::LearningRate;
+
+/// Number of elements processed by every link of an elementwise chain before moving on.
+pub const BLOCK: usize = 2048;
+
+/// Elements per pass of a kernel's fused step: every buffer's slice of it stays in L1.
+pub const SUB_BLOCK: usize = 64;
+
+/// Elements per task when a tensor is split across threads.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Tensors smaller than this stay on the calling thread (no pool overhead for a bias).
+pub const PARALLEL_MIN: usize = 2 * CHUNK;
+
+/// A transformation whose update of element `j` reads only element `j` of each buffer.
+pub trait Elementwise: Sync {
+    /// Called once per step before any `apply`: advance counters, compute per-step scalars.
+    fn begin_step(&mut self);
+    /// Visits the learning rates this rule holds (see [`Transform::visit_learning_rates`]).
+    fn visit_learning_rates(&mut self, _f: &mut dyn FnMut(&mut LearningRate)) {}
+    /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
+    /// of the parameter. Several threads may call it at once on different ranges. The drivers call
+    /// it on blocks of at most [`BLOCK`] elements starting at multiples of [`BLOCK`] (block-wise
+    /// quantized state relies on this).
+    ///
+    /// # Safety
+    /// Concurrent calls must cover disjoint element ranges of each parameter, within its bounds.
+    unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+    /// Whether the rule needs a reduction of its input (a global norm) before the elementwise pass.
+    /// Such a transformation stays fusable only at the head of a chain, where its input is the
+    /// gradient itself.
+    fn needs_prepare(&self) -> bool {
+        false
+    }
+    /// Reads the input (what `apply` will receive as `u`) before `begin_step`.
+    fn prepare(&mut self, _inputs: &[&[f32]], _params: &[&[f32]]) {}
+    /// [`Elementwise::prepare`] for the input `heads[i](grads[i])`, a chain's head map of the
+    /// gradients: rules override it to read the gradients without materializing the map.
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<Head>]) {
+        let mapped: Vec<Vec<f32>> = grads
+            .iter()
+            .zip(params)
+            .zip(heads)
+            .map(|((g, p), h)| {
+                let mut u = vec![0.0; g.len()];
+                start(&mut u, g, p, *h);
+                u
+            })
+            .collect();
+        let inputs: Vec<&[f32]> = mapped.iter().map(|u| u.as_slice()).collect();
+        self.prepare(&inputs, params);
+    }
+    /// For a rule `u ← α·u + β·p` with per-step, per-parameter `α`, `β` (scaling, weight decay,
+    /// trust ratios): `(α, β)` for parameter `i` this step, after `begin_step`. A chain folds a run
+    /// of such links into one pass.
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
+        None
+    }
+    /// The rule as a map of the incoming update alone (`u ← a·u + b·p`, or clipping), which a
+    /// chain folds into the copy of the gradient ahead of its kernel. Affine rules by default.
+    fn head(&self, i: usize) -> Option<Head> {
+        self.affine(i).map(|(a, b)| Head::affine(a, b))
+    }
+    /// One fused optimizer step on elements `off..off+p.len()` of parameter `i`:
+    /// `p ← p + tail(rule(head(g)))`, with `head` and `tail` the maps a chain folds around this
+    /// rule (identity when `None`). `off` is a multiple of [`BLOCK`]. The default runs `apply` on
+    /// block-sized copies of `g`; kernels override it with a loop that keeps each sub-block in L1.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::apply`]; `g.len() == p.len()`.
+    unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        step_via_apply(self, i, off, g, p, fold)
+    }
+    /// The rule as a pointwise map of the update alone (sign, clipping), which a chain folds
+    /// between its kernel and its affine tail.
+    fn map(&self, _i: usize) -> Option<Map> {
+        None
+    }
+}
+
+/// [`Elementwise::step`] through `apply`: block-sized copies of `g`, transformed, added to `p`.
+///
+/// # Safety
+/// As for [`Elementwise::step`].
+pub(crate) unsafe fn step_via_apply<E: Elementwise + ?Sized>(
+    e: &E,
+    i: usize,
+    off: usize,
+    g: &[f32],
+    p: &mut [f32],
+    fold: Fold,
+) {
+    let mut scratch = [0.0f32; BLOCK];
+    for (k, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
+        let u = &mut scratch[..pb.len()];
+        start(u, gb, pb, fold.head);
+        e.apply(i, off + k * BLOCK, u, pb);
+        finish_fold(pb, u, &fold, i, off + k * BLOCK);
+    }
+}
+
+/// The composition of affine rules, `u ← a·u + b·p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    pub a: f32,
+    pub b: f32,
+}
+
+/// A map of the gradient alone that a chain applies ahead of its kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Head {
+    /// `u ← s₂·(s₁·(a·g + b·p))`, in that order (weight decay, then trust ratio and learning
+    /// rate: each link rounds as it would alone). A scale of 1 is no scaling.
+    Affine { map: Affine, scales: [f32; 2] },
+    /// `u ← clamp(g, −δ, δ)` (optax `clip`).
+    Clip(f32),
+}
+
+impl Head {
+    /// `u ← a·g + b·p`.
+    pub fn affine(a: f32, b: f32) -> Head {
+        Head::Affine { map: Affine { a, b }, scales: [1.0, 1.0] }
+    }
+    /// This map followed by the link `u ← a·u + b·p`, if it can be written as one head.
+    pub(crate) fn then(self, a: f32, b: f32) -> Option<Head> {
+        match self {
+            Head::Affine { map, scales: [s1, s2] } if b == 0.0 => match (s1 == 1.0, s2 == 1.0) {
+                (true, _) => Some(Head::Affine { map, scales: [a, s2] }),
+                (false, true) => Some(Head::Affine { map, scales: [s1, a] }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A pointwise map of the update that a chain applies between its kernel and its tail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Map {
+    /// `u ← sign(u)` (optax `scale_by_sign`).
+    Sign,
+    /// `u ← clamp(u, −δ, δ)` (optax `clip`).
+    Clip(f32),
+}
+
+/// The maps folded around a rule's fused step: `head` on the gradient, then `map` and `tail` on
+/// the update, and `post` in place of the final `p ← p + u`.
+#[derive(Clone, Copy, Default)]
+pub struct Fold<'a> {
+    pub head: Option<Head>,
+    pub map: Option<Map>,
+    pub tail: Option<Affine>,
+    pub post: Option<&'a dyn Epilogue>,
+}
+
+/// A rule that ends a fused step in place of `p ← p + u` (Schedule-Free's interpolation between
+/// its sequences), called once per sub-block.
+pub trait Epilogue: Sync {
+    /// Moves elements `off..off+p.len()` of parameter `i` by the final update `u`.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::apply`].
+    unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]);
+}
+
+/// The end of a fused step on elements `off..` of parameter `i`: [`finish_inline`], or the map
+/// and tail applied to `u` and the fold's epilogue.
+///
+/// # Safety
+/// As for [`Elementwise::apply`].
+#[inline(always)]
+pub unsafe fn finish_fold(p: &mut [f32], u: &mut [f32], fold: &Fold, i: usize, off: usize) {
+    let Some(post) = fold.post else {
+        return finish_inline(p, u, fold.map, fold.tail);
+    };
+    let u = &mut u[..p.len()];
+    map_inline(u, fold.map);
+    if let Some(Affine { a, b }) = fold.tail {
+        affine_inline(u, p, a, b);
+    }
+    post.finish(i, off, u, p);
+}
+
+/// `u ← head(g)`: the first operation of a fused step, vectorized for the CPU at hand.
+pub fn start(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+            start_inline(u, g, p, head)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(u, g, p, head) };
+        }
+    }
+    start_inline(u, g, p, head)
+}
+
+/// [`start`] for inlining into a kernel compiled for a given target. Gives the bits of the rules
+/// it stands for (`1·g` is `g`; a zero `b` multiplies nothing by `p`).
+#[inline(always)]
+pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
+    let (g, p) = (&g[..u.len()], &p[..u.len()]);
+    match head {
+        None => u.copy_from_slice(g),
+        Some(Head::Affine { map: Affine { a, b }, scales }) => {
+            if b == 0.0 {
+                u.iter_mut().zip(g).for_each(|(x, g)| *x = g * a);
+            } else {
+                u.iter_mut().zip(g).zip(p).for_each(|((x, g), w)| *x = a * g + b * w);
+            }
+            for s in scales {
+                if s != 1.0 {
+                    u.iter_mut().for_each(|x| *x *= s);
+                }
+            }
+        }
+        Some(Head::Clip(d)) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g.clamp(-d, d)),
+    }
+}
+
+/// `p ← p + tail(map(u))`: the last operation of a fused step (identity `map` and `tail` when
+/// `None`), inlined into a kernel compiled for a given target. Gives the bits of `u ← map(u)`,
+/// `u ← a·u + b·p`, `p ← p + u`.
+#[inline(always)]
+pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
+    let u = &mut u[..p.len()];
+    map_inline(u, map);
+    match tail {
+        None => p.iter_mut().zip(u).for_each(|(x, d)| *x += *d),
+        // A zero `b` multiplies nothing by `p` (an infinite parameter stays infinite, not NaN).
+        Some(Affine { a, b: 0.0 }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * *d),
+        Some(Affine { a, b }) => p.iter_mut().zip(u).for_each(|(x, d)| *x += a * *d + b * *x),
+    }
+}
+
+/// `p ← p + tail(map(head(g)))` for a chain of maps alone (plain SGD, sign SGD), in sub-blocks
+/// that stay in L1, vectorized for the CPU at hand.
+///
+/// # Safety
+/// As for [`Elementwise::step`].
+pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+    #[inline(always)]
+    unsafe fn run(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        let mut scratch = [0.0f32; SUB_BLOCK];
+        for (k, (pb, gb)) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).enumerate() {
+            let u = &mut scratch[..pb.len()];
+            start_inline(u, gb, pb, fold.head);
+            finish_fold(pb, u, &fold, i, off + k * SUB_BLOCK);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+            run(i, off, g, p, fold)
+        }
+        if crate::transforms::has_avx2() {
+            return avx2(i, off, g, p, fold);
+        }
+    }
+    run(i, off, g, p, fold)
+}
+
+/// `updates ← grads`, split across threads for large tensors.
+pub(crate) fn copy_into(updates: &mut [Vec<f32>], grads: &[&[f32]]) {
+    for (u, g) in updates.iter_mut().zip(grads) {
+        for_blocks(u, |off, b| b.copy_from_slice(&g[off..off + b.len()]));
+    }
+}
+
+/// `updates ← run(input)` block by block, the input being the gradients (`from_grads`) or the
+/// updates themselves.
+pub(crate) fn apply_into(
+    run: &dyn Elementwise,
+    updates: &mut [Vec<f32>],
+    grads: &[&[f32]],
+    params: &[&[f32]],
+    from_grads: bool,
+) {
+    for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+        let g = grads[i];
+        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+        for_blocks(u, |off, ub| unsafe {
+            if from_grads {
+                ub.copy_from_slice(&g[off..off + ub.len()]);
+            }
+            run.apply(i, off, ub, &p[off..off + ub.len()])
+        });
+    }
+}
+
+/// `p += u` for every parameter, split across threads for large ones.
+pub(crate) fn add_updates<U: AsRef<[f32]> + Sync>(params: &mut [&mut [f32]], updates: &[U]) {
+    for (p, u) in params.iter_mut().zip(updates) {
+        let u = u.as_ref();
+        for_blocks(p, |off, b| add_assign(b, &u[off..off + b.len()]));
+    }
+}
+
+/// Runs `f(off, chunk)` over `data` in chunks of [`CHUNK`], across threads when the buffer is
+/// large, on the calling thread otherwise.
+pub(crate) fn for_chunks<T: Send, F>(data: &mut [T], f: F)
+where
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    if data.len() >= PARALLEL_MIN {
+        data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| f(c * CHUNK, chunk));
+    } else {
+        for (c, chunk) in data.chunks_mut(CHUNK).enumerate() {
+            f(c * CHUNK, chunk);
+        }
+    }
+}
+
+/// Runs `f(off, block)` over `data` in blocks of [`BLOCK`], splitting large buffers across threads
+/// in chunks of [`CHUNK`].
+pub(crate) fn for_blocks<T: Send, F>(data: &mut [T], f: F)
+where
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    for_chunks(data, |base, chunk| {
+        for (k, b) in chunk.chunks_mut(BLOCK).enumerate() {
+            f(base + k * BLOCK, b);
+        }
+    });
+}
+
+/// [`global_sum_sq`] of one tensor's `head(g)`, without materializing it (bit for bit the same).
+pub fn global_sum_sq_mapped(g: &[f32], p: &[f32], head: Option<Head>) -> f64 {
+    chunked_sum(g.len(), |r| crate::transforms::sum_sq_mapped(&g[r.clone()], &p[r], head))
+}
+
+/// The squared L2 norm of all buffers together, computed in `f64` over fixed chunks and summed in
+/// order, so the result does not depend on the number of threads.
+pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
+    bufs.iter().map(|b| chunked_sum(b.len(), |r| crate::transforms::sum_sq(&b[r]))).sum()
+}
+
+/// `Σ part(chunk)` over the [`CHUNK`]-sized ranges of `0..n`, the parts computed across threads
+/// for large `n` and added in order.
+pub(crate) fn chunked_sum(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    let range = |c: usize| c * CHUNK..n.min((c + 1) * CHUNK);
+    let chunks = n.div_ceil(CHUNK);
+    let parts: Vec<f64> = if n >= PARALLEL_MIN {
+        (0..chunks).into_par_iter().map(|c| part(range(c))).collect()
+    } else {
+        (0..chunks).map(|c| part(range(c))).collect()
+    };
+    parts.iter().sum::<f64>()
+}
+
+/// Applies an elementwise transformation to all updates: block by block, large tensors split
+/// across threads.
+pub fn run_elementwise(e: &dyn Elementwise, updates: &mut [Vec<f32>], params: &[&[f32]]) {
+    for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+        // SAFETY: `for_blocks` hands out disjoint blocks of parameter `i`.
+        for_blocks(u, |off, ub| unsafe { e.apply(i, off, ub, &p[off..off + ub.len()]) });
+    }
+}
+
+/// One fused pass for an elementwise optimizer: each chunk of each parameter goes through the
+/// rule's [`Elementwise::step`], so a step reads the gradient, the state and the parameters once
+/// and writes the state and the parameters once.
+pub(crate) fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+    for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+        // SAFETY: chunks are disjoint ranges of parameter `i`, each with its own gradient range.
+        for_chunks(p, |base, chunk| unsafe { e.step(i, base, &g[base..base + chunk.len()], chunk, Fold::default()) });
+    }
+}
+
+/// `p += u`, vectorized for the CPU at hand (the fused step's last operation; benchmarks use it as
+/// the roofline's arithmetic).
+pub fn add_assign(p: &mut [f32], u: &[f32]) {
+    #[inline(always)]
+    fn body(p: &mut [f32], u: &[f32]) {
+        for (x, d) in p.iter_mut().zip(u) {
+            *x += d;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(p: &mut [f32], u: &[f32]) {
+            body(p, u)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(p, u) };
+        }
+    }
+    body(p, u)
+}
+
+/// `u ← a·u + b·p`, vectorized for the CPU at hand.
+pub(crate) fn affine_pass(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+            affine_inline(u, p, a, b)
+        }
+        if crate::transforms::has_avx2() {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2(u, p, a, b) };
+        }
+    }
+    affine_inline(u, p, a, b)
+}
+
+/// [`affine_pass`] for inlining into a kernel compiled for a given target (a zero `b`
+/// multiplies nothing by `p`).
+#[inline(always)]
+pub(crate) fn affine_inline(u: &mut [f32], p: &[f32], a: f32, b: f32) {
+    let p = &p[..u.len()];
+    if b == 0.0 {
+        u.iter_mut().for_each(|x| *x *= a);
+    } else {
+        u.iter_mut().zip(p).for_each(|(x, w)| *x = a * *x + b * w);
+    }
+}
+
+/// `u ← map(u)` (identity when `None`), for inlining into a kernel.
+#[inline(always)]
+pub(crate) fn map_inline(u: &mut [f32], map: Option<Map>) {
+    match map {
+        None => {}
+        Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
+        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
+    }
+}
+
+/// One state buffer per parameter, writable from several threads at once on disjoint ranges.
+///
+/// Elementwise transformations keep their state here so that a step can run block by block, with
+/// the blocks of a large tensor split across threads (see [`crate::transform::Elementwise`]).
+/// `T` is `f32` for full-precision state, `u8` for quantized state.
+pub struct ParamBufs<T = f32> {
+    data: Vec<Vec<T>>,
+    ptrs: Vec<*mut T>,
+}
+
+impl<T> Default for ParamBufs<T> {
+    fn default() -> Self {
+        ParamBufs { data: vec![], ptrs: vec![] }
+    }
+}
+
+// SAFETY: the raw pointers point into `data`, which `ParamBufs` owns; concurrent writes go through
+// `slice`, whose contract requires disjoint ranges.
+unsafe impl<T: Send> Send for ParamBufs<T> {}
+unsafe impl<T: Sync> Sync for ParamBufs<T> {}
+
+impl<T> From<Vec<Vec<T>>> for ParamBufs<T> {
+    fn from(data: Vec<Vec<T>>) -> Self {
+        let mut b = ParamBufs { data, ptrs: vec![] };
+        b.refresh();
+        b
+    }
+}
+
+impl<T> ParamBufs<T> {
+    fn refresh(&mut self) {
+        self.ptrs = self.data.iter_mut().map(|v| v.as_mut_ptr()).collect();
+    }
+    /// No buffers (the transformation does not use this one).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Elements `off..off+n` of buffer `i`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap these elements: concurrent callers must use disjoint
+    /// ranges, and nothing may hold `&mut self` meanwhile.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, i: usize, off: usize, n: usize) -> &mut [T] {
+        assert!(off + n <= self.data[i].len(), "state range out of bounds");
+        std::slice::from_raw_parts_mut(self.ptrs[i].add(off), n)
+    }
+    /// The buffers, for reading.
+    pub fn buffers(&self) -> &[Vec<T>] {
+        &self.data
+    }
+    /// Mutable access to the buffers (the pointers are refreshed afterwards).
+    pub fn with_buffers<R>(&mut self, f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> R {
+        let r = f(&mut self.data);
+        self.refresh();
+        r
+    }
+}
+
+impl ParamBufs<f32> {
+    /// Visits every buffer as `name.i`.
+    pub fn visit(&mut self, v: &mut dyn crate::state::StateVisitor, name: &str) -> crate::error::Result<()> {
+        self.with_buffers(|d| crate::state::visit_buffers(v, name, d))
+    }
+}
+
+/// A sum of squares in `f64` over eight independent lanes (so the adds pipeline and vectorize),
+/// combined in a fixed order, so the result is deterministic. Slices added one after another give
+/// the sum of their concatenation, as long as all but the last have a length divisible by 8.
+#[derive(Default)]
+pub(crate) struct SumSq {
+    acc: [f64; 8],
+    tail: f64,
+}
+impl SumSq {
+    #[inline(always)]
+    pub(crate) fn add(&mut self, x: &[f32]) {
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in self.acc.iter_mut().zip(c) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        for &v in chunks.remainder() {
+            self.tail += (v as f64) * (v as f64);
+        }
+    }
+    #[inline(always)]
+    pub(crate) fn total(&self) -> f64 {
+        let a = &self.acc;
+        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + self.tail
+    }
+}
+
+/// Sum of squares in `f64` over eight lanes combined in a fixed order, for norms: deterministic.
+pub fn sum_sq(x: &[f32]) -> f64 {
+    #[inline(always)]
+    fn body(x: &[f32]) -> f64 {
+        let mut s = SumSq::default();
+        s.add(x);
+        s.total()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(x: &[f32]) -> f64 {
+            body(x)
+        }
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2(x) };
+        }
+    }
+    body(x)
+}
+
+/// [`sum_sq`] of `head(g)` (the head map of a chain, with `p` the parameters), without
+/// materializing it: the same value, bit for bit.
+pub fn sum_sq_mapped(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+    #[inline(always)]
+    fn body(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+        const B: usize = crate::transform::BLOCK;
+        let mut s = SumSq::default();
+        let mut u = [0.0f32; B];
+        for (gb, pb) in g.chunks(B).zip(p.chunks(B)) {
+            let u = &mut u[..gb.len()];
+            crate::kernel::start_inline(u, gb, pb, head);
+            s.add(u);
+        }
+        s.total()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+            body(g, p, head)
+        }
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2(g, p, head) };
+        }
+    }
+    body(g, p, head)
+}
+
+static SIMD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the run-time dispatch to AVX2 kernels on (the default) or off, for the whole process:
+/// off, every kernel runs its baseline build, the reference the AVX2 build is tested against.
+pub fn set_simd(enabled: bool) {
+    SIMD.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether kernels run their AVX2 + FMA build: the CPU has both (checked once, cached by the
+/// standard library) and [`set_simd`] has not turned the dispatch off.
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        SIMD.load(std::sync::atomic::Ordering::Relaxed)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -1,0 +1,173 @@
+//! Clipping and centralization: optax's `clipping.py` (`clip_by_global_norm`,
+//! `adaptive_grad_clip`, `clip_by_block_rms`) and `centralize`. Each needs a norm or mean of a
+//! whole tensor (or of all of them) before its elementwise part.
+
+use super::{rms, stateless};
+use crate::error::Result;
+use crate::state::StateVisitor;
+use crate::transform::{numel, Elementwise, Shapes, Transform};
+use crate::transforms::simd_apply;
+
+/// optax `centralize` (Gradient Centralization, Yong et al. 2020): for tensors of rank > 1,
+/// subtracts the mean over all axes but the first.
+#[derive(Default)]
+pub struct Centralize {
+    shapes: Vec<Vec<usize>>,
+}
+impl Transform for Centralize {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        self.shapes = shapes.to_vec();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        for (u, s) in updates.iter_mut().zip(&self.shapes) {
+            if s.len() > 1 && !u.is_empty() {
+                let row = u.len() / s[0];
+                for r in u.chunks_mut(row) {
+                    let mean = (r.iter().map(|&x| x as f64).sum::<f64>() / row as f64) as f32;
+                    r.iter_mut().for_each(|x| *x -= mean);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// optax `clip_by_global_norm`: if the norm of all updates together exceeds `max_norm`, scales them
+/// all by `max_norm / norm` (one norm over every parameter, not one per tensor). Elementwise after a
+/// reduction of its input, so at the head of a chain it costs one read of the gradient.
+pub struct ClipByGlobalNorm {
+    max_norm: f64,
+    scale: f32,
+}
+impl ClipByGlobalNorm {
+    pub fn new(max_norm: f64) -> Self {
+        ClipByGlobalNorm { max_norm, scale: 1.0 }
+    }
+}
+/// The L2 norm of all buffers together.
+pub fn global_norm(bufs: &[Vec<f32>]) -> f64 {
+    let views: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+    crate::transform::global_sum_sq(&views).sqrt()
+}
+impl Transform for ClipByGlobalNorm {
+    stateless!();
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
+}
+impl Elementwise for ClipByGlobalNorm {
+    fn begin_step(&mut self) {}
+    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
+        Some(crate::transform::Head::affine(self.scale, 0.0))
+    }
+    simd_apply!(ClipByGlobalNorm, |this, i, off, u, p| {
+        if this.scale != 1.0 {
+            for x in u.iter_mut() {
+                *x *= this.scale;
+            }
+        }
+    });
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        let norm = crate::transform::global_sum_sq(inputs).sqrt();
+        self.scale = if norm >= self.max_norm { (self.max_norm / norm) as f32 } else { 1.0 };
+    }
+}
+
+/// The group of each element for optax's `unitwise_norm`: rank ≤ 1 (after squeezing) one group,
+/// rank 2–3 one per index of the trailing axes, rank 4–5 one per index of the last axis.
+fn unit_groups(shape: &[usize]) -> (usize, Box<dyn Fn(usize) -> usize>) {
+    let n = numel(shape);
+    let squeezed = shape.iter().filter(|&&d| d != 1).count();
+    // An empty tensor has no units to norm, however long its other axes.
+    if n == 0 || squeezed <= 1 || shape.len() <= 1 {
+        (1, Box::new(|_| 0))
+    } else if shape.len() <= 3 {
+        let inner = n / shape[0].max(1);
+        (inner, Box::new(move |e| e % inner))
+    } else {
+        let last = *shape.last().unwrap_or(&1);
+        (last, Box::new(move |e| e % last))
+    }
+}
+
+fn unit_norms(x: &[f32], groups: usize, key: &dyn Fn(usize) -> usize) -> Vec<f64> {
+    let mut s = vec![0.0f64; groups];
+    for (e, &v) in x.iter().enumerate() {
+        s[key(e)] += (v as f64) * (v as f64);
+    }
+    s.iter_mut().for_each(|v| *v = v.sqrt());
+    s
+}
+
+/// optax `adaptive_grad_clip` (AGC, Brock et al. 2021): clips each unit's gradient norm to
+/// `clipping · max(‖param unit‖, eps)`.
+pub struct AdaptiveGradClip {
+    clipping: f64,
+    eps: f64,
+    shapes: Vec<Vec<usize>>,
+}
+impl AdaptiveGradClip {
+    pub fn new(clipping: f64, eps: f64) -> Self {
+        AdaptiveGradClip { clipping, eps, shapes: vec![] }
+    }
+}
+impl Transform for AdaptiveGradClip {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        self.shapes = shapes.to_vec();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        for ((u, p), s) in updates.iter_mut().zip(params).zip(&self.shapes) {
+            let (groups, key) = unit_groups(s);
+            let gn = unit_norms(u, groups, &*key);
+            let pn = unit_norms(p, groups, &*key);
+            for (e, x) in u.iter_mut().enumerate() {
+                let k = key(e);
+                let max_norm = self.clipping * pn[k].max(self.eps);
+                if gn[k] >= max_norm {
+                    *x = (*x as f64 * (max_norm / gn[k].max(1e-6))) as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// optax `clip_by_block_rms`: divides each tensor by `max(1, rms(u)/threshold)`.
+pub struct ClipByBlockRms {
+    threshold: f64,
+}
+impl ClipByBlockRms {
+    pub fn new(threshold: f64) -> Self {
+        ClipByBlockRms { threshold }
+    }
+    /// What a tensor whose update has root mean square `rms` is divided by.
+    pub(crate) fn divisor(&self, rms: f64) -> f32 {
+        (rms / self.threshold).max(1.0) as f32
+    }
+}
+impl Transform for ClipByBlockRms {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        for u in updates.iter_mut() {
+            let d = self.divisor(rms(u));
+            u.iter_mut().for_each(|x| *x /= d);
+        }
+        Ok(())
+    }
+}

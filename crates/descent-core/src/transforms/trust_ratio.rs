@@ -1,0 +1,163 @@
+//! Per-tensor scalings by norms: the trust ratio of LARS and LAMB, the parameter block RMS of
+//! Adafactor, and NovoGrad's per-tensor second moment.
+
+use super::{rms, state, stateless, sum_sq, zeros};
+use crate::error::Result;
+use crate::state::StateVisitor;
+use crate::transform::{Elementwise, Shapes, Transform};
+use crate::transforms::simd_apply;
+
+/// optax `scale_by_trust_ratio` (LARS/LAMB, You et al. 2017/2019): scales each tensor's update by
+/// `coef · ‖p‖ / (‖u‖ + eps)`, or 1 when either norm is zero. Elementwise after a per-tensor
+/// reduction of its input, so it costs one read-only pass between two fused ones.
+pub struct ScaleByTrustRatio {
+    min_norm: f64,
+    trust_coefficient: f64,
+    eps: f64,
+    ratios: Vec<f32>,
+}
+impl ScaleByTrustRatio {
+    pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
+        ScaleByTrustRatio { min_norm, trust_coefficient, eps, ratios: vec![] }
+    }
+}
+impl ScaleByTrustRatio {
+    /// The ratio of each tensor from its squared norms `(‖p‖², ‖u‖²)`.
+    fn ratios_of(&self, norms: &[(f64, f64)]) -> Vec<f32> {
+        let safe = |sq: f64, min: f64| {
+            let n = sq.sqrt();
+            if n <= min {
+                min
+            } else {
+                n
+            }
+        };
+        norms
+            .iter()
+            .map(|&(p_sq, u_sq)| {
+                let pn = safe(p_sq, self.min_norm);
+                let un = safe(u_sq, self.min_norm);
+                (if pn == 0.0 || un == 0.0 { 1.0 } else { self.trust_coefficient * pn / (un + self.eps) }) as f32
+            })
+            .collect()
+    }
+}
+impl Transform for ScaleByTrustRatio {
+    stateless!();
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
+}
+impl Elementwise for ScaleByTrustRatio {
+    fn begin_step(&mut self) {}
+    simd_apply!(ScaleByTrustRatio, |this, i, off, u, p| {
+        let r = this.ratios[i];
+        if r != 1.0 {
+            for x in u.iter_mut() {
+                *x *= r;
+            }
+        }
+    });
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let norms: Vec<(f64, f64)> = (0..inputs.len())
+            .map(|i| (crate::transform::global_sum_sq(&[params[i]]), crate::transform::global_sum_sq(&[inputs[i]])))
+            .collect();
+        self.ratios = self.ratios_of(&norms);
+    }
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::transform::Head>]) {
+        let norms: Vec<(f64, f64)> = (0..grads.len())
+            .map(|i| {
+                (
+                    crate::transform::global_sum_sq(&[params[i]]),
+                    crate::transform::global_sum_sq_mapped(grads[i], params[i], heads[i]),
+                )
+            })
+            .collect();
+        self.ratios = self.ratios_of(&norms);
+    }
+    fn affine(&self, i: usize) -> Option<(f32, f32)> {
+        Some((self.ratios[i], 0.0))
+    }
+}
+
+/// optax `scale_by_param_block_rms`: multiplies each tensor's update by `max(rms(p), min_scale)`.
+pub struct ScaleByParamBlockRms {
+    min_scale: f64,
+}
+impl ScaleByParamBlockRms {
+    pub fn new(min_scale: f64) -> Self {
+        ScaleByParamBlockRms { min_scale }
+    }
+    /// The factor of a tensor whose parameters have root mean square `rms`.
+    pub(crate) fn factor(&self, rms: f64) -> f32 {
+        (if rms <= self.min_scale { self.min_scale } else { rms }) as f32
+    }
+}
+impl Transform for ScaleByParamBlockRms {
+    stateless!();
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        for (u, p) in updates.iter_mut().zip(params) {
+            let s = self.factor(rms(p));
+            u.iter_mut().for_each(|x| *x *= s);
+        }
+        Ok(())
+    }
+}
+
+/// optax `scale_by_novograd` (Ginsburg et al. 2019): a per-tensor second moment of the gradient
+/// norm, and momentum over the normalized gradient plus weight decay.
+pub struct ScaleByNovograd {
+    b1: f32,
+    b2: f64,
+    eps: f64,
+    eps_root: f64,
+    weight_decay: f32,
+    count: u64,
+    mu: Vec<Vec<f32>>,
+    nu: Vec<Vec<f32>>,
+}
+impl ScaleByNovograd {
+    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, weight_decay: f64) -> Self {
+        ScaleByNovograd {
+            b1: b1 as f32,
+            b2,
+            eps,
+            eps_root,
+            weight_decay: weight_decay as f32,
+            count: 0,
+            mu: vec![],
+            nu: vec![],
+        }
+    }
+}
+impl Transform for ScaleByNovograd {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        self.mu = zeros(shapes);
+        self.nu = shapes.iter().map(|_| vec![0.0]).collect();
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        self.count += 1;
+        let first = self.count == 1;
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            let g2 = sum_sq(u) as f32;
+            let nu = &mut self.nu[i][0];
+            *nu = if first { g2 } else { (1.0 - self.b2 as f32) * g2 + self.b2 as f32 * *nu };
+            let scale = 1.0 / (((*nu as f64 + self.eps_root).sqrt() + self.eps) as f32);
+            for ((g, m), &w) in u.iter_mut().zip(self.mu[i].iter_mut()).zip(p.iter()) {
+                let add = *g * scale + self.weight_decay * w;
+                *m = if first { add } else { self.b1 * *m + add };
+                *g = *m;
+            }
+        }
+        Ok(())
+    }
+    state!(ScaleByNovograd; bufs: [mu, nu]; counters: [count]; scalars: []);
+}
