@@ -10,6 +10,43 @@ use rayon::prelude::*;
 
 use crate::learning_rate::LearningRate;
 
+/// The run-time dispatch of a kernel: calls `$f($args)` compiled for AVX2 + FMA when the CPU
+/// has them and [`set_simd`] allows, the portable build otherwise, and returns its value from the
+/// enclosing function. `$f` must be `#[inline(always)]` so that its body is compiled into the
+/// AVX2 build; the arguments come with their types because that build is a function of its own.
+/// `unsafe $f(…)` calls an unsafe `$f` (the caller's contract covers it).
+macro_rules! dispatch_simd {
+    (unsafe $f:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) $(-> $r)? {
+                unsafe { $f($($a),*) }
+            }
+            if $crate::kernel::has_avx2() {
+                // SAFETY: the CPU supports AVX2 and FMA; the caller upholds `$f`'s contract.
+                return unsafe { avx2($($a),*) };
+            }
+        }
+        unsafe { $f($($a),*) }
+    }};
+    ($f:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) $(-> $r)? {
+                $f($($a),*)
+            }
+            if $crate::kernel::has_avx2() {
+                // SAFETY: the CPU supports AVX2 and FMA.
+                return unsafe { avx2($($a),*) };
+            }
+        }
+        $f($($a),*)
+    }};
+}
+pub(crate) use dispatch_simd;
+
 /// Number of elements processed by every link of an elementwise chain before moving on.
 pub const BLOCK: usize = 2048;
 
@@ -193,18 +230,7 @@ pub unsafe fn finish_fold(p: &mut [f32], u: &mut [f32], fold: &Fold, i: usize, o
 
 /// `u ← head(g)`: the first operation of a fused step, vectorized for the CPU at hand.
 pub fn start(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
-            start_inline(u, g, p, head)
-        }
-        if crate::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(u, g, p, head) };
-        }
-    }
-    start_inline(u, g, p, head)
+    dispatch_simd!(start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>))
 }
 
 /// [`start`] for inlining into a kernel compiled for a given target. Gives the bits of the rules
@@ -260,17 +286,7 @@ pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f3
             finish_fold(pb, u, &fold, i, off + k * SUB_BLOCK);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
-            run(i, off, g, p, fold)
-        }
-        if crate::transforms::has_avx2() {
-            return avx2(i, off, g, p, fold);
-        }
-    }
-    run(i, off, g, p, fold)
+    dispatch_simd!(unsafe run(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
 }
 
 /// `updates ← grads`, split across threads for large tensors.
@@ -389,34 +405,12 @@ pub fn add_assign(p: &mut [f32], u: &[f32]) {
             *x += d;
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(p: &mut [f32], u: &[f32]) {
-            body(p, u)
-        }
-        if crate::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(p, u) };
-        }
-    }
-    body(p, u)
+    dispatch_simd!(body(p: &mut [f32], u: &[f32]))
 }
 
 /// `u ← a·u + b·p`, vectorized for the CPU at hand.
 pub(crate) fn affine_pass(u: &mut [f32], p: &[f32], a: f32, b: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(u: &mut [f32], p: &[f32], a: f32, b: f32) {
-            affine_inline(u, p, a, b)
-        }
-        if crate::transforms::has_avx2() {
-            // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(u, p, a, b) };
-        }
-    }
-    affine_inline(u, p, a, b)
+    dispatch_simd!(affine_inline(u: &mut [f32], p: &[f32], a: f32, b: f32))
 }
 
 /// [`affine_pass`] for inlining into a kernel compiled for a given target (a zero `b`
@@ -544,18 +538,7 @@ pub fn sum_sq(x: &[f32]) -> f64 {
         s.add(x);
         s.total()
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(x: &[f32]) -> f64 {
-            body(x)
-        }
-        if has_avx2() {
-            // SAFETY: the CPU supports AVX2 and FMA.
-            return unsafe { avx2(x) };
-        }
-    }
-    body(x)
+    dispatch_simd!(body(x: &[f32]) -> f64)
 }
 
 /// [`sum_sq`] of `head(g)` (the head map of a chain, with `p` the parameters), without
@@ -573,18 +556,7 @@ pub fn sum_sq_mapped(g: &[f32], p: &[f32], head: Option<crate::transform::Head>)
         }
         s.total()
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
-            body(g, p, head)
-        }
-        if has_avx2() {
-            // SAFETY: the CPU supports AVX2 and FMA.
-            return unsafe { avx2(g, p, head) };
-        }
-    }
-    body(g, p, head)
+    dispatch_simd!(body(g: &[f32], p: &[f32], head: Option<Head>) -> f64)
 }
 
 static SIMD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);

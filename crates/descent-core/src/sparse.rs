@@ -9,7 +9,7 @@
 
 use crate::error::{ensure, Error, Result};
 use crate::transform::{numel, Elementwise, LearningRate, Shapes, Transform, BLOCK};
-use crate::transforms::{simd_apply, state, zeros, ParamBufs};
+use crate::transforms::{bias_correction, simd_apply, state, zeros, ParamBufs};
 
 /// The number of rows of a parameter and the elements in each: a scalar is one row of one
 /// element; a parameter with no elements has no rows (however long its first axis).
@@ -244,7 +244,7 @@ impl Elementwise for SparseAdam {
         self.step += 1;
         let t = self.step as f64;
         let (b1, b2) = self.betas;
-        self.step_size = (lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t))) as f32;
+        self.step_size = (lr * bias_correction(b2, t).sqrt() / bias_correction(b1, t)) as f32;
     }
     simd_apply!(SparseAdam, |this, i, off, u, p| {
         this.rule(i, off, u);

@@ -9,7 +9,7 @@ pub use crate::sparse::{SparseAdam, SparseAdamConfig};
 use crate::error::{ensure, Result};
 use crate::state::StateVisitor;
 use crate::transform::{global_sum_sq, numel, Elementwise, LearningRate, Shapes, Transform};
-use crate::transforms::simd_apply;
+use crate::transforms::{bias_correction, simd_apply};
 use crate::transforms::{
     elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, NsPrecision, ParamBufs,
 };
@@ -257,8 +257,8 @@ impl Elementwise for Adam {
         let lr = self.lr.at(self.step);
         self.step += 1;
         let t = self.step as f64;
-        let bc1 = 1.0 - (self.b1 as f64).powf(t);
-        let bc2 = 1.0 - (self.b2 as f64).powf(t);
+        let bc1 = bias_correction(self.b1 as f64, t);
+        let bc2 = bias_correction(self.b2 as f64, t);
         // [step size, 1/sqrt(bc2), decoupled decay factor, L2 coefficient]
         let (dec, l2) = self.decay.terms(lr, self.weight_decay);
         self.k = [(lr / bc1) as f32, (1.0 / bc2.sqrt()) as f32, dec, l2];
@@ -658,7 +658,7 @@ impl Elementwise for Adamax {
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
         self.step += 1;
-        self.clr = (lr / (1.0 - (self.b1 as f64).powf(self.step as f64))) as f32;
+        self.clr = (lr / bias_correction(self.b1 as f64, self.step as f64)) as f32;
     }
     simd_apply!(Adamax, |this, i, off, u, p| {
         let exp_avg_s = this.exp_avg.slice(i, off, u.len());
@@ -775,7 +775,7 @@ impl Elementwise for Nadam {
         let lr = self.lr.at(self.step);
         self.step += 1;
         let t = self.step as f64;
-        let bc2 = 1.0 - (self.b2 as f64).powf(t);
+        let bc2 = bias_correction(self.b2 as f64, t);
         let mu = self.b1 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay));
         let mu_next = self.b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * self.momentum_decay));
         self.mu_product *= mu;
@@ -882,8 +882,8 @@ impl Elementwise for Radam {
         self.step += 1;
         let t = self.step as f64;
         let (b1, b2) = (self.b1 as f64, self.b2 as f64);
-        let bc1 = 1.0 - b1.powf(t);
-        let bc2 = 1.0 - b2.powf(t);
+        let bc1 = bias_correction(b1, t);
+        let bc2 = bias_correction(b2, t);
         let rho_inf = 2.0 / (1.0 - b2) - 1.0;
         let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
         self.rectified = rho_t > 5.0;
@@ -1242,19 +1242,10 @@ impl Adafactor {
                     *u = g / v.max(floor).sqrt();
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn kernel_avx2(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
-                kernel(g, v, upd, w, floor)
+            fn kernel_simd(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
+                crate::kernel::dispatch_simd!(kernel(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32))
             }
-            let body = |g: &[f32], v: &mut [f32], upd: &mut [f32]| {
-                #[cfg(target_arch = "x86_64")]
-                if crate::transforms::has_avx2() {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { kernel_avx2(g, v, upd, w, eps1 * eps1) };
-                }
-                kernel(g, v, upd, w, eps1 * eps1)
-            };
+            let body = |g: &[f32], v: &mut [f32], upd: &mut [f32]| kernel_simd(g, v, upd, w, eps1 * eps1);
             let v = &mut self.variance[i];
             if n >= crate::transform::PARALLEL_MIN {
                 use rayon::prelude::*;

@@ -6,7 +6,7 @@ use crate::transform::{numel, Elementwise};
 
 /// `1 / (1 − decayᵗ)`: bias corrections are applied as products, so a kernel divides once.
 fn bc(decay: f32, t: u64) -> f32 {
-    (1.0 / (1.0 - (decay as f64).powf(t as f64))) as f32
+    (1.0 / super::bias_correction(decay as f64, t as f64)) as f32
 }
 
 /// optax `scale_by_adam` (Kingma & Ba 2015): `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,

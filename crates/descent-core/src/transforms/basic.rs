@@ -183,7 +183,7 @@ impl Elementwise for Ema {
     fn begin_step(&mut self) {
         self.count += 1;
         self.inv_bc =
-            if self.debias { (1.0 / (1.0 - (self.decay as f64).powi(self.count as i32))) as f32 } else { 1.0 };
+            if self.debias { (1.0 / super::bias_correction(self.decay as f64, self.count as f64)) as f32 } else { 1.0 };
     }
     simd_apply!(Ema, |this, i, off, u, p| {
         let e = this.ema.slice(i, off, u.len());

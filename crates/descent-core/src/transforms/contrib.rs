@@ -45,8 +45,8 @@ elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes).i
 impl Elementwise for ScaleByAdemamix {
     fn begin_step(&mut self) {
         self.count += 1;
-        self.bc1 = (1.0 / (1.0 - (self.b1 as f64).powf(self.count as f64))) as f32;
-        self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(self.count as f64))) as f32;
+        self.bc1 = (1.0 / super::bias_correction(self.b1 as f64, self.count as f64)) as f32;
+        self.bc2 = (1.0 / super::bias_correction(self.b2 as f64, self.count as f64)) as f32;
     }
     simd_apply!(ScaleByAdemamix, |this, i, off, u, p| {
         let n = u.len();
@@ -287,7 +287,7 @@ impl Transform for DadaptAdamw {
         let sched = self.lr.at(self.count);
         self.count += 1;
         let t = self.count as f64;
-        let bc = (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
         let dlr = self.estim_lr * sched * bc;
         let weighted: Vec<Vec<f32>> = self
             .grad_sum
@@ -393,7 +393,7 @@ impl Transform for Prodigy {
         let sched = self.lr.at(self.count);
         self.count += 1;
         let t = self.count as f64;
-        let bc = (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t));
+        let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
         let d = self.estim_lr;
         let dlr = d * sched * bc;
         let mut numerator_acum = 0.0f64;

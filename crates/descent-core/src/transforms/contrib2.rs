@@ -74,7 +74,7 @@ impl Elementwise for ScaleByAcprop {
     fn begin_step(&mut self) {
         self.initial = self.count == 0;
         let t = self.count.max(1);
-        self.bc_prev = (1.0 - (self.b2 as f64).powf(t as f64)) as f32;
+        self.bc_prev = super::bias_correction(self.b2 as f64, t as f64) as f32;
         self.count += 1;
     }
     simd_apply!(ScaleByAcprop, |this, i, off, u, p| {
@@ -300,7 +300,7 @@ impl Elementwise for ScaleBySimplifiedAdemamix {
     fn begin_step(&mut self) {
         self.alpha_t = self.alpha.at(self.count) as f32;
         self.count += 1;
-        self.bc2 = (1.0 - (self.b2 as f64).powf(self.count as f64)) as f32;
+        self.bc2 = super::bias_correction(self.b2 as f64, self.count as f64) as f32;
     }
     simd_apply!(ScaleBySimplifiedAdemamix, |this, i, off, u, p| {
         let len = u.len();

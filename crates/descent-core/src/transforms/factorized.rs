@@ -244,23 +244,15 @@ fn full_moment(
             None => v.iter_mut().zip(u.iter_mut()).for_each(|(v, u)| *u = moment(v, *u)),
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel_avx2(v: &mut [f32], g: Option<&[f32]>, u: &mut [f32], decay: f32, eps: f32) {
-        kernel(v, g, u, decay, eps)
+    fn moments(v: &mut [f32], g: Option<&[f32]>, u: &mut [f32], decay: f32, eps: f32) {
+        crate::kernel::dispatch_simd!(kernel(v: &mut [f32], g: Option<&[f32]>, u: &mut [f32], decay: f32, eps: f32))
     }
     fn chunk(x: &[f32], k: usize) -> &[f32] {
         &x[k * CHUNK..x.len().min((k + 1) * CHUNK)]
     }
     let run = |k: usize, v: &mut [f32], u: &mut [f32]| {
         let g = g.map(|g| chunk(g, k));
-        #[cfg(target_arch = "x86_64")]
-        if crate::transforms::has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { kernel_avx2(v, g, u, decay, eps) };
-            return p.map(|p| (sum_sq(u), sum_sq(chunk(p, k))));
-        }
-        kernel(v, g, u, decay, eps);
+        moments(v, g, u, decay, eps);
         p.map(|p| (sum_sq(u), sum_sq(chunk(p, k))))
     };
     let parts: Vec<Option<(f64, f64)>> = if v.len() >= PARALLEL_MIN {
@@ -291,10 +283,9 @@ fn scaled_add(p: &mut [f32], u: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32)
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scaled_add_avx2(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32) {
-    scaled_add(p, u, f, flip)
+/// [`scaled_add`], vectorized for the CPU at hand.
+fn scaled_add_simd(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32) {
+    crate::kernel::dispatch_simd!(scaled_add(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32))
 }
 
 /// optax `adafactor` without momentum or weight decay (its defaults): `scale_by_factored_rms →
@@ -364,15 +355,7 @@ impl Transform for Adafactor {
             // `rms(u)` and `rms(p)`, from the moment pass's sums where it gave them.
             let d = self.clip.as_ref().map(|c| c.divisor(sum.map_or_else(|| rms(u), |s| rms_of(s.0, u.len()))));
             let s = self.param_scale.as_ref().map(|m| m.factor(sum.map_or_else(|| rms(p), |s| rms_of(s.1, p.len()))));
-            let body = |p: &mut [f32], u: &[f32]| {
-                #[cfg(target_arch = "x86_64")]
-                if crate::transforms::has_avx2() {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { scaled_add_avx2(p, u, [d, lr, s], flip) };
-                }
-                scaled_add(p, u, [d, lr, s], flip)
-            };
-            crate::kernel::for_chunks(p, |off, p| body(p, &u[off..off + p.len()]));
+            crate::kernel::for_chunks(p, |off, p| scaled_add_simd(p, &u[off..off + p.len()], [d, lr, s], flip));
         }
         Ok(())
     }

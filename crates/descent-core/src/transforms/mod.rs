@@ -28,6 +28,13 @@ pub use wrappers::*;
 pub use crate::kernel::{has_avx2, set_simd, sum_sq, sum_sq_mapped, ParamBufs};
 use crate::transform::{numel, Shapes};
 
+/// Adam's bias correction `1 − βᵗ` (Kingma & Ba 2015, Algorithm 1) of an exponential moving
+/// average with decay `beta` after `t` steps, in `f64`: every optimizer's debiasing goes through
+/// it (as products or quotients of it).
+pub fn bias_correction(beta: f64, t: f64) -> f64 {
+    1.0 - beta.powf(t)
+}
+
 /// One zero-filled buffer per parameter.
 pub(crate) fn zeros(shapes: &Shapes) -> Vec<Vec<f32>> {
     full(shapes, 0.0)
@@ -83,17 +90,8 @@ macro_rules! simd_apply {
                 let $p = &$p[..$u.len()];
                 $body
             }
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn kernel_avx2($this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
-                    kernel($this, $i, $off, $u, $p)
-                }
-                if $crate::transforms::has_avx2() {
-                    return kernel_avx2(self, $i, $off, $u, $p);
-                }
-            }
-            kernel(self, $i, $off, $u, $p)
+            let this = self;
+            $crate::kernel::dispatch_simd!(unsafe kernel(this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]))
         }
     };
     ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
@@ -123,17 +121,8 @@ macro_rules! simd_apply {
                     $crate::kernel::finish_fold(pb, u, &fold, i, off + k * SUB);
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn run_avx2(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold) {
-                    run(this, i, off, g, p, fold)
-                }
-                if $crate::transforms::has_avx2() {
-                    return run_avx2(self, i, off, g, p, fold);
-                }
-            }
-            run(self, i, off, g, p, fold)
+            let this = self;
+            $crate::kernel::dispatch_simd!(unsafe run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold))
         }
     };
 }

@@ -167,8 +167,8 @@ impl Transform for ScaleByMuon {
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
         self.count += 1;
         let b = self.beta as f64;
-        let bc = (1.0 - b.powf(self.count as f64)) as f32;
-        let bc_next = (1.0 - b.powf(self.count as f64 + 1.0)) as f32;
+        let bc = super::bias_correction(b, self.count as f64) as f32;
+        let bc_next = super::bias_correction(b, self.count as f64 + 1.0) as f32;
         let beta = self.beta;
         for (i, u) in updates.iter_mut().enumerate() {
             for (g, m) in u.iter_mut().zip(self.mu[i].iter_mut()) {

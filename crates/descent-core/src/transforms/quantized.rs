@@ -153,9 +153,9 @@ impl Elementwise for ScaleByAdam8bit {
     fn begin_step(&mut self) {
         self.count += 1;
         let t = self.count as f64;
-        self.bc1 = (1.0 / (1.0 - (self.b1 as f64).powf(t))) as f32;
-        self.bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))) as f32;
-        self.sqrt_bc2 = (1.0 / (1.0 - (self.b2 as f64).powf(t))).sqrt() as f32;
+        self.bc1 = (1.0 / super::bias_correction(self.b1 as f64, t)) as f32;
+        self.bc2 = (1.0 / super::bias_correction(self.b2 as f64, t)) as f32;
+        self.sqrt_bc2 = (1.0 / super::bias_correction(self.b2 as f64, t)).sqrt() as f32;
     }
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], _p: &[f32]) {
         let mut g = [0.0f32; BLOCK];
