@@ -14,6 +14,7 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// A `Chain` with these hyper-parameters (`links`), as described above.
     pub fn new(links: Vec<Box<dyn Transform>>) -> Self {
         Chain { links }
     }

@@ -5,13 +5,25 @@
 pub enum Error {
     /// A name (optimizer, schedule, keyword argument, …) that is not known.
     #[error("unknown {kind} `{name}`; accepted: {accepted}")]
-    Unknown { kind: &'static str, name: String, accepted: String },
+    Unknown {
+        /// What was looked up (`optimizer`, `schedule`, `library`, …).
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The accepted names, comma-separated.
+        accepted: String,
+    },
     /// A hyper-parameter outside its valid range, refused at construction as torch and optax do.
     #[error("invalid hyper-parameter: {0}")]
     Invalid(String),
     /// A missing or ill-typed field in a spec or file.
     #[error("{context}: {message}")]
-    Field { context: String, message: String },
+    Field {
+        /// Where: the optimizer, schedule or file and the argument or field.
+        context: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
     /// Gradients or parameters whose count or sizes do not match the optimizer's.
     #[error("shape mismatch: {0}")]
     Shape(String),
@@ -23,10 +35,20 @@ pub enum Error {
         "Tried to step {} times. The specified number of total steps is {supported} (a run of {requested} steps)",
         .supported.saturating_add(1)
     )]
-    TooManySteps { requested: u64, supported: u64 },
+    TooManySteps {
+        /// Steps asked for.
+        requested: u64,
+        /// Steps the schedule defines.
+        supported: u64,
+    },
     /// A file that could not be read or parsed.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Result alias of the core crate.

@@ -149,7 +149,9 @@ pub(crate) unsafe fn step_via_apply<E: Elementwise + ?Sized>(
 /// The composition of affine rules, `u ← a·u + b·p`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Affine {
+    /// The factor of the update.
     pub a: f32,
+    /// The factor of the parameter.
     pub b: f32,
 }
 
@@ -158,7 +160,12 @@ pub struct Affine {
 pub enum Head {
     /// `u ← s₂·(s₁·(a·g + b·p))`, in that order (weight decay, then trust ratio and learning
     /// rate: each link rounds as it would alone). A scale of 1 is no scaling.
-    Affine { map: Affine, scales: [f32; 2] },
+    Affine {
+        /// The affine map.
+        map: Affine,
+        /// Scalars multiplying the result, applied in order (1 when unused).
+        scales: [f32; 2],
+    },
     /// `u ← clamp(g, −δ, δ)` (optax `clip`).
     Clip(f32),
 }
@@ -194,9 +201,13 @@ pub enum Map {
 /// the update, and `post` in place of the final `p ← p + u`.
 #[derive(Clone, Copy, Default)]
 pub struct Fold<'a> {
+    /// The map of the gradient ahead of the kernel.
     pub head: Option<Head>,
+    /// The pointwise map after the kernel.
     pub map: Option<Map>,
+    /// The affine map after that.
     pub tail: Option<Affine>,
+    /// What writes the result into the parameters instead of `p += u` (Schedule-Free).
     pub post: Option<&'a dyn Epilogue>,
 }
 

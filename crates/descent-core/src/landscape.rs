@@ -26,6 +26,7 @@ pub enum TestFunction {
 }
 
 impl TestFunction {
+    /// Every test function, in the order `descent landscape` draws them.
     pub const ALL: [TestFunction; 6] = [
         TestFunction::Rosenbrock,
         TestFunction::Beale,
@@ -35,6 +36,7 @@ impl TestFunction {
         TestFunction::Rastrigin,
     ];
 
+    /// The name on the command line and in charts.
     pub fn name(self) -> &'static str {
         match self {
             TestFunction::Rosenbrock => "rosenbrock",
@@ -67,6 +69,7 @@ impl TestFunction {
         }
     }
 
+    /// The function's value at `(x, y)`.
     pub fn value(self, x: f64, y: f64) -> f64 {
         use std::f64::consts::TAU;
         match self {

@@ -5,7 +5,9 @@ use crate::schedule::Schedule;
 
 /// A learning rate: a constant or a schedule of the step count.
 pub enum LearningRate {
+    /// The same rate at every step.
     Constant(f64),
+    /// The rate at step `t` is `schedule(t)` (an optax schedule as `learning_rate`).
     Schedule(Box<dyn Schedule>),
 }
 

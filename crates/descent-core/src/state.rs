@@ -43,6 +43,7 @@ pub fn visit_buffers(v: &mut dyn StateVisitor, name: &str, bufs: &mut [Vec<f32>]
 /// Buffers that can be visited under a name (plain per-parameter vectors or
 /// [`crate::kernel::ParamBufs`]).
 pub trait VisitBuffers {
+    /// Hands every buffer to `v` under `name` (one entry per parameter).
     fn visit_as(&mut self, v: &mut dyn StateVisitor, name: &str) -> Result<()>;
 }
 
@@ -96,8 +97,11 @@ impl VisitBuffers for crate::kernel::ParamBufs<u8> {
 /// The saved state of an optimizer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateDict {
+    /// Buffers by name (moments, accumulators), one per parameter and kind.
     pub buffers: BTreeMap<String, Vec<f32>>,
+    /// Real-valued scalars by name (estimated step sizes, running sums).
     pub scalars: BTreeMap<String, f64>,
+    /// Step counters by name.
     pub counters: BTreeMap<String, u64>,
 }
 
@@ -125,6 +129,7 @@ fn join(scopes: &[String], name: &str) -> String {
 #[derive(Default)]
 pub struct Saver {
     scopes: Vec<String>,
+    /// The state read so far.
     pub dict: StateDict,
 }
 
@@ -159,6 +164,7 @@ pub struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
+    /// A `Checker` with these hyper-parameters (`dict`), as described above.
     pub fn new(dict: &'a StateDict) -> Self {
         Checker { scopes: vec![], dict, seen: 0 }
     }
@@ -220,6 +226,7 @@ pub struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
+    /// A `Loader` with these hyper-parameters (`dict`), as described above.
     pub fn new(dict: &'a StateDict) -> Self {
         Loader { scopes: vec![], dict }
     }

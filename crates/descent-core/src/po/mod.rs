@@ -3,7 +3,7 @@
 //! arguments and its defaults. Like torch optimizers they subtract their update from the
 //! parameters.
 //!
-//! The builders are grouped by family, one file each; [`PO_OPTIMIZERS`] is the union of their
+//! The builders are grouped by family, one file each; [`po_optimizers`] is the union of their
 //! name lists, and [`build`] asks each family in turn.
 
 use serde_json::Value;

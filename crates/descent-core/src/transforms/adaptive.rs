@@ -34,6 +34,7 @@ pub struct ScaleByAdam {
     bc2: f32,
 }
 impl ScaleByAdam {
+    /// A `ScaleByAdam` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `nesterov`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
         ScaleByAdam {
             correct_mu: true,
@@ -204,6 +205,7 @@ pub struct ScaleByRms {
     bc: f32,
 }
 impl ScaleByRms {
+    /// A `ScaleByRms` with these hyper-parameters (`decay`, `eps`, `initial_scale`, `eps_in_sqrt`, `bias_correction`), as described above.
     pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
         ScaleByRms {
             decay: decay as f32,
@@ -249,6 +251,7 @@ pub struct ScaleByStddev {
     bc: f32,
 }
 impl ScaleByStddev {
+    /// A `ScaleByStddev` with these hyper-parameters (`decay`, `eps`, `initial_scale`, `eps_in_sqrt`, `bias_correction`), as described above.
     pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
         ScaleByStddev {
             decay: decay as f32,
@@ -298,6 +301,7 @@ pub struct ScaleByAdamax {
     bc1: f32,
 }
 impl ScaleByAdamax {
+    /// A `ScaleByAdamax` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
         ScaleByAdamax {
             b1: b1 as f32,
@@ -337,6 +341,7 @@ pub struct ScaleByLion {
     mu: ParamBufs,
 }
 impl ScaleByLion {
+    /// A `ScaleByLion` with these hyper-parameters (`b1`, `b2`), as described above.
     pub fn new(b1: f64, b2: f64) -> Self {
         ScaleByLion { b1: b1 as f32, b2: b2 as f32, count: 0, mu: ParamBufs::default() }
     }
@@ -364,6 +369,7 @@ pub struct ScaleByAdadelta {
     e_x: ParamBufs,
 }
 impl ScaleByAdadelta {
+    /// A `ScaleByAdadelta` with these hyper-parameters (`rho`, `eps`), as described above.
     pub fn new(rho: f64, eps: f64) -> Self {
         ScaleByAdadelta { rho: rho as f32, eps: eps as f32, e_g: ParamBufs::default(), e_x: ParamBufs::default() }
     }
@@ -403,6 +409,7 @@ pub struct ScaleByAdan {
     bcs: [f32; 3],
 }
 impl ScaleByAdan {
+    /// A `ScaleByAdan` with these hyper-parameters (`b1`, `b2`, `b3`, `eps`, `eps_root`), as described above.
     pub fn new(b1: f64, b2: f64, b3: f64, eps: f64, eps_root: f64) -> Self {
         ScaleByAdan {
             b1: b1 as f32,
@@ -468,6 +475,7 @@ pub struct ScaleByBelief {
     bc2: f32,
 }
 impl ScaleByBelief {
+    /// A `ScaleByBelief` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `nesterov`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
         ScaleByBelief {
             b1: b1 as f32,
@@ -523,6 +531,7 @@ pub struct ScaleByYogi {
     bc2: f32,
 }
 impl ScaleByYogi {
+    /// A `ScaleByYogi` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `initial_accumulator_value`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, initial_accumulator_value: f64) -> Self {
         ScaleByYogi {
             b1: b1 as f32,
@@ -577,6 +586,7 @@ pub struct ScaleByRadam {
     rect: Option<f32>,
 }
 impl ScaleByRadam {
+    /// A `ScaleByRadam` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `threshold`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, threshold: f64) -> Self {
         ScaleByRadam {
             nesterov: false,

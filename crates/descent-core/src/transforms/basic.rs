@@ -6,9 +6,11 @@ use crate::transform::{Elementwise, LearningRate};
 
 /// optax `scale`: `u ← s·u`.
 pub struct Scale {
+    /// The factor.
     pub step_size: f32,
 }
 impl Scale {
+    /// A `Scale` with these hyper-parameters (`step_size`), as described above.
     pub fn new(step_size: f64) -> Self {
         Scale { step_size: step_size as f32 }
     }
@@ -35,6 +37,7 @@ pub struct ScaleByLearningRate {
     current: f32,
 }
 impl ScaleByLearningRate {
+    /// A `ScaleByLearningRate` with these hyper-parameters (`lr`, `flip_sign`), as described above.
     pub fn new(lr: impl Into<LearningRate>, flip_sign: bool) -> Self {
         ScaleByLearningRate { lr: lr.into(), sign: if flip_sign { -1.0 } else { 1.0 }, count: 0, current: 0.0 }
     }
@@ -66,6 +69,7 @@ pub struct AddDecayedWeights {
     current: f32,
 }
 impl AddDecayedWeights {
+    /// A `AddDecayedWeights` with these hyper-parameters (`weight_decay`), as described above.
     pub fn new(weight_decay: impl Into<LearningRate>) -> Self {
         AddDecayedWeights { wd: weight_decay.into(), count: 0, current: 0.0 }
     }
@@ -148,6 +152,7 @@ pub struct Trace {
     trace: ParamBufs,
 }
 impl Trace {
+    /// A `Trace` with these hyper-parameters (`decay`, `nesterov`), as described above.
     pub fn new(decay: f64, nesterov: bool) -> Self {
         Trace { decay: decay as f32, nesterov, trace: ParamBufs::default() }
     }
@@ -174,6 +179,7 @@ pub struct Ema {
     inv_bc: f32,
 }
 impl Ema {
+    /// A `Ema` with these hyper-parameters (`decay`, `debias`), as described above.
     pub fn new(decay: f64, debias: bool) -> Self {
         Ema { decay: decay as f32, debias, count: 0, ema: ParamBufs::default(), inv_bc: 1.0 }
     }
@@ -216,6 +222,7 @@ pub struct Clip {
     max_delta: f32,
 }
 impl Clip {
+    /// A `Clip` with these hyper-parameters (`max_delta`), as described above.
     pub fn new(max_delta: f64) -> Self {
         Clip { max_delta: max_delta as f32 }
     }
@@ -246,6 +253,7 @@ pub struct ScaleByOptimisticGradient {
     prev: ParamBufs,
 }
 impl ScaleByOptimisticGradient {
+    /// A `ScaleByOptimisticGradient` with these hyper-parameters (`alpha`, `beta`), as described above.
     pub fn new(alpha: f64, beta: f64) -> Self {
         ScaleByOptimisticGradient {
             alpha: alpha as f32,
@@ -279,6 +287,7 @@ pub struct ScaleByRss {
     sum_of_squares: ParamBufs,
 }
 impl ScaleByRss {
+    /// A `ScaleByRss` with these hyper-parameters (`initial_accumulator_value`, `eps`), as described above.
     pub fn new(initial_accumulator_value: f64, eps: f64) -> Self {
         ScaleByRss { initial: initial_accumulator_value as f32, eps: eps as f32, sum_of_squares: ParamBufs::default() }
     }
@@ -301,12 +310,15 @@ impl Elementwise for ScaleByRss {
 pub struct SharedScale(std::sync::atomic::AtomicU64);
 
 impl SharedScale {
+    /// A `SharedScale` with these hyper-parameters (`v`), as described above.
     pub fn new(v: f64) -> std::sync::Arc<Self> {
         std::sync::Arc::new(SharedScale(std::sync::atomic::AtomicU64::new(v.to_bits())))
     }
+    /// Sets the factor, for every transformation sharing it.
     pub fn set(&self, v: f64) {
         self.0.store(v.to_bits(), std::sync::atomic::Ordering::Relaxed)
     }
+    /// The factor.
     pub fn get(&self) -> f64 {
         f64::from_bits(self.0.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -320,6 +332,7 @@ pub struct ScaleByShared {
     current: f32,
 }
 impl ScaleByShared {
+    /// A `ScaleByShared` with these hyper-parameters (`scale`, `std`, `sync`), as described above.
     pub fn new(scale: std::sync::Arc<SharedScale>) -> Self {
         ScaleByShared { scale, current: 1.0 }
     }
@@ -353,6 +366,7 @@ pub struct ScaleByRprop {
     prev_updates: ParamBufs,
 }
 impl ScaleByRprop {
+    /// A `ScaleByRprop` with these hyper-parameters (`lr`, `eta_minus`, `eta_plus`, `min_step`, `max_step`), as described above.
     pub fn new(lr: f64, eta_minus: f64, eta_plus: f64, min_step: f64, max_step: f64) -> Self {
         ScaleByRprop {
             lr: lr as f32,
@@ -399,6 +413,7 @@ pub struct ApplyEvery {
     emit: bool,
 }
 impl ApplyEvery {
+    /// A `ApplyEvery` with these hyper-parameters (`k`), as described above.
     pub fn new(k: u64) -> crate::error::Result<Self> {
         crate::error::ensure(k >= 1, || format!("apply_every needs k >= 1, got {k}"))?;
         Ok(ApplyEvery { k, count: 0, grad_acc: ParamBufs::default(), accumulate: false, emit: false })

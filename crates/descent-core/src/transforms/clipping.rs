@@ -45,6 +45,7 @@ pub struct ClipByGlobalNorm {
     scale: f32,
 }
 impl ClipByGlobalNorm {
+    /// A `ClipByGlobalNorm` with these hyper-parameters (`max_norm`), as described above.
     pub fn new(max_norm: f64) -> Self {
         ClipByGlobalNorm { max_norm, scale: 1.0 }
     }
@@ -118,6 +119,7 @@ pub struct AdaptiveGradClip {
     shapes: Vec<Vec<usize>>,
 }
 impl AdaptiveGradClip {
+    /// A `AdaptiveGradClip` with these hyper-parameters (`clipping`, `eps`), as described above.
     pub fn new(clipping: f64, eps: f64) -> Self {
         AdaptiveGradClip { clipping, eps, shapes: vec![] }
     }
@@ -153,6 +155,7 @@ pub struct ClipByBlockRms {
     threshold: f64,
 }
 impl ClipByBlockRms {
+    /// A `ClipByBlockRms` with these hyper-parameters (`threshold`), as described above.
     pub fn new(threshold: f64) -> Self {
         ClipByBlockRms { threshold }
     }

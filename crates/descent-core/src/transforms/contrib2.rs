@@ -15,6 +15,7 @@ pub struct NormalizeByUpdateNorm {
     divisor: f32,
 }
 impl NormalizeByUpdateNorm {
+    /// A `NormalizeByUpdateNorm` with these hyper-parameters (`scale_factor`, `eps`), as described above.
     pub fn new(scale_factor: f64, eps: f64) -> Self {
         NormalizeByUpdateNorm { scale_factor, eps, divisor: 1.0 }
     }
@@ -55,6 +56,7 @@ pub struct ScaleByAcprop {
     initial: bool,
 }
 impl ScaleByAcprop {
+    /// A `ScaleByAcprop` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64) -> Self {
         ScaleByAcprop {
             b1: b1 as f32,
@@ -178,6 +180,7 @@ pub struct Mechanize {
     x0: Vec<Vec<f32>>,
 }
 impl Mechanize {
+    /// A `Mechanize` with these hyper-parameters (`base`, `weight_decay`, `eps`, `s_init`, `num_betas`), as described above.
     pub fn new(base: Box<dyn Transform>, weight_decay: f64, eps: f64, s_init: f64, num_betas: usize) -> Self {
         let betas = (1..=num_betas).map(|i| (1.0 - 0.1f64.powi(i as i32)) as f32).collect();
         Mechanize {
@@ -280,6 +283,7 @@ pub struct ScaleBySimplifiedAdemamix {
     bc2: f32,
 }
 impl ScaleBySimplifiedAdemamix {
+    /// A `ScaleBySimplifiedAdemamix` with these hyper-parameters (`b1`, `b2`, `alpha`, `eps`, `eps_root`), as described above.
     pub fn new(b1: f64, b2: f64, alpha: impl Into<LearningRate>, eps: f64, eps_root: f64) -> Self {
         ScaleBySimplifiedAdemamix {
             b1: b1 as f32,

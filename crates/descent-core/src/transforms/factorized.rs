@@ -72,6 +72,7 @@ pub struct ScaleByFactoredRms {
     v: Vec<Vec<f32>>,
 }
 impl ScaleByFactoredRms {
+    /// A `ScaleByFactoredRms` with these hyper-parameters (`factored`, `decay_rate`, `step_offset`, `min_dim_size_to_factor`, `epsilon`), as described above.
     pub fn new(factored: bool, decay_rate: f64, step_offset: u64, min_dim_size_to_factor: usize, epsilon: f64) -> Self {
         ScaleByFactoredRms {
             factored,
@@ -304,6 +305,7 @@ pub struct Adafactor {
 }
 
 impl Adafactor {
+    /// A `Adafactor` with these hyper-parameters (`rms`, `clip`, `lr`, `crate`, `transforms`, `param_scale`), as described above.
     pub fn new(
         rms: ScaleByFactoredRms,
         clip: Option<ClipByBlockRms>,
@@ -385,6 +387,7 @@ pub struct ScaleBySm3 {
     nu: Vec<Vec<f32>>,
 }
 impl ScaleBySm3 {
+    /// A `ScaleBySm3` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
         ScaleBySm3 { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, shapes: vec![], mu: vec![], nu: vec![] }
     }

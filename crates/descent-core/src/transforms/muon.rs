@@ -150,6 +150,7 @@ pub struct ScaleByMuon {
     mu: Vec<Vec<f32>>,
 }
 impl ScaleByMuon {
+    /// A `ScaleByMuon` with these hyper-parameters (`coeffs`, `steps`, `beta`, `eps`, `nesterov`), as described above.
     pub fn new(coeffs: [f64; 3], steps: usize, beta: f64, eps: f64, nesterov: bool) -> Self {
         ScaleByMuon { coeffs, steps, beta: beta as f32, eps, nesterov, count: 0, shapes: vec![], mu: vec![] }
     }

@@ -109,6 +109,7 @@ pub struct ScaleByAdam8bit {
 }
 
 impl ScaleByAdam8bit {
+    /// A `ScaleByAdam8bit` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
         ScaleByAdam8bit {
             min_8bit_size: 4096,

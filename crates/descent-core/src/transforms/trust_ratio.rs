@@ -17,6 +17,7 @@ pub struct ScaleByTrustRatio {
     ratios: Vec<f32>,
 }
 impl ScaleByTrustRatio {
+    /// A `ScaleByTrustRatio` with these hyper-parameters (`min_norm`, `trust_coefficient`, `eps`), as described above.
     pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
         ScaleByTrustRatio { min_norm, trust_coefficient, eps, ratios: vec![] }
     }
@@ -91,6 +92,7 @@ pub struct ScaleByParamBlockRms {
     min_scale: f64,
 }
 impl ScaleByParamBlockRms {
+    /// A `ScaleByParamBlockRms` with these hyper-parameters (`min_scale`), as described above.
     pub fn new(min_scale: f64) -> Self {
         ScaleByParamBlockRms { min_scale }
     }
@@ -123,6 +125,7 @@ pub struct ScaleByNovograd {
     nu: Vec<Vec<f32>>,
 }
 impl ScaleByNovograd {
+    /// A `ScaleByNovograd` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `weight_decay`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, weight_decay: f64) -> Self {
         ScaleByNovograd {
             b1: b1 as f32,

@@ -18,7 +18,10 @@ pub enum SkipUpdate {
     NotFinite,
     /// optax `skip_large_updates`: unless the sum of the squares of all entries is below the bound
     /// (so a NaN gradient is skipped too).
-    LargeUpdates { max_squared_norm: f64 },
+    LargeUpdates {
+        /// The bound on the squared global norm of the gradient.
+        max_squared_norm: f64,
+    },
 }
 impl SkipUpdate {
     /// Whether a step with these updates is skipped.
@@ -49,6 +52,7 @@ pub struct MultiSteps {
     acc_grads: Vec<Vec<f32>>,
 }
 impl MultiSteps {
+    /// A `MultiSteps` with these hyper-parameters (`inner`, `every_k`, `use_grad_mean`), as described above.
     pub fn new(inner: Box<dyn Transform>, every_k: u64, use_grad_mean: bool) -> Result<Self> {
         if every_k == 0 {
             return Err(Error::Invalid("every_k_schedule must be at least 1".into()));
@@ -127,6 +131,7 @@ pub struct ApplyIfFinite {
     total_notfinite: u64,
 }
 impl ApplyIfFinite {
+    /// A `ApplyIfFinite` with these hyper-parameters (`inner`, `max_consecutive_errors`), as described above.
     pub fn new(inner: Box<dyn Transform>, max_consecutive_errors: u64) -> Self {
         ApplyIfFinite { inner, max_consecutive_errors, notfinite_count: 0, last_finite: 1, total_notfinite: 0 }
     }
@@ -178,6 +183,7 @@ pub struct Lookahead {
     slow: Vec<Vec<f32>>,
 }
 impl Lookahead {
+    /// A `Lookahead` with these hyper-parameters (`inner`, `sync_period`, `slow_step_size`), as described above.
     pub fn new(inner: Box<dyn Transform>, sync_period: u64, slow_step_size: f64) -> Result<Self> {
         if sync_period < 1 {
             return Err(Error::Invalid("Synchronization period must be >= 1.".into()));
