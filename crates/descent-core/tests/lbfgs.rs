@@ -140,8 +140,7 @@ fn lbfgs_cases() -> Vec<Case> {
         })
         .collect();
     files.sort();
-    // The strong-Wolfe line search is not implemented yet.
-    files.iter().map(|f| load(f)).filter(|c| c.hparams["line_search_fn"].is_null()).collect()
+    files.iter().map(|f| load(f)).collect()
 }
 
 fn build(case: &Case) -> Box<dyn ClosureOptimizer> {
@@ -189,7 +188,7 @@ fn run(case: &Case, steps: usize) -> Vec<Vec<Vec<f32>>> {
 #[test]
 fn lbfgs_reference_cases_pass() {
     let cases = lbfgs_cases();
-    assert!(cases.len() >= 2, "expected the L-BFGS cases of reference-r2, found {}", cases.len());
+    assert!(cases.len() >= 6, "expected the L-BFGS cases of reference-r2, found {}", cases.len());
     let mut failures = vec![];
     for case in &cases {
         let trajectory = run(case, case.expected.len());
@@ -292,6 +291,7 @@ fn rate_is_live(library: &str, key: &str, extra: Value) {
 #[test]
 fn the_learning_rate_is_live() {
     rate_is_live("torch", "lr", json!({"max_iter": 3}));
+    rate_is_live("torch", "lr", json!({"max_iter": 3, "line_search_fn": "strong_wolfe"}));
 }
 
 #[test]
@@ -299,7 +299,6 @@ fn bad_arguments_are_refused() {
     let shapes = vec![vec![3]];
     let bad = [
         ("torch", json!({"line_search_fn": "backtracking"})),
-        ("torch", json!({"line_search_fn": "strong_wolfe"})),
         ("torch", json!({"history_size": 0})),
         ("torch", json!({"lr": -1.0})),
         ("torch", json!({"max_iter": -1})),
@@ -312,7 +311,7 @@ fn bad_arguments_are_refused() {
     assert!(build_closure_optimizer("torch", "lbfgs", &json!({}), &[]).is_err(), "no parameters");
     let good = [
         ("torch", json!({"line_search_fn": null, "max_eval": null})),
-        ("torch", json!({"history_size": 1, "max_iter": 0})),
+        ("torch", json!({"line_search_fn": "strong_wolfe", "history_size": 1, "max_iter": 0})),
     ];
     for (lib, h) in good {
         build_closure_optimizer(lib, "lbfgs", &h, &shapes).unwrap_or_else(|e| panic!("{lib} {h}: {e}"));
@@ -344,7 +343,7 @@ fn every_variant_minimizes_a_quadratic() {
         }
         Ok(l)
     };
-    let variants = [("torch", json!({}))];
+    let variants = [("torch", json!({})), ("torch", json!({"line_search_fn": "strong_wolfe"}))];
     for (lib, h) in variants {
         let mut opt = build_closure_optimizer(lib, "lbfgs", &h, &[vec![4]]).unwrap();
         let mut p = vec![vec![3.0f32, -2.0, 0.5, 4.0]];

@@ -153,6 +153,28 @@ impl Flat {
         self.finish_eval(obj, grad)
     }
 
+    /// `L(x + t·d)` (the point computed in f32, as `p.add_(d, alpha=t)` / `params + t * d`), with
+    /// its gradient written into `grad`.
+    fn eval_along(
+        &mut self,
+        obj: &mut dyn Objective,
+        x: &[f32],
+        t: f32,
+        d: &[f32],
+        grad: &mut Vec<f32>,
+    ) -> Result<f32> {
+        self.ensure_scratch();
+        let mut off = 0;
+        for p in self.params.iter_mut() {
+            let s = p.len();
+            for ((pj, &xj), &dj) in p.iter_mut().zip(&x[off..off + s]).zip(&d[off..off + s]) {
+                *pj = xj + t * dj;
+            }
+            off += s;
+        }
+        self.finish_eval(obj, grad)
+    }
+
     fn finish_eval(&mut self, obj: &mut dyn Objective, grad: &mut Vec<f32>) -> Result<f32> {
         for g in self.grads.iter_mut() {
             g.iter_mut().for_each(|v| *v = 0.0);

@@ -54,11 +54,42 @@ impl Num {
     fn gt(self, o: impl Into<Num>) -> bool {
         self.cmp(o.into()) == Some(Ordering::Greater)
     }
+    fn le(self, o: impl Into<Num>) -> bool {
+        matches!(self.cmp(o.into()), Some(Ordering::Less | Ordering::Equal))
+    }
+    fn ge(self, o: impl Into<Num>) -> bool {
+        matches!(self.cmp(o.into()), Some(Ordering::Greater | Ordering::Equal))
+    }
+    fn abs(self) -> Num {
+        match self {
+            Py(x) => Py(x.abs()),
+            T(x) => T(x.abs()),
+        }
+    }
+    fn sqrt(self) -> Num {
+        match self {
+            Py(x) => Py(x.sqrt()),
+            T(x) => T(x.sqrt()),
+        }
+    }
+    /// `x ** 2`.
+    fn square(self) -> Num {
+        self * self
+    }
 }
 
 /// Python's `min(a, b)`: `b` only when `b < a`.
 fn py_min(a: Num, b: Num) -> Num {
     if b.lt(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Python's `max(a, b)`: `b` only when `b > a`.
+fn py_max(a: Num, b: Num) -> Num {
+    if b.gt(a) {
         b
     } else {
         a
@@ -106,6 +137,193 @@ impl Neg for Num {
             T(x) => T(-x),
         }
     }
+}
+
+/// torch's `_cubic_interpolate` (from minFunc's `polyinterp`): the minimizer of the cubic through
+/// `(x1, f1)`, `(x2, f2)` with slopes `g1`, `g2`, clamped to `bounds` (by default the interval
+/// between the points); the middle of the bounds when the cubic has no minimizer.
+fn cubic_interpolate(x1: Num, f1: Num, g1: Num, x2: Num, f2: Num, g2: Num, bounds: Option<(Num, Num)>) -> Num {
+    let (xmin_bound, xmax_bound) = match bounds {
+        Some(b) => b,
+        None if x1.le(x2) => (x1, x2),
+        None => (x2, x1),
+    };
+    let d1 = g1 + g2 - 3.0 * (f1 - f2) / (x1 - x2);
+    let d2_square = d1.square() - g1 * g2;
+    if d2_square.ge(0.0) {
+        let d2 = d2_square.sqrt();
+        let min_pos = if x1.le(x2) {
+            x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2))
+        } else {
+            x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2.0 * d2))
+        };
+        py_min(py_max(min_pos, xmin_bound), xmax_bound)
+    } else {
+        (xmin_bound + xmax_bound) / 2.0
+    }
+}
+
+/// What the strong-Wolfe search returns: the loss, gradient and step length of the chosen point,
+/// and how many evaluations it made.
+struct LineSearchResult {
+    loss: f64,
+    grad: Vec<f32>,
+    t: Num,
+    evals: u64,
+}
+
+/// The constants torch's `_strong_wolfe` is called with (its defaults: `step` passes none of them,
+/// so the group's `tolerance_change` does not reach it).
+const C1: f64 = 1e-4;
+const C2: f64 = 0.9;
+const LS_TOLERANCE_CHANGE: f64 = 1e-9;
+const MAX_LS: u64 = 25;
+
+/// torch's `_strong_wolfe` (from minFunc's `WolfeLineSearch`): bracketing, then zoom by cubic
+/// interpolation, along `d` from `x` with initial step `t`; `f`, `g`, `gtd` are the loss,
+/// gradient and directional derivative at `x`.
+#[allow(clippy::too_many_arguments)]
+fn strong_wolfe(
+    flat: &mut Flat,
+    obj: &mut dyn Objective,
+    x: &[f32],
+    mut t: Num,
+    d: &[f32],
+    f: f64,
+    g: &[f32],
+    gtd: Num,
+) -> Result<LineSearchResult> {
+    let d_norm = T(max_abs(d));
+    let g = g.to_vec();
+    let mut eval = |t: Num| -> Result<(f64, Vec<f32>, Num)> {
+        let mut grad = Vec::with_capacity(d.len());
+        let loss = flat.eval_along(obj, x, t.f32(), d, &mut grad)? as f64;
+        let gtd = T(dot(&grad, d));
+        Ok((loss, grad, gtd))
+    };
+    let (mut f_new, mut g_new, mut gtd_new) = eval(t)?;
+    let mut ls_func_evals = 1;
+
+    // Bracket an interval containing a point satisfying the Wolfe criteria.
+    let (mut t_prev, mut f_prev, mut g_prev, mut gtd_prev) = (Py(0.0), f, g.clone(), gtd);
+    let mut done = false;
+    let mut ls_iter = 0;
+    let mut bracket: Vec<Num> = vec![];
+    let mut bracket_f: Vec<f64> = vec![];
+    let mut bracket_g: Vec<Vec<f32>> = vec![];
+    let mut bracket_gtd: Vec<Num> = vec![T(0.0), T(0.0)];
+    while ls_iter < MAX_LS {
+        if Py(f_new).gt(f + C1 * t * gtd) || (ls_iter > 1 && f_new >= f_prev) {
+            bracket = vec![t_prev, t];
+            bracket_f = vec![f_prev, f_new];
+            bracket_g = vec![g_prev.clone(), g_new.clone()];
+            bracket_gtd = vec![gtd_prev, gtd_new];
+            break;
+        }
+        if gtd_new.abs().le(-C2 * gtd) {
+            bracket = vec![t];
+            bracket_f = vec![f_new];
+            bracket_g = vec![g_new.clone()];
+            done = true;
+            break;
+        }
+        if gtd_new.ge(0.0) {
+            bracket = vec![t_prev, t];
+            bracket_f = vec![f_prev, f_new];
+            bracket_g = vec![g_prev.clone(), g_new.clone()];
+            bracket_gtd = vec![gtd_prev, gtd_new];
+            break;
+        }
+        // Interpolate.
+        let min_step = t + 0.01 * (t - t_prev);
+        let max_step = t * 10.0;
+        let tmp = t;
+        t = cubic_interpolate(t_prev, Py(f_prev), gtd_prev, t, Py(f_new), gtd_new, Some((min_step, max_step)));
+        // Next step.
+        t_prev = tmp;
+        f_prev = f_new;
+        g_prev = g_new;
+        gtd_prev = gtd_new;
+        (f_new, g_new, gtd_new) = eval(t)?;
+        ls_func_evals += 1;
+        ls_iter += 1;
+    }
+    // Reached the maximum number of iterations?
+    if ls_iter == MAX_LS {
+        bracket = vec![Py(0.0), t];
+        bracket_f = vec![f, f_new];
+        bracket_g = vec![g.clone(), g_new];
+    }
+
+    // Zoom phase: a point satisfying the criteria, or a bracket around it, is refined until the
+    // point is found.
+    let mut insuf_progress = false;
+    let (mut low_pos, mut high_pos) = if bracket_f[0] <= bracket_f[bracket_f.len() - 1] { (0, 1) } else { (1, 0) };
+    while !done && ls_iter < MAX_LS {
+        // The bracket is too small.
+        if ((bracket[1] - bracket[0]).abs() * d_norm).lt(LS_TOLERANCE_CHANGE) {
+            break;
+        }
+        // Compute a new trial value.
+        t = cubic_interpolate(
+            bracket[0],
+            Py(bracket_f[0]),
+            bracket_gtd[0],
+            bracket[1],
+            Py(bracket_f[1]),
+            bracket_gtd[1],
+            None,
+        );
+        // Test that we are making sufficient progress: when `t` is close to the boundary of the
+        // bracket, and either the last step made insufficient progress too or `t` is at the
+        // boundary, move `t` to 0.1·(bracket length) from the nearest end.
+        let bmax = py_max(bracket[0], bracket[1]);
+        let bmin = py_min(bracket[0], bracket[1]);
+        let eps = 0.1 * (bmax - bmin);
+        if py_min(bmax - t, t - bmin).lt(eps) {
+            if insuf_progress || t.ge(bmax) || t.le(bmin) {
+                t = if (t - bmax).abs().lt((t - bmin).abs()) { bmax - eps } else { bmin + eps };
+                insuf_progress = false;
+            } else {
+                insuf_progress = true;
+            }
+        } else {
+            insuf_progress = false;
+        }
+        // Evaluate the new point.
+        (f_new, g_new, gtd_new) = eval(t)?;
+        ls_func_evals += 1;
+        ls_iter += 1;
+
+        if Py(f_new).gt(f + C1 * t * gtd) || f_new >= bracket_f[low_pos] {
+            // Armijo condition not satisfied or not lower than the lowest point.
+            bracket[high_pos] = t;
+            bracket_f[high_pos] = f_new;
+            bracket_g[high_pos] = g_new;
+            bracket_gtd[high_pos] = gtd_new;
+            (low_pos, high_pos) = if bracket_f[0] <= bracket_f[1] { (0, 1) } else { (1, 0) };
+        } else {
+            if gtd_new.abs().le(-C2 * gtd) {
+                // Wolfe conditions satisfied.
+                done = true;
+            } else if (gtd_new * (bracket[high_pos] - bracket[low_pos])).ge(0.0) {
+                // The old high becomes the new low.
+                bracket[high_pos] = bracket[low_pos];
+                bracket_f[high_pos] = bracket_f[low_pos];
+                bracket_g[high_pos] = bracket_g[low_pos].clone();
+                bracket_gtd[high_pos] = bracket_gtd[low_pos];
+            }
+            // The new point becomes the new low.
+            bracket[low_pos] = t;
+            bracket_f[low_pos] = f_new;
+            bracket_g[low_pos] = g_new;
+            bracket_gtd[low_pos] = gtd_new;
+        }
+    }
+    let t = bracket[low_pos];
+    let loss = bracket_f[low_pos];
+    let grad = std::mem::take(&mut bracket_g[low_pos]);
+    Ok(LineSearchResult { loss, grad, t, evals: ls_func_evals })
 }
 
 /// The settings of torch `LBFGS` (its constructor's arguments).
@@ -160,6 +378,7 @@ pub struct TorchLbfgs {
     tolerance_grad: f64,
     tolerance_change: f64,
     history_size: usize,
+    strong_wolfe: bool,
     flat: Flat,
     /// Every buffer below is allocated on first use (the history is `history_size` pairs).
     allocated: bool,
@@ -196,9 +415,6 @@ impl TorchLbfgs {
                 return Err(Error::Invalid(format!("{name} must be finite, got {x}")));
             }
         }
-        if cfg.strong_wolfe {
-            return Err(Error::Invalid("line_search_fn=\"strong_wolfe\" is not implemented yet".into()));
-        }
         if cfg.history_size == 0 {
             // torch would fail on its first history update (popping from an empty list).
             return Err(Error::Invalid("history_size must be at least 1, got 0".into()));
@@ -218,6 +434,7 @@ impl TorchLbfgs {
             tolerance_grad: cfg.tolerance_grad,
             tolerance_change: cfg.tolerance_change,
             history_size: cfg.history_size,
+            strong_wolfe: cfg.strong_wolfe,
             flat,
             allocated: false,
             func_evals: 0,
@@ -384,17 +601,32 @@ impl ClosureOptimizer for TorchLbfgs {
             }
 
             let mut ls_func_evals = 0;
-            // No line search: a fixed step.
-            self.add_step(self.t);
-            if n_iter != self.max_iter {
-                // Re-evaluate only if this is not the last iteration (in a stochastic
-                // setting there is no use evaluating the function here).
+            if self.strong_wolfe {
+                let d = std::mem::take(&mut self.d);
                 let x = std::mem::take(&mut self.x);
-                let l = self.flat.eval(objective, &x, &mut flat_grad);
+                let r = strong_wolfe(&mut self.flat, objective, &x, self.t, &d, loss, &flat_grad, gtd);
+                self.d = d;
                 self.x = x;
-                loss = l? as f64;
+                let r = r?;
+                loss = r.loss;
+                flat_grad = r.grad;
+                self.t = r.t;
+                ls_func_evals = r.evals;
+                self.add_step(self.t);
                 opt_cond = max_abs(&flat_grad) <= tol_grad;
-                ls_func_evals = 1;
+            } else {
+                // No line search: a fixed step.
+                self.add_step(self.t);
+                if n_iter != self.max_iter {
+                    // Re-evaluate only if this is not the last iteration (in a stochastic
+                    // setting there is no use evaluating the function here).
+                    let x = std::mem::take(&mut self.x);
+                    let l = self.flat.eval(objective, &x, &mut flat_grad);
+                    self.x = x;
+                    loss = l? as f64;
+                    opt_cond = max_abs(&flat_grad) <= tol_grad;
+                    ls_func_evals = 1;
+                }
             }
             current_evals += ls_func_evals;
             self.func_evals += ls_func_evals;
@@ -480,8 +712,19 @@ mod tests {
         assert!(Py(0.1f32 as f64).gt(0.1), "as Python floats they differ");
         assert_eq!(Py(1.0) + T(1e-8), T(1.0));
         assert_eq!(Py(1.0) + Py(1e-8), Py(1.0 + 1e-8));
-        // Python's min keeps the first of equal values.
+        // Python min/max keep the first of equal values.
         assert_eq!(py_min(Py(1.0), T(1.0)), Py(1.0));
+        assert_eq!(py_max(T(2.0), Py(2.0)), T(2.0));
         assert_eq!(py_min(Py(1.0), T(0.5)), T(0.5));
+    }
+
+    #[test]
+    fn cubic_interpolation_finds_the_minimizer_of_a_cubic() {
+        // f(x) = (x - 1)^2 on [0, 3]: the cubic through the endpoints is the parabola itself.
+        let t = cubic_interpolate(Py(0.0), Py(1.0), T(-2.0), Py(3.0), Py(4.0), T(4.0), None);
+        assert!((t.f32() - 1.0).abs() < 1e-6, "{t:?}");
+        // Clamped to the bounds.
+        let t = cubic_interpolate(Py(0.0), Py(1.0), T(-2.0), Py(3.0), Py(4.0), T(4.0), Some((Py(2.0), Py(5.0))));
+        assert_eq!(t, Py(2.0));
     }
 }
