@@ -1,4 +1,4 @@
-//! L-BFGS (torch `LBFGS`) on the `problem` cases of the second reference set, with
+//! L-BFGS (torch `LBFGS`, optax `lbfgs`) on the `problem` cases of the second reference set, with
 //! the two objectives written out here as `reference-r2/README.md` defines them (in f32), plus
 //! resume, the live learning rate and refused arguments.
 
@@ -136,7 +136,7 @@ fn lbfgs_cases() -> Vec<Case> {
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("torch.lbfgs.") && name.ends_with(".json")
+            (name.starts_with("torch.lbfgs.") || name.starts_with("optax.lbfgs.")) && name.ends_with(".json")
         })
         .collect();
     files.sort();
@@ -188,7 +188,7 @@ fn run(case: &Case, steps: usize) -> Vec<Vec<Vec<f32>>> {
 #[test]
 fn lbfgs_reference_cases_pass() {
     let cases = lbfgs_cases();
-    assert!(cases.len() >= 6, "expected the L-BFGS cases of reference-r2, found {}", cases.len());
+    assert!(cases.len() >= 8, "expected the L-BFGS cases of reference-r2, found {}", cases.len());
     let mut failures = vec![];
     for case in &cases {
         let trajectory = run(case, case.expected.len());
@@ -292,6 +292,8 @@ fn rate_is_live(library: &str, key: &str, extra: Value) {
 fn the_learning_rate_is_live() {
     rate_is_live("torch", "lr", json!({"max_iter": 3}));
     rate_is_live("torch", "lr", json!({"max_iter": 3, "line_search_fn": "strong_wolfe"}));
+    rate_is_live("optax", "learning_rate", json!({}));
+    rate_is_live("optax", "learning_rate", json!({"linesearch": null}));
 }
 
 #[test]
@@ -304,6 +306,17 @@ fn bad_arguments_are_refused() {
         ("torch", json!({"max_iter": -1})),
         ("torch", json!({"tolerance_grad": "small"})),
         ("torch", json!({"betas": [0.9, 0.99]})),
+        ("optax", json!({"memory_size": 0})),
+        ("optax", json!({"learning_rate": -0.5})),
+        ("optax", json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 15}]})),
+        ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {}]})),
+        ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "curv_rtol": -1}]})),
+        (
+            "optax",
+            json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "initial_guess_strategy": "two"}]}),
+        ),
+        ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "bogus": 1}]})),
+        ("optax", json!({"lr": 1.0})),
     ];
     for (lib, h) in bad {
         assert!(build_closure_optimizer(lib, "lbfgs", &h, &shapes).is_err(), "{lib} {h} accepted");
@@ -312,6 +325,12 @@ fn bad_arguments_are_refused() {
     let good = [
         ("torch", json!({"line_search_fn": null, "max_eval": null})),
         ("torch", json!({"line_search_fn": "strong_wolfe", "history_size": 1, "max_iter": 0})),
+        ("optax", json!({"learning_rate": null, "linesearch": null, "scale_init_precond": false})),
+        (
+            "optax",
+            json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "max_learning_rate": 2.0,
+                "initial_guess_strategy": "keep", "approx_dec_rtol": null}]}),
+        ),
     ];
     for (lib, h) in good {
         build_closure_optimizer(lib, "lbfgs", &h, &shapes).unwrap_or_else(|e| panic!("{lib} {h}: {e}"));
@@ -343,7 +362,13 @@ fn every_variant_minimizes_a_quadratic() {
         }
         Ok(l)
     };
-    let variants = [("torch", json!({})), ("torch", json!({"line_search_fn": "strong_wolfe"}))];
+    let variants = [
+        ("torch", json!({})),
+        ("torch", json!({"line_search_fn": "strong_wolfe"})),
+        ("optax", json!({})),
+        ("optax", json!({"scale_init_precond": false})),
+        ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 10}]})),
+    ];
     for (lib, h) in variants {
         let mut opt = build_closure_optimizer(lib, "lbfgs", &h, &[vec![4]]).unwrap();
         let mut p = vec![vec![3.0f32, -2.0, 0.5, 4.0]];

@@ -18,12 +18,14 @@ use crate::transform::LearningRate;
 
 use super::{ClosureOptimizer, Objective};
 
+mod optax_lbfgs;
 mod torch_lbfgs;
 
+pub use optax_lbfgs::{OptaxLbfgs, OptaxLbfgsConfig, ZoomLinesearchConfig};
 pub use torch_lbfgs::{TorchLbfgs, TorchLbfgsConfig};
 
 /// The registry names of this family (`library.name`).
-pub const NAMES: &[&str] = &["torch.lbfgs"];
+pub const NAMES: &[&str] = &["optax.lbfgs", "torch.lbfgs"];
 
 /// Builds `library.name` if it belongs to this family (`None` otherwise).
 pub fn build(
@@ -34,6 +36,7 @@ pub fn build(
 ) -> Option<Result<Box<dyn ClosureOptimizer>>> {
     match (library, name) {
         ("torch", "lbfgs") => Some(build_torch(hparams, shapes)),
+        ("optax", "lbfgs") => Some(build_optax(hparams, shapes)),
         _ => None,
     }
 }
@@ -63,6 +66,102 @@ fn build_torch(hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Closure
     k.finish()?;
     let cfg = TorchLbfgsConfig { lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size, strong_wolfe };
     Ok(Box::new(TorchLbfgs::new(cfg, shapes)?))
+}
+
+fn build_optax(hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn ClosureOptimizer>> {
+    let mut k = Kwargs::new("optax.lbfgs", hparams)?;
+    let d = OptaxLbfgsConfig::default();
+    // `None` is `scale(-1.0)`, the same numbers as a constant rate of 1 (kept live so that a
+    // rate set later scales the direction as optax's `scale_by_learning_rate` would).
+    let learning_rate = match k.value("learning_rate") {
+        None => LearningRate::Constant(1.0),
+        Some(_) => k.lr("learning_rate", None)?,
+    };
+    let memory_size = k.u64("memory_size", d.memory_size as u64)?;
+    let memory_size = usize::try_from(memory_size)
+        .map_err(|_| Error::Invalid(format!("memory_size {memory_size} does not fit this machine")))?;
+    let scale_init_precond = k.bool("scale_init_precond", d.scale_init_precond)?;
+    // Absent: the default zoom search; `null` (optax's `None`): no line search.
+    let linesearch = match (hparams.get("linesearch").is_some(), k.value("linesearch")) {
+        (false, _) => d.linesearch,
+        (true, None) => None,
+        (true, Some(v)) => Some(zoom_from_spec(v)?),
+    };
+    k.finish()?;
+    let cfg = OptaxLbfgsConfig { learning_rate, memory_size, scale_init_precond, linesearch };
+    Ok(Box::new(OptaxLbfgs::new(cfg, shapes)?))
+}
+
+/// `["scale_by_zoom_linesearch", {kwargs}]` (or the bare name): optax's own defaults, which differ
+/// from those `lbfgs` passes (`initial_guess_strategy` is `"keep"` there).
+fn zoom_from_spec(v: &Value) -> Result<ZoomLinesearchConfig> {
+    let ctx = "optax.lbfgs: `linesearch`";
+    let (name, kw) = match v {
+        Value::String(s) => (s.as_str(), &Value::Null),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => (a[0].as_str().unwrap_or_default(), &Value::Null),
+        Value::Array(a) if a.len() == 2 && a[0].is_string() => (a[0].as_str().unwrap_or_default(), &a[1]),
+        other => {
+            return Err(Error::Field {
+                context: ctx.into(),
+                message: format!("expected [name, {{kwargs}}] or null, got {other}"),
+            })
+        }
+    };
+    if name != "scale_by_zoom_linesearch" {
+        return Err(Error::Unknown {
+            kind: "line search",
+            name: format!("{name}` of `optax.lbfgs"),
+            accepted: "scale_by_zoom_linesearch, None (null)".into(),
+        });
+    }
+    let mut k = Kwargs::new("optax.scale_by_zoom_linesearch", kw)?;
+    let d = ZoomLinesearchConfig::default();
+    let max_linesearch_steps = k.req_u64("max_linesearch_steps")?;
+    let max_learning_rate = k.opt_f64("max_learning_rate")?;
+    let tol = k.f64("tol", d.tol)?;
+    let increase_factor = k.f64("increase_factor", d.increase_factor)?;
+    let slope_rtol = k.f64("slope_rtol", d.slope_rtol)?;
+    let curv_rtol = k.f64("curv_rtol", d.curv_rtol)?;
+    // Absent: the default; `null`: the Armijo criterion alone.
+    let approx_dec_rtol = match kw.get("approx_dec_rtol") {
+        None => {
+            k.opt_f64("approx_dec_rtol")?;
+            d.approx_dec_rtol
+        }
+        Some(_) => k.opt_f64("approx_dec_rtol")?,
+    };
+    let stepsize_precision = k.f64("stepsize_precision", d.stepsize_precision)?;
+    let keep = match k.str("initial_guess_strategy", "keep")? {
+        "one" => false,
+        "keep" => true,
+        other => {
+            return Err(Error::Unknown {
+                kind: "initial_guess_strategy",
+                name: format!("{other}` of `optax.scale_by_zoom_linesearch"),
+                accepted: "one, keep".into(),
+            })
+        }
+    };
+    if k.bool("verbose", false)? {
+        return Err(Error::Field {
+            context: "optax.scale_by_zoom_linesearch: `verbose`".into(),
+            message: "the diagnostics printed on failure are not implemented; pass false".into(),
+        });
+    }
+    k.finish()?;
+    let cfg = ZoomLinesearchConfig {
+        max_linesearch_steps,
+        max_learning_rate,
+        tol,
+        increase_factor,
+        slope_rtol,
+        curv_rtol,
+        approx_dec_rtol,
+        stepsize_precision,
+        keep_previous_stepsize: keep,
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 /// A learning rate must not be negative (torch's `Invalid learning rate`); a schedule is checked
