@@ -63,7 +63,7 @@ pub const PARALLEL_MIN: usize = 2 * CHUNK;
 pub trait Elementwise: Sync {
     /// Called once per step before any `apply`: advance counters, compute per-step scalars.
     fn begin_step(&mut self);
-    /// Visits the learning rates this rule holds (see [`Transform::visit_learning_rates`]).
+    /// Visits the learning rates this rule holds (see [`crate::Transform::visit_learning_rates`]).
     fn visit_learning_rates(&mut self, _f: &mut dyn FnMut(&mut LearningRate)) {}
     /// Transforms `u` (elements `off..off+u.len()` of parameter `i`) in place; `p` is the same slice
     /// of the parameter. Several threads may call it at once on different ranges. The drivers call

@@ -7,12 +7,12 @@
 //! depends on that element alone also implement [`Elementwise`] ([`crate::kernel`]): the
 //! [`Optimizer`] ([`crate::optimizer`]) then runs them through [`Elementwise::step`], the kernel on
 //! L1-sized sub-blocks added into the parameters in the same pass, with the maps a [`Chain`]
-//! ([`crate::chain`]) has around its kernel (clipping, weight decay, learning rate, sign,
+//! ([`mod@crate::chain`]) has around its kernel (clipping, weight decay, learning rate, sign,
 //! Schedule-Free's interpolation) folded in as a [`Fold`]. A step reads and writes each buffer
 //! once, not once per link.
 //!
 //! The layers, each using only those above it: [`crate::learning_rate`] → [`crate::kernel`] →
-//! this module → [`crate::chain`] → [`crate::optimizer`]. The items a transformation's
+//! this module → [`mod@crate::chain`] → [`crate::optimizer`]. The items a transformation's
 //! implementation needs from the lower layers are re-exported here.
 
 use crate::error::{Error, Result};
