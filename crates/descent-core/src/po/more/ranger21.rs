@@ -396,7 +396,7 @@ impl Transform for Ranger21 {
         let noise_norm = ((1.0 + self.beta0).powi(2) + self.beta0.powi(2)).sqrt();
         let (pos, neg, inv_noise) = ((1.0 + self.beta0) as f32, (-self.beta0) as f32, (1.0 / noise_norm) as f32);
         let w1 = (1.0 - b1 * b1) as f32;
-        let swap = self.step % 2 == 0;
+        let swap = self.step.is_multiple_of(2);
         let nlf2 = 2.0 * self.norm_loss_factor;
         self.lookahead_step += 1;
         let merge = self.lookahead_step >= self.lookahead_merge_time;

@@ -179,7 +179,7 @@ impl Elementwise for Spam {
         self.step += 1;
         let step_size = lr * debias(self.b2, self.step).sqrt() / debias(self.b1, self.step);
         let t = self.total_step + 1;
-        if t % self.update_proj_gap == 0 {
+        if t.is_multiple_of(self.update_proj_gap) {
             for b in [&mut self.exp_avg, &mut self.exp_avg_sq] {
                 b.with_buffers(|d| d.iter_mut().for_each(|v| v.fill(0.0)));
             }
@@ -190,7 +190,7 @@ impl Elementwise for Spam {
         self.k = [(1.0 - self.b1) as f32, self.b2 as f32, (1.0 - self.b2) as f32, (-step_size * scale) as f32, factor];
         self.total_step += 1;
         self.current_step += 1;
-        if (self.total_step + 1) % self.update_proj_gap == 0 {
+        if (self.total_step + 1).is_multiple_of(self.update_proj_gap) {
             self.current_step = 0;
         }
     }
