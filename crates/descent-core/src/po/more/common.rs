@@ -154,3 +154,21 @@ pub fn sum_f32(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     }
     acc as f32
 }
+
+/// `Σ part(range)` over the [`crate::transform::CHUNK`]-sized ranges of `0..n`, each part an
+/// `f64` sum, computed across threads for large `n` and added in order (so the result does not
+/// depend on the number of threads), rounded once to `f32`: a float32 reduction of torch over a
+/// whole tensor, to within its own rounding.
+pub fn reduce_f32(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f32 {
+    use crate::transform::{CHUNK, PARALLEL_MIN};
+    use rayon::prelude::*;
+    let range = |c: usize| c * CHUNK..n.min((c + 1) * CHUNK);
+    let chunks = n.div_ceil(CHUNK);
+    let total: f64 = if n >= PARALLEL_MIN {
+        let parts: Vec<f64> = (0..chunks).into_par_iter().map(|c| part(range(c))).collect();
+        parts.iter().sum()
+    } else {
+        (0..chunks).map(|c| part(range(c))).sum()
+    };
+    total as f32
+}

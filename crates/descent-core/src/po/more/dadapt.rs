@@ -1,12 +1,13 @@
 //! pytorch_optimizer `DAdaptAdam` (Defazio & Mishchenko 2023, "Learning-Rate-Free Learning by
 //! D-Adaptation"), version 3 of the method.
 
-use super::common::PoWeightDecay;
-use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, py_max, py_min, sum_f32};
+use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, py_max, py_min};
+use super::common::{reduce_f32, PoWeightDecay};
 use crate::error::Result;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `DAdaptAdam`'s arguments, with its defaults.
 pub struct DAdaptAdamConfig {
@@ -68,6 +69,10 @@ impl DAdaptAdamConfig {
 /// `d ← max(d, min(N / ((1−√β₂)‖s‖₁), d·growth))`, `p ← p − m/(√v + ε)`
 ///
 /// (A the sum over all parameters this step; nothing moves while `s` is all zero).
+///
+/// The new `d` only sizes the next step, so a step is elementwise once `A` and `‖s‖₁` are known:
+/// a read-only pass over the gradients and state ([`Elementwise::prepare`]) precedes the fused
+/// step.
 pub struct DAdaptAdam {
     lr: LearningRate,
     b1: f64,
@@ -81,9 +86,16 @@ pub struct DAdaptAdam {
     d: f64,
     /// `N`, a float32 value.
     numerator_weighted: f64,
-    s: Vec<Vec<f32>>,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
+    s: ParamBufs,
+    exp_avg: ParamBufs,
+    exp_avg_sq: ParamBufs,
+    /// This step's `A` and `‖s‖₁` (after the update of `s`), from `prepare`.
+    numerator_acc: f32,
+    sk_l1: f32,
+    /// `‖s‖₁ = 0`: the moments move, the parameters do not.
+    skip: bool,
+    /// This step's [β₁, γ(1−β₁), β₂, 1−β₂, √β₂, γ(1−√β₂), l2, factor].
+    k: [f32; 8],
 }
 
 impl DAdaptAdam {
@@ -103,92 +115,125 @@ impl DAdaptAdam {
             step: 0,
             d: c.d0,
             numerator_weighted: 0.0,
-            s: vec![],
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
+            s: ParamBufs::default(),
+            exp_avg: ParamBufs::default(),
+            exp_avg_sq: ParamBufs::default(),
+            numerator_acc: 0.0,
+            sk_l1: 0.0,
+            skip: false,
+            k: [0.0; 8],
         })
+    }
+
+    /// This step's `γ = d·lr` (divided by the bias correction when asked) and the constants of
+    /// the moment updates.
+    fn constants(&self) -> (f64, [f32; 8]) {
+        let lr = self.lr.at(self.step);
+        let (b1, b2) = (self.b1, self.b2);
+        let b2_sq = b2.sqrt();
+        let bc = debias(b1, self.step + 1) / debias(b2, self.step + 1).sqrt();
+        let d_lr = if self.bias_correction { self.d * lr / bc } else { self.d * lr };
+        let l2 = if self.decay.decouple { 0.0 } else { self.decay.weight_decay as f32 };
+        let (factor, _) = if self.decay.decouple { self.decay.terms(d_lr, 1.0) } else { (1.0, 0.0) };
+        let k = [
+            b1 as f32,
+            (d_lr * (1.0 - b1)) as f32,
+            b2 as f32,
+            (1.0 - b2) as f32,
+            b2_sq as f32,
+            (d_lr * (1.0 - b2_sq)) as f32,
+            l2,
+            factor,
+        ];
+        (d_lr, k)
+    }
+
+    /// The gradient as the moments see it: negated to maximize, with the L2 penalty.
+    #[inline(always)]
+    fn grad(&self, g: f32, p: f32, l2: f32) -> f32 {
+        let g = if self.maximize { -g } else { g };
+        if l2 != 0.0 {
+            g + l2 * p
+        } else {
+            g
+        }
     }
 }
 
 impl Transform for DAdaptAdam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        let zeros = || params.iter().map(|p| vec![0.0f32; p.len()]).collect::<Vec<_>>();
-        (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(), zeros(), zeros());
+        (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(shapes).into(), zeros(shapes).into(), zeros(shapes).into());
         Ok(())
     }
-
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let lr = self.lr.at(self.step);
-        let (b1, b2) = (self.b1, self.b2);
-        let b2_sq = b2.sqrt();
-        let d = self.d;
-        let bc = debias(b1, self.step + 1) / debias(b2, self.step + 1).sqrt();
-        let d_lr = if self.bias_correction { d * lr / bc } else { d * lr };
-        self.step += 1;
-
-        let mut numerator_acc = 0.0f32;
-        let mut sk_l1 = 0.0f32;
-        let (eps, l2) = (self.eps, if self.decay.decouple { 0.0 } else { self.decay.weight_decay as f32 });
-        let (d_lr32, wm, b1f, b2f, w2, b2_sqf, ws) = (
-            d_lr as f32,
-            (d_lr * (1.0 - b1)) as f32,
-            b1 as f32,
-            b2 as f32,
-            (1.0 - b2) as f32,
-            b2_sq as f32,
-            (d_lr * (1.0 - b2_sq)) as f32,
-        );
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.s[i]);
-            for (g, w) in u.iter_mut().zip(p.iter()) {
-                if self.maximize {
-                    *g = -*g;
-                }
-                if l2 != 0.0 {
-                    *g += l2 * w;
-                }
-            }
-            let dot = sum_f32(u.len(), |j| u[j] * (s[j] / (v[j].sqrt() + eps)));
-            numerator_acc += d_lr32 * dot;
-            for j in 0..u.len() {
-                let g = u[j];
-                m[j] = m[j] * b1f + wm * g;
-                v[j] = v[j] * b2f + w2 * g * g;
-                s[j] = s[j] * b2_sqf + ws * g;
-            }
-            sk_l1 += sum_f32(s.len(), |j| s[j].abs());
-        }
-        if sk_l1 == 0.0 {
-            updates.iter_mut().for_each(|u| u.fill(0.0));
-            return Ok(());
-        }
-        let nw = lerp(self.numerator_weighted as f32, numerator_acc, (1.0 - b2_sq) as f32);
-        self.numerator_weighted = nw as f64;
-        if lr > 0.0 {
-            let d_hat = nw / (((1.0 - b2_sq) as f32) * sk_l1);
-            self.d = py_max(d, py_min(d_hat as f64, d * self.growth_rate));
-        }
-        let (factor, _) = if self.decay.decouple { self.decay.terms(d_lr, 1.0) } else { (1.0, 0.0) };
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (m, v) = (&self.exp_avg[i], &self.exp_avg_sq[i]);
-            for j in 0..u.len() {
-                u[j] = (p[j] * factor + -(m[j] / (v[j].sqrt() + eps))) - p[j];
-            }
-        }
-        Ok(())
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
     }
-
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
-        f(&mut self.lr);
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
     }
-
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
-        crate::state::visit_buffers(v, "s", &mut self.s)?;
-        crate::state::visit_buffers(v, "exp_avg", &mut self.exp_avg)?;
-        crate::state::visit_buffers(v, "exp_avg_sq", &mut self.exp_avg_sq)?;
+        self.s.visit(v, "s")?;
+        self.exp_avg.visit(v, "exp_avg")?;
+        self.exp_avg_sq.visit(v, "exp_avg_sq")?;
         v.scalar("d", &mut self.d)?;
         v.scalar("numerator_weighted", &mut self.numerator_weighted)?;
         v.counter("step", &mut self.step)
     }
+}
+
+impl Elementwise for DAdaptAdam {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    /// `A` and `‖s‖₁` of this step, from the gradients and the state before it.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (d_lr, k) = self.constants();
+        let [_, _, _, _, b2_sq, ws, l2, _] = k;
+        let (mut numerator_acc, mut sk_l1) = (0.0f32, 0.0f32);
+        for (i, (g, p)) in inputs.iter().zip(params).enumerate() {
+            let (s, v) = (&self.s.buffers()[i], &self.exp_avg_sq.buffers()[i]);
+            let dot = reduce_f32(g.len(), |r| {
+                r.map(|j| (self.grad(g[j], p[j], l2) * (s[j] / (v[j].sqrt() + self.eps))) as f64).sum()
+            });
+            numerator_acc += d_lr as f32 * dot;
+            sk_l1 +=
+                reduce_f32(g.len(), |r| r.map(|j| (s[j] * b2_sq + ws * self.grad(g[j], p[j], l2)).abs() as f64).sum());
+        }
+        (self.numerator_acc, self.sk_l1) = (numerator_acc, sk_l1);
+    }
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        let d = self.d;
+        self.k = self.constants().1;
+        self.step += 1;
+        self.skip = self.sk_l1 == 0.0;
+        if self.skip {
+            return;
+        }
+        let b2_sq = self.b2.sqrt();
+        let nw = lerp(self.numerator_weighted as f32, self.numerator_acc, (1.0 - b2_sq) as f32);
+        self.numerator_weighted = nw as f64;
+        if lr > 0.0 {
+            let d_hat = nw / (((1.0 - b2_sq) as f32) * self.sk_l1);
+            self.d = py_max(d, py_min(d_hat as f64, d * self.growth_rate));
+        }
+    }
+    simd_apply!(DAdaptAdam, |this, i, off, u, p| {
+        let n = u.len();
+        let [b1, wm, b2, w2, b2_sq, ws, l2, factor] = this.k;
+        let m = this.exp_avg.slice(i, off, n);
+        let v = this.exp_avg_sq.slice(i, off, n);
+        let s = this.s.slice(i, off, n);
+        for j in 0..n {
+            let g = this.grad(u[j], p[j], l2);
+            m[j] = m[j] * b1 + wm * g;
+            v[j] = v[j] * b2 + w2 * g * g;
+            s[j] = s[j] * b2_sq + ws * g;
+            u[j] = if this.skip { 0.0 } else { (p[j] * factor + -(m[j] / (v[j].sqrt() + this.eps))) - p[j] };
+        }
+    });
 }

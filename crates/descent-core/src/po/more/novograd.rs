@@ -1,11 +1,12 @@
 //! pytorch_optimizer `NovoGrad` (Ginsburg et al. 2019, "Stochastic Gradient Methods with
 //! Layer-wise Adaptive Moments for Training of Deep Networks").
 
-use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, sum_f32, PoWeightDecay};
+use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, reduce_f32, PoWeightDecay};
 use crate::error::Result;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `NovoGrad`'s arguments, with its defaults.
 pub struct NovoGradConfig {
@@ -60,6 +61,9 @@ impl NovoGradConfig {
 /// squared norm, `e ← lerp(e, ‖g‖², 1 − β₂)` (`e = ‖g‖²` at the first step), then averaged into
 /// a momentum, `m ← β₁m + g/(√e + ε)` (`m = g/(√e + ε)` at the first step), and
 /// `p ← p − lr·m`.
+///
+/// Elementwise once each tensor's `‖g‖²` is known: a read-only pass over the gradients
+/// ([`Elementwise::prepare`]) precedes the fused step.
 pub struct NovoGrad {
     lr: LearningRate,
     b1: f64,
@@ -72,7 +76,14 @@ pub struct NovoGrad {
     step: u64,
     /// The running average of each tensor's squared gradient norm (a float32 scalar each).
     grads_ema: Vec<f32>,
-    moments: Vec<Vec<f32>>,
+    moments: ParamBufs,
+    /// Each tensor's `‖g‖²` this step, from `prepare`.
+    sq: Vec<f32>,
+    /// Each tensor's `√e + ε` this step.
+    de_nom: Vec<f32>,
+    first: bool,
+    /// This step's [factor, l2, β₁, 1 − β₁, step size].
+    k: [f32; 5],
 }
 
 impl NovoGrad {
@@ -91,7 +102,11 @@ impl NovoGrad {
             maximize: c.maximize,
             step: 0,
             grads_ema: vec![],
-            moments: vec![],
+            moments: ParamBufs::default(),
+            sq: vec![],
+            de_nom: vec![],
+            first: true,
+            k: [0.0; 5],
         })
     }
 }
@@ -100,56 +115,73 @@ impl Transform for NovoGrad {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.grads_ema = vec![0.0; shapes.len()];
-        self.moments = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        self.sq = vec![0.0; shapes.len()];
+        self.de_nom = vec![0.0; shapes.len()];
+        self.moments = zeros(shapes).into();
         Ok(())
     }
-
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let lr = self.lr.at(self.step);
-        let first = self.step == 0;
-        self.step += 1;
-        let step_size = if self.adam_debias { lr * debias(self.b2, self.step).sqrt() } else { lr };
-        let (factor, l2) = self.decay.terms(lr, 1.0);
-        let (b1, w2, step_size) = (self.b1 as f32, (1.0 - self.b2) as f32, step_size as f32);
-        let averaging = (1.0 - self.b1) as f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            if self.maximize {
-                u.iter_mut().for_each(|g| *g = -*g);
-            }
-            let sq = sum_f32(u.len(), |j| u[j] * u[j]);
-            self.grads_ema[i] = if first { sq } else { lerp(self.grads_ema[i], sq, w2) };
-            let de_nom = self.grads_ema[i].sqrt() + self.eps;
-            let m = &mut self.moments[i];
-            for j in 0..u.len() {
-                let mut g = u[j] / de_nom;
-                if l2 != 0.0 {
-                    g += l2 * p[j];
-                }
-                if first {
-                    m[j] = g;
-                } else {
-                    if self.grad_averaging {
-                        g *= averaging;
-                    }
-                    m[j] = m[j] * b1 + g;
-                }
-                u[j] = (p[j] * factor + -step_size * m[j]) - p[j];
-            }
-        }
-        Ok(())
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
     }
-
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
-        f(&mut self.lr);
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
     }
-
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
         for (i, e) in self.grads_ema.iter_mut().enumerate() {
             let mut x = *e as f64;
             v.scalar(&format!("grads_ema.{i}"), &mut x)?;
             *e = x as f32;
         }
-        crate::state::visit_buffers(v, "moments", &mut self.moments)?;
+        self.moments.visit(v, "moments")?;
         v.counter("step", &mut self.step)
     }
+}
+
+impl Elementwise for NovoGrad {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        for (sq, g) in self.sq.iter_mut().zip(inputs) {
+            *sq = reduce_f32(g.len(), |r| g[r].iter().map(|&x| (x * x) as f64).sum());
+        }
+    }
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.step);
+        self.first = self.step == 0;
+        self.step += 1;
+        let step_size = if self.adam_debias { lr * debias(self.b2, self.step).sqrt() } else { lr };
+        let (factor, l2) = self.decay.terms(lr, 1.0);
+        let w2 = (1.0 - self.b2) as f32;
+        for ((e, d), &sq) in self.grads_ema.iter_mut().zip(&mut self.de_nom).zip(&self.sq) {
+            *e = if self.first { sq } else { lerp(*e, sq, w2) };
+            *d = e.sqrt() + self.eps;
+        }
+        self.k = [factor, l2, self.b1 as f32, (1.0 - self.b1) as f32, step_size as f32];
+    }
+    simd_apply!(NovoGrad, |this, i, off, u, p| {
+        let n = u.len();
+        let [factor, l2, b1, averaging, step_size] = this.k;
+        let de_nom = this.de_nom[i];
+        let m = this.moments.slice(i, off, n);
+        for j in 0..n {
+            let g = if this.maximize { -u[j] } else { u[j] };
+            let mut g = g / de_nom;
+            if l2 != 0.0 {
+                g += l2 * p[j];
+            }
+            if this.first {
+                m[j] = g;
+            } else {
+                if this.grad_averaging {
+                    g *= averaging;
+                }
+                m[j] = m[j] * b1 + g;
+            }
+            u[j] = (p[j] * factor + -step_size * m[j]) - p[j];
+        }
+    });
 }

@@ -1,12 +1,13 @@
 //! pytorch_optimizer `Prodigy` (Mishchenko & Defazio 2024, "Prodigy: An Expeditiously Adaptive
 //! Parameter-Free Learner").
 
-use super::common::{betas, PoWeightDecay};
-use super::common::{check_betas, check_lr, debias, maximize_and_foreach, non_negative, py_max, py_min, sum_f32};
+use super::common::{betas, check_betas, check_lr, debias, maximize_and_foreach, non_negative, py_max, py_min};
+use super::common::{reduce_f32, PoWeightDecay};
 use crate::error::{ensure, Result};
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `Prodigy`'s arguments, with its defaults.
 pub struct ProdigyConfig {
@@ -89,6 +90,9 @@ impl ProdigyConfig {
 /// `r ← β₃r + (d/d₀)γ·⟨g, p₀ − p⟩`, `m ← β₁m + d(1−β₁)g`, `v ← β₂v + d²(1−β₂)g²`,
 /// `s ← β₃s + (d/d₀)γ·g`, `d̂ = d_coef·r/‖s‖₁`, `d ← min(max(d̂) so far, d·growth)`,
 /// `p ← p − γ·m/(√v + d·ε)` (with the new `d` in the denominator).
+///
+/// Elementwise once `r` and `‖s‖₁` are known: a read-only pass over the gradients, parameters and
+/// state ([`Elementwise::prepare`]) precedes the fused step.
 pub struct Prodigy {
     lr: LearningRate,
     b1: f64,
@@ -108,10 +112,17 @@ pub struct Prodigy {
     d_max: f64,
     /// `r`, a float32 value.
     d_numerator: f64,
-    s: Vec<Vec<f32>>,
-    p0: Vec<Vec<f32>>,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
+    s: ParamBufs,
+    p0: ParamBufs,
+    exp_avg: ParamBufs,
+    exp_avg_sq: ParamBufs,
+    /// This step's `r` and `‖s‖₁` (after their updates), from `prepare`.
+    next_numerator: f32,
+    d_de_nom: f32,
+    /// `‖s‖₁ = 0`: the moments move, the parameters do not.
+    skip: bool,
+    /// This step's [β₁, d(1−β₁), β₂, d²(1−β₂), β₃, weight of g in s, factor, −γ, d·ε].
+    k: [f32; 9],
 }
 
 impl Prodigy {
@@ -143,99 +154,124 @@ impl Prodigy {
             d: c.d0,
             d_max: c.d0,
             d_numerator: 0.0,
-            s: vec![],
-            p0: vec![],
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
+            s: ParamBufs::default(),
+            p0: ParamBufs::default(),
+            exp_avg: ParamBufs::default(),
+            exp_avg_sq: ParamBufs::default(),
+            next_numerator: 0.0,
+            d_de_nom: 0.0,
+            skip: false,
+            k: [0.0; 9],
         })
+    }
+
+    /// This step's `γ` and the weights of `g` in `r` and `s`.
+    fn rates(&self) -> (f64, f32, f32) {
+        let lr = self.lr.at(self.step - 1);
+        let bc =
+            if self.bias_correction { debias(self.b1, self.step) / debias(self.b2, self.step).sqrt() } else { 1.0 };
+        let (d, d0) = (self.d, self.d0);
+        let d_lr = d * lr / bc;
+        let ws = (d / d0) * if self.safeguard_warmup { d } else { d_lr };
+        (d_lr, ((d / d0) * d_lr) as f32, ws as f32)
     }
 }
 
 impl Transform for Prodigy {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        let zeros = || params.iter().map(|p| vec![0.0f32; p.len()]).collect::<Vec<_>>();
-        (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(), zeros(), zeros());
-        self.p0 = params.iter().map(|p| p.to_vec()).collect();
+        (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(shapes).into(), zeros(shapes).into(), zeros(shapes).into());
+        self.p0 = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
         Ok(())
     }
-
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let lr = self.lr.at(self.step - 1);
-        let (b1, b2, beta3) = (self.b1, self.b2, self.beta3);
-        let bc = if self.bias_correction { debias(b1, self.step) / debias(b2, self.step).sqrt() } else { 1.0 };
-        let (d, d0) = (self.d, self.d0);
-        let d_lr = d * lr / bc;
-        let mut d_numerator = self.d_numerator as f32 * beta3 as f32;
-        self.step += 1;
-
-        let k_num = ((d / d0) * d_lr) as f32;
-        let (b1f, wm, b2f, wv, b3f) =
-            (b1 as f32, (d * (1.0 - b1)) as f32, b2 as f32, (d * d * (1.0 - b2)) as f32, beta3 as f32);
-        let ws = ((d / d0) * if self.safeguard_warmup { d } else { d_lr }) as f32;
-        let mut d_de_nom = 0.0f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            if self.maximize {
-                u.iter_mut().for_each(|g| *g = -*g);
-            }
-            let p0 = &self.p0[i];
-            let dot = sum_f32(u.len(), |j| u[j] * (p0[j] - p[j]));
-            d_numerator += k_num * dot;
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.s[i]);
-            for j in 0..u.len() {
-                let g = u[j];
-                m[j] = m[j] * b1f + wm * g;
-                v[j] = v[j] * b2f + wv * g * g;
-                s[j] = s[j] * b3f + ws * g;
-            }
-            d_de_nom += sum_f32(s.len(), |j| s[j].abs());
-        }
-        self.d_numerator = d_numerator as f64;
-        if d_de_nom == 0.0 {
-            updates.iter_mut().for_each(|u| u.fill(0.0));
-            return Ok(());
-        }
-        let d_hat = ((self.d_coef as f32 * d_numerator) / d_de_nom) as f64;
-        let mut d = d;
-        if d == d0 {
-            d = py_max(d, d_hat);
-        }
-        self.d_max = py_max(self.d_max, d_hat);
-        self.d = py_min(self.d_max, d * self.growth_rate);
-
-        let (factor, _) = if self.decay.decouple { self.decay.terms(d_lr, 1.0) } else { (1.0, 0.0) };
-        let step = (-d_lr) as f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (m, v) = (&self.exp_avg[i], &self.exp_avg_sq[i]);
-            match self.eps {
-                Some(eps) => {
-                    let de = (self.d * eps) as f32;
-                    for j in 0..u.len() {
-                        u[j] = (p[j] * factor + step * (m[j] / (v[j].sqrt() + de))) - p[j];
-                    }
-                }
-                None => {
-                    for j in 0..u.len() {
-                        u[j] = (p[j] * factor + step * m[j].atan2(v[j].sqrt())) - p[j];
-                    }
-                }
-            }
-        }
-        Ok(())
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
     }
-
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
-        f(&mut self.lr);
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
     }
-
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
-        crate::state::visit_buffers(v, "s", &mut self.s)?;
-        crate::state::visit_buffers(v, "p0", &mut self.p0)?;
-        crate::state::visit_buffers(v, "exp_avg", &mut self.exp_avg)?;
-        crate::state::visit_buffers(v, "exp_avg_sq", &mut self.exp_avg_sq)?;
+        self.s.visit(v, "s")?;
+        self.p0.visit(v, "p0")?;
+        self.exp_avg.visit(v, "exp_avg")?;
+        self.exp_avg_sq.visit(v, "exp_avg_sq")?;
         v.scalar("d", &mut self.d)?;
         v.scalar("d_max", &mut self.d_max)?;
         v.scalar("d_numerator", &mut self.d_numerator)?;
         v.counter("step", &mut self.step)
     }
+}
+
+impl Elementwise for Prodigy {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    /// `r` and `‖s‖₁` of this step, from the gradients, the parameters and the state before it.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (_, k_num, ws) = self.rates();
+        let b3 = self.beta3 as f32;
+        let sign = if self.maximize { -1.0f32 } else { 1.0 };
+        let mut d_numerator = self.d_numerator as f32 * b3;
+        let mut d_de_nom = 0.0f32;
+        for (i, (g, p)) in inputs.iter().zip(params).enumerate() {
+            let (p0, s) = (&self.p0.buffers()[i], &self.s.buffers()[i]);
+            let dot = reduce_f32(g.len(), |r| r.map(|j| (sign * g[j] * (p0[j] - p[j])) as f64).sum());
+            d_numerator += k_num * dot;
+            d_de_nom += reduce_f32(g.len(), |r| r.map(|j| (s[j] * b3 + ws * (sign * g[j])).abs() as f64).sum());
+        }
+        (self.next_numerator, self.d_de_nom) = (d_numerator, d_de_nom);
+    }
+    fn begin_step(&mut self) {
+        let (b1, b2) = (self.b1, self.b2);
+        let (d_lr, _, ws) = self.rates();
+        let d = self.d;
+        self.step += 1;
+        self.d_numerator = self.next_numerator as f64;
+        self.skip = self.d_de_nom == 0.0;
+        if !self.skip {
+            let d_hat = ((self.d_coef as f32 * self.next_numerator) / self.d_de_nom) as f64;
+            let mut d_new = d;
+            if d_new == self.d0 {
+                d_new = py_max(d_new, d_hat);
+            }
+            self.d_max = py_max(self.d_max, d_hat);
+            self.d = py_min(self.d_max, d_new * self.growth_rate);
+        }
+        let (factor, _) = if self.decay.decouple { self.decay.terms(d_lr, 1.0) } else { (1.0, 0.0) };
+        self.k = [
+            b1 as f32,
+            (d * (1.0 - b1)) as f32,
+            b2 as f32,
+            (d * d * (1.0 - b2)) as f32,
+            self.beta3 as f32,
+            ws,
+            factor,
+            (-d_lr) as f32,
+            self.eps.map_or(0.0, |e| (self.d * e) as f32),
+        ];
+    }
+    simd_apply!(Prodigy, |this, i, off, u, p| {
+        let n = u.len();
+        let [b1, wm, b2, wv, b3, ws, factor, step, de] = this.k;
+        let m = this.exp_avg.slice(i, off, n);
+        let v = this.exp_avg_sq.slice(i, off, n);
+        let s = this.s.slice(i, off, n);
+        let atan2 = this.eps.is_none();
+        for j in 0..n {
+            let g = if this.maximize { -u[j] } else { u[j] };
+            m[j] = m[j] * b1 + wm * g;
+            v[j] = v[j] * b2 + wv * g * g;
+            s[j] = s[j] * b3 + ws * g;
+            u[j] = if this.skip {
+                0.0
+            } else if atan2 {
+                (p[j] * factor + step * m[j].atan2(v[j].sqrt())) - p[j]
+            } else {
+                (p[j] * factor + step * (m[j] / (v[j].sqrt() + de))) - p[j]
+            };
+        }
+    });
 }
