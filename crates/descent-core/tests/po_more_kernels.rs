@@ -1,0 +1,111 @@
+//! The further pytorch_optimizer optimizers (`po.ademamix`, `po.prodigy`, …) on random data of
+//! awkward sizes: the fused step (chunks across threads, sub-blocks, a reduction pass first)
+//! against the path over whole buffers, and the AVX2 kernels against their baseline build.
+//!
+//! One test in its own binary: it switches the process-wide SIMD dispatch off and on.
+
+mod common;
+
+use descent_core::reference::{collect_case_files, load_case, Case};
+use descent_core::spec::build_optimizer;
+use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
+use descent_core::transforms::set_simd;
+use serde_json::json;
+
+/// Deterministic values in (−1, 1) from a 64-bit LCG.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Within a few units in the last place of the larger value, or of `floor`.
+fn close(a: f32, b: f32, floor: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(floor)
+}
+
+#[test]
+fn fused_and_simd_kernels_match_the_reference_paths() {
+    let files = collect_case_files(&[common::shared_dir("reference-r2")]).unwrap();
+    let mut configs: Vec<(String, serde_json::Value)> = files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            [
+                "ademamix",
+                "adopt",
+                "aggmo",
+                "dadaptadam",
+                "lookahead",
+                "madgrad",
+                "novograd",
+                "prodigy",
+                "ranger21",
+                "schedulefreeradam",
+                "spam",
+            ]
+            .iter()
+            .any(|fam| name.starts_with(&format!("po.{fam}.")))
+        })
+        .map(|f| match load_case(f).unwrap() {
+            Case::Optim(c) => (c.optimizer, c.hparams),
+            _ => unreachable!(),
+        })
+        .collect();
+    // Options the cases leave at their defaults.
+    configs.extend([
+        ("madgrad".into(), json!({"lr": 0.01, "momentum": 0.0, "weight_decay": 0.01, "weight_decouple": true})),
+        ("adopt".into(), json!({"lr": 0.01, "weight_decay": 0.01, "clip_lambda": null})),
+        ("novograd".into(), json!({"lr": 0.01, "grad_averaging": true, "weight_decay": 0.01})),
+        ("prodigy".into(), json!({"lr": 1.0, "eps": null, "weight_decay": 0.01, "bias_correction": true})),
+        ("dadaptadam".into(), json!({"lr": 1.0, "weight_decay": 0.01, "bias_correction": true})),
+        ("schedulefreeradam".into(), json!({"lr": 0.01, "silent_sgd_phase": false, "weight_decay": 0.01})),
+        ("aggmo".into(), json!({"lr": 0.01, "betas": [0.5, 0.9, 0.5], "weight_decay": 0.01, "weight_decouple": true})),
+    ]);
+    let shapes = vec![vec![6007, 4], vec![PARALLEL_MIN + CHUNK + 13], vec![3, 2, 2]];
+    let init: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(k, s)| random(s.iter().product(), k as u64)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..6)
+        .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
+        .collect();
+    for (name, hparams) in &configs {
+        let id = format!("po.{name} {hparams}");
+        let build = || {
+            let tx = build_optimizer("po", name, hparams, None, &shapes).unwrap_or_else(|e| panic!("{id}: {e}"));
+            let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
+            Optimizer::new(tx, shapes.clone(), &views).unwrap()
+        };
+        let run = |fused: bool| {
+            let mut opt = build();
+            let mut params = init.clone();
+            for g in &grads {
+                let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+                let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
+                if fused {
+                    opt.step(&mut p, &g).unwrap();
+                } else {
+                    opt.step_unfused(&mut p, &g).unwrap();
+                }
+            }
+            params
+        };
+        // Lookahead's path over whole buffers returns `p′ − p`, whose rounding is that of the
+        // parameters' scale (about 1 here), not of the result's.
+        let floor = if name == "lookahead" { 1.0 } else { 1e-30 };
+        let fused = run(true);
+        let unfused = run(false);
+        set_simd(false);
+        let baseline = run(true);
+        set_simd(true);
+        for (k, ((f, u), b)) in fused.iter().zip(&unfused).zip(&baseline).enumerate() {
+            for (j, ((x, y), z)) in f.iter().zip(u).zip(b).enumerate() {
+                assert!(close(*x, *y, floor), "{id}: tensor {k}[{j}]: fused {x} vs whole buffers {y}");
+                assert!(close(*x, *z, 1e-30), "{id}: tensor {k}[{j}]: AVX2 {x} vs baseline {z}");
+            }
+        }
+        assert!(fused.iter().flatten().zip(init.iter().flatten()).any(|(a, b)| a != b), "{id}: no change");
+    }
+}
