@@ -7,11 +7,7 @@ mod common;
 /// is missing. Every other case must pass; one of these that passes must come off the list.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("optax.contrib.galore", "optimizer"),
-    ("optax.contrib.momo", "problem cases (an objective instead of gradients)"),
-    ("optax.contrib.momo_adam", "problem cases"),
-    ("optax.contrib.sam", "problem cases"),
     ("optax.lbfgs", "problem cases"),
-    ("optax.polyak_sgd", "problem cases"),
     ("po.adabelief", "optimizer"),
     ("po.adafactor", "optimizer"),
     ("po.adamuon", "optimizer"),
@@ -29,7 +25,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("po.novograd", "optimizer"),
     ("po.prodigy", "optimizer"),
     ("po.ranger21", "optimizer"),
-    ("po.sam", "problem cases"),
     ("po.scalableshampoo", "optimizer"),
     ("po.schedulefreeradam", "optimizer"),
     ("po.sgdp", "optimizer"),

@@ -15,6 +15,10 @@ mod first_order;
 mod lbfgs;
 pub mod problems;
 
+pub use first_order::{
+    Momo, MomoAdam, MomoAdamConfig, MomoConfig, OptaxSam, OptaxSamConfig, PoSam, PoSamConfig, PolyakSgd,
+    PolyakSgdConfig, PolyakVariant, TransformFactory,
+};
 pub use problems::{Problem, Rosenbrock, SoftmaxRegression};
 
 /// The objective a closure-driven optimizer evaluates.
