@@ -378,7 +378,11 @@ fn parse_problem_case(
     if problem.shapes() != shapes {
         return Err(f.err(
             "params",
-            format!("the {} problem takes parameters of shapes {:?}, the case has {shapes:?}", problem.kind(), problem.shapes()),
+            format!(
+                "the {} problem takes parameters of shapes {:?}, the case has {shapes:?}",
+                problem.kind(),
+                problem.shapes()
+            ),
         ));
     }
     let expected = f.steps("expected", &shapes, &sizes)?;
@@ -420,7 +424,9 @@ fn parse_problem(f: &Fields) -> Result<Problem> {
         "softmax_regression" => &["kind", "n", "d", "k", "x", "y", "l2"],
         "rosenbrock" => &["kind", "m"],
         other => {
-            return Err(f.err("problem.kind", format!("`{other}` is not a known problem (softmax_regression, rosenbrock)")))
+            return Err(
+                f.err("problem.kind", format!("`{other}` is not a known problem (softmax_regression, rosenbrock)"))
+            )
         }
     };
     if let Some(k) = p.v.as_object().and_then(|o| o.keys().find(|k| !keys.contains(&k.as_str()))) {
@@ -461,9 +467,7 @@ fn parse_problem(f: &Fields) -> Result<Problem> {
                 .as_f64()
                 .filter(|l| *l >= 0.0)
                 .ok_or_else(|| f.err("problem.l2", format!("{l2} is not a non-negative number")))?;
-            Problem::SoftmaxRegression(
-                SoftmaxRegression::new(n, d, k, x, y, l2).map_err(|e| f.err("problem", e))?,
-            )
+            Problem::SoftmaxRegression(SoftmaxRegression::new(n, d, k, x, y, l2).map_err(|e| f.err("problem", e))?)
         }
         _ => Problem::Rosenbrock(Rosenbrock::new(p.positive("problem.m", "m")?).map_err(|e| f.err("problem", e))?),
     };
@@ -621,7 +625,9 @@ impl ProblemCase {
         let Some(losses) = &self.expected_loss else { return Ok(()) };
         for (t, (&want, params)) in losses.iter().zip(&self.expected).enumerate() {
             let got = self.problem.loss_f64(params)?;
-            if !((got - want).abs() <= LOSS_REL * want.abs() + LOSS_ABS) {
+            // NaN is never within.
+            let within = (got - want).abs() <= LOSS_REL * want.abs() + LOSS_ABS;
+            if !within {
                 return Err(Error::Field {
                     context: format!("{}: `expected_loss[{t}]`", self.id),
                     message: format!(
