@@ -120,7 +120,9 @@ fn shapes_are_checked_at_build_and_at_each_step() {
         run(opt.as_mut(), &mut params, 3);
         let dict = opt.state_dict().unwrap();
         let floats: usize = dict.buffers.values().map(Vec::len).sum();
-        assert!(floats < 1 << 10, "{reg}: {floats} floats of state");
+        // (A history of a few vectors of the 4 elements is fine; one float per long-axis entry
+        // would be 2⁴⁰.)
+        assert!(floats < 1 << 16, "{reg}: {floats} floats of state");
     }
 }
 
