@@ -327,6 +327,7 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     let case = load_case(&paths[0])?;
     let out = match &case {
         Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
+        Case::Problem(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
         Case::Schedule(c) => json!({"id": c.id, "lr": c.run().with_context(|| c.id.clone())?}),
     };
     println!("{out}");

@@ -41,6 +41,13 @@ pub enum Error {
         /// Steps the schedule defines.
         supported: u64,
     },
+    /// A closure-driven optimizer (L-BFGS, SAM, Polyak SGD, MoMo, …) asked for where only
+    /// gradients will be given: it evaluates the objective itself.
+    #[error(
+        "{0} evaluates the objective itself; it needs a closure (build it with \
+         `closure::build_closure_optimizer` and step it with an `Objective`), not gradients alone"
+    )]
+    NeedsClosure(String),
     /// A file that could not be read or parsed.
     #[error("{path}: {message}")]
     File {

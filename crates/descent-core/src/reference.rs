@@ -1,10 +1,15 @@
 //! Reference cases: recorded trajectories of torch and optax optimizers and schedules (the files
 //! under `shared/reference`), how to replay them through descent, and the pass rule.
+//!
+//! Three kinds: gradient sequences ([`OptimCase`]: the gradients of each step are recorded),
+//! problems ([`ProblemCase`]: the optimizer evaluates an objective where it chooses) and schedules
+//! ([`ScheduleCase`]).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::closure::{build_closure_optimizer, ClosureOptimizer, Problem, Rosenbrock, SoftmaxRegression};
 use crate::error::{Error, Result};
 use crate::schedule::check_steps;
 use crate::sparse::SparseRows;
@@ -51,10 +56,30 @@ pub struct ScheduleCase {
     pub expected_lr: Vec<f64>,
 }
 
+/// A problem case: the optimizer evaluates an objective (and its gradient) wherever its algorithm
+/// chooses, from `init`; `expected[t]` are the parameters after step `t`.
+#[derive(Debug, Clone)]
+pub struct ProblemCase {
+    pub id: String,
+    pub library: String,
+    pub optimizer: String,
+    pub hparams: Value,
+    /// The objective (`problem`), whose parameter shapes are the case's.
+    pub problem: Problem,
+    pub shapes: Vec<Vec<usize>>,
+    pub init: Vec<Vec<f32>>,
+    pub expected: Vec<Vec<Vec<f32>>>,
+    /// The objective at `expected[t]`, computed in `f64` from the `f32` values.
+    pub expected_loss: Option<Vec<f64>>,
+    pub rel: f64,
+    pub abs: f64,
+}
+
 /// One reference file.
 #[derive(Debug, Clone)]
 pub enum Case {
     Optim(OptimCase),
+    Problem(ProblemCase),
     Schedule(ScheduleCase),
 }
 
@@ -62,6 +87,7 @@ impl Case {
     pub fn id(&self) -> &str {
         match self {
             Case::Optim(c) => &c.id,
+            Case::Problem(c) => &c.id,
             Case::Schedule(c) => &c.id,
         }
     }
@@ -81,6 +107,34 @@ impl<'a> Fields<'a> {
     }
     fn str(&self, field: &str) -> Result<String> {
         self.get(field)?.as_str().map(str::to_string).ok_or_else(|| self.err(field, "expected a string"))
+    }
+    /// The fields of the object in `field`, named `field.key` in errors.
+    fn object(&self, field: &str) -> Result<Fields<'a>> {
+        let v = self.get(field)?;
+        if !v.is_object() {
+            return Err(self.err(field, format!("expected an object, got {v}")));
+        }
+        Ok(Fields { path: self.path.clone(), v })
+    }
+    /// A positive integer that fits in memory.
+    fn positive(&self, field: &str, name: &str) -> Result<usize> {
+        let x = self.get(name).map_err(|_| self.err(field, "missing"))?;
+        x.as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .filter(|&x| x > 0)
+            .ok_or_else(|| self.err(field, format!("{x} is not a positive integer")))
+    }
+    /// The tolerances of the pass rule, `tolerance.rel` and `tolerance.abs`.
+    fn tolerances(&self) -> Result<(f64, f64)> {
+        let tol = self.get("tolerance")?;
+        let tolerance = |key: &str| {
+            let field = format!("tolerance.{key}");
+            tol.get(key)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| self.err(&field, "missing or not a number"))
+                .and_then(|x| if x >= 0.0 { Ok(x) } else { Err(self.err(&field, format!("{x} is negative"))) })
+        };
+        Ok((tolerance("rel")?, tolerance("abs")?))
     }
     /// A non-negative number; `None` when absent or null.
     fn opt_count(&self, field: &str) -> Result<Option<u64>> {
@@ -237,6 +291,9 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         sizes.push(n);
         init.push(vals);
     }
+    if v.get("problem").is_some_and(|p| !p.is_null()) {
+        return parse_problem_case(&f, id, library, steps, shapes, sizes, init).map(Case::Problem);
+    }
     let mut grads = f.steps("grads", &shapes, &sizes)?;
     // `[step, parameter, element]` triples: JSON holds a placeholder where the gradient is NaN.
     if let Some(nan) = v.get("nan_grads").filter(|n| !n.is_null()) {
@@ -263,16 +320,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     if grads.len() != expected.len() {
         return Err(f.err("expected", format!("has {} steps but `grads` has {}", expected.len(), grads.len())));
     }
-    let tol = f.get("tolerance")?;
-    let tolerance =
-        |key: &str| {
-            let field = format!("tolerance.{key}");
-            tol.get(key)
-                .and_then(|x| x.as_f64())
-                .ok_or_else(|| f.err(&field, "missing or not a number"))
-                .and_then(|x| if x >= 0.0 { Ok(x) } else { Err(f.err(&field, format!("{x} is negative"))) })
-        };
-    let (rel, abs) = (tolerance("rel")?, tolerance("abs")?);
+    let (rel, abs) = f.tolerances()?;
     let lr_per_step = match v.get("lr_per_step") {
         None | Some(Value::Null) => None,
         Some(l) => {
@@ -306,6 +354,124 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         rel,
         abs,
     }))
+}
+
+/// The rest of a problem case, after its parameters: the objective (`problem`), which must take
+/// parameters of the case's shapes, the expected trajectory and losses, the tolerances. The
+/// fields of gradient-sequence cases are refused: an optimizer that evaluates the objective is
+/// handed no gradients.
+fn parse_problem_case(
+    f: &Fields,
+    id: String,
+    library: String,
+    steps: Option<u64>,
+    shapes: Vec<Vec<usize>>,
+    sizes: Vec<usize>,
+    init: Vec<Vec<f32>>,
+) -> Result<ProblemCase> {
+    for field in ["grads", "nan_grads", "sparse_grads", "lr_per_step", "param_groups"] {
+        if f.v.get(field).is_some_and(|x| !x.is_null()) {
+            return Err(f.err(field, "a problem case evaluates its objective; it takes no recorded gradients"));
+        }
+    }
+    let problem = parse_problem(f)?;
+    if problem.shapes() != shapes {
+        return Err(f.err(
+            "params",
+            format!(
+                "the {} problem takes parameters of shapes {:?}, the case has {shapes:?}",
+                problem.kind(),
+                problem.shapes()
+            ),
+        ));
+    }
+    let expected = f.steps("expected", &shapes, &sizes)?;
+    if let Some(s) = steps.filter(|&s| s != expected.len() as u64) {
+        return Err(f.err("steps", format!("is {s} but `expected` has {} steps", expected.len())));
+    }
+    let expected_loss = match f.v.get("expected_loss") {
+        None | Some(Value::Null) => None,
+        Some(l) => {
+            let l = f.f64s("expected_loss", l)?;
+            if l.len() != expected.len() {
+                return Err(f.err("expected_loss", format!("has {} values for {} steps", l.len(), expected.len())));
+            }
+            Some(l)
+        }
+    };
+    let (rel, abs) = f.tolerances()?;
+    Ok(ProblemCase {
+        id,
+        library,
+        optimizer: f.str("optimizer")?,
+        hparams: f.v.get("hparams").cloned().unwrap_or(Value::Null),
+        problem,
+        shapes,
+        init,
+        expected,
+        expected_loss,
+        rel,
+        abs,
+    })
+}
+
+/// The objective of a problem case (its `problem` field), every member checked and named.
+fn parse_problem(f: &Fields) -> Result<Problem> {
+    let p = f.object("problem")?;
+    let kind = p.get("kind").map_err(|_| f.err("problem.kind", "missing"))?;
+    let kind = kind.as_str().ok_or_else(|| f.err("problem.kind", format!("expected a string, got {kind}")))?;
+    let keys: &[&str] = match kind {
+        "softmax_regression" => &["kind", "n", "d", "k", "x", "y", "l2"],
+        "rosenbrock" => &["kind", "m"],
+        other => {
+            return Err(
+                f.err("problem.kind", format!("`{other}` is not a known problem (softmax_regression, rosenbrock)"))
+            )
+        }
+    };
+    if let Some(k) = p.v.as_object().and_then(|o| o.keys().find(|k| !keys.contains(&k.as_str()))) {
+        return Err(f.err(&format!("problem.{k}"), format!("unknown; a {kind} problem has {}", keys.join(", "))));
+    }
+    let problem = match kind {
+        "softmax_regression" => {
+            let n = p.positive("problem.n", "n")?;
+            let d = p.positive("problem.d", "d")?;
+            let k = p.positive("problem.k", "k")?;
+            crate::transform::shape_numel(&[d, k]).map_err(|e| f.err("problem.k", e))?;
+            let x = f.f32s("problem.x", p.get("x").map_err(|_| f.err("problem.x", "missing"))?)?;
+            match n.checked_mul(d) {
+                Some(nd) if nd == x.len() => {}
+                _ => return Err(f.err("problem.x", format!("has {} values, n·d = {n}·{d} are needed", x.len()))),
+            }
+            if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
+                return Err(f.err("problem.x", format!("{bad} is not a finite f32")));
+            }
+            let y = p.get("y").map_err(|_| f.err("problem.y", "missing"))?;
+            let y: Vec<usize> = y
+                .as_array()
+                .ok_or_else(|| f.err("problem.y", "expected a list of labels"))?
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    c.as_u64()
+                        .and_then(|c| usize::try_from(c).ok())
+                        .filter(|&c| c < k)
+                        .ok_or_else(|| f.err(&format!("problem.y[{i}]"), format!("{c} is not a label in [0, {k})")))
+                })
+                .collect::<Result<_>>()?;
+            if y.len() != n {
+                return Err(f.err("problem.y", format!("has {} labels for n = {n} samples", y.len())));
+            }
+            let l2 = p.get("l2").map_err(|_| f.err("problem.l2", "missing"))?;
+            let l2 = l2
+                .as_f64()
+                .filter(|l| *l >= 0.0)
+                .ok_or_else(|| f.err("problem.l2", format!("{l2} is not a non-negative number")))?;
+            Problem::SoftmaxRegression(SoftmaxRegression::new(n, d, k, x, y, l2).map_err(|e| f.err("problem", e))?)
+        }
+        _ => Problem::Rosenbrock(Rosenbrock::new(p.positive("problem.m", "m")?).map_err(|e| f.err("problem", e))?),
+    };
+    Ok(problem)
 }
 
 /// Reads and parses one case file.
@@ -395,21 +561,89 @@ impl OptimCase {
     /// Applies the pass rule to a trajectory: per step, `max|d_ours − d_ref| ≤ rel·max|d_ref| + abs`
     /// on displacements from `init`. Returns the worst ratio of error to allowance and its step.
     pub fn check(&self, ours: &[Vec<Vec<f32>>]) -> Check {
-        let mut worst = Check { passed: ours.len() == self.expected.len(), ratio: 0.0, step: 0 };
-        for (t, (o, e)) in ours.iter().zip(&self.expected).enumerate() {
-            let (mut err, mut scale) = (0.0f64, 0.0f64);
-            for ((o, e), i) in o.iter().zip(e).zip(&self.init) {
-                for ((&o, &e), &i) in o.iter().zip(e).zip(i) {
-                    let d_ref = e as f64 - i as f64;
-                    let d_ours = o as f64 - i as f64;
-                    let diff = (d_ours - d_ref).abs();
-                    err = if diff.is_nan() { f64::INFINITY } else { err.max(diff) };
-                    scale = scale.max(d_ref.abs());
-                }
+        check_trajectory(&self.init, &self.expected, ours, self.rel, self.abs)
+    }
+}
+
+/// The pass rule of a parameter trajectory: per step, `max|d_ours − d_ref| ≤ rel·max|d_ref| + abs`
+/// on displacements from `init`; the worst ratio of error to allowance and its step.
+fn check_trajectory(
+    init: &[Vec<f32>],
+    expected: &[Vec<Vec<f32>>],
+    ours: &[Vec<Vec<f32>>],
+    rel: f64,
+    abs: f64,
+) -> Check {
+    let mut worst = Check { passed: ours.len() == expected.len(), ratio: 0.0, step: 0 };
+    for (t, (o, e)) in ours.iter().zip(expected).enumerate() {
+        let (mut err, mut scale) = (0.0f64, 0.0f64);
+        for ((o, e), i) in o.iter().zip(e).zip(init) {
+            for ((&o, &e), &i) in o.iter().zip(e).zip(i) {
+                let d_ref = e as f64 - i as f64;
+                let d_ours = o as f64 - i as f64;
+                let diff = (d_ours - d_ref).abs();
+                err = if diff.is_nan() { f64::INFINITY } else { err.max(diff) };
+                scale = scale.max(d_ref.abs());
             }
-            worst.record(t, err / (self.rel * scale + self.abs));
         }
-        worst
+        worst.record(t, err / (rel * scale + abs));
+    }
+    worst
+}
+
+/// How closely the objective recomputed in `f64` at a recorded point must give the recorded loss:
+/// both are the same formula in `f64` on the same `f32` values, so they differ by the rounding of
+/// a summation order only.
+pub const LOSS_REL: f64 = 1e-9;
+/// The absolute part of that allowance (a loss near 0 at the minimum).
+pub const LOSS_ABS: f64 = 1e-12;
+
+impl ProblemCase {
+    /// Builds the case's optimizer for its parameters.
+    pub fn optimizer(&self) -> Result<Box<dyn ClosureOptimizer>> {
+        build_closure_optimizer(&self.library, &self.optimizer, &self.hparams, &self.shapes)
+    }
+
+    /// Runs the optimizer on the case's objective: the parameters after each step.
+    pub fn run(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        let mut opt = self.optimizer()?;
+        let mut objective = self.problem.clone();
+        let mut params = self.init.clone();
+        let mut out = Vec::with_capacity(self.expected.len());
+        for _ in 0..self.expected.len() {
+            opt.step(&mut params, &mut objective)?;
+            out.push(params.clone());
+        }
+        Ok(out)
+    }
+
+    /// The recorded losses against the objective: `expected_loss[t]` must be the objective at
+    /// `expected[t]` (computed in `f64`, within [`LOSS_REL`]·|loss| + [`LOSS_ABS`]). A mismatch
+    /// means the problem's data or its definition differ from the recording's, and is an error
+    /// naming the step.
+    pub fn check_expected_loss(&self) -> Result<()> {
+        let Some(losses) = &self.expected_loss else { return Ok(()) };
+        for (t, (&want, params)) in losses.iter().zip(&self.expected).enumerate() {
+            let got = self.problem.loss_f64(params)?;
+            // NaN is never within.
+            let within = (got - want).abs() <= LOSS_REL * want.abs() + LOSS_ABS;
+            if !within {
+                return Err(Error::Field {
+                    context: format!("{}: `expected_loss[{t}]`", self.id),
+                    message: format!(
+                        "is {want} but the {} objective at `expected[{t}]` is {got}: the problem's data or definition \
+                         differ from the recording's",
+                        self.problem.kind()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The pass rule of [`OptimCase::check`] on the parameters after each step.
+    pub fn check(&self, ours: &[Vec<Vec<f32>>]) -> Check {
+        check_trajectory(&self.init, &self.expected, ours, self.rel, self.abs)
     }
 }
 
@@ -472,6 +706,10 @@ impl Check {
 pub fn run_and_check(case: &Case) -> Result<Check> {
     match case {
         Case::Optim(c) => Ok(c.check(&c.run()?)),
+        Case::Problem(c) => {
+            c.check_expected_loss()?;
+            Ok(c.check(&c.run()?))
+        }
         Case::Schedule(c) => Ok(c.check(&c.run()?)),
     }
 }

@@ -85,6 +85,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "contrib.normalize",
     "ema",
     "identity",
     "keep_params_nonnegative",
@@ -445,6 +446,9 @@ pub fn build_optimizer(
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn Transform>> {
     crate::transform::check_shapes(shapes)?;
+    if crate::closure::is_closure_optimizer(library, name) {
+        return Err(Error::NeedsClosure(format!("{library}.{name}")));
+    }
     match library {
         "torch" => match param_groups {
             None => build_torch(name, hparams),
@@ -502,7 +506,9 @@ pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) 
     build_optimizer(lib, name, hparams, None, shapes)
 }
 
-/// Every registry name, `library.name`.
+/// Every registry name, `library.name`: the optimizers stepped on gradients, then those that
+/// evaluate the objective themselves ([`crate::closure::closure_optimizers`]; built with
+/// [`crate::closure::build_closure_optimizer`], refused by [`build_optimizer`]).
 pub fn registry_names() -> Vec<String> {
     TORCH_OPTIMIZERS
         .iter()
@@ -510,6 +516,7 @@ pub fn registry_names() -> Vec<String> {
         .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
         .chain(crate::po::po_optimizers().iter().map(|n| format!("po.{n}")))
         .chain(DESCENT_OPTIMIZERS.iter().map(|n| format!("descent.{n}")))
+        .chain(crate::closure::closure_optimizers())
         .collect()
 }
 
@@ -802,7 +809,7 @@ fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
 }
 
 /// A list spec `[name, kwargs]`.
-fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
+pub(crate) fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
     match v {
         Value::Array(a) if a.len() == 2 && a[0].is_string() => {
             Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].clone()))
@@ -862,6 +869,10 @@ fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>, n
 }
 
 fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    // A chain link or a wrapper's inner optimizer is stepped on gradients.
+    if crate::closure::is_closure_optimizer("optax", name) {
+        return Err(Error::NeedsClosure(format!("optax.{name}")));
+    }
     let mut k = Kwargs::new(format!("optax.{name}"), hparams)?;
     let n = shapes.len();
     let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
@@ -1434,6 +1445,8 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
         }
         "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
         "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
+        // SAM's adversarial helper: `g / ‖g‖`, the norm over all parameters.
+        "contrib.normalize" => boxed(NormalizeByUpdateNorm::new(1.0, 0.0)),
         "normalize_by_update_norm" => {
             boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?))
         }
@@ -1831,14 +1844,16 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
 /// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
 /// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
 /// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …).
+/// Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the same way.
 pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let closure = crate::closure::is_closure_optimizer;
     if let Some((lib, rest)) = name.split_once('.') {
         let known = match lib {
-            "torch" => TORCH_OPTIMIZERS.contains(&rest).then_some("torch"),
-            "optax" => OPTAX_OPTIMIZERS.contains(&rest).then_some("optax"),
+            "torch" => (TORCH_OPTIMIZERS.contains(&rest) || closure("torch", rest)).then_some("torch"),
+            "optax" => (OPTAX_OPTIMIZERS.contains(&rest) || closure("optax", rest)).then_some("optax"),
             "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
-            "po" => crate::po::po_optimizers().contains(&rest).then_some("po"),
+            "po" => (crate::po::po_optimizers().contains(&rest) || closure("po", rest)).then_some("po"),
             _ => None,
         };
         if let Some(lib) = known {
@@ -1846,14 +1861,14 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
         }
         return Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() });
     }
-    if TORCH_OPTIMIZERS.contains(&name) {
+    if TORCH_OPTIMIZERS.contains(&name) || closure("torch", name) {
         return Ok(("torch", name.to_string()));
     }
-    if OPTAX_OPTIMIZERS.contains(&name) {
+    if OPTAX_OPTIMIZERS.contains(&name) || closure("optax", name) {
         return Ok(("optax", name.to_string()));
     }
     let contrib = format!("contrib.{name}");
-    if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) {
+    if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) || closure("optax", &contrib) {
         return Ok(("optax", contrib));
     }
     if DESCENT_OPTIMIZERS.contains(&name) {

@@ -31,6 +31,8 @@ const FILES: &[(&str, &str)] = &[
     ("reference", "schedules/optax.piecewise_constant.json"),
     ("reference-r2", "optim/optax.adamw.mask.json"),
     ("reference-r2", "optim/torch.lbfgs.default.rosenbrock.json"),
+    ("reference-r2", "optim/po.sam.adaptive.softmax_regression.json"),
+    ("reference-r2", "optim/optax.contrib.sam.adam.rosenbrock.json"),
     ("reference-po", "optim/po.adamp.default.json"),
 ];
 
@@ -62,7 +64,7 @@ fn seeds() -> &'static [Seed] {
                         a.truncate(STEPS);
                     }
                 }
-                if value.get("grads").is_some() {
+                if value.get("grads").is_some() || value.get("problem").is_some() {
                     value["steps"] = json!(STEPS);
                 }
                 Seed { name: file.to_string(), text, value }

@@ -276,3 +276,108 @@ fn null_or_non_finite_hyper_parameters_are_errors_naming_them() {
     assert!(e.contains("`milestones`"), "{e}");
     assert!(build_schedule("torch", "OneCycleLR", &json!({"max_lr": 0.1, "total_steps": null}), None).is_err());
 }
+
+/// optax Polyak SGD on the Rosenbrock function of 3 variables from (½, ½, ½), capped at 10⁻³.
+fn problem_case() -> Value {
+    json!({
+        "id": "optax.polyak_sgd.rosenbrock", "source": "optax 0.2.8 optax.polyak_sgd", "optimizer": "polyak_sgd",
+        "hparams": {"max_learning_rate": 0.001}, "problem": {"kind": "rosenbrock", "m": 3},
+        "params": [{"shape": [3], "init": [0.5, 0.5, 0.5]}],
+        "expected": [[[0.5509999990463257, 0.5009999871253967, 0.44999998807907104]],
+                     [[0.5954047441482544, 0.5023975968360901, 0.41020017862319946]]],
+        "expected_loss": [8.307298306090619, 5.088458035364357],
+        "steps": 2, "tolerance": {"rel": 1e-3, "abs": 4e-6}
+    })
+}
+
+fn softmax_case() -> Value {
+    let mut v = problem_case();
+    v["problem"] = json!({"kind": "softmax_regression", "n": 2, "d": 2, "k": 3, "x": [1.0, 0.5, -0.5, 2.0],
+                          "y": [0, 2], "l2": 0.01});
+    let (w, b) = (vec![0.0; 6], vec![0.0; 3]);
+    v["params"] = json!([{"shape": [2, 3], "init": w}, {"shape": [3], "init": b}]);
+    v["expected"] = json!([[w, b], [w, b]]);
+    v.as_object_mut().unwrap().remove("expected_loss");
+    v
+}
+
+#[test]
+fn a_problem_case_parses_and_replays() {
+    let c = parse_case("case.json", &problem_case().to_string()).unwrap();
+    let r = run_and_check(&c).unwrap();
+    assert!(r.passed, "{r:?}");
+    let Case::Problem(p) = c else { panic!("not a problem case") };
+    assert_eq!((p.problem.kind(), p.shapes.clone(), p.expected.len()), ("rosenbrock", vec![vec![3]], 2));
+    // Parsed, replayed, and (its expected trajectory being made up) failed, not refused.
+    let c = parse_case("case.json", &softmax_case().to_string()).unwrap();
+    assert!(!run_and_check(&c).unwrap().passed);
+}
+
+/// A change to a case, and what its parse error must name.
+type Edit = (fn(&mut Value), &'static str);
+
+#[test]
+fn malformed_problem_cases_are_errors_naming_the_field() {
+    let edits: Vec<Edit> = vec![
+        (|v| v["problem"] = json!("rosenbrock"), "`problem`"),
+        (|v| v["problem"]["kind"] = json!("beale"), "problem.kind"),
+        (|v| v["problem"]["kind"] = json!(3), "problem.kind"),
+        (|v| v["problem"] = json!({"m": 3}), "problem.kind"),
+        (|v| v["problem"]["m"] = json!(0), "problem.m"),
+        (|v| v["problem"]["m"] = json!(-3), "problem.m"),
+        (|v| v["problem"]["m"] = json!("3"), "problem.m"),
+        (|v| v["problem"]["m"] = json!(1u64 << 62), "`params`"),
+        (|v| v["problem"]["m"] = json!(4), "`params`"),
+        (|v| v["problem"]["n"] = json!(2), "problem.n"),
+        (|v| v["grads"] = json!([[[0.0, 0.0, 0.0]]]), "`grads`"),
+        (|v| v["lr_per_step"] = json!([0.1, 0.1]), "`lr_per_step`"),
+        (|v| v["expected_loss"] = json!([1.0]), "`expected_loss`"),
+        (|v| v["expected_loss"] = json!([1.0, "x"]), "`expected_loss`"),
+        (|v| v["expected"] = json!([[[0.5, 0.5]]]), "expected[0][0]"),
+        (|v| v["steps"] = json!(3), "`steps`"),
+        (|v| v["tolerance"] = json!({"rel": 1e-3}), "tolerance.abs"),
+    ];
+    for (edit, needle) in edits {
+        let mut v = problem_case();
+        edit(&mut v);
+        let e = parse_err(&v);
+        assert!(e.starts_with("case.json") && e.contains(needle) && !e.contains('\n'), "{needle}: {e}");
+    }
+    let edits: Vec<Edit> = vec![
+        (|v| v["problem"]["x"] = json!([1.0, 0.5, -0.5]), "problem.x"),
+        (|v| v["problem"]["x"] = json!([1.0, 0.5, "a", 2.0]), "problem.x"),
+        (|v| v["problem"]["y"] = json!([0, 3]), "problem.y[1]"),
+        (|v| v["problem"]["y"] = json!([0]), "problem.y"),
+        (|v| v["problem"]["y"] = json!([0, -1]), "problem.y[1]"),
+        (|v| v["problem"]["l2"] = json!(-0.1), "problem.l2"),
+        (|v| v["problem"]["l2"] = Value::Null, "problem.l2"),
+        (|v| v["problem"]["k"] = json!(4), "`params`"),
+        (|v| v["problem"]["d"] = json!(1u64 << 40), "problem"),
+        (|v| v["problem"]["n"] = json!(1u64 << 62), "problem.x"),
+        (|v| v["problem"]["k"] = json!(0), "problem.k"),
+        (|v| drop(v["problem"].as_object_mut().unwrap().remove("y")), "problem.y"),
+    ];
+    for (edit, needle) in edits {
+        let mut v = softmax_case();
+        edit(&mut v);
+        let e = parse_err(&v);
+        assert!(e.starts_with("case.json") && e.contains(needle) && !e.contains('\n'), "{needle}: {e}");
+    }
+}
+
+/// `expected_loss` must be the objective at the expected parameters: a replay of a case whose
+/// losses disagree is an error naming the step, whatever the trajectory.
+#[test]
+fn an_expected_loss_the_objective_does_not_give_is_an_error() {
+    let mut v = problem_case();
+    v["expected_loss"][1] = json!(5.0885);
+    let c = parse_case("case.json", &v.to_string()).unwrap();
+    let e = run_and_check(&c).unwrap_err().to_string();
+    assert!(e.contains("expected_loss[1]") && e.contains("rosenbrock"), "{e}");
+    // A closure optimizer the registry does not have is a replay error naming it.
+    let mut v = problem_case();
+    v["optimizer"] = json!("polyak_sgdd");
+    let c = parse_case("case.json", &v.to_string()).unwrap();
+    let e = run_and_check(&c).unwrap_err().to_string();
+    assert!(e.contains("optax.polyak_sgdd"), "{e}");
+}

@@ -7,11 +7,6 @@ mod common;
 /// is missing. Every other case must pass; one of these that passes must come off the list.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("optax.contrib.galore", "optimizer"),
-    ("optax.contrib.momo", "problem cases (an objective instead of gradients)"),
-    ("optax.contrib.momo_adam", "problem cases"),
-    ("optax.contrib.sam", "problem cases"),
-    ("optax.lbfgs", "problem cases"),
-    ("optax.polyak_sgd", "problem cases"),
     ("po.adabelief", "optimizer"),
     ("po.adafactor", "optimizer"),
     ("po.adamuon", "optimizer"),
@@ -20,11 +15,9 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("po.galore", "optimizer"),
     ("po.lamb", "optimizer"),
     ("po.lion", "optimizer"),
-    ("po.sam", "problem cases"),
     ("po.scalableshampoo", "optimizer"),
     ("po.sgdp", "optimizer"),
     ("po.yogi", "optimizer"),
-    ("torch.lbfgs", "problem cases"),
 ];
 
 #[test]

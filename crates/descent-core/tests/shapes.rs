@@ -71,6 +71,10 @@ fn empty_tensors_with_long_axes_get_no_per_axis_state() {
     let mut built = 0;
     for reg in registry_names() {
         let (lib, name) = resolve_optimizer(&reg).unwrap();
+        // Stepped with an objective, not gradients: tests/closure.rs checks their shapes.
+        if descent_core::closure::is_closure_optimizer(lib, &name) {
+            continue;
+        }
         for shapes in
             [vec![vec![0, long], vec![2, 2]], vec![vec![long, 0], vec![2, 2]], vec![vec![0, 1, 1, long], vec![4]]]
         {

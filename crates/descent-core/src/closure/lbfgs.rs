@@ -210,7 +210,7 @@ impl Flat {
     /// Checks `params` against the shapes and copies them into `x`.
     fn gather(&self, params: &[Vec<f32>], x: &mut Vec<f32>) -> Result<()> {
         if params.len() != self.sizes.len() {
-            return Err(Error::Shape(format!("expected {} parameters, got {}", self.sizes.len(), params.len())));
+            return Err(Error::Shape(format!("expected {} parameter tensors, got {}", self.sizes.len(), params.len())));
         }
         for (i, (p, &s)) in params.iter().zip(&self.sizes).enumerate() {
             if p.len() != s {

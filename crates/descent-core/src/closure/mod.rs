@@ -8,11 +8,18 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::state::StateVisitor;
+use crate::state::{StateDict, StateVisitor};
 use crate::transform::LearningRate;
 
 mod first_order;
 mod lbfgs;
+pub mod problems;
+
+pub use first_order::{
+    Momo, MomoAdam, MomoAdamConfig, MomoConfig, OptaxSam, OptaxSamConfig, PoSam, PoSamConfig, PolyakSgd,
+    PolyakSgdConfig, PolyakVariant, TransformFactory,
+};
+pub use problems::{Problem, Rosenbrock, SoftmaxRegression};
 
 /// The objective a closure-driven optimizer evaluates.
 pub trait Objective {
@@ -40,6 +47,45 @@ pub trait ClosureOptimizer: Send {
 
     /// Visits every buffer, scalar and counter of the state (checkpoints, resume).
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()>;
+
+    /// Sets every learning rate the optimizer holds to `lr` from the next step on (as
+    /// [`crate::Optimizer::set_learning_rate`]); an error when it holds none.
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(Error::Invalid(format!("Invalid learning rate: {lr}")));
+        }
+        let mut found = 0;
+        self.visit_learning_rates(&mut |r| {
+            *r = LearningRate::Constant(lr);
+            found += 1;
+        });
+        if found == 0 {
+            return Err(Error::Invalid("this optimizer has no learning rate to set".into()));
+        }
+        Ok(())
+    }
+
+    /// Every learning rate in a fixed order: its value when constant, `None` for a schedule.
+    fn learning_rates(&mut self) -> Vec<Option<f64>> {
+        let mut rates = vec![];
+        self.visit_learning_rates(&mut |r| rates.push(r.constant()));
+        rates
+    }
+
+    /// The whole state, for saving.
+    fn state_dict(&mut self) -> Result<StateDict> {
+        let mut s = crate::state::Saver::default();
+        self.visit_state(&mut s)?;
+        Ok(s.dict)
+    }
+
+    /// Restores a state saved by [`ClosureOptimizer::state_dict`]; refuses a mismatched one whole.
+    fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
+        let mut check = crate::state::Checker::new(dict);
+        self.visit_state(&mut check)?;
+        check.finish()?;
+        self.visit_state(&mut crate::state::Loader::new(dict))
+    }
 }
 
 type Family = fn(&str, &str, &Value, &[Vec<usize>]) -> Option<Result<Box<dyn ClosureOptimizer>>>;
@@ -64,6 +110,7 @@ pub fn build_closure_optimizer(
     hparams: &Value,
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn ClosureOptimizer>> {
+    crate::transform::check_shapes(shapes)?;
     let families: [Family; 2] = [first_order::build, lbfgs::build];
     for f in families {
         if let Some(opt) = f(library, name, hparams, shapes) {
