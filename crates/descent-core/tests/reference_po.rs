@@ -8,11 +8,9 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("po.adamp", "optimizer"),
     ("po.came", "optimizer"),
     ("po.mars", "optimizer"),
-    ("po.ranger", "optimizer"),
     ("po.scion", "optimizer"),
     ("po.shampoo", "optimizer"),
     ("po.soap", "optimizer"),
-    ("po.stableadamw", "optimizer"),
 ];
 
 #[test]

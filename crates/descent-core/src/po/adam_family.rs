@@ -13,12 +13,26 @@ use crate::transform::Transform;
 
 mod common;
 mod elementwise;
+mod prepared;
 
 use common::Args;
 use elementwise::*;
+use prepared::*;
 
 /// The optimizers of this family.
-pub const NAMES: &[&str] = &["adabelief", "adabound", "adan", "diffgrad", "laprop", "lion", "qhadam", "tiger", "yogi"];
+pub const NAMES: &[&str] = &[
+    "adabelief",
+    "adabound",
+    "adan",
+    "diffgrad",
+    "laprop",
+    "lion",
+    "qhadam",
+    "ranger",
+    "stableadamw",
+    "tiger",
+    "yogi",
+];
 
 /// Builds `name` if it belongs to this family (`None` otherwise).
 pub fn build(
@@ -183,6 +197,48 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
                 ));
             }
             Box::new(Adan::new(AdanConfig { lr, betas, weight_decay, weight_decouple, max_grad_norm, eps, maximize }))
+        }
+        "ranger" => {
+            let lr = a.lr(1e-3)?;
+            let betas = a.betas([0.95, 0.999])?;
+            let alpha = a.in_range("alpha", 0.5, 0.0, 1.0, true)?;
+            let k = a.u64("k", 6)?;
+            if k == 0 {
+                return Err(a_err(name, "k", "must be positive"));
+            }
+            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
+            let decay = a.decay(0.0, true)?;
+            let use_gc = a.bool("use_gc", true)?;
+            let gc_conv_only = a.bool("gc_conv_only", false)?;
+            let eps = a.non_negative("eps", 1e-5)?;
+            let adam_debias = a.bool("adam_debias", false)?;
+            let maximize = a.maximize()?;
+            Box::new(Ranger::new(RangerConfig {
+                lr,
+                betas,
+                alpha,
+                k,
+                n_sma_threshold,
+                degenerated_to_sgd,
+                decay,
+                use_gc,
+                gc_conv_only,
+                eps,
+                adam_debias,
+                maximize,
+            }))
+        }
+        "stableadamw" => {
+            let lr = a.lr(1e-3)?;
+            let betas = a.betas([0.9, 0.99])?;
+            // Kahan summation applies to float16 and bfloat16 parameters only: no effect in float32.
+            let _ = a.bool("kahan_sum", true)?;
+            let weight_decay = a.non_negative("weight_decay", 1e-2)?;
+            let weight_decouple = a.bool("weight_decouple", true)?;
+            let eps = a.non_negative("eps", 1e-8)?;
+            let maximize = a.maximize()?;
+            Box::new(StableAdamW::new(StableAdamWConfig { lr, betas, weight_decay, weight_decouple, eps, maximize }))
         }
         _ => unreachable!("`{name}` is in NAMES"),
     };
