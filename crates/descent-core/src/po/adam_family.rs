@@ -13,22 +13,34 @@ use crate::transform::Transform;
 
 mod common;
 mod elementwise;
+mod factored;
 mod prepared;
+mod projection;
+mod tensorwise;
 
 use common::Args;
 use elementwise::*;
+use factored::*;
 use prepared::*;
+use projection::*;
+use tensorwise::*;
 
 /// The optimizers of this family.
 pub const NAMES: &[&str] = &[
     "adabelief",
     "adabound",
+    "adafactor",
+    "adamp",
     "adan",
+    "came",
     "diffgrad",
+    "lamb",
     "laprop",
     "lion",
+    "mars",
     "qhadam",
     "ranger",
+    "sgdp",
     "stableadamw",
     "tiger",
     "yogi",
@@ -240,6 +252,176 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             let maximize = a.maximize()?;
             Box::new(StableAdamW::new(StableAdamWConfig { lr, betas, weight_decay, weight_decouple, eps, maximize }))
         }
+        "adamp" => {
+            let lr = a.lr(1e-3)?;
+            let betas = a.betas([0.9, 0.999])?;
+            let decay = a.decay(0.0, true)?;
+            let delta = a.f64("delta", 0.1)?;
+            let wd_ratio = a.in_range("wd_ratio", 0.1, 0.0, 1.0, false)?;
+            let nesterov = a.bool("nesterov", false)?;
+            let eps = a.non_negative("eps", 1e-8)?;
+            let adam_debias = a.bool("adam_debias", false)?;
+            let maximize = a.maximize()?;
+            Box::new(AdamP::new(AdamPConfig {
+                lr,
+                betas,
+                decay,
+                delta,
+                wd_ratio,
+                nesterov,
+                eps,
+                adam_debias,
+                maximize,
+            }))
+        }
+        "sgdp" => {
+            let lr = a.lr(1e-3)?;
+            let momentum = a.f64("momentum", 0.0)?;
+            if momentum == 1.0 {
+                return Err(a_err(name, "momentum", "of 1 divides the decay ratio by zero (ratio / (1 - momentum))"));
+            }
+            let dampening = a.f64("dampening", 0.0)?;
+            let decay = a.decay(0.0, true)?;
+            let delta = a.f64("delta", 0.1)?;
+            let wd_ratio = a.in_range("wd_ratio", 0.1, 0.0, 1.0, false)?;
+            let nesterov = a.bool("nesterov", false)?;
+            let eps = a.non_negative("eps", 1e-8)?;
+            let maximize = a.maximize()?;
+            Box::new(Sgdp::new(SgdpConfig { lr, momentum, dampening, decay, delta, wd_ratio, nesterov, eps, maximize }))
+        }
+        "came" => {
+            let lr = a.lr(2e-4)?;
+            let betas = a.betas([0.9, 0.999, 0.9999])?;
+            let decay = a.decay(0.0, true)?;
+            let clip_threshold = a.f64("clip_threshold", 1.0)?;
+            let ams_bound = a.bool("ams_bound", false)?;
+            let eps1 = a.non_negative("eps1", 1e-30)?;
+            let eps2 = a.non_negative("eps2", 1e-16)?;
+            let maximize = a.maximize()?;
+            Box::new(Came::new(CameConfig { lr, betas, decay, clip_threshold, ams_bound, eps1, eps2, maximize }))
+        }
+        "adafactor" => {
+            let lr = a.lr(1e-3)?;
+            let (beta1, beta2) = adafactor_betas(&mut a)?;
+            let decay_rate = a.f64("decay_rate", -0.8)?;
+            let decay = a.decay(0.0, true)?;
+            let clip_threshold = a.f64("clip_threshold", 1.0)?;
+            let ams_bound = a.bool("ams_bound", false)?;
+            let scale_parameter = a.bool("scale_parameter", true)?;
+            let relative_step = a.bool("relative_step", true)?;
+            let warmup_init = a.bool("warmup_init", false)?;
+            let eps1 = a.non_negative("eps1", 1e-30)?;
+            let eps2 = a.non_negative("eps2", 1e-3)?;
+            let momentum_dtype = match a.k.str("momentum_dtype", "bfloat16")? {
+                "bfloat16" | "torch.bfloat16" | "bf16" => MomentumDtype::Bf16,
+                "float32" | "torch.float32" | "f32" => MomentumDtype::F32,
+                other => {
+                    return Err(a_err(
+                        name,
+                        "momentum_dtype",
+                        format!("`{other}` is not stored; valid: bfloat16, float32"),
+                    ))
+                }
+            };
+            let maximize = a.maximize()?;
+            Box::new(AdaFactor::new(AdaFactorConfig {
+                lr,
+                beta1,
+                beta2,
+                decay_rate,
+                decay,
+                clip_threshold,
+                ams_bound,
+                scale_parameter,
+                relative_step,
+                warmup_init,
+                eps1,
+                eps2,
+                momentum_dtype,
+                maximize,
+            }))
+        }
+        "mars" => {
+            let lr = a.lr(3e-3)?;
+            let betas = a.betas([0.95, 0.99])?;
+            let gamma = a.non_negative("gamma", 0.025)?;
+            let mars_type = match a.k.str("mars_type", "adamw")? {
+                "adamw" => MarsType::AdamW,
+                "lion" => MarsType::Lion,
+                "shampoo" => return Err(a_err(name, "mars_type", "`shampoo` is not implemented; valid: adamw, lion")),
+                other => {
+                    return Err(a_err(name, "mars_type", format!("`{other}` must be one of adamw, lion, shampoo")))
+                }
+            };
+            let optimize_1d = a.bool("optimize_1d", false)?;
+            let lr_1d = a.lr_named("lr_1d", 3e-3)?;
+            let Some(lr_1d) = lr_1d.constant() else {
+                return Err(a_err(name, "lr_1d", "must be a number"));
+            };
+            let betas_1d = a.betas_named("betas_1d", [0.9, 0.95])?;
+            let weight_decay = a.non_negative("weight_decay", 0.0)?;
+            let weight_decay_1d = a.non_negative("weight_decay_1d", 1e-1)?;
+            let weight_decouple = a.bool("weight_decouple", true)?;
+            let fixed_decay = a.bool("fixed_decay", false)?;
+            let ams_bound = a.bool("ams_bound", false)?;
+            let cautious = a.bool("cautious", false)?;
+            let eps = a.non_negative("eps", 1e-8)?;
+            let maximize = a.maximize()?;
+            Box::new(Mars::new(MarsConfig {
+                lr,
+                lr_1d,
+                betas,
+                betas_1d,
+                gamma,
+                mars_type,
+                optimize_1d,
+                weight_decay,
+                weight_decay_1d,
+                weight_decouple,
+                fixed_decay,
+                ams_bound,
+                cautious,
+                eps,
+                maximize,
+            })?)
+        }
+        "lamb" => {
+            let lr = a.lr(1e-3)?;
+            let betas = a.betas([0.9, 0.999])?;
+            let decay = a.decay(0.0, true)?;
+            let rectify = a.bool("rectify", false)?;
+            let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
+            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let grad_averaging = a.bool("grad_averaging", true)?;
+            let max_grad_norm = a.non_negative("max_grad_norm", 1.0)?;
+            let adam = a.bool("adam", false)?;
+            let pre_norm = a.bool("pre_norm", false)?;
+            let eps = a.non_negative("eps", 1e-6)?;
+            let adam_debias = a.bool("adam_debias", false)?;
+            let maximize = a.maximize()?;
+            if grouped && pre_norm && max_grad_norm != 0.0 {
+                return Err(a_err(
+                    name,
+                    "pre_norm",
+                    "scales by a norm over every group's gradients; not with param_groups",
+                ));
+            }
+            Box::new(Lamb::new(LambConfig {
+                lr,
+                betas,
+                decay,
+                rectify,
+                degenerated_to_sgd,
+                n_sma_threshold,
+                grad_averaging,
+                max_grad_norm,
+                adam,
+                pre_norm,
+                eps,
+                adam_debias,
+                maximize,
+            }))
+        }
         _ => unreachable!("`{name}` is in NAMES"),
     };
     a.finish()?;
@@ -249,4 +431,23 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
 /// An invalid argument of `po.<name>`, named.
 fn a_err(name: &str, field: &str, msg: impl std::fmt::Display) -> crate::Error {
     crate::error::invalid(format!("po.{name}: `{field}` {msg}"))
+}
+
+/// AdaFactor's `betas`: `[beta1 or null, beta2]`, a null `beta1` turning the momentum off.
+fn adafactor_betas(a: &mut Args) -> Result<(Option<f64>, f64)> {
+    let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
+    let (b1, b2) = match a.k.present("betas")? {
+        None => (Some(0.9), 0.999),
+        Some(Value::Array(v))
+            if v.len() == 2 && (v[0].is_null() || finite(&v[0]).is_some()) && finite(&v[1]).is_some() =>
+        {
+            (finite(&v[0]), finite(&v[1]).unwrap_or(0.999))
+        }
+        Some(v) => return Err(a_err("adafactor", "betas", format!("expects [beta1 or null, beta2], got {v}"))),
+    };
+    match b1 {
+        Some(b1) => a.check_betas("betas", &[b1, b2])?,
+        None => a.check_betas("betas", &[0.0, b2])?,
+    }
+    Ok((b1, b2))
 }

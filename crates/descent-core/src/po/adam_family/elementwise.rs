@@ -148,7 +148,7 @@ impl Elementwise for AdaBound {
     simd_apply!(AdaBound, |this, i, off, u, p| {
         let n = u.len();
         let [keep, l2, step_size, lower, upper] = this.k;
-        let (w1, b2) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32);
+        let (w1, b2, c2) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, (1.0 - this.betas[1]) as f32);
         let (eps, maximize) = (this.eps, this.maximize);
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
@@ -157,7 +157,7 @@ impl Elementwise for AdaBound {
             let w = p[j];
             let g = grad_in(u[j], w, maximize, l2);
             m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + (1.0 - b2) * g * g;
+            v[j] = v[j] * b2 + c2 * g * g;
             let second = if this.ams_bound {
                 vmax[j] = vmax[j].max(v[j]);
                 vmax[j]
@@ -281,7 +281,7 @@ impl Elementwise for LaProp {
         let n = u.len();
         let [keep, mix, step, bc2] = this.k;
         let (b1, b2, eps) = (this.betas[0] as f32, this.betas[1] as f32, this.eps);
-        let w2 = (1.0 - this.betas[1]) as f32;
+        let c2 = (1.0 - this.betas[1]) as f32;
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
         let mean = if this.centered { this.exp_mean_avg_beta2.slice(i, off, n) } else { &mut [][..] };
@@ -289,10 +289,10 @@ impl Elementwise for LaProp {
         for j in 0..n {
             let w = p[j];
             let g = if this.maximize { -u[j] } else { u[j] };
-            v[j] = v[j] * b2 + (1.0 - b2) * g * g;
+            v[j] = v[j] * b2 + c2 * g * g;
             let mut second = v[j];
             if this.centered {
-                mean[j] = lerp(mean[j], g, w2);
+                mean[j] = lerp(mean[j], g, c2);
                 if this.use_centered {
                     second = v[j] - mean[j] * mean[j];
                 }
@@ -396,6 +396,7 @@ impl Elementwise for QhAdam {
         let n = u.len();
         let [keep, l2, lr, wt1, wt2] = this.k;
         let (nu1, nu2) = (this.nus[0] as f32, this.nus[1] as f32);
+        let (c1, c2) = ((1.0 - this.nus[0]) as f32, (1.0 - this.nus[1]) as f32);
         let (mix1, mix2) = (this.nus[0] != 1.0, this.nus[1] != 1.0);
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
@@ -405,10 +406,10 @@ impl Elementwise for QhAdam {
             let g2 = g * g;
             m[j] = lerp(m[j], g, wt1);
             v[j] = lerp(v[j], g2, wt2);
-            let avg = if mix1 { m[j] * nu1 + (1.0 - nu1) * g } else { m[j] };
+            let avg = if mix1 { m[j] * nu1 + c1 * g } else { m[j] };
             let mut rms = v[j] * nu2;
             if mix2 {
-                rms += (1.0 - nu2) * g2;
+                rms += c2 * g2;
             }
             let rms = rms.sqrt() + this.eps;
             u[j] = (w * keep + -lr * avg / rms) - w;
@@ -781,6 +782,7 @@ impl Elementwise for AdaBelief {
         let n = u.len();
         let [keep, l2, step_size, bc2] = this.k;
         let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
+        let c2 = (1.0 - this.betas[1]) as f32;
         let m = this.exp_avg.slice(i, off, n);
         let s = this.exp_avg_var.slice(i, off, n);
         let smax = if this.ams_bound { this.max_exp_avg_var.slice(i, off, n) } else { &mut [][..] };
@@ -789,7 +791,7 @@ impl Elementwise for AdaBelief {
             let g = grad_in(u[j], w, this.maximize, l2);
             m[j] = lerp(m[j], g, w1);
             let r = g - m[j];
-            s[j] = s[j] * b2 + (1.0 - b2) * r * r + eps;
+            s[j] = s[j] * b2 + c2 * r * r + eps;
             let root = if this.ams_bound {
                 smax[j] = smax[j].max(s[j]);
                 smax[j].sqrt()
@@ -934,6 +936,7 @@ impl Elementwise for DiffGrad {
         let n = u.len();
         let [keep, l2, step_size] = this.k;
         let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
+        let c2 = (1.0 - this.betas[1]) as f32;
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
         let prev = this.previous_grad.slice(i, off, n);
@@ -942,7 +945,7 @@ impl Elementwise for DiffGrad {
             let w = p[j];
             let g = grad_in(u[j], w, this.maximize, l2);
             m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + (1.0 - b2) * g * g;
+            v[j] = v[j] * b2 + c2 * g * g;
             let second = if this.ams_bound {
                 vmax[j] = vmax[j].max(v[j]);
                 vmax[j]
@@ -1083,7 +1086,7 @@ impl Elementwise for Adan {
         let len = u.len();
         let [keep, step_size, diff_step_size, bc3, shrink] = this.k;
         let (b2, b3) = (this.betas[1] as f32, this.betas[2] as f32);
-        let (w1, w2) = ((1.0 - this.betas[0]) as f32, (1.0 - this.betas[1]) as f32);
+        let (w1, w2, c3) = ((1.0 - this.betas[0]) as f32, (1.0 - this.betas[1]) as f32, (1.0 - this.betas[2]) as f32);
         let (clip, eps) = (this.clip, this.eps);
         let m = this.exp_avg.slice(i, off, len);
         let v = this.exp_avg_sq.slice(i, off, len);
@@ -1101,7 +1104,7 @@ impl Elementwise for Adan {
             m[j] = lerp(m[j], g, w1);
             d[j] = lerp(d[j], diff, w2);
             let corrected = diff * b2 + g;
-            v[j] = v[j] * b3 + (1.0 - b3) * corrected * corrected;
+            v[j] = v[j] * b3 + c3 * corrected * corrected;
             let den = v[j].sqrt() / bc3 + eps;
             let mut new = w * keep;
             new += -step_size * m[j] / den;

@@ -159,6 +159,7 @@ impl Elementwise for Ranger {
         let n = u.len();
         let [keep, l2, step_size] = this.c;
         let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
+        let c2 = (1.0 - this.betas[1]) as f32;
         let alpha = this.alpha as f32;
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
@@ -182,7 +183,7 @@ impl Elementwise for Ranger {
                 g += l2 * w;
             }
             m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + (1.0 - b2) * g * g;
+            v[j] = v[j] * b2 + c2 * g * g;
             let stepped = w * keep;
             let mut new = if this.adaptive {
                 stepped + -step_size * m[j] / (v[j].sqrt() + eps)
@@ -213,8 +214,8 @@ pub struct StableAdamW {
     exp_avg_sq: ParamBufs,
     /// This step's `−lr/max(1, RMS)` of each tensor.
     step_sizes: Vec<f32>,
-    /// This step's `[1 − β̂₁, β̂₂]`.
-    c: [f32; 2],
+    /// This step's `[1 − β̂₁, β̂₂, 1 − β̂₂]`.
+    c: [f32; 3],
 }
 
 /// `StableAdamW`'s arguments, with its defaults.
@@ -259,13 +260,14 @@ impl StableAdamW {
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
             step_sizes: vec![],
-            c: [0.0; 2],
+            c: [0.0; 3],
         }
     }
 
-    /// `1 − β̂₁` and `β̂₂` of step `t`.
-    fn decays(&self, t: u64) -> [f32; 2] {
-        [(1.0 - debias_beta(self.betas[0], t)) as f32, debias_beta(self.betas[1], t) as f32]
+    /// `1 − β̂₁`, `β̂₂` and `1 − β̂₂` of step `t`.
+    fn decays(&self, t: u64) -> [f32; 3] {
+        let b2 = debias_beta(self.betas[1], t);
+        [(1.0 - debias_beta(self.betas[0], t)) as f32, b2 as f32, (1.0 - b2) as f32]
     }
 
     /// The L2 coefficient added to the gradient (coupled decay only).
@@ -291,7 +293,7 @@ impl Elementwise for StableAdamW {
     }
     /// The RMS of `g/√max(v, ε²)` of each tensor, with `v` as this step will leave it.
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let [_, b2] = self.decays(self.step + 1);
+        let [_, b2, c2] = self.decays(self.step + 1);
         let lr = self.lr.at(self.step) as f32;
         let (l2, floor) = (self.l2(), self.eps * self.eps);
         let vs = self.exp_avg_sq.buffers();
@@ -303,7 +305,7 @@ impl Elementwise for StableAdamW {
                 if l2 != 0.0 {
                     x += l2 * w[j];
                 }
-                let vn = v[j] * b2 + (1.0 - b2) * x * x;
+                let vn = v[j] * b2 + c2 * x * x;
                 sum += (x * x / vn.max(floor)) as f64;
             }
             let rms = if g.is_empty() { 1.0 } else { ((sum / g.len() as f64).sqrt() as f32).max(1.0) };
@@ -316,7 +318,7 @@ impl Elementwise for StableAdamW {
     }
     simd_apply!(StableAdamW, |this, i, off, u, p| {
         let n = u.len();
-        let [w1, b2] = this.c;
+        let [w1, b2, c2] = this.c;
         let s = this.step_sizes[i];
         let keep =
             if this.weight_decay != 0.0 && this.weight_decouple { 1.0 + this.weight_decay as f32 * s } else { 1.0 };
@@ -330,7 +332,7 @@ impl Elementwise for StableAdamW {
                 g += l2 * w;
             }
             m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + (1.0 - b2) * g * g;
+            v[j] = v[j] * b2 + c2 * g * g;
             let den = (v[j].sqrt() + this.eps) / s;
             u[j] = (w * keep + m[j] / den) - w;
         }
