@@ -152,7 +152,7 @@ impl Elementwise for Ranger {
         let (step_size, n_sma) = rectify(self.step, lr, b2, self.n_sma_threshold, self.degenerated_to_sgd);
         let step_size = adam_debias(self.adam_debias, step_size, debias(b1, self.step));
         self.adaptive = n_sma >= self.n_sma_threshold;
-        self.lookahead = self.step % self.k == 0;
+        self.lookahead = self.step.is_multiple_of(self.k);
         self.c = [self.decay.keep(lr, 1.0), self.decay.l2(), step_size as f32];
     }
     simd_apply!(Ranger, |this, i, off, u, p| {
@@ -165,7 +165,7 @@ impl Elementwise for Ranger {
         let v = this.exp_avg_sq.slice(i, off, n);
         let slow = this.slow_buffer.slice(i, off, n);
         let len = this.row_len[i];
-        let (mut row, mut pos) = if len > 0 { (off / len, off % len) } else { (0, 0) };
+        let (mut row, mut pos) = (off.checked_div(len).unwrap_or(0), off.checked_rem(len).unwrap_or(0));
         for j in 0..n {
             let w = p[j];
             let mut g = u[j];
