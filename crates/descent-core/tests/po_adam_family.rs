@@ -269,3 +269,38 @@ fn bad_arguments_are_refused_naming_the_field() {
     }
     build_optimizer("po", "adamp", &json!({"lr": 0.1}), Some(&groups), &shapes()).unwrap();
 }
+
+/// `param_groups`: each group steps as the optimizer built for its parameters alone with the
+/// group's arguments, except those the library keeps on the optimizer (`maximize`, CAME's
+/// `clip_threshold`, …), which a group cannot change.
+#[test]
+fn param_groups_step_as_separate_optimizers() {
+    let shapes = shapes();
+    let run = |tx: Box<dyn descent_core::Transform>, idx: &[usize]| {
+        let sh: Vec<Vec<usize>> = idx.iter().map(|&i| shapes[i].clone()).collect();
+        let mut params: Vec<Vec<f32>> = idx.iter().map(|&i| init()[i].clone()).collect();
+        let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+        let mut opt = Optimizer::new(tx, sh, &views).unwrap();
+        for t in 0..5 {
+            let g: Vec<Vec<f32>> = idx.iter().map(|&i| grads(t)[i].clone()).collect();
+            opt.step_vecs(&mut params, &g).unwrap();
+        }
+        params
+    };
+    for name in ["adamp", "came", "lion"] {
+        // CAME's `clip_threshold` is the optimizer's: the group's value is not read.
+        let mut second_h = json!({"lr": 0.002});
+        if name == "came" {
+            second_h["clip_threshold"] = json!(0.1);
+        }
+        let groups = json!([{"params": [0, 3]}, {"params": [1, 2, 4], "hparams": second_h}]);
+        let h = json!({"lr": 0.01});
+        let all = run(build_optimizer("po", name, &h, Some(&groups), &shapes).unwrap(), &[0, 1, 2, 3, 4]);
+        let first = run(build_optimizer("po", name, &h, None, &shapes).unwrap(), &[0, 3]);
+        let second = run(build_optimizer("po", name, &json!({"lr": 0.002}), None, &shapes).unwrap(), &[1, 2, 4]);
+        assert_eq!(all[0], first[0], "{name}");
+        assert_eq!(all[3], first[1], "{name}");
+        assert_eq!(all[1], second[0], "{name}");
+        assert_eq!(all[2], second[1], "{name}");
+    }
+}

@@ -60,9 +60,47 @@ pub fn build(
         None => build_one(name, hparams, shapes, false),
         Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, idx| {
             let sub: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
-            build_one(name, merged, &sub, true)
+            build_one(name, &group_hparams(name, hparams, merged), &sub, true)
         }),
     })
+}
+
+/// Arguments the library keeps on the optimizer rather than in each parameter group: a group's
+/// value for them is not read, the constructor's is.
+fn instance_keys(name: &str) -> &'static [&'static str] {
+    match name {
+        "came" => &["maximize", "clip_threshold", "eps1", "eps2"],
+        "laprop" => &["maximize", "steps_before_using_centered"],
+        "ranger" => &["maximize", "n_sma_threshold", "degenerated_to_sgd", "use_gc", "gc_conv_only"],
+        "adabelief" | "diffgrad" => &["maximize", "n_sma_threshold", "degenerated_to_sgd"],
+        "adafactor" => &["maximize", "decay_rate", "clip_threshold", "eps1", "eps2", "momentum_dtype"],
+        "adan" => &["maximize", "max_grad_norm"],
+        "lamb" => &["maximize", "degenerated_to_sgd", "n_sma_threshold", "pre_norm", "max_grad_norm"],
+        _ => &["maximize"],
+    }
+}
+
+/// A group's arguments as the library reads them: the constructor's where it keeps them on the
+/// optimizer; for MARS, `lr_1d` such that the 1-D factor stays the constructor's `lr_1d / lr`.
+fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
+    let mut merged = merged.clone();
+    let Value::Object(m) = &mut merged else { return merged };
+    for key in instance_keys(name) {
+        match outer.get(*key) {
+            Some(v) => m.insert(key.to_string(), v.clone()),
+            None => m.remove(*key),
+        };
+    }
+    if name == "mars" {
+        let num = |v: Option<&Value>, default: f64| v.map_or(Some(default), |v| v.as_f64());
+        let factor = num(outer.get("lr_1d"), 3e-3).zip(num(outer.get("lr"), 3e-3)).map(|(a, b)| a / b);
+        if let (Some(factor), Some(lr)) = (factor, num(m.get("lr"), 3e-3)) {
+            if factor.is_finite() {
+                m.insert("lr_1d".into(), Value::from(factor * lr));
+            }
+        }
+    }
+    merged
 }
 
 /// One optimizer (or one parameter group's) from its keyword arguments. `grouped`: part of a
