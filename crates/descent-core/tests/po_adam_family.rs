@@ -139,6 +139,8 @@ fn every_option_steps_to_finite_values() {
             "mars",
             vec![
                 json!({"mars_type": "lion"}),
+                json!({"mars_type": "shampoo"}),
+                json!({"mars_type": "shampoo", "optimize_1d": true}),
                 json!({"optimize_1d": true}),
                 json!({"ams_bound": true}),
                 json!({"cautious": true}),
@@ -251,7 +253,6 @@ fn bad_arguments_are_refused_naming_the_field() {
         ("ranger", json!({"alpha": 1.5}), "`alpha`"),
         ("adamp", json!({"wd_ratio": 1.0}), "`wd_ratio`"),
         ("sgdp", json!({"momentum": 1.0}), "`momentum`"),
-        ("mars", json!({"mars_type": "shampoo"}), "`mars_type`"),
         ("mars", json!({"mars_type": "sgd"}), "`mars_type`"),
         ("qhadam", json!({"nus": [1.5, 1.0]}), "`nus`"),
         ("adafactor", json!({"momentum_dtype": "float16"}), "`momentum_dtype`"),

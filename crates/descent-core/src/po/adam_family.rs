@@ -386,7 +386,7 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             let mars_type = match a.k.str("mars_type", "adamw")? {
                 "adamw" => MarsType::AdamW,
                 "lion" => MarsType::Lion,
-                "shampoo" => return Err(a_err(name, "mars_type", "`shampoo` is not implemented; valid: adamw, lion")),
+                "shampoo" => MarsType::Shampoo,
                 other => {
                     return Err(a_err(name, "mars_type", format!("`{other}` must be one of adamw, lion, shampoo")))
                 }

@@ -4,7 +4,10 @@
 use super::common::{adam_debias, apply_cautious, debias, lerp, rectify, Decay};
 use crate::error::Result;
 use crate::transform::{LearningRate, Shapes, Transform};
-use crate::transforms::{sign, state, sum_sq, zeros};
+use crate::transforms::{newton_schulz, round_bf16, sign, state, sum_sq, zeros, NsPrecision};
+
+/// The coefficients of the quintic Newton–Schulz iteration (Jordan et al. 2024).
+const NS_COEFFICIENTS: [f64; 3] = [3.4445, -4.7750, 2.0315];
 
 /// MARS's update of tensors with at least two axes (or every tensor with `optimize_1d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,11 +16,16 @@ pub enum MarsType {
     AdamW,
     /// The sign of the corrected gradient's momentum.
     Lion,
+    /// The momentum (over `1 − β₁`) orthogonalized by five quintic Newton–Schulz iterations in
+    /// bfloat16 (Muon's), the tensor viewed as a matrix of its first axis against the others,
+    /// scaled by `√max(1, d₀/d₁)`. Tensors with fewer than two axes (under `optimize_1d`) take
+    /// the AdamW update.
+    Shampoo,
 }
 
 /// pytorch_optimizer `MARS` (Yuan et al. 2024, "make variance reduction shine"): the gradient
 /// corrected by its change, `c = g + γ·β₁/(1−β₁)·(g − gₜ₋₁)`, clipped to unit norm per tensor,
-/// drives AdamW (or Lion) for tensors with at least two axes; the others get plain AdamW with
+/// drives AdamW (or Lion, or Muon's orthogonalized momentum) for tensors with at least two axes; the others get plain AdamW with
 /// `lr_1d` (as the factor `lr_1d/lr` of the current rate), `betas_1d` and `weight_decay_1d`.
 pub struct Mars {
     lr: LearningRate,
@@ -177,8 +185,19 @@ impl Transform for Mars {
             if self.cautious {
                 apply_cautious(&mut upd, g);
             }
+            let shape = &self.shapes[i];
             if mixed && self.mars_type == MarsType::Lion {
                 upd.iter_mut().for_each(|u| *u = sign(*u));
+            } else if mixed && self.mars_type == MarsType::Shampoo && shape.len() >= 2 {
+                if !upd.is_empty() {
+                    let (rows, cols) = (shape[0], upd.len() / shape[0]);
+                    let scale = (1.0 / (1.0 - b1)) as f32;
+                    upd.iter_mut().for_each(|u| *u *= scale);
+                    let o =
+                        newton_schulz(&upd, rows, cols, NS_COEFFICIENTS, 5, self.eps as f64, NsPrecision::TorchBf16);
+                    let factor = (shape[0] as f64 / shape[1] as f64).max(1.0).sqrt() as f32;
+                    upd.iter_mut().zip(&o).for_each(|(u, &o)| *u = round_bf16(o * factor));
+                }
             } else {
                 let v = &mut self.exp_avg_sq[i];
                 let (b2f, c2) = (b2 as f32, (1.0 - b2) as f32);
