@@ -56,11 +56,12 @@ pub fn build(
     if !NAMES.contains(&name) {
         return None;
     }
+    // The transformations size their state at `init`; the shapes are checked by the caller.
+    let _ = shapes;
     Some(match param_groups {
-        None => build_one(name, hparams, shapes, false),
-        Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, idx| {
-            let sub: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
-            build_one(name, &group_hparams(name, hparams, merged), &sub, true)
+        None => build_one(name, hparams, false),
+        Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
+            build_one(name, &group_hparams(name, hparams, merged), true)
         }),
     })
 }
@@ -106,8 +107,7 @@ fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
 /// One optimizer (or one parameter group's) from its keyword arguments. `grouped`: part of a
 /// `param_groups` run, where a norm over all parameters (Adan's and Lamb's clipping) would span
 /// the other groups too, which a group's transformation cannot see.
-fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) -> Result<Box<dyn Transform>> {
-    let _ = shapes;
+fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Transform>> {
     let mut a = Args::new(name, hparams)?;
     let tx: Box<dyn Transform> = match name {
         "adabound" => {
@@ -188,7 +188,7 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             let betas = a.betas([0.9, 0.999])?;
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
-            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-16)?;
@@ -212,7 +212,7 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             let betas = a.betas([0.9, 0.999])?;
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
-            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
@@ -256,7 +256,7 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             if k == 0 {
                 return Err(a_err(name, "k", "must be positive"));
             }
-            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
             let decay = a.decay(0.0, true)?;
             let use_gc = a.bool("use_gc", true)?;
@@ -429,7 +429,7 @@ fn build_one(name: &str, hparams: &Value, shapes: &[Vec<usize>], grouped: bool) 
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
-            let n_sma_threshold = a.int("n_sma_threshold", 5)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let grad_averaging = a.bool("grad_averaging", true)?;
             let max_grad_norm = a.non_negative("max_grad_norm", 1.0)?;
             let adam = a.bool("adam", false)?;

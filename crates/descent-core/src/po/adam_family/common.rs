@@ -175,13 +175,9 @@ impl<'a> Args<'a> {
         self.k.u64(key, default)
     }
 
-    /// An integer threshold that may be negative (`n_sma_threshold`).
-    pub fn int(&mut self, key: &'static str, default: i64) -> Result<f64> {
-        let x = self.k.f64(key, default as f64)?;
-        if x.fract() != 0.0 {
-            return Err(self.err(key, format!("must be an integer, got {x}")));
-        }
-        Ok(x)
+    /// An SMA-length threshold (`n_sma_threshold`; the library compares it with a float).
+    pub fn threshold(&mut self, key: &'static str, default: f64) -> Result<f64> {
+        self.k.f64(key, default)
     }
 
     /// `betas` with `n` entries, each in `[0, 1)` (`validate_betas`; the third in `[0, 1]`).
