@@ -3,7 +3,9 @@
 //! StableAdamW (update clipping by the RMS of `g/√v`).
 
 use super::common::{adam_debias, debias, debias_beta, lerp, rectify, Decay};
-use crate::transform::{numel, Elementwise, LearningRate};
+use rayon::prelude::*;
+
+use crate::transform::{numel, Elementwise, LearningRate, CHUNK, PARALLEL_MIN};
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
 /// pytorch_optimizer `Ranger` (Wright 2019): RAdam (Liu et al. 2020) with Lookahead (Zhang et al.
@@ -140,8 +142,11 @@ impl Elementwise for Ranger {
     fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
         for ((means, &len), g) in self.row_means.iter_mut().zip(&self.row_len).zip(inputs) {
             means.clear();
-            if len > 0 {
-                means.extend(g.chunks(len).map(|row| (row.iter().map(|&x| x as f64).sum::<f64>() / len as f64) as f32));
+            let mean = |row: &[f32]| (row.iter().map(|&x| x as f64).sum::<f64>() / len as f64) as f32;
+            if len > 0 && g.len() >= PARALLEL_MIN {
+                means.par_extend(g.par_chunks(len).map(mean));
+            } else if len > 0 {
+                means.extend(g.chunks(len).map(mean));
             }
         }
     }
@@ -296,18 +301,36 @@ impl Elementwise for StableAdamW {
         let [_, b2, c2] = self.decays(self.step + 1);
         let lr = self.lr.at(self.step) as f32;
         let (l2, floor) = (self.l2(), self.eps * self.eps);
-        let vs = self.exp_avg_sq.buffers();
-        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-            let v = &vs[i];
+        let maximize = self.maximize;
+        // Σ x²/max(v', ε²) over one range, x the gradient as the step reads it and v' the
+        // second moment as the step leaves it.
+        let part = |g: &[f32], w: &[f32], v: &[f32]| -> f64 {
             let mut sum = 0.0f64;
             for j in 0..g.len() {
-                let mut x = if self.maximize { -g[j] } else { g[j] };
+                let mut x = if maximize { -g[j] } else { g[j] };
                 if l2 != 0.0 {
                     x += l2 * w[j];
                 }
                 let vn = v[j] * b2 + c2 * x * x;
                 sum += (x * x / vn.max(floor)) as f64;
             }
+            sum
+        };
+        let vs = self.exp_avg_sq.buffers();
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            let v = &vs[i][..];
+            // Fixed chunks summed in order: the same value whatever the number of threads.
+            let sum: f64 = if g.len() >= PARALLEL_MIN {
+                let parts: Vec<f64> = g
+                    .par_chunks(CHUNK)
+                    .zip(w.par_chunks(CHUNK))
+                    .zip(v.par_chunks(CHUNK))
+                    .map(|((g, w), v)| part(g, w, v))
+                    .collect();
+                parts.iter().sum()
+            } else {
+                g.chunks(CHUNK).zip(w.chunks(CHUNK)).zip(v.chunks(CHUNK)).map(|((g, w), v)| part(g, w, v)).sum()
+            };
             let rms = if g.is_empty() { 1.0 } else { ((sum / g.len() as f64).sqrt() as f32).max(1.0) };
             self.step_sizes[i] = -lr / rms;
         }
