@@ -1,0 +1,315 @@
+//! AdamP and SGDP (Heo et al. 2021): updates whose radial component is removed for parameters that
+//! look scale-invariant, which needs whole tensors (cosine similarities, per-channel norms).
+
+use super::common::{adam_debias, debias, lerp, Decay};
+use crate::error::Result;
+use crate::transform::{LearningRate, Shapes, Transform};
+use crate::transforms::{state, sum_sq, zeros};
+
+/// `|cos(x, y)|` of two rows as `torch.nn.functional.cosine_similarity` computes it: each row
+/// divided by its norm (floored at `eps`) before the dot product.
+fn abs_cosine(x: &[f32], y: &[f32], eps: f32) -> f32 {
+    let nx = (sum_sq(x).sqrt() as f32).max(eps);
+    let ny = (sum_sq(y).sqrt() as f32).max(eps);
+    let dot: f64 = x.iter().zip(y).map(|(a, b)| ((a / nx) * (b / ny)) as f64).sum();
+    (dot as f32).abs()
+}
+
+/// The library's `projection`: for the channel view (one row per slice along the first axis), then
+/// the layer view (one row), the first whose largest `|cos(g, p)|` over its rows is below
+/// `delta/√(row length)` has the radial component `p̂·⟨p̂, d⟩` (per row, `p̂ = p/(‖p‖ + eps)`)
+/// removed from `perturb`, and the decay ratio becomes `wd_ratio`. Returns the decay ratio.
+pub(crate) fn project(
+    p: &[f32],
+    grad: &[f32],
+    perturb: &mut [f32],
+    rows: usize,
+    delta: f64,
+    wd_ratio: f64,
+    eps: f32,
+) -> f64 {
+    let n = p.len();
+    if n == 0 {
+        return 1.0;
+    }
+    for rows in [rows, 1] {
+        let cols = n / rows;
+        let max_cos = (0..rows)
+            .map(|r| abs_cosine(&grad[r * cols..(r + 1) * cols], &p[r * cols..(r + 1) * cols], eps))
+            .fold(f32::NEG_INFINITY, |a, b| if b > a || b.is_nan() { b } else { a });
+        // A NaN maximum compares false, as in torch.
+        if (max_cos as f64) < delta / (cols as f64).sqrt() {
+            for r in 0..rows {
+                let (pr, dr) = (&p[r * cols..(r + 1) * cols], &mut perturb[r * cols..(r + 1) * cols]);
+                let norm = sum_sq(pr).sqrt() as f32 + eps;
+                let radial: f64 = pr.iter().zip(dr.iter()).map(|(&w, &d)| ((w / norm) * d) as f64).sum();
+                let radial = radial as f32;
+                for (d, &w) in dr.iter_mut().zip(pr) {
+                    *d -= (w / norm) * radial;
+                }
+            }
+            return wd_ratio;
+        }
+    }
+    1.0
+}
+
+/// Rows of the channel view of a tensor of this shape (its first axis; 1 for a vector).
+fn channel_rows(shape: &[usize]) -> usize {
+    shape.first().copied().unwrap_or(1).max(1)
+}
+
+/// pytorch_optimizer `AdamP` (Heo et al. 2021): Adam (optionally Nesterov) whose update, for
+/// parameters with more than one axis that look scale-invariant, loses its radial component,
+/// and whose decoupled decay is then scaled by `wd_ratio`.
+pub struct AdamP {
+    lr: LearningRate,
+    betas: [f64; 2],
+    decay: Decay,
+    delta: f64,
+    wd_ratio: f64,
+    nesterov: bool,
+    eps: f32,
+    adam_debias: bool,
+    maximize: bool,
+    step: u64,
+    shapes: Vec<Vec<usize>>,
+    exp_avg: Vec<Vec<f32>>,
+    exp_avg_sq: Vec<Vec<f32>>,
+}
+
+/// `AdamP`'s arguments, with its defaults.
+pub struct AdamPConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Decays of the first and second moments.
+    pub betas: [f64; 2],
+    /// Weight decay (decoupled by default; as an L2 term the library adds it after the update is
+    /// formed, so it does not change the step).
+    pub decay: Decay,
+    /// Threshold of the cosine similarity below which a tensor counts as scale-invariant.
+    pub delta: f64,
+    /// The decay's ratio for scale-invariant tensors.
+    pub wd_ratio: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Added to the denominator and to the norms.
+    pub eps: f64,
+    /// AdamD: no bias correction of the step size.
+    pub adam_debias: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdamPConfig {
+    fn default() -> Self {
+        AdamPConfig {
+            lr: LearningRate::Constant(1e-3),
+            betas: [0.9, 0.999],
+            decay: Decay { weight_decay: 0.0, decouple: true, fixed: false },
+            delta: 0.1,
+            wd_ratio: 0.1,
+            nesterov: false,
+            eps: 1e-8,
+            adam_debias: false,
+            maximize: false,
+        }
+    }
+}
+
+impl AdamP {
+    pub fn new(c: AdamPConfig) -> Self {
+        AdamP {
+            lr: c.lr,
+            betas: c.betas,
+            decay: c.decay,
+            delta: c.delta,
+            wd_ratio: c.wd_ratio,
+            nesterov: c.nesterov,
+            eps: c.eps as f32,
+            adam_debias: c.adam_debias,
+            maximize: c.maximize,
+            step: 0,
+            shapes: vec![],
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+        }
+    }
+}
+
+impl Transform for AdamP {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        self.shapes = shapes.to_vec();
+        self.exp_avg = zeros(shapes);
+        self.exp_avg_sq = zeros(shapes);
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let [b1, b2] = self.betas;
+        let bc2 = debias(b2, self.step).sqrt() as f32;
+        let step_size = adam_debias(self.adam_debias, lr, debias(b1, self.step)) as f32;
+        let (w1, b2, c2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
+            if self.maximize {
+                u.iter_mut().for_each(|g| *g = -*g);
+            }
+            let grad = &u[..];
+            let mut perturb: Vec<f32> = (0..grad.len())
+                .map(|j| {
+                    let g = grad[j];
+                    m[j] = lerp(m[j], g, w1);
+                    v[j] = v[j] * b2 + c2 * g * g;
+                    let inv = 1.0 / (v[j].sqrt() + self.eps) * bc2;
+                    if self.nesterov {
+                        lerp(m[j], g, w1) * inv
+                    } else {
+                        inv * m[j]
+                    }
+                })
+                .collect();
+            let shape = &self.shapes[i];
+            let ratio = if shape.len() > 1 {
+                project(p, grad, &mut perturb, channel_rows(shape), self.delta, self.wd_ratio, self.eps)
+            } else {
+                1.0
+            };
+            let keep = self.decay.keep(lr, ratio);
+            for (j, d) in perturb.iter().enumerate() {
+                let w = p[j];
+                u[j] = (w * keep + -step_size * d) - w;
+            }
+        }
+        Ok(())
+    }
+    state!(AdamP; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
+}
+
+/// pytorch_optimizer `SGDP` (Heo et al. 2021): SGD with momentum (optionally Nesterov) whose update
+/// loses its radial component for scale-invariant-looking parameters; the decoupled decay is
+/// scaled by `ratio/(1 − momentum)`.
+pub struct Sgdp {
+    lr: LearningRate,
+    momentum: f64,
+    dampening: f64,
+    decay: Decay,
+    delta: f64,
+    wd_ratio: f64,
+    nesterov: bool,
+    eps: f32,
+    maximize: bool,
+    step: u64,
+    shapes: Vec<Vec<usize>>,
+    momentum_buffer: Vec<Vec<f32>>,
+}
+
+/// `SGDP`'s arguments, with its defaults.
+pub struct SgdpConfig {
+    /// Learning rate.
+    pub lr: LearningRate,
+    /// Momentum factor.
+    pub momentum: f64,
+    /// Dampening of the gradient added to the momentum.
+    pub dampening: f64,
+    /// Weight decay (decoupled by default; as an L2 term it does not change the step).
+    pub decay: Decay,
+    /// Threshold of the cosine similarity below which a tensor counts as scale-invariant.
+    pub delta: f64,
+    /// The decay's ratio for scale-invariant tensors.
+    pub wd_ratio: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Added to the norms.
+    pub eps: f64,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for SgdpConfig {
+    fn default() -> Self {
+        SgdpConfig {
+            lr: LearningRate::Constant(1e-3),
+            momentum: 0.0,
+            dampening: 0.0,
+            decay: Decay { weight_decay: 0.0, decouple: true, fixed: false },
+            delta: 0.1,
+            wd_ratio: 0.1,
+            nesterov: false,
+            eps: 1e-8,
+            maximize: false,
+        }
+    }
+}
+
+impl Sgdp {
+    pub fn new(c: SgdpConfig) -> Self {
+        Sgdp {
+            lr: c.lr,
+            momentum: c.momentum,
+            dampening: c.dampening,
+            decay: c.decay,
+            delta: c.delta,
+            wd_ratio: c.wd_ratio,
+            nesterov: c.nesterov,
+            eps: c.eps as f32,
+            maximize: c.maximize,
+            step: 0,
+            shapes: vec![],
+            momentum_buffer: vec![],
+        }
+    }
+}
+
+impl Transform for Sgdp {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_init(shapes, params)?;
+        self.shapes = shapes.to_vec();
+        self.momentum_buffer = zeros(shapes);
+        Ok(())
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        let lr = self.lr.at(self.step);
+        self.step += 1;
+        let (mom, damp) = (self.momentum as f32, (1.0 - self.dampening) as f32);
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            let buf = &mut self.momentum_buffer[i];
+            if self.maximize {
+                u.iter_mut().for_each(|g| *g = -*g);
+            }
+            let grad = &u[..];
+            let mut d_p: Vec<f32> = (0..grad.len())
+                .map(|j| {
+                    buf[j] = buf[j] * mom + damp * grad[j];
+                    if self.nesterov {
+                        buf[j] * mom + grad[j]
+                    } else {
+                        buf[j]
+                    }
+                })
+                .collect();
+            let shape = &self.shapes[i];
+            let ratio = if shape.len() > 1 {
+                project(p, grad, &mut d_p, channel_rows(shape), self.delta, self.wd_ratio, self.eps)
+            } else {
+                1.0
+            };
+            let keep = self.decay.keep(lr, ratio / (1.0 - self.momentum));
+            let lr = lr as f32;
+            for (j, d) in d_p.iter().enumerate() {
+                let w = p[j];
+                u[j] = (w * keep + -lr * d) - w;
+            }
+        }
+        Ok(())
+    }
+    state!(Sgdp; bufs: [momentum_buffer]; counters: [step]; scalars: []);
+}
