@@ -151,22 +151,25 @@ pub struct TrainArgs {
     /// Learning-rate schedule: constant (the default), cosine, warmup_cosine, onecycle, linear,
     /// exponential, step, plateau (ReduceLROnPlateau on the test loss), or a library schedule by
     /// name (torch.OneCycleLR, optax.warmup_cosine_decay_schedule, …) with --schedule-args. For gpt
-    /// the default is nanoGPT's: warmup_cosine with --warmup-steps 100, --min-lr 1e-4 and
+    /// the default is nanoGPT's: warmup_cosine with --warmup-steps 100, --min-lr lr/10 (1e-4) and
     /// --decay-steps equal to --steps.
     #[arg(long)]
     #[serde(default)]
     pub schedule: Option<String>,
     /// warmup_cosine as nanoGPT's get_lr: linear warm-up over this many steps (lr·(t+1)/(N+1) at
-    /// step t) instead of the first 5% of the run.
+    /// step t) instead of the first 5% of the run (gpt: 100; others: 0 when --decay-steps or
+    /// --min-lr is given).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_steps: Option<u64>,
     /// warmup_cosine as nanoGPT's get_lr: the cosine reaches --min-lr at this step and stays there
-    /// (default: the run's last step).
+    /// (default: the run's last step; for gpt fixed at --steps when the run starts, so a resumed
+    /// run with a larger --steps stays at --min-lr past it).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decay_steps: Option<u64>,
-    /// warmup_cosine as nanoGPT's get_lr: the learning rate the cosine decays to (default 0).
+    /// warmup_cosine as nanoGPT's get_lr: the learning rate the cosine decays to (default 0; gpt:
+    /// lr/10).
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_lr: Option<f64>,
