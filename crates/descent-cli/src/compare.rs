@@ -16,7 +16,8 @@ use crate::train::{self, RunOptions, TrainArgs};
 pub struct CompareArgs {
     /// A run: OPTIMIZER:key=value,… where keys are train settings (lr, batch_size, schedule,
     /// schedule_interval, l1, l2, clip_norm, clip_value, dropout, init, seed, steps, epochs,
-    /// target_accuracy, model, depth, width) or the optimizer's own arguments (momentum, weight_decay, betas=[0.9,0.99],
+    /// target_accuracy, model, depth, width, warmup_steps, decay_steps, min_lr and gpt's n_layer,
+    /// n_head, n_embd, block_size, eval_interval, eval_iters) or the optimizer's own arguments (momentum, weight_decay, betas=[0.9,0.99],
     /// …). Repeatable; also `[[run]]` tables in --config.
     #[arg(long = "run", value_name = "SPEC")]
     pub runs: Vec<String>,
@@ -56,6 +57,15 @@ const TRAIN_KEYS: &[&str] = &[
     "model",
     "depth",
     "width",
+    "warmup_steps",
+    "decay_steps",
+    "min_lr",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "eval_interval",
+    "eval_iters",
 ];
 
 /// One configured run: its label and its full settings.
@@ -123,7 +133,7 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
             key if TRAIN_KEYS.contains(&key) => {
                 obj.insert(k.clone(), val.clone());
             }
-            "data" | "threads" | "out" | "force" | "tensorboard" => {
+            "data" | "text" | "threads" | "out" | "force" | "tensorboard" => {
                 bail!("{what}: `{k}` is shared by all runs of a comparison; set it once, outside the runs")
             }
             _ => {

@@ -110,6 +110,9 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     // The test sets its own length, learning rates and folder: train settings it would not use
     // are refused rather than ignored.
     let b = &a.base;
+    if b.model == "gpt" {
+        bail!("lr-find: the gpt model is not available here; it trains through `descent train` and `descent compare`");
+    }
     for (given, flag) in [
         (b.epochs.is_some(), "--epochs"),
         (b.steps.is_some(), "--steps (use --num-steps)"),
@@ -125,7 +128,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
             bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");
         }
     }
-    if a.base.lr.is_some() || a.base.schedule != "constant" {
+    if a.base.lr.is_some() || a.base.schedule.as_deref().is_some_and(|s| s != "constant") {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }
     let out = a.base.out.clone().unwrap_or_else(|| PathBuf::from("runs/lr-find"));
@@ -135,8 +138,15 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     train::validate(&args)?;
     let init = Init::parse(&args.init)?;
     let mut rng = Rng::new(args.seed);
-    let (model, train_set, test_set, loss) =
-        train::workload(&args.model, train::Arch::of(&args), init, args.dropout, args.normalize, &args.data, &mut rng)?;
+    let (model, train_set, test_set, loss) = train::workload(
+        &args.model,
+        train::Arch::of(&args),
+        init,
+        args.dropout(),
+        args.normalize,
+        &args.data,
+        &mut rng,
+    )?;
     let mut cfg = train::config(&args, loss)?;
     let (start, ratio, n) = (a.start_lr, a.end_lr / a.start_lr, a.num_steps);
     cfg.schedule = LrSchedule::Spec(SpecSchedule {
@@ -149,7 +159,12 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     cfg.epochs = (n as usize).div_ceil(train_set.len().div_ceil(cfg.batch_size).max(1));
     println!(
         "learning-rate range test: {} with {}, {:e} to {:e} over {} steps (batch {})",
-        args.model, args.optimizer, a.start_lr, a.end_lr, n, cfg.batch_size
+        args.model,
+        args.optimizer(),
+        a.start_lr,
+        a.end_lr,
+        n,
+        cfg.batch_size
     );
     let mut rec = Recorder { start, diverge: a.diverge, points: vec![], avg: 0.0, best: f64::INFINITY };
     match train_from(model.as_ref(), &train_set, &test_set, &cfg, None, &mut rec) {
@@ -169,7 +184,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     let mut series = vec![Series {
         raw: points.iter().map(|p| (p.lr, p.loss)).collect(),
         ..Series::line(
-            format!("{} {}", args.model, args.optimizer),
+            format!("{} {}", args.model, args.optimizer()),
             points.iter().map(|p| (p.lr, p.smoothed)).collect(),
         )
     }];
@@ -179,7 +194,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         series.push(Series::line(format!("suggested {}", plot::tick(steep)), vec![(steep, lo), (steep, hi)]));
     }
     let chart = Chart {
-        title: format!("learning-rate range test: {} with {}", args.model, args.optimizer),
+        title: format!("learning-rate range test: {} with {}", args.model, args.optimizer()),
         log_x: true,
         integer_x: false,
         x_label: "learning rate (log scale)".into(),

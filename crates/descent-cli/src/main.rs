@@ -9,6 +9,7 @@ mod landscape;
 mod lrfind;
 mod plot;
 mod runs;
+mod sample;
 mod sweep;
 mod tensorboard;
 mod train;
@@ -56,6 +57,12 @@ enum Command {
     /// --threads may be given with it; any other setting that differs from the run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
+    /// Text from a language-model run (`descent train --model gpt`): its checkpoint continues a
+    /// prompt, one character at a time.
+    ///
+    /// e.g. descent sample runs/gpt --prompt "ROMEO:" --tokens 300 --temperature 0.8 --seed 0
+    #[command(allow_negative_numbers = true)]
+    Sample(Box<sample::SampleArgs>),
     /// Compare runs of one workload that differ in optimizer, learning rate, schedule,
     /// regularization or batch size: a table, charts (PNG and SVG) and an HTML report.
     ///
@@ -204,6 +211,7 @@ fn main() -> ExitCode {
                 .collect();
             args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
         }
+        Command::Sample(args) => set_threads(args.threads).and_then(|_| sample::run(*args)).map(|_| true),
         Command::Compare(args) => {
             let sub = matches.subcommand_matches("compare").expect("compare subcommand");
             set_threads(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)

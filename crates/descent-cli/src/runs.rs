@@ -103,6 +103,9 @@ pub struct RunMetrics {
     pub warnings: Vec<String>,
     /// Drawn faint (a run that failed or was stopped early).
     pub faint: bool,
+    /// A language model's run: its rows of metrics.jsonl are loss estimates every few steps
+    /// (validation loss in nats per character), drawn against the step rather than the epoch.
+    pub by_step: bool,
 }
 
 /// The complete records of a JSON-lines file (none if it is missing). A last line without its
@@ -147,7 +150,16 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     let steps = read_records(&dir.join(run::STEPS_JSONL), &mut warnings)?;
     let epochs = read_records(&dir.join(run::METRICS_JSONL), &mut warnings)?;
     let grad_norms = read_records(&dir.join(run::GRAD_NORMS_JSONL), &mut warnings)?;
-    Ok(RunMetrics { dir: dir.to_path_buf(), label: label(&config), steps, epochs, grad_norms, warnings, faint: false })
+    Ok(RunMetrics {
+        dir: dir.to_path_buf(),
+        label: label(&config),
+        steps,
+        epochs,
+        grad_norms,
+        warnings,
+        faint: false,
+        by_step: config["model"] == "gpt",
+    })
 }
 
 /// A field of a CSV table as RFC 4180 writes it: quoted when it holds a comma, a quote or a line
@@ -272,6 +284,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
         files.extend(plot::line_chart(&grad_norms_by_layer(runs, title), &out.join("grad_norm_by_layer"))?);
     }
     let classification = runs.iter().any(|r| r.epochs.iter().any(|e| e.test_accuracy.is_some()));
+    let by_step = !classification && runs.iter().any(|r| r.by_step);
     let series = runs
         .iter()
         .map(|r| {
@@ -280,7 +293,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
                 .iter()
                 .map(|e| {
                     (
-                        e.epoch as f64,
+                        if by_step { e.steps as f64 } else { e.epoch as f64 },
                         if classification { 100.0 * e.test_accuracy.unwrap_or(f64::NAN) } else { e.test_loss },
                     )
                 })
@@ -290,6 +303,8 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
         .collect();
     let (name, t, y) = if classification {
         ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)")
+    } else if by_step {
+        ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)")
     } else {
         ("test_loss", format!("{title}: test loss"), "test loss")
     };
@@ -302,7 +317,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
         title: t,
         log_x: false,
         integer_x: true,
-        x_label: "epoch".into(),
+        x_label: if by_step { "optimizer step".into() } else { "epoch".into() },
         y_label: y.into(),
         y_scale,
         series,

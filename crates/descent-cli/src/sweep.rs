@@ -178,6 +178,9 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         base = base.merge_table(file, path, matches, &also)?;
         (base.resume, base.config) = (None, None);
     }
+    if base.model == "gpt" {
+        bail!("sweep: the gpt model is not available here (its runs are measured in steps, not epochs); compare gpt runs with `descent compare --model gpt`");
+    }
     for p in &a.params {
         let (name, def) =
             p.split_once('=').with_context(|| format!("--param `{p}`: expected NAME=KIND:ARGS ({})", tune::KINDS))?;

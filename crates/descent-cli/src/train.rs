@@ -9,17 +9,23 @@ use descent_train::checkpoint::Checkpoint;
 use crate::folder;
 use crate::runs::{json_line, EpochRow, EvalRow, GradNormRow, StepRow};
 use descent_train::data::Dataset;
+use descent_train::gpt::{Gpt, GptConfig};
+use descent_train::lm::{train_text, TextConfig};
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::resnet::{PlainCnn, ResNet};
 use descent_train::rng::Rng;
+use descent_train::text::CharCorpus;
 use descent_train::train::{
     train_from, Control, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule, SpecSchedule,
     StepMetrics, Stop, TrainConfig,
 };
 
 /// The models `descent train` knows.
-pub const MODELS: &[&str] = &["lenet", "mlp", "linear", "resnet", "plain"];
+pub const MODELS: &[&str] = &["lenet", "mlp", "linear", "resnet", "plain", "gpt"];
+
+/// The text a gpt trains on unless `--text` says otherwise.
+pub const DEFAULT_TEXT: &str = "data/tinyshakespeare/input.txt";
 
 /// The flags of `descent train`; also the `config.json` of a run folder and the keys of a
 /// `--config` TOML file.
@@ -27,30 +33,35 @@ pub const MODELS: &[&str] = &["lenet", "mlp", "linear", "resnet", "plain"];
 #[serde(deny_unknown_fields)]
 pub struct TrainArgs {
     /// Model: lenet (LeNet-5 on MNIST), mlp (MNIST), resnet (a residual CNN with batch norm on
-    /// MNIST), plain (the same depth without batch norm or skips) or linear (regression on
-    /// y = 2x + noise).
+    /// MNIST), plain (the same depth without batch norm or skips), linear (regression on
+    /// y = 2x + noise) or gpt (nanoGPT's character-level transformer on --text; it trains for
+    /// --steps iterations, default 2000, with nanoGPT's CPU recipe as its defaults).
     #[arg(long, default_value = "lenet")]
     pub model: String,
     /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    /// Default adam; for gpt torch.adamw with nanoGPT's arguments (betas (0.9, 0.99), weight decay
+    /// 0.1), which --hparams can override one by one.
+    #[arg(long)]
+    #[serde(default)]
+    pub optimizer: Option<String>,
     /// Learning rate; the same setting as `lr` / `learning_rate` in --hparams. Default: the
-    /// optimizer library's own (torch Adam 1e-3, optax Prodigy 1.0, …); where the library has none
-    /// (optax's adam, lion, …) and for torch SGD, the model's suggested rate (lenet 2e-3, mlp and
-    /// resnet 1e-3, linear 0.1).
+    /// optimizer library's own (torch Adam and AdamW 1e-3, optax Prodigy 1.0, …); where the library
+    /// has none (optax's adam, lion, …) and for torch SGD, the model's suggested rate (lenet 2e-3,
+    /// mlp, resnet and gpt 1e-3, linear 0.1).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Other optimizer arguments as JSON, in the library's own names, e.g. '{"momentum": 0.9}'.
     #[arg(long, default_value = "{}")]
     #[arg(value_parser = parse_json)]
     pub hparams: serde_json::Value,
-    /// Epochs in all (default 1; with --resume, the new total).
+    /// Epochs in all (default 1; with --resume, the new total). Not for gpt, which counts steps.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Stop after this many optimizer steps.
+    /// Stop after this many optimizer steps. For gpt the length of the run in iterations (one
+    /// step on one batch of random windows; default 2000; with --resume, the new total).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Batch size (default: 128 for lenet, 32 otherwise).
+    /// Batch size (default: 128 for lenet, resnet and plain, 12 windows for gpt, 32 otherwise).
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -66,19 +77,53 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub width: Option<usize>,
-    /// Dropout probability of the MLP's hidden layer.
-    #[arg(long, default_value_t = 0.2)]
-    pub dropout: f32,
+    /// Dropout probability: of the MLP's hidden layer (default 0.2), or of gpt's embeddings,
+    /// attention weights and residual branches (default 0).
+    #[arg(long)]
+    #[serde(default)]
+    pub dropout: Option<f32>,
     /// Standardize MNIST pixels with the training set's mean and std.
     #[arg(long)]
     pub normalize: bool,
     /// Folder with the MNIST idx files.
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
+    /// gpt: the UTF-8 text file to train on (default data/tinyshakespeare/input.txt). Its
+    /// distinct characters are the vocabulary; the first 90% trains, the last 10% validates.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<PathBuf>,
+    /// gpt: transformer blocks (default 4).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_layer: Option<usize>,
+    /// gpt: attention heads per block; must divide --n-embd (default 4).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_head: Option<usize>,
+    /// gpt: width of the embeddings and the residual stream (default 128).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_embd: Option<usize>,
+    /// gpt: context length, the characters per training window and the rows of the position
+    /// table (default 64).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<usize>,
+    /// gpt: estimate the training and validation losses every this many steps (default 250),
+    /// before the first and after the last; each estimate is a row of metrics.jsonl and a
+    /// checkpoint.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_interval: Option<u64>,
+    /// gpt: batches per split in each loss estimate (nanoGPT's eval_iters; default 200).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_iters: Option<usize>,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Clip gradients by their global L2 norm.
+    /// Clip gradients by their global L2 norm (gpt: 1.0 by default, 0 turns it off).
     #[arg(long)]
     pub clip_norm: Option<f64>,
     /// Clip each gradient element to [-v, v].
@@ -106,11 +151,31 @@ pub struct TrainArgs {
     /// e.g. --group 'bias={"weight_decay": 0}'. Repeatable; the first match wins.
     #[arg(long = "group", value_name = "PATTERN=JSON", value_parser = parse_group)]
     pub groups: Vec<(String, serde_json::Value)>,
-    /// Learning-rate schedule: constant, cosine, warmup_cosine, onecycle, linear, exponential,
-    /// step, plateau (ReduceLROnPlateau on the test loss), or a library schedule by name
-    /// (torch.OneCycleLR, optax.warmup_cosine_decay_schedule, …) with --schedule-args.
-    #[arg(long, default_value = "constant")]
-    pub schedule: String,
+    /// Learning-rate schedule: constant (the default), cosine, warmup_cosine, onecycle, linear,
+    /// exponential, step, plateau (ReduceLROnPlateau on the test loss), or a library schedule by
+    /// name (torch.OneCycleLR, optax.warmup_cosine_decay_schedule, …) with --schedule-args. For gpt
+    /// the default is nanoGPT's: warmup_cosine with --warmup-steps 100, --min-lr lr/10 (1e-4) and
+    /// --decay-steps equal to --steps.
+    #[arg(long)]
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// warmup_cosine as nanoGPT's get_lr: linear warm-up over this many steps (lr·(t+1)/(N+1) at
+    /// step t) instead of the first 5% of the run (gpt: 100; others: 0 when --decay-steps or
+    /// --min-lr is given).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    /// warmup_cosine as nanoGPT's get_lr: the cosine reaches --min-lr at this step and stays there
+    /// (default: the run's last step; for gpt fixed at --steps when the run starts, so a resumed
+    /// run with a larger --steps stays at --min-lr past it).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay_steps: Option<u64>,
+    /// warmup_cosine as nanoGPT's get_lr: the learning rate the cosine decays to (default 0; gpt:
+    /// lr/10).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
     /// Keyword arguments of a library schedule, as JSON in the library's own names.
     #[arg(long, default_value = "{}", value_parser = parse_json)]
     pub schedule_args: serde_json::Value,
@@ -157,7 +222,27 @@ pub struct TrainArgs {
     pub given: Vec<String>,
 }
 
+/// The settings only gpt takes (left out of a run's config.json when not set).
+pub const GPT_KEYS: &[&str] = &["text", "n_layer", "n_head", "n_embd", "block_size", "eval_interval", "eval_iters"];
+/// The settings of warmup_cosine in nanoGPT's form (left out of config.json when not set).
+pub const SCHEDULE_KEYS: &[&str] = &["warmup_steps", "decay_steps", "min_lr"];
+
 impl TrainArgs {
+    /// The optimizer's name (the model's default when not given).
+    pub fn optimizer(&self) -> &str {
+        self.optimizer.as_deref().unwrap_or(if self.model == "gpt" { "torch.adamw" } else { "adam" })
+    }
+
+    /// The schedule's name (the model's default when not given).
+    pub fn schedule(&self) -> &str {
+        self.schedule.as_deref().unwrap_or(if self.model == "gpt" { "warmup_cosine" } else { "constant" })
+    }
+
+    /// The dropout probability (the model's default when not given).
+    pub fn dropout(&self) -> f32 {
+        self.dropout.unwrap_or(if self.model == "gpt" { 0.0 } else { 0.2 })
+    }
+
     /// The settings of `descent train FLAGS…` (defaults for the rest).
     pub fn from_flags(flags: &[&str]) -> Result<TrainArgs> {
         #[derive(clap::Parser)]
@@ -188,7 +273,8 @@ impl TrainArgs {
     ) -> Result<TrainArgs> {
         let mut merged = serde_json::to_value(&self)?;
         let flags = merged.as_object_mut().expect("TrainArgs serializes to an object");
-        let known: Vec<String> = flags.keys().cloned().collect();
+        let mut known: Vec<String> = flags.keys().cloned().collect();
+        known.extend(GPT_KEYS.iter().chain(SCHEDULE_KEYS).filter(|k| !flags.contains_key(**k)).map(|k| k.to_string()));
         for (k, v) in file {
             if !known.contains(&k) {
                 let accepted: Vec<&str> = also.iter().copied().chain(known.iter().map(|s| s.as_str())).collect();
@@ -249,6 +335,28 @@ fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON ({e})"))
 }
 
+/// The refusal of the commands that have no language-model workload.
+const NO_GPT: &str = "the gpt model trains on text through `descent train` and `descent compare`; this command runs the image and regression models";
+
+/// A gpt as its settings describe it (after [`resolve_defaults`]), for a corpus, initialized from
+/// `rng` (nanoGPT's initialization).
+pub fn gpt_of(a: &TrainArgs, corpus: &CharCorpus, rng: &mut Rng) -> Result<Gpt> {
+    let get = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is not set"));
+    let (n_layer, n_head, n_embd) =
+        (get(a.n_layer, "--n-layer")?, get(a.n_head, "--n-head")?, get(a.n_embd, "--n-embd")?);
+    let config = GptConfig {
+        dropout: a.dropout(),
+        ..GptConfig::new(corpus.vocab_size(), get(a.block_size, "--block-size")?, n_layer, n_head, n_embd)
+    };
+    Ok(Gpt::new(config, rng, &Device::Cpu)?)
+}
+
+/// The text of a gpt run (`--text`, the bundled tiny-shakespeare by default).
+pub fn corpus_of(a: &TrainArgs) -> Result<CharCorpus> {
+    let path = a.text.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEXT));
+    Ok(CharCorpus::load(&path)?)
+}
+
 /// The model, its training and test sets and its loss.
 type Workload = (Box<dyn Model>, Dataset, Dataset, Loss);
 
@@ -281,6 +389,7 @@ pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng
             PlainCnn::new(depth, width, init, rng, &dev)
                 .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
         ),
+        "gpt" => bail!(NO_GPT),
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     })
 }
@@ -314,6 +423,7 @@ pub fn workload(
             let (tr, te) = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
             (model_of(model, arch, init, dropout, rng)?, tr, te, Loss::CrossEntropy)
         }
+        "gpt" => bail!(NO_GPT),
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     })
 }
@@ -385,6 +495,7 @@ pub fn defaults(model: &str) -> (f64, usize) {
         "lenet" => (2e-3, 128),
         "resnet" | "plain" => (1e-3, 128),
         "linear" => (0.1, 32),
+        "gpt" => (1e-3, 12),
         _ => (1e-3, 32),
     }
 }
@@ -404,6 +515,17 @@ struct CliHooks<'a> {
     state_bytes: usize,
     /// The first error of a per-step write, raised at the epoch's end.
     error: Option<String>,
+    /// Set for a language model: its "epochs" are the loss estimates every --eval-interval steps.
+    text: Option<TextRun>,
+}
+
+/// What the hooks of a language-model run add: the model's shape and vocabulary for its
+/// checkpoints, and the windows a step trains on (batch and block size) for its reports.
+struct TextRun {
+    model_config: String,
+    vocab: String,
+    batch: usize,
+    block: usize,
 }
 
 impl Hooks for &mut CliHooks<'_> {
@@ -436,11 +558,15 @@ impl Hooks for &mut CliHooks<'_> {
         if s.batch == 0 || self.bar.is_none() {
             let bar = indicatif::ProgressBar::new(s.batches as u64);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            bar.set_prefix(s.epoch.to_string());
+            bar.set_prefix(match self.text {
+                // The steps up to the next loss estimate.
+                Some(_) => format!("steps {}..{}", s.step, s.step - s.batch as u64 + s.batches as u64),
+                None => format!("epoch {}", s.epoch),
+            });
             self.bar = Some(bar);
             self.loss_sum = 0.0;
             self.seen = 0;
@@ -467,7 +593,22 @@ impl Hooks for &mut CliHooks<'_> {
             bar.finish_and_clear();
         }
         let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
-        if !self.quiet {
+        if let (Some(t), false) = (&self.text, self.quiet) {
+            let speed = if m.seconds > 0.0 {
+                // Windows per second: steps of `batch` windows of `block` tokens.
+                let ms = 1e3 * t.batch as f64 / m.samples_per_s;
+                format!("  {ms:.1} ms/step  {:.0} tokens/s", m.samples_per_s * t.block as f64)
+            } else {
+                String::new()
+            };
+            println!(
+                "step {}: train loss {:.4}  val loss {:.4}  lr {:.3e}{speed}",
+                m.steps,
+                m.train_loss,
+                m.test_loss,
+                self.run_dir.base_lr * m.lr_scale
+            );
+        } else if !self.quiet {
             println!(
                 "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
                 m.epoch,
@@ -500,6 +641,10 @@ impl Hooks for &mut CliHooks<'_> {
         let mut ck = end.checkpoint()?;
         ck.run_id = self.run_dir.id.clone();
         ck.config_hash = self.run_dir.config_hash.clone();
+        if let Some(t) = &self.text {
+            ck.model_config = Some(t.model_config.clone());
+            ck.vocab = Some(t.vocab.clone());
+        }
         ck.save(&self.run_dir.checkpoint())
     }
 }
@@ -662,6 +807,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(last) = last {
         match last.test_accuracy {
             Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),
+            None if a.model == "gpt" => println!(
+                "validation loss: {:.4} nats/char (train {:.4}) after {} steps",
+                last.test_loss, last.train_loss, last.steps
+            ),
             None => {
                 let w: Vec<String> = out.first_values.iter().map(|(n, v)| format!("{n} = {v:.4}")).collect();
                 println!("test loss: {:.5}  ({})", last.test_loss, w.join(", "));
@@ -703,13 +852,19 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
             bail!("--threads {t}: must be between 1 and {MAX_THREADS}");
         }
     }
-    if !(0.0..1.0).contains(&a.dropout) {
-        bail!("--dropout {}: a probability in [0, 1)", a.dropout);
+    if !(0.0..1.0).contains(&a.dropout()) {
+        bail!("--dropout {}: a probability in [0, 1)", a.dropout());
     }
+    let gpt = a.model == "gpt";
     for (flag, v) in [("--clip-norm", a.clip_norm), ("--clip-value", a.clip_value)] {
         if let Some(v) = v {
-            if finite(flag, v)? <= 0.0 {
-                bail!("{flag} {v}: must be above 0");
+            // gpt's clipping is on by default: 0 turns it off (nanoGPT's grad_clip = 0).
+            let off = gpt && flag == "--clip-norm" && v == 0.0;
+            if finite(flag, v)? <= 0.0 && !off {
+                bail!(
+                    "{flag} {v}: must be above 0{}",
+                    if gpt && flag == "--clip-norm" { " (or 0 for none)" } else { "" }
+                );
             }
         }
     }
@@ -741,8 +896,17 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         }
     }
     // Settings that the model or schedule would not use are refused rather than ignored.
-    if a.model != "mlp" && a.dropout != 0.2 {
-        bail!("--dropout {}: the {} model has no dropout (only mlp has)", a.dropout, a.model);
+    if !matches!(a.model.as_str(), "mlp" | "gpt") && a.dropout() != 0.2 {
+        bail!("--dropout {}: the {} model has no dropout (only mlp and gpt have)", a.dropout(), a.model);
+    }
+    check_schedule_flags(a)?;
+    if gpt {
+        check_gpt(a)?;
+    } else {
+        let v = serde_json::to_value(a)?;
+        if let Some(k) = GPT_KEYS.iter().find(|k| !v[**k].is_null()) {
+            bail!("{} {}: only the gpt model takes it", flag(k), json_text(&v[*k]));
+        }
     }
     if a.model == "linear" {
         if a.normalize {
@@ -768,18 +932,144 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     if a.patience.is_none() && a.min_delta != 0.0 {
         bail!("--min-delta {}: it is early stopping's threshold; give --patience too", a.min_delta);
     }
-    if !a.schedule.contains('.') && a.schedule_interval != "step" {
+    if !a.schedule().contains('.') && a.schedule_interval != "step" {
         bail!(
             "--schedule-interval {}: only a library schedule (torch.StepLR, …) is stepped per epoch; `{}` sets its own pace",
-            a.schedule_interval, a.schedule
+            a.schedule_interval,
+            a.schedule()
         );
     }
-    if !a.schedule.contains('.') && a.schedule_args.as_object().is_none_or(|o| !o.is_empty()) {
+    if !a.schedule().contains('.') && a.schedule_args.as_object().is_none_or(|o| !o.is_empty()) {
         bail!(
             "--schedule-args {} is for a library schedule (torch.OneCycleLR, optax.cosine_decay_schedule, …); the built-in schedule `{}` takes none",
-            a.schedule_args, a.schedule
+            a.schedule_args,
+            a.schedule()
         );
     }
+    Ok(())
+}
+
+/// A setting's value as the user typed it (a string without its quotes).
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `--warmup-steps`, `--decay-steps` and `--min-lr` shape warmup_cosine only, and must fit the run.
+fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
+    let given: Vec<&str> = SCHEDULE_KEYS
+        .iter()
+        .copied()
+        .filter(|k| match *k {
+            "warmup_steps" => a.warmup_steps.is_some(),
+            "decay_steps" => a.decay_steps.is_some(),
+            _ => a.min_lr.is_some(),
+        })
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    if a.schedule() != "warmup_cosine" {
+        bail!("{}: only --schedule warmup_cosine takes it, not `{}`", flag(given[0]), a.schedule());
+    }
+    if let Some(m) = a.min_lr {
+        if !(m.is_finite() && m >= 0.0) {
+            bail!("--min-lr {m}: must be a finite number at least 0");
+        }
+        if let Some(lr) = a.lr.filter(|&lr| m > lr) {
+            bail!("--min-lr {m}: the rate the schedule decays to must not exceed --lr {lr}");
+        }
+    }
+    // A decay that ends within the warm-up is nanoGPT's too: the warm-up, then min_lr.
+    Ok(())
+}
+
+/// The settings of a gpt run: the model's shape, the text, and nothing that only an epoch-based
+/// image model uses.
+fn check_gpt(a: &TrainArgs) -> Result<()> {
+    for (f, v) in
+        [("--n-layer", a.n_layer), ("--n-head", a.n_head), ("--n-embd", a.n_embd), ("--block-size", a.block_size)]
+    {
+        if v == Some(0) {
+            bail!("{f} 0: must be at least 1");
+        }
+    }
+    if let (Some(e), Some(h)) = (a.n_embd, a.n_head) {
+        if !e.is_multiple_of(h) {
+            bail!("--n-embd {e} is not divisible by --n-head {h}: each head takes n_embd / n_head channels");
+        }
+    }
+    if a.eval_interval == Some(0) {
+        bail!("--eval-interval 0: must be at least 1 step");
+    }
+    if a.eval_iters == Some(0) {
+        bail!("--eval-iters 0: each estimate needs at least one batch");
+    }
+    let refused: [(bool, &str); 10] = [
+        (a.epochs.is_some(), "--epochs: gpt trains for --steps iterations, not epochs"),
+        (a.normalize, "--normalize: gpt reads text, not MNIST pixels"),
+        (a.data != std::path::Path::new("data/mnist"), "--data: gpt reads --text, not MNIST"),
+        (a.init != "torch", "--init: gpt uses nanoGPT's initialization (normal, std 0.02)"),
+        (a.validation != 0, "--validation: gpt validates on the last 10% of --text"),
+        (a.patience.is_some(), "--patience: early stopping works on epochs; gpt trains for --steps"),
+        (a.target_accuracy.is_some(), "--target-accuracy: gpt is a language model, without accuracy"),
+        (a.min_loss_change.is_some(), "--min-loss-change works on epochs; gpt trains for --steps"),
+        (a.schedule_interval != "step", "--schedule-interval epoch: gpt has no epochs"),
+        (
+            matches!(a.schedule(), "exponential" | "step" | "plateau"),
+            "--schedule: exponential, step and plateau are stepped per epoch; gpt has no epochs",
+        ),
+    ];
+    if let Some((_, why)) = refused.iter().find(|(bad, _)| *bad) {
+        bail!("{why}");
+    }
+    Ok(())
+}
+
+/// Fills in the defaults that depend on the model, so that a run's config.json holds every
+/// setting it ran with: for gpt nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64,
+/// batch 12, 2000 steps, AdamW lr 1e-3 with betas (0.9, 0.99) and weight decay 0.1 on the
+/// matrices and embeddings only, 100 warm-up steps then cosine to lr/10 at the last step,
+/// clipping at 1.0, no dropout, losses estimated every 250 steps on 200 batches).
+pub fn resolve_defaults(a: &mut TrainArgs) -> Result<()> {
+    if a.model != "gpt" {
+        a.optimizer.get_or_insert_with(|| "adam".into());
+        a.schedule.get_or_insert_with(|| "constant".into());
+        a.dropout.get_or_insert(0.2);
+        return Ok(());
+    }
+    if a.optimizer.is_none() {
+        a.optimizer = Some("torch.adamw".into());
+        // nanoGPT's AdamW arguments, under those given.
+        if let Some(h) = a.hparams.as_object_mut() {
+            h.entry("betas").or_insert(serde_json::json!([0.9, 0.99]));
+            h.entry("weight_decay").or_insert(serde_json::json!(0.1));
+        }
+    }
+    // nanoGPT's grouping: weight decay on the tensors of two or more dimensions only.
+    if a.groups.is_empty() && a.hparams.get("weight_decay").is_some() {
+        a.groups = Gpt::no_decay_groups();
+    }
+    let lr = *a.lr.get_or_insert(defaults("gpt").0);
+    let steps = *a.steps.get_or_insert(2000);
+    if a.schedule.get_or_insert_with(|| "warmup_cosine".into()) == "warmup_cosine" {
+        a.warmup_steps.get_or_insert(100);
+        a.min_lr.get_or_insert(lr / 10.0);
+        // A fixed end, so that a run continued past it keeps the rates it has used.
+        a.decay_steps.get_or_insert(steps);
+    }
+    a.clip_norm.get_or_insert(1.0);
+    a.dropout.get_or_insert(0.0);
+    a.batch_size.get_or_insert(defaults("gpt").1);
+    a.text.get_or_insert_with(|| PathBuf::from(DEFAULT_TEXT));
+    a.n_layer.get_or_insert(4);
+    a.n_head.get_or_insert(4);
+    a.n_embd.get_or_insert(128);
+    a.block_size.get_or_insert(64);
+    a.eval_interval.get_or_insert(250);
+    a.eval_iters.get_or_insert(200);
     Ok(())
 }
 
@@ -787,7 +1077,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
 /// for optax) are one setting: the one in `--hparams` moves to `lr`, and the two given with
 /// different values is an error.
 pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
-    let Ok((lib, _)) = descent_core::spec::resolve_optimizer(&a.optimizer) else { return Ok(()) };
+    let Ok((lib, _)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
     let key = descent_core::spec::lr_key(lib);
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
@@ -808,11 +1098,20 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
 pub fn validate(a: &TrainArgs) -> Result<()> {
     let mut a = a.clone();
     unify_lr(&mut a)?;
+    resolve_defaults(&mut a)?;
     let a = &a;
     check_numbers(a)?;
     let mut rng = Rng::new(a.seed);
+    if a.model == "gpt" {
+        let corpus = corpus_of(a)?;
+        let model = gpt_of(a, &corpus, &mut rng)?;
+        let cfg = config(a, Loss::CrossEntropy)?;
+        let block = model.config.block_size;
+        descent_train::lm::check(&corpus, &cfg, &TextConfig { block_size: block, ..TextConfig::new(block) })?;
+        return check_model_settings(&model, &cfg);
+    }
     let init = Init::parse(&a.init)?;
-    let model = model_of(&a.model, Arch::of(a), init, a.dropout, &mut rng)?;
+    let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
     check_model_settings(model.as_ref(), &config(a, loss)?)
 }
@@ -914,11 +1213,19 @@ fn resume_settings(
     }
     // `ck.epoch` counts completed epochs (a checkpoint inside an epoch continues that one).
     let given = |k: &str| cli.given.iter().any(|g| g == k);
+    if cfg.model == "gpt" && given("epochs") {
+        bail!("--epochs: gpt trains for --steps iterations, not epochs; continue the run with a larger --steps");
+    }
     let extends = (given("epochs") && cli.epochs != cfg.epochs) || (given("steps") && cli.steps != cfg.steps);
-    if extends && matches!(cfg.schedule.as_str(), "cosine" | "warmup_cosine" | "onecycle" | "linear") {
+    // warmup_cosine with --decay-steps ends at a fixed step, whatever the run's length.
+    let spans = match cfg.schedule() {
+        "warmup_cosine" => cfg.decay_steps.is_none(),
+        s => matches!(s, "cosine" | "onecycle" | "linear"),
+    };
+    if extends && spans {
         bail!(
             "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
-            cfg.schedule
+            cfg.schedule()
         );
     }
     // The run's own totals, given again, extend nothing.
@@ -944,7 +1251,8 @@ fn resume_settings(
         )));
     }
     let epochs = cfg.epochs.unwrap_or(1);
-    if !ck.mid_epoch() && ck.epoch >= epochs {
+    // A gpt run counts steps only (its checkpoint's "epochs" are its loss estimates).
+    if cfg.model != "gpt" && !ck.mid_epoch() && ck.epoch >= epochs {
         return Ok(Err(format!(
             "nothing to do: the run in {d} already finished its {epochs} epoch(s); pass a larger --epochs to continue it"
         )));
@@ -955,27 +1263,35 @@ fn resume_settings(
 /// The training config of a run's settings (defaults filled in).
 pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
     let default_batch = defaults(&a.model).1;
-    let lr = a.lr.unwrap_or_else(|| default_lr(&a.model, &a.optimizer));
+    let lr = a.lr.unwrap_or_else(|| default_lr(&a.model, a.optimizer()));
     Ok(TrainConfig {
         hparams: a.hparams.clone(),
         max_steps: a.steps,
         seed: a.seed,
-        clip_norm: a.clip_norm,
+        // 0 is gpt's "no clipping".
+        clip_norm: a.clip_norm.filter(|&c| c > 0.0),
         clip_value: a.clip_value,
         l1: a.l1,
         l2: a.l2,
         patience: a.patience,
         min_delta: a.min_delta,
         target_accuracy: a.target_accuracy.map(|t| t / 100.0),
-        schedule: if a.schedule.contains('.') {
-            LrSchedule::Spec(SpecSchedule::build(&a.schedule, &a.schedule_args, lr, a.schedule_interval == "epoch")?)
+        schedule: if a.schedule().contains('.') {
+            LrSchedule::Spec(SpecSchedule::build(a.schedule(), &a.schedule_args, lr, a.schedule_interval == "epoch")?)
+        } else if a.warmup_steps.is_some() || a.decay_steps.is_some() || a.min_lr.is_some() {
+            // nanoGPT's get_lr (check_numbers allows these flags with warmup_cosine only).
+            LrSchedule::WarmupCosineTo {
+                warmup: a.warmup_steps.unwrap_or(0),
+                decay: a.decay_steps,
+                min_scale: if lr > 0.0 { a.min_lr.unwrap_or(0.0) / lr } else { 0.0 },
+            }
         } else {
-            LrSchedule::parse(&a.schedule)?
+            LrSchedule::parse(a.schedule())?
         },
         groups: a.groups.clone(),
         min_loss_change: a.min_loss_change,
         log_grad_norms: a.log_grad_norms,
-        ..TrainConfig::new(&a.optimizer, Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
+        ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }
 
@@ -990,6 +1306,32 @@ fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset
     }
     let (tr, va) = (train.range(0, len - n)?, train.range(len - n, n)?);
     Ok((Dataset { x: tr.0, y: tr.1 }, Dataset { x: va.0, y: va.1 }))
+}
+
+/// What a run trains: an image (or regression) model for epochs, or a language model for steps.
+enum Job {
+    Images { model: Box<dyn Model>, train_set: Dataset, test_set: Dataset, cfg: TrainConfig },
+    Text { model: Box<Gpt>, corpus: CharCorpus, cfg: TrainConfig, text: TextConfig },
+}
+
+/// A language model's checkpoint holds the model's shape and the vocabulary it was trained with:
+/// a run resumes only on the same ones (the text file may have changed since).
+fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharCorpus) -> Result<()> {
+    let vocab: String = corpus.vocab.iter().collect();
+    if ck.vocab.as_deref() != Some(vocab.as_str()) {
+        bail!(
+            "{}: its characters are not the vocabulary the run's checkpoint was trained with; a run resumes on the text it started with",
+            corpus.source
+        );
+    }
+    let want = model.config.to_json().to_string();
+    if ck.model_config.as_deref() != Some(want.as_str()) {
+        bail!(
+            "the checkpoint's model ({}) is not the run's ({want})",
+            ck.model_config.as_deref().unwrap_or("none recorded")
+        );
+    }
+    Ok(())
 }
 
 /// Trains one run into its folder (new, or resumed from its checkpoint).
@@ -1049,12 +1391,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         None => {
             let mut cli = cli.clone();
             unify_lr(&mut cli)?;
+            resolve_defaults(&mut cli)?;
             check_numbers(&cli)?;
             // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k].
             let dir = match &cli.out {
                 Some(d) => d.clone(),
                 None => {
-                    let base = format!("{}-{}-seed{}", cli.model, cli.optimizer.replace('/', "_"), cli.seed);
+                    let base = format!("{}-{}-seed{}", cli.model, cli.optimizer().replace('/', "_"), cli.seed);
                     (1..)
                         .map(|k| PathBuf::from("runs").join(if k == 1 { base.clone() } else { format!("{base}-{k}") }))
                         .find(|d| !d.exists())
@@ -1066,22 +1409,45 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
     };
     let default_batch = defaults(&a.model).1;
-    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, &a.optimizer)));
+    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer())));
     a.batch_size = a.batch_size.or(Some(default_batch));
-    a.epochs = a.epochs.or(Some(1));
+    if a.model != "gpt" {
+        a.epochs = a.epochs.or(Some(1));
+    }
     a.given = vec![];
     let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
-    let init = Init::parse(&a.init)?;
     let mut rng = Rng::new(a.seed);
-    let (model, train_set, test_set, loss) =
-        workload(&a.model, Arch::of(&a), init, a.dropout, a.normalize, &a.data, &mut rng)?;
-    let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
-    let mut cfg = config(&a, loss)?;
-    if let Some(at) = opts.eval_at.clone() {
-        cfg.eval_at = at;
+    let job = if a.model == "gpt" {
+        let corpus = corpus_of(&a)?;
+        let model = gpt_of(&a, &corpus, &mut rng)?;
+        let cfg = config(&a, Loss::CrossEntropy)?;
+        check_model_settings(&model, &cfg)?;
+        let text = TextConfig {
+            block_size: model.config.block_size,
+            eval_interval: a.eval_interval.context("--eval-interval is not set")?,
+            eval_iters: a.eval_iters.context("--eval-iters is not set")?,
+        };
+        descent_train::lm::check(&corpus, &cfg, &text)?;
+        if opts.eval_at.is_some() {
+            bail!("--model gpt: evaluations at given steps (a sweep's) are not available; gpt estimates its losses every --eval-interval steps");
+        }
+        Job::Text { model: Box::new(model), corpus, cfg, text }
+    } else {
+        let init = Init::parse(&a.init)?;
+        let (model, train_set, test_set, loss) =
+            workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
+        let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
+        let mut cfg = config(&a, loss)?;
+        if let Some(at) = opts.eval_at.clone() {
+            cfg.eval_at = at;
+        }
+        check_model_settings(model.as_ref(), &cfg)?;
+        check_schedule_length(&cfg, train_set.len())?;
+        Job::Images { model, train_set, test_set, cfg }
+    };
+    if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
+        check_text_checkpoint(ck, model, corpus)?;
     }
-    check_model_settings(model.as_ref(), &cfg)?;
-    check_schedule_length(&cfg, train_set.len())?;
     // Everything is valid: now the run folder.
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
@@ -1110,17 +1476,42 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             println!("{m}")
         }
     };
-    say(format!(
-        "training {} on {} samples with {} (lr {}), batch {}, {} epoch(s)",
-        a.model,
-        train_set.len(),
-        a.optimizer,
-        a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into()),
-        batch_size,
-        epochs
-    ));
+    let lr = a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into());
+    match &job {
+        Job::Text { model, corpus, text, .. } => say(format!(
+            "training gpt ({} parameters: {} layers, {} heads, {} wide, block {}) on {} ({} training and {} validation characters, {} in the vocabulary) with {} (lr {lr}, schedule {}), batch {batch_size}, {} steps",
+            model.num_params(),
+            model.config.n_layer,
+            model.config.n_head,
+            model.config.n_embd,
+            text.block_size,
+            corpus.source,
+            corpus.train.len(),
+            corpus.val.len(),
+            corpus.vocab_size(),
+            a.optimizer(),
+            a.schedule(),
+            a.steps.unwrap_or(0),
+        )),
+        Job::Images { train_set, .. } => say(format!(
+            "training {} on {} samples with {} (lr {lr}), batch {}, {} epoch(s)",
+            a.model,
+            train_set.len(),
+            a.optimizer(),
+            batch_size,
+            epochs
+        )),
+    }
     if let Some(ck) = &resume {
-        say(format!("resuming {} after step {} ({} epoch(s) complete)", run_dir.dir.display(), ck.steps, ck.epoch));
+        match &job {
+            Job::Text { .. } => say(format!("resuming {} after step {}", run_dir.dir.display(), ck.steps)),
+            Job::Images { .. } => say(format!(
+                "resuming {} after step {} ({} epoch(s) complete)",
+                run_dir.dir.display(),
+                ck.steps,
+                ck.epoch
+            )),
+        }
     }
     let tensorboard = if a.tensorboard {
         Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
@@ -1138,8 +1529,24 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         tensorboard,
         state_bytes: 0,
         error: None,
+        text: match &job {
+            Job::Text { model, corpus, text, .. } => Some(TextRun {
+                model_config: model.config.to_json().to_string(),
+                vocab: corpus.vocab.iter().collect(),
+                batch: batch_size,
+                block: text.block_size,
+            }),
+            Job::Images { .. } => None,
+        },
     };
-    let (history, stop) = train_from(model.as_ref(), &train_set, &test_set, &cfg, resume.as_ref(), &mut hooks)?;
+    let (history, stop) = match &job {
+        Job::Text { model, corpus, cfg, text } => {
+            train_text(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks)?
+        }
+        Job::Images { model, train_set, test_set, cfg } => {
+            train_from(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), &mut hooks)?
+        }
+    };
     let ended = match stop {
         Stop::EarlyStopping { best_epoch } => Some(format!("early stopping, best epoch {best_epoch}")),
         Stop::TargetAccuracy => Some("target accuracy reached".to_string()),
@@ -1153,6 +1560,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         marker.write(&run_dir.dir)?;
     }
     let state_bytes = hooks.state_bytes;
+    let model: &dyn Model = match &job {
+        Job::Text { model, .. } => model.as_ref(),
+        Job::Images { model, .. } => model.as_ref(),
+    };
     let first_values = model
         .named_vars()
         .iter()

@@ -51,6 +51,13 @@ pub struct Checkpoint {
     /// A hash of the run's configuration, set by the caller like `run_id` (empty from
     /// [`Checkpoint::capture`]), so that resuming under another configuration can be refused.
     pub config_hash: String,
+    /// The model's architecture as JSON, set by the caller (a language model's
+    /// [`crate::gpt::GptConfig`]: what rebuilding the model to sample from it needs); `None` from
+    /// [`Checkpoint::capture`]. Covered by the checksum like every field.
+    pub model_config: Option<String>,
+    /// The characters of a character-level model's vocabulary in id order, set by the caller;
+    /// `None` from [`Checkpoint::capture`].
+    pub vocab: Option<String>,
 }
 
 /// A position inside an epoch: what continuing it needs to give the same weights, bit for bit,
@@ -188,6 +195,8 @@ impl Checkpoint {
             progress: None,
             run_id: String::new(),
             config_hash: String::new(),
+            model_config: None,
+            vocab: None,
         })
     }
 
@@ -227,6 +236,12 @@ impl Checkpoint {
         .collect();
         if let Some(s) = &self.scheduler {
             meta.insert("scheduler".into(), s.clone());
+        }
+        if let Some(c) = &self.model_config {
+            meta.insert("model_config".into(), c.clone());
+        }
+        if let Some(v) = &self.vocab {
+            meta.insert("vocab".into(), v.clone());
         }
         if let Some(p) = &self.progress {
             meta.insert("batch".into(), p.batch.to_string());
@@ -340,6 +355,8 @@ impl Checkpoint {
             progress,
             run_id: get("run_id")?.clone(),
             config_hash: get("config_hash")?.clone(),
+            model_config: meta.get("model_config").cloned(),
+            vocab: meta.get("vocab").cloned(),
         };
         tensors.sort_by_key(|(n, _)| *n);
         for (n, t) in tensors {

@@ -48,6 +48,48 @@ impl GptConfig {
         }
     }
 
+    /// The configuration as JSON (what a checkpoint keeps to rebuild the model): every field by
+    /// nanoGPT's name, the GELU as `"erf"` or `"tanh"`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "model": "gpt",
+            "vocab_size": self.vocab_size,
+            "block_size": self.block_size,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "dropout": self.dropout,
+            "gelu": match self.gelu { Gelu::Erf => "erf", Gelu::Tanh => "tanh" },
+            "layer_norm_eps": self.layer_norm_eps,
+        })
+    }
+
+    /// The configuration of [`GptConfig::to_json`]'s form, checked as [`Gpt::new`] checks it; a
+    /// missing or malformed field is an error naming it.
+    pub fn from_json(v: &Value) -> Result<GptConfig> {
+        let bad = |k: &str, want: &str| Error::Param(format!("gpt config: `{k}` is missing or not {want}: {v}"));
+        if v["model"] != json!("gpt") {
+            return Err(bad("model", "\"gpt\""));
+        }
+        let n = |k: &str| -> Result<usize> {
+            v[k].as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| bad(k, "a non-negative integer"))
+        };
+        let f = |k: &str| v[k].as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(k, "a finite number"));
+        let gelu = match v["gelu"].as_str() {
+            Some("erf") => Gelu::Erf,
+            Some("tanh") => Gelu::Tanh,
+            _ => return Err(bad("gelu", "\"erf\" or \"tanh\"")),
+        };
+        let c = GptConfig {
+            dropout: f("dropout")? as f32,
+            gelu,
+            layer_norm_eps: f("layer_norm_eps")?,
+            ..GptConfig::new(n("vocab_size")?, n("block_size")?, n("n_layer")?, n("n_head")?, n("n_embd")?)
+        };
+        c.check()?;
+        Ok(c)
+    }
+
     fn check(&self) -> Result<()> {
         let c = self;
         if c.vocab_size == 0 || c.block_size == 0 || c.n_layer == 0 || c.n_embd == 0 {
@@ -268,27 +310,74 @@ impl Model for Gpt {
     }
 }
 
+/// How [`generate_with`] draws each token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// The logits are divided by it before the softmax (> 0; below 1 sharpens).
+    pub temperature: f64,
+    /// Draw only among the `k` most likely tokens (nanoGPT's `top_k`; ties with the `k`-th
+    /// kept); all tokens when `None`.
+    pub top_k: Option<usize>,
+    /// The context the model sees: the last this many tokens (at most the block size; the
+    /// block size when `None`).
+    pub context: Option<usize>,
+}
+
+impl Sampling {
+    /// Sampling at this temperature from all tokens, with the model's whole block as context.
+    pub fn temperature(temperature: f64) -> Self {
+        Sampling { temperature, top_k: None, context: None }
+    }
+}
+
 /// Continues `prompt` (token ids, at least one) by `tokens` tokens, as nanoGPT's `generate`: the
 /// context cropped to the last `block_size` tokens, the last position's logits divided by
 /// `temperature` (> 0), softmax, and one draw from that distribution with `rng`. Returns the
 /// prompt followed by the new tokens; the same seed gives the same text.
 pub fn generate(model: &Gpt, prompt: &[u32], tokens: usize, temperature: f64, rng: &mut Rng) -> Result<Vec<u32>> {
+    generate_with(model, prompt, tokens, &Sampling::temperature(temperature), rng)
+}
+
+/// [`generate`] with top-k sampling and a shorter context if asked. A context longer than the
+/// model's position table, a top-k of 0 or a temperature that is not a positive number is an
+/// error.
+pub fn generate_with(model: &Gpt, prompt: &[u32], tokens: usize, s: &Sampling, rng: &mut Rng) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::Param("generate: the prompt needs at least one token".into()));
     }
+    let temperature = s.temperature;
     if !(temperature.is_finite() && temperature > 0.0) {
         return Err(Error::Param(format!("generate: temperature must be positive, got {temperature}")));
+    }
+    if s.top_k == Some(0) {
+        return Err(Error::Param("generate: top-k must be at least 1".into()));
+    }
+    let block = model.config.block_size;
+    let context = s.context.unwrap_or(block);
+    if context == 0 || context > block {
+        return Err(Error::Param(format!(
+            "generate: a context of {context} tokens; the model's position table has {block} (its block size)"
+        )));
     }
     let dev = model.wte.weight.device().clone();
     let mut ids = prompt.to_vec();
     // Dropout is off in evaluation; the generator only serves the draws.
     let mut unused = Rng::new(0);
     for _ in 0..tokens {
-        let ctx = &ids[ids.len().saturating_sub(model.config.block_size)..];
+        let ctx = &ids[ids.len().saturating_sub(context)..];
         let x = Tensor::from_slice(ctx, (1, ctx.len()), &dev)?;
         let logits = model.forward(&x, Mode::Eval, &mut unused)?;
         let last = logits.narrow(1, ctx.len() - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        let z: Vec<f64> = last.iter().map(|&l| l as f64 / temperature).collect();
+        let mut z: Vec<f64> = last.iter().map(|&l| l as f64 / temperature).collect();
+        if let Some(k) = s.top_k.filter(|&k| k < z.len()) {
+            // nanoGPT: logits below the k-th largest become −∞.
+            let mut sorted = z.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[k - 1];
+            for v in z.iter_mut().filter(|v| **v < kth) {
+                *v = f64::NEG_INFINITY;
+            }
+        }
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let p: Vec<f64> = z.iter().map(|&v| (v - m).exp()).collect();
         let total: f64 = p.iter().sum();

@@ -17,6 +17,7 @@ pub(crate) mod gemm;
 pub mod gpt;
 pub mod layers;
 pub mod linear;
+pub mod lm;
 pub mod loss;
 pub mod mnist;
 pub mod model;

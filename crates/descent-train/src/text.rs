@@ -20,6 +20,74 @@ pub enum TextSplit {
     Val,
 }
 
+/// A character vocabulary: distinct characters in sorted order, a character's id its index. What a
+/// character-level model's checkpoint keeps to encode prompts and decode samples.
+#[derive(Debug, Clone)]
+pub struct CharVocab {
+    chars: Vec<char>,
+    ids: HashMap<char, u32>,
+    /// Where the vocabulary came from (a text file, a checkpoint), for error messages.
+    source: String,
+}
+
+impl CharVocab {
+    /// The vocabulary of these characters, which must be distinct, sorted and at least one (as
+    /// [`CharCorpus`] makes them); `source` names it in errors.
+    pub fn new(chars: Vec<char>, source: &str) -> Result<CharVocab> {
+        if chars.is_empty() {
+            return Err(Error::Data { path: source.into(), message: "the vocabulary is empty".into() });
+        }
+        if let Some(w) = chars.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(Error::Data {
+                path: source.into(),
+                message: format!("the vocabulary is not sorted and distinct ({:?} before {:?})", w[0], w[1]),
+            });
+        }
+        let ids = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        Ok(CharVocab { chars, ids, source: source.into() })
+    }
+
+    /// The characters in id order.
+    pub fn chars(&self) -> &[char] {
+        &self.chars
+    }
+
+    pub fn len(&self) -> usize {
+        self.chars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chars.is_empty()
+    }
+
+    /// The ids of `text`; a character outside the vocabulary is an error naming it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        text.chars()
+            .map(|c| {
+                self.ids.get(&c).copied().ok_or_else(|| {
+                    Error::Param(format!(
+                        "character {c:?} (U+{:04X}) is not in the {}-character vocabulary of {}",
+                        c as u32,
+                        self.chars.len(),
+                        self.source
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The text of `ids`; an id outside the vocabulary is an error naming it.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        ids.iter()
+            .map(|&i| {
+                self.chars.get(i as usize).copied().ok_or_else(|| {
+                    Error::Param(format!("token id {i} is not in the {}-character vocabulary", self.chars.len()))
+                })
+            })
+            .collect()
+    }
+}
+
 /// A text as token ids over its own character vocabulary, split 90/10 by position.
 #[derive(Debug, Clone)]
 pub struct CharCorpus {
@@ -27,7 +95,7 @@ pub struct CharCorpus {
     pub source: String,
     /// The distinct characters of the text, sorted; a character's id is its index.
     pub vocab: Vec<char>,
-    ids: HashMap<char, u32>,
+    codec: CharVocab,
     /// Ids of the first `⌊0.9·n⌋` characters.
     pub train: Vec<u32>,
     /// Ids of the remaining characters.
@@ -57,12 +125,12 @@ impl CharCorpus {
         let mut vocab = chars.clone();
         vocab.sort_unstable();
         vocab.dedup();
-        let ids: HashMap<char, u32> = vocab.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
-        let all: Vec<u32> = chars.iter().map(|c| ids[c]).collect();
+        let codec = CharVocab::new(vocab.clone(), source)?;
+        let all: Vec<u32> = chars.iter().map(|c| codec.ids[c]).collect();
         // Python's `int(n * 0.9)`: the product in double precision, truncated.
         let n_train = (all.len() as f64 * 0.9) as usize;
         let (train, val) = all.split_at(n_train);
-        Ok(CharCorpus { source: source.into(), vocab, ids, train: train.to_vec(), val: val.to_vec() })
+        Ok(CharCorpus { source: source.into(), vocab, codec, train: train.to_vec(), val: val.to_vec() })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -77,31 +145,19 @@ impl CharCorpus {
         }
     }
 
+    /// The vocabulary, to encode and decode with.
+    pub fn vocabulary(&self) -> &CharVocab {
+        &self.codec
+    }
+
     /// The ids of `text`; a character outside the vocabulary is an error naming it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        text.chars()
-            .map(|c| {
-                self.ids.get(&c).copied().ok_or_else(|| {
-                    Error::Param(format!(
-                        "character {c:?} (U+{:04X}) is not in the {}-character vocabulary of {}",
-                        c as u32,
-                        self.vocab.len(),
-                        self.source
-                    ))
-                })
-            })
-            .collect()
+        self.codec.encode(text)
     }
 
     /// The text of `ids`; an id outside the vocabulary is an error naming it.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        ids.iter()
-            .map(|&i| {
-                self.vocab.get(i as usize).copied().ok_or_else(|| {
-                    Error::Param(format!("token id {i} is not in the {}-character vocabulary", self.vocab.len()))
-                })
-            })
-            .collect()
+        self.codec.decode(ids)
     }
 
     /// The windows at these offsets of a split: `x` `[b, block]` holds characters `o … o+block−1`
@@ -159,5 +215,12 @@ mod tests {
         assert!(c.batch(TextSplit::Val, 1, 2, &mut Rng::new(0)).is_err());
         assert!(c.decode(&[8]).is_err());
         assert!(CharCorpus::from_text("", "nothing").unwrap_err().to_string().contains("nothing: the text is empty"));
+        let v = CharVocab::new(c.vocab.clone(), "a checkpoint").unwrap();
+        assert_eq!(v.chars(), c.vocabulary().chars());
+        assert_eq!(v.decode(&v.encode("world").unwrap()).unwrap(), "world");
+        assert!(v.encode("!").unwrap_err().to_string().contains("vocabulary of a checkpoint"));
+        assert!(CharVocab::new(vec!['b', 'a'], "x").unwrap_err().to_string().contains("not sorted"));
+        assert!(CharVocab::new(vec!['a', 'a'], "x").is_err());
+        assert!(CharVocab::new(vec![], "x").is_err());
     }
 }

@@ -146,6 +146,15 @@ pub enum LrSchedule {
     WarmupCosine {
         warmup: f64,
     },
+    /// nanoGPT's `get_lr` as a multiplier: linear warm-up `(t + 1)/(warmup + 1)` for the first
+    /// `warmup` steps, then cosine decay from 1 to `min_scale` at step `decay` (the end of the run
+    /// when `None`), and `min_scale` after it. Unlike [`LrSchedule::WarmupCosine`] its shape does
+    /// not depend on the run's length once `decay` is set, so a run can be continued past it.
+    WarmupCosineTo {
+        warmup: u64,
+        decay: Option<u64>,
+        min_scale: f64,
+    },
     /// One cycle over the run (torch OneCycleLR defaults: 30% up, cosine, ÷25 then ÷10⁴).
     OneCycle,
     /// Linear decay to 0, per step.
@@ -205,6 +214,18 @@ impl LrSchedule {
                     (t + 1.0) / w
                 } else {
                     0.5 * (1.0 + (std::f64::consts::PI * ((t - w) / (n - w).max(1.0)).min(1.0)).cos())
+                }
+            }
+            &LrSchedule::WarmupCosineTo { warmup, decay, min_scale } => {
+                let decay = decay.unwrap_or(total.max(1)) as f64;
+                let w = warmup as f64;
+                if t < w {
+                    (t + 1.0) / (w + 1.0)
+                } else if t > decay {
+                    min_scale
+                } else {
+                    let ratio = if decay > w { (t - w) / (decay - w) } else { 1.0 };
+                    min_scale + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (1.0 - min_scale)
                 }
             }
             LrSchedule::OneCycle => descent_core::schedule::onecycle_lr(
@@ -323,7 +344,10 @@ pub struct StepMetrics {
 }
 
 /// Each parameter's gradient L2 norm (0 for a parameter without gradient), in model order.
-fn param_grad_norms(model: &dyn Model, grads: &candle_core::backprop::GradStore) -> Result<Vec<(String, f64)>> {
+pub(crate) fn param_grad_norms(
+    model: &dyn Model,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<Vec<(String, f64)>> {
     model
         .named_vars()
         .into_iter()
@@ -366,7 +390,7 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
 }
 
 /// The loss plus the L1 and L2 penalties of the config.
-fn penalized(loss: Tensor, model: &dyn Model, cfg: &TrainConfig) -> Result<Tensor> {
+pub(crate) fn penalized(loss: Tensor, model: &dyn Model, cfg: &TrainConfig) -> Result<Tensor> {
     let mut loss = loss;
     if cfg.l1 != 0.0 || cfg.l2 != 0.0 {
         for (_, v) in model.named_vars() {
@@ -428,14 +452,14 @@ pub fn train(
 /// The end of an epoch, or of the run inside an epoch (a step limit), where a checkpoint can be
 /// taken.
 pub struct EpochEnd<'a> {
-    model: &'a dyn Model,
-    opt: &'a mut VarOptimizer,
+    pub(crate) model: &'a dyn Model,
+    pub(crate) opt: &'a mut VarOptimizer,
     /// Epochs completed.
-    epoch: usize,
-    steps: u64,
-    rng: u64,
-    scheduler: Option<String>,
-    progress: Option<EpochProgress>,
+    pub(crate) epoch: usize,
+    pub(crate) steps: u64,
+    pub(crate) rng: u64,
+    pub(crate) scheduler: Option<String>,
+    pub(crate) progress: Option<EpochProgress>,
 }
 
 impl EpochEnd<'_> {

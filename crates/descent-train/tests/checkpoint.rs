@@ -211,6 +211,24 @@ fn identity_fields_round_trip_and_capture_leaves_them_empty() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A language model's configuration and vocabulary are kept, under the checksum.
+#[test]
+fn model_config_and_vocabulary_round_trip_under_the_checksum() {
+    let dir = tmpdir("vocab");
+    let (path, mut ck) = saved(&dir);
+    assert_eq!((ck.model_config.as_deref(), ck.vocab.as_deref()), (None, None));
+    ck.model_config = Some(r#"{"model":"gpt","n_layer":1}"#.into());
+    ck.vocab = Some("\n !'ABCabc—".into());
+    ck.save(&path).unwrap();
+    assert_eq!(Checkpoint::load(&path).unwrap(), ck);
+    let bytes = std::fs::read(&path).unwrap();
+    let (views, mut meta) = parts(&bytes);
+    meta.insert("vocab".into(), "\n !'ABCabd—".into());
+    std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    assert!(Checkpoint::load(&path).unwrap_err().to_string().contains("checksum mismatch"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_changed_byte_is_a_checksum_mismatch() {
     let dir = tmpdir("flip");

@@ -388,3 +388,40 @@ fn recipe_step_timing() {
         ms(step)
     );
 }
+
+/// The configuration a checkpoint keeps reads back as it was written; a malformed one is refused.
+#[test]
+fn the_config_round_trips_as_json() {
+    let c = GptConfig { dropout: 0.1, gelu: Gelu::Tanh, ..GptConfig::new(65, 64, 4, 4, 128) };
+    assert_eq!(GptConfig::from_json(&c.to_json()).unwrap(), c);
+    let mut v = c.to_json();
+    v["n_head"] = json!(3);
+    assert!(GptConfig::from_json(&v).unwrap_err().to_string().contains("heads"));
+    v["n_head"] = json!("four");
+    assert!(GptConfig::from_json(&v).unwrap_err().to_string().contains("n_head"));
+    assert!(GptConfig::from_json(&json!({"model": "lenet"})).unwrap_err().to_string().contains("model"));
+}
+
+/// Top-k keeps the k most likely tokens (k = 1: the argmax whatever the seed); the context can be
+/// shorter than the block but not longer.
+#[test]
+fn top_k_and_context() {
+    use descent_train::gpt::{generate_with, Sampling};
+    let corpus = shakespeare();
+    let model = tiny(corpus.vocab_size(), 8);
+    let prompt = corpus.encode("ROMEO:").unwrap();
+    let top1 = |seed| {
+        let s = Sampling { temperature: 1.0, top_k: Some(1), context: None };
+        generate_with(&model, &prompt, 20, &s, &mut Rng::new(seed)).unwrap()
+    };
+    let greedy = generate(&model, &prompt, 20, 1e-6, &mut Rng::new(0)).unwrap();
+    assert_eq!(top1(1), greedy);
+    assert_eq!(top1(2), greedy);
+    let s = Sampling { temperature: 1.0, top_k: Some(65), context: Some(4) };
+    assert_eq!(generate_with(&model, &prompt, 5, &s, &mut Rng::new(3)).unwrap().len(), prompt.len() + 5);
+    let long = Sampling { context: Some(17), ..s };
+    let e = generate_with(&model, &prompt, 1, &long, &mut Rng::new(0)).unwrap_err().to_string();
+    assert!(e.contains("17") && e.contains("position table has 16"), "{e}");
+    let zero = Sampling { top_k: Some(0), ..s };
+    assert!(generate_with(&model, &prompt, 1, &zero, &mut Rng::new(0)).is_err());
+}

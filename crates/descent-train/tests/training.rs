@@ -229,6 +229,38 @@ fn schedules_set_the_learning_rate_multiplier() {
     assert!(e.contains("step_size"), "{e}");
 }
 
+/// nanoGPT's `get_lr` (train.py) with its CPU recipe: lr 1e-3, 100 warm-up steps, cosine to 1e-4
+/// at step 2000 (`WarmupCosineTo`, the multiplier of lr).
+#[test]
+fn warmup_cosine_to_a_floor_is_nanogpts_get_lr() {
+    use descent_train::train::LrSchedule;
+    let (lr, min_lr, warmup, decay) = (1e-3, 1e-4, 100u64, 2000u64);
+    let get_lr = |it: u64| -> f64 {
+        if it < warmup {
+            return lr * (it + 1) as f64 / (warmup + 1) as f64;
+        }
+        if it > decay {
+            return min_lr;
+        }
+        let ratio = (it - warmup) as f64 / (decay - warmup) as f64;
+        min_lr + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (lr - min_lr)
+    };
+    for total in [2000, 5000] {
+        let s = LrSchedule::WarmupCosineTo { warmup, decay: Some(decay), min_scale: min_lr / lr };
+        for it in [0, 1, 50, 99, 100, 101, 1050, 1999, 2000, 2001, 4999] {
+            let ours = lr * s.multiplier(it, total, 1);
+            assert!((ours - get_lr(it)).abs() <= 1e-15, "step {it} of {total}: {ours} against {}", get_lr(it));
+        }
+    }
+    assert!(
+        (LrSchedule::WarmupCosineTo { warmup, decay: Some(decay), min_scale: 0.1 }.multiplier(1050, 9, 1) - 0.55).abs()
+            < 1e-12
+    );
+    // Without an end, the decay ends with the run.
+    let to_end = LrSchedule::WarmupCosineTo { warmup: 0, decay: None, min_scale: 0.0 };
+    assert!((to_end.multiplier(50, 100, 1) - 0.5).abs() < 1e-12 && to_end.multiplier(100, 100, 1).abs() < 1e-12);
+}
+
 /// Groups by name: no weight decay on biases leaves them where plain AdamW would shrink them.
 #[test]
 fn parameter_groups_by_name() {

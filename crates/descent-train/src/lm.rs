@@ -1,0 +1,298 @@
+//! Language-model training as nanoGPT's `train.py` does it: a run is a number of iterations
+//! (optimizer steps), each on a batch of random windows of the training split; every
+//! `eval_interval` steps (and before the first and after the last) the loss is estimated on both
+//! splits from a fixed number of random batches in evaluation mode (`estimate_loss`). Losses are
+//! mean cross-entropies over every position of the windows, in nats per token.
+//!
+//! The windows and dropout of the training steps come from one generator seeded from the run's
+//! seed, whose state goes into every checkpoint; each evaluation draws its windows from a
+//! generator of its own, derived from the seed and the step, so evaluating (or not) never moves
+//! the training stream. A run continued from a checkpoint therefore takes the same steps, bit for
+//! bit, as one never stopped.
+
+use std::time::Instant;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::gpt::Gpt;
+use crate::model::{Mode, Model};
+use crate::rng::Rng;
+use crate::text::{CharCorpus, TextSplit};
+use crate::train::{
+    optimizer_for, param_grad_norms, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
+    StepMetrics, Stop, TrainConfig,
+};
+
+/// What a language-model run needs besides the optimizer settings of [`TrainConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextConfig {
+    /// Tokens per window: the inputs `x` and the targets `y` (shifted by one) each have this many.
+    pub block_size: usize,
+    /// Estimate the losses every this many steps (nanoGPT's `eval_interval`), and at the last.
+    pub eval_interval: u64,
+    /// Batches per split in each estimate (nanoGPT's `eval_iters`), of the run's batch size.
+    pub eval_iters: usize,
+}
+
+impl TextConfig {
+    /// nanoGPT's `eval_interval` (250) and `eval_iters` (200) with this block size.
+    pub fn new(block_size: usize) -> Self {
+        TextConfig { block_size, eval_interval: 250, eval_iters: 200 }
+    }
+}
+
+/// Mixed into the seed for the generator of the training windows and dropout (the model's
+/// initialization usually draws from the seed itself).
+const TRAIN_SALT: u64 = 0x6c6d_2d74_7261_696e;
+/// Mixed into the seed for the evaluations' generators.
+const EVAL_SALT: u64 = 0x6c6d_2d65_7661_6c73;
+
+/// The generator of the training windows and dropout of a run with this seed, before its first
+/// step.
+pub fn train_rng(seed: u64) -> Rng {
+    Rng::new(seed ^ TRAIN_SALT)
+}
+
+/// The generator of the evaluation after `step` steps of a run with this seed: a state of its
+/// own for each step (hashed, so the streams of two evaluations do not overlap).
+pub fn eval_rng(seed: u64, step: u64) -> Rng {
+    Rng::new(Rng::new(seed ^ EVAL_SALT ^ step.rotate_left(32)).next_u64())
+}
+
+/// The mean cross-entropy of logits `[b, t, vocab]` against the next tokens `y` `[b, t]` over
+/// all `b·t` positions, in nats per token.
+pub fn lm_loss(logits: &candle_core::Tensor, y: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    Gpt::loss(logits, y)
+}
+
+/// nanoGPT's `estimate_loss` on one split: the mean of the losses of `iters` batches of `batch`
+/// random windows of `block` tokens drawn from `rng`, in evaluation mode (no dropout). Batches are
+/// computed several at a time (the mean is over equal batches, so the value is the same up to
+/// rounding).
+pub fn estimate_loss(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    split: TextSplit,
+    batch: usize,
+    block: usize,
+    iters: usize,
+    rng: &mut Rng,
+) -> Result<f64> {
+    if batch == 0 || iters == 0 {
+        return Err(Error::Param("estimate_loss: needs at least one batch of one window".into()));
+    }
+    const AT_ONCE: usize = 8;
+    let mut unused = Rng::new(0);
+    let (mut sum, mut done) = (0.0f64, 0usize);
+    while done < iters {
+        let k = AT_ONCE.min(iters - done);
+        let (x, y) = corpus.batch(split, batch * k, block, rng)?;
+        let loss = lm_loss(&model.forward(&x, Mode::Eval, &mut unused)?, &y)?;
+        sum += loss.to_scalar::<f32>()? as f64 * k as f64;
+        done += k;
+    }
+    Ok(sum / iters as f64)
+}
+
+/// The training and validation losses after `step` steps (nanoGPT's `estimate_loss`), from the
+/// evaluation generator of that step.
+fn estimate_both(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    cfg: &TrainConfig,
+    text: &TextConfig,
+    step: u64,
+) -> Result<(f64, f64)> {
+    let mut rng = eval_rng(cfg.seed, step);
+    let mut est =
+        |split| estimate_loss(model, corpus, split, cfg.batch_size, text.block_size, text.eval_iters, &mut rng);
+    Ok((est(TextSplit::Train)?, est(TextSplit::Val)?))
+}
+
+/// Checks that a config is one [`train_text`] runs on this corpus (a step count, no epoch-based
+/// settings, both splits longer than a window) and returns its number of steps, before anything
+/// is trained.
+pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Result<u64> {
+    let total = cfg
+        .max_steps
+        .ok_or_else(|| Error::Param("a language model trains for a number of steps: set max_steps".into()))?;
+    let refuse = |what: &str| Err(Error::Param(format!("{what}: not available for language-model training")));
+    if cfg.patience.is_some() {
+        return refuse("early stopping (patience)");
+    }
+    if cfg.target_accuracy.is_some() {
+        return refuse("a target accuracy");
+    }
+    if cfg.min_loss_change.is_some() {
+        return refuse("stopping on a small change of the epoch's loss");
+    }
+    if cfg.eval_at != EvalAt::EpochEnds {
+        return refuse("evaluations at given steps (use TextConfig::eval_interval)");
+    }
+    match &cfg.schedule {
+        LrSchedule::Plateau { .. } | LrSchedule::Exponential { .. } | LrSchedule::Step { .. } => {
+            return refuse("a schedule stepped per epoch")
+        }
+        LrSchedule::Spec(s) if s.per_epoch => return refuse("a schedule stepped per epoch"),
+        _ => {}
+    }
+    if cfg.batch_size == 0 {
+        return Err(Error::Param("batch size must be at least 1".into()));
+    }
+    if text.block_size == 0 || text.eval_interval == 0 || text.eval_iters == 0 {
+        return Err(Error::Param(format!(
+            "block size, evaluation interval and evaluation batches must each be at least 1: {text:?}"
+        )));
+    }
+    for split in [TextSplit::Train, TextSplit::Val] {
+        let n = corpus.split(split).len();
+        if n <= text.block_size {
+            let name = if split == TextSplit::Train { "training (first 90%)" } else { "validation (last 10%)" };
+            return Err(Error::Data {
+                path: corpus.source.clone(),
+                message: format!(
+                    "the {name} split has {n} characters, too few for windows of {} (the block size {} + 1)",
+                    text.block_size + 1,
+                    text.block_size
+                ),
+            });
+        }
+    }
+    Ok(total)
+}
+
+/// Trains a language model (`model` maps token ids `[b, t]` to logits `[b, t, vocab]`) on
+/// `corpus` for `cfg.max_steps` steps, optionally continuing from a checkpoint. Each step draws
+/// `cfg.batch_size` random windows of the training split, and takes the optimizer of `cfg` (its
+/// groups, clipping and schedule, the schedule's multiplier at step `t` of `max_steps`). The
+/// losses are estimated before the first step (a fresh run only), every `text.eval_interval`
+/// steps and after the last; each estimate goes to [`Hooks::on_epoch`] as an [`EpochMetrics`]
+/// (`epoch` the number of the estimate, 0 the one before training; `train_loss` and `test_loss`
+/// the estimates on the training and validation splits; `seconds` and `samples_per_s` of the
+/// training steps since the previous estimate, windows counted as samples), where a checkpoint
+/// can be taken. A NaN or infinite loss stops the run with the step number.
+pub fn train_text(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    cfg: &TrainConfig,
+    text: &TextConfig,
+    resume: Option<&Checkpoint>,
+    mut hooks: impl Hooks,
+) -> Result<(Vec<EpochMetrics>, Stop)> {
+    let total = check(corpus, cfg, text)?;
+    let mut opt = optimizer_for(model, cfg)?;
+    let mut rng = train_rng(cfg.seed);
+    let (mut steps, mut evals) = (0u64, 0usize);
+    let mut history = vec![];
+    match resume {
+        Some(ck) => {
+            if ck.progress.is_some() {
+                return Err(Error::Param(
+                    "the checkpoint was taken inside an epoch of an epoch-based run, not by language-model training"
+                        .into(),
+                ));
+            }
+            ck.apply(model, &mut opt)?;
+            (rng, steps, evals) = (Rng::new(ck.rng), ck.steps, ck.epoch);
+            if steps >= total {
+                return Ok((vec![], Stop::Steps));
+            }
+        }
+        None => {
+            // nanoGPT's estimate at step 0: where training starts from.
+            let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
+            let m = EpochMetrics {
+                epoch: 0,
+                steps: 0,
+                train_loss,
+                test_loss,
+                test_accuracy: None,
+                seconds: 0.0,
+                samples_per_s: 0.0,
+                lr_scale: cfg.schedule.multiplier(0, total, 1),
+            };
+            hooks.on_epoch(
+                &m,
+                &mut EpochEnd {
+                    model,
+                    opt: &mut opt,
+                    epoch: 0,
+                    steps: 0,
+                    rng: rng.state(),
+                    scheduler: None,
+                    progress: None,
+                },
+            )?;
+            history.push(m);
+        }
+    }
+    let boundary = |from: u64| ((from / text.eval_interval + 1) * text.eval_interval).min(total);
+    let (mut start, mut next) = (steps, boundary(steps));
+    let (mut seconds, mut seen) = (0.0f64, 0usize);
+    let block = text.block_size;
+    while steps < total {
+        let period = evals + 1;
+        let m = cfg.schedule.multiplier(steps, total, period);
+        if cfg.schedule != LrSchedule::Constant {
+            opt.set_lr_scale(m)?;
+        }
+        let t0 = Instant::now();
+        let (x, y) = corpus.batch(TextSplit::Train, cfg.batch_size, block, &mut rng)?;
+        let out = model.forward(&x, Mode::Train, &mut rng)?;
+        let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
+        let l = loss.to_scalar::<f32>()?;
+        if !l.is_finite() {
+            return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
+        }
+        let grads = loss.backward()?;
+        let grad_norm = opt.grad_norm(&grads)?;
+        let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
+        opt.step(&grads)?;
+        steps += 1;
+        seconds += t0.elapsed().as_secs_f64();
+        seen += cfg.batch_size;
+        let control = hooks.on_step(&StepMetrics {
+            epoch: period,
+            batch: (steps - 1 - start) as usize,
+            batches: (next - start) as usize,
+            step: steps,
+            samples: cfg.batch_size,
+            loss: l,
+            lr_scale: m,
+            grad_norm,
+            param_grad_norms,
+        });
+        if control == Control::Stop {
+            return Ok((history, Stop::Requested { step: steps }));
+        }
+        if steps == next {
+            let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, steps)?;
+            evals += 1;
+            let m = EpochMetrics {
+                epoch: evals,
+                steps,
+                train_loss,
+                test_loss,
+                test_accuracy: None,
+                seconds,
+                samples_per_s: seen as f64 / seconds.max(1e-12),
+                lr_scale: opt.lr_scale(),
+            };
+            hooks.on_epoch(
+                &m,
+                &mut EpochEnd {
+                    model,
+                    opt: &mut opt,
+                    epoch: evals,
+                    steps,
+                    rng: rng.state(),
+                    scheduler: None,
+                    progress: None,
+                },
+            )?;
+            history.push(m);
+            (start, next, seconds, seen) = (steps, boundary(steps), 0.0, 0);
+        }
+    }
+    Ok((history, Stop::Steps))
+}
