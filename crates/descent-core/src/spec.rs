@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::optax::{self as ox, contrib as oxc};
 use crate::schedule::{self as sch, BoxSchedule, ReduceLrOnPlateau};
 use crate::torch::{self, MuonLrAdjust, WeightDecay};
 use crate::transform::{chain, LearningRate, Transform};
@@ -846,25 +847,9 @@ fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Resu
     build_optax(&n, &kw, shapes)
 }
 
-fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>, n: usize) -> Result<Box<dyn Transform>> {
-    let lr = k.lr("learning_rate", None)?;
-    let (b1, b2, eps, eps_root) =
-        (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
-    let mu_dtype = k.mu_dtype()?;
-    let nesterov = k.bool("nesterov", nesterov_default)?;
-    let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype))];
-    if let Some(d) = wd_default {
-        let wd = k.f64("weight_decay", d)?;
-        links.push(masked_decay(k, wd, "mask", n)?);
-    }
-    links.push(boxed(ScaleByLearningRate::new(lr, true)));
-    Ok(chain(links))
-}
-
 fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new(format!("optax.{name}"), hparams)?;
     let n = shapes.len();
-    let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
     let tx: Box<dyn Transform> = match name {
         "chain" => {
             let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
@@ -913,519 +898,48 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
             let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
             boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?)
         }
-        "sgd" => {
-            let lr = k.lr("learning_rate", None)?;
-            let momentum = k.opt_f64("momentum")?;
-            let nesterov = k.bool("nesterov", false)?;
-            let _ = k.value("accumulator_dtype");
-            match momentum {
-                Some(m) => chain(vec![boxed(Trace::new(m, nesterov)), lr_link(lr)]),
-                None => chain(vec![lr_link(lr)]),
-            }
-        }
-        "adam" => adam_chain(&mut k, false, None, n)?,
-        "nadam" => adam_chain(&mut k, true, None, n)?,
-        "adamw" => adam_chain(&mut k, false, Some(1e-4), n)?,
-        "nadamw" => adam_chain(&mut k, true, Some(1e-4), n)?,
-        "amsgrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                false,
-            )
-            .amsgrad()
-            .bias_correction(k.bool("bias_correction_mu", true)?, k.bool("bias_correction_nu", true)?);
-            let t = t.mu_dtype(k.mu_dtype()?);
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "adamax" | "adamaxw" => {
-            let lr = k.lr("learning_rate", None)?;
-            let mut links =
-                vec![boxed(ScaleByAdamax::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?))];
-            if name == "adamaxw" {
-                let wd = k.f64("weight_decay", 1e-4)?;
-                links.push(masked_decay(&mut k, wd, "mask", n)?);
-            }
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "adagrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![
-                boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
-                lr_link(lr),
-            ])
-        }
-        "adadelta" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (rho, eps, wd) = (k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?);
-            let decay = masked_decay(&mut k, wd, "weight_decay_mask", n)?;
-            chain(vec![decay, boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
-        }
-        "rmsprop" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (decay, eps, init, in_sqrt) =
-                (k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?);
-            let (centered, momentum, nesterov, bc) = (
-                k.bool("centered", false)?,
-                k.opt_f64("momentum")?,
-                k.bool("nesterov", false)?,
-                k.bool("bias_correction", false)?,
-            );
-            let mut links = vec![
-                if centered {
-                    boxed(ScaleByStddev::new(decay, eps, init, in_sqrt, bc))
-                } else {
-                    boxed(ScaleByRms::new(decay, eps, init, in_sqrt, bc))
-                },
-                lr_link(lr),
-            ];
-            if let Some(m) = momentum {
-                links.push(boxed(Trace::new(m, nesterov)));
-            }
-            chain(links)
-        }
-        "radam" => {
-            let lr = k.lr("learning_rate", None)?;
-            let mut t = ScaleByRadam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("threshold", 5.0)?,
-            );
-            if k.bool("nesterov", false)? {
-                t = t.nesterov();
-            }
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "rprop" => {
-            let lr = k.req_f64("learning_rate")?;
-            let t = ScaleByRprop::new(
-                lr,
-                k.f64("eta_minus", 0.5)?,
-                k.f64("eta_plus", 1.2)?,
-                k.f64("min_step_size", 1e-6)?,
-                k.f64("max_step_size", 50.0)?,
-            );
-            chain(vec![boxed(t), boxed(Scale::new(-1.0))])
-        }
-        "lion" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (b1, b2) = (k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
-            k.mu_dtype_f32_only()?;
-            let wd = k.f64("weight_decay", 1e-3)?;
-            chain(vec![boxed(ScaleByLion::new(b1, b2)), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "lamb" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (b1, b2, eps, eps_root, wd) = (
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-            );
-            chain(vec![
-                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, false)),
-                masked_decay(&mut k, wd, "mask", n)?,
-                boxed(ScaleByTrustRatio::new(0.0, 1.0, 0.0)),
-                lr_link(lr),
-            ])
-        }
-        "lars" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (wd, tc, eps, m, nesterov) = (
-                k.f64("weight_decay", 0.0)?,
-                k.f64("trust_coefficient", 0.001)?,
-                k.f64("eps", 0.0)?,
-                k.f64("momentum", 0.9)?,
-                k.bool("nesterov", false)?,
-            );
-            chain(vec![
-                masked_decay(&mut k, wd, "weight_decay_mask", n)?,
-                with_mask(boxed(ScaleByTrustRatio::new(0.0, tc, eps)), k.mask("trust_ratio_mask", n)?)?,
-                lr_link(lr),
-                boxed(Trace::new(m, nesterov)),
-            ])
-        }
-        "yogi" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![
-                boxed(ScaleByYogi::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-3)?, 0.0, 1e-6)),
-                lr_link(lr),
-            ])
-        }
-        "adabelief" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByBelief::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-16)?,
-                k.f64("eps_root", 1e-16)?,
-                k.bool("nesterov", false)?,
-            );
-            let mut links = vec![boxed(t)];
-            let mask = k.mask("weight_decay_mask", n)?;
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "novograd" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByNovograd::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.25)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-            );
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "adan" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdan::new(
-                k.f64("b1", 0.98)?,
-                k.f64("b2", 0.92)?,
-                k.f64("b3", 0.99)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 1e-8)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "sm3" => {
-            let lr = k.req_f64("learning_rate")?;
-            // optax: scale(-learning_rate), as a rate that can be set (inject_hyperparams).
-            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), lr_link(LearningRate::Constant(lr))])
-        }
-        "fromage" => {
-            let lr = k.req_f64("learning_rate")?;
-            let min_norm = k.f64("min_norm", 1e-6)?;
-            let mult = 1.0 / (1.0 + lr * lr).sqrt();
-            // The rate enters the decay factor too, fixed here: a plain scale, which
-            // set_learning_rate does not see (it would change the step but not the decay).
-            chain(vec![
-                boxed(ScaleByTrustRatio::new(min_norm, 1.0, 0.0)),
-                boxed(Scale::new(-(lr * mult))),
-                boxed(AddDecayedWeights::new(mult - 1.0)),
-            ])
-        }
-        "sign_sgd" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleBySign), lr_link(lr)])
-        }
-        "signum" => {
-            let lr = k.lr("learning_rate", None)?;
-            let beta = k.f64("beta", 0.9)?;
-            let _ = k.value("accumulator_dtype");
-            chain(vec![boxed(Ema::new(beta, false)), boxed(ScaleBySign), lr_link(lr)])
-        }
-        "optimistic_gradient_descent" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
-        }
-        "optimistic_adam" | "optimistic_adam_v2" => {
-            let v2 = name.ends_with("v2");
-            let lr = k.lr("learning_rate", None)?;
-            let (alpha, beta, lr) = if v2 {
-                (k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?, lr)
-            } else {
-                let Some(rate) = lr.constant() else {
-                    return Err(k.err(
-                        "learning_rate",
-                        "this version of `optimistic_adam` does not support learning rate schedules but \
-                         `optimistic_adam_v2` does",
-                    ));
-                };
-                // The learning rate and the optimism weight the optimistic gradient; the last
-                // link only flips the sign.
-                (rate, k.opt_f64("optimism")?.unwrap_or(rate), LearningRate::Constant(1.0))
-            };
-            let (b1, b2, eps, eps_root) =
-                (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
-            let mu_dtype = k.mu_dtype()?;
-            let nesterov = k.bool("nesterov", true)?;
-            chain(vec![
-                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype)),
-                boxed(ScaleByOptimisticGradient::new(alpha, beta)),
-                lr_link(lr),
-            ])
-        }
-        "adafactor" => {
-            let lr = match k.value("learning_rate") {
-                None => None,
-                Some(_) => Some(k.lr("learning_rate", None)?),
-            };
-            let min_dim = k.u64("min_dim_size_to_factor", 128)? as usize;
-            let (decay_rate, offset) = (k.f64("decay_rate", 0.8)?, k.u64("decay_offset", 0)?);
-            let scale_param = k.bool("multiply_by_parameter_scale", true)?;
-            let clip = match k.value("clipping_threshold") {
-                None if k.map.contains_key("clipping_threshold") => None,
-                _ => Some(k.f64("clipping_threshold", 1.0)?),
-            };
-            let momentum = k.opt_f64("momentum")?;
-            let _ = k.value("dtype_momentum");
-            let wdr = k.opt_f64("weight_decay_rate")?;
-            let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
-            // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
-            let wd_mask = k.mask("weight_decay_mask", n)?;
-            let rms = ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps);
-            let clip = clip.map(ClipByBlockRms::new);
-            let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
-            let param_scale = scale_param.then(|| ScaleByParamBlockRms::new(1e-3));
-            if momentum.is_none() && wdr.is_none() {
-                // The default recipe, as one transformation with a fused step.
-                boxed(Adafactor::new(rms, clip, lr, param_scale))
-            } else {
-                let mut links = vec![boxed(rms)];
-                links.extend(clip.map(boxed));
-                links.extend(lr.map(boxed));
-                links.extend(param_scale.map(boxed));
-                links.extend(momentum.map(|m| boxed(Ema::new(m, false))));
-                if let Some(w) = wdr {
-                    links.push(with_mask(boxed(AddDecayedWeights::new(w)), wd_mask)?);
-                }
-                links.push(boxed(Scale::new(-1.0)));
-                chain(links)
-            }
-        }
-        "contrib.acprop" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAcprop::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-16)?,
-                k.f64("eps_root", 1e-16)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.simplified_ademamix" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleBySimplifiedAdemamix::new(
-                k.f64("b1", 0.99)?,
-                k.f64("b2", 0.95)?,
-                k.lr("alpha", Some(0.0))?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.dowg" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let init = k.opt_f64("init_estim_sq_dist")?;
-            let eps = k.f64("eps", 1e-4)?;
-            let mask = k.mask("mask", n)?;
-            let mut links = vec![];
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(boxed(ScaleByDowg::new(init, eps)));
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "contrib.mechanize" => {
-            let base = inner_optax(&mut k, "base_optimizer", shapes)?;
-            let num_betas = k.u64("num_betas", 6)?;
-            // βᵢ = 1 − 10⁻ⁱ rounds to 1 in float32 from i = 8 on: more scales add nothing.
-            if !(1..=64).contains(&num_betas) {
-                return Err(k.err("num_betas", format!("must be between 1 and 64, got {num_betas}")));
-            }
-            let num_betas = num_betas as usize;
-            boxed(Mechanize::new(
-                base,
-                k.f64("weight_decay", 1e-2)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("s_init", 1e-6)?,
-                num_betas,
-            ))
-        }
-        "contrib.ademamix" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdemamix::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("b3", 0.9999)?,
-                k.f64("alpha", 5.0)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-            );
-            k.mu_dtype_f32_only()?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.adopt" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdopt::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.9999)?,
-                k.f64("eps", 1e-6)?,
-                k.bool("nesterov", false)?,
-                k.bool("use_clipping", true)?,
-            );
-            k.mu_dtype_f32_only()?;
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "contrib.cocob" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (alpha, eps, wd) = (k.f64("alpha", 100.0)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-            chain(vec![
-                masked_decay(&mut k, wd, "mask", n)?,
-                boxed(ScaleByLearningRate::new(lr, false)),
-                boxed(ScaleByCocob::new(alpha, eps)),
-            ])
-        }
-        "contrib.dadapt_adamw" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            boxed(DadaptAdamw::new(
-                lr,
-                b1,
-                b2,
-                k.f64("eps", 1e-8)?,
-                k.f64("estim_lr0", 1e-6)?,
-                k.f64("weight_decay", 0.0)?,
-            ))
-        }
-        "contrib.prodigy" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            let b3 = k.opt_f64("beta3")?;
-            let t = Prodigy::new(
-                lr,
-                b1,
-                b2,
-                b3,
-                k.f64("eps", 1e-8)?,
-                k.f64("estim_lr0", 1e-6)?,
-                k.f64("estim_lr_coef", 1.0)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("safeguard_warmup", false)?,
-            );
-            // The decay is inside prodigy's own update, not a link a partition could select.
-            if k.mask("weight_decay_mask", n)?.is_some_and(|m| m.iter().any(|on| !on)) {
-                return Err(k.err(
-                    "weight_decay_mask",
-                    "a mask that excludes parameters is not implemented for contrib.prodigy",
-                ));
-            }
-            boxed(t)
-        }
-        "contrib.dog" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let init = match k.present("init_step")? {
-                None => DogInit::Heuristic(1e-6),
-                Some(Value::Array(a)) if a.len() == 2 => {
-                    let v = a[1].as_f64().filter(|v| v.is_finite()).ok_or_else(|| Error::Field {
-                        context: "optax.contrib.dog: `init_step`".into(),
-                        message: format!("expected [kind, finite value], got {}", a[1]),
-                    })?;
-                    match a[0].as_str() {
-                        Some("heuristic") => DogInit::Heuristic(v),
-                        Some("distance") => DogInit::Distance(v),
-                        Some("learning_rate") => DogInit::LearningRate(v),
-                        other => {
-                            return Err(unknown(
-                                "init_step kind",
-                                &format!("{other:?}"),
-                                &["heuristic", "distance", "learning_rate"],
-                            ))
-                        }
-                    }
-                }
-                Some(v) => {
-                    return Err(Error::Field {
-                        context: "optax.contrib.dog: `init_step`".into(),
-                        message: format!("expected [kind, value], got {v}"),
-                    })
-                }
-            };
-            let eps = k.f64("eps", 1e-8)?;
-            let mut links = vec![];
-            let mask = k.mask("mask", n)?;
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(boxed(ScaleByDog::new(init, eps)));
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "contrib.madgrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (m, wd, eps) = (k.f64("momentum", 0.9)?, k.f64("weight_decay", 0.0)?, k.f64("eps", 1e-6)?);
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByMadgrad::new(lr, m, eps))])
-        }
-        "contrib.schedule_free_sgd" | "contrib.schedule_free_adamw" => {
-            let adamw = name.ends_with("adamw");
-            let lr0 = k.f64("learning_rate", if adamw { 0.0025 } else { 1.0 })?;
-            let warmup = k.opt_u64("warmup_steps")?;
-            let b1 = k.f64("b1", 0.9)?;
-            let power = k.f64("weight_lr_power", 2.0)?;
-            let _ = k.value("state_dtype");
-            let lr = || match warmup {
-                Some(w) => LearningRate::Schedule(sch::warmup_constant(0.0, lr0, w)),
-                None => LearningRate::Constant(lr0),
-            };
-            let base = if adamw {
-                let (b2, eps, wd) = (k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-                chain(vec![
-                    boxed(ScaleByRms::new(b2, eps, 0.0, false, true)),
-                    boxed(AddDecayedWeights::new(wd)),
-                    lr_link(lr()),
-                ])
-            } else {
-                let mut links = vec![];
-                if let Some(wd) = k.opt_f64("weight_decay")? {
-                    links.push(boxed(AddDecayedWeights::new(wd)));
-                }
-                links.push(lr_link(lr()));
-                chain(links)
-            };
-            boxed(ScheduleFree::new(base, lr(), b1, power))
-        }
-        "contrib.muon" => {
-            let lr = k.req_f64("learning_rate")?;
-            let coeffs = match k.f64s("ns_coeffs")? {
-                None => [3.4445, -4.7750, 2.0315],
-                Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
-            };
-            let steps = k.u64("ns_steps", 5)? as usize;
-            let (beta, eps, wd, nesterov) =
-                (k.f64("beta", 0.95)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?, k.bool("nesterov", true)?);
-            let (ab1, ab2, aeps_root, awd) = (
-                k.f64("adam_b1", 0.9)?,
-                k.f64("adam_b2", 0.999)?,
-                k.f64("adam_eps_root", 0.0)?,
-                k.f64("adam_weight_decay", 0.0)?,
-            );
-            let alr = k.opt_f64("adam_learning_rate")?.unwrap_or(lr);
-            let muon_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() == 2).collect();
-            let adam_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() != 2).collect();
-            let muon = chain(vec![
-                boxed(ScaleByMuon::new(coeffs, steps, beta, eps, nesterov)),
-                boxed(ScaleByShape::default()),
-                boxed(AddDecayedWeights::new(wd)),
-                lr_link(LearningRate::Constant(lr)),
-            ]);
-            let adam = chain(vec![
-                boxed(ScaleByAdam::new(ab1, ab2, eps, aeps_root, nesterov)),
-                boxed(AddDecayedWeights::new(awd)),
-                lr_link(LearningRate::Constant(alr)),
-            ]);
-            let mut groups = vec![(muon_idx, muon)];
-            if !adam_idx.is_empty() {
-                groups.push((adam_idx, adam));
-            }
-            boxed(Partition::new(groups))
-        }
+        "sgd" => optax_sgd(&mut k, shapes)?,
+        "adam" => optax_adam(&mut k, shapes)?,
+        "nadam" => optax_nadam(&mut k, shapes)?,
+        "adamw" => optax_adamw(&mut k, shapes)?,
+        "nadamw" => optax_nadamw(&mut k, shapes)?,
+        "amsgrad" => optax_amsgrad(&mut k, shapes)?,
+        "adamax" => optax_adamax(&mut k, shapes)?,
+        "adamaxw" => optax_adamaxw(&mut k, shapes)?,
+        "adagrad" => optax_adagrad(&mut k, shapes)?,
+        "adadelta" => optax_adadelta(&mut k, shapes)?,
+        "rmsprop" => optax_rmsprop(&mut k, shapes)?,
+        "radam" => optax_radam(&mut k, shapes)?,
+        "rprop" => optax_rprop(&mut k, shapes)?,
+        "lion" => optax_lion(&mut k, shapes)?,
+        "lamb" => optax_lamb(&mut k, shapes)?,
+        "lars" => optax_lars(&mut k, shapes)?,
+        "yogi" => optax_yogi(&mut k, shapes)?,
+        "adabelief" => optax_adabelief(&mut k, shapes)?,
+        "novograd" => optax_novograd(&mut k, shapes)?,
+        "adan" => optax_adan(&mut k, shapes)?,
+        "sm3" => optax_sm3(&mut k, shapes)?,
+        "fromage" => optax_fromage(&mut k, shapes)?,
+        "sign_sgd" => optax_sign_sgd(&mut k, shapes)?,
+        "signum" => optax_signum(&mut k, shapes)?,
+        "optimistic_gradient_descent" => optax_optimistic_gradient_descent(&mut k, shapes)?,
+        "optimistic_adam" => optax_optimistic_adam(&mut k, shapes)?,
+        "optimistic_adam_v2" => optax_optimistic_adam_v2(&mut k, shapes)?,
+        "adafactor" => optax_adafactor(&mut k, shapes)?,
+        "contrib.acprop" => optax_acprop(&mut k, shapes)?,
+        "contrib.simplified_ademamix" => optax_simplified_ademamix(&mut k, shapes)?,
+        "contrib.dowg" => optax_dowg(&mut k, shapes)?,
+        "contrib.mechanize" => optax_mechanize(&mut k, shapes)?,
+        "contrib.ademamix" => optax_ademamix(&mut k, shapes)?,
+        "contrib.adopt" => optax_adopt(&mut k, shapes)?,
+        "contrib.cocob" => optax_cocob(&mut k, shapes)?,
+        "contrib.dadapt_adamw" => optax_dadapt_adamw(&mut k, shapes)?,
+        "contrib.prodigy" => optax_prodigy(&mut k, shapes)?,
+        "contrib.dog" => optax_dog(&mut k, shapes)?,
+        "contrib.madgrad" => optax_madgrad(&mut k, shapes)?,
+        "contrib.schedule_free_sgd" => optax_schedule_free_sgd(&mut k, shapes)?,
+        "contrib.schedule_free_adamw" => optax_schedule_free_adamw(&mut k, shapes)?,
+        "contrib.muon" => optax_muon(&mut k, shapes)?,
         // transformations
         "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
         "add_decayed_weights" => {
@@ -1550,6 +1064,542 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
     };
     k.finish()?;
     Ok(tx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax aliases: the keyword arguments read into the typed configuration of `crate::optax`, with
+// optax's names and defaults, then the typed constructor.
+
+/// The per-parameter mask in argument `key`, one entry per parameter of `shapes`.
+fn mask_of(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Result<Option<Vec<bool>>> {
+    k.mask(key, shapes.len())
+}
+
+fn optax_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = ox::Sgd {
+        learning_rate: k.lr("learning_rate", None)?,
+        momentum: k.opt_f64("momentum")?,
+        nesterov: k.bool("nesterov", false)?,
+    };
+    let _ = k.value("accumulator_dtype");
+    Ok(ox::sgd(c))
+}
+
+fn optax_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adam(ox::Adam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", false)?,
+    }))
+}
+
+fn optax_nadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::nadam(ox::Nadam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_adamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamw(ox::AdamW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_nadamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::nadamw(ox::NadamW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_amsgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::amsgrad(ox::Amsgrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        bias_correction_mu: k.bool("bias_correction_mu", true)?,
+        bias_correction_nu: k.bool("bias_correction_nu", true)?,
+        mu_dtype: k.mu_dtype()?,
+    }))
+}
+
+fn optax_adamax(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamax(ox::Adamax {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+    }))
+}
+
+fn optax_adamaxw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamaxw(ox::AdamaxW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adagrad(ox::Adagrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        initial_accumulator_value: k.f64("initial_accumulator_value", 0.1)?,
+        eps: k.f64("eps", 1e-7)?,
+    }))
+}
+
+fn optax_adadelta(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adadelta(ox::Adadelta {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        rho: k.f64("rho", 0.9)?,
+        eps: k.f64("eps", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+    }))
+}
+
+fn optax_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::rmsprop(ox::Rmsprop {
+        learning_rate: k.lr("learning_rate", None)?,
+        decay: k.f64("decay", 0.9)?,
+        eps: k.f64("eps", 1e-8)?,
+        initial_scale: k.f64("initial_scale", 0.0)?,
+        eps_in_sqrt: k.bool("eps_in_sqrt", true)?,
+        centered: k.bool("centered", false)?,
+        momentum: k.opt_f64("momentum")?,
+        nesterov: k.bool("nesterov", false)?,
+        bias_correction: k.bool("bias_correction", false)?,
+    }))
+}
+
+fn optax_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::radam(ox::Radam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        threshold: k.f64("threshold", 5.0)?,
+        nesterov: k.bool("nesterov", false)?,
+    }))
+}
+
+fn optax_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::rprop(ox::Rprop {
+        learning_rate: k.req_f64("learning_rate")?,
+        eta_minus: k.f64("eta_minus", 0.5)?,
+        eta_plus: k.f64("eta_plus", 1.2)?,
+        min_step_size: k.f64("min_step_size", 1e-6)?,
+        max_step_size: k.f64("max_step_size", 50.0)?,
+    }))
+}
+
+fn optax_lion(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let (learning_rate, b1, b2) = (k.lr("learning_rate", None)?, k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
+    k.mu_dtype_f32_only()?;
+    let weight_decay = k.f64("weight_decay", 1e-3)?;
+    Ok(ox::lion(ox::Lion { learning_rate, b1, b2, weight_decay, mask: mask_of(k, "mask", shapes)? }))
+}
+
+fn optax_lamb(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::lamb(ox::Lamb {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-6)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_lars(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::lars(ox::Lars {
+        learning_rate: k.lr("learning_rate", None)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        trust_coefficient: k.f64("trust_coefficient", 0.001)?,
+        eps: k.f64("eps", 0.0)?,
+        momentum: k.f64("momentum", 0.9)?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+        trust_ratio_mask: mask_of(k, "trust_ratio_mask", shapes)?,
+    }))
+}
+
+fn optax_yogi(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::yogi(ox::Yogi {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-3)?,
+    }))
+}
+
+fn optax_adabelief(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adabelief(ox::Adabelief {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-16)?,
+        eps_root: k.f64("eps_root", 1e-16)?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_novograd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::novograd(ox::Novograd {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.25)?,
+        eps: k.f64("eps", 1e-6)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    }))
+}
+
+fn optax_adan(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adan(ox::Adan {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.98)?,
+        b2: k.f64("b2", 0.92)?,
+        b3: k.f64("b3", 0.99)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_sm3(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::sm3(ox::Sm3 { learning_rate: k.req_f64("learning_rate")?, momentum: k.f64("momentum", 0.9)? }))
+}
+
+fn optax_fromage(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::fromage(ox::Fromage { learning_rate: k.req_f64("learning_rate")?, min_norm: k.f64("min_norm", 1e-6)? }))
+}
+
+fn optax_sign_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::sign_sgd(ox::SignSgd { learning_rate: k.lr("learning_rate", None)? }))
+}
+
+fn optax_signum(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = ox::Signum { learning_rate: k.lr("learning_rate", None)?, beta: k.f64("beta", 0.9)? };
+    let _ = k.value("accumulator_dtype");
+    Ok(ox::signum(c))
+}
+
+fn optax_optimistic_gradient_descent(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::optimistic_gradient_descent(ox::OptimisticGradientDescent {
+        learning_rate: k.lr("learning_rate", None)?,
+        alpha: k.f64("alpha", 1.0)?,
+        beta: k.f64("beta", 1.0)?,
+    }))
+}
+
+fn optax_optimistic_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let Some(learning_rate) = k.lr("learning_rate", None)?.constant() else {
+        return Err(k.err(
+            "learning_rate",
+            "this version of `optimistic_adam` does not support learning rate schedules but \
+             `optimistic_adam_v2` does",
+        ));
+    };
+    Ok(ox::optimistic_adam(ox::OptimisticAdam {
+        learning_rate,
+        optimism: k.opt_f64("optimism")?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_optimistic_adam_v2(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::optimistic_adam_v2(ox::OptimisticAdamV2 {
+        learning_rate: k.lr("learning_rate", None)?,
+        alpha: k.f64("alpha", 1.0)?,
+        beta: k.f64("beta", 1.0)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_adafactor(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = match k.value("learning_rate") {
+        None => None,
+        Some(_) => Some(k.lr("learning_rate", None)?),
+    };
+    let min_dim_size_to_factor = k.u64("min_dim_size_to_factor", 128)? as usize;
+    let (decay_rate, decay_offset) = (k.f64("decay_rate", 0.8)?, k.u64("decay_offset", 0)?);
+    let multiply_by_parameter_scale = k.bool("multiply_by_parameter_scale", true)?;
+    // `Optional[float] = 1.0`: absent is 1.0, null is no clipping.
+    let clipping_threshold = match k.value("clipping_threshold") {
+        None if k.map.contains_key("clipping_threshold") => None,
+        _ => Some(k.f64("clipping_threshold", 1.0)?),
+    };
+    let momentum = k.opt_f64("momentum")?;
+    let _ = k.value("dtype_momentum");
+    let weight_decay_rate = k.opt_f64("weight_decay_rate")?;
+    let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
+    // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
+    let weight_decay_mask = mask_of(k, "weight_decay_mask", shapes)?;
+    Ok(ox::adafactor(ox::Adafactor {
+        learning_rate,
+        min_dim_size_to_factor,
+        decay_rate,
+        decay_offset,
+        multiply_by_parameter_scale,
+        clipping_threshold,
+        momentum,
+        weight_decay_rate,
+        eps,
+        factored,
+        weight_decay_mask,
+    }))
+}
+
+fn optax_acprop(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::acprop(oxc::Acprop {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-16)?,
+        eps_root: k.f64("eps_root", 1e-16)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_simplified_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::simplified_ademamix(oxc::SimplifiedAdemamix {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.99)?,
+        b2: k.f64("b2", 0.95)?,
+        alpha: k.lr("alpha", Some(0.0))?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_dowg(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::dowg(oxc::Dowg {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        init_estim_sq_dist: k.opt_f64("init_estim_sq_dist")?,
+        eps: k.f64("eps", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_mechanize(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let base_optimizer = inner_optax(k, "base_optimizer", shapes)?;
+    let num_betas = k.u64("num_betas", 6)?;
+    oxc::mechanize(oxc::Mechanize {
+        base_optimizer,
+        num_betas: usize::try_from(num_betas).unwrap_or(usize::MAX),
+        weight_decay: k.f64("weight_decay", 1e-2)?,
+        eps: k.f64("eps", 1e-8)?,
+        s_init: k.f64("s_init", 1e-6)?,
+    })
+}
+
+fn optax_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.lr("learning_rate", None)?;
+    let (b1, b2, b3) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("b3", 0.9999)?);
+    let (alpha, eps, eps_root) = (k.f64("alpha", 5.0)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+    k.mu_dtype_f32_only()?;
+    let weight_decay = k.f64("weight_decay", 0.0)?;
+    let mask = mask_of(k, "mask", shapes)?;
+    Ok(oxc::ademamix(oxc::Ademamix { learning_rate, b1, b2, b3, alpha, eps, eps_root, weight_decay, mask }))
+}
+
+fn optax_adopt(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::Adopt {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.9999)?,
+        eps: k.f64("eps", 1e-6)?,
+        nesterov: k.bool("nesterov", false)?,
+        use_clipping: k.bool("use_clipping", true)?,
+    };
+    k.mu_dtype_f32_only()?;
+    Ok(oxc::adopt(c))
+}
+
+fn optax_cocob(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::cocob(oxc::Cocob {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        alpha: k.f64("alpha", 100.0)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_dadapt_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::dadapt_adamw(oxc::DadaptAdamW {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        estim_lr0: k.f64("estim_lr0", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    }))
+}
+
+fn optax_prodigy(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::Prodigy {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        beta3: k.opt_f64("beta3")?,
+        eps: k.f64("eps", 1e-8)?,
+        estim_lr0: k.f64("estim_lr0", 1e-6)?,
+        estim_lr_coef: k.f64("estim_lr_coef", 1.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        safeguard_warmup: k.bool("safeguard_warmup", false)?,
+    };
+    // The decay is inside prodigy's own update, not a link a partition could select.
+    if mask_of(k, "weight_decay_mask", shapes)?.is_some_and(|m| m.iter().any(|on| !on)) {
+        return Err(
+            k.err("weight_decay_mask", "a mask that excludes parameters is not implemented for contrib.prodigy")
+        );
+    }
+    Ok(oxc::prodigy(c))
+}
+
+fn optax_dog(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.lr("learning_rate", Some(1.0))?;
+    let init_step = match k.present("init_step")? {
+        None => DogInit::Heuristic(1e-6),
+        Some(Value::Array(a)) if a.len() == 2 => {
+            let v = a[1].as_f64().filter(|v| v.is_finite()).ok_or_else(|| Error::Field {
+                context: "optax.contrib.dog: `init_step`".into(),
+                message: format!("expected [kind, finite value], got {}", a[1]),
+            })?;
+            match a[0].as_str() {
+                Some("heuristic") => DogInit::Heuristic(v),
+                Some("distance") => DogInit::Distance(v),
+                Some("learning_rate") => DogInit::LearningRate(v),
+                other => {
+                    return Err(unknown(
+                        "init_step kind",
+                        &format!("{other:?}"),
+                        &["heuristic", "distance", "learning_rate"],
+                    ))
+                }
+            }
+        }
+        Some(v) => {
+            return Err(Error::Field {
+                context: "optax.contrib.dog: `init_step`".into(),
+                message: format!("expected [kind, value], got {v}"),
+            })
+        }
+    };
+    Ok(oxc::dog(oxc::Dog {
+        learning_rate,
+        init_step,
+        eps: k.f64("eps", 1e-8)?,
+        mask: mask_of(k, "mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_madgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::madgrad(oxc::Madgrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        momentum: k.f64("momentum", 0.9)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        eps: k.f64("eps", 1e-6)?,
+    }))
+}
+
+fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::ScheduleFreeSgd {
+        learning_rate: k.f64("learning_rate", 1.0)?,
+        warmup_steps: k.opt_u64("warmup_steps")?,
+        b1: k.f64("b1", 0.9)?,
+        weight_lr_power: k.f64("weight_lr_power", 2.0)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    };
+    let _ = k.value("state_dtype");
+    Ok(oxc::schedule_free_sgd(c))
+}
+
+fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::ScheduleFreeAdamW {
+        learning_rate: k.f64("learning_rate", 0.0025)?,
+        warmup_steps: k.opt_u64("warmup_steps")?,
+        b1: k.f64("b1", 0.9)?,
+        weight_lr_power: k.f64("weight_lr_power", 2.0)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    };
+    let _ = k.value("state_dtype");
+    Ok(oxc::schedule_free_adamw(c))
+}
+
+fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.req_f64("learning_rate")?.into();
+    let ns_coeffs = match k.f64s("ns_coeffs")? {
+        None => [3.4445, -4.7750, 2.0315],
+        Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+        Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
+    };
+    Ok(oxc::muon(oxc::Muon {
+        learning_rate,
+        ns_coeffs,
+        ns_steps: k.u64("ns_steps", 5)? as usize,
+        beta: k.f64("beta", 0.95)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        nesterov: k.bool("nesterov", true)?,
+        adam_b1: k.f64("adam_b1", 0.9)?,
+        adam_b2: k.f64("adam_b2", 0.999)?,
+        adam_eps_root: k.f64("adam_eps_root", 0.0)?,
+        adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
+        adam_learning_rate: k.opt_f64("adam_learning_rate")?.map(LearningRate::Constant),
+    }))
 }
 
 /// A schedule built from a spec: a function of the step, or the metric-driven plateau scheduler.
