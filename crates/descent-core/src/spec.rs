@@ -3,6 +3,13 @@
 //! PyTorch or JAX recipe ports unchanged.
 //!
 //! Registry names are `<library>.<name>`: `torch.adamw`, `optax.contrib.muon`, `optax.chain`, ….
+//! The registry is a table per library ([`TORCH`], [`OPTAX`], [`DESCENT`]; `po` has its own, in
+//! [`crate::po`]): each name with its [`Builder`], which reads the keyword arguments into the
+//! library's typed configuration ([`crate::torch`], [`crate::optax`]) and builds from it. The
+//! accepted names ([`registry_names`], the error for an unknown one, `descent list`) come from
+//! these tables. Adding an optimizer is adding a row: its name and a builder that reads the
+//! library's keyword arguments (with the library's names and defaults) into its typed
+//! configuration and calls the typed constructor.
 
 use serde_json::{Map, Value};
 
@@ -13,111 +20,270 @@ use crate::torch::{self, MuonLrAdjust, WeightDecay};
 use crate::transform::{chain, LearningRate, Transform};
 use crate::transforms::*;
 
-/// The torch optimizers descent reproduces.
-pub const TORCH_OPTIMIZERS: &[&str] = &[
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
-    "asgd",
-    "muon",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "sgd",
-    "sparseadam",
+/// Builds one registry entry: its keyword arguments, read through [`Kwargs`] (which refuses, after
+/// the builder, any argument it never read), and the parameter shapes → the transformation.
+pub type Builder = fn(&mut Kwargs, &[Vec<usize>]) -> Result<Box<dyn Transform>>;
+
+/// A library's table: each name with its builder.
+pub type Table = &'static [(&'static str, Builder)];
+
+/// The torch optimizers descent reproduces (`torch.<name>`), built from torch's keyword arguments
+/// through the typed configurations of [`crate::torch`].
+pub const TORCH: Table = &[
+    ("adadelta", torch_adadelta),
+    ("adafactor", torch_adafactor),
+    ("adagrad", torch_adagrad),
+    ("adam", torch_adam),
+    ("adamax", torch_adamax),
+    ("adamw", torch_adamw),
+    ("asgd", torch_asgd),
+    ("muon", torch_muon),
+    ("nadam", torch_nadam),
+    ("radam", torch_radam),
+    ("rmsprop", torch_rmsprop),
+    ("rprop", torch_rprop),
+    ("sgd", torch_sgd),
+    ("sparseadam", torch_sparseadam),
 ];
 
-/// The optax optimizers and transformations descent reproduces (usable as `chain` links).
-pub const OPTAX_OPTIMIZERS: &[&str] = &[
-    "adabelief",
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamaxw",
-    "adamw",
-    "adan",
-    "amsgrad",
-    "chain",
-    "fromage",
-    "lamb",
-    "lars",
-    "lion",
-    "lookahead",
-    "multisteps",
-    "nadam",
-    "nadamw",
-    "novograd",
-    "optimistic_adam",
-    "optimistic_adam_v2",
-    "optimistic_gradient_descent",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "sgd",
-    "sign_sgd",
-    "signum",
-    "sm3",
-    "yogi",
-    "contrib.acprop",
-    "contrib.ademamix",
-    "contrib.adopt",
-    "contrib.cocob",
-    "contrib.dadapt_adamw",
-    "contrib.dog",
-    "contrib.dowg",
-    "contrib.madgrad",
-    "contrib.mechanize",
-    "contrib.muon",
-    "contrib.prodigy",
-    "contrib.schedule_free_adamw",
-    "contrib.schedule_free_sgd",
-    "contrib.simplified_ademamix",
+/// The optax optimizers (through the typed configurations of [`crate::optax`]), combinators,
+/// wrappers and transformations descent reproduces (`optax.<name>`, usable as `chain` links).
+pub const OPTAX: Table = &[
+    ("adabelief", optax_adabelief),
+    ("adadelta", optax_adadelta),
+    ("adafactor", optax_adafactor),
+    ("adagrad", optax_adagrad),
+    ("adam", optax_adam),
+    ("adamax", optax_adamax),
+    ("adamaxw", optax_adamaxw),
+    ("adamw", optax_adamw),
+    ("adan", optax_adan),
+    ("amsgrad", optax_amsgrad),
+    ("chain", optax_chain),
+    ("fromage", optax_fromage),
+    ("lamb", optax_lamb),
+    ("lars", optax_lars),
+    ("lion", optax_lion),
+    ("lookahead", optax_lookahead),
+    ("multisteps", optax_multisteps),
+    ("nadam", optax_nadam),
+    ("nadamw", optax_nadamw),
+    ("novograd", optax_novograd),
+    ("optimistic_adam", optax_optimistic_adam),
+    ("optimistic_adam_v2", optax_optimistic_adam_v2),
+    ("optimistic_gradient_descent", optax_optimistic_gradient_descent),
+    ("radam", optax_radam),
+    ("rmsprop", optax_rmsprop),
+    ("rprop", optax_rprop),
+    ("sgd", optax_sgd),
+    ("sign_sgd", optax_sign_sgd),
+    ("signum", optax_signum),
+    ("sm3", optax_sm3),
+    ("yogi", optax_yogi),
+    ("contrib.acprop", optax_acprop),
+    ("contrib.ademamix", optax_ademamix),
+    ("contrib.adopt", optax_adopt),
+    ("contrib.cocob", optax_cocob),
+    ("contrib.dadapt_adamw", optax_dadapt_adamw),
+    ("contrib.dog", optax_dog),
+    ("contrib.dowg", optax_dowg),
+    ("contrib.madgrad", optax_madgrad),
+    ("contrib.mechanize", optax_mechanize),
+    ("contrib.muon", optax_muon),
+    ("contrib.prodigy", optax_prodigy),
+    ("contrib.schedule_free_adamw", optax_schedule_free_adamw),
+    ("contrib.schedule_free_sgd", optax_schedule_free_sgd),
+    ("contrib.simplified_ademamix", optax_simplified_ademamix),
     // transformations
-    "adaptive_grad_clip",
-    "add_decayed_weights",
-    "apply_every",
-    "centralize",
-    "clip",
-    "clip_by_block_rms",
-    "clip_by_global_norm",
-    "ema",
-    "identity",
-    "keep_params_nonnegative",
-    "normalize_by_update_norm",
-    "scale",
-    "scale_by_adam",
-    "scale_by_belief",
-    "scale_by_learning_rate",
-    "scale_by_lion",
-    "scale_by_param_block_rms",
-    "scale_by_rms",
-    "scale_by_rprop",
-    "scale_by_rss",
-    "scale_by_sign",
-    "scale_by_stddev",
-    "scale_by_trust_ratio",
-    "scale_by_yogi",
-    "set_to_zero",
-    "trace",
-    "zero_nans",
+    ("adaptive_grad_clip", optax_adaptive_grad_clip),
+    ("add_decayed_weights", optax_add_decayed_weights),
+    ("apply_every", optax_apply_every),
+    ("centralize", optax_centralize),
+    ("clip", optax_clip),
+    ("clip_by_block_rms", optax_clip_by_block_rms),
+    ("clip_by_global_norm", optax_clip_by_global_norm),
+    ("ema", optax_ema),
+    ("identity", optax_identity),
+    ("keep_params_nonnegative", optax_keep_params_nonnegative),
+    ("normalize_by_update_norm", optax_normalize_by_update_norm),
+    ("scale", optax_scale),
+    ("scale_by_adam", optax_scale_by_adam),
+    ("scale_by_belief", optax_scale_by_belief),
+    ("scale_by_learning_rate", optax_scale_by_learning_rate),
+    ("scale_by_lion", optax_scale_by_lion),
+    ("scale_by_param_block_rms", optax_scale_by_param_block_rms),
+    ("scale_by_rms", optax_scale_by_rms),
+    ("scale_by_rprop", optax_scale_by_rprop),
+    ("scale_by_rss", optax_scale_by_rss),
+    ("scale_by_sign", optax_scale_by_sign),
+    ("scale_by_stddev", optax_scale_by_stddev),
+    ("scale_by_trust_ratio", optax_scale_by_trust_ratio),
+    ("scale_by_yogi", optax_scale_by_yogi),
+    ("set_to_zero", optax_set_to_zero),
+    ("trace", optax_trace),
+    ("zero_nans", optax_zero_nans),
     // wrappers and per-parameter masks and labels
-    "apply_if_finite",
-    "freeze",
-    "inject_hyperparams",
-    "masked",
-    "multi_transform",
-    "partition",
-    "selective_transform",
+    ("apply_if_finite", optax_apply_if_finite),
+    ("freeze", optax_freeze),
+    ("inject_hyperparams", optax_inject_hyperparams),
+    ("masked", optax_masked),
+    ("multi_transform", optax_partition),
+    ("partition", optax_partition),
+    ("selective_transform", optax_selective_transform),
 ];
 
-/// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam.
-pub const DESCENT_OPTIMIZERS: &[&str] = &["adam8bit", "adamw8bit"];
+/// Other spellings optax accepts for an entry of [`OPTAX`] (its class name), built by that entry
+/// but not listed.
+const OPTAX_SPELLINGS: &[(&str, &str)] = &[("MultiSteps", "multisteps")];
+
+/// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam, with
+/// torch-style arguments (as bitsandbytes' `AdamW8bit` takes them).
+pub const DESCENT: Table = &[("adam8bit", descent_adam8bit), ("adamw8bit", descent_adamw8bit)];
+
+/// The libraries of the registry, in the order [`registry_names`] lists them; `None`: `po`, whose
+/// names and builders are [`crate::po`]'s.
+const LIBRARIES: &[(&str, Option<Table>)] =
+    &[("torch", Some(TORCH)), ("optax", Some(OPTAX)), ("po", None), ("descent", Some(DESCENT))];
+
+/// The names of a library of the registry, `None` for an unknown library.
+fn library_names(library: &str) -> Option<Vec<&'static str>> {
+    let (_, table) = LIBRARIES.iter().find(|(l, _)| *l == library)?;
+    Some(match table {
+        Some(t) => t.iter().map(|(n, _)| *n).collect(),
+        None => crate::po::po_optimizers(),
+    })
+}
+
+/// The builder of `name` in `table`.
+fn lookup(table: Table, name: &str) -> Option<Builder> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Runs a builder on keyword arguments read under `context` (`library.name`), refusing those it
+/// did not read.
+fn build_entry(
+    context: String,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+    kind: &'static str,
+    name: &str,
+    table: Table,
+    builder: Option<Builder>,
+) -> Result<Box<dyn Transform>> {
+    let mut k = Kwargs::new(context, hparams)?;
+    let build = builder.ok_or_else(|| unknown(kind, name, &table.iter().map(|(n, _)| *n).collect::<Vec<_>>()))?;
+    let tx = build(&mut k, shapes)?;
+    k.finish()?;
+    Ok(tx)
+}
+
+fn build_torch(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    build_entry(format!("torch.{name}"), hparams, shapes, "torch optimizer", name, TORCH, lookup(TORCH, name))
+}
+
+fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let canonical = OPTAX_SPELLINGS.iter().find(|(s, _)| *s == name).map_or(name, |(_, n)| *n);
+    let builder = lookup(OPTAX, canonical);
+    build_entry(format!("optax.{name}"), hparams, shapes, "optax optimizer or transformation", name, OPTAX, builder)
+}
+
+fn build_descent(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    build_entry(format!("descent.{name}"), hparams, shapes, "descent optimizer", name, DESCENT, lookup(DESCENT, name))
+}
+
+/// Builds an optimizer from `library` (`torch`, `optax`, `po` or `descent`), its `name` in that
+/// library, its keyword arguments, optional torch `param_groups` (`[{"params": [indices],
+/// "hparams": {overrides}}]`), and the parameter shapes (refused, before anything is built, when
+/// one is too large to address: see [`crate::transform::check_shapes`]).
+pub fn build_optimizer(
+    library: &str,
+    name: &str,
+    hparams: &Value,
+    param_groups: Option<&Value>,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn Transform>> {
+    crate::transform::check_shapes(shapes)?;
+    match library {
+        "torch" => match param_groups {
+            None => build_torch(name, hparams, shapes),
+            Some(groups) => build_groups(&format!("torch.{name}"), hparams, groups, |merged, idx| {
+                let group_shapes: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
+                build_torch(name, merged, &group_shapes)
+            }),
+        },
+        "optax" => {
+            if param_groups.is_some() {
+                return Err(Error::Field {
+                    context: format!("optax.{name}"),
+                    message: "param_groups are a torch notion; use optax partition instead".into(),
+                });
+            }
+            build_optax(name, hparams, shapes)
+        }
+        "descent" => build_descent(name, hparams, shapes),
+        "po" => crate::po::build(name, hparams, param_groups, shapes),
+        other => Err(unknown("library", other, &LIBRARIES.iter().map(|(l, _)| *l).collect::<Vec<_>>())),
+    }
+}
+
+/// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
+pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    match registry_name.split_once('.') {
+        Some((lib, name)) if library_names(lib).is_some() => build_optimizer(lib, name, hparams, None, shapes),
+        _ => Err(unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())),
+    }
+}
+
+/// Every registry name, `library.name`, from the libraries' tables.
+pub fn registry_names() -> Vec<String> {
+    LIBRARIES
+        .iter()
+        .flat_map(|(lib, _)| library_names(lib).unwrap_or_default().into_iter().map(move |n| format!("{lib}.{n}")))
+        .collect()
+}
+
+/// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
+/// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
+/// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …), else
+/// descent's own.
+pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
+    let has = |lib: &str, n: &str| library_names(lib).is_some_and(|names| names.contains(&n));
+    if let Some((lib, rest)) = name.split_once('.') {
+        if let Some((lib, _)) = LIBRARIES.iter().find(|(l, _)| *l == lib && has(l, rest)) {
+            return Ok((lib, rest.to_string()));
+        }
+    } else {
+        let contrib = format!("contrib.{name}");
+        for (lib, n) in [("torch", name), ("optax", name), ("optax", &contrib), ("descent", name)] {
+            if has(lib, n) {
+                return Ok((lib, n.to_string()));
+            }
+        }
+    }
+    let all = registry_names().join(", ");
+    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all })
+}
+
+/// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
+/// `learning_rate` for optax).
+pub fn lr_key(library: &str) -> &'static str {
+    if library == "torch" || library == "po" || library == "descent" {
+        "lr"
+    } else {
+        "learning_rate"
+    }
+}
+
+/// The learning rate an optimizer takes when its library's constructor is not given one: torch
+/// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
+/// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
+pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
+    let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
+    let mut rates = vec![];
+    tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
+    let first = (*rates.first()?)?;
+    rates.iter().all(|r| *r == Some(first)).then_some(first)
+}
 
 /// The torch lr_scheduler classes descent reproduces.
 pub const TORCH_SCHEDULES: &[&str] = &[
@@ -434,90 +600,6 @@ fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
     Error::Unknown { kind, name: name.to_string(), accepted: accepted.join(", ") }
 }
 
-/// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
-/// arguments, optional torch `param_groups` (`[{"params": [indices], "hparams": {overrides}}]`), and
-/// the parameter shapes (refused, before anything is built, when one is too large to address:
-/// see [`crate::transform::check_shapes`]).
-pub fn build_optimizer(
-    library: &str,
-    name: &str,
-    hparams: &Value,
-    param_groups: Option<&Value>,
-    shapes: &[Vec<usize>],
-) -> Result<Box<dyn Transform>> {
-    crate::transform::check_shapes(shapes)?;
-    match library {
-        "torch" => match param_groups {
-            None => build_torch(name, hparams),
-            Some(groups) => build_torch_groups(name, hparams, groups),
-        },
-        "optax" => {
-            if param_groups.is_some() {
-                return Err(Error::Field {
-                    context: format!("optax.{name}"),
-                    message: "param_groups are a torch notion; use optax partition instead".into(),
-                });
-            }
-            build_optax(name, hparams, shapes)
-        }
-        "descent" => build_descent(name, hparams),
-        "po" => crate::po::build(name, hparams, param_groups, shapes),
-        other => Err(unknown("library", other, &["torch", "optax", "po", "descent"])),
-    }
-}
-
-/// descent's own optimizers, with torch-style arguments (as bitsandbytes' `AdamW8bit` takes them).
-fn build_descent(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
-    let mut k = Kwargs::new(format!("descent.{name}"), hparams)?;
-    let tx = match name {
-        "adam8bit" | "adamw8bit" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", if name == "adamw8bit" { 1e-2 } else { 0.0 })?;
-            crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
-            chain(vec![
-                boxed(ScaleByAdam8bit::new(b1, b2, eps)),
-                boxed(AddDecayedWeights::new(wd)),
-                boxed(ScaleByLearningRate::new(lr, true)),
-            ])
-        }
-        other => return Err(unknown("descent optimizer", other, DESCENT_OPTIMIZERS)),
-    };
-    k.finish()?;
-    Ok(tx)
-}
-
-/// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
-pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
-        unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())
-    })?;
-    if !["torch", "optax", "po", "descent"].contains(&lib) {
-        return Err(unknown(
-            "optimizer",
-            registry_name,
-            &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        ));
-    }
-    build_optimizer(lib, name, hparams, None, shapes)
-}
-
-/// Every registry name, `library.name`.
-pub fn registry_names() -> Vec<String> {
-    TORCH_OPTIMIZERS
-        .iter()
-        .map(|n| format!("torch.{n}"))
-        .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
-        .chain(crate::po::po_optimizers().iter().map(|n| format!("po.{n}")))
-        .chain(DESCENT_OPTIMIZERS.iter().map(|n| format!("descent.{n}")))
-        .collect()
-}
-
-fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box<dyn Transform>> {
-    build_groups(&format!("torch.{name}"), hparams, groups, |merged, _| build_torch(name, merged))
-}
-
 /// Builds one optimizer per parameter group (`[{"params": [indices], "hparams": {overrides}}]`,
 /// torch's `param_groups`): `build` gets the constructor's keyword arguments overridden by the
 /// group's, and the group's parameter indices; the parts form a [`Partition`].
@@ -581,213 +663,224 @@ pub fn build_groups(
     Ok(boxed(Partition::new(parts)))
 }
 
-fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
-    let mut k = Kwargs::new(format!("torch.{name}"), hparams)?;
-    let maximize_default = false;
-    let tx: Box<dyn Transform> = match name {
-        "sgd" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let t = torch::Sgd::new(torch::SgdConfig {
-                lr,
-                momentum: k.f64("momentum", 0.0)?,
-                dampening: k.f64("dampening", 0.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                nesterov: k.bool("nesterov", false)?,
-                maximize: k.bool("maximize", maximize_default)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
+// ---------------------------------------------------------------------------------------------
+// torch optimizers: the keyword arguments read into the typed configuration of `crate::torch`.
+
+fn torch_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let t = torch::Sgd::new(torch::SgdConfig {
+        lr,
+        momentum: k.f64("momentum", 0.0)?,
+        dampening: k.f64("dampening", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        nesterov: k.bool("nesterov", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    torch_adam_like(k, false)
+}
+
+fn torch_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    torch_adam_like(k, true)
+}
+
+/// torch `Adam` and `AdamW`: one class each, the same arguments with their own defaults.
+fn torch_adam_like(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
+    let decoupled = k.bool("decoupled_weight_decay", adamw)?;
+    let t = torch::Adam::new(torch::AdamConfig {
+        lr,
+        betas,
+        eps,
+        weight_decay: wd,
+        decay: if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
+        amsgrad: k.bool("amsgrad", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_sparseadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::SparseAdam::new(torch::SparseAdamConfig {
+        lr: k.lr("lr", Some(1e-3))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    Ok(boxed(t))
+}
+
+fn torch_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adagrad::new(torch::AdagradConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        lr_decay: k.f64("lr_decay", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        initial_accumulator_value: k.f64("initial_accumulator_value", 0.0)?,
+        eps: k.f64("eps", 1e-10)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Rmsprop::new(torch::RmspropConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        alpha: k.f64("alpha", 0.99)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        momentum: k.f64("momentum", 0.0)?,
+        centered: k.bool("centered", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adadelta(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adadelta::new(torch::AdadeltaConfig {
+        lr: k.lr("lr", Some(1.0))?,
+        rho: k.f64("rho", 0.9)?,
+        eps: k.f64("eps", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adamax(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adamax::new(torch::AdamaxConfig {
+        lr: k.lr("lr", Some(2e-3))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_nadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(2e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", 0.0)?;
+    let md = k.f64("momentum_decay", 4e-3)?;
+    let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+    let maximize = k.bool("maximize", false)?;
+    let t = torch::Nadam::new(torch::NadamConfig {
+        lr,
+        betas,
+        eps,
+        weight_decay: wd,
+        momentum_decay: md,
+        decay: dec,
+        maximize,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", 0.0)?;
+    let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+    let maximize = k.bool("maximize", false)?;
+    let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Rprop::new(torch::RpropConfig {
+        lr: k.f64("lr", 1e-2)?,
+        etas: k.pair("etas", (0.5, 1.2))?,
+        step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_asgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Asgd::new(torch::AsgdConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        lambd: k.f64("lambd", 1e-4)?,
+        alpha: k.f64("alpha", 0.75)?,
+        t0: k.f64("t0", 1e6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adafactor(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-2))?;
+    let b2d = k.f64("beta2_decay", -0.8)?;
+    // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
+    let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
+    let eps = match k.present("eps")? {
+        None => (None, 1e-3),
+        Some(Value::Array(a))
+            if a.len() == 2 && (a[0].is_null() || finite(&a[0]).is_some()) && finite(&a[1]).is_some() =>
+        {
+            (finite(&a[0]), finite(&a[1]).unwrap_or(1e-3))
         }
-        "adam" | "adamw" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?;
-            let decoupled = k.bool("decoupled_weight_decay", name == "adamw")?;
-            let t = torch::Adam::new(torch::AdamConfig {
-                lr,
-                betas,
-                eps,
-                weight_decay: wd,
-                decay: if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
-                amsgrad: k.bool("amsgrad", false)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
+        Some(v) => {
+            return Err(Error::Field {
+                context: "torch.adafactor: `eps`".into(),
+                message: format!("expected [eps1 or null, eps2], got {v}"),
+            })
         }
-        "sparseadam" => {
-            let t = torch::SparseAdam::new(torch::SparseAdamConfig {
-                lr: k.lr("lr", Some(1e-3))?,
-                betas: k.pair("betas", (0.9, 0.999))?,
-                eps: k.f64("eps", 1e-8)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            boxed(t)
-        }
-        "adagrad" => {
-            let t = torch::Adagrad::new(torch::AdagradConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                lr_decay: k.f64("lr_decay", 0.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                initial_accumulator_value: k.f64("initial_accumulator_value", 0.0)?,
-                eps: k.f64("eps", 1e-10)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "rmsprop" => {
-            let t = torch::Rmsprop::new(torch::RmspropConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                alpha: k.f64("alpha", 0.99)?,
-                eps: k.f64("eps", 1e-8)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                momentum: k.f64("momentum", 0.0)?,
-                centered: k.bool("centered", false)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adadelta" => {
-            let t = torch::Adadelta::new(torch::AdadeltaConfig {
-                lr: k.lr("lr", Some(1.0))?,
-                rho: k.f64("rho", 0.9)?,
-                eps: k.f64("eps", 1e-6)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adamax" => {
-            let t = torch::Adamax::new(torch::AdamaxConfig {
-                lr: k.lr("lr", Some(2e-3))?,
-                betas: k.pair("betas", (0.9, 0.999))?,
-                eps: k.f64("eps", 1e-8)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "nadam" => {
-            let lr = k.lr("lr", Some(2e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            let md = k.f64("momentum_decay", 4e-3)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let maximize = k.bool("maximize", false)?;
-            let t = torch::Nadam::new(torch::NadamConfig {
-                lr,
-                betas,
-                eps,
-                weight_decay: wd,
-                momentum_decay: md,
-                decay: dec,
-                maximize,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "radam" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let maximize = k.bool("maximize", false)?;
-            let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "rprop" => {
-            let t = torch::Rprop::new(torch::RpropConfig {
-                lr: k.f64("lr", 1e-2)?,
-                etas: k.pair("etas", (0.5, 1.2))?,
-                step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "asgd" => {
-            let t = torch::Asgd::new(torch::AsgdConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                lambd: k.f64("lambd", 1e-4)?,
-                alpha: k.f64("alpha", 0.75)?,
-                t0: k.f64("t0", 1e6)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adafactor" => {
-            let lr = k.lr("lr", Some(1e-2))?;
-            let b2d = k.f64("beta2_decay", -0.8)?;
-            // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
-            let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
-            let eps = match k.present("eps")? {
-                None => (None, 1e-3),
-                Some(Value::Array(a))
-                    if a.len() == 2 && (a[0].is_null() || finite(&a[0]).is_some()) && finite(&a[1]).is_some() =>
-                {
-                    (finite(&a[0]), finite(&a[1]).unwrap_or(1e-3))
-                }
-                Some(v) => {
-                    return Err(Error::Field {
-                        context: "torch.adafactor: `eps`".into(),
-                        message: format!("expected [eps1 or null, eps2], got {v}"),
-                    })
-                }
-            };
-            let t = torch::Adafactor::new(torch::AdafactorConfig {
-                lr,
-                beta2_decay: b2d,
-                eps,
-                d: k.f64("d", 1.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            let _ = k.opt_bool("foreach")?;
-            boxed(t)
-        }
-        "muon" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let coeffs = match k.f64s("ns_coefficients")? {
-                None => [3.4445, -4.7750, 2.0315],
-                Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
-            };
-            let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
-                "original" => MuonLrAdjust::Original,
-                "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
-                other => {
-                    return Err(crate::error::invalid(format!(
-                        "Adjust learning rate function {other} is not supported"
-                    )))
-                }
-            };
-            let t = torch::Muon::new(torch::MuonConfig {
-                lr,
-                weight_decay: k.f64("weight_decay", 0.1)?,
-                momentum: k.f64("momentum", 0.95)?,
-                nesterov: k.bool("nesterov", true)?,
-                coeffs,
-                eps: k.f64("eps", 1e-7)?,
-                ns_steps: k.u64("ns_steps", 5)? as usize,
-                adjust,
-            })?;
-            let _ = k.bool("use_addmm", false)?;
-            boxed(t)
-        }
-        other => return Err(unknown("torch optimizer", other, TORCH_OPTIMIZERS)),
     };
-    k.finish()?;
-    Ok(tx)
+    let t = torch::Adafactor::new(torch::AdafactorConfig {
+        lr,
+        beta2_decay: b2d,
+        eps,
+        d: k.f64("d", 1.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    let _ = k.opt_bool("foreach")?;
+    Ok(boxed(t))
+}
+
+fn torch_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let coeffs = match k.f64s("ns_coefficients")? {
+        None => [3.4445, -4.7750, 2.0315],
+        Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+        Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
+    };
+    let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
+        "original" => MuonLrAdjust::Original,
+        "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
+        other => return Err(crate::error::invalid(format!("Adjust learning rate function {other} is not supported"))),
+    };
+    let t = torch::Muon::new(torch::MuonConfig {
+        lr,
+        weight_decay: k.f64("weight_decay", 0.1)?,
+        momentum: k.f64("momentum", 0.95)?,
+        nesterov: k.bool("nesterov", true)?,
+        coeffs,
+        eps: k.f64("eps", 1e-7)?,
+        ns_steps: k.u64("ns_steps", 5)? as usize,
+        adjust,
+    })?;
+    let _ = k.bool("use_addmm", false)?;
+    Ok(boxed(t))
 }
 
 /// Accepts torch's implementation-selection flags, which do not change the numbers.
@@ -801,6 +894,34 @@ fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// descent's own optimizers, with torch-style arguments.
+
+fn descent_adam8bit(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    descent_8bit(k, false)
+}
+
+fn descent_adamw8bit(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    descent_8bit(k, true)
+}
+
+/// Adam with its moments stored in 8-bit blocks; `adamw`: decoupled weight decay 1e-2 by default.
+fn descent_8bit(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
+    crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
+    Ok(chain(vec![
+        boxed(ScaleByAdam8bit::new(b1, b2, eps)),
+        boxed(AddDecayedWeights::new(wd)),
+        boxed(ScaleByLearningRate::new(lr, true)),
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax combinators and wrappers: optimizers given as `[name, kwargs]` inside the arguments.
 
 /// A list spec `[name, kwargs]`.
 fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
@@ -818,20 +939,6 @@ fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
     }
 }
 
-/// `add_decayed_weights(weight_decay, mask)`, the mask read from argument `key` (one entry per
-/// parameter of `n`).
-fn masked_decay(k: &mut Kwargs, wd: f64, key: &'static str, n: usize) -> Result<Box<dyn Transform>> {
-    with_mask(boxed(AddDecayedWeights::new(wd)), k.mask(key, n)?)
-}
-
-/// optax `masked(tx, mask)`: `tx` itself when there is no mask.
-fn with_mask(tx: Box<dyn Transform>, mask: Option<Vec<bool>>) -> Result<Box<dyn Transform>> {
-    Ok(match mask {
-        Some(m) => Partition::masked(tx, &m),
-        None => tx,
-    })
-}
-
 /// The shapes of the parameters `keep` selects.
 fn select(shapes: &[Vec<usize>], keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
     (0..shapes.len()).filter(|&i| keep(i)).map(|i| shapes[i].clone()).collect()
@@ -847,223 +954,252 @@ fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Resu
     build_optax(&n, &kw, shapes)
 }
 
-fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let mut k = Kwargs::new(format!("optax.{name}"), hparams)?;
-    let n = shapes.len();
-    let tx: Box<dyn Transform> = match name {
-        "chain" => {
-            let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
-                context: "optax.chain".into(),
-                message: "missing `links` (a list of [name, kwargs])".into(),
-            })?;
-            let mut txs = vec![];
-            for (i, l) in links.iter().enumerate() {
-                let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
-                txs.push(build_optax(&n, &kw, shapes)?);
-            }
-            chain(txs)
-        }
-        "multisteps" | "MultiSteps" => {
-            let every_k = k.req_u64("every_k")?;
-            let mean = k.bool("use_grad_mean", true)?;
-            let skip = match k.value("should_skip_update_fn") {
-                None => SkipUpdate::Never,
-                Some(v) => {
-                    let ctx = "optax.multisteps: `should_skip_update_fn`";
-                    let (f, kw) = link(v, ctx)?;
-                    let mut fk = Kwargs::new(format!("optax.{f}"), &kw)?;
-                    let skip = match f.as_str() {
-                        "skip_not_finite" => SkipUpdate::NotFinite,
-                        "skip_large_updates" => {
-                            SkipUpdate::LargeUpdates { max_squared_norm: fk.req_f64("max_squared_norm")? }
-                        }
-                        other => {
-                            return Err(unknown(
-                                "should_skip_update_fn",
-                                other,
-                                &["skip_not_finite", "skip_large_updates"],
-                            ))
-                        }
-                    };
-                    fk.finish()?;
-                    skip
+fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
+        context: "optax.chain".into(),
+        message: "missing `links` (a list of [name, kwargs])".into(),
+    })?;
+    let mut txs = vec![];
+    for (i, l) in links.iter().enumerate() {
+        let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
+        txs.push(build_optax(&n, &kw, shapes)?);
+    }
+    Ok(chain(txs))
+}
+
+fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let every_k = k.req_u64("every_k")?;
+    let mean = k.bool("use_grad_mean", true)?;
+    let skip = match k.value("should_skip_update_fn") {
+        None => SkipUpdate::Never,
+        Some(v) => {
+            let ctx = "optax.multisteps: `should_skip_update_fn`";
+            let (f, kw) = link(v, ctx)?;
+            let mut fk = Kwargs::new(format!("optax.{f}"), &kw)?;
+            let skip = match f.as_str() {
+                "skip_not_finite" => SkipUpdate::NotFinite,
+                "skip_large_updates" => SkipUpdate::LargeUpdates { max_squared_norm: fk.req_f64("max_squared_norm")? },
+                other => {
+                    return Err(unknown("should_skip_update_fn", other, &["skip_not_finite", "skip_large_updates"]))
                 }
             };
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
-            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip))
+            fk.finish()?;
+            skip
         }
-        "lookahead" => {
-            let sync = k.req_u64("sync_period")?;
-            let alpha = k.req_f64("slow_step_size")?;
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
-            boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?)
-        }
-        "sgd" => optax_sgd(&mut k, shapes)?,
-        "adam" => optax_adam(&mut k, shapes)?,
-        "nadam" => optax_nadam(&mut k, shapes)?,
-        "adamw" => optax_adamw(&mut k, shapes)?,
-        "nadamw" => optax_nadamw(&mut k, shapes)?,
-        "amsgrad" => optax_amsgrad(&mut k, shapes)?,
-        "adamax" => optax_adamax(&mut k, shapes)?,
-        "adamaxw" => optax_adamaxw(&mut k, shapes)?,
-        "adagrad" => optax_adagrad(&mut k, shapes)?,
-        "adadelta" => optax_adadelta(&mut k, shapes)?,
-        "rmsprop" => optax_rmsprop(&mut k, shapes)?,
-        "radam" => optax_radam(&mut k, shapes)?,
-        "rprop" => optax_rprop(&mut k, shapes)?,
-        "lion" => optax_lion(&mut k, shapes)?,
-        "lamb" => optax_lamb(&mut k, shapes)?,
-        "lars" => optax_lars(&mut k, shapes)?,
-        "yogi" => optax_yogi(&mut k, shapes)?,
-        "adabelief" => optax_adabelief(&mut k, shapes)?,
-        "novograd" => optax_novograd(&mut k, shapes)?,
-        "adan" => optax_adan(&mut k, shapes)?,
-        "sm3" => optax_sm3(&mut k, shapes)?,
-        "fromage" => optax_fromage(&mut k, shapes)?,
-        "sign_sgd" => optax_sign_sgd(&mut k, shapes)?,
-        "signum" => optax_signum(&mut k, shapes)?,
-        "optimistic_gradient_descent" => optax_optimistic_gradient_descent(&mut k, shapes)?,
-        "optimistic_adam" => optax_optimistic_adam(&mut k, shapes)?,
-        "optimistic_adam_v2" => optax_optimistic_adam_v2(&mut k, shapes)?,
-        "adafactor" => optax_adafactor(&mut k, shapes)?,
-        "contrib.acprop" => optax_acprop(&mut k, shapes)?,
-        "contrib.simplified_ademamix" => optax_simplified_ademamix(&mut k, shapes)?,
-        "contrib.dowg" => optax_dowg(&mut k, shapes)?,
-        "contrib.mechanize" => optax_mechanize(&mut k, shapes)?,
-        "contrib.ademamix" => optax_ademamix(&mut k, shapes)?,
-        "contrib.adopt" => optax_adopt(&mut k, shapes)?,
-        "contrib.cocob" => optax_cocob(&mut k, shapes)?,
-        "contrib.dadapt_adamw" => optax_dadapt_adamw(&mut k, shapes)?,
-        "contrib.prodigy" => optax_prodigy(&mut k, shapes)?,
-        "contrib.dog" => optax_dog(&mut k, shapes)?,
-        "contrib.madgrad" => optax_madgrad(&mut k, shapes)?,
-        "contrib.schedule_free_sgd" => optax_schedule_free_sgd(&mut k, shapes)?,
-        "contrib.schedule_free_adamw" => optax_schedule_free_adamw(&mut k, shapes)?,
-        "contrib.muon" => optax_muon(&mut k, shapes)?,
-        // transformations
-        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
-        "add_decayed_weights" => {
-            let wd = k.f64("weight_decay", 0.0)?;
-            masked_decay(&mut k, wd, "mask", n)?
-        }
-        "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
-        "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
-        "normalize_by_update_norm" => {
-            boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?))
-        }
-        "set_to_zero" => boxed(SetToZero),
-        "zero_nans" => boxed(ZeroNans),
-        // Per-parameter masks and labels, all through `Partition`.
-        "masked" => {
-            let mask = k.req_mask("mask", n)?;
-            let inner = inner_optax(&mut k, "inner", &select(shapes, |i| mask[i]))?;
-            Partition::masked(inner, &mask)
-        }
-        "freeze" => Partition::masked(boxed(SetToZero), &k.req_mask("mask", n)?),
-        "selective_transform" => {
-            let frozen = k.req_mask("freeze_mask", n)?;
-            let inner = inner_optax(&mut k, "optimizer", &select(shapes, |i| !frozen[i]))?;
-            Partition::split(&frozen, boxed(SetToZero), inner)
-        }
-        "partition" | "multi_transform" => {
-            let labels = k.labels("param_labels", n)?;
-            let ctx = format!("optax.{name}: `transforms`");
-            let txs = match k.present("transforms")? {
-                Some(Value::Object(o)) => o,
-                Some(other) => {
-                    return Err(Error::Field {
-                        context: ctx,
-                        message: format!("expected an object {{label: [name, kwargs]}}, got {other}"),
-                    })
-                }
-                None => return Err(Error::Field { context: ctx, message: "missing required argument".into() }),
-            };
-            let mut built = vec![];
-            for (label, spec) in txs {
-                let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
-                built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
-            }
-            boxed(Partition::labelled(built, &labels)?)
-        }
-        "apply_if_finite" => {
-            let max_errors = k.req_u64("max_consecutive_errors")?;
-            boxed(ApplyIfFinite::new(inner_optax(&mut k, "inner", shapes)?, max_errors))
-        }
-        // The hyper-parameters injected into the state: the inner optimizer with its arguments;
-        // a rate changed before each step is given as the inner `learning_rate`'s list of
-        // per-step values.
-        "inject_hyperparams" => {
-            let _ = k.opt_str("hyperparam_dtype")?;
-            inner_optax(&mut k, "inner", shapes)?
-        }
-        "centralize" => boxed(Centralize::default()),
-        "clip" => boxed(Clip::new(k.req_f64("max_delta")?)),
-        "clip_by_block_rms" => boxed(ClipByBlockRms::new(k.req_f64("threshold")?)),
-        "clip_by_global_norm" => boxed(ClipByGlobalNorm::new(k.req_f64("max_norm")?)),
-        "ema" => boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)),
-        "identity" => chain(vec![]),
-        "scale" => boxed(Scale::new(k.req_f64("step_size")?)),
-        "scale_by_adam" => boxed(
-            ScaleByAdam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                k.bool("nesterov", false)?,
-            )
-            .mu_dtype(k.mu_dtype()?),
-        ),
-        "scale_by_belief" => boxed(ScaleByBelief::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-16)?,
-            k.f64("eps_root", 1e-16)?,
-            k.bool("nesterov", false)?,
-        )),
-        "scale_by_learning_rate" => {
-            let lr = k.lr("learning_rate", None)?;
-            boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?))
-        }
-        "scale_by_lion" => boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)),
-        "scale_by_param_block_rms" => boxed(ScaleByParamBlockRms::new(k.f64("min_scale", 1e-3)?)),
-        "scale_by_rms" => boxed(ScaleByRms::new(
-            k.f64("decay", 0.9)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("initial_scale", 0.0)?,
-            k.bool("eps_in_sqrt", true)?,
-            k.bool("bias_correction", false)?,
-        )),
-        "scale_by_rss" => boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
-        "scale_by_sign" => boxed(ScaleBySign),
-        "scale_by_rprop" => boxed(ScaleByRprop::new(
-            k.req_f64("learning_rate")?,
-            k.f64("eta_minus", 0.5)?,
-            k.f64("eta_plus", 1.2)?,
-            k.f64("min_step_size", 1e-6)?,
-            k.f64("max_step_size", 50.0)?,
-        )),
-        "scale_by_stddev" => boxed(ScaleByStddev::new(
-            k.f64("decay", 0.9)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("initial_scale", 0.0)?,
-            k.bool("eps_in_sqrt", true)?,
-            k.bool("bias_correction", false)?,
-        )),
-        "scale_by_trust_ratio" => {
-            boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?))
-        }
-        "scale_by_yogi" => boxed(ScaleByYogi::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-3)?,
-            k.f64("eps_root", 0.0)?,
-            k.f64("initial_accumulator_value", 1e-6)?,
-        )),
-        "trace" => boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)),
-        other => return Err(unknown("optax optimizer or transformation", other, OPTAX_OPTIMIZERS)),
     };
-    k.finish()?;
-    Ok(tx)
+    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
+    Ok(boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip)))
+}
+
+fn optax_lookahead(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let sync = k.req_u64("sync_period")?;
+    let alpha = k.req_f64("slow_step_size")?;
+    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
+    Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?))
+}
+
+fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let max_errors = k.req_u64("max_consecutive_errors")?;
+    Ok(boxed(ApplyIfFinite::new(inner_optax(k, "inner", shapes)?, max_errors)))
+}
+
+/// The hyper-parameters injected into the state: the inner optimizer with its arguments; a rate
+/// changed before each step is given as the inner `learning_rate`'s list of per-step values.
+fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let _ = k.opt_str("hyperparam_dtype")?;
+    inner_optax(k, "inner", shapes)
+}
+
+// Per-parameter masks and labels, all through `Partition`.
+
+fn optax_masked(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let mask = k.req_mask("mask", shapes.len())?;
+    let inner = inner_optax(k, "inner", &select(shapes, |i| mask[i]))?;
+    Ok(Partition::masked(inner, &mask))
+}
+
+fn optax_freeze(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(Partition::masked(boxed(SetToZero), &k.req_mask("mask", shapes.len())?))
+}
+
+fn optax_selective_transform(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let frozen = k.req_mask("freeze_mask", shapes.len())?;
+    let inner = inner_optax(k, "optimizer", &select(shapes, |i| !frozen[i]))?;
+    Ok(Partition::split(&frozen, boxed(SetToZero), inner))
+}
+
+/// optax `partition` and its older name `multi_transform`.
+fn optax_partition(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let labels = k.labels("param_labels", shapes.len())?;
+    let ctx = format!("{}: `transforms`", k.context);
+    let txs = match k.present("transforms")? {
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(Error::Field {
+                context: ctx,
+                message: format!("expected an object {{label: [name, kwargs]}}, got {other}"),
+            })
+        }
+        None => return Err(Error::Field { context: ctx, message: "missing required argument".into() }),
+    };
+    let mut built = vec![];
+    for (label, spec) in txs {
+        let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
+        built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
+    }
+    Ok(boxed(Partition::labelled(built, &labels)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax gradient transformations, usable as `chain` links.
+
+fn optax_adaptive_grad_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)))
+}
+
+fn optax_add_decayed_weights(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let wd = k.f64("weight_decay", 0.0)?;
+    Ok(ox::add_decayed_weights(wd, mask_of(k, "mask", shapes)?))
+}
+
+fn optax_apply_every(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ApplyEvery::new(k.u64("k", 1)?)?))
+}
+
+fn optax_centralize(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Centralize::default()))
+}
+
+fn optax_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Clip::new(k.req_f64("max_delta")?)))
+}
+
+fn optax_clip_by_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ClipByBlockRms::new(k.req_f64("threshold")?)))
+}
+
+fn optax_clip_by_global_norm(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ClipByGlobalNorm::new(k.req_f64("max_norm")?)))
+}
+
+fn optax_ema(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)))
+}
+
+fn optax_identity(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(chain(vec![]))
+}
+
+fn optax_keep_params_nonnegative(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(KeepParamsNonnegative))
+}
+
+fn optax_normalize_by_update_norm(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?)))
+}
+
+fn optax_scale(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Scale::new(k.req_f64("step_size")?)))
+}
+
+fn optax_scale_by_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(
+        ScaleByAdam::new(
+            k.f64("b1", 0.9)?,
+            k.f64("b2", 0.999)?,
+            k.f64("eps", 1e-8)?,
+            k.f64("eps_root", 0.0)?,
+            k.bool("nesterov", false)?,
+        )
+        .mu_dtype(k.mu_dtype()?),
+    ))
+}
+
+fn optax_scale_by_belief(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByBelief::new(
+        k.f64("b1", 0.9)?,
+        k.f64("b2", 0.999)?,
+        k.f64("eps", 1e-16)?,
+        k.f64("eps_root", 1e-16)?,
+        k.bool("nesterov", false)?,
+    )))
+}
+
+fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("learning_rate", None)?;
+    Ok(boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?)))
+}
+
+fn optax_scale_by_lion(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)))
+}
+
+fn optax_scale_by_param_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByParamBlockRms::new(k.f64("min_scale", 1e-3)?)))
+}
+
+fn optax_scale_by_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRms::new(
+        k.f64("decay", 0.9)?,
+        k.f64("eps", 1e-8)?,
+        k.f64("initial_scale", 0.0)?,
+        k.bool("eps_in_sqrt", true)?,
+        k.bool("bias_correction", false)?,
+    )))
+}
+
+fn optax_scale_by_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRprop::new(
+        k.req_f64("learning_rate")?,
+        k.f64("eta_minus", 0.5)?,
+        k.f64("eta_plus", 1.2)?,
+        k.f64("min_step_size", 1e-6)?,
+        k.f64("max_step_size", 50.0)?,
+    )))
+}
+
+fn optax_scale_by_rss(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)))
+}
+
+fn optax_scale_by_sign(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleBySign))
+}
+
+fn optax_scale_by_stddev(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByStddev::new(
+        k.f64("decay", 0.9)?,
+        k.f64("eps", 1e-8)?,
+        k.f64("initial_scale", 0.0)?,
+        k.bool("eps_in_sqrt", true)?,
+        k.bool("bias_correction", false)?,
+    )))
+}
+
+fn optax_scale_by_trust_ratio(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?)))
+}
+
+fn optax_scale_by_yogi(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByYogi::new(
+        k.f64("b1", 0.9)?,
+        k.f64("b2", 0.999)?,
+        k.f64("eps", 1e-3)?,
+        k.f64("eps_root", 0.0)?,
+        k.f64("initial_accumulator_value", 1e-6)?,
+    )))
+}
+
+fn optax_set_to_zero(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(SetToZero))
+}
+
+fn optax_trace(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)))
+}
+
+fn optax_zero_nans(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ZeroNans))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1876,59 +2012,4 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
             .collect(),
         Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }
-}
-
-/// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
-/// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
-/// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …).
-pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
-    let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-    if let Some((lib, rest)) = name.split_once('.') {
-        let known = match lib {
-            "torch" => TORCH_OPTIMIZERS.contains(&rest).then_some("torch"),
-            "optax" => OPTAX_OPTIMIZERS.contains(&rest).then_some("optax"),
-            "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
-            "po" => crate::po::po_optimizers().contains(&rest).then_some("po"),
-            _ => None,
-        };
-        if let Some(lib) = known {
-            return Ok((lib, rest.to_string()));
-        }
-        return Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() });
-    }
-    if TORCH_OPTIMIZERS.contains(&name) {
-        return Ok(("torch", name.to_string()));
-    }
-    if OPTAX_OPTIMIZERS.contains(&name) {
-        return Ok(("optax", name.to_string()));
-    }
-    let contrib = format!("contrib.{name}");
-    if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) {
-        return Ok(("optax", contrib));
-    }
-    if DESCENT_OPTIMIZERS.contains(&name) {
-        return Ok(("descent", name.to_string()));
-    }
-    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() })
-}
-
-/// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
-/// `learning_rate` for optax).
-pub fn lr_key(library: &str) -> &'static str {
-    if library == "torch" || library == "po" || library == "descent" {
-        "lr"
-    } else {
-        "learning_rate"
-    }
-}
-
-/// The learning rate an optimizer takes when its library's constructor is not given one: torch
-/// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
-/// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
-pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
-    let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
-    let mut rates = vec![];
-    tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
-    let first = (*rates.first()?)?;
-    rates.iter().all(|r| *r == Some(first)).then_some(first)
 }
