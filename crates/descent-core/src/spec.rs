@@ -1840,17 +1840,17 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             };
             let (cooldown, min_lr, eps) = (k.u64("cooldown", 0)?, k.f64("min_lr", 0.0)?, k.f64("eps", 1e-8)?);
             k.finish()?;
-            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(
-                need_base()?,
+            let config = sch::ReduceLrOnPlateauConfig {
                 mode,
                 factor,
                 patience,
                 threshold,
-                tm,
+                threshold_mode: tm,
                 cooldown,
                 min_lr,
                 eps,
-            )?));
+            };
+            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(need_base()?, config)?));
         }
         ("torch", "SequentialLR") => {
             let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
@@ -1936,16 +1936,16 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     k.f64("end_value", 0.0)?,
                     k.f64("exponent", 1.0)?,
                 ),
-                "warmup_exponential_decay" => sch::warmup_exponential_decay(
-                    k.req_f64("init_value")?,
-                    k.req_f64("peak_value")?,
-                    k.req_u64("warmup_steps")?,
-                    k.req_u64("transition_steps")?,
-                    k.req_f64("decay_rate")?,
-                    k.u64("transition_begin", 0)?,
-                    k.bool("staircase", false)?,
-                    k.opt_f64("end_value")?,
-                ),
+                "warmup_exponential_decay" => sch::warmup_exponential_decay(sch::WarmupExponentialDecay {
+                    init_value: k.req_f64("init_value")?,
+                    peak_value: k.req_f64("peak_value")?,
+                    warmup_steps: k.req_u64("warmup_steps")?,
+                    transition_steps: k.req_u64("transition_steps")?,
+                    decay_rate: k.req_f64("decay_rate")?,
+                    transition_begin: k.u64("transition_begin", 0)?,
+                    staircase: k.bool("staircase", false)?,
+                    end_value: k.opt_f64("end_value")?,
+                }),
                 "linear_onecycle" => sch::linear_onecycle(
                     k.req_u64("transition_steps")?,
                     k.req_f64("peak_value")?,

@@ -284,61 +284,12 @@ pub fn dadapt_adamw(c: DadaptAdamW) -> Box<dyn Transform> {
     boxed(t::DadaptAdamw::new(c.learning_rate, b1, b2, c.eps, c.estim_lr0, c.weight_decay))
 }
 
-/// optax `contrib.prodigy` (Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
-/// Parameter-Free Learner", 2023): D-Adaptation whose estimate of the distance to the solution
-/// uses the distance travelled from the initial point.
-///
-/// ```text
-/// m ← β₁·m + (1 − β₁)·d·g      v ← β₂·v + (1 − β₂)·d²·g²      s ← β₃·s + (d²/d₀)·α·g
-/// r ← β₃·r + (d²/d₀)·α·⟨g, θ₀ − θ⟩      d ← max(d, coef·r/‖s‖₁)
-/// u = −α·d·(m/(√v + d·ε) + λ·θ)
-/// ```
-pub struct Prodigy {
-    /// Learning rate α, a multiplier of the estimated step (optax's default 1.0).
-    pub learning_rate: LearningRate,
-    /// Decays (β₁, β₂) of the moments.
-    pub betas: (f64, f64),
-    /// Decay β₃ of the distance estimate's sums; `None`: √β₂.
-    pub beta3: Option<f64>,
-    /// ε, scaled by `d`, added to the denominator.
-    pub eps: f64,
-    /// The initial estimate `d₀` of the step.
-    pub estim_lr0: f64,
-    /// Multiplier `coef` of the estimate.
-    pub estim_lr_coef: f64,
-    /// Decoupled weight decay λ.
-    pub weight_decay: f64,
-    /// Leave the learning rate out of the denominator sum during warm-up.
-    pub safeguard_warmup: bool,
-}
-impl Default for Prodigy {
-    fn default() -> Self {
-        Prodigy {
-            learning_rate: 1.0.into(),
-            betas: (0.9, 0.999),
-            beta3: None,
-            eps: 1e-8,
-            estim_lr0: 1e-6,
-            estim_lr_coef: 1.0,
-            weight_decay: 0.0,
-            safeguard_warmup: false,
-        }
-    }
-}
+#[doc(inline)]
+pub use crate::transforms::ProdigyConfig as Prodigy;
+
 /// optax `contrib.prodigy`, one transformation that returns the whole step.
 pub fn prodigy(c: Prodigy) -> Box<dyn Transform> {
-    let (b1, b2) = c.betas;
-    boxed(t::Prodigy::new(
-        c.learning_rate,
-        b1,
-        b2,
-        c.beta3,
-        c.eps,
-        c.estim_lr0,
-        c.estim_lr_coef,
-        c.weight_decay,
-        c.safeguard_warmup,
-    ))
+    boxed(t::Prodigy::new(c))
 }
 
 /// optax `contrib.dog` (Ivgi et al., "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
