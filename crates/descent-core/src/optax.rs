@@ -4,8 +4,8 @@
 //! transformations optax's `alias.py` composes ([`adamw`] is `scale_by_adam → add_decayed_weights →
 //! scale_by_learning_rate`). The less established ones are in [`contrib`], as in optax.
 //!
-//! Where optax requires the learning rate, the `Default` here takes 1e-3 and the field's
-//! documentation says so. Per-parameter masks (`mask`, `weight_decay_mask`) hold one boolean per
+//! Where optax requires the learning rate, the `Default` here takes [`DEFAULT_LEARNING_RATE`]
+//! (1e-3; Muon 0.02) and the field's documentation says so. Per-parameter masks (`mask`, `weight_decay_mask`) hold one boolean per
 //! parameter, in the order the parameters are given to the [`crate::Optimizer`]; `None` selects
 //! them all.
 //!
