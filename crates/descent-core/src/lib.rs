@@ -30,6 +30,7 @@ pub mod error;
 pub mod kernel;
 pub mod landscape;
 pub mod learning_rate;
+pub mod optax;
 pub mod optimizer;
 pub mod po;
 pub mod reference;

@@ -238,24 +238,44 @@ pub fn warmup_cosine_decay(
     )
 }
 
-/// optax `warmup_exponential_decay_schedule`.
-#[allow(clippy::too_many_arguments)]
-pub fn warmup_exponential_decay(
-    init: f64,
-    peak: f64,
-    warmup_steps: u64,
-    transition_steps: u64,
-    decay_rate: f64,
-    transition_begin: u64,
-    staircase: bool,
-    end_value: Option<f64>,
-) -> BoxSchedule {
+/// optax `warmup_exponential_decay_schedule`'s arguments (optax requires all but the last three).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupExponentialDecay {
+    /// The rate at step 0, where the linear warm-up starts.
+    pub init_value: f64,
+    /// The rate at the end of the warm-up, where the decay starts.
+    pub peak_value: f64,
+    /// Steps of the linear warm-up.
+    pub warmup_steps: u64,
+    /// Steps over which the rate is multiplied by `decay_rate` once.
+    pub transition_steps: u64,
+    /// The factor of each `transition_steps`.
+    pub decay_rate: f64,
+    /// Steps after the warm-up before the decay starts.
+    pub transition_begin: u64,
+    /// Decay in whole transitions (a staircase) instead of continuously.
+    pub staircase: bool,
+    /// The bound the rate does not pass (below for a decay, above for a growth); `None`: none.
+    pub end_value: Option<f64>,
+}
+
+/// optax `warmup_exponential_decay_schedule`: a linear warm-up from `init_value` to `peak_value`
+/// over `warmup_steps`, then `peak_value · decay_rate^((t − warmup_steps − transition_begin) /
+/// transition_steps)`.
+pub fn warmup_exponential_decay(c: WarmupExponentialDecay) -> BoxSchedule {
     join(
         vec![
-            linear(init, peak, warmup_steps, 0),
-            exponential_decay(peak, transition_steps, decay_rate, transition_begin, staircase, end_value),
+            linear(c.init_value, c.peak_value, c.warmup_steps, 0),
+            exponential_decay(
+                c.peak_value,
+                c.transition_steps,
+                c.decay_rate,
+                c.transition_begin,
+                c.staircase,
+                c.end_value,
+            ),
         ],
-        vec![warmup_steps],
+        vec![c.warmup_steps],
     )
 }
 
@@ -548,19 +568,48 @@ pub struct ReduceLrOnPlateau {
     cooldown_counter: u64,
 }
 
+/// torch `ReduceLROnPlateau`'s arguments, with torch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReduceLrOnPlateauConfig {
+    /// Whether the metric should go down (`Min`, a loss) or up (`Max`, an accuracy).
+    pub mode: PlateauMode,
+    /// The learning rate is multiplied by this on a plateau; below 1.
+    pub factor: f64,
+    /// Epochs without improvement tolerated before the rate is reduced.
+    pub patience: u64,
+    /// The least change of the metric that counts as an improvement.
+    pub threshold: f64,
+    /// Whether `threshold` is relative to the best value (`Rel`) or absolute (`Abs`).
+    pub threshold_mode: ThresholdMode,
+    /// Epochs after a reduction during which bad epochs are not counted.
+    pub cooldown: u64,
+    /// The learning rate is never reduced below this.
+    pub min_lr: f64,
+    /// A reduction smaller than this is skipped.
+    pub eps: f64,
+}
+
+impl Default for ReduceLrOnPlateauConfig {
+    fn default() -> Self {
+        ReduceLrOnPlateauConfig {
+            mode: PlateauMode::Min,
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            threshold_mode: ThresholdMode::Rel,
+            cooldown: 0,
+            min_lr: 0.0,
+            eps: 1e-8,
+        }
+    }
+}
+
 impl ReduceLrOnPlateau {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: f64,
-        mode: PlateauMode,
-        factor: f64,
-        patience: u64,
-        threshold: f64,
-        threshold_mode: ThresholdMode,
-        cooldown: u64,
-        min_lr: f64,
-        eps: f64,
-    ) -> Result<Self> {
+    /// The scheduler of an optimizer whose learning rate is `lr` now, with torch's check of
+    /// `factor`.
+    pub fn new(lr: f64, config: ReduceLrOnPlateauConfig) -> Result<Self> {
+        let ReduceLrOnPlateauConfig { mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps } =
+            config;
         ensure(factor < 1.0, || "ReduceLROnPlateau: Factor should be < 1.0.".into())?;
         Ok(ReduceLrOnPlateau {
             lr,
@@ -680,8 +729,16 @@ mod tests {
 
     #[test]
     fn plateau_reduces_after_patience_and_respects_cooldown_and_min_lr() {
-        let mut p =
-            ReduceLrOnPlateau::new(1.0, PlateauMode::Min, 0.5, 1, 0.0, ThresholdMode::Abs, 1, 0.3, 1e-8).unwrap();
+        let config = ReduceLrOnPlateauConfig {
+            factor: 0.5,
+            patience: 1,
+            threshold: 0.0,
+            threshold_mode: ThresholdMode::Abs,
+            cooldown: 1,
+            min_lr: 0.3,
+            ..Default::default()
+        };
+        let mut p = ReduceLrOnPlateau::new(1.0, config).unwrap();
         assert_eq!(p.step(1.0), 1.0); // best
         assert_eq!(p.step(1.0), 1.0); // 1 bad
         assert_eq!(p.step(1.0), 0.5); // 2 bad > patience: reduce, cooldown 1

@@ -3,121 +3,303 @@
 //! PyTorch or JAX recipe ports unchanged.
 //!
 //! Registry names are `<library>.<name>`: `torch.adamw`, `optax.contrib.muon`, `optax.chain`, ….
+//! The registry is a table per library ([`TORCH`], [`OPTAX`], [`DESCENT`]; `po` has its own, in
+//! [`crate::po`]): each name with its [`Builder`], which reads the keyword arguments into the
+//! library's typed configuration ([`crate::torch`], [`crate::optax`]) and builds from it. The
+//! accepted names ([`registry_names`], the error for an unknown one, `descent list`) come from
+//! these tables. Adding an optimizer is adding a row: its name and a builder that reads the
+//! library's keyword arguments (with the library's names and defaults) into its typed
+//! configuration and calls the typed constructor.
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::optax::{self as ox, contrib as oxc};
 use crate::schedule::{self as sch, BoxSchedule, ReduceLrOnPlateau};
 use crate::torch::{self, MuonLrAdjust, WeightDecay};
 use crate::transform::{chain, LearningRate, Transform};
 use crate::transforms::*;
 
-/// The torch optimizers descent reproduces.
-pub const TORCH_OPTIMIZERS: &[&str] = &[
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
-    "asgd",
-    "muon",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "sgd",
-    "sparseadam",
+/// Builds one registry entry: its keyword arguments, read through [`Kwargs`] (which refuses, after
+/// the builder, any argument it never read), and the parameter shapes → the transformation.
+pub type Builder = fn(&mut Kwargs, &[Vec<usize>]) -> Result<Box<dyn Transform>>;
+
+/// A library's table: each name with its builder.
+pub type Table = &'static [(&'static str, Builder)];
+
+/// The torch optimizers descent reproduces (`torch.<name>`), built from torch's keyword arguments
+/// through the typed configurations of [`crate::torch`].
+pub const TORCH: Table = &[
+    ("adadelta", torch_adadelta),
+    ("adafactor", torch_adafactor),
+    ("adagrad", torch_adagrad),
+    ("adam", torch_adam),
+    ("adamax", torch_adamax),
+    ("adamw", torch_adamw),
+    ("asgd", torch_asgd),
+    ("muon", torch_muon),
+    ("nadam", torch_nadam),
+    ("radam", torch_radam),
+    ("rmsprop", torch_rmsprop),
+    ("rprop", torch_rprop),
+    ("sgd", torch_sgd),
+    ("sparseadam", torch_sparseadam),
 ];
 
-/// The optax optimizers and transformations descent reproduces (usable as `chain` links).
-pub const OPTAX_OPTIMIZERS: &[&str] = &[
-    "adabelief",
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamaxw",
-    "adamw",
-    "adan",
-    "amsgrad",
-    "chain",
-    "fromage",
-    "lamb",
-    "lars",
-    "lion",
-    "lookahead",
-    "multisteps",
-    "nadam",
-    "nadamw",
-    "novograd",
-    "optimistic_adam",
-    "optimistic_adam_v2",
-    "optimistic_gradient_descent",
-    "radam",
-    "rmsprop",
-    "rprop",
-    "sgd",
-    "sign_sgd",
-    "signum",
-    "sm3",
-    "yogi",
-    "contrib.acprop",
-    "contrib.ademamix",
-    "contrib.adopt",
-    "contrib.cocob",
-    "contrib.dadapt_adamw",
-    "contrib.dog",
-    "contrib.dowg",
-    "contrib.madgrad",
-    "contrib.mechanize",
-    "contrib.muon",
-    "contrib.prodigy",
-    "contrib.schedule_free_adamw",
-    "contrib.schedule_free_sgd",
-    "contrib.simplified_ademamix",
+/// The optax optimizers (through the typed configurations of [`crate::optax`]), combinators,
+/// wrappers and transformations descent reproduces (`optax.<name>`, usable as `chain` links).
+pub const OPTAX: Table = &[
+    ("adabelief", optax_adabelief),
+    ("adadelta", optax_adadelta),
+    ("adafactor", optax_adafactor),
+    ("adagrad", optax_adagrad),
+    ("adam", optax_adam),
+    ("adamax", optax_adamax),
+    ("adamaxw", optax_adamaxw),
+    ("adamw", optax_adamw),
+    ("adan", optax_adan),
+    ("amsgrad", optax_amsgrad),
+    ("chain", optax_chain),
+    ("fromage", optax_fromage),
+    ("lamb", optax_lamb),
+    ("lars", optax_lars),
+    ("lion", optax_lion),
+    ("lookahead", optax_lookahead),
+    ("multisteps", optax_multisteps),
+    ("nadam", optax_nadam),
+    ("nadamw", optax_nadamw),
+    ("novograd", optax_novograd),
+    ("optimistic_adam", optax_optimistic_adam),
+    ("optimistic_adam_v2", optax_optimistic_adam_v2),
+    ("optimistic_gradient_descent", optax_optimistic_gradient_descent),
+    ("radam", optax_radam),
+    ("rmsprop", optax_rmsprop),
+    ("rprop", optax_rprop),
+    ("sgd", optax_sgd),
+    ("sign_sgd", optax_sign_sgd),
+    ("signum", optax_signum),
+    ("sm3", optax_sm3),
+    ("yogi", optax_yogi),
+    ("contrib.acprop", optax_acprop),
+    ("contrib.ademamix", optax_ademamix),
+    ("contrib.adopt", optax_adopt),
+    ("contrib.cocob", optax_cocob),
+    ("contrib.dadapt_adamw", optax_dadapt_adamw),
+    ("contrib.dog", optax_dog),
+    ("contrib.dowg", optax_dowg),
+    ("contrib.madgrad", optax_madgrad),
+    ("contrib.mechanize", optax_mechanize),
+    ("contrib.muon", optax_muon),
+    ("contrib.prodigy", optax_prodigy),
+    ("contrib.schedule_free_adamw", optax_schedule_free_adamw),
+    ("contrib.schedule_free_sgd", optax_schedule_free_sgd),
+    ("contrib.simplified_ademamix", optax_simplified_ademamix),
     // transformations
-    "adaptive_grad_clip",
-    "add_decayed_weights",
-    "apply_every",
-    "centralize",
-    "clip",
-    "clip_by_block_rms",
-    "clip_by_global_norm",
-    "contrib.normalize",
-    "ema",
-    "identity",
-    "keep_params_nonnegative",
-    "normalize_by_update_norm",
-    "scale",
-    "scale_by_adam",
-    "scale_by_belief",
-    "scale_by_learning_rate",
-    "scale_by_lion",
-    "scale_by_param_block_rms",
-    "scale_by_rms",
-    "scale_by_rprop",
-    "scale_by_rss",
-    "scale_by_sign",
-    "scale_by_stddev",
-    "scale_by_trust_ratio",
-    "scale_by_yogi",
-    "set_to_zero",
-    "trace",
-    "zero_nans",
+    ("adaptive_grad_clip", optax_adaptive_grad_clip),
+    ("add_decayed_weights", optax_add_decayed_weights),
+    ("apply_every", optax_apply_every),
+    ("centralize", optax_centralize),
+    ("clip", optax_clip),
+    ("clip_by_block_rms", optax_clip_by_block_rms),
+    ("clip_by_global_norm", optax_clip_by_global_norm),
+    ("contrib.normalize", optax_contrib_normalize),
+    ("ema", optax_ema),
+    ("identity", optax_identity),
+    ("keep_params_nonnegative", optax_keep_params_nonnegative),
+    ("normalize_by_update_norm", optax_normalize_by_update_norm),
+    ("scale", optax_scale),
+    ("scale_by_adam", optax_scale_by_adam),
+    ("scale_by_belief", optax_scale_by_belief),
+    ("scale_by_learning_rate", optax_scale_by_learning_rate),
+    ("scale_by_lion", optax_scale_by_lion),
+    ("scale_by_param_block_rms", optax_scale_by_param_block_rms),
+    ("scale_by_rms", optax_scale_by_rms),
+    ("scale_by_rprop", optax_scale_by_rprop),
+    ("scale_by_rss", optax_scale_by_rss),
+    ("scale_by_sign", optax_scale_by_sign),
+    ("scale_by_stddev", optax_scale_by_stddev),
+    ("scale_by_trust_ratio", optax_scale_by_trust_ratio),
+    ("scale_by_yogi", optax_scale_by_yogi),
+    ("set_to_zero", optax_set_to_zero),
+    ("trace", optax_trace),
+    ("zero_nans", optax_zero_nans),
     // wrappers and per-parameter masks and labels
-    "apply_if_finite",
-    "freeze",
-    "inject_hyperparams",
-    "masked",
-    "multi_transform",
-    "partition",
-    "selective_transform",
+    ("apply_if_finite", optax_apply_if_finite),
+    ("freeze", optax_freeze),
+    ("inject_hyperparams", optax_inject_hyperparams),
+    ("masked", optax_masked),
+    ("multi_transform", optax_partition),
+    ("partition", optax_partition),
+    ("selective_transform", optax_selective_transform),
 ];
 
-/// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam.
-pub const DESCENT_OPTIMIZERS: &[&str] = &["adam8bit", "adamw8bit"];
+/// Other spellings optax accepts for an entry of [`OPTAX`] (its class name), built by that entry
+/// but not listed.
+const OPTAX_SPELLINGS: &[(&str, &str)] = &[("MultiSteps", "multisteps")];
+
+/// descent's own optimizers (no library to match): 8-bit block-wise AdamW / Adam, with
+/// torch-style arguments (as bitsandbytes' `AdamW8bit` takes them).
+pub const DESCENT: Table = &[("adam8bit", descent_adam8bit), ("adamw8bit", descent_adamw8bit)];
+
+/// The libraries of the registry, in the order [`registry_names`] lists them; `None`: `po`, whose
+/// names and builders are [`crate::po`]'s.
+const LIBRARIES: &[(&str, Option<Table>)] =
+    &[("torch", Some(TORCH)), ("optax", Some(OPTAX)), ("po", None), ("descent", Some(DESCENT))];
+
+/// The names of a library of the registry, `None` for an unknown library.
+fn library_names(library: &str) -> Option<Vec<&'static str>> {
+    let (_, table) = LIBRARIES.iter().find(|(l, _)| *l == library)?;
+    Some(match table {
+        Some(t) => t.iter().map(|(n, _)| *n).collect(),
+        None => crate::po::po_optimizers(),
+    })
+}
+
+/// The builder of `name` in `table`.
+fn lookup(table: Table, name: &str) -> Option<Builder> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Runs a builder on keyword arguments read under `context` (`library.name`), refusing those it
+/// did not read.
+fn build_entry(
+    context: String,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+    kind: &'static str,
+    name: &str,
+    table: Table,
+    builder: Option<Builder>,
+) -> Result<Box<dyn Transform>> {
+    let mut k = Kwargs::new(context, hparams)?;
+    let build = builder.ok_or_else(|| unknown(kind, name, &table.iter().map(|(n, _)| *n).collect::<Vec<_>>()))?;
+    let tx = build(&mut k, shapes)?;
+    k.finish()?;
+    Ok(tx)
+}
+
+fn build_torch(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    build_entry(format!("torch.{name}"), hparams, shapes, "torch optimizer", name, TORCH, lookup(TORCH, name))
+}
+
+fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    // A chain link or a wrapper's inner optimizer is stepped on gradients.
+    if crate::closure::is_closure_optimizer("optax", name) {
+        return Err(Error::NeedsClosure(format!("optax.{name}")));
+    }
+    let canonical = OPTAX_SPELLINGS.iter().find(|(s, _)| *s == name).map_or(name, |(_, n)| *n);
+    let builder = lookup(OPTAX, canonical);
+    build_entry(format!("optax.{name}"), hparams, shapes, "optax optimizer or transformation", name, OPTAX, builder)
+}
+
+fn build_descent(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    build_entry(format!("descent.{name}"), hparams, shapes, "descent optimizer", name, DESCENT, lookup(DESCENT, name))
+}
+
+/// Builds an optimizer from `library` (`torch`, `optax`, `po` or `descent`), its `name` in that
+/// library, its keyword arguments, optional torch `param_groups` (`[{"params": [indices],
+/// "hparams": {overrides}}]`), and the parameter shapes (refused, before anything is built, when
+/// one is too large to address: see [`crate::transform::check_shapes`]).
+pub fn build_optimizer(
+    library: &str,
+    name: &str,
+    hparams: &Value,
+    param_groups: Option<&Value>,
+    shapes: &[Vec<usize>],
+) -> Result<Box<dyn Transform>> {
+    crate::transform::check_shapes(shapes)?;
+    if crate::closure::is_closure_optimizer(library, name) {
+        return Err(Error::NeedsClosure(format!("{library}.{name}")));
+    }
+    match library {
+        "torch" => match param_groups {
+            None => build_torch(name, hparams, shapes),
+            Some(groups) => build_groups(&format!("torch.{name}"), hparams, groups, |merged, idx| {
+                let group_shapes: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
+                build_torch(name, merged, &group_shapes)
+            }),
+        },
+        "optax" => {
+            if param_groups.is_some() {
+                return Err(Error::Field {
+                    context: format!("optax.{name}"),
+                    message: "param_groups are a torch notion; use optax partition instead".into(),
+                });
+            }
+            build_optax(name, hparams, shapes)
+        }
+        "descent" => build_descent(name, hparams, shapes),
+        "po" => crate::po::build(name, hparams, param_groups, shapes),
+        other => Err(unknown("library", other, &LIBRARIES.iter().map(|(l, _)| *l).collect::<Vec<_>>())),
+    }
+}
+
+/// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
+pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    match registry_name.split_once('.') {
+        Some((lib, name)) if library_names(lib).is_some() => build_optimizer(lib, name, hparams, None, shapes),
+        _ => Err(unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())),
+    }
+}
+
+/// Every registry name, `library.name`, from the libraries' tables.
+///
+/// The optimizers stepped on gradients come first, then those that evaluate the objective
+/// themselves ([`crate::closure::closure_optimizers`]; built with
+/// [`crate::closure::build_closure_optimizer`], refused by [`build_optimizer`]).
+pub fn registry_names() -> Vec<String> {
+    LIBRARIES
+        .iter()
+        .flat_map(|(lib, _)| library_names(lib).unwrap_or_default().into_iter().map(move |n| format!("{lib}.{n}")))
+        .chain(crate::closure::closure_optimizers())
+        .collect()
+}
+
+/// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
+/// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
+/// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …), else
+/// descent's own. Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the
+/// same way.
+pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
+    let has = |lib: &str, n: &str| {
+        library_names(lib).is_some_and(|names| names.contains(&n)) || crate::closure::is_closure_optimizer(lib, n)
+    };
+    if let Some((lib, rest)) = name.split_once('.') {
+        if let Some((lib, _)) = LIBRARIES.iter().find(|(l, _)| *l == lib && has(l, rest)) {
+            return Ok((lib, rest.to_string()));
+        }
+    } else {
+        let contrib = format!("contrib.{name}");
+        for (lib, n) in [("torch", name), ("optax", name), ("optax", &contrib), ("descent", name)] {
+            if has(lib, n) {
+                return Ok((lib, n.to_string()));
+            }
+        }
+    }
+    let all = registry_names().join(", ");
+    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all })
+}
+
+/// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
+/// `learning_rate` for optax).
+pub fn lr_key(library: &str) -> &'static str {
+    if library == "torch" || library == "po" || library == "descent" {
+        "lr"
+    } else {
+        "learning_rate"
+    }
+}
+
+/// The learning rate an optimizer takes when its library's constructor is not given one: torch
+/// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
+/// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
+pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
+    let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
+    let mut rates = vec![];
+    tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
+    let first = (*rates.first()?)?;
+    rates.iter().all(|r| *r == Some(first)).then_some(first)
+}
 
 /// The torch lr_scheduler classes descent reproduces.
 pub const TORCH_SCHEDULES: &[&str] = &[
@@ -434,96 +616,6 @@ fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
     Error::Unknown { kind, name: name.to_string(), accepted: accepted.join(", ") }
 }
 
-/// Builds an optimizer from `library` (`torch` or `optax`), its `name` in that library, its keyword
-/// arguments, optional torch `param_groups` (`[{"params": [indices], "hparams": {overrides}}]`), and
-/// the parameter shapes (refused, before anything is built, when one is too large to address:
-/// see [`crate::transform::check_shapes`]).
-pub fn build_optimizer(
-    library: &str,
-    name: &str,
-    hparams: &Value,
-    param_groups: Option<&Value>,
-    shapes: &[Vec<usize>],
-) -> Result<Box<dyn Transform>> {
-    crate::transform::check_shapes(shapes)?;
-    if crate::closure::is_closure_optimizer(library, name) {
-        return Err(Error::NeedsClosure(format!("{library}.{name}")));
-    }
-    match library {
-        "torch" => match param_groups {
-            None => build_torch(name, hparams),
-            Some(groups) => build_torch_groups(name, hparams, groups),
-        },
-        "optax" => {
-            if param_groups.is_some() {
-                return Err(Error::Field {
-                    context: format!("optax.{name}"),
-                    message: "param_groups are a torch notion; use optax partition instead".into(),
-                });
-            }
-            build_optax(name, hparams, shapes)
-        }
-        "descent" => build_descent(name, hparams),
-        "po" => crate::po::build(name, hparams, param_groups, shapes),
-        other => Err(unknown("library", other, &["torch", "optax", "po", "descent"])),
-    }
-}
-
-/// descent's own optimizers, with torch-style arguments (as bitsandbytes' `AdamW8bit` takes them).
-fn build_descent(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
-    let mut k = Kwargs::new(format!("descent.{name}"), hparams)?;
-    let tx = match name {
-        "adam8bit" | "adamw8bit" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", if name == "adamw8bit" { 1e-2 } else { 0.0 })?;
-            crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
-            chain(vec![
-                boxed(ScaleByAdam8bit::new(b1, b2, eps)),
-                boxed(AddDecayedWeights::new(wd)),
-                boxed(ScaleByLearningRate::new(lr, true)),
-            ])
-        }
-        other => return Err(unknown("descent optimizer", other, DESCENT_OPTIMIZERS)),
-    };
-    k.finish()?;
-    Ok(tx)
-}
-
-/// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
-pub fn build_named(registry_name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let (lib, name) = registry_name.split_once('.').ok_or_else(|| {
-        unknown("optimizer", registry_name, &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>())
-    })?;
-    if !["torch", "optax", "po", "descent"].contains(&lib) {
-        return Err(unknown(
-            "optimizer",
-            registry_name,
-            &registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        ));
-    }
-    build_optimizer(lib, name, hparams, None, shapes)
-}
-
-/// Every registry name, `library.name`: the optimizers stepped on gradients, then those that
-/// evaluate the objective themselves ([`crate::closure::closure_optimizers`]; built with
-/// [`crate::closure::build_closure_optimizer`], refused by [`build_optimizer`]).
-pub fn registry_names() -> Vec<String> {
-    TORCH_OPTIMIZERS
-        .iter()
-        .map(|n| format!("torch.{n}"))
-        .chain(OPTAX_OPTIMIZERS.iter().map(|n| format!("optax.{n}")))
-        .chain(crate::po::po_optimizers().iter().map(|n| format!("po.{n}")))
-        .chain(DESCENT_OPTIMIZERS.iter().map(|n| format!("descent.{n}")))
-        .chain(crate::closure::closure_optimizers())
-        .collect()
-}
-
-fn build_torch_groups(name: &str, hparams: &Value, groups: &Value) -> Result<Box<dyn Transform>> {
-    build_groups(&format!("torch.{name}"), hparams, groups, |merged, _| build_torch(name, merged))
-}
-
 /// Builds one optimizer per parameter group (`[{"params": [indices], "hparams": {overrides}}]`,
 /// torch's `param_groups`): `build` gets the constructor's keyword arguments overridden by the
 /// group's, and the group's parameter indices; the parts form a [`Partition`].
@@ -587,213 +679,224 @@ pub fn build_groups(
     Ok(boxed(Partition::new(parts)))
 }
 
-fn build_torch(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
-    let mut k = Kwargs::new(format!("torch.{name}"), hparams)?;
-    let maximize_default = false;
-    let tx: Box<dyn Transform> = match name {
-        "sgd" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let t = torch::Sgd::new(torch::SgdConfig {
-                lr,
-                momentum: k.f64("momentum", 0.0)?,
-                dampening: k.f64("dampening", 0.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                nesterov: k.bool("nesterov", false)?,
-                maximize: k.bool("maximize", maximize_default)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
+// ---------------------------------------------------------------------------------------------
+// torch optimizers: the keyword arguments read into the typed configuration of `crate::torch`.
+
+fn torch_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let t = torch::Sgd::new(torch::SgdConfig {
+        lr,
+        momentum: k.f64("momentum", 0.0)?,
+        dampening: k.f64("dampening", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        nesterov: k.bool("nesterov", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    torch_adam_like(k, false)
+}
+
+fn torch_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    torch_adam_like(k, true)
+}
+
+/// torch `Adam` and `AdamW`: one class each, the same arguments with their own defaults.
+fn torch_adam_like(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
+    let decoupled = k.bool("decoupled_weight_decay", adamw)?;
+    let t = torch::Adam::new(torch::AdamConfig {
+        lr,
+        betas,
+        eps,
+        weight_decay: wd,
+        decay: if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
+        amsgrad: k.bool("amsgrad", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_sparseadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::SparseAdam::new(torch::SparseAdamConfig {
+        lr: k.lr("lr", Some(1e-3))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    Ok(boxed(t))
+}
+
+fn torch_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adagrad::new(torch::AdagradConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        lr_decay: k.f64("lr_decay", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        initial_accumulator_value: k.f64("initial_accumulator_value", 0.0)?,
+        eps: k.f64("eps", 1e-10)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Rmsprop::new(torch::RmspropConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        alpha: k.f64("alpha", 0.99)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        momentum: k.f64("momentum", 0.0)?,
+        centered: k.bool("centered", false)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adadelta(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adadelta::new(torch::AdadeltaConfig {
+        lr: k.lr("lr", Some(1.0))?,
+        rho: k.f64("rho", 0.9)?,
+        eps: k.f64("eps", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adamax(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Adamax::new(torch::AdamaxConfig {
+        lr: k.lr("lr", Some(2e-3))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_nadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(2e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", 0.0)?;
+    let md = k.f64("momentum_decay", 4e-3)?;
+    let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+    let maximize = k.bool("maximize", false)?;
+    let t = torch::Nadam::new(torch::NadamConfig {
+        lr,
+        betas,
+        eps,
+        weight_decay: wd,
+        momentum_decay: md,
+        decay: dec,
+        maximize,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let betas = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", 0.0)?;
+    let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
+    let maximize = k.bool("maximize", false)?;
+    let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Rprop::new(torch::RpropConfig {
+        lr: k.f64("lr", 1e-2)?,
+        etas: k.pair("etas", (0.5, 1.2))?,
+        step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_asgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let t = torch::Asgd::new(torch::AsgdConfig {
+        lr: k.lr("lr", Some(1e-2))?,
+        lambd: k.f64("lambd", 1e-4)?,
+        alpha: k.f64("alpha", 0.75)?,
+        t0: k.f64("t0", 1e6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    ignore_impl_flags(k)?;
+    Ok(boxed(t))
+}
+
+fn torch_adafactor(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-2))?;
+    let b2d = k.f64("beta2_decay", -0.8)?;
+    // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
+    let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
+    let eps = match k.present("eps")? {
+        None => (None, 1e-3),
+        Some(Value::Array(a))
+            if a.len() == 2 && (a[0].is_null() || finite(&a[0]).is_some()) && finite(&a[1]).is_some() =>
+        {
+            (finite(&a[0]), finite(&a[1]).unwrap_or(1e-3))
         }
-        "adam" | "adamw" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?;
-            let decoupled = k.bool("decoupled_weight_decay", name == "adamw")?;
-            let t = torch::Adam::new(torch::AdamConfig {
-                lr,
-                betas,
-                eps,
-                weight_decay: wd,
-                decay: if decoupled { WeightDecay::Decoupled } else { WeightDecay::L2 },
-                amsgrad: k.bool("amsgrad", false)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
+        Some(v) => {
+            return Err(Error::Field {
+                context: "torch.adafactor: `eps`".into(),
+                message: format!("expected [eps1 or null, eps2], got {v}"),
+            })
         }
-        "sparseadam" => {
-            let t = torch::SparseAdam::new(torch::SparseAdamConfig {
-                lr: k.lr("lr", Some(1e-3))?,
-                betas: k.pair("betas", (0.9, 0.999))?,
-                eps: k.f64("eps", 1e-8)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            boxed(t)
-        }
-        "adagrad" => {
-            let t = torch::Adagrad::new(torch::AdagradConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                lr_decay: k.f64("lr_decay", 0.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                initial_accumulator_value: k.f64("initial_accumulator_value", 0.0)?,
-                eps: k.f64("eps", 1e-10)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "rmsprop" => {
-            let t = torch::Rmsprop::new(torch::RmspropConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                alpha: k.f64("alpha", 0.99)?,
-                eps: k.f64("eps", 1e-8)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                momentum: k.f64("momentum", 0.0)?,
-                centered: k.bool("centered", false)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adadelta" => {
-            let t = torch::Adadelta::new(torch::AdadeltaConfig {
-                lr: k.lr("lr", Some(1.0))?,
-                rho: k.f64("rho", 0.9)?,
-                eps: k.f64("eps", 1e-6)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adamax" => {
-            let t = torch::Adamax::new(torch::AdamaxConfig {
-                lr: k.lr("lr", Some(2e-3))?,
-                betas: k.pair("betas", (0.9, 0.999))?,
-                eps: k.f64("eps", 1e-8)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "nadam" => {
-            let lr = k.lr("lr", Some(2e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            let md = k.f64("momentum_decay", 4e-3)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let maximize = k.bool("maximize", false)?;
-            let t = torch::Nadam::new(torch::NadamConfig {
-                lr,
-                betas,
-                eps,
-                weight_decay: wd,
-                momentum_decay: md,
-                decay: dec,
-                maximize,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "radam" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let betas = k.pair("betas", (0.9, 0.999))?;
-            let eps = k.f64("eps", 1e-8)?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
-            let maximize = k.bool("maximize", false)?;
-            let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "rprop" => {
-            let t = torch::Rprop::new(torch::RpropConfig {
-                lr: k.f64("lr", 1e-2)?,
-                etas: k.pair("etas", (0.5, 1.2))?,
-                step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "asgd" => {
-            let t = torch::Asgd::new(torch::AsgdConfig {
-                lr: k.lr("lr", Some(1e-2))?,
-                lambd: k.f64("lambd", 1e-4)?,
-                alpha: k.f64("alpha", 0.75)?,
-                t0: k.f64("t0", 1e6)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            ignore_impl_flags(&mut k)?;
-            boxed(t)
-        }
-        "adafactor" => {
-            let lr = k.lr("lr", Some(1e-2))?;
-            let b2d = k.f64("beta2_decay", -0.8)?;
-            // `eps: tuple[Optional[float], float]`: eps1 may be None, eps2 may not.
-            let finite = |x: &Value| x.as_f64().filter(|x| x.is_finite());
-            let eps = match k.present("eps")? {
-                None => (None, 1e-3),
-                Some(Value::Array(a))
-                    if a.len() == 2 && (a[0].is_null() || finite(&a[0]).is_some()) && finite(&a[1]).is_some() =>
-                {
-                    (finite(&a[0]), finite(&a[1]).unwrap_or(1e-3))
-                }
-                Some(v) => {
-                    return Err(Error::Field {
-                        context: "torch.adafactor: `eps`".into(),
-                        message: format!("expected [eps1 or null, eps2], got {v}"),
-                    })
-                }
-            };
-            let t = torch::Adafactor::new(torch::AdafactorConfig {
-                lr,
-                beta2_decay: b2d,
-                eps,
-                d: k.f64("d", 1.0)?,
-                weight_decay: k.f64("weight_decay", 0.0)?,
-                maximize: k.bool("maximize", false)?,
-            })?;
-            let _ = k.opt_bool("foreach")?;
-            boxed(t)
-        }
-        "muon" => {
-            let lr = k.lr("lr", Some(1e-3))?;
-            let coeffs = match k.f64s("ns_coefficients")? {
-                None => [3.4445, -4.7750, 2.0315],
-                Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
-            };
-            let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
-                "original" => MuonLrAdjust::Original,
-                "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
-                other => {
-                    return Err(crate::error::invalid(format!(
-                        "Adjust learning rate function {other} is not supported"
-                    )))
-                }
-            };
-            let t = torch::Muon::new(torch::MuonConfig {
-                lr,
-                weight_decay: k.f64("weight_decay", 0.1)?,
-                momentum: k.f64("momentum", 0.95)?,
-                nesterov: k.bool("nesterov", true)?,
-                coeffs,
-                eps: k.f64("eps", 1e-7)?,
-                ns_steps: k.u64("ns_steps", 5)? as usize,
-                adjust,
-            })?;
-            let _ = k.bool("use_addmm", false)?;
-            boxed(t)
-        }
-        other => return Err(unknown("torch optimizer", other, TORCH_OPTIMIZERS)),
     };
-    k.finish()?;
-    Ok(tx)
+    let t = torch::Adafactor::new(torch::AdafactorConfig {
+        lr,
+        beta2_decay: b2d,
+        eps,
+        d: k.f64("d", 1.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        maximize: k.bool("maximize", false)?,
+    })?;
+    let _ = k.opt_bool("foreach")?;
+    Ok(boxed(t))
+}
+
+fn torch_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let coeffs = match k.f64s("ns_coefficients")? {
+        None => [3.4445, -4.7750, 2.0315],
+        Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+        Some(_) => return Err(crate::error::invalid("Coefficients must be a tuple of exactly 3 values")),
+    };
+    let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
+        "original" => MuonLrAdjust::Original,
+        "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
+        other => return Err(crate::error::invalid(format!("Adjust learning rate function {other} is not supported"))),
+    };
+    let t = torch::Muon::new(torch::MuonConfig {
+        lr,
+        weight_decay: k.f64("weight_decay", 0.1)?,
+        momentum: k.f64("momentum", 0.95)?,
+        nesterov: k.bool("nesterov", true)?,
+        coeffs,
+        eps: k.f64("eps", 1e-7)?,
+        ns_steps: k.u64("ns_steps", 5)? as usize,
+        adjust,
+    })?;
+    let _ = k.bool("use_addmm", false)?;
+    Ok(boxed(t))
 }
 
 /// Accepts torch's implementation-selection flags, which do not change the numbers.
@@ -807,6 +910,34 @@ fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// descent's own optimizers, with torch-style arguments.
+
+fn descent_adam8bit(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    descent_8bit(k, false)
+}
+
+fn descent_adamw8bit(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    descent_8bit(k, true)
+}
+
+/// Adam with its moments stored in 8-bit blocks; `adamw`: decoupled weight decay 1e-2 by default.
+fn descent_8bit(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("lr", Some(1e-3))?;
+    let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
+    let eps = k.f64("eps", 1e-8)?;
+    let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
+    crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
+    Ok(chain(vec![
+        boxed(ScaleByAdam8bit::new(b1, b2, eps)),
+        boxed(AddDecayedWeights::new(wd)),
+        boxed(ScaleByLearningRate::new(lr, true)),
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax combinators and wrappers: optimizers given as `[name, kwargs]` inside the arguments.
 
 /// A list spec `[name, kwargs]`.
 pub(crate) fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
@@ -824,20 +955,6 @@ pub(crate) fn link(v: &Value, ctx: &str) -> Result<(String, Value)> {
     }
 }
 
-/// `add_decayed_weights(weight_decay, mask)`, the mask read from argument `key` (one entry per
-/// parameter of `n`).
-fn masked_decay(k: &mut Kwargs, wd: f64, key: &'static str, n: usize) -> Result<Box<dyn Transform>> {
-    with_mask(boxed(AddDecayedWeights::new(wd)), k.mask(key, n)?)
-}
-
-/// optax `masked(tx, mask)`: `tx` itself when there is no mask.
-fn with_mask(tx: Box<dyn Transform>, mask: Option<Vec<bool>>) -> Result<Box<dyn Transform>> {
-    Ok(match mask {
-        Some(m) => Partition::masked(tx, &m),
-        None => tx,
-    })
-}
-
 /// The shapes of the parameters `keep` selects.
 fn select(shapes: &[Vec<usize>], keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
     (0..shapes.len()).filter(|&i| keep(i)).map(|i| shapes[i].clone()).collect()
@@ -853,716 +970,793 @@ fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Resu
     build_optax(&n, &kw, shapes)
 }
 
-fn adam_chain(k: &mut Kwargs, nesterov_default: bool, wd_default: Option<f64>, n: usize) -> Result<Box<dyn Transform>> {
-    let lr = k.lr("learning_rate", None)?;
-    let (b1, b2, eps, eps_root) =
-        (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
-    let mu_dtype = k.mu_dtype()?;
-    let nesterov = k.bool("nesterov", nesterov_default)?;
-    let mut links = vec![boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype))];
-    if let Some(d) = wd_default {
-        let wd = k.f64("weight_decay", d)?;
-        links.push(masked_decay(k, wd, "mask", n)?);
+fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
+        context: "optax.chain".into(),
+        message: "missing `links` (a list of [name, kwargs])".into(),
+    })?;
+    let mut txs = vec![];
+    for (i, l) in links.iter().enumerate() {
+        let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
+        txs.push(build_optax(&n, &kw, shapes)?);
     }
-    links.push(boxed(ScaleByLearningRate::new(lr, true)));
-    Ok(chain(links))
+    Ok(chain(txs))
 }
 
-fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    // A chain link or a wrapper's inner optimizer is stepped on gradients.
-    if crate::closure::is_closure_optimizer("optax", name) {
-        return Err(Error::NeedsClosure(format!("optax.{name}")));
-    }
-    let mut k = Kwargs::new(format!("optax.{name}"), hparams)?;
-    let n = shapes.len();
-    let lr_link = |lr: LearningRate| boxed(ScaleByLearningRate::new(lr, true));
-    let tx: Box<dyn Transform> = match name {
-        "chain" => {
-            let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
-                context: "optax.chain".into(),
-                message: "missing `links` (a list of [name, kwargs])".into(),
-            })?;
-            let mut txs = vec![];
-            for (i, l) in links.iter().enumerate() {
-                let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
-                txs.push(build_optax(&n, &kw, shapes)?);
-            }
-            chain(txs)
-        }
-        "multisteps" | "MultiSteps" => {
-            let every_k = k.req_u64("every_k")?;
-            let mean = k.bool("use_grad_mean", true)?;
-            let skip = match k.value("should_skip_update_fn") {
-                None => SkipUpdate::Never,
-                Some(v) => {
-                    let ctx = "optax.multisteps: `should_skip_update_fn`";
-                    let (f, kw) = link(v, ctx)?;
-                    let mut fk = Kwargs::new(format!("optax.{f}"), &kw)?;
-                    let skip = match f.as_str() {
-                        "skip_not_finite" => SkipUpdate::NotFinite,
-                        "skip_large_updates" => {
-                            SkipUpdate::LargeUpdates { max_squared_norm: fk.req_f64("max_squared_norm")? }
-                        }
-                        other => {
-                            return Err(unknown(
-                                "should_skip_update_fn",
-                                other,
-                                &["skip_not_finite", "skip_large_updates"],
-                            ))
-                        }
-                    };
-                    fk.finish()?;
-                    skip
+fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let every_k = k.req_u64("every_k")?;
+    let mean = k.bool("use_grad_mean", true)?;
+    let skip = match k.value("should_skip_update_fn") {
+        None => SkipUpdate::Never,
+        Some(v) => {
+            let ctx = "optax.multisteps: `should_skip_update_fn`";
+            let (f, kw) = link(v, ctx)?;
+            let mut fk = Kwargs::new(format!("optax.{f}"), &kw)?;
+            let skip = match f.as_str() {
+                "skip_not_finite" => SkipUpdate::NotFinite,
+                "skip_large_updates" => SkipUpdate::LargeUpdates { max_squared_norm: fk.req_f64("max_squared_norm")? },
+                other => {
+                    return Err(unknown("should_skip_update_fn", other, &["skip_not_finite", "skip_large_updates"]))
                 }
             };
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
-            boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip))
+            fk.finish()?;
+            skip
         }
-        "lookahead" => {
-            let sync = k.req_u64("sync_period")?;
-            let alpha = k.req_f64("slow_step_size")?;
-            let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
-            boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?)
-        }
-        "sgd" => {
-            let lr = k.lr("learning_rate", None)?;
-            let momentum = k.opt_f64("momentum")?;
-            let nesterov = k.bool("nesterov", false)?;
-            let _ = k.value("accumulator_dtype");
-            match momentum {
-                Some(m) => chain(vec![boxed(Trace::new(m, nesterov)), lr_link(lr)]),
-                None => chain(vec![lr_link(lr)]),
-            }
-        }
-        "adam" => adam_chain(&mut k, false, None, n)?,
-        "nadam" => adam_chain(&mut k, true, None, n)?,
-        "adamw" => adam_chain(&mut k, false, Some(1e-4), n)?,
-        "nadamw" => adam_chain(&mut k, true, Some(1e-4), n)?,
-        "amsgrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                false,
-            )
-            .amsgrad()
-            .bias_correction(k.bool("bias_correction_mu", true)?, k.bool("bias_correction_nu", true)?);
-            let t = t.mu_dtype(k.mu_dtype()?);
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "adamax" | "adamaxw" => {
-            let lr = k.lr("learning_rate", None)?;
-            let mut links =
-                vec![boxed(ScaleByAdamax::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?))];
-            if name == "adamaxw" {
-                let wd = k.f64("weight_decay", 1e-4)?;
-                links.push(masked_decay(&mut k, wd, "mask", n)?);
-            }
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "adagrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![
-                boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
-                lr_link(lr),
-            ])
-        }
-        "adadelta" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (rho, eps, wd) = (k.f64("rho", 0.9)?, k.f64("eps", 1e-6)?, k.f64("weight_decay", 0.0)?);
-            let decay = masked_decay(&mut k, wd, "weight_decay_mask", n)?;
-            chain(vec![decay, boxed(ScaleByAdadelta::new(rho, eps)), lr_link(lr)])
-        }
-        "rmsprop" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (decay, eps, init, in_sqrt) =
-                (k.f64("decay", 0.9)?, k.f64("eps", 1e-8)?, k.f64("initial_scale", 0.0)?, k.bool("eps_in_sqrt", true)?);
-            let (centered, momentum, nesterov, bc) = (
-                k.bool("centered", false)?,
-                k.opt_f64("momentum")?,
-                k.bool("nesterov", false)?,
-                k.bool("bias_correction", false)?,
-            );
-            let mut links = vec![
-                if centered {
-                    boxed(ScaleByStddev::new(decay, eps, init, in_sqrt, bc))
-                } else {
-                    boxed(ScaleByRms::new(decay, eps, init, in_sqrt, bc))
-                },
-                lr_link(lr),
-            ];
-            if let Some(m) = momentum {
-                links.push(boxed(Trace::new(m, nesterov)));
-            }
-            chain(links)
-        }
-        "radam" => {
-            let lr = k.lr("learning_rate", None)?;
-            let mut t = ScaleByRadam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("threshold", 5.0)?,
-            );
-            if k.bool("nesterov", false)? {
-                t = t.nesterov();
-            }
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "rprop" => {
-            let lr = k.req_f64("learning_rate")?;
-            let t = ScaleByRprop::new(
-                lr,
-                k.f64("eta_minus", 0.5)?,
-                k.f64("eta_plus", 1.2)?,
-                k.f64("min_step_size", 1e-6)?,
-                k.f64("max_step_size", 50.0)?,
-            );
-            chain(vec![boxed(t), boxed(Scale::new(-1.0))])
-        }
-        "lion" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (b1, b2) = (k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
-            k.mu_dtype_f32_only()?;
-            let wd = k.f64("weight_decay", 1e-3)?;
-            chain(vec![boxed(ScaleByLion::new(b1, b2)), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "lamb" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (b1, b2, eps, eps_root, wd) = (
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-            );
-            chain(vec![
-                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, false)),
-                masked_decay(&mut k, wd, "mask", n)?,
-                boxed(ScaleByTrustRatio::new(0.0, 1.0, 0.0)),
-                lr_link(lr),
-            ])
-        }
-        "lars" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (wd, tc, eps, m, nesterov) = (
-                k.f64("weight_decay", 0.0)?,
-                k.f64("trust_coefficient", 0.001)?,
-                k.f64("eps", 0.0)?,
-                k.f64("momentum", 0.9)?,
-                k.bool("nesterov", false)?,
-            );
-            chain(vec![
-                masked_decay(&mut k, wd, "weight_decay_mask", n)?,
-                with_mask(boxed(ScaleByTrustRatio::new(0.0, tc, eps)), k.mask("trust_ratio_mask", n)?)?,
-                lr_link(lr),
-                boxed(Trace::new(m, nesterov)),
-            ])
-        }
-        "yogi" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![
-                boxed(ScaleByYogi::new(k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-3)?, 0.0, 1e-6)),
-                lr_link(lr),
-            ])
-        }
-        "adabelief" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByBelief::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-16)?,
-                k.f64("eps_root", 1e-16)?,
-                k.bool("nesterov", false)?,
-            );
-            let mut links = vec![boxed(t)];
-            let mask = k.mask("weight_decay_mask", n)?;
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "novograd" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByNovograd::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.25)?,
-                k.f64("eps", 1e-6)?,
-                k.f64("eps_root", 0.0)?,
-                k.f64("weight_decay", 0.0)?,
-            );
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "adan" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdan::new(
-                k.f64("b1", 0.98)?,
-                k.f64("b2", 0.92)?,
-                k.f64("b3", 0.99)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 1e-8)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "sm3" => {
-            let lr = k.req_f64("learning_rate")?;
-            // optax: scale(-learning_rate), as a rate that can be set (inject_hyperparams).
-            chain(vec![boxed(ScaleBySm3::new(k.f64("momentum", 0.9)?, 1.0, 1e-8)), lr_link(LearningRate::Constant(lr))])
-        }
-        "fromage" => {
-            let lr = k.req_f64("learning_rate")?;
-            let min_norm = k.f64("min_norm", 1e-6)?;
-            let mult = 1.0 / (1.0 + lr * lr).sqrt();
-            // The rate enters the decay factor too, fixed here: a plain scale, which
-            // set_learning_rate does not see (it would change the step but not the decay).
-            chain(vec![
-                boxed(ScaleByTrustRatio::new(min_norm, 1.0, 0.0)),
-                boxed(Scale::new(-(lr * mult))),
-                boxed(AddDecayedWeights::new(mult - 1.0)),
-            ])
-        }
-        "sign_sgd" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleBySign), lr_link(lr)])
-        }
-        "signum" => {
-            let lr = k.lr("learning_rate", None)?;
-            let beta = k.f64("beta", 0.9)?;
-            let _ = k.value("accumulator_dtype");
-            chain(vec![boxed(Ema::new(beta, false)), boxed(ScaleBySign), lr_link(lr)])
-        }
-        "optimistic_gradient_descent" => {
-            let lr = k.lr("learning_rate", None)?;
-            chain(vec![boxed(ScaleByOptimisticGradient::new(k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?)), lr_link(lr)])
-        }
-        "optimistic_adam" | "optimistic_adam_v2" => {
-            let v2 = name.ends_with("v2");
-            let lr = k.lr("learning_rate", None)?;
-            let (alpha, beta, lr) = if v2 {
-                (k.f64("alpha", 1.0)?, k.f64("beta", 1.0)?, lr)
-            } else {
-                let Some(rate) = lr.constant() else {
-                    return Err(k.err(
-                        "learning_rate",
-                        "this version of `optimistic_adam` does not support learning rate schedules but \
-                         `optimistic_adam_v2` does",
-                    ));
-                };
-                // The learning rate and the optimism weight the optimistic gradient; the last
-                // link only flips the sign.
-                (rate, k.opt_f64("optimism")?.unwrap_or(rate), LearningRate::Constant(1.0))
-            };
-            let (b1, b2, eps, eps_root) =
-                (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
-            let mu_dtype = k.mu_dtype()?;
-            let nesterov = k.bool("nesterov", true)?;
-            chain(vec![
-                boxed(ScaleByAdam::new(b1, b2, eps, eps_root, nesterov).mu_dtype(mu_dtype)),
-                boxed(ScaleByOptimisticGradient::new(alpha, beta)),
-                lr_link(lr),
-            ])
-        }
-        "adafactor" => {
-            let lr = match k.value("learning_rate") {
-                None => None,
-                Some(_) => Some(k.lr("learning_rate", None)?),
-            };
-            let min_dim = k.u64("min_dim_size_to_factor", 128)? as usize;
-            let (decay_rate, offset) = (k.f64("decay_rate", 0.8)?, k.u64("decay_offset", 0)?);
-            let scale_param = k.bool("multiply_by_parameter_scale", true)?;
-            let clip = match k.value("clipping_threshold") {
-                None if k.map.contains_key("clipping_threshold") => None,
-                _ => Some(k.f64("clipping_threshold", 1.0)?),
-            };
-            let momentum = k.opt_f64("momentum")?;
-            let _ = k.value("dtype_momentum");
-            let wdr = k.opt_f64("weight_decay_rate")?;
-            let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
-            // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
-            let wd_mask = k.mask("weight_decay_mask", n)?;
-            let rms = ScaleByFactoredRms::new(factored, decay_rate, offset, min_dim, eps);
-            let clip = clip.map(ClipByBlockRms::new);
-            let lr = lr.map(|lr| ScaleByLearningRate::new(lr, false));
-            let param_scale = scale_param.then(|| ScaleByParamBlockRms::new(1e-3));
-            if momentum.is_none() && wdr.is_none() {
-                // The default recipe, as one transformation with a fused step.
-                boxed(Adafactor::new(rms, clip, lr, param_scale))
-            } else {
-                let mut links = vec![boxed(rms)];
-                links.extend(clip.map(boxed));
-                links.extend(lr.map(boxed));
-                links.extend(param_scale.map(boxed));
-                links.extend(momentum.map(|m| boxed(Ema::new(m, false))));
-                if let Some(w) = wdr {
-                    links.push(with_mask(boxed(AddDecayedWeights::new(w)), wd_mask)?);
-                }
-                links.push(boxed(Scale::new(-1.0)));
-                chain(links)
-            }
-        }
-        "contrib.acprop" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAcprop::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-16)?,
-                k.f64("eps_root", 1e-16)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.simplified_ademamix" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleBySimplifiedAdemamix::new(
-                k.f64("b1", 0.99)?,
-                k.f64("b2", 0.95)?,
-                k.lr("alpha", Some(0.0))?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-            );
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.dowg" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let init = k.opt_f64("init_estim_sq_dist")?;
-            let eps = k.f64("eps", 1e-4)?;
-            let mask = k.mask("mask", n)?;
-            let mut links = vec![];
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(boxed(ScaleByDowg::new(init, eps)));
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "contrib.mechanize" => {
-            let base = inner_optax(&mut k, "base_optimizer", shapes)?;
-            let num_betas = k.u64("num_betas", 6)?;
-            // βᵢ = 1 − 10⁻ⁱ rounds to 1 in float32 from i = 8 on: more scales add nothing.
-            if !(1..=64).contains(&num_betas) {
-                return Err(k.err("num_betas", format!("must be between 1 and 64, got {num_betas}")));
-            }
-            let num_betas = num_betas as usize;
-            boxed(Mechanize::new(
-                base,
-                k.f64("weight_decay", 1e-2)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("s_init", 1e-6)?,
-                num_betas,
-            ))
-        }
-        "contrib.ademamix" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdemamix::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("b3", 0.9999)?,
-                k.f64("alpha", 5.0)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-            );
-            k.mu_dtype_f32_only()?;
-            let wd = k.f64("weight_decay", 0.0)?;
-            chain(vec![boxed(t), masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
-        }
-        "contrib.adopt" => {
-            let lr = k.lr("learning_rate", None)?;
-            let t = ScaleByAdopt::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.9999)?,
-                k.f64("eps", 1e-6)?,
-                k.bool("nesterov", false)?,
-                k.bool("use_clipping", true)?,
-            );
-            k.mu_dtype_f32_only()?;
-            chain(vec![boxed(t), lr_link(lr)])
-        }
-        "contrib.cocob" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (alpha, eps, wd) = (k.f64("alpha", 100.0)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-            chain(vec![
-                masked_decay(&mut k, wd, "mask", n)?,
-                boxed(ScaleByLearningRate::new(lr, false)),
-                boxed(ScaleByCocob::new(alpha, eps)),
-            ])
-        }
-        "contrib.dadapt_adamw" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            boxed(DadaptAdamw::new(
-                lr,
-                b1,
-                b2,
-                k.f64("eps", 1e-8)?,
-                k.f64("estim_lr0", 1e-6)?,
-                k.f64("weight_decay", 0.0)?,
-            ))
-        }
-        "contrib.prodigy" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let (b1, b2) = k.pair("betas", (0.9, 0.999))?;
-            let b3 = k.opt_f64("beta3")?;
-            let t = Prodigy::new(
-                lr,
-                b1,
-                b2,
-                b3,
-                k.f64("eps", 1e-8)?,
-                k.f64("estim_lr0", 1e-6)?,
-                k.f64("estim_lr_coef", 1.0)?,
-                k.f64("weight_decay", 0.0)?,
-                k.bool("safeguard_warmup", false)?,
-            );
-            // The decay is inside prodigy's own update, not a link a partition could select.
-            if k.mask("weight_decay_mask", n)?.is_some_and(|m| m.iter().any(|on| !on)) {
-                return Err(k.err(
-                    "weight_decay_mask",
-                    "a mask that excludes parameters is not implemented for contrib.prodigy",
-                ));
-            }
-            boxed(t)
-        }
-        "contrib.dog" => {
-            let lr = k.lr("learning_rate", Some(1.0))?;
-            let init = match k.present("init_step")? {
-                None => DogInit::Heuristic(1e-6),
-                Some(Value::Array(a)) if a.len() == 2 => {
-                    let v = a[1].as_f64().filter(|v| v.is_finite()).ok_or_else(|| Error::Field {
-                        context: "optax.contrib.dog: `init_step`".into(),
-                        message: format!("expected [kind, finite value], got {}", a[1]),
-                    })?;
-                    match a[0].as_str() {
-                        Some("heuristic") => DogInit::Heuristic(v),
-                        Some("distance") => DogInit::Distance(v),
-                        Some("learning_rate") => DogInit::LearningRate(v),
-                        other => {
-                            return Err(unknown(
-                                "init_step kind",
-                                &format!("{other:?}"),
-                                &["heuristic", "distance", "learning_rate"],
-                            ))
-                        }
-                    }
-                }
-                Some(v) => {
-                    return Err(Error::Field {
-                        context: "optax.contrib.dog: `init_step`".into(),
-                        message: format!("expected [kind, value], got {v}"),
-                    })
-                }
-            };
-            let eps = k.f64("eps", 1e-8)?;
-            let mut links = vec![];
-            let mask = k.mask("mask", n)?;
-            if let Some(wd) = k.opt_f64("weight_decay")? {
-                links.push(with_mask(boxed(AddDecayedWeights::new(wd)), mask)?);
-            }
-            links.push(boxed(ScaleByDog::new(init, eps)));
-            links.push(lr_link(lr));
-            chain(links)
-        }
-        "contrib.madgrad" => {
-            let lr = k.lr("learning_rate", None)?;
-            let (m, wd, eps) = (k.f64("momentum", 0.9)?, k.f64("weight_decay", 0.0)?, k.f64("eps", 1e-6)?);
-            chain(vec![boxed(AddDecayedWeights::new(wd)), boxed(ScaleByMadgrad::new(lr, m, eps))])
-        }
-        "contrib.schedule_free_sgd" | "contrib.schedule_free_adamw" => {
-            let adamw = name.ends_with("adamw");
-            let lr0 = k.f64("learning_rate", if adamw { 0.0025 } else { 1.0 })?;
-            let warmup = k.opt_u64("warmup_steps")?;
-            let b1 = k.f64("b1", 0.9)?;
-            let power = k.f64("weight_lr_power", 2.0)?;
-            let _ = k.value("state_dtype");
-            let lr = || match warmup {
-                Some(w) => LearningRate::Schedule(sch::warmup_constant(0.0, lr0, w)),
-                None => LearningRate::Constant(lr0),
-            };
-            let base = if adamw {
-                let (b2, eps, wd) = (k.f64("b2", 0.999)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?);
-                chain(vec![
-                    boxed(ScaleByRms::new(b2, eps, 0.0, false, true)),
-                    boxed(AddDecayedWeights::new(wd)),
-                    lr_link(lr()),
-                ])
-            } else {
-                let mut links = vec![];
-                if let Some(wd) = k.opt_f64("weight_decay")? {
-                    links.push(boxed(AddDecayedWeights::new(wd)));
-                }
-                links.push(lr_link(lr()));
-                chain(links)
-            };
-            boxed(ScheduleFree::new(base, lr(), b1, power))
-        }
-        "contrib.muon" => {
-            let lr = k.req_f64("learning_rate")?;
-            let coeffs = match k.f64s("ns_coeffs")? {
-                None => [3.4445, -4.7750, 2.0315],
-                Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-                Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
-            };
-            let steps = k.u64("ns_steps", 5)? as usize;
-            let (beta, eps, wd, nesterov) =
-                (k.f64("beta", 0.95)?, k.f64("eps", 1e-8)?, k.f64("weight_decay", 0.0)?, k.bool("nesterov", true)?);
-            let (ab1, ab2, aeps_root, awd) = (
-                k.f64("adam_b1", 0.9)?,
-                k.f64("adam_b2", 0.999)?,
-                k.f64("adam_eps_root", 0.0)?,
-                k.f64("adam_weight_decay", 0.0)?,
-            );
-            let alr = k.opt_f64("adam_learning_rate")?.unwrap_or(lr);
-            let muon_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() == 2).collect();
-            let adam_idx: Vec<usize> = (0..shapes.len()).filter(|&i| shapes[i].len() != 2).collect();
-            let muon = chain(vec![
-                boxed(ScaleByMuon::new(coeffs, steps, beta, eps, nesterov)),
-                boxed(ScaleByShape::default()),
-                boxed(AddDecayedWeights::new(wd)),
-                lr_link(LearningRate::Constant(lr)),
-            ]);
-            let adam = chain(vec![
-                boxed(ScaleByAdam::new(ab1, ab2, eps, aeps_root, nesterov)),
-                boxed(AddDecayedWeights::new(awd)),
-                lr_link(LearningRate::Constant(alr)),
-            ]);
-            let mut groups = vec![(muon_idx, muon)];
-            if !adam_idx.is_empty() {
-                groups.push((adam_idx, adam));
-            }
-            boxed(Partition::new(groups))
-        }
-        // transformations
-        "adaptive_grad_clip" => boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)),
-        "add_decayed_weights" => {
-            let wd = k.f64("weight_decay", 0.0)?;
-            masked_decay(&mut k, wd, "mask", n)?
-        }
-        "apply_every" => boxed(ApplyEvery::new(k.u64("k", 1)?)?),
-        "keep_params_nonnegative" => boxed(KeepParamsNonnegative),
-        // SAM's adversarial helper: `g / ‖g‖`, the norm over all parameters.
-        "contrib.normalize" => boxed(NormalizeByUpdateNorm::new(1.0, 0.0)),
-        "normalize_by_update_norm" => {
-            boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?))
-        }
-        "set_to_zero" => boxed(SetToZero),
-        "zero_nans" => boxed(ZeroNans),
-        // Per-parameter masks and labels, all through `Partition`.
-        "masked" => {
-            let mask = k.req_mask("mask", n)?;
-            let inner = inner_optax(&mut k, "inner", &select(shapes, |i| mask[i]))?;
-            Partition::masked(inner, &mask)
-        }
-        "freeze" => Partition::masked(boxed(SetToZero), &k.req_mask("mask", n)?),
-        "selective_transform" => {
-            let frozen = k.req_mask("freeze_mask", n)?;
-            let inner = inner_optax(&mut k, "optimizer", &select(shapes, |i| !frozen[i]))?;
-            Partition::split(&frozen, boxed(SetToZero), inner)
-        }
-        "partition" | "multi_transform" => {
-            let labels = k.labels("param_labels", n)?;
-            let ctx = format!("optax.{name}: `transforms`");
-            let txs = match k.present("transforms")? {
-                Some(Value::Object(o)) => o,
-                Some(other) => {
-                    return Err(Error::Field {
-                        context: ctx,
-                        message: format!("expected an object {{label: [name, kwargs]}}, got {other}"),
-                    })
-                }
-                None => return Err(Error::Field { context: ctx, message: "missing required argument".into() }),
-            };
-            let mut built = vec![];
-            for (label, spec) in txs {
-                let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
-                built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
-            }
-            boxed(Partition::labelled(built, &labels)?)
-        }
-        "apply_if_finite" => {
-            let max_errors = k.req_u64("max_consecutive_errors")?;
-            boxed(ApplyIfFinite::new(inner_optax(&mut k, "inner", shapes)?, max_errors))
-        }
-        // The hyper-parameters injected into the state: the inner optimizer with its arguments;
-        // a rate changed before each step is given as the inner `learning_rate`'s list of
-        // per-step values.
-        "inject_hyperparams" => {
-            let _ = k.opt_str("hyperparam_dtype")?;
-            inner_optax(&mut k, "inner", shapes)?
-        }
-        "centralize" => boxed(Centralize::default()),
-        "clip" => boxed(Clip::new(k.req_f64("max_delta")?)),
-        "clip_by_block_rms" => boxed(ClipByBlockRms::new(k.req_f64("threshold")?)),
-        "clip_by_global_norm" => boxed(ClipByGlobalNorm::new(k.req_f64("max_norm")?)),
-        "ema" => boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)),
-        "identity" => chain(vec![]),
-        "scale" => boxed(Scale::new(k.req_f64("step_size")?)),
-        "scale_by_adam" => boxed(
-            ScaleByAdam::new(
-                k.f64("b1", 0.9)?,
-                k.f64("b2", 0.999)?,
-                k.f64("eps", 1e-8)?,
-                k.f64("eps_root", 0.0)?,
-                k.bool("nesterov", false)?,
-            )
-            .mu_dtype(k.mu_dtype()?),
-        ),
-        "scale_by_belief" => boxed(ScaleByBelief::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-16)?,
-            k.f64("eps_root", 1e-16)?,
-            k.bool("nesterov", false)?,
-        )),
-        "scale_by_learning_rate" => {
-            let lr = k.lr("learning_rate", None)?;
-            boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?))
-        }
-        "scale_by_lion" => boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)),
-        "scale_by_param_block_rms" => boxed(ScaleByParamBlockRms::new(k.f64("min_scale", 1e-3)?)),
-        "scale_by_rms" => boxed(ScaleByRms::new(
-            k.f64("decay", 0.9)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("initial_scale", 0.0)?,
-            k.bool("eps_in_sqrt", true)?,
-            k.bool("bias_correction", false)?,
-        )),
-        "scale_by_rss" => boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)),
-        "scale_by_sign" => boxed(ScaleBySign),
-        "scale_by_rprop" => boxed(ScaleByRprop::new(
-            k.req_f64("learning_rate")?,
-            k.f64("eta_minus", 0.5)?,
-            k.f64("eta_plus", 1.2)?,
-            k.f64("min_step_size", 1e-6)?,
-            k.f64("max_step_size", 50.0)?,
-        )),
-        "scale_by_stddev" => boxed(ScaleByStddev::new(
-            k.f64("decay", 0.9)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("initial_scale", 0.0)?,
-            k.bool("eps_in_sqrt", true)?,
-            k.bool("bias_correction", false)?,
-        )),
-        "scale_by_trust_ratio" => {
-            boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?))
-        }
-        "scale_by_yogi" => boxed(ScaleByYogi::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-3)?,
-            k.f64("eps_root", 0.0)?,
-            k.f64("initial_accumulator_value", 1e-6)?,
-        )),
-        "trace" => boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)),
-        other => return Err(unknown("optax optimizer or transformation", other, OPTAX_OPTIMIZERS)),
     };
-    k.finish()?;
-    Ok(tx)
+    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
+    Ok(boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip)))
+}
+
+fn optax_lookahead(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let sync = k.req_u64("sync_period")?;
+    let alpha = k.req_f64("slow_step_size")?;
+    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
+    Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?))
+}
+
+fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let max_errors = k.req_u64("max_consecutive_errors")?;
+    Ok(boxed(ApplyIfFinite::new(inner_optax(k, "inner", shapes)?, max_errors)))
+}
+
+/// The hyper-parameters injected into the state: the inner optimizer with its arguments; a rate
+/// changed before each step is given as the inner `learning_rate`'s list of per-step values.
+fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let _ = k.opt_str("hyperparam_dtype")?;
+    inner_optax(k, "inner", shapes)
+}
+
+// Per-parameter masks and labels, all through `Partition`.
+
+fn optax_masked(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let mask = k.req_mask("mask", shapes.len())?;
+    let inner = inner_optax(k, "inner", &select(shapes, |i| mask[i]))?;
+    Ok(Partition::masked(inner, &mask))
+}
+
+fn optax_freeze(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(Partition::masked(boxed(SetToZero), &k.req_mask("mask", shapes.len())?))
+}
+
+fn optax_selective_transform(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let frozen = k.req_mask("freeze_mask", shapes.len())?;
+    let inner = inner_optax(k, "optimizer", &select(shapes, |i| !frozen[i]))?;
+    Ok(Partition::split(&frozen, boxed(SetToZero), inner))
+}
+
+/// optax `partition` and its older name `multi_transform`.
+fn optax_partition(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let labels = k.labels("param_labels", shapes.len())?;
+    let ctx = format!("{}: `transforms`", k.context);
+    let txs = match k.present("transforms")? {
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(Error::Field {
+                context: ctx,
+                message: format!("expected an object {{label: [name, kwargs]}}, got {other}"),
+            })
+        }
+        None => return Err(Error::Field { context: ctx, message: "missing required argument".into() }),
+    };
+    let mut built = vec![];
+    for (label, spec) in txs {
+        let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
+        built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
+    }
+    Ok(boxed(Partition::labelled(built, &labels)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax gradient transformations, usable as `chain` links.
+
+fn optax_adaptive_grad_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)))
+}
+
+fn optax_add_decayed_weights(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let wd = k.f64("weight_decay", 0.0)?;
+    Ok(ox::add_decayed_weights(wd, mask_of(k, "mask", shapes)?))
+}
+
+fn optax_apply_every(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ApplyEvery::new(k.u64("k", 1)?)?))
+}
+
+fn optax_centralize(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Centralize::default()))
+}
+
+fn optax_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Clip::new(k.req_f64("max_delta")?)))
+}
+
+fn optax_clip_by_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ClipByBlockRms::new(k.req_f64("threshold")?)))
+}
+
+fn optax_clip_by_global_norm(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ClipByGlobalNorm::new(k.req_f64("max_norm")?)))
+}
+
+fn optax_ema(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)))
+}
+
+fn optax_identity(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(chain(vec![]))
+}
+
+fn optax_keep_params_nonnegative(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(KeepParamsNonnegative))
+}
+
+/// SAM's adversarial helper: `g / ‖g‖`, the norm over all parameters.
+fn optax_contrib_normalize(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(NormalizeByUpdateNorm::new(1.0, 0.0)))
+}
+
+fn optax_normalize_by_update_norm(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(NormalizeByUpdateNorm::new(k.f64("scale_factor", 1.0)?, k.f64("eps", 1e-6)?)))
+}
+
+fn optax_scale(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Scale::new(k.req_f64("step_size")?)))
+}
+
+fn optax_scale_by_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(
+        ScaleByAdam::new(
+            k.f64("b1", 0.9)?,
+            k.f64("b2", 0.999)?,
+            k.f64("eps", 1e-8)?,
+            k.f64("eps_root", 0.0)?,
+            k.bool("nesterov", false)?,
+        )
+        .mu_dtype(k.mu_dtype()?),
+    ))
+}
+
+fn optax_scale_by_belief(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByBelief::new(
+        k.f64("b1", 0.9)?,
+        k.f64("b2", 0.999)?,
+        k.f64("eps", 1e-16)?,
+        k.f64("eps_root", 1e-16)?,
+        k.bool("nesterov", false)?,
+    )))
+}
+
+fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("learning_rate", None)?;
+    Ok(boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?)))
+}
+
+fn optax_scale_by_lion(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)))
+}
+
+fn optax_scale_by_param_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByParamBlockRms::new(k.f64("min_scale", 1e-3)?)))
+}
+
+fn optax_scale_by_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRms::new(
+        k.f64("decay", 0.9)?,
+        k.f64("eps", 1e-8)?,
+        k.f64("initial_scale", 0.0)?,
+        k.bool("eps_in_sqrt", true)?,
+        k.bool("bias_correction", false)?,
+    )))
+}
+
+fn optax_scale_by_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRprop::new(
+        k.req_f64("learning_rate")?,
+        k.f64("eta_minus", 0.5)?,
+        k.f64("eta_plus", 1.2)?,
+        k.f64("min_step_size", 1e-6)?,
+        k.f64("max_step_size", 50.0)?,
+    )))
+}
+
+fn optax_scale_by_rss(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByRss::new(k.f64("initial_accumulator_value", 0.1)?, k.f64("eps", 1e-7)?)))
+}
+
+fn optax_scale_by_sign(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleBySign))
+}
+
+fn optax_scale_by_stddev(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByStddev::new(
+        k.f64("decay", 0.9)?,
+        k.f64("eps", 1e-8)?,
+        k.f64("initial_scale", 0.0)?,
+        k.bool("eps_in_sqrt", true)?,
+        k.bool("bias_correction", false)?,
+    )))
+}
+
+fn optax_scale_by_trust_ratio(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?)))
+}
+
+fn optax_scale_by_yogi(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleByYogi::new(
+        k.f64("b1", 0.9)?,
+        k.f64("b2", 0.999)?,
+        k.f64("eps", 1e-3)?,
+        k.f64("eps_root", 0.0)?,
+        k.f64("initial_accumulator_value", 1e-6)?,
+    )))
+}
+
+fn optax_set_to_zero(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(SetToZero))
+}
+
+fn optax_trace(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)))
+}
+
+fn optax_zero_nans(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ZeroNans))
+}
+
+// ---------------------------------------------------------------------------------------------
+// optax aliases: the keyword arguments read into the typed configuration of `crate::optax`, with
+// optax's names and defaults, then the typed constructor.
+
+/// The per-parameter mask in argument `key`, one entry per parameter of `shapes`.
+fn mask_of(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Result<Option<Vec<bool>>> {
+    k.mask(key, shapes.len())
+}
+
+fn optax_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = ox::Sgd {
+        learning_rate: k.lr("learning_rate", None)?,
+        momentum: k.opt_f64("momentum")?,
+        nesterov: k.bool("nesterov", false)?,
+    };
+    let _ = k.value("accumulator_dtype");
+    Ok(ox::sgd(c))
+}
+
+fn optax_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adam(ox::Adam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", false)?,
+    }))
+}
+
+fn optax_nadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::nadam(ox::Nadam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_adamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamw(ox::AdamW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_nadamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::nadamw(ox::NadamW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_amsgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::amsgrad(ox::Amsgrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        bias_correction_mu: k.bool("bias_correction_mu", true)?,
+        bias_correction_nu: k.bool("bias_correction_nu", true)?,
+        mu_dtype: k.mu_dtype()?,
+    }))
+}
+
+fn optax_adamax(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamax(ox::Adamax {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+    }))
+}
+
+fn optax_adamaxw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adamaxw(ox::AdamaxW {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adagrad(ox::Adagrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        initial_accumulator_value: k.f64("initial_accumulator_value", 0.1)?,
+        eps: k.f64("eps", 1e-7)?,
+    }))
+}
+
+fn optax_adadelta(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adadelta(ox::Adadelta {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        rho: k.f64("rho", 0.9)?,
+        eps: k.f64("eps", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+    }))
+}
+
+fn optax_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::rmsprop(ox::Rmsprop {
+        learning_rate: k.lr("learning_rate", None)?,
+        decay: k.f64("decay", 0.9)?,
+        eps: k.f64("eps", 1e-8)?,
+        initial_scale: k.f64("initial_scale", 0.0)?,
+        eps_in_sqrt: k.bool("eps_in_sqrt", true)?,
+        centered: k.bool("centered", false)?,
+        momentum: k.opt_f64("momentum")?,
+        nesterov: k.bool("nesterov", false)?,
+        bias_correction: k.bool("bias_correction", false)?,
+    }))
+}
+
+fn optax_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::radam(ox::Radam {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        threshold: k.f64("threshold", 5.0)?,
+        nesterov: k.bool("nesterov", false)?,
+    }))
+}
+
+fn optax_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::rprop(ox::Rprop {
+        learning_rate: k.req_f64("learning_rate")?,
+        eta_minus: k.f64("eta_minus", 0.5)?,
+        eta_plus: k.f64("eta_plus", 1.2)?,
+        min_step_size: k.f64("min_step_size", 1e-6)?,
+        max_step_size: k.f64("max_step_size", 50.0)?,
+    }))
+}
+
+fn optax_lion(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let (learning_rate, b1, b2) = (k.lr("learning_rate", None)?, k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
+    k.mu_dtype_f32_only()?;
+    let weight_decay = k.f64("weight_decay", 1e-3)?;
+    Ok(ox::lion(ox::Lion { learning_rate, b1, b2, weight_decay, mask: mask_of(k, "mask", shapes)? }))
+}
+
+fn optax_lamb(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::lamb(ox::Lamb {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-6)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_lars(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::lars(ox::Lars {
+        learning_rate: k.lr("learning_rate", None)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        trust_coefficient: k.f64("trust_coefficient", 0.001)?,
+        eps: k.f64("eps", 0.0)?,
+        momentum: k.f64("momentum", 0.9)?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+        trust_ratio_mask: mask_of(k, "trust_ratio_mask", shapes)?,
+    }))
+}
+
+fn optax_yogi(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::yogi(ox::Yogi {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-3)?,
+    }))
+}
+
+fn optax_adabelief(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adabelief(ox::Adabelief {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-16)?,
+        eps_root: k.f64("eps_root", 1e-16)?,
+        nesterov: k.bool("nesterov", false)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_novograd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::novograd(ox::Novograd {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.25)?,
+        eps: k.f64("eps", 1e-6)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    }))
+}
+
+fn optax_adan(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::adan(ox::Adan {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.98)?,
+        b2: k.f64("b2", 0.92)?,
+        b3: k.f64("b3", 0.99)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_sm3(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::sm3(ox::Sm3 { learning_rate: k.req_f64("learning_rate")?, momentum: k.f64("momentum", 0.9)? }))
+}
+
+fn optax_fromage(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::fromage(ox::Fromage { learning_rate: k.req_f64("learning_rate")?, min_norm: k.f64("min_norm", 1e-6)? }))
+}
+
+fn optax_sign_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::sign_sgd(ox::SignSgd { learning_rate: k.lr("learning_rate", None)? }))
+}
+
+fn optax_signum(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = ox::Signum { learning_rate: k.lr("learning_rate", None)?, beta: k.f64("beta", 0.9)? };
+    let _ = k.value("accumulator_dtype");
+    Ok(ox::signum(c))
+}
+
+fn optax_optimistic_gradient_descent(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::optimistic_gradient_descent(ox::OptimisticGradientDescent {
+        learning_rate: k.lr("learning_rate", None)?,
+        alpha: k.f64("alpha", 1.0)?,
+        beta: k.f64("beta", 1.0)?,
+    }))
+}
+
+fn optax_optimistic_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let Some(learning_rate) = k.lr("learning_rate", None)?.constant() else {
+        return Err(k.err(
+            "learning_rate",
+            "this version of `optimistic_adam` does not support learning rate schedules but \
+             `optimistic_adam_v2` does",
+        ));
+    };
+    Ok(ox::optimistic_adam(ox::OptimisticAdam {
+        learning_rate,
+        optimism: k.opt_f64("optimism")?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_optimistic_adam_v2(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(ox::optimistic_adam_v2(ox::OptimisticAdamV2 {
+        learning_rate: k.lr("learning_rate", None)?,
+        alpha: k.f64("alpha", 1.0)?,
+        beta: k.f64("beta", 1.0)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        mu_dtype: k.mu_dtype()?,
+        nesterov: k.bool("nesterov", true)?,
+    }))
+}
+
+fn optax_adafactor(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = match k.value("learning_rate") {
+        None => None,
+        Some(_) => Some(k.lr("learning_rate", None)?),
+    };
+    let min_dim_size_to_factor = k.u64("min_dim_size_to_factor", 128)? as usize;
+    let (decay_rate, decay_offset) = (k.f64("decay_rate", 0.8)?, k.u64("decay_offset", 0)?);
+    let multiply_by_parameter_scale = k.bool("multiply_by_parameter_scale", true)?;
+    // `Optional[float] = 1.0`: absent is 1.0, null is no clipping.
+    let clipping_threshold = match k.value("clipping_threshold") {
+        None if k.map.contains_key("clipping_threshold") => None,
+        _ => Some(k.f64("clipping_threshold", 1.0)?),
+    };
+    let momentum = k.opt_f64("momentum")?;
+    let _ = k.value("dtype_momentum");
+    let weight_decay_rate = k.opt_f64("weight_decay_rate")?;
+    let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
+    // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
+    let weight_decay_mask = mask_of(k, "weight_decay_mask", shapes)?;
+    Ok(ox::adafactor(ox::Adafactor {
+        learning_rate,
+        min_dim_size_to_factor,
+        decay_rate,
+        decay_offset,
+        multiply_by_parameter_scale,
+        clipping_threshold,
+        momentum,
+        weight_decay_rate,
+        eps,
+        factored,
+        weight_decay_mask,
+    }))
+}
+
+fn optax_acprop(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::acprop(oxc::Acprop {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-16)?,
+        eps_root: k.f64("eps_root", 1e-16)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_simplified_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::simplified_ademamix(oxc::SimplifiedAdemamix {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.99)?,
+        b2: k.f64("b2", 0.95)?,
+        alpha: k.lr("alpha", Some(0.0))?,
+        eps: k.f64("eps", 1e-8)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_dowg(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::dowg(oxc::Dowg {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        init_estim_sq_dist: k.opt_f64("init_estim_sq_dist")?,
+        eps: k.f64("eps", 1e-4)?,
+        mask: mask_of(k, "mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_mechanize(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let base_optimizer = inner_optax(k, "base_optimizer", shapes)?;
+    let num_betas = k.u64("num_betas", 6)?;
+    oxc::mechanize(oxc::Mechanize {
+        base_optimizer,
+        num_betas: usize::try_from(num_betas).unwrap_or(usize::MAX),
+        weight_decay: k.f64("weight_decay", 1e-2)?,
+        eps: k.f64("eps", 1e-8)?,
+        s_init: k.f64("s_init", 1e-6)?,
+    })
+}
+
+fn optax_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.lr("learning_rate", None)?;
+    let (b1, b2, b3) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("b3", 0.9999)?);
+    let (alpha, eps, eps_root) = (k.f64("alpha", 5.0)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+    k.mu_dtype_f32_only()?;
+    let weight_decay = k.f64("weight_decay", 0.0)?;
+    let mask = mask_of(k, "mask", shapes)?;
+    Ok(oxc::ademamix(oxc::Ademamix { learning_rate, b1, b2, b3, alpha, eps, eps_root, weight_decay, mask }))
+}
+
+fn optax_adopt(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::Adopt {
+        learning_rate: k.lr("learning_rate", None)?,
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.9999)?,
+        eps: k.f64("eps", 1e-6)?,
+        nesterov: k.bool("nesterov", false)?,
+        use_clipping: k.bool("use_clipping", true)?,
+    };
+    k.mu_dtype_f32_only()?;
+    Ok(oxc::adopt(c))
+}
+
+fn optax_cocob(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::cocob(oxc::Cocob {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        alpha: k.f64("alpha", 100.0)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        mask: mask_of(k, "mask", shapes)?,
+    }))
+}
+
+fn optax_dadapt_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::dadapt_adamw(oxc::DadaptAdamW {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        eps: k.f64("eps", 1e-8)?,
+        estim_lr0: k.f64("estim_lr0", 1e-6)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    }))
+}
+
+fn optax_prodigy(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::Prodigy {
+        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        betas: k.pair("betas", (0.9, 0.999))?,
+        beta3: k.opt_f64("beta3")?,
+        eps: k.f64("eps", 1e-8)?,
+        estim_lr0: k.f64("estim_lr0", 1e-6)?,
+        estim_lr_coef: k.f64("estim_lr_coef", 1.0)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        safeguard_warmup: k.bool("safeguard_warmup", false)?,
+    };
+    // The decay is inside prodigy's own update, not a link a partition could select.
+    if mask_of(k, "weight_decay_mask", shapes)?.is_some_and(|m| m.iter().any(|on| !on)) {
+        return Err(
+            k.err("weight_decay_mask", "a mask that excludes parameters is not implemented for contrib.prodigy")
+        );
+    }
+    Ok(oxc::prodigy(c))
+}
+
+fn optax_dog(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.lr("learning_rate", Some(1.0))?;
+    let init_step = match k.present("init_step")? {
+        None => DogInit::Heuristic(1e-6),
+        Some(Value::Array(a)) if a.len() == 2 => {
+            let v = a[1].as_f64().filter(|v| v.is_finite()).ok_or_else(|| Error::Field {
+                context: "optax.contrib.dog: `init_step`".into(),
+                message: format!("expected [kind, finite value], got {}", a[1]),
+            })?;
+            match a[0].as_str() {
+                Some("heuristic") => DogInit::Heuristic(v),
+                Some("distance") => DogInit::Distance(v),
+                Some("learning_rate") => DogInit::LearningRate(v),
+                other => {
+                    return Err(unknown(
+                        "init_step kind",
+                        &format!("{other:?}"),
+                        &["heuristic", "distance", "learning_rate"],
+                    ))
+                }
+            }
+        }
+        Some(v) => {
+            return Err(Error::Field {
+                context: "optax.contrib.dog: `init_step`".into(),
+                message: format!("expected [kind, value], got {v}"),
+            })
+        }
+    };
+    Ok(oxc::dog(oxc::Dog {
+        learning_rate,
+        init_step,
+        eps: k.f64("eps", 1e-8)?,
+        mask: mask_of(k, "mask", shapes)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    }))
+}
+
+fn optax_madgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(oxc::madgrad(oxc::Madgrad {
+        learning_rate: k.lr("learning_rate", None)?,
+        momentum: k.f64("momentum", 0.9)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        eps: k.f64("eps", 1e-6)?,
+    }))
+}
+
+fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::ScheduleFreeSgd {
+        learning_rate: k.f64("learning_rate", 1.0)?,
+        warmup_steps: k.opt_u64("warmup_steps")?,
+        b1: k.f64("b1", 0.9)?,
+        weight_lr_power: k.f64("weight_lr_power", 2.0)?,
+        weight_decay: k.opt_f64("weight_decay")?,
+    };
+    let _ = k.value("state_dtype");
+    Ok(oxc::schedule_free_sgd(c))
+}
+
+fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let c = oxc::ScheduleFreeAdamW {
+        learning_rate: k.f64("learning_rate", 0.0025)?,
+        warmup_steps: k.opt_u64("warmup_steps")?,
+        b1: k.f64("b1", 0.9)?,
+        weight_lr_power: k.f64("weight_lr_power", 2.0)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+    };
+    let _ = k.value("state_dtype");
+    Ok(oxc::schedule_free_adamw(c))
+}
+
+fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.req_f64("learning_rate")?.into();
+    let ns_coeffs = match k.f64s("ns_coeffs")? {
+        None => [3.4445, -4.7750, 2.0315],
+        Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+        Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
+    };
+    Ok(oxc::muon(oxc::Muon {
+        learning_rate,
+        ns_coeffs,
+        ns_steps: k.u64("ns_steps", 5)? as usize,
+        beta: k.f64("beta", 0.95)?,
+        eps: k.f64("eps", 1e-8)?,
+        weight_decay: k.f64("weight_decay", 0.0)?,
+        nesterov: k.bool("nesterov", true)?,
+        adam_b1: k.f64("adam_b1", 0.9)?,
+        adam_b2: k.f64("adam_b2", 0.999)?,
+        adam_eps_root: k.f64("adam_eps_root", 0.0)?,
+        adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
+        adam_learning_rate: k.opt_f64("adam_learning_rate")?.map(LearningRate::Constant),
+    }))
 }
 
 /// A schedule built from a spec: a function of the step, or the metric-driven plateau scheduler.
@@ -1667,17 +1861,17 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             };
             let (cooldown, min_lr, eps) = (k.u64("cooldown", 0)?, k.f64("min_lr", 0.0)?, k.f64("eps", 1e-8)?);
             k.finish()?;
-            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(
-                need_base()?,
+            let config = sch::ReduceLrOnPlateauConfig {
                 mode,
                 factor,
                 patience,
                 threshold,
-                tm,
+                threshold_mode: tm,
                 cooldown,
                 min_lr,
                 eps,
-            )?));
+            };
+            return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(need_base()?, config)?));
         }
         ("torch", "SequentialLR") => {
             let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
@@ -1763,16 +1957,16 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     k.f64("end_value", 0.0)?,
                     k.f64("exponent", 1.0)?,
                 ),
-                "warmup_exponential_decay" => sch::warmup_exponential_decay(
-                    k.req_f64("init_value")?,
-                    k.req_f64("peak_value")?,
-                    k.req_u64("warmup_steps")?,
-                    k.req_u64("transition_steps")?,
-                    k.req_f64("decay_rate")?,
-                    k.u64("transition_begin", 0)?,
-                    k.bool("staircase", false)?,
-                    k.opt_f64("end_value")?,
-                ),
+                "warmup_exponential_decay" => sch::warmup_exponential_decay(sch::WarmupExponentialDecay {
+                    init_value: k.req_f64("init_value")?,
+                    peak_value: k.req_f64("peak_value")?,
+                    warmup_steps: k.req_u64("warmup_steps")?,
+                    transition_steps: k.req_u64("transition_steps")?,
+                    decay_rate: k.req_f64("decay_rate")?,
+                    transition_begin: k.u64("transition_begin", 0)?,
+                    staircase: k.bool("staircase", false)?,
+                    end_value: k.opt_f64("end_value")?,
+                }),
                 "linear_onecycle" => sch::linear_onecycle(
                     k.req_u64("transition_steps")?,
                     k.req_f64("peak_value")?,
@@ -1839,61 +2033,4 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
             .collect(),
         Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }
-}
-
-/// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
-/// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
-/// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …).
-/// Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the same way.
-pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
-    let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-    let closure = crate::closure::is_closure_optimizer;
-    if let Some((lib, rest)) = name.split_once('.') {
-        let known = match lib {
-            "torch" => (TORCH_OPTIMIZERS.contains(&rest) || closure("torch", rest)).then_some("torch"),
-            "optax" => (OPTAX_OPTIMIZERS.contains(&rest) || closure("optax", rest)).then_some("optax"),
-            "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
-            "po" => (crate::po::po_optimizers().contains(&rest) || closure("po", rest)).then_some("po"),
-            _ => None,
-        };
-        if let Some(lib) = known {
-            return Ok((lib, rest.to_string()));
-        }
-        return Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() });
-    }
-    if TORCH_OPTIMIZERS.contains(&name) || closure("torch", name) {
-        return Ok(("torch", name.to_string()));
-    }
-    if OPTAX_OPTIMIZERS.contains(&name) || closure("optax", name) {
-        return Ok(("optax", name.to_string()));
-    }
-    let contrib = format!("contrib.{name}");
-    if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) || closure("optax", &contrib) {
-        return Ok(("optax", contrib));
-    }
-    if DESCENT_OPTIMIZERS.contains(&name) {
-        return Ok(("descent", name.to_string()));
-    }
-    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all() })
-}
-
-/// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
-/// `learning_rate` for optax).
-pub fn lr_key(library: &str) -> &'static str {
-    if library == "torch" || library == "po" || library == "descent" {
-        "lr"
-    } else {
-        "learning_rate"
-    }
-}
-
-/// The learning rate an optimizer takes when its library's constructor is not given one: torch
-/// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
-/// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
-pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
-    let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
-    let mut rates = vec![];
-    tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
-    let first = (*rates.first()?)?;
-    rates.iter().all(|r| *r == Some(first)).then_some(first)
 }

@@ -529,14 +529,7 @@ pub fn train_from(
     let mut plateau = match &cfg.schedule {
         &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
             1.0,
-            descent_core::schedule::PlateauMode::Min,
-            factor,
-            patience,
-            1e-4,
-            descent_core::schedule::ThresholdMode::Rel,
-            0,
-            0.0,
-            1e-8,
+            descent_core::schedule::ReduceLrOnPlateauConfig { factor, patience, ..Default::default() },
         )?),
         _ => None,
     };

@@ -320,6 +320,47 @@ impl Transform for DadaptAdamw {
     state!(DadaptAdamw; bufs: [exp_avg, exp_avg_sq, grad_sum]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
 }
 
+/// The arguments of optax `contrib.prodigy` (Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
+/// Parameter-Free Learner", 2023): D-Adaptation whose estimate of the distance to the solution
+/// uses the distance travelled from the initial point.
+///
+/// ```text
+/// m ← β₁·m + (1 − β₁)·d·g      v ← β₂·v + (1 − β₂)·d²·g²      s ← β₃·s + (d²/d₀)·α·g
+/// r ← β₃·r + (d²/d₀)·α·⟨g, θ₀ − θ⟩      d ← max(d, coef·r/‖s‖₁)
+/// u = −α·d·(m/(√v + d·ε) + λ·θ)
+/// ```
+pub struct ProdigyConfig {
+    /// Learning rate α, a multiplier of the estimated step (optax's default 1.0).
+    pub learning_rate: LearningRate,
+    /// Decays (β₁, β₂) of the moments.
+    pub betas: (f64, f64),
+    /// Decay β₃ of the distance estimate's sums; `None`: √β₂.
+    pub beta3: Option<f64>,
+    /// ε, scaled by `d`, added to the denominator.
+    pub eps: f64,
+    /// The initial estimate `d₀` of the step.
+    pub estim_lr0: f64,
+    /// Multiplier `coef` of the estimate.
+    pub estim_lr_coef: f64,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f64,
+    /// Leave the learning rate out of the denominator sum during warm-up.
+    pub safeguard_warmup: bool,
+}
+impl Default for ProdigyConfig {
+    fn default() -> Self {
+        ProdigyConfig {
+            learning_rate: 1.0.into(),
+            betas: (0.9, 0.999),
+            beta3: None,
+            eps: 1e-8,
+            estim_lr0: 1e-6,
+            estim_lr_coef: 1.0,
+            weight_decay: 0.0,
+            safeguard_warmup: false,
+        }
+    }
+}
 /// optax `contrib.prodigy` (Mishchenko & Defazio 2023): D-Adaptation with the distance to the
 /// initial point; returns the full step.
 pub struct Prodigy {
@@ -341,23 +382,23 @@ pub struct Prodigy {
     count: u64,
 }
 impl Prodigy {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        lr: impl Into<LearningRate>,
-        b1: f64,
-        b2: f64,
-        b3: Option<f64>,
-        eps: f64,
-        estim_lr0: f64,
-        estim_lr_coef: f64,
-        weight_decay: f64,
-        safeguard_warmup: bool,
-    ) -> Self {
+    /// Prodigy with the hyper-parameters of `config`.
+    pub fn new(config: ProdigyConfig) -> Self {
+        let ProdigyConfig {
+            learning_rate,
+            betas: (b1, b2),
+            beta3,
+            eps,
+            estim_lr0,
+            estim_lr_coef,
+            weight_decay,
+            safeguard_warmup,
+        } = config;
         Prodigy {
-            lr: lr.into(),
+            lr: learning_rate,
             b1,
             b2,
-            b3: b3.unwrap_or(b2.sqrt()),
+            b3: beta3.unwrap_or(b2.sqrt()),
             eps,
             estim_lr0,
             estim_lr_coef,

@@ -240,12 +240,25 @@ pub struct Partition {
     groups: Vec<(Vec<usize>, Box<dyn Transform>)>,
     /// `(group, index within the group)` of each parameter, set by `init`.
     slot: Vec<(usize, usize)>,
+    /// The group of a parameter of this shape, for groups chosen at `init` ([`Partition::by_shape`]).
+    group_of: Option<fn(&[usize]) -> usize>,
 }
 impl Partition {
     /// Groups of parameter indices with their transformation; checked against the parameter count
     /// at `init`.
     pub fn new(groups: Vec<(Vec<usize>, Box<dyn Transform>)>) -> Self {
-        Partition { groups, slot: vec![] }
+        Partition { groups, slot: vec![], group_of: None }
+    }
+
+    /// Groups chosen at `init` from the parameters' shapes: a parameter of shape `s` goes to
+    /// `transforms[group_of(s)]` (optax `contrib.muon` sends the matrices to Muon, the other
+    /// parameters to Adam). Every transformation keeps its state, with or without parameters.
+    pub fn by_shape(transforms: Vec<Box<dyn Transform>>, group_of: fn(&[usize]) -> usize) -> Self {
+        Partition {
+            groups: transforms.into_iter().map(|tx| (vec![], tx)).collect(),
+            slot: vec![],
+            group_of: Some(group_of),
+        }
     }
 
     /// One transformation per label, each parameter updated by the transformation of its label
@@ -312,6 +325,12 @@ impl Transform for Partition {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        if let Some(group_of) = self.group_of {
+            // A parameter sent to a group that does not exist is in none: refused below.
+            for (g, (idx, _)) in self.groups.iter_mut().enumerate() {
+                *idx = (0..shapes.len()).filter(|&i| group_of(&shapes[i]) == g).collect();
+            }
+        }
         let mut slot = vec![None; shapes.len()];
         for (g, (idx, _)) in self.groups.iter().enumerate() {
             for (j, &i) in idx.iter().enumerate() {

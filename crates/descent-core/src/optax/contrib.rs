@@ -1,0 +1,629 @@
+//! optax's `contrib` optimizers as typed configurations, the way [`crate::optax`] holds the core
+//! aliases: one struct per function (`optax.contrib.prodigy` → [`Prodigy`]) with optax's keyword
+//! arguments and defaults, and one function composing the transformations.
+//!
+//! ```
+//! use descent_core::{optax::contrib, Optimizer};
+//!
+//! // Prodigy estimates its own step size: optax's default learning rate 1.0 is the design.
+//! let tx = contrib::prodigy(contrib::Prodigy { weight_decay: 0.01, ..Default::default() });
+//! let mut params = vec![vec![0.5f32; 4]];
+//! let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+//! let mut opt = Optimizer::new(tx, vec![vec![2, 2]], &views).unwrap();
+//! opt.step_vecs(&mut params, &[vec![0.1f32, -0.2, 0.3, -0.4]]).unwrap();
+//! assert!(params[0][0] < 0.5 && params[0][1] > 0.5);
+//! ```
+
+use std::sync::Arc;
+
+use super::{add_decayed_weights, boxed, scale_by_learning_rate, DEFAULT_LEARNING_RATE};
+use crate::chain::chain;
+use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
+use crate::schedule::{self, Schedule};
+use crate::transform::Transform;
+use crate::transforms::{
+    self as t, AddDecayedWeights, DogInit, Partition, ScaleByAcprop, ScaleByAdam, ScaleByAdemamix, ScaleByAdopt,
+    ScaleByCocob, ScaleByDog, ScaleByDowg, ScaleByLearningRate, ScaleByMadgrad, ScaleByMuon, ScaleByRms, ScaleByShape,
+    ScaleBySimplifiedAdemamix, ScheduleFree,
+};
+
+/// optax `contrib.acprop` (Zhuang et al., "Momentum Centering and Asynchronous Update for Adaptive
+/// Gradient Methods", NeurIPS 2021): AdaBelief's centred second moment, used one step late so that
+/// it does not depend on the current gradient.
+///
+/// ```text
+/// s ← β₂·s + (1 − β₂)·(g − m)² + ε_root      m ← β₁·m + (1 − β₁)·g
+/// u = −α·(g / (√(s₋₁/(1 − β₂ᵗ⁻¹)) + ε) + λ·θ)      (the first step divides by 1)
+/// ```
+pub struct Acprop {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the centred second moment.
+    pub b2: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// ε_root added to the centred second moment.
+    pub eps_root: f64,
+    /// Weight decay λ, multiplied by the learning rate.
+    pub weight_decay: f64,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for Acprop {
+    fn default() -> Self {
+        Acprop {
+            learning_rate: DEFAULT_LEARNING_RATE.into(),
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-16,
+            eps_root: 1e-16,
+            weight_decay: 0.0,
+            mask: None,
+        }
+    }
+}
+/// optax `contrib.acprop`: `scale_by_acprop → add_decayed_weights → scale_by_learning_rate`.
+pub fn acprop(c: Acprop) -> Box<dyn Transform> {
+    chain(vec![
+        boxed(ScaleByAcprop::new(c.b1, c.b2, c.eps, c.eps_root)),
+        add_decayed_weights(c.weight_decay, c.mask),
+        scale_by_learning_rate(c.learning_rate),
+    ])
+}
+
+/// optax `contrib.ademamix` (Pagliardini et al., "The AdEMAMix Optimizer: Better, Faster, Older",
+/// 2024): Adam with a second, slow momentum mixed into the numerator.
+///
+/// ```text
+/// m₁ ← β₁·m₁ + (1 − β₁)·g      m₂ ← β₃·m₂ + (1 − β₃)·g      v ← β₂·v + (1 − β₂)·g²
+/// u = −α·((m₁/(1 − β₁ᵗ) + a·m₂) / (√(v/(1 − β₂ᵗ) + ε_root) + ε) + λ·θ)
+/// ```
+pub struct Ademamix {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
+    /// Decay β₁ of the fast momentum.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Decay β₃ of the slow momentum (not debiased).
+    pub b3: f64,
+    /// Weight `a` of the slow momentum.
+    pub alpha: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε_root added inside the square root.
+    pub eps_root: f64,
+    /// Weight decay λ, multiplied by the learning rate.
+    pub weight_decay: f64,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for Ademamix {
+    fn default() -> Self {
+        Ademamix {
+            learning_rate: DEFAULT_LEARNING_RATE.into(),
+            b1: 0.9,
+            b2: 0.999,
+            b3: 0.9999,
+            alpha: 5.0,
+            eps: 1e-8,
+            eps_root: 0.0,
+            weight_decay: 0.0,
+            mask: None,
+        }
+    }
+}
+/// optax `contrib.ademamix`: `scale_by_ademamix → add_decayed_weights → scale_by_learning_rate`.
+pub fn ademamix(c: Ademamix) -> Box<dyn Transform> {
+    chain(vec![
+        boxed(ScaleByAdemamix::new(c.b1, c.b2, c.b3, c.alpha, c.eps, c.eps_root)),
+        add_decayed_weights(c.weight_decay, c.mask),
+        scale_by_learning_rate(c.learning_rate),
+    ])
+}
+
+/// optax `contrib.simplified_ademamix` (Morwani et al., "Connections between Schedule-Free
+/// Optimizers, AdEMAMix, and Accelerated SGD Variants", 2025): an undamped momentum plus a
+/// weighted current gradient, over Adam's second moment.
+///
+/// ```text
+/// m ← β₁·m + g      v ← β₂·v + (1 − β₂)·g²
+/// u = −α·((m + a(t)·g) / (√(v/(1 − β₂ᵗ) + ε_root) + ε) + λ·θ)
+/// ```
+pub struct SimplifiedAdemamix {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
+    /// Decay β₁ of the momentum.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Weight `a` of the current gradient, a constant or a schedule.
+    pub alpha: LearningRate,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε_root added inside the square root.
+    pub eps_root: f64,
+    /// Weight decay λ, multiplied by the learning rate.
+    pub weight_decay: f64,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for SimplifiedAdemamix {
+    fn default() -> Self {
+        SimplifiedAdemamix {
+            learning_rate: DEFAULT_LEARNING_RATE.into(),
+            b1: 0.99,
+            b2: 0.95,
+            alpha: 0.0.into(),
+            eps: 1e-8,
+            eps_root: 0.0,
+            weight_decay: 0.0,
+            mask: None,
+        }
+    }
+}
+/// optax `contrib.simplified_ademamix`: `scale_by_simplified_ademamix → add_decayed_weights →
+/// scale_by_learning_rate`.
+pub fn simplified_ademamix(c: SimplifiedAdemamix) -> Box<dyn Transform> {
+    chain(vec![
+        boxed(ScaleBySimplifiedAdemamix::new(c.b1, c.b2, c.alpha, c.eps, c.eps_root)),
+        add_decayed_weights(c.weight_decay, c.mask),
+        scale_by_learning_rate(c.learning_rate),
+    ])
+}
+
+/// optax `contrib.adopt` (Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any β₂ with the
+/// Optimal Rate", NeurIPS 2024): the gradient normalized by the previous second moment before it
+/// enters the momentum.
+///
+/// ```text
+/// n = g / max(√v₋₁, ε),  clipped to ±t^¼      m ← β₁·m + (1 − β₁)·n      v ← β₂·v + (1 − β₂)·g²
+/// u = −α·m      (the first step only sets v = g²)
+/// ```
+pub struct Adopt {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
+    /// Decay β₁ of the momentum.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Floor ε of the denominator.
+    pub eps: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Clip the normalized gradient to `±t^¼`.
+    pub use_clipping: bool,
+}
+impl Default for Adopt {
+    fn default() -> Self {
+        Adopt {
+            learning_rate: DEFAULT_LEARNING_RATE.into(),
+            b1: 0.9,
+            b2: 0.9999,
+            eps: 1e-6,
+            nesterov: false,
+            use_clipping: true,
+        }
+    }
+}
+/// optax `contrib.adopt`: `scale_by_adopt → scale_by_learning_rate`.
+pub fn adopt(c: Adopt) -> Box<dyn Transform> {
+    chain(vec![
+        boxed(ScaleByAdopt::new(c.b1, c.b2, c.eps, c.nesterov, c.use_clipping)),
+        scale_by_learning_rate(c.learning_rate),
+    ])
+}
+
+/// optax `contrib.cocob` (Orabona & Tommasi, "Training Deep Networks without Learning Rates Through
+/// Coin Betting", NeurIPS 2017): each coordinate bets a fraction of its accumulated reward on the
+/// direction of its gradients.
+///
+/// ```text
+/// with g' = α_lr·(g + λ·θ):  L ← max(L, |g'|),  G ← G + |g'|,  R ← max(R − g'·(θ − θ₀), 0),
+/// S ← S + g'      θ = θ₀ − S/(L·max(G + L, a·L))·(L + R)
+/// ```
+pub struct Cocob {
+    /// Scale α_lr of the gradient (optax's default 1.0: the method needs no learning rate).
+    pub learning_rate: LearningRate,
+    /// Bound `a` on the bet fraction at the start.
+    pub alpha: f64,
+    /// ε, the starting value of the largest gradient seen.
+    pub eps: f64,
+    /// Weight decay λ added to the gradient.
+    pub weight_decay: f64,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for Cocob {
+    fn default() -> Self {
+        Cocob { learning_rate: 1.0.into(), alpha: 100.0, eps: 1e-8, weight_decay: 0.0, mask: None }
+    }
+}
+/// optax `contrib.cocob`: `add_decayed_weights → scale_by_learning_rate(flip_sign=False) →
+/// scale_by_cocob`.
+pub fn cocob(c: Cocob) -> Box<dyn Transform> {
+    chain(vec![
+        add_decayed_weights(c.weight_decay, c.mask),
+        boxed(ScaleByLearningRate::new(c.learning_rate, false)),
+        boxed(ScaleByCocob::new(c.alpha, c.eps)),
+    ])
+}
+
+/// optax `contrib.dadapt_adamw` (Defazio & Mishchenko, "Learning-Rate-Free Learning by
+/// D-Adaptation", ICML 2023): AdamW whose step size `d` is estimated from the gradients, a lower
+/// bound on the distance to the solution.
+///
+/// ```text
+/// m ← β₁·m + (1 − β₁)·d·α·g      v ← β₂·v + (1 − β₂)·g²      s ← √β₂·s + (1 − √β₂)·d·α·g
+/// d ← max(d, (Σ weighted ⟨g, s⟩ / (1 − √β₂)) / ‖s‖₁)
+/// u = −m/(√v + d·ε) − λ·d·α·θ
+/// ```
+pub struct DadaptAdamW {
+    /// Learning rate α, a multiplier of the estimated step (optax's default 1.0).
+    pub learning_rate: LearningRate,
+    /// Decays (β₁, β₂) of the moments.
+    pub betas: (f64, f64),
+    /// ε, scaled by `d`, added to the denominator.
+    pub eps: f64,
+    /// The initial estimate of `d`.
+    pub estim_lr0: f64,
+    /// Decoupled weight decay λ.
+    pub weight_decay: f64,
+}
+impl Default for DadaptAdamW {
+    fn default() -> Self {
+        DadaptAdamW { learning_rate: 1.0.into(), betas: (0.9, 0.999), eps: 1e-8, estim_lr0: 1e-6, weight_decay: 0.0 }
+    }
+}
+/// optax `contrib.dadapt_adamw`, one transformation that returns the whole step.
+pub fn dadapt_adamw(c: DadaptAdamW) -> Box<dyn Transform> {
+    let (b1, b2) = c.betas;
+    boxed(t::DadaptAdamw::new(c.learning_rate, b1, b2, c.eps, c.estim_lr0, c.weight_decay))
+}
+
+#[doc(inline)]
+pub use crate::transforms::ProdigyConfig as Prodigy;
+
+/// optax `contrib.prodigy`, one transformation that returns the whole step.
+pub fn prodigy(c: Prodigy) -> Box<dyn Transform> {
+    boxed(t::Prodigy::new(c))
+}
+
+/// optax `contrib.dog` (Ivgi et al., "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
+/// Schedule", ICML 2023): SGD whose step is the largest distance travelled from the initial point
+/// over the root of the summed squared gradient norms.
+///
+/// ```text
+/// r̄ ← max(r̄, ‖θ − θ₀‖)      G ← G + ‖g‖²      u = −α·(r̄/√(G + ε))·(g + λ·θ)
+/// ```
+pub struct Dog {
+    /// Learning rate α, a multiplier of the step (optax's default 1.0).
+    pub learning_rate: LearningRate,
+    /// How the first step's distance `r̄` is chosen.
+    pub init_step: DogInit,
+    /// ε added under the root.
+    pub eps: f64,
+    /// Weight decay λ added to the gradient; `None`: none.
+    pub weight_decay: Option<f64>,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for Dog {
+    fn default() -> Self {
+        Dog {
+            learning_rate: 1.0.into(),
+            init_step: DogInit::Heuristic(1e-6),
+            eps: 1e-8,
+            weight_decay: None,
+            mask: None,
+        }
+    }
+}
+/// optax `contrib.dog`: `[add_decayed_weights] → scale_by_dog → scale_by_learning_rate`.
+pub fn dog(c: Dog) -> Box<dyn Transform> {
+    let mut links = vec![];
+    if let Some(wd) = c.weight_decay {
+        links.push(add_decayed_weights(wd, c.mask));
+    }
+    links.push(boxed(ScaleByDog::new(c.init_step, c.eps)));
+    links.push(scale_by_learning_rate(c.learning_rate));
+    chain(links)
+}
+
+/// optax `contrib.dowg` (Khaled et al., "DoWG Unleashed: An Efficient Universal Parameter-Free
+/// Gradient Descent Method", NeurIPS 2023): DoG with the squared gradient norms weighted by the
+/// squared distance.
+///
+/// ```text
+/// r̄² ← max(r̄², ‖θ − θ₀‖²)      G ← G + r̄²·‖g‖²      u = −α·(r̄²/(√G + ε))·(g + λ·θ)
+/// ```
+pub struct Dowg {
+    /// Learning rate α, a multiplier of the step (optax's default 1.0).
+    pub learning_rate: LearningRate,
+    /// The initial guess of the squared distance to the solution; `None`: from the parameters.
+    pub init_estim_sq_dist: Option<f64>,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// Weight decay λ added to the gradient; `None`: none.
+    pub weight_decay: Option<f64>,
+    /// The parameters weight decay applies to; `None`: all.
+    pub mask: Option<Vec<bool>>,
+}
+impl Default for Dowg {
+    fn default() -> Self {
+        Dowg { learning_rate: 1.0.into(), init_estim_sq_dist: None, eps: 1e-4, weight_decay: None, mask: None }
+    }
+}
+/// optax `contrib.dowg`: `[add_decayed_weights] → scale_by_dowg → scale_by_learning_rate`.
+pub fn dowg(c: Dowg) -> Box<dyn Transform> {
+    let mut links = vec![];
+    if let Some(wd) = c.weight_decay {
+        links.push(add_decayed_weights(wd, c.mask));
+    }
+    links.push(boxed(ScaleByDowg::new(c.init_estim_sq_dist, c.eps)));
+    links.push(scale_by_learning_rate(c.learning_rate));
+    chain(links)
+}
+
+/// optax `contrib.madgrad` (Defazio & Jelassi, "Adaptivity without Compromise: A Momentumized,
+/// Adaptive, Dual Averaged Gradient Method for Stochastic Optimization", JMLR 2022): dual
+/// averaging with a cube-root denominator and momentum toward the dual iterate.
+///
+/// ```text
+/// λₜ = α·√(t + 1)      s ← s + λₜ·g      ν ← ν + λₜ·g²      z = θ₀ − s/(∛ν + ε)
+/// θ ← μ·θ + (1 − μ)·z    (with g + λ·θ in place of g for weight decay)
+/// ```
+pub struct Madgrad {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
+    /// Momentum μ.
+    pub momentum: f64,
+    /// Weight decay λ added to the gradient.
+    pub weight_decay: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+}
+impl Default for Madgrad {
+    fn default() -> Self {
+        Madgrad { learning_rate: DEFAULT_LEARNING_RATE.into(), momentum: 0.9, weight_decay: 0.0, eps: 1e-6 }
+    }
+}
+/// optax `contrib.madgrad`: `add_decayed_weights → scale_by_madgrad`.
+pub fn madgrad(c: Madgrad) -> Box<dyn Transform> {
+    chain(vec![
+        boxed(AddDecayedWeights::new(c.weight_decay)),
+        boxed(ScaleByMadgrad::new(c.learning_rate, c.momentum, c.eps)),
+    ])
+}
+
+/// optax `contrib.mechanize` (Cutkosky et al., "Mechanic: A Learning Rate Tuner", NeurIPS 2023):
+/// learns the scale of a base optimizer's steps online.
+///
+/// ```text
+/// Δ ← Δ + base(g)        (Δ = (θ − θ₀)/Σs before the step)
+/// h = −⟨g + λ·Σs·‖g‖/‖θ‖·θ, Δ₋₁⟩
+/// for each βᵢ = 1 − 10⁻ⁱ:  rᵢ ← βᵢ·rᵢ + clip(h, ±mᵢ)·sᵢ,  mᵢ ← max(βᵢ·mᵢ, |h| + ε),  vᵢ ← βᵢ²·vᵢ + h²,
+///                          sᵢ ← (s_init/n·mᵢ + max(rᵢ, 0)) / (√vᵢ + ε)
+/// θ = θ₀ + (Σs)·Δ
+/// ```
+pub struct Mechanize {
+    /// The optimizer whose steps are scaled (optax requires it).
+    pub base_optimizer: Box<dyn Transform>,
+    /// Weight decay λ of the scale's objective.
+    pub weight_decay: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// The initial scale, shared among the betas.
+    pub s_init: f64,
+    /// How many decays βᵢ = 1 − 10⁻ⁱ are tuned (1 to 64).
+    pub num_betas: usize,
+}
+impl Mechanize {
+    /// `base_optimizer` with optax's defaults for the rest.
+    pub fn new(base_optimizer: Box<dyn Transform>) -> Self {
+        Mechanize { base_optimizer, weight_decay: 1e-2, eps: 1e-8, s_init: 1e-6, num_betas: 6 }
+    }
+}
+/// optax `contrib.mechanize`; `num_betas` outside 1..=64 is an error (βᵢ rounds to 1 in `f32`
+/// from i = 8 on: more add nothing).
+pub fn mechanize(c: Mechanize) -> Result<Box<dyn Transform>> {
+    if !(1..=64).contains(&c.num_betas) {
+        return Err(Error::Field {
+            context: "optax.contrib.mechanize: `num_betas`".into(),
+            message: format!("must be between 1 and 64, got {}", c.num_betas),
+        });
+    }
+    Ok(boxed(t::Mechanize::new(c.base_optimizer, c.weight_decay, c.eps, c.s_init, c.num_betas)))
+}
+
+/// optax `contrib.muon` (Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024;
+/// Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", 2024): momentum orthogonalized by
+/// Newton–Schulz iterations for the matrices, Adam for the other parameters.
+///
+/// ```text
+/// matrices:  m ← β·m + (1 − β)·g,  m̂ Nesterov-debiased,  O = NS(m̂)  (X ← aX + (bA + cA²)X, A = XXᵀ)
+///            u = −α·(√max(1, fan_out/fan_in)·O + λ·θ)
+/// others:    u = −α_adam·(Adam(g; adam_b1, adam_b2, eps, adam_eps_root) + λ_adam·θ)
+/// ```
+pub struct Muon {
+    /// Learning rate α, a constant or a schedule. optax requires it; the default here is 0.02, the
+    /// rate of Jordan's reference runs.
+    pub learning_rate: LearningRate,
+    /// Newton–Schulz coefficients (a, b, c).
+    pub ns_coeffs: [f64; 3],
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+    /// Decay β of the momentum.
+    pub beta: f64,
+    /// ε of the normalization before Newton–Schulz (and Adam's ε).
+    pub eps: f64,
+    /// Weight decay λ of the matrices, multiplied by the learning rate.
+    pub weight_decay: f64,
+    /// Nesterov momentum (both parts).
+    pub nesterov: bool,
+    /// Adam's β₁ for the parameters that are not matrices.
+    pub adam_b1: f64,
+    /// Adam's β₂.
+    pub adam_b2: f64,
+    /// Adam's ε_root.
+    pub adam_eps_root: f64,
+    /// Adam's weight decay.
+    pub adam_weight_decay: f64,
+    /// Adam's learning rate; `None`: `learning_rate`.
+    pub adam_learning_rate: Option<LearningRate>,
+}
+impl Default for Muon {
+    fn default() -> Self {
+        Muon {
+            learning_rate: 0.02.into(),
+            ns_coeffs: [3.4445, -4.7750, 2.0315],
+            ns_steps: 5,
+            beta: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            nesterov: true,
+            adam_b1: 0.9,
+            adam_b2: 0.999,
+            adam_eps_root: 0.0,
+            adam_weight_decay: 0.0,
+            adam_learning_rate: None,
+        }
+    }
+}
+/// optax `contrib.muon`: a partition by shape, `scale_by_muon → scale_by_shape →
+/// add_decayed_weights → scale_by_learning_rate` for the 2-D parameters and `scale_by_adam →
+/// add_decayed_weights → scale_by_learning_rate` for the others.
+pub fn muon(c: Muon) -> Box<dyn Transform> {
+    let (lr, adam_lr) = match c.adam_learning_rate {
+        Some(adam_lr) => (c.learning_rate, adam_lr),
+        None => share(c.learning_rate),
+    };
+    let muon = chain(vec![
+        boxed(ScaleByMuon::new(c.ns_coeffs, c.ns_steps, c.beta, c.eps, c.nesterov)),
+        boxed(ScaleByShape::default()),
+        boxed(AddDecayedWeights::new(c.weight_decay)),
+        scale_by_learning_rate(lr),
+    ]);
+    let adam = chain(vec![
+        boxed(ScaleByAdam::new(c.adam_b1, c.adam_b2, c.eps, c.adam_eps_root, c.nesterov)),
+        boxed(AddDecayedWeights::new(c.adam_weight_decay)),
+        scale_by_learning_rate(adam_lr),
+    ]);
+    boxed(Partition::by_shape(vec![muon, adam], |shape| usize::from(shape.len() != 2)))
+}
+
+/// A schedule shared by two learning rates (a pure function of the step, so both see the same
+/// values); a constant is copied.
+fn share(lr: LearningRate) -> (LearningRate, LearningRate) {
+    struct Shared(Arc<dyn Schedule>);
+    impl Schedule for Shared {
+        fn value(&self, step: u64) -> f64 {
+            self.0.value(step)
+        }
+        fn max_steps(&self) -> Option<u64> {
+            self.0.max_steps()
+        }
+    }
+    match lr {
+        LearningRate::Constant(x) => (LearningRate::Constant(x), LearningRate::Constant(x)),
+        LearningRate::Schedule(s) => {
+            let s: Arc<dyn Schedule> = Arc::from(s);
+            (LearningRate::Schedule(Box::new(Shared(s.clone()))), LearningRate::Schedule(Box::new(Shared(s))))
+        }
+    }
+}
+
+/// The learning rate of the Schedule-Free aliases: constant, or a linear warm-up from 0.
+fn warmup(learning_rate: f64, warmup_steps: Option<u64>) -> LearningRate {
+    match warmup_steps {
+        Some(w) => LearningRate::Schedule(schedule::warmup_constant(0.0, learning_rate, w)),
+        None => LearningRate::Constant(learning_rate),
+    }
+}
+
+/// optax `contrib.schedule_free_sgd` (Defazio et al., "The Road Less Scheduled", NeurIPS 2024):
+/// SGD on a sequence `z` whose weighted average `x` is the model, evaluated at their
+/// interpolation `y`.
+///
+/// ```text
+/// z ← z − γₜ·(g(y) + λ·y)      cₜ = γₜ^p / Σ γᵢ^p      x ← (1 − cₜ)·x + cₜ·z
+/// y = (1 − β₁)·z + β₁·x          (γₜ: the rate, warmed up linearly; p = weight_lr_power)
+/// ```
+pub struct ScheduleFreeSgd {
+    /// Learning rate γ, a constant (optax's default 1.0).
+    pub learning_rate: f64,
+    /// Steps of a linear warm-up of the rate from 0; `None`: none.
+    pub warmup_steps: Option<u64>,
+    /// Interpolation β₁ between the average and the sequence.
+    pub b1: f64,
+    /// Weight decay λ added to the gradient; `None`: none.
+    pub weight_decay: Option<f64>,
+    /// Exponent `p` of the rate in the averaging weights.
+    pub weight_lr_power: f64,
+}
+impl Default for ScheduleFreeSgd {
+    fn default() -> Self {
+        ScheduleFreeSgd { learning_rate: 1.0, warmup_steps: None, b1: 0.9, weight_decay: None, weight_lr_power: 2.0 }
+    }
+}
+/// optax `contrib.schedule_free_sgd`: `schedule_free` around `[add_decayed_weights] →
+/// scale_by_learning_rate`.
+pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
+    let mut links = vec![];
+    if let Some(wd) = c.weight_decay {
+        links.push(boxed(AddDecayedWeights::new(wd)));
+    }
+    links.push(scale_by_learning_rate(warmup(c.learning_rate, c.warmup_steps)));
+    boxed(ScheduleFree::new(chain(links), warmup(c.learning_rate, c.warmup_steps), c.b1, c.weight_lr_power))
+}
+
+/// optax `contrib.schedule_free_adamw` (Defazio et al., "The Road Less Scheduled", NeurIPS 2024):
+/// Schedule-Free averaging around AdamW without momentum (an RMS-scaled step).
+///
+/// ```text
+/// v ← β₂·v + (1 − β₂)·g(y)²      z ← z − γₜ·(g(y)/(√(v/(1 − β₂ᵗ)) + ε) + λ·y)
+/// cₜ = γₜ^p / Σ γᵢ^p      x ← (1 − cₜ)·x + cₜ·z      y = (1 − β₁)·z + β₁·x
+/// ```
+pub struct ScheduleFreeAdamW {
+    /// Learning rate γ, a constant (optax's default 0.0025).
+    pub learning_rate: f64,
+    /// Steps of a linear warm-up of the rate from 0; `None`: none.
+    pub warmup_steps: Option<u64>,
+    /// Interpolation β₁ between the average and the sequence.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// Weight decay λ, multiplied by the rate.
+    pub weight_decay: f64,
+    /// Exponent `p` of the rate in the averaging weights.
+    pub weight_lr_power: f64,
+}
+impl Default for ScheduleFreeAdamW {
+    fn default() -> Self {
+        ScheduleFreeAdamW {
+            learning_rate: 0.0025,
+            warmup_steps: None,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            weight_lr_power: 2.0,
+        }
+    }
+}
+/// optax `contrib.schedule_free_adamw`: `schedule_free` around `scale_by_rms(bias_correction) →
+/// add_decayed_weights → scale_by_learning_rate`.
+pub fn schedule_free_adamw(c: ScheduleFreeAdamW) -> Box<dyn Transform> {
+    let lr = || warmup(c.learning_rate, c.warmup_steps);
+    let base = chain(vec![
+        boxed(ScaleByRms::new(c.b2, c.eps, 0.0, false, true)),
+        boxed(AddDecayedWeights::new(c.weight_decay)),
+        scale_by_learning_rate(lr()),
+    ]);
+    boxed(ScheduleFree::new(base, lr(), c.b1, c.weight_lr_power))
+}
