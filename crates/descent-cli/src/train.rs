@@ -541,7 +541,9 @@ impl Hooks for &mut CliHooks<'_> {
     }
 
     fn on_step(&mut self, s: &StepMetrics) -> Control {
-        let lr = self.run_dir.base_lr * s.lr_scale;
+        // The rate the step used, as the optimizer holds it (its base rate times the multiplier
+        // when it holds none, e.g. torch Rprop).
+        let lr = s.lr.unwrap_or(self.run_dir.base_lr * s.lr_scale);
         self.steps.write(s, lr);
         if let Some(tb) = &mut self.tensorboard {
             let r = tb
@@ -606,7 +608,7 @@ impl Hooks for &mut CliHooks<'_> {
                 m.steps,
                 m.train_loss,
                 m.test_loss,
-                self.run_dir.base_lr * m.lr_scale
+                m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale)
             );
         } else if !self.quiet {
             println!(
@@ -616,7 +618,7 @@ impl Hooks for &mut CliHooks<'_> {
                 m.train_loss,
                 m.test_loss,
                 acc,
-                self.run_dir.base_lr * m.lr_scale,
+                m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale),
                 m.seconds,
                 m.samples_per_s
             );
@@ -713,7 +715,7 @@ impl RunDir {
             test_accuracy: m.test_accuracy,
             seconds: m.seconds,
             samples_per_s: m.samples_per_s,
-            lr: self.base_lr * m.lr_scale,
+            lr: m.lr.unwrap_or(self.base_lr * m.lr_scale),
         };
         folder::append(&self.dir.join(folder::run::METRICS_JSONL), &json_line(&row), false)?;
         folder::append(&self.dir.join(folder::run::METRICS_CSV), &row.csv(), false)

@@ -201,6 +201,10 @@ pub fn train_text(
         None => {
             // nanoGPT's estimate at step 0: where training starts from.
             let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
+            let first = cfg.schedule.multiplier(0, total, 1);
+            if cfg.schedule != LrSchedule::Constant {
+                opt.set_lr_scale(first)?;
+            }
             let m = EpochMetrics {
                 epoch: 0,
                 steps: 0,
@@ -209,7 +213,8 @@ pub fn train_text(
                 test_accuracy: None,
                 seconds: 0.0,
                 samples_per_s: 0.0,
-                lr_scale: cfg.schedule.multiplier(0, total, 1),
+                lr_scale: first,
+                lr: opt.learning_rate(),
             };
             hooks.on_epoch(
                 &m,
@@ -245,6 +250,7 @@ pub fn train_text(
             return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
         }
         let grads = loss.backward()?;
+        let lr = opt.learning_rate();
         let grad_norm = opt.grad_norm(&grads)?;
         let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
         opt.step(&grads)?;
@@ -259,6 +265,7 @@ pub fn train_text(
             samples: cfg.batch_size,
             loss: l,
             lr_scale: m,
+            lr,
             grad_norm,
             param_grad_norms,
         });
@@ -277,6 +284,7 @@ pub fn train_text(
                 seconds,
                 samples_per_s: seen as f64 / seconds.max(1e-12),
                 lr_scale: opt.lr_scale(),
+                lr: opt.learning_rate(),
             };
             hooks.on_epoch(
                 &m,

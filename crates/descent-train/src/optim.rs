@@ -345,6 +345,18 @@ impl VarOptimizer {
 
     /// Sets every learning rate to its base value times `scale` (the optimizer reacts as its
     /// library does to a new `lr`).
+    /// The learning rate the next step uses, read back from the optimizer (torch's
+    /// `param_groups[0]["lr"]`): the first group's when groups differ; `None` when the optimizer
+    /// holds no constant rate (torch Rprop, a rate given as a schedule).
+    pub fn learning_rate(&mut self) -> Option<f64> {
+        if self.schedule.is_some() {
+            // The config's schedule sets the rate before each step: the next step's.
+            let scale = self.lr_scale();
+            return self.base_rates.as_ref().and_then(|b| b.first()).map(|b| b * scale);
+        }
+        self.opt.learning_rates().into_iter().next().flatten()
+    }
+
     fn apply_scale(&mut self, scale: f64) -> Result<()> {
         let Some(base) = &self.base_rates else {
             return Err(Error::Param(

@@ -320,6 +320,9 @@ pub struct EpochMetrics {
     pub samples_per_s: f64,
     /// The learning-rate multiplier in force at the end of the epoch.
     pub lr_scale: f64,
+    /// The learning rate in force at the end of the epoch, read back from the optimizer
+    /// ([`VarOptimizer::learning_rate`]; `None` when it holds no constant rate).
+    pub lr: Option<f64>,
 }
 
 /// What one optimizer step reports.
@@ -336,6 +339,9 @@ pub struct StepMetrics {
     pub loss: f32,
     /// The learning-rate multiplier the step used.
     pub lr_scale: f64,
+    /// The learning rate the step used, read back from the optimizer
+    /// ([`VarOptimizer::learning_rate`]; `None` when it holds no constant rate).
+    pub lr: Option<f64>,
     /// The global L2 norm of the gradients before clipping.
     pub grad_norm: f64,
     /// With [`TrainConfig::log_grad_norms`], each parameter's gradient L2 norm by name, in the
@@ -603,6 +609,7 @@ pub fn train_from(
                 return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
             }
             let grads = loss.backward()?;
+            let lr = opt.learning_rate();
             let grad_norm = opt.grad_norm(&grads)?;
             let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
             opt.step(&grads)?;
@@ -615,6 +622,7 @@ pub fn train_from(
                 samples: idx.len(),
                 loss: l,
                 lr_scale: m,
+                lr,
                 grad_norm,
                 param_grad_norms,
             });
@@ -652,6 +660,7 @@ pub fn train_from(
             seconds,
             samples_per_s: seen as f64 / seconds,
             lr_scale: opt.lr_scale(),
+            lr: opt.learning_rate(),
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
