@@ -70,6 +70,7 @@ pub const OPTAX_OPTIMIZERS: &[&str] = &[
     "contrib.dadapt_adamw",
     "contrib.dog",
     "contrib.dowg",
+    "contrib.galore",
     "contrib.madgrad",
     "contrib.mechanize",
     "contrib.muon",
@@ -1389,6 +1390,12 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
                 chain(links)
             };
             boxed(ScheduleFree::new(base, lr(), b1, power))
+        }
+        "contrib.galore" => {
+            let lr = k.lr("learning_rate", None)?;
+            let galore = crate::po::matrix::galore::optax_scale_by_galore(&mut k, shapes)?;
+            let wd = k.f64("weight_decay", 0.0)?;
+            chain(vec![galore, masked_decay(&mut k, wd, "mask", n)?, lr_link(lr)])
         }
         "contrib.muon" => {
             let lr = k.req_f64("learning_rate")?;

@@ -12,8 +12,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("po.mars", "optimizer"),
     ("po.qhadam", "optimizer"),
     ("po.ranger", "optimizer"),
-    ("po.scion", "optimizer"),
-    ("po.shampoo", "optimizer"),
     ("po.soap", "optimizer"),
     ("po.stableadamw", "optimizer"),
     ("po.tiger", "optimizer"),
