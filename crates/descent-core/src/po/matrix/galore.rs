@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use super::linalg::{svd, Mat64};
+use super::linalg::{svd, try_zeros, Mat64};
 use super::{check_betas, check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
 use crate::spec::Kwargs;
@@ -210,9 +210,7 @@ impl GaLore {
         let r = proj.rank.unwrap_or(s.len()).min(s.len());
         let side = proj.side(g.rows, g.cols);
         let pr = &mut self.projectors[i];
-        pr.r = r;
-        pr.a.clear();
-        pr.b.clear();
+        debug_assert_eq!(pr.r, r);
         if side != Side::Right {
             pr.a =
                 (0..u.rows).flat_map(|row| (0..r).map(move |c| (row, c))).map(|(row, c)| u.at(row, c) as f32).collect();
@@ -256,12 +254,35 @@ impl Transform for GaLore {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
         self.shapes = shapes.to_vec();
-        self.projectors = shapes.iter().map(|_| Projector::default()).collect();
-        // Projected parameters get their (low-rank) moments with their first projection.
-        let sizes: Vec<usize> =
-            shapes.iter().enumerate().map(|(i, s)| if self.projected(i) { 0 } else { numel(s) }).collect();
-        self.exp_avg = sizes.iter().map(|&n| vec![0.0; n]).collect();
-        self.exp_avg_sq = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        // A projected matrix keeps its moments in the low-rank shape, `r = min(rank, rows, cols)`
+        // singular vectors, and its projector.
+        let (mut ea, mut es, mut pr) = (vec![], vec![], vec![]);
+        for (i, s) in shapes.iter().enumerate() {
+            let mut p = Projector::default();
+            let n = if self.projected(i) {
+                let (rows, cols) = (s[0], s[1]);
+                let proj = self.cfg.projection.expect("projected");
+                let r = proj.rank.unwrap_or(usize::MAX).min(rows).min(cols);
+                let side = proj.side(rows, cols);
+                p.r = r;
+                if side != Side::Right {
+                    p.a = try_zeros(rows * r, "GaLore projector")?;
+                }
+                if side != Side::Left {
+                    p.b = try_zeros(r * cols, "GaLore projector")?;
+                }
+                let (lr, lc) = self.low_shape(rows, cols, r);
+                lr * lc
+            } else {
+                numel(s)
+            };
+            ea.push(try_zeros(n, "GaLore")?);
+            es.push(try_zeros(n, "GaLore")?);
+            pr.push(p);
+        }
+        self.exp_avg = ea;
+        self.exp_avg_sq = es;
+        self.projectors = pr;
         Ok(())
     }
 
@@ -287,7 +308,7 @@ impl Transform for GaLore {
                 let proj = c.projection.expect("projected");
                 let g = Mat64::from_f32(rows, cols, &updates[i]);
                 let pr = &self.projectors[i];
-                if pr.last_svd_step == 0 || self.step % proj.update_proj_gap == 0 {
+                if pr.last_svd_step == 0 || self.step.is_multiple_of(proj.update_proj_gap) {
                     self.refresh(i, &g)?;
                     self.projectors[i].last_svd_step = self.step;
                 }
@@ -299,11 +320,6 @@ impl Transform for GaLore {
                     Side::Left => a().tmm(&g),
                     Side::Full => a().tmm(&g).mmt(&b()),
                 };
-                let n = r.data.len();
-                if self.exp_avg[i].len() != n {
-                    self.exp_avg[i] = vec![0.0; n];
-                    self.exp_avg_sq[i] = vec![0.0; n];
-                }
                 r.to_f32()
             } else {
                 updates[i].clone()
@@ -352,9 +368,6 @@ impl Transform for GaLore {
         for (i, pr) in self.projectors.iter_mut().enumerate() {
             v.buffer(&format!("ortho_a.{i}"), &mut pr.a)?;
             v.buffer(&format!("ortho_b.{i}"), &mut pr.b)?;
-            let mut r = pr.r as u64;
-            v.counter(&format!("rank.{i}"), &mut r)?;
-            pr.r = r as usize;
             v.counter(&format!("last_svd_step.{i}"), &mut pr.last_svd_step)?;
         }
         v.counter("step", &mut self.step)
@@ -482,7 +495,7 @@ impl MatrixView {
         Mat64 { rows: self.rows, cols: self.cols, data }
     }
 
-    fn from_matrix(&self, m: &Mat64, out: &mut [f32], scale: f64) {
+    fn write_matrix(&self, m: &Mat64, out: &mut [f32], scale: f64) {
         for (k, j) in self.gather_index().into_iter().enumerate() {
             out[j] = (scale * m.data[k]) as f32;
         }
@@ -633,10 +646,11 @@ impl Transform for ScaleByGalore {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
-        let refresh = self.count % self.update_proj_gap == 0;
+        let refresh = self.count.is_multiple_of(self.update_proj_gap);
         let mut low: Vec<Vec<f32>> = Vec::with_capacity(updates.len());
         for (i, u) in updates.iter().enumerate() {
-            let Some(pj) = &self.projections[i] else {
+            let Some(pj) = self.projections[i].as_ref().filter(|_| !u.is_empty()) else {
+                // Not projected, or no elements (nothing to decompose).
                 low.push(u.clone());
                 continue;
             };
@@ -663,7 +677,7 @@ impl Transform for ScaleByGalore {
         let views: Vec<&[f32]> = zeros.iter().map(|z| z.as_slice()).collect();
         self.base.update(&mut low, &views)?;
         for (i, (u, l)) in updates.iter_mut().zip(low).enumerate() {
-            let Some(pj) = &self.projections[i] else {
+            let Some(pj) = self.projections[i].as_ref().filter(|_| !u.is_empty()) else {
                 *u = l;
                 continue;
             };
@@ -673,7 +687,7 @@ impl Transform for ScaleByGalore {
             } else {
                 Mat64::from_f32(m, r, &l).mmt(&Mat64::from_f32(n, r, &self.projectors[i]))
             };
-            pj.view.from_matrix(&full, u, self.scale);
+            pj.view.write_matrix(&full, u, self.scale);
         }
         self.count += 1;
         Ok(())
@@ -735,7 +749,8 @@ mod tests {
         assert!(ScaleByGalore::dimension_numbers(Some(&json!({"reduction_axis": 0})), &shapes[2..]).is_err());
         assert!(ScaleByGalore::dimension_numbers(Some(&json!({"reduction_axis": 1, "output_axis": 1})), &shapes[..1])
             .is_err());
-        assert_eq!(ScaleByGalore::proxy_shapes(&shapes[2..], &d, 2), vec![vec![2, 12]]);
+        // 2 × 12: wider than tall, projected on the right to 2 × r.
+        assert_eq!(ScaleByGalore::proxy_shapes(&shapes[2..], &d, 1), vec![vec![2, 1]]);
     }
 
     #[test]
@@ -748,7 +763,7 @@ mod tests {
         // Row b, column (a, c) is x[a, b, c].
         assert_eq!(m.at(1, 3), x[6 + 2 + 1] as f64);
         let mut back = vec![0.0; 12];
-        v.from_matrix(&m, &mut back, 1.0);
+        v.write_matrix(&m, &mut back, 1.0);
         assert_eq!(back, x);
     }
 }

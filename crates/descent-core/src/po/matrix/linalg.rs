@@ -404,7 +404,7 @@ pub(crate) fn merge_small_dims(shape: &[usize], max_dim: usize) -> Vec<usize> {
     for &d in shape {
         product = product.saturating_mul(d);
         if product > max_dim {
-            merged.push(if d == 0 { 0 } else { product / d });
+            merged.push(product.checked_div(d).unwrap_or(0));
             product = d;
         }
     }
@@ -510,20 +510,16 @@ mod tests {
         let (u, s, vt) = svd(&a).unwrap();
         assert!(s.windows(2).all(|w| w[0] >= w[1]));
         let mut us = u.clone();
-        for i in 0..5 {
-            for j in 0..3 {
-                us.data[i * 3 + j] *= s[j];
-            }
+        for (k, x) in us.data.iter_mut().enumerate() {
+            *x *= s[k % 3];
         }
         assert!(close(&us.mm(&vt), &a, 1e-12));
         let a = spd(4);
         let (w, v) = eigh(&a).unwrap();
         assert!(w.windows(2).all(|x| x[0] <= x[1]));
         let mut vw = v.clone();
-        for i in 0..4 {
-            for j in 0..4 {
-                vw.data[i * 4 + j] *= w[j];
-            }
+        for (k, x) in vw.data.iter_mut().enumerate() {
+            *x *= w[k % 4];
         }
         assert!(close(&vw.mmt(&v), &a, 1e-10));
         let q = qr_q(&a).unwrap();

@@ -272,20 +272,21 @@ impl ScalableShampoo {
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = ScalableShampooConfig::default();
         let lr = k.lr("lr", Some(1e-3))?;
-        let graft_type =
-            match k.u64("graft_type", 1)? {
-                0 => Graft::None,
-                1 => Graft::Sgd,
-                2 => Graft::AdaGrad,
-                3 => Graft::RmsProp,
-                4 => Graft::Sqrtn,
-                other => return Err(Error::Field {
+        let graft_type = match k.u64("graft_type", 1)? {
+            0 => Graft::None,
+            1 => Graft::Sgd,
+            2 => Graft::AdaGrad,
+            3 => Graft::RmsProp,
+            4 => Graft::Sqrtn,
+            other => {
+                return Err(Error::Field {
                     context: "po.scalableshampoo: `graft_type`".into(),
                     message: format!(
                         "unknown LayerWiseGrafting value {other}; valid: 0 NONE, 1 SGD, 2 ADAGRAD, 3 RMSPROP, 4 SQRTN"
                     ),
-                }),
-            };
+                })
+            }
+        };
         let pre_conditioner_type = match k.u64("pre_conditioner_type", 0)? {
             0 => PreconditionerType::All,
             1 => PreconditionerType::Input,
@@ -440,7 +441,7 @@ impl Transform for ScalableShampoo {
             let st = &mut self.params[i];
             if let Some(pre) = &st.pre {
                 let per_block = pre.dims.iter().filter(|&&d| d).count();
-                if step % c.statistics_compute_steps == 0 {
+                if step.is_multiple_of(c.statistics_compute_steps) {
                     for (bi, b) in pre.blocks.iter().enumerate() {
                         let x: Vec<f64> = pre.block_index(b).iter().map(|&j| g[j] as f64).collect();
                         let mut k = 0;
@@ -456,7 +457,7 @@ impl Transform for ScalableShampoo {
                         }
                     }
                 }
-                if step % c.preconditioning_compute_steps == 0 {
+                if step.is_multiple_of(c.preconditioning_compute_steps) {
                     for (s, r) in st.statistics.iter().zip(st.roots.iter_mut()) {
                         let n = (s.len() as f64).sqrt().round() as usize;
                         let m = Mat64::from_f32(n, n, s);

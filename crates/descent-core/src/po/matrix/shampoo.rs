@@ -143,7 +143,7 @@ impl Transform for Shampoo {
         let first = self.step == 0;
         self.step += 1;
         let c = self.cfg;
-        let recompute = self.step % c.preconditioning_compute_steps == 0;
+        let recompute = self.step.is_multiple_of(c.preconditioning_compute_steps);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             if u.is_empty() {
                 continue;

@@ -129,7 +129,7 @@ impl Layout {
         }
     }
 
-    fn from_p<T: Copy>(&self, y: &[T]) -> Vec<T> {
+    fn to_param<T: Copy>(&self, y: &[T]) -> Vec<T> {
         if self.channels_last {
             let s = &self.shape;
             permute_axes(y, &[s[0], s[3], s[1], s[2]], &[0, 2, 3, 1])
@@ -151,7 +151,7 @@ impl Layout {
             y = mode_product(&y, &self.pshape, axis, &a);
         }
         let y: Vec<f32> = y.iter().map(|&v| v as f32).collect();
-        self.from_p(&y)
+        self.to_param(&y)
     }
 }
 
@@ -244,7 +244,7 @@ impl Soap {
                 self.q[i][axis] =
                     (0..n).flat_map(|r| (0..n).map(move |c| (r, c))).map(|(r, c)| v.at(r, n - 1 - c) as f32).collect();
             }
-        } else if step % self.cfg.precondition_frequency == 0 {
+        } else if step.is_multiple_of(self.cfg.precondition_frequency) {
             // `get_orthogonal_matrix_qr`: one power iteration, the columns sorted by the
             // estimated eigenvalues, and the second moment permuted along with them.
             let mut sq = lay.to_p(&self.exp_avg_sq[i]);
@@ -267,7 +267,7 @@ impl Soap {
                 }
                 self.q[i][axis] = qr_q(&power)?.to_f32();
             }
-            self.exp_avg_sq[i] = lay.from_p(&sq);
+            self.exp_avg_sq[i] = lay.to_param(&sq);
         }
         Ok(())
     }
