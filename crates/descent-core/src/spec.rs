@@ -87,6 +87,7 @@ pub const OPTAX: Table = &[
     ("contrib.dadapt_adamw", optax_dadapt_adamw),
     ("contrib.dog", optax_dog),
     ("contrib.dowg", optax_dowg),
+    ("contrib.galore", optax_galore),
     ("contrib.madgrad", optax_madgrad),
     ("contrib.mechanize", optax_mechanize),
     ("contrib.muon", optax_muon),
@@ -1734,6 +1735,19 @@ fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn
     };
     let _ = k.value("state_dtype");
     Ok(oxc::schedule_free_adamw(c))
+}
+
+/// optax `contrib.galore` (Zhao et al. 2024): the base optimizer on low-rank projections of the
+/// 2-D gradients, then decoupled weight decay and the learning rate.
+fn optax_galore(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let lr = k.lr("learning_rate", None)?;
+    let galore = crate::po::matrix::galore::optax_scale_by_galore(k, shapes)?;
+    let wd = k.f64("weight_decay", 0.0)?;
+    let decay = match mask_of(k, "mask", shapes)? {
+        Some(m) => Partition::masked(boxed(AddDecayedWeights::new(wd)), &m),
+        None => boxed(AddDecayedWeights::new(wd)),
+    };
+    Ok(chain(vec![galore, decay, boxed(ScaleByLearningRate::new(lr, true))]))
 }
 
 fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

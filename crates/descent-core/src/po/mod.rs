@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::transform::Transform;
 
 mod adam_family;
-mod matrix;
+pub mod matrix;
 mod more;
 
 /// The pytorch_optimizer optimizers descent reproduces (registry names `po.<name>`).
