@@ -24,6 +24,8 @@
 //! assert_eq!(opt.steps(), 1);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod chain;
 pub mod closure;
 pub mod error;

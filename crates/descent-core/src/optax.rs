@@ -213,7 +213,7 @@ pub fn adafactor(c: Adafactor) -> Box<dyn Transform> {
     let lr = c.learning_rate.map(|lr| ScaleByLearningRate::new(lr, false));
     let param_scale = c.multiply_by_parameter_scale.then(|| ScaleByParamBlockRms::new(1e-3));
     if c.momentum.is_none() && c.weight_decay_rate.is_none() {
-        return boxed(crate::transforms::Adafactor::new(rms, clip, lr, param_scale));
+        return boxed(crate::transforms::FusedAdafactor::new(rms, clip, lr, param_scale));
     }
     let mut links = vec![boxed(rms)];
     links.extend(clip.map(boxed));

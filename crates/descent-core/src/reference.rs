@@ -19,20 +19,31 @@ use crate::transform::{shape_numel, Optimizer};
 /// An optimizer case: parameters, gradients per step, expected parameters per step.
 #[derive(Debug, Clone)]
 pub struct OptimCase {
+    /// The case's id (`library.optimizer.variant`).
     pub id: String,
+    /// The library the case was recorded from (`torch`, `optax`, `po`).
     pub library: String,
+    /// The optimizer's name in that library.
     pub optimizer: String,
+    /// The optimizer's keyword arguments.
     pub hparams: Value,
+    /// torch-style parameter groups, if any.
     pub param_groups: Option<Value>,
+    /// Each parameter's shape.
     pub shapes: Vec<Vec<usize>>,
+    /// Each parameter's initial values.
     pub init: Vec<Vec<f32>>,
+    /// The gradients fed at each step, per parameter.
     pub grads: Vec<Vec<Vec<f32>>>,
+    /// The parameters the library reported after each step.
     pub expected: Vec<Vec<Vec<f32>>>,
     /// `inject_hyperparams` cases: the learning rate set before each step.
     pub lr_per_step: Option<Vec<f64>>,
     /// How the gradients reach the optimizer when they are sparse.
     pub sparse_grads: Option<SparseGrads>,
+    /// Relative tolerance of the pass rule.
     pub rel: f64,
+    /// Absolute tolerance of the pass rule.
     pub abs: f64,
 }
 
@@ -47,12 +58,19 @@ pub enum SparseGrads {
 /// A schedule case: the learning rate in force at each step.
 #[derive(Debug, Clone)]
 pub struct ScheduleCase {
+    /// The case's id (`library.optimizer.variant`).
     pub id: String,
+    /// The library the case was recorded from (`torch`, `optax`, `po`).
     pub library: String,
+    /// The schedule's name in its library.
     pub schedule: String,
+    /// The optimizer's learning rate a torch scheduler scales.
     pub base_lr: Option<f64>,
+    /// The schedule's keyword arguments.
     pub kwargs: Value,
+    /// The metric fed to `ReduceLROnPlateau` at each step.
     pub metrics: Option<Vec<f64>>,
+    /// The learning rate the library gave at each step.
     pub expected_lr: Vec<f64>,
 }
 
@@ -60,30 +78,43 @@ pub struct ScheduleCase {
 /// chooses, from `init`; `expected[t]` are the parameters after step `t`.
 #[derive(Debug, Clone)]
 pub struct ProblemCase {
+    /// The case's id (`library.optimizer.variant`).
     pub id: String,
+    /// The library the case was recorded from (`torch`, `optax`, `po`).
     pub library: String,
+    /// The optimizer's name in that library.
     pub optimizer: String,
+    /// The optimizer's keyword arguments.
     pub hparams: Value,
     /// The objective (`problem`), whose parameter shapes are the case's.
     pub problem: Problem,
+    /// Each parameter's shape.
     pub shapes: Vec<Vec<usize>>,
+    /// Each parameter's initial values.
     pub init: Vec<Vec<f32>>,
+    /// The parameters the library reported after each step.
     pub expected: Vec<Vec<Vec<f32>>>,
     /// The objective at `expected[t]`, computed in `f64` from the `f32` values.
     pub expected_loss: Option<Vec<f64>>,
+    /// Relative tolerance of the pass rule.
     pub rel: f64,
+    /// Absolute tolerance of the pass rule.
     pub abs: f64,
 }
 
 /// One reference file.
 #[derive(Debug, Clone)]
 pub enum Case {
+    /// An optimizer fed recorded gradients.
     Optim(OptimCase),
+    /// An optimizer that evaluates a defined objective.
     Problem(ProblemCase),
+    /// A learning-rate schedule.
     Schedule(ScheduleCase),
 }
 
 impl Case {
+    /// The case's id.
     pub fn id(&self) -> &str {
         match self {
             Case::Optim(c) => &c.id,
@@ -684,8 +715,11 @@ impl ScheduleCase {
 /// The outcome of the pass rule: passed, and the worst error as a fraction of its allowance.
 #[derive(Debug, Clone, Copy)]
 pub struct Check {
+    /// Whether every step is within tolerance.
     pub passed: bool,
+    /// The worst error as a fraction of the allowance.
     pub ratio: f64,
+    /// The step where it occurred.
     pub step: usize,
 }
 

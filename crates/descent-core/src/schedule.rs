@@ -8,6 +8,7 @@ use crate::error::{ensure, Error, Result};
 
 /// A learning rate as a function of the 0-based step count.
 pub trait Schedule: Send + Sync {
+    /// The value at `step` (from 0).
     fn value(&self, step: u64) -> f64;
     /// How many steps a run may take with this schedule: `Some(n)` when only the learning rates
     /// of steps `0..n` are defined, as for torch `OneCycleLR` (`n` its `total_steps`: torch steps
@@ -282,7 +283,9 @@ pub fn warmup_exponential_decay(c: WarmupExponentialDecay) -> BoxSchedule {
 /// Interpolation between the knots of [`piecewise_interpolate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interpolation {
+    /// Linear.
     Linear,
+    /// Cosine.
     Cosine,
 }
 
@@ -452,7 +455,9 @@ pub fn polynomial_lr(base: f64, total_iters: u64, power: f64) -> BoxSchedule {
 /// How torch `OneCycleLR` anneals between phases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Anneal {
+    /// Cosine.
     Cos,
+    /// Linear.
     Linear,
 }
 
@@ -504,9 +509,15 @@ pub fn onecycle_lr(
 /// torch `CyclicLR` modes (Smith 2017).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CyclicMode {
+    /// A triangle of constant height.
     Triangular,
+    /// A triangle whose height halves each cycle.
     Triangular2,
-    ExpRange { gamma: f64 },
+    /// A triangle whose height is multiplied by `gamma` each step.
+    ExpRange {
+        /// The height's factor per step.
+        gamma: f64,
+    },
 }
 
 /// torch `CyclicLR`: triangular cycles between `base_lr` and `max_lr`.
@@ -539,14 +550,18 @@ pub fn cyclic_lr(
 /// Whether a metric should go down or up (torch `mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PlateauMode {
+    /// Lower is better (a loss).
     Min,
+    /// Higher is better (an accuracy).
     Max,
 }
 
 /// torch `threshold_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ThresholdMode {
+    /// A relative threshold.
     Rel,
+    /// An absolute threshold.
     Abs,
 }
 
@@ -554,6 +569,7 @@ pub enum ThresholdMode {
 /// without improvement of the metric. Its whole state serializes, for checkpoints.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReduceLrOnPlateau {
+    /// The current learning rate.
     pub lr: f64,
     mode: PlateauMode,
     factor: f64,

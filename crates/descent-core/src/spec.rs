@@ -412,12 +412,14 @@ impl<'a> Kwargs<'a> {
     pub fn f64(&mut self, key: &'static str, default: f64) -> Result<f64> {
         Ok(self.get(key)?.map(|v| self.number(key, v)).transpose()?.unwrap_or(default))
     }
+    /// A required number.
     pub fn req_f64(&mut self, key: &'static str) -> Result<f64> {
         match self.get(key)? {
             None => Err(self.err(key, "missing required argument")),
             Some(v) => self.number(key, v),
         }
     }
+    /// A boolean, `default` when absent.
     pub fn bool(&mut self, key: &'static str, default: bool) -> Result<bool> {
         match self.get(key)? {
             None => Ok(default),
@@ -439,6 +441,7 @@ impl<'a> Kwargs<'a> {
     pub fn u64(&mut self, key: &'static str, default: u64) -> Result<u64> {
         Ok(self.get(key)?.map(|v| self.count(key, v)).transpose()?.unwrap_or(default))
     }
+    /// A required non-negative integer.
     pub fn req_u64(&mut self, key: &'static str) -> Result<u64> {
         match self.get(key)? {
             None => Err(self.err(key, "missing required argument")),
@@ -463,6 +466,7 @@ impl<'a> Kwargs<'a> {
             )),
         }
     }
+    /// A string, `default` when absent.
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
         match self.get(key)? {
             None => Ok(default),
@@ -492,6 +496,7 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected a list of non-negative integers, got {v}"))),
         }
     }
+    /// A pair of numbers (`betas`), `default` when absent.
     pub fn pair(&mut self, key: &'static str, default: (f64, f64)) -> Result<(f64, f64)> {
         match self.f64s(key)? {
             None => Ok(default),
@@ -1775,7 +1780,9 @@ fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
 
 /// A schedule built from a spec: a function of the step, or the metric-driven plateau scheduler.
 pub enum ScheduleSpec {
+    /// A function of the step.
     Function(BoxSchedule),
+    /// torch `ReduceLROnPlateau`, driven by a metric.
     Plateau(ReduceLrOnPlateau),
 }
 

@@ -173,6 +173,7 @@ pub struct PolyakSgd {
 }
 
 impl PolyakSgd {
+    /// A `PolyakSgd` with these hyper-parameters (`cfg`, `shapes`), as described above.
     pub fn new(cfg: PolyakSgdConfig, shapes: &[Vec<usize>]) -> Result<Self> {
         let ctx = "optax.polyak_sgd";
         check_shapes(shapes)?;
@@ -292,6 +293,7 @@ pub struct Momo {
 }
 
 impl Momo {
+    /// A `Momo` with these hyper-parameters (`cfg`, `shapes`), as described above.
     pub fn new(cfg: MomoConfig, shapes: &[Vec<usize>]) -> Result<Self> {
         let ctx = "optax.contrib.momo";
         check_shapes(shapes)?;
@@ -441,6 +443,7 @@ pub struct MomoAdam {
 }
 
 impl MomoAdam {
+    /// A `MomoAdam` with these hyper-parameters (`cfg`, `shapes`), as described above.
     pub fn new(cfg: MomoAdamConfig, shapes: &[Vec<usize>]) -> Result<Self> {
         let ctx = "optax.contrib.momo_adam";
         check_shapes(shapes)?;

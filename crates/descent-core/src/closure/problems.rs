@@ -155,7 +155,9 @@ impl Rosenbrock {
 /// One of the reference problems.
 #[derive(Debug, Clone)]
 pub enum Problem {
+    /// Multinomial logistic regression with an L2 penalty on the weights.
     SoftmaxRegression(SoftmaxRegression),
+    /// The m-dimensional Rosenbrock function.
     Rosenbrock(Rosenbrock),
 }
 

@@ -2,7 +2,7 @@
 //! AdaMuon, GaLore), and optax's `contrib.galore`.
 //!
 //! They keep their state in `f32`, as the library does, and do their linear algebra (products,
-//! SVD, eigendecompositions, inverse roots) in `f64` through [`linalg`]. Tensors with no elements
+//! SVD, eigendecompositions, inverse roots) in `f64` through `linalg`. Tensors with no elements
 //! are left as they are and get no state.
 
 use serde_json::Value;

@@ -24,6 +24,7 @@ pub struct ScaleByAdemamix {
     bc2: f32,
 }
 impl ScaleByAdemamix {
+    /// A `ScaleByAdemamix` with these hyper-parameters (`b1`, `b2`, `b3`, `alpha`, `eps`, `eps_root`), as described above.
     pub fn new(b1: f64, b2: f64, b3: f64, alpha: f64, eps: f64, eps_root: f64) -> Self {
         ScaleByAdemamix {
             b1: b1 as f32,
@@ -79,6 +80,7 @@ pub struct ScaleByAdopt {
     clip: f32,
 }
 impl ScaleByAdopt {
+    /// A `ScaleByAdopt` with these hyper-parameters (`b1`, `b2`, `eps`, `nesterov`, `use_clipping`), as described above.
     pub fn new(b1: f64, b2: f64, eps: f64, nesterov: bool, use_clipping: bool) -> Self {
         ScaleByAdopt {
             b1: b1 as f32,
@@ -133,6 +135,7 @@ pub struct ScaleByCocob {
     reward: ParamBufs,
 }
 impl ScaleByCocob {
+    /// A `ScaleByCocob` with these hyper-parameters (`alpha`, `eps`), as described above.
     pub fn new(alpha: f64, eps: f64) -> Self {
         ScaleByCocob {
             alpha: alpha as f32,
@@ -185,6 +188,7 @@ pub struct ScaleByMadgrad {
     lamb: f32,
 }
 impl ScaleByMadgrad {
+    /// A `ScaleByMadgrad` with these hyper-parameters (`lr`, `momentum`, `eps`), as described above.
     pub fn new(lr: impl Into<LearningRate>, momentum: f64, eps: f64) -> Self {
         ScaleByMadgrad {
             lr: lr.into(),
@@ -250,6 +254,7 @@ pub struct DadaptAdamw {
     count: u64,
 }
 impl DadaptAdamw {
+    /// A `DadaptAdamw` with these hyper-parameters (`lr`, `b1`, `b2`, `eps`, `estim_lr0`, `weight_decay`), as described above.
     pub fn new(lr: impl Into<LearningRate>, b1: f64, b2: f64, eps: f64, estim_lr0: f64, weight_decay: f64) -> Self {
         DadaptAdamw {
             lr: lr.into(),
@@ -492,6 +497,7 @@ pub struct ScaleByDog {
     sum_sq_norm_grads: f64,
 }
 impl ScaleByDog {
+    /// A `ScaleByDog` with these hyper-parameters (`init_step`, `eps`), as described above.
     pub fn new(init_step: DogInit, eps: f64) -> Self {
         ScaleByDog { init_step, eps, is_init_step: 1, init_params: vec![], max_dist: 0.0, sum_sq_norm_grads: 0.0 }
     }
@@ -546,6 +552,7 @@ pub struct ScheduleFree {
     ck: f32,
 }
 impl ScheduleFree {
+    /// A `ScheduleFree` with these hyper-parameters (`base`, `lr`, `b1`, `weight_lr_power`), as described above.
     pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
         ScheduleFree {
             base,

@@ -296,7 +296,7 @@ fn scaled_add_simd(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32) {
 /// (a factored tensor takes its row and column sums, and the root mean squares in read passes
 /// of their own). `update` runs the links one by one (the reference path), with the same
 /// operations in the same order, and the state carries the chain's names.
-pub struct Adafactor {
+pub struct FusedAdafactor {
     rms: ScaleByFactoredRms,
     clip: Option<ClipByBlockRms>,
     lr: Option<crate::transforms::ScaleByLearningRate>,
@@ -304,7 +304,7 @@ pub struct Adafactor {
     flip: crate::transforms::Scale,
 }
 
-impl Adafactor {
+impl FusedAdafactor {
     /// A `Adafactor` with these hyper-parameters (`rms`, `clip`, `lr`, `crate`, `transforms`, `param_scale`), as described above.
     pub fn new(
         rms: ScaleByFactoredRms,
@@ -312,11 +312,11 @@ impl Adafactor {
         lr: Option<crate::transforms::ScaleByLearningRate>,
         param_scale: Option<ScaleByParamBlockRms>,
     ) -> Self {
-        Adafactor { rms, clip, lr, param_scale, flip: crate::transforms::Scale::new(-1.0) }
+        FusedAdafactor { rms, clip, lr, param_scale, flip: crate::transforms::Scale::new(-1.0) }
     }
 }
 
-impl Transform for Adafactor {
+impl Transform for FusedAdafactor {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut crate::transform::LearningRate)) {
         if let Some(l) = &mut self.lr {
             Transform::visit_learning_rates(l, f);

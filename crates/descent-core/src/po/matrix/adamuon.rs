@@ -61,6 +61,7 @@ pub struct AdaMuonGroup {
 }
 
 impl AdaMuonGroup {
+    /// A `AdaMuonGroup` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: AdaMuonGroupConfig) -> Result<Self> {
         check_lr(&lr)?;
         check_betas(cfg.betas)?;

@@ -83,6 +83,7 @@ pub struct Projection {
     pub update_proj_gap: u64,
     /// Multiplies the projected-back update.
     pub scale: f64,
+    /// Which side(s) of the gradient are projected (`std`, `reverse_std`, `right`, `left`, `full`, `random`).
     pub projection_type: ProjectionType,
 }
 
@@ -155,6 +156,7 @@ pub struct GaLore {
 }
 
 impl GaLore {
+    /// A `GaLore` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: GaLoreConfig) -> Result<Self> {
         check_lr(&lr)?;
         check_betas(cfg.betas)?;
@@ -381,7 +383,9 @@ impl Transform for GaLore {
 /// (`GaLoreDimensionNumbers`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DimensionNumbers {
+    /// The axes the projection reduces (optax `weight_dimension_numbers`).
     pub reduction_axes: Vec<usize>,
+    /// The axes the projection keeps.
     pub output_axes: Vec<usize>,
 }
 
@@ -584,6 +588,7 @@ impl ScaleByGalore {
         }
     }
 
+    /// A `ScaleByGalore` with these hyper-parameters (`rank`, `update_proj_gap`, `scale`, `base`, `dims`), as described above.
     pub fn new(
         rank: usize,
         update_proj_gap: u64,

@@ -58,6 +58,7 @@ pub struct ScalableShampooConfig {
     pub betas: (f64, f64),
     /// Momentum as a moving average (weight `1 − β1` on the new term).
     pub moving_average_for_momentum: bool,
+    /// Weight decay (added to the gradient, as the library does).
     pub weight_decay: f64,
     /// Decoupled weight decay (`p ← p·(1 − lr·wd)`); else added to both directions.
     pub decoupled_weight_decay: bool,
@@ -79,8 +80,11 @@ pub struct ScalableShampooConfig {
     pub no_preconditioning_for_layers_with_dim_gt: usize,
     /// Merge small axes (`merge_small_dims` up to `block_size`).
     pub shape_interpretation: bool,
+    /// The optimizer whose step size the preconditioned direction is grafted onto.
     pub graft_type: Graft,
+    /// Which sides of each block are preconditioned.
     pub pre_conditioner_type: PreconditionerType,
+    /// Nesterov momentum.
     pub nesterov: bool,
     /// Added to the graft's root.
     pub diagonal_eps: f64,
@@ -244,6 +248,7 @@ pub struct ScalableShampoo {
 }
 
 impl ScalableShampoo {
+    /// A `ScalableShampoo` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: ScalableShampooConfig) -> Result<Self> {
         check_lr(&lr)?;
         check_betas(cfg.betas)?;
@@ -269,6 +274,7 @@ impl ScalableShampoo {
         })
     }
 
+    /// The configuration from the library's keyword arguments, with its defaults.
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = ScalableShampooConfig::default();
         let lr = k.lr("lr", Some(1e-3))?;

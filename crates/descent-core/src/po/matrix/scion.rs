@@ -31,20 +31,43 @@ pub enum LmoNorm {
     Auto,
     /// `SPECTRAL` (2): Newton–Schulz orthogonalization (bfloat16, `num_steps`), times
     /// `√(d_out/d_in)` (`√d_out` without `normalize`; at least 1 with `max_scale`). Matrices only.
-    Spectral { max_scale: bool, normalize: bool, num_steps: usize },
+    Spectral {
+        /// Scale by the larger of the matrix's dimensions' ratio and 1.
+        max_scale: bool,
+        /// Normalize by the root of the fan-in.
+        normalize: bool,
+        /// Newton–Schulz iterations.
+        num_steps: usize,
+    },
     /// `SPECTRALCONV` (3): the tensor as a `d_out × rest` matrix orthogonalized, times
     /// `√(d_out/d_in) / kernel volume`. At least 2-D.
-    SpectralConv { num_steps: usize },
+    SpectralConv {
+        /// Newton–Schulz iterations.
+        num_steps: usize,
+    },
     /// `SIGN` (4): `sign(d)`, divided by `d_in` (the second axis) with `normalize`. At least 2-D.
-    Sign { normalize: bool },
+    Sign {
+        /// Divide by the fan-in.
+        normalize: bool,
+    },
     /// `BIAS` (5): `d / (RMS over the first axis + 1e-8)`.
     Bias,
     /// `COL` (6): each column divided by its RMS (times `d_out` when `normalized`) + 1e-8,
     /// on the transpose with `transpose`. Matrices only.
-    Col { normalized: bool, transpose: bool },
+    Col {
+        /// Divide by the root of the fan-in.
+        normalized: bool,
+        /// Act on the transpose.
+        transpose: bool,
+    },
     /// `ROW` (7): each row (last axis) divided by its norm (times `√len` when `normalized`) +
     /// 1e-8, on the transpose with `transpose`.
-    Row { normalized: bool, transpose: bool },
+    Row {
+        /// Divide by the root of the fan-in.
+        normalized: bool,
+        /// Act on the transpose.
+        transpose: bool,
+    },
 }
 
 const LMO_EPS: f32 = 1e-8;
@@ -264,6 +287,7 @@ pub struct Scion {
 }
 
 impl Scion {
+    /// A `Scion` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: ScionConfig) -> Result<Self> {
         check_lr(&lr)?;
         ensure(cfg.momentum > 0.0 && cfg.momentum <= 1.0, || "momentum must be in the range (0.0, 1.0]".into())?;

@@ -68,6 +68,7 @@ pub struct Shampoo {
 }
 
 impl Shampoo {
+    /// A `Shampoo` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: ShampooConfig) -> Result<Self> {
         check_lr(&lr)?;
         ensure((0.0..1.0).contains(&cfg.momentum), || "momentum must be in the range [0.0, 1.0)".into())?;
@@ -85,6 +86,7 @@ impl Shampoo {
         })
     }
 
+    /// The configuration from the library's keyword arguments, with its defaults.
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = ShampooConfig::default();
         let lr = k.lr("lr", Some(1e-3))?;

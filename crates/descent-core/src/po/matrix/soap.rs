@@ -58,6 +58,7 @@ pub struct SoapConfig {
     pub correct_bias: bool,
     /// Divide the update by its RMS (+ ε).
     pub normalize_gradient: bool,
+    /// Where a convolution's channels are (`channels_first` or `channels_last`), for `merge_dims`.
     pub data_format: DataFormat,
     /// Added to `√v`.
     pub eps: f64,
@@ -170,6 +171,7 @@ pub struct Soap {
 }
 
 impl Soap {
+    /// A `Soap` with these hyper-parameters (`lr`, `cfg`), as described above.
     pub fn new(lr: LearningRate, cfg: SoapConfig) -> Result<Self> {
         check_lr(&lr)?;
         check_betas(cfg.betas)?;
@@ -183,6 +185,7 @@ impl Soap {
         Ok(Soap { lr, cfg, step: 0, layouts: vec![], exp_avg: vec![], exp_avg_sq: vec![], gg: vec![], q: vec![] })
     }
 
+    /// The configuration from the library's keyword arguments, with its defaults.
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = SoapConfig::default();
         let lr = k.lr("lr", Some(3e-3))?;
