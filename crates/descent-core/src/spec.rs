@@ -1844,7 +1844,8 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
 /// Resolves a descent optimizer name to `(library, name)`: a registry name (`torch.adamw`,
 /// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
 /// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …).
-/// Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the same way.
+/// Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the same way, except
+/// that bare `sam` is descent's two-pass SAM (`descent.sam`).
 pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     let all = || registry_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
     let closure = crate::closure::is_closure_optimizer;
@@ -1852,7 +1853,7 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
         let known = match lib {
             "torch" => (TORCH_OPTIMIZERS.contains(&rest) || closure("torch", rest)).then_some("torch"),
             "optax" => (OPTAX_OPTIMIZERS.contains(&rest) || closure("optax", rest)).then_some("optax"),
-            "descent" => DESCENT_OPTIMIZERS.contains(&rest).then_some("descent"),
+            "descent" => (DESCENT_OPTIMIZERS.contains(&rest) || closure("descent", rest)).then_some("descent"),
             "po" => (crate::po::po_optimizers().contains(&rest) || closure("po", rest)).then_some("po"),
             _ => None,
         };
@@ -1866,6 +1867,11 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     }
     if OPTAX_OPTIMIZERS.contains(&name) || closure("optax", name) {
         return Ok(("optax", name.to_string()));
+    }
+    // descent's own closure optimizers before optax contrib: bare `sam` is the two-pass SAM
+    // PyTorch users know, around any base optimizer (`optax.contrib.sam` by its full name).
+    if closure("descent", name) {
+        return Ok(("descent", name.to_string()));
     }
     let contrib = format!("contrib.{name}");
     if OPTAX_OPTIMIZERS.contains(&contrib.as_str()) || closure("optax", &contrib) {
