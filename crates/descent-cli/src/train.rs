@@ -38,9 +38,11 @@ pub struct TrainArgs {
     /// --steps iterations, default 2000, with nanoGPT's CPU recipe as its defaults).
     #[arg(long, default_value = "lenet")]
     pub model: String,
-    /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
-    /// Default adam; for gpt torch.adamw with nanoGPT's arguments (betas (0.9, 0.99), weight decay
-    /// 0.1), which --hparams can override one by one.
+    /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb);
+    /// also those that evaluate the batch's loss themselves, as often as their step needs: lbfgs,
+    /// sam ('{"base": "adamw", "rho": 0.05}' in --hparams), polyak_sgd, momo. Default adam; for
+    /// gpt torch.adamw with nanoGPT's arguments (betas (0.9, 0.99), weight decay 0.1), which
+    /// --hparams can override one by one.
     #[arg(long)]
     #[serde(default)]
     pub optimizer: Option<String>,

@@ -477,9 +477,8 @@ impl candle_core::InplaceOp2 for Level<'_> {
 }
 
 impl VarOptimizer {
-    /// The shapes and values of named variables, which must be f32 on the CPU.
-    fn shapes_and_values(named: &[(String, Var)]) -> Result<(Vec<Vec<usize>>, Vec<Vec<f32>>)> {
-        let mut shapes = vec![];
+    /// The values of named variables, which must be f32 on the CPU.
+    fn checked_values(named: &[(String, Var)]) -> Result<Vec<Vec<f32>>> {
         let mut init = vec![];
         for (n, v) in named {
             if v.dtype() != DType::F32 {
@@ -488,15 +487,15 @@ impl VarOptimizer {
             if !matches!(v.device(), Device::Cpu) {
                 return Err(Error::Param(format!("parameter `{n}` is not on the CPU")));
             }
-            shapes.push(v.dims().to_vec());
             init.push(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
         }
-        Ok((shapes, init))
+        Ok(init)
     }
 
     /// Builds an optimizer for named variables (kept in the given order).
     pub fn new(named: Vec<(String, Var)>, tx: Box<dyn Transform>) -> Result<Self> {
-        let (shapes, init) = Self::shapes_and_values(&named)?;
+        let init = Self::checked_values(&named)?;
+        let shapes = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
         let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
         let opt = Engine::Gradient(Optimizer::new(tx, shapes, &views)?);
         let (names, vars) = named.into_iter().unzip();
@@ -511,7 +510,7 @@ impl VarOptimizer {
         opt: Box<dyn ClosureOptimizer>,
         name: &str,
     ) -> Result<Self> {
-        let (_, params) = Self::shapes_and_values(&named)?;
+        let params = Self::checked_values(&named)?;
         let start = params.clone();
         let opt = Engine::Closure(ClosureEngine { opt, name: name.to_string(), steps: 0, params, start });
         let (names, vars) = named.into_iter().unzip();
