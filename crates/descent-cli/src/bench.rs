@@ -154,6 +154,17 @@ fn roofline_chunk(xs: &mut [&mut [f32]], g: &[f32]) {
     any(xs, g)
 }
 
+/// An optimizer that evaluates the objective itself has no step on given gradients to time.
+fn refuse_closure(lib: &str, name: &str) -> Result<()> {
+    if descent_core::closure::is_closure_optimizer(lib, name) {
+        bail!(
+            "`{lib}.{name}` evaluates the objective itself (a closure-driven optimizer): `descent bench step` times \
+             steps on given gradients; time it with `descent train`"
+        );
+    }
+    Ok(())
+}
+
 /// An optimizer on the benchmark's buffers: the optimizer, its parameters and gradients, its label.
 struct Setup {
     opt: Optimizer,
@@ -164,6 +175,7 @@ struct Setup {
 
 fn setup(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Setup> {
     let (lib, opt_name) = resolve_optimizer(name)?;
+    refuse_closure(lib, &opt_name)?;
     let mut hparams = hparams.clone();
     if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
         hparams[lr_key(lib)] = json!(1e-3);
@@ -268,6 +280,10 @@ pub fn run(cfg: &StepBench) -> Result<()> {
     } else {
         vec![(cfg.optimizer.clone(), cfg.hparams.clone())]
     };
+    for (name, _) in &list {
+        let (lib, opt_name) = resolve_optimizer(name)?;
+        refuse_closure(lib, &opt_name)?;
+    }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
     println!(
         "{} parameters in {} tensor(s), {} thread(s), best of {} steps; roofline = same buffers, same pattern, x += g",

@@ -73,6 +73,12 @@ fn build(
 ) -> Result<(Optimizer, LrSchedule, Arc<SharedScale>)> {
     let name = spec["optimizer"].as_str().unwrap_or_default();
     let (lib, name) = resolve_optimizer(name).with_context(|| what.to_string())?;
+    if descent_core::closure::is_closure_optimizer(lib, &name) {
+        bail!(
+            "{what}: `{lib}.{name}` evaluates the objective itself (a closure-driven optimizer); a landscape path steps \
+             on the surface's gradients alone"
+        );
+    }
     let mut h = Map::new();
     let mut schedule = LrSchedule::Constant;
     for (k, v) in spec {

@@ -38,9 +38,11 @@ pub struct TrainArgs {
     /// --steps iterations, default 2000, with nanoGPT's CPU recipe as its defaults).
     #[arg(long, default_value = "lenet")]
     pub model: String,
-    /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb).
-    /// Default adam; for gpt torch.adamw with nanoGPT's arguments (betas (0.9, 0.99), weight decay
-    /// 0.1), which --hparams can override one by one.
+    /// Optimizer by name: adam, adamw, sgd, lion, … or a registry name (torch.sgd, optax.lamb);
+    /// also those that evaluate the batch's loss themselves, as often as their step needs: lbfgs,
+    /// sam ('{"base": "adamw", "rho": 0.05}' in --hparams), polyak_sgd, momo. Default adam; for
+    /// gpt torch.adamw with nanoGPT's arguments (betas (0.9, 0.99), weight decay 0.1), which
+    /// --hparams can override one by one.
     #[arg(long)]
     #[serde(default)]
     pub optimizer: Option<String>,
@@ -450,7 +452,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         std::path::Path::new("data/mnist"),
         &mut rng,
     )?;
-    let lr = default_lr(&a.model, &a.optimizer);
+    let lr = default_lr(&a.model, &a.optimizer, &serde_json::json!({}));
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
     let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
@@ -479,14 +481,27 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 /// its constructor has it (torch `Adam` 1e-3, optax `contrib.prodigy` 1.0); the model's suggested
 /// rate where the library requires one (optax `adam(learning_rate)`) and for torch SGD, whose
 /// 1e-3 (since torch 2.2) is a placeholder rather than a recipe.
-pub fn default_lr(model: &str, optimizer: &str) -> f64 {
+///
+/// A closure-driven optimizer's rate comes from its arguments `hparams` where they set it (SAM's
+/// base optimizer), else from its library (torch `LBFGS` 1.0).
+pub fn default_lr(model: &str, optimizer: &str, hparams: &serde_json::Value) -> f64 {
     let suggested = defaults(model).0;
     match descent_core::spec::resolve_optimizer(optimizer) {
+        Ok((lib, name)) if descent_core::closure::is_closure_optimizer(lib, &name) => {
+            descent_core::closure::default_learning_rate(lib, &name, hparams).unwrap_or(suggested)
+        }
         Ok((lib, name)) if !(lib == "torch" && name == "sgd") => {
             descent_core::spec::library_default_lr(lib, &name).unwrap_or(suggested)
         }
         _ => suggested,
     }
+}
+
+/// The registry name of the run's optimizer when it evaluates the objective itself (L-BFGS, SAM,
+/// Polyak SGD, MoMo).
+pub fn closure_optimizer(a: &TrainArgs) -> Option<String> {
+    let (lib, name) = descent_core::spec::resolve_optimizer(a.optimizer()).ok()?;
+    descent_core::closure::is_closure_optimizer(lib, &name).then(|| format!("{lib}.{name}"))
 }
 
 /// Per-model defaults: (suggested learning rate, batch size), the recipes the README quotes.
@@ -902,6 +917,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         bail!("--dropout {}: the {} model has no dropout (only mlp and gpt have)", a.dropout(), a.model);
     }
     check_schedule_flags(a)?;
+    check_closure_flags(a)?;
     if gpt {
         check_gpt(a)?;
     } else {
@@ -947,6 +963,21 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
             a.schedule_args,
             a.schedule()
         );
+    }
+    Ok(())
+}
+
+/// An optimizer that evaluates the objective itself steps on the gradients it asks for: clipping
+/// them or splitting the parameters into groups is refused, naming the flag.
+fn check_closure_flags(a: &TrainArgs) -> Result<()> {
+    let Some(name) = closure_optimizer(a) else { return Ok(()) };
+    let given = [
+        ("--clip-norm", a.clip_norm.is_some_and(|c| c != 0.0), "its gradients are not clipped"),
+        ("--clip-value", a.clip_value.is_some(), "its gradients are not clipped"),
+        ("--group", !a.groups.is_empty(), "it takes one set of arguments for all parameters"),
+    ];
+    if let Some((flag, _, why)) = given.iter().find(|(_, on, _)| *on) {
+        bail!("{flag}: `{name}` evaluates the objective itself (a closure-driven optimizer); {why}");
     }
     Ok(())
 }
@@ -1050,8 +1081,11 @@ pub fn resolve_defaults(a: &mut TrainArgs) -> Result<()> {
             h.entry("weight_decay").or_insert(serde_json::json!(0.1));
         }
     }
+    // nanoGPT's grouping and clipping belong to its AdamW; an optimizer that evaluates the
+    // objective itself takes neither.
+    let closure = closure_optimizer(a).is_some();
     // nanoGPT's grouping: weight decay on the tensors of two or more dimensions only.
-    if a.groups.is_empty() && a.hparams.get("weight_decay").is_some() {
+    if a.groups.is_empty() && a.hparams.get("weight_decay").is_some() && !closure {
         a.groups = Gpt::no_decay_groups();
     }
     let lr = *a.lr.get_or_insert(defaults("gpt").0);
@@ -1062,7 +1096,9 @@ pub fn resolve_defaults(a: &mut TrainArgs) -> Result<()> {
         // A fixed end, so that a run continued past it keeps the rates it has used.
         a.decay_steps.get_or_insert(steps);
     }
-    a.clip_norm.get_or_insert(1.0);
+    if !closure {
+        a.clip_norm.get_or_insert(1.0);
+    }
     a.dropout.get_or_insert(0.0);
     a.batch_size.get_or_insert(defaults("gpt").1);
     a.text.get_or_insert_with(|| PathBuf::from(DEFAULT_TEXT));
@@ -1265,7 +1301,7 @@ fn resume_settings(
 /// The training config of a run's settings (defaults filled in).
 pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
     let default_batch = defaults(&a.model).1;
-    let lr = a.lr.unwrap_or_else(|| default_lr(&a.model, a.optimizer()));
+    let lr = a.lr.unwrap_or_else(|| default_lr(&a.model, a.optimizer(), &a.hparams));
     Ok(TrainConfig {
         hparams: a.hparams.clone(),
         max_steps: a.steps,
@@ -1411,7 +1447,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
     };
     let default_batch = defaults(&a.model).1;
-    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer())));
+    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
     a.batch_size = a.batch_size.or(Some(default_batch));
     if a.model != "gpt" {
         a.epochs = a.epochs.or(Some(1));

@@ -260,7 +260,8 @@ pub fn registry_names() -> Vec<String> {
 /// `optax.contrib.muon`) as is; a bare name to the torch optimizer of that name if torch has one
 /// (what a PyTorch user expects of `adam`), else the optax one (`lion`, `lamb`, `prodigy`, …), else
 /// descent's own. Closure-driven optimizers (`torch.lbfgs`, `optax.contrib.sam`, …) resolve the
-/// same way.
+/// same way, except that bare `sam` is descent's two-pass SAM (`descent.sam`, around any base
+/// optimizer, as PyTorch users know it); optax's is `optax.contrib.sam` by its full name.
 pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
     let has = |lib: &str, n: &str| {
         library_names(lib).is_some_and(|names| names.contains(&n)) || crate::closure::is_closure_optimizer(lib, n)
@@ -271,10 +272,15 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
         }
     } else {
         let contrib = format!("contrib.{name}");
-        for (lib, n) in [("torch", name), ("optax", name), ("optax", &contrib), ("descent", name)] {
-            if has(lib, n) {
-                return Ok((lib, n.to_string()));
-            }
+        // descent's closure optimizers (bare `sam`) come before optax contrib, its others after.
+        let descent_closure = crate::closure::is_closure_optimizer("descent", name).then_some(("descent", name));
+        let found = [("torch", name), ("optax", name)]
+            .into_iter()
+            .find(|(lib, n)| has(lib, n))
+            .or(descent_closure)
+            .or_else(|| [("optax", contrib.as_str()), ("descent", name)].into_iter().find(|(lib, n)| has(lib, n)));
+        if let Some((lib, n)) = found {
+            return Ok((lib, n.to_string()));
         }
     }
     let all = registry_names().join(", ");

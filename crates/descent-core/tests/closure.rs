@@ -46,6 +46,7 @@ fn hparams(reg: &str) -> Value {
             "adv_optimizer": ["chain", {"links": [["contrib.normalize", {}], ["sgd", {"learning_rate": 0.05}]]}]
         }),
         "po.sam" => json!({"base_optimizer": ["torch.optim.SGD", {"lr": 0.05, "momentum": 0.9}]}),
+        "descent.sam" => json!({"base": ["adamw", {"weight_decay": 0.1}], "lr": 0.05, "rho": 0.05}),
         "optax.polyak_sgd" => json!({"max_learning_rate": 0.1}),
         _ => json!({}),
     }
@@ -63,8 +64,14 @@ fn run(opt: &mut dyn ClosureOptimizer, params: &mut [Vec<f32>], steps: usize) {
 }
 
 /// The names this family adds (the L-BFGS family adds its own beside them).
-const FIRST_ORDER: &[&str] =
-    &["optax.contrib.momo", "optax.contrib.momo_adam", "optax.contrib.sam", "optax.polyak_sgd", "po.sam"];
+const FIRST_ORDER: &[&str] = &[
+    "descent.sam",
+    "optax.contrib.momo",
+    "optax.contrib.momo_adam",
+    "optax.contrib.sam",
+    "optax.polyak_sgd",
+    "po.sam",
+];
 
 #[test]
 fn closure_optimizers_are_in_the_registry_and_refused_by_the_gradient_builder() {
@@ -84,8 +91,12 @@ fn closure_optimizers_are_in_the_registry_and_refused_by_the_gradient_builder() 
         );
         build(reg, &hparams(reg), &shapes()).unwrap_or_else(|e| panic!("{reg}: {e}"));
     }
-    // Bare names resolve as the gradient-only ones do: torch first, then optax, then optax contrib.
-    assert_eq!(resolve_optimizer("sam").unwrap(), ("optax", "contrib.sam".to_string()));
+    // Bare names resolve as the gradient-only ones do: torch first, then optax, then descent's
+    // own closure optimizers, then optax contrib; so bare `sam` is descent's two-pass SAM, and
+    // optax's is reached by its full name.
+    assert_eq!(resolve_optimizer("sam").unwrap(), ("descent", "sam".to_string()));
+    assert_eq!(resolve_optimizer("descent.sam").unwrap(), ("descent", "sam".to_string()));
+    assert_eq!(resolve_optimizer("optax.contrib.sam").unwrap(), ("optax", "contrib.sam".to_string()));
     assert_eq!(resolve_optimizer("momo_adam").unwrap(), ("optax", "contrib.momo_adam".to_string()));
     assert_eq!(resolve_optimizer("polyak_sgd").unwrap(), ("optax", "polyak_sgd".to_string()));
     assert_eq!(resolve_optimizer("po.sam").unwrap(), ("po", "sam".to_string()));
@@ -136,6 +147,7 @@ fn bad_keyword_arguments_are_refused_naming_them() {
     }
     let sam = hparams("optax.contrib.sam");
     let po_sam = hparams("po.sam");
+    let dsam = hparams("descent.sam");
     let with = |base: &Value, key: &str, v: Value| {
         let mut h = base.clone();
         h[key] = v;
@@ -163,6 +175,19 @@ fn bad_keyword_arguments_are_refused_naming_them() {
         ("po.sam", with(&po_sam, "base_optimizer", json!(["keras.SGD", {}])), "base_optimizer"),
         ("po.sam", with(&po_sam, "base_optimizer", json!(["torch.optim.SGD", {"lr": -1.0}])), "learning rate"),
         ("po.sam", with(&po_sam, "base_optimizer", json!(["torch.optim.LBFGS", {}])), "lbfgs"),
+        ("descent.sam", json!({"rho": 0.1}), "base"),
+        ("descent.sam", with(&dsam, "rho", json!(-0.1)), "rho"),
+        ("descent.sam", with(&dsam, "adaptive", json!("yes")), "adaptive"),
+        ("descent.sam", with(&dsam, "perturb_eps", json!(-1.0)), "perturb_eps"),
+        ("descent.sam", with(&dsam, "base", json!("adamz")), "adamz"),
+        ("descent.sam", with(&dsam, "base", json!(7)), "base"),
+        ("descent.sam", with(&dsam, "base", json!("lbfgs")), "torch.lbfgs` evaluates the objective itself"),
+        ("descent.sam", with(&dsam, "base", json!("sam")), "descent.sam` evaluates the objective itself"),
+        ("descent.sam", with(&dsam, "base", json!(["adamw", {"betas": [0.9]}])), "betas"),
+        ("descent.sam", with(&dsam, "base", json!(["adamw", {"lr": 0.1}])), "give it once"),
+        ("descent.sam", with(&dsam, "base_hparams", json!({"eps": 1e-8})), "give them once"),
+        ("descent.sam", json!({"base": "sgd", "base_hparams": [0.9]}), "base_hparams"),
+        ("descent.sam", json!({"base": "sgd", "lr": -0.1}), "learning rate"),
     ] {
         let e = build(reg, &h, &shapes()).err().unwrap_or_else(|| panic!("{reg} {h} was accepted")).to_string();
         assert!(e.contains(needle), "{reg} {h}: {e}");
@@ -217,7 +242,8 @@ fn a_rate_set_between_steps_drives_the_next_step() {
 
     // optax SAM: the outer optimizer's rate; adversarial steps do not use it.
     let h = hparams("optax.contrib.sam");
-    let (mut a, mut b) = (build("sam", &h, &shapes()).unwrap(), build("sam", &h, &shapes()).unwrap());
+    let sam = |h: &Value| build("optax.contrib.sam", h, &shapes()).unwrap();
+    let (mut a, mut b) = (sam(&h), sam(&h));
     let (mut pa, mut pb) = (init(), init());
     run(a.as_mut(), &mut pa, 2);
     run(b.as_mut(), &mut pb, 2);
@@ -254,6 +280,46 @@ fn a_rate_set_between_steps_drives_the_next_step() {
     run(polyak.as_mut(), &mut p, 1);
     let want: Vec<f64> = g0.iter().flatten().map(|&g| -1e-3 * 0.5 * g as f64).collect();
     assert_scaled(&displacement(&init(), &p), &want, 1.0, "optax.polyak_sgd");
+}
+
+/// descent's `sam` is pytorch_optimizer's SAM (ASAM with `adaptive`) around the base it names:
+/// the same numbers, bit for bit, whichever way the base and its rate are given.
+#[test]
+fn descent_sam_is_po_sam_around_its_base() {
+    for adaptive in [false, true] {
+        let po = json!({
+            "base_optimizer": ["torch.optim.SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": true}],
+            "rho": 0.1,
+            "adaptive": adaptive,
+        });
+        let want = {
+            let mut opt = build("po.sam", &po, &shapes()).unwrap();
+            let mut p = init();
+            run(opt.as_mut(), &mut p, 6);
+            p
+        };
+        for h in [
+            json!({"base": ["sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": true}], "rho": 0.1, "adaptive": adaptive}),
+            json!({"base": "torch.sgd", "base_hparams": {"momentum": 0.9, "nesterov": true}, "lr": 0.05, "rho": 0.1,
+                   "adaptive": adaptive}),
+            json!({"base": ["sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": true}], "lr": 0.05, "rho": 0.1,
+                   "adaptive": adaptive}),
+        ] {
+            let mut opt = build("sam", &h, &shapes()).unwrap();
+            assert_eq!(opt.learning_rates(), vec![Some(0.05)], "{h}");
+            let mut p = init();
+            run(opt.as_mut(), &mut p, 6);
+            assert_eq!(p, want, "{h}");
+        }
+    }
+    // An optax base takes `learning_rate`; `lr` sets it.
+    let mut a = build("sam", &json!({"base": "optax.adam", "lr": 0.01}), &shapes()).unwrap();
+    let mut b = build("sam", &json!({"base": ["optax.adam", {"learning_rate": 0.01}]}), &shapes()).unwrap();
+    let (mut pa, mut pb) = (init(), init());
+    run(a.as_mut(), &mut pa, 3);
+    run(b.as_mut(), &mut pb, 3);
+    assert_eq!(pa, pb);
+    assert_ne!(pa, init());
 }
 
 /// optax SAM's opaque mode runs the adversarial steps inside one step: with `sync_period` 2, n

@@ -187,7 +187,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             weights: values(vars)?,
             buffers: vec![],
-            optimizer: opt.core().state_dict()?,
+            optimizer: opt.state_dict()?,
             epoch,
             steps,
             rng,
@@ -394,7 +394,7 @@ impl Checkpoint {
     fn apply_parts(&self, vars: &[(String, Var)], buffers: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {
         let mut tensors = matching("weights", &self.weights, vars)?;
         tensors.extend(matching("buffer", &self.buffers, buffers)?);
-        opt.core().load_state_dict(&self.optimizer)?;
+        opt.load_state_dict(&self.optimizer)?;
         for ((_, v), t) in vars.iter().chain(buffers).zip(&tensors) {
             v.set(t)?;
         }

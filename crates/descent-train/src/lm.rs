@@ -19,8 +19,8 @@ use crate::model::{Mode, Model};
 use crate::rng::Rng;
 use crate::text::{CharCorpus, TextSplit};
 use crate::train::{
-    optimizer_for, param_grad_norms, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
-    StepMetrics, Stop, TrainConfig,
+    closure_step, optimizer_for, param_grad_norms_of, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks,
+    LrSchedule, StepMetrics, Stop, TrainConfig,
 };
 
 /// What a language-model run needs besides the optimizer settings of [`TrainConfig`].
@@ -243,17 +243,24 @@ pub fn train_text(
         }
         let t0 = Instant::now();
         let (x, y) = corpus.batch(TextSplit::Train, cfg.batch_size, block, &mut rng)?;
-        let out = model.forward(&x, Mode::Train, &mut rng)?;
-        let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
-        let l = loss.to_scalar::<f32>()?;
-        if !l.is_finite() {
-            return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
-        }
-        let grads = loss.backward()?;
         let lr = opt.learning_rate();
-        let grad_norm = opt.grad_norm(&grads)?;
-        let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
-        opt.step(&grads)?;
+        let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
+            let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
+            let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
+            (s.loss, s.grad_norm, s.param_grad_norms)
+        } else {
+            let out = model.forward(&x, Mode::Train, &mut rng)?;
+            let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
+            let l = loss.to_scalar::<f32>()?;
+            if !l.is_finite() {
+                return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
+            }
+            let grads = loss.backward()?;
+            let grad_norm = opt.grad_norm(&grads)?;
+            let param_grad_norms = if cfg.log_grad_norms { param_grad_norms_of(model, &grads)? } else { vec![] };
+            opt.step(&grads)?;
+            (l, grad_norm, param_grad_norms)
+        };
         steps += 1;
         seconds += t0.elapsed().as_secs_f64();
         seen += cfg.batch_size;

@@ -41,6 +41,39 @@
 //! assert_eq!(opt.steps(), 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Optimizers that evaluate the objective
+//!
+//! The closure-driven optimizers (`torch.lbfgs`, `optax.lbfgs`, `sam` and the other SAMs, Polyak
+//! SGD, MoMo; see `descent_core::closure`) take a closure instead of gradients, as torch's
+//! `optimizer.step(closure)`: [`VarOptimizer::step_closure`] calls it as often as the algorithm
+//! needs (SAM twice, L-BFGS up to `max_eval` times), each time with the variables holding the point
+//! to evaluate, and takes the loss tensor it returns through a backward pass. After the step the
+//! variables hold the new parameters. A gradient optimizer steps on the closure's gradients too.
+//!
+//! ```
+//! use candle_core::{DType, Device, Module, Tensor};
+//! use candle_nn::{linear, VarBuilder, VarMap};
+//! use descent_train::optim::{OptimizerConfig, VarOptimizer};
+//! use serde_json::json;
+//!
+//! let varmap = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+//! let fc = linear(3, 1, vb.pp("fc"))?;
+//! let mut opt = VarOptimizer::for_varmap(
+//!     &varmap,
+//!     &OptimizerConfig {
+//!         optimizer: "sam".into(),
+//!         lr: Some(1e-2),
+//!         hparams: json!({"base": "adamw", "rho": 0.05}),
+//!         ..Default::default()
+//!     },
+//! )?;
+//! let x = Tensor::ones((4, 3), DType::F32, &Device::Cpu)?;
+//! let loss = opt.step_closure(|| Ok(fc.forward(&x)?.sqr()?.mean_all()?))?;
+//! assert!(loss > 0.0 && opt.steps() == 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use candle_core::backprop::GradStore;
 use std::path::Path;
@@ -48,9 +81,11 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use candle_nn::VarMap;
+use descent_core::closure::{build_closure_optimizer, is_closure_optimizer, ClosureOptimizer, Objective};
 use descent_core::schedule::Schedule;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
-use descent_core::transform::{Optimizer, Transform};
+use descent_core::state::StateDict;
+use descent_core::transform::{LearningRate, Optimizer, Transform};
 use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition};
 use serde_json::Value;
 
@@ -63,7 +98,7 @@ use crate::error::{Error, Result};
 pub struct VarOptimizer {
     names: Vec<String>,
     vars: Vec<Var>,
-    opt: Optimizer,
+    opt: Engine,
     /// The optimizer's learning rates as built (one per group), which a multiplier scales, for
     /// optimizers built from an [`OptimizerConfig`]; and the multiplier in force.
     base_rates: Option<Vec<f64>>,
@@ -72,13 +107,197 @@ pub struct VarOptimizer {
     schedule: Option<Arc<dyn Schedule>>,
 }
 
+/// What steps the variables: a gradient optimizer, or one that evaluates the objective itself.
+enum Engine {
+    Gradient(Optimizer),
+    Closure(ClosureEngine),
+}
+
+/// A closure-driven optimizer and the parameter values it moves (read from the variables at
+/// each step, written back after it).
+struct ClosureEngine {
+    opt: Box<dyn ClosureOptimizer>,
+    /// Its name, for messages (`torch.lbfgs`).
+    name: String,
+    steps: u64,
+    params: Vec<Vec<f32>>,
+    /// The parameters the step started from, put back when it fails.
+    start: Vec<Vec<f32>>,
+}
+
+/// The counter of steps in a closure optimizer's saved state (the name the gradient optimizers'
+/// state uses too).
+const STEPS_KEY: &str = "optimizer.steps";
+
+impl Engine {
+    fn steps(&self) -> u64 {
+        match self {
+            Engine::Gradient(o) => o.steps(),
+            Engine::Closure(c) => c.steps,
+        }
+    }
+
+    fn learning_rates(&mut self) -> Vec<Option<f64>> {
+        match self {
+            Engine::Gradient(o) => o.learning_rates(),
+            Engine::Closure(c) => c.opt.learning_rates(),
+        }
+    }
+
+    fn set_learning_rates(&mut self, lrs: &[f64]) -> Result<()> {
+        match self {
+            Engine::Gradient(o) => Ok(o.set_learning_rates(lrs)?),
+            Engine::Closure(c) => {
+                let mut n = 0;
+                c.opt.visit_learning_rates(&mut |_| n += 1);
+                if lrs.len() != n {
+                    return Err(Error::Param(format!("{} learning rates given, the optimizer has {n}", lrs.len())));
+                }
+                if let Some(bad) = lrs.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                    return Err(Error::Param(format!("Invalid learning rate: {bad}")));
+                }
+                let mut k = 0;
+                c.opt.visit_learning_rates(&mut |r| {
+                    *r = LearningRate::Constant(lrs[k]);
+                    k += 1;
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What [`VarOptimizer::step_closure_with`] shows of each evaluation of the objective.
+pub struct Evaluation<'a> {
+    /// Evaluations before this one in the step (0 for the first).
+    pub index: usize,
+    /// The loss the closure returned.
+    pub loss: f32,
+    /// The gradients of its backward pass.
+    pub grads: &'a GradStore,
+    /// The gradients as the optimizer takes them: one flat buffer per variable, in optimizer
+    /// order (zeros for a variable the loss does not use).
+    pub flat_grads: &'a [Vec<f32>],
+}
+
+/// The global L2 norm of flat gradients, accumulated in f64.
+pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
+    grads.iter().map(|g| descent_core::transforms::sum_sq(g)).sum::<f64>().sqrt()
+}
+
+/// Writes a parameter's values into a variable's storage in place.
+struct WriteValues<'a> {
+    values: &'a [f32],
+    name: &'a str,
+}
+
+impl candle_core::InplaceOp1 for WriteValues<'_> {
+    fn name(&self) -> &'static str {
+        "descent-write-parameter"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let name = self.name;
+        let CpuStorage::F32(v) = s else { candle_core::bail!("{name}: descent optimizes f32 tensors") };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("{name}: parameter is not contiguous")
+        };
+        if end - start != self.values.len() {
+            candle_core::bail!("{name}: {} values for a parameter of {}", self.values.len(), end - start);
+        }
+        v[start..end].copy_from_slice(self.values);
+        Ok(())
+    }
+}
+
+/// Copies a variable's values into `out`.
+fn read_values(var: &Var, name: &str, out: &mut [f32]) -> Result<()> {
+    let (storage, layout) = var.as_tensor().storage_and_layout();
+    let values = storage_f32s(&storage, layout, name)?;
+    if values.len() != out.len() {
+        return Err(Error::Param(format!("`{name}` holds {} values, the optimizer {}", values.len(), out.len())));
+    }
+    out.copy_from_slice(values);
+    Ok(())
+}
+
+/// The objective a closure optimizer evaluates: the variables set to the point, the closure's loss
+/// and its backward pass. A training error is kept whole for the caller (the optimizer sees a
+/// core error carrying its message).
+struct VarObjective<'a, F, O> {
+    names: &'a [String],
+    vars: &'a [Var],
+    closure: F,
+    observe: O,
+    evals: usize,
+    error: Option<Error>,
+}
+
+impl<F, O> VarObjective<'_, F, O>
+where
+    F: FnMut() -> Result<Tensor>,
+    O: FnMut(&Evaluation) -> Result<()>,
+{
+    fn eval(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32> {
+        for ((v, p), n) in self.vars.iter().zip(params).zip(self.names) {
+            v.as_tensor().inplace_op1(&WriteValues { values: p, name: n })?;
+        }
+        let loss = (self.closure)()?;
+        if loss.rank() != 0 || loss.dtype() != DType::F32 {
+            return Err(Error::Param(format!(
+                "the closure must return the loss as an f32 scalar, got {:?} of shape {:?}",
+                loss.dtype(),
+                loss.dims()
+            )));
+        }
+        let value = loss.to_scalar::<f32>()?;
+        let store = loss.backward()?;
+        for ((v, n), g) in self.vars.iter().zip(self.names).zip(grads.iter_mut()) {
+            match store.get(v.as_tensor()) {
+                None => g.iter_mut().for_each(|x| *x = 0.0),
+                Some(t) => {
+                    if t.dims() != v.dims() {
+                        return Err(Error::Param(format!(
+                            "gradient of `{n}` has shape {:?}, parameter {:?}",
+                            t.dims(),
+                            v.dims()
+                        )));
+                    }
+                    let t = t.contiguous()?;
+                    let (storage, layout) = t.storage_and_layout();
+                    g.copy_from_slice(storage_f32s(&storage, layout, n)?);
+                }
+            }
+        }
+        let index = self.evals;
+        self.evals += 1;
+        (self.observe)(&Evaluation { index, loss: value, grads: &store, flat_grads: grads })?;
+        Ok(value)
+    }
+}
+
+impl<F, O> Objective for VarObjective<'_, F, O>
+where
+    F: FnMut() -> Result<Tensor>,
+    O: FnMut(&Evaluation) -> Result<()>,
+{
+    fn value_and_grad(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> descent_core::Result<f32> {
+        self.eval(params, grads).map_err(|e| {
+            let message = e.to_string();
+            self.error = Some(e);
+            descent_core::Error::Invalid(message)
+        })
+    }
+}
+
 /// How to optimize the parameters of a candle model of your own, for
 /// [`VarOptimizer::for_varmap`] and [`VarOptimizer::for_vars`]; build it as candle's
 /// `ParamsAdamW`: `OptimizerConfig { lr: Some(1e-3), ..Default::default() }`.
 #[derive(Clone)]
 pub struct OptimizerConfig {
     /// Optimizer by descent name: `adamw`, `sgd`, `torch.adam`, `optax.lion`, `lamb`, … (a bare
-    /// name is torch's when torch has it, else optax's). Default `adamw`.
+    /// name is torch's when torch has it, else optax's). Default `adamw`. A closure-driven one
+    /// (`lbfgs`, `sam`, `torch.lbfgs`, `optax.contrib.momo`, …) is stepped with
+    /// [`VarOptimizer::step_closure`], without groups or clipping.
     pub optimizer: String,
     /// The learning rate (the library's `lr` / `learning_rate`); `None` keeps the library's
     /// default.
@@ -258,24 +477,53 @@ impl candle_core::InplaceOp2 for Level<'_> {
 }
 
 impl VarOptimizer {
-    /// Builds an optimizer for named variables (kept in the given order).
-    pub fn new(named: Vec<(String, Var)>, tx: Box<dyn Transform>) -> Result<Self> {
-        let mut shapes = vec![];
+    /// The values of named variables, which must be f32 on the CPU.
+    fn checked_values(named: &[(String, Var)]) -> Result<Vec<Vec<f32>>> {
         let mut init = vec![];
-        for (n, v) in &named {
+        for (n, v) in named {
             if v.dtype() != DType::F32 {
                 return Err(Error::Param(format!("parameter `{n}` is {:?}; descent optimizes f32", v.dtype())));
             }
             if !matches!(v.device(), Device::Cpu) {
                 return Err(Error::Param(format!("parameter `{n}` is not on the CPU")));
             }
-            shapes.push(v.dims().to_vec());
             init.push(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
         }
+        Ok(init)
+    }
+
+    /// Builds an optimizer for named variables (kept in the given order).
+    pub fn new(named: Vec<(String, Var)>, tx: Box<dyn Transform>) -> Result<Self> {
+        let init = Self::checked_values(&named)?;
+        let shapes = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
         let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
-        let opt = Optimizer::new(tx, shapes, &views)?;
+        let opt = Engine::Gradient(Optimizer::new(tx, shapes, &views)?);
         let (names, vars) = named.into_iter().unzip();
         Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None })
+    }
+
+    /// A closure-driven optimizer (built with `descent_core::closure::build_closure_optimizer`
+    /// for the variables' shapes) over named variables, kept in the given order; `name` names it
+    /// in messages. It steps with [`VarOptimizer::step_closure`].
+    pub fn with_closure_optimizer(
+        named: Vec<(String, Var)>,
+        opt: Box<dyn ClosureOptimizer>,
+        name: &str,
+    ) -> Result<Self> {
+        let params = Self::checked_values(&named)?;
+        let start = params.clone();
+        let opt = Engine::Closure(ClosureEngine { opt, name: name.to_string(), steps: 0, params, start });
+        let (names, vars) = named.into_iter().unzip();
+        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None })
+    }
+
+    /// The closure-driven optimizer's name (`torch.lbfgs`) when it is one: then it steps with
+    /// [`VarOptimizer::step_closure`], not [`VarOptimizer::step`].
+    pub fn closure_optimizer(&self) -> Option<&str> {
+        match &self.opt {
+            Engine::Gradient(_) => None,
+            Engine::Closure(c) => Some(&c.name),
+        }
     }
 
     /// The optimizer of `cfg` over every variable of a `VarMap`, in the order of their names.
@@ -292,8 +540,34 @@ impl VarOptimizer {
             return Err(Error::Param(format!("two parameters are named `{dup}`")));
         }
         let shapes: Vec<Vec<usize>> = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
-        let tx = cfg.transform(&names, &shapes)?;
-        let mut opt = Self::new(named, tx)?;
+        let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
+        let mut opt = if is_closure_optimizer(lib, &name) {
+            let full = format!("{lib}.{name}");
+            let refuse = |what: &str| {
+                Err(Error::Param(format!(
+                    "{what}: `{full}` evaluates the objective itself (a closure-driven optimizer); it takes no {what}"
+                )))
+            };
+            if !cfg.groups.is_empty() {
+                return refuse("parameter groups");
+            }
+            if cfg.clip_norm.is_some() || cfg.clip_value.is_some() {
+                return refuse("gradient clipping");
+            }
+            let h = match &cfg.hparams {
+                Value::Null => Value::Object(Default::default()),
+                Value::Object(_) => cfg.hparams.clone(),
+                other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
+            };
+            let mut closure = build_closure_optimizer(lib, &name, &h, &shapes)?;
+            if let Some(lr) = cfg.lr {
+                // As `param_group["lr"] = lr`: every rate the optimizer holds (SAM's are its base's).
+                closure.set_learning_rate(lr).map_err(|e| Error::Param(format!("`{full}`: {e}")))?;
+            }
+            Self::with_closure_optimizer(named, closure, &full)?
+        } else {
+            Self::new(named, cfg.transform(&names, &shapes)?)?
+        };
         // The rates a multiplier scales; an optimizer without a settable rate (torch Rprop) or
         // whose rate is a schedule already has none.
         let rates: Option<Vec<f64>> = opt.opt.learning_rates().into_iter().collect();
@@ -316,6 +590,44 @@ impl VarOptimizer {
     /// Optimizer steps taken (steps skipped for non-finite gradients not counted).
     pub fn steps(&self) -> u64 {
         self.opt.steps()
+    }
+
+    /// The optimizer's whole state, as a checkpoint stores it.
+    pub fn state_dict(&mut self) -> Result<StateDict> {
+        match &mut self.opt {
+            Engine::Gradient(o) => Ok(o.state_dict()?),
+            Engine::Closure(c) => {
+                let mut dict = c.opt.state_dict()?;
+                dict.counters.insert(STEPS_KEY.into(), c.steps);
+                Ok(dict)
+            }
+        }
+    }
+
+    /// Restores a state saved by [`VarOptimizer::state_dict`]; refuses a mismatched one whole.
+    pub fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
+        match &mut self.opt {
+            Engine::Gradient(o) => Ok(o.load_state_dict(dict)?),
+            Engine::Closure(c) => {
+                let mut inner = dict.clone();
+                let steps = inner.counters.remove(STEPS_KEY).ok_or_else(|| {
+                    descent_core::Error::State(format!("missing counter `{STEPS_KEY}` (the state of `{}`)", c.name))
+                })?;
+                c.opt.load_state_dict(&inner)?;
+                c.steps = steps;
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes of optimizer state as stored (quantized buffers at their packed size).
+    pub fn stored_state_bytes(&mut self) -> usize {
+        match &mut self.opt {
+            Engine::Gradient(o) => o.stored_state_bytes(),
+            Engine::Closure(c) => {
+                c.opt.state_dict().map(|d| d.buffers.values().map(|b| b.len() * 4).sum()).unwrap_or(0)
+            }
+        }
     }
 
     /// The learning-rate multiplier of the next step: the config's schedule at the current step
@@ -343,8 +655,6 @@ impl VarOptimizer {
         self.apply_scale(scale)
     }
 
-    /// Sets every learning rate to its base value times `scale` (the optimizer reacts as its
-    /// library does to a new `lr`).
     /// The learning rate the next step uses, read back from the optimizer (torch's
     /// `param_groups[0]["lr"]`): the first group's when groups differ; `None` when the optimizer
     /// holds no constant rate (torch Rprop, a rate given as a schedule).
@@ -357,6 +667,8 @@ impl VarOptimizer {
         self.opt.learning_rates().into_iter().next().flatten()
     }
 
+    /// Sets every learning rate to its base value times `scale` (the optimizer reacts as its
+    /// library does to a new `lr`).
     fn apply_scale(&mut self, scale: f64) -> Result<()> {
         let Some(base) = &self.base_rates else {
             return Err(Error::Param(
@@ -374,7 +686,7 @@ impl VarOptimizer {
     /// `steps` the optimizer's).
     pub fn checkpoint(&mut self) -> Result<Checkpoint> {
         let vars = self.vars();
-        let steps = self.opt.steps();
+        let steps = self.steps();
         Checkpoint::capture_vars(&vars, self, 0, steps, 0)
     }
 
@@ -413,18 +725,25 @@ impl VarOptimizer {
         &self.names
     }
 
-    /// The core optimizer (state, step counts).
-    pub fn core(&mut self) -> &mut Optimizer {
-        &mut self.opt
+    /// The core gradient optimizer (state, step counts); `None` for a closure-driven one.
+    pub fn core(&mut self) -> Option<&mut Optimizer> {
+        match &mut self.opt {
+            Engine::Gradient(o) => Some(o),
+            Engine::Closure(_) => None,
+        }
     }
 
-    /// One step from the gradients of a backward pass. A variable without gradient (unused in the
-    /// loss) gets a zero gradient, as torch skips nothing in its state either.
-    ///
+    /// The core closure-driven optimizer; `None` for a gradient one.
+    pub fn closure_core(&mut self) -> Option<&mut dyn ClosureOptimizer> {
+        match &mut self.opt {
+            Engine::Gradient(_) => None,
+            Engine::Closure(c) => Some(c.opt.as_mut()),
+        }
+    }
+
     /// With a schedule in the config, sets the learning-rate multiplier to its value at the
-    /// current step first. Returns false when the step was skipped (non-finite gradients under
-    /// a skipping policy).
-    pub fn step(&mut self, grads: &GradStore) -> Result<bool> {
+    /// current step.
+    fn apply_schedule(&mut self) -> Result<()> {
         if let Some(schedule) = self.schedule.clone() {
             let t = self.opt.steps();
             descent_core::schedule::check_steps(schedule.as_ref(), t + 1)?;
@@ -434,6 +753,91 @@ impl VarOptimizer {
             }
             self.apply_scale(m)?;
         }
+        Ok(())
+    }
+
+    /// One step that evaluates the objective through `closure` (torch's `optimizer.step(closure)`):
+    /// the closure computes the loss of the model as its variables stand (the forward pass and
+    /// the loss, without `backward`), and is called as often as the optimizer needs, the
+    /// variables holding each point to evaluate; after the step they hold the new parameters.
+    /// A gradient optimizer calls it once and steps on its gradients. Returns the loss at the
+    /// parameters the step started from (for optax's L-BFGS, the value its line search found
+    /// there). With a schedule in the config, sets the learning-rate multiplier first.
+    pub fn step_closure(&mut self, closure: impl FnMut() -> Result<Tensor>) -> Result<f32> {
+        self.step_closure_with(closure, |_| Ok(()))
+    }
+
+    /// [`VarOptimizer::step_closure`], with `observe` seeing every evaluation (its loss and
+    /// gradients) after its backward pass: gradient norms to log, or a model's buffers to put back
+    /// after an evaluation that is not the step's first. An error from either closure ends the
+    /// step with that error, the variables back at the parameters the step started from (for a
+    /// closure-driven optimizer; a gradient optimizer fails before it moves them).
+    pub fn step_closure_with(
+        &mut self,
+        closure: impl FnMut() -> Result<Tensor>,
+        observe: impl FnMut(&Evaluation) -> Result<()>,
+    ) -> Result<f32> {
+        self.apply_schedule()?;
+        let mut objective =
+            VarObjective { names: &self.names, vars: &self.vars, closure, observe, evals: 0, error: None };
+        match &mut self.opt {
+            Engine::Gradient(o) => {
+                let mut params = vec![];
+                let mut grads: Vec<Vec<f32>> = self.vars.iter().map(|v| vec![0.0; v.elem_count()]).collect();
+                for (v, n) in self.vars.iter().zip(&self.names) {
+                    let mut p = vec![0.0; v.elem_count()];
+                    read_values(v, n, &mut p)?;
+                    params.push(p);
+                }
+                let loss = objective.eval(&params, &mut grads)?;
+                // In place, as [`VarOptimizer::step`] (the variables already hold `params`).
+                let g: Vec<Tensor> = grads
+                    .into_iter()
+                    .zip(&self.vars)
+                    .map(|(g, v)| Tensor::from_vec(g, v.dims(), v.device()))
+                    .collect::<candle_core::Result<_>>()?;
+                let (vars, names) = (&self.vars, &self.names);
+                drop(objective);
+                Self::step_grads(vars, names, o, g)?;
+                Ok(loss)
+            }
+            Engine::Closure(c) => {
+                for ((v, n), (p, s)) in self.vars.iter().zip(&self.names).zip(c.params.iter_mut().zip(&mut c.start)) {
+                    read_values(v, n, p)?;
+                    s.copy_from_slice(p);
+                }
+                let result = c.opt.step(&mut c.params, &mut objective);
+                let kept = objective.error.take();
+                drop(objective);
+                let (values, outcome) = match (result, kept) {
+                    (Ok(loss), _) => (&c.params, Ok(loss)),
+                    (Err(_), Some(e)) => (&c.start, Err(e)),
+                    (Err(e), None) => (&c.start, Err(e.into())),
+                };
+                for ((v, n), p) in self.vars.iter().zip(&self.names).zip(values) {
+                    v.as_tensor().inplace_op1(&WriteValues { values: p, name: n })?;
+                }
+                let loss = outcome?;
+                c.steps += 1;
+                Ok(loss)
+            }
+        }
+    }
+
+    /// One step from the gradients of a backward pass. A variable without gradient (unused in the
+    /// loss) gets a zero gradient, as torch skips nothing in its state either.
+    ///
+    /// With a schedule in the config, sets the learning-rate multiplier to its value at the
+    /// current step first. Returns false when the step was skipped (non-finite gradients under
+    /// a skipping policy).
+    pub fn step(&mut self, grads: &GradStore) -> Result<bool> {
+        if let Engine::Closure(c) = &self.opt {
+            return Err(Error::Param(format!(
+                "`{}` evaluates the objective itself: step it with VarOptimizer::step_closure, not gradients",
+                c.name
+            )));
+        }
+        self.apply_schedule()?;
         if self.vars.is_empty() {
             return Ok(true);
         }
@@ -452,17 +856,27 @@ impl VarOptimizer {
             }
             gs.push(g);
         }
+        let Engine::Gradient(opt) = &mut self.opt else { unreachable!("closure optimizers returned above") };
+        Self::step_grads(&self.vars, &self.names, opt, gs)
+    }
+
+    /// The gradient optimizer's step on the variables' storage in place (nested in-place ops, see
+    /// the module's notes), with one contiguous gradient tensor per variable.
+    fn step_grads(vars: &[Var], names: &[String], opt: &mut Optimizer, grads: Vec<Tensor>) -> Result<bool> {
+        if vars.is_empty() {
+            return Ok(true);
+        }
         let run = std::cell::RefCell::new(Run {
-            vars: &self.vars,
-            names: &self.names,
-            grads: gs,
-            slots: Vec::with_capacity(self.vars.len()),
-            opt: &mut self.opt,
+            vars,
+            names,
+            grads,
+            slots: Vec::with_capacity(vars.len()),
+            opt,
             result: None,
         });
         let first = Level { k: 0, run: &run };
         let g0 = run.borrow().grads[0].clone();
-        self.vars[0].as_tensor().inplace_op2(&g0, &first)?;
+        vars[0].as_tensor().inplace_op2(&g0, &first)?;
         let result = run.borrow_mut().result.take();
         Ok(result.ok_or_else(|| Error::Param("optimizer step did not run".into()))??)
     }

@@ -350,7 +350,7 @@ pub struct StepMetrics {
 }
 
 /// Each parameter's gradient L2 norm (0 for a parameter without gradient), in model order.
-pub(crate) fn param_grad_norms(
+pub(crate) fn param_grad_norms_of(
     model: &dyn Model,
     grads: &candle_core::backprop::GradStore,
 ) -> Result<Vec<(String, f64)>> {
@@ -410,6 +410,61 @@ pub(crate) fn penalized(loss: Tensor, model: &dyn Model, cfg: &TrainConfig) -> R
         }
     }
     Ok(loss)
+}
+
+/// What a step of a closure-driven optimizer reports: the loss the step started from, and the
+/// gradient norms of its first evaluation.
+pub(crate) struct ClosureStep {
+    pub loss: f32,
+    pub grad_norm: f64,
+    pub param_grad_norms: Vec<(String, f64)>,
+}
+
+/// One step of a closure-driven optimizer on one batch: the objective is the penalized loss of
+/// the batch (`loss_of_output` of the model's output in training mode, dropout drawn afresh at
+/// each evaluation), evaluated as often as the optimizer needs, always on this batch. A model's
+/// buffers (batch norm's running statistics) move with the step's first evaluation only; later
+/// ones (SAM's perturbed point, L-BFGS's line search) leave them as the first left them. A
+/// non-finite loss at the first evaluation stops the run before the parameters move.
+pub(crate) fn closure_step(
+    model: &dyn Model,
+    opt: &mut VarOptimizer,
+    cfg: &TrainConfig,
+    x: &Tensor,
+    rng: &mut Rng,
+    loss_of_output: &dyn Fn(&Tensor) -> Result<Tensor>,
+    step: u64,
+) -> Result<ClosureStep> {
+    let buffers = model.named_buffers();
+    let mut kept: Vec<Tensor> = vec![];
+    let (mut grad_norm, mut param_grad_norms) = (f64::NAN, vec![]);
+    let loss = opt.step_closure_with(
+        || {
+            let out = model.forward(x, Mode::Train, rng)?;
+            penalized(loss_of_output(&out)?, model, cfg)
+        },
+        |e| {
+            if e.index == 0 {
+                if !e.loss.is_finite() {
+                    return Err(Error::Param(format!("loss is {} at step {step}: training stopped", e.loss)));
+                }
+                grad_norm = crate::optim::global_norm(e.flat_grads);
+                if cfg.log_grad_norms {
+                    param_grad_norms = param_grad_norms_of(model, e.grads)?;
+                }
+                kept = buffers.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+            } else {
+                for ((_, v), t) in buffers.iter().zip(&kept) {
+                    v.set(t)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    if !loss.is_finite() {
+        return Err(Error::Param(format!("loss is {loss} at step {step}: training stopped")));
+    }
+    Ok(ClosureStep { loss, grad_norm, param_grad_norms })
 }
 
 fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -485,7 +540,7 @@ impl EpochEnd<'_> {
 
     /// Bytes of optimizer state as stored (quantized buffers at their packed size).
     pub fn state_bytes(&mut self) -> usize {
-        self.opt.core().stored_state_bytes()
+        self.opt.stored_state_bytes()
     }
 }
 
@@ -602,17 +657,24 @@ pub fn train_from(
                 opt.set_lr_scale(m)?;
             }
             let (x, y) = train.batch(idx)?;
-            let out = model.forward(&x, Mode::Train, &mut rng)?;
-            let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
-            let l = loss.to_scalar::<f32>()?;
-            if !l.is_finite() {
-                return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
-            }
-            let grads = loss.backward()?;
             let lr = opt.learning_rate();
-            let grad_norm = opt.grad_norm(&grads)?;
-            let param_grad_norms = if cfg.log_grad_norms { param_grad_norms(model, &grads)? } else { vec![] };
-            opt.step(&grads)?;
+            let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
+                let of_output = |out: &Tensor| loss_of(cfg.loss, out, &y);
+                let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
+                (s.loss, s.grad_norm, s.param_grad_norms)
+            } else {
+                let out = model.forward(&x, Mode::Train, &mut rng)?;
+                let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
+                let l = loss.to_scalar::<f32>()?;
+                if !l.is_finite() {
+                    return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
+                }
+                let grads = loss.backward()?;
+                let grad_norm = opt.grad_norm(&grads)?;
+                let param_grad_norms = if cfg.log_grad_norms { param_grad_norms_of(model, &grads)? } else { vec![] };
+                opt.step(&grads)?;
+                (l, grad_norm, param_grad_norms)
+            };
             steps += 1;
             let control = hooks.on_step(&StepMetrics {
                 epoch,
@@ -732,6 +794,12 @@ pub fn bench(
     batches: usize,
 ) -> Result<BenchTimes> {
     let mut opt = optimizer_for(model, cfg)?;
+    if let Some(name) = opt.closure_optimizer() {
+        return Err(Error::Param(format!(
+            "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \
+             forward, backward and a gradient step apart; time it with `descent train`"
+        )));
+    }
     let mut rng = Rng::new(cfg.seed);
     let order = epoch_order(data.len(), &mut rng);
     let mut batches_iter = order.chunks(cfg.batch_size).cycle();

@@ -330,3 +330,32 @@ fn resnet_learns_a_few_hundred_samples() {
     assert!(losses[3] < 0.8 * losses[0], "{losses:?}");
     assert!(h[3].test_loss < 0.8 * before, "evaluation loss {} from {before}", h[3].test_loss);
 }
+
+/// An optimizer that evaluates the objective several times a step (SAM at the perturbed point,
+/// L-BFGS along its search) moves the running statistics with the step's first evaluation only:
+/// as one training-mode forward at the weights the step starts from.
+#[test]
+fn closure_steps_move_the_running_statistics_once() {
+    let data = slice(&mnist().train, 0, 1);
+    for (name, h) in [
+        ("sam", serde_json::json!({"base": ["sgd", {"momentum": 0.9}], "rho": 0.05})),
+        ("torch.lbfgs", serde_json::json!({"max_iter": 3})),
+    ] {
+        let mut c = TrainConfig::new(name, Some(0.01), 1, 1, Loss::CrossEntropy);
+        c.hparams = h;
+        let model = ResNet::new(6, 8, Init::TorchDefault, &mut Rng::new(4), &Device::Cpu).unwrap();
+        let twin = ResNet::new(6, 8, Init::TorchDefault, &mut Rng::new(4), &Device::Cpu).unwrap();
+        let weights = bits(&model.named_vars());
+        let mut evals = 0;
+        let (h, _) = train_from(&model, &data, &data, &c, None, |_: &EpochMetrics, end: &mut EpochEnd| {
+            evals += 1;
+            assert!(end.state_bytes() > 0, "{name}: no state in its checkpoint");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((h.len(), h[0].steps, evals), (1, 1, 1));
+        assert_ne!(bits(&model.named_vars()), weights, "{name}: the step moved nothing");
+        twin.forward(&data.x, Mode::Train, &mut Rng::new(0)).unwrap();
+        assert_eq!(bits(&model.named_buffers()), bits(&twin.named_buffers()), "{name}");
+    }
+}

@@ -224,3 +224,156 @@ fn checkpoint_round_trip_continues_bit_identically() {
     assert_eq!(opt3.steps(), 0);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `loss = Σ w ⊙ p²` with fixed weights `w`, the gradient `2 w ⊙ p` computed as candle does.
+fn weighted_square(p: &Tensor, w: &[f32]) -> Tensor {
+    let wt = Tensor::new(w, &Device::Cpu).unwrap();
+    (p.sqr().unwrap() * wt).unwrap().sum_all().unwrap()
+}
+
+/// A closure-driven optimizer on candle variables moves them as the core optimizer moves plain
+/// buffers under the same objective, bit for bit: SAM evaluates twice per step, at the
+/// parameters and at the perturbed point, and the variables end at the base optimizer's step.
+#[test]
+fn step_closure_equals_the_core_closure_step() {
+    use descent_core::closure::build_closure_optimizer;
+    let w = [1.0f32, 3.0, 0.5, 2.0];
+    let p0 = vec![0.5f32, -1.0, 2.0, 0.25];
+    let h = json!({"base": ["sgd", {"momentum": 0.9}], "lr": 0.05, "rho": 0.1, "adaptive": true});
+    let vars = vec![var("p", p0.clone())];
+    let cfg = OptimizerConfig { optimizer: "sam".into(), hparams: h.clone(), ..Default::default() };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    assert_eq!(opt.closure_optimizer(), Some("descent.sam"));
+    let mut core = build_closure_optimizer("descent", "sam", &h, &[vec![4]]).unwrap();
+    let mut plain = vec![p0.clone()];
+    let mut objective = |params: &[Vec<f32>], grads: &mut [Vec<f32>]| {
+        for ((g, &p), &w) in grads[0].iter_mut().zip(&params[0]).zip(&w) {
+            *g = 2.0 * w * p;
+        }
+        Ok(params[0].iter().zip(&w).map(|(p, w)| w * p * p).sum::<f32>())
+    };
+    let mut evals = 0;
+    for _ in 0..5 {
+        opt.step_closure_with(
+            || Ok(weighted_square(vars[0].1.as_tensor(), &w)),
+            |e| {
+                evals += 1;
+                assert_eq!(e.flat_grads.len(), 1);
+                Ok(())
+            },
+        )
+        .unwrap();
+        core.step(&mut plain, &mut objective).unwrap();
+    }
+    assert_eq!(evals, 10, "SAM evaluates twice per step");
+    assert_eq!(opt.steps(), 5);
+    for (a, b) in values(&vars[0].1).iter().zip(&plain[0]) {
+        assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+    }
+    // Gradients alone are refused, naming the optimizer and the way to step it.
+    let e = opt.step(&weighted_square(vars[0].1.as_tensor(), &w).backward().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("descent.sam") && e.contains("step_closure"), "{e}");
+}
+
+/// L-BFGS (torch's, with its strong-Wolfe search) minimizes a quadratic bowl in one step of its
+/// 20 iterations, evaluating the closure many times on the same objective.
+#[test]
+fn lbfgs_minimizes_a_bowl_through_step_closure() {
+    let w = [1.0f32, 3.0, 0.5, 2.0];
+    let vars = vec![var("p", vec![0.5, -1.0, 2.0, 0.25])];
+    let cfg = OptimizerConfig {
+        optimizer: "lbfgs".into(),
+        hparams: json!({"line_search_fn": "strong_wolfe"}),
+        ..Default::default()
+    };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    let mut evals = 0;
+    let first = opt
+        .step_closure_with(
+            || Ok(weighted_square(vars[0].1.as_tensor(), &w)),
+            |_| {
+                evals += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert!((first - 5.375).abs() < 1e-5, "the loss the step started from: {first}");
+    assert!(evals > 2, "{evals} evaluations");
+    for x in values(&vars[0].1) {
+        assert!(x.abs() < 1e-4, "{:?}", values(&vars[0].1));
+    }
+}
+
+/// A gradient optimizer steps on the closure's gradients: the same as `step` on a backward pass.
+#[test]
+fn step_closure_of_a_gradient_optimizer_is_its_step() {
+    let w = [1.0f32, 3.0, 0.5, 2.0];
+    let p0 = vec![0.5f32, -1.0, 2.0, 0.25];
+    let cfg = OptimizerConfig { lr: Some(0.1), hparams: json!({"weight_decay": 0.1}), ..Default::default() };
+    let (a, b) = (vec![var("p", p0.clone())], vec![var("p", p0)]);
+    let mut oa = VarOptimizer::for_vars(a.clone(), &cfg).unwrap();
+    let mut ob = VarOptimizer::for_vars(b.clone(), &cfg).unwrap();
+    assert_eq!(oa.closure_optimizer(), None);
+    for _ in 0..3 {
+        let loss = oa.step_closure(|| Ok(weighted_square(a[0].1.as_tensor(), &w))).unwrap();
+        let lb = weighted_square(b[0].1.as_tensor(), &w);
+        assert_eq!(loss, lb.to_scalar::<f32>().unwrap());
+        ob.step(&lb.backward().unwrap()).unwrap();
+    }
+    assert_eq!(values(&a[0].1), values(&b[0].1));
+    assert_eq!(oa.steps(), 3);
+}
+
+/// A closure optimizer's checkpoint (weights, its state, its step count) continues bit for bit,
+/// with a schedule setting its rate at each step; clipping and groups are refused, not ignored.
+#[test]
+fn closure_optimizer_checkpoint_round_trip_and_refusals() {
+    let dir = tmpdir("closure-roundtrip");
+    let path = dir.join("ck.safetensors");
+    let cfg = || OptimizerConfig {
+        optimizer: "sam".into(),
+        lr: Some(0.05),
+        hparams: json!({"base": "adamw", "rho": 0.05}),
+        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 3, 12, 0.0, 1.0))),
+        ..Default::default()
+    };
+    let steps = |model: &Mlp, opt: &mut VarOptimizer, from: usize, to: usize| {
+        for k in from..to {
+            let (x, y) = batch(k);
+            opt.step_closure(|| Ok(candle_nn::loss::cross_entropy(&model.forward(&x), &y)?)).unwrap();
+        }
+    };
+    let varmap = VarMap::new();
+    let model = Mlp::new(&varmap);
+    let mut opt = VarOptimizer::for_varmap(&varmap, &cfg()).unwrap();
+    steps(&model, &mut opt, 0, 5);
+    opt.save_checkpoint(&path).unwrap();
+    steps(&model, &mut opt, 5, 10);
+    let straight: Vec<Vec<f32>> = opt.vars().iter().map(|(_, v)| values(v)).collect();
+
+    let varmap2 = VarMap::new();
+    let model2 = Mlp::new(&varmap2);
+    let mut opt2 = VarOptimizer::for_varmap(&varmap2, &cfg()).unwrap();
+    assert_eq!(opt2.load_checkpoint(&path).unwrap().steps, 5);
+    assert_eq!(opt2.steps(), 5);
+    steps(&model2, &mut opt2, 5, 10);
+    for (a, b) in straight.iter().flatten().zip(opt2.vars().iter().flat_map(|(_, v)| values(v))) {
+        assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+    }
+    // A gradient optimizer's checkpoint does not fit it, nor the other way round.
+    let mut adamw = VarOptimizer::for_varmap(&varmap2, &OptimizerConfig::default()).unwrap();
+    assert!(adamw.load_checkpoint(&path).is_err());
+    adamw.save_checkpoint(dir.join("adamw.safetensors")).unwrap();
+    assert!(opt2.load_checkpoint(dir.join("adamw.safetensors")).is_err());
+    assert_eq!(opt2.steps(), 10);
+
+    for (bad, needle) in [
+        (OptimizerConfig { clip_norm: Some(1.0), ..cfg() }, "gradient clipping"),
+        (OptimizerConfig { clip_value: Some(1.0), ..cfg() }, "gradient clipping"),
+        (OptimizerConfig { groups: vec![("bias".into(), json!({}))], ..cfg() }, "parameter groups"),
+    ] {
+        let e = VarOptimizer::for_varmap(&varmap, &bad).err().unwrap().to_string();
+        assert!(e.contains(needle) && e.contains("descent.sam") && !e.contains('\n'), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

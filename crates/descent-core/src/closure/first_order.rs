@@ -1,4 +1,4 @@
-//! First-order closure optimizers: optax `polyak_sgd`, `contrib.momo`, `contrib.momo_adam`, `contrib.sam` and pytorch_optimizer `SAM` (with ASAM).
+//! First-order closure optimizers: optax `polyak_sgd`, `contrib.momo`, `contrib.momo_adam`, `contrib.sam`, pytorch_optimizer `SAM` (with ASAM) and descent's `sam` (the same two passes around any registry optimizer).
 //!
 //! Polyak SGD and MoMo need the loss value beside the gradient; SAM needs a second gradient at a
 //! perturbed point (pytorch_optimizer), or moves the parameters through the perturbed point on
@@ -16,8 +16,14 @@ use crate::transform::{check_init, check_shapes, numel, LearningRate, Transform}
 use super::{ClosureOptimizer, Objective};
 
 /// The registry names of this family (`library.name`).
-pub const NAMES: &[&str] =
-    &["optax.contrib.momo", "optax.contrib.momo_adam", "optax.contrib.sam", "optax.polyak_sgd", "po.sam"];
+pub const NAMES: &[&str] = &[
+    "descent.sam",
+    "optax.contrib.momo",
+    "optax.contrib.momo_adam",
+    "optax.contrib.sam",
+    "optax.polyak_sgd",
+    "po.sam",
+];
 
 /// Builds `library.name` if it belongs to this family (`None` otherwise).
 pub fn build(
@@ -35,6 +41,7 @@ pub fn build(
         ("optax", "contrib.momo_adam") => boxed(build_momo_adam(hparams, shapes)),
         ("optax", "contrib.sam") => boxed(build_optax_sam(hparams, shapes)),
         ("po", "sam") => boxed(build_po_sam(hparams, shapes)),
+        ("descent", "sam") => boxed(build_descent_sam(hparams, shapes)),
         _ => return None,
     })
 }
@@ -899,6 +906,82 @@ fn build_po_sam(hparams: &Value, shapes: &[Vec<usize>]) -> Result<PoSam> {
     };
     // Selects batched kernels; the numbers are the same.
     let _ = k.opt_bool("foreach")?;
+    k.finish()?;
+    PoSam::new(base, cfg, shapes)
+}
+
+/// descent's `sam`: pytorch_optimizer's two-pass SAM ([`PoSam`]) around any gradient optimizer
+/// of the registry, given by its descent name as `descent train --optimizer` takes it:
+///
+/// - `base`: the optimizer, `"adamw"`, `"torch.sgd"`, `"optax.lion"`, `"po.adamp"`, … or
+///   `[name, {kwargs}]` (required);
+/// - `base_hparams`: its keyword arguments, in its library's names (or in `base`'s pair, not both);
+/// - `lr`: its learning rate (the library's `lr` / `learning_rate`), when not in its arguments;
+/// - `rho` (0.05), `adaptive` (false: ASAM when true), `perturb_eps` (1e-12): as [`PoSamConfig`].
+///
+/// The learning rates the optimizer exposes are the base's.
+fn build_descent_sam(hparams: &Value, shapes: &[Vec<usize>]) -> Result<PoSam> {
+    let ctx = "descent.sam";
+    let mut k = Kwargs::new(ctx, hparams)?;
+    let base = k.present("base")?.ok_or_else(|| {
+        field_err(
+            ctx,
+            "base",
+            "missing required argument: the optimizer that steps, e.g. \"adamw\" or [\"sgd\", {\"momentum\": 0.9}]",
+        )
+    })?;
+    let (name, mut kwargs) = crate::spec::link(base, &format!("{ctx}: `base`"))?;
+    if let Some(extra) = k.value("base_hparams") {
+        if !kwargs.is_null() {
+            return Err(field_err(
+                ctx,
+                "base_hparams",
+                "the base's arguments are already in `base` ([name, kwargs]); give them once",
+            ));
+        }
+        kwargs = extra.clone();
+    }
+    if kwargs.is_null() {
+        kwargs = Value::Object(Default::default());
+    }
+    let Value::Object(map) = &mut kwargs else {
+        return Err(field_err(
+            ctx,
+            "base_hparams",
+            format!("expected a JSON object of the base's arguments, got {kwargs}"),
+        ));
+    };
+    let (lib, base_name) = crate::spec::resolve_optimizer(&name).map_err(|e| field_err(ctx, "base", e))?;
+    if super::is_closure_optimizer(lib, &base_name) {
+        return Err(field_err(
+            ctx,
+            "base",
+            format!("`{lib}.{base_name}` evaluates the objective itself; the base steps on the gradient at the perturbed point"),
+        ));
+    }
+    if let Some(lr) = k.opt_f64("lr")? {
+        let key = crate::spec::lr_key(lib);
+        match map.get(key) {
+            Some(v) if v.as_f64() != Some(lr) => {
+                return Err(field_err(
+                    ctx,
+                    "lr",
+                    format!("{lr}, and the base's `{key}` is {v}: the same setting; give it once"),
+                ))
+            }
+            _ => {
+                map.insert(key.to_string(), serde_json::json!(lr));
+            }
+        }
+    }
+    let base = build_optimizer(lib, &base_name, &kwargs, None, shapes)
+        .map_err(|e| field_err(ctx, "base", format!("{lib}.{base_name}: {e}")))?;
+    let cfg = PoSamConfig {
+        rho: k.f64("rho", 0.05)?,
+        adaptive: k.bool("adaptive", false)?,
+        use_gc: false,
+        perturb_eps: k.f64("perturb_eps", 1e-12)?,
+    };
     k.finish()?;
     PoSam::new(base, cfg, shapes)
 }

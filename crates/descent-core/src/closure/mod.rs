@@ -90,7 +90,8 @@ pub trait ClosureOptimizer: Send {
 
 type Family = fn(&str, &str, &Value, &[Vec<usize>]) -> Option<Result<Box<dyn ClosureOptimizer>>>;
 
-/// The closure-driven optimizers, as registry names (`torch.lbfgs`, `optax.contrib.sam`, …).
+/// The closure-driven optimizers, as registry names (`torch.lbfgs`, `optax.contrib.sam`,
+/// `descent.sam`, …).
 pub fn closure_optimizers() -> Vec<String> {
     let mut names: Vec<String> = first_order::NAMES.iter().chain(lbfgs::NAMES).map(|s| s.to_string()).collect();
     names.sort_unstable();
@@ -101,6 +102,17 @@ pub fn closure_optimizers() -> Vec<String> {
 pub fn is_closure_optimizer(library: &str, name: &str) -> bool {
     let full = format!("{library}.{name}");
     first_order::NAMES.contains(&full.as_str()) || lbfgs::NAMES.contains(&full.as_str())
+}
+
+/// The learning rate the closure-driven optimizer `library.name` takes from these keyword
+/// arguments: its library's default when they set none (torch `LBFGS` 1.0, optax
+/// `contrib.momo_adam` 1e-2), the base optimizer's for SAM. `None` when they do not build, or
+/// the optimizer holds no constant rate or several different ones.
+pub fn default_learning_rate(library: &str, name: &str, hparams: &Value) -> Option<f64> {
+    let mut opt = build_closure_optimizer(library, name, hparams, &[vec![1]]).ok()?;
+    let rates = opt.learning_rates();
+    let first = (*rates.first()?)?;
+    rates.iter().all(|r| *r == Some(first)).then_some(first)
 }
 
 /// Builds the closure-driven optimizer `name` of `library` for parameters of these shapes.
