@@ -49,6 +49,8 @@ pub enum Kind {
     Landscape,
     LrFind,
     Plot,
+    /// `descent bench optimizers`.
+    Benchmark,
 }
 
 impl Kind {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::Landscape => "landscape",
             Kind::LrFind => "lr-find",
             Kind::Plot => "plot",
+            Kind::Benchmark => "benchmark",
         }
     }
 
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Landscape => &["table.md", "table.csv"],
             Kind::LrFind => &["lr_find.csv"],
             Kind::Plot => &[],
+            Kind::Benchmark => &["bench.json", "runs.jsonl", "runs", "table.md", "table.csv", "report.html"],
         }
     }
 
@@ -97,6 +101,7 @@ impl Kind {
             Kind::Sweep => ["objective", "curves"].contains(&stem) || stem.starts_with("param_"),
             Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),
             Kind::LrFind => stem == "lr_find",
+            Kind::Benchmark => ["curves", "lr_search"].contains(&stem),
         }
     }
 
@@ -119,6 +124,7 @@ impl Kind {
             Kind::Landscape => has("table.md") && has("table.csv") && !has("compare.json") && !has("sweep.json"),
             Kind::LrFind => has("lr_find.csv"),
             Kind::Plot => false,
+            Kind::Benchmark => has("bench.json"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `descent` command-line tool.
 
 mod bench;
+mod bench_optimizers;
 mod compare;
 mod folder;
 #[cfg(test)]
@@ -145,6 +146,11 @@ enum BenchCommand {
         #[arg(long, default_value = "runs/bench-sweep")]
         out: PathBuf,
     },
+    /// Which optimizer at which learning rate for a model: each optimizer of a list gets the same
+    /// learning-rate search on a validation split, its best rate runs over several seeds; a table
+    /// of steps and seconds to a target accuracy, final accuracy with its spread, state memory and
+    /// step cost, and the best curves. Resumable (`--resume DIR`).
+    Optimizers(Box<bench_optimizers::BenchOptimizersArgs>),
     /// Optimizer steps on flat buffers against the memory roofline of their access pattern.
     Step {
         /// An optimizer name (`adam`, `torch.adamw`, `optax.lion`, …) or `all`.
@@ -240,6 +246,13 @@ fn main() -> ExitCode {
                 }
             };
             set_threads(None).and_then(|_| sweep::bench(seeds, trials, epochs, &out, parse)).map(|_| true)
+        }
+        Command::Bench { what: BenchCommand::Optimizers(args) } => {
+            let sub = matches
+                .subcommand_matches("bench")
+                .and_then(|b| b.subcommand_matches("optimizers"))
+                .expect("bench optimizers subcommand");
+            set_threads(args.base.threads).and_then(|_| bench_optimizers::run(*args, sub)).map(|_| true)
         }
         Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

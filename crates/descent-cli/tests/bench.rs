@@ -32,3 +32,104 @@ fn bench_step_refuses_bad_settings() {
     let e = run_err(&["bench", "step", "--optimizer", "nosuch", "--params", "100"]);
     assert!(e.contains("nosuch"), "{e}");
 }
+
+/// `descent bench optimizers` on a few MLP steps: each optimizer's grid of rates on the first
+/// seed, its best rate on the other seeds, a table row per optimizer; killed after some runs (the
+/// last line of runs.jsonl cut), `--resume` reruns only what is missing and reports the same table.
+#[test]
+fn bench_optimizers_searches_each_rate_then_seeds_the_best_and_resumes() {
+    let out = common::out("bench-opt");
+    let o = out.to_str().unwrap();
+    let args = [
+        "bench",
+        "optimizers",
+        "--model",
+        "mlp",
+        "--steps",
+        "6",
+        "--threads",
+        "1",
+        "--grid-points",
+        "2",
+        "--seeds",
+        "2",
+        "--target",
+        "20",
+        "--run",
+        "adamw:label=adamw",
+        "--run",
+        "sgd:lr=0.05,momentum=0.9,label=sgd_m",
+        "--out",
+        o,
+    ];
+    let text = run_ok(&args);
+    let runs = std::fs::read_to_string(out.join("runs.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = runs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 2 * (2 + 1), "{runs}");
+    let search: Vec<f64> = recs
+        .iter()
+        .filter(|r| r["label"] == "sgd_m" && r["phase"] == "search")
+        .map(|r| r["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(search.len(), 2);
+    // Half a decade apart around the given centre 0.05.
+    assert!(
+        (search[0] * search[1] - 0.05f64 * 0.05).abs() < 1e-12 && (search[1] / search[0] - 10f64.sqrt()).abs() < 1e-9
+    );
+    // The seeded run uses the search's best rate.
+    let best = recs
+        .iter()
+        .filter(|r| r["label"] == "sgd_m" && r["phase"] == "search")
+        .max_by(|a, b| a["final_accuracy"].as_f64().unwrap().total_cmp(&b["final_accuracy"].as_f64().unwrap()))
+        .unwrap()["lr"]
+        .clone();
+    let seeded: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["label"] == "sgd_m" && r["phase"] == "seed").collect();
+    assert_eq!(seeded.len(), 1);
+    assert_eq!(seeded[0]["lr"], best);
+    assert_eq!(seeded[0]["seed"], 1);
+    for r in &recs {
+        assert_eq!(r["status"], "complete", "{r}");
+        assert_eq!(r["steps"], 6, "{r}");
+        assert!(r["state_bytes"].as_u64().unwrap() > 0 || r["label"] == "sgd_m");
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("| adamw |") && table.contains("| sgd_m |"), "{table}");
+    assert!(text.contains("table, charts and report.html"), "{text}");
+    for f in ["table.csv", "report.html", "curves.svg", "lr_search.svg", "bench.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+
+    // Killed during the last run: its line half written.
+    let lines: Vec<&str> = runs.lines().collect();
+    let cut = format!("{}\n{}", lines[..4].join("\n"), &lines[4][..lines[4].len() / 2]);
+    std::fs::write(out.join("runs.jsonl"), cut).unwrap();
+    let text = run_ok(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
+    assert!(text.contains("(4 done before)"), "{text}");
+    let again = std::fs::read_to_string(out.join("runs.jsonl")).unwrap();
+    assert_eq!(again.lines().count(), 6, "{again}");
+    assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap().lines().count(), table.lines().count());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bench_optimizers_refuses_what_it_cannot_honour() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--model", "linear"], &["--model linear", "mlp, lenet"]),
+        (&["--model", "mlp", "--optimizer", "adamw"], &["--optimizer"]),
+        (&["--model", "mlp", "--lr", "0.1"], &["--lr"]),
+        (&["--model", "mlp", "--run", "adamw", "--run", "adamw"], &["given twice"]),
+        (&["--model", "mlp", "--run", "nosuch"], &["nosuch"]),
+        (&["--model", "mlp", "--run", "adamw:lr=-1"], &["lr must be a positive number"]),
+        (&["--model", "mlp", "--run", "adamw:seed=3"], &["`seed`"]),
+        (&["--model", "mlp", "--grid-points", "0"], &["--grid-points"]),
+    ];
+    for (flags, expected) in cases {
+        let args: Vec<&str> = ["bench", "optimizers"].iter().chain(flags.iter()).copied().collect();
+        let e = run_err(&args);
+        for x in *expected {
+            assert!(e.contains(x), "{flags:?}: {e}");
+        }
+        assert!(e.trim().lines().count() <= 2, "{flags:?}: one or two lines: {e}");
+    }
+}

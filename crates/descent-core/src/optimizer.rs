@@ -202,10 +202,12 @@ impl Optimizer {
         self.step(&mut p, &g)
     }
 
-    /// The parameters to evaluate (Lookahead's slow weights), or a copy of `params`.
-    pub fn eval_params(&self, params: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    /// The parameters to evaluate when they differ from the stepped ones `params`: Lookahead's
+    /// slow weights, schedule-free's average `x` (optax `schedule_free_eval_params`,
+    /// pytorch_optimizer's `optimizer.eval()`); `None` when `params` themselves are evaluated.
+    pub fn eval_params(&self, params: &[Vec<f32>]) -> Option<Vec<Vec<f32>>> {
         let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
-        self.tx.eval_params(&views).unwrap_or_else(|| params.to_vec())
+        self.tx.eval_params(&views)
     }
 
     /// Bytes of optimizer state as stored, from the visited buffers: `f32` buffers count 4 bytes

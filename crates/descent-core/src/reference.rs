@@ -584,7 +584,11 @@ impl OptimCase {
                     opt.step_sparse_vecs(&mut params, g, &rows)?
                 }
             };
-            out.push(opt.eval_params(&params));
+            // What a case records after each step (the reference README): optax `lookahead` its slow
+            // weights, every other case — schedule-free's included — the parameters stepped.
+            let recorded =
+                if self.library == "optax" && self.optimizer == "lookahead" { opt.eval_params(&params) } else { None };
+            out.push(recorded.unwrap_or_else(|| params.clone()));
         }
         Ok(out)
     }

@@ -135,7 +135,8 @@ pub trait Transform: Send + Sync {
     }
 
     /// The parameters a user should evaluate or report, when they differ from the ones the
-    /// optimizer steps (Lookahead's slow weights). `None`: the stepped parameters themselves.
+    /// optimizer steps (Lookahead's slow weights, schedule-free's average `x`). `None`: the
+    /// stepped parameters themselves.
     fn eval_params(&self, _params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
         None
     }

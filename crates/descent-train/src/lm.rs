@@ -280,7 +280,7 @@ pub fn train_text(
             return Ok((history, Stop::Requested { step: steps }));
         }
         if steps == next {
-            let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, steps)?;
+            let (train_loss, test_loss) = opt.with_eval_weights(|| estimate_both(model, corpus, cfg, text, steps))?;
             evals += 1;
             let m = EpochMetrics {
                 epoch: evals,

@@ -582,6 +582,31 @@ impl VarOptimizer {
         Ok(opt)
     }
 
+    /// Runs `evaluate` with the variables holding the weights to evaluate where the optimizer keeps
+    /// them apart from the ones it steps — schedule-free's average `x` (pytorch_optimizer's
+    /// `optimizer.eval()`, optax's `schedule_free_eval_params`), Lookahead's slow weights — and
+    /// puts the training weights back exactly afterwards, also when `evaluate` fails. With any
+    /// other optimizer, `evaluate` runs on the variables as they are.
+    pub fn with_eval_weights<T>(&mut self, evaluate: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Engine::Gradient(opt) = &self.opt else { return evaluate() };
+        let train: Vec<Vec<f32>> = self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        let Some(eval) = opt.eval_params(&train) else { return evaluate() };
+        let set = |values: Vec<Vec<f32>>| -> Result<()> {
+            for (v, w) in self.vars.iter().zip(values) {
+                v.set(&Tensor::from_vec(w, v.dims(), v.device())?)?;
+            }
+            Ok(())
+        };
+        set(eval)?;
+        let out = evaluate();
+        set(train)?;
+        out
+    }
+
     /// The named variables, in optimizer order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.names.iter().cloned().zip(self.vars.iter().cloned()).collect()

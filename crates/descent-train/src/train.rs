@@ -697,7 +697,7 @@ pub fn train_from(
             }
             let epoch_end = bi + 1 == batches || cfg.max_steps.is_some_and(|m| steps >= m);
             if cfg.eval_at.at(steps) && !epoch_end {
-                let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
+                let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate(model, test, cfg.loss))?;
                 if hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })? == Control::Stop {
                     stop = Stop::Requested { step: steps };
                     break 'epochs;
@@ -709,7 +709,7 @@ pub fn train_from(
         // left to the end of the epoch as in a run never stopped.
         let cut =
             (done < batches).then_some(EpochProgress { batch: done, epoch_rng, loss_sum: sum, samples: seen, seconds });
-        let (test_loss, test_accuracy) = evaluate(model, test, cfg.loss)?;
+        let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate(model, test, cfg.loss))?;
         if let (Some(p), None) = (plateau.as_mut(), &cut) {
             p.step(test_loss);
         }

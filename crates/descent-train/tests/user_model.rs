@@ -377,3 +377,47 @@ fn closure_optimizer_checkpoint_round_trip_and_refusals() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Schedule-free AdamW steps `y` and evaluates the average `x = (y − (1−b1)·z)/b1` (optax's
+/// `schedule_free_eval_params`): `with_eval_weights` shows the model `x` and gives `y` back bit
+/// for bit; an optimizer without separate evaluation weights shows the variables as they are.
+#[test]
+fn schedule_free_evaluates_its_average_and_restores_the_training_weights() {
+    let varmap = VarMap::new();
+    let model = Mlp::new(&varmap);
+    let b1 = 0.9f32;
+    let cfg = OptimizerConfig {
+        optimizer: "optax.contrib.schedule_free_adamw".into(),
+        lr: Some(0.05),
+        hparams: json!({"b1": b1}),
+        ..Default::default()
+    };
+    let mut opt = VarOptimizer::for_varmap(&varmap, &cfg).unwrap();
+    train_steps(&model, &mut opt, 0, 5);
+    let vars = opt.vars();
+    let y: Vec<Vec<f32>> = vars.iter().map(|(_, v)| values(v)).collect();
+    let state = opt.state_dict().unwrap();
+    let z: Vec<&Vec<f32>> = state.buffers.iter().filter(|(k, _)| k.contains("z.")).map(|(_, v)| v).collect();
+    assert_eq!(z.len(), y.len(), "one z per parameter in {:?}", state.buffers.keys().collect::<Vec<_>>());
+    let seen: Vec<Vec<f32>> = opt.with_eval_weights(|| Ok(vars.iter().map(|(_, v)| values(v)).collect())).unwrap();
+    let mut moved = false;
+    for ((y, z), x) in y.iter().zip(&z).zip(&seen) {
+        for ((&y, &z), &x) in y.iter().zip(z.iter()).zip(x) {
+            assert_eq!(x.to_bits(), ((y - (1.0 - b1) * z) / b1).to_bits());
+            moved |= x != y;
+        }
+    }
+    assert!(moved, "after 5 steps the average differs from the training point");
+    for ((_, v), y) in vars.iter().zip(&y) {
+        assert_eq!(&values(v), y, "training weights restored");
+    }
+
+    let varmap = VarMap::new();
+    let model = Mlp::new(&varmap);
+    let mut opt = VarOptimizer::for_varmap(&varmap, &OptimizerConfig::default()).unwrap();
+    train_steps(&model, &mut opt, 0, 2);
+    let vars = opt.vars();
+    let before: Vec<Vec<f32>> = vars.iter().map(|(_, v)| values(v)).collect();
+    let seen: Vec<Vec<f32>> = opt.with_eval_weights(|| Ok(vars.iter().map(|(_, v)| values(v)).collect())).unwrap();
+    assert_eq!(seen, before);
+}

@@ -648,6 +648,19 @@ impl Transform for ScheduleFree {
             None
         }
     }
+    /// optax `schedule_free_eval_params`: `x = (y − (1−b1)·z) / b1`.
+    fn eval_params(&self, params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
+        if self.z.is_empty() {
+            return None; // not initialized: nothing stepped yet
+        }
+        let b1 = self.b1 as f32;
+        let out = params
+            .iter()
+            .zip(self.z.buffers())
+            .map(|(y, z)| y.iter().zip(z.iter()).map(|(&y, &z)| (y - (1.0 - b1) * z) / b1).collect())
+            .collect();
+        Some(out)
+    }
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
         self.z.visit(v, "z")?;
         v.scalar("weight_sum", &mut self.weight_sum)?;

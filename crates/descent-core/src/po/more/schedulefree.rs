@@ -128,6 +128,19 @@ impl Transform for ScheduleFreeRAdam {
     fn elementwise(&self) -> Option<&dyn Elementwise> {
         Some(self)
     }
+    /// pytorch_optimizer's `optimizer.eval()`: `y.lerp(z, 1 − 1/β₁)`, the average `x`.
+    fn eval_params(&self, params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
+        if self.z.is_empty() {
+            return None; // not initialized: nothing stepped yet
+        }
+        let w = (1.0 - 1.0 / self.b1) as f32;
+        let out = params
+            .iter()
+            .zip(self.z.buffers())
+            .map(|(y, z)| y.iter().zip(z.iter()).map(|(&y, &z)| lerp(y, z, w)).collect())
+            .collect();
+        Some(out)
+    }
     state!(ScheduleFreeRAdam; bufs: [z, exp_avg_sq]; counters: [step]; scalars: [lr_max, weight_sum]);
 }
 
