@@ -342,7 +342,10 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-fn values_of(vars: &[(String, candle_core::Var)]) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// `(name, shape, values)` of a tensor.
+type Stored = (String, Vec<usize>, Vec<f32>);
+
+fn values_of(vars: &[(String, candle_core::Var)]) -> Result<Vec<Stored>> {
     vars.iter()
         .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
         .collect()

@@ -301,7 +301,14 @@ impl TrainArgs {
         let mut merged = serde_json::to_value(&self)?;
         let flags = merged.as_object_mut().expect("TrainArgs serializes to an object");
         let mut known: Vec<String> = flags.keys().cloned().collect();
-        known.extend(GPT_KEYS.iter().chain(SCHEDULE_KEYS).chain(PRUNE_KEYS).filter(|k| !flags.contains_key(**k)).map(|k| k.to_string()));
+        known.extend(
+            GPT_KEYS
+                .iter()
+                .chain(SCHEDULE_KEYS)
+                .chain(PRUNE_KEYS)
+                .filter(|k| !flags.contains_key(**k))
+                .map(|k| k.to_string()),
+        );
         for (k, v) in file {
             if !known.contains(&k) {
                 let accepted: Vec<&str> = also.iter().copied().chain(known.iter().map(|s| s.as_str())).collect();

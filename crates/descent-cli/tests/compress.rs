@@ -20,7 +20,7 @@ fn zeros(dir: &std::path::Path, name: &str) -> Vec<bool> {
 fn prune_finetune_quantize_and_report_an_mlp() {
     let run = out("cmp-run");
     let r = run.to_str().unwrap();
-    run_ok(&["train", "--model", "mlp", "--steps", "300", "--threads", "2", "--out", r]);
+    run_ok(&["train", "--model", "mlp", "--steps", "200", "--threads", "2", "--out", r]);
 
     // One-shot pruning, then the same masks fine-tuned: the pruned weights stay zero.
     let p = out("cmp-p50");
@@ -83,7 +83,7 @@ fn prune_finetune_quantize_and_report_an_mlp() {
     assert!(size < 110_000, "{size} bytes for 101 770 int8 parameters");
 
     let text =
-        run_ok(&["compress-report", r, s.to_str().unwrap(), q.to_str().unwrap(), "--rounds", "1", "--threads", "1"]);
+        run_ok(&["compress-report", s.to_str().unwrap(), q.to_str().unwrap(), "--rounds", "1", "--threads", "1"]);
     assert!(text.contains("(compact)") && text.contains("int8"), "{text}");
     assert!(text.contains(&format!("{masked:.2}%")), "{text}");
 

@@ -259,10 +259,9 @@ pub fn shrink(model_name: &str, model: &dyn Model) -> Result<Box<dyn Model>> {
         let n_out = next.0[0];
         let n_in = next.1.len() / n_out;
         let g = n_in / out;
-        for j in 0..n_out {
-            let row = &next.1[j * n_in..(j + 1) * n_in];
+        for (row, bj) in next.1.chunks(n_in).zip(next.2.iter_mut()) {
             let add: f32 = consts.iter().map(|&(c, v)| v * row[c * g..(c + 1) * g].iter().sum::<f32>()).sum();
-            next.2[j] += add;
+            *bj += add;
         }
         // Keep the live rows of this layer and the matching input blocks of the next.
         let cur = &mut layers[i];

@@ -144,9 +144,9 @@ impl Norm {
         match *self {
             Norm::Inf => a.fold(0.0, f64::max),
             Norm::NegInf => a.fold(f64::INFINITY, f64::min),
-            Norm::P(p) if p == 0.0 => a.filter(|&x| x != 0.0).count() as f64,
-            Norm::P(p) if p == 1.0 => a.sum(),
-            Norm::P(p) if p == 2.0 => a.map(|x| x * x).sum::<f64>().sqrt(),
+            Norm::P(0.0) => a.filter(|&x| x != 0.0).count() as f64,
+            Norm::P(1.0) => a.sum(),
+            Norm::P(2.0) => a.map(|x| x * x).sum::<f64>().sqrt(),
             Norm::P(p) => a.map(|x| x.powf(p)).sum::<f64>().powf(1.0 / p),
         }
     }

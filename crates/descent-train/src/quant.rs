@@ -234,28 +234,28 @@ mod x86 {
                 let mut p = 0;
                 while p < kp {
                     let w: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(bp[q].add(p) as *const __m256i));
-                    for r in 0..4 {
-                        let x = _mm256_loadu_si256(ap[r].add(p) as *const __m256i);
-                        for q in 0..4 {
-                            s[r][q] = _mm256_dpbusd_epi32(s[r][q], x, w[q]);
+                    for (sr, a_r) in s.iter_mut().zip(ap) {
+                        let x = _mm256_loadu_si256(a_r.add(p) as *const __m256i);
+                        for (acc, wq) in sr.iter_mut().zip(w) {
+                            *acc = _mm256_dpbusd_epi32(*acc, x, wq);
                         }
                     }
                     p += 32;
                 }
-                for r in 0..4 {
-                    for q in 0..4 {
-                        c[(i + r) * n + j + q] = hsum(s[r][q]);
+                for (r, sr) in s.iter().enumerate() {
+                    for (q, acc) in sr.iter().enumerate() {
+                        c[(i + r) * n + j + q] = hsum(*acc);
                     }
                 }
             }
             // The last columns, one at a time.
-            for r in 0..4 {
+            for (r, a_r) in ap.iter().enumerate() {
                 for j in n4..n {
                     let bj = b.as_ptr().add(j * kp);
                     let mut acc = _mm256_setzero_si256();
                     let mut p = 0;
                     while p < kp {
-                        let x = _mm256_loadu_si256(ap[r].add(p) as *const __m256i);
+                        let x = _mm256_loadu_si256(a_r.add(p) as *const __m256i);
                         acc = _mm256_dpbusd_epi32(acc, x, _mm256_loadu_si256(bj.add(p) as *const __m256i));
                         p += 32;
                     }
@@ -349,11 +349,11 @@ pub fn quantize_weights(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
     let k = w.len() / out.max(1);
     let mut q = vec![0i8; w.len()];
     let mut scales = vec![0f32; out];
-    for o in 0..out {
+    for (o, so) in scales.iter_mut().enumerate() {
         let row = &w[o * k..(o + 1) * k];
         let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
         let s = if m > 0.0 { m / 127.0 } else { 1.0 };
-        scales[o] = s;
+        *so = s;
         for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
             *d = (v / s).round().clamp(-127.0, 127.0) as i8;
         }
