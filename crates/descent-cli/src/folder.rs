@@ -37,6 +37,11 @@ pub mod run {
     pub const GRAD_NORMS_JSONL: &str = "grad_norms.jsonl";
     pub const CHECKPOINT: &str = "checkpoint.safetensors";
     pub const TENSORBOARD: &str = "tensorboard";
+    /// What `descent prune` and `descent quantize` add (see `descent_train::compress`).
+    pub const COMPRESS_JSON: &str = descent_train::compress::INFO;
+    pub const MODEL_F32: &str = descent_train::compress::MODEL_F32;
+    pub const MODEL_INT8: &str = descent_train::compress::MODEL_INT8;
+    pub const COMPACT: &str = descent_train::compress::COMPACT;
 }
 
 /// What kind of folder: each kind has its own files.
@@ -80,6 +85,10 @@ impl Kind {
                 run::GRAD_NORMS_JSONL,
                 run::CHECKPOINT,
                 run::TENSORBOARD,
+                run::COMPRESS_JSON,
+                run::MODEL_F32,
+                run::MODEL_INT8,
+                run::COMPACT,
             ],
             Kind::Compare => &["runs", "table.md", "table.csv", "compare.json", "report.html"],
             Kind::Sweep => &["sweep.json", "trials.jsonl", "trials", "table.md", "table.csv", "best.toml"],

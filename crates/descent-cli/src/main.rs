@@ -3,6 +3,7 @@
 mod bench;
 mod bench_optimizers;
 mod compare;
+mod compress;
 mod folder;
 #[cfg(test)]
 mod fuzz;
@@ -100,6 +101,22 @@ enum Command {
         #[arg(long, default_value = "runs")]
         title: String,
     },
+    /// Prune a trained model's Linear and Conv weights with torch.nn.utils.prune's methods, then
+    /// optionally fine-tune it with the masks (pruned weights stay zero); ln_structured also
+    /// writes the smaller dense model without the pruned units (mlp, lenet).
+    ///
+    /// e.g. descent prune runs/lenet --method global_unstructured --amount 0.9 --out runs/lenet-p90
+    /// --finetune-epochs 2
+    #[command(allow_negative_numbers = true)]
+    Prune(Box<compress::PruneArgs>),
+    /// Post-training static int8 quantization of an mlp or lenet run: per-channel int8 weights,
+    /// calibrated activation ranges, int8 kernels with i32 accumulation.
+    ///
+    /// e.g. descent quantize runs/lenet --out runs/lenet-int8 --calibration-batches 10
+    Quantize(Box<compress::QuantizeArgs>),
+    /// Test accuracy, parameters, nonzeros, file size and inference speed (batch 1 and 256) of
+    /// run folders and folders of descent prune / descent quantize, side by side.
+    CompressReport(Box<compress::ReportArgs>),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -227,6 +244,11 @@ fn main() -> ExitCode {
             set_threads(args.base.threads).and_then(|_| sweep::run(*args, sub)).map(|_| true)
         }
         Command::LrFind(args) => set_threads(args.base.threads).and_then(|_| lrfind::run(*args)).map(|_| true),
+        Command::Prune(args) => set_threads(args.threads).and_then(|_| compress::prune_cmd(*args)).map(|_| true),
+        Command::Quantize(args) => set_threads(args.threads).and_then(|_| compress::quantize_cmd(*args)).map(|_| true),
+        Command::CompressReport(args) => {
+            set_threads(args.threads).and_then(|_| compress::report_cmd(*args)).map(|_| true)
+        }
         Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench { what: BenchCommand::Train { model, optimizer, batch_size, batches, warmup, threads } } => {

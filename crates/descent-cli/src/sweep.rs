@@ -576,6 +576,7 @@ fn run_trial(
         quiet: true,
         eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(p.rungs.clone())),
         on_eval: p.asha.then_some(on_eval),
+        start: None,
         parent: Some(sweep_id.to_string()),
     };
     let r = train::execute(args, opts);

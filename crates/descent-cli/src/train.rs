@@ -199,6 +199,29 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub tensorboard: bool,
+    /// Gradual magnitude pruning (Zhu & Gupta 2017) to this sparsity (a fraction in [0, 1]) of each
+    /// Linear and Conv weight, on the schedule of --prune-schedule; pruned weights stay zero.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_to: Option<f64>,
+    /// The sparsity schedule of --prune-to: polynomial, s_t = s_f (1 − (t − t0)/(nΔt))³ ramped to
+    /// s_f (the default, and the only one).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<String>,
+    /// The optimizer step gradual pruning starts at, t0 (default 0).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_start: Option<u64>,
+    /// The step the sparsity reaches --prune-to, t0 + nΔt (default: 3/4 of the run's steps, the
+    /// rest fine-tunes at the final sparsity).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_end: Option<u64>,
+    /// Steps between pruning steps, Δt (default 100).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_frequency: Option<u64>,
     /// Run folder for config.json, metrics.jsonl/.csv (per epoch), steps.jsonl/.csv (per step) and
     /// checkpoint.safetensors (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
@@ -226,6 +249,8 @@ pub struct TrainArgs {
 
 /// The settings only gpt takes (left out of a run's config.json when not set).
 pub const GPT_KEYS: &[&str] = &["text", "n_layer", "n_head", "n_embd", "block_size", "eval_interval", "eval_iters"];
+/// The settings of gradual pruning (left out of config.json when not set).
+pub const PRUNE_KEYS: &[&str] = &["prune_to", "prune_schedule", "prune_start", "prune_end", "prune_frequency"];
 /// The settings of warmup_cosine in nanoGPT's form (left out of config.json when not set).
 pub const SCHEDULE_KEYS: &[&str] = &["warmup_steps", "decay_steps", "min_lr"];
 
@@ -276,7 +301,14 @@ impl TrainArgs {
         let mut merged = serde_json::to_value(&self)?;
         let flags = merged.as_object_mut().expect("TrainArgs serializes to an object");
         let mut known: Vec<String> = flags.keys().cloned().collect();
-        known.extend(GPT_KEYS.iter().chain(SCHEDULE_KEYS).filter(|k| !flags.contains_key(**k)).map(|k| k.to_string()));
+        known.extend(
+            GPT_KEYS
+                .iter()
+                .chain(SCHEDULE_KEYS)
+                .chain(PRUNE_KEYS)
+                .filter(|k| !flags.contains_key(**k))
+                .map(|k| k.to_string()),
+        );
         for (k, v) in file {
             if !known.contains(&k) {
                 let accepted: Vec<&str> = also.iter().copied().chain(known.iter().map(|s| s.as_str())).collect();
@@ -779,6 +811,21 @@ pub struct RunOptions<'a> {
     pub on_eval: Option<OnEval<'a>>,
     /// The id of the compare or sweep folder this run belongs to (see `folder::Marker::parent`).
     pub parent: Option<String>,
+    /// Weights to start from instead of the initialization, and pruning masks to keep (the
+    /// fine-tuning of `descent prune`).
+    pub start: Option<StartFrom>,
+}
+
+/// Where a run starts: trained weights and buffers, and the masks that keep pruned weights zero.
+pub struct StartFrom {
+    pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub pruner: std::sync::Arc<descent_train::prune::Pruner>,
+}
+
+/// The one-line summary of a classifier's test accuracy (a fraction), as runs end with it.
+pub fn accuracy_line(acc: f64) -> String {
+    format!("test accuracy: {:.2}%", 100.0 * acc)
 }
 
 /// What a finished run leaves for its caller.
@@ -823,7 +870,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     println!("run folder: {}", out.dir.display());
     if let Some(last) = last {
         match last.test_accuracy {
-            Some(acc) => println!("test accuracy: {:.2}%", 100.0 * acc),
+            Some(acc) => println!("{}", accuracy_line(acc)),
             None if a.model == "gpt" => println!(
                 "validation loss: {:.4} nats/char (train {:.4}) after {} steps",
                 last.test_loss, last.train_loss, last.steps
@@ -918,6 +965,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     }
     check_schedule_flags(a)?;
     check_closure_flags(a)?;
+    check_prune_flags(a)?;
     if gpt {
         check_gpt(a)?;
     } else {
@@ -963,6 +1011,36 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
             a.schedule_args,
             a.schedule()
         );
+    }
+    Ok(())
+}
+
+/// Gradual pruning: a sparsity in [0, 1], the polynomial schedule, a start before the end; the
+/// schedule flags only with --prune-to; not for gpt.
+fn check_prune_flags(a: &TrainArgs) -> Result<()> {
+    let Some(s) = a.prune_to else {
+        let v = serde_json::to_value(a)?;
+        if let Some(k) = PRUNE_KEYS.iter().find(|k| !v[**k].is_null()) {
+            bail!("{} {}: it shapes gradual pruning; give --prune-to too", flag(k), json_text(&v[*k]));
+        }
+        return Ok(());
+    };
+    if !(0.0..=1.0).contains(&s) {
+        bail!("--prune-to {s}: a sparsity (the fraction of weights pruned) in [0, 1]");
+    }
+    if a.model == "gpt" {
+        bail!("--prune-to: gradual pruning handles the mlp, lenet, resnet, plain and linear models, not gpt");
+    }
+    if let Some(p) = a.prune_schedule.as_deref().filter(|p| *p != "polynomial") {
+        bail!("--prune-schedule {p}: accepted: polynomial");
+    }
+    if a.prune_frequency == Some(0) {
+        bail!("--prune-frequency 0: at least 1 step between pruning steps");
+    }
+    if let (Some(t0), Some(t1)) = (a.prune_start, a.prune_end) {
+        if t1 < t0 {
+            bail!("--prune-end {t1}: must not come before --prune-start {t0}");
+        }
     }
     Ok(())
 }
@@ -1383,6 +1461,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let cli = a;
     let (mut a, target) = match &cli.resume {
         Some(dir) => {
+            if let Ok(info) = descent_train::compress::CompressInfo::read(dir) {
+                if info.kind == "int8" {
+                    bail!(
+                        "--resume {}: the folder holds an int8-quantized model (descent quantize), which cannot be trained; fine-tune the f32 run {} instead",
+                        dir.display(),
+                        info.source.display()
+                    );
+                }
+            }
             let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
             let cfg_path = dir.join(folder::run::CONFIG_JSON);
             let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
@@ -1478,6 +1565,25 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         let mut cfg = config(&a, loss)?;
         if let Some(at) = opts.eval_at.clone() {
             cfg.eval_at = at;
+        }
+        if let Some(s) = &opts.start {
+            descent_train::compress::set_values(model.as_ref(), &s.weights, &s.buffers)?;
+            cfg.pruner = Some(s.pruner.clone());
+        } else if let Some(target) = a.prune_to {
+            let per_epoch = train_set.len().div_ceil(cfg.batch_size.max(1)) as u64;
+            let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
+            let start = *a.prune_start.get_or_insert(0);
+            let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));
+            let frequency = *a.prune_frequency.get_or_insert(100);
+            a.prune_schedule.get_or_insert_with(|| "polynomial".into());
+            let g = descent_train::prune::GradualPruning { initial: 0.0, target, start, end, frequency };
+            let targets = descent_train::prune::prunable(model.as_ref()).into_iter().map(|(n, _)| n).collect();
+            cfg.pruner = Some(std::sync::Arc::new(descent_train::prune::Pruner::gradual(g, targets)));
+        } else if let Folder::Resume(..) = &target {
+            if cli.resume.as_deref().is_some_and(|d| d.join(folder::run::COMPRESS_JSON).exists()) {
+                // A pruned run fine-tuned further: its zeros are its masks.
+                cfg.pruner = Some(std::sync::Arc::new(descent_train::prune::Pruner::fixed(vec![])));
+            }
         }
         check_model_settings(model.as_ref(), &cfg)?;
         check_schedule_length(&cfg, train_set.len())?;

@@ -9,6 +9,7 @@
 //! and `read_checkpoint` examples.
 
 pub mod checkpoint;
+pub mod compress;
 pub mod conv;
 pub(crate) mod cpu;
 pub mod data;
@@ -23,6 +24,8 @@ pub mod mnist;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod prune;
+pub mod quant;
 pub mod resnet;
 pub mod rng;
 pub mod text;

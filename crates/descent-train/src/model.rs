@@ -164,7 +164,16 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
-        Ok(Mlp { fc1: Linear::new(784, 128, init, rng, dev)?, fc2: Linear::new(128, 10, init, rng, dev)?, dropout })
+        Self::with_hidden(128, init, dropout, rng, dev)
+    }
+
+    /// The MLP with `hidden` units (a structurally pruned one, say).
+    pub fn with_hidden(hidden: usize, init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::new(784, hidden, init, rng, dev)?,
+            fc2: Linear::new(hidden, 10, init, rng, dev)?,
+            dropout,
+        })
     }
 }
 
@@ -221,12 +230,18 @@ pub struct LeNet5 {
 
 impl LeNet5 {
     pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Self::with_widths([6, 16, 120, 84], init, rng, dev)
+    }
+
+    /// LeNet-5 with these channels of conv1 and conv2 and units of fc1 and fc2 (a structurally
+    /// pruned one, say).
+    pub fn with_widths(w: [usize; 4], init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Ok(LeNet5 {
-            conv1: crate::layers::Conv2d::new(1, 6, 5, init, rng)?,
-            conv2: crate::layers::Conv2d::new(6, 16, 5, init, rng)?,
-            fc1: Linear::new(256, 120, init, rng, dev)?,
-            fc2: Linear::new(120, 84, init, rng, dev)?,
-            fc3: Linear::new(84, 10, init, rng, dev)?,
+            conv1: crate::layers::Conv2d::new(1, w[0], 5, init, rng)?,
+            conv2: crate::layers::Conv2d::new(w[0], w[1], 5, init, rng)?,
+            fc1: Linear::new(w[1] * 16, w[2], init, rng, dev)?,
+            fc2: Linear::new(w[2], w[3], init, rng, dev)?,
+            fc3: Linear::new(w[3], 10, init, rng, dev)?,
         })
     }
 }

@@ -61,6 +61,9 @@ pub struct TrainConfig {
     pub eval_at: EvalAt,
     /// Report each parameter's gradient norm at every step ([`StepMetrics::param_grad_norms`]).
     pub log_grad_norms: bool,
+    /// Pruning masks applied after every optimizer step (and once before the first), and gradual
+    /// pruning ([`crate::prune::Pruner`]).
+    pub pruner: Option<std::sync::Arc<crate::prune::Pruner>>,
 }
 
 impl TrainConfig {
@@ -87,6 +90,7 @@ impl TrainConfig {
             groups: vec![],
             eval_at: EvalAt::EpochEnds,
             log_grad_norms: false,
+            pruner: None,
         }
     }
 }
@@ -599,6 +603,10 @@ pub fn train_from(
     let mut progress: Option<EpochProgress> = None;
     if let Some(ck) = resume {
         ck.apply(model, &mut opt)?;
+        if let Some(p) = &cfg.pruner {
+            // Pruning is permanent in checkpoints: the masks are the zeros.
+            p.from_zeros(model)?;
+        }
         rng = Rng::new(ck.rng);
         steps = ck.steps;
         first_epoch = ck.epoch + 1;
@@ -612,6 +620,9 @@ pub fn train_from(
         if ck.epoch >= cfg.epochs {
             return Ok((vec![], Stop::Epochs));
         }
+    }
+    if let Some(p) = &cfg.pruner {
+        p.apply(model)?;
     }
     let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
@@ -676,6 +687,9 @@ pub fn train_from(
                 (l, grad_norm, param_grad_norms)
             };
             steps += 1;
+            if let Some(p) = &cfg.pruner {
+                p.after_step(model, steps)?;
+            }
             let control = hooks.on_step(&StepMetrics {
                 epoch,
                 batch: bi,

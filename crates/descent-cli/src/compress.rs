@@ -1,0 +1,555 @@
+//! `descent prune`, `descent quantize` and `descent compress-report`: smaller models from a
+//! finished run (see `descent_train::prune`, `descent_train::quant`, `descent_train::compress`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use descent_train::checkpoint::Checkpoint;
+use descent_train::compress::{self as dc, CompressInfo};
+use descent_train::data::{epoch_order, Dataset};
+use descent_train::model::{Init, Mode, Model};
+use descent_train::prune::{self, Amount, Norm, Pruner};
+use descent_train::quant::{Calibration, QuantModel};
+use descent_train::rng::Rng;
+use descent_train::train::{evaluate, Loss};
+
+use crate::folder;
+use crate::train::{self, accuracy_line, Arch, RunOptions, StartFrom, TrainArgs};
+
+/// `descent prune`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// A run folder of `descent train` (mlp, lenet, resnet, plain or linear).
+    pub run: PathBuf,
+    /// l1_unstructured (each Linear/Conv weight on its own), global_unstructured (the smallest
+    /// magnitudes over all of them together) or ln_structured (whole output units or channels of
+    /// every Linear/Conv layer but the classifier, by their --n norm along --dim).
+    #[arg(long, value_parser = ["l1_unstructured", "global_unstructured", "ln_structured"])]
+    pub method: String,
+    /// A fraction in [0, 1] of the weights (channels for ln_structured), rounded as Python's
+    /// round(), or an integer count.
+    #[arg(long)]
+    pub amount: String,
+    /// ln_structured: the norm's order (2, 1, inf, -inf, fro).
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub n: String,
+    /// ln_structured: the dimension of the channels (0: output units/channels).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub dim: isize,
+    /// The folder of the pruned model.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite an existing folder of descent's.
+    #[arg(long)]
+    pub force: bool,
+    /// Fine-tune the pruned model for this many epochs with its masks (the pruned weights stay
+    /// zero), with the run's settings unless the flags below say otherwise.
+    #[arg(long, default_value_t = 0)]
+    pub finetune_epochs: usize,
+    /// Fine-tuning: stop after this many optimizer steps (within the epochs).
+    #[arg(long)]
+    pub finetune_steps: Option<u64>,
+    /// Fine-tuning: learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Fine-tuning: optimizer.
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Fine-tuning: optimizer arguments as JSON.
+    #[arg(long)]
+    pub hparams: Option<String>,
+    /// Fine-tuning: batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Fine-tuning: seed of the batch order.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `descent quantize`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// A run folder of an mlp or lenet (or a folder of `descent prune` of one).
+    pub run: PathBuf,
+    /// The folder of the int8 model.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite an existing folder of descent's.
+    #[arg(long)]
+    pub force: bool,
+    /// Training batches (of the run's batch size, in its seeded order) the activation ranges are
+    /// calibrated on.
+    #[arg(long, default_value_t = 10)]
+    pub calibration_batches: usize,
+    /// minmax (the observed range) or percentile (clipping outliers at --percentile).
+    #[arg(long, default_value = "minmax", value_parser = ["minmax", "percentile"])]
+    pub calibration: String,
+    /// The percentile of --calibration percentile, in (50, 100].
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `descent compress-report`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Run folders and folders of `descent prune` / `descent quantize`.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Timing rounds (each times every model at batch 1 and 256, alternately); the median is shown.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// A run folder's settings and trained model, with its test set.
+struct Source {
+    args: TrainArgs,
+    model: Box<dyn Model>,
+    train_set: Dataset,
+    test_set: Dataset,
+    loss: Loss,
+}
+
+fn read_run(dir: &Path) -> Result<Source> {
+    let cfg_path = dir.join(folder::run::CONFIG_JSON);
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("{}: not a run folder of descent train (no config.json)", dir.display()))?;
+    let args: TrainArgs = serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
+    if args.model == "gpt" {
+        bail!(
+            "{}: a gpt run; pruning and quantization handle the mlp, lenet, resnet, plain and linear models",
+            dir.display()
+        );
+    }
+    let ck = Checkpoint::load(&dir.join(folder::run::CHECKPOINT))?;
+    let mut rng = Rng::new(args.seed);
+    let (model, train_set, test_set, loss) = train::workload(
+        &args.model,
+        Arch::of(&args),
+        Init::parse(&args.init)?,
+        args.dropout(),
+        args.normalize,
+        &args.data,
+        &mut rng,
+    )?;
+    dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)?;
+    Ok(Source { args, model, train_set, test_set, loss })
+}
+
+fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> CompressInfo {
+    CompressInfo {
+        kind: kind.into(),
+        model: a.model.clone(),
+        depth: a.depth,
+        width: a.width,
+        normalize: a.normalize,
+        data: a.data.clone(),
+        source: source.to_path_buf(),
+        method,
+    }
+}
+
+fn write_info(dir: &Path, info: &CompressInfo) -> Result<()> {
+    folder::write_atomic(&dir.join(folder::run::COMPRESS_JSON), serde_json::to_string_pretty(info)?.as_bytes())
+}
+
+/// The masks of a method over the model's Linear/Conv weights (ln_structured: all but the last,
+/// the classifier, whose output units are the classes).
+fn masks(s: &PruneArgs, model: &dyn Model) -> Result<Vec<(String, Vec<f32>)>> {
+    let amount = Amount::parse("--amount", &s.amount)?;
+    let mut targets = prune::prunable(model);
+    let values = |v: &candle_core::Var| v.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>());
+    let out = match s.method.as_str() {
+        "l1_unstructured" => targets
+            .iter()
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    prune::l1_unstructured(&values(v)?, amount)
+                        .map_err(|e| anyhow::anyhow!("--amount {}: {e} (in `{n}`)", s.amount))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        "global_unstructured" => {
+            let ws = targets.iter().map(|(_, v)| values(v)).collect::<candle_core::Result<Vec<_>>>()?;
+            let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
+            let m =
+                prune::global_unstructured(&refs, amount).map_err(|e| anyhow::anyhow!("--amount {}: {e}", s.amount))?;
+            targets.iter().map(|(n, _)| n.clone()).zip(m).collect()
+        }
+        _ => {
+            let n = Norm::parse(&s.n)?;
+            targets.pop();
+            if targets.is_empty() {
+                bail!("--method ln_structured: the model has no layer before its output layer to remove units from");
+            }
+            targets
+                .iter()
+                .map(|(name, v)| {
+                    let m = prune::ln_structured(&values(v)?, v.dims(), amount, n, s.dim)
+                        .map_err(|e| anyhow::anyhow!("--amount {} / --dim {}: {e} (in `{name}`)", s.amount, s.dim))?;
+                    Ok((name.clone(), m))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    Ok(out)
+}
+
+/// Prunable weights and those zero, over the masks' tensors.
+fn sparsity(model: &dyn Model) -> Result<(usize, usize)> {
+    let (mut all, mut zero) = (0, 0);
+    for (_, v) in prune::prunable(model) {
+        let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        all += w.len();
+        zero += w.iter().filter(|&&x| x == 0.0).count();
+    }
+    Ok((all, zero))
+}
+
+pub fn prune_cmd(s: PruneArgs) -> Result<()> {
+    if s.finetune_epochs == 0 {
+        for (flag, given) in [
+            ("--lr", s.lr.is_some()),
+            ("--optimizer", s.optimizer.is_some()),
+            ("--hparams", s.hparams.is_some()),
+            ("--batch-size", s.batch_size.is_some()),
+            ("--seed", s.seed.is_some()),
+            ("--finetune-steps", s.finetune_steps.is_some()),
+        ] {
+            if given {
+                bail!("{flag}: a fine-tuning setting; give --finetune-epochs N too");
+            }
+        }
+    }
+    Amount::parse("--amount", &s.amount)?;
+    if s.method == "ln_structured" {
+        Norm::parse(&s.n)?;
+    } else if s.n != "2" || s.dim != 0 {
+        bail!("--n / --dim: only --method ln_structured takes them");
+    }
+    let src = read_run(&s.run)?;
+    let masks = masks(&s, src.model.as_ref())?;
+    // Without fine-tuning the folder is claimed here (fine-tuning's run claims it itself).
+    let _claimed = if s.finetune_epochs == 0 {
+        Some(folder::claim_new(&s.out, folder::Kind::Run, s.force, false, None)?)
+    } else {
+        folder::check_new(&s.out, folder::Kind::Run, s.force, false, None)?;
+        None
+    };
+    for (n, m) in &masks {
+        let v = src.model.named_vars().into_iter().find(|(k, _)| k == n).map(|(_, v)| v).expect("a mask's weight");
+        prune::apply_mask(&v, m)?;
+    }
+    let method = format!(
+        "{} amount {}{}",
+        s.method,
+        s.amount,
+        if s.method == "ln_structured" { format!(" n {} dim {}", s.n, s.dim) } else { String::new() }
+    );
+    let (all, zero) = sparsity(src.model.as_ref())?;
+    println!(
+        "pruned {} of {} ({}): {zero} of {all} Linear/Conv weights are zero ({:.2}%)",
+        src.args.model,
+        s.run.display(),
+        method,
+        100.0 * zero as f64 / all.max(1) as f64
+    );
+    let model: Box<dyn Model> = if s.finetune_epochs > 0 {
+        let mut a = src.args.clone();
+        a.epochs = Some(s.finetune_epochs);
+        a.steps = s.finetune_steps;
+        a.out = Some(s.out.clone());
+        a.force = s.force;
+        a.resume = None;
+        a.config = None;
+        a.given = vec![];
+        a.patience = None;
+        a.min_delta = 0.0;
+        a.target_accuracy = None;
+        a.min_loss_change = None;
+        (a.prune_to, a.prune_schedule, a.prune_start, a.prune_end, a.prune_frequency) = (None, None, None, None, None);
+        if let Some(o) = &s.optimizer {
+            a.optimizer = Some(o.clone());
+            a.lr = None;
+            a.hparams = serde_json::json!({});
+        }
+        if let Some(lr) = s.lr {
+            a.lr = Some(lr);
+        }
+        if let Some(h) = &s.hparams {
+            a.hparams = serde_json::from_str(h).map_err(|e| anyhow::anyhow!("--hparams {h}: not JSON ({e})"))?;
+        }
+        if let Some(b) = s.batch_size {
+            a.batch_size = Some(b);
+        }
+        if let Some(seed) = s.seed {
+            a.seed = seed;
+        }
+        a.threads = s.threads;
+        let weights = values_of(&src.model.named_vars())?;
+        let buffers = values_of(&src.model.named_buffers())?;
+        let start = StartFrom { weights, buffers, pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())) };
+        println!("fine-tuning with the masks for {} epoch(s)", s.finetune_epochs);
+        let out = train::execute(a, RunOptions { start: Some(start), ..Default::default() })?;
+        let ck = Checkpoint::load(&out.dir.join(folder::run::CHECKPOINT))?;
+        dc::set_values(src.model.as_ref(), &ck.weights, &ck.buffers)?;
+        let (_, zero_after) = sparsity(src.model.as_ref())?;
+        if zero_after < zero {
+            bail!("fine-tuning left {zero_after} zero weights of the {zero} pruned: the masks were not kept");
+        }
+        src.model
+    } else {
+        src.model
+    };
+    let info = info_of(&src.args, "pruned", &s.run, method);
+    write_info(&s.out, &info)?;
+    dc::save_model(&s.out.join(folder::run::MODEL_F32), &src.args.model, model.as_ref())?;
+    if s.method == "ln_structured" && s.dim == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet") {
+        let small = dc::shrink(&src.args.model, model.as_ref())?;
+        dc::save_model(&s.out.join(folder::run::COMPACT), &src.args.model, small.as_ref())?;
+        let count = |m: &dyn Model| m.named_vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>();
+        let shapes: Vec<String> = small
+            .named_vars()
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight"))
+            .map(|(n, v)| format!("{n} {:?}", v.dims()))
+            .collect();
+        println!(
+            "compact model without the pruned units: {} parameters (of {}): {}",
+            count(small.as_ref()),
+            count(model.as_ref()),
+            shapes.join(", ")
+        );
+    }
+    println!("model folder: {}", s.out.display());
+    let loaded = dc::load_compressed(&s.out)?;
+    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
+    match acc {
+        Some(acc) => println!("{}", accuracy_line(acc)),
+        None => println!("test loss: {:.5}", evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?.0),
+    }
+    Ok(())
+}
+
+/// `(name, shape, values)` of a tensor.
+type Stored = (String, Vec<usize>, Vec<f32>);
+
+fn values_of(vars: &[(String, candle_core::Var)]) -> Result<Vec<Stored>> {
+    vars.iter()
+        .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
+pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
+    if q.calibration_batches == 0 {
+        bail!("--calibration-batches 0: calibration needs at least one batch");
+    }
+    if !(q.percentile > 50.0 && q.percentile <= 100.0) {
+        bail!("--percentile {}: a percentile in (50, 100]", q.percentile);
+    }
+    if q.calibration != "percentile" && q.percentile != 99.99 {
+        bail!("--percentile: only --calibration percentile takes it");
+    }
+    let src = read_run_or_pruned(&q.run)?;
+    if !matches!(src.args.model.as_str(), "mlp" | "lenet") {
+        bail!(
+            "{}: a {} run; int8 quantization (descent quantize) handles the mlp and lenet models",
+            q.run.display(),
+            src.args.model
+        );
+    }
+    let calibration = match q.calibration.as_str() {
+        "percentile" => Calibration::Percentile(q.percentile),
+        _ => Calibration::MinMax,
+    };
+    let batch = src.args.batch_size.unwrap_or(train::defaults(&src.args.model).1);
+    let order = epoch_order(src.train_set.len(), &mut Rng::new(src.args.seed));
+    let batches: Vec<Tensor> = order
+        .chunks(batch)
+        .take(q.calibration_batches)
+        .map(|idx| Ok(src.train_set.batch(idx)?.0))
+        .collect::<Result<_>>()?;
+    let qm = QuantModel::quantize(&src.args.model, src.model.as_ref(), &batches, calibration)?;
+    let _claimed = folder::claim_new(&q.out, folder::Kind::Run, q.force, false, None)?;
+    let method = format!(
+        "int8 (weights per output channel, symmetric; activations per tensor, {} over {} batches of {batch})",
+        if q.calibration == "percentile" { format!("percentile {}", q.percentile) } else { "minmax".into() },
+        batches.len()
+    );
+    write_info(&q.out, &info_of(&src.args, "int8", &q.run, method.clone()))?;
+    qm.save(&q.out.join(folder::run::MODEL_INT8))?;
+    let f32_bytes: usize = src.model.named_vars().iter().map(|(_, v)| 4 * v.elem_count()).sum();
+    let int8_bytes: usize = qm.layers.iter().map(|l| l.weight.n * l.weight.k).sum();
+    println!(
+        "quantized {} of {} to {method}; kernel {}; weights {} bytes (f32: {f32_bytes}), file {} bytes",
+        src.args.model,
+        q.run.display(),
+        qm.kernel.name(),
+        int8_bytes,
+        std::fs::metadata(q.out.join(folder::run::MODEL_INT8)).map(|m| m.len()).unwrap_or(0)
+    );
+    let (_, f32_acc) = evaluate(src.model.as_ref(), &src.test_set, src.loss)?;
+    if let Some(a) = f32_acc {
+        println!("f32 test accuracy: {:.2}%", 100.0 * a);
+    }
+    println!("model folder: {}", q.out.display());
+    let loaded = dc::load_compressed(&q.out)?;
+    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
+    if let Some(acc) = acc {
+        println!("{}", accuracy_line(acc));
+    }
+    Ok(())
+}
+
+/// A run folder, or a folder of `descent prune` (its f32 model, with the source run's data).
+fn read_run_or_pruned(dir: &Path) -> Result<Source> {
+    if !dir.join(folder::run::COMPRESS_JSON).exists() {
+        return read_run(dir);
+    }
+    let loaded = dc::load_compressed(dir)?;
+    if loaded.info.kind != "pruned" {
+        bail!("{}: already an {} model; quantize a run folder or a pruned one", dir.display(), loaded.info.kind);
+    }
+    let src = read_run(&loaded.info.source).with_context(|| format!("the run {} was made from", dir.display()))?;
+    Ok(Source { model: loaded.model, ..src })
+}
+
+/// The test set of a model folder's run.
+fn test_set(info: &CompressInfo) -> Result<Dataset> {
+    if info.model == "linear" {
+        bail!("the linear model's test set is synthetic: nothing to report");
+    }
+    let m = descent_train::mnist::load(&info.data)
+        .with_context(|| format!("loading MNIST from {}", info.data.display()))?;
+    Ok(Dataset::mnist(&m.test, info.normalize)?)
+}
+
+/// One row of the report.
+struct Row {
+    name: String,
+    model: Box<dyn Model>,
+    accuracy: f64,
+    params: usize,
+    nonzeros: usize,
+    bytes: u64,
+    test: std::rc::Rc<Dataset>,
+    b1: Vec<f64>,
+    b256: Vec<f64>,
+}
+
+/// Samples per second of inference on `n`-sample batches, for about `budget` seconds.
+fn speed(model: &dyn Model, data: &Dataset, n: usize, budget: f64) -> Result<f64> {
+    let mut rng = Rng::new(0);
+    let batches: Vec<Tensor> =
+        (0..8).map(|k| Ok(data.range((k * n) % (data.len() - n), n)?.0)).collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    let mut done = 0usize;
+    let mut k = 0;
+    while done == 0 || t0.elapsed().as_secs_f64() < budget {
+        let y = model.forward(&batches[k % batches.len()], Mode::Eval, &mut rng)?;
+        std::hint::black_box(y);
+        done += n;
+        k += 1;
+    }
+    Ok(done as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+pub fn report_cmd(r: ReportArgs) -> Result<()> {
+    if r.rounds == 0 {
+        bail!("--rounds 0: at least one timing round");
+    }
+    let mut rows: Vec<Row> = vec![];
+    let mut sets: Vec<(CompressInfo, std::rc::Rc<Dataset>)> = vec![];
+    let mut set_for = |info: &CompressInfo| -> Result<std::rc::Rc<Dataset>> {
+        if let Some((_, d)) = sets.iter().find(|(i, _)| i.data == info.data && i.normalize == info.normalize) {
+            return Ok(d.clone());
+        }
+        let d = std::rc::Rc::new(test_set(info)?);
+        sets.push((info.clone(), d.clone()));
+        Ok(d)
+    };
+    for dir in &r.dirs {
+        let mut loaded: Vec<(String, dc::Loaded)> = vec![];
+        if dir.join(folder::run::COMPRESS_JSON).exists() {
+            loaded.push((dir.display().to_string(), dc::load_compressed(dir)?));
+            if let Some(c) = dc::load_compact(dir)? {
+                loaded.push((format!("{} (compact)", dir.display()), c));
+            }
+        } else {
+            let src = read_run(dir)?;
+            let info = info_of(&src.args, "f32", dir, "trained".into());
+            let tmp = std::env::temp_dir().join(format!("descent-report-{}.safetensors", std::process::id()));
+            dc::save_model(&tmp, &src.args.model, src.model.as_ref())?;
+            let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&tmp).ok();
+            let (mut params, mut nonzeros) = (0, 0);
+            for (_, v) in src.model.named_vars() {
+                let w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                params += w.len();
+                nonzeros += w.iter().filter(|&&x| x != 0.0).count();
+            }
+            loaded.push((
+                dir.display().to_string(),
+                dc::Loaded { model: src.model, info, params, nonzeros, file_bytes: bytes, file: PathBuf::new() },
+            ));
+        }
+        for (name, l) in loaded {
+            let test = set_for(&l.info)?;
+            let (_, acc) = evaluate(l.model.as_ref(), &test, Loss::CrossEntropy)?;
+            rows.push(Row {
+                name: format!("{name} [{} {}]", l.info.model, l.info.kind),
+                model: l.model,
+                accuracy: acc.unwrap_or(f64::NAN),
+                params: l.params,
+                nonzeros: l.nonzeros,
+                bytes: l.file_bytes,
+                test,
+                b1: vec![],
+                b256: vec![],
+            });
+        }
+    }
+    // Timing: every model at batch 1 then 256 in each round, alternately, so that the machine's
+    // load falls on all of them alike.
+    for _ in 0..r.rounds {
+        for row in rows.iter_mut() {
+            row.b1.push(speed(row.model.as_ref(), &row.test, 1, 0.3)?);
+            row.b256.push(speed(row.model.as_ref(), &row.test, 256, 0.6)?);
+        }
+    }
+    println!(
+        "{:<48} {:>9} {:>9} {:>9} {:>10} {:>12} {:>12}",
+        "model", "accuracy", "params", "nonzeros", "file KB", "b1 samp/s", "b256 samp/s"
+    );
+    for row in &rows {
+        println!(
+            "{:<48} {:>8.2}% {:>9} {:>9} {:>10.1} {:>12.0} {:>12.0}",
+            row.name,
+            100.0 * row.accuracy,
+            row.params,
+            row.nonzeros,
+            row.bytes as f64 / 1024.0,
+            median(&row.b1),
+            median(&row.b256)
+        );
+    }
+    println!("(samples/s: median of {} alternating rounds, {} thread(s))", r.rounds, rayon::current_num_threads());
+    Ok(())
+}

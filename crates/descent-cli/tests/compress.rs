@@ -1,0 +1,140 @@
+//! `descent prune`, `descent quantize` and `descent compress-report` on a short MLP run.
+
+mod common;
+
+use common::{out, run_err, run_ok};
+use descent_train::compress::read_model;
+
+/// The test accuracy a command ends with.
+fn accuracy(text: &str, prefix: &str) -> f64 {
+    let line = text.lines().rev().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in {text}"));
+    line[prefix.len()..].trim().trim_end_matches('%').parse().unwrap()
+}
+
+fn zeros(dir: &std::path::Path, name: &str) -> Vec<bool> {
+    let (w, _) = read_model(&dir.join("model.safetensors")).unwrap();
+    w.iter().find(|t| t.0 == name).unwrap().2.iter().map(|&x| x == 0.0).collect()
+}
+
+#[test]
+fn prune_finetune_quantize_and_report_an_mlp() {
+    let run = out("cmp-run");
+    let r = run.to_str().unwrap();
+    run_ok(&["train", "--model", "mlp", "--steps", "200", "--threads", "2", "--out", r]);
+
+    // One-shot pruning, then the same masks fine-tuned: the pruned weights stay zero.
+    let p = out("cmp-p50");
+    let text = run_ok(&["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--out", p.to_str().unwrap()]);
+    assert!(text.contains("50.00%"), "{text}");
+    accuracy(&text, "test accuracy:");
+    let f = out("cmp-p50ft");
+    let text = run_ok(&[
+        "prune",
+        r,
+        "--method",
+        "l1_unstructured",
+        "--amount",
+        "0.5",
+        "--out",
+        f.to_str().unwrap(),
+        "--finetune-epochs",
+        "1",
+        "--finetune-steps",
+        "60",
+        "--threads",
+        "2",
+    ]);
+    accuracy(&text, "test accuracy:");
+    for name in ["fc1.weight", "fc2.weight"] {
+        let (one_shot, tuned) = (zeros(&p, name), zeros(&f, name));
+        // fc1: 784·128 weights, half of them rounded: exactly 50176 zero.
+        assert!(one_shot.iter().zip(&tuned).all(|(a, b)| !a || *b), "{name}: a pruned weight moved");
+        if name == "fc1.weight" {
+            assert_eq!(one_shot.iter().filter(|&&z| z).count(), 50_176);
+        }
+    }
+
+    // Structured: half of the hidden units, and the compact model without them.
+    let s = out("cmp-s50");
+    let text = run_ok(&[
+        "prune",
+        r,
+        "--method",
+        "ln_structured",
+        "--amount",
+        "0.5",
+        "--n",
+        "2",
+        "--dim",
+        "0",
+        "--out",
+        s.to_str().unwrap(),
+    ]);
+    let (c, _) = read_model(&s.join("compact.safetensors")).unwrap();
+    assert_eq!(c.iter().find(|t| t.0 == "fc1.weight").unwrap().1, vec![64, 784], "{text}");
+    let masked = accuracy(&text, "test accuracy:");
+
+    // int8: close to f32.
+    let q = out("cmp-q");
+    let text = run_ok(&["quantize", r, "--out", q.to_str().unwrap(), "--calibration-batches", "4"]);
+    let (f32_acc, int8_acc) = (accuracy(&text, "f32 test accuracy:"), accuracy(&text, "test accuracy:"));
+    assert!((f32_acc - int8_acc).abs() < 1.0, "{text}");
+    let size = std::fs::metadata(q.join("model.int8.safetensors")).unwrap().len();
+    assert!(size < 110_000, "{size} bytes for 101 770 int8 parameters");
+
+    let text =
+        run_ok(&["compress-report", s.to_str().unwrap(), q.to_str().unwrap(), "--rounds", "1", "--threads", "1"]);
+    assert!(text.contains("(compact)") && text.contains("int8"), "{text}");
+    assert!(text.contains(&format!("{masked:.2}%")), "{text}");
+
+    // Refusals, one line each, naming the flag.
+    let e = run_err(&["prune", r, "--method", "l1_unstructured", "--amount", "1.5", "--out", "/tmp/x"]);
+    assert!(e.contains("--amount 1.5") && e.lines().count() == 1, "{e}");
+    let e = run_err(&["prune", r, "--method", "global_unstructured", "--amount", "999999", "--out", "/tmp/x"]);
+    assert!(e.contains("--amount 999999") && e.contains("101632"), "{e}");
+    let e = run_err(&["train", "--resume", q.to_str().unwrap()]);
+    assert!(e.contains("int8") && e.lines().count() == 1, "{e}");
+    let e = run_err(&["quantize", q.to_str().unwrap(), "--out", "/tmp/x"]);
+    assert!(e.contains("int8"), "{e}");
+    let e = run_err(&["train", "--model", "mlp", "--prune-to", "1.2", "--out", "/tmp/x"]);
+    assert!(e.contains("--prune-to 1.2") && e.lines().count() == 1, "{e}");
+    for d in [run, p, f, s, q] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn gradual_pruning_and_models_quantize_refuses() {
+    let run = out("cmp-lin");
+    let r = run.to_str().unwrap();
+    run_ok(&["train", "--model", "linear", "--steps", "20", "--out", r]);
+    let e = run_err(&["quantize", r, "--out", "/tmp/x"]);
+    assert!(e.contains("mlp and lenet") && e.lines().count() == 1, "{e}");
+    let g = out("cmp-grad");
+    let text = run_ok(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "120",
+        "--prune-to",
+        "0.8",
+        "--prune-end",
+        "100",
+        "--prune-frequency",
+        "20",
+        "--threads",
+        "2",
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert!(text.contains("test accuracy:"), "{text}");
+    let ck = descent_train::checkpoint::Checkpoint::load(&g.join("checkpoint.safetensors")).unwrap();
+    for (n, _, w) in ck.weights.iter().filter(|t| t.0.ends_with("weight")) {
+        let z = w.iter().filter(|&&x| x == 0.0).count();
+        assert_eq!(z, (0.8 * w.len() as f64).round() as usize, "{n}");
+    }
+    for d in [run, g] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
