@@ -361,6 +361,7 @@ fn run_one(
         eval_at: Some(EvalAt::Every(every)),
         on_eval: Some(on_eval),
         parent: Some(parent.to_string()),
+        ..Default::default()
     };
     let r = train::execute(args, opts);
     let mut curve = curve.into_inner().expect("curve lock");
