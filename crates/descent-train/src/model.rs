@@ -164,7 +164,19 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
-        Ok(Mlp { fc1: Linear::new(784, 128, init, rng, dev)?, fc2: Linear::new(128, 10, init, rng, dev)?, dropout })
+        Self::with_hidden(128, init, dropout, rng, dev)
+    }
+
+    /// The same MLP with `hidden` units instead of 128 (a small student for distillation).
+    pub fn with_hidden(hidden: usize, init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if hidden == 0 {
+            return Err(Error::Param("mlp: at least one hidden unit".into()));
+        }
+        Ok(Mlp {
+            fc1: Linear::new(784, hidden, init, rng, dev)?,
+            fc2: Linear::new(hidden, 10, init, rng, dev)?,
+            dropout,
+        })
     }
 }
 
@@ -221,12 +233,23 @@ pub struct LeNet5 {
 
 impl LeNet5 {
     pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        Self::with_width(6, init, rng, dev)
+    }
+
+    /// LeNet-5 with every layer's width scaled by `width/6` (rounded, at least 1): `width` 6 is
+    /// LeNet-5 (6, 16, 120, 84), 3 a narrow one (3, 8, 60, 42), a small student for distillation.
+    pub fn with_width(width: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if width == 0 {
+            return Err(Error::Param("lenet: width at least 1".into()));
+        }
+        let scale = |n: usize| ((n * width) as f64 / 6.0).round().max(1.0) as usize;
+        let (c1, c2, f1, f2) = (scale(6), scale(16), scale(120), scale(84));
         Ok(LeNet5 {
-            conv1: crate::layers::Conv2d::new(1, 6, 5, init, rng)?,
-            conv2: crate::layers::Conv2d::new(6, 16, 5, init, rng)?,
-            fc1: Linear::new(256, 120, init, rng, dev)?,
-            fc2: Linear::new(120, 84, init, rng, dev)?,
-            fc3: Linear::new(84, 10, init, rng, dev)?,
+            conv1: crate::layers::Conv2d::new(1, c1, 5, init, rng)?,
+            conv2: crate::layers::Conv2d::new(c1, c2, 5, init, rng)?,
+            fc1: Linear::new(c2 * 16, f1, init, rng, dev)?,
+            fc2: Linear::new(f1, f2, init, rng, dev)?,
+            fc3: Linear::new(f2, 10, init, rng, dev)?,
         })
     }
 }
