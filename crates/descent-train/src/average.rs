@@ -292,7 +292,17 @@ impl WeightAverage {
                 average(&mut self.buffers, &buffers)?;
             } else {
                 for ((n, v), b) in buffers.iter().zip(self.buffers.iter_mut()) {
-                    with_values(v, n, |x| b.copy_from_slice(x))?;
+                    with_values(v, n, |x| {
+                        if x.len() != b.len() {
+                            return Err(Error::Param(format!(
+                                "`{n}`: {} averaged values, the model's {}",
+                                b.len(),
+                                x.len()
+                            )));
+                        }
+                        b.copy_from_slice(x);
+                        Ok(())
+                    })??;
                 }
             }
         }
