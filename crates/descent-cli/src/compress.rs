@@ -16,7 +16,8 @@ use descent_train::rng::Rng;
 use descent_train::train::{evaluate, Loss};
 
 use crate::folder;
-use crate::train::{self, accuracy_line, Arch, RunOptions, StartFrom, TrainArgs};
+use crate::evaluate::accuracy_line;
+use crate::train::{self, Arch, RunOptions, StartFrom, TrainArgs};
 
 /// `descent prune`.
 #[derive(clap::Args, Debug, Clone)]

@@ -4,6 +4,9 @@ mod bench;
 mod bench_optimizers;
 mod compare;
 mod compress;
+mod distill;
+mod ensemble;
+mod evaluate;
 mod folder;
 #[cfg(test)]
 mod fuzz;
@@ -59,6 +62,24 @@ enum Command {
     /// --threads may be given with it; any other setting that differs from the run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
+    /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with
+    /// --validation; for gpt the validation loss), with its trained or averaged weights.
+    ///
+    /// e.g. descent evaluate runs/lenet-adam-seed0 --weights ema
+    Evaluate(evaluate::EvaluateArgs),
+    /// Evaluate several runs of one classifier together: each member's test accuracy, and the
+    /// ensemble's by the mean of the members' class probabilities and by majority vote.
+    ///
+    /// e.g. descent ensemble runs/lenet-seed0 runs/lenet-seed1 runs/lenet-seed2
+    Ensemble(ensemble::EnsembleArgs),
+    /// Train a student against one or more teacher runs (knowledge distillation): loss
+    /// α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE(y, z_s), the teachers' logits
+    /// computed on the fly; the student takes `descent train`'s flags and its run folder is a
+    /// run like any (`descent evaluate`, `descent train --resume`).
+    ///
+    /// e.g. descent distill --teacher runs/lenet-seed0 --student lenet --width 3 --epochs 3
+    #[command(allow_negative_numbers = true)]
+    Distill(Box<distill::DistillArgs>),
     /// Text from a language-model run (`descent train --model gpt`): its checkpoint continues a
     /// prompt, one character at a time.
     ///
@@ -233,6 +254,12 @@ fn main() -> ExitCode {
                 .map(|id| id.to_string())
                 .collect();
             args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
+        }
+        Command::Evaluate(args) => set_threads(args.threads).and_then(|_| evaluate::run(args)).map(|_| true),
+        Command::Ensemble(args) => set_threads(args.threads).and_then(|_| ensemble::run(args)).map(|_| true),
+        Command::Distill(args) => {
+            let sub = matches.subcommand_matches("distill").expect("distill subcommand");
+            distill::settings(*args, sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
         }
         Command::Sample(args) => set_threads(args.threads).and_then(|_| sample::run(*args)).map(|_| true),
         Command::Compare(args) => {

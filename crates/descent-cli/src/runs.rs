@@ -47,6 +47,17 @@ pub struct EpochRow {
     pub seconds: f64,
     pub samples_per_s: f64,
     pub lr: f64,
+    /// The averaged weights' test loss and accuracy (`descent train --ema`), once anything is
+    /// averaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_test_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_test_accuracy: Option<f64>,
+    /// The same for `--swa-start` (after batch norm's statistics were recomputed at the run's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_test_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_test_accuracy: Option<f64>,
 }
 
 impl EpochRow {

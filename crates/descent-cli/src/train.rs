@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use descent_train::average::{Anneal, AverageConfig, AverageKind};
 use descent_train::checkpoint::Checkpoint;
 
 use crate::folder;
@@ -17,8 +18,8 @@ use descent_train::resnet::{PlainCnn, ResNet};
 use descent_train::rng::Rng;
 use descent_train::text::CharCorpus;
 use descent_train::train::{
-    train_from, Control, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule, SpecSchedule,
-    StepMetrics, Stop, TrainConfig,
+    train_from_with, Control, Distillation, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule,
+    SpecSchedule, StepMetrics, Stop, TrainConfig,
 };
 
 /// The models `descent train` knows.
@@ -76,9 +77,15 @@ pub struct TrainArgs {
     #[serde(default)]
     pub depth: Option<usize>,
     /// resnet and plain: channels of the first stage, doubled at each later stage (default 16).
+    /// lenet: every layer's width scaled by WIDTH/6 (default 6, LeNet-5's 6, 16, 120, 84; 3 gives
+    /// a narrow 3, 8, 60, 42).
     #[arg(long)]
     #[serde(default)]
     pub width: Option<usize>,
+    /// mlp: units of the hidden layer (default 128).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
     /// Dropout probability: of the MLP's hidden layer (default 0.2), or of gpt's embeddings,
     /// attention weights and residual branches (default 0).
     #[arg(long)]
@@ -222,6 +229,43 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_frequency: Option<u64>,
+    /// Keep an exponential moving average of the weights with this decay, as torch's
+    /// `AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(DECAY))`: updated after every
+    /// optimizer step (the first copies), evaluated after each epoch beside the trained weights
+    /// (metrics.jsonl: ema_test_loss, ema_test_accuracy) and kept in the checkpoint
+    /// (`descent evaluate --weights ema`).
+    #[arg(long, value_name = "DECAY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
+    /// --ema with a warm-up of the decay, TensorFlow's ExponentialMovingAverage(num_updates): after
+    /// n updates the decay is min(DECAY, (1 + n)/(10 + n)).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ema_warmup: bool,
+    /// Stochastic weight averaging: an equal average of the weights at the end of each epoch from
+    /// this one (counted from 1) on, torch's AveragedModel; from the end of this epoch the learning
+    /// rate follows torch's SWALR towards --swa-lr. Models with batch norm get their running
+    /// statistics recomputed for the averaged weights at the end (torch's update_bn).
+    #[arg(long, value_name = "EPOCH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_start: Option<usize>,
+    /// SWA: the learning rate SWALR anneals to (its swa_lr).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_lr: Option<f64>,
+    /// SWA: epochs of SWALR's annealing (its anneal_epochs; default 10, 0 jumps at once).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_anneal_epochs: Option<usize>,
+    /// SWA: SWALR's annealing curve, cos or linear (its anneal_strategy; default cos).
+    #[arg(long, value_parser = ["cos", "linear"])]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_anneal: Option<String>,
+    /// --ema or --swa-start: average batch norm's running statistics too (torch's
+    /// use_buffers=True) instead of recomputing them for the averaged weights at the end.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub average_buffers: bool,
     /// Run folder for config.json, metrics.jsonl/.csv (per epoch), steps.jsonl/.csv (per step) and
     /// checkpoint.safetensors (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
@@ -245,6 +289,22 @@ pub struct TrainArgs {
     #[arg(skip)]
     #[serde(skip)]
     pub given: Vec<String>,
+    /// Set by `descent distill`: the run is a student trained against these teachers.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillSettings>,
+}
+
+/// A distillation run's teachers and loss (`descent distill`), kept in its config so that
+/// `--resume` continues it with them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSettings {
+    /// The teachers' run folders.
+    pub teachers: Vec<PathBuf>,
+    /// Weight of the teachers' term (α·T²·KL), the labels' cross-entropy taking 1 − α.
+    pub alpha: f64,
+    pub temperature: f64,
 }
 
 /// The settings only gpt takes (left out of a run's config.json when not set).
@@ -253,6 +313,9 @@ pub const GPT_KEYS: &[&str] = &["text", "n_layer", "n_head", "n_embd", "block_si
 pub const PRUNE_KEYS: &[&str] = &["prune_to", "prune_schedule", "prune_start", "prune_end", "prune_frequency"];
 /// The settings of warmup_cosine in nanoGPT's form (left out of config.json when not set).
 pub const SCHEDULE_KEYS: &[&str] = &["warmup_steps", "decay_steps", "min_lr"];
+/// The settings of weight averaging (left out of config.json when not set).
+pub const AVERAGE_KEYS: &[&str] =
+    &["ema", "ema_warmup", "swa_start", "swa_lr", "swa_anneal_epochs", "swa_anneal", "average_buffers", "hidden"];
 
 impl TrainArgs {
     /// The optimizer's name (the model's default when not given).
@@ -306,6 +369,7 @@ impl TrainArgs {
                 .iter()
                 .chain(SCHEDULE_KEYS)
                 .chain(PRUNE_KEYS)
+                .chain(AVERAGE_KEYS)
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
@@ -399,11 +463,13 @@ type Workload = (Box<dyn Model>, Dataset, Dataset, Loss);
 pub struct Arch {
     pub depth: Option<usize>,
     pub width: Option<usize>,
+    /// The MLP's hidden units.
+    pub hidden: Option<usize>,
 }
 
 impl Arch {
     pub fn of(a: &TrainArgs) -> Arch {
-        Arch { depth: a.depth, width: a.width }
+        Arch { depth: a.depth, width: a.width, hidden: a.hidden }
     }
 }
 
@@ -413,8 +479,8 @@ pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng
     let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
     Ok(match model {
         "linear" => Box::new(LinearRegression::new(init, rng, &dev)?),
-        "mlp" => Box::new(Mlp::new(init, dropout, rng, &dev)?),
-        "lenet" => Box::new(LeNet5::new(init, rng, &dev)?),
+        "mlp" => Box::new(Mlp::with_hidden(arch.hidden.unwrap_or(128), init, dropout, rng, &dev)?),
+        "lenet" => Box::new(LeNet5::with_width(arch.width.unwrap_or(6), init, rng, &dev)?),
         "resnet" => Box::new(
             ResNet::new(depth, width, init, rng, &dev)
                 .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
@@ -641,7 +707,13 @@ impl Hooks for &mut CliHooks<'_> {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+        let mut acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+        if let Some(av) = &m.average {
+            acc += &match av.test_accuracy {
+                Some(x) => format!("  ({} {:.2}%)", av.label, 100.0 * x),
+                None => format!("  ({} test loss {:.4})", av.label, av.test_loss),
+            };
+        }
         if let (Some(t), false) = (&self.text, self.quiet) {
             let speed = if m.seconds > 0.0 {
                 // Windows per second: steps of `batch` windows of `block` tokens.
@@ -763,6 +835,10 @@ impl RunDir {
             seconds: m.seconds,
             samples_per_s: m.samples_per_s,
             lr: m.lr.unwrap_or(self.base_lr * m.lr_scale),
+            ema_test_loss: m.average.as_ref().filter(|a| a.label == "ema").map(|a| a.test_loss),
+            ema_test_accuracy: m.average.as_ref().filter(|a| a.label == "ema").and_then(|a| a.test_accuracy),
+            swa_test_loss: m.average.as_ref().filter(|a| a.label == "swa").map(|a| a.test_loss),
+            swa_test_accuracy: m.average.as_ref().filter(|a| a.label == "swa").and_then(|a| a.test_accuracy),
         };
         folder::append(&self.dir.join(folder::run::METRICS_JSONL), &json_line(&row), false)?;
         folder::append(&self.dir.join(folder::run::METRICS_CSV), &row.csv(), false)
@@ -823,11 +899,6 @@ pub struct StartFrom {
     pub pruner: std::sync::Arc<descent_train::prune::Pruner>,
 }
 
-/// The one-line summary of a classifier's test accuracy (a fraction), as runs end with it.
-pub fn accuracy_line(acc: f64) -> String {
-    format!("test accuracy: {:.2}%", 100.0 * acc)
-}
-
 /// What a finished run leaves for its caller.
 pub struct RunOutcome {
     pub dir: PathBuf,
@@ -869,8 +940,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     println!("run folder: {}", out.dir.display());
     if let Some(last) = last {
+        if let Some(av) = &last.average {
+            let bn = if av.bn_batches > 0 {
+                format!(", batch norm recomputed over {} batches", av.bn_batches)
+            } else {
+                String::new()
+            };
+            match av.test_accuracy {
+                Some(acc) => {
+                    println!("{} test accuracy: {:.2}% ({} updates{bn})", av.label, 100.0 * acc, av.n_averaged)
+                }
+                None => println!("{} test loss: {:.5} ({} updates{bn})", av.label, av.test_loss, av.n_averaged),
+            }
+        }
         match last.test_accuracy {
-            Some(acc) => println!("{}", accuracy_line(acc)),
+            Some(acc) => println!("{}", crate::evaluate::accuracy_line(acc)),
             None if a.model == "gpt" => println!(
                 "validation loss: {:.4} nats/char (train {:.4}) after {} steps",
                 last.test_loss, last.train_loss, last.steps
@@ -966,6 +1050,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     check_schedule_flags(a)?;
     check_closure_flags(a)?;
     check_prune_flags(a)?;
+    check_average(a)?;
     if gpt {
         check_gpt(a)?;
     } else {
@@ -986,14 +1071,31 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         }
     }
     if !matches!(a.model.as_str(), "resnet" | "plain") {
-        for (flag, v) in [("--depth", a.depth), ("--width", a.width)] {
-            if let Some(v) = v {
-                bail!("{flag} {v}: only the resnet and plain models take it");
-            }
+        if let Some(v) = a.depth {
+            bail!("--depth {v}: only the resnet and plain models take it");
         }
+    }
+    if let Some(v) = a.width.filter(|_| !matches!(a.model.as_str(), "resnet" | "plain" | "lenet")) {
+        bail!("--width {v}: only the resnet, plain and lenet models take it");
     }
     if a.width == Some(0) {
         bail!("--width 0: at least one channel");
+    }
+    match a.hidden {
+        Some(h) if a.model != "mlp" => bail!("--hidden {h}: only the mlp model takes it"),
+        Some(0) => bail!("--hidden 0: at least one hidden unit"),
+        _ => {}
+    }
+    if let Some(d) = &a.distill {
+        if !(0.0..=1.0).contains(&d.alpha) {
+            bail!("--alpha {}: the teachers' weight must be in [0, 1]", d.alpha);
+        }
+        if !(d.temperature.is_finite() && d.temperature > 0.0) {
+            bail!("--temperature {}: must be a finite number above 0", d.temperature);
+        }
+        if d.teachers.is_empty() {
+            bail!("--teacher: give at least one teacher run folder");
+        }
     }
     if a.patience.is_none() && a.min_delta != 0.0 {
         bail!("--min-delta {}: it is early stopping's threshold; give --patience too", a.min_delta);
@@ -1118,8 +1220,12 @@ fn check_gpt(a: &TrainArgs) -> Result<()> {
     if a.eval_iters == Some(0) {
         bail!("--eval-iters 0: each estimate needs at least one batch");
     }
-    let refused: [(bool, &str); 10] = [
+    let refused: [(bool, &str); 11] = [
         (a.epochs.is_some(), "--epochs: gpt trains for --steps iterations, not epochs"),
+        (
+            a.ema.is_some() || a.swa_start.is_some(),
+            "--ema, --swa-start: weight averaging is for the image and regression models, not gpt",
+        ),
         (a.normalize, "--normalize: gpt reads text, not MNIST pixels"),
         (a.data != std::path::Path::new("data/mnist"), "--data: gpt reads --text, not MNIST"),
         (a.init != "torch", "--init: gpt uses nanoGPT's initialization (normal, std 0.02)"),
@@ -1407,12 +1513,106 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
         groups: a.groups.clone(),
         min_loss_change: a.min_loss_change,
         log_grad_norms: a.log_grad_norms,
+        average: average_config(a)?,
         ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }
 
+/// A distillation's teachers, each with its trained weights: classifiers of the student's number
+/// of classes that read the same inputs (the same --normalize).
+fn teachers_of(a: &TrainArgs, d: &DistillSettings) -> Result<Vec<Box<dyn Model>>> {
+    if matches!(a.model.as_str(), "linear" | "gpt") {
+        bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.model);
+    }
+    let mut out = vec![];
+    for dir in &d.teachers {
+        let t = crate::evaluate::open_run(dir).with_context(|| format!("--teacher {}", dir.display()))?;
+        match t.classes() {
+            None => bail!(
+                "--teacher {}: a {} run is not a classifier; a teacher is a lenet, mlp, resnet or plain run",
+                dir.display(),
+                t.args.model
+            ),
+            Some(c) if c != 10 => {
+                bail!("--teacher {}: {c} classes, the student has 10", dir.display())
+            }
+            Some(_) => {}
+        }
+        if t.args.normalize != a.normalize {
+            bail!(
+                "--teacher {}: trained {} --normalize, the student {}; teacher and student read the same inputs",
+                dir.display(),
+                if t.args.normalize { "with" } else { "without" },
+                if a.normalize { "with it" } else { "without it" }
+            );
+        }
+        out.push(t.load_model(crate::evaluate::Weights::Raw)?.model);
+    }
+    Ok(out)
+}
+
+/// The weight averaging of a run's settings (`--ema`, `--swa-start`), if any.
+pub fn average_config(a: &TrainArgs) -> Result<Option<AverageConfig>> {
+    let kind = match (a.ema, a.swa_start) {
+        (Some(decay), None) => AverageKind::Ema { decay, warmup: a.ema_warmup },
+        (None, Some(start)) => AverageKind::Swa {
+            start,
+            swa_lr: a.swa_lr.context("--swa-start needs --swa-lr, the learning rate SWALR anneals to")?,
+            anneal_epochs: a.swa_anneal_epochs.unwrap_or(10),
+            anneal: Anneal::parse(a.swa_anneal.as_deref().unwrap_or("cos"))?,
+        },
+        (Some(_), Some(_)) => bail!("--ema and --swa-start: one weight average per run; give one"),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(AverageConfig { kind, use_buffers: a.average_buffers }))
+}
+
+/// Checks the weight-averaging flags: each with what it needs, values in range.
+fn check_average(a: &TrainArgs) -> Result<()> {
+    if let Some(d) = a.ema {
+        if !(0.0..=1.0).contains(&d) {
+            bail!("--ema {d}: the decay must be a number in [0, 1] (e.g. 0.999)");
+        }
+    }
+    if a.ema_warmup && a.ema.is_none() {
+        bail!("--ema-warmup: give --ema DECAY too");
+    }
+    if a.ema.is_some() && a.swa_start.is_some() {
+        bail!("--ema and --swa-start: one weight average per run; give one");
+    }
+    match a.swa_start {
+        None => {
+            let given = [
+                ("--swa-lr", a.swa_lr.is_some()),
+                ("--swa-anneal-epochs", a.swa_anneal_epochs.is_some()),
+                ("--swa-anneal", a.swa_anneal.is_some()),
+            ];
+            if let Some((f, _)) = given.iter().find(|(_, on)| *on) {
+                bail!("{f}: only with --swa-start EPOCH (stochastic weight averaging)");
+            }
+        }
+        Some(0) => bail!("--swa-start 0: epochs count from 1"),
+        Some(s) => {
+            let Some(lr) = a.swa_lr else {
+                bail!("--swa-start {s} needs --swa-lr, the learning rate SWALR anneals to")
+            };
+            if !(lr.is_finite() && lr >= 0.0) {
+                bail!("--swa-lr {lr}: must be a finite number at least 0");
+            }
+            let epochs = a.epochs.unwrap_or(1);
+            if s > epochs {
+                bail!("--swa-start {s}: after the run's last epoch (--epochs {epochs}); nothing would be averaged");
+            }
+        }
+    }
+    if a.average_buffers && a.ema.is_none() && a.swa_start.is_none() {
+        bail!("--average-buffers: only with --ema or --swa-start");
+    }
+    Ok(())
+}
+
 /// With `n > 0`, the last `n` training samples become the evaluation set.
-fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset)> {
+pub(crate) fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset)> {
     if n == 0 {
         return Ok((train, test));
     }
@@ -1426,13 +1626,25 @@ fn hold_out(train: Dataset, test: Dataset, n: usize) -> Result<(Dataset, Dataset
 
 /// What a run trains: an image (or regression) model for epochs, or a language model for steps.
 enum Job {
-    Images { model: Box<dyn Model>, train_set: Dataset, test_set: Dataset, cfg: TrainConfig },
-    Text { model: Box<Gpt>, corpus: CharCorpus, cfg: TrainConfig, text: TextConfig },
+    Images {
+        model: Box<dyn Model>,
+        train_set: Dataset,
+        test_set: Dataset,
+        cfg: TrainConfig,
+        /// A distillation's teachers (`descent distill`).
+        teachers: Vec<Box<dyn Model>>,
+    },
+    Text {
+        model: Box<Gpt>,
+        corpus: CharCorpus,
+        cfg: TrainConfig,
+        text: TextConfig,
+    },
 }
 
 /// A language model's checkpoint holds the model's shape and the vocabulary it was trained with:
 /// a run resumes only on the same ones (the text file may have changed since).
-fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharCorpus) -> Result<()> {
+pub(crate) fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharCorpus) -> Result<()> {
     let vocab: String = corpus.vocab.iter().collect();
     if ck.vocab.as_deref() != Some(vocab.as_str()) {
         bail!(
@@ -1587,7 +1799,11 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
         check_model_settings(model.as_ref(), &cfg)?;
         check_schedule_length(&cfg, train_set.len())?;
-        Job::Images { model, train_set, test_set, cfg }
+        let teachers = match &a.distill {
+            Some(d) => teachers_of(&a, d)?,
+            None => vec![],
+        };
+        Job::Images { model, train_set, test_set, cfg, teachers }
     };
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
         check_text_checkpoint(ck, model, corpus)?;
@@ -1687,8 +1903,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         Job::Text { model, corpus, cfg, text } => {
             train_text(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks)?
         }
-        Job::Images { model, train_set, test_set, cfg } => {
-            train_from(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), &mut hooks)?
+        Job::Images { model, train_set, test_set, cfg, teachers } => {
+            let distill = a.distill.as_ref().map(|d| Distillation {
+                teachers: teachers.as_slice(),
+                alpha: d.alpha,
+                temperature: d.temperature,
+            });
+            train_from_with(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), distill.as_ref(), &mut hooks)?
         }
     };
     let ended = match stop {

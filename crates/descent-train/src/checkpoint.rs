@@ -15,6 +15,7 @@ use candle_core::{Tensor, Var};
 use descent_core::state::StateDict;
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::average::{Swalr, WeightAverage};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::optim::VarOptimizer;
@@ -58,6 +59,106 @@ pub struct Checkpoint {
     /// The characters of a character-level model's vocabulary in id order, set by the caller;
     /// `None` from [`Checkpoint::capture`].
     pub vocab: Option<String>,
+    /// The run's weight average (EMA or SWA), when it keeps one; set by the training loop.
+    pub average: Option<AverageState>,
+}
+
+/// A weight average as stored: its kind, its counters and the averaged values by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AverageState {
+    /// `ema` or `swa`.
+    pub kind: String,
+    /// Updates so far (torch's `n_averaged`); 0 with no values stored.
+    pub n_averaged: u64,
+    /// SWA's learning-rate scheduler once it has started.
+    pub swalr: Option<Swalr>,
+    /// `(name, shape, values)` of each averaged parameter and buffer, sorted by name.
+    pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AverageMeta {
+    kind: String,
+    n_averaged: u64,
+    swalr: Option<Swalr>,
+}
+
+impl AverageState {
+    /// The state of `avg`, whose buffers follow `model`'s variables.
+    pub fn capture(avg: &WeightAverage, model: &dyn Model) -> AverageState {
+        let named = |vars: &[(String, Var)], bufs: &[Vec<f32>]| {
+            let mut v: Vec<Stored> =
+                vars.iter().zip(bufs).map(|((n, var), b)| (n.clone(), var.dims().to_vec(), b.clone())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        AverageState {
+            kind: avg.config.label().to_string(),
+            n_averaged: avg.n_averaged,
+            swalr: avg.swalr,
+            weights: named(&model.named_vars(), &avg.params),
+            buffers: named(&model.named_buffers(), &avg.buffers),
+        }
+    }
+
+    /// Restores `avg` (of the same kind) from this state, checking every tensor against the
+    /// model's; on a mismatch `avg` is left as it was.
+    pub fn restore(&self, avg: &mut WeightAverage, model: &dyn Model) -> Result<()> {
+        if self.kind != avg.config.label() {
+            return Err(Error::Param(format!(
+                "the checkpoint holds an {} average, the run keeps an {} one",
+                self.kind,
+                avg.config.label()
+            )));
+        }
+        let (params, buffers) = if self.n_averaged == 0 {
+            (vec![], vec![])
+        } else {
+            (
+                ordered("averaged weights", &self.weights, &model.named_vars())?,
+                ordered("averaged buffer", &self.buffers, &model.named_buffers())?,
+            )
+        };
+        avg.n_averaged = self.n_averaged;
+        avg.swalr = self.swalr;
+        avg.params = params;
+        avg.buffers = buffers;
+        Ok(())
+    }
+
+    /// Writes the averaged weights and buffers into the model (`descent evaluate --weights ema`).
+    pub fn apply(&self, model: &dyn Model) -> Result<()> {
+        if self.n_averaged == 0 {
+            return Err(Error::Param(format!("the {} average holds nothing yet (no update so far)", self.kind)));
+        }
+        let (vars, bufs) = (model.named_vars(), model.named_buffers());
+        let mut tensors = matching("averaged weights", &self.weights, &vars)?;
+        tensors.extend(matching("averaged buffer", &self.buffers, &bufs)?);
+        for ((_, v), t) in vars.iter().chain(&bufs).zip(&tensors) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The stored values for each of `vars` in their order, checked like [`matching`].
+fn ordered(what: &str, stored: &[Stored], vars: &[(String, Var)]) -> Result<Vec<Vec<f32>>> {
+    let mut by_name: HashMap<&str, (&Vec<usize>, &Vec<f32>)> =
+        stored.iter().map(|(n, s, v)| (n.as_str(), (s, v))).collect();
+    let mut out = vec![];
+    for (n, v) in vars {
+        let (s, w) =
+            by_name.remove(n.as_str()).ok_or_else(|| Error::Param(format!("checkpoint has no {what} for `{n}`")))?;
+        if s.as_slice() != v.dims() {
+            return Err(Error::Param(format!("checkpoint {what} `{n}`: shape {s:?}, the model's {:?}", v.dims())));
+        }
+        out.push(w.clone());
+    }
+    if let Some(extra) = by_name.keys().next() {
+        return Err(Error::Param(format!("checkpoint has {what} `{extra}` the model does not have")));
+    }
+    Ok(out)
 }
 
 /// A position inside an epoch: what continuing it needs to give the same weights, bit for bit,
@@ -197,6 +298,7 @@ impl Checkpoint {
             config_hash: String::new(),
             model_config: None,
             vocab: None,
+            average: None,
         })
     }
 
@@ -213,6 +315,10 @@ impl Checkpoint {
         bytes.extend(self.buffers.iter().map(|(n, s, v)| (format!("buffers/{n}"), s.clone(), le_bytes(v))));
         for (k, v) in &self.optimizer.buffers {
             bytes.push((format!("optimizer/{k}"), vec![v.len()], le_bytes(v)));
+        }
+        if let Some(a) = &self.average {
+            bytes.extend(a.weights.iter().map(|(n, s, v)| (format!("average/model/{n}"), s.clone(), le_bytes(v))));
+            bytes.extend(a.buffers.iter().map(|(n, s, v)| (format!("average/buffers/{n}"), s.clone(), le_bytes(v))));
         }
         let views = bytes
             .iter()
@@ -242,6 +348,10 @@ impl Checkpoint {
         }
         if let Some(v) = &self.vocab {
             meta.insert("vocab".into(), v.clone());
+        }
+        if let Some(a) = &self.average {
+            let m = AverageMeta { kind: a.kind.clone(), n_averaged: a.n_averaged, swalr: a.swalr };
+            meta.insert("average".into(), serde_json::to_string(&m).map_err(|e| err(path, e.to_string()))?);
         }
         if let Some(p) = &self.progress {
             meta.insert("batch".into(), p.batch.to_string());
@@ -357,6 +467,19 @@ impl Checkpoint {
             config_hash: get("config_hash")?.clone(),
             model_config: meta.get("model_config").cloned(),
             vocab: meta.get("vocab").cloned(),
+            average: match meta.get("average") {
+                None => None,
+                Some(text) => {
+                    let m: AverageMeta = serde_json::from_str(text).map_err(|e| err(path, format!("average: {e}")))?;
+                    Some(AverageState {
+                        kind: m.kind,
+                        n_averaged: m.n_averaged,
+                        swalr: m.swalr,
+                        weights: vec![],
+                        buffers: vec![],
+                    })
+                }
+            },
         };
         tensors.sort_by_key(|(n, _)| *n);
         for (n, t) in tensors {
@@ -371,6 +494,10 @@ impl Checkpoint {
                 ck.buffers.push((b.to_string(), t.shape().to_vec(), v));
             } else if let Some(k) = n.strip_prefix("optimizer/") {
                 ck.optimizer.buffers.insert(k.to_string(), v);
+            } else if let (Some(a), Some(w)) = (ck.average.as_mut(), n.strip_prefix("average/model/")) {
+                a.weights.push((w.to_string(), t.shape().to_vec(), v));
+            } else if let (Some(a), Some(b)) = (ck.average.as_mut(), n.strip_prefix("average/buffers/")) {
+                a.buffers.push((b.to_string(), t.shape().to_vec(), v));
             } else {
                 return Err(err(path, format!("unexpected tensor `{n}`")));
             }
@@ -383,6 +510,18 @@ impl Checkpoint {
     /// any mismatch nothing is changed.
     pub fn apply(&self, model: &dyn Model, opt: &mut VarOptimizer) -> Result<()> {
         self.apply_parts(&model.named_vars(), &model.named_buffers(), opt)
+    }
+
+    /// Writes the trained weights and buffers into the model, without any optimizer (evaluating a
+    /// run's checkpoint); checked like [`Checkpoint::apply`].
+    pub fn apply_weights(&self, model: &dyn Model) -> Result<()> {
+        let (vars, bufs) = (model.named_vars(), model.named_buffers());
+        let mut tensors = matching("weights", &self.weights, &vars)?;
+        tensors.extend(matching("buffer", &self.buffers, &bufs)?);
+        for ((_, v), t) in vars.iter().chain(&bufs).zip(&tensors) {
+            v.set(t)?;
+        }
+        Ok(())
     }
 
     /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`] (no buffers: a

@@ -8,6 +8,7 @@
 //! schedule and checkpoints, without descent's models or loop: see [`optim`] and the `own_model`
 //! and `read_checkpoint` examples.
 
+pub mod average;
 pub mod checkpoint;
 pub mod compress;
 pub mod conv;

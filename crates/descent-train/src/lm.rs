@@ -120,6 +120,9 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
     if cfg.patience.is_some() {
         return refuse("early stopping (patience)");
     }
+    if cfg.average.is_some() {
+        return refuse("weight averaging (EMA, SWA)");
+    }
     if cfg.target_accuracy.is_some() {
         return refuse("a target accuracy");
     }
@@ -215,6 +218,7 @@ pub fn train_text(
                 samples_per_s: 0.0,
                 lr_scale: first,
                 lr: opt.learning_rate(),
+                average: None,
             };
             hooks.on_epoch(
                 &m,
@@ -226,6 +230,7 @@ pub fn train_text(
                     rng: rng.state(),
                     scheduler: None,
                     progress: None,
+                    average: None,
                 },
             )?;
             history.push(m);
@@ -292,6 +297,7 @@ pub fn train_text(
                 samples_per_s: seen as f64 / seconds.max(1e-12),
                 lr_scale: opt.lr_scale(),
                 lr: opt.learning_rate(),
+                average: None,
             };
             hooks.on_epoch(
                 &m,
@@ -303,6 +309,7 @@ pub fn train_text(
                     rng: rng.state(),
                     scheduler: None,
                     progress: None,
+                    average: None,
                 },
             )?;
             history.push(m);

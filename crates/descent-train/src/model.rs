@@ -167,8 +167,12 @@ impl Mlp {
         Self::with_hidden(128, init, dropout, rng, dev)
     }
 
-    /// The MLP with `hidden` units (a structurally pruned one, say).
+    /// The MLP with `hidden` units instead of 128 (a small student for distillation, a
+    /// structurally pruned one).
     pub fn with_hidden(hidden: usize, init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if hidden == 0 {
+            return Err(Error::Param("mlp: at least one hidden unit".into()));
+        }
         Ok(Mlp {
             fc1: Linear::new(784, hidden, init, rng, dev)?,
             fc2: Linear::new(hidden, 10, init, rng, dev)?,
@@ -231,6 +235,16 @@ pub struct LeNet5 {
 impl LeNet5 {
     pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Self::with_widths([6, 16, 120, 84], init, rng, dev)
+    }
+
+    /// LeNet-5 with every layer's width scaled by `width/6` (rounded, at least 1): `width` 6 is
+    /// LeNet-5 (6, 16, 120, 84), 3 a narrow one (3, 8, 60, 42), a small student for distillation.
+    pub fn with_width(width: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if width == 0 {
+            return Err(Error::Param("lenet: width at least 1".into()));
+        }
+        let scale = |n: usize| ((n * width) as f64 / 6.0).round().max(1.0) as usize;
+        Self::with_widths([scale(6), scale(16), scale(120), scale(84)], init, rng, dev)
     }
 
     /// LeNet-5 with these channels of conv1 and conv2 and units of fc1 and fc2 (a structurally

@@ -6,7 +6,8 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::Value;
 
-use crate::checkpoint::{Checkpoint, EpochProgress};
+use crate::average::{AverageConfig, AverageKind, Swalr, WeightAverage};
+use crate::checkpoint::{AverageState, Checkpoint, EpochProgress};
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
@@ -64,6 +65,9 @@ pub struct TrainConfig {
     /// Pruning masks applied after every optimizer step (and once before the first), and gradual
     /// pruning ([`crate::prune::Pruner`]).
     pub pruner: Option<std::sync::Arc<crate::prune::Pruner>>,
+    /// Keep an average of the weights (EMA or SWA, see [`crate::average`]), evaluated beside the
+    /// trained weights after each epoch ([`EpochMetrics::average`]) and saved in checkpoints.
+    pub average: Option<AverageConfig>,
 }
 
 impl TrainConfig {
@@ -91,6 +95,7 @@ impl TrainConfig {
             eval_at: EvalAt::EpochEnds,
             log_grad_norms: false,
             pruner: None,
+            average: None,
         }
     }
 }
@@ -327,8 +332,25 @@ pub struct EpochMetrics {
     /// The learning rate in force at the end of the epoch, read back from the optimizer
     /// ([`VarOptimizer::learning_rate`]; `None` when it holds no constant rate).
     pub lr: Option<f64>,
+    /// The averaged weights' evaluation ([`TrainConfig::average`]), once anything is averaged.
+    pub average: Option<AverageMetrics>,
 }
 
+/// The evaluation of a run's averaged weights at an epoch's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AverageMetrics {
+    /// `ema` or `swa`.
+    pub label: &'static str,
+    pub test_loss: f64,
+    /// `None` for regression.
+    pub test_accuracy: Option<f64>,
+    /// Updates averaged so far.
+    pub n_averaged: u64,
+    /// Batches of the training data that recomputed batch norm's running statistics for the
+    /// averaged weights before this evaluation ([`crate::average::update_bn`], at the end of the
+    /// run); 0 when they were not recomputed.
+    pub bn_batches: usize,
+}
 /// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
@@ -387,6 +409,16 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
         schedule: None,
     };
     let mut opt = VarOptimizer::for_vars(model.named_vars(), &config)?;
+    if let Some(AverageConfig { kind: AverageKind::Swa { .. }, .. }) = cfg.average {
+        if !cfg.lr.is_some_and(|l| l > 0.0 && l.is_finite()) {
+            return Err(Error::Param(
+                "SWA anneals the learning rate towards swa_lr: the run needs a learning rate above 0".into(),
+            ));
+        }
+        opt.set_lr_scale(1.0).map_err(|_| {
+            Error::Param(format!("`{}` has no learning rate that SWA's schedule (SWALR) can set", cfg.optimizer))
+        })?;
+    }
     if cfg.schedule != LrSchedule::Constant {
         opt.set_lr_scale(1.0).map_err(|_| {
             Error::Param(format!(
@@ -525,6 +557,7 @@ pub struct EpochEnd<'a> {
     pub(crate) rng: u64,
     pub(crate) scheduler: Option<String>,
     pub(crate) progress: Option<EpochProgress>,
+    pub(crate) average: Option<&'a WeightAverage>,
 }
 
 impl EpochEnd<'_> {
@@ -534,6 +567,7 @@ impl EpochEnd<'_> {
         let mut ck = Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)?;
         ck.scheduler = self.scheduler.clone();
         ck.progress = self.progress.clone();
+        ck.average = self.average.map(|a| AverageState::capture(a, self.model));
         Ok(ck)
     }
 
@@ -582,8 +616,90 @@ pub fn train_from(
     test: &Dataset,
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
+    hooks: impl Hooks,
+) -> Result<(Vec<EpochMetrics>, Stop)> {
+    train_from_with(model, train, test, cfg, resume, None, hooks)
+}
+
+/// Knowledge distillation (Hinton, Vinyals & Dean 2015): the student trains on
+///
+/// ```text
+/// α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE(y, z_s)
+/// ```
+///
+/// with `z_t` the teachers' logits on the batch, computed on the fly in evaluation mode (several
+/// teachers: the mean of their softmax at `T`), the KL divergence summed over the classes and
+/// averaged over the batch (torch's `KLDivLoss(reduction="batchmean")`, Keras' `KLDivergence`).
+/// `α` weighs the teachers' term: Keras' Distiller example, whose `alpha` weighs the labels' term,
+/// has `alpha = 0.1` and `temperature = 3` by default, i.e. `α = 0.9`, `T = 3` here.
+#[derive(Clone, Copy)]
+pub struct Distillation<'a> {
+    pub teachers: &'a [Box<dyn Model>],
+    pub alpha: f64,
+    pub temperature: f64,
+}
+
+impl Distillation<'_> {
+    /// α in [0, 1], T finite and above 0, at least one teacher.
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::Param(format!("distillation alpha {}: must be in [0, 1]", self.alpha)));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::Param(format!("distillation temperature {}: must be above 0", self.temperature)));
+        }
+        if self.teachers.is_empty() {
+            return Err(Error::Param("distillation needs at least one teacher".into()));
+        }
+        Ok(())
+    }
+
+    /// The teachers' mean class probabilities at temperature T for a batch, without gradient.
+    pub fn teacher_probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        let mut rng = Rng::new(0);
+        let mut sum: Option<Tensor> = None;
+        for t in self.teachers {
+            let z = t.forward(x, Mode::Eval, &mut rng)?.detach();
+            let p = candle_nn::ops::softmax_last_dim(&(z / self.temperature)?.contiguous()?)?;
+            sum = Some(match sum {
+                None => p,
+                Some(s) => (s + p)?,
+            });
+        }
+        let sum = sum.ok_or_else(|| Error::Param("distillation needs at least one teacher".into()))?;
+        Ok((sum / self.teachers.len() as f64)?.detach())
+    }
+
+    /// The distillation loss of the student's logits against the teachers' probabilities and the
+    /// labels.
+    pub fn loss(&self, student: &Tensor, teacher: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let t = self.temperature;
+        let log_q = candle_nn::ops::log_softmax(&(student / t)?, candle_core::D::Minus1)?;
+        let log_p = teacher.clamp(1e-30f32, 1f32)?.log()?;
+        let kl = (teacher * (log_p - log_q)?)?.sum(1)?.mean_all()?;
+        let hard = cross_entropy(student, y)?;
+        Ok(((kl * (self.alpha * t * t))? + (hard * (1.0 - self.alpha))?)?)
+    }
+}
+
+/// [`train_from`], the student of a [`Distillation`] when given one (a classifier: its loss
+/// replaces the cross-entropy; evaluation stays on the labels).
+#[allow(clippy::too_many_arguments)]
+pub fn train_from_with(
+    model: &dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    resume: Option<&Checkpoint>,
+    distill: Option<&Distillation>,
     mut hooks: impl Hooks,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
+    if let Some(d) = distill {
+        d.check()?;
+        if cfg.loss != Loss::CrossEntropy {
+            return Err(Error::Param("distillation trains a classifier (cross-entropy loss)".into()));
+        }
+    }
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
@@ -601,7 +717,24 @@ pub fn train_from(
     let mut steps = 0u64;
     let mut first_epoch = 1;
     let mut progress: Option<EpochProgress> = None;
+    let mut avg = cfg.average.map(WeightAverage::new).transpose()?;
     if let Some(ck) = resume {
+        match (avg.as_mut(), &ck.average) {
+            (Some(a), Some(s)) => s.restore(a, model)?,
+            (Some(a), None) => {
+                return Err(Error::Param(format!(
+                    "the checkpoint holds no weight average: the run was not started with {} averaging",
+                    a.config.label()
+                )))
+            }
+            (None, Some(s)) => {
+                return Err(Error::Param(format!(
+                    "the checkpoint holds an {} weight average: resume the run with its averaging",
+                    s.kind
+                )))
+            }
+            (None, None) => {}
+        }
         ck.apply(model, &mut opt)?;
         if let Some(p) = &cfg.pruner {
             // Pruning is permanent in checkpoints: the masks are the zeros.
@@ -660,22 +793,29 @@ pub fn train_from(
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
-            let m = match &plateau {
-                Some(p) => p.lr,
-                None => cfg.schedule.multiplier(steps, total, epoch),
+            let swalr = avg.as_ref().and_then(|a| a.swalr);
+            let m = match (&swalr, &plateau) {
+                // SWA's annealing replaces the run's schedule from the end of its first epoch.
+                (Some(s), _) => s.lr / cfg.lr.unwrap_or(1.0),
+                (None, Some(p)) => p.lr,
+                (None, None) => cfg.schedule.multiplier(steps, total, epoch),
             };
-            if cfg.schedule != LrSchedule::Constant {
+            if cfg.schedule != LrSchedule::Constant || swalr.is_some() {
                 opt.set_lr_scale(m)?;
             }
             let (x, y) = train.batch(idx)?;
             let lr = opt.learning_rate();
+            let teacher = distill.map(|d| d.teacher_probabilities(&x)).transpose()?;
+            let of_output = |out: &Tensor| match (distill, &teacher) {
+                (Some(d), Some(p)) => d.loss(out, p, &y),
+                _ => loss_of(cfg.loss, out, &y),
+            };
             let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
-                let of_output = |out: &Tensor| loss_of(cfg.loss, out, &y);
                 let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
                 (s.loss, s.grad_norm, s.param_grad_norms)
             } else {
                 let out = model.forward(&x, Mode::Train, &mut rng)?;
-                let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
+                let loss = penalized(of_output(&out)?, model, cfg)?;
                 let l = loss.to_scalar::<f32>()?;
                 if !l.is_finite() {
                     return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
@@ -689,6 +829,9 @@ pub fn train_from(
             steps += 1;
             if let Some(p) = &cfg.pruner {
                 p.after_step(model, steps)?;
+            }
+            if let Some(a) = avg.as_mut().filter(|a| matches!(a.config.kind, AverageKind::Ema { .. })) {
+                a.update(model)?;
             }
             let control = hooks.on_step(&StepMetrics {
                 epoch,
@@ -727,6 +870,11 @@ pub fn train_from(
         if let (Some(p), None) = (plateau.as_mut(), &cut) {
             p.step(test_loss);
         }
+        let run_ends = (cut.is_none() && epoch == cfg.epochs) || cfg.max_steps.is_some_and(|m| steps >= m);
+        let average = match avg.as_mut() {
+            Some(a) => average_epoch(a, model, train, test, cfg, epoch, cut.is_none(), run_ends, opt.lr_scale())?,
+            None => None,
+        };
         let m = EpochMetrics {
             epoch,
             steps,
@@ -737,12 +885,22 @@ pub fn train_from(
             samples_per_s: seen as f64 / seconds,
             lr_scale: opt.lr_scale(),
             lr: opt.learning_rate(),
+            average,
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
         hooks.on_epoch(
             &m,
-            &mut EpochEnd { model, opt: &mut opt, epoch: completed, steps, rng: rng.state(), scheduler, progress: cut },
+            &mut EpochEnd {
+                model,
+                opt: &mut opt,
+                epoch: completed,
+                steps,
+                rng: rng.state(),
+                scheduler,
+                progress: cut,
+                average: avg.as_ref(),
+            },
         )?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
@@ -785,6 +943,50 @@ pub fn train_from(
         }
     }
     Ok((history, stop))
+}
+
+/// The averaging at an epoch's end: SWA's update and learning-rate step (a whole epoch from its
+/// start on), batch norm's statistics recomputed for the averaged weights at the run's end (unless
+/// the buffers are averaged too), and the averaged weights' evaluation.
+#[allow(clippy::too_many_arguments)]
+fn average_epoch(
+    a: &mut WeightAverage,
+    model: &dyn Model,
+    train: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    epoch: usize,
+    whole: bool,
+    run_ends: bool,
+    lr_scale: f64,
+) -> Result<Option<AverageMetrics>> {
+    if let AverageKind::Swa { start, swa_lr, anneal_epochs, anneal } = a.config.kind {
+        if whole && epoch >= start {
+            a.update(model)?;
+            let base = cfg.lr.unwrap_or(1.0);
+            match a.swalr.as_mut() {
+                Some(s) => {
+                    s.step();
+                }
+                None => {
+                    let mut s = Swalr::new(base * lr_scale, swa_lr, anneal_epochs, anneal);
+                    s.step();
+                    a.swalr = Some(s);
+                }
+            }
+        }
+    }
+    if a.n_averaged == 0 {
+        return Ok(None);
+    }
+    let refresh_bn = run_ends && !a.config.use_buffers && !model.named_buffers().is_empty();
+    let label = a.config.label();
+    let n_averaged = a.n_averaged;
+    let (bn_batches, (test_loss, test_accuracy)) = a.with_averaged(model, |m| {
+        let k = if refresh_bn { crate::average::update_bn(m, train, cfg.batch_size, cfg.seed)? } else { 0 };
+        Ok((k, evaluate(m, test, cfg.loss)?))
+    })?;
+    Ok(Some(AverageMetrics { label, test_loss, test_accuracy, n_averaged, bn_batches }))
 }
 
 /// Timings of [`bench`]: throughput and the seconds spent in each phase.

@@ -382,7 +382,8 @@ impl BatchNorm {
             self.weight.as_tensor(),
             self.bias.as_tensor(),
             mode == Mode::Train,
-            self.momentum,
+            // `update_bn`'s cumulative average, while it runs.
+            crate::average::bn_momentum_override().unwrap_or(self.momentum),
             self.eps,
         )
     }

@@ -1,0 +1,54 @@
+//! `descent distill`: a (smaller) student trained against one or more teacher runs (knowledge
+//! distillation, Hinton et al. 2015), with `descent train`'s flags for the student.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::train::{DistillSettings, TrainArgs};
+
+/// The flags of `descent distill`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DistillArgs {
+    /// A teacher: the folder of a trained classifier run (lenet, mlp, resnet, plain). Repeatable:
+    /// several teachers' probabilities at the temperature are averaged.
+    #[arg(long = "teacher", value_name = "RUN_DIR", required = true)]
+    pub teachers: Vec<PathBuf>,
+    /// The student model: lenet (--width 3 for a narrow one), mlp (--hidden 32 for a small one),
+    /// resnet or plain.
+    #[arg(long)]
+    pub student: String,
+    /// Weight of the teachers' term: loss = α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE(y,
+    /// z_s). 0.9 is Keras' Distiller example default (its alpha = 0.1 weighs the labels' term).
+    #[arg(long, default_value_t = 0.9)]
+    pub alpha: f64,
+    /// Softmax temperature T (Keras' Distiller default 3).
+    #[arg(long, default_value_t = 3.0)]
+    pub temperature: f64,
+    #[command(flatten)]
+    pub base: TrainArgs,
+}
+
+/// The student's training settings: `descent train`'s, with the teachers in its config.
+pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs> {
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if given("model") {
+        bail!("--model: the student is given with --student MODEL");
+    }
+    if given("resume") {
+        bail!("--resume: continue a distillation run with `descent train --resume RUN_DIR` (its teachers are in its config)");
+    }
+    if given("config") {
+        bail!("--config: give the student's settings as flags");
+    }
+    let mut base = a.base;
+    base.model = a.student;
+    base.distill = Some(DistillSettings { teachers: a.teachers, alpha: a.alpha, temperature: a.temperature });
+    if base.out.is_none() {
+        let stem = format!("distill-{}-seed{}", base.model, base.seed);
+        base.out = (1..)
+            .map(|k| PathBuf::from("runs").join(if k == 1 { stem.clone() } else { format!("{stem}-{k}") }))
+            .find(|d| !d.exists());
+    }
+    Ok(base)
+}

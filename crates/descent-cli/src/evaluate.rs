@@ -1,0 +1,201 @@
+//! `descent evaluate`: a run folder's checkpoint on the run's evaluation set (the test set, or
+//! the held-out samples of a `--validation` run), with its trained or averaged weights; and the
+//! reading of run folders that `ensemble` and `distill` share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use descent_train::checkpoint::Checkpoint;
+use descent_train::data::Dataset;
+use descent_train::lm::{estimate_loss, eval_rng};
+use descent_train::model::{Init, Model};
+use descent_train::rng::Rng;
+use descent_train::text::TextSplit;
+use descent_train::train::{evaluate, Loss};
+
+use crate::folder;
+use crate::train::{corpus_of, gpt_of, hold_out, settings_from_value, workload, Arch, TrainArgs};
+
+/// The flags of `descent evaluate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// The folder of a `descent train` run.
+    pub dir: PathBuf,
+    /// Which weights of the checkpoint: raw (the trained ones), ema (`train --ema`) or swa
+    /// (`train --swa-start`).
+    #[arg(long, default_value = "raw", value_parser = ["raw", "ema", "swa"])]
+    pub weights: String,
+    /// Worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// The summary line of a classifier's accuracy, as `train` and `evaluate` end with it.
+pub fn accuracy_line(acc: f64) -> String {
+    format!("test accuracy: {:.2}%", 100.0 * acc)
+}
+
+/// A run folder read back: its settings and its checkpoint, verified.
+pub struct RunFolder {
+    pub dir: PathBuf,
+    pub args: TrainArgs,
+    pub checkpoint: Checkpoint,
+}
+
+/// Reads the run in `dir`: a folder `descent train` made, with its config and a checkpoint that
+/// loads (format, checksum, finite values). Each failure is one line naming the folder.
+pub fn open_run(dir: &Path) -> Result<RunFolder> {
+    let d = dir.display();
+    if !dir.is_dir() {
+        bail!("{d}: no such folder; give the folder of a `descent train` run");
+    }
+    match folder::Marker::read(dir)? {
+        None => bail!("{d}: not a run folder (no {}); give the folder of a `descent train` run", folder::MARKER),
+        Some(m) if m.kind != folder::Kind::Run => {
+            bail!("{d}: a {:?} folder, not a run; give the folder of a `descent train` run", m.kind)
+        }
+        Some(_) => {}
+    }
+    let cfg_path = dir.join(folder::run::CONFIG_JSON);
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
+    let args = settings_from_value(value, &cfg_path.display().to_string())?;
+    let ck_path = dir.join(folder::run::CHECKPOINT);
+    if !ck_path.exists() {
+        bail!("{d}: no checkpoint ({}): the run stopped before the end of its first epoch", folder::run::CHECKPOINT);
+    }
+    let checkpoint = Checkpoint::load(&ck_path)?;
+    Ok(RunFolder { dir: dir.to_path_buf(), args, checkpoint })
+}
+
+/// Which of a checkpoint's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    Raw,
+    Ema,
+    Swa,
+}
+
+impl Weights {
+    pub fn parse(s: &str) -> Result<Weights> {
+        Ok(match s {
+            "raw" => Weights::Raw,
+            "ema" => Weights::Ema,
+            "swa" => Weights::Swa,
+            other => bail!("--weights {other}: accepted: raw, ema, swa"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Weights::Raw => "raw",
+            Weights::Ema => "ema",
+            Weights::Swa => "swa",
+        }
+    }
+}
+
+/// An image (or regression) run's model with the chosen weights, its evaluation set and its loss.
+pub struct LoadedModel {
+    pub model: Box<dyn Model>,
+    pub eval_set: Dataset,
+    pub loss: Loss,
+}
+
+impl RunFolder {
+    /// The number of classes of a classifier run (MNIST's 10), `None` for regression and gpt.
+    pub fn classes(&self) -> Option<usize> {
+        match self.args.model.as_str() {
+            "linear" | "gpt" => None,
+            _ => Some(10),
+        }
+    }
+
+    /// The run's model rebuilt from its settings, holding the checkpoint's `weights`, with the
+    /// data it was trained and evaluated on.
+    pub fn load_model(&self, weights: Weights) -> Result<LoadedModel> {
+        let a = &self.args;
+        if a.model == "gpt" {
+            bail!("{}: a gpt run; its validation loss comes from `descent evaluate`", self.dir.display());
+        }
+        let mut rng = Rng::new(a.seed);
+        let (model, train_set, test_set, loss) =
+            workload(&a.model, Arch::of(a), Init::parse(&a.init)?, a.dropout(), a.normalize, &a.data, &mut rng)?;
+        let (_, eval_set) = hold_out(train_set, test_set, a.validation)?;
+        self.apply(model.as_ref(), weights)?;
+        Ok(LoadedModel { model, eval_set, loss })
+    }
+
+    /// Writes the checkpoint's `weights` into `model`.
+    fn apply(&self, model: &dyn Model, weights: Weights) -> Result<()> {
+        let d = self.dir.display();
+        let ck = &self.checkpoint;
+        match weights {
+            Weights::Raw => {
+                ck.apply_weights(model).with_context(|| format!("{d}: the checkpoint does not fit the run"))?
+            }
+            w => {
+                let Some(avg) = ck.average.as_ref().filter(|s| s.kind == w.name()) else {
+                    let has = match &ck.average {
+                        Some(s) => format!("it keeps {} weights", s.kind),
+                        None => "it keeps no averaged weights".into(),
+                    };
+                    bail!(
+                        "--weights {}: the run in {d} was not trained with {} ({has}); accepted here: raw{}",
+                        w.name(),
+                        if w == Weights::Ema { "--ema" } else { "--swa-start" },
+                        ck.average.as_ref().map(|s| format!(", {}", s.kind)).unwrap_or_default()
+                    );
+                };
+                avg.apply(model).with_context(|| format!("{d}: --weights {}", w.name()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `descent evaluate DIR`.
+pub fn run(a: EvaluateArgs) -> Result<()> {
+    let weights = Weights::parse(&a.weights)?;
+    let run = open_run(&a.dir)?;
+    let ck = &run.checkpoint;
+    let args = &run.args;
+    let position = if ck.mid_epoch() {
+        format!("step {} (inside epoch {})", ck.steps, ck.epoch + 1)
+    } else {
+        format!("epoch {}, step {}", ck.epoch, ck.steps)
+    };
+    if args.model == "gpt" {
+        if weights != Weights::Raw {
+            bail!("--weights {}: a gpt run keeps only its trained weights (raw)", weights.name());
+        }
+        let corpus = corpus_of(args)?;
+        let model = gpt_of(args, &corpus, &mut Rng::new(args.seed))?;
+        crate::train::check_text_checkpoint(ck, &model, &corpus)?;
+        ck.apply_weights(&model)
+            .with_context(|| format!("{}: the checkpoint does not fit the run", run.dir.display()))?;
+        let batch = args.batch_size.context("the run's config has no batch_size")?;
+        let iters = args.eval_iters.context("the run's config has no eval_iters")?;
+        // The generator of the run's own estimate at this step: the same number as its last row.
+        let mut rng = eval_rng(args.seed, ck.steps);
+        let block = model.config.block_size;
+        let val = estimate_loss(&model, &corpus, TextSplit::Val, batch, block, iters, &mut rng)?;
+        println!("evaluating {} (gpt, {position}) on the last 10% of {}", run.dir.display(), corpus.source);
+        println!("validation loss: {val:.4} nats/char after {} steps", ck.steps);
+        return Ok(());
+    }
+    let m = run.load_model(weights)?;
+    let what = if args.validation > 0 {
+        format!("the {} held-out training samples (--validation)", m.eval_set.len())
+    } else {
+        format!("the {} test samples", m.eval_set.len())
+    };
+    println!("evaluating {} ({}, {position}, {} weights) on {what}", run.dir.display(), args.model, weights.name());
+    let (loss, acc) = evaluate(m.model.as_ref(), &m.eval_set, m.loss)?;
+    println!("test loss: {loss:.5}");
+    if let Some(acc) = acc {
+        println!("{}", accuracy_line(acc));
+    }
+    Ok(())
+}
