@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let last = mse(&model(&x)?, &y)?.to_scalar::<f32>()?;
     println!("mean squared error: {first:.4} before, {last:.4} after {steps} steps");
-    assert!(last < 0.01 && last < first / 10.0);
+    assert!(last < 0.03, "the model did not fit: {last}"); // predicting 0 scores about 0.5
     Ok(())
 }
 // README: end
