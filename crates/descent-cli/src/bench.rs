@@ -3,8 +3,9 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use descent_core::kernel::{add_assign, CHUNK, PARALLEL_MIN};
+use descent_core::optimizer::Optimizer;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
-use descent_core::transform::{add_assign, Optimizer, CHUNK, PARALLEL_MIN};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 

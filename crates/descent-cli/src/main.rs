@@ -15,17 +15,17 @@ mod lrfind;
 mod plot;
 mod runs;
 mod sample;
+mod search_space;
 mod sweep;
 mod tensorboard;
 mod train;
-mod tune;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use descent_core::reference::{collect_case_files, load_case, run_and_check, Case};
+use descent_core::replay::{collect_case_files, load_case, run_and_check, Case};
 use serde_json::json;
 
 #[derive(Parser)]

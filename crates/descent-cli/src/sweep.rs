@@ -14,8 +14,8 @@ use crate::folder;
 use crate::folder::run;
 use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
 use crate::runs::{csv_field, read_records, EpochRow, EvalRow};
+use crate::search_space::{self, Domain, Method, Param, Told};
 use crate::train::{self, RunOptions, TrainArgs};
-use crate::tune::{self, Domain, Method, Param, Told};
 
 /// The flags of `descent sweep`.
 #[derive(clap::Args, Debug, Clone)]
@@ -182,8 +182,9 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         bail!("sweep: the gpt model is not available here (its runs are measured in steps, not epochs); compare gpt runs with `descent compare --model gpt`");
     }
     for p in &a.params {
-        let (name, def) =
-            p.split_once('=').with_context(|| format!("--param `{p}`: expected NAME=KIND:ARGS ({})", tune::KINDS))?;
+        let (name, def) = p
+            .split_once('=')
+            .with_context(|| format!("--param `{p}`: expected NAME=KIND:ARGS ({})", search_space::KINDS))?;
         space.retain(|(n, _)| n != name.trim());
         space.push((name.trim().to_string(), def.trim().to_string()));
     }
@@ -259,7 +260,10 @@ struct Plan {
 
 fn plan(s: &Settings) -> Result<Plan> {
     if s.space.is_empty() {
-        bail!("an empty search space: give --param NAME=KIND:ARGS ({}) or a [space] table in --config", tune::KINDS);
+        bail!(
+            "an empty search space: give --param NAME=KIND:ARGS ({}) or a [space] table in --config",
+            search_space::KINDS
+        );
     }
     let space: Vec<Param> = s.space.iter().map(|(n, d)| Param::parse_domain(n, d)).collect::<Result<_>>()?;
     let (objective, validation) = Objective::parse(&s.objective)?;
@@ -275,7 +279,7 @@ fn plan(s: &Settings) -> Result<Plan> {
     let grid = if s.method == "grid" {
         let size = space.iter().try_fold(1usize, |n, p| n.checked_mul(p.grid(s.grid_points).len()));
         match size {
-            Some(n) if n <= MAX_GRID => tune::grid(&space, s.grid_points),
+            Some(n) if n <= MAX_GRID => search_space::grid(&space, s.grid_points),
             _ => bail!("the grid has more than {MAX_GRID} points: fewer --grid-points or dimensions"),
         }
     } else {
@@ -355,7 +359,7 @@ fn plan(s: &Settings) -> Result<Plan> {
     let steps_per_trial = s.base.steps.unwrap_or(u64::MAX).min(per_epoch * s.base.epochs.unwrap_or(1) as u64);
     let eta = s.reduction_factor as u64;
     let min = s.min_steps.unwrap_or((steps_per_trial / eta.pow(3)).max(1));
-    let rungs = if asha { tune::rungs(min, s.reduction_factor, steps_per_trial) } else { vec![] };
+    let rungs = if asha { search_space::rungs(min, s.reduction_factor, steps_per_trial) } else { vec![] };
     Ok(Plan {
         space,
         method,
@@ -495,7 +499,7 @@ fn worker(out: &Path, s: &Settings, p: &Plan, seed: u64, state: &Mutex<State>, s
                 m => {
                     let told: Vec<Told> =
                         st.history.iter().map(|t| Told { values: t.values.clone(), loss: t.loss }).collect();
-                    tune::propose(&p.space, m, i, seed, &told)?
+                    search_space::propose(&p.space, m, i, seed, &told)?
                 }
             };
             (i, values)
@@ -565,7 +569,7 @@ fn run_trial(
         let st = state.lock().expect("state lock");
         let others: Vec<f64> =
             st.history.iter().flat_map(|t| t.rungs.iter().filter(|r| r.0 == e.step).map(|r| r.1)).collect();
-        if tune::promotable(v, &others, s.reduction_factor) {
+        if search_space::promotable(v, &others, s.reduction_factor) {
             Control::Continue
         } else {
             Control::Stop

@@ -11,9 +11,9 @@
 //!
 //! Exits non-zero unless both runs end within 1e-3 of (1, 1).
 
-use descent_core::schedule::warmup_cosine_decay;
+use descent_core::schedule::{warmup_cosine_decay, WarmupCosineDecay};
 use descent_core::spec::build_named;
-use descent_core::transforms::{ScaleByAdam, ScaleByLearningRate};
+use descent_core::transforms::{ScaleByAdam, ScaleByAdamConfig, ScaleByLearningRate};
 use descent_core::{chain, Optimizer, Transform};
 use serde_json::json;
 
@@ -46,9 +46,16 @@ fn minimize(name: &str, tx: Box<dyn Transform>, steps: u64) -> descent_core::Res
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps = 5000;
-    let lr = warmup_cosine_decay(0.0, 0.05, 100, steps, 1e-4, 1.0);
+    let lr = warmup_cosine_decay(WarmupCosineDecay {
+        init_value: 0.0,
+        peak_value: 0.05,
+        warmup_steps: 100,
+        decay_steps: steps,
+        end_value: 1e-4,
+        exponent: 1.0,
+    });
     let composed = chain(vec![
-        Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+        Box::new(ScaleByAdam::new(ScaleByAdamConfig::default())),
         // flip_sign: descend (optax's scale_by_learning_rate multiplies by −lr).
         Box::new(ScaleByLearningRate::new(lr, true)),
     ]);

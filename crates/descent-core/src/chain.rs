@@ -323,12 +323,14 @@ mod tests {
     use super::*;
     use crate::optimizer::Optimizer;
     use crate::transform::{numel, Transform};
-    use crate::transforms::{AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByLearningRate, Trace};
+    use crate::transforms::{
+        AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByAdamConfig, ScaleByLearningRate, Trace,
+    };
 
     fn links() -> Vec<Box<dyn Transform>> {
         vec![
             Box::new(Clip::new(0.8)),
-            Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, true)),
+            Box::new(ScaleByAdam::new(ScaleByAdamConfig { nesterov: true, ..Default::default() })),
             Box::new(AddDecayedWeights::new(0.01)),
             Box::new(ClipByGlobalNorm::new(3.0)),
             Box::new(Trace::new(0.5, false)),
@@ -380,7 +382,7 @@ mod tests {
         let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
         let make = |fused: bool| {
             let mut l: Vec<Box<dyn Transform>> = vec![
-                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(ScaleByAdam::new(ScaleByAdamConfig::default())),
                 Box::new(AddDecayedWeights::new(0.01)),
                 Box::new(ScaleByLearningRate::new(0.01, true)),
             ];
@@ -417,7 +419,7 @@ mod tests {
         let links = || -> Vec<Box<dyn Transform>> {
             vec![
                 Box::new(ClipByGlobalNorm::new(1.0)),
-                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(ScaleByAdam::new(ScaleByAdamConfig::default())),
                 Box::new(ScaleByLearningRate::new(0.01, true)),
             ]
         };
@@ -460,7 +462,7 @@ mod tests {
         let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
         let links = || -> Vec<Box<dyn Transform>> {
             vec![
-                Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+                Box::new(ScaleByAdam::new(ScaleByAdamConfig::default())),
                 Box::new(AddDecayedWeights::new(0.05)),
                 Box::new(ScaleByLearningRate::new(0.01, true)),
             ]

@@ -6,9 +6,8 @@
 //! A step reads and writes each buffer once: the kernel runs on L1-sized sub-blocks and its
 //! result is added into the parameters in the same pass.
 
-use rayon::prelude::*;
-
 use crate::learning_rate::LearningRate;
+use rayon::prelude::*;
 
 /// The run-time dispatch of a kernel: calls `$f($args)` compiled for AVX2 + FMA when the CPU
 /// has them and [`set_simd`] allows, the portable build otherwise, and returns its value from the
@@ -449,7 +448,7 @@ pub(crate) fn map_inline(u: &mut [f32], map: Option<Map>) {
 /// One state buffer per parameter, writable from several threads at once on disjoint ranges.
 ///
 /// Elementwise transformations keep their state here so that a step can run block by block, with
-/// the blocks of a large tensor split across threads (see [`crate::transform::Elementwise`]).
+/// the blocks of a large tensor split across threads (see [`crate::kernel::Elementwise`]).
 /// `T` is `f32` for full-precision state, `u8` for quantized state.
 pub struct ParamBufs<T = f32> {
     data: Vec<Vec<T>>,
@@ -554,10 +553,10 @@ pub fn sum_sq(x: &[f32]) -> f64 {
 
 /// [`sum_sq`] of `head(g)` (the head map of a chain, with `p` the parameters), without
 /// materializing it: the same value, bit for bit.
-pub fn sum_sq_mapped(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
+pub fn sum_sq_mapped(g: &[f32], p: &[f32], head: Option<crate::kernel::Head>) -> f64 {
     #[inline(always)]
-    fn body(g: &[f32], p: &[f32], head: Option<crate::transform::Head>) -> f64 {
-        const B: usize = crate::transform::BLOCK;
+    fn body(g: &[f32], p: &[f32], head: Option<crate::kernel::Head>) -> f64 {
+        const B: usize = crate::kernel::BLOCK;
         let mut s = SumSq::default();
         let mut u = [0.0f32; B];
         for (gb, pb) in g.chunks(B).zip(p.chunks(B)) {

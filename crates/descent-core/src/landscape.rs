@@ -6,7 +6,7 @@
 //! and of optimizer visualizations.
 
 use crate::error::{Error, Result};
-use crate::transform::Optimizer;
+use crate::optimizer::Optimizer;
 
 /// A test function of two variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,12 +6,21 @@
 //! block by block so a step is one pass over memory.
 //!
 //! ```
-//! use descent_core::{schedule, transform::{chain, Optimizer}, transforms::*};
+//! use descent_core::schedule::{warmup_cosine_decay, WarmupCosineDecay};
+//! use descent_core::transforms::{AddDecayedWeights, ScaleByAdam, ScaleByAdamConfig, ScaleByLearningRate};
+//! use descent_core::{chain, Optimizer};
 //!
 //! // AdamW with a warm-up + cosine learning rate (optax.adamw with warmup_cosine_decay_schedule).
-//! let lr = schedule::warmup_cosine_decay(0.0, 1e-3, 100, 1_000, 1e-5, 1.0);
+//! let lr = warmup_cosine_decay(WarmupCosineDecay {
+//!     init_value: 0.0,
+//!     peak_value: 1e-3,
+//!     warmup_steps: 100,
+//!     decay_steps: 1_000,
+//!     end_value: 1e-5,
+//!     exponent: 1.0,
+//! });
 //! let adamw = chain(vec![
-//!     Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false)),
+//!     Box::new(ScaleByAdam::new(ScaleByAdamConfig { b2: 0.95, ..Default::default() })),
 //!     Box::new(AddDecayedWeights::new(1e-4)),
 //!     Box::new(ScaleByLearningRate::new(lr, true)),
 //! ]);
@@ -35,7 +44,7 @@ pub mod learning_rate;
 pub mod optax;
 pub mod optimizer;
 pub mod po;
-pub mod reference;
+pub mod replay;
 pub mod schedule;
 pub mod sparse;
 pub mod spec;

@@ -36,10 +36,13 @@ use crate::chain::chain;
 use crate::learning_rate::LearningRate;
 use crate::transform::Transform;
 use crate::transforms::{
-    AddDecayedWeights, ClipByBlockRms, Ema, MomentDtype, Partition, Scale, ScaleByAdadelta, ScaleByAdam, ScaleByAdamax,
-    ScaleByAdan, ScaleByBelief, ScaleByFactoredRms, ScaleByLearningRate, ScaleByLion, ScaleByNovograd,
-    ScaleByOptimisticGradient, ScaleByParamBlockRms, ScaleByRadam, ScaleByRms, ScaleByRprop, ScaleByRss, ScaleBySign,
-    ScaleBySm3, ScaleByStddev, ScaleByTrustRatio, ScaleByYogi, Trace,
+    AddDecayedWeights, ClipByBlockRms, Ema, MomentDtype, Partition, Scale, ScaleByAdadelta, ScaleByAdam,
+    ScaleByAdamConfig, ScaleByAdamax, ScaleByAdamaxConfig, ScaleByAdan, ScaleByAdanConfig, ScaleByBelief,
+    ScaleByBeliefConfig, ScaleByFactoredRms, ScaleByFactoredRmsConfig, ScaleByLearningRate, ScaleByLion,
+    ScaleByNovograd, ScaleByNovogradConfig, ScaleByOptimisticGradient, ScaleByParamBlockRms, ScaleByRadam,
+    ScaleByRadamConfig, ScaleByRms, ScaleByRmsConfig, ScaleByRprop, ScaleByRpropConfig, ScaleByRss, ScaleBySign,
+    ScaleBySm3, ScaleBySm3Config, ScaleByStddev, ScaleByStddevConfig, ScaleByTrustRatio, ScaleByTrustRatioConfig,
+    ScaleByYogi, ScaleByYogiConfig, Trace,
 };
 
 /// The learning rate the `Default` of an alias takes where optax requires one.
@@ -112,7 +115,13 @@ impl Default for Adabelief {
 }
 /// optax `adabelief`: `scale_by_belief → [add_decayed_weights] → scale_by_learning_rate`.
 pub fn adabelief(c: Adabelief) -> Box<dyn Transform> {
-    let mut links = vec![boxed(ScaleByBelief::new(c.b1, c.b2, c.eps, c.eps_root, c.nesterov))];
+    let mut links = vec![boxed(ScaleByBelief::new(ScaleByBeliefConfig {
+        b1: c.b1,
+        b2: c.b2,
+        eps: c.eps,
+        eps_root: c.eps_root,
+        nesterov: c.nesterov,
+    }))];
     if let Some(wd) = c.weight_decay {
         links.push(add_decayed_weights(wd, c.weight_decay_mask));
     }
@@ -208,7 +217,13 @@ impl Default for Adafactor {
 /// [scale_by_param_block_rms] → [ema] → [add_decayed_weights] → scale(−1)`; without momentum and
 /// weight decay (the defaults) as one transformation with a fused step.
 pub fn adafactor(c: Adafactor) -> Box<dyn Transform> {
-    let rms = ScaleByFactoredRms::new(c.factored, c.decay_rate, c.decay_offset, c.min_dim_size_to_factor, c.eps);
+    let rms = ScaleByFactoredRms::new(ScaleByFactoredRmsConfig {
+        factored: c.factored,
+        decay_rate: c.decay_rate,
+        step_offset: c.decay_offset,
+        min_dim_size_to_factor: c.min_dim_size_to_factor,
+        epsilon: c.eps,
+    });
     let clip = c.clipping_threshold.map(ClipByBlockRms::new);
     let lr = c.learning_rate.map(|lr| ScaleByLearningRate::new(lr, false));
     let param_scale = c.multiply_by_parameter_scale.then(|| ScaleByParamBlockRms::new(1e-3));
@@ -291,7 +306,16 @@ impl Default for Adam {
 /// optax `adam`: `scale_by_adam → scale_by_learning_rate`.
 pub fn adam(c: Adam) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, c.nesterov).mu_dtype(c.mu_dtype)),
+        boxed(
+            ScaleByAdam::new(ScaleByAdamConfig {
+                b1: c.b1,
+                b2: c.b2,
+                eps: c.eps,
+                eps_root: c.eps_root,
+                nesterov: c.nesterov,
+            })
+            .mu_dtype(c.mu_dtype),
+        ),
         scale_by_learning_rate(c.learning_rate),
     ])
 }
@@ -377,7 +401,16 @@ impl Default for AdamW {
 /// optax `adamw`: `scale_by_adam → add_decayed_weights → scale_by_learning_rate`.
 pub fn adamw(c: AdamW) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, c.nesterov).mu_dtype(c.mu_dtype)),
+        boxed(
+            ScaleByAdam::new(ScaleByAdamConfig {
+                b1: c.b1,
+                b2: c.b2,
+                eps: c.eps,
+                eps_root: c.eps_root,
+                nesterov: c.nesterov,
+            })
+            .mu_dtype(c.mu_dtype),
+        ),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -446,7 +479,10 @@ impl Default for Adamax {
 }
 /// optax `adamax`: `scale_by_adamax → scale_by_learning_rate`.
 pub fn adamax(c: Adamax) -> Box<dyn Transform> {
-    chain(vec![boxed(ScaleByAdamax::new(c.b1, c.b2, c.eps)), scale_by_learning_rate(c.learning_rate)])
+    chain(vec![
+        boxed(ScaleByAdamax::new(ScaleByAdamaxConfig { b1: c.b1, b2: c.b2, eps: c.eps })),
+        scale_by_learning_rate(c.learning_rate),
+    ])
 }
 
 /// optax `adamaxw`: [`Adamax`] with decoupled weight decay (Loshchilov & Hutter, "Decoupled
@@ -485,7 +521,7 @@ impl Default for AdamaxW {
 /// optax `adamaxw`: `scale_by_adamax → add_decayed_weights → scale_by_learning_rate`.
 pub fn adamaxw(c: AdamaxW) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdamax::new(c.b1, c.b2, c.eps)),
+        boxed(ScaleByAdamax::new(ScaleByAdamaxConfig { b1: c.b1, b2: c.b2, eps: c.eps })),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -535,7 +571,7 @@ impl Default for Adan {
 /// optax `adan`: `scale_by_adan → add_decayed_weights → scale_by_learning_rate`.
 pub fn adan(c: Adan) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdan::new(c.b1, c.b2, c.b3, c.eps, c.eps_root)),
+        boxed(ScaleByAdan::new(ScaleByAdanConfig { b1: c.b1, b2: c.b2, b3: c.b3, eps: c.eps, eps_root: c.eps_root })),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -582,10 +618,16 @@ impl Default for Amsgrad {
 }
 /// optax `amsgrad`: `scale_by_amsgrad → scale_by_learning_rate`.
 pub fn amsgrad(c: Amsgrad) -> Box<dyn Transform> {
-    let t = ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, false)
-        .amsgrad()
-        .bias_correction(c.bias_correction_mu, c.bias_correction_nu)
-        .mu_dtype(c.mu_dtype);
+    let t = ScaleByAdam::new(ScaleByAdamConfig {
+        b1: c.b1,
+        b2: c.b2,
+        eps: c.eps,
+        eps_root: c.eps_root,
+        ..Default::default()
+    })
+    .amsgrad()
+    .bias_correction(c.bias_correction_mu, c.bias_correction_nu)
+    .mu_dtype(c.mu_dtype);
     chain(vec![boxed(t), scale_by_learning_rate(c.learning_rate)])
 }
 
@@ -615,7 +657,7 @@ pub fn fromage(c: Fromage) -> Box<dyn Transform> {
     // The rate enters the decay factor too, fixed here: a plain scale, which set_learning_rate
     // does not see (it would change the step but not the decay).
     chain(vec![
-        boxed(ScaleByTrustRatio::new(c.min_norm, 1.0, 0.0)),
+        boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig { min_norm: c.min_norm, ..Default::default() })),
         boxed(Scale::new(-(lr * mult))),
         boxed(AddDecayedWeights::new(mult - 1.0)),
     ])
@@ -661,9 +703,15 @@ impl Default for Lamb {
 /// scale_by_learning_rate`.
 pub fn lamb(c: Lamb) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, false)),
+        boxed(ScaleByAdam::new(ScaleByAdamConfig {
+            b1: c.b1,
+            b2: c.b2,
+            eps: c.eps,
+            eps_root: c.eps_root,
+            ..Default::default()
+        })),
         add_decayed_weights(c.weight_decay, c.mask),
-        boxed(ScaleByTrustRatio::new(0.0, 1.0, 0.0)),
+        boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig::default())),
         scale_by_learning_rate(c.learning_rate),
     ])
 }
@@ -710,7 +758,14 @@ impl Default for Lars {
 pub fn lars(c: Lars) -> Box<dyn Transform> {
     chain(vec![
         add_decayed_weights(c.weight_decay, c.weight_decay_mask),
-        masked(boxed(ScaleByTrustRatio::new(0.0, c.trust_coefficient, c.eps)), c.trust_ratio_mask),
+        masked(
+            boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig {
+                trust_coefficient: c.trust_coefficient,
+                eps: c.eps,
+                ..Default::default()
+            })),
+            c.trust_ratio_mask,
+        ),
         scale_by_learning_rate(c.learning_rate),
         boxed(Trace::new(c.momentum, c.nesterov)),
     ])
@@ -785,7 +840,13 @@ impl Default for Novograd {
 /// optax `novograd`: `scale_by_novograd → scale_by_learning_rate`.
 pub fn novograd(c: Novograd) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByNovograd::new(c.b1, c.b2, c.eps, c.eps_root, c.weight_decay)),
+        boxed(ScaleByNovograd::new(ScaleByNovogradConfig {
+            b1: c.b1,
+            b2: c.b2,
+            eps: c.eps,
+            eps_root: c.eps_root,
+            weight_decay: c.weight_decay,
+        })),
         scale_by_learning_rate(c.learning_rate),
     ])
 }
@@ -860,7 +921,16 @@ pub fn optimistic_adam(c: OptimisticAdam) -> Box<dyn Transform> {
     // The learning rate and the optimism weight the optimistic gradient; the last link only flips
     // the sign.
     chain(vec![
-        boxed(ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, c.nesterov).mu_dtype(c.mu_dtype)),
+        boxed(
+            ScaleByAdam::new(ScaleByAdamConfig {
+                b1: c.b1,
+                b2: c.b2,
+                eps: c.eps,
+                eps_root: c.eps_root,
+                nesterov: c.nesterov,
+            })
+            .mu_dtype(c.mu_dtype),
+        ),
         boxed(ScaleByOptimisticGradient::new(alpha, beta)),
         scale_by_learning_rate(1.0.into()),
     ])
@@ -912,7 +982,16 @@ impl Default for OptimisticAdamV2 {
 /// scale_by_learning_rate`.
 pub fn optimistic_adam_v2(c: OptimisticAdamV2) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdam::new(c.b1, c.b2, c.eps, c.eps_root, c.nesterov).mu_dtype(c.mu_dtype)),
+        boxed(
+            ScaleByAdam::new(ScaleByAdamConfig {
+                b1: c.b1,
+                b2: c.b2,
+                eps: c.eps,
+                eps_root: c.eps_root,
+                nesterov: c.nesterov,
+            })
+            .mu_dtype(c.mu_dtype),
+        ),
         boxed(ScaleByOptimisticGradient::new(c.alpha, c.beta)),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -958,7 +1037,13 @@ impl Default for Radam {
 }
 /// optax `radam`: `scale_by_radam → scale_by_learning_rate`.
 pub fn radam(c: Radam) -> Box<dyn Transform> {
-    let mut t = ScaleByRadam::new(c.b1, c.b2, c.eps, c.eps_root, c.threshold);
+    let mut t = ScaleByRadam::new(ScaleByRadamConfig {
+        b1: c.b1,
+        b2: c.b2,
+        eps: c.eps,
+        eps_root: c.eps_root,
+        threshold: c.threshold,
+    });
     if c.nesterov {
         t = t.nesterov();
     }
@@ -1012,9 +1097,21 @@ impl Default for Rmsprop {
 /// optax `rmsprop`: `scale_by_rms` (or `scale_by_stddev`) `→ scale_by_learning_rate → [trace]`.
 pub fn rmsprop(c: Rmsprop) -> Box<dyn Transform> {
     let scale = if c.centered {
-        boxed(ScaleByStddev::new(c.decay, c.eps, c.initial_scale, c.eps_in_sqrt, c.bias_correction))
+        boxed(ScaleByStddev::new(ScaleByStddevConfig {
+            decay: c.decay,
+            eps: c.eps,
+            initial_scale: c.initial_scale,
+            eps_in_sqrt: c.eps_in_sqrt,
+            bias_correction: c.bias_correction,
+        }))
     } else {
-        boxed(ScaleByRms::new(c.decay, c.eps, c.initial_scale, c.eps_in_sqrt, c.bias_correction))
+        boxed(ScaleByRms::new(ScaleByRmsConfig {
+            decay: c.decay,
+            eps: c.eps,
+            initial_scale: c.initial_scale,
+            eps_in_sqrt: c.eps_in_sqrt,
+            bias_correction: c.bias_correction,
+        }))
     };
     let mut links = vec![scale, scale_by_learning_rate(c.learning_rate)];
     if let Some(m) = c.momentum {
@@ -1057,7 +1154,15 @@ impl Default for Rprop {
 }
 /// optax `rprop`: `scale_by_rprop → scale(−1)`.
 pub fn rprop(c: Rprop) -> Box<dyn Transform> {
-    let t = ScaleByRprop::new(c.learning_rate, c.eta_minus, c.eta_plus, c.min_step_size, c.max_step_size);
+    let t = ScaleByRprop::new(
+        c.learning_rate,
+        ScaleByRpropConfig {
+            eta_minus: c.eta_minus,
+            eta_plus: c.eta_plus,
+            min_step_size: c.min_step_size,
+            max_step_size: c.max_step_size,
+        },
+    );
     chain(vec![boxed(t), boxed(Scale::new(-1.0))])
 }
 
@@ -1150,7 +1255,10 @@ impl Default for Sm3 {
 }
 /// optax `sm3`: `scale_by_sm3 → scale(−α)`, the rate one that can be set.
 pub fn sm3(c: Sm3) -> Box<dyn Transform> {
-    chain(vec![boxed(ScaleBySm3::new(c.momentum, 1.0, 1e-8)), scale_by_learning_rate(c.learning_rate.into())])
+    chain(vec![
+        boxed(ScaleBySm3::new(ScaleBySm3Config { b1: c.momentum, ..Default::default() })),
+        scale_by_learning_rate(c.learning_rate.into()),
+    ])
 }
 
 /// optax `yogi` (Zaheer et al., "Adaptive Methods for Nonconvex Optimization", NeurIPS 2018): Adam
@@ -1177,5 +1285,8 @@ impl Default for Yogi {
 }
 /// optax `yogi`: `scale_by_yogi → scale_by_learning_rate`.
 pub fn yogi(c: Yogi) -> Box<dyn Transform> {
-    chain(vec![boxed(ScaleByYogi::new(c.b1, c.b2, c.eps, 0.0, 1e-6)), scale_by_learning_rate(c.learning_rate)])
+    chain(vec![
+        boxed(ScaleByYogi::new(ScaleByYogiConfig { b1: c.b1, b2: c.b2, eps: c.eps, ..Default::default() })),
+        scale_by_learning_rate(c.learning_rate),
+    ])
 }

@@ -75,9 +75,25 @@ pub fn constant(value: f64) -> BoxSchedule {
     Box::new(move |_| value)
 }
 
+/// optax `polynomial_schedule`'s arguments (required: `init_value`, `end_value`, `power`, `transition_steps`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Polynomial {
+    /// The rate before `transition_begin`.
+    pub init_value: f64,
+    /// The rate from `transition_begin + transition_steps` on.
+    pub end_value: f64,
+    /// The exponent of the polynomial.
+    pub power: f64,
+    /// Steps from `init_value` to `end_value`; 0: `init_value` throughout.
+    pub transition_steps: u64,
+    /// Steps before the transition starts (optax's default 0).
+    pub transition_begin: u64,
+}
+
 /// optax `polynomial_schedule`: from `init` to `end` over `transition_steps` after
 /// `transition_begin`, with exponent `power`.
-pub fn polynomial(init: f64, end: f64, power: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
+pub fn polynomial(c: Polynomial) -> BoxSchedule {
+    let Polynomial { init_value: init, end_value: end, power, transition_steps, transition_begin } = c;
     if transition_steps == 0 {
         return constant(init);
     }
@@ -88,9 +104,23 @@ pub fn polynomial(init: f64, end: f64, power: f64, transition_steps: u64, transi
     })
 }
 
+/// optax `linear_schedule`'s arguments (required: `init_value`, `end_value`, `transition_steps`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    /// The rate before `transition_begin`.
+    pub init_value: f64,
+    /// The rate from `transition_begin + transition_steps` on.
+    pub end_value: f64,
+    /// Steps from `init_value` to `end_value`; 0: `init_value` throughout.
+    pub transition_steps: u64,
+    /// Steps before the transition starts (optax's default 0).
+    pub transition_begin: u64,
+}
+
 /// optax `linear_schedule`.
-pub fn linear(init: f64, end: f64, transition_steps: u64, transition_begin: u64) -> BoxSchedule {
-    polynomial(init, end, 1.0, transition_steps, transition_begin)
+pub fn linear(c: Linear) -> BoxSchedule {
+    let Linear { init_value: init, end_value: end, transition_steps, transition_begin } = c;
+    polynomial(Polynomial { init_value: init, end_value: end, power: 1.0, transition_steps, transition_begin })
 }
 
 /// optax `piecewise_constant_schedule`: multiplies by `scale` from each boundary step on.
@@ -110,16 +140,27 @@ pub fn piecewise_constant(init: f64, mut boundaries_and_scales: Vec<(u64, f64)>)
     }))
 }
 
+/// optax `exponential_decay`'s arguments (required: `init_value`, `transition_steps`, `decay_rate`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExponentialDecay {
+    /// The rate before `transition_begin`.
+    pub init_value: f64,
+    /// Steps over which the rate is multiplied by `decay_rate` once; 0: constant.
+    pub transition_steps: u64,
+    /// The factor of each `transition_steps`; 0: constant.
+    pub decay_rate: f64,
+    /// Steps before the decay starts (optax's default 0).
+    pub transition_begin: u64,
+    /// Decay in whole transitions instead of continuously (optax's default `false`).
+    pub staircase: bool,
+    /// The bound the rate does not pass (below for a decay, above for a growth); `None` (optax's default): none.
+    pub end_value: Option<f64>,
+}
+
 /// optax `exponential_decay`: `init · rate^((t − begin)/transition_steps)`, floored with
 /// `staircase`, clipped at `end_value`.
-pub fn exponential_decay(
-    init: f64,
-    transition_steps: u64,
-    decay_rate: f64,
-    transition_begin: u64,
-    staircase: bool,
-    end_value: Option<f64>,
-) -> BoxSchedule {
+pub fn exponential_decay(c: ExponentialDecay) -> BoxSchedule {
+    let ExponentialDecay { init_value: init, transition_steps, decay_rate, transition_begin, staircase, end_value } = c;
     if transition_steps == 0 || decay_rate == 0.0 {
         return constant(init);
     }
@@ -137,8 +178,22 @@ pub fn exponential_decay(
     })
 }
 
+/// optax `cosine_decay_schedule`'s arguments (required: `init_value`, `decay_steps`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CosineDecay {
+    /// The rate at step 0.
+    pub init_value: f64,
+    /// Steps of the decay; the rate stays at `α·init_value` after them.
+    pub decay_steps: u64,
+    /// The final rate as a fraction of `init_value` (optax's default 0).
+    pub alpha: f64,
+    /// The power of the cosine factor (optax's default 1).
+    pub exponent: f64,
+}
+
 /// optax `cosine_decay_schedule`: `init · ((1−α)·(½(1 + cos(πt/T)))^exponent + α)`.
-pub fn cosine_decay(init: f64, decay_steps: u64, alpha: f64, exponent: f64) -> BoxSchedule {
+pub fn cosine_decay(c: CosineDecay) -> BoxSchedule {
+    let CosineDecay { init_value: init, decay_steps, alpha, exponent } = c;
     Box::new(move |t: u64| {
         let t = (t as f64).min(decay_steps as f64);
         let cos = 0.5 * (1.0 + (PI * t / decay_steps as f64).cos());
@@ -216,24 +271,41 @@ impl Schedule for Chained {
 
 /// optax `warmup_constant_schedule`.
 pub fn warmup_constant(init: f64, peak: f64, warmup_steps: u64) -> BoxSchedule {
-    linear(init, peak, warmup_steps, 0)
+    linear(Linear { init_value: init, end_value: peak, transition_steps: warmup_steps, transition_begin: 0 })
+}
+
+/// optax `warmup_cosine_decay_schedule`'s arguments (required: `init_value`, `peak_value`, `warmup_steps`, `decay_steps`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupCosineDecay {
+    /// The rate at step 0, where the linear warm-up starts.
+    pub init_value: f64,
+    /// The rate at the end of the warm-up, where the cosine decay starts.
+    pub peak_value: f64,
+    /// Steps of the linear warm-up.
+    pub warmup_steps: u64,
+    /// The step at which `end_value` is reached, warm-up included.
+    pub decay_steps: u64,
+    /// The rate after `decay_steps` (optax's default 0).
+    pub end_value: f64,
+    /// The power of the cosine factor (optax's default 1).
+    pub exponent: f64,
 }
 
 /// optax `warmup_cosine_decay_schedule`: linear warm-up to `peak`, then cosine decay to `end`
 /// reached at `decay_steps` (warm-up included).
-pub fn warmup_cosine_decay(
-    init: f64,
-    peak: f64,
-    warmup_steps: u64,
-    decay_steps: u64,
-    end: f64,
-    exponent: f64,
-) -> BoxSchedule {
+pub fn warmup_cosine_decay(c: WarmupCosineDecay) -> BoxSchedule {
+    let WarmupCosineDecay { init_value: init, peak_value: peak, warmup_steps, decay_steps, end_value: end, exponent } =
+        c;
     let alpha = if peak == 0.0 { 0.0 } else { end / peak };
     join(
         vec![
-            linear(init, peak, warmup_steps, 0),
-            cosine_decay(peak, decay_steps.saturating_sub(warmup_steps), alpha, exponent),
+            linear(Linear { init_value: init, end_value: peak, transition_steps: warmup_steps, transition_begin: 0 }),
+            cosine_decay(CosineDecay {
+                init_value: peak,
+                decay_steps: decay_steps.saturating_sub(warmup_steps),
+                alpha,
+                exponent,
+            }),
         ],
         vec![warmup_steps],
     )
@@ -266,15 +338,20 @@ pub struct WarmupExponentialDecay {
 pub fn warmup_exponential_decay(c: WarmupExponentialDecay) -> BoxSchedule {
     join(
         vec![
-            linear(c.init_value, c.peak_value, c.warmup_steps, 0),
-            exponential_decay(
-                c.peak_value,
-                c.transition_steps,
-                c.decay_rate,
-                c.transition_begin,
-                c.staircase,
-                c.end_value,
-            ),
+            linear(Linear {
+                init_value: c.init_value,
+                end_value: c.peak_value,
+                transition_steps: c.warmup_steps,
+                transition_begin: 0,
+            }),
+            exponential_decay(ExponentialDecay {
+                init_value: c.peak_value,
+                transition_steps: c.transition_steps,
+                decay_rate: c.decay_rate,
+                transition_begin: c.transition_begin,
+                staircase: c.staircase,
+                end_value: c.end_value,
+            }),
         ],
         vec![c.warmup_steps],
     )
@@ -324,15 +401,26 @@ pub fn piecewise_interpolate(
     })
 }
 
+/// optax `linear_onecycle_schedule`'s arguments (required: `transition_steps`, `peak_value`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearOnecycle {
+    /// Steps of the whole cycle.
+    pub transition_steps: u64,
+    /// The largest rate, reached at `pct_start · transition_steps`.
+    pub peak_value: f64,
+    /// Fraction of the cycle spent rising (optax's default 0.3).
+    pub pct_start: f64,
+    /// Fraction of the cycle at which the rate is back at its start (optax's default 0.85).
+    pub pct_final: f64,
+    /// The initial rate is `peak_value / div_factor` (optax's default 25).
+    pub div_factor: f64,
+    /// The final rate is the initial one over this (optax's default 10⁴).
+    pub final_div_factor: f64,
+}
+
 /// optax `linear_onecycle_schedule` (Smith & Topin 2018).
-pub fn linear_onecycle(
-    transition_steps: u64,
-    peak: f64,
-    pct_start: f64,
-    pct_final: f64,
-    div_factor: f64,
-    final_div_factor: f64,
-) -> BoxSchedule {
+pub fn linear_onecycle(c: LinearOnecycle) -> BoxSchedule {
+    let LinearOnecycle { transition_steps, peak_value: peak, pct_start, pct_final, div_factor, final_div_factor } = c;
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Linear,
@@ -345,14 +433,24 @@ pub fn linear_onecycle(
     )
 }
 
+/// optax `cosine_onecycle_schedule`'s arguments (required: `transition_steps`, `peak_value`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CosineOnecycle {
+    /// Steps of the whole cycle.
+    pub transition_steps: u64,
+    /// The largest rate, reached at `pct_start · transition_steps`.
+    pub peak_value: f64,
+    /// Fraction of the cycle spent rising (optax's default 0.3).
+    pub pct_start: f64,
+    /// The initial rate is `peak_value / div_factor` (optax's default 25).
+    pub div_factor: f64,
+    /// The final rate is the initial one over this (optax's default 10⁴).
+    pub final_div_factor: f64,
+}
+
 /// optax `cosine_onecycle_schedule` (Smith & Topin 2018).
-pub fn cosine_onecycle(
-    transition_steps: u64,
-    peak: f64,
-    pct_start: f64,
-    div_factor: f64,
-    final_div_factor: f64,
-) -> BoxSchedule {
+pub fn cosine_onecycle(c: CosineOnecycle) -> BoxSchedule {
+    let CosineOnecycle { transition_steps, peak_value: peak, pct_start, div_factor, final_div_factor } = c;
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Cosine,
@@ -393,8 +491,20 @@ pub fn cosine_annealing_lr(base: f64, t_max: u64, eta_min: f64) -> Result<BoxSch
     Ok(Box::new(move |t: u64| eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0))
 }
 
+/// torch `CosineAnnealingWarmRestarts` (the optimizer's rate is the first argument of the function)'s arguments (required: `t_0`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CosineAnnealingWarmRestarts {
+    /// Steps of the first period (torch `T_0`).
+    pub t_0: u64,
+    /// Factor of each period over the one before (torch `T_mult`, default 1).
+    pub t_mult: u64,
+    /// The least rate (torch's default 0).
+    pub eta_min: f64,
+}
+
 /// torch `CosineAnnealingWarmRestarts` (SGDR): periods `T_0, T_0·T_mult, …`.
-pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min: f64) -> Result<BoxSchedule> {
+pub fn cosine_annealing_warm_restarts(base: f64, c: CosineAnnealingWarmRestarts) -> Result<BoxSchedule> {
+    let CosineAnnealingWarmRestarts { t_0, t_mult, eta_min } = c;
     ensure(t_0 > 0, || format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}"))?;
     ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
     Ok(Box::new(move |t: u64| {
@@ -416,8 +526,25 @@ pub fn cosine_annealing_warm_restarts(base: f64, t_0: u64, t_mult: u64, eta_min:
     }))
 }
 
+/// torch `LinearLR` (the optimizer's rate is the first argument of the function)'s arguments, with its defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearLr {
+    /// The factor of the rate at step 0, in (0, 1] (torch's default 1/3).
+    pub start_factor: f64,
+    /// The factor from `total_iters` on, in [0, 1] (torch's default 1).
+    pub end_factor: f64,
+    /// Steps over which the factor moves (torch's default 5).
+    pub total_iters: u64,
+}
+impl Default for LinearLr {
+    fn default() -> Self {
+        LinearLr { start_factor: 1.0 / 3.0, end_factor: 1.0, total_iters: 5 }
+    }
+}
+
 /// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters`.
-pub fn linear_lr(base: f64, start_factor: f64, end_factor: f64, total_iters: u64) -> Result<BoxSchedule> {
+pub fn linear_lr(base: f64, c: LinearLr) -> Result<BoxSchedule> {
+    let LinearLr { start_factor, end_factor, total_iters } = c;
     ensure(start_factor > 0.0 && start_factor <= 1.0, || {
         "LinearLR: Starting multiplicative factor expected to be greater than 0 and less or equal to 1.".into()
     })?;
@@ -461,17 +588,37 @@ pub enum Anneal {
     Linear,
 }
 
+/// torch `OneCycleLR`'s arguments (required: `max_lr`, `total_steps`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OneCycleLr {
+    /// The largest rate.
+    pub max_lr: f64,
+    /// Steps of the cycle; the schedule ends there.
+    pub total_steps: u64,
+    /// Fraction of the cycle spent rising (torch's default 0.3).
+    pub pct_start: f64,
+    /// How the rate moves between phases (torch's default cosine).
+    pub anneal_strategy: Anneal,
+    /// The initial rate is `max_lr / div_factor` (torch's default 25).
+    pub div_factor: f64,
+    /// The final rate is the initial one over this (torch's default 10⁴).
+    pub final_div_factor: f64,
+    /// Come back down to the initial rate before the final annealing (torch's default `false`).
+    pub three_phase: bool,
+}
+
 /// torch `OneCycleLR` (Smith & Topin 2018): warm-up from `max_lr/div_factor` to `max_lr`, then
 /// annealing to `initial/final_div_factor` (three phases with `three_phase`).
-pub fn onecycle_lr(
-    max_lr: f64,
-    total_steps: u64,
-    pct_start: f64,
-    anneal: Anneal,
-    div_factor: f64,
-    final_div_factor: f64,
-    three_phase: bool,
-) -> Result<BoxSchedule> {
+pub fn onecycle_lr(c: OneCycleLr) -> Result<BoxSchedule> {
+    let OneCycleLr {
+        max_lr,
+        total_steps,
+        pct_start,
+        anneal_strategy: anneal,
+        div_factor,
+        final_div_factor,
+        three_phase,
+    } = c;
     ensure(total_steps > 0, || format!("OneCycleLR: Expected positive integer total_steps, but got {total_steps}"))?;
     ensure((0.0..=1.0).contains(&pct_start), || {
         format!("OneCycleLR: Expected float between 0 and 1 pct_start, but got {pct_start}")
@@ -520,14 +667,24 @@ pub enum CyclicMode {
     },
 }
 
+/// torch `CyclicLR`'s arguments (required: `base_lr`, `max_lr`; the others carry the library's defaults in their docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CyclicLr {
+    /// The bottom of each cycle.
+    pub base_lr: f64,
+    /// The top of each cycle (scaled by the mode).
+    pub max_lr: f64,
+    /// Steps rising (torch's default 2000).
+    pub step_size_up: u64,
+    /// Steps falling; `None` (torch's default): `step_size_up`.
+    pub step_size_down: Option<u64>,
+    /// How the height changes from cycle to cycle (torch's default triangular).
+    pub mode: CyclicMode,
+}
+
 /// torch `CyclicLR`: triangular cycles between `base_lr` and `max_lr`.
-pub fn cyclic_lr(
-    base_lr: f64,
-    max_lr: f64,
-    step_size_up: u64,
-    step_size_down: Option<u64>,
-    mode: CyclicMode,
-) -> Result<BoxSchedule> {
+pub fn cyclic_lr(c: CyclicLr) -> Result<BoxSchedule> {
+    let CyclicLr { base_lr, max_lr, step_size_up, step_size_down, mode } = c;
     let down = step_size_down.unwrap_or(step_size_up);
     let total = step_size_up as f64 + down as f64;
     ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;

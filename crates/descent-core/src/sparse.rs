@@ -8,7 +8,10 @@
 //! torch's dense optimizers refuse a sparse gradient.
 
 use crate::error::{ensure, Error, Result};
-use crate::transform::{numel, Elementwise, LearningRate, Shapes, Transform, BLOCK};
+use crate::kernel::{Elementwise, BLOCK};
+use crate::transform::{numel, Shapes, Transform};
+
+use crate::learning_rate::LearningRate;
 use crate::transforms::{bias_correction, simd_apply, state, zeros, ParamBufs};
 
 /// The number of rows of a parameter and the elements in each: a scalar is one row of one
@@ -225,7 +228,7 @@ impl Transform for SparseAdam {
                     u.copy_from_slice(&g[off..off + n]);
                     // SAFETY: `&mut self` excludes any other access to the moments.
                     unsafe { self.rule(i, off, u) };
-                    crate::transform::add_assign(&mut p[off..off + n], u);
+                    crate::kernel::add_assign(&mut p[off..off + n], u);
                     off += n;
                 }
             }

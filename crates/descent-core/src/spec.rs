@@ -13,11 +13,14 @@
 
 use serde_json::{Map, Value};
 
+use crate::chain::chain;
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::optax::{self as ox, contrib as oxc};
 use crate::schedule::{self as sch, BoxSchedule, ReduceLrOnPlateau};
 use crate::torch::{self, MuonLrAdjust, WeightDecay};
-use crate::transform::{chain, LearningRate, Transform};
+
+use crate::transform::Transform;
 use crate::transforms::*;
 
 /// Builds one registry entry: its keyword arguments, read through [`Kwargs`] (which refuses, after
@@ -942,7 +945,7 @@ fn descent_8bit(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
     let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
     crate::torch::check_adam_like(&lr, (b1, b2), eps, wd)?;
     Ok(chain(vec![
-        boxed(ScaleByAdam8bit::new(b1, b2, eps)),
+        boxed(ScaleByAdam8bit::new(ScaleByAdam8bitConfig { b1, b2, eps })),
         boxed(AddDecayedWeights::new(wd)),
         boxed(ScaleByLearningRate::new(lr, true)),
     ]))
@@ -1137,25 +1140,25 @@ fn optax_scale(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
 
 fn optax_scale_by_adam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(boxed(
-        ScaleByAdam::new(
-            k.f64("b1", 0.9)?,
-            k.f64("b2", 0.999)?,
-            k.f64("eps", 1e-8)?,
-            k.f64("eps_root", 0.0)?,
-            k.bool("nesterov", false)?,
-        )
+        ScaleByAdam::new(ScaleByAdamConfig {
+            b1: k.f64("b1", 0.9)?,
+            b2: k.f64("b2", 0.999)?,
+            eps: k.f64("eps", 1e-8)?,
+            eps_root: k.f64("eps_root", 0.0)?,
+            nesterov: k.bool("nesterov", false)?,
+        })
         .mu_dtype(k.mu_dtype()?),
     ))
 }
 
 fn optax_scale_by_belief(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(ScaleByBelief::new(
-        k.f64("b1", 0.9)?,
-        k.f64("b2", 0.999)?,
-        k.f64("eps", 1e-16)?,
-        k.f64("eps_root", 1e-16)?,
-        k.bool("nesterov", false)?,
-    )))
+    Ok(boxed(ScaleByBelief::new(ScaleByBeliefConfig {
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-16)?,
+        eps_root: k.f64("eps_root", 1e-16)?,
+        nesterov: k.bool("nesterov", false)?,
+    })))
 }
 
 fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -1172,22 +1175,24 @@ fn optax_scale_by_param_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Bo
 }
 
 fn optax_scale_by_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(ScaleByRms::new(
-        k.f64("decay", 0.9)?,
-        k.f64("eps", 1e-8)?,
-        k.f64("initial_scale", 0.0)?,
-        k.bool("eps_in_sqrt", true)?,
-        k.bool("bias_correction", false)?,
-    )))
+    Ok(boxed(ScaleByRms::new(ScaleByRmsConfig {
+        decay: k.f64("decay", 0.9)?,
+        eps: k.f64("eps", 1e-8)?,
+        initial_scale: k.f64("initial_scale", 0.0)?,
+        eps_in_sqrt: k.bool("eps_in_sqrt", true)?,
+        bias_correction: k.bool("bias_correction", false)?,
+    })))
 }
 
 fn optax_scale_by_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(boxed(ScaleByRprop::new(
         k.req_f64("learning_rate")?,
-        k.f64("eta_minus", 0.5)?,
-        k.f64("eta_plus", 1.2)?,
-        k.f64("min_step_size", 1e-6)?,
-        k.f64("max_step_size", 50.0)?,
+        ScaleByRpropConfig {
+            eta_minus: k.f64("eta_minus", 0.5)?,
+            eta_plus: k.f64("eta_plus", 1.2)?,
+            min_step_size: k.f64("min_step_size", 1e-6)?,
+            max_step_size: k.f64("max_step_size", 50.0)?,
+        },
     )))
 }
 
@@ -1200,27 +1205,31 @@ fn optax_scale_by_sign(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Trans
 }
 
 fn optax_scale_by_stddev(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(ScaleByStddev::new(
-        k.f64("decay", 0.9)?,
-        k.f64("eps", 1e-8)?,
-        k.f64("initial_scale", 0.0)?,
-        k.bool("eps_in_sqrt", true)?,
-        k.bool("bias_correction", false)?,
-    )))
+    Ok(boxed(ScaleByStddev::new(ScaleByStddevConfig {
+        decay: k.f64("decay", 0.9)?,
+        eps: k.f64("eps", 1e-8)?,
+        initial_scale: k.f64("initial_scale", 0.0)?,
+        eps_in_sqrt: k.bool("eps_in_sqrt", true)?,
+        bias_correction: k.bool("bias_correction", false)?,
+    })))
 }
 
 fn optax_scale_by_trust_ratio(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(ScaleByTrustRatio::new(k.f64("min_norm", 0.0)?, k.f64("trust_coefficient", 1.0)?, k.f64("eps", 0.0)?)))
+    Ok(boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig {
+        min_norm: k.f64("min_norm", 0.0)?,
+        trust_coefficient: k.f64("trust_coefficient", 1.0)?,
+        eps: k.f64("eps", 0.0)?,
+    })))
 }
 
 fn optax_scale_by_yogi(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(ScaleByYogi::new(
-        k.f64("b1", 0.9)?,
-        k.f64("b2", 0.999)?,
-        k.f64("eps", 1e-3)?,
-        k.f64("eps_root", 0.0)?,
-        k.f64("initial_accumulator_value", 1e-6)?,
-    )))
+    Ok(boxed(ScaleByYogi::new(ScaleByYogiConfig {
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 0.999)?,
+        eps: k.f64("eps", 1e-3)?,
+        eps_root: k.f64("eps_root", 0.0)?,
+        initial_accumulator_value: k.f64("initial_accumulator_value", 1e-6)?,
+    })))
 }
 
 fn optax_set_to_zero(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -1822,15 +1831,19 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
         }
         ("torch", "CosineAnnealingWarmRestarts") => sch::cosine_annealing_warm_restarts(
             need_base()?,
-            k.req_u64("T_0")?,
-            k.u64("T_mult", 1)?,
-            k.f64("eta_min", 0.0)?,
+            sch::CosineAnnealingWarmRestarts {
+                t_0: k.req_u64("T_0")?,
+                t_mult: k.u64("T_mult", 1)?,
+                eta_min: k.f64("eta_min", 0.0)?,
+            },
         )?,
         ("torch", "LinearLR") => sch::linear_lr(
             need_base()?,
-            k.f64("start_factor", 1.0 / 3.0)?,
-            k.f64("end_factor", 1.0)?,
-            k.u64("total_iters", 5)?,
+            sch::LinearLr {
+                start_factor: k.f64("start_factor", 1.0 / 3.0)?,
+                end_factor: k.f64("end_factor", 1.0)?,
+                total_iters: k.u64("total_iters", 5)?,
+            },
         )?,
         ("torch", "ConstantLR") => {
             sch::constant_lr(need_base()?, k.f64("factor", 1.0 / 3.0)?, k.u64("total_iters", 5)?)?
@@ -1855,7 +1868,15 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.85)?;
             let _ = k.f64("max_momentum", 0.95)?;
-            sch::onecycle_lr(max_lr, total, pct, a, div, fdiv, three)?
+            sch::onecycle_lr(sch::OneCycleLr {
+                max_lr,
+                total_steps: total,
+                pct_start: pct,
+                anneal_strategy: a,
+                div_factor: div,
+                final_div_factor: fdiv,
+                three_phase: three,
+            })?
         }
         ("torch", "CyclicLR") => {
             let (b, m) = (k.req_f64("base_lr")?, k.req_f64("max_lr")?);
@@ -1871,7 +1892,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.8)?;
             let _ = k.f64("max_momentum", 0.9)?;
-            sch::cyclic_lr(b, m, up, down, mode)?
+            sch::cyclic_lr(sch::CyclicLr { base_lr: b, max_lr: m, step_size_up: up, step_size_down: down, mode })?
         }
         ("torch", "ReduceLROnPlateau") => {
             let mode = match k.str("mode", "min")? {
@@ -1941,49 +1962,49 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             let n = n.strip_suffix("_schedule").unwrap_or(n);
             match n {
                 "constant" => sch::constant(k.req_f64("value")?),
-                "polynomial" => sch::polynomial(
-                    k.req_f64("init_value")?,
-                    k.req_f64("end_value")?,
-                    k.req_f64("power")?,
-                    k.req_u64("transition_steps")?,
-                    k.u64("transition_begin", 0)?,
-                ),
-                "linear" => sch::linear(
-                    k.req_f64("init_value")?,
-                    k.req_f64("end_value")?,
-                    k.req_u64("transition_steps")?,
-                    k.u64("transition_begin", 0)?,
-                ),
+                "polynomial" => sch::polynomial(sch::Polynomial {
+                    init_value: k.req_f64("init_value")?,
+                    end_value: k.req_f64("end_value")?,
+                    power: k.req_f64("power")?,
+                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_begin: k.u64("transition_begin", 0)?,
+                }),
+                "linear" => sch::linear(sch::Linear {
+                    init_value: k.req_f64("init_value")?,
+                    end_value: k.req_f64("end_value")?,
+                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_begin: k.u64("transition_begin", 0)?,
+                }),
                 "piecewise_constant" => {
                     let init = k.req_f64("init_value")?;
                     let bs = boundaries(k.value("boundaries_and_scales"), &format!("optax.{name}"))?;
                     sch::piecewise_constant(init, bs)?
                 }
-                "exponential_decay" => sch::exponential_decay(
-                    k.req_f64("init_value")?,
-                    k.req_u64("transition_steps")?,
-                    k.req_f64("decay_rate")?,
-                    k.u64("transition_begin", 0)?,
-                    k.bool("staircase", false)?,
-                    k.opt_f64("end_value")?,
-                ),
-                "cosine_decay" => sch::cosine_decay(
-                    k.req_f64("init_value")?,
-                    k.req_u64("decay_steps")?,
-                    k.f64("alpha", 0.0)?,
-                    k.f64("exponent", 1.0)?,
-                ),
+                "exponential_decay" => sch::exponential_decay(sch::ExponentialDecay {
+                    init_value: k.req_f64("init_value")?,
+                    transition_steps: k.req_u64("transition_steps")?,
+                    decay_rate: k.req_f64("decay_rate")?,
+                    transition_begin: k.u64("transition_begin", 0)?,
+                    staircase: k.bool("staircase", false)?,
+                    end_value: k.opt_f64("end_value")?,
+                }),
+                "cosine_decay" => sch::cosine_decay(sch::CosineDecay {
+                    init_value: k.req_f64("init_value")?,
+                    decay_steps: k.req_u64("decay_steps")?,
+                    alpha: k.f64("alpha", 0.0)?,
+                    exponent: k.f64("exponent", 1.0)?,
+                }),
                 "warmup_constant" => {
                     sch::warmup_constant(k.req_f64("init_value")?, k.req_f64("peak_value")?, k.req_u64("warmup_steps")?)
                 }
-                "warmup_cosine_decay" => sch::warmup_cosine_decay(
-                    k.req_f64("init_value")?,
-                    k.req_f64("peak_value")?,
-                    k.req_u64("warmup_steps")?,
-                    k.req_u64("decay_steps")?,
-                    k.f64("end_value", 0.0)?,
-                    k.f64("exponent", 1.0)?,
-                ),
+                "warmup_cosine_decay" => sch::warmup_cosine_decay(sch::WarmupCosineDecay {
+                    init_value: k.req_f64("init_value")?,
+                    peak_value: k.req_f64("peak_value")?,
+                    warmup_steps: k.req_u64("warmup_steps")?,
+                    decay_steps: k.req_u64("decay_steps")?,
+                    end_value: k.f64("end_value", 0.0)?,
+                    exponent: k.f64("exponent", 1.0)?,
+                }),
                 "warmup_exponential_decay" => sch::warmup_exponential_decay(sch::WarmupExponentialDecay {
                     init_value: k.req_f64("init_value")?,
                     peak_value: k.req_f64("peak_value")?,
@@ -1994,21 +2015,21 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     staircase: k.bool("staircase", false)?,
                     end_value: k.opt_f64("end_value")?,
                 }),
-                "linear_onecycle" => sch::linear_onecycle(
-                    k.req_u64("transition_steps")?,
-                    k.req_f64("peak_value")?,
-                    k.f64("pct_start", 0.3)?,
-                    k.f64("pct_final", 0.85)?,
-                    k.f64("div_factor", 25.0)?,
-                    k.f64("final_div_factor", 1e4)?,
-                ),
-                "cosine_onecycle" => sch::cosine_onecycle(
-                    k.req_u64("transition_steps")?,
-                    k.req_f64("peak_value")?,
-                    k.f64("pct_start", 0.3)?,
-                    k.f64("div_factor", 25.0)?,
-                    k.f64("final_div_factor", 1e4)?,
-                ),
+                "linear_onecycle" => sch::linear_onecycle(sch::LinearOnecycle {
+                    transition_steps: k.req_u64("transition_steps")?,
+                    peak_value: k.req_f64("peak_value")?,
+                    pct_start: k.f64("pct_start", 0.3)?,
+                    pct_final: k.f64("pct_final", 0.85)?,
+                    div_factor: k.f64("div_factor", 25.0)?,
+                    final_div_factor: k.f64("final_div_factor", 1e4)?,
+                }),
+                "cosine_onecycle" => sch::cosine_onecycle(sch::CosineOnecycle {
+                    transition_steps: k.req_u64("transition_steps")?,
+                    peak_value: k.req_f64("peak_value")?,
+                    pct_start: k.f64("pct_start", 0.3)?,
+                    div_factor: k.f64("div_factor", 25.0)?,
+                    final_div_factor: k.f64("final_div_factor", 1e4)?,
+                }),
                 _ => return Err(unknown("optax schedule", name, OPTAX_SCHEDULES)),
             }
         }

@@ -3,12 +3,31 @@
 //!
 //! Every optimizer takes its learning rate as a [`LearningRate`]: a constant, or a schedule that
 //! plays the role of a torch `lr_scheduler` (evaluated at the 0-based step).
+//!
+//! A typed config with torch's defaults, driven over flat buffers by an [`crate::Optimizer`]:
+//!
+//! ```
+//! use descent_core::torch::{Adam, AdamConfig};
+//! use descent_core::Optimizer;
+//!
+//! // torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+//! let adamw = Adam::new(AdamConfig { lr: 1e-3.into(), weight_decay: 0.1, ..AdamConfig::adamw() })?;
+//! let mut weight = vec![1.0f32, -2.0, 0.5, 3.0];
+//! let mut opt = Optimizer::new(Box::new(adamw), vec![vec![2, 2]], &[&weight])?;
+//! opt.step(&mut [&mut weight], &[&[0.1, -0.1, 0.2, 0.0]])?;
+//! assert!(weight[0] < 1.0 && weight[1] > -2.0); // each moved against its gradient
+//! opt.set_learning_rate(5e-4)?; // as torch's param_group["lr"] = 5e-4
+//! # Ok::<(), descent_core::Error>(())
+//! ```
 
 pub use crate::sparse::{SparseAdam, SparseAdamConfig};
 
 use crate::error::{ensure, Result};
+use crate::kernel::{global_sum_sq, Elementwise};
 use crate::state::StateVisitor;
-use crate::transform::{global_sum_sq, numel, Elementwise, LearningRate, Shapes, Transform};
+use crate::transform::{numel, Shapes, Transform};
+
+use crate::learning_rate::LearningRate;
 use crate::transforms::{bias_correction, simd_apply};
 use crate::transforms::{
     elementwise_transform, full, newton_schulz, sign, state, sum_sq, zeros, NsPrecision, ParamBufs,
@@ -1247,9 +1266,9 @@ impl Adafactor {
             }
             let body = |g: &[f32], v: &mut [f32], upd: &mut [f32]| kernel_simd(g, v, upd, w, eps1 * eps1);
             let v = &mut self.variance[i];
-            if n >= crate::transform::PARALLEL_MIN {
+            if n >= crate::kernel::PARALLEL_MIN {
                 use rayon::prelude::*;
-                let k = crate::transform::CHUNK;
+                let k = crate::kernel::CHUNK;
                 g.par_chunks(k)
                     .zip(v.par_chunks_mut(k))
                     .zip(upd.par_chunks_mut(k))

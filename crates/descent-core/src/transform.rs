@@ -5,28 +5,21 @@
 //! place, keeping its own state. Updates are *added* to the parameters (optax's convention), so a
 //! descent step ends with a negative learning-rate scale. Transformations whose update of an element
 //! depends on that element alone also implement [`Elementwise`] ([`crate::kernel`]): the
-//! [`Optimizer`] ([`crate::optimizer`]) then runs them through [`Elementwise::step`], the kernel on
-//! L1-sized sub-blocks added into the parameters in the same pass, with the maps a [`Chain`]
+//! [`Optimizer`](crate::Optimizer) ([`crate::optimizer`]) then runs them through [`Elementwise::step`], the kernel on
+//! L1-sized sub-blocks added into the parameters in the same pass, with the maps a [`Chain`](crate::chain::Chain)
 //! ([`mod@crate::chain`]) has around its kernel (clipping, weight decay, learning rate, sign,
-//! Schedule-Free's interpolation) folded in as a [`Fold`]. A step reads and writes each buffer
+//! Schedule-Free's interpolation) folded in as a [`Fold`](crate::kernel::Fold). A step reads and writes each buffer
 //! once, not once per link.
 //!
 //! The layers, each using only those above it: [`crate::learning_rate`] → [`crate::kernel`] →
-//! this module → [`mod@crate::chain`] → [`crate::optimizer`]. The items a transformation's
-//! implementation needs from the lower layers are re-exported here.
+//! this module → [`mod@crate::chain`] → [`crate::optimizer`]. Each item is imported from the module
+//! that owns it (the most used ones also from the crate root).
 
 use crate::error::{Error, Result};
-use crate::kernel::{add_updates, copy_into};
+use crate::kernel::{add_updates, copy_into, run_elementwise, Elementwise};
+use crate::learning_rate::LearningRate;
 use crate::sparse::SparseRows;
 use crate::state::StateVisitor;
-
-pub use crate::chain::{chain, Chain};
-pub use crate::kernel::{
-    add_assign, finish_fold, global_sum_sq, global_sum_sq_mapped, run_elementwise, start, start_inline, Affine,
-    Elementwise, Epilogue, Fold, Head, Map, BLOCK, CHUNK, PARALLEL_MIN, SUB_BLOCK,
-};
-pub use crate::learning_rate::LearningRate;
-pub use crate::optimizer::{NonFinite, Optimizer};
 
 /// The shape of each parameter, row-major.
 pub type Shapes = [Vec<usize>];
@@ -126,7 +119,7 @@ pub trait Transform: Send + Sync {
     fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()>;
 
     /// Visits the learning rates this transformation holds (its `lr` / `learning_rate`), for
-    /// [`Optimizer::set_learning_rate`]. By default those of its elementwise form; compositions
+    /// [`Optimizer::set_learning_rate`](crate::Optimizer::set_learning_rate). By default those of its elementwise form; compositions
     /// visit their parts'.
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         if let Some(e) = self.as_elementwise() {

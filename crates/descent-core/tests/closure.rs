@@ -10,7 +10,7 @@ mod common;
 use descent_core::closure::{
     build_closure_optimizer, closure_optimizers, is_closure_optimizer, ClosureOptimizer, Objective,
 };
-use descent_core::reference::{collect_case_files, load_case, Case, ProblemCase};
+use descent_core::replay::{collect_case_files, load_case, Case, ProblemCase};
 use descent_core::spec::{build_optimizer, registry_names, resolve_optimizer};
 use descent_core::state::StateDict;
 use descent_core::Result;

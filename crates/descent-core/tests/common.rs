@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use descent_core::reference::{collect_case_files, load_case, Case};
+use descent_core::replay::{collect_case_files, load_case, Case};
 
 /// `shared/reference` beside the repository.
 pub fn reference_dir() -> PathBuf {
@@ -35,7 +35,7 @@ pub fn all_cases() -> Vec<Case> {
 /// cases whose id is one of `not_implemented`'s families (an id prefix ending at a dot) are
 /// skipped; every other case must pass, and a skipped one that passes must come off the list.
 pub fn replay_folder(folder: &str, min_files: usize, not_implemented: &[(&str, &str)]) {
-    use descent_core::reference::run_and_check;
+    use descent_core::replay::run_and_check;
     let files = collect_case_files(&[shared_dir(folder)]).unwrap();
     assert!(files.len() >= min_files, "expected the whole {folder} set, found {} files", files.len());
     let (mut failures, mut unexpectedly_passing, mut passed) = (vec![], vec![], 0);

@@ -1,9 +1,9 @@
 //! Bad input gets a clear error, never a panic.
 
-use descent_core::reference::parse_case;
+use descent_core::replay::parse_case;
 use descent_core::spec::{build_optimizer, build_schedule};
 use descent_core::torch::{Adam, AdamConfig, WeightDecay};
-use descent_core::transforms::ScaleByAdam;
+use descent_core::transforms::{ScaleByAdam, ScaleByAdamConfig};
 use descent_core::{chain, NonFinite, Optimizer};
 use serde_json::json;
 
@@ -72,7 +72,7 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
 
 #[test]
 fn wrong_gradient_count_or_size_is_an_error() {
-    let tx = chain(vec![Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false))]);
+    let tx = chain(vec![Box::new(ScaleByAdam::new(ScaleByAdamConfig::default()))]);
     let mut params = vec![vec![1.0f32; 4], vec![0.0f32; 3]];
     let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
     let mut opt = Optimizer::new(tx, shapes(), &views).unwrap();

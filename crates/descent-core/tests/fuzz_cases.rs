@@ -5,7 +5,7 @@
 
 mod common;
 
-use descent_core::reference::{load_case, parse_case, run_and_check};
+use descent_core::replay::{load_case, parse_case, run_and_check};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 use serde_json::{json, Value};

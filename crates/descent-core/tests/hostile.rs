@@ -2,8 +2,8 @@
 //! step counts that disagree with the data, schedules stepped past their end, hyper-parameters
 //! that are null or not finite.
 
-use descent_core::reference::{parse_case, run_and_check, Case};
-use descent_core::schedule::{check_steps, onecycle_lr, Anneal, Schedule};
+use descent_core::replay::{parse_case, run_and_check, Case};
+use descent_core::schedule::{check_steps, onecycle_lr, Anneal, OneCycleLr, Schedule};
 use descent_core::spec::{build_optimizer, build_schedule, ScheduleSpec};
 use descent_core::Error;
 use serde_json::{json, Value};
@@ -145,7 +145,16 @@ fn onecycle_past_its_total_steps_is_an_error() {
     let Case::Schedule(c) = c else { unreachable!() };
     assert!(c.run().is_err());
 
-    let s = onecycle_lr(0.5, 100, 0.3, Anneal::Cos, 25.0, 1e4, false).unwrap();
+    let s = onecycle_lr(OneCycleLr {
+        max_lr: 0.5,
+        total_steps: 100,
+        pct_start: 0.3,
+        anneal_strategy: Anneal::Cos,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+        three_phase: false,
+    })
+    .unwrap();
     assert_eq!(s.max_steps(), Some(100));
     check_steps(&s, 100).unwrap();
     check_steps(&s, 0).unwrap();

@@ -6,9 +6,10 @@
 
 mod common;
 
-use descent_core::reference::{Case, OptimCase};
+use descent_core::kernel::{CHUNK, PARALLEL_MIN};
+use descent_core::optimizer::Optimizer;
+use descent_core::replay::{Case, OptimCase};
 use descent_core::spec::build_optimizer;
-use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
 use descent_core::transforms::set_simd;
 
 /// The case's parameters with the same ranks, made large and of sizes that are multiples of no

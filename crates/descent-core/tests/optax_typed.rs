@@ -154,7 +154,13 @@ fn typed_fields_are_the_keyword_arguments() {
         "adam",
         json!({"learning_rate": {"schedule": "linear_schedule", "init_value": 0.02, "end_value": 0.0, "transition_steps": 4}}),
         optax::adam(optax::Adam {
-            learning_rate: descent_core::schedule::linear(0.02, 0.0, 4, 0).into(),
+            learning_rate: descent_core::schedule::linear(descent_core::schedule::Linear {
+                init_value: 0.02,
+                end_value: 0.0,
+                transition_steps: 4,
+                transition_begin: 0,
+            })
+            .into(),
             ..Default::default()
         }),
     );

@@ -4,7 +4,7 @@
 
 mod common;
 
-use descent_core::reference::{collect_case_files, load_case, Case};
+use descent_core::replay::{collect_case_files, load_case, Case};
 use descent_core::spec::build_optimizer;
 use descent_core::state::StateDict;
 use descent_core::Optimizer;
@@ -36,7 +36,7 @@ fn in_family(id: &str) -> bool {
 
 /// A run of the case's gradients, stopped after step `stop_at`, saved through JSON text and
 /// resumed in a freshly built optimizer.
-fn run(case: &descent_core::reference::OptimCase, stop_at: Option<usize>) -> Vec<Vec<f32>> {
+fn run(case: &descent_core::replay::OptimCase, stop_at: Option<usize>) -> Vec<Vec<f32>> {
     let mut opt = case.optimizer().unwrap();
     let mut params = case.init.clone();
     for (t, g) in case.grads.iter().enumerate() {

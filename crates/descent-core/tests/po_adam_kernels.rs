@@ -4,8 +4,9 @@
 //!
 //! One test in its own binary: it switches the process-wide SIMD dispatch off and on.
 
+use descent_core::kernel::{CHUNK, PARALLEL_MIN};
+use descent_core::optimizer::Optimizer;
 use descent_core::spec::build_optimizer;
-use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
 use descent_core::transforms::set_simd;
 use serde_json::json;
 

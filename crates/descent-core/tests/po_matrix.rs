@@ -4,7 +4,7 @@
 
 mod common;
 
-use descent_core::reference::{load_case, run_and_check, Case, OptimCase};
+use descent_core::replay::{load_case, run_and_check, Case, OptimCase};
 use descent_core::spec::build_optimizer;
 use descent_core::state::StateDict;
 use descent_core::Optimizer;

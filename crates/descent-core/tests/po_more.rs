@@ -4,7 +4,7 @@
 
 mod common;
 
-use descent_core::reference::{collect_case_files, load_case, Case, OptimCase};
+use descent_core::replay::{collect_case_files, load_case, Case, OptimCase};
 use descent_core::spec::build_optimizer;
 use descent_core::state::StateDict;
 use descent_core::Optimizer;

@@ -6,9 +6,10 @@
 
 mod common;
 
-use descent_core::reference::{collect_case_files, load_case, Case};
+use descent_core::kernel::{CHUNK, PARALLEL_MIN};
+use descent_core::optimizer::Optimizer;
+use descent_core::replay::{collect_case_files, load_case, Case};
 use descent_core::spec::build_optimizer;
-use descent_core::transform::{Optimizer, CHUNK, PARALLEL_MIN};
 use descent_core::transforms::set_simd;
 use serde_json::json;
 

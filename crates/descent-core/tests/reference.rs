@@ -2,7 +2,7 @@
 
 mod common;
 
-use descent_core::reference::run_and_check;
+use descent_core::replay::run_and_check;
 
 /// Cases that do not pass yet, with the reason. Must shrink to empty.
 const KNOWN_FAILING: &[(&str, &str)] = &[];

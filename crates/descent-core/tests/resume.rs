@@ -4,7 +4,7 @@
 
 mod common;
 
-use descent_core::reference::{Case, OptimCase};
+use descent_core::replay::{Case, OptimCase};
 use descent_core::state::StateDict;
 
 fn run(case: &OptimCase, stop_at: Option<usize>) -> Vec<Vec<f32>> {

@@ -3,7 +3,7 @@
 
 use descent_core::spec::{build_optimizer, lr_key, registry_names, resolve_optimizer};
 use descent_core::transform::{check_shapes, shape_numel, MAX_NUMEL};
-use descent_core::transforms::ScaleByAdam;
+use descent_core::transforms::{ScaleByAdam, ScaleByAdamConfig};
 use descent_core::{chain, Optimizer};
 use serde_json::json;
 
@@ -29,7 +29,7 @@ fn shapes_whose_product_overflows_are_refused_before_anything_is_built() {
             let e = build_optimizer(lib, name, &h, None, &shapes).err().unwrap_or_else(|| panic!("{lib}.{name}"));
             assert!(e.to_string().contains("too large"), "{lib}.{name}: {e}");
         }
-        let tx = chain(vec![Box::new(ScaleByAdam::new(0.9, 0.999, 1e-8, 0.0, false))]);
+        let tx = chain(vec![Box::new(ScaleByAdam::new(ScaleByAdamConfig::default()))]);
         let params = [vec![0.0f32; 2], vec![]];
         let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
         let e = Optimizer::new(tx, shapes, &views).err().unwrap().to_string();

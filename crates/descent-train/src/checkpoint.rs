@@ -33,10 +33,12 @@ pub struct Checkpoint {
     /// running statistics), sorted by name, stored under `buffers/`; empty for a model without
     /// any.
     pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The optimizer's state ([`VarOptimizer::state_dict`](crate::VarOptimizer::state_dict)), stored under `optimizer/`.
     pub optimizer: StateDict,
     /// Epochs completed (a checkpoint taken inside epoch `k` has `epoch == k − 1` and
     /// [`Checkpoint::progress`] set) and optimizer steps taken.
     pub epoch: usize,
+    /// Optimizer steps taken (see `epoch`).
     pub steps: u64,
     /// State of the generator of batch order and dropout now.
     pub rng: u64,
@@ -173,7 +175,9 @@ pub struct EpochProgress {
     /// The epoch's running sum of batch loss × batch size, the samples it has seen and the
     /// seconds it has taken so far.
     pub loss_sum: f64,
+    /// Samples the epoch has seen so far (see `loss_sum`).
     pub samples: usize,
+    /// Seconds the epoch has taken so far (see `loss_sum`).
     pub seconds: f64,
 }
 

@@ -118,6 +118,7 @@ fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32];
 }
 
 impl Conv2dOp {
+    /// The op of a convolution with this geometry, followed by `epilogue`.
     pub fn new(stride: usize, padding: usize, dilation: usize, groups: usize, epilogue: Epilogue) -> Self {
         Conv2dOp { stride, padding, dilation, groups, epilogue, argmax: Mutex::new(Vec::new()) }
     }
@@ -492,7 +493,7 @@ impl Conv2dOp {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use crate::layers::conv2d;
+    use crate::layers::{conv2d, Conv2dGeometry};
     use crate::rng::Rng;
 
     fn randn(shape: &[usize], rng: &mut Rng) -> Var {
@@ -529,7 +530,9 @@ mod tests {
             let case = (stride, padding, dilation, groups);
             let x = randn(&[2, c, h, w], &mut rng);
             let wt = randn(&[o, c / groups, k, k], &mut rng);
-            let conv = |x: &Tensor, w: &Tensor| conv2d(x, w, None, stride, padding, dilation, groups).unwrap();
+            let conv = |x: &Tensor, w: &Tensor| {
+                conv2d(x, w, None, Conv2dGeometry { stride, padding, dilation, groups }).unwrap()
+            };
             let ours = conv(x.as_tensor(), wt.as_tensor());
             let theirs = x.as_tensor().conv2d(wt.as_tensor(), padding, stride, dilation, groups).unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-4, "{case:?} output");
@@ -565,7 +568,7 @@ mod tests {
     #[test]
     fn fused_epilogues_match_the_separate_ops() {
         use crate::conv::Epilogue;
-        use crate::layers::{conv2d_with, MaxPool2d};
+        use crate::layers::{conv2d_with, Conv2dGeometry, MaxPool2d};
         let mut rng = Rng::new(11);
         for (n, c, o, groups, h, w, k, pool) in [
             (11, 1, 6, 1, 14, 14, 5, MaxPool2d::new(2, 2, 0)),
@@ -578,20 +581,12 @@ mod tests {
                 Var::from_tensor(&(v.as_tensor() * 2.0).unwrap().round().unwrap().affine(0.5, 0.0).unwrap()).unwrap()
             };
             let (x, wt, b) = (round(&x), round(&randn(&[o, c / groups, k, k], &mut rng)), randn(&[o], &mut rng));
+            let geometry = Conv2dGeometry { groups, ..Default::default() };
             for epilogue in [Epilogue::Identity, Epilogue::Relu, Epilogue::ReluMaxPool(pool)] {
                 let fused =
-                    conv2d_with(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), 1, 0, 1, groups, epilogue).unwrap();
-                let y = conv2d_with(
-                    x.as_tensor(),
-                    wt.as_tensor(),
-                    Some(b.as_tensor()),
-                    1,
-                    0,
-                    1,
-                    groups,
-                    Epilogue::Identity,
-                )
-                .unwrap();
+                    conv2d_with(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), geometry, epilogue).unwrap();
+                let y = conv2d_with(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), geometry, Epilogue::Identity)
+                    .unwrap();
                 let separate = match epilogue {
                     Epilogue::Identity => y,
                     Epilogue::Relu => y.relu().unwrap(),

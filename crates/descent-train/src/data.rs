@@ -8,12 +8,15 @@ use crate::rng::Rng;
 
 /// MNIST's training-set mean and standard deviation of pixels in `[0, 1]` (torchvision's values).
 pub const MNIST_MEAN: f32 = 0.1307;
+/// MNIST's training-set standard deviation of pixels in `[0, 1]` (see [`MNIST_MEAN`]).
 pub const MNIST_STD: f32 = 0.3081;
 
 /// Inputs and targets, first axis the sample.
 #[derive(Clone)]
 pub struct Dataset {
+    /// The inputs, `[samples, …]`.
     pub x: Tensor,
+    /// The targets, `[samples]` (class indices) or `[samples, …]` (regression).
     pub y: Tensor,
 }
 
@@ -58,10 +61,12 @@ impl Dataset {
         Ok(Dataset { x: Tensor::from_vec(x, (n, 1), &Device::Cpu)?, y: Tensor::from_vec(y, (n, 1), &Device::Cpu)? })
     }
 
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.x.dims()[0]
     }
 
+    /// Whether there is no sample.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -2,6 +2,9 @@
 
 /// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]`, all row-major; `lhs_t` / `rhs_t` read the operand
 /// transposed (its storage is `[k×m]` / `[n×k]`); `parallel` splits the product across rayon threads.
+// BLAS's argument list, kept flat: the convolution and attention kernels call this in their inner
+// loops with operands that change every call, and a struct built per call would hide which
+// operand is transposed where it matters.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     dst: &mut [f32],

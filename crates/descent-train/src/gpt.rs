@@ -19,17 +19,22 @@ use crate::rng::Rng;
 /// The shape of a [`Gpt`] (nanoGPT's `GPTConfig`; every Linear has a bias).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptConfig {
+    /// Number of tokens (characters for the character-level model).
     pub vocab_size: usize,
     /// The longest context: the rows of the position embedding.
     pub block_size: usize,
+    /// Number of transformer blocks.
     pub n_layer: usize,
+    /// Attention heads per block.
     pub n_head: usize,
+    /// Channels C of the residual stream.
     pub n_embd: usize,
     /// Dropout probability after the embeddings, on the attention weights, and after each block's
     /// attention and MLP projections (nanoGPT's `embd`, `attn`, `resid` dropout); in training only.
     pub dropout: f32,
     /// The MLP's GELU: exact (erf) as nanoGPT's `nn.GELU()`, or the tanh approximation of GPT-2.
     pub gelu: Gelu,
+    /// Layer norms' ε.
     pub layer_norm_eps: f64,
 }
 
@@ -106,8 +111,11 @@ impl GptConfig {
 /// One transformer block: `h + attn(ln_1(h))`, then `h + mlp(ln_2(h))`.
 #[derive(Clone)]
 pub struct Block {
+    /// The layer norm before the attention.
     pub ln_1: LayerNorm,
+    /// The causal self-attention.
     pub attn: CausalSelfAttention,
+    /// The layer norm before the MLP.
     pub ln_2: LayerNorm,
     /// `mlp.c_fc`, C → 4C.
     pub c_fc: Linear,
@@ -118,6 +126,7 @@ pub struct Block {
 /// nanoGPT's GPT (see the module documentation).
 #[derive(Clone)]
 pub struct Gpt {
+    /// The shape.
     pub config: GptConfig,
     /// `transformer.wte`, `[vocab_size, n_embd]`, also the output projection.
     pub wte: Embedding,
@@ -125,6 +134,7 @@ pub struct Gpt {
     pub wpe: Embedding,
     /// `transformer.h`.
     pub h: Vec<Block>,
+    /// `transformer.ln_f`, the layer norm before the output projection.
     pub ln_f: LayerNorm,
 }
 

@@ -14,8 +14,11 @@ use crate::rng::Rng;
 /// win), as `torch.nn.functional.max_pool2d` (`ceil_mode=False`, `dilation=1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
+    /// Side of the square window.
     pub kernel: usize,
+    /// Step of the window (the first is the pooling's).
     pub stride: usize,
+    /// Padding on each side (the first is the pooling's).
     pub padding: usize,
 }
 
@@ -26,6 +29,7 @@ struct MaxPoolOp {
 }
 
 impl MaxPool2d {
+    /// A max-pooling with this window, step and padding.
     pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
         MaxPool2d { kernel, stride, padding }
     }
@@ -115,6 +119,7 @@ impl MaxPool2d {
         }
     }
 
+    /// The pooled input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let op = MaxPoolOp { pool: *self, argmax: std::sync::Mutex::new(vec![]) };
         Ok(x.contiguous()?.apply_op1(op)?)
@@ -162,11 +167,17 @@ impl CustomOp1 for MaxPoolOp {
 /// A 2-D convolution layer with PyTorch's weight layout `[out, in/groups, kh, kw]`.
 #[derive(Clone)]
 pub struct Conv2d {
+    /// `[out, in/groups, kh, kw]`.
     pub weight: Var,
+    /// `[out]`.
     pub bias: Var,
+    /// Step of the kernel over the input.
     pub stride: usize,
+    /// Zeros added on each side of both spatial axes.
     pub padding: usize,
+    /// Spacing between the kernel's taps.
     pub dilation: usize,
+    /// Independent groups of input and output channels.
     pub groups: usize,
 }
 
@@ -187,51 +198,54 @@ impl Conv2d {
         })
     }
 
+    /// The convolution of `x`, `[n, in, h, w]` → `[n, out, h', w']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, Epilogue::Identity)
     }
 
     /// The convolution with an activation (and pooling) fused into its op.
     pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        conv2d_with(
-            x,
-            self.weight.as_tensor(),
-            Some(self.bias.as_tensor()),
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            epilogue,
-        )
+        let geometry =
+            Conv2dGeometry { stride: self.stride, padding: self.padding, dilation: self.dilation, groups: self.groups };
+        conv2d_with(x, self.weight.as_tensor(), Some(self.bias.as_tensor()), geometry, epilogue)
+    }
+}
+
+/// `torch.nn.functional.conv2d`'s `stride`, `padding`, `dilation` and `groups`, with torch's
+/// defaults (1, 0, 1, 1); the same in both spatial axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    /// Step of the kernel over the input.
+    pub stride: usize,
+    /// Zeros added on each side of both spatial axes.
+    pub padding: usize,
+    /// Spacing between the kernel's taps.
+    pub dilation: usize,
+    /// Input and output channels are split into this many independent groups.
+    pub groups: usize,
+}
+
+impl Default for Conv2dGeometry {
+    fn default() -> Self {
+        Conv2dGeometry { stride: 1, padding: 0, dilation: 1, groups: 1 }
     }
 }
 
 /// `torch.nn.functional.conv2d`: input `[n, c, h, w]`, weight `[o, c/groups, kh, kw]`, bias `[o]`,
 /// as descent's im2col + GEMM op with its own backward ([`crate::conv::Conv2dOp`]).
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    groups: usize,
-) -> Result<Tensor> {
-    conv2d_with(x, w, b, stride, padding, dilation, groups, Epilogue::Identity)
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, geometry: Conv2dGeometry) -> Result<Tensor> {
+    conv2d_with(x, w, b, geometry, Epilogue::Identity)
 }
 
 /// [`conv2d`] followed by the `epilogue` in the same op (e.g. LeNet's conv → ReLU → max-pool).
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_with(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    groups: usize,
+    geometry: Conv2dGeometry,
     epilogue: Epilogue,
 ) -> Result<Tensor> {
+    let Conv2dGeometry { stride, padding, dilation, groups } = geometry;
     let op = Conv2dOp::new(stride, padding, dilation, groups, epilogue);
     let zeros;
     let b = match b {

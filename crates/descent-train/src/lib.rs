@@ -5,8 +5,10 @@
 //!
 //! For a candle model of your own (its parameters in a `VarMap`), [`OptimizerConfig`] and
 //! [`VarOptimizer::for_varmap`] give the optimizers with parameter groups by name, clipping, a
-//! schedule and checkpoints, without descent's models or loop: see [`optim`] and the `own_model`
-//! and `read_checkpoint` examples.
+//! schedule and checkpoints, without descent's models or loop: see [`optim`] and the `quickstart`
+//! (the README's first program), `own_model` and `read_checkpoint` examples.
+
+#![warn(missing_docs)]
 
 pub mod average;
 pub mod checkpoint;

@@ -14,6 +14,7 @@ const PARALLEL_FLOPS: usize = 1 << 22;
 /// The activation applied by the linear op to its output, in the same pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// None: `x Wᵀ + b`.
     Identity,
     /// `relu(x Wᵀ + b)`: candle's separate ReLU costs its backward a zero-filled buffer, a
     /// comparison, a product and a sum the size of the output.

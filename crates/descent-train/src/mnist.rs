@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 /// An idx array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Idx {
+    /// The size of each axis.
     pub dims: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<u8>,
 }
 
@@ -122,19 +124,26 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
 /// One split of MNIST: images as `count × rows × cols` bytes and their labels.
 #[derive(Debug, Clone)]
 pub struct Split {
+    /// Pixels, `count × rows × cols`, row-major.
     pub images: Vec<u8>,
+    /// The digit of each image.
     pub labels: Vec<u8>,
+    /// Rows of an image.
     pub rows: usize,
+    /// Columns of an image.
     pub cols: usize,
     /// The files the images and labels were read from.
     pub images_file: PathBuf,
+    /// The file the labels were read from.
     pub labels_file: PathBuf,
 }
 
 impl Split {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether there is no image.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -154,7 +163,9 @@ impl Split {
 /// The training and test splits.
 #[derive(Debug, Clone)]
 pub struct Mnist {
+    /// The 60 000 training images.
     pub train: Split,
+    /// The 10 000 test images.
     pub test: Split,
 }
 

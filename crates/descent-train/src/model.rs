@@ -24,9 +24,11 @@ pub enum Init {
 }
 
 impl Init {
+    /// The names [`Init::parse`] accepts.
     pub const NAMES: &'static [&'static str] =
         &["torch", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"];
 
+    /// The initialization of a name of [`Init::NAMES`] (`default` is `torch`).
     pub fn parse(s: &str) -> Result<Init> {
         Ok(match s {
             "torch" | "default" => Init::TorchDefault,
@@ -84,16 +86,20 @@ fn var(values: Vec<f32>, shape: &[usize], dev: &Device) -> Result<Var> {
 /// A fully connected layer `y = x Wᵀ + b` with `W` of shape `[out, in]` (PyTorch's layout).
 #[derive(Clone)]
 pub struct Linear {
+    /// `[out, in]`.
     pub weight: Var,
+    /// `[out]`.
     pub bias: Var,
 }
 
 impl Linear {
+    /// A layer from `inp` to `out` features, initialized by `init`.
     pub fn new(inp: usize, out: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
         let w = init.weights(inp * out, inp, out, rng);
         let b = init.biases(out, inp, rng);
         Ok(Linear { weight: var(w, &[out, inp], dev)?, bias: var(b, &[out], dev)? })
     }
+    /// `x Wᵀ + b`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, Activation::Identity)
     }
@@ -117,7 +123,9 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
 /// Whether a forward pass trains (dropout on) or evaluates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Training: dropout on, batch norm by batch statistics.
     Train,
+    /// Evaluation: dropout off, batch norm by running statistics.
     Eval,
 }
 
@@ -137,10 +145,12 @@ pub trait Model {
 
 /// Linear regression `y = w·x + b` on one feature.
 pub struct LinearRegression {
+    /// The 1 → 1 layer.
     pub layer: Linear,
 }
 
 impl LinearRegression {
+    /// The model, initialized by `init`.
     pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Ok(LinearRegression { layer: Linear::new(1, 1, init, rng, dev)? })
     }
@@ -157,12 +167,16 @@ impl Model for LinearRegression {
 
 /// Flatten → Linear(784, 128) → ReLU → Dropout(p) → Linear(128, 10).
 pub struct Mlp {
+    /// 784 → 128.
     pub fc1: Linear,
+    /// 128 → 10.
     pub fc2: Linear,
+    /// Dropout probability after the hidden layer.
     pub dropout: f32,
 }
 
 impl Mlp {
+    /// The model with this dropout, initialized by `init`.
     pub fn new(init: Init, dropout: f32, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Self::with_hidden(128, init, dropout, rng, dev)
     }
@@ -225,14 +239,20 @@ pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
 /// Conv(6→16, 5) → ReLU → MaxPool(2) → Linear(256, 120) → ReLU → Linear(120, 84) → ReLU →
 /// Linear(84, 10).
 pub struct LeNet5 {
+    /// 1 → 6 channels, 5×5.
     pub conv1: crate::layers::Conv2d,
+    /// 6 → 16 channels, 5×5.
     pub conv2: crate::layers::Conv2d,
+    /// 256 → 120.
     pub fc1: Linear,
+    /// 120 → 84.
     pub fc2: Linear,
+    /// 84 → 10.
     pub fc3: Linear,
 }
 
 impl LeNet5 {
+    /// The model, initialized by `init`.
     pub fn new(init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Self::with_widths([6, 16, 120, 84], init, rng, dev)
     }

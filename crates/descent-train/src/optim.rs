@@ -15,6 +15,7 @@
 //! ```
 //! use candle_core::{DType, Device, Module, Tensor};
 //! use candle_nn::{linear, VarBuilder, VarMap};
+//! use descent_core::schedule;
 //! use descent_train::optim::{OptimizerConfig, VarOptimizer};
 //! use serde_json::json;
 //! use std::sync::Arc;
@@ -31,7 +32,14 @@
 //!         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
 //!         clip_norm: Some(1.0),
 //!         // Multiplier of the learning rate at each step: warm-up then cosine decay.
-//!         schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 10, 100, 0.0, 1.0))),
+//!         schedule: Some(Arc::new(schedule::warmup_cosine_decay(schedule::WarmupCosineDecay {
+//!             init_value: 0.0,
+//!             peak_value: 1.0,
+//!             warmup_steps: 10,
+//!             decay_steps: 100,
+//!             end_value: 0.0,
+//!             exponent: 1.0,
+//!         }))),
 //!         ..Default::default()
 //!     },
 //! )?;
@@ -82,10 +90,13 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use candle_nn::VarMap;
 use descent_core::closure::{build_closure_optimizer, is_closure_optimizer, ClosureOptimizer, Objective};
+use descent_core::learning_rate::LearningRate;
+use descent_core::optimizer::Optimizer;
 use descent_core::schedule::Schedule;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use descent_core::state::StateDict;
-use descent_core::transform::{LearningRate, Optimizer, Transform};
+
+use descent_core::transform::Transform;
 use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition};
 use serde_json::Value;
 

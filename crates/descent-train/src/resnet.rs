@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::conv::Epilogue;
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
-use crate::layers::conv2d_with;
+use crate::layers::{conv2d_with, Conv2dGeometry};
 use crate::model::{Init, Linear, Mode, Model};
 use crate::nn::{adaptive_avg_pool2d_1x1, BatchNorm2d};
 use crate::rng::Rng;
@@ -112,7 +112,8 @@ fn conv_vars(
 /// The convolution of a square kernel with "same" padding (`k / 2`).
 fn conv(x: &Tensor, w: &Var, b: Option<&Var>, stride: usize, epilogue: Epilogue) -> Result<Tensor> {
     let pad = w.dims()[2] / 2;
-    conv2d_with(x, w.as_tensor(), b.map(|b| b.as_tensor()), stride, pad, 1, 1, epilogue)
+    let geometry = Conv2dGeometry { stride, padding: pad, ..Default::default() };
+    conv2d_with(x, w.as_tensor(), b.map(|b| b.as_tensor()), geometry, epilogue)
 }
 
 /// ReLU as one op whose backward passes the gradient where the output is positive, as PyTorch's
@@ -163,16 +164,22 @@ fn push_buffers(v: &mut Vec<(String, Var)>, prefix: &str, bn: &BatchNorm2d) {
 pub struct BasicBlock {
     /// The name prefix (`layer1.`, `layer2.0.`, …).
     pub prefix: String,
+    /// The first 3×3 convolution's weight (no bias: batch norm follows).
     pub conv1: Var,
+    /// The batch norm after `conv1`.
     pub bn1: BatchNorm2d,
+    /// The second 3×3 convolution's weight.
     pub conv2: Var,
+    /// The batch norm after `conv2`.
     pub bn2: BatchNorm2d,
     /// The 1×1 convolution and batch norm of the shortcut, where it is not the identity.
     pub downsample: Option<(Var, BatchNorm2d)>,
+    /// The first convolution's (and the shortcut's) stride.
     pub stride: usize,
 }
 
 impl BasicBlock {
+    /// The block's output; batch norm by batch statistics in [`Mode::Train`].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = relu(&self.bn1.forward(&conv(x, &self.conv1, None, self.stride, Epilogue::Identity)?, mode)?)?;
         let h = self.bn2.forward(&conv(&h, &self.conv2, None, 1, Epilogue::Identity)?, mode)?;
@@ -187,10 +194,15 @@ impl BasicBlock {
 /// The residual CNN described in the [module](self) documentation.
 #[derive(Clone)]
 pub struct ResNet {
+    /// The shape.
     pub config: CnnConfig,
+    /// The stem convolution's weight.
     pub conv1: Var,
+    /// The stem's batch norm.
     pub bn1: BatchNorm2d,
+    /// The residual blocks, stage by stage.
     pub blocks: Vec<BasicBlock>,
+    /// The classifier after global average pooling.
     pub fc: Linear,
 }
 
@@ -290,9 +302,11 @@ impl Model for ResNet {
 /// same depth. Names as the ResNet's: `conv1`, `layer{s}[.{i}].conv1`, `.conv2`, `fc`.
 #[derive(Clone)]
 pub struct PlainCnn {
+    /// The shape.
     pub config: CnnConfig,
     /// `(name prefix, weight, bias, stride)` of each convolution in order, the stem first.
     pub convs: Vec<(String, Var, Var, usize)>,
+    /// The classifier after global average pooling.
     pub fc: Linear,
 }
 
@@ -302,6 +316,7 @@ impl PlainCnn {
         Self::with_config(CnnConfig::mnist(depth, width)?, init, rng, dev)
     }
 
+    /// The plain CNN of a [`CnnConfig`], initialized by `init`.
     pub fn with_config(config: CnnConfig, init: Init, rng: &mut Rng, dev: &Device) -> Result<PlainCnn> {
         config.check()?;
         let mut convs = vec![];

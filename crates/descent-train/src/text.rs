@@ -52,10 +52,12 @@ impl CharVocab {
         &self.chars
     }
 
+    /// Number of tokens.
     pub fn len(&self) -> usize {
         self.chars.len()
     }
 
+    /// Whether there is no token.
     pub fn is_empty(&self) -> bool {
         self.chars.is_empty()
     }
@@ -133,6 +135,7 @@ impl CharCorpus {
         Ok(CharCorpus { source: source.into(), vocab, codec, train: train.to_vec(), val: val.to_vec() })
     }
 
+    /// Number of distinct characters.
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
     }

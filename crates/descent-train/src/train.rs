@@ -32,11 +32,15 @@ pub struct TrainConfig {
     pub lr: Option<f64>,
     /// Other keyword arguments, in the library's own names.
     pub hparams: Value,
+    /// Passes over the training set.
     pub epochs: usize,
     /// Stop after this many optimizer steps (within an epoch too).
     pub max_steps: Option<u64>,
+    /// Samples per optimizer step.
     pub batch_size: usize,
+    /// Seed of the initialization, the batch order and dropout.
     pub seed: u64,
+    /// The loss minimized.
     pub loss: Loss,
     /// Clip gradients by their global norm (optax `clip_by_global_norm`) before the optimizer.
     pub clip_norm: Option<f64>,
@@ -44,15 +48,18 @@ pub struct TrainConfig {
     pub clip_value: Option<f64>,
     /// L1 and L2 penalties added to the loss: `l1·Σ|w| + l2/2·Σw²` over every parameter.
     pub l1: f64,
+    /// The L2 penalty's coefficient (see `l1`).
     pub l2: f64,
     /// Stop when the test loss has not improved by `min_delta` for this many epochs, and restore
     /// the best weights (and the model's buffers: batch norm's running statistics).
     pub patience: Option<usize>,
+    /// The least decrease of the test loss that counts as an improvement (see `patience`).
     pub min_delta: f64,
     /// Stop once the test accuracy reaches this fraction.
     pub target_accuracy: Option<f64>,
     /// Stop when the epoch's training loss changes by less than this from the previous epoch.
     pub min_loss_change: Option<f64>,
+    /// The learning-rate multiplier over the run.
     pub schedule: LrSchedule,
     /// Parameter groups by name: parameters whose name contains the pattern get these keyword
     /// arguments on top of `hparams` (first matching group wins), e.g. `("bias", {"weight_decay": 0})`.
@@ -105,6 +112,7 @@ impl TrainConfig {
 pub struct SpecSchedule {
     /// `library.Name`, for display.
     pub name: String,
+    /// The learning rate at each step.
     pub schedule: std::sync::Arc<dyn descent_core::schedule::Schedule>,
     /// The optimizer's learning rate: the schedule's value divided by it is the multiplier.
     pub base_lr: f64,
@@ -148,11 +156,13 @@ impl SpecSchedule {
 /// set before each step (torch's scheduler model: it rewrites the group's `lr`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LrSchedule {
+    /// The optimizer's learning rate throughout.
     Constant,
     /// Cosine decay to 0 over the run, per step (CosineAnnealingLR with T_max = all steps).
     Cosine,
     /// Linear warm-up over this fraction of the steps, then cosine decay to 0.
     WarmupCosine {
+        /// Fraction of the steps spent warming up.
         warmup: f64,
     },
     /// nanoGPT's `get_lr` as a multiplier: linear warm-up `(t + 1)/(warmup + 1)` for the first
@@ -160,8 +170,11 @@ pub enum LrSchedule {
     /// when `None`), and `min_scale` after it. Unlike [`LrSchedule::WarmupCosine`] its shape does
     /// not depend on the run's length once `decay` is set, so a run can be continued past it.
     WarmupCosineTo {
+        /// Steps of the warm-up.
         warmup: u64,
+        /// The step at which the decay ends; `None`: the end of the run.
         decay: Option<u64>,
+        /// The multiplier after the decay.
         min_scale: f64,
     },
     /// One cycle over the run (torch OneCycleLR defaults: 30% up, cosine, ÷25 then ÷10⁴).
@@ -170,16 +183,21 @@ pub enum LrSchedule {
     Linear,
     /// ×`gamma` after each epoch (ExponentialLR stepped per epoch).
     Exponential {
+        /// The factor per epoch.
         gamma: f64,
     },
     /// ×`gamma` every `every` epochs (StepLR stepped per epoch).
     Step {
+        /// Epochs between two reductions.
         every: usize,
+        /// The factor of each reduction.
         gamma: f64,
     },
     /// ×`factor` after `patience` epochs without test-loss improvement (ReduceLROnPlateau).
     Plateau {
+        /// The factor of each reduction.
         factor: f64,
+        /// Epochs without improvement before a reduction.
         patience: u64,
     },
     /// A torch or optax schedule by name.
@@ -187,6 +205,7 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// The names the command line accepts.
     pub const NAMES: &'static [&'static str] =
         &["constant", "cosine", "warmup_cosine", "onecycle", "linear", "exponential", "step", "plateau"];
 
@@ -237,15 +256,15 @@ impl LrSchedule {
                     min_scale + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (1.0 - min_scale)
                 }
             }
-            LrSchedule::OneCycle => descent_core::schedule::onecycle_lr(
-                1.0,
-                total.max(1),
-                0.3,
-                descent_core::schedule::Anneal::Cos,
-                25.0,
-                1e4,
-                false,
-            )
+            LrSchedule::OneCycle => descent_core::schedule::onecycle_lr(descent_core::schedule::OneCycleLr {
+                max_lr: 1.0,
+                total_steps: total.max(1),
+                pct_start: 0.3,
+                anneal_strategy: descent_core::schedule::Anneal::Cos,
+                div_factor: 25.0,
+                final_div_factor: 1e4,
+                three_phase: false,
+            })
             .map(|s| s.value(step.min(total.saturating_sub(1))))
             .unwrap_or(1.0),
             LrSchedule::Linear => (1.0 - t / n).max(0.0),
@@ -262,17 +281,22 @@ impl LrSchedule {
 /// Why training stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
+    /// Every epoch ran.
     Epochs,
+    /// The step limit was reached.
     Steps,
     /// No improvement for `patience` epochs; the best epoch's weights were restored.
     EarlyStopping {
+        /// The epoch whose weights were restored.
         best_epoch: usize,
     },
+    /// The test accuracy reached the target.
     TargetAccuracy,
     /// The training loss changed by less than the threshold.
     Converged,
     /// A hook asked to stop after an evaluation (a pruned trial), at this step.
     Requested {
+        /// The step after which the run stopped.
         step: u64,
     },
 }
@@ -301,16 +325,20 @@ impl EvalAt {
 /// A hook's answer to an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Go on training.
     Continue,
+    /// End the run after this evaluation.
     Stop,
 }
 
 /// A mid-epoch evaluation ([`TrainConfig::eval_at`]) on the evaluation set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalMetrics {
+    /// The epoch (from 0).
     pub epoch: usize,
     /// Optimizer steps taken so far.
     pub step: u64,
+    /// The loss on the evaluation set.
     pub test_loss: f64,
     /// `None` for regression.
     pub test_accuracy: Option<f64>,
@@ -319,13 +347,19 @@ pub struct EvalMetrics {
 /// What one epoch gave.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochMetrics {
+    /// The epoch (from 0).
     pub epoch: usize,
+    /// Optimizer steps taken so far.
     pub steps: u64,
+    /// The epoch's mean training loss.
     pub train_loss: f64,
+    /// The loss on the test set.
     pub test_loss: f64,
     /// `None` for regression.
     pub test_accuracy: Option<f64>,
+    /// Seconds the epoch took.
     pub seconds: f64,
+    /// Training samples per second.
     pub samples_per_s: f64,
     /// The learning-rate multiplier in force at the end of the epoch.
     pub lr_scale: f64,
@@ -354,12 +388,15 @@ pub struct AverageMetrics {
 /// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
+    /// The epoch (from 0).
     pub epoch: usize,
     /// The batch within the epoch (from 0) and the batches per epoch.
     pub batch: usize,
+    /// Batches per epoch (see `batch`).
     pub batches: usize,
     /// Optimizer steps taken so far, this one included.
     pub step: u64,
+    /// Samples in the batch.
     pub samples: usize,
     /// The batch's loss (with any L1/L2 penalty).
     pub loss: f32,
@@ -595,6 +632,7 @@ pub trait Hooks {
     fn on_eval(&mut self, _e: &EvalMetrics) -> Result<Control> {
         Ok(Control::Continue)
     }
+    /// After each epoch, with its metrics; `end` lets the hook save a checkpoint or stop.
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> Result<()>;
 }
 
@@ -989,14 +1027,18 @@ fn average_epoch(
     Ok(Some(AverageMetrics { label, test_loss, test_accuracy, n_averaged, bn_batches }))
 }
 
-/// Timings of [`bench`]: throughput and the seconds spent in each phase.
+/// Timings of [`bench()`]: throughput and the seconds spent in each phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchTimes {
+    /// Training samples per second over the whole step.
     pub samples_per_s: f64,
     /// Assembling the batch from the dataset (index selection of the shuffled samples).
     pub data_s: f64,
+    /// The forward pass.
     pub forward_s: f64,
+    /// The backward pass.
     pub backward_s: f64,
+    /// The optimizer step.
     pub step_s: f64,
 }
 

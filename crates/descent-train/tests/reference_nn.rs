@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use descent_train::layers::Conv2d;
-use descent_train::layers::{conv2d, MaxPool2d};
+use descent_train::layers::{conv2d, Conv2dGeometry, MaxPool2d};
 use descent_train::mnist;
 use descent_train::model::{bce_with_logits, cross_entropy, mse, LeNet5, Linear, Mlp, Mode, Model};
 use descent_train::rng::Rng;
@@ -115,10 +115,12 @@ fn conv2d_matches_pytorch_under_stride_padding_dilation_groups() {
             x.as_tensor(),
             w.as_tensor(),
             b.as_ref().map(|b| b.as_tensor()),
-            arg("stride"),
-            arg("padding"),
-            arg("dilation"),
-            arg("groups"),
+            Conv2dGeometry {
+                stride: arg("stride"),
+                padding: arg("padding"),
+                dilation: arg("dilation"),
+                groups: arg("groups"),
+            },
         )
         .unwrap();
         assert_close(&format!("{f} output"), &y, &tensor(&c["output"]));

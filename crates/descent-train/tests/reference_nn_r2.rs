@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use descent_train::model::Linear;
 use descent_train::nn::{
     adaptive_avg_pool2d_1x1, avg_pool2d, batch_norm, embedding, gelu, layer_norm, log_softmax, softmax,
-    CausalSelfAttention, Gelu,
+    BatchNormOptions, CausalSelfAttention, Gelu,
 };
 use serde_json::Value;
 
@@ -104,9 +104,7 @@ fn check_batch_norm(k: &mut Check) {
         &rv,
         w.as_tensor(),
         b.as_tensor(),
-        training,
-        a["momentum"].as_f64().unwrap(),
-        a["eps"].as_f64().unwrap(),
+        BatchNormOptions { training, momentum: a["momentum"].as_f64().unwrap(), eps: a["eps"].as_f64().unwrap() },
     )
     .unwrap();
     k.close("output", None, &y);

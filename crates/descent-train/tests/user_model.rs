@@ -61,7 +61,16 @@ fn full_config() -> OptimizerConfig {
         hparams: json!({"weight_decay": 0.1}),
         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
         clip_norm: Some(0.5),
-        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 3, 12, 0.0, 1.0))),
+        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(
+            descent_core::schedule::WarmupCosineDecay {
+                init_value: 0.0,
+                peak_value: 1.0,
+                warmup_steps: 3,
+                decay_steps: 12,
+                end_value: 0.0,
+                exponent: 1.0,
+            },
+        ))),
         ..Default::default()
     }
 }
@@ -334,7 +343,16 @@ fn closure_optimizer_checkpoint_round_trip_and_refusals() {
         optimizer: "sam".into(),
         lr: Some(0.05),
         hparams: json!({"base": "adamw", "rho": 0.05}),
-        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(0.0, 1.0, 3, 12, 0.0, 1.0))),
+        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(
+            descent_core::schedule::WarmupCosineDecay {
+                init_value: 0.0,
+                peak_value: 1.0,
+                warmup_steps: 3,
+                decay_steps: 12,
+                end_value: 0.0,
+                exponent: 1.0,
+            },
+        ))),
         ..Default::default()
     };
     let steps = |model: &Mlp, opt: &mut VarOptimizer, from: usize, to: usize| {

@@ -9,9 +9,10 @@
 use serde_json::Value;
 
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::{build_optimizer, Kwargs};
 use crate::state::{visit_buffers, StateVisitor};
-use crate::transform::{check_init, check_shapes, numel, LearningRate, Transform};
+use crate::transform::{check_init, check_shapes, numel, Transform};
 
 use super::{ClosureOptimizer, Objective};
 

@@ -13,8 +13,8 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::LearningRate;
 
 use super::{ClosureOptimizer, Objective};
 

@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::state::{StateDict, StateVisitor};
-use crate::transform::LearningRate;
 
 mod first_order;
 mod lbfgs;

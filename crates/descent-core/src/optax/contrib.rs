@@ -23,9 +23,11 @@ use crate::learning_rate::LearningRate;
 use crate::schedule::{self, Schedule};
 use crate::transform::Transform;
 use crate::transforms::{
-    self as t, AddDecayedWeights, DogInit, Partition, ScaleByAcprop, ScaleByAdam, ScaleByAdemamix, ScaleByAdopt,
-    ScaleByCocob, ScaleByDog, ScaleByDowg, ScaleByLearningRate, ScaleByMadgrad, ScaleByMuon, ScaleByRms, ScaleByShape,
-    ScaleBySimplifiedAdemamix, ScheduleFree,
+    self as t, AddDecayedWeights, DogInit, Partition, ScaleByAcprop, ScaleByAcpropConfig, ScaleByAdam,
+    ScaleByAdamConfig, ScaleByAdemamix, ScaleByAdemamixConfig, ScaleByAdopt, ScaleByAdoptConfig, ScaleByCocob,
+    ScaleByDog, ScaleByDowg, ScaleByLearningRate, ScaleByMadgrad, ScaleByMadgradConfig, ScaleByMuon, ScaleByMuonConfig,
+    ScaleByRms, ScaleByRmsConfig, ScaleByShape, ScaleBySimplifiedAdemamix, ScaleBySimplifiedAdemamixConfig,
+    ScheduleFree, ScheduleFreeConfig,
 };
 
 /// optax `contrib.acprop` (Zhuang et al., "Momentum Centering and Asynchronous Update for Adaptive
@@ -68,7 +70,7 @@ impl Default for Acprop {
 /// optax `contrib.acprop`: `scale_by_acprop → add_decayed_weights → scale_by_learning_rate`.
 pub fn acprop(c: Acprop) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAcprop::new(c.b1, c.b2, c.eps, c.eps_root)),
+        boxed(ScaleByAcprop::new(ScaleByAcpropConfig { b1: c.b1, b2: c.b2, eps: c.eps, eps_root: c.eps_root })),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -119,7 +121,14 @@ impl Default for Ademamix {
 /// optax `contrib.ademamix`: `scale_by_ademamix → add_decayed_weights → scale_by_learning_rate`.
 pub fn ademamix(c: Ademamix) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdemamix::new(c.b1, c.b2, c.b3, c.alpha, c.eps, c.eps_root)),
+        boxed(ScaleByAdemamix::new(ScaleByAdemamixConfig {
+            b1: c.b1,
+            b2: c.b2,
+            b3: c.b3,
+            alpha: c.alpha,
+            eps: c.eps,
+            eps_root: c.eps_root,
+        })),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -169,7 +178,13 @@ impl Default for SimplifiedAdemamix {
 /// scale_by_learning_rate`.
 pub fn simplified_ademamix(c: SimplifiedAdemamix) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleBySimplifiedAdemamix::new(c.b1, c.b2, c.alpha, c.eps, c.eps_root)),
+        boxed(ScaleBySimplifiedAdemamix::new(ScaleBySimplifiedAdemamixConfig {
+            b1: c.b1,
+            b2: c.b2,
+            alpha: c.alpha,
+            eps: c.eps,
+            eps_root: c.eps_root,
+        })),
         add_decayed_weights(c.weight_decay, c.mask),
         scale_by_learning_rate(c.learning_rate),
     ])
@@ -212,7 +227,13 @@ impl Default for Adopt {
 /// optax `contrib.adopt`: `scale_by_adopt → scale_by_learning_rate`.
 pub fn adopt(c: Adopt) -> Box<dyn Transform> {
     chain(vec![
-        boxed(ScaleByAdopt::new(c.b1, c.b2, c.eps, c.nesterov, c.use_clipping)),
+        boxed(ScaleByAdopt::new(ScaleByAdoptConfig {
+            b1: c.b1,
+            b2: c.b2,
+            eps: c.eps,
+            nesterov: c.nesterov,
+            use_clipping: c.use_clipping,
+        })),
         scale_by_learning_rate(c.learning_rate),
     ])
 }
@@ -281,7 +302,13 @@ impl Default for DadaptAdamW {
 /// optax `contrib.dadapt_adamw`, one transformation that returns the whole step.
 pub fn dadapt_adamw(c: DadaptAdamW) -> Box<dyn Transform> {
     let (b1, b2) = c.betas;
-    boxed(t::DadaptAdamw::new(c.learning_rate, b1, b2, c.eps, c.estim_lr0, c.weight_decay))
+    boxed(t::DadaptAdamw::new(t::DadaptAdamwConfig {
+        learning_rate: c.learning_rate,
+        betas: (b1, b2),
+        eps: c.eps,
+        estim_lr0: c.estim_lr0,
+        weight_decay: c.weight_decay,
+    }))
 }
 
 #[doc(inline)]
@@ -395,7 +422,7 @@ impl Default for Madgrad {
 pub fn madgrad(c: Madgrad) -> Box<dyn Transform> {
     chain(vec![
         boxed(AddDecayedWeights::new(c.weight_decay)),
-        boxed(ScaleByMadgrad::new(c.learning_rate, c.momentum, c.eps)),
+        boxed(ScaleByMadgrad::new(c.learning_rate, ScaleByMadgradConfig { momentum: c.momentum, eps: c.eps })),
     ])
 }
 
@@ -436,7 +463,10 @@ pub fn mechanize(c: Mechanize) -> Result<Box<dyn Transform>> {
             message: format!("must be between 1 and 64, got {}", c.num_betas),
         });
     }
-    Ok(boxed(t::Mechanize::new(c.base_optimizer, c.weight_decay, c.eps, c.s_init, c.num_betas)))
+    Ok(boxed(t::Mechanize::new(
+        c.base_optimizer,
+        t::MechanizeConfig { weight_decay: c.weight_decay, eps: c.eps, s_init: c.s_init, num_betas: c.num_betas },
+    )))
 }
 
 /// optax `contrib.muon` (Jordan, "Muon: An optimizer for hidden layers in neural networks", 2024;
@@ -502,13 +532,25 @@ pub fn muon(c: Muon) -> Box<dyn Transform> {
         None => share(c.learning_rate),
     };
     let muon = chain(vec![
-        boxed(ScaleByMuon::new(c.ns_coeffs, c.ns_steps, c.beta, c.eps, c.nesterov)),
+        boxed(ScaleByMuon::new(ScaleByMuonConfig {
+            ns_coeffs: c.ns_coeffs,
+            ns_steps: c.ns_steps,
+            beta: c.beta,
+            eps: c.eps,
+            nesterov: c.nesterov,
+        })),
         boxed(ScaleByShape::default()),
         boxed(AddDecayedWeights::new(c.weight_decay)),
         scale_by_learning_rate(lr),
     ]);
     let adam = chain(vec![
-        boxed(ScaleByAdam::new(c.adam_b1, c.adam_b2, c.eps, c.adam_eps_root, c.nesterov)),
+        boxed(ScaleByAdam::new(ScaleByAdamConfig {
+            b1: c.adam_b1,
+            b2: c.adam_b2,
+            eps: c.eps,
+            eps_root: c.adam_eps_root,
+            nesterov: c.nesterov,
+        })),
         boxed(AddDecayedWeights::new(c.adam_weight_decay)),
         scale_by_learning_rate(adam_lr),
     ]);
@@ -577,7 +619,11 @@ pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
         links.push(boxed(AddDecayedWeights::new(wd)));
     }
     links.push(scale_by_learning_rate(warmup(c.learning_rate, c.warmup_steps)));
-    boxed(ScheduleFree::new(chain(links), warmup(c.learning_rate, c.warmup_steps), c.b1, c.weight_lr_power))
+    boxed(ScheduleFree::new(
+        chain(links),
+        warmup(c.learning_rate, c.warmup_steps),
+        ScheduleFreeConfig { b1: c.b1, weight_lr_power: c.weight_lr_power },
+    ))
 }
 
 /// optax `contrib.schedule_free_adamw` (Defazio et al., "The Road Less Scheduled", NeurIPS 2024):
@@ -621,9 +667,15 @@ impl Default for ScheduleFreeAdamW {
 pub fn schedule_free_adamw(c: ScheduleFreeAdamW) -> Box<dyn Transform> {
     let lr = || warmup(c.learning_rate, c.warmup_steps);
     let base = chain(vec![
-        boxed(ScaleByRms::new(c.b2, c.eps, 0.0, false, true)),
+        boxed(ScaleByRms::new(ScaleByRmsConfig {
+            decay: c.b2,
+            eps: c.eps,
+            eps_in_sqrt: false,
+            bias_correction: true,
+            ..Default::default()
+        })),
         boxed(AddDecayedWeights::new(c.weight_decay)),
         scale_by_learning_rate(lr()),
     ]);
-    boxed(ScheduleFree::new(base, lr(), c.b1, c.weight_lr_power))
+    boxed(ScheduleFree::new(base, lr(), ScheduleFreeConfig { b1: c.b1, weight_lr_power: c.weight_lr_power }))
 }

@@ -2,7 +2,7 @@
 //! StableAdamW, Tiger, AdaBelief, AdaFactor, Adan, Lamb, Lion, Yogi, diffGrad, SGDP), with the
 //! library's argument names and defaults.
 //!
-//! The elementwise ones are fused kernels ([`crate::transform::Elementwise`]); Ranger's gradient
+//! The elementwise ones are fused kernels ([`crate::kernel::Elementwise`]); Ranger's gradient
 //! centralization and StableAdamW's update clipping read a per-tensor reduction first; AdamP, SGDP,
 //! CAME, MARS, Lamb and AdaFactor need whole tensors (projections, factored moments, norms).
 

@@ -8,8 +8,9 @@
 use serde_json::Value;
 
 use crate::error::{ensure, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::{LearningRate, Transform};
+use crate::transform::Transform;
 
 pub mod adamuon;
 pub mod galore;

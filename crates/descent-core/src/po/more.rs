@@ -24,7 +24,7 @@ pub use ademamix::{AdEMAMix, AdEMAMixConfig};
 pub use adopt::{Adopt, AdoptConfig};
 pub use aggmo::{AggMo, AggMoConfig};
 pub use dadapt::{DAdaptAdam, DAdaptAdamConfig};
-pub use lookahead::{Lookahead, PullbackMomentum};
+pub use lookahead::{Lookahead, LookaheadConfig, PullbackMomentum};
 pub use madgrad::{Madgrad, MadgradConfig};
 pub use novograd::{NovoGrad, NovoGradConfig};
 pub use prodigy::{Prodigy, ProdigyConfig};
@@ -116,9 +116,11 @@ fn build_lookahead(hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<
             crate::po::build(&po, &kwargs, param_groups, shapes)?
         }
     };
-    let steps = k.u64("k", 5)?;
-    let alpha = k.f64("alpha", 0.5)?;
-    let pullback = PullbackMomentum::parse(k.str("pullback_momentum", "none")?)?;
+    let config = LookaheadConfig {
+        k: k.u64("k", 5)?,
+        alpha: k.f64("alpha", 0.5)?,
+        pullback_momentum: PullbackMomentum::parse(k.str("pullback_momentum", "none")?)?,
+    };
     k.finish()?;
-    Ok(boxed(Lookahead::new(inner, steps, alpha, pullback)?))
+    Ok(boxed(Lookahead::new(inner, config)?))
 }

@@ -2,7 +2,8 @@
 
 use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
-use crate::transform::{numel, Elementwise};
+use crate::kernel::Elementwise;
+use crate::transform::numel;
 
 /// `1 / (1 − decayᵗ)`: bias corrections are applied as products, so a kernel divides once.
 fn bc(decay: f32, t: u64) -> f32 {
@@ -33,9 +34,29 @@ pub struct ScaleByAdam {
     bc1_next: f32,
     bc2: f32,
 }
+/// The hyper-parameters of [`ScaleByAdam`], with optax `scale_by_adam`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdamConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+    /// NAdam's Nesterov-corrected first moment (Dozat 2016).
+    pub nesterov: bool,
+}
+impl Default for ScaleByAdamConfig {
+    fn default() -> Self {
+        ScaleByAdamConfig { b1: 0.9, b2: 0.999, eps: 1e-8, eps_root: 0.0, nesterov: false }
+    }
+}
 impl ScaleByAdam {
-    /// A `ScaleByAdam` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `nesterov`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
+    /// A `ScaleByAdam` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdamConfig) -> Self {
+        let ScaleByAdamConfig { b1, b2, eps, eps_root, nesterov } = config;
         ScaleByAdam {
             correct_mu: true,
             correct_nu: true,
@@ -204,9 +225,29 @@ pub struct ScaleByRms {
     nu: ParamBufs,
     bc: f32,
 }
+/// The hyper-parameters of [`ScaleByRms`], with optax `scale_by_rms`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByRmsConfig {
+    /// Decay of the second moment ν.
+    pub decay: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// The value ν starts at.
+    pub initial_scale: f64,
+    /// Add ε inside the square root (`g/√(ν̂ + ε)`) instead of outside it.
+    pub eps_in_sqrt: bool,
+    /// Bias-correct ν.
+    pub bias_correction: bool,
+}
+impl Default for ScaleByRmsConfig {
+    fn default() -> Self {
+        ScaleByRmsConfig { decay: 0.9, eps: 1e-8, initial_scale: 0.0, eps_in_sqrt: true, bias_correction: false }
+    }
+}
 impl ScaleByRms {
-    /// A `ScaleByRms` with these hyper-parameters (`decay`, `eps`, `initial_scale`, `eps_in_sqrt`, `bias_correction`), as described above.
-    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+    /// A `ScaleByRms` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByRmsConfig) -> Self {
+        let ScaleByRmsConfig { decay, eps, initial_scale, eps_in_sqrt, bias_correction } = config;
         ScaleByRms {
             decay: decay as f32,
             eps: eps as f32,
@@ -250,9 +291,29 @@ pub struct ScaleByStddev {
     nu: ParamBufs,
     bc: f32,
 }
+/// The hyper-parameters of [`ScaleByStddev`], with optax `scale_by_stddev`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByStddevConfig {
+    /// Decay of the moments μ and ν.
+    pub decay: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// The value ν starts at.
+    pub initial_scale: f64,
+    /// Add ε inside the square root instead of outside it.
+    pub eps_in_sqrt: bool,
+    /// Bias-correct μ and ν.
+    pub bias_correction: bool,
+}
+impl Default for ScaleByStddevConfig {
+    fn default() -> Self {
+        ScaleByStddevConfig { decay: 0.9, eps: 1e-8, initial_scale: 0.0, eps_in_sqrt: true, bias_correction: false }
+    }
+}
 impl ScaleByStddev {
-    /// A `ScaleByStddev` with these hyper-parameters (`decay`, `eps`, `initial_scale`, `eps_in_sqrt`, `bias_correction`), as described above.
-    pub fn new(decay: f64, eps: f64, initial_scale: f64, eps_in_sqrt: bool, bias_correction: bool) -> Self {
+    /// A `ScaleByStddev` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByStddevConfig) -> Self {
+        let ScaleByStddevConfig { decay, eps, initial_scale, eps_in_sqrt, bias_correction } = config;
         ScaleByStddev {
             decay: decay as f32,
             eps: eps as f32,
@@ -300,9 +361,25 @@ pub struct ScaleByAdamax {
     nu: ParamBufs,
     bc1: f32,
 }
+/// The hyper-parameters of [`ScaleByAdamax`], with optax `scale_by_adamax`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdamaxConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the infinity norm.
+    pub b2: f64,
+    /// ε added to `|g|`.
+    pub eps: f64,
+}
+impl Default for ScaleByAdamaxConfig {
+    fn default() -> Self {
+        ScaleByAdamaxConfig { b1: 0.9, b2: 0.999, eps: 1e-8 }
+    }
+}
 impl ScaleByAdamax {
-    /// A `ScaleByAdamax` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
+    /// A `ScaleByAdamax` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdamaxConfig) -> Self {
+        let ScaleByAdamaxConfig { b1, b2, eps } = config;
         ScaleByAdamax {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -408,9 +485,29 @@ pub struct ScaleByAdan {
     first: bool,
     bcs: [f32; 3],
 }
+/// The hyper-parameters of [`ScaleByAdan`], with optax `scale_by_adan`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdanConfig {
+    /// Decay of the gradient EMA.
+    pub b1: f64,
+    /// Decay of the gradient-difference EMA.
+    pub b2: f64,
+    /// Decay of the second moment.
+    pub b3: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+}
+impl Default for ScaleByAdanConfig {
+    fn default() -> Self {
+        ScaleByAdanConfig { b1: 0.98, b2: 0.92, b3: 0.99, eps: 1e-8, eps_root: 0.0 }
+    }
+}
 impl ScaleByAdan {
-    /// A `ScaleByAdan` with these hyper-parameters (`b1`, `b2`, `b3`, `eps`, `eps_root`), as described above.
-    pub fn new(b1: f64, b2: f64, b3: f64, eps: f64, eps_root: f64) -> Self {
+    /// A `ScaleByAdan` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdanConfig) -> Self {
+        let ScaleByAdanConfig { b1, b2, b3, eps, eps_root } = config;
         ScaleByAdan {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -474,9 +571,29 @@ pub struct ScaleByBelief {
     bc1_next: f32,
     bc2: f32,
 }
+/// The hyper-parameters of [`ScaleByBelief`], with optax `scale_by_belief`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByBeliefConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment of `g − m`.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment at each step.
+    pub eps_root: f64,
+    /// Nesterov-corrected first moment.
+    pub nesterov: bool,
+}
+impl Default for ScaleByBeliefConfig {
+    fn default() -> Self {
+        ScaleByBeliefConfig { b1: 0.9, b2: 0.999, eps: 1e-16, eps_root: 1e-16, nesterov: false }
+    }
+}
 impl ScaleByBelief {
-    /// A `ScaleByBelief` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `nesterov`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, nesterov: bool) -> Self {
+    /// A `ScaleByBelief` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByBeliefConfig) -> Self {
+        let ScaleByBeliefConfig { b1, b2, eps, eps_root, nesterov } = config;
         ScaleByBelief {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -530,9 +647,29 @@ pub struct ScaleByYogi {
     bc1: f32,
     bc2: f32,
 }
+/// The hyper-parameters of [`ScaleByYogi`], with optax `scale_by_yogi`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByYogiConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Rate β₂ of the additive second-moment update.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+    /// The value both moments start at.
+    pub initial_accumulator_value: f64,
+}
+impl Default for ScaleByYogiConfig {
+    fn default() -> Self {
+        ScaleByYogiConfig { b1: 0.9, b2: 0.999, eps: 1e-3, eps_root: 0.0, initial_accumulator_value: 1e-6 }
+    }
+}
 impl ScaleByYogi {
-    /// A `ScaleByYogi` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `initial_accumulator_value`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, initial_accumulator_value: f64) -> Self {
+    /// A `ScaleByYogi` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByYogiConfig) -> Self {
+        let ScaleByYogiConfig { b1, b2, eps, eps_root, initial_accumulator_value } = config;
         ScaleByYogi {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -585,9 +722,29 @@ pub struct ScaleByRadam {
     bc2: f32,
     rect: Option<f32>,
 }
+/// The hyper-parameters of [`ScaleByRadam`], with optax `scale_by_radam`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByRadamConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+    /// The SMA length ρ_t from which the rectified step is taken.
+    pub threshold: f64,
+}
+impl Default for ScaleByRadamConfig {
+    fn default() -> Self {
+        ScaleByRadamConfig { b1: 0.9, b2: 0.999, eps: 1e-8, eps_root: 0.0, threshold: 5.0 }
+    }
+}
 impl ScaleByRadam {
-    /// A `ScaleByRadam` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `threshold`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, threshold: f64) -> Self {
+    /// A `ScaleByRadam` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByRadamConfig) -> Self {
+        let ScaleByRadamConfig { b1, b2, eps, eps_root, threshold } = config;
         ScaleByRadam {
             nesterov: false,
             bc1_next: 1.0,

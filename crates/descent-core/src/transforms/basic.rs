@@ -2,7 +2,8 @@
 
 use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
-use crate::transform::{Elementwise, LearningRate};
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 
 /// optax `scale`: `u ← s·u`.
 pub struct Scale {
@@ -207,8 +208,8 @@ pub struct ScaleBySign;
 elementwise_transform!(ScaleBySign, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for ScaleBySign {
     fn begin_step(&mut self) {}
-    fn map(&self, _i: usize) -> Option<crate::transform::Map> {
-        Some(crate::transform::Map::Sign)
+    fn map(&self, _i: usize) -> Option<crate::kernel::Map> {
+        Some(crate::kernel::Map::Sign)
     }
     simd_apply!(ScaleBySign, |this, i, off, u, p| {
         for x in u {
@@ -230,11 +231,11 @@ impl Clip {
 elementwise_transform!(Clip, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
 impl Elementwise for Clip {
     fn begin_step(&mut self) {}
-    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
-        Some(crate::transform::Head::Clip(self.max_delta))
+    fn head(&self, _i: usize) -> Option<crate::kernel::Head> {
+        Some(crate::kernel::Head::Clip(self.max_delta))
     }
-    fn map(&self, _i: usize) -> Option<crate::transform::Map> {
-        Some(crate::transform::Map::Clip(self.max_delta))
+    fn map(&self, _i: usize) -> Option<crate::kernel::Map> {
+        Some(crate::kernel::Map::Clip(self.max_delta))
     }
     simd_apply!(Clip, |this, i, off, u, p| {
         for x in u {
@@ -365,9 +366,27 @@ pub struct ScaleByRprop {
     step_sizes: ParamBufs,
     prev_updates: ParamBufs,
 }
+/// The hyper-parameters of [`ScaleByRprop`], with optax `scale_by_rprop` (its `learning_rate` is the first argument of `new`)'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByRpropConfig {
+    /// Factor of a step size where the gradient flips sign.
+    pub eta_minus: f64,
+    /// Factor of a step size where the gradient keeps its sign.
+    pub eta_plus: f64,
+    /// The least step size.
+    pub min_step_size: f64,
+    /// The largest step size.
+    pub max_step_size: f64,
+}
+impl Default for ScaleByRpropConfig {
+    fn default() -> Self {
+        ScaleByRpropConfig { eta_minus: 0.5, eta_plus: 1.2, min_step_size: 1e-6, max_step_size: 50.0 }
+    }
+}
 impl ScaleByRprop {
-    /// A `ScaleByRprop` with these hyper-parameters (`lr`, `eta_minus`, `eta_plus`, `min_step`, `max_step`), as described above.
-    pub fn new(lr: f64, eta_minus: f64, eta_plus: f64, min_step: f64, max_step: f64) -> Self {
+    /// A `ScaleByRprop` with the hyper-parameters of `config` and the arguments before it, as described above.
+    pub fn new(lr: f64, config: ScaleByRpropConfig) -> Self {
+        let ScaleByRpropConfig { eta_minus, eta_plus, min_step_size: min_step, max_step_size: max_step } = config;
         ScaleByRprop {
             lr: lr as f32,
             eta_minus: eta_minus as f32,

@@ -4,8 +4,9 @@
 
 use super::{rms, stateless};
 use crate::error::Result;
+use crate::kernel::Elementwise;
 use crate::state::StateVisitor;
-use crate::transform::{numel, Elementwise, Shapes, Transform};
+use crate::transform::{numel, Shapes, Transform};
 use crate::transforms::simd_apply;
 
 /// optax `centralize` (Gradient Centralization, Yong et al. 2020): for tensors of rank > 1,
@@ -53,7 +54,7 @@ impl ClipByGlobalNorm {
 /// The L2 norm of all buffers together.
 pub fn global_norm(bufs: &[Vec<f32>]) -> f64 {
     let views: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
-    crate::transform::global_sum_sq(&views).sqrt()
+    crate::kernel::global_sum_sq(&views).sqrt()
 }
 impl Transform for ClipByGlobalNorm {
     stateless!();
@@ -66,8 +67,8 @@ impl Transform for ClipByGlobalNorm {
 }
 impl Elementwise for ClipByGlobalNorm {
     fn begin_step(&mut self) {}
-    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
-        Some(crate::transform::Head::affine(self.scale, 0.0))
+    fn head(&self, _i: usize) -> Option<crate::kernel::Head> {
+        Some(crate::kernel::Head::affine(self.scale, 0.0))
     }
     simd_apply!(ClipByGlobalNorm, |this, i, off, u, p| {
         if this.scale != 1.0 {
@@ -80,7 +81,7 @@ impl Elementwise for ClipByGlobalNorm {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
-        let norm = crate::transform::global_sum_sq(inputs).sqrt();
+        let norm = crate::kernel::global_sum_sq(inputs).sqrt();
         self.scale = if norm >= self.max_norm { (self.max_norm / norm) as f32 } else { 1.0 };
     }
 }

@@ -4,8 +4,11 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
+use crate::kernel::{Elementwise, Epilogue, Fold};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, Epilogue, Fold, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 
 /// optax `contrib.scale_by_ademamix` (Pagliardini et al. 2024): Adam with a second, slow EMA
 /// `m₂` (decay `b3`) mixed in with weight `alpha`.
@@ -23,9 +26,31 @@ pub struct ScaleByAdemamix {
     bc1: f32,
     bc2: f32,
 }
+/// The hyper-parameters of [`ScaleByAdemamix`], with optax `contrib.scale_by_ademamix`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdemamixConfig {
+    /// Decay β₁ of the fast first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Decay β₃ of the slow first moment.
+    pub b3: f64,
+    /// Weight α of the slow first moment.
+    pub alpha: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+}
+impl Default for ScaleByAdemamixConfig {
+    fn default() -> Self {
+        ScaleByAdemamixConfig { b1: 0.9, b2: 0.999, b3: 0.9999, alpha: 6.0, eps: 1e-8, eps_root: 0.0 }
+    }
+}
 impl ScaleByAdemamix {
-    /// A `ScaleByAdemamix` with these hyper-parameters (`b1`, `b2`, `b3`, `alpha`, `eps`, `eps_root`), as described above.
-    pub fn new(b1: f64, b2: f64, b3: f64, alpha: f64, eps: f64, eps_root: f64) -> Self {
+    /// A `ScaleByAdemamix` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdemamixConfig) -> Self {
+        let ScaleByAdemamixConfig { b1, b2, b3, alpha, eps, eps_root } = config;
         ScaleByAdemamix {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -79,9 +104,29 @@ pub struct ScaleByAdopt {
     step_b2: f32,
     clip: f32,
 }
+/// The hyper-parameters of [`ScaleByAdopt`], with optax `contrib.scale_by_adopt`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdoptConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// The least denominator `√v`.
+    pub eps: f64,
+    /// Nesterov-corrected first moment.
+    pub nesterov: bool,
+    /// Clip the normalized gradient to `±t^¼`.
+    pub use_clipping: bool,
+}
+impl Default for ScaleByAdoptConfig {
+    fn default() -> Self {
+        ScaleByAdoptConfig { b1: 0.9, b2: 0.9999, eps: 1e-6, nesterov: false, use_clipping: true }
+    }
+}
 impl ScaleByAdopt {
-    /// A `ScaleByAdopt` with these hyper-parameters (`b1`, `b2`, `eps`, `nesterov`, `use_clipping`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, nesterov: bool, use_clipping: bool) -> Self {
+    /// A `ScaleByAdopt` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdoptConfig) -> Self {
+        let ScaleByAdoptConfig { b1, b2, eps, nesterov, use_clipping } = config;
         ScaleByAdopt {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -187,9 +232,23 @@ pub struct ScaleByMadgrad {
     x0: ParamBufs,
     lamb: f32,
 }
+/// The hyper-parameters of [`ScaleByMadgrad`], with optax `contrib.scale_by_madgrad` (its `learning_rate` is the first argument of `new`)'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByMadgradConfig {
+    /// Momentum of the dual averaging.
+    pub momentum: f64,
+    /// ε added to the cube root and to the learning rate.
+    pub eps: f64,
+}
+impl Default for ScaleByMadgradConfig {
+    fn default() -> Self {
+        ScaleByMadgradConfig { momentum: 0.9, eps: 1e-6 }
+    }
+}
 impl ScaleByMadgrad {
-    /// A `ScaleByMadgrad` with these hyper-parameters (`lr`, `momentum`, `eps`), as described above.
-    pub fn new(lr: impl Into<LearningRate>, momentum: f64, eps: f64) -> Self {
+    /// A `ScaleByMadgrad` with the hyper-parameters of `config` and the arguments before it, as described above.
+    pub fn new(lr: impl Into<LearningRate>, config: ScaleByMadgradConfig) -> Self {
+        let ScaleByMadgradConfig { momentum, eps } = config;
         ScaleByMadgrad {
             lr: lr.into(),
             momentum: momentum as f32,
@@ -253,11 +312,36 @@ pub struct DadaptAdamw {
     numerator_weighted: f64,
     count: u64,
 }
+/// The hyper-parameters of [`DadaptAdamw`], with optax `contrib.dadapt_adamw`'s defaults.
+pub struct DadaptAdamwConfig {
+    /// Learning rate, a multiplier of the estimated step.
+    pub learning_rate: LearningRate,
+    /// Decays (β₁, β₂) of the moments.
+    pub betas: (f64, f64),
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// The initial estimate of the step size `d`.
+    pub estim_lr0: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+}
+impl Default for DadaptAdamwConfig {
+    fn default() -> Self {
+        DadaptAdamwConfig {
+            learning_rate: 1.0.into(),
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            estim_lr0: 1e-6,
+            weight_decay: 0.0,
+        }
+    }
+}
 impl DadaptAdamw {
-    /// A `DadaptAdamw` with these hyper-parameters (`lr`, `b1`, `b2`, `eps`, `estim_lr0`, `weight_decay`), as described above.
-    pub fn new(lr: impl Into<LearningRate>, b1: f64, b2: f64, eps: f64, estim_lr0: f64, weight_decay: f64) -> Self {
+    /// A `DadaptAdamw` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: DadaptAdamwConfig) -> Self {
+        let DadaptAdamwConfig { learning_rate: lr, betas: (b1, b2), eps, estim_lr0, weight_decay } = config;
         DadaptAdamw {
-            lr: lr.into(),
+            lr,
             b1,
             b2,
             eps,
@@ -551,9 +635,23 @@ pub struct ScheduleFree {
     z: ParamBufs,
     ck: f32,
 }
+/// The hyper-parameters of [`ScheduleFree`], with optax `contrib.schedule_free` (its base optimizer and `learning_rate` are the first arguments of `new`)'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleFreeConfig {
+    /// Interpolation β between the average `x` and the sequence `z`.
+    pub b1: f64,
+    /// Power of the largest learning rate so far in the averaging weights.
+    pub weight_lr_power: f64,
+}
+impl Default for ScheduleFreeConfig {
+    fn default() -> Self {
+        ScheduleFreeConfig { b1: 0.9, weight_lr_power: 2.0 }
+    }
+}
 impl ScheduleFree {
-    /// A `ScheduleFree` with these hyper-parameters (`base`, `lr`, `b1`, `weight_lr_power`), as described above.
-    pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, b1: f64, weight_lr_power: f64) -> Self {
+    /// A `ScheduleFree` with the hyper-parameters of `config` and the arguments before it, as described above.
+    pub fn new(base: Box<dyn Transform>, lr: impl Into<LearningRate>, config: ScheduleFreeConfig) -> Self {
+        let ScheduleFreeConfig { b1, weight_lr_power } = config;
         ScheduleFree {
             base,
             lr: lr.into(),
@@ -621,7 +719,7 @@ impl Transform for ScheduleFree {
         if self.as_elementwise().is_some() {
             // Elementwise base: one fused pass (the default `update` runs it block by block).
             self.as_elementwise().expect("checked").begin_step();
-            crate::transform::run_elementwise(self.elementwise().expect("checked"), updates, params);
+            crate::kernel::run_elementwise(self.elementwise().expect("checked"), updates, params);
             return Ok(());
         }
         let ck = self.next_ck();

@@ -4,8 +4,11 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, zeros, ParamBufs};
 use crate::error::Result;
+use crate::kernel::{global_sum_sq, Elementwise};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::{global_sum_sq, Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 
 /// optax `normalize_by_update_norm`: `u ← u / ((‖u‖ + eps) / scale_factor)`, the norm taken
 /// over all parameters together.
@@ -55,9 +58,27 @@ pub struct ScaleByAcprop {
     bc_prev: f32,
     initial: bool,
 }
+/// The hyper-parameters of [`ScaleByAcprop`], with optax `contrib.scale_by_acprop`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAcpropConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the centred second moment.
+    pub b2: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// ε added to the second moment at each step.
+    pub eps_root: f64,
+}
+impl Default for ScaleByAcpropConfig {
+    fn default() -> Self {
+        ScaleByAcpropConfig { b1: 0.9, b2: 0.999, eps: 1e-16, eps_root: 1e-16 }
+    }
+}
 impl ScaleByAcprop {
-    /// A `ScaleByAcprop` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64) -> Self {
+    /// A `ScaleByAcprop` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAcpropConfig) -> Self {
+        let ScaleByAcpropConfig { b1, b2, eps, eps_root } = config;
         ScaleByAcprop {
             b1: b1 as f32,
             b2: b2 as f32,
@@ -151,8 +172,8 @@ impl Elementwise for ScaleByDowg {
         self.weighted_sq_norm_grads += self.estim_sq_dist * global_sum_sq(inputs);
         self.lr = (self.estim_sq_dist / (self.weighted_sq_norm_grads.sqrt() + self.eps)) as f32;
     }
-    fn head(&self, _i: usize) -> Option<crate::transform::Head> {
-        Some(crate::transform::Head::affine(self.lr, 0.0))
+    fn head(&self, _i: usize) -> Option<crate::kernel::Head> {
+        Some(crate::kernel::Head::affine(self.lr, 0.0))
     }
     simd_apply!(ScaleByDowg, |this, i, off, u, p| {
         let lr = this.lr;
@@ -179,9 +200,27 @@ pub struct Mechanize {
     s: Vec<f32>,
     x0: Vec<Vec<f32>>,
 }
+/// The hyper-parameters of [`Mechanize`], with optax `contrib.mechanize` (its base optimizer is the first argument of `new`)'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MechanizeConfig {
+    /// Weight decay λ in the scale's gradient.
+    pub weight_decay: f64,
+    /// ε of the divisions.
+    pub eps: f64,
+    /// The initial scale.
+    pub s_init: f64,
+    /// Number of scales, with decays `1 − 10⁻ⁱ`.
+    pub num_betas: usize,
+}
+impl Default for MechanizeConfig {
+    fn default() -> Self {
+        MechanizeConfig { weight_decay: 1e-2, eps: 1e-8, s_init: 1e-6, num_betas: 6 }
+    }
+}
 impl Mechanize {
-    /// A `Mechanize` with these hyper-parameters (`base`, `weight_decay`, `eps`, `s_init`, `num_betas`), as described above.
-    pub fn new(base: Box<dyn Transform>, weight_decay: f64, eps: f64, s_init: f64, num_betas: usize) -> Self {
+    /// A `Mechanize` with the hyper-parameters of `config` and the arguments before it, as described above.
+    pub fn new(base: Box<dyn Transform>, config: MechanizeConfig) -> Self {
+        let MechanizeConfig { weight_decay, eps, s_init, num_betas } = config;
         let betas = (1..=num_betas).map(|i| (1.0 - 0.1f64.powi(i as i32)) as f32).collect();
         Mechanize {
             base,
@@ -282,13 +321,32 @@ pub struct ScaleBySimplifiedAdemamix {
     alpha_t: f32,
     bc2: f32,
 }
+/// The hyper-parameters of [`ScaleBySimplifiedAdemamix`], with optax `contrib.scale_by_simplified_ademamix`'s defaults.
+pub struct ScaleBySimplifiedAdemamixConfig {
+    /// Decay β₁ of the undamped momentum.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Weight α of the gradient, a constant or a schedule of the step count.
+    pub alpha: LearningRate,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+}
+impl Default for ScaleBySimplifiedAdemamixConfig {
+    fn default() -> Self {
+        ScaleBySimplifiedAdemamixConfig { b1: 0.99, b2: 0.95, alpha: 0.0.into(), eps: 1e-8, eps_root: 0.0 }
+    }
+}
 impl ScaleBySimplifiedAdemamix {
-    /// A `ScaleBySimplifiedAdemamix` with these hyper-parameters (`b1`, `b2`, `alpha`, `eps`, `eps_root`), as described above.
-    pub fn new(b1: f64, b2: f64, alpha: impl Into<LearningRate>, eps: f64, eps_root: f64) -> Self {
+    /// A `ScaleBySimplifiedAdemamix` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleBySimplifiedAdemamixConfig) -> Self {
+        let ScaleBySimplifiedAdemamixConfig { b1, b2, alpha, eps, eps_root } = config;
         ScaleBySimplifiedAdemamix {
             b1: b1 as f32,
             b2: b2 as f32,
-            alpha: alpha.into(),
+            alpha,
             eps: eps as f32,
             eps_root: eps_root as f32,
             count: 0,

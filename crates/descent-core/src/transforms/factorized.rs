@@ -3,8 +3,9 @@
 
 use super::{rms, rms_of, state, sum_sq, zeros, ClipByBlockRms, ScaleByParamBlockRms};
 use crate::error::Result;
+use crate::kernel::{Elementwise, CHUNK, PARALLEL_MIN};
 use crate::state::StateVisitor;
-use crate::transform::{numel, Elementwise, Shapes, Transform, CHUNK, PARALLEL_MIN};
+use crate::transform::{numel, Shapes, Transform};
 use rayon::prelude::*;
 
 /// How a tensor's second moment is kept by Adafactor.
@@ -71,9 +72,35 @@ pub struct ScaleByFactoredRms {
     v_col: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
+/// The hyper-parameters of [`ScaleByFactoredRms`], with optax `scale_by_factored_rms`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByFactoredRmsConfig {
+    /// Keep the second moment of large matrices factored.
+    pub factored: bool,
+    /// Exponent of the step-dependent decay `1 − t^(−decay_rate)`.
+    pub decay_rate: f64,
+    /// Subtracted from the step count in the decay.
+    pub step_offset: u64,
+    /// Factor only tensors whose two largest axes are at least this long.
+    pub min_dim_size_to_factor: usize,
+    /// ε added to the squared gradient.
+    pub epsilon: f64,
+}
+impl Default for ScaleByFactoredRmsConfig {
+    fn default() -> Self {
+        ScaleByFactoredRmsConfig {
+            factored: true,
+            decay_rate: 0.8,
+            step_offset: 0,
+            min_dim_size_to_factor: 128,
+            epsilon: 1e-30,
+        }
+    }
+}
 impl ScaleByFactoredRms {
-    /// A `ScaleByFactoredRms` with these hyper-parameters (`factored`, `decay_rate`, `step_offset`, `min_dim_size_to_factor`, `epsilon`), as described above.
-    pub fn new(factored: bool, decay_rate: f64, step_offset: u64, min_dim_size_to_factor: usize, epsilon: f64) -> Self {
+    /// A `ScaleByFactoredRms` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByFactoredRmsConfig) -> Self {
+        let ScaleByFactoredRmsConfig { factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon } = config;
         ScaleByFactoredRms {
             factored,
             decay_rate,
@@ -317,7 +344,7 @@ impl FusedAdafactor {
 }
 
 impl Transform for FusedAdafactor {
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut crate::transform::LearningRate)) {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut crate::learning_rate::LearningRate)) {
         if let Some(l) = &mut self.lr {
             Transform::visit_learning_rates(l, f);
         }
@@ -386,9 +413,25 @@ pub struct ScaleBySm3 {
     mu: Vec<Vec<f32>>,
     nu: Vec<Vec<f32>>,
 }
+/// The hyper-parameters of [`ScaleBySm3`], with optax `scale_by_sm3`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleBySm3Config {
+    /// Decay of the momentum.
+    pub b1: f64,
+    /// Decay of the accumulators (1: plain sums).
+    pub b2: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+}
+impl Default for ScaleBySm3Config {
+    fn default() -> Self {
+        ScaleBySm3Config { b1: 0.9, b2: 1.0, eps: 1e-8 }
+    }
+}
 impl ScaleBySm3 {
-    /// A `ScaleBySm3` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
+    /// A `ScaleBySm3` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleBySm3Config) -> Self {
+        let ScaleBySm3Config { b1, b2, eps } = config;
         ScaleBySm3 { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, shapes: vec![], mu: vec![], nu: vec![] }
     }
 }

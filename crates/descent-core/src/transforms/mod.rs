@@ -102,7 +102,7 @@ macro_rules! simd_apply {
             off: usize,
             g: &[f32],
             p: &mut [f32],
-            fold: $crate::transform::Fold,
+            fold: $crate::kernel::Fold,
         ) {
             #[inline(always)]
             #[allow(unused_variables, unused_unsafe)]
@@ -111,7 +111,7 @@ macro_rules! simd_apply {
                 $body
             }
             #[inline(always)]
-            unsafe fn run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold) {
+            unsafe fn run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold) {
                 const SUB: usize = $crate::kernel::SUB_BLOCK;
                 let mut scratch = [0.0f32; SUB];
                 for (k, (pb, gb)) in p.chunks_mut(SUB).zip(g.chunks(SUB)).enumerate() {
@@ -122,7 +122,7 @@ macro_rules! simd_apply {
                 }
             }
             let this = self;
-            $crate::kernel::dispatch_simd!(unsafe run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::transform::Fold))
+            $crate::kernel::dispatch_simd!(unsafe run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
         }
     };
 }
@@ -141,10 +141,10 @@ macro_rules! elementwise_transform {
                 $init
                 Ok(())
             }
-            fn as_elementwise(&mut self) -> Option<&mut dyn $crate::transform::Elementwise> {
+            fn as_elementwise(&mut self) -> Option<&mut dyn $crate::kernel::Elementwise> {
                 Some(self)
             }
-            fn elementwise(&self) -> Option<&dyn $crate::transform::Elementwise> {
+            fn elementwise(&self) -> Option<&dyn $crate::kernel::Elementwise> {
                 Some(self)
             }
             $crate::transforms::state!($t; $($st)*);
@@ -167,9 +167,9 @@ macro_rules! stateless {
 pub(crate) use stateless;
 
 /// The root mean square of a tensor, summed over fixed chunks across threads (the same value
-/// for any thread count; see [`crate::transform::global_sum_sq`]).
+/// for any thread count; see [`crate::kernel::global_sum_sq`]).
 pub(crate) fn rms(x: &[f32]) -> f64 {
-    rms_of(crate::transform::global_sum_sq(&[x]), x.len())
+    rms_of(crate::kernel::global_sum_sq(&[x]), x.len())
 }
 
 /// The root mean square of `n` values whose squares sum to `sum_sq` (0 for none).

@@ -149,9 +149,29 @@ pub struct ScaleByMuon {
     shapes: Vec<Vec<usize>>,
     mu: Vec<Vec<f32>>,
 }
+/// The hyper-parameters of [`ScaleByMuon`], with optax `contrib.scale_by_muon`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByMuonConfig {
+    /// Coefficients (a, b, c) of the Newton–Schulz iteration.
+    pub ns_coeffs: [f64; 3],
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+    /// Decay β of the momentum.
+    pub beta: f64,
+    /// ε of the normalization before the iteration.
+    pub eps: f64,
+    /// Nesterov-corrected momentum.
+    pub nesterov: bool,
+}
+impl Default for ScaleByMuonConfig {
+    fn default() -> Self {
+        ScaleByMuonConfig { ns_coeffs: [3.4445, -4.7750, 2.0315], ns_steps: 5, beta: 0.95, eps: 1e-8, nesterov: true }
+    }
+}
 impl ScaleByMuon {
-    /// A `ScaleByMuon` with these hyper-parameters (`coeffs`, `steps`, `beta`, `eps`, `nesterov`), as described above.
-    pub fn new(coeffs: [f64; 3], steps: usize, beta: f64, eps: f64, nesterov: bool) -> Self {
+    /// A `ScaleByMuon` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByMuonConfig) -> Self {
+        let ScaleByMuonConfig { ns_coeffs: coeffs, ns_steps: steps, beta, eps, nesterov } = config;
         ScaleByMuon { coeffs, steps, beta: beta as f32, eps, nesterov, count: 0, shapes: vec![], mu: vec![] }
     }
 }

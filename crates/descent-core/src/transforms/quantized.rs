@@ -18,7 +18,8 @@
 //! bitsandbytes'.
 
 use super::{elementwise_transform, ParamBufs};
-use crate::transform::{numel, start_inline, Affine, Elementwise, Fold, BLOCK};
+use crate::kernel::{start_inline, Affine, Elementwise, Fold, BLOCK};
+use crate::transform::numel;
 
 /// The value of the non-negative finite half-precision float with bits `h` (`vcvtph2ps`).
 #[inline(always)]
@@ -108,9 +109,25 @@ pub struct ScaleByAdam8bit {
     sqrt_bc2: f32,
 }
 
+/// The hyper-parameters of [`ScaleByAdam8bit`], with bitsandbytes' `Adam8bit` (torch `Adam`'s defaults)'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAdam8bitConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+}
+impl Default for ScaleByAdam8bitConfig {
+    fn default() -> Self {
+        ScaleByAdam8bitConfig { b1: 0.9, b2: 0.999, eps: 1e-8 }
+    }
+}
 impl ScaleByAdam8bit {
-    /// A `ScaleByAdam8bit` with these hyper-parameters (`b1`, `b2`, `eps`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64) -> Self {
+    /// A `ScaleByAdam8bit` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAdam8bitConfig) -> Self {
+        let ScaleByAdam8bitConfig { b1, b2, eps } = config;
         ScaleByAdam8bit {
             min_8bit_size: 4096,
             m32: ParamBufs::default(),

@@ -3,8 +3,9 @@
 
 use super::{rms, state, stateless, sum_sq, zeros};
 use crate::error::Result;
+use crate::kernel::Elementwise;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, Shapes, Transform};
+use crate::transform::{Shapes, Transform};
 use crate::transforms::simd_apply;
 
 /// optax `scale_by_trust_ratio` (LARS/LAMB, You et al. 2017/2019): scales each tensor's update by
@@ -16,9 +17,25 @@ pub struct ScaleByTrustRatio {
     eps: f64,
     ratios: Vec<f32>,
 }
+/// The hyper-parameters of [`ScaleByTrustRatio`], with optax `scale_by_trust_ratio`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByTrustRatioConfig {
+    /// Norms at or below this count as this value.
+    pub min_norm: f64,
+    /// The multiplier `coef` of the ratio.
+    pub trust_coefficient: f64,
+    /// ε added to the update norm.
+    pub eps: f64,
+}
+impl Default for ScaleByTrustRatioConfig {
+    fn default() -> Self {
+        ScaleByTrustRatioConfig { min_norm: 0.0, trust_coefficient: 1.0, eps: 0.0 }
+    }
+}
 impl ScaleByTrustRatio {
-    /// A `ScaleByTrustRatio` with these hyper-parameters (`min_norm`, `trust_coefficient`, `eps`), as described above.
-    pub fn new(min_norm: f64, trust_coefficient: f64, eps: f64) -> Self {
+    /// A `ScaleByTrustRatio` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByTrustRatioConfig) -> Self {
+        let ScaleByTrustRatioConfig { min_norm, trust_coefficient, eps } = config;
         ScaleByTrustRatio { min_norm, trust_coefficient, eps, ratios: vec![] }
     }
 }
@@ -67,16 +84,16 @@ impl Elementwise for ScaleByTrustRatio {
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
         let norms: Vec<(f64, f64)> = (0..inputs.len())
-            .map(|i| (crate::transform::global_sum_sq(&[params[i]]), crate::transform::global_sum_sq(&[inputs[i]])))
+            .map(|i| (crate::kernel::global_sum_sq(&[params[i]]), crate::kernel::global_sum_sq(&[inputs[i]])))
             .collect();
         self.ratios = self.ratios_of(&norms);
     }
-    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::transform::Head>]) {
+    fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::kernel::Head>]) {
         let norms: Vec<(f64, f64)> = (0..grads.len())
             .map(|i| {
                 (
-                    crate::transform::global_sum_sq(&[params[i]]),
-                    crate::transform::global_sum_sq_mapped(grads[i], params[i], heads[i]),
+                    crate::kernel::global_sum_sq(&[params[i]]),
+                    crate::kernel::global_sum_sq_mapped(grads[i], params[i], heads[i]),
                 )
             })
             .collect();
@@ -124,9 +141,29 @@ pub struct ScaleByNovograd {
     mu: Vec<Vec<f32>>,
     nu: Vec<Vec<f32>>,
 }
+/// The hyper-parameters of [`ScaleByNovograd`], with optax `scale_by_novograd`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByNovogradConfig {
+    /// Decay β₁ of the momentum.
+    pub b1: f64,
+    /// Decay β₂ of the per-tensor second moment.
+    pub b2: f64,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+    /// Weight decay added to the normalized gradient.
+    pub weight_decay: f64,
+}
+impl Default for ScaleByNovogradConfig {
+    fn default() -> Self {
+        ScaleByNovogradConfig { b1: 0.9, b2: 0.25, eps: 1e-8, eps_root: 0.0, weight_decay: 0.0 }
+    }
+}
 impl ScaleByNovograd {
-    /// A `ScaleByNovograd` with these hyper-parameters (`b1`, `b2`, `eps`, `eps_root`, `weight_decay`), as described above.
-    pub fn new(b1: f64, b2: f64, eps: f64, eps_root: f64, weight_decay: f64) -> Self {
+    /// A `ScaleByNovograd` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByNovogradConfig) -> Self {
+        let ScaleByNovogradConfig { b1, b2, eps, eps_root, weight_decay } = config;
         ScaleByNovograd {
             b1: b1 as f32,
             b2,

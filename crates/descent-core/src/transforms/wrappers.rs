@@ -2,8 +2,11 @@
 //! per-parameter groups (partitions and masks).
 
 use crate::error::{Error, Result};
+use crate::kernel::{Elementwise, Fold, Head, Map};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, Fold, Head, LearningRate, Map, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 
 use super::zeros;
 
@@ -31,7 +34,7 @@ impl SkipUpdate {
             SkipUpdate::NotFinite => updates.iter().flatten().any(|x| !x.is_finite()),
             SkipUpdate::LargeUpdates { max_squared_norm } => {
                 let views: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
-                let sq = crate::transform::global_sum_sq(&views);
+                let sq = crate::kernel::global_sum_sq(&views);
                 // Skipped unless below the bound: a NaN sum (no ordering) skips too.
                 sq.partial_cmp(&max_squared_norm) != Some(std::cmp::Ordering::Less)
             }

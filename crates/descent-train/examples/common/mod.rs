@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
-use descent_core::schedule::warmup_cosine_decay;
+use descent_core::schedule::{warmup_cosine_decay, WarmupCosineDecay};
 use descent_train::optim::OptimizerConfig;
 use descent_train::rng::Rng;
 use serde_json::json;
@@ -75,7 +75,14 @@ pub fn optimizer_config(total_steps: u64) -> OptimizerConfig {
         hparams: json!({"weight_decay": 1e-2}),
         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
         clip_norm: Some(1.0),
-        schedule: Some(Arc::new(warmup_cosine_decay(0.0, 1.0, total_steps / 20, total_steps, 0.0, 1.0))),
+        schedule: Some(Arc::new(warmup_cosine_decay(WarmupCosineDecay {
+            init_value: 0.0,
+            peak_value: 1.0,
+            warmup_steps: total_steps / 20,
+            decay_steps: total_steps,
+            end_value: 0.0,
+            exponent: 1.0,
+        }))),
         ..Default::default()
     }
 }

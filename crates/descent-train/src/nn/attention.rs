@@ -176,8 +176,11 @@ pub fn causal_attention_with_weights(qkv: &Tensor, n_head: usize) -> Result<(Ten
 /// and v, [`causal_attention`] over `n_head` heads, and `c_proj` (`[c, c]`) mixes the heads.
 #[derive(Clone)]
 pub struct CausalSelfAttention {
+    /// `attn.c_attn`, C → 3C: the queries, keys and values.
     pub c_attn: Linear,
+    /// `attn.c_proj`, C → C: the output projection.
     pub c_proj: Linear,
+    /// Number of heads; C is a multiple of it.
     pub n_head: usize,
 }
 

@@ -11,6 +11,7 @@ use crate::rng::Rng;
 /// [`Mode::Eval`] the input passes unchanged.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
+    /// Probability that an element is zeroed in training.
     pub p: f32,
 }
 
@@ -22,6 +23,7 @@ impl Dropout {
         }
         Ok(Dropout { p })
     }
+    /// In [`Mode::Train`], `x` with each element zeroed with probability `p` and the others scaled by `1/(1 − p)`; `x` itself in [`Mode::Eval`].
     pub fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
         match mode {
             Mode::Train => crate::model::dropout(x, self.p, rng),

@@ -27,10 +27,12 @@ pub fn embedding(indices: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// `torch.nn.Embedding(v, c)`: a `[v, c]` table initialized `N(0, 1)` (PyTorch's default).
 #[derive(Clone)]
 pub struct Embedding {
+    /// `[vocabulary, channels]`.
     pub weight: Var,
 }
 
 impl Embedding {
+    /// A table of `v` vectors of `c` channels, `N(0, 0.02²)` as nanoGPT initializes it.
     pub fn new(v: usize, c: usize, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Self::normal(v, c, 1.0, rng, dev)
     }
@@ -39,6 +41,7 @@ impl Embedding {
         let w: Vec<f32> = (0..v * c).map(|_| std * rng.normal()).collect();
         Ok(Embedding { weight: Var::from_tensor(&Tensor::from_vec(w, (v, c), dev)?)? })
     }
+    /// The rows of the table at `indices` (`[…]` → `[…, channels]`).
     pub fn forward(&self, indices: &Tensor) -> Result<Tensor> {
         embedding(indices, self.weight.as_tensor())
     }

@@ -131,12 +131,16 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// `torch.nn.LayerNorm(c)`: weight (ones) and bias (zeros) of shape `[c]`, eps 1e-5 by default.
 #[derive(Clone)]
 pub struct LayerNorm {
+    /// `[c]`, the scale γ.
     pub weight: Var,
+    /// `[c]`, the shift β.
     pub bias: Var,
+    /// Added to the variance before its square root.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// A layer norm over `c` channels, γ = 1 and β = 0 (torch's initialization), ε = 1e-5.
     pub fn new(c: usize, dev: &Device) -> Result<Self> {
         Ok(LayerNorm {
             weight: Var::from_tensor(&Tensor::ones(c, candle_core::DType::F32, dev)?)?,
@@ -144,6 +148,7 @@ impl LayerNorm {
             eps: 1e-5,
         })
     }
+    /// `x` normalized over its last axis, then scaled and shifted.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
     }
@@ -291,21 +296,38 @@ impl CustomOp3 for BatchNormOp {
     }
 }
 
+/// `torch.nn.functional.batch_norm`'s `training`, `momentum` and `eps`, with torch's defaults
+/// (evaluation, 0.1, 1e-5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Normalize by the batch's statistics and move the running ones (`true`), or normalize by the
+    /// running statistics (`false`).
+    pub training: bool,
+    /// How far the running statistics move towards the batch's at each training call.
+    pub momentum: f64,
+    /// Added to the variance before its square root.
+    pub eps: f64,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions { training: false, momentum: 0.1, eps: 1e-5 }
+    }
+}
+
 /// `torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
 /// eps)` on `[n, c]`, `[n, c, l]` or `[n, c, h, w]`. In training, the running statistics (`[c]`)
 /// move towards the batch's mean and unbiased variance by `momentum`, in place; in evaluation they
 /// normalize the input and stay as they are.
-#[allow(clippy::too_many_arguments)]
 pub fn batch_norm(
     x: &Tensor,
     running_mean: &Var,
     running_var: &Var,
     weight: &Tensor,
     bias: &Tensor,
-    training: bool,
-    momentum: f64,
-    eps: f64,
+    options: BatchNormOptions,
 ) -> Result<Tensor> {
+    let BatchNormOptions { training, momentum, eps } = options;
     let read = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?) };
     let (rm, rv) = (read(running_mean)?, read(running_var)?);
     let stats = Arc::new(Mutex::new(ChannelStats::default()));
@@ -338,11 +360,17 @@ pub fn batch_norm(
 /// the caller, and used instead of the batch's statistics in evaluation mode.
 #[derive(Clone)]
 pub struct BatchNorm {
+    /// `[c]`, the scale γ.
     pub weight: Var,
+    /// `[c]`, the shift β.
     pub bias: Var,
+    /// `[c]`, the running mean (a buffer, not trained).
     pub running_mean: Var,
+    /// `[c]`, the running unbiased variance (a buffer, not trained).
     pub running_var: Var,
+    /// How far the running statistics move towards a training batch's.
     pub momentum: f64,
+    /// Added to the variance before its square root.
     pub eps: f64,
 }
 
@@ -375,17 +403,13 @@ impl BatchNorm {
     /// Batch statistics (and a running-statistics update) in [`Mode::Train`], running statistics in
     /// [`Mode::Eval`].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        batch_norm(
-            x,
-            &self.running_mean,
-            &self.running_var,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            mode == Mode::Train,
+        let options = BatchNormOptions {
+            training: mode == Mode::Train,
             // `update_bn`'s cumulative average, while it runs.
-            crate::average::bn_momentum_override().unwrap_or(self.momentum),
-            self.eps,
-        )
+            momentum: crate::average::bn_momentum_override().unwrap_or(self.momentum),
+            eps: self.eps,
+        };
+        batch_norm(x, &self.running_mean, &self.running_var, self.weight.as_tensor(), self.bias.as_tensor(), options)
     }
 
     /// The buffers with PyTorch's names (under the layer's prefix): `running_mean`, `running_var`.
@@ -398,7 +422,7 @@ impl BatchNorm {
 mod tests {
     use candle_core::{Device, Tensor, Var, D};
 
-    use super::{batch_norm, layer_norm};
+    use super::{batch_norm, layer_norm, BatchNormOptions};
     use crate::rng::Rng;
 
     fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Var {
@@ -459,7 +483,8 @@ mod tests {
             Var::from_vec(vec![0.5f32, -1.0, 2.0], 3, &Device::Cpu).unwrap(),
             Var::from_vec(vec![1.0f32, 2.0, 0.5], 3, &Device::Cpu).unwrap(),
         );
-        let ours = batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).unwrap();
+        let train = BatchNormOptions { training: true, ..Default::default() };
+        let ours = batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), train).unwrap();
         let bc = |t: &Tensor| t.reshape((1, 3, 1)).unwrap();
         let mean = x.as_tensor().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
         let xc = x.as_tensor().broadcast_sub(&mean).unwrap();
@@ -487,10 +512,10 @@ mod tests {
         close("running_var", rv.as_tensor(), &expect_var);
         // Evaluation reads them and leaves them alone.
         let before = rm.as_tensor().copy().unwrap();
-        batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), false, 0.1, 1e-5).unwrap();
+        batch_norm(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), BatchNormOptions::default()).unwrap();
         assert_eq!(max_diff(rm.as_tensor(), &before), 0.0);
         // A single value per channel has no variance to train on.
         let one = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(batch_norm(&one, &rm, &rv, w.as_tensor(), b.as_tensor(), true, 0.1, 1e-5).is_err());
+        assert!(batch_norm(&one, &rm, &rv, w.as_tensor(), b.as_tensor(), train).is_err());
     }
 }

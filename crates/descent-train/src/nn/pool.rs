@@ -12,11 +12,14 @@ use crate::error::Result;
 /// floor mode: rows and columns past the last whole window are in no window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvgPool2d {
+    /// Side of the square window.
     pub kernel: usize,
+    /// Step of the window.
     pub stride: usize,
 }
 
 impl AvgPool2d {
+    /// An average pooling with this window and step, no padding.
     pub fn new(kernel: usize, stride: usize) -> Self {
         AvgPool2d { kernel, stride }
     }
@@ -33,6 +36,7 @@ impl AvgPool2d {
         Ok(((dims[2] - self.kernel) / self.stride + 1, (dims[3] - self.kernel) / self.stride + 1))
     }
 
+    /// The pooled input.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op1(*self)?)
     }

@@ -3,8 +3,8 @@
 //! `value_and_grad_from_state`. Everything is float32 as in JAX (scalars included).
 
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::LearningRate;
 
 use super::super::{ClosureOptimizer, Objective};
 use super::{alloc, check_lr, dot, lr_at, Flat};
@@ -287,8 +287,7 @@ fn nan_max(a: f32, b: f32) -> f32 {
 
 /// optax `_cubicmin`: the critical point of the cubic through `(a, fa)`, `(b, fb)`, `(c, fc)` with
 /// slope `fpa` at `a` (NaN when there is none; the caller then ignores it).
-#[allow(clippy::too_many_arguments)]
-fn cubicmin(a: f32, fa: f32, fpa: f32, b: f32, fb: f32, c: f32, fc: f32) -> f32 {
+fn cubicmin((a, fa, fpa): (f32, f32, f32), (b, fb): (f32, f32), (c, fc): (f32, f32)) -> f32 {
     let cc = fpa;
     let db = b - a;
     let dc = c - a;
@@ -492,7 +491,7 @@ impl ZoomSearch<'_> {
         let too_small_int = delta <= c.stepsize_precision as f32;
 
         // A new point by interpolation.
-        let middle_cubic = cubicmin(low, value_low, slope_low, high, value_high, s.cubic_ref, s.value_cubic_ref);
+        let middle_cubic = cubicmin((low, value_low, slope_low), (high, value_high), (s.cubic_ref, s.value_cubic_ref));
         let use_cubic = middle_cubic > left + cubic_chk && middle_cubic < right - cubic_chk;
         let middle_quad = quadmin(low, value_low, slope_low, high, value_high);
         let use_quad = !use_cubic && middle_quad > left + quad_chk && middle_quad < right - quad_chk;

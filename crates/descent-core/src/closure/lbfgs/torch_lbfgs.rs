@@ -12,8 +12,8 @@ use std::cmp::Ordering;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::LearningRate;
 
 use super::super::{ClosureOptimizer, Objective};
 use super::{alloc, check_lr, dot, lr_at, max_abs, Flat};
@@ -179,20 +179,25 @@ const C2: f64 = 0.9;
 const LS_TOLERANCE_CHANGE: f64 = 1e-9;
 const MAX_LS: u64 = 25;
 
+/// The point a line search starts from: the parameters `x`, the loss `f`, gradient `g` and
+/// directional derivative `gtd` there.
+struct LineStart<'a> {
+    x: &'a [f32],
+    f: f64,
+    g: &'a [f32],
+    gtd: Num,
+}
+
 /// torch's `_strong_wolfe` (from minFunc's `WolfeLineSearch`): bracketing, then zoom by cubic
-/// interpolation, along `d` from `x` with initial step `t`; `f`, `g`, `gtd` are the loss,
-/// gradient and directional derivative at `x`.
-#[allow(clippy::too_many_arguments)]
+/// interpolation, along `d` from `start` with initial step `t`.
 fn strong_wolfe(
     flat: &mut Flat,
     obj: &mut dyn Objective,
-    x: &[f32],
+    start: LineStart,
     mut t: Num,
     d: &[f32],
-    f: f64,
-    g: &[f32],
-    gtd: Num,
 ) -> Result<LineSearchResult> {
+    let LineStart { x, f, g, gtd } = start;
     let d_norm = T(max_abs(d));
     let g = g.to_vec();
     let mut eval = |t: Num| -> Result<(f64, Vec<f32>, Num)> {
@@ -604,7 +609,13 @@ impl ClosureOptimizer for TorchLbfgs {
             if self.strong_wolfe {
                 let d = std::mem::take(&mut self.d);
                 let x = std::mem::take(&mut self.x);
-                let r = strong_wolfe(&mut self.flat, objective, &x, self.t, &d, loss, &flat_grad, gtd);
+                let r = strong_wolfe(
+                    &mut self.flat,
+                    objective,
+                    LineStart { x: &x, f: loss, g: &flat_grad, gtd },
+                    self.t,
+                    &d,
+                );
                 self.d = d;
                 self.x = x;
                 let r = r?;

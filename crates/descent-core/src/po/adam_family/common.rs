@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use crate::error::{invalid, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::LearningRate;
 
 /// `torch.lerp` with a scalar weight, `start + w·(end − start)`, computed from the nearer end as
 /// torch does.

@@ -6,7 +6,8 @@
 //! library's parameter to the last bit whenever the two are within a factor of two.
 
 use super::common::{adam_debias, debias, lerp, rectify, Decay};
-use crate::transform::{global_sum_sq, Elementwise, LearningRate};
+use crate::kernel::{global_sum_sq, Elementwise};
+use crate::learning_rate::LearningRate;
 use crate::transforms::{elementwise_transform, full, sign, simd_apply, zeros, ParamBufs};
 
 /// `x` clamped to `[lo, hi]` as `torch.clamp` does it: NaN stays NaN.

@@ -3,7 +3,8 @@
 
 use super::common::{lerp, Decay};
 use crate::error::Result;
-use crate::transform::{numel, LearningRate, Shapes, Transform};
+use crate::learning_rate::LearningRate;
+use crate::transform::{numel, Shapes, Transform};
 use crate::transforms::{bf16_to_f32, f32_to_bf16, state, sum_sq, zeros};
 
 /// The `(batch, rows, cols)` view of a tensor factored over its last two axes, or `None` for a

@@ -3,9 +3,11 @@
 //! StableAdamW (update clipping by the RMS of `g/√v`).
 
 use super::common::{adam_debias, debias, debias_beta, lerp, rectify, Decay};
+use crate::transform::numel;
 use rayon::prelude::*;
 
-use crate::transform::{numel, Elementwise, LearningRate, CHUNK, PARALLEL_MIN};
+use crate::kernel::{Elementwise, CHUNK, PARALLEL_MIN};
+use crate::learning_rate::LearningRate;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
 /// pytorch_optimizer `Ranger` (Wright 2019): RAdam (Liu et al. 2020) with Lookahead (Zhang et al.

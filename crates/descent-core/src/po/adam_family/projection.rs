@@ -3,7 +3,8 @@
 
 use super::common::{adam_debias, debias, lerp, Decay};
 use crate::error::Result;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::learning_rate::LearningRate;
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{state, sum_sq, zeros};
 
 /// `|cos(x, y)|` of two rows as `torch.nn.functional.cosine_similarity` computes it: each row

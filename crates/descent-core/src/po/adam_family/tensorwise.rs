@@ -3,7 +3,8 @@
 
 use super::common::{adam_debias, apply_cautious, debias, lerp, rectify, Decay};
 use crate::error::Result;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::learning_rate::LearningRate;
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{newton_schulz, round_bf16, sign, state, sum_sq, zeros, NsPrecision};
 
 /// The coefficients of the quintic Newton–Schulz iteration (Jordan et al. 2024).
@@ -356,7 +357,7 @@ impl Transform for Lamb {
         let [b1, b2] = self.betas;
         let grad_scale = if self.pre_norm && self.max_grad_norm != 0.0 {
             let views: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
-            let norm = crate::transform::global_sum_sq(&views).sqrt() as f32 + self.eps;
+            let norm = crate::kernel::global_sum_sq(&views).sqrt() as f32 + self.eps;
             (self.max_grad_norm as f32 / norm).min(1.0)
         } else {
             1.0

@@ -22,9 +22,10 @@ use serde_json::{Map, Value};
 use super::linalg::{lerp, newton_schulz_bf16, ns_preset};
 use super::{check_betas, check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{check_init, numel, LearningRate, Shapes, Transform};
+use crate::transform::{check_init, numel, Shapes, Transform};
 use crate::transforms::round_bf16;
 
 /// One parameter group of `AdaMuon`, with the group's settings resolved.

@@ -22,9 +22,10 @@ use serde_json::{Map, Value};
 use super::linalg::{svd, try_zeros, Mat64};
 use super::{check_betas, check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{check_init, numel, LearningRate, Shapes, Transform};
+use crate::transform::{check_init, numel, Shapes, Transform};
 
 /// How pytorch_optimizer's `GaLoreProjector` projects (`projection_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -514,6 +515,23 @@ struct OptaxProjection {
     rank: usize,
 }
 
+/// The hyper-parameters of [`ScaleByGalore`], with optax `contrib.scale_by_galore`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByGaloreConfig {
+    /// Rank of the projection.
+    pub rank: usize,
+    /// Steps between two recomputations of the projection.
+    pub update_proj_gap: u64,
+    /// Factor of the update projected back.
+    pub scale: f64,
+}
+
+impl Default for ScaleByGaloreConfig {
+    fn default() -> Self {
+        ScaleByGaloreConfig { rank: 128, update_proj_gap: 200, scale: 1.0 }
+    }
+}
+
 /// optax `contrib.scale_by_galore`: the base transformation on low-rank projections of the
 /// matrices (2-D parameters, or the axes `weight_dimension_numbers` names), on the other
 /// parameters as they are.
@@ -588,14 +606,14 @@ impl ScaleByGalore {
         }
     }
 
-    /// A `ScaleByGalore` with these hyper-parameters (`rank`, `update_proj_gap`, `scale`, `base`, `dims`), as described above.
+    /// A `ScaleByGalore` running `base` on the projections, with the projected axes of each
+    /// parameter in `dims` (`None`: kept whole) and the hyper-parameters of `config`.
     pub fn new(
-        rank: usize,
-        update_proj_gap: u64,
-        scale: f64,
         base: Box<dyn Transform>,
         dims: Vec<Option<DimensionNumbers>>,
+        config: ScaleByGaloreConfig,
     ) -> Result<Self> {
+        let ScaleByGaloreConfig { rank, update_proj_gap, scale } = config;
         ensure(rank > 0, || format!("`rank` must be positive, got {rank}"))?;
         ensure(update_proj_gap > 0, || "`update_proj_gap` must be positive".into())?;
         Ok(ScaleByGalore {
@@ -734,7 +752,7 @@ pub fn optax_scale_by_galore(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Bo
             crate::spec::build_optimizer("optax", &name, &kw, None, &proxies)?
         }
     };
-    Ok(Box::new(ScaleByGalore::new(rank, gap, scale, base, dims)?))
+    Ok(Box::new(ScaleByGalore::new(base, dims, ScaleByGaloreConfig { rank, update_proj_gap: gap, scale })?))
 }
 
 #[cfg(test)]

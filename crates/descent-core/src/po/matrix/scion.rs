@@ -16,9 +16,10 @@ use serde_json::Value;
 use super::linalg::{lerp, newton_schulz_bf16};
 use super::{check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{check_init, numel, LearningRate, Shapes, Transform};
+use crate::transform::{check_init, numel, Shapes, Transform};
 use crate::transforms::round_bf16;
 
 /// The oracles of `LMONorm`, with their options (`norm_kwargs`).

@@ -18,9 +18,10 @@
 use super::linalg::{inverse_root_svd, lerp, mode_product, try_square, try_zeros, unfolded_gram, Mat64};
 use super::{check_lr, lr_of};
 use crate::error::{ensure, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{check_init, numel, LearningRate, Shapes, Transform};
+use crate::transform::{check_init, numel, Shapes, Transform};
 
 /// `Shampoo`'s arguments, with the library's defaults.
 #[derive(Clone, Copy, Debug)]

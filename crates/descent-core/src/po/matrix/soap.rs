@@ -24,9 +24,10 @@ use super::linalg::{
 };
 use super::{check_betas, check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{check_init, numel, LearningRate, Shapes, Transform};
+use crate::transform::{check_init, numel, Shapes, Transform};
 
 /// Tensor layout for `merge_dims` on 4-D tensors (`data_format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,9 @@
 
 use super::common::{betas, check_lr, lerp, maximize_and_foreach, non_negative, PoWeightDecay};
 use crate::error::{Error, Result};
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::{Elementwise, LearningRate};
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
 /// `ADOPT`'s arguments, with its defaults.

@@ -3,9 +3,12 @@
 
 use super::common::{check_betas, check_lr, maximize_and_foreach, PoWeightDecay};
 use crate::error::Result;
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `AggMo`'s arguments, with its defaults.
@@ -125,7 +128,7 @@ impl Elementwise for AggMo {
     simd_apply!(AggMo, |this, i, off, u, p| {
         let n = u.len();
         let [factor, l2, step_size] = this.k;
-        let mut w = [0.0f32; crate::transform::BLOCK];
+        let mut w = [0.0f32; crate::kernel::BLOCK];
         let w = &mut w[..n];
         for j in 0..n {
             let mut g = if this.maximize { -u[j] } else { u[j] };

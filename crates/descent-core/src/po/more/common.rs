@@ -2,8 +2,8 @@
 //! (with its wording), torch's `lerp`, and the parsing of the arguments every one of them takes.
 
 use crate::error::{ensure, invalid, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::LearningRate;
 
 /// `torch.lerp(start, end, w)` on scalars: `start + w·(end − start)`, computed from the nearer end
 /// as torch does (`end − (end − start)·(1 − w)` for `|w| ≥ ½`).
@@ -155,12 +155,12 @@ pub fn sum_f32(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     acc as f32
 }
 
-/// `Σ part(range)` over the [`crate::transform::CHUNK`]-sized ranges of `0..n`, each part an
+/// `Σ part(range)` over the [`crate::kernel::CHUNK`]-sized ranges of `0..n`, each part an
 /// `f64` sum, computed across threads for large `n` and added in order (so the result does not
 /// depend on the number of threads), rounded once to `f32`: a float32 reduction of torch over a
 /// whole tensor, to within its own rounding.
 pub fn reduce_f32(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f32 {
-    use crate::transform::{CHUNK, PARALLEL_MIN};
+    use crate::kernel::{CHUNK, PARALLEL_MIN};
     use rayon::prelude::*;
     let range = |c: usize| c * CHUNK..n.min((c + 1) * CHUNK);
     let chunks = n.div_ceil(CHUNK);

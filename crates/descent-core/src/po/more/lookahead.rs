@@ -3,8 +3,9 @@
 
 use super::common::{in_range, lerp};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
-use crate::transform::{LearningRate, Shapes, Transform};
+use crate::transform::{Shapes, Transform};
 
 /// What happens to the inner optimizer's momentum (its `momentum_buffer`s, as torch's SGD and
 /// RMSprop keep them) when the slow weights are updated.
@@ -47,9 +48,28 @@ pub struct Lookahead {
     slow_momentum: Vec<Vec<f32>>,
 }
 
+/// The arguments of pytorch_optimizer's `Lookahead` besides the inner optimizer, with its
+/// defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookaheadConfig {
+    /// Inner steps between two syncs with the slow weights.
+    pub k: u64,
+    /// How far the slow weights move toward the fast ones at a sync, in `[0, 1)`.
+    pub alpha: f64,
+    /// What happens to the inner optimizer's momentum at a sync.
+    pub pullback_momentum: PullbackMomentum,
+}
+
+impl Default for LookaheadConfig {
+    fn default() -> Self {
+        LookaheadConfig { k: 5, alpha: 0.5, pullback_momentum: PullbackMomentum::None }
+    }
+}
+
 impl Lookahead {
     /// Wraps `inner`, checked as the class checks its arguments (`k > 0`, `α ∈ [0, 1)`).
-    pub fn new(inner: Box<dyn Transform>, k: u64, alpha: f64, pullback: PullbackMomentum) -> Result<Self> {
+    pub fn new(inner: Box<dyn Transform>, config: LookaheadConfig) -> Result<Self> {
+        let LookaheadConfig { k, alpha, pullback_momentum: pullback } = config;
         ensure(k > 0, || "k must be positive".into())?;
         in_range(alpha, "alpha", 0.0, 1.0, "[)")?;
         Ok(Lookahead {

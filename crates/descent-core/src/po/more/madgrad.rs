@@ -3,8 +3,9 @@
 
 use super::common::{check_lr, in_range, lerp, maximize_and_foreach, non_negative, PoWeightDecay};
 use crate::error::Result;
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::{Elementwise, LearningRate};
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
 /// `MADGRAD`'s arguments, with its defaults.

@@ -3,9 +3,12 @@
 
 use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, reduce_f32, PoWeightDecay};
 use crate::error::Result;
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `NovoGrad`'s arguments, with its defaults.

@@ -4,9 +4,12 @@
 use super::common::{betas, check_betas, check_lr, debias, maximize_and_foreach, non_negative, py_max, py_min};
 use super::common::{reduce_f32, PoWeightDecay};
 use crate::error::{ensure, Result};
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{simd_apply, zeros, ParamBufs};
 
 /// `Prodigy`'s arguments, with its defaults.

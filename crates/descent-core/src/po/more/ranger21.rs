@@ -4,9 +4,10 @@
 use super::common::PoWeightDecay;
 use super::common::{betas, check_lr, debias, in_range, lerp, maximize_and_foreach, non_negative, sum_f32};
 use crate::error::{ensure, invalid, Result};
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::transform::{numel, LearningRate, Shapes, Transform};
+use crate::transform::{numel, Shapes, Transform};
 
 /// `Ranger21`'s arguments, with its defaults.
 pub struct Ranger21Config {

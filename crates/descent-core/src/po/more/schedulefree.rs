@@ -3,8 +3,11 @@
 
 use super::common::{betas, check_lr, debias, in_range, lerp, maximize_and_foreach, non_negative};
 use crate::error::Result;
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{simd_apply, state, zeros, ParamBufs};
 
 /// `ScheduleFreeRAdam`'s arguments, with its defaults.

@@ -3,8 +3,11 @@
 
 use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_negative, positive};
 use crate::error::{ensure, Result};
+use crate::kernel::Elementwise;
+use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
-use crate::transform::{Elementwise, LearningRate, Shapes, Transform};
+
+use crate::transform::{Shapes, Transform};
 use crate::transforms::{simd_apply, state, zeros, ParamBufs};
 
 /// `SPAM`'s arguments, with its defaults.

@@ -1,5 +1,5 @@
-//! Reference cases: recorded trajectories of torch and optax optimizers and schedules (the files
-//! under `shared/reference`), how to replay them through descent, and the pass rule.
+//! Replay of reference cases: recorded trajectories of torch and optax optimizers and schedules (the
+//! files under `shared/reference`), how to run them through descent, and the pass rule.
 //!
 //! Three kinds: gradient sequences ([`OptimCase`]: the gradients of each step are recorded),
 //! problems ([`ProblemCase`]: the optimizer evaluates an objective where it chooses) and schedules
@@ -11,10 +11,11 @@ use serde_json::Value;
 
 use crate::closure::{build_closure_optimizer, ClosureOptimizer, Problem, Rosenbrock, SoftmaxRegression};
 use crate::error::{Error, Result};
+use crate::optimizer::Optimizer;
 use crate::schedule::check_steps;
 use crate::sparse::SparseRows;
 use crate::spec::{build_optimizer, build_schedule, ScheduleSpec};
-use crate::transform::{shape_numel, Optimizer};
+use crate::transform::shape_numel;
 
 /// An optimizer case: parameters, gradients per step, expected parameters per step.
 #[derive(Debug, Clone)]
