@@ -8,10 +8,12 @@
 //! schedule and checkpoints, without descent's models or loop: see [`optim`] and the `own_model`
 //! and `read_checkpoint` examples.
 
+pub mod augment;
 pub mod checkpoint;
 pub mod conv;
 pub(crate) mod cpu;
 pub mod data;
+pub mod dataset;
 pub mod error;
 pub(crate) mod gemm;
 pub mod gpt;

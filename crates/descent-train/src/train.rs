@@ -6,8 +6,10 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::Value;
 
+use crate::augment::Affine;
 use crate::checkpoint::{Checkpoint, EpochProgress};
-use crate::data::{epoch_order, Dataset};
+use crate::data::Dataset;
+use crate::dataset::{BatchSource, EpochSampler};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
 use crate::optim::{OptimizerConfig, VarOptimizer};
@@ -61,6 +63,10 @@ pub struct TrainConfig {
     pub eval_at: EvalAt,
     /// Report each parameter's gradient norm at every step ([`StepMetrics::param_grad_norms`]).
     pub log_grad_norms: bool,
+    /// Random rotations and shifts of the training images ([`crate::augment`]), drawn from the
+    /// seed, the epoch and the sample's position in it: a resumed run augments as one never
+    /// stopped.
+    pub augment: Option<Affine>,
 }
 
 impl TrainConfig {
@@ -87,6 +93,7 @@ impl TrainConfig {
             groups: vec![],
             eval_at: EvalAt::EpochEnds,
             log_grad_norms: false,
+            augment: None,
         }
     }
 }
@@ -499,7 +506,7 @@ pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, O
 /// weights) or at the target accuracy. A NaN or infinite loss stops the run with the step number.
 pub fn train(
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochMetrics),
@@ -574,7 +581,7 @@ impl<F: FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>> Hooks for F {
 /// [`Stop::Steps`] or [`Stop::Epochs`], the model holding its weights.
 pub fn train_from(
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
@@ -631,7 +638,7 @@ pub fn train_from(
                     )));
                 }
                 (
-                    epoch_order(train.len(), &mut Rng::new(p.epoch_rng)),
+                    EpochSampler::at_state(train.len(), cfg.batch_size, p.epoch_rng)?,
                     p.epoch_rng,
                     p.batch,
                     p.loss_sum,
@@ -641,11 +648,11 @@ pub fn train_from(
             }
             None => {
                 let epoch_rng = rng.state();
-                (epoch_order(train.len(), &mut rng), epoch_rng, 0, 0.0f64, 0usize, 0.0)
+                (EpochSampler::new(train.len(), cfg.batch_size, &mut rng)?, epoch_rng, 0, 0.0f64, 0usize, 0.0)
             }
         };
         let mut done = first_batch;
-        for (bi, idx) in order.chunks(cfg.batch_size).enumerate().skip(first_batch) {
+        for (bi, idx) in order.iter().enumerate().skip(first_batch) {
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
@@ -657,6 +664,10 @@ pub fn train_from(
                 opt.set_lr_scale(m)?;
             }
             let (x, y) = train.batch(idx)?;
+            let x = match &cfg.augment {
+                Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
+                None => x,
+            };
             let lr = opt.learning_rate();
             let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
                 let of_output = |out: &Tensor| loss_of(cfg.loss, out, &y);
@@ -777,7 +788,8 @@ pub fn train_from(
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchTimes {
     pub samples_per_s: f64,
-    /// Assembling the batch from the dataset (index selection of the shuffled samples).
+    /// Assembling the batch from the dataset (index selection of the shuffled samples, and the
+    /// augmentation when the config has one).
     pub data_s: f64,
     pub forward_s: f64,
     pub backward_s: f64,
@@ -788,7 +800,7 @@ pub struct BenchTimes {
 /// forward (with the loss), backward and optimizer step, each phase timed separately.
 pub fn bench(
     model: &dyn Model,
-    data: &Dataset,
+    data: &dyn BatchSource,
     cfg: &TrainConfig,
     warmup: usize,
     batches: usize,
@@ -801,13 +813,18 @@ pub fn bench(
         )));
     }
     let mut rng = Rng::new(cfg.seed);
-    let order = epoch_order(data.len(), &mut rng);
-    let mut batches_iter = order.chunks(cfg.batch_size).cycle();
+    let epoch_rng = rng.state();
+    let order = EpochSampler::new(data.len(), cfg.batch_size, &mut rng)?;
+    let mut batches_iter = order.iter().enumerate().cycle();
     let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
     for k in 0..warmup + batches {
-        let idx = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let (bi, idx) = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
         let td = Instant::now();
         let (x, y) = data.batch(idx)?;
+        let x = match &cfg.augment {
+            Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
+            None => x,
+        };
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train, &mut rng)?;
         let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
