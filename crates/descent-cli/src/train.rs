@@ -9,7 +9,8 @@ use descent_train::checkpoint::Checkpoint;
 
 use crate::folder;
 use crate::runs::{json_line, EpochRow, EvalRow, GradNormRow, StepRow};
-use descent_train::data::Dataset;
+use descent_train::augment::Affine;
+use descent_train::data::{Dataset, MNIST_MEAN, MNIST_STD};
 use descent_train::gpt::{Gpt, GptConfig};
 use descent_train::lm::{train_text, TextConfig};
 use descent_train::mnist;
@@ -94,6 +95,14 @@ pub struct TrainArgs {
     /// Standardize MNIST pixels with the training set's mean and std.
     #[arg(long)]
     pub normalize: bool,
+    /// Augment the training images as torchvision's RandomAffine(degrees=R, translate=K/28):
+    /// `translate=K,rotate=R` shifts each image by whole pixels uniform in [-K, K] on each axis
+    /// and rotates it by an angle uniform in [-R, R] degrees about its centre, nearest-neighbour
+    /// (add `,interp=bilinear` for bilinear), pixels from outside black. Drawn from the seed, the
+    /// epoch and the sample's position: a resumed run augments as one never stopped.
+    #[arg(long, value_name = "translate=K,rotate=R")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
     /// Folder with the MNIST idx files.
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
@@ -531,7 +540,8 @@ pub fn workload(
 /// Settings of `descent bench train`.
 pub struct BenchArgs {
     pub model: String,
-    pub optimizer: String,
+    pub optimizer: Option<String>,
+    pub augment: Option<String>,
     pub batch_size: Option<usize>,
     pub batches: usize,
     pub warmup: usize,
@@ -540,6 +550,10 @@ pub struct BenchArgs {
 
 /// `descent bench train`: samples/s of forward + backward + step and the share of each.
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.model == "gpt" {
+        return bench_gpt(a);
+    }
+    let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
         &a.model,
@@ -550,29 +564,81 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         std::path::Path::new("data/mnist"),
         &mut rng,
     )?;
-    let lr = default_lr(&a.model, &a.optimizer, &serde_json::json!({}));
+    if a.augment.is_some() && a.model == "linear" {
+        bail!("--augment: the linear model trains on synthetic data, not images");
+    }
+    let lr = default_lr(&a.model, &optimizer, &serde_json::json!({}));
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-    let cfg = TrainConfig::new(&a.optimizer, Some(lr), 1, batch, loss);
+    let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
+    cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
     let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
-    let total = t.data_s + t.forward_s + t.backward_s + t.step_s;
     println!(
-        "{} batch {} with {}, {} thread(s), {} batches after {} warm-up: {:.0} samples/s",
-        a.model, batch, a.optimizer, a.threads, a.batches, a.warmup, t.samples_per_s
+        "{} batch {} with {}{}, {} thread(s), {} batches after {} warm-up: {:.0} samples/s",
+        a.model,
+        batch,
+        optimizer,
+        a.augment.as_deref().map(|s| format!(", augment {s}")).unwrap_or_default(),
+        a.threads,
+        a.batches,
+        a.warmup,
+        t.samples_per_s
     );
+    print_shares(&t, a.batches);
+    println!(
+        "{}",
+        serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
+            "threads": a.threads, "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
+            "backward_s": t.backward_s, "step_s": t.step_s})
+    );
+    Ok(())
+}
+
+/// `descent bench train --model gpt`: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block
+/// 64, batch 12 windows of the bundled text, torch.adamw 1e-3 with betas (0.9, 0.99) and weight
+/// decay 0.1 on matrices and embeddings, clipping at 1.0), in tokens/s.
+fn bench_gpt(a: BenchArgs) -> Result<()> {
+    if a.augment.is_some() {
+        bail!("--augment: gpt reads text, not images");
+    }
+    let corpus = CharCorpus::load(DEFAULT_TEXT)?;
+    let block = 64;
+    let mut rng = Rng::new(0);
+    let model = Gpt::new(GptConfig::new(corpus.vocab_size(), block, 4, 4, 128), &mut rng, &Device::Cpu)?;
+    let batch = a.batch_size.unwrap_or(defaults("gpt").1);
+    let mut cfg =
+        TrainConfig::new(a.optimizer.as_deref().unwrap_or("torch.adamw"), Some(1e-3), 1, batch, Loss::CrossEntropy);
+    if a.optimizer.is_none() {
+        cfg.hparams = serde_json::json!({"betas": [0.9, 0.99], "weight_decay": 0.1});
+        cfg.groups = Gpt::no_decay_groups();
+        cfg.clip_norm = Some(1.0);
+    }
+    let t = descent_train::lm::bench(&model, &corpus, &cfg, &TextConfig::new(block), a.warmup, a.batches)?;
+    let tokens = t.samples_per_s * block as f64;
+    println!(
+        "gpt 4x4x128 block {block} batch {batch} with {}, {} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
+        cfg.optimizer, a.threads, a.batches, a.warmup, tokens
+    );
+    print_shares(&t, a.batches);
+    println!(
+        "{}",
+        serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
+            "threads": a.threads, "tokens_per_s": tokens, "samples_per_s": t.samples_per_s, "data_s": t.data_s,
+            "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
+    );
+    Ok(())
+}
+
+/// The share of each phase of a benchmark, and the time per batch.
+fn print_shares(t: &descent_train::train::BenchTimes, batches: usize) {
+    let total = t.data_s + t.forward_s + t.backward_s + t.step_s;
     println!(
         "  batch assembly {:.1}%  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%  ({:.2} ms per batch)",
         100.0 * t.data_s / total,
         100.0 * t.forward_s / total,
         100.0 * t.backward_s / total,
         100.0 * t.step_s / total,
-        1e3 * total / a.batches as f64
+        1e3 * total / batches as f64
     );
-    println!(
-        "{}",
-        serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": a.optimizer, "threads": a.threads,
-            "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
-    );
-    Ok(())
 }
 
 /// The learning rate a run takes when none is given: the optimizer library's own default, as
@@ -1060,6 +1126,9 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         }
     }
     if a.model == "linear" {
+        if a.augment.is_some() {
+            bail!("--augment: the linear model trains on synthetic data, not images");
+        }
         if a.normalize {
             bail!("--normalize: the linear model trains on synthetic data, not MNIST pixels");
         }
@@ -1220,13 +1289,14 @@ fn check_gpt(a: &TrainArgs) -> Result<()> {
     if a.eval_iters == Some(0) {
         bail!("--eval-iters 0: each estimate needs at least one batch");
     }
-    let refused: [(bool, &str); 11] = [
+    let refused: [(bool, &str); 12] = [
         (a.epochs.is_some(), "--epochs: gpt trains for --steps iterations, not epochs"),
         (
             a.ema.is_some() || a.swa_start.is_some(),
             "--ema, --swa-start: weight averaging is for the image and regression models, not gpt",
         ),
         (a.normalize, "--normalize: gpt reads text, not MNIST pixels"),
+        (a.augment.is_some(), "--augment: gpt reads text, not images"),
         (a.data != std::path::Path::new("data/mnist"), "--data: gpt reads --text, not MNIST"),
         (a.init != "torch", "--init: gpt uses nanoGPT's initialization (normal, std 0.02)"),
         (a.validation != 0, "--validation: gpt validates on the last 10% of --text"),
@@ -1514,6 +1584,15 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
         min_loss_change: a.min_loss_change,
         log_grad_norms: a.log_grad_norms,
         average: average_config(a)?,
+        augment: a
+            .augment
+            .as_deref()
+            .map(|spec| {
+                // A black pixel's stored value.
+                let fill = if a.normalize { -MNIST_MEAN / MNIST_STD } else { 0.0 };
+                Affine::parse(spec, fill)
+            })
+            .transpose()?,
         ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }

@@ -133,3 +133,49 @@ fn bench_optimizers_refuses_what_it_cannot_honour() {
         assert!(e.trim().lines().count() <= 2, "{flags:?}: one or two lines: {e}");
     }
 }
+
+#[test]
+fn bench_train_gpt_in_tokens_and_lenet_with_augmentation() {
+    let text = run_ok(&["bench", "train", "--model", "gpt", "--batches", "2", "--warmup", "1", "--threads", "2"]);
+    let r: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(
+        (r["model"].as_str(), r["block_size"].as_u64(), r["batch_size"].as_u64()),
+        (Some("gpt"), Some(64), Some(12))
+    );
+    assert_eq!(r["optimizer"], "torch.adamw");
+    assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let text = run_ok(&[
+        "bench",
+        "train",
+        "--model",
+        "lenet",
+        "--augment",
+        "translate=2,rotate=10",
+        "--batches",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    assert!(text.contains("augment translate=2,rotate=10"), "{text}");
+    let e = run_err(&["bench", "train", "--model", "gpt", "--augment", "rotate=5"]);
+    assert!(e.contains("--augment"), "{e}");
+    let e = run_err(&["bench", "train", "--model", "lenet", "--augment", "scale=2"]);
+    assert!(e.contains("scale"), "{e}");
+}
+
+#[test]
+fn train_augment_is_recorded_and_refused_where_it_does_not_apply() {
+    let dir = common::out("augment");
+    let d = dir.to_str().unwrap();
+    let text = run_ok(&["train", "--model", "lenet", "--steps", "3", "--augment", "translate=2,rotate=10", "--out", d]);
+    assert!(text.contains("epoch"), "{text}");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(cfg.contains("translate=2,rotate=10"), "{cfg}");
+    let e = run_err(&["train", "--model", "gpt", "--steps", "2", "--augment", "rotate=5", "--out", d, "--force"]);
+    assert!(e.contains("--augment: gpt reads text"), "{e}");
+    let e = run_err(&["train", "--model", "linear", "--augment", "rotate=5", "--out", d, "--force"]);
+    assert!(e.contains("--augment: the linear model"), "{e}");
+    let e = run_err(&["train", "--model", "lenet", "--augment", "rotate=-5", "--out", d, "--force"]);
+    assert!(e.contains("rotate=-5"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,7 +11,6 @@
 use candle_core::{CpuStorage, Layout, Var};
 
 use crate::cpu::storage_f32s;
-use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Mode, Model};
 use crate::rng::Rng;
@@ -353,7 +352,7 @@ impl Drop for MomentumGuard {
 /// the model in training mode with momentum `None`, i.e. the cumulative average of the batches'
 /// statistics (factor `1/k` at the `k`-th batch). A model without buffers is left as it is.
 /// Returns the number of batches.
-pub fn update_bn(model: &dyn Model, data: &Dataset, batch_size: usize, seed: u64) -> Result<usize> {
+pub fn update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource, batch_size: usize, seed: u64) -> Result<usize> {
     let buffers = model.named_buffers();
     if buffers.is_empty() {
         return Ok(0);
@@ -371,7 +370,8 @@ pub fn update_bn(model: &dyn Model, data: &Dataset, batch_size: usize, seed: u64
     let (n, mut start, mut k) = (data.len(), 0, 0usize);
     while start < n {
         let len = batch_size.min(n - start);
-        let (x, _) = data.range(start, len)?;
+        let indices: Vec<u32> = (start as u32..(start + len) as u32).collect();
+        let (x, _) = data.batch(&indices)?;
         k += 1;
         BN_MOMENTUM.with(|c| c.set(Some(1.0 / k as f64)));
         model.forward(&x, Mode::Train, &mut rng)?;

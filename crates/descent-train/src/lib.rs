@@ -11,11 +11,13 @@
 #![warn(missing_docs)]
 
 pub mod average;
+pub mod augment;
 pub mod checkpoint;
 pub mod compress;
 pub mod conv;
 pub(crate) mod cpu;
 pub mod data;
+pub mod dataset;
 pub mod error;
 pub(crate) mod gemm;
 pub mod gpt;

@@ -13,6 +13,7 @@
 use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
+use crate::dataset::{BatchSource, RandomSampler, TokenWindows};
 use crate::error::{Error, Result};
 use crate::gpt::Gpt;
 use crate::model::{Mode, Model};
@@ -129,6 +130,9 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
     if cfg.min_loss_change.is_some() {
         return refuse("stopping on a small change of the epoch's loss");
     }
+    if cfg.augment.is_some() {
+        return refuse("image augmentation");
+    }
     if cfg.eval_at != EvalAt::EpochEnds {
         return refuse("evaluations at given steps (use TextConfig::eval_interval)");
     }
@@ -240,6 +244,8 @@ pub fn train_text(
     let (mut start, mut next) = (steps, boundary(steps));
     let (mut seconds, mut seen) = (0.0f64, 0usize);
     let block = text.block_size;
+    let windows = TokenWindows::new(corpus.split(TextSplit::Train), block)?;
+    let sampler = RandomSampler { n: windows.len(), batch_size: cfg.batch_size };
     while steps < total {
         let period = evals + 1;
         let m = cfg.schedule.multiplier(steps, total, period);
@@ -247,7 +253,7 @@ pub fn train_text(
             opt.set_lr_scale(m)?;
         }
         let t0 = Instant::now();
-        let (x, y) = corpus.batch(TextSplit::Train, cfg.batch_size, block, &mut rng)?;
+        let (x, y) = windows.batch(&sampler.draw(&mut rng))?;
         let lr = opt.learning_rate();
         let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
             let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
@@ -317,4 +323,56 @@ pub fn train_text(
         }
     }
     Ok((history, Stop::Steps))
+}
+
+/// Training throughput of a language model: `warmup` untimed steps, then `batches` timed steps,
+/// each on `cfg.batch_size` random windows of `text.block_size` tokens of the training split
+/// (drawn as [`train_text`] draws them), with the optimizer of `cfg` (its groups and clipping).
+/// `samples_per_s` counts windows: tokens/s is it times the block size.
+pub fn bench(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    cfg: &TrainConfig,
+    text: &TextConfig,
+    warmup: usize,
+    batches: usize,
+) -> Result<crate::train::BenchTimes> {
+    let mut opt = optimizer_for(model, cfg)?;
+    if let Some(name) = opt.closure_optimizer() {
+        return Err(Error::Param(format!(
+            "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \
+             forward, backward and a gradient step apart; time it with `descent train`"
+        )));
+    }
+    let windows = TokenWindows::new(corpus.split(TextSplit::Train), text.block_size)?;
+    let sampler = RandomSampler { n: windows.len(), batch_size: cfg.batch_size };
+    let mut rng = train_rng(cfg.seed);
+    let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    for k in 0..warmup + batches {
+        let td = Instant::now();
+        let (x, y) = windows.batch(&sampler.draw(&mut rng))?;
+        let t0 = Instant::now();
+        let out = model.forward(&x, Mode::Train, &mut rng)?;
+        let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.step(&grads)?;
+        let t3 = Instant::now();
+        if k >= warmup {
+            d += (t0 - td).as_secs_f64();
+            f += (t1 - t0).as_secs_f64();
+            b += (t2 - t1).as_secs_f64();
+            s += (t3 - t2).as_secs_f64();
+            samples += cfg.batch_size;
+        }
+    }
+    Ok(crate::train::BenchTimes {
+        samples_per_s: samples as f64 / (d + f + b + s),
+        data_s: d,
+        forward_s: f,
+        backward_s: b,
+        step_s: s,
+    })
 }

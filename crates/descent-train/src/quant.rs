@@ -422,7 +422,7 @@ fn float_forward(spec: &LayerSpec, w: &Tensor, b: &Tensor, x: &Tensor) -> Result
             Act::Relu => crate::conv::Epilogue::Relu,
             Act::ReluPool2 => crate::conv::Epilogue::ReluMaxPool(MaxPool2d::new(2, 2, 0)),
         };
-        crate::layers::conv2d_with(&x, w, Some(b), 1, 0, 1, 1, epi)?
+        crate::layers::conv2d_with(&x, w, Some(b), crate::layers::Conv2dGeometry::default(), epi)?
     } else {
         let act = if spec.act == Act::Identity {
             crate::linear::Activation::Identity

@@ -6,9 +6,11 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde_json::Value;
 
+use crate::augment::Affine;
 use crate::average::{AverageConfig, AverageKind, Swalr, WeightAverage};
 use crate::checkpoint::{AverageState, Checkpoint, EpochProgress};
-use crate::data::{epoch_order, Dataset};
+use crate::data::Dataset;
+use crate::dataset::{BatchSource, EpochSampler};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
 use crate::optim::{OptimizerConfig, VarOptimizer};
@@ -75,6 +77,10 @@ pub struct TrainConfig {
     /// Keep an average of the weights (EMA or SWA, see [`crate::average`]), evaluated beside the
     /// trained weights after each epoch ([`EpochMetrics::average`]) and saved in checkpoints.
     pub average: Option<AverageConfig>,
+    /// Random rotations and shifts of the training images ([`crate::augment`]), drawn from the
+    /// seed, the epoch and the sample's position in it: a resumed run augments as one never
+    /// stopped.
+    pub augment: Option<Affine>,
 }
 
 impl TrainConfig {
@@ -103,6 +109,7 @@ impl TrainConfig {
             log_grad_norms: false,
             pruner: None,
             average: None,
+            augment: None,
         }
     }
 }
@@ -572,7 +579,7 @@ pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, O
 /// weights) or at the target accuracy. A NaN or infinite loss stops the run with the step number.
 pub fn train(
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(&EpochMetrics),
@@ -650,7 +657,7 @@ impl<F: FnMut(&EpochMetrics, &mut EpochEnd) -> Result<()>> Hooks for F {
 /// [`Stop::Steps`] or [`Stop::Epochs`], the model holding its weights.
 pub fn train_from(
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
@@ -725,7 +732,7 @@ impl Distillation<'_> {
 #[allow(clippy::too_many_arguments)]
 pub fn train_from_with(
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
@@ -813,7 +820,7 @@ pub fn train_from_with(
                     )));
                 }
                 (
-                    epoch_order(train.len(), &mut Rng::new(p.epoch_rng)),
+                    EpochSampler::at_state(train.len(), cfg.batch_size, p.epoch_rng)?,
                     p.epoch_rng,
                     p.batch,
                     p.loss_sum,
@@ -823,11 +830,11 @@ pub fn train_from_with(
             }
             None => {
                 let epoch_rng = rng.state();
-                (epoch_order(train.len(), &mut rng), epoch_rng, 0, 0.0f64, 0usize, 0.0)
+                (EpochSampler::new(train.len(), cfg.batch_size, &mut rng)?, epoch_rng, 0, 0.0f64, 0usize, 0.0)
             }
         };
         let mut done = first_batch;
-        for (bi, idx) in order.chunks(cfg.batch_size).enumerate().skip(first_batch) {
+        for (bi, idx) in order.iter().enumerate().skip(first_batch) {
             if cfg.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
@@ -842,6 +849,10 @@ pub fn train_from_with(
                 opt.set_lr_scale(m)?;
             }
             let (x, y) = train.batch(idx)?;
+            let x = match &cfg.augment {
+                Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
+                None => x,
+            };
             let lr = opt.learning_rate();
             let teacher = distill.map(|d| d.teacher_probabilities(&x)).transpose()?;
             let of_output = |out: &Tensor| match (distill, &teacher) {
@@ -990,7 +1001,7 @@ pub fn train_from_with(
 fn average_epoch(
     a: &mut WeightAverage,
     model: &dyn Model,
-    train: &Dataset,
+    train: &dyn BatchSource,
     test: &Dataset,
     cfg: &TrainConfig,
     epoch: usize,
@@ -1032,7 +1043,8 @@ fn average_epoch(
 pub struct BenchTimes {
     /// Training samples per second over the whole step.
     pub samples_per_s: f64,
-    /// Assembling the batch from the dataset (index selection of the shuffled samples).
+    /// Assembling the batch from the dataset (index selection of the shuffled samples, and the
+    /// augmentation when the config has one).
     pub data_s: f64,
     /// The forward pass.
     pub forward_s: f64,
@@ -1046,7 +1058,7 @@ pub struct BenchTimes {
 /// forward (with the loss), backward and optimizer step, each phase timed separately.
 pub fn bench(
     model: &dyn Model,
-    data: &Dataset,
+    data: &dyn BatchSource,
     cfg: &TrainConfig,
     warmup: usize,
     batches: usize,
@@ -1059,13 +1071,18 @@ pub fn bench(
         )));
     }
     let mut rng = Rng::new(cfg.seed);
-    let order = epoch_order(data.len(), &mut rng);
-    let mut batches_iter = order.chunks(cfg.batch_size).cycle();
+    let epoch_rng = rng.state();
+    let order = EpochSampler::new(data.len(), cfg.batch_size, &mut rng)?;
+    let mut batches_iter = order.iter().enumerate().cycle();
     let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
     for k in 0..warmup + batches {
-        let idx = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let (bi, idx) = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
         let td = Instant::now();
         let (x, y) = data.batch(idx)?;
+        let x = match &cfg.augment {
+            Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
+            None => x,
+        };
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train, &mut rng)?;
         let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;

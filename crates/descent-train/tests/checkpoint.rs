@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use descent_train::augment::Affine;
 use descent_train::checkpoint::Checkpoint;
 use descent_train::data::Dataset;
 use descent_train::mnist;
-use descent_train::model::{Init, LinearRegression, Mlp, Model};
+use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::rng::Rng;
 use descent_train::train::{
     train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, StepMetrics, Stop, TrainConfig,
@@ -133,6 +134,50 @@ fn resume_inside_an_epoch_is_exact() {
         train_from(&new_model(), &data, &data, &c_other, Some(&ck), &mut Recorder::new(None)).unwrap_err().to_string();
     assert!(e.contains("batch 3") && e.contains("batch size"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With augmentation, a run cut inside its second epoch and resumed takes the uninterrupted run's
+/// steps bit for bit (the augmentation's draws depend on the seed, the epoch and the position
+/// only), and the augmentation changes the run.
+#[test]
+fn resume_with_augmentation_is_exact() {
+    let data = mnist_slice();
+    let mut c = TrainConfig::new("adam", Some(1e-3), 3, 50, Loss::CrossEntropy);
+    c.seed = 5;
+    c.augment = Some(Affine::parse("translate=2,rotate=15,interp=bilinear", 0.0).unwrap());
+    let new_model = || LeNet5::new(Init::TorchDefault, &mut Rng::new(3), &Device::Cpu).unwrap();
+
+    let full = new_model();
+    let mut rec_full = Recorder::new(None);
+    let (h_full, _) = train_from(&full, &data, &data, &c, None, &mut rec_full).unwrap();
+    assert_eq!(h_full.len(), 3);
+
+    let first = new_model();
+    let mut c17 = c.clone();
+    c17.max_steps = Some(17);
+    let mut rec = Recorder::new(None);
+    train_from(&first, &data, &data, &c17, None, &mut rec).unwrap();
+    let ck = rec.last.clone().unwrap();
+    assert!(ck.mid_epoch());
+
+    let resumed = new_model();
+    let mut rec2 = Recorder::new(None);
+    let (h2, stop) = train_from(&resumed, &data, &data, &c, Some(&ck), &mut rec2).unwrap();
+    assert_eq!(stop, Stop::Epochs);
+    assert_eq!(weights(&full), weights(&resumed));
+    assert_eq!(h2.last().unwrap().test_loss.to_bits(), h_full[2].test_loss.to_bits());
+    let tail = |r: &Recorder| r.steps.iter().map(|s| (s.step, s.loss.to_bits())).collect::<Vec<_>>();
+    assert_eq!(tail(&rec2), tail(&rec_full)[17..].to_vec());
+    assert_eq!(rec2.last, rec_full.last);
+
+    let plain = new_model();
+    let mut c_plain = c.clone();
+    c_plain.augment = None;
+    let mut rec_plain = Recorder::new(None);
+    train_from(&plain, &data, &data, &c_plain, None, &mut rec_plain).unwrap();
+    assert_ne!(weights(&plain), weights(&full));
+    // Same first-batch samples, other pixels: the first losses differ.
+    assert_ne!(rec_plain.steps[0].loss.to_bits(), rec_full.steps[0].loss.to_bits());
 }
 
 /// Resuming a run that already reached its step limit or epochs adds nothing and evaluates nothing.

@@ -1,0 +1,238 @@
+//! Image augmentation as torchvision's `RandomAffine(degrees=R, translate=(K/w, K/h))`: each
+//! image of a training batch is rotated by an angle uniform in `[−R, R]` degrees about its centre
+//! and shifted by whole pixels uniform in `[−K, K]` on each axis (torchvision rounds its
+//! translation to pixels too), then resampled by nearest neighbour (torchvision's default
+//! `InterpolationMode.NEAREST`) or bilinearly, pixels from outside the image filled with the value
+//! of a black pixel (torchvision's `fill=0` before normalization).
+//!
+//! The draws of an image come from a generator of its own, derived from the run's seed, the
+//! epoch's generator state and the image's position in the epoch: they depend on nothing else, so
+//! a resumed run augments exactly as one never stopped, and the images of a batch are augmented in
+//! parallel (rayon) with the same result on any number of threads.
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// How pixels are resampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interpolation {
+    /// The nearest source pixel (torchvision's default for `RandomAffine`).
+    Nearest,
+    /// Bilinear between the four nearest source pixels (outside ones count as the fill).
+    Bilinear,
+}
+
+/// A random affine augmentation: rotation and translation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine {
+    /// Largest shift in pixels on each axis (`translate=K`).
+    pub translate: f32,
+    /// Largest rotation in degrees either way (`rotate=R`).
+    pub rotate: f32,
+    pub interpolation: Interpolation,
+    /// The stored value of a pixel from outside the image: a black pixel's, `0` for images in
+    /// `[0, 1]`, `−mean/std` for standardized ones.
+    pub fill: f32,
+}
+
+/// Mixed into the run's seed for the augmentation's generators.
+const AUGMENT_SALT: u64 = 0x6175_676d_656e_7421;
+
+impl Affine {
+    /// Parses `translate=K,rotate=R[,interp=nearest|bilinear]` (either part may be left out, each
+    /// defaulting to 0), with the fill value of a black pixel. A negative, non-finite or unknown
+    /// setting is an error naming it.
+    pub fn parse(spec: &str, fill: f32) -> Result<Affine> {
+        let mut a = Affine { translate: 0.0, rotate: 0.0, interpolation: Interpolation::Nearest, fill };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                Error::Param(format!("--augment `{part}`: expected key=value (translate=2,rotate=10)"))
+            })?;
+            let number = |what: &str| -> Result<f32> {
+                match v.trim().parse::<f32>() {
+                    Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+                    _ => Err(Error::Param(format!("--augment {what}={v}: expected a number ≥ 0"))),
+                }
+            };
+            match k.trim() {
+                "translate" => a.translate = number("translate")?,
+                "rotate" | "degrees" => a.rotate = number("rotate")?,
+                "interp" | "interpolation" => {
+                    a.interpolation = match v.trim() {
+                        "nearest" => Interpolation::Nearest,
+                        "bilinear" => Interpolation::Bilinear,
+                        other => {
+                            return Err(Error::Param(format!("--augment interp={other}: expected nearest or bilinear")))
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::Param(format!(
+                        "--augment: unknown setting `{other}`; accepted: translate, rotate, interp"
+                    )))
+                }
+            }
+        }
+        if a.rotate > 180.0 {
+            return Err(Error::Param(format!("--augment rotate={}: at most 180 degrees", a.rotate)));
+        }
+        Ok(a)
+    }
+
+    /// The setting as `parse` reads it.
+    pub fn spec(&self) -> String {
+        let interp = match self.interpolation {
+            Interpolation::Nearest => "nearest",
+            Interpolation::Bilinear => "bilinear",
+        };
+        format!("translate={},rotate={},interp={interp}", self.translate, self.rotate)
+    }
+
+    /// The generator of the image at `position` of the epoch whose generator state at its start
+    /// was `epoch_state`, in a run with this seed.
+    pub fn rng(seed: u64, epoch_state: u64, position: usize) -> Rng {
+        let mut h = Rng::new(seed ^ AUGMENT_SALT);
+        let a = h.next_u64() ^ epoch_state;
+        let b = Rng::new(a).next_u64() ^ (position as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Rng::new(Rng::new(b).next_u64())
+    }
+
+    /// Augments the images `x` `[n, c, h, w]` (f32) of a batch whose first image is at `position`
+    /// of its epoch: image `i` with the draws of [`Affine::rng`]`(seed, epoch_state, position + i)`
+    /// (the channels of an image move together). Images in parallel.
+    pub fn apply(&self, x: &Tensor, seed: u64, epoch_state: u64, position: usize) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        if dims.len() != 4 {
+            return Err(Error::Param(format!("--augment works on images [n, c, h, w]; these samples are {dims:?}")));
+        }
+        let (c, h, w) = (dims[1], dims[2], dims[3]);
+        let src = x.flatten_all()?.to_vec1::<f32>()?;
+        let per = c * h * w;
+        let mut out = vec![0f32; src.len()];
+        if per > 0 {
+            out.par_chunks_mut(per).zip(src.par_chunks(per)).enumerate().for_each(|(i, (o, s))| {
+                let mut rng = Affine::rng(seed, epoch_state, position + i);
+                let (angle, tx, ty) = self.draw(&mut rng);
+                for ch in 0..c {
+                    self.warp(&s[ch * h * w..][..h * w], &mut o[ch * h * w..][..h * w], h, w, angle, tx, ty);
+                }
+            });
+        }
+        Ok(Tensor::from_vec(out, dims, x.device())?)
+    }
+
+    /// One image's draws, in torchvision's order: the angle (degrees), then the shifts (pixels,
+    /// rounded as torchvision rounds them).
+    fn draw(&self, rng: &mut Rng) -> (f32, f32, f32) {
+        let angle = rng.range(-self.rotate, self.rotate);
+        let tx = rng.range(-self.translate, self.translate).round();
+        let ty = rng.range(-self.translate, self.translate).round();
+        (angle, tx, ty)
+    }
+
+    /// Output pixel `o` takes the source at `R(−θ)(o − c − t) + c`, `c` the image's centre
+    /// `((w−1)/2, (h−1)/2)`: a rotation by θ counter-clockwise as displayed (rows going down),
+    /// then the shift.
+    #[allow(clippy::too_many_arguments)]
+    fn warp(&self, s: &[f32], o: &mut [f32], h: usize, w: usize, angle: f32, tx: f32, ty: f32) {
+        let (sin, cos) = (angle.to_radians() as f64).sin_cos();
+        let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+        let at = |r: isize, q: isize| -> f32 {
+            if r < 0 || q < 0 || r >= h as isize || q >= w as isize {
+                self.fill
+            } else {
+                s[r as usize * w + q as usize]
+            }
+        };
+        for oy in 0..h {
+            for ox in 0..w {
+                let px = ox as f64 - cx - tx as f64;
+                let py = oy as f64 - cy - ty as f64;
+                let sx = cos * px - sin * py + cx;
+                let sy = sin * px + cos * py + cy;
+                o[oy * w + ox] = match self.interpolation {
+                    Interpolation::Nearest => at(sy.round() as isize, sx.round() as isize),
+                    Interpolation::Bilinear => {
+                        let (x0, y0) = (sx.floor(), sy.floor());
+                        let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
+                        let (x0, y0) = (x0 as isize, y0 as isize);
+                        let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+                        let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+                        top * (1.0 - fy) + bottom * fy
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn image(h: usize, w: usize) -> Tensor {
+        let v: Vec<f32> = (0..h * w).map(|i| i as f32 + 1.0).collect();
+        Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu).unwrap()
+    }
+
+    fn pixels(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn parse_and_refuse() {
+        let a = Affine::parse("translate=2,rotate=10", -0.5).unwrap();
+        assert_eq!((a.translate, a.rotate, a.interpolation, a.fill), (2.0, 10.0, Interpolation::Nearest, -0.5));
+        assert_eq!(Affine::parse(&a.spec(), -0.5).unwrap(), a);
+        assert_eq!(Affine::parse("rotate=5,interp=bilinear", 0.0).unwrap().interpolation, Interpolation::Bilinear);
+        for bad in ["translate", "translate=-1", "rotate=nan", "scale=2", "interp=cubic", "rotate=200"] {
+            assert!(Affine::parse(bad, 0.0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_shift_and_quarter_turn() {
+        let x = image(3, 4);
+        for interpolation in [Interpolation::Nearest, Interpolation::Bilinear] {
+            let id = Affine { translate: 0.0, rotate: 0.0, interpolation, fill: 0.0 };
+            assert_eq!(pixels(&id.apply(&x, 1, 2, 3).unwrap()), pixels(&x));
+        }
+        let a = Affine { translate: 1.0, rotate: 0.0, interpolation: Interpolation::Nearest, fill: -1.0 };
+        let s = pixels(&x);
+        let mut o = vec![0.0; 12];
+        // One pixel right and one down: the first row and column are fill.
+        a.warp(&s, &mut o, 3, 4, 0.0, 1.0, 1.0);
+        assert_eq!(o, vec![-1., -1., -1., -1., -1., 1., 2., 3., -1., 5., 6., 7.]);
+        // 90° counter-clockwise on a square: the right column becomes the top row.
+        let sq: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut o = vec![0.0; 9];
+        a.warp(&sq, &mut o, 3, 3, 90.0, 0.0, 0.0);
+        assert_eq!(o, vec![3., 6., 9., 2., 5., 8., 1., 4., 7.]);
+    }
+
+    #[test]
+    fn draws_depend_on_seed_epoch_and_position_only() {
+        let a = Affine { translate: 2.0, rotate: 15.0, interpolation: Interpolation::Bilinear, fill: 0.0 };
+        let v: Vec<f32> = (0..5 * 28 * 28).map(|i| (i % 97) as f32).collect();
+        let x = Tensor::from_vec(v, (5, 1, 28, 28), &Device::Cpu).unwrap();
+        let all = pixels(&a.apply(&x, 7, 11, 20).unwrap());
+        // The last two images alone, at their positions, augment the same way.
+        let tail = pixels(&a.apply(&x.narrow(0, 3, 2).unwrap(), 7, 11, 23).unwrap());
+        assert_eq!(all[3 * 784..], tail[..]);
+        assert_ne!(all, pixels(&a.apply(&x, 8, 11, 20).unwrap()));
+        assert_ne!(all, pixels(&a.apply(&x, 7, 12, 20).unwrap()));
+        assert_ne!(all, pixels(&x));
+        // The draws stay in range and the shifts are whole pixels.
+        let mut rng = Rng::new(1);
+        for _ in 0..1000 {
+            let (angle, tx, ty) = a.draw(&mut rng);
+            assert!(angle.abs() <= 15.0 && tx.abs() <= 2.0 && ty.abs() <= 2.0);
+            assert_eq!((tx.fract(), ty.fract()), (0.0, 0.0));
+        }
+        assert!(a.apply(&Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(), 0, 0, 0).is_err());
+    }
+}
