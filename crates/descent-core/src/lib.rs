@@ -36,6 +36,7 @@ pub mod optax;
 pub mod optimizer;
 pub mod po;
 pub mod reference;
+pub mod rng;
 pub mod schedule;
 pub mod sparse;
 pub mod spec;
