@@ -8,7 +8,9 @@
 mod common;
 
 use descent_core::closure::{Objective, Problem};
-use descent_core::po::matrix::kron::{diagonal_axes, precondition, KronConfig, KronFactor, MemorySaveMode};
+use descent_core::po::matrix::kron::{
+    diagonal_axes, precondition, update_factors, KronConfig, KronFactor, MemorySaveMode,
+};
 use descent_core::reference::{collect_case_files, load_case, Case};
 use descent_core::spec::build_optimizer;
 use descent_core::state::StateDict;
@@ -111,6 +113,44 @@ fn the_preconditioner_is_torch_s_einsum_for_1d_2d_and_3d_tensors() {
     // A scalar is a tensor of one element: q²·g.
     let got = precondition(&[KronFactor::Diagonal(vec![1.5])], &[], &[2.0]);
     close(&got, &[4.5], "scalar");
+}
+
+/// `update_precondition` on diagonal factors of a matrix, written out: `A = h·diag` products,
+/// `B = v / diag` products, the terms are the sums of squares of A and B over the other axis.
+#[test]
+fn a_diagonal_fit_is_update_precondition_s() {
+    let mut rng = Lcg(3);
+    let (r, c) = (3, 4);
+    let q0: Vec<f32> = (0..r).map(|_| (1.0 + 0.3 * rng.next()) as f32).collect();
+    let q1: Vec<f32> = (0..c).map(|_| (1.0 + 0.3 * rng.next()) as f32).collect();
+    let h: Vec<f64> = (0..r * c).map(|_| rng.next()).collect();
+    let v: Vec<f64> = (0..r * c).map(|_| rng.next()).collect();
+    let lr = 0.1;
+    let mut factors = vec![KronFactor::Diagonal(q0.clone()), KronFactor::Diagonal(q1.clone())];
+    update_factors(&mut factors, &[r, c], &v, &h, lr);
+    let a = |i: usize, j: usize| q0[i] as f64 * q1[j] as f64 * h[i * c + j];
+    let b = |i: usize, j: usize| v[i * c + j] / (q0[i] as f64 * q1[j] as f64);
+    let eps = 1.1754943508222875e-38;
+    let fit = |q: &[f32], t1: Vec<f64>, t2: Vec<f64>| -> Vec<f64> {
+        let norm = t1.iter().zip(&t2).map(|(x, y)| (x + y).abs()).fold(0.0, f64::max);
+        q.iter().zip(t1.iter().zip(&t2)).map(|(&q, (x, y))| q as f64 - (x - y) * lr * q as f64 / (norm + eps)).collect()
+    };
+    let want0 = fit(
+        &q0,
+        (0..r).map(|i| (0..c).map(|j| a(i, j).powi(2)).sum()).collect(),
+        (0..r).map(|i| (0..c).map(|j| b(i, j).powi(2)).sum()).collect(),
+    );
+    let want1 = fit(
+        &q1,
+        (0..c).map(|j| (0..r).map(|i| a(i, j).powi(2)).sum()).collect(),
+        (0..c).map(|j| (0..r).map(|i| b(i, j).powi(2)).sum()).collect(),
+    );
+    for (f, want) in factors.iter().zip([want0, want1]) {
+        let KronFactor::Diagonal(got) = f else { panic!("diagonal") };
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-6 * w.abs(), "{g} vs {w}");
+        }
+    }
 }
 
 #[test]

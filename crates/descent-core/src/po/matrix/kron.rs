@@ -674,3 +674,75 @@ impl Transform for Kron {
         self.rng.visit(v, "rng")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Back substitution, column by column: the plain-loop inverse `faer`'s is measured against.
+    fn invert_upper_plain(q: &Mat64) -> Mat64 {
+        let n = q.rows;
+        let mut inv = Mat64::zeros(n, n);
+        for j in 0..n {
+            for i in (0..=j).rev() {
+                let mut s = if i == j { 1.0 } else { 0.0 };
+                for k in i + 1..=j {
+                    s -= q.at(i, k) * inv.at(k, j);
+                }
+                inv.data[i * n + j] = s / q.at(i, i);
+            }
+        }
+        inv
+    }
+
+    fn upper(n: usize) -> Mat64 {
+        let mut q = Mat64::zeros(n, n);
+        for i in 0..n {
+            for j in i..n {
+                q.data[i * n + j] = if i == j {
+                    1.0 + (i % 7) as f64 * 0.1
+                } else {
+                    0.3 * (((i * 31 + j * 17) % 13) as f64 / 13.0 - 0.5) / (n as f64).sqrt()
+                };
+            }
+        }
+        q
+    }
+
+    #[test]
+    fn the_triangular_inverse_is_the_inverse() {
+        for n in [1, 2, 5, 33, 70] {
+            let q = upper(n);
+            let inv = invert_upper(&q);
+            let plain = invert_upper_plain(&q);
+            assert!(q.mm(&inv).max_abs_diff_eye() < 1e-12, "{n}");
+            for (a, b) in inv.data.iter().zip(&plain.data) {
+                assert!((a - b).abs() < 1e-12, "{n}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// `cargo test --release -p descent-core --lib kron -- --ignored --nocapture`: the inverse by
+    /// `faer` against plain back substitution, for the sizes a model's axes have.
+    #[test]
+    #[ignore]
+    fn time_the_triangular_inverse() {
+        for n in [16, 64, 128, 512] {
+            let q = upper(n);
+            let reps = (1 << 22) / (n * n * n / 6 + 1) + 1;
+            let time = |f: &dyn Fn(&Mat64) -> Mat64| {
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        std::hint::black_box(f(std::hint::black_box(&q)));
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+                best
+            };
+            let (tf, tp) = (time(&invert_upper), time(&invert_upper_plain));
+            eprintln!("n = {n}: faer {:.1} µs, plain loops {:.1} µs", tf * 1e6, tp * 1e6);
+        }
+    }
+}
