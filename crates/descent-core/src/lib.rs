@@ -45,6 +45,7 @@ pub mod optax;
 pub mod optimizer;
 pub mod po;
 pub mod replay;
+pub mod rng;
 pub mod schedule;
 pub mod sparse;
 pub mod spec;

@@ -48,6 +48,7 @@ fn hparams(reg: &str) -> Value {
         "po.sam" => json!({"base_optimizer": ["torch.optim.SGD", {"lr": 0.05, "momentum": 0.9}]}),
         "descent.sam" => json!({"base": ["adamw", {"weight_decay": 0.1}], "lr": 0.05, "rho": 0.05}),
         "optax.polyak_sgd" => json!({"max_learning_rate": 0.1}),
+        "optax.contrib.sophia" => json!({"learning_rate": 0.05}),
         _ => json!({}),
     }
 }

@@ -1,6 +1,7 @@
 //! Optimizers that evaluate the objective themselves: torch's `step(closure)` (L-BFGS), optax's
 //! `lbfgs` with its zoom line search, sharpness-aware minimization (a second gradient at a
-//! perturbed point), and the step sizes that need the loss value (Polyak SGD, MoMo).
+//! perturbed point), the step sizes that need the loss value (Polyak SGD, MoMo), and Sophia, which
+//! needs Hessian-vector products.
 //!
 //! A gradient-only [`crate::Optimizer`] is handed gradients; a [`ClosureOptimizer`] is handed an
 //! [`Objective`] and calls it wherever its algorithm needs the loss and gradient.
@@ -14,18 +15,65 @@ use crate::state::{StateDict, StateVisitor};
 mod first_order;
 mod lbfgs;
 pub mod problems;
+mod sophia;
 
 pub use first_order::{
     Momo, MomoAdam, MomoAdamConfig, MomoConfig, OptaxSam, OptaxSamConfig, PoSam, PoSamConfig, PolyakSgd,
     PolyakSgdConfig, PolyakVariant, TransformFactory,
 };
 pub use problems::{Problem, Rosenbrock, SoftmaxRegression};
+pub use sophia::{Sophia, SophiaConfig};
 
 /// The objective a closure-driven optimizer evaluates.
 pub trait Objective {
     /// The loss `L(params)`; writes `∇L(params)` into `grads` (one buffer per parameter, the
     /// parameters' sizes).
     fn value_and_grad(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32>;
+
+    /// The Hessian-vector product `∇²L(params)·v`, written into `out`. By default (descent's
+    /// choice: the objective gives gradients only, and candle has no forward-over-reverse
+    /// differentiation) a central difference of gradients,
+    /// `(∇L(w + εv) − ∇L(w − εv)) / 2ε` with `ε = √ε_f32·(1 + ‖w‖∞) / ‖v‖∞`, exact for a
+    /// quadratic up to rounding; two gradient evaluations. An objective that knows its Hessian
+    /// may give it exactly.
+    fn hvp(&mut self, params: &[Vec<f32>], v: &[Vec<f32>], out: &mut [Vec<f32>]) -> Result<()> {
+        finite_difference_hvp(self, params, v, out)
+    }
+}
+
+/// The central difference of gradients [`Objective::hvp`] computes by default.
+pub fn finite_difference_hvp<O: Objective + ?Sized>(
+    objective: &mut O,
+    params: &[Vec<f32>],
+    v: &[Vec<f32>],
+    out: &mut [Vec<f32>],
+) -> Result<()> {
+    let inf = |x: &[Vec<f32>]| x.iter().flatten().fold(0.0f64, |m, &a| m.max((a as f64).abs()));
+    let v_max = inf(v);
+    if v_max == 0.0 || !v_max.is_finite() {
+        for (o, v) in out.iter_mut().zip(v) {
+            o.iter_mut().zip(v).for_each(|(o, &v)| *o = v * 0.0);
+        }
+        return Ok(());
+    }
+    let eps = (f32::EPSILON as f64).sqrt() * (1.0 + inf(params)) / v_max;
+    let shifted = |sign: f64| -> Vec<Vec<f32>> {
+        params
+            .iter()
+            .zip(v)
+            .map(|(p, v)| p.iter().zip(v).map(|(&p, &v)| (p as f64 + sign * eps * v as f64) as f32).collect())
+            .collect()
+    };
+    let mut plus: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+    let mut minus = plus.clone();
+    objective.value_and_grad(&shifted(1.0), &mut plus)?;
+    objective.value_and_grad(&shifted(-1.0), &mut minus)?;
+    for ((o, a), b) in out.iter_mut().zip(&plus).zip(&minus) {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = ((a as f64 - b as f64) / (2.0 * eps)) as f32;
+        }
+    }
+    Ok(())
 }
 
 impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) -> Result<f32>> Objective for F {
@@ -93,7 +141,8 @@ type Family = fn(&str, &str, &Value, &[Vec<usize>]) -> Option<Result<Box<dyn Clo
 /// The closure-driven optimizers, as registry names (`torch.lbfgs`, `optax.contrib.sam`,
 /// `descent.sam`, …).
 pub fn closure_optimizers() -> Vec<String> {
-    let mut names: Vec<String> = first_order::NAMES.iter().chain(lbfgs::NAMES).map(|s| s.to_string()).collect();
+    let mut names: Vec<String> =
+        first_order::NAMES.iter().chain(lbfgs::NAMES).chain(sophia::NAMES).map(|s| s.to_string()).collect();
     names.sort_unstable();
     names
 }
@@ -101,7 +150,7 @@ pub fn closure_optimizers() -> Vec<String> {
 /// Whether `library.name` is a closure-driven optimizer (it cannot step on gradients alone).
 pub fn is_closure_optimizer(library: &str, name: &str) -> bool {
     let full = format!("{library}.{name}");
-    first_order::NAMES.contains(&full.as_str()) || lbfgs::NAMES.contains(&full.as_str())
+    [first_order::NAMES, lbfgs::NAMES, sophia::NAMES].iter().any(|names| names.contains(&full.as_str()))
 }
 
 /// The learning rate the closure-driven optimizer `library.name` takes from these keyword
@@ -123,7 +172,7 @@ pub fn build_closure_optimizer(
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn ClosureOptimizer>> {
     crate::transform::check_shapes(shapes)?;
-    let families: [Family; 2] = [first_order::build, lbfgs::build];
+    let families: [Family; 3] = [first_order::build, lbfgs::build, sophia::build];
     for f in families {
         if let Some(opt) = f(library, name, hparams, shapes) {
             return opt;

@@ -1,5 +1,5 @@
 //! Matrix-preconditioned optimizers of pytorch_optimizer (Shampoo, ScalableShampoo, SOAP, SCION,
-//! AdaMuon, GaLore), and optax's `contrib.galore`.
+//! AdaMuon, GaLore, PSGD Kron), and optax's `contrib.galore`.
 //!
 //! They keep their state in `f32`, as the library does, and do their linear algebra (products,
 //! SVD, eigendecompositions, inverse roots) in `f64` through `linalg`. Tensors with no elements
@@ -14,6 +14,7 @@ use crate::transform::Transform;
 
 pub mod adamuon;
 pub mod galore;
+pub mod kron;
 pub(crate) mod linalg;
 pub mod scalable_shampoo;
 pub mod scion;
@@ -21,7 +22,7 @@ pub mod shampoo;
 pub mod soap;
 
 /// The optimizers of this family.
-pub const NAMES: &[&str] = &["adamuon", "galore", "scalableshampoo", "scion", "shampoo", "soap"];
+pub const NAMES: &[&str] = &["adamuon", "galore", "kron", "scalableshampoo", "scion", "shampoo", "soap"];
 
 /// Builds `name` if it belongs to this family (`None` otherwise).
 pub fn build(
@@ -44,6 +45,15 @@ pub fn build(
         "shampoo" => one(|k| Ok(Box::new(shampoo::Shampoo::from_kwargs(k)?))),
         "soap" => one(|k| Ok(Box::new(soap::Soap::from_kwargs(k)?))),
         "galore" => galore::build(hparams, param_groups),
+        // The preconditioner's update schedule and balancing draw are shared by all groups in
+        // the library: one group only.
+        "kron" => match param_groups {
+            None => built("po.kron", hparams, |k| Ok(Box::new(kron::Kron::from_kwargs(k)?))),
+            Some(_) => Err(crate::error::Error::Field {
+                context: "po.kron: param_groups".into(),
+                message: "Kron takes one parameter group here (its update schedule is shared)".into(),
+            }),
+        },
         "scalableshampoo" => one(|k| Ok(Box::new(scalable_shampoo::ScalableShampoo::from_kwargs(k)?))),
         _ => return None,
     })
