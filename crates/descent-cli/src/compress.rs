@@ -15,8 +15,8 @@ use descent_train::quant::{Calibration, QuantModel};
 use descent_train::rng::Rng;
 use descent_train::train::{evaluate, Loss};
 
-use crate::folder;
 use crate::evaluate::accuracy_line;
+use crate::folder;
 use crate::train::{self, Arch, RunOptions, StartFrom, TrainArgs};
 
 /// `descent prune`.

@@ -32,6 +32,7 @@ pub struct Affine {
     pub translate: f32,
     /// Largest rotation in degrees either way (`rotate=R`).
     pub rotate: f32,
+    /// How a pixel between grid points is read: nearest (torchvision's default) or bilinear.
     pub interpolation: Interpolation,
     /// The stored value of a pixel from outside the image: a black pixel's, `0` for images in
     /// `[0, 1]`, `−mean/std` for standardized ones.

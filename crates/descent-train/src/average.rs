@@ -23,18 +23,34 @@ pub enum AverageKind {
     /// With `warmup`, the decay of the update after `n` earlier ones is
     /// `min(decay, (1 + n)/(10 + n))`, TensorFlow's `ExponentialMovingAverage(num_updates=n)`
     /// (Keras' and timm's warm-up serve the same purpose with other curves).
-    Ema { decay: f64, warmup: bool },
+    Ema {
+        /// The decay.
+        decay: f64,
+        /// Warm the decay up over the first updates.
+        warmup: bool,
+    },
     /// Stochastic weight averaging (Izmailov et al. 2018): an equal average of the weights at the
     /// end of each epoch from `start` (1-based) on, `swa ← lerp(swa, w, 1/(n + 1))` (torch
     /// `get_swa_multi_avg_fn`); from the end of epoch `start` the learning rate follows [`Swalr`]
     /// towards `swa_lr` over `anneal_epochs` epochs.
-    Swa { start: usize, swa_lr: f64, anneal_epochs: usize, anneal: Anneal },
+    Swa {
+        /// The first epoch averaged (1-based).
+        start: usize,
+        /// The learning rate SWALR anneals to.
+        swa_lr: f64,
+        /// Epochs of the annealing.
+        anneal_epochs: usize,
+        /// The annealing curve.
+        anneal: Anneal,
+    },
 }
 
 /// [`Swalr`]'s annealing curve (torch's `anneal_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Anneal {
+    /// Cosine annealing (the default).
     Cos,
+    /// Linear annealing.
     Linear,
 }
 
@@ -67,6 +83,7 @@ impl Anneal {
 /// Weight averaging of a run ([`crate::train::TrainConfig::average`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AverageConfig {
+    /// EMA or SWA, with its settings.
     pub kind: AverageKind,
     /// torch's `use_buffers`: average the model's buffers (batch norm's running statistics) too.
     /// Off (torch's default), the averaged model's buffers are copies of the model's at each
@@ -116,9 +133,12 @@ impl AverageConfig {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Swalr {
+    /// The learning rate annealed to.
     pub swa_lr: f64,
+    /// Epochs of the annealing (0: at once).
     pub anneal_epochs: usize,
     #[serde(with = "anneal_name")]
+    /// The annealing curve.
     pub anneal: Anneal,
     /// torch's `_step_count`: steps taken, the constructor's included.
     pub step_count: u64,
@@ -178,6 +198,7 @@ pub fn lerp(a: f32, b: f32, w: f32) -> f32 {
 /// order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightAverage {
+    /// What is averaged, and how.
     pub config: AverageConfig,
     /// torch's `n_averaged`: updates so far (0: nothing averaged yet, the buffers empty).
     pub n_averaged: u64,
@@ -352,7 +373,12 @@ impl Drop for MomentumGuard {
 /// the model in training mode with momentum `None`, i.e. the cumulative average of the batches'
 /// statistics (factor `1/k` at the `k`-th batch). A model without buffers is left as it is.
 /// Returns the number of batches.
-pub fn update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource, batch_size: usize, seed: u64) -> Result<usize> {
+pub fn update_bn(
+    model: &dyn Model,
+    data: &dyn crate::dataset::BatchSource,
+    batch_size: usize,
+    seed: u64,
+) -> Result<usize> {
     let buffers = model.named_buffers();
     if buffers.is_empty() {
         return Ok(0);

@@ -76,6 +76,7 @@ pub struct AverageState {
     pub swalr: Option<Swalr>,
     /// `(name, shape, values)` of each averaged parameter and buffer, sorted by name.
     pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// `(name, shape, values)` of each averaged buffer (batch norm's running statistics).
     pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 

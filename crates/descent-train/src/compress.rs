@@ -20,9 +20,13 @@ use crate::model::{Init, LeNet5, Mlp, Model};
 use crate::quant::QuantModel;
 use crate::rng::Rng;
 
+/// The record of how a compressed folder was made ([`CompressInfo`]).
 pub const INFO: &str = "compress.json";
+/// The f32 weights of a pruned model (pruned weights zero).
 pub const MODEL_F32: &str = "model.safetensors";
+/// The int8 weights and scales of a quantized model.
 pub const MODEL_INT8: &str = "model.int8.safetensors";
+/// The smaller dense model of a structured pruning.
 pub const COMPACT: &str = "compact.safetensors";
 
 /// `compress.json`.
@@ -33,11 +37,14 @@ pub struct CompressInfo {
     /// The model (`mlp`, `lenet`, `resnet`, `plain`, `linear`) and the CNNs' depth and width.
     pub model: String,
     #[serde(default)]
+    /// The CNNs' depth.
     pub depth: Option<usize>,
     #[serde(default)]
+    /// The CNNs' width.
     pub width: Option<usize>,
     /// The run's input standardization and MNIST folder, for evaluation.
     pub normalize: bool,
+    /// The MNIST folder evaluation reads.
     pub data: PathBuf,
     /// The run folder the model came from.
     pub source: PathBuf,
@@ -46,6 +53,7 @@ pub struct CompressInfo {
 }
 
 impl CompressInfo {
+    /// Reads `compress.json` from a folder.
     pub fn read(dir: &Path) -> Result<CompressInfo> {
         let p = dir.join(INFO);
         let text = std::fs::read_to_string(&p)
@@ -160,13 +168,17 @@ pub fn set_values(model: &dyn Model, weights: &[Stored], buffers: &[Stored]) -> 
 
 /// A model loaded for inference, with what a report shows of it.
 pub struct Loaded {
+    /// The model, ready for evaluation.
     pub model: Box<dyn Model>,
+    /// What the folder records of how it was made.
     pub info: CompressInfo,
     /// Weights and biases in all, and those not zero.
     pub params: usize,
+    /// Weights and biases that are not zero.
     pub nonzeros: usize,
     /// The size of the model's file.
     pub file_bytes: u64,
+    /// The model's file.
     pub file: PathBuf,
 }
 

@@ -22,6 +22,7 @@ pub trait BatchSource: Sync {
     /// The number of samples; valid indices are `0..len()`.
     fn len(&self) -> usize;
 
+    /// Whether the source has no samples.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -145,7 +146,9 @@ impl EpochSampler {
 /// (`torch.randint(len(data) − block_size, (batch_size,))`) on a [`TokenWindows`] source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RandomSampler {
+    /// Samples drawn from: indices `0..n`.
     pub n: usize,
+    /// Indices drawn per batch.
     pub batch_size: usize,
 }
 

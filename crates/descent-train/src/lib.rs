@@ -10,8 +10,8 @@
 
 #![warn(missing_docs)]
 
-pub mod average;
 pub mod augment;
+pub mod average;
 pub mod checkpoint;
 pub mod compress;
 pub mod conv;

@@ -28,7 +28,9 @@ use crate::model::Model;
 /// How much to prune: a fraction of the weights, or a count (torch's float or int `amount`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Amount {
+    /// A fraction of the weights, in [0, 1] (rounded half to even, as Python's `round`).
     Fraction(f64),
+    /// A number of weights.
     Count(usize),
 }
 
@@ -208,10 +210,13 @@ pub fn prunable(model: &dyn Model) -> Vec<(String, Var)> {
 pub struct GradualPruning {
     /// `s_i` and `s_f`.
     pub initial: f64,
+    /// The final sparsity `s_f`.
     pub target: f64,
     /// `t0` and `t0 + nΔt`, in optimizer steps; `Δt`.
     pub start: u64,
+    /// The step the sparsity reaches `s_f`, `t0 + nΔt`.
     pub end: u64,
+    /// Steps between pruning steps, `Δt`.
     pub frequency: u64,
 }
 

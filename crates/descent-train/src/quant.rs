@@ -42,8 +42,11 @@ const PAD: usize = 32;
 /// The int8 GEMM kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// The reference kernel, plain Rust.
     Scalar,
+    /// AVX2: inputs and weights widened to i16, `vpmaddwd`.
     Avx2,
+    /// AVX-512 VNNI: `vpdpbusd` on u8 × i8.
     Vnni,
 }
 
@@ -77,6 +80,7 @@ impl Kernel {
         v
     }
 
+    /// The kernel's name as reports show it.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
@@ -95,9 +99,13 @@ pub fn padded(k: usize) -> usize {
 /// [`padded`]`(k)`, and the same values widened to i16 for the AVX2 kernel.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
+    /// Rows (output channels).
     pub n: usize,
+    /// Columns (inputs per output) before padding.
     pub k: usize,
+    /// The int8 rows, padded with zeros.
     pub q: Vec<i8>,
+    /// The same rows widened to i16 (the AVX2 kernel).
     pub q16: Vec<i16>,
     /// `Σ_k q[j, k]` of each row.
     pub row_sum: Vec<i32>,
@@ -310,7 +318,9 @@ mod x86 {
 /// The affine map of a layer's input to u8: `q = clamp(round(x / scale) + zero_point, 0, 255)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QParams {
+    /// The step between quantized values.
     pub scale: f32,
+    /// The quantized value of 0.
     pub zero_point: i32,
 }
 
@@ -365,7 +375,9 @@ pub fn quantize_weights(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Act {
+    /// No activation.
     Identity,
+    /// ReLU.
     Relu,
     /// ReLU then 2×2 max-pooling with stride 2.
     ReluPool2,
@@ -378,6 +390,7 @@ pub struct LayerSpec {
     pub name: String,
     /// `linear` or `conv`.
     pub kind: String,
+    /// The activation after the product.
     pub act: Act,
     /// Flatten the input first (the first linear layer after convolutions).
     pub flatten: bool,
@@ -404,12 +417,17 @@ pub fn layers_of(model: &str) -> Result<Vec<LayerSpec>> {
 /// A quantized layer.
 #[derive(Debug, Clone)]
 pub struct QLayer {
+    /// What the layer is.
     pub spec: LayerSpec,
     /// The weight's shape (`[out, in]` or `[out, c, kh, kw]`), its int8 rows and scales, the bias.
     pub shape: Vec<usize>,
+    /// The quantized weight.
     pub weight: QMatrix,
+    /// The scale of each output channel's weights.
     pub weight_scale: Vec<f32>,
+    /// The f32 bias.
     pub bias: Vec<f32>,
+    /// The quantization of the layer's input.
     pub input: QParams,
 }
 
@@ -534,7 +552,9 @@ impl QLayer {
 pub struct QuantModel {
     /// `mlp` or `lenet`.
     pub model: String,
+    /// The layers in order.
     pub layers: Vec<QLayer>,
+    /// The int8 kernel used.
     pub kernel: Kernel,
 }
 

@@ -382,6 +382,7 @@ pub struct EpochMetrics {
 pub struct AverageMetrics {
     /// `ema` or `swa`.
     pub label: &'static str,
+    /// The loss of the averaged weights on the evaluation set.
     pub test_loss: f64,
     /// `None` for regression.
     pub test_accuracy: Option<f64>,
@@ -679,8 +680,11 @@ pub fn train_from(
 /// has `alpha = 0.1` and `temperature = 3` by default, i.e. `α = 0.9`, `T = 3` here.
 #[derive(Clone, Copy)]
 pub struct Distillation<'a> {
+    /// The teacher models (their probabilities are averaged).
     pub teachers: &'a [Box<dyn Model>],
+    /// The weight `α` of the teachers' term.
     pub alpha: f64,
+    /// The temperature `T`.
     pub temperature: f64,
 }
 

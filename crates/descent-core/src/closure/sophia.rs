@@ -4,10 +4,10 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::rng::SplitMix64;
 use crate::spec::Kwargs;
 use crate::state::{visit_buffers, StateVisitor};
-use crate::learning_rate::LearningRate;
 use crate::transform::{check_init, check_shapes, numel};
 use crate::transforms::{round_bf16, MomentDtype};
 

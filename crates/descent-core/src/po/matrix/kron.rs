@@ -51,10 +51,10 @@ use serde_json::Value;
 use super::linalg::{mode_product, try_zeros, unfolded_gram, Mat64};
 use super::{check_lr, lr_of};
 use crate::error::{ensure, Error, Result};
+use crate::learning_rate::LearningRate;
 use crate::rng::SplitMix64;
 use crate::spec::Kwargs;
 use crate::state::StateVisitor;
-use crate::learning_rate::LearningRate;
 use crate::transform::{check_init, numel, Shapes, Transform};
 use crate::transforms::{round_bf16, MomentDtype};
 
