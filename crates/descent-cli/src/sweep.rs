@@ -577,6 +577,7 @@ fn run_trial(
         eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(p.rungs.clone())),
         on_eval: p.asha.then_some(on_eval),
         parent: Some(sweep_id.to_string()),
+        comm: None,
     };
     let r = train::execute(args, opts);
     let seconds = t0.elapsed().as_secs_f64();

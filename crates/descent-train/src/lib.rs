@@ -23,6 +23,7 @@ pub mod mnist;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod parallel;
 pub mod resnet;
 pub mod rng;
 pub mod text;
