@@ -285,7 +285,8 @@ pub fn train_text_with(
                 }
             }
             let of = |out: &candle_core::Tensor, y: &candle_core::Tensor| lm_loss(out, y);
-            par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?
+            let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
+            (s.loss, s.grad_norm, s.param_grad_norms)
         } else if opt.closure_optimizer().is_some() {
             let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
             let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;

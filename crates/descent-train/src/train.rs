@@ -590,6 +590,7 @@ impl<'a> Parallel<'a> {
     /// gradient of the global batch's mean loss). A non-finite loss on any rank stops every rank
     /// before the weights move. Returns the global batch's loss, the gradient norm before
     /// clipping and, with [`TrainConfig::log_grad_norms`], each parameter's.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         model: &dyn Model,
@@ -599,7 +600,7 @@ impl<'a> Parallel<'a> {
         rng: &mut Rng,
         loss_of_output: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
         step: u64,
-    ) -> Result<(f32, f64, Vec<(String, f64)>)> {
+    ) -> Result<ClosureStep> {
         let n = opt.flat_len();
         self.flat.clear();
         self.flat.resize(n + 1, 0.0);
@@ -643,7 +644,7 @@ impl<'a> Parallel<'a> {
         };
         opt.step_flat(grads)?;
         self.broadcast_buffers(model)?;
-        Ok((l, grad_norm, param_grad_norms))
+        Ok(ClosureStep { loss: l, grad_norm, param_grad_norms })
     }
 }
 
@@ -846,7 +847,8 @@ pub fn train_with(
                     }
                 }
                 let of = |out: &Tensor, y: &Tensor| loss_of(cfg.loss, out, y);
-                par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?
+                let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
+                (s.loss, s.grad_norm, s.param_grad_norms)
             } else if opt.closure_optimizer().is_some() {
                 let (x, y) = train.batch(idx)?;
                 let of_output = |out: &Tensor| loss_of(cfg.loss, out, &y);
