@@ -260,13 +260,18 @@ fn main() -> ExitCode {
                 .filter(|id| !id.as_str().starts_with(|c: char| c.is_ascii_uppercase()))
                 .map(|id| id.to_string())
                 .collect();
-            args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
+            with_ranks(|comm| {
+                args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a, comm)))
+            })
+            .map(|_| true)
         }
         Command::Evaluate(args) => set_threads(args.threads).and_then(|_| evaluate::run(args)).map(|_| true),
         Command::Ensemble(args) => set_threads(args.threads).and_then(|_| ensemble::run(args)).map(|_| true),
         Command::Distill(args) => {
             let sub = matches.subcommand_matches("distill").expect("distill subcommand");
-            distill::settings(*args, sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a))).map(|_| true)
+            distill::settings(*args, sub)
+                .and_then(|a| set_threads(a.threads).and_then(|_| train::run(a, &descent_train::parallel::Local)))
+                .map(|_| true)
         }
         Command::Sample(args) => set_threads(args.threads).and_then(|_| sample::run(*args)).map(|_| true),
         Command::Compare(args) => {
@@ -287,11 +292,13 @@ fn main() -> ExitCode {
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench {
             what: BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads },
-        } => set_threads(threads)
-            .and_then(|n| {
-                train::bench(train::BenchArgs { model, optimizer, augment, batch_size, batches, warmup, threads: n })
+        } => with_ranks(|comm| {
+            set_threads(threads).and_then(|n| {
+                let args = train::BenchArgs { model, optimizer, augment, batch_size, batches, warmup, threads: n };
+                train::bench(args, comm)
             })
-            .map(|_| true),
+        })
+        .map(|_| true),
         Command::Bench { what: BenchCommand::Sweep { seeds, trials, epochs, out } } => {
             let parse = |args: Vec<String>| -> Result<(sweep::SweepArgs, clap::ArgMatches)> {
                 let m = Cli::command().try_get_matches_from(args)?;
@@ -330,6 +337,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// The number of processes `mpirun` (Open MPI, MPICH or a PMIx launcher) started this one among,
+/// from their environment; `None` when not started by one.
+fn launched_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"].iter().find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
+/// The processes started on this machine by `mpirun`, when it says so.
+fn local_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"].iter().find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
+/// Runs `f` on the ranks of this run: MPI's when started by `mpirun` (feature `mpi`), else this
+/// process alone. Under MPI an error on any rank is printed with its rank and ends every rank
+/// (MPI_Abort), so that none waits for it in a collective.
+fn with_ranks(f: impl FnOnce(&dyn descent_train::parallel::Communicator) -> Result<()>) -> Result<()> {
+    #[cfg(feature = "mpi")]
+    if launched_ranks().is_some() {
+        use descent_train::parallel::Communicator;
+        let comm = descent_train::parallel::MpiComm::init().context("initializing MPI")?;
+        if comm.size() > 1 {
+            comm.abort_on_panic();
+        }
+        let r = f(&comm);
+        if let (Err(e), true) = (&r, comm.size() > 1) {
+            eprintln!("error: rank {} of {}: {}", comm.rank(), comm.size(), user_message(e));
+            comm.abort(2);
+        }
+        return r;
+    }
+    if let Some(n) = launched_ranks().filter(|&n| n > 1) {
+        anyhow::bail!(
+            "started by mpirun as one of {n} processes, but this descent was built without MPI: build it with \
+             `cargo build --release --features mpi` (each process would otherwise train alone into the same folder)"
+        );
+    }
+    f(&descent_train::parallel::Local)
+}
+
 /// An error as the user reads it: its chain of causes on one line, without the backtrace that
 /// some libraries (candle) put into their messages when `RUST_BACKTRACE` is set; backtraces are
 /// for bugs, not for a wrong flag or file.
@@ -354,8 +399,11 @@ fn user_message(e: &anyhow::Error) -> String {
 /// elementwise work in a training step is small, and its idle workers spin for a while after every
 /// op, taking a core from the convolution and GEMM threads that follow (LeNet-5 at batch 128: about
 /// 15% faster with one).
+///
+/// Under mpirun the default is the machine's cores divided among the ranks started on it.
 fn set_threads(threads: Option<usize>) -> Result<usize> {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = threads.unwrap_or_else(|| (cores / local_ranks().unwrap_or(1).max(1)).max(1));
     if n == 0 || n > train::MAX_THREADS {
         anyhow::bail!("--threads {n}: must be between 1 and {}", train::MAX_THREADS);
     }

@@ -582,6 +582,7 @@ fn run_trial(
         on_eval: p.asha.then_some(on_eval),
         start: None,
         parent: Some(sweep_id.to_string()),
+        comm: None,
     };
     let r = train::execute(args, opts);
     let seconds = t0.elapsed().as_secs_f64();

@@ -12,14 +12,15 @@ use crate::runs::{json_line, EpochRow, EvalRow, GradNormRow, StepRow};
 use descent_train::augment::Affine;
 use descent_train::data::{Dataset, MNIST_MEAN, MNIST_STD};
 use descent_train::gpt::{Gpt, GptConfig};
-use descent_train::lm::{train_text, TextConfig};
+use descent_train::lm::{train_text_with, TextConfig};
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
+use descent_train::parallel::{Communicator, Local};
 use descent_train::resnet::{PlainCnn, ResNet};
 use descent_train::rng::Rng;
 use descent_train::text::CharCorpus;
 use descent_train::train::{
-    train_from_with, Control, Distillation, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule,
+    train_with, Control, Distillation, EpochEnd, EpochMetrics, EvalAt, EvalMetrics, Hooks, Loss, LrSchedule,
     SpecSchedule, StepMetrics, Stop, TrainConfig,
 };
 
@@ -66,8 +67,19 @@ pub struct TrainArgs {
     #[arg(long)]
     pub steps: Option<u64>,
     /// Batch size (default: 128 for lenet, resnet and plain, 12 windows for gpt, 32 otherwise).
+    /// With --accumulate K it is the micro-batch: a step takes K × --batch-size samples. Under
+    /// mpirun it is the global batch of all ranks together, each rank computing its share.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Gradient accumulation: each optimizer step averages the gradients of K micro-batches of
+    /// --batch-size samples (PyTorch's loss / K and backward per micro-batch, then one
+    /// optimizer.step()), so the effective batch is K × --batch-size: `--accumulate 4
+    /// --batch-size 32` trains as `--batch-size 128` (to float rounding) in a quarter of the
+    /// activation memory. Clipping sees the accumulated gradient; --steps, schedules and the
+    /// step rows count optimizer steps. Default 1.
+    #[arg(long, value_name = "K")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
@@ -379,6 +391,7 @@ impl TrainArgs {
                 .chain(SCHEDULE_KEYS)
                 .chain(PRUNE_KEYS)
                 .chain(AVERAGE_KEYS)
+                .chain(&["accumulate"])
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
@@ -548,9 +561,14 @@ pub struct BenchArgs {
     pub threads: usize,
 }
 
-/// `descent bench train`: samples/s of forward + backward + step and the share of each.
-pub fn bench(a: BenchArgs) -> Result<()> {
+/// `descent bench train`: samples/s of forward + backward + step and the share of each; under
+/// mpirun each step's batch is split across the ranks and the time of the gradient all-reduce
+/// is reported apart (rank 0 prints).
+pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.model == "gpt" {
+        if comm.size() > 1 {
+            bail!("bench train --model gpt runs on one process; under mpirun, benchmark the MNIST models");
+        }
         return bench_gpt(a);
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
@@ -571,10 +589,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
-    let t = descent_train::train::bench(model.as_ref(), &train_set, &cfg, a.warmup, a.batches)?;
+    let t = descent_train::train::bench_with(model.as_ref(), &train_set, &cfg, a.warmup, a.batches, comm)?;
+    if comm.rank() > 0 {
+        return Ok(());
+    }
+    let ranks = if comm.size() > 1 { format!("{} ranks × ", comm.size()) } else { String::new() };
+    let params: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
     println!(
-        "{} batch {} with {}{}, {} thread(s), {} batches after {} warm-up: {:.0} samples/s",
+        "{} ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) batch {} with {}{}, \
+         {ranks}{} thread(s), {} batches after {} warm-up: {:.0} samples/s",
         a.model,
+        4 * params,
         batch,
         optimizer,
         a.augment.as_deref().map(|s| format!(", augment {s}")).unwrap_or_default(),
@@ -583,12 +608,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         a.warmup,
         t.samples_per_s
     );
-    print_shares(&t, a.batches);
+    print_shares(&t, a.batches, comm.size() > 1);
     println!(
         "{}",
         serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
-            "threads": a.threads, "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
-            "backward_s": t.backward_s, "step_s": t.step_s})
+            "threads": a.threads, "ranks": comm.size(), "parameters": params, "samples_per_s": t.samples_per_s,
+            "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s,
+            "comm_s": t.comm_s})
     );
     Ok(())
 }
@@ -618,7 +644,7 @@ fn bench_gpt(a: BenchArgs) -> Result<()> {
         "gpt 4x4x128 block {block} batch {batch} with {}, {} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
         cfg.optimizer, a.threads, a.batches, a.warmup, tokens
     );
-    print_shares(&t, a.batches);
+    print_shares(&t, a.batches, false);
     println!(
         "{}",
         serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
@@ -628,11 +654,21 @@ fn bench_gpt(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The share of each phase of a benchmark, and the time per batch.
-fn print_shares(t: &descent_train::train::BenchTimes, batches: usize) {
-    let total = t.data_s + t.forward_s + t.backward_s + t.step_s;
+/// The share of each phase of a benchmark (communication too, under mpirun), and the time per
+/// batch.
+fn print_shares(t: &descent_train::train::BenchTimes, batches: usize, parallel: bool) {
+    let total = t.data_s + t.forward_s + t.backward_s + t.step_s + t.comm_s;
+    let comm_part = if parallel {
+        format!(
+            "  communication {:.1}% ({:.3} ms per step)",
+            100.0 * t.comm_s / total,
+            1e3 * t.comm_s / batches.max(1) as f64
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  batch assembly {:.1}%  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%  ({:.2} ms per batch)",
+        "  batch assembly {:.1}%  forward {:.1}%  backward {:.1}%  optimizer step {:.1}%{comm_part}  ({:.2} ms per batch)",
         100.0 * t.data_s / total,
         100.0 * t.forward_s / total,
         100.0 * t.backward_s / total,
@@ -684,6 +720,8 @@ pub fn defaults(model: &str) -> (f64, usize) {
 /// events when asked, and a checkpoint per epoch in the run folder.
 struct CliHooks<'a> {
     run_dir: &'a RunDir,
+    /// False on the ranks other than 0 of a data-parallel run: nothing shown, nothing written.
+    writer: bool,
     quiet: bool,
     on_eval: Option<OnEval<'a>>,
     bar: Option<indicatif::ProgressBar>,
@@ -709,6 +747,9 @@ struct TextRun {
 
 impl Hooks for &mut CliHooks<'_> {
     fn on_eval(&mut self, e: &EvalMetrics) -> descent_train::Result<Control> {
+        if !self.writer {
+            return Ok(Control::Continue);
+        }
         let row = EvalRow { epoch: e.epoch, step: e.step, test_loss: e.test_loss, test_accuracy: e.test_accuracy };
         let path = self.run_dir.dir.join(folder::run::EVALS_JSONL);
         folder::append(&path, &json_line(&row), false)
@@ -720,6 +761,9 @@ impl Hooks for &mut CliHooks<'_> {
     }
 
     fn on_step(&mut self, s: &StepMetrics) -> Control {
+        if !self.writer {
+            return Control::Continue;
+        }
         // The rate the step used, as the optimizer holds it (its base rate times the multiplier
         // when it holds none, e.g. torch Rprop).
         let lr = s.lr.unwrap_or(self.run_dir.base_lr * s.lr_scale);
@@ -770,6 +814,9 @@ impl Hooks for &mut CliHooks<'_> {
     }
 
     fn on_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> descent_train::Result<()> {
+        if !self.writer {
+            return Ok(());
+        }
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -956,6 +1003,9 @@ pub struct RunOptions<'a> {
     /// Weights to start from instead of the initialization, and pruning masks to keep (the
     /// fine-tuning of `descent prune`).
     pub start: Option<StartFrom>,
+    /// The ranks of a data-parallel run (`mpirun`); one process when `None`. Rank 0 alone writes
+    /// the run folder and reports.
+    pub comm: Option<&'a dyn Communicator>,
 }
 
 /// Where a run starts: trained weights and buffers, and the masks that keep pruned weights zero.
@@ -979,8 +1029,11 @@ pub struct RunOutcome {
     pub nothing_to_do: Option<String>,
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    let out = execute(a, RunOptions::default())?;
+pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
+    let out = execute(a, RunOptions { comm: Some(comm), ..Default::default() })?;
+    if comm.rank() > 0 {
+        return Ok(());
+    }
     if let Some(why) = &out.nothing_to_do {
         println!("{why}");
         return Ok(());
@@ -1060,6 +1113,9 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     }
     if a.batch_size == Some(0) {
         bail!("--batch-size 0: a batch needs at least one sample");
+    }
+    if a.accumulate == Some(0) {
+        bail!("--accumulate 0: a step needs at least one micro-batch");
     }
     if let Some(t) = a.threads {
         if t == 0 || t > MAX_THREADS {
@@ -1224,6 +1280,7 @@ fn check_closure_flags(a: &TrainArgs) -> Result<()> {
         ("--clip-norm", a.clip_norm.is_some_and(|c| c != 0.0), "its gradients are not clipped"),
         ("--clip-value", a.clip_value.is_some(), "its gradients are not clipped"),
         ("--group", !a.groups.is_empty(), "it takes one set of arguments for all parameters"),
+        ("--accumulate", a.accumulate.is_some_and(|k| k > 1), "it evaluates its objective on one batch"),
     ];
     if let Some((flag, _, why)) = given.iter().find(|(_, on, _)| *on) {
         bail!("{flag}: `{name}` evaluates the objective itself (a closure-driven optimizer); {why}");
@@ -1419,7 +1476,7 @@ fn check_model_settings(model: &dyn Model, cfg: &TrainConfig) -> Result<()> {
 /// must cover the run, as torch refuses to step it further.
 fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
-    let per_epoch = train_len.div_ceil(cfg.batch_size.max(1)) as u64;
+    let per_epoch = train_len.div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
     let (n, unit) = if s.per_epoch {
         (cfg.epochs as u64, "epochs (--schedule-interval epoch)")
     } else {
@@ -1593,6 +1650,7 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
                 Affine::parse(spec, fill)
             })
             .transpose()?,
+        accumulate: a.accumulate.unwrap_or(1),
         ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }
@@ -1741,6 +1799,34 @@ pub(crate) fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharC
     Ok(())
 }
 
+/// Rank 0's settings, checkpoint file (when resuming) and reason to do nothing (a resumed run
+/// already at its end) on every rank of a data-parallel run; the other ranks' arguments are
+/// ignored.
+fn share_settings(
+    comm: &dyn Communicator,
+    a: &TrainArgs,
+    checkpoint: Option<Vec<u8>>,
+    nothing: Option<&str>,
+) -> Result<(TrainArgs, Option<Checkpoint>, Option<String>)> {
+    if comm.size() == 1 {
+        let ck = checkpoint.map(|b| Checkpoint::from_bytes(std::path::Path::new("checkpoint"), &b)).transpose()?;
+        return Ok((a.clone(), ck, nothing.map(str::to_string)));
+    }
+    let mut head = serde_json::to_vec(&serde_json::json!({"args": a, "nothing": nothing}))?;
+    comm.broadcast_bytes(&mut head, 0)?;
+    let head: serde_json::Value = serde_json::from_slice(&head).context("rank 0's settings")?;
+    let args = settings_from_value(head["args"].clone(), "rank 0's settings")?;
+    let nothing = head["nothing"].as_str().map(str::to_string);
+    let mut bytes = checkpoint.unwrap_or_default();
+    comm.broadcast_bytes(&mut bytes, 0)?;
+    let ck = if bytes.is_empty() {
+        None
+    } else {
+        Some(Checkpoint::from_bytes(std::path::Path::new("rank 0's checkpoint"), &bytes)?)
+    };
+    Ok((args, ck, nothing))
+}
+
 /// Trains one run into its folder (new, or resumed from its checkpoint).
 pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     // The settings: the flags, or the run folder's config when resuming. Nothing is written
@@ -1748,82 +1834,115 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     enum Folder {
         New(PathBuf),
         Resume(folder::Claimed, Box<Checkpoint>),
+        /// A rank other than 0 of a data-parallel run: rank 0's settings and checkpoint, no folder.
+        Follower(Option<Box<Checkpoint>>),
     }
+    let comm: &dyn Communicator = opts.comm.unwrap_or(&Local);
     let cli = a;
-    let (mut a, target) = match &cli.resume {
-        Some(dir) => {
-            if let Ok(info) = descent_train::compress::CompressInfo::read(dir) {
-                if info.kind == "int8" {
-                    bail!(
-                        "--resume {}: the folder holds an int8-quantized model (descent quantize), which cannot be trained; fine-tune the f32 run {} instead",
-                        dir.display(),
-                        info.source.display()
-                    );
+    let (mut a, mut target) = if comm.rank() > 0 {
+        (cli.clone(), Folder::Follower(None))
+    } else {
+        match &cli.resume {
+            Some(dir) => {
+                if let Ok(info) = descent_train::compress::CompressInfo::read(dir) {
+                    if info.kind == "int8" {
+                        bail!(
+                            "--resume {}: the folder holds an int8-quantized model (descent quantize), which cannot be trained; fine-tune the f32 run {} instead",
+                            dir.display(),
+                            info.source.display()
+                        );
+                    }
                 }
-            }
-            let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
-            let cfg_path = dir.join(folder::run::CONFIG_JSON);
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-            let cfg: TrainArgs =
-                serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
-            let ck_path = dir.join(folder::run::CHECKPOINT);
-            if !ck_path.exists() {
-                bail!(
+                let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
+                let cfg_path = dir.join(folder::run::CONFIG_JSON);
+                let text =
+                    std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+                let cfg: TrainArgs =
+                    serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
+                let ck_path = dir.join(folder::run::CHECKPOINT);
+                if !ck_path.exists() {
+                    bail!(
                     "{}: no checkpoint: the run stopped before the end of its first epoch; start it again with --out {} --force",
                     dir.display(),
                     dir.display()
                 );
-            }
-            let ck = Checkpoint::load(&ck_path)?;
-            if ck.run_id != claimed.marker.id {
-                bail!(
+                }
+                let ck = Checkpoint::load(&ck_path)?;
+                if ck.run_id != claimed.marker.id {
+                    bail!(
                     "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
                     ck_path.display(),
                     if ck.run_id.is_empty() { "none" } else { &ck.run_id },
                     claimed.marker.id
                 );
-            }
-            if ck.config_hash != config_hash(&cfg)? {
-                bail!(
+                }
+                if ck.config_hash != config_hash(&cfg)? {
+                    bail!(
                     "{}: config.json was changed after the checkpoint was written; a run resumes only with the settings it ran with",
                     dir.display()
                 );
-            }
-            match resume_settings(&cli, dir, cfg, &ck, &claimed.marker)? {
-                Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
-                Err(why) => {
-                    return Ok(RunOutcome {
-                        dir: dir.clone(),
-                        args: cli,
-                        history: vec![],
-                        stop: Stop::Epochs,
-                        state_bytes: 0,
-                        first_values: vec![],
-                        nothing_to_do: Some(why),
-                    })
+                }
+                match resume_settings(&cli, dir, cfg, &ck, &claimed.marker)? {
+                    Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
+                    Err(why) => {
+                        share_settings(comm, &cli, None, Some(&why))?;
+                        return Ok(RunOutcome {
+                            dir: dir.clone(),
+                            args: cli,
+                            history: vec![],
+                            stop: Stop::Epochs,
+                            state_bytes: 0,
+                            first_values: vec![],
+                            nothing_to_do: Some(why),
+                        });
+                    }
                 }
             }
-        }
-        None => {
-            let mut cli = cli.clone();
-            unify_lr(&mut cli)?;
-            resolve_defaults(&mut cli)?;
-            check_numbers(&cli)?;
-            // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k].
-            let dir = match &cli.out {
-                Some(d) => d.clone(),
-                None => {
-                    let base = format!("{}-{}-seed{}", cli.model, cli.optimizer().replace('/', "_"), cli.seed);
-                    (1..)
-                        .map(|k| PathBuf::from("runs").join(if k == 1 { base.clone() } else { format!("{base}-{k}") }))
-                        .find(|d| !d.exists())
-                        .expect("some name is free")
-                }
-            };
-            folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
-            (cli, Folder::New(dir))
+            None => {
+                let mut cli = cli.clone();
+                unify_lr(&mut cli)?;
+                resolve_defaults(&mut cli)?;
+                check_numbers(&cli)?;
+                // Without --out, the first free runs/MODEL-OPTIMIZER-seedSEED[-k].
+                let dir = match &cli.out {
+                    Some(d) => d.clone(),
+                    None => {
+                        let base = format!("{}-{}-seed{}", cli.model, cli.optimizer().replace('/', "_"), cli.seed);
+                        (1..)
+                            .map(|k| {
+                                PathBuf::from("runs").join(if k == 1 { base.clone() } else { format!("{base}-{k}") })
+                            })
+                            .find(|d| !d.exists())
+                            .expect("some name is free")
+                    }
+                };
+                folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
+                (cli, Folder::New(dir))
+            }
         }
     };
+    if comm.size() > 1 {
+        // Every rank runs rank 0's settings, from rank 0's checkpoint when resuming.
+        let ck = match &target {
+            Folder::Resume(c, _) => Some(std::fs::read(c.dir.join(folder::run::CHECKPOINT))?),
+            _ => None,
+        };
+        let (settings, ck, nothing) = share_settings(comm, &a, ck, None)?;
+        if let Some(why) = nothing {
+            return Ok(RunOutcome {
+                dir: PathBuf::new(),
+                args: settings,
+                history: vec![],
+                stop: Stop::Epochs,
+                state_bytes: 0,
+                first_values: vec![],
+                nothing_to_do: Some(why),
+            });
+        }
+        if comm.rank() > 0 {
+            (a, target) = (settings, Folder::Follower(ck.map(Box::new)));
+        }
+    }
     let default_batch = defaults(&a.model).1;
     a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
     a.batch_size = a.batch_size.or(Some(default_batch));
@@ -1887,31 +2006,39 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
         check_text_checkpoint(ck, model, corpus)?;
     }
-    // Everything is valid: now the run folder.
+    // Everything is valid: now the run folder (rank 0's alone).
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
         Folder::New(dir) => {
-            (folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?, None)
+            (Some(folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?), None)
         }
-        Folder::Resume(c, ck) => (c, Some(*ck)),
+        Folder::Resume(c, ck) => (Some(c), Some(*ck)),
+        Folder::Follower(ck) => (None, ck.map(|c| *c)),
     };
+    let writer = claimed.is_some();
     let run_dir = RunDir {
-        dir: claimed.dir.clone(),
+        dir: claimed.as_ref().map(|c| c.dir.clone()).unwrap_or_default(),
         base_lr: a.lr.unwrap_or(f64::NAN),
-        id: claimed.marker.id.clone(),
+        id: claimed.as_ref().map(|c| c.marker.id.clone()).unwrap_or_default(),
         config_hash: hash,
     };
-    if let Some(ck) = &resume {
-        run_dir.truncate_after(ck.epoch, ck.steps)?;
+    if writer {
+        if let Some(ck) = &resume {
+            run_dir.truncate_after(ck.epoch, ck.steps)?;
+        }
+        folder::write_atomic(
+            &run_dir.dir.join(folder::run::CONFIG_JSON),
+            serde_json::to_string_pretty(&a)?.as_bytes(),
+        )?;
+        folder::write_atomic(
+            &run_dir.dir.join(folder::run::CONFIG_TOML),
+            toml::to_string(&a).context("config as TOML")?.as_bytes(),
+        )?;
+        run_dir.start_csvs()?;
     }
-    folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_JSON), serde_json::to_string_pretty(&a)?.as_bytes())?;
-    folder::write_atomic(
-        &run_dir.dir.join(folder::run::CONFIG_TOML),
-        toml::to_string(&a).context("config as TOML")?.as_bytes(),
-    )?;
-    run_dir.start_csvs()?;
+    let quiet = opts.quiet || !writer;
     let say = |m: String| {
-        if !opts.quiet {
+        if !quiet {
             println!("{m}")
         }
     };
@@ -1941,6 +2068,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             epochs
         )),
     }
+    if let Some(k) = a.accumulate.filter(|&k| k > 1) {
+        say(format!("accumulating {k} micro-batches of {batch_size} per step: {} samples per step", k * batch_size));
+    }
+    if comm.size() > 1 {
+        say(format!(
+            "data-parallel on {} ranks: each step's batch split across them, gradients all-reduced",
+            comm.size()
+        ));
+    }
     if let Some(ck) = &resume {
         match &job {
             Job::Text { .. } => say(format!("resuming {} after step {}", run_dir.dir.display(), ck.steps)),
@@ -1952,14 +2088,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             )),
         }
     }
-    let tensorboard = if a.tensorboard {
+    let tensorboard = if a.tensorboard && writer {
         Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
     } else {
         None
     };
     let mut hooks = CliHooks {
         run_dir: &run_dir,
-        quiet: opts.quiet,
+        writer,
+        quiet,
         on_eval: opts.on_eval,
         bar: None,
         loss_sum: 0.0,
@@ -1980,7 +2117,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     };
     let (history, stop) = match &job {
         Job::Text { model, corpus, cfg, text } => {
-            train_text(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks)?
+            train_text_with(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks, comm)?
         }
         Job::Images { model, train_set, test_set, cfg, teachers } => {
             let distill = a.distill.as_ref().map(|d| Distillation {
@@ -1988,7 +2125,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 alpha: d.alpha,
                 temperature: d.temperature,
             });
-            train_from_with(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), distill.as_ref(), &mut hooks)?
+            train_with(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), distill.as_ref(), &mut hooks, comm)?
         }
     };
     let ended = match stop {
@@ -1998,7 +2135,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         Stop::Requested { step } => Some(format!("stopped at step {step}")),
         Stop::Steps | Stop::Epochs => None,
     };
-    if ended.is_some() {
+    if let (Some(_), Some(claimed)) = (&ended, &claimed) {
         let mut marker = claimed.marker.clone();
         marker.ended = ended;
         marker.write(&run_dir.dir)?;

@@ -132,3 +132,35 @@ fn a_toml_config_under_command_line_flags() {
     assert!(!ok && text.contains("unknown setting `lrr`") && text.contains("lr"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--accumulate 4 --batch-size 32` trains as `--batch-size 128`: the same step losses to float
+/// rounding, and the same number of steps; --help says --batch-size is then the micro-batch.
+#[test]
+fn accumulated_micro_batches_train_as_one_larger_batch() {
+    let (a, b) = (out("acc-128"), out("acc-4x32"));
+    let base = ["train", "--model", "mlp", "--dropout", "0", "--steps", "20", "--threads", "2"];
+    let text = common::run_ok(&[&base[..], &["--batch-size", "128", "--out", &a]].concat());
+    assert!(!text.contains("accumulating"), "{text}");
+    let text = common::run_ok(&[&base[..], &["--batch-size", "32", "--accumulate", "4", "--out", &b]].concat());
+    assert!(text.contains("accumulating 4 micro-batches of 32 per step: 128 samples per step"), "{text}");
+    let losses = |d: &str| -> Vec<f64> {
+        common::csv_rows(&std::path::Path::new(d).join("steps.csv")).iter().map(|r| r[2].parse().unwrap()).collect()
+    };
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 20);
+    let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    println!("batch 128 against 4 × 32: step losses differ by {worst:.2e} at most over 20 steps");
+    assert!(worst < 1e-5, "{la:?} vs {lb:?}");
+    assert!(std::fs::read_to_string(std::path::Path::new(&b).join("config.json"))
+        .unwrap()
+        .contains("\"accumulate\": 4"));
+    let help = common::run_ok(&["train", "--help"]);
+    assert!(help.contains("--accumulate <K>") && help.contains("micro-batch"), "{help}");
+    let e = common::run_err(&["train", "--model", "mlp", "--accumulate", "0"]);
+    assert!(e.contains("--accumulate 0"), "{e}");
+    let e = common::run_err(&["train", "--model", "mlp", "--optimizer", "lbfgs", "--accumulate", "2"]);
+    assert!(e.contains("--accumulate"), "{e}");
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

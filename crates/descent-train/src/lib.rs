@@ -29,6 +29,7 @@ pub mod mnist;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod parallel;
 pub mod prune;
 pub mod quant;
 pub mod resnet;

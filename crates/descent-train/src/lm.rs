@@ -17,11 +17,12 @@ use crate::dataset::{BatchSource, RandomSampler, TokenWindows};
 use crate::error::{Error, Result};
 use crate::gpt::Gpt;
 use crate::model::{Mode, Model};
+use crate::parallel::{any, broadcast_u64, share, Communicator, Local};
 use crate::rng::Rng;
 use crate::text::{CharCorpus, TextSplit};
 use crate::train::{
     closure_step, optimizer_for, param_grad_norms_of, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks,
-    LrSchedule, StepMetrics, Stop, TrainConfig,
+    LrSchedule, Parallel, StepMetrics, Stop, TrainConfig,
 };
 
 /// What a language-model run needs besides the optimizer settings of [`TrainConfig`].
@@ -184,10 +185,29 @@ pub fn train_text(
     cfg: &TrainConfig,
     text: &TextConfig,
     resume: Option<&Checkpoint>,
+    hooks: impl Hooks,
+) -> Result<(Vec<EpochMetrics>, Stop)> {
+    train_text_with(model, corpus, cfg, text, resume, hooks, &Local)
+}
+
+/// [`train_text`] on the ranks of `comm` (data parallelism, see
+/// [`crate::train::train_with`]): each step draws `batch_size × accumulate` windows from rank 0's
+/// generator on every rank, cuts them into micro-batches of `batch_size` windows and splits each
+/// across the ranks; gradients are summed in one all-reduce and every rank takes the same step.
+/// Every rank computes the loss estimates (the same numbers, from the same weights).
+pub fn train_text_with(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    cfg: &TrainConfig,
+    text: &TextConfig,
+    resume: Option<&Checkpoint>,
     mut hooks: impl Hooks,
+    comm: &dyn Communicator,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
     let total = check(corpus, cfg, text)?;
     let mut opt = optimizer_for(model, cfg)?;
+    let mut par = Parallel::new(comm, cfg, &opt)?;
+    let global = cfg.batch_size * cfg.accumulate;
     let mut rng = train_rng(cfg.seed);
     let (mut steps, mut evals) = (0u64, 0usize);
     let mut history = vec![];
@@ -204,8 +224,10 @@ pub fn train_text(
             if steps >= total {
                 return Ok((vec![], Stop::Steps));
             }
+            par.broadcast_weights(model, &opt)?;
         }
         None => {
+            par.broadcast_weights(model, &opt)?;
             // nanoGPT's estimate at step 0: where training starts from.
             let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
             let first = cfg.schedule.multiplier(0, total, 1);
@@ -245,7 +267,7 @@ pub fn train_text(
     let (mut seconds, mut seen) = (0.0f64, 0usize);
     let block = text.block_size;
     let windows = TokenWindows::new(corpus.split(TextSplit::Train), block)?;
-    let sampler = RandomSampler { n: windows.len(), batch_size: cfg.batch_size };
+    let sampler = RandomSampler { n: windows.len(), batch_size: global };
     while steps < total {
         let period = evals + 1;
         let m = cfg.schedule.multiplier(steps, total, period);
@@ -253,9 +275,30 @@ pub fn train_text(
             opt.set_lr_scale(m)?;
         }
         let t0 = Instant::now();
+        if comm.size() > 1 {
+            // Every rank draws rank 0's windows (rank 0's generator also drew its dropout).
+            rng = Rng::new(broadcast_u64(comm, rng.state(), 0)?);
+        }
         let (x, y) = windows.batch(&sampler.draw(&mut rng))?;
         let lr = opt.learning_rate();
-        let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
+        let (l, grad_norm, param_grad_norms) = if par.active(cfg) {
+            let mut parts = vec![];
+            for start in (0..global).step_by(cfg.batch_size) {
+                let micro = cfg.batch_size.min(global - start);
+                let mine = share(micro, comm.rank(), comm.size());
+                if !mine.is_empty() {
+                    let at = start + mine.start;
+                    parts.push((
+                        x.narrow(0, at, mine.len())?,
+                        y.narrow(0, at, mine.len())?,
+                        mine.len() as f32 / global as f32,
+                    ));
+                }
+            }
+            let of = |out: &candle_core::Tensor, y: &candle_core::Tensor| lm_loss(out, y);
+            let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
+            (s.loss, s.grad_norm, s.param_grad_norms)
+        } else if opt.closure_optimizer().is_some() {
             let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
             let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
             (s.loss, s.grad_norm, s.param_grad_norms)
@@ -274,20 +317,20 @@ pub fn train_text(
         };
         steps += 1;
         seconds += t0.elapsed().as_secs_f64();
-        seen += cfg.batch_size;
+        seen += global;
         let control = hooks.on_step(&StepMetrics {
             epoch: period,
             batch: (steps - 1 - start) as usize,
             batches: (next - start) as usize,
             step: steps,
-            samples: cfg.batch_size,
+            samples: global,
             loss: l,
             lr_scale: m,
             lr,
             grad_norm,
             param_grad_norms,
         });
-        if control == Control::Stop {
+        if any(comm, control == Control::Stop)? {
             return Ok((history, Stop::Requested { step: steps }));
         }
         if steps == next {
@@ -374,5 +417,6 @@ pub fn bench(
         forward_s: f,
         backward_s: b,
         step_s: s,
+        comm_s: 0.0,
     })
 }

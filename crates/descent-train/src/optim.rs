@@ -937,6 +937,105 @@ impl VarOptimizer {
         Ok(sum.sqrt())
     }
 
+    /// The number of parameter values: the length of the flat parameter space (every variable
+    /// end to end in optimizer order) of [`VarOptimizer::accumulate_grads`] and
+    /// [`VarOptimizer::step_flat`].
+    pub fn flat_len(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Adds `scale` times the variables' gradients of a backward pass to `flat` (the flat
+    /// parameter space; a variable without gradient adds nothing): gradient accumulation over
+    /// micro-batches, each weighted by its share of the step's samples.
+    pub fn accumulate_grads(&self, grads: &GradStore, scale: f32, flat: &mut [f32]) -> Result<()> {
+        if flat.len() < self.flat_len() {
+            return Err(Error::Param(format!(
+                "{} flat gradients for {} parameter values",
+                flat.len(),
+                self.flat_len()
+            )));
+        }
+        let mut at = 0;
+        for (n, v) in self.names.iter().zip(&self.vars) {
+            let len = v.elem_count();
+            if let Some(g) = grads.get(v.as_tensor()) {
+                if g.dims() != v.dims() {
+                    return Err(Error::Param(format!(
+                        "gradient of `{n}` has shape {:?}, parameter {:?}",
+                        g.dims(),
+                        v.dims()
+                    )));
+                }
+                let g = g.contiguous()?;
+                let (storage, layout) = g.storage_and_layout();
+                let src = storage_f32s(&storage, layout, n)?;
+                for (d, s) in flat[at..at + len].iter_mut().zip(src) {
+                    *d += scale * s;
+                }
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// One step from gradients in the flat parameter space ([`VarOptimizer::step`] otherwise):
+    /// the accumulated, all-reduced gradients of a data-parallel step. Values past
+    /// [`VarOptimizer::flat_len`] are ignored.
+    pub fn step_flat(&mut self, flat: &[f32]) -> Result<bool> {
+        if let Engine::Closure(c) = &self.opt {
+            return Err(Error::Param(format!(
+                "`{}` evaluates the objective itself: step it with VarOptimizer::step_closure, not gradients",
+                c.name
+            )));
+        }
+        if flat.len() < self.flat_len() {
+            return Err(Error::Param(format!(
+                "{} flat gradients for {} parameter values",
+                flat.len(),
+                self.flat_len()
+            )));
+        }
+        self.apply_schedule()?;
+        if self.vars.is_empty() {
+            return Ok(true);
+        }
+        let mut gs = Vec::with_capacity(self.vars.len());
+        let mut at = 0;
+        for v in &self.vars {
+            let len = v.elem_count();
+            gs.push(Tensor::from_slice(&flat[at..at + len], v.dims(), v.device())?);
+            at += len;
+        }
+        let Engine::Gradient(opt) = &mut self.opt else { unreachable!("closure optimizers returned above") };
+        Self::step_grads(&self.vars, &self.names, opt, gs)
+    }
+
+    /// The variables' values, end to end in optimizer order (the flat parameter space).
+    pub fn read_flat(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.flat_len()];
+        let mut at = 0;
+        for (v, n) in self.vars.iter().zip(&self.names) {
+            let len = v.elem_count();
+            read_values(v, n, &mut out[at..at + len])?;
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// Writes values in the flat parameter space into the variables, in place.
+    pub fn write_flat(&self, values: &[f32]) -> Result<()> {
+        if values.len() != self.flat_len() {
+            return Err(Error::Param(format!("{} values for {} parameter values", values.len(), self.flat_len())));
+        }
+        let mut at = 0;
+        for (v, n) in self.vars.iter().zip(&self.names) {
+            let len = v.elem_count();
+            v.as_tensor().inplace_op1(&WriteValues { values: &values[at..at + len], name: n })?;
+            at += len;
+        }
+        Ok(())
+    }
+
     /// `loss.backward()` then [`VarOptimizer::step`].
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<bool> {
         let grads = loss.backward()?;

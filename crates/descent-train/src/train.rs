@@ -14,6 +14,7 @@ use crate::dataset::{BatchSource, EpochSampler};
 use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
 use crate::optim::{OptimizerConfig, VarOptimizer};
+use crate::parallel::{any, broadcast_u64, share, Communicator, Local};
 use crate::rng::Rng;
 
 /// The loss a workload trains on.
@@ -38,8 +39,16 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimizer steps (within an epoch too).
     pub max_steps: Option<u64>,
-    /// Samples per optimizer step.
+    /// Samples per micro-batch: a step takes `accumulate` of them (its global batch has
+    /// `batch_size × accumulate` samples), split across the ranks of a data-parallel run.
     pub batch_size: usize,
+    /// Gradient accumulation (PyTorch's `loss / K; loss.backward()` over K micro-batches, then
+    /// one `optimizer.step()`): each optimizer step averages the gradients of this many
+    /// micro-batches of `batch_size`, each weighted by its share of the step's samples (1/K when
+    /// they are full), so a step equals one on a batch of `batch_size × accumulate` up to float
+    /// rounding. Clipping sees the accumulated gradient; schedules and `max_steps` count
+    /// optimizer steps. 1: no accumulation.
+    pub accumulate: usize,
     /// Seed of the initialization, the batch order and dropout.
     pub seed: u64,
     /// The loss minimized.
@@ -93,6 +102,7 @@ impl TrainConfig {
             epochs,
             max_steps: None,
             batch_size,
+            accumulate: 1,
             seed: 0,
             loss,
             clip_norm: None,
@@ -557,11 +567,22 @@ fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// Loss and accuracy over a whole dataset, in batches of 1000, without dropout.
 pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
+    evaluate_with(model, data, loss, &Local)
+}
+
+/// [`evaluate`] shared by the ranks of a data-parallel run: each evaluates its share of the
+/// batches of 1000, and the sums are all-reduced, so every rank gets the same numbers.
+pub fn evaluate_with(
+    model: &dyn Model,
+    data: &Dataset,
+    loss: Loss,
+    comm: &dyn Communicator,
+) -> Result<(f64, Option<f64>)> {
     let (mut total, mut right) = (0.0f64, 0usize);
     let mut rng = Rng::new(0);
     let n = data.len();
-    let mut start = 0;
-    while start < n {
+    for k in share(n.div_ceil(1000), comm.rank(), comm.size()) {
+        let start = k * 1000;
         let len = 1000.min(n - start);
         let (x, y) = data.range(start, len)?;
         let out = model.forward(&x, Mode::Eval, &mut rng)?;
@@ -569,10 +590,142 @@ pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, O
         if loss == Loss::CrossEntropy {
             right += correct(&out, &y)?;
         }
-        start += len;
+    }
+    if comm.size() > 1 {
+        let mut sums = [total, right as f64];
+        comm.all_reduce_sum_f64(&mut sums)?;
+        (total, right) = (sums[0], sums[1] as usize);
     }
     let acc = (loss == Loss::CrossEntropy).then(|| right as f64 / n as f64);
     Ok((total / n as f64, acc))
+}
+
+/// What an accumulating or data-parallel run carries from step to step: the ranks, the flat
+/// gradient buffer and, on ranks other than 0, their own dropout generator.
+pub(crate) struct Parallel<'a> {
+    pub comm: &'a dyn Communicator,
+    /// The step's gradients in the flat parameter space, then its weighted loss.
+    flat: Vec<f32>,
+    /// Ranks other than 0 draw dropout from a generator of their own, seeded from the run's seed
+    /// and the rank; rank 0 draws from the run's generator, which checkpoints hold (a run on one
+    /// rank is the single-process run).
+    own_rng: Option<Rng>,
+}
+
+/// Mixed with the rank into the seed of a rank's own dropout generator.
+const RANK_SALT: u64 = 0x7261_6e6b_2d64_726f;
+
+impl<'a> Parallel<'a> {
+    /// For a run of `cfg` on the ranks of `comm`; refuses what a data-parallel or accumulating
+    /// run cannot do.
+    pub fn new(comm: &'a dyn Communicator, cfg: &TrainConfig, opt: &VarOptimizer) -> Result<Self> {
+        if cfg.accumulate == 0 {
+            return Err(Error::Param("accumulate must be at least 1 micro-batch per step".into()));
+        }
+        if let (Some(name), true) = (opt.closure_optimizer(), cfg.accumulate > 1 || comm.size() > 1) {
+            return Err(Error::Param(format!(
+                "`{name}` evaluates the objective itself (a closure-driven optimizer) on one batch: gradient \
+                 accumulation and data-parallel runs step gradient optimizers"
+            )));
+        }
+        let own_rng = (comm.rank() > 0)
+            .then(|| Rng::new(Rng::new(cfg.seed ^ RANK_SALT ^ (comm.rank() as u64).rotate_left(17)).next_u64()));
+        Ok(Parallel { comm, flat: vec![], own_rng })
+    }
+
+    /// True when steps go through the flat gradient buffer (accumulation, or several ranks).
+    pub fn active(&self, cfg: &TrainConfig) -> bool {
+        cfg.accumulate > 1 || self.comm.size() > 1
+    }
+
+    /// Gives every rank rank 0's weights and buffers (a run starts from identical weights).
+    pub fn broadcast_weights(&self, model: &dyn Model, opt: &VarOptimizer) -> Result<()> {
+        if self.comm.size() == 1 {
+            return Ok(());
+        }
+        let mut w = opt.read_flat()?;
+        self.comm.broadcast_f32(&mut w, 0)?;
+        opt.write_flat(&w)?;
+        self.broadcast_buffers(model)
+    }
+
+    /// Rank 0's model buffers (batch norm's running statistics) on every rank, as PyTorch's
+    /// `DistributedDataParallel` broadcasts them by default.
+    fn broadcast_buffers(&self, model: &dyn Model) -> Result<()> {
+        if self.comm.size() == 1 {
+            return Ok(());
+        }
+        for (_, v) in model.named_buffers() {
+            let mut b = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            self.comm.broadcast_f32(&mut b, 0)?;
+            v.set(&Tensor::from_vec(b, v.dims(), v.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on this rank's parts `(x, y, weight)` of the step's micro-batches (the
+    /// weight of each its samples over the step's global batch): forward and backward of each,
+    /// gradients accumulated weighted into the flat buffer with the weighted loss, one
+    /// all-reduce of buffer and loss over the ranks, and the optimizer's step on the sum (the
+    /// gradient of the global batch's mean loss). A non-finite loss on any rank stops every rank
+    /// before the weights move. Returns the global batch's loss, the gradient norm before
+    /// clipping and, with [`TrainConfig::log_grad_norms`], each parameter's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        model: &dyn Model,
+        opt: &mut VarOptimizer,
+        cfg: &TrainConfig,
+        parts: Vec<(Tensor, Tensor, f32)>,
+        rng: &mut Rng,
+        loss_of_output: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        step: u64,
+    ) -> Result<ClosureStep> {
+        let n = opt.flat_len();
+        self.flat.clear();
+        self.flat.resize(n + 1, 0.0);
+        let mut local = 0.0f32;
+        let dropout: &mut Rng = match self.own_rng.as_mut() {
+            Some(r) => r,
+            None => rng,
+        };
+        for (x, y, w) in parts {
+            let out = model.forward(&x, Mode::Train, dropout)?;
+            let loss = penalized(loss_of_output(&out, &y)?, model, cfg)?;
+            let l = loss.to_scalar::<f32>()?;
+            local += w * l;
+            if !l.is_finite() {
+                // Stops the run after the all-reduce, on every rank.
+                local = l;
+                break;
+            }
+            opt.accumulate_grads(&loss.backward()?, w, &mut self.flat)?;
+        }
+        self.flat[n] = local;
+        self.comm.all_reduce_sum(&mut self.flat)?;
+        let l = self.flat[n];
+        if !l.is_finite() {
+            return Err(Error::Param(format!("loss is {l} at step {step}: training stopped")));
+        }
+        let grads = &self.flat[..n];
+        let grad_norm = descent_core::transforms::sum_sq(grads).sqrt();
+        let param_grad_norms = if cfg.log_grad_norms {
+            let mut at = 0;
+            opt.vars()
+                .into_iter()
+                .map(|(name, v)| {
+                    let len = v.elem_count();
+                    at += len;
+                    (name, descent_core::transforms::sum_sq(&grads[at - len..at]).sqrt())
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        opt.step_flat(grads)?;
+        self.broadcast_buffers(model)?;
+        Ok(ClosureStep { loss: l, grad_norm, param_grad_norms })
+    }
 }
 
 /// Trains `model` on `train`, evaluating on `test` after each epoch; `on_epoch` sees each epoch's
@@ -664,7 +817,7 @@ pub fn train_from(
     resume: Option<&Checkpoint>,
     hooks: impl Hooks,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
-    train_from_with(model, train, test, cfg, resume, None, hooks)
+    train_with(model, train, test, cfg, resume, None, hooks, &Local)
 }
 
 /// Knowledge distillation (Hinton, Vinyals & Dean 2015): the student trains on
@@ -733,7 +886,6 @@ impl Distillation<'_> {
 
 /// [`train_from`], the student of a [`Distillation`] when given one (a classifier: its loss
 /// replaces the cross-entropy; evaluation stays on the labels).
-#[allow(clippy::too_many_arguments)]
 pub fn train_from_with(
     model: &dyn Model,
     train: &dyn BatchSource,
@@ -741,7 +893,30 @@ pub fn train_from_with(
     cfg: &TrainConfig,
     resume: Option<&Checkpoint>,
     distill: Option<&Distillation>,
+    hooks: impl Hooks,
+) -> Result<(Vec<EpochMetrics>, Stop)> {
+    train_with(model, train, test, cfg, resume, distill, hooks, &Local)
+}
+
+/// [`train_from`] on the ranks of `comm` (data parallelism; [`Local`] is one process). Every rank
+/// calls it with the same settings, data and checkpoint. Each step's global batch of
+/// `batch_size × accumulate` samples (the same seeded order on every rank) is cut into
+/// micro-batches of `batch_size`, each split across the ranks; the gradients are summed over
+/// micro-batches and ranks (one all-reduce per step), and every rank applies the same step to
+/// the same weights (rank 0's at the start). Evaluations are shared out and all-reduced, so every
+/// rank sees the same metrics and takes the same stop decisions; a stop asked for by a hook on
+/// any rank stops all. Only rank 0's hooks should write files. With a [`Distillation`], the
+/// model is its student (one process without accumulation only).
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    model: &dyn Model,
+    train: &dyn BatchSource,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    resume: Option<&Checkpoint>,
+    distill: Option<&Distillation>,
     mut hooks: impl Hooks,
+    comm: &dyn Communicator,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
     if let Some(d) = distill {
         d.check()?;
@@ -753,8 +928,15 @@ pub fn train_from_with(
         return Err(Error::Param("batch size must be at least 1".into()));
     }
     let mut opt = optimizer_for(model, cfg)?;
+    let mut par = Parallel::new(comm, cfg, &opt)?;
+    if distill.is_some() && par.active(cfg) {
+        return Err(Error::Param(
+            "distillation trains on one process without gradient accumulation (--accumulate 1, no mpirun)".into(),
+        ));
+    }
     let mut rng = Rng::new(cfg.seed);
-    let per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
+    let global = cfg.batch_size * cfg.accumulate;
+    let per_epoch = train.len().div_ceil(global) as u64;
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
     let mut plateau = match &cfg.schedule {
         &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
@@ -806,25 +988,26 @@ pub fn train_from_with(
     if let Some(p) = &cfg.pruner {
         p.apply(model)?;
     }
+    par.broadcast_weights(model, &opt)?;
     let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
-        let batches = train.len().div_ceil(cfg.batch_size);
+        let batches = train.len().div_ceil(global);
         // A resumed epoch draws its order again from the generator state at its start and goes on
         // at its batch; `rng` then holds the state after the batches done (dropout draws).
         let (order, epoch_rng, first_batch, mut sum, mut seen, seconds_before) = match progress.take() {
             Some(p) => {
-                if p.batch >= batches || p.samples != p.batch * cfg.batch_size {
+                if p.batch >= batches || p.samples != p.batch * global {
                     return Err(Error::Param(format!(
                         "the checkpoint was taken after batch {} ({} samples) of epoch {epoch}, which has {batches} \
-                         batches of {}: the training set or batch size is not the run's",
-                        p.batch, p.samples, cfg.batch_size
+                         batches of {global}: the training set or batch size is not the run's",
+                        p.batch, p.samples
                     )));
                 }
                 (
-                    EpochSampler::at_state(train.len(), cfg.batch_size, p.epoch_rng)?,
+                    EpochSampler::at_state(train.len(), global, p.epoch_rng)?,
                     p.epoch_rng,
                     p.batch,
                     p.loss_sum,
@@ -833,8 +1016,10 @@ pub fn train_from_with(
                 )
             }
             None => {
+                // Every rank draws rank 0's order (rank 0's generator also drew its dropout).
+                rng = Rng::new(broadcast_u64(comm, rng.state(), 0)?);
                 let epoch_rng = rng.state();
-                (EpochSampler::new(train.len(), cfg.batch_size, &mut rng)?, epoch_rng, 0, 0.0f64, 0usize, 0.0)
+                (EpochSampler::new(train.len(), global, &mut rng)?, epoch_rng, 0, 0.0f64, 0usize, 0.0)
             }
         };
         let mut done = first_batch;
@@ -852,23 +1037,55 @@ pub fn train_from_with(
             if cfg.schedule != LrSchedule::Constant || swalr.is_some() {
                 opt.set_lr_scale(m)?;
             }
-            let (x, y) = train.batch(idx)?;
-            let x = match &cfg.augment {
-                Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
-                None => x,
-            };
             let lr = opt.learning_rate();
-            let teacher = distill.map(|d| d.teacher_probabilities(&x)).transpose()?;
-            let of_output = |out: &Tensor| match (distill, &teacher) {
-                (Some(d), Some(p)) => d.loss(out, p, &y),
-                _ => loss_of(cfg.loss, out, &y),
+            // The step's batch on one process (augmented; the teachers' probabilities when
+            // distilling); under accumulation or data parallelism each part is made below.
+            let single = if par.active(cfg) {
+                None
+            } else {
+                let (x, y) = train.batch(idx)?;
+                let x = match &cfg.augment {
+                    Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * global)?,
+                    None => x,
+                };
+                let teacher = distill.map(|d| d.teacher_probabilities(&x)).transpose()?;
+                Some((x, y, teacher))
             };
-            let (l, grad_norm, param_grad_norms) = if opt.closure_optimizer().is_some() {
-                let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
+            let of_single = |out: &Tensor| -> Result<Tensor> {
+                let (_, y, teacher) = single.as_ref().expect("one process");
+                match (distill, teacher) {
+                    (Some(d), Some(p)) => d.loss(out, p, y),
+                    _ => loss_of(cfg.loss, out, y),
+                }
+            };
+            let (l, grad_norm, param_grad_norms) = if par.active(cfg) {
+                // This rank's part of each micro-batch, weighted by its share of the step.
+                let mut parts = vec![];
+                for (mi, micro) in idx.chunks(cfg.batch_size).enumerate() {
+                    let part = share(micro.len(), comm.rank(), comm.size());
+                    let position = bi * global + mi * cfg.batch_size + part.start;
+                    let mine = &micro[part];
+                    if !mine.is_empty() {
+                        let (x, y) = train.batch(mine)?;
+                        let x = match &cfg.augment {
+                            Some(a) => a.apply(&x, cfg.seed, epoch_rng, position)?,
+                            None => x,
+                        };
+                        parts.push((x, y, mine.len() as f32 / idx.len() as f32));
+                    }
+                }
+                let of = |out: &Tensor, y: &Tensor| loss_of(cfg.loss, out, y);
+                let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
+                (s.loss, s.grad_norm, s.param_grad_norms)
+            } else if opt.closure_optimizer().is_some() {
+                let (x, _, _) = single.as_ref().expect("one process");
+                let of_output = of_single;
+                let s = closure_step(model, &mut opt, cfg, x, &mut rng, &of_output, steps + 1)?;
                 (s.loss, s.grad_norm, s.param_grad_norms)
             } else {
-                let out = model.forward(&x, Mode::Train, &mut rng)?;
-                let loss = penalized(of_output(&out)?, model, cfg)?;
+                let (x, _, _) = single.as_ref().expect("one process");
+                let out = model.forward(x, Mode::Train, &mut rng)?;
+                let loss = penalized(of_single(&out)?, model, cfg)?;
                 let l = loss.to_scalar::<f32>()?;
                 if !l.is_finite() {
                     return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
@@ -901,14 +1118,16 @@ pub fn train_from_with(
             sum += l as f64 * idx.len() as f64;
             seen += idx.len();
             done = bi + 1;
-            if control == Control::Stop {
+            if any(comm, control == Control::Stop)? {
                 stop = Stop::Requested { step: steps };
                 break 'epochs;
             }
             let epoch_end = bi + 1 == batches || cfg.max_steps.is_some_and(|m| steps >= m);
             if cfg.eval_at.at(steps) && !epoch_end {
-                let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate(model, test, cfg.loss))?;
-                if hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })? == Control::Stop {
+                let (test_loss, test_accuracy) =
+                    opt.with_eval_weights(|| evaluate_with(model, test, cfg.loss, comm))?;
+                let control = hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })?;
+                if any(comm, control == Control::Stop)? {
                     stop = Stop::Requested { step: steps };
                     break 'epochs;
                 }
@@ -919,7 +1138,7 @@ pub fn train_from_with(
         // left to the end of the epoch as in a run never stopped.
         let cut =
             (done < batches).then_some(EpochProgress { batch: done, epoch_rng, loss_sum: sum, samples: seen, seconds });
-        let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate(model, test, cfg.loss))?;
+        let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate_with(model, test, cfg.loss, comm))?;
         if let (Some(p), None) = (plateau.as_mut(), &cut) {
             p.step(test_loss);
         }
@@ -1056,6 +1275,8 @@ pub struct BenchTimes {
     pub backward_s: f64,
     /// The optimizer step.
     pub step_s: f64,
+    /// Summing the gradients over the ranks (the all-reduce of a data-parallel run; 0 on one).
+    pub comm_s: f64,
 }
 
 /// Training throughput: `warmup` untimed steps, then `batches` timed steps of batch assembly,
@@ -1066,6 +1287,20 @@ pub fn bench(
     cfg: &TrainConfig,
     warmup: usize,
     batches: usize,
+) -> Result<BenchTimes> {
+    bench_with(model, data, cfg, warmup, batches, &Local)
+}
+
+/// [`bench`] on the ranks of `comm`: each timed step takes a global batch of `batch_size`
+/// samples, each rank its share, and sums the gradients over the ranks (timed apart as
+/// [`BenchTimes::comm_s`]); `samples_per_s` counts the global batch.
+pub fn bench_with(
+    model: &dyn Model,
+    data: &dyn BatchSource,
+    cfg: &TrainConfig,
+    warmup: usize,
+    batches: usize,
+    comm: &dyn Communicator,
 ) -> Result<BenchTimes> {
     let mut opt = optimizer_for(model, cfg)?;
     if let Some(name) = opt.closure_optimizer() {
@@ -1078,13 +1313,19 @@ pub fn bench(
     let epoch_rng = rng.state();
     let order = EpochSampler::new(data.len(), cfg.batch_size, &mut rng)?;
     let mut batches_iter = order.iter().enumerate().cycle();
-    let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    let (mut d, mut f, mut b, mut s, mut c, mut samples) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
+    let parallel = comm.size() > 1;
+    let mut flat = vec![0.0f32; if parallel { opt.flat_len() } else { 0 }];
+    Parallel::new(comm, cfg, &opt)?.broadcast_weights(model, &opt)?;
     for k in 0..warmup + batches {
-        let (bi, idx) = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let (bi, global) = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
+        let part = share(global.len(), comm.rank(), comm.size());
+        let position = bi * cfg.batch_size + part.start;
+        let idx = &global[part];
         let td = Instant::now();
         let (x, y) = data.batch(idx)?;
         let x = match &cfg.augment {
-            Some(a) => a.apply(&x, cfg.seed, epoch_rng, bi * cfg.batch_size)?,
+            Some(a) => a.apply(&x, cfg.seed, epoch_rng, position)?,
             None => x,
         };
         let t0 = Instant::now();
@@ -1093,22 +1334,36 @@ pub fn bench(
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        if parallel {
+            flat.iter_mut().for_each(|g| *g = 0.0);
+            opt.accumulate_grads(&grads, idx.len() as f32 / global.len() as f32, &mut flat)?;
+        }
         let t2 = Instant::now();
-        opt.step(&grads)?;
+        if parallel {
+            comm.all_reduce_sum(&mut flat)?;
+        }
+        let tc = Instant::now();
+        if parallel {
+            opt.step_flat(&flat)?;
+        } else {
+            opt.step(&grads)?;
+        }
         let t3 = Instant::now();
         if k >= warmup {
             d += (t0 - td).as_secs_f64();
             f += (t1 - t0).as_secs_f64();
             b += (t2 - t1).as_secs_f64();
-            s += (t3 - t2).as_secs_f64();
-            samples += idx.len();
+            c += (tc - t2).as_secs_f64();
+            s += (t3 - tc).as_secs_f64();
+            samples += global.len();
         }
     }
     Ok(BenchTimes {
-        samples_per_s: samples as f64 / (d + f + b + s),
+        samples_per_s: samples as f64 / (d + f + b + s + c),
         data_s: d,
         forward_s: f,
         backward_s: b,
         step_s: s,
+        comm_s: c,
     })
 }
