@@ -21,8 +21,8 @@ use crate::parallel::{any, broadcast_u64, share, Communicator, Local};
 use crate::rng::Rng;
 use crate::text::{CharCorpus, TextSplit};
 use crate::train::{
-    closure_step, optimizer_for, param_grad_norms_of, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks,
-    LrSchedule, Parallel, StepMetrics, Stop, TrainConfig,
+    closure_step, gradient_step, optimizer_for, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
+    Parallel, StepMetrics, Stop, TrainConfig,
 };
 
 /// What a language-model run needs besides the optimizer settings of [`TrainConfig`].
@@ -298,22 +298,11 @@ pub fn train_text_with(
             let of = |out: &candle_core::Tensor, y: &candle_core::Tensor| lm_loss(out, y);
             let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
             (s.loss, s.grad_norm, s.param_grad_norms)
-        } else if opt.closure_optimizer().is_some() {
-            let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
-            let s = closure_step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
-            (s.loss, s.grad_norm, s.param_grad_norms)
         } else {
-            let out = model.forward(&x, Mode::Train, &mut rng)?;
-            let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
-            let l = loss.to_scalar::<f32>()?;
-            if !l.is_finite() {
-                return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
-            }
-            let grads = loss.backward()?;
-            let grad_norm = opt.grad_norm(&grads)?;
-            let param_grad_norms = if cfg.log_grad_norms { param_grad_norms_of(model, &grads)? } else { vec![] };
-            opt.step(&grads)?;
-            (l, grad_norm, param_grad_norms)
+            let of_output = |out: &candle_core::Tensor| lm_loss(out, &y);
+            let step = if opt.closure_optimizer().is_some() { closure_step } else { gradient_step };
+            let s = step(model, &mut opt, cfg, &x, &mut rng, &of_output, steps + 1)?;
+            (s.loss, s.grad_norm, s.param_grad_norms)
         };
         steps += 1;
         seconds += t0.elapsed().as_secs_f64();

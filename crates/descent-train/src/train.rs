@@ -511,6 +511,31 @@ pub(crate) struct ClosureStep {
     pub param_grad_norms: Vec<(String, f64)>,
 }
 
+/// One gradient step on one batch: the penalized loss of the model's output in training mode
+/// (`loss_of_output`), its backward pass, the gradient norm before clipping and the optimizer's
+/// step. A non-finite loss stops the run before the parameters move.
+pub(crate) fn gradient_step(
+    model: &dyn Model,
+    opt: &mut VarOptimizer,
+    cfg: &TrainConfig,
+    x: &Tensor,
+    rng: &mut Rng,
+    loss_of_output: &dyn Fn(&Tensor) -> Result<Tensor>,
+    step: u64,
+) -> Result<ClosureStep> {
+    let out = model.forward(x, Mode::Train, rng)?;
+    let loss = penalized(loss_of_output(&out)?, model, cfg)?;
+    let l = loss.to_scalar::<f32>()?;
+    if !l.is_finite() {
+        return Err(Error::Param(format!("loss is {l} at step {step}: training stopped")));
+    }
+    let grads = loss.backward()?;
+    let grad_norm = opt.grad_norm(&grads)?;
+    let param_grad_norms = if cfg.log_grad_norms { param_grad_norms_of(model, &grads)? } else { vec![] };
+    opt.step(&grads)?;
+    Ok(ClosureStep { loss: l, grad_norm, param_grad_norms })
+}
+
 /// One step of a closure-driven optimizer on one batch: the objective is the penalized loss of
 /// the batch (`loss_of_output` of the model's output in training mode, dropout drawn afresh at
 /// each evaluation), evaluated as often as the optimizer needs, always on this batch. A model's
@@ -1084,17 +1109,8 @@ pub fn train_with(
                 (s.loss, s.grad_norm, s.param_grad_norms)
             } else {
                 let (x, _, _) = single.as_ref().expect("one process");
-                let out = model.forward(x, Mode::Train, &mut rng)?;
-                let loss = penalized(of_single(&out)?, model, cfg)?;
-                let l = loss.to_scalar::<f32>()?;
-                if !l.is_finite() {
-                    return Err(Error::Param(format!("loss is {l} at step {}: training stopped", steps + 1)));
-                }
-                let grads = loss.backward()?;
-                let grad_norm = opt.grad_norm(&grads)?;
-                let param_grad_norms = if cfg.log_grad_norms { param_grad_norms_of(model, &grads)? } else { vec![] };
-                opt.step(&grads)?;
-                (l, grad_norm, param_grad_norms)
+                let s = gradient_step(model, &mut opt, cfg, x, &mut rng, &of_single, steps + 1)?;
+                (s.loss, s.grad_norm, s.param_grad_norms)
             };
             steps += 1;
             if let Some(p) = &cfg.pruner {
