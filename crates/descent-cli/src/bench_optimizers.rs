@@ -39,7 +39,7 @@ pub const DEFAULT_RUNS: &[&str] = &[
     "adafactor:label=adafactor",
     "optax.contrib.muon:lr=0.02,label=muon",
     "po.soap:label=soap",
-    "po.shampoo:label=shampoo",
+    "po.scalableshampoo:lr=3e-4,graft_type=3,preconditioning_compute_steps=100,label=shampoo",
     "optax.contrib.schedule_free_adamw:label=schedule_free_adamw",
     "optax.contrib.prodigy:label=prodigy",
     "sam:base=adamw,label=sam_adamw",
@@ -50,13 +50,14 @@ pub const DEFAULT_RUNS: &[&str] = &[
 pub struct BenchOptimizersArgs {
     /// An optimizer to compare: OPTIMIZER:key=value,… as `descent compare --run` takes it (`lr`
     /// centres its search, `label` names it, other keys are its arguments). Repeatable; default:
-    /// SGD with Nesterov, AdamW, NAdamW, Lion, Adafactor, Muon, SOAP, Shampoo, Schedule-Free
-    /// AdamW, Prodigy and SAM around AdamW.
+    /// SGD with Nesterov, AdamW, NAdamW, Lion, Adafactor, Muon, SOAP, Shampoo (pytorch_optimizer's
+    /// ScalableShampoo with RMSprop grafting, inverse roots every 100 steps), Schedule-Free AdamW,
+    /// Prodigy and SAM around AdamW.
     #[arg(long = "run", value_name = "SPEC")]
     pub runs: Vec<String>,
     /// Learning rates searched per optimizer: a log grid of this many, half a decade apart,
-    /// centred on its default rate.
-    #[arg(long, default_value_t = 3)]
+    /// centred on its default rate (5: two decades).
+    #[arg(long, default_value_t = 5)]
     pub grid_points: usize,
     /// Seeds the best rate of each optimizer runs over (the search's seed is the first).
     #[arg(long, default_value_t = 3)]

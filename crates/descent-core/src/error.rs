@@ -16,6 +16,10 @@ pub enum Error {
     /// A hyper-parameter outside its valid range, refused at construction as torch and optax do.
     #[error("invalid hyper-parameter: {0}")]
     Invalid(String),
+    /// A numerical routine that failed on the values it was given (an SVD or eigendecomposition
+    /// that did not converge, a matrix with NaN or infinite entries), as torch.linalg raises.
+    #[error("numerical failure: {0}")]
+    Numerical(String),
     /// A missing or ill-typed field in a spec or file.
     #[error("{context}: {message}")]
     Field {

@@ -141,7 +141,7 @@ impl Mat64 {
 }
 
 fn non_finite(what: &str) -> Error {
-    Error::Invalid(format!("{what}: the matrix holds non-finite values (NaN or infinity)"))
+    Error::Numerical(format!("{what}: the matrix holds non-finite values (NaN or infinity)"))
 }
 
 /// The thin SVD `A = U·diag(s)·Vᵀ`: `U` is `m × k`, `s` the `k = min(m, n)` singular values in
@@ -150,7 +150,7 @@ pub(crate) fn svd(a: &Mat64) -> Result<(Mat64, Vec<f64>, Mat64)> {
     if !a.is_finite() {
         return Err(non_finite("SVD"));
     }
-    let d = a.view().thin_svd().map_err(|e| Error::Invalid(format!("SVD did not converge: {e:?}")))?;
+    let d = a.view().thin_svd().map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     let u = Mat64::from_faer(d.U());
     let s: Vec<f64> = (0..u.cols).map(|i| d.S().column_vector()[i]).collect();
     let vt = Mat64::from_faer(d.V().transpose());
@@ -166,7 +166,7 @@ pub(crate) fn eigh(a: &Mat64) -> Result<(Vec<f64>, Mat64)> {
     let d = a
         .view()
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::Invalid(format!("eigendecomposition did not converge: {e:?}")))?;
+        .map_err(|e| Error::Numerical(format!("eigendecomposition did not converge: {e:?}")))?;
     let w: Vec<f64> = (0..a.rows).map(|i| d.S().column_vector()[i]).collect();
     Ok((w, Mat64::from_faer(d.U())))
 }
