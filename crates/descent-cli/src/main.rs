@@ -173,6 +173,14 @@ enum BenchCommand {
         /// Worker threads (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// The matrix products' precision, or several separated by commas (`f32,bf16`), timed
+        /// alternately over --rounds rounds, each one's best round reported with its speed
+        /// against the first.
+        #[arg(long, default_value = "f32", value_name = "f32|bf16|f32,bf16")]
+        precision: String,
+        /// Rounds of the alternation when several precisions are timed.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Hyper-parameter search: TPE with ASHA stopping against random search with the same number
     /// of trials, and the default Adam 1e-3, over several seeds (AdamW on the MLP: learning rate,
@@ -291,10 +299,22 @@ fn main() -> ExitCode {
         Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench {
-            what: BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads },
+            what:
+                BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads, precision, rounds },
         } => with_ranks(|comm| {
             set_threads(threads).and_then(|n| {
-                let args = train::BenchArgs { model, optimizer, augment, batch_size, batches, warmup, threads: n };
+                let precisions = train::precisions_of(&precision)?;
+                let args = train::BenchArgs {
+                    model,
+                    optimizer,
+                    augment,
+                    batch_size,
+                    batches,
+                    warmup,
+                    threads: n,
+                    precisions,
+                    rounds,
+                };
                 train::bench(args, comm)
             })
         })
