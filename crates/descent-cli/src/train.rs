@@ -602,13 +602,22 @@ fn alternate(
     Ok(a.precisions.iter().copied().zip(best.into_iter().map(|b| b.expect("one round at least"))).collect())
 }
 
-/// With several precisions: each one's throughput against the first's.
-fn print_speedups(results: &[(Precision, descent_train::train::BenchTimes)], rounds: usize) {
+/// With several precisions: each one's throughput against the first's, in `unit`s (`per_sample` of them a
+/// sample: the tokens of a window).
+fn print_speedups(
+    results: &[(Precision, descent_train::train::BenchTimes)],
+    rounds: usize,
+    unit: &str,
+    per_sample: f64,
+) {
     if results.len() > 1 {
         let base = results[0].1.samples_per_s;
         let parts: Vec<String> = results
             .iter()
-            .map(|(p, t)| format!("{} {:.0} samples/s ({:.2}x)", p.name(), t.samples_per_s, t.samples_per_s / base))
+            .map(|(p, t)| {
+                let rate = t.samples_per_s * per_sample;
+                format!("{} {rate:.0} {unit}/s ({:.2}x)", p.name(), t.samples_per_s / base)
+            })
             .collect();
         println!("alternating, best of {rounds} round(s) each: {}", parts.join(", "));
     }
@@ -674,7 +683,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
                 "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
         );
     }
-    print_speedups(&results, a.rounds);
+    print_speedups(&results, a.rounds, "samples", 1.0);
     Ok(())
 }
 
@@ -715,7 +724,7 @@ fn bench_gpt(a: BenchArgs) -> Result<()> {
                 "backward_s": t.backward_s, "step_s": t.step_s})
         );
     }
-    print_speedups(&results, a.rounds);
+    print_speedups(&results, a.rounds, "tokens", block as f64);
     Ok(())
 }
 
