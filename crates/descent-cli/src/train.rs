@@ -1597,8 +1597,8 @@ fn flag(id: &str) -> String {
     }
 }
 
-/// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total) and
-/// `--threads` from the command line; any other flag that contradicts the config is refused.
+/// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total),
+/// `--threads` and `--precision` from the command line; any other flag that contradicts the config is refused.
 /// `Ok(Err(why))` when the run has nothing left to do.
 fn resume_settings(
     cli: &TrainArgs,
@@ -1627,7 +1627,7 @@ fn resume_settings(
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
                 if given != kept {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total) and --threads may be given",
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads and --precision may be given",
                         flag(key),
                         match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
                     );

@@ -257,10 +257,10 @@ pub unsafe fn tile_avx512(a: &[u32], b: &[u32], kp: usize, c: &mut [f32; MR * NR
     }
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     for p in 0..kp {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(p * NR + 16) as *const _));
+        let b0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.add(p * NR) as *const _));
+        let b1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.add(p * NR + 16) as *const _));
         for (r, row) in acc.iter_mut().enumerate() {
-            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*pa.add(p * MR + r) as i32));
+            let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*pa.add(p * MR + r) as i32));
             row[0] = _mm512_dpbf16_ps(row[0], x, b0);
             row[1] = _mm512_dpbf16_ps(row[1], x, b1);
         }
