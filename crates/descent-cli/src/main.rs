@@ -58,8 +58,9 @@ enum Command {
     /// Train a model on the bundled data.
     ///
     /// With --resume DIR the run continues from its last checkpoint with the settings of its
-    /// config.json: only --epochs and --steps (each to a larger total than what is done) and
-    /// --threads may be given with it; any other setting that differs from the run's is refused.
+    /// config.json: only --epochs and --steps (each to a larger total than what is done),
+    /// --threads and --precision may be given with it; any other setting that differs from the
+    /// run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with
@@ -173,6 +174,14 @@ enum BenchCommand {
         /// Worker threads (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// The matrix products' precision, or several separated by commas (`f32,bf16`), timed
+        /// alternately over --rounds rounds, each one's best round reported with its speed
+        /// against the first.
+        #[arg(long, default_value = "f32", value_name = "f32|bf16|f32,bf16")]
+        precision: String,
+        /// Rounds of the alternation when several precisions are timed.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Hyper-parameter search: TPE with ASHA stopping against random search with the same number
     /// of trials, and the default Adam 1e-3, over several seeds (AdamW on the MLP: learning rate,
@@ -291,10 +300,22 @@ fn main() -> ExitCode {
         Command::Landscape(args) => landscape::run(args).map(|_| true),
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench {
-            what: BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads },
+            what:
+                BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads, precision, rounds },
         } => with_ranks(|comm| {
             set_threads(threads).and_then(|n| {
-                let args = train::BenchArgs { model, optimizer, augment, batch_size, batches, warmup, threads: n };
+                let precisions = train::precisions_of(&precision)?;
+                let args = train::BenchArgs {
+                    model,
+                    optimizer,
+                    augment,
+                    batch_size,
+                    batches,
+                    warmup,
+                    threads: n,
+                    precisions,
+                    rounds,
+                };
                 train::bench(args, comm)
             })
         })

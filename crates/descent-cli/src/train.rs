@@ -16,6 +16,7 @@ use descent_train::lm::{train_text_with, TextConfig};
 use descent_train::mnist;
 use descent_train::model::{Init, LeNet5, LinearRegression, Mlp, Model};
 use descent_train::parallel::{Communicator, Local};
+use descent_train::precision::Precision;
 use descent_train::resnet::{PlainCnn, ResNet};
 use descent_train::rng::Rng;
 use descent_train::text::CharCorpus;
@@ -153,6 +154,13 @@ pub struct TrainArgs {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The arithmetic of the matrix products (linear layers, convolutions, attention) forward
+    /// and backward: f32 (default) or bf16, bfloat16 operands summed in f32 as
+    /// torch.autocast("cpu", dtype=torch.bfloat16) does, with f32 weights, gradients, optimizer
+    /// state and loss. bf16 needs a CPU with AVX-512 BF16. A resumed run may change it.
+    #[arg(long, value_name = "f32|bf16")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// Clip gradients by their global L2 norm (gpt: 1.0 by default, 0 turns it off).
     #[arg(long)]
     pub clip_norm: Option<f64>,
@@ -559,6 +567,60 @@ pub struct BenchArgs {
     pub batches: usize,
     pub warmup: usize,
     pub threads: usize,
+    /// The precisions timed, alternately (`rounds` times each) when several.
+    pub precisions: Vec<Precision>,
+    pub rounds: usize,
+}
+
+/// `--precision f32,bf16` of `descent bench train`: each one checked as `descent train` checks it.
+pub fn precisions_of(list: &str) -> Result<Vec<Precision>> {
+    let ps: Vec<Precision> = list.split(',').map(|s| precision_of(Some(s.trim()))).collect::<Result<_>>()?;
+    if ps.is_empty() {
+        bail!("--precision: name at least one of f32, bf16");
+    }
+    Ok(ps)
+}
+
+/// Runs `time` for each precision of `a`, alternately over `a.rounds` rounds when there are
+/// several (both see the same machine state), and keeps each one's fastest round.
+fn alternate(
+    a: &BenchArgs,
+    cfg: &mut TrainConfig,
+    mut time: impl FnMut(&TrainConfig) -> Result<descent_train::train::BenchTimes>,
+) -> Result<Vec<(Precision, descent_train::train::BenchTimes)>> {
+    let rounds = if a.precisions.len() > 1 { a.rounds.max(1) } else { 1 };
+    let mut best: Vec<Option<descent_train::train::BenchTimes>> = vec![None; a.precisions.len()];
+    for _ in 0..rounds {
+        for (i, &p) in a.precisions.iter().enumerate() {
+            cfg.precision = p;
+            let t = time(cfg)?;
+            if best[i].as_ref().is_none_or(|b| t.samples_per_s > b.samples_per_s) {
+                best[i] = Some(t);
+            }
+        }
+    }
+    Ok(a.precisions.iter().copied().zip(best.into_iter().map(|b| b.expect("one round at least"))).collect())
+}
+
+/// With several precisions: each one's throughput against the first's, in `unit`s (`per_sample` of them a
+/// sample: the tokens of a window).
+fn print_speedups(
+    results: &[(Precision, descent_train::train::BenchTimes)],
+    rounds: usize,
+    unit: &str,
+    per_sample: f64,
+) {
+    if results.len() > 1 {
+        let base = results[0].1.samples_per_s;
+        let parts: Vec<String> = results
+            .iter()
+            .map(|(p, t)| {
+                let rate = t.samples_per_s * per_sample;
+                format!("{} {rate:.0} {unit}/s ({:.2}x)", p.name(), t.samples_per_s / base)
+            })
+            .collect();
+        println!("alternating, best of {rounds} round(s) each: {}", parts.join(", "));
+    }
 }
 
 /// `descent bench train`: samples/s of forward + backward + step and the share of each; under
@@ -589,33 +651,39 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
-    let t = descent_train::train::bench_with(model.as_ref(), &train_set, &cfg, a.warmup, a.batches, comm)?;
+    let results = alternate(&a, &mut cfg, |cfg| {
+        Ok(descent_train::train::bench_with(model.as_ref(), &train_set, cfg, a.warmup, a.batches, comm)?)
+    })?;
     if comm.rank() > 0 {
         return Ok(());
     }
     let ranks = if comm.size() > 1 { format!("{} ranks × ", comm.size()) } else { String::new() };
     let params: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
-    println!(
-        "{} ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) batch {} with {}{}, \
-         {ranks}{} thread(s), {} batches after {} warm-up: {:.0} samples/s",
-        a.model,
-        4 * params,
-        batch,
-        optimizer,
-        a.augment.as_deref().map(|s| format!(", augment {s}")).unwrap_or_default(),
-        a.threads,
-        a.batches,
-        a.warmup,
-        t.samples_per_s
-    );
-    print_shares(&t, a.batches, comm.size() > 1);
-    println!(
-        "{}",
-        serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
-            "threads": a.threads, "ranks": comm.size(), "parameters": params, "samples_per_s": t.samples_per_s,
-            "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s,
-            "comm_s": t.comm_s})
-    );
+    for (precision, t) in &results {
+        println!(
+            "{} ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) batch {} with {}{}, \
+             {} products, {ranks}{} thread(s), {} batches after {} warm-up: {:.0} samples/s",
+            a.model,
+            4 * params,
+            batch,
+            optimizer,
+            a.augment.as_deref().map(|s| format!(", augment {s}")).unwrap_or_default(),
+            precision.name(),
+            a.threads,
+            a.batches,
+            a.warmup,
+            t.samples_per_s
+        );
+        print_shares(t, a.batches, comm.size() > 1);
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
+                "precision": precision.name(), "threads": a.threads, "ranks": comm.size(), "parameters": params,
+                "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
+                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
+        );
+    }
+    print_speedups(&results, a.rounds, "samples", 1.0);
     Ok(())
 }
 
@@ -638,19 +706,25 @@ fn bench_gpt(a: BenchArgs) -> Result<()> {
         cfg.groups = Gpt::no_decay_groups();
         cfg.clip_norm = Some(1.0);
     }
-    let t = descent_train::lm::bench(&model, &corpus, &cfg, &TextConfig::new(block), a.warmup, a.batches)?;
-    let tokens = t.samples_per_s * block as f64;
-    println!(
-        "gpt 4x4x128 block {block} batch {batch} with {}, {} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
-        cfg.optimizer, a.threads, a.batches, a.warmup, tokens
-    );
-    print_shares(&t, a.batches, false);
-    println!(
-        "{}",
-        serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
-            "threads": a.threads, "tokens_per_s": tokens, "samples_per_s": t.samples_per_s, "data_s": t.data_s,
-            "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s})
-    );
+    let results = alternate(&a, &mut cfg, |cfg| {
+        Ok(descent_train::lm::bench(&model, &corpus, cfg, &TextConfig::new(block), a.warmup, a.batches)?)
+    })?;
+    for (precision, t) in &results {
+        let tokens = t.samples_per_s * block as f64;
+        println!(
+            "gpt 4x4x128 block {block} batch {batch} with {}, {} products, {} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
+            cfg.optimizer, precision.name(), a.threads, a.batches, a.warmup, tokens
+        );
+        print_shares(t, a.batches, false);
+        println!(
+            "{}",
+            serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
+                "precision": precision.name(), "threads": a.threads, "tokens_per_s": tokens,
+                "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
+                "backward_s": t.backward_s, "step_s": t.step_s})
+        );
+    }
+    print_speedups(&results, a.rounds, "tokens", block as f64);
     Ok(())
 }
 
@@ -1495,13 +1569,14 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     Ok(())
 }
 
-/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`)
-/// and how many threads compute it. Their hash goes into every checkpoint, so that a config.json
-/// edited after the run started is noticed.
+/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`),
+/// how many threads compute it and the precision of its products (the weights are f32 either
+/// way). Their hash goes into every checkpoint, so that a config.json edited after the run
+/// started is noticed.
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
-    for k in ["epochs", "steps", "threads"] {
+    for k in ["epochs", "steps", "threads", "precision"] {
         obj.remove(k);
     }
     // FNV-1a over the canonical JSON (keys sorted): an identity, not a defence against tampering.
@@ -1522,8 +1597,8 @@ fn flag(id: &str) -> String {
     }
 }
 
-/// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total) and
-/// `--threads` from the command line; any other flag that contradicts the config is refused.
+/// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total),
+/// `--threads` and `--precision` from the command line; any other flag that contradicts the config is refused.
 /// `Ok(Err(why))` when the run has nothing left to do.
 fn resume_settings(
     cli: &TrainArgs,
@@ -1536,7 +1611,7 @@ fn resume_settings(
     let d = dir.display();
     for id in &cli.given {
         match id.as_str() {
-            "resume" | "threads" | "epochs" | "steps" => {}
+            "resume" | "threads" | "epochs" | "steps" | "precision" => {}
             "config" => {
                 bail!("--config cannot be combined with --resume: a resumed run keeps the settings of its config.json")
             }
@@ -1552,7 +1627,7 @@ fn resume_settings(
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
                 if given != kept {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total) and --threads may be given",
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads and --precision may be given",
                         flag(key),
                         match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
                     );
@@ -1591,6 +1666,10 @@ fn resume_settings(
         cfg.steps = Some(s);
     }
     cfg.threads = cli.threads;
+    // The weights are f32 whatever the products' precision: a run may continue in another.
+    if given("precision") {
+        cfg.precision = cli.precision.clone();
+    }
     if let Some(why) = &marker.ended {
         return Ok(Err(format!("nothing to do: the run in {d} already ended ({why})")));
     }
@@ -1607,6 +1686,21 @@ fn resume_settings(
         )));
     }
     Ok(Ok(cfg))
+}
+
+/// The precision of `--precision` (f32 when absent); bf16 is refused on a CPU without AVX-512
+/// BF16, where the library's scalar kernel (same results) would run many times slower than f32.
+pub fn precision_of(s: Option<&str>) -> Result<Precision> {
+    let p = match s {
+        None => Precision::F32,
+        Some(s) => Precision::parse(s).map_err(|_| anyhow::anyhow!("--precision {s}: accepted: f32, bf16"))?,
+    };
+    if !p.is_fast() {
+        bail!(
+            "--precision bf16 needs a CPU with AVX-512 BF16 (vdpbf16ps), which this one lacks: its emulation would be far slower than f32"
+        );
+    }
+    Ok(p)
 }
 
 /// The training config of a run's settings (defaults filled in).
@@ -1651,6 +1745,7 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
             })
             .transpose()?,
         accumulate: a.accumulate.unwrap_or(1),
+        precision: precision_of(a.precision.as_deref())?,
         ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::cpu::{f32_slice, storage_f32s};
-use crate::gemm::matmul;
+use crate::gemm::matmul_in;
 use crate::layers::MaxPool2d;
+use crate::precision::Precision;
 use rayon::prelude::*;
 
 /// Images per task (their columns side by side in one GEMM): fixed, so the reduction order of the
@@ -44,6 +45,8 @@ pub struct Conv2dOp {
     /// For [`Epilogue::ReluMaxPool`]: each pooled output's winner, as an index into its `[oh, ow]`
     /// plane of the convolution's output, kept from the forward for the backward.
     argmax: Mutex<Vec<u32>>,
+    /// The products' precision, this thread's when the op was built.
+    precision: Precision,
 }
 
 /// Sizes of one convolution.
@@ -118,9 +121,11 @@ fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32];
 }
 
 impl Conv2dOp {
-    /// The op of a convolution with this geometry, followed by `epilogue`.
+    /// The op of a convolution with this geometry, followed by `epilogue`, its products in this
+    /// thread's precision ([`crate::precision::current`]).
     pub fn new(stride: usize, padding: usize, dilation: usize, groups: usize, epilogue: Epilogue) -> Self {
-        Conv2dOp { stride, padding, dilation, groups, epilogue, argmax: Mutex::new(Vec::new()) }
+        let precision = crate::precision::current();
+        Conv2dOp { stride, padding, dilation, groups, epilogue, argmax: Mutex::new(Vec::new()), precision }
     }
 
     fn geom(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Geom> {
@@ -332,7 +337,7 @@ impl CustomOp3 for Conv2dOp {
                 for gi in 0..self.groups {
                     self.columns(&g, xs, nb, gi, cols);
                     let (wg, yg) = (&w[gi * g.og * k..][..g.og * k], &mut y[gi * g.og * ld..][..g.og * ld]);
-                    matmul(yg, false, wg, false, cols, false, g.og, ld, k, false);
+                    matmul_in(self.precision, yg, false, wg, false, cols, false, g.og, ld, k, false);
                 }
                 for bi in 0..nb {
                     for oc in 0..g.o {
@@ -474,11 +479,11 @@ impl Conv2dOp {
                 self.columns(g, xs, nb, gi, cols);
                 // dW_g = dY_g [og × ld] · colsᵀ [ld × k]
                 let gwg = &mut gw[gi * g.og * k..][..g.og * k];
-                matmul(gwg, false, gyg, false, cols, true, g.og, k, ld, false);
+                matmul_in(self.precision, gwg, false, gyg, false, cols, true, g.og, k, ld, false);
                 if let Some(gxs) = gxs.as_deref_mut() {
                     // dcols = W_gᵀ [k × og] · dY_g [og × ld]
                     let wg = &io.ws[gi * g.og * k..][..g.og * k];
-                    matmul(gcols, false, wg, true, gyg, false, k, ld, g.og, false);
+                    matmul_in(self.precision, gcols, false, wg, true, gyg, false, k, ld, g.og, false);
                     for bi in 0..nb {
                         self.col2im(g, gcols, gi, &mut gxs[bi * img..][..img], ld, bi * seg);
                     }

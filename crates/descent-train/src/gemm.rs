@@ -46,3 +46,27 @@ pub(crate) fn matmul(
         )
     }
 }
+
+/// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32
+/// ([`crate::precision::matmul_bf16`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_in(
+    precision: crate::precision::Precision,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) {
+    match precision {
+        crate::precision::Precision::F32 => matmul(dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel),
+        crate::precision::Precision::Bf16 => {
+            crate::precision::matmul_bf16(dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel)
+        }
+    }
+}

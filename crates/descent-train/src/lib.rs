@@ -30,6 +30,7 @@ pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod parallel;
+pub mod precision;
 pub mod prune;
 pub mod quant;
 pub mod resnet;

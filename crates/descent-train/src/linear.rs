@@ -6,7 +6,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::cpu::{f32_slice, storage_f32s};
-use crate::gemm::matmul;
+use crate::gemm::matmul_in;
+use crate::precision::Precision;
 
 /// Products at least this large (multiply-adds) run the GEMM across threads.
 const PARALLEL_FLOPS: usize = 1 << 22;
@@ -21,9 +22,10 @@ pub enum Activation {
     Relu,
 }
 
-/// `torch.nn.functional.linear`, followed by an [`Activation`].
+/// `torch.nn.functional.linear`, followed by an [`Activation`], its products (forward and
+/// backward) in a [`Precision`].
 #[derive(Debug, Clone, Copy)]
-pub struct LinearOp(pub Activation);
+pub struct LinearOp(pub Activation, pub Precision);
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -56,7 +58,7 @@ impl CustomOp3 for LinearOp {
         for row in y.chunks_mut(out) {
             row.copy_from_slice(b);
         }
-        matmul(&mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
+        matmul_in(self.1, &mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
         if self.0 == Activation::Relu {
             y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
         }
@@ -83,14 +85,14 @@ impl CustomOp3 for LinearOp {
         }
         let par = n * out * inp >= PARALLEL_FLOPS;
         let mut gw = vec![0.0f32; out * inp];
-        matmul(&mut gw, false, &gy, true, &xs, false, out, inp, n, par);
+        matmul_in(self.1, &mut gw, false, &gy, true, &xs, false, out, inp, n, par);
         let mut gb = vec![0.0f32; out];
         for row in gy.chunks(out) {
             gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
         }
         let gx = if x.track_op() {
             let mut gx = vec![0.0f32; n * inp];
-            matmul(&mut gx, false, &gy, false, &ws, false, n, inp, out, par);
+            matmul_in(self.1, &mut gx, false, &gy, false, &ws, false, n, inp, out, par);
             Some(Tensor::from_vec(gx, (n, inp), x.device())?)
         } else {
             None
@@ -105,9 +107,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
     linear_with(x, w, b, Activation::Identity)
 }
 
-/// `act(x Wᵀ + b)` as one op.
+/// `act(x Wᵀ + b)` as one op, its products in this thread's precision
+/// ([`crate::precision::current`]).
 pub fn linear_with(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> crate::Result<Tensor> {
-    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp(act))?)
+    let op = LinearOp(act, crate::precision::current());
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?)
 }
 
 #[cfg(test)]

@@ -204,6 +204,7 @@ pub fn train_text_with(
     mut hooks: impl Hooks,
     comm: &dyn Communicator,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
+    let _autocast = crate::precision::Autocast::enter(cfg.precision);
     let total = check(corpus, cfg, text)?;
     let mut opt = optimizer_for(model, cfg)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;
@@ -369,6 +370,7 @@ pub fn bench(
     warmup: usize,
     batches: usize,
 ) -> Result<crate::train::BenchTimes> {
+    let _autocast = crate::precision::Autocast::enter(cfg.precision);
     let mut opt = optimizer_for(model, cfg)?;
     if let Some(name) = opt.closure_optimizer() {
         return Err(Error::Param(format!(

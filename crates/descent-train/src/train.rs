@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::{correct, cross_entropy, mse, Mode, Model};
 use crate::optim::{OptimizerConfig, VarOptimizer};
 use crate::parallel::{any, broadcast_u64, share, Communicator, Local};
+use crate::precision::{Autocast, Precision};
 use crate::rng::Rng;
 
 /// The loss a workload trains on.
@@ -90,6 +91,11 @@ pub struct TrainConfig {
     /// seed, the epoch and the sample's position in it: a resumed run augments as one never
     /// stopped.
     pub augment: Option<Affine>,
+    /// The arithmetic of the matrix products (linear layers, convolutions, attention) in the
+    /// run's forward and backward passes and evaluations ([`crate::precision`]): bf16 rounds
+    /// their operands to bfloat16 and sums in f32, as `torch.autocast("cpu", torch.bfloat16)`;
+    /// parameters, gradients, optimizer state and losses stay f32 either way.
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -120,6 +126,7 @@ impl TrainConfig {
             pruner: None,
             average: None,
             augment: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -943,6 +950,7 @@ pub fn train_with(
     mut hooks: impl Hooks,
     comm: &dyn Communicator,
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
+    let _autocast = Autocast::enter(cfg.precision);
     if let Some(d) = distill {
         d.check()?;
         if cfg.loss != Loss::CrossEntropy {
@@ -1318,6 +1326,7 @@ pub fn bench_with(
     batches: usize,
     comm: &dyn Communicator,
 ) -> Result<BenchTimes> {
+    let _autocast = Autocast::enter(cfg.precision);
     let mut opt = optimizer_for(model, cfg)?;
     if let Some(name) = opt.closure_optimizer() {
         return Err(Error::Param(format!(

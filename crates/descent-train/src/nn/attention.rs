@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
-use crate::gemm::matmul;
+use crate::gemm::matmul_in;
 use crate::model::{Init, Linear};
+use crate::precision::Precision;
 use crate::rng::Rng;
 
 /// The attention core on `qkv` `[b, t, 3c]` (q, k, v side by side, head `h` on channels
@@ -22,6 +23,8 @@ struct AttentionOp {
     n_head: usize,
     /// The attention weights `[b, n_head, t, t]` of the forward, zero above the diagonal.
     att: Arc<Mutex<Vec<f32>>>,
+    /// The products' precision, this thread's when the op was built.
+    precision: Precision,
 }
 
 /// `(b, t, c, hs)` of a `[b, t, 3c]` input split into `n_head` heads.
@@ -54,7 +57,7 @@ impl CustomOp1 for AttentionOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, t, c, hs) = geom(l.dims(), self.n_head)?;
         let x = f32_slice(s, l, "causal attention qkv")?;
-        let nh = self.n_head;
+        let (nh, prec) = (self.n_head, self.precision);
         let scale = 1.0 / (hs as f32).sqrt();
         let mut att = vec![0.0f32; b * nh * t * t];
         // Each (batch, head) task: its weights in place, its output block returned.
@@ -68,7 +71,7 @@ impl CustomOp1 for AttentionOp {
                 gather(&mut q, rows, 3 * c, h * hs, hs);
                 gather(&mut k, rows, 3 * c, c + h * hs, hs);
                 gather(&mut v, rows, 3 * c, 2 * c + h * hs, hs);
-                matmul(p, false, &q, false, &k, true, t, t, hs, false);
+                matmul_in(prec, p, false, &q, false, &k, true, t, t, hs, false);
                 for (i, row) in p.chunks_mut(t).enumerate() {
                     let (seen, masked) = row.split_at_mut(i + 1);
                     masked.fill(0.0);
@@ -82,7 +85,7 @@ impl CustomOp1 for AttentionOp {
                     seen.iter_mut().for_each(|s| *s *= r);
                 }
                 let mut y = vec![0.0f32; t * hs];
-                matmul(&mut y, false, p, false, &v, false, t, hs, t, false);
+                matmul_in(prec, &mut y, false, p, false, &v, false, t, hs, t, false);
                 y
             })
             .collect();
@@ -102,7 +105,7 @@ impl CustomOp1 for AttentionOp {
     /// `dq = dS·k`, `dk = dSᵀ·q`.
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (_, t, c, hs) = geom(arg.dims(), self.n_head)?;
-        let nh = self.n_head;
+        let (nh, prec) = (self.n_head, self.precision);
         let scale = 1.0 / (hs as f32).sqrt();
         let g = grad.contiguous()?;
         let (sx, lx) = arg.storage_and_layout();
@@ -129,16 +132,16 @@ impl CustomOp1 for AttentionOp {
                 let mut out = vec![0.0f32; 3 * t * hs];
                 let (dq, rest) = out.split_at_mut(t * hs);
                 let (dk, dv) = rest.split_at_mut(t * hs);
-                matmul(dv, false, p, true, &dy, false, t, hs, t, false);
+                matmul_in(prec, dv, false, p, true, &dy, false, t, hs, t, false);
                 let mut ds = vec![0.0f32; t * t];
-                matmul(&mut ds, false, &dy, false, &v, true, t, t, hs, false);
+                matmul_in(prec, &mut ds, false, &dy, false, &v, true, t, t, hs, false);
                 for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
                     let d: f32 = dy[i * hs..][..hs].iter().zip(&y[i * hs..][..hs]).map(|(a, b)| a * b).sum();
                     dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
                     dsr[i + 1..].fill(0.0);
                 }
-                matmul(dq, false, &ds, false, &k, false, t, hs, t, false);
-                matmul(dk, false, &ds, true, &q, false, t, hs, t, false);
+                matmul_in(prec, dq, false, &ds, false, &k, false, t, hs, t, false);
+                matmul_in(prec, dk, false, &ds, true, &q, false, t, hs, t, false);
                 out
             })
             .collect();
@@ -159,14 +162,22 @@ impl CustomOp1 for AttentionOp {
 /// The causal attention of `qkv` `[b, t, 3c]` split into `n_head` heads:
 /// `softmax(q·kᵀ/√hs, keys after the query masked)·v` per head, heads side by side in `[b, t, c]`.
 pub fn causal_attention(qkv: &Tensor, n_head: usize) -> Result<Tensor> {
-    Ok(qkv.contiguous()?.apply_op1(AttentionOp { n_head, att: Arc::new(Mutex::new(Vec::new())) })?)
+    Ok(qkv.contiguous()?.apply_op1(AttentionOp {
+        n_head,
+        att: Arc::new(Mutex::new(Vec::new())),
+        precision: crate::precision::current(),
+    })?)
 }
 
 /// [`causal_attention`] and a copy of its attention weights `[b, n_head, t, t]` (zero above the
 /// diagonal), for inspection: the backward does not flow through the copy.
 pub fn causal_attention_with_weights(qkv: &Tensor, n_head: usize) -> Result<(Tensor, Tensor)> {
     let att = Arc::new(Mutex::new(Vec::new()));
-    let y = qkv.contiguous()?.apply_op1(AttentionOp { n_head, att: att.clone() })?;
+    let y = qkv.contiguous()?.apply_op1(AttentionOp {
+        n_head,
+        att: att.clone(),
+        precision: crate::precision::current(),
+    })?;
     let (b, t, _) = y.dims3()?;
     let w = att.lock().expect("attention weights lock").clone();
     Ok((y, Tensor::from_vec(w, (b, n_head, t, t), qkv.device())?))
