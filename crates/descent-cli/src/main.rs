@@ -1,6 +1,7 @@
 //! The `descent` command-line tool.
 
 mod bench;
+mod bench_model;
 mod bench_optimizers;
 mod compare;
 mod compress;
@@ -205,23 +206,33 @@ enum BenchCommand {
     /// of steps and seconds to a target accuracy, final accuracy with its spread, state memory and
     /// step cost, and the best curves. Resumable (`--resume DIR`).
     Optimizers(Box<bench_optimizers::BenchOptimizersArgs>),
-    /// Optimizer steps on flat buffers against the memory roofline of their access pattern.
+    /// Optimizer steps on flat buffers against the memory roofline of their access pattern, or
+    /// (`--model`) on a model's parameter set against AdamW.
     Step {
-        /// An optimizer name (`adam`, `torch.adamw`, `optax.lion`, …) or `all`.
+        /// An optimizer name (`adam`, `torch.adamw`, `optax.lion`, …) or `all`; with `--model`, a
+        /// comma-separated list (`all`: torch.adamw, po.kron, po.soap, po.shampoo,
+        /// optax.contrib.muon).
         #[arg(long, default_value = "all")]
         optimizer: String,
-        /// Parameters in all.
-        #[arg(long, default_value_t = 50_000_000)]
-        params: usize,
-        /// Split the parameters over this many tensors of realistic sizes.
-        #[arg(long, default_value_t = 1)]
-        tensors: usize,
+        /// Time the step on the parameter set (names and shapes) of this model with random
+        /// gradients, each optimizer alternating with AdamW: gpt (nanoGPT's CPU recipe), lenet or
+        /// mlp.
+        #[arg(long)]
+        model: Option<String>,
+        /// Parameters in all (default 50 000 000; not with `--model`).
+        #[arg(long)]
+        params: Option<usize>,
+        /// Split the parameters over this many tensors of realistic sizes (default 1; not with
+        /// `--model`).
+        #[arg(long)]
+        tensors: Option<usize>,
         /// Worker threads (default: the machine's cores).
         #[arg(long)]
         threads: Option<usize>,
-        /// Timed steps after one warm-up step.
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
+        /// Timed steps after one warm-up step (default 10; with `--model` 20, so that every
+        /// optimizer's preconditioner updates fall among them: SOAP refreshes every 10 steps).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Keyword arguments of a single optimizer, as JSON in the library's own names.
         #[arg(long, default_value = "{}")]
         hparams: String,
@@ -338,12 +349,26 @@ fn main() -> ExitCode {
                 .expect("bench optimizers subcommand");
             set_threads(args.base.threads).and_then(|_| bench_optimizers::run(*args, sub)).map(|_| true)
         }
-        Command::Bench { what: BenchCommand::Step { optimizer, params, tensors, threads, steps, hparams } } => {
+        Command::Bench { what: BenchCommand::Step { optimizer, model, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             serde_json::from_str(&hparams)
                 .with_context(|| format!("--hparams is not a JSON object: {hparams}"))
-                .and_then(|hparams| {
-                    bench::run(&bench::StepBench { optimizer, hparams, params, tensors, threads, steps })
+                .and_then(|hparams| match model {
+                    Some(model) => {
+                        if params.is_some() || tensors.is_some() {
+                            anyhow::bail!(
+                                "--params and --tensors describe a flat buffer; --model takes the model's own tensors"
+                            );
+                        }
+                        let optimizers = optimizer.split(',').map(|s| s.trim().to_string()).collect();
+                        let steps = steps.unwrap_or(20);
+                        bench_model::run(&bench_model::ModelBench { model, optimizers, hparams, threads, steps })
+                    }
+                    None => {
+                        let (params, tensors, steps) =
+                            (params.unwrap_or(50_000_000), tensors.unwrap_or(1), steps.unwrap_or(10));
+                        bench::run(&bench::StepBench { optimizer, hparams, params, tensors, threads, steps })
+                    }
                 })
                 .map(|_| true)
         }

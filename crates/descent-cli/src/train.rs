@@ -1359,6 +1359,15 @@ fn check_closure_flags(a: &TrainArgs) -> Result<()> {
     if let Some((flag, _, why)) = given.iter().find(|(_, on, _)| *on) {
         bail!("{flag}: `{name}` evaluates the objective itself (a closure-driven optimizer); {why}");
     }
+    // Sophia's Hessian-vector product is a difference of two gradients; each forward pass would
+    // draw its own dropout mask, and the difference would measure the masks, not the curvature.
+    if name == "optax.contrib.sophia" && matches!(a.model.as_str(), "mlp" | "gpt") && a.dropout() > 0.0 {
+        bail!(
+            "--dropout {}: `{name}` takes Hessian-vector products as a difference of two gradients, which dropout would \
+             draw with different masks; train it with --dropout 0",
+            a.dropout()
+        );
+    }
     Ok(())
 }
 

@@ -33,6 +33,52 @@ fn bench_step_refuses_bad_settings() {
     assert!(e.contains("nosuch"), "{e}");
 }
 
+/// `descent bench step --model`: a row and a JSON line per optimizer on the model's own tensors,
+/// with its ratio to AdamW and its state memory; an unknown model and flat-buffer flags refused.
+#[test]
+fn bench_step_on_a_models_parameters_reports_each_optimizer_against_adamw() {
+    let text = run_ok(&[
+        "bench",
+        "step",
+        "--model",
+        "lenet",
+        "--optimizer",
+        "torch.adamw,optax.contrib.muon",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert!(text.contains("x AdamW") && text.contains("state MB"), "{text}");
+    let lines: Vec<serde_json::Value> =
+        text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["optimizer"], "torch.adamw");
+    assert_eq!(lines[1]["optimizer"], "optax.contrib.muon");
+    let params = lines[0]["params"].as_u64().unwrap();
+    assert_eq!(params, 44_426, "LeNet-5's parameters");
+    for r in &lines {
+        assert_eq!(r["model"], "lenet");
+        assert_eq!(r["tensors"], 10, "{r}");
+        for key in ["ms_per_step", "adamw_ms_per_step", "ratio_to_adamw"] {
+            let x = r[key].as_f64().unwrap_or(-1.0);
+            assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+        }
+    }
+    // AdamW keeps two moments per parameter; Muon one on the matrices, two elsewhere.
+    assert_eq!(lines[0]["state_bytes"].as_u64().unwrap(), 8 * params);
+    let muon = lines[1]["state_bytes"].as_u64().unwrap();
+    assert!(muon >= 4 * params && muon < 8 * params, "{muon}");
+    assert!(text.lines().any(|l| l.starts_with("optax.contrib.muon: ")), "the frequency note: {text}");
+
+    let e = run_err(&["bench", "step", "--model", "resnet9000"]);
+    assert!(e.contains("--model resnet9000") && e.contains("gpt, lenet, mlp"), "{e}");
+    let e = run_err(&["bench", "step", "--model", "mlp", "--params", "1000"]);
+    assert!(e.contains("--params"), "{e}");
+    let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "torch.adamw,nosuch"]);
+    assert!(e.contains("nosuch"), "{e}");
+}
+
 /// `descent bench optimizers` on a few MLP steps: each optimizer's grid of rates on the first
 /// seed, its best rate on the other seeds, a table row per optimizer; killed after some runs (the
 /// last line of runs.jsonl cut), `--resume` reruns only what is missing and reports the same table.

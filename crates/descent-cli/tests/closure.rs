@@ -156,6 +156,13 @@ fn what_a_closure_optimizer_cannot_take_is_refused_in_one_line() {
         &train(&["--optimizer", "sam", "--hparams", r#"{"base": "lbfgs"}"#]),
         &["descent.sam", "torch.lbfgs", "evaluates the objective itself"],
     );
+    // Sophia's finite-difference Hessian-vector product under dropout (the MLP's default 0.2, an
+    // explicit rate on the gpt): each gradient would draw its own mask.
+    let sophia = ["--optimizer", "optax.contrib.sophia"];
+    for extra in [&["--model", "mlp"][..], &["--model", "gpt", "--dropout", "0.1"][..]] {
+        let args: Vec<&str> = [&["train", "--out", d][..], &sophia[..], extra].concat();
+        one_line_error(&args, &["--dropout", "optax.contrib.sophia", "--dropout 0"]);
+    }
     assert!(!dir.exists(), "a refused run left its folder behind");
     // The commands that step on gradients alone.
     one_line_error(&["bench", "step", "--optimizer", "lbfgs", "--params", "100"], &["torch.lbfgs", "bench step"]);

@@ -40,10 +40,15 @@ impl Chain {
 
     /// Starts the fused run of links `k..end`: the reduction its first link needs of `inputs`
     /// (if any), then every link's `begin_step`.
-    fn begin_run(&mut self, k: usize, end: usize, inputs: &[&[f32]], params: &[&[f32]]) {
+    /// `norms`: each tensor's `(Σp², Σu²)` of the parameters and `inputs`, when the pass that
+    /// wrote the inputs summed them for a first link that [`Elementwise::takes_norms`].
+    fn begin_run(&mut self, k: usize, end: usize, inputs: &[&[f32]], params: &[&[f32]], norms: Option<&[(f64, f64)]>) {
         let head = self.links[k].as_elementwise().expect("elementwise link");
         if head.needs_prepare() {
-            head.prepare(inputs, params);
+            match norms {
+                Some(norms) if head.takes_norms() => head.prepare_from_norms(norms),
+                _ => head.prepare(inputs, params),
+            }
         }
         for l in self.links[k..end].iter_mut() {
             l.as_elementwise().expect("elementwise link").begin_step();
@@ -94,7 +99,7 @@ impl Transform for Chain {
             }
             let end = self.run_end(k);
             let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
-            self.begin_run(k, end, &inputs, params);
+            self.begin_run(k, end, &inputs, params, None);
             run_elementwise(&ChainRun(&self.links[k..end]), updates, params);
             k = end;
         }
@@ -107,6 +112,8 @@ impl Transform for Chain {
     fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
         // Whether `updates` holds the current updates yet; before that they are the gradients.
         let mut materialized = false;
+        // The norms the last pass summed for the next run's first link.
+        let mut norms: Option<Vec<(f64, f64)>> = None;
         let mut k = 0;
         while k < self.links.len() {
             if self.links[k].elementwise().is_none() {
@@ -150,7 +157,7 @@ impl Transform for Chain {
                 let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
                 let inputs: Vec<&[f32]> =
                     if materialized { updates.iter().map(|u| u.as_slice()).collect() } else { grads.to_vec() };
-                self.begin_run(k, end, &inputs, &views);
+                self.begin_run(k, end, &inputs, &views, norms.take().as_deref());
             }
             let run = ChainRun(&self.links[k..end]);
             if end == self.links.len() {
@@ -164,7 +171,18 @@ impl Transform for Chain {
                 return Ok(());
             }
             let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
-            apply_into(&run, updates, grads, &views, !materialized);
+            if self.links[end].elementwise().is_some_and(|e| e.needs_prepare() && e.takes_norms()) {
+                // LAMB's trust ratio: the norms of the updates and parameters while they are in
+                // cache; from the gradients, the run as one fused pass writing the updates.
+                norms = Some(if materialized {
+                    apply_into_norms(&run, updates, grads, &views, false)
+                } else {
+                    drop(views);
+                    step_into_norms(&run, params, grads, updates)
+                });
+            } else {
+                apply_into(&run, updates, grads, &views, !materialized);
+            }
             materialized = true;
             k = end;
         }

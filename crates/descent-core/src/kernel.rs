@@ -96,6 +96,17 @@ pub trait Elementwise: Sync {
         let inputs: Vec<&[f32]> = mapped.iter().map(|u| u.as_slice()).collect();
         self.prepare(&inputs, params);
     }
+    /// Whether the reduction `prepare` takes is, for each tensor, the pair `(Σp², Σu²)` of its
+    /// parameters and its input (the trust ratio), so that the pass writing the input can sum
+    /// them while each block is in cache and hand them to [`Elementwise::prepare_from_norms`].
+    fn takes_norms(&self) -> bool {
+        false
+    }
+    /// [`Elementwise::prepare`] from each tensor's `(Σp², Σu²)`, summed as
+    /// [`global_sum_sq_pair`] sums them (the same bits).
+    fn prepare_from_norms(&mut self, _norms: &[(f64, f64)]) {
+        unreachable!("prepare_from_norms without takes_norms")
+    }
     /// For a rule `u ← α·u + β·p` with per-step, per-parameter `α`, `β` (scaling, weight decay,
     /// trust ratios): `(α, β)` for parameter `i` this step, after `begin_step`. A chain folds a run
     /// of such links into one pass.
@@ -327,6 +338,116 @@ pub(crate) fn apply_into(
     }
 }
 
+/// `(Σp², Σu²)` of sub-blocks added in order (the lanes of [`sum_sq`]), dispatched to the
+/// AVX2 build where the CPU has it.
+fn add_sum_sq2(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
+    #[inline(always)]
+    fn body(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
+        sp.add(p);
+        su.add(u);
+    }
+    dispatch_simd!(body(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]))
+}
+
+/// The end of a fused step that writes its update `u` into a buffer instead of adding it to the
+/// parameters, and sums `(Σp², Σu²)` of the sub-blocks it sees, in order: one task's chunk.
+struct WriteAndSum {
+    /// Element 0 of the parameter's update buffer.
+    out: *mut f32,
+    sums: std::cell::UnsafeCell<(SumSq, SumSq)>,
+}
+// SAFETY: each task builds its own and hands it only to its own chunk's step.
+unsafe impl Sync for WriteAndSum {}
+impl Epilogue for WriteAndSum {
+    unsafe fn finish(&self, _i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
+        std::ptr::copy_nonoverlapping(u.as_ptr(), self.out.add(off), u.len());
+        let (sp, su) = &mut *self.sums.get();
+        add_sum_sq2(sp, su, p, u);
+    }
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: the tasks write disjoint ranges through it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the wrapper, not its field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `updates ← run(grads)` as the run's fused step (every buffer streaming at once, sub-block by
+/// sub-block, as in a step into the parameters), the parameters left as they are, returning each
+/// tensor's `(Σp², Σu²)` summed on the way: bit for bit the updates of [`apply_into`] and the
+/// norms of [`global_sum_sq_pair`]`(p, u, None)` (the same chunks, sub-blocks in order).
+pub(crate) fn step_into_norms(
+    run: &dyn Elementwise,
+    params: &mut [&mut [f32]],
+    grads: &[&[f32]],
+    updates: &mut [Vec<f32>],
+) -> Vec<(f64, f64)> {
+    let mut norms = Vec::with_capacity(params.len());
+    for (i, p) in params.iter_mut().enumerate() {
+        let g = grads[i];
+        let out = SendPtr(updates[i].as_mut_ptr());
+        assert_eq!(updates[i].len(), p.len(), "an update buffer per parameter");
+        let part = |base: usize, chunk: &mut [f32]| -> (f64, f64) {
+            let w = WriteAndSum { out: out.get(), sums: Default::default() };
+            let fold = Fold { post: Some(&w), ..Fold::default() };
+            // SAFETY: chunks are disjoint ranges of parameter `i`; the epilogue writes the same
+            // range of its update buffer, and leaves the parameters unchanged.
+            unsafe { run.step(i, base, &g[base..base + chunk.len()], chunk, fold) };
+            let (sp, su) = w.sums.into_inner();
+            (sp.total(), su.total())
+        };
+        let parts: Vec<(f64, f64)> = if p.len() >= PARALLEL_MIN {
+            p.par_chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+        } else {
+            p.chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+        };
+        norms.push((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
+    }
+    norms
+}
+
+/// [`apply_into`], returning each tensor's `(Σp², Σu²)` of the parameters and the new updates,
+/// summed block by block while each is in L1: bit for bit [`global_sum_sq_pair`]`(p, u, None)`
+/// (the same chunks, blocks in the same order), without a second read of either buffer.
+pub(crate) fn apply_into_norms(
+    run: &dyn Elementwise,
+    updates: &mut [Vec<f32>],
+    grads: &[&[f32]],
+    params: &[&[f32]],
+    from_grads: bool,
+) -> Vec<(f64, f64)> {
+    let mut norms = Vec::with_capacity(updates.len());
+    for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+        let g = grads[i];
+        let part = |base: usize, chunk: &mut [f32]| -> (f64, f64) {
+            let (mut sp, mut su) = (SumSq::default(), SumSq::default());
+            for (k, ub) in chunk.chunks_mut(BLOCK).enumerate() {
+                let off = base + k * BLOCK;
+                let pb = &p[off..off + ub.len()];
+                if from_grads {
+                    ub.copy_from_slice(&g[off..off + ub.len()]);
+                }
+                // SAFETY: the chunks, and their blocks, are disjoint ranges of parameter `i`.
+                unsafe { run.apply(i, off, ub, pb) };
+                add_sum_sq2(&mut sp, &mut su, pb, ub);
+            }
+            (sp.total(), su.total())
+        };
+        let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
+            u.par_chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+        } else {
+            u.chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+        };
+        norms.push((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
+    }
+    norms
+}
+
 /// `p += u` for every parameter, split across threads for large ones.
 pub(crate) fn add_updates<U: AsRef<[f32]> + Sync>(params: &mut [&mut [f32]], updates: &[U]) {
     for (p, u) in params.iter_mut().zip(updates) {
@@ -372,6 +493,26 @@ pub fn global_sum_sq_mapped(g: &[f32], p: &[f32], head: Option<Head>) -> f64 {
 /// order, so the result does not depend on the number of threads.
 pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
     bufs.iter().map(|b| chunked_sum(b.len(), |r| crate::transforms::sum_sq(&b[r]))).sum()
+}
+
+/// `(Σ p², Σ head(g)²)` of one tensor in a single pass over both buffers: each bit for bit
+/// [`global_sum_sq`] of `p` and [`global_sum_sq_mapped`] of `g` (the same chunks, the same lanes,
+/// summed in the same order), at the cost of one read of each.
+pub fn global_sum_sq_pair(p: &[f32], g: &[f32], head: Option<Head>) -> (f64, f64) {
+    chunked_sum2(g.len(), |r| sum_sq_pair(&p[r.clone()], &g[r], head))
+}
+
+/// [`chunked_sum`] of two parts at once: `(Σ part(chunk).0, Σ part(chunk).1)`, each added in
+/// chunk order as [`chunked_sum`] adds them.
+pub(crate) fn chunked_sum2(n: usize, part: impl Fn(std::ops::Range<usize>) -> (f64, f64) + Sync) -> (f64, f64) {
+    let range = |c: usize| c * CHUNK..n.min((c + 1) * CHUNK);
+    let chunks = n.div_ceil(CHUNK);
+    let parts: Vec<(f64, f64)> = if n >= PARALLEL_MIN {
+        (0..chunks).into_par_iter().map(|c| part(range(c))).collect()
+    } else {
+        (0..chunks).map(|c| part(range(c))).collect()
+    };
+    (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
 }
 
 /// `Σ part(chunk)` over the [`CHUNK`]-sized ranges of `0..n`, the parts computed across threads
@@ -549,6 +690,32 @@ pub fn sum_sq(x: &[f32]) -> f64 {
         s.total()
     }
     dispatch_simd!(body(x: &[f32]) -> f64)
+}
+
+/// `(sum_sq(p), sum_sq_mapped(g, p, head))` in one pass over both slices, bit for bit: the
+/// lanes of each sum see the same elements in the same order.
+pub fn sum_sq_pair(p: &[f32], g: &[f32], head: Option<crate::kernel::Head>) -> (f64, f64) {
+    #[inline(always)]
+    fn body(p: &[f32], g: &[f32], head: Option<crate::kernel::Head>) -> (f64, f64) {
+        // Sub-blocks, so that both buffers stream at once; they are multiples of the 8 lanes:
+        // adding piece by piece is adding the whole slice.
+        const B: usize = crate::kernel::SUB_BLOCK;
+        let (mut sp, mut sg) = (SumSq::default(), SumSq::default());
+        let mut u = [0.0f32; B];
+        for (gb, pb) in g.chunks(B).zip(p.chunks(B)) {
+            sp.add(pb);
+            match head {
+                None => sg.add(gb),
+                head => {
+                    let u = &mut u[..gb.len()];
+                    crate::kernel::start_inline(u, gb, pb, head);
+                    sg.add(u);
+                }
+            }
+        }
+        (sp.total(), sg.total())
+    }
+    dispatch_simd!(body(p: &[f32], g: &[f32], head: Option<Head>) -> (f64, f64))
 }
 
 /// [`sum_sq`] of `head(g)` (the head map of a chain, with `p` the parameters), without

@@ -3,7 +3,7 @@
 
 use super::{rms, rms_of, state, sum_sq, zeros, ClipByBlockRms, ScaleByParamBlockRms};
 use crate::error::Result;
-use crate::kernel::{Elementwise, CHUNK, PARALLEL_MIN};
+use crate::kernel::{Elementwise, SumSq, CHUNK, PARALLEL_MIN, SUB_BLOCK};
 use crate::state::StateVisitor;
 use crate::transform::{numel, Shapes, Transform};
 use rayon::prelude::*;
@@ -224,7 +224,8 @@ impl ScaleByFactoredRms {
 
     /// [`Transform::update`] reading the gradients from `grads` into `updates`; the moment of a
     /// full tensor in one threaded pass, which also gives its `(Σu², Σp²)` (`None` for factored
-    /// ones).
+    /// ones). A full tensor's update `g/√v` is not written: `updates[i]` is left as it was, and
+    /// the last pass recomputes it from `g` and the new `v` (the same bits).
     fn update_from(
         &mut self,
         grads: &[&[f32]],
@@ -235,7 +236,7 @@ impl ScaleByFactoredRms {
         let mut sums = vec![];
         for (i, (g, u)) in grads.iter().zip(updates.iter_mut()).enumerate() {
             sums.push(match self.kinds[i].clone() {
-                Factoring::Full => full_moment(&mut self.v[i], u, Some(g), Some(params[i]), decay, self.epsilon),
+                Factoring::Full => Some(full_moment_sums(&mut self.v[i], g, params[i], decay, self.epsilon)),
                 Factoring::Factored { d0, d1 } => {
                     u.copy_from_slice(g);
                     self.factored(i, u, decay, d0, d1);
@@ -290,6 +291,65 @@ fn full_moment(
     };
     let parts: Vec<(f64, f64)> = parts.into_iter().collect::<Option<_>>()?;
     Some((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()))
+}
+
+/// The moment of a full tensor, `v ← decay·v + (1 − decay)·(g² + eps)`, and `(Σu², Σp²)` of its
+/// update `u = g/√v` and parameters, without writing `u`: each sub-block's update is summed while
+/// in L1, chunk by chunk, the parts of [`full_moment`]'s sums, so the same bits.
+fn full_moment_sums(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
+    #[inline(always)]
+    fn kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
+        let (mut su, mut sp) = (SumSq::default(), SumSq::default());
+        let mut u = [0.0f32; SUB_BLOCK];
+        // Sub-blocks, so that the three buffers stream at once.
+        for ((vb, gb), pb) in v.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).zip(p.chunks(SUB_BLOCK)) {
+            let u = &mut u[..vb.len()];
+            for ((v, &g), u) in vb.iter_mut().zip(gb).zip(u.iter_mut()) {
+                *v = decay * *v + (1.0 - decay) * (g * g + eps);
+                *u = g / v.sqrt();
+            }
+            su.add(u);
+            sp.add(pb);
+        }
+        (su.total(), sp.total())
+    }
+    fn moments(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
+        crate::kernel::dispatch_simd!(kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64))
+    }
+    let run = |k: usize, v: &mut [f32]| {
+        let r = k * CHUNK..k * CHUNK + v.len();
+        moments(v, &g[r.clone()], &p[r], decay, eps)
+    };
+    let parts: Vec<(f64, f64)> = if v.len() >= PARALLEL_MIN {
+        v.par_chunks_mut(CHUNK).enumerate().map(|(k, v)| run(k, v)).collect()
+    } else {
+        v.chunks_mut(CHUNK).enumerate().map(|(k, v)| run(k, v)).collect()
+    };
+    (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
+}
+
+/// [`scaled_add`] of the update `g/√v` of a full tensor, recomputed from the gradient and the
+/// new moment as [`full_moment`] computes it.
+#[inline(always)]
+fn recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32) {
+    for ((p, &g), &v) in p.iter_mut().zip(g).zip(v) {
+        let mut x = g / v.sqrt();
+        if let Some(d) = d {
+            x /= d;
+        }
+        if let Some(lr) = lr {
+            x *= lr;
+        }
+        if let Some(s) = s {
+            x *= s;
+        }
+        *p += x * flip;
+    }
+}
+
+/// [`recomputed_add`], vectorized for the CPU at hand.
+fn recomputed_add_simd(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32) {
+    crate::kernel::dispatch_simd!(recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32))
 }
 
 /// `p ← p + (((u / d)·lr)·s)·flip`, each factor present or not: Adafactor's last pass, with the
@@ -380,11 +440,24 @@ impl Transform for FusedAdafactor {
             l.affine(0).expect("a learning rate is affine").0
         });
         let flip = self.flip.step_size;
-        for ((u, p), sum) in updates.iter().zip(params.iter_mut()).zip(sums) {
+        for (i, ((u, p), sum)) in updates.iter().zip(params.iter_mut()).zip(sums).enumerate() {
             // `rms(u)` and `rms(p)`, from the moment pass's sums where it gave them.
             let d = self.clip.as_ref().map(|c| c.divisor(sum.map_or_else(|| rms(u), |s| rms_of(s.0, u.len()))));
             let s = self.param_scale.as_ref().map(|m| m.factor(sum.map_or_else(|| rms(p), |s| rms_of(s.1, p.len()))));
-            crate::kernel::for_chunks(p, |off, p| scaled_add_simd(p, &u[off..off + p.len()], [d, lr, s], flip));
+            let f = [d, lr, s];
+            match self.rms.kinds[i] {
+                // The update was not stored: `g/√v` again, from the gradient and the new moment.
+                Factoring::Full => {
+                    let (g, v) = (grads[i], &self.rms.v[i]);
+                    crate::kernel::for_chunks(p, |off, p| {
+                        let r = off..off + p.len();
+                        recomputed_add_simd(p, &g[r.clone()], &v[r], f, flip)
+                    });
+                }
+                Factoring::Factored { .. } => {
+                    crate::kernel::for_chunks(p, |off, p| scaled_add_simd(p, &u[off..off + p.len()], f, flip))
+                }
+            }
         }
         Ok(())
     }

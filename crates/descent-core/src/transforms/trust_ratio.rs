@@ -82,21 +82,21 @@ impl Elementwise for ScaleByTrustRatio {
     fn needs_prepare(&self) -> bool {
         true
     }
+    /// Both norms of a tensor in one pass over the parameters and the input together.
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let norms: Vec<(f64, f64)> = (0..inputs.len())
-            .map(|i| (crate::kernel::global_sum_sq(&[params[i]]), crate::kernel::global_sum_sq(&[inputs[i]])))
-            .collect();
+        let norms: Vec<(f64, f64)> =
+            (0..inputs.len()).map(|i| crate::kernel::global_sum_sq_pair(params[i], inputs[i], None)).collect();
         self.ratios = self.ratios_of(&norms);
     }
+    fn takes_norms(&self) -> bool {
+        true
+    }
+    fn prepare_from_norms(&mut self, norms: &[(f64, f64)]) {
+        self.ratios = self.ratios_of(norms);
+    }
     fn prepare_mapped(&mut self, grads: &[&[f32]], params: &[&[f32]], heads: &[Option<crate::kernel::Head>]) {
-        let norms: Vec<(f64, f64)> = (0..grads.len())
-            .map(|i| {
-                (
-                    crate::kernel::global_sum_sq(&[params[i]]),
-                    crate::kernel::global_sum_sq_mapped(grads[i], params[i], heads[i]),
-                )
-            })
-            .collect();
+        let norms: Vec<(f64, f64)> =
+            (0..grads.len()).map(|i| crate::kernel::global_sum_sq_pair(params[i], grads[i], heads[i])).collect();
         self.ratios = self.ratios_of(&norms);
     }
     fn affine(&self, i: usize) -> Option<(f32, f32)> {

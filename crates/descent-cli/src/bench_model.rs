@@ -1,0 +1,227 @@
+//! `descent bench step --model`: one optimizer step on a model's parameter set (its tensors'
+//! names and shapes, random gradients), for optimizers whose cost depends on the shapes (matrix
+//! preconditioners, orthogonalization), each timed alternately against AdamW.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use descent_core::optimizer::Optimizer;
+use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
+use descent_train::gpt::{Gpt, GptConfig};
+use descent_train::model::{Init, Model};
+use descent_train::rng::Rng;
+use descent_train::text::CharCorpus;
+use serde_json::{json, Value};
+
+use crate::train::{model_of, Arch, DEFAULT_TEXT};
+
+/// The models whose parameter sets `--model` takes.
+pub const MODELS: &[&str] = &["gpt", "lenet", "mlp"];
+
+/// What `--model` times by default: AdamW (the baseline), then the shape-aware optimizers.
+pub const DEFAULT_OPTIMIZERS: &[&str] = &["torch.adamw", "po.kron", "po.soap", "po.shampoo", "optax.contrib.muon"];
+
+/// The optimizer every row is timed against.
+const BASELINE: &str = "torch.adamw";
+
+/// Settings of `descent bench step --model`.
+pub struct ModelBench {
+    pub model: String,
+    /// Registry names (`all`: [`DEFAULT_OPTIMIZERS`]).
+    pub optimizers: Vec<String>,
+    /// Keyword arguments given to every optimizer of the list but AdamW's baseline (the library's
+    /// own names); the learning rate defaults to 1e-3.
+    pub hparams: Value,
+    pub threads: usize,
+    /// Timed steps of each optimizer (each after one untimed first step).
+    pub steps: usize,
+}
+
+/// The parameters of `model` by PyTorch's names, with their shapes: the GPT of nanoGPT's CPU
+/// recipe (4 layers, 4 heads, 128 wide, block 64, the bundled text's characters), LeNet-5 and
+/// the MNIST MLP at their training defaults.
+pub fn model_shapes(model: &str) -> Result<Vec<(String, Vec<usize>)>> {
+    let mut rng = Rng::new(0);
+    let vars = match model {
+        "gpt" => {
+            let corpus = CharCorpus::load(DEFAULT_TEXT)?;
+            Gpt::new(GptConfig::new(corpus.vocab_size(), 64, 4, 4, 128), &mut rng, &Device::Cpu)?.named_vars()
+        }
+        "lenet" | "mlp" => model_of(model, Arch::default(), Init::TorchDefault, 0.0, &mut rng)?.named_vars(),
+        other => bail!("--model {other}: unknown model; accepted: {}", MODELS.join(", ")),
+    };
+    Ok(vars.into_iter().map(|(name, v)| (name, v.dims().to_vec())).collect())
+}
+
+/// An optimizer on the model's shapes with its own parameters and a few sets of random
+/// gradients, used in turn.
+struct Run {
+    opt: Optimizer,
+    params: Vec<Vec<f32>>,
+    grads: Vec<Vec<Vec<f32>>>,
+    next: usize,
+    label: String,
+    /// Seconds of each timed step.
+    times: Vec<f64>,
+}
+
+impl Run {
+    fn new(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Run> {
+        let (lib, opt_name) = resolve_optimizer(name)?;
+        if descent_core::closure::is_closure_optimizer(lib, &opt_name) {
+            bail!("`{lib}.{opt_name}` evaluates the objective itself: `descent bench step` times steps on given gradients");
+        }
+        let mut hparams = hparams.clone();
+        if !hparams.is_object() {
+            bail!("--hparams must be a JSON object, got {hparams}");
+        }
+        if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
+            hparams[lr_key(lib)] = json!(1e-3);
+        }
+        let mut rng = Rng::new(1);
+        let mut random = |scale: f32| -> Vec<Vec<f32>> {
+            shapes.iter().map(|s| (0..s.iter().product::<usize>()).map(|_| scale * rng.normal()).collect()).collect()
+        };
+        let params = random(0.02);
+        let grads: Vec<Vec<Vec<f32>>> = (0..4).map(|_| random(1e-2)).collect();
+        let tx =
+            build_optimizer(lib, &opt_name, &hparams, None, shapes).with_context(|| format!("{name} {hparams}"))?;
+        let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+        let opt = Optimizer::new(tx, shapes.to_vec(), &views)?;
+        Ok(Run { opt, params, grads, next: 0, label: format!("{lib}.{opt_name}"), times: vec![] })
+    }
+
+    /// One step on the next set of gradients, timed when `timed`.
+    fn step(&mut self, timed: bool) -> Result<()> {
+        let g = &self.grads[self.next % self.grads.len()];
+        self.next += 1;
+        let t0 = Instant::now();
+        self.opt.step_vecs(&mut self.params, g)?;
+        if timed {
+            self.times.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// The mean of the timed steps, in ms: the amortized cost, preconditioner updates included.
+    fn mean_ms(&self) -> f64 {
+        1e3 * self.times.iter().sum::<f64>() / self.times.len().max(1) as f64
+    }
+
+    /// The median of the timed steps, in ms: for AdamW, whose steps all do the same work, the
+    /// cost without the preemptions of a shared machine.
+    fn median_ms(&self) -> f64 {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        match t.len() {
+            0 => 0.0,
+            n if !n.is_multiple_of(2) => 1e3 * t[n / 2],
+            n => 1e3 * (t[n / 2 - 1] + t[n / 2]) / 2.0,
+        }
+    }
+}
+
+/// How often each optimizer of the default list updates its preconditioner by default (the
+/// library's defaults, which the benchmark keeps).
+fn frequency_note(label: &str) -> Option<&'static str> {
+    Some(match label {
+        "po.kron" => {
+            "preconditioner updated with probability 1 for the first 500 steps (pre_conditioner_update_probability: \
+             the library's schedule, decaying to 0.03 after), so every timed step updates it"
+        }
+        "po.soap" => {
+            "eigenbases refreshed every 10 steps (precondition_frequency 10), Adam in the rotated basis every step"
+        }
+        "po.shampoo" => "preconditioners recomputed every step (preconditioning_compute_steps 1)",
+        "optax.contrib.muon" => "Newton-Schulz orthogonalization (ns_steps 5) every step on matrices, Adam elsewhere",
+        _ => return None,
+    })
+}
+
+/// Runs the benchmark and prints the table and one JSON line per optimizer.
+pub fn run(cfg: &ModelBench) -> Result<()> {
+    if cfg.steps == 0 || cfg.threads == 0 {
+        bail!("--steps and --threads must be positive");
+    }
+    let named = model_shapes(&cfg.model)?;
+    let shapes: Vec<Vec<usize>> = named.iter().map(|(_, s)| s.clone()).collect();
+    let params: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    let names: Vec<String> = if cfg.optimizers.iter().any(|o| o == "all") {
+        DEFAULT_OPTIMIZERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cfg.optimizers.clone()
+    };
+    for name in &names {
+        resolve_optimizer(name)?;
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
+    let largest = named.iter().max_by_key(|(_, s)| s.iter().product::<usize>()).expect("a model has parameters");
+    println!(
+        "{}: {} parameters in {} tensors (largest {} {:?}), {} thread(s), random gradients; ms/step = mean of {} \
+         steps after one untimed step (preconditioner updates included), each optimizer alternating with \
+         {BASELINE} (its median step the unit of the ratio)",
+        cfg.model,
+        params,
+        shapes.len(),
+        largest.0,
+        largest.1,
+        cfg.threads,
+        cfg.steps
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "optimizer", "ms/step", "median", "AdamW ms", "x AdamW", "state MB"
+    );
+    let mut lines = vec![];
+    let empty = json!({});
+    for name in &names {
+        let r = pool.install(|| -> Result<Value> {
+            let mut base = Run::new(BASELINE, &empty, &shapes)?;
+            let hparams = if resolve_optimizer(name)? == resolve_optimizer(BASELINE)? { &empty } else { &cfg.hparams };
+            let mut x = Run::new(name, hparams, &shapes)?;
+            base.step(false)?;
+            x.step(false)?;
+            for _ in 0..cfg.steps {
+                base.step(true)?;
+                x.step(true)?;
+            }
+            let state = x.opt.stored_state_bytes();
+            Ok(json!({
+                "model": cfg.model,
+                "optimizer": x.label,
+                "params": params,
+                "tensors": shapes.len(),
+                "threads": cfg.threads,
+                "steps": cfg.steps,
+                "ms_per_step": x.mean_ms(),
+                "median_ms_per_step": x.median_ms(),
+                "adamw_ms_per_step": base.median_ms(),
+                "ratio_to_adamw": x.mean_ms() / base.median_ms(),
+                "state_bytes": state,
+                "state_bytes_per_param": state as f64 / params as f64,
+                "frequency": frequency_note(&x.label),
+            }))
+        })?;
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        println!(
+            "{:<22} {:>10.3} {:>10.3} {:>10.3} {:>10.2} {:>12.2}",
+            r["optimizer"].as_str().unwrap_or(""),
+            f("ms_per_step"),
+            f("median_ms_per_step"),
+            f("adamw_ms_per_step"),
+            f("ratio_to_adamw"),
+            f("state_bytes") / 1e6
+        );
+        lines.push(r);
+    }
+    for r in &lines {
+        if let Some(note) = r["frequency"].as_str() {
+            println!("{}: {note}", r["optimizer"].as_str().unwrap_or(""));
+        }
+    }
+    for r in lines {
+        println!("{r}");
+    }
+    Ok(())
+}
