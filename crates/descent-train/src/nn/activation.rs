@@ -83,7 +83,8 @@ fn exp_neg_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 0.0);
     let t = x * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
-    let r = x - n * 0.693_359_375 - n * -2.121_944_4e-4;
+    // ln 2 in two parts: the f32 nearest 0.693_359_4 is 355/512 exactly, so `n·` it is exact.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut y = 1.987_569_1e-4 * r + 1.398_2e-3;
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
