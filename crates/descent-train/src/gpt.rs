@@ -268,27 +268,27 @@ impl Gpt {
 impl Model for Gpt {
     /// Token ids `x` `[b, t]` (u32, `t ≤ block_size`) to logits `[b, t, vocab_size]`.
     fn forward(&self, x: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
-        let (b, t) = x.dims2()?;
+        let (_, t) = x.dims2()?;
         let cfg = &self.config;
         if t == 0 || t > cfg.block_size {
             return Err(Error::Param(format!("gpt: a sequence of {t} tokens; the block size is {}", cfg.block_size)));
         }
-        let c = cfg.n_embd;
         let pos = self.wpe.weight.as_tensor().narrow(0, 0, t)?;
         let h = self.wte.forward(x)?.broadcast_add(&pos)?;
         let mut h = self.drop(h, mode, rng)?;
         for blk in &self.h {
             let a = self.attention(&blk.attn, &blk.ln_1.forward(&h)?, mode, rng)?;
             h = (h + self.drop(a, mode, rng)?)?;
-            let z = blk.ln_2.forward(&h)?.reshape((b * t, c))?;
-            let z = blk.c_proj.forward(&gelu(&blk.c_fc.forward(&z)?, cfg.gelu)?)?.reshape((b, t, c))?;
+            // The linear ops take [b, t, c] as b·t rows: no reshapes, whose backward in candle
+            // would zero-fill and add a gradient of the activations' size each.
+            let z = blk.ln_2.forward(&h)?;
+            let z = blk.c_proj.forward(&gelu(&blk.c_fc.forward(&z)?, cfg.gelu)?)?;
             h = (h + self.drop(z, mode, rng)?)?;
         }
-        let h = self.ln_f.forward(&h)?.reshape((b * t, c))?;
-        // The tied output projection: the embedding table as a bias-free Linear.
+        let h = self.ln_f.forward(&h)?;
+        // The tied output projection: the embedding table as a bias-free Linear, [b, t, vocab].
         let zero = Tensor::zeros(cfg.vocab_size, DType::F32, h.device())?;
-        let logits = crate::linear::linear(&h, self.wte.weight.as_tensor(), &zero)?;
-        Ok(logits.reshape((b, t, cfg.vocab_size))?)
+        crate::linear::linear(&h, self.wte.weight.as_tensor(), &zero)
     }
 
     /// nanoGPT's state-dict order and names; the output projection is `transformer.wte.weight`.

@@ -42,13 +42,17 @@ impl CustomOp3 for LinearOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (xd, wd) = (l1.dims(), l2.dims());
-        if xd.len() != 2 || wd.len() != 2 || xd[1] != wd[1] || l3.dims() != [wd[0]] {
+        if xd.len() < 2 || wd.len() != 2 || xd[xd.len() - 1] != wd[1] || l3.dims() != [wd[0]] {
             candle_core::bail!(
-                "linear: input [n, in] {xd:?}, weight [out, in] {wd:?}, bias [out] {:?} do not fit",
+                "linear: input [.., n, in] {xd:?}, weight [out, in] {wd:?}, bias [out] {:?} do not fit",
                 l3.dims()
             );
         }
-        let (n, inp, out) = (xd[0], xd[1], wd[0]);
+        // Leading dimensions are rows: `[b, t, in]` is one product over `b·t` rows, without the
+        // reshapes (and their zero-filled gradients in candle's backward) around the op.
+        let (n, inp, out) = (xd[..xd.len() - 1].iter().product::<usize>(), wd[1], wd[0]);
+        let mut shape = xd.to_vec();
+        *shape.last_mut().expect("two or more dimensions") = out;
         let (x, w, b) = (
             f32_slice(s1, l1, "linear input")?,
             f32_slice(s2, l2, "linear weight")?,
@@ -62,7 +66,7 @@ impl CustomOp3 for LinearOp {
         if self.0 == Activation::Relu {
             y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
         }
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
     fn bwd(
@@ -73,36 +77,48 @@ impl CustomOp3 for LinearOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, inp, out) = (x.dims()[0], x.dims()[1], w.dims()[0]);
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ws = w.flatten_all()?.to_vec1::<f32>()?;
-        let mut gy = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        if self.0 == Activation::Relu {
+        let (inp, out) = (w.dims()[1], w.dims()[0]);
+        let n = x.elem_count() / inp;
+        // The operands are read in place (the op made them contiguous); only a ReLU's gradient,
+        // which is masked, is a new buffer.
+        let g = grad.contiguous()?;
+        let (sx, lx) = x.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let xs = storage_f32s(&sx, lx, "linear input")?;
+        let ws = storage_f32s(&sw, lw, "linear weight")?;
+        let gs = storage_f32s(&sg, lg, "linear gradient")?;
+        let masked: Vec<f32>;
+        let gy: &[f32] = if self.0 == Activation::Relu {
             // The gradient passes where the output is positive (as torch's ReLU backward).
             let (s, l) = res.storage_and_layout();
             let r = storage_f32s(&s, l, "linear output")?;
-            gy.iter_mut().zip(r).for_each(|(g, &r)| *g = if r > 0.0 { *g } else { 0.0 });
-        }
+            masked = gs.iter().zip(r).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
+            &masked
+        } else {
+            gs
+        };
         let par = n * out * inp >= PARALLEL_FLOPS;
         let mut gw = vec![0.0f32; out * inp];
-        matmul_in(self.1, &mut gw, false, &gy, true, &xs, false, out, inp, n, par);
+        matmul_in(self.1, &mut gw, false, gy, true, xs, false, out, inp, n, par);
         let mut gb = vec![0.0f32; out];
         for row in gy.chunks(out) {
             gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
         }
         let gx = if x.track_op() {
             let mut gx = vec![0.0f32; n * inp];
-            matmul_in(self.1, &mut gx, false, &gy, false, &ws, false, n, inp, out, par);
-            Some(Tensor::from_vec(gx, (n, inp), x.device())?)
+            matmul_in(self.1, &mut gx, false, gy, false, ws, false, n, inp, out, par);
+            Some(gx)
         } else {
             None
         };
         let dev = x.device();
+        let gx = gx.map(|gx| Tensor::from_vec(gx, x.dims(), dev)).transpose()?;
         Ok((gx, Some(Tensor::from_vec(gw, (out, inp), dev)?), Some(Tensor::from_vec(gb, out, dev)?)))
     }
 }
 
-/// `y = x Wᵀ + b` for `x` of shape `[n, in]`.
+/// `y = x Wᵀ + b` for `x` of shape `[n, in]` (or `[.., n, in]`, every leading index a row).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
     linear_with(x, w, b, Activation::Identity)
 }

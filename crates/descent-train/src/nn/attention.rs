@@ -210,27 +210,25 @@ impl CausalSelfAttention {
 
     /// `x` `[b, t, c]` to `[b, t, c]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
         let y = causal_attention(&self.qkv(x)?, self.n_head)?;
-        self.project(&y, b, t, c)
+        self.project(&y)
     }
 
     /// [`Self::forward`] and the attention weights `[b, n_head, t, t]`.
     pub fn forward_with_weights(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t, c) = x.dims3()?;
         let (y, att) = causal_attention_with_weights(&self.qkv(x)?, self.n_head)?;
-        Ok((self.project(&y, b, t, c)?, att))
+        Ok((self.project(&y)?, att))
     }
 
     /// `c_attn(x)` as `[b, t, 3c]`.
     fn qkv(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        Ok(self.c_attn.forward(&x.reshape((b * t, c))?)?.reshape((b, t, 3 * c))?)
+        x.dims3()?;
+        self.c_attn.forward(x)
     }
 
     /// `c_proj(y)` as `[b, t, c]`.
-    fn project(&self, y: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor> {
-        Ok(self.c_proj.forward(&y.reshape((b * t, c))?)?.reshape((b, t, c))?)
+    fn project(&self, y: &Tensor) -> Result<Tensor> {
+        self.c_proj.forward(y)
     }
 }
 
