@@ -2177,6 +2177,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         marker.write(&run_dir.dir)?;
     }
     let state_bytes = hooks.state_bytes;
+    if writer && !quiet && comm.size() > 1 {
+        let ranks = if a.shard_optimizer { format!(" (rank 0's 1/{} share)", comm.size()) } else { String::new() };
+        println!("optimizer state: {state_bytes} bytes{ranks}");
+    }
     let model: &dyn Model = match &job {
         Job::Text { model, .. } => model.as_ref(),
         Job::Images { model, .. } => model.as_ref(),

@@ -262,9 +262,11 @@ impl VarOptimizer {
             }
             s.opt.step(&mut params, &grads)?
         };
-        if any(comm, !stepped)? {
+        if !stepped {
+            // (Not under the loop's policy, which passes non-finite values on.) This rank fails,
+            // which ends every rank, rather than leave the ranks' parameters apart.
             return Err(Error::Param(
-                "a rank skipped its step (non-finite gradients): the ranks would disagree".into(),
+                "this rank skipped its step (non-finite gradients): the ranks would disagree".into(),
             ));
         }
         comm.all_gather(&mut flat, &s.bounds)?;
