@@ -58,8 +58,9 @@ enum Command {
     /// Train a model on the bundled data.
     ///
     /// With --resume DIR the run continues from its last checkpoint with the settings of its
-    /// config.json: only --epochs and --steps (each to a larger total than what is done) and
-    /// --threads may be given with it; any other setting that differs from the run's is refused.
+    /// config.json: only --epochs and --steps (each to a larger total than what is done),
+    /// --threads and --shard-optimizer may be given with it; any other setting that differs from
+    /// the run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with

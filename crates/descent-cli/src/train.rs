@@ -1575,7 +1575,7 @@ fn resume_settings(
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
                 if given != kept {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total) and --threads may be given",
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads and --shard-optimizer may be given",
                         flag(key),
                         match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
                     );
