@@ -81,6 +81,20 @@ pub struct TrainArgs {
     #[arg(long, value_name = "K")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accumulate: Option<usize>,
+    /// Under `mpirun -n N` (N ≥ 2, a build with --features mpi): shard the optimizer state
+    /// (ZeRO stage 1). Each rank keeps the state of 1/N of the parameters, steps that range on
+    /// its part of the reduce-scattered gradient, and the ranks all-gather the parameters: the
+    /// losses of the unsharded run to float rounding, the optimizer's state memory per rank
+    /// divided by N. Elementwise optimizers only (Adam, AdamW, SGD, Lion, RMSprop, Adagrad, …):
+    /// those whose step reads whole tensors (LAMB, LARS, Adafactor, Muon, Shampoo, Prodigy, …),
+    /// evaluates the objective (L-BFGS, SAM) or evaluates other weights (schedule-free,
+    /// Lookahead) are refused rather than cut on tensor boundaries. --clip-norm uses the norm of
+    /// the whole gradient. Checkpoints hold the whole state, as one process writes it: a run
+    /// resumes on any number of ranks, with or without this flag (which, like --threads, is not
+    /// part of the run's settings).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_optimizer: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Weight initialization: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
@@ -1551,7 +1565,16 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
 /// What needs the model: the optimizer builds over its parameters (which refuses a `--group`
 /// that selects no parameter, naming it) and a schedule can set its rates.
 fn check_model_settings(model: &dyn Model, cfg: &TrainConfig) -> Result<()> {
-    descent_train::train::optimizer_for(model, cfg)?;
+    // Sharding needs the ranks: here the optimizer is checked whole, and whether it can be cut.
+    let whole = TrainConfig { shard_optimizer: false, ..cfg.clone() };
+    let opt = descent_train::train::optimizer_for(model, &whole)?;
+    if cfg.shard_optimizer {
+        drop(opt);
+        descent_train::optim::shard::check_shardable(
+            &model.named_vars(),
+            &descent_train::train::optimizer_config(cfg),
+        )?;
+    }
     Ok(())
 }
 
@@ -1585,7 +1608,7 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
-    for k in ["epochs", "steps", "threads", "precision"] {
+    for k in ["epochs", "steps", "threads", "precision", "shard_optimizer"] {
         obj.remove(k);
     }
     // FNV-1a over the canonical JSON (keys sorted): an identity, not a defence against tampering.
@@ -1620,7 +1643,7 @@ fn resume_settings(
     let d = dir.display();
     for id in &cli.given {
         match id.as_str() {
-            "resume" | "threads" | "epochs" | "steps" | "precision" => {}
+            "resume" | "threads" | "epochs" | "steps" | "precision" | "shard_optimizer" => {}
             "config" => {
                 bail!("--config cannot be combined with --resume: a resumed run keeps the settings of its config.json")
             }
@@ -1636,7 +1659,7 @@ fn resume_settings(
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
                 if given != kept {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads and --precision may be given",
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --precision and --shard-optimizer may be given",
                         flag(key),
                         match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
                     );
@@ -1679,6 +1702,7 @@ fn resume_settings(
     if given("precision") {
         cfg.precision = cli.precision.clone();
     }
+    cfg.shard_optimizer = cli.shard_optimizer;
     if let Some(why) = &marker.ended {
         return Ok(Err(format!("nothing to do: the run in {d} already ended ({why})")));
     }
@@ -1755,6 +1779,7 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
             .transpose()?,
         accumulate: a.accumulate.unwrap_or(1),
         precision: precision_of(a.precision.as_deref())?,
+        shard_optimizer: a.shard_optimizer,
         ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
     })
 }
@@ -2047,6 +2072,11 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             (a, target) = (settings, Folder::Follower(ck.map(Box::new)));
         }
     }
+    if a.shard_optimizer && comm.size() < 2 {
+        bail!(
+            "--shard-optimizer cuts the optimizer state across the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one process"
+        );
+    }
     let default_batch = defaults(&a.model).1;
     a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
     a.batch_size = a.batch_size.or(Some(default_batch));
@@ -2180,6 +2210,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             "data-parallel on {} ranks: each step's batch split across them, gradients all-reduced",
             comm.size()
         ));
+        if a.shard_optimizer {
+            say(format!(
+                "optimizer sharded (ZeRO stage 1): each rank keeps the state of 1/{} of the parameters; gradients reduce-scattered, parameters all-gathered",
+                comm.size()
+            ));
+        }
     }
     if let Some(ck) = &resume {
         match &job {
@@ -2245,6 +2281,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         marker.write(&run_dir.dir)?;
     }
     let state_bytes = hooks.state_bytes;
+    if writer && !quiet && comm.size() > 1 {
+        let ranks = if a.shard_optimizer { format!(" (rank 0's 1/{} share)", comm.size()) } else { String::new() };
+        println!("optimizer state: {state_bytes} bytes{ranks}");
+    }
     let model: &dyn Model = match &job {
         Job::Text { model, .. } => model.as_ref(),
         Job::Images { model, .. } => model.as_ref(),

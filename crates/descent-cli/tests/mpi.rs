@@ -189,3 +189,145 @@ fn a_failing_rank_stops_every_rank_naming_itself() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `descent train ARGS --out DIR` on one process (`ranks` 1) or under `mpirun -n ranks`; its
+/// output, which must report success.
+fn train_on(ranks: usize, args: &[&str], dir: Option<&Path>) -> String {
+    let mut c = if ranks == 1 { descent() } else { mpirun(ranks) };
+    c.args(args);
+    if let Some(d) = dir {
+        c.args(["--out", d.to_str().unwrap()]);
+    }
+    let (ok, text, _) = run(c, Duration::from_secs(300));
+    assert!(ok, "{args:?}: {text}");
+    text
+}
+
+/// The bytes of optimizer state rank 0 reported.
+fn state_bytes(text: &str) -> usize {
+    let line = text.lines().find(|l| l.starts_with("optimizer state: ")).unwrap_or_else(|| panic!("{text}"));
+    line["optimizer state: ".len()..].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// --shard-optimizer (ZeRO stage 1) trains as the unsharded run on two ranks and as one
+/// process, clipping by the norm of the whole gradient, with half the optimizer state on each
+/// rank; its checkpoint holds the same state as the unsharded run's.
+#[test]
+fn a_sharded_optimizer_trains_as_the_unsharded_one_with_half_the_state() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let base = [
+        "train",
+        "--model",
+        "mlp",
+        "--dropout",
+        "0",
+        "--steps",
+        "200",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--optimizer",
+        "adamw",
+        "--clip-norm",
+        "0.5",
+        "--hparams",
+        r#"{"weight_decay": 0.1}"#,
+    ];
+    let (d1, d2, dz) = (out("z-one"), out("z-plain"), out("z-shard"));
+    train_on(1, &base, Some(&d1));
+    let plain = train_on(2, &base, Some(&d2));
+    let sharded = train_on(2, &[&base[..], &["--shard-optimizer"]].concat(), Some(&dz));
+    assert!(sharded.contains("optimizer sharded"), "{sharded}");
+    let ((l1, t1), (l2, t2), (lz, tz)) = (curve(&d1), curve(&d2), curve(&dz));
+    let (dp, d1z) = (max_diff(&l2, &lz), max_diff(&l1, &lz));
+    let (sp, sz) = (state_bytes(&plain), state_bytes(&sharded));
+    println!(
+        "sharded against unsharded on 2 ranks over 200 steps of 32 (clip-norm 0.5): step loss differs by {dp:.2e} at \
+         most, test loss by {:.2e}; against 1 process by {d1z:.2e} and {:.2e}; optimizer state on rank 0: {sz} bytes \
+         sharded, {sp} unsharded",
+        (t2 - tz).abs(),
+        (t1 - tz).abs()
+    );
+    assert!(dp < 1e-5 && (t2 - tz).abs() < 1e-5, "{l2:?} vs {lz:?}");
+    assert!(d1z < 1e-4 && (t1 - tz).abs() < 1e-4, "{l1:?} vs {lz:?}");
+    // Half, up to the cut on a block boundary (2048 values) of each of Adam's two buffers.
+    assert!(sz <= sp / 2 + 2 * 2048 * 4 && sz >= sp / 2 - 2 * 2048 * 4, "{sz} vs {sp}");
+    // The same state in the same form as the unsharded run's checkpoint.
+    let load = |d: &Path| descent_train::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
+    let (cp, cz) = (load(&d2), load(&dz));
+    assert_eq!(cp.optimizer.buffers.keys().collect::<Vec<_>>(), cz.optimizer.buffers.keys().collect::<Vec<_>>());
+    assert_eq!(cp.optimizer.counters, cz.optimizer.counters);
+    for (k, b) in &cp.optimizer.buffers {
+        let diff = b.iter().zip(&cz.optimizer.buffers[k]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "{k}: {diff}");
+    }
+    for d in [d1, d2, dz] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A sharded run's checkpoint resumes on one process and on two ranks, sharded or not, and an
+/// unsharded one resumes sharded: the curve of one process all along, to float rounding.
+#[test]
+fn a_sharded_checkpoint_resumes_on_one_process_and_on_two_ranks() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let base =
+        ["train", "--model", "mlp", "--dropout", "0", "--batch-size", "64", "--threads", "1", "--clip-norm", "1"];
+    let whole = out("z-whole");
+    train_on(1, &[&base[..], &["--steps", "30"]].concat(), Some(&whole));
+    let (l1, t1) = curve(&whole);
+    // (ranks and sharding before the cut, after it)
+    for (before, after) in
+        [((2, true), (1, false)), ((2, true), (2, true)), ((1, false), (2, true)), ((2, true), (2, false))]
+    {
+        let cut = out(&format!("z-cut-{}{}-{}{}", before.0, before.1, after.0, after.1));
+        let shard = |on: bool| if on { &["--shard-optimizer"][..] } else { &[][..] };
+        train_on(before.0, &[&base[..], &["--steps", "15"], shard(before.1)].concat(), Some(&cut));
+        let text = train_on(
+            after.0,
+            &[&["train", "--resume", cut.to_str().unwrap(), "--steps", "30", "--threads", "1"][..], shard(after.1)]
+                .concat(),
+            None,
+        );
+        assert!(text.contains("resuming"), "{text}");
+        let (l2, t2) = curve(&cut);
+        let dl = max_diff(&l1, &l2);
+        println!(
+            "15 steps on {} rank(s){}, then 15 on {}{}: step loss differs from one process by {dl:.2e} at most",
+            before.0,
+            if before.1 { " sharded" } else { "" },
+            after.0,
+            if after.1 { " sharded" } else { "" }
+        );
+        assert!(dl < 1e-4 && (t1 - t2).abs() < 1e-4, "{before:?} then {after:?}: {l1:?} vs {l2:?}");
+        let _ = std::fs::remove_dir_all(cut);
+    }
+    let _ = std::fs::remove_dir_all(whole);
+}
+
+/// An optimizer whose step reads whole tensors is refused under --shard-optimizer with one line
+/// naming it and the flag, before the run folder is made; so is one process.
+#[test]
+fn shard_optimizer_refuses_whole_tensor_optimizers_and_one_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    for opt in ["lamb", "optax.lars", "optax.adafactor"] {
+        let dir = out(&format!("z-refused-{opt}"));
+        let mut c = mpirun(2);
+        c.args(["train", "--model", "mlp", "--steps", "2", "--threads", "1", "--optimizer", opt, "--shard-optimizer"]);
+        c.args(["--out", dir.to_str().unwrap()]);
+        let (ok, text, _) = run(c, Duration::from_secs(60));
+        assert!(!ok, "{text}");
+        let line = text.lines().find(|l| l.contains("--shard-optimizer:")).unwrap_or_else(|| panic!("{text}"));
+        let name = opt.rsplit('.').next().unwrap();
+        assert!(line.contains(&format!(".{name}`")), "{line}");
+        assert!(line.contains("not elementwise"), "{line}");
+        assert!(!dir.exists(), "{opt}: the run folder was made");
+    }
+    let dir = out("z-one-rank");
+    let mut c = descent();
+    c.args(["train", "--model", "mlp", "--steps", "2", "--shard-optimizer", "--out", dir.to_str().unwrap()]);
+    let (ok, text, _) = run(c, Duration::from_secs(60));
+    assert!(!ok && text.contains("--shard-optimizer") && text.contains("one process"), "{text}");
+    assert!(!dir.exists());
+}

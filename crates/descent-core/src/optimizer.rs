@@ -105,6 +105,15 @@ impl Optimizer {
         self
     }
 
+    /// Whether the step is elementwise: each element's update reads only that element of the
+    /// gradients, parameters and state, and scalars of the step (counters, learning rates) that
+    /// do not depend on them, with no reduction over a tensor or all of them (norms, trust
+    /// ratios, factored or matrix statistics). Such a step gives the same values on any part of
+    /// the parameters, cut on the kernels' block boundaries: what a sharded optimizer runs.
+    pub fn is_elementwise(&mut self) -> bool {
+        self.tx.as_elementwise().is_some_and(|e| !e.needs_prepare())
+    }
+
     /// The parameter shapes this optimizer was built for.
     pub fn shapes(&self) -> &[Vec<usize>] {
         &self.shapes

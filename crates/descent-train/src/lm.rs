@@ -21,7 +21,7 @@ use crate::parallel::{any, broadcast_u64, share, Communicator, Local};
 use crate::rng::Rng;
 use crate::text::{CharCorpus, TextSplit};
 use crate::train::{
-    closure_step, gradient_step, optimizer_for, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
+    closure_step, gradient_step, optimizer_on, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
     Parallel, StepMetrics, Stop, TrainConfig,
 };
 
@@ -206,7 +206,7 @@ pub fn train_text_with(
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
     let _autocast = crate::precision::Autocast::enter(cfg.precision);
     let total = check(corpus, cfg, text)?;
-    let mut opt = optimizer_for(model, cfg)?;
+    let mut opt = optimizer_on(model, cfg, comm)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;
     let global = cfg.batch_size * cfg.accumulate;
     let mut rng = train_rng(cfg.seed);
@@ -247,7 +247,9 @@ pub fn train_text_with(
                 lr: opt.learning_rate(),
                 average: None,
             };
-            hooks.on_epoch(
+            // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
+            opt.gather_state(comm)?;
+            let ended = hooks.on_epoch(
                 &m,
                 &mut EpochEnd {
                     model,
@@ -259,7 +261,9 @@ pub fn train_text_with(
                     progress: None,
                     average: None,
                 },
-            )?;
+            );
+            opt.release_gathered();
+            ended?;
             history.push(m);
         }
     }
@@ -338,7 +342,9 @@ pub fn train_text_with(
                 lr: opt.learning_rate(),
                 average: None,
             };
-            hooks.on_epoch(
+            // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
+            opt.gather_state(comm)?;
+            let ended = hooks.on_epoch(
                 &m,
                 &mut EpochEnd {
                     model,
@@ -350,7 +356,9 @@ pub fn train_text_with(
                     progress: None,
                     average: None,
                 },
-            )?;
+            );
+            opt.release_gathered();
+            ended?;
             history.push(m);
             (start, next, seconds, seen) = (steps, boundary(steps), 0.0, 0);
         }
@@ -371,7 +379,7 @@ pub fn bench(
     batches: usize,
 ) -> Result<crate::train::BenchTimes> {
     let _autocast = crate::precision::Autocast::enter(cfg.precision);
-    let mut opt = optimizer_for(model, cfg)?;
+    let mut opt = optimizer_on(model, cfg, &Local)?;
     if let Some(name) = opt.closure_optimizer() {
         return Err(Error::Param(format!(
             "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \

@@ -97,10 +97,12 @@ use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use descent_core::state::StateDict;
 
 use descent_core::transform::Transform;
-use descent_core::transforms::{Clip, ClipByGlobalNorm, Partition};
+use descent_core::transforms::{Clip, ClipByGlobalNorm, Identity, Partition};
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
+
+pub mod shard;
 
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
@@ -122,6 +124,8 @@ pub struct VarOptimizer {
 enum Engine {
     Gradient(Optimizer),
     Closure(ClosureEngine),
+    /// A gradient optimizer over this rank's range of the parameters (see [`shard`]).
+    Sharded(Box<shard::Sharded>),
 }
 
 /// A closure-driven optimizer and the parameter values it moves (read from the variables at
@@ -145,6 +149,7 @@ impl Engine {
         match self {
             Engine::Gradient(o) => o.steps(),
             Engine::Closure(c) => c.steps,
+            Engine::Sharded(s) => s.opt.steps(),
         }
     }
 
@@ -152,12 +157,14 @@ impl Engine {
         match self {
             Engine::Gradient(o) => o.learning_rates(),
             Engine::Closure(c) => c.opt.learning_rates(),
+            Engine::Sharded(s) => s.opt.learning_rates(),
         }
     }
 
     fn set_learning_rates(&mut self, lrs: &[f64]) -> Result<()> {
         match self {
             Engine::Gradient(o) => Ok(o.set_learning_rates(lrs)?),
+            Engine::Sharded(s) => Ok(s.opt.set_learning_rates(lrs)?),
             Engine::Closure(c) => {
                 let mut n = 0;
                 c.opt.visit_learning_rates(&mut |_| n += 1);
@@ -365,6 +372,17 @@ impl OptimizerConfig {
     /// The transformation of this config over parameters with these names and shapes: the
     /// clipping, the optimizer (one per group) and the learning-rate multiplier link last.
     fn transform(&self, names: &[String], shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+        self.transform_clipping(names, shapes, true)
+    }
+
+    /// [`OptimizerConfig::transform`]; without `norm_clip`, an identity link stands where the
+    /// clipping by the global norm would (its caller clips), so that the state keeps its names.
+    fn transform_clipping(
+        &self,
+        names: &[String],
+        shapes: &[Vec<usize>],
+        norm_clip: bool,
+    ) -> Result<Box<dyn Transform>> {
         let (lib, name) = resolve_optimizer(&self.optimizer)?;
         let mut h = match &self.hparams {
             Value::Null => Value::Object(Default::default()),
@@ -424,7 +442,11 @@ impl OptimizerConfig {
             if !(n.is_finite() && n > 0.0) {
                 return Err(Error::Param(format!("clip_norm must be a positive number, got {n}")));
             }
-            links.push(Box::new(ClipByGlobalNorm::new(n)));
+            if norm_clip {
+                links.push(Box::new(ClipByGlobalNorm::new(n)));
+            } else {
+                links.push(Box::new(Identity));
+            }
         }
         links.push(tx);
         Ok(descent_core::chain(links))
@@ -532,7 +554,7 @@ impl VarOptimizer {
     /// [`VarOptimizer::step_closure`], not [`VarOptimizer::step`].
     pub fn closure_optimizer(&self) -> Option<&str> {
         match &self.opt {
-            Engine::Gradient(_) => None,
+            Engine::Gradient(_) | Engine::Sharded(_) => None,
             Engine::Closure(c) => Some(&c.name),
         }
     }
@@ -599,6 +621,7 @@ impl VarOptimizer {
     /// puts the training weights back exactly afterwards, also when `evaluate` fails. With any
     /// other optimizer, `evaluate` runs on the variables as they are.
     pub fn with_eval_weights<T>(&mut self, evaluate: impl FnOnce() -> Result<T>) -> Result<T> {
+        // A sharded optimizer evaluates the stepped weights (others are refused when built).
         let Engine::Gradient(opt) = &self.opt else { return evaluate() };
         let train: Vec<Vec<f32>> = self
             .vars
@@ -637,6 +660,7 @@ impl VarOptimizer {
                 dict.counters.insert(STEPS_KEY.into(), c.steps);
                 Ok(dict)
             }
+            Engine::Sharded(s) => Self::gathered_state(s),
         }
     }
 
@@ -653,6 +677,10 @@ impl VarOptimizer {
                 c.steps = steps;
                 Ok(())
             }
+            Engine::Sharded(s) => {
+                let mine = Self::shard_state(s, dict)?;
+                Ok(s.opt.load_state_dict(&mine)?)
+            }
         }
     }
 
@@ -660,6 +688,7 @@ impl VarOptimizer {
     pub fn stored_state_bytes(&mut self) -> usize {
         match &mut self.opt {
             Engine::Gradient(o) => o.stored_state_bytes(),
+            Engine::Sharded(s) => s.opt.stored_state_bytes(),
             Engine::Closure(c) => {
                 c.opt.state_dict().map(|d| d.buffers.values().map(|b| b.len() * 4).sum()).unwrap_or(0)
             }
@@ -765,14 +794,14 @@ impl VarOptimizer {
     pub fn core(&mut self) -> Option<&mut Optimizer> {
         match &mut self.opt {
             Engine::Gradient(o) => Some(o),
-            Engine::Closure(_) => None,
+            Engine::Closure(_) | Engine::Sharded(_) => None,
         }
     }
 
     /// The core closure-driven optimizer; `None` for a gradient one.
     pub fn closure_core(&mut self) -> Option<&mut dyn ClosureOptimizer> {
         match &mut self.opt {
-            Engine::Gradient(_) => None,
+            Engine::Gradient(_) | Engine::Sharded(_) => None,
             Engine::Closure(c) => Some(c.opt.as_mut()),
         }
     }
@@ -813,6 +842,9 @@ impl VarOptimizer {
         closure: impl FnMut() -> Result<Tensor>,
         observe: impl FnMut(&Evaluation) -> Result<()>,
     ) -> Result<f32> {
+        if matches!(self.opt, Engine::Sharded(_)) {
+            return Err(Self::sharded_refusal());
+        }
         self.apply_schedule()?;
         let mut objective =
             VarObjective { names: &self.names, vars: &self.vars, closure, observe, evals: 0, error: None };
@@ -857,6 +889,7 @@ impl VarOptimizer {
                 c.steps += 1;
                 Ok(loss)
             }
+            Engine::Sharded(_) => unreachable!("refused above"),
         }
     }
 
@@ -872,6 +905,9 @@ impl VarOptimizer {
                 "`{}` evaluates the objective itself: step it with VarOptimizer::step_closure, not gradients",
                 c.name
             )));
+        }
+        if matches!(self.opt, Engine::Sharded(_)) {
+            return Err(Self::sharded_refusal());
         }
         self.apply_schedule()?;
         if self.vars.is_empty() {
@@ -915,6 +951,12 @@ impl VarOptimizer {
         vars[0].as_tensor().inplace_op2(&g0, &first)?;
         let result = run.borrow_mut().result.take();
         Ok(result.ok_or_else(|| Error::Param("optimizer step did not run".into()))??)
+    }
+
+    fn sharded_refusal() -> Error {
+        Error::Param(
+            "the optimizer is sharded across ranks: step it with VarOptimizer::step_shard on every rank".into(),
+        )
     }
 
     /// The global L2 norm of the variables' gradients (before any clipping), accumulated in f64
@@ -987,6 +1029,9 @@ impl VarOptimizer {
                 "`{}` evaluates the objective itself: step it with VarOptimizer::step_closure, not gradients",
                 c.name
             )));
+        }
+        if matches!(self.opt, Engine::Sharded(_)) {
+            return Err(Self::sharded_refusal());
         }
         if flat.len() < self.flat_len() {
             return Err(Error::Param(format!(

@@ -96,6 +96,10 @@ pub struct TrainConfig {
     /// their operands to bfloat16 and sums in f32, as `torch.autocast("cpu", torch.bfloat16)`;
     /// parameters, gradients, optimizer state and losses stay f32 either way.
     pub precision: Precision,
+    /// Shard the optimizer across the ranks of a data-parallel run (ZeRO stage 1, see
+    /// [`crate::optim::shard`]): each rank keeps state for its range of the parameters alone.
+    /// Refused on one process and for optimizers that are not elementwise.
+    pub shard_optimizer: bool,
 }
 
 impl TrainConfig {
@@ -127,6 +131,7 @@ impl TrainConfig {
             average: None,
             augment: None,
             precision: Precision::F32,
+            shard_optimizer: false,
         }
     }
 }
@@ -455,13 +460,9 @@ pub(crate) fn param_grad_norms_of(
         .collect()
 }
 
-/// Builds the optimizer of a config over a model's parameters (through [`OptimizerConfig`]:
-/// groups by name, clipping). A schedule sets each group's rate to its base times the
-/// multiplier before every step ([`VarOptimizer::set_lr_scale`], as torch's `LRScheduler` sets
-/// each group's `lr`), so the optimizer reacts as its library does (ASGD's `eta` follows the
-/// rate; Adam's moments are not rescaled); one without a rate it can set is refused here.
-pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
-    let config = OptimizerConfig {
+/// The optimizer settings of a config (without a schedule: the loop sets the multiplier).
+pub fn optimizer_config(cfg: &TrainConfig) -> OptimizerConfig {
+    OptimizerConfig {
         optimizer: cfg.optimizer.clone(),
         lr: cfg.lr,
         hparams: cfg.hparams.clone(),
@@ -469,8 +470,27 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
         clip_norm: cfg.clip_norm,
         clip_value: cfg.clip_value,
         schedule: None,
+    }
+}
+
+/// Builds the optimizer of a config over a model's parameters (through [`OptimizerConfig`]:
+/// groups by name, clipping). A schedule sets each group's rate to its base times the
+/// multiplier before every step ([`VarOptimizer::set_lr_scale`], as torch's `LRScheduler` sets
+/// each group's `lr`), so the optimizer reacts as its library does (ASGD's `eta` follows the
+/// rate; Adam's moments are not rescaled); one without a rate it can set is refused here.
+pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimizer> {
+    optimizer_on(model, cfg, &Local)
+}
+
+/// [`optimizer_for`] on the ranks of `comm`: sharded across them with
+/// [`TrainConfig::shard_optimizer`] (every rank calls it then; refused on one process).
+pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicator) -> Result<VarOptimizer> {
+    let config = optimizer_config(cfg);
+    let mut opt = if cfg.shard_optimizer {
+        VarOptimizer::for_vars_sharded(model.named_vars(), &config, comm)?
+    } else {
+        VarOptimizer::for_vars(model.named_vars(), &config)?
     };
-    let mut opt = VarOptimizer::for_vars(model.named_vars(), &config)?;
     if let Some(AverageConfig { kind: AverageKind::Swa { .. }, .. }) = cfg.average {
         if !cfg.lr.is_some_and(|l| l > 0.0 && l.is_finite()) {
             return Err(Error::Param(
@@ -733,6 +753,9 @@ impl<'a> Parallel<'a> {
             }
             opt.accumulate_grads(&loss.backward()?, w, &mut self.flat)?;
         }
+        if let Some(bounds) = opt.shard_bounds().map(|b| b.to_vec()) {
+            return self.step_sharded(model, opt, cfg, local, &bounds, step);
+        }
         self.flat[n] = local;
         self.comm.all_reduce_sum(&mut self.flat)?;
         let l = self.flat[n];
@@ -755,6 +778,43 @@ impl<'a> Parallel<'a> {
             vec![]
         };
         opt.step_flat(grads)?;
+        self.broadcast_buffers(model)?;
+        Ok(ClosureStep { loss: l, grad_norm, param_grad_norms })
+    }
+}
+
+impl Parallel<'_> {
+    /// The end of [`Parallel::step`] with a sharded optimizer: the gradients reduce-scattered
+    /// (this rank receives the sum over the ranks of its range), the ranks' sums of squares of
+    /// each variable's part and their losses all-reduced in one call, the step on this rank's
+    /// range clipped by the global norm, and the parameters all-gathered.
+    fn step_sharded(
+        &mut self,
+        model: &dyn Model,
+        opt: &mut VarOptimizer,
+        cfg: &TrainConfig,
+        local: f32,
+        bounds: &[std::ops::Range<usize>],
+        step: u64,
+    ) -> Result<ClosureStep> {
+        let n = opt.flat_len();
+        let mine = bounds[self.comm.rank()].clone();
+        let mut shard = vec![0.0f32; mine.len()];
+        self.comm.reduce_scatter_sum(&self.flat[..n], bounds, &mut shard)?;
+        let mut sums = opt.shard_sums_of_squares(&shard)?;
+        sums.push(local as f64);
+        self.comm.all_reduce_sum_f64(&mut sums)?;
+        let l = sums.pop().expect("the loss was pushed") as f32;
+        if !l.is_finite() {
+            return Err(Error::Param(format!("loss is {l} at step {step}: training stopped")));
+        }
+        let grad_norm = sums.iter().sum::<f64>().sqrt();
+        let param_grad_norms = if cfg.log_grad_norms {
+            opt.names().iter().cloned().zip(sums.iter().map(|s| s.sqrt())).collect()
+        } else {
+            vec![]
+        };
+        opt.step_shard(self.comm, &mut shard, grad_norm)?;
         self.broadcast_buffers(model)?;
         Ok(ClosureStep { loss: l, grad_norm, param_grad_norms })
     }
@@ -960,7 +1020,7 @@ pub fn train_with(
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
     }
-    let mut opt = optimizer_for(model, cfg)?;
+    let mut opt = optimizer_on(model, cfg, comm)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;
     if distill.is_some() && par.active(cfg) {
         return Err(Error::Param(
@@ -1185,7 +1245,9 @@ pub fn train_with(
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
-        hooks.on_epoch(
+        // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
+        opt.gather_state(comm)?;
+        let ended = hooks.on_epoch(
             &m,
             &mut EpochEnd {
                 model,
@@ -1197,7 +1259,9 @@ pub fn train_with(
                 progress: cut,
                 average: avg.as_ref(),
             },
-        )?;
+        );
+        opt.release_gathered();
+        ended?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
         if improved && cfg.patience.is_some() {
             let snapshot: Vec<Tensor> = model
