@@ -391,7 +391,7 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     write_info(&q.out, &info_of(&src.args, "int8", &q.run, method.clone()))?;
     qm.save(&q.out.join(folder::run::MODEL_INT8))?;
     let f32_bytes: usize = src.model.named_vars().iter().map(|(_, v)| 4 * v.elem_count()).sum();
-    let int8_bytes: usize = qm.layers.iter().map(|l| l.weight.n * l.weight.k).sum();
+    let int8_bytes: usize = qm.layers().iter().map(|l| l.weight.n * l.weight.k).sum();
     println!(
         "quantized {} of {} to {method}; kernel {}; weights {} bytes (f32: {f32_bytes}), file {} bytes",
         src.args.model,

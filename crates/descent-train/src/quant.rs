@@ -1,23 +1,35 @@
 //! Post-training static int8 quantization of the MLP and LeNet-5: weights per output channel,
 //! symmetric, in `[−127, 127]`; each layer's input per tensor, asymmetric `u8` with a zero point,
 //! its range calibrated on training batches; Linear and Conv run as int8 GEMMs with exact `i32`
-//! accumulation (a convolution through im2col of the quantized input), then dequantized to f32
-//! for the bias, ReLU and max-pooling.
+//! accumulation (a convolution through im2col of the quantized input), whose epilogue
+//! max-pools, dequantizes with the bias, applies ReLU and quantizes for the next layer.
 //!
 //! With `x ≈ s_x (q_x − z)` and `w ≈ s_w[o] q_w`, a layer's output is
 //! `y[o] = s_x s_w[o] (Σ q_x q_w − z Σ q_w) + b[o]`: the row sums `Σ q_w` are computed once.
 //!
+//! ## Execution
+//! [`QuantModel::run`] splits a batch into tasks of a few images (or rows) run in parallel; in a
+//! task each layer's input is u8 (images NHWC), a convolution is an im2col of whole images into
+//! u8 rows and one GEMM per block of them, a linear layer one GEMM over the task's rows, and each
+//! GEMM's epilogue writes the next layer's u8 input or the f32 logits. The weights are permuted
+//! to the activations' order and packed for the kernels once, when the model is built.
+//! [`QuantModel::run_reference`] is the unfused layer-by-layer path ([`QLayer::forward`]: f32
+//! between layers, NCHW), which the pipeline matches bit for bit.
+//!
 //! ## Kernels and overflow
 //! Three kernels compute `C = A Bᵀ` for `A` u8 `[m × k]` and `B` i8 `[n × k]` in i32, chosen at
-//! run time like descent-core's AVX2 kernels:
+//! run time like descent-core's AVX2 kernels. The SIMD ones broadcast four bytes of a row of `A`
+//! to every lane and multiply them with a panel of `B` packed at load (8 output columns × 4
+//! inputs per register), in register tiles of up to 4 rows × 2 panels, so there is no
+//! horizontal sum; one macro generates both from their two differing steps:
 //! - AVX-512 VNNI (`vpdpbusd` on 256-bit registers): u8 × i8 products summed four at a time
 //!   straight into i32 lanes, without intermediate saturation (`vpdpbusds` would saturate);
-//! - AVX2: both operands widened to i16 (`vpmovzxbw`, the weights once at load) and multiplied
-//!   with `vpmaddwd`, which sums two i16 × i16 products into an i32. `vpmaddubsw` (u8 × i8 summed
-//!   in pairs into a *saturating* i16) is not used: 2 · 255 · 127 = 64 770 > 32 767 would
-//!   saturate. With i16 widening a pair is at most 64 770 in magnitude, and no pair is
-//!   (−32 768)², the only input `vpmaddwd` wraps on;
-//! - a scalar reference.
+//! - AVX2: the four bytes widened to two i16 pairs (`vpshufb`), the weights packed as i16 at
+//!   load, multiplied with `vpmaddwd`, which sums two i16 × i16 products into an i32.
+//!   `vpmaddubsw` (u8 × i8 summed in pairs into a *saturating* i16) is not used: 2 · 255 · 127 =
+//!   64 770 > 32 767 would saturate. With i16 widening a pair is at most 64 770 in magnitude, and
+//!   no pair is (−32 768)², the only input `vpmaddwd` wraps on;
+//! - a scalar reference on the unpacked rows.
 //!
 //! Every product is at most 255 · 127 = 32 385 in magnitude, so an i32 sum of up to
 //! ⌊(2³¹ − 1)/32 385⌋ = 66 311 products cannot overflow: `k` is limited to 65 536 ([`MAX_K`]).
@@ -36,15 +48,18 @@ use crate::rng::Rng;
 
 /// The longest dot product a kernel accepts (see the module's overflow argument).
 pub const MAX_K: usize = 65_536;
-/// Rows of the operands are padded with zeros to a multiple of this many bytes.
-const PAD: usize = 32;
+/// The inputs of a dot product are padded with zeros to a multiple of this many: the four u8 × i8
+/// products one `vpdpbusd` lane sums.
+const K_GROUP: usize = 4;
+/// Output columns per packed panel of the weights: the eight i32 lanes of a 256-bit register.
+pub const PANEL: usize = 8;
 
 /// The int8 GEMM kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// The reference kernel, plain Rust.
+    /// The reference kernel, plain Rust on the unpacked rows.
     Scalar,
-    /// AVX2: inputs and weights widened to i16, `vpmaddwd`.
+    /// AVX2: inputs widened to i16 pairs (`vpshufb`), weights packed as i16, `vpmaddwd`.
     Avx2,
     /// AVX-512 VNNI: `vpdpbusd` on u8 × i8.
     Vnni,
@@ -90,13 +105,25 @@ impl Kernel {
     }
 }
 
-/// `k` rounded up to the padding of the operands' rows.
+/// `k` rounded up to the padding of a dot product's inputs (a multiple of 4).
 pub fn padded(k: usize) -> usize {
-    k.div_ceil(PAD) * PAD
+    k.div_ceil(K_GROUP) * K_GROUP
 }
 
-/// A weight matrix `[n × k]` quantized for the kernels: i8 rows padded with zeros to
-/// [`padded`]`(k)`, and the same values widened to i16 for the AVX2 kernel.
+/// `n` rounded up to whole panels: the row length of a kernel's output.
+pub fn padded_cols(n: usize) -> usize {
+    n.div_ceil(PANEL) * PANEL
+}
+
+/// A weight matrix `[n × k]` quantized for the kernels: the i8 rows padded with zeros to
+/// [`padded`]`(k)` (the scalar kernel reads them), and the same values packed once into the
+/// panels the SIMD kernels read.
+///
+/// A panel holds [`PANEL`] output columns (the last one padded with zero columns); within it the
+/// weights run in groups of four inputs: VNNI's i8 panel stores, for each group, the four bytes
+/// of column 0, then of column 1, … (32 bytes: one register, one `vpdpbusd` against four inputs
+/// broadcast to every lane); AVX2's i16 panel stores, for each group, the pairs of inputs 0–1 of
+/// the eight columns then the pairs of inputs 2–3 (two registers, two `vpmaddwd`).
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     /// Rows (output channels).
@@ -105,10 +132,12 @@ pub struct QMatrix {
     pub k: usize,
     /// The int8 rows, padded with zeros.
     pub q: Vec<i8>,
-    /// The same rows widened to i16 (the AVX2 kernel).
-    pub q16: Vec<i16>,
     /// `Σ_k q[j, k]` of each row.
     pub row_sum: Vec<i32>,
+    /// VNNI's panels: `[panel][group][column][4]` i8.
+    panels_i8: Vec<i8>,
+    /// AVX2's panels: `[panel][group][pair][column][2]` i16.
+    panels_i16: Vec<i16>,
 }
 
 impl QMatrix {
@@ -122,42 +151,63 @@ impl QMatrix {
         for j in 0..n {
             q[j * kp..j * kp + k].copy_from_slice(&values[j * k..(j + 1) * k]);
         }
-        let q16 = q.iter().map(|&v| v as i16).collect();
         let row_sum = (0..n).map(|j| values[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum()).collect();
-        Ok(QMatrix { n, k, q, q16, row_sum })
+        let groups = kp / K_GROUP;
+        let mut panels_i8 = vec![0i8; padded_cols(n) * kp];
+        let mut panels_i16 = vec![0i16; padded_cols(n) * kp];
+        for j in 0..n {
+            let (p, col) = (j / PANEL, j % PANEL);
+            for g in 0..groups {
+                let at = (p * groups + g) * PANEL * K_GROUP;
+                for t in 0..K_GROUP {
+                    let v = q[j * kp + K_GROUP * g + t];
+                    panels_i8[at + col * K_GROUP + t] = v;
+                    panels_i16[at + (t / 2) * 2 * PANEL + col * 2 + t % 2] = v as i16;
+                }
+            }
+        }
+        Ok(QMatrix { n, k, q, row_sum, panels_i8, panels_i16 })
     }
 }
 
-/// `c[i, j] = Σ_p a[i, p] · b[j, p]` for `a` `[m × kp]` u8 (rows padded like `b`'s) with `kernel`.
+/// `c[i, j] = Σ_p a[i, p] · b[j, p]` for `a` `[m × padded(k)]` u8 (the bytes past `k` of a row
+/// may hold anything: the weights there are zero) and `c` `[m × padded_cols(n)]` i32 (the columns
+/// past `n` receive zeros), with `kernel`.
 pub fn gemm_u8i8(kernel: Kernel, a: &[u8], m: usize, b: &QMatrix, c: &mut [i32]) {
-    let kp = padded(b.k);
-    assert!(a.len() >= m * kp && c.len() >= m * b.n, "gemm_u8i8 operand sizes");
+    let (kp, np) = (padded(b.k), padded_cols(b.n));
+    assert!(a.len() >= m * kp && c.len() >= m * np, "gemm_u8i8 operand sizes");
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             assert!(std::arch::is_x86_feature_detected!("avx2"));
-            // SAFETY: AVX2 is present (checked above); the asserts bound every access.
-            unsafe { x86::gemm_avx2(a, m, kp, &b.q16, b.n, c) }
+            // SAFETY: AVX2 is present (checked above); the assert above and the panels' length
+            // (np · kp) bound every access.
+            unsafe { x86::gemm_avx2(a, m, kp, &b.panels_i16, np / PANEL, c) }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Vnni => {
             assert!(
                 std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl")
             );
-            // SAFETY: AVX-512 VNNI and VL are present (checked above); the asserts bound every access.
-            unsafe { x86::gemm_vnni(a, m, kp, &b.q, b.n, c) }
+            // SAFETY: AVX-512 VNNI and VL are present (checked above); the assert above and the
+            // panels' length (np · kp) bound every access.
+            unsafe { x86::gemm_vnni(a, m, kp, &b.panels_i8, np / PANEL, c) }
         }
-        _ => gemm_scalar(a, m, kp, &b.q, b.n, c),
+        _ => gemm_scalar(a, m, kp, b, c),
     }
 }
 
-/// The reference kernel.
-fn gemm_scalar(a: &[u8], m: usize, kp: usize, b: &[i8], n: usize, c: &mut [i32]) {
+/// The reference kernel: a dot product per output on the unpacked rows.
+fn gemm_scalar(a: &[u8], m: usize, kp: usize, b: &QMatrix, c: &mut [i32]) {
+    let np = padded_cols(b.n);
     for i in 0..m {
         let ai = &a[i * kp..(i + 1) * kp];
-        for j in 0..n {
-            let bj = &b[j * kp..(j + 1) * kp];
-            c[i * n + j] = ai.iter().zip(bj).map(|(&x, &w)| x as i32 * w as i32).sum();
+        for j in 0..np {
+            c[i * np + j] = if j < b.n {
+                ai.iter().zip(&b.q[j * kp..(j + 1) * kp]).map(|(&x, &w)| x as i32 * w as i32).sum()
+            } else {
+                0
+            };
         }
     }
 }
@@ -166,153 +216,107 @@ fn gemm_scalar(a: &[u8], m: usize, kp: usize, b: &[i8], n: usize, c: &mut [i32])
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// The sum of the eight i32 lanes.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-
-    /// AVX2: a row of `a` widened to i16 once, then four rows of `b` (already i16) at a time
-    /// through `vpmaddwd`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gemm_avx2(a: &[u8], m: usize, kp: usize, b: &[i16], n: usize, c: &mut [i32]) {
-        let mut row = vec![0i16; kp];
-        for i in 0..m {
-            for (r, &x) in row.iter_mut().zip(&a[i * kp..(i + 1) * kp]) {
-                *r = x as i16;
-            }
-            let ap = row.as_ptr();
-            let mut j = 0;
-            while j + 4 <= n {
-                let (b0, b1, b2, b3) = (
-                    b.as_ptr().add(j * kp),
-                    b.as_ptr().add((j + 1) * kp),
-                    b.as_ptr().add((j + 2) * kp),
-                    b.as_ptr().add((j + 3) * kp),
-                );
-                let (mut s0, mut s1, mut s2, mut s3) =
-                    (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
-                let mut p = 0;
-                while p < kp {
-                    let x = _mm256_loadu_si256(ap.add(p) as *const __m256i);
-                    s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(x, _mm256_loadu_si256(b0.add(p) as *const __m256i)));
-                    s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(x, _mm256_loadu_si256(b1.add(p) as *const __m256i)));
-                    s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(x, _mm256_loadu_si256(b2.add(p) as *const __m256i)));
-                    s3 = _mm256_add_epi32(s3, _mm256_madd_epi16(x, _mm256_loadu_si256(b3.add(p) as *const __m256i)));
-                    p += 16;
-                }
-                let out = &mut c[i * n + j..i * n + j + 4];
-                out[0] = hsum(s0);
-                out[1] = hsum(s1);
-                out[2] = hsum(s2);
-                out[3] = hsum(s3);
-                j += 4;
-            }
-            while j < n {
-                let bj = b.as_ptr().add(j * kp);
-                let mut s = _mm256_setzero_si256();
-                let mut p = 0;
-                while p < kp {
-                    let x = _mm256_loadu_si256(ap.add(p) as *const __m256i);
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(x, _mm256_loadu_si256(bj.add(p) as *const __m256i)));
-                    p += 16;
-                }
-                c[i * n + j] = hsum(s);
-                j += 1;
-            }
-        }
-    }
-
-    /// AVX-512 VNNI on 256-bit registers: `vpdpbusd` takes 32 u8 of `a` and 32 i8 of `b` and adds
-    /// the sums of each four products into eight i32 lanes; four rows of `b` at a time.
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub(super) unsafe fn gemm_vnni(a: &[u8], m: usize, kp: usize, b: &[i8], n: usize, c: &mut [i32]) {
-        // Blocks of 4 rows × 4 columns: 16 accumulators, each 32-byte load of `a` or `b` used
-        // four times.
-        let m4 = m / 4 * 4;
-        let n4 = n / 4 * 4;
-        for i in (0..m4).step_by(4) {
-            let ap: [*const u8; 4] = std::array::from_fn(|r| a.as_ptr().add((i + r) * kp));
-            for j in (0..n4).step_by(4) {
-                let bp: [*const i8; 4] = std::array::from_fn(|q| b.as_ptr().add((j + q) * kp));
-                let mut s = [[_mm256_setzero_si256(); 4]; 4];
-                let mut p = 0;
-                while p < kp {
-                    let w: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(bp[q].add(p) as *const __m256i));
-                    for (sr, a_r) in s.iter_mut().zip(ap) {
-                        let x = _mm256_loadu_si256(a_r.add(p) as *const __m256i);
-                        for (acc, wq) in sr.iter_mut().zip(w) {
-                            *acc = _mm256_dpbusd_epi32(*acc, x, wq);
+    /// A register-tiled kernel over packed weights, for an instruction set given by two steps:
+    /// `prep` turns four inputs of a row (one u32 broadcast to all eight lanes) into the operand
+    /// of `madd`, which adds their products with one panel's group (at pointer `b`) to the
+    /// accumulator of eight i32 columns. Tiles of up to four rows × two panels (or eight rows ×
+    /// one panel: eight accumulators) run over the whole `k`, so each weight load serves four
+    /// rows and each broadcast two panels; panels are the outer loop, so a panel pair stays in L1 while the
+    /// rows stream past it.
+    macro_rules! packed_kernel {
+        ($(#[$attr:meta])* $gemm:ident, $tile:ident, $bt:ty,
+         prep: |$x:ident| $prep:expr, madd: |$acc:ident, $p:ident, $b:ident| $madd:expr) => {
+            /// One tile: rows `a[r · kp ..]` for `r < R` against panels `b[q · (kp / 4) · 32 ..]`
+            /// for `q < P`, written to `c[r · ldc + 8q ..]`.
+            $(#[$attr])*
+            #[inline]
+            unsafe fn $tile<const R: usize, const P: usize>(
+                a: *const u8,
+                kp: usize,
+                b: *const $bt,
+                c: *mut i32,
+                ldc: usize,
+            ) {
+                let groups = kp / 4;
+                let mut acc = [[_mm256_setzero_si256(); P]; R];
+                for g in 0..groups {
+                    let bg = b.add(g * 32);
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let $x = _mm256_set1_epi32(a.add(r * kp + 4 * g).cast::<i32>().read_unaligned());
+                        let $p = $prep;
+                        for (q, acc_rq) in acc_r.iter_mut().enumerate() {
+                            let $b = bg.add(q * groups * 32);
+                            let $acc = *acc_rq;
+                            *acc_rq = $madd;
                         }
                     }
-                    p += 32;
                 }
-                for (r, sr) in s.iter().enumerate() {
-                    for (q, acc) in sr.iter().enumerate() {
-                        c[(i + r) * n + j + q] = hsum(*acc);
+                for (r, acc_r) in acc.iter().enumerate() {
+                    for (q, acc_rq) in acc_r.iter().enumerate() {
+                        _mm256_storeu_si256(c.add(r * ldc + q * 8).cast(), *acc_rq);
                     }
                 }
             }
-            // The last columns, one at a time.
-            for (r, a_r) in ap.iter().enumerate() {
-                for j in n4..n {
-                    let bj = b.as_ptr().add(j * kp);
-                    let mut acc = _mm256_setzero_si256();
-                    let mut p = 0;
-                    while p < kp {
-                        let x = _mm256_loadu_si256(a_r.add(p) as *const __m256i);
-                        acc = _mm256_dpbusd_epi32(acc, x, _mm256_loadu_si256(bj.add(p) as *const __m256i));
-                        p += 32;
+
+            /// `c [m × 8 panels] = a [m × kp] · bᵀ` over the packed panels `b`.
+            $(#[$attr])*
+            pub(super) unsafe fn $gemm(a: &[u8], m: usize, kp: usize, b: &[$bt], panels: usize, c: &mut [i32]) {
+                let ldc = panels * 8;
+                debug_assert!(a.len() >= m * kp && b.len() >= panels * kp * 8 && c.len() >= m * ldc && kp % 4 == 0);
+                let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                let mut p = 0;
+                while p < panels {
+                    let two = panels - p >= 2;
+                    let bp = b.add(p * kp * 8);
+                    let mut i = 0;
+                    while i < m {
+                        // A single panel takes eight rows: eight independent accumulators hide
+                        // the latency of the multiply-adds.
+                        let rows = if !two && m - i >= 8 { 8 } else { (m - i).min(4) };
+                        let (ai, ci) = (a.add(i * kp), c.add(i * ldc + p * 8));
+                        match (rows, two) {
+                            (8, _) => $tile::<8, 1>(ai, kp, bp, ci, ldc),
+                            (4, true) => $tile::<4, 2>(ai, kp, bp, ci, ldc),
+                            (3, true) => $tile::<3, 2>(ai, kp, bp, ci, ldc),
+                            (2, true) => $tile::<2, 2>(ai, kp, bp, ci, ldc),
+                            (1, true) => $tile::<1, 2>(ai, kp, bp, ci, ldc),
+                            (4, false) => $tile::<4, 1>(ai, kp, bp, ci, ldc),
+                            (3, false) => $tile::<3, 1>(ai, kp, bp, ci, ldc),
+                            (2, false) => $tile::<2, 1>(ai, kp, bp, ci, ldc),
+                            _ => $tile::<1, 1>(ai, kp, bp, ci, ldc),
+                        }
+                        i += rows;
                     }
-                    c[(i + r) * n + j] = hsum(acc);
+                    p += if two { 2 } else { 1 };
                 }
             }
-        }
-        for i in m4..m {
-            let ap = a.as_ptr().add(i * kp);
-            let mut j = 0;
-            while j + 4 <= n {
-                let (b0, b1, b2, b3) = (
-                    b.as_ptr().add(j * kp),
-                    b.as_ptr().add((j + 1) * kp),
-                    b.as_ptr().add((j + 2) * kp),
-                    b.as_ptr().add((j + 3) * kp),
-                );
-                let (mut s0, mut s1, mut s2, mut s3) =
-                    (_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256());
-                let mut p = 0;
-                while p < kp {
-                    let x = _mm256_loadu_si256(ap.add(p) as *const __m256i);
-                    s0 = _mm256_dpbusd_epi32(s0, x, _mm256_loadu_si256(b0.add(p) as *const __m256i));
-                    s1 = _mm256_dpbusd_epi32(s1, x, _mm256_loadu_si256(b1.add(p) as *const __m256i));
-                    s2 = _mm256_dpbusd_epi32(s2, x, _mm256_loadu_si256(b2.add(p) as *const __m256i));
-                    s3 = _mm256_dpbusd_epi32(s3, x, _mm256_loadu_si256(b3.add(p) as *const __m256i));
-                    p += 32;
-                }
-                let out = &mut c[i * n + j..i * n + j + 4];
-                out[0] = hsum(s0);
-                out[1] = hsum(s1);
-                out[2] = hsum(s2);
-                out[3] = hsum(s3);
-                j += 4;
-            }
-            while j < n {
-                let bj = b.as_ptr().add(j * kp);
-                let mut s = _mm256_setzero_si256();
-                let mut p = 0;
-                while p < kp {
-                    let x = _mm256_loadu_si256(ap.add(p) as *const __m256i);
-                    s = _mm256_dpbusd_epi32(s, x, _mm256_loadu_si256(bj.add(p) as *const __m256i));
-                    p += 32;
-                }
-                c[i * n + j] = hsum(s);
-                j += 1;
-            }
-        }
+        };
     }
+
+    packed_kernel!(
+        #[target_feature(enable = "avx2")]
+        gemm_avx2,
+        tile_avx2,
+        i16,
+        // The broadcast bytes x0 x1 x2 x3 as the i16 pairs (x0, x1) and (x2, x3) in every lane.
+        prep: |x| (
+            _mm256_shuffle_epi8(x, _mm256_set1_epi32(0x8001_8000u32 as i32)),
+            _mm256_shuffle_epi8(x, _mm256_set1_epi32(0x8003_8002u32 as i32))
+        ),
+        madd: |acc, x, b| _mm256_add_epi32(
+            _mm256_add_epi32(acc, _mm256_madd_epi16(x.0, _mm256_loadu_si256(b.cast()))),
+            _mm256_madd_epi16(x.1, _mm256_loadu_si256(b.add(16).cast()))
+        )
+    );
+
+    packed_kernel!(
+        #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+        gemm_vnni,
+        tile_vnni,
+        i8,
+        prep: |x| x,
+        madd: |acc, x, b| _mm256_dpbusd_epi32(acc, x, _mm256_loadu_si256(b.cast()))
+    );
 }
 
 /// The affine map of a layer's input to u8: `q = clamp(round(x / scale) + zero_point, 0, 255)`.
@@ -338,9 +342,30 @@ impl QParams {
     /// a multiply, an add and a truncation, which vectorize where `round` is a library call).
     #[inline]
     pub fn quantize(&self, x: f32) -> u8 {
-        let t = x * (1.0 / self.scale) + (self.zero_point as f32 + 0.5);
-        // NaN → 0, as the clamp of a float to an integer does.
-        t.clamp(0.0, 255.0) as u8
+        Quantizer::of(self).apply(x)
+    }
+}
+
+/// [`QParams::quantize`] with its reciprocal and offset computed once.
+#[derive(Debug, Clone, Copy)]
+struct Quantizer {
+    inv: f32,
+    offset: f32,
+}
+
+impl Quantizer {
+    fn of(p: &QParams) -> Quantizer {
+        Quantizer { inv: 1.0 / p.scale, offset: p.zero_point as f32 + 0.5 }
+    }
+
+    #[inline(always)]
+    fn apply(self, x: f32) -> u8 {
+        // `max` before `min` maps NaN to 0 (`f32::max` returns the other operand), as a clamp
+        // then a float-to-integer cast would; the value is then in [0, 255], so truncating it
+        // without the cast's checks (which do not vectorize) is exact.
+        let t = (x * self.inv + self.offset).max(0.0).min(255.0);
+        // SAFETY: t is a number in [0, 255], which fits an i32.
+        unsafe { t.to_int_unchecked::<i32>() as u8 }
     }
 }
 
@@ -453,15 +478,19 @@ fn float_forward(spec: &LayerSpec, w: &Tensor, b: &Tensor, x: &Tensor) -> Result
 }
 
 impl QLayer {
-    /// The layer on an f32 input (`[n, …]`), through `kernel`: the output in f32.
+    /// The layer on an f32 input (`[n, …]`), through `kernel`: the output in f32 (NCHW for a
+    /// convolution). The unfused reference the pipeline of [`QuantModel::run`] is tested
+    /// against: it quantizes its input, multiplies, dequantizes, applies ReLU and max-pooling in
+    /// f32, image by image.
     pub fn forward(&self, kernel: Kernel, x: &[f32], in_dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
         let n = in_dims[0];
         let qp = self.input;
         let o = self.weight.n;
-        let kp = padded(self.weight.k);
+        let (kp, np) = (padded(self.weight.k), padded_cols(o));
         let scales: Vec<f32> = self.weight_scale.iter().map(|s| s * qp.scale).collect();
         let zp = qp.zero_point;
         let deq = |acc: i32, j: usize| (acc - zp * self.weight.row_sum[j]) as f32 * scales[j] + self.bias[j];
+        let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
         if self.spec.kind == "linear" {
             let k = self.weight.k;
             if x.len() != n * k {
@@ -477,21 +506,15 @@ impl QLayer {
                     *d = qp.quantize(v);
                 }
             }
-            let mut c = vec![0i32; n * o];
-            let rows = 64;
-            c.par_chunks_mut(rows * o).zip(a.par_chunks(rows * kp)).for_each(|(c, a)| {
-                gemm_u8i8(kernel, a, a.len() / kp, &self.weight, c);
-            });
-            let relu = self.spec.act != Act::Identity;
-            let y = c
-                .iter()
-                .enumerate()
-                .map(|(t, &acc)| {
-                    let v = deq(acc, t % o);
-                    if relu && v < 0.0 {
-                        0.0
-                    } else {
+            let mut c = vec![0i32; n * np];
+            gemm_u8i8(kernel, &a, n, &self.weight, &mut c);
+            let y = (0..n * o)
+                .map(|t| {
+                    let v = deq(c[t / o * np + t % o], t % o);
+                    if self.spec.act == Act::Identity {
                         v
+                    } else {
+                        relu(v)
                     }
                 })
                 .collect();
@@ -508,7 +531,7 @@ impl QLayer {
         let (ph, pw) = if self.spec.act == Act::ReluPool2 { (pool.out_size(oh), pool.out_size(ow)) } else { (oh, ow) };
         let img = c_in * h * w;
         let mut out = vec![0f32; n * o * ph * pw];
-        out.par_chunks_mut(o * ph * pw).enumerate().for_each(|(b, dst)| {
+        for (b, dst) in out.chunks_mut(o * ph * pw).enumerate() {
             let xq: Vec<u8> = x[b * img..(b + 1) * img].iter().map(|&v| qp.quantize(v)).collect();
             let mut a = vec![0u8; oh * ow * kp];
             for oy in 0..oh {
@@ -524,26 +547,193 @@ impl QLayer {
                     }
                 }
             }
-            let mut acc = vec![0i32; oh * ow * o];
+            let mut acc = vec![0i32; oh * ow * np];
             gemm_u8i8(kernel, &a, oh * ow, &self.weight, &mut acc);
             let mut plane = vec![0f32; oh * ow];
             let mut idx = vec![0u32; ph * pw];
             for j in 0..o {
                 for (p, v) in plane.iter_mut().enumerate() {
-                    *v = deq(acc[p * o + j], j);
+                    *v = deq(acc[p * np + j], j);
                 }
                 let d = &mut dst[j * ph * pw..(j + 1) * ph * pw];
                 match self.spec.act {
                     Act::Identity => d.copy_from_slice(&plane),
-                    Act::Relu => d.iter_mut().zip(&plane).for_each(|(d, &v)| *d = if v < 0.0 { 0.0 } else { v }),
+                    Act::Relu => d.iter_mut().zip(&plane).for_each(|(d, &v)| *d = relu(v)),
                     Act::ReluPool2 => {
                         pool.plane(&plane, oh, ow, d, &mut idx);
-                        d.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+                        d.iter_mut().for_each(|v| *v = relu(*v));
                     }
                 }
             }
-        });
+        }
         Ok((out, vec![n, o, ph, pw]))
+    }
+}
+
+/// Images per task of the pipeline when the first layer is a convolution.
+const IMAGES_PER_TASK: usize = 8;
+/// Rows per task of the pipeline when the first layer is linear.
+const ROWS_PER_TASK: usize = 32;
+/// About how many output positions one convolution GEMM takes (whole images, at least one): its
+/// im2col rows and i32 outputs stay in L2.
+const CONV_GEMM_ROWS: usize = 1024;
+/// Bytes past the end of every u8 buffer of the pipeline: the 8-byte copies of im2col and the
+/// 8-byte stores of the epilogue may run past a row's end (into the next row, written later, or
+/// into this slack).
+const SLACK: usize = 32;
+
+/// A layer as the fused pipeline runs it, built once from the layer and the next one.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// The weight, its inputs in the order of the pipeline's activations, which are NHWC: a
+    /// convolution's patch as (ky, kx, c), the inputs of a linear layer after a convolution as
+    /// (y, x, c).
+    mat: QMatrix,
+    /// Per output column (padded to whole panels with zeros): `zero_point · Σ q_w`, the scale
+    /// `s_x · s_w` and the bias of the dequantization.
+    zr: Vec<i32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    /// A convolution.
+    conv: bool,
+    /// ReLU after the dequantization.
+    relu: bool,
+    /// 2×2 max-pooling (taken on the i32 sums, before the dequantization: it is increasing, as
+    /// the scales are positive, so the maximum commutes with it).
+    pool: bool,
+    /// The next layer's input quantization, applied in the epilogue; none for the last layer,
+    /// whose output is f32.
+    next: Option<Quantizer>,
+}
+
+/// A layer's input or output, per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Channels × height × width.
+    Image { c: usize, h: usize, w: usize },
+    /// A vector of `k` features.
+    Row { k: usize },
+}
+
+impl Shape {
+    fn len(self) -> usize {
+        match self {
+            Shape::Image { c, h, w } => c * h * w,
+            Shape::Row { k } => k,
+        }
+    }
+}
+
+/// A worker's buffers, kept from one batch to the next: the quantized activations in and out of
+/// a layer, the im2col rows and the i32 sums.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<u8>,
+    y: Vec<u8>,
+    a: Vec<u8>,
+    c: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// `v[..len]`, grown (with zeros) to hold it.
+fn room<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
+
+/// The im2col rows (`kp` bytes each, patches in (ky, kx, c) order) of the `bn` NHWC images
+/// `c × h × w` at the start of `src`, for a `kh × kw` convolution (stride 1, no padding). Each run
+/// of `kw · c` bytes is copied 8 bytes at a time: up to 7 bytes past it are read from `src` and
+/// overwritten in `rows` (in the next run or row, written after, or in [`SLACK`]).
+#[inline(always)]
+fn im2col(rows: &mut [u8], kp: usize, src: &[u8], bn: usize, (c, h, w): (usize, usize, usize), kh: usize, kw: usize) {
+    let (oh, ow, run) = (h - kh + 1, w - kw + 1, kw * c);
+    assert!(src.len() >= bn * c * h * w + 8 && rows.len() >= bn * oh * ow * kp + 8 && kh * run <= kp);
+    let (src, rows) = (src.as_ptr(), rows.as_mut_ptr());
+    // SAFETY (all accesses below): a run starts at most `run` bytes before its image's end and
+    // its row's `kh · run ≤ kp` bytes, so with the 8 spare bytes the assert asks for, the 8-byte
+    // accesses at offsets below `run` are in bounds.
+    let mut d = rows;
+    for b in 0..bn {
+        for oy in 0..oh {
+            let line = unsafe { src.add((b * h + oy) * w * c) };
+            for ox in 0..ow {
+                let s = unsafe { line.add(ox * c) };
+                for ky in 0..kh {
+                    let (s, d) = unsafe { (s.add(ky * w * c), d.add(ky * run)) };
+                    if run <= 8 {
+                        unsafe { d.cast::<u64>().write_unaligned(s.cast::<u64>().read_unaligned()) };
+                    } else {
+                        let mut t = 0;
+                        while t < run {
+                            unsafe { d.add(t).cast::<u64>().write_unaligned(s.add(t).cast::<u64>().read_unaligned()) };
+                            t += 8;
+                        }
+                    }
+                }
+                d = unsafe { d.add(kp) };
+            }
+        }
+    }
+}
+
+/// Where an epilogue writes a layer's outputs.
+enum Sink<'a> {
+    /// The next layer's u8 input: sample `b`'s position `s` channel `j` at `b · stride + s · n + j`
+    /// (NHWC, or a row of a linear layer's input).
+    U8 { buf: &'a mut [u8], stride: usize, n: usize, q: Quantizer },
+    /// The model's f32 output: sample `b`'s channel `j` at position `s` at
+    /// `(b · n + j) · plane + s` (NCHW, or `[n]` per row with `plane` 1).
+    F32 { buf: &'a mut [f32], n: usize, plane: usize },
+}
+
+impl Sink<'_> {
+    /// Sample `b`, position `s`, the eight channels of panel `p`.
+    #[inline(always)]
+    fn put(&mut self, b: usize, s: usize, p: usize, v: &[f32; PANEL]) {
+        match self {
+            Sink::U8 { buf, stride, n, q } => {
+                let bytes: [u8; PANEL] = std::array::from_fn(|t| q.apply(v[t]));
+                // Channels past n run into the next position's bytes (written after) or SLACK.
+                let at = b * *stride + s * *n + PANEL * p;
+                buf[at..at + PANEL].copy_from_slice(&bytes);
+            }
+            Sink::F32 { buf, n, plane } => {
+                for (t, &x) in v.iter().enumerate().take(*n - PANEL * p) {
+                    buf[(b * *n + PANEL * p + t) * *plane + s] = x;
+                }
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// The dequantized outputs of panel `p` for the maximum of the sums in rows `rows` of `c`
+    /// (one row without pooling), after ReLU if the layer has it.
+    #[inline(always)]
+    fn finish(&self, c: &[i32], np: usize, rows: &[usize], p: usize) -> [f32; PANEL] {
+        let at = PANEL * p;
+        let mut m: [i32; PANEL] = c[rows[0] * np + at..][..PANEL].try_into().expect("a panel");
+        for &r in &rows[1..] {
+            let row: &[i32; PANEL] = c[r * np + at..][..PANEL].try_into().expect("a panel");
+            for (m, &r) in m.iter_mut().zip(row) {
+                *m = (*m).max(r);
+            }
+        }
+        let (zr, sc, bi) = (&self.zr[at..at + PANEL], &self.scale[at..at + PANEL], &self.bias[at..at + PANEL]);
+        std::array::from_fn(|t| {
+            let v = (m[t] - zr[t]) as f32 * sc[t] + bi[t];
+            if self.relu && v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        })
     }
 }
 
@@ -553,7 +743,9 @@ pub struct QuantModel {
     /// `mlp` or `lenet`.
     pub model: String,
     /// The layers in order.
-    pub layers: Vec<QLayer>,
+    layers: Vec<QLayer>,
+    /// Each layer as the fused pipeline runs it.
+    plans: Vec<Plan>,
     /// The int8 kernel used.
     pub kernel: Kernel,
 }
@@ -630,11 +822,272 @@ impl QuantModel {
                 spec,
             });
         }
-        Ok(QuantModel { model: model_name.to_string(), layers, kernel: Kernel::detect() })
+        QuantModel::new(model_name.to_string(), layers)
+    }
+
+    /// The model from its layers: checks that they chain and builds the fused pipeline's plans
+    /// (the weights permuted and packed once).
+    pub fn new(model: String, layers: Vec<QLayer>) -> Result<QuantModel> {
+        let mut plans = vec![];
+        for (i, l) in layers.iter().enumerate() {
+            let (n, k) = (l.weight.n, l.weight.k);
+            let bad = |m: &str| Error::Param(format!("int8 layer {}: {m}", l.spec.name));
+            let conv = match l.spec.kind.as_str() {
+                "conv" => true,
+                "linear" => false,
+                other => return Err(bad(&format!("kind `{other}` (linear or conv)"))),
+            };
+            let want = if conv { 4 } else { 2 };
+            if l.shape.len() != want || l.shape[0] != n || l.shape[1..].iter().product::<usize>() != k || n == 0 {
+                return Err(bad(&format!("weight shape {:?} for {n}×{k} values", l.shape)));
+            }
+            if l.weight_scale.len() != n || l.bias.len() != n {
+                return Err(bad("one weight scale and one bias per output"));
+            }
+            // Positive scales make the dequantization increasing (max-pooling of the i32 sums).
+            if !l.weight_scale.iter().chain([&l.input.scale]).all(|s| s.is_finite() && *s > 0.0)
+                || !(0..=255).contains(&l.input.zero_point)
+            {
+                return Err(bad("scales must be finite and positive, the zero point in [0, 255]"));
+            }
+            let prev_conv = i > 0 && layers[i - 1].spec.kind == "conv";
+            if i > 0 && conv && !prev_conv {
+                return Err(bad("a convolution after a linear layer"));
+            }
+            let kp = padded(k);
+            // Position of input t of the weight's order in the pipeline's.
+            let to: Box<dyn Fn(usize) -> usize> = if conv {
+                let (c, kh, kw) = (l.shape[1], l.shape[2], l.shape[3]);
+                Box::new(move |t| {
+                    let (ci, ky, kx) = (t / (kh * kw), t / kw % kh, t % kw);
+                    (ky * kw + kx) * c + ci
+                })
+            } else if prev_conv {
+                let c = layers[i - 1].weight.n;
+                if !l.spec.flatten || k % c != 0 {
+                    return Err(bad("a linear layer after a convolution flattens its channels"));
+                }
+                let s = k / c;
+                Box::new(move |t| (t % s) * c + t / s)
+            } else {
+                Box::new(|t| t)
+            };
+            let mut q = vec![0i8; n * k];
+            for j in 0..n {
+                for (t, &v) in l.weight.q[j * kp..j * kp + k].iter().enumerate() {
+                    q[j * k + to(t)] = v;
+                }
+            }
+            let np = padded_cols(n);
+            let col =
+                |f: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..np).map(|j| if j < n { f(j) } else { 0.0 }).collect() };
+            plans.push(Plan {
+                mat: QMatrix::new(n, k, &q)?,
+                zr: (0..np).map(|j| if j < n { l.input.zero_point * l.weight.row_sum[j] } else { 0 }).collect(),
+                scale: col(&|j| l.weight_scale[j] * l.input.scale),
+                bias: col(&|j| l.bias[j]),
+                conv,
+                relu: l.spec.act != Act::Identity,
+                pool: conv && l.spec.act == Act::ReluPool2,
+                next: layers.get(i + 1).map(|n| Quantizer::of(&n.input)),
+            });
+        }
+        if layers.is_empty() {
+            return Err(Error::Param("an int8 model without layers".into()));
+        }
+        Ok(QuantModel { model, layers, plans, kernel: Kernel::detect() })
+    }
+
+    /// The layers in order.
+    pub fn layers(&self) -> &[QLayer] {
+        &self.layers
+    }
+
+    /// The per-sample input of every layer and the model's output, for input dims `dims`.
+    fn shapes(&self, dims: &[usize]) -> Result<Vec<Shape>> {
+        let bad = |m: String| Error::Param(format!("int8 {}: {m}", self.model));
+        let mut s = match dims {
+            [_, c, h, w] if self.plans[0].conv => Shape::Image { c: *c, h: *h, w: *w },
+            [_, rest @ ..] if !self.plans[0].conv && (self.layers[0].spec.flatten || rest.len() == 1) => {
+                Shape::Row { k: rest.iter().product() }
+            }
+            _ => return Err(bad(format!("input of dims {dims:?}"))),
+        };
+        let mut out = vec![s];
+        for (l, p) in self.layers.iter().zip(&self.plans) {
+            let n = l.weight.n;
+            s = match (s, p.conv) {
+                (Shape::Image { c, h, w }, true) => {
+                    let (kh, kw) = (l.shape[2], l.shape[3]);
+                    if c != l.shape[1] || h < kh || w < kw {
+                        return Err(bad(format!("{}: input {c}×{h}×{w} for weight {:?}", l.spec.name, l.shape)));
+                    }
+                    let (oh, ow) = (h - kh + 1, w - kw + 1);
+                    if p.pool && (oh < 2 || ow < 2) {
+                        return Err(bad(format!("{}: a {oh}×{ow} output to pool 2×2", l.spec.name)));
+                    }
+                    if p.pool {
+                        Shape::Image { c: n, h: oh / 2, w: ow / 2 }
+                    } else {
+                        Shape::Image { c: n, h: oh, w: ow }
+                    }
+                }
+                (s, false) if s.len() == l.weight.k => Shape::Row { k: n },
+                (s, _) => return Err(bad(format!("{}: input {s:?} for weight {:?}", l.spec.name, l.shape))),
+            };
+            out.push(s);
+        }
+        Ok(out)
     }
 
     /// Logits of a batch `x` (`[n, …]` f32), as f32 values and their dims.
+    ///
+    /// The fused pipeline: the batch in tasks of [`IMAGES_PER_TASK`] images (or
+    /// [`ROWS_PER_TASK`] rows), run in parallel; within one, every layer's input is u8 (NHWC
+    /// for a convolution), a convolution is an im2col of whole images into u8 rows and one GEMM
+    /// of the kernel per block of them, a linear layer one GEMM over the task's rows, and the
+    /// epilogue of each turns the i32 sums into the next layer's u8 input (max-pooling,
+    /// dequantization with bias, ReLU, quantization) or into the f32 output. The same f32
+    /// operations as [`QLayer::forward`]'s, so the logits equal [`QuantModel::run_reference`]'s
+    /// bit for bit.
     pub fn run(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let shapes = self.shapes(dims)?;
+        let n = dims[0];
+        let (per_in, last) = (shapes[0].len(), *shapes.last().expect("the output"));
+        let per_out = last.len();
+        let out_dims = match last {
+            Shape::Image { c, h, w } => vec![n, c, h, w],
+            Shape::Row { k } => vec![n, k],
+        };
+        if x.len() != n * per_in {
+            return Err(Error::Param(format!("int8 {}: {} values for dims {dims:?}", self.model, x.len())));
+        }
+        let mut out = vec![0f32; n * per_out];
+        if n == 0 || per_in == 0 || per_out == 0 {
+            return Ok((out, out_dims));
+        }
+        let block = if self.plans[0].conv { IMAGES_PER_TASK } else { ROWS_PER_TASK };
+        let go = |x: &[f32], out: &mut [f32]| {
+            SCRATCH.with(|s| self.run_block(&shapes, x, x.len() / per_in, out, &mut s.borrow_mut()))
+        };
+        if n <= block {
+            go(x, &mut out);
+        } else {
+            out.par_chunks_mut(block * per_out).zip(x.par_chunks(block * per_in)).for_each(|(o, x)| go(x, o));
+        }
+        Ok((out, out_dims))
+    }
+
+    /// [`QuantModel::run`] for the `nb` samples of `x`, into `out`: compiled for AVX2 where the
+    /// CPU has it (the same f32 operations, one register per panel in the epilogue).
+    fn run_block(&self, shapes: &[Shape], x: &[f32], nb: usize, out: &mut [f32], s: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present.
+            return unsafe { self.run_block_avx2(shapes, x, nb, out, s) };
+        }
+        self.run_block_any(shapes, x, nb, out, s)
+    }
+
+    /// [`QuantModel::run_block`] compiled with AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_block_avx2(&self, shapes: &[Shape], x: &[f32], nb: usize, out: &mut [f32], s: &mut Scratch) {
+        self.run_block_any(shapes, x, nb, out, s)
+    }
+
+    /// [`QuantModel::run_block`] for any CPU (inlined into each variant).
+    #[inline(always)]
+    fn run_block_any(&self, shapes: &[Shape], x: &[f32], nb: usize, out: &mut [f32], s: &mut Scratch) {
+        let Scratch { x: xq, y: yq, a, c } = s;
+        // The first layer's input, quantized: NHWC images, or rows padded to the kernel's k.
+        let q = Quantizer::of(&self.layers[0].input);
+        match shapes[0] {
+            Shape::Image { c: ch, h, w } if self.plans[0].conv => {
+                let (img, hw) = (ch * h * w, h * w);
+                let dst = room(xq, nb * img + SLACK);
+                for (d, x) in dst.chunks_exact_mut(img).zip(x.chunks_exact(img)) {
+                    if ch == 1 {
+                        d.iter_mut().zip(x).for_each(|(d, &v)| *d = q.apply(v));
+                    } else {
+                        for (ci, plane) in x.chunks_exact(hw).enumerate() {
+                            for (p, &v) in plane.iter().enumerate() {
+                                d[p * ch + ci] = q.apply(v);
+                            }
+                        }
+                    }
+                }
+            }
+            s0 => {
+                let (k, kp) = (s0.len(), padded(s0.len()));
+                let dst = room(xq, nb * kp + SLACK);
+                for (d, x) in dst.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                    d[..k].iter_mut().zip(x).for_each(|(d, &v)| *d = q.apply(v));
+                    d[k..].fill(0);
+                }
+            }
+        }
+        for (i, p) in self.plans.iter().enumerate() {
+            let (sin, sout) = (shapes[i], shapes[i + 1]);
+            let n = p.mat.n;
+            let mut sink = match p.next {
+                None => {
+                    let plane = if let Shape::Image { h, w, .. } = sout { h * w } else { 1 };
+                    Sink::F32 { buf: &mut *out, n, plane }
+                }
+                Some(q) => {
+                    let stride = if self.plans[i + 1].conv { sout.len() } else { padded(sout.len()) };
+                    Sink::U8 { buf: room(yq, nb * stride + SLACK), stride, n, q }
+                }
+            };
+            let np = padded_cols(n);
+            if let (true, Shape::Image { c: ch, h, w }) = (p.conv, sin) {
+                let (kh, kw) = (self.layers[i].shape[2], self.layers[i].shape[3]);
+                let (oh, ow) = (h - kh + 1, w - kw + 1);
+                let (img, per, kp) = (ch * h * w, oh * ow, padded(p.mat.k));
+                let (ph, pw) = if let Shape::Image { h, w, .. } = sout { (h, w) } else { unreachable!() };
+                let chunk = (CONV_GEMM_ROWS / per).max(1);
+                for b0 in (0..nb).step_by(chunk) {
+                    let bn = chunk.min(nb - b0);
+                    let m = bn * per;
+                    let rows = room(a, m * kp + SLACK);
+                    im2col(rows, kp, &xq[b0 * img..], bn, (ch, h, w), kh, kw);
+                    let sums = room(c, m * np);
+                    gemm_u8i8(self.kernel, &rows[..m * kp], m, &p.mat, sums);
+                    for bi in 0..bn {
+                        let base = bi * per;
+                        for py in 0..ph {
+                            for px in 0..pw {
+                                let window: &[usize] = if p.pool {
+                                    let r = base + 2 * py * ow + 2 * px;
+                                    &[r, r + 1, r + ow, r + ow + 1]
+                                } else {
+                                    &[base + py * ow + px]
+                                };
+                                for pi in 0..np / PANEL {
+                                    sink.put(b0 + bi, py * pw + px, pi, &p.finish(sums, np, window, pi));
+                                }
+                            }
+                        }
+                    }
+                }
+            } else {
+                let kp = padded(p.mat.k);
+                let sums = room(c, nb * np);
+                gemm_u8i8(self.kernel, &xq[..nb * kp], nb, &p.mat, sums);
+                for b in 0..nb {
+                    for pi in 0..np / PANEL {
+                        sink.put(b, 0, pi, &p.finish(sums, np, &[b], pi));
+                    }
+                }
+            }
+            std::mem::swap(xq, yq);
+        }
+    }
+
+    /// The logits by [`QLayer::forward`] layer after layer: the unfused reference of
+    /// [`QuantModel::run`].
+    pub fn run_reference(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
         let (mut h, mut d) = (x.to_vec(), dims.to_vec());
         for l in &self.layers {
             if l.spec.flatten {
@@ -751,15 +1204,17 @@ impl QuantModel {
                 spec,
             });
         }
-        Ok(QuantModel { model, layers, kernel: Kernel::detect() })
+        QuantModel::new(model, layers).map_err(|x| e(x.to_string()))
     }
 }
 
 impl Model for QuantModel {
     fn forward(&self, x: &Tensor, _mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let v = x.flatten_all()?.to_vec1::<f32>()?;
-        let (y, d) = self.run(&v, &dims)?;
+        // The input read in place (no copy).
+        let x = x.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let (y, d) = self.run(crate::cpu::storage_f32s(&storage, layout, "an int8 model's input")?, &dims)?;
         Ok(Tensor::from_vec(y, d, &Device::Cpu)?)
     }
     /// None: an int8 model is not trained.
@@ -772,17 +1227,38 @@ impl Model for QuantModel {
 mod tests {
     use super::*;
 
-    /// Every kernel this CPU runs gives the scalar reference's sums bit for bit, on odd shapes and
-    /// on the extreme values (255 × ±127 over long rows).
+    /// Every kernel this CPU runs gives the scalar reference's sums bit for bit, on odd shapes
+    /// (row tiles of 1–4, panel pairs and a single panel, partial panels, k not a multiple of 4),
+    /// on the extreme values (255 × ±127 over long rows) and whatever the padding bytes of the
+    /// inputs hold.
     #[test]
     fn kernels_match_the_scalar_reference() {
         let mut rng = Rng::new(7);
-        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (5, 4, 33), (7, 9, 150), (2, 130, 784), (17, 3, 31), (1, 6, 4000)] {
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (5, 4, 33),
+            (7, 9, 150),
+            (2, 130, 784),
+            (17, 3, 31),
+            (1, 6, 4000),
+            (4, 8, 4),
+            (6, 16, 25),
+            (9, 17, 28),
+            (13, 24, 150),
+            (33, 120, 256),
+            (5, 84, 120),
+            (3, 10, 84),
+            (10, 33, 3),
+            (11, 41, 65),
+        ];
+        for (m, n, k) in shapes {
             let kp = padded(k);
+            let np = padded_cols(n);
             for extreme in [false, true] {
                 let mut a = vec![0u8; m * kp];
                 for i in 0..m {
-                    for p in 0..k {
+                    for p in 0..kp {
                         a[i * kp + p] = if extreme { 255 } else { (rng.uniform() * 256.0).min(255.0) as u8 };
                     }
                 }
@@ -800,22 +1276,110 @@ mod tests {
                     })
                     .collect();
                 let b = QMatrix::new(n, k, &w).unwrap();
-                let mut want = vec![0i32; m * n];
+                let mut want = vec![0i32; m * np];
                 gemm_u8i8(Kernel::Scalar, &a, m, &b, &mut want);
                 // The reference itself against a plain triple loop over the unpadded values.
                 for i in 0..m {
-                    for j in 0..n {
-                        let s: i64 = (0..k).map(|p| a[i * kp + p] as i64 * w[j * k + p] as i64).sum();
-                        assert_eq!(want[i * n + j] as i64, s);
+                    for j in 0..np {
+                        let s: i64 =
+                            if j < n { (0..k).map(|p| a[i * kp + p] as i64 * w[j * k + p] as i64).sum() } else { 0 };
+                        assert_eq!(want[i * np + j] as i64, s, "{m}x{n}x{k} ({i}, {j})");
                     }
                 }
                 for kernel in Kernel::available() {
-                    let mut got = vec![0i32; m * n];
+                    let mut got = vec![-1i32; m * np];
                     gemm_u8i8(kernel, &a, m, &b, &mut got);
                     assert_eq!(got, want, "{kernel:?} {m}x{n}x{k} extreme={extreme}");
                 }
             }
         }
+    }
+
+    /// Random int8 layers of the given specs and weight shapes, with input ranges that clip.
+    fn random_layers(specs: Vec<LayerSpec>, shapes: &[&[usize]], rng: &mut Rng) -> Vec<QLayer> {
+        specs
+            .into_iter()
+            .zip(shapes)
+            .map(|(spec, shape)| {
+                let (n, k) = (shape[0], shape[1..].iter().product::<usize>());
+                let q: Vec<i8> = (0..n * k).map(|_| (rng.uniform() * 255.0 - 127.0).round() as i8).collect();
+                QLayer {
+                    weight: QMatrix::new(n, k, &q).unwrap(),
+                    shape: shape.to_vec(),
+                    weight_scale: (0..n).map(|_| 0.002 + 0.01 * rng.uniform()).collect(),
+                    bias: (0..n).map(|_| rng.uniform() - 0.5).collect(),
+                    input: QParams::from_range(-0.6 * rng.uniform(), 0.5 + rng.uniform()),
+                    spec,
+                }
+            })
+            .collect()
+    }
+
+    fn random_model(specs: Vec<LayerSpec>, shapes: &[&[usize]], rng: &mut Rng) -> QuantModel {
+        QuantModel::new("test".into(), random_layers(specs, shapes, rng)).unwrap()
+    }
+
+    /// The fused pipeline gives the unfused reference's outputs bit for bit with every kernel, for
+    /// batches with partial tasks and partial convolution GEMM blocks, on LeNet's layers and on
+    /// convolutions without pooling, on several input channels and as the last layer (NCHW out).
+    #[test]
+    fn fused_pipeline_matches_the_reference() {
+        let mut rng = Rng::new(11);
+        let l = |name: &str, kind: &str, act, flatten| LayerSpec { name: name.into(), kind: kind.into(), act, flatten };
+        let cases: Vec<(QuantModel, Vec<usize>)> = vec![
+            (
+                random_model(
+                    layers_of("lenet").unwrap(),
+                    &[&[6, 1, 5, 5], &[16, 6, 5, 5], &[120, 256], &[84, 120], &[10, 84]],
+                    &mut rng,
+                ),
+                vec![1, 28, 28],
+            ),
+            (random_model(layers_of("mlp").unwrap(), &[&[128, 784], &[10, 128]], &mut rng), vec![1, 28, 28]),
+            (
+                random_model(
+                    vec![
+                        l("c1", "conv", Act::Relu, false),
+                        l("c2", "conv", Act::ReluPool2, false),
+                        l("c3", "conv", Act::Identity, false),
+                    ],
+                    &[&[5, 3, 3, 2], &[9, 5, 2, 3], &[11, 9, 1, 2]],
+                    &mut rng,
+                ),
+                vec![3, 11, 10],
+            ),
+            (
+                random_model(
+                    vec![l("c1", "conv", Act::ReluPool2, false), l("f1", "linear", Act::Relu, true)],
+                    &[&[17, 2, 3, 3], &[7, 17 * 3 * 2]],
+                    &mut rng,
+                ),
+                vec![2, 8, 6],
+            ),
+        ];
+        for (mut q, sample) in cases {
+            for n in [1, 3, 8, 9, 37, 70] {
+                let mut dims = vec![n];
+                dims.extend(&sample);
+                let x: Vec<f32> = (0..dims.iter().product::<usize>()).map(|_| 2.0 * rng.uniform() - 0.5).collect();
+                q.kernel = Kernel::Scalar;
+                let (want, wd) = q.run_reference(&x, &dims).unwrap();
+                for k in Kernel::available() {
+                    q.kernel = k;
+                    let (got, gd) = q.run(&x, &dims).unwrap();
+                    assert_eq!(gd, wd);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{:?} {k:?} batch {n}", q.layers()[0].spec.name);
+                }
+            }
+        }
+        // Layers that do not chain are refused.
+        let bad = |specs, shapes: &[&[usize]]| {
+            let layers = random_layers(specs, shapes, &mut Rng::new(1));
+            assert!(QuantModel::new("test".into(), layers).is_err());
+        };
+        bad(vec![l("f", "linear", Act::Relu, true), l("c", "conv", Act::Relu, false)], &[&[4, 8], &[2, 1, 2, 2]]);
+        bad(vec![l("c", "conv", Act::Relu, false), l("f", "linear", Act::Relu, false)], &[&[2, 1, 2, 2], &[3, 8]]);
     }
 
     #[test]
@@ -849,6 +1413,7 @@ mod tests {
             q.kernel = Kernel::Scalar;
             let (want, d) = q.run(&x, &[6, 1, 28, 28]).unwrap();
             assert_eq!(d, vec![6, 10]);
+            assert_eq!(q.run_reference(&x, &[6, 1, 28, 28]).unwrap().0, want);
             let spread = f.iter().fold(0f32, |a, v| a.max(v.abs()));
             let err = f.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
             assert!(err < 0.05 * spread.max(0.1), "{name}: int8 off by {err} (logits up to {spread})");
