@@ -315,7 +315,7 @@ mod x86 {
         tile_vnni,
         i8,
         prep: |x| x,
-        madd: |acc, x, b| _mm256_dpbusd_epi32(acc, x, _mm256_loadu_si256(b.cast()))
+        madd: |acc, xb, b| _mm256_dpbusd_epi32(acc, xb, _mm256_loadu_si256(b.cast()))
     );
 }
 
@@ -359,6 +359,7 @@ impl Quantizer {
     }
 
     #[inline(always)]
+    #[allow(clippy::manual_clamp)] // `clamp` keeps NaN, and the unchecked cast below must not see it
     fn apply(self, x: f32) -> u8 {
         // `max` before `min` maps NaN to 0 (`f32::max` returns the other operand), as a clamp
         // then a float-to-integer cast would; the value is then in [0, 255], so truncating it
