@@ -413,7 +413,8 @@ impl TrainArgs {
                 .chain(SCHEDULE_KEYS)
                 .chain(PRUNE_KEYS)
                 .chain(AVERAGE_KEYS)
-                .chain(&["accumulate"])
+                // Flags serialized only when set (absent from `self` at their defaults).
+                .chain(&["accumulate", "shard_optimizer", "augment", "precision"])
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );

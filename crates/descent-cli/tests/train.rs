@@ -130,6 +130,20 @@ fn a_toml_config_under_command_line_flags() {
     std::fs::write(&cfg, "model = \"linear\"\nlrr = 0.1\n").unwrap();
     let (ok, text) = run(&[], &dir.join("d").to_string_lossy());
     assert!(!ok && text.contains("unknown setting `lrr`") && text.contains("lr"), "{text}");
+    // A flag that is false by default is a setting of the file too: `shard_optimizer` is read
+    // (and refused on one process, as on the command line), not an unknown key.
+    std::fs::write(&cfg, "model = \"linear\"\nshard_optimizer = true\n").unwrap();
+    let (ok, text) = run(&[], &dir.join("e").to_string_lossy());
+    assert!(!ok && text.contains("--shard-optimizer") && text.contains("one process"), "{text}");
+    // So are `precision` and `augment`, left out of config.json when not given.
+    std::fs::write(&cfg, "model = \"linear\"\nprecision = \"f32\"\n").unwrap();
+    let (ok, text) = run(&[], &dir.join("f").to_string_lossy());
+    assert!(ok, "{text}");
+    std::fs::write(&cfg, "model = \"lenet\"\nsteps = 2\naugment = \"translate=1,rotate=0\"\n").unwrap();
+    let (ok, text) = run(&[], &dir.join("g").to_string_lossy());
+    assert!(ok, "{text}");
+    let config = std::fs::read_to_string(dir.join("g").join("config.json")).unwrap();
+    assert!(config.contains("translate=1,rotate=0"), "{config}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
