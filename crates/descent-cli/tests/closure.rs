@@ -6,29 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{csv_rows, descent, run_ok};
+use common::{csv_rows, one_line_error, run_ok, s};
 use descent_train::data::Dataset;
 use descent_train::rng::Rng;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// The losses of steps.csv, in order.
 fn step_losses(dir: &Path) -> Vec<f64> {
     csv_rows(&dir.join("steps.csv")).iter().map(|r| r[2].parse().unwrap()).collect()
-}
-
-/// Fails unless `descent ARGS` fails with one line on stderr holding every needle.
-fn one_line_error(args: &[&str], needles: &[&str]) {
-    let o = descent().args(args).env("RUST_BACKTRACE", "1").output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
-    }
 }
 
 /// The command: SAM (ρ = 0.05) around AdamW, two forward/backward passes per step, on a

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{descent, run_err, run_ok};
+use common::{descent, one_line_error, run_err, run_ok};
 
 /// A tiny gpt: the recipe's optimizer, clipping and schedule, a small shape and short estimates.
 const TINY: &[&str] = &[
@@ -147,18 +147,6 @@ fn sampling_is_seeded_and_continues_the_prompt() {
     assert_eq!(sample(&["--top-k", "1", "--seed", "3"]), sample(&["--top-k", "1", "--seed", "4"]));
     let short = sample(&["--block-size", "4", "--temperature", "1.5"]);
     assert!(short.starts_with("ROMEO:"), "{short:?}");
-}
-
-/// One line on stderr, starting `error:`, holding every needle; no panic, no backtrace.
-fn one_line_error<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
-    let o = descent().args(args).env("RUST_BACKTRACE", "1").output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
-    }
 }
 
 #[test]

@@ -4,24 +4,8 @@
 
 mod common;
 
-use common::{descent, out, run_err, run_ok};
+use common::{one_line_error, out, run_err, run_ok, s};
 use std::path::Path;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Fails unless `descent ARGS` fails with one line `error: …` holding every needle.
-fn one_line_error(args: &[&str], needles: &[&str]) {
-    let o = descent().args(args).env("RUST_BACKTRACE", "1").output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
-    }
-}
 
 /// A tiny MLP run: `steps` steps of 64 samples, evaluated on 500 held-out samples.
 fn tiny(dir: &Path, steps: &str, extra: &[&str]) -> String {

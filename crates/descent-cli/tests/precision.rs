@@ -3,20 +3,8 @@
 
 mod common;
 
-use common::{descent, out, run_err, run_ok};
+use common::{one_line_error, out, run_err, run_ok};
 use descent_train::precision::Precision;
-
-/// Fails unless `descent ARGS` fails with one line on stderr holding every needle.
-fn one_line_error(args: &[&str], needles: &[&str]) {
-    let o = descent().args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
-    }
-}
 
 #[test]
 fn bad_precisions_are_refused_in_one_line() {

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::descent;
+use common::{descent, s};
 
 fn fresh(tag: &str) -> PathBuf {
     let d = common::out(&format!("rel-{tag}"));
@@ -22,10 +22,6 @@ fn run(args: &[&str]) -> (bool, String) {
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn read(p: &Path) -> String {

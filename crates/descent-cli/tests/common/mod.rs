@@ -35,6 +35,24 @@ pub fn run_err(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Runs `descent ARGS` and fails the test unless it fails with one line on stderr, starting
+/// `error:`, holding every needle: no panic and no backtrace (`RUST_BACKTRACE=1` would show one).
+pub fn one_line_error<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needles: &[&str]) {
+    let o = descent().args(args).env("RUST_BACKTRACE", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
+    }
+}
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// The rows of a CSV file after its header, split as RFC 4180 quotes them.
 pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
     let split = |line: &str| {
