@@ -47,8 +47,8 @@ pub(crate) fn matmul(
     }
 }
 
-/// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32
-/// ([`crate::precision::matmul_bf16`]).
+/// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32 by the best kernel the CPU
+/// has ([`crate::precision::matmul_bf16_with`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_in(
     precision: crate::precision::Precision,
@@ -66,7 +66,8 @@ pub(crate) fn matmul_in(
     match precision {
         crate::precision::Precision::F32 => matmul(dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel),
         crate::precision::Precision::Bf16 => {
-            crate::precision::matmul_bf16(dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel)
+            use crate::precision::{matmul_bf16_with, Kernel};
+            matmul_bf16_with(Kernel::best(), dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel)
         }
     }
 }

@@ -312,23 +312,6 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// [`crate::gemm::matmul`]'s product with bfloat16 operands and f32 sums, by the best kernel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_bf16(
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    parallel: bool,
-) {
-    matmul_bf16_with(Kernel::best(), dst, accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel)
-}
-
 /// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]` (row-major; `lhs_t` / `rhs_t`: the operand's storage
 /// is transposed) with both operands rounded to bfloat16 and the products summed in f32 by
 /// `kernel`, in tiles of `MR × NR` (across rayon threads when `parallel`). Each output is one
