@@ -166,6 +166,30 @@ fn refuse_closure(lib: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The optimizer `name` with `hparams` (the learning rate 1e-3 unless they give one) over
+/// parameters of these shapes and values, for timing steps on given gradients: closure-driven
+/// optimizers are refused. Returns it with its qualified name and the arguments it was built with.
+pub(crate) fn bench_optimizer(
+    name: &str,
+    hparams: &Value,
+    shapes: &[Vec<usize>],
+    params: &[Vec<f32>],
+) -> Result<(Optimizer, String, Value)> {
+    let (lib, opt_name) = resolve_optimizer(name)?;
+    refuse_closure(lib, &opt_name)?;
+    if !hparams.is_object() {
+        bail!("--hparams must be a JSON object, got {hparams}");
+    }
+    let mut hparams = hparams.clone();
+    if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
+        hparams[lr_key(lib)] = json!(1e-3);
+    }
+    let tx = build_optimizer(lib, &opt_name, &hparams, None, shapes).with_context(|| format!("{name} {hparams}"))?;
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let opt = Optimizer::new(tx, shapes.to_vec(), &views)?;
+    Ok((opt, format!("{lib}.{opt_name}"), hparams))
+}
+
 /// An optimizer on the benchmark's buffers: the optimizer, its parameters and gradients, its label.
 struct Setup {
     opt: Optimizer,
@@ -175,22 +199,14 @@ struct Setup {
 }
 
 fn setup(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Setup> {
-    let (lib, opt_name) = resolve_optimizer(name)?;
-    refuse_closure(lib, &opt_name)?;
-    let mut hparams = hparams.clone();
-    if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
-        hparams[lr_key(lib)] = json!(1e-3);
-    }
     let sizes = split_sizes(cfg.params, cfg.tensors);
     let shapes: Vec<Vec<usize>> = sizes.iter().map(|&s| vec![s]).collect();
     let params: Vec<Vec<f32>> =
         sizes.iter().map(|&s| (0..s).map(|i| ((i % 1000) as f32 - 500.0) * 1e-3).collect()).collect();
     let grads: Vec<Vec<f32>> =
         sizes.iter().map(|&s| (0..s).map(|i| ((i % 777) as f32 - 388.0) * 1e-4).collect()).collect();
-    let tx = build_optimizer(lib, &opt_name, &hparams, None, &shapes).with_context(|| format!("{name} {hparams}"))?;
-    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
-    let opt = Optimizer::new(tx, shapes.clone(), &views)?;
-    Ok(Setup { opt, params, grads, label: format!("{lib}.{opt_name} {hparams}") })
+    let (opt, qualified, hparams) = bench_optimizer(name, hparams, &shapes, &params)?;
+    Ok(Setup { opt, params, grads, label: format!("{qualified} {hparams}") })
 }
 
 /// The time of a step of `b` over the time of a step of `a`, both best of `cfg.steps`, timed

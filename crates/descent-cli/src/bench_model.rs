@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use descent_core::optimizer::Optimizer;
-use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
+use descent_core::spec::resolve_optimizer;
 use descent_train::gpt::{Gpt, GptConfig};
 use descent_train::model::{Init, Model};
 use descent_train::rng::Rng;
@@ -68,28 +68,14 @@ struct Run {
 
 impl Run {
     fn new(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Run> {
-        let (lib, opt_name) = resolve_optimizer(name)?;
-        if descent_core::closure::is_closure_optimizer(lib, &opt_name) {
-            bail!("`{lib}.{opt_name}` evaluates the objective itself: `descent bench step` times steps on given gradients");
-        }
-        let mut hparams = hparams.clone();
-        if !hparams.is_object() {
-            bail!("--hparams must be a JSON object, got {hparams}");
-        }
-        if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
-            hparams[lr_key(lib)] = json!(1e-3);
-        }
         let mut rng = Rng::new(1);
         let mut random = |scale: f32| -> Vec<Vec<f32>> {
             shapes.iter().map(|s| (0..s.iter().product::<usize>()).map(|_| scale * rng.normal()).collect()).collect()
         };
         let params = random(0.02);
         let grads: Vec<Vec<Vec<f32>>> = (0..4).map(|_| random(1e-2)).collect();
-        let tx =
-            build_optimizer(lib, &opt_name, &hparams, None, shapes).with_context(|| format!("{name} {hparams}"))?;
-        let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
-        let opt = Optimizer::new(tx, shapes.to_vec(), &views)?;
-        Ok(Run { opt, params, grads, next: 0, label: format!("{lib}.{opt_name}"), times: vec![] })
+        let (opt, label, _) = crate::bench::bench_optimizer(name, hparams, shapes, &params)?;
+        Ok(Run { opt, params, grads, next: 0, label, times: vec![] })
     }
 
     /// One step on the next set of gradients, timed when `timed`.

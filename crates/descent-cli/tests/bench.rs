@@ -31,6 +31,9 @@ fn bench_step_refuses_bad_settings() {
     assert!(e.contains("--tensors"), "{e}");
     let e = run_err(&["bench", "step", "--optimizer", "nosuch", "--params", "100"]);
     assert!(e.contains("nosuch"), "{e}");
+    // Arguments that are not a JSON object: an error naming the flag, not a panic.
+    let e = run_err(&["bench", "step", "--optimizer", "adamw", "--params", "100", "--hparams", "[1]"]);
+    assert!(e.contains("--hparams") && !e.contains("panicked"), "{e}");
 }
 
 /// `descent bench step --model`: a row and a JSON line per optimizer on the model's own tensors,
