@@ -495,6 +495,12 @@ pub fn global_sum_sq(bufs: &[&[f32]]) -> f64 {
     bufs.iter().map(|b| chunked_sum(b.len(), |r| crate::transforms::sum_sq(&b[r]))).sum()
 }
 
+/// `Σ a·b` over all parameters, each product and the sum in `f64`, tensor after tensor in order
+/// (optax's `tree_vdot` in double precision).
+pub(crate) fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>()).sum()
+}
+
 /// `(Σ p², Σ head(g)²)` of one tensor in a single pass over both buffers: each bit for bit
 /// [`global_sum_sq`] of `p` and [`global_sum_sq_mapped`] of `g` (the same chunks, the same lanes,
 /// summed in the same order), at the cost of one read of each.

@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use crate::error::{ensure, Error, Result};
+use crate::kernel::vdot;
 use crate::learning_rate::LearningRate;
 use crate::spec::{build_optimizer, Kwargs};
 use crate::state::{visit_buffers, StateVisitor};
@@ -62,11 +63,6 @@ fn zeros(shapes: &[Vec<usize>]) -> Vec<Vec<f32>> {
 
 fn views(bufs: &[Vec<f32>]) -> Vec<&[f32]> {
     bufs.iter().map(|b| b.as_slice()).collect()
-}
-
-/// `Σ a·b` over all parameters, accumulated in `f64`.
-fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter().zip(b).map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>()).sum()
 }
 
 /// `jnp.minimum`: NaN when either is NaN.

@@ -1,10 +1,10 @@
-//! Clipping and centralization: optax's `clipping.py` (`clip_by_global_norm`,
-//! `adaptive_grad_clip`, `clip_by_block_rms`) and `centralize`. Each needs a norm or mean of a
-//! whole tensor (or of all of them) before its elementwise part.
+//! Clipping, normalization and centralization: optax's `clipping.py` (`clip_by_global_norm`,
+//! `adaptive_grad_clip`, `clip_by_block_rms`), `normalize_by_update_norm` and `centralize`. Each
+//! needs a norm or mean of a whole tensor (or of all of them) before its elementwise part.
 
-use super::{rms, stateless};
+use super::{elementwise_transform, rms, stateless};
 use crate::error::Result;
-use crate::kernel::Elementwise;
+use crate::kernel::{global_sum_sq, Elementwise};
 use crate::state::StateVisitor;
 use crate::transform::{numel, Shapes, Transform};
 use crate::transforms::simd_apply;
@@ -174,4 +174,35 @@ impl Transform for ClipByBlockRms {
         }
         Ok(())
     }
+}
+
+/// optax `normalize_by_update_norm`: `u ← u / ((‖u‖ + eps) / scale_factor)`, the norm taken
+/// over all parameters together.
+pub struct NormalizeByUpdateNorm {
+    scale_factor: f64,
+    eps: f64,
+    divisor: f32,
+}
+impl NormalizeByUpdateNorm {
+    /// A `NormalizeByUpdateNorm` with these hyper-parameters (`scale_factor`, `eps`), as described above.
+    pub fn new(scale_factor: f64, eps: f64) -> Self {
+        NormalizeByUpdateNorm { scale_factor, eps, divisor: 1.0 }
+    }
+}
+elementwise_transform!(NormalizeByUpdateNorm, |_s, _sh, _p| {}; bufs: []; counters: []; scalars: []);
+impl Elementwise for NormalizeByUpdateNorm {
+    fn begin_step(&mut self) {}
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        let norm = global_sum_sq(inputs).sqrt();
+        self.divisor = ((norm + self.eps) / self.scale_factor) as f32;
+    }
+    simd_apply!(NormalizeByUpdateNorm, |this, i, off, u, p| {
+        let d = this.divisor;
+        for x in u.iter_mut() {
+            *x /= d;
+        }
+    });
 }

@@ -1,8 +1,8 @@
-//! optax `contrib` algorithms: AdEMAMix, ADOPT, COCOB, MADGRAD, D-Adaptation, Prodigy, DoG,
-//! Schedule-Free.
+//! optax `contrib` moment methods: AdEMAMix and its simplified form, ADOPT, MADGRAD, ACProp,
+//! and the Schedule-Free wrapper.
 
 use super::simd_apply;
-use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
+use super::{elementwise_transform, zeros, ParamBufs};
 use crate::error::Result;
 use crate::kernel::{Elementwise, Epilogue, Fold};
 use crate::learning_rate::LearningRate;
@@ -89,6 +89,79 @@ impl Elementwise for ScaleByAdemamix {
     });
 }
 
+/// optax `contrib.scale_by_simplified_ademamix` (Morwani et al. 2024): an undamped momentum
+/// `m ← b1·m + g` and `u = (m + α·g) / (√(n̂ + eps_root) + eps)`, `n` Adam's second moment
+/// (bias-corrected). `alpha` may follow a schedule of the step count.
+pub struct ScaleBySimplifiedAdemamix {
+    b1: f32,
+    b2: f32,
+    alpha: LearningRate,
+    eps: f32,
+    eps_root: f32,
+    count: u64,
+    m: ParamBufs,
+    n: ParamBufs,
+    alpha_t: f32,
+    bc2: f32,
+}
+/// The hyper-parameters of [`ScaleBySimplifiedAdemamix`], with optax `contrib.scale_by_simplified_ademamix`'s defaults.
+pub struct ScaleBySimplifiedAdemamixConfig {
+    /// Decay β₁ of the undamped momentum.
+    pub b1: f64,
+    /// Decay β₂ of the second moment.
+    pub b2: f64,
+    /// Weight α of the gradient, a constant or a schedule of the step count.
+    pub alpha: LearningRate,
+    /// ε added to the denominator, outside the square root.
+    pub eps: f64,
+    /// ε added to the second moment inside the square root.
+    pub eps_root: f64,
+}
+impl Default for ScaleBySimplifiedAdemamixConfig {
+    fn default() -> Self {
+        ScaleBySimplifiedAdemamixConfig { b1: 0.99, b2: 0.95, alpha: 0.0.into(), eps: 1e-8, eps_root: 0.0 }
+    }
+}
+impl ScaleBySimplifiedAdemamix {
+    /// A `ScaleBySimplifiedAdemamix` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleBySimplifiedAdemamixConfig) -> Self {
+        let ScaleBySimplifiedAdemamixConfig { b1, b2, alpha, eps, eps_root } = config;
+        ScaleBySimplifiedAdemamix {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            alpha,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
+            count: 0,
+            m: ParamBufs::default(),
+            n: ParamBufs::default(),
+            alpha_t: 0.0,
+            bc2: 1.0,
+        }
+    }
+}
+elementwise_transform!(ScaleBySimplifiedAdemamix, |s, shapes, _p| { s.m = zeros(shapes).into(); s.n = zeros(shapes).into(); }; bufs: [m, n]; counters: [count]; scalars: []);
+impl Elementwise for ScaleBySimplifiedAdemamix {
+    fn begin_step(&mut self) {
+        self.alpha_t = self.alpha.at(self.count) as f32;
+        self.count += 1;
+        self.bc2 = super::bias_correction(self.b2 as f64, self.count as f64) as f32;
+    }
+    simd_apply!(ScaleBySimplifiedAdemamix, |this, i, off, u, p| {
+        let len = u.len();
+        let m = this.m.slice(i, off, len);
+        let n = this.n.slice(i, off, len);
+        let (b1, b2, alpha, eps, eps_root, bc2) = (this.b1, this.b2, this.alpha_t, this.eps, this.eps_root, this.bc2);
+        for j in 0..len {
+            let g = u[j];
+            m[j] = g + b1 * m[j];
+            let g2 = g * g;
+            n[j] = g2 + b2 * (n[j] - g2);
+            u[j] = (m[j] + alpha * g) / ((n[j] / bc2 + eps_root).sqrt() + eps);
+        }
+    });
+}
+
 /// optax `contrib.scale_by_adopt` (Taniguchi et al. 2024): the gradient is normalized by the
 /// *previous* second moment (and clipped to `±t^¼`) before it enters the momentum.
 pub struct ScaleByAdopt {
@@ -169,57 +242,6 @@ impl Elementwise for ScaleByAdopt {
     });
 }
 
-/// optax `contrib.scale_by_cocob` (Orabona & Tommasi 2017): coin-betting, learning-rate free.
-pub struct ScaleByCocob {
-    alpha: f32,
-    eps: f32,
-    init_particles: ParamBufs,
-    cumulative_gradients: ParamBufs,
-    scale: ParamBufs,
-    subgradients: ParamBufs,
-    reward: ParamBufs,
-}
-impl ScaleByCocob {
-    /// A `ScaleByCocob` with these hyper-parameters (`alpha`, `eps`), as described above.
-    pub fn new(alpha: f64, eps: f64) -> Self {
-        ScaleByCocob {
-            alpha: alpha as f32,
-            eps: eps as f32,
-            init_particles: ParamBufs::default(),
-            cumulative_gradients: ParamBufs::default(),
-            scale: ParamBufs::default(),
-            subgradients: ParamBufs::default(),
-            reward: ParamBufs::default(),
-        }
-    }
-}
-elementwise_transform!(ScaleByCocob, |s, shapes, params| {
-    s.init_particles = params.iter().map(|p| p.to_vec()).collect::<Vec<Vec<f32>>>().into();
-    s.cumulative_gradients = zeros(shapes).into();
-    s.scale = super::full(shapes, s.eps).into();
-    s.subgradients = zeros(shapes).into();
-    s.reward = zeros(shapes).into();
-}; bufs: [init_particles, cumulative_gradients, scale, subgradients, reward]; counters: []; scalars: []);
-impl Elementwise for ScaleByCocob {
-    fn begin_step(&mut self) {}
-    simd_apply!(ScaleByCocob, |this, i, off, u, p| {
-        let n = u.len();
-        let p0 = this.init_particles.slice(i, off, n);
-        let c = this.cumulative_gradients.slice(i, off, n);
-        let l = this.scale.slice(i, off, n);
-        let gs = this.subgradients.slice(i, off, n);
-        let r = this.reward.slice(i, off, n);
-        for j in 0..n {
-            let g = u[j];
-            l[j] = l[j].max(g.abs());
-            gs[j] += g.abs();
-            r[j] = (r[j] - g * (p[j] - p0[j])).max(0.0);
-            c[j] -= g;
-            u[j] = -p[j] + (p0[j] + c[j] / (l[j] * (gs[j] + l[j]).max(this.alpha * l[j])) * (l[j] + r[j]));
-        }
-    });
-}
-
 /// optax `contrib.scale_by_madgrad` (Defazio & Jelassi 2021): dual averaging with a cube-root
 /// denominator and momentum toward the dual iterate; returns the full step (learning rate inside).
 pub struct ScaleByMadgrad {
@@ -292,333 +314,80 @@ impl Elementwise for ScaleByMadgrad {
     });
 }
 
-fn vdot(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>()).sum()
-}
-
-/// optax `contrib.dadapt_adamw` (Defazio & Mishchenko 2023): AdamW whose step size `d` is
-/// estimated from the gradients; returns the full step.
-pub struct DadaptAdamw {
-    lr: LearningRate,
-    b1: f64,
-    b2: f64,
-    eps: f64,
-    weight_decay: f64,
-    estim_lr0: f64,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
-    grad_sum: Vec<Vec<f32>>,
-    estim_lr: f64,
-    numerator_weighted: f64,
+/// optax `contrib.scale_by_acprop` (Zhuang et al. 2021, ACProp): AdaBelief's centred second
+/// moment `s ← b2·s + (1−b2)·(g − m_prev)² + eps_root`, used asynchronously: the update is
+/// `g / (√ŝ_prev + eps)`, with the bias-corrected second moment of the *previous* step (1 on the
+/// first step). The first moment only feeds the prediction error.
+pub struct ScaleByAcprop {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    eps_root: f32,
     count: u64,
+    mu: ParamBufs,
+    nu: ParamBufs,
+    /// `1 − b2^t`, the bias correction of the previous step's second moment (unused on the
+    /// first step, whose denominator is 1).
+    bc_prev: f32,
+    initial: bool,
 }
-/// The hyper-parameters of [`DadaptAdamw`], with optax `contrib.dadapt_adamw`'s defaults.
-pub struct DadaptAdamwConfig {
-    /// Learning rate, a multiplier of the estimated step.
-    pub learning_rate: LearningRate,
-    /// Decays (β₁, β₂) of the moments.
-    pub betas: (f64, f64),
+/// The hyper-parameters of [`ScaleByAcprop`], with optax `contrib.scale_by_acprop`'s defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleByAcpropConfig {
+    /// Decay β₁ of the first moment.
+    pub b1: f64,
+    /// Decay β₂ of the centred second moment.
+    pub b2: f64,
     /// ε added to the denominator.
     pub eps: f64,
-    /// The initial estimate of the step size `d`.
-    pub estim_lr0: f64,
-    /// Decoupled weight decay.
-    pub weight_decay: f64,
+    /// ε added to the second moment at each step.
+    pub eps_root: f64,
 }
-impl Default for DadaptAdamwConfig {
+impl Default for ScaleByAcpropConfig {
     fn default() -> Self {
-        DadaptAdamwConfig {
-            learning_rate: 1.0.into(),
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            estim_lr0: 1e-6,
-            weight_decay: 0.0,
-        }
+        ScaleByAcpropConfig { b1: 0.9, b2: 0.999, eps: 1e-16, eps_root: 1e-16 }
     }
 }
-impl DadaptAdamw {
-    /// A `DadaptAdamw` with the hyper-parameters of `config`, as described above.
-    pub fn new(config: DadaptAdamwConfig) -> Self {
-        let DadaptAdamwConfig { learning_rate: lr, betas: (b1, b2), eps, estim_lr0, weight_decay } = config;
-        DadaptAdamw {
-            lr,
-            b1,
-            b2,
-            eps,
-            weight_decay,
-            estim_lr0,
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
-            grad_sum: vec![],
-            estim_lr: estim_lr0,
-            numerator_weighted: 0.0,
+impl ScaleByAcprop {
+    /// A `ScaleByAcprop` with the hyper-parameters of `config`, as described above.
+    pub fn new(config: ScaleByAcpropConfig) -> Self {
+        let ScaleByAcpropConfig { b1, b2, eps, eps_root } = config;
+        ScaleByAcprop {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            eps_root: eps_root as f32,
             count: 0,
+            mu: ParamBufs::default(),
+            nu: ParamBufs::default(),
+            bc_prev: 1.0,
+            initial: true,
         }
     }
 }
-impl Transform for DadaptAdamw {
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
-        f(&mut self.lr);
-    }
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.exp_avg = zeros(shapes);
-        self.exp_avg_sq = zeros(shapes);
-        self.grad_sum = zeros(shapes);
-        self.estim_lr = self.estim_lr0;
-        self.numerator_weighted = 0.0;
-        self.count = 0;
-        Ok(())
-    }
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
-        let sb2 = b2.sqrt();
-        let sched = self.lr.at(self.count);
+elementwise_transform!(ScaleByAcprop, |s, shapes, _p| { s.mu = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [mu, nu]; counters: [count]; scalars: []);
+impl Elementwise for ScaleByAcprop {
+    fn begin_step(&mut self) {
+        self.initial = self.count == 0;
+        let t = self.count.max(1);
+        self.bc_prev = super::bias_correction(self.b2 as f64, t as f64) as f32;
         self.count += 1;
-        let t = self.count as f64;
-        let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
-        let dlr = self.estim_lr * sched * bc;
-        let weighted: Vec<Vec<f32>> = self
-            .grad_sum
-            .iter()
-            .zip(&self.exp_avg_sq)
-            .map(|(s, v)| s.iter().zip(v).map(|(&s, &v)| s / (v.sqrt() + eps as f32)).collect())
-            .collect();
-        let numerator_acum = vdot(updates, &weighted);
-        let (b1f, b2f, sb2f, dlrf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32);
-        for (i, u) in updates.iter().enumerate() {
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
-            for (j, &g) in u.iter().enumerate() {
-                m[j] = b1f * m[j] + (1.0 - b1f) * dlrf * g;
-                v[j] = b2f * v[j] + (1.0 - b2f) * g * g;
-                s[j] = sb2f * s[j] + (1.0 - sb2f) * dlrf * g;
-            }
-        }
-        let l1: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
-        self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
-        let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
-        self.estim_lr = self.estim_lr.max(d_estimate);
-        let wd = (self.weight_decay * dlr) as f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            for (j, x) in u.iter_mut().enumerate() {
-                *x = -wd * p[j] - self.exp_avg[i][j] / (self.exp_avg_sq[i][j].sqrt() + eps as f32);
-            }
-        }
-        Ok(())
     }
-    state!(DadaptAdamw; bufs: [exp_avg, exp_avg_sq, grad_sum]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
-}
-
-/// The arguments of optax `contrib.prodigy` (Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
-/// Parameter-Free Learner", 2023): D-Adaptation whose estimate of the distance to the solution
-/// uses the distance travelled from the initial point.
-///
-/// ```text
-/// m ← β₁·m + (1 − β₁)·d·g      v ← β₂·v + (1 − β₂)·d²·g²      s ← β₃·s + (d²/d₀)·α·g
-/// r ← β₃·r + (d²/d₀)·α·⟨g, θ₀ − θ⟩      d ← max(d, coef·r/‖s‖₁)
-/// u = −α·d·(m/(√v + d·ε) + λ·θ)
-/// ```
-pub struct ProdigyConfig {
-    /// Learning rate α, a multiplier of the estimated step (optax's default 1.0).
-    pub learning_rate: LearningRate,
-    /// Decays (β₁, β₂) of the moments.
-    pub betas: (f64, f64),
-    /// Decay β₃ of the distance estimate's sums; `None`: √β₂.
-    pub beta3: Option<f64>,
-    /// ε, scaled by `d`, added to the denominator.
-    pub eps: f64,
-    /// The initial estimate `d₀` of the step.
-    pub estim_lr0: f64,
-    /// Multiplier `coef` of the estimate.
-    pub estim_lr_coef: f64,
-    /// Decoupled weight decay λ.
-    pub weight_decay: f64,
-    /// Leave the learning rate out of the denominator sum during warm-up.
-    pub safeguard_warmup: bool,
-}
-impl Default for ProdigyConfig {
-    fn default() -> Self {
-        ProdigyConfig {
-            learning_rate: 1.0.into(),
-            betas: (0.9, 0.999),
-            beta3: None,
-            eps: 1e-8,
-            estim_lr0: 1e-6,
-            estim_lr_coef: 1.0,
-            weight_decay: 0.0,
-            safeguard_warmup: false,
+    simd_apply!(ScaleByAcprop, |this, i, off, u, p| {
+        let n = u.len();
+        let m = this.mu.slice(i, off, n);
+        let v = this.nu.slice(i, off, n);
+        let (b1, b2, eps, eps_root, bc, initial) =
+            (this.b1, this.b2, this.eps, this.eps_root, this.bc_prev, this.initial);
+        for j in 0..n {
+            let g = u[j];
+            let err = g - m[j];
+            m[j] = (1.0 - b1) * g + b1 * m[j];
+            let v_hat = if initial { 1.0 } else { v[j] / bc };
+            v[j] = (1.0 - b2) * (err * err) + b2 * v[j] + eps_root;
+            u[j] = g / (v_hat.sqrt() + eps);
         }
-    }
-}
-/// optax `contrib.prodigy` (Mishchenko & Defazio 2023): D-Adaptation with the distance to the
-/// initial point; returns the full step.
-pub struct Prodigy {
-    lr: LearningRate,
-    b1: f64,
-    b2: f64,
-    b3: f64,
-    eps: f64,
-    estim_lr0: f64,
-    estim_lr_coef: f64,
-    weight_decay: f64,
-    safeguard_warmup: bool,
-    exp_avg: Vec<Vec<f32>>,
-    exp_avg_sq: Vec<Vec<f32>>,
-    grad_sum: Vec<Vec<f32>>,
-    params0: Vec<Vec<f32>>,
-    estim_lr: f64,
-    numerator_weighted: f64,
-    count: u64,
-}
-impl Prodigy {
-    /// Prodigy with the hyper-parameters of `config`.
-    pub fn new(config: ProdigyConfig) -> Self {
-        let ProdigyConfig {
-            learning_rate,
-            betas: (b1, b2),
-            beta3,
-            eps,
-            estim_lr0,
-            estim_lr_coef,
-            weight_decay,
-            safeguard_warmup,
-        } = config;
-        Prodigy {
-            lr: learning_rate,
-            b1,
-            b2,
-            b3: beta3.unwrap_or(b2.sqrt()),
-            eps,
-            estim_lr0,
-            estim_lr_coef,
-            weight_decay,
-            safeguard_warmup,
-            exp_avg: vec![],
-            exp_avg_sq: vec![],
-            grad_sum: vec![],
-            params0: vec![],
-            estim_lr: estim_lr0,
-            numerator_weighted: 0.0,
-            count: 0,
-        }
-    }
-}
-impl Transform for Prodigy {
-    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
-        f(&mut self.lr);
-    }
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.exp_avg = zeros(shapes);
-        self.exp_avg_sq = zeros(shapes);
-        self.grad_sum = zeros(shapes);
-        self.params0 = params.iter().map(|p| p.to_vec()).collect();
-        self.estim_lr = self.estim_lr0;
-        self.numerator_weighted = 0.0;
-        self.count = 0;
-        Ok(())
-    }
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let (b1, b2, b3) = (self.b1, self.b2, self.b3);
-        let sched = self.lr.at(self.count);
-        self.count += 1;
-        let t = self.count as f64;
-        let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
-        let d = self.estim_lr;
-        let dlr = d * sched * bc;
-        let mut numerator_acum = 0.0f64;
-        for (i, u) in updates.iter().enumerate() {
-            for (j, &g) in u.iter().enumerate() {
-                numerator_acum += g as f64 * (self.params0[i][j] - params[i][j]) as f64;
-            }
-        }
-        let (b1f, b2f, b3f, df) = (b1 as f32, b2 as f32, b3 as f32, d as f32);
-        let gs_scale = if self.safeguard_warmup { d / self.estim_lr0 } else { dlr / self.estim_lr0 } as f32;
-        for (i, u) in updates.iter().enumerate() {
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
-            for (j, &g) in u.iter().enumerate() {
-                let dg = df * g;
-                m[j] = b1f * m[j] + (1.0 - b1f) * dg;
-                v[j] = b2f * v[j] + (1.0 - b2f) * dg * dg;
-                s[j] = b3f * s[j] + gs_scale * dg;
-            }
-        }
-        self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
-        let denominator: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
-        let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
-        self.estim_lr = self.estim_lr.max(estimate);
-        let (dlrf, epsd) = (dlr as f32, (d * self.eps) as f32);
-        let wd = (self.weight_decay * dlr) as f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            for (j, x) in u.iter_mut().enumerate() {
-                *x = -dlrf * self.exp_avg[i][j] / (self.exp_avg_sq[i][j].sqrt() + epsd) - wd * p[j];
-            }
-        }
-        Ok(())
-    }
-    state!(Prodigy; bufs: [exp_avg, exp_avg_sq, grad_sum, params0]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
-}
-
-/// How DoG chooses its first step (optax `init_step`).
-#[derive(Clone, Copy, Debug)]
-pub enum DogInit {
-    /// `r_ε` given directly.
-    Distance(f64),
-    /// `r_ε = value · (1 + ‖x₀‖)`.
-    Heuristic(f64),
-    /// The first step uses this learning rate.
-    LearningRate(f64),
-}
-
-/// optax `contrib.scale_by_dog` (Ivgi et al. 2023, "Distance over Gradients"): step size
-/// `max distance from x₀ / √(Σ‖g‖²)`.
-pub struct ScaleByDog {
-    init_step: DogInit,
-    eps: f64,
-    is_init_step: u64,
-    init_params: Vec<Vec<f32>>,
-    max_dist: f64,
-    sum_sq_norm_grads: f64,
-}
-impl ScaleByDog {
-    /// A `ScaleByDog` with these hyper-parameters (`init_step`, `eps`), as described above.
-    pub fn new(init_step: DogInit, eps: f64) -> Self {
-        ScaleByDog { init_step, eps, is_init_step: 1, init_params: vec![], max_dist: 0.0, sum_sq_norm_grads: 0.0 }
-    }
-}
-impl Transform for ScaleByDog {
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.init_params = params.iter().map(|p| p.to_vec()).collect();
-        let norm = params.iter().map(|p| sum_sq(p)).sum::<f64>().sqrt();
-        self.max_dist = match self.init_step {
-            DogInit::Distance(v) => v,
-            DogInit::Heuristic(v) => v * (1.0 + norm),
-            DogInit::LearningRate(_) => 0.0,
-        };
-        self.is_init_step = 1;
-        self.sum_sq_norm_grads = 0.0;
-        Ok(())
-    }
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        let mut dist = 0.0f64;
-        for (p0, p) in self.init_params.iter().zip(params) {
-            dist += p0.iter().zip(p.iter()).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>();
-        }
-        self.max_dist = self.max_dist.max(dist.sqrt());
-        self.sum_sq_norm_grads += updates.iter().map(|u| sum_sq(u)).sum::<f64>();
-        let mut lr = self.max_dist / (self.sum_sq_norm_grads + self.eps).sqrt();
-        if let DogInit::LearningRate(v) = self.init_step {
-            if self.is_init_step == 1 {
-                lr = v;
-            }
-        }
-        self.is_init_step = 0;
-        let lr = lr as f32;
-        updates.iter_mut().flatten().for_each(|x| *x *= lr);
-        Ok(())
-    }
-    state!(ScaleByDog; bufs: [init_params]; counters: [is_init_step]; scalars: [max_dist, sum_sq_norm_grads]);
+    });
 }
 
 /// optax `contrib.schedule_free` (Defazio et al. 2024, "The Road Less Scheduled"): wraps a base
