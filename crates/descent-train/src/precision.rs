@@ -488,6 +488,79 @@ mod tests {
         }
     }
 
+    /// The products of the GPT (768 tokens; 128 channels, 4× in its MLP, 65 characters) and of
+    /// the MLP at batch 128 (784 → 128 → 10), forward and backward (`gW = gYᵀ·X`, `gX = gY·W`),
+    /// in f32 (the `gemm` crate) and in bfloat16: GFLOP/s of each, on one thread and on all.
+    /// `cargo test --release -p descent-train --lib precision::tests::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn speed_on_the_models_shapes() {
+        // (name, m, n, k, lhs_t, rhs_t) as the linear op calls the product.
+        let mut shapes = vec![];
+        for (name, n, inp, out) in [
+            ("gpt qkv", 768, 128, 384),
+            ("gpt proj", 768, 128, 128),
+            ("gpt fc", 768, 128, 512),
+            ("gpt fc proj", 768, 512, 128),
+            ("gpt head", 768, 128, 65),
+            ("mlp fc1", 128, 784, 128),
+            ("mlp fc2", 128, 128, 10),
+        ] {
+            shapes.push((format!("{name} fwd"), n, out, inp, false, true));
+            shapes.push((format!("{name} gW"), out, inp, n, true, false));
+            shapes.push((format!("{name} gX"), n, inp, out, false, false));
+        }
+        let mut rng = Rng::new(1);
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                let mut reps = 0;
+                while t.elapsed().as_secs_f64() < 0.02 {
+                    f();
+                    reps += 1;
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            best
+        };
+        let (mut total32, mut total16) = ([0.0; 2], [0.0; 2]);
+        for (name, m, n, k, lt, rt) in shapes {
+            let lhs: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let rhs: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let mut d = vec![0.0f32; m * n];
+            let flop = 2.0 * (m * n * k) as f64 * 1e-9;
+            let mut line = format!("{name:>16} {m:>4}x{n:>4}x{k:>4}");
+            for (i, par) in [false, true].into_iter().enumerate() {
+                let t32 = time(&mut || crate::gemm::matmul(&mut d, true, &lhs, lt, &rhs, rt, m, n, k, par));
+                let t16 = time(&mut || {
+                    matmul_bf16_with(Kernel::best(), &mut d, true, &lhs, lt, &rhs, rt, m, n, k, par)
+                });
+                total32[i] += t32;
+                total16[i] += t16;
+                line += &format!(
+                    " | {}: f32 {:6.1} bf16 {:6.1} GFLOP/s {:5.2}x ({:7.1} us)",
+                    if par { "par" } else { "one" },
+                    flop / t32,
+                    flop / t16,
+                    t32 / t16,
+                    t16 * 1e6
+                );
+            }
+            println!("{line}");
+        }
+        println!(
+            "sum of times: one thread f32 {:.0} us bf16 {:.0} us ({:.2}x); parallel f32 {:.0} us bf16 {:.0} us ({:.2}x)",
+            total32[0] * 1e6,
+            total16[0] * 1e6,
+            total32[0] / total16[0],
+            total32[1] * 1e6,
+            total16[1] * 1e6,
+            total32[1] / total16[1]
+        );
+    }
+
     #[test]
     fn autocast_is_scoped() {
         assert_eq!(current(), Precision::F32);
