@@ -215,7 +215,13 @@ unsafe fn pack_panel_avx512(v: View, rows: usize, k: usize, w: usize, q: usize, 
                 let k0 = 2 * p0;
                 let kn = (k - k0).min(32);
                 let m0: __mmask16 = if kn >= 16 { 0xffff } else { (1u32 << kn) as u16 - 1 };
-                let m1: __mmask16 = if kn >= 32 { 0xffff } else if kn <= 16 { 0 } else { (1u32 << (kn - 16)) as u16 - 1 };
+                let m1: __mmask16 = if kn >= 32 {
+                    0xffff
+                } else if kn <= 16 {
+                    0
+                } else {
+                    (1u32 << (kn - 16)) as u16 - 1
+                };
                 let mut rw = [_mm512_setzero_si512(); 8];
                 for (i, x) in rw.iter_mut().enumerate() {
                     let r = r0 + i;
@@ -270,8 +276,8 @@ unsafe fn pack_panel_avx512(v: View, rows: usize, k: usize, w: usize, q: usize, 
         // interleaves them into 16 pairs.
         assert_eq!(v.rs, 1, "an operand with neither stride 1");
         let idx = _mm512_set_epi16(
-            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
-            17, 1, 16, 0,
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+            1, 16, 0,
         );
         let base = v.s.as_ptr().add(q * w);
         for r0 in (0..w).step_by(16) {
@@ -418,7 +424,13 @@ unsafe fn tile_avx512_at(
     use std::arch::x86_64::*;
     assert!(a.len() >= kp * MR && b.len() >= kp * NR && rows <= MR && cols <= NR);
     let m0: __mmask16 = if cols >= 16 { 0xffff } else { ((1u32 << cols) - 1) as u16 };
-    let m1: __mmask16 = if cols >= 32 { 0xffff } else if cols <= 16 { 0 } else { ((1u32 << (cols - 16)) - 1) as u16 };
+    let m1: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols <= 16 {
+        0
+    } else {
+        ((1u32 << (cols - 16)) - 1) as u16
+    };
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if accumulate {
         for (r, row) in acc.iter_mut().enumerate().take(rows) {
@@ -684,8 +696,7 @@ mod tests {
     #[test]
     fn simd_kernel_equals_the_scalar_one_on_odd_shapes() {
         let mut rng = Rng::new(7);
-        for &(m, n, k) in
-            &[
+        for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
             (8, 32, 2),
@@ -697,8 +708,7 @@ mod tests {
             (20, 45, 17),
             (2, 130, 34),
             (41, 9, 33),
-        ]
-        {
+        ] {
             for (lhs_t, rhs_t, accumulate, parallel) in [
                 (false, false, false, false),
                 (true, false, true, true),
@@ -811,9 +821,8 @@ mod tests {
             let mut line = format!("{name:>16} {m:>4}x{n:>4}x{k:>4}");
             for (i, par) in [false, true].into_iter().enumerate() {
                 let t32 = time(&mut || crate::gemm::matmul(&mut d, true, &lhs, lt, &rhs, rt, m, n, k, par));
-                let t16 = time(&mut || {
-                    matmul_bf16_with(Kernel::best(), &mut d, true, &lhs, lt, &rhs, rt, m, n, k, par)
-                });
+                let t16 =
+                    time(&mut || matmul_bf16_with(Kernel::best(), &mut d, true, &lhs, lt, &rhs, rt, m, n, k, par));
                 total32[i] += t32;
                 total16[i] += t16;
                 line += &format!(
