@@ -228,7 +228,7 @@ unsafe fn pack_panel_avx512(v: View, rows: usize, k: usize, w: usize, q: usize, 
                     if r < r_end {
                         let src = v.s.as_ptr().add((q * w + r) * v.rs + k0);
                         let a = _mm512_maskz_loadu_ps(m0, src);
-                        let b = _mm512_maskz_loadu_ps(m1, src.add(16));
+                        let b = _mm512_maskz_loadu_ps(m1, src.wrapping_add(16));
                         *x = bf(_mm512_cvtne2ps_pbh(b, a));
                     }
                 }
@@ -285,9 +285,9 @@ unsafe fn pack_panel_avx512(v: View, rows: usize, k: usize, w: usize, q: usize, 
             let lm: __mmask16 = if rn >= 16 { 0xffff } else { (1u32 << rn) as u16 - 1 };
             let sm: __mmask16 = if w - r0 >= 16 { 0xffff } else { 0xff };
             for p in 0..kp {
-                let e = _mm512_maskz_loadu_ps(lm, base.add(2 * p * v.ks + r0));
+                let e = _mm512_maskz_loadu_ps(lm, base.wrapping_add(2 * p * v.ks + r0));
                 let o = if 2 * p + 1 < k {
-                    _mm512_maskz_loadu_ps(lm, base.add((2 * p + 1) * v.ks + r0))
+                    _mm512_maskz_loadu_ps(lm, base.wrapping_add((2 * p + 1) * v.ks + r0))
                 } else {
                     _mm512_setzero_ps()
                 };
