@@ -4,7 +4,7 @@
 //! ends by saving weights and optimizer state to a checkpoint.
 //!
 //! ```text
-//! cargo run --release -p descent-train --example own_model [CHECKPOINT]
+//! cargo run --release -p descent-train --example own_model [-- --checkpoint PATH]
 //! ```
 //!
 //! Exits non-zero unless the loss fell and the test accuracy reached 90%.
@@ -59,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (loss, acc) = evaluate(&model, &test_x, &test_y)?;
     println!("after {STEPS} steps: test loss {loss:.4}, accuracy {:.1}%", 100.0 * acc);
-    let path = checkpoint_path();
+    let path = checkpoint_path()?;
     opt.save_checkpoint(&path)?;
     println!("checkpoint: {}", path.display());
 

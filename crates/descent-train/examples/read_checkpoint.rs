@@ -3,7 +3,7 @@
 //! freshly built model and optimizer, evaluates, and resumes training from it.
 //!
 //! ```text
-//! cargo run --release -p descent-train --example read_checkpoint [CHECKPOINT]
+//! cargo run --release -p descent-train --example read_checkpoint [-- --checkpoint PATH]
 //! ```
 //!
 //! Exits non-zero unless the restored model is the saved one and resuming keeps it as good.
@@ -44,7 +44,7 @@ fn fail(message: String) -> ! {
 }
 
 fn main() -> Res<()> {
-    let path = checkpoint_path();
+    let path = checkpoint_path()?;
     if !path.exists() {
         // Self-contained: the same training as `own_model` (the same checkpoint).
         let steps = STEPS;

@@ -95,13 +95,22 @@ pub fn evaluate(model: &Mlp, x: &Tensor, y: &Tensor) -> Result<(f32, f64)> {
     Ok((loss, right as f64 / y.dims()[0] as f64))
 }
 
-/// The checkpoint file: the first argument, else `descent-own-model.safetensors` in the
+/// The checkpoint file: the path after `--checkpoint`, else `descent-own-model.safetensors` in the
 /// temporary directory.
-pub fn checkpoint_path() -> PathBuf {
-    std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("descent-own-model.safetensors"))
+pub fn checkpoint_path() -> Result<PathBuf> {
+    // `cargo test` runs these examples too, passing its own arguments (a test-name filter,
+    // `--nocapture`, …): only `--checkpoint PATH` names the file, so a filter word is never
+    // taken for a path to write.
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--checkpoint" {
+            return args
+                .next()
+                .map(PathBuf::from)
+                .ok_or_else(|| candle_core::Error::Msg("--checkpoint needs a path".into()));
+        }
+    }
+    Ok(std::env::temp_dir().join("descent-own-model.safetensors"))
 }
 
 /// The training and test sets (different seeds: different points of the same spirals).
