@@ -296,11 +296,11 @@ fn main() -> ExitCode {
         Command::Sample(args) => set_threads(args.threads).and_then(|_| sample::run(*args)).map(|_| true),
         Command::Compare(args) => {
             let sub = matches.subcommand_matches("compare").expect("compare subcommand");
-            set_threads(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)
+            set_threads_apart(args.base.threads).and_then(|_| compare::run(*args, sub)).map(|_| true)
         }
         Command::Sweep(args) => {
             let sub = matches.subcommand_matches("sweep").expect("sweep subcommand");
-            set_threads(args.base.threads).and_then(|_| sweep::run(*args, sub)).map(|_| true)
+            set_threads_apart(args.base.threads).and_then(|_| sweep::run(*args, sub)).map(|_| true)
         }
         Command::LrFind(args) => set_threads(args.base.threads).and_then(|_| lrfind::run(*args)).map(|_| true),
         Command::Prune(args) => set_threads(args.threads).and_then(|_| compress::prune_cmd(*args)).map(|_| true),
@@ -340,7 +340,7 @@ fn main() -> ExitCode {
                     _ => anyhow::bail!("not a sweep"),
                 }
             };
-            set_threads(None).and_then(|_| sweep::bench(seeds, trials, epochs, &out, parse)).map(|_| true)
+            set_threads_apart(None).and_then(|_| sweep::bench(seeds, trials, epochs, &out, parse)).map(|_| true)
         }
         Command::Bench { what: BenchCommand::Optimizers(args) } => {
             let sub = matches
@@ -446,8 +446,25 @@ fn user_message(e: &anyhow::Error) -> String {
 /// op, taking a core from the convolution and GEMM threads that follow (LeNet-5 at batch 128: about
 /// 15% faster with one).
 ///
+/// The calling (main) thread is one of the pool's threads: the training loop runs on it, so each
+/// parallel op splits its work there and the other workers steal from it, rather than the main
+/// thread queueing every op into the pool, waking a worker and sleeping until it is done (the
+/// wake-ups of a GPT step's many small ops cost more than the ops). Commands whose main thread
+/// only waits for threads of their own use [`set_threads_apart`].
+///
 /// Under mpirun the default is the machine's cores divided among the ranks started on it.
 fn set_threads(threads: Option<usize>) -> Result<usize> {
+    set_threads_in(threads, true)
+}
+
+/// [`set_threads`] with the main thread outside the pool: for `compare` and `sweep`, whose main
+/// thread waits for trial threads that each send their work into the pool (a main thread in the
+/// pool would leave it one worker short while it waits).
+fn set_threads_apart(threads: Option<usize>) -> Result<usize> {
+    set_threads_in(threads, false)
+}
+
+fn set_threads_in(threads: Option<usize>, main_in_pool: bool) -> Result<usize> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = threads.unwrap_or_else(|| (cores / local_ranks().unwrap_or(1).max(1)).max(1));
     if n == 0 || n > train::MAX_THREADS {
@@ -457,7 +474,9 @@ fn set_threads(threads: Option<usize>) -> Result<usize> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(n);
+    let pool = if main_in_pool { pool.use_current_thread() } else { pool };
+    pool.build_global().ok();
     Ok(n)
 }
 

@@ -196,9 +196,16 @@ impl Conv2dOp {
                         }
                         let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                         let x0 = (kx * self.dilation) as isize - self.padding as isize;
-                        if self.stride == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
-                            // The whole output row reads one contiguous run of the input row.
-                            out.copy_from_slice(&src[x0 as usize..x0 as usize + g.ow]);
+                        if self.stride == 1 {
+                            // Output columns `lo..hi` read one contiguous run of the input row;
+                            // those left and right of it fall in the padding.
+                            let (lo, hi) = stride1_span(x0, g.ow, g.w);
+                            out[..lo].fill(0.0);
+                            out[hi..].fill(0.0);
+                            if lo < hi {
+                                let s0 = (lo as isize + x0) as usize;
+                                out[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                            }
                             continue;
                         }
                         for (ox, v) in out.iter_mut().enumerate() {
@@ -241,9 +248,14 @@ impl Conv2dOp {
                         }
                         let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                         let x0 = (kx * self.dilation) as isize - self.padding as isize;
-                        if self.stride == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
-                            let d = &mut dst[x0 as usize..x0 as usize + g.ow];
-                            d.iter_mut().zip(&row[oy * g.ow..(oy + 1) * g.ow]).for_each(|(a, b)| *a += b);
+                        if self.stride == 1 {
+                            // Columns in the padding have no input to add to.
+                            let (lo, hi) = stride1_span(x0, g.ow, g.w);
+                            if lo < hi {
+                                let s0 = (lo as isize + x0) as usize;
+                                let d = &mut dst[s0..s0 + hi - lo];
+                                d.iter_mut().zip(&row[oy * g.ow + lo..oy * g.ow + hi]).for_each(|(a, b)| *a += b);
+                            }
                             continue;
                         }
                         for (ox, v) in row[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
@@ -265,6 +277,14 @@ impl Conv2dOp {
             self.im2col(g, &xs[b * img..(b + 1) * img], gi, cols, nb * seg, b * seg);
         }
     }
+}
+
+/// For stride 1, the output columns `lo..hi` (within `0..ow`) whose input column `ox + x0` lies
+/// inside a row of `w`: a contiguous run of the input, the columns outside it in the padding.
+fn stride1_span(x0: isize, ow: usize, w: usize) -> (usize, usize) {
+    let lo = (-x0).clamp(0, ow as isize) as usize;
+    let hi = (w as isize - x0).clamp(0, ow as isize) as usize;
+    (lo, hi.max(lo))
 }
 
 /// A sum in 8 interleaved partial sums: vectorizes, where a plain `sum` is one long chain of
@@ -531,6 +551,11 @@ mod tests {
             (2, 0, 1, 2, 4, 6, 8, 9, 2),
             (3, 1, 2, 3, 6, 3, 13, 12, 3),
             (1, 1, 1, 4, 4, 4, 5, 6, 1),
+            // Stride 1 with padding: rows that read a run of the input between zeros of the padding,
+            // and (kernel wider than the input) rows that are all padding.
+            (1, 1, 1, 1, 3, 4, 7, 8, 3),
+            (1, 3, 1, 1, 2, 2, 5, 2, 5),
+            (1, 2, 1, 1, 1, 2, 4, 1, 5),
         ] {
             let case = (stride, padding, dilation, groups);
             let x = randn(&[2, c, h, w], &mut rng);

@@ -11,8 +11,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::linear::Activation;
 use crate::model::{cross_entropy, Linear, Mode, Model};
-use crate::nn::{gelu, softmax, CausalSelfAttention, Dropout, Embedding, Gelu, LayerNorm};
+use crate::nn::{softmax, CausalSelfAttention, Dropout, Embedding, Gelu, LayerNorm};
 use crate::optim::OptimizerConfig;
 use crate::rng::Rng;
 
@@ -282,7 +283,8 @@ impl Model for Gpt {
             // The linear ops take [b, t, c] as b·t rows: no reshapes, whose backward in candle
             // would zero-fill and add a gradient of the activations' size each.
             let z = blk.ln_2.forward(&h)?;
-            let z = blk.c_proj.forward(&gelu(&blk.c_fc.forward(&z)?, cfg.gelu)?)?;
+            // c_fc and the GELU as one op (see `Activation::Gelu`).
+            let z = blk.c_proj.forward(&blk.c_fc.forward_with(&z, Activation::Gelu(cfg.gelu))?)?;
             h = (h + self.drop(z, mode, rng)?)?;
         }
         let h = self.ln_f.forward(&h)?;

@@ -3,10 +3,13 @@
 //! skipped when `x` is data). candle's path builds a transposed copy, a separate bias add and a
 //! `sum_keepdim` for the bias gradient.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::gemm::matmul_in;
+use crate::nn::activation::{gelu_in_place_with_derivative, Gelu};
 use crate::precision::Precision;
 
 /// Products at least this large (multiply-adds) run the GEMM across threads.
@@ -20,12 +23,29 @@ pub enum Activation {
     /// `relu(x Wᵀ + b)`: candle's separate ReLU costs its backward a zero-filled buffer, a
     /// comparison, a product and a sum the size of the output.
     Relu,
+    /// `gelu(x Wᵀ + b)` (the MLP of a transformer): the op keeps the GELU's derivative at the
+    /// pre-activation for its backward, where candle's separate op would keep the pre-activation,
+    /// evaluate the derivative again in the backward, and zero-fill and add a gradient of the
+    /// output's size in between.
+    Gelu(Gelu),
 }
 
 /// `torch.nn.functional.linear`, followed by an [`Activation`], its products (forward and
 /// backward) in a [`Precision`].
-#[derive(Debug, Clone, Copy)]
-pub struct LinearOp(pub Activation, pub Precision);
+#[derive(Debug, Clone)]
+pub struct LinearOp {
+    act: Activation,
+    precision: Precision,
+    /// The activation's derivative at the pre-activation, from the forward (GELU only).
+    derivative: Arc<Mutex<Vec<f32>>>,
+}
+
+impl LinearOp {
+    /// The op for `act` with products in `precision`.
+    pub fn new(act: Activation, precision: Precision) -> Self {
+        LinearOp { act, precision, derivative: Arc::new(Mutex::new(Vec::new())) }
+    }
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -62,9 +82,15 @@ impl CustomOp3 for LinearOp {
         for row in y.chunks_mut(out) {
             row.copy_from_slice(b);
         }
-        matmul_in(self.1, &mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
-        if self.0 == Activation::Relu {
-            y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+        matmul_in(self.precision, &mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
+        match self.act {
+            Activation::Identity => {}
+            Activation::Relu => y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
+            Activation::Gelu(which) => {
+                let mut d = vec![0.0f32; y.len()];
+                gelu_in_place_with_derivative(which, &mut y, &mut d);
+                *self.derivative.lock().expect("linear derivative lock") = d;
+            }
         }
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
@@ -89,25 +115,34 @@ impl CustomOp3 for LinearOp {
         let ws = storage_f32s(&sw, lw, "linear weight")?;
         let gs = storage_f32s(&sg, lg, "linear gradient")?;
         let masked: Vec<f32>;
-        let gy: &[f32] = if self.0 == Activation::Relu {
-            // The gradient passes where the output is positive (as torch's ReLU backward).
-            let (s, l) = res.storage_and_layout();
-            let r = storage_f32s(&s, l, "linear output")?;
-            masked = gs.iter().zip(r).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
-            &masked
-        } else {
-            gs
+        let gy: &[f32] = match self.act {
+            Activation::Identity => gs,
+            Activation::Relu => {
+                // The gradient passes where the output is positive (as torch's ReLU backward).
+                let (s, l) = res.storage_and_layout();
+                let r = storage_f32s(&s, l, "linear output")?;
+                masked = gs.iter().zip(r).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
+                &masked
+            }
+            Activation::Gelu(_) => {
+                let d = self.derivative.lock().expect("linear derivative lock");
+                if d.len() != gs.len() {
+                    candle_core::bail!("linear: backward without its GELU forward");
+                }
+                masked = gs.iter().zip(d.iter()).map(|(&g, &d)| g * d).collect();
+                &masked
+            }
         };
         let par = n * out * inp >= PARALLEL_FLOPS;
         let mut gw = vec![0.0f32; out * inp];
-        matmul_in(self.1, &mut gw, false, gy, true, xs, false, out, inp, n, par);
+        matmul_in(self.precision, &mut gw, false, gy, true, xs, false, out, inp, n, par);
         let mut gb = vec![0.0f32; out];
         for row in gy.chunks(out) {
             gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
         }
         let gx = if x.track_op() {
             let mut gx = vec![0.0f32; n * inp];
-            matmul_in(self.1, &mut gx, false, gy, false, ws, false, n, inp, out, par);
+            matmul_in(self.precision, &mut gx, false, gy, false, ws, false, n, inp, out, par);
             Some(gx)
         } else {
             None
@@ -126,7 +161,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
 /// `act(x Wᵀ + b)` as one op, its products in this thread's precision
 /// ([`crate::precision::current`]).
 pub fn linear_with(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> crate::Result<Tensor> {
-    let op = LinearOp(act, crate::precision::current());
+    let op = LinearOp::new(act, crate::precision::current());
     Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?)
 }
 
@@ -135,6 +170,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::{linear, linear_with, Activation};
+    use crate::nn::{gelu, Gelu};
     use crate::rng::Rng;
 
     /// `linear_with(.., Relu)` gives candle's `relu(linear(..))` values and gradients.
@@ -155,6 +191,30 @@ mod tests {
         let g2 = (separate * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w, &b] {
             assert!(diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()) < 1e-5);
+        }
+    }
+
+    /// `linear_with(.., Gelu)` gives the same values and gradients as `gelu(linear(..))`, for both
+    /// GELUs, over more elements than one rayon task takes.
+    #[test]
+    fn fused_gelu_matches_the_separate_op() {
+        let mut rng = Rng::new(3);
+        let mut var = |shape: &[usize]| {
+            let n = shape.iter().product();
+            Var::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+        };
+        let (x, w, b, probe) = (var(&[130, 33]), var(&[70, 33]), var(&[70]), var(&[130, 70]));
+        let diff =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for which in [Gelu::Erf, Gelu::Tanh] {
+            let fused = linear_with(x.as_tensor(), w.as_tensor(), b.as_tensor(), Activation::Gelu(which)).unwrap();
+            let separate = gelu(&linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap(), which).unwrap();
+            assert_eq!(diff(&fused, &separate), 0.0, "{which:?}");
+            let g1 = (fused * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (separate * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w, &b] {
+                assert_eq!(diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()), 0.0, "{which:?}");
+            }
         }
     }
 }

@@ -181,7 +181,8 @@ pub struct BasicBlock {
 impl BasicBlock {
     /// The block's output; batch norm by batch statistics in [`Mode::Train`].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = relu(&self.bn1.forward(&conv(x, &self.conv1, None, self.stride, Epilogue::Identity)?, mode)?)?;
+        // The batch norm and its ReLU as one op.
+        let h = self.bn1.forward_relu(&conv(x, &self.conv1, None, self.stride, Epilogue::Identity)?, mode)?;
         let h = self.bn2.forward(&conv(&h, &self.conv2, None, 1, Epilogue::Identity)?, mode)?;
         let shortcut = match &self.downsample {
             Some((w, bn)) => bn.forward(&conv(x, w, None, self.stride, Epilogue::Identity)?, mode)?,
@@ -260,7 +261,7 @@ impl Model for ResNet {
     /// In [`Mode::Train`] the batch norms normalize with the batch's statistics and move their
     /// running statistics; in [`Mode::Eval`] they use the running statistics and leave them.
     fn forward(&self, x: &Tensor, mode: Mode, _rng: &mut Rng) -> Result<Tensor> {
-        let mut h = relu(&self.bn1.forward(&conv(x, &self.conv1, None, 1, Epilogue::Identity)?, mode)?)?;
+        let mut h = self.bn1.forward_relu(&conv(x, &self.conv1, None, 1, Epilogue::Identity)?, mode)?;
         for b in &self.blocks {
             h = b.forward(&h, mode)?;
         }

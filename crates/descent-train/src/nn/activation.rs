@@ -120,6 +120,23 @@ fn gelu_erf_bwd_body(gx: &mut [f32], x: &[f32], g: &[f32]) {
     }
 }
 
+/// In place, `z` becomes `gelu(z)` (exact) and `d` the derivative `gelu'(z)`, over a chunk:
+/// the values [`gelu_erf_fwd_body`] and [`gelu_erf_bwd_body`] give, in one pass.
+#[inline(always)]
+fn gelu_erf_fwd_deriv_body(z: &mut [f32], d: &mut [f32]) {
+    for (v, o) in z.iter_mut().zip(d.iter_mut()) {
+        let (y, dy) = gelu_erf_f32(*v);
+        *v = y;
+        *o = dy;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_erf_fwd_deriv_avx2(z: &mut [f32], d: &mut [f32]) {
+    gelu_erf_fwd_deriv_body(z, d)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_erf_fwd_avx2(y: &mut [f32], x: &[f32]) {
@@ -159,6 +176,27 @@ fn gelu_erf_bwd(gx: &mut [f32], x: &[f32], g: &[f32]) {
         return unsafe { gelu_erf_bwd_avx2(gx, x, g) };
     }
     gelu_erf_bwd_body(gx, x, g)
+}
+
+/// The GELU of `z` in place and its derivative into `d` (same length), across rayon tasks: for an
+/// op that applies the GELU to its own output and keeps the derivative for its backward.
+pub(crate) fn gelu_in_place_with_derivative(which: Gelu, z: &mut [f32], d: &mut [f32]) {
+    let chunks = z.par_chunks_mut(GELU_CHUNK).zip(d.par_chunks_mut(GELU_CHUNK));
+    match which {
+        Gelu::Erf => chunks.for_each(|(z, d)| {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                return unsafe { gelu_erf_fwd_deriv_avx2(z, d) };
+            }
+            gelu_erf_fwd_deriv_body(z, d)
+        }),
+        Gelu::Tanh => chunks.for_each(|(z, d)| {
+            for (v, o) in z.iter_mut().zip(d.iter_mut()) {
+                (*v, *o) = which.eval(*v);
+            }
+        }),
+    }
 }
 
 impl CustomOp1 for Gelu {

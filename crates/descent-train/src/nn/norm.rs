@@ -171,6 +171,9 @@ struct BatchNormOp {
     /// `Some((running_mean, running_var))` in evaluation mode.
     running: Option<(Vec<f32>, Vec<f32>)>,
     stats: Arc<Mutex<ChannelStats>>,
+    /// `relu(batch_norm(x))` in the same pass: the ReLU of a separate op costs a tensor of the
+    /// input's size each way, and candle's backward a zero-filled buffer and a sum of that size.
+    relu: bool,
 }
 
 /// `(outer, c, inner)` of an `[n, c, ...]` input.
@@ -237,6 +240,10 @@ impl CustomOp3 for BatchNormOp {
             let ci = k % c;
             let (m, r, w, b) = (mean[ci], rstd[ci], w[ci], b[ci]);
             y.iter_mut().zip(x).for_each(|(o, &v)| *o = ((v as f64 - m) * r) as f32 * w + b);
+            if self.relu {
+                // NaN stays NaN, as torch.relu.
+                y.iter_mut().for_each(|o| *o = if *o < 0.0 { 0.0 } else { *o });
+            }
         });
         *self.stats.lock().expect("batch_norm stats lock") = ChannelStats { mean, rstd, var };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -250,7 +257,7 @@ impl CustomOp3 for BatchNormOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, inner) = bn_geom(x.dims(), w.dims(), w.dims())?;
@@ -261,6 +268,21 @@ impl CustomOp3 for BatchNormOp {
         let xs = storage_f32s(&sx, lx, "batch_norm input")?;
         let ws = storage_f32s(&sw, lw, "batch_norm weight")?;
         let gs = storage_f32s(&sg, lg, "batch_norm gradient")?;
+        let masked: Vec<f32>;
+        let gs = if self.relu {
+            // The ReLU's backward first: the gradient passes where the output is positive (as
+            // torch's ReLU backward).
+            let (sr, lr) = res.storage_and_layout();
+            let r = storage_f32s(&sr, lr, "batch_norm output")?;
+            let mut m = vec![0.0f32; gs.len()];
+            m.par_chunks_mut(1 << 14).zip(r.par_chunks(1 << 14).zip(gs.par_chunks(1 << 14))).for_each(|(m, (r, g))| {
+                m.iter_mut().zip(r.iter().zip(g)).for_each(|(d, (&r, &g))| *d = if r > 0.0 { g } else { 0.0 })
+            });
+            masked = m;
+            &masked[..]
+        } else {
+            gs
+        };
         let stats = self.stats.lock().expect("batch_norm stats lock");
         let (mean, rstd) = (&stats.mean, &stats.rstd);
         let count = (n * inner) as f64;
@@ -327,11 +349,24 @@ pub fn batch_norm(
     bias: &Tensor,
     options: BatchNormOptions,
 ) -> Result<Tensor> {
+    batch_norm_with(x, running_mean, running_var, weight, bias, options, false)
+}
+
+/// [`batch_norm`], followed by a ReLU in the same op when `relu`.
+pub(crate) fn batch_norm_with(
+    x: &Tensor,
+    running_mean: &Var,
+    running_var: &Var,
+    weight: &Tensor,
+    bias: &Tensor,
+    options: BatchNormOptions,
+    relu: bool,
+) -> Result<Tensor> {
     let BatchNormOptions { training, momentum, eps } = options;
     let read = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?) };
     let (rm, rv) = (read(running_mean)?, read(running_var)?);
     let stats = Arc::new(Mutex::new(ChannelStats::default()));
-    let op = BatchNormOp { eps, running: (!training).then(|| (rm.clone(), rv.clone())), stats: stats.clone() };
+    let op = BatchNormOp { eps, running: (!training).then(|| (rm.clone(), rv.clone())), stats: stats.clone(), relu };
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     if training {
         let s = stats.lock().expect("batch_norm stats lock");
@@ -403,13 +438,23 @@ impl BatchNorm {
     /// Batch statistics (and a running-statistics update) in [`Mode::Train`], running statistics in
     /// [`Mode::Eval`].
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_with(x, mode, false)
+    }
+
+    /// `relu(self.forward(x, mode))` as one op.
+    pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_with(x, mode, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
         let options = BatchNormOptions {
             training: mode == Mode::Train,
             // `update_bn`'s cumulative average, while it runs.
             momentum: crate::average::bn_momentum_override().unwrap_or(self.momentum),
             eps: self.eps,
         };
-        batch_norm(x, &self.running_mean, &self.running_var, self.weight.as_tensor(), self.bias.as_tensor(), options)
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        batch_norm_with(x, &self.running_mean, &self.running_var, w, b, options, relu)
     }
 
     /// The buffers with PyTorch's names (under the layer's prefix): `running_mean`, `running_var`.
@@ -465,6 +510,40 @@ mod tests {
         let g2 = (composed * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         for (n, v) in [("x", &x), ("w", &w), ("b", &b)] {
             close(n, g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        }
+    }
+
+    /// The batch norm with its ReLU fused gives the values and gradients of the two ops, in
+    /// training and in evaluation.
+    #[test]
+    fn batch_norm_relu_matches_the_separate_ops() {
+        let mut rng = Rng::new(13);
+        let (x, w, b, probe) = (
+            randn(&mut rng, &[6, 3, 5, 7], 1.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[3], 0.0),
+            randn(&mut rng, &[6, 3, 5, 7], 0.0),
+        );
+        for training in [true, false] {
+            let options = BatchNormOptions { training, ..Default::default() };
+            let run = |relu: bool| {
+                let (rm, rv) = (
+                    Var::from_vec(vec![0.5f32, -1.0, 2.0], 3, &Device::Cpu).unwrap(),
+                    Var::from_vec(vec![1.0f32, 2.0, 0.5], 3, &Device::Cpu).unwrap(),
+                );
+                let y = super::batch_norm_with(x.as_tensor(), &rm, &rv, w.as_tensor(), b.as_tensor(), options, relu)
+                    .unwrap();
+                let y = if relu { y } else { y.relu().unwrap() };
+                let g = (&y * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g, rm, rv)
+            };
+            let ((y1, g1, rm1, rv1), (y2, g2, rm2, rv2)) = (run(true), run(false));
+            assert_eq!(max_diff(&y1, &y2), 0.0, "training {training}");
+            for v in [&x, &w, &b] {
+                assert_eq!(max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap()), 0.0);
+            }
+            assert_eq!(max_diff(rm1.as_tensor(), rm2.as_tensor()), 0.0);
+            assert_eq!(max_diff(rv1.as_tensor(), rv2.as_tensor()), 0.0);
         }
     }
 
