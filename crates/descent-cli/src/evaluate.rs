@@ -159,7 +159,11 @@ impl RunFolder {
 /// run's test set.
 fn run_compressed(a: &EvaluateArgs) -> Result<()> {
     if a.weights != "raw" {
-        bail!("--weights {}: {} holds one compressed model (descent prune / quantize); accepted here: raw", a.weights, a.dir.display());
+        bail!(
+            "--weights {}: {} holds one compressed model (descent prune / quantize); accepted here: raw",
+            a.weights,
+            a.dir.display()
+        );
     }
     let loaded = descent_train::compress::load_compressed(&a.dir)
         .with_context(|| format!("{}: the compressed model does not load", a.dir.display()))?;

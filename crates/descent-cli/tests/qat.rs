@@ -35,9 +35,8 @@ fn qat_resumes_exactly_and_its_int8_model_predicts_as_it_did() {
     run_ok(&[&base[..], &["--steps", "150", "--out", s(&cut)]].concat());
     let text = run_ok(&["train", "--resume", s(&cut), "--steps", "400", "--threads", "2"]);
     assert_eq!(accuracy(&text, "test accuracy:"), qat_acc, "{text}");
-    let losses = |d: &std::path::Path| -> Vec<String> {
-        csv_rows(&d.join("steps.csv")).iter().map(|r| r[2].clone()).collect()
-    };
+    let losses =
+        |d: &std::path::Path| -> Vec<String> { csv_rows(&d.join("steps.csv")).iter().map(|r| r[2].clone()).collect() };
     assert_eq!(losses(&full), losses(&cut));
     let (ck_full, ck_cut) = (
         Checkpoint::load(&full.join("checkpoint.safetensors")).unwrap(),
@@ -66,12 +65,9 @@ fn qat_resumes_exactly_and_its_int8_model_predicts_as_it_did() {
     let m = descent_train::mnist::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist")))
         .unwrap();
     let test = descent_train::data::Dataset::mnist(&m.test, false).unwrap();
-    let qat = QatModel::new(
-        "mlp",
-        Box::new(Mlp::new(Init::TorchDefault, 0.2, &mut Rng::new(0), &Device::Cpu).unwrap()),
-        0.2,
-    )
-    .unwrap();
+    let qat =
+        QatModel::new("mlp", Box::new(Mlp::new(Init::TorchDefault, 0.2, &mut Rng::new(0), &Device::Cpu).unwrap()), 0.2)
+            .unwrap();
     ck_full.apply_weights(&qat).unwrap();
     let int8 = QuantModel::load(&q.join("model.int8.safetensors")).unwrap();
     let (pa, pb) = (predictions(&qat, &test.x), predictions(&int8, &test.x));
@@ -91,16 +87,16 @@ fn qat_resumes_exactly_and_its_int8_model_predicts_as_it_did() {
         &["train", "--model", "mlp", "--qat", "--ema", "0.99", "--out", "/tmp/descent-qat-x"],
         &["--qat", "--ema"],
     );
-    one_line_error(&["quantize", s(&full), "--out", "/tmp/descent-qat-x", "--calibration-batches", "4"], &[
-        "--calibration-batches 4",
-        "observers",
-    ]);
+    one_line_error(
+        &["quantize", s(&full), "--out", "/tmp/descent-qat-x", "--calibration-batches", "4"],
+        &["--calibration-batches 4", "observers"],
+    );
     one_line_error(&["train", "--resume", s(&q)], &["int8"]);
     run_ok(&["train", "--model", "mlp", "--steps", "20", "--threads", "2", "--out", s(&plain)]);
-    one_line_error(&["quantize", s(&plain), "--out", "/tmp/descent-qat-x", "--calibration", "observers"], &[
-        "--calibration observers",
-        "--qat",
-    ]);
+    one_line_error(
+        &["quantize", s(&plain), "--out", "/tmp/descent-qat-x", "--calibration", "observers"],
+        &["--calibration observers", "--qat"],
+    );
     one_line_error(&["train", "--resume", s(&plain), "--steps", "40", "--qat"], &["--qat", "contradicts"]);
     assert!(!std::path::Path::new("/tmp/descent-qat-x").exists());
     for d in [full, cut, q, ptq, plain] {

@@ -169,8 +169,9 @@ impl QatModel {
     /// The `mlp` or `lenet` `inner` (any width) for quantization-aware training; `dropout` is the
     /// MLP's (0 for LeNet-5).
     pub fn new(model_name: &str, inner: Box<dyn Model>, dropout: f32) -> Result<QatModel> {
-        let specs = layers_of(model_name)
-            .map_err(|_| Error::Param(format!("quantization-aware training handles mlp and lenet, not `{model_name}`")))?;
+        let specs = layers_of(model_name).map_err(|_| {
+            Error::Param(format!("quantization-aware training handles mlp and lenet, not `{model_name}`"))
+        })?;
         let vars: std::collections::HashMap<String, Var> = inner.named_vars().into_iter().collect();
         let get = |n: String| vars.get(&n).cloned().ok_or_else(|| Error::Param(format!("the model has no `{n}`")));
         let params = specs
@@ -320,7 +321,8 @@ mod tests {
         // The gradient is the incoming one, masked (not just ones).
         let probe = Tensor::from_vec((0..xs.len()).map(|i| i as f32 - 3.0).collect::<Vec<_>>(), xs.len(), &Device::Cpu)
             .unwrap();
-        let g = (fake_quantize_input(x.as_tensor(), p).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g =
+            (fake_quantize_input(x.as_tensor(), p).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let want: Vec<f32> = values(&probe).iter().zip(&inside).map(|(a, b)| a * b).collect();
         assert_eq!(values(g.get(x.as_tensor()).unwrap()), want);
     }
@@ -429,9 +431,10 @@ mod tests {
             let err = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             println!("{name}: int8 logits off the QAT model's by {err:.2e} at most (logits up to {spread:.2})");
             assert!(err < 1e-3 * spread.max(1.0), "{name}: int8 off the QAT model by {err} (logits up to {spread})");
-            let (pa, pb) = (values(&a.argmax(1).unwrap().to_dtype(candle_core::DType::F32).unwrap()), values(
-                &b.argmax(1).unwrap().to_dtype(candle_core::DType::F32).unwrap(),
-            ));
+            let (pa, pb) = (
+                values(&a.argmax(1).unwrap().to_dtype(candle_core::DType::F32).unwrap()),
+                values(&b.argmax(1).unwrap().to_dtype(candle_core::DType::F32).unwrap()),
+            );
             assert_eq!(pa, pb, "{name}");
         }
     }
