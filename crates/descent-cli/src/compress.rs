@@ -84,12 +84,14 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub force: bool,
     /// Training batches (of the run's batch size, in its seeded order) the activation ranges are
-    /// calibrated on.
-    #[arg(long, default_value_t = 10)]
-    pub calibration_batches: usize,
-    /// minmax (the observed range) or percentile (clipping outliers at --percentile).
-    #[arg(long, default_value = "minmax", value_parser = ["minmax", "percentile"])]
-    pub calibration: String,
+    /// calibrated on (default 10).
+    #[arg(long)]
+    pub calibration_batches: Option<usize>,
+    /// minmax (the observed range), percentile (clipping outliers at --percentile), or observers:
+    /// the ranges of the moving-average observers of a `train --qat` run, which its fake
+    /// quantization trained with (the default for such a run; minmax for others).
+    #[arg(long, value_parser = ["minmax", "percentile", "observers"])]
+    pub calibration: Option<String>,
     /// The percentile of --calibration percentile, in (50, 100].
     #[arg(long, default_value_t = 99.99)]
     pub percentile: f64,
@@ -353,13 +355,13 @@ fn values_of(vars: &[(String, candle_core::Var)]) -> Result<Vec<Stored>> {
 }
 
 pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
-    if q.calibration_batches == 0 {
+    if q.calibration_batches == Some(0) {
         bail!("--calibration-batches 0: calibration needs at least one batch");
     }
     if !(q.percentile > 50.0 && q.percentile <= 100.0) {
         bail!("--percentile {}: a percentile in (50, 100]", q.percentile);
     }
-    if q.calibration != "percentile" && q.percentile != 99.99 {
+    if q.calibration.as_deref() != Some("percentile") && q.percentile != 99.99 {
         bail!("--percentile: only --calibration percentile takes it");
     }
     let src = read_run_or_pruned(&q.run)?;
@@ -370,24 +372,44 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
             src.args.model
         );
     }
-    let calibration = match q.calibration.as_str() {
-        "percentile" => Calibration::Percentile(q.percentile),
-        _ => Calibration::MinMax,
-    };
+    let observed = descent_train::qat::observed_ranges(&src.args.model, src.model.as_ref())?;
+    let calibration =
+        q.calibration.clone().unwrap_or_else(|| if observed.is_some() { "observers" } else { "minmax" }.to_string());
     let batch = src.args.batch_size.unwrap_or(train::defaults(&src.args.model).1);
-    let order = epoch_order(src.train_set.len(), &mut Rng::new(src.args.seed));
-    let batches: Vec<Tensor> = order
-        .chunks(batch)
-        .take(q.calibration_batches)
-        .map(|idx| Ok(src.train_set.batch(idx)?.0))
-        .collect::<Result<_>>()?;
-    let qm = QuantModel::quantize(&src.args.model, src.model.as_ref(), &batches, calibration)?;
+    let (qm, method) = if calibration == "observers" {
+        let Some(ranges) = observed else {
+            bail!(
+                "--calibration observers: {} was not trained with --qat, so it has no observers; accepted: minmax, percentile",
+                q.run.display()
+            );
+        };
+        if let Some(n) = q.calibration_batches {
+            bail!(
+                "--calibration-batches {n}: the ranges come from the QAT run's observers; give --calibration minmax or percentile to calibrate afresh"
+            );
+        }
+        let qm = QuantModel::from_ranges(&src.args.model, src.model.as_ref(), &ranges)?;
+        let method = "int8 (weights per output channel, symmetric; activations per tensor, the ranges of the QAT run's moving-average min/max observers)".to_string();
+        (qm, method)
+    } else {
+        let calibration_batches = q.calibration_batches.unwrap_or(10);
+        let order = epoch_order(src.train_set.len(), &mut Rng::new(src.args.seed));
+        let batches: Vec<Tensor> = order
+            .chunks(batch)
+            .take(calibration_batches)
+            .map(|idx| Ok(src.train_set.batch(idx)?.0))
+            .collect::<Result<_>>()?;
+        let cal = if calibration == "percentile" { Calibration::Percentile(q.percentile) } else { Calibration::MinMax };
+        let qm = QuantModel::quantize(&src.args.model, src.model.as_ref(), &batches, cal)?;
+        let method = format!(
+            "int8 (weights per output channel, symmetric; activations per tensor, {} over {} batches of {batch}{})",
+            if calibration == "percentile" { format!("percentile {}", q.percentile) } else { "minmax".into() },
+            batches.len(),
+            if observed.is_some() { ", not the QAT run's observers" } else { "" }
+        );
+        (qm, method)
+    };
     let _claimed = folder::claim_new(&q.out, folder::Kind::Run, q.force, false, None)?;
-    let method = format!(
-        "int8 (weights per output channel, symmetric; activations per tensor, {} over {} batches of {batch})",
-        if q.calibration == "percentile" { format!("percentile {}", q.percentile) } else { "minmax".into() },
-        batches.len()
-    );
     write_info(&q.out, &info_of(&src.args, "int8", &q.run, method.clone()))?;
     qm.save(&q.out.join(folder::run::MODEL_INT8))?;
     let f32_bytes: usize = src.model.named_vars().iter().map(|(_, v)| 4 * v.elem_count()).sum();
@@ -402,7 +424,11 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     );
     let (_, f32_acc) = evaluate(src.model.as_ref(), &src.test_set, src.loss)?;
     if let Some(a) = f32_acc {
-        println!("f32 test accuracy: {:.2}%", 100.0 * a);
+        if src.args.qat {
+            println!("QAT model (fake-quantized f32) test accuracy: {:.2}%", 100.0 * a);
+        } else {
+            println!("f32 test accuracy: {:.2}%", 100.0 * a);
+        }
     }
     println!("model folder: {}", q.out.display());
     let loaded = dc::load_compressed(&q.out)?;
@@ -427,7 +453,7 @@ fn read_run_or_pruned(dir: &Path) -> Result<Source> {
 }
 
 /// The test set of a model folder's run.
-fn test_set(info: &CompressInfo) -> Result<Dataset> {
+pub(crate) fn test_set(info: &CompressInfo) -> Result<Dataset> {
     if info.model == "linear" {
         bail!("the linear model's test set is synthetic: nothing to report");
     }

@@ -19,7 +19,7 @@ use crate::train::{corpus_of, gpt_of, hold_out, settings_from_value, workload, A
 /// The flags of `descent evaluate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
-    /// The folder of a `descent train` run.
+    /// The folder of a `descent train` run, or of `descent quantize` / `descent prune`.
     pub dir: PathBuf,
     /// Which weights of the checkpoint: raw (the trained ones), ema (`train --ema`) or swa
     /// (`train --swa-start`).
@@ -155,9 +155,42 @@ impl RunFolder {
     }
 }
 
+/// `descent evaluate DIR` of a folder of `descent quantize` or `descent prune`: its model on its
+/// run's test set.
+fn run_compressed(a: &EvaluateArgs) -> Result<()> {
+    if a.weights != "raw" {
+        bail!(
+            "--weights {}: {} holds one compressed model (descent prune / quantize); accepted here: raw",
+            a.weights,
+            a.dir.display()
+        );
+    }
+    let loaded = descent_train::compress::load_compressed(&a.dir)
+        .with_context(|| format!("{}: the compressed model does not load", a.dir.display()))?;
+    let test = crate::compress::test_set(&loaded.info)?;
+    println!(
+        "evaluating {} ({} {}: {}) on the {} test samples",
+        a.dir.display(),
+        loaded.info.model,
+        loaded.info.kind,
+        loaded.info.method,
+        test.len()
+    );
+    let (loss, acc) = evaluate(loaded.model.as_ref(), &test, Loss::CrossEntropy)?;
+    println!("test loss: {loss:.5}");
+    if let Some(acc) = acc {
+        println!("{}", accuracy_line(acc));
+    }
+    Ok(())
+}
+
 /// `descent evaluate DIR`.
 pub fn run(a: EvaluateArgs) -> Result<()> {
     let weights = Weights::parse(&a.weights)?;
+    // A folder of descent quantize or a one-shot descent prune (a fine-tuned one is a run too).
+    if a.dir.join(folder::run::COMPRESS_JSON).exists() && !a.dir.join(folder::run::CONFIG_JSON).exists() {
+        return run_compressed(&a);
+    }
     let run = open_run(&a.dir)?;
     let ck = &run.checkpoint;
     let args = &run.args;

@@ -65,7 +65,8 @@ enum Command {
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with
-    /// --validation; for gpt the validation loss), with its trained or averaged weights.
+    /// --validation; for gpt the validation loss), with its trained or averaged weights; or the
+    /// model of a folder of `descent quantize` (int8) or `descent prune` on its run's test set.
     ///
     /// e.g. descent evaluate runs/lenet-adam-seed0 --weights ema
     Evaluate(evaluate::EvaluateArgs),
@@ -133,7 +134,8 @@ enum Command {
     #[command(allow_negative_numbers = true)]
     Prune(Box<compress::PruneArgs>),
     /// Post-training static int8 quantization of an mlp or lenet run: per-channel int8 weights,
-    /// calibrated activation ranges, int8 kernels with i32 accumulation.
+    /// calibrated activation ranges (a `train --qat` run's observers by default), int8 kernels
+    /// with i32 accumulation.
     ///
     /// e.g. descent quantize runs/lenet --out runs/lenet-int8 --calibration-batches 10
     Quantize(Box<compress::QuantizeArgs>),

@@ -309,6 +309,15 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub average_buffers: bool,
+    /// Quantization-aware training (mlp, lenet), torch.ao.quantization's QAT: each Linear and
+    /// Conv weight fake-quantized per output channel to int8 (symmetric, as `descent quantize`
+    /// stores it) and each layer's input per tensor to u8 with the range of a moving-average
+    /// min/max observer (averaging constant 0.01, moved in training only, kept in the
+    /// checkpoint); gradients pass straight through where nothing was clamped. `descent quantize`
+    /// of the run then uses the observers' ranges.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qat: bool,
     /// Run folder for config.json, metrics.jsonl/.csv (per epoch), steps.jsonl/.csv (per step) and
     /// checkpoint.safetensors (default: runs/MODEL-OPTIMIZER-seedSEED).
     #[arg(long)]
@@ -414,7 +423,7 @@ impl TrainArgs {
                 .chain(PRUNE_KEYS)
                 .chain(AVERAGE_KEYS)
                 // Flags serialized only when set (absent from `self` at their defaults).
-                .chain(&["accumulate", "shard_optimizer", "augment", "precision"])
+                .chain(&["accumulate", "shard_optimizer", "augment", "precision", "qat"])
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
@@ -510,18 +519,31 @@ pub struct Arch {
     pub width: Option<usize>,
     /// The MLP's hidden units.
     pub hidden: Option<usize>,
+    /// Quantization-aware training (`--qat`): the model fake-quantized, with its observers.
+    pub qat: bool,
 }
 
 impl Arch {
     pub fn of(a: &TrainArgs) -> Arch {
-        Arch { depth: a.depth, width: a.width, hidden: a.hidden }
+        Arch { depth: a.depth, width: a.width, hidden: a.hidden, qat: a.qat }
     }
 }
+
+/// What `--qat` handles.
+const QAT_MODELS: &str = "accepted: mlp, lenet (the models descent quantize runs in int8)";
 
 /// A model by name, initialized from `rng`.
 pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng) -> Result<Box<dyn Model>> {
     let dev = Device::Cpu;
     let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
+    if arch.qat {
+        let (inner, dropout) = match model {
+            "mlp" => (model_of(model, Arch { qat: false, ..arch }, init, dropout, rng)?, dropout),
+            "lenet" => (model_of(model, Arch { qat: false, ..arch }, init, dropout, rng)?, 0.0),
+            other => bail!("--qat: quantization-aware training of the {other} model; {QAT_MODELS}"),
+        };
+        return Ok(Box::new(descent_train::qat::QatModel::new(model, inner, dropout)?));
+    }
     Ok(match model {
         "linear" => Box::new(LinearRegression::new(init, rng, &dev)?),
         "mlp" => Box::new(Mlp::with_hidden(arch.hidden.unwrap_or(128), init, dropout, rng, &dev)?),
@@ -1262,6 +1284,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     check_closure_flags(a)?;
     check_prune_flags(a)?;
     check_average(a)?;
+    check_qat(a)?;
     if gpt {
         check_gpt(a)?;
     } else {
@@ -1357,6 +1380,24 @@ fn check_prune_flags(a: &TrainArgs) -> Result<()> {
         if t1 < t0 {
             bail!("--prune-end {t1}: must not come before --prune-start {t0}");
         }
+    }
+    Ok(())
+}
+
+/// `--qat`: the mlp and lenet models only, without a weight average (its weights would be
+/// fake-quantized with observers that never saw them, and `descent quantize` takes the trained
+/// weights).
+fn check_qat(a: &TrainArgs) -> Result<()> {
+    if !a.qat {
+        return Ok(());
+    }
+    if !matches!(a.model.as_str(), "mlp" | "lenet") {
+        bail!("--qat: quantization-aware training of the {} model; {QAT_MODELS}", a.model);
+    }
+    if a.ema.is_some() || a.swa_start.is_some() {
+        bail!(
+            "--qat with --ema / --swa-start: the averaged weights would be fake-quantized with observers that never saw them, and descent quantize takes the trained weights; give one of them"
+        );
     }
     Ok(())
 }
@@ -2202,6 +2243,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             batch_size,
             epochs
         )),
+    }
+    if a.qat {
+        say(format!(
+            "quantization-aware training: weights fake-quantized per output channel (int8, symmetric), layer inputs per tensor (u8) with moving-average min/max observers (averaging constant {})",
+            descent_train::qat::AVERAGING_CONSTANT
+        ));
     }
     if let Some(k) = a.accumulate.filter(|&k| k > 1) {
         say(format!("accumulating {k} micro-batches of {batch_size} per step: {} samples per step", k * batch_size));

@@ -109,8 +109,13 @@ pub fn read_model(path: &Path) -> Result<(Vec<Stored>, Vec<Stored>)> {
     Ok((w, b))
 }
 
-/// A model of `info`'s kind with the shapes of `weights` (a compact MLP or LeNet-5 is narrower).
-fn build(info: &CompressInfo, weights: &[Stored]) -> Result<Box<dyn Model>> {
+/// A model of `info`'s kind with the shapes of `weights` (a compact MLP or LeNet-5 is narrower),
+/// quantization-aware ([`crate::qat::QatModel`]) when `buffers` hold its observers.
+fn build(info: &CompressInfo, weights: &[Stored], buffers: &[Stored]) -> Result<Box<dyn Model>> {
+    if crate::qat::has_observers(buffers.iter().map(|b| b.0.as_str())) {
+        let inner = build(info, weights, &[])?;
+        return Ok(Box::new(crate::qat::QatModel::new(&info.model, inner, 0.0)?));
+    }
     let dev = Device::Cpu;
     let mut rng = Rng::new(0);
     let shape = |n: &str| {
@@ -194,7 +199,7 @@ fn counts(model: &dyn Model) -> Result<(usize, usize)> {
 
 fn load_f32(info: CompressInfo, file: PathBuf) -> Result<Loaded> {
     let (w, b) = read_model(&file)?;
-    let model = build(&info, &w)?;
+    let model = build(&info, &w, &b)?;
     set_values(model.as_ref(), &w, &b)?;
     let (params, nonzeros) = counts(model.as_ref())?;
     let file_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
@@ -307,7 +312,7 @@ pub fn shrink(model_name: &str, model: &dyn Model) -> Result<Box<dyn Model>> {
         source: PathBuf::new(),
         method: String::new(),
     };
-    let m = build(&info, &weights)?;
+    let m = build(&info, &weights, &[])?;
     set_values(m.as_ref(), &weights, &[])?;
     Ok(m)
 }

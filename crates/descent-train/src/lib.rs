@@ -32,6 +32,7 @@ pub mod optim;
 pub mod parallel;
 pub mod precision;
 pub mod prune;
+pub mod qat;
 pub mod quant;
 pub mod resnet;
 pub mod rng;

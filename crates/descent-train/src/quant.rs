@@ -348,25 +348,34 @@ impl QParams {
 
 /// [`QParams::quantize`] with its reciprocal and offset computed once.
 #[derive(Debug, Clone, Copy)]
-struct Quantizer {
+pub(crate) struct Quantizer {
     inv: f32,
     offset: f32,
 }
 
 impl Quantizer {
-    fn of(p: &QParams) -> Quantizer {
+    pub(crate) fn of(p: &QParams) -> Quantizer {
         Quantizer { inv: 1.0 / p.scale, offset: p.zero_point as f32 + 0.5 }
     }
 
     #[inline(always)]
     #[allow(clippy::manual_clamp)] // `clamp` keeps NaN, and the unchecked cast below must not see it
-    fn apply(self, x: f32) -> u8 {
+    pub(crate) fn apply(self, x: f32) -> u8 {
         // `max` before `min` maps NaN to 0 (`f32::max` returns the other operand), as a clamp
         // then a float-to-integer cast would; the value is then in [0, 255], so truncating it
         // without the cast's checks (which do not vectorize) is exact.
         let t = (x * self.inv + self.offset).max(0.0).min(255.0);
         // SAFETY: t is a number in [0, 255], which fits an i32.
         unsafe { t.to_int_unchecked::<i32>() as u8 }
+    }
+
+    /// Whether [`Quantizer::apply`] takes `x` to its rounded value without clamping it to
+    /// `[0, 255]` (`⌊x / scale + zero_point + ½⌋` in `[0, 255]`): where quantization-aware
+    /// training's straight-through estimator passes the gradient. False for NaN.
+    #[inline(always)]
+    pub(crate) fn inside(self, x: f32) -> bool {
+        let t = x * self.inv + self.offset;
+        (0.0..256.0).contains(&t)
     }
 }
 
@@ -379,6 +388,25 @@ pub enum Calibration {
     Percentile(f64),
 }
 
+/// The largest magnitude of a quantized weight: the grid is `[−127, 127]`, symmetric.
+pub const WEIGHT_QMAX: f32 = 127.0;
+
+/// The scale of one output channel's weights: `max|w| / 127` (1 for an all-zero row).
+pub fn weight_scale(row: &[f32]) -> f32 {
+    let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if m > 0.0 {
+        m / WEIGHT_QMAX
+    } else {
+        1.0
+    }
+}
+
+/// A weight on the grid of `scale`, before clamping: `round(w / scale)`.
+#[inline]
+pub fn weight_level(w: f32, scale: f32) -> f32 {
+    (w / scale).round()
+}
+
 /// Symmetric per-output-channel quantization of a weight `[out × k]`: `scale = max|w| / 127`,
 /// `q = round(w / scale)` in `[−127, 127]`.
 pub fn quantize_weights(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
@@ -387,11 +415,10 @@ pub fn quantize_weights(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0f32; out];
     for (o, so) in scales.iter_mut().enumerate() {
         let row = &w[o * k..(o + 1) * k];
-        let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let s = if m > 0.0 { m / 127.0 } else { 1.0 };
+        let s = weight_scale(row);
         *so = s;
         for (d, &v) in q[o * k..(o + 1) * k].iter_mut().zip(row) {
-            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
+            *d = weight_level(v, s).clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8;
         }
     }
     (q, scales)
@@ -458,7 +485,7 @@ pub struct QLayer {
 }
 
 /// The f32 layer that [`QLayer::forward`] approximates, for calibration: `(weight, bias)`.
-fn float_forward(spec: &LayerSpec, w: &Tensor, b: &Tensor, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn float_forward(spec: &LayerSpec, w: &Tensor, b: &Tensor, x: &Tensor) -> Result<Tensor> {
     let x = if spec.flatten { x.flatten_from(1)? } else { x.clone() };
     let y = if spec.kind == "conv" {
         let epi = match spec.act {
@@ -799,9 +826,9 @@ impl QuantModel {
                 h = float_forward(s, w.as_tensor(), b.as_tensor(), &h)?;
             }
         }
-        let mut layers = vec![];
-        for ((spec, (w, b)), o) in specs.into_iter().zip(&params).zip(obs) {
-            let (lo, hi) = match o {
+        let ranges = obs
+            .into_iter()
+            .map(|o| match o {
                 Observer::MinMax(lo, hi) => (lo, hi),
                 Observer::Values(mut v) => {
                     let Calibration::Percentile(p) = calibration else { unreachable!() };
@@ -809,7 +836,31 @@ impl QuantModel {
                     let at = |q: f64| v[((q / 100.0) * (v.len() - 1) as f64).round() as usize];
                     (at(100.0 - p), at(p))
                 }
-            };
+            })
+            .collect::<Vec<_>>();
+        QuantModel::from_ranges(model_name, model, &ranges)
+    }
+
+    /// Quantizes a trained `mlp` or `lenet` with given input ranges `(min, max)`, one per layer
+    /// in order (a quantization-aware run's observers, [`crate::qat::observed_ranges`]): weights
+    /// per output channel, each layer's input by [`QParams::from_range`].
+    pub fn from_ranges(model_name: &str, model: &dyn Model, ranges: &[(f32, f32)]) -> Result<QuantModel> {
+        let specs = layers_of(model_name)?;
+        if ranges.len() != specs.len() {
+            return Err(Error::Param(format!(
+                "{} input ranges for the {} layers of {model_name}",
+                ranges.len(),
+                specs.len()
+            )));
+        }
+        let vars: std::collections::HashMap<String, Var> = model.named_vars().into_iter().collect();
+        let get = |n: String| vars.get(&n).cloned().ok_or_else(|| Error::Param(format!("the model has no `{n}`")));
+        let mut layers = vec![];
+        for (spec, &(lo, hi)) in specs.into_iter().zip(ranges) {
+            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                return Err(Error::Param(format!("{}: input range [{lo}, {hi}] is not a range", spec.name)));
+            }
+            let (w, b) = (get(format!("{}.weight", spec.name))?, get(format!("{}.bias", spec.name))?);
             let shape = w.dims().to_vec();
             let out = shape[0];
             let wv = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;

@@ -180,6 +180,71 @@ fn resume_with_augmentation_is_exact() {
     assert_ne!(rec_plain.steps[0].loss.to_bits(), rec_full.steps[0].loss.to_bits());
 }
 
+/// Quantization-aware training (MLP with dropout, LeNet-5) cut inside an epoch, saved to disk and
+/// resumed: the weights and the observers of a run never stopped, bit for bit, and the same step
+/// losses; the checkpoint holds the observers as buffers.
+#[test]
+fn resume_with_quantization_aware_training_is_exact() {
+    use descent_train::qat::QatModel;
+    let data = mnist_slice();
+    let bits = |vars: Vec<(String, candle_core::Var)>| -> Vec<(String, Vec<u32>)> {
+        vars.into_iter()
+            .map(|(n, v)| {
+                (
+                    n,
+                    v.as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    for name in ["mlp", "lenet"] {
+        let new_model = || -> QatModel {
+            let mut rng = Rng::new(7);
+            let (inner, p): (Box<dyn Model>, f32) = if name == "mlp" {
+                (Box::new(Mlp::new(Init::TorchDefault, 0.2, &mut rng, &Device::Cpu).unwrap()), 0.2)
+            } else {
+                (Box::new(LeNet5::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap()), 0.0)
+            };
+            QatModel::new(name, inner, p).unwrap()
+        };
+        let mut c = TrainConfig::new("adam", Some(1e-3), 2, 50, Loss::CrossEntropy);
+        c.seed = 3;
+        let full = new_model();
+        let mut rec_full = Recorder::new(None);
+        train_from(&full, &data, &data, &c, None, &mut rec_full).unwrap();
+
+        let dir = tmpdir(&format!("qat-{name}"));
+        let path = dir.join("checkpoint.safetensors");
+        let first = new_model();
+        let mut c13 = c.clone();
+        c13.max_steps = Some(13);
+        train_from(&first, &data, &data, &c13, None, &mut Recorder::new(Some(&path))).unwrap();
+        let ck = Checkpoint::load(&path).unwrap();
+        assert!(ck.mid_epoch());
+        let names: Vec<&str> = ck.buffers.iter().map(|b| b.0.as_str()).collect();
+        assert!(names.contains(&"fc2.input_observer.max_val") && names.len() == 2 * first.ranges().unwrap().len());
+
+        let resumed = new_model();
+        let mut rec2 = Recorder::new(None);
+        train_from(&resumed, &data, &data, &c, Some(&ck), &mut rec2).unwrap();
+        assert_eq!(bits(resumed.named_vars()), bits(full.named_vars()), "{name}");
+        assert_eq!(bits(resumed.named_buffers()), bits(full.named_buffers()), "{name}");
+        let tail = |r: &Recorder| r.steps.iter().map(|s| (s.step, s.loss.to_bits())).collect::<Vec<_>>();
+        assert_eq!(tail(&rec2), tail(&rec_full)[13..].to_vec(), "{name}");
+        assert_eq!(rec2.last, rec_full.last, "{name}");
+        // The observers moved from their first batch: they are not the last batch's range.
+        assert!(full.ranges().unwrap().iter().all(|r| r.is_some()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 /// Resuming a run that already reached its step limit or epochs adds nothing and evaluates nothing.
 #[test]
 fn resuming_a_finished_run_returns_at_once() {
