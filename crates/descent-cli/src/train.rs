@@ -701,8 +701,9 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "{}",
             serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
                 "precision": precision.name(), "threads": a.threads, "ranks": comm.size(),
-                "shard_optimizer": a.shard_optimizer, "parameters": params, "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
-                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
+                "shard_optimizer": a.shard_optimizer, "parameters": params, "samples_per_s": t.samples_per_s,
+                "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s,
+                "comm_s": t.comm_s})
         );
     }
     print_speedups(&results, a.rounds, "samples", 1.0);
