@@ -185,6 +185,12 @@ enum BenchCommand {
         /// Rounds of the alternation when several precisions are timed.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Under `mpirun -n N`: time the sharded optimizer of `descent train --shard-optimizer`
+        /// (ZeRO stage 1: gradients reduce-scattered, each rank stepping its range, parameters
+        /// all-gathered), refused as train refuses it (one process, optimizers that are not
+        /// elementwise).
+        #[arg(long)]
+        shard_optimizer: bool,
     },
     /// Hyper-parameter search: TPE with ASHA stopping against random search with the same number
     /// of trials, and the default Adam 1e-3, over several seeds (AdamW on the MLP: learning rate,
@@ -314,7 +320,18 @@ fn main() -> ExitCode {
         Command::Plot { dirs, out, title } => plot_runs(&dirs, &out, &title).map(|_| true),
         Command::Bench {
             what:
-                BenchCommand::Train { model, optimizer, augment, batch_size, batches, warmup, threads, precision, rounds },
+                BenchCommand::Train {
+                    model,
+                    optimizer,
+                    augment,
+                    batch_size,
+                    batches,
+                    warmup,
+                    threads,
+                    precision,
+                    rounds,
+                    shard_optimizer,
+                },
         } => with_ranks(|comm| {
             set_threads(threads).and_then(|n| {
                 let precisions = train::precisions_of(&precision)?;
@@ -328,6 +345,7 @@ fn main() -> ExitCode {
                     threads: n,
                     precisions,
                     rounds,
+                    shard_optimizer,
                 };
                 train::bench(args, comm)
             })

@@ -595,6 +595,9 @@ pub fn workload(
     })
 }
 
+/// Why `--shard-optimizer` is refused on one process (by `train` and `bench train` alike).
+const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state across the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one process";
+
 /// Settings of `descent bench train`.
 pub struct BenchArgs {
     pub model: String,
@@ -607,6 +610,8 @@ pub struct BenchArgs {
     /// The precisions timed, alternately (`rounds` times each) when several.
     pub precisions: Vec<Precision>,
     pub rounds: usize,
+    /// The ZeRO-1 step of `descent train --shard-optimizer` (under mpirun only).
+    pub shard_optimizer: bool,
 }
 
 /// `--precision f32,bf16` of `descent bench train`: each one checked as `descent train` checks it.
@@ -664,11 +669,11 @@ fn print_speedups(
 /// mpirun each step's batch is split across the ranks and the time of the gradient all-reduce
 /// is reported apart (rank 0 prints).
 pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
+    if a.shard_optimizer && comm.size() < 2 {
+        bail!(SHARD_ONE_PROCESS);
+    }
     if a.model == "gpt" {
-        if comm.size() > 1 {
-            bail!("bench train --model gpt runs on one process; under mpirun, benchmark the MNIST models");
-        }
-        return bench_gpt(a);
+        return bench_gpt(a, comm);
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let mut rng = Rng::new(0);
@@ -688,13 +693,15 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
+    cfg.shard_optimizer = a.shard_optimizer;
+    check_model_settings(model.as_ref(), &cfg)?;
     let results = alternate(&a, &mut cfg, |cfg| {
         Ok(descent_train::train::bench_with(model.as_ref(), &train_set, cfg, a.warmup, a.batches, comm)?)
     })?;
     if comm.rank() > 0 {
         return Ok(());
     }
-    let ranks = if comm.size() > 1 { format!("{} ranks × ", comm.size()) } else { String::new() };
+    let ranks = ranks_label(comm, a.shard_optimizer);
     let params: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
     for (precision, t) in &results {
         println!(
@@ -715,19 +722,30 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
-                "precision": precision.name(), "threads": a.threads, "ranks": comm.size(), "parameters": params,
-                "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
-                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
+                "precision": precision.name(), "threads": a.threads, "ranks": comm.size(),
+                "shard_optimizer": a.shard_optimizer, "parameters": params, "samples_per_s": t.samples_per_s,
+                "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s,
+                "comm_s": t.comm_s})
         );
     }
     print_speedups(&results, a.rounds, "samples", 1.0);
     Ok(())
 }
 
+/// "N ranks × " (" sharded" when so) under mpirun, nothing on one process.
+fn ranks_label(comm: &dyn Communicator, sharded: bool) -> String {
+    match (comm.size(), sharded) {
+        (1, _) => String::new(),
+        (n, false) => format!("{n} ranks × "),
+        (n, true) => format!("{n} ranks (optimizer sharded) × "),
+    }
+}
+
 /// `descent bench train --model gpt`: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block
 /// 64, batch 12 windows of the bundled text, torch.adamw 1e-3 with betas (0.9, 0.99) and weight
-/// decay 0.1 on matrices and embeddings, clipping at 1.0), in tokens/s.
-fn bench_gpt(a: BenchArgs) -> Result<()> {
+/// decay 0.1 on matrices and embeddings, clipping at 1.0), in tokens/s; under mpirun each batch
+/// split across the ranks as `descent train --model gpt` splits it.
+fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.augment.is_some() {
         bail!("--augment: gpt reads text, not images");
     }
@@ -743,22 +761,37 @@ fn bench_gpt(a: BenchArgs) -> Result<()> {
         cfg.groups = Gpt::no_decay_groups();
         cfg.clip_norm = Some(1.0);
     }
+    cfg.shard_optimizer = a.shard_optimizer;
+    check_model_settings(&model, &cfg)?;
     let results = alternate(&a, &mut cfg, |cfg| {
-        Ok(descent_train::lm::bench(&model, &corpus, cfg, &TextConfig::new(block), a.warmup, a.batches)?)
+        Ok(descent_train::lm::bench_with(&model, &corpus, cfg, &TextConfig::new(block), a.warmup, a.batches, comm)?)
     })?;
+    if comm.rank() > 0 {
+        return Ok(());
+    }
+    let ranks = ranks_label(comm, a.shard_optimizer);
+    let params: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
     for (precision, t) in &results {
         let tokens = t.samples_per_s * block as f64;
         println!(
-            "gpt 4x4x128 block {block} batch {batch} with {}, {} products, {} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
-            cfg.optimizer, precision.name(), a.threads, a.batches, a.warmup, tokens
+            "gpt 4x4x128 ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) block \
+             {block} batch {batch} with {}, {} products, {ranks}{} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
+            4 * params,
+            cfg.optimizer,
+            precision.name(),
+            a.threads,
+            a.batches,
+            a.warmup,
+            tokens
         );
-        print_shares(t, a.batches, false);
+        print_shares(t, a.batches, comm.size() > 1);
         println!(
             "{}",
             serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
-                "precision": precision.name(), "threads": a.threads, "tokens_per_s": tokens,
+                "precision": precision.name(), "threads": a.threads, "ranks": comm.size(),
+                "shard_optimizer": a.shard_optimizer, "parameters": params, "tokens_per_s": tokens,
                 "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
-                "backward_s": t.backward_s, "step_s": t.step_s})
+                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
         );
     }
     print_speedups(&results, a.rounds, "tokens", block as f64);
@@ -2115,9 +2148,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
     }
     if a.shard_optimizer && comm.size() < 2 {
-        bail!(
-            "--shard-optimizer cuts the optimizer state across the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one process"
-        );
+        bail!(SHARD_ONE_PROCESS);
     }
     let default_batch = defaults(&a.model).1;
     a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));

@@ -331,3 +331,84 @@ fn shard_optimizer_refuses_whole_tensor_optimizers_and_one_process() {
     assert!(!ok && text.contains("--shard-optimizer") && text.contains("one process"), "{text}");
     assert!(!dir.exists());
 }
+
+/// A tiny gpt (one layer, 16 wide, windows of 16 characters, the recipe's AdamW with clipping)
+/// on a global batch of 4 windows, with short estimates.
+const TINY_GPT: &[&str] = &[
+    "train",
+    "--model",
+    "gpt",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "2",
+    "--threads",
+    "1",
+];
+
+/// The gpt on two ranks (each 2 of the 4 windows of a step), sharded or not, trains as one
+/// process: the same step losses and validation loss to float rounding.
+#[test]
+fn a_gpt_on_two_ranks_trains_as_one_process() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let base = [TINY_GPT, &["--steps", "20", "--eval-interval", "10"]].concat();
+    let (d1, d2, dz) = (out("gpt-one"), out("gpt-two"), out("gpt-shard"));
+    train_on(1, &base, Some(&d1));
+    let two = train_on(2, &base, Some(&d2));
+    assert!(two.contains("data-parallel on 2 ranks"), "{two}");
+    let sharded = train_on(2, &[&base[..], &["--shard-optimizer"]].concat(), Some(&dz));
+    assert!(sharded.contains("optimizer sharded"), "{sharded}");
+    let ((l1, t1), (l2, t2), (lz, tz)) = (curve(&d1), curve(&d2), curve(&dz));
+    assert_eq!(l1.len(), 20);
+    let (d12, d1z) = (max_diff(&l1, &l2), max_diff(&l1, &lz));
+    println!(
+        "gpt on 2 ranks against 1 process over 20 steps of 4 windows: step loss differs by {d12:.2e} at most, \
+         validation loss by {:.2e}; sharded: {d1z:.2e} and {:.2e}",
+        (t1 - t2).abs(),
+        (t1 - tz).abs()
+    );
+    assert!(d12 < 1e-4 && (t1 - t2).abs() < 1e-4, "{l1:?} vs {l2:?}; {t1} vs {t2}");
+    assert!(d1z < 1e-4 && (t1 - tz).abs() < 1e-4, "{l1:?} vs {lz:?}; {t1} vs {tz}");
+    for d in [d1, d2, dz] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// `bench train` under mpirun: the gpt and LeNet-5 split each batch across the ranks and report
+/// the communication per step, sharded or not; --shard-optimizer is refused as `train` refuses
+/// it (one process, an optimizer that is not elementwise).
+#[test]
+fn bench_train_runs_gpt_and_the_sharded_step_on_two_ranks() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let bench = |ranks: usize, extra: &[&str]| {
+        let mut c = if ranks == 1 { descent() } else { mpirun(ranks) };
+        c.args(["bench", "train", "--batches", "2", "--warmup", "1", "--threads", "1"]).args(extra);
+        run(c, Duration::from_secs(120))
+    };
+    for model in ["gpt", "lenet"] {
+        for shard in [false, true] {
+            let extra = [&["--model", model][..], if shard { &["--shard-optimizer"][..] } else { &[][..] }].concat();
+            let (ok, text, _) = bench(2, &extra);
+            assert!(ok, "{model}: {text}");
+            let label = if shard { "2 ranks (optimizer sharded) × 1 thread(s)" } else { "2 ranks × 1 thread(s)" };
+            assert!(text.contains(label), "{model}: {text}");
+            // Rank 0 alone reports.
+            assert_eq!(text.matches("ms per step)").count(), 1, "{model}: {text}");
+            assert!(text.contains(&format!("\"shard_optimizer\":{shard}")), "{text}");
+        }
+    }
+    let (ok, text, _) = bench(1, &["--model", "gpt", "--shard-optimizer"]);
+    assert!(!ok && text.contains("--shard-optimizer") && text.contains("one process"), "{text}");
+    let (ok, text, _) = bench(2, &["--model", "mlp", "--optimizer", "lamb", "--shard-optimizer"]);
+    assert!(!ok, "{text}");
+    let line = text.lines().find(|l| l.contains("--shard-optimizer:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(".lamb`") && line.contains("not elementwise"), "{line}");
+}

@@ -378,44 +378,77 @@ pub fn bench(
     warmup: usize,
     batches: usize,
 ) -> Result<crate::train::BenchTimes> {
+    bench_with(model, corpus, cfg, text, warmup, batches, &Local)
+}
+
+/// [`bench`] on the ranks of `comm`: every step's `cfg.batch_size` windows (the same on every
+/// rank) are split across the ranks as [`train_text_with`] splits a micro-batch, each rank's
+/// gradient weighted by its share, and the gradients summed over the ranks (timed apart as
+/// [`crate::train::BenchTimes::comm_s`]; with [`TrainConfig::shard_optimizer`] reduce-scattered,
+/// the step taken on each rank's range and the parameters all-gathered). `samples_per_s`
+/// counts the global batch's windows.
+pub fn bench_with(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    cfg: &TrainConfig,
+    text: &TextConfig,
+    warmup: usize,
+    batches: usize,
+    comm: &dyn Communicator,
+) -> Result<crate::train::BenchTimes> {
     let _autocast = crate::precision::Autocast::enter(cfg.precision);
-    let mut opt = optimizer_on(model, cfg, &Local)?;
-    if let Some(name) = opt.closure_optimizer() {
+    let mut opt = optimizer_on(model, cfg, comm)?;
+    crate::train::refuse_closure_in_bench(&opt)?;
+    Parallel::new(comm, cfg, &opt)?.broadcast_weights(model, &opt)?;
+    let mut update = crate::train::BenchUpdate::new(comm, &opt);
+    let windows = TokenWindows::new(corpus.split(TextSplit::Train), text.block_size)?;
+    let global = cfg.batch_size;
+    if global < comm.size() {
         return Err(Error::Param(format!(
-            "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \
-             forward, backward and a gradient step apart; time it with `descent train`"
+            "a batch of {global} windows split across {} ranks leaves some without one",
+            comm.size()
         )));
     }
-    let windows = TokenWindows::new(corpus.split(TextSplit::Train), text.block_size)?;
-    let sampler = RandomSampler { n: windows.len(), batch_size: cfg.batch_size };
+    let sampler = RandomSampler { n: windows.len(), batch_size: global };
+    // The windows from one generator, the same on every rank; dropout from each rank's own (rank
+    // 0's the windows' one, as on one process).
     let mut rng = train_rng(cfg.seed);
-    let (mut d, mut f, mut b, mut s, mut samples) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    let mut own = (comm.rank() > 0).then(|| Rng::new(cfg.seed ^ (comm.rank() as u64).rotate_left(17)));
+    let mine = share(global, comm.rank(), comm.size());
+    let (mut d, mut f, mut b, mut s, mut c, mut samples) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
     for k in 0..warmup + batches {
         let td = Instant::now();
         let (x, y) = windows.batch(&sampler.draw(&mut rng))?;
+        let (x, y) = if comm.size() > 1 {
+            (x.narrow(0, mine.start, mine.len())?, y.narrow(0, mine.start, mine.len())?)
+        } else {
+            (x, y)
+        };
         let t0 = Instant::now();
-        let out = model.forward(&x, Mode::Train, &mut rng)?;
+        let dropout = own.as_mut().unwrap_or(&mut rng);
+        let out = model.forward(&x, Mode::Train, dropout)?;
         let loss = penalized(lm_loss(&out, &y)?, model, cfg)?;
-        let _ = loss.to_scalar::<f32>()?;
+        let l = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        let weight = mine.len() as f32 / global as f32;
+        let (comm_s, step_s) = update.run(&mut opt, &grads, weight, l * weight)?;
         let t2 = Instant::now();
-        opt.step(&grads)?;
-        let t3 = Instant::now();
         if k >= warmup {
             d += (t0 - td).as_secs_f64();
             f += (t1 - t0).as_secs_f64();
-            b += (t2 - t1).as_secs_f64();
-            s += (t3 - t2).as_secs_f64();
-            samples += cfg.batch_size;
+            b += (t2 - t1).as_secs_f64() - comm_s - step_s;
+            c += comm_s;
+            s += step_s;
+            samples += global;
         }
     }
     Ok(crate::train::BenchTimes {
-        samples_per_s: samples as f64 / (d + f + b + s),
+        samples_per_s: samples as f64 / (d + f + b + s + c),
         data_s: d,
         forward_s: f,
         backward_s: b,
         step_s: s,
-        comm_s: 0.0,
+        comm_s: c,
     })
 }

@@ -1379,9 +1379,91 @@ pub fn bench(
     bench_with(model, data, cfg, warmup, batches, &Local)
 }
 
+/// A benchmark times forward, backward and the step apart: a closure-driven optimizer, which
+/// evaluates the objective inside its step, is refused.
+pub(crate) fn refuse_closure_in_bench(opt: &VarOptimizer) -> Result<()> {
+    match opt.closure_optimizer() {
+        Some(name) => Err(Error::Param(format!(
+            "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \
+             forward, backward and a gradient step apart; time it with `descent train`"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The end of a benchmark's step after the backward pass, as a training step does it. On one
+/// process: the optimizer's step on the gradients. On several ranks: this rank's gradients,
+/// weighted by its share of the global batch, into a flat buffer (counted as backward), then
+/// unsharded one all-reduce of the buffer (communication) and the step on the sum; sharded
+/// (ZeRO-1, [`TrainConfig::shard_optimizer`]) the reduce-scatter of the buffer and the
+/// all-reduce of the ranks' sums of squares and losses (communication), the step on this rank's
+/// range, clipped by the global norm, and the all-gather of the parameters (communication)
+/// written into the variables.
+pub(crate) struct BenchUpdate<'a> {
+    comm: &'a dyn Communicator,
+    flat: Vec<f32>,
+    shard: Vec<f32>,
+}
+
+impl<'a> BenchUpdate<'a> {
+    pub(crate) fn new(comm: &'a dyn Communicator, opt: &VarOptimizer) -> Self {
+        let parallel = comm.size() > 1;
+        let flat = vec![0.0f32; if parallel { opt.flat_len() } else { 0 }];
+        let shard = match opt.shard_bounds() {
+            Some(b) => vec![0.0f32; b[comm.rank()].len()],
+            None => vec![],
+        };
+        BenchUpdate { comm, flat, shard }
+    }
+
+    /// The update from `grads` of this rank's part of the batch, `weight` its share of the
+    /// global batch and `loss` its weighted loss; returns the seconds of communication and of
+    /// the optimizer step.
+    pub(crate) fn run(
+        &mut self,
+        opt: &mut VarOptimizer,
+        grads: &candle_core::backprop::GradStore,
+        weight: f32,
+        loss: f32,
+    ) -> Result<(f64, f64)> {
+        if self.comm.size() == 1 {
+            let t0 = Instant::now();
+            opt.step(grads)?;
+            return Ok((0.0, t0.elapsed().as_secs_f64()));
+        }
+        self.flat.iter_mut().for_each(|g| *g = 0.0);
+        opt.accumulate_grads(grads, weight, &mut self.flat)?;
+        let t0 = Instant::now();
+        let Some(bounds) = opt.shard_bounds().map(|b| b.to_vec()) else {
+            self.comm.all_reduce_sum(&mut self.flat)?;
+            let t1 = Instant::now();
+            opt.step_flat(&self.flat)?;
+            return Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()));
+        };
+        self.comm.reduce_scatter_sum(&self.flat, &bounds, &mut self.shard)?;
+        let t1 = Instant::now();
+        let mut sums = opt.shard_sums_of_squares(&self.shard)?;
+        sums.push(loss as f64);
+        let t2 = Instant::now();
+        self.comm.all_reduce_sum_f64(&mut sums)?;
+        let t3 = Instant::now();
+        sums.pop();
+        let norm = sums.iter().sum::<f64>().sqrt();
+        let mut params = opt.step_shard_local(&mut self.shard, norm)?;
+        let t4 = Instant::now();
+        self.comm.all_gather(&mut params, &bounds)?;
+        let t5 = Instant::now();
+        opt.write_flat(&params)?;
+        let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
+        let comm_s = secs(t0, t1) + secs(t2, t3) + secs(t4, t5);
+        Ok((comm_s, secs(t1, t2) + secs(t3, t4) + t5.elapsed().as_secs_f64()))
+    }
+}
+
 /// [`bench`] on the ranks of `comm`: each timed step takes a global batch of `batch_size`
 /// samples, each rank its share, and sums the gradients over the ranks (timed apart as
-/// [`BenchTimes::comm_s`]); `samples_per_s` counts the global batch.
+/// [`BenchTimes::comm_s`]; with [`TrainConfig::shard_optimizer`] the ZeRO-1 step, see
+/// [`BenchUpdate`]); `samples_per_s` counts the global batch.
 pub fn bench_with(
     model: &dyn Model,
     data: &dyn BatchSource,
@@ -1391,20 +1473,21 @@ pub fn bench_with(
     comm: &dyn Communicator,
 ) -> Result<BenchTimes> {
     let _autocast = Autocast::enter(cfg.precision);
-    let mut opt = optimizer_for(model, cfg)?;
-    if let Some(name) = opt.closure_optimizer() {
+    if cfg.batch_size < comm.size() {
         return Err(Error::Param(format!(
-            "`{name}` evaluates the objective inside its step (a closure-driven optimizer): the benchmark times \
-             forward, backward and a gradient step apart; time it with `descent train`"
+            "a batch of {} samples split across {} ranks leaves some without one",
+            cfg.batch_size,
+            comm.size()
         )));
     }
+    let mut opt = optimizer_on(model, cfg, comm)?;
+    refuse_closure_in_bench(&opt)?;
     let mut rng = Rng::new(cfg.seed);
     let epoch_rng = rng.state();
     let order = EpochSampler::new(data.len(), cfg.batch_size, &mut rng)?;
     let mut batches_iter = order.iter().enumerate().cycle();
     let (mut d, mut f, mut b, mut s, mut c, mut samples) = (0.0, 0.0, 0.0, 0.0, 0.0, 0usize);
-    let parallel = comm.size() > 1;
-    let mut flat = vec![0.0f32; if parallel { opt.flat_len() } else { 0 }];
+    let mut update = BenchUpdate::new(comm, &opt);
     Parallel::new(comm, cfg, &opt)?.broadcast_weights(model, &opt)?;
     for k in 0..warmup + batches {
         let (bi, global) = batches_iter.next().ok_or_else(|| Error::Param("empty dataset".into()))?;
@@ -1420,30 +1503,18 @@ pub fn bench_with(
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train, &mut rng)?;
         let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
-        let _ = loss.to_scalar::<f32>()?;
+        let l = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
-        if parallel {
-            flat.iter_mut().for_each(|g| *g = 0.0);
-            opt.accumulate_grads(&grads, idx.len() as f32 / global.len() as f32, &mut flat)?;
-        }
+        let share = idx.len() as f32 / global.len() as f32;
+        let (comm_s, step_s) = update.run(&mut opt, &grads, share, l * share)?;
         let t2 = Instant::now();
-        if parallel {
-            comm.all_reduce_sum(&mut flat)?;
-        }
-        let tc = Instant::now();
-        if parallel {
-            opt.step_flat(&flat)?;
-        } else {
-            opt.step(&grads)?;
-        }
-        let t3 = Instant::now();
         if k >= warmup {
             d += (t0 - td).as_secs_f64();
             f += (t1 - t0).as_secs_f64();
-            b += (t2 - t1).as_secs_f64();
-            c += (tc - t2).as_secs_f64();
-            s += (t3 - tc).as_secs_f64();
+            b += (t2 - t1).as_secs_f64() - comm_s - step_s;
+            c += comm_s;
+            s += step_s;
             samples += global.len();
         }
     }

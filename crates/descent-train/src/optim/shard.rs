@@ -221,6 +221,18 @@ impl VarOptimizer {
     /// parameters into every rank's variables. Every rank calls it. With a schedule in the
     /// config, sets the learning-rate multiplier first.
     pub fn step_shard(&mut self, comm: &dyn Communicator, shard: &mut [f32], norm: f64) -> Result<bool> {
+        let mut flat = self.step_shard_local(shard, norm)?;
+        let bounds = self.shard_bounds().map(|b| b.to_vec()).unwrap_or_default();
+        comm.all_gather(&mut flat, &bounds)?;
+        self.write_flat(&flat)?;
+        Ok(true)
+    }
+
+    /// The first half of [`VarOptimizer::step_shard`], without communication: the clipping and
+    /// the optimizer's step on this rank's range. Returns the flat parameters with this rank's
+    /// range stepped (the others' ranges as they were), to all-gather over [`VarOptimizer::shard_bounds`]
+    /// and write with [`VarOptimizer::write_flat`].
+    pub fn step_shard_local(&mut self, shard: &mut [f32], norm: f64) -> Result<Vec<f32>> {
         self.apply_schedule()?;
         let mut flat = self.read_flat()?;
         let Engine::Sharded(s) = &mut self.opt else {
@@ -269,9 +281,7 @@ impl VarOptimizer {
                 "this rank skipped its step (non-finite gradients): the ranks would disagree".into(),
             ));
         }
-        comm.all_gather(&mut flat, &s.bounds)?;
-        self.write_flat(&flat)?;
-        Ok(true)
+        Ok(flat)
     }
 
     /// Gathers a sharded optimizer's whole state on rank 0, as one process holds it, for the
