@@ -6,31 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{descent, one_line_error, run_err, run_ok};
-
-/// A tiny gpt: the recipe's optimizer, clipping and schedule, a small shape and short estimates.
-const TINY: &[&str] = &[
-    "train",
-    "--model",
-    "gpt",
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-iters",
-    "2",
-    "--threads",
-    "1",
-];
+use common::{descent, one_line_error, run_err, run_ok, TINY_GPT};
 
 fn tiny(extra: &[&str]) -> Vec<String> {
-    TINY.iter().chain(extra).map(|s| s.to_string()).collect()
+    TINY_GPT.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 fn run_ok_s(args: &[String]) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::descent;
+use common::{descent, TINY_GPT};
 
 /// One mpirun at a time: two runs of two ranks each on a small machine would only wait for
 /// each other.
@@ -331,28 +331,6 @@ fn shard_optimizer_refuses_whole_tensor_optimizers_and_one_process() {
     assert!(!ok && text.contains("--shard-optimizer") && text.contains("one process"), "{text}");
     assert!(!dir.exists());
 }
-
-/// A tiny gpt (one layer, 16 wide, windows of 16 characters, the recipe's AdamW with clipping)
-/// on a global batch of 4 windows, with short estimates.
-const TINY_GPT: &[&str] = &[
-    "train",
-    "--model",
-    "gpt",
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-iters",
-    "2",
-    "--threads",
-    "1",
-];
 
 /// The gpt on two ranks (each 2 of the 4 windows of a step), sharded or not, trains as one
 /// process: the same step losses and validation loss to float rounding.

@@ -6,6 +6,28 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `descent train` of a tiny gpt (one layer, 2 heads, 16 wide, windows of 16 characters, a batch
+/// of 4, short estimates, one thread) with the recipe's optimizer, clipping and schedule.
+pub const TINY_GPT: &[&str] = &[
+    "train",
+    "--model",
+    "gpt",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "2",
+    "--threads",
+    "1",
+];
+
 /// `descent`, run from the repository root (where `data/mnist` is).
 pub fn descent() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_descent"));
