@@ -400,14 +400,56 @@ impl ScaleByAdam8bit {
         }
         let (m_max, s_max) = (lane_max_abs(mf), lane_max_abs(vf).sqrt());
         let (inv_m, inv_s) = (inverse(m_max), inverse(s_max));
-        for j in 0..n {
+        self.update_and_encode::<OUT>(0..n, out, mf, vf, mq, vq, (inv_m, inv_s));
+        *ms = m_max;
+        *vs = s_max;
+    }
+
+    /// The second pass of [`Self::block`] over `range`: each element's update from its new
+    /// moments, and the moments encoded against the block's new scales (the vector kernels'
+    /// tails).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn update_and_encode<const OUT: u8>(
+        &self,
+        range: std::ops::Range<usize>,
+        out: Out,
+        mf: &[f32],
+        vf: &[f32],
+        mq: &mut [u8],
+        vq: &mut [u8],
+        (inv_m, inv_s): (f32, f32),
+    ) {
+        for j in range {
             let s = vf[j].sqrt();
             put::<OUT>(out, j, self.update(mf[j], s));
             mq[j] = encode_m(mf[j], inv_m);
             vq[j] = encode_sqrt_v(s * inv_s);
         }
-        *ms = m_max;
-        *vs = s_max;
+    }
+
+    /// The first pass of [`Self::block`] over `range` (the vector kernels' tails): the new moments
+    /// into `mf`, `vf`, and the running maxima `(max |m|, max v)` carried on.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn moments_with_maxima(
+        &self,
+        range: std::ops::Range<usize>,
+        g: &[f32],
+        (mq, vq): (&[u8], &[u8]),
+        mf: &mut [f32],
+        vf: &mut [f32],
+        k: (f32, f32),
+        (mut m_max, mut v_max): (f32, f32),
+    ) -> (f32, f32) {
+        for j in range {
+            let (m, v) = self.moments(g[j], decode_m(mq[j]), decode_sqrt_v(vq[j]), k);
+            mf[j] = m;
+            vf[j] = v;
+            m_max = max_of(m_max, m.abs());
+            v_max = max_of(v_max, v);
+        }
+        (m_max, v_max)
     }
 
     /// [`Self::block`] in AVX2 + F16C, 16 elements at a time in the first loop and 32 in the
@@ -454,15 +496,9 @@ impl ScaleByAdam8bit {
         let mut lanes = [0.0f32; 16];
         _mm256_storeu_ps(lanes.as_mut_ptr(), mmax);
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), vmax);
-        let mut m_max = lanes[..8].iter().fold(0.0, |a, &x| max_of(a, x));
-        let mut v_max = lanes[8..].iter().fold(0.0, |a, &x| max_of(a, x));
-        for j in n16..n {
-            let (m, v) = self.moments(g[j], decode_m(mq[j]), decode_sqrt_v(vq[j]), k);
-            mf[j] = m;
-            vf[j] = v;
-            m_max = max_of(m_max, m.abs());
-            v_max = max_of(v_max, v);
-        }
+        let lane_maxima =
+            (lanes[..8].iter().fold(0.0, |a, &x| max_of(a, x)), lanes[8..].iter().fold(0.0, |a, &x| max_of(a, x)));
+        let (m_max, v_max) = self.moments_with_maxima(n16..n, g, (mq, vq), mf, vf, k, lane_maxima);
         let s_max = v_max.sqrt();
         let (inv_m, inv_s) = (inverse(m_max), inverse(s_max));
         let (bc1, sbc2, eps) = (sp(self.bc1), sp(self.sqrt_bc2), sp(self.eps));
@@ -487,12 +523,7 @@ impl ScaleByAdam8bit {
             encode32_m(m, inv_m8, mq.as_mut_ptr().add(j));
             encode32_sqrt_v(s, inv_s8, vq.as_mut_ptr().add(j));
         }
-        for j in n32..n {
-            let s = vf[j].sqrt();
-            put::<OUT>(out, j, self.update(mf[j], s));
-            mq[j] = encode_m(mf[j], inv_m);
-            vq[j] = encode_sqrt_v(s * inv_s);
-        }
+        self.update_and_encode::<OUT>(n32..n, out, mf, vf, mq, vq, (inv_m, inv_s));
         *ms = m_max;
         *vs = s_max;
     }
@@ -542,15 +573,9 @@ impl ScaleByAdam8bit {
         let mut lanes = [0.0f32; 32];
         _mm512_storeu_ps(lanes.as_mut_ptr(), mmax);
         _mm512_storeu_ps(lanes.as_mut_ptr().add(16), vmax);
-        let mut m_max = lanes[..16].iter().fold(0.0, |a, &x| max_of(a, x));
-        let mut v_max = lanes[16..].iter().fold(0.0, |a, &x| max_of(a, x));
-        for j in n32..n {
-            let (m, v) = self.moments(g[j], decode_m(mq[j]), decode_sqrt_v(vq[j]), k);
-            mf[j] = m;
-            vf[j] = v;
-            m_max = max_of(m_max, m.abs());
-            v_max = max_of(v_max, v);
-        }
+        let lane_maxima =
+            (lanes[..16].iter().fold(0.0, |a, &x| max_of(a, x)), lanes[16..].iter().fold(0.0, |a, &x| max_of(a, x)));
+        let (m_max, v_max) = self.moments_with_maxima(n32..n, g, (mq, vq), mf, vf, k, lane_maxima);
         let s_max = v_max.sqrt();
         let (inv_m, inv_s) = (inverse(m_max), inverse(s_max));
         let (bc1, sbc2, eps) = (sp(self.bc1), sp(self.sqrt_bc2), sp(self.eps));
@@ -587,12 +612,7 @@ impl ScaleByAdam8bit {
             encode64_m(m, inv_m16, mq.as_mut_ptr().add(j));
             encode64_sqrt_v(s, inv_s16, vq.as_mut_ptr().add(j));
         }
-        for j in n64..n {
-            let s = vf[j].sqrt();
-            put::<OUT>(out, j, self.update(mf[j], s));
-            mq[j] = encode_m(mf[j], inv_m);
-            vq[j] = encode_sqrt_v(s * inv_s);
-        }
+        self.update_and_encode::<OUT>(n64..n, out, mf, vf, mq, vq, (inv_m, inv_s));
         *ms = m_max;
         *vs = s_max;
     }
