@@ -215,6 +215,9 @@ fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
             bail!("{flag}: each optimizer is a --run of the benchmark, with its own searched rate and its library's default schedule; {flag} is not taken here");
         }
     }
+    if let Some(n) = a.base.data_parallel {
+        bail!("{}", train::one_replica(n));
+    }
     let mut base = a.base.clone();
     if base.validation == 0 {
         base.validation = 5_000;

@@ -128,6 +128,9 @@ pub fn run(a: LrFindArgs) -> Result<()> {
             bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");
         }
     }
+    if b.shard_optimizer {
+        bail!("lr-find runs in one process: --shard-optimizer is for `descent train` on several replicas or ranks");
+    }
     if a.base.lr.is_some() || a.base.schedule.as_deref().is_some_and(|s| s != "constant") {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }

@@ -185,7 +185,11 @@ enum BenchCommand {
         /// Rounds of the alternation when several precisions are timed.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Under `mpirun -n N`: time the sharded optimizer of `descent train --shard-optimizer`
+        /// Replicas of the model in threads of this process, each with --threads/N threads, each
+        /// batch split across them as `descent train --data-parallel N` splits it.
+        #[arg(long, value_name = "N")]
+        data_parallel: Option<usize>,
+        /// Under `mpirun -n N` or with --data-parallel N: time the sharded optimizer of `descent train --shard-optimizer`
         /// (ZeRO stage 1: gradients reduce-scattered, each rank stepping its range, parameters
         /// all-gathered), refused as train refuses it (one process, optimizers that are not
         /// elementwise).
@@ -288,9 +292,18 @@ fn main() -> ExitCode {
                 .filter(|id| !id.as_str().starts_with(|c: char| c.is_ascii_uppercase()))
                 .map(|id| id.to_string())
                 .collect();
-            with_ranks(|comm| {
-                args.with_config(sub).and_then(|a| set_threads(a.threads).and_then(|_| train::run(a, comm)))
-            })
+            match args.data_parallel {
+                Some(replicas) => args.with_config(sub).and_then(|a| {
+                    on_replicas(a.data_parallel.unwrap_or(replicas), a.threads, |comm| train::run(a.clone(), comm))
+                }),
+                None => with_ranks(|comm| {
+                    args.with_config(sub).and_then(|a| match a.data_parallel {
+                        // Set in the --config file.
+                        Some(r) => on_replicas(r, a.threads, |comm| train::run(a.clone(), comm)),
+                        None => set_threads(a.threads).and_then(|_| train::run(a, comm)),
+                    })
+                }),
+            }
             .map(|_| true)
         }
         Command::Evaluate(args) => set_threads(args.threads).and_then(|_| evaluate::run(args)).map(|_| true),
@@ -331,26 +344,32 @@ fn main() -> ExitCode {
                     precision,
                     rounds,
                     shard_optimizer,
+                    data_parallel,
                 },
-        } => with_ranks(|comm| {
-            set_threads(threads).and_then(|n| {
-                let precisions = train::precisions_of(&precision)?;
-                let args = train::BenchArgs {
-                    model,
-                    optimizer,
-                    augment,
+        } => {
+            let args = |threads: usize| -> Result<train::BenchArgs> {
+                Ok(train::BenchArgs {
+                    model: model.clone(),
+                    optimizer: optimizer.clone(),
+                    augment: augment.clone(),
                     batch_size,
                     batches,
                     warmup,
-                    threads: n,
-                    precisions,
+                    threads,
+                    precisions: train::precisions_of(&precision)?,
                     rounds,
                     shard_optimizer,
-                };
-                train::bench(args, comm)
-            })
-        })
-        .map(|_| true),
+                })
+            };
+            match data_parallel {
+                Some(replicas) => on_replicas(replicas, threads, |comm| {
+                    let per_replica = rayon::current_num_threads();
+                    train::bench(args(per_replica)?, comm)
+                }),
+                None => with_ranks(|comm| set_threads(threads).and_then(|n| train::bench(args(n)?, comm))),
+            }
+            .map(|_| true)
+        }
         Command::Bench { what: BenchCommand::Sweep { seeds, trials, epochs, out } } => {
             let parse = |args: Vec<String>| -> Result<(sweep::SweepArgs, clap::ArgMatches)> {
                 let m = Cli::command().try_get_matches_from(args)?;
@@ -439,6 +458,44 @@ fn with_ranks(f: impl FnOnce(&dyn descent_train::parallel::Communicator) -> Resu
         );
     }
     f(&descent_train::parallel::Local)
+}
+
+/// Runs `f` on `replicas` replicas in threads of this process (`--data-parallel`), the
+/// `threads` (default: the machine's cores) divided evenly among them, each replica's thread
+/// one of its own pool's. Returns the error of the replica that failed first in rank order (the
+/// others only saw it stop).
+fn on_replicas(
+    replicas: usize,
+    threads: Option<usize>,
+    f: impl Fn(&dyn descent_train::parallel::Communicator) -> Result<()> + Sync,
+) -> Result<()> {
+    if let Some(n) = launched_ranks().filter(|&n| n > 1) {
+        anyhow::bail!(
+            "--data-parallel {replicas}: replicas in threads of one process, but this is one of {n} processes started by mpirun, whose ranks are the replicas already; give one or the other"
+        );
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let total = threads.unwrap_or(cores);
+    if total == 0 || total > train::MAX_THREADS {
+        anyhow::bail!("--threads {total}: must be between 1 and {}", train::MAX_THREADS);
+    }
+    if replicas == 0 || replicas > total || !total.is_multiple_of(replicas) {
+        anyhow::bail!(
+            "--data-parallel {replicas}: the {total} threads (--threads, default the machine's cores) must divide evenly among the replicas, at least one each"
+        );
+    }
+    let each = total / replicas;
+    std::env::set_var("RAYON_NUM_THREADS", each.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let results = descent_train::parallel::on_threads(replicas, each, f);
+    let stopped = |e: &anyhow::Error| format!("{e:#}").contains(descent_train::parallel::STOPPED);
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
+    match errors.iter().position(|e| !stopped(e)) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None => errors.into_iter().next().map_or(Ok(()), Err),
+    }
 }
 
 /// An error as the user reads it: its chain of causes on one line, without the backtrace that

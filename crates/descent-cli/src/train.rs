@@ -168,6 +168,15 @@ pub struct TrainArgs {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Data parallelism inside this process, as torch.nn.DataParallel replicates a module across
+    /// devices: N replicas of the model in threads, each with --threads/N threads, each step's
+    /// batch split across them and their gradients summed, exactly as `mpirun -n N` splits it
+    /// (batch norm's statistics per replica, its running statistics rank 0's). Small models run
+    /// faster so than with every op split across all the threads. Like --threads it is not part
+    /// of the run's settings: a run resumes with any number of replicas.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<usize>,
     /// The arithmetic of the matrix products (linear layers, convolutions, attention) forward
     /// and backward: f32 (default) or bf16, bfloat16 operands summed in f32 as
     /// torch.autocast("cpu", dtype=torch.bfloat16) does, with f32 weights, gradients, optimizer
@@ -423,7 +432,7 @@ impl TrainArgs {
                 .chain(PRUNE_KEYS)
                 .chain(AVERAGE_KEYS)
                 // Flags serialized only when set (absent from `self` at their defaults).
-                .chain(&["accumulate", "shard_optimizer", "augment", "precision", "qat"])
+                .chain(&["accumulate", "shard_optimizer", "data_parallel", "augment", "precision", "qat"])
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
@@ -596,7 +605,15 @@ pub fn workload(
 }
 
 /// Why `--shard-optimizer` is refused on one process (by `train` and `bench train` alike).
-const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state across the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one process";
+const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state across the replicas of --data-parallel N or the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one replica";
+
+/// Why `--data-parallel` is refused by the commands that train each run in one replica
+/// (`compare`, `sweep`, `lr-find`, `distill`, `bench optimizers`).
+pub fn one_replica(n: usize) -> String {
+    format!(
+        "--data-parallel {n}: replicas in threads are started by `descent train` and `descent bench train` only; this command trains each run in one"
+    )
+}
 
 /// Settings of `descent bench train`.
 pub struct BenchArgs {
@@ -705,7 +722,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     let params: usize = model.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
     for (precision, t) in &results {
         println!(
-            "{} ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) batch {} with {}{}, \
+            "{} ({params} parameters: {} bytes of f32 gradients summed per step under mpirun or --data-parallel) batch {} with {}{}, \
              {} products, {ranks}{} thread(s), {} batches after {} warm-up: {:.0} samples/s",
             a.model,
             4 * params,
@@ -736,8 +753,8 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
 fn ranks_label(comm: &dyn Communicator, sharded: bool) -> String {
     match (comm.size(), sharded) {
         (1, _) => String::new(),
-        (n, false) => format!("{n} ranks × "),
-        (n, true) => format!("{n} ranks (optimizer sharded) × "),
+        (n, false) => format!("{n} {}s × ", comm.unit()),
+        (n, true) => format!("{n} {}s (optimizer sharded) × ", comm.unit()),
     }
 }
 
@@ -774,7 +791,7 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     for (precision, t) in &results {
         let tokens = t.samples_per_s * block as f64;
         println!(
-            "gpt 4x4x128 ({params} parameters: {} bytes of f32 gradients all-reduced per step under mpirun) block \
+            "gpt 4x4x128 ({params} parameters: {} bytes of f32 gradients summed per step under mpirun or --data-parallel) block \
              {block} batch {batch} with {}, {} products, {ranks}{} thread(s), {} batches after {} warm-up: {:.0} tokens/s",
             4 * params,
             cfg.optimizer,
@@ -1617,6 +1634,9 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
 
 /// Validates the settings into a training config, without touching any run folder.
 pub fn validate(a: &TrainArgs) -> Result<()> {
+    if let Some(n) = a.data_parallel {
+        bail!("{}", one_replica(n));
+    }
     let mut a = a.clone();
     unify_lr(&mut a)?;
     resolve_defaults(&mut a)?;
@@ -1683,7 +1703,7 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
-    for k in ["epochs", "steps", "threads", "precision", "shard_optimizer"] {
+    for k in ["epochs", "steps", "threads", "data_parallel", "precision", "shard_optimizer"] {
         obj.remove(k);
     }
     // FNV-1a over the canonical JSON (keys sorted): an identity, not a defence against tampering.
@@ -1718,7 +1738,7 @@ fn resume_settings(
     let d = dir.display();
     for id in &cli.given {
         match id.as_str() {
-            "resume" | "threads" | "epochs" | "steps" | "precision" | "shard_optimizer" => {}
+            "resume" | "threads" | "data_parallel" | "epochs" | "steps" | "precision" | "shard_optimizer" => {}
             "config" => {
                 bail!("--config cannot be combined with --resume: a resumed run keeps the settings of its config.json")
             }
@@ -1734,7 +1754,7 @@ fn resume_settings(
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
                 if given != kept {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --precision and --shard-optimizer may be given",
+                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         flag(key),
                         match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
                     );
@@ -1773,6 +1793,7 @@ fn resume_settings(
         cfg.steps = Some(s);
     }
     cfg.threads = cli.threads;
+    cfg.data_parallel = cli.data_parallel;
     // The weights are f32 whatever the products' precision: a run may continue in another.
     if given("precision") {
         cfg.precision = cli.precision.clone();
@@ -2150,6 +2171,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     if a.shard_optimizer && comm.size() < 2 {
         bail!(SHARD_ONE_PROCESS);
     }
+    if let Some(n) = a.data_parallel.filter(|&n| n != comm.size()) {
+        bail!("{}", one_replica(n));
+    }
     let default_batch = defaults(&a.model).1;
     a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
     a.batch_size = a.batch_size.or(Some(default_batch));
@@ -2286,12 +2310,14 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     }
     if comm.size() > 1 {
         say(format!(
-            "data-parallel on {} ranks: each step's batch split across them, gradients all-reduced",
-            comm.size()
+            "data-parallel on {} {}s: each step's batch split across them, gradients all-reduced",
+            comm.size(),
+            comm.unit()
         ));
         if a.shard_optimizer {
             say(format!(
-                "optimizer sharded (ZeRO stage 1): each rank keeps the state of 1/{} of the parameters; gradients reduce-scattered, parameters all-gathered",
+                "optimizer sharded (ZeRO stage 1): each {} keeps the state of 1/{} of the parameters; gradients reduce-scattered, parameters all-gathered",
+                comm.unit(),
                 comm.size()
             ));
         }
@@ -2361,7 +2387,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     }
     let state_bytes = hooks.state_bytes;
     if writer && !quiet && comm.size() > 1 {
-        let ranks = if a.shard_optimizer { format!(" (rank 0's 1/{} share)", comm.size()) } else { String::new() };
+        let ranks =
+            if a.shard_optimizer { format!(" ({} 0's 1/{} share)", comm.unit(), comm.size()) } else { String::new() };
         println!("optimizer state: {state_bytes} bytes{ranks}");
     }
     let model: &dyn Model = match &job {

@@ -5,7 +5,8 @@
 //! sum their gradients in one all-reduce over a flat buffer (every parameter's gradient end to
 //! end, in optimizer order), and each applies the same optimizer step to the same weights. The
 //! training loop talks to the other ranks only through [`Communicator`]: [`Local`] is the single
-//! process (every call returns at once), and `MpiComm` (feature `mpi`) runs over MPI.
+//! process (every call returns at once), `MpiComm` (feature `mpi`) runs over MPI, and [`Threads`]
+//! are replicas in threads of one process ([`on_threads`]).
 
 use std::ops::Range;
 
@@ -18,6 +19,10 @@ pub trait Communicator {
     fn rank(&self) -> usize;
     /// The number of ranks.
     fn size(&self) -> usize;
+    /// What a rank is called in messages: "rank" (a process), "replica" (a thread).
+    fn unit(&self) -> &'static str {
+        "rank"
+    }
     /// Replaces `buf` on every rank with its elementwise sum over all ranks (bucketed by the
     /// implementation into calls of bounded size).
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
@@ -166,6 +171,9 @@ pub const DEFAULT_BUCKET_VALUES: usize = 4 << 20;
 
 #[cfg(feature = "mpi")]
 pub use self::mpi_comm::MpiComm;
+
+mod threads;
+pub use self::threads::{on_threads, Threads, STOPPED};
 
 #[cfg(feature = "mpi")]
 mod mpi_comm {

@@ -1,0 +1,345 @@
+//! Ranks that are threads of one process: data parallelism inside the process, as
+//! `torch.nn.DataParallel` replicates a module across devices, here across the CPU's cores.
+//!
+//! Each replica is a thread with its own copy of the model and optimizer and its own rayon pool
+//! (one thread by default), so every op of its forward and backward runs whole on one core,
+//! instead of every small product and elementwise op of one model being split across all cores
+//! and joined again. The replicas meet only in the collectives of [`Communicator`], through
+//! shared memory: each puts its buffer into its slot, the last to arrive publishes all of them,
+//! and each reads what it needs. Sums run in rank order, so a run is deterministic.
+//!
+//! A replica that stops (its thread returns, with an error or a panic, while the others still
+//! expect it in a collective) makes every later collective of the others fail with
+//! [`STOPPED`], instead of leaving them waiting.
+
+use std::ops::Range;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{check_bounds, Communicator};
+use crate::error::{Error, Result};
+
+/// The message of a collective that cannot complete because another replica stopped.
+pub const STOPPED: &str = "another replica stopped";
+
+/// What one replica contributes to a collective.
+enum Payload {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bytes(Vec<u8>),
+}
+
+/// The meeting point of the replicas.
+struct Shared {
+    size: usize,
+    state: Mutex<Exchange>,
+    arrived_all: Condvar,
+}
+
+struct Exchange {
+    /// Completed collectives so far.
+    generation: u64,
+    slots: Vec<Option<Payload>>,
+    arrived: usize,
+    /// Every replica's contribution to the last completed collective, in rank order.
+    published: Option<Arc<Vec<Payload>>>,
+    /// Set when a replica's handle was dropped: no collective can complete any more.
+    stopped: bool,
+}
+
+/// One replica's handle on its group: its rank and the group's meeting point. Dropping it (the
+/// replica's thread ending) tells the others not to wait for it any more.
+pub struct Threads {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl Threads {
+    /// The handles of `size` replicas, rank 0 first.
+    pub fn group(size: usize) -> Vec<Threads> {
+        let shared = Arc::new(Shared {
+            size,
+            state: Mutex::new(Exchange {
+                generation: 0,
+                slots: (0..size).map(|_| None).collect(),
+                arrived: 0,
+                published: None,
+                stopped: false,
+            }),
+            arrived_all: Condvar::new(),
+        });
+        (0..size).map(|rank| Threads { rank, shared: shared.clone() }).collect()
+    }
+
+    /// Puts `payload` into this replica's slot and returns every replica's once all have come.
+    fn exchange(&self, payload: Payload) -> Result<Arc<Vec<Payload>>> {
+        let stopped = || Error::Param(STOPPED.into());
+        let mut s = self.shared.state.lock().map_err(|_| stopped())?;
+        if s.stopped {
+            return Err(stopped());
+        }
+        s.slots[self.rank] = Some(payload);
+        s.arrived += 1;
+        if s.arrived == self.shared.size {
+            let all: Vec<Payload> = s.slots.iter_mut().map(|p| p.take().expect("every slot filled")).collect();
+            s.published = Some(Arc::new(all));
+            s.arrived = 0;
+            s.generation += 1;
+            self.shared.arrived_all.notify_all();
+            return Ok(s.published.clone().expect("just published"));
+        }
+        let mine = s.generation;
+        while s.generation == mine {
+            if s.stopped {
+                return Err(stopped());
+            }
+            s = self.shared.arrived_all.wait(s).map_err(|_| stopped())?;
+        }
+        // No later collective can have completed: it needs this replica.
+        Ok(s.published.clone().expect("published"))
+    }
+
+    fn f32s(all: &[Payload], len: usize) -> Result<Vec<&[f32]>> {
+        all.iter()
+            .map(|p| match p {
+                Payload::F32(v) if v.len() == len => Ok(v.as_slice()),
+                _ => Err(Error::Param("replicas called a collective with different buffers".into())),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.state.lock() {
+            s.stopped = true;
+        }
+        self.shared.arrived_all.notify_all();
+    }
+}
+
+impl Communicator for Threads {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+    fn unit(&self) -> &'static str {
+        "replica"
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        let all = self.exchange(Payload::F32(buf.to_vec()))?;
+        let parts = Self::f32s(&all, buf.len())?;
+        buf.copy_from_slice(parts[0]);
+        for p in &parts[1..] {
+            for (b, x) in buf.iter_mut().zip(p.iter()) {
+                *b += x;
+            }
+        }
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let all = self.exchange(Payload::F64(buf.to_vec()))?;
+        buf.fill(0.0);
+        for p in all.iter() {
+            match p {
+                Payload::F64(v) if v.len() == buf.len() => buf.iter_mut().zip(v).for_each(|(b, x)| *b += x),
+                _ => return Err(Error::Param("replicas called a collective with different buffers".into())),
+            }
+        }
+        Ok(())
+    }
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        let mine = if self.rank == root { buf.to_vec() } else { vec![] };
+        let all = self.exchange(Payload::F32(mine))?;
+        match &all[root] {
+            Payload::F32(v) if v.len() == buf.len() => buf.copy_from_slice(v),
+            _ => return Err(Error::Param(format!("broadcast from replica {root}: lengths differ"))),
+        }
+        Ok(())
+    }
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<()> {
+        let mine = if self.rank == root { bytes.clone() } else { vec![] };
+        let all = self.exchange(Payload::Bytes(mine))?;
+        match &all[root] {
+            Payload::Bytes(v) => bytes.clone_from(v),
+            _ => return Err(Error::Param(format!("broadcast from replica {root}: not bytes"))),
+        }
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, buf: &[f32], bounds: &[Range<usize>], out: &mut [f32]) -> Result<()> {
+        check_bounds(buf.len(), bounds, self.size())?;
+        let range = bounds[self.rank].clone();
+        if out.len() != range.len() {
+            return Err(Error::Param(format!("reduce-scatter: {} values for a range of {}", out.len(), range.len())));
+        }
+        let all = self.exchange(Payload::F32(buf.to_vec()))?;
+        let parts = Self::f32s(&all, buf.len())?;
+        out.copy_from_slice(&parts[0][range.clone()]);
+        for p in &parts[1..] {
+            for (o, x) in out.iter_mut().zip(&p[range.clone()]) {
+                *o += x;
+            }
+        }
+        Ok(())
+    }
+    fn all_gather(&self, buf: &mut [f32], bounds: &[Range<usize>]) -> Result<()> {
+        check_bounds(buf.len(), bounds, self.size())?;
+        let all = self.exchange(Payload::F32(buf[bounds[self.rank].clone()].to_vec()))?;
+        for (r, p) in all.iter().enumerate() {
+            match p {
+                Payload::F32(v) if v.len() == bounds[r].len() => buf[bounds[r].clone()].copy_from_slice(v),
+                _ => return Err(Error::Param("all-gather: the replicas' ranges differ".into())),
+            }
+        }
+        Ok(())
+    }
+    fn gather_to(&self, send: &[f32], counts: &[usize], root: usize) -> Result<Vec<f32>> {
+        if counts.len() != self.size() || counts[self.rank] != send.len() {
+            return Err(Error::Param(format!("gather: {} values, counts {counts:?}", send.len())));
+        }
+        let all = self.exchange(Payload::F32(send.to_vec()))?;
+        if self.rank != root {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::with_capacity(counts.iter().sum());
+        for (p, &n) in all.iter().zip(counts) {
+            match p {
+                Payload::F32(v) if v.len() == n => out.extend_from_slice(v),
+                _ => return Err(Error::Param("gather: the replicas' counts differ".into())),
+            }
+        }
+        Ok(out)
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// Runs `f` on `replicas` threads, each a rank of one [`Threads`] group with its own rayon pool
+/// of `threads_each` threads (the replica's thread one of them, so its parallel ops split there),
+/// and returns each replica's result in rank order. A replica that panics stops the others at
+/// their next collective; its panic is returned as an error naming it.
+pub fn on_threads<T: Send, E: From<Error> + Send>(
+    replicas: usize,
+    threads_each: usize,
+    f: impl Fn(&dyn Communicator) -> std::result::Result<T, E> + Sync,
+) -> Vec<std::result::Result<T, E>> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = Threads::group(replicas.max(1))
+            .into_iter()
+            .map(|comm| {
+                std::thread::Builder::new()
+                    .name(format!("replica {}", comm.rank))
+                    // The main thread's size: candle's backward walks the graph recursively.
+                    .stack_size(64 << 20)
+                    .spawn_scoped(s, move || {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads_each.max(1))
+                            .use_current_thread()
+                            .build()
+                            .map_err(|e| {
+                                E::from(Error::Param(format!("starting replica {}'s threads: {e}", comm.rank)))
+                            })?;
+                        let r = f(&comm);
+                        drop(comm);
+                        drop(pool);
+                        r
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| match h {
+                Err(e) => Err(E::from(Error::Param(format!("starting replica {rank}: {e}")))),
+                Ok(h) => h.join().unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(E::from(Error::Param(format!("replica {rank} panicked: {why}"))))
+                }),
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collectives_agree_with_their_definitions() {
+        let n = 3;
+        let results = on_threads(n, 1, |c| -> Result<_> {
+            let r = c.rank();
+            let mut v: Vec<f32> = (0..5).map(|i| (10 * r + i) as f32).collect();
+            c.all_reduce_sum(&mut v)?;
+            let mut d = [r as f64 + 0.5];
+            c.all_reduce_sum_f64(&mut d)?;
+            let mut b = if r == 1 { vec![7u8, 8, 9] } else { vec![] };
+            c.broadcast_bytes(&mut b, 1)?;
+            let mut w = vec![r as f32; 4];
+            c.broadcast_f32(&mut w, 2)?;
+            let bounds = [0..2, 2..2, 2..5];
+            let mut out = vec![0.0; bounds[r].len()];
+            c.reduce_scatter_sum(&[1.0, 2.0, 3.0, 4.0, 5.0], &bounds, &mut out)?;
+            let mut g: Vec<f32> = vec![-1.0; 5];
+            g[bounds[r].clone()].iter_mut().for_each(|x| *x = r as f32);
+            c.all_gather(&mut g, &bounds)?;
+            let counts = [1, 2, 3];
+            let gathered = c.gather_to(&vec![r as f32; r + 1], &counts, 0)?;
+            Ok((v, d, b, w, out, g, gathered))
+        });
+        for (r, res) in results.into_iter().enumerate() {
+            let (v, d, b, w, out, g, gathered) = res.unwrap();
+            assert_eq!(v, vec![30.0, 33.0, 36.0, 39.0, 42.0]);
+            assert_eq!(d, [4.5]);
+            assert_eq!(b, vec![7, 8, 9]);
+            assert_eq!(w, vec![2.0; 4]);
+            let want: Vec<f32> = [[3.0, 6.0].as_slice(), &[], &[9.0, 12.0, 15.0]][r].to_vec();
+            assert_eq!(out, want);
+            assert_eq!(g, vec![0.0, 0.0, 2.0, 2.0, 2.0]);
+            if r == 0 {
+                assert_eq!(gathered, vec![0.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+            } else {
+                assert!(gathered.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_replica_that_stops_ends_the_others_collectives_instead_of_hanging() {
+        let results = on_threads(3, 1, |c| -> Result<()> {
+            if c.rank() == 1 {
+                return Err(Error::Param("bad flag".into()));
+            }
+            let mut v = vec![1.0f32; 3];
+            c.all_reduce_sum(&mut v)?;
+            Ok(())
+        });
+        assert_eq!(results[1].as_ref().unwrap_err().to_string(), Error::Param("bad flag".into()).to_string());
+        for r in [0, 2] {
+            assert!(results[r].as_ref().unwrap_err().to_string().contains(STOPPED), "{:?}", results[r].as_ref().err());
+        }
+        let panicked = on_threads(2, 1, |c| -> Result<()> {
+            if c.rank() == 0 {
+                panic!("boom");
+            }
+            c.all_reduce_sum(&mut [1.0])
+        });
+        assert!(panicked[0].as_ref().unwrap_err().to_string().contains("replica 0 panicked: boom"));
+        assert!(panicked[1].as_ref().unwrap_err().to_string().contains(STOPPED));
+    }
+
+    #[test]
+    fn each_replica_runs_its_parallel_ops_on_its_own_pool() {
+        let results = on_threads(2, 1, |_| Ok::<_, Error>(rayon::current_num_threads()));
+        assert!(results.into_iter().all(|r| r.unwrap() == 1));
+        let results = on_threads(2, 2, |_| Ok::<_, Error>(rayon::current_num_threads()));
+        assert!(results.into_iter().all(|r| r.unwrap() == 2));
+    }
+}
