@@ -8,14 +8,20 @@
 #   resnet: descent_train::resnet at depth 6 width 16 (conv3x3-BN-ReLU, one BasicBlock per stage,
 #           16 then 32 channels with a 1x1 conv + BN downsample, global average pooling, Linear),
 #           MNIST in [0, 1], shuffled batches of 128, Adam 1e-3; prints samples/s.
-# usage: python scripts/pytorch_bench_train.py gpt|resnet [BATCHES [WARMUP]]
-import gzip, math, struct, sys, time
+#   PRECISION f32 (default) or bf16: the forward under torch.autocast("cpu", dtype=torch.bfloat16),
+#   as `descent bench train --precision bf16` computes its products in bfloat16.
+# usage: python scripts/pytorch_bench_train.py gpt|resnet [BATCHES [WARMUP [PRECISION]]]
+import contextlib, gzip, math, struct, sys, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(2)
 torch.manual_seed(0)
 what = sys.argv[1]
 batches = int(sys.argv[2]) if len(sys.argv) > 2 else 50
 warmup = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+precision = sys.argv[4] if len(sys.argv) > 4 else 'f32'
+assert precision in ('f32', 'bf16'), precision
+def autocast():
+    return torch.autocast('cpu', dtype=torch.bfloat16) if precision == 'bf16' else contextlib.nullcontext()
 
 class Attn(nn.Module):
     def __init__(s, c, nh):
@@ -106,11 +112,12 @@ timed = 0.0
 for k in range(warmup + batches):
     t0 = time.perf_counter()
     x, y = batch(k)
-    loss = loss_of(m(x), y)
+    with autocast():
+        loss = loss_of(m(x), y)
     loss.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip: torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
     opt.step()
     if k >= warmup: timed += time.perf_counter() - t0
-print(f"pytorch {what} batch {bs}, 2 threads, {batches} batches after {warmup} warm-up: {batches * per / timed:.0f} {unit}")
+print(f"pytorch {what} batch {bs}, {precision}, 2 threads, {batches} batches after {warmup} warm-up: {batches * per / timed:.0f} {unit}")

@@ -605,7 +605,7 @@ pub fn workload(
 }
 
 /// Why `--shard-optimizer` is refused on one process (by `train` and `bench train` alike).
-const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state across the replicas of --data-parallel N or the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one replica";
+const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state across the replicas of --data-parallel N or the ranks of `mpirun -n N` (N ≥ 2, a build with --features mpi); this run is one process with one replica";
 
 /// Why `--data-parallel` is refused by the commands that train each run in one replica
 /// (`compare`, `sweep`, `lr-find`, `distill`, `bench optimizers`).
