@@ -47,6 +47,60 @@ pub(crate) fn matmul(
     }
 }
 
+/// `lhs[m×k] · rhs[k×n]` (operands as [`matmul`] takes them) into a new vector of `m·n` values
+/// in `precision`. In f32 the product writes every value of a vector that was never
+/// zero-filled: a gradient of a few megabytes no longer costs a `memset` before its GEMM.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_new(
+    precision: crate::precision::Precision,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) -> Vec<f32> {
+    if precision != crate::precision::Precision::F32 || k == 0 || m * n == 0 {
+        let mut dst = vec![0.0f32; m * n];
+        matmul_in(precision, &mut dst, false, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel);
+        return dst;
+    }
+    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
+    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the asserts bound every read of the operands; `dst` has room for `m·n` values,
+    // which the product writes without reading them (`read_dst` false, `k ≥ 1`), so every one
+    // is initialized before the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None },
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
 /// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32 by the best kernel the CPU
 /// has ([`crate::precision::matmul_bf16_with`]).
 #[allow(clippy::too_many_arguments)]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use crate::cpu::{f32_slice, storage_f32s};
-use crate::gemm::matmul_in;
+use crate::gemm::{matmul_in, matmul_new};
 use crate::nn::activation::{gelu_in_place_with_derivative, Gelu};
 use crate::precision::Precision;
 
@@ -78,9 +78,10 @@ impl CustomOp3 for LinearOp {
             f32_slice(s2, l2, "linear weight")?,
             f32_slice(s3, l3, "linear bias")?,
         );
-        let mut y = vec![0.0f32; n * out];
-        for row in y.chunks_mut(out) {
-            row.copy_from_slice(b);
+        // The bias in every row, then the product added to it.
+        let mut y = Vec::with_capacity(n * out);
+        for _ in 0..n {
+            y.extend_from_slice(b);
         }
         matmul_in(self.precision, &mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
         match self.act {
@@ -134,19 +135,13 @@ impl CustomOp3 for LinearOp {
             }
         };
         let par = n * out * inp >= PARALLEL_FLOPS;
-        let mut gw = vec![0.0f32; out * inp];
-        matmul_in(self.precision, &mut gw, false, gy, true, xs, false, out, inp, n, par);
+        let gw = matmul_new(self.precision, gy, true, xs, false, out, inp, n, par);
         let mut gb = vec![0.0f32; out];
         for row in gy.chunks(out) {
             gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
         }
-        let gx = if x.track_op() {
-            let mut gx = vec![0.0f32; n * inp];
-            matmul_in(self.precision, &mut gx, false, gy, false, ws, false, n, inp, out, par);
-            Some(gx)
-        } else {
-            None
-        };
+        let gx =
+            if x.track_op() { Some(matmul_new(self.precision, gy, false, ws, false, n, inp, out, par)) } else { None };
         let dev = x.device();
         let gx = gx.map(|gx| Tensor::from_vec(gx, x.dims(), dev)).transpose()?;
         Ok((gx, Some(Tensor::from_vec(gw, (out, inp), dev)?), Some(Tensor::from_vec(gb, out, dev)?)))
