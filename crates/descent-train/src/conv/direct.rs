@@ -16,21 +16,23 @@
 //!
 //! # Kernels
 //!
-//! - [`forward`]: `out[o][q] = Σ_c Σ_t wt[c][t][o] · x[c][q + off(t)]`. Register tile: 4 output
-//!   channels × 24 positions (12 AVX2 accumulators, 3 input vectors loaded per tap and reused by
-//!   the 4 channels, each weight one broadcast from `wt`, arranged `[c][tap][o]` so that the 4 are
-//!   adjacent). The input gradient is the same kernel run on the zero-padded output gradient
+//! - [`forward`]: `out[o][q] = Σ_c Σ_t wt[c][t][o] · x[c][q + off(t)]`. Register tile: 6 output
+//!   channels × 16 positions (12 AVX2 accumulators, 2 input vectors loaded per tap and reused by
+//!   the 6 channels, each weight one broadcast from `wt`, arranged `[c][tap][o]` so that the 6 are
+//!   adjacent: 15 of the 16 registers, where 4 × 24 needs all 16 and the compiler then keeps an
+//!   accumulator on the stack). The input gradient is the same kernel run on the zero-padded output gradient
 //!   with the weights flipped and transposed (a full correlation).
 //! - [`weight_grad`]: `gw[o][c][t] += Σ_q dy[o][q] · x[c][q + off(t)]`, the products accumulated
-//!   over the positions in the 8 lanes of a register and the lanes summed once. Register tile:
+//!   over the positions in the 8 lanes of a register, kept as 8 lane sums per weight across the
+//!   images of a task and added together once at its end ([`sum_lanes`]). Register tile:
 //!   4 output channels × 3 taps (12 accumulators; per 8 positions 4 output-gradient and 3 input
 //!   loads). `dy` must be zero at the garbage positions.
 //!
 //! Each has a plain scalar reference beside it ([`forward_scalar`], [`weight_grad_scalar`]), used
 //! on CPUs without AVX2 and FMA and by the tests.
 
-/// Positions per tile of the forward kernel (3 AVX2 vectors): the wide grids are rounded up to it.
-pub(crate) const TILE: usize = 24;
+/// Positions per tile of the forward kernel (2 AVX2 vectors): the wide grids are rounded up to it.
+pub(crate) const TILE: usize = 16;
 
 /// Positions per step of the weight-gradient kernel: its grids are rounded up to it.
 pub(crate) const LANES: usize = 8;
@@ -178,11 +180,12 @@ fn weight_grad_bounds(
     assert!(co >= 1 && dy.len() >= (co - 1) * dplane + npos, "weight_grad: output gradient too short");
     assert!(xplane >= npos + taps.span(), "weight_grad: plane of {xplane} too short for {npos} positions");
     assert!(ci >= 1 && x.len() >= (ci - 1) * xplane + npos + taps.span(), "weight_grad: input too short");
-    assert!(gw.len() >= co * ci * taps.len(), "weight_grad: gradient too short");
+    assert!(gw.len() >= co * ci * taps.len() * LANES, "weight_grad: gradient too short");
 }
 
-/// `gw[(o·ci + c)·T + t] += Σ_{q < npos} dy[o·dplane + q] · x[c·xplane + q + off(t)]` (`npos` a
-/// multiple of [`LANES`]), by the best kernel the CPU has.
+/// `gw[((o·ci + c)·T + t)·8 + l] += Σ_{q < npos, q ≡ l mod 8} dy[o·dplane + q] · x[c·xplane + q + off(t)]`
+/// (`npos` a multiple of [`LANES`]): the lane sums of the weight gradient, by the best kernel the
+/// CPU has; [`sum_lanes`] adds them up.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn weight_grad(
     taps: Taps,
@@ -225,10 +228,21 @@ pub(crate) fn weight_grad_scalar(
         for c in 0..ci {
             for t in 0..taps.len() {
                 let xs = &x[c * xplane + taps.off(t)..][..npos];
-                let s = d.iter().zip(xs).fold(0.0f32, |acc, (&a, &b)| acc + a * b);
-                gw[(o * ci + c) * taps.len() + t] += s;
+                let mut lanes = [0.0f32; LANES];
+                for (q, (&a, &b)) in d.iter().zip(xs).enumerate() {
+                    lanes[q % LANES] += a * b;
+                }
+                let g = &mut gw[((o * ci + c) * taps.len() + t) * LANES..][..LANES];
+                g.iter_mut().zip(lanes).for_each(|(g, l)| *g += l);
             }
         }
+    }
+}
+
+/// `gw[i] = Σ_l lanes[i·8 + l]`, the lane sums of [`weight_grad`] added up in a fixed order.
+pub(crate) fn sum_lanes(lanes: &[f32], gw: &mut [f32]) {
+    for (g, l) in gw.iter_mut().zip(lanes.chunks_exact(LANES)) {
+        *g = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
     }
 }
 
@@ -248,7 +262,9 @@ mod avx2 {
     use super::{Taps, LANES, TILE};
     use std::arch::x86_64::*;
 
-    /// Output channels per register tile of both kernels.
+    /// Output channels per register tile of the forward kernel.
+    const FO: usize = 6;
+    /// Output channels per register tile of the weight-gradient kernel.
     const NO: usize = 4;
     /// Taps per register tile of the weight-gradient kernel.
     const NT: usize = 3;
@@ -270,14 +286,16 @@ mod avx2 {
         // `kh` rows) stay in L1 across the output channels.
         for q0 in (0..npos).step_by(TILE) {
             let mut o0 = 0;
-            while o0 + NO <= co {
-                forward_tile::<NO>(taps, x, ci, plane, wt, co, out, npos, o0, q0);
-                o0 += NO;
+            while o0 + FO <= co {
+                forward_tile::<FO>(taps, x, ci, plane, wt, co, out, npos, o0, q0);
+                o0 += FO;
             }
             match co - o0 {
                 1 => forward_tile::<1>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
                 2 => forward_tile::<2>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
                 3 => forward_tile::<3>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                4 => forward_tile::<4>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                5 => forward_tile::<5>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
                 _ => {}
             }
         }
@@ -298,7 +316,7 @@ mod avx2 {
         o0: usize,
         q0: usize,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 3]; M];
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
         let nt = taps.len();
         for c in 0..ci {
             let xc = x.add(c * plane + q0);
@@ -308,7 +326,7 @@ mod avx2 {
                 let wr = wc.add(ky * taps.kw * co);
                 for kx in 0..taps.kw {
                     let xs = xr.add(kx);
-                    let v = [_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8)), _mm256_loadu_ps(xs.add(16))];
+                    let v = [_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8))];
                     let wk = wr.add(kx * co);
                     for (j, a) in acc.iter_mut().enumerate() {
                         let wv = _mm256_broadcast_ss(&*wk.add(j));
@@ -357,7 +375,7 @@ mod avx2 {
                             x.add(c * xplane),
                             npos,
                             t0,
-                            gw.add((o0 * ci + c) * nt + t0),
+                            gw.add(((o0 * ci + c) * nt + t0) * LANES),
                             ci * nt,
                         )
                     };
@@ -383,7 +401,7 @@ mod avx2 {
     }
 
     /// Output channels `0..M` of `dy` (planes `dplane` apart) against taps `t0..t0 + K` of the
-    /// input plane `x`; adds each sum to `gw[j·gw_stride + k]`.
+    /// input plane `x`; adds each vector of lane sums to the 8 at `gw[(j·gw_stride + k)·8]`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_grad_tile<const M: usize, const K: usize>(
@@ -409,18 +427,10 @@ mod avx2 {
         }
         for (j, a) in acc.iter().enumerate() {
             for (k, a) in a.iter().enumerate() {
-                *gw.add(j * gw_stride + k) += hsum(*a);
+                let g = gw.add((j * gw_stride + k) * LANES);
+                _mm256_storeu_ps(g, _mm256_add_ps(_mm256_loadu_ps(g), *a));
             }
         }
-    }
-
-    /// The sum of the 8 lanes, in a fixed order.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 }
 
@@ -486,7 +496,7 @@ mod tests {
                     }
                 }
             }
-            let init = randn(co * ci * taps.len(), &mut rng);
+            let init = randn(co * ci * taps.len() * LANES, &mut rng);
             let (mut fast, mut slow) = (init.clone(), init);
             weight_grad(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut fast);
             weight_grad_scalar(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut slow);
