@@ -107,7 +107,7 @@ fn zero(xs: &mut [f32]) {
 /// Checks the operand sizes of [`forward`].
 #[allow(clippy::too_many_arguments)]
 fn forward_bounds(taps: Taps, x: &[f32], ci: usize, plane: usize, wt: &[f32], co: usize, out: &[f32], npos: usize) {
-    assert!(npos % TILE == 0, "forward: {npos} positions not whole tiles");
+    assert!(npos.is_multiple_of(TILE), "forward: {npos} positions not whole tiles");
     assert!(plane >= npos + taps.span(), "forward: plane of {plane} too short for {npos} positions");
     assert!(ci >= 1 && x.len() >= (ci - 1) * plane + npos + taps.span(), "forward: input too short");
     assert!(wt.len() >= ci * taps.len() * co, "forward: weights too short");
@@ -176,7 +176,7 @@ fn weight_grad_bounds(
     npos: usize,
     gw: &[f32],
 ) {
-    assert!(npos % LANES == 0, "weight_grad: {npos} positions not whole vectors");
+    assert!(npos.is_multiple_of(LANES), "weight_grad: {npos} positions not whole vectors");
     assert!(co >= 1 && dy.len() >= (co - 1) * dplane + npos, "weight_grad: output gradient too short");
     assert!(xplane >= npos + taps.span(), "weight_grad: plane of {xplane} too short for {npos} positions");
     assert!(ci >= 1 && x.len() >= (ci - 1) * xplane + npos + taps.span(), "weight_grad: input too short");
