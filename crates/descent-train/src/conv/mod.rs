@@ -1,9 +1,13 @@
 //! 2-D convolution as a candle op with its own backward: im2col + GEMM (the `gemm` crate candle
 //! itself uses) for the output and both gradients, a few images per GEMM and tasks split across
-//! threads, and the bias gradient summed directly. Stride-1 f32 convolutions (dilation 1, one
-//! group, padding smaller than the kernel) take direct convolution kernels instead ([`direct`]):
-//! the input copied once into zero-padded planes, no im2col or col2im. candle 0.11's path (conv_transpose2d for the
+//! threads, and the bias gradient summed directly. candle 0.11's path (conv_transpose2d for the
 //! input gradient, a `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
+//!
+//! Padded stride-1 f32 convolutions (dilation 1, one group, padding from 1 to the kernel's size
+//! less 1, e.g. the ResNet's 3×3 ones) take direct convolution kernels instead (module `direct`): each
+//! image copied once into zero-padded planes, no im2col or col2im, whose copies of the input
+//! (`kh·kw` of it, made in the forward and again in the backward) and scatter cost more than
+//! the products with 16–32 channels.
 //!
 //! The op can also apply ReLU, or ReLU then max-pooling, to its output in the same pass
 //! ([`Epilogue`]): the values and gradients of `max_pool2d(relu(conv2d(x)))` without the full-size
