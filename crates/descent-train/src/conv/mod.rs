@@ -531,7 +531,7 @@ impl CustomOp3 for Conv2dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -545,6 +545,8 @@ impl CustomOp3 for Conv2dOp {
             gy: storage_f32s(&sg, lg, "conv2d gradient")?,
             res: storage_f32s(&sr, lr, "conv2d output")?,
             argmax: &self.argmax.lock().expect("argmax lock"),
+            // A bias that is no variable (the zeros standing in for none): no gradient to sum.
+            need_gb: b.track_op(),
         };
         let img = g.image();
         // The input of a first layer is data: no gradient to compute for it.
@@ -593,7 +595,7 @@ impl CustomOp3 for Conv2dOp {
         Ok((
             if need_gx { Some(Tensor::from_vec(gx, x.dims(), dev)?) } else { None },
             Some(Tensor::from_vec(gw, w.dims(), dev)?),
-            Some(Tensor::from_vec(gb, g.o, dev)?),
+            if io.need_gb { Some(Tensor::from_vec(gb, g.o, dev)?) } else { None },
         ))
     }
 }
@@ -605,6 +607,8 @@ struct BackwardIo<'a> {
     gy: &'a [f32],
     res: &'a [f32],
     argmax: &'a [u32],
+    /// Whether the bias takes a gradient.
+    need_gb: bool,
 }
 
 impl Conv2dOp {
@@ -680,6 +684,9 @@ impl Conv2dOp {
         let (ph, pw) = self.out_plane(g);
         let masked = self.epilogue != Epilogue::Identity;
         let mut gb = vec![0.0f32; g.o];
+        if !io.need_gb {
+            return gb;
+        }
         for n in n0..n0 + nb {
             for (oc, gb) in gb.iter_mut().enumerate() {
                 let at = (n * g.o + oc) * ph * pw;
