@@ -20,11 +20,12 @@
 //!   channels × 16 positions (12 AVX2 accumulators, 2 input vectors loaded per tap and reused by
 //!   the 6 channels, each weight one broadcast from `wt`, arranged `[c][tap][o]` so that the 6 are
 //!   adjacent: 15 of the 16 registers, where 4 × 24 needs all 16 and the compiler then keeps an
-//!   accumulator on the stack). The input gradient is the same kernel run on the zero-padded output gradient
-//!   with the weights flipped and transposed (a full correlation).
+//!   accumulator on the stack). The input gradient is the same kernel run on the zero-padded
+//!   output gradient with the weights flipped and transposed (a full correlation).
 //! - [`weight_grad`]: `gw[o][c][t] += Σ_q dy[o][q] · x[c][q + off(t)]`, the products accumulated
 //!   over the positions in the 8 lanes of a register, kept as 8 lane sums per weight across the
-//!   images of a task and added together once at its end ([`sum_lanes`]). Register tile:
+//!   images of a task and added together once at its end ([`sum_lanes`]: fewer roundings than a
+//!   sum per image added to the weight's running total). Register tile:
 //!   4 output channels × 3 taps (12 accumulators; per 8 positions 4 output-gradient and 3 input
 //!   loads). `dy` must be zero at the garbage positions.
 //!
