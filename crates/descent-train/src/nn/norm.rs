@@ -19,6 +19,41 @@ fn moments(x: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
+/// `Σ f(x)` over `xs` in f64, in 8 interleaved partial sums: vectorizes, where a plain sum is
+/// one chain of dependent additions (one add's latency per value).
+fn lanes_sum(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v as f64);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `(Σ g, Σ g·(x − mean))` over `xs`, `gs` in f64, each in 8 interleaved partial sums (as
+/// [`lanes_sum`]).
+fn lanes_sums2(xs: &[f32], gs: &[f32], mean: f64) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
+    let (mut cx, mut cg) = (xs.chunks_exact(8), gs.chunks_exact(8));
+    for (x8, g8) in (&mut cx).zip(&mut cg) {
+        for k in 0..8 {
+            let g = g8[k] as f64;
+            sg[k] += g;
+            sgx[k] += g * (x8[k] as f64 - mean);
+        }
+    }
+    let fold = |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    let (mut tg, mut tgx) = (0.0, 0.0);
+    for (&x, &g) in cx.remainder().iter().zip(cg.remainder()) {
+        tg += g as f64;
+        tgx += g as f64 * (x as f64 - mean);
+    }
+    (fold(sg) + tg, fold(sgx) + tgx)
+}
+
 /// `torch.nn.functional.layer_norm` over the last dimension with weight and bias.
 #[derive(Debug, Clone, Copy)]
 struct LayerNormOp {
@@ -227,8 +262,9 @@ impl CustomOp3 for BatchNormOp {
                     .into_par_iter()
                     .map(|ci| {
                         let blocks = || (0..n).map(|ni| &x[(ni * c + ci) * inner..][..inner]);
-                        let mean = blocks().flatten().map(|&v| v as f64).sum::<f64>() / count as f64;
-                        let var = blocks().flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count as f64;
+                        let mean = blocks().map(|b| lanes_sum(b, |v| v)).sum::<f64>() / count as f64;
+                        let var =
+                            blocks().map(|b| lanes_sum(b, |v| (v - mean) * (v - mean))).sum::<f64>() / count as f64;
                         (mean, var)
                     })
                     .unzip()
@@ -292,12 +328,11 @@ impl CustomOp3 for BatchNormOp {
                 let (mut sg, mut sgx) = (0.0f64, 0.0f64);
                 for ni in 0..n {
                     let at = (ni * c + ci) * inner;
-                    for (&x, &g) in xs[at..at + inner].iter().zip(&gs[at..at + inner]) {
-                        sg += g as f64;
-                        sgx += g as f64 * (x as f64 - mean[ci]) * rstd[ci];
-                    }
+                    let (a, b) = lanes_sums2(&xs[at..at + inner], &gs[at..at + inner], mean[ci]);
+                    sg += a;
+                    sgx += b;
                 }
-                (sg, sgx)
+                (sg, sgx * rstd[ci])
             })
             .unzip();
         let training = self.running.is_none();
