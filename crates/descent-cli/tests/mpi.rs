@@ -390,3 +390,23 @@ fn bench_train_runs_gpt_and_the_sharded_step_on_two_ranks() {
     let line = text.lines().find(|l| l.contains("--shard-optimizer:")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains(".lamb`") && line.contains("not elementwise"), "{line}");
 }
+
+/// `--data-parallel 2` (replicas in threads) and `mpirun -n 2` are the same computation: the same
+/// batch split, the same dropout generators, sums of two values in either order: the same step
+/// losses to the last digit.
+#[test]
+fn two_replicas_in_threads_train_as_two_mpi_ranks() {
+    let _one = MPIRUN.lock().unwrap_or_else(|e| e.into_inner());
+    let (dr, dt) = (out("vs-ranks"), out("vs-threads"));
+    let base = ["train", "--model", "mlp", "--steps", "30", "--batch-size", "64"];
+    train_on(2, &[&base[..], &["--threads", "1"]].concat(), Some(&dr));
+    train_on(1, &[&base[..], &["--threads", "2", "--data-parallel", "2"]].concat(), Some(&dt));
+    let (lr, tr) = curve(&dr);
+    let (lt, tt) = curve(&dt);
+    println!("2 MPI ranks against 2 replicas in threads over 30 steps (dropout 0.2): {lr:?} / {lt:?}");
+    assert_eq!(lr, lt);
+    assert_eq!(tr, tt);
+    for d in [dr, dt] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
