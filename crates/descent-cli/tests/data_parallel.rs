@@ -3,22 +3,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Instant;
 
-use common::{one_line_error, out, run_err, run_ok, s, TINY_GPT};
-
-/// The losses of steps.csv and the last test loss of metrics.csv.
-fn curve(dir: &Path) -> (Vec<f64>, f64) {
-    let steps = common::csv_rows(&dir.join("steps.csv")).iter().map(|r| r[2].parse().unwrap()).collect();
-    let epochs = common::csv_rows(&dir.join("metrics.csv"));
-    (steps, epochs.last().unwrap()[3].parse().unwrap())
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-}
+use common::{curve, max_diff, one_line_error, out, run_err, run_ok, s, TINY_GPT};
 
 /// TINY_GPT without its `--threads 1`, then `extra`.
 fn tiny_gpt(extra: &[&str]) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{descent, TINY_GPT};
+use common::{curve, descent, max_diff, TINY_GPT};
 
 /// One mpirun at a time: two runs of two ranks each on a small machine would only wait for
 /// each other.
@@ -53,18 +53,6 @@ fn run(mut c: Command, limit: Duration) -> (bool, String, f64) {
     let o = child.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     (o.status.success(), text, t0.elapsed().as_secs_f64())
-}
-
-/// The losses of steps.csv and the last test loss of metrics.csv.
-fn curve(dir: &Path) -> (Vec<f64>, f64) {
-    let steps = common::csv_rows(&dir.join("steps.csv")).iter().map(|r| r[2].parse().unwrap()).collect();
-    let epochs = common::csv_rows(&dir.join("metrics.csv"));
-    (steps, epochs.last().unwrap()[3].parse().unwrap())
-}
-
-fn max_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 fn out(tag: &str) -> PathBuf {

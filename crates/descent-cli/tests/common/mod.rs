@@ -95,3 +95,16 @@ pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
     };
     std::fs::read_to_string(path).unwrap().lines().skip(1).map(split).collect()
 }
+
+/// A run folder's step losses (steps.csv) and its last test loss (metrics.csv).
+pub fn curve(dir: &Path) -> (Vec<f64>, f64) {
+    let steps = csv_rows(&dir.join("steps.csv")).iter().map(|r| r[2].parse().unwrap()).collect();
+    let epochs = csv_rows(&dir.join("metrics.csv"));
+    (steps, epochs.last().unwrap()[3].parse().unwrap())
+}
+
+/// The largest difference between two curves of the same length.
+pub fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
