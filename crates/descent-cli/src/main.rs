@@ -292,17 +292,11 @@ fn main() -> ExitCode {
                 .filter(|id| !id.as_str().starts_with(|c: char| c.is_ascii_uppercase()))
                 .map(|id| id.to_string())
                 .collect();
-            match args.data_parallel {
-                Some(replicas) => args.with_config(sub).and_then(|a| {
-                    on_replicas(a.data_parallel.unwrap_or(replicas), a.threads, |comm| train::run(a.clone(), comm))
-                }),
-                None => with_ranks(|comm| {
-                    args.with_config(sub).and_then(|a| match a.data_parallel {
-                        // Set in the --config file.
-                        Some(r) => on_replicas(r, a.threads, |comm| train::run(a.clone(), comm)),
-                        None => set_threads(a.threads).and_then(|_| train::run(a, comm)),
-                    })
-                }),
+            // --data-parallel from the flags or the --config file.
+            let a = args.with_config(sub);
+            match a.as_ref().ok().and_then(|a| a.data_parallel) {
+                Some(replicas) => a.and_then(|a| on_replicas(replicas, a.threads, |comm| train::run(a.clone(), comm))),
+                None => with_ranks(|comm| a.and_then(|a| set_threads(a.threads).and_then(|_| train::run(a, comm)))),
             }
             .map(|_| true)
         }
@@ -475,20 +469,14 @@ fn on_replicas(
         );
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let total = threads.unwrap_or(cores);
-    if total == 0 || total > train::MAX_THREADS {
-        anyhow::bail!("--threads {total}: must be between 1 and {}", train::MAX_THREADS);
-    }
+    let total = checked_threads(threads.unwrap_or(cores))?;
     if replicas == 0 || replicas > total || !total.is_multiple_of(replicas) {
         anyhow::bail!(
             "--data-parallel {replicas}: the {total} threads (--threads, default the machine's cores) must divide evenly among the replicas, at least one each"
         );
     }
     let each = total / replicas;
-    std::env::set_var("RAYON_NUM_THREADS", each.to_string());
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    set_thread_env(each);
     let results = descent_train::parallel::on_threads(replicas, each, f);
     let stopped = |e: &anyhow::Error| format!("{e:#}").contains(descent_train::parallel::STOPPED);
     let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(|r| r.err()).collect();
@@ -543,18 +531,30 @@ fn set_threads_apart(threads: Option<usize>) -> Result<usize> {
 
 fn set_threads_in(threads: Option<usize>, main_in_pool: bool) -> Result<usize> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let n = threads.unwrap_or_else(|| (cores / local_ranks().unwrap_or(1).max(1)).max(1));
-    if n == 0 || n > train::MAX_THREADS {
-        anyhow::bail!("--threads {n}: must be between 1 and {}", train::MAX_THREADS);
-    }
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    let n = checked_threads(threads.unwrap_or_else(|| (cores / local_ranks().unwrap_or(1).max(1)).max(1)))?;
+    set_thread_env(n);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(n);
     let pool = if main_in_pool { pool.use_current_thread() } else { pool };
     pool.build_global().ok();
     Ok(n)
+}
+
+/// `--threads n` if it is a thread count descent accepts.
+fn checked_threads(n: usize) -> Result<usize> {
+    if n == 0 || n > train::MAX_THREADS {
+        anyhow::bail!("--threads {n}: must be between 1 and {}", train::MAX_THREADS);
+    }
+    Ok(n)
+}
+
+/// The thread count of each pool, for rayon and candle (see [`set_threads`]): candle reads
+/// `RAYON_NUM_THREADS` for its matrix products; its own elementwise pool stays at one thread
+/// unless `CANDLE_NUM_THREADS` says otherwise.
+fn set_thread_env(per_pool: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", per_pool.to_string());
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 /// `descent plot`: the charts of every run under `dirs`, overlaid, into `out`.

@@ -18,33 +18,9 @@ pub(crate) fn matmul(
     k: usize,
     parallel: bool,
 ) {
-    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
-    // SAFETY: the asserts bound every access of the strides above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None },
-        )
-    }
+    assert!(dst.len() >= m * n, "matmul operand sizes");
+    // SAFETY: `dst` holds `m·n` values.
+    unsafe { gemm_into(dst.as_mut_ptr(), accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel) }
 }
 
 /// `lhs[m×k] · rhs[k×n]` (operands as [`matmul`] takes them) into a new vector of `m·n` values
@@ -67,38 +43,62 @@ pub(crate) fn matmul_new(
         matmul_in(precision, &mut dst, false, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel);
         return dst;
     }
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `dst` has room for `m·n` values, which the product writes without reading them
+    // (not accumulating, `k ≥ 1`), so every one is initialized before the length is set.
+    unsafe {
+        gemm_into(dst.as_mut_ptr(), false, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// The `gemm` crate's call behind [`matmul`] and [`matmul_new`]: the operands' strides from
+/// their transposition, their sizes checked; `dst` read only when `accumulate`.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m·n` values (and reads, when `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) {
     let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
     let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
     assert!(lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: the asserts bound every read of the operands; `dst` has room for `m·n` values,
-    // which the product writes without reading them (`read_dst` false, `k ≥ 1`), so every one
-    // is initialized before the length is set.
+    // SAFETY: the assert bounds every read of the operands under the strides above; the caller
+    // vouches for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs,
             lhs_rs,
             rhs.as_ptr(),
             rhs_cs,
             rhs_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
             if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None },
-        );
-        dst.set_len(m * n);
+        )
     }
-    dst
 }
 
 /// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32 by the best kernel the CPU
