@@ -206,6 +206,12 @@ fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
             a.base.model
         );
     }
+    if let Some(path) = &a.base.config {
+        bail!(
+            "--config {}: bench optimizers takes its settings as flags only; give them on the command line",
+            path.display()
+        );
+    }
     for (given, flag) in [
         (a.base.optimizer.is_some(), "--optimizer"),
         (a.base.lr.is_some(), "--lr"),
@@ -215,9 +221,7 @@ fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
             bail!("{flag}: each optimizer is a --run of the benchmark, with its own searched rate and its library's default schedule; {flag} is not taken here");
         }
     }
-    if let Some(n) = a.base.data_parallel {
-        bail!("{}", train::one_replica(n));
-    }
+    train::one_process(&a.base)?;
     let mut base = a.base.clone();
     if base.validation == 0 {
         base.validation = 5_000;

@@ -192,6 +192,7 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     if a.jobs == Some(0) {
         bail!("--jobs 0: at least one run at a time");
     }
+    train::one_process(&base)?;
     let mut specs = vec![];
     for (i, s) in a.runs.iter().enumerate() {
         let m = parse_spec(s)?;

@@ -300,6 +300,9 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
             a.seed = seed;
         }
         a.threads = s.threads;
+        // How the run was spread (replicas, a sharded state) is its computation, not its
+        // settings: the fine-tuning trains in this one process.
+        (a.data_parallel, a.shard_optimizer) = (None, false);
         let weights = values_of(&src.model.named_vars())?;
         let buffers = values_of(&src.model.named_buffers())?;
         let start = StartFrom { weights, buffers, pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())) };

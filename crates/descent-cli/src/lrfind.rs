@@ -131,6 +131,9 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if b.shard_optimizer {
         bail!("lr-find runs in one process: --shard-optimizer is for `descent train` on several replicas or ranks");
     }
+    if let Some(path) = &b.config {
+        bail!("--config {}: lr-find takes its settings as flags only; give them on the command line", path.display());
+    }
     if a.base.lr.is_some() || a.base.schedule.as_deref().is_some_and(|s| s != "constant") {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }

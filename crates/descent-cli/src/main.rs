@@ -468,9 +468,12 @@ fn on_replicas(
             "--data-parallel {replicas}: replicas in threads of one process, but this is one of {n} processes started by mpirun, whose ranks are the replicas already; give one or the other"
         );
     }
+    if replicas == 0 {
+        anyhow::bail!("--data-parallel 0: at least one replica");
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let total = checked_threads(threads.unwrap_or(cores))?;
-    if replicas == 0 || replicas > total || !total.is_multiple_of(replicas) {
+    if replicas > total || !total.is_multiple_of(replicas) {
         anyhow::bail!(
             "--data-parallel {replicas}: the {total} threads (--threads, default the machine's cores) must divide evenly among the replicas, at least one each"
         );

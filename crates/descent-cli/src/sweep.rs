@@ -326,6 +326,7 @@ fn plan(s: &Settings) -> Result<Plan> {
             bail!("--max-total-epochs {b}: must be a positive number");
         }
     }
+    train::one_process(&s.base)?;
     // Every trial's settings must be valid: check the space's corners (each dimension's extremes).
     for p in &space {
         for v in p.grid(2) {

@@ -81,7 +81,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "K")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accumulate: Option<usize>,
-    /// Under `mpirun -n N` (N ≥ 2, a build with --features mpi): shard the optimizer state
+    /// With `descent train --data-parallel N` or under `mpirun -n N` (N ≥ 2, a build with
+    /// --features mpi; `descent train` and `descent bench train` only): shard the optimizer state
     /// (ZeRO stage 1). Each rank keeps the state of 1/N of the parameters, steps that range on
     /// its part of the reduce-scattered gradient, and the ranks all-gather the parameters: the
     /// losses of the unsharded run to float rounding, the optimizer's state memory per rank
@@ -173,7 +174,8 @@ pub struct TrainArgs {
     /// batch split across them and their gradients summed, exactly as `mpirun -n N` splits it
     /// (batch norm's statistics per replica, its running statistics rank 0's). Small models run
     /// faster so than with every op split across all the threads. Like --threads it is not part
-    /// of the run's settings: a run resumes with any number of replicas.
+    /// of the run's settings: a run resumes with any number of replicas. `descent train` and
+    /// `descent bench train` only.
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<usize>,
@@ -611,8 +613,22 @@ const SHARD_ONE_PROCESS: &str = "--shard-optimizer cuts the optimizer state acro
 /// (`compare`, `sweep`, `lr-find`, `distill`, `bench optimizers`).
 pub fn one_replica(n: usize) -> String {
     format!(
-        "--data-parallel {n}: replicas in threads are started by `descent train` and `descent bench train` only; this command trains each run in one"
+        "--data-parallel {n}: replicas in threads are started by `descent train` and `descent bench train` only; this command trains each run in one process"
     )
+}
+
+/// Refuses the settings of several replicas (`--data-parallel`, `--shard-optimizer`) for a
+/// command that trains each run in one process.
+pub fn one_process(a: &TrainArgs) -> Result<()> {
+    if let Some(n) = a.data_parallel {
+        bail!("{}", one_replica(n));
+    }
+    if a.shard_optimizer {
+        bail!(
+            "--shard-optimizer cuts the optimizer state across the replicas of `descent train --data-parallel N` or the ranks of `mpirun -n N`; this command trains each run in one process"
+        );
+    }
+    Ok(())
 }
 
 /// Settings of `descent bench train`.
@@ -627,7 +643,7 @@ pub struct BenchArgs {
     /// The precisions timed, alternately (`rounds` times each) when several.
     pub precisions: Vec<Precision>,
     pub rounds: usize,
-    /// The ZeRO-1 step of `descent train --shard-optimizer` (under mpirun only).
+    /// The ZeRO-1 step of `descent train --shard-optimizer` (replicas or mpirun ranks).
     pub shard_optimizer: bool,
 }
 
@@ -688,6 +704,21 @@ fn print_speedups(
 pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.shard_optimizer && comm.size() < 2 {
         bail!(SHARD_ONE_PROCESS);
+    }
+    if a.batches == 0 {
+        bail!("--batches 0: time at least one batch");
+    }
+    if a.rounds == 0 {
+        bail!("--rounds 0: at least one round");
+    }
+    match a.batch_size {
+        Some(0) => bail!("--batch-size 0: a batch needs at least one sample"),
+        Some(b) if b < comm.size() => bail!(
+            "--batch-size {b}: each of the {} {}s times its share of every batch, at least one sample",
+            comm.size(),
+            comm.unit()
+        ),
+        _ => {}
     }
     if a.model == "gpt" {
         return bench_gpt(a, comm);
@@ -1461,6 +1492,7 @@ fn check_closure_flags(a: &TrainArgs) -> Result<()> {
         ("--clip-value", a.clip_value.is_some(), "its gradients are not clipped"),
         ("--group", !a.groups.is_empty(), "it takes one set of arguments for all parameters"),
         ("--accumulate", a.accumulate.is_some_and(|k| k > 1), "it evaluates its objective on one batch"),
+        ("--data-parallel", a.data_parallel.is_some_and(|n| n > 1), "it evaluates its objective on one batch"),
     ];
     if let Some((flag, _, why)) = given.iter().find(|(_, on, _)| *on) {
         bail!("{flag}: `{name}` evaluates the objective itself (a closure-driven optimizer); {why}");
@@ -1615,7 +1647,10 @@ pub fn resolve_defaults(a: &mut TrainArgs) -> Result<()> {
 /// for optax) are one setting: the one in `--hparams` moves to `lr`, and the two given with
 /// different values is an error.
 pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
-    let Ok((lib, _)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
+    let Ok((lib, name)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
+    if let Some(lr) = a.lr.filter(|_| !descent_core::spec::takes_learning_rate(lib, &name, &a.hparams)) {
+        bail!("--lr {lr}: `{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams");
+    }
     let key = descent_core::spec::lr_key(lib);
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
@@ -1634,9 +1669,7 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
 
 /// Validates the settings into a training config, without touching any run folder.
 pub fn validate(a: &TrainArgs) -> Result<()> {
-    if let Some(n) = a.data_parallel {
-        bail!("{}", one_replica(n));
-    }
+    one_process(a)?;
     let mut a = a.clone();
     unify_lr(&mut a)?;
     resolve_defaults(&mut a)?;
@@ -2360,9 +2393,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             Job::Images { .. } => None,
         },
     };
-    let (history, stop) = match &job {
+    let trained = match &job {
         Job::Text { model, corpus, cfg, text } => {
-            train_text_with(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks, comm)?
+            train_text_with(model.as_ref(), corpus, cfg, text, resume.as_ref(), &mut hooks, comm)
         }
         Job::Images { model, train_set, test_set, cfg, teachers } => {
             let distill = a.distill.as_ref().map(|d| Distillation {
@@ -2370,7 +2403,20 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 alpha: d.alpha,
                 temperature: d.temperature,
             });
-            train_with(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), distill.as_ref(), &mut hooks, comm)?
+            train_with(model.as_ref(), train_set, test_set, cfg, resume.as_ref(), distill.as_ref(), &mut hooks, comm)
+        }
+    };
+    let (history, stop) = match trained {
+        Ok(done) => done,
+        Err(e) => {
+            // The steps since the last epoch's end stay on record (a diverging run's losses are
+            // what its user looks at); a resume cuts them back to its checkpoint's.
+            if writer {
+                if let Err(w) = hooks.steps.flush(&run_dir.dir) {
+                    eprintln!("warning: the steps before the error were not saved: {w:#}");
+                }
+            }
+            return Err(e.into());
         }
     };
     let ended = match stop {

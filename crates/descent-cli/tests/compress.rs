@@ -138,3 +138,44 @@ fn gradual_pruning_and_models_quantize_refuses() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+/// A run trained on two replicas with a sharded optimizer state is pruned and fine-tuned in one
+/// process: how the run was spread is not a setting the fine-tuning inherits.
+#[test]
+fn a_run_trained_on_replicas_is_fine_tuned_in_one_process() {
+    let (run, pruned) = (out("cmp-dp-run"), out("cmp-dp-pruned"));
+    let r = run.to_str().unwrap();
+    run_ok(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "20",
+        "--threads",
+        "2",
+        "--data-parallel",
+        "2",
+        "--shard-optimizer",
+        "--out",
+        r,
+    ]);
+    let text = run_ok(&[
+        "prune",
+        r,
+        "--method",
+        "l1_unstructured",
+        "--amount",
+        "0.5",
+        "--out",
+        pruned.to_str().unwrap(),
+        "--finetune-epochs",
+        "1",
+        "--finetune-steps",
+        "5",
+    ]);
+    assert!(text.contains("fine-tuning with the masks"), "{text}");
+    accuracy(&text, "test accuracy:");
+    for d in [run, pruned] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

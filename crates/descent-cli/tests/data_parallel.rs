@@ -91,6 +91,36 @@ fn lenet_on_two_replicas_trains_and_resumes_as_one_process() {
     }
 }
 
+/// With dropout, replica 1 draws masks of its own (the run is not the one-process run), seeded
+/// per step: a run cut after 15 steps on two replicas and resumed on two follows the
+/// uninterrupted run to the last digit.
+#[test]
+fn dropout_on_replicas_resumes_bit_for_bit() {
+    let (whole, cut) = (out("dp-dropout-whole"), out("dp-dropout-cut"));
+    let base = ["train", "--model", "mlp", "--dropout", "0.5", "--threads", "2", "--data-parallel", "2"];
+    let with = |extra: &[&str]| -> Vec<String> { [&base[..], extra].concat().iter().map(|a| a.to_string()).collect() };
+    run(&with(&["--steps", "30", "--out", s(&whole)]));
+    run(&with(&["--steps", "15", "--out", s(&cut)]));
+    let resumed = run(&[
+        "train".to_string(),
+        "--resume".into(),
+        s(&cut).into(),
+        "--steps".into(),
+        "30".into(),
+        "--threads".into(),
+        "2".into(),
+        "--data-parallel".into(),
+        "2".into(),
+    ]);
+    assert!(resumed.contains("resuming"), "{resumed}");
+    let ((a, _), (b, _)) = (curve(&whole), curve(&cut));
+    assert_eq!(a.len(), 30);
+    assert_eq!(a, b, "the resumed run's step losses differ from the uninterrupted run's");
+    for d in [whole, cut] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// An error of replica 0 (the run folder taken) is the one error shown, once, as one process
 /// shows it; the other replica, waiting for replica 0's settings, stops instead of hanging.
 #[test]
@@ -111,7 +141,7 @@ fn data_parallel_refusals_name_the_flag() {
     for (extra, needle) in [
         (&["--threads", "2", "--data-parallel", "3"][..], "--data-parallel 3"),
         (&["--threads", "3", "--data-parallel", "2"][..], "divide evenly"),
-        (&["--threads", "2", "--data-parallel", "0"][..], "--data-parallel 0"),
+        (&["--threads", "2", "--data-parallel", "0"][..], "at least one replica"),
     ] {
         let args = tiny_gpt(&[extra, &["--steps", "2", "--out", s(&d)]].concat());
         one_line_error(&args, &[needle]);
@@ -135,6 +165,17 @@ fn data_parallel_refusals_name_the_flag() {
     ]);
     assert!(err.contains("--data-parallel 2") && err.lines().count() <= 2, "{err}");
     assert!(!d.exists());
+    // `bench train` names the count it cannot honour.
+    for (extra, needle) in [
+        (&["--batches", "0"][..], "--batches 0"),
+        (&["--rounds", "0", "--precision", "f32,bf16"][..], "--rounds 0"),
+        (&["--batch-size", "0"][..], "--batch-size 0"),
+        (&["--batch-size", "1", "--threads", "2", "--data-parallel", "2"][..], "--batch-size 1"),
+    ] {
+        let args: Vec<String> =
+            [&["bench", "train", "--model", "mlp"][..], extra].concat().iter().map(|a| a.to_string()).collect();
+        one_line_error(&args, &[needle]);
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 

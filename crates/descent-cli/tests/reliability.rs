@@ -414,6 +414,18 @@ fn a_sweep_counts_epochs_on_its_own_data_and_records_choices_exactly() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// A run stopped by a NaN loss keeps the steps it took before it (the losses that diverged) in
+/// steps.csv; the error names the step.
+#[test]
+fn a_run_stopped_by_a_nan_loss_keeps_its_steps() {
+    let d = fresh("nan-steps").join("run");
+    let args = ["train", "--model", "mlp", "--steps", "30", "--lr", "1e10", "--optimizer", "sgd", "--threads", "1"];
+    let (ok, o) = run(&[&args[..], &["--out", s(&d)]].concat());
+    assert!(!ok && o.contains("loss is NaN at step 3"), "{o}");
+    let rows = read(&d.join("steps.csv"));
+    assert_eq!(rows.lines().count(), 3, "the header and steps 1 and 2: {rows}");
+}
+
 #[test]
 fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
     let d = fresh("refuse");
@@ -454,6 +466,24 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         ),
         (vec!["train", "--model", "mlp", "--data", s(&empty)], "no training images"),
         (vec!["train", "--model", "lenet", "--dropout", "0.5"], "--dropout"),
+        (
+            vec!["train", "--model", "linear", "--threads", "2", "--data-parallel", "2", "--optimizer", "lbfgs"],
+            "--data-parallel",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--optimizer",
+                "optax.chain",
+                "--lr",
+                "0.1",
+                "--hparams",
+                "{\"links\": [[\"scale_by_adam\", {}], [\"scale\", {\"step_size\": -0.01}]]}",
+            ],
+            "takes no learning rate",
+        ),
         (vec!["train", "--model", "linear", "--optimizer", "torch.rprop", "--schedule", "cosine"], "no learning rate"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1,lr=0.2"], "twice"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--target", "nan"], "--target"),
@@ -461,6 +491,23 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["landscape", "--tol", "inf"], "--tol"),
         (vec!["landscape", "--steps", "18446744073709551615"], "--steps"),
         (vec!["lr-find", "--model", "linear", "--diverge", "nan"], "--diverge"),
+        (vec!["lr-find", "--model", "linear", "--config", s(&nan_toml)], "--config"),
+        (vec!["bench", "optimizers", "--model", "mlp", "--config", s(&nan_toml)], "--config"),
+        (vec!["bench", "optimizers", "--model", "mlp", "--shard-optimizer"], "--shard-optimizer"),
+        (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--shard-optimizer"], "--shard-optimizer"),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "val_loss",
+                "--shard-optimizer",
+            ],
+            "--shard-optimizer",
+        ),
         (vec!["lr-find", "--model", "linear", "--epochs", "5"], "--epochs"),
         (
             vec![
@@ -533,6 +580,22 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         s(&out),
     ]);
     assert!(ok && t.contains("(lr 0.05)"), "{t}");
+    // A composition without a learning rate of its own trains with its links' rates.
+    let chain = "{\"links\": [[\"scale_by_adam\", {}], [\"scale\", {\"step_size\": -0.01}]]}";
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "linear",
+        "--optimizer",
+        "optax.chain",
+        "--hparams",
+        chain,
+        "--steps",
+        "3",
+        "--out",
+        s(&d.join("chain")),
+    ]);
+    assert!(ok, "{t}");
     // A resumed run or sweep refuses a config file or settings of its own.
     let ok_toml = d.join("ok.toml");
     std::fs::write(&ok_toml, "model = \"linear\"\n").unwrap();

@@ -300,6 +300,22 @@ pub fn lr_key(library: &str) -> &'static str {
     }
 }
 
+/// Whether the optimizer takes a learning-rate argument ([`lr_key`]) beside `hparams`: false for
+/// the compositions that have none of their own (`optax.chain`, `optax.apply_every`,
+/// `optax.multisteps`, …), which refuse it as an unknown keyword.
+pub fn takes_learning_rate(library: &str, name: &str, hparams: &Value) -> bool {
+    let key = lr_key(library);
+    let mut h = match hparams {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    h.insert(key.into(), Value::from(1e-3));
+    match build_optimizer(library, name, &Value::Object(h), None, &[vec![1]]) {
+        Err(Error::Unknown { kind: "keyword argument", name, .. }) => !name.starts_with(&format!("{key}`")),
+        _ => true,
+    }
+}
+
 /// The learning rate an optimizer takes when its library's constructor is not given one: torch
 /// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
 /// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).

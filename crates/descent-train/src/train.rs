@@ -658,14 +658,17 @@ pub(crate) struct Parallel<'a> {
     pub comm: &'a dyn Communicator,
     /// The step's gradients in the flat parameter space, then its weighted loss.
     flat: Vec<f32>,
-    /// Ranks other than 0 draw dropout from a generator of their own, seeded from the run's seed
-    /// and the rank; rank 0 draws from the run's generator, which checkpoints hold (a run on one
-    /// rank is the single-process run).
-    own_rng: Option<Rng>,
+    /// Ranks other than 0 draw dropout from a generator of their own, seeded at every step from
+    /// this seed (the run's seed and the rank) and the step, so that a resumed run draws what the
+    /// uninterrupted one drew; rank 0 draws from the run's generator, which checkpoints hold (a
+    /// run on one rank is the single-process run).
+    own_seed: Option<u64>,
 }
 
 /// Mixed with the rank into the seed of a rank's own dropout generator.
 const RANK_SALT: u64 = 0x7261_6e6b_2d64_726f;
+/// Multiplies the step into the seed of a rank's dropout generator for that step.
+const STEP_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl<'a> Parallel<'a> {
     /// For a run of `cfg` on the ranks of `comm`; refuses what a data-parallel or accumulating
@@ -680,9 +683,9 @@ impl<'a> Parallel<'a> {
                  accumulation and data-parallel runs step gradient optimizers"
             )));
         }
-        let own_rng = (comm.rank() > 0)
-            .then(|| Rng::new(Rng::new(cfg.seed ^ RANK_SALT ^ (comm.rank() as u64).rotate_left(17)).next_u64()));
-        Ok(Parallel { comm, flat: vec![], own_rng })
+        let own_seed =
+            (comm.rank() > 0).then(|| Rng::new(cfg.seed ^ RANK_SALT ^ (comm.rank() as u64).rotate_left(17)).next_u64());
+        Ok(Parallel { comm, flat: vec![], own_seed })
     }
 
     /// True when steps go through the flat gradient buffer (accumulation, or several ranks).
@@ -737,8 +740,12 @@ impl<'a> Parallel<'a> {
         self.flat.clear();
         self.flat.resize(n + 1, 0.0);
         let mut local = 0.0f32;
-        let dropout: &mut Rng = match self.own_rng.as_mut() {
-            Some(r) => r,
+        let mut own;
+        let dropout: &mut Rng = match self.own_seed {
+            Some(seed) => {
+                own = Rng::new(Rng::new(seed ^ step.wrapping_mul(STEP_SALT)).next_u64());
+                &mut own
+            }
             None => rng,
         };
         for (x, y, w) in parts {
@@ -1024,7 +1031,7 @@ pub fn train_with(
     let mut par = Parallel::new(comm, cfg, &opt)?;
     if distill.is_some() && par.active(cfg) {
         return Err(Error::Param(
-            "distillation trains on one process without gradient accumulation (--accumulate 1, no mpirun)".into(),
+            "distillation trains in one process without gradient accumulation (--accumulate 1, no --data-parallel or mpirun)".into(),
         ));
     }
     let mut rng = Rng::new(cfg.seed);
