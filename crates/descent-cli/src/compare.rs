@@ -133,6 +133,9 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
             key if TRAIN_KEYS.contains(&key) => {
                 obj.insert(k.clone(), val.clone());
             }
+            "data_parallel" | "shard_optimizer" => bail!(
+                "{what}: `{k}` is for `descent train` and `descent bench train`; the runs here train each in one process"
+            ),
             "data" | "text" | "threads" | "out" | "force" | "tensorboard" => {
                 bail!("{what}: `{k}` is shared by all runs of a comparison; set it once, outside the runs")
             }

@@ -496,6 +496,10 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["bench", "optimizers", "--model", "mlp", "--shard-optimizer"], "--shard-optimizer"),
         (vec!["compare", "--model", "linear", "--run", "sgd:lr=0.1", "--shard-optimizer"], "--shard-optimizer"),
         (
+            vec!["compare", "--model", "linear", "--run", "sgd:data_parallel=2"],
+            "`data_parallel` is for `descent train`",
+        ),
+        (
             vec![
                 "sweep",
                 "--model",
