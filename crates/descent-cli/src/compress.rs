@@ -162,6 +162,26 @@ fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> Compress
     }
 }
 
+/// The output folder of a prune or quantize of `run`: never the run itself, and never a training
+/// run's folder (its config.json without a compress.json), which `--force` would otherwise replace
+/// as a folder of the same kind: it replaces only an earlier prune's or quantize's output.
+fn check_out(run: &Path, out: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(run, out) {
+        bail!("--out {}: the run being compressed; choose another folder", out.display());
+    }
+    if out.join(folder::run::CONFIG_JSON).exists() && !out.join(folder::run::COMPRESS_JSON).exists() {
+        bail!(
+            "--out {}: a training run's folder; --force replaces only the output of an earlier prune or quantize: choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn write_info(dir: &Path, info: &CompressInfo) -> Result<()> {
     folder::write_atomic(&dir.join(folder::run::COMPRESS_JSON), serde_json::to_string_pretty(info)?.as_bytes())
 }
@@ -241,6 +261,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     } else if s.n != "2" || s.dim != 0 {
         bail!("--n / --dim: only --method ln_structured takes them");
     }
+    check_out(&s.run, &s.out)?;
     let src = read_run(&s.run)?;
     let masks = masks(&s, src.model.as_ref())?;
     // Without fine-tuning the folder is claimed here (fine-tuning's run claims it itself).
@@ -282,6 +303,14 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         a.target_accuracy = None;
         a.min_loss_change = None;
         (a.prune_to, a.prune_schedule, a.prune_start, a.prune_end, a.prune_frequency) = (None, None, None, None, None);
+        // The source run's rate was filled in from its defaults: an optimizer without a rate of
+        // its own (`optax.chain`) or an optax schedule (which gives the rate itself) takes none.
+        if let Ok((lib, name)) = descent_core::spec::resolve_optimizer(a.optimizer()) {
+            let optax_schedule = a.schedule.as_deref().is_some_and(|x| x.starts_with("optax."));
+            if optax_schedule || !descent_core::spec::takes_learning_rate(lib, &name, &a.hparams) {
+                a.lr = None;
+            }
+        }
         if let Some(o) = &s.optimizer {
             a.optimizer = Some(o.clone());
             a.lr = None;
@@ -412,6 +441,7 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
         );
         (qm, method)
     };
+    check_out(&q.run, &q.out)?;
     let _claimed = folder::claim_new(&q.out, folder::Kind::Run, q.force, false, None)?;
     write_info(&q.out, &info_of(&src.args, "int8", &q.run, method.clone()))?;
     qm.save(&q.out.join(folder::run::MODEL_INT8))?;

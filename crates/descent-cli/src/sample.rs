@@ -1,12 +1,13 @@
 //! `descent sample`: text from the checkpoint of a language-model run, as nanoGPT's `sample.py`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use descent_train::checkpoint::Checkpoint;
-use descent_train::gpt::{generate_with, Gpt, GptConfig, Sampling};
+use descent_train::gpt::{generate_each, Gpt, GptConfig, Sampling};
 use descent_train::model::Model;
 use descent_train::rng::Rng;
 use descent_train::text::CharVocab;
@@ -110,7 +111,37 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let prompt = vocab.encode(&a.prompt).context("--prompt")?;
     let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, context: a.block_size };
-    let ids = generate_with(&model, &prompt, a.tokens, &sampling, &mut Rng::new(a.seed))?;
-    println!("{}", vocab.decode(&ids)?);
+    // The prompt, then each character as it is drawn (flushed at each line's end and every 64
+    // characters), so that a long sample shows as it comes and an interrupted one keeps its text;
+    // a reader that goes away (`| head`) ends the generation quietly.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !put(&mut out, &a.prompt, true)? {
+        return Ok(());
+    }
+    let (mut count, mut open, mut failed) = (0usize, true, None);
+    generate_each(&model, &prompt, a.tokens, &sampling, &mut Rng::new(a.seed), |id| {
+        count += 1;
+        let text = vocab.decode(&[id]).map_err(|e| descent_train::Error::Param(format!("{e:#}")))?;
+        match put(&mut out, &text, text.ends_with('\n') || count.is_multiple_of(64)) {
+            Ok(more) => open = more,
+            Err(e) => (open, failed) = (false, Some(e)),
+        }
+        Ok(open)
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if open {
+        put(&mut out, "\n", true)?;
+    }
     Ok(())
+}
+
+/// Writes `text` (flushed if asked); `false` when the reader has gone (a closed pipe).
+fn put(out: &mut impl Write, text: &str, flush: bool) -> Result<bool> {
+    match out.write_all(text.as_bytes()).and_then(|_| if flush { out.flush() } else { Ok(()) }) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::from(e).context("writing the sample")),
+    }
 }

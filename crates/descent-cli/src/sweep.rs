@@ -181,12 +181,22 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     if base.model == "gpt" {
         bail!("sweep: the gpt model is not available here (its runs are measured in steps, not epochs); compare gpt runs with `descent compare --model gpt`");
     }
+    let mut flags: Vec<&str> = vec![];
     for p in &a.params {
         let (name, def) = p
             .split_once('=')
             .with_context(|| format!("--param `{p}`: expected NAME=KIND:ARGS ({})", search_space::KINDS))?;
-        space.retain(|(n, _)| n != name.trim());
-        space.push((name.trim().to_string(), def.trim().to_string()));
+        let name = name.trim();
+        if flags.contains(&name) {
+            bail!("--param `{name}` given twice; give each search dimension once");
+        }
+        flags.push(name);
+        // A --param replaces the config file's dimension of the same name.
+        space.retain(|(n, _)| n != name);
+        space.push((name.to_string(), def.trim().to_string()));
+    }
+    if let (Some(lr), true) = (base.lr, space.iter().any(|(n, _)| n == "lr")) {
+        bail!("--lr {lr}: the search dimension `lr` sets the learning rate of every trial; give one of them");
     }
     let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();

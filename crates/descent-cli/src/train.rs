@@ -1670,6 +1670,10 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
         bail!("--lr {lr}: `{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams");
     }
     let key = descent_core::spec::lr_key(lib);
+    let given = a.lr.or_else(|| a.hparams.get(key).and_then(|v| v.as_f64()));
+    if let (Some(lr), Some(sched)) = (given, a.schedule.as_deref().filter(|s| s.starts_with("optax."))) {
+        bail!("--lr {lr}: the optax schedule `{sched}` gives the learning rate itself (its --schedule-args); give one of them");
+    }
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
     let Some(x) = v.as_f64() else {
@@ -2292,6 +2296,14 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
         Folder::New(dir) => {
+            // A pruned or quantized model's folder (compress.json without config.json) is not a
+            // run `--force` may replace.
+            if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+                bail!(
+                    "{}: the output of descent prune or quantize, not a training run: choose another --out",
+                    dir.display()
+                );
+            }
             (Some(folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?), None)
         }
         Folder::Resume(c, ck) => (Some(c), Some(*ck)),

@@ -179,3 +179,36 @@ fn a_run_trained_on_replicas_is_fine_tuned_in_one_process() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `--force` of prune and quantize replaces only an earlier output of theirs: never a training run
+/// and never the run being compressed; and `train --force` never replaces their output.
+#[test]
+fn force_replaces_only_compressed_outputs() {
+    let (run, other, q) = (out("cmp-force-run"), out("cmp-force-other"), out("cmp-force-q"));
+    let (r, o, qs) = (run.to_str().unwrap(), other.to_str().unwrap(), q.to_str().unwrap());
+    for d in [r, o] {
+        run_ok(&["train", "--model", "mlp", "--steps", "3", "--threads", "1", "--out", d]);
+    }
+    for (args, needle) in [
+        (vec!["quantize", r, "--out", o, "--force"], "a training run's folder"),
+        (vec!["quantize", r, "--out", r, "--force"], "the run being compressed"),
+        (
+            vec!["prune", r, "--method", "l1_unstructured", "--amount", "0.3", "--out", r, "--force"],
+            "the run being compressed",
+        ),
+    ] {
+        let err = run_err(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    for d in [&run, &other] {
+        assert!(d.join("checkpoint.safetensors").exists() && d.join("config.json").exists(), "{}", d.display());
+    }
+    run_ok(&["quantize", r, "--out", qs]);
+    run_ok(&["quantize", r, "--out", qs, "--force"]);
+    let err = run_err(&["train", "--model", "mlp", "--steps", "3", "--out", qs, "--force"]);
+    assert!(err.contains("the output of descent prune or quantize"), "{err}");
+    assert!(q.join("compress.json").exists());
+    for d in [run, other, q] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -257,6 +257,12 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     let f = Fields { path: path.into(), v: &v };
     let id = f.str("id")?;
     let library = library_of(&id, &v);
+    // Replays run in float32, the precision every recorded case states (or leaves unsaid).
+    match v.get("dtype") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) if d == "float32" => {}
+        Some(other) => return Err(f.err("dtype", format!("{other}: replays run in \"float32\" only"))),
+    }
     let steps = f.opt_count("steps")?;
     if v.get("expected_lr").is_some() || v.get("schedule").is_some() {
         let expected_lr = f.f64s("expected_lr", f.get("expected_lr")?)?;

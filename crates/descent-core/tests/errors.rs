@@ -114,6 +114,19 @@ fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
     .to_string();
     assert!(e.contains("expected[0][0]"), "{e}");
     assert!(!e.contains('\n'), "error spans lines: {e}");
+    // Replays run in float32: another dtype is refused, not replayed as float32.
+    let case = |dtype: &str| {
+        format!(
+            r#"{{"id": "torch.sgd.x", "optimizer": "sgd", "hparams": {{"lr": 0.1}}, "dtype": {dtype},
+                "params": [{{"shape": [2], "init": [1, 2]}}], "grads": [[[1, 2]]], "expected": [[[0.9, 1.8]]],
+                "tolerance": {{"rel": 0.001, "abs": 0}}}}"#
+        )
+    };
+    assert!(parse_case("ok.json", &case("\"float32\"")).is_ok());
+    for bad in ["\"float64\"", "\"bfloat16\"", "5"] {
+        let e = parse_case("bad.json", &case(bad)).unwrap_err().to_string();
+        assert!(e.contains("field `dtype`") && e.contains("float32"), "{bad}: {e}");
+    }
 }
 
 #[test]

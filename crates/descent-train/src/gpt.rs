@@ -354,6 +354,20 @@ pub fn generate(model: &Gpt, prompt: &[u32], tokens: usize, temperature: f64, rn
 /// model's position table, a top-k of 0 or a temperature that is not a positive number is an
 /// error.
 pub fn generate_with(model: &Gpt, prompt: &[u32], tokens: usize, s: &Sampling, rng: &mut Rng) -> Result<Vec<u32>> {
+    generate_each(model, prompt, tokens, s, rng, |_| Ok(true))
+}
+
+/// [`generate_with`], handing each new token to `on_token` as soon as it is drawn (to print a
+/// long text as it comes); generation stops early when `on_token` returns `false`. The settings
+/// are checked before the first token.
+pub fn generate_each(
+    model: &Gpt,
+    prompt: &[u32],
+    tokens: usize,
+    s: &Sampling,
+    rng: &mut Rng,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::Param("generate: the prompt needs at least one token".into()));
     }
@@ -405,6 +419,9 @@ pub fn generate_with(model: &Gpt, prompt: &[u32], tokens: usize, s: &Sampling, r
             }
         }
         ids.push(pick as u32);
+        if !on_token(pick as u32)? {
+            break;
+        }
     }
     Ok(ids)
 }
