@@ -951,6 +951,7 @@ struct CliHooks<'a> {
 struct TextRun {
     model_config: String,
     vocab: String,
+    text_digest: String,
     batch: usize,
     block: usize,
 }
@@ -1088,6 +1089,7 @@ impl Hooks for &mut CliHooks<'_> {
         if let Some(t) = &self.text {
             ck.model_config = Some(t.model_config.clone());
             ck.vocab = Some(t.vocab.clone());
+            ck.text_digest = Some(t.text_digest.clone());
         }
         ck.save(&self.run_dir.checkpoint())
     }
@@ -2069,6 +2071,12 @@ pub(crate) fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharC
             corpus.source
         );
     }
+    if ck.text_digest.as_ref().is_some_and(|d| *d != corpus.digest()) {
+        bail!(
+            "{}: not the text the run's checkpoint was trained on (the same characters, other content); a run resumes on the text it started with",
+            corpus.source
+        );
+    }
     let want = model.config.to_json().to_string();
     if ck.model_config.as_deref() != Some(want.as_str()) {
         bail!(
@@ -2417,6 +2425,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             Job::Text { model, corpus, text, .. } => Some(TextRun {
                 model_config: model.config.to_json().to_string(),
                 vocab: corpus.vocab.iter().collect(),
+                text_digest: corpus.digest(),
                 batch: batch_size,
                 block: text.block_size,
             }),

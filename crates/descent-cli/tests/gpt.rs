@@ -172,3 +172,28 @@ fn bad_gpt_input_is_a_one_line_error() {
     one_line_error(&["sample", &linear], &["no language model", "--model gpt"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A run resumes (and is evaluated) only on the text it was trained on: an edit that keeps the
+/// characters (the text reversed) is refused, naming the file.
+#[test]
+fn a_run_refuses_an_edited_text() {
+    let dir = common::out("gpt-edited-text");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("t.txt");
+    let original: String = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt"),
+    )
+    .unwrap()
+    .chars()
+    .take(5000)
+    .collect();
+    std::fs::write(&text, &original).unwrap();
+    let (t, run) = (text.to_string_lossy().to_string(), dir.join("run").to_string_lossy().to_string());
+    run_ok_s(&tiny(&["--text", &t, "--steps", "2", "--eval-interval", "2", "--out", &run]));
+    run_ok(&["train", "--resume", &run, "--steps", "3"]);
+    std::fs::write(&text, original.chars().rev().collect::<String>()).unwrap();
+    for args in [vec!["train", "--resume", &run, "--steps", "4"], vec!["evaluate", &run]] {
+        one_line_error(&args, &["t.txt", "not the text the run's checkpoint was trained on"]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -61,6 +61,10 @@ pub struct Checkpoint {
     /// The characters of a character-level model's vocabulary in id order, set by the caller;
     /// `None` from [`Checkpoint::capture`].
     pub vocab: Option<String>,
+    /// A digest of a character-level model's text ([`crate::text::CharCorpus::digest`]), set by
+    /// the caller, so that a resume on an edited text with the same characters can be refused;
+    /// `None` from [`Checkpoint::capture`] and in checkpoints written before it was recorded.
+    pub text_digest: Option<String>,
     /// The run's weight average (EMA or SWA), when it keeps one; set by the training loop.
     pub average: Option<AverageState>,
 }
@@ -303,6 +307,7 @@ impl Checkpoint {
             config_hash: String::new(),
             model_config: None,
             vocab: None,
+            text_digest: None,
             average: None,
         })
     }
@@ -353,6 +358,9 @@ impl Checkpoint {
         }
         if let Some(v) = &self.vocab {
             meta.insert("vocab".into(), v.clone());
+        }
+        if let Some(d) = &self.text_digest {
+            meta.insert("text_digest".into(), d.clone());
         }
         if let Some(a) = &self.average {
             let m = AverageMeta { kind: a.kind.clone(), n_averaged: a.n_averaged, swalr: a.swalr };
@@ -472,6 +480,7 @@ impl Checkpoint {
             config_hash: get("config_hash")?.clone(),
             model_config: meta.get("model_config").cloned(),
             vocab: meta.get("vocab").cloned(),
+            text_digest: meta.get("text_digest").cloned(),
             average: match meta.get("average") {
                 None => None,
                 Some(text) => {

@@ -105,6 +105,22 @@ pub struct CharCorpus {
 }
 
 impl CharCorpus {
+    /// A digest of the text (the CRC-32 of its character ids, train then validation split, with
+    /// its vocabulary): two texts with the same characters but different content differ.
+    pub fn digest(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        let vocab: String = self.vocab.iter().collect();
+        h.update(&(vocab.len() as u64).to_le_bytes());
+        h.update(vocab.as_bytes());
+        for split in [&self.train, &self.val] {
+            h.update(&(split.len() as u64).to_le_bytes());
+            for id in split.iter() {
+                h.update(&id.to_le_bytes());
+            }
+        }
+        format!("crc32:{:08x}", h.finalize())
+    }
+
     /// Reads a UTF-8 text file. A file that cannot be read, is not UTF-8 or is empty is an error
     /// naming it.
     pub fn load(path: impl AsRef<Path>) -> Result<CharCorpus> {
