@@ -1667,6 +1667,35 @@ pub fn resolve_defaults(a: &mut TrainArgs) -> Result<()> {
 /// for optax) are one setting: the one in `--hparams` moves to `lr`, and the two given with
 /// different values is an error.
 pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
+    merge_lr(a)?;
+    // SAM's base may carry its own rate: the run's rate is the same setting.
+    if let (Some(lr), Some(base)) = (a.lr, sam_base_lr(a)) {
+        if lr != base {
+            bail!("--lr {lr} and the learning rate {base} in --hparams `base` are the same setting; give one");
+        }
+    }
+    Ok(())
+}
+
+/// The learning rate given to the base optimizer of `descent.sam` in its `base` pair or
+/// `base_hparams`, if any.
+fn sam_base_lr(a: &TrainArgs) -> Option<f64> {
+    let (lib, name) = descent_core::spec::resolve_optimizer(a.optimizer()).ok()?;
+    if (lib, name.as_str()) != ("descent", "sam") {
+        return None;
+    }
+    let base = a.hparams.get("base")?;
+    let (base_name, kwargs) = match base {
+        serde_json::Value::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?),
+        serde_json::Value::String(n) => (n.as_str(), a.hparams.get("base_hparams")?),
+        _ => return None,
+    };
+    let (base_lib, _) = descent_core::spec::resolve_optimizer(base_name).ok()?;
+    kwargs.get(descent_core::spec::lr_key(base_lib))?.as_f64()
+}
+
+/// [`unify_lr`] for the optimizer's own learning-rate argument.
+fn merge_lr(a: &mut TrainArgs) -> Result<()> {
     let Ok((lib, name)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
     if let Some(lr) = a.lr.filter(|_| !descent_core::spec::takes_learning_rate(lib, &name, &a.hparams)) {
         bail!("--lr {lr}: `{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams");

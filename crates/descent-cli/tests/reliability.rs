@@ -507,6 +507,20 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         ),
         (
             vec![
+                "train",
+                "--model",
+                "linear",
+                "--optimizer",
+                "sam",
+                "--lr",
+                "0.2",
+                "--hparams",
+                "{\"base\": [\"adamw\", {\"lr\": 0.5}]}",
+            ],
+            "the same setting",
+        ),
+        (
+            vec![
                 "sweep",
                 "--model",
                 "linear",
