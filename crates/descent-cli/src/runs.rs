@@ -158,6 +158,13 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     )
     .with_context(|| format!("{}: malformed", cfg_path.display()))?;
     let mut warnings = vec![];
+    // Every run writes these two (grad_norms.jsonl only with --log-grad-norms): one missing
+    // leaves its charts empty, which the reader is told.
+    for name in [run::STEPS_JSONL, run::METRICS_JSONL] {
+        if !dir.join(name).exists() {
+            warnings.push(format!("{}: no {name}; nothing of it to draw", dir.display()));
+        }
+    }
     let steps = read_records(&dir.join(run::STEPS_JSONL), &mut warnings)?;
     let epochs = read_records(&dir.join(run::METRICS_JSONL), &mut warnings)?;
     let grad_norms = read_records(&dir.join(run::GRAD_NORMS_JSONL), &mut warnings)?;

@@ -200,6 +200,12 @@ fn resume_cuts_torn_lines_and_continues_bit_for_bit() {
     assert_whole_lines(&b);
     let (ok, t) = run(&["plot", s(&b), "--out", s(&d.join("plot"))]);
     assert!(ok && !t.contains("warning"), "{t}");
+    // A metric file gone: its charts would be empty, and the plot says why.
+    let gone = d.join("gone");
+    assert!(linear(&gone, &["--epochs", "1"]).0);
+    std::fs::remove_file(gone.join("metrics.jsonl")).unwrap();
+    let (ok, t) = run(&["plot", s(&gone), "--out", s(&d.join("plot-gone"))]);
+    assert!(ok && t.contains("warning") && t.contains("no metrics.jsonl"), "{t}");
     let losses = |dir: &Path| read(&dir.join("steps.csv"));
     assert_eq!(losses(&a), losses(&b));
 
