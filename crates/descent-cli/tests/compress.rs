@@ -212,3 +212,27 @@ fn force_replaces_only_compressed_outputs() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Pruned and quantized model files carry a checksum, as checkpoints do: a flipped byte is refused
+/// by the commands that read them instead of evaluated.
+#[test]
+fn compressed_model_files_are_verified_before_use() {
+    let (run, q, p) = (out("cmp-verify-run"), out("cmp-verify-q"), out("cmp-verify-p"));
+    let (r, qs, ps) = (run.to_str().unwrap(), q.to_str().unwrap(), p.to_str().unwrap());
+    run_ok(&["train", "--model", "mlp", "--steps", "5", "--threads", "1", "--out", r]);
+    run_ok(&["quantize", r, "--out", qs]);
+    run_ok(&["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--out", ps]);
+    for (dir, file) in [(&q, "model.int8.safetensors"), (&p, "model.safetensors")] {
+        run_ok(&["evaluate", dir.to_str().unwrap()]);
+        let f = dir.join(file);
+        let mut bytes = std::fs::read(&f).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 1;
+        std::fs::write(&f, bytes).unwrap();
+        let err = run_err(&["evaluate", dir.to_str().unwrap()]);
+        assert!(err.contains(file) && err.contains("checksum mismatch"), "{err}");
+    }
+    for d in [run, q, p] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

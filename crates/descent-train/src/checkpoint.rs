@@ -208,6 +208,57 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A tensor to store: name, dtype, shape, little-endian bytes.
+pub(crate) type Part = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes a safetensors file of `parts` with `meta` and a `checksum` field (the CRC-32 of
+/// [`checksum`], as a checkpoint has) atomically: a temporary file, synced, renamed over `path`.
+/// The model files of `descent prune` and `descent quantize` are written so.
+pub(crate) fn save_verified(path: &Path, parts: &[Part], mut meta: HashMap<String, String>) -> Result<()> {
+    let refs: Vec<(&str, Dtype, &[usize], &[u8])> =
+        parts.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+    meta.insert("checksum".into(), format!("{:08x}", checksum(&meta, &refs)));
+    let views = parts
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| err(path, e.to_string()))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| err(path, format!("writing: {e}")))
+}
+
+/// Verifies the `checksum` field of a file [`save_verified`] wrote, before anything of it is used.
+pub(crate) fn verify(path: &Path, data: &[u8]) -> Result<()> {
+    let st =
+        safetensors::SafeTensors::deserialize(data).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(data).map_err(|e| err(path, e.to_string()))?;
+    let meta = md.metadata().clone().unwrap_or_default();
+    let stored = meta.get("checksum").ok_or_else(|| {
+        err(path, "no checksum (written by an older descent), so it cannot be verified; make it again from its run")
+    })?;
+    let stored = u32::from_str_radix(stored, 16)
+        .ok()
+        .filter(|_| stored.len() == 8)
+        .ok_or_else(|| err(path, format!("checksum `{stored}` is not 8 hexadecimal digits")))?;
+    let mut tensors = Vec::with_capacity(st.len());
+    for n in st.names() {
+        tensors.push((n, st.tensor(n).map_err(|e| err(path, e.to_string()))?));
+    }
+    let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
+        tensors.iter().map(|(n, t)| (*n, t.dtype(), t.shape(), t.data())).collect();
+    if checksum(&meta, &parts) != stored {
+        return Err(err(path, "checksum mismatch: the file was modified or corrupted after it was written"));
+    }
+    Ok(())
+}
+
 /// The CRC-32 of a checkpoint's content in a canonical encoding: the number of metadata fields,
 /// then each field but `checksum` sorted by key (key and value, each as a little-endian `u64`
 /// length and the bytes), then the number of tensors and each tensor sorted by name (its name and

@@ -67,25 +67,20 @@ type Stored = (String, Vec<usize>, Vec<f32>);
 
 /// Writes a model's f32 weights and buffers (`descent-model-1`).
 pub fn save_model(path: &Path, model_name: &str, model: &dyn Model) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    use safetensors::tensor::Dtype;
+    let mut parts: Vec<crate::checkpoint::Part> = vec![];
     for (prefix, vars) in [("", model.named_vars()), ("buffers/", model.named_buffers())] {
         for (n, v) in vars {
             let vals = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            bufs.push((format!("{prefix}{n}"), v.dims().to_vec(), vals.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            let bytes = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+            parts.push((format!("{prefix}{n}"), Dtype::F32, v.dims().to_vec(), bytes));
         }
     }
-    let e = |m: String| Error::Data { path: path.display().to_string(), message: m };
-    let views = bufs
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|x| e(x.to_string()))?)))
-        .collect::<Result<Vec<_>>>()?;
     let meta: HashMap<String, String> =
         [("format".to_string(), "descent-model-1".to_string()), ("model".into(), model_name.to_string())]
             .into_iter()
             .collect();
-    let data = safetensors::serialize(views, Some(meta)).map_err(|x| e(x.to_string()))?;
-    std::fs::write(path, data).map_err(|x| e(x.to_string()))
+    crate::checkpoint::save_verified(path, &parts, meta)
 }
 
 /// Reads the weights and buffers of a `descent-model-1` file.
@@ -97,6 +92,7 @@ pub fn read_model(path: &Path) -> Result<(Vec<Stored>, Vec<Stored>)> {
     if md.metadata().as_ref().and_then(|m| m.get("format")).map(|s| s.as_str()) != Some("descent-model-1") {
         return Err(e("not a descent model file (format descent-model-1)".into()));
     }
+    crate::checkpoint::verify(path, &data)?;
     let (mut w, mut b) = (vec![], vec![]);
     for n in st.names() {
         let t = st.tensor(n).map_err(|x| e(x.to_string()))?;

@@ -1173,8 +1173,8 @@ impl QuantModel {
     /// `NAME.bias` (f32 `[out]`), `NAME.input_scale` (f32 `[1]`) and `NAME.input_zero_point` (i32
     /// `[1]`); metadata `format` = `descent-int8-1`, `model`, `layers` (JSON of [`LayerSpec`]).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        use safetensors::tensor::{Dtype, TensorView};
-        let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
+        use safetensors::tensor::Dtype;
+        let mut bufs: Vec<crate::checkpoint::Part> = vec![];
         for l in &self.layers {
             let kp = padded(l.weight.k);
             let w: Vec<u8> = (0..l.weight.n)
@@ -1194,10 +1194,6 @@ impl QuantModel {
             ));
         }
         let e = |m: String| Error::Data { path: path.display().to_string(), message: m };
-        let views = bufs
-            .iter()
-            .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|x| e(x.to_string()))?)))
-            .collect::<Result<Vec<_>>>()?;
         let specs: Vec<&LayerSpec> = self.layers.iter().map(|l| &l.spec).collect();
         let meta: std::collections::HashMap<String, String> = [
             ("format".to_string(), "descent-int8-1".to_string()),
@@ -1206,8 +1202,7 @@ impl QuantModel {
         ]
         .into_iter()
         .collect();
-        let data = safetensors::serialize(views, Some(meta)).map_err(|x| e(x.to_string()))?;
-        std::fs::write(path, data).map_err(|x| e(x.to_string()))
+        crate::checkpoint::save_verified(path, &bufs, meta)
     }
 
     /// Reads what [`QuantModel::save`] wrote.
@@ -1221,6 +1216,7 @@ impl QuantModel {
         if meta.get("format").map(|s| s.as_str()) != Some("descent-int8-1") {
             return Err(e("not a descent int8 model (format descent-int8-1)".into()));
         }
+        crate::checkpoint::verify(path, &data)?;
         let model = meta.get("model").cloned().unwrap_or_default();
         let specs: Vec<LayerSpec> = serde_json::from_str(meta.get("layers").map(|s| s.as_str()).unwrap_or(""))
             .map_err(|x| e(format!("layers: {x}")))?;
