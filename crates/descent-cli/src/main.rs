@@ -606,6 +606,10 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
 
 fn check(paths: &[PathBuf]) -> Result<bool> {
     let files = collect_case_files(paths)?;
+    if files.is_empty() {
+        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        anyhow::bail!("{}: no case files (*.json) to check", shown.join(", "));
+    }
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
         let outcome = load_case(f).and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
