@@ -25,6 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let (fc1, fc2) = (linear(1, 32, vb.pp("fc1"))?, linear(32, 1, vb.pp("fc2"))?);
     let model = |x: &Tensor| fc2.forward(&fc1.forward(x)?.tanh()?);
+    // Seeded initial weights (candle's CPU generator takes no seed): uniform in ±1/√fan_in, as
+    // torch's Linear draws them.
+    let mut rng = descent_train::rng::Rng::new(0);
+    for (name, fan_in) in [("fc1.weight", 1.0), ("fc1.bias", 1.0), ("fc2.weight", 32.0), ("fc2.bias", 32.0)] {
+        let var = varmap.data().lock().unwrap()[name].clone();
+        let bound = 1.0 / f32::sqrt(fan_in);
+        let values: Vec<f32> = (0..var.elem_count()).map(|_| rng.range(-bound, bound)).collect();
+        var.set(&Tensor::from_vec(values, var.shape(), &dev)?)?;
+    }
 
     // torch.optim.AdamW(lr=1e-2), its rate multiplied by a warm-up + cosine schedule.
     let steps = 500;
