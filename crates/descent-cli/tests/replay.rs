@@ -74,3 +74,15 @@ fn missing_paths_are_an_error_naming_them() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
 }
+
+/// A folder without case files is an error naming it, not "0 passed, 0 failed".
+#[test]
+fn a_folder_without_cases_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("descent-replay-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("no case files") && err.contains(&*dir.to_string_lossy()), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
