@@ -213,8 +213,9 @@ pub(crate) type Part = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// Writes a safetensors file of `parts` with `meta` and a `checksum` field (the CRC-32 of
 /// [`checksum`], as a checkpoint has) atomically: a temporary file, synced, renamed over `path`.
-/// The model files of `descent prune` and `descent quantize` are written so.
-pub(crate) fn save_verified(path: &Path, parts: &[Part], mut meta: HashMap<String, String>) -> Result<()> {
+/// Checkpoints and the model files of `descent prune` and `descent quantize` (`what`, in errors)
+/// are written so.
+pub(crate) fn save_verified(path: &Path, what: &str, parts: &[Part], mut meta: HashMap<String, String>) -> Result<()> {
     let refs: Vec<(&str, Dtype, &[usize], &[u8])> =
         parts.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
     meta.insert("checksum".into(), format!("{:08x}", checksum(&meta, &refs)));
@@ -231,18 +232,26 @@ pub(crate) fn save_verified(path: &Path, parts: &[Part], mut meta: HashMap<Strin
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| err(path, format!("writing: {e}")))
+    write().map_err(|e| err(path, format!("writing {what}: {e}")))
 }
 
-/// Verifies the `checksum` field of a file [`save_verified`] wrote, before anything of it is used.
-pub(crate) fn verify(path: &Path, data: &[u8]) -> Result<()> {
-    let st =
-        safetensors::SafeTensors::deserialize(data).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(data).map_err(|e| err(path, e.to_string()))?;
-    let meta = md.metadata().clone().unwrap_or_default();
+/// Verifies the `checksum` field of a file [`save_verified`] wrote (its tensors `st` and metadata
+/// `meta`, as the caller read them), before anything of it is used.
+pub(crate) fn verify(path: &Path, st: &safetensors::SafeTensors, meta: &HashMap<String, String>) -> Result<()> {
     let stored = meta.get("checksum").ok_or_else(|| {
         err(path, "no checksum (written by an older descent), so it cannot be verified; make it again from its run")
     })?;
+    check_sum(path, st, meta, stored).map(drop)
+}
+
+/// Compares the `stored` checksum (8 hexadecimal digits) with the file's content; returns the
+/// file's tensors by name.
+fn check_sum<'a>(
+    path: &Path,
+    st: &'a safetensors::SafeTensors<'a>,
+    meta: &HashMap<String, String>,
+    stored: &str,
+) -> Result<Vec<(&'a str, TensorView<'a>)>> {
     let stored = u32::from_str_radix(stored, 16)
         .ok()
         .filter(|_| stored.len() == 8)
@@ -253,10 +262,10 @@ pub(crate) fn verify(path: &Path, data: &[u8]) -> Result<()> {
     }
     let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
         tensors.iter().map(|(n, t)| (*n, t.dtype(), t.shape(), t.data())).collect();
-    if checksum(&meta, &parts) != stored {
+    if checksum(meta, &parts) != stored {
         return Err(err(path, "checksum mismatch: the file was modified or corrupted after it was written"));
     }
-    Ok(())
+    Ok(tensors)
 }
 
 /// The CRC-32 of a checkpoint's content in a canonical encoding: the number of metadata fields,
@@ -371,22 +380,16 @@ impl Checkpoint {
 
     /// Writes the checkpoint to `path` atomically, with its checksum.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            self.weights.iter().map(|(n, s, v)| (format!("model/{n}"), s.clone(), le_bytes(v))).collect();
-        bytes.extend(self.buffers.iter().map(|(n, s, v)| (format!("buffers/{n}"), s.clone(), le_bytes(v))));
+        let part = |name: String, shape: &[usize], v: &[f32]| (name, Dtype::F32, shape.to_vec(), le_bytes(v));
+        let mut parts: Vec<Part> = self.weights.iter().map(|(n, s, v)| part(format!("model/{n}"), s, v)).collect();
+        parts.extend(self.buffers.iter().map(|(n, s, v)| part(format!("buffers/{n}"), s, v)));
         for (k, v) in &self.optimizer.buffers {
-            bytes.push((format!("optimizer/{k}"), vec![v.len()], le_bytes(v)));
+            parts.push(part(format!("optimizer/{k}"), &[v.len()], v));
         }
         if let Some(a) = &self.average {
-            bytes.extend(a.weights.iter().map(|(n, s, v)| (format!("average/model/{n}"), s.clone(), le_bytes(v))));
-            bytes.extend(a.buffers.iter().map(|(n, s, v)| (format!("average/buffers/{n}"), s.clone(), le_bytes(v))));
+            parts.extend(a.weights.iter().map(|(n, s, v)| part(format!("average/model/{n}"), s, v)));
+            parts.extend(a.buffers.iter().map(|(n, s, v)| part(format!("average/buffers/{n}"), s, v)));
         }
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| err(path, e.to_string()))?))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let scalars = serde_json::to_string(&self.optimizer.scalars).map_err(|e| err(path, e.to_string()))?;
         let counters = serde_json::to_string(&self.optimizer.counters).map_err(|e| err(path, e.to_string()))?;
         let mut meta: HashMap<String, String> = [
@@ -425,20 +428,7 @@ impl Checkpoint {
             meta.insert("epoch_samples".into(), p.samples.to_string());
             meta.insert("epoch_seconds".into(), p.seconds.to_string());
         }
-        let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
-            bytes.iter().map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice())).collect();
-        let sum = checksum(&meta, &parts);
-        meta.insert("checksum".into(), format!("{sum:08x}"));
-        let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
-        let tmp = path.with_extension("safetensors.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| err(path, format!("writing checkpoint: {e}")))
+        save_verified(path, "checkpoint", &parts, meta)
     }
 
     /// Reads a checkpoint and verifies it whole: its format, its checksum, every field, and that
@@ -472,20 +462,7 @@ impl Checkpoint {
             return Err(err(path, format!("format `{format}` is not `{FORMAT}`")));
         }
 
-        let stored = get("checksum")?;
-        let stored = u32::from_str_radix(stored, 16)
-            .ok()
-            .filter(|_| stored.len() == 8)
-            .ok_or_else(|| err(path, format!("checksum `{stored}` is not 8 hexadecimal digits")))?;
-        let mut tensors = Vec::with_capacity(st.len());
-        for n in st.names() {
-            tensors.push((n, st.tensor(n).map_err(|e| err(path, e.to_string()))?));
-        }
-        let parts: Vec<(&str, Dtype, &[usize], &[u8])> =
-            tensors.iter().map(|(n, t)| (*n, t.dtype(), t.shape(), t.data())).collect();
-        if checksum(&meta, &parts) != stored {
-            return Err(err(path, "checksum mismatch: the file was modified or corrupted after it was written"));
-        }
+        let mut tensors = check_sum(path, &st, &meta, get("checksum")?)?;
 
         let num =
             |k: &str| get(k)?.parse::<u64>().map_err(|_| err(path, format!("metadata field `{k}` is not a number")));

@@ -80,7 +80,7 @@ pub fn save_model(path: &Path, model_name: &str, model: &dyn Model) -> Result<()
         [("format".to_string(), "descent-model-1".to_string()), ("model".into(), model_name.to_string())]
             .into_iter()
             .collect();
-    crate::checkpoint::save_verified(path, &parts, meta)
+    crate::checkpoint::save_verified(path, "model", &parts, meta)
 }
 
 /// Reads the weights and buffers of a `descent-model-1` file.
@@ -89,10 +89,11 @@ pub fn read_model(path: &Path) -> Result<(Vec<Stored>, Vec<Stored>)> {
     let data = std::fs::read(path).map_err(|x| e(x.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&data).map_err(|x| e(format!("not a safetensors file: {x}")))?;
     let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|x| e(x.to_string()))?;
-    if md.metadata().as_ref().and_then(|m| m.get("format")).map(|s| s.as_str()) != Some("descent-model-1") {
+    let meta = md.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(|s| s.as_str()) != Some("descent-model-1") {
         return Err(e("not a descent model file (format descent-model-1)".into()));
     }
-    crate::checkpoint::verify(path, &data)?;
+    crate::checkpoint::verify(path, &st, &meta)?;
     let (mut w, mut b) = (vec![], vec![]);
     for n in st.names() {
         let t = st.tensor(n).map_err(|x| e(x.to_string()))?;

@@ -1202,7 +1202,7 @@ impl QuantModel {
         ]
         .into_iter()
         .collect();
-        crate::checkpoint::save_verified(path, &bufs, meta)
+        crate::checkpoint::save_verified(path, "model", &bufs, meta)
     }
 
     /// Reads what [`QuantModel::save`] wrote.
@@ -1216,7 +1216,7 @@ impl QuantModel {
         if meta.get("format").map(|s| s.as_str()) != Some("descent-int8-1") {
             return Err(e("not a descent int8 model (format descent-int8-1)".into()));
         }
-        crate::checkpoint::verify(path, &data)?;
+        crate::checkpoint::verify(path, &st, &meta)?;
         let model = meta.get("model").cloned().unwrap_or_default();
         let specs: Vec<LayerSpec> = serde_json::from_str(meta.get("layers").map(|s| s.as_str()).unwrap_or(""))
             .map_err(|x| e(format!("layers: {x}")))?;
