@@ -303,13 +303,9 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         a.target_accuracy = None;
         a.min_loss_change = None;
         (a.prune_to, a.prune_schedule, a.prune_start, a.prune_end, a.prune_frequency) = (None, None, None, None, None);
-        // The source run's rate was filled in from its defaults: an optimizer without a rate of
-        // its own (`optax.chain`) or an optax schedule (which gives the rate itself) takes none.
-        if let Ok((lib, name)) = descent_core::spec::resolve_optimizer(a.optimizer()) {
-            let optax_schedule = a.schedule.as_deref().is_some_and(|x| x.starts_with("optax."));
-            if optax_schedule || !descent_core::spec::takes_learning_rate(lib, &name, &a.hparams) {
-                a.lr = None;
-            }
+        // The source run's rate was filled in from its defaults, where it is set elsewhere.
+        if train::rate_set_elsewhere(&a).is_some() {
+            a.lr = None;
         }
         if let Some(o) = &s.optimizer {
             a.optimizer = Some(o.clone());

@@ -1694,16 +1694,27 @@ fn sam_base_lr(a: &TrainArgs) -> Option<f64> {
     kwargs.get(descent_core::spec::lr_key(base_lib))?.as_f64()
 }
 
+/// Why the run's learning rate is not a setting of its own, when it is not: an optax schedule
+/// gives the rate itself, and an optimizer without a learning-rate argument (`optax.chain`) has
+/// it in a link. An explicit `--lr` is then refused, and a rate filled in from defaults dropped.
+pub fn rate_set_elsewhere(a: &TrainArgs) -> Option<String> {
+    if let Some(sched) = a.schedule.as_deref().filter(|s| s.starts_with("optax.")) {
+        return Some(format!(
+            "the optax schedule `{sched}` gives the learning rate itself (its --schedule-args); give one of them"
+        ));
+    }
+    let (lib, name) = descent_core::spec::resolve_optimizer(a.optimizer()).ok()?;
+    (!descent_core::spec::takes_learning_rate(lib, &name, &a.hparams))
+        .then(|| format!("`{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams"))
+}
+
 /// [`unify_lr`] for the optimizer's own learning-rate argument.
 fn merge_lr(a: &mut TrainArgs) -> Result<()> {
-    let Ok((lib, name)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
-    if let Some(lr) = a.lr.filter(|_| !descent_core::spec::takes_learning_rate(lib, &name, &a.hparams)) {
-        bail!("--lr {lr}: `{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams");
-    }
+    let Ok((lib, _)) = descent_core::spec::resolve_optimizer(a.optimizer()) else { return Ok(()) };
     let key = descent_core::spec::lr_key(lib);
     let given = a.lr.or_else(|| a.hparams.get(key).and_then(|v| v.as_f64()));
-    if let (Some(lr), Some(sched)) = (given, a.schedule.as_deref().filter(|s| s.starts_with("optax."))) {
-        bail!("--lr {lr}: the optax schedule `{sched}` gives the learning rate itself (its --schedule-args); give one of them");
+    if let Some((lr, why)) = given.and_then(|lr| rate_set_elsewhere(a).map(|why| (lr, why))) {
+        bail!("--lr {lr}: {why}");
     }
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
