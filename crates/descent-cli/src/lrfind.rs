@@ -128,9 +128,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
             bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");
         }
     }
-    if b.shard_optimizer {
-        bail!("lr-find runs in one process: --shard-optimizer is for `descent train` on several replicas or ranks");
-    }
+    train::one_process(b)?;
     if let Some(path) = &b.config {
         bail!("--config {}: lr-find takes its settings as flags only; give them on the command line", path.display());
     }

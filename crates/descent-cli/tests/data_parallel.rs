@@ -16,6 +16,11 @@ fn tiny_gpt(extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// `descent train --resume DIR --steps STEPS` on two replicas of one thread each.
+fn resume_on_two_replicas(dir: &std::path::Path, steps: u64) -> String {
+    run_ok(&["train", "--resume", s(dir), "--steps", &steps.to_string(), "--threads", "2", "--data-parallel", "2"])
+}
+
 fn run(args: &[String]) -> String {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     run_ok(&refs)
@@ -66,17 +71,7 @@ fn lenet_on_two_replicas_trains_and_resumes_as_one_process() {
     run(&with(&["--steps", "30", "--threads", "2", "--data-parallel", "2", "--out", s(&d2)]));
     let secs = t0.elapsed().as_secs_f64();
     run(&with(&["--steps", "15", "--threads", "1", "--out", s(&cut)]));
-    let resumed = run(&[
-        "train".to_string(),
-        "--resume".into(),
-        s(&cut).into(),
-        "--steps".into(),
-        "30".into(),
-        "--threads".into(),
-        "2".into(),
-        "--data-parallel".into(),
-        "2".into(),
-    ]);
+    let resumed = resume_on_two_replicas(&cut, 30);
     assert!(resumed.contains("resuming") && resumed.contains("2 replicas"), "{resumed}");
     let ((l1, t1), (l2, t2), (lc, tc)) = (curve(&d1), curve(&d2), curve(&cut));
     let (d12, d1c) = (max_diff(&l1, &l2), max_diff(&l1, &lc));
@@ -101,17 +96,7 @@ fn dropout_on_replicas_resumes_bit_for_bit() {
     let with = |extra: &[&str]| -> Vec<String> { [&base[..], extra].concat().iter().map(|a| a.to_string()).collect() };
     run(&with(&["--steps", "30", "--out", s(&whole)]));
     run(&with(&["--steps", "15", "--out", s(&cut)]));
-    let resumed = run(&[
-        "train".to_string(),
-        "--resume".into(),
-        s(&cut).into(),
-        "--steps".into(),
-        "30".into(),
-        "--threads".into(),
-        "2".into(),
-        "--data-parallel".into(),
-        "2".into(),
-    ]);
+    let resumed = resume_on_two_replicas(&cut, 30);
     assert!(resumed.contains("resuming"), "{resumed}");
     let ((a, _), (b, _)) = (curve(&whole), curve(&cut));
     assert_eq!(a.len(), 30);
