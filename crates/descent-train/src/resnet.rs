@@ -17,11 +17,12 @@
 //! `Sequential`, as torchvision's ResNets), then `fc`. Parameters and buffers come in PyTorch's
 //! registration order.
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor, Var};
 
 use crate::conv::Epilogue;
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{avx2_kernel, f32_slice, par_filled, storage_f32s};
 use crate::error::{Error, Result};
 use crate::layers::{conv2d_with, Conv2dGeometry};
 use crate::model::{Init, Linear, Mode, Model};
@@ -116,38 +117,79 @@ fn conv(x: &Tensor, w: &Var, b: Option<&Var>, stride: usize, epilogue: Epilogue)
     conv2d_with(x, w.as_tensor(), b.map(|b| b.as_tensor()), geometry, epilogue)
 }
 
-/// ReLU as one op whose backward passes the gradient where the output is positive, as PyTorch's
-/// (candle's passes it where the input is `≥ 0`, zero included) and without candle's mask tensors.
-struct ReluOp;
+/// `relu(a + b)`, a residual block's output, as one op: the sum and the ReLU in one pass, and a
+/// backward that passes the gradient where the output is positive, as PyTorch's (candle's ReLU
+/// passes it where the input is `≥ 0`, zero included), the same tensor to both operands.
+struct AddReluOp;
 
-impl CustomOp1 for ReluOp {
-    fn name(&self) -> &'static str {
-        "descent-relu"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "relu input")?;
-        let mut y = vec![0.0f32; x.len()];
-        y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| {
-            // NaN stays NaN, as torch.relu.
-            y.iter_mut().zip(x).for_each(|(y, &v)| *y = if v < 0.0 { 0.0 } else { v });
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        let (sr, lr) = res.storage_and_layout();
-        let (sg, lg) = grad.storage_and_layout();
-        let (r, g) = (storage_f32s(&sr, lr, "relu output")?, storage_f32s(&sg, lg, "relu gradient")?);
-        let mut gx = vec![0.0f32; r.len()];
-        gx.par_chunks_mut(1 << 14).zip(r.par_chunks(1 << 14).zip(g.par_chunks(1 << 14))).for_each(|(gx, (r, g))| {
-            gx.iter_mut().zip(r.iter().zip(g)).for_each(|(d, (&r, &g))| *d = if r > 0.0 { g } else { 0.0 });
-        });
-        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+avx2_kernel! {
+    /// `y = max(a + b, 0)` (NaN stays NaN, as torch.relu).
+    fn add_relu_chunk(y: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            let v = a + b;
+            y.write(if v < 0.0 { 0.0 } else { v });
+        }
     }
 }
 
-fn relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(ReluOp)?)
+avx2_kernel! {
+    /// `gx = g` where the output `y` is positive, `0` elsewhere.
+    fn relu_grad_chunk(gx: &mut [MaybeUninit<f32>], y: &[f32], g: &[f32]) {
+        for ((d, &y), &g) in gx.iter_mut().zip(y).zip(g) {
+            d.write(if y > 0.0 { g } else { 0.0 });
+        }
+    }
+}
+
+/// Elements per task of the elementwise ops.
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "descent-add-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add_relu: operands {:?} and {:?} differ in shape", l1.dims(), l2.dims());
+        }
+        let (a, b) = (f32_slice(s1, l1, "add_relu input")?, f32_slice(s2, l2, "add_relu input")?);
+        // SAFETY: `add_relu_chunk` writes its whole chunk (the operands are as long as the output).
+        let y = unsafe {
+            par_filled(a.len(), CHUNK, |k, y| add_relu_chunk(y, &a[k * CHUNK..][..y.len()], &b[k * CHUNK..][..y.len()]))
+        };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (sr, lr) = res.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (r, g) = (storage_f32s(&sr, lr, "add_relu output")?, storage_f32s(&sg, lg, "add_relu gradient")?);
+        // SAFETY: `relu_grad_chunk` writes its whole chunk (output and gradient as long as it).
+        let gx = unsafe {
+            par_filled(r.len(), CHUNK, |k, gx| {
+                relu_grad_chunk(gx, &r[k * CHUNK..][..gx.len()], &g[k * CHUNK..][..gx.len()])
+            })
+        };
+        let gx = Tensor::from_vec(gx, a.dims(), a.device())?;
+        Ok((Some(gx.clone()), Some(gx)))
+    }
+}
+
+/// `relu(a + b)` by [`AddReluOp`].
+fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)?)
 }
 
 fn push_bn(v: &mut Vec<(String, Var)>, prefix: &str, bn: &BatchNorm2d) {
@@ -188,7 +230,7 @@ impl BasicBlock {
             Some((w, bn)) => bn.forward(&conv(x, w, None, self.stride, Epilogue::Identity)?, mode)?,
             None => x.clone(),
         };
-        relu(&(h + shortcut)?)
+        add_relu(&h, &shortcut)
     }
 }
 
@@ -362,28 +404,32 @@ impl Model for PlainCnn {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::relu;
+    use super::add_relu;
     use crate::rng::Rng;
 
-    /// The ReLU op against candle's away from zero, and its gradient zero at zero (PyTorch's).
+    /// The add-ReLU op against candle's sum and ReLU away from zero (the same bits), and its
+    /// gradient, to both operands, zero where the sum is zero (PyTorch's).
     #[test]
-    fn relu_matches_candle_and_torch_at_zero() {
+    fn add_relu_matches_candle_and_torch_at_zero() {
         let mut rng = Rng::new(3);
-        let mut v: Vec<f32> = (0..40_000).map(|_| rng.normal()).collect();
-        v[7] = 0.0;
-        let x = Var::from_vec(v, (4, 10_000), &Device::Cpu).unwrap();
-        let probe =
-            Tensor::from_vec((0..40_000).map(|_| rng.normal()).collect::<Vec<f32>>(), (4, 10_000), &Device::Cpu)
-                .unwrap();
-        let ours = relu(x.as_tensor()).unwrap();
-        let theirs = x.as_tensor().relu().unwrap();
+        let n = 40_000;
+        let v = |rng: &mut Rng| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+        let (mut a, b, p) = (v(&mut rng), v(&mut rng), v(&mut rng));
+        a[7] = -b[7];
+        let var = |v: Vec<f32>| Var::from_vec(v, (4, 10_000), &Device::Cpu).unwrap();
+        let (a, b) = (var(a), var(b));
+        let probe = Tensor::from_vec(p, (4, 10_000), &Device::Cpu).unwrap();
+        let ours = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(flat(&ours), flat(&theirs));
         let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let (mut a, b) = (flat(g1.get(x.as_tensor()).unwrap()), flat(g2.get(x.as_tensor()).unwrap()));
-        assert_eq!(a[7], 0.0);
-        a[7] = b[7];
-        assert_eq!(a, b);
+        for x in [&a, &b] {
+            let (mut ours, theirs) = (flat(g1.get(x.as_tensor()).unwrap()), flat(g2.get(x.as_tensor()).unwrap()));
+            assert_eq!(ours[7], 0.0);
+            ours[7] = theirs[7];
+            assert_eq!(ours, theirs);
+        }
     }
 }

@@ -32,6 +32,8 @@
 //! Each has a plain scalar reference beside it ([`forward_scalar`], [`weight_grad_scalar`]), used
 //! on CPUs without AVX2 and FMA and by the tests.
 
+use crate::cpu::has_avx2;
+
 /// Positions per tile of the forward kernel (2 AVX2 vectors): the wide grids are rounded up to it.
 pub(crate) const TILE: usize = 16;
 
@@ -244,17 +246,6 @@ pub(crate) fn weight_grad_scalar(
 pub(crate) fn sum_lanes(lanes: &[f32], gw: &mut [f32]) {
     for (g, l) in gw.iter_mut().zip(lanes.chunks_exact(LANES)) {
         *g = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-    }
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

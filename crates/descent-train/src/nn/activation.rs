@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{f32_slice, has_avx2, storage_f32s};
 use crate::error::Result;
 use crate::nn::ROWS_PER_TASK;
 
@@ -147,17 +147,6 @@ unsafe fn gelu_erf_fwd_avx2(y: &mut [f32], x: &[f32]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_erf_bwd_avx2(gx: &mut [f32], x: &[f32], g: &[f32]) {
     gelu_erf_bwd_body(gx, x, g)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn gelu_erf_fwd(y: &mut [f32], x: &[f32]) {

@@ -1,12 +1,13 @@
 //! Layer normalization and batch normalization as candle ops with their own backward (the closed
 //! forms below), where candle's composition builds a dozen tensors each way.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{avx2_kernel, f32_slice, has_avx2, par_filled, storage_f32s};
 use crate::error::{Error, Result};
 use crate::model::Mode;
 use crate::nn::ROWS_PER_TASK;
@@ -19,39 +20,227 @@ fn moments(x: &[f32]) -> (f64, f64) {
     (mean, var)
 }
 
-/// `Σ f(x)` over `xs` in f64, in 8 interleaved partial sums: vectorizes, where a plain sum is
-/// one chain of dependent additions (one add's latency per value).
-fn lanes_sum(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+/// `[Σ_j f(xs[8j + k]) for k < 8]` over the whole 8-chunks of `xs`, in f64: interleaved partial
+/// sums, where a plain sum is one chain of dependent additions (one add's latency per value).
+#[inline(always)]
+fn lanes(xs: &[f32], f: impl Fn(f64) -> f64) -> [f64; 8] {
     let mut acc = [0.0f64; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for ch in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f(v as f64);
+    for ch in xs.as_chunks::<8>().0 {
+        for k in 0..8 {
+            acc[k] += f(ch[k] as f64);
         }
     }
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    acc
 }
 
-/// `(Σ g, Σ g·(x − mean))` over `xs`, `gs` in f64, each in 8 interleaved partial sums (as
-/// [`lanes_sum`]).
-fn lanes_sums2(xs: &[f32], gs: &[f32], mean: f64) -> (f64, f64) {
+/// The lane sums of `(g', g'·(x − mean))` over the whole 8-chunks, `g' = g` or, with `relu_out`,
+/// [`through_relu`]`(g, out)`.
+fn lanes2(xs: &[f32], gs: &[f32], relu_out: Option<&[f32]>, mean: f64) -> ([f64; 8], [f64; 8]) {
     let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
-    let (mut cx, mut cg) = (xs.chunks_exact(8), gs.chunks_exact(8));
-    for (x8, g8) in (&mut cx).zip(&mut cg) {
+    for (j, (x8, g8)) in xs.as_chunks::<8>().0.iter().zip(gs.as_chunks::<8>().0).enumerate() {
         for k in 0..8 {
-            let g = g8[k] as f64;
+            let g = relu_out.map_or(g8[k], |r| through_relu(g8[k], r[8 * j + k])) as f64;
             sg[k] += g;
             sgx[k] += g * (x8[k] as f64 - mean);
         }
     }
-    let fold = |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    let (mut tg, mut tgx) = (0.0, 0.0);
-    for (&x, &g) in cx.remainder().iter().zip(cg.remainder()) {
-        tg += g as f64;
-        tgx += g as f64 * (x as f64 - mean);
+    (sg, sgx)
+}
+
+/// The 8 lane sums added up in a fixed order, then the values after the last whole chunk.
+fn fold8(a: [f64; 8], tail: f64) -> f64 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
+}
+
+/// The gradient that reaches a batch norm's output through its ReLU (torch's: where the output is
+/// positive; `0.0` where it is `≤ 0` or NaN).
+fn through_relu(g: f32, out: f32) -> f32 {
+    if out > 0.0 {
+        g
+    } else {
+        0.0
     }
-    (fold(sg) + tg, fold(sgx) + tgx)
+}
+
+/// Where the values after the whole 8-chunks start.
+fn tail_start(n: usize) -> usize {
+    n - n % 8
+}
+
+/// `Σ x` over `xs` in f64 (the same bits by the AVX2 kernel or the plain loops).
+fn sum(xs: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    let acc = if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2::lanes::<false>(xs, 0.0) }
+    } else {
+        lanes(xs, |v| v)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let acc = lanes(xs, |v| v);
+    fold8(acc, xs[tail_start(xs.len())..].iter().map(|&v| v as f64).sum())
+}
+
+/// `Σ (x − mean)²` over `xs` in f64 (the same bits by the AVX2 kernel or the plain loops).
+fn sum_sq_dev(xs: &[f32], mean: f64) -> f64 {
+    let sq = |v: f64| (v - mean) * (v - mean);
+    #[cfg(target_arch = "x86_64")]
+    let acc = if has_avx2() {
+        // SAFETY: the CPU has AVX2.
+        unsafe { avx2::lanes::<true>(xs, mean) }
+    } else {
+        lanes(xs, sq)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let acc = lanes(xs, sq);
+    fold8(acc, xs[tail_start(xs.len())..].iter().map(|&v| sq(v as f64)).sum())
+}
+
+/// `(Σ g, Σ g·(x − mean))` over a channel's block in f64, `g` first passed back through the ReLU
+/// that gave the output `relu_out` (when there is one); the same bits by the AVX2 kernel or the
+/// plain loops.
+fn grad_sums(xs: &[f32], gs: &[f32], relu_out: Option<&[f32]>, mean: f64) -> (f64, f64) {
+    assert!(gs.len() == xs.len() && relu_out.is_none_or(|r| r.len() == xs.len()), "grad_sums: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    let (sg, sgx) = if has_avx2() {
+        // SAFETY: the CPU has AVX2; the lengths are equal (asserted).
+        unsafe {
+            match relu_out {
+                Some(r) => avx2::lanes2::<true>(xs, gs, r, mean),
+                None => avx2::lanes2::<false>(xs, gs, gs, mean),
+            }
+        }
+    } else {
+        lanes2(xs, gs, relu_out, mean)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (sg, sgx) = lanes2(xs, gs, relu_out, mean);
+    let (mut tg, mut tgx) = (0.0, 0.0);
+    for i in tail_start(xs.len())..xs.len() {
+        let g = relu_out.map_or(gs[i], |r| through_relu(gs[i], r[i])) as f64;
+        tg += g;
+        tgx += g * (xs[i] as f64 - mean);
+    }
+    (fold8(sg, tg), fold8(sgx, tgx))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Four f64 from the low and high halves of 8 f32.
+    #[inline(always)]
+    unsafe fn widen(v: __m256) -> (__m256d, __m256d) {
+        (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)))
+    }
+
+    /// Two f64 vectors as the 8 lanes `[lo, hi]`.
+    #[inline(always)]
+    unsafe fn store(lo: __m256d, hi: __m256d) -> [f64; 8] {
+        let mut a = [0.0f64; 8];
+        _mm256_storeu_pd(a.as_mut_ptr(), lo);
+        _mm256_storeu_pd(a.as_mut_ptr().add(4), hi);
+        a
+    }
+
+    /// [`super::lanes`] with `f(v) = v`, or `(v − mean)²` when `SQUARED`: the same operations
+    /// in each lane (a multiply, then an add; never fused).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn lanes<const SQUARED: bool>(xs: &[f32], mean: f64) -> [f64; 8] {
+        let m = _mm256_set1_pd(mean);
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        for ch in xs.as_chunks::<8>().0 {
+            let (a, b) = widen(_mm256_loadu_ps(ch.as_ptr()));
+            if SQUARED {
+                let (a, b) = (_mm256_sub_pd(a, m), _mm256_sub_pd(b, m));
+                lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+                hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+            } else {
+                lo = _mm256_add_pd(lo, a);
+                hi = _mm256_add_pd(hi, b);
+            }
+        }
+        store(lo, hi)
+    }
+
+    /// [`super::lanes2`], `g` masked by `rs > 0` when `MASKED` (`rs` unread otherwise).
+    ///
+    /// # Safety
+    ///
+    /// AVX2; `gs` and `rs` at least as long as `xs`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn lanes2<const MASKED: bool>(
+        xs: &[f32],
+        gs: &[f32],
+        rs: &[f32],
+        mean: f64,
+    ) -> ([f64; 8], [f64; 8]) {
+        let m = _mm256_set1_pd(mean);
+        let (mut g_lo, mut g_hi, mut gx_lo, mut gx_hi) =
+            (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        for (j, ch) in xs.as_chunks::<8>().0.iter().enumerate() {
+            let mut g = _mm256_loadu_ps(gs.as_ptr().add(8 * j));
+            if MASKED {
+                let r = _mm256_loadu_ps(rs.as_ptr().add(8 * j));
+                g = _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(r, _mm256_setzero_ps()));
+            }
+            let (ga, gb) = widen(g);
+            let (xa, xb) = widen(_mm256_loadu_ps(ch.as_ptr()));
+            g_lo = _mm256_add_pd(g_lo, ga);
+            g_hi = _mm256_add_pd(g_hi, gb);
+            gx_lo = _mm256_add_pd(gx_lo, _mm256_mul_pd(ga, _mm256_sub_pd(xa, m)));
+            gx_hi = _mm256_add_pd(gx_hi, _mm256_mul_pd(gb, _mm256_sub_pd(xb, m)));
+        }
+        (store(g_lo, g_hi), store(gx_lo, gx_hi))
+    }
+}
+
+avx2_kernel! {
+    /// `y = ((x − m)·r)·w + b` over a channel's block, then `max(y, 0)` when `relu` (NaN stays
+    /// NaN, as torch.relu).
+    fn normalize(y: &mut [MaybeUninit<f32>], x: &[f32], m: f64, r: f64, w: f32, b: f32, relu: bool) {
+        if relu {
+            for (o, &v) in y.iter_mut().zip(x) {
+                let t = ((v as f64 - m) * r) as f32 * w + b;
+                o.write(if t < 0.0 { 0.0 } else { t });
+            }
+        } else {
+            for (o, &v) in y.iter_mut().zip(x) {
+                o.write(((v as f64 - m) * r) as f32 * w + b);
+            }
+        }
+    }
+}
+
+avx2_kernel! {
+    /// `dx = scale·(g − mg − (x − m)·r·mgx)` over a channel's block, `g` first passed back
+    /// through the ReLU that gave the output `relu_out` (when there is one).
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_grad(
+        gx: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        gs: &[f32],
+        relu_out: Option<&[f32]>,
+        m: f64,
+        r: f64,
+        scale: f64,
+        mean_g: f64,
+        mean_gx: f64,
+    ) {
+        let dx = |x: f32, g: f32| (scale * (g as f64 - mean_g - (x as f64 - m) * r * mean_gx)) as f32;
+        match relu_out {
+            Some(rs) => {
+                for (((o, &x), &g), &y) in gx.iter_mut().zip(xs).zip(gs).zip(rs) {
+                    o.write(dx(x, through_relu(g, y)));
+                }
+            }
+            None => {
+                for ((o, &x), &g) in gx.iter_mut().zip(xs).zip(gs) {
+                    o.write(dx(x, g));
+                }
+            }
+        }
+    }
 }
 
 /// `torch.nn.functional.layer_norm` over the last dimension with weight and bias.
@@ -262,25 +451,25 @@ impl CustomOp3 for BatchNormOp {
                     .into_par_iter()
                     .map(|ci| {
                         let blocks = || (0..n).map(|ni| &x[(ni * c + ci) * inner..][..inner]);
-                        let mean = blocks().map(|b| lanes_sum(b, |v| v)).sum::<f64>() / count as f64;
-                        let var =
-                            blocks().map(|b| lanes_sum(b, |v| (v - mean) * (v - mean))).sum::<f64>() / count as f64;
+                        let mean = blocks().map(sum).sum::<f64>() / count as f64;
+                        let var = blocks().map(|b| sum_sq_dev(b, mean)).sum::<f64>() / count as f64;
                         (mean, var)
                     })
                     .unzip()
             }
         };
         let rstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
-        let mut y = vec![0.0f32; x.len()];
-        y.par_chunks_mut(inner).zip(x.par_chunks(inner)).enumerate().for_each(|(k, (y, x))| {
-            let ci = k % c;
-            let (m, r, w, b) = (mean[ci], rstd[ci], w[ci], b[ci]);
-            y.iter_mut().zip(x).for_each(|(o, &v)| *o = ((v as f64 - m) * r) as f32 * w + b);
-            if self.relu {
-                // NaN stays NaN, as torch.relu.
-                y.iter_mut().for_each(|o| *o = if *o < 0.0 { 0.0 } else { *o });
-            }
-        });
+        // One image (all its channels) per task.
+        let image = c * inner;
+        // SAFETY: each task writes every element of its image, channel block by channel block.
+        let y = unsafe {
+            par_filled(x.len(), image, |k, y| {
+                let x = &x[k * image..][..y.len()];
+                for (ci, (y, x)) in y.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
+                    normalize(y, x, mean[ci], rstd[ci], w[ci], b[ci], self.relu);
+                }
+            })
+        };
         *self.stats.lock().expect("batch_norm stats lock") = ChannelStats { mean, rstd, var };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -304,21 +493,11 @@ impl CustomOp3 for BatchNormOp {
         let xs = storage_f32s(&sx, lx, "batch_norm input")?;
         let ws = storage_f32s(&sw, lw, "batch_norm weight")?;
         let gs = storage_f32s(&sg, lg, "batch_norm gradient")?;
-        let masked: Vec<f32>;
-        let gs = if self.relu {
-            // The ReLU's backward first: the gradient passes where the output is positive (as
-            // torch's ReLU backward).
-            let (sr, lr) = res.storage_and_layout();
-            let r = storage_f32s(&sr, lr, "batch_norm output")?;
-            let mut m = vec![0.0f32; gs.len()];
-            m.par_chunks_mut(1 << 14).zip(r.par_chunks(1 << 14).zip(gs.par_chunks(1 << 14))).for_each(|(m, (r, g))| {
-                m.iter_mut().zip(r.iter().zip(g)).for_each(|(d, (&r, &g))| *d = if r > 0.0 { g } else { 0.0 })
-            });
-            masked = m;
-            &masked[..]
-        } else {
-            gs
-        };
+        // The ReLU's backward (the gradient passes where the output is positive) is done on the
+        // fly: `relu_out` is the op's output when it has a ReLU.
+        let (sr, lr) = res.storage_and_layout();
+        let relu_out = if self.relu { Some(storage_f32s(&sr, lr, "batch_norm output")?) } else { None };
+        let block = |at: usize| relu_out.map(|s| &s[at..at + inner]);
         let stats = self.stats.lock().expect("batch_norm stats lock");
         let (mean, rstd) = (&stats.mean, &stats.rstd);
         let count = (n * inner) as f64;
@@ -328,7 +507,7 @@ impl CustomOp3 for BatchNormOp {
                 let (mut sg, mut sgx) = (0.0f64, 0.0f64);
                 for ni in 0..n {
                     let at = (ni * c + ci) * inner;
-                    let (a, b) = lanes_sums2(&xs[at..at + inner], &gs[at..at + inner], mean[ci]);
+                    let (a, b) = grad_sums(&xs[at..at + inner], &gs[at..at + inner], block(at), mean[ci]);
                     sg += a;
                     sgx += b;
                 }
@@ -336,17 +515,19 @@ impl CustomOp3 for BatchNormOp {
             })
             .unzip();
         let training = self.running.is_none();
-        let mut gx = vec![0.0f32; xs.len()];
-        gx.par_chunks_mut(inner).zip(xs.par_chunks(inner).zip(gs.par_chunks(inner))).enumerate().for_each(
-            |(k, (gx, (xs, gs)))| {
-                let ci = k % c;
-                let (m, r, scale) = (mean[ci], rstd[ci], ws[ci] as f64 * rstd[ci]);
-                let (mg, mgx) = if training { (sum_g[ci] / count, sum_gx[ci] / count) } else { (0.0, 0.0) };
-                for ((o, &x), &g) in gx.iter_mut().zip(xs).zip(gs) {
-                    *o = (scale * (g as f64 - mg - (x as f64 - m) * r * mgx)) as f32;
+        let image = c * inner;
+        // SAFETY: each task writes every element of its image, channel block by channel block.
+        let gx = unsafe {
+            par_filled(xs.len(), image, |k, gx| {
+                for (ci, gx) in gx.chunks_mut(inner).enumerate() {
+                    let at = k * image + ci * inner;
+                    let (m, r, scale) = (mean[ci], rstd[ci], ws[ci] as f64 * rstd[ci]);
+                    let (mg, mgx) = if training { (sum_g[ci] / count, sum_gx[ci] / count) } else { (0.0, 0.0) };
+                    let (xs, gs) = (&xs[at..at + inner], &gs[at..at + inner]);
+                    normalize_grad(gx, xs, gs, block(at), m, r, scale, mg, mgx);
                 }
-            },
-        );
+            })
+        };
         let dev = x.device();
         let f = |v: Vec<f64>| Tensor::from_vec(v.into_iter().map(|v| v as f32).collect::<Vec<f32>>(), c, dev);
         Ok((Some(Tensor::from_vec(gx, x.dims(), dev)?), Some(f(sum_gx)?), Some(f(sum_g)?)))
@@ -508,6 +689,37 @@ mod tests {
     fn randn(rng: &mut Rng, shape: &[usize], offset: f32) -> Var {
         let n = shape.iter().product();
         Var::from_vec((0..n).map(|_| offset + 3.0 * rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    /// The AVX2 sums give the plain loops' bits, lane for lane, masked or not (NaN outputs
+    /// included), whatever the tail.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vector_sums_match_the_plain_loops_bit_for_bit() {
+        if !crate::cpu::has_avx2() {
+            return;
+        }
+        let mut rng = Rng::new(3);
+        for n in [0, 5, 8, 13, 64, 787] {
+            let v = |rng: &mut Rng| (0..n).map(|_| 0.7 + 3.0 * rng.normal()).collect::<Vec<f32>>();
+            let (x, g, mut r) = (v(&mut rng), v(&mut rng), v(&mut rng));
+            if n > 3 {
+                r[3] = f32::NAN;
+            }
+            let bits = |a: [f64; 8]| a.map(f64::to_bits);
+            let pair = |(a, b): ([f64; 8], [f64; 8])| (bits(a), bits(b));
+            // SAFETY: AVX2 checked above; equal lengths.
+            unsafe {
+                assert_eq!(bits(super::avx2::lanes::<false>(&x, 0.0)), bits(super::lanes(&x, |v| v)));
+                let sq = |v: f64| (v - 0.3) * (v - 0.3);
+                assert_eq!(bits(super::avx2::lanes::<true>(&x, 0.3)), bits(super::lanes(&x, sq)));
+                assert_eq!(
+                    pair(super::avx2::lanes2::<true>(&x, &g, &r, 0.3)),
+                    pair(super::lanes2(&x, &g, Some(&r), 0.3))
+                );
+                assert_eq!(pair(super::avx2::lanes2::<false>(&x, &g, &g, 0.3)), pair(super::lanes2(&x, &g, None, 0.3)));
+            }
+        }
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
