@@ -40,25 +40,45 @@ pub(crate) const TILE: usize = 16;
 /// Positions per step of the weight-gradient kernel: its grids are rounded up to it.
 pub(crate) const LANES: usize = 8;
 
-/// A `kh × kw` kernel's taps on planes whose rows are `stride` apart.
+/// A `kh × kw` kernel's taps on planes whose rows are `stride` apart: dense (a stride-1
+/// convolution, or a sub-kernel of a stride-2 one's input gradient), or on the four parity planes
+/// of a stride-2 convolution's input ([`Taps::parity`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Taps {
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
+    /// 1, or 2 for the parity layout.
+    step: usize,
+    /// The parity layout's distance between the planes of one channel (0 when dense).
+    sub: usize,
 }
 
 impl Taps {
+    /// Taps `(ky, kx)` at offset `ky·stride + kx`.
+    pub(crate) fn dense(kh: usize, kw: usize, stride: usize) -> Taps {
+        Taps { kh, kw, stride, step: 1, sub: 0 }
+    }
+
+    /// The taps of a stride-2 convolution on its input split into parity planes: plane
+    /// `(a, b)` (at `(2a + b)·sub` within its channel) holds the padded input's rows `2i + a`
+    /// and columns `2j + b`, so that tap `(ky, kx)` of output position `(y, x)` reads position
+    /// `(y + ky/2, x + kx/2)` of plane `(ky mod 2, kx mod 2)`: a fixed offset again.
+    pub(crate) fn parity(kh: usize, kw: usize, stride: usize, sub: usize) -> Taps {
+        Taps { kh, kw, stride, step: 2, sub }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.kh * self.kw
     }
     /// The offset of tap `t` (row-major `(ky, kx)`) from the position it contributes to.
     fn off(&self, t: usize) -> usize {
-        (t / self.kw) * self.stride + t % self.kw
+        let (ky, kx) = (t / self.kw, t % self.kw);
+        ((ky % self.step) * self.step + kx % self.step) * self.sub + (ky / self.step) * self.stride + kx / self.step
     }
     /// The largest tap offset.
     fn span(&self) -> usize {
-        (self.kh - 1) * self.stride + self.kw - 1
+        (0..self.len()).map(|t| self.off(t)).max().unwrap_or(0)
     }
 }
 
@@ -274,6 +294,8 @@ mod avx2 {
         out: *mut f32,
         npos: usize,
     ) {
+        let offs: Vec<usize> = (0..taps.len()).map(|t| taps.off(t)).collect();
+        let taps = &offs[..];
         // Tiles of positions outside, output channels inside: the tile's input rows (all channels,
         // `kh` rows) stay in L1 across the output channels.
         for q0 in (0..npos).step_by(TILE) {
@@ -297,7 +319,7 @@ mod avx2 {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn forward_tile<const M: usize>(
-        taps: Taps,
+        offs: &[usize],
         x: *const f32,
         ci: usize,
         plane: usize,
@@ -309,22 +331,18 @@ mod avx2 {
         q0: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
-        let nt = taps.len();
+        let nt = offs.len();
         for c in 0..ci {
             let xc = x.add(c * plane + q0);
             let wc = wt.add(c * nt * co + o0);
-            for ky in 0..taps.kh {
-                let xr = xc.add(ky * taps.stride);
-                let wr = wc.add(ky * taps.kw * co);
-                for kx in 0..taps.kw {
-                    let xs = xr.add(kx);
-                    let v = [_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8))];
-                    let wk = wr.add(kx * co);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let wv = _mm256_broadcast_ss(&*wk.add(j));
-                        for (a, v) in a.iter_mut().zip(v) {
-                            *a = _mm256_fmadd_ps(wv, v, *a);
-                        }
+            for (t, &off) in offs.iter().enumerate() {
+                let xs = xc.add(off);
+                let v = [_mm256_loadu_ps(xs), _mm256_loadu_ps(xs.add(8))];
+                let wk = wc.add(t * co);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_broadcast_ss(&*wk.add(j));
+                    for (a, v) in a.iter_mut().zip(v) {
+                        *a = _mm256_fmadd_ps(wv, v, *a);
                     }
                 }
             }
@@ -352,6 +370,7 @@ mod avx2 {
         gw: *mut f32,
     ) {
         let nt = taps.len();
+        let offs: Vec<usize> = (0..nt).map(|t| taps.off(t)).collect();
         let mut o0 = 0;
         while o0 < co {
             let m = NO.min(co - o0);
@@ -359,14 +378,13 @@ mod avx2 {
                 let mut t0 = 0;
                 while t0 < nt {
                     let k = NT.min(nt - t0);
-                    let run = |f: unsafe fn(Taps, *const f32, usize, *const f32, usize, usize, *mut f32, usize)| {
+                    let run = |f: unsafe fn(&[usize], *const f32, usize, *const f32, usize, *mut f32, usize)| {
                         f(
-                            taps,
+                            &offs[t0..t0 + k],
                             dy.add(o0 * dplane),
                             dplane,
                             x.add(c * xplane),
                             npos,
-                            t0,
                             gw.add(((o0 * ci + c) * nt + t0) * LANES),
                             ci * nt,
                         )
@@ -397,16 +415,15 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn weight_grad_tile<const M: usize, const K: usize>(
-        taps: Taps,
+        offs: &[usize],
         dy: *const f32,
         dplane: usize,
         x: *const f32,
         npos: usize,
-        t0: usize,
         gw: *mut f32,
         gw_stride: usize,
     ) {
-        let offs: [usize; K] = std::array::from_fn(|k| taps.off(t0 + k));
+        let offs: [usize; K] = std::array::from_fn(|k| offs[k]);
         let mut acc = [[_mm256_setzero_ps(); K]; M];
         for q in (0..npos).step_by(LANES) {
             let xv: [__m256; K] = std::array::from_fn(|k| _mm256_loadu_ps(x.add(q + offs[k])));
@@ -462,7 +479,7 @@ mod tests {
         ] {
             let case = (ci, co, h, w, kh, kw, pad);
             let stride = w + 2 * pad + 1;
-            let taps = Taps { kh, kw, stride };
+            let taps = Taps::dense(kh, kw, stride);
             let (oh, rows) = (h + 2 * pad + 1 - kh, h + 2 * pad);
             let npos = (oh * stride).div_ceil(TILE) * TILE;
             let plane = rows * stride + slack(kw);
@@ -493,6 +510,26 @@ mod tests {
             weight_grad(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut fast);
             weight_grad_scalar(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut slow);
             assert_close(&fast, &slow, &format!("{case:?} weight gradient"));
+        }
+        // Stride-2 taps on parity planes (any data: the kernels only follow the offsets).
+        for (ci, co, kh, kw, stride, sub) in [(16, 32, 3, 3, 15, 241), (3, 5, 5, 3, 9, 100), (2, 3, 1, 1, 7, 60)] {
+            let case = (ci, co, kh, kw, stride, sub);
+            let taps = Taps::parity(kh, kw, stride, sub);
+            let npos = (sub - stride * (kh / 2) - kw / 2 - 1) / TILE * TILE;
+            let plane = 4 * sub;
+            assert!(npos >= TILE && plane >= npos + taps.span(), "{case:?} sizes");
+            let x = randn(ci * plane, &mut rng);
+            let wt = randn(ci * taps.len() * co, &mut rng);
+            let (mut fast, mut slow) = (vec![0.0; co * npos], vec![0.0; co * npos]);
+            forward(taps, &x, ci, plane, &wt, co, &mut fast, npos);
+            forward_scalar(taps, &x, ci, plane, &wt, co, &mut slow, npos);
+            assert_close(&fast, &slow, &format!("{case:?} parity forward"));
+            let dy = randn(co * npos, &mut rng);
+            let init = randn(co * ci * taps.len() * LANES, &mut rng);
+            let (mut fast, mut slow) = (init.clone(), init);
+            weight_grad(taps, &dy, co, npos, &x, ci, plane, npos, &mut fast);
+            weight_grad_scalar(taps, &dy, co, npos, &x, ci, plane, npos, &mut slow);
+            assert_close(&fast, &slow, &format!("{case:?} parity weight gradient"));
         }
     }
 }

@@ -4,8 +4,9 @@
 //! input gradient, a `sum_keepdim([0, 2, 3])` for the bias) takes most of LeNet-5's step.
 //!
 //! Padded stride-1 f32 convolutions (dilation 1, one group, padding from 1 to the kernel's size
-//! less 1, e.g. the ResNet's 3×3 ones) take direct convolution kernels instead (module `direct`): each
-//! image copied once into zero-padded planes, no im2col or col2im, whose copies of the input
+//! less 1, e.g. the ResNet's 3×3 ones) and stride-2 ones (padding below the kernel's size) take
+//! direct convolution kernels instead (module `direct`): each image copied once into zero-padded
+//! planes (for stride 2, its four parity planes), no im2col or col2im, whose copies of the input
 //! (`kh·kw` of it, made in the forward and again in the backward) and scatter cost more than
 //! the products with 16–32 channels.
 //!
@@ -106,35 +107,51 @@ impl Geom {
 }
 
 /// The layout of the direct kernels' operands ([`direct`]'s module documentation): the input
-/// padded by `p` on every side, the output gradient by `kh − 1 − p` rows and `kw − 1 − p` columns,
-/// both with rows `taps.stride` apart so that one wide grid serves the forward, the weight gradient
-/// and the input gradient.
+/// padded by `p` on every side, the output gradient by `top` rows and `left` columns, both with
+/// rows `taps.stride` apart so that one wide grid serves the forward, the weight gradient and the
+/// input gradient.
 #[derive(Debug, Clone, Copy)]
 struct DirectGeom {
-    /// The kernel's taps on rows `stride = w + max(2p, kw − 1)` apart.
+    /// The kernel's taps on the input's planes.
     taps: direct::Taps,
+    /// Stride 1, or stride 2 on parity planes.
+    layout: DirectLayout,
     /// The forward's padding.
     p: usize,
     /// Where the output gradient starts in its padded planes.
     top: usize,
     left: usize,
-    /// The plane sizes of the padded input and the padded output gradient.
+    /// The plane sizes of the padded input (all its parity planes) and the padded output gradient.
     xplane: usize,
     dplane: usize,
-    /// The wide grids' positions: the output (whole tiles), the input gradient (whole tiles), the
-    /// weight gradient's sum (whole vectors).
+    /// The wide grids' positions: the output (whole tiles), the input gradient (whole tiles; of
+    /// each parity plane for stride 2), the weight gradient's sum (whole vectors).
     fpos: usize,
     bpos: usize,
     wpos: usize,
 }
 
+/// How a direct convolution reads its input.
+#[derive(Debug, Clone, Copy)]
+enum DirectLayout {
+    /// Stride 1: rows `stride = w + max(2p, kw − 1)` apart, the input gradient a full correlation
+    /// of the output gradient (padded by `kh − 1 − p`, `kw − 1 − p`) with the flipped kernel.
+    Dense,
+    /// Stride 2: the padded input split into its four (row, column) parity planes of `rows × cols`
+    /// ([`direct::Taps::parity`]), `sub` floats apart. The input gradient of parity plane
+    /// `(a, b)` is a stride-1 full correlation of the output gradient with the flipped sub-kernel
+    /// `w[.., .., a + 2u, b + 2v]` (for 3×3: 2×2, 2×1, 1×2 and 1×1 taps), on the same wide grid.
+    Parity { rows: usize, cols: usize, sub: usize },
+}
+
 impl DirectGeom {
-    fn new(g: &Geom, p: usize) -> Self {
+    /// Stride 1.
+    fn dense(g: &Geom, p: usize) -> Self {
         let stride = g.w + (2 * p).max(g.kw - 1);
-        let taps = direct::Taps { kh: g.kh, kw: g.kw, stride };
         let slack = direct::slack(g.kw);
         DirectGeom {
-            taps,
+            taps: direct::Taps::dense(g.kh, g.kw, stride),
+            layout: DirectLayout::Dense,
             p,
             top: g.kh - 1 - p,
             left: g.kw - 1 - p,
@@ -146,11 +163,150 @@ impl DirectGeom {
         }
     }
 
-    /// Writes image `x` (`[c, h, w]`) into `xp` as zero-padded planes.
+    /// Stride 2: rows `stride = max(cols, ow + ⌈kw/2⌉ − 1)` apart, so that no output position's
+    /// tap reaches into the next row, and no input-gradient position's tap into the next row's
+    /// data (only into its zero padding).
+    fn stride2(g: &Geom, p: usize) -> Self {
+        let (rows, cols) = ((g.h + 2 * p).div_ceil(2), (g.w + 2 * p).div_ceil(2));
+        let (half_h, half_w) = (g.kh.div_ceil(2), g.kw.div_ceil(2));
+        let stride = cols.max(g.ow + half_w - 1);
+        let slack = direct::slack(g.kw);
+        let sub = rows * stride + slack;
+        DirectGeom {
+            taps: direct::Taps::parity(g.kh, g.kw, stride, sub),
+            layout: DirectLayout::Parity { rows, cols, sub },
+            p,
+            top: half_h - 1,
+            left: half_w - 1,
+            xplane: 4 * sub,
+            dplane: (rows + half_h) * stride + slack,
+            fpos: (g.oh * stride).div_ceil(direct::TILE) * direct::TILE,
+            bpos: (rows * stride).div_ceil(direct::TILE) * direct::TILE,
+            wpos: (g.oh * stride).div_ceil(direct::LANES) * direct::LANES,
+        }
+    }
+
+    /// Writes image `x` (`[c, h, w]`) into `xp` as zero-padded planes (or parity planes).
     fn pad_input(&self, g: &Geom, x: &[f32], xp: &mut [f32]) {
-        direct::pad_planes(xp, g.c, g.h, g.w, self.xplane, self.taps.stride, self.p, self.p, |c, y, row| {
-            row.copy_from_slice(&x[(c * g.h + y) * g.w..][..g.w])
-        });
+        let (s, p) = (self.taps.stride, self.p);
+        match self.layout {
+            DirectLayout::Dense => direct::pad_planes(xp, g.c, g.h, g.w, self.xplane, s, p, p, |c, y, row| {
+                row.copy_from_slice(&x[(c * g.h + y) * g.w..][..g.w])
+            }),
+            DirectLayout::Parity { rows, cols, sub } => {
+                for (c, planes) in xp.chunks_exact_mut(self.xplane).take(g.c).enumerate() {
+                    let xc = &x[c * g.h * g.w..][..g.h * g.w];
+                    for (ab, plane) in planes.chunks_exact_mut(sub).take(4).enumerate() {
+                        let (a, b) = (ab / 2, ab % 2);
+                        // Padded column 2j + b is input column 2j + b − p: inside the image for
+                        // `nj` columns from `j0`, the first reading input column `x0`.
+                        let j0 = p.saturating_sub(b).div_ceil(2);
+                        let x0 = 2 * j0 + b - p;
+                        let nj = if x0 < g.w { (g.w - x0).div_ceil(2).min(cols - j0) } else { 0 };
+                        // Everything but the copied runs is zero, written up to each run.
+                        let mut at = 0;
+                        for i in 0..rows {
+                            // Padded row 2i + a is input row 2i + a − p.
+                            let Some(y) = (2 * i + a).checked_sub(p).filter(|&y| y < g.h) else { continue };
+                            let start = i * s + j0;
+                            plane[at..start].fill(0.0);
+                            let src = xc[y * g.w + x0..(y + 1) * g.w].iter().step_by(2);
+                            plane[start..start + nj].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+                            at = start + nj;
+                        }
+                        plane[at..].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weights of the input gradient, `[o][tap][c]`: the kernel flipped in both spatial
+    /// dimensions and transposed (tap `t` takes the original's `kh·kw − 1 − t`); for stride 2 the
+    /// four parities' sub-kernels one after the other, each flipped and transposed.
+    fn input_grad_weights(&self, g: &Geom, ws: &[f32]) -> Vec<f32> {
+        let taps = g.kh * g.kw;
+        let mut wtb = vec![0.0f32; ws.len()];
+        match self.layout {
+            DirectLayout::Dense => {
+                for (oc, wo) in ws.chunks_exact(g.c * taps).enumerate() {
+                    for (ci, wc) in wo.chunks_exact(taps).enumerate() {
+                        for (t, &v) in wc.iter().rev().enumerate() {
+                            wtb[(oc * taps + t) * g.c + ci] = v;
+                        }
+                    }
+                }
+            }
+            DirectLayout::Parity { .. } => {
+                let mut at = 0;
+                for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let (kha, kwb) = Self::sub_kernel(g, a, b);
+                    let part = &mut wtb[at..][..g.o * kha * kwb * g.c];
+                    for oc in 0..g.o {
+                        for ci in 0..g.c {
+                            for u in 0..kha {
+                                for v in 0..kwb {
+                                    let (ky, kx) = (2 * (kha - 1 - u) + a, 2 * (kwb - 1 - v) + b);
+                                    part[((oc * kha + u) * kwb + v) * g.c + ci] =
+                                        ws[((oc * g.c + ci) * g.kh + ky) * g.kw + kx];
+                                }
+                            }
+                        }
+                    }
+                    at += part.len();
+                }
+            }
+        }
+        wtb
+    }
+
+    /// The taps `(rows, columns)` of a stride-2 kernel that read parity plane `(a, b)`.
+    fn sub_kernel(g: &Geom, a: usize, b: usize) -> (usize, usize) {
+        ((g.kh + 1 - a) / 2, (g.kw + 1 - b) / 2)
+    }
+
+    /// Writes one image's input gradient `gx` (`[c, h, w]`) from its padded output gradient
+    /// `dp`, with `wtb` from [`Self::input_grad_weights`] and `dx` (`c · bpos`) as working space.
+    /// Every element of `gx` that some tap reaches is written; the others (only where a stride-2
+    /// kernel has a single row or column of taps) are left as they are, zero.
+    fn input_grad(&self, g: &Geom, dp: &[f32], wtb: &[f32], dx: &mut [f32], gx: &mut [f32]) {
+        let s = self.taps.stride;
+        match self.layout {
+            DirectLayout::Dense => {
+                direct::forward(self.taps, dp, g.o, self.dplane, wtb, g.c, dx, self.bpos);
+                for (gxc, dxc) in gx.chunks_exact_mut(g.h * g.w).zip(dx.chunks_exact(self.bpos)) {
+                    for (gr, dr) in gxc.chunks_exact_mut(g.w).zip(dxc.chunks(s)) {
+                        gr.copy_from_slice(&dr[..g.w]);
+                    }
+                }
+            }
+            DirectLayout::Parity { rows, cols, .. } => {
+                let mut at = 0;
+                for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let (kha, kwb) = Self::sub_kernel(g, a, b);
+                    if kha == 0 || kwb == 0 {
+                        continue;
+                    }
+                    let part = &wtb[at..][..g.o * kha * kwb * g.c];
+                    at += part.len();
+                    // The sub-kernel's padding is `kha − 1`, `kwb − 1`; the planes have `top`, `left`.
+                    let base = (self.top + 1 - kha) * s + (self.left + 1 - kwb);
+                    let taps = direct::Taps::dense(kha, kwb, s);
+                    direct::forward(taps, &dp[base..], g.o, self.dplane, part, g.c, dx, self.bpos);
+                    for (gxc, dxc) in gx.chunks_exact_mut(g.h * g.w).zip(dx.chunks_exact(self.bpos)) {
+                        for i in 0..rows {
+                            let Some(y) = (2 * i + a).checked_sub(self.p).filter(|&y| y < g.h) else { continue };
+                            let (gr, dr) = (&mut gxc[y * g.w..][..g.w], &dxc[i * s..][..cols]);
+                            for (j, &v) in dr.iter().enumerate() {
+                                if let Some(d) = (2 * j + b).checked_sub(self.p).and_then(|xi| gr.get_mut(xi)) {
+                                    *d = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -204,21 +360,26 @@ impl Conv2dOp {
     }
 
     /// The direct kernels' layout for this convolution, where they apply: f32 products (bfloat16
-    /// ones keep im2col + GEMM), stride 1, dilation 1, one group, and a padding of at least 1 and
-    /// smaller than the kernel, so that the input gradient is a full correlation of the output
-    /// gradient padded by `k − 1 − padding`. Without padding im2col already copies whole runs
-    /// ([`Geom::wide`]), and LeNet-5's 5×5 convolutions gain nothing from the direct kernels.
+    /// ones keep im2col + GEMM), dilation 1, one group, a padding smaller than the kernel (so that
+    /// the input gradient is a full correlation of the output gradient padded by
+    /// `k − 1 − padding`), and stride 1 with a padding of at least 1 (without padding im2col
+    /// already copies whole runs, [`Geom::wide`], and LeNet-5's 5×5 convolutions gain nothing from
+    /// the direct kernels) or stride 2 with at least 2×2 taps (on parity planes,
+    /// [`DirectLayout::Parity`]).
     fn direct(&self, g: &Geom) -> Option<DirectGeom> {
         let p = self.padding;
         let applies = !self.im2col_only
             && self.precision == Precision::F32
-            && self.stride == 1
             && self.dilation == 1
             && self.groups == 1
-            && p >= 1
             && p < g.kh
             && p < g.kw;
-        applies.then(|| DirectGeom::new(g, p))
+        match self.stride {
+            1 if applies && p >= 1 => Some(DirectGeom::dense(g, p)),
+            // A 1×1 kernel reads one parity plane of four: im2col's subsampling copies less.
+            2 if applies && g.kh >= 2 && g.kw >= 2 => Some(DirectGeom::stride2(g, p)),
+            _ => None,
+        }
     }
 
     fn geom(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Geom> {
@@ -562,18 +723,10 @@ impl CustomOp3 for Conv2dOp {
         let direct = self.direct(&g);
         // For the direct input gradient: the weights flipped in both spatial dimensions and
         // transposed, `[o][tap][c]` with tap `t` taking the original's `kh·kw − 1 − t`.
-        let mut wtb = Vec::new();
-        if direct.is_some() && need_gx {
-            let taps = g.kh * g.kw;
-            wtb = vec![0.0f32; io.ws.len()];
-            for (oc, wo) in io.ws.chunks_exact(g.c * taps).enumerate() {
-                for (ci, wc) in wo.chunks_exact(taps).enumerate() {
-                    for (t, &v) in wc.iter().rev().enumerate() {
-                        wtb[(oc * taps + t) * g.c + ci] = v;
-                    }
-                }
-            }
-        }
+        let wtb = match &direct {
+            Some(d) if need_gx => d.input_grad_weights(&g, io.ws),
+            _ => Vec::new(),
+        };
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
             .into_par_iter()
             .enumerate()
@@ -792,13 +945,7 @@ impl Conv2dOp {
                 let dy = &dp[d.top * s + d.left..];
                 direct::weight_grad(d.taps, dy, g.o, d.dplane, xp, g.c, d.xplane, d.wpos, &mut lanes);
                 if let Some(gxs) = gxs.as_deref_mut() {
-                    direct::forward(d.taps, dp, g.o, d.dplane, wtb, g.c, dx, d.bpos);
-                    let gx = &mut gxs[bi * img..][..img];
-                    for (gxc, dxc) in gx.chunks_exact_mut(g.h * g.w).zip(dx.chunks_exact(d.bpos)) {
-                        for (gr, dr) in gxc.chunks_exact_mut(g.w).zip(dxc.chunks(s)) {
-                            gr.copy_from_slice(&dr[..g.w]);
-                        }
-                    }
+                    d.input_grad(g, dp, wtb, dx, &mut gxs[bi * img..][..img]);
                 }
             }
             let mut gw = vec![0.0f32; io.ws.len()];
@@ -931,7 +1078,7 @@ mod tests {
     }
 
     /// The direct kernels against the im2col + GEMM path, values and all three gradients, within
-    /// a relative 1e-5: over 3×3, 5×5 and rectangular kernels, paddings 1 and 2, channel counts
+    /// a relative 1e-5: over strides 1 and 2, 2×2, 3×3, 5×5 and rectangular kernels, paddings 0–2, channel counts
     /// that do not fill a register tile, sizes that are not multiples of 8, batches that do not
     /// fill the last task, and the three epilogues.
     #[test]
@@ -940,23 +1087,32 @@ mod tests {
         use crate::layers::MaxPool2d;
         let mut rng = Rng::new(23);
         let pool = Epilogue::ReluMaxPool(MaxPool2d::new(2, 2, 0));
-        for (n, c, o, h, w, kh, kw, padding, epilogue) in [
-            (3, 1, 16, 28, 28, 3, 3, 1, Epilogue::Identity),
-            (10, 16, 16, 14, 14, 3, 3, 1, Epilogue::Identity),
-            (9, 17, 3, 9, 11, 3, 3, 1, Epilogue::Relu),
-            (2, 3, 17, 7, 13, 5, 5, 2, Epilogue::Relu),
-            (2, 32, 32, 6, 5, 3, 3, 2, Epilogue::Identity),
-            (11, 1, 6, 16, 16, 5, 5, 1, pool),
-            (4, 6, 5, 12, 10, 3, 5, 1, pool),
-            (2, 2, 3, 5, 9, 3, 3, 2, Epilogue::Identity),
-            (2, 3, 2, 6, 3, 5, 3, 1, Epilogue::Relu),
+        for (n, c, o, h, w, kh, kw, padding, stride, epilogue) in [
+            (3, 1, 16, 28, 28, 3, 3, 1, 1, Epilogue::Identity),
+            (10, 16, 16, 14, 14, 3, 3, 1, 1, Epilogue::Identity),
+            (9, 17, 3, 9, 11, 3, 3, 1, 1, Epilogue::Relu),
+            (2, 3, 17, 7, 13, 5, 5, 2, 1, Epilogue::Relu),
+            (2, 32, 32, 6, 5, 3, 3, 2, 1, Epilogue::Identity),
+            (11, 1, 6, 16, 16, 5, 5, 1, 1, pool),
+            (4, 6, 5, 12, 10, 3, 5, 1, 1, pool),
+            (2, 2, 3, 5, 9, 3, 3, 2, 1, Epilogue::Identity),
+            (2, 3, 2, 6, 3, 5, 3, 1, 1, Epilogue::Relu),
+            // Stride 2 (parity planes): the residual CNN's 3×3 convolution, odd sizes, no padding,
+            // 2×2, 5×5 and rectangular kernels (sub-kernels of 3, 2 and 1 taps a side).
+            (9, 16, 32, 28, 28, 3, 3, 1, 2, Epilogue::Identity),
+            (3, 16, 32, 28, 28, 2, 2, 0, 2, Epilogue::Identity),
+            (2, 3, 5, 9, 11, 3, 3, 1, 2, Epilogue::Relu),
+            (2, 5, 7, 8, 7, 5, 5, 2, 2, Epilogue::Identity),
+            (3, 2, 3, 7, 6, 3, 3, 0, 2, Epilogue::Identity),
+            (2, 3, 4, 11, 9, 3, 5, 1, 2, Epilogue::Relu),
+            (2, 3, 4, 12, 12, 3, 3, 1, 2, pool),
         ] {
-            let case = (n, c, o, h, w, kh, kw, padding, epilogue);
+            let case = (n, c, o, h, w, kh, kw, padding, stride, epilogue);
             let (x, wt, b) = (randn(&[n, c, h, w], &mut rng), randn(&[o, c, kh, kw], &mut rng), randn(&[o], &mut rng));
             let run = |op: Conv2dOp| x.as_tensor().apply_op3(wt.as_tensor(), b.as_tensor(), op).unwrap();
-            let direct = run(Conv2dOp::new(1, padding, 1, 1, epilogue));
-            let im2col = run(Conv2dOp::new(1, padding, 1, 1, epilogue).im2col_only());
-            let op = Conv2dOp::new(1, padding, 1, 1, epilogue);
+            let direct = run(Conv2dOp::new(stride, padding, 1, 1, epilogue));
+            let im2col = run(Conv2dOp::new(stride, padding, 1, 1, epilogue).im2col_only());
+            let op = Conv2dOp::new(stride, padding, 1, 1, epilogue);
             assert!(op.direct(&op.geom(x.dims(), wt.dims()).unwrap()).is_some(), "{case:?} takes the direct path");
             let close = |a: &Tensor, e: &Tensor, what: &str| {
                 let scale = e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
