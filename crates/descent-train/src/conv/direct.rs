@@ -298,19 +298,29 @@ mod avx2 {
         let taps = &offs[..];
         // Tiles of positions outside, output channels inside: the tile's input rows (all channels,
         // `kh` rows) stay in L1 across the output channels.
+        // Whole tiles of FO channels, then the rest; a rest of 7–9 (after a last whole tile
+        // given back) as two tiles of 4 or 5, whose 8–10 accumulators keep both FMA pipes busy
+        // where a tile of 1–3 channels (2–6 accumulators) waits on the FMA latency.
+        let mut tiles = vec![FO; co / FO];
+        let rest = co % FO;
+        if (1..=3).contains(&rest) && !tiles.is_empty() {
+            tiles.pop();
+            tiles.extend([(FO + rest).div_ceil(2), (FO + rest) / 2]);
+        } else if rest > 0 {
+            tiles.push(rest);
+        }
         for q0 in (0..npos).step_by(TILE) {
             let mut o0 = 0;
-            while o0 + FO <= co {
-                forward_tile::<FO>(taps, x, ci, plane, wt, co, out, npos, o0, q0);
-                o0 += FO;
-            }
-            match co - o0 {
-                1 => forward_tile::<1>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
-                2 => forward_tile::<2>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
-                3 => forward_tile::<3>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
-                4 => forward_tile::<4>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
-                5 => forward_tile::<5>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
-                _ => {}
+            for &m in &tiles {
+                match m {
+                    1 => forward_tile::<1>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                    2 => forward_tile::<2>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                    3 => forward_tile::<3>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                    4 => forward_tile::<4>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                    5 => forward_tile::<5>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                    _ => forward_tile::<FO>(taps, x, ci, plane, wt, co, out, npos, o0, q0),
+                }
+                o0 += m;
             }
         }
     }

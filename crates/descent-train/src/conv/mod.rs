@@ -134,8 +134,11 @@ struct DirectGeom {
 /// How a direct convolution reads its input.
 #[derive(Debug, Clone, Copy)]
 enum DirectLayout {
-    /// Stride 1: rows `stride = w + max(2p, kw − 1)` apart, the input gradient a full correlation
-    /// of the output gradient (padded by `kh − 1 − p`, `kw − 1 − p`) with the flipped kernel.
+    /// Stride 1: rows `stride = w + max(p, kw − 1 − p)` apart, the input gradient a full
+    /// correlation of the output gradient (padded by `kh − 1 − p`, `kw − 1 − p`) with the flipped
+    /// kernel. One run of zeros between two rows serves as the right padding of one and the left
+    /// padding of the next: a tap past a row's end reads the next row's left padding (the input's
+    /// `p` columns, the output gradient's `kw − 1 − p`), never its data.
     Dense,
     /// Stride 2: the padded input split into its four (row, column) parity planes of `rows × cols`
     /// ([`direct::Taps::parity`]), `sub` floats apart. The input gradient of parity plane
@@ -147,7 +150,7 @@ enum DirectLayout {
 impl DirectGeom {
     /// Stride 1.
     fn dense(g: &Geom, p: usize) -> Self {
-        let stride = g.w + (2 * p).max(g.kw - 1);
+        let stride = g.w + p.max(g.kw - 1 - p);
         let slack = direct::slack(g.kw);
         DirectGeom {
             taps: direct::Taps::dense(g.kh, g.kw, stride),
