@@ -316,7 +316,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
             a.lr = Some(lr);
         }
         if let Some(h) = &s.hparams {
-            a.hparams = serde_json::from_str(h).map_err(|e| anyhow::anyhow!("--hparams {h}: not JSON ({e})"))?;
+            a.hparams = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
         }
         if let Some(b) = s.batch_size {
             a.batch_size = Some(b);

@@ -494,8 +494,66 @@ fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
     Ok((pat.to_string(), v))
 }
 
-fn parse_json(s: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(s).map_err(|e| format!("not JSON ({e})"))
+/// JSON a user typed (`--hparams`, `--group`), as serde_json reads it except that a key given
+/// twice in one object is refused: serde_json would keep the last and silently drop the other.
+pub(crate) fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    struct Strict(Value);
+    struct StrictVisitor;
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut v = vec![];
+            while let Some(Strict(x)) = seq.next_element()? {
+                v.push(x);
+            }
+            Ok(Value::Array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut m = serde_json::Map::new();
+            while let Some((k, Strict(v))) = map.next_entry::<String, Strict>()? {
+                if m.contains_key(&k) {
+                    return Err(A::Error::custom(format!("key `{k}` given twice")));
+                }
+                m.insert(k, v);
+            }
+            Ok(Value::Object(m))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(s);
+    let v = Strict::deserialize(&mut de).and_then(|v| de.end().map(|_| v.0));
+    v.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => e.to_string(),
+        _ => format!("not JSON ({e})"),
+    })
 }
 
 /// The refusal of the commands that have no language-model workload.

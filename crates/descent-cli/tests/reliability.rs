@@ -137,6 +137,18 @@ fn a_failing_command_leaves_no_folder_and_bad_settings_are_named_in_a_line() {
         assert!(err.lines().count() <= 2 && !err.contains("backtrace"), "{extra:?}: {err}");
         assert!(!out.exists(), "{extra:?} left a run folder behind");
     }
+    // A key given twice in a JSON argument (serde_json would keep the last and drop the other
+    // silently), refused by the argument parser: its line, then clap's pointer to --help.
+    for (extra, needle) in [
+        (["--hparams", "{\"lr\": 0.1, \"lr\": 0.2}"], "`lr` given twice"),
+        (["--group", "bias={\"weight_decay\": 0, \"nested\": {\"a\": 1, \"a\": 2}}"], "`a` given twice"),
+    ] {
+        let o = descent().args(["train", "--model", "linear", "--out", s(&out)]).args(extra).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.lines().next().is_some_and(|l| l.contains(needle)), "{extra:?}: {err}");
+        assert!(err.lines().filter(|l| !l.is_empty()).count() <= 2, "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} left a run folder behind");
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 
