@@ -58,6 +58,9 @@ pub struct Conv2dOp {
     precision: Precision,
     /// Always im2col + GEMM, even where the direct kernels apply (to compare the two).
     im2col_only: bool,
+    /// The direct path's padded input planes, `[n][c][xplane]`, from the forward for the backward
+    /// (which would otherwise pad the input again), then given back to [`PLANES`].
+    planes: Mutex<Vec<f32>>,
 }
 
 /// Sizes of one convolution.
@@ -314,6 +317,34 @@ impl DirectGeom {
 }
 
 thread_local! {
+    /// Buffers for the direct path's padded input planes, given back by each backward: a step's
+    /// convolutions take them in the forward's order and give them back in the reverse order, so
+    /// each finds its own size again (without a zero fill or page faults of a fresh allocation).
+    static PLANES: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers [`PLANES`] keeps at most.
+const PLANES_KEPT: usize = 16;
+
+/// A buffer of `len` floats from [`PLANES`] (or a new one): its contents are whatever its last user
+/// left.
+fn take_planes(len: usize) -> Vec<f32> {
+    let mut v = PLANES.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Gives a buffer back to [`PLANES`].
+fn give_back_planes(v: Vec<f32>) {
+    PLANES.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < PLANES_KEPT {
+            p.push(v);
+        }
+    })
+}
+
+thread_local! {
     /// Per-thread working buffers of the convolution tasks, kept between calls: a fresh
     /// zero-filled allocation per task costs page faults and a memset the size of the columns.
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
@@ -352,6 +383,7 @@ impl Conv2dOp {
             argmax: Mutex::new(Vec::new()),
             precision,
             im2col_only: false,
+            planes: Mutex::new(Vec::new()),
         }
     }
 
@@ -640,10 +672,16 @@ impl CustomOp3 for Conv2dOp {
                     wt[ct * g.o + oc] = v;
                 }
             }
-            out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).enumerate().for_each(|(t, (outs, idx))| {
-                let xs = &x[t * IMAGES_PER_TASK * img..][..outs.len() / out_img * img];
-                self.direct_forward_task(&g, &d, xs, &wt, b, outs, idx);
-            });
+            // Every element of the planes is written (padding included) before it is read.
+            let mut planes = take_planes(g.n * g.c * d.xplane);
+            let task_planes = planes.par_chunks_mut(IMAGES_PER_TASK * g.c * d.xplane);
+            out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).zip(task_planes).enumerate().for_each(
+                |(t, ((outs, idx), xps))| {
+                    let xs = &x[t * IMAGES_PER_TASK * img..][..outs.len() / out_img * img];
+                    self.direct_forward_task(&g, &d, xs, xps, &wt, b, outs, idx);
+                },
+            );
+            *self.planes.lock().expect("planes lock") = planes;
             if pool.is_some() {
                 *self.argmax.lock().expect("argmax lock") = argmax;
             }
@@ -730,17 +768,34 @@ impl CustomOp3 for Conv2dOp {
             Some(d) if need_gx => d.input_grad_weights(&g, io.ws),
             _ => Vec::new(),
         };
+        // The forward's padded input planes; padded again if they are gone (a second backward
+        // through the same forward).
+        let planes = match &direct {
+            Some(d) => {
+                let len = g.n * g.c * d.xplane;
+                let mut p = std::mem::take(&mut *self.planes.lock().expect("planes lock"));
+                if p.len() != len {
+                    p = take_planes(len);
+                    p.par_chunks_mut(g.c * d.xplane).zip(io.xs.par_chunks(img)).for_each(|(xp, x)| d.pad_input(&g, x, xp));
+                }
+                p
+            }
+            None => Vec::new(),
+        };
         let partials: Vec<(Vec<f32>, Vec<f32>)> = gx_chunks
             .into_par_iter()
             .enumerate()
             .map(|(t, gxs)| {
                 let (n0, gxs) = (t * IMAGES_PER_TASK, need_gx.then_some(gxs));
                 match &direct {
-                    Some(d) => self.direct_backward_task(&g, d, &io, &wtb, n0, gxs),
+                    Some(d) => self.direct_backward_task(&g, d, &io, &wtb, &planes, n0, gxs),
                     None => self.backward_task(&g, &io, n0, gxs),
                 }
             })
             .collect();
+        if direct.is_some() {
+            give_back_planes(planes);
+        }
         let mut gw = vec![0.0f32; io.ws.len()];
         let mut gb = vec![0.0f32; g.o];
         for (pw, pb) in &partials {
@@ -854,7 +909,8 @@ impl Conv2dOp {
     }
 
     /// The forward of one task's images `xs` by the direct kernel, image by image: pads the
-    /// image, convolves it into the wide grid, then writes the valid columns through the epilogue.
+    /// image into its planes in `xps` (kept for the backward), convolves it into the wide grid,
+    /// then writes the valid columns through the epilogue.
     // The task's slices, flat, as the im2col task has them.
     #[allow(clippy::too_many_arguments)]
     fn direct_forward_task(
@@ -862,6 +918,7 @@ impl Conv2dOp {
         g: &Geom,
         d: &DirectGeom,
         xs: &[f32],
+        xps: &mut [f32],
         wt: &[f32],
         b: &[f32],
         outs: &mut [f32],
@@ -870,8 +927,8 @@ impl Conv2dOp {
         let (img, s) = (g.image(), d.taps.stride);
         let (ph, pw) = self.out_plane(g);
         let pool_len = if matches!(self.epilogue, Epilogue::ReluMaxPool(_)) { g.hw() } else { 0 };
-        with_scratch([g.c * d.xplane, g.o * d.fpos, pool_len], |[xp, y, plane]| {
-            for (bi, x) in xs.chunks_exact(img).enumerate() {
+        with_scratch([g.o * d.fpos, pool_len], |[y, plane]| {
+            for (bi, (x, xp)) in xs.chunks_exact(img).zip(xps.chunks_exact_mut(g.c * d.xplane)).enumerate() {
                 d.pad_input(g, x, xp);
                 direct::forward(d.taps, xp, g.c, d.xplane, wt, g.o, y, d.fpos);
                 for (oc, &bias) in b.iter().enumerate() {
@@ -893,7 +950,8 @@ impl Conv2dOp {
     }
 
     /// The backward of images `n0..` of one task by the direct kernels, image by image: pads the
-    /// input and the output gradient (through the epilogue's backward), adds the image's weight
+    /// output gradient (through the epilogue's backward; the input's padded planes `planes` are
+    /// the forward's, `[n][c][xplane]`), adds the image's weight
     /// and bias gradients to the task's, and writes its input gradient into `gxs` (when wanted)
     /// as the convolution of the padded output gradient with the flipped weights `wtb`.
     fn direct_backward_task(
@@ -902,6 +960,7 @@ impl Conv2dOp {
         d: &DirectGeom,
         io: &BackwardIo,
         wtb: &[f32],
+        planes: &[f32],
         n0: usize,
         mut gxs: Option<&mut [f32]>,
     ) -> (Vec<f32>, Vec<f32>) {
@@ -911,10 +970,10 @@ impl Conv2dOp {
         let mut lanes = vec![0.0f32; io.ws.len() * direct::LANES];
         let gb = self.bias_grad(g, io, n0, nb);
         let gx_len = if gxs.is_some() { g.c * d.bpos } else { 0 };
-        with_scratch([g.c * d.xplane, g.o * d.dplane, gx_len], |[xp, dp, dx]| {
+        with_scratch([g.o * d.dplane, gx_len], |[dp, dx]| {
             for bi in 0..nb {
                 let n = n0 + bi;
-                d.pad_input(g, &io.xs[n * img..][..img], xp);
+                let xp = &planes[n * g.c * d.xplane..][..g.c * d.xplane];
                 let at0 = n * g.o * ph * pw;
                 match self.epilogue {
                     Epilogue::Identity | Epilogue::Relu => {
@@ -1076,6 +1135,26 @@ mod tests {
                     let (a, e) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
                     assert!(max_diff(a, e) < 1e-4, "{epilogue:?} gradient of {:?}", v.dims());
                 }
+            }
+        }
+    }
+
+    /// The backward reads the forward's padded planes; a second backward through the same
+    /// forward (which no longer has them) pads the input again and gives the same gradients.
+    #[test]
+    fn a_second_backward_gives_the_same_gradients() {
+        use super::{Conv2dOp, Epilogue};
+        let mut rng = Rng::new(5);
+        for stride in [1, 2] {
+            let (x, w, b) = (randn(&[3, 4, 9, 9], &mut rng), randn(&[5, 4, 3, 3], &mut rng), randn(&[5], &mut rng));
+            let y = x.as_tensor().apply_op3(w.as_tensor(), b.as_tensor(), Conv2dOp::new(stride, 1, 1, 1, Epilogue::Identity));
+            let loss = y.unwrap().sqr().unwrap().sum_all().unwrap();
+            let (g1, g2) = (loss.backward().unwrap(), loss.backward().unwrap());
+            for v in [&x, &w, &b] {
+                let flat = |g: &candle_core::backprop::GradStore| {
+                    g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                };
+                assert_eq!(flat(&g1), flat(&g2), "stride {stride}");
             }
         }
     }
