@@ -776,7 +776,9 @@ impl CustomOp3 for Conv2dOp {
                 let mut p = std::mem::take(&mut *self.planes.lock().expect("planes lock"));
                 if p.len() != len {
                     p = take_planes(len);
-                    p.par_chunks_mut(g.c * d.xplane).zip(io.xs.par_chunks(img)).for_each(|(xp, x)| d.pad_input(&g, x, xp));
+                    p.par_chunks_mut(g.c * d.xplane)
+                        .zip(io.xs.par_chunks(img))
+                        .for_each(|(xp, x)| d.pad_input(&g, x, xp));
                 }
                 p
             }
@@ -1147,7 +1149,11 @@ mod tests {
         let mut rng = Rng::new(5);
         for stride in [1, 2] {
             let (x, w, b) = (randn(&[3, 4, 9, 9], &mut rng), randn(&[5, 4, 3, 3], &mut rng), randn(&[5], &mut rng));
-            let y = x.as_tensor().apply_op3(w.as_tensor(), b.as_tensor(), Conv2dOp::new(stride, 1, 1, 1, Epilogue::Identity));
+            let y = x.as_tensor().apply_op3(
+                w.as_tensor(),
+                b.as_tensor(),
+                Conv2dOp::new(stride, 1, 1, 1, Epilogue::Identity),
+            );
             let loss = y.unwrap().sqr().unwrap().sum_all().unwrap();
             let (g1, g2) = (loss.backward().unwrap(), loss.backward().unwrap());
             for v in [&x, &w, &b] {

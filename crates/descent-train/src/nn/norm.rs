@@ -196,38 +196,37 @@ mod avx2 {
 }
 
 avx2_kernel! {
-    /// `y = ((x − m)·r)·w + b` over a channel's block, then `max(y, 0)` when `relu` (NaN stays
-    /// NaN, as torch.relu).
-    fn normalize(y: &mut [MaybeUninit<f32>], x: &[f32], m: f64, r: f64, w: f32, b: f32, relu: bool) {
+    /// `y = (x − m)·a + b` over a channel's block (`a = w·r`, in f32 as PyTorch's), then
+    /// `max(y, 0)` when `relu` (NaN stays NaN, as torch.relu).
+    fn normalize(y: &mut [MaybeUninit<f32>], x: &[f32], m: f32, a: f32, b: f32, relu: bool) {
         if relu {
             for (o, &v) in y.iter_mut().zip(x) {
-                let t = ((v as f64 - m) * r) as f32 * w + b;
+                let t = (v - m).mul_add(a, b);
                 o.write(if t < 0.0 { 0.0 } else { t });
             }
         } else {
             for (o, &v) in y.iter_mut().zip(x) {
-                o.write(((v as f64 - m) * r) as f32 * w + b);
+                o.write((v - m).mul_add(a, b));
             }
         }
     }
 }
 
 avx2_kernel! {
-    /// `dx = scale·(g − mg − (x − m)·r·mgx)` over a channel's block, `g` first passed back
-    /// through the ReLU that gave the output `relu_out` (when there is one).
+    /// `dx = ((g − mean_g) − (x − m)·k)·scale` over a channel's block in f32 (as PyTorch's), `g`
+    /// first passed back through the ReLU that gave the output `relu_out` (when there is one).
     #[allow(clippy::too_many_arguments)]
     fn normalize_grad(
         gx: &mut [MaybeUninit<f32>],
         xs: &[f32],
         gs: &[f32],
         relu_out: Option<&[f32]>,
-        m: f64,
-        r: f64,
-        scale: f64,
-        mean_g: f64,
-        mean_gx: f64,
+        m: f32,
+        k: f32,
+        scale: f32,
+        mean_g: f32,
     ) {
-        let dx = |x: f32, g: f32| (scale * (g as f64 - mean_g - (x as f64 - m) * r * mean_gx)) as f32;
+        let dx = |x: f32, g: f32| (x - m).mul_add(-k, g - mean_g) * scale;
         match relu_out {
             Some(rs) => {
                 for (((o, &x), &g), &y) in gx.iter_mut().zip(xs).zip(gs).zip(rs) {
@@ -466,7 +465,8 @@ impl CustomOp3 for BatchNormOp {
             par_filled(x.len(), image, |k, y| {
                 let x = &x[k * image..][..y.len()];
                 for (ci, (y, x)) in y.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
-                    normalize(y, x, mean[ci], rstd[ci], w[ci], b[ci], self.relu);
+                    let a = (rstd[ci] * w[ci] as f64) as f32;
+                    normalize(y, x, mean[ci] as f32, a, b[ci], self.relu);
                 }
             })
         };
@@ -524,7 +524,8 @@ impl CustomOp3 for BatchNormOp {
                     let (m, r, scale) = (mean[ci], rstd[ci], ws[ci] as f64 * rstd[ci]);
                     let (mg, mgx) = if training { (sum_g[ci] / count, sum_gx[ci] / count) } else { (0.0, 0.0) };
                     let (xs, gs) = (&xs[at..at + inner], &gs[at..at + inner]);
-                    normalize_grad(gx, xs, gs, block(at), m, r, scale, mg, mgx);
+                    let f = |v: f64| v as f32;
+                    normalize_grad(gx, xs, gs, block(at), f(m), f(r * mgx), f(scale), f(mg));
                 }
             })
         };
