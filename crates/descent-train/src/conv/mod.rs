@@ -956,6 +956,8 @@ impl Conv2dOp {
     /// the forward's, `[n][c][xplane]`), adds the image's weight
     /// and bias gradients to the task's, and writes its input gradient into `gxs` (when wanted)
     /// as the convolution of the padded output gradient with the flipped weights `wtb`.
+    // The task's slices, flat, as the forward task has them.
+    #[allow(clippy::too_many_arguments)]
     fn direct_backward_task(
         &self,
         g: &Geom,
