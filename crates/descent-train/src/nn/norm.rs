@@ -12,12 +12,65 @@ use crate::error::{Error, Result};
 use crate::model::Mode;
 use crate::nn::ROWS_PER_TASK;
 
-/// Mean and biased variance (over `x.len()`) of `x`, accumulated in f64.
+/// Mean and biased variance (over `x.len()`) of `x`, accumulated in f64 ([`sum`],
+/// [`sum_sq_dev`]).
 fn moments(x: &[f32]) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean, var)
+    let mean = sum(x) / n;
+    (mean, sum_sq_dev(x, mean) / n)
+}
+
+avx2_kernel! {
+    /// One row of layer norm: `y = ((x − m)·r)·w + b` (in f32, as PyTorch's).
+    fn layer_norm_row(y: &mut [MaybeUninit<f32>], x: &[f32], m: f32, r: f32, w: &[f32], b: &[f32]) {
+        for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            o.write(((v - m) * r).mul_add(w, b));
+        }
+    }
+}
+
+avx2_kernel! {
+    /// One row of layer norm's backward (`x̂ = (x − mean)·rstd`, `ĝ = g·w`): adds `g·x̂` to `gw`
+    /// and `g` to `gb`, and writes `gx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, the row's sums in
+    /// f64 in 8 interleaved lanes. `xhat` is working space of the row's length.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_grad_row(
+        gx: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        gw: &mut [f64],
+        gb: &mut [f64],
+        xhat: &mut [f64],
+        mean: f64,
+        rstd: f64,
+    ) {
+        for ((((h, &x), &g), gw), gb) in xhat.iter_mut().zip(x).zip(g).zip(gw.iter_mut()).zip(gb.iter_mut()) {
+            *h = (x as f64 - mean) * rstd;
+            *gw += g as f64 * *h;
+            *gb += g as f64;
+        }
+        let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
+        let ((g8, gt), (w8, wt), (h8, ht)) = (g.as_chunks::<8>(), w.as_chunks::<8>(), xhat.as_chunks::<8>());
+        for ((g8, w8), h8) in g8.iter().zip(w8).zip(h8) {
+            for k in 0..8 {
+                let gh = g8[k] as f64 * w8[k] as f64;
+                sg[k] += gh;
+                sgx[k] += gh * h8[k];
+            }
+        }
+        let (mut tg, mut tgx) = (0.0, 0.0);
+        for ((&g, &w), &h) in gt.iter().zip(wt).zip(ht) {
+            let gh = g as f64 * w as f64;
+            tg += gh;
+            tgx += gh * h;
+        }
+        let c = x.len() as f64;
+        let (mg, mgx) = (fold8(sg, tg) / c, fold8(sgx, tgx) / c);
+        for (((o, &g), &w), &h) in gx.iter_mut().zip(g).zip(w).zip(xhat.iter()) {
+            o.write((rstd * (g as f64 * w as f64 - mg - h * mgx)) as f32);
+        }
+    }
 }
 
 /// `[Σ_j f(xs[8j + k]) for k < 8]` over the whole 8-chunks of `xs`, in f64: interleaved partial
@@ -277,14 +330,17 @@ impl CustomOp3 for LayerNormOp {
             f32_slice(s2, l2, "layer_norm weight")?,
             f32_slice(s3, l3, "layer_norm bias")?,
         );
-        let mut y = vec![0.0f32; x.len()];
-        y.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(ROWS_PER_TASK).for_each(|(y, x)| {
-            let (mean, var) = moments(x);
-            let rstd = 1.0 / (var + self.eps).sqrt();
-            for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *o = ((v as f64 - mean) * rstd) as f32 * w + b;
-            }
-        });
+        let rows = c * ROWS_PER_TASK;
+        // SAFETY: each task writes all of its rows.
+        let y = unsafe {
+            par_filled(x.len(), rows, |k, y| {
+                for (y, x) in y.chunks_mut(c).zip(x[k * rows..].chunks(c)) {
+                    let (mean, var) = moments(x);
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    layer_norm_row(y, x, mean as f32, rstd as f32, w, b);
+                }
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -306,34 +362,24 @@ impl CustomOp3 for LayerNormOp {
         let xs = storage_f32s(&sx, lx, "layer_norm input")?;
         let ws = storage_f32s(&sw, lw, "layer_norm weight")?;
         let gs = storage_f32s(&sg, lg, "layer_norm gradient")?;
-        let mut gx = vec![0.0f32; xs.len()];
         // Each task returns its rows' partial sums of g·x̂ and g, added in task order.
-        let partial: Vec<(Vec<f64>, Vec<f64>)> = gx
-            .par_chunks_mut(c * ROWS_PER_TASK)
-            .zip(xs.par_chunks(c * ROWS_PER_TASK).zip(gs.par_chunks(c * ROWS_PER_TASK)))
+        let mut gx: Vec<f32> = Vec::with_capacity(xs.len());
+        let rows = c * ROWS_PER_TASK;
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = gx.spare_capacity_mut()[..xs.len()]
+            .par_chunks_mut(rows)
+            .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
             .map(|(gx, (xs, gs))| {
-                let (mut gw, mut gb) = (vec![0.0f64; c], vec![0.0f64; c]);
-                let mut xhat = vec![0.0f64; c];
+                let (mut gw, mut gb, mut xhat) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
                 for ((gx, x), g) in gx.chunks_mut(c).zip(xs.chunks(c)).zip(gs.chunks(c)) {
                     let (mean, var) = moments(x);
                     let rstd = 1.0 / (var + self.eps).sqrt();
-                    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                    for i in 0..c {
-                        xhat[i] = (x[i] as f64 - mean) * rstd;
-                        let gh = g[i] as f64 * ws[i] as f64;
-                        sg += gh;
-                        sgx += gh * xhat[i];
-                        gw[i] += g[i] as f64 * xhat[i];
-                        gb[i] += g[i] as f64;
-                    }
-                    let (mg, mgx) = (sg / c as f64, sgx / c as f64);
-                    for i in 0..c {
-                        gx[i] = (rstd * (g[i] as f64 * ws[i] as f64 - mg - xhat[i] * mgx)) as f32;
-                    }
+                    layer_norm_grad_row(gx, x, g, ws, &mut gw, &mut gb, &mut xhat, mean, rstd);
                 }
                 (gw, gb)
             })
             .collect();
+        // SAFETY: each task wrote every row of its chunk, and the chunks cover `..xs.len()`.
+        unsafe { gx.set_len(xs.len()) };
         let (mut gw, mut gb) = (vec![0.0f64; c], vec![0.0f64; c]);
         for (pw, pb) in partial {
             gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
