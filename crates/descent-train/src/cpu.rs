@@ -76,3 +76,62 @@ pub(crate) unsafe fn par_filled(
     unsafe { v.set_len(len) };
     v
 }
+
+thread_local! {
+    /// Buffers an op keeps from its forward for its backward (a convolution's padded input, a
+    /// linear layer's GELU derivative), given back by the backward: a step's ops take them in the
+    /// forward's order and give them back in the reverse order, so each finds a buffer of its own
+    /// size again, without the zero fill or the page faults of a fresh allocation.
+    static BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers [`BUFFERS`] keeps at most (per thread).
+const BUFFERS_KEPT: usize = 32;
+
+/// A buffer of `len` floats from this thread's [`BUFFERS`] (or a new one): its contents are
+/// whatever its last user left.
+pub(crate) fn take_buffer(len: usize) -> Vec<f32> {
+    let mut v = BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Gives a buffer back to this thread's [`BUFFERS`] (dropped if it holds enough; one that never
+/// allocated is not kept: the next taker would find nothing in it).
+pub(crate) fn give_back_buffer(v: Vec<f32>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < BUFFERS_KEPT {
+            b.push(v);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{give_back_buffer, take_buffer};
+
+    /// Buffers come back last in, first out; one that never allocated is not kept (a regression
+    /// made every convolution allocate afresh: the classifier's op gave back its empty buffer,
+    /// which the next forward then took).
+    #[test]
+    fn buffers_come_back_last_in_first_out_and_empty_ones_are_not_kept() {
+        std::thread::spawn(|| {
+            let (a, b) = (vec![1.0f32; 100], vec![2.0f32; 50]);
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            give_back_buffer(a);
+            give_back_buffer(b);
+            give_back_buffer(Vec::new());
+            let x = take_buffer(50);
+            assert_eq!(x.as_ptr(), pb);
+            let y = take_buffer(80);
+            assert_eq!((y.as_ptr(), y.len()), (pa, 80));
+            assert_eq!(take_buffer(3), vec![0.0; 3]);
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{f32_slice, give_back_buffer, storage_f32s, take_buffer};
 use crate::gemm::{matmul_in, matmul_new};
 use crate::nn::activation::{gelu_in_place_with_derivative, Gelu};
 use crate::precision::Precision;
@@ -44,6 +44,18 @@ impl LinearOp {
     /// The op for `act` with products in `precision`.
     pub fn new(act: Activation, precision: Precision) -> Self {
         LinearOp { act, precision, derivative: Arc::new(Mutex::new(Vec::new())) }
+    }
+}
+
+impl Drop for LinearOp {
+    /// The GELU derivative's buffer goes back to this thread's buffers for the next forward
+    /// (unless a clone of the op still holds it).
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.derivative) == 1 {
+            if let Ok(mut d) = self.derivative.lock() {
+                give_back_buffer(std::mem::take(&mut *d));
+            }
+        }
     }
 }
 
@@ -88,7 +100,8 @@ impl CustomOp3 for LinearOp {
             Activation::Identity => {}
             Activation::Relu => y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
             Activation::Gelu(which) => {
-                let mut d = vec![0.0f32; y.len()];
+                // Every value is written.
+                let mut d = take_buffer(y.len());
                 gelu_in_place_with_derivative(which, &mut y, &mut d);
                 *self.derivative.lock().expect("linear derivative lock") = d;
             }
@@ -115,14 +128,16 @@ impl CustomOp3 for LinearOp {
         let xs = storage_f32s(&sx, lx, "linear input")?;
         let ws = storage_f32s(&sw, lw, "linear weight")?;
         let gs = storage_f32s(&sg, lg, "linear gradient")?;
-        let masked: Vec<f32>;
+        // The activation's backward into a buffer given back at the end (every value written).
+        let mut masked = Vec::new();
         let gy: &[f32] = match self.act {
             Activation::Identity => gs,
             Activation::Relu => {
                 // The gradient passes where the output is positive (as torch's ReLU backward).
                 let (s, l) = res.storage_and_layout();
                 let r = storage_f32s(&s, l, "linear output")?;
-                masked = gs.iter().zip(r).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
+                masked = take_buffer(gs.len());
+                masked.iter_mut().zip(gs.iter().zip(r)).for_each(|(m, (&g, &r))| *m = if r > 0.0 { g } else { 0.0 });
                 &masked
             }
             Activation::Gelu(_) => {
@@ -130,7 +145,8 @@ impl CustomOp3 for LinearOp {
                 if d.len() != gs.len() {
                     candle_core::bail!("linear: backward without its GELU forward");
                 }
-                masked = gs.iter().zip(d.iter()).map(|(&g, &d)| g * d).collect();
+                masked = take_buffer(gs.len());
+                masked.iter_mut().zip(gs.iter().zip(d.iter())).for_each(|(m, (&g, &d))| *m = g * d);
                 &masked
             }
         };
@@ -142,6 +158,9 @@ impl CustomOp3 for LinearOp {
         }
         let gx =
             if x.track_op() { Some(matmul_new(self.precision, gy, false, ws, false, n, inp, out, par)) } else { None };
+        if !masked.is_empty() {
+            give_back_buffer(masked);
+        }
         let dev = x.device();
         let gx = gx.map(|gx| Tensor::from_vec(gx, x.dims(), dev)).transpose()?;
         Ok((gx, Some(Tensor::from_vec(gw, (out, inp), dev)?), Some(Tensor::from_vec(gb, out, dev)?)))

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{f32_slice, give_back_buffer, storage_f32s, take_buffer};
 use crate::gemm::matmul_in;
 use crate::layers::MaxPool2d;
 use crate::precision::Precision;
@@ -59,7 +59,7 @@ pub struct Conv2dOp {
     /// Always im2col + GEMM, even where the direct kernels apply (to compare the two).
     im2col_only: bool,
     /// The direct path's padded input planes, `[n][c][xplane]`, from the forward for the backward
-    /// (which would otherwise pad the input again), then given back to [`PLANES`].
+    /// (which would otherwise pad the input again), then given back ([`give_back_buffer`]).
     planes: Mutex<Vec<f32>>,
 }
 
@@ -317,34 +317,6 @@ impl DirectGeom {
 }
 
 thread_local! {
-    /// Buffers for the direct path's padded input planes, given back by each backward: a step's
-    /// convolutions take them in the forward's order and give them back in the reverse order, so
-    /// each finds its own size again (without a zero fill or page faults of a fresh allocation).
-    static PLANES: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Buffers [`PLANES`] keeps at most.
-const PLANES_KEPT: usize = 16;
-
-/// A buffer of `len` floats from [`PLANES`] (or a new one): its contents are whatever its last user
-/// left.
-fn take_planes(len: usize) -> Vec<f32> {
-    let mut v = PLANES.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-    v.resize(len, 0.0);
-    v
-}
-
-/// Gives a buffer back to [`PLANES`].
-fn give_back_planes(v: Vec<f32>) {
-    PLANES.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < PLANES_KEPT {
-            p.push(v);
-        }
-    })
-}
-
-thread_local! {
     /// Per-thread working buffers of the convolution tasks, kept between calls: a fresh
     /// zero-filled allocation per task costs page faults and a memset the size of the columns.
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
@@ -367,6 +339,18 @@ fn with_scratch<const N: usize, R>(lens: [usize; N], f: impl FnOnce([&mut [f32];
         // Re-entered (a task inside a task): fresh buffers.
         Err(_) => run(&mut Default::default()),
     })
+}
+
+impl Drop for Conv2dOp {
+    /// The padded input planes a forward kept (and no backward took) go back to this thread's
+    /// buffers.
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.planes.lock() {
+            if !p.is_empty() {
+                give_back_buffer(std::mem::take(&mut *p));
+            }
+        }
+    }
 }
 
 impl Conv2dOp {
@@ -673,7 +657,7 @@ impl CustomOp3 for Conv2dOp {
                 }
             }
             // Every element of the planes is written (padding included) before it is read.
-            let mut planes = take_planes(g.n * g.c * d.xplane);
+            let mut planes = take_buffer(g.n * g.c * d.xplane);
             let task_planes = planes.par_chunks_mut(IMAGES_PER_TASK * g.c * d.xplane);
             out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).zip(task_planes).enumerate().for_each(
                 |(t, ((outs, idx), xps))| {
@@ -775,7 +759,7 @@ impl CustomOp3 for Conv2dOp {
                 let len = g.n * g.c * d.xplane;
                 let mut p = std::mem::take(&mut *self.planes.lock().expect("planes lock"));
                 if p.len() != len {
-                    p = take_planes(len);
+                    p = take_buffer(len);
                     p.par_chunks_mut(g.c * d.xplane)
                         .zip(io.xs.par_chunks(img))
                         .for_each(|(xp, x)| d.pad_input(&g, x, xp));
@@ -796,7 +780,7 @@ impl CustomOp3 for Conv2dOp {
             })
             .collect();
         if direct.is_some() {
-            give_back_planes(planes);
+            give_back_buffer(planes);
         }
         let mut gw = vec![0.0f32; io.ws.len()];
         let mut gb = vec![0.0f32; g.o];
