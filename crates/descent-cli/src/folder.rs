@@ -402,7 +402,7 @@ pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
         Some(m) if m.kind == kind => m,
         Some(m) => bail!("{d} is a descent {} folder, not a {} folder", m.kind.name(), kind.name()),
         None if kind.legacy(dir) && kind == Kind::Run => bail!(
-            "{d} was written by an older descent whose runs carry no identity; it cannot be resumed safely: start it again with --force"
+            "{d} has no {MARKER} (a run of an older descent, or its marker was deleted), so nothing ties its checkpoint to its logs; it cannot be resumed safely: start it again with --force"
         ),
         // A sweep's trials are checked line by line: an older folder is given its marker.
         None if kind.legacy(dir) => Marker::new(kind, None),

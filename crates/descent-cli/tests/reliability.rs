@@ -799,3 +799,19 @@ fn residual_and_plain_cnns_train_and_resume_with_their_running_statistics() {
     assert!(!ok && t.contains("--depth 7"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_run_whose_marker_was_deleted_is_not_resumed_and_the_message_says_why() {
+    let d = fresh("marker");
+    let r = d.join("run");
+    let (ok, t) = linear(&r, &["--epochs", "1"]);
+    assert!(ok, "{t}");
+    std::fs::remove_file(r.join("descent.json")).unwrap();
+    let before = names(&r);
+    common::one_line_error(
+        &["train", "--resume", s(&r), "--epochs", "2"],
+        &["has no descent.json", "marker was deleted", "--force"],
+    );
+    assert_eq!(names(&r), before, "the refused resume changed the folder");
+    std::fs::remove_dir_all(&d).unwrap();
+}
