@@ -17,6 +17,7 @@ mod plot;
 mod runs;
 mod sample;
 mod search_space;
+mod show;
 mod sweep;
 mod tensorboard;
 mod train;

@@ -9,6 +9,7 @@ use descent_train::checkpoint::Checkpoint;
 
 use crate::folder;
 use crate::runs::{json_line, EpochRow, EvalRow, GradNormRow, StepRow};
+use crate::show::Num;
 use descent_train::augment::Affine;
 use descent_train::data::{Dataset, MNIST_MEAN, MNIST_STD};
 use descent_train::gpt::{Gpt, GptConfig};
@@ -1372,7 +1373,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     }
     if let Some(lr) = a.lr {
         if finite("--lr", lr)? < 0.0 {
-            bail!("--lr {lr}: the learning rate must be at least 0");
+            bail!("--lr {}: the learning rate must be at least 0", Num(lr));
         }
     }
     if a.epochs == Some(0) {
@@ -1617,7 +1618,7 @@ fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
             bail!("--min-lr {m}: must be a finite number at least 0");
         }
         if let Some(lr) = a.lr.filter(|&lr| m > lr) {
-            bail!("--min-lr {m}: the rate the schedule decays to must not exceed --lr {lr}");
+            bail!("--min-lr {}: the rate the schedule decays to must not exceed --lr {}", Num(m), Num(lr));
         }
     }
     // A decay that ends within the warm-up is nanoGPT's too: the warm-up, then min_lr.
@@ -1729,7 +1730,11 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
     // SAM's base may carry its own rate: the run's rate is the same setting.
     if let (Some(lr), Some(base)) = (a.lr, sam_base_lr(a)) {
         if lr != base {
-            bail!("--lr {lr} and the learning rate {base} in --hparams `base` are the same setting; give one");
+            bail!(
+                "--lr {} and the learning rate {} in --hparams `base` are the same setting; give one",
+                Num(lr),
+                Num(base)
+            );
         }
     }
     Ok(())
@@ -1772,7 +1777,7 @@ fn merge_lr(a: &mut TrainArgs) -> Result<()> {
     let key = descent_core::spec::lr_key(lib);
     let given = a.lr.or_else(|| a.hparams.get(key).and_then(|v| v.as_f64()));
     if let Some((lr, why)) = given.and_then(|lr| rate_set_elsewhere(a).map(|why| (lr, why))) {
-        bail!("--lr {lr}: {why}");
+        bail!("--lr {}: {why}", Num(lr));
     }
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
@@ -1780,7 +1785,9 @@ fn merge_lr(a: &mut TrainArgs) -> Result<()> {
         bail!("--hparams `{key}` = {v}: give a learning-rate schedule with --schedule and --schedule-args");
     };
     match a.lr {
-        Some(lr) if lr != x => bail!("--lr {lr} and --hparams `{key}` = {x} are the same setting; give one"),
+        Some(lr) if lr != x => {
+            bail!("--lr {} and --hparams `{key}` = {} are the same setting; give one", Num(lr), Num(x))
+        }
         _ => {
             a.lr = Some(x);
             h.remove(key);
@@ -2442,7 +2449,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             println!("{m}")
         }
     };
-    let lr = a.lr.map(|l| l.to_string()).unwrap_or_else(|| "default".into());
+    let lr = a.lr.map(|l| Num(l).to_string()).unwrap_or_else(|| "default".into());
     match &job {
         Job::Text { model, corpus, text, .. } => say(format!(
             "training gpt ({} parameters: {} layers, {} heads, {} wide, block {}) on {} ({} training and {} validation characters, {} in the vocabulary) with {} (lr {lr}, schedule {}), batch {batch_size}, {} steps",
