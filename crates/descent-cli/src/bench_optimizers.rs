@@ -26,6 +26,7 @@ use crate::compare::{apply, parse_spec};
 use crate::folder;
 use crate::plot::{self, Chart, Series, SeriesStyle, YScale};
 use crate::runs::read_records;
+use crate::show::Bytes;
 use crate::train::{self, RunOptions, TrainArgs};
 
 /// The default list: the optimizers the public benchmarks compare, each as a `--run` spec. Those
@@ -486,14 +487,6 @@ fn rows(s: &Settings, entries: &[Entry], done: &[Record]) -> Vec<Row> {
         .collect()
 }
 
-fn human_bytes(b: usize) -> String {
-    match b {
-        0 => "0".into(),
-        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{:.2} MiB", b as f64 / (1 << 20) as f64),
-    }
-}
-
 fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Result<()> {
     let mut rows = rows(s, entries, done);
     rows.sort_by(|a, b| mean_std(&b.finals).0.total_cmp(&mean_std(&a.finals).0));
@@ -539,7 +532,7 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
             steps_cell,
             secs.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
             step_cell,
-            human_bytes(r.state_bytes),
+            Bytes(r.state_bytes).to_string(),
             search,
         ];
         md += &format!("| {} |\n", cells.join(" | "));

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::folder;
 use crate::runs::{self, RunMetrics};
+use crate::show::Bytes;
 use crate::train::{self, RunOptions, TrainArgs};
 
 /// The flags of `descent compare`: the shared workload (every `descent train` flag) and the runs.
@@ -401,7 +402,7 @@ fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
                 opt(r.steps_to_target, |v| v.to_string()),
                 opt(r.seconds_to_target, |v| format!("{v:.1}")),
                 opt(r.samples_per_s, |v| format!("{v:.0}")),
-                opt(r.state_bytes, human_bytes),
+                opt(r.state_bytes, |b| Bytes(b).to_string()),
                 match &r.status {
                     Status::Finished => "finished".into(),
                     Status::Failed(e) => format!("failed: {}", e.lines().last().unwrap_or(e)),
@@ -410,14 +411,6 @@ fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     (header, body)
-}
-
-fn human_bytes(b: usize) -> String {
-    match b {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 /// table.md (Markdown), table.csv (exact numbers) and compare.json.

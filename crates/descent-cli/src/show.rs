@@ -18,9 +18,30 @@ impl fmt::Display for Num {
     }
 }
 
+/// A size in bytes for a table: `512 B`, `397.5 KiB`, `1.17 MiB`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes(pub usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            b if b >= 1 << 20 => write!(f, "{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+            b if b >= 1 << 10 => write!(f, "{:.1} KiB", b as f64 / 1024.0),
+            b => write!(f, "{b} B"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Num;
+    use super::{Bytes, Num};
+
+    #[test]
+    fn sizes_are_written_in_binary_units() {
+        for (b, s) in [(0, "0 B"), (512, "512 B"), (407_040, "397.5 KiB"), (1_226_833, "1.17 MiB")] {
+            assert_eq!(Bytes(b).to_string(), s);
+        }
+    }
 
     #[test]
     fn numbers_are_written_as_python_writes_them() {
