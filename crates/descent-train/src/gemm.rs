@@ -125,3 +125,85 @@ pub(crate) fn matmul_in(
         }
     }
 }
+
+/// A matrix read in place: element `(i, j)` at `s[i·rs + j·cs]` (a block of a larger matrix, or
+/// a transposed one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub s: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A dense row-major matrix with `cols` columns.
+    pub(crate) fn rows(s: &'a [f32], cols: usize) -> Self {
+        Strided { s, rs: cols, cs: 1 }
+    }
+    /// The transpose of this view.
+    pub(crate) fn t(self) -> Self {
+        Strided { s: self.s, rs: self.cs, cs: self.rs }
+    }
+    /// Whether every element of a `rows × cols` matrix lies in `s`, and one stride is 1 (which the
+    /// bfloat16 packing needs).
+    pub(crate) fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (self.rs == 1 || self.cs == 1) && (rows - 1) * self.rs + (cols - 1) * self.cs < self.s.len()
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` (`dst` dense, row-major) in `precision`, the operands read
+/// in place through their strides: no copy of a head's block of a wider matrix (attention).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_strided(
+    precision: crate::precision::Precision,
+    dst: &mut [f32],
+    lhs: Strided,
+    rhs: Strided,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    assert!(dst.len() >= m * n && lhs.holds(m, k) && rhs.holds(k, n), "matmul operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    match precision {
+        crate::precision::Precision::F32 => {
+            if k == 0 {
+                dst[..m * n].fill(0.0);
+                return;
+            }
+            // SAFETY: `holds` bounds every read of the operands under their strides; `dst` holds
+            // `m·n` values.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs.s.as_ptr(),
+                    lhs.cs as isize,
+                    lhs.rs as isize,
+                    rhs.s.as_ptr(),
+                    rhs.cs as isize,
+                    rhs.rs as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+        crate::precision::Precision::Bf16 => {
+            use crate::precision::{matmul_bf16_strided, Kernel};
+            matmul_bf16_strided(Kernel::best(), dst, false, lhs, rhs, m, n, k, false)
+        }
+    }
+}

@@ -20,6 +20,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::gemm::Strided;
 
 /// The arithmetic of the matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -514,13 +515,33 @@ pub fn matmul_bf16_with(
     parallel: bool,
 ) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
+    let lhs = Strided { s: lhs, rs: if lhs_t { 1 } else { k }, cs: if lhs_t { m } else { 1 } };
+    let rhs = Strided { s: rhs, rs: if rhs_t { 1 } else { n }, cs: if rhs_t { k } else { 1 } };
+    matmul_bf16_strided(kernel, dst, accumulate, lhs, rhs, m, n, k, parallel)
+}
+
+/// [`matmul_bf16_with`] on operands read in place through their strides (one of each
+/// operand's strides 1); `dst` is dense, `m × n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_bf16_strided(
+    kernel: Kernel,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) {
+    assert!(dst.len() >= m * n && lhs.holds(m, k) && rhs.holds(k, n), "matmul operand sizes");
     if m == 0 || n == 0 {
         return;
     }
     let kp = k.div_ceil(2);
     // A as [m × k]; B as its transpose [n × k], so that both pack as rows along k.
-    let a = View { s: lhs, rs: if lhs_t { 1 } else { k }, ks: if lhs_t { m } else { 1 } };
-    let bt = View { s: rhs, rs: if rhs_t { k } else { 1 }, ks: if rhs_t { 1 } else { n } };
+    let a = View { s: lhs.s, rs: lhs.rs, ks: lhs.cs };
+    let bt = View { s: rhs.s, rs: rhs.cs, ks: rhs.rs };
     // This thread's packing buffers, taken out while in use (a nested product on the same thread,
     // as rayon may run one while this one waits, finds none and uses its own).
     let (mut pa, mut pb) = PACKED.with(|c| c.take());

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{f32_slice, storage_f32s};
 use crate::error::{Error, Result};
-use crate::gemm::matmul_in;
+use crate::gemm::{matmul_strided, Strided};
 use crate::model::{Init, Linear};
 use crate::precision::Precision;
 use crate::rng::Rng;
@@ -42,13 +42,6 @@ fn geom(dims: &[usize], n_head: usize) -> candle_core::Result<(usize, usize, usi
     Ok((dims[0], dims[1], c, c / n_head))
 }
 
-/// Copies the `[t, hs]` block at channel `off` of each row of `src` (rows of `ld`) into `dst`.
-fn gather(dst: &mut [f32], src: &[f32], ld: usize, off: usize, hs: usize) {
-    for (d, s) in dst.chunks_mut(hs).zip(src.chunks(ld)) {
-        d.copy_from_slice(&s[off..off + hs]);
-    }
-}
-
 impl CustomOp1 for AttentionOp {
     fn name(&self) -> &'static str {
         "descent-causal-attention"
@@ -67,11 +60,9 @@ impl CustomOp1 for AttentionOp {
             .map(|(task, p)| {
                 let (bi, h) = (task / nh, task % nh);
                 let rows = &x[bi * t * 3 * c..][..t * 3 * c];
-                let (mut q, mut k, mut v) = (vec![0.0f32; t * hs], vec![0.0f32; t * hs], vec![0.0f32; t * hs]);
-                gather(&mut q, rows, 3 * c, h * hs, hs);
-                gather(&mut k, rows, 3 * c, c + h * hs, hs);
-                gather(&mut v, rows, 3 * c, 2 * c + h * hs, hs);
-                matmul_in(prec, p, false, &q, false, &k, true, t, t, hs, false);
+                // The head's q, k and v (`part` 0, 1, 2), `[t, hs]` blocks read in place.
+                let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
+                matmul_strided(prec, p, head(0), head(1).t(), t, t, hs);
                 for (i, row) in p.chunks_mut(t).enumerate() {
                     let (seen, masked) = row.split_at_mut(i + 1);
                     masked.fill(0.0);
@@ -85,7 +76,7 @@ impl CustomOp1 for AttentionOp {
                     seen.iter_mut().for_each(|s| *s *= r);
                 }
                 let mut y = vec![0.0f32; t * hs];
-                matmul_in(prec, &mut y, false, p, false, &v, false, t, hs, t, false);
+                matmul_strided(prec, &mut y, Strided::rows(p, t), head(2), t, hs, t);
                 y
             })
             .collect();
@@ -122,26 +113,23 @@ impl CustomOp1 for AttentionOp {
             .map(|(task, p)| {
                 let (bi, h) = (task / nh, task % nh);
                 let rows = &x[bi * t * 3 * c..][..t * 3 * c];
-                let buf = || vec![0.0f32; t * hs];
-                let (mut q, mut k, mut v, mut y, mut dy) = (buf(), buf(), buf(), buf(), buf());
-                gather(&mut q, rows, 3 * c, h * hs, hs);
-                gather(&mut k, rows, 3 * c, c + h * hs, hs);
-                gather(&mut v, rows, 3 * c, 2 * c + h * hs, hs);
-                gather(&mut y, &yall[bi * t * c..][..t * c], c, h * hs, hs);
-                gather(&mut dy, &gall[bi * t * c..][..t * c], c, h * hs, hs);
+                // The head's q, k, v, output and output gradient, `[t, hs]` blocks read in place.
+                let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
+                let (y, dy) = (&yall[bi * t * c + h * hs..], &gall[bi * t * c + h * hs..]);
+                let dyb = Strided { s: dy, rs: c, cs: 1 };
                 let mut out = vec![0.0f32; 3 * t * hs];
                 let (dq, rest) = out.split_at_mut(t * hs);
                 let (dk, dv) = rest.split_at_mut(t * hs);
-                matmul_in(prec, dv, false, p, true, &dy, false, t, hs, t, false);
+                matmul_strided(prec, dv, Strided::rows(p, t).t(), dyb, t, hs, t);
                 let mut ds = vec![0.0f32; t * t];
-                matmul_in(prec, &mut ds, false, &dy, false, &v, true, t, t, hs, false);
+                matmul_strided(prec, &mut ds, dyb, head(2).t(), t, t, hs);
                 for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
-                    let d: f32 = dy[i * hs..][..hs].iter().zip(&y[i * hs..][..hs]).map(|(a, b)| a * b).sum();
+                    let d: f32 = dy[i * c..][..hs].iter().zip(&y[i * c..][..hs]).map(|(a, b)| a * b).sum();
                     dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
                     dsr[i + 1..].fill(0.0);
                 }
-                matmul_in(prec, dq, false, &ds, false, &k, false, t, hs, t, false);
-                matmul_in(prec, dk, false, &ds, true, &q, false, t, hs, t, false);
+                matmul_strided(prec, dq, Strided::rows(&ds, t), head(1), t, hs, t);
+                matmul_strided(prec, dk, Strided::rows(&ds, t).t(), head(0), t, hs, t);
                 out
             })
             .collect();
