@@ -1230,8 +1230,10 @@ impl RunDir {
 
     /// Cuts every metric file back to the complete records the checkpoint covers: steps up to
     /// `steps` and the `epochs` completed (the row of an epoch cut by `--steps` goes: the resumed
-    /// run writes it again, whole). Torn lines (a kill mid-write) go too.
-    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<()> {
+    /// run writes it again, whole). Torn lines (a kill mid-write) go too. Returns a warning when
+    /// steps.jsonl then ends before the checkpoint's step (rows lost to an edit or a cut file):
+    /// the resumed run's rows would follow a gap.
+    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<Option<String>> {
         // A CSV row counts when it has its header's fields and its first one is in range.
         let csv = |header: &str, l: &str, keep: &dyn Fn(u64) -> bool| {
             l == header.trim_end()
@@ -1254,7 +1256,19 @@ impl RunDir {
             serde_json::from_str::<EpochRow>(l).is_ok_and(|r| epoch_ok(r.epoch as u64))
         })?;
         folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
-        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))
+        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))?;
+        let text = std::fs::read_to_string(d.join(folder::run::STEPS_JSONL)).unwrap_or_default();
+        let last =
+            text.lines().filter_map(|l| serde_json::from_str::<StepRow>(l).ok()).map(|r| r.step).max().unwrap_or(0);
+        Ok((last < steps).then(|| {
+            format!(
+                "{} ends at step {last} and the checkpoint is at step {steps}: the rows of steps {}–{steps} are missing \
+                 (the file was cut or edited); the resumed run's rows follow from step {}",
+                d.join(folder::run::STEPS_JSONL).display(),
+                last + 1,
+                steps + 1
+            )
+        }))
     }
 }
 
@@ -2431,7 +2445,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     };
     if writer {
         if let Some(ck) = &resume {
-            run_dir.truncate_after(ck.epoch, ck.steps)?;
+            if let Some(gap) = run_dir.truncate_after(ck.epoch, ck.steps)? {
+                eprintln!("warning: {gap}");
+            }
         }
         folder::write_atomic(
             &run_dir.dir.join(folder::run::CONFIG_JSON),

@@ -815,3 +815,22 @@ fn a_run_whose_marker_was_deleted_is_not_resumed_and_the_message_says_why() {
     assert_eq!(names(&r), before, "the refused resume changed the folder");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn resuming_after_step_rows_were_lost_warns_of_the_gap() {
+    let d = fresh("gap");
+    let r = d.join("run");
+    let (ok, t) = linear(&r, &["--epochs", "1"]);
+    assert!(ok, "{t}");
+    let steps = r.join("steps.jsonl");
+    let rows: Vec<String> = read(&steps).lines().map(String::from).collect();
+    let n = rows.len();
+    std::fs::write(&steps, rows[..10].join("\n") + "\n").unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "2"]);
+    assert!(ok, "{t}");
+    assert!(t.contains("warning:") && t.contains(&format!("rows of steps 11–{n} are missing")), "{t}");
+    // An intact run resumes without it.
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "3"]);
+    assert!(ok && !t.contains("warning"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
