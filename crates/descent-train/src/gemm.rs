@@ -1,5 +1,41 @@
 //! Row-major matrix products on slices through the `gemm` crate (the GEMM candle itself uses).
 
+/// A matrix read in place: element `(i, j)` at `s[i·rs + j·cs]` (a block of a larger matrix, or
+/// a transposed one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub s: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A `rows × cols` operand stored row-major, or, `transposed`, stored as its `cols × rows`
+    /// transpose (BLAS's `N` and `T`).
+    pub(crate) fn of(s: &'a [f32], transposed: bool, rows: usize, cols: usize) -> Self {
+        if transposed {
+            Strided { s, rs: 1, cs: rows }
+        } else {
+            Strided::rows(s, cols)
+        }
+    }
+    /// A dense row-major matrix with `cols` columns.
+    pub(crate) fn rows(s: &'a [f32], cols: usize) -> Self {
+        Strided { s, rs: cols, cs: 1 }
+    }
+    /// The transpose of this view.
+    pub(crate) fn t(self) -> Self {
+        Strided { s: self.s, rs: self.cs, cs: self.rs }
+    }
+    /// Whether every element of a `rows × cols` matrix lies in `s`, and one stride is 1 (which the
+    /// bfloat16 packing needs).
+    pub(crate) fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (self.rs == 1 || self.cs == 1) && (rows - 1) * self.rs + (cols - 1) * self.cs < self.s.len()
+    }
+}
+
 /// `dst[m×n] (= or +=) lhs[m×k] · rhs[k×n]`, all row-major; `lhs_t` / `rhs_t` read the operand
 /// transposed (its storage is `[k×m]` / `[n×k]`); `parallel` splits the product across rayon threads.
 // BLAS's argument list, kept flat: the convolution and attention kernels call this in their inner
@@ -19,8 +55,9 @@ pub(crate) fn matmul(
     parallel: bool,
 ) {
     assert!(dst.len() >= m * n, "matmul operand sizes");
+    let (lhs, rhs) = (Strided::of(lhs, lhs_t, m, k), Strided::of(rhs, rhs_t, k, n));
     // SAFETY: `dst` holds `m·n` values.
-    unsafe { gemm_into(dst.as_mut_ptr(), accumulate, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel) }
+    unsafe { gemm_into(dst.as_mut_ptr(), accumulate, lhs, rhs, m, n, k, parallel) }
 }
 
 /// `lhs[m×k] · rhs[k×n]` (operands as [`matmul`] takes them) into a new vector of `m·n` values
@@ -47,14 +84,16 @@ pub(crate) fn matmul_new(
     // SAFETY: `dst` has room for `m·n` values, which the product writes without reading them
     // (not accumulating, `k ≥ 1`), so every one is initialized before the length is set.
     unsafe {
-        gemm_into(dst.as_mut_ptr(), false, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel);
+        let (lhs, rhs) = (Strided::of(lhs, lhs_t, m, k), Strided::of(rhs, rhs_t, k, n));
+        gemm_into(dst.as_mut_ptr(), false, lhs, rhs, m, n, k, parallel);
         dst.set_len(m * n);
     }
     dst
 }
 
-/// The `gemm` crate's call behind [`matmul`] and [`matmul_new`]: the operands' strides from
-/// their transposition, their sizes checked; `dst` read only when `accumulate`.
+/// The `gemm` crate's call behind [`matmul`], [`matmul_new`] and [`matmul_strided`]: the operands
+/// read through their strides, their reach checked; `dst` (dense, `m × n`) read only when
+/// `accumulate`.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `m·n` values (and reads, when `accumulate`).
@@ -62,19 +101,15 @@ pub(crate) fn matmul_new(
 unsafe fn gemm_into(
     dst: *mut f32,
     accumulate: bool,
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
+    lhs: Strided,
+    rhs: Strided,
     m: usize,
     n: usize,
     k: usize,
     parallel: bool,
 ) {
-    let (lhs_cs, lhs_rs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k as isize, 1) } else { (1, n as isize) };
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
-    // SAFETY: the assert bounds every read of the operands under the strides above; the caller
+    assert!(lhs.holds(m, k) && rhs.holds(k, n), "matmul operand sizes");
+    // SAFETY: the assert bounds every read of the operands under their strides; the caller
     // vouches for `dst`.
     unsafe {
         gemm::gemm(
@@ -85,12 +120,12 @@ unsafe fn gemm_into(
             1,
             n as isize,
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
+            lhs.s.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.s.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
             if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
@@ -126,33 +161,6 @@ pub(crate) fn matmul_in(
     }
 }
 
-/// A matrix read in place: element `(i, j)` at `s[i·rs + j·cs]` (a block of a larger matrix, or
-/// a transposed one).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Strided<'a> {
-    pub s: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a> Strided<'a> {
-    /// A dense row-major matrix with `cols` columns.
-    pub(crate) fn rows(s: &'a [f32], cols: usize) -> Self {
-        Strided { s, rs: cols, cs: 1 }
-    }
-    /// The transpose of this view.
-    pub(crate) fn t(self) -> Self {
-        Strided { s: self.s, rs: self.cs, cs: self.rs }
-    }
-    /// Whether every element of a `rows × cols` matrix lies in `s`, and one stride is 1 (which the
-    /// bfloat16 packing needs).
-    pub(crate) fn holds(&self, rows: usize, cols: usize) -> bool {
-        rows == 0
-            || cols == 0
-            || (self.rs == 1 || self.cs == 1) && (rows - 1) * self.rs + (cols - 1) * self.cs < self.s.len()
-    }
-}
-
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]` (`dst` dense, row-major) in `precision`, the operands read
 /// in place through their strides: no copy of a head's block of a wider matrix (attention).
 #[allow(clippy::too_many_arguments)]
@@ -175,31 +183,8 @@ pub(crate) fn matmul_strided(
                 dst[..m * n].fill(0.0);
                 return;
             }
-            // SAFETY: `holds` bounds every read of the operands under their strides; `dst` holds
-            // `m·n` values.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    lhs.s.as_ptr(),
-                    lhs.cs as isize,
-                    lhs.rs as isize,
-                    rhs.s.as_ptr(),
-                    rhs.cs as isize,
-                    rhs.rs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
+            // SAFETY: `dst` holds `m·n` values.
+            unsafe { gemm_into(dst.as_mut_ptr(), false, lhs, rhs, m, n, k, false) }
         }
         crate::precision::Precision::Bf16 => {
             use crate::precision::{matmul_bf16_strided, Kernel};

@@ -515,8 +515,7 @@ pub fn matmul_bf16_with(
     parallel: bool,
 ) {
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "matmul operand sizes");
-    let lhs = Strided { s: lhs, rs: if lhs_t { 1 } else { k }, cs: if lhs_t { m } else { 1 } };
-    let rhs = Strided { s: rhs, rs: if rhs_t { 1 } else { n }, cs: if rhs_t { k } else { 1 } };
+    let (lhs, rhs) = (Strided::of(lhs, lhs_t, m, k), Strided::of(rhs, rhs_t, k, n));
     matmul_bf16_strided(kernel, dst, accumulate, lhs, rhs, m, n, k, parallel)
 }
 
