@@ -158,9 +158,7 @@ impl CustomOp3 for LinearOp {
         }
         let gx =
             if x.track_op() { Some(matmul_new(self.precision, gy, false, ws, false, n, inp, out, par)) } else { None };
-        if !masked.is_empty() {
-            give_back_buffer(masked);
-        }
+        give_back_buffer(masked);
         let dev = x.device();
         let gx = gx.map(|gx| Tensor::from_vec(gx, x.dims(), dev)).transpose()?;
         Ok((gx, Some(Tensor::from_vec(gw, (out, inp), dev)?), Some(Tensor::from_vec(gb, out, dev)?)))

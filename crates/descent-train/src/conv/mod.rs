@@ -204,16 +204,10 @@ impl DirectGeom {
                     let xc = &x[c * g.h * g.w..][..g.h * g.w];
                     for (ab, plane) in planes.chunks_exact_mut(sub).take(4).enumerate() {
                         let (a, b) = (ab / 2, ab % 2);
-                        // Padded column 2j + b is input column 2j + b − p: inside the image for
-                        // `nj` columns from `j0`, the first reading input column `x0`.
-                        let j0 = p.saturating_sub(b).div_ceil(2);
-                        let x0 = 2 * j0 + b - p;
-                        let nj = if x0 < g.w { (g.w - x0).div_ceil(2).min(cols - j0) } else { 0 };
+                        let ((i0, y0, ni), (j0, x0, nj)) = (parity_span(a, p, g.h, rows), parity_span(b, p, g.w, cols));
                         // Everything but the copied runs is zero, written up to each run.
                         let mut at = 0;
-                        for i in 0..rows {
-                            // Padded row 2i + a is input row 2i + a − p.
-                            let Some(y) = (2 * i + a).checked_sub(p).filter(|&y| y < g.h) else { continue };
+                        for (i, y) in (i0..i0 + ni).zip((y0..).step_by(2)) {
                             let start = i * s + j0;
                             plane[at..start].fill(0.0);
                             let src = xc[y * g.w + x0..(y + 1) * g.w].iter().step_by(2);
@@ -299,21 +293,29 @@ impl DirectGeom {
                     let base = (self.top + 1 - kha) * s + (self.left + 1 - kwb);
                     let taps = direct::Taps::dense(kha, kwb, s);
                     direct::forward(taps, &dp[base..], g.o, self.dplane, part, g.c, dx, self.bpos);
+                    let ((i0, y0, ni), (j0, x0, nj)) =
+                        (parity_span(a, self.p, g.h, rows), parity_span(b, self.p, g.w, cols));
                     for (gxc, dxc) in gx.chunks_exact_mut(g.h * g.w).zip(dx.chunks_exact(self.bpos)) {
-                        for i in 0..rows {
-                            let Some(y) = (2 * i + a).checked_sub(self.p).filter(|&y| y < g.h) else { continue };
-                            let (gr, dr) = (&mut gxc[y * g.w..][..g.w], &dxc[i * s..][..cols]);
-                            for (j, &v) in dr.iter().enumerate() {
-                                if let Some(d) = (2 * j + b).checked_sub(self.p).and_then(|xi| gr.get_mut(xi)) {
-                                    *d = v;
-                                }
-                            }
+                        for (i, y) in (i0..i0 + ni).zip((y0..).step_by(2)) {
+                            let (gr, dr) = (&mut gxc[y * g.w + x0..(y + 1) * g.w], &dxc[i * s + j0..][..nj]);
+                            gr.iter_mut().step_by(2).zip(dr).for_each(|(d, &v)| *d = v);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// One axis of a stride-2 parity plane: its index `j` holds padded position `2j + b`, image
+/// position `2j + b − p` (the image `len` long, padded by `p` before it). Returns the first index
+/// inside the image `j0`, the image position `x0` it holds, and how many of the plane's `count`
+/// indices from `j0` are inside (they hold `x0, x0 + 2, …`).
+fn parity_span(b: usize, p: usize, len: usize, count: usize) -> (usize, usize, usize) {
+    let j0 = p.saturating_sub(b).div_ceil(2);
+    let x0 = 2 * j0 + b - p;
+    let n = if x0 < len { (len - x0).div_ceil(2).min(count.saturating_sub(j0)) } else { 0 };
+    (j0, x0, n)
 }
 
 thread_local! {
@@ -346,9 +348,7 @@ impl Drop for Conv2dOp {
     /// buffers.
     fn drop(&mut self) {
         if let Ok(mut p) = self.planes.lock() {
-            if !p.is_empty() {
-                give_back_buffer(std::mem::take(&mut *p));
-            }
+            give_back_buffer(std::mem::take(&mut *p));
         }
     }
 }
@@ -779,9 +779,7 @@ impl CustomOp3 for Conv2dOp {
                 }
             })
             .collect();
-        if direct.is_some() {
-            give_back_buffer(planes);
-        }
+        give_back_buffer(planes);
         let mut gw = vec![0.0f32; io.ws.len()];
         let mut gb = vec![0.0f32; g.o];
         for (pw, pb) in &partials {
