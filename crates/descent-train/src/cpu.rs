@@ -70,11 +70,27 @@ pub(crate) unsafe fn par_filled(
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
+    // SAFETY: the caller's contract is this one's.
+    unsafe { par_filled_with(len, chunk, fill).0 }
+}
+
+/// [`par_filled`] whose chunks also return a value each, collected in chunk order (a backward's
+/// partial sums beside the gradient it writes).
+///
+/// # Safety
+///
+/// `fill` must write every element of the chunk it is given.
+pub(crate) unsafe fn par_filled_with<R: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> R + Sync + Send,
+) -> (Vec<f32>, Vec<R>) {
     let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(k, c)| fill(k, c));
+    let results =
+        v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map(|(k, c)| fill(k, c)).collect();
     // SAFETY: the caller's `fill` initialized every element of `..len`, within the capacity.
     unsafe { v.set_len(len) };
-    v
+    (v, results)
 }
 
 thread_local! {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::cpu::{avx2_kernel, f32_slice, has_avx2, par_filled, storage_f32s};
+use crate::cpu::{avx2_kernel, f32_slice, has_avx2, par_filled, par_filled_with, storage_f32s};
 use crate::error::{Error, Result};
 use crate::model::Mode;
 use crate::nn::ROWS_PER_TASK;
@@ -120,54 +120,57 @@ fn tail_start(n: usize) -> usize {
     n - n % 8
 }
 
-/// `Σ x` over `xs` in f64 (the same bits by the AVX2 kernel or the plain loops).
-fn sum(xs: &[f32]) -> f64 {
+/// [`lanes`] of `x`, or of `(x − mean)²` when `squared`, by the AVX2 kernel where the CPU has it
+/// (the same bits as the plain loops).
+fn lanes_of(xs: &[f32], squared: bool, mean: f64) -> [f64; 8] {
     #[cfg(target_arch = "x86_64")]
-    let acc = if has_avx2() {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2.
-        unsafe { avx2::lanes::<false>(xs, 0.0) }
+        return unsafe {
+            if squared {
+                avx2::lanes::<true>(xs, mean)
+            } else {
+                avx2::lanes::<false>(xs, mean)
+            }
+        };
+    }
+    if squared {
+        lanes(xs, |v| (v - mean) * (v - mean))
     } else {
         lanes(xs, |v| v)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let acc = lanes(xs, |v| v);
-    fold8(acc, xs[tail_start(xs.len())..].iter().map(|&v| v as f64).sum())
+    }
 }
 
-/// `Σ (x − mean)²` over `xs` in f64 (the same bits by the AVX2 kernel or the plain loops).
+/// `Σ x` over `xs` in f64.
+fn sum(xs: &[f32]) -> f64 {
+    fold8(lanes_of(xs, false, 0.0), xs[tail_start(xs.len())..].iter().map(|&v| v as f64).sum())
+}
+
+/// `Σ (x − mean)²` over `xs` in f64.
 fn sum_sq_dev(xs: &[f32], mean: f64) -> f64 {
     let sq = |v: f64| (v - mean) * (v - mean);
-    #[cfg(target_arch = "x86_64")]
-    let acc = if has_avx2() {
-        // SAFETY: the CPU has AVX2.
-        unsafe { avx2::lanes::<true>(xs, mean) }
-    } else {
-        lanes(xs, sq)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let acc = lanes(xs, sq);
-    fold8(acc, xs[tail_start(xs.len())..].iter().map(|&v| sq(v as f64)).sum())
+    fold8(lanes_of(xs, true, mean), xs[tail_start(xs.len())..].iter().map(|&v| sq(v as f64)).sum())
 }
 
 /// `(Σ g, Σ g·(x − mean))` over a channel's block in f64, `g` first passed back through the ReLU
-/// that gave the output `relu_out` (when there is one); the same bits by the AVX2 kernel or the
-/// plain loops.
+/// that gave the output `relu_out` (when there is one); the lanes by the AVX2 kernel where the
+/// CPU has it (the same bits as the plain loops).
 fn grad_sums(xs: &[f32], gs: &[f32], relu_out: Option<&[f32]>, mean: f64) -> (f64, f64) {
     assert!(gs.len() == xs.len() && relu_out.is_none_or(|r| r.len() == xs.len()), "grad_sums: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    let (sg, sgx) = if has_avx2() {
-        // SAFETY: the CPU has AVX2; the lengths are equal (asserted).
-        unsafe {
-            match relu_out {
-                Some(r) => avx2::lanes2::<true>(xs, gs, r, mean),
-                None => avx2::lanes2::<false>(xs, gs, gs, mean),
-            }
+    let lanes = || {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2; the lengths are equal (asserted).
+            return unsafe {
+                match relu_out {
+                    Some(r) => avx2::lanes2::<true>(xs, gs, r, mean),
+                    None => avx2::lanes2::<false>(xs, gs, gs, mean),
+                }
+            };
         }
-    } else {
         lanes2(xs, gs, relu_out, mean)
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let (sg, sgx) = lanes2(xs, gs, relu_out, mean);
+    let (sg, sgx) = lanes();
     let (mut tg, mut tgx) = (0.0, 0.0);
     for i in tail_start(xs.len())..xs.len() {
         let g = relu_out.map_or(gs[i], |r| through_relu(gs[i], r[i])) as f64;
@@ -363,12 +366,11 @@ impl CustomOp3 for LayerNormOp {
         let ws = storage_f32s(&sw, lw, "layer_norm weight")?;
         let gs = storage_f32s(&sg, lg, "layer_norm gradient")?;
         // Each task returns its rows' partial sums of g·x̂ and g, added in task order.
-        let mut gx: Vec<f32> = Vec::with_capacity(xs.len());
         let rows = c * ROWS_PER_TASK;
-        let partial: Vec<(Vec<f64>, Vec<f64>)> = gx.spare_capacity_mut()[..xs.len()]
-            .par_chunks_mut(rows)
-            .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
-            .map(|(gx, (xs, gs))| {
+        // SAFETY: each task writes all of its rows.
+        let (gx, partial) = unsafe {
+            par_filled_with(xs.len(), rows, |k, gx| {
+                let (xs, gs) = (&xs[k * rows..][..gx.len()], &gs[k * rows..][..gx.len()]);
                 let (mut gw, mut gb, mut xhat) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
                 for ((gx, x), g) in gx.chunks_mut(c).zip(xs.chunks(c)).zip(gs.chunks(c)) {
                     let (mean, var) = moments(x);
@@ -377,9 +379,7 @@ impl CustomOp3 for LayerNormOp {
                 }
                 (gw, gb)
             })
-            .collect();
-        // SAFETY: each task wrote every row of its chunk, and the chunks cover `..xs.len()`.
-        unsafe { gx.set_len(xs.len()) };
+        };
         let (mut gw, mut gb) = (vec![0.0f64; c], vec![0.0f64; c]);
         for (pw, pb) in partial {
             gw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
