@@ -458,7 +458,7 @@ pub fn append(path: &Path, text: &str, sync: bool) -> Result<()> {
 
 /// Rewrites a line-record file keeping only complete lines (ending in a newline) that `keep`
 /// accepts; a missing file stays missing. Atomic.
-pub fn retain_lines(path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+pub fn retain_lines(path: &Path, mut keep: impl FnMut(&str) -> bool) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

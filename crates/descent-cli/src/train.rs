@@ -1243,8 +1243,12 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
+        // The last step steps.jsonl keeps, for the warning below.
+        let mut last = 0;
         folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| {
-            serde_json::from_str::<StepRow>(l).is_ok_and(|r| step_ok(r.step))
+            let kept = serde_json::from_str::<StepRow>(l).ok().map(|r| r.step).filter(|&s| step_ok(s));
+            last = last.max(kept.unwrap_or(0));
+            kept.is_some()
         })?;
         folder::retain_lines(&d.join(folder::run::GRAD_NORMS_JSONL), |l| {
             serde_json::from_str::<GradNormRow>(l).is_ok_and(|r| step_ok(r.step))
@@ -1257,9 +1261,6 @@ impl RunDir {
         })?;
         folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
         folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))?;
-        let text = std::fs::read_to_string(d.join(folder::run::STEPS_JSONL)).unwrap_or_default();
-        let last =
-            text.lines().filter_map(|l| serde_json::from_str::<StepRow>(l).ok()).map(|r| r.step).max().unwrap_or(0);
         Ok((last < steps).then(|| {
             format!(
                 "{} ends at step {last} and the checkpoint is at step {steps}: the rows of steps {}–{steps} are missing \
