@@ -462,21 +462,34 @@ struct Level<'a> {
     run: &'a std::cell::RefCell<Run<'a>>,
 }
 
+/// How [`VarOptimizer::flat_grads`] puts gradients into the flat parameter space.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Into {
+    Write,
+    Add,
+}
+
+/// Where a step's gradients are: one contiguous tensor per variable (each the second operand of
+/// its variable's level), or the flat parameter space read in place (one-operand levels).
+enum StepGrads<'a> {
+    Tensors(Vec<Tensor>),
+    Flat(&'a [f32]),
+}
+
 struct Run<'a> {
     vars: &'a [Var],
     names: &'a [String],
-    grads: Vec<Tensor>,
+    grads: StepGrads<'a>,
     /// Raw (pointer, length) of each locked parameter storage, valid while its level is on the stack.
     slots: Vec<(*mut f32, usize)>,
     opt: &'a mut Optimizer,
     result: Option<descent_core::Result<bool>>,
 }
 
-impl candle_core::InplaceOp2 for Level<'_> {
-    fn name(&self) -> &'static str {
-        "descent-optimizer-step"
-    }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+impl Level<'_> {
+    /// Takes variable `k`'s storage (its write lock held by the caller) and either descends to
+    /// the next variable or, at the last one, runs the optimizer's step on all of them.
+    fn enter(&self, s1: &mut CpuStorage, l1: &Layout) -> candle_core::Result<()> {
         let (vars, name) = {
             let r = self.run.borrow();
             (r.vars, r.names[self.k].clone())
@@ -485,20 +498,41 @@ impl candle_core::InplaceOp2 for Level<'_> {
         let Some((start, end)) = l1.contiguous_offsets() else {
             candle_core::bail!("{name}: parameter is not contiguous")
         };
-        let _ = f32_slice(s2, l2, &name)?;
         self.run.borrow_mut().slots.push((v[start..end].as_mut_ptr(), end - start));
         if self.k + 1 < vars.len() {
             let next = Level { k: self.k + 1, run: self.run };
-            // The gradient tensor only serves as the op's second operand (never read here).
-            let g = self.run.borrow().grads[self.k + 1].clone();
-            vars[self.k + 1].as_tensor().inplace_op2(&g, &next)?;
+            let var = vars[self.k + 1].as_tensor();
+            // The gradient tensor only serves as the op's second operand (never read there).
+            let g = match &self.run.borrow().grads {
+                StepGrads::Tensors(gs) => Some(gs[self.k + 1].clone()),
+                StepGrads::Flat(_) => None,
+            };
+            match g {
+                Some(g) => var.inplace_op2(&g, &next)?,
+                None => var.inplace_op1(&next)?,
+            }
         } else {
             let mut r = self.run.borrow_mut();
-            let grads = r.grads.clone();
-            let guards: Vec<_> = grads.iter().map(|g| g.storage_and_layout()).collect();
-            let mut gslices = Vec::with_capacity(guards.len());
-            for (i, (s, l)) in guards.iter().enumerate() {
-                gslices.push(storage_f32s(s, l, &r.names[i])?);
+            let r = &mut *r;
+            let tensors = match &r.grads {
+                StepGrads::Tensors(gs) => gs.clone(),
+                StepGrads::Flat(_) => vec![],
+            };
+            let guards: Vec<_> = tensors.iter().map(|g| g.storage_and_layout()).collect();
+            let mut gslices = Vec::with_capacity(r.vars.len());
+            match r.grads {
+                StepGrads::Tensors(_) => {
+                    for (i, (s, l)) in guards.iter().enumerate() {
+                        gslices.push(storage_f32s(s, l, &r.names[i])?);
+                    }
+                }
+                StepGrads::Flat(flat) => {
+                    let mut at = 0;
+                    for &(_, len) in &r.slots {
+                        gslices.push(&flat[at..at + len]);
+                        at += len;
+                    }
+                }
             }
             // SAFETY: every slot points into a storage whose write lock is held by an enclosing
             // level of this recursion, and the slots are distinct tensors.
@@ -508,6 +542,26 @@ impl candle_core::InplaceOp2 for Level<'_> {
             r.result = Some(res);
         }
         Ok(())
+    }
+}
+
+impl candle_core::InplaceOp2 for Level<'_> {
+    fn name(&self) -> &'static str {
+        "descent-optimizer-step"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let name = self.run.borrow().names[self.k].clone();
+        let _ = f32_slice(s2, l2, &name)?;
+        self.enter(s1, l1)
+    }
+}
+
+impl candle_core::InplaceOp1 for Level<'_> {
+    fn name(&self) -> &'static str {
+        "descent-optimizer-step"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout) -> candle_core::Result<()> {
+        self.enter(s1, l1)
     }
 }
 
@@ -868,7 +922,7 @@ impl VarOptimizer {
                     .collect::<candle_core::Result<_>>()?;
                 let (vars, names) = (&self.vars, &self.names);
                 drop(objective);
-                Self::step_grads(vars, names, o, g)?;
+                Self::step_grads(vars, names, o, StepGrads::Tensors(g))?;
                 Ok(loss)
             }
             Engine::Closure(c) => {
@@ -931,15 +985,19 @@ impl VarOptimizer {
             gs.push(g);
         }
         let Engine::Gradient(opt) = &mut self.opt else { unreachable!("closure optimizers returned above") };
-        Self::step_grads(&self.vars, &self.names, opt, gs)
+        Self::step_grads(&self.vars, &self.names, opt, StepGrads::Tensors(gs))
     }
 
     /// The gradient optimizer's step on the variables' storage in place (nested in-place ops, see
     /// the module's notes), with one contiguous gradient tensor per variable.
-    fn step_grads(vars: &[Var], names: &[String], opt: &mut Optimizer, grads: Vec<Tensor>) -> Result<bool> {
+    fn step_grads(vars: &[Var], names: &[String], opt: &mut Optimizer, grads: StepGrads) -> Result<bool> {
         if vars.is_empty() {
             return Ok(true);
         }
+        let first = match &grads {
+            StepGrads::Tensors(gs) => Some(gs[0].clone()),
+            StepGrads::Flat(_) => None,
+        };
         let run = std::cell::RefCell::new(Run {
             vars,
             names,
@@ -948,9 +1006,11 @@ impl VarOptimizer {
             opt,
             result: None,
         });
-        let first = Level { k: 0, run: &run };
-        let g0 = run.borrow().grads[0].clone();
-        vars[0].as_tensor().inplace_op2(&g0, &first)?;
+        let level = Level { k: 0, run: &run };
+        match first {
+            Some(g0) => vars[0].as_tensor().inplace_op2(&g0, &level)?,
+            None => vars[0].as_tensor().inplace_op1(&level)?,
+        }
         let result = run.borrow_mut().result.take();
         Ok(result.ok_or_else(|| Error::Param("optimizer step did not run".into()))??)
     }
@@ -992,6 +1052,17 @@ impl VarOptimizer {
     /// parameter space; a variable without gradient adds nothing): gradient accumulation over
     /// micro-batches, each weighted by its share of the step's samples.
     pub fn accumulate_grads(&self, grads: &GradStore, scale: f32, flat: &mut [f32]) -> Result<()> {
+        self.flat_grads(grads, scale, flat, Into::Add)
+    }
+
+    /// Writes `scale` times the variables' gradients of a backward pass into `flat` (zeros for a
+    /// variable without gradient): the first micro-batch of a step, which
+    /// [`VarOptimizer::accumulate_grads`] would add to zeros.
+    pub fn write_grads(&self, grads: &GradStore, scale: f32, flat: &mut [f32]) -> Result<()> {
+        self.flat_grads(grads, scale, flat, Into::Write)
+    }
+
+    fn flat_grads(&self, grads: &GradStore, scale: f32, flat: &mut [f32], into: Into) -> Result<()> {
         if flat.len() < self.flat_len() {
             return Err(Error::Param(format!(
                 "{} flat gradients for {} parameter values",
@@ -1002,22 +1073,28 @@ impl VarOptimizer {
         let mut at = 0;
         for (n, v) in self.names.iter().zip(&self.vars) {
             let len = v.elem_count();
-            if let Some(g) = grads.get(v.as_tensor()) {
-                if g.dims() != v.dims() {
-                    return Err(Error::Param(format!(
-                        "gradient of `{n}` has shape {:?}, parameter {:?}",
-                        g.dims(),
-                        v.dims()
-                    )));
-                }
-                let g = g.contiguous()?;
-                let (storage, layout) = g.storage_and_layout();
-                let src = storage_f32s(&storage, layout, n)?;
-                for (d, s) in flat[at..at + len].iter_mut().zip(src) {
-                    *d += scale * s;
-                }
-            }
+            let dst = &mut flat[at..at + len];
             at += len;
+            let Some(g) = grads.get(v.as_tensor()) else {
+                if into == Into::Write {
+                    dst.fill(0.0);
+                }
+                continue;
+            };
+            if g.dims() != v.dims() {
+                return Err(Error::Param(format!(
+                    "gradient of `{n}` has shape {:?}, parameter {:?}",
+                    g.dims(),
+                    v.dims()
+                )));
+            }
+            let g = g.contiguous()?;
+            let (storage, layout) = g.storage_and_layout();
+            let src = storage_f32s(&storage, layout, n)?;
+            match into {
+                Into::Add => dst.iter_mut().zip(src).for_each(|(d, s)| *d += scale * s),
+                Into::Write => dst.iter_mut().zip(src).for_each(|(d, s)| *d = scale * s),
+            }
         }
         Ok(())
     }
@@ -1046,15 +1123,9 @@ impl VarOptimizer {
         if self.vars.is_empty() {
             return Ok(true);
         }
-        let mut gs = Vec::with_capacity(self.vars.len());
-        let mut at = 0;
-        for v in &self.vars {
-            let len = v.elem_count();
-            gs.push(Tensor::from_slice(&flat[at..at + len], v.dims(), v.device())?);
-            at += len;
-        }
+        // Read in place: each variable's gradient is its range of `flat`.
         let Engine::Gradient(opt) = &mut self.opt else { unreachable!("closure optimizers returned above") };
-        Self::step_grads(&self.vars, &self.names, opt, gs)
+        Self::step_grads(&self.vars, &self.names, opt, StepGrads::Flat(flat))
     }
 
     /// The variables' values, end to end in optimizer order (the flat parameter space).

@@ -737,8 +737,9 @@ impl<'a> Parallel<'a> {
         step: u64,
     ) -> Result<ClosureStep> {
         let n = opt.flat_len();
-        self.flat.clear();
+        // The first micro-batch writes the buffer and the others add to it: no pass of zeros.
         self.flat.resize(n + 1, 0.0);
+        let mut written = false;
         let mut local = 0.0f32;
         let mut own;
         let dropout: &mut Rng = match self.own_seed {
@@ -758,7 +759,16 @@ impl<'a> Parallel<'a> {
                 local = l;
                 break;
             }
-            opt.accumulate_grads(&loss.backward()?, w, &mut self.flat)?;
+            let grads = loss.backward()?;
+            if written {
+                opt.accumulate_grads(&grads, w, &mut self.flat)?;
+            } else {
+                opt.write_grads(&grads, w, &mut self.flat)?;
+                written = true;
+            }
+        }
+        if !written {
+            self.flat.fill(0.0);
         }
         if let Some(bounds) = opt.shard_bounds().map(|b| b.to_vec()) {
             return self.step_sharded(model, opt, cfg, local, &bounds, step);
@@ -1438,8 +1448,7 @@ impl<'a> BenchUpdate<'a> {
             opt.step(grads)?;
             return Ok((0.0, t0.elapsed().as_secs_f64()));
         }
-        self.flat.iter_mut().for_each(|g| *g = 0.0);
-        opt.accumulate_grads(grads, weight, &mut self.flat)?;
+        opt.write_grads(grads, weight, &mut self.flat)?;
         let t0 = Instant::now();
         let Some(bounds) = opt.shard_bounds().map(|b| b.to_vec()) else {
             self.comm.all_reduce_sum(&mut self.flat)?;

@@ -26,6 +26,33 @@ enum Payload {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bytes(Vec<u8>),
+    /// The replica's own buffer, lent for an in-place collective: the others read and write it
+    /// until the collective's closing barrier, while its owner waits inside the collective.
+    Lent(LentBuffer),
+}
+
+/// The address and length of a replica's `&mut [f32]`, lent to the group during one collective.
+#[derive(Clone, Copy)]
+struct LentBuffer {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: a lent buffer is only dereferenced inside the collective that lent it, between its
+// two barriers, while the owning replica is blocked in the same collective; each replica
+// touches only its own disjoint range of every buffer.
+unsafe impl Send for LentBuffer {}
+unsafe impl Sync for LentBuffer {}
+
+/// Values a replica sums per pass of [`Threads::all_reduce_sum`]'s loop: a few KiB, in L1
+/// between the sum and its copies.
+const REDUCE_CHUNK: usize = 1024;
+
+/// Replica `rank`'s range of a buffer of `len` values split over `size` replicas: whole cache
+/// lines (16 values), so no two replicas write the same line.
+fn reduce_range(len: usize, rank: usize, size: usize) -> Range<usize> {
+    let per = len.div_ceil(size).div_ceil(16) * 16;
+    (rank * per).min(len)..((rank + 1) * per).min(len)
 }
 
 /// The meeting point of the replicas.
@@ -127,15 +154,46 @@ impl Communicator for Threads {
     fn unit(&self) -> &'static str {
         "replica"
     }
+    /// In place, without copies: every replica lends its buffer; each sums its own range of all
+    /// of them, in rank order (`((b₀ + b₁) + b₂) + …`, the same bits on every replica), and
+    /// writes the sum into that range of every buffer; a second barrier returns when all ranges
+    /// are written.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let all = self.exchange(Payload::F32(buf.to_vec()))?;
-        let parts = Self::f32s(&all, buf.len())?;
-        buf.copy_from_slice(parts[0]);
-        for p in &parts[1..] {
-            for (b, x) in buf.iter_mut().zip(p.iter()) {
-                *b += x;
+        let size = self.shared.size;
+        if size == 1 {
+            return Ok(());
+        }
+        let all = self.exchange(Payload::Lent(LentBuffer { ptr: buf.as_mut_ptr(), len: buf.len() }))?;
+        let lent = all
+            .iter()
+            .map(|p| match p {
+                Payload::Lent(b) if b.len == buf.len() => Ok(*b),
+                _ => Err(Error::Param("replicas called a collective with different buffers".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let range = reduce_range(buf.len(), self.rank, size);
+        // SAFETY: see `LentBuffer`: until the barrier below, this replica alone reads and writes
+        // `range` of every lent buffer (its own included, reached only through the pointer), and
+        // every owner waits in this collective.
+        let mut parts: Vec<&mut [f32]> = lent
+            .iter()
+            .map(|b| unsafe { std::slice::from_raw_parts_mut(b.ptr.add(range.start), range.len()) })
+            .collect();
+        let (first, rest) = parts.split_first_mut().expect("two or more replicas");
+        for start in (0..first.len()).step_by(REDUCE_CHUNK) {
+            let end = (start + REDUCE_CHUNK).min(first.len());
+            let sum = &mut first[start..end];
+            for p in rest.iter() {
+                sum.iter_mut().zip(&p[start..end]).for_each(|(s, x)| *s += x);
+            }
+            for p in rest.iter_mut() {
+                p[start..end].copy_from_slice(sum);
             }
         }
+        drop(parts);
+        drop(all);
+        // No replica leaves (and uses its buffer again) before every range is written.
+        self.exchange(Payload::Bytes(vec![]))?;
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
@@ -309,6 +367,30 @@ mod tests {
                 assert!(gathered.is_empty());
             }
         }
+    }
+
+    /// The in-place all-reduce over buffers longer than one replica's range and one chunk: every
+    /// replica ends with the sum in rank order, bit for bit, whatever range summed a value.
+    #[test]
+    fn all_reduce_sums_in_rank_order_across_ranges_and_chunks() {
+        let len = 2 * REDUCE_CHUNK + 37;
+        let value = |r: usize, i: usize| ((i * 7 + r * 13) % 23) as f32 * 1e-3 + if r == 1 { 1e4 } else { 0.1 };
+        for size in [2, 3] {
+            let results = on_threads(size, 1, |c| -> Result<_> {
+                let mut v: Vec<f32> = (0..len).map(|i| value(c.rank(), i)).collect();
+                c.all_reduce_sum(&mut v)?;
+                Ok(v)
+            });
+            let want: Vec<f32> = (0..len).map(|i| (1..size).fold(value(0, i), |s, r| s + value(r, i))).collect();
+            for res in results {
+                let got = res.unwrap();
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{size} replicas");
+            }
+        }
+        assert_eq!(reduce_range(100, 1, 2), 64..100);
+        assert_eq!(reduce_range(5, 2, 3), 5..5);
+        let mismatched = on_threads(2, 1, |c| -> Result<()> { c.all_reduce_sum(&mut vec![1.0; 3 + c.rank()]) });
+        assert!(mismatched.iter().all(|r| r.as_ref().unwrap_err().to_string().contains("different buffers")));
     }
 
     #[test]
