@@ -105,7 +105,7 @@ pub fn parse_spec(spec: &str) -> Result<Map<String, Value>> {
     for part in split_top(rest) {
         let (k, v) = part.split_once('=').with_context(|| format!("run `{spec}`: `{part}` is not key=value"))?;
         let k = k.trim().replace('-', "_");
-        let v = serde_json::from_str(v.trim()).unwrap_or_else(|_| Value::from(v.trim()));
+        let v = crate::train::parse_value(v).map_err(|e| anyhow::anyhow!("run `{spec}`: `{k}`: {e}"))?;
         if m.insert(k.clone(), v).is_some() {
             bail!("run `{spec}`: `{k}` is given twice");
         }
@@ -338,6 +338,20 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     write_report(&rows, &files, &out, &title, a.target)?;
     println!("\n{}", std::fs::read_to_string(out.join("table.md"))?);
     println!("table, charts and report.html in {}", out.display());
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| match &r.status {
+            Status::Failed(e) => Some(e.as_str()),
+            Status::Finished => None,
+        })
+        .collect();
+    if failed.len() == rows.len() {
+        // Nothing was compared: the command fails, with the first run's reason.
+        bail!("every run failed; the first: {}", failed[0]);
+    }
+    if !failed.is_empty() {
+        println!("{} of {} runs failed (their errors are in the table)", failed.len(), rows.len());
+    }
     Ok(())
 }
 

@@ -86,8 +86,8 @@ impl Param {
                 let vals: Vec<Value> = args
                     .split('|')
                     .filter(|v| !v.trim().is_empty())
-                    .map(|v| serde_json::from_str(v.trim()).unwrap_or_else(|_| Value::from(v.trim())))
-                    .collect();
+                    .map(|v| crate::train::parse_value(v).map_err(|e| anyhow::anyhow!("{what}: `{}`: {e}", v.trim())))
+                    .collect::<Result<_>>()?;
                 if vals.is_empty() {
                     bail!("{what}: a choice needs at least one value");
                 }

@@ -439,16 +439,22 @@ impl TrainArgs {
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
+        // Every value of the file, those the command line overrides included, is read: a file
+        // with a value of the wrong type is refused even when a flag hides it this time.
+        let mut whole_file = flags.clone();
         for (k, v) in file {
             if !known.contains(&k) {
                 let accepted: Vec<&str> = also.iter().copied().chain(known.iter().map(|s| s.as_str())).collect();
                 bail!("{}: unknown setting `{k}`; accepted: {}", path.display(), accepted.join(", "));
             }
+            let value = toml_json(&v, &format!("{}: `{k}`", path.display()))?;
             let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
             if !from_cli {
-                flags.insert(k.clone(), toml_json(&v, &format!("{}: `{k}`", path.display()))?);
+                flags.insert(k.clone(), value.clone());
             }
+            whole_file.insert(k, value);
         }
+        settings_from_value(serde_json::Value::Object(whole_file), &path.display().to_string())?;
         let mut out = settings_from_value(merged, &path.display().to_string())?;
         (out.out, out.force, out.resume, out.config, out.given) =
             (self.out, self.force, self.resume, self.config, self.given);
@@ -493,6 +499,18 @@ fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
         return Err(format!("the arguments of group `{pat}` must be a JSON object"));
     }
     Ok((pat.to_string(), v))
+}
+
+/// A value a user typed after `key=` (a run's settings, a search choice): JSON when the text is
+/// JSON (`0.1`, `true`, `{"lr": 0.1}`, refusing a key given twice as [`parse_json`] does), else
+/// the text itself as a string (`adamw`, `cosine`).
+pub(crate) fn parse_value(s: &str) -> Result<serde_json::Value, String> {
+    let s = s.trim();
+    if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() {
+        parse_json(s)
+    } else {
+        Ok(serde_json::Value::from(s))
+    }
 }
 
 /// JSON a user typed (`--hparams`, `--group`), as serde_json reads it except that a key given

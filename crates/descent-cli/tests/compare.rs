@@ -20,6 +20,31 @@ fn check_pictures(dir: &Path, names: &[&str], size: (u32, u32)) {
     }
 }
 
+/// When every run fails, nothing was compared: the table says why and the command fails with the
+/// first run's reason (a script must not take it for a comparison).
+#[test]
+fn compare_fails_when_every_run_fails() {
+    let dir = out("allfail");
+    let err = run_err(&[
+        "compare",
+        "--model",
+        "linear",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--run",
+        "sgd:lr=1e30",
+        "--run",
+        "sgd:lr=1e31",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("every run failed") && err.contains("step"), "{err}");
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert!(rows.len() == 2 && rows.iter().all(|r| r[8].starts_with("failed")), "{rows:?}");
+}
+
 /// The table's numbers are those of the same runs made alone with `descent train` (the run
 /// folders hold the same per-step metrics, bit for bit); a diverging run is marked failed while the
 /// others finish; the charts and the report are written.

@@ -452,8 +452,29 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
     std::fs::write(&nan_toml, "model = \"linear\"\nlr = nan\n").unwrap();
     let empty = d.join("empty");
     write_idx_set(&empty, 0, 10, 28, 28);
+    // A value of the wrong type in a config file is refused even where a flag overrides it.
+    let typo_toml = d.join("typo.toml");
+    std::fs::write(&typo_toml, "model = \"linear\"\nepochs = \"two\"\n").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["train", "--config", s(&nan_toml)], "lr"),
+        (vec!["train", "--config", s(&typo_toml), "--epochs", "1"], "`epochs`: invalid type"),
+        // A key given twice in a JSON value of a run or a search choice (serde_json keeps the last).
+        (
+            vec!["compare", "--model", "linear", "--run", "adam:hparams={\"betas\":[0.9,0.99],\"betas\":[0.8,0.9]}"],
+            "`betas` given twice",
+        ),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--objective",
+                "val_loss",
+                "--param",
+                "hparams=choice:{\"momentum\":0.9,\"momentum\":0.5}|{}",
+            ],
+            "`momentum` given twice",
+        ),
         (
             vec!["train", "--model", "linear", "--lr", "0.1", "--optimizer", "sgd", "--hparams", "{\"lr\": 5}"],
             "same setting",
