@@ -161,6 +161,30 @@ pub(crate) fn matmul_in(
     }
 }
 
+/// [`matmul_strided`] into a new vector of `m·n` values, which in f32 the product writes without
+/// a zero fill first (as [`matmul_new`]).
+pub(crate) fn matmul_strided_new(
+    precision: crate::precision::Precision,
+    lhs: Strided,
+    rhs: Strided,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    if precision != crate::precision::Precision::F32 || k == 0 || m * n == 0 {
+        let mut dst = vec![0.0f32; m * n];
+        matmul_strided(precision, &mut dst, lhs, rhs, m, n, k);
+        return dst;
+    }
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: as in `matmul_new`: the product writes all `m·n` values without reading them.
+    unsafe {
+        gemm_into(dst.as_mut_ptr(), false, lhs, rhs, m, n, k, false);
+        dst.set_len(m * n);
+    }
+    dst
+}
+
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]` (`dst` dense, row-major) in `precision`, the operands read
 /// in place through their strides: no copy of a head's block of a wider matrix (attention).
 #[allow(clippy::too_many_arguments)]

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{f32_slice, give_back_buffer, par_filled, storage_f32s, take_buffer};
 use crate::error::{Error, Result};
-use crate::gemm::{matmul_strided, Strided};
+use crate::gemm::{matmul_strided, matmul_strided_new, Strided};
 use crate::model::{Init, Linear};
 use crate::precision::Precision;
 use crate::rng::Rng;
@@ -52,7 +52,8 @@ impl CustomOp1 for AttentionOp {
         let x = f32_slice(s, l, "causal attention qkv")?;
         let (nh, prec) = (self.n_head, self.precision);
         let scale = 1.0 / (hs as f32).sqrt();
-        let mut att = vec![0.0f32; b * nh * t * t];
+        // Every value is written: each task's product fills its `[t, t]` block, then the mask.
+        let mut att = take_buffer(b * nh * t * t);
         // Each (batch, head) task: its weights in place, its output block returned.
         let ys: Vec<Vec<f32>> = att
             .par_chunks_mut(t * t)
@@ -75,19 +76,23 @@ impl CustomOp1 for AttentionOp {
                     let r = 1.0 / sum;
                     seen.iter_mut().for_each(|s| *s *= r);
                 }
-                let mut y = vec![0.0f32; t * hs];
-                matmul_strided(prec, &mut y, Strided::rows(p, t), head(2), t, hs, t);
-                y
+                matmul_strided_new(prec, Strided::rows(p, t), head(2), t, hs, t)
             })
             .collect();
-        let mut out = vec![0.0f32; b * t * c];
-        for (task, y) in ys.iter().enumerate() {
-            let (bi, h) = (task / nh, task % nh);
-            for (row, yr) in out[bi * t * c..][..t * c].chunks_mut(c).zip(y.chunks(hs)) {
-                row[h * hs..(h + 1) * hs].copy_from_slice(yr);
-            }
-        }
-        *self.att.lock().expect("attention weights lock") = att;
+        // SAFETY: each batch's chunk is `t` rows of `nh` heads' `hs` values: all written.
+        let out = unsafe {
+            par_filled(b * t * c, t * c, |bi, chunk| {
+                for (ti, row) in chunk.chunks_mut(c).enumerate() {
+                    for (h, dst) in row.chunks_mut(hs).enumerate() {
+                        let src = &ys[bi * nh + h][ti * hs..][..hs];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                            d.write(v);
+                        });
+                    }
+                }
+            })
+        };
+        give_back_buffer(std::mem::replace(&mut *self.att.lock().expect("attention weights lock"), att));
         Ok((CpuStorage::F32(out), Shape::from((b, t, c))))
     }
 
@@ -106,8 +111,8 @@ impl CustomOp1 for AttentionOp {
         let yall = storage_f32s(&sy, ly, "causal attention output")?;
         let gall = storage_f32s(&sg, lg, "causal attention gradient")?;
         let att = self.att.lock().expect("attention weights lock");
-        // Each task returns its [3, t, hs] block of dq, dk, dv.
-        let blocks: Vec<Vec<f32>> = att
+        // Each task returns its `[t, hs]` blocks of dq, dk and dv.
+        let blocks: Vec<[Vec<f32>; 3]> = att
             .par_chunks(t * t)
             .enumerate()
             .map(|(task, p)| {
@@ -117,33 +122,47 @@ impl CustomOp1 for AttentionOp {
                 let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
                 let (y, dy) = (&yall[bi * t * c + h * hs..], &gall[bi * t * c + h * hs..]);
                 let dyb = Strided { s: dy, rs: c, cs: 1 };
-                let mut out = vec![0.0f32; 3 * t * hs];
-                let (dq, rest) = out.split_at_mut(t * hs);
-                let (dk, dv) = rest.split_at_mut(t * hs);
-                matmul_strided(prec, dv, Strided::rows(p, t).t(), dyb, t, hs, t);
-                let mut ds = vec![0.0f32; t * t];
-                matmul_strided(prec, &mut ds, dyb, head(2).t(), t, t, hs);
+                let dv = matmul_strided_new(prec, Strided::rows(p, t).t(), dyb, t, hs, t);
+                let mut ds = matmul_strided_new(prec, dyb, head(2).t(), t, t, hs);
                 for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
                     let d: f32 = dy[i * c..][..hs].iter().zip(&y[i * c..][..hs]).map(|(a, b)| a * b).sum();
                     dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
                     dsr[i + 1..].fill(0.0);
                 }
-                matmul_strided(prec, dq, Strided::rows(&ds, t), head(1), t, hs, t);
-                matmul_strided(prec, dk, Strided::rows(&ds, t).t(), head(0), t, hs, t);
-                out
+                let dq = matmul_strided_new(prec, Strided::rows(&ds, t), head(1), t, hs, t);
+                let dk = matmul_strided_new(prec, Strided::rows(&ds, t).t(), head(0), t, hs, t);
+                [dq, dk, dv]
             })
             .collect();
-        let mut gx = vec![0.0f32; x.len()];
-        for (task, blk) in blocks.iter().enumerate() {
-            let (bi, h) = (task / nh, task % nh);
-            for (part, src) in blk.chunks(t * hs).enumerate() {
-                let off = part * c + h * hs;
-                for (row, s) in gx[bi * t * 3 * c..][..t * 3 * c].chunks_mut(3 * c).zip(src.chunks(hs)) {
-                    row[off..off + hs].copy_from_slice(s);
+        // SAFETY: each batch's chunk is `t` rows of q, k, v parts of `nh` heads' `hs` values: all
+        // written.
+        let gx = unsafe {
+            par_filled(x.len(), t * 3 * c, |bi, chunk| {
+                for (ti, row) in chunk.chunks_mut(3 * c).enumerate() {
+                    for (part, cols) in row.chunks_mut(c).enumerate() {
+                        for (h, dst) in cols.chunks_mut(hs).enumerate() {
+                            let src = &blocks[bi * nh + h][part][ti * hs..][..hs];
+                            dst.iter_mut().zip(src).for_each(|(d, &v)| {
+                                d.write(v);
+                            });
+                        }
+                    }
                 }
+            })
+        };
+        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+    }
+}
+
+impl Drop for AttentionOp {
+    /// The weights go back to this thread's buffers, unless a caller of
+    /// [`causal_attention_with_weights`] still holds them.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.att) == 1 {
+            if let Ok(mut w) = self.att.lock() {
+                give_back_buffer(std::mem::take(&mut *w));
             }
         }
-        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
     }
 }
 
