@@ -90,22 +90,32 @@ impl CustomOp3 for LinearOp {
             f32_slice(s2, l2, "linear weight")?,
             f32_slice(s3, l3, "linear bias")?,
         );
-        // The bias in every row, then the product added to it.
-        let mut y = Vec::with_capacity(n * out);
-        for _ in 0..n {
-            y.extend_from_slice(b);
-        }
-        matmul_in(self.precision, &mut y, true, x, false, w, true, n, out, inp, n * out * inp >= PARALLEL_FLOPS);
-        match self.act {
-            Activation::Identity => {}
-            Activation::Relu => y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
-            Activation::Gelu(which) => {
-                // Every value is written.
-                let mut d = take_buffer(y.len());
-                gelu_in_place_with_derivative(which, &mut y, &mut d);
-                *self.derivative.lock().expect("linear derivative lock") = d;
+        let par = n * out * inp >= PARALLEL_FLOPS;
+        let y = match self.act {
+            Activation::Identity | Activation::Relu => {
+                // The bias in every row, then the product added to it.
+                let mut y = Vec::with_capacity(n * out);
+                for _ in 0..n {
+                    y.extend_from_slice(b);
+                }
+                matmul_in(self.precision, &mut y, true, x, false, w, true, n, out, inp, par);
+                if self.act == Activation::Relu {
+                    y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+                }
+                y
             }
-        }
+            Activation::Gelu(which) => {
+                // The product alone, then the bias added in the GELU's pass (which writes every
+                // value of the derivative).
+                let mut y = matmul_new(self.precision, x, false, w, true, n, out, inp, par);
+                if out > 0 {
+                    let mut d = take_buffer(y.len());
+                    gelu_in_place_with_derivative(which, &mut y, &mut d, b);
+                    *self.derivative.lock().expect("linear derivative lock") = d;
+                }
+                y
+            }
+        };
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
@@ -128,16 +138,35 @@ impl CustomOp3 for LinearOp {
         let xs = storage_f32s(&sx, lx, "linear input")?;
         let ws = storage_f32s(&sw, lw, "linear weight")?;
         let gs = storage_f32s(&sg, lg, "linear gradient")?;
-        // The activation's backward into a buffer given back at the end (every value written).
+        // The activation's backward into a buffer given back at the end (every value written),
+        // and the bias gradient (the column sums of that) in the same pass.
         let mut masked = Vec::new();
+        let mut gb = vec![0.0f32; out];
+        // `masked = f(g, o)` row by row (`o` what the forward kept), summed into `gb`.
+        #[inline(always)]
+        fn mask_rows(masked: &mut [f32], gb: &mut [f32], gs: &[f32], kept: &[f32], f: impl Fn(f32, f32) -> f32) {
+            let out = gb.len();
+            for ((m, g), o) in masked.chunks_mut(out).zip(gs.chunks(out)).zip(kept.chunks(out)) {
+                for (((m, &g), &o), a) in m.iter_mut().zip(g).zip(o).zip(gb.iter_mut()) {
+                    *m = f(g, o);
+                    *a += *m;
+                }
+            }
+        }
         let gy: &[f32] = match self.act {
-            Activation::Identity => gs,
+            _ if out == 0 => gs,
+            Activation::Identity => {
+                for row in gs.chunks(out) {
+                    gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                }
+                gs
+            }
             Activation::Relu => {
                 // The gradient passes where the output is positive (as torch's ReLU backward).
                 let (s, l) = res.storage_and_layout();
                 let r = storage_f32s(&s, l, "linear output")?;
                 masked = take_buffer(gs.len());
-                masked.iter_mut().zip(gs.iter().zip(r)).for_each(|(m, (&g, &r))| *m = if r > 0.0 { g } else { 0.0 });
+                mask_rows(&mut masked, &mut gb, gs, r, |g, y| if y > 0.0 { g } else { 0.0 });
                 &masked
             }
             Activation::Gelu(_) => {
@@ -146,16 +175,12 @@ impl CustomOp3 for LinearOp {
                     candle_core::bail!("linear: backward without its GELU forward");
                 }
                 masked = take_buffer(gs.len());
-                masked.iter_mut().zip(gs.iter().zip(d.iter())).for_each(|(m, (&g, &d))| *m = g * d);
+                mask_rows(&mut masked, &mut gb, gs, &d, |g, d| g * d);
                 &masked
             }
         };
         let par = n * out * inp >= PARALLEL_FLOPS;
         let gw = matmul_new(self.precision, gy, true, xs, false, out, inp, n, par);
-        let mut gb = vec![0.0f32; out];
-        for row in gy.chunks(out) {
-            gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
-        }
         let gx =
             if x.track_op() { Some(matmul_new(self.precision, gy, false, ws, false, n, inp, out, par)) } else { None };
         give_back_buffer(masked);

@@ -120,23 +120,6 @@ fn gelu_erf_bwd_body(gx: &mut [f32], x: &[f32], g: &[f32]) {
     }
 }
 
-/// In place, `z` becomes `gelu(z)` (exact) and `d` the derivative `gelu'(z)`, over a chunk:
-/// the values [`gelu_erf_fwd_body`] and [`gelu_erf_bwd_body`] give, in one pass.
-#[inline(always)]
-fn gelu_erf_fwd_deriv_body(z: &mut [f32], d: &mut [f32]) {
-    for (v, o) in z.iter_mut().zip(d.iter_mut()) {
-        let (y, dy) = gelu_erf_f32(*v);
-        *v = y;
-        *o = dy;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_erf_fwd_deriv_avx2(z: &mut [f32], d: &mut [f32]) {
-    gelu_erf_fwd_deriv_body(z, d)
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_erf_fwd_avx2(y: &mut [f32], x: &[f32]) {
@@ -167,22 +150,48 @@ fn gelu_erf_bwd(gx: &mut [f32], x: &[f32], g: &[f32]) {
     gelu_erf_bwd_body(gx, x, g)
 }
 
-/// The GELU of `z` in place and its derivative into `d` (same length), across rayon tasks: for an
-/// op that applies the GELU to its own output and keeps the derivative for its backward.
-pub(crate) fn gelu_in_place_with_derivative(which: Gelu, z: &mut [f32], d: &mut [f32]) {
-    let chunks = z.par_chunks_mut(GELU_CHUNK).zip(d.par_chunks_mut(GELU_CHUNK));
+/// In place, `z + bias` (the bias added to every row of `bias.len()` values) becomes its exact
+/// GELU and `d` the derivative there, over whole rows: the values [`gelu_erf_fwd_body`] and
+/// [`gelu_erf_bwd_body`] give at `z + bias`, in one pass.
+#[inline(always)]
+fn gelu_erf_bias_fwd_deriv_body(z: &mut [f32], d: &mut [f32], bias: &[f32]) {
+    for (z, d) in z.chunks_mut(bias.len()).zip(d.chunks_mut(bias.len())) {
+        for ((v, o), &b) in z.iter_mut().zip(d.iter_mut()).zip(bias) {
+            let (y, dy) = gelu_erf_f32(*v + b);
+            *v = y;
+            *o = dy;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_erf_bias_fwd_deriv_avx2(z: &mut [f32], d: &mut [f32], bias: &[f32]) {
+    gelu_erf_bias_fwd_deriv_body(z, d, bias)
+}
+
+/// The GELU of `z + bias` in place (`z` rows of `bias.len()` values, the bias added to each: a
+/// linear layer's product before its bias) and its derivative into `d` (same length), across
+/// rayon tasks of whole rows: for an op that applies the GELU to its own output and keeps the
+/// derivative for its backward.
+pub(crate) fn gelu_in_place_with_derivative(which: Gelu, z: &mut [f32], d: &mut [f32], bias: &[f32]) {
+    assert!(!bias.is_empty() && z.len() == d.len() && z.len().is_multiple_of(bias.len()), "gelu rows");
+    let rows = (GELU_CHUNK / bias.len()).max(1) * bias.len();
+    let chunks = z.par_chunks_mut(rows).zip(d.par_chunks_mut(rows));
     match which {
         Gelu::Erf => chunks.for_each(|(z, d)| {
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { gelu_erf_fwd_deriv_avx2(z, d) };
+                return unsafe { gelu_erf_bias_fwd_deriv_avx2(z, d, bias) };
             }
-            gelu_erf_fwd_deriv_body(z, d)
+            gelu_erf_bias_fwd_deriv_body(z, d, bias)
         }),
         Gelu::Tanh => chunks.for_each(|(z, d)| {
-            for (v, o) in z.iter_mut().zip(d.iter_mut()) {
-                (*v, *o) = which.eval(*v);
+            for (z, d) in z.chunks_mut(bias.len()).zip(d.chunks_mut(bias.len())) {
+                for ((v, o), &b) in z.iter_mut().zip(d.iter_mut()).zip(bias) {
+                    (*v, *o) = which.eval(*v + b);
+                }
             }
         }),
     }
