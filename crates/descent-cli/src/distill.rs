@@ -41,6 +41,9 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
     if given("config") {
         bail!("--config: give the student's settings as flags");
     }
+    if !matches!(a.student.as_str(), "lenet" | "mlp" | "resnet" | "plain") {
+        bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.student);
+    }
     let mut base = a.base;
     base.model = a.student;
     base.distill = Some(DistillSettings { teachers: a.teachers, alpha: a.alpha, temperature: a.temperature });

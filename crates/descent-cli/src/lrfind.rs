@@ -123,6 +123,19 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         (b.tensorboard, "--tensorboard"),
         (b.resume.is_some(), "--resume"),
         (b.schedule_interval != "step", "--schedule-interval"),
+        (b.log_grad_norms, "--log-grad-norms"),
+        (b.prune_to.is_some(), "--prune-to"),
+        (b.prune_schedule.is_some(), "--prune-schedule"),
+        (b.prune_start.is_some(), "--prune-start"),
+        (b.prune_end.is_some(), "--prune-end"),
+        (b.prune_frequency.is_some(), "--prune-frequency"),
+        (b.ema.is_some(), "--ema"),
+        (b.ema_warmup, "--ema-warmup"),
+        (b.swa_start.is_some(), "--swa-start"),
+        (b.swa_lr.is_some(), "--swa-lr"),
+        (b.swa_anneal_epochs.is_some(), "--swa-anneal-epochs"),
+        (b.swa_anneal.is_some(), "--swa-anneal"),
+        (b.average_buffers, "--average-buffers"),
     ] {
         if given {
             bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");

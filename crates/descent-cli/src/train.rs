@@ -1421,6 +1421,11 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     if a.accumulate == Some(0) {
         bail!("--accumulate 0: a step needs at least one micro-batch");
     }
+    // The step's samples, K × --batch-size, as a count (and a JSON number) holds them.
+    let (k, b) = (a.accumulate.unwrap_or(1), a.batch_size.unwrap_or(defaults(&a.model).1));
+    if b.checked_mul(k).is_none_or(|n| n as u64 > 1 << 53) {
+        bail!("--accumulate {k} × --batch-size {b}: more samples per step than can be counted (at most 2^53)");
+    }
     if let Some(t) = a.threads {
         if t == 0 || t > MAX_THREADS {
             bail!("--threads {t}: must be between 1 and {MAX_THREADS}");
@@ -1652,6 +1657,15 @@ fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
         }
         if let Some(lr) = a.lr.filter(|&lr| m > lr) {
             bail!("--min-lr {}: the rate the schedule decays to must not exceed --lr {}", Num(m), Num(lr));
+        }
+        let lr = default_lr(&a.model, a.optimizer(), &a.hparams);
+        if a.lr.is_none() && m > lr {
+            bail!(
+                "--min-lr {}: the rate the schedule decays to must not exceed the learning rate, here {}'s default {} (set --lr)",
+                Num(m),
+                a.optimizer(),
+                Num(lr)
+            );
         }
     }
     // A decay that ends within the warm-up is nanoGPT's too: the warm-up, then min_lr.
@@ -1895,6 +1909,46 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
 /// how many threads compute it and the precision of its products (the weights are f32 either
 /// way). Their hash goes into every checkpoint, so that a config.json edited after the run
 /// started is noticed.
+/// That the checkpoint `ck` of the run folder `dir` (whose marker holds `run_id` and whose
+/// config.json holds `cfg`) was written by that run with those settings: what `--resume` checks,
+/// and every command that reads a run's checkpoint with its settings (`evaluate`, `sample`,
+/// `prune`, `quantize`, …), so that a checkpoint copied from another run is refused, not used
+/// with this run's settings.
+pub fn check_checkpoint_of_run(ck: &Checkpoint, dir: &std::path::Path, run_id: &str, cfg: &TrainArgs) -> Result<()> {
+    let ck_path = dir.join(folder::run::CHECKPOINT);
+    if ck.run_id != run_id {
+        bail!(
+            "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
+            ck_path.display(),
+            if ck.run_id.is_empty() { "none" } else { &ck.run_id },
+            run_id
+        );
+    }
+    if ck.config_hash != config_hash(cfg)? {
+        bail!(
+            "{}: config.json was changed after the checkpoint was written; a run is read only with the settings it ran with",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// A run folder's marker id, or an error naming the folder: what
+/// [`check_checkpoint_of_run`] checks a checkpoint against.
+pub fn run_id_of(dir: &std::path::Path) -> Result<String> {
+    match folder::Marker::read(dir)? {
+        Some(m) if m.kind == folder::Kind::Run => Ok(m.id),
+        Some(m) => {
+            bail!("{}: a {:?} folder, not a run; give the folder of a `descent train` run", dir.display(), m.kind)
+        }
+        None => bail!(
+            "{}: not a run folder (no {}); give the folder of a `descent train` run",
+            dir.display(),
+            folder::MARKER
+        ),
+    }
+}
+
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
@@ -2294,20 +2348,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 );
                 }
                 let ck = Checkpoint::load(&ck_path)?;
-                if ck.run_id != claimed.marker.id {
-                    bail!(
-                    "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
-                    ck_path.display(),
-                    if ck.run_id.is_empty() { "none" } else { &ck.run_id },
-                    claimed.marker.id
-                );
-                }
-                if ck.config_hash != config_hash(&cfg)? {
-                    bail!(
-                    "{}: config.json was changed after the checkpoint was written; a run resumes only with the settings it ran with",
-                    dir.display()
-                );
-                }
+                check_checkpoint_of_run(&ck, dir, &claimed.marker.id, &cfg)?;
                 match resume_settings(&cli, dir, cfg, &ck, &claimed.marker)? {
                     Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
                     Err(why) => {
@@ -2385,6 +2426,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let (batch_size, epochs) = (a.batch_size.unwrap_or(default_batch), a.epochs.unwrap_or(1));
     let mut rng = Rng::new(a.seed);
     let job = if a.model == "gpt" {
+        if a.distill.is_some() {
+            bail!("--student gpt: distillation trains a classifier; accepted: lenet, mlp, resnet, plain");
+        }
         let corpus = corpus_of(&a)?;
         let model = gpt_of(&a, &corpus, &mut rng)?;
         let cfg = config(&a, Loss::CrossEntropy)?;

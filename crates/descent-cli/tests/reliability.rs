@@ -283,6 +283,16 @@ fn checkpoints_are_verified_before_resume() {
     std::fs::copy(b.join("checkpoint.safetensors"), &ck).unwrap();
     let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
     assert!(!ok && t.contains("another run"), "{t}");
+    // Every command that reads a run's checkpoint with its settings refuses it too.
+    for cmd in [
+        vec!["evaluate", s(&a)],
+        vec!["quantize", s(&a), "--out", s(&d.join("q"))],
+        vec!["prune", s(&a), "--method", "l1_unstructured", "--amount", "0.5", "--out", s(&d.join("p"))],
+        vec!["compress-report", s(&a)],
+    ] {
+        let (ok, t) = run(&cmd);
+        assert!(!ok && t.contains("another run"), "{cmd:?}: {t}");
+    }
     // An edited config.
     std::fs::write(&ck, &good).unwrap();
     let cfg = read(&a.join("config.json"));
@@ -458,6 +468,17 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["train", "--config", s(&nan_toml)], "lr"),
         (vec!["train", "--config", s(&typo_toml), "--epochs", "1"], "`epochs`: invalid type"),
+        // A decay "to" a rate above the run's (here the optimizer's default rate) would raise it.
+        (vec!["train", "--model", "linear", "--schedule", "warmup_cosine", "--min-lr", "0.5"], "adam's default"),
+        (vec!["train", "--model", "linear", "--accumulate", "18446744073709551615"], "--accumulate"),
+        (
+            vec!["train", "--model", "linear", "--batch-size", "9223372036854775808", "--accumulate", "2"],
+            "--accumulate",
+        ),
+        (vec!["distill", "--teacher", s(&d), "--student", "gpt"], "--student gpt"),
+        (vec!["lr-find", "--model", "linear", "--ema", "0.9"], "--ema"),
+        (vec!["lr-find", "--model", "linear", "--prune-to", "0.5"], "--prune-to"),
+        (vec!["lr-find", "--model", "linear", "--log-grad-norms"], "--log-grad-norms"),
         // A key given twice in a JSON value of a run or a search choice (serde_json keeps the last).
         (
             vec!["compare", "--model", "linear", "--run", "adam:hparams={\"betas\":[0.9,0.99],\"betas\":[0.8,0.9]}"],

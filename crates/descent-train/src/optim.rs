@@ -118,6 +118,8 @@ pub struct VarOptimizer {
     scale: f64,
     /// The multiplier by step that [`VarOptimizer::step`] sets before each step.
     schedule: Option<Arc<dyn Schedule>>,
+    /// Which of the optimizer's rates [`VarOptimizer::learning_rate`] reports.
+    reported: usize,
 }
 
 /// What steps the variables: a gradient optimizer, or one that evaluates the objective itself.
@@ -455,6 +457,18 @@ impl OptimizerConfig {
     }
 }
 
+/// Which of `rates` learning rates (those of a config with these `groups` over parameters with
+/// these `names`) is the run's own, the one it reports: that of the parameters outside every
+/// group, which the partition steps last (each part holding as many rates); the first group's
+/// when every parameter is in a group.
+pub(crate) fn own_rate_index(names: &[String], groups: &[(String, Value)], rates: usize) -> usize {
+    let rest = names.iter().any(|n| !groups.iter().any(|(pat, _)| n.contains(pat.as_str())));
+    if groups.is_empty() || !rest {
+        return 0;
+    }
+    rates - rates / (groups.len() + 1)
+}
+
 /// One level of the nested in-place ops: takes the write lock of variable `k`, records its slice,
 /// and descends; the last level runs the step.
 struct Level<'a> {
@@ -588,7 +602,7 @@ impl VarOptimizer {
         let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
         let opt = Engine::Gradient(Optimizer::new(tx, shapes, &views)?);
         let (names, vars) = named.into_iter().unzip();
-        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None })
+        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None, reported: 0 })
     }
 
     /// A closure-driven optimizer (built with `descent_core::closure::build_closure_optimizer`
@@ -603,7 +617,7 @@ impl VarOptimizer {
         let start = params.clone();
         let opt = Engine::Closure(ClosureEngine { opt, name: name.to_string(), steps: 0, params, start });
         let (names, vars) = named.into_iter().unzip();
-        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None })
+        Ok(VarOptimizer { names, vars, opt, base_rates: None, scale: 1.0, schedule: None, reported: 0 })
     }
 
     /// The closure-driven optimizer's name (`torch.lbfgs`) when it is one: then it steps with
@@ -668,6 +682,7 @@ impl VarOptimizer {
             )));
         }
         opt.schedule = cfg.schedule.clone();
+        opt.reported = own_rate_index(&names, &cfg.groups, opt.opt.learning_rates().len());
         Ok(opt)
     }
 
@@ -776,16 +791,17 @@ impl VarOptimizer {
         self.apply_scale(scale)
     }
 
-    /// The learning rate the next step uses, read back from the optimizer (torch's
-    /// `param_groups[0]["lr"]`): the first group's when groups differ; `None` when the optimizer
-    /// holds no constant rate (torch Rprop, a rate given as a schedule).
+    /// The learning rate the next step uses, read back from the optimizer: with parameter groups,
+    /// that of the parameters in no group (the run's own rate; the first group's when every
+    /// parameter is in one); `None` when the optimizer holds no constant rate (torch Rprop, a rate
+    /// given as a schedule).
     pub fn learning_rate(&mut self) -> Option<f64> {
         if self.schedule.is_some() {
             // The config's schedule sets the rate before each step: the next step's.
             let scale = self.lr_scale();
-            return self.base_rates.as_ref().and_then(|b| b.first()).map(|b| b * scale);
+            return self.base_rates.as_ref().and_then(|b| b.get(self.reported)).map(|b| b * scale);
         }
-        self.opt.learning_rates().into_iter().next().flatten()
+        self.opt.learning_rates().into_iter().nth(self.reported).flatten()
     }
 
     /// Sets every learning rate to its base value times `scale` (the optimizer reacts as its
@@ -1166,6 +1182,33 @@ mod tests {
     use super::*;
     use descent_core::spec::build_optimizer;
     use serde_json::json;
+
+    /// With parameter groups the run reports its own rate, that of the parameters in no group
+    /// (not the first group's), scaled by the schedule; the first group's when every parameter is
+    /// in a group.
+    #[test]
+    fn the_reported_rate_is_the_runs_own_with_groups() {
+        let var = |n: usize| Var::from_vec(vec![0.5f32; n], n, &Device::Cpu).unwrap();
+        let named = || vec![("fc.weight".to_string(), var(6)), ("fc.bias".to_string(), var(2))];
+        for optimizer in ["adamw", "sgd"] {
+            let cfg = |groups: Vec<(String, Value)>, schedule: Option<Arc<dyn Schedule>>| OptimizerConfig {
+                optimizer: optimizer.into(),
+                lr: Some(0.01),
+                groups,
+                schedule,
+                ..Default::default()
+            };
+            let bias = || vec![("bias".to_string(), json!({"lr": 0.5}))];
+            let mut o = VarOptimizer::for_vars(named(), &cfg(bias(), None)).unwrap();
+            assert_eq!(o.learning_rate(), Some(0.01), "{optimizer}");
+            let half: Arc<dyn Schedule> = Arc::from(descent_core::schedule::constant(0.5));
+            let mut o = VarOptimizer::for_vars(named(), &cfg(bias(), Some(half))).unwrap();
+            assert_eq!(o.learning_rate(), Some(0.005), "{optimizer}");
+            let all = vec![("bias".to_string(), json!({"lr": 0.5})), ("weight".to_string(), json!({"lr": 0.2}))];
+            let mut o = VarOptimizer::for_vars(named(), &cfg(all, None)).unwrap();
+            assert_eq!(o.learning_rate(), Some(0.5), "{optimizer}");
+        }
+    }
 
     /// The same optimizer on candle variables and on plain buffers gives the same numbers, bit for
     /// bit, and the variables are updated in place (same storage).

@@ -169,7 +169,7 @@ impl VarOptimizer {
             .map(|(k, key)| ((*key).clone(), (0..size).map(|r| table[k * size + r] as usize).collect()))
             .collect();
         let engine = Sharded { opt, rank, bounds, starts, clip_norm: cfg.clip_norm, lens: lens_of, gathered: None };
-        let (names, vars) = named.into_iter().unzip();
+        let (names, vars): (Vec<String>, Vec<_>) = named.into_iter().unzip();
         let mut vo = VarOptimizer {
             names,
             vars,
@@ -177,7 +177,9 @@ impl VarOptimizer {
             base_rates: None,
             scale: 1.0,
             schedule: None,
+            reported: 0,
         };
+        vo.reported = super::own_rate_index(&vo.names, &cfg.groups, vo.opt.learning_rates().len());
         let rates: Option<Vec<f64>> = vo.opt.learning_rates().into_iter().collect();
         vo.base_rates = rates.filter(|r| !r.is_empty());
         if cfg.schedule.is_some() && vo.base_rates.is_none() {
