@@ -2461,6 +2461,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             let start = *a.prune_start.get_or_insert(0);
             let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));
             let frequency = *a.prune_frequency.get_or_insert(100);
+            if end > total {
+                bail!(
+                    "--prune-end {end}: after the run's last step ({total}), so the sparsity would never reach --prune-to {}; \
+                     end the pruning by step {total}",
+                    Num(target)
+                );
+            }
             a.prune_schedule.get_or_insert_with(|| "polynomial".into());
             let g = descent_train::prune::GradualPruning { initial: 0.0, target, start, end, frequency };
             let targets = descent_train::prune::prunable(model.as_ref()).into_iter().map(|(n, _)| n).collect();

@@ -476,6 +476,23 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "--accumulate",
         ),
         (vec!["distill", "--teacher", s(&d), "--student", "gpt"], "--student gpt"),
+        // A pruning schedule that would end after the run: the sparsity asked for never reached.
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--steps",
+                "3",
+                "--prune-to",
+                "0.5",
+                "--prune-start",
+                "1",
+                "--prune-end",
+                "200",
+            ],
+            "--prune-end 200",
+        ),
         (vec!["lr-find", "--model", "linear", "--ema", "0.9"], "--ema"),
         (vec!["lr-find", "--model", "linear", "--prune-to", "0.5"], "--prune-to"),
         (vec!["lr-find", "--model", "linear", "--log-grad-norms"], "--log-grad-norms"),

@@ -205,7 +205,9 @@ pub fn prunable(model: &dyn Model) -> Vec<(String, Var)> {
 
 /// Zhu & Gupta (2017)'s gradual pruning: at steps `t = t0, t0 + Δt, …, t0 + nΔt` each pruned
 /// tensor's sparsity is raised to `s_t = s_f + (s_i − s_f)(1 − (t − t0)/(nΔt))³` by zeroing its
-/// smallest weights (pruned ones stay pruned); from `t0 + nΔt` on it stays `s_f`.
+/// smallest weights (pruned ones stay pruned); from `t0 + nΔt` on it stays `s_f`. The end step
+/// is a pruning step even when `Δt` does not divide `end − t0` (the last interval is shorter), so
+/// that the sparsity asked for is reached.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GradualPruning {
     /// `s_i` and `s_f`.
@@ -223,7 +225,7 @@ pub struct GradualPruning {
 impl GradualPruning {
     /// The sparsity to prune to after optimizer step `t` (`None` when `t` is no pruning step).
     pub fn sparsity_at(&self, t: u64) -> Option<f64> {
-        if t < self.start || t > self.end || !(t - self.start).is_multiple_of(self.frequency.max(1)) {
+        if t < self.start || t > self.end || (t < self.end && !(t - self.start).is_multiple_of(self.frequency.max(1))) {
             return None;
         }
         let span = (self.end - self.start) as f64;
@@ -236,7 +238,11 @@ impl GradualPruning {
         if t < self.start {
             return 0.0;
         }
-        let last = self.start + ((t.min(self.end) - self.start) / self.frequency.max(1)) * self.frequency.max(1);
+        let last = if t >= self.end {
+            self.end
+        } else {
+            self.start + ((t - self.start) / self.frequency.max(1)) * self.frequency.max(1)
+        };
         self.sparsity_at(last).unwrap_or(0.0)
     }
 }
@@ -419,6 +425,17 @@ mod tests {
         assert_eq!(g.sparsity_at(600), None);
         assert!((g.sparsity_after(350) - 0.7).abs() < 1e-12);
         assert_eq!(g.sparsity_after(10_000), 0.8);
+        // Δt not dividing end − t0: the end is a pruning step all the same (a shorter interval),
+        // so the final sparsity is reached; before it, the steps t0 + kΔt.
+        let g = GradualPruning { initial: 0.0, target: 0.9, start: 0, end: 2, frequency: 100 };
+        assert_eq!(g.sparsity_at(1), None);
+        assert_eq!(g.sparsity_at(2), Some(0.9));
+        assert_eq!(g.sparsity_after(1), 0.0);
+        assert_eq!(g.sparsity_after(3), 0.9);
+        let g = GradualPruning { initial: 0.0, target: 0.8, start: 100, end: 450, frequency: 100 };
+        assert_eq!(g.sparsity_at(400).is_some() && g.sparsity_at(450) == Some(0.8), true);
+        assert_eq!(g.sparsity_at(425), None);
+        assert!(g.sparsity_after(449) < 0.8 && g.sparsity_after(450) == 0.8);
     }
 
     /// Fixed masks and gradual pruning through the training loop: pruned weights stay exactly zero
