@@ -266,6 +266,16 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     check_out(&s.run, &s.out)?;
     let src = read_run(&s.run)?;
     let masks = masks(&s, src.model.as_ref())?;
+    for (n, m) in &masks {
+        let v = src.model.named_vars().into_iter().find(|(k, _)| k == n).map(|(_, v)| v).expect("a mask's weight");
+        prune::apply_mask(&v, m)?;
+    }
+    // The compact model is possible (no layer lost every unit) before anything is written or
+    // fine-tuned: the masks stay through fine-tuning.
+    let compact = s.method == "ln_structured" && s.dim == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet");
+    if compact {
+        dc::shrink(&src.args.model, src.model.as_ref())?;
+    }
     // Without fine-tuning the folder is claimed here (fine-tuning's run claims it itself).
     let _claimed = if s.finetune_epochs == 0 {
         Some(folder::claim_new(&s.out, folder::Kind::Run, s.force, false, None)?)
@@ -273,10 +283,6 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         folder::check_new(&s.out, folder::Kind::Run, s.force, false, None)?;
         None
     };
-    for (n, m) in &masks {
-        let v = src.model.named_vars().into_iter().find(|(k, _)| k == n).map(|(_, v)| v).expect("a mask's weight");
-        prune::apply_mask(&v, m)?;
-    }
     let method = format!(
         "{} amount {}{}",
         s.method,
@@ -348,7 +354,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     let info = info_of(&src.args, "pruned", &s.run, method);
     write_info(&s.out, &info)?;
     dc::save_model(&s.out.join(folder::run::MODEL_F32), &src.args.model, model.as_ref())?;
-    if s.method == "ln_structured" && s.dim == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet") {
+    if compact {
         let small = dc::shrink(&src.args.model, model.as_ref())?;
         dc::save_model(&s.out.join(folder::run::COMPACT), &src.args.model, small.as_ref())?;
         let count = |m: &dyn Model| m.named_vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>();

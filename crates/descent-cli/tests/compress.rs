@@ -98,6 +98,12 @@ fn prune_finetune_quantize_and_report_an_mlp() {
     assert!(e.contains("int8"), "{e}");
     let e = run_err(&["train", "--model", "mlp", "--prune-to", "1.2", "--out", "/tmp/x"]);
     assert!(e.contains("--prune-to 1.2") && e.lines().count() == 1, "{e}");
+    // A structured pruning that would leave a layer without units fails before writing: no
+    // folder that other commands would take for a pruned model.
+    let empty = out("cmp-empty");
+    let e = run_err(&["prune", r, "--method", "ln_structured", "--amount", "1.0", "--out", empty.to_str().unwrap()]);
+    assert!(e.contains("every unit") && e.lines().count() == 1, "{e}");
+    assert!(!empty.exists(), "a failed prune left {}", empty.display());
     for d in [run, p, f, s, q] {
         std::fs::remove_dir_all(d).ok();
     }
