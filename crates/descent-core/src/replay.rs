@@ -189,7 +189,16 @@ impl<'a> Fields<'a> {
         v.as_array()
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
             .iter()
-            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(|| self.err(field, format!("{x} is not a number"))))
+            .map(|x| {
+                let f = x.as_f64().ok_or_else(|| self.err(field, format!("{x} is not a number")))?;
+                // A finite number past f32's range would be read as ±inf (a case is in float32).
+                match f as f32 {
+                    v if v.is_infinite() => {
+                        Err(self.err(field, format!("{x} is outside float32's range (±{:e})", f32::MAX)))
+                    }
+                    v => Ok(v),
+                }
+            })
             .collect()
     }
     fn f64s(&self, field: &str, v: &Value) -> Result<Vec<f64>> {

@@ -123,6 +123,15 @@ fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
         )
     };
     assert!(parse_case("ok.json", &case("\"float32\"")).is_ok());
+    // A number past float32's range is refused, naming its field, not replayed as ±inf.
+    for (text, field) in [(r#""init": [1e39, 2]"#, "params[0].init"), (r#""init": [-1e39, 2]"#, "params[0].init")] {
+        let bad = case("\"float32\"").replace(r#""init": [1, 2]"#, text);
+        let e = parse_case("bad.json", &bad).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains("float32's range"), "{e}");
+    }
+    let bad = case("\"float32\"").replace("[[[1, 2]]]", "[[[1e39, 2]]]");
+    let e = parse_case("bad.json", &bad).unwrap_err().to_string();
+    assert!(e.contains("grads[0]") && e.contains("float32's range"), "{e}");
     for bad in ["\"float64\"", "\"bfloat16\"", "5"] {
         let e = parse_case("bad.json", &case(bad)).unwrap_err().to_string();
         assert!(e.contains("field `dtype`") && e.contains("float32"), "{bad}: {e}");
