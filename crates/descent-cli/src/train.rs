@@ -2449,6 +2449,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
         let mut cfg = config(&a, loss)?;
+        if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
+            aug.check_image(h, w)?;
+        }
         if let Some(at) = opts.eval_at.clone() {
             cfg.eval_at = at;
         }

@@ -476,6 +476,9 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "--accumulate",
         ),
         (vec!["distill", "--teacher", s(&d), "--student", "gpt"], "--student gpt"),
+        (vec!["train", "--model", "mlp", "--augment", "translate=2,translate=3"], "`translate` given twice"),
+        (vec!["train", "--model", "mlp", "--augment", ""], "no setting"),
+        (vec!["train", "--model", "mlp", "--augment", "translate=100"], "at most 28"),
         // A pruning schedule that would end after the run: the sparsity asked for never reached.
         (
             vec![

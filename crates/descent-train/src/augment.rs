@@ -48,10 +48,21 @@ impl Affine {
     /// setting is an error naming it.
     pub fn parse(spec: &str, fill: f32) -> Result<Affine> {
         let mut a = Affine { translate: 0.0, rotate: 0.0, interpolation: Interpolation::Nearest, fill };
+        let mut seen: Vec<&str> = vec![];
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
                 Error::Param(format!("--augment `{part}`: expected key=value (translate=2,rotate=10)"))
             })?;
+            // One value per setting (its aliases too): a repeated one is refused, not overwritten.
+            let key = match k.trim() {
+                "degrees" => "rotate",
+                "interpolation" => "interp",
+                other => other,
+            };
+            if seen.contains(&key) {
+                return Err(Error::Param(format!("--augment: `{key}` given twice in `{spec}`")));
+            }
+            seen.push(key);
             let number = |what: &str| -> Result<f32> {
                 match v.trim().parse::<f32>() {
                     Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
@@ -77,10 +88,28 @@ impl Affine {
                 }
             }
         }
+        if seen.is_empty() {
+            return Err(Error::Param(format!(
+                "--augment `{spec}`: no setting; expected translate=PIXELS, rotate=DEGREES and/or interp=nearest|bilinear"
+            )));
+        }
         if a.rotate > 180.0 {
             return Err(Error::Param(format!("--augment rotate={}: at most 180 degrees", a.rotate)));
         }
         Ok(a)
+    }
+
+    /// That the shift fits images of `h × w` pixels: at most their side (torchvision's
+    /// `RandomAffine` takes `translate` as a fraction of the size, at most 1).
+    pub fn check_image(&self, h: usize, w: usize) -> Result<()> {
+        let side = h.min(w);
+        if self.translate > side as f32 {
+            return Err(Error::Param(format!(
+                "--augment translate={}: more than the images' side ({side} pixels); at most {side}",
+                self.translate
+            )));
+        }
+        Ok(())
     }
 
     /// The setting as `parse` reads it.
@@ -110,6 +139,7 @@ impl Affine {
             return Err(Error::Param(format!("--augment works on images [n, c, h, w]; these samples are {dims:?}")));
         }
         let (c, h, w) = (dims[1], dims[2], dims[3]);
+        self.check_image(h, w)?;
         let src = x.flatten_all()?.to_vec1::<f32>()?;
         let per = c * h * w;
         let mut out = vec![0f32; src.len()];
@@ -190,9 +220,22 @@ mod tests {
         assert_eq!((a.translate, a.rotate, a.interpolation, a.fill), (2.0, 10.0, Interpolation::Nearest, -0.5));
         assert_eq!(Affine::parse(&a.spec(), -0.5).unwrap(), a);
         assert_eq!(Affine::parse("rotate=5,interp=bilinear", 0.0).unwrap().interpolation, Interpolation::Bilinear);
-        for bad in ["translate", "translate=-1", "rotate=nan", "scale=2", "interp=cubic", "rotate=200"] {
+        for bad in [
+            "translate",
+            "translate=-1",
+            "rotate=nan",
+            "scale=2",
+            "interp=cubic",
+            "rotate=200",
+            "translate=2,translate=3",
+            "rotate=5,degrees=6",
+            "",
+            " , ",
+        ] {
             assert!(Affine::parse(bad, 0.0).is_err(), "{bad}");
         }
+        assert!(Affine::parse("translate=28", 0.0).unwrap().check_image(28, 28).is_ok());
+        assert!(Affine::parse("translate=29", 0.0).unwrap().check_image(28, 28).is_err());
     }
 
     #[test]
