@@ -300,6 +300,18 @@ pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
         // Checked again under the lock: another command may have written in between.
         check_replaceable(dir, kind, force, resume_hint, parent)?;
         let old = Marker::read(dir)?.map(|m| m.id);
+        // A run sub-folder this command rewrites must be left empty by the clearing: a file of
+        // the user's in one would make the new run refuse the folder after its results were
+        // deleted. Checked before anything is deleted.
+        let kept = foreign_in_runs(dir, kind, old.as_deref())?;
+        if !kept.is_empty() {
+            let more = if kept.len() > 3 { format!(" and {} more", kept.len() - 3) } else { String::new() };
+            bail!(
+                "{}: --force would rewrite run folders holding files descent did not write ({}{more}); move them away first",
+                dir.display(),
+                kept.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
         clear(dir, kind, old.as_deref())?;
     }
     let marker = Marker::new(kind, parent);
@@ -374,6 +386,32 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The files (as `runs/NAME/FILE`) that [`clear`] would leave in the run sub-folders of a compare
+/// or sweep folder whose marker id was `id`: what descent did not write there.
+fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<String>> {
+    let runs = match kind {
+        Kind::Compare => "runs",
+        Kind::Sweep => "trials",
+        _ => return Ok(vec![]),
+    };
+    let p = dir.join(runs);
+    let mut out = vec![];
+    if !p.is_dir() {
+        return Ok(out);
+    }
+    for sub in entries(&p)? {
+        let s = p.join(&sub);
+        if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours) {
+            for name in entries(&s)? {
+                if name != LOCK && !Kind::Run.owns(&name) {
+                    out.push(format!("{runs}/{sub}/{name}"));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn remove_file(p: &Path) -> Result<()> {

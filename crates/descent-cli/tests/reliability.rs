@@ -770,6 +770,14 @@ fn compare_force_clears_only_its_own_runs() {
     assert!(ok, "{t}");
     assert!(mine.join("checkpoint.safetensors").exists(), "{:?}", names(&mine));
     assert!(!c.join("runs").join("01-sgd_lr=0.1").exists(), "{:?}", names(&c.join("runs")));
+    // A user's file inside one of the comparison's own run folders: --force is refused before it
+    // deletes anything (the new run could not take a folder holding it).
+    let ours = c.join("runs").join("01-sgd_lr=0.2");
+    std::fs::write(ours.join("notes.txt"), "mine").unwrap();
+    let (ok, t) =
+        run(&["compare", "--model", "linear", "--epochs", "1", "--run", "sgd:lr=0.2", "--out", s(&c), "--force"]);
+    assert!(!ok && t.contains("notes.txt") && t.contains("move them away"), "{t}");
+    assert!(ours.join("checkpoint.safetensors").exists() && ours.join("notes.txt").exists(), "{:?}", names(&ours));
     // A sweep resumed keeps its settings.
     let sw = d.join("sw");
     assert!(
