@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(g.sparsity_after(1), 0.0);
         assert_eq!(g.sparsity_after(3), 0.9);
         let g = GradualPruning { initial: 0.0, target: 0.8, start: 100, end: 450, frequency: 100 };
-        assert_eq!(g.sparsity_at(400).is_some() && g.sparsity_at(450) == Some(0.8), true);
+        assert!(g.sparsity_at(400).is_some() && g.sparsity_at(450) == Some(0.8));
         assert_eq!(g.sparsity_at(425), None);
         assert!(g.sparsity_after(449) < 0.8 && g.sparsity_after(450) == 0.8);
     }
