@@ -212,7 +212,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub min_loss_change: Option<f64>,
     /// A parameter group: parameters whose name contains PATTERN get these optimizer arguments,
-    /// e.g. --group 'bias={"weight_decay": 0}'. Repeatable; the first match wins.
+    /// e.g. --group 'bias={"weight_decay": 0}'. Repeatable; the first match wins. For gpt, groups
+    /// given replace nanoGPT's default ones (no weight decay on `.bias` and `ln_` parameters).
     #[arg(long = "group", value_name = "PATTERN=JSON", value_parser = parse_group)]
     pub groups: Vec<(String, serde_json::Value)>,
     /// Learning-rate schedule: constant (the default), cosine, warmup_cosine, onecycle, linear,
@@ -2563,6 +2564,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             batch_size,
             epochs
         )),
+    }
+    if a.model == "gpt" && !a.groups.is_empty() && a.groups != Gpt::no_decay_groups() {
+        let pats: Vec<String> = a.groups.iter().map(|(p, v)| format!("`{p}` {v}")).collect();
+        say(format!(
+            "parameter groups: {} (in place of nanoGPT's default ones, which exempt `.bias` and `ln_` parameters from weight decay)",
+            pats.join(", ")
+        ));
     }
     if a.qat {
         say(format!(
