@@ -292,6 +292,9 @@ pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.tensors > cfg.params {
         bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
     }
+    if cfg.optimizer == "all" && cfg.hparams.as_object().is_some_and(|h| !h.is_empty()) {
+        bail!("--hparams with --optimizer all: each optimizer of the table runs with its own arguments; name the optimizer the arguments are for");
+    }
     let list: Vec<(String, Value)> = if cfg.optimizer == "all" {
         ALL.iter().map(|(n, h)| (n.to_string(), serde_json::from_str(h).expect("valid table"))).collect()
     } else {

@@ -133,11 +133,12 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
     let named = model_shapes(&cfg.model)?;
     let shapes: Vec<Vec<usize>> = named.iter().map(|(_, s)| s.clone()).collect();
     let params: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-    let names: Vec<String> = if cfg.optimizers.iter().any(|o| o == "all") {
-        DEFAULT_OPTIMIZERS.iter().map(|s| s.to_string()).collect()
-    } else {
-        cfg.optimizers.clone()
-    };
+    let all = cfg.optimizers.iter().any(|o| o == "all");
+    if all && cfg.hparams.as_object().is_some_and(|h| !h.is_empty()) {
+        bail!("--hparams with --optimizer all: each optimizer of the list runs with its library's defaults; name the optimizers the arguments are for");
+    }
+    let names: Vec<String> =
+        if all { DEFAULT_OPTIMIZERS.iter().map(|s| s.to_string()).collect() } else { cfg.optimizers.clone() };
     for name in &names {
         resolve_optimizer(name)?;
     }
@@ -164,8 +165,8 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
     for name in &names {
         let r = pool.install(|| -> Result<Value> {
             let mut base = Run::new(BASELINE, &empty, &shapes)?;
-            let hparams = if resolve_optimizer(name)? == resolve_optimizer(BASELINE)? { &empty } else { &cfg.hparams };
-            let mut x = Run::new(name, hparams, &shapes)?;
+            // The baseline with its defaults; each optimizer listed with the --hparams given.
+            let mut x = Run::new(name, &cfg.hparams, &shapes)?;
             base.step(false)?;
             x.step(false)?;
             for _ in 0..cfg.steps {

@@ -181,8 +181,12 @@ fn entries(s: &Settings) -> Result<Vec<Entry>> {
             }
         };
         // The spec must make a run (an unknown optimizer or argument is refused before anything runs).
-        let args = apply(&s.base, &m, &format!("--run `{spec}`"))?;
+        let mut args = apply(&s.base, &m, &format!("--run `{spec}`"))?;
         descent_core::spec::resolve_optimizer(args.optimizer()).with_context(|| format!("--run `{spec}`"))?;
+        // Its settings valid at its centre rate, before any run starts (a run failing on them
+        // would only be a failed row of the table).
+        args.lr = Some(centre);
+        train::validate(&args).with_context(|| format!("--run `{spec}`"))?;
         out.push(Entry { label, spec: m, centre });
     }
     Ok(out)

@@ -41,6 +41,7 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
     if given("config") {
         bail!("--config: give the student's settings as flags");
     }
+    crate::folder::distinct("--teacher", &a.teachers)?;
     if !matches!(a.student.as_str(), "lenet" | "mlp" | "resnet" | "plain") {
         bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.student);
     }

@@ -52,6 +52,7 @@ fn argmax(row: &[f32]) -> usize {
 /// `descent ensemble DIR…`.
 pub fn run(a: EnsembleArgs) -> Result<()> {
     let weights = Weights::parse(&a.weights)?;
+    crate::folder::distinct("ensemble: the run", &a.dirs)?;
     let runs = a.dirs.iter().map(|d| open_run(d)).collect::<Result<Vec<_>>>()?;
     let first = &runs[0];
     for r in &runs {

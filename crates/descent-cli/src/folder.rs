@@ -453,6 +453,20 @@ pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
     Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
 }
 
+/// That no folder is given twice to `flag` (spelled differently or not: compared by their
+/// canonical paths), where each would count as another one (an ensemble's members, teachers).
+pub fn distinct(flag: &str, dirs: &[PathBuf]) -> Result<()> {
+    let mut seen: Vec<PathBuf> = vec![];
+    for d in dirs {
+        let c = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if seen.contains(&c) {
+            bail!("{flag} {}: given twice (each folder once)", d.display());
+        }
+        seen.push(c);
+    }
+    Ok(())
+}
+
 /// Writes a whole file atomically: a temporary file beside it, synced, renamed over it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -130,6 +130,16 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
     } else {
         a.functions.iter().map(|f| TestFunction::parse(f)).collect::<descent_core::Result<_>>()?
     };
+    for (i, f) in functions.iter().enumerate() {
+        if functions[..i].contains(f) {
+            bail!("--function {}: given twice", a.functions[i]);
+        }
+    }
+    for (i, r) in a.runs.iter().enumerate() {
+        if a.runs[..i].iter().any(|q| q.trim() == r.trim()) {
+            bail!("--run `{r}`: given twice (each run once)");
+        }
+    }
     if a.steps == 0 || a.steps > MAX_STEPS {
         bail!("--steps {}: must be between 1 and {MAX_STEPS}", a.steps);
     }

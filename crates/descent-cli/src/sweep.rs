@@ -337,6 +337,18 @@ fn plan(s: &Settings) -> Result<Plan> {
         }
     }
     train::one_process(&s.base)?;
+    // The settings every trial shares, unless a dimension supplies what they lack (`--param
+    // swa_lr=…` with `--swa-start`): then the space's first corner must be valid.
+    if let Err(e) = train::validate(&s.base) {
+        let mut m = Map::new();
+        for p in &space {
+            m.insert(p.name.clone(), p.grid(2)[0].clone());
+        }
+        let corner = apply(&s.base, &m, "the search space's first corner")?;
+        if train::validate(&corner).is_err() {
+            return Err(e);
+        }
+    }
     // Every trial's settings must be valid: check the space's corners (each dimension's extremes).
     for p in &space {
         for v in p.grid(2) {
@@ -357,7 +369,12 @@ fn plan(s: &Settings) -> Result<Plan> {
     };
     // As trial_args holds out: the --validation given, else the default hold-out.
     let val = match (validation, s.base.validation) {
-        (false, _) => 0,
+        (false, 0) => 0,
+        (false, n) => bail!(
+            "--validation {n}: the objective {} is measured on the test set, and its trials train on every training sample; \
+             a validation split serves the val_* objectives",
+            s.objective
+        ),
         (true, 0) if s.base.model == "linear" => 2_000,
         (true, 0) => 5_000,
         (true, n) => n,
@@ -371,6 +388,13 @@ fn plan(s: &Settings) -> Result<Plan> {
     let eta = s.reduction_factor as u64;
     let min = s.min_steps.unwrap_or((steps_per_trial / eta.pow(3)).max(1));
     let rungs = if asha { search_space::rungs(min, s.reduction_factor, steps_per_trial) } else { vec![] };
+    if asha && rungs.is_empty() {
+        bail!(
+            "--pruner asha: no rung before a trial's end ({steps_per_trial} steps) with --min-steps {min} and η {}; \
+             give a smaller --min-steps or longer trials",
+            s.reduction_factor
+        );
+    }
     Ok(Plan {
         space,
         method,

@@ -1419,6 +1419,10 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     if a.batch_size == Some(0) {
         bail!("--batch-size 0: a batch needs at least one sample");
     }
+    if a.seed > i64::MAX as u64 {
+        // The run's config.toml (and a sweep's best.toml) must read back: TOML's integers are i64.
+        bail!("--seed {}: at most {} (2^63 − 1)", a.seed, i64::MAX);
+    }
     if a.accumulate == Some(0) {
         bail!("--accumulate 0: a step needs at least one micro-batch");
     }
@@ -2452,6 +2456,16 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         let mut cfg = config(&a, loss)?;
         if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
             aug.check_image(h, w)?;
+        }
+        if let (Some(start), Some(steps)) = (a.swa_start, a.steps) {
+            // The average takes the weights at the end of each epoch from --swa-start on.
+            let per_epoch = train_set.len().div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
+            if steps < start as u64 * per_epoch {
+                bail!(
+                    "--swa-start {start}: --steps {steps} ends the run before the end of epoch {start} (step {}); nothing would be averaged",
+                    start as u64 * per_epoch
+                );
+            }
         }
         if let Some(at) = opts.eval_at.clone() {
             cfg.eval_at = at;

@@ -34,6 +34,12 @@ fn bench_step_refuses_bad_settings() {
     // Arguments that are not a JSON object: an error naming the flag, not a panic.
     let e = run_err(&["bench", "step", "--optimizer", "adamw", "--params", "100", "--hparams", "[1]"]);
     assert!(e.contains("--hparams") && !e.contains("panicked"), "{e}");
+    // Arguments for "every optimizer" would be ignored by the table's own; and the baseline named
+    // on a model takes the arguments given (here an unknown one, refused).
+    let e = run_err(&["bench", "step", "--optimizer", "all", "--params", "100", "--hparams", r#"{"eps": 1}"#]);
+    assert!(e.contains("--hparams with --optimizer all"), "{e}");
+    let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "torch.adamw", "--hparams", r#"{"bogus": 1}"#]);
+    assert!(e.contains("bogus"), "{e}");
 }
 
 /// `descent bench step --model`: a row and a JSON line per optimizer on the model's own tensors,

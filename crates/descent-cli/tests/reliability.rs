@@ -270,6 +270,9 @@ fn checkpoints_are_verified_before_resume() {
     let (a, b) = (d.join("a"), d.join("b"));
     assert!(linear(&a, &["--epochs", "1"]).0);
     assert!(linear(&b, &["--epochs", "1"]).0);
+    // One run given twice to an ensemble (spelled differently) would vote twice.
+    let (ok, t) = run(&["ensemble", s(&a), &format!("{}/.", s(&a))]);
+    assert!(!ok && t.contains("given twice"), "{t}");
     let ck = a.join("checkpoint.safetensors");
     let good = std::fs::read(&ck).unwrap();
     // A flipped bit in the tensor data.
@@ -477,6 +480,51 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         ),
         (vec!["distill", "--teacher", s(&d), "--student", "gpt"], "--student gpt"),
         (vec!["train", "--model", "mlp", "--augment", "translate=2,translate=3"], "`translate` given twice"),
+        (vec!["train", "--model", "linear", "--seed", "18446744073709551615"], "--seed"),
+        (
+            vec!["train", "--model", "mlp", "--epochs", "1", "--steps", "3", "--swa-start", "1", "--swa-lr", "0.01"],
+            "--swa-start 1: --steps 3",
+        ),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--epochs",
+                "1",
+                "--steps",
+                "3",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--pruner",
+                "asha",
+                "--min-steps",
+                "100",
+                "--objective",
+                "val_loss",
+            ],
+            "no rung",
+        ),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "mlp",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "test_accuracy",
+                "--validation",
+                "100",
+            ],
+            "--validation 100",
+        ),
+        (
+            vec!["bench", "optimizers", "--model", "mlp", "--grid-points", "1", "--run", "adam", "--swa-start", "1"],
+            "--swa-lr",
+        ),
+        (vec!["landscape", "--steps", "3", "--function", "rosenbrock", "--function", "rosenbrock"], "given twice"),
+        (vec!["landscape", "--steps", "3", "--run", "adam:lr=0.1", "--run", "adam:lr=0.1"], "given twice"),
         (vec!["train", "--model", "mlp", "--augment", ""], "no setting"),
         (vec!["train", "--model", "mlp", "--augment", "translate=100"], "at most 28"),
         // A pruning schedule that would end after the run: the sparsity asked for never reached.

@@ -528,13 +528,21 @@ pub fn load_case(path: &Path) -> Result<Case> {
     parse_case(&path.display().to_string(), &text)
 }
 
-/// Every `*.json` file under the given files and folders (recursively), sorted.
+/// Every `*.json` file under the given files and folders (recursively), sorted, each once: a
+/// folder reached twice (a symbolic link to an enclosing folder, a folder given twice) is read
+/// once, and so is a file.
 pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
+    let mut seen_dirs = std::collections::HashSet::new();
     for p in paths {
         if p.is_dir() {
             let mut stack = vec![p.clone()];
             while let Some(d) = stack.pop() {
+                let real = std::fs::canonicalize(&d)
+                    .map_err(|e| Error::File { path: d.display().to_string(), message: e.to_string() })?;
+                if !seen_dirs.insert(real) {
+                    continue;
+                }
                 let rd = std::fs::read_dir(&d)
                     .map_err(|e| Error::File { path: d.display().to_string(), message: e.to_string() })?;
                 for e in rd {
@@ -554,6 +562,8 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     out.sort();
+    let mut seen_files = std::collections::HashSet::new();
+    out.retain(|f| seen_files.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     Ok(out)
 }
 

@@ -222,3 +222,20 @@ fn library_default_learning_rates_are_the_libraries() {
     assert_eq!(library_default_lr("optax", "adam"), None);
     assert_eq!(library_default_lr("optax", "chain"), None);
 }
+
+/// A folder of cases reached twice (a symbolic link to an enclosing folder, the same folder given
+/// twice) is read once: each case counted once, and the walk ends.
+#[cfg(unix)]
+#[test]
+fn case_folders_with_a_link_loop_are_read_once() {
+    let dir = std::env::temp_dir().join(format!("descent-caseloop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("..", dir.join("sub").join("back")).unwrap();
+    std::os::unix::fs::symlink(".", dir.join("self")).unwrap();
+    std::fs::write(dir.join("a.json"), "{}").unwrap();
+    let files = descent_core::replay::collect_case_files(&[dir.clone(), dir.join("self")]).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
