@@ -255,8 +255,8 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
                     && !id.starts_with(|c: char| c.is_ascii_uppercase())
                 {
                     bail!(
-                        "--{} cannot be combined with --resume: a resumed benchmark keeps the settings of its bench.json (only --threads may be given)",
-                        id.replace('_', "-")
+                        "{} cannot be combined with --resume: a resumed benchmark keeps the settings of its bench.json (only --threads may be given)",
+                        crate::train::flag_of(id)
                     );
                 }
             }

@@ -138,7 +138,7 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
                 "{what}: `{k}` is for `descent train` and `descent bench train`; the runs here train each in one process"
             ),
             "data" | "text" | "threads" | "out" | "force" | "tensorboard" => {
-                bail!("{what}: `{k}` is shared by all runs of a comparison; set it once, outside the runs")
+                bail!("{what}: `{k}` is shared by every run of the command; set it once, with --{}", k.replace('_', "-"))
             }
             _ => {
                 hparams.insert(k.clone(), val.clone());

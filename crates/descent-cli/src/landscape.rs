@@ -89,12 +89,15 @@ fn build(
             }
             "schedule" => {
                 let s = v.as_str().with_context(|| format!("{what}: `schedule` is a name"))?;
-                schedule = LrSchedule::parse(s).with_context(|| what.to_string())?;
+                // The schedules a path of steps takes (those stepped per epoch have no epochs here).
+                const ACCEPTED: &str = "constant, cosine, warmup_cosine, onecycle or linear";
+                schedule = LrSchedule::parse(s)
+                    .map_err(|_| anyhow::anyhow!("{what}: unknown schedule `{s}`; accepted: {ACCEPTED}"))?;
                 if matches!(
                     schedule,
                     LrSchedule::Plateau { .. } | LrSchedule::Exponential { .. } | LrSchedule::Step { .. }
                 ) {
-                    bail!("{what}: `{s}` is stepped per epoch; a landscape path has none (use cosine, warmup_cosine, onecycle or linear)");
+                    bail!("{what}: `{s}` is stepped per epoch; a landscape path has none (use {ACCEPTED})");
                 }
             }
             _ => {

@@ -277,6 +277,24 @@ fn plan(s: &Settings) -> Result<Plan> {
     }
     let space: Vec<Param> = s.space.iter().map(|(n, d)| Param::parse_domain(n, d)).collect::<Result<_>>()?;
     let (objective, validation) = Objective::parse(&s.objective)?;
+    // Every trial reads the data the sweep counts its epochs and objective on: a `model`
+    // dimension stays among the MNIST classifiers (or is the linear model alone).
+    if let Some(p) = space.iter().find(|p| p.name == "model") {
+        let models: Vec<String> = match &p.domain {
+            crate::search_space::Domain::Choice(v) => v.iter().map(|m| m.as_str().unwrap_or("").to_string()).collect(),
+            _ => bail!("--param model: a choice of models (choice:mlp|lenet)"),
+        };
+        let image = |m: &str| matches!(m, "mlp" | "lenet" | "resnet" | "plain");
+        let all_image = image(&s.base.model) && models.iter().all(|m| image(m));
+        let all_linear = s.base.model == "linear" && models.iter().all(|m| m == "linear");
+        if !(all_image || all_linear) {
+            bail!(
+                "--param model: {} with --model {}: a sweep's trials train on one dataset; choose among mlp, lenet, resnet and plain",
+                models.join(", "),
+                s.base.model
+            );
+        }
+    }
     if s.base.model == "linear" && objective != Objective::Loss {
         bail!(
             "objective `{}` needs accuracy, which the linear regression has not: use val_loss or test_loss",
@@ -434,8 +452,8 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
                     && !id.starts_with(|c: char| c.is_ascii_uppercase())
                 {
                     bail!(
-                        "--{} cannot be combined with --resume: a resumed sweep keeps the settings of its sweep.json (only --threads and --jobs may be given)",
-                        id.replace('_', "-")
+                        "{} cannot be combined with --resume: a resumed sweep keeps the settings of its sweep.json (only --threads and --jobs may be given)",
+                        crate::train::flag_of(id)
                     );
                 }
             }

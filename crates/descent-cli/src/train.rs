@@ -502,6 +502,18 @@ fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
     Ok((pat.to_string(), v))
 }
 
+/// The command-line flag of a clap argument id: the id, dashed, except where the flag is named
+/// apart from its field (`--run` fills `runs`, `--param` fills `params`, `--group` fills `groups`).
+pub(crate) fn flag_of(id: &str) -> String {
+    let name = match id {
+        "runs" => "run",
+        "params" => "param",
+        "groups" => "group",
+        other => other,
+    };
+    format!("--{}", name.replace('_', "-"))
+}
+
 /// A value a user typed after `key=` (a run's settings, a search choice): JSON when the text is
 /// JSON (`0.1`, `true`, `{"lr": 0.1}`, refusing a key given twice as [`parse_json`] does), else
 /// the text itself as a string (`adamw`, `cosine`).
@@ -1157,7 +1169,10 @@ impl Hooks for &mut CliHooks<'_> {
             if let Some(a) = m.test_accuracy {
                 r = r.and_then(|_| tb.scalar("epoch/test_accuracy", step, a));
             }
-            r = r.and_then(|_| tb.scalar("epoch/samples_per_s", step, m.samples_per_s));
+            // A rate only where time was measured (gpt's evaluation at step 0 has none).
+            if m.seconds > 0.0 {
+                r = r.and_then(|_| tb.scalar("epoch/samples_per_s", step, m.samples_per_s));
+            }
             r.and_then(|_| tb.flush()).map_err(|e| io(format!("writing TensorBoard events: {e}")))?;
         }
         self.run_dir.append(m).map_err(|e| io(format!("{e:#}")))?;

@@ -186,10 +186,40 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     ))
 }
 
+/// The number of dimensions an idx file's header declares (its magic's last byte), read without
+/// the rest of the file; `None` when the header is not an idx one.
+fn header_rank(path: &Path) -> Option<u8> {
+    let raw = std::fs::read(path).ok()?;
+    let head = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut h = Vec::new();
+        (&mut flate2::read::GzDecoder::new(raw.as_slice())).take(4).read_to_end(&mut h).ok()?;
+        h
+    } else {
+        raw.get(..4)?.to_vec()
+    };
+    (head.len() == 4 && head[..3] == [0, 0, 8]).then(|| head[3])
+}
+
+/// [`read_idx`] of a file that must have `rank` dimensions (`what` says which): a header of
+/// another rank is named as such, rather than as the truncated or trailing data that reading it
+/// with the wrong dimensions finds.
+fn read_idx_of_rank(path: &Path, rank: u8, what: &str) -> Result<Idx> {
+    match read_idx(path) {
+        Err(e) => match header_rank(path) {
+            Some(r) if r != rank => Err(data_err(
+                path,
+                format!("its header declares {r} dimension(s) (magic 0000080{r:x}); {what} has {rank} (magic 0000080{rank:x})"),
+            )),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
 fn load_split(dir: &Path, images: &str, labels: &str) -> Result<Split> {
     let (ip, lp) = (find(dir, images)?, find(dir, labels)?);
-    let img = read_idx(&ip)?;
-    let lab = read_idx(&lp)?;
+    let img = read_idx_of_rank(&ip, 3, "an idx file of images (count, rows, cols)")?;
+    let lab = read_idx_of_rank(&lp, 1, "an idx file of labels (count)")?;
     if img.dims.len() != 3 {
         return Err(data_err(&ip, format!("expected 3 dimensions (count, rows, cols), got {:?}", img.dims)));
     }
@@ -366,6 +396,15 @@ mod tests {
         std::fs::write(&lab, gz(&idx(&[2], &[1, 2]))).unwrap();
         let e = load(&d).unwrap_err().to_string();
         assert!(e.contains("2 labels for 3 images"), "{e}");
+        // Images written with a labels' header (rank 1): the header is named, not the data it
+        // would make trailing.
+        write_set(&d, 3, &[1, 2, 3], true);
+        let img = d.join("train-images-idx3-ubyte.gz");
+        let mut bytes = idx(&[3, 2, 2], &[0; 12]);
+        bytes[3] = 1;
+        std::fs::write(&img, gz(&bytes)).unwrap();
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("declares 1 dimension(s)") && e.contains("images"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
