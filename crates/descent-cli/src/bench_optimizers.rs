@@ -114,6 +114,50 @@ struct Record {
     seconds: f64,
     /// The optimizer's state, bytes as stored.
     state_bytes: usize,
+    /// [`settings_hash`] of the bench.json it ran under (empty in an older benchmark's lines).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    settings: String,
+}
+
+/// An identity of a benchmark's settings (FNV-1a over their JSON, threads left out: a resume may
+/// change them), kept in each run's line: a bench.json edited after runs were made is refused on
+/// resume.
+fn settings_hash(s: &Settings) -> Result<String> {
+    let mut v = serde_json::to_value(s)?;
+    if let Some(base) = v.get_mut("base").and_then(|b| b.as_object_mut()) {
+        base.remove("threads");
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in v.to_string().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// That the runs read back from runs.jsonl are this benchmark's: made under these settings, of
+/// one of its optimizers, each once, with a status the benchmark writes.
+fn check_done(done: &[Record], s: &Settings, entries: &[Entry]) -> Result<()> {
+    let hash = settings_hash(s)?;
+    for (i, r) in done.iter().enumerate() {
+        let line = format!("{RUNS_JSONL}, line {}", i + 1);
+        if !r.settings.is_empty() && r.settings != hash {
+            bail!("{line}: made under other settings than {BENCH_JSON} holds (it was changed after runs were made); a resumed benchmark keeps its settings");
+        }
+        if !entries.iter().any(|e| e.label == r.label) {
+            bail!("{line}: `{}` is not one of this benchmark's runs", r.label);
+        }
+        let same = |q: &Record| {
+            q.label == r.label && q.phase == r.phase && q.lr.to_bits() == r.lr.to_bits() && q.seed == r.seed
+        };
+        if done[..i].iter().any(same) {
+            bail!("{line}: the run of `{}` at lr {} and seed {} is there twice", r.label, r.lr, r.seed);
+        }
+        if !(r.status == "complete" || r.status.starts_with("failed")) {
+            bail!("{line}: status `{}`; the benchmark writes complete or failed", r.status);
+        }
+    }
+    Ok(())
 }
 
 impl Record {
@@ -290,6 +334,7 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
     for w in &warnings {
         eprintln!("warning: {w}; its run goes again");
     }
+    check_done(&done, &s, &entries).with_context(|| out.display().to_string())?;
     let text: String = done.iter().map(|r| serde_json::to_string(r).map(|l| l + "\n")).collect::<Result<_, _>>()?;
     folder::write_atomic(&out.join(RUNS_JSONL), text.as_bytes())?;
     let total = entries.len() * (s.grid_points + s.seeds as usize - 1);
@@ -396,6 +441,7 @@ fn run_one(
                 steps: last.map(|m| m.steps).unwrap_or(0),
                 seconds: last.map(|m| m.seconds).unwrap_or(0.0),
                 state_bytes: o.state_bytes,
+                settings: settings_hash(s)?,
             }
         }
         Err(err) => {
@@ -412,6 +458,7 @@ fn run_one(
                 curve,
                 seconds: 0.0,
                 state_bytes: 0,
+                settings: settings_hash(s)?,
             }
         }
     };
@@ -657,6 +704,7 @@ mod tests {
             steps: 20,
             seconds: 1.0,
             state_bytes: 0,
+            settings: String::new(),
         };
         let done = vec![rec(1e-4, Some(90.0)), rec(1e-3, Some(95.0)), rec(1e-2, None), rec(1e-1, Some(f64::NAN))];
         assert_eq!(best_search(&done, "a").unwrap().lr, 1e-3);

@@ -130,6 +130,17 @@ impl Param {
         }
     }
 
+    /// Whether `v` is a value of this dimension (a trial read back from its file must be one).
+    pub fn contains(&self, v: &Value) -> bool {
+        match &self.domain {
+            Domain::Uniform { lo, hi } | Domain::LogUniform { lo, hi } => {
+                v.as_f64().is_some_and(|x| *lo <= x && x <= *hi)
+            }
+            Domain::Int { lo, hi } | Domain::LogInt { lo, hi } => v.as_i64().is_some_and(|x| *lo <= x && x <= *hi),
+            Domain::Choice(vals) => vals.contains(v),
+        }
+    }
+
     /// A uniform draw on the sampling scale.
     pub fn sample(&self, rng: &mut rand::rngs::StdRng) -> Value {
         use rand::RngExt;

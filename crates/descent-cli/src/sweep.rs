@@ -141,6 +141,56 @@ struct Trial {
     curve: Vec<(u64, f64)>,
     /// (step, loss) at the rungs it reached.
     rungs: Vec<(u64, f64)>,
+    /// [`settings_hash`] of the sweep.json it ran under (empty in an older sweep's lines).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    settings: String,
+}
+
+/// An identity of a sweep's settings (FNV-1a over their JSON, threads left out: a resume may
+/// change them), kept in each trial's line: a sweep.json edited after trials ran is refused on
+/// resume, as a run's edited config.json is.
+fn settings_hash(s: &Settings) -> Result<String> {
+    let mut v = serde_json::to_value(s)?;
+    if let Some(base) = v.get_mut("base").and_then(|b| b.as_object_mut()) {
+        base.remove("threads");
+    }
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in v.to_string().bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// That the trials read back from trials.jsonl are this sweep's: each ran under these settings,
+/// is numbered once within the sweep's trials, sets exactly the space's dimensions to values in
+/// them, and has a status the sweep writes.
+fn check_history(history: &[Trial], s: &Settings, p: &Plan) -> Result<()> {
+    let hash = settings_hash(s)?;
+    let mut seen = std::collections::HashSet::new();
+    for t in history {
+        let line = format!("trials.jsonl, trial {}", t.trial + 1);
+        if !t.settings.is_empty() && t.settings != hash {
+            bail!("{line}: ran under other settings than sweep.json holds (it was changed after trials ran); a resumed sweep keeps its settings");
+        }
+        if t.trial >= p.trials || !seen.insert(t.trial) {
+            bail!("{line}: not one of this sweep's {} trials (numbered twice or beyond them)", p.trials);
+        }
+        if t.values.len() != p.space.len() {
+            bail!("{line}: sets {} values for the {} dimensions of the space", t.values.len(), p.space.len());
+        }
+        for d in &p.space {
+            match t.values.get(&d.name) {
+                Some(v) if d.contains(v) => {}
+                Some(v) => bail!("{line}: `{}` = {v} is outside the search space", d.name),
+                None => bail!("{line}: no value for `{}`", d.name),
+            }
+        }
+        if !(t.status == "complete" || t.status == "pruned" || t.status.starts_with("failed")) {
+            bail!("{line}: status `{}`; a sweep writes complete, pruned or failed", t.status);
+        }
+    }
+    Ok(())
 }
 
 fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
@@ -487,6 +537,7 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let history = read_trials(&out)?;
+    check_history(&history, &s, &p).with_context(|| out.display().to_string())?;
     if resumed {
         // Drop a line cut by a kill before appending after it; trial folders without a line run again.
         let mut text = String::new();
@@ -610,6 +661,7 @@ fn run_trial(
     sweep_id: &str,
 ) -> Result<Trial> {
     let dir = out.join("trials").join(format!("{:03}", i + 1));
+    let settings = settings_hash(s)?;
     let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
     (args.out, args.force, args.tensorboard) = (Some(dir.clone()), true, s.base.tensorboard);
     let rungs_reached = Mutex::new(Vec::<(u64, f64)>::new());
@@ -668,6 +720,7 @@ fn run_trial(
                 seconds,
                 curve,
                 rungs,
+                settings,
             }
         }
         Err(e) => {
@@ -683,6 +736,7 @@ fn run_trial(
                 seconds,
                 curve,
                 rungs,
+                settings,
             }
         }
     })

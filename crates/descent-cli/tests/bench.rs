@@ -164,6 +164,17 @@ fn bench_optimizers_searches_each_rate_then_seeds_the_best_and_resumes() {
     let again = std::fs::read_to_string(out.join("runs.jsonl")).unwrap();
     assert_eq!(again.lines().count(), 6, "{again}");
     assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap().lines().count(), table.lines().count());
+    // A bench.json edited after runs were made, or a run's line given twice: refused on resume,
+    // not averaged into the table.
+    let json = std::fs::read_to_string(out.join("bench.json")).unwrap();
+    std::fs::write(out.join("bench.json"), json.replace("\"validation\": 5000", "\"validation\": 100")).unwrap();
+    let e = run_err(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
+    assert!(e.contains("other settings"), "{e}");
+    std::fs::write(out.join("bench.json"), &json).unwrap();
+    let first = again.lines().next().unwrap().to_string();
+    std::fs::write(out.join("runs.jsonl"), format!("{again}{first}\n")).unwrap();
+    let e = run_err(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
+    assert!(e.contains("there twice"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 mod common;
 
-use common::{csv_rows, descent, out, run_ok};
+use common::{csv_rows, descent, out, run_err, run_ok};
 
 fn trials(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("trials.jsonl"))
@@ -86,6 +86,28 @@ fn resume_skips_finished_trials_and_the_best_config_trains_to_its_objective() {
     let pics = out("sweep-plot");
     let text = run_ok(&["plot", full.to_str().unwrap(), "--out", pics.to_str().unwrap()]);
     assert!(text.contains("6 runs drawn"), "{text}");
+    // Files edited by hand are refused on resume, not mixed into the table: settings changed
+    // after trials ran, a trial numbered twice or beyond the sweep's, a value outside the space,
+    // a status the sweep does not write.
+    let lines: Vec<String> =
+        std::fs::read_to_string(full.join("trials.jsonl")).unwrap().lines().map(String::from).collect();
+    let json = std::fs::read_to_string(full.join("sweep.json")).unwrap();
+    let edits: Vec<(String, String, &str)> = vec![
+        (json.replace("\"val_loss\"", "\"test_loss\""), lines[0].clone(), "other settings"),
+        (json.clone(), lines[0].replace("\"trial\":0", "\"trial\":9"), "not one of this sweep's 6 trials"),
+        (json.clone(), format!("{}\n{}", lines[0], lines[0]), "numbered twice"),
+        (json.clone(), lines[0].replace("\"status\":\"complete\"", "\"status\":\"bogus\""), "status `bogus`"),
+        (json.clone(), lines[0].replace("\"lr\":", "\"lr\":55,\"x\":"), "sets 3 values"),
+    ];
+    for (k, (sweep_json, trial_lines, needle)) in edits.into_iter().enumerate() {
+        let edited = out(&format!("edited-{k}"));
+        std::fs::create_dir_all(edited.join("trials")).unwrap();
+        std::fs::copy(full.join("descent.json"), edited.join("descent.json")).unwrap();
+        std::fs::write(edited.join("sweep.json"), sweep_json).unwrap();
+        std::fs::write(edited.join("trials.jsonl"), trial_lines + "\n").unwrap();
+        let e = run_err(&["sweep", "--resume", edited.to_str().unwrap()]);
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
 }
 
 /// A grid runs exactly its points; a diverging trial is recorded as failed and the sweep goes on.
