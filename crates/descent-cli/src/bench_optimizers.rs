@@ -307,8 +307,12 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             let claimed = folder::claim_existing(dir, folder::Kind::Benchmark)?;
             let text = std::fs::read_to_string(dir.join(BENCH_JSON))
                 .with_context(|| format!("{}: no {BENCH_JSON}, not a benchmark folder", dir.display()))?;
-            let s: Settings =
+            let mut s: Settings =
                 serde_json::from_str(&text).with_context(|| format!("{}: malformed {BENCH_JSON}", dir.display()))?;
+            // The one setting a resume may change.
+            if matches.value_source("threads") == Some(clap::parser::ValueSource::CommandLine) {
+                s.base.threads = a.base.threads;
+            }
             (dir.clone(), s, claimed)
         }
         None => {

@@ -137,9 +137,8 @@ fn read_run(dir: &Path) -> Result<Source> {
             dir.display()
         );
     }
-    let run_id = crate::train::run_id_of(dir)?;
     let ck = Checkpoint::load(&dir.join(folder::run::CHECKPOINT))?;
-    crate::train::check_checkpoint_of_run(&ck, dir, &run_id, &args)?;
+    crate::train::check_checkpoint_of_folder(&ck, dir)?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) = train::workload(
         &args.model,

@@ -49,7 +49,7 @@ pub fn open_run(dir: &Path) -> Result<RunFolder> {
     if !dir.is_dir() {
         bail!("{d}: no such folder; give the folder of a `descent train` run");
     }
-    let run_id = crate::train::run_id_of(dir)?;
+    crate::train::run_id_of(dir)?;
     let cfg_path = dir.join(folder::run::CONFIG_JSON);
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
     let value: serde_json::Value =
@@ -60,7 +60,7 @@ pub fn open_run(dir: &Path) -> Result<RunFolder> {
         bail!("{d}: no checkpoint ({}): the run stopped before the end of its first epoch", folder::run::CHECKPOINT);
     }
     let checkpoint = Checkpoint::load(&ck_path)?;
-    crate::train::check_checkpoint_of_run(&checkpoint, dir, &run_id, &args)?;
+    crate::train::check_checkpoint_of_folder(&checkpoint, dir)?;
     Ok(RunFolder { dir: dir.to_path_buf(), args, checkpoint })
 }
 

@@ -407,6 +407,13 @@ fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<Strin
             for name in entries(&s)? {
                 if name != LOCK && !Kind::Run.owns(&name) {
                     out.push(format!("{runs}/{sub}/{name}"));
+                } else if name == run::TENSORBOARD && s.join(&name).is_dir() {
+                    // The clearing removes only the event files there.
+                    for f in entries(&s.join(&name))? {
+                        if !f.starts_with("events.out.tfevents.") {
+                            out.push(format!("{runs}/{sub}/{name}/{f}"));
+                        }
+                    }
                 }
             }
         }

@@ -61,14 +61,8 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
         );
     }
     let ck = Checkpoint::load(&path)?;
-    // Written by this folder's run with its settings, not copied from another run.
-    let run_id = crate::train::run_id_of(run_dir)?;
-    let cfg_path = run_dir.join(folder::run::CONFIG_JSON);
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
-    let args = crate::train::settings_from_value(value, &cfg_path.display().to_string())?;
-    crate::train::check_checkpoint_of_run(&ck, run_dir, &run_id, &args)?;
+    // Written by this folder's run, not copied from another run.
+    crate::train::check_checkpoint_of_folder(&ck, run_dir)?;
     let (Some(config), Some(vocab)) = (&ck.model_config, &ck.vocab) else {
         bail!(
             "{}: the checkpoint holds no language model (no model configuration and vocabulary): sample from a run of `descent train --model gpt`",

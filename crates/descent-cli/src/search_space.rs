@@ -133,8 +133,10 @@ impl Param {
     /// Whether `v` is a value of this dimension (a trial read back from its file must be one).
     pub fn contains(&self, v: &Value) -> bool {
         match &self.domain {
+            // A few ulps of slack: grid points of earlier sweeps were not clamped.
             Domain::Uniform { lo, hi } | Domain::LogUniform { lo, hi } => {
-                v.as_f64().is_some_and(|x| *lo <= x && x <= *hi)
+                let slack = 1e-12 * lo.abs().max(hi.abs());
+                v.as_f64().is_some_and(|x| *lo - slack <= x && x <= *hi + slack)
             }
             Domain::Int { lo, hi } | Domain::LogInt { lo, hi } => v.as_i64().is_some_and(|x| *lo <= x && x <= *hi),
             Domain::Choice(vals) => vals.contains(v),
@@ -158,7 +160,10 @@ impl Param {
             (0..points).map(|i| a + (b - a) * i as f64 / (points - 1) as f64).collect()
         };
         match &self.domain {
-            Domain::Uniform { lo, hi } => spread(*lo, *hi).into_iter().map(Value::from).collect(),
+            // Clamped: `lo + (hi − lo)·1` need not round to `hi`.
+            Domain::Uniform { lo, hi } => {
+                spread(*lo, *hi).into_iter().map(|x| Value::from(x.clamp(*lo, *hi))).collect()
+            }
             Domain::LogUniform { lo, hi } => {
                 spread(lo.log10(), hi.log10()).into_iter().map(|c| Value::from(10f64.powf(c).clamp(*lo, *hi))).collect()
             }
@@ -348,6 +353,17 @@ mod tests {
         let distinct: std::collections::HashSet<String> = g.iter().map(|m| serde_json::to_string(m).unwrap()).collect();
         assert_eq!(distinct.len(), g.len());
         assert_eq!(Param::parse("n=int:0..100").unwrap().grid(5).len(), 5);
+        // The last point of a uniform range is its bound (0.3 + (0.9 − 0.3) rounds above 0.9),
+        // and every point is in the space a resumed sweep checks its trials against.
+        for spec in ["wd=uniform:0.3..0.9", "x=uniform:0.001..0.01", "lr=loguniform:1e-4..0.3"] {
+            let p = Param::parse(spec).unwrap();
+            for points in [2, 3, 7] {
+                let g = p.grid(points);
+                assert!(g.iter().all(|v| p.contains(v)), "{spec}: {g:?}");
+            }
+        }
+        assert_eq!(Param::parse("wd=uniform:0.3..0.9").unwrap().grid(2)[1], Value::from(0.9));
+        assert!(!Param::parse("wd=uniform:0.3..0.9").unwrap().contains(&Value::from(0.91)));
     }
 
     #[test]

@@ -405,25 +405,26 @@ fn plan(s: &Settings) -> Result<Plan> {
         }
     }
     train::one_process(&s.base)?;
-    // The settings every trial shares, unless a dimension supplies what they lack (`--param
-    // swa_lr=…` with `--swa-start`): then the space's first corner must be valid.
-    if let Err(e) = train::validate(&s.base) {
-        let mut m = Map::new();
-        for p in &space {
-            m.insert(p.name.clone(), p.grid(2)[0].clone());
-        }
-        let corner = apply(&s.base, &m, "the search space's first corner")?;
-        if train::validate(&corner).is_err() {
-            return Err(e);
-        }
+    // Every trial's settings must be valid: each dimension's extremes, over the others at their
+    // first grid value (a dimension may supply what the shared settings lack: `--param
+    // swa_lr=…` with `--swa-start`).
+    if space.is_empty() {
+        train::validate(&s.base)?;
     }
-    // Every trial's settings must be valid: check the space's corners (each dimension's extremes).
+    let first: Map<String, Value> = space.iter().map(|p| (p.name.clone(), p.grid(2)[0].clone())).collect();
     for p in &space {
         for v in p.grid(2) {
-            let mut m = Map::new();
+            let mut m = first.clone();
             m.insert(p.name.clone(), v.clone());
             let args = apply(&s.base, &m, &format!("search dimension `{}` = {v}", p.name))?;
-            train::validate(&args).with_context(|| format!("search dimension `{}` = {v}", p.name))?;
+            if let Err(e) = train::validate(&args) {
+                // Named by the dimension only when the shared settings alone pass.
+                let at_first = apply(&s.base, &first, "the search space")?;
+                return Err(match train::validate(&at_first) {
+                    Err(_) => e,
+                    Ok(()) => e.context(format!("search dimension `{}` = {v}", p.name)),
+                });
+            }
         }
     }
     let default_batch = train::defaults(&s.base.model).1;
@@ -510,8 +511,12 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
             let claimed = folder::claim_existing(dir, folder::Kind::Sweep)?;
             let text = std::fs::read_to_string(dir.join("sweep.json"))
                 .with_context(|| format!("{}: no sweep.json, not a sweep folder", dir.display()))?;
-            let s: Settings =
+            let mut s: Settings =
                 serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep.json", dir.display()))?;
+            // The one setting a resume may change (with --jobs, which is not a setting).
+            if matches.value_source("threads") == Some(clap::parser::ValueSource::CommandLine) {
+                s.base.threads = a.base.threads;
+            }
             (dir.clone(), s, true, Some(claimed))
         }
         None => {

@@ -1925,36 +1925,44 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     Ok(())
 }
 
-/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`),
-/// how many threads compute it and the precision of its products (the weights are f32 either
-/// way). Their hash goes into every checkpoint, so that a config.json edited after the run
-/// started is noticed.
 /// That the checkpoint `ck` of the run folder `dir` (whose marker holds `run_id` and whose
-/// config.json holds `cfg`) was written by that run with those settings: what `--resume` checks,
-/// and every command that reads a run's checkpoint with its settings (`evaluate`, `sample`,
-/// `prune`, `quantize`, …), so that a checkpoint copied from another run is refused, not used
-/// with this run's settings.
+/// config.json holds `cfg`) was written by that run with those settings, as `--resume` requires
+/// before it continues the run.
 pub fn check_checkpoint_of_run(ck: &Checkpoint, dir: &std::path::Path, run_id: &str, cfg: &TrainArgs) -> Result<()> {
-    let ck_path = dir.join(folder::run::CHECKPOINT);
-    if ck.run_id != run_id {
-        bail!(
-            "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
-            ck_path.display(),
-            if ck.run_id.is_empty() { "none" } else { &ck.run_id },
-            run_id
-        );
-    }
+    check_checkpoint_id(ck, dir, run_id)?;
     if ck.config_hash != config_hash(cfg)? {
         bail!(
-            "{}: config.json was changed after the checkpoint was written; a run is read only with the settings it ran with",
+            "{}: config.json was changed after the checkpoint was written; a run resumes only with the settings it ran with",
             dir.display()
         );
     }
     Ok(())
 }
 
-/// A run folder's marker id, or an error naming the folder: what
-/// [`check_checkpoint_of_run`] checks a checkpoint against.
+fn check_checkpoint_id(ck: &Checkpoint, dir: &std::path::Path, run_id: &str) -> Result<()> {
+    if ck.run_id != run_id {
+        bail!(
+            "{}: the checkpoint belongs to another run (id {}), not to this folder's run (id {}); refusing to mix them",
+            dir.join(folder::run::CHECKPOINT).display(),
+            if ck.run_id.is_empty() { "none" } else { &ck.run_id },
+            run_id
+        );
+    }
+    Ok(())
+}
+
+/// For the commands that only read a run (`evaluate`, `sample`, `prune`, `quantize`, …): that its
+/// checkpoint was written by the run of the folder's marker, not copied from another run. A
+/// folder of an older descent (no marker, or a checkpoint without a run id) is read as it is;
+/// the settings' hash is left to `--resume` (older runs' config.json hash differently).
+pub fn check_checkpoint_of_folder(ck: &Checkpoint, dir: &std::path::Path) -> Result<()> {
+    match folder::Marker::read(dir)? {
+        Some(m) if m.kind == folder::Kind::Run && !ck.run_id.is_empty() => check_checkpoint_id(ck, dir, &m.id),
+        _ => Ok(()),
+    }
+}
+
+/// A run folder's marker id, or an error naming the folder.
 pub fn run_id_of(dir: &std::path::Path) -> Result<String> {
     match folder::Marker::read(dir)? {
         Some(m) if m.kind == folder::Kind::Run => Ok(m.id),
@@ -1969,6 +1977,10 @@ pub fn run_id_of(dir: &std::path::Path) -> Result<String> {
     }
 }
 
+/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`),
+/// how many threads compute it and the precision of its products (the weights are f32 either
+/// way). Their hash goes into every checkpoint, so that a config.json edited after the run
+/// started is noticed.
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
@@ -2489,7 +2501,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             descent_train::compress::set_values(model.as_ref(), &s.weights, &s.buffers)?;
             cfg.pruner = Some(s.pruner.clone());
         } else if let Some(target) = a.prune_to {
-            let per_epoch = train_set.len().div_ceil(cfg.batch_size.max(1)) as u64;
+            // A step takes `accumulate` micro-batches.
+            let per_epoch = train_set.len().div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
             let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
             let start = *a.prune_start.get_or_insert(0);
             let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));

@@ -527,6 +527,23 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["landscape", "--steps", "3", "--run", "adam:lr=0.1", "--run", "adam:lr=0.1"], "given twice"),
         (vec!["train", "--model", "mlp", "--augment", ""], "no setting"),
         (vec!["train", "--model", "mlp", "--augment", "translate=100"], "at most 28"),
+        // Counted in optimizer steps of --accumulate micro-batches each (157 here, not 313).
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--epochs",
+                "1",
+                "--accumulate",
+                "2",
+                "--prune-to",
+                "0.5",
+                "--prune-end",
+                "200",
+            ],
+            "--prune-end 200",
+        ),
         // A pruning schedule that would end after the run: the sparsity asked for never reached.
         (
             vec![
@@ -826,6 +843,14 @@ fn compare_force_clears_only_its_own_runs() {
         run(&["compare", "--model", "linear", "--epochs", "1", "--run", "sgd:lr=0.2", "--out", s(&c), "--force"]);
     assert!(!ok && t.contains("notes.txt") && t.contains("move them away"), "{t}");
     assert!(ours.join("checkpoint.safetensors").exists() && ours.join("notes.txt").exists(), "{:?}", names(&ours));
+    // The same for a file of the user's in its tensorboard/ (the clearing takes only event files).
+    std::fs::remove_file(ours.join("notes.txt")).unwrap();
+    std::fs::create_dir_all(ours.join("tensorboard")).unwrap();
+    std::fs::write(ours.join("tensorboard").join("mine.txt"), "mine").unwrap();
+    let (ok, t) =
+        run(&["compare", "--model", "linear", "--epochs", "1", "--run", "sgd:lr=0.2", "--out", s(&c), "--force"]);
+    assert!(!ok && t.contains("tensorboard/mine.txt"), "{t}");
+    assert!(ours.join("checkpoint.safetensors").exists(), "{:?}", names(&ours));
     // A sweep resumed keeps its settings.
     let sw = d.join("sw");
     assert!(

@@ -59,6 +59,10 @@ impl Drop for LinearOp {
     }
 }
 
+/// The widest input of a linear + GELU whose bias is added after the product (in the GELU's
+/// pass): a product summing at most this many terms does so in one block of the `gemm` crate.
+const GELU_BIAS_AFTER_MAX_IN: usize = 256;
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "descent-linear"
@@ -92,26 +96,33 @@ impl CustomOp3 for LinearOp {
         );
         let par = n * out * inp >= PARALLEL_FLOPS;
         let y = match self.act {
-            Activation::Identity | Activation::Relu => {
+            // The product alone, then the bias added in the GELU's pass (which writes every value
+            // of the derivative), where the product sums its `inp` terms in one block: then
+            // `(Σ) + b` are the sums the bias-first product makes, `b + Σ` (above
+            // [`GELU_BIAS_AFTER_MAX_IN`], the product's blocks would add to the bias in turn).
+            Activation::Gelu(which) if inp <= GELU_BIAS_AFTER_MAX_IN && out > 0 => {
+                let mut y = matmul_new(self.precision, x, false, w, true, n, out, inp, par);
+                let mut d = take_buffer(y.len());
+                gelu_in_place_with_derivative(which, &mut y, &mut d, Some(b));
+                *self.derivative.lock().expect("linear derivative lock") = d;
+                y
+            }
+            _ => {
                 // The bias in every row, then the product added to it.
                 let mut y = Vec::with_capacity(n * out);
                 for _ in 0..n {
                     y.extend_from_slice(b);
                 }
                 matmul_in(self.precision, &mut y, true, x, false, w, true, n, out, inp, par);
-                if self.act == Activation::Relu {
-                    y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
-                }
-                y
-            }
-            Activation::Gelu(which) => {
-                // The product alone, then the bias added in the GELU's pass (which writes every
-                // value of the derivative).
-                let mut y = matmul_new(self.precision, x, false, w, true, n, out, inp, par);
-                if out > 0 {
-                    let mut d = take_buffer(y.len());
-                    gelu_in_place_with_derivative(which, &mut y, &mut d, b);
-                    *self.derivative.lock().expect("linear derivative lock") = d;
+                match self.act {
+                    Activation::Identity => {}
+                    Activation::Relu => y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
+                    Activation::Gelu(which) => {
+                        // Every value is written.
+                        let mut d = take_buffer(y.len());
+                        gelu_in_place_with_derivative(which, &mut y, &mut d, None);
+                        *self.derivative.lock().expect("linear derivative lock") = d;
+                    }
                 }
                 y
             }
@@ -240,10 +251,12 @@ mod tests {
             let n = shape.iter().product();
             Var::from_vec((0..n).map(|_| rng.normal()).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
         };
-        let (x, w, b, probe) = (var(&[130, 33]), var(&[70, 33]), var(&[70]), var(&[130, 70]));
         let diff =
             |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        for which in [Gelu::Erf, Gelu::Tanh] {
+        // Inputs of 33 (the bias added after the product) and 700 (before it, as the separate op
+        // does), so both orders of the sums are checked.
+        for (inp, which) in [(33, Gelu::Erf), (33, Gelu::Tanh), (700, Gelu::Erf), (700, Gelu::Tanh)] {
+            let (x, w, b, probe) = (var(&[130, inp]), var(&[70, inp]), var(&[70]), var(&[130, 70]));
             let fused = linear_with(x.as_tensor(), w.as_tensor(), b.as_tensor(), Activation::Gelu(which)).unwrap();
             let separate = gelu(&linear(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap(), which).unwrap();
             assert_eq!(diff(&fused, &separate), 0.0, "{which:?}");

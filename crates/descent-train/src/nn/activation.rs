@@ -150,48 +150,55 @@ fn gelu_erf_bwd(gx: &mut [f32], x: &[f32], g: &[f32]) {
     gelu_erf_bwd_body(gx, x, g)
 }
 
-/// In place, `z + bias` (the bias added to every row of `bias.len()` values) becomes its exact
-/// GELU and `d` the derivative there, over whole rows: the values [`gelu_erf_fwd_body`] and
-/// [`gelu_erf_bwd_body`] give at `z + bias`, in one pass.
+/// In place, `z` (plus `bias` added to every row of `bias.len()` values, when given) becomes its
+/// exact GELU and `d` the derivative there: the values [`gelu_erf_fwd_body`] and
+/// [`gelu_erf_bwd_body`] give, in one pass.
 #[inline(always)]
-fn gelu_erf_bias_fwd_deriv_body(z: &mut [f32], d: &mut [f32], bias: &[f32]) {
-    for (z, d) in z.chunks_mut(bias.len()).zip(d.chunks_mut(bias.len())) {
-        for ((v, o), &b) in z.iter_mut().zip(d.iter_mut()).zip(bias) {
-            let (y, dy) = gelu_erf_f32(*v + b);
-            *v = y;
-            *o = dy;
+fn gelu_erf_fwd_deriv_body(z: &mut [f32], d: &mut [f32], bias: Option<&[f32]>) {
+    match bias {
+        Some(bias) => {
+            for (z, d) in z.chunks_mut(bias.len()).zip(d.chunks_mut(bias.len())) {
+                for ((v, o), &b) in z.iter_mut().zip(d.iter_mut()).zip(bias) {
+                    (*v, *o) = gelu_erf_f32(*v + b);
+                }
+            }
+        }
+        None => {
+            for (v, o) in z.iter_mut().zip(d.iter_mut()) {
+                (*v, *o) = gelu_erf_f32(*v);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_erf_bias_fwd_deriv_avx2(z: &mut [f32], d: &mut [f32], bias: &[f32]) {
-    gelu_erf_bias_fwd_deriv_body(z, d, bias)
+unsafe fn gelu_erf_fwd_deriv_avx2(z: &mut [f32], d: &mut [f32], bias: Option<&[f32]>) {
+    gelu_erf_fwd_deriv_body(z, d, bias)
 }
 
-/// The GELU of `z + bias` in place (`z` rows of `bias.len()` values, the bias added to each: a
-/// linear layer's product before its bias) and its derivative into `d` (same length), across
-/// rayon tasks of whole rows: for an op that applies the GELU to its own output and keeps the
-/// derivative for its backward.
-pub(crate) fn gelu_in_place_with_derivative(which: Gelu, z: &mut [f32], d: &mut [f32], bias: &[f32]) {
-    assert!(!bias.is_empty() && z.len() == d.len() && z.len().is_multiple_of(bias.len()), "gelu rows");
-    let rows = (GELU_CHUNK / bias.len()).max(1) * bias.len();
+/// The GELU of `z` in place and its derivative into `d` (same length), across rayon tasks of
+/// whole rows: for an op that applies the GELU to its own output and keeps the derivative for its
+/// backward. With `bias`, `z` is rows of `bias.len()` values to which the bias is added first (a
+/// linear layer's product before its bias).
+pub(crate) fn gelu_in_place_with_derivative(which: Gelu, z: &mut [f32], d: &mut [f32], bias: Option<&[f32]>) {
+    let row = bias.map_or(1, |b| b.len());
+    assert!(row > 0 && z.len() == d.len() && z.len().is_multiple_of(row), "gelu rows");
+    let rows = (GELU_CHUNK / row).max(1) * row;
     let chunks = z.par_chunks_mut(rows).zip(d.par_chunks_mut(rows));
     match which {
         Gelu::Erf => chunks.for_each(|(z, d)| {
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the CPU has AVX2 and FMA (checked above).
-                return unsafe { gelu_erf_bias_fwd_deriv_avx2(z, d, bias) };
+                return unsafe { gelu_erf_fwd_deriv_avx2(z, d, bias) };
             }
-            gelu_erf_bias_fwd_deriv_body(z, d, bias)
+            gelu_erf_fwd_deriv_body(z, d, bias)
         }),
         Gelu::Tanh => chunks.for_each(|(z, d)| {
-            for (z, d) in z.chunks_mut(bias.len()).zip(d.chunks_mut(bias.len())) {
-                for ((v, o), &b) in z.iter_mut().zip(d.iter_mut()).zip(bias) {
-                    (*v, *o) = which.eval(*v + b);
-                }
+            for (k, (v, o)) in z.iter_mut().zip(d.iter_mut()).enumerate() {
+                let b = bias.map_or(0.0, |b| b[k % row]);
+                (*v, *o) = which.eval(if bias.is_some() { *v + b } else { *v });
             }
         }),
     }
