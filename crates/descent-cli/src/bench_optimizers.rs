@@ -316,6 +316,12 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             (dir.clone(), s, claimed)
         }
         None => {
+            if a.base.validation == 0
+                && matches.value_source("validation") == Some(clap::parser::ValueSource::CommandLine)
+            {
+                // 0 is also the flag's default (5 000 held out): given, it would be replaced.
+                bail!("--validation 0: the benchmark ranks optimizers by validation accuracy and needs a held-out split (default 5000)");
+            }
             let s = settings(&a)?;
             entries(&s)?;
             let out = a.base.out.clone().unwrap_or_else(|| {

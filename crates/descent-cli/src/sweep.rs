@@ -255,6 +255,14 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     let given = |k: &str| from_cli(k) || file_sweep.contains_key(k);
     let method_now = pick("method").and_then(|v| v.as_str().map(String::from)).unwrap_or(method.clone());
     let pruner_now = pick("pruner").and_then(|v| v.as_str().map(String::from)).unwrap_or(pruner.clone());
+    let objective_now = pick("objective").and_then(|v| v.as_str().map(String::from)).unwrap_or(objective.clone());
+    if base.validation == 0 && from_cli("validation") && Objective::parse(&objective_now).is_ok_and(|(_, val)| val) {
+        // 0 is also the flag's default (a split of 5 000, or 2 000 for linear): given, it would
+        // be replaced.
+        bail!(
+            "--validation 0: the objective {objective_now} is measured on a held-out split; give its size, or a test_* objective"
+        );
+    }
     for (key, needs, is) in [
         ("grid_points", "--method grid", method_now == "grid"),
         ("startup", "--method tpe", method_now == "tpe"),

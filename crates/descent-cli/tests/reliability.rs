@@ -524,6 +524,23 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "--swa-lr",
         ),
         (vec!["landscape", "--steps", "3", "--function", "rosenbrock", "--function", "rosenbrock"], "given twice"),
+        // --validation 0 given where a split is needed (0 is also the flag's default, which such a
+        // command replaces by a split).
+        (
+            vec![
+                "sweep",
+                "--model",
+                "linear",
+                "--param",
+                "lr=loguniform:1e-3..1e-1",
+                "--objective",
+                "val_loss",
+                "--validation",
+                "0",
+            ],
+            "--validation 0",
+        ),
+        (vec!["bench", "optimizers", "--model", "mlp", "--run", "adam", "--validation", "0"], "--validation 0"),
         (vec!["landscape", "--steps", "3", "--run", "adam:lr=0.1", "--run", "adam:lr=0.1"], "given twice"),
         (vec!["train", "--model", "mlp", "--augment", ""], "no setting"),
         (vec!["train", "--model", "mlp", "--augment", "translate=100"], "at most 28"),
