@@ -114,31 +114,15 @@ struct Record {
     seconds: f64,
     /// The optimizer's state, bytes as stored.
     state_bytes: usize,
-    /// [`settings_hash`] of the bench.json it ran under (empty in an older benchmark's lines).
+    /// [`train::command_settings_hash`] of the bench.json it ran under (empty in an older benchmark's lines).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     settings: String,
-}
-
-/// An identity of a benchmark's settings (FNV-1a over their JSON, threads left out: a resume may
-/// change them), kept in each run's line: a bench.json edited after runs were made is refused on
-/// resume.
-fn settings_hash(s: &Settings) -> Result<String> {
-    let mut v = serde_json::to_value(s)?;
-    if let Some(base) = v.get_mut("base").and_then(|b| b.as_object_mut()) {
-        base.remove("threads");
-    }
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in v.to_string().bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    Ok(format!("{h:016x}"))
 }
 
 /// That the runs read back from runs.jsonl are this benchmark's: made under these settings, of
 /// one of its optimizers, each once, with a status the benchmark writes.
 fn check_done(done: &[Record], s: &Settings, entries: &[Entry]) -> Result<()> {
-    let hash = settings_hash(s)?;
+    let hash = train::command_settings_hash(s)?;
     for (i, r) in done.iter().enumerate() {
         let line = format!("{RUNS_JSONL}, line {}", i + 1);
         if !r.settings.is_empty() && r.settings != hash {
@@ -451,7 +435,7 @@ fn run_one(
                 steps: last.map(|m| m.steps).unwrap_or(0),
                 seconds: last.map(|m| m.seconds).unwrap_or(0.0),
                 state_bytes: o.state_bytes,
-                settings: settings_hash(s)?,
+                settings: train::command_settings_hash(s)?,
             }
         }
         Err(err) => {
@@ -468,7 +452,7 @@ fn run_one(
                 curve,
                 seconds: 0.0,
                 state_bytes: 0,
-                settings: settings_hash(s)?,
+                settings: train::command_settings_hash(s)?,
             }
         }
     };

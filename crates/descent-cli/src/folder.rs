@@ -25,6 +25,9 @@ pub const MARKER: &str = "descent.json";
 /// The lock file of a folder in use.
 pub const LOCK: &str = ".descent.lock";
 
+/// How TensorBoard's event files (those descent writes in a run's `tensorboard/`) begin.
+const TFEVENTS_PREFIX: &str = "events.out.tfevents.";
+
 /// The files of a run folder.
 pub mod run {
     pub const CONFIG_JSON: &str = "config.json";
@@ -59,6 +62,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The sub-folder of run folders a compare (`runs`) or sweep (`trials`) folder holds, which
+    /// its `--force` clears run by run.
+    fn runs_folder(self) -> Option<&'static str> {
+        match self {
+            Kind::Compare => Some("runs"),
+            Kind::Sweep => Some("trials"),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Run => "run",
@@ -360,7 +373,7 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
         let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
         if meta.is_dir() {
             match (kind, name.as_str()) {
-                (Kind::Compare, "runs") | (Kind::Sweep, "trials") => {
+                (_, name) if kind.runs_folder() == Some(name) => {
                     for sub in entries(&p)? {
                         let s = p.join(&sub);
                         if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours | Found::Empty) {
@@ -373,7 +386,7 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
                 }
                 (Kind::Run, run::TENSORBOARD) => {
                     for sub in entries(&p)? {
-                        if sub.starts_with("events.out.tfevents.") {
+                        if sub.starts_with(TFEVENTS_PREFIX) {
                             remove_file(&p.join(sub))?;
                         }
                     }
@@ -391,11 +404,7 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
 /// The files (as `runs/NAME/FILE`) that [`clear`] would leave in the run sub-folders of a compare
 /// or sweep folder whose marker id was `id`: what descent did not write there.
 fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<String>> {
-    let runs = match kind {
-        Kind::Compare => "runs",
-        Kind::Sweep => "trials",
-        _ => return Ok(vec![]),
-    };
+    let Some(runs) = kind.runs_folder() else { return Ok(vec![]) };
     let p = dir.join(runs);
     let mut out = vec![];
     if !p.is_dir() {
@@ -410,7 +419,7 @@ fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<Strin
                 } else if name == run::TENSORBOARD && s.join(&name).is_dir() {
                     // The clearing removes only the event files there.
                     for f in entries(&s.join(&name))? {
-                        if !f.starts_with("events.out.tfevents.") {
+                        if !f.starts_with(TFEVENTS_PREFIX) {
                             out.push(format!("{runs}/{sub}/{name}/{f}"));
                         }
                     }

@@ -141,32 +141,16 @@ struct Trial {
     curve: Vec<(u64, f64)>,
     /// (step, loss) at the rungs it reached.
     rungs: Vec<(u64, f64)>,
-    /// [`settings_hash`] of the sweep.json it ran under (empty in an older sweep's lines).
+    /// [`train::command_settings_hash`] of the sweep.json it ran under (empty in an older sweep's lines).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     settings: String,
-}
-
-/// An identity of a sweep's settings (FNV-1a over their JSON, threads left out: a resume may
-/// change them), kept in each trial's line: a sweep.json edited after trials ran is refused on
-/// resume, as a run's edited config.json is.
-fn settings_hash(s: &Settings) -> Result<String> {
-    let mut v = serde_json::to_value(s)?;
-    if let Some(base) = v.get_mut("base").and_then(|b| b.as_object_mut()) {
-        base.remove("threads");
-    }
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in v.to_string().bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    Ok(format!("{h:016x}"))
 }
 
 /// That the trials read back from trials.jsonl are this sweep's: each ran under these settings,
 /// is numbered once within the sweep's trials, sets exactly the space's dimensions to values in
 /// them, and has a status the sweep writes.
 fn check_history(history: &[Trial], s: &Settings, p: &Plan) -> Result<()> {
-    let hash = settings_hash(s)?;
+    let hash = train::command_settings_hash(s)?;
     let mut seen = std::collections::HashSet::new();
     for t in history {
         let line = format!("trials.jsonl, trial {}", t.trial + 1);
@@ -674,7 +658,7 @@ fn run_trial(
     sweep_id: &str,
 ) -> Result<Trial> {
     let dir = out.join("trials").join(format!("{:03}", i + 1));
-    let settings = settings_hash(s)?;
+    let settings = train::command_settings_hash(s)?;
     let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
     (args.out, args.force, args.tensorboard) = (Some(dir.clone()), true, s.base.tensorboard);
     let rungs_reached = Mutex::new(Vec::<(u64, f64)>::new());

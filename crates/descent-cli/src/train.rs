@@ -1987,14 +1987,28 @@ fn config_hash(a: &TrainArgs) -> Result<String> {
     for k in ["epochs", "steps", "threads", "data_parallel", "precision", "shard_optimizer"] {
         obj.remove(k);
     }
-    // FNV-1a over the canonical JSON (keys sorted): an identity, not a defence against tampering.
-    let text = v.to_string();
+    Ok(identity(&v))
+}
+
+/// An identity of settings: FNV-1a over their canonical JSON (keys sorted), as 16 hex digits;
+/// an identity, not a defence against tampering.
+fn identity(v: &serde_json::Value) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
+    for b in v.to_string().bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    Ok(format!("{h:016x}"))
+    format!("{h:016x}")
+}
+
+/// The identity of a sweep's or benchmark's settings (their `base` train settings and their own),
+/// kept in each line of results: threads are left out, which a resume may change.
+pub fn command_settings_hash(s: &impl serde::Serialize) -> Result<String> {
+    let mut v = serde_json::to_value(s)?;
+    if let Some(base) = v.get_mut("base").and_then(|b| b.as_object_mut()) {
+        base.remove("threads");
+    }
+    Ok(identity(&v))
 }
 
 /// The flag of a setting, as the user types it.

@@ -80,11 +80,17 @@ pub(crate) fn matmul_new(
         matmul_in(precision, &mut dst, false, lhs, lhs_t, rhs, rhs_t, m, n, k, parallel);
         return dst;
     }
+    gemm_new(Strided::of(lhs, lhs_t, m, k), Strided::of(rhs, rhs_t, k, n), m, n, k, parallel)
+}
+
+/// The f32 product `lhs · rhs` into a vector that was never zero-filled, for [`matmul_new`] and
+/// [`matmul_strided_new`] (`k ≥ 1`).
+fn gemm_new(lhs: Strided, rhs: Strided, m: usize, n: usize, k: usize, parallel: bool) -> Vec<f32> {
+    debug_assert!(k >= 1);
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: `dst` has room for `m·n` values, which the product writes without reading them
     // (not accumulating, `k ≥ 1`), so every one is initialized before the length is set.
     unsafe {
-        let (lhs, rhs) = (Strided::of(lhs, lhs_t, m, k), Strided::of(rhs, rhs_t, k, n));
         gemm_into(dst.as_mut_ptr(), false, lhs, rhs, m, n, k, parallel);
         dst.set_len(m * n);
     }
@@ -176,13 +182,7 @@ pub(crate) fn matmul_strided_new(
         matmul_strided(precision, &mut dst, lhs, rhs, m, n, k);
         return dst;
     }
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: as in `matmul_new`: the product writes all `m·n` values without reading them.
-    unsafe {
-        gemm_into(dst.as_mut_ptr(), false, lhs, rhs, m, n, k, false);
-        dst.set_len(m * n);
-    }
-    dst
+    gemm_new(lhs, rhs, m, n, k, false)
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]` (`dst` dense, row-major) in `precision`, the operands read
