@@ -31,6 +31,19 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+/// Whether the CPU has AVX-512 F (with AVX2 and FMA), for the kernels that have a 512-bit
+/// version: on CPUs with two 512-bit FMA units (Intel's server cores) it doubles their width.
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Defines `fn name(args) -> ret { body }` compiled twice, for AVX2 and FMA (taken at run time
 /// where the CPU has them) and for the target's baseline (SSE2 on x86-64, which the build keeps):
 /// plain loops over slices, vectorized by the compiler 8 floats (or 4 doubles) wide instead of 4.

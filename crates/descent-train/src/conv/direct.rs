@@ -29,10 +29,14 @@
 //!   4 output channels × 3 taps (12 accumulators; per 8 positions 4 output-gradient and 3 input
 //!   loads). `dy` must be zero at the garbage positions.
 //!
+//! On CPUs with AVX-512 F the same kernels run on 512-bit registers (`avx512`): the forward tile
+//! up to 12 channels × 32 positions (24 accumulators), the weight-gradient tile 4 × 3 on 16
+//! positions a step, its lanes `l` and `l + 8` added before they join the 8 lane sums.
+//!
 //! Each has a plain scalar reference beside it ([`forward_scalar`], [`weight_grad_scalar`]), used
-//! on CPUs without AVX2 and FMA and by the tests.
+//! on CPUs without AVX2 and FMA and by the tests, which check every kernel the CPU runs.
 
-use crate::cpu::has_avx2;
+use crate::cpu::{has_avx2, has_avx512};
 
 /// Positions per tile of the forward kernel (2 AVX2 vectors): the wide grids are rounded up to it.
 pub(crate) const TILE: usize = 16;
@@ -151,9 +155,66 @@ pub(crate) fn forward(
     out: &mut [f32],
     npos: usize,
 ) {
+    forward_on(Kernel::best(), taps, x, ci, plane, wt, co, out, npos)
+}
+
+/// The kernels of this module: the plain reference, AVX2 + FMA, AVX-512 F.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Scalar,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+impl Kernel {
+    /// The widest kernel this CPU runs.
+    pub(crate) fn best() -> Kernel {
+        if has_avx512() {
+            Kernel::Avx512
+        } else if has_avx2() {
+            Kernel::Avx2
+        } else {
+            Kernel::Scalar
+        }
+    }
+
+    /// Every kernel this CPU runs, the plain one first.
+    #[cfg(test)]
+    fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Scalar];
+        if has_avx2() {
+            all.push(Kernel::Avx2);
+        }
+        if has_avx512() {
+            all.push(Kernel::Avx512);
+        }
+        all
+    }
+}
+
+/// [`forward`] by `kernel`, which the CPU must run (else the plain loops).
+#[allow(clippy::too_many_arguments)]
+fn forward_on(
+    kernel: Kernel,
+    taps: Taps,
+    x: &[f32],
+    ci: usize,
+    plane: usize,
+    wt: &[f32],
+    co: usize,
+    out: &mut [f32],
+    npos: usize,
+) {
     forward_bounds(taps, x, ci, plane, wt, co, out, npos);
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if kernel == Kernel::Avx512 && has_avx512() {
+        // SAFETY: the CPU has AVX-512 F, AVX2 and FMA; `forward_bounds` bounds every access.
+        return unsafe { avx512::forward(taps, x.as_ptr(), ci, plane, wt.as_ptr(), co, out.as_mut_ptr(), npos) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Scalar && has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA; `forward_bounds` bounds every access.
         return unsafe { avx2::forward(taps, x.as_ptr(), ci, plane, wt.as_ptr(), co, out.as_mut_ptr(), npos) };
     }
@@ -221,9 +282,33 @@ pub(crate) fn weight_grad(
     npos: usize,
     gw: &mut [f32],
 ) {
+    weight_grad_on(Kernel::best(), taps, dy, co, dplane, x, ci, xplane, npos, gw)
+}
+
+/// [`weight_grad`] by `kernel`, which the CPU must run (else the plain loops).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_on(
+    kernel: Kernel,
+    taps: Taps,
+    dy: &[f32],
+    co: usize,
+    dplane: usize,
+    x: &[f32],
+    ci: usize,
+    xplane: usize,
+    npos: usize,
+    gw: &mut [f32],
+) {
     weight_grad_bounds(taps, dy, co, dplane, x, ci, xplane, npos, gw);
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if kernel == Kernel::Avx512 && has_avx512() {
+        // SAFETY: the CPU has AVX-512 F, AVX2 and FMA; `weight_grad_bounds` bounds every access.
+        return unsafe {
+            avx512::weight_grad(taps, dy.as_ptr(), co, dplane, x.as_ptr(), ci, xplane, npos, gw.as_mut_ptr())
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel != Kernel::Scalar && has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA; `weight_grad_bounds` bounds every access.
         return unsafe {
             avx2::weight_grad(taps, dy.as_ptr(), co, dplane, x.as_ptr(), ci, xplane, npos, gw.as_mut_ptr())
@@ -453,6 +538,212 @@ mod avx2 {
     }
 }
 
+/// The kernels of [`avx2`] on 512-bit registers: twice the positions an instruction, and the
+/// 32 registers hold bigger tiles. On a CPU with two 512-bit FMA units they run at up to twice
+/// the AVX2 kernels' rate; where 512-bit operations take two passes (Zen 4) at about the same.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Taps, LANES, TILE};
+    use std::arch::x86_64::*;
+
+    /// The most output channels in a register tile of the forward kernel: 12 channels × 2
+    /// vectors of 16 positions are 24 accumulators, with 2 input vectors loaded per tap and each
+    /// weight broadcast from memory into its multiply-add (14 loads per 24 multiply-adds).
+    const FO: usize = 12;
+    /// Output channels per register tile of the weight-gradient kernel.
+    const NO: usize = 4;
+    /// Taps per register tile of the weight-gradient kernel.
+    const NT: usize = 3;
+
+    /// [`super::forward`]; the caller has checked the bounds.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn forward(
+        taps: Taps,
+        x: *const f32,
+        ci: usize,
+        plane: usize,
+        wt: *const f32,
+        co: usize,
+        out: *mut f32,
+        npos: usize,
+    ) {
+        let offs: Vec<usize> = (0..taps.len()).map(|t| taps.off(t)).collect();
+        let taps = &offs[..];
+        // The channels in the fewest tiles of at most FO, as even as they go (16 as 8 + 8, 32 as
+        // 11 + 11 + 10): no tile so narrow that its accumulators wait on the FMA latency.
+        let n = co.div_ceil(FO);
+        let tiles: Vec<usize> = (0..n).map(|i| co / n + usize::from(i < co % n)).collect();
+        // Pairs of tiles of positions (32, two registers an accumulator row), then the odd one.
+        let pairs = npos / (2 * TILE);
+        for q0 in (0..pairs).map(|p| p * 2 * TILE).chain((npos % (2 * TILE) != 0).then_some(pairs * 2 * TILE)) {
+            let two = q0 + 2 * TILE <= npos;
+            let mut o0 = 0;
+            for &m in &tiles {
+                macro_rules! tile {
+                    ($($m:literal)*) => {
+                        match m {
+                            $($m => if two {
+                                forward_tile::<$m, 2>(taps, x, ci, plane, wt, co, out, npos, o0, q0)
+                            } else {
+                                forward_tile::<$m, 1>(taps, x, ci, plane, wt, co, out, npos, o0, q0)
+                            },)*
+                            _ => unreachable!("a tile of {m} channels"),
+                        }
+                    };
+                }
+                tile!(1 2 3 4 5 6 7 8 9 10 11 12);
+                o0 += m;
+            }
+        }
+    }
+
+    /// Output channels `o0..o0 + M` at positions `q0..q0 + P·16`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_tile<const M: usize, const P: usize>(
+        offs: &[usize],
+        x: *const f32,
+        ci: usize,
+        plane: usize,
+        wt: *const f32,
+        co: usize,
+        out: *mut f32,
+        npos: usize,
+        o0: usize,
+        q0: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); P]; M];
+        let nt = offs.len();
+        for c in 0..ci {
+            let xc = x.add(c * plane + q0);
+            let wc = wt.add(c * nt * co + o0);
+            for (t, &off) in offs.iter().enumerate() {
+                let xs = xc.add(off);
+                let v: [__m512; P] = std::array::from_fn(|i| _mm512_loadu_ps(xs.add(16 * i)));
+                let wk = wc.add(t * co);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*wk.add(j));
+                    for (a, v) in a.iter_mut().zip(v) {
+                        *a = _mm512_fmadd_ps(wv, v, *a);
+                    }
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let o = out.add((o0 + j) * npos + q0);
+            for (i, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(o.add(16 * i), *a);
+            }
+        }
+    }
+
+    /// [`super::weight_grad`]; the caller has checked the bounds.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weight_grad(
+        taps: Taps,
+        dy: *const f32,
+        co: usize,
+        dplane: usize,
+        x: *const f32,
+        ci: usize,
+        xplane: usize,
+        npos: usize,
+        gw: *mut f32,
+    ) {
+        let nt = taps.len();
+        let offs: Vec<usize> = (0..nt).map(|t| taps.off(t)).collect();
+        let mut o0 = 0;
+        while o0 < co {
+            let m = NO.min(co - o0);
+            for c in 0..ci {
+                let mut t0 = 0;
+                while t0 < nt {
+                    let k = NT.min(nt - t0);
+                    let run = |f: unsafe fn(&[usize], *const f32, usize, *const f32, usize, *mut f32, usize)| {
+                        f(
+                            &offs[t0..t0 + k],
+                            dy.add(o0 * dplane),
+                            dplane,
+                            x.add(c * xplane),
+                            npos,
+                            gw.add(((o0 * ci + c) * nt + t0) * LANES),
+                            ci * nt,
+                        )
+                    };
+                    match (m, k) {
+                        (4, 3) => run(weight_grad_tile::<4, 3>),
+                        (4, 2) => run(weight_grad_tile::<4, 2>),
+                        (4, 1) => run(weight_grad_tile::<4, 1>),
+                        (3, 3) => run(weight_grad_tile::<3, 3>),
+                        (3, 2) => run(weight_grad_tile::<3, 2>),
+                        (3, 1) => run(weight_grad_tile::<3, 1>),
+                        (2, 3) => run(weight_grad_tile::<2, 3>),
+                        (2, 2) => run(weight_grad_tile::<2, 2>),
+                        (2, 1) => run(weight_grad_tile::<2, 1>),
+                        (1, 3) => run(weight_grad_tile::<1, 3>),
+                        (1, 2) => run(weight_grad_tile::<1, 2>),
+                        _ => run(weight_grad_tile::<1, 1>),
+                    }
+                    t0 += k;
+                }
+            }
+            o0 += m;
+        }
+    }
+
+    /// [`super::avx2`]'s weight-gradient tile on 16 positions a step (a last 8 in the lower
+    /// half): lanes `l` and `l + 8` summed into the weight's 8 lane sums at the end.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weight_grad_tile<const M: usize, const K: usize>(
+        offs: &[usize],
+        dy: *const f32,
+        dplane: usize,
+        x: *const f32,
+        npos: usize,
+        gw: *mut f32,
+        gw_stride: usize,
+    ) {
+        let offs: [usize; K] = std::array::from_fn(|k| offs[k]);
+        let mut acc = [[_mm512_setzero_ps(); K]; M];
+        let n16 = npos - npos % 16;
+        for q in (0..n16).step_by(16) {
+            let xv: [__m512; K] = std::array::from_fn(|k| _mm512_loadu_ps(x.add(q + offs[k])));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let d = _mm512_loadu_ps(dy.add(j * dplane + q));
+                for (a, v) in a.iter_mut().zip(xv) {
+                    *a = _mm512_fmadd_ps(d, v, *a);
+                }
+            }
+        }
+        let mut lanes = [[_mm256_setzero_ps(); K]; M];
+        for (l, a) in lanes.iter_mut().zip(&acc) {
+            for (l, a) in l.iter_mut().zip(a) {
+                let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)));
+                *l = _mm256_add_ps(_mm512_castps512_ps256(*a), high);
+            }
+        }
+        if n16 < npos {
+            // npos is a multiple of 8: one half-vector step left.
+            let xv: [__m256; K] = std::array::from_fn(|k| _mm256_loadu_ps(x.add(n16 + offs[k])));
+            for (j, l) in lanes.iter_mut().enumerate() {
+                let d = _mm256_loadu_ps(dy.add(j * dplane + n16));
+                for (l, v) in l.iter_mut().zip(xv) {
+                    *l = _mm256_fmadd_ps(d, v, *l);
+                }
+            }
+        }
+        for (j, l) in lanes.iter().enumerate() {
+            for (k, l) in l.iter().enumerate() {
+                let g = gw.add((j * gw_stride + k) * LANES);
+                _mm256_storeu_ps(g, _mm256_add_ps(_mm256_loadu_ps(g), *l));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +761,7 @@ mod tests {
         }
     }
 
-    /// The dispatched kernels (AVX2 + FMA where the CPU has them) against the scalar references
+    /// Every kernel this CPU runs (AVX2 + FMA, AVX-512) against the scalar references
     /// on odd shapes: planes whose widths and heights are not multiples of 8, channel counts that
     /// do not fill a register tile, 1×1, 3×3, 5×5 and rectangular kernels, paddings 0–2.
     #[test]
@@ -486,6 +777,8 @@ mod tests {
             (1, 3, 6, 13, 5, 5, 0),
             (3, 5, 8, 8, 1, 1, 1),
             (2, 6, 7, 10, 3, 5, 1),
+            (4, 25, 6, 6, 3, 3, 1),
+            (8, 64, 5, 9, 3, 3, 1),
         ] {
             let case = (ci, co, h, w, kh, kw, pad);
             let stride = w + 2 * pad + 1;
@@ -499,10 +792,13 @@ mod tests {
                 row.copy_from_slice(&src[(c * h + y) * w..][..w])
             });
             let wt = randn(ci * taps.len() * co, &mut rng);
-            let (mut fast, mut slow) = (vec![0.0; co * npos], vec![0.0; co * npos]);
-            forward(taps, &x, ci, plane, &wt, co, &mut fast, npos);
+            let mut slow = vec![0.0; co * npos];
             forward_scalar(taps, &x, ci, plane, &wt, co, &mut slow, npos);
-            assert_close(&fast, &slow, &format!("{case:?} forward"));
+            for kernel in Kernel::available() {
+                let mut fast = vec![0.0; co * npos];
+                forward_on(kernel, taps, &x, ci, plane, &wt, co, &mut fast, npos);
+                assert_close(&fast, &slow, &format!("{case:?} {kernel:?} forward"));
+            }
 
             // An output gradient zero at the garbage positions, as the convolution op gives it.
             let gpos = (oh * stride).div_ceil(LANES) * LANES;
@@ -516,10 +812,13 @@ mod tests {
                 }
             }
             let init = randn(co * ci * taps.len() * LANES, &mut rng);
-            let (mut fast, mut slow) = (init.clone(), init);
-            weight_grad(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut fast);
+            let mut slow = init.clone();
             weight_grad_scalar(taps, &dy, co, dplane, &x, ci, plane, gpos, &mut slow);
-            assert_close(&fast, &slow, &format!("{case:?} weight gradient"));
+            for kernel in Kernel::available() {
+                let mut fast = init.clone();
+                weight_grad_on(kernel, taps, &dy, co, dplane, &x, ci, plane, gpos, &mut fast);
+                assert_close(&fast, &slow, &format!("{case:?} {kernel:?} weight gradient"));
+            }
         }
         // Stride-2 taps on parity planes (any data: the kernels only follow the offsets).
         for (ci, co, kh, kw, stride, sub) in [(16, 32, 3, 3, 15, 241), (3, 5, 5, 3, 9, 100), (2, 3, 1, 1, 7, 60)] {
@@ -530,16 +829,20 @@ mod tests {
             assert!(npos >= TILE && plane >= npos + taps.span(), "{case:?} sizes");
             let x = randn(ci * plane, &mut rng);
             let wt = randn(ci * taps.len() * co, &mut rng);
-            let (mut fast, mut slow) = (vec![0.0; co * npos], vec![0.0; co * npos]);
-            forward(taps, &x, ci, plane, &wt, co, &mut fast, npos);
+            let mut slow = vec![0.0; co * npos];
             forward_scalar(taps, &x, ci, plane, &wt, co, &mut slow, npos);
-            assert_close(&fast, &slow, &format!("{case:?} parity forward"));
             let dy = randn(co * npos, &mut rng);
             let init = randn(co * ci * taps.len() * LANES, &mut rng);
-            let (mut fast, mut slow) = (init.clone(), init);
-            weight_grad(taps, &dy, co, npos, &x, ci, plane, npos, &mut fast);
-            weight_grad_scalar(taps, &dy, co, npos, &x, ci, plane, npos, &mut slow);
-            assert_close(&fast, &slow, &format!("{case:?} parity weight gradient"));
+            let mut slow_gw = init.clone();
+            weight_grad_scalar(taps, &dy, co, npos, &x, ci, plane, npos, &mut slow_gw);
+            for kernel in Kernel::available() {
+                let mut fast = vec![0.0; co * npos];
+                forward_on(kernel, taps, &x, ci, plane, &wt, co, &mut fast, npos);
+                assert_close(&fast, &slow, &format!("{case:?} {kernel:?} parity forward"));
+                let mut fast = init.clone();
+                weight_grad_on(kernel, taps, &dy, co, npos, &x, ci, plane, npos, &mut fast);
+                assert_close(&fast, &slow_gw, &format!("{case:?} {kernel:?} parity weight gradient"));
+            }
         }
     }
 }
