@@ -576,7 +576,7 @@ mod avx512 {
         let tiles: Vec<usize> = (0..n).map(|i| co / n + usize::from(i < co % n)).collect();
         // Pairs of tiles of positions (32, two registers an accumulator row), then the odd one.
         let pairs = npos / (2 * TILE);
-        for q0 in (0..pairs).map(|p| p * 2 * TILE).chain((npos % (2 * TILE) != 0).then_some(pairs * 2 * TILE)) {
+        for q0 in (0..pairs).map(|p| p * 2 * TILE).chain((!npos.is_multiple_of(2 * TILE)).then_some(pairs * 2 * TILE)) {
             let two = q0 + 2 * TILE <= npos;
             let mut o0 = 0;
             for &m in &tiles {
