@@ -285,6 +285,31 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
 }
 
 /// Runs the benchmark and prints the table and one JSON line per optimizer.
+/// The memory this machine can give a process now (`MemAvailable` of `/proc/meminfo`), where
+/// the system says it.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses a `--params` whose buffers cannot be held: the parameters, the gradients and the
+/// roofline's copy of the parameters (12 bytes a parameter) before any optimizer state, against
+/// `available` bytes of memory, instead of an allocation failure's abort.
+fn check_memory(params: usize, available: Option<u64>) -> Result<()> {
+    let need = (params as u64).checked_mul(12);
+    match (need, available) {
+        (None, _) => bail!("--params {params}: too many parameters to hold in memory"),
+        (Some(need), Some(have)) if need > have => bail!(
+            "--params {params}: the parameters, gradients and the roofline's copy alone take {:.1} GB, more than the {:.1} GB of memory available",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.params == 0 || cfg.steps == 0 || cfg.tensors == 0 || cfg.threads == 0 {
         bail!("--params, --tensors, --steps and --threads must be positive");
@@ -292,6 +317,7 @@ pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.tensors > cfg.params {
         bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
     }
+    check_memory(cfg.params, available_memory())?;
     if cfg.optimizer == "all" && cfg.hparams.as_object().is_some_and(|h| !h.is_empty()) {
         bail!("--hparams with --optimizer all: each optimizer of the table runs with its own arguments; name the optimizer the arguments are for");
     }
@@ -368,5 +394,15 @@ mod tests {
             assert_eq!(s.iter().sum::<usize>(), n, "{n} over {k}: {s:?}");
             assert!(s.iter().all(|&x| x >= 1));
         }
+    }
+
+    #[test]
+    fn a_parameter_count_beyond_memory_is_refused() {
+        assert!(check_memory(1_000_000, Some(1 << 30)).is_ok());
+        assert!(check_memory(1_000_000, None).is_ok());
+        let e = check_memory(100_000_000_000, Some(24 << 30)).unwrap_err().to_string();
+        assert!(e.contains("--params 100000000000") && e.contains("1200.0 GB"), "{e}");
+        let e = check_memory(usize::MAX, None).unwrap_err().to_string();
+        assert!(e.contains("--params") && e.contains("too many"), "{e}");
     }
 }

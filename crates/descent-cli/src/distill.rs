@@ -45,6 +45,12 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
     if !matches!(a.student.as_str(), "lenet" | "mlp" | "resnet" | "plain") {
         bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.student);
     }
+    if let Some(out) = &a.base.out {
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        if let Some(t) = a.teachers.iter().find(|t| canon(t).is_some() && canon(t) == canon(out)) {
+            bail!("--out {}: the teacher {}; the student needs a folder of its own", out.display(), t.display());
+        }
+    }
     let mut base = a.base;
     base.model = a.student;
     base.distill = Some(DistillSettings { teachers: a.teachers, alpha: a.alpha, temperature: a.temperature });

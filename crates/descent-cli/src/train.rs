@@ -1264,10 +1264,12 @@ impl RunDir {
 
     /// Cuts every metric file back to the complete records the checkpoint covers: steps up to
     /// `steps` and the `epochs` completed (the row of an epoch cut by `--steps` goes: the resumed
-    /// run writes it again, whole). Torn lines (a kill mid-write) go too. Returns a warning when
-    /// steps.jsonl then ends before the checkpoint's step (rows lost to an edit or a cut file):
-    /// the resumed run's rows would follow a gap.
-    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<Option<String>> {
+    /// run writes it again, whole). Torn lines (a kill mid-write) go too. Returns warnings for
+    /// what the files lost before this resume, where the resumed run's rows would otherwise
+    /// follow a gap without a word: steps.jsonl or metrics.jsonl ending before the checkpoint
+    /// (rows lost to an edit or a cut file), and whole lines of a log that no longer read as its
+    /// records (dropped; the CSV mirrors keep theirs).
+    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<Vec<String>> {
         // A CSV row counts when it has its header's fields and its first one is in range.
         let csv = |header: &str, l: &str, keep: &dyn Fn(u64) -> bool| {
             l == header.trim_end()
@@ -1277,33 +1279,67 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
-        // The last step steps.jsonl keeps, for the warning below.
-        let mut last = 0;
+        let mut warnings = vec![];
+        // Whole lines that do not read as the file's records, counted per file.
+        let mut unreadable = |name: &str, bad: usize| {
+            if bad > 0 {
+                warnings.push(format!(
+                    "{}: {bad} line(s) that do not read as its records (edited?) were dropped",
+                    d.join(name).display()
+                ));
+            }
+        };
+        // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps.
+        let (mut last, mut last_epoch, mut bad) = (0, 0u64, 0);
         folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| {
-            let kept = serde_json::from_str::<StepRow>(l).ok().map(|r| r.step).filter(|&s| step_ok(s));
+            let row = serde_json::from_str::<StepRow>(l).ok();
+            bad += usize::from(row.is_none());
+            let kept = row.map(|r| r.step).filter(|&s| step_ok(s));
             last = last.max(kept.unwrap_or(0));
             kept.is_some()
         })?;
+        unreadable(folder::run::STEPS_JSONL, std::mem::take(&mut bad));
         folder::retain_lines(&d.join(folder::run::GRAD_NORMS_JSONL), |l| {
-            serde_json::from_str::<GradNormRow>(l).is_ok_and(|r| step_ok(r.step))
+            let row = serde_json::from_str::<GradNormRow>(l).ok();
+            bad += usize::from(row.is_none());
+            row.is_some_and(|r| step_ok(r.step))
         })?;
+        unreadable(folder::run::GRAD_NORMS_JSONL, std::mem::take(&mut bad));
         folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| {
-            serde_json::from_str::<EvalRow>(l).is_ok_and(|r| step_ok(r.step))
+            let row = serde_json::from_str::<EvalRow>(l).ok();
+            bad += usize::from(row.is_none());
+            row.is_some_and(|r| step_ok(r.step))
         })?;
+        unreadable(folder::run::EVALS_JSONL, std::mem::take(&mut bad));
         folder::retain_lines(&d.join(folder::run::METRICS_JSONL), |l| {
-            serde_json::from_str::<EpochRow>(l).is_ok_and(|r| epoch_ok(r.epoch as u64))
+            let row = serde_json::from_str::<EpochRow>(l).ok();
+            bad += usize::from(row.is_none());
+            let kept = row.map(|r| r.epoch as u64).filter(|&e| epoch_ok(e));
+            last_epoch = last_epoch.max(kept.unwrap_or(0));
+            kept.is_some()
         })?;
+        unreadable(folder::run::METRICS_JSONL, bad);
         folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
         folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))?;
-        Ok((last < steps).then(|| {
-            format!(
+        if last < steps {
+            warnings.push(format!(
                 "{} ends at step {last} and the checkpoint is at step {steps}: the rows of steps {}–{steps} are missing \
                  (the file was cut or edited); the resumed run's rows follow from step {}",
                 d.join(folder::run::STEPS_JSONL).display(),
                 last + 1,
                 steps + 1
-            )
-        }))
+            ));
+        }
+        if last_epoch < epochs as u64 {
+            warnings.push(format!(
+                "{} ends at epoch {last_epoch} and the checkpoint is after epoch {epochs}: the rows of epochs {}–{epochs} \
+                 are missing (the file was cut or edited); the resumed run's rows follow from epoch {}",
+                d.join(folder::run::METRICS_JSONL).display(),
+                last_epoch + 1,
+                epochs + 1
+            ));
+        }
+        Ok(warnings)
     }
 }
 
@@ -2575,8 +2611,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     };
     if writer {
         if let Some(ck) = &resume {
-            if let Some(gap) = run_dir.truncate_after(ck.epoch, ck.steps)? {
-                eprintln!("warning: {gap}");
+            for warning in run_dir.truncate_after(ck.epoch, ck.steps)? {
+                eprintln!("warning: {warning}");
             }
         }
         folder::write_atomic(

@@ -157,3 +157,20 @@ fn what_a_closure_optimizer_cannot_take_is_refused_in_one_line() {
     );
     assert!(!dir.exists(), "a refused landscape left its folder behind");
 }
+
+/// The run's rate reaches a closure-driven optimizer's own `learning_rate`: optax's
+/// `contrib.sophia` requires one, and takes it from `--lr` or from `--hparams` (which the front
+/// end moves to `--lr`); the banner names it.
+#[test]
+fn sophia_takes_the_runs_learning_rate() {
+    let dir = common::out("closure-sophia-lr");
+    for (k, rate) in [["--lr", "0.1"], ["--hparams", r#"{"learning_rate": 0.1}"#]].iter().enumerate() {
+        let out = dir.join(k.to_string());
+        let args =
+            ["train", "--model", "linear", "--steps", "3", "--optimizer", "optax.contrib.sophia", "--out", s(&out)];
+        let text = run_ok(&[&args[..], &rate[..]].concat());
+        assert!(text.contains("lr 0.1"), "{text}");
+        assert_eq!(step_losses(&out).len(), 3, "{text}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

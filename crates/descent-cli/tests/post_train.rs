@@ -246,6 +246,13 @@ fn distill_a_small_student() {
     let mut d = strs(&args(&t));
     d.extend(["--model".to_string(), "lenet".to_string()]);
     one_line_error(&d.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &["--model", "--student"]);
+    // The teacher's own folder as the student's, even with --force: refused, the teacher kept.
+    let before = std::fs::read(t.join("checkpoint.safetensors")).unwrap();
+    let mut e = strs(&args(&t));
+    e[8] = s(&t).into();
+    e.push("--force".into());
+    one_line_error(&e.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &["--out", "the teacher"]);
+    assert_eq!(std::fs::read(t.join("checkpoint.safetensors")).unwrap(), before);
     for x in [t, st, lin] {
         let _ = std::fs::remove_dir_all(x);
     }

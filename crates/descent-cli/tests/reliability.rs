@@ -992,5 +992,16 @@ fn resuming_after_step_rows_were_lost_warns_of_the_gap() {
     // An intact run resumes without it.
     let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "3"]);
     assert!(ok && !t.contains("warning"), "{t}");
+    // An emptied metrics.jsonl, and a line of steps.jsonl that no longer reads as a step row.
+    std::fs::write(r.join("metrics.jsonl"), "").unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "4"]);
+    assert!(ok && t.contains("metrics.jsonl ends at epoch 0") && t.contains("rows of epochs 1–3 are missing"), "{t}");
+    let rows: Vec<String> = read(&steps).lines().map(String::from).collect();
+    let edited = rows[5].replace("\"loss\":", "\"loss\":\"x\",");
+    assert_ne!(edited, rows[5]);
+    let text = [&rows[..5], &[edited], &rows[6..]].concat().join("\n") + "\n";
+    std::fs::write(&steps, text).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "5"]);
+    assert!(ok && t.contains("steps.jsonl: 1 line(s) that do not read as its records"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }

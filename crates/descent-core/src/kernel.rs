@@ -46,6 +46,20 @@ macro_rules! dispatch_simd {
 }
 pub(crate) use dispatch_simd;
 
+/// `x` clipped to `[lo, hi]` the way `torch.clamp` and `jnp.clip` do it, `min(max(x, lo), hi)`:
+/// a NaN stays NaN, and bounds given the wrong way round (`lo > hi`, a user's `step_sizes` or a
+/// negative `max_delta`) give `hi` instead of the panic of `f32::clamp`. The same value as
+/// `f32::clamp` whenever `lo ≤ hi`.
+#[inline(always)]
+pub(crate) fn clip(x: f32, lo: f32, hi: f32) -> f32 {
+    let y = if x < lo { lo } else { x };
+    if y > hi {
+        hi
+    } else {
+        y
+    }
+}
+
 /// Number of elements processed by every link of an elementwise chain before moving on.
 pub const BLOCK: usize = 2048;
 
@@ -273,7 +287,7 @@ pub fn start_inline(u: &mut [f32], g: &[f32], p: &[f32], head: Option<Head>) {
                 }
             }
         }
-        Some(Head::Clip(d)) => u.iter_mut().zip(g).for_each(|(x, g)| *x = g.clamp(-d, d)),
+        Some(Head::Clip(d)) => u.iter_mut().zip(g).for_each(|(x, g)| *x = clip(*g, -d, d)),
     }
 }
 
@@ -588,7 +602,7 @@ pub(crate) fn map_inline(u: &mut [f32], map: Option<Map>) {
     match map {
         None => {}
         Some(Map::Sign) => u.iter_mut().for_each(|x| *x = crate::transforms::sign(*x)),
-        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = x.clamp(-d, d)),
+        Some(Map::Clip(d)) => u.iter_mut().for_each(|x| *x = clip(*x, -d, d)),
     }
 }
 

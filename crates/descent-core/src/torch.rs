@@ -999,7 +999,7 @@ impl Elementwise for Rprop {
             } else {
                 1.0
             };
-            *ss = (*ss * factor).clamp(this.step_min, this.step_max);
+            *ss = crate::kernel::clip(*ss * factor, this.step_min, this.step_max);
             if s < 0.0 {
                 g = 0.0;
             }

@@ -390,3 +390,29 @@ fn an_expected_loss_the_objective_does_not_give_is_an_error() {
     let e = run_and_check(&c).unwrap_err().to_string();
     assert!(e.contains("optax.polyak_sgdd"), "{e}");
 }
+
+/// Bounds given the wrong way round clip as `torch.clamp` and `jnp.clip` do (to the upper one),
+/// never a panic: torch `Rprop` with `step_sizes = (1, 0.1)` moves every step by 0.1, optax
+/// `clip` with a negative `max_delta` sets every update to it, and optax `rprop` with
+/// `min_step_size > max_step_size` steps by the maximum.
+#[test]
+fn bounds_the_wrong_way_round_clip_to_the_upper_one() {
+    use descent_core::optimizer::Optimizer;
+    let run = |lib: &str, name: &str, h: Value| -> Vec<f32> {
+        let tx = build_optimizer(lib, name, &h, None, &[vec![2]]).unwrap();
+        let mut p = vec![vec![0.0f32, 0.0]];
+        let mut opt = Optimizer::new(tx, vec![vec![2]], &[&p[0]]).unwrap();
+        let mut trail = vec![];
+        for _ in 0..3 {
+            opt.step_vecs(&mut p, &[vec![1.0, -2.0]]).unwrap();
+            trail.extend(p[0].iter().copied());
+        }
+        trail
+    };
+    let rprop = run("torch", "rprop", json!({"lr": 0.5, "step_sizes": [1.0, 0.1]}));
+    assert_eq!(rprop, [-0.1, 0.1, -0.2, 0.2, -0.3, 0.3].map(|x: f32| x).to_vec());
+    let clip = run("optax", "clip", json!({"max_delta": -1.0}));
+    assert_eq!(clip, [-1.0, -1.0, -2.0, -2.0, -3.0, -3.0].to_vec());
+    let optax_rprop = run("optax", "rprop", json!({"learning_rate": 0.5, "min_step_size": 1.0, "max_step_size": 0.1}));
+    assert!(optax_rprop.iter().all(|x| x.is_finite()), "{optax_rprop:?}");
+}

@@ -657,11 +657,25 @@ impl VarOptimizer {
             if cfg.clip_norm.is_some() || cfg.clip_value.is_some() {
                 return refuse("gradient clipping");
             }
-            let h = match &cfg.hparams {
+            let mut h = match &cfg.hparams {
                 Value::Null => Value::Object(Default::default()),
                 Value::Object(_) => cfg.hparams.clone(),
                 other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
             };
+            // The run's rate as the optimizer's own argument where it takes one (optax's
+            // `contrib.sophia` requires its `learning_rate`), as for the gradient optimizers.
+            let key = lr_key(lib);
+            if let Some(lr) = cfg.lr.filter(|_| h.get(key).is_none()) {
+                let mut with_rate = h.clone();
+                with_rate[key] = serde_json::json!(lr);
+                let rejected = matches!(
+                    build_closure_optimizer(lib, &name, &with_rate, &shapes),
+                    Err(descent_core::Error::Unknown { kind: "keyword argument", ref name, .. }) if name.starts_with(&format!("{key}`"))
+                );
+                if !rejected {
+                    h = with_rate;
+                }
+            }
             let mut closure = build_closure_optimizer(lib, &name, &h, &shapes)?;
             if let Some(lr) = cfg.lr {
                 // As `param_group["lr"] = lr`: every rate the optimizer holds (SAM's are its base's).

@@ -200,7 +200,7 @@ impl ClosureOptimizer for Sophia {
                 if let Some(t) = c.clip_threshold {
                     let t = t as f32;
                     not_clipped += (x.abs() < t) as u64;
-                    x = x.clamp(-t, t);
+                    x = crate::kernel::clip(x, -t, t);
                 }
                 *m = if bf16 { round_bf16(mu) } else { mu };
                 u.push(x);

@@ -239,7 +239,7 @@ impl Elementwise for Clip {
     }
     simd_apply!(Clip, |this, i, off, u, p| {
         for x in u {
-            *x = x.clamp(-this.max_delta, this.max_delta);
+            *x = crate::kernel::clip(*x, -this.max_delta, this.max_delta);
         }
     });
 }
@@ -413,7 +413,7 @@ impl Elementwise for ScaleByRprop {
             let s = g * prev[j];
             if s != 0.0 {
                 let f = if s > 0.0 { this.eta_plus } else { this.eta_minus };
-                ss[j] = (ss[j] * f).clamp(this.min_step, this.max_step);
+                ss[j] = crate::kernel::clip(ss[j] * f, this.min_step, this.max_step);
             }
             let old = prev[j];
             prev[j] = if s < 0.0 { 0.0 } else { ss[j] * sign(g) };

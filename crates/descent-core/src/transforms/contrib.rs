@@ -233,7 +233,7 @@ impl Elementwise for ScaleByAdopt {
             let g = u[j];
             let mut x = g / v[j].sqrt().max(this.eps);
             if this.use_clipping {
-                x = x.clamp(-this.clip, this.clip);
+                x = crate::kernel::clip(x, -this.clip, this.clip);
             }
             v[j] = (1.0 - b2) * g * g + b2 * v[j];
             m[j] = (1.0 - b1) * x + b1 * m[j];

@@ -545,7 +545,7 @@ impl Transform for Mechanize {
         self.base.update(updates, params)?;
         for k in 0..self.betas.len() {
             let b = self.betas[k];
-            let clipped = h.clamp(-self.m[k], self.m[k]);
+            let clipped = crate::kernel::clip(h, -self.m[k], self.m[k]);
             self.m[k] = (b * self.m[k]).max(h.abs() + eps);
             self.v[k] = b * b * self.v[k] + h * h;
             self.r[k] = b * self.r[k] + clipped * self.s[k];

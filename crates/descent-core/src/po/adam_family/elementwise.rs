@@ -10,17 +10,7 @@ use crate::kernel::{global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::transforms::{elementwise_transform, full, sign, simd_apply, zeros, ParamBufs};
 
-/// `x` clamped to `[lo, hi]` as `torch.clamp` does it: NaN stays NaN.
-#[inline(always)]
-fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
-    if x < lo {
-        lo
-    } else if x > hi {
-        hi
-    } else {
-        x
-    }
-}
+use crate::kernel::clip as clamp;
 
 /// The gradient as the update rule reads it: negated to maximize, plus the L2 term.
 #[inline(always)]

@@ -149,7 +149,7 @@ impl Elementwise for Adopt {
             let root = v[j].sqrt();
             let mut normed = g / if root < eps { eps } else { root };
             if this.clip {
-                normed = normed.clamp(-clip, clip);
+                normed = crate::kernel::clip(normed, -clip, clip);
             }
             m[j] = lerp(m[j], normed, w1);
             u[j] = (w + -lr * m[j]) - p[j];
