@@ -244,6 +244,51 @@ fn sparsity(model: &dyn Model) -> Result<(usize, usize)> {
     Ok((all, zero))
 }
 
+/// The training settings of `descent prune`'s fine-tuning: the pruned run's, for
+/// `--finetune-epochs` (and `--finetune-steps`) in this one process, with the fine-tuning flags
+/// given.
+fn finetune_args(s: &PruneArgs, src: &TrainArgs) -> Result<TrainArgs> {
+    let mut a = src.clone();
+    a.epochs = Some(s.finetune_epochs);
+    a.steps = s.finetune_steps;
+    a.out = Some(s.out.clone());
+    a.force = s.force;
+    a.resume = None;
+    a.config = None;
+    a.given = vec![];
+    a.patience = None;
+    a.min_delta = 0.0;
+    a.target_accuracy = None;
+    a.min_loss_change = None;
+    (a.prune_to, a.prune_schedule, a.prune_start, a.prune_end, a.prune_frequency) = (None, None, None, None, None);
+    // The source run's rate was filled in from its defaults, where it is set elsewhere.
+    if train::rate_set_elsewhere(&a).is_some() {
+        a.lr = None;
+    }
+    if let Some(o) = &s.optimizer {
+        a.optimizer = Some(o.clone());
+        a.lr = None;
+        a.hparams = serde_json::json!({});
+    }
+    if let Some(lr) = s.lr {
+        a.lr = Some(lr);
+    }
+    if let Some(h) = &s.hparams {
+        a.hparams = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
+    }
+    if let Some(b) = s.batch_size {
+        a.batch_size = Some(b);
+    }
+    if let Some(seed) = s.seed {
+        a.seed = seed;
+    }
+    a.threads = s.threads;
+    // How the run was spread (replicas, a sharded state) is its computation, not its
+    // settings: the fine-tuning trains in this one process.
+    (a.data_parallel, a.shard_optimizer) = (None, false);
+    Ok(a)
+}
+
 pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     if s.finetune_epochs == 0 {
         for (flag, given) in [
@@ -267,6 +312,20 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     }
     check_out(&s.run, &s.out)?;
     let src = read_run(&s.run)?;
+    // The fine-tuning's settings are checked before anything is pruned, its flags named as given.
+    let finetune = if s.finetune_epochs > 0 {
+        let a = finetune_args(&s, &src.args)?;
+        train::validate(&a).map_err(|e| {
+            let m = e.to_string();
+            let renamed = [("--epochs ", "--finetune-epochs "), ("--steps ", "--finetune-steps ")]
+                .iter()
+                .find_map(|(from, to)| m.strip_prefix(from).map(|rest| format!("{to}{rest}")));
+            anyhow::anyhow!(renamed.unwrap_or(m))
+        })?;
+        Some(a)
+    } else {
+        None
+    };
     let masks = masks(&s, src.model.as_ref())?;
     for (n, m) in &masks {
         let v = src.model.named_vars().into_iter().find(|(k, _)| k == n).map(|(_, v)| v).expect("a mask's weight");
@@ -300,44 +359,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         100.0 * zero as f64 / all.max(1) as f64
     );
     let model: Box<dyn Model> = if s.finetune_epochs > 0 {
-        let mut a = src.args.clone();
-        a.epochs = Some(s.finetune_epochs);
-        a.steps = s.finetune_steps;
-        a.out = Some(s.out.clone());
-        a.force = s.force;
-        a.resume = None;
-        a.config = None;
-        a.given = vec![];
-        a.patience = None;
-        a.min_delta = 0.0;
-        a.target_accuracy = None;
-        a.min_loss_change = None;
-        (a.prune_to, a.prune_schedule, a.prune_start, a.prune_end, a.prune_frequency) = (None, None, None, None, None);
-        // The source run's rate was filled in from its defaults, where it is set elsewhere.
-        if train::rate_set_elsewhere(&a).is_some() {
-            a.lr = None;
-        }
-        if let Some(o) = &s.optimizer {
-            a.optimizer = Some(o.clone());
-            a.lr = None;
-            a.hparams = serde_json::json!({});
-        }
-        if let Some(lr) = s.lr {
-            a.lr = Some(lr);
-        }
-        if let Some(h) = &s.hparams {
-            a.hparams = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
-        }
-        if let Some(b) = s.batch_size {
-            a.batch_size = Some(b);
-        }
-        if let Some(seed) = s.seed {
-            a.seed = seed;
-        }
-        a.threads = s.threads;
-        // How the run was spread (replicas, a sharded state) is its computation, not its
-        // settings: the fine-tuning trains in this one process.
-        (a.data_parallel, a.shard_optimizer) = (None, false);
+        let a = finetune.clone().expect("fine-tuning settings, checked before pruning");
         let weights = values_of(&src.model.named_vars())?;
         let buffers = values_of(&src.model.named_buffers())?;
         let start = StartFrom { weights, buffers, pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())) };

@@ -183,9 +183,10 @@ enum BenchCommand {
         /// against the first.
         #[arg(long, default_value = "f32", value_name = "f32|bf16|f32,bf16")]
         precision: String,
-        /// Rounds of the alternation when several precisions are timed.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
+        /// Rounds of the alternation when several precisions are timed (default 3; with one
+        /// precision there is one round, and the flag is refused).
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Replicas of the model in threads of this process, each with --threads/N threads, each
         /// batch split across them as `descent train --data-parallel N` splits it.
         #[arg(long, value_name = "N")]
@@ -394,7 +395,10 @@ fn main() -> ExitCode {
                                 "--params and --tensors describe a flat buffer; --model takes the model's own tensors"
                             );
                         }
-                        let optimizers = optimizer.split(',').map(|s| s.trim().to_string()).collect();
+                        let optimizers: Vec<String> = optimizer.split(',').map(|s| s.trim().to_string()).collect();
+                        if let Some(o) = optimizers.iter().enumerate().find(|(i, o)| optimizers[..*i].contains(o)) {
+                            anyhow::bail!("--optimizer {optimizer}: {} named twice; name each optimizer once", o.1);
+                        }
                         let steps = steps.unwrap_or(20);
                         bench_model::run(&bench_model::ModelBench { model, optimizers, hparams, threads, steps })
                     }

@@ -91,6 +91,9 @@ impl Param {
                 if vals.is_empty() {
                     bail!("{what}: a choice needs at least one value");
                 }
+                if let Some(v) = vals.iter().enumerate().find(|(i, v)| vals[..*i].contains(v)).map(|(_, v)| v) {
+                    bail!("{what}: {v} is listed twice; list each value once");
+                }
                 Domain::Choice(vals)
             }
             other => bail!("{what}: unknown kind `{other}`; accepted: {KINDS}"),
@@ -375,6 +378,8 @@ mod tests {
             ("lr=normal:0..1", "unknown kind"),
             ("lr", "NAME=KIND"),
             ("k=int:1.5..3", "integer"),
+            ("schedule=choice:constant|constant", "\"constant\" is listed twice"),
+            ("lr=choice:0.1|0.1", "0.1 is listed twice"),
         ] {
             let e = format!("{:#}", Param::parse(s).unwrap_err());
             assert!(e.contains(needle), "{s}: {e}");

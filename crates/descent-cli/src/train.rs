@@ -750,9 +750,22 @@ pub struct BenchArgs {
     pub threads: usize,
     /// The precisions timed, alternately (`rounds` times each) when several.
     pub precisions: Vec<Precision>,
-    pub rounds: usize,
+    /// `--rounds` as given (3 when several precisions are timed and it is not).
+    pub rounds: Option<usize>,
     /// The ZeRO-1 step of `descent train --shard-optimizer` (replicas or mpirun ranks).
     pub shard_optimizer: bool,
+}
+
+impl BenchArgs {
+    /// The rounds the alternation runs: `--rounds` (default 3) when several precisions are
+    /// timed, else one.
+    fn rounds_run(&self) -> usize {
+        if self.precisions.len() > 1 {
+            self.rounds.unwrap_or(3)
+        } else {
+            1
+        }
+    }
 }
 
 /// `--precision f32,bf16` of `descent bench train`: each one checked as `descent train` checks it.
@@ -760,6 +773,9 @@ pub fn precisions_of(list: &str) -> Result<Vec<Precision>> {
     let ps: Vec<Precision> = list.split(',').map(|s| precision_of(Some(s.trim()))).collect::<Result<_>>()?;
     if ps.is_empty() {
         bail!("--precision: name at least one of f32, bf16");
+    }
+    if let Some((i, p)) = ps.iter().enumerate().find(|(i, p)| ps[..*i].contains(p)) {
+        bail!("--precision {list}: {} named twice (entry {}); name each precision once", p.name(), i + 1);
     }
     Ok(ps)
 }
@@ -771,7 +787,7 @@ fn alternate(
     cfg: &mut TrainConfig,
     mut time: impl FnMut(&TrainConfig) -> Result<descent_train::train::BenchTimes>,
 ) -> Result<Vec<(Precision, descent_train::train::BenchTimes)>> {
-    let rounds = if a.precisions.len() > 1 { a.rounds.max(1) } else { 1 };
+    let rounds = a.rounds_run();
     let mut best: Vec<Option<descent_train::train::BenchTimes>> = vec![None; a.precisions.len()];
     for _ in 0..rounds {
         for (i, &p) in a.precisions.iter().enumerate() {
@@ -816,8 +832,12 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.batches == 0 {
         bail!("--batches 0: time at least one batch");
     }
-    if a.rounds == 0 {
-        bail!("--rounds 0: at least one round");
+    match a.rounds {
+        Some(0) => bail!("--rounds 0: at least one round"),
+        Some(r) if a.precisions.len() < 2 => bail!(
+            "--rounds {r}: rounds alternate several precisions (--precision f32,bf16); one precision is timed once"
+        ),
+        _ => {}
     }
     match a.batch_size {
         Some(0) => bail!("--batch-size 0: a batch needs at least one sample"),
@@ -847,6 +867,13 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let lr = default_lr(&a.model, &optimizer, &serde_json::json!({}));
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
+    if batch > train_set.len() {
+        bail!(
+            "--batch-size {batch}: more than the {} training samples of {}; a batch is at most the training set",
+            train_set.len(),
+            a.model
+        );
+    }
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
     cfg.shard_optimizer = a.shard_optimizer;
@@ -884,7 +911,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
                 "comm_s": t.comm_s})
         );
     }
-    print_speedups(&results, a.rounds, "samples", 1.0);
+    print_speedups(&results, a.rounds_run(), "samples", 1.0);
     Ok(())
 }
 
@@ -950,7 +977,7 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
                 "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
         );
     }
-    print_speedups(&results, a.rounds, "tokens", block as f64);
+    print_speedups(&results, a.rounds_run(), "tokens", block as f64);
     Ok(())
 }
 

@@ -40,6 +40,23 @@ fn bench_step_refuses_bad_settings() {
     assert!(e.contains("--hparams with --optimizer all"), "{e}");
     let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "torch.adamw", "--hparams", r#"{"bogus": 1}"#]);
     assert!(e.contains("bogus"), "{e}");
+    // More parameters than memory holds: refused up front, not an allocation abort.
+    let e = run_err(&["bench", "step", "--optimizer", "adam", "--params", "18446744073709551615"]);
+    assert!(e.contains("--params") && !e.contains("panicked"), "{e}");
+    let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "adam,adam"]);
+    assert!(e.contains("adam named twice"), "{e}");
+}
+
+/// `descent bench train`: what it cannot honour is refused in one line, before any timing: a
+/// batch larger than the training set, `--rounds` with one precision, a precision named twice.
+#[test]
+fn bench_train_refuses_what_it_cannot_honour() {
+    let train = |extra: &[&'static str]| -> Vec<&'static str> {
+        [&["bench", "train", "--model", "mlp", "--batches", "1", "--warmup", "0"][..], extra].concat()
+    };
+    common::one_line_error(&train(&["--batch-size", "10000000"]), &["--batch-size 10000000", "60000 training samples"]);
+    common::one_line_error(&train(&["--rounds", "5"]), &["--rounds 5", "one precision"]);
+    common::one_line_error(&train(&["--precision", "f32,f32"]), &["--precision f32,f32", "f32 named twice"]);
 }
 
 /// `descent bench step --model`: a row and a JSON line per optimizer on the model's own tensors,

@@ -210,6 +210,15 @@ fn force_replaces_only_compressed_outputs() {
     for d in [&run, &other] {
         assert!(d.join("checkpoint.safetensors").exists() && d.join("config.json").exists(), "{}", d.display());
     }
+    // Fine-tuning settings a run would refuse are refused before anything is pruned, named by
+    // prune's own flags.
+    let never = out("cmp-force-never");
+    let prune = ["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--finetune-epochs", "1"];
+    for (extra, needle) in [(["--finetune-steps", "0"], "--finetune-steps 0"), (["--lr", "-1"], "--lr -1")] {
+        let args = [&prune[..], &extra[..], &["--out", never.to_str().unwrap()][..]].concat();
+        common::one_line_error(&args, &[needle]);
+        assert!(!never.exists(), "{args:?} left its folder");
+    }
     run_ok(&["quantize", r, "--out", qs]);
     run_ok(&["quantize", r, "--out", qs, "--force"]);
     let err = run_err(&["train", "--model", "mlp", "--steps", "3", "--out", qs, "--force"]);
