@@ -175,7 +175,9 @@ pub struct TrainArgs {
     /// batch split across them and their gradients summed, exactly as `mpirun -n N` splits it
     /// (batch norm's statistics per replica, its running statistics rank 0's). Small models run
     /// faster so than with every op split across all the threads. Like --threads it is not part
-    /// of the run's settings: a run resumes with any number of replicas. `descent train` and
+    /// of the run's settings: a run resumes with any number of replicas (another number than
+    /// its last is said in a warning: each step's sums, and with dropout its masks, change, so
+    /// the resumed run is close to, not bit for bit, the uninterrupted one). `descent train` and
     /// `descent bench train` only.
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -2151,6 +2153,21 @@ fn resume_settings(
         cfg.steps = Some(s);
     }
     cfg.threads = cli.threads;
+    // Replicas and a sharded state are the computation, not the settings, but they change each
+    // step's sums (and, with dropout, each replica's masks): said, as the resume is then not the
+    // uninterrupted run bit for bit.
+    let replicas = |n: Option<usize>| n.unwrap_or(1);
+    if replicas(cfg.data_parallel) != replicas(cli.data_parallel) || cfg.shard_optimizer != cli.shard_optimizer {
+        let how = |n: Option<usize>, sharded: bool| {
+            format!("{} replica(s){}", replicas(n), if sharded { " with a sharded optimizer" } else { "" })
+        };
+        eprintln!(
+            "warning: the run in {d} last trained on {}, this resume on {}: each step's gradient sums (and, with dropout, \
+             its masks) change, so it continues close to, not bit for bit on, the path of an uninterrupted run",
+            how(cfg.data_parallel, cfg.shard_optimizer),
+            how(cli.data_parallel, cli.shard_optimizer)
+        );
+    }
     cfg.data_parallel = cli.data_parallel;
     // The weights are f32 whatever the products' precision: a run may continue in another.
     if given("precision") {
