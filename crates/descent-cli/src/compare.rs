@@ -58,6 +58,7 @@ const TRAIN_KEYS: &[&str] = &[
     "model",
     "depth",
     "width",
+    "hidden",
     "warmup_steps",
     "decay_steps",
     "min_lr",
@@ -119,6 +120,8 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
     let mut v = serde_json::to_value(base)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
     let mut hparams = obj["hparams"].as_object().cloned().unwrap_or_default();
+    // The optimizer the run trains with: its own, or the shared one.
+    let optimizer = run.get("optimizer").and_then(|o| o.as_str()).unwrap_or(base.optimizer()).to_string();
     for (k, val) in run {
         match k.as_str() {
             "optimizer" => {
@@ -140,6 +143,12 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
             "data" | "text" | "threads" | "out" | "force" | "tensorboard" => {
                 bail!("{what}: `{k}` is shared by every run of the command; set it once, with --{}", k.replace('_', "-"))
             }
+            key if is_train_flag(key) && !optimizer_takes(&optimizer, key, val) => bail!(
+                "{what}: `{k}` is a training setting every run of the command shares; set it once, with --{} \
+                 (a run varies its optimizer's arguments and: {})",
+                k.replace('_', "-"),
+                TRAIN_KEYS.join(", ")
+            ),
             _ => {
                 hparams.insert(k.clone(), val.clone());
             }
@@ -149,6 +158,27 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
     let mut args = train::settings_from_value(v, what)?;
     (args.out, args.force, args.resume, args.config) = (None, true, None, None);
     Ok(args)
+}
+
+/// Whether `key` is one of `descent train`'s own settings (`hidden`, `accumulate`, …).
+fn is_train_flag(key: &str) -> bool {
+    use clap::Args;
+    TrainArgs::augment_args(clap::Command::new("train")).get_arguments().any(|a| a.get_id().as_str() == key)
+}
+
+/// Whether the run's optimizer takes an argument `key` (`warmup_steps` of optax's
+/// `contrib.schedule_free_adamw`, also a training flag): not when its library names the key as
+/// unknown; a run whose optimizer cannot be built here says its own error later.
+fn optimizer_takes(optimizer: &str, key: &str, val: &Value) -> bool {
+    let Ok((lib, name)) = descent_core::spec::resolve_optimizer(optimizer) else {
+        return true;
+    };
+    let mut h = Map::new();
+    h.insert(key.to_string(), val.clone());
+    !matches!(
+        descent_core::spec::build_optimizer(lib, &name, &Value::Object(h), None, &[vec![1]]),
+        Err(descent_core::Error::Unknown { kind: "keyword argument", name, .. }) if name.starts_with(&format!("{key}`"))
+    )
 }
 
 /// The runs of a comparison from `--run` flags and `[[run]]` tables of the config file, and the

@@ -114,6 +114,8 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
         ("sgd:lr=0.1,momentom=0.9", vec!["momentom", "momentum"]),
         ("sgd:data=data/mnist", vec!["data", "shared"]),
         ("sgd:lr", vec!["lr", "key=value"]),
+        // A training setting no run varies: named as such, not as an unknown optimizer argument.
+        ("sgd:accumulate=2", vec!["`accumulate` is a training setting", "--accumulate"]),
     ] {
         let e = run_err(&["compare", "--model", "linear", "--run", run, "--out", d]);
         for n in needles {
