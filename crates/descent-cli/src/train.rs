@@ -347,7 +347,8 @@ pub struct TrainArgs {
     #[serde(skip)]
     pub resume: Option<PathBuf>,
     /// A TOML file with any of these settings (keys as the flags, with underscores); flags given on
-    /// the command line override it.
+    /// the command line override it (--hparams key by key, over the file's `[hparams]`; --group
+    /// replaces the file's groups, with a warning).
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -454,8 +455,31 @@ impl TrainArgs {
             let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
             if !from_cli {
                 flags.insert(k.clone(), value.clone());
+            } else if let (Some(file_h), Some(cli_h)) =
+                (value.as_object().filter(|_| k == "hparams"), flags.get("hparams").and_then(|h| h.as_object()))
+            {
+                // The optimizer's arguments merge key by key, the command line's over the file's.
+                let mut h = file_h.clone();
+                h.extend(cli_h.clone());
+                flags.insert(k.clone(), serde_json::Value::Object(h));
+            } else if k == "groups" {
+                eprintln!("warning: --group replaces the parameter groups of {}", path.display());
             }
             whole_file.insert(k, value);
+        }
+        // One learning rate: the command line's, given as --lr or in --hparams, over the file's
+        // in either place.
+        let cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
+        let cli_h_rate = |key: &str| cli("hparams") && self.hparams.as_object().is_some_and(|h| h.contains_key(key));
+        if cli_h_rate("lr") || cli_h_rate("learning_rate") {
+            if !cli("lr") {
+                flags.insert("lr".into(), serde_json::to_value(self.lr)?);
+            }
+        } else if cli("lr") {
+            if let Some(h) = flags.get_mut("hparams").and_then(|h| h.as_object_mut()) {
+                h.remove("lr");
+                h.remove("learning_rate");
+            }
         }
         settings_from_value(serde_json::Value::Object(whole_file), &path.display().to_string())?;
         let mut out = settings_from_value(merged, &path.display().to_string())?;

@@ -126,6 +126,14 @@ fn a_toml_config_under_command_line_flags() {
     let c = dir.join("c").to_string_lossy().to_string();
     let (ok, text) = run(&["--epochs", "3"], &c);
     assert!(ok && text.lines().filter(|l| l.starts_with("epoch ")).count() == 3, "{text}");
+    // --hparams merges into the file's table key by key, and its rate wins over the file's lr.
+    let h = dir.join("h").to_string_lossy().to_string();
+    let (ok, text) = run(&["--hparams", r#"{"lr": 0.01, "dampening": 0.1}"#], &h);
+    assert!(ok && text.contains("(lr 0.01)"), "{text}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("h").join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hparams"], serde_json::json!({"momentum": 0.5, "dampening": 0.1}), "{config}");
+    assert_eq!(config["lr"], 0.01);
     // Unknown keys are named.
     std::fs::write(&cfg, "model = \"linear\"\nlrr = 0.1\n").unwrap();
     let (ok, text) = run(&[], &dir.join("d").to_string_lossy());
