@@ -2136,7 +2136,11 @@ fn resume_settings(
             }
             key => {
                 let (given, kept) = (&cli_v[key], &cfg_v[key]);
-                if given != kept {
+                // The same folder or file by another path (relative, absolute, through a link).
+                let same_path = matches!(key, "data" | "text")
+                    && matches!((given.as_str(), kept.as_str()), (Some(g), Some(k))
+                        if std::fs::canonicalize(g).ok().is_some_and(|g| std::fs::canonicalize(k).ok() == Some(g)));
+                if given != kept && !same_path {
                     bail!(
                         "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         flag(key),
@@ -2652,6 +2656,18 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     };
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
         check_text_checkpoint(ck, model, corpus)?;
+    }
+    // A new run's config names its data by absolute path: its folder evaluates and resumes from
+    // any working directory.
+    if let Folder::New(_) = &target {
+        // (The linear model's data is synthetic and the gpt's is its text: their `data` is unread.)
+        if let Some(p) = std::fs::canonicalize(&a.data).ok().filter(|_| !matches!(a.model.as_str(), "linear" | "gpt")) {
+            a.data = p;
+        }
+        let text = a.text.clone().or_else(|| (a.model == "gpt").then(|| PathBuf::from(DEFAULT_TEXT)));
+        if let Some(p) = text.and_then(|t| std::fs::canonicalize(t).ok()) {
+            a.text = Some(p);
+        }
     }
     // Everything is valid: now the run folder (rank 0's alone).
     let hash = config_hash(&a)?;
