@@ -304,48 +304,66 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     if runs.iter().any(|r| !r.grad_norms.is_empty()) {
         files.extend(plot::line_chart(&grad_norms_by_layer(runs, title), &out.join("grad_norm_by_layer"))?);
     }
-    let classification = runs.iter().any(|r| r.epochs.iter().any(|e| e.test_accuracy.is_some()));
-    let by_step = !classification && runs.iter().any(|r| r.by_step);
-    let series = runs
-        .iter()
-        .map(|r| {
-            let pts = r
-                .epochs
-                .iter()
-                .map(|e| {
-                    (
-                        if by_step { e.steps as f64 } else { e.epoch as f64 },
-                        if classification { 100.0 * e.test_accuracy.unwrap_or(f64::NAN) } else { e.test_loss },
-                    )
-                })
-                .collect();
-            Series { style: plot::SeriesStyle::LineMarkers, faint: r.faint, ..Series::line(&r.label, pts) }
-        })
-        .collect();
-    let (name, t, y) = if classification {
-        ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)")
-    } else if by_step {
-        ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)")
-    } else {
-        ("test_loss", format!("{title}: test loss"), "test loss")
+    // The evaluation charts, one per kind of run among those drawn, each with its own runs:
+    // classifiers' test accuracy by epoch, the gpt's validation loss by step, the others' test
+    // loss by epoch.
+    #[derive(PartialEq, Clone, Copy)]
+    enum Kind {
+        Accuracy,
+        ValLoss,
+        TestLoss,
+    }
+    let kind = |r: &RunMetrics| {
+        if r.epochs.iter().any(|e| e.test_accuracy.is_some()) {
+            Kind::Accuracy
+        } else if r.by_step {
+            Kind::ValLoss
+        } else {
+            Kind::TestLoss
+        }
     };
-    let (legend, y_scale) = if classification {
-        (SeriesLabelPosition::LowerRight, YScale::Linear)
-    } else {
-        (SeriesLabelPosition::UpperRight, YScale::Auto)
-    };
-    let chart = Chart {
-        title: t,
-        log_x: false,
-        integer_x: true,
-        x_label: if by_step { "optimizer step".into() } else { "epoch".into() },
-        y_label: y.into(),
-        y_scale,
-        series,
-        legend,
-        fit_faint: false,
-    };
-    files.extend(plot::line_chart(&chart, &out.join(name))?);
+    for k in [Kind::Accuracy, Kind::ValLoss, Kind::TestLoss] {
+        let of_kind: Vec<&RunMetrics> = runs.iter().filter(|r| kind(r) == k).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let series = of_kind
+            .iter()
+            .map(|r| {
+                let pts = r
+                    .epochs
+                    .iter()
+                    .map(|e| match k {
+                        Kind::Accuracy => (e.epoch as f64, 100.0 * e.test_accuracy.unwrap_or(f64::NAN)),
+                        Kind::ValLoss => (e.steps as f64, e.test_loss),
+                        Kind::TestLoss => (e.epoch as f64, e.test_loss),
+                    })
+                    .collect();
+                Series { style: plot::SeriesStyle::LineMarkers, faint: r.faint, ..Series::line(&r.label, pts) }
+            })
+            .collect();
+        let (name, t, y) = match k {
+            Kind::Accuracy => ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)"),
+            Kind::ValLoss => ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)"),
+            Kind::TestLoss => ("test_loss", format!("{title}: test loss"), "test loss"),
+        };
+        let (legend, y_scale) = match k {
+            Kind::Accuracy => (SeriesLabelPosition::LowerRight, YScale::Linear),
+            _ => (SeriesLabelPosition::UpperRight, YScale::Auto),
+        };
+        let chart = Chart {
+            title: t,
+            log_x: false,
+            integer_x: true,
+            x_label: if k == Kind::ValLoss { "optimizer step".into() } else { "epoch".into() },
+            y_label: y.into(),
+            y_scale,
+            series,
+            legend,
+            fit_faint: false,
+        };
+        files.extend(plot::line_chart(&chart, &out.join(name))?);
+    }
     Ok(files)
 }
 

@@ -167,6 +167,21 @@ fn plot_redraws_runs_and_reads_a_truncated_file_up_to_its_last_line() {
     assert!(text.contains("incomplete") && text.contains("steps.jsonl"), "{text}");
     assert!(text.contains("2 runs drawn"), "{text}");
     check_pictures(&pics, &["loss", "grad_norm", "lr", "test_loss"], (960, 600));
+    // Runs of other kinds together: each evaluation chart has its own runs (a gpt's validation
+    // loss by step beside the regression's test loss by epoch), none dropped.
+    let g = out("plot-gpt");
+    run_ok(&[common::TINY_GPT, &["--steps", "4", "--out", g.to_str().unwrap()]].concat());
+    let mixed = out("plot-mixed");
+    let text = run_ok(&["plot", a.to_str().unwrap(), g.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
+    assert!(text.contains("2 runs drawn"), "{text}");
+    check_pictures(&mixed, &["loss", "test_loss", "val_loss"], (960, 600));
+    let svg = |name: &str| std::fs::read_to_string(mixed.join(format!("{name}.svg"))).unwrap();
+    // The gpt's recipe (torch.adamw, warm-up and cosine) in the validation chart alone.
+    assert!(svg("val_loss").contains("torch.adamw") && !svg("test_loss").contains("torch.adamw"));
+    assert!(svg("test_loss").contains("adam lr=") && !svg("val_loss").contains("adam lr="));
+    for d in [a, b, pics, g, mixed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 /// `--tensorboard` writes event files whose records (checksums verified) hold the run's scalars:
