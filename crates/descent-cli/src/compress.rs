@@ -124,9 +124,7 @@ struct Source {
 }
 
 fn read_run(dir: &Path) -> Result<Source> {
-    if !dir.is_dir() {
-        bail!("{}: no such folder; give the folder of a `descent train` run", dir.display());
-    }
+    folder::require_dir(dir, "the folder of a `descent train` run")?;
     let cfg_path = dir.join(folder::run::CONFIG_JSON);
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("{}: not a run folder of descent train (no config.json)", dir.display()))?;

@@ -46,8 +46,9 @@ pub struct RunFolder {
 /// loads (format, checksum, finite values). Each failure is one line naming the folder.
 pub fn open_run(dir: &Path) -> Result<RunFolder> {
     let d = dir.display();
-    if !dir.is_dir() {
-        bail!("{d}: no such folder; give the folder of a `descent train` run");
+    crate::folder::require_dir(dir, "the folder of a `descent train` run")?;
+    if dir.join(crate::folder::run::COMPRESS_JSON).exists() && !dir.join(crate::folder::run::CONFIG_JSON).exists() {
+        bail!("{d}: the output of descent prune or quantize, not a training run; give the folder of a `descent train` run");
     }
     crate::train::run_id_of(dir)?;
     let cfg_path = dir.join(folder::run::CONFIG_JSON);
@@ -189,7 +190,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let run = open_run(&a.dir)?;
     let ck = &run.checkpoint;
     let args = &run.args;
-    let position = if ck.mid_epoch() {
+    let position = if args.model == "gpt" {
+        // A gpt trains by steps on random windows: it has no epochs.
+        format!("step {}", ck.steps)
+    } else if ck.mid_epoch() {
         format!("step {} (inside epoch {})", ck.steps, ck.epoch + 1)
     } else {
         format!("epoch {}, step {}", ck.epoch, ck.steps)

@@ -284,6 +284,7 @@ fn lock(dir: &Path) -> Result<File> {
 /// Checks, without changing anything, that [`claim_new`] would take `dir`: for a command to say
 /// so before it spends time computing what it will write there.
 pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent: Option<&str>) -> Result<()> {
+    refuse_dangling_link(dir)?;
     if dir.exists() {
         if !dir.is_dir() {
             bail!("{} exists and is not a folder", dir.display());
@@ -293,12 +294,38 @@ pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
     Ok(())
 }
 
+/// A link whose target does not exist is not a place for a new folder (creating through it would
+/// fail with "File exists"): named, with its target.
+fn refuse_dangling_link(dir: &Path) -> Result<()> {
+    if !dir.exists() && dir.symlink_metadata().is_ok() {
+        let target = std::fs::read_link(dir).map(|t| t.display().to_string()).unwrap_or_default();
+        bail!(
+            "{}: a link to {target}, which does not exist; give a folder (or create the link's target)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// That `dir` is a folder: else one line saying whether it is missing or a file, and what to give
+/// (`what`: "the folder of a `descent train` run", …).
+pub fn require_dir(dir: &Path, what: &str) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else if dir.exists() {
+        bail!("{}: a file, not a folder; give {what}", dir.display())
+    } else {
+        bail!("{}: no such folder; give {what}", dir.display())
+    }
+}
+
 /// Claims `dir` for a new folder of `kind`: creates it if missing; takes it as is if empty; with
 /// `force`, clears descent's files from a folder of the same kind that descent wrote. Anything
 /// else is refused before anything is deleted. `resume_hint` adds `--resume DIR` to the advice
 /// for an existing folder. `parent` is the id of the compare or sweep folder the new folder is a
 /// run of.
 pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent: Option<&str>) -> Result<Claimed> {
+    refuse_dangling_link(dir)?;
     let existed = dir.exists();
     if existed {
         if !dir.is_dir() {

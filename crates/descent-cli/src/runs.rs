@@ -230,9 +230,7 @@ fn default_batch(c: &Value) -> Option<Value> {
 /// The run folders under `dir`: itself if it is a run folder, else those in its `runs/` (a
 /// compare folder) or `trials/` (a sweep folder), in name order.
 pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        bail!("{}: no such folder; give a run, compare or sweep folder", dir.display());
-    }
+    crate::folder::require_dir(dir, "a run, compare or sweep folder")?;
     if dir.join(run::CONFIG_JSON).exists() {
         return Ok(vec![dir.to_path_buf()]);
     }

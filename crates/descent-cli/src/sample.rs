@@ -50,9 +50,7 @@ pub struct SampleArgs {
 /// the tensors of that model with their shapes.
 pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
     let path = run_dir.join(folder::run::CHECKPOINT);
-    if !run_dir.is_dir() {
-        bail!("{}: no such folder; give the folder of a `descent train --model gpt` run", run_dir.display());
-    }
+    crate::folder::require_dir(run_dir, "the folder of a `descent train --model gpt` run")?;
     if !path.is_file() {
         bail!(
             "{}: no {}: not the folder of a `descent train` run, or the run stopped before its first checkpoint",

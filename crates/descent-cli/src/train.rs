@@ -2413,13 +2413,13 @@ pub(crate) fn check_text_checkpoint(ck: &Checkpoint, model: &Gpt, corpus: &CharC
     let vocab: String = corpus.vocab.iter().collect();
     if ck.vocab.as_deref() != Some(vocab.as_str()) {
         bail!(
-            "{}: its characters are not the vocabulary the run's checkpoint was trained with; a run resumes on the text it started with",
+            "{}: its characters are not the vocabulary the run's checkpoint was trained with; give the text the run was trained on",
             corpus.source
         );
     }
     if ck.text_digest.as_ref().is_some_and(|d| *d != corpus.digest()) {
         bail!(
-            "{}: not the text the run's checkpoint was trained on (the same characters, other content); a run resumes on the text it started with",
+            "{}: not the text the run's checkpoint was trained on (the same characters, other content); give the text the run was trained on",
             corpus.source
         );
     }

@@ -191,9 +191,15 @@ fn a_run_refuses_an_edited_text() {
     let (t, run) = (text.to_string_lossy().to_string(), dir.join("run").to_string_lossy().to_string());
     run_ok_s(&tiny(&["--text", &t, "--steps", "2", "--eval-interval", "2", "--out", &run]));
     run_ok(&["train", "--resume", &run, "--steps", "3"]);
+    // A gpt has steps, not epochs: its evaluation says where it is in steps.
+    let ev = run_ok(&["evaluate", &run]);
+    assert!(ev.contains("(gpt, step 3)"), "{ev}");
     std::fs::write(&text, original.chars().rev().collect::<String>()).unwrap();
     for args in [vec!["train", "--resume", &run, "--steps", "4"], vec!["evaluate", &run]] {
-        one_line_error(&args, &["t.txt", "not the text the run's checkpoint was trained on"]);
+        one_line_error(
+            &args,
+            &["t.txt", "not the text the run's checkpoint was trained on", "give the text the run was"],
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1033,3 +1033,34 @@ fn a_run_evaluates_and_resumes_from_another_working_directory() {
     assert!(ok, "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Paths that are not what a command takes are named as what they are: a file where a folder is
+/// expected, a link to nothing as a new run's folder, a pruned model's folder given to ensemble.
+#[test]
+fn paths_of_the_wrong_kind_are_named_as_what_they_are() {
+    let d = fresh("kinds");
+    let r = d.join("run");
+    let (ok, t) = linear(&r, &["--steps", "3"]);
+    assert!(ok, "{t}");
+    let file = r.join("metrics.jsonl");
+    common::one_line_error(&["plot", s(&file), "--out", s(&d.join("p"))], &["a file, not a folder"]);
+    common::one_line_error(&["evaluate", s(&file)], &["a file, not a folder"]);
+    #[cfg(unix)]
+    {
+        let link = d.join("link");
+        std::os::unix::fs::symlink(d.join("nowhere"), &link).unwrap();
+        common::one_line_error(
+            &["train", "--model", "linear", "--steps", "2", "--out", s(&link)],
+            &["a link to", "nowhere", "does not exist"],
+        );
+        assert!(!d.join("nowhere").exists());
+    }
+    let m = d.join("mlp");
+    let (ok, t) = run(&["train", "--model", "mlp", "--steps", "3", "--threads", "1", "--out", s(&m)]);
+    assert!(ok, "{t}");
+    let pruned = d.join("pruned");
+    let (ok, t) = run(&["prune", s(&m), "--method", "l1_unstructured", "--amount", "0.3", "--out", s(&pruned)]);
+    assert!(ok, "{t}");
+    common::one_line_error(&["ensemble", s(&m), s(&pruned)], &["output of descent prune or quantize"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
