@@ -284,7 +284,6 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
     }))
 }
 
-/// Runs the benchmark and prints the table and one JSON line per optimizer.
 /// The memory this machine can give a process now (`MemAvailable` of `/proc/meminfo`), where
 /// the system says it.
 fn available_memory() -> Option<u64> {
@@ -310,6 +309,7 @@ fn check_memory(params: usize, available: Option<u64>) -> Result<()> {
     }
 }
 
+/// Runs the benchmark and prints the table and one JSON line per optimizer.
 pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.params == 0 || cfg.steps == 0 || cfg.tensors == 0 || cfg.threads == 0 {
         bail!("--params, --tensors, --steps and --threads must be positive");

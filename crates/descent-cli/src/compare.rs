@@ -17,7 +17,7 @@ use crate::train::{self, RunOptions, TrainArgs};
 pub struct CompareArgs {
     /// A run: OPTIMIZER:key=value,… where keys are train settings (lr, batch_size, schedule,
     /// schedule_interval, l1, l2, clip_norm, clip_value, dropout, init, seed, steps, epochs,
-    /// target_accuracy, model, depth, width, warmup_steps, decay_steps, min_lr and gpt's n_layer,
+    /// target_accuracy, model, depth, width, hidden, swa_lr, warmup_steps, decay_steps, min_lr and gpt's n_layer,
     /// n_head, n_embd, block_size, eval_interval, eval_iters) or the optimizer's own arguments (momentum, weight_decay, betas=[0.9,0.99],
     /// …). Repeatable; also `[[run]]` tables in --config.
     #[arg(long = "run", value_name = "SPEC")]
@@ -59,6 +59,7 @@ const TRAIN_KEYS: &[&str] = &[
     "depth",
     "width",
     "hidden",
+    "swa_lr",
     "warmup_steps",
     "decay_steps",
     "min_lr",
@@ -144,9 +145,9 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
                 bail!("{what}: `{k}` is shared by every run of the command; set it once, with --{}", k.replace('_', "-"))
             }
             key if is_train_flag(key) && !optimizer_takes(&optimizer, key, val) => bail!(
-                "{what}: `{k}` is a training setting every run of the command shares; set it once, with --{} \
+                "{what}: `{k}` is a training setting every run of the command shares; set it once, with {} \
                  (a run varies its optimizer's arguments and: {})",
-                k.replace('_', "-"),
+                crate::train::flag_of(k),
                 TRAIN_KEYS.join(", ")
             ),
             _ => {
@@ -166,9 +167,9 @@ fn is_train_flag(key: &str) -> bool {
     TrainArgs::augment_args(clap::Command::new("train")).get_arguments().any(|a| a.get_id().as_str() == key)
 }
 
-/// Whether the run's optimizer takes an argument `key` (`warmup_steps` of optax's
-/// `contrib.schedule_free_adamw`, also a training flag): not when its library names the key as
-/// unknown; a run whose optimizer cannot be built here says its own error later.
+/// Whether the run's optimizer takes an argument named `key` (a training setting's name that
+/// an optimizer might share): not when its library names the key as unknown; a run whose
+/// optimizer cannot be built here says its own error later.
 fn optimizer_takes(optimizer: &str, key: &str, val: &Value) -> bool {
     let Ok((lib, name)) = descent_core::spec::resolve_optimizer(optimizer) else {
         return true;

@@ -118,7 +118,7 @@ impl Kind {
         match self {
             Kind::Run => false,
             Kind::Compare | Kind::Plot => {
-                ["loss", "grad_norm", "lr", "accuracy", "test_loss", "grad_norm_by_layer"].contains(&stem)
+                ["loss", "grad_norm", "lr", "accuracy", "test_loss", "val_loss", "grad_norm_by_layer"].contains(&stem)
             }
             Kind::Sweep => ["objective", "curves"].contains(&stem) || stem.starts_with("param_"),
             Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),

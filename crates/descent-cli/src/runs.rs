@@ -114,9 +114,28 @@ pub struct RunMetrics {
     pub warnings: Vec<String>,
     /// Drawn faint (a run that failed or was stopped early).
     pub faint: bool,
-    /// A language model's run: its rows of metrics.jsonl are loss estimates every few steps
-    /// (validation loss in nats per character), drawn against the step rather than the epoch.
-    pub by_step: bool,
+    /// What its evaluations are, by its model: the chart they are drawn in.
+    pub evaluation: Evaluation,
+}
+
+/// The evaluations of a run, by its model: a classifier's test accuracy by epoch, a language
+/// model's loss estimates every few steps (validation loss in nats per character, by step), the
+/// regression's test loss by epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    Accuracy,
+    ValLoss,
+    TestLoss,
+}
+
+impl Evaluation {
+    fn of_model(model: &serde_json::Value) -> Evaluation {
+        match model.as_str() {
+            Some("gpt") => Evaluation::ValLoss,
+            Some("linear") => Evaluation::TestLoss,
+            _ => Evaluation::Accuracy,
+        }
+    }
 }
 
 /// The complete records of a JSON-lines file (none if it is missing). A last line without its
@@ -176,7 +195,7 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
         grad_norms,
         warnings,
         faint: false,
-        by_step: config["model"] == "gpt",
+        evaluation: Evaluation::of_model(&config["model"]),
     })
 }
 
@@ -302,24 +321,10 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     if runs.iter().any(|r| !r.grad_norms.is_empty()) {
         files.extend(plot::line_chart(&grad_norms_by_layer(runs, title), &out.join("grad_norm_by_layer"))?);
     }
-    // The evaluation charts, one per kind of run among those drawn, each with its own runs:
-    // classifiers' test accuracy by epoch, the gpt's validation loss by step, the others' test
-    // loss by epoch.
-    #[derive(PartialEq, Clone, Copy)]
-    enum Kind {
-        Accuracy,
-        ValLoss,
-        TestLoss,
-    }
-    let kind = |r: &RunMetrics| {
-        if r.epochs.iter().any(|e| e.test_accuracy.is_some()) {
-            Kind::Accuracy
-        } else if r.by_step {
-            Kind::ValLoss
-        } else {
-            Kind::TestLoss
-        }
-    };
+    // The evaluation charts, one per kind of run among those drawn (by model), each with its own
+    // runs: a run with no evaluation yet (failed or stopped in its first epoch) keeps its place.
+    use Evaluation as Kind;
+    let kind = |r: &RunMetrics| r.evaluation;
     for k in [Kind::Accuracy, Kind::ValLoss, Kind::TestLoss] {
         let of_kind: Vec<&RunMetrics> = runs.iter().filter(|r| kind(r) == k).collect();
         if of_kind.is_empty() {

@@ -701,7 +701,14 @@ fn mnist_datasets(data: &std::path::Path, normalize: bool) -> Result<(Dataset, D
     if let Some((_, sets)) = loaded.iter().find(|(k, _)| *k == key) {
         return Ok(sets.clone());
     }
-    let m = mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?;
+    let m = mnist::load(data).with_context(|| {
+        // A run's config keeps the path as given: a relative one reads from where the command runs.
+        let from = match std::env::current_dir() {
+            Ok(cwd) if data.is_relative() => format!(" (relative to the working directory {})", cwd.display()),
+            _ => String::new(),
+        };
+        format!("loading MNIST from {}{from}", data.display())
+    })?;
     m.train.expect_size(28, 28)?;
     m.test.expect_size(28, 28)?;
     for (split, what) in [(&m.train, "training"), (&m.test, "test")] {
@@ -2117,6 +2124,7 @@ fn resume_settings(
     mut cfg: TrainArgs,
     ck: &Checkpoint,
     marker: &folder::Marker,
+    under_mpi: bool,
 ) -> Result<std::result::Result<TrainArgs, String>> {
     let (cli_v, cfg_v) = (serde_json::to_value(cli)?, serde_json::to_value(&cfg)?);
     let d = dir.display();
@@ -2183,9 +2191,12 @@ fn resume_settings(
     cfg.threads = cli.threads;
     // Replicas and a sharded state are the computation, not the settings, but they change each
     // step's sums (and, with dropout, each replica's masks): said, as the resume is then not the
-    // uninterrupted run bit for bit.
+    // uninterrupted run bit for bit. (Under mpirun the ranks of the run's earlier sessions are
+    // not on record: nothing is said there.)
     let replicas = |n: Option<usize>| n.unwrap_or(1);
-    if replicas(cfg.data_parallel) != replicas(cli.data_parallel) || cfg.shard_optimizer != cli.shard_optimizer {
+    let changed =
+        replicas(cfg.data_parallel) != replicas(cli.data_parallel) || cfg.shard_optimizer != cli.shard_optimizer;
+    if changed && !under_mpi {
         let how = |n: Option<usize>, sharded: bool| {
             format!("{} replica(s){}", replicas(n), if sharded { " with a sharded optimizer" } else { "" })
         };
@@ -2503,7 +2514,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 }
                 let ck = Checkpoint::load(&ck_path)?;
                 check_checkpoint_of_run(&ck, dir, &claimed.marker.id, &cfg)?;
-                match resume_settings(&cli, dir, cfg, &ck, &claimed.marker)? {
+                let under_mpi = comm.size() > 1 && cli.data_parallel.is_none();
+                match resume_settings(&cli, dir, cfg, &ck, &claimed.marker, under_mpi)? {
                     Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
                     Err(why) => {
                         share_settings(comm, &cli, None, Some(&why))?;
@@ -2656,18 +2668,6 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     };
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
         check_text_checkpoint(ck, model, corpus)?;
-    }
-    // A new run's config names its data by absolute path: its folder evaluates and resumes from
-    // any working directory.
-    if let Folder::New(_) = &target {
-        // (The linear model's data is synthetic and the gpt's is its text: their `data` is unread.)
-        if let Some(p) = std::fs::canonicalize(&a.data).ok().filter(|_| !matches!(a.model.as_str(), "linear" | "gpt")) {
-            a.data = p;
-        }
-        let text = a.text.clone().or_else(|| (a.model == "gpt").then(|| PathBuf::from(DEFAULT_TEXT)));
-        if let Some(p) = text.and_then(|t| std::fs::canonicalize(t).ok()) {
-            a.text = Some(p);
-        }
     }
     // Everything is valid: now the run folder (rank 0's alone).
     let hash = config_hash(&a)?;

@@ -662,21 +662,20 @@ impl VarOptimizer {
                 Value::Object(_) => cfg.hparams.clone(),
                 other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
             };
-            // The run's rate as the optimizer's own argument where it takes one (optax's
-            // `contrib.sophia` requires its `learning_rate`), as for the gradient optimizers.
+            // The run's rate as the optimizer's own argument where the library requires one
+            // (optax's `contrib.sophia(learning_rate, …)`); otherwise set after the build.
             let key = lr_key(lib);
-            if let Some(lr) = cfg.lr.filter(|_| h.get(key).is_none()) {
-                let mut with_rate = h.clone();
-                with_rate[key] = serde_json::json!(lr);
-                let rejected = matches!(
-                    build_closure_optimizer(lib, &name, &with_rate, &shapes),
-                    Err(descent_core::Error::Unknown { kind: "keyword argument", ref name, .. }) if name.starts_with(&format!("{key}`"))
-                );
-                if !rejected {
-                    h = with_rate;
+            let missing_rate = |e: &descent_core::Error| {
+                matches!(e, descent_core::Error::Field { context, message }
+                    if message == "missing required argument" && context.ends_with(&format!("`{key}`")))
+            };
+            let mut closure = match (build_closure_optimizer(lib, &name, &h, &shapes), cfg.lr) {
+                (Err(e), Some(lr)) if missing_rate(&e) => {
+                    h[key] = serde_json::json!(lr);
+                    build_closure_optimizer(lib, &name, &h, &shapes)?
                 }
-            }
-            let mut closure = build_closure_optimizer(lib, &name, &h, &shapes)?;
+                (built, _) => built?,
+            };
             if let Some(lr) = cfg.lr {
                 // As `param_group["lr"] = lr`: every rate the optimizer holds (SAM's are its base's).
                 closure.set_learning_rate(lr).map_err(|e| Error::Param(format!("`{full}`: {e}")))?;
