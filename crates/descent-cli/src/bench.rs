@@ -286,7 +286,7 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
 
 /// The memory this machine can give a process now (`MemAvailable` of `/proc/meminfo`), where
 /// the system says it.
-fn available_memory() -> Option<u64> {
+pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
