@@ -304,17 +304,100 @@ fn weight_grad_on(
     if kernel == Kernel::Avx512 && has_avx512() {
         // SAFETY: the CPU has AVX-512 F, AVX2 and FMA; `weight_grad_bounds` bounds every access.
         return unsafe {
-            avx512::weight_grad(taps, dy.as_ptr(), co, dplane, x.as_ptr(), ci, xplane, npos, gw.as_mut_ptr())
+            weight_grad_tiles(
+                taps,
+                dy.as_ptr(),
+                co,
+                dplane,
+                x.as_ptr(),
+                ci,
+                xplane,
+                npos,
+                gw.as_mut_ptr(),
+                avx512::grad_tile,
+            )
         };
     }
     #[cfg(target_arch = "x86_64")]
     if kernel != Kernel::Scalar && has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA; `weight_grad_bounds` bounds every access.
         return unsafe {
-            avx2::weight_grad(taps, dy.as_ptr(), co, dplane, x.as_ptr(), ci, xplane, npos, gw.as_mut_ptr())
+            weight_grad_tiles(
+                taps,
+                dy.as_ptr(),
+                co,
+                dplane,
+                x.as_ptr(),
+                ci,
+                xplane,
+                npos,
+                gw.as_mut_ptr(),
+                avx2::grad_tile,
+            )
         };
     }
     weight_grad_scalar(taps, dy, co, dplane, x, ci, xplane, npos, gw)
+}
+
+/// Output channels per register tile of the weight-gradient kernels.
+#[cfg(target_arch = "x86_64")]
+const NO: usize = 4;
+/// Taps per register tile of the weight-gradient kernels.
+#[cfg(target_arch = "x86_64")]
+const NT: usize = 3;
+
+/// A weight-gradient register tile: output channels `0..M` of `dy` (planes `dplane` apart)
+/// against taps `offs` of the input plane `x`, over `npos` positions, each of its lane sums added
+/// to the 8 at `gw[(j·gw_stride + k)·8]`.
+#[cfg(target_arch = "x86_64")]
+type GradTile = unsafe fn(&[usize], *const f32, usize, *const f32, usize, *mut f32, usize);
+
+/// [`weight_grad`] in register tiles of at most [`NO`] output channels × [`NT`] taps, each run by
+/// the vector kernel `tile(m, k)` picks.
+///
+/// # Safety
+/// [`weight_grad_bounds`] holds for the operands; the CPU has the features of `tile`'s kernels.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_tiles(
+    taps: Taps,
+    dy: *const f32,
+    co: usize,
+    dplane: usize,
+    x: *const f32,
+    ci: usize,
+    xplane: usize,
+    npos: usize,
+    gw: *mut f32,
+    tile: fn(usize, usize) -> GradTile,
+) {
+    let nt = taps.len();
+    let offs: Vec<usize> = (0..nt).map(|t| taps.off(t)).collect();
+    let mut o0 = 0;
+    while o0 < co {
+        let m = NO.min(co - o0);
+        for c in 0..ci {
+            let mut t0 = 0;
+            while t0 < nt {
+                let k = NT.min(nt - t0);
+                // SAFETY: as this function's contract; the tile reads `m` planes of `dy` from
+                // `o0`, taps `t0..t0 + k` of plane `c` and writes its rows of `gw`.
+                unsafe {
+                    tile(m, k)(
+                        &offs[t0..t0 + k],
+                        dy.add(o0 * dplane),
+                        dplane,
+                        x.add(c * xplane),
+                        npos,
+                        gw.add(((o0 * ci + c) * nt + t0) * LANES),
+                        ci * nt,
+                    )
+                };
+                t0 += k;
+            }
+        }
+        o0 += m;
+    }
 }
 
 /// [`weight_grad`] in plain loops: the reference of the vector kernel.
@@ -361,10 +444,6 @@ mod avx2 {
 
     /// Output channels per register tile of the forward kernel.
     const FO: usize = 6;
-    /// Output channels per register tile of the weight-gradient kernel.
-    const NO: usize = 4;
-    /// Taps per register tile of the weight-gradient kernel.
-    const NT: usize = 3;
 
     /// [`super::forward`]; the caller has checked the bounds.
     #[target_feature(enable = "avx2,fma")]
@@ -450,58 +529,22 @@ mod avx2 {
         }
     }
 
-    /// [`super::weight_grad`]; the caller has checked the bounds.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn weight_grad(
-        taps: Taps,
-        dy: *const f32,
-        co: usize,
-        dplane: usize,
-        x: *const f32,
-        ci: usize,
-        xplane: usize,
-        npos: usize,
-        gw: *mut f32,
-    ) {
-        let nt = taps.len();
-        let offs: Vec<usize> = (0..nt).map(|t| taps.off(t)).collect();
-        let mut o0 = 0;
-        while o0 < co {
-            let m = NO.min(co - o0);
-            for c in 0..ci {
-                let mut t0 = 0;
-                while t0 < nt {
-                    let k = NT.min(nt - t0);
-                    let run = |f: unsafe fn(&[usize], *const f32, usize, *const f32, usize, *mut f32, usize)| {
-                        f(
-                            &offs[t0..t0 + k],
-                            dy.add(o0 * dplane),
-                            dplane,
-                            x.add(c * xplane),
-                            npos,
-                            gw.add(((o0 * ci + c) * nt + t0) * LANES),
-                            ci * nt,
-                        )
-                    };
-                    match (m, k) {
-                        (4, 3) => run(weight_grad_tile::<4, 3>),
-                        (4, 2) => run(weight_grad_tile::<4, 2>),
-                        (4, 1) => run(weight_grad_tile::<4, 1>),
-                        (3, 3) => run(weight_grad_tile::<3, 3>),
-                        (3, 2) => run(weight_grad_tile::<3, 2>),
-                        (3, 1) => run(weight_grad_tile::<3, 1>),
-                        (2, 3) => run(weight_grad_tile::<2, 3>),
-                        (2, 2) => run(weight_grad_tile::<2, 2>),
-                        (2, 1) => run(weight_grad_tile::<2, 1>),
-                        (1, 3) => run(weight_grad_tile::<1, 3>),
-                        (1, 2) => run(weight_grad_tile::<1, 2>),
-                        _ => run(weight_grad_tile::<1, 1>),
-                    }
-                    t0 += k;
-                }
-            }
-            o0 += m;
+    /// The kernel of a weight-gradient register tile of `m` channels × `k` taps (at most
+    /// [`super::NO`] × [`super::NT`]), for [`super::weight_grad_tiles`].
+    pub(super) fn grad_tile(m: usize, k: usize) -> super::GradTile {
+        match (m, k) {
+            (4, 3) => weight_grad_tile::<4, 3>,
+            (4, 2) => weight_grad_tile::<4, 2>,
+            (4, 1) => weight_grad_tile::<4, 1>,
+            (3, 3) => weight_grad_tile::<3, 3>,
+            (3, 2) => weight_grad_tile::<3, 2>,
+            (3, 1) => weight_grad_tile::<3, 1>,
+            (2, 3) => weight_grad_tile::<2, 3>,
+            (2, 2) => weight_grad_tile::<2, 2>,
+            (2, 1) => weight_grad_tile::<2, 1>,
+            (1, 3) => weight_grad_tile::<1, 3>,
+            (1, 2) => weight_grad_tile::<1, 2>,
+            _ => weight_grad_tile::<1, 1>,
         }
     }
 
@@ -550,10 +593,6 @@ mod avx512 {
     /// vectors of 16 positions are 24 accumulators, with 2 input vectors loaded per tap and each
     /// weight broadcast from memory into its multiply-add (14 loads per 24 multiply-adds).
     const FO: usize = 12;
-    /// Output channels per register tile of the weight-gradient kernel.
-    const NO: usize = 4;
-    /// Taps per register tile of the weight-gradient kernel.
-    const NT: usize = 3;
 
     /// [`super::forward`]; the caller has checked the bounds.
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -638,58 +677,22 @@ mod avx512 {
         }
     }
 
-    /// [`super::weight_grad`]; the caller has checked the bounds.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn weight_grad(
-        taps: Taps,
-        dy: *const f32,
-        co: usize,
-        dplane: usize,
-        x: *const f32,
-        ci: usize,
-        xplane: usize,
-        npos: usize,
-        gw: *mut f32,
-    ) {
-        let nt = taps.len();
-        let offs: Vec<usize> = (0..nt).map(|t| taps.off(t)).collect();
-        let mut o0 = 0;
-        while o0 < co {
-            let m = NO.min(co - o0);
-            for c in 0..ci {
-                let mut t0 = 0;
-                while t0 < nt {
-                    let k = NT.min(nt - t0);
-                    let run = |f: unsafe fn(&[usize], *const f32, usize, *const f32, usize, *mut f32, usize)| {
-                        f(
-                            &offs[t0..t0 + k],
-                            dy.add(o0 * dplane),
-                            dplane,
-                            x.add(c * xplane),
-                            npos,
-                            gw.add(((o0 * ci + c) * nt + t0) * LANES),
-                            ci * nt,
-                        )
-                    };
-                    match (m, k) {
-                        (4, 3) => run(weight_grad_tile::<4, 3>),
-                        (4, 2) => run(weight_grad_tile::<4, 2>),
-                        (4, 1) => run(weight_grad_tile::<4, 1>),
-                        (3, 3) => run(weight_grad_tile::<3, 3>),
-                        (3, 2) => run(weight_grad_tile::<3, 2>),
-                        (3, 1) => run(weight_grad_tile::<3, 1>),
-                        (2, 3) => run(weight_grad_tile::<2, 3>),
-                        (2, 2) => run(weight_grad_tile::<2, 2>),
-                        (2, 1) => run(weight_grad_tile::<2, 1>),
-                        (1, 3) => run(weight_grad_tile::<1, 3>),
-                        (1, 2) => run(weight_grad_tile::<1, 2>),
-                        _ => run(weight_grad_tile::<1, 1>),
-                    }
-                    t0 += k;
-                }
-            }
-            o0 += m;
+    /// The kernel of a weight-gradient register tile of `m` channels × `k` taps (at most
+    /// [`super::NO`] × [`super::NT`]), for [`super::weight_grad_tiles`].
+    pub(super) fn grad_tile(m: usize, k: usize) -> super::GradTile {
+        match (m, k) {
+            (4, 3) => weight_grad_tile::<4, 3>,
+            (4, 2) => weight_grad_tile::<4, 2>,
+            (4, 1) => weight_grad_tile::<4, 1>,
+            (3, 3) => weight_grad_tile::<3, 3>,
+            (3, 2) => weight_grad_tile::<3, 2>,
+            (3, 1) => weight_grad_tile::<3, 1>,
+            (2, 3) => weight_grad_tile::<2, 3>,
+            (2, 2) => weight_grad_tile::<2, 2>,
+            (2, 1) => weight_grad_tile::<2, 1>,
+            (1, 3) => weight_grad_tile::<1, 3>,
+            (1, 2) => weight_grad_tile::<1, 2>,
+            _ => weight_grad_tile::<1, 1>,
         }
     }
 
