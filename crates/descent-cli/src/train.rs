@@ -1340,46 +1340,48 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
-        let mut warnings = vec![];
-        // Whole lines that do not read as the file's records, counted per file.
-        let mut unreadable = |name: &str, bad: usize| {
-            if bad > 0 {
-                warnings.push(format!(
+        // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps.
+        let (mut last, mut last_epoch) = (0, 0u64);
+        let unreadable = [
+            (
+                folder::run::STEPS_JSONL,
+                retain_records(&d.join(folder::run::STEPS_JSONL), |r: &StepRow| {
+                    let kept = step_ok(r.step);
+                    if kept {
+                        last = last.max(r.step);
+                    }
+                    kept
+                })?,
+            ),
+            (
+                folder::run::GRAD_NORMS_JSONL,
+                retain_records(&d.join(folder::run::GRAD_NORMS_JSONL), |r: &GradNormRow| step_ok(r.step))?,
+            ),
+            (
+                folder::run::EVALS_JSONL,
+                retain_records(&d.join(folder::run::EVALS_JSONL), |r: &EvalRow| step_ok(r.step))?,
+            ),
+            (
+                folder::run::METRICS_JSONL,
+                retain_records(&d.join(folder::run::METRICS_JSONL), |r: &EpochRow| {
+                    let kept = epoch_ok(r.epoch as u64);
+                    if kept {
+                        last_epoch = last_epoch.max(r.epoch as u64);
+                    }
+                    kept
+                })?,
+            ),
+        ];
+        let mut warnings: Vec<String> = unreadable
+            .iter()
+            .filter(|(_, bad)| *bad > 0)
+            .map(|(name, bad)| {
+                format!(
                     "{}: {bad} line(s) that do not read as its records (edited?) were dropped",
                     d.join(name).display()
-                ));
-            }
-        };
-        // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps.
-        let (mut last, mut last_epoch, mut bad) = (0, 0u64, 0);
-        folder::retain_lines(&d.join(folder::run::STEPS_JSONL), |l| {
-            let row = serde_json::from_str::<StepRow>(l).ok();
-            bad += usize::from(row.is_none());
-            let kept = row.map(|r| r.step).filter(|&s| step_ok(s));
-            last = last.max(kept.unwrap_or(0));
-            kept.is_some()
-        })?;
-        unreadable(folder::run::STEPS_JSONL, std::mem::take(&mut bad));
-        folder::retain_lines(&d.join(folder::run::GRAD_NORMS_JSONL), |l| {
-            let row = serde_json::from_str::<GradNormRow>(l).ok();
-            bad += usize::from(row.is_none());
-            row.is_some_and(|r| step_ok(r.step))
-        })?;
-        unreadable(folder::run::GRAD_NORMS_JSONL, std::mem::take(&mut bad));
-        folder::retain_lines(&d.join(folder::run::EVALS_JSONL), |l| {
-            let row = serde_json::from_str::<EvalRow>(l).ok();
-            bad += usize::from(row.is_none());
-            row.is_some_and(|r| step_ok(r.step))
-        })?;
-        unreadable(folder::run::EVALS_JSONL, std::mem::take(&mut bad));
-        folder::retain_lines(&d.join(folder::run::METRICS_JSONL), |l| {
-            let row = serde_json::from_str::<EpochRow>(l).ok();
-            bad += usize::from(row.is_none());
-            let kept = row.map(|r| r.epoch as u64).filter(|&e| epoch_ok(e));
-            last_epoch = last_epoch.max(kept.unwrap_or(0));
-            kept.is_some()
-        })?;
-        unreadable(folder::run::METRICS_JSONL, bad);
+                )
+            })
+            .collect();
         folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
         folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))?;
         if last < steps {
@@ -1402,6 +1404,24 @@ impl RunDir {
         }
         Ok(warnings)
     }
+}
+
+/// Keeps the complete lines of the JSON-lines file `path` that read as records `T` and that
+/// `keep` keeps; returns how many complete lines did not read (a torn last line, without its
+/// newline, goes without being counted).
+fn retain_records<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Result<usize> {
+    let mut unreadable = 0;
+    folder::retain_lines(path, |l| match serde_json::from_str::<T>(l) {
+        Ok(r) => keep(&r),
+        Err(_) => {
+            unreadable += 1;
+            false
+        }
+    })?;
+    Ok(unreadable)
 }
 
 /// Decides, after each mid-epoch evaluation, whether a run goes on (a sweep's pruner).
