@@ -70,7 +70,7 @@ impl Chain {
         let run = ChainRun(&self.links[1..]);
         for (i, p) in params.iter_mut().enumerate() {
             let g = grads[i];
-            let fold = Fold { head: heads[i], ..Fold::default() };
+            let fold = Fold { head: heads[i], ..Fold::for_len(p.len()) };
             // SAFETY: chunks are disjoint ranges of parameter `i`.
             for_chunks(p, |base, chunk| unsafe { run.step(i, base, &g[base..base + chunk.len()], chunk, fold) });
         }
@@ -164,8 +164,9 @@ impl Transform for Chain {
                 for (i, p) in params.iter_mut().enumerate() {
                     let input: &[f32] = if materialized { &updates[i] } else { grads[i] };
                     // SAFETY: chunks are disjoint ranges of parameter `i`.
+                    let fold = Fold::for_len(p.len());
                     for_chunks(p, |base, chunk| unsafe {
-                        run.step(i, base, &input[base..base + chunk.len()], chunk, Fold::default())
+                        run.step(i, base, &input[base..base + chunk.len()], chunk, fold)
                     });
                 }
                 return Ok(());
@@ -302,8 +303,8 @@ impl Elementwise for ChainRun<'_> {
             }
         });
         match (kernel, head) {
-            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail, post: fold.post }),
-            (None, _) => return pointwise_step(i, off, g, p, Fold { head: fold.head, map, tail, post: fold.post }),
+            (Some(kernel), Some(head)) => return kernel.step(i, off, g, p, Fold { head, map, tail, ..fold }),
+            (None, _) => return pointwise_step(i, off, g, p, Fold { map, tail, ..fold }),
             _ => {}
         }
         let mut scratch = [0.0f32; BLOCK];
@@ -314,7 +315,7 @@ impl Elementwise for ChainRun<'_> {
                 link(l.as_ref()).apply(i, off + b * BLOCK, u, pb);
             }
             if let Some(kernel) = kernel {
-                kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, map, tail, post: fold.post });
+                kernel.step(i, off + b * BLOCK, u, pb, Fold { head: None, map, tail, ..fold });
             }
         }
     }

@@ -142,6 +142,16 @@ pub trait Elementwise: Sync {
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         step_via_apply(self, i, off, g, p, fold)
     }
+    /// `p ← p + rule(g)` with nothing folded around the rule, as the rule's own single loop over
+    /// its buffers, for a rule so light that the sub-block scratch of [`Elementwise::step`] would
+    /// cost more than the rule itself (plain SGD). Returns `false`, having done nothing, where the
+    /// rule has no such loop.
+    ///
+    /// # Safety
+    /// As for [`Elementwise::step`].
+    unsafe fn step_plain(&self, _i: usize, _off: usize, _g: &[f32], _p: &mut [f32]) -> bool {
+        false
+    }
     /// The rule as a pointwise map of the update alone (sign, clipping), which a chain folds
     /// between its kernel and its affine tail.
     fn map(&self, _i: usize) -> Option<Map> {
@@ -233,6 +243,21 @@ pub struct Fold<'a> {
     pub tail: Option<Affine>,
     /// What writes the result into the parameters instead of `p += u` (Schedule-Free).
     pub post: Option<&'a dyn Epilogue>,
+    /// Whether the step prefetches the gradient and the parameters ahead of its sub-blocks (the
+    /// tensor streams from memory; see [`PREFETCH_MIN`]).
+    pub prefetch: bool,
+}
+
+impl Fold<'_> {
+    /// Whether nothing is folded around the rule: its step is `p ← p + rule(g)`.
+    pub fn is_plain(&self) -> bool {
+        self.head.is_none() && self.map.is_none() && self.tail.is_none() && self.post.is_none()
+    }
+    /// Nothing folded, for a step over a tensor of `n` elements: it prefetches when the tensor is
+    /// at least [`PREFETCH_MIN`] long.
+    pub fn for_len(n: usize) -> Self {
+        Fold { prefetch: n >= PREFETCH_MIN, ..Fold::default() }
+    }
 }
 
 /// A rule that ends a fused step in place of `p ← p + u` (Schedule-Free's interpolation between
@@ -313,15 +338,103 @@ pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Optio
 /// As for [`Elementwise::step`].
 pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
     #[inline(always)]
-    unsafe fn run(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+    unsafe fn run<const PREFETCH: bool>(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         let mut scratch = [0.0f32; SUB_BLOCK];
         for (k, (pb, gb)) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).enumerate() {
+            if PREFETCH {
+                prefetch_range(g, k * SUB_BLOCK + PREFETCH_AHEAD, SUB_BLOCK);
+                // `p` from this sub-block on: `g.len() - k·SUB_BLOCK` elements.
+                prefetch_raw(pb.as_ptr(), g.len() - k * SUB_BLOCK, PREFETCH_AHEAD, SUB_BLOCK);
+            }
             let u = &mut scratch[..pb.len()];
             start_inline(u, gb, pb, fold.head);
             finish_fold(pb, u, &fold, i, off + k * SUB_BLOCK);
         }
     }
-    dispatch_simd!(unsafe run(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
+    #[inline(always)]
+    unsafe fn streaming(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        run::<true>(i, off, g, p, fold)
+    }
+    #[inline(always)]
+    unsafe fn cached(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+        run::<false>(i, off, g, p, fold)
+    }
+    if fold.prefetch {
+        dispatch_simd!(unsafe streaming(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
+    }
+    dispatch_simd!(unsafe cached(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
+}
+
+/// How far ahead of the sub-block it works on a fused step prefetches each buffer, in elements.
+///
+/// The hardware prefetchers alone keep too few lines in flight for a loop over several streams
+/// from memory: on a Sapphire Rapids core, 50 M parameters, plain SGD and Yogi reached 60–77%
+/// of the roofline without this and 75–92% with it, AdamW 83% and 86–98%.
+pub const PREFETCH_AHEAD: usize = 1024;
+
+/// The tensor length from which fused steps prefetch (4 Mi elements, 16 MiB a buffer). Below it
+/// the buffers come from cache and the prefetches only cost instructions: AdamW on 2 M
+/// parameters and 2 threads ran 3–15% slower with them, on 4 M 20% faster.
+pub const PREFETCH_MIN: usize = 1 << 22;
+
+/// Prefetches into L1 the cache lines of elements `off..off + n` of `x`, none past its end.
+#[inline(always)]
+pub fn prefetch_range<T>(x: &[T], off: usize, n: usize) {
+    prefetch_raw(x.as_ptr(), x.len(), off, n)
+}
+
+/// [`prefetch_range`] of the `len` elements at `base` (a buffer borrowed elsewhere).
+#[inline(always)]
+pub fn prefetch_raw<T>(base: *const T, len: usize, off: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let step = (64 / std::mem::size_of::<T>().max(1)).max(1);
+        let end = len.min(off + n);
+        let mut j = off;
+        while j < end {
+            // SAFETY: a prefetch is a hint that never faults; `j < len` keeps it inside the buffer.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(j) as *const i8) };
+            j += step;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, len, off, n);
+}
+
+/// Buffers a fused step prefetches ahead of the sub-block it works on.
+pub trait Prefetch {
+    /// Prefetches elements `off..off + n` of parameter `i`'s buffer (nothing when there is none).
+    fn prefetch(&self, i: usize, off: usize, n: usize);
+}
+impl<T> Prefetch for ParamBufs<T> {
+    #[inline(always)]
+    fn prefetch(&self, i: usize, off: usize, n: usize) {
+        if let Some(b) = self.data.get(i) {
+            prefetch_range(b, off, n);
+        }
+    }
+}
+impl Prefetch for Vec<ParamBufs> {
+    #[inline(always)]
+    fn prefetch(&self, i: usize, off: usize, n: usize) {
+        self.iter().for_each(|b| b.prefetch(i, off, n));
+    }
+}
+impl Prefetch for Vec<Vec<f32>> {
+    #[inline(always)]
+    fn prefetch(&self, i: usize, off: usize, n: usize) {
+        if let Some(b) = self.get(i) {
+            prefetch_range(b, off, n);
+        }
+    }
+}
+
+/// The state a rule's fused step prefetches when its tensor streams from memory
+/// ([`Fold::prefetch`]): every per-parameter buffer it reads element by element.
+pub trait PrefetchState {
+    /// Prefetches elements `off..off + n` of parameter `i` in every state buffer.
+    fn prefetch_state(&self, i: usize, off: usize, n: usize);
 }
 
 /// `updates ← grads`, split across threads for large tensors.
@@ -408,7 +521,7 @@ pub(crate) fn step_into_norms(
         assert_eq!(updates[i].len(), p.len(), "an update buffer per parameter");
         let part = |base: usize, chunk: &mut [f32]| -> (f64, f64) {
             let w = WriteAndSum { out: out.get(), sums: Default::default() };
-            let fold = Fold { post: Some(&w), ..Fold::default() };
+            let fold = Fold { post: Some(&w), ..Fold::for_len(g.len()) };
             // SAFETY: chunks are disjoint ranges of parameter `i`; the epilogue writes the same
             // range of its update buffer, and leaves the parameters unchanged.
             unsafe { run.step(i, base, &g[base..base + chunk.len()], chunk, fold) };
@@ -563,7 +676,8 @@ pub fn run_elementwise(e: &dyn Elementwise, updates: &mut [Vec<f32>], params: &[
 pub(crate) fn fused_step(e: &dyn Elementwise, params: &mut [&mut [f32]], grads: &[&[f32]]) {
     for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
         // SAFETY: chunks are disjoint ranges of parameter `i`, each with its own gradient range.
-        for_chunks(p, |base, chunk| unsafe { e.step(i, base, &g[base..base + chunk.len()], chunk, Fold::default()) });
+        let fold = Fold::for_len(p.len());
+        for_chunks(p, |base, chunk| unsafe { e.step(i, base, &g[base..base + chunk.len()], chunk, fold) });
     }
 }
 

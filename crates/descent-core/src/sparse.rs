@@ -238,6 +238,7 @@ impl Transform for SparseAdam {
     state!(SparseAdam; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
 }
 
+crate::transforms::prefetch_state!(SparseAdam; exp_avg, exp_avg_sq);
 impl Elementwise for SparseAdam {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

@@ -165,6 +165,46 @@ impl Elementwise for Sgd {
         self.first = self.step == 0;
         self.step += 1;
     }
+    /// One loop over the parameters, the gradients and the momentum buffer: with one or two
+    /// buffers besides the gradient, the sub-block scratch's copies are most of the work (plain
+    /// SGD on 50 M parameters ran at 60–85% of the roofline through them, 94–100% in one loop).
+    /// The same operations in the same order as the kernel below, so the same bits.
+    unsafe fn step_plain(&self, i: usize, off: usize, g: &[f32], p: &mut [f32]) -> bool {
+        #[inline(always)]
+        fn plain(p: &mut [f32], g: &[f32], lr: f32, wd: f32, maximize: bool) {
+            for (w, &g) in p.iter_mut().zip(g) {
+                let mut d = if maximize { -g } else { g };
+                d += wd * *w;
+                *w += -lr * d;
+            }
+        }
+        #[inline(always)]
+        fn with_momentum(p: &mut [f32], g: &[f32], buf: &mut [f32], this: &Sgd) {
+            let (lr, mom, damp, wd) = (this.cur_lr, this.momentum, this.dampening, this.weight_decay);
+            let (buf, g) = (&mut buf[..p.len()], &g[..p.len()]);
+            for ((w, &g), b) in p.iter_mut().zip(g).zip(buf) {
+                let mut d = if this.maximize { -g } else { g };
+                d += wd * *w;
+                *b = if this.first { d } else { mom * *b + (1.0 - damp) * d };
+                let step = if this.nesterov { d + mom * *b } else { *b };
+                *w += -lr * step;
+            }
+        }
+        #[inline(never)]
+        fn run_plain(p: &mut [f32], g: &[f32], lr: f32, wd: f32, maximize: bool) {
+            crate::kernel::dispatch_simd!(plain(p: &mut [f32], g: &[f32], lr: f32, wd: f32, maximize: bool))
+        }
+        #[inline(never)]
+        fn run_momentum(p: &mut [f32], g: &[f32], buf: &mut [f32], this: &Sgd) {
+            crate::kernel::dispatch_simd!(with_momentum(p: &mut [f32], g: &[f32], buf: &mut [f32], this: &Sgd))
+        }
+        if self.momentum == 0.0 {
+            run_plain(p, g, self.cur_lr, self.weight_decay, self.maximize);
+        } else {
+            run_momentum(p, g, self.momentum_buffer.slice(i, off, p.len()), self);
+        }
+        true
+    }
     simd_apply!(Sgd, |this, i, off, u, p| {
         let (lr, mom, damp, wd) = (this.cur_lr, this.momentum, this.dampening, this.weight_decay);
         if mom == 0.0 {
@@ -786,6 +826,7 @@ impl Transform for Nadam {
         v.scalar("mu_product", &mut self.mu_product)
     }
 }
+crate::transforms::prefetch_state!(Nadam; exp_avg, exp_avg_sq);
 impl Elementwise for Nadam {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
@@ -1097,6 +1138,7 @@ impl Transform for Asgd {
         v.scalar("mu", &mut self.mu)
     }
 }
+crate::transforms::prefetch_state!(Asgd; ax);
 impl Elementwise for Asgd {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

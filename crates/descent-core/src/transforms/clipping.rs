@@ -65,6 +65,7 @@ impl Transform for ClipByGlobalNorm {
         Some(self)
     }
 }
+crate::transforms::prefetch_state!(ClipByGlobalNorm; );
 impl Elementwise for ClipByGlobalNorm {
     fn begin_step(&mut self) {}
     fn head(&self, _i: usize) -> Option<crate::kernel::Head> {

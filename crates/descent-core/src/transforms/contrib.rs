@@ -552,7 +552,7 @@ impl Elementwise for ScheduleFree {
             // Maps after the interpolation (a chain around Schedule-Free): the general path.
             return crate::kernel::step_via_apply(self, i, off, g, p, fold);
         }
-        base.step(i, off, g, p, Fold { head: fold.head, map: None, tail: None, post: Some(self) })
+        base.step(i, off, g, p, Fold { map: None, tail: None, post: Some(self), ..fold })
     }
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]) {
         self.base.elementwise().expect("elementwise base").apply(i, off, u, p);

@@ -426,6 +426,7 @@ impl Transform for ScaleByDowg {
     }
     state!(ScaleByDowg; bufs: [init_params]; counters: []; scalars: [estim_sq_dist, weighted_sq_norm_grads]);
 }
+crate::transforms::prefetch_state!(ScaleByDowg; init_params);
 impl Elementwise for ScaleByDowg {
     fn begin_step(&mut self) {}
     fn needs_prepare(&self) -> bool {

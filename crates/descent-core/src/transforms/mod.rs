@@ -111,18 +111,39 @@ macro_rules! simd_apply {
                 $body
             }
             #[inline(always)]
-            unsafe fn run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold) {
+            unsafe fn run<const PREFETCH: bool>(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold) {
+                use $crate::kernel::{PrefetchState, PREFETCH_AHEAD};
                 const SUB: usize = $crate::kernel::SUB_BLOCK;
                 let mut scratch = [0.0f32; SUB];
                 for (k, (pb, gb)) in p.chunks_mut(SUB).zip(g.chunks(SUB)).enumerate() {
+                    if PREFETCH {
+                        $crate::kernel::prefetch_range(g, k * SUB + PREFETCH_AHEAD, SUB);
+                        // `p` from this sub-block on: `g.len() - k·SUB` elements.
+                        $crate::kernel::prefetch_raw(pb.as_ptr(), g.len() - k * SUB, PREFETCH_AHEAD, SUB);
+                        this.prefetch_state(i, off + k * SUB + PREFETCH_AHEAD, SUB);
+                    }
                     let u = &mut scratch[..pb.len()];
                     $crate::kernel::start_inline(u, gb, pb, fold.head);
                     kernel(this, i, off + k * SUB, u, pb);
                     $crate::kernel::finish_fold(pb, u, &fold, i, off + k * SUB);
                 }
             }
+            #[inline(always)]
+            unsafe fn streaming(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold) {
+                run::<true>(this, i, off, g, p, fold)
+            }
+            #[inline(always)]
+            unsafe fn cached(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold) {
+                run::<false>(this, i, off, g, p, fold)
+            }
             let this = self;
-            $crate::kernel::dispatch_simd!(unsafe run(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
+            if fold.is_plain() && $crate::kernel::Elementwise::step_plain(this, i, off, g, p) {
+                return;
+            }
+            if fold.prefetch {
+                $crate::kernel::dispatch_simd!(unsafe streaming(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
+            }
+            $crate::kernel::dispatch_simd!(unsafe cached(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
         }
     };
 }
@@ -131,7 +152,11 @@ pub(crate) use simd_apply;
 /// Implements `Transform` for an elementwise transformation whose `init` is given as a closure
 /// body over `shapes` and `params`.
 macro_rules! elementwise_transform {
-    ($t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; $($st:tt)*) => {
+    ($t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; bufs: [$($b:ident),*]; $($st:tt)*) => {
+        $crate::transforms::prefetch_state!($t; $($b),*);
+        $crate::transforms::elementwise_transform!(@transform $t, |$this, $shapes, $params| $init; bufs: [$($b),*]; $($st)*);
+    };
+    (@transform $t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; $($st:tt)*) => {
         impl $crate::transform::Transform for $t {
             fn init(&mut self, $shapes: &$crate::transform::Shapes, $params: &[&[f32]]) -> $crate::error::Result<()> {
                 $crate::transform::check_init($shapes, $params)?;
@@ -152,6 +177,20 @@ macro_rules! elementwise_transform {
     };
 }
 pub(crate) use elementwise_transform;
+
+/// Implements [`crate::kernel::PrefetchState`] over the named state buffers.
+macro_rules! prefetch_state {
+    ($t:ty; $($b:ident),*) => {
+        impl $crate::kernel::PrefetchState for $t {
+            #[inline(always)]
+            fn prefetch_state(&self, i: usize, off: usize, n: usize) {
+                let _ = (i, off, n);
+                $( $crate::kernel::Prefetch::prefetch(&self.$b, i, off, n); )*
+            }
+        }
+    };
+}
+pub(crate) use prefetch_state;
 
 macro_rules! stateless {
     () => {

@@ -69,6 +69,7 @@ impl Transform for ScaleByTrustRatio {
         Some(self)
     }
 }
+crate::transforms::prefetch_state!(ScaleByTrustRatio; );
 impl Elementwise for ScaleByTrustRatio {
     fn begin_step(&mut self) {}
     simd_apply!(ScaleByTrustRatio, |this, i, off, u, p| {

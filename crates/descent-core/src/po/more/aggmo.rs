@@ -115,6 +115,7 @@ impl Transform for AggMo {
     }
 }
 
+crate::transforms::prefetch_state!(AggMo; buffers);
 impl Elementwise for AggMo {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

@@ -185,6 +185,7 @@ impl Transform for DAdaptAdam {
     }
 }
 
+crate::transforms::prefetch_state!(DAdaptAdam; s, exp_avg, exp_avg_sq);
 impl Elementwise for DAdaptAdam {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

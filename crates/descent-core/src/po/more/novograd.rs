@@ -140,6 +140,7 @@ impl Transform for NovoGrad {
     }
 }
 
+crate::transforms::prefetch_state!(NovoGrad; moments);
 impl Elementwise for NovoGrad {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

@@ -205,6 +205,7 @@ impl Transform for Prodigy {
     }
 }
 
+crate::transforms::prefetch_state!(Prodigy; s, p0, exp_avg, exp_avg_sq);
 impl Elementwise for Prodigy {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

@@ -147,6 +147,7 @@ impl Transform for ScheduleFreeRAdam {
     state!(ScheduleFreeRAdam; bufs: [z, exp_avg_sq]; counters: [step]; scalars: [lr_max, weight_sum]);
 }
 
+crate::transforms::prefetch_state!(ScheduleFreeRAdam; z, exp_avg_sq);
 impl Elementwise for ScheduleFreeRAdam {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

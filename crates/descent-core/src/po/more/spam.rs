@@ -172,6 +172,7 @@ impl Transform for Spam {
     state!(Spam; bufs: [exp_avg, exp_avg_sq]; counters: [step, total_step, current_step]; scalars: []);
 }
 
+crate::transforms::prefetch_state!(Spam; exp_avg, exp_avg_sq);
 impl Elementwise for Spam {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);

@@ -1,0 +1,78 @@
+//! Tensors long enough that fused steps prefetch their buffers ahead (`PREFETCH_MIN` and more):
+//! the streaming kernels, plain SGD's single loops and LAMB's update-and-norm pass give the
+//! values of the link-by-link path, and the prefetches stop at each buffer's end.
+
+use descent_core::kernel::PREFETCH_MIN;
+use descent_core::optimizer::Optimizer;
+use descent_core::spec::build_optimizer;
+use serde_json::json;
+
+/// Deterministic values in (−1, 1) from a 64-bit LCG.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Within a few units in the last place (a chain's folded tail may round differently from its
+/// links one by one).
+fn close(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(1e-30)
+}
+
+#[test]
+fn streaming_steps_match_the_link_by_link_path() {
+    let cases = [
+        ("torch", "sgd", json!({"lr": 0.01})),
+        ("torch", "sgd", json!({"lr": 0.01, "weight_decay": 0.01, "maximize": true})),
+        ("torch", "sgd", json!({"lr": 0.01, "momentum": 0.9, "nesterov": true, "weight_decay": 1e-4})),
+        ("torch", "sgd", json!({"lr": 0.01, "momentum": 0.9, "dampening": 0.1})),
+        ("torch", "adamw", json!({"lr": 0.001})),
+        ("optax", "yogi", json!({"learning_rate": 0.001})),
+        ("optax", "sgd", json!({"learning_rate": 0.01})),
+        ("optax", "lamb", json!({"learning_rate": 0.001})),
+        (
+            "optax",
+            "chain",
+            json!({"links": [["clip", {"max_delta": 0.5}], ["scale_by_adam", {}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]}),
+        ),
+        ("po", "adan", json!({})),
+        ("descent", "adamw8bit", json!({"lr": 0.01})),
+    ];
+    // One tensor that streams, its length a multiple of no vector width, and one that does not.
+    let shapes = vec![vec![PREFETCH_MIN + 1013], vec![777]];
+    let init: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(k, s)| random(s[0], k as u64)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..2)
+        .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
+        .collect();
+    for (library, name, hparams) in cases {
+        let id = format!("{library}.{name} {hparams}");
+        let run = |fused: bool| {
+            let tx = build_optimizer(library, name, &hparams, None, &shapes).unwrap_or_else(|e| panic!("{id}: {e}"));
+            let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
+            let mut opt = Optimizer::new(tx, shapes.clone(), &views).unwrap();
+            let mut params = init.clone();
+            for g in &grads {
+                let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+                let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
+                if fused {
+                    opt.step(&mut p, &g).unwrap();
+                } else {
+                    opt.step_unfused(&mut p, &g).unwrap();
+                }
+            }
+            params
+        };
+        let (fused, unfused) = (run(true), run(false));
+        for (k, (f, u)) in fused.iter().zip(&unfused).enumerate() {
+            for (j, (x, y)) in f.iter().zip(u).enumerate() {
+                assert!(close(*x, *y), "{id}: tensor {k}[{j}]: fused {x} vs link by link {y}");
+            }
+        }
+        assert!(fused[0].iter().zip(&init[0]).any(|(a, b)| a != b), "{id}: no change");
+    }
+}
