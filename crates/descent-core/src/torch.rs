@@ -1260,12 +1260,15 @@ impl Adafactor {
     }
 
     /// Updates tensor `i`'s second moments from its gradient `g` and writes `g / √v̂` to `upd`.
-    fn scaled(&mut self, i: usize, g: &[f32], upd: &mut [f32], w: f32, eps1: f32) {
+    /// For an unfactored (1-D) tensor, also returns `(Σupd², Σp²)` of the update and the
+    /// parameters `p`, summed chunk by chunk while each is in cache: the parts and the order of
+    /// [`global_sum_sq`], so the same bits as summing them afterwards, without two more passes.
+    fn scaled(&mut self, i: usize, g: &[f32], p: &[f32], upd: &mut [f32], w: f32, eps1: f32) -> Option<(f64, f64)> {
         let n = g.len();
         let s = &self.shapes[i];
         if s.len() > 1 {
             if n == 0 {
-                return;
+                return None;
             }
             let u = g;
             let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
@@ -1306,30 +1309,36 @@ impl Adafactor {
             fn kernel_simd(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
                 crate::kernel::dispatch_simd!(kernel(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32))
             }
-            let body = |g: &[f32], v: &mut [f32], upd: &mut [f32]| kernel_simd(g, v, upd, w, eps1 * eps1);
+            let k = crate::kernel::CHUNK;
+            let body = |c: usize, v: &mut [f32], u: &mut [f32]| {
+                let r = c * k..c * k + v.len();
+                kernel_simd(&g[r.clone()], v, u, w, eps1 * eps1);
+                let (sp, su) = crate::kernel::sum_sq_pair(&p[r], u, None);
+                (su, sp)
+            };
             let v = &mut self.variance[i];
-            if n >= crate::kernel::PARALLEL_MIN {
+            let parts: Vec<(f64, f64)> = if n >= crate::kernel::PARALLEL_MIN {
                 use rayon::prelude::*;
-                let k = crate::kernel::CHUNK;
-                g.par_chunks(k)
-                    .zip(v.par_chunks_mut(k))
-                    .zip(upd.par_chunks_mut(k))
-                    .for_each(|((g, v), u)| body(g, v, u));
+                v.par_chunks_mut(k).zip(upd.par_chunks_mut(k)).enumerate().map(|(c, (v, u))| body(c, v, u)).collect()
             } else {
-                body(g, v, upd);
-            }
+                v.chunks_mut(k).zip(upd.chunks_mut(k)).enumerate().map(|(c, (v, u))| body(c, v, u)).collect()
+            };
+            return Some((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
         }
+        None
     }
 
     /// The step `α/max(1, rms(upd)/d)` and the decoupled decay `lr·λ` for a tensor `p` with
-    /// scaled update `upd`; the norms are summed over fixed chunks across threads.
-    fn step_size(&self, p: &[f32], upd: &[f32]) -> (f32, f32) {
+    /// scaled update `upd`; the norms are summed over fixed chunks across threads, or given as
+    /// `(Σupd², Σp²)` where [`Adafactor::scaled`] summed them.
+    fn step_size(&self, p: &[f32], upd: &[f32], sums: Option<(f64, f64)>) -> (f32, f32) {
         let n = (p.len() as f64).sqrt();
         // The group's lr in force at this step (the step counter has advanced already).
         let lr = self.lr.at(self.step.saturating_sub(1));
         let rho = lr.min(1.0 / (self.step as f64).sqrt());
-        let alpha = (self.eps2.max(global_sum_sq(&[p]).sqrt() / n) * rho) as f32;
-        let denom = (global_sum_sq(&[upd]).sqrt() / (n * self.d)).max(1.0);
+        let (su, sp) = sums.unwrap_or_else(|| (global_sum_sq(&[upd]), global_sum_sq(&[p])));
+        let alpha = (self.eps2.max(sp.sqrt() / n) * rho) as f32;
+        let denom = (su.sqrt() / (n * self.d)).max(1.0);
         (alpha / denom as f32, (lr * self.weight_decay) as f32)
     }
 }
@@ -1369,8 +1378,8 @@ impl Transform for Adafactor {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
             let mut upd = vec![0.0f32; u.len()];
-            self.scaled(i, u, &mut upd, w, eps1);
-            let (step, decay) = self.step_size(p, &upd);
+            let sums = self.scaled(i, u, p, &mut upd, w, eps1);
+            let (step, decay) = self.step_size(p, &upd, sums);
             for j in 0..u.len() {
                 u[j] = adafactor_update(p[j], upd[j], step, decay);
             }
@@ -1385,8 +1394,8 @@ impl Transform for Adafactor {
         }
         let (w, eps1) = self.begin_step();
         for (i, (p, upd)) in params.iter_mut().zip(updates.iter_mut()).enumerate() {
-            self.scaled(i, grads[i], upd, w, eps1);
-            let (step, decay) = self.step_size(p, upd);
+            let sums = self.scaled(i, grads[i], p, upd, w, eps1);
+            let (step, decay) = self.step_size(p, upd, sums);
             // The update of `update`, added.
             let body = |p: &mut [f32], upd: &[f32]| {
                 for (p, &x) in p.iter_mut().zip(upd) {

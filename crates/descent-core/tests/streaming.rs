@@ -1,6 +1,7 @@
 //! Tensors long enough that fused steps prefetch their buffers ahead (`PREFETCH_MIN` and more):
-//! the streaming kernels, plain SGD's single loops and LAMB's update-and-norm pass give the
-//! values of the link-by-link path, and the prefetches stop at each buffer's end.
+//! the streaming kernels, plain SGD's single loops, LAMB's update-and-norm pass and Adafactor's
+//! two passes give the values of the link-by-link path, and the prefetches stop at each buffer's
+//! end.
 
 use descent_core::kernel::PREFETCH_MIN;
 use descent_core::optimizer::Optimizer;
@@ -42,6 +43,8 @@ fn streaming_steps_match_the_link_by_link_path() {
         ),
         ("po", "adan", json!({})),
         ("descent", "adamw8bit", json!({"lr": 0.01})),
+        ("optax", "adafactor", json!({"learning_rate": 0.01})),
+        ("torch", "adafactor", json!({"lr": 0.01, "weight_decay": 0.01})),
     ];
     // One tensor that streams, its length a multiple of no vector width, and one that does not.
     let shapes = vec![vec![PREFETCH_MIN + 1013], vec![777]];

@@ -3,7 +3,7 @@
 
 use super::{rms, rms_of, state, sum_sq, zeros, ClipByBlockRms, ScaleByParamBlockRms};
 use crate::error::Result;
-use crate::kernel::{Elementwise, SumSq, CHUNK, PARALLEL_MIN, SUB_BLOCK};
+use crate::kernel::{prefetch_range, Elementwise, SumSq, CHUNK, PARALLEL_MIN, PREFETCH_AHEAD, PREFETCH_MIN, SUB_BLOCK};
 use crate::state::StateVisitor;
 use crate::transform::{numel, Shapes, Transform};
 use rayon::prelude::*;
@@ -298,11 +298,19 @@ fn full_moment(
 /// in L1, chunk by chunk, the parts of [`full_moment`]'s sums, so the same bits.
 fn full_moment_sums(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
     #[inline(always)]
-    fn kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
+    fn kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32, prefetch: bool) -> (f64, f64) {
         let (mut su, mut sp) = (SumSq::default(), SumSq::default());
         let mut u = [0.0f32; SUB_BLOCK];
+        let (vp, n) = (v.as_ptr(), v.len());
         // Sub-blocks, so that the three buffers stream at once.
-        for ((vb, gb), pb) in v.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).zip(p.chunks(SUB_BLOCK)) {
+        for (k, ((vb, gb), pb)) in v.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).zip(p.chunks(SUB_BLOCK)).enumerate()
+        {
+            if prefetch {
+                let ahead = k * SUB_BLOCK + PREFETCH_AHEAD;
+                crate::kernel::prefetch_raw(vp, n, ahead, SUB_BLOCK);
+                prefetch_range(g, ahead, SUB_BLOCK);
+                prefetch_range(p, ahead, SUB_BLOCK);
+            }
             let u = &mut u[..vb.len()];
             for ((v, &g), u) in vb.iter_mut().zip(gb).zip(u.iter_mut()) {
                 *v = decay * *v + (1.0 - decay) * (g * g + eps);
@@ -313,12 +321,13 @@ fn full_moment_sums(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -
         }
         (su.total(), sp.total())
     }
-    fn moments(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64) {
-        crate::kernel::dispatch_simd!(kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -> (f64, f64))
+    fn moments(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32, prefetch: bool) -> (f64, f64) {
+        crate::kernel::dispatch_simd!(kernel(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32, prefetch: bool) -> (f64, f64))
     }
+    let prefetch = v.len() >= PREFETCH_MIN;
     let run = |k: usize, v: &mut [f32]| {
         let r = k * CHUNK..k * CHUNK + v.len();
-        moments(v, &g[r.clone()], &p[r], decay, eps)
+        moments(v, &g[r.clone()], &p[r], decay, eps, prefetch)
     };
     let parts: Vec<(f64, f64)> = if v.len() >= PARALLEL_MIN {
         v.par_chunks_mut(CHUNK).enumerate().map(|(k, v)| run(k, v)).collect()
@@ -330,26 +339,41 @@ fn full_moment_sums(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -
 
 /// [`scaled_add`] of the update `g/√v` of a full tensor, recomputed from the gradient and the
 /// new moment as [`full_moment`] computes it.
+/// With `prefetch`, it walks sub-blocks and prefetches the three buffers ahead of each (a tensor
+/// streaming from memory, see [`PREFETCH_MIN`]).
 #[inline(always)]
-fn recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32) {
-    for ((p, &g), &v) in p.iter_mut().zip(g).zip(v) {
-        let mut x = g / v.sqrt();
-        if let Some(d) = d {
-            x /= d;
+fn recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32, prefetch: bool) {
+    let add = |p: &mut [f32], g: &[f32], v: &[f32]| {
+        for ((p, &g), &v) in p.iter_mut().zip(g).zip(v) {
+            let mut x = g / v.sqrt();
+            if let Some(d) = d {
+                x /= d;
+            }
+            if let Some(lr) = lr {
+                x *= lr;
+            }
+            if let Some(s) = s {
+                x *= s;
+            }
+            *p += x * flip;
         }
-        if let Some(lr) = lr {
-            x *= lr;
-        }
-        if let Some(s) = s {
-            x *= s;
-        }
-        *p += x * flip;
+    };
+    if !prefetch {
+        return add(p, g, v);
+    }
+    let (pp, n) = (p.as_ptr(), p.len());
+    for (k, ((pb, gb), vb)) in p.chunks_mut(SUB_BLOCK).zip(g.chunks(SUB_BLOCK)).zip(v.chunks(SUB_BLOCK)).enumerate() {
+        let ahead = k * SUB_BLOCK + PREFETCH_AHEAD;
+        crate::kernel::prefetch_raw(pp, n, ahead, SUB_BLOCK);
+        prefetch_range(g, ahead, SUB_BLOCK);
+        prefetch_range(v, ahead, SUB_BLOCK);
+        add(pb, gb, vb);
     }
 }
 
 /// [`recomputed_add`], vectorized for the CPU at hand.
-fn recomputed_add_simd(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32) {
-    crate::kernel::dispatch_simd!(recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32))
+fn recomputed_add_simd(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32, prefetch: bool) {
+    crate::kernel::dispatch_simd!(recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32, prefetch: bool))
 }
 
 /// `p ← p + (((u / d)·lr)·s)·flip`, each factor present or not: Adafactor's last pass, with the
@@ -449,9 +473,10 @@ impl Transform for FusedAdafactor {
                 // The update was not stored: `g/√v` again, from the gradient and the new moment.
                 Factoring::Full => {
                     let (g, v) = (grads[i], &self.rms.v[i]);
+                    let prefetch = p.len() >= PREFETCH_MIN;
                     crate::kernel::for_chunks(p, |off, p| {
                         let r = off..off + p.len();
-                        recomputed_add_simd(p, &g[r.clone()], &v[r], f, flip)
+                        recomputed_add_simd(p, &g[r.clone()], &v[r], f, flip, prefetch)
                     });
                 }
                 Factoring::Factored { .. } => {
