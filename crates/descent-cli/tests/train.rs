@@ -51,6 +51,11 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         (vec!["train", "--init", "ones"], vec!["ones", "xavier_uniform"]),
         (vec!["train", "--hparams", "{momentum"], vec!["hparams", "JSON"]),
         (vec!["train", "--model", "mlp", "--data", "no/such/dir"], vec!["no/such/dir", "missing"]),
+        // A batch whose activations cannot be held is refused before it is allocated.
+        (
+            vec!["train", "--model", "resnet", "--depth", "30", "--width", "4096"],
+            vec!["--batch-size 128", "depth 30, width 4096", "GB of memory available"],
+        ),
     ] {
         let out = descent().args(&args).args(["--out", &dir]).output().unwrap();
         assert!(!out.status.success(), "{args:?}");

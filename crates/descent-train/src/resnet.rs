@@ -78,6 +78,28 @@ impl CnnConfig {
         v
     }
 
+    /// Floats the main path's convolutions output for one `h × w` image: the stem and the two of
+    /// every block (stride 1 or 2, padding 1), not a residual network's shortcuts. A training
+    /// step keeps at least these for its backward, per image of the batch.
+    pub fn conv_outputs(&self, h: usize, w: usize) -> usize {
+        let (mut h, mut w) = (h, w);
+        let mut n = self.width * h * w;
+        for (_, _, out, stride) in self.blocks() {
+            if stride == 2 {
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            n += 2 * out * h * w;
+        }
+        n
+    }
+
+    /// Weights of the main path's 3×3 convolutions (the stem and two per block): all but the
+    /// batch norms, the shortcuts and the classifier, a lower bound of the parameters.
+    pub fn conv_weights(&self) -> usize {
+        let stem = self.in_channels * self.width * 9;
+        stem + self.blocks().iter().map(|&(_, inp, out, _)| (inp * out + out * out) * 9).sum::<usize>()
+    }
+
     /// Channels into the classifier.
     fn features(&self) -> usize {
         self.width << (self.stages - 1)
