@@ -886,7 +886,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-    check_cnn_memory(&a.model, Arch::default(), batch, crate::bench::available_memory())?;
+    check_model_memory(&a.model, Arch::default(), batch, crate::bench::available_memory())?;
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
         &a.model,
@@ -1833,35 +1833,55 @@ fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Resu
     }
 }
 
-/// Refuses, before the model is built, a convolutional network (`resnet`, `plain`) and batch
-/// whose training step cannot be held: a lower bound of its memory against `available` bytes,
-/// instead of an allocation failure's abort or the kernel killing the process. The bound counts
-/// the main path's convolution weights twice (with their gradients) and each convolution's
-/// output per image four times in the residual network (itself, its batch norm's output, and
-/// their gradients), twice in the plain one (itself after the fused ReLU, and its gradient):
-/// measured here for depth 6 and width 16, 909 KB an image for resnet and 509 KB for plain,
-/// against 803 KB and 401 KB. Other models are small.
-fn check_cnn_memory(model: &str, arch: Arch, batch: usize, available: Option<u64>) -> Result<()> {
-    let copies: u64 = match model {
-        "resnet" => 4,
-        "plain" => 2,
+/// Refuses, before the model is built, an image model and batch whose training step cannot be
+/// held: a lower bound of its memory against `available` bytes, instead of an allocation
+/// failure's abort or the kernel killing the process (`--batch-size 60000` on the residual
+/// network, `--width` or `--hidden` in the hundreds of thousands). The bound counts the main
+/// weights twice (with their gradients) and, per image, what a step keeps for its backward: each
+/// convolution's output four times in the residual network (output, batch norm, their
+/// gradients), twice in the plain one (output after the fused ReLU, its gradient), and the
+/// pooled or hidden outputs once in LeNet and the MLP. Measured here at the default shapes:
+/// 909 KB an image for resnet and 509 KB for plain, against bounds of 803 KB and 401 KB.
+fn check_model_memory(model: &str, arch: Arch, batch: usize, available: Option<u64>) -> Result<()> {
+    // (weights, floats kept per image, the shape's flags as the message names them)
+    let (weights, per_image, shape): (u128, u128, String) = match model {
+        "resnet" | "plain" => {
+            let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
+            // A shape the network cannot take is reported where the model is built.
+            let Ok(c) = CnnConfig::mnist(depth, width) else { return Ok(()) };
+            let copies = if model == "resnet" { 4 } else { 2 };
+            (
+                c.conv_weights() as u128,
+                copies * c.conv_outputs(28, 28) as u128,
+                format!("--depth {depth} --width {width}"),
+            )
+        }
+        "lenet" => {
+            let w = arch.width.unwrap_or(6) as u128;
+            // LeNet5::with_width's scaling of (6, 16, 120, 84), without its rounding.
+            let (c1, c2, f1, f2) = (w, 16 * w / 6, 20 * w, 14 * w);
+            (
+                25 * c1 + 25 * c1 * c2 + 16 * c2 * f1 + f1 * f2 + 10 * f2,
+                144 * c1 + 16 * c2 + f1 + f2,
+                format!("--width {w}"),
+            )
+        }
+        "mlp" => {
+            let h = arch.hidden.unwrap_or(128) as u128;
+            (794 * h, h, format!("--hidden {h}"))
+        }
         _ => return Ok(()),
     };
-    let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
-    // A shape the network cannot take is reported where the model is built.
-    let Ok(c) = CnnConfig::mnist(depth, width) else { return Ok(()) };
-    let per_image = (c.conv_outputs(28, 28) as u64).checked_mul(copies * 4);
-    let weights = (c.conv_weights() as u64).checked_mul(2 * 4);
-    let need = per_image.and_then(|x| x.checked_mul(batch as u64)).zip(weights).and_then(|(a, w)| a.checked_add(w));
-    match (need, available) {
-        (None, _) => bail!("--batch-size {batch} --depth {depth} --width {width}: too large to hold in memory"),
-        (Some(need), Some(have)) if need > have => bail!(
-            "--batch-size {batch}: a step of this {model} (depth {depth}, width {width}) keeps at least {:.1} GB \
-             (activations {:.1} GB, weights and gradients {:.1} GB), more than the {:.1} GB of memory available; \
-             use a smaller batch (with --accumulate for the same step) or a smaller network",
+    let (weights, activations) = (2 * 4 * weights, 4 * per_image * batch as u128);
+    let need = weights + activations;
+    match available {
+        Some(have) if need > have as u128 => bail!(
+            "--batch-size {batch} {shape}: a step of this {model} keeps at least {:.1} GB (activations {:.1} GB, \
+             weights and gradients {:.1} GB), more than the {:.1} GB of memory available; use a smaller batch \
+             (with --accumulate for the same step) or a smaller network",
             need as f64 / 1e9,
-            (need - weights.unwrap_or(0)) as f64 / 1e9,
-            weights.unwrap_or(0) as f64 / 1e9,
+            activations as f64 / 1e9,
+            weights as f64 / 1e9,
             have as f64 / 1e9
         ),
         _ => Ok(()),
@@ -2057,7 +2077,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
     let cfg = config(a, loss)?;
-    check_cnn_memory(&a.model, Arch::of(a), cfg.batch_size, crate::bench::available_memory())?;
+    check_model_memory(&a.model, Arch::of(a), cfg.batch_size, crate::bench::available_memory())?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     check_model_settings(model.as_ref(), &cfg)
 }
@@ -2693,7 +2713,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     } else {
         let init = Init::parse(&a.init)?;
         let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-        check_cnn_memory(&a.model, Arch::of(&a), batch, crate::bench::available_memory())?;
+        check_model_memory(&a.model, Arch::of(&a), batch, crate::bench::available_memory())?;
         let (model, train_set, test_set, loss) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
@@ -2956,17 +2976,26 @@ mod tests {
     #[test]
     fn a_gpt_batch_beyond_memory_is_refused() {
         let c = GptConfig::new(65, 64, 4, 4, 128);
-        assert!(check_cnn_memory("resnet", Arch::default(), 128, Some(24 << 30)).is_ok());
-        assert!(check_cnn_memory("mlp", Arch::default(), 60_000, Some(1 << 20)).is_ok());
+        assert!(check_model_memory("resnet", Arch::default(), 128, Some(24 << 30)).is_ok());
+        assert!(check_model_memory("linear", Arch::default(), 60_000, Some(1 << 20)).is_ok());
         // 803 KB an image at depth 6, width 16: 60 000 images need 48 GB, 20 000 of plain's 8 GB.
-        let e = check_cnn_memory("resnet", Arch::default(), 60_000, Some(20 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("resnet", Arch::default(), 60_000, Some(20 << 30)).unwrap_err().to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("48.2 GB"), "{e}");
-        assert!(check_cnn_memory("plain", Arch::default(), 20_000, Some(8_100_000_000)).is_ok());
-        assert!(check_cnn_memory("plain", Arch::default(), 20_000, Some(7_900_000_000)).is_err());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, Some(8_100_000_000)).is_ok());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, Some(7_900_000_000)).is_err());
         let wide = Arch { depth: Some(18), width: Some(256), ..Arch::default() };
-        let e = check_cnn_memory("plain", wide, 1024, Some(8 << 30)).unwrap_err().to_string();
-        assert!(e.contains("depth 18, width 256"), "{e}");
-        assert!(check_cnn_memory("plain", Arch::default(), usize::MAX, None).is_err());
+        let e = check_model_memory("plain", wide, 1024, Some(8 << 30)).unwrap_err().to_string();
+        assert!(e.contains("--depth 18 --width 256"), "{e}");
+        assert!(check_model_memory("plain", Arch::default(), usize::MAX, Some(u64::MAX)).is_err());
+        assert!(check_model_memory("plain", Arch::default(), usize::MAX, None).is_ok());
+        let wide = Arch { width: Some(100_000), ..Arch::default() };
+        let e = check_model_memory("lenet", wide, 64, Some(24 << 30)).unwrap_err().to_string();
+        assert!(e.contains("--width 100000") && e.contains("this lenet"), "{e}");
+        assert!(check_model_memory("lenet", Arch::default(), 60_000, Some(24 << 30)).is_ok());
+        let wide = Arch { hidden: Some(100_000_000), ..Arch::default() };
+        let e = check_model_memory("mlp", wide, 32, Some(24 << 30)).unwrap_err().to_string();
+        assert!(e.contains("--hidden 100000000"), "{e}");
+        assert!(check_model_memory("mlp", Arch::default(), 60_000, Some(1 << 30)).is_ok());
         assert!(check_gpt_memory(&c, 12, Some(24 << 30)).is_ok());
         assert!(check_gpt_memory(&c, 12, None).is_ok());
         let e = check_gpt_memory(&c, 100_000, Some(24 << 30)).unwrap_err().to_string();

@@ -54,7 +54,12 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         // A batch whose activations cannot be held is refused before it is allocated.
         (
             vec!["train", "--model", "resnet", "--depth", "30", "--width", "4096"],
-            vec!["--batch-size 128", "depth 30, width 4096", "GB of memory available"],
+            vec!["--batch-size 128 --depth 30 --width 4096", "GB of memory available"],
+        ),
+        (vec!["train", "--model", "lenet", "--width", "100000"], vec!["--width 100000", "GB of memory available"]),
+        (
+            vec!["train", "--model", "mlp", "--hidden", "100000000"],
+            vec!["--hidden 100000000", "GB of memory available"],
         ),
     ] {
         let out = descent().args(&args).args(["--out", &dir]).output().unwrap();
