@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use descent_core::optimizer::Optimizer;
 use descent_core::replay::{collect_case_files, load_case, Case};
 
 /// `shared/reference` beside the repository.
@@ -60,4 +61,52 @@ pub fn replay_folder(folder: &str, min_files: usize, not_implemented: &[(&str, &
         unexpectedly_passing.is_empty(),
         "now passing, remove from the not-implemented list: {unexpectedly_passing:?}"
     );
+}
+
+/// Deterministic values in (−1, 1) from a 64-bit LCG.
+pub fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Random parameters of these shapes (tensor `k` seeded `k`) and `steps` sets of random
+/// gradients for them (step `t`, tensor `k` seeded `100 + 10t + k`).
+pub fn random_problem(shapes: &[Vec<usize>], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>) {
+    let init: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(k, s)| random(s.iter().product(), k as u64)).collect();
+    let grads = (0..steps as u64)
+        .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
+        .collect();
+    (init, grads)
+}
+
+/// The parameters after `opt` takes a step on each set of `grads` from `init`: its fused step,
+/// or with `fused` false the link-by-link path over whole buffers.
+pub fn run_steps(mut opt: Optimizer, init: &[Vec<f32>], grads: &[Vec<Vec<f32>>], fused: bool) -> Vec<Vec<f32>> {
+    let mut params = init.to_vec();
+    for g in grads {
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
+        let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
+        if fused {
+            opt.step(&mut p, &g).unwrap();
+        } else {
+            opt.step_unfused(&mut p, &g).unwrap();
+        }
+    }
+    params
+}
+
+/// Within a few units in the last place of the larger value, or of `floor`.
+pub fn close_above(a: f32, b: f32, floor: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(floor)
+}
+
+/// Within a few units in the last place of the larger value (a chain's folded tail may round
+/// differently from its links one by one).
+pub fn close(a: f32, b: f32) -> bool {
+    close_above(a, b, 1e-30)
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{close, random_problem, run_steps};
+
 use descent_core::kernel::{CHUNK, PARALLEL_MIN};
 use descent_core::optimizer::Optimizer;
 use descent_core::replay::{Case, OptimCase};
@@ -23,45 +25,6 @@ fn awkward(shapes: &[Vec<usize>]) -> Vec<Vec<usize>> {
             other => other.to_vec(),
         })
         .collect()
-}
-
-/// Deterministic values in (−1, 1) from a 64-bit LCG.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-#[derive(Clone, Copy)]
-enum Path {
-    Fused,
-    Unfused,
-}
-
-fn run(tx: &dyn Fn() -> Optimizer, init: &[Vec<f32>], grads: &[Vec<Vec<f32>>], path: Path) -> Vec<Vec<f32>> {
-    let mut opt = tx();
-    let mut params = init.to_vec();
-    for g in grads {
-        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
-        let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
-        match path {
-            Path::Fused => {
-                opt.step(&mut p, &g).unwrap();
-            }
-            Path::Unfused => opt.step_unfused(&mut p, &g).unwrap(),
-        }
-    }
-    params
-}
-
-/// Within a few units in the last place of the larger value (the folded affine tail of a chain
-/// may round differently from its links one by one).
-fn close(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(1e-30)
 }
 
 /// Chains that exercise each way a chain folds into its kernel's step: a clipping or L2 head, a
@@ -160,21 +123,17 @@ fn fused_and_simd_kernels_match_the_reference_paths() {
             continue;
         }
         let shapes = awkward(&c.shapes);
-        let init: Vec<Vec<f32>> =
-            shapes.iter().enumerate().map(|(k, s)| random(s.iter().product(), k as u64)).collect();
-        let grads: Vec<Vec<Vec<f32>>> = (0..5)
-            .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
-            .collect();
+        let (init, grads) = random_problem(&shapes, 5);
         let tx = || {
             let tx = build_optimizer(&c.library, &c.optimizer, &c.hparams, c.param_groups.as_ref(), &shapes)
                 .unwrap_or_else(|e| panic!("{}: {e}", c.id));
             let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
             Optimizer::new(tx, shapes.clone(), &views).unwrap()
         };
-        let fused = run(&tx, &init, &grads, Path::Fused);
-        let unfused = run(&tx, &init, &grads, Path::Unfused);
+        let fused = run_steps(tx(), &init, &grads, true);
+        let unfused = run_steps(tx(), &init, &grads, false);
         set_simd(false);
-        let baseline = run(&tx, &init, &grads, Path::Fused);
+        let baseline = run_steps(tx(), &init, &grads, true);
         set_simd(true);
         for (k, ((f, u), b)) in fused.iter().zip(&unfused).zip(&baseline).enumerate() {
             for (j, ((x, y), z)) in f.iter().zip(u).zip(b).enumerate() {

@@ -10,28 +10,14 @@ use descent_core::spec::build_optimizer;
 use descent_core::transforms::set_simd;
 use serde_json::json;
 
-/// Deterministic values in (−1, 1) from a 64-bit LCG.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
 
-fn close(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(1e-30)
-}
+use common::{close, random, random_problem, run_steps};
 
 #[test]
 fn fused_and_simd_kernels_match_the_whole_buffer_path() {
     let shapes = vec![vec![PARALLEL_MIN + CHUNK + 13], vec![6007, 5], vec![1001, 3, 7], vec![]];
-    let init: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(k, s)| random(s.iter().product(), k as u64)).collect();
-    let grads: Vec<Vec<Vec<f32>>> = (0..4)
-        .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
-        .collect();
+    let (init, grads) = random_problem(&shapes, 4);
     let configs = [
         ("adabound", json!({"weight_decay": 0.1, "ams_bound": true})),
         ("laprop", json!({"centered": true, "steps_before_using_centered": 1, "weight_decay": 0.1})),
@@ -58,20 +44,7 @@ fn fused_and_simd_kernels_match_the_whole_buffer_path() {
             let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
             Optimizer::new(tx, shapes.clone(), &views).unwrap()
         };
-        let run = |fused: bool| {
-            let mut opt = tx();
-            let mut params = init.clone();
-            for g in &grads {
-                let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
-                let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
-                if fused {
-                    opt.step(&mut p, &g).unwrap();
-                } else {
-                    opt.step_unfused(&mut p, &g).unwrap();
-                }
-            }
-            params
-        };
+        let run = |fused: bool| run_steps(tx(), &init, &grads, fused);
         let fused = run(true);
         let unfused = run(false);
         set_simd(false);

@@ -8,22 +8,9 @@ use descent_core::optimizer::Optimizer;
 use descent_core::spec::build_optimizer;
 use serde_json::json;
 
-/// Deterministic values in (−1, 1) from a 64-bit LCG.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
 
-/// Within a few units in the last place (a chain's folded tail may round differently from its
-/// links one by one).
-fn close(a: f32, b: f32) -> bool {
-    a.to_bits() == b.to_bits() || (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs()).max(1e-30)
-}
+use common::{close, random_problem, run_steps};
 
 #[test]
 fn streaming_steps_match_the_link_by_link_path() {
@@ -48,27 +35,13 @@ fn streaming_steps_match_the_link_by_link_path() {
     ];
     // One tensor that streams, its length a multiple of no vector width, and one that does not.
     let shapes = vec![vec![PREFETCH_MIN + 1013], vec![777]];
-    let init: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(k, s)| random(s[0], k as u64)).collect();
-    let grads: Vec<Vec<Vec<f32>>> = (0..2)
-        .map(|t| init.iter().enumerate().map(|(k, p)| random(p.len(), 100 + 10 * t + k as u64)).collect())
-        .collect();
+    let (init, grads) = random_problem(&shapes, 2);
     for (library, name, hparams) in cases {
         let id = format!("{library}.{name} {hparams}");
         let run = |fused: bool| {
             let tx = build_optimizer(library, name, &hparams, None, &shapes).unwrap_or_else(|e| panic!("{id}: {e}"));
             let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
-            let mut opt = Optimizer::new(tx, shapes.clone(), &views).unwrap();
-            let mut params = init.clone();
-            for g in &grads {
-                let mut p: Vec<&mut [f32]> = params.iter_mut().map(|v| v.as_mut_slice()).collect();
-                let g: Vec<&[f32]> = g.iter().map(|v| v.as_slice()).collect();
-                if fused {
-                    opt.step(&mut p, &g).unwrap();
-                } else {
-                    opt.step_unfused(&mut p, &g).unwrap();
-                }
-            }
-            params
+            run_steps(Optimizer::new(tx, shapes.clone(), &views).unwrap(), &init, &grads, fused)
         };
         let (fused, unfused) = (run(true), run(false));
         for (k, (f, u)) in fused.iter().zip(&unfused).enumerate() {
