@@ -342,20 +342,10 @@ fn full_moment_sums(v: &mut [f32], g: &[f32], p: &[f32], decay: f32, eps: f32) -
 /// With `prefetch`, it walks sub-blocks and prefetches the three buffers ahead of each (a tensor
 /// streaming from memory, see [`PREFETCH_MIN`]).
 #[inline(always)]
-fn recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32, prefetch: bool) {
+fn recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32, prefetch: bool) {
     let add = |p: &mut [f32], g: &[f32], v: &[f32]| {
         for ((p, &g), &v) in p.iter_mut().zip(g).zip(v) {
-            let mut x = g / v.sqrt();
-            if let Some(d) = d {
-                x /= d;
-            }
-            if let Some(lr) = lr {
-                x *= lr;
-            }
-            if let Some(s) = s {
-                x *= s;
-            }
-            *p += x * flip;
+            *p += scaled(g / v.sqrt(), f, flip);
         }
     };
     if !prefetch {
@@ -376,22 +366,28 @@ fn recomputed_add_simd(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3],
     crate::kernel::dispatch_simd!(recomputed_add(p: &mut [f32], g: &[f32], v: &[f32], f: [Option<f32>; 3], flip: f32, prefetch: bool))
 }
 
-/// `p ← p + (((u / d)·lr)·s)·flip`, each factor present or not: Adafactor's last pass, with the
-/// operations of its links in their order.
+/// `(((u / d)·lr)·s)·flip`, each factor present or not: the update of Adafactor's links after its
+/// moments, with their operations in their order.
 #[inline(always)]
-fn scaled_add(p: &mut [f32], u: &[f32], [d, lr, s]: [Option<f32>; 3], flip: f32) {
+fn scaled(u: f32, [d, lr, s]: [Option<f32>; 3], flip: f32) -> f32 {
+    let mut x = u;
+    if let Some(d) = d {
+        x /= d;
+    }
+    if let Some(lr) = lr {
+        x *= lr;
+    }
+    if let Some(s) = s {
+        x *= s;
+    }
+    x * flip
+}
+
+/// `p ← p + (((u / d)·lr)·s)·flip` ([`scaled`]): Adafactor's last pass.
+#[inline(always)]
+fn scaled_add(p: &mut [f32], u: &[f32], f: [Option<f32>; 3], flip: f32) {
     for (p, &u) in p.iter_mut().zip(u) {
-        let mut x = u;
-        if let Some(d) = d {
-            x /= d;
-        }
-        if let Some(lr) = lr {
-            x *= lr;
-        }
-        if let Some(s) = s {
-            x *= s;
-        }
-        *p += x * flip;
+        *p += scaled(u, f, flip);
     }
 }
 
