@@ -438,6 +438,32 @@ pub(crate) fn sum_lanes(lanes: &[f32], gw: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// `grad_tile(m, k)`: the kernel of a weight-gradient register tile of `m` channels × `k` taps
+/// (at most [`NO`] × [`NT`]) for [`weight_grad_tiles`], the `weight_grad_tile::<M, K>` of the
+/// module it is expanded in.
+macro_rules! grad_tile_table {
+    () => {
+        /// The kernel of a weight-gradient register tile of `m` channels × `k` taps (at most
+        /// [`super::NO`] × [`super::NT`]), for [`super::weight_grad_tiles`].
+        pub(super) fn grad_tile(m: usize, k: usize) -> super::GradTile {
+            match (m, k) {
+                (4, 3) => weight_grad_tile::<4, 3>,
+                (4, 2) => weight_grad_tile::<4, 2>,
+                (4, 1) => weight_grad_tile::<4, 1>,
+                (3, 3) => weight_grad_tile::<3, 3>,
+                (3, 2) => weight_grad_tile::<3, 2>,
+                (3, 1) => weight_grad_tile::<3, 1>,
+                (2, 3) => weight_grad_tile::<2, 3>,
+                (2, 2) => weight_grad_tile::<2, 2>,
+                (2, 1) => weight_grad_tile::<2, 1>,
+                (1, 3) => weight_grad_tile::<1, 3>,
+                (1, 2) => weight_grad_tile::<1, 2>,
+                _ => weight_grad_tile::<1, 1>,
+            }
+        }
+    };
+}
+
 mod avx2 {
     use super::{Taps, LANES, TILE};
     use std::arch::x86_64::*;
@@ -529,24 +555,7 @@ mod avx2 {
         }
     }
 
-    /// The kernel of a weight-gradient register tile of `m` channels × `k` taps (at most
-    /// [`super::NO`] × [`super::NT`]), for [`super::weight_grad_tiles`].
-    pub(super) fn grad_tile(m: usize, k: usize) -> super::GradTile {
-        match (m, k) {
-            (4, 3) => weight_grad_tile::<4, 3>,
-            (4, 2) => weight_grad_tile::<4, 2>,
-            (4, 1) => weight_grad_tile::<4, 1>,
-            (3, 3) => weight_grad_tile::<3, 3>,
-            (3, 2) => weight_grad_tile::<3, 2>,
-            (3, 1) => weight_grad_tile::<3, 1>,
-            (2, 3) => weight_grad_tile::<2, 3>,
-            (2, 2) => weight_grad_tile::<2, 2>,
-            (2, 1) => weight_grad_tile::<2, 1>,
-            (1, 3) => weight_grad_tile::<1, 3>,
-            (1, 2) => weight_grad_tile::<1, 2>,
-            _ => weight_grad_tile::<1, 1>,
-        }
-    }
+    grad_tile_table!();
 
     /// Output channels `0..M` of `dy` (planes `dplane` apart) against taps `t0..t0 + K` of the
     /// input plane `x`; adds each vector of lane sums to the 8 at `gw[(j·gw_stride + k)·8]`.
@@ -677,24 +686,7 @@ mod avx512 {
         }
     }
 
-    /// The kernel of a weight-gradient register tile of `m` channels × `k` taps (at most
-    /// [`super::NO`] × [`super::NT`]), for [`super::weight_grad_tiles`].
-    pub(super) fn grad_tile(m: usize, k: usize) -> super::GradTile {
-        match (m, k) {
-            (4, 3) => weight_grad_tile::<4, 3>,
-            (4, 2) => weight_grad_tile::<4, 2>,
-            (4, 1) => weight_grad_tile::<4, 1>,
-            (3, 3) => weight_grad_tile::<3, 3>,
-            (3, 2) => weight_grad_tile::<3, 2>,
-            (3, 1) => weight_grad_tile::<3, 1>,
-            (2, 3) => weight_grad_tile::<2, 3>,
-            (2, 2) => weight_grad_tile::<2, 2>,
-            (2, 1) => weight_grad_tile::<2, 1>,
-            (1, 3) => weight_grad_tile::<1, 3>,
-            (1, 2) => weight_grad_tile::<1, 2>,
-            _ => weight_grad_tile::<1, 1>,
-        }
-    }
+    grad_tile_table!();
 
     /// [`super::avx2`]'s weight-gradient tile on 16 positions a step (a last 8 in the lower
     /// half): lanes `l` and `l + 8` summed into the weight's 8 lane sums at the end.
