@@ -93,6 +93,20 @@ impl CnnConfig {
         n
     }
 
+    /// Floats of the largest of those outputs for one `h × w` image. Its gradient exists during
+    /// the backward while every output kept for the backward is still held.
+    pub fn largest_output(&self, h: usize, w: usize) -> usize {
+        let (mut h, mut w) = (h, w);
+        let mut n = self.width * h * w;
+        for (_, _, out, stride) in self.blocks() {
+            if stride == 2 {
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            n = n.max(out * h * w);
+        }
+        n
+    }
+
     /// Weights of the main path's 3×3 convolutions (the stem and two per block): all but the
     /// batch norms, the shortcuts and the classifier, a lower bound of the parameters.
     pub fn conv_weights(&self) -> usize {
@@ -428,6 +442,21 @@ mod tests {
 
     use super::add_relu;
     use crate::rng::Rng;
+
+    /// The sizes the memory check counts, by hand for two layouts: outputs of the stem and of
+    /// each block's two convolutions, the largest of them, and the main path's weights.
+    #[test]
+    fn conv_sizes_count_the_main_path() {
+        let c = super::CnnConfig::mnist(6, 16).unwrap();
+        // Stem and stage 1: 16 × 28 × 28; stage 2: 32 × 14 × 14.
+        assert_eq!(c.conv_outputs(28, 28), 12_544 + 2 * 12_544 + 2 * 6_272);
+        assert_eq!(c.largest_output(28, 28), 12_544);
+        assert_eq!(c.conv_weights(), 16 * 9 + (16 * 16 + 16 * 16) * 9 + (16 * 32 + 32 * 32) * 9);
+        // Two blocks a stage, width 8, and an odd image: stage 2 is 16 × 8 × 8.
+        let c = super::CnnConfig::mnist(10, 8).unwrap();
+        assert_eq!(c.conv_outputs(15, 15), 8 * 225 * 5 + 16 * 64 * 4);
+        assert_eq!(c.largest_output(15, 15), 8 * 225);
+    }
 
     /// The add-ReLU op against candle's sum and ReLU away from zero (the same bits), and its
     /// gradient, to both operands, zero where the sum is zero (PyTorch's).
