@@ -36,6 +36,9 @@ enum Payload {
 struct LentBuffer {
     ptr: *mut f32,
     len: usize,
+    /// The range of the buffer this replica owns in the collective (`0..0` where it has none),
+    /// checked against what the others expect before any is read.
+    part: (usize, usize),
 }
 
 // SAFETY: a lent buffer is only dereferenced inside the collective that lent it, between its
@@ -125,13 +128,32 @@ impl Threads {
         Ok(s.published.clone().expect("published"))
     }
 
-    fn f32s(all: &[Payload], len: usize) -> Result<Vec<&[f32]>> {
-        all.iter()
-            .map(|p| match p {
-                Payload::F32(v) if v.len() == len => Ok(v.as_slice()),
-                _ => Err(Error::Param("replicas called a collective with different buffers".into())),
+    /// Lends this replica's buffer of `len` values at `ptr` to the group and returns every
+    /// replica's, in rank order, once all have come: all of the same length. The caller ends
+    /// the collective with [`Threads::barrier`] before its buffer is used again.
+    fn lend(&self, ptr: *mut f32, len: usize, bounds: &[Range<usize>]) -> Result<Vec<LentBuffer>> {
+        let part = (bounds[self.rank].start, bounds[self.rank].end);
+        let all = self.exchange(Payload::Lent(LentBuffer { ptr, len, part }))?;
+        let lent = all
+            .iter()
+            .zip(bounds)
+            .map(|(p, r)| match p {
+                Payload::Lent(b) if b.len == len && b.part == (r.start, r.end) => Ok(*b),
+                _ => Err(Error::Param("replicas called a collective with different buffers or ranges".into())),
             })
-            .collect()
+            .collect::<Result<Vec<_>>>();
+        if lent.is_err() {
+            // Every replica leaves through the barrier, so that none reads a buffer whose owner
+            // has returned.
+            self.barrier()?;
+        }
+        lent
+    }
+
+    /// Returns when every replica has come: after it, no replica reads or writes another's
+    /// lent buffer.
+    fn barrier(&self) -> Result<()> {
+        self.exchange(Payload::Bytes(vec![])).map(drop)
     }
 }
 
@@ -163,7 +185,7 @@ impl Communicator for Threads {
         if size == 1 {
             return Ok(());
         }
-        let all = self.exchange(Payload::Lent(LentBuffer { ptr: buf.as_mut_ptr(), len: buf.len() }))?;
+        let all = self.exchange(Payload::Lent(LentBuffer { ptr: buf.as_mut_ptr(), len: buf.len(), part: (0, 0) }))?;
         let lent = all
             .iter()
             .map(|p| match p {
@@ -225,32 +247,47 @@ impl Communicator for Threads {
         }
         Ok(())
     }
+    /// Without copies: every replica lends its buffer and sums its own range of all of them,
+    /// in rank order, into `out`; a second barrier returns when all have read.
     fn reduce_scatter_sum(&self, buf: &[f32], bounds: &[Range<usize>], out: &mut [f32]) -> Result<()> {
         check_bounds(buf.len(), bounds, self.size())?;
         let range = bounds[self.rank].clone();
         if out.len() != range.len() {
             return Err(Error::Param(format!("reduce-scatter: {} values for a range of {}", out.len(), range.len())));
         }
-        let all = self.exchange(Payload::F32(buf.to_vec()))?;
-        let parts = Self::f32s(&all, buf.len())?;
-        out.copy_from_slice(&parts[0][range.clone()]);
-        for p in &parts[1..] {
-            for (o, x) in out.iter_mut().zip(&p[range.clone()]) {
-                *o += x;
+        // Lent for reading only: no replica writes any buffer in this collective.
+        let lent = self.lend(buf.as_ptr() as *mut f32, buf.len(), bounds)?;
+        {
+            // SAFETY: see `LentBuffer`; every owner waits in this collective until the barrier
+            // below, and the buffers are only read.
+            let parts: Vec<&[f32]> = lent
+                .iter()
+                .map(|b| unsafe { std::slice::from_raw_parts(b.ptr.add(range.start), range.len()) })
+                .collect();
+            out.copy_from_slice(parts[0]);
+            for p in &parts[1..] {
+                out.iter_mut().zip(p.iter()).for_each(|(o, x)| *o += x);
             }
         }
-        Ok(())
+        self.barrier()
     }
+    /// Without copies through the group: every replica lends its buffer and copies each other
+    /// replica's range out of that replica's buffer into its own; a second barrier returns when
+    /// all have copied.
     fn all_gather(&self, buf: &mut [f32], bounds: &[Range<usize>]) -> Result<()> {
         check_bounds(buf.len(), bounds, self.size())?;
-        let all = self.exchange(Payload::F32(buf[bounds[self.rank].clone()].to_vec()))?;
-        for (r, p) in all.iter().enumerate() {
-            match p {
-                Payload::F32(v) if v.len() == bounds[r].len() => buf[bounds[r].clone()].copy_from_slice(v),
-                _ => return Err(Error::Param("all-gather: the replicas' ranges differ".into())),
+        let lent = self.lend(buf.as_mut_ptr(), buf.len(), bounds)?;
+        let mine = lent[self.rank].ptr;
+        for (r, b) in lent.iter().enumerate() {
+            if r != self.rank {
+                let range = bounds[r].clone();
+                // SAFETY: see `LentBuffer`; until the barrier below, replica `r`'s range `r` of
+                // its buffer is only read, and each replica writes only its own buffer outside
+                // its own range: the ranges are disjoint (checked above).
+                unsafe { std::ptr::copy_nonoverlapping(b.ptr.add(range.start), mine.add(range.start), range.len()) };
             }
         }
-        Ok(())
+        self.barrier()
     }
     fn gather_to(&self, send: &[f32], counts: &[usize], root: usize) -> Result<Vec<f32>> {
         if counts.len() != self.size() || counts[self.rank] != send.len() {
@@ -391,6 +428,16 @@ mod tests {
         assert_eq!(reduce_range(5, 2, 3), 5..5);
         let mismatched = on_threads(2, 1, |c| -> Result<()> { c.all_reduce_sum(&mut vec![1.0; 3 + c.rank()]) });
         assert!(mismatched.iter().all(|r| r.as_ref().unwrap_err().to_string().contains("different buffers")));
+        // The in-place reduce-scatter and all-gather refuse replicas that disagree on the split,
+        // every replica leaving the collective.
+        let split = |r: usize| if r == 0 { [0..2, 2..4] } else { [0..3, 3..4] };
+        let mismatched = on_threads(2, 1, |c| -> Result<()> { c.all_gather(&mut [0.0; 4], &split(c.rank())) });
+        assert!(mismatched.iter().all(|r| r.as_ref().unwrap_err().to_string().contains("ranges")));
+        let mismatched = on_threads(2, 1, |c| -> Result<()> {
+            let b = split(c.rank());
+            c.reduce_scatter_sum(&[1.0; 4], &b, &mut vec![0.0; b[c.rank()].len()])
+        });
+        assert!(mismatched.iter().all(|r| r.as_ref().unwrap_err().to_string().contains("ranges")));
     }
 
     #[test]
