@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use descent_core::kernel::{add_assign, CHUNK, PARALLEL_MIN};
+use descent_core::kernel::{add_assign, prefetch_range, CHUNK, PARALLEL_MIN, PREFETCH_AHEAD, PREFETCH_MIN};
 use descent_core::optimizer::Optimizer;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
 use rayon::prelude::*;
@@ -92,11 +92,14 @@ fn roofline_step(p: &mut [Vec<f32>], g: &[Vec<f32>], state: &mut [Vec<Vec<f32>>]
             .chain(state.iter_mut().map(|s| SendPtr(s[t].as_mut_ptr())))
             .collect();
         let gp = &g[t];
+        // Prefetching as the fused steps do on a tensor this long, so that the roofline streams
+        // at least as well as the optimizers it measures.
+        let streaming = n >= PREFETCH_MIN;
         let body = |off: usize, len: usize| {
             // SAFETY: each task touches its own disjoint range of every buffer.
             let mut xs: Vec<&mut [f32]> =
                 ptrs.iter().map(|ptr| unsafe { std::slice::from_raw_parts_mut(ptr.0.add(off), len) }).collect();
-            roofline_chunk(&mut xs, &gp[off..off + len]);
+            roofline_chunk(&mut xs, &gp[off..off + len], streaming);
         };
         if n >= PARALLEL_MIN {
             (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|c| body(c * CHUNK, CHUNK.min(n - c * CHUNK)));
@@ -106,16 +109,24 @@ fn roofline_step(p: &mut [Vec<f32>], g: &[Vec<f32>], state: &mut [Vec<Vec<f32>>]
     }
 }
 
-/// `x += g` for every buffer `x`, one loop over all of them, vectorized for the CPU at hand.
-fn roofline_chunk(xs: &mut [&mut [f32]], g: &[f32]) {
+/// `x += g` for every buffer `x`, one loop over all of them, vectorized for the CPU at hand;
+/// with `streaming`, every buffer prefetched [`PREFETCH_AHEAD`] elements ahead, as the fused
+/// steps prefetch on long tensors.
+fn roofline_chunk(xs: &mut [&mut [f32]], g: &[f32], streaming: bool) {
     #[inline(always)]
-    fn body<const K: usize>(xs: &mut [&mut [f32]], g: &[f32]) {
+    fn body<const K: usize>(xs: &mut [&mut [f32]], g: &[f32], streaming: bool) {
         let xs: &mut [&mut [f32]; K] = xs.try_into().expect("K buffers");
         let n = g.len();
         let mut xs = xs.each_mut().map(|x| &mut x[..n]);
         // Eight lanes of the gradient in registers, added to each buffer in turn.
         let body = n - n % 8;
         for j in (0..body).step_by(8) {
+            if streaming && j % 64 == 0 {
+                prefetch_range(g, j + PREFETCH_AHEAD, 64);
+                for x in xs.iter() {
+                    prefetch_range(x, j + PREFETCH_AHEAD, 64);
+                }
+            }
             let gv: [f32; 8] = g[j..j + 8].try_into().expect("8 lanes");
             for x in xs.iter_mut() {
                 let x: &mut [f32; 8] = (&mut x[j..j + 8]).try_into().expect("8 lanes");
@@ -131,28 +142,28 @@ fn roofline_chunk(xs: &mut [&mut [f32]], g: &[f32]) {
         }
     }
     #[inline(always)]
-    fn any(xs: &mut [&mut [f32]], g: &[f32]) {
+    fn any(xs: &mut [&mut [f32]], g: &[f32], streaming: bool) {
         match xs.len() {
-            1 => body::<1>(xs, g),
-            2 => body::<2>(xs, g),
-            3 => body::<3>(xs, g),
-            4 => body::<4>(xs, g),
-            5 => body::<5>(xs, g),
+            1 => body::<1>(xs, g, streaming),
+            2 => body::<2>(xs, g, streaming),
+            3 => body::<3>(xs, g, streaming),
+            4 => body::<4>(xs, g, streaming),
+            5 => body::<5>(xs, g, streaming),
             _ => xs.iter_mut().for_each(|x| add_assign(x, g)),
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(xs: &mut [&mut [f32]], g: &[f32]) {
-            any(xs, g)
+        unsafe fn avx2(xs: &mut [&mut [f32]], g: &[f32], streaming: bool) {
+            any(xs, g, streaming)
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2.
-            return unsafe { avx2(xs, g) };
+            return unsafe { avx2(xs, g, streaming) };
         }
     }
-    any(xs, g)
+    any(xs, g, streaming)
 }
 
 /// An optimizer that evaluates the objective itself has no step on given gradients to time.
