@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod chain;
 pub mod closure;
 pub mod error;
