@@ -467,7 +467,7 @@ pub(crate) fn apply_into(
 
 /// `(Σp², Σu²)` of sub-blocks added in order (the lanes of [`sum_sq`]), dispatched to the
 /// AVX2 build where the CPU has it.
-fn add_sum_sq2(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
+pub(crate) fn add_sum_sq2(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
     #[inline(always)]
     fn body(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
         sp.add(p);

@@ -1328,6 +1328,68 @@ impl Adafactor {
         None
     }
 
+    /// The unfactored (1-D) half of [`Adafactor::scaled`] without writing the update: the second
+    /// moments of tensor `i` updated from `g`, and `(Σupd², Σp²)` summed as `scaled` sums them
+    /// (each chunk's update made in an L1 scratch, block by block, and summed in order: the same
+    /// bits). [`Adafactor::recomputed_step`] makes the update again from `g` and the new moments.
+    fn unfactored_sums(&mut self, i: usize, g: &[f32], p: &[f32], w: f32, eps1: f32) -> (f64, f64) {
+        #[inline(always)]
+        fn moments(g: &[f32], v: &mut [f32], p: &[f32], w: f32, floor: f32) -> (f64, f64) {
+            let (mut sp, mut su) = (crate::kernel::SumSq::default(), crate::kernel::SumSq::default());
+            let mut scratch = [0.0f32; crate::kernel::BLOCK];
+            for ((g, v), p) in g
+                .chunks(crate::kernel::BLOCK)
+                .zip(v.chunks_mut(crate::kernel::BLOCK))
+                .zip(p.chunks(crate::kernel::BLOCK))
+            {
+                let u = &mut scratch[..g.len()];
+                for ((g, v), u) in g.iter().zip(v.iter_mut()).zip(u.iter_mut()) {
+                    *v += (g * g - *v) * w;
+                    *u = g / v.max(floor).sqrt();
+                }
+                crate::kernel::add_sum_sq2(&mut sp, &mut su, p, u);
+            }
+            (su.total(), sp.total())
+        }
+        fn moments_simd(g: &[f32], v: &mut [f32], p: &[f32], w: f32, floor: f32) -> (f64, f64) {
+            crate::kernel::dispatch_simd!(moments(g: &[f32], v: &mut [f32], p: &[f32], w: f32, floor: f32) -> (f64, f64))
+        }
+        let k = crate::kernel::CHUNK;
+        let body = |c: usize, v: &mut [f32]| {
+            let r = c * k..c * k + v.len();
+            moments_simd(&g[r.clone()], v, &p[r], w, eps1 * eps1)
+        };
+        let v = &mut self.variance[i];
+        let parts: Vec<(f64, f64)> = if g.len() >= crate::kernel::PARALLEL_MIN {
+            use rayon::prelude::*;
+            v.par_chunks_mut(k).enumerate().map(|(c, v)| body(c, v)).collect()
+        } else {
+            v.chunks_mut(k).enumerate().map(|(c, v)| body(c, v)).collect()
+        };
+        (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
+    }
+
+    /// The step of an unfactored tensor `i` after [`Adafactor::unfactored_sums`]: each update
+    /// `g/√max(v, eps1²)` made again from the gradient and the new moments (the bits `scaled`
+    /// wrote) and added as [`adafactor_update`] says, one pass over `g`, `v` and `p`.
+    fn recomputed_step(&self, i: usize, g: &[f32], p: &mut [f32], step: f32, decay: f32, eps1: f32) {
+        #[inline(always)]
+        fn body(g: &[f32], v: &[f32], p: &mut [f32], step: f32, decay: f32, floor: f32) {
+            for ((g, v), p) in g.iter().zip(v).zip(p.iter_mut()) {
+                let x = g / v.max(floor).sqrt();
+                *p += adafactor_update(*p, x, step, decay);
+            }
+        }
+        fn body_simd(g: &[f32], v: &[f32], p: &mut [f32], step: f32, decay: f32, floor: f32) {
+            crate::kernel::dispatch_simd!(body(g: &[f32], v: &[f32], p: &mut [f32], step: f32, decay: f32, floor: f32))
+        }
+        let v = &self.variance[i];
+        crate::kernel::for_chunks(p, |off, p| {
+            let r = off..off + p.len();
+            body_simd(&g[r.clone()], &v[r], p, step, decay, eps1 * eps1)
+        });
+    }
+
     /// The step `α/max(1, rms(upd)/d)` and the decoupled decay `lr·λ` for a tensor `p` with
     /// scaled update `upd`; the norms are summed over fixed chunks across threads, or given as
     /// `(Σupd², Σp²)` where [`Adafactor::scaled`] summed them.
@@ -1394,6 +1456,14 @@ impl Transform for Adafactor {
         }
         let (w, eps1) = self.begin_step();
         for (i, (p, upd)) in params.iter_mut().zip(updates.iter_mut()).enumerate() {
+            if self.shapes[i].len() <= 1 {
+                // Unfactored: the update is made twice instead of written out and read back
+                // (32 bytes a parameter in two passes instead of 40).
+                let sums = self.unfactored_sums(i, grads[i], p, w, eps1);
+                let (step, decay) = self.step_size(p, &[], Some(sums));
+                self.recomputed_step(i, grads[i], p, step, decay, eps1);
+                continue;
+            }
             let sums = self.scaled(i, grads[i], p, upd, w, eps1);
             let (step, decay) = self.step_size(p, upd, sums);
             // The update of `update`, added.
