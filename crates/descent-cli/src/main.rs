@@ -392,8 +392,8 @@ fn main() -> ExitCode {
         }
         Command::Bench { what: BenchCommand::Step { optimizer, model, params, tensors, threads, steps, hparams } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            train::parse_json(&hparams)
-                .map_err(|e| anyhow::anyhow!("--hparams {hparams}: {e}"))
+            checked_threads(threads)
+                .and_then(|_| train::parse_json(&hparams).map_err(|e| anyhow::anyhow!("--hparams {hparams}: {e}")))
                 .and_then(|hparams| match model {
                     Some(model) => {
                         if params.is_some() || tensors.is_some() {

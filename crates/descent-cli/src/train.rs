@@ -620,14 +620,18 @@ const NO_GPT: &str = "the gpt model trains on text through `descent train` and `
 /// A gpt as its settings describe it (after [`resolve_defaults`]), for a corpus, initialized from
 /// `rng` (nanoGPT's initialization).
 pub fn gpt_of(a: &TrainArgs, corpus: &CharCorpus, rng: &mut Rng) -> Result<Gpt> {
+    Ok(Gpt::new(gpt_config_of(a, corpus)?, rng, &Device::Cpu)?)
+}
+
+/// The shape [`gpt_of`] builds, for checks before any weight is allocated.
+fn gpt_config_of(a: &TrainArgs, corpus: &CharCorpus) -> Result<GptConfig> {
     let get = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is not set"));
     let (n_layer, n_head, n_embd) =
         (get(a.n_layer, "--n-layer")?, get(a.n_head, "--n-head")?, get(a.n_embd, "--n-embd")?);
-    let config = GptConfig {
+    Ok(GptConfig {
         dropout: a.dropout(),
         ..GptConfig::new(corpus.vocab_size(), get(a.block_size, "--block-size")?, n_layer, n_head, n_embd)
-    };
-    Ok(Gpt::new(config, rng, &Device::Cpu)?)
+    })
 }
 
 /// The text of a gpt run (`--text`, the bundled tiny-shakespeare by default).
@@ -865,6 +869,9 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.batches == 0 {
         bail!("--batches 0: time at least one batch");
     }
+    if a.warmup.checked_add(a.batches).is_none() {
+        bail!("--warmup {} with --batches {}: more batches in all than can be counted", a.warmup, a.batches);
+    }
     match a.rounds {
         Some(0) => bail!("--rounds 0: at least one round"),
         Some(r) if a.precisions.len() < 2 => bail!(
@@ -886,7 +893,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-    check_model_memory(&a.model, Arch::default(), batch, crate::bench::available_memory())?;
+    check_model_memory(&a.model, Arch::default(), batch, comm.size(), crate::bench::available_memory())?;
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
         &a.model,
@@ -1812,24 +1819,82 @@ fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
 
 /// The settings of a gpt run: the model's shape, the text, and nothing that only an epoch-based
 /// image model uses.
-/// Refuses a gpt batch whose activations cannot be held: a lower bound of what a step keeps for
-/// its backward (per token and layer about 21 floats a channel and a row of attention weights
-/// per head, and the logits thrice; measured here: 52 KB a token for nanoGPT's recipe, this
-/// bound 48), against `available` bytes, instead of the kernel killing the process.
+/// Refuses a step of more samples than the training set holds (a batch, or `accumulate` of them),
+/// which the epoch's loader would cut to the training set without a word.
+fn check_step_fits(batch: usize, accumulate: usize, samples: usize, model: &str) -> Result<()> {
+    if batch > samples {
+        bail!(
+            "--batch-size {batch}: more than the {samples} training samples of {model}; a batch is at most the training set"
+        );
+    }
+    match batch.checked_mul(accumulate) {
+        Some(step) if step <= samples => Ok(()),
+        step => bail!(
+            "--batch-size {batch} with --accumulate {accumulate}: a step of {} samples, more than the {samples} training \
+             samples of {model}; a step is at most the training set",
+            step.map_or("too many".to_string(), |s| s.to_string())
+        ),
+    }
+}
+
+/// Refuses, before any weight is allocated, a gpt and batch whose training step cannot be held:
+/// a lower bound of its memory against `available` bytes, instead of an allocation failure's
+/// abort or the kernel killing the process. The bound counts the weights twice (with their
+/// gradients: embeddings, and per layer 12·C² + 13·C) and what a step keeps for its backward: per
+/// token and layer about 21 floats a channel and a row of attention weights per head, and the
+/// logits thrice (measured here: 52 KB a token for nanoGPT's recipe, this bound 48). Arithmetic
+/// in `u128`, saturating: no shape wraps around to a small number.
 fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Result<()> {
-    let per_token = (c.n_layer * (21 * c.n_embd + c.n_head * c.block_size) + 3 * c.vocab_size) as u64 * 4;
-    let need = (batch as u64).checked_mul(c.block_size as u64).and_then(|t| t.checked_mul(per_token));
-    match (need, available) {
-        (None, _) => bail!("--batch-size {batch}: too many windows of {} tokens to hold in memory", c.block_size),
-        (Some(need), Some(have)) if need > have => bail!(
-            "--batch-size {batch}: a step of this gpt keeps at least {:.1} GB of activations ({} windows of {} tokens), \
-             more than the {:.1} GB of memory available; use a smaller batch (with --accumulate for the same step)",
-            need as f64 / 1e9,
-            batch,
+    let u = |x: usize| x as u128;
+    let (e, layers, vocab, block) = (u(c.n_embd), u(c.n_layer), u(c.vocab_size), u(c.block_size));
+    let per_layer = e.saturating_mul(e).saturating_mul(12).saturating_add(e.saturating_mul(13));
+    let weights = vocab
+        .saturating_add(block)
+        .saturating_add(2)
+        .saturating_mul(e)
+        .saturating_add(layers.saturating_mul(per_layer));
+    let weights = weights.saturating_mul(2 * 4);
+    let per_token = layers
+        .saturating_mul(e.saturating_mul(21).saturating_add(u(c.n_head).saturating_mul(block)))
+        .saturating_add(vocab.saturating_mul(3))
+        .saturating_mul(4);
+    let activations = u(batch).saturating_mul(block).saturating_mul(per_token);
+    let need = weights.saturating_add(activations);
+    if need > u64::MAX as u128 {
+        bail!(
+            "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}: too many values for any \
+             memory ({} at least)",
+            c.n_layer,
+            c.n_head,
+            c.n_embd,
             c.block_size,
+            gigabytes(need)
+        );
+    }
+    match available {
+        Some(have) if need > have as u128 => bail!(
+            "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}: a step of this gpt keeps at least \
+             {} (activations {}, weights and gradients {}), more than the {:.1} GB of memory available; use a smaller \
+             batch (with --accumulate for the same step) or a smaller model",
+            c.n_layer,
+            c.n_head,
+            c.n_embd,
+            c.block_size,
+            gigabytes(need),
+            gigabytes(activations),
+            gigabytes(weights),
             have as f64 / 1e9
         ),
         _ => Ok(()),
+    }
+}
+
+/// `n` bytes in GB with one decimal, or "10^12 GB or more" past that.
+fn gigabytes(n: u128) -> String {
+    if n >= 1_000_000_000_000_000_000_000 {
+        "10^12 GB or more".into()
+    } else {
+        format!("{:.1} GB", n as f64 / 1e9)
     }
 }
 
@@ -1844,8 +1909,10 @@ fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Resu
 /// and the pooled or hidden outputs once in LeNet and the MLP. Measured here at the default
 /// shapes: 909–967 KB an image for resnet and 504–509 KB for plain, against bounds of 853 KB
 /// and 452 KB.
-fn check_model_memory(model: &str, arch: Arch, batch: usize, available: Option<u64>) -> Result<()> {
-    // (weights, floats kept per image, the shape's flags as the message names them)
+fn check_model_memory(model: &str, arch: Arch, batch: usize, replicas: usize, available: Option<u64>) -> Result<()> {
+    // (weights, floats kept per image, the shape's flags as the message names them), in u128,
+    // saturating: no shape wraps around to a small number.
+    let u = |x: usize| x as u128;
     let (weights, per_image, shape): (u128, u128, String) = match model {
         "resnet" | "plain" => {
             let (depth, width) = (arch.depth.unwrap_or(6), arch.width.unwrap_or(16));
@@ -1853,37 +1920,46 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, available: Option<u
             let Ok(c) = CnnConfig::mnist(depth, width) else { return Ok(()) };
             let copies = if model == "resnet" { 4 } else { 2 };
             (
-                c.conv_weights() as u128,
-                copies * c.conv_outputs(28, 28) as u128 + c.largest_output(28, 28) as u128,
+                c.conv_weights(),
+                c.conv_outputs(28, 28).saturating_mul(copies).saturating_add(c.largest_output(28, 28)),
                 format!("--depth {depth} --width {width}"),
             )
         }
         "lenet" => {
-            let w = arch.width.unwrap_or(6) as u128;
+            let w = u(arch.width.unwrap_or(6));
             // LeNet5::with_width's scaling of (6, 16, 120, 84), without its rounding.
-            let (c1, c2, f1, f2) = (w, 16 * w / 6, 20 * w, 14 * w);
+            let (c1, c2, f1, f2) = (w, w.saturating_mul(16) / 6, w.saturating_mul(20), w.saturating_mul(14));
+            let m = |a: u128, b: u128| a.saturating_mul(b);
             (
-                25 * c1 + 25 * c1 * c2 + 16 * c2 * f1 + f1 * f2 + 10 * f2,
-                144 * c1 + 16 * c2 + f1 + f2,
+                [m(25, c1), m(m(25, c1), c2), m(m(16, c2), f1), m(f1, f2), m(10, f2)]
+                    .into_iter()
+                    .fold(0u128, u128::saturating_add),
+                [m(144, c1), m(16, c2), f1, f2].into_iter().fold(0u128, u128::saturating_add),
                 format!("--width {w}"),
             )
         }
         "mlp" => {
-            let h = arch.hidden.unwrap_or(128) as u128;
-            (794 * h, h, format!("--hidden {h}"))
+            let h = u(arch.hidden.unwrap_or(128));
+            (h.saturating_mul(794), h, format!("--hidden {h}"))
         }
         _ => return Ok(()),
     };
-    let (weights, activations) = (2 * 4 * weights, 4 * per_image * batch as u128);
-    let need = weights + activations;
+    // Each replica holds its own weights and gradients; the batch is split among them.
+    let weights = weights.saturating_mul(2 * 4).saturating_mul(u(replicas.max(1)));
+    let activations = per_image.saturating_mul(4).saturating_mul(u(batch));
+    let need = weights.saturating_add(activations);
+    let replicas = if replicas > 1 { format!(" on {replicas} replicas") } else { String::new() };
+    if need > u64::MAX as u128 {
+        bail!("--batch-size {batch} {shape}: too many values for any memory ({} at least)", gigabytes(need));
+    }
     match available {
         Some(have) if need > have as u128 => bail!(
-            "--batch-size {batch} {shape}: a step of this {model} keeps at least {:.1} GB (activations {:.1} GB, \
-             weights and gradients {:.1} GB), more than the {:.1} GB of memory available; use a smaller batch \
+            "--batch-size {batch} {shape}: a step of this {model}{replicas} keeps at least {} (activations {}, \
+             weights and gradients {}), more than the {:.1} GB of memory available; use a smaller batch \
              (with --accumulate for the same step) or a smaller network",
-            need as f64 / 1e9,
-            activations as f64 / 1e9,
-            weights as f64 / 1e9,
+            gigabytes(need),
+            gigabytes(activations),
+            gigabytes(weights),
             have as f64 / 1e9
         ),
         _ => Ok(()),
@@ -2070,8 +2146,10 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     if a.model == "gpt" {
         let corpus = corpus_of(a)?;
-        let model = gpt_of(a, &corpus, &mut rng)?;
         let cfg = config(a, Loss::CrossEntropy)?;
+        let shape = gpt_config_of(a, &corpus)?;
+        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory())?;
+        let model = Gpt::new(shape, &mut rng, &Device::Cpu)?;
         let block = model.config.block_size;
         descent_train::lm::check(&corpus, &cfg, &TextConfig { block_size: block, ..TextConfig::new(block) })?;
         return check_model_settings(&model, &cfg);
@@ -2079,7 +2157,13 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
     let cfg = config(a, loss)?;
-    check_model_memory(&a.model, Arch::of(a), cfg.batch_size, crate::bench::available_memory())?;
+    check_model_memory(
+        &a.model,
+        Arch::of(a),
+        cfg.batch_size,
+        a.data_parallel.unwrap_or(1),
+        crate::bench::available_memory(),
+    )?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     check_model_settings(model.as_ref(), &cfg)
 }
@@ -2698,9 +2782,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             bail!("--student gpt: distillation trains a classifier; accepted: lenet, mlp, resnet, plain");
         }
         let corpus = corpus_of(&a)?;
-        let model = gpt_of(&a, &corpus, &mut rng)?;
         let cfg = config(&a, Loss::CrossEntropy)?;
-        check_gpt_memory(&model.config, cfg.batch_size, crate::bench::available_memory())?;
+        let shape = gpt_config_of(&a, &corpus)?;
+        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory())?;
+        let model = Gpt::new(shape, &mut rng, &Device::Cpu)?;
         check_model_settings(&model, &cfg)?;
         let text = TextConfig {
             block_size: model.config.block_size,
@@ -2715,11 +2800,18 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     } else {
         let init = Init::parse(&a.init)?;
         let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-        check_model_memory(&a.model, Arch::of(&a), batch, crate::bench::available_memory())?;
+        check_model_memory(
+            &a.model,
+            Arch::of(&a),
+            batch,
+            a.data_parallel.unwrap_or(1),
+            crate::bench::available_memory(),
+        )?;
         let (model, train_set, test_set, loss) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
         let mut cfg = config(&a, loss)?;
+        check_step_fits(cfg.batch_size, cfg.accumulate, train_set.len(), &a.model)?;
         if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
             aug.check_image(h, w)?;
         }
@@ -2978,35 +3070,43 @@ mod tests {
     #[test]
     fn a_gpt_batch_beyond_memory_is_refused() {
         let c = GptConfig::new(65, 64, 4, 4, 128);
-        assert!(check_model_memory("resnet", Arch::default(), 128, Some(24 << 30)).is_ok());
-        assert!(check_model_memory("linear", Arch::default(), 60_000, Some(1 << 20)).is_ok());
+        assert!(check_model_memory("resnet", Arch::default(), 128, 1, Some(24 << 30)).is_ok());
+        assert!(check_model_memory("linear", Arch::default(), 60_000, 1, Some(1 << 20)).is_ok());
         // 853 KB an image at depth 6, width 16: 60 000 images need 51 GB, 20 000 of plain's
         // (452 KB) 9 GB.
-        let e = check_model_memory("resnet", Arch::default(), 60_000, Some(20 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("resnet", Arch::default(), 60_000, 1, Some(20 << 30)).unwrap_err().to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("51.2 GB"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), 20_000, Some(9_100_000_000)).is_ok());
-        assert!(check_model_memory("plain", Arch::default(), 20_000, Some(8_900_000_000)).is_err());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, 1, Some(9_100_000_000)).is_ok());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, 1, Some(8_900_000_000)).is_err());
         // The whole training set in one plain batch (about 30 GB measured) on a 24 GB machine:
         // the two copies alone (24.1 GB) let it through to be killed.
-        let e = check_model_memory("plain", Arch::default(), 60_000, Some(24_400_000_000)).unwrap_err().to_string();
+        let e = check_model_memory("plain", Arch::default(), 60_000, 1, Some(24_400_000_000)).unwrap_err().to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("27.1 GB"), "{e}");
         let wide = Arch { depth: Some(18), width: Some(256), ..Arch::default() };
-        let e = check_model_memory("plain", wide, 1024, Some(8 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("plain", wide, 1024, 1, Some(8 << 30)).unwrap_err().to_string();
         assert!(e.contains("--depth 18 --width 256"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), usize::MAX, Some(u64::MAX)).is_err());
-        assert!(check_model_memory("plain", Arch::default(), usize::MAX, None).is_ok());
+        assert!(check_model_memory("plain", Arch::default(), usize::MAX, 1, Some(u64::MAX)).is_err());
+        let e = check_model_memory("plain", Arch::default(), usize::MAX, 1, None).unwrap_err().to_string();
+        assert!(e.contains("--batch-size") && e.contains("too many"), "{e}");
         let wide = Arch { width: Some(100_000), ..Arch::default() };
-        let e = check_model_memory("lenet", wide, 64, Some(24 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("lenet", wide, 64, 1, Some(24 << 30)).unwrap_err().to_string();
         assert!(e.contains("--width 100000") && e.contains("this lenet"), "{e}");
-        assert!(check_model_memory("lenet", Arch::default(), 60_000, Some(24 << 30)).is_ok());
+        assert!(check_model_memory("lenet", Arch::default(), 60_000, 1, Some(24 << 30)).is_ok());
         let wide = Arch { hidden: Some(100_000_000), ..Arch::default() };
-        let e = check_model_memory("mlp", wide, 32, Some(24 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("mlp", wide, 32, 1, Some(24 << 30)).unwrap_err().to_string();
         assert!(e.contains("--hidden 100000000"), "{e}");
-        assert!(check_model_memory("mlp", Arch::default(), 60_000, Some(1 << 30)).is_ok());
+        assert!(check_model_memory("mlp", Arch::default(), 60_000, 1, Some(1 << 30)).is_ok());
         assert!(check_gpt_memory(&c, 12, Some(24 << 30)).is_ok());
         assert!(check_gpt_memory(&c, 12, None).is_ok());
         let e = check_gpt_memory(&c, 100_000, Some(24 << 30)).unwrap_err().to_string();
-        assert!(e.contains("--batch-size 100000") && e.contains("GB of activations"), "{e}");
+        assert!(e.contains("--batch-size 100000") && e.contains("activations"), "{e}");
+        // A model too large on its own is refused before any weight exists, whatever the batch.
+        let huge = GptConfig::new(65, 64, 1_000_000_000, 4, 128);
+        let e = check_gpt_memory(&huge, 1, Some(24 << 30)).unwrap_err().to_string();
+        assert!(e.contains("--n-layer 1000000000") && e.contains("weights and gradients 1586176.0 GB"), "{e}");
+        let absurd = GptConfig::new(65, usize::MAX, usize::MAX, 1, usize::MAX);
+        let e = check_gpt_memory(&absurd, usize::MAX, Some(u64::MAX)).unwrap_err().to_string();
+        assert!(e.contains("10^12 GB or more"), "{e}");
         let e = check_gpt_memory(&c, usize::MAX, None).unwrap_err().to_string();
         assert!(e.contains("--batch-size") && e.contains("too many"), "{e}");
     }

@@ -61,6 +61,25 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
             vec!["train", "--model", "mlp", "--hidden", "100000000"],
             vec!["--hidden 100000000", "GB of memory available"],
         ),
+        // Shapes whose size is checked in closed form, before anything is built (a depth of a
+        // billion blocks, a gpt of a billion layers).
+        (
+            vec!["train", "--model", "resnet", "--depth", "1000000002"],
+            vec!["--depth 1000000002", "GB of memory available"],
+        ),
+        (
+            vec!["train", "--model", "gpt", "--n-layer", "1000000000", "--steps", "1"],
+            vec!["--n-layer 1000000000", "weights and gradients", "GB of memory available"],
+        ),
+        // A step larger than the training set, which the loader would cut without a word.
+        (
+            vec!["train", "--model", "mlp", "--batch-size", "100000"],
+            vec!["--batch-size 100000", "at most the training set"],
+        ),
+        (
+            vec!["train", "--model", "mlp", "--batch-size", "1000", "--accumulate", "100000"],
+            vec!["--accumulate 100000", "at most the training set"],
+        ),
     ] {
         let out = descent().args(&args).args(["--out", &dir]).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -69,6 +88,27 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
             assert!(err.contains(n), "{args:?}: {err}");
         }
         assert!(!std::path::Path::new(&dir).exists(), "{args:?} left a run folder behind");
+    }
+}
+
+/// Benchmark counts that cannot be honoured are refused: a warm-up and timed batches whose total
+/// does not fit a counter (it wrapped to no timed batch and a NaN rate), and a thread count past
+/// what `train` accepts (it spent a minute spawning threads, then failed or overflowed a stack).
+#[test]
+fn bench_counts_and_threads_are_bounded() {
+    for (args, needles) in [
+        (
+            vec!["bench", "train", "--model", "mlp", "--batches", "1", "--warmup", "18446744073709551615"],
+            vec!["--warmup 18446744073709551615", "--batches 1"],
+        ),
+        (vec!["bench", "step", "--params", "1000", "--threads", "100000"], vec!["--threads 100000", "1024"]),
+    ] {
+        let out = descent().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.lines().count() <= 2, "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err}");
+        }
     }
 }
 

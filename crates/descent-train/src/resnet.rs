@@ -78,40 +78,57 @@ impl CnnConfig {
         v
     }
 
+    /// Channels of stage `s`'s blocks, `width·2ˢ`, saturating.
+    fn stage_width(&self, s: usize) -> u128 {
+        (self.width as u128).saturating_mul(1u128.checked_shl(s as u32).unwrap_or(u128::MAX))
+    }
+
+    /// Each stage's block channels and output positions for an `h × w` image (its first block
+    /// halves the image after the first stage).
+    fn stages_on(&self, h: usize, w: usize) -> impl Iterator<Item = (u128, u128)> + '_ {
+        (0..self.stages).scan((h as u128, w as u128), move |(h, w), s| {
+            if s > 0 {
+                (*h, *w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            Some((self.stage_width(s), h.saturating_mul(*w)))
+        })
+    }
+
     /// Floats the main path's convolutions output for one `h × w` image: the stem and the two of
     /// every block (stride 1 or 2, padding 1), not a residual network's shortcuts. A training
-    /// step keeps at least these for its backward, per image of the batch.
-    pub fn conv_outputs(&self, h: usize, w: usize) -> usize {
-        let (mut h, mut w) = (h, w);
-        let mut n = self.width * h * w;
-        for (_, _, out, stride) in self.blocks() {
-            if stride == 2 {
-                (h, w) = (h.div_ceil(2), w.div_ceil(2));
-            }
-            n += 2 * out * h * w;
-        }
-        n
+    /// step keeps at least these for its backward, per image of the batch. In closed form and
+    /// saturating, so that a memory check on an absurd shape costs nothing and cannot wrap.
+    pub fn conv_outputs(&self, h: usize, w: usize) -> u128 {
+        let stem = (self.width as u128).saturating_mul(h as u128 * w as u128);
+        self.stages_on(h, w).fold(stem, |n, (out, pos)| {
+            n.saturating_add(out.saturating_mul(pos).saturating_mul(2).saturating_mul(self.blocks as u128))
+        })
     }
 
     /// Floats of the largest of those outputs for one `h × w` image. Its gradient exists during
     /// the backward while every output kept for the backward is still held.
-    pub fn largest_output(&self, h: usize, w: usize) -> usize {
-        let (mut h, mut w) = (h, w);
-        let mut n = self.width * h * w;
-        for (_, _, out, stride) in self.blocks() {
-            if stride == 2 {
-                (h, w) = (h.div_ceil(2), w.div_ceil(2));
-            }
-            n = n.max(out * h * w);
-        }
-        n
+    pub fn largest_output(&self, h: usize, w: usize) -> u128 {
+        let stem = (self.width as u128).saturating_mul(h as u128 * w as u128);
+        let blocks = self.stages_on(h, w).map(|(out, pos)| if self.blocks > 0 { out.saturating_mul(pos) } else { 0 });
+        blocks.fold(stem, u128::max)
     }
 
     /// Weights of the main path's 3×3 convolutions (the stem and two per block): all but the
-    /// batch norms, the shortcuts and the classifier, a lower bound of the parameters.
-    pub fn conv_weights(&self) -> usize {
-        let stem = self.in_channels * self.width * 9;
-        stem + self.blocks().iter().map(|&(_, inp, out, _)| (inp * out + out * out) * 9).sum::<usize>()
+    /// batch norms, the shortcuts and the classifier, a lower bound of the parameters. In closed
+    /// form and saturating, as [`CnnConfig::conv_outputs`].
+    pub fn conv_weights(&self) -> u128 {
+        let stem = (self.in_channels as u128).saturating_mul(self.width as u128).saturating_mul(9);
+        (0..self.stages).fold(stem, |n, s| {
+            if self.blocks == 0 {
+                return n;
+            }
+            let out = self.stage_width(s);
+            let inp = if s == 0 { self.width as u128 } else { self.stage_width(s - 1) };
+            let square = out.saturating_mul(out);
+            let first = inp.saturating_mul(out).saturating_add(square);
+            let rest = square.saturating_mul(2).saturating_mul(self.blocks as u128 - 1);
+            n.saturating_add(first.saturating_add(rest).saturating_mul(9))
+        })
     }
 
     /// Channels into the classifier.
@@ -456,6 +473,12 @@ mod tests {
         let c = super::CnnConfig::mnist(10, 8).unwrap();
         assert_eq!(c.conv_outputs(15, 15), 8 * 225 * 5 + 16 * 64 * 4);
         assert_eq!(c.largest_output(15, 15), 8 * 225);
+        let per_block = |i: u128, o: u128| (i * o + o * o) * 9;
+        assert_eq!(c.conv_weights(), 8 * 9 + per_block(8, 8) * 2 + per_block(8, 16) + per_block(16, 16));
+        // Absurd shapes saturate instead of wrapping, at once, without building any layer.
+        let c = super::CnnConfig::mnist(4_000_000_002, usize::MAX).unwrap();
+        assert_eq!(c.conv_weights(), u128::MAX);
+        assert!(c.conv_outputs(28, 28) > 1u128 << 90 && c.largest_output(28, 28) > 1u128 << 70);
     }
 
     /// The add-ReLU op against candle's sum and ReLU away from zero (the same bits), and its
