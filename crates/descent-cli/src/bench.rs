@@ -261,9 +261,11 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
     let Setup { mut opt, mut params, grads, label } = setup(name, hparams, cfg)?;
 
     // Full-size state buffers per parameter decide the roofline's access pattern (f32 buffers: for
-    // quantized state, the f32 step it replaces); the bytes moved count the state as stored.
+    // quantized state, the f32 step it replaces); the bytes moved count the state as stored. The
+    // state's values per parameter, rounded down, so that per-tensor scalars (and tensors of equal
+    // sizes, with many tensors) do not count as buffers.
     let state = opt.state_dict()?;
-    let k = state.buffers.iter().filter(|(_, b)| b.len() == sizes[0]).count();
+    let k = state.buffers.values().map(|b| b.len()).sum::<usize>() / cfg.params;
     let state_bytes = opt.stored_state_bytes() as f64 / cfg.params as f64;
     let bytes = 12.0 + 2.0 * state_bytes;
 

@@ -23,6 +23,17 @@ fn bench_step_prints_a_row_and_a_json_line_per_optimizer() {
     }
 }
 
+/// The roofline models the optimizer's state buffers per parameter, however many tensors share a
+/// size: with one parameter per tensor every buffer has the first tensor's length, and counting
+/// those made the roofline's buffers grow with the square of the tensors (32 GB at 1000).
+#[test]
+fn bench_step_counts_state_buffers_per_parameter() {
+    let text = run_ok(&["bench", "step", "--optimizer", "adam", "--params", "300", "--tensors", "300", "--steps", "2"]);
+    let r: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(r["state_buffers"], 2, "{r}");
+    assert_eq!(r["tensors"], 300, "{r}");
+}
+
 #[test]
 fn bench_step_refuses_bad_settings() {
     let e = run_err(&["bench", "step", "--optimizer", "adamw", "--params", "0"]);
