@@ -893,7 +893,8 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-    check_model_memory(&a.model, Arch::default(), batch, comm.size(), crate::bench::available_memory())?;
+    let copies = Copies::of(&optimizer, &serde_json::json!({}), comm.size(), a.shard_optimizer);
+    check_model_memory(&a.model, Arch::default(), batch, copies, crate::bench::available_memory())?;
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
         &a.model,
@@ -1898,6 +1899,40 @@ fn gigabytes(n: u128) -> String {
     }
 }
 
+/// What a step holds of its weights besides the activations: on each of `replicas` replicas the
+/// weights, their gradients and `state_floats` floats of optimizer state a weight (its share when
+/// the state is sharded).
+#[derive(Clone, Copy, Debug)]
+struct Copies {
+    replicas: usize,
+    state_floats: f64,
+}
+
+impl Copies {
+    /// For `optimizer` with `hparams` on `replicas` replicas.
+    fn of(optimizer: &str, hparams: &serde_json::Value, replicas: usize, sharded: bool) -> Copies {
+        let state = state_floats_per_param(optimizer, hparams);
+        let replicas = replicas.max(1);
+        Copies { replicas, state_floats: if sharded { state / replicas as f64 } else { state } }
+    }
+}
+
+/// Floats of state `optimizer` keeps a parameter, at least: built on a vector and on a square
+/// matrix of 4096 values each, the smaller (a matrix optimizer's rule for either); 0 where it
+/// cannot be built here (the run's own checks say why).
+fn state_floats_per_param(optimizer: &str, hparams: &serde_json::Value) -> f64 {
+    let probe = |shape: Vec<usize>| -> Option<f64> {
+        let n: usize = shape.iter().product();
+        let params = vec![vec![0.01f32; n]];
+        let (mut opt, _, _) = crate::bench::bench_optimizer(optimizer, hparams, &[shape], &params).ok()?;
+        Some(opt.stored_state_bytes() as f64 / 4.0 / n as f64)
+    };
+    match (probe(vec![4096]), probe(vec![64, 64])) {
+        (Some(a), Some(b)) => a.min(b),
+        _ => 0.0,
+    }
+}
+
 /// Refuses, before the model is built, an image model and batch whose training step cannot be
 /// held: a lower bound of its memory against `available` bytes, instead of an allocation
 /// failure's abort or the kernel killing the process (`--batch-size 60000` on the residual
@@ -1909,7 +1944,7 @@ fn gigabytes(n: u128) -> String {
 /// and the pooled or hidden outputs once in LeNet and the MLP. Measured here at the default
 /// shapes: 909–967 KB an image for resnet and 504–509 KB for plain, against bounds of 853 KB
 /// and 452 KB.
-fn check_model_memory(model: &str, arch: Arch, batch: usize, replicas: usize, available: Option<u64>) -> Result<()> {
+fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, available: Option<u64>) -> Result<()> {
     // (weights, floats kept per image, the shape's flags as the message names them), in u128,
     // saturating: no shape wraps around to a small number.
     let u = |x: usize| x as u128;
@@ -1944,8 +1979,11 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, replicas: usize, av
         }
         _ => return Ok(()),
     };
-    // Each replica holds its own weights and gradients; the batch is split among them.
-    let weights = weights.saturating_mul(2 * 4).saturating_mul(u(replicas.max(1)));
+    // Each replica holds its own weights, gradients and optimizer state; the batch is split among
+    // them. Bytes a weight, in 256ths.
+    let per_weight = ((2.0 + copies.state_floats) * 4.0 * 256.0).round() as u128;
+    let replicas = copies.replicas.max(1);
+    let weights = weights.saturating_mul(per_weight).saturating_mul(u(replicas)) / 256;
     let activations = per_image.saturating_mul(4).saturating_mul(u(batch));
     let need = weights.saturating_add(activations);
     let replicas = if replicas > 1 { format!(" on {replicas} replicas") } else { String::new() };
@@ -1955,7 +1993,7 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, replicas: usize, av
     match available {
         Some(have) if need > have as u128 => bail!(
             "--batch-size {batch} {shape}: a step of this {model}{replicas} keeps at least {} (activations {}, \
-             weights and gradients {}), more than the {:.1} GB of memory available; use a smaller batch \
+             weights, gradients and optimizer state {}), more than the {:.1} GB of memory available; use a smaller batch \
              (with --accumulate for the same step) or a smaller network",
             gigabytes(need),
             gigabytes(activations),
@@ -2157,13 +2195,8 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
     let cfg = config(a, loss)?;
-    check_model_memory(
-        &a.model,
-        Arch::of(a),
-        cfg.batch_size,
-        a.data_parallel.unwrap_or(1),
-        crate::bench::available_memory(),
-    )?;
+    let copies = Copies::of(&cfg.optimizer, &cfg.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
+    check_model_memory(&a.model, Arch::of(a), cfg.batch_size, copies, crate::bench::available_memory())?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     check_model_settings(model.as_ref(), &cfg)
 }
@@ -2800,13 +2833,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     } else {
         let init = Init::parse(&a.init)?;
         let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-        check_model_memory(
-            &a.model,
-            Arch::of(&a),
-            batch,
-            a.data_parallel.unwrap_or(1),
-            crate::bench::available_memory(),
-        )?;
+        let planned = config(&a, if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy })?;
+        let copies = Copies::of(&planned.optimizer, &planned.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
+        check_model_memory(&a.model, Arch::of(&a), batch, copies, crate::bench::available_memory())?;
         let (model, train_set, test_set, loss) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
@@ -3067,35 +3096,52 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
 mod tests {
     use super::*;
 
+    /// One process, no optimizer state: the weights and their gradients.
+    const ONE: Copies = Copies { replicas: 1, state_floats: 0.0 };
+
     #[test]
     fn a_gpt_batch_beyond_memory_is_refused() {
         let c = GptConfig::new(65, 64, 4, 4, 128);
-        assert!(check_model_memory("resnet", Arch::default(), 128, 1, Some(24 << 30)).is_ok());
-        assert!(check_model_memory("linear", Arch::default(), 60_000, 1, Some(1 << 20)).is_ok());
+        assert!(check_model_memory("resnet", Arch::default(), 128, ONE, Some(24 << 30)).is_ok());
+        assert!(check_model_memory("linear", Arch::default(), 60_000, ONE, Some(1 << 20)).is_ok());
         // 853 KB an image at depth 6, width 16: 60 000 images need 51 GB, 20 000 of plain's
         // (452 KB) 9 GB.
-        let e = check_model_memory("resnet", Arch::default(), 60_000, 1, Some(20 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("resnet", Arch::default(), 60_000, ONE, Some(20 << 30)).unwrap_err().to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("51.2 GB"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), 20_000, 1, Some(9_100_000_000)).is_ok());
-        assert!(check_model_memory("plain", Arch::default(), 20_000, 1, Some(8_900_000_000)).is_err());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(9_100_000_000)).is_ok());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(8_900_000_000)).is_err());
         // The whole training set in one plain batch (about 30 GB measured) on a 24 GB machine:
         // the two copies alone (24.1 GB) let it through to be killed.
-        let e = check_model_memory("plain", Arch::default(), 60_000, 1, Some(24_400_000_000)).unwrap_err().to_string();
+        let e =
+            check_model_memory("plain", Arch::default(), 60_000, ONE, Some(24_400_000_000)).unwrap_err().to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("27.1 GB"), "{e}");
         let wide = Arch { depth: Some(18), width: Some(256), ..Arch::default() };
-        let e = check_model_memory("plain", wide, 1024, 1, Some(8 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("plain", wide, 1024, ONE, Some(8 << 30)).unwrap_err().to_string();
         assert!(e.contains("--depth 18 --width 256"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), usize::MAX, 1, Some(u64::MAX)).is_err());
-        let e = check_model_memory("plain", Arch::default(), usize::MAX, 1, None).unwrap_err().to_string();
+        assert!(check_model_memory("plain", Arch::default(), usize::MAX, ONE, Some(u64::MAX)).is_err());
+        let e = check_model_memory("plain", Arch::default(), usize::MAX, ONE, None).unwrap_err().to_string();
         assert!(e.contains("--batch-size") && e.contains("too many"), "{e}");
         let wide = Arch { width: Some(100_000), ..Arch::default() };
-        let e = check_model_memory("lenet", wide, 64, 1, Some(24 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("lenet", wide, 64, ONE, Some(24 << 30)).unwrap_err().to_string();
         assert!(e.contains("--width 100000") && e.contains("this lenet"), "{e}");
-        assert!(check_model_memory("lenet", Arch::default(), 60_000, 1, Some(24 << 30)).is_ok());
+        assert!(check_model_memory("lenet", Arch::default(), 60_000, ONE, Some(24 << 30)).is_ok());
         let wide = Arch { hidden: Some(100_000_000), ..Arch::default() };
-        let e = check_model_memory("mlp", wide, 32, 1, Some(24 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("mlp", wide, 32, ONE, Some(24 << 30)).unwrap_err().to_string();
         assert!(e.contains("--hidden 100000000"), "{e}");
-        assert!(check_model_memory("mlp", Arch::default(), 60_000, 1, Some(1 << 30)).is_ok());
+        assert!(check_model_memory("mlp", Arch::default(), 60_000, ONE, Some(1 << 30)).is_ok());
+        // The optimizer's state counts: Adam keeps two floats a weight, SGD none, 8-bit Adam two
+        // bytes and its block scales; sharded, each replica keeps its share.
+        let state = |o: &str| Copies::of(o, &serde_json::json!({}), 1, false).state_floats;
+        assert_eq!((state("adam"), state("sgd")), (2.0, 0.0));
+        assert!((0.5..0.6).contains(&state("descent.adamw8bit")), "{}", state("descent.adamw8bit"));
+        assert_eq!(Copies::of("adam", &serde_json::json!({}), 4, true).state_floats, 0.5);
+        // An mlp of 1.6 G weights with Adam: 25.4 GB of weights, gradients and state (12.7 GB
+        // without the state, which let it through to be killed).
+        let wide = Arch { hidden: Some(2_000_000), ..Arch::default() };
+        let adam = Copies::of("adam", &serde_json::json!({}), 1, false);
+        let e = check_model_memory("mlp", wide, 32, adam, Some(24_400_000_000)).unwrap_err().to_string();
+        assert!(e.contains("optimizer state 25.4 GB"), "{e}");
+        assert!(check_model_memory("mlp", wide, 32, ONE, Some(24_400_000_000)).is_ok());
         assert!(check_gpt_memory(&c, 12, Some(24 << 30)).is_ok());
         assert!(check_gpt_memory(&c, 12, None).is_ok());
         let e = check_gpt_memory(&c, 100_000, Some(24 << 30)).unwrap_err().to_string();
