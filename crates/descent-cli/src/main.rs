@@ -402,8 +402,17 @@ fn main() -> ExitCode {
                             );
                         }
                         let optimizers: Vec<String> = optimizer.split(',').map(|s| s.trim().to_string()).collect();
+                        if optimizers.iter().any(|o| o.is_empty()) {
+                            anyhow::bail!("--optimizer {optimizer:?}: an empty name in the list; name each optimizer, separated by commas");
+                        }
                         if let Some(o) = optimizers.iter().enumerate().find(|(i, o)| optimizers[..*i].contains(o)) {
                             anyhow::bail!("--optimizer {optimizer}: {} named twice; name each optimizer once", o.1);
+                        }
+                        if optimizers.len() > 1 && hparams.as_object().is_some_and(|m| !m.is_empty()) {
+                            anyhow::bail!(
+                                "--hparams: the keyword arguments of a single optimizer, not of the {} in --optimizer {optimizer}",
+                                optimizers.len()
+                            );
                         }
                         let steps = steps.unwrap_or(20);
                         bench_model::run(&bench_model::ModelBench { model, optimizers, hparams, threads, steps })

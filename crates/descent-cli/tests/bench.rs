@@ -56,6 +56,11 @@ fn bench_step_refuses_bad_settings() {
     assert!(e.contains("--params") && !e.contains("panicked"), "{e}");
     let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "adam,adam"]);
     assert!(e.contains("adam named twice"), "{e}");
+    let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "sgd,,adam"]);
+    assert!(e.contains("an empty name"), "{e}");
+    // One optimizer's arguments are not handed to every optimizer of a list.
+    let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "sgd,adam", "--hparams", r#"{"lr": 0.5}"#]);
+    assert!(e.contains("--hparams") && e.contains("single optimizer"), "{e}");
 }
 
 /// `descent bench train`: what it cannot honour is refused in one line, before any timing: a
