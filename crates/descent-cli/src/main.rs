@@ -67,8 +67,8 @@ enum Command {
     ///
     /// With --resume DIR the run continues from its last checkpoint with the settings of its
     /// config.json: only --epochs and --steps (each to a larger total than what is done),
-    /// --threads, --precision and --shard-optimizer may be given with it; any other setting that
-    /// differs from the run's is refused.
+    /// --threads, --data-parallel, --precision and --shard-optimizer may be given with it; any
+    /// other setting that differs from the run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with
