@@ -143,6 +143,11 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
         resolve_optimizer(name)?;
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
+    // Every optimizer built once with its arguments before the table starts, so that a bad name
+    // or argument is an error alone, not one after a header.
+    for name in &names {
+        pool.install(|| Run::new(name, &cfg.hparams, &shapes).map(drop))?;
+    }
     let largest = named.iter().max_by_key(|(_, s)| s.iter().product::<usize>()).expect("a model has parameters");
     println!(
         "{}: {} parameters in {} tensors (largest {} {:?}), {} thread(s), random gradients; ms/step = mean of {} \
