@@ -740,11 +740,11 @@ pub fn workload(
         "linear" => {
             let tr = Dataset::regression(10_000, rng)?;
             let te = Dataset::regression(2_000, rng)?;
-            (Box::new(LinearRegression::new(init, rng, &dev)?), tr, te, Loss::Mse)
+            (Box::new(LinearRegression::new(init, rng, &dev)?), tr, te, loss_of(model))
         }
         "mlp" | "lenet" | "resnet" | "plain" => {
             let (tr, te) = mnist_datasets(data, normalize)?;
-            (model_of(model, arch, init, dropout, rng)?, tr, te, Loss::CrossEntropy)
+            (model_of(model, arch, init, dropout, rng)?, tr, te, loss_of(model))
         }
         "gpt" => bail!(NO_GPT),
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
@@ -909,13 +909,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         bail!("--augment: the linear model trains on synthetic data, not images");
     }
     let lr = default_lr(&a.model, &optimizer, &serde_json::json!({}));
-    if batch > train_set.len() {
-        bail!(
-            "--batch-size {batch}: more than the {} training samples of {}; a batch is at most the training set",
-            train_set.len(),
-            a.model
-        );
-    }
+    check_step_fits(batch, 1, train_set.len(), &a.model)?;
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
     cfg.shard_optimizer = a.shard_optimizer;
@@ -1820,6 +1814,16 @@ fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
 
 /// The settings of a gpt run: the model's shape, the text, and nothing that only an epoch-based
 /// image model uses.
+/// The loss an image or regression model trains with: mean squared error for the linear
+/// regression, cross-entropy for the classifiers.
+fn loss_of(model: &str) -> Loss {
+    if model == "linear" {
+        Loss::Mse
+    } else {
+        Loss::CrossEntropy
+    }
+}
+
 /// Refuses a step of more samples than the training set holds (a batch, or `accumulate` of them),
 /// which the epoch's loader would cut to the training set without a word.
 fn check_step_fits(batch: usize, accumulate: usize, samples: usize, model: &str) -> Result<()> {
@@ -1860,27 +1864,31 @@ fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Resu
         .saturating_add(vocab.saturating_mul(3))
         .saturating_mul(4);
     let activations = u(batch).saturating_mul(block).saturating_mul(per_token);
+    let flags = format!(
+        "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}",
+        c.n_layer, c.n_head, c.n_embd, c.block_size
+    );
+    refuse_beyond_memory(&flags, "this gpt", (activations, weights, "weights and gradients"), available, "model")
+}
+
+/// The end of the memory checks: refuses a step that needs more than 2⁶⁴ bytes, or more than
+/// the `available` memory, naming the `flags` that size it, what it holds (`activations`, and
+/// the weights' part under its `label`) and a smaller `what` (model or network) as the remedy.
+fn refuse_beyond_memory(
+    flags: &str,
+    subject: &str,
+    (activations, weights, label): (u128, u128, &str),
+    available: Option<u64>,
+    what: &str,
+) -> Result<()> {
     let need = weights.saturating_add(activations);
     if need > u64::MAX as u128 {
-        bail!(
-            "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}: too many values for any \
-             memory ({} at least)",
-            c.n_layer,
-            c.n_head,
-            c.n_embd,
-            c.block_size,
-            gigabytes(need)
-        );
+        bail!("{flags}: too many values for any memory ({} at least)", gigabytes(need));
     }
     match available {
         Some(have) if need > have as u128 => bail!(
-            "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}: a step of this gpt keeps at least \
-             {} (activations {}, weights and gradients {}), more than the {:.1} GB of memory available; use a smaller \
-             batch (with --accumulate for the same step) or a smaller model",
-            c.n_layer,
-            c.n_head,
-            c.n_embd,
-            c.block_size,
+            "{flags}: a step of {subject} keeps at least {} (activations {}, {label} {}), more than the {:.1} GB of \
+             memory available; use a smaller batch (with --accumulate for the same step) or a smaller {what}",
             gigabytes(need),
             gigabytes(activations),
             gigabytes(weights),
@@ -1985,23 +1993,14 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, ava
     let replicas = copies.replicas.max(1);
     let weights = weights.saturating_mul(per_weight).saturating_mul(u(replicas)) / 256;
     let activations = per_image.saturating_mul(4).saturating_mul(u(batch));
-    let need = weights.saturating_add(activations);
     let replicas = if replicas > 1 { format!(" on {replicas} replicas") } else { String::new() };
-    if need > u64::MAX as u128 {
-        bail!("--batch-size {batch} {shape}: too many values for any memory ({} at least)", gigabytes(need));
-    }
-    match available {
-        Some(have) if need > have as u128 => bail!(
-            "--batch-size {batch} {shape}: a step of this {model}{replicas} keeps at least {} (activations {}, \
-             weights, gradients and optimizer state {}), more than the {:.1} GB of memory available; use a smaller batch \
-             (with --accumulate for the same step) or a smaller network",
-            gigabytes(need),
-            gigabytes(activations),
-            gigabytes(weights),
-            have as f64 / 1e9
-        ),
-        _ => Ok(()),
-    }
+    refuse_beyond_memory(
+        &format!("--batch-size {batch} {shape}"),
+        &format!("this {model}{replicas}"),
+        (activations, weights, "weights, gradients and optimizer state"),
+        available,
+        "network",
+    )
 }
 
 fn check_gpt(a: &TrainArgs) -> Result<()> {
@@ -2193,8 +2192,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
         return check_model_settings(&model, &cfg);
     }
     let init = Init::parse(&a.init)?;
-    let loss = if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy };
-    let cfg = config(a, loss)?;
+    let cfg = config(a, loss_of(&a.model))?;
     let copies = Copies::of(&cfg.optimizer, &cfg.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
     check_model_memory(&a.model, Arch::of(a), cfg.batch_size, copies, crate::bench::available_memory())?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
@@ -2832,14 +2830,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         Job::Text { model: Box::new(model), corpus, cfg, text }
     } else {
         let init = Init::parse(&a.init)?;
-        let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-        let planned = config(&a, if a.model == "linear" { Loss::Mse } else { Loss::CrossEntropy })?;
-        let copies = Copies::of(&planned.optimizer, &planned.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
-        check_model_memory(&a.model, Arch::of(&a), batch, copies, crate::bench::available_memory())?;
-        let (model, train_set, test_set, loss) =
+        let mut cfg = config(&a, loss_of(&a.model))?;
+        let copies = Copies::of(&cfg.optimizer, &cfg.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
+        check_model_memory(&a.model, Arch::of(&a), cfg.batch_size, copies, crate::bench::available_memory())?;
+        let (model, train_set, test_set, _) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
-        let mut cfg = config(&a, loss)?;
         check_step_fits(cfg.batch_size, cfg.accumulate, train_set.len(), &a.model)?;
         if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
             aug.check_image(h, w)?;
