@@ -36,8 +36,8 @@ enum Payload {
 struct LentBuffer {
     ptr: *mut f32,
     len: usize,
-    /// The range of the buffer this replica owns in the collective (`0..0` where it has none),
-    /// checked against what the others expect before any is read.
+    /// The range of the buffer this replica owns in the collective (the one it reduces or
+    /// sends), checked against what the others expect before any is read.
     part: (usize, usize),
 }
 
@@ -185,15 +185,9 @@ impl Communicator for Threads {
         if size == 1 {
             return Ok(());
         }
-        let all = self.exchange(Payload::Lent(LentBuffer { ptr: buf.as_mut_ptr(), len: buf.len(), part: (0, 0) }))?;
-        let lent = all
-            .iter()
-            .map(|p| match p {
-                Payload::Lent(b) if b.len == buf.len() => Ok(*b),
-                _ => Err(Error::Param("replicas called a collective with different buffers".into())),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let range = reduce_range(buf.len(), self.rank, size);
+        let bounds: Vec<Range<usize>> = (0..size).map(|r| reduce_range(buf.len(), r, size)).collect();
+        let lent = self.lend(buf.as_mut_ptr(), buf.len(), &bounds)?;
+        let range = bounds[self.rank].clone();
         // SAFETY: see `LentBuffer`: until the barrier below, this replica alone reads and writes
         // `range` of every lent buffer (its own included, reached only through the pointer), and
         // every owner waits in this collective.
@@ -213,10 +207,8 @@ impl Communicator for Threads {
             }
         }
         drop(parts);
-        drop(all);
         // No replica leaves (and uses its buffer again) before every range is written.
-        self.exchange(Payload::Bytes(vec![]))?;
-        Ok(())
+        self.barrier()
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
         let all = self.exchange(Payload::F64(buf.to_vec()))?;
