@@ -1244,6 +1244,13 @@ impl Adafactor {
         })
     }
 }
+/// torch Adafactor's scaled update of an unfactored parameter: `g/√max(v, eps1²)` from its
+/// gradient and its new second moment (`floor` = eps1²).
+#[inline(always)]
+fn unfactored_update(g: f32, v: f32, floor: f32) -> f32 {
+    g / v.max(floor).sqrt()
+}
+
 /// torch Adafactor's update of one parameter `p` with scaled update `x`:
 /// `(p·(1 − decay) − step·x) − p`, the decayed and stepped parameter less the current one.
 #[inline(always)]
@@ -1259,79 +1266,51 @@ impl Adafactor {
         (w, self.eps1.unwrap_or(f32::EPSILON as f64) as f32)
     }
 
-    /// Updates tensor `i`'s second moments from its gradient `g` and writes `g / √v̂` to `upd`.
-    /// For an unfactored (1-D) tensor, also returns `(Σupd², Σp²)` of the update and the
-    /// parameters `p`, summed chunk by chunk while each is in cache: the parts and the order of
-    /// [`global_sum_sq`], so the same bits as summing them afterwards, without two more passes.
-    fn scaled(&mut self, i: usize, g: &[f32], p: &[f32], upd: &mut [f32], w: f32, eps1: f32) -> Option<(f64, f64)> {
+    /// Updates the factored (2-D or more) tensor `i`'s row and column moments from its gradient
+    /// `g` and writes `g / √v̂` to `upd`. Unfactored tensors go through
+    /// [`Adafactor::unfactored_sums`].
+    fn scaled(&mut self, i: usize, g: &[f32], upd: &mut [f32], w: f32, eps1: f32) {
         let n = g.len();
         let s = &self.shapes[i];
-        if s.len() > 1 {
-            if n == 0 {
-                return None;
-            }
-            let u = g;
-            let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
-            for b in 0..n / (r * c) {
-                let g = &u[b * r * c..(b + 1) * r * c];
-                let rv = &mut self.row_var[i][b * r..(b + 1) * r];
-                for (k, v) in rv.iter_mut().enumerate() {
-                    let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
-                    *v += (mean - *v) * w;
-                }
-                // Column sums row by row (the same order of terms per column as summing down
-                // each column, without striding across the matrix).
-                let mut col_sq = vec![0.0f64; c];
-                for row in g.chunks_exact(c) {
-                    col_sq.iter_mut().zip(row).for_each(|(acc, &x)| *acc += (x as f64).powi(2));
-                }
-                let cv = &mut self.col_var[i][b * c..(b + 1) * c];
-                for (v, sq) in cv.iter_mut().zip(&col_sq) {
-                    let mean = (sq / r as f64) as f32;
-                    *v += (mean - *v) * w;
-                }
-                let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
-                for q in 0..r {
-                    for k in 0..c {
-                        let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
-                        upd[b * r * c + q * c + k] = g[q * c + k] / est.sqrt();
-                    }
-                }
-            }
-        } else {
-            #[inline(always)]
-            fn kernel(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
-                for ((g, v), u) in g.iter().zip(v.iter_mut()).zip(upd.iter_mut()) {
-                    *v += (g * g - *v) * w;
-                    *u = g / v.max(floor).sqrt();
-                }
-            }
-            fn kernel_simd(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32) {
-                crate::kernel::dispatch_simd!(kernel(g: &[f32], v: &mut [f32], upd: &mut [f32], w: f32, floor: f32))
-            }
-            let k = crate::kernel::CHUNK;
-            let body = |c: usize, v: &mut [f32], u: &mut [f32]| {
-                let r = c * k..c * k + v.len();
-                kernel_simd(&g[r.clone()], v, u, w, eps1 * eps1);
-                let (sp, su) = crate::kernel::sum_sq_pair(&p[r], u, None);
-                (su, sp)
-            };
-            let v = &mut self.variance[i];
-            let parts: Vec<(f64, f64)> = if n >= crate::kernel::PARALLEL_MIN {
-                use rayon::prelude::*;
-                v.par_chunks_mut(k).zip(upd.par_chunks_mut(k)).enumerate().map(|(c, (v, u))| body(c, v, u)).collect()
-            } else {
-                v.chunks_mut(k).zip(upd.chunks_mut(k)).enumerate().map(|(c, (v, u))| body(c, v, u)).collect()
-            };
-            return Some((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
+        if n == 0 {
+            return;
         }
-        None
+        let u = g;
+        let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+        for b in 0..n / (r * c) {
+            let g = &u[b * r * c..(b + 1) * r * c];
+            let rv = &mut self.row_var[i][b * r..(b + 1) * r];
+            for (k, v) in rv.iter_mut().enumerate() {
+                let mean = (sum_sq(&g[k * c..(k + 1) * c]) / c as f64) as f32;
+                *v += (mean - *v) * w;
+            }
+            // Column sums row by row (the same order of terms per column as summing down
+            // each column, without striding across the matrix).
+            let mut col_sq = vec![0.0f64; c];
+            for row in g.chunks_exact(c) {
+                col_sq.iter_mut().zip(row).for_each(|(acc, &x)| *acc += (x as f64).powi(2));
+            }
+            let cv = &mut self.col_var[i][b * c..(b + 1) * c];
+            for (v, sq) in cv.iter_mut().zip(&col_sq) {
+                let mean = (sq / r as f64) as f32;
+                *v += (mean - *v) * w;
+            }
+            let row_mean = (rv.iter().map(|&x| x as f64).sum::<f64>() / r as f64).max(eps1 as f64) as f32;
+            for q in 0..r {
+                for k in 0..c {
+                    let est = (rv[q] * cv[k] / row_mean).max(eps1 * eps1);
+                    upd[b * r * c + q * c + k] = g[q * c + k] / est.sqrt();
+                }
+            }
+        }
     }
 
-    /// The unfactored (1-D) half of [`Adafactor::scaled`] without writing the update: the second
-    /// moments of tensor `i` updated from `g`, and `(Σupd², Σp²)` summed as `scaled` sums them
-    /// (each chunk's update made in an L1 scratch, block by block, and summed in order: the same
-    /// bits). [`Adafactor::recomputed_step`] makes the update again from `g` and the new moments.
+    /// An unfactored (1-D) tensor's moments without writing its update: the second moments of
+    /// tensor `i` updated from `g`, and `(Σupd², Σp²)` of the update `g/√max(v, eps1²)` and the
+    /// parameters `p`. Each chunk's update is made in an L1 scratch, block by block, and summed
+    /// in order: the parts and the order of [`global_sum_sq`], the same bits as summing a written
+    /// update afterwards. The update is made again from `g` and the new moments where it is
+    /// used ([`unfactored_update`]).
     fn unfactored_sums(&mut self, i: usize, g: &[f32], p: &[f32], w: f32, eps1: f32) -> (f64, f64) {
         #[inline(always)]
         fn moments(g: &[f32], v: &mut [f32], p: &[f32], w: f32, floor: f32) -> (f64, f64) {
@@ -1345,7 +1324,7 @@ impl Adafactor {
                 let u = &mut scratch[..g.len()];
                 for ((g, v), u) in g.iter().zip(v.iter_mut()).zip(u.iter_mut()) {
                     *v += (g * g - *v) * w;
-                    *u = g / v.max(floor).sqrt();
+                    *u = unfactored_update(*g, *v, floor);
                 }
                 crate::kernel::add_sum_sq2(&mut sp, &mut su, p, u);
             }
@@ -1370,14 +1349,13 @@ impl Adafactor {
     }
 
     /// The step of an unfactored tensor `i` after [`Adafactor::unfactored_sums`]: each update
-    /// `g/√max(v, eps1²)` made again from the gradient and the new moments (the bits `scaled`
-    /// wrote) and added as [`adafactor_update`] says, one pass over `g`, `v` and `p`.
+    /// made again from the gradient and the new moments and added as [`adafactor_update`] says,
+    /// one pass over `g`, `v` and `p`.
     fn recomputed_step(&self, i: usize, g: &[f32], p: &mut [f32], step: f32, decay: f32, eps1: f32) {
         #[inline(always)]
         fn body(g: &[f32], v: &[f32], p: &mut [f32], step: f32, decay: f32, floor: f32) {
             for ((g, v), p) in g.iter().zip(v).zip(p.iter_mut()) {
-                let x = g / v.max(floor).sqrt();
-                *p += adafactor_update(*p, x, step, decay);
+                *p += adafactor_update(*p, unfactored_update(*g, *v, floor), step, decay);
             }
         }
         fn body_simd(g: &[f32], v: &[f32], p: &mut [f32], step: f32, decay: f32, floor: f32) {
@@ -1390,15 +1368,13 @@ impl Adafactor {
         });
     }
 
-    /// The step `α/max(1, rms(upd)/d)` and the decoupled decay `lr·λ` for a tensor `p` with
-    /// scaled update `upd`; the norms are summed over fixed chunks across threads, or given as
-    /// `(Σupd², Σp²)` where [`Adafactor::scaled`] summed them.
-    fn step_size(&self, p: &[f32], upd: &[f32], sums: Option<(f64, f64)>) -> (f32, f32) {
-        let n = (p.len() as f64).sqrt();
+    /// The step `α/max(1, rms(upd)/d)` and the decoupled decay `lr·λ` for a tensor of `n`
+    /// parameters whose scaled update and parameters have the sums of squares `(su, sp)`.
+    fn step_size(&self, n: usize, (su, sp): (f64, f64)) -> (f32, f32) {
+        let n = (n as f64).sqrt();
         // The group's lr in force at this step (the step counter has advanced already).
         let lr = self.lr.at(self.step.saturating_sub(1));
         let rho = lr.min(1.0 / (self.step as f64).sqrt());
-        let (su, sp) = sums.unwrap_or_else(|| (global_sum_sq(&[upd]), global_sum_sq(&[p])));
         let alpha = (self.eps2.max(sp.sqrt() / n) * rho) as f32;
         let denom = (su.sqrt() / (n * self.d)).max(1.0);
         (alpha / denom as f32, (lr * self.weight_decay) as f32)
@@ -1439,9 +1415,19 @@ impl Transform for Adafactor {
             if self.maximize {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
+            if self.shapes[i].len() <= 1 {
+                let sums = self.unfactored_sums(i, u, p, w, eps1);
+                let (step, decay) = self.step_size(p.len(), sums);
+                let floor = eps1 * eps1;
+                // `u` holds the gradient: each update made again from it, as in the fused step.
+                for ((u, &pj), &v) in u.iter_mut().zip(p.iter()).zip(&self.variance[i]) {
+                    *u = adafactor_update(pj, unfactored_update(*u, v, floor), step, decay);
+                }
+                continue;
+            }
             let mut upd = vec![0.0f32; u.len()];
-            let sums = self.scaled(i, u, p, &mut upd, w, eps1);
-            let (step, decay) = self.step_size(p, &upd, sums);
+            self.scaled(i, u, &mut upd, w, eps1);
+            let (step, decay) = self.step_size(p.len(), (global_sum_sq(&[&upd]), global_sum_sq(&[p])));
             for j in 0..u.len() {
                 u[j] = adafactor_update(p[j], upd[j], step, decay);
             }
@@ -1460,12 +1446,12 @@ impl Transform for Adafactor {
                 // Unfactored: the update is made twice instead of written out and read back
                 // (32 bytes a parameter in two passes instead of 40).
                 let sums = self.unfactored_sums(i, grads[i], p, w, eps1);
-                let (step, decay) = self.step_size(p, &[], Some(sums));
+                let (step, decay) = self.step_size(p.len(), sums);
                 self.recomputed_step(i, grads[i], p, step, decay, eps1);
                 continue;
             }
-            let sums = self.scaled(i, grads[i], p, upd, w, eps1);
-            let (step, decay) = self.step_size(p, upd, sums);
+            self.scaled(i, grads[i], upd, w, eps1);
+            let (step, decay) = self.step_size(p.len(), (global_sum_sq(&[upd]), global_sum_sq(&[p])));
             // The update of `update`, added.
             let body = |p: &mut [f32], upd: &[f32]| {
                 for (p, &x) in p.iter_mut().zip(upd) {
