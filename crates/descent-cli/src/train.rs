@@ -2342,6 +2342,7 @@ fn resume_settings(
     ck: &Checkpoint,
     marker: &folder::Marker,
     under_mpi: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<std::result::Result<TrainArgs, String>> {
     let (cli_v, cfg_v) = (serde_json::to_value(cli)?, serde_json::to_value(&cfg)?);
     let d = dir.display();
@@ -2406,23 +2407,31 @@ fn resume_settings(
         cfg.steps = Some(s);
     }
     cfg.threads = cli.threads;
-    // Replicas and a sharded state are the computation, not the settings, but they change each
-    // step's sums (and, with dropout, each replica's masks): said, as the resume is then not the
-    // uninterrupted run bit for bit. (Under mpirun the ranks of the run's earlier sessions are
-    // not on record: nothing is said there.)
+    // Replicas and a sharded state are the computation, not the settings. Other replicas change
+    // each step's sums (and, with dropout, each replica's masks); sharding alone changes only the
+    // order in which clipping's global norm is summed. Either is said (after every check, by the
+    // caller) where it applies, as the resume is then not the uninterrupted run bit for bit.
+    // (Under mpirun the ranks of the run's earlier sessions are not on record: nothing is said.)
     let replicas = |n: Option<usize>| n.unwrap_or(1);
-    let changed =
-        replicas(cfg.data_parallel) != replicas(cli.data_parallel) || cfg.shard_optimizer != cli.shard_optimizer;
-    if changed && !under_mpi {
-        let how = |n: Option<usize>, sharded: bool| {
-            format!("{} replica(s){}", replicas(n), if sharded { " with a sharded optimizer" } else { "" })
-        };
-        eprintln!(
-            "warning: the run in {d} last trained on {}, this resume on {}: each step's gradient sums (and, with dropout, \
-             its masks) change, so it continues close to, not bit for bit on, the path of an uninterrupted run",
-            how(cfg.data_parallel, cfg.shard_optimizer),
-            how(cli.data_parallel, cli.shard_optimizer)
-        );
+    let how = |n: Option<usize>, sharded: bool| {
+        format!("{} replica(s){}", replicas(n), if sharded { " with a sharded optimizer" } else { "" })
+    };
+    let (before, after) = (how(cfg.data_parallel, cfg.shard_optimizer), how(cli.data_parallel, cli.shard_optimizer));
+    let clipped = cfg.clip_norm.is_some_and(|c| c > 0.0);
+    let change = if under_mpi {
+        None
+    } else if replicas(cfg.data_parallel) != replicas(cli.data_parallel) {
+        Some("each step's gradient sums (and, with dropout, its masks) change")
+    } else if cfg.shard_optimizer != cli.shard_optimizer && clipped {
+        Some("the gradient norm that --clip-norm compares is summed in another order")
+    } else {
+        None
+    };
+    if let Some(change) = change {
+        warnings.push(format!(
+            "the run in {d} last trained on {before}, this resume on {after}: {change}, so it continues close to, \
+             not bit for bit on, the path of an uninterrupted run"
+        ));
     }
     cfg.data_parallel = cli.data_parallel;
     // The weights are f32 whatever the products' precision: a run may continue in another.
@@ -2701,6 +2710,8 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     }
     let comm: &dyn Communicator = opts.comm.unwrap_or(&Local);
     let cli = a;
+    // Said once every check has passed, so that a refused resume prints its error alone.
+    let mut resume_warnings = vec![];
     let (mut a, mut target) = if comm.rank() > 0 {
         (cli.clone(), Folder::Follower(None))
     } else {
@@ -2732,7 +2743,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 let ck = Checkpoint::load(&ck_path)?;
                 check_checkpoint_of_run(&ck, dir, &claimed.marker.id, &cfg)?;
                 let under_mpi = comm.size() > 1 && cli.data_parallel.is_none();
-                match resume_settings(&cli, dir, cfg, &ck, &claimed.marker, under_mpi)? {
+                match resume_settings(&cli, dir, cfg, &ck, &claimed.marker, under_mpi, &mut resume_warnings)? {
                     Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
                     Err(why) => {
                         share_settings(comm, &cli, None, Some(&why))?;
@@ -2916,6 +2927,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         config_hash: hash,
     };
     if writer {
+        for warning in &resume_warnings {
+            eprintln!("warning: {warning}");
+        }
         if let Some(ck) = &resume {
             for warning in run_dir.truncate_after(ck.epoch, ck.steps)? {
                 eprintln!("warning: {warning}");

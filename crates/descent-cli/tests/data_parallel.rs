@@ -108,6 +108,49 @@ fn dropout_on_replicas_resumes_bit_for_bit() {
     }
 }
 
+/// Sharding is the computation, not the settings: a run cut after 15 steps on two replicas
+/// resumes sharded on the uninterrupted unsharded run's path to the last digit (the same sums in
+/// the same order, an elementwise step), and nothing is said.
+#[test]
+fn a_resume_that_only_shards_the_optimizer_is_bit_for_bit_and_silent() {
+    let (whole, cut) = (out("dp-shard-whole"), out("dp-shard-cut"));
+    let base = ["train", "--model", "mlp", "--threads", "2", "--data-parallel", "2"];
+    let with = |extra: &[&str]| -> Vec<String> { [&base[..], extra].concat().iter().map(|a| a.to_string()).collect() };
+    run(&with(&["--steps", "30", "--out", s(&whole)]));
+    run(&with(&["--steps", "15", "--out", s(&cut)]));
+    let resumed = run_ok(&[
+        "train",
+        "--resume",
+        s(&cut),
+        "--steps",
+        "30",
+        "--threads",
+        "2",
+        "--data-parallel",
+        "2",
+        "--shard-optimizer",
+    ]);
+    assert!(resumed.contains("resuming") && !resumed.contains("warning"), "{resumed}");
+    let ((a, _), (b, _)) = (curve(&whole), curve(&cut));
+    assert_eq!(a.len(), 30);
+    assert_eq!(a, b, "the sharded resume's step losses differ from the uninterrupted run's");
+    for d in [whole, cut] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A resume on other replicas that is then refused says its error alone: the warning that the
+/// sums change belongs to a resume that runs.
+#[test]
+fn a_refused_resume_on_other_replicas_prints_no_warning() {
+    let cut = out("dp-refused-resume");
+    run_ok(&["train", "--model", "mlp", "--optimizer", "lamb", "--steps", "3", "--threads", "1", "--out", s(&cut)]);
+    let args =
+        ["train", "--resume", s(&cut), "--steps", "6", "--threads", "2", "--data-parallel", "2", "--shard-optimizer"];
+    one_line_error(&args, &["--shard-optimizer", "not elementwise"]);
+    let _ = std::fs::remove_dir_all(cut);
+}
+
 /// An error of replica 0 (the run folder taken) is the one error shown, once, as one process
 /// shows it; the other replica, waiting for replica 0's settings, stops instead of hanging.
 #[test]
