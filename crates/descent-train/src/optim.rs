@@ -229,6 +229,33 @@ impl candle_core::InplaceOp1 for WriteValues<'_> {
     }
 }
 
+/// Writes `values` into a variable's elements `at..at + values.len()` (a sharded step's
+/// all-gathered ranges).
+struct WriteRange<'a> {
+    values: &'a [f32],
+    at: usize,
+    name: &'a str,
+}
+
+impl candle_core::InplaceOp1 for WriteRange<'_> {
+    fn name(&self) -> &'static str {
+        "descent-write-parameter-range"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let name = self.name;
+        let CpuStorage::F32(v) = s else { candle_core::bail!("{name}: descent optimizes f32 tensors") };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("{name}: parameter is not contiguous")
+        };
+        let (a, n) = (start + self.at, self.values.len());
+        if self.at + n > end - start {
+            candle_core::bail!("{name}: values {}..{} of a parameter of {}", self.at, self.at + n, end - start);
+        }
+        v[a..a + n].copy_from_slice(self.values);
+        Ok(())
+    }
+}
+
 /// Copies a variable's values into `out`.
 fn read_values(var: &Var, name: &str, out: &mut [f32]) -> Result<()> {
     let (storage, layout) = var.as_tensor().storage_and_layout();
@@ -496,6 +523,9 @@ struct Run<'a> {
     grads: StepGrads<'a>,
     /// Raw (pointer, length) of each locked parameter storage, valid while its level is on the stack.
     slots: Vec<(*mut f32, usize)>,
+    /// The part of each variable the optimizer steps (a sharded optimizer's pieces, in the
+    /// variable's own indices); the whole variables when `None`.
+    pieces: Option<&'a [std::ops::Range<usize>]>,
     opt: &'a mut Optimizer,
     result: Option<descent_core::Result<bool>>,
 }
@@ -533,6 +563,20 @@ impl Level<'_> {
                 StepGrads::Flat(_) => vec![],
             };
             let guards: Vec<_> = tensors.iter().map(|g| g.storage_and_layout()).collect();
+            // SAFETY: every slot points into a storage whose write lock is held by an enclosing
+            // level of this recursion, and the slots are distinct tensors.
+            let mut params: Vec<&mut [f32]> = r
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, &(p, n))| {
+                    let whole = unsafe { std::slice::from_raw_parts_mut(p, n) };
+                    match r.pieces {
+                        Some(pieces) => &mut whole[pieces[i].clone()],
+                        None => whole,
+                    }
+                })
+                .collect();
             let mut gslices = Vec::with_capacity(r.vars.len());
             match r.grads {
                 StepGrads::Tensors(_) => {
@@ -542,16 +586,12 @@ impl Level<'_> {
                 }
                 StepGrads::Flat(flat) => {
                     let mut at = 0;
-                    for &(_, len) in &r.slots {
-                        gslices.push(&flat[at..at + len]);
-                        at += len;
+                    for p in &params {
+                        gslices.push(&flat[at..at + p.len()]);
+                        at += p.len();
                     }
                 }
             }
-            // SAFETY: every slot points into a storage whose write lock is held by an enclosing
-            // level of this recursion, and the slots are distinct tensors.
-            let mut params: Vec<&mut [f32]> =
-                r.slots.iter().map(|&(p, n)| unsafe { std::slice::from_raw_parts_mut(p, n) }).collect();
             let res = r.opt.step(&mut params, &gslices);
             r.result = Some(res);
         }
@@ -1020,6 +1060,19 @@ impl VarOptimizer {
     /// The gradient optimizer's step on the variables' storage in place (nested in-place ops, see
     /// the module's notes), with one contiguous gradient tensor per variable.
     fn step_grads(vars: &[Var], names: &[String], opt: &mut Optimizer, grads: StepGrads) -> Result<bool> {
+        Self::step_pieces(vars, names, opt, grads, None)
+    }
+
+    /// [`VarOptimizer::step_grads`] on the `pieces` of the variables (each in the variable's own
+    /// indices; empty for a variable the optimizer does not step), the variables' other values
+    /// untouched; on the whole variables when `None`.
+    fn step_pieces(
+        vars: &[Var],
+        names: &[String],
+        opt: &mut Optimizer,
+        grads: StepGrads,
+        pieces: Option<&[std::ops::Range<usize>]>,
+    ) -> Result<bool> {
         if vars.is_empty() {
             return Ok(true);
         }
@@ -1032,6 +1085,7 @@ impl VarOptimizer {
             names,
             grads,
             slots: Vec::with_capacity(vars.len()),
+            pieces,
             opt,
             result: None,
         });

@@ -1465,11 +1465,11 @@ impl<'a> BenchUpdate<'a> {
         let t3 = Instant::now();
         sums.pop();
         let norm = sums.iter().sum::<f64>().sqrt();
-        let mut params = opt.step_shard_local(&mut self.shard, norm)?;
+        let params = opt.step_shard_local(&mut self.shard, norm)?;
         let t4 = Instant::now();
-        self.comm.all_gather(&mut params, &bounds)?;
+        self.comm.all_gather(params, &bounds)?;
         let t5 = Instant::now();
-        opt.write_flat(&params)?;
+        opt.write_gathered()?;
         let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
         let comm_s = secs(t0, t1) + secs(t2, t3) + secs(t4, t5);
         Ok((comm_s, secs(t1, t2) + secs(t3, t4) + t5.elapsed().as_secs_f64()))

@@ -38,6 +38,11 @@ pub(crate) struct Sharded {
     lens: BTreeMap<String, Vec<usize>>,
     /// The whole state gathered on rank 0 by [`VarOptimizer::gather_state`], for a checkpoint.
     gathered: Option<StateDict>,
+    /// The flat parameters of a step's all-gather: this rank's range after its step, the other
+    /// ranges after the all-gather (kept from step to step).
+    params: Vec<f32>,
+    /// Each variable's piece in this rank's range, in the variable's own indices.
+    local_pieces: Vec<Range<usize>>,
 }
 
 impl Sharded {
@@ -168,7 +173,27 @@ impl VarOptimizer {
             .enumerate()
             .map(|(k, key)| ((*key).clone(), (0..size).map(|r| table[k * size + r] as usize).collect()))
             .collect();
-        let engine = Sharded { opt, rank, bounds, starts, clip_norm: cfg.clip_norm, lens: lens_of, gathered: None };
+        let local_pieces = (0..lens.len())
+            .map(|i| {
+                let p = piece(&starts, i, &mine);
+                if p.is_empty() {
+                    0..0
+                } else {
+                    p.start - starts[i]..p.end - starts[i]
+                }
+            })
+            .collect();
+        let engine = Sharded {
+            opt,
+            rank,
+            bounds,
+            starts,
+            clip_norm: cfg.clip_norm,
+            lens: lens_of,
+            gathered: None,
+            params: vec![],
+            local_pieces,
+        };
         let (names, vars): (Vec<String>, Vec<_>) = named.into_iter().unzip();
         let mut vo = VarOptimizer {
             names,
@@ -223,20 +248,21 @@ impl VarOptimizer {
     /// parameters into every rank's variables. Every rank calls it. With a schedule in the
     /// config, sets the learning-rate multiplier first.
     pub fn step_shard(&mut self, comm: &dyn Communicator, shard: &mut [f32], norm: f64) -> Result<bool> {
-        let mut flat = self.step_shard_local(shard, norm)?;
         let bounds = self.shard_bounds().map(|b| b.to_vec()).unwrap_or_default();
-        comm.all_gather(&mut flat, &bounds)?;
-        self.write_flat(&flat)?;
+        let params = self.step_shard_local(shard, norm)?;
+        comm.all_gather(params, &bounds)?;
+        self.write_gathered()?;
         Ok(true)
     }
 
     /// The first half of [`VarOptimizer::step_shard`], without communication: the clipping and
-    /// the optimizer's step on this rank's range. Returns the flat parameters with this rank's
-    /// range stepped (the others' ranges as they were), to all-gather over [`VarOptimizer::shard_bounds`]
-    /// and write with [`VarOptimizer::write_flat`].
-    pub fn step_shard_local(&mut self, shard: &mut [f32], norm: f64) -> Result<Vec<f32>> {
+    /// the optimizer's step on this rank's range of the variables, in place. Returns the flat
+    /// parameters holding this rank's range of the stepped values (the other ranges as the last
+    /// all-gather left them), to all-gather over [`VarOptimizer::shard_bounds`] and write into
+    /// the variables with [`VarOptimizer::write_gathered`].
+    pub fn step_shard_local(&mut self, shard: &mut [f32], norm: f64) -> Result<&mut [f32]> {
         self.apply_schedule()?;
-        let mut flat = self.read_flat()?;
+        let n = self.flat_len();
         let Engine::Sharded(s) = &mut self.opt else {
             return Err(Error::Param("the optimizer is not sharded: step it with VarOptimizer::step_flat".into()));
         };
@@ -255,27 +281,9 @@ impl VarOptimizer {
                 shard.iter_mut().for_each(|g| *g *= scale);
             }
         }
-        let stepped = {
-            let mut params: Vec<&mut [f32]> = vec![];
-            let mut rest: &mut [f32] = &mut flat[..];
-            let mut at = 0;
-            let mut grads: Vec<&[f32]> = vec![];
-            for i in 0..self.vars.len() {
-                let p = s.piece(i);
-                if p.is_empty() {
-                    params.push(&mut []);
-                    grads.push(&[]);
-                    continue;
-                }
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(p.start - at);
-                let (piece, tail) = tail.split_at_mut(p.len());
-                params.push(piece);
-                rest = tail;
-                at = p.end;
-                grads.push(&shard[p.start - mine.start..p.end - mine.start]);
-            }
-            s.opt.step(&mut params, &grads)?
-        };
+        // The pieces are this rank's range end to end: its gradient is the shard, read in place.
+        let stepped =
+            Self::step_pieces(&self.vars, &self.names, &mut s.opt, StepGrads::Flat(shard), Some(&s.local_pieces))?;
         if !stepped {
             // (Not under the loop's policy, which passes non-finite values on.) This rank fails,
             // which ends every rank, rather than leave the ranks' parameters apart.
@@ -283,7 +291,42 @@ impl VarOptimizer {
                 "this rank skipped its step (non-finite gradients): the ranks would disagree".into(),
             ));
         }
-        Ok(flat)
+        s.params.resize(n, 0.0);
+        for (i, (v, name)) in self.vars.iter().zip(&self.names).enumerate() {
+            let p = s.local_pieces[i].clone();
+            if p.is_empty() {
+                continue;
+            }
+            let (storage, layout) = v.as_tensor().storage_and_layout();
+            let values = storage_f32s(&storage, layout, name)?;
+            let at = s.starts[i] + p.start;
+            s.params[at..at + p.len()].copy_from_slice(&values[p]);
+        }
+        Ok(&mut s.params)
+    }
+
+    /// The second half of [`VarOptimizer::step_shard`], after the all-gather of the flat
+    /// parameters [`VarOptimizer::step_shard_local`] returned: the other ranks' ranges written
+    /// into the variables (this rank's are there already).
+    pub fn write_gathered(&self) -> Result<()> {
+        let Engine::Sharded(s) = &self.opt else { return Err(Error::Param("the optimizer is not sharded".into())) };
+        if s.params.len() != self.flat_len() {
+            return Err(Error::Param("write_gathered before step_shard_local".into()));
+        }
+        for (i, (v, name)) in self.vars.iter().zip(&self.names).enumerate() {
+            let (start, len) = (s.starts[i], v.elem_count());
+            let own = &s.local_pieces[i];
+            // The variable's values before this rank's piece and after it (all of them when it
+            // has none).
+            let (head, tail) = if own.is_empty() { (0..len, len..len) } else { (0..own.start, own.end..len) };
+            for r in [head, tail] {
+                if !r.is_empty() {
+                    let values = &s.params[start + r.start..start + r.end];
+                    v.as_tensor().inplace_op1(&WriteRange { values, at: r.start, name })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Gathers a sharded optimizer's whole state on rank 0, as one process holds it, for the
