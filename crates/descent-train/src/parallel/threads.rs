@@ -13,7 +13,9 @@
 //! [`STOPPED`], instead of leaving them waiting.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{check_bounds, Communicator};
 use crate::error::{Error, Result};
@@ -58,11 +60,21 @@ fn reduce_range(len: usize, rank: usize, size: usize) -> Range<usize> {
     (rank * per).min(len)..((rank + 1) * per).min(len)
 }
 
+/// How long a replica that waits in a collective polls for the others before it sleeps. A
+/// sleeping thread takes tens of microseconds to wake (a futex, an interrupt between cores, more
+/// under a hypervisor), paid at each of a step's meetings: five for a sharded step. The others
+/// usually come within this (the replicas' passes take the same time); when they do not, the
+/// replica sleeps, and leaves the core to any other thread.
+const SPIN: Duration = Duration::from_micros(200);
+
 /// The meeting point of the replicas.
 struct Shared {
     size: usize,
     state: Mutex<Exchange>,
     arrived_all: Condvar,
+    /// [`Exchange::generation`], readable without the lock (written under it): what a replica
+    /// polls while it waits.
+    completed: AtomicU64,
 }
 
 struct Exchange {
@@ -96,6 +108,7 @@ impl Threads {
                 stopped: false,
             }),
             arrived_all: Condvar::new(),
+            completed: AtomicU64::new(0),
         });
         (0..size).map(|rank| Threads { rank, shared: shared.clone() }).collect()
     }
@@ -114,10 +127,25 @@ impl Threads {
             s.published = Some(Arc::new(all));
             s.arrived = 0;
             s.generation += 1;
+            self.shared.completed.store(s.generation, Ordering::Release);
             self.shared.arrived_all.notify_all();
             return Ok(s.published.clone().expect("just published"));
         }
         let mine = s.generation;
+        drop(s);
+        let t0 = Instant::now();
+        'poll: while self.shared.completed.load(Ordering::Acquire) == mine {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                if self.shared.completed.load(Ordering::Acquire) != mine {
+                    break 'poll;
+                }
+            }
+            if t0.elapsed() >= SPIN {
+                break;
+            }
+        }
+        let mut s = self.shared.state.lock().map_err(|_| stopped())?;
         while s.generation == mine {
             if s.stopped {
                 return Err(stopped());
