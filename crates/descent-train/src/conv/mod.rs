@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::cpu::{f32_slice, give_back_buffer, storage_f32s, take_buffer};
+use crate::cpu::{f32_slice, give_back_buffer, storage_f32s, take_buffer, zeroed};
 use crate::gemm::matmul_in;
 use crate::layers::MaxPool2d;
 use crate::precision::Precision;
@@ -635,12 +635,13 @@ impl CustomOp3 for Conv2dOp {
         let (k, hw, img) = (g.k(), g.hw(), g.image());
         let (ph, pw) = self.out_plane(&g);
         let out_img = g.o * ph * pw;
-        let mut out = vec![0.0f32; g.n * out_img];
+        // Zeroed task by task (`zeroed`), then every value written; the length set at the end.
+        let mut out: Vec<f32> = Vec::with_capacity(g.n * out_img);
         let pool = match self.epilogue {
             Epilogue::ReluMaxPool(p) => Some(p),
             _ => None,
         };
-        let mut argmax = vec![0u32; if pool.is_some() { out.len() } else { 0 }];
+        let mut argmax = vec![0u32; if pool.is_some() { g.n * out_img } else { 0 }];
         let tasks = g.n.div_ceil(IMAGES_PER_TASK);
         let idx_chunks: Vec<&mut [u32]> = if pool.is_some() {
             argmax.chunks_mut(IMAGES_PER_TASK * out_img).collect()
@@ -659,54 +660,67 @@ impl CustomOp3 for Conv2dOp {
             // Every element of the planes is written (padding included) before it is read.
             let mut planes = take_buffer(g.n * g.c * d.xplane);
             let task_planes = planes.par_chunks_mut(IMAGES_PER_TASK * g.c * d.xplane);
-            out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).zip(task_planes).enumerate().for_each(
-                |(t, ((outs, idx), xps))| {
+            out.spare_capacity_mut()[..g.n * out_img]
+                .par_chunks_mut(IMAGES_PER_TASK * out_img)
+                .zip(idx_chunks)
+                .zip(task_planes)
+                .enumerate()
+                .for_each(|(t, ((outs, idx), xps))| {
+                    let outs = zeroed(outs);
                     let xs = &x[t * IMAGES_PER_TASK * img..][..outs.len() / out_img * img];
                     self.direct_forward_task(&g, &d, xs, xps, &wt, b, outs, idx);
-                },
-            );
+                });
+            // SAFETY: every chunk of `..g.n·out_img` was initialized by `zeroed`.
+            unsafe { out.set_len(g.n * out_img) };
             *self.planes.lock().expect("planes lock") = planes;
             if pool.is_some() {
                 *self.argmax.lock().expect("argmax lock") = argmax;
             }
             return Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, ph, pw))));
         }
-        out.par_chunks_mut(IMAGES_PER_TASK * out_img).zip(idx_chunks).enumerate().for_each(|(t, (outs, idx))| {
-            let nb = outs.len() / out_img;
-            let ld = nb * g.seg();
-            let xs = &x[t * IMAGES_PER_TASK * img..][..nb * img];
-            with_scratch([k * ld, g.o * ld], |[cols, y]| {
-                for gi in 0..self.groups {
-                    self.columns(&g, xs, nb, gi, cols);
-                    let (wg, yg) = (&w[gi * g.og * k..][..g.og * k], &mut y[gi * g.og * ld..][..g.og * ld]);
-                    matmul_in(self.precision, yg, false, wg, false, cols, false, g.og, ld, k, false);
-                }
-                for bi in 0..nb {
-                    for oc in 0..g.o {
-                        let plane = &mut y[oc * ld + bi * g.seg()..][..g.seg()];
-                        if g.wide {
-                            for oy in 1..g.oh {
-                                plane.copy_within(oy * g.w..oy * g.w + g.ow, oy * g.ow);
+        out.spare_capacity_mut()[..g.n * out_img]
+            .par_chunks_mut(IMAGES_PER_TASK * out_img)
+            .zip(idx_chunks)
+            .enumerate()
+            .for_each(|(t, (outs, idx))| {
+                let outs = zeroed(outs);
+                let nb = outs.len() / out_img;
+                let ld = nb * g.seg();
+                let xs = &x[t * IMAGES_PER_TASK * img..][..nb * img];
+                with_scratch([k * ld, g.o * ld], |[cols, y]| {
+                    for gi in 0..self.groups {
+                        self.columns(&g, xs, nb, gi, cols);
+                        let (wg, yg) = (&w[gi * g.og * k..][..g.og * k], &mut y[gi * g.og * ld..][..g.og * ld]);
+                        matmul_in(self.precision, yg, false, wg, false, cols, false, g.og, ld, k, false);
+                    }
+                    for bi in 0..nb {
+                        for oc in 0..g.o {
+                            let plane = &mut y[oc * ld + bi * g.seg()..][..g.seg()];
+                            if g.wide {
+                                for oy in 1..g.oh {
+                                    plane.copy_within(oy * g.w..oy * g.w + g.ow, oy * g.ow);
+                                }
                             }
-                        }
-                        let plane = &mut plane[..hw];
-                        let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
-                        match pool {
-                            None if self.epilogue == Epilogue::Relu => {
-                                dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = relu(v + b[oc]))
-                            }
-                            None => dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = v + b[oc]),
-                            Some(p) => {
-                                plane.iter_mut().for_each(|v| *v += b[oc]);
-                                let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
-                                p.plane(plane, g.oh, g.ow, dst, at);
-                                dst.iter_mut().for_each(|v| *v = relu(*v));
+                            let plane = &mut plane[..hw];
+                            let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                            match pool {
+                                None if self.epilogue == Epilogue::Relu => {
+                                    dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = relu(v + b[oc]))
+                                }
+                                None => dst.iter_mut().zip(plane.iter()).for_each(|(d, v)| *d = v + b[oc]),
+                                Some(p) => {
+                                    plane.iter_mut().for_each(|v| *v += b[oc]);
+                                    let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
+                                    p.plane(plane, g.oh, g.ow, dst, at);
+                                    dst.iter_mut().for_each(|v| *v = relu(*v));
+                                }
                             }
                         }
                     }
-                }
-            })
-        });
+                })
+            });
+        // SAFETY: every chunk of `..g.n·out_img` was initialized by `zeroed`.
+        unsafe { out.set_len(g.n * out_img) };
         if pool.is_some() {
             *self.argmax.lock().expect("argmax lock") = argmax;
         }
@@ -737,9 +751,11 @@ impl CustomOp3 for Conv2dOp {
         let img = g.image();
         // The input of a first layer is data: no gradient to compute for it.
         let need_gx = x.track_op();
-        let mut gx = vec![0.0f32; if need_gx { g.n * img } else { 0 }];
-        let gx_chunks: Vec<&mut [f32]> = if need_gx {
-            gx.chunks_mut(IMAGES_PER_TASK * img).collect()
+        // Zeroed task by task (`zeroed`) before the task writes it; the length set at the end.
+        let gx_len = if need_gx { g.n * img } else { 0 };
+        let mut gx: Vec<f32> = Vec::with_capacity(gx_len);
+        let gx_chunks: Vec<&mut [std::mem::MaybeUninit<f32>]> = if need_gx {
+            gx.spare_capacity_mut()[..gx_len].chunks_mut(IMAGES_PER_TASK * img).collect()
         } else {
             (0..g.n.div_ceil(IMAGES_PER_TASK)).map(|_| &mut [][..]).collect()
         };
@@ -772,13 +788,15 @@ impl CustomOp3 for Conv2dOp {
             .into_par_iter()
             .enumerate()
             .map(|(t, gxs)| {
-                let (n0, gxs) = (t * IMAGES_PER_TASK, need_gx.then_some(gxs));
+                let (n0, gxs) = (t * IMAGES_PER_TASK, need_gx.then(|| zeroed(gxs)));
                 match &direct {
                     Some(d) => self.direct_backward_task(&g, d, &io, &wtb, &planes, n0, gxs),
                     None => self.backward_task(&g, &io, n0, gxs),
                 }
             })
             .collect();
+        // SAFETY: every chunk of `..gx_len` was initialized by `zeroed` (none when it is 0).
+        unsafe { gx.set_len(gx_len) };
         give_back_buffer(planes);
         let mut gw = vec![0.0f32; io.ws.len()];
         let mut gb = vec![0.0f32; g.o];
