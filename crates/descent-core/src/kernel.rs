@@ -893,3 +893,25 @@ pub fn has_avx2() -> bool {
         false
     }
 }
+
+/// `exp(x)` in f32 for `x ≤ 0` (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6 polynomial in `r`,
+/// `2ⁿ` built in the exponent bits). Below −87 it returns `exp(−87)` (the smallest normal range)
+/// rather than a subnormal. Branch-free, so loops over it vectorize.
+#[inline(always)]
+pub fn exp_neg_f32(x: f32) -> f32 {
+    // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // ln 2 in two parts: the f32 nearest 0.693_359_4 is 355/512 exactly, so `n·` it is exact.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut y = 1.987_569_1e-4 * r + 1.398_2e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 0.166_666_65;
+    y = y * r + 0.5;
+    y = y * r * r + r + 1.0;
+    let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
+    y * f32::from_bits(bits as u32)
+}

@@ -6,7 +6,7 @@
 //! library's parameter to the last bit whenever the two are within a factor of two.
 
 use super::common::{adam_debias, debias, lerp, rectify, Decay};
-use crate::kernel::{global_sum_sq, Elementwise};
+use crate::kernel::{exp_neg_f32, global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::transforms::{elementwise_transform, full, sign, simd_apply, zeros, ParamBufs};
 
@@ -138,28 +138,47 @@ impl Elementwise for AdaBound {
     }
     simd_apply!(AdaBound, |this, i, off, u, p| {
         let n = u.len();
-        let [keep, l2, step_size, lower, upper] = this.k;
-        let (w1, b2, c2) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, (1.0 - this.betas[1]) as f32);
-        let (eps, maximize) = (this.eps, this.maximize);
-        let m = this.exp_avg.slice(i, off, n);
-        let v = this.exp_avg_sq.slice(i, off, n);
-        let vmax = if this.ams_bound { this.max_exp_avg_sq.slice(i, off, n) } else { &mut [][..] };
-        for j in 0..n {
-            let w = p[j];
-            let g = grad_in(u[j], w, maximize, l2);
-            m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + c2 * g * g;
-            let second = if this.ams_bound {
-                vmax[j] = vmax[j].max(v[j]);
-                vmax[j]
-            } else {
-                v[j]
-            };
-            let den = (second + 1e-15).sqrt() + eps;
-            let upd = clamp(step_size / den, lower, upper) * m[j];
-            u[j] = (w * keep - upd) - w;
+        let (m, v) = (this.exp_avg.slice(i, off, n), this.exp_avg_sq.slice(i, off, n));
+        if this.ams_bound {
+            adabound_block::<true>(this, u, p, m, v, this.max_exp_avg_sq.slice(i, off, n));
+        } else {
+            adabound_block::<false>(this, u, p, m, v, &mut []);
         }
     });
+}
+
+/// [`AdaBound`]'s step on one sub-block, `vmax` (AMSBound's maximum) read only with `AMS`: one
+/// loop per setting, as a loop that may touch a buffer that is not there does not vectorize.
+#[inline(always)]
+fn adabound_block<const AMS: bool>(
+    this: &AdaBound,
+    u: &mut [f32],
+    p: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    vmax: &mut [f32],
+) {
+    let n = u.len();
+    let (p, m, v) = (&p[..n], &mut m[..n], &mut v[..n]);
+    let vmax = if AMS { &mut vmax[..n] } else { vmax };
+    let [keep, l2, step_size, lower, upper] = this.k;
+    let (w1, b2, c2) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, (1.0 - this.betas[1]) as f32);
+    let (eps, maximize) = (this.eps, this.maximize);
+    for j in 0..n {
+        let w = p[j];
+        let g = grad_in(u[j], w, maximize, l2);
+        m[j] = lerp(m[j], g, w1);
+        v[j] = v[j] * b2 + c2 * g * g;
+        let second = if AMS {
+            vmax[j] = vmax[j].max(v[j]);
+            vmax[j]
+        } else {
+            v[j]
+        };
+        let den = (second + 1e-15).sqrt() + eps;
+        let upd = clamp(step_size / den, lower, upper) * m[j];
+        u[j] = (w * keep - upd) - w;
+    }
 }
 
 /// pytorch_optimizer `LaProp` (Ziyin et al. 2020): the momentum of the preconditioned gradient,
@@ -270,33 +289,57 @@ impl Elementwise for LaProp {
     }
     simd_apply!(LaProp, |this, i, off, u, p| {
         let n = u.len();
-        let [keep, mix, step, bc2] = this.k;
-        let (b1, b2, eps) = (this.betas[0] as f32, this.betas[1] as f32, this.eps);
-        let c2 = (1.0 - this.betas[1]) as f32;
-        let m = this.exp_avg.slice(i, off, n);
-        let v = this.exp_avg_sq.slice(i, off, n);
+        let (m, v) = (this.exp_avg.slice(i, off, n), this.exp_avg_sq.slice(i, off, n));
         let mean = if this.centered { this.exp_mean_avg_beta2.slice(i, off, n) } else { &mut [][..] };
         let vmax = if this.ams_bound { this.max_exp_avg_sq.slice(i, off, n) } else { &mut [][..] };
-        for j in 0..n {
-            let w = p[j];
-            let g = if this.maximize { -u[j] } else { u[j] };
-            v[j] = v[j] * b2 + c2 * g * g;
-            let mut second = v[j];
-            if this.centered {
-                mean[j] = lerp(mean[j], g, c2);
-                if this.use_centered {
-                    second = v[j] - mean[j] * mean[j];
-                }
-            }
-            if this.ams_bound {
-                vmax[j] = vmax[j].max(second);
-                second = vmax[j];
-            }
-            let den = ((second + 1e-15).sqrt() + eps) / bc2;
-            m[j] = m[j] * b1 + mix * g / den;
-            u[j] = (w + m[j] * step) * keep - w;
+        match (this.centered, this.ams_bound) {
+            (false, false) => laprop_block::<false, false>(this, u, p, m, v, mean, vmax),
+            (false, true) => laprop_block::<false, true>(this, u, p, m, v, mean, vmax),
+            (true, false) => laprop_block::<true, false>(this, u, p, m, v, mean, vmax),
+            (true, true) => laprop_block::<true, true>(this, u, p, m, v, mean, vmax),
         }
     });
+}
+
+/// [`LaProp`]'s step on one sub-block, `mean` read only when `CENTERED` and `vmax` only with
+/// `AMS` (one loop per setting, as [`adabound_block`]).
+#[inline(always)]
+fn laprop_block<const CENTERED: bool, const AMS: bool>(
+    this: &LaProp,
+    u: &mut [f32],
+    p: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    mean: &mut [f32],
+    vmax: &mut [f32],
+) {
+    let n = u.len();
+    let (p, m, v) = (&p[..n], &mut m[..n], &mut v[..n]);
+    let mean = if CENTERED { &mut mean[..n] } else { mean };
+    let vmax = if AMS { &mut vmax[..n] } else { vmax };
+    let [keep, mix, step, bc2] = this.k;
+    let (b1, b2, eps) = (this.betas[0] as f32, this.betas[1] as f32, this.eps);
+    let c2 = (1.0 - this.betas[1]) as f32;
+    let (maximize, use_centered) = (this.maximize, this.use_centered);
+    for j in 0..n {
+        let w = p[j];
+        let g = if maximize { -u[j] } else { u[j] };
+        v[j] = v[j] * b2 + c2 * g * g;
+        let mut second = v[j];
+        if CENTERED {
+            mean[j] = lerp(mean[j], g, c2);
+            if use_centered {
+                second = v[j] - mean[j] * mean[j];
+            }
+        }
+        if AMS {
+            vmax[j] = vmax[j].max(second);
+            second = vmax[j];
+        }
+        let den = ((second + 1e-15).sqrt() + eps) / bc2;
+        m[j] = m[j] * b1 + mix * g / den;
+        u[j] = (w + m[j] * step) * keep - w;
+    }
 }
 
 /// pytorch_optimizer `QHAdam` (Ma & Yarats 2019): quasi-hyperbolic Adam,
@@ -771,37 +814,58 @@ impl Elementwise for AdaBelief {
     }
     simd_apply!(AdaBelief, |this, i, off, u, p| {
         let n = u.len();
-        let [keep, l2, step_size, bc2] = this.k;
-        let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
-        let c2 = (1.0 - this.betas[1]) as f32;
-        let m = this.exp_avg.slice(i, off, n);
-        let s = this.exp_avg_var.slice(i, off, n);
-        let smax = if this.ams_bound { this.max_exp_avg_var.slice(i, off, n) } else { &mut [][..] };
-        for j in 0..n {
-            let w = p[j];
-            let g = grad_in(u[j], w, this.maximize, l2);
-            m[j] = lerp(m[j], g, w1);
-            let r = g - m[j];
-            s[j] = s[j] * b2 + c2 * r * r + eps;
-            let root = if this.ams_bound {
-                smax[j] = smax[j].max(s[j]);
-                smax[j].sqrt()
-            } else {
-                s[j].sqrt()
-            };
-            let stepped = w * keep;
-            let new = if !this.rectify {
-                stepped + -step_size * m[j] / (root / bc2 + eps)
-            } else {
-                match this.mode {
-                    Rect::Adaptive => stepped + -step_size * m[j] / (root + eps),
-                    Rect::Momentum => stepped + -step_size * m[j],
-                    Rect::Skip => stepped,
-                }
-            };
-            u[j] = new - w;
+        let (m, s) = (this.exp_avg.slice(i, off, n), this.exp_avg_var.slice(i, off, n));
+        if this.ams_bound {
+            adabelief_block::<true>(this, u, p, m, s, this.max_exp_avg_var.slice(i, off, n));
+        } else {
+            adabelief_block::<false>(this, u, p, m, s, &mut []);
         }
     });
+}
+
+/// [`AdaBelief`]'s step on one sub-block, `smax` (AMSBound's maximum) read only with `AMS` (one
+/// loop per setting, as [`adabound_block`]).
+#[inline(always)]
+fn adabelief_block<const AMS: bool>(
+    this: &AdaBelief,
+    u: &mut [f32],
+    p: &[f32],
+    m: &mut [f32],
+    s: &mut [f32],
+    smax: &mut [f32],
+) {
+    let n = u.len();
+    let (p, m, s) = (&p[..n], &mut m[..n], &mut s[..n]);
+    let smax = if AMS { &mut smax[..n] } else { smax };
+    let [keep, l2, step_size, bc2] = this.k;
+    let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
+    let c2 = (1.0 - this.betas[1]) as f32;
+    // The rectified adaptive step divides by `root + ε`, the plain one by `root/b̂₂ + ε`: the same
+    // expression with a divisor of 1 (exact). The momentum step divides by nothing (by 1, exact).
+    let maximize = this.maximize;
+    let (root_div, momentum, skip) = match (this.rectify, this.mode) {
+        (false, _) => (bc2, false, false),
+        (true, Rect::Adaptive) => (1.0, false, false),
+        (true, Rect::Momentum) => (1.0, true, false),
+        (true, Rect::Skip) => (1.0, false, true),
+    };
+    for j in 0..n {
+        let w = p[j];
+        let g = grad_in(u[j], w, maximize, l2);
+        m[j] = lerp(m[j], g, w1);
+        let r = g - m[j];
+        s[j] = s[j] * b2 + c2 * r * r + eps;
+        let root = if AMS {
+            smax[j] = smax[j].max(s[j]);
+            smax[j].sqrt()
+        } else {
+            s[j].sqrt()
+        };
+        let stepped = w * keep;
+        let den = if momentum { 1.0 } else { root / root_div + eps };
+        let new = if skip { stepped } else { stepped + -step_size * m[j] / den };
+        u[j] = new - w;
+    }
 }
 
 /// pytorch_optimizer `DiffGrad` (Dubey et al. 2019): Adam whose first moment is scaled by the
@@ -925,38 +989,56 @@ impl Elementwise for DiffGrad {
     }
     simd_apply!(DiffGrad, |this, i, off, u, p| {
         let n = u.len();
-        let [keep, l2, step_size] = this.k;
-        let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
-        let c2 = (1.0 - this.betas[1]) as f32;
-        let m = this.exp_avg.slice(i, off, n);
-        let v = this.exp_avg_sq.slice(i, off, n);
+        let (m, v) = (this.exp_avg.slice(i, off, n), this.exp_avg_sq.slice(i, off, n));
         let prev = this.previous_grad.slice(i, off, n);
-        let vmax = if this.ams_bound { this.max_exp_avg_sq.slice(i, off, n) } else { &mut [][..] };
-        for j in 0..n {
-            let w = p[j];
-            let g = grad_in(u[j], w, this.maximize, l2);
-            m[j] = lerp(m[j], g, w1);
-            v[j] = v[j] * b2 + c2 * g * g;
-            let second = if this.ams_bound {
-                vmax[j] = vmax[j].max(v[j]);
-                vmax[j]
-            } else {
-                v[j]
-            };
-            let stepped = w * keep;
-            let new = match this.mode {
-                Rect::Adaptive => {
-                    let den = (second + 1e-15).sqrt() + eps;
-                    let friction = 1.0 / (1.0 + (-(prev[j] - g).abs()).exp());
-                    stepped + -step_size * (friction * m[j]) / den
-                }
-                Rect::Momentum => stepped + -step_size * m[j],
-                Rect::Skip => stepped,
-            };
-            prev[j] = g;
-            u[j] = new - w;
+        if this.ams_bound {
+            diffgrad_block::<true>(this, u, p, m, v, prev, this.max_exp_avg_sq.slice(i, off, n));
+        } else {
+            diffgrad_block::<false>(this, u, p, m, v, prev, &mut []);
         }
     });
+}
+
+/// [`DiffGrad`]'s step on one sub-block, `vmax` (AMSBound's maximum) read only with `AMS` (one
+/// loop per setting, as [`adabound_block`]). The friction's `exp` is [`exp_neg_f32`] (its
+/// argument is never positive), which vectorizes where `f32::exp` is a call per value.
+#[inline(always)]
+fn diffgrad_block<const AMS: bool>(
+    this: &DiffGrad,
+    u: &mut [f32],
+    p: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    prev: &mut [f32],
+    vmax: &mut [f32],
+) {
+    let n = u.len();
+    let (p, m, v, prev) = (&p[..n], &mut m[..n], &mut v[..n], &mut prev[..n]);
+    let vmax = if AMS { &mut vmax[..n] } else { vmax };
+    let [keep, l2, step_size] = this.k;
+    let (w1, b2, eps) = ((1.0 - this.betas[0]) as f32, this.betas[1] as f32, this.eps);
+    let c2 = (1.0 - this.betas[1]) as f32;
+    let maximize = this.maximize;
+    // The momentum step is the adaptive one with friction and denominator 1 (exact).
+    let (momentum, skip) = (this.mode == Rect::Momentum, this.mode == Rect::Skip);
+    for j in 0..n {
+        let w = p[j];
+        let g = grad_in(u[j], w, maximize, l2);
+        m[j] = lerp(m[j], g, w1);
+        v[j] = v[j] * b2 + c2 * g * g;
+        let second = if AMS {
+            vmax[j] = vmax[j].max(v[j]);
+            vmax[j]
+        } else {
+            v[j]
+        };
+        let stepped = w * keep;
+        let den = if momentum { 1.0 } else { (second + 1e-15).sqrt() + eps };
+        let friction = if momentum { 1.0 } else { 1.0 / (1.0 + exp_neg_f32(-(prev[j] - g).abs())) };
+        let new = if skip { stepped } else { stepped + -step_size * (friction * m[j]) / den };
+        prev[j] = g;
+        u[j] = new - w;
+    }
 }
 
 /// pytorch_optimizer `Adan` (Xie et al. 2022): moments of the gradient, of its difference to the
