@@ -15,6 +15,23 @@ use rayon::prelude::*;
 /// AVX2 build; the arguments come with their types because that build is a function of its own.
 /// `unsafe $f(…)` calls an unsafe `$f` (the caller's contract covers it).
 macro_rules! dispatch_simd {
+    // `wide`: the AVX-512 build first where the CPU has it, for compute-bound kernels (a cube
+    // root, an exp per value). Streaming kernels stay on AVX2: their 64-byte loads, most of them
+    // across two cache lines, measured 5–10% slower from memory (AdamW, Yogi, SGD, Adafactor).
+    (wide unsafe $f:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn avx512($($a: $t),*) $(-> $r)? {
+                unsafe { $f($($a),*) }
+            }
+            if $crate::kernel::has_avx512() {
+                // SAFETY: the CPU supports AVX-512; the caller upholds `$f`'s contract.
+                return unsafe { avx512($($a),*) };
+            }
+        }
+        $crate::kernel::dispatch_simd!(unsafe $f($($a: $t),*) $(-> $r)?)
+    }};
     (unsafe $f:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {{
         #[cfg(target_arch = "x86_64")]
         {
@@ -878,6 +895,24 @@ pub fn set_simd(enabled: bool) {
     SIMD.store(enabled, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether kernels run their AVX-512 build: the CPU has AVX-512 F, VL, BW and DQ besides AVX2
+/// and FMA, and [`set_simd`] has not turned the dispatch off.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether kernels run their AVX2 + FMA build: the CPU has both (checked once, cached by the
 /// standard library) and [`set_simd`] has not turned the dispatch off.
 #[inline]
@@ -914,4 +949,67 @@ pub fn exp_neg_f32(x: f32) -> f32 {
     y = y * r * r + r + 1.0;
     let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
     y * f32::from_bits(bits as u32)
+}
+
+/// `∛x` in f32 for `x ≥ 0` (NaN below 0, as `powf(x, 1/3)`), branch-free and without a
+/// division, so loops over it vectorize where `f32::cbrt` and `powf` are a call per value.
+/// Newton's iteration for the inverse root, `r ← r·(4 − x·r³)/3`, from a first guess in the
+/// exponent bits (`(4/3)·bias − bits/3`, within 10%): three steps in f32 (within 10⁻⁶, `x·r³`
+/// formed as `((x·r)·r)·r`, near 1 throughout), one in f64 (within 10⁻¹¹), then `∛x = x·r²` in
+/// f64 rounded to f32: within one ulp, nearly always the nearest float. Values under 10⁻³⁰
+/// (subnormals included) are scaled by 2⁹⁶ first and their root by 2⁻³² after; 0 and ∞ are their
+/// own roots.
+#[inline(always)]
+pub fn cbrt_f32(x: f32) -> f32 {
+    const TWO_96: f32 = 79_228_162_514_264_337_593_543_950_336.0;
+    const TWO_MINUS_32: f64 = 1.0 / 4_294_967_296.0;
+    const THIRD: f32 = 1.0 / 3.0;
+    let tiny = x < 1.0e-30;
+    let xs = if tiny { x * TWO_96 } else { x };
+    let mut r = f32::from_bits(0x54a2_0000u32.wrapping_sub(xs.to_bits() / 3));
+    for _ in 0..3 {
+        r = r * (4.0 - xs * r * r * r) * THIRD;
+    }
+    let (r, xd) = (r as f64, xs as f64);
+    let r = r * (4.0 - xd * r * r * r) * (1.0 / 3.0);
+    let y = xd * r * r;
+    let root = (if tiny { y * TWO_MINUS_32 } else { y }) as f32;
+    if x > 0.0 && x < f32::INFINITY {
+        root
+    } else if x == 0.0 || x == f32::INFINITY {
+        x
+    } else {
+        f32::NAN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cbrt_f32;
+
+    /// `cbrt_f32` against f64's cube root over every binade of f32 (subnormals included): within
+    /// one ulp everywhere, the nearest float in nearly every case; its special values as `powf`'s.
+    #[test]
+    fn cbrt_is_within_one_ulp_over_every_binade() {
+        let (mut worst, mut off, mut n) = (0.0f64, 0usize, 0usize);
+        // Every 97th float from the smallest subnormal to the largest finite.
+        let mut bits = 1u32;
+        while bits < f32::INFINITY.to_bits() {
+            let x = f32::from_bits(bits);
+            let exact = (x as f64).cbrt();
+            let got = cbrt_f32(x);
+            let ulp = (f32::from_bits((exact as f32).to_bits() + 1) - exact as f32) as f64;
+            worst = worst.max((got as f64 - exact).abs() / ulp);
+            off += usize::from(got != exact as f32);
+            n += 1;
+            bits += 97;
+        }
+        assert!(worst < 1.0, "worst error {worst} ulp");
+        assert!(off * 100_000 < n, "{off} of {n} not the nearest float");
+        assert_eq!(cbrt_f32(0.0), 0.0);
+        assert_eq!(cbrt_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(cbrt_f32(27.0), 3.0);
+        assert_eq!(cbrt_f32(1.0), 1.0);
+        assert!(cbrt_f32(f32::NAN).is_nan() && cbrt_f32(-8.0).is_nan());
+    }
 }

@@ -80,9 +80,14 @@ pub(crate) use state;
 /// `step` runs the inlined body on sub-blocks of [`crate::kernel::SUB_BLOCK`] elements: copy the gradient into a scratch that stays in L1, transform it, add it to `p`.
 /// Each state buffer is then read and written once, in short sequential bursts, as in a single
 /// loop; whole-block passes over 2048 elements fall out of L1 and cost a third of the bandwidth.
-/// `simd_apply!(@apply …)` implements `apply` alone, for a rule with its own `step`.
+/// `simd_apply!(@apply …)` implements `apply` alone, for a rule with its own `step`;
+/// `simd_apply!(wide …)` adds an AVX-512 build, chosen first where the CPU has it, for a
+/// compute-bound body (see [`crate::kernel::dispatch_simd`]).
 macro_rules! simd_apply {
     (@apply $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        $crate::transforms::simd_apply!(@apply_in [] $t, |$this, $i, $off, $u, $p| $body);
+    };
+    (@apply_in [$($tier:ident)?] $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
         unsafe fn apply(&self, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]) {
             #[inline(always)]
             #[allow(unused_variables, unused_unsafe)]
@@ -91,11 +96,17 @@ macro_rules! simd_apply {
                 $body
             }
             let this = self;
-            $crate::kernel::dispatch_simd!(unsafe kernel(this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]))
+            $crate::kernel::dispatch_simd!($($tier)? unsafe kernel(this: &$t, $i: usize, $off: usize, $u: &mut [f32], $p: &[f32]))
         }
     };
+    (wide $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        $crate::transforms::simd_apply!(@full [wide] $t, |$this, $i, $off, $u, $p| $body);
+    };
     ($t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
-        $crate::transforms::simd_apply!(@apply $t, |$this, $i, $off, $u, $p| $body);
+        $crate::transforms::simd_apply!(@full [] $t, |$this, $i, $off, $u, $p| $body);
+    };
+    (@full [$($tier:ident)?] $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
+        $crate::transforms::simd_apply!(@apply_in [$($tier)?] $t, |$this, $i, $off, $u, $p| $body);
         unsafe fn step(
             &self,
             i: usize,
@@ -141,9 +152,9 @@ macro_rules! simd_apply {
                 return;
             }
             if fold.prefetch {
-                $crate::kernel::dispatch_simd!(unsafe streaming(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
+                $crate::kernel::dispatch_simd!($($tier)? unsafe streaming(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
             }
-            $crate::kernel::dispatch_simd!(unsafe cached(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
+            $crate::kernel::dispatch_simd!($($tier)? unsafe cached(this: &$t, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: $crate::kernel::Fold))
         }
     };
 }

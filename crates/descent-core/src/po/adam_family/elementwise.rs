@@ -987,7 +987,7 @@ impl Elementwise for DiffGrad {
         };
         self.k = [self.decay.keep(lr, 1.0), self.decay.l2(), step_size as f32];
     }
-    simd_apply!(DiffGrad, |this, i, off, u, p| {
+    simd_apply!(wide DiffGrad, |this, i, off, u, p| {
         let n = u.len();
         let (m, v) = (this.exp_avg.slice(i, off, n), this.exp_avg_sq.slice(i, off, n));
         let prev = this.previous_grad.slice(i, off, n);

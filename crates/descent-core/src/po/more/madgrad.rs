@@ -3,7 +3,7 @@
 
 use super::common::{check_lr, in_range, lerp, maximize_and_foreach, non_negative, PoWeightDecay};
 use crate::error::Result;
-use crate::kernel::Elementwise;
+use crate::kernel::{cbrt_f32, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
@@ -96,7 +96,7 @@ impl Madgrad {
     /// `compute_rms`: `∛S + ε`, a zero denominator (ε = 0) counted infinite.
     #[inline(always)]
     fn rms(sum_sq: f32, eps: f32) -> f32 {
-        let r = sum_sq.powf(1.0 / 3.0) + eps;
+        let r = cbrt_f32(sum_sq) + eps;
         if eps == 0.0 && r == 0.0 {
             f32::INFINITY
         } else {
@@ -128,27 +128,47 @@ impl Elementwise for Madgrad {
         };
         self.c = [lambda as f32, l2, decoupled];
     }
-    simd_apply!(Madgrad, |this, i, off, u, p| {
+    simd_apply!(wide Madgrad, |this, i, off, u, p| {
         let n = u.len();
-        let [lambda, l2, decoupled] = this.c;
-        let (eps, momentum) = (this.eps, this.momentum);
-        let sum_sq = this.grad_sum_sq.slice(i, off, n);
-        let s = this.s.slice(i, off, n);
-        let x0s = if momentum > 0.0 { &this.x0.slice(i, off, n)[..n] } else { &[][..] };
-        for j in 0..n {
-            let mut g = if this.maximize { -u[j] } else { u[j] };
-            if l2 != 0.0 {
-                g += l2 * p[j];
-            }
-            let x0 = if momentum > 0.0 { x0s[j] } else { p[j] + s[j] / Madgrad::rms(sum_sq[j], eps) };
-            sum_sq[j] += lambda * (g * g);
-            s[j] += lambda * g;
-            let z = x0 - s[j] / Madgrad::rms(sum_sq[j], eps);
-            let mut w = if momentum > 0.0 { lerp(p[j], z, this.w) } else { z };
-            if decoupled != 0.0 {
-                w += decoupled * p[j];
-            }
-            u[j] = w - p[j];
+        let (sum_sq, s) = (this.grad_sum_sq.slice(i, off, n), this.s.slice(i, off, n));
+        if this.momentum > 0.0 {
+            madgrad_block::<true>(this, u, p, sum_sq, s, this.x0.slice(i, off, n));
+        } else {
+            madgrad_block::<false>(this, u, p, sum_sq, s, &mut []);
         }
     });
+}
+
+/// [`Madgrad`]'s step on one sub-block, the initial parameters `x0s` read only with `MOMENTUM`:
+/// one loop per setting, as a loop that may touch a buffer that is not there does not vectorize
+/// (and the cube root is [`cbrt_f32`], which vectorizes where `powf` is a call per value).
+#[inline(always)]
+fn madgrad_block<const MOMENTUM: bool>(
+    this: &Madgrad,
+    u: &mut [f32],
+    p: &[f32],
+    sum_sq: &mut [f32],
+    s: &mut [f32],
+    x0s: &mut [f32],
+) {
+    let n = u.len();
+    let (p, sum_sq, s) = (&p[..n], &mut sum_sq[..n], &mut s[..n]);
+    let x0s = if MOMENTUM { &x0s[..n] } else { &x0s[..] };
+    let [lambda, l2, decoupled] = this.c;
+    let (eps, maximize, w_z) = (this.eps, this.maximize, this.w);
+    for j in 0..n {
+        let mut g = if maximize { -u[j] } else { u[j] };
+        if l2 != 0.0 {
+            g += l2 * p[j];
+        }
+        let x0 = if MOMENTUM { x0s[j] } else { p[j] + s[j] / Madgrad::rms(sum_sq[j], eps) };
+        sum_sq[j] += lambda * (g * g);
+        s[j] += lambda * g;
+        let z = x0 - s[j] / Madgrad::rms(sum_sq[j], eps);
+        let mut w = if MOMENTUM { lerp(p[j], z, w_z) } else { z };
+        if decoupled != 0.0 {
+            w += decoupled * p[j];
+        }
+        u[j] = w - p[j];
+    }
 }
