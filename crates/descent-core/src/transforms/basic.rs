@@ -272,11 +272,16 @@ impl Elementwise for ScaleByOptimisticGradient {
         self.initial = 0;
     }
     simd_apply!(ScaleByOptimisticGradient, |this, i, off, u, p| {
-        let prev = this.prev.slice(i, off, u.len());
-        for (g, pg) in u.iter_mut().zip(prev) {
-            let gp = if this.first { *g } else { *pg };
-            *pg = *g;
-            *g = (this.alpha + this.beta) * *g - this.beta * gp;
+        // The hyper-parameters read once: the loop writes through `prev`, which the compiler
+        // cannot tell apart from `this`, and reloading them each time kept it scalar.
+        let n = u.len();
+        let prev = &mut this.prev.slice(i, off, n)[..n];
+        let (first, ab, beta) = (this.first, this.alpha + this.beta, this.beta);
+        for j in 0..n {
+            let g = u[j];
+            let gp = if first { g } else { prev[j] };
+            prev[j] = g;
+            u[j] = ab * g - beta * gp;
         }
     });
 }

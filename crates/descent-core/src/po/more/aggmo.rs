@@ -129,26 +129,36 @@ impl Elementwise for AggMo {
     simd_apply!(AggMo, |this, i, off, u, p| {
         let n = u.len();
         let [factor, l2, step_size] = this.k;
-        let mut w = [0.0f32; crate::kernel::BLOCK];
-        let w = &mut w[..n];
-        for j in 0..n {
-            let mut g = if this.maximize { -u[j] } else { u[j] };
-            if l2 != 0.0 {
-                g += l2 * p[j];
+        // Read once: the loops write through the state buffers, which the compiler cannot tell
+        // apart from `this`.
+        let maximize = this.maximize;
+        // In pieces of a fused step's sub-block: the weights' accumulator stays in L1, and is
+        // not a zeroed block-sized array per call.
+        const PIECE: usize = crate::kernel::SUB_BLOCK;
+        for start in (0..n).step_by(PIECE) {
+            let len = PIECE.min(n - start);
+            let (u, p) = (&mut u[start..start + len], &p[start..start + len]);
+            let mut w = [0.0f32; PIECE];
+            let w = &mut w[..len];
+            for j in 0..len {
+                let mut g = if maximize { -u[j] } else { u[j] };
+                if l2 != 0.0 {
+                    g += l2 * p[j];
+                }
+                u[j] = g;
+                w[j] = p[j] * factor;
             }
-            u[j] = g;
-            w[j] = p[j] * factor;
-        }
-        for &k in &this.order {
-            let beta = this.decays[k];
-            let buf = this.buffers[k].slice(i, off, n);
-            for j in 0..n {
-                buf[j] = buf[j] * beta + u[j];
-                w[j] += step_size * buf[j];
+            for &k in &this.order {
+                let beta = this.decays[k];
+                let buf = &mut this.buffers[k].slice(i, off + start, len)[..len];
+                for j in 0..len {
+                    buf[j] = buf[j] * beta + u[j];
+                    w[j] += step_size * buf[j];
+                }
             }
-        }
-        for j in 0..n {
-            u[j] = w[j] - p[j];
+            for j in 0..len {
+                u[j] = w[j] - p[j];
+            }
         }
     });
 }
