@@ -411,15 +411,18 @@ impl Elementwise for ScaleByRprop {
     fn begin_step(&mut self) {}
     simd_apply!(ScaleByRprop, |this, i, off, u, p| {
         let n = u.len();
-        let ss = this.step_sizes.slice(i, off, n);
-        let prev = this.prev_updates.slice(i, off, n);
+        let ss = &mut this.step_sizes.slice(i, off, n)[..n];
+        let prev = &mut this.prev_updates.slice(i, off, n)[..n];
+        // Read once (the loop writes through the state, which the compiler cannot tell apart
+        // from `this`), and the step size stored whatever the sign (a conditional store kept the
+        // loop scalar).
+        let (eta_plus, eta_minus, lo, hi) = (this.eta_plus, this.eta_minus, this.min_step, this.max_step);
         for j in 0..n {
             let g = u[j];
             let s = g * prev[j];
-            if s != 0.0 {
-                let f = if s > 0.0 { this.eta_plus } else { this.eta_minus };
-                ss[j] = crate::kernel::clip(ss[j] * f, this.min_step, this.max_step);
-            }
+            let f = if s > 0.0 { eta_plus } else { eta_minus };
+            let moved = crate::kernel::clip(ss[j] * f, lo, hi);
+            ss[j] = if s != 0.0 { moved } else { ss[j] };
             let old = prev[j];
             prev[j] = if s < 0.0 { 0.0 } else { ss[j] * sign(g) };
             u[j] = if s < 0.0 { 0.0 } else { old };
