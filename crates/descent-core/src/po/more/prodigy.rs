@@ -260,22 +260,30 @@ impl Elementwise for Prodigy {
     simd_apply!(Prodigy, |this, i, off, u, p| {
         let n = u.len();
         let [b1, wm, b2, wv, b3, ws, factor, step, de] = this.k;
-        let m = this.exp_avg.slice(i, off, n);
-        let v = this.exp_avg_sq.slice(i, off, n);
-        let s = this.s.slice(i, off, n);
-        let atan2 = this.eps.is_none();
-        for j in 0..n {
-            let g = if this.maximize { -u[j] } else { u[j] };
-            m[j] = m[j] * b1 + wm * g;
-            v[j] = v[j] * b2 + wv * g * g;
-            s[j] = s[j] * b3 + ws * g;
-            u[j] = if this.skip {
-                0.0
-            } else if atan2 {
-                (p[j] * factor + step * m[j].atan2(v[j].sqrt())) - p[j]
-            } else {
-                (p[j] * factor + step * (m[j] / (v[j].sqrt() + de))) - p[j]
-            };
+        let m = &mut this.exp_avg.slice(i, off, n)[..n];
+        let v = &mut this.exp_avg_sq.slice(i, off, n)[..n];
+        let s = &mut this.s.slice(i, off, n)[..n];
+        // Read once (the loop writes through the state, which the compiler cannot tell apart
+        // from `this`); `atan2`, a call per value, in a loop of its own, so that the usual one
+        // (with `eps`) vectorizes.
+        let (maximize, skip) = (this.maximize, this.skip);
+        if this.eps.is_none() {
+            for j in 0..n {
+                let g = if maximize { -u[j] } else { u[j] };
+                m[j] = m[j] * b1 + wm * g;
+                v[j] = v[j] * b2 + wv * g * g;
+                s[j] = s[j] * b3 + ws * g;
+                u[j] = if skip { 0.0 } else { (p[j] * factor + step * m[j].atan2(v[j].sqrt())) - p[j] };
+            }
+        } else {
+            for j in 0..n {
+                let g = if maximize { -u[j] } else { u[j] };
+                m[j] = m[j] * b1 + wm * g;
+                v[j] = v[j] * b2 + wv * g * g;
+                s[j] = s[j] * b3 + ws * g;
+                let moved = (p[j] * factor + step * (m[j] / (v[j].sqrt() + de))) - p[j];
+                u[j] = if skip { 0.0 } else { moved };
+            }
         }
     });
 }
