@@ -5,7 +5,7 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
-use crate::kernel::{global_sum_sq, vdot, Elementwise};
+use crate::kernel::{global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
@@ -144,32 +144,37 @@ impl Transform for DadaptAdamw {
         let t = self.count as f64;
         let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
         let dlr = self.estim_lr * sched * bc;
-        let weighted: Vec<Vec<f32>> = self
-            .grad_sum
-            .iter()
-            .zip(&self.exp_avg_sq)
-            .map(|(s, v)| s.iter().zip(v).map(|(&s, &v)| s / (v.sqrt() + eps as f32)).collect())
-            .collect();
-        let numerator_acum = vdot(updates, &weighted);
-        let (b1f, b2f, sb2f, dlrf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32);
-        for (i, u) in updates.iter().enumerate() {
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
-            for (j, &g) in u.iter().enumerate() {
-                m[j] = b1f * m[j] + (1.0 - b1f) * dlrf * g;
-                v[j] = b2f * v[j] + (1.0 - b2f) * g * g;
-                s[j] = sb2f * s[j] + (1.0 - sb2f) * dlrf * g;
+        let (b1f, b2f, sb2f, dlrf, epsf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32, eps as f32);
+        let wd = (self.weight_decay * dlr) as f32;
+        // One pass, block by block (in L1): `Σ g·s/(√v + ε)` over the state before the step, the
+        // step, then `Σ |s|` over the updated `s`; the sums in eight f64 lanes (see `lane_sums`).
+        // The step needs neither: they set the next step's estimate.
+        let (mut numerator_acum, mut l1) = (0.0f64, 0.0f64);
+        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
+            let (mut num, mut abs) = ([0.0f64; 8], [0.0f64; 8]);
+            let blocks = u
+                .chunks_mut(1024)
+                .zip(p.chunks(1024))
+                .zip(self.exp_avg[i].chunks_mut(1024))
+                .zip(self.exp_avg_sq[i].chunks_mut(1024))
+                .zip(self.grad_sum[i].chunks_mut(1024));
+            for ((((u, p), m), v), s) in blocks {
+                lane_sums(&mut num, u, |k| u[k] as f64 * (s[k] / (v[k].sqrt() + epsf)) as f64);
+                for k in 0..u.len() {
+                    let g = u[k];
+                    m[k] = b1f * m[k] + (1.0 - b1f) * dlrf * g;
+                    v[k] = b2f * v[k] + (1.0 - b2f) * g * g;
+                    s[k] = sb2f * s[k] + (1.0 - sb2f) * dlrf * g;
+                    u[k] = -wd * p[k] - m[k] / (v[k].sqrt() + epsf);
+                }
+                lane_sums(&mut abs, s, |k| s[k].abs() as f64);
             }
+            numerator_acum += fold_lanes(num);
+            l1 += fold_lanes(abs);
         }
-        let l1: f64 = self.grad_sum.iter().flatten().map(|x| x.abs() as f64).sum();
         self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
         let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
         self.estim_lr = self.estim_lr.max(d_estimate);
-        let wd = (self.weight_decay * dlr) as f32;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            for (j, x) in u.iter_mut().enumerate() {
-                *x = -wd * p[j] - self.exp_avg[i][j] / (self.exp_avg_sq[i][j].sqrt() + eps as f32);
-            }
-        }
         Ok(())
     }
     state!(DadaptAdamw; bufs: [exp_avg, exp_avg_sq, grad_sum]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
@@ -323,9 +328,8 @@ impl Transform for Prodigy {
                 }
                 lane_sums(&mut den, s, |k| s[k].abs() as f64);
             }
-            let fold = |a: [f64; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            numerator_acum += fold(num);
-            denominator += fold(den);
+            numerator_acum += fold_lanes(num);
+            denominator += fold_lanes(den);
         }
         self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
         let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
@@ -349,6 +353,11 @@ fn lane_sums(lanes: &mut [f64; 8], x: &[f32], term: impl Fn(usize) -> f64) {
     for (k, l) in (whole..x.len()).zip(lanes.iter_mut()) {
         *l += term(k);
     }
+}
+
+/// The eight lanes of [`lane_sums`] added up in a fixed order.
+fn fold_lanes(a: [f64; 8]) -> f64 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
 /// How DoG chooses its first step (optax `init_step`).
