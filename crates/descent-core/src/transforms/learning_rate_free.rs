@@ -468,11 +468,17 @@ impl Elementwise for ScaleByDowg {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        // `‖x − x₀‖²` in eight f64 lanes per tensor (see `lane_sums`).
         let dist: f64 = self
             .init_params
             .iter()
             .zip(params)
-            .map(|(x0, x)| x0.iter().zip(x.iter()).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>())
+            .map(|(x0, x)| {
+                let (x0, x) = (&x0[..x.len()], &x[..]);
+                let mut lanes = [0.0f64; 8];
+                lane_sums(&mut lanes, x, |k| ((x0[k] - x[k]) as f64).powi(2));
+                fold_lanes(lanes)
+            })
             .sum();
         self.estim_sq_dist = self.estim_sq_dist.max(dist);
         self.weighted_sq_norm_grads += self.estim_sq_dist * global_sum_sq(inputs);
