@@ -827,8 +827,32 @@ impl SumSq {
     }
     #[inline(always)]
     pub(crate) fn total(&self) -> f64 {
-        let a = &self.acc;
-        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + self.tail
+        fold_lanes(self.acc) + self.tail
+    }
+}
+
+/// Eight f64 lane sums added up in the fixed order of [`SumSq`].
+#[inline(always)]
+pub(crate) fn fold_lanes(a: [f64; 8]) -> f64 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
+/// Adds `term(k)` for every index `k` of `x` to eight lanes, element `k` to lane `k % 8`:
+/// independent chains of f64 additions a loop need not wait on, where one running sum is a
+/// single chain ([`SumSq`] for any term; [`fold_lanes`] adds the lanes up). `term` reads `x`
+/// and slices as long; given the slice rather than its length, the compiler drops their bounds
+/// checks (with the length alone, DoWG's distance ran 2.3 → 3.1 ns a parameter).
+#[inline(always)]
+pub(crate) fn lane_sums(lanes: &mut [f64; 8], x: &[f32], term: impl Fn(usize) -> f64) {
+    let n = x.len();
+    let whole = n - n % 8;
+    for base in (0..whole).step_by(8) {
+        for (k, l) in lanes.iter_mut().enumerate() {
+            *l += term(base + k);
+        }
+    }
+    for (k, l) in (whole..n).zip(lanes.iter_mut()) {
+        *l += term(k);
     }
 }
 

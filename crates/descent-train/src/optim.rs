@@ -205,9 +205,11 @@ pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
     grads.iter().map(|g| descent_core::transforms::sum_sq(g)).sum::<f64>().sqrt()
 }
 
-/// Writes a parameter's values into a variable's storage in place.
+/// Writes values into a variable's storage in place: all of them (`at: None`, the lengths must
+/// agree), or elements `k..k + values.len()` (`at: Some(k)`, a sharded step's all-gathered ranges).
 struct WriteValues<'a> {
     values: &'a [f32],
+    at: Option<usize>,
     name: &'a str,
 }
 
@@ -221,37 +223,18 @@ impl candle_core::InplaceOp1 for WriteValues<'_> {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("{name}: parameter is not contiguous")
         };
-        if end - start != self.values.len() {
-            candle_core::bail!("{name}: {} values for a parameter of {}", self.values.len(), end - start);
-        }
-        v[start..end].copy_from_slice(self.values);
-        Ok(())
-    }
-}
-
-/// Writes `values` into a variable's elements `at..at + values.len()` (a sharded step's
-/// all-gathered ranges).
-struct WriteRange<'a> {
-    values: &'a [f32],
-    at: usize,
-    name: &'a str,
-}
-
-impl candle_core::InplaceOp1 for WriteRange<'_> {
-    fn name(&self) -> &'static str {
-        "descent-write-parameter-range"
-    }
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let name = self.name;
-        let CpuStorage::F32(v) = s else { candle_core::bail!("{name}: descent optimizes f32 tensors") };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("{name}: parameter is not contiguous")
+        let n = self.values.len();
+        let at = match self.at {
+            None if end - start != n => {
+                candle_core::bail!("{name}: {n} values for a parameter of {}", end - start)
+            }
+            None => 0,
+            Some(at) if at + n > end - start => {
+                candle_core::bail!("{name}: values {at}..{} of a parameter of {}", at + n, end - start)
+            }
+            Some(at) => at,
         };
-        let (a, n) = (start + self.at, self.values.len());
-        if self.at + n > end - start {
-            candle_core::bail!("{name}: values {}..{} of a parameter of {}", self.at, self.at + n, end - start);
-        }
-        v[a..a + n].copy_from_slice(self.values);
+        v[start + at..start + at + n].copy_from_slice(self.values);
         Ok(())
     }
 }
@@ -286,7 +269,7 @@ where
 {
     fn eval(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32> {
         for ((v, p), n) in self.vars.iter().zip(params).zip(self.names) {
-            v.as_tensor().inplace_op1(&WriteValues { values: p, name: n })?;
+            v.as_tensor().inplace_op1(&WriteValues { values: p, at: None, name: n })?;
         }
         let loss = (self.closure)()?;
         if loss.rank() != 0 || loss.dtype() != DType::F32 {
@@ -1008,7 +991,7 @@ impl VarOptimizer {
                     (Err(e), None) => (&c.start, Err(e.into())),
                 };
                 for ((v, n), p) in self.vars.iter().zip(&self.names).zip(values) {
-                    v.as_tensor().inplace_op1(&WriteValues { values: p, name: n })?;
+                    v.as_tensor().inplace_op1(&WriteValues { values: p, at: None, name: n })?;
                 }
                 let loss = outcome?;
                 c.steps += 1;
@@ -1231,7 +1214,7 @@ impl VarOptimizer {
         let mut at = 0;
         for (v, n) in self.vars.iter().zip(&self.names) {
             let len = v.elem_count();
-            v.as_tensor().inplace_op1(&WriteValues { values: &values[at..at + len], name: n })?;
+            v.as_tensor().inplace_op1(&WriteValues { values: &values[at..at + len], at: None, name: n })?;
             at += len;
         }
         Ok(())

@@ -5,7 +5,7 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
-use crate::kernel::{global_sum_sq, Elementwise};
+use crate::kernel::{fold_lanes, global_sum_sq, lane_sums, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
@@ -337,27 +337,6 @@ impl Transform for Prodigy {
         Ok(())
     }
     state!(Prodigy; bufs: [exp_avg, exp_avg_sq, grad_sum, params0]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
-}
-
-/// Adds `term(k)` for every index `k` of `x` to the eight lanes, element `k` to lane `k % 8`:
-/// independent chains of f64 additions the loop need not wait on, where one running sum is a
-/// single chain.
-#[inline(always)]
-fn lane_sums(lanes: &mut [f64; 8], x: &[f32], term: impl Fn(usize) -> f64) {
-    let whole = x.len() - x.len() % 8;
-    for base in (0..whole).step_by(8) {
-        for (k, l) in lanes.iter_mut().enumerate() {
-            *l += term(base + k);
-        }
-    }
-    for (k, l) in (whole..x.len()).zip(lanes.iter_mut()) {
-        *l += term(k);
-    }
-}
-
-/// The eight lanes of [`lane_sums`] added up in a fixed order.
-fn fold_lanes(a: [f64; 8]) -> f64 {
-    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
 /// How DoG chooses its first step (optax `init_step`).

@@ -322,7 +322,7 @@ impl VarOptimizer {
             for r in [head, tail] {
                 if !r.is_empty() {
                     let values = &s.params[start + r.start..start + r.end];
-                    v.as_tensor().inplace_op1(&WriteRange { values, at: r.start, name })?;
+                    v.as_tensor().inplace_op1(&WriteValues { values, at: Some(r.start), name })?;
                 }
             }
         }

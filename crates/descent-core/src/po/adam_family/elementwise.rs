@@ -12,6 +12,19 @@ use crate::transforms::{elementwise_transform, full, sign, simd_apply, zeros, Pa
 
 use crate::kernel::clip as clamp;
 
+/// AMSBound's running maximum of a second moment `x` at element `j`: with `AMS`,
+/// `max[j] ← max(max[j], x)` and that maximum; without, `x` itself (and `max` is not touched: the
+/// kernels' loops are compiled once per setting, `max` empty without it).
+#[inline(always)]
+fn ams_max<const AMS: bool>(max: &mut [f32], j: usize, x: f32) -> f32 {
+    if AMS {
+        max[j] = max[j].max(x);
+        max[j]
+    } else {
+        x
+    }
+}
+
 /// The gradient as the update rule reads it: negated to maximize, plus the L2 term.
 #[inline(always)]
 fn grad_in(g: f32, w: f32, maximize: bool, l2: f32) -> f32 {
@@ -169,12 +182,7 @@ fn adabound_block<const AMS: bool>(
         let g = grad_in(u[j], w, maximize, l2);
         m[j] = lerp(m[j], g, w1);
         v[j] = v[j] * b2 + c2 * g * g;
-        let second = if AMS {
-            vmax[j] = vmax[j].max(v[j]);
-            vmax[j]
-        } else {
-            v[j]
-        };
+        let second = ams_max::<AMS>(vmax, j, v[j]);
         let den = (second + 1e-15).sqrt() + eps;
         let upd = clamp(step_size / den, lower, upper) * m[j];
         u[j] = (w * keep - upd) - w;
@@ -332,10 +340,7 @@ fn laprop_block<const CENTERED: bool, const AMS: bool>(
                 second = v[j] - mean[j] * mean[j];
             }
         }
-        if AMS {
-            vmax[j] = vmax[j].max(second);
-            second = vmax[j];
-        }
+        second = ams_max::<AMS>(vmax, j, second);
         let den = ((second + 1e-15).sqrt() + eps) / bc2;
         m[j] = m[j] * b1 + mix * g / den;
         u[j] = (w + m[j] * step) * keep - w;
@@ -855,12 +860,7 @@ fn adabelief_block<const AMS: bool>(
         m[j] = lerp(m[j], g, w1);
         let r = g - m[j];
         s[j] = s[j] * b2 + c2 * r * r + eps;
-        let root = if AMS {
-            smax[j] = smax[j].max(s[j]);
-            smax[j].sqrt()
-        } else {
-            s[j].sqrt()
-        };
+        let root = ams_max::<AMS>(smax, j, s[j]).sqrt();
         let stepped = w * keep;
         let den = if momentum { 1.0 } else { root / root_div + eps };
         let new = if skip { stepped } else { stepped + -step_size * m[j] / den };
@@ -1026,12 +1026,7 @@ fn diffgrad_block<const AMS: bool>(
         let g = grad_in(u[j], w, maximize, l2);
         m[j] = lerp(m[j], g, w1);
         v[j] = v[j] * b2 + c2 * g * g;
-        let second = if AMS {
-            vmax[j] = vmax[j].max(v[j]);
-            vmax[j]
-        } else {
-            v[j]
-        };
+        let second = ams_max::<AMS>(vmax, j, v[j]);
         let stepped = w * keep;
         let den = if momentum { 1.0 } else { (second + 1e-15).sqrt() + eps };
         let friction = if momentum { 1.0 } else { 1.0 / (1.0 + exp_neg_f32(-(prev[j] - g).abs())) };
