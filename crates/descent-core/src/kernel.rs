@@ -976,28 +976,56 @@ pub fn exp_neg_f32(x: f32) -> f32 {
 }
 
 /// `∛x` in f32 for `x ≥ 0` (NaN below 0, as `powf(x, 1/3)`), branch-free and without a
-/// division, so loops over it vectorize where `f32::cbrt` and `powf` are a call per value.
-/// Newton's iteration for the inverse root, `r ← r·(4 − x·r³)/3`, from a first guess in the
-/// exponent bits (`(4/3)·bias − bits/3`, within 10%): three steps in f32 (within 10⁻⁶, `x·r³`
-/// formed as `((x·r)·r)·r`, near 1 throughout), one in f64 (within 10⁻¹¹), then `∛x = x·r²` in
-/// f64 rounded to f32: within one ulp, nearly always the nearest float. Values under 10⁻³⁰
-/// (subnormals included) are scaled by 2⁹⁶ first and their root by 2⁻³² after; 0 and ∞ are their
-/// own roots.
+/// division, so loops over it vectorize where `f32::cbrt` and `powf` are a call per value; all in
+/// f32, with fused multiply-adds (so every build gives the same bits).
+/// - Newton's iteration for the inverse root, `r ← (4/3)·r − (x/3)·r⁴`, from a first guess in the
+///   exponent bits (`(4/3)·bias − bits/3`, within 10%): three steps, within 10⁻⁶.
+/// - `y = x·r²`, then one Newton step for the root itself, `y ← y + (x − y³)·r²/3`, with the
+///   residual `x − y³` formed exactly enough in f32: `y³ = q + f + e·y` by two exact products
+///   (`y² = p + e`, `p·y = q + f`, their errors from fused multiply-adds), and `x − q` exact as the
+///   two are within a factor of 2. The step's last fused multiply-add rounds once: within one ulp,
+///   nearly always the nearest float.
+///
+/// Values under 10⁻³⁰ (subnormals included) are scaled by 2⁹⁶ first and their root by 2⁻³² after,
+/// values over 10³⁰ by 2⁻⁹⁶ and 2³² (so that `y³` stays finite); 0 and ∞ are their own roots.
 #[inline(always)]
 pub fn cbrt_f32(x: f32) -> f32 {
     const TWO_96: f32 = 79_228_162_514_264_337_593_543_950_336.0;
-    const TWO_MINUS_32: f64 = 1.0 / 4_294_967_296.0;
+    const TWO_32: f32 = 4_294_967_296.0;
     const THIRD: f32 = 1.0 / 3.0;
-    let tiny = x < 1.0e-30;
-    let xs = if tiny { x * TWO_96 } else { x };
-    let mut r = f32::from_bits(0x54a2_0000u32.wrapping_sub(xs.to_bits() / 3));
+    let (tiny, huge) = (x < 1.0e-30, x > 1.0e30);
+    let xs = if tiny {
+        x * TWO_96
+    } else if huge {
+        x * (1.0 / TWO_96)
+    } else {
+        x
+    };
+    // `bits/3` through a float (three vector instructions where the integer quotient takes
+    // seven): the guess needs 10%, not the exact quotient.
+    // SAFETY: any `i32` times 1/3, in f32, is finite and within `i32`'s range.
+    let third_of_bits = unsafe { (xs.to_bits() as i32 as f32 * THIRD).to_int_unchecked::<i32>() } as u32;
+    let mut r = f32::from_bits(0x54a2_0000u32.wrapping_sub(third_of_bits));
+    let (x3, r43) = (xs * THIRD, 4.0 / 3.0);
     for _ in 0..3 {
-        r = r * (4.0 - xs * r * r * r) * THIRD;
+        let r2 = r * r;
+        r = (-x3 * r2).mul_add(r2, r43 * r);
     }
-    let (r, xd) = (r as f64, xs as f64);
-    let r = r * (4.0 - xd * r * r * r) * (1.0 / 3.0);
-    let y = xd * r * r;
-    let root = (if tiny { y * TWO_MINUS_32 } else { y }) as f32;
+    let r2_3 = r * r * THIRD;
+    let y = xs * (r * r);
+    let p = y * y;
+    let e = y.mul_add(y, -p);
+    let q = p * y;
+    let f = p.mul_add(y, -q);
+    let residual = (-e).mul_add(y, (xs - q) - f);
+    let y = residual.mul_add(r2_3, y);
+    let root = if tiny {
+        y * (1.0 / TWO_32)
+    } else if huge {
+        y * TWO_32
+    } else {
+        y
+    };
     if x > 0.0 && x < f32::INFINITY {
         root
     } else if x == 0.0 || x == f32::INFINITY {
@@ -1034,6 +1062,8 @@ mod tests {
         assert_eq!(cbrt_f32(f32::INFINITY), f32::INFINITY);
         assert_eq!(cbrt_f32(27.0), 3.0);
         assert_eq!(cbrt_f32(1.0), 1.0);
+        assert_eq!(cbrt_f32(f32::MAX), (f32::MAX as f64).cbrt() as f32);
+        assert_eq!(cbrt_f32(f32::from_bits(1)), (f32::from_bits(1) as f64).cbrt() as f32);
         assert!(cbrt_f32(f32::NAN).is_nan() && cbrt_f32(-8.0).is_nan());
     }
 }
