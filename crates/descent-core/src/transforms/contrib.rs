@@ -468,9 +468,18 @@ impl ScheduleFree {
 }
 
 impl Epilogue for ScheduleFree {
+    /// Reached through `dyn Epilogue` from the base's vector build, so not inlined into it: the
+    /// interpolation dispatches to the AVX2 build itself (as the baseline x86-64 build, 4 lanes
+    /// and a division each, it held the AdamW base at 80% of its roofline).
     unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
-        Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
-        crate::kernel::finish_inline(p, u, None, None);
+        #[inline(always)]
+        fn kernel(b1: f32, ck: f32, u: &mut [f32], p: &mut [f32], z: &mut [f32]) {
+            ScheduleFree::interpolate(b1, ck, u, p, z);
+            crate::kernel::finish_inline(p, u, None, None);
+        }
+        let z = self.z.slice(i, off, u.len());
+        let (b1, ck) = (self.b1 as f32, self.ck);
+        crate::kernel::dispatch_simd!(kernel(b1: f32, ck: f32, u: &mut [f32], p: &mut [f32], z: &mut [f32]))
     }
 }
 
