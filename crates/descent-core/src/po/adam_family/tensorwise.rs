@@ -3,6 +3,7 @@
 
 use super::common::{adam_debias, apply_cautious, debias, lerp, rectify, Decay};
 use crate::error::Result;
+use crate::kernel::SumSq;
 use crate::learning_rate::LearningRate;
 use crate::transform::{Shapes, Transform};
 use crate::transforms::{newton_schulz, round_bf16, sign, state, sum_sq, zeros, NsPrecision};
@@ -329,16 +330,103 @@ impl Lamb {
         }
     }
 
-    /// The trust ratio of a decayed parameter and its update.
-    fn trust_ratio(&self, w: &[f32], upd: &[f32]) -> f32 {
-        let wn = (sum_sq(w).sqrt() as f32).min(Self::CLAMP);
-        let un = sum_sq(upd).sqrt() as f32;
+    /// The trust ratio of a decayed parameter and its update, from their sums of squares.
+    fn trust_ratio(&self, (w2, u2): (f64, f64)) -> f32 {
+        let wn = (w2.sqrt() as f32).min(Self::CLAMP);
+        let un = u2.sqrt() as f32;
         if self.adam || wn == 0.0 || un == 0.0 {
             1.0
         } else {
             wn / (un + self.eps)
         }
     }
+}
+
+/// The constants of one [`Lamb`] step, for its two passes over a tensor.
+#[derive(Clone, Copy)]
+struct LambStep {
+    /// The global-norm factor of `pre_norm` (applied when `pre_norm`).
+    grad_scale: Option<f32>,
+    maximize: bool,
+    b1: f32,
+    /// The new gradient's weight in the first moment.
+    beta3: f32,
+    b2: f32,
+    c2: f32,
+    eps: f32,
+    /// The decoupled decay's factor of the parameters.
+    keep: f32,
+    /// The L2 term added to the (unrectified) update.
+    l2: f32,
+    /// With `rectify`: whether the SMA makes the step adaptive, and the step size.
+    rectified: Option<(bool, f32)>,
+}
+
+/// The elements of a sub-block of [`lamb_first_pass`], a multiple of the 8 lanes of its sums.
+const LAMB_SUB_BLOCK: usize = 1024;
+
+/// [`Lamb`]'s first pass over one tensor: the moments updated from the gradient `g`, and `g`
+/// replaced by the direction (`m/(√v + ε)` plus the L2 term; rectified, the RAdam direction);
+/// returns the sums of squares of the decayed parameters `w = keep·p` and of the vector the trust
+/// ratio compares them with (the direction, or rectified, the stepped parameters
+/// `w − step_size·d`). The same operations per element, and the same lanes for the sums, as
+/// whole-tensor vectors: the same bits, without them.
+fn lamb_first_pass(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64) {
+    #[inline(always)]
+    fn body(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64) {
+        let (mut sw, mut su) = (SumSq::default(), SumSq::default());
+        let (mut w, mut other) = ([0.0f32; LAMB_SUB_BLOCK], [0.0f32; LAMB_SUB_BLOCK]);
+        for (((g, m), v), p) in g
+            .chunks_mut(LAMB_SUB_BLOCK)
+            .zip(m.chunks_mut(LAMB_SUB_BLOCK))
+            .zip(v.chunks_mut(LAMB_SUB_BLOCK))
+            .zip(p.chunks(LAMB_SUB_BLOCK))
+        {
+            let n = g.len();
+            let (m, v, p, w, other) = (&mut m[..n], &mut v[..n], &p[..n], &mut w[..n], &mut other[..n]);
+            for j in 0..n {
+                let mut gj = g[j];
+                if let Some(scale) = c.grad_scale {
+                    gj *= scale;
+                }
+                if c.maximize {
+                    gj = -gj;
+                }
+                m[j] = m[j] * c.b1 + c.beta3 * gj;
+                v[j] = v[j] * c.b2 + c.c2 * gj * gj;
+                w[j] = p[j] * c.keep;
+                match c.rectified {
+                    None => {
+                        let u = m[j] * (1.0 / (v[j].sqrt() + c.eps));
+                        g[j] = if c.l2 != 0.0 { u + c.l2 * w[j] } else { u };
+                    }
+                    Some((adaptive, step_size)) => {
+                        let d = if adaptive { m[j] / (v[j].sqrt() + c.eps) } else { m[j] };
+                        g[j] = d;
+                        other[j] = w[j] + -step_size * d;
+                    }
+                }
+            }
+            sw.add(w);
+            su.add(if c.rectified.is_some() { other } else { g });
+        }
+        (sw.total(), su.total())
+    }
+    crate::kernel::dispatch_simd!(body(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64))
+}
+
+/// [`Lamb`]'s second pass: the direction `d` (in `g`) becomes the update `(keep·p + s·d) − p`,
+/// or without a step (`s` is `None`), `keep·p − p`.
+fn lamb_second_pass(g: &mut [f32], p: &[f32], keep: f32, s: Option<f32>) {
+    #[inline(always)]
+    fn body(g: &mut [f32], p: &[f32], keep: f32, s: Option<f32>) {
+        let p = &p[..g.len()];
+        match s {
+            Some(s) => g.iter_mut().zip(p).for_each(|(d, &x)| *d = (x * keep + s * *d) - x),
+            None => g.iter_mut().zip(p).for_each(|(d, &x)| *d = x * keep - x),
+        }
+    }
+    crate::kernel::dispatch_simd!(body(g: &mut [f32], p: &[f32], keep: f32, s: Option<f32>))
 }
 
 impl Transform for Lamb {
@@ -370,48 +458,32 @@ impl Transform for Lamb {
         };
         let step_size = adam_debias(self.adam_debias, step_size, debias(b1, self.step));
         let keep = self.decay.keep(lr, 1.0);
-        let (b1, b2, c2) = (b1 as f32, b2 as f32, (1.0 - b2) as f32);
+        let step = LambStep {
+            grad_scale: self.pre_norm.then_some(grad_scale),
+            maximize: self.maximize,
+            b1: b1 as f32,
+            beta3,
+            b2: b2 as f32,
+            c2: (1.0 - b2) as f32,
+            eps: self.eps,
+            keep,
+            l2: self.decay.l2(),
+            rectified: self.rectify.then_some((n_sma >= self.n_sma_threshold, step_size as f32)),
+        };
         for (i, (g, p)) in updates.iter_mut().zip(params).enumerate() {
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            for (j, g) in g.iter_mut().enumerate() {
-                if self.pre_norm {
-                    *g *= grad_scale;
-                }
-                if self.maximize {
-                    *g = -*g;
-                }
-                m[j] = m[j] * b1 + beta3 * *g;
-                v[j] = v[j] * b2 + c2 * *g * *g;
-            }
-            let decayed: Vec<f32> = p.iter().map(|&w| w * keep).collect();
-            let new: Vec<f32> = if !self.rectify {
-                let l2 = self.decay.l2();
-                let upd: Vec<f32> = (0..g.len())
-                    .map(|j| {
-                        let u = m[j] * (1.0 / (v[j].sqrt() + self.eps));
-                        if l2 != 0.0 {
-                            u + l2 * decayed[j]
-                        } else {
-                            u
-                        }
-                    })
-                    .collect();
-                let s = -(step_size as f32) * self.trust_ratio(&decayed, &upd);
-                decayed.iter().zip(&upd).map(|(&w, &u)| w + s * u).collect()
+            let sums = lamb_first_pass(g, m, v, p, step);
+            let s = if !self.rectify {
+                -(step_size as f32) * self.trust_ratio(sums)
             } else if step_size <= 0.0 {
-                decayed
+                // No step: the parameters are only decayed.
+                lamb_second_pass(g, p, keep, None);
+                continue;
             } else {
-                let adaptive = n_sma >= self.n_sma_threshold;
-                let dir: Vec<f32> =
-                    (0..g.len()).map(|j| if adaptive { m[j] / (v[j].sqrt() + self.eps) } else { m[j] }).collect();
                 // The library's trust ratio here compares ‖p‖ with the norm of the stepped parameter.
-                let stepped: Vec<f32> = decayed.iter().zip(&dir).map(|(&w, &d)| w + -(step_size as f32) * d).collect();
-                let s = -(step_size as f32 * self.trust_ratio(&decayed, &stepped));
-                decayed.iter().zip(&dir).map(|(&w, &d)| w + s * d).collect()
+                -(step_size as f32 * self.trust_ratio(sums))
             };
-            for (j, g) in g.iter_mut().enumerate() {
-                *g = new[j] - p[j];
-            }
+            lamb_second_pass(g, p, keep, Some(s));
         }
         Ok(())
     }
