@@ -272,6 +272,8 @@ pub struct AdaFactor {
     exp_avg_sq_row: Vec<Vec<f32>>,
     exp_avg_sq_col: Vec<Vec<f32>>,
     exp_avg_sq_hat: Vec<Vec<f32>>,
+    /// The step's preconditioned gradient, kept between steps (not state).
+    scratch: Vec<f32>,
 }
 
 /// `AdaFactor`'s arguments, with its defaults.
@@ -351,6 +353,7 @@ impl AdaFactor {
             exp_avg_sq_row: vec![],
             exp_avg_sq_col: vec![],
             exp_avg_sq_hat: vec![],
+            scratch: vec![],
         }
     }
 }
@@ -402,9 +405,15 @@ impl Transform for AdaFactor {
             if l2 != 0.0 {
                 g.iter_mut().zip(p.iter()).for_each(|(g, &w)| *g += l2 * w);
             }
-            let mut upd: Vec<f32> = g.iter().map(|&g| g * g + self.eps1).collect();
+            // The preconditioned gradient in a buffer kept between steps (a new one per tensor
+            // and step was fresh pages to zero), and the elementwise passes fused between the
+            // reductions: the same operations per element, in the library's order.
+            let mut upd = std::mem::take(&mut self.scratch);
+            upd.clear();
+            let eps1 = self.eps1;
             match self.dims[i] {
                 Some(d) => {
+                    upd.extend(g.iter().map(|&g| g * g + eps1));
                     let (rows, cols) = row_col_means(&upd, d);
                     let row = &mut self.exp_avg_sq_row[i];
                     row.iter_mut().zip(&rows).for_each(|(x, &y)| *x = lerp(*x, y, w2));
@@ -414,45 +423,45 @@ impl Transform for AdaFactor {
                 }
                 None => {
                     let v = &mut self.exp_avg_sq[i];
-                    for (u, v) in upd.iter_mut().zip(v.iter_mut()) {
-                        *v = lerp(*v, *u, w2);
-                        *u = 1.0 / v.sqrt();
-                    }
+                    upd.extend(g.iter().zip(v.iter_mut()).map(|(&g, v)| {
+                        *v = lerp(*v, g * g + eps1, w2);
+                        1.0 / v.sqrt()
+                    }));
                 }
             }
             if self.ams_bound {
                 let hat = &mut self.exp_avg_sq_hat[i];
-                for (u, h) in upd.iter_mut().zip(hat.iter_mut()) {
+                for ((u, h), &g) in upd.iter_mut().zip(hat.iter_mut()).zip(g.iter()) {
                     *h = h.max(1.0 / *u);
-                    *u = 1.0 / (*h / w2).sqrt();
+                    *u = 1.0 / (*h / w2).sqrt() * g;
                 }
+            } else {
+                upd.iter_mut().zip(g.iter()).for_each(|(u, &g)| *u *= g);
             }
-            upd.iter_mut().zip(g.iter()).for_each(|(u, &g)| *u *= g);
             let clip = (rms(&upd) / self.clip_threshold as f32).max(1.0);
-            upd.iter_mut().for_each(|u| *u = *u / clip * step_lr);
-            if let Some(b1) = self.beta1 {
-                let w1 = (1.0 - b1) as f32;
-                let m = &mut self.exp_avg[i];
-                match self.momentum_dtype {
-                    MomentumDtype::Bf16 => {
-                        for (m, u) in m.iter_mut().zip(upd.iter_mut()) {
-                            let end = bf16_to_f32(f32_to_bf16(*u));
-                            *m = bf16_to_f32(f32_to_bf16(lerp(*m, end, w1)));
-                            *u = *m;
-                        }
+            let scaled = |u: f32| u / clip * step_lr;
+            match self.beta1 {
+                None => {
+                    for ((g, &u), &w) in g.iter_mut().zip(&upd).zip(p.iter()) {
+                        *g = (w * keep - scaled(u)) - w;
                     }
-                    MomentumDtype::F32 => {
-                        for (m, u) in m.iter_mut().zip(upd.iter_mut()) {
-                            *m = lerp(*m, *u, w1);
-                            *u = *m;
-                        }
+                }
+                Some(b1) => {
+                    let w1 = (1.0 - b1) as f32;
+                    let m = &mut self.exp_avg[i];
+                    let bf16 = self.momentum_dtype == MomentumDtype::Bf16;
+                    for (((g, &u), &w), m) in g.iter_mut().zip(&upd).zip(p.iter()).zip(m.iter_mut()) {
+                        *m = if bf16 {
+                            let end = bf16_to_f32(f32_to_bf16(scaled(u)));
+                            bf16_to_f32(f32_to_bf16(lerp(*m, end, w1)))
+                        } else {
+                            lerp(*m, scaled(u), w1)
+                        };
+                        *g = (w * keep - *m) - w;
                     }
                 }
             }
-            for (j, g) in g.iter_mut().enumerate() {
-                let w = p[j];
-                *g = (w * keep - upd[j]) - w;
-            }
+            self.scratch = upd;
         }
         Ok(())
     }

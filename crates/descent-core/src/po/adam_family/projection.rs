@@ -77,6 +77,9 @@ pub struct AdamP {
     shapes: Vec<Vec<usize>>,
     exp_avg: Vec<Vec<f32>>,
     exp_avg_sq: Vec<Vec<f32>>,
+    /// The step's perturbation, kept between steps (not state): a new vector per tensor and step
+    /// was fresh pages the kernel zeroed every time.
+    scratch: Vec<f32>,
 }
 
 /// `AdamP`'s arguments, with its defaults.
@@ -134,6 +137,7 @@ impl AdamP {
             shapes: vec![],
             exp_avg: vec![],
             exp_avg_sq: vec![],
+            scratch: vec![],
         }
     }
 }
@@ -162,19 +166,19 @@ impl Transform for AdamP {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
             let grad = &u[..];
-            let mut perturb: Vec<f32> = (0..grad.len())
-                .map(|j| {
-                    let g = grad[j];
-                    m[j] = lerp(m[j], g, w1);
-                    v[j] = v[j] * b2 + c2 * g * g;
-                    let inv = 1.0 / (v[j].sqrt() + self.eps) * bc2;
-                    if self.nesterov {
-                        lerp(m[j], g, w1) * inv
-                    } else {
-                        inv * m[j]
-                    }
-                })
-                .collect();
+            let mut perturb = std::mem::take(&mut self.scratch);
+            perturb.clear();
+            perturb.extend((0..grad.len()).map(|j| {
+                let g = grad[j];
+                m[j] = lerp(m[j], g, w1);
+                v[j] = v[j] * b2 + c2 * g * g;
+                let inv = 1.0 / (v[j].sqrt() + self.eps) * bc2;
+                if self.nesterov {
+                    lerp(m[j], g, w1) * inv
+                } else {
+                    inv * m[j]
+                }
+            }));
             let shape = &self.shapes[i];
             let ratio = if shape.len() > 1 {
                 project(p, grad, &mut perturb, channel_rows(shape), self.delta, self.wd_ratio, self.eps)
@@ -186,6 +190,7 @@ impl Transform for AdamP {
                 let w = p[j];
                 u[j] = (w * keep + -step_size * d) - w;
             }
+            self.scratch = perturb;
         }
         Ok(())
     }
@@ -208,6 +213,8 @@ pub struct Sgdp {
     step: u64,
     shapes: Vec<Vec<usize>>,
     momentum_buffer: Vec<Vec<f32>>,
+    /// The step's direction, kept between steps (not state), as AdamP's.
+    scratch: Vec<f32>,
 }
 
 /// `SGDP`'s arguments, with its defaults.
@@ -263,6 +270,7 @@ impl Sgdp {
             step: 0,
             shapes: vec![],
             momentum_buffer: vec![],
+            scratch: vec![],
         }
     }
 }
@@ -287,16 +295,16 @@ impl Transform for Sgdp {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
             let grad = &u[..];
-            let mut d_p: Vec<f32> = (0..grad.len())
-                .map(|j| {
-                    buf[j] = buf[j] * mom + damp * grad[j];
-                    if self.nesterov {
-                        buf[j] * mom + grad[j]
-                    } else {
-                        buf[j]
-                    }
-                })
-                .collect();
+            let mut d_p = std::mem::take(&mut self.scratch);
+            d_p.clear();
+            d_p.extend((0..grad.len()).map(|j| {
+                buf[j] = buf[j] * mom + damp * grad[j];
+                if self.nesterov {
+                    buf[j] * mom + grad[j]
+                } else {
+                    buf[j]
+                }
+            }));
             let shape = &self.shapes[i];
             let ratio = if shape.len() > 1 {
                 project(p, grad, &mut d_p, channel_rows(shape), self.delta, self.wd_ratio, self.eps)
@@ -309,6 +317,7 @@ impl Transform for Sgdp {
                 let w = p[j];
                 u[j] = (w * keep + -lr * d) - w;
             }
+            self.scratch = d_p;
         }
         Ok(())
     }
