@@ -657,7 +657,7 @@ fn run_trial(
     state: &Mutex<State>,
     sweep_id: &str,
 ) -> Result<Trial> {
-    let dir = out.join("trials").join(format!("{:03}", i + 1));
+    let dir = trial_dir(out, i);
     let settings = train::command_settings_hash(s)?;
     let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
     (args.out, args.force, args.tensorboard) = (Some(dir.clone()), true, s.base.tensorboard);
@@ -822,17 +822,30 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
     let full: f64 = history.len() as f64 * p.steps_per_trial as f64;
     let spent: f64 = history.iter().map(|t| t.steps as f64).sum();
     let best = sorted.first().filter(|t| t.loss.is_finite());
+    // Where the best trial's settings are: best.toml, or where a setting is null (which TOML
+    // cannot hold) the trial's own config.json.
+    let mut best_settings = out.join("best.toml");
     if let Some(b) = best {
         let args = trial_args(s, p, &b.values, "best trial")?;
-        let text = format!(
-            "# The best trial of the sweep in {} (trial {}, {} {}).\n# descent train --config best.toml trains it again.\n{}",
-            out.display(),
-            b.trial + 1,
-            s.objective,
-            p.objective.shown(b.loss),
-            toml::to_string(&args).context("best config as TOML")?
-        );
-        folder::write_atomic(&out.join("best.toml"), text.as_bytes())?;
+        match toml::to_string(&args) {
+            Ok(settings) => {
+                let text = format!(
+                    "# The best trial of the sweep in {} (trial {}, {} {}).\n# descent train --config best.toml trains it again.\n{settings}",
+                    out.display(),
+                    b.trial + 1,
+                    s.objective,
+                    p.objective.shown(b.loss),
+                );
+                folder::write_atomic(&best_settings, text.as_bytes())?;
+            }
+            Err(_) => {
+                best_settings = trial_dir(out, b.trial).join(folder::run::CONFIG_JSON);
+                eprintln!(
+                    "warning: best.toml not written: a setting is null, which TOML cannot hold ({} holds them)",
+                    best_settings.display()
+                );
+            }
+        }
     }
     draw(out, s, p, history)?;
     println!("\n{md}");
@@ -849,11 +862,16 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
             show_values(&b.values),
             s.objective,
             p.objective.shown(b.loss),
-            out.join("best.toml").display()
+            best_settings.display()
         ),
         None => println!("no trial finished"),
     }
     Ok(())
+}
+
+/// The run folder of trial `i` (counted from 0; its folder and its row count from 1).
+fn trial_dir(out: &Path, i: usize) -> PathBuf {
+    out.join("trials").join(format!("{:03}", i + 1))
 }
 
 /// The objective's value for a chart (accuracy in %).

@@ -2902,6 +2902,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
         check_text_checkpoint(ck, model, corpus)?;
     }
+    // TOML has no null: settings holding one (AdaFactor's `betas: [null, 0.999]`) leave the run
+    // without config.toml, said below; config.json holds every setting.
+    let config_toml = toml::to_string(&a).ok();
     // Everything is valid: now the run folder (rank 0's alone).
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
@@ -2939,10 +2942,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             &run_dir.dir.join(folder::run::CONFIG_JSON),
             serde_json::to_string_pretty(&a)?.as_bytes(),
         )?;
-        folder::write_atomic(
-            &run_dir.dir.join(folder::run::CONFIG_TOML),
-            toml::to_string(&a).context("config as TOML")?.as_bytes(),
-        )?;
+        match &config_toml {
+            Some(text) => folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_TOML), text.as_bytes())?,
+            None if !opts.quiet => eprintln!(
+                "warning: {} not written: a setting is null, which TOML cannot hold ({} holds every setting)",
+                folder::run::CONFIG_TOML,
+                folder::run::CONFIG_JSON
+            ),
+            None => {}
+        }
         run_dir.start_csvs()?;
     }
     let quiet = opts.quiet || !writer;
