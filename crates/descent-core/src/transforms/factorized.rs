@@ -554,6 +554,30 @@ impl Transform for ScaleBySm3 {
                 .collect();
             let mut idx = vec![0; s.len()];
             let mut new_mu = vec![f32::NEG_INFINITY; self.mu[i].len()];
+            if s.len() == 2 && !u.is_empty() {
+                // A matrix, the common case, row by row: the loop below without an index
+                // unravelled (two divisions) per element; the same operations in the same order.
+                let (rows, cols) = (s[0], s[1]);
+                let (mu_row, mu_col) = self.mu[i].split_at(rows);
+                let (new_row, new_col) = new_mu.split_at_mut(rows);
+                let (b1, eps) = (self.b1, self.eps);
+                for (r, (gs, nus)) in u.chunks_mut(cols).zip(self.nu[i].chunks_mut(cols)).enumerate() {
+                    let (mu_col, new_col) = (&mu_col[..cols], &mut new_col[..cols]);
+                    let mut row_max = new_row[r];
+                    for c in 0..cols {
+                        let g = gs[c];
+                        let accum = c0 * g * g + c1 * f32::INFINITY.min(mu_row[r]).min(mu_col[c]);
+                        row_max = row_max.max(accum);
+                        new_col[c] = new_col[c].max(accum);
+                        let inv = if accum > 0.0 { 1.0 / (accum + eps).sqrt() } else { 0.0 };
+                        nus[c] = (1.0 - b1) * (g * inv) + b1 * nus[c];
+                        gs[c] = nus[c];
+                    }
+                    new_row[r] = row_max;
+                }
+                self.mu[i] = new_mu;
+                continue;
+            }
             for (e, g) in u.iter_mut().enumerate() {
                 let accum = if s.len() < 2 {
                     c0 * *g * *g + c1 * self.mu[i][e.min(self.mu[i].len() - 1)]

@@ -3,6 +3,7 @@
 
 use super::common::{adam_debias, debias, lerp, Decay};
 use crate::error::Result;
+use crate::kernel::{fold_lanes, lane_sums};
 use crate::learning_rate::LearningRate;
 use crate::transform::{Shapes, Transform};
 use crate::transforms::{state, sum_sq, zeros};
@@ -12,8 +13,20 @@ use crate::transforms::{state, sum_sq, zeros};
 fn abs_cosine(x: &[f32], y: &[f32], eps: f32) -> f32 {
     let nx = (sum_sq(x).sqrt() as f32).max(eps);
     let ny = (sum_sq(y).sqrt() as f32).max(eps);
-    let dot: f64 = x.iter().zip(y).map(|(a, b)| ((a / nx) * (b / ny)) as f64).sum();
-    (dot as f32).abs()
+    (scaled_dot(x, y, nx, ny) as f32).abs()
+}
+
+/// `Σ (x/sx)·(y/sy)` in f64, over the eight lanes of `sum_sq` (one serial chain of f64 adds
+/// held AdamP's step at 3.4× AdamW's on the GPT parameters), vectorized for the CPU at hand.
+fn scaled_dot(x: &[f32], y: &[f32], sx: f32, sy: f32) -> f64 {
+    #[inline(always)]
+    fn body(x: &[f32], y: &[f32], sx: f32, sy: f32) -> f64 {
+        let y = &y[..x.len()];
+        let mut lanes = [0.0f64; 8];
+        lane_sums(&mut lanes, x, |k| ((x[k] / sx) * (y[k] / sy)) as f64);
+        fold_lanes(lanes)
+    }
+    crate::kernel::dispatch_simd!(body(x: &[f32], y: &[f32], sx: f32, sy: f32) -> f64)
 }
 
 /// The library's `projection`: for the channel view (one row per slice along the first axis), then
@@ -43,8 +56,7 @@ pub(crate) fn project(
             for r in 0..rows {
                 let (pr, dr) = (&p[r * cols..(r + 1) * cols], &mut perturb[r * cols..(r + 1) * cols]);
                 let norm = sum_sq(pr).sqrt() as f32 + eps;
-                let radial: f64 = pr.iter().zip(dr.iter()).map(|(&w, &d)| ((w / norm) * d) as f64).sum();
-                let radial = radial as f32;
+                let radial = scaled_dot(pr, dr, norm, 1.0) as f32;
                 for (d, &w) in dr.iter_mut().zip(pr) {
                     *d -= (w / norm) * radial;
                 }
