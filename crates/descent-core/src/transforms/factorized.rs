@@ -182,44 +182,7 @@ impl ScaleByFactoredRms {
     /// A factored tensor's step in place: the row and column means of `u² + eps` update the row
     /// and column moments, and `u` is divided by their rank-one estimate of `√v`.
     fn factored(&mut self, i: usize, u: &mut [f32], decay: f32, d0: usize, d1: usize) {
-        let s = &self.shapes[i];
-        // Row index of an element: its multi-index without axis d0; column index:
-        // without axis d1. A matrix needs no index arithmetic per element.
-        // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
-        let mut row = vec![0.0f64; self.v_row[i].len()];
-        let mut col = vec![0.0f64; self.v_col[i].len()];
-        let eps = self.epsilon;
-        for_each_row_col(s, d0, d1, |e, r, c| {
-            let g = u[e];
-            let g2 = (g * g + eps) as f64;
-            row[r] += g2;
-            col[c] += g2;
-        });
-        for (v, r) in self.v_row[i].iter_mut().zip(&row) {
-            *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
-        }
-        for (v, c) in self.v_col[i].iter_mut().zip(&col) {
-            *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
-        }
-        // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
-        let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
-        let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
-        let mut rmean = vec![0.0f64; self.v_row[i].len() / row_shape[rd1]];
-        let mut ridx = vec![0; row_shape.len()];
-        for (e, v) in self.v_row[i].iter().enumerate() {
-            unravel(e, &row_shape, &mut ridx);
-            rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
-        }
-        // The factors of each row and each column, once.
-        let row_factor: Vec<f32> = (0..self.v_row[i].len())
-            .map(|r| {
-                unravel(r, &row_shape, &mut ridx);
-                let rm = rmean[ravel_without(&ridx, &row_shape, rd1)] as f32;
-                1.0 / (self.v_row[i][r] / rm).sqrt()
-            })
-            .collect();
-        let col_factor: Vec<f32> = self.v_col[i].iter().map(|v| 1.0 / v.sqrt()).collect();
-        for_each_row_col(s, d0, d1, |e, r, c| u[e] = u[e] * row_factor[r] * col_factor[c]);
+        factored_moment(&self.shapes[i], &mut self.v_row[i], &mut self.v_col[i], u, decay, self.epsilon, (d0, d1));
     }
 
     /// [`Transform::update`] reading the gradients from `grads` into `updates`; the moment of a
@@ -233,20 +196,76 @@ impl ScaleByFactoredRms {
         params: &[&[f32]],
     ) -> Vec<Option<(f64, f64)>> {
         let decay = self.decay();
-        let mut sums = vec![];
-        for (i, (g, u)) in grads.iter().zip(updates.iter_mut()).enumerate() {
-            sums.push(match self.kinds[i].clone() {
-                Factoring::Full => Some(full_moment_sums(&mut self.v[i], g, params[i], decay, self.epsilon)),
+        let (eps, shapes, kinds) = (self.epsilon, &self.shapes, &self.kinds);
+        // Tensor by tensor across threads (each tensor's numbers are its own, so the same bits):
+        // a model's many small tensors, each too small to split, step in parallel.
+        let sums = updates
+            .par_iter_mut()
+            .zip(self.v.par_iter_mut())
+            .zip(self.v_row.par_iter_mut())
+            .zip(self.v_col.par_iter_mut())
+            .enumerate()
+            .map(|(i, (((u, v), v_row), v_col))| match kinds[i] {
+                Factoring::Full => Some(full_moment_sums(v, grads[i], params[i], decay, eps)),
                 Factoring::Factored { d0, d1 } => {
-                    u.copy_from_slice(g);
-                    self.factored(i, u, decay, d0, d1);
+                    u.copy_from_slice(grads[i]);
+                    factored_moment(&shapes[i], v_row, v_col, u, decay, eps, (d0, d1));
                     None
                 }
-            });
-        }
+            })
+            .collect();
         self.count += 1;
         sums
     }
+}
+
+/// [`ScaleByFactoredRms`]'s step of one factored tensor of shape `s` (its largest axes `d0`,
+/// `d1`) in place, with its row and column moments.
+fn factored_moment(
+    s: &[usize],
+    v_row: &mut [f32],
+    v_col: &mut [f32],
+    u: &mut [f32],
+    decay: f32,
+    eps: f32,
+    (d0, d1): (usize, usize),
+) {
+    // Row index of an element: its multi-index without axis d0; column index:
+    // without axis d1. A matrix needs no index arithmetic per element.
+    // Means of g² + eps over axis d0 (rows) and axis d1 (columns).
+    let mut row = vec![0.0f64; v_row.len()];
+    let mut col = vec![0.0f64; v_col.len()];
+    for_each_row_col(s, d0, d1, |e, r, c| {
+        let g = u[e];
+        let g2 = (g * g + eps) as f64;
+        row[r] += g2;
+        col[c] += g2;
+    });
+    for (v, r) in v_row.iter_mut().zip(&row) {
+        *v = decay * *v + (1.0 - decay) * (*r / s[d0] as f64) as f32;
+    }
+    for (v, c) in v_col.iter_mut().zip(&col) {
+        *v = decay * *v + (1.0 - decay) * (*c / s[d1] as f64) as f32;
+    }
+    // Mean of v_row over its axis d1 (d1 shifted when d0 was removed before it).
+    let row_shape: Vec<usize> = (0..s.len()).filter(|&k| k != d0).map(|k| s[k]).collect();
+    let rd1 = if d1 > d0 { d1 - 1 } else { d1 };
+    let mut rmean = vec![0.0f64; v_row.len() / row_shape[rd1]];
+    let mut ridx = vec![0; row_shape.len()];
+    for (e, v) in v_row.iter().enumerate() {
+        unravel(e, &row_shape, &mut ridx);
+        rmean[ravel_without(&ridx, &row_shape, rd1)] += *v as f64 / row_shape[rd1] as f64;
+    }
+    // The factors of each row and each column, once.
+    let row_factor: Vec<f32> = (0..v_row.len())
+        .map(|r| {
+            unravel(r, &row_shape, &mut ridx);
+            let rm = rmean[ravel_without(&ridx, &row_shape, rd1)] as f32;
+            1.0 / (v_row[r] / rm).sqrt()
+        })
+        .collect();
+    let col_factor: Vec<f32> = v_col.iter().map(|v| 1.0 / v.sqrt()).collect();
+    for_each_row_col(s, d0, d1, |e, r, c| u[e] = u[e] * row_factor[r] * col_factor[c]);
 }
 
 /// A full (unfactored) Adafactor moment: `v ← decay·v + (1 − decay)·(g² + eps)`, `u ← g/√v`,
@@ -460,15 +479,17 @@ impl Transform for FusedAdafactor {
             l.affine(0).expect("a learning rate is affine").0
         });
         let flip = self.flip.step_size;
-        for (i, ((u, p), sum)) in updates.iter().zip(params.iter_mut()).zip(sums).enumerate() {
+        let (moments, clip, param_scale) = (&self.rms, &self.clip, &self.param_scale);
+        let tensors: Vec<_> = updates.iter().zip(params.iter_mut()).zip(sums).enumerate().collect();
+        tensors.into_par_iter().for_each(|(i, ((u, p), sum))| {
             // `rms(u)` and `rms(p)`, from the moment pass's sums where it gave them.
-            let d = self.clip.as_ref().map(|c| c.divisor(sum.map_or_else(|| rms(u), |s| rms_of(s.0, u.len()))));
-            let s = self.param_scale.as_ref().map(|m| m.factor(sum.map_or_else(|| rms(p), |s| rms_of(s.1, p.len()))));
+            let d = clip.as_ref().map(|c| c.divisor(sum.map_or_else(|| rms(u), |s| rms_of(s.0, u.len()))));
+            let s = param_scale.as_ref().map(|m| m.factor(sum.map_or_else(|| rms(p), |s| rms_of(s.1, p.len()))));
             let f = [d, lr, s];
-            match self.rms.kinds[i] {
+            match moments.kinds[i] {
                 // The update was not stored: `g/√v` again, from the gradient and the new moment.
                 Factoring::Full => {
-                    let (g, v) = (grads[i], &self.rms.v[i]);
+                    let (g, v) = (grads[i], &moments.v[i]);
                     let prefetch = p.len() >= PREFETCH_MIN;
                     crate::kernel::for_chunks(p, |off, p| {
                         let r = off..off + p.len();
@@ -479,7 +500,7 @@ impl Transform for FusedAdafactor {
                     crate::kernel::for_chunks(p, |off, p| scaled_add_simd(p, &u[off..off + p.len()], f, flip))
                 }
             }
-        }
+        });
         Ok(())
     }
     /// The chain's names: link 0 the moments, the learning rate at its index among the links.
