@@ -298,6 +298,10 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
             .find(|d| !d.exists())
             .expect("some name is free")
     });
+    if out.to_str().is_none() {
+        // compare.json and the report name every run's folder by its path.
+        bail!("--out {}: not a UTF-8 path, which compare.json and report.html cannot name", out.display());
+    }
     let claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
     let parent = Some(claimed.marker.id.clone());
     std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
@@ -493,7 +497,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
         .iter()
         .map(|r| {
             serde_json::json!({
-                "label": r.label, "dir": r.dir, "train_loss": r.train_loss, "test_loss": r.test_loss,
+                "label": r.label, "dir": r.dir.display().to_string(), "train_loss": r.train_loss, "test_loss": r.test_loss,
                 "test_accuracy": r.test_accuracy, "steps_to_target": r.steps_to_target,
                 "seconds_to_target": r.seconds_to_target, "samples_per_s": r.samples_per_s,
                 "state_bytes": r.state_bytes,

@@ -450,6 +450,11 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
         let method = "int8 (weights per output channel, symmetric; activations per tensor, the ranges of the QAT run's moving-average min/max observers)".to_string();
         (qm, method)
     } else {
+        let available = src.train_set.len().div_ceil(batch.max(1));
+        if let Some(n) = q.calibration_batches.filter(|&n| n > available) {
+            bail!("--calibration-batches {n}: the run's training set has {available} batches of {batch}; give at most {available}");
+        }
+        // The default, 10, takes what there is of a smaller set (and says how many it took).
         let calibration_batches = q.calibration_batches.unwrap_or(10);
         let order = epoch_order(src.train_set.len(), &mut Rng::new(src.args.seed));
         let batches: Vec<Tensor> = order

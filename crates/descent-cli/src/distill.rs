@@ -53,7 +53,17 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
     }
     let mut base = a.base;
     base.model = a.student;
-    base.distill = Some(DistillSettings { teachers: a.teachers, alpha: a.alpha, temperature: a.temperature });
+    if a.alpha == 0.0 {
+        bail!(
+            "--alpha 0: the teachers' term would have no weight and the student would learn from the labels alone; train it with descent train, or give --alpha in (0, 1]"
+        );
+    }
+    base.distill = Some(DistillSettings {
+        teachers: a.teachers,
+        alpha: a.alpha,
+        temperature: a.temperature,
+        teacher_weights: vec![],
+    });
     if base.out.is_none() {
         let stem = format!("distill-{}-seed{}", base.model, base.seed);
         base.out = (1..)

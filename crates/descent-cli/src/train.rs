@@ -373,6 +373,30 @@ pub struct DistillSettings {
     /// Weight of the teachers' term (α·T²·KL), the labels' cross-entropy taking 1 − α.
     pub alpha: f64,
     pub temperature: f64,
+    /// Identities of the teachers' weights when the run began ([`weights_identity`]): a resume
+    /// refuses a teacher whose weights have changed since (a folder trained further or
+    /// replaced). Empty in the configs of runs from before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teacher_weights: Vec<String>,
+}
+
+/// An identity of a model's weights: FNV-1a over every variable's name and values, as 16 hex
+/// digits (an identity, not a defence against tampering).
+pub fn weights_identity(model: &dyn Model) -> Result<String> {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    for (name, v) in model.named_vars() {
+        eat(name.as_bytes());
+        for x in v.as_tensor().flatten_all()?.to_vec1::<f32>()? {
+            eat(&x.to_bits().to_le_bytes());
+        }
+    }
+    Ok(format!("{h:016x}"))
 }
 
 /// The settings only gpt takes (left out of a run's config.json when not set).
@@ -2897,6 +2921,21 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             Some(d) => teachers_of(&a, d)?,
             None => vec![],
         };
+        if let Some(d) = &mut a.distill {
+            let now = teachers.iter().map(|t| weights_identity(t.as_ref())).collect::<Result<Vec<_>>>()?;
+            if matches!(target, Folder::New(_)) {
+                d.teacher_weights = now;
+            } else if !d.teacher_weights.is_empty() {
+                for ((dir, was), is) in d.teachers.iter().zip(&d.teacher_weights).zip(&now) {
+                    if was != is {
+                        bail!(
+                            "--teacher {}: its weights are not those the run was distilled from (trained further or replaced since); a resume needs the same teachers",
+                            dir.display()
+                        );
+                    }
+                }
+            }
+        }
         Job::Images { model, train_set, test_set, cfg, teachers }
     };
     if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {

@@ -253,6 +253,13 @@ fn distill_a_small_student() {
     e.push("--force".into());
     one_line_error(&e.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &["--out", "the teacher"]);
     assert_eq!(std::fs::read(t.join("checkpoint.safetensors")).unwrap(), before);
+    // α = 0 would leave the teachers without effect: refused.
+    let mut f = strs(&args(&t));
+    f.extend(["--alpha".to_string(), "0".to_string()]);
+    one_line_error(&f.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &["--alpha 0", "descent train"]);
+    // A teacher trained further since the run began: its resume is refused, naming the teacher.
+    run_ok(&["train", "--resume", s(&t), "--steps", "45", "--threads", "1"]);
+    one_line_error(&["train", "--resume", s(&st), "--steps", "40", "--threads", "1"], &["--teacher", "weights"]);
     for x in [t, st, lin] {
         let _ = std::fs::remove_dir_all(x);
     }
