@@ -22,7 +22,7 @@ mod sweep;
 mod tensorboard;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -614,6 +614,7 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     if paths.len() != 1 || paths[0].is_dir() {
         anyhow::bail!("replay without --check takes exactly one case file");
     }
+    warn_unknown_fields(&paths[0]);
     let case = load_case(&paths[0])?;
     let out = match &case {
         Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
@@ -624,6 +625,16 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     Ok(true)
 }
 
+/// A warning for each top-level field of a case file that no replay reads (a misspelt `hparams`
+/// leaves the case on the optimizer's defaults).
+fn warn_unknown_fields(path: &Path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for k in descent_core::replay::unknown_fields(&text) {
+            eprintln!("warning: {}: field `{k}` is not one a replay reads; ignored", path.display());
+        }
+    }
+}
+
 fn check(paths: &[PathBuf]) -> Result<bool> {
     let files = collect_case_files(paths)?;
     if files.is_empty() {
@@ -632,6 +643,7 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
     }
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
+        warn_unknown_fields(f);
         let outcome = load_case(f).and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
         match outcome {
             Ok((id, r)) if r.passed => {

@@ -521,6 +521,46 @@ fn parse_problem(f: &Fields) -> Result<Problem> {
     Ok(problem)
 }
 
+/// The top-level fields of the reference cases a replay reads (optimizer, problem and schedule
+/// cases), and those that only document one.
+pub const CASE_FIELDS: &[&str] = &[
+    "id",
+    "source",
+    "dtype",
+    "steps",
+    "tolerance",
+    "optimizer",
+    "hparams",
+    "enums",
+    "param_groups",
+    "params",
+    "grads",
+    "nan_grads",
+    "sparse_grads",
+    "lr_per_step",
+    "expected",
+    "problem",
+    "expected_loss",
+    "schedule",
+    "base_lr",
+    "kwargs",
+    "metrics",
+    "expected_lr",
+    "note",
+    "notes",
+    "comment",
+    "description",
+];
+
+/// The top-level fields of a case's JSON text that no replay reads ([`CASE_FIELDS`]): a
+/// misspelt one (`hparms`) would otherwise leave its value unread without a word.
+pub fn unknown_fields(text: &str) -> Vec<String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => m.keys().filter(|k| !CASE_FIELDS.contains(&k.as_str())).cloned().collect(),
+        _ => vec![],
+    }
+}
+
 /// Reads and parses one case file.
 pub fn load_case(path: &Path) -> Result<Case> {
     let text = std::fs::read_to_string(path)

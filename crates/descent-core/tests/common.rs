@@ -43,6 +43,10 @@ pub fn replay_folder(folder: &str, min_files: usize, not_implemented: &[(&str, &
     for f in &files {
         let id = f.file_stem().unwrap().to_string_lossy().to_string();
         let skipped = not_implemented.iter().any(|(p, _)| id == *p || id.starts_with(&format!("{p}.")));
+        // Every field of the set is one the replay reads (or documents the case): the warning for
+        // unknown fields is kept for misspelt ones.
+        let unknown = descent_core::replay::unknown_fields(&std::fs::read_to_string(f).unwrap());
+        assert!(unknown.is_empty(), "{id}: fields no replay reads: {unknown:?}");
         let outcome = load_case(f).and_then(|c| run_and_check(&c));
         match (outcome, skipped) {
             (Ok(r), false) if r.passed => {

@@ -416,3 +416,12 @@ fn bounds_the_wrong_way_round_clip_to_the_upper_one() {
     let optax_rprop = run("optax", "rprop", json!({"learning_rate": 0.5, "min_step_size": 1.0, "max_step_size": 0.1}));
     assert!(optax_rprop.iter().all(|x| x.is_finite()), "{optax_rprop:?}");
 }
+
+/// A misspelt field of a case (`hparms`) is named as one no replay reads; the known ones are not.
+#[test]
+fn unknown_case_fields_are_named() {
+    use descent_core::replay::unknown_fields;
+    let case = json!({"id": "torch.sgd.x", "optimizer": "SGD", "hparms": {"lr": 0.1}, "params": [], "note": "n"});
+    assert_eq!(unknown_fields(&case.to_string()), vec!["hparms".to_string()]);
+    assert!(unknown_fields("not json").is_empty());
+}
