@@ -404,6 +404,18 @@ impl<'a> Kwargs<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// A required argument the reference cases name `case` and the library `library` (optax's
+    /// `MultiSteps(opt, every_k_schedule)` is `inner`, `every_k` in the cases): either name, not
+    /// both; `(name given, value)`.
+    fn either(&mut self, case: &'static str, library: &'static str) -> Result<(&'static str, &'a Value)> {
+        match (self.get(case)?, self.get(library)?) {
+            (Some(_), Some(_)) => Err(self.err(library, format!("the same argument as `{case}`: give one of them"))),
+            (Some(v), None) => Ok((case, v)),
+            (None, Some(v)) => Ok((library, v)),
+            (None, None) => Err(self.err(library, format!("missing required argument (or `{case}`)"))),
+        }
+    }
+
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
         Error::Field { context: format!("{}: `{key}`", self.context), message: msg.to_string() }
     }
@@ -1015,7 +1027,8 @@ fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfor
 }
 
 fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let every_k = k.req_u64("every_k")?;
+    let (name, v) = k.either("every_k", "every_k_schedule")?;
+    let every_k = k.count(name, v)?;
     let mean = k.bool("use_grad_mean", true)?;
     let skip = match k.value("should_skip_update_fn") {
         None => SkipUpdate::Never,
@@ -1034,14 +1047,23 @@ fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tra
             skip
         }
     };
-    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.multisteps: inner")?;
+    let (name, inner) = k.either("inner", "opt")?;
+    let (n, kw) = link(inner, &format!("optax.multisteps: {name}"))?;
     Ok(boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip)))
 }
 
 fn optax_lookahead(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let sync = k.req_u64("sync_period")?;
     let alpha = k.req_f64("slow_step_size")?;
-    let (n, kw) = link(k.value("inner").unwrap_or(&Value::Null), "optax.lookahead: inner")?;
+    if k.bool("reset_state", false)? {
+        return Err(Error::Field {
+            context: "optax.lookahead: `reset_state`".into(),
+            message: "true (resetting the fast optimizer's state at each sync) is not implemented; accepted: false"
+                .into(),
+        });
+    }
+    let (name, inner) = k.either("inner", "fast_optimizer")?;
+    let (n, kw) = link(inner, &format!("optax.lookahead: {name}"))?;
     Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?))
 }
 

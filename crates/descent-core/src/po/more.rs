@@ -99,14 +99,32 @@ fn build_one(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
 /// pytorch_optimizer name (`adopt`, …). Parameter groups are the inner optimizer's.
 fn build_lookahead(hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new("po.lookahead", hparams)?;
-    let field = |message: String| Error::Field { context: "po.lookahead: `inner`".into(), message };
-    let inner = k.present("inner")?.ok_or_else(|| field("missing required argument (the optimizer to wrap)".into()))?;
+    // The class's own name for it is `optimizer`; the reference cases say `inner`.
+    let (key, inner) = match (k.present("inner")?, k.present("optimizer")?) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Field {
+                context: "po.lookahead: `optimizer`".into(),
+                message: "the same argument as `inner`: give one of them".into(),
+            })
+        }
+        (Some(v), None) => ("inner", v),
+        (None, Some(v)) => ("optimizer", v),
+        (None, None) => {
+            return Err(Error::Field {
+                context: "po.lookahead: `optimizer`".into(),
+                message: "missing required argument (the optimizer to wrap; or `inner`)".into(),
+            })
+        }
+    };
+    let field = |message: String| Error::Field { context: format!("po.lookahead: `{key}`"), message };
     let (name, kwargs) = match inner {
         Value::String(s) => (s.as_str(), Value::Null),
         Value::Array(a) if a.len() == 2 && a[0].is_string() => (a[0].as_str().unwrap_or_default(), a[1].clone()),
         other => return Err(field(format!("expected [name, {{kwargs}}], got {other}"))),
     };
-    let inner = match name.strip_prefix("torch.optim.") {
+    // A torch optimizer by its class (`torch.optim.SGD`) or its descent name (`torch.sgd`).
+    let torch = name.strip_prefix("torch.optim.").or_else(|| name.strip_prefix("torch."));
+    let inner = match torch {
         Some(class) => build_optimizer("torch", &class.to_lowercase(), &kwargs, param_groups, shapes)?,
         None => {
             let po = name.strip_prefix("po.").unwrap_or(name).to_lowercase();
