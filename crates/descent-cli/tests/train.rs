@@ -236,3 +236,37 @@ fn accumulated_micro_batches_train_as_one_larger_batch() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// pytorch_optimizer's AdaMuon needs `use_muon` in every parameter group: given for all the
+/// parameters in --hparams and per --group, it trains (Muon on the weight matrices, AdamW on the
+/// rest); without it the error says where to give it.
+#[test]
+fn adamuon_takes_use_muon_per_group() {
+    let dir = out("adamuon");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "mlp",
+            "--steps",
+            "30",
+            "--threads",
+            "1",
+            "--optimizer",
+            "po.adamuon",
+            "--out",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        args.push("--force");
+        let o = descent().args(&args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let (ok, text) = run(&["--hparams", r#"{"use_muon": false}"#, "--group", r#"weight={"use_muon": true}"#]);
+    assert!(ok, "{text}");
+    let acc: f64 =
+        text.lines().last().unwrap().trim_start_matches("test accuracy: ").trim_end_matches('%').parse().unwrap();
+    assert!(acc > 20.0, "{text}");
+    let (ok, text) = run(&[]);
+    assert!(!ok && text.trim().lines().count() == 1 && text.contains("`use_muon`"), "{text}");
+}

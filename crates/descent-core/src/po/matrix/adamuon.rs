@@ -140,18 +140,29 @@ pub fn build(hparams: &Value, groups: Option<&Value>) -> Result<Box<dyn Transfor
     };
     // Batching (`foreach`) changes how tensors are grouped, not the update.
     let _ = k.opt_bool("foreach")?;
+    // A group's key, given for all parameters: the one group of a run without param_groups
+    // (descent's `--group`s each build their own), or the default of groups that leave it out.
+    let use_muon = k.opt_bool("use_muon")?;
     k.finish()?;
     // The constructor's values are checked as the library checks them, groups or not.
     let check = |muon: bool| -> Result<()> { group(&d, &Map::new(), Some(muon)).map(|_| ()) };
     check(true)?;
     check(false)?;
-    let groups = groups.ok_or_else(|| Error::Field {
-        context: "po.adamuon".into(),
-        message: "needs param_groups, each with `use_muon` set (`use_muon` must be set.)".into(),
-    })?;
+    let Some(groups) = groups else {
+        return match use_muon {
+            Some(m) => Ok(Box::new(group(&d, &Map::new(), Some(m))?)),
+            None => Err(Error::Field {
+                context: "po.adamuon".into(),
+                message: "needs `use_muon` for every parameter (`use_muon` must be set.): in param_groups, or \
+                          for all of them as an argument (true: Muon, for matrices; false: AdamW)"
+                    .into(),
+            }),
+        };
+    };
     crate::spec::build_groups("po.adamuon", &Value::Null, groups, |g, _| {
         let g = g.as_object().cloned().unwrap_or_default();
-        Ok(Box::new(group(&d, &g, None)?) as Box<dyn Transform>)
+        let given = g.get("use_muon").is_some();
+        Ok(Box::new(group(&d, &g, if given { None } else { use_muon })?) as Box<dyn Transform>)
     })
 }
 
