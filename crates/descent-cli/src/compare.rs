@@ -19,7 +19,8 @@ pub struct CompareArgs {
     /// schedule_interval, l1, l2, clip_norm, clip_value, dropout, init, seed, steps, epochs,
     /// target_accuracy, model, depth, width, hidden, swa_lr, warmup_steps, decay_steps, min_lr and gpt's n_layer,
     /// n_head, n_embd, block_size, eval_interval, eval_iters) or the optimizer's own arguments (momentum, weight_decay, betas=[0.9,0.99],
-    /// …). Repeatable; also `[[run]]` tables in --config.
+    /// …); `label=NAME` names the run in the table, charts and its folder (default: the spec).
+    /// Repeatable; also `[[run]]` tables in --config.
     #[arg(long = "run", value_name = "SPEC")]
     pub runs: Vec<String>,
     /// Test accuracy (%) whose first epoch the table reports, in steps and seconds (the runs do
@@ -231,7 +232,14 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     let mut specs = vec![];
     for (i, s) in a.runs.iter().enumerate() {
         let m = parse_spec(s)?;
-        specs.push(RunSpec { label: s.clone(), args: apply(&base, &m, &format!("run {} (`{s}`)", i + 1))? });
+        // `label=NAME` names the run, as a [[run]] table's `label` does; otherwise its spec.
+        let label = match m.get("label") {
+            None => s.clone(),
+            Some(Value::String(l)) if !l.trim().is_empty() => l.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => bail!("run `{s}`: `label`: expected a name, got {other}"),
+        };
+        specs.push(RunSpec { label, args: apply(&base, &m, &format!("run {} (`{s}`)", i + 1))? });
     }
     for (i, t) in tables.iter().enumerate() {
         let what = format!("[[run]] {}", i + 1);

@@ -288,3 +288,22 @@ fn landscape_paths_are_plain_gradient_steps_and_pictures_decode() {
         }
     }
 }
+
+/// `label=NAME` in a --run names the run in the table and its folder, as a [[run]] table's
+/// `label` does; two runs with one label are refused.
+#[test]
+fn a_run_spec_label_names_the_run() {
+    let dir = out("labels");
+    let d = dir.to_str().unwrap();
+    let base = ["compare", "--model", "linear", "--steps", "20", "--threads", "1", "--jobs", "1", "--out", d];
+    let mut args = base.to_vec();
+    args.extend(["--run", "adam:label=fast,lr=0.1", "--run", "adam:label=slow"]);
+    run_ok(&args);
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(table.contains("| fast |") && table.contains("| slow |"), "{table}");
+    assert!(dir.join("runs/01-fast").is_dir() && dir.join("runs/02-slow").is_dir());
+    let mut twice = base.to_vec();
+    twice.extend(["--run", "adam:label=x", "--run", "adam:label=x,lr=0.1", "--force"]);
+    let e = run_err(&twice);
+    assert!(e.contains("`x`"), "{e}");
+}
