@@ -3146,6 +3146,16 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().flatten_all()?.get(0)?.to_scalar::<f32>()?)))
         .collect::<Result<_>>()?;
+    // A pruned model's folder (descent prune) fine-tuned further: its model files, which
+    // evaluate, quantize and compress-report read, follow the weights now trained, as prune wrote
+    // them from the end of its own fine-tuning.
+    if writer && matches!(job, Job::Images { .. }) && run_dir.dir.join(folder::run::COMPRESS_JSON).exists() {
+        use descent_train::compress::{save_model, shrink};
+        save_model(&run_dir.dir.join(folder::run::MODEL_F32), &a.model, model)?;
+        if run_dir.dir.join(folder::run::COMPACT).exists() {
+            save_model(&run_dir.dir.join(folder::run::COMPACT), &a.model, shrink(&a.model, model)?.as_ref())?;
+        }
+    }
     Ok(RunOutcome { dir: run_dir.dir.clone(), args: a, history, stop, state_bytes, first_values, nothing_to_do: None })
 }
 

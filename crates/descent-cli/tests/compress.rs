@@ -45,6 +45,12 @@ fn prune_finetune_quantize_and_report_an_mlp() {
         "2",
     ]);
     accuracy(&text, "test accuracy:");
+    // Fine-tuned further by a resume: the model file follows (evaluate, which reads the
+    // checkpoint, and compress-report, which reads the model file, agree).
+    run_ok(&["train", "--resume", f.to_str().unwrap(), "--steps", "80", "--threads", "2"]);
+    let evaluated = accuracy(&run_ok(&["evaluate", f.to_str().unwrap(), "--threads", "2"]), "test accuracy:");
+    let report = run_ok(&["compress-report", f.to_str().unwrap(), "--rounds", "1", "--threads", "1"]);
+    assert!(report.contains(&format!("{evaluated:.2}%")), "evaluate {evaluated}%: {report}");
     for name in ["fc1.weight", "fc2.weight"] {
         let (one_shot, tuned) = (zeros(&p, name), zeros(&f, name));
         // fc1: 784·128 weights, half of them rounded: exactly 50176 zero.
