@@ -2242,8 +2242,35 @@ fn check_model_settings(model: &dyn Model, cfg: &TrainConfig) -> Result<()> {
 /// A library schedule defined for a limited number of steps (torch `OneCycleLR`'s `total_steps`)
 /// must cover the run, as torch refuses to step it further.
 fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
-    let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
     let per_epoch = train_len.div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
+    // What acts between epochs needs a second epoch (a patience of P, P + 1): a run that ends
+    // within its first would accept it and never act on it.
+    let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
+    let epochs = total.div_ceil(per_epoch.max(1));
+    let run = || match cfg.max_steps.filter(|&m| m < per_epoch.saturating_mul(cfg.epochs as u64)) {
+        Some(m) => format!("the run ends at step {m}, epoch {epochs} (an epoch is {per_epoch} steps)"),
+        None => format!("the run has {epochs} epoch(s)"),
+    };
+    let per_epoch_schedule = match &cfg.schedule {
+        LrSchedule::Exponential { .. } => Some(("exponential", 1)),
+        LrSchedule::Step { every, .. } => Some(("step", *every as u64)),
+        LrSchedule::Plateau { patience, .. } => Some(("plateau", patience + 1)),
+        LrSchedule::Spec(s) if s.per_epoch => Some((s.name.as_str(), 1)),
+        _ => None,
+    };
+    if let Some((name, first)) = per_epoch_schedule {
+        if epochs <= first {
+            bail!(
+                "--schedule {name}: it changes the learning rate between epochs (after epoch {first} at the earliest), and {}: it would never act; give more epochs{}",
+                run(),
+                if name.contains('.') { " or --schedule-interval step" } else { "" }
+            );
+        }
+    }
+    if let Some(p) = cfg.patience.filter(|&p| epochs <= p as u64) {
+        bail!("--patience {p}: early stopping waits {p} epoch(s) without improvement, and {}: it would never stop the run", run());
+    }
+    let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
     let (n, unit) = if s.per_epoch {
         (cfg.epochs as u64, "epochs (--schedule-interval epoch)")
     } else {

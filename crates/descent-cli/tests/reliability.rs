@@ -474,6 +474,26 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         // A decay "to" a rate above the run's (here the optimizer's default rate) would raise it.
         (vec!["train", "--model", "linear", "--schedule", "warmup_cosine", "--min-lr", "0.5"], "adam's default"),
         (vec!["train", "--model", "linear", "--accumulate", "18446744073709551615"], "--accumulate"),
+        // What acts between epochs, in a run that ends within its first (or before it could act).
+        (vec!["train", "--model", "mlp", "--steps", "20", "--schedule", "exponential"], "--schedule exponential"),
+        (vec!["train", "--model", "linear", "--epochs", "1", "--schedule", "step"], "--schedule step"),
+        (vec!["train", "--model", "mlp", "--steps", "5", "--patience", "1"], "--patience 1"),
+        (
+            vec![
+                "train",
+                "--model",
+                "mlp",
+                "--steps",
+                "5",
+                "--schedule",
+                "torch.StepLR",
+                "--schedule-args",
+                r#"{"step_size": 1}"#,
+                "--schedule-interval",
+                "epoch",
+            ],
+            "--schedule-interval step",
+        ),
         (
             vec!["train", "--model", "linear", "--batch-size", "9223372036854775808", "--accumulate", "2"],
             "--accumulate",

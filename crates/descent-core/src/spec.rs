@@ -1014,10 +1014,21 @@ fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Resu
 }
 
 fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let links = k.value("links").and_then(|v| v.as_array()).ok_or_else(|| Error::Field {
-        context: "optax.chain".into(),
-        message: "missing `links` (a list of [name, kwargs])".into(),
-    })?;
+    let links = match k.value("links") {
+        Some(Value::Array(a)) => a,
+        None => {
+            return Err(Error::Field {
+                context: "optax.chain".into(),
+                message: "missing `links` (a list of [name, kwargs])".into(),
+            })
+        }
+        Some(other) => {
+            return Err(Error::Field {
+                context: "optax.chain: `links`".into(),
+                message: format!("expected a list of [name, kwargs], got {other}"),
+            })
+        }
+    };
     let mut txs = vec![];
     for (i, l) in links.iter().enumerate() {
         let (n, kw) = link(l, &format!("optax.chain: links[{i}]"))?;
