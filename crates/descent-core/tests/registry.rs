@@ -49,7 +49,7 @@ fn wrappers_take_their_librarys_argument_names() {
     let run = |lib: &str, name: &str, h: Value| -> Result<Vec<f32>, String> {
         let mut opt = build_optimizer(lib, name, &h, None, &shapes).map_err(|e| e.to_string())?;
         let mut p = vec![vec![1.0f32, -2.0, 0.5]];
-        opt.init(&shapes.to_vec(), &[&p[0]]).unwrap();
+        opt.init(&shapes, &[&p[0]]).unwrap();
         for t in 0..7 {
             let mut u = vec![p[0].iter().map(|x| x * (1.0 + t as f32 * 0.1)).collect::<Vec<f32>>()];
             opt.update(&mut u, &[&p[0]]).unwrap();
