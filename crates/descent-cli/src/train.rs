@@ -2777,6 +2777,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                         );
                     }
                 }
+                if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+                    bail!(
+                        "--resume {}: a pruned model made without fine-tuning, so no run to continue; fine-tune it with descent prune --finetune-epochs N",
+                        dir.display()
+                    );
+                }
                 let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
                 let cfg_path = dir.join(folder::run::CONFIG_JSON);
                 let text =

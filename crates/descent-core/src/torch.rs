@@ -1556,7 +1556,9 @@ impl Transform for Muon {
         crate::transform::check_init(shapes, params)?;
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
             return Err(crate::error::invalid(format!(
-                "Muon only supports 2D parameters whereas we found a parameter with size: {s:?}"
+                "Muon only supports 2D parameters whereas we found a parameter with size: {s:?} \
+                 (torch pairs it with another optimizer for the rest; optax.contrib.muon and po.adamuon \
+                 take AdamW on them)"
             )));
         }
         self.shapes = shapes.to_vec();
