@@ -192,7 +192,8 @@ pub(crate) fn bench_optimizer(
         bail!("--hparams must be a JSON object, got {hparams}");
     }
     let mut hparams = hparams.clone();
-    if hparams.get(lr_key(lib)).is_none() && !opt_name.starts_with("chain") {
+    // The bench's rate for optimizers that take one (wrappers and chains have theirs inside).
+    if hparams.get(lr_key(lib)).is_none() && descent_core::spec::takes_learning_rate(lib, &opt_name, &hparams) {
         hparams[lr_key(lib)] = json!(1e-3);
     }
     let tx = build_optimizer(lib, &opt_name, &hparams, None, shapes).with_context(|| format!("{name} {hparams}"))?;
@@ -344,17 +345,20 @@ pub fn run(cfg: &StepBench) -> Result<()> {
         refuse_closure(lib, &opt_name)?;
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
-    println!(
-        "{} parameters in {} tensor(s), {} thread(s), best of {} steps; roofline = same buffers, same pattern, x += g",
-        cfg.params, cfg.tensors, cfg.threads, cfg.steps
-    );
-    println!(
-        "{:<34} {:>9} {:>10} {:>8} {:>8} {:>11}",
-        "optimizer", "ns/param", "Gparam/s", "B/param", "GB/s", "of roofline"
-    );
     let mut lines = vec![];
     for (name, h) in list {
         let r = pool.install(|| bench_one(&name, &h, cfg))?;
+        // The header once the first optimizer has run: a refused one prints its error alone.
+        if lines.is_empty() {
+            println!(
+                "{} parameters in {} tensor(s), {} thread(s), best of {} steps; roofline = same buffers, same pattern, x += g",
+                cfg.params, cfg.tensors, cfg.threads, cfg.steps
+            );
+            println!(
+                "{:<34} {:>9} {:>10} {:>8} {:>8} {:>11}",
+                "optimizer", "ns/param", "Gparam/s", "B/param", "GB/s", "of roofline"
+            );
+        }
         let short: String = r["optimizer"].as_str().unwrap_or("").chars().take(34).collect();
         println!(
             "{:<34} {:>9.3} {:>10.3} {:>8.1} {:>8.1} {:>10.0}%",

@@ -361,7 +361,15 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             run_one(&out, &s, e, Phase::Seed, best.lr, s.base.seed + i, &parent, &mut done, (k, total))?;
         }
     }
-    report(&out, &s, &entries, &done)
+    report(&out, &s, &entries, &done)?;
+    // A table of failures only is no benchmark: the command fails with the first run's reason
+    // (a script must not take it for a result), the table kept for the record.
+    if let Some(first) = done.iter().map(|r| &r.status).find(|st| st.starts_with("failed")) {
+        if done.iter().all(|r| r.status.starts_with("failed")) {
+            bail!("every run failed; the first: {}", first.trim_start_matches("failed: "));
+        }
+    }
+    Ok(())
 }
 
 /// The best search run of an optimizer (highest final validation accuracy, the lower rate on a tie).

@@ -72,7 +72,7 @@ impl Kind {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Run => "run",
             Kind::Compare => "compare",

@@ -71,8 +71,8 @@ enum Command {
     /// other setting that differs from the run's is refused.
     #[command(allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
-    /// Evaluate a run folder's checkpoint on the run's test set (its validation samples with
-    /// --validation; for gpt the validation loss), with its trained or averaged weights; or the
+    /// Evaluate a run folder's checkpoint on the run's test set (its validation samples if it was
+    /// trained with --validation; for gpt the validation loss), with its trained or averaged weights; or the
     /// model of a folder of `descent quantize` (int8) or `descent prune` on its run's test set.
     ///
     /// e.g. descent evaluate runs/lenet-adam-seed0 --weights ema

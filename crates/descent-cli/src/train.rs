@@ -540,7 +540,18 @@ pub fn toml_json(v: &toml::Value, what: &str) -> Result<serde_json::Value> {
 /// A TOML file as a table, or an error naming the file.
 pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: malformed TOML", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // One line: where, and what (the parser's own report spans several, its reason last).
+        let at = e.span().map(|s| {
+            let before = &text[..s.start.min(text.len())];
+            format!(
+                " at line {}, column {}",
+                before.matches('\n').count() + 1,
+                before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1
+            )
+        });
+        anyhow::anyhow!("{}: malformed TOML{}: {}", path.display(), at.unwrap_or_default(), e.message().trim())
+    })
 }
 
 fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
@@ -2331,7 +2342,7 @@ pub fn run_id_of(dir: &std::path::Path) -> Result<String> {
     match folder::Marker::read(dir)? {
         Some(m) if m.kind == folder::Kind::Run => Ok(m.id),
         Some(m) => {
-            bail!("{}: a {:?} folder, not a run; give the folder of a `descent train` run", dir.display(), m.kind)
+            bail!("{}: a {} folder, not a run; give the folder of a `descent train` run", dir.display(), m.kind.name())
         }
         None => bail!(
             "{}: not a run folder (no {}); give the folder of a `descent train` run",
@@ -2417,7 +2428,15 @@ fn resume_settings(
                 let same_path = matches!(key, "data" | "text")
                     && matches!((given.as_str(), kept.as_str()), (Some(g), Some(k))
                         if std::fs::canonicalize(g).ok().is_some_and(|g| std::fs::canonicalize(k).ok() == Some(g)));
-                if given != kept && !same_path {
+                // A setting the config left at its default (null), given as that default.
+                let default_of_null = kept.is_null()
+                    && match key {
+                        "accumulate" => given.as_u64() == Some(1),
+                        "batch_size" => given.as_u64() == Some(defaults(&cfg.model).1 as u64),
+                        "lr" => given.as_f64() == Some(default_lr(&cfg.model, cfg.optimizer(), &cfg.hparams)),
+                        _ => false,
+                    };
+                if given != kept && !same_path && !default_of_null {
                     bail!(
                         "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         flag(key),
