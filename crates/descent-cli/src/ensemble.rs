@@ -80,6 +80,8 @@ pub fn run(a: EnsembleArgs) -> Result<()> {
     let mut members: Vec<(String, f64, Vec<f32>)> = vec![];
     let mut classes = 0;
     for r in &runs {
+        // Each member in the precision it trained in.
+        let _precision = crate::evaluate::autocast_of(&r.args)?;
         let m = r.load_model(weights)?;
         let y = m.eval_set.y.to_vec1::<u32>()?;
         match &labels {

@@ -181,6 +181,13 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
 }
 
 /// `descent evaluate DIR`.
+/// The precision a run trained in (its config's `precision`, f32 when unset): evaluation runs the
+/// model's products in it too, so that it gives the run's own numbers.
+pub fn autocast_of(args: &crate::train::TrainArgs) -> Result<descent_train::precision::Autocast> {
+    let p = descent_train::precision::Precision::parse(args.precision.as_deref().unwrap_or("f32"))?;
+    Ok(descent_train::precision::Autocast::enter(p))
+}
+
 pub fn run(a: EvaluateArgs) -> Result<()> {
     let weights = Weights::parse(&a.weights)?;
     // A folder of descent quantize or a one-shot descent prune (a fine-tuned one is a run too).
@@ -190,6 +197,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let run = open_run(&a.dir)?;
     let ck = &run.checkpoint;
     let args = &run.args;
+    let _precision = autocast_of(args)?;
     let position = if args.model == "gpt" {
         // A gpt trains by steps on random windows: it has no epochs.
         format!("step {}", ck.steps)

@@ -65,3 +65,18 @@ fn bench_train_alternates_precisions() {
     let text = run_ok(&["bench", "train", "--model", "gpt", "--batches", "1", "--warmup", "0", "--precision", "bf16"]);
     assert!(text.contains("bf16 products"), "{text}");
 }
+
+/// `evaluate` runs a bf16 run's model in bf16, as the run evaluated itself: the same test loss
+/// as the run's last row (it was evaluated in f32, a slightly different number).
+#[test]
+fn evaluate_uses_the_runs_precision() {
+    let dir = out("bf16-eval");
+    let d = dir.to_str().unwrap();
+    run_ok(&["train", "--model", "mlp", "--steps", "20", "--threads", "1", "--precision", "bf16", "--out", d]);
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let run_loss: f64 = row[3].parse().unwrap();
+    let text = run_ok(&["evaluate", d, "--threads", "1"]);
+    let line = text.lines().find(|l| l.starts_with("test loss: ")).unwrap();
+    assert_eq!(line, format!("test loss: {run_loss:.5}"), "{text}");
+}
