@@ -592,6 +592,11 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
             all.push(m);
         }
     }
+    // Each run once (a folder given twice, or a run also inside a compare folder given).
+    folder::distinct("run folder", &all.iter().map(|m| m.dir.clone()).collect::<Vec<_>>())?;
+    if all.iter().all(|m| m.steps.is_empty() && m.epochs.is_empty()) {
+        anyhow::bail!("nothing to draw: no run given has a row in its metric files");
+    }
     // Runs with the same settings (made at different times) are told apart by their folder.
     let labels: Vec<String> = all.iter().map(|m| m.label.clone()).collect();
     for m in all.iter_mut() {

@@ -175,6 +175,14 @@ fn plot_redraws_runs_and_reads_a_truncated_file_up_to_its_last_line() {
     let text = run_ok(&["plot", a.to_str().unwrap(), g.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
     assert!(text.contains("2 runs drawn"), "{text}");
     check_pictures(&mixed, &["loss", "test_loss", "val_loss"], (960, 600));
+    // A run given twice, and runs with nothing to draw, are refused rather than drawn empty.
+    let e = run_err(&["plot", a.to_str().unwrap(), a.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
+    assert!(e.contains("given twice"), "{e}");
+    for f in ["steps.jsonl", "steps.csv", "metrics.jsonl", "metrics.csv"] {
+        std::fs::write(b.join(f), "").unwrap();
+    }
+    let e = run_err(&["plot", b.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
+    assert!(e.contains("nothing to draw"), "{e}");
     let svg = |name: &str| std::fs::read_to_string(mixed.join(format!("{name}.svg"))).unwrap();
     // The gpt's recipe (torch.adamw, warm-up and cosine) in the validation chart alone.
     assert!(svg("val_loss").contains("torch.adamw") && !svg("test_loss").contains("torch.adamw"));
