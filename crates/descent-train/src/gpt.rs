@@ -99,7 +99,16 @@ impl GptConfig {
     fn check(&self) -> Result<()> {
         let c = self;
         if c.vocab_size == 0 || c.block_size == 0 || c.n_layer == 0 || c.n_embd == 0 {
-            return Err(Error::Param(format!("gpt: vocabulary, block size, layers and width must be positive: {c:?}")));
+            return Err(Error::Param(format!(
+                "gpt: vocabulary, block size, layers and width must be positive; got vocabulary {}, block size {}, {} layers, width {}",
+                c.vocab_size, c.block_size, c.n_layer, c.n_embd
+            )));
+        }
+        if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps >= 0.0) {
+            return Err(Error::Param(format!(
+                "gpt: the layer norms' eps must be a finite number at least 0, got {}",
+                c.layer_norm_eps
+            )));
         }
         if c.n_head == 0 || !c.n_embd.is_multiple_of(c.n_head) {
             return Err(Error::Param(format!("gpt: {} channels do not split into {} heads", c.n_embd, c.n_head)));
