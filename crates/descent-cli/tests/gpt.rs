@@ -105,6 +105,14 @@ fn a_resumed_gpt_run_is_bit_exact() {
     assert!(text.contains("nothing to do"), "{text}");
     assert!(run_err(&["train", "--resume", &d, "--epochs", "3"]).contains("--steps"));
     std::fs::remove_dir_all(&dir).unwrap();
+    // Stopped between two estimates (it also estimates where it stopped): its steps are numbered
+    // in the same evaluation intervals as the run that never stopped.
+    let off = common::out("gpt-resume-off");
+    let o = off.to_string_lossy().to_string();
+    run_ok_s(&tiny(&[&flags[..], &["--steps", "3", "--out", &o]].concat()));
+    run_ok(&["train", "--resume", &o, "--steps", "8"]);
+    assert_eq!(columns(full, "steps.csv", 5), columns(&off, "steps.csv", 5));
+    std::fs::remove_dir_all(&off).unwrap();
 }
 
 #[test]

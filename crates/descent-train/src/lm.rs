@@ -313,7 +313,9 @@ pub fn train_text_with(
         seconds += t0.elapsed().as_secs_f64();
         seen += global;
         let control = hooks.on_step(&StepMetrics {
-            epoch: period,
+            // The evaluation interval the step falls in, by its number: a resumed run, which
+            // also estimated where it had stopped, numbers its steps as the uninterrupted one.
+            epoch: ((steps - 1) / text.eval_interval.max(1) + 1) as usize,
             batch: (steps - 1 - start) as usize,
             batches: (next - start) as usize,
             step: steps,
