@@ -148,6 +148,19 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if a.base.lr.is_some() || a.base.schedule.as_deref().is_some_and(|s| s != "constant") {
         bail!("lr-find sets the learning rate itself: use --start-lr and --end-lr, without --lr or --schedule");
     }
+    // The rate in --hparams too (`lr`, `learning_rate`), and optimizers with none of their own
+    // (wrappers, chains), whose rate lr-find could not sweep.
+    let (lib, name) = descent_core::spec::resolve_optimizer(a.base.optimizer())?;
+    let key = descent_core::spec::lr_key(lib);
+    if a.base.hparams.get(key).is_some() {
+        bail!("--hparams `{key}`: lr-find sets the learning rate itself; use --start-lr and --end-lr");
+    }
+    if !descent_core::spec::takes_learning_rate(lib, &name, &a.base.hparams) {
+        bail!(
+            "--optimizer {}: it has no learning rate of its own (its rate is inside --hparams), so lr-find cannot sweep one",
+            a.base.optimizer()
+        );
+    }
     let out = a.base.out.clone().unwrap_or_else(|| PathBuf::from("runs/lr-find"));
     folder::check_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut args = a.base.clone();
