@@ -180,7 +180,6 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-/// `descent evaluate DIR`.
 /// The precision a run trained in (its config's `precision`, f32 when unset): evaluation runs the
 /// model's products in it too, so that it gives the run's own numbers.
 pub fn autocast_of(args: &crate::train::TrainArgs) -> Result<descent_train::precision::Autocast> {
@@ -188,6 +187,7 @@ pub fn autocast_of(args: &crate::train::TrainArgs) -> Result<descent_train::prec
     Ok(descent_train::precision::Autocast::enter(p))
 }
 
+/// `descent evaluate DIR`.
 pub fn run(a: EvaluateArgs) -> Result<()> {
     let weights = Weights::parse(&a.weights)?;
     // A folder of descent quantize or a one-shot descent prune (a fine-tuned one is a run too).

@@ -383,20 +383,36 @@ pub struct DistillSettings {
 /// An identity of a model's weights: FNV-1a over every variable's name and values, as 16 hex
 /// digits (an identity, not a defence against tampering).
 pub fn weights_identity(model: &dyn Model) -> Result<String> {
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    };
+    let mut h = Fnv1a::default();
     for (name, v) in model.named_vars() {
-        eat(name.as_bytes());
+        h.eat(name.as_bytes());
         for x in v.as_tensor().flatten_all()?.to_vec1::<f32>()? {
-            eat(&x.to_bits().to_le_bytes());
+            h.eat(&x.to_bits().to_le_bytes());
         }
     }
-    Ok(format!("{h:016x}"))
+    Ok(h.hex())
+}
+
+/// FNV-1a, 64 bits: the hash of [`identity`] and [`weights_identity`].
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf29ce484222325)
+    }
+}
+
+impl Fnv1a {
+    fn eat(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+    /// As 16 hex digits.
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 /// The settings only gpt takes (left out of a run's config.json when not set).
@@ -2256,9 +2272,10 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     let per_epoch = train_len.div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
     // What acts between epochs needs a second epoch (a patience of P, P + 1): a run that ends
     // within its first would accept it and never act on it.
-    let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
+    let all_epochs = per_epoch.saturating_mul(cfg.epochs as u64);
+    let total = cfg.max_steps.unwrap_or(u64::MAX).min(all_epochs);
     let epochs = total.div_ceil(per_epoch.max(1));
-    let run = || match cfg.max_steps.filter(|&m| m < per_epoch.saturating_mul(cfg.epochs as u64)) {
+    let run = || match cfg.max_steps.filter(|&m| m < all_epochs) {
         Some(m) => format!("the run ends at step {m}, epoch {epochs} (an epoch is {per_epoch} steps)"),
         None => format!("the run has {epochs} epoch(s)"),
     };
@@ -2282,11 +2299,8 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
         bail!("--patience {p}: early stopping waits {p} epoch(s) without improvement, and {}: it would never stop the run", run());
     }
     let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
-    let (n, unit) = if s.per_epoch {
-        (cfg.epochs as u64, "epochs (--schedule-interval epoch)")
-    } else {
-        (cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64)), "steps")
-    };
+    let (n, unit) =
+        if s.per_epoch { (cfg.epochs as u64, "epochs (--schedule-interval epoch)") } else { (total, "steps") };
     descent_core::schedule::check_steps(s.schedule.as_ref(), n)
         .with_context(|| format!("--schedule {}: the run takes {n} {unit}", s.name))?;
     // Every learning rate the run will use is a finite number ≥ 0 (a schedule's arguments can make
@@ -2368,12 +2382,9 @@ fn config_hash(a: &TrainArgs) -> Result<String> {
 /// An identity of settings: FNV-1a over their canonical JSON (keys sorted), as 16 hex digits;
 /// an identity, not a defence against tampering.
 fn identity(v: &serde_json::Value) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in v.to_string().bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    let mut h = Fnv1a::default();
+    h.eat(v.to_string().as_bytes());
+    h.hex()
 }
 
 /// The identity of a sweep's or benchmark's settings (their `base` train settings and their own),

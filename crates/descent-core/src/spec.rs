@@ -407,7 +407,7 @@ impl<'a> Kwargs<'a> {
     /// A required argument the reference cases name `case` and the library `library` (optax's
     /// `MultiSteps(opt, every_k_schedule)` is `inner`, `every_k` in the cases): either name, not
     /// both; `(name given, value)`.
-    fn either(&mut self, case: &'static str, library: &'static str) -> Result<(&'static str, &'a Value)> {
+    pub(crate) fn either(&mut self, case: &'static str, library: &'static str) -> Result<(&'static str, &'a Value)> {
         match (self.get(case)?, self.get(library)?) {
             (Some(_), Some(_)) => Err(self.err(library, format!("the same argument as `{case}`: give one of them"))),
             (Some(v), None) => Ok((case, v)),

@@ -100,22 +100,7 @@ fn build_one(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
 fn build_lookahead(hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new("po.lookahead", hparams)?;
     // The class's own name for it is `optimizer`; the reference cases say `inner`.
-    let (key, inner) = match (k.present("inner")?, k.present("optimizer")?) {
-        (Some(_), Some(_)) => {
-            return Err(Error::Field {
-                context: "po.lookahead: `optimizer`".into(),
-                message: "the same argument as `inner`: give one of them".into(),
-            })
-        }
-        (Some(v), None) => ("inner", v),
-        (None, Some(v)) => ("optimizer", v),
-        (None, None) => {
-            return Err(Error::Field {
-                context: "po.lookahead: `optimizer`".into(),
-                message: "missing required argument (the optimizer to wrap; or `inner`)".into(),
-            })
-        }
-    };
+    let (key, inner) = k.either("inner", "optimizer")?;
     let field = |message: String| Error::Field { context: format!("po.lookahead: `{key}`"), message };
     let (name, kwargs) = match inner {
         Value::String(s) => (s.as_str(), Value::Null),
