@@ -245,11 +245,37 @@ impl Elementwise for Chain {
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         ChainRun(&self.links).step(i, off, g, p, fold)
     }
+    fn needs_whole_blocks(&self) -> bool {
+        self.links.iter().any(|l| link(l.as_ref()).needs_whole_blocks())
+    }
 }
 
 /// The elementwise form of a link of a run known to be elementwise.
 fn link(l: &dyn Transform) -> &dyn Elementwise {
     l.elementwise().expect("elementwise link")
+}
+
+/// The end of a chain's first link's fused step: the update of each sub-block through the
+/// chain's other links in turn, then its map and affine tail, and into the parameters. The same
+/// operations in the same order as the block path, so the same bits.
+struct ThenLinks<'a> {
+    links: &'a [Box<dyn Transform>],
+    map: Option<Map>,
+    tail: Option<Affine>,
+}
+
+impl Epilogue for ThenLinks<'_> {
+    unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
+        for l in self.links {
+            link(l.as_ref()).apply(i, off, u, p);
+        }
+        #[inline(always)]
+        fn end(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
+            finish_inline(p, u, map, tail)
+        }
+        let (map, tail) = (self.map, self.tail);
+        dispatch_simd!(end(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>))
+    }
 }
 
 /// A run of elementwise links applied one after the other to each block; a tail of affine links
@@ -260,8 +286,10 @@ impl Elementwise for ChainRun<'_> {
     fn begin_step(&mut self) {}
     /// The chain as `prologue → kernel → map → affine tail`: the tail and a pointwise map before
     /// it (sign, clipping) fold into the kernel's fused step, and so does a prologue of maps of
-    /// the gradient alone (affine links, or one clip). Any other prologue runs first on
-    /// block-sized copies of the gradient.
+    /// the gradient alone (affine links, or one clip). Any other prologue turns the chain inside
+    /// out: the first link's fused step, whose sub-blocks go through the other links as its
+    /// epilogue ([`ThenLinks`]); or, where a link needs whole blocks (8-bit state), every link
+    /// in turn on block-sized copies of the gradient.
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         let n = self.0.len();
         let k = self.0.iter().rev().take_while(|l| link(l.as_ref()).affine(i).is_some()).count();
@@ -307,6 +335,20 @@ impl Elementwise for ChainRun<'_> {
             (None, _) => return pointwise_step(i, off, g, p, Fold { map, tail, ..fold }),
             _ => {}
         }
+        let (links, whole) = (&self.0[..end], self.0[..end].iter().any(|l| link(l.as_ref()).needs_whole_blocks()));
+        if fold.post.is_none() && !whole {
+            // The first link's fused step (its sub-blocks in L1, its buffers prefetched), each
+            // sub-block of its update then through the other links and the maps after them.
+            let then = ThenLinks { links: &links[1..], map, tail };
+            let first = link(links[0].as_ref());
+            return first.step(
+                i,
+                off,
+                g,
+                p,
+                Fold { head: fold.head, map: None, tail: None, post: Some(&then), ..fold },
+            );
+        }
         let mut scratch = [0.0f32; BLOCK];
         for (b, (pb, gb)) in p.chunks_mut(BLOCK).zip(g.chunks(BLOCK)).enumerate() {
             let u = &mut scratch[..pb.len()];
@@ -343,7 +385,8 @@ mod tests {
     use crate::optimizer::Optimizer;
     use crate::transform::{numel, Transform};
     use crate::transforms::{
-        AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByAdamConfig, ScaleByLearningRate, Trace,
+        AddDecayedWeights, Clip, ClipByGlobalNorm, ScaleByAdam, ScaleByAdam8bit, ScaleByAdamConfig,
+        ScaleByLearningRate, ScaleByOptimisticGradient, Trace,
     };
 
     fn links() -> Vec<Box<dyn Transform>> {
@@ -387,6 +430,55 @@ mod tests {
             }
             for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
                 assert_eq!(x.to_bits(), y.to_bits(), "step {step}: {x} vs {y}");
+            }
+        }
+    }
+
+    /// Stateful links ahead of a chain's kernel (optax's optimistic Adam) run on the first link's
+    /// sub-blocks, with the bits of the links one by one; 8-bit state keeps whole blocks.
+    #[test]
+    fn stateful_links_before_the_kernel_run_on_the_first_ones_sub_blocks_with_the_same_bits() {
+        // Adam, then the optimistic step, with a map ahead and a trace after.
+        let shapes = vec![vec![PARALLEL_MIN + CHUNK + 5], vec![7], vec![BLOCK + 1], vec![3 * BLOCK]];
+        let init: Vec<Vec<f32>> =
+            shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect()).collect();
+        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
+        for eight_bit in [false, true] {
+            let links = || -> Vec<Box<dyn Transform>> {
+                let adam: Box<dyn Transform> = if eight_bit {
+                    Box::new(ScaleByAdam8bit::new(Default::default()).min_8bit_size(0))
+                } else {
+                    Box::new(ScaleByAdam::new(ScaleByAdamConfig { nesterov: true, ..Default::default() }))
+                };
+                vec![
+                    Box::new(Clip::new(0.8)),
+                    adam,
+                    Box::new(ScaleByOptimisticGradient::new(0.3, 0.2)),
+                    Box::new(Trace::new(0.5, false)),
+                    Box::new(ScaleByLearningRate::new(0.01, true)),
+                ]
+            };
+            let chain = Chain::new(links());
+            assert_eq!(chain.elementwise().map(|e| e.needs_whole_blocks()), Some(eight_bit));
+            let mut fused = Optimizer::new(Box::new(chain), shapes.clone(), &views).unwrap();
+            let mut separate = links();
+            for l in separate.iter_mut() {
+                l.init(&shapes, &views).unwrap();
+            }
+            let (mut pa, mut pb) = (init.clone(), init.clone());
+            for step in 0..3 {
+                let g: Vec<Vec<f32>> =
+                    init.iter().map(|p| p.iter().map(|x| (x * (step + 2) as f32).sin()).collect()).collect();
+                fused.step_vecs(&mut pa, &g).unwrap();
+                let mut u = g.clone();
+                let views: Vec<&[f32]> = pb.iter().map(|p| p.as_slice()).collect();
+                for l in separate.iter_mut() {
+                    l.update(&mut u, &views).unwrap();
+                }
+                pb.iter_mut().zip(&u).for_each(|(p, u)| p.iter_mut().zip(u).for_each(|(p, u)| *p += u));
+            }
+            for (x, y) in pa.iter().flatten().zip(pb.iter().flatten()) {
+                assert_eq!(x.to_bits(), y.to_bits(), "8-bit: {eight_bit}");
             }
         }
     }

@@ -103,6 +103,13 @@ pub trait Elementwise: Sync {
     /// # Safety
     /// Concurrent calls must cover disjoint element ranges of each parameter, within its bounds.
     unsafe fn apply(&self, i: usize, off: usize, u: &mut [f32], p: &[f32]);
+    /// Whether `apply` and `step` must be given whole blocks of [`BLOCK`] elements starting at
+    /// multiples of it (block-wise quantized state does; so does, by default, any rule not known
+    /// otherwise). Rules that read and write element `j` at offset `j` alone say `false`, and a
+    /// chain of them runs its links on the first one's sub-blocks, which stay in L1.
+    fn needs_whole_blocks(&self) -> bool {
+        true
+    }
     /// Whether the rule needs a reduction of its input (a global norm) before the elementwise pass.
     /// Such a transformation stays fusable only at the head of a chain, where its input is the
     /// gradient itself.

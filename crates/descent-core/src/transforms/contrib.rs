@@ -571,6 +571,9 @@ impl Elementwise for ScheduleFree {
         self.base.elementwise().expect("elementwise base").apply(i, off, u, p);
         Self::interpolate(self.b1 as f32, self.ck, u, p, self.z.slice(i, off, u.len()));
     }
+    fn needs_whole_blocks(&self) -> bool {
+        self.base.elementwise().is_none_or(|e| e.needs_whole_blocks())
+    }
     fn needs_prepare(&self) -> bool {
         self.base.elementwise().is_some_and(|e| e.needs_prepare())
     }

@@ -107,6 +107,9 @@ macro_rules! simd_apply {
     };
     (@full [$($tier:ident)?] $t:ty, |$this:ident, $i:ident, $off:ident, $u:ident, $p:ident| $body:block) => {
         $crate::transforms::simd_apply!(@apply_in [$($tier)?] $t, |$this, $i, $off, $u, $p| $body);
+        fn needs_whole_blocks(&self) -> bool {
+            false
+        }
         unsafe fn step(
             &self,
             i: usize,

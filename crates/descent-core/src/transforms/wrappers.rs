@@ -439,6 +439,9 @@ impl Elementwise for Partition {
         let (e, j) = self.member(i);
         e.step(j, off, g, p, fold)
     }
+    fn needs_whole_blocks(&self) -> bool {
+        self.groups.iter().any(|(_, tx)| tx.elementwise().is_none_or(|e| e.needs_whole_blocks()))
+    }
     fn needs_prepare(&self) -> bool {
         self.groups.iter().any(|(_, tx)| tx.elementwise().is_some_and(|e| e.needs_prepare()))
     }
