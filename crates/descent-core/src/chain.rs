@@ -262,12 +262,19 @@ struct ThenLinks<'a> {
     links: &'a [Box<dyn Transform>],
     map: Option<Map>,
     tail: Option<Affine>,
+    /// Whether the step prefetches ([`Fold::prefetch`]): then each link's state too.
+    prefetch: bool,
 }
 
 impl Epilogue for ThenLinks<'_> {
     unsafe fn finish(&self, i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
         for l in self.links {
-            link(l.as_ref()).apply(i, off, u, p);
+            let l = link(l.as_ref());
+            if self.prefetch {
+                // As the first link's step prefetches its own.
+                l.prefetch_state_of(i, off + PREFETCH_AHEAD, u.len());
+            }
+            l.apply(i, off, u, p);
         }
         #[inline(always)]
         fn end(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Option<Affine>) {
@@ -339,7 +346,7 @@ impl Elementwise for ChainRun<'_> {
         if fold.post.is_none() && !whole {
             // The first link's fused step (its sub-blocks in L1, its buffers prefetched), each
             // sub-block of its update then through the other links and the maps after them.
-            let then = ThenLinks { links: &links[1..], map, tail };
+            let then = ThenLinks { links: &links[1..], map, tail, prefetch: fold.prefetch };
             let first = link(links[0].as_ref());
             return first.step(
                 i,

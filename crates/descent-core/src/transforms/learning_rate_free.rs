@@ -409,7 +409,7 @@ impl Elementwise for ScaleByDog {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let dist = sq_distance(&self.init_params, params);
+        let dist = distance_sq(&self.init_params, params);
         self.max_dist = self.max_dist.max(dist.sqrt());
         self.sum_sq_norm_grads += global_sum_sq(inputs);
         let mut lr = self.max_dist / (self.sum_sq_norm_grads + self.eps).sqrt();
@@ -432,19 +432,10 @@ impl Elementwise for ScaleByDog {
     });
 }
 
-/// `‖x − x₀‖²` over all parameters: eight f64 lanes per tensor (see `lane_sums`), the tensors'
-/// sums added in order (DoG's; DoWG keeps the same loop inline, which measured faster for it).
-#[inline(always)]
-fn sq_distance(init: &[Vec<f32>], params: &[&[f32]]) -> f64 {
-    init.iter()
-        .zip(params)
-        .map(|(x0, x)| {
-            let (x0, x) = (&x0[..x.len()], &x[..]);
-            let mut lanes = [0.0f64; 8];
-            lane_sums(&mut lanes, x, |k| ((x0[k] - x[k]) as f64).powi(2));
-            fold_lanes(lanes)
-        })
-        .sum()
+/// `‖x − x₀‖²` over all parameters: eight f64 lanes per tensor ([`crate::kernel::sq_distance`]),
+/// the tensors' sums added in order (DoG's and DoWG's).
+fn distance_sq(init: &[Vec<f32>], params: &[&[f32]]) -> f64 {
+    init.iter().zip(params).map(|(x0, x)| crate::kernel::sq_distance(x, x0)).sum()
 }
 
 /// optax `contrib.scale_by_dowg` (Khaled et al. 2023, "Distance over Weighted Gradients"):
@@ -493,18 +484,7 @@ impl Elementwise for ScaleByDowg {
         true
     }
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        // `‖x − x₀‖²` in eight f64 lanes per tensor (see `lane_sums`).
-        let dist: f64 = self
-            .init_params
-            .iter()
-            .zip(params)
-            .map(|(x0, x)| {
-                let (x0, x) = (&x0[..x.len()], &x[..]);
-                let mut lanes = [0.0f64; 8];
-                lane_sums(&mut lanes, x, |k| ((x0[k] - x[k]) as f64).powi(2));
-                fold_lanes(lanes)
-            })
-            .sum();
+        let dist = distance_sq(&self.init_params, params);
         self.estim_sq_dist = self.estim_sq_dist.max(dist);
         self.weighted_sq_norm_grads += self.estim_sq_dist * global_sum_sq(inputs);
         self.lr = (self.estim_sq_dist / (self.weighted_sq_norm_grads.sqrt() + self.eps)) as f32;

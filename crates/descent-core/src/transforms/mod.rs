@@ -110,6 +110,10 @@ macro_rules! simd_apply {
         fn needs_whole_blocks(&self) -> bool {
             false
         }
+        #[inline]
+        fn prefetch_state_of(&self, i: usize, off: usize, n: usize) {
+            $crate::kernel::PrefetchState::prefetch_state(self, i, off, n)
+        }
         unsafe fn step(
             &self,
             i: usize,

@@ -1,9 +1,9 @@
 //! Per-tensor scalings by norms: the trust ratio of LARS and LAMB, the parameter block RMS of
 //! Adafactor, and NovoGrad's per-tensor second moment.
 
-use super::{rms, state, stateless, sum_sq, zeros};
+use super::{rms, state, stateless, zeros};
 use crate::error::Result;
-use crate::kernel::Elementwise;
+use crate::kernel::{global_sum_sq, Elementwise, ParamBufs};
 use crate::state::StateVisitor;
 use crate::transform::{Shapes, Transform};
 use crate::transforms::simd_apply;
@@ -132,6 +132,10 @@ impl Transform for ScaleByParamBlockRms {
 
 /// optax `scale_by_novograd` (Ginsburg et al. 2019): a per-tensor second moment of the gradient
 /// norm, and momentum over the normalized gradient plus weight decay.
+///
+/// Elementwise after a per-tensor reduction of its input (the squared norm, summed in `prepare`
+/// across threads in fixed chunks): one fused pass reads the gradient, the momentum and the
+/// parameters and writes the momentum and the parameters.
 pub struct ScaleByNovograd {
     b1: f32,
     b2: f64,
@@ -139,8 +143,12 @@ pub struct ScaleByNovograd {
     eps_root: f64,
     weight_decay: f32,
     count: u64,
-    mu: Vec<Vec<f32>>,
+    mu: ParamBufs,
     nu: Vec<Vec<f32>>,
+    /// This step's `1/(√(ν + ε_root) + ε)` of each tensor (set in `prepare`; not state).
+    scale: Vec<f32>,
+    /// Whether this step is the first, whose momentum is its input alone (set in `prepare`).
+    first: bool,
 }
 /// The hyper-parameters of [`ScaleByNovograd`], with optax `scale_by_novograd`'s defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,33 +180,64 @@ impl ScaleByNovograd {
             eps_root,
             weight_decay: weight_decay as f32,
             count: 0,
-            mu: vec![],
+            mu: ParamBufs::default(),
             nu: vec![],
+            scale: vec![],
+            first: false,
         }
     }
 }
 impl Transform for ScaleByNovograd {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        self.mu = zeros(shapes);
+        self.mu = zeros(shapes).into();
         self.nu = shapes.iter().map(|_| vec![0.0]).collect();
+        self.scale = vec![0.0; shapes.len()];
         Ok(())
     }
-    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
-        self.count += 1;
-        let first = self.count == 1;
-        for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let g2 = sum_sq(u) as f32;
-            let nu = &mut self.nu[i][0];
-            *nu = if first { g2 } else { (1.0 - self.b2 as f32) * g2 + self.b2 as f32 * *nu };
-            let scale = 1.0 / (((*nu as f64 + self.eps_root).sqrt() + self.eps) as f32);
-            for ((g, m), &w) in u.iter_mut().zip(self.mu[i].iter_mut()).zip(p.iter()) {
-                let add = *g * scale + self.weight_decay * w;
-                *m = if first { add } else { self.b1 * *m + add };
-                *g = *m;
-            }
-        }
-        Ok(())
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
     }
     state!(ScaleByNovograd; bufs: [mu, nu]; counters: [count]; scalars: []);
+}
+crate::transforms::prefetch_state!(ScaleByNovograd; mu);
+impl Elementwise for ScaleByNovograd {
+    fn begin_step(&mut self) {}
+    fn needs_prepare(&self) -> bool {
+        true
+    }
+    /// Counts the step, and moves each tensor's second moment by its input's squared norm.
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        self.count += 1;
+        self.first = self.count == 1;
+        let (first, b2) = (self.first, self.b2 as f32);
+        for ((u, nu), scale) in inputs.iter().zip(self.nu.iter_mut()).zip(self.scale.iter_mut()) {
+            let g2 = global_sum_sq(&[u]) as f32;
+            let nu = &mut nu[0];
+            *nu = if first { g2 } else { (1.0 - b2) * g2 + b2 * *nu };
+            *scale = 1.0 / (((*nu as f64 + self.eps_root).sqrt() + self.eps) as f32);
+        }
+    }
+    simd_apply!(ScaleByNovograd, |this, i, off, u, p| {
+        // The scalars read once, and one loop per case, so that both vectorize.
+        let n = u.len();
+        let mu = &mut this.mu.slice(i, off, n)[..n];
+        let (scale, wd, b1) = (this.scale[i], this.weight_decay, this.b1);
+        if this.first {
+            for j in 0..n {
+                let add = u[j] * scale + wd * p[j];
+                mu[j] = add;
+                u[j] = add;
+            }
+        } else {
+            for j in 0..n {
+                let m = b1 * mu[j] + (u[j] * scale + wd * p[j]);
+                mu[j] = m;
+                u[j] = m;
+            }
+        }
+    });
 }
