@@ -163,7 +163,19 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
     }
     let loaded = descent_train::compress::load_compressed(&a.dir)
         .with_context(|| format!("{}: the compressed model does not load", a.dir.display()))?;
-    let test = crate::compress::test_set(&loaded.info)?;
+    let (test, loss) = if loaded.info.model == "linear" {
+        // The linear model's test set is synthetic, drawn from its run's seed: rebuilt from the
+        // run the folder was made from, as `descent evaluate` of that run builds it.
+        let run = open_run(&loaded.info.source)
+            .with_context(|| format!("{}: the run it was pruned from", a.dir.display()))?;
+        let r = &run.args;
+        let mut rng = Rng::new(r.seed);
+        let (_, _, test, loss) =
+            workload(&r.model, Arch::of(r), Init::parse(&r.init)?, r.dropout(), r.normalize, &r.data, &mut rng)?;
+        (test, loss)
+    } else {
+        (crate::compress::test_set(&loaded.info)?, Loss::CrossEntropy)
+    };
     println!(
         "evaluating {} ({} {}: {}) on the {} test samples",
         a.dir.display(),
@@ -172,7 +184,7 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
         loaded.info.method,
         test.len()
     );
-    let (loss, acc) = evaluate(loaded.model.as_ref(), &test, Loss::CrossEntropy)?;
+    let (loss, acc) = evaluate(loaded.model.as_ref(), &test, loss)?;
     println!("test loss: {loss:.5}");
     if let Some(acc) = acc {
         println!("{}", accuracy_line(acc));

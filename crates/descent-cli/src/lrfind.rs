@@ -155,6 +155,12 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if a.base.hparams.get(key).is_some() {
         bail!("--hparams `{key}`: lr-find sets the learning rate itself; use --start-lr and --end-lr");
     }
+    // A group's own rate would stay fixed while the others are swept: the curve would be neither.
+    if let Some((pattern, _)) =
+        a.base.groups.iter().find(|(_, g)| ["lr", "learning_rate", key].iter().any(|k| g.get(*k).is_some()))
+    {
+        bail!("--group {pattern}: lr-find sweeps one learning rate for every parameter; remove the group's `{key}`");
+    }
     if !descent_core::spec::takes_learning_rate(lib, &name, &a.base.hparams) {
         bail!(
             "--optimizer {}: it has no learning rate of its own (its rate is inside --hparams), so lr-find cannot sweep one",

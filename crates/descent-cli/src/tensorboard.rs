@@ -9,6 +9,24 @@ use anyhow::{Context, Result};
 use tfrecord::protobuf::event::What;
 use tfrecord::{Event, EventWriter, EventWriterConfig};
 
+/// The start of an event file's name, as TensorBoard looks for it.
+const EVENTS_PREFIX: &str = "events.out.tfevents.";
+
+/// An in-memory writer for [`Scalars::cut_back`], whose bytes are taken back after the event
+/// writer is done with them.
+#[derive(Clone, Default)]
+struct Bytes(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Bytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An open event file.
 pub struct Scalars {
     writer: EventWriter<BufWriter<File>>,
@@ -27,7 +45,7 @@ impl Scalars {
         let path: PathBuf = (0..)
             .map(|k| {
                 dir.join(format!(
-                    "events.out.tfevents.{}.descent{}",
+                    "{EVENTS_PREFIX}{}.descent{}",
                     stamp.as_secs(),
                     if k == 0 { String::new() } else { format!(".{k}") }
                 ))
@@ -47,11 +65,90 @@ impl Scalars {
         Ok(Scalars { writer })
     }
 
+    /// Cuts the event files already in `dir` back to the events of steps up to `steps` (the
+    /// checkpoint a run resumes from), as the resume cuts the run's metric files: the resumed
+    /// run writes the later steps again, in a file of its own, so that no (tag, step) appears
+    /// twice. A torn or damaged tail (a kill mid-write) goes too. Each file rewritten atomically;
+    /// files that keep every event are left alone.
+    pub fn cut_back(dir: &Path, steps: u64) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+            if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(EVENTS_PREFIX)) {
+                continue;
+            }
+            let reader = tfrecord::EventIter::open(&path, tfrecord::RecordReaderConfig { check_integrity: true })
+                .with_context(|| format!("reading {}", path.display()))?;
+            let (mut kept, mut changed) = (vec![], false);
+            for event in reader {
+                match event {
+                    Ok(e) if e.step >= 0 && e.step as u64 <= steps => kept.push(e),
+                    Ok(_) => changed = true,
+                    Err(_) => {
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+            if changed {
+                let bytes = Bytes::default();
+                let mut w = EventWriter::from_writer(bytes.clone(), EventWriterConfig { auto_flush: false })?;
+                for e in kept {
+                    w.write_event(e)?;
+                }
+                w.flush()?;
+                drop(w);
+                let bytes = std::mem::take(&mut *bytes.0.borrow_mut());
+                crate::folder::write_atomic(&path, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn scalar(&mut self, tag: &str, step: u64, value: f64) -> Result<()> {
         Ok(self.writer.write_scalar(tag, (step as i64, now()), value as f32)?)
     }
 
     pub fn flush(&mut self) -> Result<()> {
         Ok(self.writer.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resume's cut keeps the events of steps up to the checkpoint (the file's version record
+    /// included) and drops the later ones and a torn last record.
+    #[test]
+    fn cut_back_keeps_the_events_up_to_the_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("descent-tb-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut tb = Scalars::create(&dir).unwrap();
+            for step in 1..=10 {
+                tb.scalar("train/loss", step, 1.0 / step as f64).unwrap();
+                tb.scalar("train/lr", step, 0.1).unwrap();
+            }
+            tb.flush().unwrap();
+        }
+        let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        // A record cut short by a kill.
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.extend_from_slice(&[40, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+        std::fs::write(&file, &bytes).unwrap();
+        Scalars::cut_back(&dir, 5).unwrap();
+        let events: Vec<Event> =
+            tfrecord::EventIter::open(&file, Default::default()).unwrap().map(|e| e.unwrap()).collect();
+        assert!(matches!(events[0].what, Some(What::FileVersion(_))));
+        let steps: Vec<i64> = events[1..].iter().map(|e| e.step).collect();
+        assert_eq!(steps, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+        // Nothing past the checkpoint: the file is left as it is.
+        let before = std::fs::read(&file).unwrap();
+        Scalars::cut_back(&dir, 5).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1383,7 +1383,7 @@ impl RunDir {
     /// what the files lost before this resume, where the resumed run's rows would otherwise
     /// follow a gap without a word: steps.jsonl or metrics.jsonl ending before the checkpoint
     /// (rows lost to an edit or a cut file), and whole lines of a log that no longer read as its
-    /// records (dropped; the CSV mirrors keep theirs).
+    /// records (dropped). The CSV mirrors are rebuilt from the logs' records kept.
     fn truncate_after(&self, epochs: usize, steps: u64) -> Result<Vec<String>> {
         // A CSV row counts when it has its header's fields and its first one is in range.
         let csv = |header: &str, l: &str, keep: &dyn Fn(u64) -> bool| {
@@ -1394,8 +1394,10 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
-        // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps.
+        // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps; the rows kept,
+        // for the CSV mirrors.
         let (mut last, mut last_epoch) = (0, 0u64);
+        let (mut step_csv, mut epoch_csv) = (String::from(StepRow::CSV_HEADER), String::from(EpochRow::CSV_HEADER));
         let unreadable = [
             (
                 folder::run::STEPS_JSONL,
@@ -1403,6 +1405,7 @@ impl RunDir {
                     let kept = step_ok(r.step);
                     if kept {
                         last = last.max(r.step);
+                        step_csv.push_str(&r.csv());
                     }
                     kept
                 })?,
@@ -1421,6 +1424,7 @@ impl RunDir {
                     let kept = epoch_ok(r.epoch as u64);
                     if kept {
                         last_epoch = last_epoch.max(r.epoch as u64);
+                        epoch_csv.push_str(&r.csv());
                     }
                     kept
                 })?,
@@ -1436,8 +1440,27 @@ impl RunDir {
                 )
             })
             .collect();
-        folder::retain_lines(&d.join(folder::run::STEPS_CSV), |l| csv(StepRow::CSV_HEADER, l, &step_ok))?;
-        folder::retain_lines(&d.join(folder::run::METRICS_CSV), |l| csv(EpochRow::CSV_HEADER, l, &epoch_ok))?;
+        // Each CSV mirror rebuilt from its log's records kept, so that a cut or edited CSV cannot
+        // disagree with the log silently (without its log, cut back as the log would be).
+        for (jsonl, name, rows, header, ok) in [
+            (
+                folder::run::STEPS_JSONL,
+                folder::run::STEPS_CSV,
+                &step_csv,
+                StepRow::CSV_HEADER,
+                &step_ok as &dyn Fn(u64) -> bool,
+            ),
+            (folder::run::METRICS_JSONL, folder::run::METRICS_CSV, &epoch_csv, EpochRow::CSV_HEADER, &epoch_ok),
+        ] {
+            let path = d.join(name);
+            if d.join(jsonl).exists() {
+                if std::fs::read_to_string(&path).ok().as_ref() != Some(rows) {
+                    folder::write_atomic(&path, rows.as_bytes())?;
+                }
+            } else {
+                folder::retain_lines(&path, |l| csv(header, l, ok))?;
+            }
+        }
         if last < steps {
             warnings.push(format!(
                 "{} ends at step {last} and the checkpoint is at step {steps}: the rows of steps {}–{steps} are missing \
@@ -3039,6 +3062,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             for warning in run_dir.truncate_after(ck.epoch, ck.steps)? {
                 eprintln!("warning: {warning}");
             }
+            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), ck.steps)?;
         }
         folder::write_atomic(
             &run_dir.dir.join(folder::run::CONFIG_JSON),

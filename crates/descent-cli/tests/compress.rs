@@ -147,7 +147,17 @@ fn gradual_pruning_and_models_quantize_refuses() {
         let z = w.iter().filter(|&&x| x == 0.0).count();
         assert_eq!(z, (0.8 * w.len() as f64).round() as usize, "{n}");
     }
-    for d in [run, g] {
+    // The linear run among others in a report is refused by name, whatever its place (its
+    // synthetic test set is not the MNIST one another folder loaded first).
+    let e = run_err(&["compress-report", "--rounds", "1", g.to_str().unwrap(), r]);
+    assert!(e.contains(r) && e.contains("synthetic") && e.lines().count() == 1, "{e}");
+    // A pruned linear run evaluates on its run's synthetic test set, as the run itself does.
+    let lp = out("cmp-lin-pruned");
+    run_ok(&["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--out", lp.to_str().unwrap()]);
+    let loss = |t: &str| t.lines().find(|l| l.starts_with("test loss:")).map(String::from);
+    let (a, b) = (run_ok(&["evaluate", lp.to_str().unwrap()]), run_ok(&["evaluate", r]));
+    assert!(loss(&a).is_some() && loss(&a) == loss(&b), "{a}\n{b}");
+    for d in [run, g, lp] {
         std::fs::remove_dir_all(d).ok();
     }
 }

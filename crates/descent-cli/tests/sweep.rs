@@ -262,4 +262,11 @@ fn lr_find_sweeps_exponentially_stops_at_divergence_and_suggests() {
         .output()
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--start-lr"));
+    // A group's own rate would stay fixed while the others are swept.
+    let o = descent()
+        .args(["lr-find", "--model", "mlp", "--group", "bias={\"lr\":0.1}", "--out", dir.to_str().unwrap(), "--force"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--group bias") && e.contains("`lr`"), "{e}");
 }
