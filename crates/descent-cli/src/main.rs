@@ -277,6 +277,18 @@ fn default_sigpipe() {
 fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
+    // `println!` panics when standard output cannot be written (a full disk, `> /dev/full`):
+    // that is a one-line error and a failed exit, not a crash with a backtrace.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied());
+        if let Some(reason) = msg.and_then(|m| m.strip_prefix("failed printing to stdout: ")) {
+            eprintln!("error: writing to standard output: {reason}");
+            std::process::exit(2);
+        }
+        default_hook(info)
+    }));
     // Parsed through `ArgMatches` so that `--config` can tell which flags were given.
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
@@ -621,10 +633,12 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     }
     warn_unknown_fields(&paths[0]);
     let case = load_case(&paths[0])?;
+    // The errors name the case's id; the file is named in front.
+    let file = || paths[0].display().to_string();
     let out = match &case {
-        Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
-        Case::Problem(c) => json!({"id": c.id, "params": c.run().with_context(|| c.id.clone())?}),
-        Case::Schedule(c) => json!({"id": c.id, "lr": c.run().with_context(|| c.id.clone())?}),
+        Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(file)?}),
+        Case::Problem(c) => json!({"id": c.id, "params": c.run().with_context(file)?}),
+        Case::Schedule(c) => json!({"id": c.id, "lr": c.run().with_context(file)?}),
     };
     println!("{out}");
     Ok(true)
@@ -633,7 +647,7 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
 /// A warning for each top-level field of a case file that no replay reads (a misspelt `hparams`
 /// leaves the case on the optimizer's defaults).
 fn warn_unknown_fields(path: &Path) {
-    if let Ok(text) = std::fs::read_to_string(path) {
+    if let Ok(text) = descent_core::replay::read_case_text(path) {
         for k in descent_core::replay::unknown_fields(&text) {
             eprintln!("warning: {}: field `{k}` is not one a replay reads; ignored", path.display());
         }
@@ -653,20 +667,32 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
         match outcome {
             Ok((id, r)) if r.passed => {
                 passed += 1;
-                println!("PASS {id}  (worst error {:.3} of tolerance, step {})", r.ratio, r.step);
+                println!("PASS {id}  (worst error {} of tolerance, step {})", ratio(r.ratio), r.step);
             }
             Ok((id, r)) => {
                 failed += 1;
-                println!("FAIL {id}  (error {:.3}× tolerance at step {})", r.ratio, r.step);
+                println!("FAIL {id}  (error {}× tolerance at step {})", ratio(r.ratio), r.step);
             }
             Err(e) => {
                 failed += 1;
-                println!("FAIL {}  ({e})", f.display());
+                // File errors name the file already.
+                let (name, msg) = (f.display().to_string(), e.to_string());
+                println!("FAIL {name}  ({})", msg.strip_prefix(&format!("{name}: ")).unwrap_or(&msg));
             }
         }
     }
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// An error as a multiple of its tolerance: three decimals, or three significant digits with an
+/// exponent far from 1 (a rate of 1e300 against a tolerance of 1e-6).
+fn ratio(r: f64) -> String {
+    if r == 0.0 || !r.is_finite() || (1e-3..1e4).contains(&r) {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.3e}")
+    }
 }
 
 fn list() {

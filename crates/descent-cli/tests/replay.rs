@@ -49,7 +49,7 @@ fn check_prints_a_line_per_case_and_the_summary() {
     // A case whose expected trajectory was tampered with must fail.
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
     v["expected"][3][0][0] = serde_json::json!(v["expected"][3][0][0].as_f64().unwrap() + 0.5);
-    v["id"] = serde_json::json!("tampered");
+    v["id"] = serde_json::json!("torch.sgd.tampered");
     std::fs::write(dir.join("tampered.json"), v.to_string()).unwrap();
     std::fs::write(dir.join("broken.json"), "{\"id\": ").unwrap();
 
@@ -59,7 +59,7 @@ fn check_prints_a_line_per_case_and_the_summary() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines.iter().any(|l| l.starts_with("PASS torch.sgd.nesterov")), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with("FAIL tampered") && l.contains("step 3")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("FAIL torch.sgd.tampered") && l.contains("step 3")), "{text}");
     assert!(
         lines.iter().any(|l| l.starts_with("FAIL") && l.contains("broken.json") && l.contains("malformed JSON")),
         "{text}"
@@ -85,4 +85,66 @@ fn a_folder_without_cases_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("no case files") && err.contains(&*dir.to_string_lossy()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Hostile case folders: a named pipe and a link to an endless device are refused as files that
+/// are not regular (instead of blocking or filling memory), an `id` whose library contradicts its
+/// `source` and a Newton–Schulz count that would run for hours are refused by name, an exact
+/// match passes a zero tolerance, and the other cases still run.
+#[cfg(unix)]
+#[test]
+fn hostile_case_files_fail_by_name_and_the_rest_still_run() {
+    let dir = std::env::temp_dir().join(format!("descent-replay-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(reference().join(name)).unwrap()).unwrap()
+    };
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.json")).unwrap();
+    assert!(Command::new("mkfifo").arg(dir.join("pipe.json")).status().unwrap().success());
+    // No gradient, so no move: matched exactly.
+    let mut exact = read("optim/torch.sgd.plain.json");
+    exact["tolerance"] = serde_json::json!({"rel": 0.0, "abs": 0.0});
+    let init: Vec<serde_json::Value> = exact["params"].as_array().unwrap().iter().map(|p| p["init"].clone()).collect();
+    let steps = exact["grads"].as_array().unwrap().len();
+    let zeros: Vec<serde_json::Value> =
+        init.iter().map(|v| serde_json::Value::from(vec![0.0; v.as_array().unwrap().len()])).collect();
+    exact["grads"] = serde_json::Value::from(vec![serde_json::Value::from(zeros); steps]);
+    exact["expected"] = serde_json::Value::from(vec![serde_json::Value::from(init); steps]);
+    let mut lion = read("optim/optax.lion.json");
+    lion["id"] = "torch.lion.x".into();
+    let mut muon = read("optim/optax.contrib.muon.json");
+    muon["hparams"]["ns_steps"] = 1_000_000_000u64.into();
+    for (name, v) in [("exact.json", &exact), ("lion.json", &lion), ("muon.json", &muon)] {
+        std::fs::write(dir.join(name), v.to_string()).unwrap();
+    }
+    let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    for (file, why) in [
+        ("zero.json", "not a regular file"),
+        ("pipe.json", "not a regular file"),
+        ("lion.json", "field `source`"),
+        ("muon.json", "ns_steps 1000000000"),
+    ] {
+        assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains(file) && l.contains(why)), "{file}: {text}");
+    }
+    assert!(text.contains("PASS torch.sgd.plain") && text.contains("1 passed, 4 failed"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Standard output that cannot be written (a full disk) is a one-line error and a failed exit,
+/// not a crash with a backtrace.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_standard_output_is_a_one_line_error() {
+    let out = descent()
+        .args(["list"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: writing to standard output") && err.lines().count() == 1, "{err}");
 }

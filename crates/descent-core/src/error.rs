@@ -48,8 +48,8 @@ pub enum Error {
     /// A closure-driven optimizer (L-BFGS, SAM, Polyak SGD, MoMo, …) asked for where only
     /// gradients will be given: it evaluates the objective itself.
     #[error(
-        "{0} evaluates the objective itself; it needs a closure (build it with \
-         `closure::build_closure_optimizer` and step it with an `Objective`), not gradients alone"
+        "{0} evaluates the objective itself (a closure-driven optimizer): it cannot be stepped with \
+         gradients alone"
     )]
     NeedsClosure(String),
     /// A file that could not be read or parsed.

@@ -144,7 +144,7 @@ impl<'a> Fields<'a> {
     fn object(&self, field: &str) -> Result<Fields<'a>> {
         let v = self.get(field)?;
         if !v.is_object() {
-            return Err(self.err(field, format!("expected an object, got {v}")));
+            return Err(self.err(field, format!("expected an object, got {}", excerpt(v))));
         }
         Ok(Fields { path: self.path.clone(), v })
     }
@@ -154,7 +154,7 @@ impl<'a> Fields<'a> {
         x.as_u64()
             .and_then(|x| usize::try_from(x).ok())
             .filter(|&x| x > 0)
-            .ok_or_else(|| self.err(field, format!("{x} is not a positive integer")))
+            .ok_or_else(|| self.err(field, format!("{} is not a positive integer", excerpt(x))))
     }
     /// The tolerances of the pass rule, `tolerance.rel` and `tolerance.abs`.
     fn tolerances(&self) -> Result<(f64, f64)> {
@@ -172,9 +172,10 @@ impl<'a> Fields<'a> {
     fn opt_count(&self, field: &str) -> Result<Option<u64>> {
         match self.v.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => {
-                x.as_u64().map(Some).ok_or_else(|| self.err(field, format!("{x} is not a non-negative integer")))
-            }
+            Some(x) => x
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("{} is not a non-negative integer", excerpt(x)))),
         }
     }
     /// A non-empty list.
@@ -190,7 +191,7 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
             .iter()
             .map(|x| {
-                let f = x.as_f64().ok_or_else(|| self.err(field, format!("{x} is not a number")))?;
+                let f = x.as_f64().ok_or_else(|| self.err(field, format!("{} is not a number", excerpt(x))))?;
                 // A finite number past f32's range would be read as ±inf (a case is in float32).
                 match f as f32 {
                     v if v.is_infinite() => {
@@ -205,7 +206,7 @@ impl<'a> Fields<'a> {
         v.as_array()
             .ok_or_else(|| self.err(field, "expected a list of numbers"))?
             .iter()
-            .map(|x| x.as_f64().ok_or_else(|| self.err(field, format!("{x} is not a number"))))
+            .map(|x| x.as_f64().ok_or_else(|| self.err(field, format!("{} is not a number", excerpt(x)))))
             .collect()
     }
     /// `[[[f32] per parameter] per step]`, at least one step, each parameter checked against the
@@ -244,13 +245,38 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn library_of(id: &str, v: &Value) -> String {
-    v.get("source")
-        .and_then(|s| s.as_str())
-        .and_then(|s| s.split_whitespace().next())
-        .filter(|l| *l == "torch" || *l == "optax")
-        .unwrap_or_else(|| id.split('.').next().unwrap_or(""))
-        .to_string()
+/// The library of a case: the first component of its `id` (`torch`, `optax`, `po`, `descent`).
+/// A `source` that names another library (its first word: `torch`, `optax` or
+/// `pytorch_optimizer`) contradicts it and is refused.
+fn library_of(f: &Fields, id: &str) -> Result<String> {
+    let library = id.split('.').next().unwrap_or("");
+    match f.v.get("source") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            let named = match s.split_whitespace().next() {
+                Some("torch") => Some("torch"),
+                Some("optax") => Some("optax"),
+                Some("pytorch_optimizer") => Some("po"),
+                _ => None,
+            };
+            if let Some(named) = named.filter(|&n| n != library) {
+                return Err(
+                    f.err("source", format!("names {named}'s {s:?}, but `id` {id:?} names library {library:?}"))
+                );
+            }
+        }
+        Some(other) => return Err(f.err("source", format!("expected a string, got {}", excerpt(other)))),
+    }
+    Ok(library.to_string())
+}
+
+/// A JSON value for a message, cut to a few dozen characters (a case's lists run to millions).
+fn excerpt(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((at, _)) => format!("{}… ({} characters)", &s[..at], s.len()),
+        None => s,
+    }
 }
 
 /// Parses a reference case from JSON text; `path` names it in errors. Everything a replay relies
@@ -258,14 +284,21 @@ fn library_of(id: &str, v: &Value) -> String {
 /// values given (with checked arithmetic), every step's tensors against the shapes, the recorded
 /// step count against the data, the tolerances. A malformed case is an error naming its field.
 pub fn parse_case(path: &str, text: &str) -> Result<Case> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| Error::File { path: path.into(), message: format!("malformed JSON: {e}") })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        // Writers that emit NaN or Infinity write what JSON cannot hold.
+        let hint = if ["NaN", "Infinity"].iter().any(|w| text.contains(w)) {
+            " (JSON has no NaN or Infinity: a case holds finite numbers)"
+        } else {
+            ""
+        };
+        Error::File { path: path.into(), message: format!("malformed JSON: {e}{hint}") }
+    })?;
     if !v.is_object() {
         return Err(Error::File { path: path.into(), message: "expected a JSON object".into() });
     }
     let f = Fields { path: path.into(), v: &v };
     let id = f.str("id")?;
-    let library = library_of(&id, &v);
+    let library = library_of(&f, &id)?;
     // Replays run in float32, the precision every recorded case states (or leaves unsaid).
     match v.get("dtype") {
         None | Some(Value::Null) => {}
@@ -563,10 +596,36 @@ pub fn unknown_fields(text: &str) -> Vec<String> {
 
 /// Reads and parses one case file.
 pub fn load_case(path: &Path) -> Result<Case> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
-    parse_case(&path.display().to_string(), &text)
+    parse_case(&path.display().to_string(), &read_case_text(path)?)
 }
+
+/// The text of a case file: a regular file of at most [`MAX_CASE_BYTES`].
+pub fn read_case_text(path: &Path) -> Result<String> {
+    let err = |message: String| Error::File { path: path.display().to_string(), message };
+    // A regular file of bounded size: not a pipe that never ends, nor a device such as
+    // /dev/zero behind a link.
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > MAX_CASE_BYTES {
+        return Err(err(format!("{} bytes: a case file holds at most {MAX_CASE_BYTES}", meta.len())));
+    }
+    let mut text = String::new();
+    use std::io::Read;
+    std::fs::File::open(path)
+        .map_err(|e| err(e.to_string()))?
+        .take(MAX_CASE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_CASE_BYTES {
+        return Err(err(format!("more than {MAX_CASE_BYTES} bytes: a case file holds at most that")));
+    }
+    Ok(text)
+}
+
+/// The largest case file read (1 GiB; the recorded ones are a few megabytes).
+pub const MAX_CASE_BYTES: u64 = 1 << 30;
 
 /// Every `*.json` file under the given files and folders (recursively), sorted, each once: a
 /// folder reached twice (a symbolic link to an enclosing folder, a folder given twice) is read
@@ -687,7 +746,7 @@ fn check_trajectory(
                 scale = scale.max(d_ref.abs());
             }
         }
-        worst.record(t, err / (rel * scale + abs));
+        worst.record(t, err, rel * scale + abs);
     }
     worst
 }
@@ -776,7 +835,7 @@ impl ScheduleCase {
     pub fn check(&self, ours: &[f64]) -> Check {
         let mut worst = Check { passed: ours.len() == self.expected_lr.len(), ratio: 0.0, step: 0 };
         for (t, (o, e)) in ours.iter().zip(&self.expected_lr).enumerate() {
-            worst.record(t, (o - e).abs() / (1e-6 * e.abs().max(1.0)));
+            worst.record(t, (o - e).abs(), 1e-6 * e.abs().max(1.0));
         }
         worst
     }
@@ -794,9 +853,13 @@ pub struct Check {
 }
 
 impl Check {
-    /// Takes step `t`'s error as a fraction of its allowance (NaN counts as failing).
-    fn record(&mut self, t: usize, ratio: f64) {
-        if ratio.is_nan() || ratio > 1.0 {
+    /// Takes step `t`'s error against its allowance: it passes when within it (an exact match
+    /// passes a zero allowance too); NaN fails.
+    fn record(&mut self, t: usize, err: f64, allowance: f64) {
+        let ratio = if err == 0.0 { 0.0 } else { err / allowance };
+        // Within the allowance, or failed (NaN compares as neither).
+        let within = err <= allowance;
+        if !within {
             self.passed = false;
         }
         if ratio.is_nan() || ratio > self.ratio {

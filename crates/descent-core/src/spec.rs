@@ -1547,6 +1547,17 @@ fn optax_signum(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> 
     Ok(ox::signum(c))
 }
 
+/// A Newton–Schulz iteration count: below 100, the bound torch's Muon sets (optax and
+/// pytorch_optimizer set none; a count of 10⁹ would run for hours on every step).
+pub(crate) fn ns_steps(n: u64) -> Result<usize> {
+    if n >= 100 {
+        return Err(crate::error::invalid(format!(
+            "ns_steps {n}: at most 99 Newton–Schulz iterations (torch.optim.Muon's bound; 5 is the default)"
+        )));
+    }
+    Ok(n as usize)
+}
+
 fn optax_optimistic_gradient_descent(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(ox::optimistic_gradient_descent(ox::OptimisticGradientDescent {
         learning_rate: k.lr("learning_rate", None)?,
@@ -1829,7 +1840,7 @@ fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(oxc::muon(oxc::Muon {
         learning_rate,
         ns_coeffs,
-        ns_steps: k.u64("ns_steps", 5)? as usize,
+        ns_steps: ns_steps(k.u64("ns_steps", 5)?)?,
         beta: k.f64("beta", 0.95)?,
         eps: k.f64("eps", 1e-8)?,
         weight_decay: k.f64("weight_decay", 0.0)?,

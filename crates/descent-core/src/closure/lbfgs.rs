@@ -312,10 +312,55 @@ fn max_abs(a: &[f32]) -> f32 {
     m
 }
 
+/// Refuses a history of `slots` pairs of `n`-value vectors (with two scalars a slot) larger than
+/// half the machine's memory: the buffers are allocated whole on the first step, and with the
+/// system's overcommit an allocation far past the memory succeeds and then takes it all
+/// (`history_size` 10⁹ of two parameters: 16 GB). `name` is the setting.
+fn check_history_memory(name: &str, slots: usize, n: usize) -> Result<()> {
+    let bytes = (slots as u128) * (2 * n as u128 + 2) * 4;
+    if let Some(total) = physical_memory().filter(|&t| bytes > t as u128 / 2) {
+        return Err(Error::Invalid(format!(
+            "{name} {slots}: the L-BFGS history of {n} parameters would take {:.1} GB, more than half of this \
+             machine's {:.1} GB of memory",
+            bytes as f64 / 1e9,
+            total as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// The machine's physical memory in bytes, where the system says.
+fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: `sysconf` only reads system constants.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if pages > 0 && size > 0 {
+            return Some(pages as u64 * size as u64);
+        }
+    }
+    None
+}
+
 /// A zeroed `f32` buffer of `len` elements, an error rather than an abort when memory is short.
 fn alloc(len: usize, what: &str) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| Error::Invalid(format!("cannot allocate the {what} ({len} values)")))?;
     v.resize(len, 0.0);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A history larger than the machine's memory is refused by its setting's name before
+    /// anything is allocated; a usual one is not.
+    #[test]
+    fn a_history_past_the_machines_memory_is_refused() {
+        if super::physical_memory().is_none() {
+            return;
+        }
+        let e = super::check_history_memory("history_size", usize::MAX / 64, 1000).unwrap_err().to_string();
+        assert!(e.contains("history_size") && e.contains("GB"), "{e}");
+        assert!(super::check_history_memory("history_size", 100, 1_000_000).is_ok());
+    }
 }

@@ -338,15 +338,20 @@ impl Transform for Partition {
         for (g, (idx, _)) in self.groups.iter().enumerate() {
             for (j, &i) in idx.iter().enumerate() {
                 if i >= shapes.len() {
-                    return Err(Error::Shape(format!("group names parameter {i} but there are {}", shapes.len())));
+                    return Err(Error::Invalid(format!(
+                        "parameter groups: a group names parameter {i} but there are {}",
+                        shapes.len()
+                    )));
                 }
                 if slot[i].replace((g, j)).is_some() {
-                    return Err(Error::Shape(format!("parameter {i} appears in more than one group")));
+                    return Err(Error::Invalid(format!(
+                        "parameter groups: parameter {i} appears in more than one group"
+                    )));
                 }
             }
         }
         if let Some(i) = slot.iter().position(|s| s.is_none()) {
-            return Err(Error::Shape(format!("parameter {i} is in no group")));
+            return Err(Error::Invalid(format!("parameter groups: parameter {i} is in no group")));
         }
         self.slot = slot.into_iter().flatten().collect();
         for (idx, tx) in self.groups.iter_mut() {

@@ -7,7 +7,7 @@ use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
 use super::super::{ClosureOptimizer, Objective};
-use super::{alloc, check_lr, dot, lr_at, Flat};
+use super::{alloc, check_history_memory, check_lr, dot, lr_at, Flat};
 
 /// The settings of optax `scale_by_zoom_linesearch` (its arguments; `Default` is what
 /// `optax.lbfgs` passes: `max_linesearch_steps=20, initial_guess_strategy="one"`, the others
@@ -167,6 +167,7 @@ impl OptaxLbfgs {
                 cfg.memory_size, flat.n
             )));
         }
+        check_history_memory("memory_size", cfg.memory_size, flat.n)?;
         Ok(OptaxLbfgs {
             learning_rate: cfg.learning_rate,
             memory_size: cfg.memory_size,

@@ -16,7 +16,7 @@ use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
 use super::super::{ClosureOptimizer, Objective};
-use super::{alloc, check_lr, dot, lr_at, max_abs, Flat};
+use super::{alloc, check_history_memory, check_lr, dot, lr_at, max_abs, Flat};
 
 /// A torch scalar: a Python float or a 0-dimensional float32 tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -431,6 +431,7 @@ impl TorchLbfgs {
                 cfg.history_size, flat.n
             )));
         }
+        check_history_memory("history_size", cfg.history_size, flat.n)?;
         let max_eval = cfg.max_eval.unwrap_or_else(|| cfg.max_iter.saturating_mul(5) / 4);
         Ok(TorchLbfgs {
             lr: cfg.lr,

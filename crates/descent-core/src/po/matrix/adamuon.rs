@@ -210,7 +210,7 @@ fn group(d: &Defaults, g: &Map<String, Value>, use_muon: Option<bool>) -> Result
     let weight_decay = k.req_f64("weight_decay")?;
     let weight_decouple = k.bool("weight_decouple", true)?;
     let eps = k.req_f64("eps")?;
-    let ns_steps = k.req_u64("ns_steps")? as usize;
+    let ns_steps = crate::spec::ns_steps(k.req_u64("ns_steps")?)?;
     let coeffs_value = k.present("ns_coeffs")?.cloned().unwrap_or(Value::from("original"));
     let use_adjusted_lr = k.bool("use_adjusted_lr", true)?;
     let _ = k.opt_bool("foreach")?;
