@@ -115,7 +115,13 @@ fn hostile_case_files_fail_by_name_and_the_rest_still_run() {
     lion["id"] = "torch.lion.x".into();
     let mut muon = read("optim/optax.contrib.muon.json");
     muon["hparams"]["ns_steps"] = 1_000_000_000u64.into();
-    for (name, v) in [("exact.json", &exact), ("lion.json", &lion), ("muon.json", &muon)] {
+    let mut null = read("optim/torch.adam.default.json");
+    null["hparams"] = serde_json::Value::Null;
+    let mut step = read("schedules/torch.step_lr.json");
+    step["metrics"] = serde_json::Value::from(vec![1.0; 100]);
+    for (name, v) in
+        [("exact.json", &exact), ("lion.json", &lion), ("muon.json", &muon), ("null.json", &null), ("step.json", &step)]
+    {
         std::fs::write(dir.join(name), v.to_string()).unwrap();
     }
     let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
@@ -126,10 +132,12 @@ fn hostile_case_files_fail_by_name_and_the_rest_still_run() {
         ("pipe.json", "not a regular file"),
         ("lion.json", "field `source`"),
         ("muon.json", "ns_steps 1000000000"),
+        ("null.json", "field `hparams`"),
+        ("step.json", "only ReduceLROnPlateau"),
     ] {
         assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains(file) && l.contains(why)), "{file}: {text}");
     }
-    assert!(text.contains("PASS torch.sgd.plain") && text.contains("1 passed, 4 failed"), "{text}");
+    assert!(text.contains("PASS torch.sgd.plain") && text.contains("1 passed, 6 failed"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -270,6 +270,17 @@ fn library_of(f: &Fields, id: &str) -> Result<String> {
     Ok(library.to_string())
 }
 
+/// A case's `hparams`: an object of keyword arguments (absent: none).
+fn hparams_of(f: &Fields) -> Result<Value> {
+    match f.v.get("hparams") {
+        None => Ok(Value::Object(Default::default())),
+        Some(h @ Value::Object(_)) => Ok(h.clone()),
+        Some(other) => {
+            Err(f.err("hparams", format!("expected an object of keyword arguments, got {}", excerpt(other))))
+        }
+    }
+}
+
 /// A JSON value for a message, cut to a few dozen characters (a case's lists run to millions).
 fn excerpt(v: &Value) -> String {
     let s = v.to_string();
@@ -325,6 +336,10 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         }
         let base_lr = match v.get("base_lr") {
             None | Some(Value::Null) => None,
+            // optax schedules hold their rates in their arguments; a base rate would be ignored.
+            Some(_) if library == "optax" => {
+                return Err(f.err("base_lr", "an optax schedule takes its rates from `kwargs`, not a base rate"))
+            }
             Some(b) => Some(b.as_f64().ok_or_else(|| f.err("base_lr", "expected a number"))?),
         };
         let kwargs = v.get("kwargs").cloned().unwrap_or(Value::Null);
@@ -423,7 +438,7 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
         id,
         library,
         optimizer: f.str("optimizer")?,
-        hparams: v.get("hparams").cloned().unwrap_or(Value::Null),
+        hparams: hparams_of(&f)?,
         param_groups: v.get("param_groups").filter(|g| !g.is_null()).cloned(),
         shapes,
         init,
@@ -484,7 +499,7 @@ fn parse_problem_case(
         id,
         library,
         optimizer: f.str("optimizer")?,
-        hparams: f.v.get("hparams").cloned().unwrap_or(Value::Null),
+        hparams: hparams_of(f)?,
         problem,
         shapes,
         init,
@@ -654,7 +669,9 @@ pub fn collect_case_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                     }
                 }
             }
-        } else if p.exists() {
+        } else if p.symlink_metadata().is_ok() {
+            // A link that leads nowhere readable (a loop, a dangling target) is read and fails
+            // with the system's reason.
             out.push(p.clone());
         } else {
             return Err(Error::File { path: p.display().to_string(), message: "no such file or folder".into() });
@@ -814,6 +831,13 @@ impl ScheduleCase {
         let n = self.expected_lr.len();
         match build_schedule(&self.library, &self.schedule, &self.kwargs, self.base_lr)? {
             ScheduleSpec::Function(s) => {
+                if self.metrics.is_some() {
+                    // Read by nothing: a case that gives them expects them to matter.
+                    return Err(Error::Field {
+                        context: self.id.clone(),
+                        message: format!("`metrics`: only ReduceLROnPlateau reads them, not {}", self.schedule),
+                    });
+                }
                 check_steps(&s, n as u64)?;
                 Ok((0..n as u64).map(|t| s.value(t)).collect())
             }
