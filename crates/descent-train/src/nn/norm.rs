@@ -50,15 +50,8 @@ avx2_kernel! {
             *gw += g as f64 * *h;
             *gb += g as f64;
         }
-        let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
-        let ((g8, gt), (w8, wt), (h8, ht)) = (g.as_chunks::<8>(), w.as_chunks::<8>(), xhat.as_chunks::<8>());
-        for ((g8, w8), h8) in g8.iter().zip(w8).zip(h8) {
-            for k in 0..8 {
-                let gh = g8[k] as f64 * w8[k] as f64;
-                sg[k] += gh;
-                sgx[k] += gh * h8[k];
-            }
-        }
+        let (sg, sgx) = ln_grad_lanes(g, w, xhat);
+        let ((_, gt), (_, wt), (_, ht)) = (g.as_chunks::<8>(), w.as_chunks::<8>(), xhat.as_chunks::<8>());
         let (mut tg, mut tgx) = (0.0, 0.0);
         for ((&g, &w), &h) in gt.iter().zip(wt).zip(ht) {
             let gh = g as f64 * w as f64;
@@ -71,6 +64,28 @@ avx2_kernel! {
             o.write((rstd * (g as f64 * w as f64 - mg - h * mgx)) as f32);
         }
     }
+}
+
+/// The lane sums of `(ĝ, ĝ·x̂)` (`ĝ = g·w`) over the whole 8-chunks of a layer-norm row, by the
+/// AVX2 kernel where the CPU has it: the compiler's build of this loop ran scalar.
+#[inline(always)]
+fn ln_grad_lanes(g: &[f32], w: &[f32], xhat: &[f64]) -> ([f64; 8], [f64; 8]) {
+    assert!(w.len() >= g.len() && xhat.len() >= g.len(), "layer norm row: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2; `w` and `xhat` are as long as `g` (asserted).
+        return unsafe { avx2::ln_grad_lanes(g, w, xhat) };
+    }
+    let (mut sg, mut sgx) = ([0.0f64; 8], [0.0f64; 8]);
+    let (g8, w8, h8) = (g.as_chunks::<8>().0, w.as_chunks::<8>().0, xhat.as_chunks::<8>().0);
+    for ((g8, w8), h8) in g8.iter().zip(w8).zip(h8) {
+        for k in 0..8 {
+            let gh = g8[k] as f64 * w8[k] as f64;
+            sg[k] += gh;
+            sgx[k] += gh * h8[k];
+        }
+    }
+    (sg, sgx)
 }
 
 /// `[Σ_j f(xs[8j + k]) for k < 8]` over the whole 8-chunks of `xs`, in f64: interleaved partial
@@ -217,6 +232,29 @@ mod avx2 {
             }
         }
         store(lo, hi)
+    }
+
+    /// [`super::ln_grad_lanes`]'s portable loop in two vectors of four lanes: the same products
+    /// and additions in each lane (never fused), so the same bits.
+    ///
+    /// # Safety
+    ///
+    /// AVX2; `ws` and `hs` at least as long as `gs`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn ln_grad_lanes(gs: &[f32], ws: &[f32], hs: &[f64]) -> ([f64; 8], [f64; 8]) {
+        let (mut g_lo, mut g_hi, mut gx_lo, mut gx_hi) =
+            (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        for (j, ch) in gs.as_chunks::<8>().0.iter().enumerate() {
+            let (ga, gb) = widen(_mm256_loadu_ps(ch.as_ptr()));
+            let (wa, wb) = widen(_mm256_loadu_ps(ws.as_ptr().add(8 * j)));
+            let (gha, ghb) = (_mm256_mul_pd(ga, wa), _mm256_mul_pd(gb, wb));
+            let (ha, hb) = (_mm256_loadu_pd(hs.as_ptr().add(8 * j)), _mm256_loadu_pd(hs.as_ptr().add(8 * j + 4)));
+            g_lo = _mm256_add_pd(g_lo, gha);
+            g_hi = _mm256_add_pd(g_hi, ghb);
+            gx_lo = _mm256_add_pd(gx_lo, _mm256_mul_pd(gha, ha));
+            gx_hi = _mm256_add_pd(gx_hi, _mm256_mul_pd(ghb, hb));
+        }
+        (store(g_lo, g_hi), store(gx_lo, gx_hi))
     }
 
     /// [`super::lanes2`], `g` masked by `rs > 0` when `MASKED` (`rs` unread otherwise).
