@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
-use crate::cpu::{f32_slice, give_back_buffer, storage_f32s, take_buffer};
+use crate::cpu::{avx2_kernel, f32_slice, give_back_buffer, storage_f32s, take_buffer};
 use crate::gemm::{matmul_in, matmul_new};
 use crate::nn::activation::{gelu_in_place_with_derivative, Gelu};
 use crate::precision::Precision;
@@ -153,23 +153,10 @@ impl CustomOp3 for LinearOp {
         // and the bias gradient (the column sums of that) in the same pass.
         let mut masked = Vec::new();
         let mut gb = vec![0.0f32; out];
-        // `masked = f(g, o)` row by row (`o` what the forward kept), summed into `gb`.
-        #[inline(always)]
-        fn mask_rows(masked: &mut [f32], gb: &mut [f32], gs: &[f32], kept: &[f32], f: impl Fn(f32, f32) -> f32) {
-            let out = gb.len();
-            for ((m, g), o) in masked.chunks_mut(out).zip(gs.chunks(out)).zip(kept.chunks(out)) {
-                for (((m, &g), &o), a) in m.iter_mut().zip(g).zip(o).zip(gb.iter_mut()) {
-                    *m = f(g, o);
-                    *a += *m;
-                }
-            }
-        }
         let gy: &[f32] = match self.act {
             _ if out == 0 => gs,
             Activation::Identity => {
-                for row in gs.chunks(out) {
-                    gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
-                }
+                column_sums(&mut gb, gs);
                 gs
             }
             Activation::Relu => {
@@ -177,7 +164,7 @@ impl CustomOp3 for LinearOp {
                 let (s, l) = res.storage_and_layout();
                 let r = storage_f32s(&s, l, "linear output")?;
                 masked = take_buffer(gs.len());
-                mask_rows(&mut masked, &mut gb, gs, r, |g, y| if y > 0.0 { g } else { 0.0 });
+                mask_rows_relu(&mut masked, &mut gb, gs, r);
                 &masked
             }
             Activation::Gelu(_) => {
@@ -186,7 +173,7 @@ impl CustomOp3 for LinearOp {
                     candle_core::bail!("linear: backward without its GELU forward");
                 }
                 masked = take_buffer(gs.len());
-                mask_rows(&mut masked, &mut gb, gs, &d, |g, d| g * d);
+                mask_rows_scaled(&mut masked, &mut gb, gs, &d);
                 &masked
             }
         };
@@ -198,6 +185,44 @@ impl CustomOp3 for LinearOp {
         let dev = x.device();
         let gx = gx.map(|gx| Tensor::from_vec(gx, x.dims(), dev)).transpose()?;
         Ok((gx, Some(Tensor::from_vec(gw, (out, inp), dev)?), Some(Tensor::from_vec(gb, out, dev)?)))
+    }
+}
+
+/// `masked = f(g, o)` row by row (`o` what the forward kept), summed into the bias gradient `gb`
+/// (rows of `gb.len()` values).
+#[inline(always)]
+fn mask_rows(masked: &mut [f32], gb: &mut [f32], gs: &[f32], kept: &[f32], f: impl Fn(f32, f32) -> f32) {
+    let out = gb.len();
+    for ((m, g), o) in masked.chunks_mut(out).zip(gs.chunks(out)).zip(kept.chunks(out)) {
+        for (((m, &g), &o), a) in m.iter_mut().zip(g).zip(o).zip(gb.iter_mut()) {
+            *m = f(g, o);
+            *a += *m;
+        }
+    }
+}
+
+// The backward's elementwise passes, built for AVX2 where the CPU has it (the baseline build ran
+// them four floats at a time); the same operations in the same order on every build.
+avx2_kernel! {
+    /// `masked = g·d` (a GELU's derivative), its column sums added to `gb`.
+    fn mask_rows_scaled(masked: &mut [f32], gb: &mut [f32], gs: &[f32], d: &[f32]) {
+        mask_rows(masked, gb, gs, d, |g, d| g * d)
+    }
+}
+
+avx2_kernel! {
+    /// `masked = g` where the ReLU's output is positive, else 0; its column sums added to `gb`.
+    fn mask_rows_relu(masked: &mut [f32], gb: &mut [f32], gs: &[f32], y: &[f32]) {
+        mask_rows(masked, gb, gs, y, |g, y| if y > 0.0 { g } else { 0.0 })
+    }
+}
+
+avx2_kernel! {
+    /// The column sums of `gs` (rows of `gb.len()` values) added to `gb`.
+    fn column_sums(gb: &mut [f32], gs: &[f32]) {
+        for row in gs.chunks(gb.len()) {
+            gb.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+        }
     }
 }
 
