@@ -449,7 +449,6 @@ mod tests {
         let shapes = vec![vec![PARALLEL_MIN + CHUNK + 5], vec![7], vec![BLOCK + 1], vec![3 * BLOCK]];
         let init: Vec<Vec<f32>> =
             shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect()).collect();
-        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
         for eight_bit in [false, true] {
             let links = || -> Vec<Box<dyn Transform>> {
                 let adam: Box<dyn Transform> = if eight_bit {
@@ -467,26 +466,7 @@ mod tests {
             };
             let chain = Chain::new(links());
             assert_eq!(chain.elementwise().map(|e| e.needs_whole_blocks()), Some(eight_bit));
-            let mut fused = Optimizer::new(Box::new(chain), shapes.clone(), &views).unwrap();
-            let mut separate = links();
-            for l in separate.iter_mut() {
-                l.init(&shapes, &views).unwrap();
-            }
-            let (mut pa, mut pb) = (init.clone(), init.clone());
-            for step in 0..3 {
-                let g: Vec<Vec<f32>> =
-                    init.iter().map(|p| p.iter().map(|x| (x * (step + 2) as f32).sin()).collect()).collect();
-                fused.step_vecs(&mut pa, &g).unwrap();
-                let mut u = g.clone();
-                let views: Vec<&[f32]> = pb.iter().map(|p| p.as_slice()).collect();
-                for l in separate.iter_mut() {
-                    l.update(&mut u, &views).unwrap();
-                }
-                pb.iter_mut().zip(&u).for_each(|(p, u)| p.iter_mut().zip(u).for_each(|(p, u)| *p += u));
-            }
-            for (x, y) in pa.iter().flatten().zip(pb.iter().flatten()) {
-                assert_eq!(x.to_bits(), y.to_bits(), "8-bit: {eight_bit}");
-            }
+            assert_fused_step_equals_links(chain, links(), &shapes, &init, 2);
         }
     }
 
@@ -533,7 +513,6 @@ mod tests {
         let shapes = vec![vec![PARALLEL_MIN + 11], vec![3]];
         let init: Vec<Vec<f32>> =
             shapes.iter().map(|s| (0..numel(s)).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect()).collect();
-        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
         let links = || -> Vec<Box<dyn Transform>> {
             vec![
                 Box::new(ClipByGlobalNorm::new(1.0)),
@@ -547,19 +526,32 @@ mod tests {
         tail.rotate_left(1);
         assert!(Chain::new(tail).as_elementwise().is_none());
 
-        let mut fused = Optimizer::new(Box::new(head), shapes.clone(), &views).unwrap();
-        let mut separate = links();
-        for l in separate.iter_mut() {
-            l.init(&shapes, &views).unwrap();
+        assert_fused_step_equals_links(head, links(), &shapes, &init, 3);
+    }
+
+    /// Three optimizer steps of `chain` fused (one pass from the gradients into the parameters)
+    /// give bit for bit what its `links` give one by one through full update buffers, on
+    /// gradients `sin(p·(step + phase))`.
+    fn assert_fused_step_equals_links(
+        chain: Chain,
+        mut links: Vec<Box<dyn Transform>>,
+        shapes: &[Vec<usize>],
+        init: &[Vec<f32>],
+        phase: usize,
+    ) {
+        let views: Vec<&[f32]> = init.iter().map(|p| p.as_slice()).collect();
+        let mut fused = Optimizer::new(Box::new(chain), shapes.to_vec(), &views).unwrap();
+        for l in links.iter_mut() {
+            l.init(shapes, &views).unwrap();
         }
-        let (mut pa, mut pb) = (init.clone(), init.clone());
+        let (mut pa, mut pb) = (init.to_vec(), init.to_vec());
         for step in 0..3 {
             let g: Vec<Vec<f32>> =
-                init.iter().map(|p| p.iter().map(|x| (x * (step + 3) as f32).sin()).collect()).collect();
+                init.iter().map(|p| p.iter().map(|x| (x * (step + phase) as f32).sin()).collect()).collect();
             fused.step_vecs(&mut pa, &g).unwrap();
             let mut u = g.clone();
             let pv: Vec<&[f32]> = pb.iter().map(|p| p.as_slice()).collect();
-            for l in separate.iter_mut() {
+            for l in links.iter_mut() {
                 l.update(&mut u, &pv).unwrap();
             }
             for (p, d) in pb.iter_mut().zip(&u) {
