@@ -376,29 +376,19 @@ impl ScaleByDog {
         }
     }
 }
-impl Transform for ScaleByDog {
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.init_params = params.iter().map(|p| p.to_vec()).collect();
-        let norm = params.iter().map(|p| sum_sq(p)).sum::<f64>().sqrt();
-        self.max_dist = match self.init_step {
-            DogInit::Distance(v) => v,
-            DogInit::Heuristic(v) => v * (1.0 + norm),
-            DogInit::LearningRate(_) => 0.0,
-        };
-        self.is_init_step = 1;
-        self.sum_sq_norm_grads = 0.0;
-        Ok(())
-    }
-    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
-        Some(self)
-    }
-    fn elementwise(&self) -> Option<&dyn Elementwise> {
-        Some(self)
-    }
-    state!(ScaleByDog; bufs: [init_params]; counters: [is_init_step]; scalars: [max_dist, sum_sq_norm_grads]);
-}
-// The step reads no state (the distance to `init_params` is taken in `prepare`).
+// The step reads no state (the distance to `init_params` is taken in `prepare`): nothing to
+// prefetch.
+crate::transforms::elementwise_transform!(@transform ScaleByDog, |s, shapes, params| {
+    s.init_params = params.iter().map(|p| p.to_vec()).collect();
+    let norm = params.iter().map(|p| sum_sq(p)).sum::<f64>().sqrt();
+    s.max_dist = match s.init_step {
+        DogInit::Distance(v) => v,
+        DogInit::Heuristic(v) => v * (1.0 + norm),
+        DogInit::LearningRate(_) => 0.0,
+    };
+    s.is_init_step = 1;
+    s.sum_sq_norm_grads = 0.0;
+}; bufs: [init_params]; counters: [is_init_step]; scalars: [max_dist, sum_sq_norm_grads]);
 crate::transforms::prefetch_state!(ScaleByDog;);
 /// The step is `u ← lr·g`, an affine map folded into the fused step; its rate comes from the
 /// distance travelled and the gradients' norms, both summed before it (in `prepare`, in f64 lanes
@@ -461,23 +451,13 @@ impl ScaleByDowg {
         }
     }
 }
-impl Transform for ScaleByDowg {
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.init_params = params.iter().map(|p| p.to_vec()).collect();
-        self.estim_sq_dist = self.init_estim_sq_dist.unwrap_or(self.eps);
-        self.weighted_sq_norm_grads = 0.0;
-        Ok(())
-    }
-    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
-        Some(self)
-    }
-    fn elementwise(&self) -> Option<&dyn Elementwise> {
-        Some(self)
-    }
-    state!(ScaleByDowg; bufs: [init_params]; counters: []; scalars: [estim_sq_dist, weighted_sq_norm_grads]);
-}
-crate::transforms::prefetch_state!(ScaleByDowg; init_params);
+// As DoG: the step reads no state, so nothing to prefetch (it had prefetched `init_params`).
+crate::transforms::elementwise_transform!(@transform ScaleByDowg, |s, shapes, params| {
+    s.init_params = params.iter().map(|p| p.to_vec()).collect();
+    s.estim_sq_dist = s.init_estim_sq_dist.unwrap_or(s.eps);
+    s.weighted_sq_norm_grads = 0.0;
+}; bufs: [init_params]; counters: []; scalars: [estim_sq_dist, weighted_sq_norm_grads]);
+crate::transforms::prefetch_state!(ScaleByDowg;);
 impl Elementwise for ScaleByDowg {
     fn begin_step(&mut self) {}
     fn needs_prepare(&self) -> bool {

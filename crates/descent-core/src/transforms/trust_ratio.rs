@@ -1,7 +1,7 @@
 //! Per-tensor scalings by norms: the trust ratio of LARS and LAMB, the parameter block RMS of
 //! Adafactor, and NovoGrad's per-tensor second moment.
 
-use super::{rms, state, stateless, zeros};
+use super::{rms, stateless, zeros};
 use crate::error::Result;
 use crate::kernel::{global_sum_sq, Elementwise, ParamBufs};
 use crate::state::StateVisitor;
@@ -187,22 +187,12 @@ impl ScaleByNovograd {
         }
     }
 }
-impl Transform for ScaleByNovograd {
-    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
-        crate::transform::check_init(shapes, params)?;
-        self.mu = zeros(shapes).into();
-        self.nu = shapes.iter().map(|_| vec![0.0]).collect();
-        self.scale = vec![0.0; shapes.len()];
-        Ok(())
-    }
-    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
-        Some(self)
-    }
-    fn elementwise(&self) -> Option<&dyn Elementwise> {
-        Some(self)
-    }
-    state!(ScaleByNovograd; bufs: [mu, nu]; counters: [count]; scalars: []);
-}
+// The step reads `mu` element by element (`nu` is one value a tensor, read in `prepare`).
+crate::transforms::elementwise_transform!(@transform ScaleByNovograd, |s, shapes, _p| {
+    s.mu = zeros(shapes).into();
+    s.nu = shapes.iter().map(|_| vec![0.0]).collect();
+    s.scale = vec![0.0; shapes.len()];
+}; bufs: [mu, nu]; counters: [count]; scalars: []);
 crate::transforms::prefetch_state!(ScaleByNovograd; mu);
 impl Elementwise for ScaleByNovograd {
     fn begin_step(&mut self) {}
