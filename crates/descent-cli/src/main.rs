@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use descent_core::replay::{collect_case_files, load_case, run_and_check, Case};
+use descent_core::replay::{collect_case_files, parse_case, read_case_text, run_and_check, Case};
 use serde_json::json;
 
 /// Large buffers (optimizer state, parameters, gradients) on huge pages where Linux gives them on
@@ -631,8 +631,9 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     if paths.len() != 1 || paths[0].is_dir() {
         anyhow::bail!("replay without --check takes exactly one case file");
     }
-    warn_unknown_fields(&paths[0]);
-    let case = load_case(&paths[0])?;
+    let text = read_case_text(&paths[0])?;
+    warn_unknown_fields(&paths[0], &text);
+    let case = parse_case(&paths[0].display().to_string(), &text)?;
     // The errors name the case's id; the file is named in front.
     let file = || paths[0].display().to_string();
     let out = match &case {
@@ -644,13 +645,11 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     Ok(true)
 }
 
-/// A warning for each top-level field of a case file that no replay reads (a misspelt `hparams`
-/// leaves the case on the optimizer's defaults).
-fn warn_unknown_fields(path: &Path) {
-    if let Ok(text) = descent_core::replay::read_case_text(path) {
-        for k in descent_core::replay::unknown_fields(&text) {
-            eprintln!("warning: {}: field `{k}` is not one a replay reads; ignored", path.display());
-        }
+/// A warning for each top-level field of the case file `path` (its `text`) that no replay reads
+/// (a misspelt `hparams` leaves the case on the optimizer's defaults).
+fn warn_unknown_fields(path: &Path, text: &str) {
+    for k in descent_core::replay::unknown_fields(text) {
+        eprintln!("warning: {}: field `{k}` is not one a replay reads; ignored", path.display());
     }
 }
 
@@ -662,8 +661,13 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
     }
     let (mut passed, mut failed) = (0, 0);
     for f in &files {
-        warn_unknown_fields(f);
-        let outcome = load_case(f).and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
+        // The file read once: its unknown fields warned about, then the case parsed and run.
+        let outcome = read_case_text(f)
+            .and_then(|text| {
+                warn_unknown_fields(f, &text);
+                parse_case(&f.display().to_string(), &text)
+            })
+            .and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
         match outcome {
             Ok((id, r)) if r.passed => {
                 passed += 1;

@@ -12,21 +12,6 @@ use tfrecord::{Event, EventWriter, EventWriterConfig};
 /// The start of an event file's name, as TensorBoard looks for it.
 const EVENTS_PREFIX: &str = "events.out.tfevents.";
 
-/// An in-memory writer for [`Scalars::cut_back`], whose bytes are taken back after the event
-/// writer is done with them.
-#[derive(Clone, Default)]
-struct Bytes(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
-
-impl std::io::Write for Bytes {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// An open event file.
 pub struct Scalars {
     writer: EventWriter<BufWriter<File>>,
@@ -93,14 +78,13 @@ impl Scalars {
                 }
             }
             if changed {
-                let bytes = Bytes::default();
-                let mut w = EventWriter::from_writer(bytes.clone(), EventWriterConfig { auto_flush: false })?;
+                // The kept records framed in memory, then the file replaced by them whole.
+                let mut bytes = Vec::new();
+                let mut w = EventWriter::from_writer(&mut bytes, EventWriterConfig { auto_flush: false })?;
                 for e in kept {
                     w.write_event(e)?;
                 }
                 w.flush()?;
-                drop(w);
-                let bytes = std::mem::take(&mut *bytes.0.borrow_mut());
                 crate::folder::write_atomic(&path, &bytes)?;
             }
         }
