@@ -168,11 +168,8 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
         // run the folder was made from, as `descent evaluate` of that run builds it.
         let run = open_run(&loaded.info.source)
             .with_context(|| format!("{}: the run it was pruned from", a.dir.display()))?;
-        let r = &run.args;
-        let mut rng = Rng::new(r.seed);
-        let (_, _, test, loss) =
-            workload(&r.model, Arch::of(r), Init::parse(&r.init)?, r.dropout(), r.normalize, &r.data, &mut rng)?;
-        (test, loss)
+        let m = run.load_model(Weights::Raw)?;
+        (m.eval_set, m.loss)
     } else {
         (crate::compress::test_set(&loaded.info)?, Loss::CrossEntropy)
     };

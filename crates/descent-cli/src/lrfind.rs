@@ -157,7 +157,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     }
     // A group's own rate would stay fixed while the others are swept: the curve would be neither.
     if let Some((pattern, _)) =
-        a.base.groups.iter().find(|(_, g)| ["lr", "learning_rate", key].iter().any(|k| g.get(*k).is_some()))
+        a.base.groups.iter().find(|(_, g)| ["lr", "learning_rate"].iter().any(|k| g.get(*k).is_some()))
     {
         bail!("--group {pattern}: lr-find sweeps one learning rate for every parameter; remove the group's `{key}`");
     }
