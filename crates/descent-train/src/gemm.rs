@@ -115,6 +115,25 @@ unsafe fn gemm_into(
     parallel: bool,
 ) {
     assert!(lhs.holds(m, k) && rhs.holds(k, n), "matmul operand sizes");
+    if rhs.rs == 1 && rhs.cs != 1 && m > 1 && n > 1 && m * n > 16 * 16 {
+        // A right operand stored transposed (a layer's weight in `x·Wᵀ`, a head's keys): the
+        // crate reads it as the left operand of the transposed product and packs it one float at
+        // a time from `k` strided rows. A copy by 8 × 8 blocks costs a fraction of that, and the
+        // products are the same sums in the same order (only the operand's layout differs; the
+        // crate's small-product and vector paths, which would sum differently, are not reached
+        // from either layout past 16 × 16 outputs).
+        let mut buf = TRANSPOSED.with(|b| b.take());
+        if buf.len() < k * n {
+            // Grown only: the copy writes every value it reads.
+            buf.resize(k * n, 0.0);
+        }
+        let copy = &mut buf[..k * n];
+        transpose_columns(copy, rhs.s, rhs.cs, k, n);
+        // SAFETY: as below; `copy` holds the `k × n` operand, dense.
+        unsafe { gemm_into(dst, accumulate, lhs, Strided::rows(copy, n), m, n, k, parallel) };
+        TRANSPOSED.with(|b| b.replace(buf));
+        return;
+    }
     // SAFETY: the assert bounds every read of the operands under their strides; the caller
     // vouches for `dst`.
     unsafe {
@@ -140,6 +159,87 @@ unsafe fn gemm_into(
             if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None },
         )
     }
+}
+
+thread_local! {
+    /// The row-major copy of a transposed right operand that [`gemm_into`] multiplies by
+    /// (reused: a training step copies every layer's weight).
+    static TRANSPOSED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `dst[i·n + j] = src[j·cs + i]` for `i < k`, `j < n`: the `k × n` matrix whose columns lie
+/// contiguous in `src`, `cs` apart (a transposed operand), copied row-major into `dst`.
+fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, k: usize, n: usize) {
+    assert!(dst.len() >= k * n && (n == 0 || k == 0 || (n - 1) * cs + k <= src.len()), "transpose operand sizes");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just now); the assert bounds every access.
+        return unsafe { transpose_columns_avx2(dst, src, cs, k, n) };
+    }
+    transpose_columns_tail(dst, src, cs, k, n, 0, 0);
+}
+
+/// [`transpose_columns`] of the elements outside the first `k8` rows and `n8` columns of `dst`
+/// (all of them when both are 0).
+fn transpose_columns_tail(dst: &mut [f32], src: &[f32], cs: usize, k: usize, n: usize, k8: usize, n8: usize) {
+    for i in 0..k {
+        let from = if i < k8 { n8 } else { 0 };
+        for j in from..n {
+            dst[i * n + j] = src[j * cs + i];
+        }
+    }
+}
+
+/// [`transpose_columns`] by 8 × 8 blocks in AVX2 registers (the usual unpack, shuffle and
+/// lane-permute network), the edges as [`transpose_columns_tail`].
+///
+/// # Safety
+/// The CPU has AVX2; `dst` and `src` hold what [`transpose_columns`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_columns_avx2(dst: &mut [f32], src: &[f32], cs: usize, k: usize, n: usize) {
+    use std::arch::x86_64::*;
+    let (k8, n8) = (k - k % 8, n - n % 8);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for j in (0..n8).step_by(8) {
+        for i in (0..k8).step_by(8) {
+            // SAFETY: rows `j..j + 8` of the source hold columns `i..i + 8` (`i + 8 ≤ k`), and
+            // rows `i..i + 8` of `dst` hold columns `j..j + 8`.
+            unsafe {
+                let r: [__m256; 8] = std::array::from_fn(|t| _mm256_loadu_ps(s.add((j + t) * cs + i)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let o = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (t, o) in o.into_iter().enumerate() {
+                    _mm256_storeu_ps(d.add((i + t) * n + j), o);
+                }
+            }
+        }
+    }
+    transpose_columns_tail(dst, src, cs, k, n, k8, n8);
 }
 
 /// [`matmul`] in `precision`: f32, or bfloat16 operands summed in f32 by the best kernel the CPU
@@ -213,6 +313,81 @@ pub(crate) fn matmul_strided(
         crate::precision::Precision::Bf16 => {
             use crate::precision::{matmul_bf16_strided, Kernel};
             matmul_bf16_strided(Kernel::best(), dst, false, lhs, rhs, m, n, k, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0 - 0.5)
+            .collect()
+    }
+
+    /// The blocked copy against the definition, on shapes with and without 8 × 8 edges, from a
+    /// source whose columns lie further apart than their length.
+    #[test]
+    fn transpose_columns_copies_every_element() {
+        for (k, n) in [(1, 1), (8, 8), (9, 17), (33, 40), (64, 7), (3, 24)] {
+            let cs = k + 5;
+            let src = values((n - 1) * cs + k, 7);
+            let mut dst = vec![f32::NAN; k * n];
+            transpose_columns(&mut dst, &src, cs, k, n);
+            let mut plain = vec![f32::NAN; k * n];
+            transpose_columns_tail(&mut plain, &src, cs, k, n, 0, 0);
+            for i in 0..k {
+                for j in 0..n {
+                    assert_eq!(dst[i * n + j].to_bits(), src[j * cs + i].to_bits(), "({i}, {j}) of {k} × {n}");
+                }
+            }
+            assert_eq!(
+                dst.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// A product by a transposed right operand (copied row-major first) gives the crate's product
+    /// on the strided operand bit for bit, accumulating or not, on one thread or several.
+    #[test]
+    fn transposed_right_operand_gives_the_strided_products_bits() {
+        for (m, n, k) in [(384, 128, 128), (37, 45, 29), (64, 64, 32), (17, 16, 300), (2, 200, 64)] {
+            let (lhs, rhs) = (values(m * k, 1), values(n * k, 2));
+            for (accumulate, parallel) in [(false, false), (true, false), (false, true)] {
+                let start = values(m * n, 3);
+                let mut got = start.clone();
+                matmul(&mut got, accumulate, &lhs, false, &rhs, true, m, n, k, parallel);
+                let mut want = start.clone();
+                // SAFETY: `want` holds `m·n` values; the operands are in bounds (as gemm_into asserts).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        want.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        accumulate,
+                        lhs.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        k as isize,
+                        1,
+                        if accumulate { 1.0 } else { 0.0 },
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        if parallel { gemm::Parallelism::Rayon(2) } else { gemm::Parallelism::None },
+                    )
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{m} × {n} × {k}, accumulate {accumulate}, parallel {parallel}");
+            }
         }
     }
 }
