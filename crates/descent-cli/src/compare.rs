@@ -188,8 +188,22 @@ fn optimizer_takes(optimizer: &str, key: &str, val: &Value) -> bool {
 pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSpec>> {
     let mut base = a.base.clone();
     let mut tables: Vec<Map<String, Value>> = vec![];
+    // Each run names its optimizer (a --run spec's first word, a [[run]] table's `optimizer`),
+    // so a shared one would be taken by none of them.
+    let shared_optimizer = "--optimizer: each run names its own optimizer (--run OPTIMIZER:key=value,…, a [[run]] \
+                            table's `optimizer`), so a shared one would be used by none; drop it";
+    if matches.value_source("optimizer") == Some(clap::parser::ValueSource::CommandLine) {
+        bail!("{shared_optimizer}");
+    }
     if let Some(path) = &a.base.config {
         let mut file = train::read_toml(path)?;
+        if file.contains_key("optimizer") {
+            bail!(
+                "{}: `optimizer` at the top level: {}",
+                path.display(),
+                shared_optimizer.trim_start_matches("--optimizer: ")
+            );
+        }
         if let Some(runs) = file.remove("run") {
             let runs = runs.as_array().with_context(|| format!("{}: `run` must be [[run]] tables", path.display()))?;
             for (i, r) in runs.iter().enumerate() {

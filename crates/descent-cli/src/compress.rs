@@ -131,7 +131,7 @@ fn read_run(dir: &Path) -> Result<Source> {
     let args: TrainArgs = serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
     if args.model == "gpt" {
         bail!(
-            "{}: a gpt run; pruning and quantization handle the mlp, lenet, resnet, plain and linear models",
+            "{}: a gpt run; pruning handles the mlp, lenet, resnet, plain and linear models, int8 quantization the mlp and lenet",
             dir.display()
         );
     }
@@ -168,6 +168,13 @@ fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> Compress
 /// run's folder (its config.json without a compress.json), which `--force` would otherwise replace
 /// as a folder of the same kind: it replaces only an earlier prune's or quantize's output.
 fn check_out(run: &Path, out: &Path) -> Result<()> {
+    if run.to_str().is_none() {
+        bail!(
+            "{}: not a UTF-8 path, and the output's compress.json records the run's path, which JSON holds only in UTF-8: \
+             rename the run folder, or link it under a UTF-8 name",
+            run.display()
+        );
+    }
     let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

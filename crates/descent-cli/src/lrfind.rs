@@ -172,6 +172,9 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     let mut args = a.base.clone();
     args.lr = Some(a.start_lr);
     train::validate(&args)?;
+    // Claimed (created and locked) before the test trains: a folder that cannot be written
+    // fails now, not after the test, and a second command cannot write into it meanwhile.
+    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let init = Init::parse(&args.init)?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) = train::workload(
@@ -210,7 +213,6 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     let points = rec.points;
-    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut csv = "step,lr,loss,smoothed\n".to_string();
     for (i, p) in points.iter().enumerate() {
         csv += &format!("{},{},{},{}\n", i + 1, p.lr, p.loss, p.smoothed);

@@ -25,7 +25,7 @@ mod train;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use descent_core::replay::{collect_case_files, parse_case, read_case_text, run_and_check, Case};
 use serde_json::json;
@@ -274,6 +274,91 @@ fn default_sigpipe() {
     }
 }
 
+/// Refuses a number on the command line that is not zero but reads as zero: below the smallest
+/// positive double (about 4.9e-324), `1e-400` parses as 0, and `--lr 1e-400` would train at a
+/// rate of 0 without a word. Checked: a flag's whole value (`--lr 1e-400`, `--lr=1e-400`), and
+/// the numbers inside a value holding JSON or settings (`{"lr": 1e-400}`, `sgd:lr=1e-400`,
+/// `lr=choice:1e-400|0.1`). Overflow needs no check here: it reads as infinity, which the flags
+/// refuse by name.
+fn refuse_underflowing_numbers(args: impl Iterator<Item = std::ffi::OsString>) -> Result<()> {
+    let mut flag: Option<String> = None;
+    for arg in args {
+        let Some(arg) = arg.to_str() else {
+            flag = None;
+            continue;
+        };
+        // Named in the message as given: `--lr 1e-400`, `--lr=1e-400`.
+        let (given, value) = match (arg.strip_prefix("--").and_then(|f| f.split_once('=')), flag.take()) {
+            (Some((_, v)), _) => (arg.to_string(), v),
+            (None, Some(f)) => (format!("{f} {arg}"), arg),
+            (None, None) => (arg.to_string(), arg),
+        };
+        if arg.starts_with("--") && !arg.contains('=') {
+            flag = Some(arg.to_string());
+        }
+        let numbers: Vec<&str> = if value.trim().parse::<f64>().is_ok() {
+            vec![value.trim()]
+        } else if value.contains(['{', '[', '=']) {
+            number_literals(value)
+        } else {
+            vec![]
+        };
+        if let Some(n) = numbers.into_iter().find(|n| reads_as_zero(n)) {
+            bail!(
+                "`{n}` in `{given}`: below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The decimal literals in `text` (`1`, `-2.5`, `3e-7`) that are not part of a word (`x1e-9`).
+fn number_literals(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+                let mut j = i + 1;
+                if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+                    j += 1;
+                }
+                if j < b.len() && b[j].is_ascii_digit() {
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    i = j;
+                }
+            }
+            out.push(&text[start..i]);
+        } else if b[i].is_ascii_alphanumeric() || b[i] == b'_' {
+            // A word, with any exponent-like tail inside it (`x1e-900`).
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'_'
+                    || b[i] == b'.'
+                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
+            {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether the literal `n` has a nonzero digit before its exponent yet parses as ±0.
+fn reads_as_zero(n: &str) -> bool {
+    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
+    mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c)) && n.parse::<f64>().is_ok_and(|x| x == 0.0)
+}
+
 fn main() -> ExitCode {
     #[cfg(unix)]
     default_sigpipe();
@@ -289,6 +374,10 @@ fn main() -> ExitCode {
         }
         default_hook(info)
     }));
+    if let Err(e) = refuse_underflowing_numbers(std::env::args_os().skip(1)) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Parsed through `ArgMatches` so that `--config` can tell which flags were given.
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
@@ -710,5 +799,33 @@ fn list() {
     }
     for n in descent_core::spec::OPTAX_SCHEDULES {
         println!("  optax.{n}");
+    }
+}
+
+#[cfg(test)]
+mod number_tests {
+    use super::{number_literals, refuse_underflowing_numbers};
+
+    #[test]
+    fn literals_inside_json_and_specs_are_found_but_not_inside_words() {
+        assert_eq!(number_literals(r#"{"lr": 1e-400, "betas": [0.9, 2.5E+3]}"#), ["1e-400", "0.9", "2.5E+3"]);
+        assert_eq!(number_literals("sgd:lr=3e-7,x1e-900=2"), ["3e-7", "2"]);
+    }
+
+    #[test]
+    fn only_nonzero_numbers_that_read_as_zero_are_refused() {
+        let check = |args: &[&str]| refuse_underflowing_numbers(args.iter().map(|a| a.into()));
+        for ok in [&["--lr", "0"][..], &["--lr", "0.0e-999"], &["--lr", "1e-320"], &["--out", "runs/1e-999"]] {
+            assert!(check(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &["--lr", "1e-400"][..],
+            &["--lr=-2e-500"],
+            &["--hparams", r#"{"eps": 1e-999}"#],
+            &["--run", "sgd:lr=9e-999"],
+        ] {
+            let e = check(bad).unwrap_err().to_string();
+            assert!(e.contains("read as 0") && e.contains(bad[bad.len() - 1]), "{bad:?}: {e}");
+        }
     }
 }

@@ -129,18 +129,24 @@ fn ranges(chart: &Chart, log: bool) -> (Range<f64>, Range<f64>) {
     if x1 == x0 && !chart.integer_x {
         x1 = x0 + 1.0;
     }
+    // The padding stays within the floats: values near their ends (a diverged run's 1e300) would
+    // pad to infinity, or on a log axis to 0, and an axis must have finite ends.
+    let log_padded = |lo: f64, hi: f64, frac: f64| {
+        let (a, b) = (lo.ln(), hi.ln().max(lo.ln() + 0.1));
+        let pad = frac * (b - a);
+        (a - pad).exp().max(f64::MIN_POSITIVE)..(b + pad).exp().min(f64::MAX)
+    };
     if chart.log_x {
-        let (a, b) = (x0.ln(), x1.ln().max(x0.ln() + 0.1));
-        let pad = 0.04 * (b - a);
-        (x0, x1) = ((a - pad).exp(), (b + pad).exp());
+        (x0, x1) = {
+            let r = log_padded(x0, x1, 0.04);
+            (r.start, r.end)
+        };
     }
     if log {
-        let (a, b) = (y0.ln(), y1.ln().max(y0.ln() + 0.1));
-        let pad = 0.05 * (b - a);
-        return (x0..x1, (a - pad).exp()..(b + pad).exp());
+        return (x0..x1, log_padded(y0, y1, 0.05));
     }
-    let span = if y1 > y0 { y1 - y0 } else { y0.abs().max(1.0) };
-    (x0..x1, (y0 - 0.05 * span)..(y1 + 0.05 * span))
+    let span = if y1 > y0 { (y1 - y0).min(f64::MAX) } else { y0.abs().max(1.0) };
+    (x0..x1, (y0 - 0.05 * span).max(f64::MIN)..(y1 + 0.05 * span).min(f64::MAX))
 }
 
 fn wants_log(chart: &Chart) -> bool {
@@ -181,7 +187,8 @@ pub fn tick(v: f64) -> String {
 /// Ticks of a log axis: 1, 2 and 5 times the powers of ten in range; every digit when that gives
 /// fewer than four; powers of ten alone when it gives more than twelve.
 fn log_ticks(r: &Range<f64>) -> Vec<f64> {
-    let (lo, hi) = (r.start.log10().floor() as i32, r.end.log10().ceil() as i32);
+    // Decades of finite positive floats only (an infinite end would count 2³¹ of them).
+    let (lo, hi) = (r.start.log10().floor().max(-324.0) as i32, r.end.log10().ceil().min(309.0) as i32);
     let pick = |mults: &[f64]| -> Vec<f64> {
         (lo..=hi).flat_map(|d| mults.iter().map(move |m| m * 10f64.powi(d))).filter(|v| r.contains(v)).collect()
     };

@@ -149,11 +149,13 @@ pub fn read_records<T: serde::de::DeserializeOwned>(path: &Path, warnings: &mut 
     };
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let mut out = Vec::with_capacity(lines.len());
+    // A record is appended whole with its newline, so a kill mid-write leaves a last line without
+    // one: that is dropped with a warning. A line that has its newline and does not read is not a
+    // cut write but a damaged file, wherever it is.
     for (i, line) in lines.iter().enumerate() {
-        let last = i + 1 == lines.len();
         match serde_json::from_str::<T>(line.trim_end()) {
             Ok(v) if line.ends_with('\n') => out.push(v),
-            _ if last => {
+            _ if !line.ends_with('\n') => {
                 warnings.push(format!(
                     "{}: line {} is incomplete (the run was stopped mid-write); read the {} lines before it",
                     path.display(),
@@ -162,7 +164,7 @@ pub fn read_records<T: serde::de::DeserializeOwned>(path: &Path, warnings: &mut 
                 ));
             }
             Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
-            Ok(_) => unreachable!("only the last line can lack its newline"),
+            Ok(_) => unreachable!("a line with its newline either reads or fails above"),
         }
     }
     Ok(out)

@@ -47,6 +47,11 @@ impl Param {
             if lo >= hi || !lo.is_finite() || !hi.is_finite() {
                 bail!("{what}: the range {lo}..{hi} is empty or inverted");
             }
+            if !(hi - lo).is_finite() {
+                // Its draws `lo + (hi − lo)·u` would all be infinite (then clamped to `hi`).
+                use crate::show::Num;
+                bail!("{what}: the range {}..{} is wider than a double holds", Num(lo), Num(hi));
+            }
             Ok((lo, hi))
         };
         let int = |(lo, hi): (f64, f64)| -> Result<(i64, i64)> {

@@ -117,9 +117,11 @@ impl Objective {
     /// How the objective reads for a person.
     fn shown(self, loss: f64) -> String {
         match self {
+            Objective::StepsTo(_) if loss.is_infinite() => "not reached".into(),
+            // A failed trial (its status says why), or a diverged evaluation.
+            _ if !loss.is_finite() => "-".into(),
             Objective::Accuracy => format!("{:.2}%", -100.0 * loss),
             Objective::Loss => format!("{loss:.4}"),
-            Objective::StepsTo(_) if loss.is_infinite() => "not reached".into(),
             Objective::StepsTo(_) => format!("{loss} steps"),
         }
     }
@@ -133,17 +135,71 @@ struct Trial {
     /// complete, pruned or failed (with the reason).
     status: String,
     /// The objective as a loss (lower is better); infinite for a failed trial.
+    #[serde(with = "loss_json")]
     loss: f64,
     steps: u64,
     epochs: f64,
     seconds: f64,
     /// (step, loss) at each evaluation: mid-epoch ones and epoch ends.
+    #[serde(with = "loss_json::points")]
     curve: Vec<(u64, f64)>,
     /// (step, loss) at the rungs it reached.
+    #[serde(with = "loss_json::points")]
     rungs: Vec<(u64, f64)>,
     /// [`train::command_settings_hash`] of the sweep.json it ran under (empty in an older sweep's lines).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     settings: String,
+}
+
+/// A trial's losses in trials.jsonl, which JSON numbers cannot all hold: a failed trial's is
+/// infinite and a diverged evaluation's NaN. Those are written as the strings `"inf"`, `"-inf"`
+/// and `"NaN"`; `null`, which earlier sweeps wrote for any of them, reads as +∞ (the worst loss,
+/// as a failed trial's).
+mod loss_json {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        to_value(*x).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        from_value(&Value::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    fn to_value(x: f64) -> Value {
+        match serde_json::Number::from_f64(x) {
+            Some(n) => Value::Number(n),
+            None if x.is_nan() => Value::from("NaN"),
+            None => Value::from(if x > 0.0 { "inf" } else { "-inf" }),
+        }
+    }
+
+    fn from_value(v: &Value) -> Result<f64, String> {
+        match v {
+            Value::Null => Ok(f64::INFINITY),
+            Value::Number(n) => n.as_f64().ok_or_else(|| format!("loss {n} is not a number")),
+            Value::String(s) if s == "inf" => Ok(f64::INFINITY),
+            Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
+            Value::String(s) if s == "NaN" => Ok(f64::NAN),
+            other => Err(format!("loss {other}: a number, \"inf\", \"-inf\" or \"NaN\"")),
+        }
+    }
+
+    /// `(step, loss)` pairs, each loss as above.
+    pub mod points {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+            v.iter().map(|&(step, x)| (step, to_value(x))).collect::<Vec<_>>().serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, f64)>, D::Error> {
+            let raw = Vec::<(u64, Value)>::deserialize(d)?;
+            raw.iter().map(|(step, x)| Ok((*step, from_value(x).map_err(D::Error::custom)?))).collect()
+        }
+    }
 }
 
 /// That the trials read back from trials.jsonl are this sweep's: each ran under these settings,
@@ -367,7 +423,10 @@ fn plan(s: &Settings) -> Result<Plan> {
         (Method::Grid, Some(n)) if n < grid.len() => {
             bail!("the grid has {} points, more than --trials {n} (fewer --grid-points, or more trials)", grid.len())
         }
-        (Method::Grid, Some(_)) => grid.len(),
+        (Method::Grid, Some(n)) if n > grid.len() => {
+            bail!("the grid has {} points, fewer than --trials {n} (a grid runs each point once: more --grid-points, or drop --trials)", grid.len())
+        }
+        (Method::Grid, Some(n)) => n,
         (_, None) => 20,
         (_, Some(n)) => n,
     };
@@ -404,11 +463,14 @@ fn plan(s: &Settings) -> Result<Plan> {
         train::validate(&s.base)?;
     }
     let first: Map<String, Value> = space.iter().map(|p| (p.name.clone(), p.grid(2)[0].clone())).collect();
+    // Each extreme's settings, kept for the checks against the training set below.
+    let mut extremes = vec![];
     for p in &space {
         for v in p.grid(2) {
             let mut m = first.clone();
             m.insert(p.name.clone(), v.clone());
             let args = apply(&s.base, &m, &format!("search dimension `{}` = {v}", p.name))?;
+            extremes.push((format!("search dimension `{}` = {v}", p.name), args.clone()));
             if let Err(e) = train::validate(&args) {
                 // Named by the dimension only when the shared settings alone pass.
                 let at_first = apply(&s.base, &first, "the search space")?;
@@ -442,6 +504,14 @@ fn plan(s: &Settings) -> Result<Plan> {
     };
     if val as u64 >= n_train {
         bail!("--validation {val} leaves no training samples (the training set has {n_train})");
+    }
+    // A batch larger than the training set, or a schedule that would never act in a trial, fails
+    // that trial at its start: refused here, before the first one.
+    if space.is_empty() {
+        train::validate_for_data(&s.base, (n_train - val as u64) as usize)?;
+    }
+    for (what, args) in &extremes {
+        train::validate_for_data(args, (n_train - val as u64) as usize).with_context(|| what.clone())?;
     }
     let batch = s.base.batch_size.unwrap_or(default_batch).max(1) as u64;
     let per_epoch = (n_train - val as u64).div_ceil(batch);
@@ -864,7 +934,16 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
             p.objective.shown(b.loss),
             best_settings.display()
         ),
-        None => println!("no trial finished"),
+        None => {
+            // As compare and bench optimizers do: a search without one result is an error (the
+            // table above says how each trial failed).
+            if let Some(first) = history.iter().min_by_key(|t| t.trial) {
+                if history.iter().all(|t| t.status.starts_with("failed")) {
+                    bail!("every trial failed; the first: {}", first.status.trim_start_matches("failed: "));
+                }
+            }
+            println!("no trial finished")
+        }
     }
     Ok(())
 }

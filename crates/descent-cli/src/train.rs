@@ -661,6 +661,10 @@ pub(crate) fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     let v = Strict::deserialize(&mut de).and_then(|v| de.end().map(|_| v.0));
     v.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => e.to_string(),
+        // JSON's grammar allows any exponent, but a double holds none beyond about 1.8e308.
+        _ if e.to_string().starts_with("number out of range") => {
+            format!("a number beyond the largest a double holds (about 1.8e308), at column {}", e.column())
+        }
         _ => format!("not JSON ({e})"),
     })
 }
@@ -1739,8 +1743,17 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         if !(0.0..=1.0).contains(&d.alpha) {
             bail!("--alpha {}: the teachers' weight must be in [0, 1]", d.alpha);
         }
-        if !(d.temperature.is_finite() && d.temperature > 0.0) {
-            bail!("--temperature {}: must be a finite number above 0", d.temperature);
+        if !descent_train::train::temperature_in_range(d.temperature) {
+            let (lo, hi) = descent_train::train::TEMPERATURE_RANGE;
+            bail!(
+                "--temperature {}: between {} and {} (T² scales the loss, in f32)",
+                Num(d.temperature),
+                Num(lo),
+                Num(hi)
+            );
+        }
+        if a.accumulate.is_some_and(|k| k > 1) || a.data_parallel.is_some_and(|n| n > 1) {
+            bail!("--accumulate / --data-parallel: distillation trains in one process, one batch a step");
         }
         if d.teachers.is_empty() {
             bail!("--teacher: give at least one teacher run folder");
@@ -2271,6 +2284,21 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     check_model_memory(&a.model, Arch::of(a), cfg.batch_size, copies, crate::bench::available_memory())?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     check_model_settings(model.as_ref(), &cfg)
+}
+
+/// What [`validate`] cannot see without the data, for an image or regression run training on
+/// `train_len` samples: a step that fits the training set and a schedule that acts within the run
+/// (a GPT run's are checked against its corpus by [`validate`]).
+pub fn validate_for_data(a: &TrainArgs, train_len: usize) -> Result<()> {
+    let mut a = a.clone();
+    unify_lr(&mut a)?;
+    resolve_defaults(&mut a)?;
+    if a.model == "gpt" {
+        return Ok(());
+    }
+    let cfg = config(&a, loss_of(&a.model))?;
+    check_step_fits(cfg.batch_size, cfg.accumulate, train_len, &a.model)?;
+    check_schedule_length(&cfg, train_len)
 }
 
 /// What needs the model: the optimizer builds over its parameters (which refuses a `--group`

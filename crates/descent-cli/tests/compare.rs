@@ -123,6 +123,13 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
         }
         assert!(!dir.exists(), "{run}: nothing written before the runs are valid");
     }
+    // A number a double cannot hold, said so; a shared --optimizer, which every run's own
+    // optimizer would leave unused, refused.
+    let e = run_err(&["compare", "--model", "linear", "--run", "sgd:lr=1e309", "--out", d]);
+    assert!(e.contains("`lr`") && e.contains("largest a double holds"), "{e}");
+    let e = run_err(&["compare", "--model", "linear", "--optimizer", "adam", "--run", "sgd:lr=0.1", "--out", d]);
+    assert!(e.contains("--optimizer") && e.contains("each run names its own"), "{e}");
+    assert!(!dir.exists());
 }
 
 /// Runs from a TOML file: shared settings at the top, `[[run]]` tables.
@@ -187,7 +194,20 @@ fn plot_redraws_runs_and_reads_a_truncated_file_up_to_its_last_line() {
     // The gpt's recipe (torch.adamw, warm-up and cosine) in the validation chart alone.
     assert!(svg("val_loss").contains("torch.adamw") && !svg("test_loss").contains("torch.adamw"));
     assert!(svg("test_loss").contains("adam lr=") && !svg("val_loss").contains("adam lr="));
-    for d in [a, b, pics, g, mixed] {
+    let huge = out("plot-huge");
+    // A complete last line that does not read is damage, not a cut write: an error, as anywhere
+    // else in the file.
+    std::fs::write(b.join("steps.jsonl"), format!("{}garbage\n", &steps[..steps.find('\n').unwrap() + 1])).unwrap();
+    let e = run_err(&["plot", b.to_str().unwrap(), "--out", huge.to_str().unwrap()]);
+    assert!(e.contains("steps.jsonl: line 2"), "{e}");
+    // Values near the end of the doubles (a diverged run's gradient norm) draw on finite axes,
+    // in finite time (the log axis's padding had reached infinity and its ticks never ended).
+    let mut rows: Vec<serde_json::Value> = steps.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    rows[0]["grad_norm"] = serde_json::json!(1e300);
+    std::fs::write(b.join("steps.jsonl"), rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    run_ok(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--out", huge.to_str().unwrap()]);
+    check_pictures(&huge, &["grad_norm"], (960, 600));
+    for d in [a, b, pics, g, mixed, huge] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{out, run_err, run_ok};
+use common::{descent, out, run_err, run_ok};
 use descent_train::compress::read_model;
 
 /// The test accuracy a command ends with.
@@ -122,6 +122,29 @@ fn gradual_pruning_and_models_quantize_refuses() {
     run_ok(&["train", "--model", "linear", "--steps", "20", "--out", r]);
     let e = run_err(&["quantize", r, "--out", "/tmp/x"]);
     assert!(e.contains("mlp and lenet") && e.lines().count() == 1, "{e}");
+    // A run whose path is not UTF-8 trains, but its path cannot be recorded in compress.json:
+    // refused before the output folder is made.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut name = format!("descent-cli-odd-{}-", std::process::id()).into_bytes();
+        name.extend_from_slice(b"\xff\xfe");
+        let odd = run.with_file_name(std::ffi::OsStr::from_bytes(&name));
+        let _ = std::fs::remove_dir_all(&odd);
+        std::fs::rename(&run, &odd).unwrap();
+        let pruned = out("cmp-odd-pruned");
+        let o = descent()
+            .arg("prune")
+            .arg(&odd)
+            .args(["--method", "l1_unstructured", "--amount", "0.5", "--out"])
+            .arg(&pruned)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("not a UTF-8 path") && e.lines().count() == 1, "{e}");
+        assert!(!pruned.exists(), "{e}");
+        std::fs::rename(&odd, &run).unwrap();
+    }
     let g = out("cmp-grad");
     let text = run_ok(&[
         "train",

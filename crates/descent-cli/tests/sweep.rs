@@ -143,6 +143,11 @@ fn a_grid_runs_every_point_and_a_diverging_trial_is_recorded_as_failed() {
         t.iter().filter(|x| x["status"].as_str().unwrap().starts_with("failed")).collect();
     assert_eq!(failed.len(), 2, "{t:?}");
     assert!(failed.iter().all(|x| x["status"].as_str().unwrap().contains("step")));
+    // A failed trial's infinite loss is written so that it reads back: the sweep resumes (and,
+    // every point done, runs nothing again).
+    assert!(failed.iter().all(|x| x["loss"] == "inf"), "{failed:?}");
+    let resumed = run_ok(&["sweep", "--resume", dir.to_str().unwrap()]);
+    assert_eq!(trials(&dir), t, "{resumed}");
     assert!(std::fs::read_to_string(dir.join("best.toml")).unwrap().contains("lr = 0.05"));
     // table.csv holds one row a trial, with as many fields as its header and each status whole
     // (a failure's message may hold commas or quotes).
@@ -155,6 +160,21 @@ fn a_grid_runs_every_point_and_a_diverging_trial_is_recorded_as_failed() {
         assert_eq!(r.len(), columns.len(), "{r:?}");
         assert!(t.iter().any(|x| x["status"].as_str().unwrap() == r[status]), "{r:?}");
     }
+}
+
+/// A sweep none of whose trials finished fails (as a comparison of failed runs does), after its
+/// table says how each failed.
+#[test]
+fn a_sweep_whose_every_trial_failed_fails() {
+    let dir = out("all-failed");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend(["--objective", "val_loss", "--method", "grid", "--param", "lr=choice:1e30|1e31", "--epochs", "1"]);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let e = run_err(&a);
+    assert!(e.contains("every trial failed") && e.contains("step"), "{e}");
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert_eq!(table.matches("failed").count(), 2, "{table}");
+    assert!(!table.contains("| inf |") && !table.contains("-inf"), "{table}");
 }
 
 /// ASHA stops trials at rungs: some are pruned and the sweep spends less than every trial run to
@@ -200,6 +220,9 @@ fn bad_spaces_and_budgets_are_named() {
         (vec!["--param", "lr=loguniform:1e-3..0.1", "--method", "bayes"], vec!["bayes", "tpe"]),
         (vec!["--param", "lr=loguniform:1e-3..0.1", "--objective", "f1"], vec!["f1", "val_accuracy"]),
         (vec!["--param", "lr=loguniform:1e-3..0.1", "--objective", "val_accuracy"], vec!["val_accuracy", "val_loss"]),
+        (vec!["--param", "lr=uniform:-1e308..1e308"], vec!["lr", "wider than a double"]),
+        (vec!["--param", "lr=loguniform:1e-3..0.1", "--method", "grid", "--trials", "10"], vec!["grid", "--trials 10"]),
+        (vec!["--param", "batch_size=choice:8|100000"], vec!["batch_size", "100000", "training samples"]),
     ] {
         let mut a: Vec<&str> = BASE.to_vec();
         if !extra.contains(&"--objective") {
@@ -269,4 +292,10 @@ fn lr_find_sweeps_exponentially_stops_at_divergence_and_suggests() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--group bias") && e.contains("`lr`"), "{e}");
+    // A folder that cannot be made fails before the test trains, not after it.
+    let file = dir.join("lr_find.csv");
+    let o =
+        descent().args(["lr-find", "--model", "linear", "--out", file.join("sub").to_str().unwrap()]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success() && !text.contains("learning-rate range test:"), "{text}");
 }

@@ -80,6 +80,20 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
             vec!["train", "--model", "mlp", "--batch-size", "1000", "--accumulate", "100000"],
             vec!["--accumulate 100000", "at most the training set"],
         ),
+        // A number that is not zero but would read as zero (below the smallest double), as a
+        // flag's value and inside JSON.
+        (vec!["train", "--model", "linear", "--lr", "1e-400"], vec!["`1e-400` in `--lr 1e-400`", "read as 0"]),
+        (vec!["train", "--model", "linear", "--hparams", "{\"weight_decay\": 5e-999}"], vec!["5e-999", "read as 0"]),
+        // A distillation's temperature whose square (the loss's scale) an f32 cannot hold, and a
+        // distillation with accumulated micro-batches: refused before the run's folder is made.
+        (
+            vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--temperature", "1e20"],
+            vec!["--temperature 1e20", "between 1.1e-19 and 1.8e19"],
+        ),
+        (
+            vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--accumulate", "2"],
+            vec!["--accumulate", "one process"],
+        ),
     ] {
         let out = descent().args(&args).args(["--out", &dir]).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -89,6 +103,19 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         }
         assert!(!std::path::Path::new(&dir).exists(), "{args:?} left a run folder behind");
     }
+}
+
+/// A last step that makes the weights non-finite (the loss is finite until the step after) ends
+/// the run with an error naming the weight, instead of a checkpoint every other command refuses.
+#[test]
+fn a_last_step_that_diverges_is_an_error() {
+    let dir = out("diverged-last-step");
+    let args = ["train", "--model", "linear", "--optimizer", "sgd", "--lr", "1e300", "--steps", "1", "--out", &dir];
+    let o = descent().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("after step 1") && err.contains("diverged") && err.contains("weight `"), "{err}");
+    assert!(!std::path::Path::new(&dir).join("checkpoint.safetensors").exists());
 }
 
 /// Benchmark counts that cannot be honoured are refused: a warm-up and timed batches whose total

@@ -870,8 +870,19 @@ pub struct EpochEnd<'a> {
 impl EpochEnd<'_> {
     /// Weights, optimizer state, position (inside the epoch too) and generator state now: what
     /// `train_from` needs to continue exactly as if never stopped.
+    ///
+    /// Weights that are no longer finite are an error: the run's last step diverged (a loss
+    /// stays finite until the step after), and a checkpoint of them could not be used.
     pub fn checkpoint(&mut self) -> Result<Checkpoint> {
         let mut ck = Checkpoint::capture(self.model, self.opt, self.epoch, self.steps, self.rng)?;
+        for (name, _, v) in &ck.weights {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Param(format!(
+                    "weight `{name}` holds {} at index {i} after step {}: the step diverged; training stopped",
+                    v[i], self.steps
+                )));
+            }
+        }
         ck.scheduler = self.scheduler.clone();
         ck.progress = self.progress.clone();
         ck.average = self.average.map(|a| AverageState::capture(a, self.model));
@@ -950,14 +961,26 @@ pub struct Distillation<'a> {
     pub temperature: f64,
 }
 
+/// The temperatures a distillation honours: `T²`, which scales the loss, a normal f32 (within
+/// about 1.1e-19 and 1.8e19; beyond them it is 0 or infinite and the loss vanishes or is NaN).
+pub const TEMPERATURE_RANGE: (f64, f64) = (1.1e-19, 1.8e19);
+
+/// Whether a distillation temperature is in [`TEMPERATURE_RANGE`].
+pub fn temperature_in_range(t: f64) -> bool {
+    (TEMPERATURE_RANGE.0..=TEMPERATURE_RANGE.1).contains(&t)
+}
+
 impl Distillation<'_> {
     /// α in [0, 1], T finite and above 0, at least one teacher.
     pub fn check(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(Error::Param(format!("distillation alpha {}: must be in [0, 1]", self.alpha)));
         }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(Error::Param(format!("distillation temperature {}: must be above 0", self.temperature)));
+        if !temperature_in_range(self.temperature) {
+            return Err(Error::Param(format!(
+                "distillation temperature {:e}: between {:e} and {:e} (T² scales the loss, in f32)",
+                self.temperature, TEMPERATURE_RANGE.0, TEMPERATURE_RANGE.1
+            )));
         }
         if self.teachers.is_empty() {
             return Err(Error::Param("distillation needs at least one teacher".into()));
