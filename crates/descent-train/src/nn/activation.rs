@@ -98,6 +98,23 @@ avx2_kernel! {
     }
 }
 
+avx2_kernel! {
+    /// The largest value of a row (as a fold of `f32::max`, NaN skipped), in 8 lanes: the
+    /// maximum is exact in any order, and the fold's chain of one `max` after another was a
+    /// scalar loop. An all-NaN or empty row gives −∞.
+    pub(crate) fn row_max(xs: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let mut chunks = xs.chunks_exact(8);
+        for c in &mut chunks {
+            for (v, l) in c.iter().zip(lanes.iter_mut()) {
+                *l = l.max(*v);
+            }
+        }
+        let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        lanes.iter().fold(tail, |m, &v| m.max(v))
+    }
+}
+
 /// The exact GELU and its derivative in f32: `x·Φ(x)` and `Φ(x) + x·φ(x)`.
 #[inline(always)]
 fn gelu_erf_f32(x: f32) -> (f32, f32) {
@@ -345,7 +362,22 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::{erf_f32, exp_neg_f32, gelu_erf_bwd, gelu_erf_fwd, scaled_exp_sum, Gelu};
+    use super::{erf_f32, exp_neg_f32, gelu_erf_bwd, gelu_erf_fwd, row_max, scaled_exp_sum, Gelu};
+
+    /// The lane maximum is the fold's, on rows of every length class, with NaN skipped as the
+    /// fold skips it.
+    #[test]
+    fn row_max_is_the_folds_maximum() {
+        for n in [0usize, 1, 7, 8, 9, 33, 64] {
+            let mut xs: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+            if n > 3 {
+                xs[2] = f32::NAN;
+            }
+            let fold = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert_eq!(row_max(&xs).to_bits(), fold.to_bits(), "{n}: {xs:?}");
+        }
+        assert_eq!(row_max(&[f32::NAN; 9]), f32::NEG_INFINITY);
+    }
 
     /// The GELU-with-derivative pass gives the same bits in every build the CPU runs (baseline,
     /// AVX2, AVX-512), with and without a bias, on a grid with a tail that fills no whole vector.

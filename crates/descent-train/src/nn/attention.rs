@@ -14,7 +14,7 @@ use crate::cpu::{f32_slice, give_back_buffer, par_filled, storage_f32s, take_buf
 use crate::error::{Error, Result};
 use crate::gemm::{matmul_strided, matmul_strided_new, Strided};
 use crate::model::{Init, Linear};
-use crate::nn::activation::scaled_exp_sum;
+use crate::nn::activation::{row_max, scaled_exp_sum};
 use crate::precision::Precision;
 use crate::rng::Rng;
 
@@ -68,7 +68,7 @@ impl CustomOp1 for AttentionOp {
                 for (i, row) in p.chunks_mut(t).enumerate() {
                     let (seen, masked) = row.split_at_mut(i + 1);
                     masked.fill(0.0);
-                    let m = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * scale;
+                    let m = row_max(seen) * scale;
                     let r = 1.0 / scaled_exp_sum(seen, scale, m);
                     seen.iter_mut().for_each(|s| *s *= r);
                 }
