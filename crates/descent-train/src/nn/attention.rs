@@ -121,7 +121,7 @@ impl CustomOp1 for AttentionOp {
                 let dv = matmul_strided_new(prec, Strided::rows(p, t).t(), dyb, t, hs, t);
                 let mut ds = matmul_strided_new(prec, dyb, head(2).t(), t, t, hs);
                 for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
-                    let d: f32 = dy[i * c..][..hs].iter().zip(&y[i * c..][..hs]).map(|(a, b)| a * b).sum();
+                    let d = dot(&dy[i * c..][..hs], &y[i * c..][..hs]);
                     dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
                     dsr[i + 1..].fill(0.0);
                 }
@@ -147,6 +147,25 @@ impl CustomOp1 for AttentionOp {
             })
         };
         Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+    }
+}
+
+crate::cpu::avx2_kernel! {
+    /// `Σ aᵢ·bᵢ` in 8 interleaved lanes, summed pairwise at the end (as
+    /// [`scaled_exp_sum`] sums): a running sum was a chain of dependent additions, one a row of
+    /// the backward.
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut lanes = [0.0f32; 8];
+        let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+                *l += x * y;
+            }
+        }
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        (((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))) + tail
     }
 }
 
@@ -239,8 +258,19 @@ impl CausalSelfAttention {
 mod tests {
     use candle_core::{Device, Tensor, Var, D};
 
-    use super::{causal_attention, causal_attention_with_weights};
+    use super::{causal_attention, causal_attention_with_weights, dot};
     use crate::rng::Rng;
+
+    /// The lane dot product against f64's, on every length class.
+    #[test]
+    fn dot_is_the_sum_of_products() {
+        for n in [0usize, 1, 7, 8, 9, 32, 45] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "{n}");
+        }
+    }
 
     /// candle's composition of the same attention, the reference for the fused op.
     fn composed(qkv: &Tensor, n_head: usize) -> Tensor {
