@@ -422,10 +422,15 @@ impl Elementwise for ScaleByDog {
     });
 }
 
-/// `‖x − x₀‖²` over all parameters: eight f64 lanes per tensor ([`crate::kernel::sq_distance`]),
-/// the tensors' sums added in order (DoG's and DoWG's).
+/// `‖x − x₀‖²` over all parameters (DoG's and DoWG's), as [`global_sum_sq`] sums: each tensor in
+/// fixed chunks ([`crate::kernel::sq_distance`]'s eight f64 lanes in each), across threads for a
+/// large one, the chunks' and then the tensors' sums added in order, so the value does not depend
+/// on the number of threads.
 fn distance_sq(init: &[Vec<f32>], params: &[&[f32]]) -> f64 {
-    init.iter().zip(params).map(|(x0, x)| crate::kernel::sq_distance(x, x0)).sum()
+    init.iter()
+        .zip(params)
+        .map(|(x0, x)| crate::kernel::chunked_sum(x.len(), |r| crate::kernel::sq_distance(&x[r.clone()], &x0[r])))
+        .sum()
 }
 
 /// optax `contrib.scale_by_dowg` (Khaled et al. 2023, "Distance over Weighted Gradients"):
