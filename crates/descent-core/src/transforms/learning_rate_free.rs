@@ -5,7 +5,7 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
-use crate::kernel::{fold_lanes, global_sum_sq, lane_sums, Elementwise};
+use crate::kernel::{fold_lanes, global_sum_sq, lane_sums, Elementwise, CHUNK, PARALLEL_MIN};
 use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
@@ -305,31 +305,39 @@ impl Transform for Prodigy {
         // (`Σ g·(x₀ − x)` and `Σ |s|`, of the updated `s`) only set the next step's `d`. They
         // run in eight f64 lanes per tensor, folded in a fixed order (a serial f64 sum is a
         // chain of dependent additions the loop would wait on).
+        //
+        // Each tensor runs in fixed chunks of `kernel::CHUNK` elements, across threads for a large
+        // one; each chunk folds its own lanes, and the chunks' sums are added in order, so the
+        // estimate does not depend on the number of threads.
+        let k = ProdigyStep { df, b1f, b2f, b3f, gs_scale, dlrf, epsd, wd };
+        let chunk_sums = |(((((u, p), x0), m), v), s): Chunk| prodigy_chunk_dispatch(k, u, p, x0, m, v, s);
+        type Chunk<'a> = (((((&'a mut [f32], &'a [f32]), &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
         let (mut numerator_acum, mut denominator) = (0.0f64, 0.0f64);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (mut num, mut den) = ([0.0f64; 8], [0.0f64; 8]);
-            // Block by block (in L1): the sum over the gradient before the step overwrites it,
-            // the step, then the sum over the updated `s`.
-            let blocks = u
-                .chunks_mut(1024)
-                .zip(p.chunks(1024))
-                .zip(self.params0[i].chunks(1024))
-                .zip(self.exp_avg[i].chunks_mut(1024))
-                .zip(self.exp_avg_sq[i].chunks_mut(1024))
-                .zip(self.grad_sum[i].chunks_mut(1024));
-            for (((((u, p), x0), m), v), s) in blocks {
-                lane_sums(&mut num, u, |k| u[k] as f64 * (x0[k] - p[k]) as f64);
-                for k in 0..u.len() {
-                    let dg = df * u[k];
-                    m[k] = b1f * m[k] + (1.0 - b1f) * dg;
-                    v[k] = b2f * v[k] + (1.0 - b2f) * dg * dg;
-                    s[k] = b3f * s[k] + gs_scale * dg;
-                    u[k] = -dlrf * m[k] / (v[k].sqrt() + epsd) - wd * p[k];
-                }
-                lane_sums(&mut den, s, |k| s[k].abs() as f64);
-            }
-            numerator_acum += fold_lanes(num);
-            denominator += fold_lanes(den);
+            let (x0, m, v, s) =
+                (&self.params0[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
+            let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
+                use rayon::prelude::*;
+                u.par_chunks_mut(CHUNK)
+                    .zip(p.par_chunks(CHUNK))
+                    .zip(x0.par_chunks(CHUNK))
+                    .zip(m.par_chunks_mut(CHUNK))
+                    .zip(v.par_chunks_mut(CHUNK))
+                    .zip(s.par_chunks_mut(CHUNK))
+                    .map(chunk_sums)
+                    .collect()
+            } else {
+                u.chunks_mut(CHUNK)
+                    .zip(p.chunks(CHUNK))
+                    .zip(x0.chunks(CHUNK))
+                    .zip(m.chunks_mut(CHUNK))
+                    .zip(v.chunks_mut(CHUNK))
+                    .zip(s.chunks_mut(CHUNK))
+                    .map(chunk_sums)
+                    .collect()
+            };
+            numerator_acum += parts.iter().map(|x| x.0).sum::<f64>();
+            denominator += parts.iter().map(|x| x.1).sum::<f64>();
         }
         self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
         let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;
@@ -337,6 +345,77 @@ impl Transform for Prodigy {
         Ok(())
     }
     state!(Prodigy; bufs: [exp_avg, exp_avg_sq, grad_sum, params0]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
+}
+
+/// The constants of one [`Prodigy`] step in f32.
+#[derive(Clone, Copy)]
+struct ProdigyStep {
+    df: f32,
+    b1f: f32,
+    b2f: f32,
+    b3f: f32,
+    gs_scale: f32,
+    dlrf: f32,
+    epsd: f32,
+    wd: f32,
+}
+
+/// [`prodigy_chunk`] compiled for AVX2 and FMA where the CPU has them (the same operations, so the
+/// same bits: Rust fuses no multiply-add on its own), the portable build otherwise.
+fn prodigy_chunk_dispatch(
+    k: ProdigyStep,
+    u: &mut [f32],
+    p: &[f32],
+    x0: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &mut [f32],
+) -> (f64, f64) {
+    crate::kernel::dispatch_simd!(prodigy_chunk(
+        k: ProdigyStep,
+        u: &mut [f32],
+        p: &[f32],
+        x0: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        s: &mut [f32]
+    ) -> (f64, f64))
+}
+
+/// One chunk of [`Prodigy`]'s pass: block by block (in L1), the sum `Σ g·(x₀ − x)` over the
+/// gradient before the step overwrites it, the step, then `Σ |s|` over the updated `s`, each in
+/// eight f64 lanes folded at the end.
+#[inline(always)]
+fn prodigy_chunk(
+    k: ProdigyStep,
+    u: &mut [f32],
+    p: &[f32],
+    x0: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &mut [f32],
+) -> (f64, f64) {
+    let ProdigyStep { df, b1f, b2f, b3f, gs_scale, dlrf, epsd, wd } = k;
+    let (mut num, mut den) = ([0.0f64; 8], [0.0f64; 8]);
+    let blocks = u
+        .chunks_mut(1024)
+        .zip(p.chunks(1024))
+        .zip(x0.chunks(1024))
+        .zip(m.chunks_mut(1024))
+        .zip(v.chunks_mut(1024))
+        .zip(s.chunks_mut(1024));
+    for (((((u, p), x0), m), v), s) in blocks {
+        lane_sums(&mut num, u, |k| u[k] as f64 * (x0[k] - p[k]) as f64);
+        for k in 0..u.len() {
+            let dg = df * u[k];
+            m[k] = b1f * m[k] + (1.0 - b1f) * dg;
+            v[k] = b2f * v[k] + (1.0 - b2f) * dg * dg;
+            s[k] = b3f * s[k] + gs_scale * dg;
+            u[k] = -dlrf * m[k] / (v[k].sqrt() + epsd) - wd * p[k];
+        }
+        lane_sums(&mut den, s, |k| s[k].abs() as f64);
+    }
+    (fold_lanes(num), fold_lanes(den))
 }
 
 /// How DoG chooses its first step (optax `init_step`).
