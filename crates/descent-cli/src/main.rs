@@ -299,64 +299,17 @@ fn refuse_underflowing_numbers(args: impl Iterator<Item = std::ffi::OsString>) -
         let numbers: Vec<&str> = if value.trim().parse::<f64>().is_ok() {
             vec![value.trim()]
         } else if value.contains(['{', '[', '=']) {
-            number_literals(value)
+            train::number_literals(value)
         } else {
             vec![]
         };
-        if let Some(n) = numbers.into_iter().find(|n| reads_as_zero(n)) {
+        if let Some(n) = numbers.into_iter().find(|n| train::reads_as_zero(n)) {
             bail!(
                 "`{n}` in `{given}`: below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up"
             );
         }
     }
     Ok(())
-}
-
-/// The decimal literals in `text` (`1`, `-2.5`, `3e-7`) that are not part of a word (`x1e-9`).
-fn number_literals(text: &str) -> Vec<&str> {
-    let b = text.as_bytes();
-    let mut out = vec![];
-    let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_digit() {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
-                i += 1;
-            }
-            if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-                let mut j = i + 1;
-                if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
-                    j += 1;
-                }
-                if j < b.len() && b[j].is_ascii_digit() {
-                    while j < b.len() && b[j].is_ascii_digit() {
-                        j += 1;
-                    }
-                    i = j;
-                }
-            }
-            out.push(&text[start..i]);
-        } else if b[i].is_ascii_alphanumeric() || b[i] == b'_' {
-            // A word, with any exponent-like tail inside it (`x1e-900`).
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric()
-                    || b[i] == b'_'
-                    || b[i] == b'.'
-                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
-            {
-                i += 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Whether the literal `n` has a nonzero digit before its exponent yet parses as ±0.
-fn reads_as_zero(n: &str) -> bool {
-    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
-    mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c)) && n.parse::<f64>().is_ok_and(|x| x == 0.0)
 }
 
 fn main() -> ExitCode {
@@ -804,7 +757,8 @@ fn list() {
 
 #[cfg(test)]
 mod number_tests {
-    use super::{number_literals, refuse_underflowing_numbers};
+    use super::refuse_underflowing_numbers;
+    use crate::train::number_literals;
 
     #[test]
     fn literals_inside_json_and_specs_are_found_but_not_inside_words() {

@@ -20,6 +20,8 @@ pub struct StepRow {
     pub epoch: usize,
     /// The batch's loss, as the model computed it (f32, written in its shortest form).
     pub loss: f32,
+    /// NaN (null in JSON) where the optimizer has no single rate (`optax.chain`: its links').
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
@@ -46,6 +48,8 @@ pub struct EpochRow {
     pub test_accuracy: Option<f64>,
     pub seconds: f64,
     pub samples_per_s: f64,
+    /// NaN (null in JSON) where the optimizer has no single rate, as in [`StepRow`].
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     /// The averaged weights' test loss and accuracy (`descent train --ema`), once anything is
     /// averaged.

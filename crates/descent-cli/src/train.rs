@@ -556,6 +556,17 @@ pub fn toml_json(v: &toml::Value, what: &str) -> Result<serde_json::Value> {
 /// A TOML file as a table, or an error naming the file.
 pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // A number that is not zero but below the smallest double reads as 0 (as on the command line).
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        if let Some(n) = number_literals(code).into_iter().find(|n| reads_as_zero(n)) {
+            bail!(
+                "{}: `{n}` at line {}: below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up",
+                path.display(),
+                i + 1
+            );
+        }
+    }
     toml::from_str(&text).map_err(|e| {
         // One line: where, and what (the parser's own report spans several, its reason last).
         let at = e.span().map(|s| {
@@ -568,6 +579,53 @@ pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
         });
         anyhow::anyhow!("{}: malformed TOML{}: {}", path.display(), at.unwrap_or_default(), e.message().trim())
     })
+}
+
+/// The decimal literals in `text` (`1`, `-2.5`, `3e-7`) that are not part of a word (`x1e-9`).
+pub(crate) fn number_literals(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+                let mut j = i + 1;
+                if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+                    j += 1;
+                }
+                if j < b.len() && b[j].is_ascii_digit() {
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    i = j;
+                }
+            }
+            out.push(&text[start..i]);
+        } else if b[i].is_ascii_alphanumeric() || b[i] == b'_' {
+            // A word, with any exponent-like tail inside it (`x1e-900`).
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'_'
+                    || b[i] == b'.'
+                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
+            {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether the literal `n` has a nonzero digit before its exponent yet parses as ±0.
+pub(crate) fn reads_as_zero(n: &str) -> bool {
+    let mantissa = n.split(['e', 'E']).next().unwrap_or("");
+    mantissa.bytes().any(|c| (b'1'..=b'9').contains(&c)) && n.parse::<f64>().is_ok_and(|x| x == 0.0)
 }
 
 fn parse_group(s: &str) -> Result<(String, serde_json::Value), String> {
@@ -1636,6 +1694,28 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         // The run's config.toml (and a sweep's best.toml) must read back: TOML's integers are i64.
         bail!("--seed {}: at most {} (2^63 − 1)", a.seed, i64::MAX);
     }
+    // The same for every other count (--steps, --epochs, --prune-frequency, …) and the integers of
+    // --hparams and --schedule-args.
+    if let Ok(serde_json::Value::Object(settings)) = serde_json::to_value(a) {
+        let beyond = |v: &serde_json::Value| v.as_u64().is_some_and(|n| n > i64::MAX as u64);
+        for (key, v) in &settings {
+            let inner = v.as_object().into_iter().flatten().find(|(_, x)| beyond(x));
+            if beyond(v) {
+                bail!(
+                    "--{} {v}: at most {} (2^63 − 1): the run's config.toml holds TOML integers",
+                    key.replace('_', "-"),
+                    i64::MAX
+                );
+            }
+            if let Some((k, x)) = inner {
+                bail!(
+                    "--{} `{k}` = {x}: at most {} (2^63 − 1): the run's config.toml holds TOML integers",
+                    key.replace('_', "-"),
+                    i64::MAX
+                );
+            }
+        }
+    }
     if a.accumulate == Some(0) {
         bail!("--accumulate 0: a step needs at least one micro-batch");
     }
@@ -1662,6 +1742,10 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
                     "{flag} {v}: must be above 0{}",
                     if gpt && flag == "--clip-norm" { " (or 0 for none)" } else { "" }
                 );
+            }
+            if v > 0.0 && !(v as f32).is_normal() {
+                // Gradients are f32: a bound below f32's normal range clips (or scales) them to 0.
+                bail!("{flag} {}: below the smallest normal f32 (1.2e-38), the gradients would clip to 0", Num(v));
             }
         }
     }
@@ -1693,7 +1777,8 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         }
     }
     // Settings that the model or schedule would not use are refused rather than ignored.
-    if !matches!(a.model.as_str(), "mlp" | "gpt") && a.dropout() != 0.2 {
+    // (Given on the command line, or another value than the default the other models record.)
+    if !matches!(a.model.as_str(), "mlp" | "gpt") && (a.dropout() != 0.2 || a.given.iter().any(|g| g == "dropout")) {
         bail!("--dropout {}: the {} model has no dropout (only mlp and gpt have)", a.dropout(), a.model);
     }
     check_schedule_flags(a)?;
@@ -1761,6 +1846,10 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     }
     if a.patience.is_none() && a.min_delta != 0.0 {
         bail!("--min-delta {}: it is early stopping's threshold; give --patience too", a.min_delta);
+    }
+    if !matches!(a.schedule_interval.as_str(), "step" | "epoch") {
+        // The flag's parser allows only these; a --config file's value comes here unchecked.
+        bail!("--schedule-interval {}: accepted: step, epoch", a.schedule_interval);
     }
     if !a.schedule().contains('.') && a.schedule_interval != "step" {
         bail!(
@@ -2229,6 +2318,13 @@ pub fn rate_set_elsewhere(a: &TrainArgs) -> Option<String> {
             "the optax schedule `{sched}` gives the learning rate itself (its --schedule-args); give one of them"
         ));
     }
+    // torch's cyclical schedules set the optimizer's rate themselves, from their own arguments
+    // (OneCycleLR `max_lr / div_factor`, CyclicLR `base_lr`), as torch does.
+    if let Some(sched) = a.schedule.as_deref().filter(|s| matches!(*s, "torch.OneCycleLR" | "torch.CyclicLR")) {
+        return Some(format!(
+            "`{sched}` sets the learning rate itself from its --schedule-args (max_lr or base_lr), as torch's does; give one of them"
+        ));
+    }
     let (lib, name) = descent_core::spec::resolve_optimizer(a.optimizer()).ok()?;
     (!descent_core::spec::takes_learning_rate(lib, &name, &a.hparams))
         .then(|| format!("`{lib}.{name}` takes no learning rate of its own; give it to a link of --hparams"))
@@ -2346,7 +2442,14 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
             );
         }
     }
-    if let Some(p) = cfg.patience.filter(|&p| epochs <= p as u64) {
+    if let Some(th) = cfg.min_loss_change.filter(|_| epochs <= 1) {
+        bail!(
+            "--min-loss-change {}: it compares each epoch's training loss with the epoch's before, and {}: it would never stop the run",
+            Num(th),
+            run()
+        );
+    }
+    if let Some(p) = cfg.patience.filter(|&p| epochs <= p.max(1) as u64) {
         bail!("--patience {p}: early stopping waits {p} epoch(s) without improvement, and {}: it would never stop the run", run());
     }
     let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
@@ -2742,6 +2845,14 @@ fn check_average(a: &TrainArgs) -> Result<()> {
     if a.average_buffers && a.ema.is_none() && a.swa_start.is_none() {
         bail!("--average-buffers: only with --ema or --swa-start");
     }
+    if a.average_buffers && a.model != "resnet" && !a.qat {
+        // Buffers are batch norm's running statistics and QAT's observers; the other models hold
+        // none.
+        bail!(
+            "--average-buffers: the {} model has no buffers to average (batch norm's running statistics, --qat's observers)",
+            a.model
+        );
+    }
     Ok(())
 }
 
@@ -2949,7 +3060,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         bail!("{}", one_replica(n));
     }
     let default_batch = defaults(&a.model).1;
-    a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
+    // The run's rate, recorded as it ran: none where the optimizer's links or an optax schedule
+    // set it (a filled-in default would be a rate the run never used, and its config.toml would
+    // be refused when replayed).
+    if rate_set_elsewhere(&a).is_none() {
+        a.lr = a.lr.or_else(|| Some(default_lr(&a.model, a.optimizer(), &a.hparams)));
+    }
     a.batch_size = a.batch_size.or(Some(default_batch));
     if a.model != "gpt" {
         a.epochs = a.epochs.or(Some(1));
@@ -3113,10 +3229,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             println!("{m}")
         }
     };
-    let lr = a.lr.map(|l| Num(l).to_string()).unwrap_or_else(|| "default".into());
+    let lr = match (a.lr, rate_set_elsewhere(&a)) {
+        (Some(l), _) => format!("lr {}", Num(l)),
+        (None, Some(_)) if a.schedule().starts_with("optax.") => format!("learning rate from {}", a.schedule()),
+        (None, Some(_)) => "learning rate in its --hparams".into(),
+        (None, None) => "lr default".into(),
+    };
     match &job {
         Job::Text { model, corpus, text, .. } => say(format!(
-            "training gpt ({} parameters: {} layers, {} heads, {} wide, block {}) on {} ({} training and {} validation characters, {} in the vocabulary) with {} (lr {lr}, schedule {}), batch {batch_size}, {} steps",
+            "training gpt ({} parameters: {} layers, {} heads, {} wide, block {}) on {} ({} training and {} validation characters, {} in the vocabulary) with {} ({lr}, schedule {}), batch {batch_size}, {} steps",
             model.num_params(),
             model.config.n_layer,
             model.config.n_head,
@@ -3131,12 +3252,14 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             a.steps.unwrap_or(0),
         )),
         Job::Images { train_set, .. } => say(format!(
-            "training {} on {} samples with {} (lr {lr}), batch {}, {} epoch(s)",
+            "training {} on {} samples with {} ({lr}, schedule {}), batch {}, {} epoch(s){}",
             a.model,
             train_set.len(),
             a.optimizer(),
+            a.schedule(),
             batch_size,
-            epochs
+            epochs,
+            a.precision.as_deref().filter(|p| *p != "f32").map(|p| format!(", {p} products")).unwrap_or_default()
         )),
     }
     if a.model == "gpt" && !a.groups.is_empty() && a.groups != Gpt::no_decay_groups() {

@@ -25,7 +25,7 @@ fn sam_adamw_trains_the_mlp() {
     let common = ["train", "--model", "mlp", "--validation", "500", "--threads", "2"];
     let sam_args = ["--optimizer", "sam", "--hparams", r#"{"rho": 0.05, "base": "adamw"}"#, "--steps", "20"];
     let text = run_ok(&[&common[..], &sam_args, &["--out", s(&sam)]].concat());
-    assert!(text.contains("with sam (lr 0.001)"), "AdamW's default rate: {text}");
+    assert!(text.contains("with sam (lr 0.001,"), "AdamW's default rate: {text}");
     let losses = step_losses(&sam);
     assert_eq!(losses.len(), 20);
     let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
@@ -73,7 +73,7 @@ fn lbfgs_fits_linear_regression_full_batch() {
         let out = dir.join(k.to_string());
         let args = ["train", "--model", "linear", "--optimizer", "lbfgs", "--batch-size", "10000", "--out", s(&out)];
         let text = run_ok(&[&args[..], extra].concat());
-        assert!(text.contains("with lbfgs (lr 1)"), "torch LBFGS's default rate: {text}");
+        assert!(text.contains("with lbfgs (lr 1,"), "torch LBFGS's default rate: {text}");
         let last = text.lines().find(|l| l.starts_with("test loss:")).unwrap();
         let got = |key: &str| -> f64 {
             last.split(key).nth(1).unwrap().split([',', ')']).next().unwrap().trim().parse().unwrap()

@@ -821,7 +821,7 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         "--out",
         s(&out),
     ]);
-    assert!(ok && t.contains("(lr 0.05)"), "{t}");
+    assert!(ok && t.contains("(lr 0.05,"), "{t}");
     // A composition without a learning rate of its own trains with its links' rates.
     let chain = "{\"links\": [[\"scale_by_adam\", {}], [\"scale\", {\"step_size\": -0.01}]]}";
     let (ok, t) = run(&[

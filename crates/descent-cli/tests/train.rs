@@ -9,6 +9,11 @@ fn out(tag: &str) -> String {
     common::out(tag).to_string_lossy().to_string()
 }
 
+/// `descent ARGS`, which must succeed: its output.
+fn run_ok_out(args: &[&str]) -> String {
+    common::run_ok(args)
+}
+
 #[test]
 fn linear_regression_prints_the_learned_slope() {
     let dir = out("slope");
@@ -84,6 +89,34 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         // flag's value and inside JSON.
         (vec!["train", "--model", "linear", "--lr", "1e-400"], vec!["`1e-400` in `--lr 1e-400`", "read as 0"]),
         (vec!["train", "--model", "linear", "--hparams", "{\"weight_decay\": 5e-999}"], vec!["5e-999", "read as 0"]),
+        // A rate the schedule sets itself, as torch's cyclical schedules do: an explicit --lr would
+        // be ignored.
+        (
+            vec![
+                "train",
+                "--model",
+                "linear",
+                "--lr",
+                "0.05",
+                "--schedule",
+                "torch.OneCycleLR",
+                "--schedule-args",
+                "{\"max_lr\": 0.01, \"total_steps\": 100}",
+            ],
+            vec!["--lr 0.05", "sets the learning rate itself"],
+        ),
+        // Settings the run would not use or could not honour.
+        (vec!["train", "--model", "lenet", "--dropout", "0.2"], vec!["--dropout", "no dropout"]),
+        (vec!["train", "--model", "linear", "--clip-value", "1e-50"], vec!["--clip-value 1e-50", "normal f32"]),
+        (vec!["train", "--model", "linear", "--steps", "18446744073709551615"], vec!["--steps", "2^63"]),
+        (
+            vec!["train", "--model", "linear", "--steps", "3", "--min-loss-change", "0.5"],
+            vec!["--min-loss-change", "never"],
+        ),
+        (
+            vec!["train", "--model", "lenet", "--steps", "3", "--ema", "0.9", "--average-buffers"],
+            vec!["--average-buffers", "no buffers"],
+        ),
         // A distillation's temperature whose square (the loss's scale) an f32 cannot hold, and a
         // distillation with accumulated micro-batches: refused before the run's folder is made.
         (
@@ -103,6 +136,52 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         }
         assert!(!std::path::Path::new(&dir).exists(), "{args:?} left a run folder behind");
     }
+}
+
+/// A run whose learning rate its optimizer's links set (optax.chain, links named as the README
+/// names them) records no rate of its own, so its config.toml replays it step for step; values a
+/// config file gives are checked as flags are (an interval, a number that would read as 0).
+#[test]
+fn a_runs_config_toml_replays_it_and_config_values_are_checked() {
+    let (a, b) = (out("chain-a"), out("chain-b"));
+    let links = r#"{"links": [["optax.scale_by_adam", {}], ["scale", {"step_size": -0.01}]]}"#;
+    let text = run_ok_out(&[
+        "train",
+        "--model",
+        "linear",
+        "--steps",
+        "5",
+        "--optimizer",
+        "optax.chain",
+        "--hparams",
+        links,
+        "--out",
+        &a,
+    ]);
+    assert!(text.contains("learning rate in its --hparams"), "{text}");
+    run_ok_out(&["train", "--config", &format!("{a}/config.toml"), "--out", &b]);
+    let steps = |d: &str| std::fs::read_to_string(format!("{d}/steps.csv")).unwrap();
+    assert_eq!(steps(&a), steps(&b));
+    let dir = out("config-checks");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (body, needle) in [
+        (
+            "model = \"linear\"\nschedule = \"torch.StepLR\"\nschedule_interval = \"daily\"\n",
+            "--schedule-interval daily",
+        ),
+        ("model = \"linear\"\nlr = 1e-400\n", "`1e-400` at line 2"),
+    ] {
+        let f = format!("{dir}/c.toml");
+        std::fs::write(&f, body).unwrap();
+        let o = descent().args(["train", "--config", &f, "--out", &format!("{dir}/run")]).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(needle), "{body}: {e}");
+    }
+    // Patience 0 stops at the first epoch without improvement (Keras's meaning), not after the first.
+    let p = out("patience-0");
+    run_ok_out(&["train", "--model", "linear", "--epochs", "3", "--patience", "0", "--out", &p]);
+    let epochs = std::fs::read_to_string(format!("{p}/metrics.jsonl")).unwrap().lines().count();
+    assert!(epochs > 1, "{epochs} epoch(s)");
 }
 
 /// A last step that makes the weights non-finite (the loss is finite until the step after) ends
@@ -206,7 +285,7 @@ fn a_toml_config_under_command_line_flags() {
     // --hparams merges into the file's table key by key, and its rate wins over the file's lr.
     let h = dir.join("h").to_string_lossy().to_string();
     let (ok, text) = run(&["--hparams", r#"{"lr": 0.01, "dampening": 0.1}"#], &h);
-    assert!(ok && text.contains("(lr 0.01)"), "{text}");
+    assert!(ok && text.contains("(lr 0.01, schedule constant)"), "{text}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("h").join("config.json")).unwrap()).unwrap();
     assert_eq!(config["hparams"], serde_json::json!({"momentum": 0.5, "dampening": 0.1}), "{config}");

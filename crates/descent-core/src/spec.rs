@@ -187,6 +187,8 @@ fn build_torch(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
 }
 
 fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    // A link may be named as the top level is (`optax.scale_by_adam`, as the README lists them).
+    let name = name.strip_prefix("optax.").unwrap_or(name);
     // A chain link or a wrapper's inner optimizer is stepped on gradients.
     if crate::closure::is_closure_optimizer("optax", name) {
         return Err(Error::NeedsClosure(format!("optax.{name}")));

@@ -1331,7 +1331,9 @@ pub fn train_with(
             break 'epochs;
         }
         if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
-            if epoch - best_epoch >= p {
+            // As Keras counts: epochs without improvement since the best, stopping at `p` of them
+            // and never in an epoch that improved (`patience` 0 stops at the first that does not).
+            if epoch - best_epoch >= p.max(1) {
                 stop = Stop::EarlyStopping { best_epoch: *best_epoch };
                 break 'epochs;
             }
