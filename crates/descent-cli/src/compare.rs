@@ -247,21 +247,13 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     for (i, s) in a.runs.iter().enumerate() {
         let m = parse_spec(s)?;
         // `label=NAME` names the run, as a [[run]] table's `label` does; otherwise its spec.
-        let label = match m.get("label") {
-            None => s.clone(),
-            Some(Value::String(l)) if !l.trim().is_empty() => l.trim().to_string(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(other) => bail!("run `{s}`: `label`: expected a name, got {other}"),
-        };
+        let label = label_of(m.get("label"), &format!("run `{s}`"))?.unwrap_or_else(|| s.clone());
         specs.push(RunSpec { label, args: apply(&base, &m, &format!("run {} (`{s}`)", i + 1))? });
     }
     for (i, t) in tables.iter().enumerate() {
         let what = format!("[[run]] {}", i + 1);
         let args = apply(&base, t, &what)?;
-        let label = t
-            .get("label")
-            .and_then(|l| l.as_str())
-            .map(String::from)
+        let label = label_of(t.get("label"), &what)?
             .unwrap_or_else(|| runs::label(&serde_json::to_value(&args).expect("TrainArgs serializes")));
         specs.push(RunSpec { label, args });
     }
@@ -279,6 +271,21 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         train::validate(&s.args).with_context(|| format!("run {} (`{}`)", i + 1, s.label))?;
     }
     Ok(specs)
+}
+
+/// A run's `label`, as given: a name (trimmed) or a number; not blank, and without control
+/// characters (a newline would break the Markdown table and the legend). `None` when not given.
+fn label_of(v: Option<&Value>, what: &str) -> Result<Option<String>> {
+    let label = match v {
+        None => return Ok(None),
+        Some(Value::String(l)) => l.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => bail!("{what}: `label`: expected a name, got {other}"),
+    };
+    if label.is_empty() || label.chars().any(char::is_control) {
+        bail!("{what}: `label` {label:?}: a name, not blank and without control characters (newlines, tabs)");
+    }
+    Ok(Some(label))
 }
 
 /// How a run ended.

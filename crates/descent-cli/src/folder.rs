@@ -391,8 +391,16 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, par
 
 /// Removes descent's files of a `kind` folder whose marker id was `id` (its sub-folders of runs
 /// too, only those it made, each only of descent's files); everything else stays.
+/// The order [`clear`] deletes a folder's entries in: by name, the marker last. A command killed
+/// while clearing then leaves a folder still marked as descent's, which the retried `--force`
+/// clears, rather than one it must refuse as foreign.
+fn clearing_order(mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|n| n == MARKER);
+    names
+}
+
 fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
-    for name in entries(dir)? {
+    for name in clearing_order(entries(dir)?) {
         if name == LOCK || !kind.owns(&name) {
             continue;
         }
@@ -574,6 +582,28 @@ mod tests {
         let d = std::env::temp_dir().join(format!("descent-folder-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// A `--force` killed while clearing leaves the marker, which goes last: the retried `--force`
+    /// clears the rest instead of refusing the folder as foreign.
+    #[test]
+    fn a_clearing_cut_short_is_cleared_by_the_next_force() {
+        let d = tmp("cut-short");
+        let claimed = claim_new(&d, Kind::Run, false, true, None).unwrap();
+        for f in [run::CONFIG_JSON, run::STEPS_CSV, run::METRICS_JSONL] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        drop(claimed);
+        // `clear` deletes everything else, then the marker (which sorts before these by name).
+        let order = clearing_order(entries(&d).unwrap());
+        assert_eq!(order.last().map(String::as_str), Some(MARKER), "{order:?}");
+        // Killed just before the marker: only it (and the lock) remain, with one file.
+        for f in [run::CONFIG_JSON, run::STEPS_CSV] {
+            std::fs::remove_file(d.join(f)).unwrap();
+        }
+        claim_new(&d, Kind::Run, true, true, None).unwrap();
+        assert!(!d.join(run::METRICS_JSONL).exists());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -1056,8 +1056,8 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             serde_json::json!({"model": a.model, "batch_size": batch, "optimizer": optimizer, "augment": a.augment,
                 "precision": precision.name(), "threads": a.threads, "ranks": comm.size(),
                 "shard_optimizer": a.shard_optimizer, "parameters": params, "samples_per_s": t.samples_per_s,
-                "data_s": t.data_s, "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s,
-                "comm_s": t.comm_s})
+                "batches": a.batches, "warmup": a.warmup, "data_s": t.data_s, "forward_s": t.forward_s,
+                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
         );
     }
     print_speedups(&results, a.rounds_run(), "samples", 1.0);
@@ -1123,8 +1123,8 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             serde_json::json!({"model": "gpt", "batch_size": batch, "block_size": block, "optimizer": cfg.optimizer,
                 "precision": precision.name(), "threads": a.threads, "ranks": comm.size(),
                 "shard_optimizer": a.shard_optimizer, "parameters": params, "tokens_per_s": tokens,
-                "samples_per_s": t.samples_per_s, "data_s": t.data_s, "forward_s": t.forward_s,
-                "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
+                "samples_per_s": t.samples_per_s, "batches": a.batches, "warmup": a.warmup, "data_s": t.data_s,
+                "forward_s": t.forward_s, "backward_s": t.backward_s, "step_s": t.step_s, "comm_s": t.comm_s})
         );
     }
     print_speedups(&results, a.rounds_run(), "tokens", block as f64);
@@ -2685,6 +2685,14 @@ fn resume_settings(
     let epochs = cfg.epochs.unwrap_or(1);
     // A gpt run counts steps only (its checkpoint's "epochs" are its loss estimates).
     if cfg.model != "gpt" && !ck.mid_epoch() && ck.epoch >= epochs {
+        if given("steps") && !given("epochs") {
+            // A larger --steps alone cannot continue a run its epochs ended: refused, not a no-op.
+            bail!(
+                "--steps {}: the run in {d} ended with its {epochs} epoch(s) at step {}; give a larger --epochs too",
+                cfg.steps.unwrap_or(0),
+                ck.steps
+            );
+        }
         return Ok(Err(format!(
             "nothing to do: the run in {d} already finished its {epochs} epoch(s); pass a larger --epochs to continue it"
         )));

@@ -129,6 +129,14 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
     assert!(e.contains("`lr`") && e.contains("largest a double holds"), "{e}");
     let e = run_err(&["compare", "--model", "linear", "--optimizer", "adam", "--run", "sgd:lr=0.1", "--out", d]);
     assert!(e.contains("--optimizer") && e.contains("each run names its own"), "{e}");
+    // Labels a table or legend cannot show: not a name, blank, or with a newline.
+    let cfg = std::env::temp_dir().join(format!("descent-cli-labels-{}.toml", std::process::id()));
+    for label in ["true", "\"  \"", "\"two\\nlines\""] {
+        std::fs::write(&cfg, format!("[[run]]\noptimizer = \"sgd\"\nlabel = {label}\n")).unwrap();
+        let e = run_err(&["compare", "--model", "linear", "--config", cfg.to_str().unwrap(), "--out", d]);
+        assert!(e.contains("[[run]] 1") && e.contains("`label`"), "{label}: {e}");
+    }
+    let _ = std::fs::remove_file(&cfg);
     assert!(!dir.exists());
 }
 

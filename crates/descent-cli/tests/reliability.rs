@@ -495,7 +495,8 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "--schedule-interval step",
         ),
         (
-            vec!["train", "--model", "linear", "--batch-size", "9223372036854775808", "--accumulate", "2"],
+            // (A batch under 2^63, which config.toml holds, whose step of 4 overflows the count.)
+            vec!["train", "--model", "linear", "--batch-size", "4611686018427387904", "--accumulate", "4"],
             "--accumulate",
         ),
         (vec!["distill", "--teacher", s(&d), "--student", "gpt"], "--student gpt"),
@@ -843,19 +844,34 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
     std::fs::write(&ok_toml, "model = \"linear\"\n").unwrap();
     let (ok, t) = run(&["train", "--resume", s(&out), "--epochs", "2", "--config", s(&ok_toml)]);
     assert!(!ok && t.contains("--config"), "{t}");
-    // A huge epoch count with a step limit is a run, not an overflow.
+    // A huge epoch count with a step limit is a run, not an overflow (up to 2^63 − 1, which its
+    // config.toml holds: the file replays it; one more is refused by name).
     let (ok, t) = run(&[
         "train",
         "--model",
         "linear",
         "--epochs",
-        "18446744073709551615",
+        "9223372036854775807",
         "--steps",
         "3",
         "--out",
         s(&d.join("big")),
     ]);
     assert!(ok, "{t}");
+    let (ok, t) = run(&["train", "--config", s(&d.join("big").join("config.toml")), "--out", s(&d.join("big2"))]);
+    assert!(ok, "{t}");
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "linear",
+        "--epochs",
+        "9223372036854775808",
+        "--steps",
+        "3",
+        "--out",
+        s(&d.join("big3")),
+    ]);
+    assert!(!ok && t.contains("--epochs 9223372036854775808") && t.contains("2^63"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -177,6 +177,12 @@ fn a_runs_config_toml_replays_it_and_config_values_are_checked() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && e.contains(needle), "{body}: {e}");
     }
+    // A larger --steps alone cannot continue a run its epochs ended: refused, not a silent no-op.
+    let one = out("one-epoch");
+    run_ok_out(&["train", "--model", "linear", "--epochs", "1", "--out", &one]);
+    let o = descent().args(["train", "--resume", &one, "--steps", "1000"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--steps 1000") && e.contains("--epochs"), "{e}");
     // Patience 0 stops at the first epoch without improvement (Keras's meaning), not after the first.
     let p = out("patience-0");
     run_ok_out(&["train", "--model", "linear", "--epochs", "3", "--patience", "0", "--out", &p]);

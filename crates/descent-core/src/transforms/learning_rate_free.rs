@@ -146,31 +146,34 @@ impl Transform for DadaptAdamw {
         let dlr = self.estim_lr * sched * bc;
         let (b1f, b2f, sb2f, dlrf, epsf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32, eps as f32);
         let wd = (self.weight_decay * dlr) as f32;
-        // One pass, block by block (in L1): `Σ g·s/(√v + ε)` over the state before the step, the
-        // step, then `Σ |s|` over the updated `s`; the sums in eight f64 lanes (see `lane_sums`).
-        // The step needs neither: they set the next step's estimate.
+        // One pass ([`dadapt_chunk`]), each tensor in fixed chunks across threads, as Prodigy's
+        // (the same value on any number of threads).
+        let k = DadaptStep { b1f, b2f, sb2f, dlrf, epsf, wd };
+        type Chunk<'a> = ((((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
+        let chunk_sums = |((((u, p), m), v), s): Chunk| dadapt_chunk_dispatch(k, u, p, m, v, s);
         let (mut numerator_acum, mut l1) = (0.0f64, 0.0f64);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (mut num, mut abs) = ([0.0f64; 8], [0.0f64; 8]);
-            let blocks = u
-                .chunks_mut(1024)
-                .zip(p.chunks(1024))
-                .zip(self.exp_avg[i].chunks_mut(1024))
-                .zip(self.exp_avg_sq[i].chunks_mut(1024))
-                .zip(self.grad_sum[i].chunks_mut(1024));
-            for ((((u, p), m), v), s) in blocks {
-                lane_sums(&mut num, u, |k| u[k] as f64 * (s[k] / (v[k].sqrt() + epsf)) as f64);
-                for k in 0..u.len() {
-                    let g = u[k];
-                    m[k] = b1f * m[k] + (1.0 - b1f) * dlrf * g;
-                    v[k] = b2f * v[k] + (1.0 - b2f) * g * g;
-                    s[k] = sb2f * s[k] + (1.0 - sb2f) * dlrf * g;
-                    u[k] = -wd * p[k] - m[k] / (v[k].sqrt() + epsf);
-                }
-                lane_sums(&mut abs, s, |k| s[k].abs() as f64);
-            }
-            numerator_acum += fold_lanes(num);
-            l1 += fold_lanes(abs);
+            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
+            let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
+                use rayon::prelude::*;
+                u.par_chunks_mut(CHUNK)
+                    .zip(p.par_chunks(CHUNK))
+                    .zip(m.par_chunks_mut(CHUNK))
+                    .zip(v.par_chunks_mut(CHUNK))
+                    .zip(s.par_chunks_mut(CHUNK))
+                    .map(chunk_sums)
+                    .collect()
+            } else {
+                u.chunks_mut(CHUNK)
+                    .zip(p.chunks(CHUNK))
+                    .zip(m.chunks_mut(CHUNK))
+                    .zip(v.chunks_mut(CHUNK))
+                    .zip(s.chunks_mut(CHUNK))
+                    .map(chunk_sums)
+                    .collect()
+            };
+            numerator_acum += parts.iter().map(|x| x.0).sum::<f64>();
+            l1 += parts.iter().map(|x| x.1).sum::<f64>();
         }
         self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
         let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
@@ -345,6 +348,59 @@ impl Transform for Prodigy {
         Ok(())
     }
     state!(Prodigy; bufs: [exp_avg, exp_avg_sq, grad_sum, params0]; counters: [count]; scalars: [estim_lr, numerator_weighted]);
+}
+
+/// The constants of one [`DadaptAdamw`] step in f32.
+#[derive(Clone, Copy)]
+struct DadaptStep {
+    b1f: f32,
+    b2f: f32,
+    sb2f: f32,
+    dlrf: f32,
+    epsf: f32,
+    wd: f32,
+}
+
+/// [`dadapt_chunk`] compiled for AVX2 and FMA where the CPU has them (the same bits).
+fn dadapt_chunk_dispatch(
+    k: DadaptStep,
+    u: &mut [f32],
+    p: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &mut [f32],
+) -> (f64, f64) {
+    crate::kernel::dispatch_simd!(dadapt_chunk(
+        k: DadaptStep,
+        u: &mut [f32],
+        p: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        s: &mut [f32]
+    ) -> (f64, f64))
+}
+
+/// One chunk of [`DadaptAdamw`]'s pass, block by block (in L1): `Σ g·s/(√v + ε)` over the state
+/// before the step, the step, then `Σ |s|` over the updated `s`, each in eight f64 lanes (see
+/// `lane_sums`) folded at the end. The step needs neither: they set the next step's estimate.
+#[inline(always)]
+fn dadapt_chunk(k: DadaptStep, u: &mut [f32], p: &[f32], m: &mut [f32], v: &mut [f32], s: &mut [f32]) -> (f64, f64) {
+    let DadaptStep { b1f, b2f, sb2f, dlrf, epsf, wd } = k;
+    let (mut num, mut abs) = ([0.0f64; 8], [0.0f64; 8]);
+    let blocks =
+        u.chunks_mut(1024).zip(p.chunks(1024)).zip(m.chunks_mut(1024)).zip(v.chunks_mut(1024)).zip(s.chunks_mut(1024));
+    for ((((u, p), m), v), s) in blocks {
+        lane_sums(&mut num, u, |k| u[k] as f64 * (s[k] / (v[k].sqrt() + epsf)) as f64);
+        for k in 0..u.len() {
+            let g = u[k];
+            m[k] = b1f * m[k] + (1.0 - b1f) * dlrf * g;
+            v[k] = b2f * v[k] + (1.0 - b2f) * g * g;
+            s[k] = sb2f * s[k] + (1.0 - sb2f) * dlrf * g;
+            u[k] = -wd * p[k] - m[k] / (v[k].sqrt() + epsf);
+        }
+        lane_sums(&mut abs, s, |k| s[k].abs() as f64);
+    }
+    (fold_lanes(num), fold_lanes(abs))
 }
 
 /// The constants of one [`Prodigy`] step in f32.
