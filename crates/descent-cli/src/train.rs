@@ -790,7 +790,7 @@ pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng
     }
     Ok(match model {
         "linear" => Box::new(LinearRegression::new(init, rng, &dev)?),
-        "mlp" => Box::new(Mlp::with_hidden(arch.hidden.unwrap_or(128), init, dropout, rng, &dev)?),
+        "mlp" => Box::new(Mlp::with_hidden(arch.hidden.unwrap_or(MLP_HIDDEN), init, dropout, rng, &dev)?),
         "lenet" => Box::new(LeNet5::with_width(arch.width.unwrap_or(6), init, rng, &dev)?),
         "resnet" => Box::new(
             ResNet::new(depth, width, init, rng, &dev)
@@ -2158,7 +2158,7 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, ava
             )
         }
         "mlp" => {
-            let h = u(arch.hidden.unwrap_or(128));
+            let h = u(arch.hidden.unwrap_or(MLP_HIDDEN));
             (h.saturating_mul(794), h, format!("--hidden {h}"))
         }
         _ => return Ok(()),
@@ -2559,6 +2559,22 @@ fn flag(id: &str) -> String {
     }
 }
 
+/// The MLP's hidden width when `--hidden` is not given (the model of the earlier MNIST recipes).
+const MLP_HIDDEN: usize = 128;
+
+/// A value of a run's settings as a message shows it: an f32 setting (`dropout`) in its own
+/// shortest form, not as the f64 it was widened to (`0.30000001192092896`).
+fn shown_setting(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() && (x as f32) as f64 == x => (x as f32).to_string(),
+            _ => n.to_string(),
+        },
+        v => v.to_string(),
+    }
+}
+
 /// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total),
 /// `--threads` and `--precision` from the command line; any other flag that contradicts the config is refused.
 /// `Ok(Err(why))` when the run has nothing left to do.
@@ -2599,13 +2615,15 @@ fn resume_settings(
                         "accumulate" => given.as_u64() == Some(1),
                         "batch_size" => given.as_u64() == Some(defaults(&cfg.model).1 as u64),
                         "lr" => given.as_f64() == Some(default_lr(&cfg.model, cfg.optimizer(), &cfg.hparams)),
+                        "hidden" => given.as_u64() == Some(MLP_HIDDEN as u64),
                         _ => false,
                     };
                 if given != kept && !same_path && !default_of_null {
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {kept}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
+                        "{} {} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         flag(key),
-                        match given { serde_json::Value::String(s) => s.clone(), v => v.to_string() },
+                        shown_setting(given),
+                        shown_setting(kept),
                     );
                 }
             }

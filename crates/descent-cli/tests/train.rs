@@ -183,6 +183,14 @@ fn a_runs_config_toml_replays_it_and_config_values_are_checked() {
     let o = descent().args(["train", "--resume", &one, "--steps", "1000"]).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--steps 1000") && e.contains("--epochs"), "{e}");
+    // On resume, a flag repeating the default the config left unset is no contradiction, and an
+    // f32 setting is shown in its own digits (not the f64 it was widened to).
+    let m = out("resume-defaults");
+    run_ok_out(&["train", "--model", "mlp", "--steps", "3", "--threads", "1", "--out", &m]);
+    run_ok_out(&["train", "--resume", &m, "--steps", "6", "--hidden", "128"]);
+    let o = descent().args(["train", "--resume", &m, "--steps", "9", "--dropout", "0.3"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--dropout 0.3 contradicts") && e.contains("(dropout = 0.2)"), "{e}");
     // Patience 0 stops at the first epoch without improvement (Keras's meaning), not after the first.
     let p = out("patience-0");
     run_ok_out(&["train", "--model", "linear", "--epochs", "3", "--patience", "0", "--out", &p]);
