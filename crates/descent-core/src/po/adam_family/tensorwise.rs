@@ -415,6 +415,25 @@ fn lamb_first_pass(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: La
     crate::kernel::dispatch_simd!(body(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64))
 }
 
+/// [`lamb_first_pass`] of a large tensor in fixed chunks of [`crate::kernel::CHUNK`] across
+/// threads, the chunks' sums added in order (the same value on any number of threads); a tensor
+/// under [`crate::kernel::PARALLEL_MIN`] in one piece, as before.
+fn lamb_first_pass_chunked(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64) {
+    use crate::kernel::{CHUNK, PARALLEL_MIN};
+    use rayon::prelude::*;
+    if g.len() < PARALLEL_MIN {
+        return lamb_first_pass(g, m, v, p, c);
+    }
+    let parts: Vec<(f64, f64)> = g
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(p.par_chunks(CHUNK))
+        .map(|(((g, m), v), p)| lamb_first_pass(g, m, v, p, c))
+        .collect();
+    (parts.iter().map(|x| x.0).sum(), parts.iter().map(|x| x.1).sum())
+}
+
 /// [`Lamb`]'s second pass: the direction `d` (in `g`) becomes the update `(keep·p + s·d) − p`,
 /// or without a step (`s` is `None`), `keep·p − p`.
 fn lamb_second_pass(g: &mut [f32], p: &[f32], keep: f32, s: Option<f32>) {
@@ -472,18 +491,17 @@ impl Transform for Lamb {
         };
         for (i, (g, p)) in updates.iter_mut().zip(params).enumerate() {
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            let sums = lamb_first_pass(g, m, v, p, step);
+            let sums = lamb_first_pass_chunked(g, m, v, p, step);
             let s = if !self.rectify {
-                -(step_size as f32) * self.trust_ratio(sums)
+                Some(-(step_size as f32) * self.trust_ratio(sums))
             } else if step_size <= 0.0 {
                 // No step: the parameters are only decayed.
-                lamb_second_pass(g, p, keep, None);
-                continue;
+                None
             } else {
                 // The library's trust ratio here compares ‖p‖ with the norm of the stepped parameter.
-                -(step_size as f32 * self.trust_ratio(sums))
+                Some(-(step_size as f32 * self.trust_ratio(sums)))
             };
-            lamb_second_pass(g, p, keep, Some(s));
+            crate::kernel::for_chunks(g, |off, chunk| lamb_second_pass(chunk, &p[off..off + chunk.len()], keep, s));
         }
         Ok(())
     }
