@@ -521,15 +521,45 @@ impl Epilogue for WriteAndSum {
     }
 }
 
-struct SendPtr(*mut f32);
+/// A buffer that the chunks of [`chunked_sums_mut`] (or other tasks) write in disjoint ranges.
+pub(crate) struct SendPtr(*mut f32);
 // SAFETY: the tasks write disjoint ranges through it.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
+    /// The buffer, to be written in disjoint ranges.
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        SendPtr(buf.as_mut_ptr())
+    }
     /// The pointer (a method, so that closures capture the wrapper, not its field).
     fn get(&self) -> *mut f32 {
         self.0
     }
+    /// Elements `off..off + n` of the buffer.
+    ///
+    /// # Safety
+    /// The range lies in the buffer, which outlives the slice, and no other live reference
+    /// overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice<'a>(&self, off: usize, n: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), n)
+    }
+}
+
+/// `(Σ part.0, Σ part.1)` of `part(base, chunk)` over the [`CHUNK`]-sized chunks of `data` (`base`
+/// the chunk's offset), across threads for a large buffer, the parts added in chunk order: the
+/// same value on any number of threads. The fused passes that write a tensor and sum over it on
+/// the way (norms, Prodigy's and D-Adaptation's estimates, Lamb's trust ratio) share it.
+pub(crate) fn chunked_sums_mut<T: Send>(
+    data: &mut [T],
+    part: impl Fn(usize, &mut [T]) -> (f64, f64) + Sync,
+) -> (f64, f64) {
+    let parts: Vec<(f64, f64)> = if data.len() >= PARALLEL_MIN {
+        data.par_chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+    } else {
+        data.chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
+    };
+    (parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>())
 }
 
 /// `updates ← run(grads)` as the run's fused step (every buffer streaming at once, sub-block by
@@ -556,12 +586,7 @@ pub(crate) fn step_into_norms(
             let (sp, su) = w.sums.into_inner();
             (sp.total(), su.total())
         };
-        let parts: Vec<(f64, f64)> = if p.len() >= PARALLEL_MIN {
-            p.par_chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
-        } else {
-            p.chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
-        };
-        norms.push((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
+        norms.push(chunked_sums_mut(p, part));
     }
     norms
 }
@@ -593,12 +618,7 @@ pub(crate) fn apply_into_norms(
             }
             (sp.total(), su.total())
         };
-        let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
-            u.par_chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
-        } else {
-            u.chunks_mut(CHUNK).enumerate().map(|(c, chunk)| part(c * CHUNK, chunk)).collect()
-        };
-        norms.push((parts.iter().map(|x| x.0).sum::<f64>(), parts.iter().map(|x| x.1).sum::<f64>()));
+        norms.push(chunked_sums_mut(u, part));
     }
     norms
 }

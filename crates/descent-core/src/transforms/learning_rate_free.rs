@@ -5,7 +5,7 @@
 use super::simd_apply;
 use super::{elementwise_transform, state, sum_sq, zeros, ParamBufs};
 use crate::error::Result;
-use crate::kernel::{fold_lanes, global_sum_sq, lane_sums, Elementwise, CHUNK, PARALLEL_MIN};
+use crate::kernel::{chunked_sums_mut, fold_lanes, global_sum_sq, lane_sums, Elementwise, SendPtr};
 use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
 
@@ -149,31 +149,21 @@ impl Transform for DadaptAdamw {
         // One pass ([`dadapt_chunk`]), each tensor in fixed chunks across threads, as Prodigy's
         // (the same value on any number of threads).
         let k = DadaptStep { b1f, b2f, sb2f, dlrf, epsf, wd };
-        type Chunk<'a> = ((((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
-        let chunk_sums = |((((u, p), m), v), s): Chunk| dadapt_chunk_dispatch(k, u, p, m, v, s);
         let (mut numerator_acum, mut l1) = (0.0f64, 0.0f64);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (m, v, s) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
-            let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
-                use rayon::prelude::*;
-                u.par_chunks_mut(CHUNK)
-                    .zip(p.par_chunks(CHUNK))
-                    .zip(m.par_chunks_mut(CHUNK))
-                    .zip(v.par_chunks_mut(CHUNK))
-                    .zip(s.par_chunks_mut(CHUNK))
-                    .map(chunk_sums)
-                    .collect()
-            } else {
-                u.chunks_mut(CHUNK)
-                    .zip(p.chunks(CHUNK))
-                    .zip(m.chunks_mut(CHUNK))
-                    .zip(v.chunks_mut(CHUNK))
-                    .zip(s.chunks_mut(CHUNK))
-                    .map(chunk_sums)
-                    .collect()
-            };
-            numerator_acum += parts.iter().map(|x| x.0).sum::<f64>();
-            l1 += parts.iter().map(|x| x.1).sum::<f64>();
+            let (m, v, s) = (
+                SendPtr::new(&mut self.exp_avg[i]),
+                SendPtr::new(&mut self.exp_avg_sq[i]),
+                SendPtr::new(&mut self.grad_sum[i]),
+            );
+            let (num, abs) = chunked_sums_mut(u, |off, u| {
+                let n = u.len();
+                // SAFETY: the chunks are disjoint ranges of the tensor, and so of its state.
+                let (m, v, s) = unsafe { (m.slice(off, n), v.slice(off, n), s.slice(off, n)) };
+                dadapt_chunk_dispatch(k, u, &p[off..off + n], m, v, s)
+            });
+            numerator_acum += num;
+            l1 += abs;
         }
         self.numerator_weighted = sb2 * self.numerator_weighted + (1.0 - sb2) * dlr * numerator_acum;
         let d_estimate = self.numerator_weighted / ((1.0 - sb2) * l1);
@@ -313,34 +303,22 @@ impl Transform for Prodigy {
         // one; each chunk folds its own lanes, and the chunks' sums are added in order, so the
         // estimate does not depend on the number of threads.
         let k = ProdigyStep { df, b1f, b2f, b3f, gs_scale, dlrf, epsd, wd };
-        let chunk_sums = |(((((u, p), x0), m), v), s): Chunk| prodigy_chunk_dispatch(k, u, p, x0, m, v, s);
-        type Chunk<'a> = (((((&'a mut [f32], &'a [f32]), &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
         let (mut numerator_acum, mut denominator) = (0.0f64, 0.0f64);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
-            let (x0, m, v, s) =
-                (&self.params0[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i], &mut self.grad_sum[i]);
-            let parts: Vec<(f64, f64)> = if u.len() >= PARALLEL_MIN {
-                use rayon::prelude::*;
-                u.par_chunks_mut(CHUNK)
-                    .zip(p.par_chunks(CHUNK))
-                    .zip(x0.par_chunks(CHUNK))
-                    .zip(m.par_chunks_mut(CHUNK))
-                    .zip(v.par_chunks_mut(CHUNK))
-                    .zip(s.par_chunks_mut(CHUNK))
-                    .map(chunk_sums)
-                    .collect()
-            } else {
-                u.chunks_mut(CHUNK)
-                    .zip(p.chunks(CHUNK))
-                    .zip(x0.chunks(CHUNK))
-                    .zip(m.chunks_mut(CHUNK))
-                    .zip(v.chunks_mut(CHUNK))
-                    .zip(s.chunks_mut(CHUNK))
-                    .map(chunk_sums)
-                    .collect()
-            };
-            numerator_acum += parts.iter().map(|x| x.0).sum::<f64>();
-            denominator += parts.iter().map(|x| x.1).sum::<f64>();
+            let x0 = &self.params0[i];
+            let (m, v, s) = (
+                SendPtr::new(&mut self.exp_avg[i]),
+                SendPtr::new(&mut self.exp_avg_sq[i]),
+                SendPtr::new(&mut self.grad_sum[i]),
+            );
+            let (num, den) = chunked_sums_mut(u, |off, u| {
+                let n = u.len();
+                // SAFETY: the chunks are disjoint ranges of the tensor, and so of its state.
+                let (m, v, s) = unsafe { (m.slice(off, n), v.slice(off, n), s.slice(off, n)) };
+                prodigy_chunk_dispatch(k, u, &p[off..off + n], &x0[off..off + n], m, v, s)
+            });
+            numerator_acum += num;
+            denominator += den;
         }
         self.numerator_weighted = b3 * self.numerator_weighted + d / self.estim_lr0 * dlr * numerator_acum;
         let estimate = self.estim_lr_coef * self.numerator_weighted / denominator;

@@ -419,19 +419,17 @@ fn lamb_first_pass(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: La
 /// threads, the chunks' sums added in order (the same value on any number of threads); a tensor
 /// under [`crate::kernel::PARALLEL_MIN`] in one piece, as before.
 fn lamb_first_pass_chunked(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: LambStep) -> (f64, f64) {
-    use crate::kernel::{CHUNK, PARALLEL_MIN};
-    use rayon::prelude::*;
+    use crate::kernel::{chunked_sums_mut, SendPtr, PARALLEL_MIN};
     if g.len() < PARALLEL_MIN {
         return lamb_first_pass(g, m, v, p, c);
     }
-    let parts: Vec<(f64, f64)> = g
-        .par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(p.par_chunks(CHUNK))
-        .map(|(((g, m), v), p)| lamb_first_pass(g, m, v, p, c))
-        .collect();
-    (parts.iter().map(|x| x.0).sum(), parts.iter().map(|x| x.1).sum())
+    let (m, v) = (SendPtr::new(m), SendPtr::new(v));
+    chunked_sums_mut(g, |off, g| {
+        let n = g.len();
+        // SAFETY: the chunks are disjoint ranges of the tensor, and so of its moments.
+        let (m, v) = unsafe { (m.slice(off, n), v.slice(off, n)) };
+        lamb_first_pass(g, m, v, &p[off..off + n], c)
+    })
 }
 
 /// [`Lamb`]'s second pass: the direction `d` (in `g`) becomes the update `(keep·p + s·d) − p`,
