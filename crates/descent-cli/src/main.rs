@@ -304,9 +304,7 @@ fn refuse_underflowing_numbers(args: impl Iterator<Item = std::ffi::OsString>) -
             vec![]
         };
         if let Some(n) = numbers.into_iter().find(|n| train::reads_as_zero(n)) {
-            bail!(
-                "`{n}` in `{given}`: below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up"
-            );
+            bail!("`{n}` in `{given}`: {}", train::READS_AS_ZERO);
         }
     }
     Ok(())

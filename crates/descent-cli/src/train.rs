@@ -560,11 +560,7 @@ pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
     for (i, line) in text.lines().enumerate() {
         let code = line.split('#').next().unwrap_or("");
         if let Some(n) = number_literals(code).into_iter().find(|n| reads_as_zero(n)) {
-            bail!(
-                "{}: `{n}` at line {}: below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up",
-                path.display(),
-                i + 1
-            );
+            bail!("{}: `{n}` at line {}: {READS_AS_ZERO}", path.display(), i + 1);
         }
     }
     toml::from_str(&text).map_err(|e| {
@@ -621,6 +617,10 @@ pub(crate) fn number_literals(text: &str) -> Vec<&str> {
     }
     out
 }
+
+/// Why a literal [`reads_as_zero`] is refused, wherever it was given.
+pub(crate) const READS_AS_ZERO: &str =
+    "below the smallest positive number a double holds (about 4.9e-324), so it would read as 0; write 0, or a number from 1e-300 up";
 
 /// Whether the literal `n` has a nonzero digit before its exponent yet parses as ±0.
 pub(crate) fn reads_as_zero(n: &str) -> bool {
