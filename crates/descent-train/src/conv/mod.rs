@@ -17,6 +17,7 @@
 
 mod direct;
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
@@ -265,22 +266,28 @@ impl DirectGeom {
         ((g.kh + 1 - a) / 2, (g.kw + 1 - b) / 2)
     }
 
-    /// Writes one image's input gradient `gx` (`[c, h, w]`) from its padded output gradient
-    /// `dp`, with `wtb` from [`Self::input_grad_weights`] and `dx` (`c · bpos`) as working space.
+    /// Writes one image's input gradient `gx` (`[c, h, w]`, every element) from its padded
+    /// output gradient `dp`, with `wtb` from [`Self::input_grad_weights`] and `dx` (`c · bpos`)
+    /// as working space.
     /// Every element of `gx` that some tap reaches is written; the others (only where a stride-2
     /// kernel has a single row or column of taps) are left as they are, zero.
-    fn input_grad(&self, g: &Geom, dp: &[f32], wtb: &[f32], dx: &mut [f32], gx: &mut [f32]) {
+    fn input_grad(&self, g: &Geom, dp: &[f32], wtb: &[f32], dx: &mut [f32], gx: &mut [MaybeUninit<f32>]) {
         let s = self.taps.stride;
         match self.layout {
             DirectLayout::Dense => {
                 direct::forward(self.taps, dp, g.o, self.dplane, wtb, g.c, dx, self.bpos);
+                assert_eq!(gx.len(), g.c * g.h * g.w, "input_grad: the image's gradient");
                 for (gxc, dxc) in gx.chunks_exact_mut(g.h * g.w).zip(dx.chunks_exact(self.bpos)) {
                     for (gr, dr) in gxc.chunks_exact_mut(g.w).zip(dxc.chunks(s)) {
-                        gr.copy_from_slice(&dr[..g.w]);
+                        gr.iter_mut().zip(&dr[..g.w]).for_each(|(o, &v)| {
+                            o.write(v);
+                        });
                     }
                 }
             }
             DirectLayout::Parity { rows, cols, .. } => {
+                // Positions no tap reaches keep the zeros.
+                let gx = zeroed(gx);
                 let mut at = 0;
                 for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                     let (kha, kwb) = Self::sub_kernel(g, a, b);
@@ -599,6 +606,23 @@ fn valid_rows(dst: &mut [f32], src: &[f32], ow: usize, s: usize, f: impl Fn(f32)
     }
 }
 
+/// [`valid_rows`] into memory not yet written: every element of `dst` (`src` holds a row of `s`
+/// for each of its rows of `ow`).
+fn valid_rows_into(dst: &mut [MaybeUninit<f32>], src: &[f32], ow: usize, s: usize, f: impl Fn(f32) -> f32) {
+    let rows = dst.len() / ow;
+    assert!(
+        dst.len() == rows * ow && (rows == 0 || src.len() + s >= rows * s + ow),
+        "valid_rows_into: {} values in rows of {s} for {} in rows of {ow}",
+        src.len(),
+        dst.len()
+    );
+    for (dr, sr) in dst.chunks_exact_mut(ow).zip(src.chunks(s)) {
+        dr.iter_mut().zip(sr).for_each(|(o, &v)| {
+            o.write(f(v));
+        });
+    }
+}
+
 /// ReLU keeping NaN (as `torch.relu`).
 #[inline]
 fn relu(v: f32) -> f32 {
@@ -635,7 +659,8 @@ impl CustomOp3 for Conv2dOp {
         let (k, hw, img) = (g.k(), g.hw(), g.image());
         let (ph, pw) = self.out_plane(&g);
         let out_img = g.o * ph * pw;
-        // Zeroed task by task (`zeroed`), then every value written; the length set at the end.
+        // Written task by task (the im2col path's chunks zeroed first by `zeroed`); the length
+        // set at the end.
         let mut out: Vec<f32> = Vec::with_capacity(g.n * out_img);
         let pool = match self.epilogue {
             Epilogue::ReluMaxPool(p) => Some(p),
@@ -666,11 +691,10 @@ impl CustomOp3 for Conv2dOp {
                 .zip(task_planes)
                 .enumerate()
                 .for_each(|(t, ((outs, idx), xps))| {
-                    let outs = zeroed(outs);
                     let xs = &x[t * IMAGES_PER_TASK * img..][..outs.len() / out_img * img];
                     self.direct_forward_task(&g, &d, xs, xps, &wt, b, outs, idx);
                 });
-            // SAFETY: every chunk of `..g.n·out_img` was initialized by `zeroed`.
+            // SAFETY: `direct_forward_task` writes every element of its chunk of `..g.n·out_img`.
             unsafe { out.set_len(g.n * out_img) };
             *self.planes.lock().expect("planes lock") = planes;
             if pool.is_some() {
@@ -751,10 +775,11 @@ impl CustomOp3 for Conv2dOp {
         let img = g.image();
         // The input of a first layer is data: no gradient to compute for it.
         let need_gx = x.track_op();
-        // Zeroed task by task (`zeroed`) before the task writes it; the length set at the end.
+        // Written task by task (zeroed first by `zeroed` for the im2col path); the length set at
+        // the end.
         let gx_len = if need_gx { g.n * img } else { 0 };
         let mut gx: Vec<f32> = Vec::with_capacity(gx_len);
-        let gx_chunks: Vec<&mut [std::mem::MaybeUninit<f32>]> = if need_gx {
+        let gx_chunks: Vec<&mut [MaybeUninit<f32>]> = if need_gx {
             gx.spare_capacity_mut()[..gx_len].chunks_mut(IMAGES_PER_TASK * img).collect()
         } else {
             (0..g.n.div_ceil(IMAGES_PER_TASK)).map(|_| &mut [][..]).collect()
@@ -788,14 +813,15 @@ impl CustomOp3 for Conv2dOp {
             .into_par_iter()
             .enumerate()
             .map(|(t, gxs)| {
-                let (n0, gxs) = (t * IMAGES_PER_TASK, need_gx.then(|| zeroed(gxs)));
+                let n0 = t * IMAGES_PER_TASK;
                 match &direct {
-                    Some(d) => self.direct_backward_task(&g, d, &io, &wtb, &planes, n0, gxs),
-                    None => self.backward_task(&g, &io, n0, gxs),
+                    Some(d) => self.direct_backward_task(&g, d, &io, &wtb, &planes, n0, need_gx.then_some(gxs)),
+                    None => self.backward_task(&g, &io, n0, need_gx.then(|| zeroed(gxs))),
                 }
             })
             .collect();
-        // SAFETY: every chunk of `..gx_len` was initialized by `zeroed` (none when it is 0).
+        // SAFETY: every chunk of `..gx_len` was written by `direct_backward_task` or zeroed by
+        // `zeroed` for `backward_task` (none when it is 0).
         unsafe { gx.set_len(gx_len) };
         give_back_buffer(planes);
         let mut gw = vec![0.0f32; io.ws.len()];
@@ -912,7 +938,7 @@ impl Conv2dOp {
 
     /// The forward of one task's images `xs` by the direct kernel, image by image: pads the
     /// image into its planes in `xps` (kept for the backward), convolves it into the wide grid,
-    /// then writes the valid columns through the epilogue.
+    /// then writes the valid columns through the epilogue: every element of `outs`.
     // The task's slices, flat, as the im2col task has them.
     #[allow(clippy::too_many_arguments)]
     fn direct_forward_task(
@@ -923,7 +949,7 @@ impl Conv2dOp {
         xps: &mut [f32],
         wt: &[f32],
         b: &[f32],
-        outs: &mut [f32],
+        outs: &mut [MaybeUninit<f32>],
         idx: &mut [u32],
     ) {
         let (img, s) = (g.image(), d.taps.stride);
@@ -937,9 +963,10 @@ impl Conv2dOp {
                     let src = &y[oc * d.fpos..][..d.fpos];
                     let dst = &mut outs[(bi * g.o + oc) * ph * pw..][..ph * pw];
                     match self.epilogue {
-                        Epilogue::Identity => valid_rows(dst, src, g.ow, s, |v| v + bias),
-                        Epilogue::Relu => valid_rows(dst, src, g.ow, s, |v| relu(v + bias)),
+                        Epilogue::Identity => valid_rows_into(dst, src, g.ow, s, |v| v + bias),
+                        Epilogue::Relu => valid_rows_into(dst, src, g.ow, s, |v| relu(v + bias)),
                         Epilogue::ReluMaxPool(p) => {
+                            let dst = zeroed(dst);
                             valid_rows(plane, src, g.ow, s, |v| v + bias);
                             let at = &mut idx[(bi * g.o + oc) * ph * pw..][..ph * pw];
                             p.plane(plane, g.oh, g.ow, dst, at);
@@ -966,7 +993,7 @@ impl Conv2dOp {
         wtb: &[f32],
         planes: &[f32],
         n0: usize,
-        mut gxs: Option<&mut [f32]>,
+        mut gxs: Option<&mut [MaybeUninit<f32>]>,
     ) -> (Vec<f32>, Vec<f32>) {
         let (img, s) = (g.image(), d.taps.stride);
         let (ph, pw) = self.out_plane(g);
