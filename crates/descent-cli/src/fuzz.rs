@@ -62,10 +62,26 @@ const CONFIG: &str = "{\"model\": \"mlp\", \"optimizer\": \"adam\", \"lr\": 0.00
 \"patience\": null, \"min_delta\": 0.0, \"target_accuracy\": null, \"min_loss_change\": null, \"groups\": [], \
 \"schedule\": \"constant\", \"schedule_args\": {}, \"schedule_interval\": \"step\", \"validation\": 0, \"tensorboard\": false}";
 
-fn dir(tag: &str) -> std::path::PathBuf {
+/// A case's folder under the temp dir, removed when the case is done with it.
+struct Dir(std::path::PathBuf);
+
+impl std::ops::Deref for Dir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(tag: &str) -> Dir {
     let d = std::env::temp_dir().join(format!("descent-fuzz-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Dir(d)
 }
 
 proptest! {

@@ -130,7 +130,7 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
     let e = run_err(&["compare", "--model", "linear", "--optimizer", "adam", "--run", "sgd:lr=0.1", "--out", d]);
     assert!(e.contains("--optimizer") && e.contains("each run names its own"), "{e}");
     // Labels a table or legend cannot show: not a name, blank, or with a newline.
-    let cfg = std::env::temp_dir().join(format!("descent-cli-labels-{}.toml", std::process::id()));
+    let cfg = common::out("labels.toml");
     for label in ["true", "\"  \"", "\"two\\nlines\""] {
         std::fs::write(&cfg, format!("[[run]]\noptimizer = \"sgd\"\nlabel = {label}\n")).unwrap();
         let e = run_err(&["compare", "--model", "linear", "--config", cfg.to_str().unwrap(), "--out", d]);

@@ -35,7 +35,7 @@ fn base_run() -> &'static PathBuf {
         let flags =
             ["--steps", "8", "--eval-interval", "4", "--dropout", "0.1", "--warmup-steps", "2", "--decay-steps", "8"];
         run_ok_s(&tiny(&[&flags[..], &["--out", &d]].concat()));
-        dir
+        dir.keep()
     })
 }
 

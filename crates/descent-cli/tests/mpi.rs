@@ -55,7 +55,7 @@ fn run(mut c: Command, limit: Duration) -> (bool, String, f64) {
     (o.status.success(), text, t0.elapsed().as_secs_f64())
 }
 
-fn out(tag: &str) -> PathBuf {
+fn out(tag: &str) -> common::Scratch {
     common::out(&format!("mpi-{tag}"))
 }
 

@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::{descent, s};
 
-fn fresh(tag: &str) -> PathBuf {
+fn fresh(tag: &str) -> common::Scratch {
     let d = common::out(&format!("rel-{tag}"));
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -1,5 +1,7 @@
 //! `descent replay` as a user runs it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -42,7 +44,7 @@ fn replay_of_a_schedule_prints_lr() {
 
 #[test]
 fn check_prints_a_line_per_case_and_the_summary() {
-    let dir = std::env::temp_dir().join(format!("descent-check-{}", std::process::id()));
+    let dir = common::out("check");
     std::fs::create_dir_all(&dir).unwrap();
     let good = reference().join("optim/torch.sgd.nesterov.json");
     std::fs::copy(&good, dir.join("good.json")).unwrap();
@@ -78,7 +80,7 @@ fn missing_paths_are_an_error_naming_them() {
 /// A folder without case files is an error naming it, not "0 passed, 0 failed".
 #[test]
 fn a_folder_without_cases_is_an_error() {
-    let dir = std::env::temp_dir().join(format!("descent-replay-empty-{}", std::process::id()));
+    let dir = common::out("replay-empty");
     std::fs::create_dir_all(&dir).unwrap();
     let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -94,8 +96,7 @@ fn a_folder_without_cases_is_an_error() {
 #[cfg(unix)]
 #[test]
 fn hostile_case_files_fail_by_name_and_the_rest_still_run() {
-    let dir = std::env::temp_dir().join(format!("descent-replay-hostile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::out("replay-hostile");
     std::fs::create_dir_all(&dir).unwrap();
     let read = |name: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(reference().join(name)).unwrap()).unwrap()

@@ -234,8 +234,7 @@ fn bench_counts_and_threads_are_bounded() {
 
 #[test]
 fn run_folder_metrics_and_exact_resume() {
-    let dir = std::env::temp_dir().join(format!("descent-cli-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::out("run");
     let run = |args: &[&str]| {
         let o = descent().args(args).output().unwrap();
         (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))

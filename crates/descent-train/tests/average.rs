@@ -1,6 +1,8 @@
 //! Weight averaging: EMA against its formula, torch's SWALR sequence, SWA's equal average in the
 //! training loop, resume with an average bit for bit, and update_bn's recomputed statistics.
 
+mod scratch;
+
 use candle_core::{Device, Tensor, Var};
 use descent_train::average::{lerp, update_bn, Anneal, AverageConfig, AverageKind, Swalr, WeightAverage};
 use descent_train::checkpoint::Checkpoint;
@@ -138,7 +140,8 @@ fn resume_with_ema_is_bit_exact() {
         Ok(())
     })
     .unwrap();
-    let path = std::env::temp_dir().join(format!("descent-average-{}.safetensors", std::process::id()));
+    let dir = scratch::Scratch::new("average", "checkpoint");
+    let path = dir.join("checkpoint.safetensors");
     let first = LinearRegression::new(Init::TorchDefault, &mut Rng::new(0), &Device::Cpu).unwrap();
     train_from(&first, &data, &test, &cfg(1), None, |_: &EpochMetrics, e: &mut EpochEnd| e.checkpoint()?.save(&path))
         .unwrap();

@@ -1,6 +1,8 @@
 //! Checkpoints: resuming inside an epoch is exact, a finished run stays finished, and a file that
 //! was changed, holds a NaN or predates checksums is refused with the reason.
 
+mod scratch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -15,11 +17,8 @@ use descent_train::train::{
     train_from, EpochEnd, EpochMetrics, Hooks, Loss, LrSchedule, StepMetrics, Stop, TrainConfig,
 };
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-ck-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new("ck", tag)
 }
 
 /// 500 MNIST samples (10 batches of 50 an epoch), for training and testing.

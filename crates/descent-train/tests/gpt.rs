@@ -6,6 +6,7 @@
 //! losses to 1e-5 relative.
 
 mod common;
+mod scratch;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -290,7 +291,8 @@ fn checkpoints_round_trip() {
     let mut opt = VarOptimizer::for_vars(model.named_vars(), &Gpt::optimizer_config(1e-3, (0.9, 0.95), 0.1)).unwrap();
     let (x, y) = corpus.batch(TextSplit::Train, 4, 16, &mut Rng::new(1)).unwrap();
     opt.backward_step(&Gpt::loss(&model.forward(&x, Mode::Train, &mut Rng::new(0)).unwrap(), &y).unwrap()).unwrap();
-    let path = std::env::temp_dir().join(format!("descent-gpt-{}.safetensors", std::process::id()));
+    let dir = scratch::Scratch::new("gpt", "checkpoint");
+    let path = dir.join("checkpoint.safetensors");
     opt.save_checkpoint(&path).unwrap();
     let other = tiny(corpus.vocab_size(), 99);
     let mut other_opt =
@@ -305,8 +307,7 @@ fn checkpoints_round_trip() {
 /// One-line errors naming the file, the character, the token or the length.
 #[test]
 fn bad_input_is_an_error_naming_it() {
-    let dir = std::env::temp_dir().join(format!("descent-gpt-text-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::Scratch::new("gpt", "text");
     let latin1 = dir.join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
     let e = CharCorpus::load(&latin1).unwrap_err().to_string();

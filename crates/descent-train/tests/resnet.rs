@@ -5,6 +5,7 @@
 //! unless the file's `tolerance` says otherwise for the field; the loss to 1e-5 relative.
 
 mod common;
+mod scratch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -202,11 +203,8 @@ fn eval_mode_leaves_the_buffers_unchanged() {
     assert!(before.iter().zip(&after).all(|(a, b)| a != b), "every running statistic moves in training");
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-resnet-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new("resnet", tag)
 }
 
 /// A run cut by its step limit inside an epoch, saved and resumed in a fresh model, ends with

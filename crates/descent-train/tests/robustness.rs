@@ -2,9 +2,11 @@
 //! header rewritten, is read as an error (or, when the damage changed nothing the file means, as
 //! the original), never a panic, and without allocating out of proportion to the file.
 
+mod scratch;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::Device;
@@ -56,10 +58,8 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (r, LARGEST.with(|l| l.get()))
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-robust-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new("robust", tag)
 }
 
 /// A real checkpoint (linear regression, Adam with its buffers, cut inside an epoch) and its bytes.

@@ -1,5 +1,7 @@
 //! Short end-to-end runs that must learn.
 
+mod scratch;
+
 use std::path::PathBuf;
 
 use candle_core::Device;
@@ -156,8 +158,7 @@ fn resume_from_a_checkpoint_is_exact() {
     let full = new_model();
     train(&full, &tr, &te, &c, |_| {}).unwrap();
 
-    let dir = std::env::temp_dir().join(format!("descent-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::Scratch::new("resume", "checkpoint");
     let path = dir.join("checkpoint.safetensors");
     let first = new_model();
     let mut c1 = c.clone();

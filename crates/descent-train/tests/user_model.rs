@@ -1,7 +1,8 @@
 //! The optimizer on a candle model of one's own (a `VarMap`), without descent's models or loop:
 //! parameter groups by name, clipping, schedules and checkpoints.
 
-use std::path::PathBuf;
+mod scratch;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
@@ -9,10 +10,8 @@ use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use descent_train::optim::{OptimizerConfig, VarOptimizer};
 use serde_json::json;
 
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-user-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir(tag: &str) -> scratch::Scratch {
+    scratch::Scratch::new("user", tag)
 }
 
 fn values(v: &Var) -> Vec<f32> {

@@ -35,11 +35,64 @@ pub fn descent() -> Command {
     c
 }
 
-/// A fresh (removed) folder under the temp dir, unique to this test binary.
-pub fn out(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("descent-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A path under the temp dir for a test's files, removed when the test is done with it: when
+/// the value is dropped, unless the test is failing (its files are then left to look at).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `descent-cli-TAG-PID` under the temp dir, absent to begin with.
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("descent-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_file(&d);
+        Scratch(d)
+    }
+
+    /// The path, left in place: for a folder several tests share through a `static`.
+    pub fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+
+    /// The path as `&str` (the tests pass it as an argument).
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8 here")
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A fresh (removed) folder under the temp dir, unique to this test binary, removed again when
+/// the test is done with it.
+pub fn out(tag: &str) -> Scratch {
+    Scratch::new(tag)
 }
 
 /// Runs `descent ARGS` and returns stdout and stderr together, failing the test if it failed.
