@@ -1197,6 +1197,8 @@ pub fn defaults(model: &str) -> (f64, usize) {
 /// events when asked, and a checkpoint per epoch in the run folder.
 struct CliHooks<'a> {
     run_dir: &'a RunDir,
+    /// The folder's start, when it waits for the training loop's checks (a resume).
+    start: Option<FolderStart>,
     /// False on the ranks other than 0 of a data-parallel run: nothing shown, nothing written.
     writer: bool,
     quiet: bool,
@@ -1223,7 +1225,56 @@ struct TextRun {
     block: usize,
 }
 
+/// What a run writes into its folder before its first step: for a resume, the metric files cut
+/// back to the checkpoint's rows first; then `config.json` (and `config.toml` where TOML can hold
+/// the settings), the CSV headers and the TensorBoard writer.
+struct FolderStart {
+    /// `(epochs, steps)` of the checkpoint a resume goes on from.
+    cut_back_to: Option<(usize, u64)>,
+    config_json: String,
+    config_toml: Option<String>,
+    tensorboard: bool,
+    quiet: bool,
+}
+
+impl FolderStart {
+    fn apply(self, run_dir: &RunDir) -> Result<Option<crate::tensorboard::Scalars>> {
+        if let Some((epochs, steps)) = self.cut_back_to {
+            for warning in run_dir.truncate_after(epochs, steps)? {
+                eprintln!("warning: {warning}");
+            }
+            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), steps)?;
+        }
+        folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_JSON), self.config_json.as_bytes())?;
+        match &self.config_toml {
+            Some(text) => folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_TOML), text.as_bytes())?,
+            None if !self.quiet => eprintln!(
+                "warning: {} not written: a setting is null, which TOML cannot hold ({} holds every setting)",
+                folder::run::CONFIG_TOML,
+                folder::run::CONFIG_JSON
+            ),
+            None => {}
+        }
+        run_dir.start_csvs()?;
+        Ok(if self.tensorboard {
+            Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
+        } else {
+            None
+        })
+    }
+}
+
 impl Hooks for &mut CliHooks<'_> {
+    fn on_start(&mut self) -> descent_train::Result<()> {
+        if let Some(start) = self.start.take() {
+            self.tensorboard = start.apply(self.run_dir).map_err(|e| descent_train::Error::Data {
+                path: self.run_dir.dir.display().to_string(),
+                message: format!("{e:#}"),
+            })?;
+        }
+        Ok(())
+    }
+
     fn on_eval(&mut self, e: &EvalMetrics) -> descent_train::Result<Control> {
         if !self.writer {
             return Ok(Control::Continue);
@@ -3224,30 +3275,26 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         id: claimed.as_ref().map(|c| c.marker.id.clone()).unwrap_or_default(),
         config_hash: hash,
     };
+    let start = FolderStart {
+        cut_back_to: resume.as_ref().map(|ck| (ck.epoch, ck.steps)),
+        config_json: serde_json::to_string_pretty(&a)?,
+        config_toml,
+        tensorboard: a.tensorboard,
+        quiet: opts.quiet,
+    };
+    // A new run's folder starts now; a resumed one's when the training loop has applied the
+    // checkpoint (`Hooks::on_start`), so that a resume refused there leaves the folder as it was.
+    let mut deferred = None;
+    let mut tensorboard = None;
     if writer {
         for warning in &resume_warnings {
             eprintln!("warning: {warning}");
         }
-        if let Some(ck) = &resume {
-            for warning in run_dir.truncate_after(ck.epoch, ck.steps)? {
-                eprintln!("warning: {warning}");
-            }
-            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), ck.steps)?;
+        if resume.is_some() {
+            deferred = Some(start);
+        } else {
+            tensorboard = start.apply(&run_dir)?;
         }
-        folder::write_atomic(
-            &run_dir.dir.join(folder::run::CONFIG_JSON),
-            serde_json::to_string_pretty(&a)?.as_bytes(),
-        )?;
-        match &config_toml {
-            Some(text) => folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_TOML), text.as_bytes())?,
-            None if !opts.quiet => eprintln!(
-                "warning: {} not written: a setting is null, which TOML cannot hold ({} holds every setting)",
-                folder::run::CONFIG_TOML,
-                folder::run::CONFIG_JSON
-            ),
-            None => {}
-        }
-        run_dir.start_csvs()?;
     }
     let quiet = opts.quiet || !writer;
     let say = |m: String| {
@@ -3329,13 +3376,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             )),
         }
     }
-    let tensorboard = if a.tensorboard && writer {
-        Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
-    } else {
-        None
-    };
     let mut hooks = CliHooks {
         run_dir: &run_dir,
+        start: deferred,
         writer,
         quiet,
         on_eval: opts.on_eval,

@@ -1127,3 +1127,51 @@ fn a_null_setting_trains_and_resumes_without_config_toml() {
     assert!(ok, "{t}");
     assert!(read(&out.join("metrics.csv")).lines().count() >= 3, "{t}");
 }
+
+/// Every file of a folder but its lock, by name.
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.ends_with(".descent.lock"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A resume refused once its checkpoint is in hand (here the training set at the run's data path
+/// no longer has the batch the checkpoint was taken after) leaves the run folder as it was: its
+/// metric files are not cut back, its config not rewritten with the refused `--steps`.
+#[test]
+fn a_refused_resume_leaves_the_run_folder_as_it_was() {
+    let d = fresh("refused-resume");
+    let data = d.join("data");
+    write_idx_set(&data, 200, 40, 28, 28);
+    let r = d.join("run");
+    // 7 batches of 32 an epoch: 10 steps end after batch 3 of epoch 2.
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "mlp",
+        "--epochs",
+        "2",
+        "--steps",
+        "10",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--out",
+        s(&r),
+    ]);
+    assert!(ok, "{t}");
+    let before = files_of(&r);
+    assert!(before.iter().any(|(n, b)| n == "metrics.jsonl" && !b.is_empty()));
+    write_idx_set(&data, 64, 40, 28, 28);
+    let (ok, t) = run(&["train", "--resume", s(&r), "--steps", "12"]);
+    assert!(!ok && t.contains("batch 3"), "{t}");
+    assert!(before == files_of(&r), "the refused resume changed the folder");
+}

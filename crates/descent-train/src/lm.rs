@@ -226,9 +226,11 @@ pub fn train_text_with(
                 return Ok((vec![], Stop::Steps));
             }
             par.broadcast_weights(model, &opt)?;
+            hooks.on_start()?;
         }
         None => {
             par.broadcast_weights(model, &opt)?;
+            hooks.on_start()?;
             // nanoGPT's estimate at step 0: where training starts from.
             let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
             let first = cfg.schedule.multiplier(0, total, 1);

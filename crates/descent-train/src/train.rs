@@ -903,6 +903,12 @@ impl EpochEnd<'_> {
 /// What a caller sees of a run: every step, and the end of every epoch (where checkpoints go).
 /// A closure `|metrics, end| -> Result<()>` is an epoch hook.
 pub trait Hooks {
+    /// Once before the first step, after the settings and the checkpoint a run resumes from have
+    /// been checked and applied: a hook that writes files starts them here, so that a run refused
+    /// before it trains leaves them as they were.
+    fn on_start(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// After each optimizer step: [`Control::Stop`] ends the run there (a learning-rate range
     /// test that has diverged).
     fn on_step(&mut self, _s: &StepMetrics) -> Control {
@@ -1118,36 +1124,38 @@ pub fn train_with(
             return Ok((vec![], Stop::Epochs));
         }
     }
+    let batches = train.len().div_ceil(global);
+    if let Some(p) = &progress {
+        if p.batch >= batches || p.samples != p.batch * global {
+            return Err(Error::Param(format!(
+                "the checkpoint was taken after batch {} ({} samples) of epoch {first_epoch}, which has {batches} \
+                 batches of {global}: the training set or batch size is not the run's",
+                p.batch, p.samples
+            )));
+        }
+    }
     if let Some(p) = &cfg.pruner {
         p.apply(model)?;
     }
     par.broadcast_weights(model, &opt)?;
+    hooks.on_start()?;
     let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
-        let batches = train.len().div_ceil(global);
         // A resumed epoch draws its order again from the generator state at its start and goes on
-        // at its batch; `rng` then holds the state after the batches done (dropout draws).
+        // at its batch (checked above); `rng` then holds the state after the batches done (dropout
+        // draws).
         let (order, epoch_rng, first_batch, mut sum, mut seen, seconds_before) = match progress.take() {
-            Some(p) => {
-                if p.batch >= batches || p.samples != p.batch * global {
-                    return Err(Error::Param(format!(
-                        "the checkpoint was taken after batch {} ({} samples) of epoch {epoch}, which has {batches} \
-                         batches of {global}: the training set or batch size is not the run's",
-                        p.batch, p.samples
-                    )));
-                }
-                (
-                    EpochSampler::at_state(train.len(), global, p.epoch_rng)?,
-                    p.epoch_rng,
-                    p.batch,
-                    p.loss_sum,
-                    p.samples,
-                    p.seconds,
-                )
-            }
+            Some(p) => (
+                EpochSampler::at_state(train.len(), global, p.epoch_rng)?,
+                p.epoch_rng,
+                p.batch,
+                p.loss_sum,
+                p.samples,
+                p.seconds,
+            ),
             None => {
                 // Every rank draws rank 0's order (rank 0's generator also drew its dropout).
                 rng = Rng::new(broadcast_u64(comm, rng.state(), 0)?);

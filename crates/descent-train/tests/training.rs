@@ -301,3 +301,63 @@ fn a_small_loss_change_stops_the_run() {
     let n = h.len();
     assert!((h[n - 1].train_loss - h[n - 2].train_loss).abs() < 1e-3);
 }
+
+/// What a run's hooks were called for, in order.
+#[derive(Default)]
+struct Calls(Vec<&'static str>);
+
+impl descent_train::train::Hooks for &mut Calls {
+    fn on_start(&mut self) -> descent_train::Result<()> {
+        self.0.push("start");
+        Ok(())
+    }
+    fn on_step(&mut self, _: &descent_train::train::StepMetrics) -> descent_train::train::Control {
+        self.0.push("step");
+        descent_train::train::Control::Continue
+    }
+    fn on_epoch(
+        &mut self,
+        _: &descent_train::train::EpochMetrics,
+        _: &mut descent_train::train::EpochEnd,
+    ) -> descent_train::Result<()> {
+        self.0.push("epoch");
+        Ok(())
+    }
+}
+
+/// `Hooks::on_start` comes once, before the first step, and only once the checkpoint a run
+/// resumes from has been applied and found to fit: a resume refused before it trains has not
+/// started the hooks (a run folder's files are cut back and rewritten there).
+#[test]
+fn hooks_start_only_once_a_resume_is_accepted() {
+    use descent_train::checkpoint::Checkpoint;
+    use descent_train::train::{train_from, EpochEnd, EpochMetrics};
+    let (tr, te, model) = regression(4);
+    let mut c = cfg("sgd", 0.1, 2, 100);
+    let mut calls = Calls::default();
+    train_from(&model, &tr, &te, &c, None, &mut calls).unwrap();
+    assert_eq!(calls.0[..2], ["start", "step"]);
+    assert_eq!(calls.0.iter().filter(|c| **c == "start").count(), 1);
+    // Cut inside the second epoch (10 batches an epoch): the checkpoint holds batch 5 of epoch 2.
+    c.max_steps = Some(15);
+    let mut ck = None;
+    train_from(&model, &tr, &te, &c, None, |_: &EpochMetrics, end: &mut EpochEnd| {
+        ck = Some(end.checkpoint()?);
+        Ok(())
+    })
+    .unwrap();
+    let ck: Checkpoint = ck.unwrap();
+    assert_eq!(ck.progress.as_ref().map(|p| p.batch), Some(5));
+    c.max_steps = Some(20);
+    // A training set of 3 batches an epoch: batch 5 does not exist.
+    let (x, y) = tr.range(0, 300).unwrap();
+    let small = Dataset { x, y };
+    let mut refused = Calls::default();
+    let e = train_from(&model, &small, &te, &c, Some(&ck), &mut refused).unwrap_err().to_string();
+    assert!(e.contains("batch 5") && e.contains("3 batches"), "{e}");
+    assert!(refused.0.is_empty(), "{:?}", refused.0);
+    let mut resumed = Calls::default();
+    train_from(&model, &tr, &te, &c, Some(&ck), &mut resumed).unwrap();
+    assert_eq!(resumed.0[..2], ["start", "step"]);
+    assert_eq!(resumed.0.iter().filter(|c| **c == "step").count(), 5);
+}
