@@ -96,6 +96,37 @@ impl GptConfig {
         Ok(c)
     }
 
+    /// The parameters' names and shapes in [`Model::named_vars`]'s order, without building the
+    /// model.
+    pub fn param_shapes(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
+        let c = self.n_embd;
+        let block = move |i: usize| {
+            let p = format!("transformer.h.{i}");
+            [
+                ("ln_1.weight", vec![c]),
+                ("ln_1.bias", vec![c]),
+                ("attn.c_attn.weight", vec![3 * c, c]),
+                ("attn.c_attn.bias", vec![3 * c]),
+                ("attn.c_proj.weight", vec![c, c]),
+                ("attn.c_proj.bias", vec![c]),
+                ("ln_2.weight", vec![c]),
+                ("ln_2.bias", vec![c]),
+                ("mlp.c_fc.weight", vec![4 * c, c]),
+                ("mlp.c_fc.bias", vec![4 * c]),
+                ("mlp.c_proj.weight", vec![c, 4 * c]),
+                ("mlp.c_proj.bias", vec![c]),
+            ]
+            .map(|(n, s)| (format!("{p}.{n}"), s))
+        };
+        [
+            ("transformer.wte.weight".to_string(), vec![self.vocab_size, c]),
+            ("transformer.wpe.weight".to_string(), vec![self.block_size, c]),
+        ]
+        .into_iter()
+        .chain((0..self.n_layer).flat_map(block))
+        .chain([("transformer.ln_f.weight".to_string(), vec![c]), ("transformer.ln_f.bias".to_string(), vec![c])])
+    }
+
     fn check(&self) -> Result<()> {
         let c = self;
         if c.vocab_size == 0 || c.block_size == 0 || c.n_layer == 0 || c.n_embd == 0 {
@@ -190,13 +221,21 @@ impl Gpt {
     /// A model of this configuration holding the given tensors (PyTorch's names and shapes, as
     /// [`Model::named_vars`] lists them, e.g. a state dict read from a file). A missing tensor or
     /// a wrong shape is an error naming it.
+    ///
+    /// The tensors are checked against the configuration before the model is built, so that a
+    /// configuration that does not describe them (a block size of 2⁴⁰) allocates nothing.
     pub fn from_tensors(config: GptConfig, get: impl Fn(&str) -> Option<Tensor>) -> Result<Gpt> {
-        let mut gpt = Gpt::new(config, &mut Rng::new(0), &Device::Cpu)?;
-        for (name, var) in gpt.named_vars() {
+        config.check()?;
+        let mut tensors = vec![];
+        for (name, shape) in config.param_shapes() {
             let t = get(&name).ok_or_else(|| Error::Param(format!("gpt: no tensor `{name}`")))?;
-            if t.dims() != var.dims() {
-                return Err(Error::Param(format!("gpt: `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims())));
+            if t.dims() != shape {
+                return Err(Error::Param(format!("gpt: `{name}` has shape {:?}, expected {shape:?}", t.dims())));
             }
+            tensors.push(t);
+        }
+        let mut gpt = Gpt::new(config, &mut Rng::new(0), &Device::Cpu)?;
+        for ((_, var), t) in gpt.named_vars().into_iter().zip(tensors) {
             var.set(&t.to_dtype(DType::F32)?)?;
         }
         gpt.set_eps(config.layer_norm_eps);

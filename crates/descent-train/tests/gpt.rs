@@ -426,3 +426,31 @@ fn top_k_and_context() {
     let zero = Sampling { top_k: Some(0), ..s };
     assert!(generate_with(&model, &prompt, 1, &zero, &mut Rng::new(0)).is_err());
 }
+
+/// `GptConfig::param_shapes` lists what `named_vars` holds, without building the model; and
+/// `Gpt::from_tensors` checks the tensors against the configuration before it builds one: a
+/// configuration whose position table would take 2⁴⁰ rows is refused by the tensor it
+/// contradicts, not attempted.
+#[test]
+fn a_configuration_is_checked_against_the_tensors_before_the_model_is_built() {
+    for (vocab, block, layers, heads, width) in [(65, 64, 4, 4, 128), (7, 5, 1, 2, 6), (3, 2, 3, 1, 4)] {
+        let c = GptConfig::new(vocab, block, layers, heads, width);
+        let model = Gpt::new(c, &mut Rng::new(1), &Device::Cpu).unwrap();
+        let ours: Vec<(String, Vec<usize>)> =
+            model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().dims().to_vec())).collect();
+        assert_eq!(c.param_shapes().collect::<Vec<_>>(), ours);
+    }
+    let c = GptConfig::new(7, 5, 1, 2, 6);
+    let model = Gpt::new(c, &mut Rng::new(1), &Device::Cpu).unwrap();
+    let stored: Vec<(String, Tensor)> =
+        model.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let get = |name: &str| stored.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone());
+    let back = Gpt::from_tensors(c, get).unwrap();
+    assert_eq!(back.num_params(), model.num_params());
+    let huge = GptConfig { block_size: 1 << 40, ..c };
+    let e = Gpt::from_tensors(huge, get).err().expect("refused").to_string();
+    assert!(e.contains("transformer.wpe.weight") && e.contains("1099511627776"), "{e}");
+    let deep = GptConfig { n_layer: 1_000_000, ..c };
+    let e = Gpt::from_tensors(deep, get).err().expect("refused").to_string();
+    assert!(e.contains("no tensor `transformer.h.1.ln_1.weight`"), "{e}");
+}
