@@ -136,7 +136,7 @@ fn read_run(dir: &Path) -> Result<Source> {
         );
     }
     let ck = Checkpoint::load(&dir.join(folder::run::CHECKPOINT))?;
-    crate::train::check_checkpoint_of_folder(&ck, dir)?;
+    crate::train::check_checkpoint_of_folder(&ck, dir, Some(&args))?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) = train::workload(
         &args.model,

@@ -61,7 +61,7 @@ pub fn open_run(dir: &Path) -> Result<RunFolder> {
         bail!("{d}: no checkpoint ({}): the run stopped before the end of its first epoch", folder::run::CHECKPOINT);
     }
     let checkpoint = Checkpoint::load(&ck_path)?;
-    crate::train::check_checkpoint_of_folder(&checkpoint, dir)?;
+    crate::train::check_checkpoint_of_folder(&checkpoint, dir, Some(&args))?;
     Ok(RunFolder { dir: dir.to_path_buf(), args, checkpoint })
 }
 

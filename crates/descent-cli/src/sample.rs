@@ -60,7 +60,8 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
     }
     let ck = Checkpoint::load(&path)?;
     // Written by this folder's run, not copied from another run.
-    crate::train::check_checkpoint_of_folder(&ck, run_dir)?;
+    // The model is the checkpoint's own (its configuration and vocabulary); config.json is not read.
+    crate::train::check_checkpoint_of_folder(&ck, run_dir, None)?;
     let (Some(config), Some(vocab)) = (&ck.model_config, &ck.vocab) else {
         bail!(
             "{}: the checkpoint holds no language model (no model configuration and vocabulary): sample from a run of `descent train --model gpt`",

@@ -2546,14 +2546,27 @@ fn check_checkpoint_id(ck: &Checkpoint, dir: &std::path::Path, run_id: &str) -> 
 }
 
 /// For the commands that only read a run (`evaluate`, `sample`, `prune`, `quantize`, …): that its
-/// checkpoint was written by the run of the folder's marker, not copied from another run. A
-/// folder of an older descent (no marker, or a checkpoint without a run id) is read as it is;
-/// the settings' hash is left to `--resume` (older runs' config.json hash differently).
-pub fn check_checkpoint_of_folder(ck: &Checkpoint, dir: &std::path::Path) -> Result<()> {
-    match folder::Marker::read(dir)? {
-        Some(m) if m.kind == folder::Kind::Run && !ck.run_id.is_empty() => check_checkpoint_id(ck, dir, &m.id),
-        _ => Ok(()),
+/// checkpoint was written by the run of the folder's marker, not copied from another run, and,
+/// given the folder's settings `cfg` (config.json, which these commands rebuild the model and
+/// its data from), that they are the settings the checkpoint was written with, as `--resume`
+/// requires. A folder of an older descent (no marker, or a checkpoint without a run id or a
+/// settings hash) is read as it is.
+pub fn check_checkpoint_of_folder(ck: &Checkpoint, dir: &std::path::Path, cfg: Option<&TrainArgs>) -> Result<()> {
+    if let Some(m) = folder::Marker::read(dir)? {
+        if m.kind == folder::Kind::Run && !ck.run_id.is_empty() {
+            check_checkpoint_id(ck, dir, &m.id)?;
+        }
     }
+    if let Some(cfg) = cfg.filter(|_| !ck.config_hash.is_empty()) {
+        if ck.config_hash != config_hash(cfg)? {
+            bail!(
+                "{}: config.json was changed after the checkpoint was written: the run's model and data are rebuilt from \
+                 it, so only the settings the run was trained with are read",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A run folder's marker id, or an error naming the folder.

@@ -1175,3 +1175,47 @@ fn a_refused_resume_leaves_the_run_folder_as_it_was() {
     assert!(!ok && t.contains("batch 3"), "{t}");
     assert!(before == files_of(&r), "the refused resume changed the folder");
 }
+
+/// The commands that rebuild a run's model and data from its config.json (evaluate, prune,
+/// quantize, compress-report, a distillation's teacher) read it only as the checkpoint was
+/// trained with it: an edited setting (standardized inputs, a validation split) would score
+/// another model on other data without a word.
+#[test]
+fn an_edited_config_is_refused_by_the_commands_that_read_a_run() {
+    let d = fresh("edited-config");
+    let data = d.join("data");
+    write_idx_set(&data, 200, 40, 28, 28);
+    let r = d.join("run");
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "3",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--out",
+        s(&r),
+    ]);
+    assert!(ok, "{t}");
+    let (ok, t) = run(&["evaluate", s(&r)]);
+    assert!(ok, "{t}");
+    let cfg = r.join("config.json");
+    let text = read(&cfg);
+    assert!(text.contains("\"normalize\": false"), "{text}");
+    std::fs::write(&cfg, text.replace("\"normalize\": false", "\"normalize\": true")).unwrap();
+    for args in [
+        vec!["evaluate", s(&r)],
+        vec!["prune", s(&r), "--method", "l1_unstructured", "--amount", "0.5", "--out", s(&d.join("pruned"))],
+        vec!["quantize", s(&r), "--out", s(&d.join("int8"))],
+        vec!["compress-report", s(&r)],
+    ] {
+        let (ok, t) = run(&args);
+        assert!(!ok && t.contains("config.json was changed"), "{args:?}: {t}");
+    }
+    assert!(!d.join("pruned").exists() && !d.join("int8").exists());
+}
