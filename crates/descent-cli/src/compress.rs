@@ -382,10 +382,10 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     };
     let info = info_of(&src.args, "pruned", &s.run, method);
     write_info(&s.out, &info)?;
-    dc::save_model(&s.out.join(folder::run::MODEL_F32), &src.args.model, model.as_ref())?;
+    dc::save_model(&s.out.join(folder::run::MODEL_F32), &info, model.as_ref())?;
     if compact {
         let small = dc::shrink(&src.args.model, model.as_ref())?;
-        dc::save_model(&s.out.join(folder::run::COMPACT), &src.args.model, small.as_ref())?;
+        dc::save_model(&s.out.join(folder::run::COMPACT), &info, small.as_ref())?;
         let count = |m: &dyn Model| m.named_vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>();
         let shapes: Vec<String> = small
             .named_vars()
@@ -481,8 +481,9 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     };
     check_out(&q.run, &q.out)?;
     let _claimed = folder::claim_new(&q.out, folder::Kind::Run, q.force, false, None)?;
-    write_info(&q.out, &info_of(&src.args, "int8", &q.run, method.clone()))?;
-    qm.save(&q.out.join(folder::run::MODEL_INT8))?;
+    let info = info_of(&src.args, "int8", &q.run, method.clone());
+    write_info(&q.out, &info)?;
+    qm.save(&q.out.join(folder::run::MODEL_INT8), &info)?;
     let f32_bytes: usize = src.model.named_vars().iter().map(|(_, v)| 4 * v.elem_count()).sum();
     let int8_bytes: usize = qm.layers().iter().map(|l| l.weight.n * l.weight.k).sum();
     println!(
@@ -594,7 +595,7 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
             let src = read_run(dir)?;
             let info = info_of(&src.args, "f32", dir, "trained".into());
             let tmp = std::env::temp_dir().join(format!("descent-report-{}.safetensors", std::process::id()));
-            dc::save_model(&tmp, &src.args.model, src.model.as_ref())?;
+            dc::save_model(&tmp, &info, src.model.as_ref())?;
             let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
             std::fs::remove_file(&tmp).ok();
             let (mut params, mut nonzeros) = (0, 0);

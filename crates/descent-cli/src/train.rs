@@ -3230,7 +3230,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             let targets = descent_train::prune::prunable(model.as_ref()).into_iter().map(|(n, _)| n).collect();
             cfg.pruner = Some(std::sync::Arc::new(descent_train::prune::Pruner::gradual(g, targets)));
         } else if let Folder::Resume(..) = &target {
-            if cli.resume.as_deref().is_some_and(|d| d.join(folder::run::COMPRESS_JSON).exists()) {
+            if let Some(d) = cli.resume.as_deref().filter(|d| d.join(folder::run::COMPRESS_JSON).exists()) {
+                // Its model files follow the fine-tuning (below): they and compress.json must be
+                // whole and agree before the run goes on.
+                descent_train::compress::load_compressed(d)?;
                 // A pruned run fine-tuned further: its zeros are its masks.
                 cfg.pruner = Some(std::sync::Arc::new(descent_train::prune::Pruner::fixed(vec![])));
             }
@@ -3470,10 +3473,11 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     // evaluate, quantize and compress-report read, follow the weights now trained, as prune wrote
     // them from the end of its own fine-tuning.
     if writer && matches!(job, Job::Images { .. }) && run_dir.dir.join(folder::run::COMPRESS_JSON).exists() {
-        use descent_train::compress::{save_model, shrink};
-        save_model(&run_dir.dir.join(folder::run::MODEL_F32), &a.model, model)?;
+        use descent_train::compress::{save_model, shrink, CompressInfo};
+        let info = CompressInfo::read(&run_dir.dir)?;
+        save_model(&run_dir.dir.join(folder::run::MODEL_F32), &info, model)?;
         if run_dir.dir.join(folder::run::COMPACT).exists() {
-            save_model(&run_dir.dir.join(folder::run::COMPACT), &a.model, shrink(&a.model, model)?.as_ref())?;
+            save_model(&run_dir.dir.join(folder::run::COMPACT), &info, shrink(&a.model, model)?.as_ref())?;
         }
     }
     Ok(RunOutcome { dir: run_dir.dir.clone(), args: a, history, stop, state_bytes, first_values, nothing_to_do: None })

@@ -1219,3 +1219,52 @@ fn an_edited_config_is_refused_by_the_commands_that_read_a_run() {
     }
     assert!(!d.join("pruned").exists() && !d.join("int8").exists());
 }
+
+/// A folder of `descent quantize` or `descent prune` is read as it was made: its model file holds
+/// the compress.json it was written with, and an edited one (standardized inputs, another model)
+/// is refused by the commands that read the folder.
+#[test]
+fn an_edited_compress_record_is_refused() {
+    let d = fresh("edited-compress");
+    let data = d.join("data");
+    write_idx_set(&data, 200, 40, 28, 28);
+    let r = d.join("run");
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "3",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--out",
+        s(&r),
+    ]);
+    assert!(ok, "{t}");
+    let (q, p) = (d.join("int8"), d.join("pruned"));
+    for args in [
+        vec!["quantize", s(&r), "--out", s(&q)],
+        vec!["prune", s(&r), "--method", "l1_unstructured", "--amount", "0.5", "--out", s(&p)],
+    ] {
+        let (ok, t) = run(&args);
+        assert!(ok, "{args:?}: {t}");
+    }
+    for (dir, from, to) in
+        [(&q, "\"normalize\": false", "\"normalize\": true"), (&p, "\"model\": \"mlp\"", "\"model\": \"lenet\"")]
+    {
+        let (ok, t) = run(&["evaluate", s(dir)]);
+        assert!(ok, "{t}");
+        let info = dir.join("compress.json");
+        let text = read(&info);
+        assert!(text.contains(from), "{text}");
+        std::fs::write(&info, text.replace(from, to)).unwrap();
+        for cmd in ["evaluate", "compress-report"] {
+            let (ok, t) = run(&[cmd, s(dir)]);
+            assert!(!ok && t.contains("compress.json") && t.contains("changed after"), "{cmd} {}: {t}", dir.display());
+        }
+    }
+}

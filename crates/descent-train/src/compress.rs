@@ -52,7 +52,43 @@ pub struct CompressInfo {
     pub method: String,
 }
 
+/// The metadata key of a compressed model's file that holds the [`CompressInfo`] it was written
+/// with: `compress.json` edited afterwards (another model, other inputs) is noticed.
+const INFO_KEY: &str = "compress_info";
+
 impl CompressInfo {
+    /// This record as model-file metadata.
+    pub(crate) fn stamp(&self) -> Result<(String, String)> {
+        Ok((INFO_KEY.to_string(), serde_json::to_string(self).map_err(|e| Error::Param(e.to_string()))?))
+    }
+
+    /// That the model file `file` was written with this record, where it holds one (files of an
+    /// older descent do not).
+    fn check_stamp(&self, dir: &Path, file: &Path) -> Result<()> {
+        let data = std::fs::read(file)
+            .map_err(|e| Error::Data { path: file.display().to_string(), message: e.to_string() })?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| Error::Data {
+            path: file.display().to_string(),
+            message: format!("not a safetensors file: {e}"),
+        })?;
+        let Some(text) = md.metadata().as_ref().and_then(|m| m.get(INFO_KEY)) else {
+            return Ok(());
+        };
+        let stored: CompressInfo = serde_json::from_str(text)
+            .map_err(|e| Error::Data { path: file.display().to_string(), message: format!("{INFO_KEY}: {e}") })?;
+        if &stored != self {
+            return Err(Error::Data {
+                path: dir.join(INFO).display().to_string(),
+                message: format!(
+                    "changed after {} was written (it was made as: {}); the model is read only as it was made",
+                    file.display(),
+                    text
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads `compress.json` from a folder.
     pub fn read(dir: &Path) -> Result<CompressInfo> {
         let p = dir.join(INFO);
@@ -65,8 +101,9 @@ impl CompressInfo {
 /// `(name, shape, values)`.
 type Stored = (String, Vec<usize>, Vec<f32>);
 
-/// Writes a model's f32 weights and buffers (`descent-model-1`).
-pub fn save_model(path: &Path, model_name: &str, model: &dyn Model) -> Result<()> {
+/// Writes a model's f32 weights and buffers (`descent-model-1`), with the record `info` of the
+/// folder it goes into.
+pub fn save_model(path: &Path, info: &CompressInfo, model: &dyn Model) -> Result<()> {
     use safetensors::tensor::Dtype;
     let mut parts: Vec<crate::checkpoint::Part> = vec![];
     for (prefix, vars) in [("", model.named_vars()), ("buffers/", model.named_buffers())] {
@@ -77,7 +114,7 @@ pub fn save_model(path: &Path, model_name: &str, model: &dyn Model) -> Result<()
         }
     }
     let meta: HashMap<String, String> =
-        [("format".to_string(), "descent-model-1".to_string()), ("model".into(), model_name.to_string())]
+        [("format".to_string(), "descent-model-1".to_string()), ("model".into(), info.model.clone()), info.stamp()?]
             .into_iter()
             .collect();
     crate::checkpoint::save_verified(path, "model", &parts, meta)
@@ -194,8 +231,9 @@ fn counts(model: &dyn Model) -> Result<(usize, usize)> {
     Ok((p, nz))
 }
 
-fn load_f32(info: CompressInfo, file: PathBuf) -> Result<Loaded> {
+fn load_f32(dir: &Path, info: CompressInfo, file: PathBuf) -> Result<Loaded> {
     let (w, b) = read_model(&file)?;
+    info.check_stamp(dir, &file)?;
     let model = build(&info, &w, &b)?;
     set_values(model.as_ref(), &w, &b)?;
     let (params, nonzeros) = counts(model.as_ref())?;
@@ -211,11 +249,12 @@ pub fn load_compressed(dir: &Path) -> Result<Loaded> {
     let int8 = dir.join(MODEL_INT8);
     if int8.exists() {
         let q = QuantModel::load(&int8)?;
+        info.check_stamp(dir, &int8)?;
         let (params, nonzeros) = (q.num_params(), q.nonzeros());
         let file_bytes = std::fs::metadata(&int8).map(|m| m.len()).unwrap_or(0);
         return Ok(Loaded { model: Box::new(q), info, params, nonzeros, file_bytes, file: int8 });
     }
-    load_f32(info, dir.join(MODEL_F32))
+    load_f32(dir, info, dir.join(MODEL_F32))
 }
 
 /// The compact model of a structurally pruned folder, if it has one.
@@ -224,7 +263,7 @@ pub fn load_compact(dir: &Path) -> Result<Option<Loaded>> {
     if !p.exists() {
         return Ok(None);
     }
-    load_f32(CompressInfo::read(dir)?, p).map(Some)
+    load_f32(dir, CompressInfo::read(dir)?, p).map(Some)
 }
 
 /// The layers [`shrink`] works through, in order: `(weight name, bias name)`.

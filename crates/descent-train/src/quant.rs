@@ -1171,8 +1171,9 @@ impl QuantModel {
 
     /// The file format: per layer `NAME.weight` (i8, the weight's shape), `NAME.weight_scale` and
     /// `NAME.bias` (f32 `[out]`), `NAME.input_scale` (f32 `[1]`) and `NAME.input_zero_point` (i32
-    /// `[1]`); metadata `format` = `descent-int8-1`, `model`, `layers` (JSON of [`LayerSpec`]).
-    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+    /// `[1]`); metadata `format` = `descent-int8-1`, `model`, `layers` (JSON of [`LayerSpec`]) and
+    /// the record `info` of the folder it goes into.
+    pub fn save(&self, path: &std::path::Path, info: &crate::compress::CompressInfo) -> Result<()> {
         use safetensors::tensor::Dtype;
         let mut bufs: Vec<crate::checkpoint::Part> = vec![];
         for l in &self.layers {
@@ -1199,6 +1200,7 @@ impl QuantModel {
             ("format".to_string(), "descent-int8-1".to_string()),
             ("model".into(), self.model.clone()),
             ("layers".into(), serde_json::to_string(&specs).map_err(|x| e(x.to_string()))?),
+            info.stamp()?,
         ]
         .into_iter()
         .collect();
@@ -1475,7 +1477,17 @@ mod tests {
                 );
             }
             let dir = std::env::temp_dir().join(format!("descent-int8-{name}-{}", std::process::id()));
-            q.save(&dir).unwrap();
+            let info = crate::compress::CompressInfo {
+                kind: "int8".into(),
+                model: name.to_string(),
+                depth: None,
+                width: None,
+                normalize: false,
+                data: "data/mnist".into(),
+                source: "run".into(),
+                method: "test".into(),
+            };
+            q.save(&dir, &info).unwrap();
             let back = QuantModel::load(&dir).unwrap();
             std::fs::remove_file(&dir).ok();
             q.kernel = Kernel::Scalar;
