@@ -147,6 +147,7 @@ fn read_run(dir: &Path) -> Result<Source> {
         &args.data,
         &mut rng,
     )?;
+    train::check_data_of_checkpoint(&ck, &args)?;
     dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)?;
     Ok(Source { args, model, train_set, test_set, loss })
 }

@@ -118,6 +118,7 @@ impl RunFolder {
         let mut rng = Rng::new(a.seed);
         let (model, train_set, test_set, loss) =
             workload(&a.model, Arch::of(a), Init::parse(&a.init)?, a.dropout(), a.normalize, &a.data, &mut rng)?;
+        crate::train::check_data_of_checkpoint(&self.checkpoint, a)?;
         let (_, eval_set) = hold_out(train_set, test_set, a.validation)?;
         self.apply(model.as_ref(), weights)?;
         Ok(LoadedModel { model, eval_set, loss })

@@ -834,8 +834,39 @@ fn mnist_datasets(data: &std::path::Path, normalize: bool) -> Result<(Dataset, D
         }
     }
     let sets = (Dataset::mnist(&m.train, normalize)?, Dataset::mnist(&m.test, normalize)?);
+    let mut digests = DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !digests.iter().any(|(d, _)| d == data) {
+        digests.push((data.to_path_buf(), m.digest()));
+    }
     loaded.push((key, sets.clone()));
     Ok(sets)
+}
+
+/// The digests of the MNIST folders [`mnist_datasets`] read, by folder.
+static DIGESTS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The digest ([`descent_train::mnist::Mnist::digest`]) of the MNIST folder `data`, once a
+/// workload has read it (`None` before, and for the linear model's synthetic data).
+pub fn mnist_digest(data: &std::path::Path) -> Option<String> {
+    DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(d, _)| d == data).map(|(_, h)| h.clone())
+}
+
+/// That the data a run's `args` name is the data its checkpoint `ck` was trained on (where the
+/// checkpoint records it), once the workload has read it: other images at the run's data path
+/// would resume or score the run on another training or test set without a word.
+pub fn check_data_of_checkpoint(ck: &Checkpoint, args: &TrainArgs) -> Result<()> {
+    if args.model == "linear" || args.model == "gpt" {
+        return Ok(());
+    }
+    if let (Some(was), Some(is)) = (&ck.data_digest, mnist_digest(&args.data)) {
+        if *was != is {
+            bail!(
+                "{}: not the MNIST data the run's checkpoint was trained on (digest {is}, the run's {was}); give the data the run was trained on",
+                args.data.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Builds a workload by name (`lenet`, `mlp`, `resnet`, `plain`, `linear`).
@@ -1213,6 +1244,8 @@ struct CliHooks<'a> {
     error: Option<String>,
     /// Set for a language model: its "epochs" are the loss estimates every --eval-interval steps.
     text: Option<TextRun>,
+    /// An image model's data ([`mnist_digest`]), for its checkpoints.
+    data_digest: Option<String>,
 }
 
 /// What the hooks of a language-model run add: the model's shape and vocabulary for its
@@ -1412,6 +1445,7 @@ impl Hooks for &mut CliHooks<'_> {
             ck.vocab = Some(t.vocab.clone());
             ck.text_digest = Some(t.text_digest.clone());
         }
+        ck.data_digest = self.data_digest.clone();
         ck.save(&self.run_dir.checkpoint())
     }
 }
@@ -3261,8 +3295,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
         Job::Images { model, train_set, test_set, cfg, teachers }
     };
-    if let (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) = (&job, &target) {
-        check_text_checkpoint(ck, model, corpus)?;
+    match (&job, &target) {
+        (Job::Text { model, corpus, .. }, Folder::Resume(_, ck)) => check_text_checkpoint(ck, model, corpus)?,
+        (Job::Images { .. }, Folder::Resume(_, ck)) => check_data_of_checkpoint(ck, &a)?,
+        _ => {}
     }
     // TOML has no null: settings holding one (AdaFactor's `betas: [null, 0.999]`) leave the run
     // without config.toml, said below; config.json holds every setting.
@@ -3414,6 +3450,10 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 block: text.block_size,
             }),
             Job::Images { .. } => None,
+        },
+        data_digest: match &job {
+            Job::Images { .. } => mnist_digest(&a.data).filter(|_| a.model != "linear"),
+            Job::Text { .. } => None,
         },
     };
     let trained = match &job {

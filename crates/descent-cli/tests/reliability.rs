@@ -1141,8 +1141,9 @@ fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A resume refused once its checkpoint is in hand (here the training set at the run's data path
-/// no longer has the batch the checkpoint was taken after) leaves the run folder as it was: its
-/// metric files are not cut back, its config not rewritten with the refused `--steps`.
+/// is not the one it was trained on, and no longer has the batch the checkpoint was taken after)
+/// leaves the run folder as it was: its metric files are not cut back, its config not rewritten
+/// with the refused `--steps`. Evaluating the run on that data is refused too.
 #[test]
 fn a_refused_resume_leaves_the_run_folder_as_it_was() {
     let d = fresh("refused-resume");
@@ -1172,8 +1173,14 @@ fn a_refused_resume_leaves_the_run_folder_as_it_was() {
     assert!(before.iter().any(|(n, b)| n == "metrics.jsonl" && !b.is_empty()));
     write_idx_set(&data, 64, 40, 28, 28);
     let (ok, t) = run(&["train", "--resume", s(&r), "--steps", "12"]);
-    assert!(!ok && t.contains("batch 3"), "{t}");
+    assert!(!ok && t.contains("not the MNIST data the run's checkpoint was trained on"), "{t}");
     assert!(before == files_of(&r), "the refused resume changed the folder");
+    let (ok, t) = run(&["evaluate", s(&r)]);
+    assert!(!ok && t.contains("not the MNIST data"), "{t}");
+    // The same images again: the run resumes.
+    write_idx_set(&data, 200, 40, 28, 28);
+    let (ok, t) = run(&["train", "--resume", s(&r), "--steps", "12"]);
+    assert!(ok, "{t}");
 }
 
 /// The commands that rebuild a run's model and data from its config.json (evaluate, prune,

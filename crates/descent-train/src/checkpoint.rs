@@ -65,6 +65,11 @@ pub struct Checkpoint {
     /// the caller, so that a resume on an edited text with the same characters can be refused;
     /// `None` from [`Checkpoint::capture`] and in checkpoints written before it was recorded.
     pub text_digest: Option<String>,
+    /// A digest of an image model's training and test sets ([`crate::mnist::Mnist::digest`]),
+    /// set by the caller, so that a resume or an evaluation on other data at the run's data path
+    /// can be refused; `None` from [`Checkpoint::capture`] and in checkpoints written before it
+    /// was recorded.
+    pub data_digest: Option<String>,
     /// The run's weight average (EMA or SWA), when it keeps one; set by the training loop.
     pub average: Option<AverageState>,
 }
@@ -368,6 +373,7 @@ impl Checkpoint {
             model_config: None,
             vocab: None,
             text_digest: None,
+            data_digest: None,
             average: None,
         })
     }
@@ -415,6 +421,9 @@ impl Checkpoint {
         }
         if let Some(d) = &self.text_digest {
             meta.insert("text_digest".into(), d.clone());
+        }
+        if let Some(d) = &self.data_digest {
+            meta.insert("data_digest".into(), d.clone());
         }
         if let Some(a) = &self.average {
             let m = AverageMeta { kind: a.kind.clone(), n_averaged: a.n_averaged, swalr: a.swalr };
@@ -509,6 +518,7 @@ impl Checkpoint {
             model_config: meta.get("model_config").cloned(),
             vocab: meta.get("vocab").cloned(),
             text_digest: meta.get("text_digest").cloned(),
+            data_digest: meta.get("data_digest").cloned(),
             average: match meta.get("average") {
                 None => None,
                 Some(text) => {

@@ -169,6 +169,22 @@ pub struct Mnist {
     pub test: Split,
 }
 
+impl Mnist {
+    /// A digest of both splits' images and labels (CRC-32 over their sizes and bytes), recorded in
+    /// a run's checkpoints: the same digest means the same data, wherever it was read from.
+    pub fn digest(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        for s in [&self.train, &self.test] {
+            for n in [s.labels.len(), s.rows, s.cols] {
+                h.update(&(n as u64).to_le_bytes());
+            }
+            h.update(&s.images);
+            h.update(&s.labels);
+        }
+        format!("crc32:{:08x}", h.finalize())
+    }
+}
+
 /// `stem.gz` or `stem` in `dir`: the first that exists. Anything but absence (no permission to
 /// look) is reported as it is, with the path.
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
