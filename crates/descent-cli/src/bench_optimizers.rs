@@ -140,6 +140,25 @@ fn check_done(done: &[Record], s: &Settings, entries: &[Entry]) -> Result<()> {
         if !(r.status == "complete" || r.status.starts_with("failed")) {
             bail!("{line}: status `{}`; the benchmark writes complete or failed", r.status);
         }
+        // What the table and the search read: an accuracy is a percentage, a loss, a time and
+        // a rate are non-negative (a diverged run's are absent or not finite).
+        let percent = |a: f64| !a.is_finite() || (0.0..=100.0).contains(&a);
+        if let Some(a) = r.final_accuracy.filter(|a| !percent(*a)) {
+            bail!("{line}: final_accuracy {a}: an accuracy is a percentage, 0 to 100");
+        }
+        if let Some((step, a)) = r.curve.iter().find(|(_, a)| !percent(*a)) {
+            bail!("{line}: the curve's accuracy {a} at step {step}: an accuracy is a percentage, 0 to 100");
+        }
+        if let Some(l) = r.final_loss.filter(|l| *l < 0.0) {
+            bail!("{line}: final_loss {l}: a cross-entropy is not negative");
+        }
+        if !(r.seconds.is_finite() && r.seconds >= 0.0) || !(r.lr.is_finite() && r.lr > 0.0) {
+            bail!(
+                "{line}: seconds {} and lr {}: a time is a non-negative number, a learning rate a positive one",
+                r.seconds,
+                r.lr
+            );
+        }
     }
     Ok(())
 }
@@ -322,9 +341,10 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let entries = entries(&s)?;
-    // A line cut by a kill is dropped (its run goes again); the file is rewritten without it.
+    // A line cut by a kill is dropped (its run goes again); the file is rewritten without it. A
+    // damaged line before it is an error: the runs it holds are not thrown away.
     let mut warnings = vec![];
-    let mut done: Vec<Record> = read_records(&out.join(RUNS_JSONL), &mut warnings).unwrap_or_default();
+    let mut done: Vec<Record> = read_records(&out.join(RUNS_JSONL), &mut warnings)?;
     for w in &warnings {
         eprintln!("warning: {w}; its run goes again");
     }

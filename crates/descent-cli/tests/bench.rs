@@ -208,6 +208,22 @@ fn bench_optimizers_searches_each_rate_then_seeds_the_best_and_resumes() {
     std::fs::write(out.join("runs.jsonl"), format!("{again}{first}\n")).unwrap();
     let e = run_err(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
     assert!(e.contains("there twice"), "{e}");
+    // A damaged line before the last, or an accuracy that is no percentage: refused with the
+    // line, the runs before and after it kept (not rerun, not ranked).
+    let mut lines: Vec<String> = again.lines().map(String::from).collect();
+    let good = lines[2].clone();
+    lines[2] = "{garbage".into();
+    std::fs::write(out.join("runs.jsonl"), lines.join("\n") + "\n").unwrap();
+    let e = run_err(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
+    assert!(e.contains("runs.jsonl: line 3"), "{e}");
+    assert_eq!(std::fs::read_to_string(out.join("runs.jsonl")).unwrap().lines().count(), 6);
+    let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let acc = v["final_accuracy"].as_f64().unwrap();
+    lines[2] = good.replace(&format!("\"final_accuracy\":{acc}"), "\"final_accuracy\":250.0");
+    assert_ne!(lines[2], good);
+    std::fs::write(out.join("runs.jsonl"), lines.join("\n") + "\n").unwrap();
+    let e = run_err(&["bench", "optimizers", "--resume", o, "--threads", "1"]);
+    assert!(e.contains("line 3") && e.contains("final_accuracy 250"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
