@@ -308,15 +308,18 @@ pub(crate) fn available_memory() -> Option<u64> {
 }
 
 /// Refuses a `--params` whose buffers cannot be held: the parameters, the gradients and the
-/// roofline's copy of the parameters (12 bytes a parameter) before any optimizer state, against
-/// `available` bytes of memory, instead of an allocation failure's abort.
-fn check_memory(params: usize, available: Option<u64>) -> Result<()> {
-    let need = (params as u64).checked_mul(12);
+/// roofline's copy of the parameters (12 bytes a parameter) and the optimizer's state
+/// (`state_floats` a parameter, the largest of the optimizers benchmarked), against `available`
+/// bytes of memory, instead of an allocation failure's abort.
+fn check_memory(params: usize, state_floats: f64, available: Option<u64>) -> Result<()> {
+    let need = (params as u64).checked_mul(12).map(|b| b as f64 + 4.0 * state_floats * params as f64);
     match (need, available) {
         (None, _) => bail!("--params {params}: too many parameters to hold in memory"),
-        (Some(need), Some(have)) if need > have => bail!(
-            "--params {params}: the parameters, gradients and the roofline's copy alone take {:.1} GB, more than the {:.1} GB of memory available",
-            need as f64 / 1e9,
+        (Some(need), Some(have)) if need > have as f64 => bail!(
+            "--params {params}: the parameters, gradients, the roofline's copy and {} floats of optimizer state a \
+             parameter take {:.1} GB, more than the {:.1} GB of memory available",
+            crate::show::Num(state_floats),
+            need / 1e9,
             have as f64 / 1e9
         ),
         _ => Ok(()),
@@ -331,7 +334,6 @@ pub fn run(cfg: &StepBench) -> Result<()> {
     if cfg.tensors > cfg.params {
         bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
     }
-    check_memory(cfg.params, available_memory())?;
     if cfg.optimizer == "all" && cfg.hparams.as_object().is_some_and(|h| !h.is_empty()) {
         bail!("--hparams with --optimizer all: each optimizer of the table runs with its own arguments; name the optimizer the arguments are for");
     }
@@ -344,6 +346,8 @@ pub fn run(cfg: &StepBench) -> Result<()> {
         let (lib, opt_name) = resolve_optimizer(name)?;
         refuse_closure(lib, &opt_name)?;
     }
+    let state = list.iter().map(|(n, h)| crate::train::state_floats_per_param(n, h)).fold(0.0, f64::max);
+    check_memory(cfg.params, state, available_memory())?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
     let mut lines = vec![];
     for (name, h) in list {
@@ -415,11 +419,15 @@ mod tests {
 
     #[test]
     fn a_parameter_count_beyond_memory_is_refused() {
-        assert!(check_memory(1_000_000, Some(1 << 30)).is_ok());
-        assert!(check_memory(1_000_000, None).is_ok());
-        let e = check_memory(100_000_000_000, Some(24 << 30)).unwrap_err().to_string();
+        assert!(check_memory(1_000_000, 2.0, Some(1 << 30)).is_ok());
+        assert!(check_memory(1_000_000, 2.0, None).is_ok());
+        let e = check_memory(100_000_000_000, 0.0, Some(24 << 30)).unwrap_err().to_string();
         assert!(e.contains("--params 100000000000") && e.contains("1200.0 GB"), "{e}");
-        let e = check_memory(usize::MAX, None).unwrap_err().to_string();
+        // Adam's two floats a parameter count: 2e9 parameters take 40 GB, not 24.
+        assert!(check_memory(2_000_000_000, 0.0, Some(24_400_000_000)).is_ok());
+        let e = check_memory(2_000_000_000, 2.0, Some(24_400_000_000)).unwrap_err().to_string();
+        assert!(e.contains("40.0 GB") && e.contains("2 floats of optimizer state"), "{e}");
+        let e = check_memory(usize::MAX, 0.0, None).unwrap_err().to_string();
         assert!(e.contains("--params") && e.contains("too many"), "{e}");
     }
 }

@@ -2189,7 +2189,7 @@ impl Copies {
 /// Floats of state `optimizer` keeps a parameter, at least: built on a vector and on a square
 /// matrix of 4096 values each, the smaller (a matrix optimizer's rule for either); 0 where it
 /// cannot be built here (the run's own checks say why).
-fn state_floats_per_param(optimizer: &str, hparams: &serde_json::Value) -> f64 {
+pub(crate) fn state_floats_per_param(optimizer: &str, hparams: &serde_json::Value) -> f64 {
     let probe = |shape: Vec<usize>| -> Option<f64> {
         let n: usize = shape.iter().product();
         let params = vec![vec![0.01f32; n]];
