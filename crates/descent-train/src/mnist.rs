@@ -91,10 +91,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// Gunzips an idx stream: the header first, then no more than the data it declares (so a
 /// corrupt or hostile stream cannot make it allocate more than the file's true contents), then
 /// the rest of the stream is read through without keeping it, for the gzip checksum and to count
-/// any trailing data.
+/// any trailing data. Every member of the stream is read, as `zcat` reads them (`cat a.gz b.gz`,
+/// pigz and bgzip write several); bytes after the last member that are not one are an error.
 fn gunzip_idx(path: &Path, raw: &[u8]) -> Result<Idx> {
     let gz = |e: std::io::Error| data_err(path, format!("gzip: {e}"));
-    let mut dec = flate2::read::GzDecoder::new(raw);
+    let mut dec = flate2::read::MultiGzDecoder::new(raw);
     let mut out = Vec::new();
     (&mut dec).take(4).read_to_end(&mut out).map_err(gz)?;
     if out.len() == 4 && out[..3] == [0, 0, 8] {
@@ -208,7 +209,7 @@ fn header_rank(path: &Path) -> Option<u8> {
     let raw = std::fs::read(path).ok()?;
     let head = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut h = Vec::new();
-        (&mut flate2::read::GzDecoder::new(raw.as_slice())).take(4).read_to_end(&mut h).ok()?;
+        (&mut flate2::read::MultiGzDecoder::new(raw.as_slice())).take(4).read_to_end(&mut h).ok()?;
         h
     } else {
         raw.get(..4)?.to_vec()
@@ -329,6 +330,19 @@ mod tests {
             assert_eq!(m.test.images, vec![1, 2, 3, 4, 5, 6]);
             std::fs::remove_dir_all(&d).unwrap();
         }
+    }
+
+    /// A stream of several gzip members (`cat a.gz b.gz`, pigz, bgzip) reads as `zcat` reads it;
+    /// bytes after the last member that are no gzip member are refused.
+    #[test]
+    fn reads_every_gzip_member_and_refuses_trailing_bytes() {
+        let p = Path::new("x.idx.gz");
+        let whole = idx(&[4], &[1, 2, 3, 4]);
+        let two = [gz(&whole[..7]), gz(&whole[7..])].concat();
+        assert_eq!(gunzip_idx(p, &two).unwrap().data, vec![1, 2, 3, 4]);
+        let junk = [gz(&whole), b"trailing junk".to_vec()].concat();
+        let e = gunzip_idx(p, &junk).unwrap_err().to_string();
+        assert!(e.starts_with("x.idx.gz: gzip"), "{e}");
     }
 
     #[test]
