@@ -58,7 +58,7 @@ pub fn open_run(dir: &Path) -> Result<RunFolder> {
     let args = settings_from_value(value, &cfg_path.display().to_string())?;
     let ck_path = dir.join(folder::run::CHECKPOINT);
     if !ck_path.exists() {
-        bail!("{d}: no checkpoint ({}): the run stopped before the end of its first epoch", folder::run::CHECKPOINT);
+        return Err(crate::train::missing_checkpoint(dir, "the run stopped before the end of its first epoch"));
     }
     let checkpoint = Checkpoint::load(&ck_path)?;
     crate::train::check_checkpoint_of_folder(&checkpoint, dir, Some(&args))?;

@@ -842,6 +842,27 @@ fn mnist_datasets(data: &std::path::Path, normalize: bool) -> Result<(Dataset, D
     Ok(sets)
 }
 
+/// Why a run folder has no checkpoint to read: a link to nothing, a checkpoint gone although the
+/// metrics record finished epochs (deleted or moved), or else `never` (the run stopped before its
+/// first one).
+pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
+    let ck = dir.join(folder::run::CHECKPOINT);
+    if let Ok(target) = std::fs::read_link(&ck) {
+        return anyhow::anyhow!("{}: a link to {}, which does not exist", ck.display(), target.display());
+    }
+    let epochs = std::fs::read_to_string(dir.join(folder::run::METRICS_JSONL))
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    if epochs > 0 {
+        return anyhow::anyhow!(
+            "{}: no {}, although metrics.jsonl records {epochs} finished epoch(s) or estimate(s): the checkpoint was deleted or moved",
+            dir.display(),
+            folder::run::CHECKPOINT
+        );
+    }
+    anyhow::anyhow!("{}: no {}: {never}", dir.display(), folder::run::CHECKPOINT)
+}
+
 /// The digests of the MNIST folders [`mnist_datasets`] read, by folder.
 static DIGESTS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
 
@@ -3107,11 +3128,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                     serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;
                 let ck_path = dir.join(folder::run::CHECKPOINT);
                 if !ck_path.exists() {
-                    bail!(
-                    "{}: no checkpoint: the run stopped before the end of its first epoch; start it again with --out {} --force",
-                    dir.display(),
-                    dir.display()
-                );
+                    return Err(missing_checkpoint(
+                        dir,
+                        &format!(
+                            "the run stopped before the end of its first epoch; start it again with --out {} --force",
+                            dir.display()
+                        ),
+                    ));
                 }
                 let ck = Checkpoint::load(&ck_path)?;
                 check_checkpoint_of_run(&ck, dir, &claimed.marker.id, &cfg)?;

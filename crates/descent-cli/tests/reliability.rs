@@ -1275,3 +1275,39 @@ fn an_edited_compress_record_is_refused() {
         }
     }
 }
+
+/// A run folder whose checkpoint is gone after its epochs were recorded, or is a link to nothing,
+/// is told as such, not as a run that stopped before its first epoch (whose advice, `--force`,
+/// would delete the run).
+#[test]
+fn a_lost_checkpoint_is_named_as_lost() {
+    let d = fresh("lost-checkpoint");
+    let data = d.join("data");
+    write_idx_set(&data, 100, 20, 28, 28);
+    let r = d.join("run");
+    let (ok, t) = run(&[
+        "train",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--threads",
+        "1",
+        "--data",
+        s(&data),
+        "--out",
+        s(&r),
+    ]);
+    assert!(ok, "{t}");
+    let ck = r.join("checkpoint.safetensors");
+    std::fs::remove_file(&ck).unwrap();
+    for cmd in [vec!["evaluate", s(&r)], vec!["train", "--resume", s(&r), "--epochs", "2"]] {
+        let (ok, t) = run(&cmd);
+        assert!(!ok && t.contains("deleted or moved") && !t.contains("--force"), "{cmd:?}: {t}");
+    }
+    std::os::unix::fs::symlink(d.join("nowhere"), &ck).unwrap();
+    let (ok, t) = run(&["evaluate", s(&r)]);
+    assert!(!ok && t.contains("a link to") && t.contains("nowhere"), "{t}");
+}

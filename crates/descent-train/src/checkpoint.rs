@@ -335,6 +335,18 @@ fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
     }
 }
 
+/// A file's bytes, where it is a regular file: a link to a device (`/dev/zero`) or a pipe would
+/// be read until memory runs out, a folder not at all.
+pub(crate) fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a device, a pipe or a folder)",
+        ));
+    }
+    std::fs::read(path)
+}
+
 impl Checkpoint {
     /// Captures the model and optimizer now, at the end of epoch `epoch` (`run_id` and
     /// `config_hash` empty, no position inside an epoch).
@@ -444,7 +456,7 @@ impl Checkpoint {
     /// the weights, buffers and optimizer state are finite. Memory use is proportional to the
     /// file's size.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let data = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+        let data = read_regular(path).map_err(|e| err(path, e.to_string()))?;
         Self::from_bytes(path, &data)
     }
 

@@ -65,7 +65,7 @@ impl CompressInfo {
     /// That the model file `file` was written with this record, where it holds one (files of an
     /// older descent do not).
     fn check_stamp(&self, dir: &Path, file: &Path) -> Result<()> {
-        let data = std::fs::read(file)
+        let data = crate::checkpoint::read_regular(file)
             .map_err(|e| Error::Data { path: file.display().to_string(), message: e.to_string() })?;
         let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| Error::Data {
             path: file.display().to_string(),
@@ -123,7 +123,7 @@ pub fn save_model(path: &Path, info: &CompressInfo, model: &dyn Model) -> Result
 /// Reads the weights and buffers of a `descent-model-1` file.
 pub fn read_model(path: &Path) -> Result<(Vec<Stored>, Vec<Stored>)> {
     let e = |m: String| Error::Data { path: path.display().to_string(), message: m };
-    let data = std::fs::read(path).map_err(|x| e(x.to_string()))?;
+    let data = crate::checkpoint::read_regular(path).map_err(|x| e(x.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&data).map_err(|x| e(format!("not a safetensors file: {x}")))?;
     let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|x| e(x.to_string()))?;
     let meta = md.metadata().clone().unwrap_or_default();

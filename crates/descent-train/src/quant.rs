@@ -1211,7 +1211,7 @@ impl QuantModel {
     pub fn load(path: &std::path::Path) -> Result<QuantModel> {
         use safetensors::tensor::Dtype;
         let e = |m: String| Error::Data { path: path.display().to_string(), message: m };
-        let data = std::fs::read(path).map_err(|x| e(x.to_string()))?;
+        let data = crate::checkpoint::read_regular(path).map_err(|x| e(x.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|x| e(format!("not a safetensors file: {x}")))?;
         let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|x| e(x.to_string()))?;
         let meta = md.metadata().clone().unwrap_or_default();

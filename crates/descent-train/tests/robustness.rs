@@ -366,3 +366,18 @@ fn huge_idx_counts_allocate_nothing_from_the_count() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A checkpoint path that is a link to a device or a folder is refused by name: `/dev/zero`
+/// would be read until memory runs out.
+#[test]
+fn a_checkpoint_that_is_no_regular_file_is_refused() {
+    let dir = tmpdir("special");
+    let link = dir.join("checkpoint.safetensors");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    let e = Checkpoint::load(&link).err().expect("refused").to_string();
+    assert!(e.contains("checkpoint.safetensors") && e.contains("not a regular file"), "{e}");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::create_dir(&link).unwrap();
+    let e = Checkpoint::load(&link).err().expect("refused").to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+}
