@@ -152,7 +152,7 @@ fn check_done(done: &[Record], s: &Settings, entries: &[Entry]) -> Result<()> {
         if let Some(l) = r.final_loss.filter(|l| *l < 0.0) {
             bail!("{line}: final_loss {l}: a cross-entropy is not negative");
         }
-        if !(r.seconds.is_finite() && r.seconds >= 0.0) || !(r.lr.is_finite() && r.lr > 0.0) {
+        if !(r.seconds.is_finite() && r.seconds >= 0.0 && r.lr.is_finite() && r.lr > 0.0) {
             bail!(
                 "{line}: seconds {} and lr {}: a time is a non-negative number, a learning rate a positive one",
                 r.seconds,

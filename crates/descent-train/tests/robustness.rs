@@ -374,10 +374,10 @@ fn a_checkpoint_that_is_no_regular_file_is_refused() {
     let dir = tmpdir("special");
     let link = dir.join("checkpoint.safetensors");
     std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-    let e = Checkpoint::load(&link).err().expect("refused").to_string();
+    let e = Checkpoint::load(&link).expect_err("refused").to_string();
     assert!(e.contains("checkpoint.safetensors") && e.contains("not a regular file"), "{e}");
     std::fs::remove_file(&link).unwrap();
     std::fs::create_dir(&link).unwrap();
-    let e = Checkpoint::load(&link).err().expect("refused").to_string();
+    let e = Checkpoint::load(&link).expect_err("refused").to_string();
     assert!(e.contains("not a regular file"), "{e}");
 }
