@@ -148,7 +148,8 @@ fn read_run(dir: &Path) -> Result<Source> {
         &mut rng,
     )?;
     train::check_data_of_checkpoint(&ck, &args)?;
-    dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)?;
+    dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)
+        .with_context(|| dir.join(folder::run::CHECKPOINT).display().to_string())?;
     Ok(Source { args, model, train_set, test_set, loss })
 }
 
@@ -372,7 +373,8 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         println!("fine-tuning with the masks for {} epoch(s)", s.finetune_epochs);
         let out = train::execute(a, RunOptions { start: Some(start), ..Default::default() })?;
         let ck = Checkpoint::load(&out.dir.join(folder::run::CHECKPOINT))?;
-        dc::set_values(src.model.as_ref(), &ck.weights, &ck.buffers)?;
+        dc::set_values(src.model.as_ref(), &ck.weights, &ck.buffers)
+            .with_context(|| out.dir.join(folder::run::CHECKPOINT).display().to_string())?;
         let (_, zero_after) = sparsity(src.model.as_ref())?;
         if zero_after < zero {
             bail!("fine-tuning left {zero_after} zero weights of the {zero} pruned: the masks were not kept");

@@ -191,8 +191,11 @@ fn build(info: &CompressInfo, weights: &[Stored], buffers: &[Stored]) -> Result<
 pub fn set_values(model: &dyn Model, weights: &[Stored], buffers: &[Stored]) -> Result<()> {
     for (vars, stored, what) in [(model.named_vars(), weights, "weight"), (model.named_buffers(), buffers, "buffer")] {
         let by: HashMap<&str, &Stored> = stored.iter().map(|s| (s.0.as_str(), s)).collect();
-        if by.len() != vars.len() {
-            return Err(Error::Param(format!("{} stored {what}s for a model of {}", by.len(), vars.len())));
+        if let Some(extra) = stored.iter().find(|s| !vars.iter().any(|(n, _)| *n == s.0)) {
+            return Err(Error::Param(format!("stored {what} `{}` is not one of the model's", extra.0)));
+        }
+        if by.len() != stored.len() {
+            return Err(Error::Param(format!("a {what} is stored twice ({} names for {} tensors)", by.len(), stored.len())));
         }
         for (n, v) in vars {
             let s = by.get(n.as_str()).ok_or_else(|| Error::Param(format!("no stored {what} `{n}`")))?;
@@ -234,8 +237,12 @@ fn counts(model: &dyn Model) -> Result<(usize, usize)> {
 fn load_f32(dir: &Path, info: CompressInfo, file: PathBuf) -> Result<Loaded> {
     let (w, b) = read_model(&file)?;
     info.check_stamp(dir, &file)?;
-    let model = build(&info, &w, &b)?;
-    set_values(model.as_ref(), &w, &b)?;
+    let in_file = |e: Error| match e {
+        Error::Param(m) => Error::Data { path: file.display().to_string(), message: m },
+        e => e,
+    };
+    let model = build(&info, &w, &b).map_err(in_file)?;
+    set_values(model.as_ref(), &w, &b).map_err(in_file)?;
     let (params, nonzeros) = counts(model.as_ref())?;
     let file_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     Ok(Loaded { model, info, params, nonzeros, file_bytes, file })
