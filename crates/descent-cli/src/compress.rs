@@ -125,6 +125,12 @@ struct Source {
 
 fn read_run(dir: &Path) -> Result<Source> {
     folder::require_dir(dir, "the folder of a `descent train` run")?;
+    if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+        bail!(
+            "{}: the output of descent prune or quantize, not a training run; prune and quantize start from the folder of a `descent train` run",
+            dir.display()
+        );
+    }
     let cfg_path = dir.join(folder::run::CONFIG_JSON);
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("{}: not a run folder of descent train (no config.json)", dir.display()))?;

@@ -52,6 +52,16 @@ pub fn open_run(dir: &Path) -> Result<RunFolder> {
     }
     crate::train::run_id_of(dir)?;
     let cfg_path = dir.join(folder::run::CONFIG_JSON);
+    if !cfg_path.exists() {
+        if [folder::run::MODEL_INT8, folder::run::MODEL_F32].iter().any(|f| dir.join(f).exists()) {
+            bail!(
+                "{d}: a model file without its {}, which descent prune and quantize write beside it (deleted?), and no {} of a run",
+                folder::run::COMPRESS_JSON,
+                folder::run::CONFIG_JSON
+            );
+        }
+        bail!("{d}: no {}: not a whole run folder of `descent train` (deleted?)", folder::run::CONFIG_JSON);
+    }
     let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: malformed", cfg_path.display()))?;

@@ -906,6 +906,17 @@ impl QuantModel {
             if i > 0 && conv && !prev_conv {
                 return Err(bad("a convolution after a linear layer"));
             }
+            if layers[..i].iter().any(|p| p.spec.name == l.spec.name) {
+                return Err(bad("listed twice"));
+            }
+            // Each layer takes what the one before gives: its channels, or (linear after
+            // linear) its outputs.
+            if let Some(p) = i.checked_sub(1).map(|j| &layers[j]) {
+                let (takes, gives) = if conv { (l.shape[1], p.weight.n) } else { (k, p.weight.n) };
+                if (conv || !prev_conv) && takes != gives {
+                    return Err(bad(&format!("takes {takes} inputs where the layer before, {}, gives {gives}", p.spec.name)));
+                }
+            }
             let kp = padded(k);
             // Position of input t of the weight's order in the pipeline's.
             let to: Box<dyn Fn(usize) -> usize> = if conv {
