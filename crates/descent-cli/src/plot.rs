@@ -349,6 +349,33 @@ pub fn contour_map(map: &ContourMap, stem: &Path) -> Result<[PathBuf; 2]> {
     Ok([png, svg])
 }
 
+/// The most points a drawn path keeps: a path of millions of steps drawn whole made SVGs of
+/// hundreds of megabytes.
+const PATH_POINTS: usize = 20_000;
+
+/// The points of a path worth drawing: each at least `min` (x, y) from the last one kept in
+/// either coordinate (a fraction of a pixel: the line looks the same), the last point always;
+/// then, beyond [`PATH_POINTS`], an even subsample with the first and last.
+fn thin_path(points: impl Iterator<Item = (f64, f64)>, min: (f64, f64)) -> Vec<(f64, f64)> {
+    let mut kept: Vec<(f64, f64)> = vec![];
+    let mut last = None;
+    for p in points {
+        last = Some(p);
+        match kept.last() {
+            Some(q) if (p.0 - q.0).abs() < min.0 && (p.1 - q.1).abs() < min.1 => {}
+            _ => kept.push(p),
+        }
+    }
+    if let Some(p) = last.filter(|p| kept.last() != Some(p)) {
+        kept.push(p);
+    }
+    if kept.len() > PATH_POINTS {
+        let n = kept.len();
+        kept = (0..PATH_POINTS).map(|i| kept[i * (n - 1) / (PATH_POINTS - 1)]).collect();
+    }
+    kept
+}
+
 /// A light-to-dark blue ramp for the bands (low values light).
 fn band_colour(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -397,8 +424,10 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
         let c = PALETTE[(k + 1) % PALETTE.len()];
         let style = c.stroke_width(2);
         // A path leaving the frame is cut where it leaves (a diverging optimizer).
-        let shown: Vec<(f64, f64)> =
-            path.iter().copied().take_while(|p| p.0.is_finite() && p.1.is_finite() && inside(p)).collect();
+        let shown: Vec<(f64, f64)> = thin_path(
+            path.iter().copied().take_while(|p| p.0.is_finite() && p.1.is_finite() && inside(p)),
+            ((map.x.end - map.x.start) / 2000.0, (map.y.end - map.y.start) / 2000.0),
+        );
         cc.draw_series(LineSeries::new(shown.iter().copied(), style))
             .map_err(err)?
             .label(label)
@@ -419,4 +448,26 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
         .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path of millions of points draws with at most `PATH_POINTS`, its ends kept; a path whose
+    /// points are all distinct keeps them all while it is short.
+    #[test]
+    fn long_paths_are_thinned_to_what_can_be_seen() {
+        let converging = (0..3_000_000).map(|i| (1.0 / (1.0 + i as f64), 0.5));
+        let kept = thin_path(converging, (1e-3, 1e-3));
+        assert!(kept.len() < 1100, "{}", kept.len());
+        assert_eq!((kept[0], *kept.last().unwrap()), ((1.0, 0.5), (1.0 / 3_000_000.0, 0.5)));
+        // Jumping across the frame at every step: an even subsample with both ends.
+        let zigzag: Vec<(f64, f64)> = (0..100_000).map(|i| ((i % 2) as f64, i as f64 / 1e5)).collect();
+        let kept = thin_path(zigzag.iter().copied(), (1e-3, 1e-3));
+        assert_eq!(kept.len(), PATH_POINTS);
+        assert_eq!((kept[0], *kept.last().unwrap()), (zigzag[0], zigzag[99_999]));
+        let short: Vec<(f64, f64)> = (0..50).map(|i| (i as f64, 0.0)).collect();
+        assert_eq!(thin_path(short.iter().copied(), (1e-3, 1e-3)), short);
+    }
 }

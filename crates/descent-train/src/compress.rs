@@ -195,7 +195,11 @@ pub fn set_values(model: &dyn Model, weights: &[Stored], buffers: &[Stored]) -> 
             return Err(Error::Param(format!("stored {what} `{}` is not one of the model's", extra.0)));
         }
         if by.len() != stored.len() {
-            return Err(Error::Param(format!("a {what} is stored twice ({} names for {} tensors)", by.len(), stored.len())));
+            return Err(Error::Param(format!(
+                "a {what} is stored twice ({} names for {} tensors)",
+                by.len(),
+                stored.len()
+            )));
         }
         for (n, v) in vars {
             let s = by.get(n.as_str()).ok_or_else(|| Error::Param(format!("no stored {what} `{n}`")))?;

@@ -914,7 +914,10 @@ impl QuantModel {
             if let Some(p) = i.checked_sub(1).map(|j| &layers[j]) {
                 let (takes, gives) = if conv { (l.shape[1], p.weight.n) } else { (k, p.weight.n) };
                 if (conv || !prev_conv) && takes != gives {
-                    return Err(bad(&format!("takes {takes} inputs where the layer before, {}, gives {gives}", p.spec.name)));
+                    return Err(bad(&format!(
+                        "takes {takes} inputs where the layer before, {}, gives {gives}",
+                        p.spec.name
+                    )));
                 }
             }
             let kp = padded(k);
