@@ -318,6 +318,13 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     }
     let steps = f.opt_count("steps")?;
     if v.get("expected_lr").is_some() || v.get("schedule").is_some() {
+        // A case is one kind or the other: an optimizer's fields here would be ignored.
+        if let Some(k) = ["optimizer", "hparams", "params", "grads", "expected"].iter().find(|k| v.get(**k).is_some()) {
+            return Err(f.err(
+                k,
+                "belongs to an optimizer case, and this one is a schedule case (it has `expected_lr` or `schedule`): a case file holds one kind",
+            ));
+        }
         let expected_lr = f.f64s("expected_lr", f.get("expected_lr")?)?;
         if expected_lr.is_empty() {
             return Err(f.err("expected_lr", "is empty"));

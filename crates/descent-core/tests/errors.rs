@@ -136,6 +136,10 @@ fn malformed_case_files_get_one_line_errors_naming_file_and_field() {
         let e = parse_case("bad.json", &case(bad)).unwrap_err().to_string();
         assert!(e.contains("field `dtype`") && e.contains("float32"), "{bad}: {e}");
     }
+    // A file with a schedule's fields and an optimizer's is refused, not replayed as one of them.
+    let both = case("\"float32\"").replacen('{', r#"{"schedule": "StepLR", "expected_lr": [0.1, 0.1], "#, 1);
+    let e = parse_case("both.json", &both).unwrap_err().to_string();
+    assert!(e.contains("both.json") && e.contains("one kind"), "{e}");
 }
 
 #[test]
