@@ -159,6 +159,16 @@ fn ensemble_of_tiny_runs() {
             last_line(&run_ok(&["evaluate", s(d), "--threads", "1"])).trim_start_matches("test accuracy: ").to_string();
         assert!(text.contains(&acc), "{acc} not in {text}");
     }
+    // A copy of a member's folder is that member again, not a second one.
+    let copy = out("ens-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&a).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, copy.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    one_line_error(&["ensemble", s(&a), s(&copy)], &["the same run as", "a copy"]);
     run_ok(&["train", "--model", "linear", "--steps", "3", "--threads", "1", "--out", s(&c)]);
     one_line_error(&["ensemble", s(&a), s(&c)], &["linear", "not a classifier"]);
     let d = out("ens-d");
