@@ -23,6 +23,29 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// The line of each ten series after the first ten, which the colours repeat for: solid, then
+/// dashed, dotted and long-dashed (`(dash, gap)` in pixels), so that no two of 40 series look
+/// alike.
+const DASHES: [Option<(u32, u32)>; 4] = [None, Some((9, 5)), Some((2, 4)), Some((18, 6))];
+
+/// The line of series `i` (of those without a colour of their own): [`DASHES`] by its ten.
+fn dash_of(i: usize) -> Option<(u32, u32)> {
+    DASHES[(i / PALETTE.len()) % DASHES.len()]
+}
+
+/// The longest label a legend shows whole; a longer one is cut with an ellipsis, so that the
+/// legend's swatches stay on the picture.
+const LEGEND_CHARS: usize = 48;
+
+/// `label` as a legend shows it: at most [`LEGEND_CHARS`] characters.
+fn legend_label(label: &str) -> String {
+    if label.chars().count() <= LEGEND_CHARS {
+        label.to_string()
+    } else {
+        label.chars().take(LEGEND_CHARS - 1).chain(['…']).collect()
+    }
+}
+
 /// The size of every picture, in pixels.
 pub const SIZE: (u32, u32) = (960, 600);
 
@@ -276,13 +299,36 @@ macro_rules! lines_body {
             let c = s.colour.unwrap_or(PALETTE[i % PALETTE.len()]);
             let style = if s.faint { c.mix(0.35).stroke_width(2) } else { c.stroke_width(2) };
             let pts = s.points.iter().filter(finite).copied();
-            let drawn = if s.style == SeriesStyle::Markers {
-                cc.draw_series(pts.map(|p| Circle::new(p, 4, style.filled()))).map_err(err)?
-            } else {
-                cc.draw_series(LineSeries::new(pts, style)).map_err(err)?
-            };
-            if !s.label.is_empty() {
-                drawn.label(&s.label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+            // The colours repeat every ten series: the line then changes (without a colour of
+            // its own).
+            let dash = if s.colour.is_none() { dash_of(i) } else { None };
+            let label = legend_label(&s.label);
+            match (s.style, dash) {
+                (SeriesStyle::Markers, _) => {
+                    let drawn = cc.draw_series(pts.map(|p| Circle::new(p, 4, style.filled()))).map_err(err)?;
+                    if !label.is_empty() {
+                        drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+                    }
+                }
+                (_, None) => {
+                    let drawn = cc.draw_series(LineSeries::new(pts, style)).map_err(err)?;
+                    if !label.is_empty() {
+                        drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
+                    }
+                }
+                (_, Some((on, off))) => {
+                    let drawn = cc.draw_series(DashedLineSeries::new(pts, on, off, style)).map_err(err)?;
+                    if !label.is_empty() {
+                        drawn.label(label).legend(move |(x, y)| {
+                            plotters::element::DashedPathElement::new(
+                                vec![(x, y), (x + 22, y)].into_iter(),
+                                on,
+                                off,
+                                style,
+                            )
+                        });
+                    }
+                }
             }
             if s.style == SeriesStyle::LineMarkers {
                 cc.draw_series(s.points.iter().filter(finite).map(|&p| Circle::new(p, 4, style.filled())))
@@ -430,7 +476,7 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
         );
         cc.draw_series(LineSeries::new(shown.iter().copied(), style))
             .map_err(err)?
-            .label(label)
+            .label(legend_label(label))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], style));
         if let Some(&first) = shown.first() {
             cc.draw_series(std::iter::once(Circle::new(first, 6, c.stroke_width(2)))).map_err(err)?;
@@ -453,6 +499,30 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up to 40 series, no two share both colour and line.
+    #[test]
+    fn forty_series_look_different() {
+        let looks: std::collections::HashSet<((u8, u8, u8), Option<(u32, u32)>)> = (0..40)
+            .map(|i| {
+                let c = PALETTE[i % PALETTE.len()];
+                ((c.0, c.1, c.2), dash_of(i))
+            })
+            .collect();
+        assert_eq!(looks.len(), 40);
+        assert_eq!(dash_of(3), None);
+    }
+
+    /// A legend shows at most 48 characters of a label, the cut marked.
+    #[test]
+    fn long_labels_are_cut_in_the_legend() {
+        assert_eq!(legend_label("adamw lr=1e-3"), "adamw lr=1e-3");
+        let long = "x".repeat(300);
+        let shown = legend_label(&long);
+        assert_eq!(shown.chars().count(), LEGEND_CHARS);
+        assert!(shown.ends_with('…'));
+        assert_eq!(legend_label(&"é".repeat(48)), "é".repeat(48));
+    }
 
     /// A path of millions of points draws with at most `PATH_POINTS`, its ends kept; a path whose
     /// points are all distinct keeps them all while it is short.

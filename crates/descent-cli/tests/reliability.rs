@@ -305,8 +305,10 @@ fn checkpoints_are_verified_before_resume() {
     std::fs::write(a.join("config.json"), cfg).unwrap();
     let (ok, t) = run(&["train", "--resume", s(&a), "--epochs", "2"]);
     assert!(ok, "{t}");
-    // A run killed before its first checkpoint.
+    // A run killed before its first checkpoint: no checkpoint and no finished epoch on record
+    // (one gone after its epochs were recorded is `a_lost_checkpoint_is_named_as_lost`).
     std::fs::remove_file(b.join("checkpoint.safetensors")).unwrap();
+    std::fs::write(b.join("metrics.jsonl"), "").unwrap();
     let (ok, t) = run(&["train", "--resume", s(&b), "--epochs", "2"]);
     assert!(!ok && t.contains("no checkpoint") && t.contains("--force"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
