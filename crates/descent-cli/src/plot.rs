@@ -503,7 +503,7 @@ mod tests {
     /// Up to 40 series, no two share both colour and line.
     #[test]
     fn forty_series_look_different() {
-        let looks: std::collections::HashSet<((u8, u8, u8), Option<(u32, u32)>)> = (0..40)
+        let looks: std::collections::HashSet<_> = (0..40)
             .map(|i| {
                 let c = PALETTE[i % PALETTE.len()];
                 ((c.0, c.1, c.2), dash_of(i))
