@@ -144,7 +144,8 @@ fn unknown_optimizers_and_options_in_a_run_are_named() {
 #[test]
 fn compare_from_a_toml_file() {
     let dir = out("toml");
-    let cfg = dir.with_extension("toml");
+    let cfg_file = out("toml.toml");
+    let cfg = cfg_file.to_path_buf();
     std::fs::write(
         &cfg,
         "model = \"linear\"\nepochs = 1\nthreads = 1\n\n[[run]]\noptimizer = \"sgd\"\nlr = 0.1\nmomentum = 0.9\n\n\

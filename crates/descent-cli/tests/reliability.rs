@@ -451,7 +451,8 @@ fn a_sweep_counts_epochs_on_its_own_data_and_records_choices_exactly() {
 /// steps.csv; the error names the step.
 #[test]
 fn a_run_stopped_by_a_nan_loss_keeps_its_steps() {
-    let d = fresh("nan-steps").join("run");
+    let scratch = fresh("nan-steps");
+    let d = scratch.join("run");
     let args = ["train", "--model", "mlp", "--steps", "30", "--lr", "1e10", "--optimizer", "sgd", "--threads", "1"];
     let (ok, o) = run(&[&args[..], &["--out", s(&d)]].concat());
     assert!(!ok && o.contains("loss is NaN at step 3"), "{o}");

@@ -5,8 +5,36 @@ mod common;
 use common::descent;
 
 /// A fresh run folder under the temp dir.
-fn out(tag: &str) -> String {
-    common::out(tag).to_string_lossy().to_string()
+/// A test's output folder as the `&str` the tests pass, removed when the test is done with it.
+struct Out(common::Scratch);
+
+impl std::ops::Deref for Out {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.arg()
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.arg())
+    }
+}
+
+impl AsRef<std::path::Path> for Out {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Out {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+fn out(tag: &str) -> Out {
+    Out(common::out(tag))
 }
 
 /// `descent ARGS`, which must succeed: its output.
@@ -270,7 +298,8 @@ fn run_folder_metrics_and_exact_resume() {
 
 #[test]
 fn a_toml_config_under_command_line_flags() {
-    let dir = std::path::PathBuf::from(out("toml"));
+    let scratch = out("toml");
+    let dir = std::path::PathBuf::from(&*scratch);
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("c.toml");
     std::fs::write(
