@@ -788,18 +788,18 @@ pub fn model_of(model: &str, arch: Arch, init: Init, dropout: f32, rng: &mut Rng
         };
         return Ok(Box::new(descent_train::qat::QatModel::new(model, inner, dropout)?));
     }
+    // The flag named is the one at fault (the other one's default is valid).
+    let cnn_flag = |e: descent_train::Error| match &e {
+        descent_train::Error::Param(m) if m.starts_with("width") => anyhow::anyhow!("--{m}"),
+        descent_train::Error::Param(m) if m.starts_with("depth") => anyhow::anyhow!("--{m}"),
+        _ => anyhow::anyhow!("--depth {depth} --width {width}: {e}"),
+    };
     Ok(match model {
         "linear" => Box::new(LinearRegression::new(init, rng, &dev)?),
         "mlp" => Box::new(Mlp::with_hidden(arch.hidden.unwrap_or(MLP_HIDDEN), init, dropout, rng, &dev)?),
         "lenet" => Box::new(LeNet5::with_width(arch.width.unwrap_or(6), init, rng, &dev)?),
-        "resnet" => Box::new(
-            ResNet::new(depth, width, init, rng, &dev)
-                .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
-        ),
-        "plain" => Box::new(
-            PlainCnn::new(depth, width, init, rng, &dev)
-                .map_err(|e| anyhow::anyhow!("--depth {depth} --width {width}: {e}"))?,
-        ),
+        "resnet" => Box::new(ResNet::new(depth, width, init, rng, &dev).map_err(cnn_flag)?),
+        "plain" => Box::new(PlainCnn::new(depth, width, init, rng, &dev).map_err(cnn_flag)?),
         "gpt" => bail!(NO_GPT),
         other => bail!("unknown model `{other}`; accepted: {}", MODELS.join(", ")),
     })

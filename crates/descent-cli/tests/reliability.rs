@@ -995,7 +995,8 @@ fn residual_and_plain_cnns_train_and_resume_with_their_running_statistics() {
     let (ok, t) = go(&d.join("p"), "plain", &["--depth", "10", "--steps", "2"]);
     assert!(ok, "{t}");
     let (ok, t) = go(&d.join("q"), "resnet", &["--depth", "7"]);
-    assert!(!ok && t.contains("--depth 7"), "{t}");
+    // The flag at fault alone: the width was not given.
+    assert!(!ok && t.contains("--depth 7") && t.contains("4n + 2") && !t.contains("--width"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

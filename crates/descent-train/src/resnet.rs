@@ -48,11 +48,13 @@ impl CnnConfig {
     /// Depths this layout has for MNIST (two stages, one input channel, ten classes): `4n + 2`
     /// for `n` blocks per stage, from 6.
     pub fn mnist(depth: usize, width: usize) -> Result<CnnConfig> {
-        if depth < 6 || !(depth - 2).is_multiple_of(4) || width == 0 {
+        if depth < 6 || !(depth - 2).is_multiple_of(4) {
             return Err(Error::Param(format!(
-                "depth {depth} and width {width}: the depth is 4n + 2 for n ≥ 1 residual blocks per stage \
-                 (6, 10, 14, 18, …), the width at least 1"
+                "depth {depth}: the depth is 4n + 2 for n ≥ 1 residual blocks per stage (6, 10, 14, 18, …)"
             )));
+        }
+        if width == 0 {
+            return Err(Error::Param("width 0: a stage has at least 1 channel".into()));
         }
         Ok(CnnConfig { in_channels: 1, width, stages: 2, blocks: (depth - 2) / 4, classes: 10 })
     }
