@@ -229,6 +229,23 @@ enum Found {
     Foreign(Vec<String>),
 }
 
+/// The folder above `dir` whose marker has the id `parent` (a compare, sweep or benchmark folder
+/// holds its runs two levels down at most), named with its kind; else "a compare, sweep or
+/// benchmark folder".
+pub fn owner_of(dir: &Path, parent: &str) -> String {
+    dir.ancestors()
+        .skip(1)
+        .take(3)
+        .find_map(|d| {
+            Marker::read(d)
+                .ok()
+                .flatten()
+                .filter(|m| m.id == parent)
+                .map(|m| format!("the {} folder {}", m.kind.name(), d.display()))
+        })
+        .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
+}
+
 /// What `dir` is to a command writing a `kind` folder there for the compare or sweep folder
 /// `parent` (`None`: for itself).
 fn inspect(dir: &Path, kind: Kind, parent: Option<&str>) -> Result<Found> {

@@ -3121,6 +3121,16 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                     );
                 }
                 let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
+                if let Some(parent) = claimed.marker.parent.as_deref().filter(|p| opts.parent.as_deref() != Some(*p)) {
+                    bail!(
+                        "--resume {}: a run of {} (id {parent}), which recorded its result: trained further here it would \
+                         disagree with that record; start a run of your own from its settings with \
+                         `descent train --config {}`",
+                        dir.display(),
+                        folder::owner_of(dir, parent),
+                        dir.join(folder::run::CONFIG_TOML).display()
+                    );
+                }
                 let cfg_path = dir.join(folder::run::CONFIG_JSON);
                 let text =
                     std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;

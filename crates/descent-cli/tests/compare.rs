@@ -103,6 +103,11 @@ fn compare_equals_runs_made_alone_and_marks_a_diverged_run() {
     // An existing folder is not overwritten without --force.
     let e = run_err(&["compare", "--model", "linear", "--run", "sgd", "--out", d]);
     assert!(e.contains("exists") && e.contains("--force"), "{e}");
+    // A run of the comparison trained further on its own would disagree with the table: refused,
+    // naming the comparison, and pointing to a run of one's own from its settings.
+    let run = PathBuf::from(rows[0].last().unwrap());
+    let e = run_err(&["train", "--resume", run.to_str().unwrap(), "--epochs", "3"]);
+    assert!(e.contains("the compare folder") && e.contains("config.toml"), "{e}");
 }
 
 #[test]
