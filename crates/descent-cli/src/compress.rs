@@ -167,6 +167,8 @@ fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> Compress
         width: a.width,
         normalize: a.normalize,
         data: a.data.clone(),
+        // The run's data was read (and checked against its checkpoint) before any model is made.
+        data_digest: train::mnist_digest(&a.data),
         source: source.to_path_buf(),
         method,
     }
@@ -540,6 +542,13 @@ pub(crate) fn test_set(info: &CompressInfo) -> Result<Dataset> {
     }
     let m = descent_train::mnist::load(&info.data)
         .with_context(|| format!("loading MNIST from {}", info.data.display()))?;
+    if let Some(was) = info.data_digest.as_ref().filter(|d| **d != m.digest()) {
+        bail!(
+            "{}: not the MNIST data the model was made from (digest {}, the model's {was}); give the data its run was trained on",
+            info.data.display(),
+            m.digest()
+        );
+    }
     Ok(Dataset::mnist(&m.test, info.normalize)?)
 }
 
@@ -586,7 +595,10 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
     let mut rows: Vec<Row> = vec![];
     let mut sets: Vec<(CompressInfo, std::rc::Rc<Dataset>)> = vec![];
     let mut set_for = |info: &CompressInfo| -> Result<std::rc::Rc<Dataset>> {
-        if let Some((_, d)) = sets.iter().find(|(i, _)| i.data == info.data && i.normalize == info.normalize) {
+        let same = |i: &CompressInfo| {
+            i.data == info.data && i.normalize == info.normalize && i.data_digest == info.data_digest
+        };
+        if let Some((_, d)) = sets.iter().find(|(i, _)| same(i)) {
             return Ok(d.clone());
         }
         let d = std::rc::Rc::new(test_set(info)?);

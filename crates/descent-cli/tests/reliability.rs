@@ -1181,6 +1181,14 @@ fn a_refused_resume_leaves_the_run_folder_as_it_was() {
     assert!(before == files_of(&r), "the refused resume changed the folder");
     let (ok, t) = run(&["evaluate", s(&r)]);
     assert!(!ok && t.contains("not the MNIST data"), "{t}");
+    // A model made from the run (before the data changed) is refused on other data too.
+    let q = d.join("int8");
+    write_idx_set(&data, 200, 40, 28, 28);
+    let (ok, t) = run(&["quantize", s(&r), "--out", s(&q)]);
+    assert!(ok, "{t}");
+    write_idx_set(&data, 64, 40, 28, 28);
+    let (ok, t) = run(&["evaluate", s(&q)]);
+    assert!(!ok && t.contains("not the MNIST data the model was made from"), "{t}");
     // The same images again: the run resumes.
     write_idx_set(&data, 200, 40, 28, 28);
     let (ok, t) = run(&["train", "--resume", s(&r), "--steps", "12"]);

@@ -46,6 +46,10 @@ pub struct CompressInfo {
     pub normalize: bool,
     /// The MNIST folder evaluation reads.
     pub data: PathBuf,
+    /// The digest of that data ([`crate::mnist::Mnist::digest`]) when the model was made, so that
+    /// other images at the path are refused; absent in folders written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<String>,
     /// The run folder the model came from.
     pub source: PathBuf,
     /// How it was made, e.g. `l1_unstructured amount 0.5`, `int8 minmax 10 batches`.
@@ -356,6 +360,7 @@ pub fn shrink(model_name: &str, model: &dyn Model) -> Result<Box<dyn Model>> {
         width: None,
         normalize: false,
         data: PathBuf::new(),
+        data_digest: None,
         source: PathBuf::new(),
         method: String::new(),
     };

@@ -1498,6 +1498,7 @@ mod tests {
                 width: None,
                 normalize: false,
                 data: "data/mnist".into(),
+                data_digest: None,
                 source: "run".into(),
                 method: "test".into(),
             };
