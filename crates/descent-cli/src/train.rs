@@ -1695,6 +1695,10 @@ pub struct StartFrom {
     pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
     pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
     pub pruner: std::sync::Arc<descent_train::prune::Pruner>,
+    /// The record of the pruned model the run fine-tunes, written into the folder as soon as it
+    /// is claimed: a fine-tuning killed and resumed with `descent train --resume` is then known
+    /// for what it is (its zeros kept as masks, its model files written at its end).
+    pub info: Option<descent_train::compress::CompressInfo>,
 }
 
 /// What a finished run leaves for its caller.
@@ -3299,8 +3303,13 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         } else if let Folder::Resume(..) = &target {
             if let Some(d) = cli.resume.as_deref().filter(|d| d.join(folder::run::COMPRESS_JSON).exists()) {
                 // Its model files follow the fine-tuning (below): they and compress.json must be
-                // whole and agree before the run goes on.
-                descent_train::compress::load_compressed(d)?;
+                // whole and agree before the run goes on. A prune whose fine-tuning was stopped
+                // before its end has none yet: its record alone is read, and this run writes them.
+                if d.join(folder::run::MODEL_F32).exists() {
+                    descent_train::compress::load_compressed(d)?;
+                } else {
+                    descent_train::compress::CompressInfo::read(d)?;
+                }
                 // A pruned run fine-tuned further: its zeros are its masks.
                 cfg.pruner = Some(std::sync::Arc::new(descent_train::prune::Pruner::fixed(vec![])));
             }
@@ -3348,7 +3357,14 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                     dir.display()
                 );
             }
-            (Some(folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?), None)
+            let claimed = folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
+            if let Some(info) = opts.start.as_ref().and_then(|s| s.info.as_ref()) {
+                folder::write_atomic(
+                    &dir.join(folder::run::COMPRESS_JSON),
+                    serde_json::to_string_pretty(info)?.as_bytes(),
+                )?;
+            }
+            (Some(claimed), None)
         }
         Folder::Resume(c, ck) => (Some(c), Some(*ck)),
         Folder::Follower(ck) => (None, ck.map(|c| *c)),
@@ -3549,7 +3565,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         use descent_train::compress::{save_model, shrink, CompressInfo};
         let info = CompressInfo::read(&run_dir.dir)?;
         save_model(&run_dir.dir.join(folder::run::MODEL_F32), &info, model)?;
-        if run_dir.dir.join(folder::run::COMPACT).exists() {
+        if run_dir.dir.join(folder::run::COMPACT).exists() || info.makes_compact() {
             save_model(&run_dir.dir.join(folder::run::COMPACT), &info, shrink(&a.model, model)?.as_ref())?;
         }
     }

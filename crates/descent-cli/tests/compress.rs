@@ -60,6 +60,20 @@ fn prune_finetune_quantize_and_report_an_mlp() {
         }
     }
 
+    // A fine-tuning stopped before the prune wrote its model (here: its model file removed, as
+    // after a kill) is a pruned folder from the start: resumed, it keeps its zeros, goes on as
+    // the uninterrupted one (60 steps, then 20 more, as the resume above) and writes the model.
+    let g = out("cmp-p50ft-cut");
+    let flags = ["--method", "l1_unstructured", "--amount", "0.5", "--finetune-epochs", "1", "--threads", "2"];
+    run_ok(&[&["prune", r, "--out", g.to_str().unwrap(), "--finetune-steps", "60"], &flags[..]].concat());
+    std::fs::remove_file(g.join("model.safetensors")).unwrap();
+    assert!(g.join("compress.json").is_file());
+    run_ok(&["train", "--resume", g.to_str().unwrap(), "--steps", "80", "--threads", "2"]);
+    assert_eq!(std::fs::read(g.join("steps.csv")).unwrap(), std::fs::read(f.join("steps.csv")).unwrap());
+    assert_eq!(zeros(&g, "fc1.weight"), zeros(&f, "fc1.weight"));
+    // And the prune can be made again into its own folder.
+    run_ok(&[&["prune", r, "--out", g.to_str().unwrap(), "--force", "--finetune-steps", "10"], &flags[..]].concat());
+
     // Structured: half of the hidden units, and the compact model without them.
     let s = out("cmp-s50");
     let text = run_ok(&[

@@ -93,6 +93,15 @@ impl CompressInfo {
         Ok(())
     }
 
+    /// Whether the folder holds the smaller dense model too: structured pruning of output units
+    /// (`ln_structured`, dim 0) of an MLP or LeNet-5.
+    pub fn makes_compact(&self) -> bool {
+        self.kind == "pruned"
+            && self.method.starts_with("ln_structured ")
+            && self.method.ends_with(" dim 0")
+            && matches!(self.model.as_str(), "mlp" | "lenet")
+    }
+
     /// Reads `compress.json` from a folder.
     pub fn read(dir: &Path) -> Result<CompressInfo> {
         let p = dir.join(INFO);
