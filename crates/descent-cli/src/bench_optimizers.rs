@@ -444,6 +444,14 @@ fn run_one(
         ..Default::default()
     };
     let r = train::execute(args, opts);
+    if let Err(err) = &r {
+        if train::is_storage_error(err) {
+            bail!(
+                "{} at lr {lr:.3e}, seed {seed}: {err:#}; the run is not recorded: `descent bench optimizers --resume` runs it again",
+                e.label
+            );
+        }
+    }
     let mut curve = curve.into_inner().expect("curve lock");
     let record = match r {
         Ok(o) => {

@@ -362,11 +362,11 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
                 let mut args = spec.args.clone();
                 (args.out, args.force, args.tensorboard) = (Some(dirs[i].clone()), true, a.base.tensorboard);
                 let r = train::execute(args, RunOptions { quiet, parent: parent.clone(), ..Default::default() });
-                if quiet {
-                    match &r {
-                        Ok(o) => println!("done: {} ({} epochs)", spec.label, o.history.len()),
-                        Err(e) => println!("failed: {}: {e:#}", spec.label),
-                    }
+                // A failed run is said as it fails, whether its progress was shown or not.
+                match &r {
+                    Ok(o) if quiet => println!("done: {} ({} epochs)", spec.label, o.history.len()),
+                    Err(e) => eprintln!("failed: {}: {e:#}", spec.label),
+                    Ok(_) => {}
                 }
                 *results[i].lock().expect("result lock") = Some(r);
             });

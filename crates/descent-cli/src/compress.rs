@@ -378,12 +378,8 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         let weights = values_of(&src.model.named_vars())?;
         let buffers = values_of(&src.model.named_buffers())?;
         let info = info_of(&src.args, "pruned", &s.run, method.clone());
-        let start = StartFrom {
-            weights,
-            buffers,
-            pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())),
-            info: Some(info),
-        };
+        let start =
+            StartFrom { weights, buffers, pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())), info: Some(info) };
         println!("fine-tuning with the masks for {} epoch(s)", s.finetune_epochs);
         let out = train::execute(a, RunOptions { start: Some(start), ..Default::default() })?;
         let ck = Checkpoint::load(&out.dir.join(folder::run::CHECKPOINT))?;

@@ -757,6 +757,11 @@ fn run_trial(
         comm: None,
     };
     let r = train::execute(args, opts);
+    if let Err(e) = &r {
+        if train::is_storage_error(e) {
+            bail!("trial {}: {e:#}; the trial is not recorded: `descent sweep --resume` runs it again", i + 1);
+        }
+    }
     let seconds = t0.elapsed().as_secs_f64();
     let rungs = rungs_reached.into_inner().expect("rungs lock");
     let curve = read_curve(&dir, p.objective);

@@ -863,6 +863,17 @@ pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
     anyhow::anyhow!("{}: no {}: {never}", dir.display(), folder::run::CHECKPOINT)
 }
 
+/// Whether a run failed because a file could not be read or written (a full disk, a folder
+/// made read-only, a missing data file), rather than by what training did (a diverged step, a
+/// refused setting): an outcome of the machine, which a sweep or a benchmark must not record as
+/// the trial's result, but stop on, naming the file, so that `--resume` runs the trial again.
+pub fn is_storage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some()
+            || matches!(c.downcast_ref::<descent_train::Error>(), Some(descent_train::Error::Data { .. }))
+    })
+}
+
 /// The digests of the MNIST folders [`mnist_datasets`] read, by folder.
 static DIGESTS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
 
@@ -3578,6 +3589,19 @@ mod tests {
 
     /// One process, no optimizer state: the weights and their gradients.
     const ONE: Copies = Copies { replicas: 1, state_floats: 0.0 };
+
+    /// What stops a sweep or a benchmark (a file that cannot be written or read) against what is
+    /// a trial's result (a diverged step, a refused setting).
+    #[test]
+    fn storage_errors_are_told_from_training_failures() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(is_storage_error(&anyhow::Error::new(full).context("writing run/steps.jsonl")));
+        let ck = descent_train::Error::Data { path: "run/checkpoint.safetensors".into(), message: "No space".into() };
+        assert!(is_storage_error(&anyhow::Error::new(ck).context("trial 3")));
+        let diverged = descent_train::Error::Param("the step diverged; training stopped".into());
+        assert!(!is_storage_error(&anyhow::Error::new(diverged)));
+        assert!(!is_storage_error(&anyhow::anyhow!("--lr 0: must be positive")));
+    }
 
     #[test]
     fn a_gpt_batch_beyond_memory_is_refused() {
