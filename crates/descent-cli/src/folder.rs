@@ -129,11 +129,7 @@ impl Kind {
 
     /// Whether `name` at the top of a folder of this kind is descent's.
     fn owns(self, name: &str) -> bool {
-        name == MARKER
-            || name == LOCK
-            || self.files().contains(&name)
-            || self.is_chart(name)
-            || (name.starts_with('.') && name.contains(".tmp"))
+        name == MARKER || name == LOCK || self.files().contains(&name) || self.is_chart(name) || is_leftover(name)
     }
 
     /// Whether a folder without a marker is one that descent wrote before markers existed.
@@ -246,11 +242,31 @@ pub fn owner_of(dir: &Path, parent: &str) -> String {
         .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
 }
 
+/// Whether `name` is a temporary file descent writes before renaming it over its file
+/// (`.NAME.tmpPID`, a chart's `.STEM.tmpPID.EXT`, a checkpoint's `NAME.safetensors.tmp`), which a
+/// command killed at the wrong moment leaves behind.
+pub fn is_leftover(name: &str) -> bool {
+    (name.starts_with('.') && name.contains(".tmp")) || name.ends_with(".safetensors.tmp")
+}
+
+/// Removes the temporary files a killed command left in `dir` (its lock held, so none is being
+/// written).
+pub fn remove_leftovers(dir: &Path) -> Result<()> {
+    for name in entries(dir)?.into_iter().filter(|n| is_leftover(n)) {
+        let p = dir.join(&name);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// What `dir` is to a command writing a `kind` folder there for the compare or sweep folder
-/// `parent` (`None`: for itself).
+/// `parent` (`None`: for itself). A folder holding nothing but descent's lock and temporary
+/// files (a command killed before its marker was written) is empty.
 fn inspect(dir: &Path, kind: Kind, parent: Option<&str>) -> Result<Found> {
     let names = entries(dir)?;
-    if names.iter().all(|n| n == LOCK) {
+    if names.iter().all(|n| n == LOCK || is_leftover(n)) {
         return Ok(Found::Empty);
     }
     match Marker::read(dir)? {
@@ -369,8 +385,10 @@ pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
                 kept.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        clear(dir, kind, old.as_deref())?;
+        clear(dir, kind, old.as_deref(), Clearing::KeepMarker)?;
+        remove_leftovers(dir)?;
     }
+    // Written over the old marker by a rename: a kill in between leaves the folder marked.
     let marker = Marker::new(kind, parent);
     marker.write(dir)?;
     Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
@@ -416,9 +434,18 @@ fn clearing_order(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
-fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
+/// Whether [`clear`] deletes the folder's marker too.
+#[derive(Clone, Copy, PartialEq)]
+enum Clearing {
+    /// Everything of descent's: a run sub-folder removed with its contents.
+    All,
+    /// All but the marker, which the folder's new command writes over by a rename.
+    KeepMarker,
+}
+
+fn clear(dir: &Path, kind: Kind, id: Option<&str>, how: Clearing) -> Result<()> {
     for name in clearing_order(entries(dir)?) {
-        if name == LOCK || !kind.owns(&name) {
+        if name == LOCK || !kind.owns(&name) || (how == Clearing::KeepMarker && name == MARKER) {
             continue;
         }
         let p = dir.join(&name);
@@ -431,7 +458,7 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>) -> Result<()> {
                         if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours | Found::Empty) {
                             // A run folder in use by another command is not cleared under it.
                             let _lock = lock(&s)?;
-                            clear(&s, Kind::Run, None)?;
+                            clear(&s, Kind::Run, None, Clearing::All)?;
                             remove_if_empty(&s)?;
                         }
                     }
@@ -620,6 +647,29 @@ mod tests {
         }
         claim_new(&d, Kind::Run, true, true, None).unwrap();
         assert!(!d.join(run::METRICS_JSONL).exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A command killed before its marker was renamed into place leaves its lock and the marker's
+    /// temporary file: the folder is descent's and empty, and a retry takes it (removing the
+    /// leftover). `--force` over a folder with a user's file replaces the marker by a rename, so
+    /// a kill in the middle never leaves that folder unmarked.
+    #[test]
+    fn a_command_killed_before_its_marker_leaves_a_folder_it_can_take_again() {
+        let d = tmp("before-marker");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(LOCK), "1").unwrap();
+        std::fs::write(d.join(".descent.json.tmp4242"), "{").unwrap();
+        std::fs::write(d.join("checkpoint.safetensors.tmp"), "partial").unwrap();
+        claim_new(&d, Kind::Run, false, true, None).unwrap();
+        assert_eq!(entries(&d).unwrap(), vec![LOCK.to_string(), MARKER.to_string()]);
+        // Cleared for --force with a note of the user's: the marker is never deleted.
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        std::fs::write(d.join(run::CONFIG_JSON), "{}").unwrap();
+        let before = std::fs::read_to_string(d.join(MARKER)).unwrap();
+        clear(&d, Kind::Run, None, Clearing::KeepMarker).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join(MARKER)).unwrap(), before);
+        assert!(d.join("notes.txt").exists() && !d.join(run::CONFIG_JSON).exists());
         let _ = std::fs::remove_dir_all(&d);
     }
 

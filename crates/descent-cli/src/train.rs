@@ -1305,6 +1305,8 @@ struct FolderStart {
 impl FolderStart {
     fn apply(self, run_dir: &RunDir) -> Result<Option<crate::tensorboard::Scalars>> {
         if let Some((epochs, steps)) = self.cut_back_to {
+            // What a killed command left half-written goes first.
+            folder::remove_leftovers(&run_dir.dir)?;
             for warning in run_dir.truncate_after(epochs, steps)? {
                 eprintln!("warning: {warning}");
             }

@@ -237,7 +237,11 @@ pub(crate) fn save_verified(path: &Path, what: &str, parts: &[Part], mut meta: H
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| err(path, format!("writing {what}: {e}")))
+    write().map_err(|e| {
+        // A partial temporary file would keep a full disk full.
+        let _ = std::fs::remove_file(&tmp);
+        err(path, format!("writing {what}: {e}"))
+    })
 }
 
 /// Verifies the `checksum` field of a file [`save_verified`] wrote (its tensors `st` and metadata
