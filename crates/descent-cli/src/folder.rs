@@ -372,6 +372,7 @@ pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
     if existed {
         // Checked again under the lock: another command may have written in between.
         check_replaceable(dir, kind, force, resume_hint, parent)?;
+        refuse_obstacles(dir, kind)?;
         let old = Marker::read(dir)?.map(|m| m.id);
         // A run sub-folder this command rewrites must be left empty by the clearing: a file of
         // the user's in one would make the new run refuse the folder after its results were
@@ -432,6 +433,22 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, par
 fn clearing_order(mut names: Vec<String>) -> Vec<String> {
     names.sort_by_key(|n| n == MARKER);
     names
+}
+
+/// Refuses a folder where descent will write a file of `kind` but a folder of that name is in the
+/// way (`checkpoint.safetensors` made a folder): found before anything is trained or deleted,
+/// not when the first checkpoint fails after an epoch.
+fn refuse_obstacles(dir: &Path, kind: Kind) -> Result<()> {
+    let folders = [run::TENSORBOARD, "runs", "trials"];
+    let temporaries = [format!("{}.tmp", run::CHECKPOINT)];
+    for name in kind.files().iter().map(|n| n.to_string()).filter(|n| !folders.contains(&n.as_str())).chain(temporaries)
+    {
+        let p = dir.join(&name);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            bail!("{}: a folder where descent writes a file; move it away", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// Whether [`clear`] deletes the folder's marker too.
@@ -542,6 +559,7 @@ pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
         None => bail!("{d} is not a descent {} folder (no {MARKER})", kind.name()),
     };
     let lock = lock(dir)?;
+    refuse_obstacles(dir, kind)?;
     if !dir.join(MARKER).exists() {
         marker.write(dir)?;
     }
@@ -670,6 +688,22 @@ mod tests {
         clear(&d, Kind::Run, None, Clearing::KeepMarker).unwrap();
         assert_eq!(std::fs::read_to_string(d.join(MARKER)).unwrap(), before);
         assert!(d.join("notes.txt").exists() && !d.join(run::CONFIG_JSON).exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A folder where a file of descent's goes is found before anything is cleared or trained.
+    #[test]
+    fn a_folder_in_the_way_of_a_file_is_refused_first() {
+        let d = tmp("obstacle");
+        let claimed = claim_new(&d, Kind::Run, false, true, None).unwrap();
+        std::fs::write(d.join(run::CONFIG_JSON), "{}").unwrap();
+        drop(claimed);
+        std::fs::create_dir(d.join(run::CHECKPOINT)).unwrap();
+        for e in [claim_new(&d, Kind::Run, true, true, None).err(), claim_existing(&d, Kind::Run).err()] {
+            let e = e.expect("refused").to_string();
+            assert!(e.contains("checkpoint.safetensors: a folder where descent writes a file"), "{e}");
+        }
+        assert!(d.join(run::CONFIG_JSON).exists(), "nothing deleted");
         let _ = std::fs::remove_dir_all(&d);
     }
 

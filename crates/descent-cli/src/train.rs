@@ -1423,7 +1423,9 @@ impl Hooks for &mut CliHooks<'_> {
                 None => format!("  ({} test loss {:.4})", av.label, av.test_loss),
             };
         }
-        if let (Some(t), false) = (&self.text, self.quiet) {
+        // Said once the epoch is saved: a reader of the output that goes away (`| head`, which
+        // ends the process) must not cost the epoch it was told about.
+        let line = if let (Some(t), false) = (&self.text, self.quiet) {
             let speed = if m.seconds > 0.0 {
                 // Windows per second: steps of `batch` windows of `block` tokens.
                 let ms = 1e3 * t.batch as f64 / m.samples_per_s;
@@ -1431,15 +1433,15 @@ impl Hooks for &mut CliHooks<'_> {
             } else {
                 String::new()
             };
-            println!(
+            Some(format!(
                 "step {}: train loss {:.4}  val loss {:.4}  lr {:.3e}{speed}",
                 m.steps,
                 m.train_loss,
                 m.test_loss,
                 m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale)
-            );
+            ))
         } else if !self.quiet {
-            println!(
+            Some(format!(
                 "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
                 m.epoch,
                 m.steps,
@@ -1449,8 +1451,22 @@ impl Hooks for &mut CliHooks<'_> {
                 m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale),
                 m.seconds,
                 m.samples_per_s
-            );
+            ))
+        } else {
+            None
+        };
+        let saved = self.save_epoch(m, end);
+        if let Some(line) = line {
+            println!("{line}");
         }
+        saved
+    }
+}
+
+impl CliHooks<'_> {
+    /// An epoch's records and checkpoint, in the order a kill leaves consistent: its steps, its
+    /// TensorBoard events, its metrics row, then the checkpoint.
+    fn save_epoch(&mut self, m: &EpochMetrics, end: &mut EpochEnd) -> descent_train::Result<()> {
         self.state_bytes = self.state_bytes.max(end.state_bytes());
         let io = |e: String| descent_train::Error::Data { path: self.run_dir.dir.display().to_string(), message: e };
         if let Some(e) = self.error.take() {
