@@ -298,13 +298,45 @@ fn bench_one(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Value> {
     }))
 }
 
-/// The memory this machine can give a process now (`MemAvailable` of `/proc/meminfo`), where
-/// the system says it.
+/// The memory this process can have now: the machine's (`MemAvailable` of `/proc/meminfo`), or
+/// less under an address-space limit (`ulimit -v`: the limit less what the process has mapped),
+/// where the system says them.
 pub(crate) fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let kib_of = |text: &str, key: &str| -> Option<u64> {
+        text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse::<u64>().ok()?.checked_mul(1024)
+    };
+    let machine = kib_of(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable:");
+    let limited = address_space_limit().and_then(|limit| {
+        let mapped = kib_of(&std::fs::read_to_string("/proc/self/status").ok()?, "VmSize:")?;
+        Some(limit.saturating_sub(mapped))
+    });
+    match (machine, limited) {
+        (Some(m), Some(l)) => Some(m.min(l)),
+        (m, l) => m.or(l),
+    }
+}
+
+/// The soft limit of the process's address space (`RLIMIT_AS`), where there is one.
+#[cfg(target_os = "linux")]
+fn address_space_limit() -> Option<u64> {
+    #[repr(C)]
+    struct Rlimit {
+        cur: u64,
+        max: u64,
+    }
+    unsafe extern "C" {
+        fn getrlimit(resource: i32, rlim: *mut Rlimit) -> i32;
+    }
+    const RLIMIT_AS: i32 = 9;
+    let mut r = Rlimit { cur: 0, max: 0 };
+    // SAFETY: `r` is a valid `struct rlimit` (two 64-bit counts on 64-bit Linux) for the call.
+    let ok = unsafe { getrlimit(RLIMIT_AS, &mut r) } == 0;
+    (ok && r.cur != u64::MAX).then_some(r.cur)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn address_space_limit() -> Option<u64> {
+    None
 }
 
 /// Refuses a `--params` whose buffers cannot be held: the parameters, the gradients and the

@@ -571,8 +571,16 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
                 }
             }
             let claimed = folder::claim_existing(dir, folder::Kind::Sweep)?;
+            // The marker says it is a sweep: one stopped before it recorded its settings.
+            if !dir.join("sweep.json").exists() {
+                bail!(
+                    "{}: a sweep stopped before it recorded its settings (no sweep.json), so there is nothing to resume: start it again with --out {} --force",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             let text = std::fs::read_to_string(dir.join("sweep.json"))
-                .with_context(|| format!("{}: no sweep.json, not a sweep folder", dir.display()))?;
+                .with_context(|| format!("reading {}", dir.join("sweep.json").display()))?;
             let mut s: Settings =
                 serde_json::from_str(&text).with_context(|| format!("{}: malformed sweep.json", dir.display()))?;
             // The one setting a resume may change (with --jobs, which is not a setting).

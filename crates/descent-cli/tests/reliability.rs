@@ -1323,3 +1323,19 @@ fn a_lost_checkpoint_is_named_as_lost() {
     let (ok, t) = run(&["evaluate", s(&r)]);
     assert!(!ok && t.contains("a link to") && t.contains("nowhere"), "{t}");
 }
+
+/// Under an address-space limit (`ulimit -v`) a step that cannot fit is refused by the memory
+/// check, naming the batch, instead of aborting on an allocation with a backtrace.
+#[test]
+fn a_memory_limit_of_the_process_is_counted() {
+    let bin = env!("CARGO_BIN_EXE_descent");
+    let d = fresh("ulimit");
+    let script = format!(
+        "ulimit -v 2000000 && exec {bin} train --model resnet --steps 1 --batch-size 8192 --threads 1 --out {}",
+        d.join("r").display()
+    );
+    let o = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--batch-size 8192") && t.contains("of memory available"), "{t}");
+    assert!(!t.contains("backtrace") && !d.join("r").exists(), "{t}");
+}
