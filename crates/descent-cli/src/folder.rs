@@ -621,19 +621,17 @@ pub fn append(path: &Path, text: &str, sync: bool) -> Result<()> {
     go().with_context(|| format!("appending to {}", path.display()))
 }
 
-/// Rewrites a line-record file keeping only complete lines (ending in a newline) that `keep`
-/// accepts; a missing file stays missing. Atomic.
-pub fn retain_lines(path: &Path, mut keep: impl FnMut(&str) -> bool) -> Result<()> {
+/// A line-record file's complete lines (ending in a newline) that `keep` accepts, as the file's
+/// new text, or `None` where the file stays as it is (missing, or every line kept). Nothing is
+/// written: the caller writes it (atomically), with the other files it rewrites.
+pub fn kept_lines(path: &Path, mut keep: impl FnMut(&str) -> bool) -> Result<Option<String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && keep(l.trim_end())).collect();
-    if kept != text {
-        write_atomic(path, kept.as_bytes())?;
-    }
-    Ok(())
+    Ok((kept != text).then_some(kept))
 }
 
 #[cfg(test)]
@@ -748,13 +746,15 @@ mod tests {
     }
 
     #[test]
-    fn retain_lines_drops_a_torn_last_line() {
+    fn kept_lines_drop_a_torn_last_line() {
         let d = tmp("retain");
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("m.jsonl");
         std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"st").unwrap();
-        retain_lines(&p, |_| true).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        assert_eq!(kept_lines(&p, |_| true).unwrap().as_deref(), Some("{\"step\":1}\n{\"step\":2}\n"));
+        assert_eq!(kept_lines(&d.join("missing.jsonl"), |_| true).unwrap(), None);
+        std::fs::write(&p, "{\"step\":1}\n").unwrap();
+        assert_eq!(kept_lines(&p, |_| true).unwrap(), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1591,14 +1591,24 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
+        // Everything is read and decided first, then written: the CSV mirrors, then the logs they
+        // mirror, so that a write that fails (a full disk, a file made read-only) leaves the logs
+        // as they were.
+        let mut logs: Vec<(PathBuf, String)> = vec![];
+        let mut log = |name: &str, (bad, kept): (usize, Option<String>)| {
+            if let Some(kept) = kept {
+                logs.push((d.join(name), kept));
+            }
+            (name.to_string(), bad)
+        };
         // The last step steps.jsonl keeps, and the last epoch metrics.jsonl keeps; the rows kept,
         // for the CSV mirrors.
         let (mut last, mut last_epoch) = (0, 0u64);
         let (mut step_csv, mut epoch_csv) = (String::from(StepRow::CSV_HEADER), String::from(EpochRow::CSV_HEADER));
         let unreadable = [
-            (
+            log(
                 folder::run::STEPS_JSONL,
-                retain_records(&d.join(folder::run::STEPS_JSONL), |r: &StepRow| {
+                kept_records(&d.join(folder::run::STEPS_JSONL), |r: &StepRow| {
                     let kept = step_ok(r.step);
                     if kept {
                         last = last.max(r.step);
@@ -1607,17 +1617,17 @@ impl RunDir {
                     kept
                 })?,
             ),
-            (
+            log(
                 folder::run::GRAD_NORMS_JSONL,
-                retain_records(&d.join(folder::run::GRAD_NORMS_JSONL), |r: &GradNormRow| step_ok(r.step))?,
+                kept_records(&d.join(folder::run::GRAD_NORMS_JSONL), |r: &GradNormRow| step_ok(r.step))?,
             ),
-            (
+            log(
                 folder::run::EVALS_JSONL,
-                retain_records(&d.join(folder::run::EVALS_JSONL), |r: &EvalRow| step_ok(r.step))?,
+                kept_records(&d.join(folder::run::EVALS_JSONL), |r: &EvalRow| step_ok(r.step))?,
             ),
-            (
+            log(
                 folder::run::METRICS_JSONL,
-                retain_records(&d.join(folder::run::METRICS_JSONL), |r: &EpochRow| {
+                kept_records(&d.join(folder::run::METRICS_JSONL), |r: &EpochRow| {
                     let kept = epoch_ok(r.epoch as u64);
                     if kept {
                         last_epoch = last_epoch.max(r.epoch as u64);
@@ -1639,6 +1649,7 @@ impl RunDir {
             .collect();
         // Each CSV mirror rebuilt from its log's records kept, so that a cut or edited CSV cannot
         // disagree with the log silently (without its log, cut back as the log would be).
+        let mut mirrors: Vec<(PathBuf, String)> = vec![];
         for (jsonl, name, rows, header, ok) in [
             (
                 folder::run::STEPS_JSONL,
@@ -1652,11 +1663,14 @@ impl RunDir {
             let path = d.join(name);
             if d.join(jsonl).exists() {
                 if std::fs::read_to_string(&path).ok().as_ref() != Some(rows) {
-                    folder::write_atomic(&path, rows.as_bytes())?;
+                    mirrors.push((path, rows.clone()));
                 }
-            } else {
-                folder::retain_lines(&path, |l| csv(header, l, ok))?;
+            } else if let Some(kept) = folder::kept_lines(&path, |l| csv(header, l, ok))? {
+                mirrors.push((path, kept));
             }
+        }
+        for (path, text) in mirrors.iter().chain(&logs) {
+            folder::write_atomic(path, text.as_bytes())?;
         }
         if last < steps {
             warnings.push(format!(
@@ -1680,22 +1694,23 @@ impl RunDir {
     }
 }
 
-/// Keeps the complete lines of the JSON-lines file `path` that read as records `T` and that
-/// `keep` keeps; returns how many complete lines did not read (a torn last line, without its
-/// newline, goes without being counted).
-fn retain_records<T: serde::de::DeserializeOwned>(
+/// The complete lines of the JSON-lines file `path` that read as records `T` and that `keep`
+/// keeps, as the file's new text (`None` where it stays as it is), and how many complete lines
+/// did not read (a torn last line, without its newline, goes without being counted). Nothing is
+/// written.
+fn kept_records<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     mut keep: impl FnMut(&T) -> bool,
-) -> Result<usize> {
+) -> Result<(usize, Option<String>)> {
     let mut unreadable = 0;
-    folder::retain_lines(path, |l| match serde_json::from_str::<T>(l) {
+    let kept = folder::kept_lines(path, |l| match serde_json::from_str::<T>(l) {
         Ok(r) => keep(&r),
         Err(_) => {
             unreadable += 1;
             false
         }
     })?;
-    Ok(unreadable)
+    Ok((unreadable, kept))
 }
 
 /// Decides, after each mid-epoch evaluation, whether a run goes on (a sweep's pruner).
