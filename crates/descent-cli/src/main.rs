@@ -660,7 +660,11 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
     // other files.
     let _claimed = folder::claim_new(out, folder::Kind::Plot, true, false, None)?;
     let files = runs::draw(&all, out, title)?;
-    println!("{} runs drawn into {}:", all.len(), out.display());
+    // A run without a row (said in a warning above) is read but not drawn.
+    let drawn = all.iter().filter(|m| !(m.steps.is_empty() && m.epochs.is_empty())).count();
+    let empty = all.len() - drawn;
+    let skipped = if empty > 0 { format!(" ({empty} without a row to draw)") } else { String::new() };
+    println!("{drawn} runs drawn into {}{skipped}:", out.display());
     for f in files {
         println!("  {}", f.display());
     }

@@ -204,6 +204,10 @@ fn plot_redraws_runs_and_reads_a_truncated_file_up_to_its_last_line() {
     }
     let e = run_err(&["plot", b.to_str().unwrap(), "--out", mixed.to_str().unwrap()]);
     assert!(e.contains("nothing to draw"), "{e}");
+    // Beside a run with rows, an empty one is counted as not drawn.
+    let one = out("plot-one");
+    let text = run_ok(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--out", one.to_str().unwrap()]);
+    assert!(text.contains("1 runs drawn") && text.contains("(1 without a row to draw)"), "{text}");
     let svg = |name: &str| std::fs::read_to_string(mixed.join(format!("{name}.svg"))).unwrap();
     // The gpt's recipe (torch.adamw, warm-up and cosine) in the validation chart alone.
     assert!(svg("val_loss").contains("torch.adamw") && !svg("test_loss").contains("torch.adamw"));
