@@ -125,7 +125,7 @@ struct Source {
 
 fn read_run(dir: &Path) -> Result<Source> {
     folder::require_dir(dir, "the folder of a `descent train` run")?;
-    if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+    if folder::is_compressed_output(dir) {
         bail!(
             "{}: the output of descent prune or quantize, not a training run; prune and quantize start from the folder of a `descent train` run",
             dir.display()
@@ -544,13 +544,7 @@ pub(crate) fn test_set(info: &CompressInfo) -> Result<Dataset> {
     }
     let m = descent_train::mnist::load(&info.data)
         .with_context(|| format!("loading MNIST from {}", info.data.display()))?;
-    if let Some(was) = info.data_digest.as_ref().filter(|d| **d != m.digest()) {
-        bail!(
-            "{}: not the MNIST data the model was made from (digest {}, the model's {was}); give the data its run was trained on",
-            info.data.display(),
-            m.digest()
-        );
-    }
+    train::check_mnist_digest(&info.data, info.data_digest.as_deref(), &m.digest(), "the model was made from")?;
     Ok(Dataset::mnist(&m.test, info.normalize)?)
 }
 

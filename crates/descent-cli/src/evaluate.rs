@@ -47,7 +47,7 @@ pub struct RunFolder {
 pub fn open_run(dir: &Path) -> Result<RunFolder> {
     let d = dir.display();
     crate::folder::require_dir(dir, "the folder of a `descent train` run")?;
-    if dir.join(crate::folder::run::COMPRESS_JSON).exists() && !dir.join(crate::folder::run::CONFIG_JSON).exists() {
+    if crate::folder::is_compressed_output(dir) {
         bail!("{d}: the output of descent prune or quantize, not a training run; give the folder of a `descent train` run");
     }
     crate::train::run_id_of(dir)?;
@@ -211,7 +211,7 @@ pub fn autocast_of(args: &crate::train::TrainArgs) -> Result<descent_train::prec
 pub fn run(a: EvaluateArgs) -> Result<()> {
     let weights = Weights::parse(&a.weights)?;
     // A folder of descent quantize or a one-shot descent prune (a fine-tuned one is a run too).
-    if a.dir.join(folder::run::COMPRESS_JSON).exists() && !a.dir.join(folder::run::CONFIG_JSON).exists() {
+    if folder::is_compressed_output(&a.dir) {
         return run_compressed(&a);
     }
     let run = open_run(&a.dir)?;

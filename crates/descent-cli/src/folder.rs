@@ -242,6 +242,13 @@ pub fn owner_of(dir: &Path, parent: &str) -> String {
         .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
 }
 
+/// Whether `dir` is the output of `descent prune` or `descent quantize` (its `compress.json`
+/// without a run's `config.json`), which is no training run: the commands that read or resume a
+/// run refuse it by name.
+pub fn is_compressed_output(dir: &Path) -> bool {
+    dir.join(run::COMPRESS_JSON).exists() && !dir.join(run::CONFIG_JSON).exists()
+}
+
 /// Whether `name` is a temporary file descent writes before renaming it over its file
 /// (`.NAME.tmpPID`, a chart's `.STEM.tmpPID.EXT`, a checkpoint's `NAME.safetensors.tmp`), which a
 /// command killed at the wrong moment leaves behind.
@@ -425,8 +432,6 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, par
     }
 }
 
-/// Removes descent's files of a `kind` folder whose marker id was `id` (its sub-folders of runs
-/// too, only those it made, each only of descent's files); everything else stays.
 /// The order [`clear`] deletes a folder's entries in: by name, the marker last. A command killed
 /// while clearing then leaves a folder still marked as descent's, which the retried `--force`
 /// clears, rather than one it must refuse as foreign.
@@ -460,6 +465,9 @@ enum Clearing {
     KeepMarker,
 }
 
+/// Removes descent's files of a `kind` folder whose marker id was `id` (its sub-folders of runs
+/// too, only those it made, each only of descent's files), its marker too unless `how` keeps it;
+/// everything else stays.
 fn clear(dir: &Path, kind: Kind, id: Option<&str>, how: Clearing) -> Result<()> {
     for name in clearing_order(entries(dir)?) {
         if name == LOCK || !kind.owns(&name) || (how == Clearing::KeepMarker && name == MARKER) {

@@ -890,15 +890,24 @@ pub fn check_data_of_checkpoint(ck: &Checkpoint, args: &TrainArgs) -> Result<()>
     if args.model == "linear" || args.model == "gpt" {
         return Ok(());
     }
-    if let (Some(was), Some(is)) = (&ck.data_digest, mnist_digest(&args.data)) {
-        if *was != is {
-            bail!(
-                "{}: not the MNIST data the run's checkpoint was trained on (digest {is}, the run's {was}); give the data the run was trained on",
-                args.data.display()
-            );
+    match mnist_digest(&args.data) {
+        Some(is) => {
+            check_mnist_digest(&args.data, ck.data_digest.as_deref(), &is, "the run's checkpoint was trained on")
         }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// That the MNIST data read from `data` (digest `is`) is the data a record names (`was`, where
+/// it names one), which `made` says what of.
+pub(crate) fn check_mnist_digest(data: &std::path::Path, was: Option<&str>, is: &str, made: &str) -> Result<()> {
+    match was {
+        Some(was) if was != is => bail!(
+            "{}: not the MNIST data {made} (digest {is}, the recorded {was}); give the data the run was trained on",
+            data.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Builds a workload by name (`lenet`, `mlp`, `resnet`, `plain`, `linear`).
@@ -3162,7 +3171,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                         );
                     }
                 }
-                if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+                if folder::is_compressed_output(dir) {
                     bail!(
                         "--resume {}: a pruned model made without fine-tuning, so no run to continue; fine-tune it with descent prune --finetune-epochs N",
                         dir.display()
@@ -3395,7 +3404,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         Folder::New(dir) => {
             // A pruned or quantized model's folder (compress.json without config.json) is not a
             // run `--force` may replace.
-            if dir.join(folder::run::COMPRESS_JSON).exists() && !dir.join(folder::run::CONFIG_JSON).exists() {
+            if folder::is_compressed_output(&dir) {
                 bail!(
                     "{}: the output of descent prune or quantize, not a training run: choose another --out",
                     dir.display()

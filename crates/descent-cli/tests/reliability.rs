@@ -1195,6 +1195,16 @@ fn a_refused_resume_leaves_the_run_folder_as_it_was() {
     assert!(ok, "{t}");
 }
 
+/// A 3-step MLP run `d/run` on 200 images of `d/data` (made here).
+fn short_mlp_run(d: &Path) -> std::path::PathBuf {
+    let (data, r) = (d.join("data"), d.join("run"));
+    write_idx_set(&data, 200, 40, 28, 28);
+    let flags = ["--model", "mlp", "--steps", "3", "--batch-size", "32", "--threads", "1"];
+    let (ok, t) = run(&[&["train"][..], &flags, &["--data", s(&data), "--out", s(&r)]].concat());
+    assert!(ok, "{t}");
+    r
+}
+
 /// The commands that rebuild a run's model and data from its config.json (evaluate, prune,
 /// quantize, compress-report, a distillation's teacher) read it only as the checkpoint was
 /// trained with it: an edited setting (standardized inputs, a validation split) would score
@@ -1202,25 +1212,7 @@ fn a_refused_resume_leaves_the_run_folder_as_it_was() {
 #[test]
 fn an_edited_config_is_refused_by_the_commands_that_read_a_run() {
     let d = fresh("edited-config");
-    let data = d.join("data");
-    write_idx_set(&data, 200, 40, 28, 28);
-    let r = d.join("run");
-    let (ok, t) = run(&[
-        "train",
-        "--model",
-        "mlp",
-        "--steps",
-        "3",
-        "--batch-size",
-        "32",
-        "--threads",
-        "1",
-        "--data",
-        s(&data),
-        "--out",
-        s(&r),
-    ]);
-    assert!(ok, "{t}");
+    let r = short_mlp_run(&d);
     let (ok, t) = run(&["evaluate", s(&r)]);
     assert!(ok, "{t}");
     let cfg = r.join("config.json");
@@ -1245,25 +1237,7 @@ fn an_edited_config_is_refused_by_the_commands_that_read_a_run() {
 #[test]
 fn an_edited_compress_record_is_refused() {
     let d = fresh("edited-compress");
-    let data = d.join("data");
-    write_idx_set(&data, 200, 40, 28, 28);
-    let r = d.join("run");
-    let (ok, t) = run(&[
-        "train",
-        "--model",
-        "mlp",
-        "--steps",
-        "3",
-        "--batch-size",
-        "32",
-        "--threads",
-        "1",
-        "--data",
-        s(&data),
-        "--out",
-        s(&r),
-    ]);
-    assert!(ok, "{t}");
+    let r = short_mlp_run(&d);
     let (q, p) = (d.join("int8"), d.join("pruned"));
     for args in [
         vec!["quantize", s(&r), "--out", s(&q)],

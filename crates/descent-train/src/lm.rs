@@ -212,62 +212,57 @@ pub fn train_text_with(
     let mut rng = train_rng(cfg.seed);
     let (mut steps, mut evals) = (0u64, 0usize);
     let mut history = vec![];
-    match resume {
-        Some(ck) => {
-            if ck.progress.is_some() {
-                return Err(Error::Param(
-                    "the checkpoint was taken inside an epoch of an epoch-based run, not by language-model training"
-                        .into(),
-                ));
-            }
-            ck.apply(model, &mut opt)?;
-            (rng, steps, evals) = (Rng::new(ck.rng), ck.steps, ck.epoch);
-            if steps >= total {
-                return Ok((vec![], Stop::Steps));
-            }
-            par.broadcast_weights(model, &opt)?;
-            hooks.on_start()?;
+    if let Some(ck) = resume {
+        if ck.progress.is_some() {
+            return Err(Error::Param(
+                "the checkpoint was taken inside an epoch of an epoch-based run, not by language-model training".into(),
+            ));
         }
-        None => {
-            par.broadcast_weights(model, &opt)?;
-            hooks.on_start()?;
-            // nanoGPT's estimate at step 0: where training starts from.
-            let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
-            let first = cfg.schedule.multiplier(0, total, 1);
-            if cfg.schedule != LrSchedule::Constant {
-                opt.set_lr_scale(first)?;
-            }
-            let m = EpochMetrics {
+        ck.apply(model, &mut opt)?;
+        (rng, steps, evals) = (Rng::new(ck.rng), ck.steps, ck.epoch);
+        if steps >= total {
+            return Ok((vec![], Stop::Steps));
+        }
+    }
+    par.broadcast_weights(model, &opt)?;
+    hooks.on_start()?;
+    if resume.is_none() {
+        // nanoGPT's estimate at step 0: where training starts from.
+        let (train_loss, test_loss) = estimate_both(model, corpus, cfg, text, 0)?;
+        let first = cfg.schedule.multiplier(0, total, 1);
+        if cfg.schedule != LrSchedule::Constant {
+            opt.set_lr_scale(first)?;
+        }
+        let m = EpochMetrics {
+            epoch: 0,
+            steps: 0,
+            train_loss,
+            test_loss,
+            test_accuracy: None,
+            seconds: 0.0,
+            samples_per_s: 0.0,
+            lr_scale: first,
+            lr: opt.learning_rate(),
+            average: None,
+        };
+        // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
+        opt.gather_state(comm)?;
+        let ended = hooks.on_epoch(
+            &m,
+            &mut EpochEnd {
+                model,
+                opt: &mut opt,
                 epoch: 0,
                 steps: 0,
-                train_loss,
-                test_loss,
-                test_accuracy: None,
-                seconds: 0.0,
-                samples_per_s: 0.0,
-                lr_scale: first,
-                lr: opt.learning_rate(),
+                rng: rng.state(),
+                scheduler: None,
+                progress: None,
                 average: None,
-            };
-            // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
-            opt.gather_state(comm)?;
-            let ended = hooks.on_epoch(
-                &m,
-                &mut EpochEnd {
-                    model,
-                    opt: &mut opt,
-                    epoch: 0,
-                    steps: 0,
-                    rng: rng.state(),
-                    scheduler: None,
-                    progress: None,
-                    average: None,
-                },
-            );
-            opt.release_gathered();
-            ended?;
-            history.push(m);
-        }
+            },
+        );
+        opt.release_gathered();
+        ended?;
+        history.push(m);
     }
     let boundary = |from: u64| ((from / text.eval_interval + 1) * text.eval_interval).min(total);
     let (mut start, mut next) = (steps, boundary(steps));
