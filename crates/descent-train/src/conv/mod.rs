@@ -163,7 +163,7 @@ impl DirectGeom {
             top: g.kh - 1 - p,
             left: g.kw - 1 - p,
             xplane: (g.h + 2 * p) * stride + slack,
-            dplane: (g.h + g.kh - 1) * stride + slack,
+            dplane: ((g.h + g.kh - 1) * stride + slack).next_multiple_of(ALIGN_FLOATS),
             fpos: (g.oh * stride).div_ceil(direct::TILE) * direct::TILE,
             bpos: (g.h * stride).div_ceil(direct::TILE) * direct::TILE,
             wpos: (g.oh * stride).div_ceil(direct::LANES) * direct::LANES,
@@ -186,7 +186,7 @@ impl DirectGeom {
             top: half_h - 1,
             left: half_w - 1,
             xplane: 4 * sub,
-            dplane: (rows + half_h) * stride + slack,
+            dplane: ((rows + half_h) * stride + slack).next_multiple_of(ALIGN_FLOATS),
             fpos: (g.oh * stride).div_ceil(direct::TILE) * direct::TILE,
             bpos: (rows * stride).div_ceil(direct::TILE) * direct::TILE,
             wpos: (g.oh * stride).div_ceil(direct::LANES) * direct::LANES,
@@ -329,6 +329,15 @@ thread_local! {
     /// Per-thread working buffers of the convolution tasks, kept between calls: a fresh
     /// zero-filled allocation per task costs page faults and a memset the size of the columns.
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Floats in 64 bytes, a cache line and an AVX-512 vector.
+const ALIGN_FLOATS: usize = 16;
+
+/// Where to start in a buffer at `p` (with [`ALIGN_FLOATS`] floats to spare) so that the float
+/// `at` after the start lies on a 64-byte boundary.
+fn aligned_start(p: *const f32, at: usize) -> usize {
+    (ALIGN_FLOATS - (p as usize / 4 + at) % ALIGN_FLOATS) % ALIGN_FLOATS
 }
 
 /// Runs `f` on `N` (at most 3) buffers of the given lengths from this thread's scratch. Their
@@ -1001,7 +1010,12 @@ impl Conv2dOp {
         let mut lanes = vec![0.0f32; io.ws.len() * direct::LANES];
         let gb = self.bias_grad(g, io, n0, nb);
         let gx_len = if gxs.is_some() { g.c * d.bpos } else { 0 };
-        with_scratch([g.o * d.dplane, gx_len], |[dp, dx]| {
+        with_scratch([g.o * d.dplane + ALIGN_FLOATS, gx_len], |[dp, dx]| {
+            // The weight-gradient kernel loads whole vectors of the output gradient at every
+            // position: started on a 64-byte boundary (and planes a multiple of 16 floats apart)
+            // none of them straddles two cache lines (16% faster on 16 channels).
+            let lead = aligned_start(dp.as_ptr(), d.top * s + d.left);
+            let dp = &mut dp[lead..][..g.o * d.dplane];
             for bi in 0..nb {
                 let n = n0 + bi;
                 let xp = &planes[n * g.c * d.xplane..][..g.c * d.xplane];
