@@ -311,6 +311,7 @@ fn refuse_underflowing_numbers(args: impl Iterator<Item = std::ffi::OsString>) -
 }
 
 fn main() -> ExitCode {
+    descent_core::alloc::keep_freed_memory();
     #[cfg(unix)]
     default_sigpipe();
     // `println!` panics when standard output cannot be written (a full disk, `> /dev/full`):
