@@ -458,7 +458,7 @@ fn run_one(
             curve.extend(o.history.iter().filter_map(|m| m.test_accuracy.map(|a| (m.steps, 100.0 * a))));
             curve.sort_by_key(|c| c.0);
             curve.dedup_by_key(|c| c.0);
-            let last = o.history.last();
+            let last = o.result();
             Record {
                 label: e.label.clone(),
                 phase,

@@ -292,8 +292,25 @@ fn label_of(v: Option<&Value>, what: &str) -> Result<Option<String>> {
 #[derive(Debug, Clone)]
 pub enum Status {
     Finished,
+    /// Early stopping ended the run and restored its best epoch's weights: the run's result is
+    /// that epoch's.
+    EarlyStopped {
+        best_epoch: usize,
+    },
     /// The run stopped with an error (a NaN or infinite loss, for one): its message.
     Failed(String),
+}
+
+impl Status {
+    /// As the table says it: a failure by its message's last line where `brief`, else whole.
+    fn text(&self, brief: bool) -> String {
+        match self {
+            Status::Finished => "finished".into(),
+            Status::EarlyStopped { best_epoch } => format!("early stopping: epoch {best_epoch} restored"),
+            Status::Failed(e) if brief => format!("failed: {}", e.lines().last().unwrap_or(e)),
+            Status::Failed(e) => format!("failed: {e}"),
+        }
+    }
 }
 
 /// One row of the table.
@@ -377,14 +394,19 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     for ((spec, dir), r) in specs.iter().zip(&dirs).zip(results) {
         let r = r.into_inner().expect("result lock").expect("every run ran");
         let (status, state_bytes) = match &r {
-            Ok(o) => (Status::Finished, Some(o.state_bytes)),
+            Ok(o) => match o.stop {
+                descent_train::train::Stop::EarlyStopping { best_epoch } => {
+                    (Status::EarlyStopped { best_epoch }, Some(o.state_bytes))
+                }
+                _ => (Status::Finished, Some(o.state_bytes)),
+            },
             Err(e) => (Status::Failed(format!("{e:#}")), None),
         };
         let mut m = match runs::read_run(dir) {
             Ok(m) => m,
             Err(e) => {
                 // Failed before writing anything readable (its message is in the table).
-                if matches!(status, Status::Finished) {
+                if !matches!(status, Status::Failed(_)) {
                     return Err(e);
                 }
                 rows.push(row(spec, dir, status, None, state_bytes, a.target));
@@ -406,7 +428,7 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
         .iter()
         .filter_map(|r| match &r.status {
             Status::Failed(e) => Some(e.as_str()),
-            Status::Finished => None,
+            Status::Finished | Status::EarlyStopped { .. } => None,
         })
         .collect();
     if failed.len() == rows.len() {
@@ -427,7 +449,11 @@ fn row(
     state_bytes: Option<usize>,
     target: f64,
 ) -> Row {
-    let last = m.and_then(|m| m.epochs.last());
+    // The run's result: its last epoch, or the best one that early stopping restored.
+    let last = m.and_then(|m| match status {
+        Status::EarlyStopped { best_epoch } => m.epochs.iter().find(|e| e.epoch == best_epoch),
+        _ => m.epochs.last(),
+    });
     let hit = m.and_then(|m| {
         let mut secs = 0.0;
         m.epochs.iter().find_map(|e| {
@@ -481,10 +507,7 @@ fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
                 opt(r.seconds_to_target, |v| format!("{v:.1}")),
                 opt(r.samples_per_s, |v| format!("{v:.0}")),
                 opt(r.state_bytes, |b| Bytes(b).to_string()),
-                match &r.status {
-                    Status::Finished => "finished".into(),
-                    Status::Failed(e) => format!("failed: {}", e.lines().last().unwrap_or(e)),
-                },
+                r.status.text(true),
             ]
         })
         .collect();
@@ -503,10 +526,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
     let mut csv = "run,train_loss,test_loss,test_accuracy,steps_to_target,seconds_to_target,samples_per_s,state_bytes,status,dir\n".to_string();
     for r in rows {
         let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-        let status = match &r.status {
-            Status::Finished => "finished".to_string(),
-            Status::Failed(e) => format!("failed: {e}"),
-        };
+        let status = r.status.text(false);
         csv += &format!(
             "{},{},{},{},{},{},{},{},{},{}\n",
             q(&r.label),
@@ -530,7 +550,7 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
                 "test_accuracy": r.test_accuracy, "steps_to_target": r.steps_to_target,
                 "seconds_to_target": r.seconds_to_target, "samples_per_s": r.samples_per_s,
                 "state_bytes": r.state_bytes,
-                "status": match &r.status { Status::Finished => "finished".to_string(), Status::Failed(e) => format!("failed: {e}") },
+                "status": r.status.text(false),
             })
         })
         .collect();

@@ -787,7 +787,7 @@ fn run_trial(
                     hit.unwrap_or(f64::INFINITY)
                 }
                 _ if pruned => rungs.last().map(|r| r.1).unwrap_or(f64::INFINITY),
-                obj => o.history.last().map(|e| obj.at_eval(e.test_loss, e.test_accuracy)).unwrap_or(f64::INFINITY),
+                obj => o.result().map(|e| obj.at_eval(e.test_loss, e.test_accuracy)).unwrap_or(f64::INFINITY),
             };
             let status = if pruned { "pruned" } else { "complete" };
             Trial {
@@ -1195,7 +1195,7 @@ pub fn bench(
         ])?;
         (targs.epochs, targs.seed, targs.out) = (Some(epochs), seed, Some(dir));
         let o = train::execute(targs, RunOptions { quiet: true, ..Default::default() })?;
-        let default = 100.0 * o.history.last().and_then(|e| e.test_accuracy).unwrap_or(f64::NAN);
+        let default = 100.0 * o.result().and_then(|e| e.test_accuracy).unwrap_or(f64::NAN);
         rows.push(BenchRow { seed, tpe, tpe_frac, tpe_s, random, random_s, tpe_budget, default });
     }
     println!("\nTPE + ASHA against random search, {trials} trials of AdamW on the MLP ({epochs} epochs each), and Adam 1e-3:");

@@ -1768,6 +1768,17 @@ pub struct RunOutcome {
     pub nothing_to_do: Option<String>,
 }
 
+impl RunOutcome {
+    /// The run's result: the epoch whose weights its folder holds, the best one where early
+    /// stopping restored it, else the last.
+    pub fn result(&self) -> Option<&EpochMetrics> {
+        match self.stop {
+            Stop::EarlyStopping { best_epoch } => self.history.iter().find(|e| e.epoch == best_epoch),
+            _ => self.history.last(),
+        }
+    }
+}
+
 pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let out = execute(a, RunOptions { comm: Some(comm), ..Default::default() })?;
     if comm.rank() > 0 {
@@ -1792,10 +1803,7 @@ pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         Stop::Requested { step } => println!("stopped at step {step}"),
         Stop::Steps | Stop::Epochs => {}
     }
-    let last = match out.stop {
-        Stop::EarlyStopping { best_epoch } => out.history.iter().find(|e| e.epoch == best_epoch),
-        _ => out.history.last(),
-    };
+    let last = out.result();
     println!("run folder: {}", out.dir.display());
     if let Some(last) = last {
         if let Some(av) = &last.average {
@@ -3591,6 +3599,17 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         Stop::Requested { step } => Some(format!("stopped at step {step}")),
         Stop::Steps | Stop::Epochs => None,
     };
+    if let (Stop::EarlyStopping { best_epoch }, true) = (stop, writer) {
+        // The folder's checkpoint is the last epoch's; the run's result is its best epoch's
+        // weights, which it restored: the checkpoint becomes those (and cannot be resumed), before
+        // the marker says the run ended.
+        let path = run_dir.checkpoint();
+        let last = history.last().map_or(best_epoch, |m| m.epoch);
+        let why = format!("early stopping after epoch {last}: the best epoch, {best_epoch}, restored");
+        if let Some(ck) = Checkpoint::load(&path)?.restore_best(why) {
+            ck.save(&path)?;
+        }
+    }
     if let (Some(_), Some(claimed)) = (&ended, &claimed) {
         let mut marker = claimed.marker.clone();
         marker.ended = ended;

@@ -418,3 +418,33 @@ fn adamuon_takes_use_muon_per_group() {
     let (ok, text) = run(&[]);
     assert!(!ok && text.trim().lines().count() == 1 && text.contains("`use_muon`"), "{text}");
 }
+
+/// Early stopping restores its best epoch, and the run folder holds what it restored: `evaluate`
+/// scores the best epoch's weights (as `train` said), the checkpoint says that epoch, a resume is
+/// refused, and `compare` reports the best epoch's row.
+#[test]
+fn early_stopping_leaves_its_best_epoch_in_the_folder() {
+    // A learning rate this large makes the test loss rise in epoch 2.
+    let flags = ["--model", "mlp", "--batch-size", "2048", "--threads", "1", "--epochs", "8", "--patience", "1"];
+    let d = out("early-stop-best");
+    let said = run_ok_out(&[&["train"][..], &flags, &["--optimizer", "sgd", "--lr", "2.0", "--out", &d]].concat());
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(format!("{d}/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(said.contains("restored epoch 1") && rows.len() == 2, "{said}");
+    let best = format!("test accuracy: {:.2}%", 100.0 * rows[0]["test_accuracy"].as_f64().unwrap());
+    let last = format!("test accuracy: {:.2}%", 100.0 * rows[1]["test_accuracy"].as_f64().unwrap());
+    assert_ne!(best, last);
+    assert!(said.contains(&best), "{said}");
+    let scored = run_ok_out(&["evaluate", &d, "--threads", "1"]);
+    assert!(scored.contains(&best) && scored.contains("epoch 1"), "{scored}");
+    let again = run_ok_out(&["train", "--resume", &d]);
+    assert!(again.contains("nothing to do") && again.contains("early stopping"), "{again}");
+
+    let c = out("early-stop-compare");
+    let table = run_ok_out(&[&["compare"][..], &flags, &["--run", "sgd:lr=2.0", "--out", &c]].concat());
+    let best_pct = best.trim_start_matches("test accuracy: ");
+    assert!(table.contains(best_pct) && table.contains("early stopping: epoch 1 restored"), "{table}");
+}

@@ -72,6 +72,83 @@ pub struct Checkpoint {
     pub data_digest: Option<String>,
     /// The run's weight average (EMA or SWA), when it keeps one; set by the training loop.
     pub average: Option<AverageState>,
+    /// Early stopping's best epoch so far, in every checkpoint of a run with a patience; set by
+    /// the training loop.
+    pub best: Option<BestEpoch>,
+    /// Why the run ended, in the checkpoint written when it ended by early stopping
+    /// ([`Checkpoint::restore_best`]): its weights are then the best epoch's, and it cannot be
+    /// resumed.
+    pub ended: Option<String>,
+}
+
+/// Early stopping's best epoch so far: its test loss, the epoch and step it ended at, and the
+/// weights and buffers then, which the run restores when it stops. Kept in the checkpoints of a
+/// run with a patience, so that a resumed run counts the epochs without improvement, stops and
+/// restores as the uninterrupted run does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestEpoch {
+    /// The epoch's test loss.
+    pub test_loss: f64,
+    /// The epoch (from 1).
+    pub epoch: usize,
+    /// Optimizer steps at its end.
+    pub steps: u64,
+    /// `(name, shape, values)` of each parameter then, sorted by name.
+    pub weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// `(name, shape, values)` of each buffer then, sorted by name.
+    pub buffers: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BestMeta {
+    test_loss: f64,
+    epoch: usize,
+    steps: u64,
+}
+
+impl BestEpoch {
+    /// `model`'s weights and buffers now, as the best epoch's.
+    pub fn capture(model: &dyn Model, test_loss: f64, epoch: usize, steps: u64) -> Result<BestEpoch> {
+        let stored = |vars: Vec<(String, Var)>| -> Result<Vec<Stored>> {
+            let mut v = vars
+                .into_iter()
+                .map(|(n, var)| Ok((n, var.dims().to_vec(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+                .collect::<Result<Vec<Stored>>>()?;
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(v)
+        };
+        Ok(BestEpoch {
+            test_loss,
+            epoch,
+            steps,
+            weights: stored(model.named_vars())?,
+            buffers: stored(model.named_buffers())?,
+        })
+    }
+
+    /// The best epoch's weights and buffers as tensors in `model`'s order (variables, then
+    /// buffers), each checked against the model's.
+    fn tensors(&self, model: &dyn Model) -> Result<Vec<Tensor>> {
+        let mut tensors = matching("best epoch's weights", &self.weights, &model.named_vars())?;
+        tensors.extend(matching("best epoch's buffer", &self.buffers, &model.named_buffers())?);
+        Ok(tensors)
+    }
+
+    /// Checks that every stored tensor is one of `model`'s, with its shape, and that none is
+    /// missing.
+    pub fn check(&self, model: &dyn Model) -> Result<()> {
+        self.tensors(model).map(|_| ())
+    }
+
+    /// Writes the best epoch's weights and buffers into the model, each checked against the
+    /// model's; on a mismatch nothing is changed.
+    pub fn apply(&self, model: &dyn Model) -> Result<()> {
+        let tensors = self.tensors(model)?;
+        for ((_, v), t) in model.named_vars().iter().chain(&model.named_buffers()).zip(&tensors) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
 }
 
 /// A weight average as stored: its kind, its counters and the averaged values by name.
@@ -391,7 +468,25 @@ impl Checkpoint {
             text_digest: None,
             data_digest: None,
             average: None,
+            best: None,
+            ended: None,
         })
+    }
+
+    /// The checkpoint of a run that early stopping ended, from its last epoch's: the weights and
+    /// buffers, epoch and step of its best epoch, which the run restored; no optimizer state
+    /// (the last epoch's would not go with these weights) and marked as ended, so that it is not
+    /// resumed. `None` when it records no best epoch.
+    pub fn restore_best(mut self, why: String) -> Option<Checkpoint> {
+        let best = self.best.take()?;
+        self.weights = best.weights;
+        self.buffers = best.buffers;
+        self.epoch = best.epoch;
+        self.steps = best.steps;
+        self.progress = None;
+        self.optimizer = StateDict::default();
+        self.ended = Some(why);
+        Some(self)
     }
 
     /// True when the checkpoint was taken inside epoch `epoch + 1` rather than at the end of
@@ -411,6 +506,10 @@ impl Checkpoint {
         if let Some(a) = &self.average {
             parts.extend(a.weights.iter().map(|(n, s, v)| part(format!("average/model/{n}"), s, v)));
             parts.extend(a.buffers.iter().map(|(n, s, v)| part(format!("average/buffers/{n}"), s, v)));
+        }
+        if let Some(b) = &self.best {
+            parts.extend(b.weights.iter().map(|(n, s, v)| part(format!("best/model/{n}"), s, v)));
+            parts.extend(b.buffers.iter().map(|(n, s, v)| part(format!("best/buffers/{n}"), s, v)));
         }
         let scalars = serde_json::to_string(&self.optimizer.scalars).map_err(|e| err(path, e.to_string()))?;
         let counters = serde_json::to_string(&self.optimizer.counters).map_err(|e| err(path, e.to_string()))?;
@@ -444,6 +543,13 @@ impl Checkpoint {
         if let Some(a) = &self.average {
             let m = AverageMeta { kind: a.kind.clone(), n_averaged: a.n_averaged, swalr: a.swalr };
             meta.insert("average".into(), serde_json::to_string(&m).map_err(|e| err(path, e.to_string()))?);
+        }
+        if let Some(b) = &self.best {
+            let m = BestMeta { test_loss: b.test_loss, epoch: b.epoch, steps: b.steps };
+            meta.insert("best".into(), serde_json::to_string(&m).map_err(|e| err(path, e.to_string()))?);
+        }
+        if let Some(e) = &self.ended {
+            meta.insert("ended".into(), e.clone());
         }
         if let Some(p) = &self.progress {
             meta.insert("batch".into(), p.batch.to_string());
@@ -548,6 +654,23 @@ impl Checkpoint {
                     })
                 }
             },
+            best: match meta.get("best") {
+                None => None,
+                Some(text) => {
+                    let m: BestMeta = serde_json::from_str(text).map_err(|e| err(path, format!("best: {e}")))?;
+                    if !m.test_loss.is_finite() {
+                        return Err(err(path, format!("best: test loss {}", m.test_loss)));
+                    }
+                    Some(BestEpoch {
+                        test_loss: m.test_loss,
+                        epoch: m.epoch,
+                        steps: m.steps,
+                        weights: vec![],
+                        buffers: vec![],
+                    })
+                }
+            },
+            ended: meta.get("ended").cloned(),
         };
         tensors.sort_by_key(|(n, _)| *n);
         for (n, t) in tensors {
@@ -566,6 +689,10 @@ impl Checkpoint {
                 a.weights.push((w.to_string(), t.shape().to_vec(), v));
             } else if let (Some(a), Some(b)) = (ck.average.as_mut(), n.strip_prefix("average/buffers/")) {
                 a.buffers.push((b.to_string(), t.shape().to_vec(), v));
+            } else if let (Some(b), Some(w)) = (ck.best.as_mut(), n.strip_prefix("best/model/")) {
+                b.weights.push((w.to_string(), t.shape().to_vec(), v));
+            } else if let (Some(b), Some(w)) = (ck.best.as_mut(), n.strip_prefix("best/buffers/")) {
+                b.buffers.push((w.to_string(), t.shape().to_vec(), v));
             } else {
                 return Err(err(path, format!("unexpected tensor `{n}`")));
             }
@@ -599,6 +726,12 @@ impl Checkpoint {
     }
 
     fn apply_parts(&self, vars: &[(String, Var)], buffers: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {
+        if let Some(why) = &self.ended {
+            return Err(Error::Param(format!(
+                "the checkpoint is the end of a run ({why}): its weights are the restored best epoch's, with no \
+                 optimizer state to continue from"
+            )));
+        }
         let mut tensors = matching("weights", &self.weights, vars)?;
         tensors.extend(matching("buffer", &self.buffers, buffers)?);
         opt.load_state_dict(&self.optimizer)?;

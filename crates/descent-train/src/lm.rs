@@ -258,6 +258,7 @@ pub fn train_text_with(
                 scheduler: None,
                 progress: None,
                 average: None,
+                best: None,
             },
         );
         opt.release_gathered();
@@ -354,6 +355,7 @@ pub fn train_text_with(
                     scheduler: None,
                     progress: None,
                     average: None,
+                    best: None,
                 },
             );
             opt.release_gathered();

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::augment::Affine;
 use crate::average::{AverageConfig, AverageKind, Swalr, WeightAverage};
-use crate::checkpoint::{AverageState, Checkpoint, EpochProgress};
+use crate::checkpoint::{AverageState, BestEpoch, Checkpoint, EpochProgress};
 use crate::data::Dataset;
 use crate::dataset::{BatchSource, EpochSampler};
 use crate::error::{Error, Result};
@@ -865,6 +865,8 @@ pub struct EpochEnd<'a> {
     pub(crate) scheduler: Option<String>,
     pub(crate) progress: Option<EpochProgress>,
     pub(crate) average: Option<&'a WeightAverage>,
+    /// Early stopping's best epoch so far (a run with a patience).
+    pub(crate) best: Option<&'a BestEpoch>,
 }
 
 impl EpochEnd<'_> {
@@ -886,6 +888,7 @@ impl EpochEnd<'_> {
         ck.scheduler = self.scheduler.clone();
         ck.progress = self.progress.clone();
         ck.average = self.average.map(|a| AverageState::capture(a, self.model));
+        ck.best = self.best.cloned();
         Ok(ck)
     }
 
@@ -1088,6 +1091,7 @@ pub fn train_with(
     let mut first_epoch = 1;
     let mut progress: Option<EpochProgress> = None;
     let mut avg = cfg.average.map(WeightAverage::new).transpose()?;
+    let mut best: Option<BestEpoch> = None;
     if let Some(ck) = resume {
         match (avg.as_mut(), &ck.average) {
             (Some(a), Some(s)) => s.restore(a, model)?,
@@ -1106,6 +1110,15 @@ pub fn train_with(
             (None, None) => {}
         }
         ck.apply(model, &mut opt)?;
+        if cfg.patience.is_some() {
+            // The best epoch so far, checked against the model now rather than when the run
+            // stops. (A checkpoint without one was taken with no patience: the settings hash
+            // refuses it before.)
+            if let Some(b) = &ck.best {
+                b.check(model)?;
+            }
+            best = ck.best.clone();
+        }
         if let Some(p) = &cfg.pruner {
             // Pruning is permanent in checkpoints: the masks are the zeros.
             p.from_zeros(model)?;
@@ -1141,7 +1154,6 @@ pub fn train_with(
     hooks.on_start()?;
     let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
         // A resumed epoch draws its order again from the generator state at its start and goes on
@@ -1293,6 +1305,10 @@ pub fn train_with(
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
+        // The best epoch is known before the epoch's checkpoint, which records it.
+        if cfg.patience.is_some() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta) {
+            best = Some(BestEpoch::capture(model, m.test_loss, epoch, steps)?);
+        }
         // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
         opt.gather_state(comm)?;
         let ended = hooks.on_epoch(
@@ -1306,20 +1322,11 @@ pub fn train_with(
                 scheduler,
                 progress: cut,
                 average: avg.as_ref(),
+                best: best.as_ref(),
             },
         );
         opt.release_gathered();
         ended?;
-        let improved = best.as_ref().is_none_or(|(l, _, _)| m.test_loss < l - cfg.min_delta);
-        if improved && cfg.patience.is_some() {
-            let snapshot: Vec<Tensor> = model
-                .named_vars()
-                .iter()
-                .chain(&model.named_buffers())
-                .map(|(_, v)| v.as_tensor().copy())
-                .collect::<candle_core::Result<_>>()?;
-            best = Some((m.test_loss, epoch, snapshot));
-        }
         let reached = cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
         let converged = match (cfg.min_loss_change, history.last()) {
             (Some(th), Some(prev)) => (m.train_loss - prev.train_loss).abs() < th,
@@ -1338,19 +1345,17 @@ pub fn train_with(
             stop = Stop::Steps;
             break 'epochs;
         }
-        if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
+        if let (Some(p), Some(b)) = (cfg.patience, &best) {
             // As Keras counts: epochs without improvement since the best, stopping at `p` of them
             // and never in an epoch that improved (`patience` 0 stops at the first that does not).
-            if epoch - best_epoch >= p.max(1) {
-                stop = Stop::EarlyStopping { best_epoch: *best_epoch };
+            if epoch - b.epoch >= p.max(1) {
+                stop = Stop::EarlyStopping { best_epoch: b.epoch };
                 break 'epochs;
             }
         }
     }
-    if let (Stop::EarlyStopping { .. }, Some((_, _, snapshot))) = (stop, &best) {
-        for ((_, v), t) in model.named_vars().iter().chain(&model.named_buffers()).zip(snapshot) {
-            v.set(t)?;
-        }
+    if let (Stop::EarlyStopping { .. }, Some(b)) = (stop, &best) {
+        b.apply(model)?;
     }
     Ok((history, stop))
 }

@@ -421,3 +421,57 @@ fn a_checkpoint_without_a_checksum_is_refused() {
     assert!(e.contains("`checksum` missing"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Early stopping resumed between its best epoch and its stop: the checkpoint holds the best
+/// epoch so far, so the resumed run stops where the uninterrupted one does and restores the same
+/// weights, bit for bit (it had started counting again from the first epoch it ran).
+#[test]
+fn early_stopping_resumes_with_its_best_epoch() {
+    let data = mnist_slice();
+    let mut c = TrainConfig::new("sgd", Some(1.5), 12, 100, Loss::CrossEntropy);
+    c.patience = Some(2);
+    let new_model = || Mlp::new(Init::TorchDefault, 0.0, &mut Rng::new(2), &Device::Cpu).unwrap();
+
+    let full = new_model();
+    let mut rec_full = Recorder::new(None);
+    let (h_full, stop) = train_from(&full, &data, &data, &c, None, &mut rec_full).unwrap();
+    let Stop::EarlyStopping { best_epoch } = stop else {
+        panic!("{stop:?}: {:?}", h_full.iter().map(|m| m.test_loss).collect::<Vec<_>>())
+    };
+    assert_eq!(h_full.len(), best_epoch + 2);
+    assert!(h_full[best_epoch].test_loss >= h_full[best_epoch - 1].test_loss);
+
+    let first = new_model();
+    let mut cut = c.clone();
+    cut.epochs = best_epoch + 1;
+    let mut rec = Recorder::new(None);
+    let (_, stop) = train_from(&first, &data, &data, &cut, None, &mut rec).unwrap();
+    assert_eq!(stop, Stop::Epochs);
+    let ck = rec.last.clone().unwrap();
+    let best = ck.best.as_ref().expect("the checkpoint records the best epoch");
+    assert_eq!((best.epoch, best.test_loss.to_bits()), (best_epoch, h_full[best_epoch - 1].test_loss.to_bits()));
+
+    let resumed = new_model();
+    let (h2, stop) = train_from(&resumed, &data, &data, &c, Some(&ck), &mut Recorder::new(None)).unwrap();
+    assert_eq!(stop, Stop::EarlyStopping { best_epoch });
+    assert_eq!(h2.len(), 1);
+    assert_eq!(h2[0].test_loss.to_bits(), h_full[best_epoch + 1].test_loss.to_bits());
+    assert_eq!(weights(&full), weights(&resumed));
+
+    // The run's end: the best epoch's weights, epoch and step, not resumable.
+    let last = rec_full.last.clone().unwrap();
+    let end = last.clone().restore_best("early stopping".into()).unwrap();
+    assert_eq!((end.epoch, end.steps), (best_epoch, h_full[best_epoch - 1].steps));
+    let model = new_model();
+    end.apply_weights(&model).unwrap();
+    assert_eq!(weights(&model), weights(&full));
+    let dir = tmpdir("early-stop");
+    let path = dir.join("checkpoint.safetensors");
+    end.save(&path).unwrap();
+    assert_eq!(Checkpoint::load(&path).unwrap(), end);
+    let e = train_from(&new_model(), &data, &data, &c, Some(&end), &mut Recorder::new(None)).unwrap_err().to_string();
+    assert!(e.contains("early stopping") && e.contains("restored best epoch"), "{e}");
+    // A checkpoint with a best epoch reads back whole.
+    last.save(&path).unwrap();
+    assert_eq!(Checkpoint::load(&path).unwrap(), last);
+}
