@@ -361,9 +361,51 @@ struct Plan {
     grid: Vec<Map<String, Value>>,
     objective: Objective,
     validation: bool,
-    steps_per_trial: u64,
-    steps_per_epoch: u64,
+    /// The training samples before a validation split is held out.
+    n_train: u64,
+    /// The length of a trial at the shared settings; a trial whose values change its batch size,
+    /// accumulation, epochs, steps or validation split has its own ([`Plan::length`]).
+    base: Length,
+    /// ASHA's rungs at the shared settings' length, in steps; a trial of another length has them
+    /// at the same fractions of its own ([`Plan::rungs_of`]), so that rung `k` is the same share
+    /// of training for every trial.
     rungs: Vec<u64>,
+}
+
+/// The settings that change how many optimizer steps a trial takes.
+const LENGTH_SETTINGS: [&str; 6] = ["batch_size", "accumulate", "epochs", "steps", "validation", "model"];
+
+/// How long a trial trains: optimizer steps per epoch and in all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Length {
+    per_epoch: u64,
+    steps: u64,
+}
+
+impl Plan {
+    /// The length of a trial of these settings: its epochs of `⌈samples / (batch × accumulate)⌉`
+    /// optimizer steps, or its `--steps` where fewer.
+    fn length(&self, args: &TrainArgs) -> Length {
+        let batch = args.batch_size.unwrap_or(train::defaults(&args.model).1).max(1) as u64;
+        let step = batch.saturating_mul(args.accumulate.unwrap_or(1).max(1) as u64);
+        let per_epoch = self.n_train.saturating_sub(args.validation as u64).div_ceil(step).max(1);
+        let steps = args.steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(args.epochs.unwrap_or(1) as u64));
+        Length { per_epoch, steps }
+    }
+
+    /// ASHA's rungs of a trial of length `len`, in steps: the shared rungs at the same fractions
+    /// of its length (rounded up, at least step 1, before its end). Rung `k` of one trial is
+    /// compared with rung `k` of the others; two rungs of a short trial may fall on one step.
+    fn rungs_of(&self, len: Length) -> Vec<u64> {
+        if len.steps == self.base.steps {
+            return self.rungs.clone();
+        }
+        self.rungs
+            .iter()
+            .map(|&r| ((r as u128 * len.steps as u128).div_ceil(self.base.steps.max(1) as u128) as u64).max(1))
+            .take_while(|&r| r < len.steps)
+            .collect()
+    }
 }
 
 fn plan(s: &Settings) -> Result<Plan> {
@@ -481,7 +523,6 @@ fn plan(s: &Settings) -> Result<Plan> {
             }
         }
     }
-    let default_batch = train::defaults(&s.base.model).1;
     // Epochs are counted on the training set the trials really read (a smaller --data set too).
     let n_train: u64 = match s.base.model.as_str() {
         "linear" => 10_000,
@@ -513,9 +554,22 @@ fn plan(s: &Settings) -> Result<Plan> {
     for (what, args) in &extremes {
         train::validate_for_data(args, (n_train - val as u64) as usize).with_context(|| what.clone())?;
     }
-    let batch = s.base.batch_size.unwrap_or(default_batch).max(1) as u64;
-    let per_epoch = (n_train - val as u64).div_ceil(batch);
-    let steps_per_trial = s.base.steps.unwrap_or(u64::MAX).min(per_epoch * s.base.epochs.unwrap_or(1) as u64);
+    let mut base_args = s.base.clone();
+    base_args.validation = val;
+    let mut p = Plan {
+        space,
+        method,
+        asha,
+        trials,
+        grid,
+        objective,
+        validation,
+        n_train,
+        base: Length { per_epoch: 1, steps: 1 },
+        rungs: vec![],
+    };
+    p.base = p.length(&base_args);
+    let steps_per_trial = p.base.steps;
     let eta = s.reduction_factor as u64;
     let min = s.min_steps.unwrap_or((steps_per_trial / eta.pow(3)).max(1));
     let rungs = if asha { search_space::rungs(min, s.reduction_factor, steps_per_trial) } else { vec![] };
@@ -526,18 +580,8 @@ fn plan(s: &Settings) -> Result<Plan> {
             s.reduction_factor
         );
     }
-    Ok(Plan {
-        space,
-        method,
-        asha,
-        trials,
-        grid,
-        objective,
-        validation,
-        steps_per_trial,
-        steps_per_epoch: per_epoch,
-        rungs,
-    })
+    p.rungs = rungs;
+    Ok(p)
 }
 
 /// The most points a grid may have (and values per dimension).
@@ -625,8 +669,10 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
     if resumed {
         println!("resuming {}: {} of {} trials finished", out.display(), history.len(), p.trials);
     }
+    // A dimension that sets how long a trial trains: its trials' lengths (and rungs) are their own.
+    let varies = p.space.iter().find(|d| LENGTH_SETTINGS.contains(&d.name.as_str()));
     println!(
-        "sweep of {} over {} with {}{}: {} trials of up to {} steps, objective {}",
+        "sweep of {} over {} with {}{}: {} trials of up to {} steps{}, objective {}",
         s.base.model,
         s.space.iter().map(|(n, d)| format!("{n}={d}")).collect::<Vec<_>>().join(" "),
         s.method,
@@ -636,7 +682,15 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
             String::new()
         },
         p.trials,
-        p.steps_per_trial,
+        p.base.steps,
+        match varies {
+            Some(d) if p.asha => format!(
+                " at the shared settings (`{}` sets each trial's own length, and its rungs at the same fractions of it)",
+                d.name
+            ),
+            Some(d) => format!(" at the shared settings (`{}` sets each trial's own length)", d.name),
+            None => String::new(),
+        },
         s.objective
     );
     let state = Mutex::new(State { history, next: 0, epochs_spent: spent });
@@ -739,17 +793,22 @@ fn run_trial(
     let settings = train::command_settings_hash(s)?;
     let mut args = trial_args(s, p, &values, &format!("trial {}", i + 1))?;
     (args.out, args.force, args.tensorboard) = (Some(dir.clone()), true, s.base.tensorboard);
+    let len = p.length(&args);
+    let rungs = p.rungs_of(len);
     let rungs_reached = Mutex::new(Vec::<(u64, f64)>::new());
     let on_eval: train::OnEval = Box::new(|e| {
         let v = p.objective.at_eval(e.test_loss, e.test_accuracy);
-        if !p.rungs.contains(&e.step) {
-            return Control::Continue;
+        let mut reached = rungs_reached.lock().expect("rungs lock");
+        let mut go_on = true;
+        // Every rung at this step (two of a short trial may share one), each against the other
+        // trials' values at the same rung.
+        for k in rungs.iter().enumerate().filter(|(_, &r)| r == e.step).map(|(k, _)| k) {
+            reached.push((e.step, v));
+            let st = state.lock().expect("state lock");
+            let others: Vec<f64> = st.history.iter().filter_map(|t| t.rungs.get(k).map(|r| r.1)).collect();
+            go_on &= search_space::promotable(v, &others, s.reduction_factor);
         }
-        rungs_reached.lock().expect("rungs lock").push((e.step, v));
-        let st = state.lock().expect("state lock");
-        let others: Vec<f64> =
-            st.history.iter().flat_map(|t| t.rungs.iter().filter(|r| r.0 == e.step).map(|r| r.1)).collect();
-        if search_space::promotable(v, &others, s.reduction_factor) {
+        if go_on {
             Control::Continue
         } else {
             Control::Stop
@@ -758,7 +817,7 @@ fn run_trial(
     let t0 = std::time::Instant::now();
     let opts = RunOptions {
         quiet: true,
-        eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(p.rungs.clone())),
+        eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(rungs.clone())),
         on_eval: p.asha.then_some(on_eval),
         start: None,
         parent: Some(sweep_id.to_string()),
@@ -773,7 +832,7 @@ fn run_trial(
     let seconds = t0.elapsed().as_secs_f64();
     let rungs = rungs_reached.into_inner().expect("rungs lock");
     let curve = read_curve(&dir, p.objective);
-    let per_epoch = p.steps_per_epoch.max(1) as f64;
+    let per_epoch = len.per_epoch as f64;
     Ok(match r {
         Ok(o) => {
             let steps = match o.stop {
@@ -902,7 +961,10 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
     }
     folder::write_atomic(&out.join("table.md"), md.as_bytes())?;
     folder::write_atomic(&out.join("table.csv"), csv.as_bytes())?;
-    let full: f64 = history.len() as f64 * p.steps_per_trial as f64;
+    let full: f64 = history
+        .iter()
+        .map(|t| Ok(p.length(&trial_args(s, p, &t.values, &format!("trial {}", t.trial + 1))?).steps as f64))
+        .sum::<Result<f64>>()?;
     let spent: f64 = history.iter().map(|t| t.steps as f64).sum();
     let best = sorted.first().filter(|t| t.loss.is_finite());
     // Where the best trial's settings are: best.toml, or where a setting is null (which TOML

@@ -299,3 +299,47 @@ fn lr_find_sweeps_exponentially_stops_at_divergence_and_suggests() {
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!o.status.success() && !text.contains("learning-rate range test:"), "{text}");
 }
+
+/// A trial's length is its own: a searched batch size or an accumulation changes its steps per
+/// epoch, so its epochs (and the sweep's epoch budget) count its own steps, and ASHA's rungs fall
+/// at the same fractions of each trial.
+#[test]
+fn trial_lengths_follow_their_batch_size_and_accumulation() {
+    // 8 000 training samples after the 2 000 held out for val_loss.
+    let dir = out("length-budget");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend(["--objective", "val_loss", "--method", "grid", "--param", "batch_size=choice:100|400|200"]);
+    a.extend(["--epochs", "1", "--max-total-epochs", "1.5", "--out", dir.to_str().unwrap()]);
+    let text = run_ok(&a);
+    let t = trials(&dir);
+    let got: Vec<(u64, f64)> = t.iter().map(|x| (x["steps"].as_u64().unwrap(), x["epochs"].as_f64().unwrap())).collect();
+    assert_eq!(got, vec![(80, 1.0), (20, 1.0)], "{text}");
+    assert!(text.contains("budget spent (2.00 epochs)") && text.contains("`batch_size` sets"), "{text}");
+
+    let dir = out("length-accumulate");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend(["--objective", "val_loss", "--method", "grid", "--param", "lr=choice:0.01|0.02"]);
+    a.extend(["--batch-size", "100", "--accumulate", "2", "--epochs", "1", "--out", dir.to_str().unwrap()]);
+    let text = run_ok(&a);
+    assert!(text.contains("2 trials of up to 40 steps"), "{text}");
+    for x in trials(&dir) {
+        assert_eq!((x["steps"].as_u64(), x["epochs"].as_f64()), (Some(40), Some(1.0)), "{text}");
+    }
+
+    let dir = out("length-asha");
+    let mut a: Vec<&str> = BASE.to_vec();
+    a.extend(["--objective", "val_loss", "--method", "grid", "--pruner", "asha", "--min-steps", "8"]);
+    a.extend(["--param", "batch_size=choice:100|400", "--param", "lr=choice:0.001|0.05"]);
+    a.extend(["--batch-size", "100", "--epochs", "2", "--out", dir.to_str().unwrap()]);
+    let text = run_ok(&a);
+    assert!(text.contains("rungs at steps [8, 24, 72]"), "{text}");
+    for x in trials(&dir) {
+        let rungs: Vec<u64> = x["rungs"].as_array().unwrap().iter().map(|r| r[0].as_u64().unwrap()).collect();
+        // 160 steps at batch 100, 40 at 400: the rungs at a quarter of the steps there.
+        let want: &[u64] = if x["values"]["batch_size"] == 100 { &[8, 24, 72] } else { &[2, 6, 18] };
+        assert!(!rungs.is_empty() && want.starts_with(&rungs), "{x}: {text}");
+        if x["status"] == "complete" {
+            assert_eq!(rungs, want, "{x}");
+        }
+    }
+}
