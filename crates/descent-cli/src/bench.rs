@@ -221,9 +221,9 @@ fn setup(name: &str, hparams: &Value, cfg: &StepBench) -> Result<Setup> {
     Ok(Setup { opt, params, grads, label: format!("{qualified} {hparams}") })
 }
 
-/// The time of a step of `b` over the time of a step of `a`, both best of `cfg.steps`, timed
+/// Nanoseconds a parameter of a step of `a` and of `b`, both best of `cfg.steps`, timed
 /// alternately so that both see the same machine.
-fn interleaved_ratio(a: (&str, &str), b: (&str, &str), cfg: &StepBench) -> Result<f64> {
+fn interleaved_ns(a: (&str, &str), b: (&str, &str), cfg: &StepBench) -> Result<(f64, f64)> {
     let parse = |h: &str| serde_json::from_str::<Value>(h).expect("valid table");
     let mut x = setup(a.0, &parse(a.1), cfg)?;
     let mut y = setup(b.0, &parse(b.1), cfg)?;
@@ -232,7 +232,8 @@ fn interleaved_ratio(a: (&str, &str), b: (&str, &str), cfg: &StepBench) -> Resul
         || Ok(x.opt.step_vecs(&mut x.params, &x.grads).map(drop)?),
         || Ok(y.opt.step_vecs(&mut y.params, &y.grads).map(drop)?),
     )?;
-    Ok(ty / tx)
+    let n = x.params.iter().map(Vec::len).sum::<usize>().max(1) as f64;
+    Ok((1e9 * tx / n, 1e9 * ty / n))
 }
 
 /// The best of `steps` timings of `a` and of `b`, after one untimed call of each (no page fault
@@ -424,9 +425,14 @@ pub fn run(cfg: &StepBench) -> Result<()> {
             ),
             ("descent.adamw8bit (16 B/param) / f32 optax.adamw", adamw, ("descent.adamw8bit", r#"{"lr": 0.001}"#)),
         ];
+        println!(
+            "pairs timed alternately, best of {} steps each (measured apart from the table, so their ns/param differ from its rows):",
+            cfg.steps
+        );
         for (what, a, b) in pairs {
-            let r = pool.install(|| interleaved_ratio(a, b, cfg))?;
-            println!("{what}: {r:.2}x the time ({:.2}x the speed)", 1.0 / r);
+            let (na, nb) = pool.install(|| interleaved_ns(a, b, cfg))?;
+            let r = nb / na;
+            println!("{what}: {nb:.3} / {na:.3} ns/param = {r:.2}x the time ({:.2}x the speed)", 1.0 / r);
         }
     }
     for r in lines {

@@ -3580,6 +3580,12 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
     };
     let (history, stop) = match trained {
+        // A run stopped between epoch ends (ASHA's pruning, a requested stop) keeps the steps
+        // it took since the last one on record, as a failed run does below.
+        Ok(done) if writer => {
+            hooks.steps.flush(&run_dir.dir)?;
+            done
+        }
         Ok(done) => done,
         Err(e) => {
             // The steps since the last epoch's end stay on record (a diverging run's losses are

@@ -294,3 +294,23 @@ fn train_augment_is_recorded_and_refused_where_it_does_not_apply() {
     assert!(e.contains("rotate=-5"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The pairs after `--optimizer all`'s table are measured apart from it, as their heading says,
+/// and each ratio is the quotient of the two figures its line prints.
+#[test]
+fn bench_step_pairs_print_the_figures_of_their_ratio() {
+    let text = run_ok(&["bench", "step", "--optimizer", "all", "--params", "20000", "--tensors", "3", "--steps", "3"]);
+    assert!(text.contains("measured apart from the table"), "{text}");
+    let pairs: Vec<&str> = text.lines().filter(|l| l.contains(" ns/param = ")).collect();
+    assert_eq!(pairs.len(), 3, "{text}");
+    for l in pairs {
+        let (_, rest) = l.rsplit_once(": ").unwrap();
+        let nums: Vec<f64> = rest
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|s| !s.is_empty() && *s != ".")
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let (b, a, r) = (nums[0], nums[1], nums[2]);
+        assert!((b / a - r).abs() <= 0.006 + 0.002 * r, "{l}");
+    }
+}

@@ -207,6 +207,12 @@ fn asha_prunes_and_saves_steps() {
     let full = 9 * t.iter().map(|x| x["steps"].as_u64().unwrap()).max().unwrap();
     assert!(spent * 10 < full * 7, "{spent} of {full}");
     assert!(text.contains("steps spent"), "{text}");
+    // A pruned trial's folder holds the steps it took.
+    for x in t.iter().filter(|x| x["status"] == "pruned") {
+        let steps = dir.join(format!("trials/{:03}/steps.jsonl", x["trial"].as_u64().unwrap() + 1));
+        let lines = std::fs::read_to_string(&steps).unwrap_or_default().lines().count() as u64;
+        assert_eq!(lines, x["steps"].as_u64().unwrap(), "{}", steps.display());
+    }
 }
 
 #[test]
@@ -312,7 +318,8 @@ fn trial_lengths_follow_their_batch_size_and_accumulation() {
     a.extend(["--epochs", "1", "--max-total-epochs", "1.5", "--out", dir.to_str().unwrap()]);
     let text = run_ok(&a);
     let t = trials(&dir);
-    let got: Vec<(u64, f64)> = t.iter().map(|x| (x["steps"].as_u64().unwrap(), x["epochs"].as_f64().unwrap())).collect();
+    let got: Vec<(u64, f64)> =
+        t.iter().map(|x| (x["steps"].as_u64().unwrap(), x["epochs"].as_f64().unwrap())).collect();
     assert_eq!(got, vec![(80, 1.0), (20, 1.0)], "{text}");
     assert!(text.contains("budget spent (2.00 epochs)") && text.contains("`batch_size` sets"), "{text}");
 
