@@ -179,7 +179,7 @@ fn lanes_of(xs: &[f32], squared: bool, mean: f64) -> [f64; LANES] {
 }
 
 /// `Σ x` over `xs` in f64.
-fn sum(xs: &[f32]) -> f64 {
+pub(crate) fn sum(xs: &[f32]) -> f64 {
     fold_lanes(lanes_of(xs, false, 0.0), xs[tail_start(xs.len())..].iter().map(|&v| v as f64).sum())
 }
 

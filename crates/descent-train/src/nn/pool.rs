@@ -2,10 +2,12 @@
 //! `upsample_nearest2d` over the whole input, which is wrong when a size is odd (the last row or
 //! column, in no window, gets a share); descent's op routes each window's gradient to its own cells.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, storage_f32s};
+use crate::cpu::{f32_slice, par_filled, storage_f32s};
 use crate::error::Result;
 
 /// `torch.nn.functional.avg_pool2d` of `[n, c, h, w]` with a square window and stride, no padding,
@@ -93,11 +95,52 @@ pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
 }
 
 /// Global average pooling, `torch.nn.functional.adaptive_avg_pool2d(x, 1)`: `[n, c, h, w]` to
-/// `[n, c, 1, 1]`. candle's mean over the flattened plane (its backward a broadcast) is right and
-/// fast.
+/// `[n, c, 1, 1]`.
 pub fn adaptive_avg_pool2d_1x1(x: &Tensor) -> Result<Tensor> {
-    let (n, c, _, _) = x.dims4()?;
-    Ok(x.flatten_from(2)?.mean_keepdim(2)?.reshape((n, c, 1, 1))?)
+    Ok(x.contiguous()?.apply_op1(GlobalAvgPool)?)
+}
+
+/// `adaptive_avg_pool2d(x, 1)` as one op: each plane's mean (summed in f64), and a backward that
+/// writes each plane's share of its gradient, where candle's `mean` backward broadcast it and
+/// the gradient store then copied the broadcast element by element.
+struct GlobalAvgPool;
+
+impl CustomOp1 for GlobalAvgPool {
+    fn name(&self) -> &'static str {
+        "descent-global-avg-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!("adaptive_avg_pool2d: input {:?} is not [n, c, h, w]", l.dims());
+        };
+        if h * w == 0 {
+            candle_core::bail!("adaptive_avg_pool2d: an empty plane ({h} × {w}) has no mean");
+        }
+        let x = f32_slice(s, l, "adaptive_avg_pool2d input")?;
+        let y: Vec<f32> =
+            x.par_chunks(h * w).with_min_len(64).map(|p| (crate::nn::norm::sum(p) / (h * w) as f64) as f32).collect();
+        Ok((CpuStorage::F32(y), Shape::from((n, c, 1, 1))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.contiguous()?;
+        let (sg, lg) = g.storage_and_layout();
+        let g = storage_f32s(&sg, lg, "adaptive_avg_pool2d gradient")?;
+        let plane = arg.dims()[2..].iter().product::<usize>();
+        let share = 1.0 / plane as f32;
+        // Planes per task.
+        const PLANES: usize = 64;
+        // SAFETY: each task writes every element of its planes.
+        let gx = unsafe {
+            par_filled(arg.elem_count(), PLANES * plane, |k, planes| {
+                for (p, &g) in planes.chunks_mut(plane).zip(&g[k * PLANES..]) {
+                    p.fill(MaybeUninit::new(g * share));
+                }
+            })
+        };
+        Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
+    }
 }
 
 #[cfg(test)]
