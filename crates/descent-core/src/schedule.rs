@@ -17,6 +17,20 @@ pub trait Schedule: Send + Sync {
     fn max_steps(&self) -> Option<u64> {
         None
     }
+    /// The rate torch's `scheduler.step()` sets when it moves to step `t` from the rate `lr` in
+    /// force (its chainable form, `get_lr`, which a `ChainedScheduler` runs for each of its
+    /// schedulers in turn, each on the rate the one before set); `base` is the optimizer's initial
+    /// rate, which this schedule was built with. The default, for a schedule that is its base times
+    /// a factor (`StepLR`, `ExponentialLR`, `LinearLR`, …): `lr` times the factor's change from step
+    /// `t − 1` to `t`, or from 1 to its value at step 0.
+    fn chain_step(&self, lr: f64, t: u64, base: f64) -> f64 {
+        let (now, before) = (self.value(t), if t == 0 { base } else { self.value(t - 1) });
+        if before == 0.0 {
+            // A factor of 0 before: torch's step multiplies the 0 it left.
+            return if now == 0.0 { lr } else { lr * now / base };
+        }
+        lr * (now / before)
+    }
 }
 
 impl<F: Fn(u64) -> f64 + Send + Sync> Schedule for F {
@@ -34,6 +48,26 @@ impl Schedule for BoxSchedule {
     }
     fn max_steps(&self) -> Option<u64> {
         (**self).max_steps()
+    }
+    fn chain_step(&self, lr: f64, t: u64, base: f64) -> f64 {
+        (**self).chain_step(lr, t, base)
+    }
+}
+
+/// A torch scheduler whose step sets the rate from its own parameters whatever the rate in force
+/// (`CosineAnnealingWarmRestarts`, `CyclicLR`): in a `ChainedScheduler` it overrides the
+/// schedulers before it.
+struct Overrides(BoxSchedule);
+
+impl Schedule for Overrides {
+    fn value(&self, step: u64) -> f64 {
+        self.0.value(step)
+    }
+    fn max_steps(&self) -> Option<u64> {
+        self.0.max_steps()
+    }
+    fn chain_step(&self, _lr: f64, t: u64, _base: f64) -> f64 {
+        self.0.value(t)
     }
 }
 
@@ -249,19 +283,38 @@ impl Schedule for Joined {
     }
 }
 
-/// torch `ChainedScheduler` over multiplicative schedulers: `base · Π sᵢ(t)/base`.
+/// torch `ChainedScheduler`: at every step each scheduler in turn moves the rate the one before
+/// it set ([`Schedule::chain_step`]), from the optimizer's initial rate `base` (each scheduler's
+/// construction made its step 0). For schedulers that are factors of the base this is `base · Π
+/// sᵢ(t)/base`; `CosineAnnealingLR` with an `eta_min` or past `T_max`, and the schedulers that set
+/// the rate outright, differ from that product as torch's do.
 pub fn chained(base: f64, schedules: Vec<BoxSchedule>) -> BoxSchedule {
-    Box::new(Chained { base, schedules })
+    Box::new(Chained { base, schedules, at: std::sync::Mutex::new((0, base)) })
 }
 
 struct Chained {
     base: f64,
     schedules: Vec<BoxSchedule>,
+    /// The next step to compute and the rate in force before it: steps asked in order cost one
+    /// update each; a step before it is computed again from step 0.
+    at: std::sync::Mutex<(u64, f64)>,
 }
 
 impl Schedule for Chained {
     fn value(&self, t: u64) -> f64 {
-        self.schedules.iter().fold(self.base, |lr, s| lr * s.value(t) / self.base)
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.0 > t {
+            *at = (0, self.base);
+        }
+        let mut lr = at.1;
+        loop {
+            let k = at.0;
+            lr = self.schedules.iter().fold(lr, |lr, s| s.chain_step(lr, k, self.base));
+            *at = (k + 1, lr);
+            if k == t {
+                return lr;
+            }
+        }
     }
     /// Every scheduler steps at every step: the shortest one's.
     fn max_steps(&self) -> Option<u64> {
@@ -488,7 +541,33 @@ pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
 /// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
 pub fn cosine_annealing_lr(base: f64, t_max: u64, eta_min: f64) -> Result<BoxSchedule> {
     ensure(t_max > 0, || "CosineAnnealingLR: T_max must be positive".into())?;
-    Ok(Box::new(move |t: u64| eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0))
+    Ok(Box::new(CosineAnnealing { base, t_max, eta_min }))
+}
+
+struct CosineAnnealing {
+    base: f64,
+    t_max: u64,
+    eta_min: f64,
+}
+
+impl Schedule for CosineAnnealing {
+    fn value(&self, t: u64) -> f64 {
+        let CosineAnnealing { base, t_max, eta_min } = *self;
+        eta_min + (base - eta_min) * (1.0 + (PI * t as f64 / t_max as f64).cos()) / 2.0
+    }
+    /// torch's recursive form: the distance to `eta_min` scaled by the cosine's change, and at
+    /// the steps where that change is 0/0 (`t = T_max + 1 + 2k·T_max`) a step up by the base.
+    fn chain_step(&self, lr: f64, t: u64, base: f64) -> f64 {
+        let (tm, eta) = (self.t_max, self.eta_min);
+        if t == 0 {
+            lr
+        } else if t > tm && (t - 1 - tm).is_multiple_of(2 * tm) {
+            lr + (base - eta) * (1.0 - (PI / tm as f64).cos()) / 2.0
+        } else {
+            let c = |k: u64| 1.0 + (PI * k as f64 / tm as f64).cos();
+            c(t) / c(t - 1) * (lr - eta) + eta
+        }
+    }
 }
 
 /// torch `CosineAnnealingWarmRestarts` (the optimizer's rate is the first argument of the function)'s arguments (required: `t_0`; the others carry the library's defaults in their docs).
@@ -507,7 +586,7 @@ pub fn cosine_annealing_warm_restarts(base: f64, c: CosineAnnealingWarmRestarts)
     let CosineAnnealingWarmRestarts { t_0, t_mult, eta_min } = c;
     ensure(t_0 > 0, || format!("CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {t_0}"))?;
     ensure(t_mult >= 1, || format!("CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {t_mult}"))?;
-    Ok(Box::new(move |t: u64| {
+    Ok(Box::new(Overrides(Box::new(move |t: u64| {
         let (mut cur, mut ti) = (t, t_0);
         if t_mult == 1 {
             cur %= t_0;
@@ -523,7 +602,7 @@ pub fn cosine_annealing_warm_restarts(base: f64, c: CosineAnnealingWarmRestarts)
             }
         }
         eta_min + (base - eta_min) * (1.0 + (PI * cur as f64 / ti as f64).cos()) / 2.0
-    }))
+    }))))
 }
 
 /// torch `LinearLR` (the optimizer's rate is the first argument of the function)'s arguments, with its defaults.
@@ -542,7 +621,8 @@ impl Default for LinearLr {
     }
 }
 
-/// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters`.
+/// torch `LinearLR`: factor moves linearly from `start` to `end` over `total_iters` (with
+/// `total_iters` 0, `start` throughout, as torch's steps give).
 pub fn linear_lr(base: f64, c: LinearLr) -> Result<BoxSchedule> {
     let LinearLr { start_factor, end_factor, total_iters } = c;
     ensure(start_factor > 0.0 && start_factor <= 1.0, || {
@@ -552,8 +632,10 @@ pub fn linear_lr(base: f64, c: LinearLr) -> Result<BoxSchedule> {
         "LinearLR: Ending multiplicative factor expected to be between 0 and 1.".into()
     })?;
     Ok(Box::new(move |t: u64| {
+        // With no iterations torch's step applies the start factor at step 0 and never moves
+        // again (its closed form would give the end factor).
         let f = if total_iters == 0 {
-            end_factor
+            start_factor
         } else {
             start_factor + (end_factor - start_factor) * t.min(total_iters) as f64 / total_iters as f64
         };
@@ -561,12 +643,15 @@ pub fn linear_lr(base: f64, c: LinearLr) -> Result<BoxSchedule> {
     }))
 }
 
-/// torch `ConstantLR`: `base · factor` until `total_iters`, then `base`.
+/// torch `ConstantLR`: `base · factor` until `total_iters`, then `base` (with `total_iters` 0,
+/// `base · factor` throughout, as torch's steps give).
 pub fn constant_lr(base: f64, factor: f64, total_iters: u64) -> Result<BoxSchedule> {
     ensure((0.0..=1.0).contains(&factor), || {
         "ConstantLR: Constant multiplicative factor expected to be between 0 and 1.".into()
     })?;
-    Ok(Box::new(move |t: u64| if t < total_iters { base * factor } else { base }))
+    // With no iterations torch's step applies the factor at step 0 and never removes it (its
+    // closed form would give `base`).
+    Ok(Box::new(move |t: u64| if total_iters == 0 || t < total_iters { base * factor } else { base }))
 }
 
 /// torch `PolynomialLR`: `base · (1 − min(t, T)/T)^power`.
@@ -689,7 +774,7 @@ pub fn cyclic_lr(c: CyclicLr) -> Result<BoxSchedule> {
     let total = step_size_up as f64 + down as f64;
     ensure(total > 0.0, || "CyclicLR: step sizes must be positive".into())?;
     let ratio = step_size_up as f64 / total;
-    Ok(Box::new(move |t: u64| {
+    Ok(Box::new(Overrides(Box::new(move |t: u64| {
         let tf = t as f64;
         let cycle = (1.0 + tf / total).floor();
         let x = 1.0 + tf / total - cycle;
@@ -701,7 +786,7 @@ pub fn cyclic_lr(c: CyclicLr) -> Result<BoxSchedule> {
             CyclicMode::ExpRange { gamma } => gamma.powf(tf),
         };
         base_lr + height * f
-    }))
+    }))))
 }
 
 /// Whether a metric should go down or up (torch `mode`).
@@ -863,6 +948,57 @@ mod tests {
         assert!((s.value(5) - 1.0).abs() < 1e-12, "the cosine starts from its own step 0");
         assert!((s.value(10) - 0.5).abs() < 1e-12);
         assert!(s.value(15).abs() < 1e-12);
+    }
+
+    /// torch's ChainedScheduler runs each scheduler's step on the rate the one before set:
+    /// `CosineAnnealingLR` with an `eta_min` or past `T_max`, and a scheduler that sets the rate
+    /// outright, are no factor of the base (values from torch 2.15, base 0.1).
+    #[test]
+    fn chained_follows_torchs_steps() {
+        let chain =
+            |parts: serde_json::Value| f("torch", "ChainedScheduler", json!({ "schedulers": parts }), Some(0.1));
+        let check = |s: BoxSchedule, want: &[f64]| {
+            for (t, w) in want.iter().enumerate() {
+                assert!((s.value(t as u64) - w).abs() < 1e-12, "step {t}: {} vs {w}", s.value(t as u64));
+            }
+        };
+        let eta = chain(
+            json!([["ConstantLR", {"factor": 0.5, "total_iters": 3}], ["CosineAnnealingLR", {"T_max": 10, "eta_min": 0.01}]]),
+        );
+        check(eta, &[0.05, 0.04902113032590308, 0.04618033988749895, 0.08228847109902841, 0.06959674775249769]);
+        let past = chain(json!([["CosineAnnealingLR", {"T_max": 2}], ["ExponentialLR", {"gamma": 0.5}]]));
+        check(past, &[0.1, 0.025, 0.0, 0.025, 0.025, 0.00625]);
+        let restarts = chain(
+            json!([["LinearLR", {"start_factor": 0.5, "total_iters": 2}], ["CosineAnnealingWarmRestarts", {"T_0": 4}]]),
+        );
+        check(restarts, &[0.1, 0.08535533905932738, 0.05, 0.014644660940672627, 0.1, 0.08535533905932738]);
+        // Asked out of order, a step is computed again.
+        let s = chain(json!([["CosineAnnealingLR", {"T_max": 2}], ["ExponentialLR", {"gamma": 0.5}]]));
+        assert!((s.value(5) - 0.00625).abs() < 1e-12 && (s.value(1) - 0.025).abs() < 1e-12);
+        let e = build_schedule("torch", "SequentialLR", &json!({"schedulers": [["ConstantLR", {}], ["OneCycleLR", {"max_lr": 0.5, "total_steps": 40}]], "milestones": [5]}), Some(0.1)).err().unwrap();
+        assert!(e.to_string().contains("OneCycleLR in a composition"), "{e}");
+    }
+
+    /// Every torch scheduler's `last_epoch` (its default -1 only) and `verbose` are accepted.
+    #[test]
+    fn torch_common_arguments() {
+        let s = f("torch", "ExponentialLR", json!({"gamma": 0.5, "last_epoch": -1, "verbose": false}), Some(0.1));
+        assert_eq!(s.value(1), 0.05);
+        let e =
+            build_schedule("torch", "ExponentialLR", &json!({"gamma": 0.5, "last_epoch": 3}), Some(0.1)).err().unwrap();
+        assert!(e.to_string().contains("last_epoch") && e.to_string().contains("step 0"), "{e}");
+    }
+
+    /// With `total_iters` 0 torch's steps keep the start factor (ConstantLR, LinearLR).
+    #[test]
+    fn no_iterations_keep_the_factor() {
+        for (name, kw) in [
+            ("ConstantLR", json!({"factor": 0.5, "total_iters": 0})),
+            ("LinearLR", json!({"start_factor": 0.5, "total_iters": 0})),
+        ] {
+            let s = f("torch", name, kw, Some(0.1));
+            assert!([0, 1, 7].iter().all(|&t| (s.value(t) - 0.05).abs() < 1e-15), "{name}");
+        }
     }
 
     #[test]

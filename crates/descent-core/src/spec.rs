@@ -1881,6 +1881,20 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             message: "torch schedulers need the optimizer's `base_lr`".into(),
         })
     };
+    if library == "torch" {
+        // Every torch scheduler takes these: the default `last_epoch` (-1, a new scheduler) and
+        // the deprecated `verbose` (which only prints) change nothing; resuming a scheduler at
+        // another `last_epoch` is not reproduced.
+        if let Some(v) = k.value("last_epoch") {
+            if v.as_i64() != Some(-1) {
+                return Err(Error::Field {
+                    context: format!("{library}.{name}: `last_epoch`"),
+                    message: format!("{v}: descent starts a schedule at its step 0 (torch's -1, the default)"),
+                });
+            }
+        }
+        let _ = k.value("verbose");
+    }
     let s = match (library, name) {
         ("torch", "StepLR") => sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?,
         ("torch", "MultiStepLR") => {
@@ -1951,6 +1965,11 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 "exp_range" => sch::CyclicMode::ExpRange { gamma },
                 other => return Err(unknown("CyclicLR mode", other, &["triangular", "triangular2", "exp_range"])),
             };
+            // Read by torch only with a `scale_fn`, which JSON cannot give.
+            match k.str("scale_mode", "cycle")? {
+                "cycle" | "iterations" => {}
+                other => return Err(unknown("CyclicLR scale_mode", other, &["cycle", "iterations"])),
+            }
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.8)?;
             let _ = k.f64("max_momentum", 0.9)?;
@@ -2115,6 +2134,15 @@ fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Opti
         .enumerate()
         .map(|(i, l)| {
             let (name, kw) = link(l, &format!("{ctx}[{i}]"))?;
+            if library == "torch" && name == "OneCycleLR" {
+                return Err(Error::Field {
+                    context: format!("{ctx}[{i}]"),
+                    message: "OneCycleLR in a composition: torch's OneCycleLR sets the optimizer's initial_lr to \
+                              max_lr/div_factor when it is made, which moves the schedulers around it (SequentialLR \
+                              restarts from it); descent reproduces OneCycleLR alone"
+                        .into(),
+                });
+            }
             match build_schedule(library, &name, &kw, base_lr)? {
                 ScheduleSpec::Function(s) => Ok(s),
                 ScheduleSpec::Plateau(_) => Err(Error::Field {
