@@ -1313,3 +1313,22 @@ fn a_memory_limit_of_the_process_is_counted() {
     assert!(!o.status.success() && t.contains("--batch-size 8192") && t.contains("of memory available"), "{t}");
     assert!(!t.contains("backtrace") && !d.join("r").exists(), "{t}");
 }
+
+/// Under a limit too small for the data itself, every command that reads MNIST says so in one
+/// line, naming the file and the memory, instead of aborting on the allocation.
+#[test]
+fn a_memory_limit_too_small_for_the_data_is_an_error() {
+    let bin = env!("CARGO_BIN_EXE_descent");
+    let d = fresh("ulimit-data");
+    for cmd in [
+        "train --model mlp --epochs 1 --batch-size 2048 --threads 1 --out",
+        "bench train --model mlp --batches 2 --threads 1 #",
+    ] {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let script = format!("cd {root} && ulimit -v 250000 && exec {bin} {cmd} {}", d.join("r").display());
+        let o = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("not enough memory") && t.contains("MB"), "{cmd}: {t}");
+        assert!(!t.contains("memory allocation of") && !t.contains("backtrace"), "{cmd}: {t}");
+    }
+}

@@ -60,7 +60,19 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<Idx> {
     if body.len() > n {
         return Err(trailing(path, body.len() - n, &dims));
     }
-    Ok(Idx { dims, data: body.to_vec() })
+    Ok(Idx { dims, data: copy_or_refuse(path, "its data", body)? })
+}
+
+/// `v` copied into a new vector, or an error naming the file and the memory it needed where the
+/// allocation fails (an address-space limit, `ulimit -v`): the process must not abort.
+pub(crate) fn copy_or_refuse<T: Copy>(path: &Path, what: &str, v: &[T]) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len()).map_err(|_| {
+        let mb = (std::mem::size_of_val(v) as f64 / 1e6).ceil();
+        data_err(path, format!("not enough memory to hold {what} ({mb} MB)"))
+    })?;
+    out.extend_from_slice(v);
+    Ok(out)
 }
 
 fn trailing(path: &Path, extra: usize, dims: &[usize]) -> Error {
