@@ -144,6 +144,14 @@ impl RunFolder {
             }
             w => {
                 let Some(avg) = ck.average.as_ref().filter(|s| s.kind == w.name()) else {
+                    if let (None, Some(why)) = (&ck.average, &ck.ended) {
+                        bail!(
+                            "--weights {}: the run in {d} ended by {why}, and the weights it keeps are that epoch's; \
+                             the average of the last epoch is not kept (metrics.jsonl has its test figures by epoch); \
+                             accepted here: raw",
+                            w.name()
+                        );
+                    }
                     let has = match &ck.average {
                         Some(s) => format!("it keeps {} weights", s.kind),
                         None => "it keeps no averaged weights".into(),

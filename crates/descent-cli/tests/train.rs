@@ -427,7 +427,9 @@ fn early_stopping_leaves_its_best_epoch_in_the_folder() {
     // A learning rate this large makes the test loss rise in epoch 2.
     let flags = ["--model", "mlp", "--batch-size", "2048", "--threads", "1", "--epochs", "8", "--patience", "1"];
     let d = out("early-stop-best");
-    let said = run_ok_out(&[&["train"][..], &flags, &["--optimizer", "sgd", "--lr", "2.0", "--out", &d]].concat());
+    let said = run_ok_out(
+        &[&["train"][..], &flags, &["--optimizer", "sgd", "--lr", "2.0", "--ema", "0.9", "--out", &d]].concat(),
+    );
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(format!("{d}/metrics.jsonl"))
         .unwrap()
         .lines()
@@ -440,6 +442,10 @@ fn early_stopping_leaves_its_best_epoch_in_the_folder() {
     assert!(said.contains(&best), "{said}");
     let scored = run_ok_out(&["evaluate", &d, "--threads", "1"]);
     assert!(scored.contains(&best) && scored.contains("epoch 1"), "{scored}");
+    // The average of the last epoch is no average of the weights kept: said, not used.
+    let o = descent().args(["evaluate", &d, "--weights", "ema"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("early stopping") && e.contains("not kept"), "{e}");
     let again = run_ok_out(&["train", "--resume", &d]);
     assert!(again.contains("nothing to do") && again.contains("early stopping"), "{again}");
 

@@ -474,11 +474,12 @@ impl Checkpoint {
     }
 
     /// The checkpoint of a run that early stopping ended, from its last epoch's: the weights and
-    /// buffers, epoch and step of its best epoch, which the run restored; no optimizer state
-    /// (the last epoch's would not go with these weights) and marked as ended, so that it is not
-    /// resumed. `None` when it records no best epoch.
+    /// buffers, epoch and step of its best epoch, which the run restored; no optimizer state and
+    /// no weight average (the last epoch's would not go with these weights, nor be that epoch's)
+    /// and marked as ended, so that it is not resumed. `None` when it records no best epoch.
     pub fn restore_best(mut self, why: String) -> Option<Checkpoint> {
         let best = self.best.take()?;
+        self.average = None;
         self.weights = best.weights;
         self.buffers = best.buffers;
         self.epoch = best.epoch;
