@@ -267,8 +267,26 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         }
     }
     // Every run valid before any trains: an unknown optimizer or argument names its run.
+    // The training set's length (read once per model and data folder) settles what acts between
+    // epochs: a --patience or a per-epoch schedule that could never act is refused here, not by
+    // the run once the others have trained.
+    let mut lengths: Vec<((String, PathBuf), usize)> = vec![];
     for (i, s) in specs.iter().enumerate() {
-        train::validate(&s.args).with_context(|| format!("run {} (`{}`)", i + 1, s.label))?;
+        let what = || format!("run {} (`{}`)", i + 1, s.label);
+        train::validate(&s.args).with_context(what)?;
+        if s.args.model == "gpt" {
+            continue;
+        }
+        let key = (s.args.model.clone(), s.args.data.clone());
+        let n = match lengths.iter().find(|(k, _)| *k == key) {
+            Some(&(_, n)) => n,
+            None => {
+                let n = train::training_set_len(&s.args.model, &s.args.data).with_context(what)?;
+                lengths.push((key, n));
+                n
+            }
+        };
+        train::validate_for_data(&s.args, n.saturating_sub(s.args.validation)).with_context(what)?;
     }
     Ok(specs)
 }

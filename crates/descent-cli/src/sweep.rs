@@ -393,6 +393,14 @@ impl Plan {
         Length { per_epoch, steps }
     }
 
+    /// Trial `t`'s value at rung `k`, where it reached it: the value it recorded at its own step
+    /// for that rung.
+    fn rung_value(&self, s: &Settings, t: &Trial, k: usize) -> Option<f64> {
+        let args = trial_args(s, self, &t.values, "trial").ok()?;
+        let step = *self.rungs_of(self.length(&args)).get(k)?;
+        t.rungs.iter().find(|r| r.0 == step).map(|r| r.1)
+    }
+
     /// ASHA's rungs of a trial of length `len`, in steps: the shared rungs at the same fractions
     /// of its length (rounded up, at least step 1, before its end). Rung `k` of one trial is
     /// compared with rung `k` of the others; two rungs of a short trial may fall on one step.
@@ -524,13 +532,7 @@ fn plan(s: &Settings) -> Result<Plan> {
         }
     }
     // Epochs are counted on the training set the trials really read (a smaller --data set too).
-    let n_train: u64 = match s.base.model.as_str() {
-        "linear" => 10_000,
-        _ => descent_train::mnist::load(&s.base.data)
-            .with_context(|| format!("loading MNIST from {}", s.base.data.display()))?
-            .train
-            .len() as u64,
-    };
+    let n_train = train::training_set_len(&s.base.model, &s.base.data)? as u64;
     // As trial_args holds out: the --validation given, else the default hold-out.
     let val = match (validation, s.base.validation) {
         (false, 0) => 0,
@@ -798,16 +800,13 @@ fn run_trial(
     let rungs_reached = Mutex::new(Vec::<(u64, f64)>::new());
     let on_eval: train::OnEval = Box::new(|e| {
         let v = p.objective.at_eval(e.test_loss, e.test_accuracy);
-        let mut reached = rungs_reached.lock().expect("rungs lock");
-        let mut go_on = true;
-        // Every rung at this step (two of a short trial may share one), each against the other
-        // trials' values at the same rung.
-        for k in rungs.iter().enumerate().filter(|(_, &r)| r == e.step).map(|(k, _)| k) {
-            reached.push((e.step, v));
-            let st = state.lock().expect("state lock");
-            let others: Vec<f64> = st.history.iter().filter_map(|t| t.rungs.get(k).map(|r| r.1)).collect();
-            go_on &= search_space::promotable(v, &others, s.reduction_factor);
-        }
+        // A step is judged once, at the first rung it is (two rungs of a short trial may fall on
+        // one step), against the other trials' values at that rung, each at its own step for it.
+        let Some(k) = rungs.iter().position(|&r| r == e.step) else { return Control::Continue };
+        rungs_reached.lock().expect("rungs lock").push((e.step, v));
+        let st = state.lock().expect("state lock");
+        let others: Vec<f64> = st.history.iter().filter_map(|t| p.rung_value(s, t, k)).collect();
+        let go_on = search_space::promotable(v, &others, s.reduction_factor);
         if go_on {
             Control::Continue
         } else {

@@ -923,7 +923,7 @@ pub fn workload(
     let dev = Device::Cpu;
     Ok(match model {
         "linear" => {
-            let tr = Dataset::regression(10_000, rng)?;
+            let tr = Dataset::regression(REGRESSION_TRAIN, rng)?;
             let te = Dataset::regression(2_000, rng)?;
             (Box::new(LinearRegression::new(init, rng, &dev)?), tr, te, loss_of(model))
         }
@@ -2556,6 +2556,18 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
 /// What [`validate`] cannot see without the data, for an image or regression run training on
 /// `train_len` samples: a step that fits the training set and a schedule that acts within the run
 /// (a GPT run's are checked against its corpus by [`validate`]).
+/// Samples of the linear regression's training set.
+pub const REGRESSION_TRAIN: usize = 10_000;
+
+/// Samples of the training set a run of `model` on `data` reads, before a validation split is
+/// held out (MNIST's are read from its file's header and data: a smaller set counts as it is).
+pub fn training_set_len(model: &str, data: &std::path::Path) -> Result<usize> {
+    Ok(match model {
+        "linear" => REGRESSION_TRAIN,
+        _ => mnist::load(data).with_context(|| format!("loading MNIST from {}", data.display()))?.train.len(),
+    })
+}
+
 pub fn validate_for_data(a: &TrainArgs, train_len: usize) -> Result<()> {
     let mut a = a.clone();
     unify_lr(&mut a)?;

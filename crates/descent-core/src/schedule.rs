@@ -977,6 +977,39 @@ mod tests {
         assert!((s.value(5) - 0.00625).abs() < 1e-12 && (s.value(1) - 0.025).abs() < 1e-12);
         let e = build_schedule("torch", "SequentialLR", &json!({"schedulers": [["ConstantLR", {}], ["OneCycleLR", {"max_lr": 0.5, "total_steps": 40}]], "milestones": [5]}), Some(0.1)).err().unwrap();
         assert!(e.to_string().contains("OneCycleLR in a composition"), "{e}");
+        // Nestings torch steps otherwise than their parts are refused, naming what.
+        let seq = json!(["SequentialLR", {"schedulers": [["ExponentialLR", {"gamma": 0.9}], ["StepLR", {"step_size": 2}]], "milestones": [3]}]);
+        let chain = json!(["ChainedScheduler", {"schedulers": [["ExponentialLR", {"gamma": 0.9}]]}]);
+        for (name, kw, what) in [
+            (
+                "ChainedScheduler",
+                json!({"schedulers": [seq.clone(), ["ExponentialLR", {"gamma": 0.9}]]}),
+                "SequentialLR inside",
+            ),
+            (
+                "SequentialLR",
+                json!({"schedulers": [seq, ["ExponentialLR", {"gamma": 0.9}]], "milestones": [4]}),
+                "SequentialLR inside",
+            ),
+            (
+                "SequentialLR",
+                json!({"schedulers": [chain, ["ExponentialLR", {"gamma": 0.9}]], "milestones": [4]}),
+                "ChainedScheduler inside",
+            ),
+            (
+                "ChainedScheduler",
+                json!({"schedulers": [["ExponentialLR", {"gamma": 0.9}], ["CyclicLR", {"base_lr": 0.01, "max_lr": 0.1}]]}),
+                "CyclicLR after",
+            ),
+            (
+                "SequentialLR",
+                json!({"schedulers": [["ExponentialLR", {"gamma": 0.9}], ["LinearLR", {"total_iters": 0}]], "milestones": [4]}),
+                "divides by zero",
+            ),
+        ] {
+            let e = build_schedule("torch", name, &kw, Some(0.1)).err().expect("refused").to_string();
+            assert!(e.contains(what), "{name}: {e}");
+        }
     }
 
     /// Every torch scheduler's `last_epoch` (its default -1 only) and `verbose` are accepted.

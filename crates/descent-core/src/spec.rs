@@ -2134,6 +2134,31 @@ fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Opti
         .enumerate()
         .map(|(i, l)| {
             let (name, kw) = link(l, &format!("{ctx}[{i}]"))?;
+            // Compositions torch steps otherwise than by their parts: a SequentialLR inside any
+            // composition and a ChainedScheduler inside a SequentialLR (torch resets the rate at
+            // each milestone from what the nested scheduler does not hold, or raises), and a
+            // CyclicLR after the first scheduler of a chain (its first rate comes from the
+            // initial_lr the scheduler before it recorded, its later ones from its base_lr).
+            let parent = k.context.rsplit('.').next().unwrap_or_default().to_string();
+            let nested = match (parent.as_str(), name.as_str()) {
+                (_, "SequentialLR") => Some("a SequentialLR inside another composition"),
+                ("SequentialLR", "ChainedScheduler") => Some("a ChainedScheduler inside a SequentialLR"),
+                ("ChainedScheduler", "CyclicLR") if i > 0 => Some("a CyclicLR after the first scheduler of a chain"),
+                // At its milestone torch evaluates LinearLR's closed form, dividing by 0.
+                ("SequentialLR", "LinearLR") if i > 0 && kw.get("total_iters").and_then(Value::as_u64) == Some(0) => {
+                    Some("a LinearLR with total_iters 0 after a milestone (torch divides by zero there)")
+                }
+                _ => None,
+            };
+            if let (true, Some(what)) = (library == "torch", nested) {
+                return Err(Error::Field {
+                    context: format!("{ctx}[{i}]"),
+                    message: format!(
+                        "{what}: torch steps it otherwise than its parts' schedules, which descent does not \
+                         reproduce; write the schedule without the nesting"
+                    ),
+                });
+            }
             if library == "torch" && name == "OneCycleLR" {
                 return Err(Error::Field {
                     context: format!("{ctx}[{i}]"),
