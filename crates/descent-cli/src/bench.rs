@@ -419,11 +419,11 @@ pub fn run(cfg: &StepBench) -> Result<()> {
                 ADAMW_CHAIN,
             ),
             (
-                "optax.adamw with bfloat16 first moments (24 B/param) / f32",
+                "optax.adamw with bfloat16 first moments / f32",
                 adamw,
                 ("optax.adamw", r#"{"learning_rate": 0.001, "mu_dtype": "bfloat16"}"#),
             ),
-            ("descent.adamw8bit (16 B/param) / f32 optax.adamw", adamw, ("descent.adamw8bit", r#"{"lr": 0.001}"#)),
+            ("descent.adamw8bit / f32 optax.adamw", adamw, ("descent.adamw8bit", r#"{"lr": 0.001}"#)),
         ];
         println!(
             "pairs timed alternately, best of {} steps each (measured apart from the table, so their ns/param differ from its rows):",
