@@ -520,7 +520,16 @@ fn plan(s: &Settings) -> Result<Plan> {
             let mut m = first.clone();
             m.insert(p.name.clone(), v.clone());
             let args = apply(&s.base, &m, &format!("search dimension `{}` = {v}", p.name))?;
-            extremes.push((format!("search dimension `{}` = {v}", p.name), args.clone()));
+            // The other dimensions' values too: the fault may be theirs (`epochs` = 1 with a
+            // --patience), which this extreme only came upon.
+            let others: Vec<String> =
+                m.iter().filter(|(k, _)| **k != p.name).map(|(k, v)| format!("`{k}` = {v}")).collect();
+            let what = if others.is_empty() {
+                format!("search dimension `{}` = {v}", p.name)
+            } else {
+                format!("search dimension `{}` = {v} (with {})", p.name, others.join(", "))
+            };
+            extremes.push((what, args.clone()));
             if let Err(e) = train::validate(&args) {
                 // Named by the dimension only when the shared settings alone pass.
                 let at_first = apply(&s.base, &first, "the search space")?;

@@ -229,6 +229,20 @@ fn bad_spaces_and_budgets_are_named() {
         (vec!["--param", "lr=uniform:-1e308..1e308"], vec!["lr", "wider than a double"]),
         (vec!["--param", "lr=loguniform:1e-3..0.1", "--method", "grid", "--trials", "10"], vec!["grid", "--trials 10"]),
         (vec!["--param", "batch_size=choice:8|100000"], vec!["batch_size", "100000", "training samples"]),
+        // The dimension at fault is named with the one at its extreme.
+        (
+            vec![
+                "--epochs",
+                "3",
+                "--patience",
+                "1",
+                "--param",
+                "lr=loguniform:1e-3..0.1",
+                "--param",
+                "epochs=int:1..3",
+            ],
+            vec!["`epochs` = 1", "--patience 1"],
+        ),
     ] {
         let mut a: Vec<&str> = BASE.to_vec();
         if !extra.contains(&"--objective") {
