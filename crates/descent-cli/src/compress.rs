@@ -46,7 +46,9 @@ pub struct PruneArgs {
     #[arg(long)]
     pub force: bool,
     /// Fine-tune the pruned model for this many epochs with its masks (the pruned weights stay
-    /// zero), with the run's settings unless the flags below say otherwise.
+    /// zero), with the run's settings unless the flags below say otherwise; it trains all of them
+    /// (the run's stopping rules, --patience, --target-accuracy and --min-loss-change, and its
+    /// gradual pruning do not carry over).
     #[arg(long, default_value_t = 0)]
     pub finetune_epochs: usize,
     /// Fine-tuning: stop after this many optimizer steps (within the epochs).
