@@ -923,12 +923,12 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
     sorted.sort_by(|a, b| a.loss.total_cmp(&b.loss).then(a.trial.cmp(&b.trial)));
     let names: Vec<&str> = p.space.iter().map(|q| q.name.as_str()).collect();
     let mut md = format!(
-        "| trial | {} | {} | status | epochs | seconds |\n|{}\n",
+        "| trial | {} | {} | status | epochs trained | seconds |\n|{}\n",
         names.join(" | "),
         s.objective,
         " --- |".repeat(names.len() + 5)
     );
-    let mut csv = format!("trial,{},objective,loss,status,epochs,seconds\n", names.join(","));
+    let mut csv = format!("trial,{},objective,loss,status,epochs_trained,seconds\n", names.join(","));
     for t in &sorted {
         let cell = |n: &str| {
             t.values.get(n).map(|v| match v {
