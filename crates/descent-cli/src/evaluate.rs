@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use descent_train::checkpoint::Checkpoint;
 use descent_train::data::Dataset;
-use descent_train::lm::{estimate_loss, eval_rng};
 use descent_train::model::{Init, Model};
 use descent_train::rng::Rng;
-use descent_train::text::TextSplit;
 use descent_train::train::{evaluate, Loss};
 
 use crate::folder;
@@ -245,10 +243,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             .with_context(|| format!("{}: the checkpoint does not fit the run", run.dir.display()))?;
         let batch = args.batch_size.context("the run's config has no batch_size")?;
         let iters = args.eval_iters.context("the run's config has no eval_iters")?;
-        // The generator of the run's own estimate at this step: the same number as its last row.
-        let mut rng = eval_rng(args.seed, ck.steps);
+        // The run's own estimate at this step (its training split's batches drawn first, as
+        // training drew them): the same number as its metrics row of that step.
         let block = model.config.block_size;
-        let val = estimate_loss(&model, &corpus, TextSplit::Val, batch, block, iters, &mut rng)?;
+        let (_, val) = descent_train::lm::estimate_at(&model, &corpus, batch, block, iters, args.seed, ck.steps)?;
         println!("evaluating {} (gpt, {position}) on the last 10% of {}", run.dir.display(), corpus.source);
         println!("validation loss: {val:.4} nats/char after {} steps", ck.steps);
         return Ok(());

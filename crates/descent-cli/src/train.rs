@@ -555,7 +555,8 @@ pub fn toml_json(v: &toml::Value, what: &str) -> Result<serde_json::Value> {
 
 /// A TOML file as a table, or an error naming the file.
 pub fn read_toml(path: &std::path::Path) -> Result<toml::Table> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = descent_train::checkpoint::read_regular(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("reading {}: not UTF-8 text", path.display()))?;
     // A number that is not zero but below the smallest double reads as 0 (as on the command line).
     for (i, line) in text.lines().enumerate() {
         let code = line.split('#').next().unwrap_or("");
@@ -750,7 +751,15 @@ fn gpt_config_of(a: &TrainArgs, corpus: &CharCorpus) -> Result<GptConfig> {
 /// The text of a gpt run (`--text`, the bundled tiny-shakespeare by default).
 pub fn corpus_of(a: &TrainArgs) -> Result<CharCorpus> {
     let path = a.text.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEXT));
-    Ok(CharCorpus::load(&path)?)
+    CharCorpus::load(&path).map_err(|e| {
+        // A run's config keeps the path as given: a relative one reads from where the command runs.
+        match std::env::current_dir() {
+            Ok(cwd) if path.is_relative() && !path.exists() => {
+                anyhow::anyhow!("{e} (relative to the working directory {})", cwd.display())
+            }
+            _ => e.into(),
+        }
+    })
 }
 
 /// The model, its training and test sets and its loss.
@@ -3508,6 +3517,15 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             epochs,
             a.precision.as_deref().filter(|p| *p != "f32").map(|p| format!(", {p} products")).unwrap_or_default()
         )),
+    }
+    // An optimizer named on the command line takes its library's defaults, not nanoGPT's recipe
+    // (which is what no --optimizer gives): said, since the header names the same optimizer.
+    if a.model == "gpt" && a.groups.is_empty() && closure_optimizer(&a).is_none() {
+        say(format!(
+            "{} with its library's defaults for what --hparams does not set and no parameter groups (nanoGPT's recipe, \
+             the default without --optimizer, has betas (0.9, 0.99) and weight decay 0.1 on matrices and embeddings only)",
+            a.optimizer()
+        ));
     }
     if a.model == "gpt" && !a.groups.is_empty() && a.groups != Gpt::no_decay_groups() {
         let pats: Vec<String> = a.groups.iter().map(|(p, v)| format!("`{p}` {v}")).collect();

@@ -85,6 +85,18 @@ fn gpt_trains_and_writes_train_and_validation_loss() {
     std::fs::remove_dir_all(&plot).unwrap();
 }
 
+/// `evaluate` of a gpt run repeats the validation estimate the run recorded at its checkpoint's
+/// step (the training split's batches drawn first, as training drew them).
+#[test]
+fn evaluate_repeats_the_recorded_validation_estimate() {
+    let run = base_run();
+    let rows = read(run, "metrics.jsonl");
+    let last: serde_json::Value = serde_json::from_str(rows.lines().last().unwrap()).unwrap();
+    let said = run_ok(&["evaluate", &run.to_string_lossy()]);
+    let want = format!("validation loss: {:.4} nats/char after 8 steps", last["test_loss"].as_f64().unwrap());
+    assert!(said.contains(&want), "{said} (want {want})");
+}
+
 #[test]
 fn a_resumed_gpt_run_is_bit_exact() {
     let full = base_run();
@@ -162,6 +174,8 @@ fn bad_gpt_input_is_a_one_line_error() {
         &["tiny.txt", "training", "38", "block size 40"],
     );
     one_line_error(&train(&["--n-embd", "30", "--n-head", "4"]), &["--n-embd 30", "not divisible", "--n-head 4"]);
+    // A device is read as no text at all (it was read until memory ran out).
+    one_line_error(&train(&["--text", "/dev/zero"]), &["/dev/zero", "not a regular file"]);
     one_line_error(&train(&["--epochs", "2"]), &["--epochs", "--steps"]);
     one_line_error(&["train", "--model", "mlp", "--n-layer", "2", "--out", &out], &["--n-layer", "gpt"]);
     assert!(!Path::new(&out).exists(), "a refused run left its folder behind");
@@ -172,6 +186,11 @@ fn bad_gpt_input_is_a_one_line_error() {
     one_line_error(&sample(&["--prompt", "ROMÉO:"]), &["'É'", "U+00C9", "vocabulary"]);
     one_line_error(&sample(&["--block-size", "17"]), &["--block-size 17", "position table", "16"]);
     one_line_error(&sample(&["--temperature", "0"]), &["--temperature"]);
+    // A temperature so small that the logits divided by it overflow is the greedy choice, as a
+    // small one is (it printed newlines: ∞ − ∞ made every probability NaN).
+    let greedy = |t: &str| run_ok_s(&sample(&["--prompt", "ROMEO", "--tokens", "12", "--temperature", t]));
+    assert_eq!(greedy("1e-310"), greedy("1e-3"));
+    assert!(greedy("1e-310").trim_end().len() > "ROMEO".len() + 1, "{}", greedy("1e-310"));
     one_line_error(&sample(&["--top-k", "0"]), &["--top-k"]);
     one_line_error(&["sample", &dir.to_string_lossy()], &["no checkpoint.safetensors"]);
     // A run of another model has no language model to sample from.

@@ -418,7 +418,7 @@ fn check_finite(path: &Path, name: &str, v: &[f32]) -> Result<()> {
 
 /// A file's bytes, where it is a regular file: a link to a device (`/dev/zero`) or a pipe would
 /// be read until memory runs out, a folder not at all.
-pub(crate) fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -442,7 +442,16 @@ pub fn generate_each(
         let x = Tensor::from_slice(ctx, (1, ctx.len()), &dev)?;
         let logits = model.forward(&x, Mode::Eval, &mut unused)?;
         let last = logits.narrow(1, ctx.len() - 1, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut z: Vec<f64> = last.iter().map(|&l| l as f64 / temperature).collect();
+        if let Some(bad) = last.iter().find(|l| !l.is_finite()) {
+            return Err(Error::Param(format!(
+                "generate: the model's output for token {} is {bad}: its weights overflow (a run that diverged)",
+                ids.len() + 1
+            )));
+        }
+        // Shifted by the largest logit before the division, so that a tiny temperature gives
+        // −∞ (probability 0) for the others and 0 for the largest, never ∞ − ∞.
+        let top = last.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+        let mut z: Vec<f64> = last.iter().map(|&l| (l as f64 - top) / temperature).collect();
         if let Some(k) = s.top_k.filter(|&k| k < z.len()) {
             // nanoGPT: logits below the k-th largest become −∞.
             let mut sorted = z.clone();

@@ -105,9 +105,24 @@ fn estimate_both(
     text: &TextConfig,
     step: u64,
 ) -> Result<(f64, f64)> {
-    let mut rng = eval_rng(cfg.seed, step);
-    let mut est =
-        |split| estimate_loss(model, corpus, split, cfg.batch_size, text.block_size, text.eval_iters, &mut rng);
+    estimate_at(model, corpus, cfg.batch_size, text.block_size, text.eval_iters, cfg.seed, step)
+}
+
+/// The training and validation loss estimates of a run of `seed` after `step` steps, as its
+/// training recorded them: the training split's batches first, then the validation split's, all
+/// drawn from the evaluation generator of that step ([`eval_rng`]). `descent evaluate` repeats
+/// them with this.
+pub fn estimate_at(
+    model: &dyn Model,
+    corpus: &CharCorpus,
+    batch: usize,
+    block: usize,
+    iters: usize,
+    seed: u64,
+    step: u64,
+) -> Result<(f64, f64)> {
+    let mut rng = eval_rng(seed, step);
+    let mut est = |split| estimate_loss(model, corpus, split, batch, block, iters, &mut rng);
     Ok((est(TextSplit::Train)?, est(TextSplit::Val)?))
 }
 

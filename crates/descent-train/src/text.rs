@@ -126,7 +126,7 @@ impl CharCorpus {
     pub fn load(path: impl AsRef<Path>) -> Result<CharCorpus> {
         let path = path.as_ref();
         let err = |message: String| Error::Data { path: path.display().to_string(), message };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::checkpoint::read_regular(path).map_err(|e| err(e.to_string()))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             err(format!("not UTF-8 text: invalid byte 0x{:02x} at byte offset {at}", e.as_bytes()[at]))
