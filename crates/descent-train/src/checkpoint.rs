@@ -109,45 +109,28 @@ struct BestMeta {
 impl BestEpoch {
     /// `model`'s weights and buffers now, as the best epoch's.
     pub fn capture(model: &dyn Model, test_loss: f64, epoch: usize, steps: u64) -> Result<BestEpoch> {
-        let stored = |vars: Vec<(String, Var)>| -> Result<Vec<Stored>> {
-            let mut v = vars
-                .into_iter()
-                .map(|(n, var)| Ok((n, var.dims().to_vec(), var.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
-                .collect::<Result<Vec<Stored>>>()?;
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(v)
-        };
         Ok(BestEpoch {
             test_loss,
             epoch,
             steps,
-            weights: stored(model.named_vars())?,
-            buffers: stored(model.named_buffers())?,
+            weights: values(&model.named_vars())?,
+            buffers: values(&model.named_buffers())?,
         })
     }
 
-    /// The best epoch's weights and buffers as tensors in `model`'s order (variables, then
-    /// buffers), each checked against the model's.
-    fn tensors(&self, model: &dyn Model) -> Result<Vec<Tensor>> {
-        let mut tensors = matching("best epoch's weights", &self.weights, &model.named_vars())?;
-        tensors.extend(matching("best epoch's buffer", &self.buffers, &model.named_buffers())?);
-        Ok(tensors)
-    }
+    const WHAT: [&'static str; 2] = ["best epoch's weights", "best epoch's buffer"];
 
     /// Checks that every stored tensor is one of `model`'s, with its shape, and that none is
     /// missing.
     pub fn check(&self, model: &dyn Model) -> Result<()> {
-        self.tensors(model).map(|_| ())
+        let (vars, bufs) = (model.named_vars(), model.named_buffers());
+        model_tensors(Self::WHAT, &self.weights, &self.buffers, &vars, &bufs).map(drop)
     }
 
     /// Writes the best epoch's weights and buffers into the model, each checked against the
     /// model's; on a mismatch nothing is changed.
     pub fn apply(&self, model: &dyn Model) -> Result<()> {
-        let tensors = self.tensors(model)?;
-        for ((_, v), t) in model.named_vars().iter().chain(&model.named_buffers()).zip(&tensors) {
-            v.set(t)?;
-        }
-        Ok(())
+        set_model(Self::WHAT, &self.weights, &self.buffers, model)
     }
 }
 
@@ -221,14 +204,33 @@ impl AverageState {
         if self.n_averaged == 0 {
             return Err(Error::Param(format!("the {} average holds nothing yet (no update so far)", self.kind)));
         }
-        let (vars, bufs) = (model.named_vars(), model.named_buffers());
-        let mut tensors = matching("averaged weights", &self.weights, &vars)?;
-        tensors.extend(matching("averaged buffer", &self.buffers, &bufs)?);
-        for ((_, v), t) in vars.iter().chain(&bufs).zip(&tensors) {
-            v.set(t)?;
-        }
-        Ok(())
+        set_model(["averaged weights", "averaged buffer"], &self.weights, &self.buffers, model)
     }
+}
+
+/// Stored `weights` and `buffers` as tensors in the order of `vars` then `bufs` (a model's
+/// variables and buffers), each checked like [`matching`]; `what` names the two in errors.
+fn model_tensors(
+    what: [&str; 2],
+    weights: &[Stored],
+    buffers: &[Stored],
+    vars: &[(String, Var)],
+    bufs: &[(String, Var)],
+) -> Result<Vec<Tensor>> {
+    let mut tensors = matching(what[0], weights, vars)?;
+    tensors.extend(matching(what[1], buffers, bufs)?);
+    Ok(tensors)
+}
+
+/// Writes stored `weights` and `buffers` into `model`, all checked ([`model_tensors`]) before any
+/// is written: on a mismatch nothing is changed.
+fn set_model(what: [&str; 2], weights: &[Stored], buffers: &[Stored], model: &dyn Model) -> Result<()> {
+    let (vars, bufs) = (model.named_vars(), model.named_buffers());
+    let tensors = model_tensors(what, weights, buffers, &vars, &bufs)?;
+    for ((_, v), t) in vars.iter().chain(&bufs).zip(&tensors) {
+        v.set(t)?;
+    }
+    Ok(())
 }
 
 /// The stored values for each of `vars` in their order, checked like [`matching`].
@@ -711,13 +713,7 @@ impl Checkpoint {
     /// Writes the trained weights and buffers into the model, without any optimizer (evaluating a
     /// run's checkpoint); checked like [`Checkpoint::apply`].
     pub fn apply_weights(&self, model: &dyn Model) -> Result<()> {
-        let (vars, bufs) = (model.named_vars(), model.named_buffers());
-        let mut tensors = matching("weights", &self.weights, &vars)?;
-        tensors.extend(matching("buffer", &self.buffers, &bufs)?);
-        for ((_, v), t) in vars.iter().chain(&bufs).zip(&tensors) {
-            v.set(t)?;
-        }
-        Ok(())
+        set_model(["weights", "buffer"], &self.weights, &self.buffers, model)
     }
 
     /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`] (no buffers: a
@@ -733,8 +729,7 @@ impl Checkpoint {
                  optimizer state to continue from"
             )));
         }
-        let mut tensors = matching("weights", &self.weights, vars)?;
-        tensors.extend(matching("buffer", &self.buffers, buffers)?);
+        let tensors = model_tensors(["weights", "buffer"], &self.weights, &self.buffers, vars, buffers)?;
         opt.load_state_dict(&self.optimizer)?;
         for ((_, v), t) in vars.iter().chain(buffers).zip(&tensors) {
             v.set(t)?;

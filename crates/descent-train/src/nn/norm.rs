@@ -240,6 +240,17 @@ mod avx2 {
         (_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)))
     }
 
+    /// The 8 gradients at `at`, zero where the output `rs` is not positive when `MASKED`.
+    #[inline(always)]
+    pub(super) unsafe fn grad_at<const MASKED: bool>(gs: &[f32], rs: &[f32], at: usize) -> __m256 {
+        let g = _mm256_loadu_ps(gs.as_ptr().add(at));
+        if !MASKED {
+            return g;
+        }
+        let r = _mm256_loadu_ps(rs.as_ptr().add(at));
+        _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(r, _mm256_setzero_ps()))
+    }
+
     /// Two f64 vectors as the 8 lanes `[lo, hi]`.
     #[inline(always)]
     unsafe fn store(lo: __m256d, hi: __m256d) -> [f64; 8] {
@@ -321,12 +332,7 @@ mod avx2 {
         for j in 0..xs.len() / LANES {
             for half in 0..2 {
                 let at = LANES * j + 8 * half;
-                let mut g = _mm256_loadu_ps(gs.as_ptr().add(at));
-                if MASKED {
-                    let r = _mm256_loadu_ps(rs.as_ptr().add(at));
-                    g = _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(r, _mm256_setzero_ps()));
-                }
-                let (ga, gb) = widen(g);
+                let (ga, gb) = widen(grad_at::<MASKED>(gs, rs, at));
                 let (xa, xb) = widen(_mm256_loadu_ps(xs.as_ptr().add(at)));
                 for (k, g, x) in [(2 * half, ga, xa), (2 * half + 1, gb, xb)] {
                     sg[k] = _mm256_add_pd(sg[k], g);
@@ -401,12 +407,7 @@ mod avx512 {
         for j in 0..xs.len() / LANES {
             for k in 0..2 {
                 let at = LANES * j + 8 * k;
-                let mut g = _mm256_loadu_ps(gs.as_ptr().add(at));
-                if MASKED {
-                    let r = _mm256_loadu_ps(rs.as_ptr().add(at));
-                    g = _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(r, _mm256_setzero_ps()));
-                }
-                let g = _mm512_cvtps_pd(g);
+                let g = _mm512_cvtps_pd(super::avx2::grad_at::<MASKED>(gs, rs, at));
                 let x = wide(xs.as_ptr().add(at));
                 sg[k] = _mm512_add_pd(sg[k], g);
                 sgx[k] = _mm512_add_pd(sgx[k], _mm512_mul_pd(g, _mm512_sub_pd(x, m)));
