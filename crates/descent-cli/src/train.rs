@@ -752,14 +752,18 @@ fn gpt_config_of(a: &TrainArgs, corpus: &CharCorpus) -> Result<GptConfig> {
 pub fn corpus_of(a: &TrainArgs) -> Result<CharCorpus> {
     let path = a.text.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEXT));
     CharCorpus::load(&path).map_err(|e| {
-        // A run's config keeps the path as given: a relative one reads from where the command runs.
-        match std::env::current_dir() {
-            Ok(cwd) if path.is_relative() && !path.exists() => {
-                anyhow::anyhow!("{e} (relative to the working directory {})", cwd.display())
-            }
-            _ => e.into(),
-        }
+        let from = if path.exists() { String::new() } else { from_here(&path) };
+        anyhow::anyhow!("{e}{from}")
     })
+}
+
+/// ` (relative to the working directory …)` for a relative path, else nothing: a run's config
+/// keeps a path as given, and a relative one reads from where the command runs.
+fn from_here(path: &std::path::Path) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!(" (relative to the working directory {})", cwd.display()),
+        _ => String::new(),
+    }
 }
 
 /// The model, its training and test sets and its loss.
@@ -827,14 +831,7 @@ fn mnist_datasets(data: &std::path::Path, normalize: bool) -> Result<(Dataset, D
     if let Some((_, sets)) = loaded.iter().find(|(k, _)| *k == key) {
         return Ok(sets.clone());
     }
-    let m = mnist::load(data).with_context(|| {
-        // A run's config keeps the path as given: a relative one reads from where the command runs.
-        let from = match std::env::current_dir() {
-            Ok(cwd) if data.is_relative() => format!(" (relative to the working directory {})", cwd.display()),
-            _ => String::new(),
-        };
-        format!("loading MNIST from {}{from}", data.display())
-    })?;
+    let m = mnist::load(data).with_context(|| format!("loading MNIST from {}{}", data.display(), from_here(data)))?;
     m.train.expect_size(28, 28)?;
     m.test.expect_size(28, 28)?;
     for (split, what) in [(&m.train, "training"), (&m.test, "test")] {
