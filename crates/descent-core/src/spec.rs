@@ -1832,12 +1832,46 @@ fn optax_galore(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfo
     Ok(chain(vec![galore, decay, boxed(ScaleByLearningRate::new(lr, true))]))
 }
 
-fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    use crate::transforms::{MuonDims, NsCoeffs, NsPreconditioning};
     let learning_rate = k.req_f64("learning_rate")?.into();
-    let ns_coeffs = match k.f64s("ns_coeffs")? {
-        None => [3.4445, -4.7750, 2.0315],
-        Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
-        Some(_) => return Err(crate::error::invalid("ns_coeffs must have shape (3,)")),
+    let ns_coeffs = match k.value("ns_coeffs") {
+        None => NsCoeffs::default(),
+        Some(Value::String(name)) => NsCoeffs::preset(name)
+            .ok_or_else(|| k.err("ns_coeffs", format!("unknown preset `{name}`; valid: standard, dion")))?,
+        Some(v) => ns_coeff_rows(v).ok_or_else(|| {
+            k.err("ns_coeffs", format!("expected 3 numbers, a list of rows of 3 numbers, or a preset name; got {v}"))
+        })?,
+    };
+    let name = k.opt_str("preconditioning")?.unwrap_or("frobenius");
+    let preconditioning = NsPreconditioning::from_name(name).ok_or_else(|| {
+        k.err("preconditioning", format!("unknown preconditioning `{name}`; valid: frobenius, spectral, aol, schatten"))
+    })?;
+    let dims = match k.value("muon_weight_dimension_numbers") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) if list.len() == shapes.len() => Some(
+            list.iter()
+                .map(|d| muon_dims(d).map_err(|e| k.err("muon_weight_dimension_numbers", e)))
+                .collect::<Result<Vec<Option<MuonDims>>>>()?,
+        ),
+        Some(Value::Array(list)) => {
+            return Err(k.err(
+                "muon_weight_dimension_numbers",
+                format!(
+                    "has {} entries for {} parameters (one per parameter: null or dimension numbers)",
+                    list.len(),
+                    shapes.len()
+                ),
+            ))
+        }
+        Some(v) => {
+            return Err(k.err(
+                "muon_weight_dimension_numbers",
+                format!(
+                    "expected one entry per parameter (null or {{\"reduction_axis\": …, \"output_axis\": …}}), got {v}"
+                ),
+            ))
+        }
     };
     Ok(oxc::muon(oxc::Muon {
         learning_rate,
@@ -1846,13 +1880,63 @@ fn optax_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         beta: k.f64("beta", 0.95)?,
         eps: k.f64("eps", 1e-8)?,
         weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
+        mu_dtype: k.mu_dtype()?,
         nesterov: k.bool("nesterov", true)?,
+        adaptive: k.bool("adaptive", false)?,
+        preconditioning,
         adam_b1: k.f64("adam_b1", 0.9)?,
         adam_b2: k.f64("adam_b2", 0.999)?,
         adam_eps_root: k.f64("adam_eps_root", 0.0)?,
         adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
         adam_learning_rate: k.opt_f64("adam_learning_rate")?.map(LearningRate::Constant),
+        muon_weight_dimension_numbers: dims,
+        consistent_rms: k.opt_f64("consistent_rms")?,
     }))
+}
+
+/// optax's `ns_coeffs` as JSON: three numbers (every iteration) or rows of three (one per
+/// iteration).
+fn ns_coeff_rows(v: &Value) -> Option<crate::transforms::NsCoeffs> {
+    use crate::transforms::NsCoeffs;
+    let triple = |v: &Value| -> Option<[f64; 3]> {
+        match v.as_array()?.as_slice() {
+            [a, b, c] => Some([a.as_f64()?, b.as_f64()?, c.as_f64()?]),
+            _ => None,
+        }
+    };
+    let rows = v.as_array()?;
+    if rows.iter().all(Value::is_number) {
+        return triple(v).map(NsCoeffs::Fixed);
+    }
+    let rows: Option<Vec<[f64; 3]>> = rows.iter().map(triple).collect();
+    rows.filter(|r| !r.is_empty()).map(NsCoeffs::PerStep)
+}
+
+/// One parameter's entry of `muon_weight_dimension_numbers`: `null` (Adam updates it) or
+/// `{"reduction_axis": axis or axes, "output_axis": axis or axes}` (optax's defaults 0 and 1).
+fn muon_dims(v: &Value) -> std::result::Result<Option<crate::transforms::MuonDims>, String> {
+    let axes = |key: &str, default: isize| -> std::result::Result<Vec<isize>, String> {
+        let bad = |x: &Value| format!("`{key}`: expected an axis or a list of axes, got {x}");
+        match v.get(key) {
+            None => Ok(vec![default]),
+            Some(Value::Array(a)) => a.iter().map(|x| x.as_i64().map(|i| i as isize).ok_or_else(|| bad(x))).collect(),
+            Some(x) => x.as_i64().map(|i| vec![i as isize]).ok_or_else(|| bad(x)),
+        }
+    };
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(o) => {
+            if let Some(key) = o.keys().find(|k| *k != "reduction_axis" && *k != "output_axis") {
+                return Err(format!("unknown field `{key}` of dimension numbers; valid: reduction_axis, output_axis"));
+            }
+            Ok(Some(crate::transforms::MuonDims {
+                reduction: axes("reduction_axis", 0)?,
+                output: axes("output_axis", 1)?,
+            }))
+        }
+        other => Err(format!("expected null or {{\"reduction_axis\": …, \"output_axis\": …}}, got {other}")),
+    }
 }
 
 /// A schedule built from a spec: a function of the step, or the metric-driven plateau scheduler.

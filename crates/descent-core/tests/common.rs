@@ -36,8 +36,14 @@ pub fn all_cases() -> Vec<Case> {
 /// cases whose id is one of `not_implemented`'s families (an id prefix ending at a dot) are
 /// skipped; every other case must pass, and a skipped one that passes must come off the list.
 pub fn replay_folder(folder: &str, min_files: usize, not_implemented: &[(&str, &str)]) {
+    replay_dir(&shared_dir(folder), min_files, not_implemented)
+}
+
+/// [`replay_folder`] on a folder given by its path.
+pub fn replay_dir(dir: &std::path::Path, min_files: usize, not_implemented: &[(&str, &str)]) {
     use descent_core::replay::run_and_check;
-    let files = collect_case_files(&[shared_dir(folder)]).unwrap();
+    let folder = dir.display();
+    let files = collect_case_files(&[dir.to_path_buf()]).unwrap();
     assert!(files.len() >= min_files, "expected the whole {folder} set, found {} files", files.len());
     let (mut failures, mut unexpectedly_passing, mut passed) = (vec![], vec![], 0);
     for f in &files {

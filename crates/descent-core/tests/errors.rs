@@ -243,3 +243,51 @@ fn case_folders_with_a_link_loop_are_read_once() {
     assert_eq!(files.len(), 1, "{files:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// optax `contrib.muon`'s options: what optax refuses is refused with the argument's name, at
+/// construction or at `init`, never a panic.
+#[test]
+fn muon_options_out_of_their_domain_name_the_argument() {
+    let shapes = vec![vec![4, 3], vec![3], vec![2, 3, 2]];
+    let params: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.5; s.iter().product()]).collect();
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let error = |h: serde_json::Value| -> String {
+        match build_optimizer("optax", "contrib.muon", &h, None, &shapes) {
+            Err(e) => e.to_string(),
+            Ok(tx) => match Optimizer::new(tx, shapes.clone(), &views) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{h} was accepted"),
+            },
+        }
+    };
+    let lr = |extra: serde_json::Value| {
+        let mut h = json!({"learning_rate": 0.02});
+        h.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        h
+    };
+    let e = error(lr(json!({"preconditioning": "newton"})));
+    assert!(e.contains("preconditioning") && e.contains("newton") && e.contains("schatten"), "{e}");
+    let e = error(lr(json!({"ns_coeffs": "polar"})));
+    assert!(e.contains("ns_coeffs") && e.contains("polar") && e.contains("dion"), "{e}");
+    let e = error(lr(json!({"ns_coeffs": [[3.0, -3.0, 1.0], [3.0, -3.0]]})));
+    assert!(e.contains("ns_coeffs"), "{e}");
+    // optax: "Not enough coeffs to perform 3 steps" for five rows and ns_steps = 3.
+    let e = error(lr(json!({"ns_coeffs": "dion", "ns_steps": 3})));
+    assert!(e.contains("ns_coeffs") && e.contains("ns_steps = 3"), "{e}");
+    let e = error(lr(json!({"weight_decay_mask": [true, false]})));
+    assert!(e.contains("weight_decay_mask") && e.contains("2 entries for 3 parameters"), "{e}");
+    let e = error(lr(json!({"muon_weight_dimension_numbers": [null, null]})));
+    assert!(e.contains("muon_weight_dimension_numbers") && e.contains("2 entries for 3 parameters"), "{e}");
+    let e = error(lr(json!({"muon_weight_dimension_numbers": [null, null, {"reduction_axis": 0, "output_axis": -3}]})));
+    assert!(e.contains("distinct"), "{e}");
+    let e = error(lr(json!({"muon_weight_dimension_numbers": [null, null, {"reduction_axis": 3}]})));
+    assert!(e.contains("axis 3 out of range"), "{e}");
+    let e = error(lr(json!({"muon_weight_dimension_numbers": [null, {}, null]})));
+    assert!(e.contains("rank 2 or more") && e.contains("[3]"), "{e}");
+    let e = error(lr(json!({"muon_weight_dimension_numbers": [null, null, {"reduction": 0}]})));
+    assert!(e.contains("unknown field `reduction`"), "{e}");
+    // Without dimension numbers a 3-D parameter goes to Adam, as in optax.
+    let tx =
+        build_optimizer("optax", "contrib.muon", &lr(json!({"adaptive": true, "consistent_rms": 0.2})), None, &shapes);
+    assert!(Optimizer::new(tx.unwrap(), shapes.clone(), &views).is_ok());
+}

@@ -9,7 +9,7 @@ use crate::rng::SplitMix64;
 use crate::spec::Kwargs;
 use crate::state::{visit_buffers, StateVisitor};
 use crate::transform::{check_init, check_shapes, numel};
-use crate::transforms::{round_bf16, MomentDtype};
+use crate::transforms::{decayed_bf16, round_bf16, MomentDtype};
 
 use super::{ClosureOptimizer, Objective};
 
@@ -195,7 +195,7 @@ impl ClosureOptimizer for Sophia {
         for ((g, m), h) in self.grads.iter().zip(self.mu.iter_mut()).zip(&self.nu) {
             let mut u = Vec::with_capacity(g.len());
             for ((&g, m), &h) in g.iter().zip(m.iter_mut()).zip(h) {
-                let mu = (1.0 - b1) * g + b1 * *m;
+                let mu = (1.0 - b1) * g + if bf16 { decayed_bf16(b1, *m) } else { b1 * *m };
                 let mut x = (mu / bias_correction) / (gamma * h).max(eps);
                 if let Some(t) = c.clip_threshold {
                     let t = t as f32;

@@ -23,11 +23,11 @@ use crate::learning_rate::LearningRate;
 use crate::schedule::{self, Schedule};
 use crate::transform::Transform;
 use crate::transforms::{
-    self as t, AddDecayedWeights, DogInit, Partition, ScaleByAcprop, ScaleByAcpropConfig, ScaleByAdam,
-    ScaleByAdamConfig, ScaleByAdemamix, ScaleByAdemamixConfig, ScaleByAdopt, ScaleByAdoptConfig, ScaleByCocob,
-    ScaleByDog, ScaleByDowg, ScaleByLearningRate, ScaleByMadgrad, ScaleByMadgradConfig, ScaleByMuon, ScaleByMuonConfig,
-    ScaleByRms, ScaleByRmsConfig, ScaleByShape, ScaleBySimplifiedAdemamix, ScaleBySimplifiedAdemamixConfig,
-    ScheduleFree, ScheduleFreeConfig,
+    self as t, AddDecayedWeights, DogInit, MomentDtype, MuonDims, NsCoeffs, NsPreconditioning, Partition,
+    ScaleByAcprop, ScaleByAcpropConfig, ScaleByAdam, ScaleByAdamConfig, ScaleByAdemamix, ScaleByAdemamixConfig,
+    ScaleByAdopt, ScaleByAdoptConfig, ScaleByCocob, ScaleByDog, ScaleByDowg, ScaleByLearningRate, ScaleByMadgrad,
+    ScaleByMadgradConfig, ScaleByMuon, ScaleByMuonConfig, ScaleByRms, ScaleByRmsConfig, ScaleByShape,
+    ScaleBySimplifiedAdemamix, ScaleBySimplifiedAdemamixConfig, ScheduleFree, ScheduleFreeConfig,
 };
 
 /// optax `contrib.acprop` (Zhuang et al., "Momentum Centering and Asynchronous Update for Adaptive
@@ -475,15 +475,16 @@ pub fn mechanize(c: Mechanize) -> Result<Box<dyn Transform>> {
 ///
 /// ```text
 /// matrices:  m ← β·m + (1 − β)·g,  m̂ Nesterov-debiased,  O = NS(m̂)  (X ← aX + (bA + cA²)X, A = XXᵀ)
-///            u = −α·(√max(1, fan_out/fan_in)·O + λ·θ)
+///            (adaptive: O ← ⟨m̂, O⟩·O)
+///            u = −α·(s·O + λ·θ),  s = √max(1, fan_out/fan_in)  or  consistent_rms·√max(fan_in, fan_out)
 /// others:    u = −α_adam·(Adam(g; adam_b1, adam_b2, eps, adam_eps_root) + λ_adam·θ)
 /// ```
 pub struct Muon {
     /// Learning rate α, a constant or a schedule. optax requires it; the default here is 0.02, the
     /// rate of Jordan's reference runs.
     pub learning_rate: LearningRate,
-    /// Newton–Schulz coefficients (a, b, c).
-    pub ns_coeffs: [f64; 3],
+    /// Newton–Schulz coefficients: one triple (a, b, c) for every iteration, or one per iteration.
+    pub ns_coeffs: NsCoeffs,
     /// Newton–Schulz iterations.
     pub ns_steps: usize,
     /// Decay β of the momentum.
@@ -492,8 +493,17 @@ pub struct Muon {
     pub eps: f64,
     /// Weight decay λ of the matrices, multiplied by the learning rate.
     pub weight_decay: f64,
+    /// Which parameters the matrices' weight decay applies to, one entry per parameter (`None`:
+    /// all; the entries of parameters Adam updates do not matter).
+    pub weight_decay_mask: Option<Vec<bool>>,
+    /// The type both momenta are stored in between steps.
+    pub mu_dtype: MomentDtype,
     /// Nesterov momentum (both parts).
     pub nesterov: bool,
+    /// Scale the orthogonalized update by its inner product with the momentum.
+    pub adaptive: bool,
+    /// How the Newton–Schulz input is scaled.
+    pub preconditioning: NsPreconditioning,
     /// Adam's β₁ for the parameters that are not matrices.
     pub adam_b1: f64,
     /// Adam's β₂.
@@ -504,62 +514,144 @@ pub struct Muon {
     pub adam_weight_decay: f64,
     /// Adam's learning rate; `None`: `learning_rate`.
     pub adam_learning_rate: Option<LearningRate>,
+    /// One entry per parameter: the axes Muon orthogonalizes over, or `None` for a parameter
+    /// Adam updates. Without it (`None`) the 2-D parameters go to Muon, the others to Adam.
+    pub muon_weight_dimension_numbers: Option<Vec<Option<MuonDims>>>,
+    /// Scale updates to this RMS (`Some(0.2)` matches AdamW's) instead of the width transfer.
+    pub consistent_rms: Option<f64>,
 }
 impl Default for Muon {
     fn default() -> Self {
         Muon {
             learning_rate: 0.02.into(),
-            ns_coeffs: [3.4445, -4.7750, 2.0315],
+            ns_coeffs: NsCoeffs::default(),
             ns_steps: 5,
             beta: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
+            weight_decay_mask: None,
+            mu_dtype: MomentDtype::F32,
             nesterov: true,
+            adaptive: false,
+            preconditioning: NsPreconditioning::Frobenius,
             adam_b1: 0.9,
             adam_b2: 0.999,
             adam_eps_root: 0.0,
             adam_weight_decay: 0.0,
             adam_learning_rate: None,
+            muon_weight_dimension_numbers: None,
+            consistent_rms: None,
         }
     }
 }
-/// optax `contrib.muon`: a partition by shape, `scale_by_muon → scale_by_shape →
-/// add_decayed_weights → scale_by_learning_rate` for the 2-D parameters and `scale_by_adam →
-/// add_decayed_weights → scale_by_learning_rate` for the others.
-pub fn muon(c: Muon) -> Box<dyn Transform> {
-    let (lr, adam_lr) = match c.adam_learning_rate {
-        Some(adam_lr) => (c.learning_rate, adam_lr),
-        None => share(c.learning_rate),
-    };
-    let muon = chain(vec![
-        boxed(ScaleByMuon::new(ScaleByMuonConfig {
-            ns_coeffs: c.ns_coeffs,
-            ns_steps: c.ns_steps,
-            beta: c.beta,
-            eps: c.eps,
-            nesterov: c.nesterov,
-        })),
-        boxed(ScaleByShape::default()),
-        boxed(AddDecayedWeights::new(c.weight_decay)),
-        scale_by_learning_rate(lr),
-    ]);
-    let adam = chain(vec![
-        boxed(ScaleByAdam::new(ScaleByAdamConfig {
-            b1: c.adam_b1,
-            b2: c.adam_b2,
-            eps: c.eps,
-            eps_root: c.adam_eps_root,
-            nesterov: c.nesterov,
-        })),
-        boxed(AddDecayedWeights::new(c.adam_weight_decay)),
-        scale_by_learning_rate(adam_lr),
-    ]);
-    boxed(Partition::by_shape(vec![muon, adam], |shape| usize::from(shape.len() != 2)))
+
+/// The group of each parameter of [`muon`]: Muon with weight decay, Muon without, Adam.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MuonGroup {
+    Decayed = 0,
+    Undecayed = 1,
+    Adam = 2,
 }
 
-/// A schedule shared by two learning rates (a pure function of the step, so both see the same
-/// values); a constant is copied.
-fn share(lr: LearningRate) -> (LearningRate, LearningRate) {
+/// The list argument `what` of [`muon`] checked against the parameter count.
+fn per_param<'a, T>(what: &str, list: &'a Option<Vec<T>>, shapes: &[Vec<usize>]) -> Result<Option<&'a [T]>> {
+    match list {
+        Some(l) if l.len() != shapes.len() => Err(Error::Invalid(format!(
+            "optax.contrib.muon: {what} has {} entries for {} parameters (one per parameter)",
+            l.len(),
+            shapes.len()
+        ))),
+        l => Ok(l.as_deref()),
+    }
+}
+
+/// optax `contrib.muon`: a partition, `scale_by_muon → scale_by_shape → add_decayed_weights →
+/// scale_by_learning_rate` for the Muon parameters (the 2-D ones, or those with dimension
+/// numbers) and `scale_by_adam → add_decayed_weights → scale_by_learning_rate` for the others.
+/// With a weight-decay mask, the Muon parameters with and without decay are two groups (each with
+/// its own Muon state).
+pub fn muon(c: Muon) -> Box<dyn Transform> {
+    let masked = c.weight_decay_mask.is_some();
+    let (dims, mask) = (c.muon_weight_dimension_numbers, c.weight_decay_mask);
+    let (group_dims, group_mask) = (dims.clone(), mask.clone());
+    let group = move |i: usize, shapes: &[Vec<usize>]| -> Result<MuonGroup> {
+        let is_muon = match per_param("muon_weight_dimension_numbers", &group_dims, shapes)? {
+            Some(d) => d[i].is_some(),
+            None => shapes[i].len() == 2,
+        };
+        let decayed = per_param("weight_decay_mask", &group_mask, shapes)?.is_none_or(|m| m[i]);
+        Ok(match (is_muon, decayed) {
+            (false, _) => MuonGroup::Adam,
+            (true, true) => MuonGroup::Decayed,
+            (true, false) => MuonGroup::Undecayed,
+        })
+    };
+    // Every Muon group and Adam (unless it has its own rate) share the rate.
+    let muon_groups: &[MuonGroup] =
+        if masked { &[MuonGroup::Decayed, MuonGroup::Undecayed] } else { &[MuonGroup::Decayed] };
+    let muon_count = muon_groups.len();
+    let mut lrs = share_n(c.learning_rate, muon_count + usize::from(c.adam_learning_rate.is_none()));
+    let adam_lr = match c.adam_learning_rate {
+        Some(adam_lr) => adam_lr,
+        None => lrs.pop().expect("a rate shared with Adam"),
+    };
+    let mut transforms: Vec<Box<dyn Transform>> = vec![];
+    for (&g, lr) in muon_groups.iter().zip(lrs) {
+        // With dimension numbers the groups follow from the lists alone: each Muon group's
+        // members take theirs in order (a list of the wrong length fails `init` in `group`).
+        let member_dims = dims.as_ref().map(|d| {
+            let in_group = |i: usize| {
+                !masked || mask.as_ref().and_then(|m| m.get(i)).copied().unwrap_or(true) == (g == MuonGroup::Decayed)
+            };
+            d.iter()
+                .enumerate()
+                .filter(|&(i, x)| x.is_some() && in_group(i))
+                .filter_map(|(_, x)| x.clone())
+                .collect::<Vec<_>>()
+        });
+        let mut links = vec![
+            boxed(ScaleByMuon::new(ScaleByMuonConfig {
+                ns_coeffs: c.ns_coeffs.clone(),
+                ns_steps: c.ns_steps,
+                beta: c.beta,
+                eps: c.eps,
+                nesterov: c.nesterov,
+                adaptive: c.adaptive,
+                preconditioning: c.preconditioning,
+                mu_dtype: c.mu_dtype,
+                weight_dimension_numbers: member_dims.clone(),
+            })),
+            boxed(ScaleByShape::new(c.consistent_rms, member_dims)),
+        ];
+        if g == MuonGroup::Decayed {
+            links.push(boxed(AddDecayedWeights::new(c.weight_decay)));
+        }
+        links.push(scale_by_learning_rate(lr));
+        transforms.push(chain(links));
+    }
+    transforms.push(chain(vec![
+        boxed(
+            ScaleByAdam::new(ScaleByAdamConfig {
+                b1: c.adam_b1,
+                b2: c.adam_b2,
+                eps: c.eps,
+                eps_root: c.adam_eps_root,
+                nesterov: c.nesterov,
+            })
+            .mu_dtype(c.mu_dtype),
+        ),
+        boxed(AddDecayedWeights::new(c.adam_weight_decay)),
+        scale_by_learning_rate(adam_lr),
+    ]));
+    // Unmasked, the groups are Muon and Adam, numbered 0 and 1 as ever.
+    boxed(Partition::by_param(transforms, move |i, shapes| {
+        group(i, shapes).map(|g| if g == MuonGroup::Adam { muon_count } else { g as usize })
+    }))
+}
+
+/// `lr` shared by `n` learning rates (a schedule is a pure function of the step, so all see the
+/// same values); a constant is copied.
+fn share_n(lr: LearningRate, n: usize) -> Vec<LearningRate> {
     struct Shared(Arc<dyn Schedule>);
     impl Schedule for Shared {
         fn value(&self, step: u64) -> f64 {
@@ -570,10 +662,10 @@ fn share(lr: LearningRate) -> (LearningRate, LearningRate) {
         }
     }
     match lr {
-        LearningRate::Constant(x) => (LearningRate::Constant(x), LearningRate::Constant(x)),
+        LearningRate::Constant(x) => (0..n).map(|_| LearningRate::Constant(x)).collect(),
         LearningRate::Schedule(s) => {
             let s: Arc<dyn Schedule> = Arc::from(s);
-            (LearningRate::Schedule(Box::new(Shared(s.clone()))), LearningRate::Schedule(Box::new(Shared(s))))
+            (0..n).map(|_| LearningRate::Schedule(Box::new(Shared(s.clone())))).collect()
         }
     }
 }

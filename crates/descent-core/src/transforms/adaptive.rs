@@ -122,7 +122,7 @@ impl Elementwise for ScaleByAdam {
                 let vm = &mut vm[..n];
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
                     m.set(j, mj);
                     v[j] = (1.0 - b2) * g * g + b2 * v[j];
                     vm[j] = vm[j].max(v[j] * bc2);
@@ -131,7 +131,7 @@ impl Elementwise for ScaleByAdam {
             } else if this.nesterov {
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
                     m.set(j, mj);
                     v[j] = (1.0 - b2) * g * g + b2 * v[j];
                     let m_hat = b1 * (mj * bc1n) + (1.0 - b1) * (g * bc1);
@@ -140,7 +140,7 @@ impl Elementwise for ScaleByAdam {
             } else {
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + b1 * m.get(j);
+                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
                     m.set(j, mj);
                     v[j] = (1.0 - b2) * g * g + b2 * v[j];
                     u[j] = (mj * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
@@ -152,7 +152,7 @@ impl Elementwise for ScaleByAdam {
         let vm = if this.amsgrad { this.nu_max.slice(i, off, n) } else { &mut [][..] };
         match this.mu_dtype {
             MomentDtype::F32 => run(this, u, &mut this.mu.slice(i, off, n)[..n], v, vm),
-            MomentDtype::Bf16 => run(this, u, Bf16(&mut this.mu_bf16.slice(i, off, n)[..n]), v, vm),
+            MomentDtype::Bf16 => run(this, u, Bf16::new(&mut this.mu_bf16.slice(i, off, n)[..n], this.b1), v, vm),
         }
     });
 }
@@ -170,6 +170,8 @@ pub enum MomentDtype {
 trait Moment {
     fn get(&self, j: usize) -> f32;
     fn set(&mut self, j: usize, x: f32);
+    /// `decay · m[j]`, in the stored type's arithmetic (see [`decayed_bf16`]).
+    fn decayed(&self, j: usize, decay: f32) -> f32;
 }
 impl Moment for &mut [f32] {
     #[inline(always)]
@@ -180,9 +182,19 @@ impl Moment for &mut [f32] {
     fn set(&mut self, j: usize, x: f32) {
         self[j] = x;
     }
+    #[inline(always)]
+    fn decayed(&self, j: usize, decay: f32) -> f32 {
+        decay * self[j]
+    }
 }
-/// bfloat16 storage: the upper half of an `f32`'s bits.
-struct Bf16<'a>(&'a mut [u16]);
+/// bfloat16 storage (the upper half of an `f32`'s bits) of a moment decayed by a rate, kept
+/// rounded to bfloat16 (see [`decayed_bf16`]).
+struct Bf16<'a>(&'a mut [u16], f32);
+impl<'a> Bf16<'a> {
+    fn new(bits: &'a mut [u16], decay: f32) -> Self {
+        Bf16(bits, round_to_bf16(decay))
+    }
+}
 impl Moment for Bf16<'_> {
     #[inline(always)]
     fn get(&self, j: usize) -> f32 {
@@ -192,6 +204,27 @@ impl Moment for Bf16<'_> {
     fn set(&mut self, j: usize, x: f32) {
         self.0[j] = f32_to_bf16(x);
     }
+    #[inline(always)]
+    fn decayed(&self, j: usize, decay: f32) -> f32 {
+        debug_assert_eq!(self.1, round_to_bf16(decay), "the decay the moment was made for");
+        // The product of two bfloat16 values is exact in f32: one rounding.
+        round_to_bf16(self.1 * self.get(j))
+    }
+}
+
+/// `decay · m` for a moment `m` stored as bfloat16, as optax's `update_moment`
+/// (`(1 − decay)·g + decay·m`) computes it: jax keeps the product of a Python float and a bfloat16
+/// array in bfloat16, so the decay is rounded to bfloat16 and so is the product; the sum with the
+/// `f32` gradient term is then `f32`.
+#[inline(always)]
+pub fn decayed_bf16(decay: f32, m: f32) -> f32 {
+    round_to_bf16(round_to_bf16(decay) * m)
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as an `f32`.
+#[inline(always)]
+fn round_to_bf16(x: f32) -> f32 {
+    bf16_to_f32(f32_to_bf16(x))
 }
 
 /// The `f32` value of bfloat16 bits (exact).

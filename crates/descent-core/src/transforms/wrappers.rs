@@ -243,9 +243,13 @@ pub struct Partition {
     groups: Vec<(Vec<usize>, Box<dyn Transform>)>,
     /// `(group, index within the group)` of each parameter, set by `init`.
     slot: Vec<(usize, usize)>,
-    /// The group of a parameter of this shape, for groups chosen at `init` ([`Partition::by_shape`]).
-    group_of: Option<fn(&[usize]) -> usize>,
+    /// The group of a parameter (by its index and shape), for groups chosen at `init`
+    /// ([`Partition::by_shape`], [`Partition::by_param`]).
+    group_of: Option<GroupOf>,
 }
+
+/// The group of parameter `i` of the parameters of these shapes.
+type GroupOf = Box<dyn Fn(usize, &Shapes) -> Result<usize> + Send + Sync>;
 impl Partition {
     /// Groups of parameter indices with their transformation; checked against the parameter count
     /// at `init`.
@@ -257,10 +261,19 @@ impl Partition {
     /// `transforms[group_of(s)]` (optax `contrib.muon` sends the matrices to Muon, the other
     /// parameters to Adam). Every transformation keeps its state, with or without parameters.
     pub fn by_shape(transforms: Vec<Box<dyn Transform>>, group_of: fn(&[usize]) -> usize) -> Self {
+        Self::by_param(transforms, move |i, shapes| Ok(group_of(&shapes[i])))
+    }
+
+    /// [`Partition::by_shape`] with the group of parameter `i` chosen by `group_of(i, shapes)`
+    /// from all the parameters' shapes; its error fails `init`.
+    pub fn by_param(
+        transforms: Vec<Box<dyn Transform>>,
+        group_of: impl Fn(usize, &Shapes) -> Result<usize> + Send + Sync + 'static,
+    ) -> Self {
         Partition {
             groups: transforms.into_iter().map(|tx| (vec![], tx)).collect(),
             slot: vec![],
-            group_of: Some(group_of),
+            group_of: Some(Box::new(group_of)),
         }
     }
 
@@ -328,10 +341,11 @@ impl Transform for Partition {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        if let Some(group_of) = self.group_of {
+        if let Some(group_of) = &self.group_of {
             // A parameter sent to a group that does not exist is in none: refused below.
+            let of = (0..shapes.len()).map(|i| group_of(i, shapes)).collect::<Result<Vec<usize>>>()?;
             for (g, (idx, _)) in self.groups.iter_mut().enumerate() {
-                *idx = (0..shapes.len()).filter(|&i| group_of(&shapes[i]) == g).collect();
+                *idx = (0..shapes.len()).filter(|&i| of[i] == g).collect();
             }
         }
         let mut slot = vec![None; shapes.len()];
