@@ -423,9 +423,9 @@ fn run_one(
     (args.lr, args.seed, args.out, args.force) = (Some(lr), seed, Some(dir), true);
     // Evaluations spread over an epoch (or over the run, when --steps cuts it shorter).
     let steps_per_epoch = {
-        let n = 60_000usize.saturating_sub(args.validation);
+        let n = train::training_set_len(&args.model, &args.data)?.saturating_sub(args.validation);
         let batch = args.batch_size.unwrap_or(train::defaults(&args.model).1);
-        n.div_ceil(batch.max(1)) as u64
+        n.div_ceil((batch * args.accumulate.unwrap_or(1)).max(1)) as u64
     };
     let span = args.steps.map_or(steps_per_epoch, |t| t.min(steps_per_epoch));
     let every = (span / s.evals_per_epoch.max(1)).max(1);

@@ -33,12 +33,12 @@ pub struct PruneArgs {
     /// round(), or an integer count.
     #[arg(long)]
     pub amount: String,
-    /// ln_structured: the norm's order (2, 1, inf, -inf, fro).
-    #[arg(long, default_value = "2", allow_hyphen_values = true)]
-    pub n: String,
-    /// ln_structured: the dimension of the channels (0: output units/channels).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub dim: isize,
+    /// ln_structured: the norm's order (2, 1, inf, -inf, fro) [default: 2].
+    #[arg(long, allow_hyphen_values = true)]
+    pub n: Option<String>,
+    /// ln_structured: the dimension of the channels (0: output units/channels) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub dim: Option<isize>,
     /// The folder of the pruned model.
     #[arg(long)]
     pub out: PathBuf,
@@ -74,6 +74,17 @@ pub struct PruneArgs {
     pub threads: Option<usize>,
 }
 
+impl PruneArgs {
+    /// `--n`, or its default.
+    fn norm(&self) -> &str {
+        self.n.as_deref().unwrap_or("2")
+    }
+    /// `--dim`, or its default.
+    fn dim(&self) -> isize {
+        self.dim.unwrap_or(0)
+    }
+}
+
 /// `descent quantize`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct QuantizeArgs {
@@ -94,9 +105,9 @@ pub struct QuantizeArgs {
     /// quantization trained with (the default for such a run; minmax for others).
     #[arg(long, value_parser = ["minmax", "percentile", "observers"])]
     pub calibration: Option<String>,
-    /// The percentile of --calibration percentile, in (50, 100].
-    #[arg(long, default_value_t = 99.99)]
-    pub percentile: f64,
+    /// The percentile of --calibration percentile, in (50, 100] [default: 99.99].
+    #[arg(long)]
+    pub percentile: Option<f64>,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -143,7 +154,11 @@ fn read_run(dir: &Path) -> Result<Source> {
             dir.display()
         );
     }
-    let ck = Checkpoint::load(&dir.join(folder::run::CHECKPOINT))?;
+    let ck_path = dir.join(folder::run::CHECKPOINT);
+    if !ck_path.exists() {
+        return Err(crate::train::missing_checkpoint(dir, "the run stopped before the end of its first epoch"));
+    }
+    let ck = Checkpoint::load(&ck_path)?;
     crate::train::check_checkpoint_of_folder(&ck, dir, Some(&args))?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) = train::workload(
@@ -232,7 +247,7 @@ fn masks(s: &PruneArgs, model: &dyn Model) -> Result<Vec<(String, Vec<f32>)>> {
             targets.iter().map(|(n, _)| n.clone()).zip(m).collect()
         }
         _ => {
-            let n = Norm::parse(&s.n)?;
+            let n = Norm::parse(s.norm())?;
             targets.pop();
             if targets.is_empty() {
                 bail!("--method ln_structured: the model has no layer before its output layer to remove units from");
@@ -240,8 +255,8 @@ fn masks(s: &PruneArgs, model: &dyn Model) -> Result<Vec<(String, Vec<f32>)>> {
             targets
                 .iter()
                 .map(|(name, v)| {
-                    let m = prune::ln_structured(&values(v)?, v.dims(), amount, n, s.dim)
-                        .map_err(|e| anyhow::anyhow!("--amount {} / --dim {}: {e} (in `{name}`)", s.amount, s.dim))?;
+                    let m = prune::ln_structured(&values(v)?, v.dims(), amount, n, s.dim())
+                        .map_err(|e| anyhow::anyhow!("--amount {} / --dim {}: {e} (in `{name}`)", s.amount, s.dim()))?;
                     Ok((name.clone(), m))
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -323,8 +338,8 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     }
     Amount::parse("--amount", &s.amount)?;
     if s.method == "ln_structured" {
-        Norm::parse(&s.n)?;
-    } else if s.n != "2" || s.dim != 0 {
+        Norm::parse(s.norm())?;
+    } else if s.n.is_some() || s.dim.is_some() {
         bail!("--n / --dim: only --method ln_structured takes them");
     }
     check_out(&s.run, &s.out)?;
@@ -350,7 +365,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     }
     // The compact model is possible (no layer lost every unit) before anything is written or
     // fine-tuned: the masks stay through fine-tuning.
-    let compact = s.method == "ln_structured" && s.dim == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet");
+    let compact = s.method == "ln_structured" && s.dim() == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet");
     if compact {
         dc::shrink(&src.args.model, src.model.as_ref())?;
     }
@@ -365,7 +380,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         "{} amount {}{}",
         s.method,
         s.amount,
-        if s.method == "ln_structured" { format!(" n {} dim {}", s.n, s.dim) } else { String::new() }
+        if s.method == "ln_structured" { format!(" n {} dim {}", s.norm(), s.dim()) } else { String::new() }
     );
     let (all, zero) = sparsity(src.model.as_ref())?;
     println!(
@@ -438,10 +453,11 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     if q.calibration_batches == Some(0) {
         bail!("--calibration-batches 0: calibration needs at least one batch");
     }
-    if !(q.percentile > 50.0 && q.percentile <= 100.0) {
-        bail!("--percentile {}: a percentile in (50, 100]", q.percentile);
+    let percentile = q.percentile.unwrap_or(99.99);
+    if !(percentile > 50.0 && percentile <= 100.0) {
+        bail!("--percentile {percentile}: a percentile in (50, 100]");
     }
-    if q.calibration.as_deref() != Some("percentile") && q.percentile != 99.99 {
+    if q.calibration.as_deref() != Some("percentile") && q.percentile.is_some() {
         bail!("--percentile: only --calibration percentile takes it");
     }
     let src = read_run_or_pruned(&q.run)?;
@@ -484,11 +500,11 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
             .take(calibration_batches)
             .map(|idx| Ok(src.train_set.batch(idx)?.0))
             .collect::<Result<_>>()?;
-        let cal = if calibration == "percentile" { Calibration::Percentile(q.percentile) } else { Calibration::MinMax };
+        let cal = if calibration == "percentile" { Calibration::Percentile(percentile) } else { Calibration::MinMax };
         let qm = QuantModel::quantize(&src.args.model, src.model.as_ref(), &batches, cal)?;
         let method = format!(
             "int8 (weights per output channel, symmetric; activations per tensor, {} over {} batches of {batch}{})",
-            if calibration == "percentile" { format!("percentile {}", q.percentile) } else { "minmax".into() },
+            if calibration == "percentile" { format!("percentile {percentile}") } else { "minmax".into() },
             batches.len(),
             if observed.is_some() { ", not the QAT run's observers" } else { "" }
         );
@@ -566,8 +582,21 @@ struct Row {
 /// Samples per second of inference on `n`-sample batches, for about `budget` seconds.
 fn speed(model: &dyn Model, data: &Dataset, n: usize, budget: f64) -> Result<f64> {
     let mut rng = Rng::new(0);
-    let batches: Vec<Tensor> =
-        (0..8).map(|k| Ok(data.range((k * n) % (data.len() - n), n)?.0)).collect::<Result<_>>()?;
+    let len = data.len();
+    if len == 0 {
+        bail!("the test set is empty: no inference to time");
+    }
+    // Eight batches from across the test set; a test set smaller than a batch repeats its samples
+    // to fill one (the time of a batch of `n` does not depend on which images are in it).
+    let batch = |k: usize| -> Result<Tensor> {
+        if len >= n {
+            return Ok(data.range((k * n) % (len - n + 1), n)?.0);
+        }
+        let parts: Vec<Tensor> =
+            (0..n.div_ceil(len)).map(|r| Ok(data.range(0, len.min(n - r * len))?.0)).collect::<Result<_>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    };
+    let batches: Vec<Tensor> = (0..8).map(batch).collect::<Result<_>>()?;
     let t0 = Instant::now();
     let mut done = 0usize;
     let mut k = 0;
@@ -589,6 +618,15 @@ fn median(v: &[f64]) -> f64 {
 pub fn report_cmd(r: ReportArgs) -> Result<()> {
     if r.rounds == 0 {
         bail!("--rounds 0: at least one timing round");
+    }
+    // Each folder once: a folder given twice would be a second, identical row.
+    let mut seen: Vec<PathBuf> = vec![];
+    for dir in &r.dirs {
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        if let Some(k) = seen.iter().position(|s| *s == canonical) {
+            bail!("{}: the same folder as {}, given twice", dir.display(), r.dirs[k].display());
+        }
+        seen.push(canonical);
     }
     let mut rows: Vec<Row> = vec![];
     let mut sets: Vec<(CompressInfo, std::rc::Rc<Dataset>)> = vec![];

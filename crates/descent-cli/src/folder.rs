@@ -295,6 +295,19 @@ fn entries(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Whether another process holds the lock of `dir` (a command is writing it), with its process
+/// id where the lock file records one. Tested with a shared lock, released at once.
+pub fn in_use_by(dir: &Path) -> Option<Option<u32>> {
+    let path = dir.join(LOCK);
+    let f = File::open(&path).ok()?;
+    match f.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Some(std::fs::read_to_string(&path).ok().and_then(|h| h.trim().parse::<u32>().ok()))
+        }
+        _ => None,
+    }
+}
+
 /// Takes the lock of `dir` (which exists), or says who holds it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK);

@@ -85,7 +85,11 @@ fn build(
         match k.as_str() {
             "optimizer" => {}
             "lr" => {
-                h.insert(lr_key(lib).to_string(), v.clone());
+                let key = lr_key(lib);
+                if key != "lr" && spec.contains_key(key) {
+                    bail!("{what}: `lr` and `{key}` are the same setting; give one");
+                }
+                h.insert(key.to_string(), v.clone());
             }
             "schedule" => {
                 let s = v.as_str().with_context(|| format!("{what}: `schedule` is a name"))?;

@@ -53,6 +53,8 @@ struct Recorder {
     points: Vec<Point>,
     avg: f64,
     best: f64,
+    /// Whether the test stopped because the smoothed loss passed `diverge` × its best.
+    diverged: bool,
 }
 
 impl Hooks for &mut Recorder {
@@ -65,6 +67,7 @@ impl Hooks for &mut Recorder {
         self.points.push(Point { lr: self.start * s.lr_scale, loss: s.loss as f64, smoothed });
         self.best = self.best.min(smoothed);
         if s.step > 1 && smoothed > self.diverge * self.best {
+            self.diverged = true;
             Control::Stop
         } else {
             Control::Continue
@@ -195,21 +198,23 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         per_epoch: false,
     });
     cfg.max_steps = Some(n);
-    cfg.epochs = (n as usize).div_ceil(train_set.len().div_ceil(cfg.batch_size).max(1));
+    cfg.epochs = usize::try_from(n.div_ceil(cfg.steps_per_epoch(train_set.len()).max(1))).unwrap_or(usize::MAX);
     println!(
-        "learning-rate range test: {} with {}, {:e} to {:e} over {} steps (batch {})",
+        "learning-rate range test: {} with {}, {:e} to {:e} over {} steps (batch {}{})",
         args.model,
         args.optimizer(),
         a.start_lr,
         a.end_lr,
         n,
-        cfg.batch_size
+        cfg.batch_size,
+        if cfg.accumulate > 1 { format!(" × {} accumulated", cfg.accumulate) } else { String::new() }
     );
-    let mut rec = Recorder { start, diverge: a.diverge, points: vec![], avg: 0.0, best: f64::INFINITY };
+    let mut rec =
+        Recorder { start, diverge: a.diverge, points: vec![], avg: 0.0, best: f64::INFINITY, diverged: false };
     match train_from(model.as_ref(), &train_set, &test_set, &cfg, None, &mut rec) {
         Ok(_) => {}
         // A non-finite loss is the test's natural end at a too-large learning rate.
-        Err(e) if e.to_string().contains("training stopped") => {}
+        Err(e) if e.to_string().contains("training stopped") => rec.diverged = true,
         Err(e) => return Err(e.into()),
     }
     let points = rec.points;
@@ -243,7 +248,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         fit_faint: false,
     };
     plot::line_chart(&chart, &out.join("lr_find"))?;
-    let stopped = points.len() < n as usize;
+    let stopped = rec.diverged;
     println!(
         "{} steps{}; loss, smoothed loss and the chart in {}",
         points.len(),

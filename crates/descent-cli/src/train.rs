@@ -859,6 +859,14 @@ pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
     let epochs = std::fs::read_to_string(dir.join(folder::run::METRICS_JSONL))
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
         .unwrap_or(0);
+    if let Some(pid) = folder::in_use_by(dir) {
+        let who = pid.map(|p| format!(" (process {p})")).unwrap_or_default();
+        return anyhow::anyhow!(
+            "{}: no {} yet: the run is still in progress{who}; its first checkpoint is written at the end of its first epoch",
+            dir.display(),
+            folder::run::CHECKPOINT
+        );
+    }
     if epochs > 0 {
         return anyhow::anyhow!(
             "{}: no {}, although metrics.jsonl records {epochs} finished epoch(s) or estimate(s): the checkpoint was deleted or moved",
@@ -2003,7 +2011,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     }
     if let Some(d) = &a.distill {
         if !(0.0..=1.0).contains(&d.alpha) {
-            bail!("--alpha {}: the teachers' weight must be in [0, 1]", d.alpha);
+            bail!("--alpha {}: the teachers' weight must be in (0, 1]", d.alpha);
         }
         if !descent_train::train::temperature_in_range(d.temperature) {
             let (lo, hi) = descent_train::train::TEMPERATURE_RANGE;
@@ -2605,7 +2613,7 @@ fn check_model_settings(model: &dyn Model, cfg: &TrainConfig) -> Result<()> {
 /// A library schedule defined for a limited number of steps (torch `OneCycleLR`'s `total_steps`)
 /// must cover the run, as torch refuses to step it further.
 fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
-    let per_epoch = train_len.div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
+    let per_epoch = cfg.steps_per_epoch(train_len);
     // What acts between epochs needs a second epoch (a patience of P, P + 1): a run that ends
     // within its first would accept it and never act on it.
     let all_epochs = per_epoch.saturating_mul(cfg.epochs as u64);
@@ -3347,7 +3355,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
         if let (Some(start), Some(steps)) = (a.swa_start, a.steps) {
             // The average takes the weights at the end of each epoch from --swa-start on.
-            let per_epoch = train_set.len().div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
+            let per_epoch = cfg.steps_per_epoch(train_set.len());
             if steps < start as u64 * per_epoch {
                 bail!(
                     "--swa-start {start}: --steps {steps} ends the run before the end of epoch {start} (step {}); nothing would be averaged",
@@ -3363,7 +3371,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             cfg.pruner = Some(s.pruner.clone());
         } else if let Some(target) = a.prune_to {
             // A step takes `accumulate` micro-batches.
-            let per_epoch = train_set.len().div_ceil((cfg.batch_size * cfg.accumulate).max(1)) as u64;
+            let per_epoch = cfg.steps_per_epoch(train_set.len());
             let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
             let start = *a.prune_start.get_or_insert(0);
             let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));

@@ -325,6 +325,8 @@ fn landscape_paths_are_plain_gradient_steps_and_pictures_decode() {
         (vec!["--function", "sphere"], vec!["sphere", "rosenbrock"]),
         (vec!["--run", "adamz:lr=1"], vec!["adamz", "run 1"]),
         (vec!["--run", "sgd:lr=0.1,schedule=plateau"], vec!["plateau", "per epoch"]),
+        // The same setting twice (the `lr` won, the explicit rate was dropped).
+        (vec!["--run", "optax.adam:learning_rate=0.5,lr=0.1"], vec!["`lr` and `learning_rate`", "give one"]),
     ] {
         let mut a = vec!["landscape", "--out", "/nonexistent/never-written"];
         a.extend(args);

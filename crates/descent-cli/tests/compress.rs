@@ -136,6 +136,25 @@ fn gradual_pruning_and_models_quantize_refuses() {
     run_ok(&["train", "--model", "linear", "--steps", "20", "--out", r]);
     let e = run_err(&["quantize", r, "--out", "/tmp/x"]);
     assert!(e.contains("mlp and lenet") && e.lines().count() == 1, "{e}");
+    // A flag of another method is refused even at its default value (it was accepted and had
+    // no effect).
+    let e = run_err(&["quantize", r, "--out", "/tmp/x", "--percentile", "99.99"]);
+    assert!(e.contains("--percentile") && e.contains("--calibration percentile"), "{e}");
+    for flag in [["--n", "2"], ["--dim", "0"]] {
+        let e = run_err(&[
+            "prune",
+            r,
+            "--method",
+            "l1_unstructured",
+            "--amount",
+            "0.5",
+            flag[0],
+            flag[1],
+            "--out",
+            "/tmp/x",
+        ]);
+        assert!(e.contains("--n / --dim") && e.contains("ln_structured"), "{e}");
+    }
     // A run whose path is not UTF-8 trains, but its path cannot be recorded in compress.json:
     // refused before the output folder is made.
     #[cfg(unix)]

@@ -1332,3 +1332,103 @@ fn a_memory_limit_too_small_for_the_data_is_an_error() {
         assert!(!t.contains("memory allocation of") && !t.contains("backtrace"), "{cmd}: {t}");
     }
 }
+
+/// Counts that follow the data and `--accumulate`: `lr-find` takes `--num-steps` optimizer steps
+/// (each of `--accumulate` micro-batches), `bench optimizers` spreads `--evals-per-epoch` over
+/// the epoch of its own data, and `compress-report` times its batches of 256 on a test set of
+/// fewer images (it divided by zero at 256).
+#[test]
+fn step_counts_follow_the_data_and_accumulation() {
+    let d = fresh("counts");
+    let data = d.join("data");
+    write_idx_set(&data, 640, 200, 28, 28);
+    let lrf = d.join("lrf");
+    let (ok, t) = run(&[
+        "lr-find",
+        "--model",
+        "mlp",
+        "--data",
+        s(&data),
+        "--batch-size",
+        "50",
+        "--accumulate",
+        "4",
+        "--num-steps",
+        "12",
+        "--threads",
+        "1",
+        "--out",
+        s(&lrf),
+    ]);
+    assert!(ok && t.contains("12 steps") && !t.contains("diverged") && t.contains("× 4 accumulated"), "{t}");
+    assert_eq!(read(&lrf.join("lr_find.csv")).lines().count(), 13, "a header and 12 steps");
+
+    let bench = d.join("bench");
+    let (ok, t) = run(&[
+        "bench",
+        "optimizers",
+        "--run",
+        "adam",
+        "--grid-points",
+        "1",
+        "--seeds",
+        "1",
+        "--model",
+        "mlp",
+        "--data",
+        s(&data),
+        "--validation",
+        "140",
+        "--batch-size",
+        "50",
+        "--accumulate",
+        "2",
+        "--evals-per-epoch",
+        "5",
+        "--epochs",
+        "1",
+        "--target",
+        "5",
+        "--threads",
+        "1",
+        "--out",
+        s(&bench),
+    ]);
+    assert!(ok, "{t}");
+    // 500 training images in steps of 100: 5 steps, an evaluation after each.
+    let record: serde_json::Value =
+        serde_json::from_str(read(&bench.join("runs.jsonl")).lines().next().unwrap()).unwrap();
+    let steps: Vec<u64> = record["curve"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5], "{record}");
+
+    let r = d.join("run");
+    assert!(run(&["train", "--model", "mlp", "--data", s(&data), "--steps", "5", "--threads", "1", "--out", s(&r)]).0);
+    let (ok, t) = run(&["compress-report", s(&r), "--rounds", "1", "--threads", "1"]);
+    assert!(ok && t.contains("samp/s"), "{t}");
+    let (ok, t) = run(&["compress-report", s(&r), &format!("{}/", s(&r)), "--rounds", "1"]);
+    assert!(!ok && t.contains("given twice"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A run folder another command is writing, before its first checkpoint: the commands that read
+/// a run say it is in progress (they said it had stopped, or named a missing file).
+#[test]
+fn a_run_in_progress_is_named_as_such() {
+    let d = fresh("inprogress");
+    let r = d.join("run");
+    assert!(run(&["train", "--model", "mlp", "--steps", "5", "--threads", "1", "--out", s(&r)]).0);
+    std::fs::remove_file(r.join("checkpoint.safetensors")).unwrap();
+    let lock = std::fs::OpenOptions::new().write(true).open(r.join(".descent.lock")).unwrap();
+    lock.lock().unwrap();
+    for args in [
+        vec!["evaluate", s(&r)],
+        vec!["prune", s(&r), "--method", "l1_unstructured", "--amount", "0.5", "--out", s(&d.join("p"))],
+    ] {
+        let (ok, t) = run(&args);
+        assert!(!ok && t.contains("still in progress") && t.lines().count() <= 2, "{args:?}: {t}");
+    }
+    drop(lock);
+    let (ok, t) = run(&["evaluate", s(&r)]);
+    assert!(!ok && t.contains("deleted or moved"), "{t}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

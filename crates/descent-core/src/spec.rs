@@ -2267,17 +2267,26 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
     let err = |m: String| Error::Field { context: format!("{ctx}: `boundaries_and_scales`"), message: m };
     match v {
         None => Ok(vec![]),
-        Some(Value::Object(o)) => o
-            .iter()
-            .map(|(b, s)| {
-                let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
-                let s = s
-                    .as_f64()
-                    .filter(|s| s.is_finite())
-                    .ok_or_else(|| err(format!("scale {s} is not a finite number")))?;
-                Ok((b, s))
-            })
-            .collect(),
+        Some(Value::Object(o)) => {
+            let bs: Vec<(u64, f64)> = o
+                .iter()
+                .map(|(b, s)| {
+                    let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
+                    let s = s
+                        .as_f64()
+                        .filter(|s| s.is_finite())
+                        .ok_or_else(|| err(format!("scale {s} is not a finite number")))?;
+                    Ok((b, s))
+                })
+                .collect::<Result<_>>()?;
+            // Python's dict holds one scale per step: keys such as "30" and "030" are one step given twice.
+            let mut steps: Vec<u64> = bs.iter().map(|b| b.0).collect();
+            steps.sort_unstable();
+            if let Some(w) = steps.windows(2).find(|w| w[0] == w[1]) {
+                return Err(err(format!("step {} given more than once", w[0])));
+            }
+            Ok(bs)
+        }
         Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }
 }

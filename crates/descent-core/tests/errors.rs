@@ -151,6 +151,10 @@ fn unknown_schedule_names_it() {
     let e =
         build_schedule("torch", "StepLR", &json!({"step_size": 10, "gama": 0.5}), Some(0.1)).err().unwrap().to_string();
     assert!(e.contains("gama") && e.contains("gamma"), "{e}");
+    // One step given twice ("30" and "030" are step 30 both): Python's dict cannot hold that.
+    let h = json!({"init_value": 0.1, "boundaries_and_scales": {"30": 0.1, "030": 0.5}});
+    let e = build_schedule("optax", "piecewise_constant_schedule", &h, None).err().unwrap().to_string();
+    assert!(e.contains("boundaries_and_scales") && e.contains("step 30 given more than once"), "{e}");
 }
 
 #[test]

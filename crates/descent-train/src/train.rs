@@ -103,6 +103,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Optimizer steps in an epoch over `samples` training samples: a step takes
+    /// `batch_size × accumulate` of them (the last step of an epoch fewer).
+    pub fn steps_per_epoch(&self, samples: usize) -> u64 {
+        samples.div_ceil((self.batch_size * self.accumulate).max(1)) as u64
+    }
+
     /// A plain config: no clipping, penalties or early stopping.
     pub fn new(optimizer: &str, lr: Option<f64>, epochs: usize, batch_size: usize, loss: Loss) -> Self {
         TrainConfig {
@@ -1078,7 +1084,7 @@ pub fn train_with(
     }
     let mut rng = Rng::new(cfg.seed);
     let global = cfg.batch_size * cfg.accumulate;
-    let per_epoch = train.len().div_ceil(global) as u64;
+    let per_epoch = cfg.steps_per_epoch(train.len());
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
     let mut plateau = match &cfg.schedule {
         &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
