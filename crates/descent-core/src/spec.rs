@@ -543,6 +543,11 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected 2 numbers, got {}", v.len()))),
         }
     }
+    /// Whether the argument is given as null (Python's `None`); it counts as accepted.
+    pub fn is_null(&mut self, key: &'static str) -> bool {
+        self.accepted.push(key);
+        matches!(self.map.get(key), Some(Value::Null))
+    }
     /// A raw value (nested specs, masks) of an argument that may be `None`: absent or null.
     pub fn value(&mut self, key: &'static str) -> Option<&'a Value> {
         self.get_optional(key)

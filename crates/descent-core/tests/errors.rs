@@ -295,3 +295,12 @@ fn muon_options_out_of_their_domain_name_the_argument() {
         build_optimizer("optax", "contrib.muon", &lr(json!({"adaptive": true, "consistent_rms": 0.2})), None, &shapes);
     assert!(Optimizer::new(tx.unwrap(), shapes.clone(), &views).is_ok());
 }
+
+/// pytorch_optimizer's AdaFactor takes `lr=None` with its relative step (the default); without
+/// it there is no rate, which the library fails on: refused.
+#[test]
+fn adafactor_without_a_rate_needs_the_relative_step() {
+    let e = err_of("po", "adafactor", json!({"lr": null, "relative_step": false}));
+    assert!(e.contains("`lr`") && e.contains("relative_step"), "{e}");
+    assert!(build_optimizer("po", "adafactor", &json!({"lr": null}), None, &shapes()).is_ok());
+}

@@ -1,7 +1,7 @@
 //! Cases the project generated itself with the libraries (`tests/cases/`, written by the scripts
 //! named in `tests/cases/README.md`), for options the shared reference sets do not exercise:
 //! optax 0.2.8's `contrib.muon` options and the `mu_dtype = bfloat16` moments of optax's Adam
-//! family. Replayed under the same pass rule as the shared sets.
+//! family; pytorch_optimizer 4.1.0's AdaFactor with `lr=None`. Replayed under the same pass rule as the shared sets.
 
 mod common;
 
@@ -9,4 +9,10 @@ mod common;
 fn generated_optax_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/optax");
     common::replay_dir(&dir, 21, &[]);
+}
+
+#[test]
+fn generated_pytorch_optimizer_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/po");
+    common::replay_dir(&dir, 2, &[]);
 }

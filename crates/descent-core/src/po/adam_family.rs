@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use crate::error::Result;
+use crate::learning_rate::LearningRate;
 use crate::transform::Transform;
 
 mod common;
@@ -339,14 +340,26 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             Box::new(Came::new(CameConfig { lr, betas, decay, clip_threshold, ams_bound, eps1, eps2, maximize }))
         }
         "adafactor" => {
-            let lr = a.lr(1e-3)?;
+            let relative_step = a.bool("relative_step", true)?;
+            // `lr=None` is the library's way to say the relative step sets the rate; without
+            // the relative step it has no rate to take (the library fails multiplying by None).
+            let lr = match (a.k.is_null("lr"), relative_step) {
+                (true, true) => LearningRate::Constant(1e-3),
+                (true, false) => {
+                    return Err(a_err(
+                        name,
+                        "lr",
+                        "is None with relative_step = false: the step would have no learning rate",
+                    ))
+                }
+                (false, _) => a.lr(1e-3)?,
+            };
             let (beta1, beta2) = adafactor_betas(&mut a)?;
             let decay_rate = a.f64("decay_rate", -0.8)?;
             let decay = a.decay(0.0, true)?;
             let clip_threshold = a.f64("clip_threshold", 1.0)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let scale_parameter = a.bool("scale_parameter", true)?;
-            let relative_step = a.bool("relative_step", true)?;
             let warmup_init = a.bool("warmup_init", false)?;
             let eps1 = a.non_negative("eps1", 1e-30)?;
             let eps2 = a.non_negative("eps2", 1e-3)?;
