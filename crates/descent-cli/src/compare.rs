@@ -163,7 +163,7 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
 }
 
 /// Whether `key` is one of `descent train`'s own settings (`hidden`, `accumulate`, …).
-fn is_train_flag(key: &str) -> bool {
+pub(crate) fn is_train_flag(key: &str) -> bool {
     use clap::Args;
     TrainArgs::augment_args(clap::Command::new("train")).get_arguments().any(|a| a.get_id().as_str() == key)
 }

@@ -60,7 +60,8 @@ pub struct PruneArgs {
     /// Fine-tuning: optimizer.
     #[arg(long)]
     pub optimizer: Option<String>,
-    /// Fine-tuning: optimizer arguments as JSON.
+    /// Fine-tuning: optimizer arguments as JSON, over the run's key by key (with --optimizer,
+    /// the run's are dropped).
     #[arg(long)]
     pub hparams: Option<String>,
     /// Fine-tuning: batch size.
@@ -306,7 +307,13 @@ fn finetune_args(s: &PruneArgs, src: &TrainArgs) -> Result<TrainArgs> {
         a.lr = Some(lr);
     }
     if let Some(h) = &s.hparams {
-        a.hparams = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
+        // Key by key over the run's arguments, as `train --config` merges them (with a new
+        // --optimizer there are none left to keep).
+        let given = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
+        match (a.hparams.as_object_mut(), given.as_object()) {
+            (Some(run), Some(new)) => run.extend(new.clone()),
+            _ => a.hparams = given,
+        }
     }
     if let Some(b) = s.batch_size {
         a.batch_size = Some(b);
@@ -348,11 +355,16 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     let finetune = if s.finetune_epochs > 0 {
         let a = finetune_args(&s, &src.args)?;
         train::validate(&a).map_err(|e| {
-            let m = e.to_string();
+            let m =
+                e.to_string().replace("(--epochs ", "(--finetune-epochs ").replace("(--steps ", "(--finetune-steps ");
             let renamed = [("--epochs ", "--finetune-epochs "), ("--steps ", "--finetune-steps ")]
                 .iter()
                 .find_map(|(from, to)| m.strip_prefix(from).map(|rest| format!("{to}{rest}")));
-            anyhow::anyhow!(renamed.unwrap_or(m))
+            // The run's own averaging goes on in the fine-tuning, which must reach its start.
+            let averaging = m
+                .starts_with("--swa-start")
+                .then(|| format!("the run's {m}; give --finetune-epochs of at least its --swa-start"));
+            anyhow::anyhow!(renamed.or(averaging).unwrap_or(m))
         })?;
         Some(a)
     } else {

@@ -62,11 +62,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The sub-folder of run folders a compare (`runs`) or sweep (`trials`) folder holds, which
-    /// its `--force` clears run by run.
+    /// The sub-folder of run folders a compare or benchmark (`runs`) or sweep (`trials`) folder
+    /// holds, which its `--force` clears run by run.
     fn runs_folder(self) -> Option<&'static str> {
         match self {
-            Kind::Compare => Some("runs"),
+            Kind::Compare | Kind::Benchmark => Some("runs"),
             Kind::Sweep => Some("trials"),
             _ => None,
         }
@@ -296,13 +296,16 @@ fn entries(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Whether another process holds the lock of `dir` (a command is writing it), with its process
-/// id where the lock file records one. Tested with a shared lock, released at once.
+/// id where the lock file records one; not when this process holds it. Tested with a shared
+/// lock, released at once.
 pub fn in_use_by(dir: &Path) -> Option<Option<u32>> {
     let path = dir.join(LOCK);
     let f = File::open(&path).ok()?;
     match f.try_lock_shared() {
         Err(std::fs::TryLockError::WouldBlock) => {
-            Some(std::fs::read_to_string(&path).ok().and_then(|h| h.trim().parse::<u32>().ok()))
+            let pid = std::fs::read_to_string(&path).ok().and_then(|h| h.trim().parse::<u32>().ok());
+            // This process's own claim (a resume reading the folder it holds) is not another's.
+            (pid != Some(std::process::id())).then_some(pid)
         }
         _ => None,
     }

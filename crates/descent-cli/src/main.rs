@@ -165,7 +165,7 @@ enum BenchCommand {
         #[arg(long, default_value = "lenet")]
         model: String,
         /// Default: adam; for gpt nanoGPT's torch.adamw (betas (0.9, 0.99), weight decay 0.1 on
-        /// matrices and embeddings, clipping at 1.0).
+        /// matrices and embeddings). gpt clips at 1.0 with any optimizer, as `train` does.
         #[arg(long)]
         optimizer: Option<String>,
         /// Augment the images as `descent train --augment` does (translate=K,rotate=R): its cost

@@ -237,6 +237,8 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     let mut base = a.base.clone();
     let mut space: Vec<(String, String)> = vec![];
     let mut file_sweep = Map::new();
+    // The training settings the config file gives (beside its sweep keys and space).
+    let mut file_settings: Vec<String> = vec![];
     if let Some(path) = &a.base.config {
         let mut file = train::read_toml(path)?;
         if let Some(sp) = file.remove("space") {
@@ -265,6 +267,7 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
             }
         }
         let also: Vec<&str> = std::iter::once("space").chain(sweep_keys).collect();
+        file_settings = file.keys().filter(|k| !also.contains(&k.as_str())).cloned().collect();
         base = base.merge_table(file, path, matches, &also)?;
         (base.resume, base.config) = (None, None);
     }
@@ -287,6 +290,22 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     }
     if let (Some(lr), true) = (base.lr, space.iter().any(|(n, _)| n == "lr")) {
         bail!("--lr {lr}: the search dimension `lr` sets the learning rate of every trial; give one of them");
+    }
+    // A searched setting also given fixed would be overridden in every trial without a word.
+    for (name, _) in &space {
+        let fixed_key = |k: &str| base.hparams.get(k).is_some();
+        let in_hparams = if name == "lr" { fixed_key("lr") || fixed_key("learning_rate") } else { fixed_key(name) };
+        if in_hparams {
+            bail!("--param {name}: --hparams also sets `{name}`; the search dimension sets it in every trial, give one of them");
+        }
+        let on_cli = crate::compare::is_train_flag(name)
+            && matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine);
+        if name != "lr" && (on_cli || file_settings.contains(name)) {
+            bail!(
+                "--param {name}: {} also sets it; the search dimension sets it in every trial, give one of them",
+                if on_cli { crate::train::flag_of(name) } else { format!("the config file's `{name}`") }
+            );
+        }
     }
     let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();
@@ -555,6 +574,11 @@ fn plan(s: &Settings) -> Result<Plan> {
         (true, n) => n,
     };
     if val as u64 >= n_train {
+        if s.base.validation == 0 {
+            bail!(
+                "the sweep holds out {val} training samples for validation by default, which leaves none of the {n_train} to train on; give a smaller --validation"
+            );
+        }
         bail!("--validation {val} leaves no training samples (the training set has {n_train})");
     }
     // A batch larger than the training set, or a schedule that would never act in a trial, fails

@@ -1177,6 +1177,11 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.optimizer.is_none() {
         cfg.hparams = serde_json::json!({"betas": [0.9, 0.99], "weight_decay": 0.1});
         cfg.groups = Gpt::no_decay_groups();
+    }
+    // As `train --model gpt` clips: at 1.0 for every optimizer that does not evaluate the loss itself.
+    let closure = descent_core::spec::resolve_optimizer(&cfg.optimizer)
+        .is_ok_and(|(lib, name)| descent_core::closure::is_closure_optimizer(lib, &name));
+    if !closure {
         cfg.clip_norm = Some(1.0);
     }
     cfg.shard_optimizer = a.shard_optimizer;
@@ -3374,6 +3379,11 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             let per_epoch = cfg.steps_per_epoch(train_set.len());
             let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
             let start = *a.prune_start.get_or_insert(0);
+            if a.prune_end.is_none() && start > total {
+                bail!(
+                    "--prune-start {start}: after the run's last step ({total}), so nothing would be pruned; start the pruning by step {total}"
+                );
+            }
             let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));
             let frequency = *a.prune_frequency.get_or_insert(100);
             if end > total {

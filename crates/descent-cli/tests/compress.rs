@@ -324,3 +324,49 @@ fn compressed_model_files_are_verified_before_use() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Fine-tuning's --hparams goes over the run's optimizer arguments key by key (it replaced them:
+/// the run's weight decay was dropped without a word).
+#[test]
+fn finetuning_hparams_merge_over_the_runs() {
+    let run = out("cmp-hp");
+    let r = run.to_str().unwrap();
+    run_ok(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "30",
+        "--optimizer",
+        "adamw",
+        "--hparams",
+        r#"{"weight_decay": 0.5}"#,
+        "--threads",
+        "1",
+        "--out",
+        r,
+    ]);
+    let p = out("cmp-hp-ft");
+    let args = [
+        "prune",
+        r,
+        "--method",
+        "l1_unstructured",
+        "--amount",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--finetune-steps",
+        "5",
+    ];
+    run_ok(
+        &[&args[..], &["--hparams", r#"{"betas": [0.8, 0.9]}"#, "--threads", "1", "--out", p.to_str().unwrap()]]
+            .concat(),
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["hparams"], serde_json::json!({"weight_decay": 0.5, "betas": [0.8, 0.9]}), "{cfg}");
+    for d in [run, p] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

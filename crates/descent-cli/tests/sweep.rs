@@ -364,3 +364,31 @@ fn trial_lengths_follow_their_batch_size_and_accumulation() {
         }
     }
 }
+
+/// A searched setting that is also given fixed (a flag, an --hparams key, the config file) is
+/// refused: the search dimension overrode it in every trial without a word.
+#[test]
+fn a_searched_setting_given_fixed_is_refused() {
+    let base = ["sweep", "--model", "mlp", "--trials", "2", "--out", "/nonexistent/never-written"];
+    for (extra, needles) in [
+        (vec!["--param", "hidden=choice:16|64", "--hidden", "32"], vec!["--param hidden", "--hidden"]),
+        (vec!["--param", "batch_size=choice:16|64", "--batch-size", "8"], vec!["--param batch_size", "--batch-size"]),
+        (
+            vec![
+                "--param",
+                "weight_decay=choice:0.0|0.5",
+                "--optimizer",
+                "adamw",
+                "--hparams",
+                r#"{"weight_decay": 0.1}"#,
+            ],
+            vec!["--param weight_decay", "--hparams", "`weight_decay`"],
+        ),
+        (vec!["--param", "lr=choice:0.001|0.01", "--hparams", r#"{"lr": 0.5}"#], vec!["--param lr", "--hparams"]),
+    ] {
+        let e = run_err(&[&base[..], &extra[..]].concat());
+        for n in needles {
+            assert!(e.contains(n) && e.contains("give one of them"), "{extra:?}: {e}");
+        }
+    }
+}
