@@ -2791,7 +2791,9 @@ fn shown_setting(v: &serde_json::Value) -> String {
 }
 
 /// A resumed run's settings: its config with `--epochs`, `--steps` (to a larger total),
-/// `--threads` and `--precision` from the command line; any other flag that contradicts the config is refused.
+/// `--threads` and `--precision` from the command line, and `--data` / `--text` where the data
+/// moved (its digest, recorded in the checkpoint, is checked once read); any other flag that
+/// contradicts the config is refused.
 /// `Ok(Err(why))` when the run has nothing left to do.
 fn resume_settings(
     cli: &TrainArgs,
@@ -2833,6 +2835,20 @@ fn resume_settings(
                         "hidden" => given.as_u64() == Some(MLP_HIDDEN as u64),
                         _ => false,
                     };
+                // The data or text moved: another path, taken where the checkpoint records the
+                // content's digest (checked against what is read there before training).
+                let moved = match key {
+                    "data" => ck.data_digest.is_some(),
+                    "text" => ck.text_digest.is_some(),
+                    _ => false,
+                };
+                if given != kept && moved {
+                    match key {
+                        "data" => cfg.data = cli.data.clone(),
+                        _ => cfg.text = cli.text.clone(),
+                    }
+                    continue;
+                }
                 if given != kept && !same_path && !default_of_null {
                     bail!(
                         "{} {} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",

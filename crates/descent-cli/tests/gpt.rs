@@ -200,8 +200,8 @@ fn bad_gpt_input_is_a_one_line_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A run resumes (and is evaluated) only on the text it was trained on: an edit that keeps the
-/// characters (the text reversed) is refused, naming the file.
+/// A run resumes (and is evaluated) only on the text it was trained on, wherever it lies now: an
+/// edit that keeps the characters (the text reversed) is refused, naming the file.
 #[test]
 fn a_run_refuses_an_edited_text() {
     let dir = common::out("gpt-edited-text");
@@ -221,12 +221,22 @@ fn a_run_refuses_an_edited_text() {
     // A gpt has steps, not epochs: its evaluation says where it is in steps.
     let ev = run_ok(&["evaluate", &run]);
     assert!(ev.contains("(gpt, step 3)"), "{ev}");
-    std::fs::write(&text, original.chars().rev().collect::<String>()).unwrap();
-    for args in [vec!["train", "--resume", &run, "--steps", "4"], vec!["evaluate", &run]] {
+    // The same text moved: the run resumes with --text at its new path (and keeps it), the
+    // checkpoint's digest checked against what is read there.
+    let moved = dir.join("moved.txt");
+    std::fs::rename(&text, &moved).unwrap();
+    let m = moved.to_string_lossy().to_string();
+    run_ok(&["train", "--resume", &run, "--steps", "4", "--text", &m]);
+    run_ok(&["train", "--resume", &run, "--steps", "5"]);
+    std::fs::write(&moved, original.chars().rev().collect::<String>()).unwrap();
+    for args in [vec!["train", "--resume", &run, "--steps", "6"], vec!["evaluate", &run]] {
         one_line_error(
             &args,
-            &["t.txt", "not the text the run's checkpoint was trained on", "give the text the run was"],
+            &["moved.txt", "not the text the run's checkpoint was trained on", "give the text the run was"],
         );
     }
+    // Back at its first path, the original text resumes the run again.
+    std::fs::write(&text, &original).unwrap();
+    run_ok(&["train", "--resume", &run, "--steps", "6", "--text", &t]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
