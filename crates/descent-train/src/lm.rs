@@ -24,6 +24,7 @@ use crate::train::{
     closure_step, gradient_step, optimizer_on, penalized, Control, EpochEnd, EpochMetrics, EvalAt, Hooks, LrSchedule,
     Parallel, StepMetrics, Stop, TrainConfig,
 };
+use crate::VarOptimizer;
 
 /// What a language-model run needs besides the optimizer settings of [`TrainConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +194,28 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
 /// (`epoch` the number of the estimate, 0 the one before training; `train_loss` and `test_loss`
 /// the estimates on the training and validation splits; `seconds` and `samples_per_s` of the
 /// training steps since the previous estimate, windows counted as samples), where a checkpoint
+/// Hands an estimate to the hooks as an epoch end at `(estimates done, steps, generator state)`
+/// (a language model has no scheduler state, cut epoch, average or best epoch) and records it.
+fn hand_estimate(
+    hooks: &mut impl Hooks,
+    m: EpochMetrics,
+    model: &dyn Model,
+    opt: &mut VarOptimizer,
+    (epoch, steps, rng): (usize, u64, u64),
+    comm: &dyn Communicator,
+    history: &mut Vec<EpochMetrics>,
+) -> Result<()> {
+    // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
+    opt.gather_state(comm)?;
+    let end =
+        &mut EpochEnd { model, opt, epoch, steps, rng, scheduler: None, progress: None, average: None, best: None };
+    let ended = hooks.on_epoch(&m, end);
+    end.opt.release_gathered();
+    ended?;
+    history.push(m);
+    Ok(())
+}
+
 /// can be taken. A NaN or infinite loss stops the run with the step number.
 pub fn train_text(
     model: &dyn Model,
@@ -260,25 +283,7 @@ pub fn train_text_with(
             lr: opt.learning_rate(),
             average: None,
         };
-        // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
-        opt.gather_state(comm)?;
-        let ended = hooks.on_epoch(
-            &m,
-            &mut EpochEnd {
-                model,
-                opt: &mut opt,
-                epoch: 0,
-                steps: 0,
-                rng: rng.state(),
-                scheduler: None,
-                progress: None,
-                average: None,
-                best: None,
-            },
-        );
-        opt.release_gathered();
-        ended?;
-        history.push(m);
+        hand_estimate(&mut hooks, m, model, &mut opt, (0, 0, rng.state()), comm, &mut history)?;
     }
     let boundary = |from: u64| ((from / text.eval_interval + 1) * text.eval_interval).min(total);
     let (mut start, mut next) = (steps, boundary(steps));
@@ -357,25 +362,7 @@ pub fn train_text_with(
                 lr: opt.learning_rate(),
                 average: None,
             };
-            // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
-            opt.gather_state(comm)?;
-            let ended = hooks.on_epoch(
-                &m,
-                &mut EpochEnd {
-                    model,
-                    opt: &mut opt,
-                    epoch: evals,
-                    steps,
-                    rng: rng.state(),
-                    scheduler: None,
-                    progress: None,
-                    average: None,
-                    best: None,
-                },
-            );
-            opt.release_gathered();
-            ended?;
-            history.push(m);
+            hand_estimate(&mut hooks, m, model, &mut opt, (evals, steps, rng.state()), comm, &mut history)?;
             (start, next, seconds, seen) = (steps, boundary(steps), 0.0, 0);
         }
     }
