@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::gemm::{matmul_strided, matmul_strided_new, Strided};
 use crate::model::{Init, Linear};
 use crate::nn::activation::{row_max, scaled_exp_sum};
+use crate::nn::head_products::{product, HeadProduct, Triangle};
 use crate::precision::Precision;
 use crate::rng::Rng;
 
@@ -64,7 +65,14 @@ impl CustomOp1 for AttentionOp {
                 let rows = &x[bi * t * 3 * c..][..t * 3 * c];
                 // The head's q, k and v (`part` 0, 1, 2), `[t, hs]` blocks read in place.
                 let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
-                matmul_strided(prec, p, head(0), head(1).t(), t, t, hs);
+                let f32_heads = prec == Precision::F32;
+                if f32_heads {
+                    let kt = transposed(&rows[c + h * hs..], 3 * c, t, hs);
+                    let scores = in_place(&rows[h * hs..], 3 * c, &kt, t, (t, t, hs), Triangle::LowerColumns);
+                    product(&scores, p, t);
+                } else {
+                    matmul_strided(prec, p, head(0), head(1).t(), t, t, hs);
+                }
                 for (i, row) in p.chunks_mut(t).enumerate() {
                     let (seen, masked) = row.split_at_mut(i + 1);
                     masked.fill(0.0);
@@ -72,7 +80,13 @@ impl CustomOp1 for AttentionOp {
                     let r = 1.0 / scaled_exp_sum(seen, scale, m);
                     seen.iter_mut().for_each(|s| *s *= r);
                 }
-                matmul_strided_new(prec, Strided::rows(p, t), head(2), t, hs, t)
+                if f32_heads {
+                    let mut y = vec![0.0f32; t * hs];
+                    product(&in_place(p, t, &rows[2 * c + h * hs..], 3 * c, (t, hs, t), Triangle::Lower), &mut y, hs);
+                    y
+                } else {
+                    matmul_strided_new(prec, Strided::rows(p, t), head(2), t, hs, t)
+                }
             })
             .collect();
         // SAFETY: each batch's chunk is `t` rows of `nh` heads' `hs` values: all written.
@@ -118,15 +132,40 @@ impl CustomOp1 for AttentionOp {
                 let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
                 let (y, dy) = (&yall[bi * t * c + h * hs..], &gall[bi * t * c + h * hs..]);
                 let dyb = Strided { s: dy, rs: c, cs: 1 };
-                let dv = matmul_strided_new(prec, Strided::rows(p, t).t(), dyb, t, hs, t);
-                let mut ds = matmul_strided_new(prec, dyb, head(2).t(), t, t, hs);
+                let f32_heads = prec == Precision::F32;
+                let (q, k, v) = (&rows[h * hs..], &rows[c + h * hs..], &rows[2 * c + h * hs..]);
+                // `t × hs` products of the weights (`Lower`) or their transposes (`Upper`).
+                let block = |a: &[f32], (prs, pcs): (usize, usize), (w, ws): (&[f32], usize), triangle| {
+                    let mut z = vec![0.0f32; t * hs];
+                    product(&HeadProduct { p: a, prs, pcs, w, ws, m: t, n: hs, kd: t, triangle }, &mut z, hs);
+                    z
+                };
+                let dv = if f32_heads {
+                    block(p, (1, t), (dy, c), Triangle::Upper)
+                } else {
+                    matmul_strided_new(prec, Strided::rows(p, t).t(), dyb, t, hs, t)
+                };
+                let mut ds = if f32_heads {
+                    let mut ds = vec![0.0f32; t * t];
+                    let vt = transposed(v, 3 * c, t, hs);
+                    product(&in_place(dy, c, &vt, t, (t, t, hs), Triangle::LowerColumns), &mut ds, t);
+                    ds
+                } else {
+                    matmul_strided_new(prec, dyb, head(2).t(), t, t, hs)
+                };
                 for (i, (dsr, pr)) in ds.chunks_mut(t).zip(p.chunks(t)).enumerate() {
                     let d = dot(&dy[i * c..][..hs], &y[i * c..][..hs]);
                     dsr.iter_mut().zip(pr).take(i + 1).for_each(|(s, &p)| *s = p * (*s - d) * scale);
                     dsr[i + 1..].fill(0.0);
                 }
-                let dq = matmul_strided_new(prec, Strided::rows(&ds, t), head(1), t, hs, t);
-                let dk = matmul_strided_new(prec, Strided::rows(&ds, t).t(), head(0), t, hs, t);
+                let (dq, dk) = if f32_heads {
+                    (block(&ds, (t, 1), (k, 3 * c), Triangle::Lower), block(&ds, (1, t), (q, 3 * c), Triangle::Upper))
+                } else {
+                    (
+                        matmul_strided_new(prec, Strided::rows(&ds, t), head(1), t, hs, t),
+                        matmul_strided_new(prec, Strided::rows(&ds, t).t(), head(0), t, hs, t),
+                    )
+                };
                 [dq, dk, dv]
             })
             .collect();
@@ -148,6 +187,30 @@ impl CustomOp1 for AttentionOp {
         };
         Ok(Some(Tensor::from_vec(gx, arg.dims(), arg.device())?))
     }
+}
+
+/// A head's `[t, hs]` block of a wider matrix (rows `rs` apart), transposed to a dense `[hs, t]`.
+fn transposed(x: &[f32], rs: usize, t: usize, hs: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; hs * t];
+    for j in 0..t {
+        for (d, &v) in x[j * rs..][..hs].iter().enumerate() {
+            out[d * t + j] = v;
+        }
+    }
+    out
+}
+
+/// The head product `z[m×n] = a[m×kd] · w[kd×n]` of an operand `a` read in place (rows `ars`
+/// apart) and `w` (rows `ws` apart).
+fn in_place<'a>(
+    a: &'a [f32],
+    ars: usize,
+    w: &'a [f32],
+    ws: usize,
+    (m, n, kd): (usize, usize, usize),
+    triangle: Triangle,
+) -> HeadProduct<'a> {
+    HeadProduct { p: a, prs: ars, pcs: 1, w, ws, m, n, kd, triangle }
 }
 
 crate::cpu::avx2_kernel! {

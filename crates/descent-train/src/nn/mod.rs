@@ -9,6 +9,7 @@ pub mod activation;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;
+mod head_products;
 pub mod norm;
 pub mod pool;
 
