@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gemm::{matmul_strided, matmul_strided_new, Strided};
 use crate::model::{Init, Linear};
 use crate::nn::activation::{row_max, scaled_exp_sum};
-use crate::nn::head_products::{product, HeadProduct, Triangle};
+use crate::nn::head_products::{has_kernel, product, HeadProduct, Triangle};
 use crate::precision::Precision;
 use crate::rng::Rng;
 
@@ -65,7 +65,7 @@ impl CustomOp1 for AttentionOp {
                 let rows = &x[bi * t * 3 * c..][..t * 3 * c];
                 // The head's q, k and v (`part` 0, 1, 2), `[t, hs]` blocks read in place.
                 let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
-                let f32_heads = prec == Precision::F32;
+                let f32_heads = prec == Precision::F32 && has_kernel();
                 if f32_heads {
                     let kt = transposed(&rows[c + h * hs..], 3 * c, t, hs);
                     let scores = in_place(&rows[h * hs..], 3 * c, &kt, t, (t, t, hs), Triangle::LowerColumns);
@@ -132,7 +132,7 @@ impl CustomOp1 for AttentionOp {
                 let head = |part: usize| Strided { s: &rows[part * c + h * hs..], rs: 3 * c, cs: 1 };
                 let (y, dy) = (&yall[bi * t * c + h * hs..], &gall[bi * t * c + h * hs..]);
                 let dyb = Strided { s: dy, rs: c, cs: 1 };
-                let f32_heads = prec == Precision::F32;
+                let f32_heads = prec == Precision::F32 && has_kernel();
                 let (q, k, v) = (&rows[h * hs..], &rows[c + h * hs..], &rows[2 * c + h * hs..]);
                 // `t × hs` products of the weights (`Lower`) or their transposes (`Upper`).
                 let block = |a: &[f32], (prs, pcs): (usize, usize), (w, ws): (&[f32], usize), triangle| {

@@ -20,7 +20,7 @@
 //!
 //! The AVX-512 kernel keeps an `R × V` tile of 16-lane accumulators in registers (up to 16 of
 //! them), one broadcast of `P` and `V` loads of `w` per `k`; the plain loops beside it are its
-//! reference ([`product_scalar`]) and run where the CPU has no AVX-512.
+//! reference ([`product_scalar`]). Without AVX-512 ([`has_kernel`]) attention keeps the GEMM.
 
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::has_avx512;
@@ -69,6 +69,19 @@ impl HeadProduct<'_> {
             assert!(self.p.len() > (m - 1) * self.prs + (kd - 1) * self.pcs, "head product: weights too short");
             assert!(self.w.len() >= (kd - 1) * self.ws + n, "head product: values too short");
         }
+    }
+}
+
+/// Whether the CPU runs the vector kernel: elsewhere the general GEMM is faster than the plain
+/// loops, and callers keep it.
+pub(crate) fn has_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
