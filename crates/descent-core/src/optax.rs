@@ -137,9 +137,9 @@ pub fn adabelief(c: Adabelief) -> Box<dyn Transform> {
 /// E[Δ²] ← ρ·E[Δ²] + (1 − ρ)·Δ²      u = −α·Δ
 /// ```
 pub struct Adadelta {
-    /// Learning rate α. optax declares it optional; the default here is 1.0, Zeiler's method
-    /// without a rate.
-    pub learning_rate: LearningRate,
+    /// Learning rate α; `None` (optax's default): no scaling at all, so the rescaled gradient is
+    /// added as it is, a step up the gradient, as in optax. Zeiler's method is `Some(1.0)`.
+    pub learning_rate: Option<LearningRate>,
     /// Decay ρ of both running averages.
     pub rho: f64,
     /// ε inside both square roots.
@@ -151,16 +151,15 @@ pub struct Adadelta {
 }
 impl Default for Adadelta {
     fn default() -> Self {
-        Adadelta { learning_rate: 1.0.into(), rho: 0.9, eps: 1e-6, weight_decay: 0.0, weight_decay_mask: None }
+        Adadelta { learning_rate: None, rho: 0.9, eps: 1e-6, weight_decay: 0.0, weight_decay_mask: None }
     }
 }
 /// optax `adadelta`: `add_decayed_weights → scale_by_adadelta → scale_by_learning_rate`.
 pub fn adadelta(c: Adadelta) -> Box<dyn Transform> {
-    chain(vec![
-        add_decayed_weights(c.weight_decay, c.weight_decay_mask),
-        boxed(ScaleByAdadelta::new(c.rho, c.eps)),
-        scale_by_learning_rate(c.learning_rate),
-    ])
+    let mut links =
+        vec![add_decayed_weights(c.weight_decay, c.weight_decay_mask), boxed(ScaleByAdadelta::new(c.rho, c.eps))];
+    links.extend(c.learning_rate.map(scale_by_learning_rate));
+    chain(links)
 }
 
 /// optax `adafactor` (Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory

@@ -222,7 +222,7 @@ pub fn build_optimizer(
             None => build_torch(name, hparams, shapes),
             Some(groups) => build_groups(&format!("torch.{name}"), hparams, groups, |merged, idx| {
                 let group_shapes: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
-                build_torch(name, merged, &group_shapes)
+                build_torch(name, &constructor_only(name, hparams, merged), &group_shapes)
             }),
         },
         "optax" => {
@@ -238,6 +238,26 @@ pub fn build_optimizer(
         "po" => crate::po::build(name, hparams, param_groups, shapes),
         other => Err(unknown("library", other, &LIBRARIES.iter().map(|(l, _)| *l).collect::<Vec<_>>())),
     }
+}
+
+/// A group's arguments with those a torch optimizer reads from its constructor alone (not from
+/// the group) put back to the constructor's: `Adagrad`'s `initial_accumulator_value` fills every
+/// parameter's sum, whatever a group says.
+fn constructor_only(name: &str, hparams: &Value, merged: &Value) -> Value {
+    let keys: &[&str] = match name {
+        "adagrad" => &["initial_accumulator_value"],
+        _ => &[],
+    };
+    let mut merged = merged.clone();
+    if let Some(m) = merged.as_object_mut() {
+        for &key in keys {
+            match hparams.get(key) {
+                Some(v) => m.insert(key.to_string(), v.clone()),
+                None => m.remove(key),
+            };
+        }
+    }
+    merged
 }
 
 /// Builds from a registry name such as `torch.adamw` or `optax.contrib.muon`.
@@ -321,7 +341,13 @@ pub fn takes_learning_rate(library: &str, name: &str, hparams: &Value) -> bool {
 /// The learning rate an optimizer takes when its library's constructor is not given one: torch
 /// `Adam` 1e-3, optax `contrib.prodigy` 1.0, …; `None` when the library requires it (optax's
 /// `adam(learning_rate, …)`) or the optimizer has no learning rate (`optax.chain`).
+///
+/// optax's `adadelta` defaults to no rate at all (`None`: the rescaled gradient is added as it is,
+/// a step up the gradient); training takes the unscaled descent step, 1.0, Zeiler's method.
 pub fn library_default_lr(library: &str, name: &str) -> Option<f64> {
+    if (library, name) == ("optax", "adadelta") {
+        return Some(1.0);
+    }
     let mut tx = build_optimizer(library, name, &Value::Object(Map::new()), None, &[vec![1]]).ok()?;
     let mut rates = vec![];
     tx.visit_learning_rates(&mut |r| rates.push(r.constant()));
@@ -505,6 +531,16 @@ impl<'a> Kwargs<'a> {
             )),
         }
     }
+    /// A dtype argument where descent stores float32 only (`accumulator_dtype`, `state_dtype`,
+    /// …): absent, null or float32; anything else is refused, not ignored.
+    pub fn dtype_f32_only(&mut self, key: &'static str) -> Result<()> {
+        match self.opt_str(key)? {
+            None | Some("float32" | "f32" | "jnp.float32") => Ok(()),
+            Some(other) => {
+                Err(self.err(key, format!("`{other}` is not implemented: this state is kept in float32 only")))
+            }
+        }
+    }
     /// A string, `default` when absent.
     pub fn str(&mut self, key: &'static str, default: &'a str) -> Result<&'a str> {
         match self.get(key)? {
@@ -640,6 +676,21 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected a number or a schedule object, got {v}"))),
         }
     }
+    /// Refuses, naming it as the library's, an argument of `library_features` (`(key, what it
+    /// does)`) that was given and never read: the library takes it, descent does not implement it.
+    pub fn refuse_unimplemented(&self, library_features: &[(&str, &str)]) -> Result<()> {
+        for (key, what) in library_features {
+            if self.map.contains_key(*key) && !self.accepted.iter().any(|a| a == key) {
+                return Err(Error::Field {
+                    context: format!("{}: `{key}`", self.context),
+                    message: format!(
+                        "the library's {what} is not implemented for this optimizer; refused rather than ignored"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
     /// Fails on any argument that was never read.
     pub fn finish(self) -> Result<()> {
         for k in self.map.keys() {
@@ -760,7 +811,8 @@ fn torch_adam_like(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
     let betas = k.pair("betas", (0.9, 0.999))?;
     let eps = k.f64("eps", 1e-8)?;
     let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
-    let decoupled = k.bool("decoupled_weight_decay", adamw)?;
+    // torch's AdamW always decouples and has no such argument (a TypeError); Adam takes it.
+    let decoupled = if adamw { true } else { k.bool("decoupled_weight_decay", false)? };
     let t = torch::Adam::new(torch::AdamConfig {
         lr,
         betas,
@@ -1093,7 +1145,7 @@ fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dy
 /// The hyper-parameters injected into the state: the inner optimizer with its arguments; a rate
 /// changed before each step is given as the inner `learning_rate`'s list of per-step values.
 fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let _ = k.opt_str("hyperparam_dtype")?;
+    k.dtype_f32_only("hyperparam_dtype")?;
     inner_optax(k, "inner", shapes)
 }
 
@@ -1218,8 +1270,12 @@ fn optax_scale_by_belief(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Tra
 }
 
 fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let lr = k.lr("learning_rate", None)?;
-    Ok(boxed(ScaleByLearningRate::new(lr, k.bool("flip_sign", true)?)))
+    let flip_sign = k.bool("flip_sign", true)?;
+    // optax: a learning rate of None is the identity (the sign is not flipped either).
+    match k.value("learning_rate") {
+        None => Ok(boxed(crate::transforms::Identity)),
+        Some(_) => Ok(boxed(ScaleByLearningRate::new(k.lr("learning_rate", None)?, flip_sign))),
+    }
 }
 
 fn optax_scale_by_lion(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -1315,7 +1371,7 @@ fn optax_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         momentum: k.opt_f64("momentum")?,
         nesterov: k.bool("nesterov", false)?,
     };
-    let _ = k.value("accumulator_dtype");
+    k.dtype_f32_only("accumulator_dtype")?;
     Ok(ox::sgd(c))
 }
 
@@ -1414,7 +1470,8 @@ fn optax_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
 
 fn optax_adadelta(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(ox::adadelta(ox::Adadelta {
-        learning_rate: k.lr("learning_rate", Some(1.0))?,
+        // optax's default is None: no learning-rate scaling at all.
+        learning_rate: k.value("learning_rate").map(|_| k.lr("learning_rate", None)).transpose()?,
         rho: k.f64("rho", 0.9)?,
         eps: k.f64("eps", 1e-6)?,
         weight_decay: k.f64("weight_decay", 0.0)?,
@@ -1550,7 +1607,7 @@ fn optax_sign_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>
 
 fn optax_signum(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let c = ox::Signum { learning_rate: k.lr("learning_rate", None)?, beta: k.f64("beta", 0.9)? };
-    let _ = k.value("accumulator_dtype");
+    k.dtype_f32_only("accumulator_dtype")?;
     Ok(ox::signum(c))
 }
 
@@ -1621,7 +1678,7 @@ fn optax_adafactor(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
         _ => Some(k.f64("clipping_threshold", 1.0)?),
     };
     let momentum = k.opt_f64("momentum")?;
-    let _ = k.value("dtype_momentum");
+    k.dtype_f32_only("dtype_momentum")?;
     let weight_decay_rate = k.opt_f64("weight_decay_rate")?;
     let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
     // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
@@ -1806,7 +1863,7 @@ fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn T
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
         weight_decay: k.opt_f64("weight_decay")?,
     };
-    let _ = k.value("state_dtype");
+    k.dtype_f32_only("state_dtype")?;
     Ok(oxc::schedule_free_sgd(c))
 }
 
@@ -1820,7 +1877,7 @@ fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn
         eps: k.f64("eps", 1e-8)?,
         weight_decay: k.f64("weight_decay", 0.0)?,
     };
-    let _ = k.value("state_dtype");
+    k.dtype_f32_only("state_dtype")?;
     Ok(oxc::schedule_free_adamw(c))
 }
 
@@ -1839,7 +1896,7 @@ fn optax_galore(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfo
 
 fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     use crate::transforms::{MuonDims, NsCoeffs, NsPreconditioning};
-    let learning_rate = k.req_f64("learning_rate")?.into();
+    let learning_rate = k.lr("learning_rate", None)?;
     let ns_coeffs = match k.value("ns_coeffs") {
         None => NsCoeffs::default(),
         Some(Value::String(name)) => NsCoeffs::preset(name)
@@ -1894,7 +1951,7 @@ fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         adam_b2: k.f64("adam_b2", 0.999)?,
         adam_eps_root: k.f64("adam_eps_root", 0.0)?,
         adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
-        adam_learning_rate: k.opt_f64("adam_learning_rate")?.map(LearningRate::Constant),
+        adam_learning_rate: k.value("adam_learning_rate").map(|_| k.lr("adam_learning_rate", None)).transpose()?,
         muon_weight_dimension_numbers: dims,
         consistent_rms: k.opt_f64("consistent_rms")?,
     }))

@@ -16,3 +16,11 @@ fn generated_pytorch_optimizer_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/po");
     common::replay_dir(&dir, 2, &[]);
 }
+
+/// Non-default keyword arguments of about sixty optimizers and transformations of torch 2.15,
+/// optax 0.2.8 and pytorch_optimizer 4.1.0 (`scripts/option_cases/`).
+#[test]
+fn generated_option_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/options");
+    common::replay_dir(&dir, 198, &[]);
+}

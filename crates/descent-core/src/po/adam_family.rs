@@ -20,6 +20,7 @@ mod projection;
 mod tensorwise;
 
 use common::Args;
+pub(crate) use common::LIBRARY_OPTIONS;
 use elementwise::*;
 use factored::*;
 use prepared::*;

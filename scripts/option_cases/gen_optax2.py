@@ -1,0 +1,18 @@
+import sys
+sys.argv = [sys.argv[0], sys.argv[1], 'skip']
+exec(open('gen_optax.py').read().split("n = 0")[0])
+case("rmsprop", "centered_mom_bc", {"learning_rate": 0.01, "centered": True, "momentum": 0.5, "bias_correction": True, "eps": 0.1}, seed=16)
+case("radam", "nesterov_thr", {"learning_rate": 0.02, "nesterov": True, "threshold": 3.0}, steps=12, seed=17)
+case("radam", "nesterov", {"learning_rate": 0.02, "nesterov": True}, steps=12, seed=17)
+case("radam", "thr_epsroot", {"learning_rate": 0.02, "threshold": 3.0, "eps_root": 1e-6}, steps=12, seed=17)
+case("adafactor", "noclip_nopscale", {"learning_rate": 0.02, "min_dim_size_to_factor": 2, "clipping_threshold": None, "multiply_by_parameter_scale": False, "decay_rate": 0.5}, seed=35)
+case("chain", "sbl_none", {"links": [["scale_by_adam", {}], ["scale_by_learning_rate", {"learning_rate": None}]]}, seed=64)
+case("contrib.dowg", "lr_sched", {"learning_rate": cos(1.0)}, seed=65)
+case("contrib.cocob", "lr_sched", {"learning_rate": cos(1.0)}, seed=66)
+case("adam", "lr_piecewise", {"learning_rate": {"schedule": "piecewise_constant_schedule", "init_value": 0.02, "boundaries_and_scales": {"3": 0.5, "6": 0.1}}}, seed=67)
+case("adam", "lr_exp", {"learning_rate": {"schedule": "exponential_decay", "init_value": 0.02, "transition_steps": 2, "decay_rate": 0.7, "transition_begin": 2, "staircase": True, "end_value": 0.005}}, seed=68)
+case("lamb", "sched", {"learning_rate": {"schedule": "polynomial_schedule", "init_value": 0.02, "end_value": 0.001, "power": 2.0, "transition_steps": 7, "transition_begin": 1}}, seed=69)
+case("contrib.prodigy", "sched", {"learning_rate": wcos(1.0)}, seed=70)
+case("contrib.dadapt_adamw", "sched", {"learning_rate": wcos(1.0)}, seed=71)
+case("contrib.madgrad", "sched", {"learning_rate": wcos(0.05)}, seed=72)
+case("adagrad", "lr_onecycle", {"learning_rate": {"schedule": "cosine_onecycle_schedule", "transition_steps": 10, "peak_value": 0.1, "pct_start": 0.3, "div_factor": 10.0, "final_div_factor": 100.0}}, seed=73)

@@ -1,0 +1,21 @@
+import sys
+exec(open('gen_po.py').read().split("G = lambda")[0])
+M2 = [(5, 3), (4, 6), (3, 3)]
+SQ = [(3, 3), (4, 4), (2, 3, 2)]
+BF = (5e-2, 4e-6)
+case("soap", "shampoo_beta", {"lr": 0.01, "shampoo_beta": 0.8}, shapes=SQ, seed=52)
+case("soap", "freq3", {"lr": 0.01, "precondition_frequency": 3}, shapes=SQ, steps=12, seed=52)
+case("soap", "nocorrect", {"lr": 0.01, "correct_bias": False}, shapes=SQ, seed=52)
+case("soap", "normgrad", {"lr": 0.01, "normalize_gradient": True}, shapes=SQ, seed=52)
+case("soap", "maximize_wd", {"lr": 0.01, "maximize": True, "weight_decay": 0.1}, shapes=SQ, seed=52)
+case("soap", "maxdim3", {"lr": 0.01, "max_precondition_dim": 3, "precondition_frequency": 2}, shapes=SQ, seed=53)
+case("soap", "merge", {"lr": 0.01, "merge_dims": True, "max_precondition_dim": 4}, shapes=[(3, 3), (2, 2, 4)], seed=53)
+case("scion", "constraint", {"lr": 0.01, "constraint": True}, shapes=M2, seed=54, tol=BF)
+case("scion", "scale_wd", {"lr": 0.01, "scale": 2.0, "weight_decay": 0.1}, shapes=M2, seed=54, tol=BF)
+case("scion", "mom_max", {"lr": 0.01, "momentum": 0.5, "maximize": True}, shapes=M2, seed=54, tol=BF)
+case("scion", "wd_l2", {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": False}, shapes=M2, seed=54, tol=BF)
+case("scion", "sign_norm", {"lr": 0.01, "norm_type": 4}, shapes=M2, seed=55, tol=BF, enums=["norm_type"])
+case("scion", "col_norm", {"lr": 0.01, "norm_type": 5, "norm_kwargs": {"normalized": True}}, shapes=M2, seed=56, tol=BF, enums=["norm_type"])
+case("scion", "spectral_kwargs", {"lr": 0.01, "norm_type": 2, "norm_kwargs": {"max_scale": True, "normalize": False, "num_steps": 3}}, shapes=M2, seed=57, tol=BF, enums=["norm_type"])
+case("adamuon", "opts", {"lr": 0.02, "use_adjusted_lr": False, "weight_decay": 0.1, "weight_decouple": False, "ns_steps": 3, "maximize": True}, shapes=M2, seed=55, tol=BF, groups=[{"params": [0, 1], "hparams": {"use_muon": True}}, {"params": [2], "hparams": {"use_muon": False, "lr": 0.01}}])
+case("adamuon", "adamw_side", {"lr": 0.02, "adamw_lr": 0.01, "adamw_betas": [0.8, 0.99], "adamw_wd": 0.1, "ns_coeffs": "quintic"}, shapes=[(5, 3), (4,), (2, 3, 2)], seed=58, tol=BF, groups=[{"params": [0], "hparams": {"use_muon": True}}, {"params": [1, 2], "hparams": {"use_muon": False}}])
