@@ -2842,7 +2842,7 @@ fn resume_settings(
                     "text" => ck.text_digest.is_some(),
                     _ => false,
                 };
-                if given != kept && moved {
+                if given != kept && moved && !same_path {
                     match key {
                         "data" => cfg.data = cli.data.clone(),
                         _ => cfg.text = cli.text.clone(),
