@@ -327,6 +327,19 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             }
             let s = settings(&a)?;
             entries(&s)?;
+            // The data loads (and leaves samples to train on) before --force clears anything.
+            let n_train = train::training_set_len(&s.base.model, &s.base.data)?;
+            if s.base.validation >= n_train {
+                bail!(
+                    "--validation {} leaves no training samples (the training set has {n_train}){}",
+                    s.base.validation,
+                    if a.base.validation == 0 {
+                        "; 5000 is the benchmark's default hold-out: give a smaller --validation"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let out = a.base.out.clone().unwrap_or_else(|| {
                 (1..)
                     .map(|k| PathBuf::from("runs").join(if k == 1 { "bench".into() } else { format!("bench-{k}") }))

@@ -60,8 +60,8 @@ pub struct PruneArgs {
     /// Fine-tuning: optimizer.
     #[arg(long)]
     pub optimizer: Option<String>,
-    /// Fine-tuning: optimizer arguments as JSON, over the run's key by key (with --optimizer,
-    /// the run's are dropped).
+    /// Fine-tuning: optimizer arguments as JSON, over the run's key by key (with another
+    /// --optimizer than the run's, the run's are dropped).
     #[arg(long)]
     pub hparams: Option<String>,
     /// Fine-tuning: batch size.
@@ -299,17 +299,26 @@ fn finetune_args(s: &PruneArgs, src: &TrainArgs) -> Result<TrainArgs> {
         a.lr = None;
     }
     if let Some(o) = &s.optimizer {
+        // Another optimizer starts from its own defaults; the run's own (by any of its names,
+        // `adamw` or `torch.adamw`) keeps the run's arguments.
+        let resolved = |name: &str| descent_core::spec::resolve_optimizer(name).ok();
+        if resolved(o) != resolved(a.optimizer()) {
+            a.lr = None;
+            a.hparams = serde_json::json!({});
+        }
         a.optimizer = Some(o.clone());
-        a.lr = None;
-        a.hparams = serde_json::json!({});
     }
     if let Some(lr) = s.lr {
         a.lr = Some(lr);
     }
     if let Some(h) = &s.hparams {
-        // Key by key over the run's arguments, as `train --config` merges them (with a new
-        // --optimizer there are none left to keep).
+        // Key by key over the run's arguments, as `train --config` merges them.
         let given = crate::train::parse_json(h).map_err(|e| anyhow::anyhow!("--hparams {h}: {e}"))?;
+        // A rate in --hparams replaces the run's (unless --lr gives one too, which is checked).
+        let key = descent_core::spec::resolve_optimizer(a.optimizer()).map(|(lib, _)| descent_core::spec::lr_key(lib));
+        if s.lr.is_none() && key.is_ok_and(|k| given.get(k).is_some()) {
+            a.lr = None;
+        }
         match (a.hparams.as_object_mut(), given.as_object()) {
             (Some(run), Some(new)) => run.extend(new.clone()),
             _ => a.hparams = given,

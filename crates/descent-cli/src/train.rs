@@ -2531,6 +2531,11 @@ fn merge_lr(a: &mut TrainArgs) -> Result<()> {
     let Some(h) = a.hparams.as_object_mut() else { return Ok(()) };
     let Some(v) = h.get(key) else { return Ok(()) };
     let Some(x) = v.as_f64() else {
+        if v.is_null() {
+            bail!(
+                "--hparams `{key}` = null: training takes a learning rate (give --lr; a schedule with --schedule and --schedule-args); the library's `None` mode is for `descent replay`"
+            );
+        }
         bail!("--hparams `{key}` = {v}: give a learning-rate schedule with --schedule and --schedule-args");
     };
     match a.lr {

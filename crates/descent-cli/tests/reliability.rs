@@ -1364,7 +1364,7 @@ fn step_counts_follow_the_data_and_accumulation() {
     assert_eq!(read(&lrf.join("lr_find.csv")).lines().count(), 13, "a header and 12 steps");
 
     let bench = d.join("bench");
-    let (ok, t) = run(&[
+    let bench_args = [
         "bench",
         "optimizers",
         "--run",
@@ -1393,13 +1393,25 @@ fn step_counts_follow_the_data_and_accumulation() {
         "1",
         "--out",
         s(&bench),
-    ]);
+    ];
+    let (ok, t) = run(&bench_args);
     assert!(ok, "{t}");
     // 500 training images in steps of 100: 5 steps, an evaluation after each.
     let record: serde_json::Value =
         serde_json::from_str(read(&bench.join("runs.jsonl")).lines().next().unwrap()).unwrap();
     let steps: Vec<u64> = record["curve"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5], "{record}");
+    // --force replaces the benchmark's own runs (each was refused as "another command's").
+    let (ok, t) = run(&[&bench_args[..], &["--force"]].concat());
+    assert!(ok && !t.contains("failed"), "{t}");
+    // Data that does not load is refused before --force clears the folder.
+    let before = names(&bench);
+    let missing = d.join("no-data");
+    let mut bad = bench_args.to_vec();
+    bad[11] = s(&missing);
+    let (ok, t) = run(&[&bad[..], &["--force"]].concat());
+    assert!(!ok && t.contains("no-data") && t.contains("MNIST"), "{t}");
+    assert_eq!(names(&bench), before, "{t}");
 
     let r = d.join("run");
     assert!(run(&["train", "--model", "mlp", "--data", s(&data), "--steps", "5", "--threads", "1", "--out", s(&r)]).0);

@@ -366,13 +366,13 @@ fn trial_lengths_follow_their_batch_size_and_accumulation() {
 }
 
 /// A searched setting that is also given fixed (a flag, an --hparams key, the config file) is
-/// refused: the search dimension overrode it in every trial without a word.
+/// refused: the search dimension overrode it in every trial without a word. (A fixed length
+/// setting, `--batch-size` or `--epochs`, sets the shared plan the rungs and the budget follow.)
 #[test]
 fn a_searched_setting_given_fixed_is_refused() {
     let base = ["sweep", "--model", "mlp", "--trials", "2", "--out", "/nonexistent/never-written"];
     for (extra, needles) in [
         (vec!["--param", "hidden=choice:16|64", "--hidden", "32"], vec!["--param hidden", "--hidden"]),
-        (vec!["--param", "batch_size=choice:16|64", "--batch-size", "8"], vec!["--param batch_size", "--batch-size"]),
         (
             vec![
                 "--param",

@@ -527,7 +527,7 @@ impl<'a> Kwargs<'a> {
             MomentDtype::F32 => Ok(()),
             MomentDtype::Bf16 => Err(self.err(
                 "mu_dtype",
-                "bfloat16 first moments are implemented for adam, adamw, nadam, nadamw and amsgrad only",
+                "bfloat16 first moments are implemented for adam, adamw, nadam, nadamw, amsgrad, optimistic_adam(_v2), scale_by_adam and contrib.muon only",
             )),
         }
     }
@@ -1222,6 +1222,7 @@ fn optax_clip_by_global_norm(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn
 }
 
 fn optax_ema(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    k.dtype_f32_only("accumulator_dtype")?;
     Ok(boxed(Ema::new(k.req_f64("decay")?, k.bool("debias", true)?)))
 }
 
@@ -1279,6 +1280,7 @@ fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<
 }
 
 fn optax_scale_by_lion(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    k.mu_dtype_f32_only()?;
     Ok(boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)))
 }
 
@@ -1349,6 +1351,7 @@ fn optax_set_to_zero(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transfo
 }
 
 fn optax_trace(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    k.dtype_f32_only("accumulator_dtype")?;
     Ok(boxed(Trace::new(k.req_f64("decay")?, k.bool("nesterov", false)?)))
 }
 

@@ -8,7 +8,7 @@ mod common;
 #[test]
 fn generated_optax_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/optax");
-    common::replay_dir(&dir, 21, &[]);
+    common::replay_dir(&dir, 27, &[]);
 }
 
 #[test]

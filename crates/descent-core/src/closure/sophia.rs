@@ -186,6 +186,8 @@ impl ClosureOptimizer for Sophia {
         // `safe_int32_increment`: the count stops at the largest int32.
         let count_inc = (self.count + 1).min(i32::MAX as u64);
         let (b1, b2) = (c.b1 as f32, c.b2 as f32);
+        // `1 − β₁` in double precision, then f32, as optax computes it from the Python float.
+        let one_minus_b1 = (1.0 - c.b1) as f32;
         let bias_correction = 1.0 - b1.powi(count_inc.min(i32::MAX as u64) as i32);
         let (gamma, eps) = (c.gamma as f32, c.eps as f32);
         let bf16 = c.mu_dtype == MomentDtype::Bf16;
@@ -195,7 +197,7 @@ impl ClosureOptimizer for Sophia {
         for ((g, m), h) in self.grads.iter().zip(self.mu.iter_mut()).zip(&self.nu) {
             let mut u = Vec::with_capacity(g.len());
             for ((&g, m), &h) in g.iter().zip(m.iter_mut()).zip(h) {
-                let mu = (1.0 - b1) * g + if bf16 { decayed_bf16(b1, *m) } else { b1 * *m };
+                let mu = one_minus_b1 * g + if bf16 { decayed_bf16(b1, *m) } else { b1 * *m };
                 let mut x = (mu / bias_correction) / (gamma * h).max(eps);
                 if let Some(t) = c.clip_threshold {
                     let t = t as f32;

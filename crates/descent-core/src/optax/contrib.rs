@@ -576,7 +576,18 @@ pub fn muon(c: Muon) -> Box<dyn Transform> {
     let (group_dims, group_mask) = (dims.clone(), mask.clone());
     let group = move |i: usize, shapes: &[Vec<usize>]| -> Result<MuonGroup> {
         let is_muon = match per_param("muon_weight_dimension_numbers", &group_dims, shapes)? {
-            Some(d) => d[i].is_some(),
+            Some(d) => {
+                if let Some(dims) = &d[i] {
+                    dims.check(&shapes[i]).map_err(|e| {
+                        let why = match e {
+                            Error::Invalid(m) => m,
+                            other => other.to_string(),
+                        };
+                        Error::Invalid(format!("optax.contrib.muon: parameter {i} (shape {:?}): {why}", shapes[i]))
+                    })?;
+                }
+                d[i].is_some()
+            }
             None => shapes[i].len() == 2,
         };
         let decayed = per_param("weight_decay_mask", &group_mask, shapes)?.is_none_or(|m| m[i]);

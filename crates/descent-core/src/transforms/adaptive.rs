@@ -18,6 +18,10 @@ pub struct ScaleByAdam {
     correct_nu: bool,
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂` as optax computes them: in double precision from the Python
+    /// floats, then rounded to f32 (`1 − f32(β)` differs: 0.00099998713 for β = 0.999).
+    one_minus_b1: f32,
+    one_minus_b2: f32,
     eps: f32,
     eps_root: f32,
     nesterov: bool,
@@ -62,6 +66,8 @@ impl ScaleByAdam {
             correct_nu: true,
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus_b1: (1.0 - b1) as f32,
+            one_minus_b2: (1.0 - b2) as f32,
             eps: eps as f32,
             eps_root: eps_root as f32,
             nesterov,
@@ -117,32 +123,33 @@ impl Elementwise for ScaleByAdam {
             let n = u.len();
             let v = &mut v[..n];
             let (b1, b2, eps, eps_root) = (this.b1, this.b2, this.eps, this.eps_root);
+            let (c1, c2) = (this.one_minus_b1, this.one_minus_b2);
             let (bc1, bc1n, bc2) = (this.bc1, this.bc1_next, this.bc2);
             if this.amsgrad {
                 let vm = &mut vm[..n];
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
+                    let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                    v[j] = c2 * g * g + b2 * v[j];
                     vm[j] = vm[j].max(v[j] * bc2);
                     u[j] = (mj * bc1) / ((vm[j] + eps_root).sqrt() + eps);
                 }
             } else if this.nesterov {
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
+                    let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
-                    let m_hat = b1 * (mj * bc1n) + (1.0 - b1) * (g * bc1);
+                    v[j] = c2 * g * g + b2 * v[j];
+                    let m_hat = b1 * (mj * bc1n) + c1 * (g * bc1);
                     u[j] = m_hat / ((v[j] * bc2 + eps_root).sqrt() + eps);
                 }
             } else {
                 for j in 0..n {
                     let g = u[j];
-                    let mj = (1.0 - b1) * g + m.decayed(j, b1);
+                    let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = (1.0 - b2) * g * g + b2 * v[j];
+                    v[j] = c2 * g * g + b2 * v[j];
                     u[j] = (mj * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
                 }
             }

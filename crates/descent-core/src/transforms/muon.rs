@@ -118,11 +118,11 @@ pub enum NsPreconditioning {
     /// `X / (‖X‖₂ + ε)`, the largest singular value (exact, by an SVD).
     Spectral,
     /// "Almost orthogonal layer" rescaling (Boissin et al. 2025, Turbo-Muon): no division before;
-    /// the first iteration scales row `i` of `X` by `1/√max(Σ_j |A_ij|, ε)` and `A = XXᵀ` on both
-    /// sides to match.
+    /// the first iteration scales row `i` of `X` by `1/√max(Σ_j |A_ij|, 1e-8)` and `A = XXᵀ` on
+    /// both sides to match (optax clamps at 1e-8 whatever `eps`).
     Aol,
     /// Schatten-4 rescaling (Grishina et al. 2025): the first iteration divides `X` by
-    /// `√max(‖A‖_F, ε)` (`‖X‖` in the Schatten-4 norm) and `A` by its square.
+    /// `√max(‖A‖_F, 1e-8)` (`‖X‖` in the Schatten-4 norm) and `A` by its square.
     Schatten,
 }
 
@@ -182,7 +182,8 @@ pub fn orthogonalize(
         let mut gram = matmul(&x, &xt, m, n, m);
         gram.iter_mut().for_each(|v| *v = r(*v));
         if i == 0 {
-            first_iteration_rescaling(preconditioning, &mut x, &mut gram, m, n, eps as f32);
+            // optax calls these first iterations without `eps`: their clamp is always 1e-8.
+            first_iteration_rescaling(preconditioning, &mut x, &mut gram, m, n, 1e-8);
         }
         let gram2 = matmul(&gram, &gram, m, m, m);
         let poly: Vec<f32> = gram.iter().zip(&gram2).map(|(g, g2)| r(b * g + c * g2)).collect();
@@ -298,6 +299,11 @@ struct MatrixLayout {
 }
 
 impl MuonDims {
+    /// Whether these dimension numbers apply to a parameter of `shape` (the error says why not).
+    pub fn check(&self, shape: &[usize]) -> Result<()> {
+        self.layout(shape).map(drop)
+    }
+
     fn layout(&self, shape: &[usize]) -> Result<MatrixLayout> {
         let nd = shape.len();
         if nd < 2 {
@@ -400,6 +406,8 @@ pub struct ScaleByMuon {
     steps: usize,
     per_iteration: Vec<[f64; 3]>,
     beta: f32,
+    /// `1 − β` in double precision, then f32, as optax computes it from the Python float.
+    one_minus_beta: f32,
     eps: f64,
     nesterov: bool,
     adaptive: bool,
@@ -467,6 +475,7 @@ impl ScaleByMuon {
             steps: ns_steps,
             per_iteration: vec![],
             beta: beta as f32,
+            one_minus_beta: (1.0 - beta) as f32,
             eps,
             nesterov,
             adaptive,
@@ -499,11 +508,12 @@ impl Transform for ScaleByMuon {
         let bc = super::bias_correction(b, self.count as f64) as f32;
         let bc_next = super::bias_correction(b, self.count as f64 + 1.0) as f32;
         let beta = self.beta;
+        let one_minus = self.one_minus_beta;
         for (i, u) in updates.iter_mut().enumerate() {
             let bf16 = self.mu_dtype == MomentDtype::Bf16;
             let momentum = |g: &mut f32, m: f32| -> f32 {
-                let m = (1.0 - beta) * *g + if bf16 { decayed_bf16(beta, m) } else { beta * m };
-                *g = if self.nesterov { beta * (m / bc_next) + (1.0 - beta) * (*g / bc) } else { m / bc };
+                let m = one_minus * *g + if bf16 { decayed_bf16(beta, m) } else { beta * m };
+                *g = if self.nesterov { beta * (m / bc_next) + one_minus * (*g / bc) } else { m / bc };
                 m
             };
             match self.mu_dtype {
