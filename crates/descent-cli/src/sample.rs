@@ -52,6 +52,10 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
     let path = run_dir.join(folder::run::CHECKPOINT);
     crate::folder::require_dir(run_dir, "the folder of a `descent train --model gpt` run")?;
     if !path.is_file() {
+        if run_dir.join(folder::run::CONFIG_JSON).is_file() {
+            // A run's folder: in progress, stopped early, or its checkpoint lost.
+            return Err(crate::train::missing_checkpoint(run_dir, "the run stopped before its first checkpoint"));
+        }
         bail!(
             "{}: no {}: not the folder of a `descent train` run, or the run stopped before its first checkpoint",
             run_dir.display(),

@@ -1434,6 +1434,7 @@ fn a_run_in_progress_is_named_as_such() {
     lock.lock().unwrap();
     for args in [
         vec!["evaluate", s(&r)],
+        vec!["sample", s(&r)],
         vec!["prune", s(&r), "--method", "l1_unstructured", "--amount", "0.5", "--out", s(&d.join("p"))],
     ] {
         let (ok, t) = run(&args);
