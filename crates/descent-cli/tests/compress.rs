@@ -363,10 +363,20 @@ fn finetuning_hparams_merge_over_the_runs() {
         &[&args[..], &["--hparams", r#"{"betas": [0.8, 0.9]}"#, "--threads", "1", "--out", p.to_str().unwrap()]]
             .concat(),
     );
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+    let config = |d: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap()
+    };
+    let cfg = config(&p);
     assert_eq!(cfg["hparams"], serde_json::json!({"weight_decay": 0.5, "betas": [0.8, 0.9]}), "{cfg}");
-    for d in [run, p] {
+    // The run's own optimizer named again keeps its arguments; a rate in --hparams replaces the
+    // run's (it was blamed on a --lr nobody gave).
+    let q = out("cmp-hp-ft2");
+    let own = ["--optimizer", "torch.adamw", "--hparams", r#"{"eps": 1e-6, "lr": 0.01}"#];
+    run_ok(&[&args[..], &own, &["--threads", "1", "--out", q.to_str().unwrap()]].concat());
+    let cfg = config(&q);
+    assert_eq!(cfg["hparams"], serde_json::json!({"weight_decay": 0.5, "eps": 1e-6}), "{cfg}");
+    assert_eq!(cfg["lr"], serde_json::json!(0.01), "{cfg}");
+    for d in [run, p, q] {
         std::fs::remove_dir_all(d).ok();
     }
 }
