@@ -293,7 +293,8 @@ fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
 
 /// `descent bench optimizers`.
 pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let (out, s, claimed) = match &a.base.resume {
+    // The training set's length (every run trains on the same data and model) is read once.
+    let (out, s, claimed, n_train) = match &a.base.resume {
         Some(dir) => {
             for id in matches.ids() {
                 let id = id.as_str();
@@ -316,7 +317,8 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             if matches.value_source("threads") == Some(clap::parser::ValueSource::CommandLine) {
                 s.base.threads = a.base.threads;
             }
-            (dir.clone(), s, claimed)
+            let n_train = train::training_set_len(&s.base.model, &s.base.data)?;
+            (dir.clone(), s, claimed, n_train)
         }
         None => {
             if a.base.validation == 0
@@ -350,7 +352,7 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             std::fs::create_dir_all(out.join("runs"))
                 .with_context(|| format!("creating {}", out.join("runs").display()))?;
             folder::write_atomic(&out.join(BENCH_JSON), serde_json::to_string_pretty(&s)?.as_bytes())?;
-            (out, s, c)
+            (out, s, c, n_train)
         }
     };
     let entries = entries(&s)?;
@@ -385,13 +387,13 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
     for e in &entries {
         for lr in grid(e.centre, s.grid_points) {
             k += 1;
-            run_one(&out, &s, e, Phase::Search, lr, s.base.seed, &parent, &mut done, (k, total))?;
+            run_one(&out, &s, e, Phase::Search, lr, s.base.seed, &parent, &mut done, (k, total), n_train)?;
         }
         let best =
             best_search(&done, &e.label).with_context(|| format!("{}: no finished search run", e.label))?.clone();
         for i in 1..s.seeds {
             k += 1;
-            run_one(&out, &s, e, Phase::Seed, best.lr, s.base.seed + i, &parent, &mut done, (k, total))?;
+            run_one(&out, &s, e, Phase::Seed, best.lr, s.base.seed + i, &parent, &mut done, (k, total), n_train)?;
         }
     }
     report(&out, &s, &entries, &done)?;
@@ -426,6 +428,7 @@ fn run_one(
     parent: &str,
     done: &mut Vec<Record>,
     (k, total): (usize, usize),
+    n_train: usize,
 ) -> Result<()> {
     let same = |r: &Record| r.label == e.label && r.phase == phase && r.lr.to_bits() == lr.to_bits() && r.seed == seed;
     if done.iter().any(same) {
@@ -436,7 +439,7 @@ fn run_one(
     (args.lr, args.seed, args.out, args.force) = (Some(lr), seed, Some(dir), true);
     // Evaluations spread over an epoch (or over the run, when --steps cuts it shorter).
     let steps_per_epoch = {
-        let n = train::training_set_len(&args.model, &args.data)?.saturating_sub(args.validation);
+        let n = n_train.saturating_sub(args.validation);
         let batch = args.batch_size.unwrap_or(train::defaults(&args.model).1);
         n.div_ceil((batch * args.accumulate.unwrap_or(1)).max(1)) as u64
     };

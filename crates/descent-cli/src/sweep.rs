@@ -288,9 +288,9 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         space.retain(|(n, _)| n != name);
         space.push((name.to_string(), def.trim().to_string()));
     }
-    let cli_given = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
+    let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     if let (Some(lr), true) = (base.lr, space.iter().any(|(n, _)| n == "lr")) {
-        let given = if cli_given("lr") { format!("--lr {lr}") } else { format!("the config file's `lr` = {lr}") };
+        let given = if from_cli("lr") { format!("--lr {lr}") } else { format!("the config file's `lr` = {lr}") };
         bail!("{given}: the search dimension `lr` sets the learning rate of every trial; give one of them");
     }
     // A searched setting also given fixed would be overridden in every trial without a word.
@@ -298,11 +298,10 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         let fixed_key = |k: &str| base.hparams.get(k).is_some();
         let in_hparams = if name == "lr" { fixed_key("lr") || fixed_key("learning_rate") } else { fixed_key(name) };
         if in_hparams {
-            let given = if cli_given("hparams") { "--hparams" } else { "the config file's [hparams]" };
+            let given = if from_cli("hparams") { "--hparams" } else { "the config file's [hparams]" };
             bail!("--param {name}: {given} also sets `{name}`; the search dimension sets it in every trial, give one of them");
         }
-        let on_cli = crate::compare::is_train_flag(name)
-            && matches.value_source(name) == Some(clap::parser::ValueSource::CommandLine);
+        let on_cli = crate::compare::is_train_flag(name) && from_cli(name);
         // A length setting given fixed sets the shared plan (rungs, budget) the trials' follow.
         if name != "lr" && !LENGTH_SETTINGS.contains(&name.as_str()) && (on_cli || file_settings.contains(name)) {
             bail!(
@@ -311,7 +310,6 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
             );
         }
     }
-    let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
     let pick = |k: &str| file_sweep.get(k).filter(|_| !from_cli(k)).cloned();
     let (method, pruner, objective) = (a.method.clone(), a.pruner.clone(), a.objective.clone());
     // Options of a method or pruner the sweep does not use are refused, not ignored.

@@ -676,6 +676,13 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected a number or a schedule object, got {v}"))),
         }
     }
+    /// A learning rate the library declares optional (`None`: absent or null, no rate).
+    pub fn opt_lr(&mut self, key: &'static str) -> Result<Option<LearningRate>> {
+        match self.get_optional(key) {
+            None => Ok(None),
+            Some(_) => self.lr(key, None).map(Some),
+        }
+    }
     /// Refuses, naming it as the library's, an argument of `library_features` (`(key, what it
     /// does)`) that was given and never read: the library takes it, descent does not implement it.
     pub fn refuse_unimplemented(&self, library_features: &[(&str, &str)]) -> Result<()> {
@@ -1273,9 +1280,9 @@ fn optax_scale_by_belief(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Tra
 fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let flip_sign = k.bool("flip_sign", true)?;
     // optax: a learning rate of None is the identity (the sign is not flipped either).
-    match k.value("learning_rate") {
+    match k.opt_lr("learning_rate")? {
         None => Ok(boxed(crate::transforms::Identity)),
-        Some(_) => Ok(boxed(ScaleByLearningRate::new(k.lr("learning_rate", None)?, flip_sign))),
+        Some(lr) => Ok(boxed(ScaleByLearningRate::new(lr, flip_sign))),
     }
 }
 
@@ -1474,7 +1481,7 @@ fn optax_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
 fn optax_adadelta(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(ox::adadelta(ox::Adadelta {
         // optax's default is None: no learning-rate scaling at all.
-        learning_rate: k.value("learning_rate").map(|_| k.lr("learning_rate", None)).transpose()?,
+        learning_rate: k.opt_lr("learning_rate")?,
         rho: k.f64("rho", 0.9)?,
         eps: k.f64("eps", 1e-6)?,
         weight_decay: k.f64("weight_decay", 0.0)?,
@@ -1668,10 +1675,7 @@ fn optax_optimistic_adam_v2(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn 
 }
 
 fn optax_adafactor(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let learning_rate = match k.value("learning_rate") {
-        None => None,
-        Some(_) => Some(k.lr("learning_rate", None)?),
-    };
+    let learning_rate = k.opt_lr("learning_rate")?;
     let min_dim_size_to_factor = k.u64("min_dim_size_to_factor", 128)? as usize;
     let (decay_rate, decay_offset) = (k.f64("decay_rate", 0.8)?, k.u64("decay_offset", 0)?);
     let multiply_by_parameter_scale = k.bool("multiply_by_parameter_scale", true)?;
@@ -1954,7 +1958,7 @@ fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         adam_b2: k.f64("adam_b2", 0.999)?,
         adam_eps_root: k.f64("adam_eps_root", 0.0)?,
         adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
-        adam_learning_rate: k.value("adam_learning_rate").map(|_| k.lr("adam_learning_rate", None)).transpose()?,
+        adam_learning_rate: k.opt_lr("adam_learning_rate")?,
         muon_weight_dimension_numbers: dims,
         consistent_rms: k.opt_f64("consistent_rms")?,
     }))

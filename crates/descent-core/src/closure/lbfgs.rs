@@ -73,10 +73,7 @@ fn build_optax(hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Closure
     let d = OptaxLbfgsConfig::default();
     // `None` is `scale(-1.0)`, the same numbers as a constant rate of 1 (kept live so that a
     // rate set later scales the direction as optax's `scale_by_learning_rate` would).
-    let learning_rate = match k.value("learning_rate") {
-        None => LearningRate::Constant(1.0),
-        Some(_) => k.lr("learning_rate", None)?,
-    };
+    let learning_rate = k.opt_lr("learning_rate")?.unwrap_or(LearningRate::Constant(1.0));
     let memory_size = k.u64("memory_size", d.memory_size as u64)?;
     let memory_size = usize::try_from(memory_size)
         .map_err(|_| Error::Invalid(format!("memory_size {memory_size} does not fit this machine")))?;

@@ -20,7 +20,6 @@ mod projection;
 mod tensorwise;
 
 use common::Args;
-pub(crate) use common::LIBRARY_OPTIONS;
 use elementwise::*;
 use factored::*;
 use prepared::*;

@@ -67,8 +67,7 @@ fn built(
 ) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new(context, hparams)?;
     let tx = f(&mut k)?;
-    k.refuse_unimplemented(crate::po::adam_family::LIBRARY_OPTIONS)?;
-    k.finish()?;
+    crate::po::finish(k)?;
     Ok(tx)
 }
 

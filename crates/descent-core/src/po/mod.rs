@@ -23,6 +23,25 @@ pub fn po_optimizers() -> Vec<&'static str> {
     names
 }
 
+/// pytorch_optimizer's options that many of its optimizers take through `**kwargs` (a given one
+/// an optimizer here does not read is refused as not implemented, not as unknown).
+const LIBRARY_OPTIONS: &[(&str, &str)] = &[
+    ("adanorm", "AdaNorm gradient-norm correction"),
+    ("adanorm_r", "AdaNorm gradient-norm correction"),
+    ("cautious", "cautious update masking"),
+    ("use_gc", "gradient centralization"),
+    ("gc_conv_only", "gradient centralization"),
+    ("stable_adamw", "StableAdamW update clipping"),
+    ("adam_debias", "Adam debiasing switch"),
+];
+
+/// Fails on any argument an optimizer did not read: one of the library's shared options
+/// ([`LIBRARY_OPTIONS`]) as not implemented, any other as unknown.
+pub(crate) fn finish(k: crate::spec::Kwargs) -> Result<()> {
+    k.refuse_unimplemented(LIBRARY_OPTIONS)?;
+    k.finish()
+}
+
 type Family = fn(&str, &Value, Option<&Value>, &[Vec<usize>]) -> Option<Result<Box<dyn Transform>>>;
 
 /// Builds the pytorch_optimizer optimizer `name` with its keyword arguments, optional

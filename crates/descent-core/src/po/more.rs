@@ -90,8 +90,7 @@ fn build_one(name: &str, hparams: &Value) -> Result<Box<dyn Transform>> {
         "spam" => boxed(Spam::new(SpamConfig::parse(&mut k)?)?),
         other => unreachable!("`{other}` is not in NAMES"),
     };
-    k.refuse_unimplemented(crate::po::adam_family::LIBRARY_OPTIONS)?;
-    k.finish()?;
+    crate::po::finish(k)?;
     Ok(tx)
 }
 
@@ -125,7 +124,6 @@ fn build_lookahead(hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<
         alpha: k.f64("alpha", 0.5)?,
         pullback_momentum: PullbackMomentum::parse(k.str("pullback_momentum", "none")?)?,
     };
-    k.refuse_unimplemented(crate::po::adam_family::LIBRARY_OPTIONS)?;
-    k.finish()?;
+    crate::po::finish(k)?;
     Ok(boxed(Lookahead::new(inner, config)?))
 }

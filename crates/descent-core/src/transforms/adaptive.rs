@@ -1,7 +1,7 @@
 //! Adaptive elementwise transformations: Adam and its relatives.
 
 use super::simd_apply;
-use super::{elementwise_transform, full, sign, zeros, ParamBufs};
+use super::{elementwise_transform, full, round_bf16, sign, zeros, ParamBufs};
 use crate::kernel::Elementwise;
 use crate::transform::numel;
 
@@ -199,7 +199,7 @@ impl Moment for &mut [f32] {
 struct Bf16<'a>(&'a mut [u16], f32);
 impl<'a> Bf16<'a> {
     fn new(bits: &'a mut [u16], decay: f32) -> Self {
-        Bf16(bits, round_to_bf16(decay))
+        Bf16(bits, round_bf16(decay))
     }
 }
 impl Moment for Bf16<'_> {
@@ -213,9 +213,9 @@ impl Moment for Bf16<'_> {
     }
     #[inline(always)]
     fn decayed(&self, j: usize, decay: f32) -> f32 {
-        debug_assert_eq!(self.1, round_to_bf16(decay), "the decay the moment was made for");
+        debug_assert_eq!(self.1, round_bf16(decay), "the decay the moment was made for");
         // The product of two bfloat16 values is exact in f32: one rounding.
-        round_to_bf16(self.1 * self.get(j))
+        round_bf16(self.1 * self.get(j))
     }
 }
 
@@ -225,13 +225,7 @@ impl Moment for Bf16<'_> {
 /// `f32` gradient term is then `f32`.
 #[inline(always)]
 pub fn decayed_bf16(decay: f32, m: f32) -> f32 {
-    round_to_bf16(round_to_bf16(decay) * m)
-}
-
-/// `x` rounded to the nearest bfloat16 (ties to even), as an `f32`.
-#[inline(always)]
-fn round_to_bf16(x: f32) -> f32 {
-    bf16_to_f32(f32_to_bf16(x))
+    round_bf16(round_bf16(decay) * m)
 }
 
 /// The `f32` value of bfloat16 bits (exact).

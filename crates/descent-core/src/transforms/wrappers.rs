@@ -244,7 +244,7 @@ pub struct Partition {
     /// `(group, index within the group)` of each parameter, set by `init`.
     slot: Vec<(usize, usize)>,
     /// The group of a parameter (by its index and shape), for groups chosen at `init`
-    /// ([`Partition::by_shape`], [`Partition::by_param`]).
+    /// ([`Partition::by_param`]).
     group_of: Option<GroupOf>,
 }
 
@@ -257,15 +257,11 @@ impl Partition {
         Partition { groups, slot: vec![], group_of: None }
     }
 
-    /// Groups chosen at `init` from the parameters' shapes: a parameter of shape `s` goes to
-    /// `transforms[group_of(s)]` (optax `contrib.muon` sends the matrices to Muon, the other
-    /// parameters to Adam). Every transformation keeps its state, with or without parameters.
-    pub fn by_shape(transforms: Vec<Box<dyn Transform>>, group_of: fn(&[usize]) -> usize) -> Self {
-        Self::by_param(transforms, move |i, shapes| Ok(group_of(&shapes[i])))
-    }
-
-    /// [`Partition::by_shape`] with the group of parameter `i` chosen by `group_of(i, shapes)`
-    /// from all the parameters' shapes; its error fails `init`.
+    /// Groups chosen at `init`: parameter `i` goes to `transforms[group_of(i, shapes)]`, chosen
+    /// from its index and all the parameters' shapes, and an error of `group_of` fails `init`
+    /// (optax `contrib.muon` sends the matrices, or those with dimension numbers, to Muon and the
+    /// other parameters to Adam). Every transformation keeps its state, with or without
+    /// parameters.
     pub fn by_param(
         transforms: Vec<Box<dyn Transform>>,
         group_of: impl Fn(usize, &Shapes) -> Result<usize> + Send + Sync + 'static,

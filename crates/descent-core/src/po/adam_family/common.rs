@@ -102,18 +102,6 @@ impl Decay {
 }
 
 /// Constructor checks and argument parsing, with the library's argument names.
-/// pytorch_optimizer's options that many of its optimizers take through `**kwargs` (a given one
-/// an optimizer here does not read is refused as not implemented, not as unknown).
-pub(crate) const LIBRARY_OPTIONS: &[(&str, &str)] = &[
-    ("adanorm", "AdaNorm gradient-norm correction"),
-    ("adanorm_r", "AdaNorm gradient-norm correction"),
-    ("cautious", "cautious update masking"),
-    ("use_gc", "gradient centralization"),
-    ("gc_conv_only", "gradient centralization"),
-    ("stable_adamw", "StableAdamW update clipping"),
-    ("adam_debias", "Adam debiasing switch"),
-];
-
 pub(crate) struct Args<'a> {
     pub k: Kwargs<'a>,
     pub ctx: String,
@@ -235,10 +223,8 @@ impl<'a> Args<'a> {
         self.bool("maximize", false)
     }
 
-    /// Fails on any argument that was never read (the library's shared options, which its
-    /// optimizers read from their keyword arguments, as not implemented here).
+    /// Fails on any argument that was never read ([`crate::po::finish`]).
     pub fn finish(self) -> Result<()> {
-        self.k.refuse_unimplemented(LIBRARY_OPTIONS)?;
-        self.k.finish()
+        crate::po::finish(self.k)
     }
 }
