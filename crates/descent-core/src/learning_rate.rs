@@ -11,6 +11,11 @@ pub enum LearningRate {
     Schedule(Box<dyn Schedule>),
 }
 
+/// optax's `ScalarOrSchedule` for a hyper-parameter other than the learning rate (a weight
+/// decay, AdEMAMix's `b3` and `alpha`): a constant or a schedule of the transformation's own step
+/// count, `0.1.into()` for a constant.
+pub type ScalarOrSchedule = LearningRate;
+
 impl LearningRate {
     /// The value at step `count` (0-based).
     pub fn at(&self, count: u64) -> f64 {

@@ -58,6 +58,6 @@ pub mod transforms;
 pub use chain::chain;
 pub use error::{Error, Result};
 pub use kernel::Elementwise;
-pub use learning_rate::LearningRate;
+pub use learning_rate::{LearningRate, ScalarOrSchedule};
 pub use optimizer::{NonFinite, Optimizer};
 pub use transform::Transform;

@@ -12,7 +12,7 @@
 //! ```
 //! use descent_core::{optax, Optimizer};
 //!
-//! let tx = optax::adamw(optax::AdamW { learning_rate: 1e-3.into(), weight_decay: 0.05, ..Default::default() });
+//! let tx = optax::adamw(optax::AdamW { learning_rate: 1e-3.into(), weight_decay: 0.05.into(), ..Default::default() });
 //! let mut params = vec![vec![0.5f32; 6], vec![0.0f32; 3]];
 //! let shapes = vec![vec![2, 3], vec![3]];
 //! let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
@@ -33,7 +33,7 @@
 pub mod contrib;
 
 use crate::chain::chain;
-use crate::learning_rate::LearningRate;
+use crate::learning_rate::{LearningRate, ScalarOrSchedule};
 use crate::transform::Transform;
 use crate::transforms::{
     AddDecayedWeights, ClipByBlockRms, Ema, MomentDtype, Partition, Scale, ScaleByAdadelta, ScaleByAdam,
@@ -68,7 +68,7 @@ pub(crate) fn masked(inner: Box<dyn Transform>, mask: Option<Vec<bool>>) -> Box<
 
 /// optax `add_decayed_weights(weight_decay, mask)`: `u ← u + λ·θ` on the parameters `mask`
 /// selects.
-pub(crate) fn add_decayed_weights(weight_decay: f64, mask: Option<Vec<bool>>) -> Box<dyn Transform> {
+pub(crate) fn add_decayed_weights(weight_decay: ScalarOrSchedule, mask: Option<Vec<bool>>) -> Box<dyn Transform> {
     masked(boxed(AddDecayedWeights::new(weight_decay)), mask)
 }
 
@@ -123,7 +123,7 @@ pub fn adabelief(c: Adabelief) -> Box<dyn Transform> {
         nesterov: c.nesterov,
     }))];
     if let Some(wd) = c.weight_decay {
-        links.push(add_decayed_weights(wd, c.weight_decay_mask));
+        links.push(add_decayed_weights(wd.into(), c.weight_decay_mask));
     }
     links.push(scale_by_learning_rate(c.learning_rate));
     chain(links)
@@ -145,13 +145,13 @@ pub struct Adadelta {
     /// ε inside both square roots.
     pub eps: f64,
     /// Weight decay λ added to the gradient before the rescaling.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub weight_decay_mask: Option<Vec<bool>>,
 }
 impl Default for Adadelta {
     fn default() -> Self {
-        Adadelta { learning_rate: None, rho: 0.9, eps: 1e-6, weight_decay: 0.0, weight_decay_mask: None }
+        Adadelta { learning_rate: None, rho: 0.9, eps: 1e-6, weight_decay: 0.0.into(), weight_decay_mask: None }
     }
 }
 /// optax `adadelta`: `add_decayed_weights → scale_by_adadelta → scale_by_learning_rate`.
@@ -187,7 +187,7 @@ pub struct Adafactor {
     /// Decay of a momentum of the updates (not debiased); `None`: no momentum.
     pub momentum: Option<f64>,
     /// Weight decay rate, added to the update after the parameter scale; `None`: none.
-    pub weight_decay_rate: Option<f64>,
+    pub weight_decay_rate: Option<ScalarOrSchedule>,
     /// ε added to the squared gradient.
     pub eps: f64,
     /// Factor the second moment of matrices (else keep it whole, as Adam).
@@ -376,7 +376,7 @@ pub struct AdamW {
     /// The type the first moment is stored in (`mu_dtype`).
     pub mu_dtype: MomentDtype,
     /// Weight decay λ, multiplied by the learning rate (as torch's AdamW).
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
     /// Nesterov momentum (NAdamW).
@@ -391,7 +391,7 @@ impl Default for AdamW {
             eps: 1e-8,
             eps_root: 0.0,
             mu_dtype: MomentDtype::F32,
-            weight_decay: 1e-4,
+            weight_decay: 1e-4.into(),
             mask: None,
             nesterov: false,
         }
@@ -436,7 +436,7 @@ pub struct NadamW {
     /// The type the first moment is stored in (`mu_dtype`).
     pub mu_dtype: MomentDtype,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
     /// Nesterov momentum (on by default; off gives AdamW).
@@ -501,7 +501,7 @@ pub struct AdamaxW {
     /// ε added to `|g|`.
     pub eps: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -512,7 +512,7 @@ impl Default for AdamaxW {
             b1: 0.9,
             b2: 0.999,
             eps: 1e-8,
-            weight_decay: 1e-4,
+            weight_decay: 1e-4.into(),
             mask: None,
         }
     }
@@ -549,7 +549,7 @@ pub struct Adan {
     /// ε_root added inside the square root.
     pub eps_root: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -562,7 +562,7 @@ impl Default for Adan {
             b3: 0.99,
             eps: 1e-8,
             eps_root: 1e-8,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             mask: None,
         }
     }
@@ -681,7 +681,7 @@ pub struct Lamb {
     /// ε_root added inside the square root.
     pub eps_root: f64,
     /// Weight decay λ, added before the trust ratio.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -693,7 +693,7 @@ impl Default for Lamb {
             b2: 0.999,
             eps: 1e-6,
             eps_root: 0.0,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             mask: None,
         }
     }
@@ -725,7 +725,7 @@ pub struct Lars {
     /// Learning rate α, a constant or a schedule. optax requires it; the default here is 1e-3.
     pub learning_rate: LearningRate,
     /// Weight decay λ, added to the gradient.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub weight_decay_mask: Option<Vec<bool>>,
     /// Trust coefficient η.
@@ -743,7 +743,7 @@ impl Default for Lars {
     fn default() -> Self {
         Lars {
             learning_rate: DEFAULT_LEARNING_RATE.into(),
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             weight_decay_mask: None,
             trust_coefficient: 0.001,
             eps: 0.0,
@@ -784,13 +784,13 @@ pub struct Lion {
     /// Decay β₂ of the momentum.
     pub b2: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
 impl Default for Lion {
     fn default() -> Self {
-        Lion { learning_rate: DEFAULT_LEARNING_RATE.into(), b1: 0.9, b2: 0.99, weight_decay: 1e-3, mask: None }
+        Lion { learning_rate: DEFAULT_LEARNING_RATE.into(), b1: 0.9, b2: 0.99, weight_decay: 1e-3.into(), mask: None }
     }
 }
 /// optax `lion`: `scale_by_lion → add_decayed_weights → scale_by_learning_rate`.

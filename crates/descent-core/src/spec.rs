@@ -676,6 +676,26 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected a number or a schedule object, got {v}"))),
         }
     }
+    /// optax's `ScalarOrSchedule` for an argument other than the learning rate (a weight decay,
+    /// AdEMAMix's `b3` and `alpha`): a finite number or `{"schedule": NAME, …kwargs}`, evaluated at
+    /// the transformation's own step count. A list of per-step values is [`Kwargs::lr`]'s alone:
+    /// optax would broadcast it against the parameters.
+    pub fn scalar_or_schedule(&mut self, key: &'static str, default: f64) -> Result<LearningRate> {
+        match self.get(key)? {
+            Some(v @ Value::Array(_)) => {
+                Err(self.err(key, format!("expected a number or a schedule object, got the list {v}")))
+            }
+            _ => self.lr(key, Some(default)),
+        }
+    }
+    /// [`Kwargs::scalar_or_schedule`] for an argument the library declares optional (absent or
+    /// null: `None`).
+    pub fn opt_scalar_or_schedule(&mut self, key: &'static str) -> Result<Option<LearningRate>> {
+        match self.get_optional(key) {
+            None => Ok(None),
+            Some(_) => self.scalar_or_schedule(key, 0.0).map(Some),
+        }
+    }
     /// A learning rate the library declares optional (`None`: absent or null, no rate).
     pub fn opt_lr(&mut self, key: &'static str) -> Result<Option<LearningRate>> {
         match self.get_optional(key) {
@@ -1204,7 +1224,7 @@ fn optax_adaptive_grad_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn 
 }
 
 fn optax_add_decayed_weights(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    let wd = k.f64("weight_decay", 0.0)?;
+    let wd = k.scalar_or_schedule("weight_decay", 0.0)?;
     Ok(ox::add_decayed_weights(wd, mask_of(k, "mask", shapes)?))
 }
 
@@ -1418,7 +1438,7 @@ fn optax_adamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfor
         eps_root: k.f64("eps_root", 0.0)?,
         mu_dtype: k.mu_dtype()?,
         nesterov: k.bool("nesterov", false)?,
-        weight_decay: k.f64("weight_decay", 1e-4)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 1e-4)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1432,7 +1452,7 @@ fn optax_nadamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfo
         eps_root: k.f64("eps_root", 0.0)?,
         mu_dtype: k.mu_dtype()?,
         nesterov: k.bool("nesterov", true)?,
-        weight_decay: k.f64("weight_decay", 1e-4)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 1e-4)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1465,7 +1485,7 @@ fn optax_adamaxw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transf
         b1: k.f64("b1", 0.9)?,
         b2: k.f64("b2", 0.999)?,
         eps: k.f64("eps", 1e-8)?,
-        weight_decay: k.f64("weight_decay", 1e-4)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 1e-4)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1484,7 +1504,7 @@ fn optax_adadelta(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Trans
         learning_rate: k.opt_lr("learning_rate")?,
         rho: k.f64("rho", 0.9)?,
         eps: k.f64("eps", 1e-6)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
     }))
 }
@@ -1528,7 +1548,7 @@ fn optax_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
 fn optax_lion(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let (learning_rate, b1, b2) = (k.lr("learning_rate", None)?, k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
     k.mu_dtype_f32_only()?;
-    let weight_decay = k.f64("weight_decay", 1e-3)?;
+    let weight_decay = k.scalar_or_schedule("weight_decay", 1e-3)?;
     Ok(ox::lion(ox::Lion { learning_rate, b1, b2, weight_decay, mask: mask_of(k, "mask", shapes)? }))
 }
 
@@ -1539,7 +1559,7 @@ fn optax_lamb(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         b2: k.f64("b2", 0.999)?,
         eps: k.f64("eps", 1e-6)?,
         eps_root: k.f64("eps_root", 0.0)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1547,7 +1567,7 @@ fn optax_lamb(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
 fn optax_lars(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(ox::lars(ox::Lars {
         learning_rate: k.lr("learning_rate", None)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         trust_coefficient: k.f64("trust_coefficient", 0.001)?,
         eps: k.f64("eps", 0.0)?,
         momentum: k.f64("momentum", 0.9)?,
@@ -1598,7 +1618,7 @@ fn optax_adan(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         b3: k.f64("b3", 0.99)?,
         eps: k.f64("eps", 1e-8)?,
         eps_root: k.f64("eps_root", 1e-8)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1686,7 +1706,7 @@ fn optax_adafactor(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
     };
     let momentum = k.opt_f64("momentum")?;
     k.dtype_f32_only("dtype_momentum")?;
-    let weight_decay_rate = k.opt_f64("weight_decay_rate")?;
+    let weight_decay_rate = k.opt_scalar_or_schedule("weight_decay_rate")?;
     let (eps, factored) = (k.f64("eps", 1e-30)?, k.bool("factored", true)?);
     // Without `weight_decay_rate` optax adds no decay, so the mask has nothing to select.
     let weight_decay_mask = mask_of(k, "weight_decay_mask", shapes)?;
@@ -1712,7 +1732,7 @@ fn optax_acprop(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfo
         b2: k.f64("b2", 0.999)?,
         eps: k.f64("eps", 1e-16)?,
         eps_root: k.f64("eps_root", 1e-16)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1725,7 +1745,7 @@ fn optax_simplified_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Bo
         alpha: k.lr("alpha", Some(0.0))?,
         eps: k.f64("eps", 1e-8)?,
         eps_root: k.f64("eps_root", 0.0)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1736,7 +1756,7 @@ fn optax_dowg(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         init_estim_sq_dist: k.opt_f64("init_estim_sq_dist")?,
         eps: k.f64("eps", 1e-4)?,
         mask: mask_of(k, "mask", shapes)?,
-        weight_decay: k.opt_f64("weight_decay")?,
+        weight_decay: k.opt_scalar_or_schedule("weight_decay")?,
     }))
 }
 
@@ -1754,10 +1774,10 @@ fn optax_mechanize(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
 
 fn optax_ademamix(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let learning_rate = k.lr("learning_rate", None)?;
-    let (b1, b2, b3) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.f64("b3", 0.9999)?);
-    let (alpha, eps, eps_root) = (k.f64("alpha", 5.0)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
+    let (b1, b2, b3) = (k.f64("b1", 0.9)?, k.f64("b2", 0.999)?, k.scalar_or_schedule("b3", 0.9999)?);
+    let (alpha, eps, eps_root) = (k.scalar_or_schedule("alpha", 5.0)?, k.f64("eps", 1e-8)?, k.f64("eps_root", 0.0)?);
     k.mu_dtype_f32_only()?;
-    let weight_decay = k.f64("weight_decay", 0.0)?;
+    let weight_decay = k.scalar_or_schedule("weight_decay", 0.0)?;
     let mask = mask_of(k, "mask", shapes)?;
     Ok(oxc::ademamix(oxc::Ademamix { learning_rate, b1, b2, b3, alpha, eps, eps_root, weight_decay, mask }))
 }
@@ -1780,7 +1800,7 @@ fn optax_cocob(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfor
         learning_rate: k.lr("learning_rate", Some(1.0))?,
         alpha: k.f64("alpha", 100.0)?,
         eps: k.f64("eps", 1e-8)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         mask: mask_of(k, "mask", shapes)?,
     }))
 }
@@ -1849,7 +1869,7 @@ fn optax_dog(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>
         init_step,
         eps: k.f64("eps", 1e-8)?,
         mask: mask_of(k, "mask", shapes)?,
-        weight_decay: k.opt_f64("weight_decay")?,
+        weight_decay: k.opt_scalar_or_schedule("weight_decay")?,
     }))
 }
 
@@ -1857,7 +1877,7 @@ fn optax_madgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
     Ok(oxc::madgrad(oxc::Madgrad {
         learning_rate: k.lr("learning_rate", None)?,
         momentum: k.f64("momentum", 0.9)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         eps: k.f64("eps", 1e-6)?,
     }))
 }
@@ -1868,7 +1888,7 @@ fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn T
         warmup_steps: k.opt_u64("warmup_steps")?,
         b1: k.f64("b1", 0.9)?,
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
-        weight_decay: k.opt_f64("weight_decay")?,
+        weight_decay: k.opt_scalar_or_schedule("weight_decay")?,
     };
     k.dtype_f32_only("state_dtype")?;
     Ok(oxc::schedule_free_sgd(c))
@@ -1882,7 +1902,7 @@ fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
         b2: k.f64("b2", 0.999)?,
         eps: k.f64("eps", 1e-8)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
     };
     k.dtype_f32_only("state_dtype")?;
     Ok(oxc::schedule_free_adamw(c))
@@ -1893,7 +1913,7 @@ fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn
 fn optax_galore(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let lr = k.lr("learning_rate", None)?;
     let galore = crate::po::matrix::galore::optax_scale_by_galore(k, shapes)?;
-    let wd = k.f64("weight_decay", 0.0)?;
+    let wd = k.scalar_or_schedule("weight_decay", 0.0)?;
     let decay = match mask_of(k, "mask", shapes)? {
         Some(m) => Partition::masked(boxed(AddDecayedWeights::new(wd)), &m),
         None => boxed(AddDecayedWeights::new(wd)),
@@ -1948,7 +1968,7 @@ fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         ns_steps: ns_steps(k.u64("ns_steps", 5)?)?,
         beta: k.f64("beta", 0.95)?,
         eps: k.f64("eps", 1e-8)?,
-        weight_decay: k.f64("weight_decay", 0.0)?,
+        weight_decay: k.scalar_or_schedule("weight_decay", 0.0)?,
         weight_decay_mask: mask_of(k, "weight_decay_mask", shapes)?,
         mu_dtype: k.mu_dtype()?,
         nesterov: k.bool("nesterov", true)?,
@@ -1957,7 +1977,7 @@ fn optax_muon(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
         adam_b1: k.f64("adam_b1", 0.9)?,
         adam_b2: k.f64("adam_b2", 0.999)?,
         adam_eps_root: k.f64("adam_eps_root", 0.0)?,
-        adam_weight_decay: k.f64("adam_weight_decay", 0.0)?,
+        adam_weight_decay: k.scalar_or_schedule("adam_weight_decay", 0.0)?,
         adam_learning_rate: k.opt_lr("adam_learning_rate")?,
         muon_weight_dimension_numbers: dims,
         consistent_rms: k.opt_f64("consistent_rms")?,

@@ -122,7 +122,7 @@ fn typed_fields_are_the_keyword_arguments() {
         optax::adamw(optax::AdamW {
             learning_rate: 0.01.into(),
             b1: 0.8,
-            weight_decay: 0.1,
+            weight_decay: 0.1.into(),
             mask: Some(vec![true, false, true]),
             nesterov: true,
             ..Default::default()
@@ -145,7 +145,7 @@ fn typed_fields_are_the_keyword_arguments() {
         contrib::muon(contrib::Muon {
             learning_rate: 0.05.into(),
             adam_learning_rate: Some(0.001.into()),
-            weight_decay: 0.1,
+            weight_decay: 0.1.into(),
             nesterov: false,
             ..Default::default()
         }),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::{add_decayed_weights, boxed, scale_by_learning_rate, DEFAULT_LEARNING_RATE};
 use crate::chain::chain;
 use crate::error::{Error, Result};
-use crate::learning_rate::LearningRate;
+use crate::learning_rate::{LearningRate, ScalarOrSchedule};
 use crate::schedule::{self, Schedule};
 use crate::transform::Transform;
 use crate::transforms::{
@@ -50,7 +50,7 @@ pub struct Acprop {
     /// ε_root added to the centred second moment.
     pub eps_root: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -62,7 +62,7 @@ impl Default for Acprop {
             b2: 0.999,
             eps: 1e-16,
             eps_root: 1e-16,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             mask: None,
         }
     }
@@ -91,15 +91,15 @@ pub struct Ademamix {
     /// Decay β₂ of the second moment.
     pub b2: f64,
     /// Decay β₃ of the slow momentum (not debiased).
-    pub b3: f64,
+    pub b3: ScalarOrSchedule,
     /// Weight `a` of the slow momentum.
-    pub alpha: f64,
+    pub alpha: ScalarOrSchedule,
     /// ε added to the denominator, outside the square root.
     pub eps: f64,
     /// ε_root added inside the square root.
     pub eps_root: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -109,11 +109,11 @@ impl Default for Ademamix {
             learning_rate: DEFAULT_LEARNING_RATE.into(),
             b1: 0.9,
             b2: 0.999,
-            b3: 0.9999,
-            alpha: 5.0,
+            b3: 0.9999.into(),
+            alpha: 5.0.into(),
             eps: 1e-8,
             eps_root: 0.0,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             mask: None,
         }
     }
@@ -156,7 +156,7 @@ pub struct SimplifiedAdemamix {
     /// ε_root added inside the square root.
     pub eps_root: f64,
     /// Weight decay λ, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -169,7 +169,7 @@ impl Default for SimplifiedAdemamix {
             alpha: 0.0.into(),
             eps: 1e-8,
             eps_root: 0.0,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             mask: None,
         }
     }
@@ -254,13 +254,13 @@ pub struct Cocob {
     /// ε, the starting value of the largest gradient seen.
     pub eps: f64,
     /// Weight decay λ added to the gradient.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
 impl Default for Cocob {
     fn default() -> Self {
-        Cocob { learning_rate: 1.0.into(), alpha: 100.0, eps: 1e-8, weight_decay: 0.0, mask: None }
+        Cocob { learning_rate: 1.0.into(), alpha: 100.0, eps: 1e-8, weight_decay: 0.0.into(), mask: None }
     }
 }
 /// optax `contrib.cocob`: `add_decayed_weights → scale_by_learning_rate(flip_sign=False) →
@@ -334,7 +334,7 @@ pub struct Dog {
     /// ε added under the root.
     pub eps: f64,
     /// Weight decay λ added to the gradient; `None`: none.
-    pub weight_decay: Option<f64>,
+    pub weight_decay: Option<ScalarOrSchedule>,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -375,7 +375,7 @@ pub struct Dowg {
     /// ε added to the denominator.
     pub eps: f64,
     /// Weight decay λ added to the gradient; `None`: none.
-    pub weight_decay: Option<f64>,
+    pub weight_decay: Option<ScalarOrSchedule>,
     /// The parameters weight decay applies to; `None`: all.
     pub mask: Option<Vec<bool>>,
 }
@@ -409,13 +409,13 @@ pub struct Madgrad {
     /// Momentum μ.
     pub momentum: f64,
     /// Weight decay λ added to the gradient.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// ε added to the denominator.
     pub eps: f64,
 }
 impl Default for Madgrad {
     fn default() -> Self {
-        Madgrad { learning_rate: DEFAULT_LEARNING_RATE.into(), momentum: 0.9, weight_decay: 0.0, eps: 1e-6 }
+        Madgrad { learning_rate: DEFAULT_LEARNING_RATE.into(), momentum: 0.9, weight_decay: 0.0.into(), eps: 1e-6 }
     }
 }
 /// optax `contrib.madgrad`: `add_decayed_weights → scale_by_madgrad`.
@@ -492,7 +492,7 @@ pub struct Muon {
     /// ε of the normalization before Newton–Schulz (and Adam's ε).
     pub eps: f64,
     /// Weight decay λ of the matrices, multiplied by the learning rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// Which parameters the matrices' weight decay applies to, one entry per parameter (`None`:
     /// all; the entries of parameters Adam updates do not matter).
     pub weight_decay_mask: Option<Vec<bool>>,
@@ -511,7 +511,7 @@ pub struct Muon {
     /// Adam's ε_root.
     pub adam_eps_root: f64,
     /// Adam's weight decay.
-    pub adam_weight_decay: f64,
+    pub adam_weight_decay: ScalarOrSchedule,
     /// Adam's learning rate; `None`: `learning_rate`.
     pub adam_learning_rate: Option<LearningRate>,
     /// One entry per parameter: the axes Muon orthogonalizes over, or `None` for a parameter
@@ -528,7 +528,7 @@ impl Default for Muon {
             ns_steps: 5,
             beta: 0.95,
             eps: 1e-8,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             weight_decay_mask: None,
             mu_dtype: MomentDtype::F32,
             nesterov: true,
@@ -537,7 +537,7 @@ impl Default for Muon {
             adam_b1: 0.9,
             adam_b2: 0.999,
             adam_eps_root: 0.0,
-            adam_weight_decay: 0.0,
+            adam_weight_decay: 0.0.into(),
             adam_learning_rate: None,
             muon_weight_dimension_numbers: None,
             consistent_rms: None,
@@ -606,6 +606,7 @@ pub fn muon(c: Muon) -> Box<dyn Transform> {
         Some(adam_lr) => adam_lr,
         None => lrs.pop().expect("a rate shared with Adam"),
     };
+    let mut weight_decay = Some(c.weight_decay);
     let mut transforms: Vec<Box<dyn Transform>> = vec![];
     for (&g, lr) in muon_groups.iter().zip(lrs) {
         // With dimension numbers the groups follow from the lists alone: each Muon group's
@@ -635,7 +636,9 @@ pub fn muon(c: Muon) -> Box<dyn Transform> {
             boxed(ScaleByShape::new(c.consistent_rms, member_dims)),
         ];
         if g == MuonGroup::Decayed {
-            links.push(boxed(AddDecayedWeights::new(c.weight_decay)));
+            // One group decays (the loop's other group, with a mask, does not).
+            let wd = weight_decay.take().expect("a single decayed Muon group");
+            links.push(boxed(AddDecayedWeights::new(wd)));
         }
         links.push(scale_by_learning_rate(lr));
         transforms.push(chain(links));
@@ -705,7 +708,7 @@ pub struct ScheduleFreeSgd {
     /// Interpolation β₁ between the average and the sequence.
     pub b1: f64,
     /// Weight decay λ added to the gradient; `None`: none.
-    pub weight_decay: Option<f64>,
+    pub weight_decay: Option<ScalarOrSchedule>,
     /// Exponent `p` of the rate in the averaging weights.
     pub weight_lr_power: f64,
 }
@@ -748,7 +751,7 @@ pub struct ScheduleFreeAdamW {
     /// ε added to the denominator, outside the square root.
     pub eps: f64,
     /// Weight decay λ, multiplied by the rate.
-    pub weight_decay: f64,
+    pub weight_decay: ScalarOrSchedule,
     /// Exponent `p` of the rate in the averaging weights.
     pub weight_lr_power: f64,
 }
@@ -760,7 +763,7 @@ impl Default for ScheduleFreeAdamW {
             b1: 0.9,
             b2: 0.999,
             eps: 1e-8,
-            weight_decay: 0.0,
+            weight_decay: 0.0.into(),
             weight_lr_power: 2.0,
         }
     }

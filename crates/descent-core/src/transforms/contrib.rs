@@ -15,8 +15,8 @@ use crate::transform::{Shapes, Transform};
 pub struct ScaleByAdemamix {
     b1: f32,
     b2: f32,
-    b3: f32,
-    alpha: f32,
+    b3: LearningRate,
+    alpha: LearningRate,
     eps: f32,
     eps_root: f32,
     count: u64,
@@ -25,18 +25,19 @@ pub struct ScaleByAdemamix {
     nu: ParamBufs,
     bc1: f32,
     bc2: f32,
+    /// This step's `[β₃, 1 − β₃, alpha]` (`b3` and `alpha` may follow schedules of the count).
+    slow: [f32; 3],
 }
 /// The hyper-parameters of [`ScaleByAdemamix`], with optax `contrib.scale_by_ademamix`'s defaults.
-#[derive(Clone, Debug, PartialEq)]
 pub struct ScaleByAdemamixConfig {
     /// Decay β₁ of the fast first moment.
     pub b1: f64,
     /// Decay β₂ of the second moment.
     pub b2: f64,
-    /// Decay β₃ of the slow first moment.
-    pub b3: f64,
-    /// Weight α of the slow first moment.
-    pub alpha: f64,
+    /// Decay β₃ of the slow first moment: a constant or a schedule of the step count.
+    pub b3: LearningRate,
+    /// Weight α of the slow first moment: a constant or a schedule of the step count.
+    pub alpha: LearningRate,
     /// ε added to the denominator, outside the square root.
     pub eps: f64,
     /// ε added to the second moment inside the square root.
@@ -44,7 +45,7 @@ pub struct ScaleByAdemamixConfig {
 }
 impl Default for ScaleByAdemamixConfig {
     fn default() -> Self {
-        ScaleByAdemamixConfig { b1: 0.9, b2: 0.999, b3: 0.9999, alpha: 6.0, eps: 1e-8, eps_root: 0.0 }
+        ScaleByAdemamixConfig { b1: 0.9, b2: 0.999, b3: 0.9999.into(), alpha: 6.0.into(), eps: 1e-8, eps_root: 0.0 }
     }
 }
 impl ScaleByAdemamix {
@@ -54,8 +55,8 @@ impl ScaleByAdemamix {
         ScaleByAdemamix {
             b1: b1 as f32,
             b2: b2 as f32,
-            b3: b3 as f32,
-            alpha: alpha as f32,
+            b3,
+            alpha,
             eps: eps as f32,
             eps_root: eps_root as f32,
             count: 0,
@@ -64,12 +65,16 @@ impl ScaleByAdemamix {
             nu: ParamBufs::default(),
             bc1: 1.0,
             bc2: 1.0,
+            slow: [0.0; 3],
         }
     }
 }
 elementwise_transform!(ScaleByAdemamix, |s, shapes, _p| { s.m1 = zeros(shapes).into(); s.m2 = zeros(shapes).into(); s.nu = zeros(shapes).into(); }; bufs: [m1, m2, nu]; counters: [count]; scalars: []);
 impl Elementwise for ScaleByAdemamix {
     fn begin_step(&mut self) {
+        // optax evaluates the schedules at the count before this step (its `count_m2`).
+        let (b3, alpha) = (self.b3.at(self.count), self.alpha.at(self.count));
+        self.slow = [b3 as f32, (1.0 - b3) as f32, alpha as f32];
         self.count += 1;
         self.bc1 = (1.0 / super::bias_correction(self.b1 as f64, self.count as f64)) as f32;
         self.bc2 = (1.0 / super::bias_correction(self.b2 as f64, self.count as f64)) as f32;
@@ -79,12 +84,13 @@ impl Elementwise for ScaleByAdemamix {
         let m1 = this.m1.slice(i, off, n);
         let m2 = this.m2.slice(i, off, n);
         let v = this.nu.slice(i, off, n);
+        let [b3, c3, alpha] = this.slow;
         for j in 0..n {
             let g = u[j];
             m1[j] = (1.0 - this.b1) * g + this.b1 * m1[j];
-            m2[j] = (1.0 - this.b3) * g + this.b3 * m2[j];
+            m2[j] = c3 * g + b3 * m2[j];
             v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
-            u[j] = (m1[j] * this.bc1 + this.alpha * m2[j]) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
+            u[j] = (m1[j] * this.bc1 + alpha * m2[j]) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
 }
