@@ -124,6 +124,12 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
     let mut hparams = obj["hparams"].as_object().cloned().unwrap_or_default();
     // The optimizer the run trains with: its own, or the shared one.
     let optimizer = run.get("optimizer").and_then(|o| o.as_str()).unwrap_or(base.optimizer()).to_string();
+    // An argument in the run's own `hparams` and as one of its keys: neither silently wins.
+    if let Some(h) = run.get("hparams").and_then(|h| h.as_object()) {
+        if let Some(k) = h.keys().find(|k| run.contains_key(*k)) {
+            bail!("{what}: `{k}` is given both as a key and inside the run's `hparams`; give it once");
+        }
+    }
     for (k, val) in run {
         match k.as_str() {
             "optimizer" => {
@@ -253,8 +259,10 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     for (i, t) in tables.iter().enumerate() {
         let what = format!("[[run]] {}", i + 1);
         let args = apply(&base, t, &what)?;
-        let label = label_of(t.get("label"), &what)?
-            .unwrap_or_else(|| runs::label(&serde_json::to_value(&args).expect("TrainArgs serializes")));
+        let label = match label_of(t.get("label"), &what)? {
+            Some(l) => l,
+            None => table_label(t, &args),
+        };
         specs.push(RunSpec { label, args });
     }
     if specs.is_empty() {
@@ -289,6 +297,22 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         train::validate_for_data(&s.args, n.saturating_sub(s.args.validation)).with_context(what)?;
     }
     Ok(specs)
+}
+
+/// The label of a `[[run]]` table without one: the optimizer and its arguments as
+/// [`runs::label`] writes them, then each other training setting the table sets (`seed=4`,
+/// `model=lenet`), so that runs differing only there are told apart.
+fn table_label(t: &Map<String, Value>, args: &TrainArgs) -> String {
+    const IN_RUNS_LABEL: &[&str] = &["lr", "schedule", "l1", "l2", "batch_size", "clip_norm", "clip_value"];
+    let mut label = runs::label(&serde_json::to_value(args).expect("TrainArgs serializes"));
+    for (k, v) in t.iter().filter(|(k, _)| TRAIN_KEYS.contains(&k.as_str()) && !IN_RUNS_LABEL.contains(&k.as_str())) {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        label.push_str(&format!(" {k}={v}"));
+    }
+    label
 }
 
 /// A run's `label`, as given: a name (trimmed) or a number; not blank, and without control

@@ -354,11 +354,13 @@ fn main() -> ExitCode {
                 .map(|id| id.to_string())
                 .collect();
             // --data-parallel from the flags or the --config file.
+            let (config, given) = (args.config.clone(), args.given.clone());
             let a = args.with_config(sub);
             match a.as_ref().ok().and_then(|a| a.data_parallel) {
                 Some(replicas) => a.and_then(|a| on_replicas(replicas, a.threads, |comm| train::run(a.clone(), comm))),
                 None => with_ranks(|comm| a.and_then(|a| set_threads(a.threads).and_then(|_| train::run(a, comm)))),
             }
+            .map_err(|e| train::attribute_to_config(e, config.as_deref(), &given))
             .map(|_| true)
         }
         Command::Evaluate(args) => set_threads(args.threads).and_then(|_| evaluate::run(args)).map(|_| true),
@@ -672,6 +674,27 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
     Ok(())
 }
 
+/// A float as descent writes one in JSON: a number, or the string `"NaN"`, `"inf"` or `"-inf"`
+/// where JSON has none (the README's exact numbers).
+pub(crate) fn json_float(x: f64) -> serde_json::Value {
+    match serde_json::Number::from_f64(x) {
+        Some(n) => serde_json::Value::Number(n),
+        None if x.is_nan() => serde_json::Value::from("NaN"),
+        None => serde_json::Value::from(if x > 0.0 { "inf" } else { "-inf" }),
+    }
+}
+
+/// A replayed trajectory `[step][param][element]` with its floats as [`json_float`] writes them.
+fn trajectory_json(t: &[Vec<Vec<f32>>]) -> serde_json::Value {
+    t.iter()
+        .map(|step| {
+            step.iter()
+                .map(|p| p.iter().map(|&x| json_float(x as f64)).collect::<serde_json::Value>())
+                .collect::<serde_json::Value>()
+        })
+        .collect()
+}
+
 fn replay(paths: &[PathBuf]) -> Result<bool> {
     if paths.len() != 1 || paths[0].is_dir() {
         anyhow::bail!("replay without --check takes exactly one case file");
@@ -682,9 +705,12 @@ fn replay(paths: &[PathBuf]) -> Result<bool> {
     // The errors name the case's id; the file is named in front.
     let file = || paths[0].display().to_string();
     let out = match &case {
-        Case::Optim(c) => json!({"id": c.id, "params": c.run().with_context(file)?}),
-        Case::Problem(c) => json!({"id": c.id, "params": c.run().with_context(file)?}),
-        Case::Schedule(c) => json!({"id": c.id, "lr": c.run().with_context(file)?}),
+        Case::Optim(c) => json!({"id": c.id, "params": trajectory_json(&c.run().with_context(file)?)}),
+        Case::Problem(c) => json!({"id": c.id, "params": trajectory_json(&c.run().with_context(file)?)}),
+        Case::Schedule(c) => {
+            let lrs: Vec<_> = c.run().with_context(file)?.into_iter().map(json_float).collect();
+            json!({"id": c.id, "lr": lrs})
+        }
     };
     println!("{out}");
     Ok(true)

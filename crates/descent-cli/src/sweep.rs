@@ -168,13 +168,7 @@ mod loss_json {
         from_value(&Value::deserialize(d)?).map_err(D::Error::custom)
     }
 
-    fn to_value(x: f64) -> Value {
-        match serde_json::Number::from_f64(x) {
-            Some(n) => Value::Number(n),
-            None if x.is_nan() => Value::from("NaN"),
-            None => Value::from(if x > 0.0 { "inf" } else { "-inf" }),
-        }
-    }
+    use crate::json_float as to_value;
 
     fn from_value(v: &Value) -> Result<f64, String> {
         match v {

@@ -529,6 +529,22 @@ impl TrainArgs {
     }
 }
 
+/// An error about a setting the `--config` file gave (`--threads 0: …`, its checks name the flag)
+/// said as the file's: `c.toml: `threads` = 0: --threads 0: …`. Errors about a flag given on the
+/// command line (`given`), or about a setting the file does not hold, stay as they are.
+pub fn attribute_to_config(e: anyhow::Error, config: Option<&std::path::Path>, given: &[String]) -> anyhow::Error {
+    let Some(path) = config else { return e };
+    let msg = e.to_string();
+    let Some(rest) = msg.strip_prefix("--") else { return e };
+    let key: String =
+        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>().replace('-', "_");
+    if key.is_empty() || given.contains(&key) {
+        return e;
+    }
+    let Some(value) = read_toml(path).ok().and_then(|t| t.get(&key).cloned()) else { return e };
+    e.context(format!("{}: `{key}` = {value}", path.display()))
+}
+
 /// Train settings from their JSON form; a value of the wrong type is an error naming its key
 /// (`steps: invalid type: string "fifty", expected u64`), after `what` (the file or run).
 pub fn settings_from_value(v: serde_json::Value, what: &str) -> Result<TrainArgs> {
@@ -665,59 +681,7 @@ pub(crate) fn parse_value(s: &str) -> Result<serde_json::Value, String> {
 /// JSON a user typed (`--hparams`, `--group`), as serde_json reads it except that a key given
 /// twice in one object is refused: serde_json would keep the last and silently drop the other.
 pub(crate) fn parse_json(s: &str) -> Result<serde_json::Value, String> {
-    use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
-    use serde_json::Value;
-
-    struct Strict(Value);
-    struct StrictVisitor;
-    impl<'de> Deserialize<'de> for Strict {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
-            d.deserialize_any(StrictVisitor).map(Strict)
-        }
-    }
-    impl<'de> Visitor<'de> for StrictVisitor {
-        type Value = Value;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON value")
-        }
-        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-            Ok(Value::Bool(v))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-            Ok(Value::String(v.to_string()))
-        }
-        fn visit_unit<E>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-            let mut v = vec![];
-            while let Some(Strict(x)) = seq.next_element()? {
-                v.push(x);
-            }
-            Ok(Value::Array(v))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            let mut m = serde_json::Map::new();
-            while let Some((k, Strict(v))) = map.next_entry::<String, Strict>()? {
-                if m.contains_key(&k) {
-                    return Err(A::Error::custom(format!("key `{k}` given twice")));
-                }
-                m.insert(k, v);
-            }
-            Ok(Value::Object(m))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(s);
-    let v = Strict::deserialize(&mut de).and_then(|v| de.end().map(|_| v.0));
+    let v = descent_core::json::parse_strict(s);
     v.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => e.to_string(),
         // JSON's grammar allows any exponent, but a double holds none beyond about 1.8e308.

@@ -355,3 +355,33 @@ fn a_run_spec_label_names_the_run() {
     let e = run_err(&twice);
     assert!(e.contains("`x`"), "{e}");
 }
+
+/// An argument both in a run's `hparams` and as its own key is refused (neither silently wins);
+/// `[[run]]` tables that differ only in a training setting (`seed`) get labels that say so.
+#[test]
+fn run_conflicts_are_refused_and_table_labels_name_every_setting() {
+    let dir = out("table-labels");
+    let d = dir.to_str().unwrap();
+    let e = run_err(&[
+        "compare",
+        "--model",
+        "linear",
+        "--steps",
+        "2",
+        "--out",
+        d,
+        "--run",
+        r#"sgd:hparams={"momentum":0.9},momentum=0.5"#,
+    ]);
+    assert!(e.contains("`momentum`") && e.contains("give it once"), "{e}");
+    let cfg = out("table-labels.toml");
+    std::fs::write(
+        &*cfg,
+        "model = \"linear\"\nsteps = 2\nthreads = 1\n\n[[run]]\noptimizer = \"sgd\"\nlr = 0.1\n\n\
+         [[run]]\noptimizer = \"sgd\"\nlr = 0.1\nseed = 4\n",
+    )
+    .unwrap();
+    run_ok(&["compare", "--config", cfg.to_str().unwrap(), "--out", d]);
+    let rows = csv_rows(&dir.join("table.csv"));
+    assert_eq!(rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["sgd lr=0.1", "sgd lr=0.1 seed=4"]);
+}

@@ -157,3 +157,24 @@ fn a_full_standard_output_is_a_one_line_error() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("error: writing to standard output") && err.lines().count() == 1, "{err}");
 }
+
+/// What JSON numbers cannot hold is printed as the project writes it elsewhere: "inf", "NaN".
+#[test]
+fn replay_prints_non_finite_values_as_strings_not_null() {
+    let dir = common::out("replay-nonfinite");
+    let file = dir.join("optax.wcd_exp_neg.json");
+    let case = serde_json::json!({
+        "id": "optax.wcd_exp_neg", "source": "optax 0.2.8", "schedule": "warmup_cosine_decay_schedule",
+        "kwargs": {"init_value": 0.0, "peak_value": 0.1, "warmup_steps": 5, "decay_steps": 15, "exponent": -1.0},
+        "steps": 16, "expected_lr": vec![0.0; 16]
+    });
+    std::fs::create_dir_all(&*dir).unwrap();
+    std::fs::write(&file, case.to_string()).unwrap();
+    let out = descent().arg("replay").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lr = got["lr"].as_array().unwrap();
+    assert_eq!(lr.len(), 16);
+    assert_eq!(lr[15], "inf", "{got}");
+    assert!(lr.iter().all(|x| !x.is_null()), "{got}");
+}

@@ -454,3 +454,28 @@ fn early_stopping_leaves_its_best_epoch_in_the_folder() {
     let best_pct = best.trim_start_matches("test accuracy: ");
     assert!(table.contains(best_pct) && table.contains("early stopping: epoch 1 restored"), "{table}");
 }
+
+/// A value the --config file gave that a check refuses is named as the file's (the checks name
+/// the flag); an MNIST folder with both the compressed and the plain file of a set is refused.
+#[test]
+fn config_errors_name_the_file_and_an_ambiguous_mnist_folder_is_refused() {
+    let dir = out("config-blame");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = format!("{dir}/c.toml");
+    std::fs::write(&cfg, "model = \"linear\"\nthreads = 0\nsteps = 2\n").unwrap();
+    let e = common::run_err(&["train", "--config", &cfg, "--out", &format!("{dir}/run")]);
+    assert!(e.contains("c.toml: `threads` = 0"), "{e}");
+    let e = common::run_err(&["train", "--config", &cfg, "--threads", "0", "--out", &format!("{dir}/run")]);
+    assert!(e.starts_with("error: --threads 0"), "{e}");
+    let mnist = format!("{dir}/mnist");
+    std::fs::create_dir_all(&mnist).unwrap();
+    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    {
+        let from = format!("{}/../../data/mnist/{f}.gz", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(from, format!("{mnist}/{f}.gz")).unwrap();
+    }
+    std::fs::write(format!("{mnist}/train-labels-idx1-ubyte"), [0u8; 8]).unwrap();
+    let e =
+        common::run_err(&["train", "--model", "mlp", "--steps", "1", "--data", &mnist, "--out", &format!("{dir}/m")]);
+    assert!(e.contains("train-labels-idx1-ubyte") && e.contains("both there"), "{e}");
+}

@@ -39,6 +39,7 @@ pub mod alloc;
 pub mod chain;
 pub mod closure;
 pub mod error;
+pub mod json;
 pub mod kernel;
 pub mod landscape;
 pub mod learning_rate;

@@ -159,6 +159,9 @@ impl<'a> Fields<'a> {
     /// The tolerances of the pass rule, `tolerance.rel` and `tolerance.abs`.
     fn tolerances(&self) -> Result<(f64, f64)> {
         let tol = self.get("tolerance")?;
+        if let Some(other) = tol.as_object().and_then(|t| t.keys().find(|k| *k != "rel" && *k != "abs")) {
+            return Err(self.err(&format!("tolerance.{other}"), "is not a tolerance of the pass rule (`rel`, `abs`)"));
+        }
         let tolerance = |key: &str| {
             let field = format!("tolerance.{key}");
             tol.get(key)
@@ -295,7 +298,7 @@ fn excerpt(v: &Value) -> String {
 /// values given (with checked arithmetic), every step's tensors against the shapes, the recorded
 /// step count against the data, the tolerances. A malformed case is an error naming its field.
 pub fn parse_case(path: &str, text: &str) -> Result<Case> {
-    let v: Value = serde_json::from_str(text).map_err(|e| {
+    let v: Value = crate::json::parse_strict(text).map_err(|e| {
         // Writers that emit NaN or Infinity write what JSON cannot hold.
         let hint = if ["NaN", "Infinity"].iter().any(|w| text.contains(w)) {
             " (JSON has no NaN or Infinity: a case holds finite numbers)"
@@ -309,6 +312,14 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     }
     let f = Fields { path: path.into(), v: &v };
     let id = f.str("id")?;
+    // The id is printed in every report line: no control or bidirectional-override characters
+    // that would forge or garble one.
+    if let Some(c) = id
+        .chars()
+        .find(|&c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
+    {
+        return Err(f.err("id", format!("contains the character {:?}: an id is printed in reports", c)));
+    }
     let library = library_of(&f, &id)?;
     // Replays run in float32, the precision every recorded case states (or leaves unsaid).
     match v.get("dtype") {
@@ -319,11 +330,13 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     let steps = f.opt_count("steps")?;
     if v.get("expected_lr").is_some() || v.get("schedule").is_some() {
         // A case is one kind or the other: an optimizer's fields here would be ignored.
-        if let Some(k) = ["optimizer", "hparams", "params", "grads", "expected"].iter().find(|k| v.get(**k).is_some()) {
-            return Err(f.err(
-                k,
-                "belongs to an optimizer case, and this one is a schedule case (it has `expected_lr` or `schedule`): a case file holds one kind",
-            ));
+        if let Some(k) = OPTIMIZER_FIELDS.iter().find(|k| v.get(**k).is_some()) {
+            let why = if *k == "tolerance" {
+                "belongs to an optimizer case: a schedule case's pass rule is fixed (|ours − expected| ≤ 1e-6·max(1, |expected|))"
+            } else {
+                "belongs to an optimizer case, and this one is a schedule case (it has `expected_lr` or `schedule`): a case file holds one kind"
+            };
+            return Err(f.err(k, why));
         }
         let expected_lr = f.f64s("expected_lr", f.get("expected_lr")?)?;
         if expected_lr.is_empty() {
@@ -347,7 +360,12 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             Some(_) if library == "optax" => {
                 return Err(f.err("base_lr", "an optax schedule takes its rates from `kwargs`, not a base rate"))
             }
-            Some(b) => Some(b.as_f64().ok_or_else(|| f.err("base_lr", "expected a number"))?),
+            Some(b) => match b.as_f64() {
+                // torch's optimizers refuse a negative rate ("Invalid learning rate").
+                Some(x) if x < 0.0 => return Err(f.err("base_lr", format!("{x} is negative (torch refuses it)"))),
+                Some(x) => Some(x),
+                None => return Err(f.err("base_lr", "expected a number")),
+            },
         };
         let kwargs = v.get("kwargs").cloned().unwrap_or(Value::Null);
         if !(kwargs.is_object() || kwargs.is_null()) {
@@ -363,11 +381,23 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
             expected_lr,
         }));
     }
+    if let Some(k) = SCHEDULE_FIELDS.iter().find(|k| v.get(**k).is_some()) {
+        return Err(f.err(
+            k,
+            "belongs to a schedule case, and this one is an optimizer case (it has no `schedule`): a case file holds one kind",
+        ));
+    }
     let params = f.list("params")?;
     let mut shapes = vec![];
     let mut sizes = vec![];
     let mut init = vec![];
     for (i, p) in params.iter().enumerate() {
+        if let Some(other) = p.as_object().and_then(|p| p.keys().find(|k| *k != "shape" && *k != "init")) {
+            return Err(f.err(
+                &format!("params[{i}].{other}"),
+                "is not a field of a parameter (`shape`, `init`; replays run in float32)",
+            ));
+        }
         let field = format!("params[{i}].shape");
         let shape: Vec<usize> = p
             .get("shape")
@@ -395,6 +425,12 @@ pub fn parse_case(path: &str, text: &str) -> Result<Case> {
     }
     if v.get("problem").is_some_and(|p| !p.is_null()) {
         return parse_problem_case(&f, id, library, steps, shapes, sizes, init).map(Case::Problem);
+    }
+    if f.v.get("expected_loss").is_some() {
+        return Err(f.err(
+            "expected_loss",
+            "belongs to a problem case (one with a `problem` objective); this case replays recorded gradients",
+        ));
     }
     let mut grads = f.steps("grads", &shapes, &sizes)?;
     // `[step, parameter, element]` triples: JSON holds a placeholder where the gradient is NaN.
@@ -576,6 +612,27 @@ fn parse_problem(f: &Fields) -> Result<Problem> {
     Ok(problem)
 }
 
+/// The fields of optimizer and problem cases, refused in a schedule case.
+const OPTIMIZER_FIELDS: &[&str] = &[
+    "optimizer",
+    "hparams",
+    "params",
+    "grads",
+    "expected",
+    "tolerance",
+    "param_groups",
+    "nan_grads",
+    "sparse_grads",
+    "lr_per_step",
+    "enums",
+    "problem",
+    "expected_loss",
+];
+
+/// The fields of schedule cases (besides `schedule` and `expected_lr`, which make one), refused in
+/// an optimizer or problem case.
+const SCHEDULE_FIELDS: &[&str] = &["base_lr", "kwargs", "metrics"];
+
 /// The top-level fields of the reference cases a replay reads (optimizer, problem and schedule
 /// cases), and those that only document one.
 pub const CASE_FIELDS: &[&str] = &[
@@ -643,6 +700,10 @@ pub fn read_case_text(path: &Path) -> Result<String> {
     if text.len() as u64 > MAX_CASE_BYTES {
         return Err(err(format!("more than {MAX_CASE_BYTES} bytes: a case file holds at most that")));
     }
+    // A byte-order mark some editors write is not part of the JSON.
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        text = rest.to_string();
+    }
     Ok(text)
 }
 
@@ -707,7 +768,19 @@ impl OptimCase {
             .filter(|a| a.len() == 2)
             .and_then(|a| a[1].as_object_mut())
             .ok_or_else(|| err("the case's `inner` must be [name, {kwargs}]"))?;
-        kwargs.insert(crate::spec::lr_key(&self.library).into(), Value::from(lrs.clone()));
+        let key = crate::spec::lr_key(&self.library);
+        // The inner kwargs hold the rate of step 0 (the format says so); another value would be
+        // overridden without a word. Compared in float32, the precision the rates are recorded in.
+        if let Some(given) = kwargs.get(key).filter(|v| !v.is_null()) {
+            let agrees = given.as_f64().zip(lrs.first()).is_some_and(|(a, &b)| a as f32 == b as f32);
+            if !agrees {
+                return Err(err(&format!(
+                    "the inner optimizer's `{key}` {given} disagrees with lr_per_step[0] {} (the case's rate of step 0)",
+                    lrs.first().copied().unwrap_or(f64::NAN)
+                )));
+            }
+        }
+        kwargs.insert(key.into(), Value::from(lrs.clone()));
         Ok(h)
     }
 

@@ -773,10 +773,14 @@ pub fn build_groups(
         let gctx = format!("{ctx}[{k}]");
         let idx: Vec<usize> = g
             .get("params")
-            .and_then(|p| p.as_array())
             .ok_or_else(|| Error::Field {
                 context: gctx.clone(),
                 message: "missing `params` (a list of parameter indices)".into(),
+            })?
+            .as_array()
+            .ok_or_else(|| Error::Field {
+                context: format!("{gctx}.params"),
+                message: format!("expected a list of parameter indices, got {}", g["params"]),
             })?
             .iter()
             .map(|v| {
@@ -2244,21 +2248,34 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 }),
                 "cosine_decay" => sch::cosine_decay(sch::CosineDecay {
                     init_value: k.req_f64("init_value")?,
-                    decay_steps: k.req_u64("decay_steps")?,
+                    decay_steps: positive_steps(&mut k, "decay_steps")?,
                     alpha: k.f64("alpha", 0.0)?,
                     exponent: k.f64("exponent", 1.0)?,
                 }),
                 "warmup_constant" => {
                     sch::warmup_constant(k.req_f64("init_value")?, k.req_f64("peak_value")?, k.req_u64("warmup_steps")?)
                 }
-                "warmup_cosine_decay" => sch::warmup_cosine_decay(sch::WarmupCosineDecay {
-                    init_value: k.req_f64("init_value")?,
-                    peak_value: k.req_f64("peak_value")?,
-                    warmup_steps: k.req_u64("warmup_steps")?,
-                    decay_steps: k.req_u64("decay_steps")?,
-                    end_value: k.f64("end_value", 0.0)?,
-                    exponent: k.f64("exponent", 1.0)?,
-                }),
+                "warmup_cosine_decay" => {
+                    let (init_value, peak_value) = (k.req_f64("init_value")?, k.req_f64("peak_value")?);
+                    let (warmup_steps, decay_steps) = (k.req_u64("warmup_steps")?, k.req_u64("decay_steps")?);
+                    if decay_steps <= warmup_steps {
+                        return Err(k.err(
+                            "decay_steps",
+                            format!(
+                                "{decay_steps} must exceed warmup_steps {warmup_steps}: optax decays over \
+                                 decay_steps − warmup_steps steps, which must be positive"
+                            ),
+                        ));
+                    }
+                    sch::warmup_cosine_decay(sch::WarmupCosineDecay {
+                        init_value,
+                        peak_value,
+                        warmup_steps,
+                        decay_steps,
+                        end_value: k.f64("end_value", 0.0)?,
+                        exponent: k.f64("exponent", 1.0)?,
+                    })
+                }
                 "warmup_exponential_decay" => sch::warmup_exponential_decay(sch::WarmupExponentialDecay {
                     init_value: k.req_f64("init_value")?,
                     peak_value: k.req_f64("peak_value")?,
@@ -2270,19 +2287,19 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     end_value: k.opt_f64("end_value")?,
                 }),
                 "linear_onecycle" => sch::linear_onecycle(sch::LinearOnecycle {
-                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_steps: positive_steps(&mut k, "transition_steps")?,
                     peak_value: k.req_f64("peak_value")?,
                     pct_start: k.f64("pct_start", 0.3)?,
                     pct_final: k.f64("pct_final", 0.85)?,
-                    div_factor: k.f64("div_factor", 25.0)?,
-                    final_div_factor: k.f64("final_div_factor", 1e4)?,
+                    div_factor: divisor(&mut k, "div_factor", 25.0)?,
+                    final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
                 }),
                 "cosine_onecycle" => sch::cosine_onecycle(sch::CosineOnecycle {
-                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_steps: positive_steps(&mut k, "transition_steps")?,
                     peak_value: k.req_f64("peak_value")?,
                     pct_start: k.f64("pct_start", 0.3)?,
-                    div_factor: k.f64("div_factor", 25.0)?,
-                    final_div_factor: k.f64("final_div_factor", 1e4)?,
+                    div_factor: divisor(&mut k, "div_factor", 25.0)?,
+                    final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
                 }),
                 _ => return Err(unknown("optax schedule", name, OPTAX_SCHEDULES)),
             }
@@ -2291,6 +2308,24 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
     };
     k.finish()?;
     Ok(ScheduleSpec::Function(s))
+}
+
+/// A step count optax requires positive (`cosine_decay_schedule`'s `decay_steps`, the one-cycle
+/// schedules' `transition_steps`: optax raises on 0).
+fn positive_steps(k: &mut Kwargs, key: &'static str) -> Result<u64> {
+    match k.req_u64(key)? {
+        0 => Err(k.err(key, "must be positive (optax raises on 0)")),
+        n => Ok(n),
+    }
+}
+
+/// A factor optax divides by (the one-cycle schedules' `div_factor`, `final_div_factor`): 0
+/// fails there with a division by zero.
+fn divisor(k: &mut Kwargs, key: &'static str, default: f64) -> Result<f64> {
+    match k.f64(key, default)? {
+        x if x == 0.0 => Err(k.err(key, "must not be 0 (the schedule divides by it)")),
+        x => Ok(x),
+    }
 }
 
 /// The `[[name, kwargs], …]` list of a combining schedule.

@@ -438,3 +438,105 @@ fn unknown_case_fields_are_named() {
     assert_eq!(unknown_fields(&case.to_string()), vec!["hparms".to_string()]);
     assert!(unknown_fields("not json").is_empty());
 }
+
+#[test]
+fn a_field_of_another_kind_of_case_is_refused_not_ignored() {
+    for (field, value) in [
+        ("kwargs", json!({"lr": 5.0})),
+        ("base_lr", json!(3.0)),
+        ("metrics", json!([1.0, 2.0])),
+        ("expected_loss", json!([1.0, 2.0])),
+    ] {
+        let mut c = optim_case();
+        c[field] = value;
+        let e = parse_err(&c);
+        assert!(e.contains(&format!("`{field}`")) && e.contains("case"), "{field}: {e}");
+    }
+    let mut s = schedule_case();
+    s["tolerance"] = json!({"rel": 1e9, "abs": 1e9});
+    let e = parse_err(&s);
+    assert!(e.contains("`tolerance`") && e.contains("fixed"), "{e}");
+    let mut c = optim_case();
+    c["params"][0]["dtype"] = json!("bfloat16");
+    let e = parse_err(&c);
+    assert!(e.contains("params[0].dtype"), "{e}");
+    let mut c = optim_case();
+    c["tolerance"]["relx"] = json!(1.0);
+    let e = parse_err(&c);
+    assert!(e.contains("tolerance.relx"), "{e}");
+}
+
+#[test]
+fn a_key_given_twice_in_a_case_is_refused_wherever_it_is() {
+    let text = optim_case().to_string();
+    let twice = format!("{}, \"hparams\": {{\"lr\": 5.0}}}}", &text[..text.len() - 1]);
+    let e = parse_case("case.json", &twice).unwrap_err().to_string();
+    assert!(e.contains("key `hparams` given twice"), "{e}");
+    let inner = text.replacen("\"lr\":0.1", "\"lr\":0.1,\"lr\":0.2", 1);
+    assert_ne!(inner, text);
+    let e = parse_case("case.json", &inner).unwrap_err().to_string();
+    assert!(e.contains("key `lr` given twice"), "{e}");
+}
+
+#[test]
+fn ids_that_would_garble_a_report_and_negative_torch_base_rates_are_refused() {
+    for id in ["torch.sgd.x\n1 passed, 0 failed", "torch.sgd.\u{202e}x", "torch.sgd.\u{0}"] {
+        let mut c = optim_case();
+        c["id"] = json!(id);
+        let e = parse_err(&c);
+        assert!(e.contains("`id`") && e.contains("character"), "{e}");
+    }
+    let mut s = schedule_case();
+    s["base_lr"] = json!(-0.1);
+    let e = parse_err(&s);
+    assert!(e.contains("base_lr") && e.contains("negative"), "{e}");
+}
+
+#[test]
+fn an_inject_hyperparams_inner_rate_must_be_the_first_recorded_one() {
+    let case = |inner_lr: f64| {
+        json!({
+            "id": "optax.inject_hyperparams.sgd", "source": "optax 0.2.8", "optimizer": "inject_hyperparams",
+            "hparams": {"inner": ["sgd", {"learning_rate": inner_lr}]},
+            "params": [{"shape": [2], "init": [1.0, 2.0]}],
+            "grads": [[[0.5, -0.5]], [[0.25, 0.25]]],
+            "expected": [[[0.95, 2.05]], [[0.9, 2.0]]],
+            "lr_per_step": [0.1, 0.2], "steps": 2, "tolerance": {"rel": 1e-3, "abs": 4e-6}
+        })
+    };
+    let Case::Optim(ok) = parse_case("case.json", &case(0.1).to_string()).unwrap() else { panic!() };
+    ok.run().unwrap();
+    let Case::Optim(bad) = parse_case("case.json", &case(0.5).to_string()).unwrap() else { panic!() };
+    let e = bad.run().unwrap_err().to_string();
+    assert!(e.contains("disagrees with lr_per_step[0]"), "{e}");
+}
+
+#[test]
+fn optax_schedules_optax_refuses_are_refused() {
+    for (name, kw, field) in [
+        ("cosine_decay_schedule", json!({"init_value": 0.1, "decay_steps": 0}), "decay_steps"),
+        (
+            "warmup_cosine_decay_schedule",
+            json!({"init_value": 0.0, "peak_value": 0.1, "warmup_steps": 10, "decay_steps": 10}),
+            "decay_steps",
+        ),
+        ("linear_onecycle_schedule", json!({"transition_steps": 0, "peak_value": 0.1}), "transition_steps"),
+        ("cosine_onecycle_schedule", json!({"transition_steps": 0, "peak_value": 0.1}), "transition_steps"),
+        (
+            "cosine_onecycle_schedule",
+            json!({"transition_steps": 10, "peak_value": 0.1, "div_factor": 0.0}),
+            "div_factor",
+        ),
+        (
+            "linear_onecycle_schedule",
+            json!({"transition_steps": 10, "peak_value": 0.1, "final_div_factor": 0.0}),
+            "final_div_factor",
+        ),
+    ] {
+        let e = match build_schedule("optax", name, &kw, None) {
+            Ok(_) => panic!("{name} {kw} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&format!("`{field}`")), "{name}: {e}");
+    }
+}

@@ -198,21 +198,27 @@ impl Mnist {
     }
 }
 
-/// `stem.gz` or `stem` in `dir`: the first that exists. Anything but absence (no permission to
+/// `stem.gz` or `stem` in `dir`, whichever exists; both is refused (they may hold different
+/// data, and taking one would silently drop the other). Anything but absence (no permission to
 /// look) is reported as it is, with the path.
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
+    let mut found = vec![];
     for name in [format!("{stem}.gz"), stem.to_string()] {
         let p = dir.join(&name);
         match std::fs::metadata(&p) {
-            Ok(_) => return Ok(p),
+            Ok(_) => found.push(p),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(data_err(&p, format!("cannot be read: {e}"))),
         }
     }
-    Err(data_err(
-        &dir.join(format!("{stem}.gz")),
-        format!("missing (accepted: {stem}.gz, gzip-compressed, or {stem}, plain; neither is there)"),
-    ))
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(data_err(
+            &dir.join(format!("{stem}.gz")),
+            format!("missing (accepted: {stem}.gz, gzip-compressed, or {stem}, plain; neither is there)"),
+        )),
+        _ => Err(data_err(&found[1], format!("and {stem}.gz are both there; keep one (they may hold different data)"))),
+    }
 }
 
 /// The number of dimensions an idx file's header declares (its magic's last byte), read without
