@@ -2322,10 +2322,11 @@ fn positive_steps(k: &mut Kwargs, key: &'static str) -> Result<u64> {
 /// A factor optax divides by (the one-cycle schedules' `div_factor`, `final_div_factor`): 0
 /// fails there with a division by zero.
 fn divisor(k: &mut Kwargs, key: &'static str, default: f64) -> Result<f64> {
-    match k.f64(key, default)? {
-        x if x == 0.0 => Err(k.err(key, "must not be 0 (the schedule divides by it)")),
-        x => Ok(x),
+    let x = k.f64(key, default)?;
+    if x == 0.0 {
+        return Err(k.err(key, "must not be 0 (the schedule divides by it)"));
     }
+    Ok(x)
 }
 
 /// The `[[name, kwargs], …]` list of a combining schedule.
