@@ -19,7 +19,7 @@ mod prepared;
 mod projection;
 mod tensorwise;
 
-use common::Args;
+use common::{adanorm_arg, Args};
 use elementwise::*;
 use factored::*;
 use prepared::*;
@@ -171,8 +171,11 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let lr = a.lr(1e-4)?;
             let betas = a.betas([0.9, 0.99])?;
             let decay = a.decay(0.0, true)?;
+            let use_gc = a.bool("use_gc", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
+            let cautious = a.bool("cautious", false)?;
             let maximize = a.maximize()?;
-            Box::new(Lion::new(LionConfig { lr, betas, decay, maximize }))
+            centralized(use_gc, Box::new(Lion::new(LionConfig { lr, betas, decay, adanorm, cautious, maximize })))
         }
         "yogi" => {
             let lr = a.lr(1e-2)?;
@@ -194,6 +197,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-16)?;
             let adam_debias = a.bool("adam_debias", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
             let maximize = a.maximize()?;
             Box::new(AdaBelief::new(AdaBeliefConfig {
                 lr,
@@ -205,6 +209,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 ams_bound,
                 eps,
                 adam_debias,
+                adanorm,
                 maximize,
             }))
         }
@@ -218,6 +223,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
             let adam_debias = a.bool("adam_debias", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
             let maximize = a.maximize()?;
             Box::new(DiffGrad::new(DiffGradConfig {
                 lr,
@@ -229,6 +235,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 ams_bound,
                 eps,
                 adam_debias,
+                adanorm,
                 maximize,
             }))
         }
@@ -239,6 +246,8 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let weight_decouple = a.bool("weight_decouple", false)?;
             let max_grad_norm = a.non_negative("max_grad_norm", 0.0)?;
             let eps = a.non_negative("eps", 1e-8)?;
+            let use_gc = a.bool("use_gc", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
             let maximize = a.maximize()?;
             if grouped && max_grad_norm != 0.0 {
                 return Err(a_err(
@@ -247,7 +256,17 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                     "clips to a norm over every group's gradients; not with param_groups",
                 ));
             }
-            Box::new(Adan::new(AdanConfig { lr, betas, weight_decay, weight_decouple, max_grad_norm, eps, maximize }))
+            Box::new(Adan::new(AdanConfig {
+                lr,
+                betas,
+                weight_decay,
+                weight_decouple,
+                max_grad_norm,
+                eps,
+                use_gc,
+                adanorm,
+                maximize,
+            }))
         }
         "ranger" => {
             let lr = a.lr(1e-3)?;
@@ -264,6 +283,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let gc_conv_only = a.bool("gc_conv_only", false)?;
             let eps = a.non_negative("eps", 1e-5)?;
             let adam_debias = a.bool("adam_debias", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
             let maximize = a.maximize()?;
             Box::new(Ranger::new(RangerConfig {
                 lr,
@@ -277,6 +297,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 gc_conv_only,
                 eps,
                 adam_debias,
+                adanorm,
                 maximize,
             }))
         }
@@ -477,6 +498,16 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
     };
     a.finish()?;
     Ok(tx)
+}
+
+/// `tx` after gradient centralization when `use_gc` (the library centralizes the gradient first
+/// thing in the step, before any decay).
+fn centralized(use_gc: bool, tx: Box<dyn Transform>) -> Box<dyn Transform> {
+    if use_gc {
+        crate::chain::chain(vec![Box::new(crate::transforms::Centralize::default()), tx])
+    } else {
+        tx
+    }
 }
 
 /// An invalid argument of `po.<name>`, named.

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::error::{invalid, Result};
+use crate::kernel::{CHUNK, PARALLEL_MIN};
 use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 
@@ -65,10 +66,52 @@ pub(crate) fn adam_debias(adam_debias: bool, step_size: f64, bias_correction1: f
 /// `numel / (agreeing + 1)`.
 pub(crate) fn apply_cautious(update: &mut [f32], grad: &[f32]) {
     let agree = update.iter().zip(grad).filter(|(u, g)| *u * *g > 0.0).count();
-    let scale = (update.len() as f64 / (agree as f64 + 1.0)) as f32;
+    let scale = cautious_scale(agree, update.len());
     for (u, g) in update.iter_mut().zip(grad) {
-        *u *= if *u * *g > 0.0 { scale } else { 0.0 };
+        *u = cautious(*u, *g, scale);
     }
+}
+
+/// The factor of the agreeing entries in [`apply_cautious`], `numel / (agreeing + 1)`, in float32
+/// as torch divides the tensor's element count by the mask's sum plus one.
+pub(crate) fn cautious_scale(agree: usize, numel: usize) -> f32 {
+    numel as f32 / (agree as f32 + 1.0)
+}
+
+/// One entry of a cautious update: scaled by `scale` where it agrees in sign with the gradient,
+/// 0 elsewhere.
+#[inline(always)]
+pub(crate) fn cautious(update: f32, grad: f32, scale: f32) -> f32 {
+    update * if update * grad > 0.0 { scale } else { 0.0 }
+}
+
+/// pytorch_optimizer's AdaNorm (`adanorm`, `adanorm_r`; Kim et al. 2023) for one tensor:
+/// `e ← r·e + (1 − r)·‖g‖`, and the factor the first moment's gradient takes, `e/‖g‖` where that
+/// is above 1 (the gradient's norm below its running average), else 1. `e` is the tensor's
+/// `exp_grad_adanorm`, 0 before its first step.
+pub(crate) fn adanorm_scale(e: &mut f32, norm: f32, r: f64) -> f32 {
+    *e = *e * r as f32 + (1.0 - r) as f32 * norm;
+    if norm > 0.0 && *e > norm {
+        *e / norm
+    } else {
+        1.0
+    }
+}
+
+/// StableAdamW's divisor of one tensor's update (pytorch_optimizer's `get_stable_adamw_rms`):
+/// `max(1, √mean(g²/max(v, 1e-16)))`, from `Σ g²/max(v, 1e-16)` over its `n` entries.
+pub(crate) fn stable_adamw_rms(sum: f64, n: usize) -> f32 {
+    if n == 0 {
+        return 1.0;
+    }
+    ((sum / n as f64).sqrt() as f32).max(1.0)
+}
+
+/// The `adanorm`/`adanorm_r` arguments: AdaNorm's `r` when on (the library's default 0.95).
+pub(crate) fn adanorm_arg(a: &mut Args) -> Result<Option<f64>> {
+    let on = a.bool("adanorm", false)?;
+    let r = a.k.f64("adanorm_r", 0.95)?;
+    Ok(on.then_some(r))
 }
 
 /// How `BaseOptimizer.apply_weight_decay` decays the parameters: decoupled (`p ← p(1 − λ·lr·ratio)`,
@@ -226,5 +269,142 @@ impl<'a> Args<'a> {
     /// Fails on any argument that was never read ([`crate::po::finish`]).
     pub fn finish(self) -> Result<()> {
         crate::po::finish(self.k)
+    }
+}
+
+/// `Σ part(range)` over `0..n` in fixed chunks of [`CHUNK`] entries, summed in order (across
+/// threads from [`PARALLEL_MIN`] entries): the same value whatever the number of threads. The
+/// per-tensor reductions of `prepare` (norms, counts, RMS) go through it.
+pub(crate) fn tensor_sum(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    use rayon::prelude::*;
+    let range = |c: usize| c * CHUNK..((c + 1) * CHUNK).min(n);
+    let chunks = n.div_ceil(CHUNK);
+    if n >= PARALLEL_MIN {
+        let parts: Vec<f64> = (0..chunks).into_par_iter().map(|c| part(range(c))).collect();
+        parts.iter().sum()
+    } else {
+        (0..chunks).map(|c| part(range(c))).sum()
+    }
+}
+
+/// One zero per tensor (a running scalar such as AdaNorm's norm, kept with the state), or
+/// nothing when `on` is false.
+pub(crate) fn per_tensor(shapes: &[Vec<usize>], on: bool) -> crate::transforms::ParamBufs {
+    if on {
+        vec![vec![0.0f32]; shapes.len()].into()
+    } else {
+        crate::transforms::ParamBufs::default()
+    }
+}
+
+/// AdaNorm's step ([`adanorm_scale`]) for tensor `i`, whose gradient as the rule reads it has the
+/// `n` entries `grad(j)`: its norm updates the tensor's running norm in `norms`; the factor of its
+/// gradient in the first moment.
+pub(crate) fn adanorm_step(
+    norms: &mut crate::transforms::ParamBufs,
+    i: usize,
+    r: f64,
+    n: usize,
+    grad: impl Fn(usize) -> f32 + Sync,
+) -> f32 {
+    let sum = tensor_sum(n, |range| range.map(|j| (grad(j) as f64).powi(2)).sum());
+    norms.with_buffers(|e| adanorm_scale(&mut e[i][0], sum.sqrt() as f32, r))
+}
+
+/// The cautious factor ([`cautious_scale`]) of a tensor of `n` entries whose update and
+/// gradient at `j` are `pair(j)`, computed as the step will compute them.
+pub(crate) fn cautious_step(n: usize, pair: impl Fn(usize) -> (f32, f32) + Sync) -> f32 {
+    let agree = tensor_sum(n, |range| {
+        range
+            .filter(|&j| {
+                let (u, g) = pair(j);
+                u * g > 0.0
+            })
+            .count() as f64
+    });
+    cautious_scale(agree as usize, n)
+}
+
+/// Gradient centralization inside a fused step (pytorch_optimizer's `centralize_gradient`, for
+/// optimizers that centralize after scaling the gradient or keep the raw one too): the mean of
+/// each slice of a tensor along its first axis, read in `prepare` and subtracted entry by entry
+/// ([`RowMeans::cursor`]).
+#[derive(Default)]
+pub(crate) struct RowMeans {
+    /// Entries per slice of each centralized tensor (0: not centralized).
+    len: Vec<usize>,
+    /// This step's mean of each slice of each centralized tensor.
+    means: Vec<Vec<f32>>,
+}
+
+impl RowMeans {
+    /// For tensors of these shapes: with `on`, those of rank above 1 (above 3 with `conv_only`,
+    /// the library's `gc_conv_only`) are centralized.
+    pub(crate) fn new(shapes: &[Vec<usize>], on: bool, conv_only: bool) -> Self {
+        let threshold = if conv_only { 3 } else { 1 };
+        let len = shapes
+            .iter()
+            .map(|sh| {
+                let n = crate::transform::numel(sh);
+                if on && sh.len() > threshold && n > 0 {
+                    n / sh[0]
+                } else {
+                    0
+                }
+            })
+            .collect();
+        RowMeans { len, means: vec![vec![]; shapes.len()] }
+    }
+    /// Whether any tensor is centralized.
+    pub(crate) fn active(&self) -> bool {
+        self.len.iter().any(|&l| l > 0)
+    }
+    /// Reads this step's slice means of the gradients.
+    pub(crate) fn read(&mut self, inputs: &[&[f32]]) {
+        use rayon::prelude::*;
+        for ((means, &len), g) in self.means.iter_mut().zip(&self.len).zip(inputs) {
+            means.clear();
+            let mean = |row: &[f32]| (row.iter().map(|&x| x as f64).sum::<f64>() / len as f64) as f32;
+            if len > 0 && g.len() >= PARALLEL_MIN {
+                means.par_extend(g.par_chunks(len).map(mean));
+            } else if len > 0 {
+                means.extend(g.chunks(len).map(mean));
+            }
+        }
+    }
+    /// The means to subtract from entries `off, off + 1, …` of tensor `i`, in turn (0 for a tensor
+    /// not centralized).
+    pub(crate) fn cursor(&self, i: usize, off: usize) -> RowCursor<'_> {
+        let len = self.len[i];
+        RowCursor {
+            means: &self.means[i],
+            len,
+            row: off.checked_div(len).unwrap_or(0),
+            pos: off.checked_rem(len).unwrap_or(0),
+        }
+    }
+}
+
+/// The slice means of one tensor from an offset on ([`RowMeans::cursor`]).
+pub(crate) struct RowCursor<'a> {
+    means: &'a [f32],
+    len: usize,
+    row: usize,
+    pos: usize,
+}
+
+impl RowCursor<'_> {
+    /// The mean of the next entry's slice (0 when the tensor is not centralized).
+    #[inline(always)]
+    pub(crate) fn next_mean(&mut self) -> f32 {
+        if self.len == 0 {
+            return 0.0;
+        }
+        let m = self.means[self.row];
+        self.pos += 1;
+        if self.pos == self.len {
+            (self.row, self.pos) = (self.row + 1, 0);
+        }
+        m
     }
 }

@@ -5,7 +5,9 @@
 //! library's order) and returns its difference from the current one, so that adding it gives the
 //! library's parameter to the last bit whenever the two are within a factor of two.
 
-use super::common::{adam_debias, debias, lerp, rectify, Decay};
+use super::common::{
+    adam_debias, adanorm_step, cautious, cautious_step, debias, lerp, per_tensor, rectify, Decay, RowMeans,
+};
 use crate::kernel::{exp_neg_f32, global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
 use crate::transforms::{elementwise_transform, full, sign, simd_apply, zeros, ParamBufs};
@@ -530,14 +532,24 @@ impl Elementwise for Tiger {
 }
 
 /// pytorch_optimizer `Lion` (Chen et al. 2023): `p ← p − lr·sign(lerp(m, g, 1−β₁))`, then
-/// `m ← lerp(m, g, 1−β₂)`; decoupled decay.
+/// `m ← lerp(m, g, 1−β₂)`; decoupled decay. With `adanorm` the momentum takes the gradient
+/// rescaled by AdaNorm ([`super::common::adanorm_scale`]); with `cautious` the signs that disagree
+/// with the gradient's are dropped and the others scaled ([`cautious`]). (`use_gc` centralizes the
+/// gradient ahead of it: [`crate::transforms::Centralize`] in a chain.)
 pub struct Lion {
     lr: LearningRate,
     betas: [f64; 2],
     decay: Decay,
+    adanorm: Option<f64>,
+    cautious: bool,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
+    /// AdaNorm's running gradient norm of each tensor (one entry each; empty without AdaNorm).
+    exp_grad_adanorm: ParamBufs,
+    /// This step's factor of each tensor's gradient in the momentum (AdaNorm), and of its
+    /// agreeing signs (cautious).
+    scales: Vec<[f32; 2]>,
     /// This step's `[keep, l2, lr]`.
     k: [f32; 3],
 }
@@ -550,6 +562,10 @@ pub struct LionConfig {
     pub betas: [f64; 2],
     /// Weight decay (decoupled by default).
     pub decay: Decay,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on.
+    pub adanorm: Option<f64>,
+    /// Drop the update's signs that disagree with the gradient's (`cautious`).
+    pub cautious: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -560,6 +576,8 @@ impl Default for LionConfig {
             lr: LearningRate::Constant(1e-4),
             betas: [0.9, 0.99],
             decay: Decay { weight_decay: 0.0, decouple: true, fixed: false },
+            adanorm: None,
+            cautious: false,
             maximize: false,
         }
     }
@@ -571,17 +589,46 @@ impl Lion {
             lr: c.lr,
             betas: c.betas,
             decay: c.decay,
+            adanorm: c.adanorm,
+            cautious: c.cautious,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
+            exp_grad_adanorm: ParamBufs::default(),
+            scales: vec![],
             k: [0.0; 3],
         }
     }
 }
-elementwise_transform!(Lion, |s, shapes, _p| { s.exp_avg = zeros(shapes).into(); }; bufs: [exp_avg]; counters: [step]; scalars: []);
+elementwise_transform!(Lion, |s, shapes, _p| {
+    s.exp_avg = zeros(shapes).into();
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
+    s.scales = vec![[1.0; 2]; shapes.len()];
+}; bufs: [exp_avg, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Lion {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        self.adanorm.is_some() || self.cautious
+    }
+    /// Each tensor's gradient norm (AdaNorm) and the count of update signs that agree with the
+    /// gradient's (cautious), from the momentum before this step.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (maximize, l2, w1) = (self.maximize, self.decay.l2(), (1.0 - self.betas[0]) as f32);
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            if let Some(r) = self.adanorm {
+                self.scales[i][0] =
+                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+            }
+            if self.cautious {
+                let m = &self.exp_avg.buffers()[i];
+                self.scales[i][1] = cautious_step(g.len(), |j| {
+                    let x = grad_in(g[j], w[j], maximize, l2);
+                    (sign(lerp(m[j], x, w1)), x)
+                });
+            }
+        }
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -592,12 +639,16 @@ impl Elementwise for Lion {
         let n = u.len();
         let [keep, l2, lr] = this.k;
         let (w1, w2) = ((1.0 - this.betas[0]) as f32, (1.0 - this.betas[1]) as f32);
+        let [norm_scale, agree_scale] = this.scales[i];
         let m = this.exp_avg.slice(i, off, n);
         for j in 0..n {
             let w = p[j];
             let g = grad_in(u[j], w, this.maximize, l2);
-            let upd = sign(lerp(m[j], g, w1));
-            m[j] = lerp(m[j], g, w2);
+            let mut upd = sign(lerp(m[j], g, w1));
+            m[j] = lerp(m[j], g * norm_scale, w2);
+            if this.cautious {
+                upd = cautious(upd, g, agree_scale);
+            }
             u[j] = (w * keep + -lr * upd) - w;
         }
     });
@@ -717,6 +768,11 @@ pub struct AdaBelief {
     eps: f32,
     adam_debias: bool,
     maximize: bool,
+    adanorm: Option<f64>,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: ParamBufs,
+    /// This step's AdaNorm factor of each tensor's gradient in the first moment.
+    norm_scales: Vec<f32>,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_var: ParamBufs,
@@ -746,6 +802,9 @@ pub struct AdaBeliefConfig {
     pub eps: f64,
     /// AdamD: no bias correction of the step size.
     pub adam_debias: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -762,6 +821,7 @@ impl Default for AdaBeliefConfig {
             ams_bound: false,
             eps: 1e-16,
             adam_debias: false,
+            adanorm: None,
             maximize: false,
         }
     }
@@ -780,6 +840,9 @@ impl AdaBelief {
             eps: c.eps as f32,
             adam_debias: c.adam_debias,
             maximize: c.maximize,
+            adanorm: c.adanorm,
+            exp_grad_adanorm: ParamBufs::default(),
+            norm_scales: vec![],
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_var: ParamBufs::default(),
@@ -793,10 +856,25 @@ elementwise_transform!(AdaBelief, |s, shapes, _p| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_var = zeros(shapes).into();
     s.max_exp_avg_var = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
-}; bufs: [exp_avg, exp_avg_var, max_exp_avg_var]; counters: [step]; scalars: []);
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
+    s.norm_scales = vec![1.0; shapes.len()];
+}; bufs: [exp_avg, exp_avg_var, max_exp_avg_var, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for AdaBelief {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        self.adanorm.is_some()
+    }
+    /// AdaNorm: each tensor's gradient norm, as the step reads the gradient.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (maximize, l2) = (self.maximize, self.decay.l2());
+        if let Some(r) = self.adanorm {
+            for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+                self.norm_scales[i] =
+                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+            }
+        }
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -821,9 +899,9 @@ impl Elementwise for AdaBelief {
         let n = u.len();
         let (m, s) = (this.exp_avg.slice(i, off, n), this.exp_avg_var.slice(i, off, n));
         if this.ams_bound {
-            adabelief_block::<true>(this, u, p, m, s, this.max_exp_avg_var.slice(i, off, n));
+            adabelief_block::<true>(this, u, p, m, s, this.max_exp_avg_var.slice(i, off, n), this.norm_scales[i]);
         } else {
-            adabelief_block::<false>(this, u, p, m, s, &mut []);
+            adabelief_block::<false>(this, u, p, m, s, &mut [], this.norm_scales[i]);
         }
     });
 }
@@ -838,6 +916,7 @@ fn adabelief_block<const AMS: bool>(
     m: &mut [f32],
     s: &mut [f32],
     smax: &mut [f32],
+    norm_scale: f32,
 ) {
     let n = u.len();
     let (p, m, s) = (&p[..n], &mut m[..n], &mut s[..n]);
@@ -857,7 +936,7 @@ fn adabelief_block<const AMS: bool>(
     for j in 0..n {
         let w = p[j];
         let g = grad_in(u[j], w, maximize, l2);
-        m[j] = lerp(m[j], g, w1);
+        m[j] = lerp(m[j], g * norm_scale, w1);
         let r = g - m[j];
         s[j] = s[j] * b2 + c2 * r * r + eps;
         let root = ams_max::<AMS>(smax, j, s[j]).sqrt();
@@ -881,6 +960,11 @@ pub struct DiffGrad {
     eps: f32,
     adam_debias: bool,
     maximize: bool,
+    adanorm: Option<f64>,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: ParamBufs,
+    /// This step's AdaNorm factor of each tensor's gradient in the first moment.
+    norm_scales: Vec<f32>,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_sq: ParamBufs,
@@ -911,6 +995,9 @@ pub struct DiffGradConfig {
     pub eps: f64,
     /// AdamD: no bias correction of the step size.
     pub adam_debias: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -927,6 +1014,7 @@ impl Default for DiffGradConfig {
             ams_bound: false,
             eps: 1e-8,
             adam_debias: false,
+            adanorm: None,
             maximize: false,
         }
     }
@@ -945,6 +1033,9 @@ impl DiffGrad {
             eps: c.eps as f32,
             adam_debias: c.adam_debias,
             maximize: c.maximize,
+            adanorm: c.adanorm,
+            exp_grad_adanorm: ParamBufs::default(),
+            norm_scales: vec![],
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
@@ -960,10 +1051,25 @@ elementwise_transform!(DiffGrad, |s, shapes, _p| {
     s.exp_avg_sq = zeros(shapes).into();
     s.previous_grad = zeros(shapes).into();
     s.max_exp_avg_sq = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
-}; bufs: [exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq]; counters: [step]; scalars: []);
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
+    s.norm_scales = vec![1.0; shapes.len()];
+}; bufs: [exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for DiffGrad {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        self.adanorm.is_some()
+    }
+    /// AdaNorm: each tensor's gradient norm, as the step reads the gradient.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (maximize, l2) = (self.maximize, self.decay.l2());
+        if let Some(r) = self.adanorm {
+            for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+                self.norm_scales[i] =
+                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+            }
+        }
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -992,9 +1098,9 @@ impl Elementwise for DiffGrad {
         let (m, v) = (this.exp_avg.slice(i, off, n), this.exp_avg_sq.slice(i, off, n));
         let prev = this.previous_grad.slice(i, off, n);
         if this.ams_bound {
-            diffgrad_block::<true>(this, u, p, m, v, prev, this.max_exp_avg_sq.slice(i, off, n));
+            diffgrad_block::<true>(this, u, p, m, v, prev, this.max_exp_avg_sq.slice(i, off, n), this.norm_scales[i]);
         } else {
-            diffgrad_block::<false>(this, u, p, m, v, prev, &mut []);
+            diffgrad_block::<false>(this, u, p, m, v, prev, &mut [], this.norm_scales[i]);
         }
     });
 }
@@ -1011,6 +1117,7 @@ fn diffgrad_block<const AMS: bool>(
     v: &mut [f32],
     prev: &mut [f32],
     vmax: &mut [f32],
+    norm_scale: f32,
 ) {
     let n = u.len();
     let (p, m, v, prev) = (&p[..n], &mut m[..n], &mut v[..n], &mut prev[..n]);
@@ -1024,7 +1131,7 @@ fn diffgrad_block<const AMS: bool>(
     for j in 0..n {
         let w = p[j];
         let g = grad_in(u[j], w, maximize, l2);
-        m[j] = lerp(m[j], g, w1);
+        m[j] = lerp(m[j], g * norm_scale, w1);
         v[j] = v[j] * b2 + c2 * g * g;
         let second = ams_max::<AMS>(vmax, j, v[j]);
         let stepped = w * keep;
@@ -1048,12 +1155,20 @@ pub struct Adan {
     weight_decouple: bool,
     max_grad_norm: f64,
     eps: f32,
+    use_gc: bool,
+    adanorm: Option<f64>,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_sq: ParamBufs,
     exp_avg_diff: ParamBufs,
     previous_grad: ParamBufs,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: ParamBufs,
+    /// This step's AdaNorm factor of each tensor's gradient in the first moment.
+    norm_scales: Vec<f32>,
+    /// Gradient centralization (after the clipping scale, as the library does it).
+    rows: RowMeans,
     /// This step's gradient scale `min(1, max_grad_norm/(‖g‖ + ε))` (1 without clipping).
     clip: f32,
     first: bool,
@@ -1075,6 +1190,11 @@ pub struct AdanConfig {
     pub max_grad_norm: f64,
     /// Added to the denominator.
     pub eps: f64,
+    /// Centralize the gradients of tensors with more than one axis (`use_gc`), after clipping.
+    pub use_gc: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -1088,6 +1208,8 @@ impl Default for AdanConfig {
             weight_decouple: false,
             max_grad_norm: 0.0,
             eps: 1e-8,
+            use_gc: false,
+            adanorm: None,
             maximize: false,
         }
     }
@@ -1102,12 +1224,17 @@ impl Adan {
             weight_decouple: c.weight_decouple,
             max_grad_norm: c.max_grad_norm,
             eps: c.eps as f32,
+            use_gc: c.use_gc,
+            adanorm: c.adanorm,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
             exp_avg_diff: ParamBufs::default(),
             previous_grad: ParamBufs::default(),
+            exp_grad_adanorm: ParamBufs::default(),
+            norm_scales: vec![],
+            rows: RowMeans::default(),
             clip: 1.0,
             first: true,
             k: [0.0; 5],
@@ -1119,17 +1246,34 @@ elementwise_transform!(Adan, |s, shapes, _p| {
     s.exp_avg_sq = zeros(shapes).into();
     s.exp_avg_diff = zeros(shapes).into();
     s.previous_grad = zeros(shapes).into();
-}; bufs: [exp_avg, exp_avg_sq, exp_avg_diff, previous_grad]; counters: [step]; scalars: []);
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
+    s.norm_scales = vec![1.0; shapes.len()];
+    s.rows = RowMeans::new(shapes, s.use_gc, false);
+}; bufs: [exp_avg, exp_avg_sq, exp_avg_diff, previous_grad, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Adan {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
     }
     fn needs_prepare(&self) -> bool {
-        self.max_grad_norm != 0.0
+        self.max_grad_norm != 0.0 || self.rows.active() || self.adanorm.is_some()
     }
+    /// The clipping scale from the global norm of the raw gradients, the slice means
+    /// (centralization), then AdaNorm's norms of the gradients as the step reads them.
     fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
-        let norm = global_sum_sq(inputs).sqrt() as f32 + self.eps;
-        self.clip = (self.max_grad_norm as f32 / norm).min(1.0);
+        self.clip = if self.max_grad_norm != 0.0 {
+            let norm = global_sum_sq(inputs).sqrt() as f32 + self.eps;
+            (self.max_grad_norm as f32 / norm).min(1.0)
+        } else {
+            1.0
+        };
+        self.rows.read(inputs);
+        let Some(r) = self.adanorm else { return };
+        let (maximize, clip) = (self.maximize, self.clip);
+        for (i, g) in inputs.iter().enumerate() {
+            let mut rows = self.rows.cursor(i, 0);
+            let x: Vec<f32> = g.iter().map(|&raw| adan_grad(raw, rows.next_mean(), maximize, clip)).collect();
+            self.norm_scales[i] = adanorm_step(&mut self.exp_grad_adanorm, i, r, x.len(), |j| x[j]);
+        }
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -1160,16 +1304,19 @@ impl Elementwise for Adan {
         let v = this.exp_avg_sq.slice(i, off, len);
         let d = this.exp_avg_diff.slice(i, off, len);
         let prev = this.previous_grad.slice(i, off, len);
+        let mut rows = this.rows.cursor(i, off);
+        let norm_scale = this.norm_scales[i];
         for j in 0..len {
             let w = p[j];
             let raw = u[j];
             if this.first {
-                // The state starts from the raw gradient, scaled by −clip, before `maximize`.
+                // The state starts from the raw gradient, scaled by −clip, before `maximize`
+                // and centralization.
                 prev[j] = raw * -clip;
             }
-            let g = if this.maximize { -raw } else { raw } * clip;
+            let g = adan_grad(raw, rows.next_mean(), this.maximize, clip);
             let diff = prev[j] + g;
-            m[j] = lerp(m[j], g, w1);
+            m[j] = lerp(m[j], g * norm_scale, w1);
             d[j] = lerp(d[j], diff, w2);
             let corrected = diff * b2 + g;
             v[j] = v[j] * b3 + c3 * corrected * corrected;
@@ -1184,4 +1331,12 @@ impl Elementwise for Adan {
             u[j] = new - w;
         }
     });
+}
+
+/// Adan's gradient as its step reads it: negated to maximize, scaled by the clipping factor,
+/// less its slice's mean (`mean`, 0 without centralization).
+#[inline(always)]
+fn adan_grad(raw: f32, mean: f32, maximize: bool, clip: f32) -> f32 {
+    let centered = raw - mean;
+    (if maximize { -centered } else { centered }) * clip
 }

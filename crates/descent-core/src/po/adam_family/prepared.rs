@@ -2,8 +2,7 @@
 //! ([`Elementwise::prepare`]), then run as one fused pass: Ranger (gradient centralization) and
 //! StableAdamW (update clipping by the RMS of `g/√v`).
 
-use super::common::{adam_debias, debias, debias_beta, lerp, rectify, Decay};
-use crate::transform::numel;
+use super::common::{adam_debias, adanorm_step, debias, debias_beta, lerp, per_tensor, rectify, Decay, RowMeans};
 use rayon::prelude::*;
 
 use crate::kernel::{Elementwise, CHUNK, PARALLEL_MIN};
@@ -27,15 +26,18 @@ pub struct Ranger {
     gc_conv_only: bool,
     eps: f32,
     adam_debias: bool,
+    adanorm: Option<f64>,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_sq: ParamBufs,
     slow_buffer: ParamBufs,
-    /// Elements per slice along the first axis of each centralized tensor (0: not centralized).
-    row_len: Vec<usize>,
-    /// This step's mean of each slice of each centralized gradient.
-    row_means: Vec<Vec<f32>>,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: ParamBufs,
+    /// This step's AdaNorm factor of each tensor's gradient in the first moment.
+    norm_scales: Vec<f32>,
+    /// Gradient centralization.
+    rows: RowMeans,
     /// This step's `[keep, l2, step_size]`.
     c: [f32; 3],
     adaptive: bool,
@@ -66,6 +68,9 @@ pub struct RangerConfig {
     pub eps: f64,
     /// AdamD: no bias correction of the step size.
     pub adam_debias: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -84,6 +89,7 @@ impl Default for RangerConfig {
             gc_conv_only: false,
             eps: 1e-5,
             adam_debias: false,
+            adanorm: None,
             maximize: false,
         }
     }
@@ -103,13 +109,15 @@ impl Ranger {
             gc_conv_only: c.gc_conv_only,
             eps: c.eps as f32,
             adam_debias: c.adam_debias,
+            adanorm: c.adanorm,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
             slow_buffer: ParamBufs::default(),
-            row_len: vec![],
-            row_means: vec![],
+            exp_grad_adanorm: ParamBufs::default(),
+            norm_scales: vec![],
+            rows: RowMeans::default(),
             c: [0.0; 3],
             adaptive: false,
             lookahead: false,
@@ -120,36 +128,28 @@ elementwise_transform!(Ranger, |s, shapes, params| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_sq = zeros(shapes).into();
     s.slow_buffer = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
-    let threshold = if s.gc_conv_only { 3 } else { 1 };
-    s.row_len = shapes
-        .iter()
-        .map(|sh| {
-            let n = numel(sh);
-            if s.use_gc && sh.len() > threshold && n > 0 {
-                n / sh[0]
-            } else {
-                0
-            }
-        })
-        .collect();
-    s.row_means = vec![vec![]; shapes.len()];
-}; bufs: [exp_avg, exp_avg_sq, slow_buffer]; counters: [step]; scalars: []);
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
+    s.norm_scales = vec![1.0; shapes.len()];
+    s.rows = RowMeans::new(shapes, s.use_gc, s.gc_conv_only);
+}; bufs: [exp_avg, exp_avg_sq, slow_buffer, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Ranger {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
     }
     fn needs_prepare(&self) -> bool {
-        self.row_len.iter().any(|&l| l > 0)
+        self.rows.active() || self.adanorm.is_some()
     }
-    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
-        for ((means, &len), g) in self.row_means.iter_mut().zip(&self.row_len).zip(inputs) {
-            means.clear();
-            let mean = |row: &[f32]| (row.iter().map(|&x| x as f64).sum::<f64>() / len as f64) as f32;
-            if len > 0 && g.len() >= PARALLEL_MIN {
-                means.par_extend(g.par_chunks(len).map(mean));
-            } else if len > 0 {
-                means.extend(g.chunks(len).map(mean));
-            }
+    /// The slice means of the gradients (centralization), then AdaNorm's norms of the gradients
+    /// as the step reads them (centralized, with the L2 term).
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        self.rows.read(inputs);
+        let Some(r) = self.adanorm else { return };
+        let (maximize, l2) = (self.maximize, self.decay.l2());
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            // Centralized entry by entry in order: the cursor is sequential, so the norm is too.
+            let mut rows = self.rows.cursor(i, 0);
+            let x: Vec<f32> = (0..g.len()).map(|j| ranger_grad(g[j] - rows.next_mean(), w[j], maximize, l2)).collect();
+            self.norm_scales[i] = adanorm_step(&mut self.exp_grad_adanorm, i, r, x.len(), |j| x[j]);
         }
     }
     fn begin_step(&mut self) {
@@ -171,25 +171,12 @@ impl Elementwise for Ranger {
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
         let slow = this.slow_buffer.slice(i, off, n);
-        let len = this.row_len[i];
-        let (mut row, mut pos) = (off.checked_div(len).unwrap_or(0), off.checked_rem(len).unwrap_or(0));
+        let mut rows = this.rows.cursor(i, off);
+        let norm_scale = this.norm_scales[i];
         for j in 0..n {
             let w = p[j];
-            let mut g = u[j];
-            if len > 0 {
-                g -= this.row_means[i][row];
-                pos += 1;
-                if pos == len {
-                    (row, pos) = (row + 1, 0);
-                }
-            }
-            if this.maximize {
-                g = -g;
-            }
-            if l2 != 0.0 {
-                g += l2 * w;
-            }
-            m[j] = lerp(m[j], g, w1);
+            let g = ranger_grad(u[j] - rows.next_mean(), w, this.maximize, l2);
+            m[j] = lerp(m[j], g * norm_scale, w1);
             v[j] = v[j] * b2 + c2 * g * g;
             let stepped = w * keep;
             let mut new = if this.adaptive {
@@ -204,6 +191,18 @@ impl Elementwise for Ranger {
             u[j] = new - w;
         }
     });
+}
+
+/// Ranger's gradient as its step reads it, from the centralized one: negated to maximize, plus
+/// the L2 term.
+#[inline(always)]
+fn ranger_grad(centered: f32, w: f32, maximize: bool, l2: f32) -> f32 {
+    let g = if maximize { -centered } else { centered };
+    if l2 != 0.0 {
+        g + l2 * w
+    } else {
+        g
+    }
 }
 
 /// pytorch_optimizer `StableAdamW` (Wortsman et al. 2023): AdamW with bias-corrected decays
