@@ -146,7 +146,7 @@ fn arguments_not_reproduced_or_out_of_range_are_refused() {
     for (name, h, needle) in [
         ("spam", json!({"density": 0.5}), "density"),
         ("spam", json!({"update_proj_gap": 0}), "update_proj_gap"),
-        ("ademamix", json!({"cautious": true}), "cautious"),
+        ("ademamix", json!({"adanorm": true}), "adanorm"),
         ("ademamix", json!({"betas": [0.9, 0.999]}), "betas"),
         ("ademamix", json!({"t_alpha_beta3": 0.0}), "t_alpha_beta3"),
         ("adopt", json!({"clip_lambda": 1.0}), "clip_lambda"),

@@ -60,3 +60,24 @@ fn state_of_another_optimizer_is_refused_whole() {
     assert!(err.starts_with("state:"), "{err}");
     assert_eq!(a.state_dict().unwrap(), before, "a refused state must leave the optimizer untouched");
 }
+
+/// pytorch_optimizer's shared options keep state of their own (AdaNorm's running norm of each
+/// tensor): resumed runs of the recorded option cases are bit-exact too.
+#[test]
+fn resume_is_bit_exact_with_pytorch_optimizer_options() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/options");
+    let files = descent_core::replay::collect_case_files(&[dir]).unwrap();
+    let mut checked = 0;
+    for f in files.iter().filter(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".opt_"))) {
+        let Case::Optim(c) = descent_core::replay::load_case(f).unwrap() else { continue };
+        let full = run(&c, None);
+        for k in [1, c.grads.len() / 2] {
+            let resumed = run(&c, Some(k));
+            for (a, b) in full.iter().flatten().zip(resumed.iter().flatten()) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{}: resumed after step {k} differs ({a} vs {b})", c.id);
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} option cases checked");
+}

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::learning_rate::LearningRate;
 use crate::transform::Transform;
 
-mod common;
+pub(super) mod common;
 mod elementwise;
 mod factored;
 mod prepared;
@@ -119,6 +119,14 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let decay = a.decay(0.0, true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
+            // The class takes `adam_debias` through `**kwargs` and never reads it.
+            if a.k.present("adam_debias")?.is_some() {
+                return Err(a_err(
+                    name,
+                    "adam_debias",
+                    "is taken and ignored by pytorch_optimizer's AdaBound (it never reaches the step); refused rather than ignored",
+                ));
+            }
             let maximize = a.maximize()?;
             Box::new(AdaBound::new(AdaBoundConfig { lr, final_lr, betas, gamma, decay, ams_bound, eps, maximize }))
         }
@@ -130,6 +138,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let decay = a.decay(0.0, true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-15)?;
+            let cautious = a.bool("cautious", false)?;
             let maximize = a.maximize()?;
             Box::new(LaProp::new(LaPropConfig {
                 lr,
@@ -139,6 +148,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 decay,
                 ams_bound,
                 eps,
+                cautious,
                 maximize,
             }))
         }
@@ -321,18 +331,26 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let nesterov = a.bool("nesterov", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
             let adam_debias = a.bool("adam_debias", false)?;
+            let use_gc = a.bool("use_gc", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
+            let cautious = a.bool("cautious", false)?;
             let maximize = a.maximize()?;
-            Box::new(AdamP::new(AdamPConfig {
-                lr,
-                betas,
-                decay,
-                delta,
-                wd_ratio,
-                nesterov,
-                eps,
-                adam_debias,
-                maximize,
-            }))
+            centralized(
+                use_gc,
+                Box::new(AdamP::new(AdamPConfig {
+                    lr,
+                    betas,
+                    decay,
+                    delta,
+                    wd_ratio,
+                    nesterov,
+                    eps,
+                    adam_debias,
+                    adanorm,
+                    cautious,
+                    maximize,
+                })),
+            )
         }
         "sgdp" => {
             let lr = a.lr(1e-3)?;
@@ -395,6 +413,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                     ))
                 }
             };
+            let cautious = a.bool("cautious", false)?;
             let maximize = a.maximize()?;
             Box::new(AdaFactor::new(AdaFactorConfig {
                 lr,
@@ -410,6 +429,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 eps1,
                 eps2,
                 momentum_dtype,
+                cautious,
                 maximize,
             }))
         }
@@ -470,6 +490,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let pre_norm = a.bool("pre_norm", false)?;
             let eps = a.non_negative("eps", 1e-6)?;
             let adam_debias = a.bool("adam_debias", false)?;
+            let adanorm = adanorm_arg(&mut a)?;
             let maximize = a.maximize()?;
             if grouped && pre_norm && max_grad_norm != 0.0 {
                 return Err(a_err(
@@ -491,6 +512,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 pre_norm,
                 eps,
                 adam_debias,
+                adanorm,
                 maximize,
             }))
         }

@@ -203,6 +203,7 @@ pub struct LaProp {
     decay: Decay,
     ams_bound: bool,
     eps: f32,
+    cautious: bool,
     maximize: bool,
     step: u64,
     /// The running average of the learning rates (`exp_avg_lr_1`).
@@ -216,6 +217,8 @@ pub struct LaProp {
     /// This step's `[keep, (1−β₁)·lr, −1/b̂ₜ, √(1−β₂ᵗ)]`.
     k: [f32; 4],
     use_centered: bool,
+    /// This step's cautious factor of each tensor's agreeing entries.
+    agree_scales: Vec<f32>,
 }
 
 /// `LaProp`'s arguments, with its defaults.
@@ -234,6 +237,8 @@ pub struct LaPropConfig {
     pub ams_bound: bool,
     /// Added to the root of the second moment.
     pub eps: f64,
+    /// Drop the momentum's entries whose sign disagrees with the gradient's (`cautious`).
+    pub cautious: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -248,6 +253,7 @@ impl Default for LaPropConfig {
             decay: Decay { weight_decay: 0.0, decouple: true, fixed: false },
             ams_bound: false,
             eps: 1e-15,
+            cautious: false,
             maximize: false,
         }
     }
@@ -263,6 +269,7 @@ impl LaProp {
             decay: c.decay,
             ams_bound: c.ams_bound,
             eps: c.eps as f32,
+            cautious: c.cautious,
             maximize: c.maximize,
             step: 0,
             exp_avg_lr_1: 0.0,
@@ -273,6 +280,7 @@ impl LaProp {
             max_exp_avg_sq: ParamBufs::default(),
             k: [0.0; 4],
             use_centered: false,
+            agree_scales: vec![],
         }
     }
 }
@@ -281,21 +289,39 @@ elementwise_transform!(LaProp, |s, shapes, _p| {
     s.exp_avg_sq = zeros(shapes).into();
     s.exp_mean_avg_beta2 = if s.centered { zeros(shapes).into() } else { ParamBufs::default() };
     s.max_exp_avg_sq = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
+    s.agree_scales = vec![1.0; shapes.len()];
 }; bufs: [exp_avg, exp_avg_sq, exp_mean_avg_beta2, max_exp_avg_sq]; counters: [step]; scalars: [exp_avg_lr_1, exp_avg_lr_2]);
 impl Elementwise for LaProp {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
     }
+    fn needs_prepare(&self) -> bool {
+        self.cautious
+    }
+    /// Cautious: each tensor's count of momentum entries that will agree in sign with the
+    /// gradient, the moments computed as the step will compute them.
+    fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
+        let next = self.next_step();
+        let c = LaPropConsts::new(self, &next);
+        for (i, g) in inputs.iter().enumerate() {
+            let (m, v) = (&self.exp_avg.buffers()[i], &self.exp_avg_sq.buffers()[i]);
+            let mean = self.exp_mean_avg_beta2.buffers().get(i);
+            let vmax = self.max_exp_avg_sq.buffers().get(i);
+            let maximize = self.maximize;
+            self.agree_scales[i] = cautious_step(g.len(), |j| {
+                let x = if maximize { -g[j] } else { g[j] };
+                let at = |b: Option<&Vec<f32>>| b.map_or(0.0, |b| b[j]);
+                let [_, _, _, mn] =
+                    laprop_moments(x, v[j], at(mean), at(vmax), m[j], &c, self.centered, self.ams_bound);
+                (mn, x)
+            });
+        }
+    }
     fn begin_step(&mut self) {
-        let lr = self.lr.at(self.step);
+        let next = self.next_step();
         self.step += 1;
-        let [b1, b2] = self.betas;
-        self.exp_avg_lr_1 = self.exp_avg_lr_1 * b1 + (1.0 - b1) * lr;
-        self.exp_avg_lr_2 = self.exp_avg_lr_2 * b2 + (1.0 - b2);
-        let bc1 = if lr != 0.0 { self.exp_avg_lr_1 / lr } else { 1.0 };
-        let step = (-1.0 / bc1) as f32;
-        self.k = [self.decay.keep(lr, 1.0), ((1.0 - b1) * lr) as f32, step, debias(b2, self.step).sqrt() as f32];
-        self.use_centered = self.step > self.steps_before_using_centered;
+        (self.k, self.use_centered, self.exp_avg_lr_1, self.exp_avg_lr_2) =
+            (next.k, next.use_centered, next.exp_avg_lr_1, next.exp_avg_lr_2);
     }
     simd_apply!(LaProp, |this, i, off, u, p| {
         let n = u.len();
@@ -303,17 +329,107 @@ impl Elementwise for LaProp {
         let mean = if this.centered { this.exp_mean_avg_beta2.slice(i, off, n) } else { &mut [][..] };
         let vmax = if this.ams_bound { this.max_exp_avg_sq.slice(i, off, n) } else { &mut [][..] };
         match (this.centered, this.ams_bound) {
-            (false, false) => laprop_block::<false, false>(this, u, p, m, v, mean, vmax),
-            (false, true) => laprop_block::<false, true>(this, u, p, m, v, mean, vmax),
-            (true, false) => laprop_block::<true, false>(this, u, p, m, v, mean, vmax),
-            (true, true) => laprop_block::<true, true>(this, u, p, m, v, mean, vmax),
+            (false, false) => laprop_block::<false, false>(this, u, p, m, v, mean, vmax, this.agree_scales[i]),
+            (false, true) => laprop_block::<false, true>(this, u, p, m, v, mean, vmax, this.agree_scales[i]),
+            (true, false) => laprop_block::<true, false>(this, u, p, m, v, mean, vmax, this.agree_scales[i]),
+            (true, true) => laprop_block::<true, true>(this, u, p, m, v, mean, vmax, this.agree_scales[i]),
         }
     });
+}
+
+/// What [`LaProp`]'s next step sets: its constants and running rate averages.
+struct LaPropStep {
+    k: [f32; 4],
+    use_centered: bool,
+    exp_avg_lr_1: f64,
+    exp_avg_lr_2: f64,
+}
+
+impl LaProp {
+    /// The constants of the step to come (from the count before it).
+    fn next_step(&self) -> LaPropStep {
+        let lr = self.lr.at(self.step);
+        let step = self.step + 1;
+        let [b1, b2] = self.betas;
+        let exp_avg_lr_1 = self.exp_avg_lr_1 * b1 + (1.0 - b1) * lr;
+        let exp_avg_lr_2 = self.exp_avg_lr_2 * b2 + (1.0 - b2);
+        let bc1 = if lr != 0.0 { exp_avg_lr_1 / lr } else { 1.0 };
+        LaPropStep {
+            k: [
+                self.decay.keep(lr, 1.0),
+                ((1.0 - b1) * lr) as f32,
+                (-1.0 / bc1) as f32,
+                debias(b2, step).sqrt() as f32,
+            ],
+            use_centered: step > self.steps_before_using_centered,
+            exp_avg_lr_1,
+            exp_avg_lr_2,
+        }
+    }
+}
+
+/// The per-element constants of a [`LaProp`] step.
+struct LaPropConsts {
+    b1: f32,
+    b2: f32,
+    c2: f32,
+    eps: f32,
+    mix: f32,
+    bc2: f32,
+    use_centered: bool,
+}
+
+impl LaPropConsts {
+    fn new(this: &LaProp, step: &LaPropStep) -> Self {
+        let [_, mix, _, bc2] = step.k;
+        LaPropConsts {
+            b1: this.betas[0] as f32,
+            b2: this.betas[1] as f32,
+            c2: (1.0 - this.betas[1]) as f32,
+            eps: this.eps,
+            mix,
+            bc2,
+            use_centered: step.use_centered,
+        }
+    }
+}
+
+/// One element of a [`LaProp`] step: the second moment, the running mean (centered), the
+/// AMSBound maximum and the momentum after it, from their values before and the gradient `g`.
+/// The step and the cautious count both compute them here.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn laprop_moments(
+    g: f32,
+    v: f32,
+    mean: f32,
+    vmax: f32,
+    m: f32,
+    c: &LaPropConsts,
+    centered: bool,
+    ams: bool,
+) -> [f32; 4] {
+    let v = v * c.b2 + c.c2 * g * g;
+    let mut second = v;
+    let mut mean = mean;
+    if centered {
+        mean = lerp(mean, g, c.c2);
+        if c.use_centered {
+            second = v - mean * mean;
+        }
+    }
+    let vmax = if ams { vmax.max(second) } else { vmax };
+    if ams {
+        second = vmax;
+    }
+    let den = ((second + 1e-15).sqrt() + c.eps) / c.bc2;
+    [v, mean, vmax, m * c.b1 + c.mix * g / den]
 }
 
 /// [`LaProp`]'s step on one sub-block, `mean` read only when `CENTERED` and `vmax` only with
 /// `AMS` (one loop per setting, as [`adabound_block`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn laprop_block<const CENTERED: bool, const AMS: bool>(
     this: &LaProp,
     u: &mut [f32],
@@ -322,30 +438,34 @@ fn laprop_block<const CENTERED: bool, const AMS: bool>(
     v: &mut [f32],
     mean: &mut [f32],
     vmax: &mut [f32],
+    agree_scale: f32,
 ) {
     let n = u.len();
     let (p, m, v) = (&p[..n], &mut m[..n], &mut v[..n]);
     let mean = if CENTERED { &mut mean[..n] } else { mean };
     let vmax = if AMS { &mut vmax[..n] } else { vmax };
-    let [keep, mix, step, bc2] = this.k;
-    let (b1, b2, eps) = (this.betas[0] as f32, this.betas[1] as f32, this.eps);
-    let c2 = (1.0 - this.betas[1]) as f32;
-    let (maximize, use_centered) = (this.maximize, this.use_centered);
+    let [keep, _, step, _] = this.k;
+    let c = LaPropConsts::new(
+        this,
+        &LaPropStep { k: this.k, use_centered: this.use_centered, exp_avg_lr_1: 0.0, exp_avg_lr_2: 0.0 },
+    );
+    let (maximize, cautious_on) = (this.maximize, this.cautious);
     for j in 0..n {
         let w = p[j];
         let g = if maximize { -u[j] } else { u[j] };
-        v[j] = v[j] * b2 + c2 * g * g;
-        let mut second = v[j];
+        let mean_j = if CENTERED { mean[j] } else { 0.0 };
+        let vmax_j = if AMS { vmax[j] } else { 0.0 };
+        let [vn, mean_n, vmax_n, mn] = laprop_moments(g, v[j], mean_j, vmax_j, m[j], &c, CENTERED, AMS);
+        v[j] = vn;
         if CENTERED {
-            mean[j] = lerp(mean[j], g, c2);
-            if use_centered {
-                second = v[j] - mean[j] * mean[j];
-            }
+            mean[j] = mean_n;
         }
-        second = ams_max::<AMS>(vmax, j, second);
-        let den = ((second + 1e-15).sqrt() + eps) / bc2;
-        m[j] = m[j] * b1 + mix * g / den;
-        u[j] = (w + m[j] * step) * keep - w;
+        if AMS {
+            vmax[j] = vmax_n;
+        }
+        m[j] = mn;
+        let update = if cautious_on { cautious(mn, g, agree_scale) } else { mn };
+        u[j] = (w + update * step) * keep - w;
     }
 }
 
@@ -1109,6 +1229,7 @@ impl Elementwise for DiffGrad {
 /// loop per setting, as [`adabound_block`]). The friction's `exp` is [`exp_neg_f32`] (its
 /// argument is never positive), which vectorizes where `f32::exp` is a call per value.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn diffgrad_block<const AMS: bool>(
     this: &DiffGrad,
     u: &mut [f32],

@@ -1,7 +1,7 @@
 //! Optimizers with factored second moments (row and column means over the last two axes of every
 //! tensor with at least two): pytorch_optimizer's CAME and AdaFactor.
 
-use super::common::{lerp, Decay};
+use super::common::{cautious, cautious_step, lerp, Decay};
 use crate::error::Result;
 use crate::learning_rate::LearningRate;
 use crate::transform::{numel, Shapes, Transform};
@@ -264,6 +264,7 @@ pub struct AdaFactor {
     eps1: f32,
     eps2: f64,
     momentum_dtype: MomentumDtype,
+    cautious: bool,
     maximize: bool,
     step: u64,
     dims: Vec<Option<(usize, usize, usize)>>,
@@ -304,6 +305,9 @@ pub struct AdaFactorConfig {
     pub eps2: f64,
     /// The momentum's storage type.
     pub momentum_dtype: MomentumDtype,
+    /// Drop the momentum's entries whose sign disagrees with the gradient's (`cautious`; with
+    /// momentum only, as the library).
+    pub cautious: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -324,6 +328,7 @@ impl Default for AdaFactorConfig {
             eps1: 1e-30,
             eps2: 1e-3,
             momentum_dtype: MomentumDtype::Bf16,
+            cautious: false,
             maximize: false,
         }
     }
@@ -345,6 +350,7 @@ impl AdaFactor {
             eps1: c.eps1 as f32,
             eps2: c.eps2,
             momentum_dtype: c.momentum_dtype,
+            cautious: c.cautious,
             maximize: c.maximize,
             step: 0,
             dims: vec![],
@@ -450,14 +456,20 @@ impl Transform for AdaFactor {
                     let w1 = (1.0 - b1) as f32;
                     let m = &mut self.exp_avg[i];
                     let bf16 = self.momentum_dtype == MomentumDtype::Bf16;
-                    for (((g, &u), &w), m) in g.iter_mut().zip(&upd).zip(p.iter()).zip(m.iter_mut()) {
+                    for (&u, m) in upd.iter().zip(m.iter_mut()) {
                         *m = if bf16 {
                             let end = bf16_to_f32(f32_to_bf16(scaled(u)));
                             bf16_to_f32(f32_to_bf16(lerp(*m, end, w1)))
                         } else {
                             lerp(*m, scaled(u), w1)
                         };
-                        *g = (w * keep - *m) - w;
+                    }
+                    // Cautious: the momentum's entries that disagree with the gradient dropped,
+                    // the others scaled.
+                    let agree_scale = if self.cautious { cautious_step(g.len(), |j| (m[j], g[j])) } else { 1.0 };
+                    for ((g, &w), &m) in g.iter_mut().zip(p.iter()).zip(m.iter()) {
+                        let update = if self.cautious { cautious(m, *g, agree_scale) } else { m };
+                        *g = (w * keep - update) - w;
                     }
                 }
             }

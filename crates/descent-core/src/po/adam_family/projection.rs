@@ -1,7 +1,7 @@
 //! AdamP and SGDP (Heo et al. 2021): updates whose radial component is removed for parameters that
 //! look scale-invariant, which needs whole tensors (cosine similarities, per-channel norms).
 
-use super::common::{adam_debias, debias, lerp, Decay};
+use super::common::{adam_debias, adanorm_scale, cautious, cautious_step, debias, lerp, tensor_sum, Decay};
 use crate::error::Result;
 use crate::kernel::{fold_lanes, lane_sums};
 use crate::learning_rate::LearningRate;
@@ -84,11 +84,15 @@ pub struct AdamP {
     nesterov: bool,
     eps: f32,
     adam_debias: bool,
+    adanorm: Option<f64>,
+    cautious: bool,
     maximize: bool,
     step: u64,
     shapes: Vec<Vec<usize>>,
     exp_avg: Vec<Vec<f32>>,
     exp_avg_sq: Vec<Vec<f32>>,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: Vec<Vec<f32>>,
     /// The step's perturbation, kept between steps (not state): a new vector per tensor and step
     /// was fresh pages the kernel zeroed every time.
     scratch: Vec<f32>,
@@ -113,6 +117,11 @@ pub struct AdamPConfig {
     pub eps: f64,
     /// AdamD: no bias correction of the step size.
     pub adam_debias: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
+    /// Drop the momentum's entries whose sign disagrees with the gradient's (`cautious`).
+    pub cautious: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -128,6 +137,8 @@ impl Default for AdamPConfig {
             nesterov: false,
             eps: 1e-8,
             adam_debias: false,
+            adanorm: None,
+            cautious: false,
             maximize: false,
         }
     }
@@ -144,11 +155,14 @@ impl AdamP {
             nesterov: c.nesterov,
             eps: c.eps as f32,
             adam_debias: c.adam_debias,
+            adanorm: c.adanorm,
+            cautious: c.cautious,
             maximize: c.maximize,
             step: 0,
             shapes: vec![],
             exp_avg: vec![],
             exp_avg_sq: vec![],
+            exp_grad_adanorm: vec![],
             scratch: vec![],
         }
     }
@@ -163,6 +177,7 @@ impl Transform for AdamP {
         self.shapes = shapes.to_vec();
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
+        self.exp_grad_adanorm = if self.adanorm.is_some() { vec![vec![0.0]; shapes.len()] } else { vec![] };
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
@@ -178,17 +193,31 @@ impl Transform for AdamP {
                 u.iter_mut().for_each(|g| *g = -*g);
             }
             let grad = &u[..];
+            let norm_scale = match self.adanorm {
+                Some(r) => {
+                    let sum = tensor_sum(grad.len(), |range| range.map(|j| (grad[j] as f64).powi(2)).sum());
+                    adanorm_scale(&mut self.exp_grad_adanorm[i][0], sum.sqrt() as f32, r)
+                }
+                None => 1.0,
+            };
+            for j in 0..grad.len() {
+                let g = grad[j];
+                m[j] = lerp(m[j], g * norm_scale, w1);
+                v[j] = v[j] * b2 + c2 * g * g;
+            }
+            // Cautious: the momentum's entries that disagree with the gradient dropped, the
+            // others scaled, before Nesterov's step and the denominator.
+            let agree_scale = if self.cautious { cautious_step(grad.len(), |j| (m[j], grad[j])) } else { 1.0 };
             let mut perturb = std::mem::take(&mut self.scratch);
             perturb.clear();
             perturb.extend((0..grad.len()).map(|j| {
                 let g = grad[j];
-                m[j] = lerp(m[j], g, w1);
-                v[j] = v[j] * b2 + c2 * g * g;
                 let inv = 1.0 / (v[j].sqrt() + self.eps) * bc2;
+                let mj = if self.cautious { cautious(m[j], g, agree_scale) } else { m[j] };
                 if self.nesterov {
-                    lerp(m[j], g, w1) * inv
+                    lerp(mj, g, w1) * inv
                 } else {
-                    inv * m[j]
+                    inv * mj
                 }
             }));
             let shape = &self.shapes[i];
@@ -206,7 +235,7 @@ impl Transform for AdamP {
         }
         Ok(())
     }
-    state!(AdamP; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
+    state!(AdamP; bufs: [exp_avg, exp_avg_sq, exp_grad_adanorm]; counters: [step]; scalars: []);
 }
 
 /// pytorch_optimizer `SGDP` (Heo et al. 2021): SGD with momentum (optionally Nesterov) whose update

@@ -1,7 +1,7 @@
 //! Adam relatives that scale each tensor's update by a norm of that tensor: pytorch_optimizer's
 //! MARS (the corrected gradient clipped to unit norm) and Lamb (the trust ratio).
 
-use super::common::{adam_debias, apply_cautious, debias, lerp, rectify, Decay};
+use super::common::{adam_debias, adanorm_scale, apply_cautious, debias, lerp, rectify, tensor_sum, Decay};
 use crate::error::Result;
 use crate::kernel::SumSq;
 use crate::learning_rate::LearningRate;
@@ -249,10 +249,13 @@ pub struct Lamb {
     pre_norm: bool,
     eps: f32,
     adam_debias: bool,
+    adanorm: Option<f64>,
     maximize: bool,
     step: u64,
     exp_avg: Vec<Vec<f32>>,
     exp_avg_sq: Vec<Vec<f32>>,
+    /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
+    exp_grad_adanorm: Vec<Vec<f32>>,
 }
 
 /// `Lamb`'s arguments, with its defaults.
@@ -281,6 +284,9 @@ pub struct LambConfig {
     pub eps: f64,
     /// AdamD: no bias correction of the step size.
     pub adam_debias: bool,
+    /// AdaNorm's `r` (`adanorm_r`) when `adanorm` is on: the first moment takes the gradient
+    /// rescaled when its norm falls below its running average.
+    pub adanorm: Option<f64>,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -300,6 +306,7 @@ impl Default for LambConfig {
             pre_norm: false,
             eps: 1e-6,
             adam_debias: false,
+            adanorm: None,
             maximize: false,
         }
     }
@@ -323,10 +330,12 @@ impl Lamb {
             pre_norm: c.pre_norm,
             eps: c.eps as f32,
             adam_debias: c.adam_debias,
+            adanorm: c.adanorm,
             maximize: c.maximize,
             step: 0,
             exp_avg: vec![],
             exp_avg_sq: vec![],
+            exp_grad_adanorm: vec![],
         }
     }
 
@@ -360,6 +369,8 @@ struct LambStep {
     l2: f32,
     /// With `rectify`: whether the SMA makes the step adaptive, and the step size.
     rectified: Option<(bool, f32)>,
+    /// AdaNorm's factor of this tensor's gradient in the first moment (1 without AdaNorm).
+    norm_scale: f32,
 }
 
 /// The elements of a sub-block of [`lamb_first_pass`], a multiple of the 8 lanes of its sums.
@@ -392,7 +403,7 @@ fn lamb_first_pass(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: La
                 if c.maximize {
                     gj = -gj;
                 }
-                m[j] = m[j] * c.b1 + c.beta3 * gj;
+                m[j] = m[j] * c.b1 + c.beta3 * (gj * c.norm_scale);
                 v[j] = v[j] * c.b2 + c.c2 * gj * gj;
                 w[j] = p[j] * c.keep;
                 match c.rectified {
@@ -454,6 +465,7 @@ impl Transform for Lamb {
         crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
+        self.exp_grad_adanorm = if self.adanorm.is_some() { vec![vec![0.0]; shapes.len()] } else { vec![] };
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
@@ -486,8 +498,16 @@ impl Transform for Lamb {
             keep,
             l2: self.decay.l2(),
             rectified: self.rectify.then_some((n_sma >= self.n_sma_threshold, step_size as f32)),
+            norm_scale: 1.0,
         };
         for (i, (g, p)) in updates.iter_mut().zip(params).enumerate() {
+            let mut step = step;
+            if let Some(r) = self.adanorm {
+                // The norm of the gradient as the moments read it (after `pre_norm`'s factor).
+                let scale = step.grad_scale.unwrap_or(1.0);
+                let sum = tensor_sum(g.len(), |range| range.map(|j| ((g[j] * scale) as f64).powi(2)).sum());
+                step.norm_scale = adanorm_scale(&mut self.exp_grad_adanorm[i][0], sum.sqrt() as f32, r);
+            }
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             let sums = lamb_first_pass_chunked(g, m, v, p, step);
             let s = if !self.rectify {
@@ -503,5 +523,5 @@ impl Transform for Lamb {
         }
         Ok(())
     }
-    state!(Lamb; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
+    state!(Lamb; bufs: [exp_avg, exp_avg_sq, exp_grad_adanorm]; counters: [step]; scalars: []);
 }

@@ -5,6 +5,7 @@ use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_neg
 use crate::error::{ensure, Result};
 use crate::kernel::Elementwise;
 use crate::learning_rate::LearningRate;
+use crate::po::adam_family::common::{cautious, cautious_step, stable_adamw_rms, tensor_sum};
 use crate::spec::Kwargs;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
@@ -22,6 +23,10 @@ pub struct AdEMAMixConfig {
     pub t_alpha_beta3: Option<f64>,
     /// Added to the bias-corrected root of the second moment.
     pub eps: f64,
+    /// Drop the fast moment's entries whose sign disagrees with the gradient's (`cautious`).
+    pub cautious: bool,
+    /// Divide the update by `max(1, RMS(g/√v))` (`stable_adamw`, StableAdamW's update clipping).
+    pub stable_adamw: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -35,6 +40,8 @@ impl Default for AdEMAMixConfig {
             alpha: 5.0,
             t_alpha_beta3: None,
             eps: 1e-8,
+            cautious: false,
+            stable_adamw: false,
             maximize: false,
         }
     }
@@ -52,6 +59,8 @@ impl AdEMAMixConfig {
             alpha: k.f64("alpha", d.alpha)?,
             t_alpha_beta3: k.opt_f64("t_alpha_beta3")?,
             eps: k.f64("eps", d.eps)?,
+            cautious: k.bool("cautious", false)?,
+            stable_adamw: k.bool("stable_adamw", false)?,
             maximize: maximize_and_foreach(k)?,
         };
         Ok(c)
@@ -75,6 +84,8 @@ pub struct AdEMAMix {
     t_alpha_beta3: Option<f64>,
     eps: f32,
     decay: PoWeightDecay,
+    cautious: bool,
+    stable_adamw: bool,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
@@ -82,6 +93,9 @@ pub struct AdEMAMix {
     exp_avg_slow: ParamBufs,
     /// This step's [factor, l2, 1−β₁, 1−β₂, 1−β₃(t), bc1, √bc2, α(t), lr].
     k: [f32; 9],
+    /// This step's cautious factor of each tensor's agreeing entries, and its StableAdamW
+    /// divisor.
+    scales: Vec<[f32; 2]>,
 }
 
 impl AdEMAMix {
@@ -108,12 +122,15 @@ impl AdEMAMix {
             t_alpha_beta3: c.t_alpha_beta3,
             eps: c.eps as f32,
             decay: c.weight_decay,
+            cautious: c.cautious,
+            stable_adamw: c.stable_adamw,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
             exp_avg_slow: ParamBufs::default(),
             k: [0.0; 9],
+            scales: vec![],
         })
     }
 
@@ -138,11 +155,50 @@ elementwise_transform!(AdEMAMix, |s, shapes, _p| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_sq = zeros(shapes).into();
     s.exp_avg_slow = zeros(shapes).into();
+    s.scales = vec![[1.0; 2]; shapes.len()];
 }; bufs: [exp_avg, exp_avg_sq, exp_avg_slow]; counters: [step]; scalars: []);
 
 impl Elementwise for AdEMAMix {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
+    }
+    fn needs_prepare(&self) -> bool {
+        self.cautious || self.stable_adamw
+    }
+    /// Each tensor's count of fast-moment entries that will agree in sign with the gradient
+    /// (cautious) and its `Σ g²/max(v, 1e-16)` with the second moment as the step leaves it
+    /// (StableAdamW), the moments computed as the step will compute them.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        let (_, l2) = self.decay.terms(self.lr.at(self.step), 1.0);
+        let (w1, b2, w2) = ((1.0 - self.b1) as f32, self.b2 as f32, (1.0 - self.b2) as f32);
+        let maximize = self.maximize;
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            let grad = |j: usize| {
+                let x = if maximize { -g[j] } else { g[j] };
+                if l2 != 0.0 {
+                    x + l2 * w[j]
+                } else {
+                    x
+                }
+            };
+            if self.cautious {
+                let m = &self.exp_avg.buffers()[i];
+                self.scales[i][0] = cautious_step(g.len(), |j| (lerp(m[j], grad(j), w1), grad(j)));
+            }
+            if self.stable_adamw {
+                let v = &self.exp_avg_sq.buffers()[i];
+                let sum = tensor_sum(g.len(), |range| {
+                    range
+                        .map(|j| {
+                            let x = grad(j);
+                            let vn = v[j] * b2 + w2 * x * x;
+                            (x * x / vn.max(1e-16)) as f64
+                        })
+                        .sum()
+                });
+                self.scales[i][1] = stable_adamw_rms(sum, g.len());
+            }
+        }
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
@@ -168,6 +224,7 @@ impl Elementwise for AdEMAMix {
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
         let s = this.exp_avg_slow.slice(i, off, n);
+        let [agree_scale, rms] = this.scales[i];
         for j in 0..n {
             let mut g = if this.maximize { -u[j] } else { u[j] };
             if l2 != 0.0 {
@@ -178,8 +235,10 @@ impl Elementwise for AdEMAMix {
             v[j] = v[j] * b2 + w2 * g * g;
             s[j] = lerp(s[j], g, w3);
             let de_nom = v[j].sqrt() / bc2_sq + this.eps;
-            let update = m[j] / bc1 + alpha * s[j];
-            u[j] = (w + -lr * (update / de_nom)) - p[j];
+            let fast = if this.cautious { cautious(m[j], g, agree_scale) } else { m[j] };
+            let update = fast / bc1 + alpha * s[j];
+            let step = if this.stable_adamw { update / de_nom / rms } else { update / de_nom };
+            u[j] = (w + -lr * step) - p[j];
         }
     });
 }

@@ -5,6 +5,7 @@ use super::common::{betas, check_lr, lerp, maximize_and_foreach, non_negative, P
 use crate::error::{Error, Result};
 use crate::kernel::Elementwise;
 use crate::learning_rate::LearningRate;
+use crate::po::adam_family::common::{cautious, cautious_step, stable_adamw_rms, tensor_sum};
 use crate::spec::Kwargs;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
@@ -21,6 +22,11 @@ pub struct AdoptConfig {
     pub weight_decay: PoWeightDecay,
     /// Lower bound of the root of the second moment.
     pub eps: f64,
+    /// Drop the momentum's entries whose sign disagrees with the normalized gradient's
+    /// (`cautious`).
+    pub cautious: bool,
+    /// Divide the update by `max(1, RMS(g/√v))`, `v` before the step (`stable_adamw`).
+    pub stable_adamw: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -33,6 +39,8 @@ impl Default for AdoptConfig {
             clip: true,
             weight_decay: PoWeightDecay::NONE,
             eps: 1e-6,
+            cautious: false,
+            stable_adamw: false,
             maximize: false,
         }
     }
@@ -62,6 +70,8 @@ impl AdoptConfig {
             clip,
             weight_decay: PoWeightDecay::parse(k, 0.0, false, Some(false))?,
             eps: k.f64("eps", d.eps)?,
+            cautious: k.bool("cautious", false)?,
+            stable_adamw: k.bool("stable_adamw", false)?,
             maximize: maximize_and_foreach(k)?,
         })
     }
@@ -81,12 +91,17 @@ pub struct Adopt {
     clip: bool,
     eps: f32,
     decay: PoWeightDecay,
+    cautious: bool,
+    stable_adamw: bool,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_sq: ParamBufs,
     /// This step's [factor, l2, lr, clip bound].
     k: [f32; 4],
+    /// This step's cautious factor of each tensor's agreeing entries, and its StableAdamW
+    /// divisor.
+    scales: Vec<[f32; 2]>,
 }
 
 impl Adopt {
@@ -102,11 +117,14 @@ impl Adopt {
             clip: c.clip,
             eps: c.eps as f32,
             decay: c.weight_decay,
+            cautious: c.cautious,
+            stable_adamw: c.stable_adamw,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_avg_sq: ParamBufs::default(),
             k: [0.0; 4],
+            scales: vec![],
         })
     }
 }
@@ -114,18 +132,58 @@ impl Adopt {
 elementwise_transform!(Adopt, |s, shapes, _p| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_sq = zeros(shapes).into();
+    s.scales = vec![[1.0; 2]; shapes.len()];
 }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: []);
 
 impl Elementwise for Adopt {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
     }
+    fn needs_prepare(&self) -> bool {
+        self.cautious || self.stable_adamw
+    }
+    /// Each tensor's count of momentum entries that will agree in sign with the normalized
+    /// gradient (cautious) and its `Σ g²/max(v, 1e-16)` with the second moment before the step
+    /// (StableAdamW); nothing on the first step, which does not move.
+    fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
+        if self.step == 0 {
+            return;
+        }
+        let [_, l2, _, clip] = self.constants(self.step + 1);
+        let (w1, eps, maximize, clipped) = (self.w1, self.eps, self.maximize, self.clip);
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            let v = &self.exp_avg_sq.buffers()[i];
+            let grad = |j: usize| {
+                let x = if maximize { -g[j] } else { g[j] };
+                if l2 != 0.0 {
+                    x + l2 * w[j]
+                } else {
+                    x
+                }
+            };
+            if self.cautious {
+                let m = &self.exp_avg.buffers()[i];
+                self.scales[i][0] = cautious_step(g.len(), |j| {
+                    let normed = adopt_normed(grad(j), v[j], eps, clipped, clip);
+                    (lerp(m[j], normed, w1), normed)
+                });
+            }
+            if self.stable_adamw {
+                let sum = tensor_sum(g.len(), |range| {
+                    range
+                        .map(|j| {
+                            let x = grad(j);
+                            (x * x / v[j].max(1e-16)) as f64
+                        })
+                        .sum()
+                });
+                self.scales[i][1] = stable_adamw_rms(sum, g.len());
+            }
+        }
+    }
     fn begin_step(&mut self) {
-        let lr = self.lr.at(self.step);
         self.step += 1;
-        let (factor, l2) = self.decay.terms(lr, 1.0);
-        let clip = if self.clip { (self.step as f64).powf(0.25) as f32 } else { f32::INFINITY };
-        self.k = [factor, l2, lr as f32, clip];
+        self.k = self.constants(self.step);
     }
     simd_apply!(Adopt, |this, i, off, u, p| {
         let n = u.len();
@@ -134,6 +192,7 @@ impl Elementwise for Adopt {
         let m = this.exp_avg.slice(i, off, n);
         let v = this.exp_avg_sq.slice(i, off, n);
         let first = this.step == 1;
+        let [agree_scale, rms] = this.scales[i];
         for j in 0..n {
             let mut g = if this.maximize { -u[j] } else { u[j] };
             if l2 != 0.0 {
@@ -145,15 +204,37 @@ impl Elementwise for Adopt {
                 u[j] = w - p[j];
                 continue;
             }
-            // `clamp_(min=eps)`, which keeps a NaN.
-            let root = v[j].sqrt();
-            let mut normed = g / if root < eps { eps } else { root };
-            if this.clip {
-                normed = crate::kernel::clip(normed, -clip, clip);
-            }
+            let normed = adopt_normed(g, v[j], eps, this.clip, clip);
             m[j] = lerp(m[j], normed, w1);
-            u[j] = (w + -lr * m[j]) - p[j];
+            let mut update = if this.cautious { cautious(m[j], normed, agree_scale) } else { m[j] };
+            if this.stable_adamw {
+                update /= rms;
+            }
+            u[j] = (w + -lr * update) - p[j];
             v[j] = v[j] * b2 + w2 * g * g;
         }
     });
+}
+
+impl Adopt {
+    /// The [factor, l2, lr, clip bound] of step `t` (from 1).
+    fn constants(&self, t: u64) -> [f32; 4] {
+        let lr = self.lr.at(t - 1);
+        let (factor, l2) = self.decay.terms(lr, 1.0);
+        let clip = if self.clip { (t as f64).powf(0.25) as f32 } else { f32::INFINITY };
+        [factor, l2, lr as f32, clip]
+    }
+}
+
+/// ADOPT's normalized gradient: `g / max(√v, ε)` (`clamp_(min=eps)`, which keeps a NaN), clipped
+/// to `±clip` when `clipped`.
+#[inline(always)]
+fn adopt_normed(g: f32, v: f32, eps: f32, clipped: bool, clip: f32) -> f32 {
+    let root = v.sqrt();
+    let normed = g / if root < eps { eps } else { root };
+    if clipped {
+        crate::kernel::clip(normed, -clip, clip)
+    } else {
+        normed
+    }
 }
