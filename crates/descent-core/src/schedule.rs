@@ -228,22 +228,33 @@ pub struct CosineDecay {
 /// optax `cosine_decay_schedule`: `init · ((1−α)·(½(1 + cos(πt/T)))^exponent + α)`.
 pub fn cosine_decay(c: CosineDecay) -> BoxSchedule {
     let CosineDecay { init_value: init, decay_steps, alpha, exponent } = c;
+    // In float32, as optax computes it (jax's default precision): near the cosine's bottom,
+    // `1 + cos` cancels, and the float32 rounding is what optax's rates carry.
+    let (steps, init, decay, alpha, exponent) =
+        (decay_steps as f32, init as f32, (1.0 - alpha) as f32, alpha as f32, exponent as f32);
     Box::new(move |t: u64| {
-        let t = (t as f64).min(decay_steps as f64);
-        let cos = 0.5 * (1.0 + (PI * t / decay_steps as f64).cos());
-        init * ((1.0 - alpha) * cos.powf(exponent) + alpha)
+        let t = (t as f32).min(steps);
+        let cos = 0.5f32 * (1.0 + (std::f32::consts::PI * t / steps).cos());
+        (init * (decay * cos.powf(exponent) + alpha)) as f64
     })
 }
 
 /// optax `join_schedules`: `schedules[k+1]` takes over (from its own step 0) at `boundaries[k]`.
 /// No schedules: NaN at every step.
 pub fn join(schedules: Vec<BoxSchedule>, boundaries: Vec<u64>) -> BoxSchedule {
+    join_signed(schedules, boundaries.into_iter().map(|b| i64::try_from(b).unwrap_or(i64::MAX)).collect())
+}
+
+/// [`join`] as optax computes it for any boundaries: schedule `k+1` is zipped with
+/// `boundaries[k]` (what either list has beyond the other is never read), and a negative
+/// boundary puts its schedule in force from step 0, that many steps into it.
+pub fn join_signed(schedules: Vec<BoxSchedule>, boundaries: Vec<i64>) -> BoxSchedule {
     Box::new(Joined { schedules, boundaries })
 }
 
 struct Joined {
     schedules: Vec<BoxSchedule>,
-    boundaries: Vec<u64>,
+    boundaries: Vec<i64>,
 }
 
 impl Joined {
@@ -252,7 +263,7 @@ impl Joined {
         if k == 0 {
             0
         } else {
-            self.boundaries[k - 1]
+            self.boundaries[k - 1].max(0) as u64
         }
     }
 }
@@ -261,9 +272,10 @@ impl Schedule for Joined {
     fn value(&self, t: u64) -> f64 {
         let Some(first) = self.schedules.first() else { return f64::NAN };
         let mut out = first.value(t);
-        for (b, s) in self.boundaries.iter().zip(&self.schedules[1..]) {
-            if t >= *b {
-                out = s.value(t - b);
+        for (&b, s) in self.boundaries.iter().zip(&self.schedules[1..]) {
+            let t = i64::try_from(t).unwrap_or(i64::MAX);
+            if t >= b {
+                out = s.value(t.saturating_sub(b) as u64);
             }
         }
         out
@@ -442,7 +454,11 @@ pub fn piecewise_interpolate(
                 let (a, b) = (values[k], values[k + 1]);
                 return match kind {
                     Interpolation::Linear => (b - a) * pct + a,
-                    Interpolation::Cosine => b + (a - b) / 2.0 * ((PI * pct).cos() + 1.0),
+                    // In float32, as optax computes it (see [`cosine_decay`]).
+                    Interpolation::Cosine => {
+                        let (a, b, pct) = (a as f32, b as f32, pct as f32);
+                        (b + (a - b) / 2.0 * ((std::f32::consts::PI * pct).cos() + 1.0)) as f64
+                    }
                 };
             }
         }
@@ -471,6 +487,19 @@ pub struct LinearOnecycle {
     pub final_div_factor: f64,
 }
 
+/// `{step: scale}` pairs as the Python dict literal optax writes holds them: a step given again
+/// keeps the later scale.
+fn as_python_dict(pairs: Vec<(u64, f64)>) -> Vec<(u64, f64)> {
+    let mut out: Vec<(u64, f64)> = vec![];
+    for (b, x) in pairs {
+        match out.iter_mut().find(|(k, _)| *k == b) {
+            Some(slot) => slot.1 = x,
+            None => out.push((b, x)),
+        }
+    }
+    out
+}
+
 /// optax `linear_onecycle_schedule` (Smith & Topin 2018).
 pub fn linear_onecycle(c: LinearOnecycle) -> BoxSchedule {
     let LinearOnecycle { transition_steps, peak_value: peak, pct_start, pct_final, div_factor, final_div_factor } = c;
@@ -478,11 +507,11 @@ pub fn linear_onecycle(c: LinearOnecycle) -> BoxSchedule {
     piecewise_interpolate(
         Interpolation::Linear,
         peak / div_factor,
-        vec![
+        as_python_dict(vec![
             ((pct_start * t) as u64, div_factor),
             ((pct_final * t) as u64, 1.0 / div_factor),
             (transition_steps, 1.0 / final_div_factor),
-        ],
+        ]),
     )
 }
 
@@ -508,7 +537,10 @@ pub fn cosine_onecycle(c: CosineOnecycle) -> BoxSchedule {
     piecewise_interpolate(
         Interpolation::Cosine,
         peak / div_factor,
-        vec![((pct_start * t) as u64, div_factor), (transition_steps, 1.0 / (div_factor * final_div_factor))],
+        as_python_dict(vec![
+            ((pct_start * t) as u64, div_factor),
+            (transition_steps, 1.0 / (div_factor * final_div_factor)),
+        ]),
     )
 }
 
@@ -525,17 +557,45 @@ fn powu(x: f64, n: u64) -> f64 {
 /// torch `StepLR`: `base · γ^⌊t/step_size⌋`.
 pub fn step_lr(base: f64, step_size: u64, gamma: f64) -> Result<BoxSchedule> {
     ensure(step_size > 0, || "StepLR: step_size must be positive".into())?;
-    Ok(Box::new(move |t: u64| base * powu(gamma, t / step_size)))
+    Ok(Box::new(Multiplies {
+        value: move |t: u64| base * powu(gamma, t / step_size),
+        factor: move |t: u64| if t > 0 && t.is_multiple_of(step_size) { gamma } else { 1.0 },
+    }))
 }
 
 /// torch `MultiStepLR`: multiplied by `γ` at each milestone.
 pub fn multistep_lr(base: f64, milestones: Vec<u64>, gamma: f64) -> BoxSchedule {
-    Box::new(move |t: u64| base * gamma.powi(milestones.iter().filter(|&&m| m <= t).count() as i32))
+    let at = milestones.clone();
+    Box::new(Multiplies {
+        value: move |t: u64| base * gamma.powi(milestones.iter().filter(|&&m| m <= t).count() as i32),
+        factor: move |t: u64| gamma.powi(at.iter().filter(|&&m| m == t).count() as i32),
+    })
 }
 
 /// torch `ExponentialLR`: `base · γᵗ`.
 pub fn exponential_lr(base: f64, gamma: f64) -> BoxSchedule {
-    Box::new(move |t: u64| base * powu(gamma, t))
+    Box::new(Multiplies {
+        value: move |t: u64| base * powu(gamma, t),
+        factor: move |t: u64| if t > 0 { gamma } else { 1.0 },
+    })
+}
+
+/// A torch scheduler whose chainable step multiplies the rate in force by a factor of the step
+/// (`StepLR`, `MultiStepLR`, `ExponentialLR`): in a `ChainedScheduler` it applies that factor, as
+/// torch does, where the ratio of its closed form at two steps would be rounded, or 0/0 once a
+/// factor of 0 has struck.
+struct Multiplies<V, M> {
+    value: V,
+    factor: M,
+}
+
+impl<V: Fn(u64) -> f64 + Send + Sync, M: Fn(u64) -> f64 + Send + Sync> Schedule for Multiplies<V, M> {
+    fn value(&self, t: u64) -> f64 {
+        (self.value)(t)
+    }
+    fn chain_step(&self, lr: f64, t: u64, _base: f64) -> f64 {
+        lr * (self.factor)(t)
+    }
 }
 
 /// torch `CosineAnnealingLR` (Loshchilov & Hutter 2017, without restarts).
@@ -1015,8 +1075,13 @@ mod tests {
     /// Every torch scheduler's `last_epoch` (its default -1 only) and `verbose` are accepted.
     #[test]
     fn torch_common_arguments() {
-        let s = f("torch", "ExponentialLR", json!({"gamma": 0.5, "last_epoch": -1, "verbose": false}), Some(0.1));
+        let s = f("torch", "ExponentialLR", json!({"gamma": 0.5, "last_epoch": -1}), Some(0.1));
         assert_eq!(s.value(1), 0.05);
+        // torch 2.15's schedulers no longer take `verbose` (a TypeError there).
+        let e = build_schedule("torch", "ExponentialLR", &json!({"gamma": 0.5, "verbose": false}), Some(0.1))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("verbose"), "{e}");
         let e =
             build_schedule("torch", "ExponentialLR", &json!({"gamma": 0.5, "last_epoch": 3}), Some(0.1)).err().unwrap();
         assert!(e.to_string().contains("last_epoch") && e.to_string().contains("step 0"), "{e}");
@@ -1058,15 +1123,22 @@ mod tests {
         assert_eq!(s.value(2), 1.0);
         assert_eq!(s.value(3), 0.5);
         assert!((s.value(8) - 0.25).abs() < 1e-12);
-        let e = build_schedule(
+        // optax zips the later schedules with the boundaries: a boundary without a schedule is
+        // never read, and a negative one starts its schedule that many steps in.
+        let s = f(
             "optax",
             "join_schedules",
-            &json!({"schedules": [["constant_schedule", {"value": 1.0}]], "boundaries": [3]}),
+            json!({"schedules": [["constant_schedule", {"value": 1.0}]], "boundaries": [3]}),
             None,
-        )
-        .err()
-        .unwrap();
-        assert!(e.to_string().contains("boundaries"), "{e}");
+        );
+        assert_eq!(s.value(5), 1.0);
+        let s = f(
+            "optax",
+            "join_schedules",
+            json!({"schedules": [["constant_schedule", {"value": 1.0}], ["linear_schedule", {"init_value": 0.5, "end_value": 0.0, "transition_steps": 10}]], "boundaries": [-2]}),
+            None,
+        );
+        assert!((s.value(0) - 0.4).abs() < 1e-12);
     }
 
     #[test]

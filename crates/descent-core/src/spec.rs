@@ -563,6 +563,26 @@ impl<'a> Kwargs<'a> {
             Some(v) => Err(self.err(key, format!("expected a list of numbers, got {v}"))),
         }
     }
+    /// An integer that may be negative (optax's `transition_begin`, a join boundary), with a
+    /// default.
+    pub fn i64(&mut self, key: &'static str, default: i64) -> Result<i64> {
+        match self.get(key)? {
+            None => Ok(default),
+            Some(v) => v.as_i64().ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
+        }
+    }
+    /// A list of integers that may be negative.
+    pub fn i64s(&mut self, key: &'static str) -> Result<Option<Vec<i64>>> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_i64().ok_or_else(|| self.err(key, format!("expected a list of integers, got {x}"))))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(self.err(key, format!("expected a list of integers, got {v}"))),
+        }
+    }
     /// A list of non-negative integers (steps, milestones).
     pub fn u64s(&mut self, key: &'static str) -> Result<Option<Vec<u64>>> {
         match self.get(key)? {
@@ -2058,10 +2078,10 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             message: "torch schedulers need the optimizer's `base_lr`".into(),
         })
     };
-    if library == "torch" {
-        // Every torch scheduler takes these: the default `last_epoch` (-1, a new scheduler) and
-        // the deprecated `verbose` (which only prints) change nothing; resuming a scheduler at
-        // another `last_epoch` is not reproduced.
+    // Every torch scheduler but ReduceLROnPlateau and ChainedScheduler takes `last_epoch`: the
+    // default (-1, a new scheduler) changes nothing; resuming a scheduler at another `last_epoch`
+    // is not reproduced. (torch 2.15's schedulers take no `verbose`.)
+    if library == "torch" && !matches!(name, "ReduceLROnPlateau" | "ChainedScheduler") {
         if let Some(v) = k.value("last_epoch") {
             if v.as_i64() != Some(-1) {
                 return Err(Error::Field {
@@ -2070,12 +2090,13 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 });
             }
         }
-        let _ = k.value("verbose");
     }
     let s = match (library, name) {
         ("torch", "StepLR") => sch::step_lr(need_base()?, k.req_u64("step_size")?, k.f64("gamma", 0.1)?)?,
         ("torch", "MultiStepLR") => {
-            let ms = k.u64s("milestones")?.unwrap_or_default();
+            // A negative milestone is never reached (torch counts the epochs from 0).
+            let ms =
+                k.i64s("milestones")?.unwrap_or_default().into_iter().filter_map(|m| u64::try_from(m).ok()).collect();
             sch::multistep_lr(need_base()?, ms, k.f64("gamma", 0.1)?)
         }
         ("torch", "ExponentialLR") => sch::exponential_lr(need_base()?, k.req_f64("gamma")?),
@@ -2099,13 +2120,30 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             },
         )?,
         ("torch", "ConstantLR") => {
-            sch::constant_lr(need_base()?, k.f64("factor", 1.0 / 3.0)?, k.u64("total_iters", 5)?)?
+            let (factor, total_iters) = (k.f64("factor", 1.0 / 3.0)?, k.u64("total_iters", 5)?);
+            if factor == 0.0 && total_iters > 0 {
+                return Err(k.err("factor", "0: torch divides by it when the schedule reaches total_iters"));
+            }
+            sch::constant_lr(need_base()?, factor, total_iters)?
         }
-        ("torch", "PolynomialLR") => sch::polynomial_lr(need_base()?, k.u64("total_iters", 5)?, k.f64("power", 1.0)?),
+        ("torch", "PolynomialLR") => {
+            let (total_iters, power) = (k.u64("total_iters", 5)?, k.f64("power", 1.0)?);
+            if power < 0.0 {
+                return Err(k.err(
+                    "power",
+                    format!("{power}: torch raises at total_iters (0 to a negative power); a power of 0 or more"),
+                ));
+            }
+            sch::polynomial_lr(need_base()?, total_iters, power)
+        }
         ("torch", "OneCycleLR") => {
-            let max_lr = k.req_f64("max_lr")?;
+            let max_lr = one_group_f64(&mut k, "max_lr", None)?;
             let total = match k.opt_u64("total_steps")? {
-                Some(t) => t,
+                Some(t) => {
+                    // With total_steps torch reads neither of these.
+                    let _ = (k.value("epochs"), k.value("steps_per_epoch"));
+                    t
+                }
                 None => {
                     let (epochs, per_epoch) = (k.req_u64("epochs")?, k.req_u64("steps_per_epoch")?);
                     epochs.checked_mul(per_epoch).ok_or_else(|| Error::Field {
@@ -2118,6 +2156,11 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             let a = anneal(k.str("anneal_strategy", "cos")?)?;
             let (div, fdiv, three) =
                 (k.f64("div_factor", 25.0)?, k.f64("final_div_factor", 1e4)?, k.bool("three_phase", false)?);
+            for (key, x) in [("div_factor", div), ("final_div_factor", fdiv)] {
+                if x == 0.0 {
+                    return Err(k.err(key, "must not be 0 (torch divides by it)"));
+                }
+            }
             let _ = k.bool("cycle_momentum", true)?;
             let _ = k.f64("base_momentum", 0.85)?;
             let _ = k.f64("max_momentum", 0.95)?;
@@ -2132,8 +2175,11 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             })?
         }
         ("torch", "CyclicLR") => {
-            let (b, m) = (k.req_f64("base_lr")?, k.req_f64("max_lr")?);
+            let (b, m) = (one_group_f64(&mut k, "base_lr", None)?, one_group_f64(&mut k, "max_lr", None)?);
             let up = k.u64("step_size_up", 2000)?;
+            if up == 0 {
+                return Err(k.err("step_size_up", "must be positive (torch divides by the rising fraction)"));
+            }
             let down = k.opt_u64("step_size_down")?;
             let gamma = k.f64("gamma", 1.0)?;
             let mode = match k.str("mode", "triangular")? {
@@ -2165,7 +2211,8 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 "abs" => sch::ThresholdMode::Abs,
                 other => return Err(unknown("threshold_mode", other, &["rel", "abs"])),
             };
-            let (cooldown, min_lr, eps) = (k.u64("cooldown", 0)?, k.f64("min_lr", 0.0)?, k.f64("eps", 1e-8)?);
+            let (cooldown, min_lr, eps) =
+                (k.u64("cooldown", 0)?, one_group_f64(&mut k, "min_lr", Some(0.0))?, k.f64("eps", 1e-8)?);
             k.finish()?;
             let config = sch::ReduceLrOnPlateauConfig {
                 mode,
@@ -2180,8 +2227,15 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             return Ok(ScheduleSpec::Plateau(ReduceLrOnPlateau::new(need_base()?, config)?));
         }
         ("torch", "SequentialLR") => {
-            let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
+            let (parts, _) = sub_schedules(&mut k, "schedulers", library, base_lr)?;
             let ms: Vec<u64> = k.u64s("milestones")?.unwrap_or_default();
+            // torch picks the scheduler by bisecting the list as given and restarts one only at
+            // its own milestone: out of order, some never restart.
+            if ms.windows(2).any(|w| w[0] > w[1]) {
+                return Err(
+                    k.err("milestones", format!("{ms:?}: in ascending order (torch bisects the list as given)"))
+                );
+            }
             if ms.len() + 1 != parts.len() {
                 return Err(Error::Field {
                     context: "torch.SequentialLR: `milestones`".into(),
@@ -2196,25 +2250,17 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
             sch::join(parts, ms)
         }
         ("torch", "ChainedScheduler") => {
-            let parts = sub_schedules(&mut k, "schedulers", library, base_lr)?;
-            sch::chained(need_base()?, parts)
+            let (parts, base) = sub_schedules(&mut k, "schedulers", library, base_lr)?;
+            need_base()?;
+            sch::chained(base.expect("checked above"), parts)
         }
         ("torch", other) => return Err(unknown("torch scheduler", other, TORCH_SCHEDULES)),
         ("optax", "join_schedules") => {
-            let parts = sub_schedules(&mut k, "schedules", library, base_lr)?;
-            let bs: Vec<u64> = k.u64s("boundaries")?.unwrap_or_default();
-            if bs.len() + 1 != parts.len() {
-                return Err(Error::Field {
-                    context: "optax.join_schedules: `boundaries`".into(),
-                    message: format!(
-                        "{} schedules need {} boundaries, got {}",
-                        parts.len(),
-                        parts.len().saturating_sub(1),
-                        bs.len()
-                    ),
-                });
-            }
-            sch::join(parts, bs)
+            let (parts, _) = sub_schedules(&mut k, "schedules", library, base_lr)?;
+            // optax zips the later schedules with the boundaries: what one list has beyond the
+            // other is never read, and a negative boundary starts its schedule that many steps in.
+            let bs: Vec<i64> = k.i64s("boundaries")?.unwrap_or_default();
+            sch::join_signed(parts, bs)
         }
         ("optax", n) => {
             let n = n.strip_suffix("_schedule").unwrap_or(n);
@@ -2224,14 +2270,14 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     init_value: k.req_f64("init_value")?,
                     end_value: k.req_f64("end_value")?,
                     power: k.req_f64("power")?,
-                    transition_steps: k.req_u64("transition_steps")?,
-                    transition_begin: k.u64("transition_begin", 0)?,
+                    transition_steps: optax_steps_or_constant(&mut k)?,
+                    transition_begin: optax_begin(&mut k)?,
                 }),
                 "linear" => sch::linear(sch::Linear {
                     init_value: k.req_f64("init_value")?,
                     end_value: k.req_f64("end_value")?,
-                    transition_steps: k.req_u64("transition_steps")?,
-                    transition_begin: k.u64("transition_begin", 0)?,
+                    transition_steps: optax_steps_or_constant(&mut k)?,
+                    transition_begin: optax_begin(&mut k)?,
                 }),
                 "piecewise_constant" => {
                     let init = k.req_f64("init_value")?;
@@ -2240,9 +2286,9 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                 }
                 "exponential_decay" => sch::exponential_decay(sch::ExponentialDecay {
                     init_value: k.req_f64("init_value")?,
-                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_steps: optax_steps_or_constant(&mut k)?,
                     decay_rate: k.req_f64("decay_rate")?,
-                    transition_begin: k.u64("transition_begin", 0)?,
+                    transition_begin: optax_begin(&mut k)?,
                     staircase: k.bool("staircase", false)?,
                     end_value: k.opt_f64("end_value")?,
                 }),
@@ -2280,24 +2326,24 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     init_value: k.req_f64("init_value")?,
                     peak_value: k.req_f64("peak_value")?,
                     warmup_steps: k.req_u64("warmup_steps")?,
-                    transition_steps: k.req_u64("transition_steps")?,
+                    transition_steps: optax_steps_or_constant(&mut k)?,
                     decay_rate: k.req_f64("decay_rate")?,
-                    transition_begin: k.u64("transition_begin", 0)?,
+                    transition_begin: optax_begin(&mut k)?,
                     staircase: k.bool("staircase", false)?,
                     end_value: k.opt_f64("end_value")?,
                 }),
                 "linear_onecycle" => sch::linear_onecycle(sch::LinearOnecycle {
                     transition_steps: positive_steps(&mut k, "transition_steps")?,
                     peak_value: k.req_f64("peak_value")?,
-                    pct_start: k.f64("pct_start", 0.3)?,
-                    pct_final: k.f64("pct_final", 0.85)?,
+                    pct_start: fraction(&mut k, "pct_start", 0.3)?,
+                    pct_final: fraction(&mut k, "pct_final", 0.85)?,
                     div_factor: divisor(&mut k, "div_factor", 25.0)?,
                     final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
                 }),
                 "cosine_onecycle" => sch::cosine_onecycle(sch::CosineOnecycle {
                     transition_steps: positive_steps(&mut k, "transition_steps")?,
                     peak_value: k.req_f64("peak_value")?,
-                    pct_start: k.f64("pct_start", 0.3)?,
+                    pct_start: fraction(&mut k, "pct_start", 0.3)?,
                     div_factor: divisor(&mut k, "div_factor", 25.0)?,
                     final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
                 }),
@@ -2308,6 +2354,34 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
     };
     k.finish()?;
     Ok(ScheduleSpec::Function(s))
+}
+
+/// A fraction of a one-cycle schedule's steps: negative ones are refused (optax would place the
+/// boundary before step 0, a schedule nobody means).
+fn fraction(k: &mut Kwargs, key: &'static str, default: f64) -> Result<f64> {
+    let x = k.f64(key, default)?;
+    if x < 0.0 {
+        return Err(k.err(key, format!("{x}: a fraction of the cycle, 0 or more")));
+    }
+    Ok(x)
+}
+
+/// optax's `transition_begin`: a negative one is 0 (optax logs that and starts at 0).
+fn optax_begin(k: &mut Kwargs) -> Result<u64> {
+    Ok(k.i64("transition_begin", 0)?.max(0) as u64)
+}
+
+/// optax's `transition_steps` of the decaying schedules: 0 or negative makes the schedule the
+/// constant `init_value` (as optax, which logs it), here 0 steps.
+fn optax_steps_or_constant(k: &mut Kwargs) -> Result<u64> {
+    match k.get("transition_steps")? {
+        None => Err(k.err("transition_steps", "missing required argument")),
+        Some(v) => v
+            .as_i64()
+            .map(|n| n.max(0) as u64)
+            .or_else(|| v.as_u64())
+            .ok_or_else(|| k.err("transition_steps", format!("expected an integer, got {v}"))),
+    }
 }
 
 /// A step count optax requires positive (`cosine_decay_schedule`'s `decay_steps`, the one-cycle
@@ -2330,7 +2404,16 @@ fn divisor(k: &mut Kwargs, key: &'static str, default: f64) -> Result<f64> {
 }
 
 /// The `[[name, kwargs], …]` list of a combining schedule.
-fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Option<f64>) -> Result<Vec<BoxSchedule>> {
+/// The parts of a composition, and the base rate the torch schedulers among them start from: the
+/// optimizer's, unless the first is a `CyclicLR`, which sets the optimizer's rate to its own
+/// `base_lr` when it is made (the `initial_lr` every scheduler made after it records).
+#[allow(clippy::type_complexity)]
+fn sub_schedules(
+    k: &mut Kwargs,
+    key: &'static str,
+    library: &str,
+    base_lr: Option<f64>,
+) -> Result<(Vec<BoxSchedule>, Option<f64>)> {
     let ctx = format!("{}: `{key}`", k.context);
     let list = k
         .value(key)
@@ -2339,7 +2422,9 @@ fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Opti
     if list.is_empty() {
         return Err(Error::Field { context: ctx, message: "needs at least one schedule".into() });
     }
-    list.iter()
+    let mut base_lr = base_lr;
+    let parts = list
+        .iter()
         .enumerate()
         .map(|(i, l)| {
             let (name, kw) = link(l, &format!("{ctx}[{i}]"))?;
@@ -2356,6 +2441,19 @@ fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Opti
                 // At its milestone torch evaluates LinearLR's closed form, dividing by 0.
                 ("SequentialLR", "LinearLR") if i > 0 && kw.get("total_iters").and_then(Value::as_u64) == Some(0) => {
                     Some("a LinearLR with total_iters 0 after a milestone (torch divides by zero there)")
+                }
+                ("SequentialLR", "PolynomialLR")
+                    if i > 0 && kw.get("total_iters").and_then(Value::as_u64) == Some(0) =>
+                {
+                    Some("a PolynomialLR with total_iters 0 after a milestone (torch divides by zero there)")
+                }
+                // At its milestone torch evaluates ConstantLR's closed form (1 at its step 0 when
+                // total_iters is 0), and keeps it: not the factor it holds alone.
+                ("SequentialLR", "ConstantLR") if i > 0 && kw.get("total_iters").and_then(Value::as_u64) == Some(0) => {
+                    Some("a ConstantLR with total_iters 0 after a milestone (torch restarts it at the base rate)")
+                }
+                ("ChainedScheduler", "ChainedScheduler") => {
+                    Some("a ChainedScheduler inside a ChainedScheduler (give its schedulers in the outer one)")
                 }
                 _ => None,
             };
@@ -2377,15 +2475,37 @@ fn sub_schedules(k: &mut Kwargs, key: &'static str, library: &str, base_lr: Opti
                         .into(),
                 });
             }
-            match build_schedule(library, &name, &kw, base_lr)? {
+            let built = match build_schedule(library, &name, &kw, base_lr)? {
                 ScheduleSpec::Function(s) => Ok(s),
                 ScheduleSpec::Plateau(_) => Err(Error::Field {
                     context: format!("{ctx}[{i}]"),
                     message: "ReduceLROnPlateau cannot be combined".into(),
                 }),
+            };
+            if library == "torch" && i == 0 && name == "CyclicLR" {
+                let mut kw = Kwargs::new(format!("{ctx}[0]"), &kw)?;
+                base_lr = Some(one_group_f64(&mut kw, "base_lr", None)?);
             }
+            built
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((parts, base_lr))
+}
+
+/// A torch scheduler argument given per parameter group (`max_lr`, `base_lr`, `min_lr`): a
+/// number, or a list of one (descent's schedules drive one rate; more are refused).
+fn one_group_f64(k: &mut Kwargs, key: &'static str, default: Option<f64>) -> Result<f64> {
+    match k.present(key)? {
+        Some(Value::Array(a)) if a.len() == 1 => k.number(key, &a[0]),
+        Some(Value::Array(a)) => Err(k.err(
+            key,
+            format!("{} values: one per parameter group, and descent's schedules drive one learning rate", a.len()),
+        )),
+        Some(_) | None => match default {
+            Some(d) => k.f64(key, d),
+            None => k.req_f64(key),
+        },
+    }
 }
 
 fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
@@ -2393,10 +2513,10 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
     match v {
         None => Ok(vec![]),
         Some(Value::Object(o)) => {
-            let bs: Vec<(u64, f64)> = o
+            let bs: Vec<(i64, f64)> = o
                 .iter()
                 .map(|(b, s)| {
-                    let b: u64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
+                    let b: i64 = b.trim().parse().map_err(|_| err(format!("boundary `{b}` is not a step number")))?;
                     let s = s
                         .as_f64()
                         .filter(|s| s.is_finite())
@@ -2405,12 +2525,13 @@ fn boundaries(v: Option<&Value>, ctx: &str) -> Result<Vec<(u64, f64)>> {
                 })
                 .collect::<Result<_>>()?;
             // Python's dict holds one scale per step: keys such as "30" and "030" are one step given twice.
-            let mut steps: Vec<u64> = bs.iter().map(|b| b.0).collect();
+            let mut steps: Vec<i64> = bs.iter().map(|b| b.0).collect();
             steps.sort_unstable();
             if let Some(w) = steps.windows(2).find(|w| w[0] == w[1]) {
                 return Err(err(format!("step {} given more than once", w[0])));
             }
-            Ok(bs)
+            // A negative boundary is behind every step: its scale applies from step 0, as in optax.
+            Ok(bs.into_iter().map(|(b, s)| (b.max(0) as u64, s)).collect())
         }
         Some(other) => Err(err(format!("expected an object {{step: scale}}, got {other}"))),
     }

@@ -291,7 +291,7 @@ fn null_or_non_finite_hyper_parameters_are_errors_naming_them() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("`gamma`") && e.contains("null"), "{e}");
-    let e = match build_schedule("torch", "MultiStepLR", &json!({"milestones": [2, -1]}), Some(0.1)) {
+    let e = match build_schedule("torch", "MultiStepLR", &json!({"milestones": [2, null]}), Some(0.1)) {
         Ok(_) => panic!("accepted"),
         Err(e) => e.to_string(),
     };
@@ -538,5 +538,51 @@ fn optax_schedules_optax_refuses_are_refused() {
             Err(e) => e.to_string(),
         };
         assert!(e.contains(&format!("`{field}`")), "{name}: {e}");
+    }
+}
+
+#[test]
+fn torch_schedules_torch_refuses_or_mis_steps_are_refused() {
+    let base = Some(0.1);
+    let cyc = json!(["CyclicLR", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}]);
+    for (name, kw, field) in [
+        ("StepLR", json!({"step_size": 2, "verbose": false}), "verbose"),
+        ("ReduceLROnPlateau", json!({"last_epoch": -1}), "last_epoch"),
+        ("ChainedScheduler", json!({"schedulers": [cyc.clone()], "last_epoch": -1}), "last_epoch"),
+        ("ConstantLR", json!({"factor": 0.0, "total_iters": 3}), "factor"),
+        ("CyclicLR", json!({"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 0, "step_size_down": 4}), "step_size_up"),
+        ("OneCycleLR", json!({"max_lr": 0.1, "total_steps": 10, "div_factor": 0.0}), "div_factor"),
+        ("OneCycleLR", json!({"max_lr": [0.1, 0.2], "total_steps": 10}), "max_lr"),
+        ("PolynomialLR", json!({"total_iters": 4, "power": -1.0}), "power"),
+        (
+            "SequentialLR",
+            json!({"schedulers": [["ExponentialLR", {"gamma": 0.9}], ["ConstantLR", {"total_iters": 0}]], "milestones": [3]}),
+            "schedulers",
+        ),
+        (
+            "SequentialLR",
+            json!({"schedulers": [["ExponentialLR", {"gamma": 0.9}], ["ExponentialLR", {"gamma": 0.5}], ["ExponentialLR", {"gamma": 0.8}]], "milestones": [6, 3]}),
+            "milestones",
+        ),
+        (
+            "ChainedScheduler",
+            json!({"schedulers": [["ChainedScheduler", {"schedulers": [cyc.clone()]}]]}),
+            "schedulers",
+        ),
+    ] {
+        let e = match build_schedule("torch", name, &kw, base) {
+            Ok(_) => panic!("{name} {kw} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(field), "{name} {kw}: {e}");
+    }
+    // What torch accepts is honoured: a one-element list per group, epochs beside total_steps.
+    for (name, kw) in [
+        ("OneCycleLR", json!({"max_lr": [0.1], "total_steps": 10, "epochs": 3, "steps_per_epoch": 2})),
+        ("CyclicLR", json!({"base_lr": [0.01], "max_lr": [0.1], "step_size_up": 2})),
+        ("ReduceLROnPlateau", json!({"min_lr": [0.001]})),
+        ("MultiStepLR", json!({"milestones": [-3, 2]})),
+    ] {
+        assert!(build_schedule("torch", name, &kw, base).is_ok(), "{name} {kw} refused");
     }
 }

@@ -24,3 +24,12 @@ fn generated_option_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/options");
     common::replay_dir(&dir, 198, &[]);
 }
+
+/// torch 2.15 and optax 0.2.8 schedules with unusual arguments: one-cycle boundaries that
+/// coincide, compositions with CyclicLR first or factors of 0, schedules past their ends,
+/// float32 cosines of large rates, negative optax offsets (`scripts/schedule_cases/`).
+#[test]
+fn generated_schedule_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/schedules");
+    common::replay_dir(&dir, 150, &[]);
+}
