@@ -479,3 +479,23 @@ fn config_errors_name_the_file_and_an_ambiguous_mnist_folder_is_refused() {
         common::run_err(&["train", "--model", "mlp", "--steps", "1", "--data", &mnist, "--out", &format!("{dir}/m")]);
     assert!(e.contains("train-labels-idx1-ubyte") && e.contains("both there"), "{e}");
 }
+
+/// The stopping rules judge whole epochs, and what they compare with survives a resume: a run
+/// cut by --steps (inside an epoch, or at an epoch's end) and resumed stops where the run never
+/// cut stops, with the same steps.
+#[test]
+fn stopping_rules_stop_a_resumed_run_where_the_whole_run_stops() {
+    let base = ["train", "--model", "mlp", "--batch-size", "2048", "--threads", "1", "--epochs", "4"];
+    for (rule, cut) in [(["--target-accuracy", "10"], "10"), (["--min-loss-change", "100"], "45")] {
+        let (whole, part) = (out("rule-whole"), out("rule-part"));
+        let said = run_ok_out(&[&base[..], &rule, &["--out", &whole]].concat());
+        run_ok_out(&[&base[..], &rule, &["--steps", cut, "--out", &part]].concat());
+        let again = run_ok_out(&["train", "--resume", &part, "--steps", "200"]);
+        let last = |s: &str| {
+            s.lines().find(|l| l.starts_with("target accuracy") || l.starts_with("converged")).map(str::to_string)
+        };
+        assert!(last(&said).is_some() && last(&said) == last(&again), "{rule:?}: {said}\n---\n{again}");
+        let steps = |d: &str| std::fs::read_to_string(format!("{d}/steps.csv")).unwrap();
+        assert_eq!(steps(&whole), steps(&part), "{rule:?}: steps.csv differs");
+    }
+}

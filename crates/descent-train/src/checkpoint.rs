@@ -75,6 +75,9 @@ pub struct Checkpoint {
     /// Early stopping's best epoch so far, in every checkpoint of a run with a patience; set by
     /// the training loop.
     pub best: Option<BestEpoch>,
+    /// The training loss of the last whole epoch, which `--min-loss-change` compares the next
+    /// one with; set by the training loop when the run has that rule.
+    pub last_epoch_train_loss: Option<f64>,
     /// Why the run ended, in the checkpoint written when it ended by early stopping
     /// ([`Checkpoint::restore_best`]): its weights are then the best epoch's, and it cannot be
     /// resumed.
@@ -471,6 +474,7 @@ impl Checkpoint {
             data_digest: None,
             average: None,
             best: None,
+            last_epoch_train_loss: None,
             ended: None,
         })
     }
@@ -553,6 +557,10 @@ impl Checkpoint {
         }
         if let Some(e) = &self.ended {
             meta.insert("ended".into(), e.clone());
+        }
+        if let Some(l) = self.last_epoch_train_loss {
+            // Rust prints the shortest decimal that reads back as the same f64.
+            meta.insert("last_epoch_train_loss".into(), l.to_string());
         }
         if let Some(p) = &self.progress {
             meta.insert("batch".into(), p.batch.to_string());
@@ -674,6 +682,10 @@ impl Checkpoint {
                 }
             },
             ended: meta.get("ended").cloned(),
+            last_epoch_train_loss: match meta.get("last_epoch_train_loss") {
+                None => None,
+                Some(_) => Some(float("last_epoch_train_loss")?),
+            },
         };
         tensors.sort_by_key(|(n, _)| *n);
         for (n, t) in tensors {

@@ -207,8 +207,18 @@ fn hand_estimate(
 ) -> Result<()> {
     // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
     opt.gather_state(comm)?;
-    let end =
-        &mut EpochEnd { model, opt, epoch, steps, rng, scheduler: None, progress: None, average: None, best: None };
+    let end = &mut EpochEnd {
+        model,
+        opt,
+        epoch,
+        steps,
+        rng,
+        scheduler: None,
+        progress: None,
+        average: None,
+        best: None,
+        last_epoch_train_loss: None,
+    };
     let ended = hooks.on_epoch(&m, end);
     end.opt.release_gathered();
     ended?;

@@ -873,6 +873,8 @@ pub struct EpochEnd<'a> {
     pub(crate) average: Option<&'a WeightAverage>,
     /// Early stopping's best epoch so far (a run with a patience).
     pub(crate) best: Option<&'a BestEpoch>,
+    /// The training loss of the last whole epoch (a run with `min_loss_change`).
+    pub(crate) last_epoch_train_loss: Option<f64>,
 }
 
 impl EpochEnd<'_> {
@@ -895,6 +897,7 @@ impl EpochEnd<'_> {
         ck.progress = self.progress.clone();
         ck.average = self.average.map(|a| AverageState::capture(a, self.model));
         ck.best = self.best.cloned();
+        ck.last_epoch_train_loss = self.last_epoch_train_loss;
         Ok(ck)
     }
 
@@ -1098,6 +1101,9 @@ pub fn train_with(
     let mut progress: Option<EpochProgress> = None;
     let mut avg = cfg.average.map(WeightAverage::new).transpose()?;
     let mut best: Option<BestEpoch> = None;
+    // The training loss of the last whole epoch, for `min_loss_change` (kept in checkpoints, so a
+    // resumed run compares its next epoch with it as the uninterrupted run does).
+    let mut last_epoch_train_loss: Option<f64> = None;
     if let Some(ck) = resume {
         match (avg.as_mut(), &ck.average) {
             (Some(a), Some(s)) => s.restore(a, model)?,
@@ -1124,6 +1130,9 @@ pub fn train_with(
                 b.check(model)?;
             }
             best = ck.best.clone();
+        }
+        if cfg.min_loss_change.is_some() {
+            last_epoch_train_loss = ck.last_epoch_train_loss;
         }
         if let Some(p) = &cfg.pruner {
             // Pruning is permanent in checkpoints: the masks are the zeros.
@@ -1311,9 +1320,21 @@ pub fn train_with(
         };
         let scheduler = plateau.as_ref().map(|p| serde_json::to_string(p).expect("plateau state serializes"));
         let completed = if cut.is_some() { epoch - 1 } else { epoch };
+        // The stopping rules judge whole epochs: an evaluation where a step limit cut the epoch
+        // (which a resumed run finishes) is no epoch to keep as the best, to stop at, or to
+        // compare the next one with.
+        let whole = cut.is_none();
         // The best epoch is known before the epoch's checkpoint, which records it.
-        if cfg.patience.is_some() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta) {
+        if whole && cfg.patience.is_some() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta) {
             best = Some(BestEpoch::capture(model, m.test_loss, epoch, steps)?);
+        }
+        let reached = whole && cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
+        let converged = match (cfg.min_loss_change, last_epoch_train_loss) {
+            (Some(th), Some(prev)) => whole && (m.train_loss - prev).abs() < th,
+            _ => false,
+        };
+        if whole && cfg.min_loss_change.is_some() {
+            last_epoch_train_loss = Some(m.train_loss);
         }
         // A sharded optimizer's state, whole on rank 0 for the checkpoint its hook takes.
         opt.gather_state(comm)?;
@@ -1329,15 +1350,11 @@ pub fn train_with(
                 progress: cut,
                 average: avg.as_ref(),
                 best: best.as_ref(),
+                last_epoch_train_loss,
             },
         );
         opt.release_gathered();
         ended?;
-        let reached = cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
-        let converged = match (cfg.min_loss_change, history.last()) {
-            (Some(th), Some(prev)) => (m.train_loss - prev.train_loss).abs() < th,
-            _ => false,
-        };
         history.push(m);
         if reached {
             stop = Stop::TargetAccuracy;
