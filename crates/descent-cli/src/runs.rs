@@ -19,11 +19,12 @@ pub struct StepRow {
     pub step: u64,
     pub epoch: usize,
     /// The batch's loss, as the model computed it (f32, written in its shortest form).
+    #[serde(with = "exact_float::single")]
     pub loss: f32,
-    /// NaN (null in JSON) where the optimizer has no single rate (`optax.chain`: its links').
-    #[serde(deserialize_with = "nan_if_null")]
+    /// NaN (`"NaN"` in JSON) where the optimizer has no single rate (`optax.chain`: its links').
+    #[serde(with = "exact_float")]
     pub lr: f64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(with = "exact_float")]
     pub grad_norm: f64,
 }
 
@@ -40,27 +41,28 @@ impl StepRow {
 pub struct EpochRow {
     pub epoch: usize,
     pub steps: u64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(with = "exact_float")]
     pub train_loss: f64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(with = "exact_float")]
     pub test_loss: f64,
     /// `None` for regression.
+    #[serde(default, with = "exact_float::option")]
     pub test_accuracy: Option<f64>,
     pub seconds: f64,
     pub samples_per_s: f64,
-    /// NaN (null in JSON) where the optimizer has no single rate, as in [`StepRow`].
-    #[serde(deserialize_with = "nan_if_null")]
+    /// NaN (`"NaN"` in JSON) where the optimizer has no single rate, as in [`StepRow`].
+    #[serde(with = "exact_float")]
     pub lr: f64,
     /// The averaged weights' test loss and accuracy (`descent train --ema`), once anything is
     /// averaged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_float::option")]
     pub ema_test_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_float::option")]
     pub ema_test_accuracy: Option<f64>,
     /// The same for `--swa-start` (after batch norm's statistics were recomputed at the run's end).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_float::option")]
     pub swa_test_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_float::option")]
     pub swa_test_accuracy: Option<f64>,
 }
 
@@ -81,8 +83,9 @@ impl EpochRow {
 pub struct EvalRow {
     pub epoch: usize,
     pub step: u64,
-    #[serde(deserialize_with = "nan_if_null")]
+    #[serde(with = "exact_float")]
     pub test_loss: f64,
+    #[serde(default, with = "exact_float::option")]
     pub test_accuracy: Option<f64>,
 }
 
@@ -94,10 +97,66 @@ pub struct GradNormRow {
     pub norms: Vec<(String, f64)>,
 }
 
-/// JSON has no NaN or infinity: serde_json writes them as `null`, read back here as NaN (a loss
-/// that overflowed is drawn as a gap, not refused).
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+/// A float of a metrics record as descent writes it: a number, or where JSON has none the string
+/// `"NaN"`, `"inf"` or `"-inf"` (the README's exact numbers); read back from those, and from the
+/// `null` earlier descent wrote for any of them (as NaN: a loss that overflowed is drawn as a gap,
+/// not refused).
+pub(crate) mod exact_float {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        crate::json_float(*x).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        from_value(&Value::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    fn from_value(v: &Value) -> Result<f64, String> {
+        match v {
+            Value::Null => Ok(f64::NAN),
+            Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+            Value::String(s) if s == "NaN" => Ok(f64::NAN),
+            Value::String(s) if s == "inf" => Ok(f64::INFINITY),
+            Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
+            other => Err(format!("{other}: a number, \"NaN\", \"inf\" or \"-inf\"")),
+        }
+    }
+
+    /// The same for a float32 field (a batch's loss).
+    pub mod single {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+            match serde_json::Number::from_f64(*x as f64) {
+                // Written as the f32 it is (its shortest form), not as the f64 it widens to.
+                Some(_) => x.serialize(s),
+                None => crate::json_float(*x as f64).serialize(s),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+            from_value(&Value::deserialize(d)?).map(|x| x as f32).map_err(D::Error::custom)
+        }
+    }
+
+    /// The same for an optional float: `None` is `null`.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            x.map(crate::json_float).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            match Value::deserialize(d)? {
+                Value::Null => Ok(None),
+                v => from_value(&v).map(Some).map_err(D::Error::custom),
+            }
+        }
+    }
 }
 
 /// A record as one JSON line.

@@ -499,3 +499,31 @@ fn stopping_rules_stop_a_resumed_run_where_the_whole_run_stops() {
         assert_eq!(steps(&whole), steps(&part), "{rule:?}: steps.csv differs");
     }
 }
+
+/// What JSON numbers cannot hold is written as descent writes it everywhere ("NaN", "inf"), not
+/// as `null`, and read back by `plot`.
+#[test]
+fn a_diverged_evaluation_is_written_as_the_string_nan() {
+    let d = out("nan-metrics");
+    run_ok_out(&[
+        "train",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        &d,
+    ]);
+    let row: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(format!("{d}/metrics.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
+    assert_eq!(row["test_loss"], "NaN", "{row}");
+    let pics = out("nan-metrics-plot");
+    run_ok_out(&["plot", &d, "--out", &pics]);
+}
