@@ -53,9 +53,11 @@ impl Scalars {
     /// Cuts the event files already in `dir` back to the events of steps up to `steps` (the
     /// checkpoint a run resumes from), as the resume cuts the run's metric files: the resumed
     /// run writes the later steps again, in a file of its own, so that no (tag, step) appears
-    /// twice. A torn or damaged tail (a kill mid-write) goes too. Each file rewritten atomically;
-    /// files that keep every event are left alone.
-    pub fn cut_back(dir: &Path, steps: u64) -> Result<()> {
+    /// twice. With `mid_epoch` (a checkpoint a step limit took inside an epoch) the `epoch/`
+    /// scalars of that step go too: the resumed run writes the epoch's, whole, at its end, as it
+    /// writes its metrics row. A torn or damaged tail (a kill mid-write) goes too. Each file
+    /// rewritten atomically; files that keep every event are left alone.
+    pub fn cut_back(dir: &Path, steps: u64, mid_epoch: bool) -> Result<()> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok(());
         };
@@ -69,6 +71,7 @@ impl Scalars {
             let (mut kept, mut changed) = (vec![], false);
             for event in reader {
                 match event {
+                    Ok(e) if mid_epoch && e.step == steps as i64 && is_epoch_scalar(&e) => changed = true,
                     Ok(e) if e.step >= 0 && e.step as u64 <= steps => kept.push(e),
                     Ok(_) => changed = true,
                     Err(_) => {
@@ -90,7 +93,15 @@ impl Scalars {
         }
         Ok(())
     }
+}
 
+/// Whether the event holds an epoch's scalars (`epoch/…`, written at an epoch's end or a cut).
+fn is_epoch_scalar(e: &tfrecord::Event) -> bool {
+    use tfrecord::protobuf::event::What;
+    matches!(&e.what, Some(What::Summary(s)) if s.value.iter().any(|v| v.tag.starts_with("epoch/")))
+}
+
+impl Scalars {
     pub fn scalar(&mut self, tag: &str, step: u64, value: f64) -> Result<()> {
         Ok(self.writer.write_scalar(tag, (step as i64, now()), value as f32)?)
     }
@@ -123,7 +134,7 @@ mod tests {
         let mut bytes = std::fs::read(&file).unwrap();
         bytes.extend_from_slice(&[40, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
         std::fs::write(&file, &bytes).unwrap();
-        Scalars::cut_back(&dir, 5).unwrap();
+        Scalars::cut_back(&dir, 5, false).unwrap();
         let events: Vec<Event> =
             tfrecord::EventIter::open(&file, Default::default()).unwrap().map(|e| e.unwrap()).collect();
         assert!(matches!(events[0].what, Some(What::FileVersion(_))));
@@ -131,7 +142,7 @@ mod tests {
         assert_eq!(steps, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
         // Nothing past the checkpoint: the file is left as it is.
         let before = std::fs::read(&file).unwrap();
-        Scalars::cut_back(&dir, 5).unwrap();
+        Scalars::cut_back(&dir, 5, false).unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), before);
         std::fs::remove_dir_all(&dir).unwrap();
     }

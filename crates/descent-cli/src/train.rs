@@ -1299,10 +1299,12 @@ impl FolderStart {
         if let Some((epochs, steps)) = self.cut_back_to {
             // What a killed command left half-written goes first.
             folder::remove_leftovers(&run_dir.dir)?;
-            for warning in run_dir.truncate_after(epochs, steps)? {
+            let (warnings, cut_row) = run_dir.truncate_after(epochs, steps)?;
+            for warning in warnings {
                 eprintln!("warning: {warning}");
             }
-            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), steps)?;
+            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), steps, cut_row)?;
+            run_dir.cut_row.set(cut_row.then_some(epochs + 1));
         }
         folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_JSON), self.config_json.as_bytes())?;
         match &self.config_toml {
@@ -1526,6 +1528,10 @@ struct RunDir {
     /// The folder's id and the hash of its config, written into every checkpoint.
     id: String,
     config_hash: String,
+    /// The epoch whose row a step limit cut, kept in metrics.jsonl when the run resumed until
+    /// the resumed run writes that epoch's row in its place (a resume that fails before loses
+    /// nothing).
+    cut_row: std::cell::Cell<Option<usize>>,
 }
 
 impl RunDir {
@@ -1546,8 +1552,21 @@ impl RunDir {
         Ok(())
     }
 
-    /// Appends one epoch to metrics.jsonl and metrics.csv, one write each.
+    /// Appends one epoch to metrics.jsonl and metrics.csv, one write each; first, where this
+    /// epoch's row from a step limit's cut was kept, that row goes (the files rewritten without
+    /// it, atomically).
     fn append(&self, m: &EpochMetrics) -> Result<()> {
+        if self.cut_row.get() == Some(m.epoch) {
+            let (_, kept) = kept_records(&self.dir.join(folder::run::METRICS_JSONL), |r: &EpochRow| r.epoch < m.epoch)?;
+            if let Some(text) = kept {
+                let csv: String = std::iter::once(EpochRow::CSV_HEADER.to_string())
+                    .chain(text.lines().filter_map(|l| serde_json::from_str::<EpochRow>(l).ok()).map(|r| r.csv()))
+                    .collect();
+                folder::write_atomic(&self.dir.join(folder::run::METRICS_CSV), csv.as_bytes())?;
+                folder::write_atomic(&self.dir.join(folder::run::METRICS_JSONL), text.as_bytes())?;
+            }
+            self.cut_row.set(None);
+        }
         let row = EpochRow {
             epoch: m.epoch,
             steps: m.steps,
@@ -1573,7 +1592,7 @@ impl RunDir {
     /// follow a gap without a word: steps.jsonl or metrics.jsonl ending before the checkpoint
     /// (rows lost to an edit or a cut file), and whole lines of a log that no longer read as its
     /// records (dropped). The CSV mirrors are rebuilt from the logs' records kept.
-    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<Vec<String>> {
+    fn truncate_after(&self, epochs: usize, steps: u64) -> Result<(Vec<String>, bool)> {
         // A CSV row counts when it has its header's fields and its first one is in range.
         let csv = |header: &str, l: &str, keep: &dyn Fn(u64) -> bool| {
             l == header.trim_end()
@@ -1583,6 +1602,9 @@ impl RunDir {
         let d = &self.dir;
         let step_ok = |s: u64| s <= steps;
         let epoch_ok = |e: u64| e <= epochs as u64;
+        // The row of the epoch a step limit cut at the checkpoint stays until the resumed run
+        // writes that epoch's row ([`RunDir::append`]).
+        let mut cut_row = false;
         // Everything is read and decided first, then written: the CSV mirrors, then the logs they
         // mirror, so that a write that fails (a full disk, a file made read-only) leaves the logs
         // as they were.
@@ -1620,7 +1642,9 @@ impl RunDir {
             log(
                 folder::run::METRICS_JSONL,
                 kept_records(&d.join(folder::run::METRICS_JSONL), |r: &EpochRow| {
-                    let kept = epoch_ok(r.epoch as u64);
+                    let cut = r.epoch == epochs + 1 && r.steps == steps;
+                    cut_row |= cut;
+                    let kept = epoch_ok(r.epoch as u64) || cut;
                     if kept {
                         last_epoch = last_epoch.max(r.epoch as u64);
                         epoch_csv.push_str(&r.csv());
@@ -1682,7 +1706,7 @@ impl RunDir {
                 epochs + 1
             ));
         }
-        Ok(warnings)
+        Ok((warnings, cut_row))
     }
 }
 
@@ -3457,6 +3481,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         base_lr: a.lr.unwrap_or(f64::NAN),
         id: claimed.as_ref().map(|c| c.marker.id.clone()).unwrap_or_default(),
         config_hash: hash,
+        cut_row: std::cell::Cell::new(None),
     };
     let start = FolderStart {
         cut_back_to: resume.as_ref().map(|ck| (ck.epoch, ck.steps)),

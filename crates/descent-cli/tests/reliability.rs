@@ -636,7 +636,7 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
                 "--schedule-args",
                 "{\"init_value\": 0.1, \"decay_steps\": 0}",
             ],
-            "learning rate at step",
+            "`decay_steps`: must be positive",
         ),
         (
             vec![

@@ -527,3 +527,31 @@ fn a_diverged_evaluation_is_written_as_the_string_nan() {
     let pics = out("nan-metrics-plot");
     run_ok_out(&["plot", &d, "--out", &pics]);
 }
+
+/// A resume keeps the row of the epoch a step limit cut until it writes that epoch's row in its
+/// place: a resumed run that fails first loses no row.
+#[test]
+fn a_failed_resume_loses_no_metrics_row() {
+    let d = out("failed-resume");
+    run_ok_out(&[
+        "train",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        &d,
+    ]);
+    let rows = || std::fs::read_to_string(format!("{d}/metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(rows(), 1);
+    common::run_err(&["train", "--resume", &d, "--steps", "2"]);
+    assert_eq!(rows(), 1, "the checkpoint's row went with the failed resume");
+    let csv = std::fs::read_to_string(format!("{d}/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+}
