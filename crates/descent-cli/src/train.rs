@@ -2826,8 +2826,15 @@ fn resume_settings(
                         "batch_size" => given.as_u64() == Some(defaults(&cfg.model).1 as u64),
                         "lr" => given.as_f64() == Some(default_lr(&cfg.model, cfg.optimizer(), &cfg.hparams)),
                         "hidden" => given.as_u64() == Some(MLP_HIDDEN as u64),
+                        // SWA's annealing defaults (torch's SWALR), for a run that averages.
+                        "swa_anneal_epochs" => cfg.swa_start.is_some() && given.as_u64() == Some(10),
+                        "swa_anneal" => cfg.swa_start.is_some() && given.as_str() == Some("cos"),
                         _ => false,
                     };
+                // The optimizer by another of its names (`torch.adam` for `adam`).
+                let same_optimizer = key == "optimizer"
+                    && matches!((given.as_str(), kept.as_str()), (Some(g), Some(k))
+                        if descent_core::spec::resolve_optimizer(g).ok().is_some_and(|g| descent_core::spec::resolve_optimizer(k).ok() == Some(g)));
                 // The data or text moved: another path, taken where the checkpoint records the
                 // content's digest (checked against what is read there before training).
                 let moved = match key {
@@ -2842,7 +2849,7 @@ fn resume_settings(
                     }
                     continue;
                 }
-                if given != kept && !same_path && !default_of_null {
+                if given != kept && !same_path && !default_of_null && !same_optimizer {
                     bail!(
                         "{} {} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         flag(key),

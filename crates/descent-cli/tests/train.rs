@@ -555,3 +555,19 @@ fn a_failed_resume_loses_no_metrics_row() {
     let csv = std::fs::read_to_string(format!("{d}/metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
 }
+
+/// A resume takes a setting given as the run's own: its optimizer by another name, SWA's
+/// annealing at the defaults the run used; another value is refused.
+#[test]
+fn a_resume_takes_the_run_s_own_settings_by_other_names() {
+    let d = out("resume-same");
+    let run = ["train", "--model", "mlp", "--batch-size", "2048", "--epochs", "3", "--threads", "1"];
+    run_ok_out(
+        &[&run[..], &["--steps", "45", "--optimizer", "adam", "--swa-start", "1", "--swa-lr", "0.01", "--out", &d]]
+            .concat(),
+    );
+    let again = ["--optimizer", "torch.adam", "--swa-anneal", "cos", "--swa-anneal-epochs", "10"];
+    run_ok_out(&[&["train", "--resume", &d, "--steps", "50"][..], &again].concat());
+    let e = common::run_err(&["train", "--resume", &d, "--steps", "60", "--swa-anneal", "linear"]);
+    assert!(e.contains("--swa-anneal"), "{e}");
+}
