@@ -124,6 +124,8 @@ fn a_resumed_gpt_run_is_bit_exact() {
     run_ok_s(&tiny(&[&flags[..], &["--steps", "3", "--out", &o]].concat()));
     run_ok(&["train", "--resume", &o, "--steps", "8"]);
     assert_eq!(columns(full, "steps.csv", 5), columns(&off, "steps.csv", 5));
+    // Its estimates too: the one where it stopped gave way to the interval's, numbered alike.
+    assert_eq!(columns(full, "metrics.csv", 2), columns(&off, "metrics.csv", 2));
     std::fs::remove_dir_all(&off).unwrap();
 }
 

@@ -359,9 +359,14 @@ pub fn train_text_with(
         }
         if steps == next {
             let (train_loss, test_loss) = opt.with_eval_weights(|| estimate_both(model, corpus, cfg, text, steps))?;
-            evals += 1;
+            // An estimate is numbered by the evaluation interval it ends (a run's last, at a step
+            // limit inside an interval, by the interval it falls in); the checkpoint counts the
+            // whole intervals done, so that a run cut there and resumed numbers its estimates as
+            // the run never cut, whose estimate at the interval's end replaces the cut's.
+            let interval = text.eval_interval.max(1);
+            evals = (steps / interval) as usize;
             let m = EpochMetrics {
-                epoch: evals,
+                epoch: steps.div_ceil(interval) as usize,
                 steps,
                 train_loss,
                 test_loss,
