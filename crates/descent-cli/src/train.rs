@@ -1819,11 +1819,20 @@ pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
             } else {
                 String::new()
             };
+            // Early stopping restores its best epoch's weights, without the average of the last.
+            let kept = match out.stop {
+                Stop::EarlyStopping { best_epoch } => {
+                    format!("; the last epoch's, not kept: early stopping restored epoch {best_epoch}")
+                }
+                _ => String::new(),
+            };
             match av.test_accuracy {
                 Some(acc) => {
-                    println!("{} test accuracy: {:.2}% ({} updates{bn})", av.label, 100.0 * acc, av.n_averaged)
+                    println!("{} test accuracy: {:.2}% ({} updates{bn}{kept})", av.label, 100.0 * acc, av.n_averaged)
                 }
-                None => println!("{} test loss: {:.5} ({} updates{bn})", av.label, av.test_loss, av.n_averaged),
+                None => {
+                    println!("{} test loss: {:.5} ({} updates{bn}{kept})", av.label, av.test_loss, av.n_averaged)
+                }
             }
         }
         match last.test_accuracy {
@@ -2015,8 +2024,11 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
                 Num(hi)
             );
         }
-        if a.accumulate.is_some_and(|k| k > 1) || a.data_parallel.is_some_and(|n| n > 1) {
-            bail!("--accumulate / --data-parallel: distillation trains in one process, one batch a step");
+        if let Some(k) = a.accumulate.filter(|&k| k > 1) {
+            bail!("--accumulate {k}: distillation trains one batch a step");
+        }
+        if let Some(n) = a.data_parallel.filter(|&n| n > 1) {
+            bail!("--data-parallel {n}: distillation trains in one process");
         }
         if d.teachers.is_empty() {
             bail!("--teacher: give at least one teacher run folder");

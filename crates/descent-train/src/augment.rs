@@ -66,6 +66,9 @@ impl Affine {
             let number = |what: &str| -> Result<f32> {
                 match v.trim().parse::<f32>() {
                     Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+                    Ok(x) if !x.is_finite() => {
+                        Err(Error::Param(format!("--augment {what}={v}: not a finite number; a number ≥ 0")))
+                    }
                     _ => Err(Error::Param(format!("--augment {what}={v}: expected a number ≥ 0"))),
                 }
             };
