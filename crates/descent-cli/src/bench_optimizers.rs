@@ -438,11 +438,11 @@ fn run_one(
     let dir = out.join("runs").join(format!("{}-lr{lr:.3e}-seed{seed}", e.label));
     (args.lr, args.seed, args.out, args.force) = (Some(lr), seed, Some(dir), true);
     // Evaluations spread over an epoch (or over the run, when --steps cuts it shorter).
-    let steps_per_epoch = {
-        let n = n_train.saturating_sub(args.validation);
-        let batch = args.batch_size.unwrap_or(train::defaults(&args.model).1);
-        n.div_ceil((batch * args.accumulate.unwrap_or(1)).max(1)) as u64
-    };
+    let steps_per_epoch = descent_train::train::steps_per_epoch(
+        n_train.saturating_sub(args.validation),
+        args.batch_size.unwrap_or(train::defaults(&args.model).1),
+        args.accumulate.unwrap_or(1),
+    );
     let span = args.steps.map_or(steps_per_epoch, |t| t.min(steps_per_epoch));
     let every = (span / s.evals_per_epoch.max(1)).max(1);
     let curve = Mutex::new(Vec::<(u64, f64)>::new());

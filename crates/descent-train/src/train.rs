@@ -27,6 +27,12 @@ pub enum Loss {
     Mse,
 }
 
+/// Optimizer steps in an epoch of `samples`, batches of `batch_size` accumulated `accumulate` at a
+/// time (the last batch short).
+pub fn steps_per_epoch(samples: usize, batch_size: usize, accumulate: usize) -> u64 {
+    samples.div_ceil((batch_size * accumulate).max(1)) as u64
+}
+
 /// How to train.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -106,7 +112,7 @@ impl TrainConfig {
     /// Optimizer steps in an epoch over `samples` training samples: a step takes
     /// `batch_size × accumulate` of them (the last step of an epoch fewer).
     pub fn steps_per_epoch(&self, samples: usize) -> u64 {
-        samples.div_ceil((self.batch_size * self.accumulate).max(1)) as u64
+        steps_per_epoch(samples, self.batch_size, self.accumulate)
     }
 
     /// A plain config: no clipping, penalties or early stopping.
