@@ -101,11 +101,17 @@ fn target_accuracy_stops_the_run() {
     let m = mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
     let (tr, te) = (Dataset::mnist(&m.train, false).unwrap(), Dataset::mnist(&m.test, false).unwrap());
     let model = Mlp::new(Init::TorchDefault, 0.0, &mut Rng::new(0), &Device::Cpu).unwrap();
-    let mut c = TrainConfig::new("adam", Some(1e-3), 5, 64, Loss::CrossEntropy);
-    c.max_steps = Some(400);
+    let mut c = TrainConfig::new("adam", Some(1e-3), 5, 1000, Loss::CrossEntropy);
     c.target_accuracy = Some(0.5);
     let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
     assert_eq!((stop, h.len()), (Stop::TargetAccuracy, 1));
+    // An evaluation where a step limit cuts the epoch is no epoch's: the run stops at its limit,
+    // and a resumed one judges the epoch whole.
+    let model = Mlp::new(Init::TorchDefault, 0.0, &mut Rng::new(0), &Device::Cpu).unwrap();
+    c.max_steps = Some(40);
+    let (h, stop) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert!(h[0].test_accuracy.unwrap() > 0.5, "{:?}", h[0]);
+    assert_eq!((stop, h.len()), (Stop::Steps, 1));
 }
 
 #[test]
