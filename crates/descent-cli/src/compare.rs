@@ -303,9 +303,10 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
 /// [`runs::label`] writes them, then each other training setting the table sets (`seed=4`,
 /// `model=lenet`), so that runs differing only there are told apart.
 fn table_label(t: &Map<String, Value>, args: &TrainArgs) -> String {
-    const IN_RUNS_LABEL: &[&str] = &["lr", "schedule", "l1", "l2", "batch_size", "clip_norm", "clip_value"];
     let mut label = runs::label(&serde_json::to_value(args).expect("TrainArgs serializes"));
-    for (k, v) in t.iter().filter(|(k, _)| TRAIN_KEYS.contains(&k.as_str()) && !IN_RUNS_LABEL.contains(&k.as_str())) {
+    for (k, v) in
+        t.iter().filter(|(k, _)| TRAIN_KEYS.contains(&k.as_str()) && !runs::LABELLED_SETTINGS.contains(&k.as_str()))
+    {
         let v = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),

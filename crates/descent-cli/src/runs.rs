@@ -94,6 +94,7 @@ pub struct EvalRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradNormRow {
     pub step: u64,
+    #[serde(with = "exact_float::named")]
     pub norms: Vec<(String, f64)>,
 }
 
@@ -115,8 +116,14 @@ pub(crate) mod exact_float {
     }
 
     fn from_value(v: &Value) -> Result<f64, String> {
+        read(v, f64::NAN)
+    }
+
+    /// A float as [`crate::json_float`] writes it, `null` (what earlier descent wrote for any
+    /// non-finite value) reading as `null_as`.
+    pub(crate) fn read(v: &Value, null_as: f64) -> Result<f64, String> {
         match v {
-            Value::Null => Ok(f64::NAN),
+            Value::Null => Ok(null_as),
             Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
             Value::String(s) if s == "NaN" => Ok(f64::NAN),
             Value::String(s) if s == "inf" => Ok(f64::INFINITY),
@@ -139,6 +146,22 @@ pub(crate) mod exact_float {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
             from_value(&Value::deserialize(d)?).map(|x| x as f32).map_err(D::Error::custom)
+        }
+    }
+
+    /// The same for `(name, value)` pairs (each parameter's gradient norm).
+    pub mod named {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
+            v.iter().map(|(n, x)| (n, crate::json_float(*x))).collect::<Vec<_>>().serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+            Vec::<(String, Value)>::deserialize(d)?
+                .into_iter()
+                .map(|(n, v)| from_value(&v).map(|x| (n, x)).map_err(D::Error::custom))
+                .collect()
         }
     }
 
@@ -276,6 +299,9 @@ pub fn csv_field(s: &str) -> String {
 
 /// A short name for a run from its config: the optimizer, learning rate, optimizer arguments and
 /// whatever else departs from the defaults (schedule, batch size, penalties, clipping).
+/// The settings [`label`] names beside the optimizer and its arguments.
+pub const LABELLED_SETTINGS: &[&str] = &["lr", "schedule", "l1", "l2", "batch_size", "clip_norm", "clip_value"];
+
 pub fn label(c: &Value) -> String {
     let mut parts = vec![c["optimizer"].as_str().unwrap_or("?").to_string()];
     let fmt = |v: &Value| match v {

@@ -171,14 +171,7 @@ mod loss_json {
     use crate::json_float as to_value;
 
     fn from_value(v: &Value) -> Result<f64, String> {
-        match v {
-            Value::Null => Ok(f64::INFINITY),
-            Value::Number(n) => n.as_f64().ok_or_else(|| format!("loss {n} is not a number")),
-            Value::String(s) if s == "inf" => Ok(f64::INFINITY),
-            Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
-            Value::String(s) if s == "NaN" => Ok(f64::NAN),
-            other => Err(format!("loss {other}: a number, \"inf\", \"-inf\" or \"NaN\"")),
-        }
+        crate::runs::exact_float::read(v, f64::INFINITY).map_err(|e| format!("loss {e}"))
     }
 
     /// `(step, loss)` pairs, each loss as above.

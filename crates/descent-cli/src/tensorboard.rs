@@ -54,9 +54,11 @@ impl Scalars {
     /// checkpoint a run resumes from), as the resume cuts the run's metric files: the resumed
     /// run writes the later steps again, in a file of its own, so that no (tag, step) appears
     /// twice. With `mid_epoch` (a checkpoint a step limit took inside an epoch) the `epoch/`
-    /// scalars of that step go too: the resumed run writes the epoch's, whole, at its end, as it
-    /// writes its metrics row. A torn or damaged tail (a kill mid-write) goes too. Each file
-    /// rewritten atomically; files that keep every event are left alone.
+    /// scalars of that step go too: the resumed run writes the epoch's, whole, at its end. (They
+    /// go here, at the resume's start, while metrics.jsonl keeps that epoch's row until the row
+    /// that replaces it is written: the event files are a view of the logs, and the open writer's
+    /// own file could not be rewritten then.) A torn or damaged tail (a kill mid-write) goes too.
+    /// Each file rewritten atomically; files that keep every event are left alone.
     pub fn cut_back(dir: &Path, steps: u64, mid_epoch: bool) -> Result<()> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok(());

@@ -692,6 +692,10 @@ pub(crate) fn parse_json(s: &str) -> Result<serde_json::Value, String> {
     })
 }
 
+/// SWA's annealing defaults (torch's `SWALR`: 10 epochs, cosine).
+const SWA_ANNEAL_EPOCHS: usize = 10;
+const SWA_ANNEAL: &str = "cos";
+
 /// The refusal of the commands that have no language-model workload.
 const NO_GPT: &str = "the gpt model trains on text through `descent train` and `descent compare`; this command runs the image and regression models";
 
@@ -2839,8 +2843,10 @@ fn resume_settings(
                         "lr" => given.as_f64() == Some(default_lr(&cfg.model, cfg.optimizer(), &cfg.hparams)),
                         "hidden" => given.as_u64() == Some(MLP_HIDDEN as u64),
                         // SWA's annealing defaults (torch's SWALR), for a run that averages.
-                        "swa_anneal_epochs" => cfg.swa_start.is_some() && given.as_u64() == Some(10),
-                        "swa_anneal" => cfg.swa_start.is_some() && given.as_str() == Some("cos"),
+                        "swa_anneal_epochs" => {
+                            cfg.swa_start.is_some() && given.as_u64() == Some(SWA_ANNEAL_EPOCHS as u64)
+                        }
+                        "swa_anneal" => cfg.swa_start.is_some() && given.as_str() == Some(SWA_ANNEAL),
                         _ => false,
                     };
                 // The optimizer by another of its names (`torch.adam` for `adam`).
@@ -3064,8 +3070,8 @@ pub fn average_config(a: &TrainArgs) -> Result<Option<AverageConfig>> {
         (None, Some(start)) => AverageKind::Swa {
             start,
             swa_lr: a.swa_lr.context("--swa-start needs --swa-lr, the learning rate SWALR anneals to")?,
-            anneal_epochs: a.swa_anneal_epochs.unwrap_or(10),
-            anneal: Anneal::parse(a.swa_anneal.as_deref().unwrap_or("cos"))?,
+            anneal_epochs: a.swa_anneal_epochs.unwrap_or(SWA_ANNEAL_EPOCHS),
+            anneal: Anneal::parse(a.swa_anneal.as_deref().unwrap_or(SWA_ANNEAL))?,
         },
         (Some(_), Some(_)) => bail!("--ema and --swa-start: one weight average per run; give one"),
         (None, None) => return Ok(None),

@@ -153,7 +153,11 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
         ),
         (
             vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--accumulate", "2"],
-            vec!["--accumulate", "one process"],
+            vec!["--accumulate 2", "one batch a step"],
+        ),
+        (
+            vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--data-parallel", "2"],
+            vec!["--data-parallel 2", "one process"],
         ),
     ] {
         let out = descent().args(&args).args(["--out", &dir]).output().unwrap();

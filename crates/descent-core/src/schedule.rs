@@ -21,8 +21,9 @@ pub trait Schedule: Send + Sync {
     /// force (its chainable form, `get_lr`, which a `ChainedScheduler` runs for each of its
     /// schedulers in turn, each on the rate the one before set); `base` is the optimizer's initial
     /// rate, which this schedule was built with. The default, for a schedule that is its base times
-    /// a factor (`StepLR`, `ExponentialLR`, `LinearLR`, …): `lr` times the factor's change from step
-    /// `t − 1` to `t`, or from 1 to its value at step 0.
+    /// a factor (`LinearLR`, `ConstantLR`, `PolynomialLR`, …): `lr` times the factor's change from
+    /// step `t − 1` to `t`, or from 1 to its value at step 0. (`StepLR`, `MultiStepLR` and
+    /// `ExponentialLR` multiply by their γ, as torch's chainable forms do.)
     fn chain_step(&self, lr: f64, t: u64, base: f64) -> f64 {
         let (now, before) = (self.value(t), if t == 0 { base } else { self.value(t - 1) });
         if before == 0.0 {

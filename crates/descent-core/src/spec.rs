@@ -1113,6 +1113,52 @@ fn select(shapes: &[Vec<usize>], keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>
     (0..shapes.len()).filter(|&i| keep(i)).map(|i| shapes[i].clone()).collect()
 }
 
+/// The optax optimizer of argument `key` of a mask or partition, for the parameters of its group
+/// (`member`): its per-parameter lists may be written for every parameter ([`for_group`]).
+fn group_optax(
+    k: &mut Kwargs,
+    key: &'static str,
+    shapes: &[Vec<usize>],
+    member: &[bool],
+) -> Result<Box<dyn Transform>> {
+    let ctx = format!("{}: `{key}`", k.context);
+    let v = k
+        .present(key)?
+        .ok_or_else(|| Error::Field { context: ctx.clone(), message: "missing required argument".into() })?;
+    let (n, kw) = link(v, &ctx)?;
+    build_optax(&n, &for_group(&kw, member), &select(shapes, |i| member[i]))
+}
+
+/// The arguments that hold one entry per parameter (masks, labels, Muon's dimension numbers).
+const PER_PARAMETER: &[&str] =
+    &["mask", "weight_decay_mask", "trust_ratio_mask", "freeze_mask", "param_labels", "muon_weight_dimension_numbers"];
+
+/// The arguments of a transformation inside a mask or partition, whose group holds the
+/// parameters `member` says: a per-parameter list written for every parameter (as optax reads
+/// it, its inner transformations seeing the whole tree with the others masked out) keeps the
+/// group's entries, at any depth; one written for the group alone stays as it is.
+fn for_group(v: &Value, member: &[bool]) -> Value {
+    let n = member.len();
+    let in_group = member.iter().filter(|&&m| m).count();
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(key, x)| {
+                    let x = match x {
+                        Value::Array(a) if PER_PARAMETER.contains(&key.as_str()) && a.len() == n && in_group != n => {
+                            Value::Array(a.iter().zip(member).filter(|(_, &m)| m).map(|(e, _)| e.clone()).collect())
+                        }
+                        other => for_group(other, member),
+                    };
+                    (key.clone(), x)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|x| for_group(x, member)).collect()),
+        other => other.clone(),
+    }
+}
+
 /// An optax optimizer given as `[name, kwargs]` in argument `key`, built for `shapes`.
 fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let ctx = format!("{}: `{key}`", k.context);
@@ -1204,7 +1250,7 @@ fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box
 
 fn optax_masked(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let mask = k.req_mask("mask", shapes.len())?;
-    let inner = inner_optax(k, "inner", &select(shapes, |i| mask[i]))?;
+    let inner = group_optax(k, "inner", shapes, &mask)?;
     Ok(Partition::masked(inner, &mask))
 }
 
@@ -1214,7 +1260,8 @@ fn optax_freeze(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfo
 
 fn optax_selective_transform(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let frozen = k.req_mask("freeze_mask", shapes.len())?;
-    let inner = inner_optax(k, "optimizer", &select(shapes, |i| !frozen[i]))?;
+    let trained: Vec<bool> = frozen.iter().map(|f| !f).collect();
+    let inner = group_optax(k, "optimizer", shapes, &trained)?;
     Ok(Partition::split(&frozen, boxed(SetToZero), inner))
 }
 
@@ -1235,7 +1282,9 @@ fn optax_partition(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
     let mut built = vec![];
     for (label, spec) in txs {
         let (tn, kw) = link(spec, &format!("{ctx}[{label}]"))?;
-        built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| labels[i] == *label))?));
+        let member: Vec<bool> = labels.iter().map(|l| l == label).collect();
+        let kw = for_group(&kw, &member);
+        built.push((label.clone(), build_optax(&tn, &kw, &select(shapes, |i| member[i]))?));
     }
     Ok(boxed(Partition::labelled(built, &labels)?))
 }

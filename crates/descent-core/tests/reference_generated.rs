@@ -33,3 +33,13 @@ fn generated_schedule_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/schedules");
     common::replay_dir(&dir, 150, &[]);
 }
+
+/// optax 0.2.8's wrappers and compositions with unusual arguments: long chains, MultiSteps with
+/// skip functions and NaN gradients, apply_if_finite past its error limit, lookahead, masks and
+/// partitions with the inner transformations' masks written for every parameter, as optax reads
+/// them (`scripts/wrapper_cases/`).
+#[test]
+fn generated_wrapper_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/wrappers");
+    common::replay_dir(&dir, 121, &[]);
+}

@@ -194,6 +194,12 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
 /// (`epoch` the number of the estimate, 0 the one before training; `train_loss` and `test_loss`
 /// the estimates on the training and validation splits; `seconds` and `samples_per_s` of the
 /// training steps since the previous estimate, windows counted as samples), where a checkpoint
+/// The evaluation interval (from 1) that step `steps` (from 1) falls in: the number of the
+/// estimate that ends it.
+fn interval_of(steps: u64, eval_interval: u64) -> usize {
+    steps.div_ceil(eval_interval) as usize
+}
+
 /// Hands an estimate to the hooks as an epoch end at `(estimates done, steps, generator state)`
 /// (a language model has no scheduler state, cut epoch, average or best epoch) and records it.
 fn hand_estimate(
@@ -343,7 +349,7 @@ pub fn train_text_with(
         let control = hooks.on_step(&StepMetrics {
             // The evaluation interval the step falls in, by its number: a resumed run, which
             // also estimated where it had stopped, numbers its steps as the uninterrupted one.
-            epoch: ((steps - 1) / text.eval_interval.max(1) + 1) as usize,
+            epoch: interval_of(steps, text.eval_interval),
             batch: (steps - 1 - start) as usize,
             batches: (next - start) as usize,
             step: steps,
@@ -363,10 +369,9 @@ pub fn train_text_with(
             // limit inside an interval, by the interval it falls in); the checkpoint counts the
             // whole intervals done, so that a run cut there and resumed numbers its estimates as
             // the run never cut, whose estimate at the interval's end replaces the cut's.
-            let interval = text.eval_interval.max(1);
-            evals = (steps / interval) as usize;
+            evals = (steps / text.eval_interval) as usize;
             let m = EpochMetrics {
-                epoch: steps.div_ceil(interval) as usize,
+                epoch: interval_of(steps, text.eval_interval),
                 steps,
                 train_loss,
                 test_loss,

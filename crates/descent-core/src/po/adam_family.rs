@@ -414,6 +414,13 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
                 }
             };
             let cautious = a.bool("cautious", false)?;
+            if cautious && beta1.is_none() {
+                return Err(a_err(
+                    name,
+                    "cautious",
+                    "masks the momentum, and betas[0] = None turns it off: the library never reads it then; refused rather than ignored",
+                ));
+            }
             let maximize = a.maximize()?;
             Box::new(AdaFactor::new(AdaFactorConfig {
                 lr,

@@ -10,23 +10,10 @@ use crate::transform::{numel, Shapes, Transform};
 use crate::transforms::simd_apply;
 
 /// optax `centralize` (Gradient Centralization, Yong et al. 2020): for tensors of rank > 1,
-/// subtracts the mean over all axes but the first. pytorch_optimizer's `use_gc` is the same;
-/// its `gc_conv_only` ([`Centralize::conv_only`]) centralizes tensors of rank > 3 alone.
+/// subtracts the mean over all axes but the first (pytorch_optimizer's `use_gc` too).
+#[derive(Default)]
 pub struct Centralize {
     shapes: Vec<Vec<usize>>,
-    min_rank: usize,
-}
-impl Default for Centralize {
-    fn default() -> Self {
-        Centralize { shapes: vec![], min_rank: 2 }
-    }
-}
-impl Centralize {
-    /// Centralizes convolution kernels only (rank 4 and above: pytorch_optimizer's
-    /// `gc_conv_only`).
-    pub fn conv_only() -> Self {
-        Centralize { shapes: vec![], min_rank: 4 }
-    }
 }
 impl Transform for Centralize {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
@@ -36,10 +23,10 @@ impl Transform for Centralize {
     }
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
         for (u, s) in updates.iter_mut().zip(&self.shapes) {
-            if s.len() >= self.min_rank && !u.is_empty() {
+            if s.len() > 1 && !u.is_empty() {
                 let row = u.len() / s[0];
                 for r in u.chunks_mut(row) {
-                    let mean = (r.iter().map(|&x| x as f64).sum::<f64>() / row as f64) as f32;
+                    let mean = slice_mean(r);
                     r.iter_mut().for_each(|x| *x -= mean);
                 }
             }
@@ -49,6 +36,12 @@ impl Transform for Centralize {
     fn visit_state(&mut self, _v: &mut dyn StateVisitor) -> Result<()> {
         Ok(())
     }
+}
+
+/// The mean of a slice (summed in f64, then f32): gradient centralization's, here and in the
+/// fused steps of pytorch_optimizer's optimizers that centralize.
+pub(crate) fn slice_mean(x: &[f32]) -> f32 {
+    (x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64) as f32
 }
 
 /// optax `clip_by_global_norm`: if the norm of all updates together exceeds `max_norm`, scales them

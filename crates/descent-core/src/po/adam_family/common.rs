@@ -9,6 +9,19 @@ use crate::kernel::{CHUNK, PARALLEL_MIN};
 use crate::learning_rate::LearningRate;
 use crate::spec::Kwargs;
 
+/// The gradient as an update rule reads it: negated to maximize, plus the L2 term
+/// (`apply_weight_decay` without `weight_decouple`). The steps and the reductions their
+/// `prepare` reads before them compute it here, so that both see the same values.
+#[inline(always)]
+pub(crate) fn grad_in(g: f32, w: f32, maximize: bool, l2: f32) -> f32 {
+    let g = if maximize { -g } else { g };
+    if l2 != 0.0 {
+        g + l2 * w
+    } else {
+        g
+    }
+}
+
 /// `torch.lerp` with a scalar weight, `start + w·(end − start)`, computed from the nearer end as
 /// torch does.
 #[inline(always)]
@@ -86,16 +99,29 @@ pub(crate) fn cautious(update: f32, grad: f32, scale: f32) -> f32 {
 }
 
 /// pytorch_optimizer's AdaNorm (`adanorm`, `adanorm_r`; Kim et al. 2023) for one tensor:
-/// `e ← r·e + (1 − r)·‖g‖`, and the factor the first moment's gradient takes, `e/‖g‖` where that
-/// is above 1 (the gradient's norm below its running average), else 1. `e` is the tensor's
-/// `exp_grad_adanorm`, 0 before its first step.
-pub(crate) fn adanorm_scale(e: &mut f32, norm: f32, r: f64) -> f32 {
+/// `e ← r·e + (1 − r)·‖g‖`, and how the first moment's gradient is rescaled, `g·e/‖g‖` where
+/// `e > ‖g‖` (the gradient's norm below its running average), else `g`: `[e, ‖g‖]` or `[1, 1]`
+/// for [`rescaled`]. `e` is the tensor's `exp_grad_adanorm`, 0 before its first step.
+pub(crate) fn adanorm_scale(e: &mut f32, norm: f32, r: f64) -> AdaNormScale {
     *e = *e * r as f32 + (1.0 - r) as f32 * norm;
     if norm > 0.0 && *e > norm {
-        *e / norm
+        [*e, norm]
     } else {
-        1.0
+        NO_RESCALE
     }
+}
+
+/// AdaNorm's rescaling of a tensor's gradient this step, `[numerator, divisor]` ([`adanorm_scale`]).
+pub(crate) type AdaNormScale = [f32; 2];
+
+/// No rescaling: `g·1/1` is `g` exactly.
+pub(crate) const NO_RESCALE: AdaNormScale = [1.0, 1.0];
+
+/// `g·e/‖g‖` in the library's order (`grad.mul(e).div_(norm)`: two roundings), `g` itself under
+/// [`NO_RESCALE`].
+#[inline(always)]
+pub(crate) fn rescaled(g: f32, [e, norm]: AdaNormScale) -> f32 {
+    g * e / norm
 }
 
 /// StableAdamW's divisor of one tensor's update (pytorch_optimizer's `get_stable_adamw_rms`):
@@ -110,6 +136,9 @@ pub(crate) fn stable_adamw_rms(sum: f64, n: usize) -> f32 {
 /// The `adanorm`/`adanorm_r` arguments: AdaNorm's `r` when on (the library's default 0.95).
 pub(crate) fn adanorm_arg(a: &mut Args) -> Result<Option<f64>> {
     let on = a.bool("adanorm", false)?;
+    if !on && a.k.present("adanorm_r")?.is_some() {
+        return Err(a.err("adanorm_r", "is read only with adanorm = true; refused rather than ignored"));
+    }
     let r = a.k.f64("adanorm_r", 0.95)?;
     Ok(on.then_some(r))
 }
@@ -289,26 +318,20 @@ pub(crate) fn tensor_sum(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 
 
 /// One zero per tensor (a running scalar such as AdaNorm's norm, kept with the state), or
 /// nothing when `on` is false.
-pub(crate) fn per_tensor(shapes: &[Vec<usize>], on: bool) -> crate::transforms::ParamBufs {
+pub(crate) fn per_tensor(shapes: &[Vec<usize>], on: bool) -> Vec<Vec<f32>> {
     if on {
-        vec![vec![0.0f32]; shapes.len()].into()
+        vec![vec![0.0f32]; shapes.len()]
     } else {
-        crate::transforms::ParamBufs::default()
+        vec![]
     }
 }
 
-/// AdaNorm's step ([`adanorm_scale`]) for tensor `i`, whose gradient as the rule reads it has the
-/// `n` entries `grad(j)`: its norm updates the tensor's running norm in `norms`; the factor of its
-/// gradient in the first moment.
-pub(crate) fn adanorm_step(
-    norms: &mut crate::transforms::ParamBufs,
-    i: usize,
-    r: f64,
-    n: usize,
-    grad: impl Fn(usize) -> f32 + Sync,
-) -> f32 {
+/// AdaNorm's step ([`adanorm_scale`]) for a tensor whose gradient as the rule reads it has the `n`
+/// entries `grad(j)`: its norm updates the tensor's running norm `e`; how its gradient is
+/// rescaled in the first moment.
+pub(crate) fn adanorm_step(e: &mut f32, r: f64, n: usize, grad: impl Fn(usize) -> f32 + Sync) -> AdaNormScale {
     let sum = tensor_sum(n, |range| range.map(|j| (grad(j) as f64).powi(2)).sum());
-    norms.with_buffers(|e| adanorm_scale(&mut e[i][0], sum.sqrt() as f32, r))
+    adanorm_scale(e, sum.sqrt() as f32, r)
 }
 
 /// The cautious factor ([`cautious_scale`]) of a tensor of `n` entries whose update and
@@ -359,17 +382,32 @@ impl RowMeans {
     pub(crate) fn active(&self) -> bool {
         self.len.iter().any(|&l| l > 0)
     }
-    /// Reads this step's slice means of the gradients.
-    pub(crate) fn read(&mut self, inputs: &[&[f32]]) {
+    /// Reads this step's slice means of the gradients, each scaled by `scale` first (Adan
+    /// centralizes its gradient after its clipping factor; 1 leaves them as they are).
+    pub(crate) fn read(&mut self, inputs: &[&[f32]], scale: f32) {
         use rayon::prelude::*;
         for ((means, &len), g) in self.means.iter_mut().zip(&self.len).zip(inputs) {
             means.clear();
-            let mean = |row: &[f32]| (row.iter().map(|&x| x as f64).sum::<f64>() / len as f64) as f32;
+            let mean = |row: &[f32]| {
+                if scale == 1.0 {
+                    crate::transforms::slice_mean(row)
+                } else {
+                    crate::transforms::slice_mean(&row.iter().map(|&x| x * scale).collect::<Vec<_>>())
+                }
+            };
             if len > 0 && g.len() >= PARALLEL_MIN {
                 means.par_extend(g.par_chunks(len).map(mean));
             } else if len > 0 {
                 means.extend(g.chunks(len).map(mean));
             }
+        }
+    }
+    /// The mean of the slice of entry `j` of tensor `i` (0 for a tensor not centralized).
+    #[inline(always)]
+    pub(crate) fn mean_at(&self, i: usize, j: usize) -> f32 {
+        match self.len[i] {
+            0 => 0.0,
+            len => self.means[i][j / len],
         }
     }
     /// The means to subtract from entries `off, off + 1, …` of tensor `i`, in turn (0 for a tensor

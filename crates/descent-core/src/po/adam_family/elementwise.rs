@@ -6,7 +6,8 @@
 //! library's parameter to the last bit whenever the two are within a factor of two.
 
 use super::common::{
-    adam_debias, adanorm_step, cautious, cautious_step, debias, lerp, per_tensor, rectify, Decay, RowMeans,
+    adam_debias, adanorm_step, cautious, cautious_step, debias, grad_in, lerp, per_tensor, rectify, rescaled,
+    AdaNormScale, Decay, RowMeans, NO_RESCALE,
 };
 use crate::kernel::{exp_neg_f32, global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
@@ -24,17 +25,6 @@ fn ams_max<const AMS: bool>(max: &mut [f32], j: usize, x: f32) -> f32 {
         max[j]
     } else {
         x
-    }
-}
-
-/// The gradient as the update rule reads it: negated to maximize, plus the L2 term.
-#[inline(always)]
-fn grad_in(g: f32, w: f32, maximize: bool, l2: f32) -> f32 {
-    let g = if maximize { -g } else { g };
-    if l2 != 0.0 {
-        g + l2 * w
-    } else {
-        g
     }
 }
 
@@ -302,7 +292,7 @@ impl Elementwise for LaProp {
     /// gradient, the moments computed as the step will compute them.
     fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
         let next = self.next_step();
-        let c = LaPropConsts::new(self, &next);
+        let c = LaPropConsts::new(self, next.k, next.use_centered);
         for (i, g) in inputs.iter().enumerate() {
             let (m, v) = (&self.exp_avg.buffers()[i], &self.exp_avg_sq.buffers()[i]);
             let mean = self.exp_mean_avg_beta2.buffers().get(i);
@@ -380,8 +370,9 @@ struct LaPropConsts {
 }
 
 impl LaPropConsts {
-    fn new(this: &LaProp, step: &LaPropStep) -> Self {
-        let [_, mix, _, bc2] = step.k;
+    /// From the step's constants `k` (`[keep, mix, step, bc2]`) and whether it centers.
+    fn new(this: &LaProp, k: [f32; 4], use_centered: bool) -> Self {
+        let [_, mix, _, bc2] = k;
         LaPropConsts {
             b1: this.betas[0] as f32,
             b2: this.betas[1] as f32,
@@ -389,7 +380,7 @@ impl LaPropConsts {
             eps: this.eps,
             mix,
             bc2,
-            use_centered: step.use_centered,
+            use_centered,
         }
     }
 }
@@ -445,10 +436,7 @@ fn laprop_block<const CENTERED: bool, const AMS: bool>(
     let mean = if CENTERED { &mut mean[..n] } else { mean };
     let vmax = if AMS { &mut vmax[..n] } else { vmax };
     let [keep, _, step, _] = this.k;
-    let c = LaPropConsts::new(
-        this,
-        &LaPropStep { k: this.k, use_centered: this.use_centered, exp_avg_lr_1: 0.0, exp_avg_lr_2: 0.0 },
-    );
+    let c = LaPropConsts::new(this, this.k, this.use_centered);
     let (maximize, cautious_on) = (this.maximize, this.cautious);
     for j in 0..n {
         let w = p[j];
@@ -667,9 +655,10 @@ pub struct Lion {
     exp_avg: ParamBufs,
     /// AdaNorm's running gradient norm of each tensor (one entry each; empty without AdaNorm).
     exp_grad_adanorm: ParamBufs,
-    /// This step's factor of each tensor's gradient in the momentum (AdaNorm), and of its
-    /// agreeing signs (cautious).
-    scales: Vec<[f32; 2]>,
+    /// This step's AdaNorm rescaling of each tensor's gradient in the momentum.
+    norm_scales: Vec<AdaNormScale>,
+    /// This step's cautious factor of each tensor's agreeing signs.
+    agree_scales: Vec<f32>,
     /// This step's `[keep, l2, lr]`.
     k: [f32; 3],
 }
@@ -715,15 +704,17 @@ impl Lion {
             step: 0,
             exp_avg: ParamBufs::default(),
             exp_grad_adanorm: ParamBufs::default(),
-            scales: vec![],
+            norm_scales: vec![],
+            agree_scales: vec![],
             k: [0.0; 3],
         }
     }
 }
 elementwise_transform!(Lion, |s, shapes, _p| {
     s.exp_avg = zeros(shapes).into();
-    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
-    s.scales = vec![[1.0; 2]; shapes.len()];
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some()).into();
+    s.norm_scales = vec![NO_RESCALE; shapes.len()];
+    s.agree_scales = vec![1.0; shapes.len()];
 }; bufs: [exp_avg, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Lion {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
@@ -738,12 +729,13 @@ impl Elementwise for Lion {
         let (maximize, l2, w1) = (self.maximize, self.decay.l2(), (1.0 - self.betas[0]) as f32);
         for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
             if let Some(r) = self.adanorm {
-                self.scales[i][0] =
-                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+                self.norm_scales[i] = self
+                    .exp_grad_adanorm
+                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
             }
             if self.cautious {
                 let m = &self.exp_avg.buffers()[i];
-                self.scales[i][1] = cautious_step(g.len(), |j| {
+                self.agree_scales[i] = cautious_step(g.len(), |j| {
                     let x = grad_in(g[j], w[j], maximize, l2);
                     (sign(lerp(m[j], x, w1)), x)
                 });
@@ -759,13 +751,13 @@ impl Elementwise for Lion {
         let n = u.len();
         let [keep, l2, lr] = this.k;
         let (w1, w2) = ((1.0 - this.betas[0]) as f32, (1.0 - this.betas[1]) as f32);
-        let [norm_scale, agree_scale] = this.scales[i];
+        let (norm_scale, agree_scale) = (this.norm_scales[i], this.agree_scales[i]);
         let m = this.exp_avg.slice(i, off, n);
         for j in 0..n {
             let w = p[j];
             let g = grad_in(u[j], w, this.maximize, l2);
             let mut upd = sign(lerp(m[j], g, w1));
-            m[j] = lerp(m[j], g * norm_scale, w2);
+            m[j] = lerp(m[j], rescaled(g, norm_scale), w2);
             if this.cautious {
                 upd = cautious(upd, g, agree_scale);
             }
@@ -892,7 +884,7 @@ pub struct AdaBelief {
     /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
     exp_grad_adanorm: ParamBufs,
     /// This step's AdaNorm factor of each tensor's gradient in the first moment.
-    norm_scales: Vec<f32>,
+    norm_scales: Vec<AdaNormScale>,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_var: ParamBufs,
@@ -976,8 +968,8 @@ elementwise_transform!(AdaBelief, |s, shapes, _p| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_var = zeros(shapes).into();
     s.max_exp_avg_var = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
-    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
-    s.norm_scales = vec![1.0; shapes.len()];
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some()).into();
+    s.norm_scales = vec![NO_RESCALE; shapes.len()];
 }; bufs: [exp_avg, exp_avg_var, max_exp_avg_var, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for AdaBelief {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
@@ -991,8 +983,9 @@ impl Elementwise for AdaBelief {
         let (maximize, l2) = (self.maximize, self.decay.l2());
         if let Some(r) = self.adanorm {
             for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-                self.norm_scales[i] =
-                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+                self.norm_scales[i] = self
+                    .exp_grad_adanorm
+                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
             }
         }
     }
@@ -1036,7 +1029,7 @@ fn adabelief_block<const AMS: bool>(
     m: &mut [f32],
     s: &mut [f32],
     smax: &mut [f32],
-    norm_scale: f32,
+    norm_scale: AdaNormScale,
 ) {
     let n = u.len();
     let (p, m, s) = (&p[..n], &mut m[..n], &mut s[..n]);
@@ -1056,7 +1049,7 @@ fn adabelief_block<const AMS: bool>(
     for j in 0..n {
         let w = p[j];
         let g = grad_in(u[j], w, maximize, l2);
-        m[j] = lerp(m[j], g * norm_scale, w1);
+        m[j] = lerp(m[j], rescaled(g, norm_scale), w1);
         let r = g - m[j];
         s[j] = s[j] * b2 + c2 * r * r + eps;
         let root = ams_max::<AMS>(smax, j, s[j]).sqrt();
@@ -1084,7 +1077,7 @@ pub struct DiffGrad {
     /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
     exp_grad_adanorm: ParamBufs,
     /// This step's AdaNorm factor of each tensor's gradient in the first moment.
-    norm_scales: Vec<f32>,
+    norm_scales: Vec<AdaNormScale>,
     step: u64,
     exp_avg: ParamBufs,
     exp_avg_sq: ParamBufs,
@@ -1171,8 +1164,8 @@ elementwise_transform!(DiffGrad, |s, shapes, _p| {
     s.exp_avg_sq = zeros(shapes).into();
     s.previous_grad = zeros(shapes).into();
     s.max_exp_avg_sq = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
-    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
-    s.norm_scales = vec![1.0; shapes.len()];
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some()).into();
+    s.norm_scales = vec![NO_RESCALE; shapes.len()];
 }; bufs: [exp_avg, exp_avg_sq, previous_grad, max_exp_avg_sq, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for DiffGrad {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
@@ -1186,8 +1179,9 @@ impl Elementwise for DiffGrad {
         let (maximize, l2) = (self.maximize, self.decay.l2());
         if let Some(r) = self.adanorm {
             for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-                self.norm_scales[i] =
-                    adanorm_step(&mut self.exp_grad_adanorm, i, r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+                self.norm_scales[i] = self
+                    .exp_grad_adanorm
+                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
             }
         }
     }
@@ -1238,7 +1232,7 @@ fn diffgrad_block<const AMS: bool>(
     v: &mut [f32],
     prev: &mut [f32],
     vmax: &mut [f32],
-    norm_scale: f32,
+    norm_scale: AdaNormScale,
 ) {
     let n = u.len();
     let (p, m, v, prev) = (&p[..n], &mut m[..n], &mut v[..n], &mut prev[..n]);
@@ -1252,7 +1246,7 @@ fn diffgrad_block<const AMS: bool>(
     for j in 0..n {
         let w = p[j];
         let g = grad_in(u[j], w, maximize, l2);
-        m[j] = lerp(m[j], g * norm_scale, w1);
+        m[j] = lerp(m[j], rescaled(g, norm_scale), w1);
         v[j] = v[j] * b2 + c2 * g * g;
         let second = ams_max::<AMS>(vmax, j, v[j]);
         let stepped = w * keep;
@@ -1287,7 +1281,7 @@ pub struct Adan {
     /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
     exp_grad_adanorm: ParamBufs,
     /// This step's AdaNorm factor of each tensor's gradient in the first moment.
-    norm_scales: Vec<f32>,
+    norm_scales: Vec<AdaNormScale>,
     /// Gradient centralization (after the clipping scale, as the library does it).
     rows: RowMeans,
     /// This step's gradient scale `min(1, max_grad_norm/(‖g‖ + ε))` (1 without clipping).
@@ -1367,8 +1361,8 @@ elementwise_transform!(Adan, |s, shapes, _p| {
     s.exp_avg_sq = zeros(shapes).into();
     s.exp_avg_diff = zeros(shapes).into();
     s.previous_grad = zeros(shapes).into();
-    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
-    s.norm_scales = vec![1.0; shapes.len()];
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some()).into();
+    s.norm_scales = vec![NO_RESCALE; shapes.len()];
     s.rows = RowMeans::new(shapes, s.use_gc, false);
 }; bufs: [exp_avg, exp_avg_sq, exp_avg_diff, previous_grad, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Adan {
@@ -1387,13 +1381,13 @@ impl Elementwise for Adan {
         } else {
             1.0
         };
-        self.rows.read(inputs);
+        self.rows.read(inputs, self.clip);
         let Some(r) = self.adanorm else { return };
-        let (maximize, clip) = (self.maximize, self.clip);
+        let (maximize, clip, rows) = (self.maximize, self.clip, &self.rows);
         for (i, g) in inputs.iter().enumerate() {
-            let mut rows = self.rows.cursor(i, 0);
-            let x: Vec<f32> = g.iter().map(|&raw| adan_grad(raw, rows.next_mean(), maximize, clip)).collect();
-            self.norm_scales[i] = adanorm_step(&mut self.exp_grad_adanorm, i, r, x.len(), |j| x[j]);
+            self.norm_scales[i] = self.exp_grad_adanorm.with_buffers(|e| {
+                adanorm_step(&mut e[i][0], r, g.len(), |j| adan_grad(g[j], rows.mean_at(i, j), maximize, clip))
+            });
         }
     }
     fn begin_step(&mut self) {
@@ -1437,7 +1431,7 @@ impl Elementwise for Adan {
             }
             let g = adan_grad(raw, rows.next_mean(), this.maximize, clip);
             let diff = prev[j] + g;
-            m[j] = lerp(m[j], g * norm_scale, w1);
+            m[j] = lerp(m[j], rescaled(g, norm_scale), w1);
             d[j] = lerp(d[j], diff, w2);
             let corrected = diff * b2 + g;
             v[j] = v[j] * b3 + c3 * corrected * corrected;
@@ -1454,10 +1448,15 @@ impl Elementwise for Adan {
     });
 }
 
-/// Adan's gradient as its step reads it: negated to maximize, scaled by the clipping factor,
-/// less its slice's mean (`mean`, 0 without centralization).
+/// Adan's gradient as its step reads it: scaled by the clipping factor, less its slice's mean
+/// (`mean`, of the scaled gradient: the library centralizes after clipping; 0 without
+/// centralization), negated to maximize (exact, so the order of the negation is immaterial).
 #[inline(always)]
 fn adan_grad(raw: f32, mean: f32, maximize: bool, clip: f32) -> f32 {
-    let centered = raw - mean;
-    (if maximize { -centered } else { centered }) * clip
+    let centered = raw * clip - mean;
+    if maximize {
+        -centered
+    } else {
+        centered
+    }
 }

@@ -2,7 +2,10 @@
 //! ([`Elementwise::prepare`]), then run as one fused pass: Ranger (gradient centralization) and
 //! StableAdamW (update clipping by the RMS of `g/√v`).
 
-use super::common::{adam_debias, adanorm_step, debias, debias_beta, lerp, per_tensor, rectify, Decay, RowMeans};
+use super::common::{
+    adam_debias, adanorm_step, debias, debias_beta, grad_in, lerp, per_tensor, rectify, rescaled, AdaNormScale, Decay,
+    RowMeans, NO_RESCALE,
+};
 use rayon::prelude::*;
 
 use crate::kernel::{Elementwise, CHUNK, PARALLEL_MIN};
@@ -35,7 +38,7 @@ pub struct Ranger {
     /// AdaNorm's running gradient norm of each tensor (empty without AdaNorm).
     exp_grad_adanorm: ParamBufs,
     /// This step's AdaNorm factor of each tensor's gradient in the first moment.
-    norm_scales: Vec<f32>,
+    norm_scales: Vec<AdaNormScale>,
     /// Gradient centralization.
     rows: RowMeans,
     /// This step's `[keep, l2, step_size]`.
@@ -128,8 +131,8 @@ elementwise_transform!(Ranger, |s, shapes, params| {
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_sq = zeros(shapes).into();
     s.slow_buffer = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
-    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some());
-    s.norm_scales = vec![1.0; shapes.len()];
+    s.exp_grad_adanorm = per_tensor(shapes, s.adanorm.is_some()).into();
+    s.norm_scales = vec![NO_RESCALE; shapes.len()];
     s.rows = RowMeans::new(shapes, s.use_gc, s.gc_conv_only);
 }; bufs: [exp_avg, exp_avg_sq, slow_buffer, exp_grad_adanorm]; counters: [step]; scalars: []);
 impl Elementwise for Ranger {
@@ -142,14 +145,13 @@ impl Elementwise for Ranger {
     /// The slice means of the gradients (centralization), then AdaNorm's norms of the gradients
     /// as the step reads them (centralized, with the L2 term).
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        self.rows.read(inputs);
+        self.rows.read(inputs, 1.0);
         let Some(r) = self.adanorm else { return };
-        let (maximize, l2) = (self.maximize, self.decay.l2());
+        let (maximize, l2, rows) = (self.maximize, self.decay.l2(), &self.rows);
         for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-            // Centralized entry by entry in order: the cursor is sequential, so the norm is too.
-            let mut rows = self.rows.cursor(i, 0);
-            let x: Vec<f32> = (0..g.len()).map(|j| ranger_grad(g[j] - rows.next_mean(), w[j], maximize, l2)).collect();
-            self.norm_scales[i] = adanorm_step(&mut self.exp_grad_adanorm, i, r, x.len(), |j| x[j]);
+            self.norm_scales[i] = self.exp_grad_adanorm.with_buffers(|e| {
+                adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j] - rows.mean_at(i, j), w[j], maximize, l2))
+            });
         }
     }
     fn begin_step(&mut self) {
@@ -175,8 +177,8 @@ impl Elementwise for Ranger {
         let norm_scale = this.norm_scales[i];
         for j in 0..n {
             let w = p[j];
-            let g = ranger_grad(u[j] - rows.next_mean(), w, this.maximize, l2);
-            m[j] = lerp(m[j], g * norm_scale, w1);
+            let g = grad_in(u[j] - rows.next_mean(), w, this.maximize, l2);
+            m[j] = lerp(m[j], rescaled(g, norm_scale), w1);
             v[j] = v[j] * b2 + c2 * g * g;
             let stepped = w * keep;
             let mut new = if this.adaptive {
@@ -191,18 +193,6 @@ impl Elementwise for Ranger {
             u[j] = new - w;
         }
     });
-}
-
-/// Ranger's gradient as its step reads it, from the centralized one: negated to maximize, plus
-/// the L2 term.
-#[inline(always)]
-fn ranger_grad(centered: f32, w: f32, maximize: bool, l2: f32) -> f32 {
-    let g = if maximize { -centered } else { centered };
-    if l2 != 0.0 {
-        g + l2 * w
-    } else {
-        g
-    }
 }
 
 /// pytorch_optimizer `StableAdamW` (Wortsman et al. 2023): AdamW with bias-corrected decays

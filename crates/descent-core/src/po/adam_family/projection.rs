@@ -1,7 +1,9 @@
 //! AdamP and SGDP (Heo et al. 2021): updates whose radial component is removed for parameters that
 //! look scale-invariant, which needs whole tensors (cosine similarities, per-channel norms).
 
-use super::common::{adam_debias, adanorm_scale, cautious, cautious_step, debias, lerp, tensor_sum, Decay};
+use super::common::{
+    adam_debias, adanorm_step, cautious, cautious_step, debias, lerp, per_tensor, rescaled, Decay, NO_RESCALE,
+};
 use crate::error::Result;
 use crate::kernel::{fold_lanes, lane_sums};
 use crate::learning_rate::LearningRate;
@@ -177,7 +179,7 @@ impl Transform for AdamP {
         self.shapes = shapes.to_vec();
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
-        self.exp_grad_adanorm = if self.adanorm.is_some() { vec![vec![0.0]; shapes.len()] } else { vec![] };
+        self.exp_grad_adanorm = per_tensor(shapes, self.adanorm.is_some());
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
@@ -194,15 +196,12 @@ impl Transform for AdamP {
             }
             let grad = &u[..];
             let norm_scale = match self.adanorm {
-                Some(r) => {
-                    let sum = tensor_sum(grad.len(), |range| range.map(|j| (grad[j] as f64).powi(2)).sum());
-                    adanorm_scale(&mut self.exp_grad_adanorm[i][0], sum.sqrt() as f32, r)
-                }
-                None => 1.0,
+                Some(r) => adanorm_step(&mut self.exp_grad_adanorm[i][0], r, grad.len(), |j| grad[j]),
+                None => NO_RESCALE,
             };
             for j in 0..grad.len() {
                 let g = grad[j];
-                m[j] = lerp(m[j], g * norm_scale, w1);
+                m[j] = lerp(m[j], rescaled(g, norm_scale), w1);
                 v[j] = v[j] * b2 + c2 * g * g;
             }
             // Cautious: the momentum's entries that disagree with the gradient dropped, the

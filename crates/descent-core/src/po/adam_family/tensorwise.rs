@@ -1,7 +1,10 @@
 //! Adam relatives that scale each tensor's update by a norm of that tensor: pytorch_optimizer's
 //! MARS (the corrected gradient clipped to unit norm) and Lamb (the trust ratio).
 
-use super::common::{adam_debias, adanorm_scale, apply_cautious, debias, lerp, rectify, tensor_sum, Decay};
+use super::common::{
+    adam_debias, adanorm_step, apply_cautious, debias, lerp, per_tensor, rectify, rescaled, AdaNormScale, Decay,
+    NO_RESCALE,
+};
 use crate::error::Result;
 use crate::kernel::SumSq;
 use crate::learning_rate::LearningRate;
@@ -369,8 +372,8 @@ struct LambStep {
     l2: f32,
     /// With `rectify`: whether the SMA makes the step adaptive, and the step size.
     rectified: Option<(bool, f32)>,
-    /// AdaNorm's factor of this tensor's gradient in the first moment (1 without AdaNorm).
-    norm_scale: f32,
+    /// AdaNorm's rescaling of this tensor's gradient in the first moment.
+    norm_scale: AdaNormScale,
 }
 
 /// The elements of a sub-block of [`lamb_first_pass`], a multiple of the 8 lanes of its sums.
@@ -403,7 +406,7 @@ fn lamb_first_pass(g: &mut [f32], m: &mut [f32], v: &mut [f32], p: &[f32], c: La
                 if c.maximize {
                     gj = -gj;
                 }
-                m[j] = m[j] * c.b1 + c.beta3 * (gj * c.norm_scale);
+                m[j] = m[j] * c.b1 + c.beta3 * rescaled(gj, c.norm_scale);
                 v[j] = v[j] * c.b2 + c.c2 * gj * gj;
                 w[j] = p[j] * c.keep;
                 match c.rectified {
@@ -465,7 +468,7 @@ impl Transform for Lamb {
         crate::transform::check_init(shapes, params)?;
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
-        self.exp_grad_adanorm = if self.adanorm.is_some() { vec![vec![0.0]; shapes.len()] } else { vec![] };
+        self.exp_grad_adanorm = per_tensor(shapes, self.adanorm.is_some());
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
@@ -498,15 +501,14 @@ impl Transform for Lamb {
             keep,
             l2: self.decay.l2(),
             rectified: self.rectify.then_some((n_sma >= self.n_sma_threshold, step_size as f32)),
-            norm_scale: 1.0,
+            norm_scale: NO_RESCALE,
         };
         for (i, (g, p)) in updates.iter_mut().zip(params).enumerate() {
             let mut step = step;
             if let Some(r) = self.adanorm {
                 // The norm of the gradient as the moments read it (after `pre_norm`'s factor).
                 let scale = step.grad_scale.unwrap_or(1.0);
-                let sum = tensor_sum(g.len(), |range| range.map(|j| ((g[j] * scale) as f64).powi(2)).sum());
-                step.norm_scale = adanorm_scale(&mut self.exp_grad_adanorm[i][0], sum.sqrt() as f32, r);
+                step.norm_scale = adanorm_step(&mut self.exp_grad_adanorm[i][0], r, g.len(), |j| g[j] * scale);
             }
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             let sums = lamb_first_pass_chunked(g, m, v, p, step);

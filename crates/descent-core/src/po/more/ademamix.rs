@@ -5,7 +5,7 @@ use super::common::{betas, check_lr, debias, lerp, maximize_and_foreach, non_neg
 use crate::error::{ensure, Result};
 use crate::kernel::Elementwise;
 use crate::learning_rate::LearningRate;
-use crate::po::adam_family::common::{cautious, cautious_step, stable_adamw_rms, tensor_sum};
+use crate::po::adam_family::common::{cautious, cautious_step, grad_in, stable_adamw_rms, tensor_sum};
 use crate::spec::Kwargs;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
@@ -173,14 +173,7 @@ impl Elementwise for AdEMAMix {
         let (w1, b2, w2) = ((1.0 - self.b1) as f32, self.b2 as f32, (1.0 - self.b2) as f32);
         let maximize = self.maximize;
         for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-            let grad = |j: usize| {
-                let x = if maximize { -g[j] } else { g[j] };
-                if l2 != 0.0 {
-                    x + l2 * w[j]
-                } else {
-                    x
-                }
-            };
+            let grad = |j: usize| grad_in(g[j], w[j], maximize, l2);
             if self.cautious {
                 let m = &self.exp_avg.buffers()[i];
                 self.scales[i][0] = cautious_step(g.len(), |j| (lerp(m[j], grad(j), w1), grad(j)));

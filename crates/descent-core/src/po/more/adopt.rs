@@ -5,7 +5,7 @@ use super::common::{betas, check_lr, lerp, maximize_and_foreach, non_negative, P
 use crate::error::{Error, Result};
 use crate::kernel::Elementwise;
 use crate::learning_rate::LearningRate;
-use crate::po::adam_family::common::{cautious, cautious_step, stable_adamw_rms, tensor_sum};
+use crate::po::adam_family::common::{cautious, cautious_step, grad_in, stable_adamw_rms, tensor_sum};
 use crate::spec::Kwargs;
 use crate::transforms::{elementwise_transform, simd_apply, zeros, ParamBufs};
 
@@ -153,14 +153,7 @@ impl Elementwise for Adopt {
         let (w1, eps, maximize, clipped) = (self.w1, self.eps, self.maximize, self.clip);
         for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
             let v = &self.exp_avg_sq.buffers()[i];
-            let grad = |j: usize| {
-                let x = if maximize { -g[j] } else { g[j] };
-                if l2 != 0.0 {
-                    x + l2 * w[j]
-                } else {
-                    x
-                }
-            };
+            let grad = |j: usize| grad_in(g[j], w[j], maximize, l2);
             if self.cautious {
                 let m = &self.exp_avg.buffers()[i];
                 self.scales[i][0] = cautious_step(g.len(), |j| {
