@@ -440,31 +440,28 @@ pub fn piecewise_interpolate(
     mut boundaries_and_scales: Vec<(u64, f64)>,
 ) -> BoxSchedule {
     boundaries_and_scales.sort_by_key(|(b, _)| *b);
+    // In float32 throughout, as optax computes it (jax's default precision): the values as
+    // float32 running products, the fraction of each interval, both interpolations.
     let mut bounds = vec![0u64];
-    let mut values = vec![init];
+    let mut values = vec![init as f32];
     for (b, s) in &boundaries_and_scales {
         bounds.push(*b);
-        values.push(values.last().unwrap() * s);
+        values.push(values.last().unwrap() * *s as f32);
     }
     Box::new(move |t: u64| {
-        let t = t as f64;
         for k in 0..bounds.len() - 1 {
-            let (lo, hi) = (bounds[k] as f64, bounds[k + 1] as f64);
+            let (lo, hi) = (bounds[k], bounds[k + 1]);
             if lo <= t && t < hi {
-                let pct = (t - lo) / (hi - lo).max(1.0);
+                let pct = (t - lo) as f32 / ((hi - lo).max(1)) as f32;
                 let (a, b) = (values[k], values[k + 1]);
                 return match kind {
                     Interpolation::Linear => (b - a) * pct + a,
-                    // In float32, as optax computes it (see [`cosine_decay`]).
-                    Interpolation::Cosine => {
-                        let (a, b, pct) = (a as f32, b as f32, pct as f32);
-                        (b + (a - b) / 2.0 * ((std::f32::consts::PI * pct).cos() + 1.0)) as f64
-                    }
-                };
+                    Interpolation::Cosine => b + (a - b) / 2.0 * ((std::f32::consts::PI * pct).cos() + 1.0),
+                } as f64;
             }
         }
-        if t >= *bounds.last().unwrap() as f64 {
-            *values.last().unwrap()
+        if t >= *bounds.last().unwrap() {
+            *values.last().unwrap() as f64
         } else {
             0.0
         }

@@ -43,3 +43,13 @@ fn generated_wrapper_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/wrappers");
     common::replay_dir(&dir, 121, &[]);
 }
+
+/// Optimizers that evaluate the objective, on the reference set's objectives with other sizes
+/// and seeds and non-default arguments: torch's and optax's L-BFGS (line searches, histories,
+/// tolerances, torch's `maximize`), Polyak SGD, MoMo, SAM in its three spellings
+/// (`scripts/problem_cases/`).
+#[test]
+fn generated_problem_cases_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/problems");
+    common::replay_dir(&dir, 89, &[]);
+}

@@ -63,8 +63,25 @@ fn build_torch(hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Closure
             })
         }
     };
+    let maximize = k.bool("maximize", false)?;
     k.finish()?;
-    let cfg = TorchLbfgsConfig { lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size, strong_wolfe };
+    if strong_wolfe && lr.constant() == Some(0.0) {
+        return Err(Error::Invalid(
+            "torch.lbfgs: `lr` 0 with line_search_fn \"strong_wolfe\": torch's line search divides by zero \
+             (its cubic interpolation between two equal points)"
+                .into(),
+        ));
+    }
+    let cfg = TorchLbfgsConfig {
+        lr,
+        max_iter,
+        max_eval,
+        tolerance_grad,
+        tolerance_change,
+        history_size,
+        strong_wolfe,
+        maximize,
+    };
     Ok(Box::new(TorchLbfgs::new(cfg, shapes)?))
 }
 

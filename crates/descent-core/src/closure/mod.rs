@@ -82,6 +82,18 @@ impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) -> Result<f32>> Objective for F {
     }
 }
 
+/// The objective negated, `−L` and `−∇L`: what an optimizer asked to maximize `L` minimizes
+/// (torch's `maximize`).
+pub(crate) struct Negated<'a>(pub(crate) &'a mut dyn Objective);
+
+impl Objective for Negated<'_> {
+    fn value_and_grad(&mut self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> Result<f32> {
+        let loss = self.0.value_and_grad(params, grads)?;
+        grads.iter_mut().flatten().for_each(|g| *g = -*g);
+        Ok(-loss)
+    }
+}
+
 /// An optimizer that evaluates the objective where its algorithm chooses.
 pub trait ClosureOptimizer: Send {
     /// One step (as the library defines one: see each optimizer): moves `params` in place and

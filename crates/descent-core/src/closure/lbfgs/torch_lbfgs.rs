@@ -347,6 +347,9 @@ pub struct TorchLbfgsConfig {
     pub history_size: usize,
     /// `line_search_fn="strong_wolfe"` (default `None`: fixed steps of `lr`).
     pub strong_wolfe: bool,
+    /// Maximize the objective: minimize its negation (the loss and gradients negated where torch
+    /// reads them); the step returns the objective's own value.
+    pub maximize: bool,
 }
 
 impl Default for TorchLbfgsConfig {
@@ -359,6 +362,7 @@ impl Default for TorchLbfgsConfig {
             tolerance_change: 1e-9,
             history_size: 100,
             strong_wolfe: false,
+            maximize: false,
         }
     }
 }
@@ -384,6 +388,7 @@ pub struct TorchLbfgs {
     tolerance_change: f64,
     history_size: usize,
     strong_wolfe: bool,
+    maximize: bool,
     flat: Flat,
     /// Every buffer below is allocated on first use (the history is `history_size` pairs).
     allocated: bool,
@@ -441,6 +446,7 @@ impl TorchLbfgs {
             tolerance_change: cfg.tolerance_change,
             history_size: cfg.history_size,
             strong_wolfe: cfg.strong_wolfe,
+            maximize: cfg.maximize,
             flat,
             allocated: false,
             func_evals: 0,
@@ -532,8 +538,10 @@ impl TorchLbfgs {
     }
 }
 
-impl ClosureOptimizer for TorchLbfgs {
-    fn step(&mut self, params: &mut [Vec<f32>], objective: &mut dyn Objective) -> Result<f32> {
+impl TorchLbfgs {
+    /// One step minimizing `objective` (the torch step; [`ClosureOptimizer::step`] negates the
+    /// objective first to maximize).
+    fn minimize_step(&mut self, params: &mut [Vec<f32>], objective: &mut dyn Objective) -> Result<f32> {
         let lr = lr_at(&self.lr, self.steps, "lr")?;
         self.flat.gather(params, &mut self.x)?;
         self.allocate()?;
@@ -661,7 +669,16 @@ impl ClosureOptimizer for TorchLbfgs {
         self.flat.scatter(&self.x, params);
         Ok(orig_loss)
     }
+}
 
+impl ClosureOptimizer for TorchLbfgs {
+    fn step(&mut self, params: &mut [Vec<f32>], objective: &mut dyn Objective) -> Result<f32> {
+        if self.maximize {
+            Ok(-self.minimize_step(params, &mut super::super::Negated(objective))?)
+        } else {
+            self.minimize_step(params, objective)
+        }
+    }
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         f(&mut self.lr);
     }
