@@ -105,7 +105,9 @@ struct Record {
     /// `complete`, or `failed: why` (a diverged run is a result, not an error).
     status: String,
     /// Validation accuracy (%) at the end.
+    #[serde(default, with = "crate::runs::exact_float::option")]
     final_accuracy: Option<f64>,
+    #[serde(default, with = "crate::runs::exact_float::option")]
     final_loss: Option<f64>,
     /// (step, validation accuracy %) at every evaluation.
     curve: Vec<(u64, f64)>,
@@ -525,11 +527,15 @@ fn run_one(
 struct Row {
     label: String,
     best_lr: f64,
+    /// Whether any run of the optimizer finished: without one there is no best rate, mean or
+    /// step cost to report.
+    succeeded: bool,
     /// Final validation accuracy (%) of each seed at the best rate.
     finals: Vec<f64>,
     /// Steps to the target of each seed that reached it.
     steps_to: Vec<u64>,
-    step_ms: f64,
+    /// Milliseconds a step, over the finished runs at the best rate (none: `None`).
+    step_ms: Option<f64>,
     state_bytes: usize,
     /// (rate, final accuracy) of the search.
     search: Vec<(f64, Option<f64>)>,
@@ -574,9 +580,11 @@ fn rows(s: &Settings, entries: &[Entry], done: &[Record]) -> Vec<Row> {
             Some(Row {
                 label: e.label.clone(),
                 best_lr: best.lr,
+                succeeded: done.iter().any(|r| r.label == e.label && r.final_accuracy.is_some()),
                 finals: at_best.iter().map(|r| r.score()).collect(),
                 steps_to: at_best.iter().filter_map(|r| r.steps_to(s.target)).collect(),
-                step_ms: 1e3 * complete.iter().map(|r| r.step_seconds()).sum::<f64>() / complete.len().max(1) as f64,
+                step_ms: (!complete.is_empty())
+                    .then(|| 1e3 * complete.iter().map(|r| r.step_seconds()).sum::<f64>() / complete.len() as f64),
                 state_bytes: best.state_bytes,
                 search,
             })
@@ -587,7 +595,7 @@ fn rows(s: &Settings, entries: &[Entry], done: &[Record]) -> Vec<Row> {
 fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Result<()> {
     let mut rows = rows(s, entries, done);
     rows.sort_by(|a, b| mean_std(&b.finals).0.total_cmp(&mean_std(&a.finals).0));
-    let adamw_ms = rows.iter().find(|r| r.label == "adamw").map(|r| r.step_ms);
+    let adamw_ms = rows.iter().find(|r| r.label == "adamw").and_then(|r| r.step_ms);
     let header = [
         "optimizer".to_string(),
         "best lr".into(),
@@ -611,11 +619,14 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
             Some(v) => format!("{v:.0} ({reached} of {n} seeds)"),
             None => "not reached".into(),
         };
-        let secs = med.map(|v| v * r.step_ms / 1e3);
-        let step_cell = match adamw_ms {
-            Some(a) if a > 0.0 && r.label != "adamw" => format!("{:.1} ({:.2}× AdamW)", r.step_ms, r.step_ms / a),
-            _ => format!("{:.1}", r.step_ms),
+        let secs = med.zip(r.step_ms).map(|(v, ms)| v * ms / 1e3);
+        let step_cell = match (r.step_ms, adamw_ms) {
+            (Some(ms), Some(a)) if a > 0.0 && r.label != "adamw" => format!("{ms:.1} ({:.2}× AdamW)", ms / a),
+            (Some(ms), _) => format!("{ms:.1}"),
+            (None, _) => "—".into(),
         };
+        // Numbers only where some run finished (a mean of failures is no accuracy).
+        let num = |x: f64| if x.is_finite() { x.to_string() } else { String::new() };
         let search = r
             .search
             .iter()
@@ -624,7 +635,7 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
             .join(", ");
         let cells = [
             r.label.clone(),
-            format!("{:.1e}", r.best_lr),
+            if r.succeeded { format!("{:.1e}", r.best_lr) } else { "—".into() },
             if m.is_finite() { format!("{m:.2}% ± {sd:.2}") } else { "failed".into() },
             steps_cell,
             secs.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
@@ -636,14 +647,14 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
         csv += &format!(
             "{},{},{},{},{},{},{},{},{},{}\n",
             r.label,
-            r.best_lr,
-            m,
-            sd,
+            if r.succeeded { r.best_lr.to_string() } else { String::new() },
+            num(m),
+            if m.is_finite() { num(sd) } else { String::new() },
             n,
             reached,
             med.map(|v| v.to_string()).unwrap_or_default(),
             secs.map(|v| v.to_string()).unwrap_or_default(),
-            r.step_ms,
+            r.step_ms.map(|v| v.to_string()).unwrap_or_default(),
             r.state_bytes
         );
     }
@@ -757,5 +768,10 @@ mod tests {
         assert_eq!(done[1].steps_to(90.0), Some(20));
         assert_eq!(done[1].steps_to(95.0), None);
         assert!(best_search(&done, "b").is_none());
+        // The records write what JSON cannot hold as descent does ("NaN"), and read it back.
+        let line = serde_json::to_string(&done[3]).unwrap();
+        assert!(line.contains(r#""final_accuracy":"NaN""#), "{line}");
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert!(back.final_accuracy.is_some_and(f64::is_nan));
     }
 }

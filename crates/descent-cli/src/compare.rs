@@ -588,10 +588,12 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
     let json: Vec<Value> = rows
         .iter()
         .map(|r| {
+            // What JSON numbers cannot hold as descent writes it ("inf", "NaN"); null is no value.
+            let f = |x: Option<f64>| x.map(crate::json_float);
             serde_json::json!({
-                "label": r.label, "dir": r.dir.display().to_string(), "train_loss": r.train_loss, "test_loss": r.test_loss,
-                "test_accuracy": r.test_accuracy, "steps_to_target": r.steps_to_target,
-                "seconds_to_target": r.seconds_to_target, "samples_per_s": r.samples_per_s,
+                "label": r.label, "dir": r.dir.display().to_string(), "train_loss": f(r.train_loss),
+                "test_loss": f(r.test_loss), "test_accuracy": f(r.test_accuracy), "steps_to_target": r.steps_to_target,
+                "seconds_to_target": f(r.seconds_to_target), "samples_per_s": f(r.samples_per_s),
                 "state_bytes": r.state_bytes,
                 "status": r.status.text(false),
             })

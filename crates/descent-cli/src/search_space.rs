@@ -264,8 +264,11 @@ pub fn propose(space: &[Param], method: Method, i: usize, seed: u64, history: &[
             let mut opt = tpe::TpeOptimizer::new(estimator, range);
             for t in history {
                 if let Some(c) = t.values.get(&p.name).and_then(|v| p.coord(v)) {
-                    opt.tell(c.clamp(a, b - 1e-12 * (b - a).abs().max(1.0)), t.loss)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    // A diverged trial's NaN objective is the worst loss, as a failed trial's
+                    // infinity (TPE takes no NaN).
+                    let loss = if t.loss.is_nan() { f64::INFINITY } else { t.loss };
+                    opt.tell(c.clamp(a, b - 1e-12 * (b - a).abs().max(1.0)), loss)
+                        .map_err(|e| anyhow::anyhow!("TPE for `{}`: {e}", p.name))?;
                 }
             }
             let c = opt.ask(&mut rng).map_err(|e| anyhow::anyhow!("TPE for `{}`: {e}", p.name))?;
@@ -427,5 +430,18 @@ mod tests {
         assert!(promotable(3.0, &[3.0, 3.0, 3.0], 3));
         assert!(!promotable(f64::NAN, &[1.0], 3));
         assert!(promotable(2.0, &[f64::NAN], 3));
+    }
+
+    /// A diverged trial's NaN objective is told to TPE as the worst loss, not refused.
+    #[test]
+    fn tpe_takes_a_nan_objective_as_the_worst() {
+        let sp = space();
+        let history: Vec<Told> = (0..4)
+            .map(|i| {
+                let values = propose(&sp, Method::Random, i, 3, &[]).unwrap();
+                Told { values, loss: if i == 1 { f64::NAN } else { i as f64 } }
+            })
+            .collect();
+        propose(&sp, Method::Tpe { startup: 2 }, 4, 3, &history).unwrap();
     }
 }

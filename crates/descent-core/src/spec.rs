@@ -2201,6 +2201,10 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     })?
                 }
             };
+            // torch checks `isinstance(pct_start, float)`: an integer (0 or 1) is refused there.
+            if k.value("pct_start").is_some_and(|v| v.is_i64() || v.is_u64()) {
+                return Err(k.err("pct_start", "must be a float (torch refuses an integer such as 1; write 1.0)"));
+            }
             let pct = k.f64("pct_start", 0.3)?;
             let a = anneal(k.str("anneal_strategy", "cos")?)?;
             let (div, fdiv, three) =
