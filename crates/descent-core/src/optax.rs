@@ -638,28 +638,40 @@ pub fn amsgrad(c: Amsgrad) -> Box<dyn Transform> {
 /// u = −α/√(1 + α²) · ‖θ‖/‖g‖ · g  −  (1 − 1/√(1 + α²))·θ      (norms floored at min_norm)
 /// ```
 pub struct Fromage {
-    /// Learning rate α, a constant: it fixes the shrink factor `1/√(1 + α²)` too. optax requires
-    /// it; the default here is 1e-3.
-    pub learning_rate: f64,
+    /// Learning rate α, a constant or a schedule (then the shrink factor `1/√(1 + α²)` follows
+    /// it step by step, as optax's). optax requires it; the default here is 1e-3.
+    pub learning_rate: LearningRate,
     /// Floor of the norms of the trust ratio.
     pub min_norm: f64,
 }
 impl Default for Fromage {
     fn default() -> Self {
-        Fromage { learning_rate: DEFAULT_LEARNING_RATE, min_norm: 1e-6 }
+        Fromage { learning_rate: DEFAULT_LEARNING_RATE.into(), min_norm: 1e-6 }
     }
 }
 /// optax `fromage`: `scale_by_trust_ratio → scale(−α·mult) → add_decayed_weights(mult − 1)`.
 pub fn fromage(c: Fromage) -> Box<dyn Transform> {
-    let lr = c.learning_rate;
-    let mult = 1.0 / (1.0 + lr * lr).sqrt();
-    // The rate enters the decay factor too, fixed here: a plain scale, which set_learning_rate
-    // does not see (it would change the step but not the decay).
-    chain(vec![
-        boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig { min_norm: c.min_norm, ..Default::default() })),
-        boxed(Scale::new(-(lr * mult))),
-        boxed(AddDecayedWeights::new(mult - 1.0)),
-    ])
+    let trust = boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig { min_norm: c.min_norm, ..Default::default() }));
+    let mult = |lr: f64| 1.0 / (1.0 + lr * lr).sqrt();
+    match c.learning_rate {
+        LearningRate::Constant(lr) => {
+            // The rate enters the decay factor too, fixed here: a plain scale, which
+            // set_learning_rate does not see (it would change the step but not the decay).
+            chain(vec![trust, boxed(Scale::new(-(lr * mult(lr)))), boxed(AddDecayedWeights::new(mult(lr) - 1.0))])
+        }
+        LearningRate::Schedule(s) => {
+            // optax's callable branch: the step `α(t)·mult(t)` and the decay `mult(t) − 1`, both
+            // from the schedule at the step's count.
+            let s: std::sync::Arc<dyn crate::schedule::Schedule> = std::sync::Arc::from(s);
+            let for_decay = s.clone();
+            let step: Box<dyn crate::schedule::Schedule> = Box::new(move |t: u64| {
+                let lr = s.value(t);
+                mult(lr) * lr
+            });
+            let decay: Box<dyn crate::schedule::Schedule> = Box::new(move |t: u64| mult(for_decay.value(t)) - 1.0);
+            chain(vec![trust, scale_by_learning_rate(step.into()), boxed(AddDecayedWeights::new(decay))])
+        }
+    }
 }
 
 /// optax `lamb` (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76

@@ -1701,7 +1701,7 @@ fn optax_sm3(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
 }
 
 fn optax_fromage(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(ox::fromage(ox::Fromage { learning_rate: k.req_f64("learning_rate")?, min_norm: k.f64("min_norm", 1e-6)? }))
+    Ok(ox::fromage(ox::Fromage { learning_rate: k.lr("learning_rate", None)?, min_norm: k.f64("min_norm", 1e-6)? }))
 }
 
 fn optax_sign_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

@@ -41,7 +41,7 @@ fn generated_schedule_cases_pass() {
 #[test]
 fn generated_wrapper_cases_pass() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/wrappers");
-    common::replay_dir(&dir, 121, &[]);
+    common::replay_dir(&dir, 123, &[]);
 }
 
 /// Optimizers that evaluate the objective, on the reference set's objectives with other sizes
