@@ -17,3 +17,18 @@ def write(out, cid, source, opt, hp, shapes, steps, params, grads, expected, ext
          "grads": [[x.ravel().tolist() for x in g] for g in grads], "expected": expected}
     if extra: d.update(extra)
     json.dump(d, open(f"{out}/{cid}.json", "w"))
+def conv(v):
+    """A JSON argument as optax takes it: {"schedule": NAME, ...} becomes that optax schedule."""
+    import optax
+    if isinstance(v, dict) and 'schedule' in v:
+        kw = {k: conv(x) for k, x in v.items() if k != 'schedule'}
+        return getattr(optax, v['schedule'])(**kw)
+    if isinstance(v, dict):
+        return {k: conv(x) for k, x in v.items()}
+    return v
+def fn(path):
+    """The optax function at a dotted path (`contrib.muon`)."""
+    import optax
+    obj = optax
+    for p in path.split('.'): obj = getattr(obj, p)
+    return obj

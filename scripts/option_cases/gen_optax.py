@@ -1,18 +1,7 @@
 import sys, json, traceback, numpy as np, jax, jax.numpy as jnp, optax
 from optax import contrib
-from common import S, data, write
+from common import S, data, write, conv, fn
 out = sys.argv[1]
-def conv(v):
-    if isinstance(v, dict) and 'schedule' in v:
-        kw = {k: conv(x) for k, x in v.items() if k != 'schedule'}
-        return getattr(optax, v['schedule'])(**kw)
-    if isinstance(v, dict):
-        return {k: conv(x) for k, x in v.items()}
-    return v
-def fn(path):
-    obj = optax
-    for p in path.split('.'): obj = getattr(obj, p)
-    return obj
 def mk(name, hp):
     if name == 'chain':
         return optax.chain(*[mk(n, k) for n, k in hp['links']])

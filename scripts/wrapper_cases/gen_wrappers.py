@@ -12,35 +12,9 @@ out = sys.argv[1] if len(sys.argv) > 1 else "cases"
 os.makedirs(out, exist_ok=True)
 ONLY = sys.argv[2] if len(sys.argv) > 2 else None
 
-S = [(5, 3), (4,), (2, 3, 2)]
-
-
-def data(shapes, steps, seed, scale):
-    rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    pf = [1.0, 0.1, 3.0, 0.5, 2.0]
-    grads = []
-    for t in range(steps):
-        sf = [1.0, 0.3, 2.0, 0.05, 1.0][t % 5]
-        grads.append([(scale * pf[i % 5] * sf * rng.standard_normal(s)).astype(np.float32)
-                      for i, s in enumerate(shapes)])
-    return params, grads
-
-
-def conv(v):
-    if isinstance(v, dict) and 'schedule' in v:
-        kw = {k: conv(x) for k, x in v.items() if k != 'schedule'}
-        return getattr(optax, v['schedule'])(**kw)
-    if isinstance(v, dict):
-        return {k: conv(x) for k, x in v.items()}
-    return v
-
-
-def fn(path):
-    obj = optax
-    for p in path.split('.'):
-        obj = getattr(obj, p)
-    return obj
+# The data and the JSON-to-optax helpers of the option cases (the same draws for the same seed).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "option_cases"))
+from common import S, data, conv, fn  # noqa: E402
 
 
 def plain_kwargs(hp):

@@ -504,11 +504,9 @@ fn stopping_rules_stop_a_resumed_run_where_the_whole_run_stops() {
     }
 }
 
-/// What JSON numbers cannot hold is written as descent writes it everywhere ("NaN", "inf"), not
-/// as `null`, and read back by `plot`.
-#[test]
-fn a_diverged_evaluation_is_written_as_the_string_nan() {
-    let d = out("nan-metrics");
+/// A one-step MLP run at a rate that makes its evaluation diverge (its test loss NaN).
+fn diverged_run(tag: &str) -> Out {
+    let d = out(tag);
     run_ok_out(&[
         "train",
         "--model",
@@ -524,6 +522,14 @@ fn a_diverged_evaluation_is_written_as_the_string_nan() {
         "--out",
         &d,
     ]);
+    d
+}
+
+/// What JSON numbers cannot hold is written as descent writes it everywhere ("NaN", "inf"), not
+/// as `null`, and read back by `plot`.
+#[test]
+fn a_diverged_evaluation_is_written_as_the_string_nan() {
+    let d = diverged_run("nan-metrics");
     let row: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(format!("{d}/metrics.jsonl")).unwrap().lines().next().unwrap())
             .unwrap();
@@ -536,22 +542,7 @@ fn a_diverged_evaluation_is_written_as_the_string_nan() {
 /// place: a resumed run that fails first loses no row.
 #[test]
 fn a_failed_resume_loses_no_metrics_row() {
-    let d = out("failed-resume");
-    run_ok_out(&[
-        "train",
-        "--model",
-        "mlp",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "1e30",
-        "--steps",
-        "1",
-        "--threads",
-        "1",
-        "--out",
-        &d,
-    ]);
+    let d = diverged_run("failed-resume");
     let rows = || std::fs::read_to_string(format!("{d}/metrics.jsonl")).unwrap().lines().count();
     assert_eq!(rows(), 1);
     common::run_err(&["train", "--resume", &d, "--steps", "2"]);

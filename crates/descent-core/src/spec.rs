@@ -1121,11 +1121,7 @@ fn group_optax(
     shapes: &[Vec<usize>],
     member: &[bool],
 ) -> Result<Box<dyn Transform>> {
-    let ctx = format!("{}: `{key}`", k.context);
-    let v = k
-        .present(key)?
-        .ok_or_else(|| Error::Field { context: ctx.clone(), message: "missing required argument".into() })?;
-    let (n, kw) = link(v, &ctx)?;
+    let (n, kw) = inner_link(k, key)?;
     build_optax(&n, &for_group(&kw, member), &select(shapes, |i| member[i]))
 }
 
@@ -1161,12 +1157,17 @@ fn for_group(v: &Value, member: &[bool]) -> Value {
 
 /// An optax optimizer given as `[name, kwargs]` in argument `key`, built for `shapes`.
 fn inner_optax(k: &mut Kwargs, key: &'static str, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let (n, kw) = inner_link(k, key)?;
+    build_optax(&n, &kw, shapes)
+}
+
+/// The required `[name, kwargs]` of argument `key` (an inner optimizer).
+fn inner_link(k: &mut Kwargs, key: &'static str) -> Result<(String, Value)> {
     let ctx = format!("{}: `{key}`", k.context);
     let v = k
         .present(key)?
         .ok_or_else(|| Error::Field { context: ctx.clone(), message: "missing required argument".into() })?;
-    let (n, kw) = link(v, &ctx)?;
-    build_optax(&n, &kw, shapes)
+    link(v, &ctx)
 }
 
 fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

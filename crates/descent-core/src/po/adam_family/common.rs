@@ -334,6 +334,22 @@ pub(crate) fn adanorm_step(e: &mut f32, r: f64, n: usize, grad: impl Fn(usize) -
     adanorm_scale(e, sum.sqrt() as f32, r)
 }
 
+/// [`adanorm_step`] for every tensor of a fused step whose gradient is [`grad_in`] of its input:
+/// each tensor's running norm in `norms` updated, its rescaling into `scales`.
+pub(crate) fn adanorm_steps(
+    norms: &mut crate::transforms::ParamBufs,
+    scales: &mut [AdaNormScale],
+    r: f64,
+    (inputs, params): (&[&[f32]], &[&[f32]]),
+    (maximize, l2): (bool, f32),
+) {
+    norms.with_buffers(|e| {
+        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+            scales[i] = adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2));
+        }
+    });
+}
+
 /// The cautious factor ([`cautious_scale`]) of a tensor of `n` entries whose update and
 /// gradient at `j` are `pair(j)`, computed as the step will compute them.
 pub(crate) fn cautious_step(n: usize, pair: impl Fn(usize) -> (f32, f32) + Sync) -> f32 {

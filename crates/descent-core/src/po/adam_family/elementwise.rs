@@ -6,8 +6,8 @@
 //! library's parameter to the last bit whenever the two are within a factor of two.
 
 use super::common::{
-    adam_debias, adanorm_step, cautious, cautious_step, debias, grad_in, lerp, per_tensor, rectify, rescaled,
-    AdaNormScale, Decay, RowMeans, NO_RESCALE,
+    adam_debias, adanorm_step, adanorm_steps, cautious, cautious_step, debias, grad_in, lerp, per_tensor, rectify,
+    rescaled, AdaNormScale, Decay, RowMeans, NO_RESCALE,
 };
 use crate::kernel::{exp_neg_f32, global_sum_sq, Elementwise};
 use crate::learning_rate::LearningRate;
@@ -727,12 +727,10 @@ impl Elementwise for Lion {
     /// gradient's (cautious), from the momentum before this step.
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
         let (maximize, l2, w1) = (self.maximize, self.decay.l2(), (1.0 - self.betas[0]) as f32);
+        if let Some(r) = self.adanorm {
+            adanorm_steps(&mut self.exp_grad_adanorm, &mut self.norm_scales, r, (inputs, params), (maximize, l2));
+        }
         for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-            if let Some(r) = self.adanorm {
-                self.norm_scales[i] = self
-                    .exp_grad_adanorm
-                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
-            }
             if self.cautious {
                 let m = &self.exp_avg.buffers()[i];
                 self.agree_scales[i] = cautious_step(g.len(), |j| {
@@ -980,13 +978,9 @@ impl Elementwise for AdaBelief {
     }
     /// AdaNorm: each tensor's gradient norm, as the step reads the gradient.
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let (maximize, l2) = (self.maximize, self.decay.l2());
         if let Some(r) = self.adanorm {
-            for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-                self.norm_scales[i] = self
-                    .exp_grad_adanorm
-                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
-            }
+            let how = (self.maximize, self.decay.l2());
+            adanorm_steps(&mut self.exp_grad_adanorm, &mut self.norm_scales, r, (inputs, params), how);
         }
     }
     fn begin_step(&mut self) {
@@ -1176,13 +1170,9 @@ impl Elementwise for DiffGrad {
     }
     /// AdaNorm: each tensor's gradient norm, as the step reads the gradient.
     fn prepare(&mut self, inputs: &[&[f32]], params: &[&[f32]]) {
-        let (maximize, l2) = (self.maximize, self.decay.l2());
         if let Some(r) = self.adanorm {
-            for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-                self.norm_scales[i] = self
-                    .exp_grad_adanorm
-                    .with_buffers(|e| adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j], w[j], maximize, l2)));
-            }
+            let how = (self.maximize, self.decay.l2());
+            adanorm_steps(&mut self.exp_grad_adanorm, &mut self.norm_scales, r, (inputs, params), how);
         }
     }
     fn begin_step(&mut self) {
