@@ -26,7 +26,7 @@ impl Transform for Centralize {
             if s.len() > 1 && !u.is_empty() {
                 let row = u.len() / s[0];
                 for r in u.chunks_mut(row) {
-                    let mean = slice_mean(r);
+                    let mean = slice_mean(r, 1.0);
                     r.iter_mut().for_each(|x| *x -= mean);
                 }
             }
@@ -38,10 +38,11 @@ impl Transform for Centralize {
     }
 }
 
-/// The mean of a slice (summed in f64, then f32): gradient centralization's, here and in the
-/// fused steps of pytorch_optimizer's optimizers that centralize.
-pub(crate) fn slice_mean(x: &[f32]) -> f32 {
-    (x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64) as f32
+/// The mean of a slice's entries each times `scale` (in f32; summed in f64, then f32): gradient
+/// centralization's, here and in the fused steps of pytorch_optimizer's optimizers that
+/// centralize (Adan after its clipping factor; 1 elsewhere, exact).
+pub(crate) fn slice_mean(x: &[f32], scale: f32) -> f32 {
+    (x.iter().map(|&v| (v * scale) as f64).sum::<f64>() / x.len() as f64) as f32
 }
 
 /// optax `clip_by_global_norm`: if the norm of all updates together exceeds `max_norm`, scales them

@@ -404,13 +404,7 @@ impl RowMeans {
         use rayon::prelude::*;
         for ((means, &len), g) in self.means.iter_mut().zip(&self.len).zip(inputs) {
             means.clear();
-            let mean = |row: &[f32]| {
-                if scale == 1.0 {
-                    crate::transforms::slice_mean(row)
-                } else {
-                    crate::transforms::slice_mean(&row.iter().map(|&x| x * scale).collect::<Vec<_>>())
-                }
-            };
+            let mean = |row: &[f32]| crate::transforms::slice_mean(row, scale);
             if len > 0 && g.len() >= PARALLEL_MIN {
                 means.par_extend(g.par_chunks(len).map(mean));
             } else if len > 0 {

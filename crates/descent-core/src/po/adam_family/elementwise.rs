@@ -1374,11 +1374,13 @@ impl Elementwise for Adan {
         self.rows.read(inputs, self.clip);
         let Some(r) = self.adanorm else { return };
         let (maximize, clip, rows) = (self.maximize, self.clip, &self.rows);
-        for (i, g) in inputs.iter().enumerate() {
-            self.norm_scales[i] = self.exp_grad_adanorm.with_buffers(|e| {
-                adanorm_step(&mut e[i][0], r, g.len(), |j| adan_grad(g[j], rows.mean_at(i, j), maximize, clip))
-            });
-        }
+        let scales = &mut self.norm_scales;
+        self.exp_grad_adanorm.with_buffers(|e| {
+            for (i, g) in inputs.iter().enumerate() {
+                scales[i] =
+                    adanorm_step(&mut e[i][0], r, g.len(), |j| adan_grad(g[j], rows.mean_at(i, j), maximize, clip));
+            }
+        });
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);

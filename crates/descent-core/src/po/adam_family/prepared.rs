@@ -148,11 +148,13 @@ impl Elementwise for Ranger {
         self.rows.read(inputs, 1.0);
         let Some(r) = self.adanorm else { return };
         let (maximize, l2, rows) = (self.maximize, self.decay.l2(), &self.rows);
-        for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
-            self.norm_scales[i] = self.exp_grad_adanorm.with_buffers(|e| {
-                adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j] - rows.mean_at(i, j), w[j], maximize, l2))
-            });
-        }
+        let scales = &mut self.norm_scales;
+        self.exp_grad_adanorm.with_buffers(|e| {
+            for (i, (g, w)) in inputs.iter().zip(params).enumerate() {
+                scales[i] =
+                    adanorm_step(&mut e[i][0], r, g.len(), |j| grad_in(g[j] - rows.mean_at(i, j), w[j], maximize, l2));
+            }
+        });
     }
     fn begin_step(&mut self) {
         let lr = self.lr.at(self.step);
