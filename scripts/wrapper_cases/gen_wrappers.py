@@ -482,3 +482,23 @@ case("multisteps", "big_k2_skipnf", {"every_k": 2, "inner": ["chain", {"links": 
     "should_skip_update_fn": ["skip_not_finite", {}]}, shapes=BIG, seed=718, steps=10, nan=[[3, 0, 4000], [6, 1, 2050]])
 case("chain", "agc_6d", {"links": [["adaptive_grad_clip", {"clipping": 0.03}], ["scale", {"step_size": -0.1}]]},
      shapes=[(2, 1, 2, 1, 2, 3), (3,)], seed=719, scale=3.0)
+
+# ---------------- third batch: rates read otherwise than the step's, lookahead's reset ----------------
+case("inject_hyperparams", "schedule_free_adamw_sched", {"inner": ["contrib.schedule_free_adamw", {
+    "learning_rate": wcos(0.02), "b1": 0.8}]}, seed=801)
+case("inject_hyperparams", "schedule_free_sgd_sched_warmup", {"inner": ["contrib.schedule_free_sgd", {
+    "learning_rate": cos(0.1), "warmup_steps": 3}]}, seed=802)
+case("inject_hyperparams", "rprop_sched", {"inner": ["rprop", {"learning_rate": cos(0.05), "eta_plus": 1.5}]},
+     seed=803)
+case("inject_hyperparams", "sm3_sched", {"inner": ["sm3", {"learning_rate": wcos(0.1)}]}, seed=804)
+inj("schedule_free_adamw_warmup", "contrib.schedule_free_adamw", {"warmup_steps": 5, "b1": 0.7}, 805)
+case("lookahead", "reset_state_schedule_free", {"sync_period": 3, "slow_step_size": 0.5, "reset_state": True,
+                                                "inner": ["contrib.schedule_free_sgd", {"learning_rate": 0.1}]},
+     seed=806)
+case("lookahead", "reset_state_sched_adam_sync1", {"sync_period": 1, "slow_step_size": 0.6, "reset_state": True,
+                                                   "inner": ["adam", {"learning_rate": wcos(0.05)}]}, seed=807)
+case("lookahead", "reset_state_chain_clip_adamw", {"sync_period": 4, "slow_step_size": 0.3, "reset_state": True,
+                                                   "inner": ["chain", {"links": [
+                                                       ["clip_by_global_norm", {"max_norm": 0.5}],
+                                                       ["adamw", {"learning_rate": 0.03, "weight_decay": 0.1}]]}]},
+     seed=808, steps=16)

@@ -1254,21 +1254,22 @@ pub fn signum(c: Signum) -> Box<dyn Transform> {
 /// m ← μ·m + (1 − μ)·g/√ν      u = −α·m
 /// ```
 pub struct Sm3 {
-    /// Learning rate α. optax requires it; the default here is 1e-3.
-    pub learning_rate: f64,
+    /// Learning rate α. optax requires it (a float: a schedule only through
+    /// `inject_hyperparams`); the default here is 1e-3.
+    pub learning_rate: LearningRate,
     /// Momentum μ.
     pub momentum: f64,
 }
 impl Default for Sm3 {
     fn default() -> Self {
-        Sm3 { learning_rate: DEFAULT_LEARNING_RATE, momentum: 0.9 }
+        Sm3 { learning_rate: DEFAULT_LEARNING_RATE.into(), momentum: 0.9 }
     }
 }
 /// optax `sm3`: `scale_by_sm3 → scale(−α)`, the rate one that can be set.
 pub fn sm3(c: Sm3) -> Box<dyn Transform> {
     chain(vec![
         boxed(ScaleBySm3::new(ScaleBySm3Config { b1: c.momentum, ..Default::default() })),
-        scale_by_learning_rate(c.learning_rate.into()),
+        scale_by_learning_rate(c.learning_rate),
     ])
 }
 

@@ -99,6 +99,17 @@ impl Optimizer {
         Ok(Optimizer { tx, shapes, updates: vec![], steps: 0, skipped: 0, non_finite: NonFinite::Propagate })
     }
 
+    /// Initializes the state again for these parameters: the optimizer is then as freshly built
+    /// (optax's `init` called anew; torch's `optimizer.state.clear()`), its learning rates as they
+    /// are now, its step counts at 0.
+    pub fn reset(&mut self, params: &[&[f32]]) -> Result<()> {
+        check_sizes("parameter", &self.shapes, params)?;
+        self.tx.init(&self.shapes, params)?;
+        self.steps = 0;
+        self.skipped = 0;
+        Ok(())
+    }
+
     /// Sets the policy for non-finite gradients.
     pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
         self.non_finite = policy;

@@ -199,6 +199,7 @@ impl SparseAdam {
 impl Transform for SparseAdam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.exp_avg = zeros(shapes).into();
         self.exp_avg_sq = zeros(shapes).into();
         self.shapes = shapes.to_vec();

@@ -1223,16 +1223,10 @@ fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tra
 fn optax_lookahead(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let sync = k.req_u64("sync_period")?;
     let alpha = k.req_f64("slow_step_size")?;
-    if k.bool("reset_state", false)? {
-        return Err(Error::Field {
-            context: "optax.lookahead: `reset_state`".into(),
-            message: "true (resetting the fast optimizer's state at each sync) is not implemented; accepted: false"
-                .into(),
-        });
-    }
+    let fast_state = if k.bool("reset_state", false)? { FastState::Reset } else { FastState::Keep };
     let (name, inner) = k.either("inner", "fast_optimizer")?;
     let (n, kw) = link(inner, &format!("optax.lookahead: {name}"))?;
-    Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?))
+    Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?.fast_state(fast_state)))
 }
 
 fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -1244,7 +1238,33 @@ fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dy
 /// changed before each step is given as the inner `learning_rate`'s list of per-step values.
 fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     k.dtype_f32_only("hyperparam_dtype")?;
-    inner_optax(k, "inner", shapes)
+    let (n, kw) = inner_link(k, "inner")?;
+    let name = n.strip_prefix("optax.").unwrap_or(&n);
+    match INJECTED.iter().find(|(s, _)| *s == name) {
+        Some(&(_, builder)) => {
+            build_entry(format!("optax.{name}"), &kw, shapes, "optax optimizer", name, OPTAX, Some(builder))
+        }
+        None => build_optax(&n, &kw, shapes),
+    }
+}
+
+/// The optimizers that read an injected learning rate otherwise than their own argument (for the
+/// others `inject_hyperparams` is the optimizer itself, its rate a schedule of the step):
+/// `rprop` reads it at `init` only (its step sizes start there), `sm3` takes a float of its own,
+/// and the Schedule-Free aliases' averaging reads a schedule at a count from 1.
+const INJECTED: Table = &[
+    ("rprop", |k, s| optax_rprop_read(k, s, Reading::Injected)),
+    ("sm3", |k, s| optax_sm3_read(k, s, Reading::Injected)),
+    ("contrib.schedule_free_sgd", |k, s| optax_schedule_free_sgd_read(k, s, Reading::Injected)),
+    ("contrib.schedule_free_adamw", |k, s| optax_schedule_free_adamw_read(k, s, Reading::Injected)),
+];
+
+/// How an optimizer's learning rate is given: as its own argument, or injected by
+/// `inject_hyperparams` (a list of per-step values or a schedule of the step).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Argument,
+    Injected,
 }
 
 // Per-parameter masks and labels, all through `Partition`.
@@ -1609,9 +1629,19 @@ fn optax_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     }))
 }
 
-fn optax_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+fn optax_rprop(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    optax_rprop_read(k, shapes, Reading::Argument)
+}
+
+/// optax `rprop`, whose rate is only the initial step size: injected, its value at step 0 (as
+/// optax's `inject_hyperparams` calls `init` with it; later values never reach the step).
+fn optax_rprop_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
+    let learning_rate = match reading {
+        Reading::Argument => k.req_f64("learning_rate")?,
+        Reading::Injected => k.lr("learning_rate", None)?.at(0),
+    };
     Ok(ox::rprop(ox::Rprop {
-        learning_rate: k.req_f64("learning_rate")?,
+        learning_rate,
         eta_minus: k.f64("eta_minus", 0.5)?,
         eta_plus: k.f64("eta_plus", 1.2)?,
         min_step_size: k.f64("min_step_size", 1e-6)?,
@@ -1697,8 +1727,17 @@ fn optax_adan(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
     }))
 }
 
-fn optax_sm3(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(ox::sm3(ox::Sm3 { learning_rate: k.req_f64("learning_rate")?, momentum: k.f64("momentum", 0.9)? }))
+fn optax_sm3(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    optax_sm3_read(k, shapes, Reading::Argument)
+}
+
+/// optax `sm3`, whose `-learning_rate` takes a float (a schedule fails in optax) or an injected rate.
+fn optax_sm3_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
+    let learning_rate = match reading {
+        Reading::Argument => k.req_f64("learning_rate")?.into(),
+        Reading::Injected => k.lr("learning_rate", None)?,
+    };
+    Ok(ox::sm3(ox::Sm3 { learning_rate, momentum: k.f64("momentum", 0.9)? }))
 }
 
 fn optax_fromage(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -1956,10 +1995,50 @@ fn optax_madgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
     }))
 }
 
-fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+/// The learning rate and warm-up of a Schedule-Free alias: optax's alias takes a schedule
+/// (`warmup_constant_schedule` fails on one as its peak) and `inject_hyperparams` a rate per step.
+fn schedule_free_rate(
+    k: &mut Kwargs,
+    default: f64,
+    reading: Reading,
+) -> Result<(LearningRate, oxc::ScheduleFreeRate, Option<u64>)> {
+    let (lr, warmup) = match reading {
+        Reading::Argument => match k.get("learning_rate")? {
+            Some(v @ Value::Array(_)) => {
+                return Err(k.err(
+                    "learning_rate",
+                    format!(
+                    "expected a number or a schedule object, got the list {v} (per-step rates are inject_hyperparams')"
+                ),
+                ))
+            }
+            _ => (k.lr("learning_rate", Some(default))?, k.opt_u64("warmup_steps")?),
+        },
+        Reading::Injected => (k.lr("learning_rate", Some(default))?, k.opt_u64("warmup_steps")?),
+    };
+    if reading == Reading::Argument && warmup.is_some() && lr.constant().is_none() {
+        return Err(k.err(
+            "learning_rate",
+            "a schedule with `warmup_steps` (optax's warm-up takes a float peak; inject_hyperparams takes both)",
+        ));
+    }
+    let rate_reading = match reading {
+        Reading::Argument => oxc::ScheduleFreeRate::OwnCounts,
+        Reading::Injected => oxc::ScheduleFreeRate::Injected,
+    };
+    Ok((lr, rate_reading, warmup))
+}
+
+fn optax_schedule_free_sgd(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    optax_schedule_free_sgd_read(k, shapes, Reading::Argument)
+}
+
+fn optax_schedule_free_sgd_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
+    let (learning_rate, rate_reading, warmup_steps) = schedule_free_rate(k, 1.0, reading)?;
     let c = oxc::ScheduleFreeSgd {
-        learning_rate: k.f64("learning_rate", 1.0)?,
-        warmup_steps: k.opt_u64("warmup_steps")?,
+        learning_rate,
+        rate_reading,
+        warmup_steps,
         b1: k.f64("b1", 0.9)?,
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
         weight_decay: k.opt_scalar_or_schedule("weight_decay")?,
@@ -1968,10 +2047,16 @@ fn optax_schedule_free_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn T
     Ok(oxc::schedule_free_sgd(c))
 }
 
-fn optax_schedule_free_adamw(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+fn optax_schedule_free_adamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    optax_schedule_free_adamw_read(k, shapes, Reading::Argument)
+}
+
+fn optax_schedule_free_adamw_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
+    let (learning_rate, rate_reading, warmup_steps) = schedule_free_rate(k, 0.0025, reading)?;
     let c = oxc::ScheduleFreeAdamW {
-        learning_rate: k.f64("learning_rate", 0.0025)?,
-        warmup_steps: k.opt_u64("warmup_steps")?,
+        learning_rate,
+        rate_reading,
+        warmup_steps,
         b1: k.f64("b1", 0.9)?,
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
         b2: k.f64("b2", 0.999)?,

@@ -808,6 +808,7 @@ impl Nadam {
 impl Transform for Nadam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.exp_avg = zeros(shapes).into();
         self.exp_avg_sq = zeros(shapes).into();
         self.mu_product = 1.0;
@@ -1120,6 +1121,7 @@ impl Asgd {
 impl Transform for Asgd {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.ax = zeros(shapes).into();
         self.eta = self.lr.at(0);
         self.mu = 1.0;
@@ -1387,6 +1389,7 @@ impl Transform for Adafactor {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.shapes = shapes.to_vec();
         self.row_var.clear();
         self.col_var.clear();
@@ -1554,6 +1557,7 @@ impl Transform for Muon {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         if let Some(s) = shapes.iter().find(|s| s.len() != 2) {
             return Err(crate::error::invalid(format!(
                 "Muon only supports 2D parameters whereas we found a parameter with size: {s:?} \

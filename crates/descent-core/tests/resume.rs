@@ -39,6 +39,48 @@ fn resume_is_bit_exact_for_every_optimizer() {
     assert!(checked >= 61, "only {checked} optimizer cases checked");
 }
 
+/// `Optimizer::reset` (each transformation's `init` called again) leaves nothing of the steps
+/// before it: a run reset after k steps continues exactly as a freshly built optimizer.
+#[test]
+fn reset_is_a_fresh_start_for_every_optimizer() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let mut files = descent_core::replay::collect_case_files(&[dir]).unwrap();
+    for set in ["reference", "reference-po", "reference-r2"] {
+        files.extend(descent_core::replay::collect_case_files(&[common::shared_dir(set)]).unwrap());
+    }
+    let mut checked = 0;
+    let mut failed = vec![];
+    for f in &files {
+        let Case::Optim(c) = descent_core::replay::load_case(f).unwrap() else { continue };
+        if c.sparse_grads.is_some() || c.lr_per_step.is_some() {
+            continue;
+        }
+        let Ok(mut fresh) = c.optimizer() else { continue };
+        let mut reset = c.optimizer().unwrap();
+        let mut p0 = c.init.clone();
+        let mut p1 = c.init.clone();
+        let k = c.grads.len().min(3);
+        for g in &c.grads[..k] {
+            reset.step_vecs(&mut p1, g).unwrap();
+        }
+        let views: Vec<&[f32]> = c.init.iter().map(|v| v.as_slice()).collect();
+        reset.reset(&views).unwrap();
+        let mut p1 = c.init.clone();
+        let mut same = true;
+        for g in &c.grads {
+            fresh.step_vecs(&mut p0, g).unwrap();
+            reset.step_vecs(&mut p1, g).unwrap();
+            same &= p0.iter().flatten().zip(p1.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+        }
+        if !same {
+            failed.push(c.id.clone());
+        }
+        checked += 1;
+    }
+    assert!(failed.is_empty(), "{} of {checked} optimizers carry state across a reset: {failed:?}", failed.len());
+    assert!(checked >= 500, "only {checked} optimizer cases checked");
+}
+
 #[test]
 fn state_of_another_optimizer_is_refused_whole() {
     let cases: Vec<OptimCase> = common::all_cases()

@@ -684,11 +684,58 @@ fn share_n(lr: LearningRate, n: usize) -> Vec<LearningRate> {
     }
 }
 
-/// The learning rate of the Schedule-Free aliases: constant, or a linear warm-up from 0.
-fn warmup(learning_rate: f64, warmup_steps: Option<u64>) -> LearningRate {
-    match warmup_steps {
-        Some(w) => LearningRate::Schedule(schedule::warmup_constant(0.0, learning_rate, w)),
-        None => LearningRate::Constant(learning_rate),
+/// Whose count a Schedule-Free alias's learning-rate schedule follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScheduleFreeRate {
+    /// optax's alias given a schedule: the averaging reads it at its own step count, which starts
+    /// at 1, the base optimizer at its count, from 0 (so the two read consecutive values).
+    #[default]
+    OwnCounts,
+    /// optax `inject_hyperparams` around the alias: both read the rate of the step (the
+    /// schedule at the step count from 0), which is the warm-up's peak when there is one.
+    Injected,
+}
+
+/// The base optimizer's and the averaging's learning rates of a Schedule-Free alias: the given
+/// rate through optax's linear warm-up from 0 when there is one, the averaging's read one step
+/// back when the rate is injected (its count starts at 1).
+fn schedule_free_rates(
+    learning_rate: LearningRate,
+    warmup_steps: Option<u64>,
+    reading: ScheduleFreeRate,
+) -> (LearningRate, LearningRate) {
+    /// The rate read `lag` steps back, as the peak of the warm-up when there is one.
+    struct Lagged {
+        rate: Arc<dyn Schedule>,
+        lag: u64,
+        warmup_steps: Option<u64>,
+    }
+    impl Schedule for Lagged {
+        fn value(&self, step: u64) -> f64 {
+            let peak = self.rate.value(step.saturating_sub(self.lag));
+            match self.warmup_steps {
+                Some(w) => schedule::warmup_constant(0.0, peak, w).value(step),
+                None => peak,
+            }
+        }
+    }
+    match learning_rate {
+        LearningRate::Constant(x) => {
+            let rate = || match warmup_steps {
+                Some(w) => LearningRate::Schedule(schedule::warmup_constant(0.0, x, w)),
+                None => LearningRate::Constant(x),
+            };
+            (rate(), rate())
+        }
+        LearningRate::Schedule(s) => {
+            let rate: Arc<dyn Schedule> = Arc::from(s);
+            let lag = match reading {
+                ScheduleFreeRate::OwnCounts => 0,
+                ScheduleFreeRate::Injected => 1,
+            };
+            let part = |lag| LearningRate::Schedule(Box::new(Lagged { rate: rate.clone(), lag, warmup_steps }));
+            (part(0), part(lag))
+        }
     }
 }
 
@@ -701,9 +748,13 @@ fn warmup(learning_rate: f64, warmup_steps: Option<u64>) -> LearningRate {
 /// y = (1 − β₁)·z + β₁·x          (γₜ: the rate, warmed up linearly; p = weight_lr_power)
 /// ```
 pub struct ScheduleFreeSgd {
-    /// Learning rate γ, a constant (optax's default 1.0).
-    pub learning_rate: f64,
-    /// Steps of a linear warm-up of the rate from 0; `None`: none.
+    /// Learning rate γ (optax's default 1.0), or a schedule read as `rate_reading` says.
+    pub learning_rate: LearningRate,
+    /// Whose count a schedule of `learning_rate` follows.
+    pub rate_reading: ScheduleFreeRate,
+    /// Steps of a linear warm-up of the rate from 0; `None`: none. With a schedule, the
+    /// warm-up's peak is the schedule's value (optax's alias takes both only through
+    /// `inject_hyperparams`).
     pub warmup_steps: Option<u64>,
     /// Interpolation β₁ between the average and the sequence.
     pub b1: f64,
@@ -714,20 +765,28 @@ pub struct ScheduleFreeSgd {
 }
 impl Default for ScheduleFreeSgd {
     fn default() -> Self {
-        ScheduleFreeSgd { learning_rate: 1.0, warmup_steps: None, b1: 0.9, weight_decay: None, weight_lr_power: 2.0 }
+        ScheduleFreeSgd {
+            learning_rate: 1.0.into(),
+            rate_reading: ScheduleFreeRate::OwnCounts,
+            warmup_steps: None,
+            b1: 0.9,
+            weight_decay: None,
+            weight_lr_power: 2.0,
+        }
     }
 }
 /// optax `contrib.schedule_free_sgd`: `schedule_free` around `[add_decayed_weights] →
 /// scale_by_learning_rate`.
 pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
+    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_reading);
     let mut links = vec![];
     if let Some(wd) = c.weight_decay {
         links.push(boxed(AddDecayedWeights::new(wd)));
     }
-    links.push(scale_by_learning_rate(warmup(c.learning_rate, c.warmup_steps)));
+    links.push(scale_by_learning_rate(base_lr));
     boxed(ScheduleFree::new(
         chain(links),
-        warmup(c.learning_rate, c.warmup_steps),
+        averaging_lr,
         ScheduleFreeConfig { b1: c.b1, weight_lr_power: c.weight_lr_power },
     ))
 }
@@ -740,9 +799,13 @@ pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
 /// cₜ = γₜ^p / Σ γᵢ^p      x ← (1 − cₜ)·x + cₜ·z      y = (1 − β₁)·z + β₁·x
 /// ```
 pub struct ScheduleFreeAdamW {
-    /// Learning rate γ, a constant (optax's default 0.0025).
-    pub learning_rate: f64,
-    /// Steps of a linear warm-up of the rate from 0; `None`: none.
+    /// Learning rate γ (optax's default 0.0025), or a schedule read as `rate_reading` says.
+    pub learning_rate: LearningRate,
+    /// Whose count a schedule of `learning_rate` follows.
+    pub rate_reading: ScheduleFreeRate,
+    /// Steps of a linear warm-up of the rate from 0; `None`: none. With a schedule, the
+    /// warm-up's peak is the schedule's value (optax's alias takes both only through
+    /// `inject_hyperparams`).
     pub warmup_steps: Option<u64>,
     /// Interpolation β₁ between the average and the sequence.
     pub b1: f64,
@@ -758,7 +821,8 @@ pub struct ScheduleFreeAdamW {
 impl Default for ScheduleFreeAdamW {
     fn default() -> Self {
         ScheduleFreeAdamW {
-            learning_rate: 0.0025,
+            learning_rate: 0.0025.into(),
+            rate_reading: ScheduleFreeRate::OwnCounts,
             warmup_steps: None,
             b1: 0.9,
             b2: 0.999,
@@ -771,7 +835,7 @@ impl Default for ScheduleFreeAdamW {
 /// optax `contrib.schedule_free_adamw`: `schedule_free` around `scale_by_rms(bias_correction) →
 /// add_decayed_weights → scale_by_learning_rate`.
 pub fn schedule_free_adamw(c: ScheduleFreeAdamW) -> Box<dyn Transform> {
-    let lr = || warmup(c.learning_rate, c.warmup_steps);
+    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_reading);
     let base = chain(vec![
         boxed(ScaleByRms::new(ScaleByRmsConfig {
             decay: c.b2,
@@ -781,7 +845,7 @@ pub fn schedule_free_adamw(c: ScheduleFreeAdamW) -> Box<dyn Transform> {
             ..Default::default()
         })),
         boxed(AddDecayedWeights::new(c.weight_decay)),
-        scale_by_learning_rate(lr()),
+        scale_by_learning_rate(base_lr),
     ]);
-    boxed(ScheduleFree::new(base, lr(), ScheduleFreeConfig { b1: c.b1, weight_lr_power: c.weight_lr_power }))
+    boxed(ScheduleFree::new(base, averaging_lr, ScheduleFreeConfig { b1: c.b1, weight_lr_power: c.weight_lr_power }))
 }

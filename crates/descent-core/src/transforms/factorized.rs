@@ -119,6 +119,7 @@ impl ScaleByFactoredRms {
 impl Transform for ScaleByFactoredRms {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.count = 0;
         self.shapes = shapes.to_vec();
         self.kinds.clear();
         self.v_row.clear();

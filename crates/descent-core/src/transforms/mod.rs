@@ -71,6 +71,15 @@ macro_rules! state {
 }
 pub(crate) use state;
 
+/// Sets the counters of a [`state!`] list to 0: the first thing an `init` does, so that `init`
+/// called again starts afresh (a counter that starts elsewhere is set in the `init` body).
+macro_rules! reset_counters {
+    ($this:ident; bufs: [$($b:ident),*]; counters: [$($c:ident),*]; scalars: [$($s:ident),*]) => {
+        $( $this.$c = 0; )*
+    };
+}
+pub(crate) use reset_counters;
+
 /// Implements `Elementwise::apply` and `Elementwise::step` from a kernel body, compiled twice: for
 /// the baseline target and with AVX2 + FMA, chosen at run time. The body sees `this` (the
 /// transformation), `i`, `off`, `u` and `p` (resliced to `u.len()` so the compiler drops bounds
@@ -181,6 +190,7 @@ macro_rules! elementwise_transform {
                 let $this = self;
                 let _ = &$params;
                 let _ = &$shapes;
+                $crate::transforms::reset_counters!($this; $($st)*);
                 $init
                 Ok(())
             }

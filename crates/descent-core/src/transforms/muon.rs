@@ -492,6 +492,7 @@ impl ScaleByMuon {
 impl Transform for ScaleByMuon {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.count = 0;
         self.per_iteration = self.coeffs.per_iteration(self.steps)?;
         self.layouts = layouts(shapes, self.dims.as_deref())?;
         (self.mu, self.mu_bf16) = match self.mu_dtype {

@@ -178,20 +178,93 @@ impl Transform for ApplyIfFinite {
 /// optax `lookahead` (Zhang et al. 2019): the inner ("fast") optimizer steps the parameters;
 /// every `sync_period` steps the slow weights move `slow_step_size` of the way to the fast ones and
 /// the fast weights are reset to them. The slow weights are what [`Transform::eval_params`] reports.
+/// With [`FastState::Reset`] (optax's `reset_state=True`) the fast optimizer's state is also
+/// reset at each sync, to its `init` on the parameters before that step.
 pub struct Lookahead {
     inner: Box<dyn Transform>,
     sync_period: u64,
     slow_step_size: f32,
+    fast_state: FastState,
     steps_since_sync: u64,
     slow: Vec<Vec<f32>>,
+    shapes: Vec<Vec<usize>>,
 }
+
+/// What [`Lookahead`] does to the fast optimizer's state at a sync (optax's `reset_state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FastState {
+    /// The state carries on (optax's default, `reset_state=False`).
+    #[default]
+    Keep,
+    /// The state is set to the fast optimizer's `init` on the parameters before the sync's step,
+    /// as optax's `(1 − sync)·state + sync·init`: an entry that was not finite becomes NaN.
+    Reset,
+}
+
 impl Lookahead {
     /// A `Lookahead` with these hyper-parameters (`inner`, `sync_period`, `slow_step_size`), as described above.
     pub fn new(inner: Box<dyn Transform>, sync_period: u64, slow_step_size: f64) -> Result<Self> {
         if sync_period < 1 {
             return Err(Error::Invalid("Synchronization period must be >= 1.".into()));
         }
-        Ok(Lookahead { inner, sync_period, slow_step_size: slow_step_size as f32, steps_since_sync: 0, slow: vec![] })
+        Ok(Lookahead {
+            inner,
+            sync_period,
+            slow_step_size: slow_step_size as f32,
+            fast_state: FastState::Keep,
+            steps_since_sync: 0,
+            slow: vec![],
+            shapes: vec![],
+        })
+    }
+    /// This `Lookahead` with the fast optimizer's state kept or reset at each sync.
+    pub fn fast_state(mut self, fast_state: FastState) -> Self {
+        self.fast_state = fast_state;
+        self
+    }
+
+    /// optax's `(1 − sync)·state + sync·init` at a sync: the fast optimizer initialized again on
+    /// `params` (the parameters before this step), each entry plus `0 ×` its value before.
+    fn reset_fast_state(&mut self, params: &[&[f32]]) -> Result<()> {
+        let mut before = crate::state::Saver::default();
+        self.inner.visit_state(&mut before)?;
+        self.inner.init(&self.shapes, params)?;
+        self.inner.visit_state(&mut ZeroTimes { before: before.dict, scopes: vec![] })
+    }
+}
+
+/// Adds `0 ×` each entry's earlier value to the entry: nothing when that value was finite, NaN
+/// when it was not (optax's arithmetic reset).
+struct ZeroTimes {
+    before: crate::state::StateDict,
+    scopes: Vec<String>,
+}
+impl ZeroTimes {
+    fn key(&self, name: &str) -> String {
+        self.scopes.iter().map(|s| format!("{s}.")).collect::<String>() + name
+    }
+}
+impl StateVisitor for ZeroTimes {
+    fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
+        if let Some(old) = self.before.buffers.get(&self.key(name)) {
+            buf.iter_mut().zip(old).for_each(|(x, o)| *x += 0.0 * o);
+        }
+        Ok(())
+    }
+    fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
+        if let Some(o) = self.before.scalars.get(&self.key(name)) {
+            *x += 0.0 * o;
+        }
+        Ok(())
+    }
+    fn counter(&mut self, _: &str, _: &mut u64) -> Result<()> {
+        Ok(())
+    }
+    fn push(&mut self, scope: &str) {
+        self.scopes.push(scope.to_string());
+    }
+    fn pop(&mut self) {
+        self.scopes.pop();
     }
 }
 impl Transform for Lookahead {
@@ -201,12 +274,16 @@ impl Transform for Lookahead {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
         self.slow = params.iter().map(|p| p.to_vec()).collect();
+        self.shapes = shapes.to_vec();
         self.steps_since_sync = 0;
         self.inner.init(shapes, params)
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         self.inner.update(updates, params)?;
         let sync = self.steps_since_sync == self.sync_period - 1;
+        if sync && self.fast_state == FastState::Reset {
+            self.reset_fast_state(params)?;
+        }
         if sync {
             let a = self.slow_step_size;
             for ((u, fast), slow) in updates.iter_mut().zip(params).zip(self.slow.iter_mut()) {

@@ -280,6 +280,7 @@ elementwise_transform!(LaProp, |s, shapes, _p| {
     s.exp_mean_avg_beta2 = if s.centered { zeros(shapes).into() } else { ParamBufs::default() };
     s.max_exp_avg_sq = if s.ams_bound { zeros(shapes).into() } else { ParamBufs::default() };
     s.agree_scales = vec![1.0; shapes.len()];
+    (s.exp_avg_lr_1, s.exp_avg_lr_2) = (0.0, 0.0);
 }; bufs: [exp_avg, exp_avg_sq, exp_mean_avg_beta2, max_exp_avg_sq]; counters: [step]; scalars: [exp_avg_lr_1, exp_avg_lr_2]);
 impl Elementwise for LaProp {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
@@ -525,6 +526,7 @@ impl QhAdam {
     }
 }
 elementwise_transform!(QhAdam, |s, shapes, _p| {
+    (s.beta1_weight, s.beta2_weight) = (0.0, 0.0);
     s.exp_avg = zeros(shapes).into();
     s.exp_avg_sq = zeros(shapes).into();
 }; bufs: [exp_avg, exp_avg_sq]; counters: [step]; scalars: [beta1_weight, beta2_weight]);

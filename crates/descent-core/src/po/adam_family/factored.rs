@@ -150,6 +150,7 @@ impl Transform for Came {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.dims = shapes.iter().map(|s| factored_dims(s)).collect();
         self.exp_avg = zeros(shapes);
         let per = |f: &dyn Fn(usize, (usize, usize, usize)) -> usize| -> Vec<Vec<f32>> {
@@ -370,6 +371,7 @@ impl Transform for AdaFactor {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.dims = shapes.iter().map(|s| factored_dims(s)).collect();
         self.exp_avg = if self.beta1.is_some() { zeros(shapes) } else { vec![vec![]; shapes.len()] };
         let per = |f: &dyn Fn(usize, (usize, usize, usize)) -> usize| -> Vec<Vec<f32>> {

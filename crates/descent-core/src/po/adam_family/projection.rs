@@ -176,6 +176,7 @@ impl Transform for AdamP {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.shapes = shapes.to_vec();
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
@@ -321,6 +322,7 @@ impl Transform for Sgdp {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.shapes = shapes.to_vec();
         self.momentum_buffer = zeros(shapes);
         Ok(())

@@ -153,6 +153,7 @@ impl Transform for Mars {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.shapes = shapes.to_vec();
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
@@ -466,6 +467,7 @@ impl Transform for Lamb {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.exp_avg = zeros(shapes);
         self.exp_avg_sq = zeros(shapes);
         self.exp_grad_adanorm = per_tensor(shapes, self.adanorm.is_some());

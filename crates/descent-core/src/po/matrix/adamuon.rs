@@ -242,6 +242,7 @@ impl Transform for AdaMuonGroup {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         if self.cfg.use_muon {
             if let Some((i, s)) = shapes.iter().enumerate().find(|(_, s)| s.len() < 2) {
                 return Err(Error::Invalid(format!(

@@ -256,6 +256,7 @@ impl Transform for GaLore {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         self.shapes = shapes.to_vec();
         // A projected matrix keeps its moments in the low-rank shape, `r = min(rank, rows, cols)`
         // singular vectors, and its projector.
@@ -636,6 +637,7 @@ impl Transform for ScaleByGalore {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.count = 0;
         if self.dims.len() != shapes.len() {
             return Err(Error::Shape(format!(
                 "GaLore was built for {} parameters, got {}",

@@ -375,6 +375,7 @@ impl Transform for ScalableShampoo {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         let mut states = vec![];
         for (i, s) in shapes.iter().enumerate() {
             let what = format!("ScalableShampoo parameter {i}");

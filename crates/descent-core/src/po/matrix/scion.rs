@@ -328,6 +328,7 @@ impl Transform for Scion {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         self.norms = shapes
             .iter()
             .enumerate()

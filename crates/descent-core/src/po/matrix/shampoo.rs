@@ -111,6 +111,7 @@ impl Transform for Shampoo {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         let (mut pre, mut inv, mut buf) = (vec![], vec![], vec![]);
         for (i, s) in shapes.iter().enumerate() {
             let what = format!("Shampoo parameter {i}");

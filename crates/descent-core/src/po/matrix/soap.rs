@@ -284,6 +284,7 @@ impl Transform for Soap {
 
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         check_init(shapes, params)?;
+        self.step = 0;
         let (mut layouts, mut gg, mut q) = (vec![], vec![], vec![]);
         for (i, s) in shapes.iter().enumerate() {
             let what = format!("SOAP parameter {i}");

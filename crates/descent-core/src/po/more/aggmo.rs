@@ -98,6 +98,7 @@ impl AggMo {
 impl Transform for AggMo {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.buffers = self.decays.iter().map(|_| zeros(shapes).into()).collect();
         Ok(())
     }

@@ -86,6 +86,8 @@ pub struct DAdaptAdam {
     eps: f32,
     maximize: bool,
     step: u64,
+    /// The initial estimate `d₀`, where `init` starts `d`.
+    d0: f64,
     d: f64,
     /// `N`, a float32 value.
     numerator_weighted: f64,
@@ -116,6 +118,7 @@ impl DAdaptAdam {
             eps: c.eps as f32,
             maximize: c.maximize,
             step: 0,
+            d0: c.d0,
             d: c.d0,
             numerator_weighted: 0.0,
             s: ParamBufs::default(),
@@ -166,6 +169,7 @@ impl DAdaptAdam {
 impl Transform for DAdaptAdam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        (self.step, self.d, self.numerator_weighted) = (0, self.d0, 0.0);
         (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(shapes).into(), zeros(shapes).into(), zeros(shapes).into());
         Ok(())
     }

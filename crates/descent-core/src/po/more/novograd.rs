@@ -117,6 +117,7 @@ impl NovoGrad {
 impl Transform for NovoGrad {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        self.step = 0;
         self.grads_ema = vec![0.0; shapes.len()];
         self.sq = vec![0.0; shapes.len()];
         self.de_nom = vec![0.0; shapes.len()];

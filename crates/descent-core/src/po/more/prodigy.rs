@@ -183,6 +183,7 @@ impl Prodigy {
 impl Transform for Prodigy {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        (self.step, self.d, self.d_max, self.d_numerator) = (1, self.d0, self.d0, 0.0);
         (self.s, self.exp_avg, self.exp_avg_sq) = (zeros(shapes).into(), zeros(shapes).into(), zeros(shapes).into());
         self.p0 = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
         Ok(())

@@ -352,6 +352,7 @@ fn softplus(x: f32, beta: f32) -> f32 {
 impl Transform for Ranger21 {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        (self.step, self.lookahead_step) = (0, 0);
         self.shapes = shapes.to_vec();
         let zeros = || shapes.iter().map(|s| vec![0.0f32; numel(s)]).collect::<Vec<_>>();
         (self.grad_ma, self.variance_ma, self.neg_grad_ma, self.max_variance_ma) = (zeros(), zeros(), zeros(), zeros());

@@ -121,6 +121,7 @@ impl ScheduleFreeRAdam {
 impl Transform for ScheduleFreeRAdam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        (self.step, self.lr_max, self.weight_sum) = (0, -1.0, 0.0);
         self.z = params.iter().map(|p| p.to_vec()).collect::<Vec<_>>().into();
         self.exp_avg_sq = zeros(shapes).into();
         Ok(())

@@ -158,6 +158,7 @@ impl Spam {
 impl Transform for Spam {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        (self.step, self.total_step, self.current_step) = (0, 0, self.warmup_epoch + 1);
         self.matrix = shapes.iter().map(|s| s.len() == 2).collect();
         self.exp_avg = zeros(shapes).into();
         self.exp_avg_sq = zeros(shapes).into();
