@@ -115,12 +115,17 @@ pub struct Chart {
     pub fit_faint: bool,
 }
 
-/// Exponential moving average with TensorBoard's debiasing (`weight` 0 is no smoothing).
+/// Exponential moving average with TensorBoard's debiasing (`weight` 0 is no smoothing). A point
+/// that is not finite stays as it is and leaves the average alone, as in TensorBoard (one NaN
+/// loss would otherwise end the curve there).
 pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
     let (mut acc, mut norm) = (0.0, 0.0);
     points
         .iter()
         .map(|&(x, y)| {
+            if !y.is_finite() {
+                return (x, y);
+            }
             acc = weight * acc + (1.0 - weight) * y;
             norm = weight * norm + (1.0 - weight);
             (x, acc / norm)
@@ -511,6 +516,16 @@ mod tests {
             .collect();
         assert_eq!(looks.len(), 40);
         assert_eq!(dash_of(3), None);
+    }
+
+    /// A NaN (or infinite) point stays where it is and the smoothed curve goes on past it.
+    #[test]
+    fn smoothing_steps_over_a_non_finite_point() {
+        let pts = [(1.0, 2.0), (2.0, f64::NAN), (3.0, 4.0), (4.0, f64::INFINITY), (5.0, 4.0)];
+        let s = smooth(&pts, 0.5);
+        assert!(s[1].1.is_nan() && s[3].1.is_infinite());
+        let without = smooth(&[(1.0, 2.0), (3.0, 4.0), (5.0, 4.0)], 0.5);
+        assert_eq!([s[0], s[2], s[4]], [without[0], without[1], without[2]]);
     }
 
     /// A legend shows at most 48 characters of a label, the cut marked.

@@ -36,7 +36,8 @@ pub struct SweepArgs {
     #[arg(long)]
     pub trials: Option<usize>,
     /// What to optimize: val_accuracy, val_loss, test_accuracy, test_loss, or steps_to:ACC (steps
-    /// until the validation accuracy reaches ACC %).
+    /// until the validation accuracy reaches ACC %, evaluated at 50 points of each trial and at
+    /// its epochs' ends).
     #[arg(long, default_value = "val_accuracy")]
     pub objective: String,
     /// Stop starting trials once this many epochs have been spent in all.
@@ -258,6 +259,11 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         base = base.merge_table(file, path, matches, &also)?;
         (base.resume, base.config) = (None, None);
     }
+    // The best trial's settings go to best.toml, for `train --config`; TOML has no null.
+    if let Some(key) = null_key(&base.hparams) {
+        let given = if from_cli_now(matches, "hparams") { "--hparams" } else { "the config file's [hparams]" };
+        bail!("{given}: `{key}` is null, which best.toml (TOML) cannot hold; leave it out for the library's default");
+    }
     if base.model == "gpt" {
         bail!("sweep: the gpt model is not available here (its runs are measured in steps, not epochs); compare gpt runs with `descent compare --model gpt`");
     }
@@ -321,6 +327,18 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
             bail!("--{}: it takes effect only with {needs}", key.replace('_', "-"));
         }
     }
+    // A length setting given fixed and searched places ASHA's rungs; without them no trial reads it.
+    if pruner_now != "asha" {
+        for (name, _) in space.iter().filter(|(n, _)| LENGTH_SETTINGS.contains(&n.as_str())) {
+            let on_cli = crate::compare::is_train_flag(name) && from_cli(name);
+            if on_cli || file_settings.contains(name) {
+                bail!(
+                    "--param {name}: {} also sets it, and no trial would read it (a fixed length only places --pruner asha's rungs); give one of them",
+                    if on_cli { crate::train::flag_of(name) } else { format!("the config file's `{name}`") }
+                );
+            }
+        }
+    }
     let file = a.base.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let int = |k: &str| -> Result<Option<u64>> {
         match pick(k) {
@@ -382,6 +400,24 @@ struct Plan {
 
 /// The settings that change how many optimizer steps a trial takes.
 const LENGTH_SETTINGS: [&str; 6] = ["batch_size", "accumulate", "epochs", "steps", "validation", "model"];
+
+/// The path of the first null in a JSON value (`foreach`, `betas[1]`), if any.
+fn null_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => Some(String::new()),
+        Value::Object(m) => m.iter().find_map(|(k, x)| null_key(x).map(|rest| format!("{k}{rest}"))),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| null_key(x).map(|rest| format!("[{i}]{rest}"))),
+        _ => None,
+    }
+}
+
+/// Whether a flag was given on the command line.
+fn from_cli_now(matches: &clap::ArgMatches, k: &str) -> bool {
+    matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine)
+}
+
+/// The evaluations along a trial from which `steps_to:ACC` is read (besides its epochs' ends).
+const STEPS_TO_POINTS: u64 = 50;
 
 /// How long a trial trains: optimizer steps per epoch and in all.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -537,15 +573,13 @@ fn plan(s: &Settings) -> Result<Plan> {
             } else {
                 format!("search dimension `{}` = {v} (with {})", p.name, others.join(", "))
             };
-            extremes.push((what, args.clone()));
             if let Err(e) = train::validate(&args) {
-                // Named by the dimension only when the shared settings alone pass.
-                let at_first = apply(&s.base, &first, "the search space")?;
-                return Err(match train::validate(&at_first) {
-                    Err(_) => e,
-                    Ok(()) => e.context(format!("search dimension `{}` = {v}", p.name)),
-                });
+                // Named by the dimensions' values, unless the shared settings alone fail the same
+                // way (`--epochs 0`).
+                let shared = train::validate(&s.base).err().map(|b| format!("{b:#}"));
+                return Err(if shared == Some(format!("{e:#}")) { e } else { e.context(what) });
             }
+            extremes.push((what, args.clone()));
         }
     }
     // Epochs are counted on the training set the trials really read (a smaller --data set too).
@@ -835,10 +869,19 @@ fn run_trial(
             Control::Stop
         }
     });
+    // steps_to:ACC is read from evaluations along the trial: its epochs' ends alone would tie
+    // every trial that reaches the target within the first epoch.
+    let mut eval_steps = rungs.clone();
+    if let Objective::StepsTo(_) = p.objective {
+        let every = len.steps.div_ceil(STEPS_TO_POINTS).max(1);
+        eval_steps.extend((1..).map(|k| k * every).take_while(|&s| s < len.steps));
+        eval_steps.sort_unstable();
+        eval_steps.dedup();
+    }
     let t0 = std::time::Instant::now();
     let opts = RunOptions {
         quiet: true,
-        eval_at: p.asha.then(|| descent_train::train::EvalAt::Steps(rungs.clone())),
+        eval_at: (!eval_steps.is_empty()).then(|| descent_train::train::EvalAt::Steps(eval_steps)),
         on_eval: p.asha.then_some(on_eval),
         start: None,
         parent: Some(sweep_id.to_string()),

@@ -2022,7 +2022,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
         if !descent_train::train::temperature_in_range(d.temperature) {
             let (lo, hi) = descent_train::train::TEMPERATURE_RANGE;
             bail!(
-                "--temperature {}: between {} and {} (T² scales the loss, in f32)",
+                "--temperature {}: between {} and {} (T² scales the loss; above, the teachers' and the student's softened distributions differ by less than float64 resolves)",
                 Num(d.temperature),
                 Num(lo),
                 Num(hi)

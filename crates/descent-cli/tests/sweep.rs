@@ -231,18 +231,16 @@ fn bad_spaces_and_budgets_are_named() {
         (vec!["--param", "batch_size=choice:8|100000"], vec!["batch_size", "100000", "training samples"]),
         // The dimension at fault is named with the one at its extreme.
         (
-            vec![
-                "--epochs",
-                "3",
-                "--patience",
-                "1",
-                "--param",
-                "lr=loguniform:1e-3..0.1",
-                "--param",
-                "epochs=int:1..3",
-            ],
+            vec!["--patience", "1", "--param", "lr=loguniform:1e-3..0.1", "--param", "epochs=int:1..3"],
             vec!["`epochs` = 1", "--patience 1"],
         ),
+        // A length given fixed and searched, which no trial would read without ASHA's rungs.
+        (
+            vec!["--epochs", "3", "--param", "lr=loguniform:1e-3..0.1", "--param", "epochs=int:1..3"],
+            vec!["--param epochs", "--epochs", "asha"],
+        ),
+        // A null argument, which best.toml could not hold.
+        (vec!["--hparams", r#"{"foreach": null}"#, "--param", "lr=loguniform:1e-3..0.1"], vec!["`foreach`", "null"]),
     ] {
         let mut a: Vec<&str> = BASE.to_vec();
         if !extra.contains(&"--objective") {
@@ -391,4 +389,20 @@ fn a_searched_setting_given_fixed_is_refused() {
             assert!(e.contains(n) && e.contains("give one of them"), "{extra:?}: {e}");
         }
     }
+}
+
+/// `steps_to:ACC` is read from evaluations along each trial, not from its epochs' ends alone
+/// (where every trial that reaches the target within the first epoch would tie at its length).
+#[test]
+fn steps_to_is_measured_within_the_epoch() {
+    let dir = out("steps-to");
+    let d = dir.to_str().unwrap();
+    let a = ["sweep", "--model", "mlp", "--threads", "1", "--steps", "150", "--method", "grid"];
+    let mut a: Vec<&str> = a.to_vec();
+    a.extend(["--param", "lr=choice:0.0003|0.01", "--objective", "steps_to:80", "--out", d]);
+    run_ok(&a);
+    let t = trials(&dir);
+    let steps: Vec<f64> = t.iter().map(|x| x["loss"].as_f64().unwrap()).collect();
+    assert!(steps.iter().all(|s| *s > 0.0 && *s < 150.0), "{steps:?}");
+    assert_ne!(steps[0], steps[1], "{steps:?}");
 }

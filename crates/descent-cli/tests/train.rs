@@ -145,11 +145,16 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
             vec!["train", "--model", "lenet", "--steps", "3", "--ema", "0.9", "--average-buffers"],
             vec!["--average-buffers", "no buffers"],
         ),
-        // A distillation's temperature whose square (the loss's scale) an f32 cannot hold, and a
-        // distillation with accumulated micro-batches: refused before the run's folder is made.
+        // A distillation's temperature whose square (the loss's scale) an f32 cannot hold, one at
+        // which the divergence is below float64's resolution, and a distillation with accumulated
+        // micro-batches: refused before the run's folder is made.
         (
             vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--temperature", "1e20"],
-            vec!["--temperature 1e20", "between 1.1e-19 and 1.8e19"],
+            vec!["--temperature 1e20", "between 1.1e-19 and 10000"],
+        ),
+        (
+            vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--temperature", "1e5"],
+            vec!["--temperature 100000", "float64"],
         ),
         (
             vec!["distill", "--teacher", "no/such/run", "--student", "mlp", "--accumulate", "2"],

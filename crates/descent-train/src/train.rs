@@ -985,9 +985,11 @@ pub struct Distillation<'a> {
     pub temperature: f64,
 }
 
-/// The temperatures a distillation honours: `T²`, which scales the loss, a normal f32 (within
-/// about 1.1e-19 and 1.8e19; beyond them it is 0 or infinite and the loss vanishes or is NaN).
-pub const TEMPERATURE_RANGE: (f64, f64) = (1.1e-19, 1.8e19);
+/// The temperatures a distillation honours. Below, `T²`, which scales the loss, is no normal
+/// f32; above, the softened distributions differ by less than float64 resolves in their
+/// divergence (it shrinks as `1/T²`: at `T = 10⁴` and logits of order 10 it is about 10⁻⁶, a
+/// hundred million times the rounding of its terms), and the loss printed would be noise.
+pub const TEMPERATURE_RANGE: (f64, f64) = (1.1e-19, 1e4);
 
 /// Whether a distillation temperature is in [`TEMPERATURE_RANGE`].
 pub fn temperature_in_range(t: f64) -> bool {
@@ -1012,12 +1014,14 @@ impl Distillation<'_> {
         Ok(())
     }
 
-    /// The teachers' mean class probabilities at temperature T for a batch, without gradient.
+    /// The teachers' mean class probabilities at temperature T for a batch, without gradient, in
+    /// f64 (at a high temperature they differ from the uniform distribution by less than f32
+    /// resolves).
     pub fn teacher_probabilities(&self, x: &Tensor) -> Result<Tensor> {
         let mut rng = Rng::new(0);
         let mut sum: Option<Tensor> = None;
         for t in self.teachers {
-            let z = t.forward(x, Mode::Eval, &mut rng)?.detach();
+            let z = t.forward(x, Mode::Eval, &mut rng)?.detach().to_dtype(candle_core::DType::F64)?;
             let p = candle_nn::ops::softmax_last_dim(&(z / self.temperature)?.contiguous()?)?;
             sum = Some(match sum {
                 None => p,
@@ -1028,15 +1032,19 @@ impl Distillation<'_> {
         Ok((sum / self.teachers.len() as f64)?.detach())
     }
 
-    /// The distillation loss of the student's logits against the teachers' probabilities and the
-    /// labels.
+    /// The distillation loss of the student's logits against the teachers' probabilities (of
+    /// [`Distillation::teacher_probabilities`]) and the labels. The divergence is computed in f64,
+    /// where its terms, which cancel to order `1/T²`, keep their digits; the loss is f32.
     pub fn loss(&self, student: &Tensor, teacher: &Tensor, y: &Tensor) -> Result<Tensor> {
+        use candle_core::DType;
         let t = self.temperature;
-        let log_q = candle_nn::ops::log_softmax(&(student / t)?, candle_core::D::Minus1)?;
-        let log_p = teacher.clamp(1e-30f32, 1f32)?.log()?;
-        let kl = (teacher * (log_p - log_q)?)?.sum(1)?.mean_all()?;
+        let log_q = candle_nn::ops::log_softmax(&(student.to_dtype(DType::F64)? / t)?, candle_core::D::Minus1)?;
+        let teacher = teacher.to_dtype(DType::F64)?;
+        let log_p = teacher.clamp(1e-30f64, 1f64)?.log()?;
+        let kl = (&teacher * (log_p - log_q)?)?.sum(1)?.mean_all()?;
+        let soft = (kl * (self.alpha * t * t))?.to_dtype(DType::F32)?;
         let hard = cross_entropy(student, y)?;
-        Ok(((kl * (self.alpha * t * t))? + (hard * (1.0 - self.alpha))?)?)
+        Ok((soft + (hard * (1.0 - self.alpha))?)?)
     }
 }
 

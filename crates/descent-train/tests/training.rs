@@ -367,3 +367,33 @@ fn hooks_start_only_once_a_resume_is_accepted() {
     assert_eq!(resumed.0[..2], ["start", "step"]);
     assert_eq!(resumed.0.iter().filter(|c| **c == "step").count(), 5);
 }
+
+/// At a high temperature the distillation term `α·T²·KL(p_T ‖ q_T)` tends to the logit matching
+/// `α·Σᵢ (dᵢ − d̄)² / (2C)` per sample (`d = z_t − z_s`), a positive number: it must not dissolve
+/// into rounding (its terms cancel to order `1/T²`).
+#[test]
+fn distillation_loss_keeps_its_digits_at_a_high_temperature() {
+    use candle_core::{DType, Tensor};
+    use descent_train::train::Distillation;
+    let (b, c) = (4usize, 10usize);
+    let mut rng = Rng::new(3);
+    let zt: Vec<f32> = (0..b * c).map(|_| rng.uniform() * 20.0 - 10.0).collect();
+    let zs: Vec<f32> = (0..b * c).map(|_| rng.uniform() * 20.0 - 10.0).collect();
+    let dev = Device::Cpu;
+    let student = Tensor::from_vec(zs.clone(), (b, c), &dev).unwrap();
+    let y = Tensor::from_vec(vec![0u32; b], b, &dev).unwrap();
+    for t in [1e3, 1e4] {
+        let teacher_logits = Tensor::from_vec(zt.clone(), (b, c), &dev).unwrap().to_dtype(DType::F64).unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&(teacher_logits / t).unwrap()).unwrap();
+        let d = Distillation { teachers: &[], alpha: 1.0, temperature: t };
+        let loss = d.loss(&student, &p, &y).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let mut limit = 0.0;
+        for i in 0..b {
+            let diff: Vec<f64> = (0..c).map(|j| (zt[i * c + j] - zs[i * c + j]) as f64).collect();
+            let mean = diff.iter().sum::<f64>() / c as f64;
+            limit += diff.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (2.0 * c as f64);
+        }
+        limit /= b as f64;
+        assert!((loss - limit).abs() <= 2e-3 * limit, "T = {t}: loss {loss}, its limit {limit}");
+    }
+}
