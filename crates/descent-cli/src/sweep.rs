@@ -881,7 +881,7 @@ fn run_trial(
     let t0 = std::time::Instant::now();
     let opts = RunOptions {
         quiet: true,
-        eval_at: (!eval_steps.is_empty()).then(|| descent_train::train::EvalAt::Steps(eval_steps)),
+        eval_at: (!eval_steps.is_empty()).then_some(descent_train::train::EvalAt::Steps(eval_steps)),
         on_eval: p.asha.then_some(on_eval),
         start: None,
         parent: Some(sweep_id.to_string()),

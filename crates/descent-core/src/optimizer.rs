@@ -285,10 +285,7 @@ impl Optimizer {
         let (Some(steps), Some(skipped)) = (steps, skipped) else {
             return Err(Error::State("missing counters `optimizer.steps`/`optimizer.skipped`".into()));
         };
-        let mut check = crate::state::Checker::new(&inner);
-        self.tx.visit_state(&mut check)?;
-        check.finish()?;
-        self.tx.visit_state(&mut crate::state::Loader::new(&inner))?;
+        crate::state::load_whole(&mut |v| self.tx.visit_state(v), &inner)?;
         self.steps = steps;
         self.skipped = skipped;
         Ok(())

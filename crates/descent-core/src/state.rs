@@ -98,15 +98,213 @@ impl VisitBuffers for crate::kernel::ParamBufs<u8> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateDict {
     /// Buffers by name (moments, accumulators), one per parameter and kind.
+    #[serde(with = "exact_floats")]
     pub buffers: BTreeMap<String, Vec<f32>>,
     /// Real-valued scalars by name (estimated step sizes, running sums).
+    #[serde(with = "exact_floats")]
     pub scalars: BTreeMap<String, f64>,
     /// Step counters by name.
     pub counters: BTreeMap<String, u64>,
 }
 
+/// Floats in JSON as descent writes them elsewhere: numbers, and the strings `"NaN"`, `"inf"`,
+/// `"-inf"` for what JSON numbers cannot hold (a diverged run's state round-trips too).
+mod exact_floats {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+    use serde::Serialize;
+
+    /// A float type of the state: `f32` buffers, `f64` scalars.
+    pub trait Float: Copy + Sized {
+        const NAN: Self;
+        const INF: Self;
+        fn finite(self) -> bool;
+        fn negative(self) -> bool;
+        fn neg(self) -> Self;
+        fn from_f64(x: f64) -> Self;
+        fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error>;
+    }
+    impl Float for f32 {
+        const NAN: Self = f32::NAN;
+        const INF: Self = f32::INFINITY;
+        fn finite(self) -> bool {
+            self.is_finite()
+        }
+        fn negative(self) -> bool {
+            self < 0.0
+        }
+        fn neg(self) -> Self {
+            -self
+        }
+        fn from_f64(x: f64) -> Self {
+            x as f32
+        }
+        fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_f32(self)
+        }
+    }
+    impl Float for f64 {
+        const NAN: Self = f64::NAN;
+        const INF: Self = f64::INFINITY;
+        fn finite(self) -> bool {
+            self.is_finite()
+        }
+        fn negative(self) -> bool {
+            self < 0.0
+        }
+        fn neg(self) -> Self {
+            -self
+        }
+        fn from_f64(x: f64) -> Self {
+            x
+        }
+        fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_f64(self)
+        }
+    }
+
+    /// One float, written exactly.
+    struct Exact<T>(T);
+    impl<T: Float> Serialize for Exact<T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                x if x.finite() => x.put(s),
+                x if x.negative() => s.serialize_str("-inf"),
+                x if x.neg().negative() => s.serialize_str("inf"),
+                _ => s.serialize_str("NaN"),
+            }
+        }
+    }
+    /// A list of floats, written exactly.
+    struct List<'a, T>(&'a [T]);
+    impl<T: Float> Serialize for List<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for &x in self.0 {
+                seq.serialize_element(&Exact(x))?;
+            }
+            seq.end()
+        }
+    }
+
+    /// A value of a map: one float or a list of them.
+    pub trait Entry: Sized {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+    }
+    impl Entry for f64 {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            Exact(*self).serialize(s)
+        }
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(One::<f64>(std::marker::PhantomData))
+        }
+    }
+    impl Entry for Vec<f32> {
+        fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            List(self).serialize(s)
+        }
+        fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Many;
+            impl<'de> Visitor<'de> for Many {
+                type Value = Vec<f32>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a list of numbers (or \"NaN\", \"inf\", \"-inf\")")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Vec<f32>, A::Error> {
+                    let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0));
+                    while let Some(x) = a.next_element_seed(OneSeed::<f32>(std::marker::PhantomData))? {
+                        v.push(x);
+                    }
+                    Ok(v)
+                }
+            }
+            d.deserialize_seq(Many)
+        }
+    }
+
+    /// One float: a number or one of the three strings.
+    struct One<T>(std::marker::PhantomData<T>);
+    impl<T: Float> Visitor<'_> for One<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number, \"NaN\", \"inf\" or \"-inf\"")
+        }
+        fn visit_f64<E: de::Error>(self, x: f64) -> Result<T, E> {
+            Ok(T::from_f64(x))
+        }
+        fn visit_i64<E: de::Error>(self, x: i64) -> Result<T, E> {
+            Ok(T::from_f64(x as f64))
+        }
+        fn visit_u64<E: de::Error>(self, x: u64) -> Result<T, E> {
+            Ok(T::from_f64(x as f64))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            match s {
+                "NaN" => Ok(T::NAN),
+                "inf" => Ok(T::INF),
+                "-inf" => Ok(T::INF.neg()),
+                _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+            }
+        }
+    }
+    struct OneSeed<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Float> de::DeserializeSeed<'de> for OneSeed<T> {
+        type Value = T;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            d.deserialize_any(One::<T>(std::marker::PhantomData))
+        }
+    }
+
+    pub fn serialize<V: Entry, S: Serializer>(map: &BTreeMap<String, V>, s: S) -> Result<S::Ok, S::Error> {
+        struct Value<'a, V>(&'a V);
+        impl<V: Entry> Serialize for Value<'_, V> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.write(s)
+            }
+        }
+        let mut m = s.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            m.serialize_entry(k, &Value(v))?;
+        }
+        m.end()
+    }
+
+    pub fn deserialize<'de, V: Entry, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, V>, D::Error> {
+        struct Map<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Entry> Visitor<'de> for Map<V> {
+            type Value = BTreeMap<String, V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of named state entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                struct Seed<V>(std::marker::PhantomData<V>);
+                impl<'de, V: Entry> de::DeserializeSeed<'de> for Seed<V> {
+                    type Value = V;
+                    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<V, D::Error> {
+                        V::read(d)
+                    }
+                }
+                let mut out = BTreeMap::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    let v = a
+                        .next_value_seed(Seed::<V>(std::marker::PhantomData))
+                        .map_err(|e| de::Error::custom(format!("`{k}`: {e}")))?;
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Map::<V>(std::marker::PhantomData))
+    }
+}
+
 impl StateDict {
-    /// Serializes to JSON text (floats round-trip exactly).
+    /// Serializes to JSON text (floats round-trip exactly; NaN and infinities as the strings
+    /// `"NaN"`, `"inf"`, `"-inf"`).
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self).map_err(|e| Error::State(e.to_string()))
     }
@@ -152,6 +350,23 @@ impl StateVisitor for Saver {
     fn pop(&mut self) {
         self.scopes.pop();
     }
+}
+
+/// Loads `dict` into the state that `visit` walks, whole or not at all: checked first (every
+/// entry present, every buffer of its length, nothing left over), then loaded; should the state
+/// refuse a value while it is loaded (a bfloat16 buffer holding other values, an L-BFGS history
+/// index out of range), the state as it was is put back before the error is returned.
+pub fn load_whole(visit: &mut dyn FnMut(&mut dyn StateVisitor) -> Result<()>, dict: &StateDict) -> Result<()> {
+    let mut check = Checker::new(dict);
+    visit(&mut check)?;
+    check.finish()?;
+    let mut before = Saver::default();
+    visit(&mut before)?;
+    if let Err(e) = visit(&mut Loader::new(dict)) {
+        visit(&mut Loader::new(&before.dict))?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Checks a [`StateDict`] against an optimizer without changing it: every entry present, every

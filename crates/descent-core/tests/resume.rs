@@ -81,6 +81,39 @@ fn reset_is_a_fresh_start_for_every_optimizer() {
     assert!(checked >= 500, "only {checked} optimizer cases checked");
 }
 
+/// A state whose values the optimizer refuses while loading them (a bfloat16 moment holding a
+/// value bfloat16 cannot, an L-BFGS history index past its size) leaves the optimizer as it was.
+#[test]
+fn a_state_refused_midway_leaves_the_optimizer_untouched() {
+    use descent_core::closure::build_closure_optimizer;
+    use descent_core::optimizer::Optimizer;
+    use descent_core::spec::build_optimizer;
+    use serde_json::json;
+    let shapes = vec![vec![4], vec![3]];
+    let init = [vec![0.5f32; 4], vec![-0.25f32; 3]];
+    let views: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
+    let h = json!({"learning_rate": 0.1, "mu_dtype": "bfloat16"});
+    let mut opt =
+        Optimizer::new(build_optimizer("optax", "adamw", &h, None, &shapes).unwrap(), shapes.clone(), &views).unwrap();
+    let mut p = init.to_vec();
+    opt.step_vecs(&mut p, &[vec![0.3; 4], vec![-0.7; 3]]).unwrap();
+    let before = opt.state_dict().unwrap();
+    let mut bad = before.clone();
+    let key = bad.buffers.keys().filter(|k| k.contains("mu_bf16")).max().unwrap().clone();
+    bad.buffers.get_mut(&key).unwrap()[0] = 0.1;
+    let e = opt.load_state_dict(&bad).unwrap_err().to_string();
+    assert!(e.contains("not bfloat16"), "{e}");
+    assert_eq!(opt.state_dict().unwrap(), before, "the buffers loaded before the refused one are put back");
+
+    let mut lbfgs = build_closure_optimizer("torch", "lbfgs", &json!({"lr": 0.5}), &shapes).unwrap();
+    let before = lbfgs.state_dict().unwrap();
+    let mut bad = before.clone();
+    bad.counters.insert("history_start".into(), 1000);
+    bad.buffers.get_mut("d").unwrap()[0] = 7.0;
+    assert!(lbfgs.load_state_dict(&bad).is_err());
+    assert_eq!(lbfgs.state_dict().unwrap(), before);
+}
+
 #[test]
 fn state_of_another_optimizer_is_refused_whole() {
     let cases: Vec<OptimCase> = common::all_cases()
@@ -122,4 +155,23 @@ fn resume_is_bit_exact_with_pytorch_optimizer_options() {
         checked += 1;
     }
     assert!(checked >= 30, "only {checked} option cases checked");
+}
+
+/// A state holding NaN and infinities (a diverged run's) round-trips through JSON exactly.
+#[test]
+fn a_non_finite_state_round_trips_through_json() {
+    let mut d = StateDict::default();
+    d.buffers.insert("m.0".into(), vec![1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.1]);
+    d.scalars.insert("d".into(), f64::NEG_INFINITY);
+    d.scalars.insert("e".into(), 1e-300);
+    d.counters.insert("step".into(), 3);
+    let text = d.to_json().unwrap();
+    assert!(text.contains("\"NaN\"") && text.contains("\"-inf\""), "{text}");
+    let back = StateDict::from_json(&text).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&back.buffers["m.0"]), bits(&d.buffers["m.0"]));
+    assert_eq!(back.scalars, d.scalars);
+    assert_eq!(back.counters, d.counters);
+    let e = StateDict::from_json(r#"{"buffers": {"m.0": [1, "nan"]}, "scalars": {}, "counters": {}}"#).unwrap_err();
+    assert!(e.to_string().contains("`m.0`"), "{e}");
 }

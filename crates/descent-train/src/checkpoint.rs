@@ -285,10 +285,24 @@ type Stored = (String, Vec<usize>, Vec<f32>);
 fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
     let mut v = vars
         .iter()
-        .map(|(n, v)| Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?)))
+        .map(|(n, v)| {
+            f32_var(n, v)?;
+            Ok((n.clone(), v.dims().to_vec(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        })
         .collect::<Result<Vec<Stored>>>()?;
     v.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(v)
+}
+
+/// Checkpoints hold f32 tensors: a model's variable or buffer of another type is named.
+fn f32_var(name: &str, v: &Var) -> Result<()> {
+    if v.dtype() != candle_core::DType::F32 {
+        return Err(Error::Param(format!(
+            "`{name}` is a {:?} tensor; descent's checkpoints and buffers hold f32",
+            v.dtype()
+        )));
+    }
+    Ok(())
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
@@ -402,6 +416,7 @@ fn matching(what: &str, stored: &[Stored], vars: &[(String, Var)]) -> Result<Vec
         if s.as_slice() != v.dims() {
             return Err(Error::Param(format!("checkpoint {what} `{n}`: shape {s:?}, the model's {:?}", v.dims())));
         }
+        f32_var(n, v)?;
         tensors.push(Tensor::from_vec(w.clone(), s.as_slice(), v.device())?);
     }
     if let Some(extra) = by_name.keys().next() {

@@ -137,7 +137,7 @@ pub trait Model {
     fn named_vars(&self) -> Vec<(String, Var)>;
     /// State that is not trained by the optimizer but belongs to the model (batch norm's running
     /// statistics), with PyTorch's names, in a fixed order: saved in checkpoints with the
-    /// parameters. None by default.
+    /// parameters, so f32 tensors. None by default.
     fn named_buffers(&self) -> Vec<(String, Var)> {
         vec![]
     }

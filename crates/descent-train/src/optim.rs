@@ -603,10 +603,17 @@ impl candle_core::InplaceOp1 for Level<'_> {
 }
 
 impl VarOptimizer {
-    /// The values of named variables, which must be f32 on the CPU.
+    /// The values of named variables, which must be f32 on the CPU, each variable given once (a
+    /// tied weight under two names would be stepped twice, its one gradient applied twice).
     fn checked_values(named: &[(String, Var)]) -> Result<Vec<Vec<f32>>> {
         let mut init = vec![];
+        let mut seen = std::collections::HashMap::new();
         for (n, v) in named {
+            if let Some(first) = seen.insert(v.as_tensor().id(), n) {
+                return Err(Error::Param(format!(
+                    "parameters `{first}` and `{n}` are one variable (tied weights): give it once"
+                )));
+            }
             if v.dtype() != DType::F32 {
                 return Err(Error::Param(format!("parameter `{n}` is {:?}; descent optimizes f32", v.dtype())));
             }

@@ -270,6 +270,31 @@ impl LrSchedule {
         })
     }
 
+    /// Refuses values no schedule can follow, naming the field: a warm-up fraction outside
+    /// [0, 1], factors that are negative or not finite, a step of 0 epochs.
+    pub fn check(&self) -> Result<()> {
+        let factor = |what: &str, x: f64| {
+            if x.is_finite() && x >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::Param(format!("schedule `{what}` {x}: a finite factor of at least 0")))
+            }
+        };
+        match *self {
+            LrSchedule::WarmupCosine { warmup } if !(0.0..=1.0).contains(&warmup) => Err(Error::Param(format!(
+                "schedule `warmup` {warmup}: the fraction of the steps spent warming up, in [0, 1]"
+            ))),
+            LrSchedule::WarmupCosineTo { min_scale, .. } => factor("min_scale", min_scale),
+            LrSchedule::Exponential { gamma } => factor("gamma", gamma),
+            LrSchedule::Step { every: 0, .. } => Err(Error::Param("schedule `every` 0: at least 1 epoch".into())),
+            LrSchedule::Step { gamma, .. } => factor("gamma", gamma),
+            LrSchedule::Plateau { factor: f, .. } if !(f.is_finite() && (0.0..1.0).contains(&f)) => {
+                Err(Error::Param(format!("schedule `factor` {f}: in [0, 1)")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The multiplier at `step` of `total` steps, in `epoch` (1-based), for per-step and
     /// per-epoch schedules (plateau is driven by the metric instead).
     pub fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
@@ -645,6 +670,9 @@ pub fn evaluate_with(
     let (mut total, mut right) = (0.0f64, 0usize);
     let mut rng = Rng::new(0);
     let n = data.len();
+    if n == 0 {
+        return Err(Error::Param("the evaluation set is empty: no loss or accuracy to measure".into()));
+    }
     for k in share(n.div_ceil(1000), comm.rank(), comm.size()) {
         let start = k * 1000;
         let len = 1000.min(n - start);
@@ -1091,6 +1119,27 @@ pub fn train_with(
     }
     if cfg.batch_size == 0 {
         return Err(Error::Param("batch size must be at least 1".into()));
+    }
+    if cfg.batch_size.checked_mul(cfg.accumulate).is_none() {
+        return Err(Error::Param(format!(
+            "batch size {} × accumulate {}: more samples a step than a count holds",
+            cfg.batch_size, cfg.accumulate
+        )));
+    }
+    cfg.schedule.check()?;
+    if train.is_empty() {
+        return Err(Error::Param("the training set is empty".into()));
+    }
+    if test.is_empty() {
+        return Err(Error::Param("the evaluation set is empty: no loss or accuracy to measure".into()));
+    }
+    for (name, b) in model.named_buffers() {
+        if b.dtype() != candle_core::DType::F32 {
+            return Err(Error::Param(format!(
+                "buffer `{name}` is a {:?} tensor; descent's checkpoints and buffers hold f32",
+                b.dtype()
+            )));
+        }
     }
     let mut opt = optimizer_on(model, cfg, comm)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;

@@ -397,3 +397,38 @@ fn distillation_loss_keeps_its_digits_at_a_high_temperature() {
         assert!((loss - limit).abs() <= 2e-3 * limit, "T = {t}: loss {loss}, its limit {limit}");
     }
 }
+
+/// What a loop cannot honour is refused before any step, naming it: a variable given twice (tied
+/// weights would be stepped twice), an empty training or evaluation set, a schedule's factor that
+/// is not one, a step of more samples than a count holds.
+#[test]
+fn what_a_run_cannot_honour_is_refused_before_it_starts() {
+    use descent_train::train::LrSchedule;
+    use descent_train::{OptimizerConfig, VarOptimizer};
+    let (tr, te, model) = regression(5);
+    let w = model.layer.weight.clone();
+    let tied = VarOptimizer::for_vars(vec![("a".into(), w.clone()), ("b".into(), w)], &OptimizerConfig::default());
+    let e = tied.err().expect("a tied weight given twice is refused").to_string();
+    assert!(e.contains("`a`") && e.contains("`b`") && e.contains("one variable"), "{e}");
+
+    let before = slope(&model);
+    let err = |train_set: &Dataset, test_set: &Dataset, c: &TrainConfig| {
+        train(&model, train_set, test_set, c, |_| {}).expect_err("refused").to_string()
+    };
+    let empty = Dataset::regression(1, &mut Rng::new(1)).unwrap();
+    let empty = Dataset { x: empty.x.narrow(0, 0, 0).unwrap(), y: empty.y.narrow(0, 0, 0).unwrap() };
+    assert!(err(&empty, &te, &cfg("sgd", 0.1, 1, 8)).contains("training set is empty"));
+    assert!(err(&tr, &empty, &cfg("sgd", 0.1, 1, 8)).contains("evaluation set is empty"));
+    for (schedule, field) in [
+        (LrSchedule::Exponential { gamma: -1.0 }, "`gamma`"),
+        (LrSchedule::Step { every: 0, gamma: 0.5 }, "`every`"),
+        (LrSchedule::WarmupCosine { warmup: f64::NAN }, "`warmup`"),
+        (LrSchedule::WarmupCosineTo { warmup: 3, decay: None, min_scale: -0.5 }, "`min_scale`"),
+    ] {
+        let c = TrainConfig { schedule, ..cfg("sgd", 0.1, 2, 8) };
+        assert!(err(&tr, &te, &c).contains(field), "{field}");
+    }
+    let c = TrainConfig { accumulate: 2, ..cfg("sgd", 0.1, 1, usize::MAX / 2 + 1) };
+    assert!(err(&tr, &te, &c).contains("accumulate"));
+    assert_eq!(slope(&model), before, "nothing stepped");
+}

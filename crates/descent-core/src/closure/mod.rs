@@ -141,10 +141,7 @@ pub trait ClosureOptimizer: Send {
 
     /// Restores a state saved by [`ClosureOptimizer::state_dict`]; refuses a mismatched one whole.
     fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
-        let mut check = crate::state::Checker::new(dict);
-        self.visit_state(&mut check)?;
-        check.finish()?;
-        self.visit_state(&mut crate::state::Loader::new(dict))
+        crate::state::load_whole(&mut |v| self.visit_state(v), dict)
     }
 }
 

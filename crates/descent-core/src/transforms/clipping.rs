@@ -90,7 +90,8 @@ impl Elementwise for ClipByGlobalNorm {
     }
     fn prepare(&mut self, inputs: &[&[f32]], _params: &[&[f32]]) {
         let norm = crate::kernel::global_sum_sq(inputs).sqrt();
-        self.scale = if norm >= self.max_norm { (self.max_norm / norm) as f32 } else { 1.0 };
+        // optax's `g_norm < max_norm` test: a NaN norm or bound clips, to NaN, as optax's does.
+        self.scale = if norm < self.max_norm { 1.0 } else { (self.max_norm / norm) as f32 };
     }
 }
 

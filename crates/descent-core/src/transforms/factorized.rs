@@ -565,6 +565,10 @@ impl Transform for ScaleBySm3 {
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
         let (c0, c1) = (if self.b2 != 1.0 { 1.0 - self.b2 } else { 1.0 }, self.b2);
         for (i, u) in updates.iter_mut().enumerate() {
+            if u.is_empty() {
+                // An empty tensor's accumulator stays as it is (no maximum over no element).
+                continue;
+            }
             let s = &self.shapes[i];
             let offsets: Vec<usize> = s
                 .iter()

@@ -587,8 +587,11 @@ impl ClosureOptimizer for OptaxLbfgs {
             && self.diff_params_memory.len() == m * n
             && self.diff_updates_memory.len() == m * n
             && self.weights_memory.len() == m;
-        if !sizes_ok || has_value > 1 {
+        if !sizes_ok {
             return Err(Error::State("optax.lbfgs: state of the wrong size".into()));
+        }
+        if has_value > 1 {
+            return Err(Error::State(format!("optax.lbfgs: linesearch.has_value {has_value}: 0 or 1")));
         }
         self.ls_learning_rate = lr as f32;
         self.ls_value = if has_value == 1 { value as f32 } else { f32::INFINITY };
