@@ -53,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         decay_steps: steps,
         end_value: 1e-4,
         exponent: 1.0,
-    });
+    })?;
     let composed = chain(vec![
         Box::new(ScaleByAdam::new(ScaleByAdamConfig::default())),
         // flip_sign: descend (optax's scale_by_learning_rate multiplies by −lr).

@@ -18,7 +18,8 @@
 //!     decay_steps: 1_000,
 //!     end_value: 1e-5,
 //!     exponent: 1.0,
-//! });
+//! })
+//! .unwrap();
 //! let adamw = chain(vec![
 //!     Box::new(ScaleByAdam::new(ScaleByAdamConfig { b2: 0.95, ..Default::default() })),
 //!     Box::new(AddDecayedWeights::new(1e-4)),

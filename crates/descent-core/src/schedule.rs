@@ -226,18 +226,20 @@ pub struct CosineDecay {
     pub exponent: f64,
 }
 
-/// optax `cosine_decay_schedule`: `init · ((1−α)·(½(1 + cos(πt/T)))^exponent + α)`.
-pub fn cosine_decay(c: CosineDecay) -> BoxSchedule {
+/// optax `cosine_decay_schedule`: `init · ((1−α)·(½(1 + cos(πt/T)))^exponent + α)`. `decay_steps`
+/// must be positive (optax raises on 0).
+pub fn cosine_decay(c: CosineDecay) -> Result<BoxSchedule> {
     let CosineDecay { init_value: init, decay_steps, alpha, exponent } = c;
+    ensure(decay_steps > 0, || "cosine_decay_schedule: decay_steps must be positive (optax raises on 0)".into())?;
     // In float32, as optax computes it (jax's default precision): near the cosine's bottom,
     // `1 + cos` cancels, and the float32 rounding is what optax's rates carry.
     let (steps, init, decay, alpha, exponent) =
         (decay_steps as f32, init as f32, (1.0 - alpha) as f32, alpha as f32, exponent as f32);
-    Box::new(move |t: u64| {
+    Ok(Box::new(move |t: u64| {
         let t = (t as f32).min(steps);
         let cos = 0.5f32 * (1.0 + (std::f32::consts::PI * t / steps).cos());
         (init * (decay * cos.powf(exponent) + alpha)) as f64
-    })
+    }))
 }
 
 /// optax `join_schedules`: `schedules[k+1]` takes over (from its own step 0) at `boundaries[k]`.
@@ -358,23 +360,25 @@ pub struct WarmupCosineDecay {
 }
 
 /// optax `warmup_cosine_decay_schedule`: linear warm-up to `peak`, then cosine decay to `end`
-/// reached at `decay_steps` (warm-up included).
-pub fn warmup_cosine_decay(c: WarmupCosineDecay) -> BoxSchedule {
+/// reached at `decay_steps` (warm-up included), which must exceed `warmup_steps` (optax decays over
+/// their difference).
+pub fn warmup_cosine_decay(c: WarmupCosineDecay) -> Result<BoxSchedule> {
     let WarmupCosineDecay { init_value: init, peak_value: peak, warmup_steps, decay_steps, end_value: end, exponent } =
         c;
+    ensure(decay_steps > warmup_steps, || {
+        format!(
+            "warmup_cosine_decay_schedule: decay_steps {decay_steps} must exceed warmup_steps {warmup_steps} \
+             (optax decays over decay_steps − warmup_steps steps)"
+        )
+    })?;
     let alpha = if peak == 0.0 { 0.0 } else { end / peak };
-    join(
+    Ok(join(
         vec![
             linear(Linear { init_value: init, end_value: peak, transition_steps: warmup_steps, transition_begin: 0 }),
-            cosine_decay(CosineDecay {
-                init_value: peak,
-                decay_steps: decay_steps.saturating_sub(warmup_steps),
-                alpha,
-                exponent,
-            }),
+            cosine_decay(CosineDecay { init_value: peak, decay_steps: decay_steps - warmup_steps, alpha, exponent })?,
         ],
         vec![warmup_steps],
-    )
+    ))
 }
 
 /// optax `warmup_exponential_decay_schedule`'s arguments (optax requires all but the last three).
@@ -433,12 +437,15 @@ pub enum Interpolation {
 }
 
 /// optax `piecewise_interpolate_schedule`: values `init · Π scales` at the boundaries, interpolated
-/// in between.
+/// in between. The scales must be non-negative (optax raises otherwise).
 pub fn piecewise_interpolate(
     kind: Interpolation,
     init: f64,
     mut boundaries_and_scales: Vec<(u64, f64)>,
-) -> BoxSchedule {
+) -> Result<BoxSchedule> {
+    ensure(boundaries_and_scales.iter().all(|(_, s)| *s >= 0.0), || {
+        "piecewise_interpolate_schedule: scales must be non-negative".into()
+    })?;
     boundaries_and_scales.sort_by_key(|(b, _)| *b);
     // In float32 throughout, as optax computes it (jax's default precision): the values as
     // float32 running products, the fraction of each interval, both interpolations.
@@ -448,7 +455,7 @@ pub fn piecewise_interpolate(
         bounds.push(*b);
         values.push(values.last().unwrap() * *s as f32);
     }
-    Box::new(move |t: u64| {
+    Ok(Box::new(move |t: u64| {
         for k in 0..bounds.len() - 1 {
             let (lo, hi) = (bounds[k], bounds[k + 1]);
             if lo <= t && t < hi {
@@ -465,7 +472,15 @@ pub fn piecewise_interpolate(
         } else {
             0.0
         }
-    })
+    }))
+}
+
+/// A one-cycle schedule's arguments as optax takes them: a positive length, fractions of 0 or
+/// more, factors it can divide by.
+fn check_onecycle(name: &str, transition_steps: u64, fractions: &[f64], divisors: &[f64]) -> Result<()> {
+    ensure(transition_steps > 0, || format!("{name}: transition_steps must be positive (optax raises on 0)"))?;
+    ensure(fractions.iter().all(|f| *f >= 0.0), || format!("{name}: a fraction of the cycle is 0 or more"))?;
+    ensure(divisors.iter().all(|d| *d != 0.0), || format!("{name}: div_factor and final_div_factor must not be 0"))
 }
 
 /// optax `linear_onecycle_schedule`'s arguments (required: `transition_steps`, `peak_value`; the others carry the library's defaults in their docs).
@@ -499,8 +514,14 @@ fn as_python_dict(pairs: Vec<(u64, f64)>) -> Vec<(u64, f64)> {
 }
 
 /// optax `linear_onecycle_schedule` (Smith & Topin 2018).
-pub fn linear_onecycle(c: LinearOnecycle) -> BoxSchedule {
+pub fn linear_onecycle(c: LinearOnecycle) -> Result<BoxSchedule> {
     let LinearOnecycle { transition_steps, peak_value: peak, pct_start, pct_final, div_factor, final_div_factor } = c;
+    check_onecycle(
+        "linear_onecycle_schedule",
+        transition_steps,
+        &[pct_start, pct_final],
+        &[div_factor, final_div_factor],
+    )?;
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Linear,
@@ -529,8 +550,9 @@ pub struct CosineOnecycle {
 }
 
 /// optax `cosine_onecycle_schedule` (Smith & Topin 2018).
-pub fn cosine_onecycle(c: CosineOnecycle) -> BoxSchedule {
+pub fn cosine_onecycle(c: CosineOnecycle) -> Result<BoxSchedule> {
     let CosineOnecycle { transition_steps, peak_value: peak, pct_start, div_factor, final_div_factor } = c;
+    check_onecycle("cosine_onecycle_schedule", transition_steps, &[pct_start], &[div_factor, final_div_factor])?;
     let t = transition_steps as f64;
     piecewise_interpolate(
         Interpolation::Cosine,

@@ -2436,7 +2436,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     decay_steps: positive_steps(&mut k, "decay_steps")?,
                     alpha: k.f64("alpha", 0.0)?,
                     exponent: k.f64("exponent", 1.0)?,
-                }),
+                })?,
                 "warmup_constant" => {
                     sch::warmup_constant(k.req_f64("init_value")?, k.req_f64("peak_value")?, k.req_u64("warmup_steps")?)
                 }
@@ -2459,7 +2459,7 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                         decay_steps,
                         end_value: k.f64("end_value", 0.0)?,
                         exponent: k.f64("exponent", 1.0)?,
-                    })
+                    })?
                 }
                 "warmup_exponential_decay" => sch::warmup_exponential_decay(sch::WarmupExponentialDecay {
                     init_value: k.req_f64("init_value")?,
@@ -2478,14 +2478,14 @@ pub fn build_schedule(library: &str, name: &str, kwargs: &Value, base_lr: Option
                     pct_final: fraction(&mut k, "pct_final", 0.85)?,
                     div_factor: divisor(&mut k, "div_factor", 25.0)?,
                     final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
-                }),
+                })?,
                 "cosine_onecycle" => sch::cosine_onecycle(sch::CosineOnecycle {
                     transition_steps: positive_steps(&mut k, "transition_steps")?,
                     peak_value: k.req_f64("peak_value")?,
                     pct_start: fraction(&mut k, "pct_start", 0.3)?,
                     div_factor: divisor(&mut k, "div_factor", 25.0)?,
                     final_div_factor: divisor(&mut k, "final_div_factor", 1e4)?,
-                }),
+                })?,
                 _ => return Err(unknown("optax schedule", name, OPTAX_SCHEDULES)),
             }
         }

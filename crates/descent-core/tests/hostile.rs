@@ -586,3 +586,39 @@ fn torch_schedules_torch_refuses_or_mis_steps_are_refused() {
         assert!(build_schedule("torch", name, &kw, base).is_ok(), "{name} {kw} refused");
     }
 }
+
+/// The typed optax schedules refuse what optax raises on (a NaN rate would otherwise reach every
+/// step): `decay_steps` of 0, a warm-up as long as the decay, negative interpolation scales, a
+/// one-cycle of 0 steps.
+#[test]
+fn typed_schedules_refuse_what_optax_raises_on() {
+    use descent_core::schedule::*;
+    let cos = |decay_steps| cosine_decay(CosineDecay { init_value: 1.0, decay_steps, alpha: 0.0, exponent: 1.0 });
+    assert!(cos(0).is_err());
+    assert!(cos(10).is_ok());
+    let warm = |warmup_steps, decay_steps| {
+        warmup_cosine_decay(WarmupCosineDecay {
+            init_value: 0.0,
+            peak_value: 1.0,
+            warmup_steps,
+            decay_steps,
+            end_value: 0.0,
+            exponent: 1.0,
+        })
+    };
+    for (w, d) in [(10, 10), (10, 5)] {
+        assert!(warm(w, d).err().unwrap().to_string().contains("must exceed warmup_steps"));
+    }
+    assert!((0..30).all(|t| warm(10, 11).unwrap().value(t).is_finite()));
+    assert!(piecewise_interpolate(Interpolation::Linear, 1.0, vec![(5, -1.0)]).is_err());
+    let one = |transition_steps| {
+        cosine_onecycle(CosineOnecycle {
+            transition_steps,
+            peak_value: 1.0,
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+        })
+    };
+    assert!(one(0).is_err() && one(10).is_ok());
+}

@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         decay_steps: steps,
         end_value: 0.0,
         exponent: 1.0,
-    });
+    })?;
     let config = OptimizerConfig {
         optimizer: "adamw".into(),
         lr: Some(1e-2),

@@ -39,7 +39,7 @@
 //!             decay_steps: 100,
 //!             end_value: 0.0,
 //!             exponent: 1.0,
-//!         }))),
+//!         })?)),
 //!         ..Default::default()
 //!     },
 //! )?;
@@ -1009,7 +1009,10 @@ impl VarOptimizer {
     }
 
     /// One step from the gradients of a backward pass. A variable without gradient (unused in the
-    /// loss) gets a zero gradient, as torch skips nothing in its state either.
+    /// loss) gets a zero gradient, as `jax.grad` gives optax; torch's optimizers skip a parameter
+    /// whose `grad` is `None` instead (no state update, no weight decay), so under momentum or
+    /// decoupled weight decay such a variable moves here and not in torch: leave it out of the
+    /// optimizer's variables to keep it still.
     ///
     /// With a schedule in the config, sets the learning-rate multiplier to its value at the
     /// current step first. Returns false when the step was skipped (non-finite gradients under

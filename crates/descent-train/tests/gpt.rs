@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use common::{tensor, values, Check};
 
 fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2/models")
+    common::reference_nn_r2().join("models")
 }
 
 fn data_dir() -> PathBuf {

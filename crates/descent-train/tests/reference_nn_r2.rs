@@ -25,7 +25,7 @@ const MODELS_NOT_YET: &[&str] = &[];
 const MODELS_TESTED_IN: &[(&str, &str)] = &[("gpt", "tests/gpt.rs"), ("resnet", "tests/resnet.rs")];
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2")
+    common::reference_nn_r2()
 }
 
 fn json_files(sub: &str) -> Vec<String> {

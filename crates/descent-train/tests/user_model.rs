@@ -60,16 +60,17 @@ fn full_config() -> OptimizerConfig {
         hparams: json!({"weight_decay": 0.1}),
         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
         clip_norm: Some(0.5),
-        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(
-            descent_core::schedule::WarmupCosineDecay {
+        schedule: Some(Arc::new(
+            descent_core::schedule::warmup_cosine_decay(descent_core::schedule::WarmupCosineDecay {
                 init_value: 0.0,
                 peak_value: 1.0,
                 warmup_steps: 3,
                 decay_steps: 12,
                 end_value: 0.0,
                 exponent: 1.0,
-            },
-        ))),
+            })
+            .unwrap(),
+        )),
         ..Default::default()
     }
 }
@@ -342,16 +343,17 @@ fn closure_optimizer_checkpoint_round_trip_and_refusals() {
         optimizer: "sam".into(),
         lr: Some(0.05),
         hparams: json!({"base": "adamw", "rho": 0.05}),
-        schedule: Some(Arc::new(descent_core::schedule::warmup_cosine_decay(
-            descent_core::schedule::WarmupCosineDecay {
+        schedule: Some(Arc::new(
+            descent_core::schedule::warmup_cosine_decay(descent_core::schedule::WarmupCosineDecay {
                 init_value: 0.0,
                 peak_value: 1.0,
                 warmup_steps: 3,
                 decay_steps: 12,
                 end_value: 0.0,
                 exponent: 1.0,
-            },
-        ))),
+            })
+            .unwrap(),
+        )),
         ..Default::default()
     };
     let steps = |model: &Mlp, opt: &mut VarOptimizer, from: usize, to: usize| {

@@ -75,14 +75,17 @@ pub fn optimizer_config(total_steps: u64) -> OptimizerConfig {
         hparams: json!({"weight_decay": 1e-2}),
         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
         clip_norm: Some(1.0),
-        schedule: Some(Arc::new(warmup_cosine_decay(WarmupCosineDecay {
-            init_value: 0.0,
-            peak_value: 1.0,
-            warmup_steps: total_steps / 20,
-            decay_steps: total_steps,
-            end_value: 0.0,
-            exponent: 1.0,
-        }))),
+        schedule: Some(Arc::new(
+            warmup_cosine_decay(WarmupCosineDecay {
+                init_value: 0.0,
+                peak_value: 1.0,
+                warmup_steps: total_steps / 20,
+                decay_steps: total_steps,
+                end_value: 0.0,
+                exponent: 1.0,
+            })
+            .expect("a warm-up shorter than the decay"),
+        )),
         ..Default::default()
     }
 }

@@ -79,3 +79,12 @@ impl<'a> Check<'a> {
         }
     }
 }
+
+/// `shared/reference-nn-r2` beside the repository, or the folder of the same form that
+/// `DESCENT_REFERENCE_NN_R2` names (another recording: other shapes, seeds, configurations).
+pub fn reference_nn_r2() -> std::path::PathBuf {
+    match std::env::var_os("DESCENT_REFERENCE_NN_R2") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-nn-r2"),
+    }
+}
