@@ -56,6 +56,12 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
             // A run's folder: in progress, stopped early, or its checkpoint lost.
             return Err(crate::train::missing_checkpoint(run_dir, "the run stopped before its first checkpoint"));
         }
+        if ["sweep.json", "compare.json", "bench.json"].iter().any(|f| run_dir.join(f).is_file()) {
+            bail!(
+                "{}: the folder of a sweep, a comparison or a benchmark, not of a run: give one of its runs' folders",
+                run_dir.display()
+            );
+        }
         bail!(
             "{}: no {}: not the folder of a `descent train` run, or the run stopped before its first checkpoint",
             run_dir.display(),

@@ -44,12 +44,15 @@ impl Param {
             let (a, b) = args.split_once("..").with_context(|| format!("{what}: `{args}` is not LO..HI"))?;
             let num = |x: &str| x.trim().parse::<f64>().with_context(|| format!("{what}: `{x}` is not a number"));
             let (lo, hi) = (num(a)?, num(b)?);
-            if lo >= hi || !lo.is_finite() || !hi.is_finite() {
-                bail!("{what}: the range {lo}..{hi} is empty or inverted");
+            use crate::show::Num;
+            if !lo.is_finite() || !hi.is_finite() {
+                bail!("{what}: the range {}..{} has a bound that is no finite number", Num(lo), Num(hi));
+            }
+            if lo >= hi {
+                bail!("{what}: the range {}..{} is empty or inverted", Num(lo), Num(hi));
             }
             if !(hi - lo).is_finite() {
                 // Its draws `lo + (hi − lo)·u` would all be infinite (then clamped to `hi`).
-                use crate::show::Num;
                 bail!("{what}: the range {}..{} is wider than a double holds", Num(lo), Num(hi));
             }
             Ok((lo, hi))

@@ -75,7 +75,7 @@ fn main() -> Res<()> {
     let mut varmap = VarMap::new();
     let model = Mlp::new(&mut varmap, 12345)?;
     let (fresh_loss, fresh_acc) = evaluate(&model, &test_x, &test_y)?;
-    let cfg = OptimizerConfig { lr: Some(1e-3), schedule: None, ..optimizer_config(0) };
+    let cfg = OptimizerConfig { lr: Some(1e-3), schedule: None, ..common::adamw_config() };
     let mut opt = VarOptimizer::for_varmap(&varmap, &cfg)?;
     opt.restore(&ck)?;
     let (loss, acc) = evaluate(&model, &test_x, &test_y)?;

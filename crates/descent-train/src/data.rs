@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mnist::Split;
 use crate::rng::Rng;
 
@@ -71,9 +71,21 @@ impl Dataset {
         Ok(Dataset { x: Tensor::from_vec(x, (n, 1), &Device::Cpu)?, y: Tensor::from_vec(y, (n, 1), &Device::Cpu)? })
     }
 
-    /// Number of samples.
+    /// Number of samples (0 for inputs without a sample axis, which [`Dataset::check`] refuses).
     pub fn len(&self) -> usize {
-        self.x.dims()[0]
+        self.x.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Inputs and targets with a sample axis each, and as many targets as inputs.
+    pub fn check(&self) -> Result<()> {
+        let (x, y) = (self.x.dims(), self.y.dims());
+        if x.is_empty() || y.is_empty() {
+            return Err(Error::Param(format!("dataset: inputs {x:?} and targets {y:?} need a first axis, the sample")));
+        }
+        if x[0] != y[0] {
+            return Err(Error::Param(format!("dataset: {} inputs but {} targets", x[0], y[0])));
+        }
+        Ok(())
     }
 
     /// Whether there is no sample.

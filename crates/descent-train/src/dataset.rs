@@ -30,11 +30,21 @@ pub trait BatchSource: Sync {
     /// Inputs and targets of the samples at `indices`, in that order, first axis the sample. An
     /// index past the end is an error.
     fn batch(&self, indices: &[u32]) -> Result<(Tensor, Tensor)>;
+
+    /// Whether the source is well formed (inputs and targets of the same samples), checked before
+    /// a run's first step. Well formed by default.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl BatchSource for crate::data::Dataset {
     fn len(&self) -> usize {
         crate::data::Dataset::len(self)
+    }
+
+    fn check(&self) -> Result<()> {
+        crate::data::Dataset::check(self)
     }
 
     fn batch(&self, indices: &[u32]) -> Result<(Tensor, Tensor)> {

@@ -31,13 +31,21 @@ fn targets(s: &CpuStorage, l: &Layout, classes: usize) -> candle_core::Result<Ve
         .collect()
 }
 
-/// Each row's log-sum-exp, computed stably around the row's maximum.
-fn log_sum_exp(row: &[f32]) -> f32 {
+/// A row's log-softmax as torch computes it, `(x − m) − ln Σ exp(x − m)` around the row's maximum
+/// `m`: the shift and `ln Σ`, applied as [`log_softmax_at`] does. (`x − (m + ln Σ)` would round
+/// `m + ln Σ` at the size of `m`, about 1e-3 for logits near 1e4.)
+fn log_softmax_parts(row: &[f32]) -> (f32, f32) {
     let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if m == f32::NEG_INFINITY {
-        return m;
+        return (0.0, f32::NEG_INFINITY);
     }
-    m + row.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+    (m, row.iter().map(|&v| (v - m).exp()).sum::<f32>().ln())
+}
+
+/// The log-softmax of logit `v` of a row of [`log_softmax_parts`] `(m, ln Σ)`.
+#[inline]
+fn log_softmax_at(v: f32, (m, ls): (f32, f32)) -> f32 {
+    (v - m) - ls
 }
 
 impl CustomOp2 for CrossEntropyOp {
@@ -62,7 +70,8 @@ impl CustomOp2 for CrossEntropyOp {
         let (n, classes) = (dims[0], dims[1]);
         let x = f32_slice(s1, l1, "cross_entropy logits")?;
         let t = targets(s2, l2, classes)?;
-        let total: f32 = x.chunks(classes).zip(&t).map(|(row, &t)| log_sum_exp(row) - row[t]).sum();
+        let total: f32 =
+            x.chunks(classes).zip(&t).map(|(row, &t)| -log_softmax_at(row[t], log_softmax_parts(row))).sum();
         Ok((CpuStorage::F32(vec![total / n as f32]), Shape::from(())))
     }
 
@@ -82,9 +91,9 @@ impl CustomOp2 for CrossEntropyOp {
         let t = targets(st, lt, classes)?;
         let mut gx = vec![0.0f32; n * classes];
         for ((row, grow), &t) in x.chunks(classes).zip(gx.chunks_mut(classes)).zip(&t) {
-            let lse = log_sum_exp(row);
+            let parts = log_softmax_parts(row);
             for (gv, &v) in grow.iter_mut().zip(row) {
-                *gv = g * (v - lse).exp();
+                *gv = g * log_softmax_at(v, parts).exp();
             }
             grow[t] -= g;
         }
@@ -113,6 +122,26 @@ mod tests {
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         let d = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-6, "gradient differs by {d}");
+    }
+
+    /// Logits far from zero (3e4): the loss and its gradient against their float64 values (the
+    /// softmax rounded at the size of the maximum before, 1e-3 here).
+    #[test]
+    fn cross_entropy_keeps_its_digits_far_from_zero() {
+        let row = [3e4f32, 3e4 + 1.0, 3e4 - 0.5, 3e4 + 2.0];
+        let x = Var::from_vec(row.to_vec(), (1, 4), &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(vec![1u32], 1, &Device::Cpu).unwrap();
+        let loss = cross_entropy(x.as_tensor(), &t).unwrap();
+        let grad =
+            loss.backward().unwrap().get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let m = 3e4f64 + 2.0;
+        let ls = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let exact_loss = ls - (row[1] as f64 - m);
+        assert!((loss.to_scalar::<f32>().unwrap() as f64 - exact_loss).abs() < 1e-6, "loss");
+        for (j, &g) in grad.iter().enumerate() {
+            let p = (row[j] as f64 - m - ls).exp() - if j == 1 { 1.0 } else { 0.0 };
+            assert!((g as f64 - p).abs() < 1e-6, "gradient {j}: {g} against {p}");
+        }
     }
 
     #[test]

@@ -1101,8 +1101,17 @@ impl VarOptimizer {
     /// over eight lanes (one serial chain of f64 adds cost a fifth of a small model's step).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sum = 0.0f64;
-        for v in &self.vars {
+        for (n, v) in self.names.iter().zip(&self.vars) {
             let Some(g) = grads.get(v.as_tensor()) else { continue };
+            // The gradients `step` would take: of the variable's shape, f32.
+            if g.dims() != v.dims() || g.dtype() != DType::F32 {
+                return Err(Error::Param(format!(
+                    "gradient of `{n}`: {:?} {:?}, the parameter is f32 {:?}",
+                    g.dtype(),
+                    g.dims(),
+                    v.dims()
+                )));
+            }
             let (storage, layout) = g.storage_and_layout();
             match (&*storage, layout.contiguous_offsets()) {
                 (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(s)), Some((a, b))) => {

@@ -1127,6 +1127,8 @@ pub fn train_with(
         )));
     }
     cfg.schedule.check()?;
+    train.check().map_err(|e| Error::Param(format!("training set: {e}")))?;
+    test.check().map_err(|e| Error::Param(format!("evaluation set: {e}")))?;
     if train.is_empty() {
         return Err(Error::Param("the training set is empty".into()));
     }

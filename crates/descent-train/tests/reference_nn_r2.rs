@@ -242,3 +242,33 @@ fn dropout_is_seeded_and_inverted() {
     assert_eq!(e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 64 * 32]);
     assert!(Dropout::new(1.5).is_err() && Dropout::new(-0.1).is_err());
 }
+
+/// Log-softmax of logits far from zero (1e4, −3e4) against its float64 value, forward and
+/// backward, under the reference pass rule: `x − (m + ln Σ)` rounds at the size of the maximum and
+/// the gradient carried that error (6× the tolerance at −3e4).
+#[test]
+fn log_softmax_keeps_its_digits_far_from_zero() {
+    let rows: [[f32; 4]; 3] =
+        [[1e4, 1e4 + 0.7, 1e4 - 1.3, 1e4 + 0.2], [-3e4, -3e4 + 1.0, -3e4 + 2.0, -3e4 + 0.5], [3.0, -1.0, 0.25, 2.0]];
+    let g: [f32; 4] = [0.3, -1.2, 0.8, 0.5];
+    let x = Var::from_vec(rows.iter().flatten().copied().collect::<Vec<f32>>(), (3, 4), &Device::Cpu).unwrap();
+    let up = Tensor::from_vec(g.repeat(3), (3, 4), &Device::Cpu).unwrap();
+    let y = log_softmax(x.as_tensor()).unwrap();
+    let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+    let ours = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours_grad = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (mut exact, mut exact_grad) = (vec![], vec![]);
+    for r in &rows {
+        let m = r.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let ls = r.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let lsm: Vec<f64> = r.iter().map(|&v| v as f64 - m - ls).collect();
+        let s: f64 = g.iter().map(|&v| v as f64).sum();
+        exact_grad.extend(lsm.iter().zip(&g).map(|(l, &gi)| gi as f64 - l.exp() * s));
+        exact.extend(lsm);
+    }
+    for (what, a, b) in [("output", &ours, &exact), ("grad_input", &ours_grad, &exact_grad)] {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).map(|(&x, &e)| (x as f64 - e).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-4 * scale + 1e-6, "{what}: off by {worst:e}, bound {:e}", 1e-4 * scale + 1e-6);
+    }
+}

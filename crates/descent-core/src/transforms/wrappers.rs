@@ -426,7 +426,7 @@ impl Transform for Partition {
             for (j, &i) in idx.iter().enumerate() {
                 if i >= shapes.len() {
                     return Err(Error::Invalid(format!(
-                        "parameter groups: a group names parameter {i} but there are {}",
+                        "parameter groups: a group (or a mask or label list) names parameter {i} but there are {}",
                         shapes.len()
                     )));
                 }
@@ -438,7 +438,9 @@ impl Transform for Partition {
             }
         }
         if let Some(i) = slot.iter().position(|s| s.is_none()) {
-            return Err(Error::Invalid(format!("parameter groups: parameter {i} is in no group")));
+            return Err(Error::Invalid(format!(
+                "parameter groups: parameter {i} is in no group (a mask or label list shorter than the parameters?)"
+            )));
         }
         self.slot = slot.into_iter().flatten().collect();
         for (idx, tx) in self.groups.iter_mut() {

@@ -65,29 +65,31 @@ pub fn spirals(n: usize, seed: u64) -> Result<(Tensor, Tensor)> {
     Ok((Tensor::from_vec(x, (CLASSES * n, 2), &Device::Cpu)?, Tensor::from_vec(y, CLASSES * n, &Device::Cpu)?))
 }
 
-/// AdamW (lr 1e-2, weight decay 1e-2 but none on the biases), the gradients clipped to norm 1,
-/// the learning rate warmed up linearly over the first 5% of `total_steps` then decayed to 0
-/// by a cosine.
-pub fn optimizer_config(total_steps: u64) -> OptimizerConfig {
+/// AdamW (lr 1e-2, weight decay 1e-2 but none on the biases), the gradients clipped to norm 1.
+pub fn adamw_config() -> OptimizerConfig {
     OptimizerConfig {
         optimizer: "adamw".into(),
         lr: Some(1e-2),
         hparams: json!({"weight_decay": 1e-2}),
         groups: vec![("bias".into(), json!({"weight_decay": 0.0}))],
         clip_norm: Some(1.0),
-        schedule: Some(Arc::new(
-            warmup_cosine_decay(WarmupCosineDecay {
-                init_value: 0.0,
-                peak_value: 1.0,
-                warmup_steps: total_steps / 20,
-                decay_steps: total_steps,
-                end_value: 0.0,
-                exponent: 1.0,
-            })
-            .expect("a warm-up shorter than the decay"),
-        )),
         ..Default::default()
     }
+}
+
+/// [`adamw_config`] with the learning rate warmed up linearly over the first 5% of `total_steps`
+/// then decayed to 0 by a cosine (`total_steps` at least 1).
+pub fn optimizer_config(total_steps: u64) -> OptimizerConfig {
+    let schedule = warmup_cosine_decay(WarmupCosineDecay {
+        init_value: 0.0,
+        peak_value: 1.0,
+        warmup_steps: total_steps / 20,
+        decay_steps: total_steps,
+        end_value: 0.0,
+        exponent: 1.0,
+    })
+    .expect("a warm-up shorter than the decay");
+    OptimizerConfig { schedule: Some(Arc::new(schedule)), ..adamw_config() }
 }
 
 /// Mean cross-entropy and accuracy of the model on a dataset.

@@ -317,8 +317,10 @@ impl CustomOp1 for SoftmaxOp {
                 sum += *o;
             }
             if self.log {
-                let lse = m + sum.ln();
-                y.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);
+                // `(x − m) − ln Σ`, as torch: `x − (m + ln Σ)` would round `m + ln Σ` at the size
+                // of the row's maximum (about 1e-3 at 1e4), an error the gradient `exp(y)·Σg` carries.
+                let ls = sum.ln();
+                y.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - m) - ls);
             } else {
                 let r = 1.0 / sum;
                 y.iter_mut().for_each(|o| *o *= r);
