@@ -261,8 +261,10 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
     }
     // The best trial's settings go to best.toml, for `train --config`; TOML has no null.
     if let Some(key) = null_key(&base.hparams) {
-        let given = if from_cli_now(matches, "hparams") { "--hparams" } else { "the config file's [hparams]" };
-        bail!("{given}: `{key}` is null, which best.toml (TOML) cannot hold; leave it out for the library's default");
+        let given = if from_cli(matches, "hparams") { "--hparams" } else { "the config file's [hparams]" };
+        bail!(
+            "{given}: `{key}` is null, which best.toml (TOML) cannot hold: a sweep takes no null (leave it out where it stands for the library's default)"
+        );
     }
     if base.model == "gpt" {
         bail!("sweep: the gpt model is not available here (its runs are measured in steps, not epochs); compare gpt runs with `descent compare --model gpt`");
@@ -281,7 +283,7 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
         space.retain(|(n, _)| n != name);
         space.push((name.to_string(), def.trim().to_string()));
     }
-    let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
+    let from_cli = |k: &str| from_cli(matches, k);
     if let (Some(lr), true) = (base.lr, space.iter().any(|(n, _)| n == "lr")) {
         let given = if from_cli("lr") { format!("--lr {lr}") } else { format!("the config file's `lr` = {lr}") };
         bail!("{given}: the search dimension `lr` sets the learning rate of every trial; give one of them");
@@ -401,22 +403,28 @@ struct Plan {
 /// The settings that change how many optimizer steps a trial takes.
 const LENGTH_SETTINGS: [&str; 6] = ["batch_size", "accumulate", "epochs", "steps", "validation", "model"];
 
-/// The path of the first null in a JSON value (`foreach`, `betas[1]`), if any.
+/// The path of the first null in a JSON value (`foreach`, `eps[0]`, `inner[1].momentum`), if any.
 fn null_key(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => Some(String::new()),
-        Value::Object(m) => m.iter().find_map(|(k, x)| null_key(x).map(|rest| format!("{k}{rest}"))),
-        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| null_key(x).map(|rest| format!("[{i}]{rest}"))),
-        _ => None,
+    fn path(v: &Value, at: String) -> Option<String> {
+        match v {
+            Value::Null => Some(at),
+            Value::Object(m) => {
+                m.iter().find_map(|(k, x)| path(x, if at.is_empty() { k.clone() } else { format!("{at}.{k}") }))
+            }
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| path(x, format!("{at}[{i}]"))),
+            _ => None,
+        }
     }
+    path(v, String::new())
 }
 
 /// Whether a flag was given on the command line.
-fn from_cli_now(matches: &clap::ArgMatches, k: &str) -> bool {
+fn from_cli(matches: &clap::ArgMatches, k: &str) -> bool {
     matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine)
 }
 
-/// The evaluations along a trial from which `steps_to:ACC` is read (besides its epochs' ends).
+/// The evaluations along a trial from which `steps_to:ACC` is read: at `k/50` of its length
+/// (`k` = 1 … 49), its end, and its epochs' ends.
 const STEPS_TO_POINTS: u64 = 50;
 
 /// How long a trial trains: optimizer steps per epoch and in all.
@@ -873,8 +881,8 @@ fn run_trial(
     // every trial that reaches the target within the first epoch.
     let mut eval_steps = rungs.clone();
     if let Objective::StepsTo(_) = p.objective {
-        let every = len.steps.div_ceil(STEPS_TO_POINTS).max(1);
-        eval_steps.extend((1..).map(|k| k * every).take_while(|&s| s < len.steps));
+        // 49 points inside the trial, at k/50 of its length, and its end (evaluated anyway).
+        eval_steps.extend((1..STEPS_TO_POINTS).map(|k| k * len.steps / STEPS_TO_POINTS).filter(|&s| s > 0));
         eval_steps.sort_unstable();
         eval_steps.dedup();
     }

@@ -397,12 +397,19 @@ fn a_searched_setting_given_fixed_is_refused() {
 fn steps_to_is_measured_within_the_epoch() {
     let dir = out("steps-to");
     let d = dir.to_str().unwrap();
-    let a = ["sweep", "--model", "mlp", "--threads", "1", "--steps", "150", "--method", "grid"];
+    let a = ["sweep", "--model", "mlp", "--threads", "1", "--steps", "151", "--method", "grid"];
     let mut a: Vec<&str> = a.to_vec();
     a.extend(["--param", "lr=choice:0.0003|0.01", "--objective", "steps_to:80", "--out", d]);
     run_ok(&a);
     let t = trials(&dir);
     let steps: Vec<f64> = t.iter().map(|x| x["loss"].as_f64().unwrap()).collect();
-    assert!(steps.iter().all(|s| *s > 0.0 && *s < 150.0), "{steps:?}");
+    assert!(steps.iter().all(|s| *s > 0.0 && *s < 151.0), "{steps:?}");
     assert_ne!(steps[0], steps[1], "{steps:?}");
+    // 49 evaluations inside each trial (at k/50 of its 151 steps), besides its end.
+    let evals = std::fs::read_to_string(dir.join("trials/001/evals.jsonl")).unwrap();
+    let at: Vec<u64> = evals
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(at.iter().filter(|&&s| s < 151).count(), 49, "{at:?}");
 }

@@ -100,14 +100,13 @@ impl Optimizer {
     }
 
     /// Initializes the state again for these parameters: the optimizer is then as freshly built
-    /// (optax's `init` called anew; torch's `optimizer.state.clear()`), its learning rates as they
-    /// are now, its step counts at 0.
+    /// (optax's `init` called anew), its learning rates as they are now, its step counts at 0 —
+    /// so a schedule given as a rate starts again from its step 0, as optax's count does (torch's
+    /// `optimizer.state.clear()` leaves its scheduler where it was).
     pub fn reset(&mut self, params: &[&[f32]]) -> Result<()> {
         check_sizes("parameter", &self.shapes, params)?;
-        self.tx.init(&self.shapes, params)?;
-        self.steps = 0;
-        self.skipped = 0;
-        Ok(())
+        (self.steps, self.skipped) = (0, 0);
+        self.tx.init(&self.shapes, params)
     }
 
     /// Sets the policy for non-finite gradients.

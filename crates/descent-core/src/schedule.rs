@@ -128,15 +128,18 @@ pub struct Polynomial {
 /// optax `polynomial_schedule`: from `init` to `end` over `transition_steps` after
 /// `transition_begin`, with exponent `power`.
 pub fn polynomial(c: Polynomial) -> BoxSchedule {
-    let Polynomial { init_value: init, end_value: end, power, transition_steps, transition_begin } = c;
+    Box::new(move |t: u64| polynomial_at(&c, t))
+}
+
+/// [`polynomial`]'s value at step `t` (`init_value` throughout for 0 transition steps).
+pub(crate) fn polynomial_at(c: &Polynomial, t: u64) -> f64 {
+    let &Polynomial { init_value: init, end_value: end, power, transition_steps, transition_begin } = c;
     if transition_steps == 0 {
-        return constant(init);
+        return init;
     }
-    Box::new(move |t: u64| {
-        let c = (t.saturating_sub(transition_begin)).min(transition_steps) as f64;
-        let frac = 1.0 - c / transition_steps as f64;
-        (init - end) * frac.powf(power) + end
-    })
+    let c = (t.saturating_sub(transition_begin)).min(transition_steps) as f64;
+    let frac = 1.0 - c / transition_steps as f64;
+    (init - end) * frac.powf(power) + end
 }
 
 /// optax `linear_schedule`'s arguments (required: `init_value`, `end_value`, `transition_steps`; the others carry the library's defaults in their docs).

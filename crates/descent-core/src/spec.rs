@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::chain::chain;
 use crate::error::{Error, Result};
 use crate::learning_rate::LearningRate;
-use crate::optax::{self as ox, contrib as oxc};
+use crate::optax::{self as ox, contrib as oxc, contrib::RateSource};
 use crate::schedule::{self as sch, BoxSchedule, ReduceLrOnPlateau};
 use crate::torch::{self, MuonLrAdjust, WeightDecay};
 
@@ -1253,19 +1253,11 @@ fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box
 /// `rprop` reads it at `init` only (its step sizes start there), `sm3` takes a float of its own,
 /// and the Schedule-Free aliases' averaging reads a schedule at a count from 1.
 const INJECTED: Table = &[
-    ("rprop", |k, s| optax_rprop_read(k, s, Reading::Injected)),
-    ("sm3", |k, s| optax_sm3_read(k, s, Reading::Injected)),
-    ("contrib.schedule_free_sgd", |k, s| optax_schedule_free_sgd_read(k, s, Reading::Injected)),
-    ("contrib.schedule_free_adamw", |k, s| optax_schedule_free_adamw_read(k, s, Reading::Injected)),
+    ("rprop", |k, s| optax_rprop_read(k, s, RateSource::Injected)),
+    ("sm3", |k, s| optax_sm3_read(k, s, RateSource::Injected)),
+    ("contrib.schedule_free_sgd", |k, s| optax_schedule_free_sgd_read(k, s, RateSource::Injected)),
+    ("contrib.schedule_free_adamw", |k, s| optax_schedule_free_adamw_read(k, s, RateSource::Injected)),
 ];
-
-/// How an optimizer's learning rate is given: as its own argument, or injected by
-/// `inject_hyperparams` (a list of per-step values or a schedule of the step).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Reading {
-    Argument,
-    Injected,
-}
 
 // Per-parameter masks and labels, all through `Partition`.
 
@@ -1630,15 +1622,15 @@ fn optax_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
 }
 
 fn optax_rprop(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    optax_rprop_read(k, shapes, Reading::Argument)
+    optax_rprop_read(k, shapes, RateSource::Argument)
 }
 
 /// optax `rprop`, whose rate is only the initial step size: injected, its value at step 0 (as
 /// optax's `inject_hyperparams` calls `init` with it; later values never reach the step).
-fn optax_rprop_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
-    let learning_rate = match reading {
-        Reading::Argument => k.req_f64("learning_rate")?,
-        Reading::Injected => k.lr("learning_rate", None)?.at(0),
+fn optax_rprop_read(k: &mut Kwargs, _: &[Vec<usize>], source: RateSource) -> Result<Box<dyn Transform>> {
+    let learning_rate = match source {
+        RateSource::Argument => k.req_f64("learning_rate")?,
+        RateSource::Injected => k.lr("learning_rate", None)?.at(0),
     };
     Ok(ox::rprop(ox::Rprop {
         learning_rate,
@@ -1728,14 +1720,14 @@ fn optax_adan(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform
 }
 
 fn optax_sm3(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    optax_sm3_read(k, shapes, Reading::Argument)
+    optax_sm3_read(k, shapes, RateSource::Argument)
 }
 
 /// optax `sm3`, whose `-learning_rate` takes a float (a schedule fails in optax) or an injected rate.
-fn optax_sm3_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
-    let learning_rate = match reading {
-        Reading::Argument => k.req_f64("learning_rate")?.into(),
-        Reading::Injected => k.lr("learning_rate", None)?,
+fn optax_sm3_read(k: &mut Kwargs, _: &[Vec<usize>], source: RateSource) -> Result<Box<dyn Transform>> {
+    let learning_rate = match source {
+        RateSource::Argument => k.req_f64("learning_rate")?.into(),
+        RateSource::Injected => k.lr("learning_rate", None)?,
     };
     Ok(ox::sm3(ox::Sm3 { learning_rate, momentum: k.f64("momentum", 0.9)? }))
 }
@@ -1997,47 +1989,34 @@ fn optax_madgrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
 
 /// The learning rate and warm-up of a Schedule-Free alias: optax's alias takes a schedule
 /// (`warmup_constant_schedule` fails on one as its peak) and `inject_hyperparams` a rate per step.
-fn schedule_free_rate(
-    k: &mut Kwargs,
-    default: f64,
-    reading: Reading,
-) -> Result<(LearningRate, oxc::ScheduleFreeRate, Option<u64>)> {
-    let (lr, warmup) = match reading {
-        Reading::Argument => match k.get("learning_rate")? {
-            Some(v @ Value::Array(_)) => {
-                return Err(k.err(
-                    "learning_rate",
-                    format!(
-                    "expected a number or a schedule object, got the list {v} (per-step rates are inject_hyperparams')"
-                ),
-                ))
-            }
-            _ => (k.lr("learning_rate", Some(default))?, k.opt_u64("warmup_steps")?),
-        },
-        Reading::Injected => (k.lr("learning_rate", Some(default))?, k.opt_u64("warmup_steps")?),
-    };
-    if reading == Reading::Argument && warmup.is_some() && lr.constant().is_none() {
+fn schedule_free_lr_args(k: &mut Kwargs, default: f64, source: RateSource) -> Result<(LearningRate, Option<u64>)> {
+    if let (RateSource::Argument, Some(v @ Value::Array(_))) = (source, k.get("learning_rate")?) {
+        return Err(k.err(
+            "learning_rate",
+            format!(
+                "expected a number or a schedule object, got the list {v} (per-step rates are inject_hyperparams')"
+            ),
+        ));
+    }
+    let (lr, warmup) = (k.lr("learning_rate", Some(default))?, k.opt_u64("warmup_steps")?);
+    if source == RateSource::Argument && warmup.is_some() && lr.constant().is_none() {
         return Err(k.err(
             "learning_rate",
             "a schedule with `warmup_steps` (optax's warm-up takes a float peak; inject_hyperparams takes both)",
         ));
     }
-    let rate_reading = match reading {
-        Reading::Argument => oxc::ScheduleFreeRate::OwnCounts,
-        Reading::Injected => oxc::ScheduleFreeRate::Injected,
-    };
-    Ok((lr, rate_reading, warmup))
+    Ok((lr, warmup))
 }
 
 fn optax_schedule_free_sgd(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    optax_schedule_free_sgd_read(k, shapes, Reading::Argument)
+    optax_schedule_free_sgd_read(k, shapes, RateSource::Argument)
 }
 
-fn optax_schedule_free_sgd_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
-    let (learning_rate, rate_reading, warmup_steps) = schedule_free_rate(k, 1.0, reading)?;
+fn optax_schedule_free_sgd_read(k: &mut Kwargs, _: &[Vec<usize>], source: RateSource) -> Result<Box<dyn Transform>> {
+    let (learning_rate, warmup_steps) = schedule_free_lr_args(k, 1.0, source)?;
     let c = oxc::ScheduleFreeSgd {
         learning_rate,
-        rate_reading,
+        rate_source: source,
         warmup_steps,
         b1: k.f64("b1", 0.9)?,
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,
@@ -2048,14 +2027,14 @@ fn optax_schedule_free_sgd_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Readi
 }
 
 fn optax_schedule_free_adamw(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    optax_schedule_free_adamw_read(k, shapes, Reading::Argument)
+    optax_schedule_free_adamw_read(k, shapes, RateSource::Argument)
 }
 
-fn optax_schedule_free_adamw_read(k: &mut Kwargs, _: &[Vec<usize>], reading: Reading) -> Result<Box<dyn Transform>> {
-    let (learning_rate, rate_reading, warmup_steps) = schedule_free_rate(k, 0.0025, reading)?;
+fn optax_schedule_free_adamw_read(k: &mut Kwargs, _: &[Vec<usize>], source: RateSource) -> Result<Box<dyn Transform>> {
+    let (learning_rate, warmup_steps) = schedule_free_lr_args(k, 0.0025, source)?;
     let c = oxc::ScheduleFreeAdamW {
         learning_rate,
-        rate_reading,
+        rate_source: source,
         warmup_steps,
         b1: k.f64("b1", 0.9)?,
         weight_lr_power: k.f64("weight_lr_power", 2.0)?,

@@ -355,7 +355,8 @@ impl StateVisitor for Saver {
 /// Loads `dict` into the state that `visit` walks, whole or not at all: checked first (every
 /// entry present, every buffer of its length, nothing left over), then loaded; should the state
 /// refuse a value while it is loaded (a bfloat16 buffer holding other values, an L-BFGS history
-/// index out of range), the state as it was is put back before the error is returned.
+/// index out of range), the state as it was is put back before the error is returned. The state
+/// is copied once for that, so a load holds it twice for a moment.
 pub fn load_whole(visit: &mut dyn FnMut(&mut dyn StateVisitor) -> Result<()>, dict: &StateDict) -> Result<()> {
     let mut check = Checker::new(dict);
     visit(&mut check)?;
@@ -367,6 +368,45 @@ pub fn load_whole(visit: &mut dyn FnMut(&mut dyn StateVisitor) -> Result<()>, di
         return Err(e);
     }
     Ok(())
+}
+
+/// Adds `0 ×` each entry's value in `before` to the entry of the state it visits: nothing where that
+/// value was finite, NaN where it was not (optax's arithmetic reset, `(1 − s)·state + s·init`).
+/// Counters stay as they are.
+pub struct AddZeroTimes {
+    before: StateDict,
+    scopes: Vec<String>,
+}
+
+impl AddZeroTimes {
+    /// Adds `0 ×` the entries of `before`.
+    pub fn new(before: StateDict) -> Self {
+        AddZeroTimes { before, scopes: vec![] }
+    }
+}
+
+impl StateVisitor for AddZeroTimes {
+    fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
+        if let Some(old) = self.before.buffers.get(&join(&self.scopes, name)) {
+            buf.iter_mut().zip(old).for_each(|(x, o)| *x += 0.0 * o);
+        }
+        Ok(())
+    }
+    fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
+        if let Some(o) = self.before.scalars.get(&join(&self.scopes, name)) {
+            *x += 0.0 * o;
+        }
+        Ok(())
+    }
+    fn counter(&mut self, _: &str, _: &mut u64) -> Result<()> {
+        Ok(())
+    }
+    fn push(&mut self, scope: &str) {
+        self.scopes.push(scope.to_string());
+    }
+    fn pop(&mut self) {
+        self.scopes.pop();
+    }
 }
 
 /// Checks a [`StateDict`] against an optimizer without changing it: every entry present, every

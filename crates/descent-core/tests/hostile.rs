@@ -622,3 +622,25 @@ fn typed_schedules_refuse_what_optax_raises_on() {
     };
     assert!(one(0).is_err() && one(10).is_ok());
 }
+
+/// optax `lookahead(reset_state=True)` resets the fast state arithmetically at a sync,
+/// `(1 − sync)·state + sync·init`: an entry that had become infinite is NaN after it, a finite
+/// one is its initial value, the counts start again.
+#[test]
+fn lookahead_reset_turns_a_non_finite_fast_state_into_nan() {
+    use descent_core::optimizer::Optimizer;
+    use descent_core::spec::build_optimizer;
+    let h = serde_json::json!({"sync_period": 1, "slow_step_size": 0.5, "reset_state": true,
+                               "inner": ["adam", {"learning_rate": 0.1}]});
+    let shapes = vec![vec![2]];
+    let init = [0.5f32, -0.5];
+    let tx = build_optimizer("optax", "lookahead", &h, None, &shapes).unwrap();
+    let mut opt = Optimizer::new(tx, shapes, &[&init]).unwrap();
+    let mut p = vec![init.to_vec()];
+    opt.step_vecs(&mut p, &[vec![f32::INFINITY, 1.0]]).unwrap();
+    let state = opt.state_dict().unwrap();
+    let mu = state.buffers.iter().find(|(k, _)| k.ends_with("mu.0")).map(|(_, v)| v.clone()).unwrap();
+    assert!(mu[0].is_nan() && mu[1] == 0.0, "{mu:?}");
+    let count = state.counters.iter().find(|(k, _)| k.ends_with("count")).map(|(_, v)| *v).unwrap();
+    assert_eq!(count, 0);
+}

@@ -295,7 +295,7 @@ fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
 }
 
 /// Checkpoints hold f32 tensors: a model's variable or buffer of another type is named.
-fn f32_var(name: &str, v: &Var) -> Result<()> {
+pub(crate) fn f32_var(name: &str, v: &Var) -> Result<()> {
     if v.dtype() != candle_core::DType::F32 {
         return Err(Error::Param(format!(
             "`{name}` is a {:?} tensor; descent's checkpoints and buffers hold f32",

@@ -654,6 +654,9 @@ fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Why an empty evaluation set is refused.
+const EMPTY_EVALUATION: &str = "the evaluation set is empty: no loss or accuracy to measure";
+
 /// Loss and accuracy over a whole dataset, in batches of 1000, without dropout.
 pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
     evaluate_with(model, data, loss, &Local)
@@ -671,7 +674,7 @@ pub fn evaluate_with(
     let mut rng = Rng::new(0);
     let n = data.len();
     if n == 0 {
-        return Err(Error::Param("the evaluation set is empty: no loss or accuracy to measure".into()));
+        return Err(Error::Param(EMPTY_EVALUATION.into()));
     }
     for k in share(n.div_ceil(1000), comm.rank(), comm.size()) {
         let start = k * 1000;
@@ -1032,7 +1035,7 @@ impl Distillation<'_> {
         }
         if !temperature_in_range(self.temperature) {
             return Err(Error::Param(format!(
-                "distillation temperature {:e}: between {:e} and {:e} (T² scales the loss, in f32)",
+                "distillation temperature {:e}: between {:e} and {:e} (T² scales the loss, a normal f32; above, the softened distributions differ by less than float64 resolves)",
                 self.temperature, TEMPERATURE_RANGE.0, TEMPERATURE_RANGE.1
             )));
         }
@@ -1133,15 +1136,10 @@ pub fn train_with(
         return Err(Error::Param("the training set is empty".into()));
     }
     if test.is_empty() {
-        return Err(Error::Param("the evaluation set is empty: no loss or accuracy to measure".into()));
+        return Err(Error::Param(EMPTY_EVALUATION.into()));
     }
     for (name, b) in model.named_buffers() {
-        if b.dtype() != candle_core::DType::F32 {
-            return Err(Error::Param(format!(
-                "buffer `{name}` is a {:?} tensor; descent's checkpoints and buffers hold f32",
-                b.dtype()
-            )));
-        }
+        crate::checkpoint::f32_var(&name, &b)?;
     }
     let mut opt = optimizer_on(model, cfg, comm)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;

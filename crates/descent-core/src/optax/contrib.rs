@@ -684,15 +684,17 @@ fn share_n(lr: LearningRate, n: usize) -> Vec<LearningRate> {
     }
 }
 
-/// Whose count a Schedule-Free alias's learning-rate schedule follows.
+/// Where an optimizer's learning rate comes from, which decides when it is read: its own argument,
+/// or optax's `inject_hyperparams` around it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ScheduleFreeRate {
-    /// optax's alias given a schedule: the averaging reads it at its own step count, which starts
-    /// at 1, the base optimizer at its count, from 0 (so the two read consecutive values).
+pub enum RateSource {
+    /// The optimizer's own argument, read where its library reads it (a Schedule-Free alias's
+    /// averaging reads a schedule at its own step count, which starts at 1, its base optimizer at
+    /// its count from 0, so the two read consecutive values).
     #[default]
-    OwnCounts,
-    /// optax `inject_hyperparams` around the alias: both read the rate of the step (the
-    /// schedule at the step count from 0), which is the warm-up's peak when there is one.
+    Argument,
+    /// `inject_hyperparams`: the rate of the step (a schedule at the step count from 0), set
+    /// before each update (for a Schedule-Free alias, the peak of its warm-up when it has one).
     Injected,
 }
 
@@ -702,7 +704,7 @@ pub enum ScheduleFreeRate {
 fn schedule_free_rates(
     learning_rate: LearningRate,
     warmup_steps: Option<u64>,
-    reading: ScheduleFreeRate,
+    source: RateSource,
 ) -> (LearningRate, LearningRate) {
     /// The rate read `lag` steps back, as the peak of the warm-up when there is one.
     struct Lagged {
@@ -714,7 +716,17 @@ fn schedule_free_rates(
         fn value(&self, step: u64) -> f64 {
             let peak = self.rate.value(step.saturating_sub(self.lag));
             match self.warmup_steps {
-                Some(w) => schedule::warmup_constant(0.0, peak, w).value(step),
+                // `warmup_constant_schedule(0, peak, w)`: optax's linear schedule.
+                Some(w) => schedule::polynomial_at(
+                    &schedule::Polynomial {
+                        init_value: 0.0,
+                        end_value: peak,
+                        power: 1.0,
+                        transition_steps: w,
+                        transition_begin: 0,
+                    },
+                    step,
+                ),
                 None => peak,
             }
         }
@@ -729,9 +741,9 @@ fn schedule_free_rates(
         }
         LearningRate::Schedule(s) => {
             let rate: Arc<dyn Schedule> = Arc::from(s);
-            let lag = match reading {
-                ScheduleFreeRate::OwnCounts => 0,
-                ScheduleFreeRate::Injected => 1,
+            let lag = match source {
+                RateSource::Argument => 0,
+                RateSource::Injected => 1,
             };
             let part = |lag| LearningRate::Schedule(Box::new(Lagged { rate: rate.clone(), lag, warmup_steps }));
             (part(0), part(lag))
@@ -748,10 +760,10 @@ fn schedule_free_rates(
 /// y = (1 − β₁)·z + β₁·x          (γₜ: the rate, warmed up linearly; p = weight_lr_power)
 /// ```
 pub struct ScheduleFreeSgd {
-    /// Learning rate γ (optax's default 1.0), or a schedule read as `rate_reading` says.
+    /// Learning rate γ (optax's default 1.0), or a schedule read as `rate_source` says.
     pub learning_rate: LearningRate,
-    /// Whose count a schedule of `learning_rate` follows.
-    pub rate_reading: ScheduleFreeRate,
+    /// Where `learning_rate` comes from, which decides the counts a schedule is read at.
+    pub rate_source: RateSource,
     /// Steps of a linear warm-up of the rate from 0; `None`: none. With a schedule, the
     /// warm-up's peak is the schedule's value (optax's alias takes both only through
     /// `inject_hyperparams`).
@@ -767,7 +779,7 @@ impl Default for ScheduleFreeSgd {
     fn default() -> Self {
         ScheduleFreeSgd {
             learning_rate: 1.0.into(),
-            rate_reading: ScheduleFreeRate::OwnCounts,
+            rate_source: RateSource::Argument,
             warmup_steps: None,
             b1: 0.9,
             weight_decay: None,
@@ -778,7 +790,7 @@ impl Default for ScheduleFreeSgd {
 /// optax `contrib.schedule_free_sgd`: `schedule_free` around `[add_decayed_weights] →
 /// scale_by_learning_rate`.
 pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
-    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_reading);
+    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_source);
     let mut links = vec![];
     if let Some(wd) = c.weight_decay {
         links.push(boxed(AddDecayedWeights::new(wd)));
@@ -799,10 +811,10 @@ pub fn schedule_free_sgd(c: ScheduleFreeSgd) -> Box<dyn Transform> {
 /// cₜ = γₜ^p / Σ γᵢ^p      x ← (1 − cₜ)·x + cₜ·z      y = (1 − β₁)·z + β₁·x
 /// ```
 pub struct ScheduleFreeAdamW {
-    /// Learning rate γ (optax's default 0.0025), or a schedule read as `rate_reading` says.
+    /// Learning rate γ (optax's default 0.0025), or a schedule read as `rate_source` says.
     pub learning_rate: LearningRate,
-    /// Whose count a schedule of `learning_rate` follows.
-    pub rate_reading: ScheduleFreeRate,
+    /// Where `learning_rate` comes from, which decides the counts a schedule is read at.
+    pub rate_source: RateSource,
     /// Steps of a linear warm-up of the rate from 0; `None`: none. With a schedule, the
     /// warm-up's peak is the schedule's value (optax's alias takes both only through
     /// `inject_hyperparams`).
@@ -822,7 +834,7 @@ impl Default for ScheduleFreeAdamW {
     fn default() -> Self {
         ScheduleFreeAdamW {
             learning_rate: 0.0025.into(),
-            rate_reading: ScheduleFreeRate::OwnCounts,
+            rate_source: RateSource::Argument,
             warmup_steps: None,
             b1: 0.9,
             b2: 0.999,
@@ -835,7 +847,7 @@ impl Default for ScheduleFreeAdamW {
 /// optax `contrib.schedule_free_adamw`: `schedule_free` around `scale_by_rms(bias_correction) →
 /// add_decayed_weights → scale_by_learning_rate`.
 pub fn schedule_free_adamw(c: ScheduleFreeAdamW) -> Box<dyn Transform> {
-    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_reading);
+    let (base_lr, averaging_lr) = schedule_free_rates(c.learning_rate, c.warmup_steps, c.rate_source);
     let base = chain(vec![
         boxed(ScaleByRms::new(ScaleByRmsConfig {
             decay: c.b2,

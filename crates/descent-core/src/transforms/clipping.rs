@@ -148,7 +148,9 @@ impl Transform for AdaptiveGradClip {
             for (e, x) in u.iter_mut().enumerate() {
                 let k = key(e);
                 let max_norm = self.clipping * pn[k].max(self.eps);
-                if gn[k] >= max_norm {
+                // optax's `where(g_norm < max_norm, g, clipped)`: a NaN norm clips.
+                let within = gn[k] < max_norm;
+                if !within {
                     *x = (*x as f64 * (max_norm / gn[k].max(1e-6))) as f32;
                 }
             }

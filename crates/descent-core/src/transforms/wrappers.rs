@@ -197,7 +197,9 @@ pub enum FastState {
     #[default]
     Keep,
     /// The state is set to the fast optimizer's `init` on the parameters before the sync's step,
-    /// as optax's `(1 − sync)·state + sync·init`: an entry that was not finite becomes NaN.
+    /// as optax's `(1 − sync)·state + sync·init`: an entry that was not finite becomes NaN. (optax
+    /// adds `0 × init` on the steps between syncs too, NaN where a fresh `init` is not finite —
+    /// one that copies parameters that are not; descent leaves the state alone there.)
     Reset,
 }
 
@@ -229,44 +231,10 @@ impl Lookahead {
         let mut before = crate::state::Saver::default();
         self.inner.visit_state(&mut before)?;
         self.inner.init(&self.shapes, params)?;
-        self.inner.visit_state(&mut ZeroTimes { before: before.dict, scopes: vec![] })
+        self.inner.visit_state(&mut crate::state::AddZeroTimes::new(before.dict))
     }
 }
 
-/// Adds `0 ×` each entry's earlier value to the entry: nothing when that value was finite, NaN
-/// when it was not (optax's arithmetic reset).
-struct ZeroTimes {
-    before: crate::state::StateDict,
-    scopes: Vec<String>,
-}
-impl ZeroTimes {
-    fn key(&self, name: &str) -> String {
-        self.scopes.iter().map(|s| format!("{s}.")).collect::<String>() + name
-    }
-}
-impl StateVisitor for ZeroTimes {
-    fn buffer(&mut self, name: &str, buf: &mut Vec<f32>) -> Result<()> {
-        if let Some(old) = self.before.buffers.get(&self.key(name)) {
-            buf.iter_mut().zip(old).for_each(|(x, o)| *x += 0.0 * o);
-        }
-        Ok(())
-    }
-    fn scalar(&mut self, name: &str, x: &mut f64) -> Result<()> {
-        if let Some(o) = self.before.scalars.get(&self.key(name)) {
-            *x += 0.0 * o;
-        }
-        Ok(())
-    }
-    fn counter(&mut self, _: &str, _: &mut u64) -> Result<()> {
-        Ok(())
-    }
-    fn push(&mut self, scope: &str) {
-        self.scopes.push(scope.to_string());
-    }
-    fn pop(&mut self) {
-        self.scopes.pop();
-    }
-}
 impl Transform for Lookahead {
     fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
         self.inner.visit_learning_rates(f);

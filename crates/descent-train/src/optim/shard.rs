@@ -275,8 +275,10 @@ impl VarOptimizer {
             )));
         }
         if let Some(max) = s.clip_norm {
-            // As optax's clip_by_global_norm (ClipByGlobalNorm): g · max/‖g‖ when ‖g‖ ≥ max.
-            if norm >= max {
+            // As optax's clip_by_global_norm (ClipByGlobalNorm): g · max/‖g‖ unless ‖g‖ < max
+            // (a NaN norm clips, to NaN).
+            let within = norm < max;
+            if !within {
                 let scale = (max / norm) as f32;
                 shard.iter_mut().for_each(|g| *g *= scale);
             }
