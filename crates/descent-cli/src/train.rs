@@ -555,11 +555,13 @@ pub fn settings_from_value(v: serde_json::Value, what: &str) -> Result<TrainArgs
 }
 
 /// A TOML value as JSON. TOML has `nan` and `inf`, which JSON has not (serde_json would make them
-/// `null`, read back as "not given"): they are refused, naming `what`.
+/// `null`, read back as "not given"), and dates, which no setting is (serde would make them a
+/// table): they are refused, naming `what`.
 pub fn toml_json(v: &toml::Value, what: &str) -> Result<serde_json::Value> {
     fn check(v: &toml::Value, what: &str) -> Result<()> {
         match v {
             toml::Value::Float(f) if !f.is_finite() => bail!("{what}: {f} is not a finite number"),
+            toml::Value::Datetime(d) => bail!("{what}: {d} is a TOML date, which no setting takes"),
             toml::Value::Array(a) => a.iter().try_for_each(|x| check(x, what)),
             toml::Value::Table(t) => t.iter().try_for_each(|(k, x)| check(x, &format!("{what}.{k}"))),
             _ => Ok(()),

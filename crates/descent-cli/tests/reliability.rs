@@ -471,8 +471,12 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
     // A value of the wrong type in a config file is refused even where a flag overrides it.
     let typo_toml = d.join("typo.toml");
     std::fs::write(&typo_toml, "model = \"linear\"\nepochs = \"two\"\n").unwrap();
+    // A TOML date where a number belongs, in a compare's [[run]] table.
+    let date_toml = d.join("date.toml");
+    std::fs::write(&date_toml, "model = \"linear\"\n[[run]]\noptimizer = \"sgd\"\nlr = 1979-05-27\n").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["train", "--config", s(&nan_toml)], "lr"),
+        (vec!["compare", "--config", s(&date_toml)], "date.toml: run 1.lr: 1979-05-27 is a TOML date"),
         (vec!["train", "--config", s(&typo_toml), "--epochs", "1"], "`epochs`: invalid type"),
         // A decay "to" a rate above the run's (here the optimizer's default rate) would raise it.
         (vec!["train", "--model", "linear", "--schedule", "warmup_cosine", "--min-lr", "0.5"], "adam's default"),
