@@ -12,11 +12,12 @@ use crate::train::{DistillSettings, TrainArgs};
 pub struct DistillArgs {
     /// A teacher: the folder of a trained classifier run (lenet, mlp, resnet, plain). Repeatable:
     /// several teachers' probabilities at the temperature are averaged.
-    #[arg(long = "teacher", value_name = "RUN_DIR", required = true)]
+    // Not required with --resume, so that its own refusal (resume with `descent train`) is said.
+    #[arg(long = "teacher", value_name = "RUN_DIR", required_unless_present = "resume")]
     pub teachers: Vec<PathBuf>,
     /// The student model: lenet (--width 3 for a narrow one), mlp (--hidden 32 for a small one),
     /// resnet or plain.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "resume", default_value = "")]
     pub student: String,
     /// Weight of the teachers' term: loss = α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE(y,
     /// z_s). 0.9 is Keras' Distiller example default (its alpha = 0.1 weighs the labels' term).

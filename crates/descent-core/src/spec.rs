@@ -324,15 +324,22 @@ pub fn lr_key(library: &str) -> &'static str {
 
 /// Whether the optimizer takes a learning-rate argument ([`lr_key`]) beside `hparams`: false for
 /// the compositions that have none of their own (`optax.chain`, `optax.apply_every`,
-/// `optax.multisteps`, …), which refuse it as an unknown keyword.
+/// `optax.multisteps`, …), which refuse it as an unknown keyword. Tried on one parameter of one
+/// element: where `hparams` hold per-parameter lists, [`takes_learning_rate_for`] the real shapes.
 pub fn takes_learning_rate(library: &str, name: &str, hparams: &Value) -> bool {
+    takes_learning_rate_for(library, name, hparams, &[vec![1]])
+}
+
+/// [`takes_learning_rate`] for parameters of these shapes (so that per-parameter masks and labels
+/// fit, and the build gets as far as the unknown keyword).
+pub fn takes_learning_rate_for(library: &str, name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> bool {
     let key = lr_key(library);
     let mut h = match hparams {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
     h.insert(key.into(), Value::from(1e-3));
-    match build_optimizer(library, name, &Value::Object(h), None, &[vec![1]]) {
+    match build_optimizer(library, name, &Value::Object(h), None, shapes) {
         Err(Error::Unknown { kind: "keyword argument", name, .. }) => !name.starts_with(&format!("{key}`")),
         _ => true,
     }
@@ -1216,6 +1223,7 @@ fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tra
         }
     };
     let (name, inner) = k.either("inner", "opt")?;
+    refuse_per_step_rates(inner, &format!("optax.multisteps: `{name}`"), "updates it every k steps")?;
     let (n, kw) = link(inner, &format!("optax.multisteps: {name}"))?;
     Ok(boxed(MultiSteps::new(build_optax(&n, &kw, shapes)?, every_k, mean)?.skip_if(skip)))
 }
@@ -1225,8 +1233,37 @@ fn optax_lookahead(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
     let alpha = k.req_f64("slow_step_size")?;
     let fast_state = if k.bool("reset_state", false)? { FastState::Reset } else { FastState::Keep };
     let (name, inner) = k.either("inner", "fast_optimizer")?;
+    if fast_state == FastState::Reset {
+        refuse_per_step_rates(
+            inner,
+            &format!("optax.lookahead: `{name}`"),
+            "restarts its count at each sync (`reset_state`)",
+        )?;
+    }
     let (n, kw) = link(inner, &format!("optax.lookahead: {name}"))?;
     Ok(boxed(Lookahead::new(build_optax(&n, &kw, shapes)?, sync, alpha)?.fast_state(fast_state)))
+}
+
+/// A list of per-step rates (`inject_hyperparams`' form) inside a wrapper that does not update
+/// its inner optimizer once a step: the list is read at the inner count, which would not be the
+/// step's, so it is refused (a schedule object follows the inner count, as optax's does).
+fn refuse_per_step_rates(inner: &Value, ctx: &str, why: &str) -> Result<()> {
+    fn find(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, x)| (k == "learning_rate" && x.is_array()) || find(x)),
+            Value::Array(a) => a.iter().any(find),
+            _ => false,
+        }
+    }
+    if find(inner) {
+        return Err(Error::Field {
+            context: ctx.to_string(),
+            message: format!(
+                "a list of per-step learning rates inside it is read at the inner optimizer's count, which this wrapper {why}: give a schedule object"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn optax_apply_if_finite(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

@@ -644,3 +644,23 @@ fn lookahead_reset_turns_a_non_finite_fast_state_into_nan() {
     let count = state.counters.iter().find(|(k, _)| k.ends_with("count")).map(|(_, v)| *v).unwrap();
     assert_eq!(count, 0);
 }
+
+/// Per-step rates (`inject_hyperparams`' list) under a wrapper that does not update its inner
+/// optimizer once a step are refused, naming the wrapper: they would be read at the inner count.
+#[test]
+fn per_step_rates_under_a_wrapper_that_skips_steps_are_refused() {
+    use descent_core::spec::build_optimizer;
+    let inner = serde_json::json!(["inject_hyperparams", {"inner": ["sgd", {"learning_rate": [0.1, 0.05, 0.0]}]}]);
+    for (name, h) in [
+        (
+            "lookahead",
+            serde_json::json!({"sync_period": 2, "slow_step_size": 0.5, "reset_state": true, "inner": inner}),
+        ),
+        ("multisteps", serde_json::json!({"every_k": 2, "inner": inner})),
+    ] {
+        let e = build_optimizer("optax", name, &h, None, &[vec![2]]).err().expect("refused").to_string();
+        assert!(e.contains(&format!("optax.{name}")) && e.contains("per-step"), "{e}");
+    }
+    let kept = serde_json::json!({"sync_period": 2, "slow_step_size": 0.5, "inner": inner});
+    assert!(build_optimizer("optax", "lookahead", &kept, None, &[vec![2]]).is_ok());
+}

@@ -93,7 +93,7 @@ use descent_core::closure::{build_closure_optimizer, is_closure_optimizer, Closu
 use descent_core::learning_rate::LearningRate;
 use descent_core::optimizer::Optimizer;
 use descent_core::schedule::Schedule;
-use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer, takes_learning_rate};
+use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer, takes_learning_rate_for};
 use descent_core::state::StateDict;
 
 use descent_core::transform::Transform;
@@ -403,7 +403,7 @@ impl OptimizerConfig {
         };
         // The run's rate goes to the optimizer's own argument; a composition without one
         // (`optax.chain`) has its rate in a link (the front end refuses an explicit `--lr` there).
-        if let Some(lr) = self.lr.filter(|_| takes_learning_rate(lib, &name, &h)) {
+        if let Some(lr) = self.lr.filter(|_| takes_learning_rate_for(lib, &name, &h, shapes)) {
             h[lr_key(lib)] = serde_json::json!(lr);
         }
         let tx = if self.groups.is_empty() {

@@ -542,7 +542,7 @@ pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicato
         opt.set_lr_scale(1.0).map_err(|_| {
             Error::Param(format!(
                 "`{}` has no learning rate a schedule can set (torch Rprop reads lr only for its first step sizes; \
-                 a rate given as a schedule sets itself)",
+                 a rate given as a schedule, or made one by the optimizer's own warm-up (`warmup_steps`), sets itself)",
                 cfg.optimizer
             ))
         })?;

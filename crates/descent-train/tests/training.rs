@@ -432,3 +432,21 @@ fn what_a_run_cannot_honour_is_refused_before_it_starts() {
     assert!(err(&tr, &te, &c).contains("accumulate"));
     assert_eq!(slope(&model), before, "nothing stepped");
 }
+
+/// A composition whose per-parameter lists name every variable (optax `partition` labels) builds
+/// with the run's rate left to its links: whether it takes a rate of its own is tried on the
+/// variables' own shapes, not on one parameter (where the list does not fit).
+#[test]
+fn a_partition_with_labels_for_every_variable_builds() {
+    use descent_train::{OptimizerConfig, VarOptimizer};
+    let (_, _, model) = regression(6);
+    let named = vec![("w".to_string(), model.layer.weight.clone()), ("b".to_string(), model.layer.bias.clone())];
+    let cfg = OptimizerConfig {
+        optimizer: "optax.partition".into(),
+        lr: Some(0.1),
+        hparams: json!({"transforms": {"a": ["adam", {"learning_rate": 0.01}], "b": ["sgd", {"learning_rate": 0.05}]},
+                        "param_labels": ["a", "b"]}),
+        ..Default::default()
+    };
+    VarOptimizer::for_vars(named, &cfg).expect("the labels fit the two variables");
+}
