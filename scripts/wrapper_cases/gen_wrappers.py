@@ -502,3 +502,32 @@ case("lookahead", "reset_state_chain_clip_adamw", {"sync_period": 4, "slow_step_
                                                        ["clip_by_global_norm", {"max_norm": 0.5}],
                                                        ["adamw", {"learning_rate": 0.03, "weight_decay": 0.1}]]}]},
      seed=808, steps=16)
+
+# ---------------- fourth batch (a round of hostile use): lookahead resets around wrappers, Schedule-Free and
+# inject_hyperparams in chains and MultiSteps ----------------
+LA = lambda inner, sync=3, a=0.5: {"sync_period": sync, "slow_step_size": a, "reset_state": True, "inner": inner}
+case("lookahead", "p_reset_multisteps", LA(["multisteps", {"every_k": 2, "inner": ["adam", {"learning_rate": 0.05}]}]), seed=901, steps=14)
+case("lookahead", "p_reset_multisteps_k3_sync2", LA(["multisteps", {"every_k": 3, "inner": ["sgd", {"learning_rate": 0.05, "momentum": 0.9}]}], sync=2), seed=902, steps=14)
+case("lookahead", "p_reset_inject_adam_sched", LA(["inject_hyperparams", {"inner": ["adam", {"learning_rate": wcos(0.05)}]}]), seed=903, steps=14)
+case("lookahead", "p_reset_inject_adam_const", LA(["inject_hyperparams", {"inner": ["adam", {"learning_rate": 0.05}]}]), seed=904)
+case("lookahead", "p_reset_partition", LA(["partition", {"transforms": {"a": ["adam", {"learning_rate": 0.03}], "b": ["sgd", {"learning_rate": 0.1, "momentum": 0.9}]}, "param_labels": ["a", "b", "a"]}]), seed=905)
+case("lookahead", "p_reset_inject_sfadamw_sched", LA(["inject_hyperparams", {"inner": ["contrib.schedule_free_adamw", {"learning_rate": wcos(0.02), "warmup_steps": 2}]}]), seed=906, steps=14)
+case("lookahead", "p_reset_inject_sfsgd", LA(["inject_hyperparams", {"inner": ["contrib.schedule_free_sgd", {"learning_rate": cos(0.1)}]}], sync=4), seed=907, steps=14)
+case("lookahead", "p_noreset_inject_sfsgd", {"sync_period": 4, "slow_step_size": 0.5, "inner": ["inject_hyperparams", {"inner": ["contrib.schedule_free_sgd", {"learning_rate": cos(0.1), "warmup_steps": 3}]}]}, seed=908, steps=14)
+case("chain", "p_inject_sfadamw_in_chain", {"links": [["clip_by_global_norm", {"max_norm": 1.0}], ["inject_hyperparams", {"inner": ["contrib.schedule_free_adamw", {"learning_rate": wcos(0.02), "warmup_steps": 3}]}]]}, seed=909)
+case("chain", "p_inject_sfsgd_in_chain", {"links": [["clip", {"max_delta": 1.0}], ["inject_hyperparams", {"inner": ["contrib.schedule_free_sgd", {"learning_rate": cos(0.1)}]}]]}, seed=910)
+case("chain", "p_inject_rprop_in_chain", {"links": [["clip", {"max_delta": 1.0}], ["inject_hyperparams", {"inner": ["rprop", {"learning_rate": cos(0.05)}]}]]}, seed=911)
+case("chain", "p_inject_sm3_in_chain", {"links": [["clip", {"max_delta": 1.0}], ["inject_hyperparams", {"inner": ["sm3", {"learning_rate": cos(0.1)}]}]]}, seed=912)
+case("lookahead", "p_reset_rprop_inject", LA(["inject_hyperparams", {"inner": ["rprop", {"learning_rate": cos(0.05)}]}]), seed=913)
+case("lookahead", "p_reset_sm3_inject", LA(["inject_hyperparams", {"inner": ["sm3", {"learning_rate": cos(0.1)}]}]), seed=914)
+case("lookahead", "p_reset_apply_if_finite_nan", LA(["apply_if_finite", {"inner": ["adam", {"learning_rate": 0.05}], "max_consecutive_errors": 3}]), seed=915, nan=[[1, 0, 0], [4, 1, 1], [5, 2, 0]])
+case("lookahead", "p_reset_multisteps_skipnf_nan", LA(["multisteps", {"every_k": 2, "inner": ["adam", {"learning_rate": 0.05}], "should_skip_update_fn": ["skip_not_finite", {}]}]), seed=916, steps=14, nan=[[2, 0, 0], [5, 1, 1]])
+case("lookahead", "p_reset_chain_zero_nans", LA(["chain", {"links": [["zero_nans", {}], ["adam", {"learning_rate": 0.05}]]}]), seed=917, nan=[[1, 0, 0], [3, 1, 1]])
+case("lookahead", "p_reset_lookahead_nested", LA(["lookahead", {"sync_period": 2, "slow_step_size": 0.5, "reset_state": True, "inner": ["adam", {"learning_rate": 0.05}]}]), seed=918)
+case("lookahead", "p_reset_sfadamw_sched", LA(["contrib.schedule_free_adamw", {"learning_rate": cos(0.02)}]), seed=919)
+case("contrib.schedule_free_adamw", "p_sched_wd", {"learning_rate": cos(0.02), "weight_decay": 0.1, "b1": 0.8}, seed=920)
+case("contrib.schedule_free_sgd", "p_sched_wd_sched", {"learning_rate": lin(0.1, 0.01, 6), "weight_decay": 0.05}, seed=921)
+case("inject_hyperparams", "p_sfsgd_lin_warm", {"inner": ["contrib.schedule_free_sgd", {"learning_rate": lin(0.0, 0.2, 5), "warmup_steps": 4, "weight_decay": 0.05}]}, seed=922)
+case("chain", "p_multisteps_inject_sfadamw", {"links": [["multisteps", {"every_k": 2, "inner": ["inject_hyperparams", {"inner": ["contrib.schedule_free_adamw", {"learning_rate": cos(0.02)}]}]}]]}, seed=923, steps=12)
+case("inject_hyperparams", "p_sfadamw_neg_lr", {"inner": ["contrib.schedule_free_adamw", {"warmup_steps": 2}]}, lrs=[0.01, 0.02, -0.01, 0.03, 0.0, 0.02, 0.01, 0.05, 0.01, 0.02, 0.02, 0.01], seed=924)
+case("inject_hyperparams", "p_sm3_zero", {"inner": ["sm3", {"momentum": 0.0}]}, lrs=[0.1, 0.0, 0.2, 0.05, 0.1, 0.1, 0.3, 0.1, 0.1, 0.2, 0.1, 0.1], seed=925)

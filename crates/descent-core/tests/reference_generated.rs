@@ -43,7 +43,7 @@ fn generated_schedule_cases_pass() {
 /// them (`scripts/wrapper_cases/`).
 #[test]
 fn generated_wrapper_cases_pass() {
-    replay_cases("wrappers", 139);
+    replay_cases("wrappers", 163);
 }
 
 /// Optimizers that evaluate the objective, on the reference set's objectives with other sizes
