@@ -109,6 +109,11 @@ impl Optimizer {
         self.tx.init(&self.shapes, params)
     }
 
+    /// Sets the policy for non-finite gradients of the steps to come.
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
     /// Sets the policy for non-finite gradients.
     pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
         self.non_finite = policy;

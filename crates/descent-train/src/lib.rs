@@ -40,4 +40,4 @@ pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use optim::{OptimizerConfig, VarOptimizer};
+pub use optim::{NonFinite, OptimizerConfig, VarOptimizer};

@@ -91,6 +91,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Tensor, Var};
 use candle_nn::VarMap;
 use descent_core::closure::{build_closure_optimizer, is_closure_optimizer, ClosureOptimizer, Objective};
 use descent_core::learning_rate::LearningRate;
+pub use descent_core::optimizer::NonFinite;
 use descent_core::optimizer::Optimizer;
 use descent_core::schedule::Schedule;
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer, takes_learning_rate_for};
@@ -350,6 +351,10 @@ pub struct OptimizerConfig {
     /// [`VarOptimizer::step`] applies it; without one the multiplier is 1 unless set with
     /// [`VarOptimizer::set_lr_scale`].
     pub schedule: Option<Arc<dyn Schedule>>,
+    /// What a step does with gradients holding NaN or infinite values: pass them on, as torch and
+    /// optax do (the default), or skip the whole step, parameters and state untouched
+    /// ([`VarOptimizer::step`] then returns false). Gradient optimizers on one process only.
+    pub non_finite: NonFinite,
 }
 
 impl Default for OptimizerConfig {
@@ -362,6 +367,7 @@ impl Default for OptimizerConfig {
             clip_norm: None,
             clip_value: None,
             schedule: None,
+            non_finite: NonFinite::Propagate,
         }
     }
 }
@@ -376,6 +382,7 @@ impl std::fmt::Debug for OptimizerConfig {
             .field("clip_norm", &self.clip_norm)
             .field("clip_value", &self.clip_value)
             .field("schedule", &self.schedule.as_ref().map(|_| "…"))
+            .field("non_finite", &self.non_finite)
             .finish()
     }
 }
@@ -726,6 +733,16 @@ impl VarOptimizer {
         }
         opt.schedule = cfg.schedule.clone();
         opt.reported = own_rate_index(&names, &cfg.groups, opt.opt.learning_rates().len());
+        match &mut opt.opt {
+            Engine::Gradient(o) => o.set_non_finite(cfg.non_finite),
+            _ if cfg.non_finite == NonFinite::Skip => {
+                return Err(Error::Param(format!(
+                    "non_finite Skip: `{}` is not a gradient optimizer on one process, whose steps can be skipped",
+                    cfg.optimizer
+                )))
+            }
+            _ => {}
+        }
         Ok(opt)
     }
 

@@ -507,6 +507,7 @@ pub fn optimizer_config(cfg: &TrainConfig) -> OptimizerConfig {
         clip_norm: cfg.clip_norm,
         clip_value: cfg.clip_value,
         schedule: None,
+        non_finite: crate::NonFinite::Propagate,
     }
 }
 

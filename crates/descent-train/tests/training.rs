@@ -450,3 +450,24 @@ fn a_partition_with_labels_for_every_variable_builds() {
     };
     VarOptimizer::for_vars(named, &cfg).expect("the labels fit the two variables");
 }
+
+/// `OptimizerConfig::non_finite`: with `Skip`, a step whose gradients hold a NaN leaves the
+/// variables as they were and says so; the next finite step goes on.
+#[test]
+fn a_non_finite_step_is_skipped_when_asked() {
+    use candle_core::{Tensor, Var};
+    use descent_train::{NonFinite, OptimizerConfig, VarOptimizer};
+    let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+    let cfg = OptimizerConfig { lr: Some(0.1), non_finite: NonFinite::Skip, ..Default::default() };
+    let mut opt = VarOptimizer::for_vars(vec![("w".into(), w.clone())], &cfg).unwrap();
+    let loss = |scale: f32| {
+        let s = Tensor::from_vec(vec![scale, 1.0], 2, &Device::Cpu).unwrap();
+        (w.as_tensor() * s).unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    assert!(!opt.step(&loss(f32::NAN)).unwrap(), "skipped");
+    assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, -2.0]);
+    assert!(opt.step(&loss(1.0)).unwrap());
+    assert_ne!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, -2.0]);
+    let closure = OptimizerConfig { optimizer: "lbfgs".into(), non_finite: NonFinite::Skip, ..Default::default() };
+    assert!(VarOptimizer::for_vars(vec![("w".into(), w.clone())], &closure).is_err());
+}
