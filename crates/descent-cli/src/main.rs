@@ -677,10 +677,9 @@ fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()>
 /// A float as descent writes one in JSON: a number, or the string `"NaN"`, `"inf"` or `"-inf"`
 /// where JSON has none (the README's exact numbers).
 pub(crate) fn json_float(x: f64) -> serde_json::Value {
-    match serde_json::Number::from_f64(x) {
-        Some(n) => serde_json::Value::Number(n),
-        None if x.is_nan() => serde_json::Value::from("NaN"),
-        None => serde_json::Value::from(if x > 0.0 { "inf" } else { "-inf" }),
+    match descent_core::json::non_finite_name(x) {
+        Some(name) => serde_json::Value::from(name),
+        None => serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number),
     }
 }
 

@@ -122,13 +122,12 @@ pub(crate) mod exact_float {
     /// A float as [`crate::json_float`] writes it, `null` (what earlier descent wrote for any
     /// non-finite value) reading as `null_as`.
     pub(crate) fn read(v: &Value, null_as: f64) -> Result<f64, String> {
+        let bad = || format!("{v}: a number, \"NaN\", \"inf\" or \"-inf\"");
         match v {
             Value::Null => Ok(null_as),
             Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
-            Value::String(s) if s == "NaN" => Ok(f64::NAN),
-            Value::String(s) if s == "inf" => Ok(f64::INFINITY),
-            Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
-            other => Err(format!("{other}: a number, \"NaN\", \"inf\" or \"-inf\"")),
+            Value::String(s) => descent_core::json::non_finite_value(s).ok_or_else(bad),
+            _ => Err(bad()),
         }
     }
 

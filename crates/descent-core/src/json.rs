@@ -3,6 +3,27 @@
 
 use serde_json::Value;
 
+/// The name descent writes in JSON for a float that JSON numbers cannot hold: `"NaN"`, `"inf"`,
+/// `"-inf"`; `None` for a finite one.
+pub fn non_finite_name(x: f64) -> Option<&'static str> {
+    match x {
+        x if x.is_finite() => None,
+        x if x.is_nan() => Some("NaN"),
+        x if x > 0.0 => Some("inf"),
+        _ => Some("-inf"),
+    }
+}
+
+/// The float a name of [`non_finite_name`] stands for; `None` for any other string.
+pub fn non_finite_value(name: &str) -> Option<f64> {
+    match name {
+        "NaN" => Some(f64::NAN),
+        "inf" => Some(f64::INFINITY),
+        "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
 /// Parses `s` (one JSON value, nothing after it), refusing an object that names a key twice
 /// (``key `lr` given twice``, with serde_json's line and column).
 pub fn parse_strict(s: &str) -> serde_json::Result<Value> {

@@ -117,64 +117,38 @@ mod exact_floats {
     use serde::ser::{SerializeMap, SerializeSeq, Serializer};
     use serde::Serialize;
 
-    /// A float type of the state: `f32` buffers, `f64` scalars.
-    pub trait Float: Copy + Sized {
-        const NAN: Self;
-        const INF: Self;
-        fn finite(self) -> bool;
-        fn negative(self) -> bool;
-        fn neg(self) -> Self;
+    /// A float type of the state: `f32` buffers, `f64` scalars (each widens to `f64` exactly).
+    pub trait Float: Copy {
+        fn to_f64(self) -> f64;
         fn from_f64(x: f64) -> Self;
+        /// Serializes a finite value as its own type (an `f32` in its shortest form).
         fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error>;
     }
-    impl Float for f32 {
-        const NAN: Self = f32::NAN;
-        const INF: Self = f32::INFINITY;
-        fn finite(self) -> bool {
-            self.is_finite()
-        }
-        fn negative(self) -> bool {
-            self < 0.0
-        }
-        fn neg(self) -> Self {
-            -self
-        }
-        fn from_f64(x: f64) -> Self {
-            x as f32
-        }
-        fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_f32(self)
-        }
+    macro_rules! float {
+        ($t:ty, $put:ident) => {
+            impl Float for $t {
+                fn to_f64(self) -> f64 {
+                    self as f64
+                }
+                fn from_f64(x: f64) -> Self {
+                    x as $t
+                }
+                fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
+                    s.$put(self)
+                }
+            }
+        };
     }
-    impl Float for f64 {
-        const NAN: Self = f64::NAN;
-        const INF: Self = f64::INFINITY;
-        fn finite(self) -> bool {
-            self.is_finite()
-        }
-        fn negative(self) -> bool {
-            self < 0.0
-        }
-        fn neg(self) -> Self {
-            -self
-        }
-        fn from_f64(x: f64) -> Self {
-            x
-        }
-        fn put<S: Serializer>(self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_f64(self)
-        }
-    }
+    float!(f32, serialize_f32);
+    float!(f64, serialize_f64);
 
     /// One float, written exactly.
     struct Exact<T>(T);
     impl<T: Float> Serialize for Exact<T> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            match self.0 {
-                x if x.finite() => x.put(s),
-                x if x.negative() => s.serialize_str("-inf"),
-                x if x.neg().negative() => s.serialize_str("inf"),
-                _ => s.serialize_str("NaN"),
+            match crate::json::non_finite_name(self.0.to_f64()) {
+                None => self.0.put(s),
+                Some(name) => s.serialize_str(name),
             }
         }
     }
@@ -243,12 +217,9 @@ mod exact_floats {
             Ok(T::from_f64(x as f64))
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-            match s {
-                "NaN" => Ok(T::NAN),
-                "inf" => Ok(T::INF),
-                "-inf" => Ok(T::INF.neg()),
-                _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
-            }
+            crate::json::non_finite_value(s)
+                .map(T::from_f64)
+                .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
         }
     }
     struct OneSeed<T>(std::marker::PhantomData<T>);
