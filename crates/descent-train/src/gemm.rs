@@ -169,7 +169,7 @@ thread_local! {
 
 /// `dst[i·n + j] = src[j·cs + i]` for `i < k`, `j < n`: the `k × n` matrix whose columns lie
 /// contiguous in `src`, `cs` apart (a transposed operand), copied row-major into `dst`.
-fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, k: usize, n: usize) {
+pub(crate) fn transpose_columns(dst: &mut [f32], src: &[f32], cs: usize, k: usize, n: usize) {
     assert!(dst.len() >= k * n && (n == 0 || k == 0 || (n - 1) * cs + k <= src.len()), "transpose operand sizes");
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2() {

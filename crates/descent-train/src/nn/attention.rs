@@ -190,13 +190,11 @@ impl CustomOp1 for AttentionOp {
 }
 
 /// A head's `[t, hs]` block of a wider matrix (rows `rs` apart), transposed to a dense `[hs, t]`.
+/// (by 8 × 8 register blocks, [`crate::gemm::transpose_columns`]: a scatter of one value at a
+/// time cost 1.7% of a GPT step).
 fn transposed(x: &[f32], rs: usize, t: usize, hs: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; hs * t];
-    for j in 0..t {
-        for (d, &v) in x[j * rs..][..hs].iter().enumerate() {
-            out[d * t + j] = v;
-        }
-    }
+    crate::gemm::transpose_columns(&mut out, x, rs, hs, t);
     out
 }
 
