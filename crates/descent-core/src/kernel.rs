@@ -170,14 +170,14 @@ pub trait Elementwise: Sync {
     unsafe fn step(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         step_via_apply(self, i, off, g, p, fold)
     }
-    /// `p ← p + rule(g)` with nothing folded around the rule, as the rule's own single loop over
-    /// its buffers, for a rule so light that the sub-block scratch of [`Elementwise::step`] would
-    /// cost more than the rule itself (plain SGD). Returns `false`, having done nothing, where the
-    /// rule has no such loop.
+    /// [`Elementwise::step`] as the rule's own single loop over its buffers, for a rule so light
+    /// that the sub-block scratch of the generic step would cost more than the rule itself (plain
+    /// SGD, momentum): the same operations in the same order, so the same bits. Returns `false`,
+    /// having done nothing, where the rule has no such loop for this `fold`.
     ///
     /// # Safety
     /// As for [`Elementwise::step`].
-    unsafe fn step_plain(&self, _i: usize, _off: usize, _g: &[f32], _p: &mut [f32]) -> bool {
+    unsafe fn step_plain(&self, _i: usize, _off: usize, _g: &[f32], _p: &mut [f32], _fold: &Fold) -> bool {
         false
     }
     /// The rule as a pointwise map of the update alone (sign, clipping), which a chain folds
@@ -365,6 +365,9 @@ pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Optio
 /// # Safety
 /// As for [`Elementwise::step`].
 pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
+    if fold.post.is_none() && fold.map.is_none() && !matches!(fold.head, Some(Head::Clip(_))) {
+        return affine_step(g, p, fold.head, fold.tail);
+    }
     #[inline(always)]
     unsafe fn run<const PREFETCH: bool>(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
         let mut scratch = [0.0f32; SUB_BLOCK];
@@ -391,6 +394,55 @@ pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f3
         dispatch_simd!(unsafe streaming(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
     }
     dispatch_simd!(unsafe cached(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold))
+}
+
+/// [`pointwise_step`] of affine maps alone (`p ← p + tail(head(g))`: plain SGD through a chain,
+/// the second pass of LAMB) as one loop: the operations of [`start_inline`] and [`finish_inline`]
+/// in their order, a scale of 1 multiplying exactly; the sub-block scratch's passes were most of
+/// the work.
+fn affine_step(g: &[f32], p: &mut [f32], head: Option<Head>, tail: Option<Affine>) {
+    let (head, scales) = match head {
+        Some(Head::Affine { map, scales }) => (map, scales),
+        _ => (Affine { a: 1.0, b: 0.0 }, [1.0, 1.0]),
+    };
+    let tail = tail.unwrap_or(Affine { a: 1.0, b: 0.0 });
+    #[inline(always)]
+    fn run<const HEAD_P: bool, const TAIL_P: bool>(
+        p: &mut [f32],
+        g: &[f32],
+        head: Affine,
+        scales: [f32; 2],
+        tail: Affine,
+    ) {
+        let g = &g[..p.len()];
+        for (w, &g) in p.iter_mut().zip(g) {
+            let mut u = if HEAD_P { head.a * g + head.b * *w } else { g * head.a };
+            u *= scales[0];
+            u *= scales[1];
+            *w += if TAIL_P { tail.a * u + tail.b * *w } else { tail.a * u };
+        }
+    }
+    macro_rules! variant {
+        ($hp:literal, $tp:literal) => {{
+            #[inline(never)]
+            fn go(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine) {
+                #[inline(always)]
+                fn body(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine) {
+                    run::<$hp, $tp>(p, g, head, scales, tail)
+                }
+                dispatch_simd!(body(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine))
+            }
+            go
+        }};
+    }
+    type Loop = fn(&mut [f32], &[f32], Affine, [f32; 2], Affine);
+    let f: Loop = match (head.b != 0.0, tail.b != 0.0) {
+        (false, false) => variant!(false, false),
+        (false, true) => variant!(false, true),
+        (true, false) => variant!(true, false),
+        (true, true) => variant!(true, true),
+    };
+    f(p, g, head, scales, tail)
 }
 
 /// How far ahead of the sub-block it works on a fused step prefetches each buffer, in elements.
@@ -509,16 +561,55 @@ pub(crate) fn add_sum_sq2(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) 
 struct WriteAndSum {
     /// Element 0 of the parameter's update buffer.
     out: *mut f32,
+    /// Whether the buffer is written with non-temporal stores ([`stream_copy`]).
+    streaming: bool,
     sums: std::cell::UnsafeCell<(SumSq, SumSq)>,
 }
 // SAFETY: each task builds its own and hands it only to its own chunk's step.
 unsafe impl Sync for WriteAndSum {}
 impl Epilogue for WriteAndSum {
     unsafe fn finish(&self, _i: usize, off: usize, u: &mut [f32], p: &mut [f32]) {
-        std::ptr::copy_nonoverlapping(u.as_ptr(), self.out.add(off), u.len());
+        if !(self.streaming && stream_copy(self.out.add(off), u)) {
+            std::ptr::copy_nonoverlapping(u.as_ptr(), self.out.add(off), u.len());
+        }
         let (sp, su) = &mut *self.sums.get();
         add_sum_sq2(sp, su, p, u);
     }
+}
+
+/// Copies `src` to `dst` with non-temporal stores, which do not read the destination's lines
+/// into the cache first (a buffer written whole and read back a pass later, from memory: LAMB's
+/// updates), where `dst` is 16-byte aligned (what the system allocator gives a large buffer) and
+/// `src` a multiple of 4 values; `false`, having written nothing, otherwise. The writer calls
+/// [`store_fence`] before another thread reads the buffer.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` values.
+unsafe fn stream_copy(dst: *mut f32, src: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        if (dst as usize).is_multiple_of(16) && src.len().is_multiple_of(4) {
+            for k in (0..src.len()).step_by(4) {
+                // SAFETY: `k + 4 ≤ src.len()` (a multiple of 4), `dst + k` 16-byte aligned and
+                // valid for 4 writes (the caller's); SSE is part of x86-64.
+                unsafe { _mm_stream_ps(dst.add(k), _mm_loadu_ps(src.as_ptr().add(k))) };
+            }
+            return true;
+        }
+    }
+    let _ = (dst, src);
+    false
+}
+
+/// Orders this thread's non-temporal stores ([`stream_copy`]) before its later stores, so that a
+/// thread that synchronizes with it afterwards reads them.
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// A buffer that the chunks of [`chunked_sums_mut`] (or other tasks) write in disjoint ranges.
@@ -577,12 +668,17 @@ pub(crate) fn step_into_norms(
         let g = grads[i];
         let out = SendPtr(updates[i].as_mut_ptr());
         assert_eq!(updates[i].len(), p.len(), "an update buffer per parameter");
+        // A tensor that streams from memory: its updates are read back from memory too.
+        let streaming = g.len() >= PREFETCH_MIN;
         let part = |base: usize, chunk: &mut [f32]| -> (f64, f64) {
-            let w = WriteAndSum { out: out.get(), sums: Default::default() };
+            let w = WriteAndSum { out: out.get(), streaming, sums: Default::default() };
             let fold = Fold { post: Some(&w), ..Fold::for_len(g.len()) };
             // SAFETY: chunks are disjoint ranges of parameter `i`; the epilogue writes the same
             // range of its update buffer, and leaves the parameters unchanged.
             unsafe { run.step(i, base, &g[base..base + chunk.len()], chunk, fold) };
+            if streaming {
+                store_fence();
+            }
             let (sp, su) = w.sums.into_inner();
             (sp.total(), su.total())
         };

@@ -169,7 +169,10 @@ impl Elementwise for Sgd {
     /// buffers besides the gradient, the sub-block scratch's copies are most of the work (plain
     /// SGD on 50 M parameters ran at 60–85% of the roofline through them, 94–100% in one loop).
     /// The same operations in the same order as the kernel below, so the same bits.
-    unsafe fn step_plain(&self, i: usize, off: usize, g: &[f32], p: &mut [f32]) -> bool {
+    unsafe fn step_plain(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: &crate::kernel::Fold) -> bool {
+        if !fold.is_plain() {
+            return false;
+        }
         #[inline(always)]
         fn plain(p: &mut [f32], g: &[f32], lr: f32, wd: f32, maximize: bool) {
             for (w, &g) in p.iter_mut().zip(g) {

@@ -1,7 +1,7 @@
 //! Tensors long enough that fused steps prefetch their buffers ahead (`PREFETCH_MIN` and more):
-//! the streaming kernels, plain SGD's single loops, LAMB's update-and-norm pass and Adafactor's
-//! two passes give the values of the link-by-link path, and the prefetches stop at each buffer's
-//! end.
+//! the streaming kernels, the single loops of plain SGD, momentum and LARS, LAMB's
+//! update-and-norm pass (non-temporal stores) and Adafactor's two passes give the values of the
+//! link-by-link path, and the prefetches stop at each buffer's end.
 
 use descent_core::kernel::PREFETCH_MIN;
 use descent_core::optimizer::Optimizer;
@@ -23,6 +23,15 @@ fn streaming_steps_match_the_link_by_link_path() {
         ("optax", "yogi", json!({"learning_rate": 0.001})),
         ("optax", "sgd", json!({"learning_rate": 0.01})),
         ("optax", "lamb", json!({"learning_rate": 0.001})),
+        ("optax", "lamb", json!({"learning_rate": 0.001, "weight_decay": 0.01})),
+        ("optax", "sgd", json!({"learning_rate": 0.01, "momentum": 0.9, "nesterov": true})),
+        ("optax", "lars", json!({"learning_rate": 0.1})),
+        ("optax", "lars", json!({"learning_rate": 0.1, "weight_decay": 0.01, "nesterov": true})),
+        (
+            "optax",
+            "chain",
+            json!({"links": [["trace", {"decay": 0.9}], ["add_decayed_weights", {"weight_decay": 0.01}], ["scale_by_learning_rate", {"learning_rate": 0.01}]]}),
+        ),
         (
             "optax",
             "chain",

@@ -164,7 +164,7 @@ macro_rules! simd_apply {
                 run::<false>(this, i, off, g, p, fold)
             }
             let this = self;
-            if fold.is_plain() && $crate::kernel::Elementwise::step_plain(this, i, off, g, p) {
+            if $crate::kernel::Elementwise::step_plain(this, i, off, g, p, &fold) {
                 return;
             }
             if fold.prefetch {
