@@ -361,8 +361,12 @@ fn check_memory(params: usize, state_floats: f64, available: Option<u64>) -> Res
 
 /// Runs the benchmark and prints the table and one JSON line per optimizer.
 pub fn run(cfg: &StepBench) -> Result<()> {
-    if cfg.params == 0 || cfg.steps == 0 || cfg.tensors == 0 || cfg.threads == 0 {
-        bail!("--params, --tensors, --steps and --threads must be positive");
+    for (n, flag) in
+        [(cfg.params, "--params"), (cfg.tensors, "--tensors"), (cfg.steps, "--steps"), (cfg.threads, "--threads")]
+    {
+        if n == 0 {
+            bail!("{flag} 0: give at least 1");
+        }
     }
     if cfg.tensors > cfg.params {
         bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
@@ -396,10 +400,11 @@ pub fn run(cfg: &StepBench) -> Result<()> {
                 "optimizer", "ns/param", "Gparam/s", "B/param", "GB/s", "of roofline"
             );
         }
-        let short: String = r["optimizer"].as_str().unwrap_or("").chars().take(34).collect();
+        // Whole (two rows of one optimizer differ only in their arguments), the columns after a
+        // long one pushed right.
         println!(
             "{:<34} {:>9.3} {:>10.3} {:>8.1} {:>8.1} {:>10.0}%",
-            short,
+            r["optimizer"].as_str().unwrap_or(""),
             r["ns_per_param"].as_f64().unwrap_or(0.0),
             r["params_per_s"].as_f64().unwrap_or(0.0) / 1e9,
             r["bytes_per_param"].as_f64().unwrap_or(0.0),

@@ -127,8 +127,10 @@ fn frequency_note(label: &str) -> Option<&'static str> {
 
 /// Runs the benchmark and prints the table and one JSON line per optimizer.
 pub fn run(cfg: &ModelBench) -> Result<()> {
-    if cfg.steps == 0 || cfg.threads == 0 {
-        bail!("--steps and --threads must be positive");
+    for (n, flag) in [(cfg.steps, "--steps"), (cfg.threads, "--threads")] {
+        if n == 0 {
+            bail!("{flag} 0: give at least 1");
+        }
     }
     let named = model_shapes(&cfg.model)?;
     let shapes: Vec<Vec<usize>> = named.iter().map(|(_, s)| s.clone()).collect();
@@ -139,8 +141,15 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
     }
     let names: Vec<String> =
         if all { DEFAULT_OPTIMIZERS.iter().map(|s| s.to_string()).collect() } else { cfg.optimizers.clone() };
+    // One row an optimizer: an alias of one already listed (adam, torch.adam) is the same row.
+    let mut seen: Vec<(String, String)> = vec![];
     for name in &names {
-        resolve_optimizer(name)?;
+        let resolved = resolve_optimizer(name)?;
+        let key = (resolved.0.to_string(), resolved.1.to_string());
+        if let Some(k) = seen.iter().position(|s| *s == key) {
+            bail!("--optimizer: {name} is {} again (both {}.{}); name each optimizer once", names[k], key.0, key.1);
+        }
+        seen.push(key);
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.threads).build()?;
     // Every optimizer built once with its arguments before the table starts, so that a bad name
@@ -182,6 +191,7 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
             Ok(json!({
                 "model": cfg.model,
                 "optimizer": x.label,
+                "hparams": cfg.hparams,
                 "params": params,
                 "tensors": shapes.len(),
                 "threads": cfg.threads,
@@ -196,9 +206,14 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
             }))
         })?;
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        // The arguments given are part of the row's name (there is one optimizer when there are any).
+        let label = match cfg.hparams.as_object().filter(|h| !h.is_empty()) {
+            Some(_) => format!("{} {}", r["optimizer"].as_str().unwrap_or(""), cfg.hparams),
+            None => r["optimizer"].as_str().unwrap_or("").to_string(),
+        };
         println!(
             "{:<22} {:>10.3} {:>10.3} {:>10.3} {:>10.2} {:>12.2}",
-            r["optimizer"].as_str().unwrap_or(""),
+            label,
             f("ms_per_step"),
             f("median_ms_per_step"),
             f("adamw_ms_per_step"),
@@ -210,6 +225,16 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
     for r in &lines {
         if let Some(note) = r["frequency"].as_str() {
             println!("{}: {note}", r["optimizer"].as_str().unwrap_or(""));
+        }
+        // SOAP's refreshes are most of its cost: a run shorter than their period times none.
+        if r["optimizer"] == "po.soap" {
+            let every = cfg.hparams.get("precondition_frequency").and_then(|v| v.as_u64()).unwrap_or(10);
+            if (cfg.steps as u64) < every {
+                println!(
+                    "warning: po.soap: --steps {} is shorter than its refresh period ({every} steps): no eigenbasis refresh was timed; give --steps {every} or more",
+                    cfg.steps
+                );
+            }
         }
     }
     for r in lines {

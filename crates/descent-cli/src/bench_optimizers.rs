@@ -189,7 +189,9 @@ struct Entry {
 const RUNS_JSONL: &str = "runs.jsonl";
 const BENCH_JSON: &str = "bench.json";
 
-fn entries(s: &Settings) -> Result<Vec<Entry>> {
+/// The optimizers of the list, each checked to make runs on a training set of `n_train` images
+/// (the held-out ones included) at every rate of its grid.
+fn entries(s: &Settings, n_train: usize) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = vec![];
     for spec in &s.runs {
         let mut m = parse_spec(spec)?;
@@ -205,8 +207,10 @@ fn entries(s: &Settings) -> Result<Vec<Entry>> {
                 .trim_matches('_')
                 .to_string(),
         };
-        if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-            bail!("--run `{spec}`: label `{label}`: use letters, digits, `_`, `-` and `.` only (it names a folder)");
+        if !label.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !label.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            bail!("--run `{spec}`: label `{label}`: use letters, digits, `_`, `-` and `.` only, starting with a letter or digit (it names a folder)");
         }
         if out.iter().any(|e| e.label == label) {
             bail!("--run `{spec}`: the label `{label}` is given twice; set label=… to tell them apart");
@@ -236,6 +240,17 @@ fn entries(s: &Settings) -> Result<Vec<Entry>> {
         // would only be a failed row of the table).
         args.lr = Some(centre);
         train::validate(&args).with_context(|| format!("--run `{spec}`"))?;
+        train::validate_for_data(&args, n_train.saturating_sub(args.validation))
+            .with_context(|| format!("--run `{spec}`"))?;
+        // Every rate of the grid a number the optimizers take (their rates are f32).
+        let rates = grid(centre, s.grid_points);
+        if let Some(bad) = rates.iter().find(|&&lr| !(lr.is_finite() && (lr as f32).is_normal())) {
+            bail!(
+                "--grid-points {}: the grid around {}'s rate {centre:e} reaches {bad:e}, not a positive normal single-precision number; give fewer points or another centre (lr=…)",
+                s.grid_points,
+                label
+            );
+        }
         out.push(Entry { label, spec: m, centre });
     }
     Ok(out)
@@ -248,8 +263,14 @@ fn grid(centre: f64, n: usize) -> Vec<f64> {
 }
 
 fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
-    if a.grid_points == 0 || a.seeds == 0 || a.evals_per_epoch == 0 {
-        bail!("--grid-points, --seeds and --evals-per-epoch must be at least 1");
+    for (n, flag) in [
+        (a.grid_points, "--grid-points"),
+        (a.seeds as usize, "--seeds"),
+        (a.evals_per_epoch as usize, "--evals-per-epoch"),
+    ] {
+        if n == 0 {
+            bail!("{flag} 0: give at least 1");
+        }
     }
     if !(a.target > 0.0 && a.target <= 100.0) {
         bail!("--target {}: a validation accuracy in percent, in (0, 100]", a.target);
@@ -330,7 +351,6 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
                 bail!("--validation 0: the benchmark ranks optimizers by validation accuracy and needs a held-out split (default 5000)");
             }
             let s = settings(&a)?;
-            entries(&s)?;
             // The data loads (and leaves samples to train on) before --force clears anything.
             let n_train = train::training_set_len(&s.base.model, &s.base.data)?;
             if s.base.validation >= n_train {
@@ -344,6 +364,7 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
                     }
                 );
             }
+            entries(&s, n_train)?;
             let out = a.base.out.clone().unwrap_or_else(|| {
                 (1..)
                     .map(|k| PathBuf::from("runs").join(if k == 1 { "bench".into() } else { format!("bench-{k}") }))
@@ -357,7 +378,7 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
             (out, s, c, n_train)
         }
     };
-    let entries = entries(&s)?;
+    let entries = entries(&s, n_train)?;
     // A line cut by a kill is dropped (its run goes again); the file is rewritten without it. A
     // damaged line before it is an error: the runs it holds are not thrown away.
     let mut warnings = vec![];
@@ -487,7 +508,8 @@ fn run_one(
                 final_loss: last.map(|m| m.test_loss),
                 curve,
                 steps: last.map(|m| m.steps).unwrap_or(0),
-                seconds: last.map(|m| m.seconds).unwrap_or(0.0),
+                // Every epoch's training time (evaluations not counted), for the step cost.
+                seconds: o.history.iter().map(|m| m.seconds).sum(),
                 state_bytes: o.state_bytes,
                 settings: train::command_settings_hash(s)?,
             }
@@ -636,11 +658,17 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
         let cells = [
             r.label.clone(),
             if r.succeeded { format!("{:.1e}", r.best_lr) } else { "—".into() },
-            if m.is_finite() { format!("{m:.2}% ± {sd:.2}") } else { "failed".into() },
+            // One seed has no spread.
+            match (m.is_finite(), n) {
+                (false, _) => "failed".into(),
+                (true, 1) => format!("{m:.2}% (1 seed)"),
+                (true, _) => format!("{m:.2}% ± {sd:.2}"),
+            },
             steps_cell,
             secs.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into()),
             step_cell,
-            Bytes(r.state_bytes).to_string(),
+            // A failed optimizer measured no state.
+            if r.succeeded { Bytes(r.state_bytes).to_string() } else { "—".into() },
             search,
         ];
         md += &format!("| {} |\n", cells.join(" | "));
@@ -649,13 +677,13 @@ fn report(out: &Path, s: &Settings, entries: &[Entry], done: &[Record]) -> Resul
             r.label,
             if r.succeeded { r.best_lr.to_string() } else { String::new() },
             num(m),
-            if m.is_finite() { num(sd) } else { String::new() },
+            if m.is_finite() && n > 1 { num(sd) } else { String::new() },
             n,
             reached,
             med.map(|v| v.to_string()).unwrap_or_default(),
             secs.map(|v| v.to_string()).unwrap_or_default(),
             r.step_ms.map(|v| v.to_string()).unwrap_or_default(),
-            r.state_bytes
+            if r.succeeded { r.state_bytes.to_string() } else { String::new() }
         );
     }
     folder::write_atomic(&out.join("table.md"), md.as_bytes())?;

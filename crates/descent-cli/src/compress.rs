@@ -131,6 +131,8 @@ pub struct ReportArgs {
 /// A run folder's settings and trained model, with its test set.
 struct Source {
     args: TrainArgs,
+    /// The run's id (its checkpoint's), recorded in what is made from it.
+    run_id: String,
     model: Box<dyn Model>,
     train_set: Dataset,
     test_set: Dataset,
@@ -174,10 +176,10 @@ fn read_run(dir: &Path) -> Result<Source> {
     train::check_data_of_checkpoint(&ck, &args)?;
     dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)
         .with_context(|| dir.join(folder::run::CHECKPOINT).display().to_string())?;
-    Ok(Source { args, model, train_set, test_set, loss })
+    Ok(Source { args, run_id: ck.run_id, model, train_set, test_set, loss })
 }
 
-fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> CompressInfo {
+fn info_of(a: &TrainArgs, run_id: &str, kind: &str, source: &Path, method: String) -> CompressInfo {
     CompressInfo {
         kind: kind.into(),
         model: a.model.clone(),
@@ -188,6 +190,7 @@ fn info_of(a: &TrainArgs, kind: &str, source: &Path, method: String) -> Compress
         // The run's data was read (and checked against its checkpoint) before any model is made.
         data_digest: train::mnist_digest(&a.data),
         source: source.to_path_buf(),
+        source_run_id: Some(run_id.to_string()).filter(|id| !id.is_empty()),
         method,
     }
 }
@@ -415,7 +418,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         let a = finetune.clone().expect("fine-tuning settings, checked before pruning");
         let weights = values_of(&src.model.named_vars())?;
         let buffers = values_of(&src.model.named_buffers())?;
-        let info = info_of(&src.args, "pruned", &s.run, method.clone());
+        let info = info_of(&src.args, &src.run_id, "pruned", &s.run, method.clone());
         let start =
             StartFrom { weights, buffers, pruner: std::sync::Arc::new(Pruner::fixed(masks.clone())), info: Some(info) };
         println!("fine-tuning with the masks for {} epoch(s)", s.finetune_epochs);
@@ -431,7 +434,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     } else {
         src.model
     };
-    let info = info_of(&src.args, "pruned", &s.run, method);
+    let info = info_of(&src.args, &src.run_id, "pruned", &s.run, method);
     write_info(&s.out, &info)?;
     dc::save_model(&s.out.join(folder::run::MODEL_F32), &info, model.as_ref())?;
     if compact {
@@ -533,11 +536,12 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     };
     check_out(&q.run, &q.out)?;
     let _claimed = folder::claim_new(&q.out, folder::Kind::Run, q.force, false, None)?;
-    let info = info_of(&src.args, "int8", &q.run, method.clone());
+    let info = info_of(&src.args, &src.run_id, "int8", &q.run, method.clone());
     write_info(&q.out, &info)?;
     qm.save(&q.out.join(folder::run::MODEL_INT8), &info)?;
-    let f32_bytes: usize = src.model.named_vars().iter().map(|(_, v)| 4 * v.elem_count()).sum();
+    // The same weights in each (the biases stay f32 in both).
     let int8_bytes: usize = qm.layers().iter().map(|l| l.weight.n * l.weight.k).sum();
+    let f32_bytes = 4 * int8_bytes;
     println!(
         "quantized {} of {} to {method}; kernel {}; weights {} bytes (f32: {f32_bytes}), file {} bytes",
         src.args.model,
@@ -573,7 +577,23 @@ fn read_run_or_pruned(dir: &Path) -> Result<Source> {
         bail!("{}: already an {} model; quantize a run folder or a pruned one", dir.display(), loaded.info.kind);
     }
     let src = read_run(&loaded.info.source).with_context(|| format!("the run {} was made from", dir.display()))?;
+    check_source_run(dir, &loaded.info, &src.run_id)?;
     Ok(Source { model: loaded.model, ..src })
+}
+
+/// That the run folder a compressed model's `info` names still holds the run it was made from
+/// (id `run_id` now): a run trained anew there (`train --force`) has other settings (its batch
+/// size, its input standardization) that would calibrate and evaluate the model wrongly.
+pub(crate) fn check_source_run(dir: &Path, info: &CompressInfo, run_id: &str) -> Result<()> {
+    match &info.source_run_id {
+        Some(id) if id != run_id => bail!(
+            "{}: made from run {id} in {}, which now holds another run ({}); make it again from that run",
+            dir.display(),
+            info.source.display(),
+            if run_id.is_empty() { "without an id" } else { run_id }
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The test set of a model folder's run.
@@ -671,7 +691,9 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
             }
         } else {
             let src = read_run(dir)?;
-            let info = info_of(&src.args, "f32", dir, "trained".into());
+            // A QAT run evaluates through its fake quantization: not a plain f32 model.
+            let kind = if src.args.qat { "f32-qat" } else { "f32" };
+            let info = info_of(&src.args, &src.run_id, kind, dir, "trained".into());
             let tmp = std::env::temp_dir().join(format!("descent-report-{}.safetensors", std::process::id()));
             dc::save_model(&tmp, &info, src.model.as_ref())?;
             let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
@@ -717,7 +739,7 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
     }
     println!(
         "{:<48} {:>9} {:>9} {:>9} {:>10} {:>12} {:>12}",
-        "model", "accuracy", "params", "nonzeros", "file KB", "b1 samp/s", "b256 samp/s"
+        "model", "accuracy", "params", "nonzeros", "file KiB", "b1 samp/s", "b256 samp/s"
     );
     for row in &rows {
         println!(

@@ -185,6 +185,7 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
         // run the folder was made from, as `descent evaluate` of that run builds it.
         let run = open_run(&loaded.info.source)
             .with_context(|| format!("{}: the run it was pruned from", a.dir.display()))?;
+        crate::compress::check_source_run(&a.dir, &loaded.info, &crate::train::run_id_of(&loaded.info.source)?)?;
         let m = run.load_model(Weights::Raw)?;
         (m.eval_set, m.loss)
     } else {

@@ -59,6 +59,9 @@ pub enum Kind {
     Plot,
     /// `descent bench optimizers`.
     Benchmark,
+    /// `descent bench sweep`: its sweeps and default runs, each a folder of its own kind that
+    /// replaces itself (`--force` leaves them to their own claims).
+    SweepBenchmark,
 }
 
 impl Kind {
@@ -81,6 +84,7 @@ impl Kind {
             Kind::LrFind => "lr-find",
             Kind::Plot => "plot",
             Kind::Benchmark => "benchmark",
+            Kind::SweepBenchmark => "bench-sweep",
         }
     }
 
@@ -109,6 +113,7 @@ impl Kind {
             Kind::LrFind => &["lr_find.csv"],
             Kind::Plot => &[],
             Kind::Benchmark => &["bench.json", "runs.jsonl", "runs", "table.md", "table.csv", "report.html"],
+            Kind::SweepBenchmark => &[],
         }
     }
 
@@ -124,6 +129,7 @@ impl Kind {
             Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),
             Kind::LrFind => stem == "lr_find",
             Kind::Benchmark => ["curves", "lr_search"].contains(&stem),
+            Kind::SweepBenchmark => false,
         }
     }
 
@@ -143,6 +149,7 @@ impl Kind {
             Kind::LrFind => has("lr_find.csv"),
             Kind::Plot => false,
             Kind::Benchmark => has("bench.json"),
+            Kind::SweepBenchmark => false,
         }
     }
 }

@@ -80,7 +80,8 @@ impl Hooks for &mut Recorder {
 }
 
 /// The suggestions: the learning rate where the smoothed loss falls fastest (per decade), before
-/// its minimum, and a tenth of the learning rate at the minimum.
+/// its minimum, and a tenth of the learning rate at the minimum; none where the loss never fell
+/// (its minimum at the first step, or no falling slope before it: the range starts too high).
 pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
     let min = (0..points.len()).min_by(|&a, &b| points[a].smoothed.total_cmp(&points[b].smoothed))?;
     // Skip the first tenth: the moving average is still warming up.
@@ -97,12 +98,15 @@ pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
         (points[b].smoothed - points[a].smoothed) / (points[b].lr.log10() - points[a].lr.log10())
     };
     let steepest = (first..=min).min_by(|&a, &b| slope(a).total_cmp(&slope(b)))?;
+    if min == 0 || slope(steepest) >= 0.0 || slope(steepest).is_nan() {
+        return None;
+    }
     Some((points[steepest].lr, points[min].lr / 10.0))
 }
 
 pub fn run(a: LrFindArgs) -> Result<()> {
     if !(a.start_lr > 0.0 && a.end_lr > a.start_lr && a.start_lr.is_finite() && a.end_lr.is_finite()) {
-        bail!("--start-lr {} and --end-lr {}: need 0 < start < end", a.start_lr, a.end_lr);
+        bail!("--start-lr {} and --end-lr {}: need finite rates with 0 < start < end", a.start_lr, a.end_lr);
     }
     if !(10..=MAX_STEPS).contains(&a.num_steps) {
         bail!("--num-steps {}: the test takes between 10 and {MAX_STEPS} steps", a.num_steps);
@@ -260,7 +264,11 @@ pub fn run(a: LrFindArgs) -> Result<()> {
             println!("suggested learning rate: {} (steepest descent of the smoothed loss)", plot::tick(steep));
             println!("                         {} (a tenth of the learning rate at the minimum)", plot::tick(min10));
         }
-        None => println!("no suggestion: the test recorded no step"),
+        None if points.is_empty() => println!("no suggestion: the test recorded no step"),
+        None => println!(
+            "no suggestion: the smoothed loss never fell (lowest at {}); start the range lower (--start-lr)",
+            plot::tick(points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).map_or(f64::NAN, |p| p.lr))
+        ),
     }
     Ok(())
 }
@@ -287,5 +295,18 @@ mod tests {
         assert!((7e-4..1.5e-3).contains(&steep), "{steep}");
         let min_lr = points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).unwrap().lr;
         assert_eq!(min10, min_lr / 10.0);
+    }
+
+    /// A loss that only rises (a range starting above the usable rates) suggests nothing.
+    #[test]
+    fn a_loss_that_never_falls_suggests_nothing() {
+        let points: Vec<Point> = (0..50)
+            .map(|i| {
+                let lr = 10f64.powf(5.0 + i as f64 / 49.0);
+                let s = 2.3 + i as f64 * i as f64;
+                Point { lr, loss: s, smoothed: s }
+            })
+            .collect();
+        assert_eq!(suggest(&points), None);
     }
 }

@@ -168,6 +168,11 @@ enum BenchCommand {
         /// matrices and embeddings). gpt clips at 1.0 with any optimizer, as `train` does.
         #[arg(long)]
         optimizer: Option<String>,
+        /// The optimizer's other arguments as JSON, in its library's names (`descent train
+        /// --hparams`), e.g. '{"momentum": 0.9}' for sgd, '{"links": [...]}' for optax.chain; for
+        /// gpt without --optimizer they replace the recipe's. The learning rate is the recipe's.
+        #[arg(long, value_parser = train::parse_json)]
+        hparams: Option<serde_json::Value>,
         /// Augment the images as `descent train --augment` does (translate=K,rotate=R): its cost
         /// counts as batch assembly.
         #[arg(long, value_name = "translate=K,rotate=R")]
@@ -217,9 +222,13 @@ enum BenchCommand {
         /// Epochs per trial.
         #[arg(long, default_value_t = 2)]
         epochs: usize,
-        /// Folder for the sweeps.
+        /// Folder for the sweeps: new, empty, or (with --force) an earlier `bench sweep`'s.
         #[arg(long, default_value = "runs/bench-sweep")]
         out: PathBuf,
+        /// Replace the sweeps of an earlier `descent bench sweep` in --out (files of your own in
+        /// them are refused, not deleted).
+        #[arg(long)]
+        force: bool,
     },
     /// Which optimizer at which learning rate for a model: each optimizer of a list gets the same
     /// learning-rate search on a validation split, its best rate runs over several seeds; a table
@@ -310,6 +319,68 @@ fn refuse_underflowing_numbers(args: impl Iterator<Item = std::ffi::OsString>) -
     Ok(())
 }
 
+/// The command line, with the training flags that `lr-find` and `bench optimizers` share with
+/// `train` but refuse (each refusal says why) hidden from their help, and their own defaults
+/// and models said there.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    fn hide(c: clap::Command, ids: &[&str]) -> clap::Command {
+        ids.iter().fold(c, |c, id| c.mut_arg(*id, |a| a.hide(true)))
+    }
+    let one_process = ["data_parallel", "shard_optimizer", "config"];
+    // Neither trains the gpt.
+    let gpt = ["text", "n_layer", "n_head", "n_embd", "block_size", "eval_interval", "eval_iters"];
+    Cli::command()
+        .mut_subcommand("lr-find", |c| {
+            let c = hide(hide(c, &one_process), &gpt);
+            hide(
+                c,
+                &[
+                    "epochs",
+                    "steps",
+                    "patience",
+                    "min_loss_change",
+                    "target_accuracy",
+                    "validation",
+                    "tensorboard",
+                    "resume",
+                    "schedule_interval",
+                    "log_grad_norms",
+                    "prune_to",
+                    "prune_schedule",
+                    "prune_start",
+                    "prune_end",
+                    "prune_frequency",
+                    "ema",
+                    "ema_warmup",
+                    "swa_start",
+                    "swa_lr",
+                    "swa_anneal_epochs",
+                    "swa_anneal",
+                    "average_buffers",
+                    "lr",
+                    "schedule",
+                ],
+            )
+            .mut_arg("model", |a| {
+                a.help("Model: lenet, mlp, resnet, plain or linear (gpt trains through `descent train`)")
+            })
+            .mut_arg("out", |a| a.help("Folder for lr_find.csv and the chart (default: runs/lr-find)"))
+        })
+        .mut_subcommand("bench", |b| {
+            b.mut_subcommand("optimizers", |c| {
+                hide(hide(c, &one_process), &gpt)
+                    .mut_arg("optimizer", |a| a.hide(true))
+                    .mut_arg("lr", |a| a.hide(true))
+                    .mut_arg("schedule", |a| a.hide(true))
+                    .mut_arg("model", |a| {
+                        a.help("Model, ranked by validation accuracy on MNIST: mlp, lenet, resnet or plain")
+                    })
+                    .mut_arg("out", |a| a.help("Folder of the benchmark (default: runs/bench, runs/bench-2, …)"))
+            })
+        })
+}
+
 fn main() -> ExitCode {
     descent_core::alloc::keep_freed_memory();
     #[cfg(unix)]
@@ -332,7 +403,7 @@ fn main() -> ExitCode {
     }
     // Parsed through `ArgMatches` so that `--config` can tell which flags were given.
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -393,6 +464,7 @@ fn main() -> ExitCode {
                 BenchCommand::Train {
                     model,
                     optimizer,
+                    hparams,
                     augment,
                     batch_size,
                     batches,
@@ -408,6 +480,7 @@ fn main() -> ExitCode {
                 Ok(train::BenchArgs {
                     model: model.clone(),
                     optimizer: optimizer.clone(),
+                    hparams: hparams.clone(),
                     augment: augment.clone(),
                     batch_size,
                     batches,
@@ -427,7 +500,7 @@ fn main() -> ExitCode {
             }
             .map(|_| true)
         }
-        Command::Bench { what: BenchCommand::Sweep { seeds, trials, epochs, out } } => {
+        Command::Bench { what: BenchCommand::Sweep { seeds, trials, epochs, out, force } } => {
             let parse = |args: Vec<String>| -> Result<(sweep::SweepArgs, clap::ArgMatches)> {
                 let m = Cli::command().try_get_matches_from(args)?;
                 let sub = m.subcommand_matches("sweep").context("a sweep command line")?.clone();
@@ -436,7 +509,7 @@ fn main() -> ExitCode {
                     _ => anyhow::bail!("not a sweep"),
                 }
             };
-            set_threads_apart(None).and_then(|_| sweep::bench(seeds, trials, epochs, &out, parse)).map(|_| true)
+            set_threads_apart(None).and_then(|_| sweep::bench(seeds, trials, epochs, &out, force, parse)).map(|_| true)
         }
         Command::Bench { what: BenchCommand::Optimizers(args) } => {
             let sub = matches

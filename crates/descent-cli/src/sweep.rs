@@ -1260,11 +1260,17 @@ pub fn bench(
     trials: usize,
     epochs: usize,
     out: &Path,
+    force: bool,
     parse: impl Fn(Vec<String>) -> Result<(SweepArgs, clap::ArgMatches)>,
 ) -> Result<()> {
-    if seeds == 0 || trials == 0 || epochs == 0 {
-        bail!("--seeds, --trials and --epochs must be at least 1");
+    for (n, flag) in [(seeds as usize, "--seeds"), (trials, "--trials"), (epochs, "--epochs")] {
+        if n == 0 {
+            bail!("{flag} 0: give at least 1");
+        }
     }
+    // The folder is this command's (new, empty, or an earlier bench sweep's with --force): its
+    // sweeps and runs then replace only themselves.
+    let _claimed = folder::claim_new(out, folder::Kind::SweepBenchmark, force, false, None)?;
     let space = [
         "lr=loguniform:1e-4..1e-1",
         "weight_decay=loguniform:1e-5..1e-1",

@@ -951,6 +951,9 @@ pub fn one_process(a: &TrainArgs) -> Result<()> {
 pub struct BenchArgs {
     pub model: String,
     pub optimizer: Option<String>,
+    /// `--hparams`: the optimizer's other arguments (for gpt without `--optimizer`, merged over
+    /// the recipe's).
+    pub hparams: Option<serde_json::Value>,
     pub augment: Option<String>,
     pub batch_size: Option<usize>,
     pub batches: usize,
@@ -978,6 +981,9 @@ impl BenchArgs {
 
 /// `--precision f32,bf16` of `descent bench train`: each one checked as `descent train` checks it.
 pub fn precisions_of(list: &str) -> Result<Vec<Precision>> {
+    if list.split(',').any(|s| s.trim().is_empty()) {
+        bail!("--precision {list:?}: an empty entry; give f32, bf16 or both separated by a comma (f32,bf16)");
+    }
     let ps: Vec<Precision> = list.split(',').map(|s| precision_of(Some(s.trim()))).collect::<Result<_>>()?;
     if ps.is_empty() {
         bail!("--precision: name at least one of f32, bf16");
@@ -1059,12 +1065,21 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         ),
         _ => {}
     }
+    let hparams = a.hparams.clone().unwrap_or_else(|| serde_json::json!({}));
+    match hparams.as_object() {
+        None => bail!("--hparams {hparams}: a JSON object of the optimizer's arguments"),
+        Some(m) => {
+            if let Some(k) = ["lr", "learning_rate"].iter().find(|k| m.contains_key(**k)) {
+                bail!("--hparams: `{k}` is the recipe's (bench train times a step at the model's default rate); leave it out");
+            }
+        }
+    }
     if a.model == "gpt" {
         return bench_gpt(a, comm);
     }
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
-    let copies = Copies::of(&optimizer, &serde_json::json!({}), comm.size(), a.shard_optimizer);
+    let copies = Copies::of(&optimizer, &hparams, comm.size(), a.shard_optimizer);
     check_model_memory(&a.model, Arch::default(), batch, copies, crate::bench::available_memory())?;
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
@@ -1079,9 +1094,10 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.augment.is_some() && a.model == "linear" {
         bail!("--augment: the linear model trains on synthetic data, not images");
     }
-    let lr = default_lr(&a.model, &optimizer, &serde_json::json!({}));
+    let lr = default_lr(&a.model, &optimizer, &hparams);
     check_step_fits(batch, 1, train_set.len(), &a.model)?;
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
+    cfg.hparams = hparams;
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
     cfg.shard_optimizer = a.shard_optimizer;
     check_model_settings(model.as_ref(), &cfg)?;
@@ -1149,6 +1165,9 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if a.optimizer.is_none() {
         cfg.hparams = serde_json::json!({"betas": [0.9, 0.99], "weight_decay": 0.1});
         cfg.groups = Gpt::no_decay_groups();
+    }
+    if let (Some(given), Some(h)) = (a.hparams.as_ref().and_then(|h| h.as_object()), cfg.hparams.as_object_mut()) {
+        h.extend(given.clone());
     }
     // As `train --model gpt` clips: at 1.0 for every optimizer that does not evaluate the loss itself.
     let closure = descent_core::spec::resolve_optimizer(&cfg.optimizer)

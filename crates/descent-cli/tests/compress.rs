@@ -301,6 +301,46 @@ fn force_replaces_only_compressed_outputs() {
     }
 }
 
+/// A pruned folder names the run it came from: once another run is trained in that folder
+/// (`train --force`: another batch size, standardized inputs), quantizing the pruned model would
+/// calibrate and evaluate it with the new run's settings. Refused, naming both runs; a `bench
+/// sweep` refuses a training run's folder as its --out.
+#[test]
+fn a_pruned_model_whose_run_was_replaced_is_refused() {
+    let (run, p, q) = (out("cmp-replaced-run"), out("cmp-replaced-p"), out("cmp-replaced-q"));
+    let (r, ps, qs) = (run.to_str().unwrap(), p.to_str().unwrap(), q.to_str().unwrap());
+    run_ok(&["train", "--model", "mlp", "--steps", "5", "--threads", "1", "--out", r]);
+    run_ok(&["prune", r, "--method", "l1_unstructured", "--amount", "0.3", "--out", ps]);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("compress.json")).unwrap()).unwrap();
+    let id = info["source_run_id"].as_str().expect("the source run's id is recorded").to_string();
+    run_ok(&[
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "5",
+        "--batch-size",
+        "64",
+        "--normalize",
+        "--threads",
+        "1",
+        "--out",
+        r,
+        "--force",
+    ]);
+    common::one_line_error(&["quantize", ps, "--out", qs], &[&id, "now holds another run"]);
+    assert!(!q.exists(), "the refused quantize left its folder");
+    common::one_line_error(
+        &["bench", "sweep", "--out", r, "--seeds", "1", "--trials", "1", "--epochs", "1"],
+        &["run folder"],
+    );
+    assert!(std::fs::read_dir(&run).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("seed")));
+    for d in [run, p, q] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// Pruned and quantized model files carry a checksum, as checkpoints do: a flipped byte is refused
 /// by the commands that read them instead of evaluated.
 #[test]

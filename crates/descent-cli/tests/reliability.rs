@@ -807,6 +807,17 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             ],
             "grid",
         ),
+        // A learning-rate grid reaching rates no optimizer can take (0, subnormal, infinite).
+        (
+            vec!["bench", "optimizers", "--model", "mlp", "--run", "sgd", "--grid-points", "100000"],
+            "--grid-points 100000",
+        ),
+        // Settings under which every run of the benchmark would fail: refused before any runs.
+        (
+            vec!["bench", "optimizers", "--model", "mlp", "--steps", "3", "--run", "adam", "--patience", "1"],
+            "--patience 1",
+        ),
+        (vec!["bench", "optimizers", "--model", "mlp", "--run", "sgd:label=."], "label `.`"),
     ];
     for (args, needle) in cases {
         let o = descent().args(&args).args(["--out", s(&out)]).output().unwrap();

@@ -52,6 +52,11 @@ pub struct CompressInfo {
     pub data_digest: Option<String>,
     /// The run folder the model came from.
     pub source: PathBuf,
+    /// The id of that run (its checkpoint's `run_id`) when the model was made, so that a run
+    /// trained anew in the same folder is not read as its source; absent in folders written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_run_id: Option<String>,
     /// How it was made, e.g. `l1_unstructured amount 0.5`, `int8 minmax 10 batches`.
     pub method: String,
 }
@@ -371,6 +376,7 @@ pub fn shrink(model_name: &str, model: &dyn Model) -> Result<Box<dyn Model>> {
         data: PathBuf::new(),
         data_digest: None,
         source: PathBuf::new(),
+        source_run_id: None,
         method: String::new(),
     };
     let m = build(&info, &weights, &[])?;

@@ -1500,6 +1500,7 @@ mod tests {
                 data: "data/mnist".into(),
                 data_digest: None,
                 source: "run".into(),
+                source_run_id: None,
                 method: "test".into(),
             };
             q.save(&dir, &info).unwrap();

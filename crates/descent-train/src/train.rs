@@ -423,7 +423,8 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     /// `None` for regression.
     pub test_accuracy: Option<f64>,
-    /// Seconds the epoch took.
+    /// Seconds the epoch's training took (its batches, steps and hooks; its evaluations, at its
+    /// end and within it, not counted).
     pub seconds: f64,
     /// Training samples per second.
     pub samples_per_s: f64,
@@ -1235,6 +1236,8 @@ pub fn train_with(
     let mut stop = Stop::Epochs;
     'epochs: for epoch in first_epoch..=cfg.epochs {
         let t0 = Instant::now();
+        // Mid-epoch evaluations are not training: their time is taken off the epoch's.
+        let mut evaluating = std::time::Duration::ZERO;
         // A resumed epoch draws its order again from the generator state at its start and goes on
         // at its batch (checked above); `rng` then holds the state after the batches done (dropout
         // draws).
@@ -1347,8 +1350,10 @@ pub fn train_with(
             }
             let epoch_end = bi + 1 == batches || cfg.max_steps.is_some_and(|m| steps >= m);
             if cfg.eval_at.at(steps) && !epoch_end {
+                let te = Instant::now();
                 let (test_loss, test_accuracy) =
                     opt.with_eval_weights(|| evaluate_with(model, test, cfg.loss, comm))?;
+                evaluating += te.elapsed();
                 let control = hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })?;
                 if any(comm, control == Control::Stop)? {
                     stop = Stop::Requested { step: steps };
@@ -1356,7 +1361,7 @@ pub fn train_with(
                 }
             }
         }
-        let seconds = seconds_before + t0.elapsed().as_secs_f64();
+        let seconds = seconds_before + t0.elapsed().saturating_sub(evaluating).as_secs_f64();
         // Cut by the step limit: the checkpoint records where, and the epoch's scheduler step is
         // left to the end of the epoch as in a run never stopped.
         let cut =
