@@ -550,8 +550,7 @@ pub(crate) fn apply_into(
 pub(crate) fn add_sum_sq2(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
     #[inline(always)]
     fn body(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]) {
-        sp.add(p);
-        su.add(u);
+        SumSq::add_pair(sp, su, p, u);
     }
     dispatch_simd!(body(sp: &mut SumSq, su: &mut SumSq, p: &[f32], u: &[f32]))
 }
@@ -950,6 +949,27 @@ impl SumSq {
         }
         for &v in chunks.remainder() {
             self.tail += (v as f64) * (v as f64);
+        }
+    }
+    /// `a.add(x)` and `b.add(y)` (`x` and `y` of one length) in one loop: the same lanes in the
+    /// same order, so the same bits, with the two sums' chains of additions interleaved (one
+    /// after the other, each waited on its own latency over a block of 2048: torch Adafactor's
+    /// norm sums were 15% of its step).
+    #[inline(always)]
+    pub(crate) fn add_pair(a: &mut SumSq, b: &mut SumSq, x: &[f32], y: &[f32]) {
+        let y = &y[..x.len()];
+        let (mut cx, mut cy) = (x.chunks_exact(8), y.chunks_exact(8));
+        for (u, v) in (&mut cx).zip(&mut cy) {
+            for k in 0..8 {
+                a.acc[k] += (u[k] as f64) * (u[k] as f64);
+                b.acc[k] += (v[k] as f64) * (v[k] as f64);
+            }
+        }
+        for &v in cx.remainder() {
+            a.tail += (v as f64) * (v as f64);
+        }
+        for &v in cy.remainder() {
+            b.tail += (v as f64) * (v as f64);
         }
     }
     #[inline(always)]
