@@ -414,6 +414,12 @@ pub fn run(a: BenchOptimizersArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
         let best =
             best_search(&done, &e.label).with_context(|| format!("{}: no finished search run", e.label))?.clone();
+        if best.final_accuracy.is_none() {
+            // Every rate failed: there is no best rate to run the other seeds at.
+            k += s.seeds as usize - 1;
+            println!("{}: every rate of the search failed; no seeds run at a best rate", e.label);
+            continue;
+        }
         for i in 1..s.seeds {
             k += 1;
             run_one(&out, &s, e, Phase::Seed, best.lr, s.base.seed + i, &parent, &mut done, (k, total), n_train)?;
