@@ -1202,6 +1202,8 @@ fn optax_chain(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transfor
 }
 
 fn optax_multisteps(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    // The accumulated gradient is float32, the parameters' dtype (optax's default).
+    k.dtype_f32_only("accumulator_dtype")?;
     let (name, v) = k.either("every_k", "every_k_schedule")?;
     let every_k = k.count(name, v)?;
     let mean = k.bool("use_grad_mean", true)?;
@@ -1343,7 +1345,20 @@ fn optax_partition(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Tran
 // optax gradient transformations, usable as `chain` links.
 
 fn optax_adaptive_grad_clip(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    Ok(boxed(AdaptiveGradClip::new(k.req_f64("clipping")?, k.f64("eps", 1e-3)?)))
+    let (clipping, eps) = (k.req_f64("clipping")?, k.f64("eps", 1e-3)?);
+    // `axis`: None (the default units by rank), an axis, or a list of them.
+    let axis = match k.value("axis") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let one = |x: &Value| x.as_i64().filter(|&a| a.unsigned_abs() < 64).map(|a| a as isize);
+            let axes = match v {
+                Value::Array(xs) => xs.iter().map(one).collect::<Option<Vec<_>>>(),
+                x => one(x).map(|a| vec![a]),
+            };
+            Some(axes.ok_or_else(|| k.err("axis", format!("expected null, an axis or a list of axes, got {v}")))?)
+        }
+    };
+    Ok(boxed(AdaptiveGradClip::new(clipping, eps).with_axis(axis)))
 }
 
 fn optax_add_decayed_weights(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

@@ -112,6 +112,31 @@ fn unit_groups(shape: &[usize]) -> (usize, Box<dyn Fn(usize) -> usize>) {
     }
 }
 
+/// The groups of optax's `unitwise_norm(x, axis)` with reduction axes given: elements that differ
+/// only along `axes` share a group (the index along the other axes, raveled).
+fn axis_groups(shape: &[usize], axes: &[usize]) -> (usize, Box<dyn Fn(usize) -> usize>) {
+    // For each axis: its stride in the tensor, and in the group index (0 for a reduced axis).
+    let mut strides = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let mut group_strides = vec![0usize; shape.len()];
+    let mut groups = 1usize;
+    for d in (0..shape.len()).rev() {
+        if !axes.contains(&d) {
+            group_strides[d] = groups;
+            groups *= shape[d];
+        }
+    }
+    let shape = shape.to_vec();
+    (
+        groups.max(1),
+        Box::new(move |e| {
+            (0..shape.len()).map(|d| (e / strides[d]) % shape[d].max(1) * group_strides[d]).sum::<usize>()
+        }),
+    )
+}
+
 fn unit_norms(x: &[f32], groups: usize, key: &dyn Fn(usize) -> usize) -> Vec<f64> {
     let mut s = vec![0.0f64; groups];
     for (e, &v) in x.iter().enumerate() {
@@ -126,23 +151,57 @@ fn unit_norms(x: &[f32], groups: usize, key: &dyn Fn(usize) -> usize) -> Vec<f64
 pub struct AdaptiveGradClip {
     clipping: f64,
     eps: f64,
+    /// optax's `axis`: the axes each unit's norm is summed over (negative ones from the end);
+    /// `None`, the units of optax's default by rank.
+    axis: Option<Vec<isize>>,
     shapes: Vec<Vec<usize>>,
 }
 impl AdaptiveGradClip {
     /// A `AdaptiveGradClip` with these hyper-parameters (`clipping`, `eps`), as described above.
     pub fn new(clipping: f64, eps: f64) -> Self {
-        AdaptiveGradClip { clipping, eps, shapes: vec![] }
+        AdaptiveGradClip { clipping, eps, axis: None, shapes: vec![] }
+    }
+    /// The axes the unit-wise norms sum over (optax's `axis`), for every parameter.
+    pub fn with_axis(mut self, axis: Option<Vec<isize>>) -> Self {
+        self.axis = axis;
+        self
+    }
+    /// `axis` resolved against a tensor of rank `rank`, as numpy resolves it.
+    fn axes_of(&self, rank: usize) -> Result<Option<Vec<usize>>> {
+        let Some(axis) = &self.axis else { return Ok(None) };
+        let mut out = vec![];
+        for &a in axis {
+            let d = if a < 0 { a + rank as isize } else { a };
+            if d < 0 || d >= rank as isize {
+                return Err(crate::error::Error::Invalid(format!(
+                    "optax.adaptive_grad_clip: `axis` {a} is out of range for a parameter of rank {rank}"
+                )));
+            }
+            if out.contains(&(d as usize)) {
+                return Err(crate::error::Error::Invalid(format!(
+                    "optax.adaptive_grad_clip: `axis` names axis {d} twice"
+                )));
+            }
+            out.push(d as usize);
+        }
+        Ok(Some(out))
     }
 }
 impl Transform for AdaptiveGradClip {
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
+        for s in shapes.iter() {
+            self.axes_of(s.len())?;
+        }
         self.shapes = shapes.to_vec();
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         for ((u, p), s) in updates.iter_mut().zip(params).zip(&self.shapes) {
-            let (groups, key) = unit_groups(s);
+            let (groups, key) = match self.axes_of(s.len())? {
+                Some(axes) => axis_groups(s, &axes),
+                None => unit_groups(s),
+            };
             let gn = unit_norms(u, groups, &*key);
             let pn = unit_norms(p, groups, &*key);
             for (e, x) in u.iter_mut().enumerate() {
