@@ -365,8 +365,8 @@ pub fn finish_inline(p: &mut [f32], u: &mut [f32], map: Option<Map>, tail: Optio
 /// # Safety
 /// As for [`Elementwise::step`].
 pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
-    if fold.post.is_none() && fold.map.is_none() && !matches!(fold.head, Some(Head::Clip(_))) {
-        return affine_step(g, p, fold.head, fold.tail);
+    if let Some(a) = AffineFold::of(&fold) {
+        return affine_step(g, p, a);
     }
     #[inline(always)]
     unsafe fn run<const PREFETCH: bool>(i: usize, off: usize, g: &[f32], p: &mut [f32], fold: Fold) {
@@ -400,49 +400,82 @@ pub(crate) unsafe fn pointwise_step(i: usize, off: usize, g: &[f32], p: &mut [f3
 /// the second pass of LAMB) as one loop: the operations of [`start_inline`] and [`finish_inline`]
 /// in their order, a scale of 1 multiplying exactly; the sub-block scratch's passes were most of
 /// the work.
-fn affine_step(g: &[f32], p: &mut [f32], head: Option<Head>, tail: Option<Affine>) {
-    let (head, scales) = match head {
-        Some(Head::Affine { map, scales }) => (map, scales),
-        _ => (Affine { a: 1.0, b: 0.0 }, [1.0, 1.0]),
-    };
-    let tail = tail.unwrap_or(Affine { a: 1.0, b: 0.0 });
+fn affine_step(g: &[f32], p: &mut [f32], a: AffineFold) {
     #[inline(always)]
-    fn run<const HEAD_P: bool, const TAIL_P: bool>(
-        p: &mut [f32],
-        g: &[f32],
-        head: Affine,
-        scales: [f32; 2],
-        tail: Affine,
-    ) {
+    fn run<const HEAD_P: bool, const TAIL_P: bool>(p: &mut [f32], g: &[f32], a: AffineFold) {
         let g = &g[..p.len()];
         for (w, &g) in p.iter_mut().zip(g) {
-            let mut u = if HEAD_P { head.a * g + head.b * *w } else { g * head.a };
-            u *= scales[0];
-            u *= scales[1];
-            *w += if TAIL_P { tail.a * u + tail.b * *w } else { tail.a * u };
+            let u = a.start::<HEAD_P>(g, *w);
+            *w += a.tail_of::<TAIL_P>(u, *w);
         }
     }
     macro_rules! variant {
         ($hp:literal, $tp:literal) => {{
             #[inline(never)]
-            fn go(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine) {
+            fn go(p: &mut [f32], g: &[f32], a: AffineFold) {
                 #[inline(always)]
-                fn body(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine) {
-                    run::<$hp, $tp>(p, g, head, scales, tail)
+                fn body(p: &mut [f32], g: &[f32], a: AffineFold) {
+                    run::<$hp, $tp>(p, g, a)
                 }
-                dispatch_simd!(body(p: &mut [f32], g: &[f32], head: Affine, scales: [f32; 2], tail: Affine))
+                dispatch_simd!(body(p: &mut [f32], g: &[f32], a: AffineFold))
             }
             go
         }};
     }
-    type Loop = fn(&mut [f32], &[f32], Affine, [f32; 2], Affine);
-    let f: Loop = match (head.b != 0.0, tail.b != 0.0) {
+    type Loop = fn(&mut [f32], &[f32], AffineFold);
+    let f: Loop = match (a.head.b != 0.0, a.tail.b != 0.0) {
         (false, false) => variant!(false, false),
         (false, true) => variant!(false, true),
         (true, false) => variant!(true, false),
         (true, true) => variant!(true, true),
     };
-    f(p, g, head, scales, tail)
+    f(p, g, a)
+}
+
+/// A fold of affine maps alone around a rule (no map, no epilogue, no clipping head), for the
+/// single loops that stand for the sub-block scratch ([`affine_step`], momentum's
+/// `step_plain`): absent maps are identities, which give the same bits (`1·x` is `x`).
+#[derive(Clone, Copy)]
+pub(crate) struct AffineFold {
+    /// The head's affine map of the gradient and the parameter, then its two scalings.
+    pub(crate) head: Affine,
+    pub(crate) scales: [f32; 2],
+    /// The tail: `p ← p + (a·u + b·p)`.
+    pub(crate) tail: Affine,
+}
+
+impl AffineFold {
+    /// `fold` as affine maps, or `None` where it holds anything else.
+    pub(crate) fn of(fold: &Fold) -> Option<AffineFold> {
+        if fold.post.is_some() || fold.map.is_some() {
+            return None;
+        }
+        let (head, scales) = match fold.head {
+            None => (Affine { a: 1.0, b: 0.0 }, [1.0, 1.0]),
+            Some(Head::Affine { map, scales }) => (map, scales),
+            Some(Head::Clip(_)) => return None,
+        };
+        Some(AffineFold { head, scales, tail: fold.tail.unwrap_or(Affine { a: 1.0, b: 0.0 }) })
+    }
+    /// [`start_inline`] of one gradient value `g` at parameter `w` (`HEAD_P`: the head's `b` is
+    /// not 0).
+    #[inline(always)]
+    pub(crate) fn start<const HEAD_P: bool>(&self, g: f32, w: f32) -> f32 {
+        let mut u = if HEAD_P { self.head.a * g + self.head.b * w } else { g * self.head.a };
+        u *= self.scales[0];
+        u *= self.scales[1];
+        u
+    }
+    /// What [`finish_inline`] adds to the parameter `w` for the update `u` (`TAIL_P`: the
+    /// tail's `b` is not 0).
+    #[inline(always)]
+    pub(crate) fn tail_of<const TAIL_P: bool>(&self, u: f32, w: f32) -> f32 {
+        if TAIL_P {
+            self.tail.a * u + self.tail.b * w
+        } else {
+            self.tail.a * u
+        }
+    }
 }
 
 /// How far ahead of the sub-block it works on a fused step prefetches each buffer, in elements.

@@ -168,52 +168,39 @@ impl Elementwise for Trace {
     /// at 110%). The operations of `start_inline`, the kernel and `finish_inline` in their order;
     /// a scale of 1 multiplies exactly.
     unsafe fn step_plain(&self, i: usize, off: usize, g: &[f32], p: &mut [f32], fold: &crate::kernel::Fold) -> bool {
-        use crate::kernel::{Affine, Head};
-        if fold.post.is_some() || fold.map.is_some() {
-            return false;
-        }
-        let (head, scales) = match fold.head {
-            None => (Affine { a: 1.0, b: 0.0 }, [1.0, 1.0]),
-            Some(Head::Affine { map, scales }) => (map, scales),
-            Some(Head::Clip(_)) => return false,
-        };
-        let tail = fold.tail.unwrap_or(Affine { a: 1.0, b: 0.0 });
+        use crate::kernel::AffineFold;
+        let Some(a) = AffineFold::of(fold) else { return false };
         #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
         fn run<const HEAD_P: bool, const TAIL_P: bool, const NESTEROV: bool>(
             p: &mut [f32],
             g: &[f32],
             t: &mut [f32],
-            head: Affine,
-            scales: [f32; 2],
-            tail: Affine,
+            a: AffineFold,
             d: f32,
         ) {
             let (g, t) = (&g[..p.len()], &mut t[..p.len()]);
             for ((w, &g), t) in p.iter_mut().zip(g).zip(t) {
-                let mut u = if HEAD_P { head.a * g + head.b * *w } else { g * head.a };
-                u *= scales[0];
-                u *= scales[1];
+                let u = a.start::<HEAD_P>(g, *w);
                 *t = u + d * *t;
                 let o = if NESTEROV { u + d * *t } else { *t };
-                *w += if TAIL_P { tail.a * o + tail.b * *w } else { tail.a * o };
+                *w += a.tail_of::<TAIL_P>(o, *w);
             }
         }
         macro_rules! variant {
             ($hp:literal, $tp:literal, $n:literal) => {{
                 #[inline(never)]
-                fn go(p: &mut [f32], g: &[f32], t: &mut [f32], head: Affine, scales: [f32; 2], tail: Affine, d: f32) {
+                fn go(p: &mut [f32], g: &[f32], t: &mut [f32], a: AffineFold, d: f32) {
                     #[inline(always)]
-                    fn body(p: &mut [f32], g: &[f32], t: &mut [f32], head: Affine, scales: [f32; 2], tail: Affine, d: f32) {
-                        run::<$hp, $tp, $n>(p, g, t, head, scales, tail, d)
+                    fn body(p: &mut [f32], g: &[f32], t: &mut [f32], a: AffineFold, d: f32) {
+                        run::<$hp, $tp, $n>(p, g, t, a, d)
                     }
-                    crate::kernel::dispatch_simd!(body(p: &mut [f32], g: &[f32], t: &mut [f32], head: Affine, scales: [f32; 2], tail: Affine, d: f32))
+                    crate::kernel::dispatch_simd!(body(p: &mut [f32], g: &[f32], t: &mut [f32], a: AffineFold, d: f32))
                 }
                 go
             }};
         }
-        type Loop = fn(&mut [f32], &[f32], &mut [f32], Affine, [f32; 2], Affine, f32);
-        let f: Loop = match (head.b != 0.0, tail.b != 0.0, self.nesterov) {
+        type Loop = fn(&mut [f32], &[f32], &mut [f32], AffineFold, f32);
+        let f: Loop = match (a.head.b != 0.0, a.tail.b != 0.0, self.nesterov) {
             (false, false, false) => variant!(false, false, false),
             (false, false, true) => variant!(false, false, true),
             (false, true, false) => variant!(false, true, false),
@@ -223,7 +210,7 @@ impl Elementwise for Trace {
             (true, true, false) => variant!(true, true, false),
             (true, true, true) => variant!(true, true, true),
         };
-        f(p, g, self.trace.slice(i, off, p.len()), head, scales, tail, self.decay);
+        f(p, g, self.trace.slice(i, off, p.len()), a, self.decay);
         true
     }
     simd_apply!(Trace, |this, i, off, u, p| {
