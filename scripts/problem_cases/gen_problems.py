@@ -64,6 +64,7 @@ def loss64(prob, flat_params):
 
 
 # Problem instances: (tag, builder)
+R3 = ("rosenbrock", lambda o=0: rosen_problem(3, 5 + o))
 R4 = ("rosenbrock", lambda o=0: rosen_problem(4, 1 + o))
 R5 = ("rosenbrock", lambda o=0: rosen_problem(5, 2 + o))
 R8 = ("rosenbrock", lambda o=0: rosen_problem(8, 3 + o))
@@ -89,10 +90,13 @@ def torch_lbfgs(**kw):
 CASES = []
 
 
-def add(lib, tag, optimizer, hparams, problems, steps, tol, source):
+def add(lib, tag, optimizer, hparams, problems, steps, tol, source, budget_binds=False):
+    """budget_binds: redraw the instance also until the strong-Wolfe search's evaluation budget
+    matters (torch run with the search's own default of 25 trials instead moves the trajectory by
+    more than the tolerance), so that the case tests it."""
     for (kind, builder) in problems:
         CASES.append(dict(lib=lib, tag=tag, optimizer=optimizer, hparams=hparams, kind=kind,
-                          builder=builder, steps=steps, tol=tol, source=source))
+                          builder=builder, steps=steps, tol=tol, source=source, budget_binds=budget_binds))
 
 
 TS = "torch 2.15 torch.optim.LBFGS"
@@ -106,6 +110,11 @@ add("torch", "lbfgs.tolchange", "lbfgs", torch_lbfgs(tolerance_change=1e-3, hist
 add("torch", "lbfgs.sw_lr08_hist2", "lbfgs", torch_lbfgs(lr=0.8, history_size=2, max_iter=10, line_search_fn="strong_wolfe"), [R10, S2], 5, TORCH_TOL, TS)
 add("torch", "lbfgs.sw_maxeval6", "lbfgs", torch_lbfgs(max_iter=20, max_eval=6, line_search_fn="strong_wolfe"), [R4, S4], 8, TORCH_TOL, TS)
 add("torch", "lbfgs.sw_tolgrad", "lbfgs", torch_lbfgs(max_iter=5, tolerance_grad=1e-3, tolerance_change=1e-6, line_search_fn="strong_wolfe"), [R8, S3], 6, TORCH_TOL, TS)
+# The evaluation budget binding inside the strong-Wolfe search (torch passes it the evaluations
+# left, max_eval - current_evals; max_iter=1 leaves max_eval=1 and no trial after the first).
+add("torch", "lbfgs.sw_budget", "lbfgs", torch_lbfgs(max_iter=4, max_eval=5, history_size=5, line_search_fn="strong_wolfe"), [R8], 8, TORCH_TOL, TS, budget_binds=True)
+add("torch", "lbfgs.sw_maxiter1", "lbfgs", torch_lbfgs(max_iter=1, line_search_fn="strong_wolfe"), [R5, S1], 10, TORCH_TOL, TS, budget_binds=True)
+add("torch", "lbfgs.sw_maxeval4", "lbfgs", torch_lbfgs(max_iter=3, max_eval=4, history_size=5, line_search_fn="strong_wolfe"), [R3], 6, TORCH_TOL, TS, budget_binds=True)
 add("torch", "lbfgs.tolgrad_neg", "lbfgs", torch_lbfgs(tolerance_grad=-1.0, max_iter=8), [R8, S3], 5, TORCH_TOL, TS)
 # max_eval left to its default (absent from hparams): descent must apply max_iter * 5 // 4 itself.
 _h = torch_lbfgs(max_iter=6, history_size=7)
@@ -255,6 +264,17 @@ def torch_run(case, prob, params, f64):
     return out
 
 
+def run_full_line_search(case, prob, params):
+    """torch_run with the strong-Wolfe search given its default 25 trials whatever the budget."""
+    import torch.optim.lbfgs as lbfgs
+    orig = lbfgs._strong_wolfe
+    lbfgs._strong_wolfe = lambda *a, **k: orig(*a, **{**k, "max_ls": 25})
+    try:
+        return torch_run(case, prob, params, False)
+    finally:
+        lbfgs._strong_wolfe = orig
+
+
 # ---------------------------------------------------------------------------------------------
 # Recording, jax / optax
 
@@ -366,11 +386,17 @@ def main():
             # quarter of the tolerance, as the README requires of every instance.  optax: checked
             # afterwards by `--f64` + check_f64.py (x64 must be set before jax starts).
             best = None
-            for offset in range(0, 1000, 100) if (which == "torch" and not f64) else [OFFSETS.get(cid, 0)]:
+            tries = range(0, 10000 if c["budget_binds"] else 1000, 100)
+            for offset in tries if (which == "torch" and not f64) else [OFFSETS.get(cid, 0)]:
                 prob, params = c["builder"](offset)
                 traj = run(c, prob, params, f64)
                 if which != "torch" or f64:
                     break
+                if c["budget_binds"]:
+                    b = sensitivity(params, traj, run_full_line_search(c, prob, params), c["tol"])
+                    if b < 4:
+                        print(f"{cid}: seed offset {offset}: the budget moves it only {b:.2f} of tol, redrawing", flush=True)
+                        continue
                 t64 = run(c, prob, params, True)
                 r = sensitivity(params, traj, t64, c["tol"])
                 if best is None or r < best[0]:
@@ -378,6 +404,9 @@ def main():
                 if r <= 0.25:
                     break
                 print(f"{cid}: seed offset {offset}: float64 moves it {r:.2f} of tol, redrawing", flush=True)
+            if which == "torch" and not f64 and best is None:
+                print(f"{cid}: no instance where the budget binds; not written", flush=True)
+                continue
             if best is not None:
                 r, prob, params, traj, offset = best
                 OFFSETS[cid] = offset

@@ -302,6 +302,8 @@ fn bad_arguments_are_refused() {
     let bad = [
         ("torch", json!({"line_search_fn": "backtracking"})),
         ("torch", json!({"history_size": 0})),
+        // torch's line search would get max_eval - 1 = -1 trials and fail on its unset bracket.
+        ("torch", json!({"line_search_fn": "strong_wolfe", "max_eval": 0})),
         ("torch", json!({"lr": -1.0})),
         ("torch", json!({"max_iter": -1})),
         ("torch", json!({"tolerance_grad": "small"})),
@@ -324,6 +326,8 @@ fn bad_arguments_are_refused() {
     assert!(build_closure_optimizer("torch", "lbfgs", &json!({}), &[]).is_err(), "no parameters");
     let good = [
         ("torch", json!({"line_search_fn": null, "max_eval": null})),
+        ("torch", json!({"line_search_fn": null, "max_eval": 0})),
+        ("torch", json!({"line_search_fn": "strong_wolfe", "max_iter": 1})),
         ("torch", json!({"line_search_fn": "strong_wolfe", "history_size": 1, "max_iter": 0})),
         ("optax", json!({"learning_rate": null, "linesearch": null, "scale_init_precond": false})),
         (

@@ -48,9 +48,9 @@ fn generated_wrapper_cases_pass() {
 
 /// Optimizers that evaluate the objective, on the reference set's objectives with other sizes
 /// and seeds and non-default arguments: torch's and optax's L-BFGS (line searches, histories,
-/// tolerances, torch's `maximize`), Polyak SGD, MoMo, SAM in its three spellings
-/// (`scripts/problem_cases/`).
+/// tolerances, the evaluation budget binding inside torch's strong-Wolfe search, `maximize`),
+/// Polyak SGD, MoMo, SAM in its three spellings (`scripts/problem_cases/`).
 #[test]
 fn generated_problem_cases_pass() {
-    replay_cases("problems", 89);
+    replay_cases("problems", 93);
 }

@@ -173,11 +173,11 @@ struct LineSearchResult {
 }
 
 /// The constants torch's `_strong_wolfe` is called with (its defaults: `step` passes none of them,
-/// so the group's `tolerance_change` does not reach it).
+/// so the group's `tolerance_change` does not reach it). Its `max_ls` is not one of them: `step`
+/// passes the evaluations left of the step's budget, `max_eval − current_evals`.
 const C1: f64 = 1e-4;
 const C2: f64 = 0.9;
 const LS_TOLERANCE_CHANGE: f64 = 1e-9;
-const MAX_LS: u64 = 25;
 
 /// The point a line search starts from: the parameters `x`, the loss `f`, gradient `g` and
 /// directional derivative `gtd` there.
@@ -189,13 +189,16 @@ struct LineStart<'a> {
 }
 
 /// torch's `_strong_wolfe` (from minFunc's `WolfeLineSearch`): bracketing, then zoom by cubic
-/// interpolation, along `d` from `start` with initial step `t`.
+/// interpolation, along `d` from `start` with initial step `t`, at most `max_ls` iterations after
+/// the first evaluation. When the budget runs out while bracketing, the bracket is `[0, t]` and the
+/// search returns the lower of its ends — possibly `t = 0`, no move.
 fn strong_wolfe(
     flat: &mut Flat,
     obj: &mut dyn Objective,
     start: LineStart,
     mut t: Num,
     d: &[f32],
+    max_ls: u64,
 ) -> Result<LineSearchResult> {
     let LineStart { x, f, g, gtd } = start;
     let d_norm = T(max_abs(d));
@@ -217,7 +220,7 @@ fn strong_wolfe(
     let mut bracket_f: Vec<f64> = vec![];
     let mut bracket_g: Vec<Vec<f32>> = vec![];
     let mut bracket_gtd: Vec<Num> = vec![T(0.0), T(0.0)];
-    while ls_iter < MAX_LS {
+    while ls_iter < max_ls {
         if Py(f_new).gt(f + C1 * t * gtd) || (ls_iter > 1 && f_new >= f_prev) {
             bracket = vec![t_prev, t];
             bracket_f = vec![f_prev, f_new];
@@ -254,7 +257,7 @@ fn strong_wolfe(
         ls_iter += 1;
     }
     // Reached the maximum number of iterations?
-    if ls_iter == MAX_LS {
+    if ls_iter == max_ls {
         bracket = vec![Py(0.0), t];
         bracket_f = vec![f, f_new];
         bracket_g = vec![g.clone(), g_new];
@@ -264,7 +267,7 @@ fn strong_wolfe(
     // point is found.
     let mut insuf_progress = false;
     let (mut low_pos, mut high_pos) = if bracket_f[0] <= bracket_f[bracket_f.len() - 1] { (0, 1) } else { (1, 0) };
-    while !done && ls_iter < MAX_LS {
+    while !done && ls_iter < max_ls {
         // The bracket is too small.
         if ((bracket[1] - bracket[0]).abs() * d_norm).lt(LS_TOLERANCE_CHANGE) {
             break;
@@ -337,7 +340,8 @@ pub struct TorchLbfgsConfig {
     pub lr: LearningRate,
     /// Maximal number of iterations per `step` (default 20).
     pub max_iter: u64,
-    /// Maximal number of evaluations per `step` (default `max_iter * 5 / 4`).
+    /// Maximal number of evaluations per `step` (default `max_iter * 5 / 4`); the strong-Wolfe
+    /// search may use what is left of it, `max_eval −` the evaluations the step has made.
     pub max_eval: Option<u64>,
     /// Termination tolerance on first-order optimality, `max |g| ≤ tolerance_grad` (default 1e-7).
     pub tolerance_grad: f64,
@@ -438,6 +442,13 @@ impl TorchLbfgs {
         }
         check_history_memory("history_size", cfg.history_size, flat.n)?;
         let max_eval = cfg.max_eval.unwrap_or_else(|| cfg.max_iter.saturating_mul(5) / 4);
+        if cfg.strong_wolfe && max_eval == 0 && cfg.max_iter > 0 {
+            // torch hands the line search `max_eval − 1` trials, here −1, and fails on its unset
+            // bracket (`max_iter * 5 // 4` is 0 for `max_iter = 0` alone, which runs no iteration).
+            return Err(Error::Invalid(
+                "max_eval must be at least 1 with line_search_fn=\"strong_wolfe\" (the line search gets max_eval - 1 trials after the step's first evaluation), got 0".into(),
+            ));
+        }
         Ok(TorchLbfgs {
             lr: cfg.lr,
             max_iter: cfg.max_iter,
@@ -624,6 +635,7 @@ impl TorchLbfgs {
                     LineStart { x: &x, f: loss, g: &flat_grad, gtd },
                     self.t,
                     &d,
+                    self.max_eval - current_evals,
                 );
                 self.d = d;
                 self.x = x;
