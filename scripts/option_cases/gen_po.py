@@ -88,3 +88,5 @@ case("lion", "groups_wd", {"lr": 0.01, "weight_decay": 0.1}, groups=G({"betas": 
 case("adabelief", "groups_rectify", {"lr": 0.02}, groups=G({"rectify": True}, {"weight_decay": 0.2, "fixed_decay": True}), steps=12, seed=59)
 case("came", "groups", {"lr": 0.02}, groups=G({"betas": [0.8, 0.99, 0.999]}, {"weight_decay": 0.1, "ams_bound": True}), seed=60)
 case("kron", "opts", {"lr": 0.01, "pre_conditioner_update_probability": 1.0, "weight_decay": 0.1, "momentum_into_precondition_update": False}, shapes=M2, seed=61)
+# A parameter that no group names is never stepped, as in torch.
+case("adan", "groups_partial", {"lr": 0.02, "weight_decay": 0.05}, groups=[{"params": [1, 2], "hparams": {}}], seed=90)

@@ -48,3 +48,6 @@ case("muon", "coeffs_steps_eps", {"lr": 0.02, "ns_coefficients": [2.0, -1.5, 0.5
 case("sgd", "nesterov_damp", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "dampening": 0.1}, seed=21)
 case("adagrad", "groups_lrdecay", {"lr": 0.1}, groups=G({"lr_decay": 0.5}, {"initial_accumulator_value": 1.0}), seed=22)
 case("asgd", "t0_zero_groups", {"lr": 0.05, "t0": 0.0}, groups=G({"lambd": 0.1}, {"alpha": 1.0}), steps=12, seed=23)
+# Parameters that no group names are never stepped (torch leaves them as they are).
+case("sgd", "groups_partial", {"lr": 0.05, "momentum": 0.9}, groups=[{"params": [0, 2], "hparams": {}}], seed=24)
+case("adam", "groups_partial", {"lr": 0.02, "weight_decay": 0.1}, groups=[{"params": [2], "hparams": {"lr": 0.05}}, {"params": [0], "hparams": {"amsgrad": True}}], seed=25)

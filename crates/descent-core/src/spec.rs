@@ -773,7 +773,8 @@ fn unknown(kind: &'static str, name: &str, accepted: &[&str]) -> Error {
 
 /// Builds one optimizer per parameter group (`[{"params": [indices], "hparams": {overrides}}]`,
 /// torch's `param_groups`): `build` gets the constructor's keyword arguments overridden by the
-/// group's, and the group's parameter indices; the parts form a [`Partition`].
+/// group's, and the group's parameter indices; the parts form a [`Partition`]. A parameter no
+/// group names is never stepped, as in torch.
 pub fn build_groups(
     context: &str,
     hparams: &Value,
@@ -835,7 +836,7 @@ pub fn build_groups(
         let part = build(&Value::Object(merged), &idx)?;
         parts.push((idx, part));
     }
-    Ok(boxed(Partition::new(parts)))
+    Ok(boxed(Partition::torch_groups(parts)))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -125,3 +125,35 @@ fn row_masks_must_fit_the_shapes() {
     let e = opt.step_sparse_vecs(&mut params, &grads(0), &SparseRows::all(&[vec![12], vec![5]])).unwrap_err();
     assert!(e.to_string().contains("rows"), "{e}");
 }
+
+/// torch steps only the parameters its groups name: one left out keeps every bit (a `−0` entry
+/// included), with dense gradients through the fused step and with sparse ones; the one named is
+/// stepped as by an optimizer of its group's arguments alone.
+#[test]
+fn a_parameter_in_no_group_is_never_stepped() {
+    let groups = json!([{"params": [0], "hparams": {"lr": 0.05}}]);
+    for (name, sparse) in [("sgd", false), ("adam", false), ("sparseadam", true)] {
+        let h = |lr: f64| if name == "sgd" { json!({"lr": lr, "momentum": 0.9}) } else { json!({"lr": lr}) };
+        let mut grouped = optimizer("torch", name, h(0.01), Some(groups.clone()));
+        let mut alone = optimizer("torch", name, h(0.05), None);
+        let shapes = grouped.shapes().to_vec();
+        let mut p = init();
+        p[1][2] = -0.0;
+        let left_out = p[1].clone();
+        let mut q = p.clone();
+        for t in 0..3 {
+            let g = grads(t);
+            if sparse {
+                grouped.step_sparse_vecs(&mut p, &g, &rows(&shapes, &g)).unwrap();
+                alone.step_sparse_vecs(&mut q, &g, &rows(&shapes, &g)).unwrap();
+            } else {
+                grouped.step_vecs(&mut p, &g).unwrap();
+                alone.step_vecs(&mut q, &g).unwrap();
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&p[1]), bits(&left_out), "torch.{name}: the parameter in no group moved");
+        assert_eq!(bits(&p[0]), bits(&q[0]), "torch.{name}: the grouped parameter");
+        assert_ne!(p[0], init()[0], "torch.{name}: the grouped parameter did not move");
+    }
+}

@@ -2,8 +2,11 @@
 
 use super::simd_apply;
 use super::{elementwise_transform, full, sign, zeros, ParamBufs};
+use crate::error::Result;
 use crate::kernel::Elementwise;
 use crate::learning_rate::LearningRate;
+use crate::state::StateVisitor;
+use crate::transform::{Shapes, Transform};
 
 /// optax `scale`: `u ← s·u`.
 pub struct Scale {
@@ -104,6 +107,34 @@ impl Elementwise for Identity {
         Some((1.0, 0.0))
     }
     unsafe fn apply(&self, _i: usize, _off: usize, _u: &mut [f32], _p: &[f32]) {}
+}
+
+/// torch's treatment of a parameter outside every group: never stepped. Its updates are `−0`,
+/// which added to any value gives that value back bit for bit (`+0` would turn a `−0` parameter
+/// into `+0`); no state.
+pub struct Unstepped;
+super::prefetch_state!(Unstepped;);
+impl Transform for Unstepped {
+    super::stateless!();
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        Some(self)
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        Some(self)
+    }
+    /// A sparse gradient leaves the parameters as they are too (torch `SparseAdam`'s groups).
+    fn supports_sparse(&self) -> bool {
+        true
+    }
+    fn step_sparse(&mut self, _: &mut [&mut [f32]], _: &[&[f32]], _: &crate::sparse::SparseRows) -> Result<()> {
+        Ok(())
+    }
+}
+impl Elementwise for Unstepped {
+    fn begin_step(&mut self) {}
+    unsafe fn apply(&self, _i: usize, _off: usize, u: &mut [f32], _p: &[f32]) {
+        u.fill(-0.0);
+    }
 }
 
 /// optax `set_to_zero`: every update is 0, whatever it was (NaN included); `freeze` applies it

@@ -291,6 +291,9 @@ pub struct Partition {
     /// The group of a parameter (by its index and shape), for groups chosen at `init`
     /// ([`Partition::by_param`]).
     group_of: Option<GroupOf>,
+    /// The group that takes, at `init`, every parameter no other group names
+    /// ([`Partition::torch_groups`]).
+    unlisted: Option<usize>,
 }
 
 /// The group of parameter `i` of the parameters of these shapes.
@@ -299,7 +302,16 @@ impl Partition {
     /// Groups of parameter indices with their transformation; checked against the parameter count
     /// at `init`.
     pub fn new(groups: Vec<(Vec<usize>, Box<dyn Transform>)>) -> Self {
-        Partition { groups, slot: vec![], group_of: None }
+        Partition { groups, slot: vec![], group_of: None, unlisted: None }
+    }
+
+    /// torch's `param_groups`: the groups as [`Partition::new`], and a parameter that no group
+    /// names is never stepped, as torch leaves a tensor outside its optimizer's groups (a group of
+    /// [`super::Unstepped`] takes them at `init`).
+    pub fn torch_groups(mut groups: Vec<(Vec<usize>, Box<dyn Transform>)>) -> Self {
+        groups.push((vec![], Box::new(super::Unstepped)));
+        let unlisted = Some(groups.len() - 1);
+        Partition { groups, slot: vec![], group_of: None, unlisted }
     }
 
     /// Groups chosen at `init`: parameter `i` goes to `transforms[group_of(i, shapes)]`, chosen
@@ -315,6 +327,7 @@ impl Partition {
             groups: transforms.into_iter().map(|tx| (vec![], tx)).collect(),
             slot: vec![],
             group_of: Some(Box::new(group_of)),
+            unlisted: None,
         }
     }
 
@@ -388,6 +401,17 @@ impl Transform for Partition {
             for (g, (idx, _)) in self.groups.iter_mut().enumerate() {
                 *idx = (0..shapes.len()).filter(|&i| of[i] == g).collect();
             }
+        }
+        if let Some(r) = self.unlisted {
+            let mut listed = vec![false; shapes.len()];
+            for (g, (idx, _)) in self.groups.iter().enumerate() {
+                for &i in idx.iter().filter(|_| g != r) {
+                    if let Some(l) = listed.get_mut(i) {
+                        *l = true;
+                    }
+                }
+            }
+            self.groups[r].0 = (0..shapes.len()).filter(|&i| !listed[i]).collect();
         }
         let mut slot = vec![None; shapes.len()];
         for (g, (idx, _)) in self.groups.iter().enumerate() {
