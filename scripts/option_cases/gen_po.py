@@ -90,3 +90,5 @@ case("came", "groups", {"lr": 0.02}, groups=G({"betas": [0.8, 0.99, 0.999]}, {"w
 case("kron", "opts", {"lr": 0.01, "pre_conditioner_update_probability": 1.0, "weight_decay": 0.1, "momentum_into_precondition_update": False}, shapes=M2, seed=61)
 # A parameter that no group names is never stepped, as in torch.
 case("adan", "groups_partial", {"lr": 0.02, "weight_decay": 0.05}, groups=[{"params": [1, 2], "hparams": {}}], seed=90)
+# AdaBound's step reads adam_debias from a parameter group (its constructor drops it).
+case("adabound", "groups_debias", {"lr": 0.02, "final_lr": 0.1}, groups=G({"adam_debias": True}, {"gamma": 1e-2}), seed=91)

@@ -261,6 +261,8 @@ fn bad_arguments_are_refused_naming_the_field() {
         ("adafactor", json!({"betas": [0.9]}), "`betas`"),
         ("tiger", json!({"beta": 1.0}), "`beta`"),
         ("yogi", json!({"eps": -1.0}), "`eps`"),
+        // The constructor drops it (only a parameter group's reaches the step).
+        ("adabound", json!({"adam_debias": true}), "`adam_debias`"),
     ] {
         let e = err(name, h.clone());
         assert!(e.contains(field), "{name} {h}: {e}");
@@ -271,6 +273,10 @@ fn bad_arguments_are_refused_naming_the_field() {
         assert!(build_optimizer("po", name, &h, Some(&groups), &shapes()).is_err(), "{name}");
     }
     build_optimizer("po", "adamp", &json!({"lr": 0.1}), Some(&groups), &shapes()).unwrap();
+    let e = build_optimizer("po", "adabound", &json!({"adam_debias": false}), Some(&groups), &shapes());
+    assert!(e.is_err(), "po.adabound: the constructor's adam_debias accepted with groups");
+    let in_group = json!([{"params": [0, 1], "hparams": {"adam_debias": true}}, {"params": [2, 3, 4]}]);
+    build_optimizer("po", "adabound", &json!({}), Some(&in_group), &shapes()).unwrap();
 }
 
 /// `param_groups`: each group steps as the optimizer built for its parameters alone with the

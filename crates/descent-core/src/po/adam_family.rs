@@ -59,6 +59,16 @@ pub fn build(
     }
     // The transformations size their state at `init`; the shapes are checked by the caller.
     let _ = shapes;
+    if name == "adabound" && hparams.get("adam_debias").is_some() {
+        // The class takes it through `**kwargs` and drops it; only a parameter group's reaches the
+        // step (`group.get('adam_debias', False)`).
+        return Some(Err(a_err(
+            name,
+            "adam_debias",
+            "is dropped by pytorch_optimizer's AdaBound constructor (it never reaches the step; refused rather than \
+             ignored); give it in a parameter group, whose value the step reads",
+        )));
+    }
     Some(match param_groups {
         None => build_one(name, hparams, false),
         Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
@@ -119,16 +129,20 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let decay = a.decay(0.0, true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
-            // The class takes `adam_debias` through `**kwargs` and never reads it.
-            if a.k.present("adam_debias")?.is_some() {
-                return Err(a_err(
-                    name,
-                    "adam_debias",
-                    "is taken and ignored by pytorch_optimizer's AdaBound (it never reaches the step); refused rather than ignored",
-                ));
-            }
+            // The step reads `adam_debias` from its group; the constructor's is refused in `build`.
+            let adam_debias = if grouped { a.bool("adam_debias", false)? } else { false };
             let maximize = a.maximize()?;
-            Box::new(AdaBound::new(AdaBoundConfig { lr, final_lr, betas, gamma, decay, ams_bound, eps, maximize }))
+            Box::new(AdaBound::new(AdaBoundConfig {
+                lr,
+                final_lr,
+                betas,
+                gamma,
+                decay,
+                ams_bound,
+                eps,
+                adam_debias,
+                maximize,
+            }))
         }
         "laprop" => {
             let lr = a.lr(4e-4)?;

@@ -53,6 +53,7 @@ pub struct AdaBound {
     decay: Decay,
     ams_bound: bool,
     eps: f32,
+    adam_debias: bool,
     maximize: bool,
     step: u64,
     exp_avg: ParamBufs,
@@ -78,6 +79,9 @@ pub struct AdaBoundConfig {
     pub ams_bound: bool,
     /// Added to the root of the second moment.
     pub eps: f64,
+    /// Leave the step size without the first moment's bias correction (`adam_debias`; the
+    /// library's step reads it from a parameter group, its constructor drops it).
+    pub adam_debias: bool,
     /// Ascend instead of descend.
     pub maximize: bool,
 }
@@ -92,6 +96,7 @@ impl Default for AdaBoundConfig {
             decay: Decay { weight_decay: 0.0, decouple: true, fixed: false },
             ams_bound: false,
             eps: 1e-8,
+            adam_debias: false,
             maximize: false,
         }
     }
@@ -109,6 +114,7 @@ impl AdaBound {
             decay: c.decay,
             ams_bound: c.ams_bound,
             eps: c.eps as f32,
+            adam_debias: c.adam_debias,
             maximize: c.maximize,
             step: 0,
             exp_avg: ParamBufs::default(),
@@ -138,7 +144,7 @@ impl Elementwise for AdaBound {
         let final_lr = if self.base_lr > 0.0 { self.final_lr * lr / self.base_lr } else { 0.0 };
         let lower = final_lr * (1.0 - 1.0 / (self.gamma * t + 1.0));
         let upper = final_lr * (1.0 + 1.0 / (self.gamma * t));
-        let step_size = lr * debias(b2, self.step).sqrt() / debias(b1, self.step);
+        let step_size = adam_debias(self.adam_debias, lr * debias(b2, self.step).sqrt(), debias(b1, self.step));
         self.k = [self.decay.keep(lr, 1.0), self.decay.l2(), step_size as f32, lower as f32, upper as f32];
     }
     simd_apply!(AdaBound, |this, i, off, u, p| {
