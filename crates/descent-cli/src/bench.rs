@@ -361,13 +361,12 @@ fn check_memory(params: usize, state_floats: f64, available: Option<u64>) -> Res
 
 /// Runs the benchmark and prints the table and one JSON line per optimizer.
 pub fn run(cfg: &StepBench) -> Result<()> {
-    for (n, flag) in
-        [(cfg.params, "--params"), (cfg.tensors, "--tensors"), (cfg.steps, "--steps"), (cfg.threads, "--threads")]
-    {
-        if n == 0 {
-            bail!("{flag} 0: give at least 1");
-        }
-    }
+    crate::flags::at_least_one(&[
+        ("--params", cfg.params as u64),
+        ("--tensors", cfg.tensors as u64),
+        ("--steps", cfg.steps as u64),
+        ("--threads", cfg.threads as u64),
+    ])?;
     if cfg.tensors > cfg.params {
         bail!("--tensors ({}) cannot exceed --params ({})", cfg.tensors, cfg.params);
     }

@@ -127,11 +127,7 @@ fn frequency_note(label: &str) -> Option<&'static str> {
 
 /// Runs the benchmark and prints the table and one JSON line per optimizer.
 pub fn run(cfg: &ModelBench) -> Result<()> {
-    for (n, flag) in [(cfg.steps, "--steps"), (cfg.threads, "--threads")] {
-        if n == 0 {
-            bail!("{flag} 0: give at least 1");
-        }
-    }
+    crate::flags::at_least_one(&[("--steps", cfg.steps as u64), ("--threads", cfg.threads as u64)])?;
     let named = model_shapes(&cfg.model)?;
     let shapes: Vec<Vec<usize>> = named.iter().map(|(_, s)| s.clone()).collect();
     let params: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();

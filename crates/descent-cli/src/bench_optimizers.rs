@@ -263,15 +263,11 @@ fn grid(centre: f64, n: usize) -> Vec<f64> {
 }
 
 fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
-    for (n, flag) in [
-        (a.grid_points, "--grid-points"),
-        (a.seeds as usize, "--seeds"),
-        (a.evals_per_epoch as usize, "--evals-per-epoch"),
-    ] {
-        if n == 0 {
-            bail!("{flag} 0: give at least 1");
-        }
-    }
+    crate::flags::at_least_one(&[
+        ("--grid-points", a.grid_points as u64),
+        ("--seeds", a.seeds as u64),
+        ("--evals-per-epoch", a.evals_per_epoch as u64),
+    ])?;
     if !(a.target > 0.0 && a.target <= 100.0) {
         bail!("--target {}: a validation accuracy in percent, in (0, 100]", a.target);
     }

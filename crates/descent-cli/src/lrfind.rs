@@ -104,6 +104,39 @@ pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
     Some((points[steepest].lr, points[min].lr / 10.0))
 }
 
+/// The train flags lr-find has no use for (it sets its own length, learning rates and folder), by
+/// their argument ids, with whether one was given: refused when given, hidden from its help.
+pub const UNUSED_TRAIN_FLAGS: &[(&str, fn(&TrainArgs) -> bool)] = &[
+    ("epochs", |b| b.epochs.is_some()),
+    ("steps", |b| b.steps.is_some()),
+    ("patience", |b| b.patience.is_some()),
+    ("min_delta", |b| b.min_delta != 0.0),
+    ("min_loss_change", |b| b.min_loss_change.is_some()),
+    ("target_accuracy", |b| b.target_accuracy.is_some()),
+    ("validation", |b| b.validation != 0),
+    ("tensorboard", |b| b.tensorboard),
+    ("resume", |b| b.resume.is_some()),
+    ("schedule_interval", |b| b.schedule_interval != "step"),
+    ("log_grad_norms", |b| b.log_grad_norms),
+    ("prune_to", |b| b.prune_to.is_some()),
+    ("prune_schedule", |b| b.prune_schedule.is_some()),
+    ("prune_start", |b| b.prune_start.is_some()),
+    ("prune_end", |b| b.prune_end.is_some()),
+    ("prune_frequency", |b| b.prune_frequency.is_some()),
+    ("ema", |b| b.ema.is_some()),
+    ("ema_warmup", |b| b.ema_warmup),
+    ("swa_start", |b| b.swa_start.is_some()),
+    ("swa_lr", |b| b.swa_lr.is_some()),
+    ("swa_anneal_epochs", |b| b.swa_anneal_epochs.is_some()),
+    ("swa_anneal", |b| b.swa_anneal.is_some()),
+    ("average_buffers", |b| b.average_buffers),
+    // The schedule's own settings (lr-find's rate is its exponential ramp).
+    ("warmup_steps", |b| b.warmup_steps.is_some()),
+    ("decay_steps", |b| b.decay_steps.is_some()),
+    ("min_lr", |b| b.min_lr.is_some()),
+    ("schedule_args", |b| b.schedule_args.as_object().is_none_or(|o| !o.is_empty())),
+];
+
 pub fn run(a: LrFindArgs) -> Result<()> {
     if !(a.start_lr > 0.0 && a.end_lr > a.start_lr && a.start_lr.is_finite() && a.end_lr.is_finite()) {
         bail!("--start-lr {} and --end-lr {}: need finite rates with 0 < start < end", a.start_lr, a.end_lr);
@@ -120,33 +153,12 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if b.model == "gpt" {
         bail!("lr-find: the gpt model is not available here; it trains through `descent train` and `descent compare`");
     }
-    for (given, flag) in [
-        (b.epochs.is_some(), "--epochs"),
-        (b.steps.is_some(), "--steps (use --num-steps)"),
-        (b.patience.is_some(), "--patience"),
-        (b.min_loss_change.is_some(), "--min-loss-change"),
-        (b.target_accuracy.is_some(), "--target-accuracy"),
-        (b.validation != 0, "--validation"),
-        (b.tensorboard, "--tensorboard"),
-        (b.resume.is_some(), "--resume"),
-        (b.schedule_interval != "step", "--schedule-interval"),
-        (b.log_grad_norms, "--log-grad-norms"),
-        (b.prune_to.is_some(), "--prune-to"),
-        (b.prune_schedule.is_some(), "--prune-schedule"),
-        (b.prune_start.is_some(), "--prune-start"),
-        (b.prune_end.is_some(), "--prune-end"),
-        (b.prune_frequency.is_some(), "--prune-frequency"),
-        (b.ema.is_some(), "--ema"),
-        (b.ema_warmup, "--ema-warmup"),
-        (b.swa_start.is_some(), "--swa-start"),
-        (b.swa_lr.is_some(), "--swa-lr"),
-        (b.swa_anneal_epochs.is_some(), "--swa-anneal-epochs"),
-        (b.swa_anneal.is_some(), "--swa-anneal"),
-        (b.average_buffers, "--average-buffers"),
-    ] {
-        if given {
-            bail!("lr-find does not use {flag}: the test runs from the initial weights for --num-steps steps");
-        }
+    if let Some((id, _)) = UNUSED_TRAIN_FLAGS.iter().find(|(_, given)| given(b)) {
+        let hint = if *id == "steps" { " (use --num-steps)" } else { "" };
+        bail!(
+            "lr-find does not use --{}{hint}: the test runs from the initial weights for --num-steps steps",
+            id.replace('_', "-")
+        );
     }
     train::one_process(b)?;
     if let Some(path) = &b.config {

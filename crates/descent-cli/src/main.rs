@@ -8,6 +8,7 @@ mod compress;
 mod distill;
 mod ensemble;
 mod evaluate;
+mod flags;
 mod folder;
 #[cfg(test)]
 mod fuzz;
@@ -333,39 +334,13 @@ fn command() -> clap::Command {
     Cli::command()
         .mut_subcommand("lr-find", |c| {
             let c = hide(hide(c, &one_process), &gpt);
-            hide(
-                c,
-                &[
-                    "epochs",
-                    "steps",
-                    "patience",
-                    "min_loss_change",
-                    "target_accuracy",
-                    "validation",
-                    "tensorboard",
-                    "resume",
-                    "schedule_interval",
-                    "log_grad_norms",
-                    "prune_to",
-                    "prune_schedule",
-                    "prune_start",
-                    "prune_end",
-                    "prune_frequency",
-                    "ema",
-                    "ema_warmup",
-                    "swa_start",
-                    "swa_lr",
-                    "swa_anneal_epochs",
-                    "swa_anneal",
-                    "average_buffers",
-                    "lr",
-                    "schedule",
-                ],
-            )
-            .mut_arg("model", |a| {
-                a.help("Model: lenet, mlp, resnet, plain or linear (gpt trains through `descent train`)")
-            })
-            .mut_arg("out", |a| a.help("Folder for lr_find.csv and the chart (default: runs/lr-find)"))
+            let unused: Vec<&str> = lrfind::UNUSED_TRAIN_FLAGS.iter().map(|(id, _)| *id).collect();
+            // --lr and --schedule are refused too (lr-find sets the rate itself).
+            hide(hide(c, &unused), &["lr", "schedule"])
+                .mut_arg("model", |a| {
+                    a.help("Model: lenet, mlp, resnet, plain or linear (gpt trains through `descent train`)")
+                })
+                .mut_arg("out", |a| a.help("Folder for lr_find.csv and the chart (default: runs/lr-find)"))
         })
         .mut_subcommand("bench", |b| {
             b.mut_subcommand("optimizers", |c| {

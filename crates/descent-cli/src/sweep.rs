@@ -1263,11 +1263,7 @@ pub fn bench(
     force: bool,
     parse: impl Fn(Vec<String>) -> Result<(SweepArgs, clap::ArgMatches)>,
 ) -> Result<()> {
-    for (n, flag) in [(seeds as usize, "--seeds"), (trials, "--trials"), (epochs, "--epochs")] {
-        if n == 0 {
-            bail!("{flag} 0: give at least 1");
-        }
-    }
+    crate::flags::at_least_one(&[("--seeds", seeds), ("--trials", trials as u64), ("--epochs", epochs as u64)])?;
     // The folder is this command's (new, empty, or an earlier bench sweep's with --force): its
     // sweeps and runs then replace only themselves.
     let _claimed = folder::claim_new(out, folder::Kind::SweepBenchmark, force, false, None)?;

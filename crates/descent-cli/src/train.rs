@@ -2397,13 +2397,13 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, ava
 }
 
 fn check_gpt(a: &TrainArgs) -> Result<()> {
-    for (f, v) in
-        [("--n-layer", a.n_layer), ("--n-head", a.n_head), ("--n-embd", a.n_embd), ("--block-size", a.block_size)]
-    {
-        if v == Some(0) {
-            bail!("{f} 0: must be at least 1");
-        }
-    }
+    let given = |v: Option<usize>| v.map_or(1, |v| v as u64);
+    crate::flags::at_least_one(&[
+        ("--n-layer", given(a.n_layer)),
+        ("--n-head", given(a.n_head)),
+        ("--n-embd", given(a.n_embd)),
+        ("--block-size", given(a.block_size)),
+    ])?;
     if let (Some(e), Some(h)) = (a.n_embd, a.n_head) {
         if !e.is_multiple_of(h) {
             bail!("--n-embd {e} is not divisible by --n-head {h}: each head takes n_embd / n_head channels");

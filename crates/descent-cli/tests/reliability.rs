@@ -609,6 +609,12 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["lr-find", "--model", "linear", "--ema", "0.9"], "--ema"),
         (vec!["lr-find", "--model", "linear", "--prune-to", "0.5"], "--prune-to"),
         (vec!["lr-find", "--model", "linear", "--log-grad-norms"], "--log-grad-norms"),
+        (vec!["lr-find", "--model", "linear", "--min-lr", "1e-4"], "lr-find does not use --min-lr"),
+        (vec!["lr-find", "--model", "linear", "--min-delta", "0.1"], "lr-find does not use --min-delta"),
+        (vec!["lr-find", "--model", "linear", "--steps", "5"], "--steps (use --num-steps)"),
+        // Each zero count named alone.
+        (vec!["bench", "optimizers", "--model", "mlp", "--seeds", "0"], "--seeds 0: give at least 1"),
+        (vec!["bench", "sweep", "--trials", "0"], "--trials 0: give at least 1"),
         // A key given twice in a JSON value of a run or a search choice (serde_json keeps the last).
         (
             vec!["compare", "--model", "linear", "--run", "adam:hparams={\"betas\":[0.9,0.99],\"betas\":[0.8,0.9]}"],
