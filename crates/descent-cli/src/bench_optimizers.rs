@@ -265,8 +265,8 @@ fn grid(centre: f64, n: usize) -> Vec<f64> {
 fn settings(a: &BenchOptimizersArgs) -> Result<Settings> {
     crate::flags::at_least_one(&[
         ("--grid-points", a.grid_points as u64),
-        ("--seeds", a.seeds as u64),
-        ("--evals-per-epoch", a.evals_per_epoch as u64),
+        ("--seeds", a.seeds),
+        ("--evals-per-epoch", a.evals_per_epoch),
     ])?;
     if !(a.target > 0.0 && a.target <= 100.0) {
         bail!("--target {}: a validation accuracy in percent, in (0, 100]", a.target);

@@ -104,9 +104,12 @@ pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
     Some((points[steepest].lr, points[min].lr / 10.0))
 }
 
+/// Whether a train flag was given (differs from its default).
+pub type Given = fn(&TrainArgs) -> bool;
+
 /// The train flags lr-find has no use for (it sets its own length, learning rates and folder), by
 /// their argument ids, with whether one was given: refused when given, hidden from its help.
-pub const UNUSED_TRAIN_FLAGS: &[(&str, fn(&TrainArgs) -> bool)] = &[
+pub const UNUSED_TRAIN_FLAGS: &[(&str, Given)] = &[
     ("epochs", |b| b.epochs.is_some()),
     ("steps", |b| b.steps.is_some()),
     ("patience", |b| b.patience.is_some()),
