@@ -15,7 +15,7 @@ use descent_train::quant::{Calibration, QuantModel};
 use descent_train::rng::Rng;
 use descent_train::train::{evaluate, Loss};
 
-use crate::evaluate::accuracy_line;
+use crate::evaluate::{accuracy_line, EvalSet};
 use crate::folder;
 use crate::train::{self, Arch, RunOptions, StartFrom, TrainArgs};
 
@@ -458,7 +458,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     let loaded = dc::load_compressed(&s.out)?;
     let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
     match acc {
-        Some(acc) => println!("{}", accuracy_line(acc)),
+        Some(acc) => println!("{}", accuracy_line(EvalSet::Test, acc)),
         None => println!("test loss: {:.5}", evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?.0),
     }
     Ok(())
@@ -562,7 +562,7 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     let loaded = dc::load_compressed(&q.out)?;
     let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
     if let Some(acc) = acc {
-        println!("{}", accuracy_line(acc));
+        println!("{}", accuracy_line(EvalSet::Test, acc));
     }
     Ok(())
 }

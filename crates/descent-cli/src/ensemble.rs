@@ -9,7 +9,7 @@ use descent_train::data::Dataset;
 use descent_train::model::{Mode, Model};
 use descent_train::rng::Rng;
 
-use crate::evaluate::{accuracy_line, open_run, Weights};
+use crate::evaluate::{accuracy_line, open_run, EvalSet, Weights};
 
 /// The flags of `descent ensemble`.
 #[derive(clap::Args, Debug, Clone)]
@@ -146,7 +146,8 @@ pub fn run(a: EnsembleArgs) -> Result<()> {
     }
     let width = members.iter().map(|m| m.0.len()).max().unwrap_or(0).max(28);
     println!("{} {} members, {} weights, on {n} evaluation samples", members.len(), first.args.model, weights.name());
-    println!("{:<width$}  test accuracy", "member");
+    let set = EvalSet::of(&first.args);
+    println!("{:<width$}  {} accuracy", "member", set.name());
     for (name, acc, _) in &members {
         println!("{name:<width$}  {:>12.2}%", 100.0 * acc);
     }
@@ -155,12 +156,13 @@ pub fn run(a: EnsembleArgs) -> Result<()> {
     println!("{:<width$}  {:>12.2}%", "ensemble: majority vote", 100.0 * vote_acc);
     println!("{:<width$}  {:>12.2}%", "ensemble: mean probability", 100.0 * mean_acc);
     println!(
-        "best member {:.2}%, ensemble {:+.2} points; mean-probability test loss {:.5}",
+        "best member {:.2}%, ensemble {:+.2} points; mean-probability {} loss {:.5}",
         100.0 * best,
         100.0 * (mean_acc - best),
+        set.name(),
         nll / n as f64
     );
-    println!("{}", accuracy_line(mean_acc));
+    println!("{}", accuracy_line(set, mean_acc));
     Ok(())
 }
 

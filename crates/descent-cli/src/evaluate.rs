@@ -28,9 +28,36 @@ pub struct EvaluateArgs {
     pub threads: Option<usize>,
 }
 
+/// The samples a classifier is evaluated on, named in every line that reports on them: MNIST's
+/// test set, or the held-out training samples of a `--validation` run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalSet {
+    Test,
+    Validation,
+}
+
+impl EvalSet {
+    /// The set a run's evaluations use.
+    pub fn of(args: &TrainArgs) -> Self {
+        if args.validation > 0 {
+            EvalSet::Validation
+        } else {
+            EvalSet::Test
+        }
+    }
+
+    /// `test` or `validation`, as in "validation accuracy".
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSet::Test => "test",
+            EvalSet::Validation => "validation",
+        }
+    }
+}
+
 /// The summary line of a classifier's accuracy, as `train` and `evaluate` end with it.
-pub fn accuracy_line(acc: f64) -> String {
-    format!("test accuracy: {:.2}%", 100.0 * acc)
+pub fn accuracy_line(set: EvalSet, acc: f64) -> String {
+    format!("{} accuracy: {:.2}%", set.name(), 100.0 * acc)
 }
 
 /// A run folder read back: its settings and its checkpoint, verified.
@@ -202,7 +229,7 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
     let (loss, acc) = evaluate(loaded.model.as_ref(), &test, loss)?;
     println!("test loss: {loss:.5}");
     if let Some(acc) = acc {
-        println!("{}", accuracy_line(acc));
+        println!("{}", accuracy_line(EvalSet::Test, acc));
     }
     Ok(())
 }
@@ -260,9 +287,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     };
     println!("evaluating {} ({}, {position}, {} weights) on {what}", run.dir.display(), args.model, weights.name());
     let (loss, acc) = evaluate(m.model.as_ref(), &m.eval_set, m.loss)?;
-    println!("test loss: {loss:.5}");
+    let set = EvalSet::of(args);
+    println!("{} loss: {loss:.5}", set.name());
     if let Some(acc) = acc {
-        println!("{}", accuracy_line(acc));
+        println!("{}", accuracy_line(set, acc));
     }
     Ok(())
 }

@@ -1297,6 +1297,8 @@ struct CliHooks<'a> {
     text: Option<TextRun>,
     /// An image model's data ([`mnist_digest`]), for its checkpoints.
     data_digest: Option<String>,
+    /// What the epoch lines name the evaluation's samples.
+    eval_set: crate::evaluate::EvalSet,
 }
 
 /// What the hooks of a language-model run add: the model's shape and vocabulary for its
@@ -1437,11 +1439,12 @@ impl Hooks for &mut CliHooks<'_> {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let mut acc = m.test_accuracy.map(|a| format!("  test accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
+        let set = self.eval_set.name();
+        let mut acc = m.test_accuracy.map(|a| format!("  {set} accuracy {:.2}%", 100.0 * a)).unwrap_or_default();
         if let Some(av) = &m.average {
             acc += &match av.test_accuracy {
                 Some(x) => format!("  ({} {:.2}%)", av.label, 100.0 * x),
-                None => format!("  ({} test loss {:.4})", av.label, av.test_loss),
+                None => format!("  ({} {set} loss {:.4})", av.label, av.test_loss),
             };
         }
         // Said once the epoch is saved: a reader of the output that goes away (`| head`, which
@@ -1463,7 +1466,7 @@ impl Hooks for &mut CliHooks<'_> {
             ))
         } else if !self.quiet {
             Some(format!(
-                "epoch {}: {} steps  train loss {:.4}  test loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+                "epoch {}: {} steps  train loss {:.4}  {set} loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
                 m.epoch,
                 m.steps,
                 m.train_loss,
@@ -1838,6 +1841,7 @@ pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         Stop::Steps | Stop::Epochs => {}
     }
     let last = out.result();
+    let set = crate::evaluate::EvalSet::of(a);
     println!("run folder: {}", out.dir.display());
     if let Some(last) = last {
         if let Some(av) = &last.average {
@@ -1854,23 +1858,30 @@ pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
                 _ => String::new(),
             };
             match av.test_accuracy {
-                Some(acc) => {
-                    println!("{} test accuracy: {:.2}% ({} updates{bn}{kept})", av.label, 100.0 * acc, av.n_averaged)
-                }
-                None => {
-                    println!("{} test loss: {:.5} ({} updates{bn}{kept})", av.label, av.test_loss, av.n_averaged)
-                }
+                Some(acc) => println!(
+                    "{} {} ({} updates{bn}{kept})",
+                    av.label,
+                    crate::evaluate::accuracy_line(set, acc),
+                    av.n_averaged
+                ),
+                None => println!(
+                    "{} {} loss: {:.5} ({} updates{bn}{kept})",
+                    av.label,
+                    set.name(),
+                    av.test_loss,
+                    av.n_averaged
+                ),
             }
         }
         match last.test_accuracy {
-            Some(acc) => println!("{}", crate::evaluate::accuracy_line(acc)),
+            Some(acc) => println!("{}", crate::evaluate::accuracy_line(set, acc)),
             None if a.model == "gpt" => println!(
                 "validation loss: {:.4} nats/char (train {:.4}) after {} steps",
                 last.test_loss, last.train_loss, last.steps
             ),
             None => {
                 let w: Vec<String> = out.first_values.iter().map(|(n, v)| format!("{n} = {v:.4}")).collect();
-                println!("test loss: {:.5}  ({})", last.test_loss, w.join(", "));
+                println!("{} loss: {:.5}  ({})", set.name(), last.test_loss, w.join(", "));
             }
         }
     }
@@ -3668,6 +3679,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             Job::Images { .. } => mnist_digest(&a.data).filter(|_| a.model != "linear"),
             Job::Text { .. } => None,
         },
+        eval_set: crate::evaluate::EvalSet::of(&a),
     };
     let trained = match &job {
         Job::Text { model, corpus, cfg, text } => {

@@ -42,11 +42,11 @@ fn line_with<'a>(text: &'a str, start: &str) -> &'a str {
 fn evaluate_reproduces_train_and_the_ema() {
     let dir = out("evaluate");
     let trained = tiny(&dir, "40", &["--ema", "0.9", "--ema-warmup"]);
-    assert!(last_line(&trained).starts_with("test accuracy: "), "{trained}");
+    assert!(last_line(&trained).starts_with("validation accuracy: "), "{trained}");
     let evaluated = run_ok(&["evaluate", s(&dir), "--threads", "1"]);
     assert_eq!(last_line(&evaluated), last_line(&trained), "{evaluated}");
     let ema = run_ok(&["evaluate", s(&dir), "--weights", "ema", "--threads", "1"]);
-    let ema_line = line_with(&trained, "ema test accuracy: ");
+    let ema_line = line_with(&trained, "ema validation accuracy: ");
     assert!(ema_line.starts_with(&format!("ema {}", last_line(&ema))), "{ema_line} vs {ema}");
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
@@ -131,7 +131,7 @@ fn swa_runs_and_evaluates() {
         "--out",
         s(&dir),
     ]);
-    let swa_line = line_with(&text, "swa test accuracy: ");
+    let swa_line = line_with(&text, "swa validation accuracy: ");
     assert!(swa_line.contains("(2 updates"), "{swa_line}");
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -153,10 +153,10 @@ fn ensemble_of_tiny_runs() {
     tiny(&b, "30", &["--seed", "2"]);
     let text = run_ok(&["ensemble", s(&a), s(&b), "--threads", "1"]);
     assert!(text.contains("ensemble: majority vote") && text.contains("ensemble: mean probability"), "{text}");
-    assert!(last_line(&text).starts_with("test accuracy: "), "{text}");
+    assert!(last_line(&text).starts_with("validation accuracy: "), "{text}");
     for d in [&a, &b] {
         let acc =
-            last_line(&run_ok(&["evaluate", s(d), "--threads", "1"])).trim_start_matches("test accuracy: ").to_string();
+            last_line(&run_ok(&["evaluate", s(d), "--threads", "1"])).trim_start_matches("validation accuracy: ").to_string();
         assert!(text.contains(&acc), "{acc} not in {text}");
     }
     // A copy of a member's folder is that member again, not a second one.
@@ -219,7 +219,7 @@ fn distill_a_small_student() {
         "--out",
         s(&st),
     ]);
-    assert!(last_line(&text).starts_with("test accuracy: "), "{text}");
+    assert!(last_line(&text).starts_with("validation accuracy: "), "{text}");
     let ev = run_ok(&["evaluate", s(&st), "--threads", "1"]);
     assert_eq!(last_line(&ev), last_line(&text));
     let cfg: serde_json::Value =
@@ -229,7 +229,7 @@ fn distill_a_small_student() {
     assert_eq!(cfg["distill"]["teachers"][0], s(&t));
     // Resumed through `descent train`, with its teacher.
     let resumed = run_ok(&["train", "--resume", s(&st), "--steps", "35", "--threads", "1"]);
-    assert!(last_line(&resumed).starts_with("test accuracy: "), "{resumed}");
+    assert!(last_line(&resumed).starts_with("validation accuracy: "), "{resumed}");
     run_ok(&["train", "--model", "linear", "--steps", "3", "--threads", "1", "--out", s(&lin)]);
     let args = |teacher: &Path| {
         vec![
