@@ -576,6 +576,9 @@ fn remove_if_empty(dir: &Path) -> Result<()> {
 /// Claims an existing folder of `kind` to continue it (`--resume`).
 pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
     let d = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        bail!("{d}: a file, not a folder; --resume takes the folder of a descent {} to continue", kind.name());
+    }
     if !dir.is_dir() {
         bail!("{d}: no such folder to resume");
     }

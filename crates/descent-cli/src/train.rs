@@ -1816,6 +1816,15 @@ impl RunOutcome {
     }
 }
 
+/// A pruned or quantized model's folder (compress.json without config.json) is marked a run but
+/// holds none: no run `--force` may replace or `--resume` continue.
+fn refuse_compressed_output(dir: &std::path::Path) -> Result<()> {
+    if folder::is_compressed_output(dir) {
+        bail!("{}: the output of descent prune or quantize, not a training run: choose another --out", dir.display());
+    }
+    Ok(())
+}
+
 pub fn run(a: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let out = execute(a, RunOptions { comm: Some(comm), ..Default::default() })?;
     if comm.rank() > 0 {
@@ -3347,6 +3356,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                             .expect("some name is free")
                     }
                 };
+                refuse_compressed_output(&dir)?;
                 folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
                 (cli, Folder::New(dir))
             }
@@ -3514,14 +3524,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
         Folder::New(dir) => {
-            // A pruned or quantized model's folder (compress.json without config.json) is not a
-            // run `--force` may replace.
-            if folder::is_compressed_output(&dir) {
-                bail!(
-                    "{}: the output of descent prune or quantize, not a training run: choose another --out",
-                    dir.display()
-                );
-            }
+            refuse_compressed_output(&dir)?;
             let claimed = folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
             if let Some(info) = opts.start.as_ref().and_then(|s| s.info.as_ref()) {
                 folder::write_atomic(

@@ -114,6 +114,9 @@ fn prune_finetune_quantize_and_report_an_mlp() {
     assert!(e.contains("--amount 999999") && e.contains("101632"), "{e}");
     let e = run_err(&["train", "--resume", q.to_str().unwrap()]);
     assert!(e.contains("int8") && e.lines().count() == 1, "{e}");
+    // A quantized model's folder is no run to replace or continue: no --force or --resume advice.
+    let e = run_err(&["train", "--model", "mlp", "--out", q.to_str().unwrap()]);
+    assert!(e.contains("choose another --out") && !e.contains("--resume") && e.lines().count() == 1, "{e}");
     let e = run_err(&["quantize", q.to_str().unwrap(), "--out", "/tmp/x"]);
     assert!(e.contains("int8"), "{e}");
     let e = run_err(&["train", "--model", "mlp", "--prune-to", "1.2", "--out", "/tmp/x"]);

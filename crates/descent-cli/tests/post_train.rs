@@ -155,8 +155,9 @@ fn ensemble_of_tiny_runs() {
     assert!(text.contains("ensemble: majority vote") && text.contains("ensemble: mean probability"), "{text}");
     assert!(last_line(&text).starts_with("validation accuracy: "), "{text}");
     for d in [&a, &b] {
-        let acc =
-            last_line(&run_ok(&["evaluate", s(d), "--threads", "1"])).trim_start_matches("validation accuracy: ").to_string();
+        let acc = last_line(&run_ok(&["evaluate", s(d), "--threads", "1"]))
+            .trim_start_matches("validation accuracy: ")
+            .to_string();
         assert!(text.contains(&acc), "{acc} not in {text}");
     }
     // A copy of a member's folder is that member again, not a second one.
