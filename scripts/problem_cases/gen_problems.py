@@ -136,6 +136,12 @@ add("optax", "lbfgs.zoom_armijo_only", "lbfgs", {"linesearch": [ZL, {"max_linese
 add("optax", "lbfgs.no_linesearch", "lbfgs", {"learning_rate": 0.002, "memory_size": 4, "linesearch": None}, [R5], 12, DEF_TOL, OS)
 add("optax", "lbfgs.no_linesearch", "lbfgs", {"learning_rate": 0.3, "memory_size": 4, "linesearch": None}, [S1], 12, DEF_TOL, OS)
 
+# The backtracking (Armijo) line search in place of the zoom.
+BL = "scale_by_backtracking_linesearch"
+add("optax", "lbfgs.bt_default", "lbfgs", {"linesearch": [BL, {"max_backtracking_steps": 15}]}, [R8, S2], 12, DEF_TOL, OS)
+add("optax", "lbfgs.bt_store_factors", "lbfgs", {"memory_size": 5, "linesearch": [BL, {"max_backtracking_steps": 10, "store_grad": True, "decrease_factor": 0.5, "increase_factor": 2.0}]}, [R5, S1], 12, DEF_TOL, OS)
+add("optax", "lbfgs.bt_maxlr_tols", "lbfgs", {"learning_rate": 0.5, "linesearch": [BL, {"max_backtracking_steps": 6, "max_learning_rate": 0.5, "slope_rtol": 0.3, "rtol": 1e-4, "atol": 1e-6}]}, [R10, S3], 12, DEF_TOL, OS)
+add("optax", "lbfgs.bt_few_steps", "lbfgs", {"memory_size": 3, "linesearch": [BL, {"max_backtracking_steps": 1, "decrease_factor": 0.3}]}, [R4, S4], 12, DEF_TOL, OS)
 add("optax", "lbfgs.zoom_tol_prec_curv", "lbfgs", {"memory_size": 7, "linesearch": [ZL, {"max_linesearch_steps": 12, "tol": 1e-2, "stepsize_precision": 0.1, "curv_rtol": 0.2}]}, [R10, S4], 12, DEF_TOL, OS)
 PS = "optax 0.2.8 optax.polyak_sgd"
 add("optax", "polyak_sgd.maxlr", "polyak_sgd", {"max_learning_rate": 0.003, "scaling": 1.0, "f_min": 0.0, "eps": 0.0, "variant": "sps"}, [R8], 20, DEF_TOL, PS)
@@ -327,8 +333,9 @@ def jax_run(case, prob, params, f64):
     @jax.jit
     def step(ps, state):
         if name == "lbfgs":
-            if case["hparams"].get("linesearch", 0) is None:
-                value, grad = vg(ps)  # no line-search state to read from
+            ls = case["hparams"].get("linesearch", 0)
+            if ls is None or (isinstance(ls, list) and ls[0] == BL and not ls[1].get("store_grad", False)):
+                value, grad = vg(ps)  # no line-search state (or no gradient in it) to read from
             else:
                 value, grad = optax.value_and_grad_from_state(L)(ps, state=state)
             updates, state = opt.update(grad, state, ps, value=value, grad=grad, value_fn=L)

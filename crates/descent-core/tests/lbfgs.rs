@@ -1,89 +1,28 @@
-//! L-BFGS (torch `LBFGS`, optax `lbfgs`) on the `problem` cases of the second reference set, with
-//! the two objectives written out here as `reference-r2/README.md` defines them (in f32), plus
-//! resume, the live learning rate and refused arguments.
+//! L-BFGS (torch `LBFGS`, optax `lbfgs`) on the `problem` cases of the second reference set and
+//! the project's own, with the library's objectives (`reference-r2/README.md`'s definitions),
+//! plus resume, the live learning rate and refused arguments.
 
 mod common;
 
-use descent_core::closure::{build_closure_optimizer, ClosureOptimizer};
+use descent_core::closure::problems::{Problem, Rosenbrock, SoftmaxRegression};
+use descent_core::closure::{build_closure_optimizer, ClosureOptimizer, Objective};
 use descent_core::state::{Checker, Loader, Saver, StateDict};
 use descent_core::Result;
 use serde_json::{json, Value};
 
-/// The objectives of the problem cases.
-enum Problem {
-    /// `n` samples `x` (n·d, row-major) with labels `y` in `[0, k)`; parameters W `[d, k]`, b `[k]`.
-    Softmax { n: usize, d: usize, k: usize, x: Vec<f32>, y: Vec<usize>, l2: f32 },
-    /// `Σ_{j<m−1} (1 − x_j)² + 100 (x_{j+1} − x_j²)²`.
-    Rosenbrock,
-}
-
-impl Problem {
-    fn from_json(p: &Value) -> Problem {
-        match p["kind"].as_str().unwrap() {
-            "softmax_regression" => {
-                let u = |k: &str| p[k].as_u64().unwrap() as usize;
-                Problem::Softmax {
-                    n: u("n"),
-                    d: u("d"),
-                    k: u("k"),
-                    x: p["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
-                    y: p["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect(),
-                    l2: p["l2"].as_f64().unwrap() as f32,
-                }
-            }
-            "rosenbrock" => Problem::Rosenbrock,
-            other => panic!("unknown problem {other}"),
+/// The objective of a problem case: the library's own (`descent_core::closure::problems`, the
+/// one `descent replay` evaluates).
+fn problem_from_json(p: &Value) -> Problem {
+    match p["kind"].as_str().unwrap() {
+        "softmax_regression" => {
+            let u = |k: &str| p[k].as_u64().unwrap() as usize;
+            let x = p["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let y = p["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            let s = SoftmaxRegression::new(u("n"), u("d"), u("k"), x, y, p["l2"].as_f64().unwrap()).unwrap();
+            Problem::SoftmaxRegression(s)
         }
-    }
-
-    fn value_and_grad(&self, params: &[Vec<f32>], grads: &mut [Vec<f32>]) -> f32 {
-        match self {
-            Problem::Softmax { n, d, k, x, y, l2 } => {
-                let (n, d, k) = (*n, *d, *k);
-                let (w, b) = (&params[0], &params[1]);
-                let (gw, gb) = grads.split_at_mut(1);
-                let (gw, gb) = (&mut gw[0], &mut gb[0]);
-                gw.iter_mut().for_each(|v| *v = 0.0);
-                gb.iter_mut().for_each(|v| *v = 0.0);
-                let inv_n = 1.0 / n as f32;
-                let mut loss = 0.0f32;
-                let mut z = vec![0.0f32; k];
-                for i in 0..n {
-                    let xi = &x[i * d..(i + 1) * d];
-                    for c in 0..k {
-                        z[c] = b[c] + (0..d).map(|a| xi[a] * w[a * k + c]).sum::<f32>();
-                    }
-                    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let lse = m + z.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
-                    loss += lse - z[y[i]];
-                    for c in 0..k {
-                        let r = ((z[c] - lse).exp() - if c == y[i] { 1.0 } else { 0.0 }) * inv_n;
-                        gb[c] += r;
-                        for a in 0..d {
-                            gw[a * k + c] += xi[a] * r;
-                        }
-                    }
-                }
-                let reg: f32 = w.iter().map(|v| v * v).sum();
-                for (g, &wv) in gw.iter_mut().zip(w.iter()) {
-                    *g += l2 * wv;
-                }
-                loss * inv_n + 0.5 * l2 * reg
-            }
-            Problem::Rosenbrock => {
-                let x = &params[0];
-                let g = &mut grads[0];
-                g.iter_mut().for_each(|v| *v = 0.0);
-                let mut loss = 0.0f32;
-                for j in 0..x.len() - 1 {
-                    let (a, r) = (1.0 - x[j], x[j + 1] - x[j] * x[j]);
-                    loss += a * a + 100.0 * r * r;
-                    g[j] += -2.0 * a - 400.0 * x[j] * r;
-                    g[j + 1] += 200.0 * r;
-                }
-                loss
-            }
-        }
+        "rosenbrock" => Problem::Rosenbrock(Rosenbrock::new(p["m"].as_u64().unwrap() as usize).unwrap()),
+        other => panic!("unknown problem {other}"),
     }
 }
 
@@ -112,7 +51,7 @@ fn load(path: &std::path::Path) -> Case {
         library: id.split('.').next().unwrap().to_string(),
         id,
         hparams: v["hparams"].clone(),
-        problem: Problem::from_json(&v["problem"]),
+        problem: problem_from_json(&v["problem"]),
         shapes: params
             .iter()
             .map(|p| p["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect())
@@ -129,11 +68,13 @@ fn load(path: &std::path::Path) -> Case {
     }
 }
 
+/// The L-BFGS cases of the shared set and of the project's own (`tests/cases/problems`: line
+/// searches, budgets and histories the shared set does not exercise).
 fn lbfgs_cases() -> Vec<Case> {
-    let dir = common::shared_dir("reference-r2").join("optim");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    let own = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/problems");
+    let mut files: Vec<_> = [common::shared_dir("reference-r2").join("optim"), own]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()))
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
             (name.starts_with("torch.lbfgs.") || name.starts_with("optax.lbfgs.")) && name.ends_with(".json")
@@ -148,7 +89,8 @@ fn build(case: &Case) -> Box<dyn ClosureOptimizer> {
 }
 
 fn step(opt: &mut dyn ClosureOptimizer, problem: &Problem, params: &mut [Vec<f32>]) -> Result<f32> {
-    let mut f = |p: &[Vec<f32>], g: &mut [Vec<f32>]| -> Result<f32> { Ok(problem.value_and_grad(p, g)) };
+    let mut problem = problem.clone();
+    let mut f = |p: &[Vec<f32>], g: &mut [Vec<f32>]| -> Result<f32> { problem.value_and_grad(p, g) };
     opt.step(params, &mut f)
 }
 
@@ -208,7 +150,7 @@ fn the_step_returns_the_loss_where_it_started() {
         let mut params = case.init.clone();
         let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
         for t in 0..3 {
-            let before = case.problem.value_and_grad(&params, &mut grads);
+            let before = case.problem.clone().value_and_grad(&params, &mut grads).unwrap();
             let loss = step(opt.as_mut(), &case.problem, &mut params).unwrap();
             assert_eq!(loss.to_bits(), before.to_bits(), "{} step {t}", case.id);
         }
@@ -310,7 +252,16 @@ fn bad_arguments_are_refused() {
         ("torch", json!({"betas": [0.9, 0.99]})),
         ("optax", json!({"memory_size": 0})),
         ("optax", json!({"learning_rate": -0.5})),
-        ("optax", json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 15}]})),
+        // optax requires the number of trials.
+        ("optax", json!({"linesearch": ["scale_by_backtracking_linesearch", {}]})),
+        (
+            "optax",
+            json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 5, "verbose": true}]}),
+        ),
+        (
+            "optax",
+            json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 5, "tol": 0.1}]}),
+        ),
         ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {}]})),
         ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "curv_rtol": -1}]})),
         (
@@ -330,6 +281,11 @@ fn bad_arguments_are_refused() {
         ("torch", json!({"line_search_fn": "strong_wolfe", "max_iter": 1})),
         ("torch", json!({"line_search_fn": "strong_wolfe", "history_size": 1, "max_iter": 0})),
         ("optax", json!({"learning_rate": null, "linesearch": null, "scale_init_precond": false})),
+        (
+            "optax",
+            json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 15, "store_grad": true}]}),
+        ),
+        ("optax", json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 0}]})),
         (
             "optax",
             json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 5, "max_learning_rate": 2.0,
@@ -372,6 +328,7 @@ fn every_variant_minimizes_a_quadratic() {
         ("optax", json!({})),
         ("optax", json!({"scale_init_precond": false})),
         ("optax", json!({"linesearch": ["scale_by_zoom_linesearch", {"max_linesearch_steps": 10}]})),
+        ("optax", json!({"linesearch": ["scale_by_backtracking_linesearch", {"max_backtracking_steps": 15}]})),
     ];
     for (lib, h) in variants {
         let mut opt = build_closure_optimizer(lib, "lbfgs", &h, &[vec![4]]).unwrap();

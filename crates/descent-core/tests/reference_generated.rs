@@ -52,5 +52,5 @@ fn generated_wrapper_cases_pass() {
 /// Polyak SGD, MoMo, SAM in its three spellings (`scripts/problem_cases/`).
 #[test]
 fn generated_problem_cases_pass() {
-    replay_cases("problems", 93);
+    replay_cases("problems", 101);
 }

@@ -8,7 +8,8 @@
 //!   evaluations, with a fixed step `lr` or torch's strong-Wolfe search (a port of minFunc's).
 //! - [`OptaxLbfgs`]: one step is one iteration, `scale_by_lbfgs` then the learning rate then
 //!   `scale_by_zoom_linesearch` (Nocedal & Wright Algorithms 3.5–3.6 with Hager & Zhang's
-//!   approximate Wolfe test), reusing the value and gradient the search found at the accepted point.
+//!   approximate Wolfe test) or `scale_by_backtracking_linesearch` (Armijo), reusing the value and
+//!   gradient the search found at the accepted point.
 
 use serde_json::Value;
 
@@ -21,7 +22,9 @@ use super::{ClosureOptimizer, Objective};
 mod optax_lbfgs;
 mod torch_lbfgs;
 
-pub use optax_lbfgs::{OptaxLbfgs, OptaxLbfgsConfig, ZoomLinesearchConfig};
+pub use optax_lbfgs::{
+    BacktrackingLinesearchConfig, OptaxLbfgs, OptaxLbfgsConfig, OptaxLinesearch, ZoomLinesearchConfig,
+};
 pub use torch_lbfgs::{TorchLbfgs, TorchLbfgsConfig};
 
 /// The registry names of this family (`library.name`).
@@ -99,16 +102,17 @@ fn build_optax(hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Closure
     let linesearch = match (hparams.get("linesearch").is_some(), k.value("linesearch")) {
         (false, _) => d.linesearch,
         (true, None) => None,
-        (true, Some(v)) => Some(zoom_from_spec(v)?),
+        (true, Some(v)) => Some(linesearch_from_spec(v)?),
     };
     k.finish()?;
     let cfg = OptaxLbfgsConfig { learning_rate, memory_size, scale_init_precond, linesearch };
     Ok(Box::new(OptaxLbfgs::new(cfg, shapes)?))
 }
 
-/// `["scale_by_zoom_linesearch", {kwargs}]` (or the bare name): optax's own defaults, which differ
-/// from those `lbfgs` passes (`initial_guess_strategy` is `"keep"` there).
-fn zoom_from_spec(v: &Value) -> Result<ZoomLinesearchConfig> {
+/// `[name, {kwargs}]` (or the bare name) of `scale_by_zoom_linesearch` or
+/// `scale_by_backtracking_linesearch`, with optax's own defaults (the zoom's differ from those
+/// `lbfgs` passes: `initial_guess_strategy` is `"keep"` there).
+fn linesearch_from_spec(v: &Value) -> Result<OptaxLinesearch> {
     let ctx = "optax.lbfgs: `linesearch`";
     let (name, kw) = match v {
         Value::String(s) => (s.as_str(), &Value::Null),
@@ -121,13 +125,51 @@ fn zoom_from_spec(v: &Value) -> Result<ZoomLinesearchConfig> {
             })
         }
     };
-    if name != "scale_by_zoom_linesearch" {
-        return Err(Error::Unknown {
+    match name {
+        "scale_by_zoom_linesearch" => zoom_from_kwargs(kw).map(OptaxLinesearch::Zoom),
+        "scale_by_backtracking_linesearch" => backtracking_from_kwargs(kw).map(OptaxLinesearch::Backtracking),
+        _ => Err(Error::Unknown {
             kind: "line search",
             name: format!("{name}` of `optax.lbfgs"),
-            accepted: "scale_by_zoom_linesearch, None (null)".into(),
+            accepted: "scale_by_zoom_linesearch, scale_by_backtracking_linesearch, None (null)".into(),
+        }),
+    }
+}
+
+/// `verbose=True` prints diagnostics on a failed search, which descent does not write.
+fn refuse_verbose(k: &mut Kwargs, context: &str) -> Result<()> {
+    if k.bool("verbose", false)? {
+        return Err(Error::Field {
+            context: format!("{context}: `verbose`"),
+            message: "the diagnostics printed on failure are not implemented; pass false".into(),
         });
     }
+    Ok(())
+}
+
+/// `scale_by_backtracking_linesearch`'s keyword arguments (`max_backtracking_steps` required, as
+/// in optax). `store_grad` is taken either way: it changes what is computed, not the numbers.
+fn backtracking_from_kwargs(kw: &Value) -> Result<BacktrackingLinesearchConfig> {
+    let ctx = "optax.scale_by_backtracking_linesearch";
+    let mut k = Kwargs::new(ctx, kw)?;
+    let d = BacktrackingLinesearchConfig::new(k.req_u64("max_backtracking_steps")?);
+    let cfg = BacktrackingLinesearchConfig {
+        slope_rtol: k.f64("slope_rtol", d.slope_rtol)?,
+        decrease_factor: k.f64("decrease_factor", d.decrease_factor)?,
+        increase_factor: k.f64("increase_factor", d.increase_factor)?,
+        max_learning_rate: k.f64("max_learning_rate", d.max_learning_rate)?,
+        atol: k.f64("atol", d.atol)?,
+        rtol: k.f64("rtol", d.rtol)?,
+        ..d
+    };
+    k.bool("store_grad", false)?;
+    refuse_verbose(&mut k, ctx)?;
+    k.finish()?;
+    Ok(cfg)
+}
+
+/// `scale_by_zoom_linesearch`'s keyword arguments.
+fn zoom_from_kwargs(kw: &Value) -> Result<ZoomLinesearchConfig> {
     let mut k = Kwargs::new("optax.scale_by_zoom_linesearch", kw)?;
     let d = ZoomLinesearchConfig::default();
     let max_linesearch_steps = k.req_u64("max_linesearch_steps")?;
@@ -156,12 +198,7 @@ fn zoom_from_spec(v: &Value) -> Result<ZoomLinesearchConfig> {
             })
         }
     };
-    if k.bool("verbose", false)? {
-        return Err(Error::Field {
-            context: "optax.scale_by_zoom_linesearch: `verbose`".into(),
-            message: "the diagnostics printed on failure are not implemented; pass false".into(),
-        });
-    }
+    refuse_verbose(&mut k, "optax.scale_by_zoom_linesearch")?;
     k.finish()?;
     let cfg = ZoomLinesearchConfig {
         max_linesearch_steps,

@@ -1,5 +1,6 @@
 //! optax `lbfgs`: `chain(scale_by_lbfgs(memory_size, scale_init_precond), scale(−lr),
-//! scale_by_zoom_linesearch(…))`, stepped as optax's documentation does with
+//! linesearch)` with `scale_by_zoom_linesearch(…)` (its default) or
+//! `scale_by_backtracking_linesearch(…)`, stepped as optax's documentation does with
 //! `value_and_grad_from_state`. Everything is float32 as in JAX (scalars included).
 
 use crate::error::{Error, Result};
@@ -88,6 +89,53 @@ impl ZoomLinesearchConfig {
     }
 }
 
+/// The settings of optax `scale_by_backtracking_linesearch` (its arguments; every one but
+/// `max_backtracking_steps` has the library's default in [`BacktrackingLinesearchConfig::new`]).
+/// `store_grad` is not among them: whether the gradient at the accepted point is kept or computed
+/// again, the numbers are the same.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BacktrackingLinesearchConfig {
+    /// Trials after the first (`iter_num <= max_backtracking_steps`: one more evaluation).
+    pub max_backtracking_steps: u64,
+    /// `c` of the sufficient-decrease criterion `f(w+ηu) ≤ (1+rtol)f(w) + η·c·⟨u, ∇f(w)⟩ + atol`
+    /// (default 1e-4).
+    pub slope_rtol: f64,
+    /// Factor of the step size between trials (default 0.8).
+    pub decrease_factor: f64,
+    /// Factor of the previous step's size for the first trial (default 1.5).
+    pub increase_factor: f64,
+    /// Cap on the first trial's step size (default 1).
+    pub max_learning_rate: f64,
+    /// Absolute tolerance of the criterion (default 0).
+    pub atol: f64,
+    /// Relative tolerance of the criterion (default 0).
+    pub rtol: f64,
+}
+
+impl BacktrackingLinesearchConfig {
+    /// `scale_by_backtracking_linesearch(max_backtracking_steps)` with optax's defaults.
+    pub fn new(max_backtracking_steps: u64) -> Self {
+        BacktrackingLinesearchConfig {
+            max_backtracking_steps,
+            slope_rtol: 1e-4,
+            decrease_factor: 0.8,
+            increase_factor: 1.5,
+            max_learning_rate: 1.0,
+            atol: 0.0,
+            rtol: 0.0,
+        }
+    }
+}
+
+/// The line search of optax `lbfgs`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptaxLinesearch {
+    /// `scale_by_zoom_linesearch` (strong Wolfe conditions; `lbfgs`'s default).
+    Zoom(ZoomLinesearchConfig),
+    /// `scale_by_backtracking_linesearch` (sufficient decrease alone).
+    Backtracking(BacktrackingLinesearchConfig),
+}
+
 /// The settings of optax `lbfgs` (its arguments).
 pub struct OptaxLbfgsConfig {
     /// Global scaling of the direction (optax's default `None` is a rate of 1).
@@ -97,7 +145,7 @@ pub struct OptaxLbfgsConfig {
     /// Scale the initial inverse Hessian by `sᵀy / yᵀy` of the newest pair (default true).
     pub scale_init_precond: bool,
     /// The line search (`None`: none, the step is the scaled direction itself).
-    pub linesearch: Option<ZoomLinesearchConfig>,
+    pub linesearch: Option<OptaxLinesearch>,
 }
 
 impl Default for OptaxLbfgsConfig {
@@ -106,7 +154,7 @@ impl Default for OptaxLbfgsConfig {
             learning_rate: LearningRate::Constant(1.0),
             memory_size: 10,
             scale_init_precond: true,
-            linesearch: Some(ZoomLinesearchConfig::default()),
+            linesearch: Some(OptaxLinesearch::Zoom(ZoomLinesearchConfig::default())),
         }
     }
 }
@@ -122,7 +170,11 @@ impl Default for OptaxLbfgsConfig {
 /// 4. the zoom line search along `u` from step size 1 (or the previous one for `"keep"`):
 ///    bracketing by doubling, then cubic / quadratic / bisection steps until
 ///    `f(w+ηu) ≤ f(w) + c₁η f'(0)` (or Hager–Zhang's approximate form near the minimum) and
-///    `|f'(η)| ≤ c₂|f'(0)|`, falling back on the best point with sufficient decrease;
+///    `|f'(η)| ≤ c₂|f'(0)|`, falling back on the best point with sufficient decrease; or the
+///    backtracking search: `η = min(increase_factor·η_prev, max_learning_rate)`, times
+///    `decrease_factor` until `f(w+ηu) ≤ (1+rtol)f(w) + η·c·f'(0) + atol` or the trials run out
+///    (the last one taken; `η = 0` where the value was not finite, and then for every later step,
+///    as in optax);
 /// 5. `w ← w + η u`.
 ///
 /// Nocedal & Wright, *Numerical Optimization* (2006), Algorithms 7.4, 3.5, 3.6; Hager & Zhang,
@@ -131,7 +183,7 @@ pub struct OptaxLbfgs {
     learning_rate: LearningRate,
     memory_size: usize,
     scale_init_precond: bool,
-    linesearch: Option<ZoomLinesearchConfig>,
+    linesearch: Option<OptaxLinesearch>,
     flat: Flat,
     allocated: bool,
     // `scale_by_lbfgs` state.
@@ -141,7 +193,7 @@ pub struct OptaxLbfgs {
     diff_params_memory: Vec<f32>,
     diff_updates_memory: Vec<f32>,
     weights_memory: Vec<f32>,
-    // `scale_by_zoom_linesearch` state: the step size, value and gradient at the accepted point.
+    // The line search's state: the step size, value and gradient at the accepted point.
     ls_learning_rate: f32,
     ls_value: f32,
     ls_grad: Vec<f32>,
@@ -157,7 +209,7 @@ impl OptaxLbfgs {
         if cfg.memory_size < 1 {
             return Err(Error::Invalid("memory_size must be >= 1".into()));
         }
-        if let Some(ls) = &cfg.linesearch {
+        if let Some(OptaxLinesearch::Zoom(ls)) = &cfg.linesearch {
             ls.validate()?;
         }
         let flat = Flat::new(shapes, "optax.lbfgs")?;
@@ -622,11 +674,19 @@ impl OptaxLbfgs {
         // `scale(-1.0)` or `scale_by_learning_rate(lr)`: `-lr` rounded to float32.
         let m = -(lr as f32);
         updates.iter_mut().for_each(|u| *u *= m);
-        if let Some(cfg) = &self.linesearch {
-            let stepsize_guess = if cfg.keep_previous_stepsize { self.ls_learning_rate } else { 1.0 };
-            let mut search =
-                ZoomSearch { cfg, flat: &mut self.flat, obj, params: x, updates: &updates, stepsize_guess };
-            let (stepsize, new_value, new_grad) = search.run(value, &grad)?;
+        if let Some(ls) = &self.linesearch {
+            let (stepsize, new_value, new_grad) = match ls {
+                OptaxLinesearch::Zoom(cfg) => {
+                    let stepsize_guess = if cfg.keep_previous_stepsize { self.ls_learning_rate } else { 1.0 };
+                    let mut search =
+                        ZoomSearch { cfg, flat: &mut self.flat, obj, params: x, updates: &updates, stepsize_guess };
+                    search.run(value, &grad)?
+                }
+                OptaxLinesearch::Backtracking(cfg) => {
+                    let start = LineStart { params: x, updates: &updates, value, grad: &grad };
+                    backtracking(cfg, &mut self.flat, obj, start, self.ls_learning_rate)?
+                }
+            };
             updates.iter_mut().for_each(|u| *u *= stepsize);
             self.ls_learning_rate = stepsize;
             self.ls_value = new_value;
@@ -638,4 +698,49 @@ impl OptaxLbfgs {
         self.flat.scatter(x, params);
         Ok(value)
     }
+}
+
+/// Where a line search starts: the parameters, the direction, and the value and gradient there.
+struct LineStart<'a> {
+    params: &'a [f32],
+    updates: &'a [f32],
+    value: f32,
+    grad: &'a [f32],
+}
+
+/// optax `scale_by_backtracking_linesearch`'s search from `start` along its direction, after a
+/// step of size `previous`: the step size (0 where the last value was not finite), and the value
+/// and gradient at the last point tried.
+fn backtracking(
+    cfg: &BacktrackingLinesearchConfig,
+    flat: &mut Flat,
+    obj: &mut dyn Objective,
+    start: LineStart,
+    previous: f32,
+) -> Result<(f32, f32, Vec<f32>)> {
+    let LineStart { params, updates, value, grad } = start;
+    // Python floats meet float32 arrays: each rounded to float32 first (`1.0 + rtol` in f64).
+    let (slope_rtol, decrease_factor, atol) = (cfg.slope_rtol as f32, cfg.decrease_factor as f32, cfg.atol as f32);
+    let one_plus_rtol = (1.0 + cfg.rtol) as f32;
+    let slope = dot(updates, grad);
+    // `jnp.minimum`: NaN wins (a step size of 0 times an infinite factor).
+    let guess = cfg.increase_factor as f32 * previous;
+    let max = cfg.max_learning_rate as f32;
+    let mut learning_rate = if guess.is_nan() || max.is_nan() { f32::NAN } else { guess.min(max) };
+    let (mut new_value, mut new_grad) = (value, vec![0.0; updates.len()]);
+    let mut decrease_error = f32::INFINITY;
+    let mut iter_num = 0u64;
+    while !(decrease_error <= atol) && iter_num <= cfg.max_backtracking_steps {
+        if iter_num > 0 {
+            learning_rate *= decrease_factor;
+        }
+        let mut g = Vec::with_capacity(updates.len());
+        new_value = flat.eval_along(obj, params, learning_rate, updates, &mut g)?;
+        new_grad = g;
+        let e = new_value - one_plus_rtol * value - learning_rate * slope_rtol * slope;
+        decrease_error = if e.is_nan() { f32::INFINITY } else { e.max(0.0) };
+        iter_num += 1;
+    }
+    let stepsize = if decrease_error.is_infinite() { 0.0 } else { learning_rate };
+    Ok((stepsize, new_value, new_grad))
 }
