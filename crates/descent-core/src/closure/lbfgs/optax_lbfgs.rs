@@ -730,7 +730,8 @@ fn backtracking(
     let (mut new_value, mut new_grad) = (value, vec![0.0; updates.len()]);
     let mut decrease_error = f32::INFINITY;
     let mut iter_num = 0u64;
-    while !(decrease_error <= atol) && iter_num <= cfg.max_backtracking_steps {
+    // optax's `~(decrease_error <= atol)`: the error is never NaN (a NaN one is infinite).
+    while decrease_error > atol && iter_num <= cfg.max_backtracking_steps {
         if iter_num > 0 {
             learning_rate *= decrease_factor;
         }
