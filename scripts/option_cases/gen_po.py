@@ -92,3 +92,7 @@ case("kron", "opts", {"lr": 0.01, "pre_conditioner_update_probability": 1.0, "we
 case("adan", "groups_partial", {"lr": 0.02, "weight_decay": 0.05}, groups=[{"params": [1, 2], "hparams": {}}], seed=90)
 # AdaBound's step reads adam_debias from a parameter group (its constructor drops it).
 case("adabound", "groups_debias", {"lr": 0.02, "final_lr": 0.1}, groups=G({"adam_debias": True}, {"gamma": 1e-2}), seed=91)
+# A group's `maximize` is never read (the library steps with self.maximize, the constructor's).
+case("novograd", "groups_maximize", {"lr": 0.02}, groups=G({"maximize": True}, {}), seed=92)
+case("ademamix", "groups_maximize", {"lr": 0.02, "maximize": True}, groups=G({"maximize": False}, {}), seed=93)
+case("soap", "groups_maximize", {"lr": 0.02, "precondition_frequency": 3}, shapes=[(3, 3), (2, 2), (4,)], groups=[{"params": [0, 1], "hparams": {"maximize": True}}, {"params": [2], "hparams": {}}], seed=94)

@@ -53,6 +53,11 @@ pub fn build(
     param_groups: Option<&Value>,
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn Transform>> {
+    // The library keeps `maximize` on the optimizer (`self.maximize`, the constructor's): a
+    // group's is never read. (Lookahead's groups are its inner optimizer's, torch's or this
+    // library's, which read them as their own library does.)
+    let stripped = param_groups.filter(|_| name != "lookahead").map(|g| without_group_key(g, "maximize"));
+    let param_groups = stripped.as_ref().or(param_groups);
     let families: [Family; 3] = [adam_family::build, more::build, matrix::build];
     for f in families {
         if let Some(tx) = f(name, hparams, param_groups, shapes) {
@@ -60,4 +65,18 @@ pub fn build(
         }
     }
     Err(Error::Unknown { kind: "pytorch_optimizer optimizer", name: name.into(), accepted: po_optimizers().join(", ") })
+}
+
+/// `param_groups` with `key` taken out of every group's `hparams` (anything else as it is: the
+/// builders check the groups' form).
+fn without_group_key(groups: &Value, key: &str) -> Value {
+    let mut groups = groups.clone();
+    if let Some(arr) = groups.as_array_mut() {
+        for g in arr {
+            if let Some(h) = g.get_mut("hparams").and_then(Value::as_object_mut) {
+                h.remove(key);
+            }
+        }
+    }
+    groups
 }
