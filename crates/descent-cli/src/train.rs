@@ -2787,15 +2787,26 @@ pub fn run_id_of(dir: &std::path::Path) -> Result<String> {
     }
 }
 
-/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`),
-/// how many threads compute it and the precision of its products (the weights are f32 either
-/// way). Their hash goes into every checkpoint, so that a config.json edited after the run
-/// started is noticed.
+/// Whether the run's schedule is laid over its whole length (`epochs`, `steps`), so that another
+/// length changes the rates of steps already taken (warmup_cosine with --decay-steps ends at a
+/// fixed step, whatever the run's length).
+fn schedule_spans_run(a: &TrainArgs) -> bool {
+    match a.schedule() {
+        "warmup_cosine" => a.decay_steps.is_none(),
+        s => matches!(s, "cosine" | "onecycle" | "linear"),
+    }
+}
+
+/// The settings that make a run what it is: everything but how far it goes (`epochs`, `steps`:
+/// a resume may extend the run, unless its schedule spans the run's length), how many threads
+/// compute it and the precision of its products (the weights are f32 either way). Their hash goes
+/// into every checkpoint, so that a config.json edited after the run started is noticed.
 fn config_hash(a: &TrainArgs) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
-    for k in ["epochs", "steps", "threads", "data_parallel", "precision", "shard_optimizer"] {
-        obj.remove(k);
+    let length: &[&str] = if schedule_spans_run(a) { &[] } else { &["epochs", "steps"] };
+    for k in ["threads", "data_parallel", "precision", "shard_optimizer"].iter().chain(length) {
+        obj.remove(*k);
     }
     Ok(identity(&v))
 }
@@ -2927,12 +2938,7 @@ fn resume_settings(
         bail!("--epochs: gpt trains for --steps iterations, not epochs; continue the run with a larger --steps");
     }
     let extends = (given("epochs") && cli.epochs != cfg.epochs) || (given("steps") && cli.steps != cfg.steps);
-    // warmup_cosine with --decay-steps ends at a fixed step, whatever the run's length.
-    let spans = match cfg.schedule() {
-        "warmup_cosine" => cfg.decay_steps.is_none(),
-        s => matches!(s, "cosine" | "onecycle" | "linear"),
-    };
-    if extends && spans {
+    if extends && schedule_spans_run(&cfg) {
         bail!(
             "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
             cfg.schedule()

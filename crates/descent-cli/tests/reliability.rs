@@ -296,6 +296,16 @@ fn checkpoints_are_verified_before_resume() {
         let (ok, t) = run(&cmd);
         assert!(!ok && t.contains("another run"), "{cmd:?}: {t}");
     }
+    // A run's length edited in config.json where the schedule spans it: the rates of the steps
+    // taken would change (as with a larger --steps, which is refused).
+    let cos = d.join("cos");
+    let (ok, t) = run(&["train", "--model", "linear", "--steps", "6", "--schedule", "cosine", "--out", s(&cos)]);
+    assert!(ok, "{t}");
+    let cos_cfg = read(&cos.join("config.json"));
+    assert!(cos_cfg.contains("\"steps\": 6"), "{cos_cfg}");
+    std::fs::write(cos.join("config.json"), cos_cfg.replace("\"steps\": 6", "\"steps\": 12")).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&cos)]);
+    assert!(!ok && t.contains("config.json was changed"), "{t}");
     // An edited config.
     std::fs::write(&ck, &good).unwrap();
     let cfg = read(&a.join("config.json"));
