@@ -391,6 +391,16 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
         // compare.json and the report name every run's folder by its path.
         bail!("--out {}: not a UTF-8 path, which compare.json and report.html cannot name", out.display());
     }
+    // Each run's folder is checked before the compare folder is claimed (with --force, cleared):
+    // a folder there that descent did not write as a run of this compare would fail its run only
+    // after the earlier results were deleted.
+    let dirs: Vec<PathBuf> =
+        specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
+    let old_id = folder::Marker::read(&out).ok().flatten().filter(|m| m.kind == folder::Kind::Compare).map(|m| m.id);
+    for (spec, dir) in specs.iter().zip(&dirs) {
+        folder::check_new(dir, folder::Kind::Run, true, false, old_id.as_deref())
+            .with_context(|| format!("run `{}`", spec.label))?;
+    }
     let claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
     let parent = Some(claimed.marker.id.clone());
     std::fs::create_dir_all(out.join("runs")).with_context(|| format!("creating {}", out.join("runs").display()))?;
@@ -405,8 +415,6 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     }
     let models = models.join(" and ");
     println!("comparing {} runs of {models} into {} ({} at a time)", specs.len(), out.display(), jobs);
-    let dirs: Vec<PathBuf> =
-        specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
     let results: Vec<std::sync::Mutex<Option<Result<train::RunOutcome>>>> =
         specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);

@@ -103,6 +103,17 @@ fn compare_equals_runs_made_alone_and_marks_a_diverged_run() {
     // An existing folder is not overwritten without --force.
     let e = run_err(&["compare", "--model", "linear", "--run", "sgd", "--out", d]);
     assert!(e.contains("exists") && e.contains("--force"), "{e}");
+    // With --force, a run folder of the user's where a new label's run would go is refused
+    // before anything is deleted.
+    let mine = dir.join("runs").join("01-mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let before: Vec<_> = std::fs::read_dir(dir.join("runs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let e = run_err(&["compare", "--model", "linear", "--run", "sgd:label=mine", "--out", d, "--force"]);
+    assert!(e.contains("run `mine`") && e.contains("notes.txt") && e.lines().count() == 1, "{e}");
+    let after: Vec<_> = std::fs::read_dir(dir.join("runs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before.len(), after.len(), "runs deleted before the refusal");
+    std::fs::remove_dir_all(&mine).unwrap();
     // A run of the comparison trained further on its own would disagree with the table: refused,
     // naming the comparison, and pointing to a run of one's own from its settings.
     let run = PathBuf::from(rows[0].last().unwrap());
