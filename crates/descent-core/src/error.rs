@@ -13,6 +13,17 @@ pub enum Error {
         /// The accepted names, comma-separated.
         accepted: String,
     },
+    /// A name among many (the optimizers of the registry) that is not known: the nearest known
+    /// ones are named rather than all of them.
+    #[error("unknown {kind} `{name}`; {suggestion}")]
+    UnknownAmongMany {
+        /// What was looked up.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The nearest known names, or where to find them all.
+        suggestion: String,
+    },
     /// A hyper-parameter outside its valid range, refused at construction as torch and optax do.
     #[error("invalid hyper-parameter: {0}")]
     Invalid(String),

@@ -308,8 +308,59 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
             return Ok((lib, n.to_string()));
         }
     }
-    let all = registry_names().join(", ");
-    Err(Error::Unknown { kind: "optimizer", name: name.into(), accepted: all })
+    let all = registry_names();
+    let near = nearest(name, &all, 6);
+    let suggestion = if near.is_empty() {
+        format!(
+            "{} registry names are accepted (`descent list` prints them), e.g. adam, sgd, optax.lion, po.soap",
+            all.len()
+        )
+    } else {
+        format!("did you mean {}? ({} names in all: `descent list` prints them)", near.join(", "), all.len())
+    };
+    Err(Error::UnknownAmongMany { kind: "optimizer", name: name.into(), suggestion })
+}
+
+/// The names of `candidates` closest to `name` (at most `k`, nearest first): compared without
+/// case and without a library prefix (`torch.`, `optax.`, …) on either side, within an edit
+/// distance of a third of the name's length (at least 2), or containing it.
+fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
+    let bare = |n: &str| -> String {
+        let n = n.to_lowercase();
+        match n.split_once('.') {
+            Some((lib, rest)) if LIBRARIES.iter().any(|(l, _)| *l == lib) => rest.to_string(),
+            _ => n,
+        }
+    };
+    let want = bare(name);
+    let limit = (want.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &String)> = candidates
+        .iter()
+        .filter_map(|c| {
+            let b = bare(c);
+            let d = edit_distance(&want, &b);
+            let contains = want.len() >= 3 && b.contains(&want);
+            (d <= limit || contains).then_some((if contains { d.min(limit) } else { d }, c))
+        })
+        .collect();
+    scored.sort_by_key(|(d, c)| (*d, c.len()));
+    scored.into_iter().take(k).map(|(_, c)| c.clone()).collect()
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions) between two strings' characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + (ca != cb) as usize).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// The learning-rate keyword of a library (`lr` for torch, pytorch_optimizer and descent,
