@@ -1095,7 +1095,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         bail!("--augment: the linear model trains on synthetic data, not images");
     }
     let lr = default_lr(&a.model, &optimizer, &hparams);
-    check_step_fits(batch, 1, train_set.len(), &a.model)?;
+    check_step_fits(batch, 1, train_set.len(), &a.model, 0)?;
     let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
     cfg.hparams = hparams;
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
@@ -1932,7 +1932,11 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     // --hparams and --schedule-args.
     if let Ok(serde_json::Value::Object(settings)) = serde_json::to_value(a) {
         let beyond = |v: &serde_json::Value| v.as_u64().is_some_and(|n| n > i64::MAX as u64);
-        for (key, v) in &settings {
+        // The flags given first: a setting derived from one (gpt's --decay-steps from --steps) is
+        // not the one to name.
+        let mut settings: Vec<_> = settings.iter().collect();
+        settings.sort_by_key(|(key, _)| !a.given.iter().any(|g| g == *key));
+        for (key, v) in settings {
             let inner = v.as_object().into_iter().flatten().find(|(_, x)| beyond(x));
             if beyond(v) {
                 bail!(
@@ -2238,18 +2242,20 @@ fn loss_of(model: &str) -> Loss {
 }
 
 /// Refuses a step of more samples than the training set holds (a batch, or `accumulate` of them),
-/// which the epoch's loader would cut to the training set without a word.
-fn check_step_fits(batch: usize, accumulate: usize, samples: usize, model: &str) -> Result<()> {
+/// which the epoch's loader would cut to the training set without a word. `held_out`: the
+/// samples `--validation` took from the training set, named where they are why it is small.
+fn check_step_fits(batch: usize, accumulate: usize, samples: usize, model: &str, held_out: usize) -> Result<()> {
+    let left = if held_out > 0 { format!(" (left by --validation {held_out})") } else { String::new() };
     if batch > samples {
         bail!(
-            "--batch-size {batch}: more than the {samples} training samples of {model}; a batch is at most the training set"
+            "--batch-size {batch}: more than the {samples} training samples of {model}{left}; a batch is at most the training set"
         );
     }
     match batch.checked_mul(accumulate) {
         Some(step) if step <= samples => Ok(()),
         step => bail!(
             "--batch-size {batch} with --accumulate {accumulate}: a step of {} samples, more than the {samples} training \
-             samples of {model}; a step is at most the training set",
+             samples of {model}{left}; a step is at most the training set",
             step.map_or("too many".to_string(), |s| s.to_string())
         ),
     }
@@ -2647,7 +2653,7 @@ pub fn validate_for_data(a: &TrainArgs, train_len: usize) -> Result<()> {
         return Ok(());
     }
     let cfg = config(&a, loss_of(&a.model))?;
-    check_step_fits(cfg.batch_size, cfg.accumulate, train_len, &a.model)?;
+    check_step_fits(cfg.batch_size, cfg.accumulate, train_len, &a.model, a.validation)?;
     check_schedule_length(&cfg, train_len)
 }
 
@@ -3438,7 +3444,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         let (model, train_set, test_set, _) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
-        check_step_fits(cfg.batch_size, cfg.accumulate, train_set.len(), &a.model)?;
+        check_step_fits(cfg.batch_size, cfg.accumulate, train_set.len(), &a.model, a.validation)?;
         if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
             aug.check_image(h, w)?;
         }
