@@ -342,6 +342,19 @@ fn command() -> clap::Command {
                 })
                 .mut_arg("out", |a| a.help("Folder for lr_find.csv and the chart (default: runs/lr-find)"))
         })
+        .mut_subcommand("compare", |c| {
+            c.mut_arg("resume", |a| a.hide(true))
+                .mut_arg("out", |a| {
+                    a.help("Folder of the comparison: its table, charts, report.html and runs/ (default: runs/compare, runs/compare-2, …)")
+                })
+                .mut_arg("force", |a| a.help("Replace an earlier comparison in --out (only the files and runs descent wrote)"))
+        })
+        .mut_subcommand("sweep", |c| {
+            c.mut_arg("out", |a| a.help("Folder of the sweep: its trials, table and best.toml (default: runs/sweep, runs/sweep-2, …)"))
+                .mut_arg("force", |a| a.help("Replace an earlier sweep in --out (only the files and trials descent wrote)"))
+                .mut_arg("resume", |a| a.help("Continue the sweep in this folder: its finished trials kept, the rest run"))
+                .mut_arg("model", |a| a.help("Model: lenet, mlp, resnet, plain or linear (gpt is compared with `descent compare`)"))
+        })
         .mut_subcommand("bench", |b| {
             b.mut_subcommand("optimizers", |c| {
                 hide(hide(c, &one_process), &gpt)
