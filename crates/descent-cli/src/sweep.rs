@@ -197,7 +197,8 @@ fn check_history(history: &[Trial], s: &Settings, p: &Plan) -> Result<()> {
     let hash = train::command_settings_hash(s)?;
     let mut seen = std::collections::HashSet::new();
     for t in history {
-        let line = format!("trials.jsonl, trial {}", t.trial + 1);
+        // The records count from 0, the table and the folders from 1: both named.
+        let line = format!("trials.jsonl, trial {} (\"trial\": {}, trials/{:03})", t.trial + 1, t.trial, t.trial + 1);
         if !t.settings.is_empty() && t.settings != hash {
             bail!("{line}: ran under other settings than sweep.json holds (it was changed after trials ran); a resumed sweep keeps its settings");
         }
@@ -335,7 +336,7 @@ fn settings(a: &SweepArgs, matches: &clap::ArgMatches) -> Result<Settings> {
             let on_cli = crate::compare::is_train_flag(name) && from_cli(name);
             if on_cli || file_settings.contains(name) {
                 bail!(
-                    "--param {name}: {} also sets it, and no trial would read it (a fixed length only places --pruner asha's rungs); give one of them",
+                    "--param {name}: {} also sets it, and no trial would read it (given fixed, it only places --pruner asha's rungs, which this sweep does not use); give one of them",
                     if on_cli { crate::train::flag_of(name) } else { format!("the config file's `{name}`") }
                 );
             }
