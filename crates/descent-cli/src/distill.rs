@@ -60,7 +60,8 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
         );
     }
     base.distill = Some(DistillSettings {
-        teachers: a.teachers,
+        // Absolute, so that the run resumes (and its config.toml replays) from any folder.
+        teachers: a.teachers.iter().map(|t| std::fs::canonicalize(t).unwrap_or_else(|_| t.clone())).collect(),
         alpha: a.alpha,
         temperature: a.temperature,
         teacher_weights: vec![],

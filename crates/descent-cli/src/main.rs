@@ -342,6 +342,10 @@ fn command() -> clap::Command {
                 })
                 .mut_arg("out", |a| a.help("Folder for lr_find.csv and the chart (default: runs/lr-find)"))
         })
+        .mut_subcommand("distill", |c| {
+            // Refused there, each with where to go instead.
+            c.mut_arg("config", |a| a.hide(true)).mut_arg("resume", |a| a.hide(true))
+        })
         .mut_subcommand("compare", |c| {
             c.mut_arg("resume", |a| a.hide(true))
                 .mut_arg("out", |a| {

@@ -481,7 +481,7 @@ impl TrainArgs {
                 .chain(PRUNE_KEYS)
                 .chain(AVERAGE_KEYS)
                 // Flags serialized only when set (absent from `self` at their defaults).
-                .chain(&["accumulate", "shard_optimizer", "data_parallel", "augment", "precision", "qat"])
+                .chain(&["accumulate", "shard_optimizer", "data_parallel", "augment", "precision", "qat", "distill"])
                 .filter(|k| !flags.contains_key(**k))
                 .map(|k| k.to_string()),
         );
@@ -3086,28 +3086,31 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
 }
 
 /// A distillation's teachers, each with its trained weights: classifiers of the student's number
-/// of classes that read the same inputs (the same --normalize).
-fn teachers_of(a: &TrainArgs, d: &DistillSettings) -> Result<Vec<Box<dyn Model>>> {
+/// of classes that read the same inputs (the same --normalize). `given`: the teachers came from
+/// `--teacher` flags (a new distillation), not from a run's config (a resume, `--config`), and are
+/// named as such.
+fn teachers_of(a: &TrainArgs, d: &DistillSettings, given: bool) -> Result<Vec<Box<dyn Model>>> {
     if matches!(a.model.as_str(), "linear" | "gpt") {
         bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.model);
     }
+    let what = if given { "--teacher" } else { "the run's teacher (its config's distill.teachers)" };
     let mut out = vec![];
     for dir in &d.teachers {
-        let t = crate::evaluate::open_run(dir).with_context(|| format!("--teacher {}", dir.display()))?;
+        let t = crate::evaluate::open_run(dir).with_context(|| format!("{what} {}", dir.display()))?;
         match t.classes() {
             None => bail!(
-                "--teacher {}: a {} run is not a classifier; a teacher is a lenet, mlp, resnet or plain run",
+                "{what} {}: a {} run is not a classifier; a teacher is a lenet, mlp, resnet or plain run",
                 dir.display(),
                 t.args.model
             ),
             Some(c) if c != 10 => {
-                bail!("--teacher {}: {c} classes, the student has 10", dir.display())
+                bail!("{what} {}: {c} classes, the student has 10", dir.display())
             }
             Some(_) => {}
         }
         if t.args.normalize != a.normalize {
             bail!(
-                "--teacher {}: trained {} --normalize, the student {}; teacher and student read the same inputs",
+                "{what} {}: trained {} --normalize, the student {}; teacher and student read the same inputs",
                 dir.display(),
                 if t.args.normalize { "with" } else { "without" },
                 if a.normalize { "with it" } else { "without it" }
@@ -3504,7 +3507,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         check_model_settings(model.as_ref(), &cfg)?;
         check_schedule_length(&cfg, train_set.len())?;
         let teachers = match &a.distill {
-            Some(d) => teachers_of(&a, d)?,
+            Some(d) => teachers_of(&a, d, a.config.is_none() && matches!(target, Folder::New(_)))?,
             None => vec![],
         };
         if let Some(d) = &mut a.distill {
@@ -3515,7 +3518,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 for ((dir, was), is) in d.teachers.iter().zip(&d.teacher_weights).zip(&now) {
                     if was != is {
                         bail!(
-                            "--teacher {}: its weights are not those the run was distilled from (trained further or replaced since); a resume needs the same teachers",
+                            "the run's teacher {}: its weights are not those the run was distilled from (trained further or replaced since); a resume needs the same teachers",
                             dir.display()
                         );
                     }

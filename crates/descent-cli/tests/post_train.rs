@@ -228,9 +228,15 @@ fn distill_a_small_student() {
     assert_eq!(cfg["hidden"], 16);
     assert_eq!(cfg["distill"]["alpha"], 0.9);
     assert_eq!(cfg["distill"]["teachers"][0], s(&t));
-    // Resumed through `descent train`, with its teacher.
+    // Resumed through `descent train`, with its teacher; its config.toml replays it.
     let resumed = run_ok(&["train", "--resume", s(&st), "--steps", "35", "--threads", "1"]);
     assert!(last_line(&resumed).starts_with("validation accuracy: "), "{resumed}");
+    let again = out("dist-again");
+    let toml = st.join("config.toml");
+    run_ok(&["train", "--config", s(&toml), "--steps", "30", "--threads", "1", "--out", s(&again)]);
+    let steps = |d: &Path| std::fs::read_to_string(d.join("steps.jsonl")).unwrap();
+    assert_eq!(steps(&again), steps(&st).lines().take(30).map(|l| format!("{l}\n")).collect::<String>());
+    let _ = std::fs::remove_dir_all(&again);
     run_ok(&["train", "--model", "linear", "--steps", "3", "--threads", "1", "--out", s(&lin)]);
     let args = |teacher: &Path| {
         vec![
@@ -270,7 +276,7 @@ fn distill_a_small_student() {
     one_line_error(&f.iter().map(|x| x.as_str()).collect::<Vec<_>>(), &["--alpha 0", "descent train"]);
     // A teacher trained further since the run began: its resume is refused, naming the teacher.
     run_ok(&["train", "--resume", s(&t), "--steps", "45", "--threads", "1"]);
-    one_line_error(&["train", "--resume", s(&st), "--steps", "40", "--threads", "1"], &["--teacher", "weights"]);
+    one_line_error(&["train", "--resume", s(&st), "--steps", "40", "--threads", "1"], &["run's teacher", "weights"]);
     for x in [t, st, lin] {
         let _ = std::fs::remove_dir_all(x);
     }
