@@ -75,6 +75,12 @@ impl Kind {
         }
     }
 
+    /// Whether the command that writes folders of this kind has `--force` (`plot` replaces its
+    /// own folder without being asked).
+    fn has_force_flag(self) -> bool {
+        self != Kind::Plot
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Run => "run",
@@ -439,9 +445,10 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, par
             kind.name()
         ),
         Found::OtherKind(k) => bail!(
-            "{d} is a descent {} folder, not a {} folder: choose another --out (--force replaces only a folder of the same kind)",
+            "{d} is a descent {} folder, not a {} folder: choose another --out{}",
             k.name(),
-            kind.name()
+            kind.name(),
+            if kind.has_force_flag() { " (--force replaces only a folder of the same kind)" } else { "" }
         ),
         Found::Foreign(names) => {
             let shown: Vec<&str> = names.iter().take(3).map(|s| s.as_str()).collect();
@@ -449,7 +456,7 @@ fn check_replaceable(dir: &Path, kind: Kind, force: bool, resume_hint: bool, par
             bail!(
                 "{d} is not a folder descent wrote (it holds {}{more}); descent writes only into a new or empty folder{}: choose another --out",
                 shown.join(", "),
-                if force { " and --force replaces only descent's own folders" } else { "" }
+                if force && kind.has_force_flag() { " and --force replaces only descent's own folders" } else { "" }
             )
         }
     }

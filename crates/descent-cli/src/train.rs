@@ -2928,10 +2928,14 @@ fn resume_settings(
                     continue;
                 }
                 if given != kept && !same_path && !default_of_null && !same_optimizer {
+                    // A switch is given by its name alone.
+                    let as_typed = if given.as_bool() == Some(true) {
+                        flag(key)
+                    } else {
+                        format!("{} {}", flag(key), shown_setting(given))
+                    };
                     bail!(
-                        "{} {} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
-                        flag(key),
-                        shown_setting(given),
+                        "{as_typed} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
                         shown_setting(kept),
                     );
                 }
@@ -3114,6 +3118,16 @@ fn teachers_of(a: &TrainArgs, d: &DistillSettings, given: bool) -> Result<Vec<Bo
                 dir.display(),
                 if t.args.normalize { "with" } else { "without" },
                 if a.normalize { "with it" } else { "without it" }
+            );
+        }
+        if a.validation > t.args.validation && a.data == t.args.data {
+            // The held-out samples are the training set's last: the teacher trained on some.
+            eprintln!(
+                "warning: {what} {} trained on {} of the student's {} held-out samples (--validation): its validation \
+                 accuracy is not measured on samples the teachers never saw",
+                dir.display(),
+                a.validation - t.args.validation,
+                a.validation
             );
         }
         out.push(t.load_model(crate::evaluate::Weights::Raw)?.model);
