@@ -494,7 +494,10 @@ impl TrainArgs {
                 bail!("{}: unknown setting `{k}`; accepted: {}", path.display(), accepted.join(", "));
             }
             let value = toml_json(&v, &format!("{}: `{k}`", path.display()))?;
-            let from_cli = matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
+            // `distill` is a setting without a flag (`descent distill` sets it): never from the
+            // command line, and no argument id to ask clap about.
+            let from_cli = matches.try_contains_id(&k).is_ok()
+                && matches.value_source(&k) == Some(clap::parser::ValueSource::CommandLine);
             if !from_cli {
                 flags.insert(k.clone(), value.clone());
             } else if let (Some(file_h), Some(cli_h)) =
