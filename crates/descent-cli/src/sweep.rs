@@ -735,6 +735,20 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
     let spent: f64 = history.iter().map(|t| t.epochs).sum();
     if resumed {
         println!("resuming {}: {} of {} trials finished", out.display(), history.len(), p.trials);
+        // A finished trial's result stays in trials.jsonl; its folder (curves, checkpoint) is
+        // what `plot` draws.
+        let gone: Vec<String> = history
+            .iter()
+            .filter(|t| !trial_dir(&out, t.trial).is_dir())
+            .map(|t| format!("{:03}", t.trial + 1))
+            .collect();
+        if !gone.is_empty() {
+            eprintln!(
+                "warning: the folders of finished trials {} are missing from {}: their results are kept, their curves are not drawn",
+                gone.join(", "),
+                out.join("trials").display()
+            );
+        }
     }
     // A dimension that sets how long a trial trains: its trials' lengths (and rungs) are their own.
     let varies = p.space.iter().find(|d| LENGTH_SETTINGS.contains(&d.name.as_str()));
