@@ -2736,7 +2736,7 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
 /// before it continues the run.
 pub fn check_checkpoint_of_run(ck: &Checkpoint, dir: &std::path::Path, run_id: &str, cfg: &TrainArgs) -> Result<()> {
     check_checkpoint_id(ck, dir, run_id)?;
-    if ck.config_hash != config_hash(cfg)? {
+    if !config_hash_matches(&ck.config_hash, cfg)? {
         bail!(
             "{}: config.json was changed after the checkpoint was written; a run resumes only with the settings it ran with",
             dir.display()
@@ -2770,7 +2770,7 @@ pub fn check_checkpoint_of_folder(ck: &Checkpoint, dir: &std::path::Path, cfg: O
         }
     }
     if let Some(cfg) = cfg.filter(|_| !ck.config_hash.is_empty()) {
-        if ck.config_hash != config_hash(cfg)? {
+        if !config_hash_matches(&ck.config_hash, cfg)? {
             bail!(
                 "{}: config.json was changed after the checkpoint was written: the run's model and data are rebuilt from \
                  it, so only the settings the run was trained with are read",
@@ -2810,14 +2810,34 @@ fn schedule_spans_run(a: &TrainArgs) -> bool {
 /// a resume may extend the run, unless its schedule spans the run's length), how many threads
 /// compute it and the precision of its products (the weights are f32 either way). Their hash goes
 /// into every checkpoint, so that a config.json edited after the run started is noticed.
+///
+/// A hash with the length is marked `len-` (an earlier descent left the length out of every
+/// run's: its checkpoints are compared without it, [`config_hash_matches`]).
 fn config_hash(a: &TrainArgs) -> Result<String> {
+    let with_length = schedule_spans_run(a);
+    let hash = settings_hash(a, with_length)?;
+    Ok(if with_length { format!("{LENGTH_HASH}{hash}") } else { hash })
+}
+
+/// The mark of a settings hash that includes the run's length.
+const LENGTH_HASH: &str = "len-";
+
+/// The identity of the settings that make the run, with or without its length.
+fn settings_hash(a: &TrainArgs, with_length: bool) -> Result<String> {
     let mut v = serde_json::to_value(a)?;
     let obj = v.as_object_mut().expect("TrainArgs serializes to an object");
-    let length: &[&str] = if schedule_spans_run(a) { &[] } else { &["epochs", "steps"] };
+    let length: &[&str] = if with_length { &[] } else { &["epochs", "steps"] };
     for k in ["threads", "data_parallel", "precision", "shard_optimizer"].iter().chain(length) {
         obj.remove(*k);
     }
     Ok(identity(&v))
+}
+
+/// Whether a checkpoint's settings hash is that of `a`: [`config_hash`], or, for a checkpoint an
+/// earlier descent wrote (no `len-` mark), the hash without the length it used for every run.
+fn config_hash_matches(checkpoint_hash: &str, a: &TrainArgs) -> Result<bool> {
+    Ok(checkpoint_hash == config_hash(a)?
+        || (!checkpoint_hash.starts_with(LENGTH_HASH) && checkpoint_hash == settings_hash(a, false)?))
 }
 
 /// An identity of settings: FNV-1a over their canonical JSON (keys sorted), as 16 hex digits;
