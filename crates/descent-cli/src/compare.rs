@@ -396,9 +396,10 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     // after the earlier results were deleted.
     let dirs: Vec<PathBuf> =
         specs.iter().enumerate().map(|(i, s)| out.join("runs").join(folder_name(i, &s.label))).collect();
+    folder::check_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
     let old_id = folder::Marker::read(&out).ok().flatten().filter(|m| m.kind == folder::Kind::Compare).map(|m| m.id);
     for (spec, dir) in specs.iter().zip(&dirs) {
-        folder::check_new(dir, folder::Kind::Run, true, false, old_id.as_deref())
+        folder::check_new(dir, folder::Kind::Run, a.base.force, false, old_id.as_deref())
             .with_context(|| format!("run `{}`", spec.label))?;
     }
     let claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
