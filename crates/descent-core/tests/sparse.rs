@@ -156,4 +156,18 @@ fn a_parameter_in_no_group_is_never_stepped() {
         assert_eq!(bits(&p[0]), bits(&q[0]), "torch.{name}: the grouped parameter");
         assert_ne!(p[0], init()[0], "torch.{name}: the grouped parameter did not move");
     }
+    // pytorch_optimizer's Lookahead syncs only its inner optimizer's groups (k = 1: every step).
+    for inner in [json!(["torch.optim.SGD", {"lr": 0.05, "momentum": 0.9}]), json!(["adan", {"lr": 0.05}])] {
+        let h = json!({"optimizer": inner, "k": 1, "alpha": 0.5});
+        let mut opt = optimizer("po", "lookahead", h, Some(groups.clone()));
+        let mut p = init();
+        p[1][2] = -0.0;
+        let left_out = p[1].clone();
+        for t in 0..3 {
+            opt.step_vecs(&mut p, &grads(t)).unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&p[1]), bits(&left_out), "po.lookahead({inner}): the parameter in no group moved");
+        assert_ne!(p[0], init()[0], "po.lookahead({inner}): the grouped parameter did not move");
+    }
 }

@@ -125,5 +125,18 @@ fn build_lookahead(hparams: &Value, param_groups: Option<&Value>, shapes: &[Vec<
         pullback_momentum: PullbackMomentum::parse(k.str("pullback_momentum", "none")?)?,
     };
     crate::po::finish(k)?;
-    Ok(boxed(Lookahead::new(inner, config)?))
+    // The parameters the groups name (the inner optimizer checked their form): the others are
+    // never stepped, and the class never syncs them either.
+    let named: Vec<usize> = param_groups
+        .and_then(Value::as_array)
+        .map(|gs| {
+            gs.iter()
+                .filter_map(|g| g.get("params").and_then(Value::as_array))
+                .flatten()
+                .filter_map(|v| v.as_u64().map(|i| i as usize))
+                .collect()
+        })
+        .unwrap_or_else(|| (0..shapes.len()).collect());
+    let left_out = (0..shapes.len()).filter(|i| !named.contains(i)).collect();
+    Ok(boxed(Lookahead::new(inner, config)?.leaving_out(left_out)))
 }

@@ -46,6 +46,9 @@ pub struct Lookahead {
     slow_params: Vec<Vec<f32>>,
     /// One per momentum buffer of the inner optimizer, in the order its state lists them.
     slow_momentum: Vec<Vec<f32>>,
+    /// Parameters in none of the inner optimizer's groups: the class syncs only its groups'
+    /// parameters, so these are never moved.
+    left_out: Vec<usize>,
 }
 
 /// The arguments of pytorch_optimizer's `Lookahead` besides the inner optimizer, with its
@@ -80,7 +83,15 @@ impl Lookahead {
             counter: 0,
             slow_params: vec![],
             slow_momentum: vec![],
+            left_out: vec![],
         })
+    }
+
+    /// The same, leaving the parameters `left_out` (in none of the inner optimizer's groups) as
+    /// they are at every sync, as the class does.
+    pub fn leaving_out(mut self, left_out: Vec<usize>) -> Self {
+        self.left_out = left_out;
+        self
     }
 
     /// Runs `f(k, buffer)` over the inner optimizer's momentum buffers, numbered in order.
@@ -115,7 +126,10 @@ impl Lookahead {
     /// The slow update, on the parameters as the inner step left them.
     fn sync(&mut self, params: &mut [&mut [f32]]) -> Result<()> {
         let w = 1.0 - self.alpha;
-        for (p, slow) in params.iter_mut().zip(&mut self.slow_params) {
+        for (i, (p, slow)) in params.iter_mut().zip(&mut self.slow_params).enumerate() {
+            if self.left_out.contains(&i) {
+                continue;
+            }
             for (x, s) in p.iter_mut().zip(slow.iter_mut()) {
                 *x = lerp(*x, *s, w);
                 *s = *x;
@@ -167,7 +181,11 @@ impl Transform for Lookahead {
                 params.iter().zip(updates.iter()).map(|(p, u)| p.iter().zip(u).map(|(x, d)| x + d).collect()).collect();
             let mut views: Vec<&mut [f32]> = moved.iter_mut().map(|v| v.as_mut_slice()).collect();
             self.sync(&mut views)?;
-            for ((u, p), m) in updates.iter_mut().zip(params).zip(&moved) {
+            for (i, ((u, p), m)) in updates.iter_mut().zip(params).zip(&moved).enumerate() {
+                if self.left_out.contains(&i) {
+                    // The inner update as it is: `y − x` would turn its −0 into +0.
+                    continue;
+                }
                 for ((d, x), y) in u.iter_mut().zip(p.iter()).zip(m) {
                     *d = y - x;
                 }
