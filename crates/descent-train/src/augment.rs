@@ -189,14 +189,16 @@ impl Affine {
         };
         let px: Vec<f64> = (0..w).map(|ox| ox as f64 - cx - tx as f64).collect();
         let (cos_px, sin_px): (Vec<f64>, Vec<f64>) = px.iter().map(|&p| (cos * p, sin * p)).unzip();
+        #[cfg(target_arch = "x86_64")]
+        let vector = self.interpolation == Interpolation::Nearest && simd::usable(h, w);
         for oy in 0..h {
             let py = oy as f64 - cy - ty as f64;
             let (sin_py, cos_py) = (sin * py, cos * py);
             let row = &mut o[oy * w..(oy + 1) * w];
             #[cfg(target_arch = "x86_64")]
-            if self.interpolation == Interpolation::Nearest && simd::usable(h, w) {
+            if vector {
                 let rows = simd::Rows { cos_px: &cos_px, sin_px: &sin_px, cx, cy, h, w, fill: self.fill };
-                // SAFETY: `usable` found AVX-512 F, VL and DQ on this CPU; `s` holds h·w pixels.
+                // SAFETY: `usable` found AVX-512 F and VL on this CPU; `s` holds h·w pixels.
                 unsafe { simd::nearest_row(&rows, s, row, sin_py, cos_py) };
                 continue;
             }
@@ -218,7 +220,7 @@ impl Affine {
     }
 }
 
-/// The nearest-neighbour warp of a row, 8 pixels an instruction (AVX-512): the same f64
+/// The nearest-neighbour warp of a row, 8 pixels an instruction (AVX-512 F and VL): the same f64
 /// coordinates, the same rounding (truncation, then the exact remainder against ±0.5), and a
 /// masked gather that takes the fill outside the image, so the same pixels as the scalar loop
 /// (tested against it).
@@ -240,16 +242,13 @@ mod simd {
     /// Whether the CPU has the instructions and the image's indices fit 32-bit lanes.
     pub fn usable(h: usize, w: usize) -> bool {
         use std::arch::is_x86_feature_detected as has;
-        h.checked_mul(w).is_some_and(|n| n < i32::MAX as usize)
-            && crate::cpu::has_avx512()
-            && has!("avx512vl")
-            && has!("avx512dq")
+        h.checked_mul(w).is_some_and(|n| n < i32::MAX as usize) && crate::cpu::has_avx512() && has!("avx512vl")
     }
 
     /// `(x as i64 rounded half away from zero)` of [`super::round_half_away`] in f64 lanes:
     /// clamped, truncated, then moved by the exact remainder.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     fn round_half_away(x: __m512d) -> __m512d {
         let lim = _mm512_set1_pd(super::COORD_LIMIT);
         let x = _mm512_min_pd(_mm512_max_pd(x, _mm512_sub_pd(_mm512_setzero_pd(), lim)), lim);
@@ -265,9 +264,9 @@ mod simd {
     /// One output row `o` (w pixels) of source image `s` for the row products `sin_py`, `cos_py`.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, VL and DQ; `s.len() == r.h·r.w < 2³¹`, `o.len() == r.w` and the
+    /// The CPU has AVX-512 F and VL; `s.len() == r.h·r.w < 2³¹`, `o.len() == r.w` and the
     /// column products hold `r.w` values.
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     pub unsafe fn nearest_row(r: &Rows, s: &[f32], o: &mut [f32], sin_py: f64, cos_py: f64) {
         debug_assert!(s.len() == r.h * r.w && o.len() == r.w && r.cos_px.len() == r.w);
         let (cx, cy) = (_mm512_set1_pd(r.cx), _mm512_set1_pd(r.cy));
@@ -364,7 +363,8 @@ mod tests {
         }
     }
 
-    /// Every warp (the vector one where the CPU has it) gives the pixels of the plain formula:
+    /// Every warp gives the pixels of the plain formula (on a CPU with AVX-512 F and VL this tests
+    /// the vector warp, elsewhere the scalar one):
     /// the source at `R(−θ)(o − c − t) + c` in f64, `round()`ed, the fill outside; odd sizes
     /// (vector tails), large shifts and angles, exact half-pixel ties (quarter turns of even sizes).
     #[test]

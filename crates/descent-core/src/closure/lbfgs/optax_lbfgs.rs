@@ -173,8 +173,8 @@ impl Default for OptaxLbfgsConfig {
 ///    `|f'(η)| ≤ c₂|f'(0)|`, falling back on the best point with sufficient decrease; or the
 ///    backtracking search: `η = min(increase_factor·η_prev, max_learning_rate)`, times
 ///    `decrease_factor` until `f(w+ηu) ≤ (1+rtol)f(w) + η·c·f'(0) + atol` or the trials run out
-///    (the last one taken; `η = 0` where the value was not finite, and then for every later step,
-///    as in optax);
+///    (the last one taken; `η = 0` where the last decrease error is infinite — a NaN or `+∞`
+///    value, or an overflow — and then for every later step, as in optax);
 /// 5. `w ← w + η u`.
 ///
 /// Nocedal & Wright, *Numerical Optimization* (2006), Algorithms 7.4, 3.5, 3.6; Hager & Zhang,
@@ -709,8 +709,8 @@ struct LineStart<'a> {
 }
 
 /// optax `scale_by_backtracking_linesearch`'s search from `start` along its direction, after a
-/// step of size `previous`: the step size (0 where the last value was not finite), and the value
-/// and gradient at the last point tried.
+/// step of size `previous`: the step size (0 where the last decrease error is infinite), and the
+/// value and gradient at the last point tried.
 fn backtracking(
     cfg: &BacktrackingLinesearchConfig,
     flat: &mut Flat,
