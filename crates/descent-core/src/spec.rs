@@ -324,7 +324,7 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
 /// The names of `candidates` closest to `name` (at most `k`, nearest first): compared without
 /// case and without a library prefix (`torch.`, `optax.`, …) on either side, within an edit
 /// distance of a third of the name's length (at least 2), or containing it.
-fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
+pub(crate) fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
     let bare = |n: &str| -> String {
         let n = n.to_lowercase();
         match n.split_once('.') {

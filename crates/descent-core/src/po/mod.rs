@@ -64,7 +64,14 @@ pub fn build(
             return tx;
         }
     }
-    Err(Error::Unknown { kind: "pytorch_optimizer optimizer", name: name.into(), accepted: po_optimizers().join(", ") })
+    let all: Vec<String> = po_optimizers().iter().map(|n| n.to_string()).collect();
+    let near = crate::spec::nearest(name, &all, 6);
+    let suggestion = if near.is_empty() {
+        format!("{} pytorch_optimizer names are accepted (`descent list` prints them as po.NAME)", all.len())
+    } else {
+        format!("did you mean {}? ({} names in all: `descent list` prints them as po.NAME)", near.join(", "), all.len())
+    };
+    Err(Error::UnknownAmongMany { kind: "pytorch_optimizer optimizer", name: name.into(), suggestion })
 }
 
 /// `param_groups` with `key` taken out of every group's `hparams` (anything else as it is: the
