@@ -159,8 +159,8 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if let Some((id, _)) = UNUSED_TRAIN_FLAGS.iter().find(|(_, given)| given(b)) {
         let hint = if *id == "steps" { " (use --num-steps)" } else { "" };
         bail!(
-            "lr-find does not use --{}{hint}: the test runs from the initial weights for --num-steps steps",
-            id.replace('_', "-")
+            "lr-find does not use {}{hint}: the test runs from the initial weights for --num-steps steps",
+            train::flag_of(id)
         );
     }
     train::one_process(b)?;

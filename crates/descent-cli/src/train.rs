@@ -2032,7 +2032,7 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     } else {
         let v = serde_json::to_value(a)?;
         if let Some(k) = GPT_KEYS.iter().find(|k| !v[**k].is_null()) {
-            bail!("{} {}: only the gpt model takes it", flag(k), json_text(&v[*k]));
+            bail!("{} {}: only the gpt model takes it", flag_of(k), json_text(&v[*k]));
         }
     }
     if a.model == "linear" {
@@ -2118,7 +2118,7 @@ fn check_prune_flags(a: &TrainArgs) -> Result<()> {
     let Some(s) = a.prune_to else {
         let v = serde_json::to_value(a)?;
         if let Some(k) = PRUNE_KEYS.iter().find(|k| !v[**k].is_null()) {
-            bail!("{} {}: it shapes gradual pruning; give --prune-to too", flag(k), json_text(&v[*k]));
+            bail!("{} {}: it shapes gradual pruning; give --prune-to too", flag_of(k), json_text(&v[*k]));
         }
         return Ok(());
     };
@@ -2209,7 +2209,7 @@ fn check_schedule_flags(a: &TrainArgs) -> Result<()> {
         return Ok(());
     }
     if a.schedule() != "warmup_cosine" {
-        bail!("{}: only --schedule warmup_cosine takes it, not `{}`", flag(given[0]), a.schedule());
+        bail!("{}: only --schedule warmup_cosine takes it, not `{}`", flag_of(given[0]), a.schedule());
     }
     if let Some(m) = a.min_lr {
         if !(m.is_finite() && m >= 0.0) {
@@ -2858,14 +2858,6 @@ pub fn command_settings_hash(s: &impl serde::Serialize) -> Result<String> {
     Ok(identity(&v))
 }
 
-/// The flag of a setting, as the user types it.
-fn flag(id: &str) -> String {
-    match id {
-        "groups" => "--group".into(),
-        other => format!("--{}", other.replace('_', "-")),
-    }
-}
-
 /// The MLP's hidden width when `--hidden` is not given (the model of the earlier MNIST recipes).
 const MLP_HIDDEN: usize = 128;
 
@@ -2953,9 +2945,9 @@ fn resume_settings(
                 if given != kept && !same_path && !default_of_null && !same_optimizer {
                     // A switch is given by its name alone.
                     let as_typed = if given.as_bool() == Some(true) {
-                        flag(key)
+                        flag_of(key)
                     } else {
-                        format!("{} {}", flag(key), shown_setting(given))
+                        format!("{} {}", flag_of(key), shown_setting(given))
                     };
                     bail!(
                         "{as_typed} contradicts the run's config ({key} = {}); a resumed run keeps its settings: only --epochs, --steps (to a larger total), --threads, --data-parallel, --precision and --shard-optimizer may be given",
