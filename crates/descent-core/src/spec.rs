@@ -308,23 +308,36 @@ pub fn resolve_optimizer(name: &str) -> Result<(&'static str, String)> {
             return Ok((lib, n.to_string()));
         }
     }
-    let all = registry_names();
-    let near = nearest(name, &all, 6);
+    Err(unknown_among_many(
+        "optimizer",
+        name,
+        &registry_names(),
+        ("registry names", "", ", e.g. adam, sgd, optax.lion, po.soap"),
+    ))
+}
+
+/// The error for `name`, unknown among the many names `all`: the nearest of them, or how many
+/// there are (`noun`, e.g. "registry names") and where `descent list` prints them (`listed_as`, e.g.
+/// " as po.NAME") with `examples` where none is near.
+pub(crate) fn unknown_among_many(
+    kind: &'static str,
+    name: &str,
+    all: &[String],
+    (noun, listed_as, examples): (&str, &str, &str),
+) -> Error {
+    let near = nearest(name, all, 6);
     let suggestion = if near.is_empty() {
-        format!(
-            "{} registry names are accepted (`descent list` prints them), e.g. adam, sgd, optax.lion, po.soap",
-            all.len()
-        )
+        format!("{} {noun} are accepted (`descent list` prints them{listed_as}){examples}", all.len())
     } else {
-        format!("did you mean {}? ({} names in all: `descent list` prints them)", near.join(", "), all.len())
+        format!("did you mean {}? ({} names in all: `descent list` prints them{listed_as})", near.join(", "), all.len())
     };
-    Err(Error::UnknownAmongMany { kind: "optimizer", name: name.into(), suggestion })
+    Error::UnknownAmongMany { kind, name: name.into(), suggestion }
 }
 
 /// The names of `candidates` closest to `name` (at most `k`, nearest first): compared without
 /// case and without a library prefix (`torch.`, `optax.`, …) on either side, within an edit
 /// distance of a third of the name's length (at least 2), or containing it.
-pub(crate) fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
+fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
     let bare = |n: &str| -> String {
         let n = n.to_lowercase();
         match n.split_once('.') {

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::transform::Transform;
 
 mod adam_family;
@@ -65,13 +65,12 @@ pub fn build(
         }
     }
     let all: Vec<String> = po_optimizers().iter().map(|n| n.to_string()).collect();
-    let near = crate::spec::nearest(name, &all, 6);
-    let suggestion = if near.is_empty() {
-        format!("{} pytorch_optimizer names are accepted (`descent list` prints them as po.NAME)", all.len())
-    } else {
-        format!("did you mean {}? ({} names in all: `descent list` prints them as po.NAME)", near.join(", "), all.len())
-    };
-    Err(Error::UnknownAmongMany { kind: "pytorch_optimizer optimizer", name: name.into(), suggestion })
+    Err(crate::spec::unknown_among_many(
+        "pytorch_optimizer optimizer",
+        name,
+        &all,
+        ("pytorch_optimizer names", " as po.NAME", ""),
+    ))
 }
 
 /// `param_groups` with `key` taken out of every group's `hparams` (anything else as it is: the
