@@ -10,3 +10,7 @@ case("rprop", "groups", {"lr": 0.05}, groups=G({"etas": [0.3, 1.5]}, {"step_size
 case("adamax", "groups", {"lr": 0.02}, groups=G({"weight_decay": 0.1}, {"maximize": True, "betas": [0.5, 0.9]}), seed=28)
 case("adadelta", "groups", {"lr": 0.5}, groups=G({"rho": 0.5}, {"weight_decay": 0.1, "maximize": True}), seed=29)
 case("muon", "groups", {"lr": 0.02}, shapes=[(5, 3), (4, 6), (3, 3)], groups=G({"adjust_lr_fn": "match_rms_adamw"}, {"nesterov": False, "weight_decay": 0.0}), seed=30)
+# torch checks Nesterov's conditions on the constructor's arguments only: in a group, Nesterov
+# without momentum runs as plain SGD, and Nesterov with dampening runs.
+case("sgd", "groups_nest_mom0", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, groups=G({}, {"momentum": 0.0, "lr": 0.2}), seed=31)
+case("sgd", "groups_nest_damp", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, groups=G({"dampening": 0.3}, {"weight_decay": 0.1}), seed=32)

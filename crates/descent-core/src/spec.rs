@@ -166,6 +166,7 @@ fn lookup(table: Table, name: &str) -> Option<Builder> {
 
 /// Runs a builder on keyword arguments read under `context` (`library.name`), refusing those it
 /// did not read.
+#[allow(clippy::too_many_arguments)]
 fn build_entry(
     context: String,
     hparams: &Value,
@@ -174,16 +175,19 @@ fn build_entry(
     name: &str,
     table: Table,
     builder: Option<Builder>,
+    of: ArgumentsOf,
 ) -> Result<Box<dyn Transform>> {
     let mut k = Kwargs::new(context, hparams)?;
+    k.of = of;
     let build = builder.ok_or_else(|| unknown(kind, name, &table.iter().map(|(n, _)| *n).collect::<Vec<_>>()))?;
     let tx = build(&mut k, shapes)?;
     k.finish()?;
     Ok(tx)
 }
 
-fn build_torch(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    build_entry(format!("torch.{name}"), hparams, shapes, "torch optimizer", name, TORCH, lookup(TORCH, name))
+fn build_torch(name: &str, hparams: &Value, shapes: &[Vec<usize>], of: ArgumentsOf) -> Result<Box<dyn Transform>> {
+    let builder = lookup(TORCH, name);
+    build_entry(format!("torch.{name}"), hparams, shapes, "torch optimizer", name, TORCH, builder, of)
 }
 
 fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -195,11 +199,22 @@ fn build_optax(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box
     }
     let canonical = OPTAX_SPELLINGS.iter().find(|(s, _)| *s == name).map_or(name, |(_, n)| *n);
     let builder = lookup(OPTAX, canonical);
-    build_entry(format!("optax.{name}"), hparams, shapes, "optax optimizer or transformation", name, OPTAX, builder)
+    let kind = "optax optimizer or transformation";
+    build_entry(format!("optax.{name}"), hparams, shapes, kind, name, OPTAX, builder, ArgumentsOf::Constructor)
 }
 
 fn build_descent(name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
-    build_entry(format!("descent.{name}"), hparams, shapes, "descent optimizer", name, DESCENT, lookup(DESCENT, name))
+    let builder = lookup(DESCENT, name);
+    build_entry(
+        format!("descent.{name}"),
+        hparams,
+        shapes,
+        "descent optimizer",
+        name,
+        DESCENT,
+        builder,
+        ArgumentsOf::Constructor,
+    )
 }
 
 /// Builds an optimizer from `library` (`torch`, `optax`, `po` or `descent`), its `name` in that
@@ -219,11 +234,15 @@ pub fn build_optimizer(
     }
     match library {
         "torch" => match param_groups {
-            None => build_torch(name, hparams, shapes),
-            Some(groups) => build_groups(&format!("torch.{name}"), hparams, groups, |merged, idx| {
-                let group_shapes: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
-                build_torch(name, &constructor_only(name, hparams, merged), &group_shapes)
-            }),
+            None => build_torch(name, hparams, shapes, ArgumentsOf::Constructor),
+            Some(groups) => {
+                // torch checks the constructor's arguments, whatever the groups then override.
+                build_torch(name, hparams, &[], ArgumentsOf::Constructor)?;
+                build_groups(&format!("torch.{name}"), hparams, groups, |merged, idx| {
+                    let group_shapes: Vec<Vec<usize>> = idx.iter().filter_map(|&i| shapes.get(i).cloned()).collect();
+                    build_torch(name, &constructor_only(name, hparams, merged), &group_shapes, ArgumentsOf::Group)
+                })
+            }
         },
         "optax" => {
             if param_groups.is_some() {
@@ -459,12 +478,25 @@ pub const OPTAX_SCHEDULES: &[&str] = &[
     "warmup_exponential_decay_schedule",
 ];
 
+/// Whose keyword arguments a builder reads: an optimizer's constructor's, or one torch parameter
+/// group's (the constructor's overridden by the group's). torch checks some conditions on the
+/// constructor's arguments alone: `SGD(nesterov=True)` needs momentum and no dampening there, and
+/// a group that sets its momentum to 0 then runs plain SGD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgumentsOf {
+    /// The optimizer's constructor's keyword arguments.
+    Constructor,
+    /// A parameter group's: the constructor's overridden by the group's own.
+    Group,
+}
+
 /// Keyword arguments with typed accessors; remembers which were read so that unknown ones are
 /// reported with the accepted list.
 pub struct Kwargs<'a> {
     context: String,
     map: &'a Map<String, Value>,
     accepted: Vec<&'static str>,
+    of: ArgumentsOf,
 }
 
 static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
@@ -483,7 +515,7 @@ impl<'a> Kwargs<'a> {
                 })
             }
         };
-        Ok(Kwargs { context, map, accepted: vec![] })
+        Ok(Kwargs { context, map, accepted: vec![], of: ArgumentsOf::Constructor })
     }
 
     /// The argument as given: `None` when absent. A `null` is an error naming the key: the
@@ -908,14 +940,18 @@ pub fn build_groups(
 
 fn torch_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let lr = k.lr("lr", Some(1e-3))?;
-    let t = torch::Sgd::new(torch::SgdConfig {
+    let config = torch::SgdConfig {
         lr,
         momentum: k.f64("momentum", 0.0)?,
         dampening: k.f64("dampening", 0.0)?,
         weight_decay: k.f64("weight_decay", 0.0)?,
         nesterov: k.bool("nesterov", false)?,
         maximize: k.bool("maximize", false)?,
-    })?;
+    };
+    let t = match k.of {
+        ArgumentsOf::Constructor => torch::Sgd::new(config)?,
+        ArgumentsOf::Group => torch::Sgd::for_group(config)?,
+    };
     ignore_impl_flags(k)?;
     Ok(boxed(t))
 }
@@ -1345,9 +1381,16 @@ fn optax_inject_hyperparams(k: &mut Kwargs, shapes: &[Vec<usize>]) -> Result<Box
     let (n, kw) = inner_link(k, "inner")?;
     let name = n.strip_prefix("optax.").unwrap_or(&n);
     match INJECTED.iter().find(|(s, _)| *s == name) {
-        Some(&(_, builder)) => {
-            build_entry(format!("optax.{name}"), &kw, shapes, "optax optimizer", name, OPTAX, Some(builder))
-        }
+        Some(&(_, builder)) => build_entry(
+            format!("optax.{name}"),
+            &kw,
+            shapes,
+            "optax optimizer",
+            name,
+            OPTAX,
+            Some(builder),
+            ArgumentsOf::Constructor,
+        ),
         None => build_optax(&n, &kw, shapes),
     }
 }

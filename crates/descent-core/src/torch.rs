@@ -132,15 +132,23 @@ impl Default for SgdConfig {
 }
 
 impl Sgd {
-    /// The optimizer of `config`, checked as torch checks its arguments.
+    /// The optimizer of `config`, checked as torch checks its constructor's arguments.
     pub fn new(config: SgdConfig) -> Result<Self> {
+        ensure(!config.nesterov || (config.momentum > 0.0 && config.dampening == 0.0), || {
+            "Nesterov momentum requires a momentum and zero dampening".into()
+        })?;
+        Self::for_group(config)
+    }
+
+    /// The optimizer of one parameter group's arguments: torch checks Nesterov's conditions on
+    /// the constructor's arguments only, so here Nesterov without momentum is plain SGD (the
+    /// step reads `nesterov` only with a momentum) and Nesterov with dampening steps along
+    /// `g + μ·b` with the dampened buffer `b`.
+    pub fn for_group(config: SgdConfig) -> Result<Self> {
         let SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize } = config;
         check_lr(&lr)?;
         ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
         check_wd(weight_decay)?;
-        ensure(!nesterov || (momentum > 0.0 && dampening == 0.0), || {
-            "Nesterov momentum requires a momentum and zero dampening".into()
-        })?;
         Ok(Sgd {
             lr,
             momentum: momentum as f32,

@@ -70,6 +70,23 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
     assert!(Adam::new(AdamConfig { weight_decay: 0.1, decay: WeightDecay::Decoupled, ..AdamConfig::adamw() }).is_ok());
 }
 
+/// torch checks `SGD`'s Nesterov conditions on the constructor's arguments only: a group that
+/// drops the momentum (or adds dampening) runs, a constructor without momentum is refused even
+/// when every group gives one.
+#[test]
+fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
+    let shapes = shapes();
+    let groups = |h0: serde_json::Value, h1: serde_json::Value| json!([{"params": [0], "hparams": h0}, {"params": [1], "hparams": h1}]);
+    let nesterov = json!({"lr": 0.1, "momentum": 0.9, "nesterov": true});
+    for g in [groups(json!({"momentum": 0.0}), json!({})), groups(json!({"dampening": 0.5}), json!({}))] {
+        assert!(build_optimizer("torch", "sgd", &nesterov, Some(&g), &shapes).is_ok(), "{g}");
+    }
+    let no_momentum = json!({"lr": 0.1, "nesterov": true});
+    let g = groups(json!({"momentum": 0.9}), json!({"momentum": 0.5}));
+    let e = build_optimizer("torch", "sgd", &no_momentum, Some(&g), &shapes).err().unwrap().to_string();
+    assert!(e.contains("Nesterov"), "{e}");
+}
+
 #[test]
 fn wrong_gradient_count_or_size_is_an_error() {
     let tx = chain(vec![Box::new(ScaleByAdam::new(ScaleByAdamConfig::default()))]);
