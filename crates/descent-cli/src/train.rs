@@ -1388,12 +1388,12 @@ impl Hooks for &mut CliHooks<'_> {
         }
         // The rate the step used, as the optimizer holds it (its base rate times the multiplier
         // when it holds none, e.g. torch Rprop).
-        let lr = s.lr.unwrap_or(self.run_dir.base_lr * s.lr_scale);
-        self.steps.write(s, lr);
+        let lr = self.run_dir.lr(s.lr, s.lr_scale);
+        self.steps.write(s, lr.unwrap_or(f64::NAN));
         if let Some(tb) = &mut self.tensorboard {
             let r = tb
                 .scalar("train/loss", s.step, s.loss as f64)
-                .and_then(|_| tb.scalar("train/lr", s.step, lr))
+                .and_then(|_| lr.map_or(Ok(()), |lr| tb.scalar("train/lr", s.step, lr)))
                 .and_then(|_| tb.scalar("train/grad_norm", s.step, s.grad_norm));
             if let Err(e) = r {
                 self.error.get_or_insert(format!("writing TensorBoard events: {e}"));
@@ -1424,12 +1424,8 @@ impl Hooks for &mut CliHooks<'_> {
             bar.set_position(s.batch as u64 + 1);
             if s.batch.is_multiple_of(20) || s.batch + 1 == s.batches {
                 let rate = self.seen as f64 / bar.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "loss {:.4}  lr {:.2e}  {:.0} samples/s",
-                    self.loss_sum / self.seen as f64,
-                    lr,
-                    rate
-                ));
+                let lr = lr.map(|lr| format!("  lr {lr:.2e}")).unwrap_or_default();
+                bar.set_message(format!("loss {:.4}{lr}  {rate:.0} samples/s", self.loss_sum / self.seen as f64));
             }
         }
         Control::Continue
@@ -1450,6 +1446,8 @@ impl Hooks for &mut CliHooks<'_> {
                 None => format!("  ({} {set} loss {:.4})", av.label, av.test_loss),
             };
         }
+        // A chain whose rate is a `scale` link holds none to report.
+        let lr = self.run_dir.lr(m.lr, m.lr_scale).map(|lr| format!("  lr {lr:.3e}")).unwrap_or_default();
         // Said once the epoch is saved: a reader of the output that goes away (`| head`, which
         // ends the process) must not cost the epoch it was told about.
         let line = if let (Some(t), false) = (&self.text, self.quiet) {
@@ -1460,24 +1458,11 @@ impl Hooks for &mut CliHooks<'_> {
             } else {
                 String::new()
             };
-            Some(format!(
-                "step {}: train loss {:.4}  val loss {:.4}  lr {:.3e}{speed}",
-                m.steps,
-                m.train_loss,
-                m.test_loss,
-                m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale)
-            ))
+            Some(format!("step {}: train loss {:.4}  val loss {:.4}{lr}{speed}", m.steps, m.train_loss, m.test_loss))
         } else if !self.quiet {
             Some(format!(
-                "epoch {}: {} steps  train loss {:.4}  {set} loss {:.4}{}  lr {:.3e}  {:.1}s  {:.0} samples/s",
-                m.epoch,
-                m.steps,
-                m.train_loss,
-                m.test_loss,
-                acc,
-                m.lr.unwrap_or(self.run_dir.base_lr * m.lr_scale),
-                m.seconds,
-                m.samples_per_s
+                "epoch {}: {} steps  train loss {:.4}  {set} loss {:.4}{}{lr}  {:.1}s  {:.0} samples/s",
+                m.epoch, m.steps, m.train_loss, m.test_loss, acc, m.seconds, m.samples_per_s
             ))
         } else {
             None
@@ -1568,6 +1553,13 @@ struct RunDir {
 }
 
 impl RunDir {
+    /// The learning rate to report: the one the optimizer holds (`reported`), else the run's
+    /// base rate times the multiplier (torch Rprop holds none); `None` when neither is known (a
+    /// chain whose rate is its `scale` link, with no --lr). The files write `None` as NaN.
+    fn lr(&self, reported: Option<f64>, scale: f64) -> Option<f64> {
+        reported.or_else(|| self.base_lr.is_finite().then(|| self.base_lr * scale))
+    }
+
     fn checkpoint(&self) -> PathBuf {
         self.dir.join(folder::run::CHECKPOINT)
     }
@@ -1608,7 +1600,7 @@ impl RunDir {
             test_accuracy: m.test_accuracy,
             seconds: m.seconds,
             samples_per_s: m.samples_per_s,
-            lr: m.lr.unwrap_or(self.base_lr * m.lr_scale),
+            lr: self.lr(m.lr, m.lr_scale).unwrap_or(f64::NAN),
             ema_test_loss: m.average.as_ref().filter(|a| a.label == "ema").map(|a| a.test_loss),
             ema_test_accuracy: m.average.as_ref().filter(|a| a.label == "ema").and_then(|a| a.test_accuracy),
             swa_test_loss: m.average.as_ref().filter(|a| a.label == "swa").map(|a| a.test_loss),

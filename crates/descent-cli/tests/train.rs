@@ -176,7 +176,7 @@ fn bad_flags_are_errors_that_list_the_valid_choices() {
 }
 
 /// A run whose learning rate its optimizer's links set (optax.chain, links named as the README
-/// names them) records no rate of its own, so its config.toml replays it step for step; values a
+/// names them) records and reports no rate of its own, so its config.toml replays it step for step; values a
 /// config file gives are checked as flags are (an interval, a number that would read as 0).
 #[test]
 fn a_runs_config_toml_replays_it_and_config_values_are_checked() {
@@ -196,6 +196,8 @@ fn a_runs_config_toml_replays_it_and_config_values_are_checked() {
         &a,
     ]);
     assert!(text.contains("learning rate in its --hparams"), "{text}");
+    // No rate to report: the epoch line says none rather than "lr NaN".
+    assert!(text.contains("epoch 1:") && !text.contains("lr "), "{text}");
     run_ok_out(&["train", "--config", &format!("{a}/config.toml"), "--out", &b]);
     let steps = |d: &str| std::fs::read_to_string(format!("{d}/steps.csv")).unwrap();
     assert_eq!(steps(&a), steps(&b));
