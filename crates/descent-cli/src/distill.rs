@@ -65,6 +65,7 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
         alpha: a.alpha,
         temperature: a.temperature,
         teacher_weights: vec![],
+        teachers_from_run: vec![],
     });
     if base.out.is_none() {
         let stem = format!("distill-{}-seed{}", base.model, base.seed);

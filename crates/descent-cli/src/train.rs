@@ -1,6 +1,6 @@
 //! `descent train`: a model on a bundled dataset with any descent optimizer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -380,6 +380,82 @@ pub struct DistillSettings {
     /// replaced). Empty in the configs of runs from before it was kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teacher_weights: Vec<String>,
+    /// The teachers' folders relative to the run's own, when the run began: a project folder
+    /// moved or copied elsewhere with its runs still finds them (`teachers` are absolute). Empty
+    /// in the configs of runs from before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers_from_run: Vec<PathBuf>,
+}
+
+impl DistillSettings {
+    /// The teachers' folders as this run finds them: each where its config says, or, where that
+    /// is gone, at its place relative to `run_dir` (the run's folder, or the folder of the run's
+    /// config.toml given to --config) when that holds one; the second with a note saying so.
+    /// Which teacher it is, is checked by its weights' identity.
+    fn located(&self, run_dir: Option<&Path>) -> (Vec<PathBuf>, Vec<String>) {
+        let mut notes = vec![];
+        let dirs = self
+            .teachers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let moved = run_dir.zip(self.teachers_from_run.get(i)).map(|(r, rel)| r.join(rel));
+                match moved {
+                    Some(m) if !t.exists() && m.exists() => {
+                        notes.push(format!(
+                            "the run's teacher {} is gone; using {}, where it was beside the run",
+                            t.display(),
+                            m.display()
+                        ));
+                        m
+                    }
+                    _ => t.clone(),
+                }
+            })
+            .collect();
+        (dirs, notes)
+    }
+}
+
+/// `to` as a path relative to the folder `from`: both resolved as far as they exist (a new run's
+/// folder does not yet: its parent is), the rest taken by name with `.` and `..` folded; `None`
+/// where a path cannot be made absolute or has a drive prefix.
+fn relative_to(from: &Path, to: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let names = |p: &Path| -> Option<Vec<std::ffi::OsString>> {
+        let p = match (std::fs::canonicalize(p), p.parent().zip(p.file_name())) {
+            (Ok(c), _) => c,
+            (Err(_), Some((parent, name))) => {
+                match std::fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
+                    Ok(c) => c.join(name),
+                    Err(_) => std::path::absolute(p).ok()?,
+                }
+            }
+            (Err(_), None) => std::path::absolute(p).ok()?,
+        };
+        let mut out = vec![];
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => out.push(n.to_os_string()),
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir | Component::RootDir => {}
+                Component::Prefix(_) => return None,
+            }
+        }
+        Some(out)
+    };
+    let (from, to) = (names(from)?, names(to)?);
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    Some(rel)
 }
 
 /// An identity of a model's weights: FNV-1a over every variable's name and values, as 16 hex
@@ -1557,7 +1633,7 @@ impl RunDir {
     /// base rate times the multiplier (torch Rprop holds none); `None` when neither is known (a
     /// chain whose rate is its `scale` link, with no --lr). The files write `None` as NaN.
     fn lr(&self, reported: Option<f64>, scale: f64) -> Option<f64> {
-        reported.or_else(|| self.base_lr.is_finite().then(|| self.base_lr * scale))
+        reported.or_else(|| self.base_lr.is_finite().then_some(self.base_lr * scale))
     }
 
     fn checkpoint(&self) -> PathBuf {
@@ -3100,13 +3176,13 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
 /// of classes that read the same inputs (the same --normalize). `given`: the teachers came from
 /// `--teacher` flags (a new distillation), not from a run's config (a resume, `--config`), and are
 /// named as such.
-fn teachers_of(a: &TrainArgs, d: &DistillSettings, given: bool) -> Result<Vec<Box<dyn Model>>> {
+fn teachers_of(a: &TrainArgs, dirs: &[PathBuf], given: bool) -> Result<Vec<Box<dyn Model>>> {
     if matches!(a.model.as_str(), "linear" | "gpt") {
         bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.model);
     }
     let what = if given { "--teacher" } else { "the run's teacher (its config's distill.teachers)" };
     let mut out = vec![];
-    for dir in &d.teachers {
+    for dir in dirs {
         let t = crate::evaluate::open_run(dir).with_context(|| format!("{what} {}", dir.display()))?;
         match t.classes() {
             None => bail!(
@@ -3527,16 +3603,28 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         }
         check_model_settings(model.as_ref(), &cfg)?;
         check_schedule_length(&cfg, train_set.len())?;
+        // Where the teachers are: as the config says, or beside the run's folder (or its
+        // config.toml's) where the project moved.
+        let beside = match &target {
+            Folder::Resume(c, _) => Some(c.dir.clone()),
+            _ => a.config.as_ref().and_then(|c| c.parent()).map(Path::to_path_buf),
+        };
+        let (dirs, notes) = a.distill.as_ref().map(|d| d.located(beside.as_deref())).unwrap_or_default();
+        resume_warnings.extend(notes);
         let teachers = match &a.distill {
-            Some(d) => teachers_of(&a, d, a.config.is_none() && matches!(target, Folder::New(_)))?,
+            Some(_) => teachers_of(&a, &dirs, a.config.is_none() && matches!(target, Folder::New(_)))?,
             None => vec![],
         };
         if let Some(d) = &mut a.distill {
             let now = teachers.iter().map(|t| weights_identity(t.as_ref())).collect::<Result<Vec<_>>>()?;
-            if matches!(target, Folder::New(_)) {
+            if let Folder::New(dir) = &target {
                 d.teacher_weights = now;
+                // A new run records where it found them (a resume keeps its config as written).
+                d.teachers = dirs.iter().map(|t| std::fs::canonicalize(t).unwrap_or_else(|_| t.clone())).collect();
+                d.teachers_from_run =
+                    d.teachers.iter().map(|t| relative_to(dir, t)).collect::<Option<_>>().unwrap_or_default();
             } else if !d.teacher_weights.is_empty() {
-                for ((dir, was), is) in d.teachers.iter().zip(&d.teacher_weights).zip(&now) {
+                for ((dir, was), is) in dirs.iter().zip(&d.teacher_weights).zip(&now) {
                     if was != is {
                         bail!(
                             "the run's teacher {}: its weights are not those the run was distilled from (trained further or replaced since); a resume needs the same teachers",
@@ -3810,6 +3898,17 @@ mod tests {
 
     /// One process, no optimizer state: the weights and their gradients.
     const ONE: Copies = Copies { replicas: 1, state_floats: 0.0 };
+
+    /// A teacher's place relative to a student's folder, neither of which need exist.
+    #[test]
+    fn relative_paths_between_run_folders() {
+        let rel = |a: &str, b: &str| relative_to(Path::new(a), Path::new(b)).unwrap();
+        assert_eq!(rel("/p/runs/s", "/p/runs/t"), PathBuf::from("../t"));
+        assert_eq!(rel("/p/runs/s", "/p/teachers/a/t"), PathBuf::from("../../teachers/a/t"));
+        assert_eq!(rel("/p/runs/./x/../s", "/p/runs/t"), PathBuf::from("../t"));
+        assert_eq!(rel("/nonexistent-a/s", "/nonexistent-b/t"), PathBuf::from("../../nonexistent-b/t"));
+        assert_eq!(rel("/p/s", "/p/s/t"), PathBuf::from("t"));
+    }
 
     /// What stops a sweep or a benchmark (a file that cannot be written or read) against what is
     /// a trial's result (a diverged step, a refused setting).

@@ -281,3 +281,38 @@ fn distill_a_small_student() {
         let _ = std::fs::remove_dir_all(x);
     }
 }
+
+/// A project folder moved with its runs: the student's config names its teacher's old absolute
+/// folder, and a resume finds the teacher where it was beside the student (its weights checked
+/// as always), saying so.
+#[test]
+fn a_moved_distillation_finds_its_teacher_beside_it() {
+    let (proj, moved) = (out("dist-proj"), out("dist-moved"));
+    std::fs::create_dir_all(&*proj).unwrap();
+    tiny(&proj.join("t"), "20", &[]);
+    let student = proj.join("s");
+    let t = proj.join("t");
+    run_ok(&[
+        "distill",
+        "--teacher",
+        s(&t),
+        "--student",
+        "mlp",
+        "--hidden",
+        "16",
+        "--steps",
+        "10",
+        "--batch-size",
+        "64",
+        "--validation",
+        "500",
+        "--threads",
+        "1",
+        "--out",
+        s(&student),
+    ]);
+    std::fs::rename(&*proj, &*moved).unwrap();
+    let text = run_ok(&["train", "--resume", s(&moved.join("s")), "--steps", "15", "--threads", "1"]);
+    assert!(text.contains("is gone") && text.contains("beside the run"), "{text}");
+    line_with(&text, "validation accuracy: ");
+}
