@@ -72,7 +72,7 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
 
 /// torch checks `SGD`'s Nesterov conditions on the constructor's arguments only: a group that
 /// drops the momentum (or adds dampening) runs, a constructor without momentum is refused even
-/// when every group gives one.
+/// when every group gives one; pytorch_optimizer's constructors check theirs likewise.
 #[test]
 fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
     let shapes = shapes();
@@ -80,6 +80,14 @@ fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
     let nesterov = json!({"lr": 0.1, "momentum": 0.9, "nesterov": true});
     for g in [groups(json!({"momentum": 0.0}), json!({})), groups(json!({"dampening": 0.5}), json!({}))] {
         assert!(build_optimizer("torch", "sgd", &nesterov, Some(&g), &shapes).is_ok(), "{g}");
+    }
+    // pytorch_optimizer too checks its constructor's arguments whatever the groups give.
+    let every = groups(json!({"lr": 0.1}), json!({"lr": 0.1}));
+    for (name, h) in
+        [("lamb", json!({"lr": -1.0})), ("lion", json!({"betas": [1.5, 0.9]})), ("soap", json!({"lr": -1.0}))]
+    {
+        let e = build_optimizer("po", name, &h, Some(&every), &shapes).err().map(|e| e.to_string());
+        assert!(e.is_some(), "po.{name} {h} with groups was accepted");
     }
     let no_momentum = json!({"lr": 0.1, "nesterov": true});
     let g = groups(json!({"momentum": 0.9}), json!({"momentum": 0.5}));

@@ -71,9 +71,15 @@ pub fn build(
     }
     Some(match param_groups {
         None => build_one(name, hparams, false),
-        Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
-            build_one(name, &group_hparams(name, hparams, merged), true)
-        }),
+        Some(groups) => {
+            // The library checks the constructor's arguments, whatever the groups override.
+            if let Err(e) = build_one(name, hparams, false) {
+                return Some(Err(e));
+            }
+            crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
+                build_one(name, &group_hparams(name, hparams, merged), true)
+            })
+        }
     })
 }
 
