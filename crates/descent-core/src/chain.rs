@@ -90,6 +90,7 @@ impl Transform for Chain {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_updates(updates, params)?;
         let mut k = 0;
         while k < self.links.len() {
             if self.links[k].elementwise().is_none() {

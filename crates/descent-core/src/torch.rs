@@ -43,17 +43,19 @@ fn lerp(start: f32, end: f32, w: f32) -> f32 {
     }
 }
 
+// torch's checks (`0.0 <= x`, which refuses NaN), and finiteness, which the keyword-argument path
+// asks of every number: a typed config built in Rust gets the same refusals.
 fn check_lr(lr: &LearningRate) -> Result<()> {
     if let Some(x) = lr.constant() {
-        ensure(x >= 0.0, || format!("Invalid learning rate: {x}"))?;
+        ensure((0.0..f64::INFINITY).contains(&x), || format!("Invalid learning rate: {x}"))?;
     }
     Ok(())
 }
 fn check_eps(eps: f64) -> Result<()> {
-    ensure(eps >= 0.0, || format!("Invalid epsilon value: {eps}"))
+    ensure((0.0..f64::INFINITY).contains(&eps), || format!("Invalid epsilon value: {eps}"))
 }
 fn check_wd(wd: f64) -> Result<()> {
-    ensure(wd >= 0.0, || format!("Invalid weight_decay value: {wd}"))
+    ensure((0.0..f64::INFINITY).contains(&wd), || format!("Invalid weight_decay value: {wd}"))
 }
 fn check_beta(i: usize, b: f64) -> Result<()> {
     ensure((0.0..1.0).contains(&b), || format!("Invalid beta parameter at index {i}: {b}"))
@@ -147,7 +149,8 @@ impl Sgd {
     pub fn for_group(config: SgdConfig) -> Result<Self> {
         let SgdConfig { lr, momentum, dampening, weight_decay, nesterov, maximize } = config;
         check_lr(&lr)?;
-        ensure(momentum >= 0.0, || format!("Invalid momentum value: {momentum}"))?;
+        ensure((0.0..f64::INFINITY).contains(&momentum), || format!("Invalid momentum value: {momentum}"))?;
+        ensure(dampening.is_finite(), || format!("Invalid dampening value: {dampening}"))?;
         check_wd(weight_decay)?;
         Ok(Sgd {
             lr,

@@ -85,6 +85,7 @@ pub trait Transform: Send + Sync {
 
     /// Transforms `updates` in place; `params` are the current parameters.
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        check_updates(updates, params)?;
         let e = self
             .as_elementwise()
             .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
@@ -161,6 +162,22 @@ pub(crate) fn step_through_updates<T: Transform + ?Sized>(
     }
     add_updates(params, updates);
     Ok(())
+}
+
+/// Updates that match the parameters one for one, as a transformation stepped directly (without
+/// [`crate::Optimizer`], which checks them against the shapes) needs.
+pub(crate) fn check_updates(updates: &[Vec<f32>], params: &[&[f32]]) -> Result<()> {
+    if updates.len() != params.len() {
+        return Err(Error::Shape(format!("{} update tensors for {} parameters", updates.len(), params.len())));
+    }
+    match updates.iter().zip(params).position(|(u, p)| u.len() != p.len()) {
+        Some(i) => Err(Error::Shape(format!(
+            "update {i} has {} elements, its parameter {}",
+            updates[i].len(),
+            params[i].len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -> Result<()> {

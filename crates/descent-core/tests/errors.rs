@@ -65,6 +65,13 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
         let e = err_of("torch", name, h);
         assert!(e.contains(needle), "{name}: {e}");
     }
+    // Typed configs get the finiteness the keyword arguments' numbers have.
+    assert!(Adam::new(AdamConfig { lr: f64::INFINITY.into(), ..Default::default() }).is_err());
+    assert!(Adam::new(AdamConfig { eps: f64::INFINITY, ..Default::default() }).is_err());
+    let sgd = |momentum: f64, dampening: f64| {
+        descent_core::torch::Sgd::new(descent_core::torch::SgdConfig { momentum, dampening, ..Default::default() })
+    };
+    assert!(sgd(f64::INFINITY, 0.0).is_err() && sgd(0.9, f64::NAN).is_err() && sgd(0.9, 0.1).is_ok());
     let betas = (0.9, 1.5);
     assert!(Adam::new(AdamConfig { lr: 0.1.into(), betas, ..Default::default() }).is_err());
     assert!(Adam::new(AdamConfig { weight_decay: 0.1, decay: WeightDecay::Decoupled, ..AdamConfig::adamw() }).is_ok());

@@ -179,3 +179,35 @@ fn typed_fields_are_the_keyword_arguments() {
     })
     .is_err());
 }
+
+/// A mask has one entry per parameter, as the keyword-argument path checks: a typed config's
+/// mask of another length is refused when the parameters are known, a uniform one too (it would
+/// otherwise turn weight decay on or off for every parameter whatever their count).
+#[test]
+fn a_typed_mask_of_another_length_is_refused_at_init() {
+    let shapes = shapes();
+    let params: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.5; s.iter().product()]).collect();
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    for mask in [vec![false], vec![true, true], vec![], vec![true, false, true, false], vec![true; 4]] {
+        let tx = optax::adamw(optax::AdamW { mask: Some(mask.clone()), ..Default::default() });
+        let e = Optimizer::new(tx, shapes.clone(), &views).err().map(|e| e.to_string());
+        assert!(e.is_some(), "mask {mask:?} for 3 parameters was accepted");
+    }
+    let tx = optax::adamw(optax::AdamW { mask: Some(vec![true; 3]), ..Default::default() });
+    assert!(Optimizer::new(tx, shapes.clone(), &views).is_ok());
+}
+
+/// A transformation stepped directly (optax style, without [`Optimizer`]) with updates that do
+/// not match the parameters gets an error, not a panic.
+#[test]
+fn a_direct_update_with_mismatched_buffers_is_an_error() {
+    let shapes = shapes();
+    let params: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.5; s.iter().product()]).collect();
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let mut tx = optax::adam(optax::Adam::default());
+    tx.init(&shapes, &views).unwrap();
+    let mut short = vec![vec![0.1f32; 12]];
+    assert!(tx.update(&mut short, &views).is_err());
+    let mut longer: Vec<Vec<f32>> = params.iter().map(|p| vec![0.1; p.len() + 1]).collect();
+    assert!(tx.update(&mut longer, &views).is_err());
+}

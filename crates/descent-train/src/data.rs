@@ -108,7 +108,9 @@ impl Dataset {
 /// (candle's `index_select` goes element by element, a tenth of a small model's step), candle's
 /// `index_select` otherwise. An index past the end is an error.
 fn gather_rows(t: &Tensor, idx: &[u32]) -> Result<Tensor> {
-    let n = t.dims()[0];
+    let Some(&n) = t.dims().first() else {
+        return Err(crate::Error::Param("a dataset's tensors need a first (sample) axis; got a scalar".into()));
+    };
     if let Some(&bad) = idx.iter().find(|&&i| i as usize >= n) {
         return Err(crate::Error::Param(format!("sample index {bad} out of range for {n} samples")));
     }

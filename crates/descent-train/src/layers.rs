@@ -51,6 +51,9 @@ impl MaxPool2d {
                 self.padding
             );
         }
+        if dims[2] == 0 || dims[3] == 0 {
+            candle_core::bail!("max_pool2d: an empty plane {dims:?} (height and width at least 1)");
+        }
         if dims[2] + 2 * self.padding < self.kernel || dims[3] + 2 * self.padding < self.kernel {
             candle_core::bail!("max_pool2d window {} larger than the padded input {dims:?}", self.kernel);
         }
@@ -184,6 +187,11 @@ pub struct Conv2d {
 impl Conv2d {
     /// A square-kernel convolution initialized like PyTorch (fan_in = in/groups · k²).
     pub fn new(inp: usize, out: usize, k: usize, init: Init, rng: &mut Rng) -> Result<Self> {
+        if inp == 0 || out == 0 || k == 0 {
+            return Err(crate::Error::Param(format!(
+                "Conv2d: {inp} input channels, {out} output channels, kernel {k} (each at least 1)"
+            )));
+        }
         let fan_in = inp * k * k;
         let w = init.weights(out * fan_in, fan_in, out * k * k, rng);
         let b = init.biases(out, fan_in, rng);
@@ -246,6 +254,17 @@ pub fn conv2d_with(
     epilogue: Epilogue,
 ) -> Result<Tensor> {
     let Conv2dGeometry { stride, padding, dilation, groups } = geometry;
+    let (xd, wd) = (x.dims(), w.dims());
+    if wd.len() != 4 || xd.len() != 4 {
+        return Err(crate::Error::Param(format!(
+            "conv2d: input [n, c, h, w] {xd:?} and weight [out, in/groups, kh, kw] {wd:?}"
+        )));
+    }
+    if wd.contains(&0) || xd[1..].contains(&0) {
+        return Err(crate::Error::Param(format!(
+            "conv2d: a zero-size dimension in input {xd:?} or weight {wd:?} (channels, kernel and image at least 1)"
+        )));
+    }
     let op = Conv2dOp::new(stride, padding, dilation, groups, epilogue);
     let zeros;
     let b = match b {

@@ -78,9 +78,9 @@ impl CustomOp3 for LinearOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (xd, wd) = (l1.dims(), l2.dims());
-        if xd.len() < 2 || wd.len() != 2 || xd[xd.len() - 1] != wd[1] || l3.dims() != [wd[0]] {
+        if xd.len() < 2 || wd.len() != 2 || xd[xd.len() - 1] != wd[1] || l3.dims() != [wd[0]] || wd.contains(&0) {
             candle_core::bail!(
-                "linear: input [.., n, in] {xd:?}, weight [out, in] {wd:?}, bias [out] {:?} do not fit",
+                "linear: input [.., n, in] {xd:?}, weight [out, in] {wd:?}, bias [out] {:?} do not fit (in, out at least 1)",
                 l3.dims()
             );
         }

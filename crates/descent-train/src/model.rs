@@ -95,6 +95,9 @@ pub struct Linear {
 impl Linear {
     /// A layer from `inp` to `out` features, initialized by `init`.
     pub fn new(inp: usize, out: usize, init: Init, rng: &mut Rng, dev: &Device) -> Result<Self> {
+        if inp == 0 || out == 0 {
+            return Err(Error::Param(format!("Linear: {inp} input and {out} output features (each at least 1)")));
+        }
         let w = init.weights(inp * out, inp, out, rng);
         let b = init.biases(out, inp, rng);
         Ok(Linear { weight: var(w, &[out, inp], dev)?, bias: var(b, &[out], dev)? })

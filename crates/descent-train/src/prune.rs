@@ -154,14 +154,22 @@ impl Norm {
     }
 }
 
-/// Each slice's norm along `dim` of a tensor of `shape` (torch's `_compute_norm`).
-pub fn slice_norms(w: &[f32], shape: &[usize], n: Norm, dim: usize) -> Vec<f64> {
+/// Each slice's norm along `dim` of a tensor of `shape` (torch's `_compute_norm`); an error when
+/// `dim` is not an axis of `shape` or `w` does not hold `shape`'s elements.
+pub fn slice_norms(w: &[f32], shape: &[usize], n: Norm, dim: usize) -> Result<Vec<f64>> {
+    if dim >= shape.len() || shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(w.len()) {
+        return Err(Error::Param(format!(
+            "slice norms along dim {dim} of shape {shape:?} over {} values: no such axis, or not that many values",
+            w.len()
+        )));
+    }
     let inner: usize = shape[dim + 1..].iter().product();
     let size = shape[dim];
     let outer: usize = shape[..dim].iter().product();
-    (0..size)
+    let norms = (0..size)
         .map(|c| n.of((0..outer).flat_map(move |o| (0..inner).map(move |i| (o * size + c) * inner + i)).map(|j| w[j])))
-        .collect()
+        .collect::<Vec<_>>();
+    Ok(norms)
 }
 
 /// `prune.ln_structured(…, amount, n, dim)`: a mask keeping the `size − k` slices along `dim`
@@ -185,7 +193,7 @@ pub fn ln_structured(w: &[f32], shape: &[usize], amount: Amount, n: Norm, dim: i
     let d = if dim < 0 { (nd + dim) as usize } else { dim as usize };
     let size = shape[d];
     let k = amount.count(size)?;
-    let norms = slice_norms(w, shape, n, d);
+    let norms = slice_norms(w, shape, n, d)?;
     // Keep the largest: prune the smallest, ties pruning the higher index first.
     let neg: Vec<f64> = norms.iter().map(|v| -v).collect();
     let keep = smallest(&neg, size - k);

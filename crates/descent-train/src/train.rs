@@ -295,7 +295,7 @@ impl LrSchedule {
         }
     }
 
-    /// The multiplier at `step` of `total` steps, in `epoch` (1-based), for per-step and
+    /// The multiplier at `step` of `total` steps, in `epoch` (1-based; 0 reads as 1), for per-step and
     /// per-epoch schedules (plateau is driven by the metric instead).
     pub fn multiplier(&self, step: u64, total: u64, epoch: usize) -> f64 {
         let (t, n) = (step as f64, total.max(1) as f64);
@@ -334,10 +334,10 @@ impl LrSchedule {
             .map(|s| s.value(step.min(total.saturating_sub(1))))
             .unwrap_or(1.0),
             LrSchedule::Linear => (1.0 - t / n).max(0.0),
-            &LrSchedule::Exponential { gamma } => gamma.powi(epoch as i32 - 1),
-            &LrSchedule::Step { every, gamma } => gamma.powi(((epoch - 1) / every.max(1)) as i32),
+            &LrSchedule::Exponential { gamma } => gamma.powi(epoch.max(1) as i32 - 1),
+            &LrSchedule::Step { every, gamma } => gamma.powi((epoch.saturating_sub(1) / every.max(1)) as i32),
             LrSchedule::Spec(ref s) => {
-                let t = if s.per_epoch { epoch as u64 - 1 } else { step };
+                let t = if s.per_epoch { (epoch as u64).saturating_sub(1) } else { step };
                 s.schedule.value(t) / s.base_lr
             }
         }

@@ -10,6 +10,59 @@ use crate::transform::{Shapes, Transform};
 
 use super::zeros;
 
+/// `inner` for exactly `n` parameters: what a uniform mask of [`Partition::split`] leaves, whose
+/// length is the only trace of the parameters it was written for. `init` refuses another count;
+/// everything else is `inner`'s (its fused form included).
+struct ForCount {
+    n: usize,
+    inner: Box<dyn Transform>,
+}
+
+impl Transform for ForCount {
+    fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
+        if shapes.len() != self.n {
+            return Err(Error::Shape(format!(
+                "the mask has {} entries, one per parameter, for {} parameters",
+                self.n,
+                shapes.len()
+            )));
+        }
+        self.inner.init(shapes, params)
+    }
+    fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        self.inner.update(updates, params)
+    }
+    fn step_buffers(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], updates: &mut [Vec<f32>]) -> Result<()> {
+        self.inner.step_buffers(params, grads, updates)
+    }
+    fn as_elementwise(&mut self) -> Option<&mut dyn Elementwise> {
+        self.inner.as_elementwise()
+    }
+    fn elementwise(&self) -> Option<&dyn Elementwise> {
+        self.inner.elementwise()
+    }
+    fn visit_state(&mut self, v: &mut dyn StateVisitor) -> Result<()> {
+        self.inner.visit_state(v)
+    }
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        self.inner.visit_learning_rates(f)
+    }
+    fn eval_params(&self, params: &[&[f32]]) -> Option<Vec<Vec<f32>>> {
+        self.inner.eval_params(params)
+    }
+    fn supports_sparse(&self) -> bool {
+        self.inner.supports_sparse()
+    }
+    fn step_sparse(
+        &mut self,
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+        rows: &crate::sparse::SparseRows,
+    ) -> Result<()> {
+        self.inner.step_sparse(params, grads, rows)
+    }
+}
+
 /// optax `MultiSteps`' `should_skip_update_fn`: which incoming gradients a step skips (no update,
 /// no change of state).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -360,14 +413,15 @@ impl Partition {
     }
 
     /// `on` for the parameters whose mask entry is `true`, `off` for the others; a side that no
-    /// parameter takes is dropped.
+    /// parameter takes is dropped. The mask has one entry per parameter: `init` refuses other
+    /// parameter counts, a uniform mask's too.
     pub fn split(mask: &[bool], on: Box<dyn Transform>, off: Box<dyn Transform>) -> Box<dyn Transform> {
         let yes: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
         let no: Vec<usize> = (0..mask.len()).filter(|&i| !mask[i]).collect();
         if no.is_empty() {
-            on
+            Box::new(ForCount { n: mask.len(), inner: on })
         } else if yes.is_empty() {
-            off
+            Box::new(ForCount { n: mask.len(), inner: off })
         } else {
             Box::new(Partition::new(vec![(yes, on), (no, off)]))
         }
@@ -443,6 +497,14 @@ impl Transform for Partition {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_updates(updates, params)?;
+        if updates.len() != self.slot.len() {
+            return Err(Error::Shape(format!(
+                "{} update tensors for {} parameters at init",
+                updates.len(),
+                self.slot.len()
+            )));
+        }
         for (idx, tx) in self.groups.iter_mut() {
             let mut sub: Vec<Vec<f32>> = idx.iter().map(|&i| std::mem::take(&mut updates[i])).collect();
             let ps: Vec<&[f32]> = idx.iter().map(|&i| params[i]).collect();
