@@ -45,7 +45,7 @@ fn an_empty_image_and_a_scalar_dataset_are_errors() {
     let empty = Tensor::zeros((1, 1, 0, 0), candle_core::DType::F32, &dev).unwrap();
     assert!(MaxPool2d::new(2, 2, 1).forward(&empty).is_err());
     let d = Dataset { x: Tensor::new(1f32, &dev).unwrap(), y: Tensor::new(3u32, &dev).unwrap() };
-    let e = d.batch(&[0]).err().expect("refused").to_string();
+    let e = d.batch(&[0]).expect_err("refused").to_string();
     assert!(e.contains("scalar"), "{e}");
 }
 
