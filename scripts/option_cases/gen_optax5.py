@@ -29,3 +29,6 @@ case("contrib.schedule_free_sgd", "wd_sched", {"learning_rate": 0.1, "weight_dec
 case("contrib.muon", "wd_sched", {"learning_rate": 0.02, "weight_decay": lin(), "adam_weight_decay": exp}, shapes=[(5, 3), (4,), (6, 4)], seed=220)
 case("contrib.muon", "wd_sched_mask", {"learning_rate": 0.02, "weight_decay": cos(0.3), "weight_decay_mask": [True, True, False]}, shapes=[(5, 3), (4,), (6, 4)], seed=221)
 case("contrib.galore", "wd_sched", {"learning_rate": 0.02, "weight_decay": lin()}, shapes=[(5, 3), (4,), (6, 4)], seed=222)
+# jnp.cbrt is odd: a negative rate (or eps) makes the sum negative and its root negative.
+case("contrib.madgrad", "negative_lr", {"learning_rate": -0.1}, seed=223)
+case("contrib.madgrad", "negative_eps", {"learning_rate": 0.02, "eps": -0.1}, seed=224)

@@ -21,3 +21,7 @@ case("spam", "groups", {"lr": 0.02, "warmup_epoch": 2}, groups=G({"weight_decay"
 case("shampoo", "groups", {"lr": 0.02}, shapes=M2, groups=G({"momentum": 0.5}, {"weight_decay": 0.1}), seed=76)
 case("yogi", "groups", {"lr": 0.02}, groups=G({"initial_accumulator": 0.1}, {"weight_decay": 0.1, "eps": 1e-4}), seed=77)
 case("laprop", "groups", {"lr": 0.02}, groups=G({"centered": True}, {"steps_before_using_centered": 2, "centered": True}), seed=78)
+# SPAM keeps density, grad_accu_steps, threshold, update_proj_gap and warmup_epoch on the
+# optimizer (the constructor's); a group's value is never read.
+case("spam", "groups_density", {"lr": 0.02, "warmup_epoch": 2}, groups=G({"density": 0.0}, {}), seed=76)
+case("spam", "groups_grad_accu_steps", {"lr": 0.02, "warmup_epoch": 2, "threshold": 2.0}, groups=G({"grad_accu_steps": 0, "threshold": 1e-3}, {}), seed=77)

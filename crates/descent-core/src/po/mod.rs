@@ -53,10 +53,10 @@ pub fn build(
     param_groups: Option<&Value>,
     shapes: &[Vec<usize>],
 ) -> Result<Box<dyn Transform>> {
-    // The library keeps `maximize` on the optimizer (`self.maximize`, the constructor's): a
-    // group's is never read. (Lookahead's groups are its inner optimizer's, torch's or this
-    // library's, which read them as their own library does.)
-    let stripped = param_groups.filter(|_| name != "lookahead").map(|g| without_group_key(g, "maximize"));
+    // The library keeps `maximize` (and some classes a few more arguments) on the optimizer
+    // (`self.maximize`, the constructor's): a group's is never read. (Lookahead's groups are its
+    // inner optimizer's, torch's or this library's, which read them as their own library does.)
+    let stripped = param_groups.filter(|_| name != "lookahead").map(|g| without_group_keys(g, constructor_only(name)));
     let param_groups = stripped.as_ref().or(param_groups);
     let families: [Family; 3] = [adam_family::build, more::build, matrix::build];
     for f in families {
@@ -73,14 +73,45 @@ pub fn build(
     ))
 }
 
-/// `param_groups` with `key` taken out of every group's `hparams` (anything else as it is: the
+/// The arguments a class keeps on the optimizer (`self.x = x` in its constructor, not in its
+/// `defaults`) and its step reads from there: a group's value for them is never read. (The Adam
+/// family's classes are listed in `adam_family`, where a few more keep group keys of their own.)
+fn constructor_only(name: &str) -> &'static [&'static str] {
+    match name {
+        "adopt" => &["maximize", "clip_lambda"],
+        "spam" => &["maximize", "density", "grad_accu_steps", "threshold", "update_proj_gap", "warmup_epoch"],
+        "shampoo" => &["maximize", "preconditioning_compute_steps"],
+        "soap" => &["maximize", "data_format"],
+        "scalableshampoo" => &[
+            "maximize",
+            "block_size",
+            "diagonal_eps",
+            "graft_type",
+            "inverse_exponent_override",
+            "matrix_eps",
+            "no_preconditioning_for_layers_with_dim_gt",
+            "pre_conditioner_type",
+            "preconditioning_compute_steps",
+            "shape_interpretation",
+            "skip_preconditioning_rank_lt",
+            "start_preconditioning_step",
+            "statistics_compute_steps",
+            "use_svd",
+        ],
+        _ => &["maximize"],
+    }
+}
+
+/// `param_groups` with `keys` taken out of every group's `hparams` (anything else as it is: the
 /// builders check the groups' form).
-fn without_group_key(groups: &Value, key: &str) -> Value {
+fn without_group_keys(groups: &Value, keys: &[&str]) -> Value {
     let mut groups = groups.clone();
     if let Some(arr) = groups.as_array_mut() {
         for g in arr {
             if let Some(h) = g.get_mut("hparams").and_then(Value::as_object_mut) {
-                h.remove(key);
+                for key in keys {
+                    h.remove(*key);
+                }
             }
         }
     }

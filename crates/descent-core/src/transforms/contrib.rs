@@ -305,8 +305,8 @@ impl Elementwise for ScaleByMadgrad {
     }
     // Compute-bound (a cube root per value): the AVX-512 build where the CPU has it. The
     // hyper-parameters are read once, as the loop writes through state the compiler cannot tell
-    // apart from them, and the cube root is `cbrt_f32`, which vectorizes where `f32::cbrt` is a
-    // call per value.
+    // apart from them, and the cube root is `cbrt_f32` (made odd, as `jnp.cbrt`), which
+    // vectorizes where `f32::cbrt` is a call per value.
     simd_apply!(wide ScaleByMadgrad, |this, i, off, u, p| {
         let n = u.len();
         let (gss, s, x0, p) =
@@ -316,7 +316,8 @@ impl Elementwise for ScaleByMadgrad {
             let g = u[j];
             gss[j] += lamb * g * g;
             s[j] += lamb * g;
-            let sigma = cbrt_f32(gss[j]) + eps;
+            // `jnp.cbrt`, odd: a negative sum (a negative rate) has a negative root.
+            let sigma = cbrt_f32(gss[j].abs()).copysign(gss[j]) + eps;
             let z = x0[j] - s[j] / sigma;
             let x_new = (1.0 - momentum) * z + momentum * p[j];
             u[j] = x_new - p[j];
