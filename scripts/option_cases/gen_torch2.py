@@ -14,3 +14,7 @@ case("muon", "groups", {"lr": 0.02}, shapes=[(5, 3), (4, 6), (3, 3)], groups=G({
 # without momentum runs as plain SGD, and Nesterov with dampening runs.
 case("sgd", "groups_nest_mom0", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, groups=G({}, {"momentum": 0.0, "lr": 0.2}), seed=31)
 case("sgd", "groups_nest_damp", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, groups=G({"dampening": 0.3}, {"weight_decay": 0.1}), seed=32)
+# AdamW steps as Adam, which reads `decoupled_weight_decay` from each group: L2 decay there.
+case("adamw", "groups_l2", {"lr": 0.02, "weight_decay": 0.1}, groups=G({"decoupled_weight_decay": False}, {}), seed=33)
+# Muon's third rate adjustment, sqrt(rows/cols) unclamped (wide matrices get a smaller rate).
+case("muon", "spectral_unclamped", {"lr": 0.02, "adjust_lr_fn": "spectral_unclamped"}, shapes=[(5, 3), (4, 6), (3, 3)], seed=34)

@@ -970,8 +970,13 @@ fn torch_adam_like(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
     let betas = k.pair("betas", (0.9, 0.999))?;
     let eps = k.f64("eps", 1e-8)?;
     let wd = k.f64("weight_decay", if adamw { 1e-2 } else { 0.0 })?;
-    // torch's AdamW always decouples and has no such argument (a TypeError); Adam takes it.
-    let decoupled = if adamw { true } else { k.bool("decoupled_weight_decay", false)? };
+    // torch's AdamW has no such argument (a TypeError) and decouples, but its step is Adam's,
+    // which reads the key from each group: a group may turn it off. Adam takes it everywhere.
+    let decoupled = match (adamw, k.of) {
+        (true, ArgumentsOf::Constructor) => true,
+        (true, ArgumentsOf::Group) => k.bool("decoupled_weight_decay", true)?,
+        (false, _) => k.bool("decoupled_weight_decay", false)?,
+    };
     let t = torch::Adam::new(torch::AdamConfig {
         lr,
         betas,
@@ -1144,6 +1149,7 @@ fn torch_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let adjust = match k.opt_str("adjust_lr_fn")?.unwrap_or("original") {
         "original" => MuonLrAdjust::Original,
         "match_rms_adamw" => MuonLrAdjust::MatchRmsAdamw,
+        "spectral_unclamped" => MuonLrAdjust::SpectralUnclamped,
         other => return Err(crate::error::invalid(format!("Adjust learning rate function {other} is not supported"))),
     };
     let t = torch::Muon::new(torch::MuonConfig {

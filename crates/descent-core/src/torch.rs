@@ -1489,6 +1489,8 @@ pub enum MuonLrAdjust {
     Original,
     /// `0.2·√max(rows, cols)`, matching AdamW's update RMS (Moonshot, Liu et al. 2025).
     MatchRmsAdamw,
+    /// `√(rows/cols)`, unclamped (Bernstein, "Deriving Muon"): below 1 for wide matrices.
+    SpectralUnclamped,
 }
 
 /// `torch.optim.Muon`: EMA momentum (Nesterov by default), Newton–Schulz orthogonalization in
@@ -1597,6 +1599,7 @@ impl Transform for Muon {
             let ratio = match self.adjust {
                 MuonLrAdjust::Original => (rows as f64 / cols as f64).max(1.0).sqrt(),
                 MuonLrAdjust::MatchRmsAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),
+                MuonLrAdjust::SpectralUnclamped => (rows as f64 / cols as f64).sqrt(),
             };
             let (adj, decay) = ((lr * ratio) as f32, (1.0 - lr * self.weight_decay) as f32);
             for j in 0..u.len() {
