@@ -32,3 +32,6 @@ case("contrib.galore", "wd_sched", {"learning_rate": 0.02, "weight_decay": lin()
 # jnp.cbrt is odd: a negative rate (or eps) makes the sum negative and its root negative.
 case("contrib.madgrad", "negative_lr", {"learning_rate": -0.1}, seed=223)
 case("contrib.madgrad", "negative_eps", {"learning_rate": 0.02, "eps": -0.1}, seed=224)
+# scale_by_lion's sign variants: tanh(smooth_beta·x), and x itself inside (-1, 1).
+case("chain", "lion_smooth", {"links": [["scale_by_lion", {"mode": "smooth", "smooth_beta": 3.0}], ["scale", {"step_size": -0.01}]]}, seed=225)
+case("chain", "lion_refined", {"links": [["scale_by_lion", {"b1": 0.5, "mode": "refined"}], ["scale", {"step_size": -0.01}]]}, seed=226)

@@ -1560,7 +1560,20 @@ fn optax_scale_by_learning_rate(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<
 
 fn optax_scale_by_lion(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     k.mu_dtype_f32_only()?;
-    Ok(boxed(ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?)))
+    let lion = ScaleByLion::new(k.f64("b1", 0.9)?, k.f64("b2", 0.99)?);
+    let smooth_beta = k.f64("smooth_beta", 1.0)?;
+    let mode = match k.str("mode", "hard")? {
+        "hard" => crate::transforms::LionMode::Hard,
+        "smooth" => crate::transforms::LionMode::Smooth { beta: smooth_beta as f32 },
+        "refined" => crate::transforms::LionMode::Refined,
+        other => {
+            return Err(Error::Field {
+                context: "optax.scale_by_lion: `mode`".into(),
+                message: format!("Unknown lion mode: {other}; accepted: hard, smooth, refined"),
+            })
+        }
+    };
+    Ok(boxed(lion.with_mode(mode)))
 }
 
 fn optax_scale_by_param_block_rms(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

@@ -26,7 +26,7 @@ fn generated_pytorch_optimizer_cases_pass() {
 /// optax 0.2.8 and pytorch_optimizer 4.1.0 (`scripts/option_cases/`).
 #[test]
 fn generated_option_cases_pass() {
-    replay_cases("options", 285);
+    replay_cases("options", 287);
 }
 
 /// torch 2.15 and optax 0.2.8 schedules with unusual arguments: one-cycle boundaries that

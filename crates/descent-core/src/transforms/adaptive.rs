@@ -444,17 +444,41 @@ impl Elementwise for ScaleByAdamax {
     });
 }
 
-/// optax `scale_by_lion` (Chen et al. 2023): `u ← sign((1−β₁)g + β₁m)`, then `m ← (1−β₂)g + β₂m`.
+/// optax `scale_by_lion` (Chen et al. 2023): `u ← sign((1−β₁)g + β₁m)`, then `m ← (1−β₂)g + β₂m`;
+/// the sign, or the smoother forms of its `mode` ([`LionMode`]).
 pub struct ScaleByLion {
     b1: f32,
     b2: f32,
+    mode: LionMode,
     count: u64,
     mu: ParamBufs,
 }
+
+/// optax `scale_by_lion`'s `mode`: what the interpolated momentum `x` becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum LionMode {
+    /// `sign(x)` (optax's default `"hard"`).
+    #[default]
+    Hard,
+    /// `tanh(smooth_beta·x)` (`"smooth"`).
+    Smooth {
+        /// `smooth_beta` (optax's default 1).
+        beta: f32,
+    },
+    /// `x` where `|x| < 1`, `sign(x)` beyond (`"refined"`).
+    Refined,
+}
+
 impl ScaleByLion {
     /// A `ScaleByLion` with these hyper-parameters (`b1`, `b2`), as described above.
     pub fn new(b1: f64, b2: f64) -> Self {
-        ScaleByLion { b1: b1 as f32, b2: b2 as f32, count: 0, mu: ParamBufs::default() }
+        ScaleByLion { b1: b1 as f32, b2: b2 as f32, mode: LionMode::Hard, count: 0, mu: ParamBufs::default() }
+    }
+
+    /// The same with another sign variant.
+    pub fn with_mode(mut self, mode: LionMode) -> Self {
+        self.mode = mode;
+        self
     }
 }
 elementwise_transform!(ScaleByLion, |s, shapes, _p| { s.mu = zeros(shapes).into(); }; bufs: [mu]; counters: [count]; scalars: []);
@@ -464,10 +488,29 @@ impl Elementwise for ScaleByLion {
     }
     simd_apply!(ScaleByLion, |this, i, off, u, p| {
         let m = this.mu.slice(i, off, u.len());
-        for (g, m) in u.iter_mut().zip(m) {
-            let x = (1.0 - this.b1) * *g + this.b1 * *m;
-            *m = (1.0 - this.b2) * *g + this.b2 * *m;
-            *g = sign(x);
+        // One loop per mode, the mode's test out of the loop.
+        match this.mode {
+            LionMode::Hard => {
+                for (g, m) in u.iter_mut().zip(m) {
+                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
+                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    *g = sign(x);
+                }
+            }
+            LionMode::Smooth { beta } => {
+                for (g, m) in u.iter_mut().zip(m) {
+                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
+                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    *g = (beta * x).tanh();
+                }
+            }
+            LionMode::Refined => {
+                for (g, m) in u.iter_mut().zip(m) {
+                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
+                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    *g = if x.abs() < 1.0 { x } else { sign(x) };
+                }
+            }
         }
     });
 }
