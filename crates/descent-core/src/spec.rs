@@ -1789,10 +1789,16 @@ fn optax_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
 }
 
 fn optax_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    let learning_rate = k.lr("learning_rate", None)?;
+    let b2 = k.f64("b2", 0.999)?;
+    if b2 == 1.0 {
+        // `ro_inf = 2/(1 − b2) − 1`, in Python floats at construction.
+        return Err(k.err("b2", "1 divides by zero in the SMA length 2/(1 − b2) − 1 (optax raises ZeroDivisionError)"));
+    }
     Ok(ox::radam(ox::Radam {
-        learning_rate: k.lr("learning_rate", None)?,
+        learning_rate,
         b1: k.f64("b1", 0.9)?,
-        b2: k.f64("b2", 0.999)?,
+        b2,
         eps: k.f64("eps", 1e-8)?,
         eps_root: k.f64("eps_root", 0.0)?,
         threshold: k.f64("threshold", 5.0)?,

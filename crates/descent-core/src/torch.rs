@@ -1116,6 +1116,8 @@ impl Asgd {
         let AsgdConfig { lr, lambd, alpha, t0, weight_decay, maximize } = config;
         check_lr(&lr)?;
         let eta = lr.at(0);
+        ensure((0.0..f64::INFINITY).contains(&lambd), || format!("Invalid lambd value: {lambd}"))?;
+        ensure((0.0..f64::INFINITY).contains(&alpha), || format!("Invalid alpha value: {alpha}"))?;
         check_wd(weight_decay)?;
         Ok(Asgd {
             lr,

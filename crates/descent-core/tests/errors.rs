@@ -102,6 +102,27 @@ fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
     assert!(e.contains("Nesterov"), "{e}");
 }
 
+/// Values the libraries raise on, at construction or at a step that always comes, are refused
+/// rather than run into NaN: torch ASGD's negative `lambd`/`alpha`, optax RAdam's `b2 = 1` (a
+/// division by zero), a rectification threshold under 4 (a square root of a negative number),
+/// Schedule-Free RAdam's negative `weight_lr_power` (a negative power of a zero rate).
+#[test]
+fn values_the_libraries_raise_on_are_refused() {
+    for (lib, name, h, needle) in [
+        ("torch", "asgd", json!({"lambd": -0.1}), "lambd"),
+        ("torch", "asgd", json!({"alpha": -0.5}), "alpha"),
+        ("optax", "radam", json!({"learning_rate": 0.1, "b2": 1.0}), "b2"),
+        ("po", "ranger", json!({"n_sma_threshold": 2}), "n_sma_threshold"),
+        ("po", "adabelief", json!({"rectify": true, "n_sma_threshold": 3}), "n_sma_threshold"),
+        ("po", "schedulefreeradam", json!({"weight_lr_power": -0.1}), "weight_lr_power"),
+    ] {
+        let e = err_of(lib, name, h.clone());
+        assert!(e.contains(needle), "{lib}.{name} {h}: {e}");
+    }
+    // Without the rectification the threshold is not read.
+    assert!(build_optimizer("po", "adabelief", &json!({"n_sma_threshold": 3}), None, &shapes()).is_ok());
+}
+
 #[test]
 fn wrong_gradient_count_or_size_is_an_error() {
     let tx = chain(vec![Box::new(ScaleByAdam::new(ScaleByAdamConfig::default()))]);
