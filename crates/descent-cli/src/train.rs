@@ -419,7 +419,7 @@ impl DistillSettings {
 
 /// `to` as a path relative to the folder `from`: both resolved as far as they exist (a new run's
 /// folder does not yet: its parent is), the rest taken by name with `.` and `..` folded; `None`
-/// where a path cannot be made absolute or has a drive prefix.
+/// where a path cannot be made absolute or the two are on different drives.
 fn relative_to(from: &Path, to: &Path) -> Option<PathBuf> {
     use std::path::Component;
     let names = |p: &Path| -> Option<Vec<std::ffi::OsString>> {
@@ -441,13 +441,19 @@ fn relative_to(from: &Path, to: &Path) -> Option<PathBuf> {
                     out.pop();
                 }
                 Component::CurDir | Component::RootDir => {}
-                Component::Prefix(_) => return None,
+                // A drive (Windows): kept as the first name, so that only paths on the same
+                // drive share it.
+                Component::Prefix(p) => out.push(p.as_os_str().to_os_string()),
             }
         }
         Some(out)
     };
     let (from, to) = (names(from)?, names(to)?);
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    if cfg!(windows) && common == 0 {
+        // Different drives: no relative path between them.
+        return None;
+    }
     let mut rel = PathBuf::new();
     for _ in common..from.len() {
         rel.push("..");
@@ -3618,6 +3624,19 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         if let Some(d) = &mut a.distill {
             let now = teachers.iter().map(|t| weights_identity(t.as_ref())).collect::<Result<Vec<_>>>()?;
             if let Folder::New(dir) = &target {
+                // A teacher found at its place beside the config's run (not where the config
+                // says) must be the one that run was distilled from.
+                for (i, (found, is)) in dirs.iter().zip(&now).enumerate() {
+                    let moved = d.teachers.get(i).is_some_and(|t| t != found);
+                    if let (true, Some(was)) = (moved, d.teacher_weights.get(i)) {
+                        if was != is {
+                            bail!(
+                                "the run's teacher {}: its weights are not those the config's run was distilled from; give the teacher with descent distill --teacher",
+                                found.display()
+                            );
+                        }
+                    }
+                }
                 d.teacher_weights = now;
                 // A new run records where it found them (a resume keeps its config as written).
                 d.teachers = dirs.iter().map(|t| std::fs::canonicalize(t).unwrap_or_else(|_| t.clone())).collect();

@@ -315,4 +315,10 @@ fn a_moved_distillation_finds_its_teacher_beside_it() {
     let text = run_ok(&["train", "--resume", s(&moved.join("s")), "--steps", "15", "--threads", "1"]);
     assert!(text.contains("is gone") && text.contains("beside the run"), "{text}");
     line_with(&text, "validation accuracy: ");
+    // Another run in the teacher's place: its config.toml, replayed elsewhere, refuses it.
+    std::fs::remove_dir_all(moved.join("t")).unwrap();
+    tiny(&moved.join("t"), "25", &[]);
+    let again = out("dist-moved-again");
+    let config = moved.join("s").join("config.toml");
+    one_line_error(&["train", "--config", s(&config), "--out", s(&again), "--threads", "1"], &["teacher", "weights"]);
 }

@@ -81,7 +81,7 @@ fn invalid_hyper_parameters_are_refused_at_construction() {
 /// drops the momentum (or adds dampening) runs, a constructor without momentum is refused even
 /// when every group gives one; pytorch_optimizer's constructors check theirs likewise.
 #[test]
-fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
+fn constructors_are_checked_as_the_libraries_check_them_not_the_groups() {
     let shapes = shapes();
     let groups = |h0: serde_json::Value, h1: serde_json::Value| json!([{"params": [0], "hparams": h0}, {"params": [1], "hparams": h1}]);
     let nesterov = json!({"lr": 0.1, "momentum": 0.9, "nesterov": true});
@@ -102,10 +102,11 @@ fn sgd_checks_nesterov_on_the_constructor_not_the_groups() {
     assert!(e.contains("Nesterov"), "{e}");
 }
 
-/// Values the libraries raise on, at construction or at a step that always comes, are refused
-/// rather than run into NaN: torch ASGD's negative `lambd`/`alpha`, optax RAdam's `b2 = 1` (a
-/// division by zero), a rectification threshold under 4 (a square root of a negative number),
-/// Schedule-Free RAdam's negative `weight_lr_power` (a negative power of a zero rate).
+/// Values the libraries raise on, at construction or at a step that always comes with them, are
+/// refused rather than run into NaN: torch ASGD's negative `lambd`/`alpha`, optax RAdam's `b2 = 1`
+/// (a division by zero), a rectification threshold that the SMA length reaches where the square
+/// root is of a negative number, Schedule-Free RAdam's negative `weight_lr_power` with its silent
+/// warm-up (a negative power of a zero rate); the same values where the library runs are not.
 #[test]
 fn values_the_libraries_raise_on_are_refused() {
     for (lib, name, h, needle) in [
@@ -115,12 +116,36 @@ fn values_the_libraries_raise_on_are_refused() {
         ("po", "ranger", json!({"n_sma_threshold": 2}), "n_sma_threshold"),
         ("po", "adabelief", json!({"rectify": true, "n_sma_threshold": 3}), "n_sma_threshold"),
         ("po", "schedulefreeradam", json!({"weight_lr_power": -0.1}), "weight_lr_power"),
+        // ρ∞ = 4 exactly: a division by zero once ρₜ rounds to 4.
+        ("po", "ranger", json!({"n_sma_threshold": 4, "betas": [0.9, 0.6]}), "n_sma_threshold"),
     ] {
         let e = err_of(lib, name, h.clone());
         assert!(e.contains(needle), "{lib}.{name} {h}: {e}");
     }
-    // Without the rectification the threshold is not read.
-    assert!(build_optimizer("po", "adabelief", &json!({"n_sma_threshold": 3}), None, &shapes()).is_ok());
+    let ok = |name: &str, h: serde_json::Value, groups: Option<serde_json::Value>| {
+        let r = build_optimizer("po", name, &h, groups.as_ref(), &shapes());
+        assert!(r.is_ok(), "po.{name} {h} {groups:?}: {:?}", r.err().map(|e| e.to_string()));
+    };
+    // Without the rectification the threshold is not read; with β₂ = 0.5 (ρ∞ = 3) or a threshold
+    // that ρₜ steps over (3.9975 → 4.996 at β₂ = 0.999), r² stays positive.
+    ok("adabelief", json!({"n_sma_threshold": 3}), None);
+    ok("adabelief", json!({"rectify": true, "n_sma_threshold": 3, "betas": [0.9, 0.5]}), None);
+    ok("ranger", json!({"n_sma_threshold": 3.999}), None);
+    ok("schedulefreeradam", json!({"weight_lr_power": -0.1, "silent_sgd_phase": false}), None);
+    // Judged on what each group steps with: groups that turn the rectification off.
+    let groups = json!([{"params": [0, 1], "hparams": {"rectify": false}}]);
+    ok("adabelief", json!({"rectify": true, "n_sma_threshold": 3}), Some(groups));
+    let e = build_optimizer(
+        "po",
+        "adabelief",
+        &json!({"n_sma_threshold": 3}),
+        Some(&json!([{"params": [0], "hparams": {"rectify": true}}])),
+        &shapes(),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("param group 0"), "{e}");
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn instance_keys(name: &str) -> &'static [&'static str] {
 
 /// A group's arguments as the library reads them: the constructor's where it keeps them on the
 /// optimizer; for MARS, `lr_1d` such that the 1-D factor stays the constructor's `lr_1d / lr`.
-fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
+pub(crate) fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
     let mut merged = merged.clone();
     let Value::Object(m) = &mut merged else { return merged };
     for key in instance_keys(name) {
@@ -222,7 +222,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let betas = a.betas([0.9, 0.999])?;
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
-            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0, rectify)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-16)?;
@@ -248,7 +248,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let betas = a.betas([0.9, 0.999])?;
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
-            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0, rectify)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", true)?;
             let ams_bound = a.bool("ams_bound", false)?;
             let eps = a.non_negative("eps", 1e-8)?;
@@ -306,7 +306,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             if k == 0 {
                 return Err(a_err(name, "k", "must be positive"));
             }
-            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0, true)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
             let decay = a.decay(0.0, true)?;
             let use_gc = a.bool("use_gc", true)?;
@@ -510,7 +510,7 @@ fn build_one(name: &str, hparams: &Value, grouped: bool) -> Result<Box<dyn Trans
             let decay = a.decay(0.0, true)?;
             let rectify = a.bool("rectify", false)?;
             let degenerated_to_sgd = a.bool("degenerated_to_sgd", false)?;
-            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0, rectify)?;
+            let n_sma_threshold = a.threshold("n_sma_threshold", 5.0)?;
             let grad_averaging = a.bool("grad_averaging", true)?;
             let max_grad_norm = a.non_negative("max_grad_norm", 1.0)?;
             let adam = a.bool("adam", false)?;

@@ -61,7 +61,9 @@ pub fn build(
     let families: [Family; 3] = [adam_family::build, more::build, matrix::build];
     for f in families {
         if let Some(tx) = f(name, hparams, param_groups, shapes) {
-            return tx;
+            let tx = tx?;
+            check_step_arguments(name, hparams, param_groups)?;
+            return Ok(tx);
         }
     }
     let all: Vec<String> = po_optimizers().iter().map(|n| n.to_string()).collect();
@@ -71,6 +73,90 @@ pub fn build(
         &all,
         ("pytorch_optimizer names", " as po.NAME", ""),
     ))
+}
+
+/// What the library accepts at construction and then fails on at a step that always comes (an
+/// exception where descent would step into NaN), judged on the arguments each group steps with
+/// (the constructor's alone without groups):
+/// - the RAdam rectification (Ranger always; AdaBelief, DiffGrad and LAMB with `rectify`) at a
+///   step whose SMA length `ρₜ` reaches `n_sma_threshold` where `rₜ²` is negative or divides by
+///   zero ([`rectification_fails`]);
+/// - Schedule-Free RAdam's negative `weight_lr_power` with `silent_sgd_phase`: the warm-up's rate is
+///   0, and so the largest so far, whose power divides by zero.
+fn check_step_arguments(name: &str, hparams: &Value, param_groups: Option<&Value>) -> Result<()> {
+    let sets: Vec<Value> = match param_groups.and_then(Value::as_array) {
+        None => vec![hparams.clone()],
+        Some(groups) => groups
+            .iter()
+            .map(|g| {
+                let mut merged = hparams.as_object().cloned().unwrap_or_default();
+                if let Some(h) = g.get("hparams").and_then(Value::as_object) {
+                    merged.extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                adam_family::group_hparams(name, hparams, &Value::Object(merged))
+            })
+            .collect(),
+    };
+    let num = |h: &Value, key: &str, default: f64| h.get(key).and_then(Value::as_f64).unwrap_or(default);
+    let flag = |h: &Value, key: &str, default: bool| h.get(key).and_then(Value::as_bool).unwrap_or(default);
+    for (k, h) in sets.iter().enumerate() {
+        let whose = if param_groups.is_some() { format!(" (param group {k})") } else { String::new() };
+        let rectify = match name {
+            "ranger" => true,
+            "adabelief" | "diffgrad" | "lamb" => flag(h, "rectify", false),
+            _ => false,
+        };
+        if rectify {
+            let threshold = num(h, "n_sma_threshold", 5.0);
+            let beta2 = h.get("betas").and_then(|b| b.get(1)).and_then(Value::as_f64).unwrap_or(0.999);
+            if let Some(step) = rectification_fails(threshold, beta2) {
+                return Err(crate::error::Error::Field {
+                    context: format!("po.{name}: `n_sma_threshold`{whose}"),
+                    message: format!(
+                        "{threshold} with beta2 {beta2}: at step {step} the SMA length reaches it where the \
+                         rectification's square root is of a negative number or divides by zero (pytorch_optimizer \
+                         raises there); the RAdam paper's 4 or more avoids it"
+                    ),
+                });
+            }
+        }
+        if name == "schedulefreeradam" && num(h, "weight_lr_power", 2.0) < 0.0 && flag(h, "silent_sgd_phase", true) {
+            return Err(crate::error::Error::Field {
+                context: format!("po.schedulefreeradam: `weight_lr_power`{whose}"),
+                message: format!(
+                    "{}: with silent_sgd_phase the warm-up's rate is 0, and a negative power of it divides by zero \
+                     (pytorch_optimizer raises at step 1)",
+                    num(h, "weight_lr_power", 2.0)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first step at which pytorch_optimizer's `get_rectify_step_size` fails with `n_sma_threshold`
+/// `threshold` and `beta2` (a math domain error or a division by zero, in Python floats): `ρₜ ≥
+/// threshold` where `rₜ² = (1 − β₂ᵗ)(ρₜ − 4)/(ρ∞ − 4)·(ρₜ − 2)/ρₜ·ρ∞/(ρ∞ − 2)` is negative or
+/// divides by zero. `ρₜ` grows from 1 towards `ρ∞ = 2/(1 − β₂) − 1`; past 4 (when `ρ∞ > 4`) every
+/// factor stays positive, and once `β₂ᵗ` is 0 nothing changes.
+pub(crate) fn rectification_fails(threshold: f64, beta2: f64) -> Option<u64> {
+    let n_sma_max = 2.0 / (1.0 - beta2) - 1.0;
+    for step in 1..=100_000u64 {
+        let beta2_t = beta2.powf(step as f64);
+        let n_sma = n_sma_max - 2.0 * step as f64 * beta2_t / (1.0 - beta2_t);
+        if n_sma >= threshold {
+            let divides_by_zero = n_sma_max == 4.0 || n_sma_max == 2.0 || n_sma == 0.0;
+            let r2 = (1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma * n_sma_max
+                / (n_sma_max - 2.0);
+            if divides_by_zero || r2 < 0.0 {
+                return Some(step);
+            }
+        }
+        if (n_sma >= 4.0 && n_sma_max > 4.0) || beta2_t == 0.0 {
+            return None;
+        }
+    }
+    None
 }
 
 /// The arguments a class keeps on the optimizer (`self.x = x` in its constructor, not in its

@@ -407,7 +407,8 @@ impl Partition {
     }
 
     /// `inner` for the parameters whose mask entry is `true`, the updates of the others passed
-    /// through unchanged (optax `masked`). An all-`true` mask gives `inner` itself.
+    /// through unchanged (optax `masked`). An all-`true` mask gives `inner` itself (checked at
+    /// `init` to have one entry per parameter).
     pub fn masked(inner: Box<dyn Transform>, mask: &[bool]) -> Box<dyn Transform> {
         Self::split(mask, inner, Box::new(super::Identity))
     }

@@ -248,22 +248,10 @@ impl<'a> Args<'a> {
     }
 
     /// An SMA-length threshold (`n_sma_threshold`; the library compares it with a float).
-    /// `n_sma_threshold` of an optimizer that rectifies (`rectify`): at least 4. RAdam's `rₜ` is
-    /// the square root of `(ρₜ − 4)(ρₜ − 2)/…`, negative for `2 < ρₜ < 4`, which a lower threshold
-    /// lets through (`ρₜ` grows from 1 by about 1 a step): pytorch_optimizer raises a math domain
-    /// error at that step, where the step would be NaN.
-    pub fn threshold(&mut self, key: &'static str, default: f64, rectify: bool) -> Result<f64> {
-        let t = self.k.f64(key, default)?;
-        if rectify && t < 4.0 {
-            return Err(self.err(
-                key,
-                format!(
-                    "{t}: under 4, the rectification takes the square root of a negative number once the SMA \
-                     length passes 2 (a math domain error in pytorch_optimizer); give at least 4"
-                ),
-            ));
-        }
-        Ok(t)
+    /// `n_sma_threshold` (what it lets a rectifying step do is checked on the arguments each
+    /// group steps with: `po::check_step_arguments`).
+    pub fn threshold(&mut self, key: &'static str, default: f64) -> Result<f64> {
+        self.k.f64(key, default)
     }
 
     /// `betas` with `n` entries, each in `[0, 1)` (`validate_betas`; the third in `[0, 1]`).

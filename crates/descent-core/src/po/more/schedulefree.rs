@@ -97,9 +97,6 @@ impl ScheduleFreeRAdam {
         in_range(c.betas.0, "beta1", 0.0, 1.0, "()")?;
         non_negative(c.weight_decay, "weight_decay")?;
         non_negative(c.eps, "eps")?;
-        // The first steps' rate is 0 (the rectification's warm-up), and so the largest rate so
-        // far: a negative power of it divides by zero (ZeroDivisionError in the library).
-        non_negative(c.weight_lr_power, "weight_lr_power")?;
         Ok(ScheduleFreeRAdam {
             lr: c.lr,
             b1: c.betas.0,
