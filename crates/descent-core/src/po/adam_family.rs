@@ -71,44 +71,18 @@ pub fn build(
     }
     Some(match param_groups {
         None => build_one(name, hparams, false),
-        Some(groups) => {
-            // The library checks the constructor's arguments, whatever the groups override.
-            if let Err(e) = build_one(name, hparams, false) {
-                return Some(Err(e));
-            }
-            crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
-                build_one(name, &group_hparams(name, hparams, merged), true)
-            })
-        }
+        Some(groups) => crate::spec::build_groups(&format!("po.{name}"), hparams, groups, |merged, _| {
+            build_one(name, &group_hparams(name, hparams, merged), true)
+        }),
     })
 }
 
-/// Arguments the library keeps on the optimizer rather than in each parameter group: a group's
-/// value for them is not read, the constructor's is.
-fn instance_keys(name: &str) -> &'static [&'static str] {
-    match name {
-        "came" => &["maximize", "clip_threshold", "eps1", "eps2"],
-        "laprop" => &["maximize", "steps_before_using_centered"],
-        "ranger" => &["maximize", "n_sma_threshold", "degenerated_to_sgd", "use_gc", "gc_conv_only"],
-        "adabelief" | "diffgrad" => &["maximize", "n_sma_threshold", "degenerated_to_sgd"],
-        "adafactor" => &["maximize", "decay_rate", "clip_threshold", "eps1", "eps2", "momentum_dtype"],
-        "adan" => &["maximize", "max_grad_norm"],
-        "lamb" => &["maximize", "degenerated_to_sgd", "n_sma_threshold", "pre_norm", "max_grad_norm"],
-        _ => &["maximize"],
-    }
-}
-
-/// A group's arguments as the library reads them: the constructor's where it keeps them on the
-/// optimizer; for MARS, `lr_1d` such that the 1-D factor stays the constructor's `lr_1d / lr`.
-pub(crate) fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
+/// A group's arguments as the library reads them (the keys the class keeps on the optimizer are
+/// already out of the groups: `po::constructor_only`): for MARS, `lr_1d` such that the 1-D factor
+/// stays the constructor's `lr_1d / lr`.
+fn group_hparams(name: &str, outer: &Value, merged: &Value) -> Value {
     let mut merged = merged.clone();
     let Value::Object(m) = &mut merged else { return merged };
-    for key in instance_keys(name) {
-        match outer.get(*key) {
-            Some(v) => m.insert(key.to_string(), v.clone()),
-            None => m.remove(*key),
-        };
-    }
     if name == "mars" {
         let num = |v: Option<&Value>, default: f64| v.map_or(Some(default), |v| v.as_f64());
         let factor = num(outer.get("lr_1d"), 3e-3).zip(num(outer.get("lr"), 3e-3)).map(|(a, b)| a / b);

@@ -36,11 +36,7 @@ pub fn build(
         let context = format!("po.{name}");
         match param_groups {
             None => built(&context, hparams, f),
-            Some(groups) => {
-                // The library checks the constructor's arguments, whatever the groups override.
-                built(&context, hparams, f)?;
-                crate::spec::build_groups(&context, hparams, groups, |h, _| built(&context, h, f))
-            }
+            Some(groups) => crate::spec::build_groups(&context, hparams, groups, |h, _| built(&context, h, f)),
         }
     };
     Some(match name {

@@ -60,6 +60,14 @@ pub fn build(
     let param_groups = stripped.as_ref().or(param_groups);
     let families: [Family; 3] = [adam_family::build, more::build, matrix::build];
     for f in families {
+        // The library checks the constructor's arguments whatever the groups then give: built
+        // alone first (AdaMuon checks its own, as without groups it needs `use_muon`).
+        if param_groups.is_some() && name != "adamuon" {
+            match f(name, hparams, None, shapes) {
+                Some(alone) => drop(alone?),
+                None => continue,
+            }
+        }
         if let Some(tx) = f(name, hparams, param_groups, shapes) {
             let tx = tx?;
             check_step_arguments(name, hparams, param_groups)?;
@@ -93,7 +101,7 @@ fn check_step_arguments(name: &str, hparams: &Value, param_groups: Option<&Value
                 if let Some(h) = g.get("hparams").and_then(Value::as_object) {
                     merged.extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
-                adam_family::group_hparams(name, hparams, &Value::Object(merged))
+                Value::Object(merged)
             })
             .collect(),
     };
@@ -160,10 +168,16 @@ pub(crate) fn rectification_fails(threshold: f64, beta2: f64) -> Option<u64> {
 }
 
 /// The arguments a class keeps on the optimizer (`self.x = x` in its constructor, not in its
-/// `defaults`) and its step reads from there: a group's value for them is never read. (The Adam
-/// family's classes are listed in `adam_family`, where a few more keep group keys of their own.)
+/// `defaults`) and its step reads from there: a group's value for them is never read.
 fn constructor_only(name: &str) -> &'static [&'static str] {
     match name {
+        "came" => &["maximize", "clip_threshold", "eps1", "eps2"],
+        "laprop" => &["maximize", "steps_before_using_centered"],
+        "ranger" => &["maximize", "n_sma_threshold", "degenerated_to_sgd", "use_gc", "gc_conv_only"],
+        "adabelief" | "diffgrad" => &["maximize", "n_sma_threshold", "degenerated_to_sgd"],
+        "adafactor" => &["maximize", "decay_rate", "clip_threshold", "eps1", "eps2", "momentum_dtype"],
+        "adan" => &["maximize", "max_grad_norm"],
+        "lamb" => &["maximize", "degenerated_to_sgd", "n_sma_threshold", "pre_norm", "max_grad_norm"],
         "adopt" => &["maximize", "clip_lambda"],
         "spam" => &["maximize", "density", "grad_accu_steps", "threshold", "update_proj_gap", "warmup_epoch"],
         "shampoo" => &["maximize", "preconditioning_compute_steps"],

@@ -66,11 +66,7 @@ pub fn build(
             message: "this optimizer's step couples all parameters; param_groups are not supported".into(),
         }),
         (_, None) => build_one(name, hparams),
-        (_, Some(groups)) => {
-            // The library checks the constructor's arguments, whatever the groups override.
-            build_one(name, hparams)
-                .and_then(|_| build_groups(&format!("po.{name}"), hparams, groups, |h, _| build_one(name, h)))
-        }
+        (_, Some(groups)) => build_groups(&format!("po.{name}"), hparams, groups, |h, _| build_one(name, h)),
     })
 }
 

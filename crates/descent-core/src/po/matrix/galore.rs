@@ -245,11 +245,7 @@ pub fn build(hparams: &Value, groups: Option<&Value>) -> Result<Box<dyn Transfor
     };
     match groups {
         None => one(hparams),
-        Some(g) => {
-            // The library checks the constructor's arguments, whatever the groups override.
-            one(hparams)?;
-            crate::spec::build_groups("po.galore", hparams, g, |h, _| one(h))
-        }
+        Some(g) => crate::spec::build_groups("po.galore", hparams, g, |h, _| one(h)),
     }
 }
 
