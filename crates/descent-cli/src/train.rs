@@ -3623,34 +3623,31 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         };
         if let Some(d) = &mut a.distill {
             let now = teachers.iter().map(|t| weights_identity(t.as_ref())).collect::<Result<Vec<_>>>()?;
-            if let Folder::New(dir) = &target {
-                // A teacher found at its place beside the config's run (not where the config
-                // says) must be the one that run was distilled from.
-                for (i, (found, is)) in dirs.iter().zip(&now).enumerate() {
-                    let moved = d.teachers.get(i).is_some_and(|t| t != found);
-                    if let (true, Some(was)) = (moved, d.teacher_weights.get(i)) {
-                        if was != is {
-                            bail!(
-                                "the run's teacher {}: its weights are not those the config's run was distilled from; give the teacher with descent distill --teacher",
-                                found.display()
-                            );
-                        }
+            // The teachers must have the weights the config recorded: every one on a resume; on
+            // a new run from a config, one found beside it rather than where it says.
+            let resuming = !matches!(target, Folder::New(_));
+            for (i, (found, is)) in dirs.iter().zip(&now).enumerate() {
+                let checked = resuming || d.teachers.get(i).is_some_and(|t| t != found);
+                if let (true, Some(was)) = (checked, d.teacher_weights.get(i)) {
+                    if was != is {
+                        bail!(
+                            "the run's teacher {}: its weights are not those the run was distilled from (trained further or replaced since); {}",
+                            found.display(),
+                            if resuming {
+                                "a resume needs the same teachers"
+                            } else {
+                                "give the teacher with descent distill --teacher"
+                            }
+                        );
                     }
                 }
+            }
+            if let Folder::New(dir) = &target {
                 d.teacher_weights = now;
                 // A new run records where it found them (a resume keeps its config as written).
                 d.teachers = dirs.iter().map(|t| std::fs::canonicalize(t).unwrap_or_else(|_| t.clone())).collect();
                 d.teachers_from_run =
                     d.teachers.iter().map(|t| relative_to(dir, t)).collect::<Option<_>>().unwrap_or_default();
-            } else if !d.teacher_weights.is_empty() {
-                for ((dir, was), is) in dirs.iter().zip(&d.teacher_weights).zip(&now) {
-                    if was != is {
-                        bail!(
-                            "the run's teacher {}: its weights are not those the run was distilled from (trained further or replaced since); a resume needs the same teachers",
-                            dir.display()
-                        );
-                    }
-                }
             }
         }
         Job::Images { model, train_set, test_set, cfg, teachers }
