@@ -28,6 +28,15 @@ fn tiny(dir: &Path, steps: &str, extra: &[&str]) -> String {
     run_ok(&args)
 }
 
+/// `descent distill`: an MLP student of 16 hidden units from `teacher`, `steps` steps as [`tiny`].
+fn small_student(teacher: &Path, student: &Path, steps: &str) -> String {
+    let (t, out) = (s(teacher), s(student));
+    #[rustfmt::skip]
+    let args = ["distill", "--teacher", t, "--student", "mlp", "--hidden", "16", "--steps", steps, "--batch-size", "64",
+        "--validation", "500", "--threads", "1", "--out", out];
+    run_ok(&args)
+}
+
 fn last_line(text: &str) -> &str {
     text.lines().last().unwrap_or("")
 }
@@ -201,25 +210,7 @@ fn ensemble_of_tiny_runs() {
 fn distill_a_small_student() {
     let (t, st, lin) = (out("dist-teacher"), out("dist-student"), out("dist-linear"));
     tiny(&t, "40", &[]);
-    let text = run_ok(&[
-        "distill",
-        "--teacher",
-        s(&t),
-        "--student",
-        "mlp",
-        "--hidden",
-        "16",
-        "--steps",
-        "30",
-        "--batch-size",
-        "64",
-        "--validation",
-        "500",
-        "--threads",
-        "1",
-        "--out",
-        s(&st),
-    ]);
+    let text = small_student(&t, &st, "30");
     assert!(last_line(&text).starts_with("validation accuracy: "), "{text}");
     let ev = run_ok(&["evaluate", s(&st), "--threads", "1"]);
     assert_eq!(last_line(&ev), last_line(&text));
@@ -292,25 +283,7 @@ fn a_moved_distillation_finds_its_teacher_beside_it() {
     tiny(&proj.join("t"), "20", &[]);
     let student = proj.join("s");
     let t = proj.join("t");
-    run_ok(&[
-        "distill",
-        "--teacher",
-        s(&t),
-        "--student",
-        "mlp",
-        "--hidden",
-        "16",
-        "--steps",
-        "10",
-        "--batch-size",
-        "64",
-        "--validation",
-        "500",
-        "--threads",
-        "1",
-        "--out",
-        s(&student),
-    ]);
+    small_student(&t, &student, "10");
     std::fs::rename(&*proj, &*moved).unwrap();
     let text = run_ok(&["train", "--resume", s(&moved.join("s")), "--steps", "15", "--threads", "1"]);
     assert!(text.contains("is gone") && text.contains("beside the run"), "{text}");
