@@ -65,3 +65,29 @@ fn an_epoch_zero_multiplier_is_the_first_epochs() {
     let exp = LrSchedule::Exponential { gamma: 0.5 };
     assert_eq!(exp.multiplier(0, 10, 0), exp.multiplier(0, 10, 1));
 }
+
+/// Average pooling refuses what torch's `avg_pool2d` refuses (a padding over half the window, a
+/// zero window or step, a zero divisor, an input without a whole window, a 2-D input), with an
+/// error that names the pooling.
+#[test]
+fn average_pooling_refuses_what_torch_refuses() {
+    use descent_train::nn::{AvgPool2d, Divisor, Rounding};
+    let x = Tensor::zeros((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let refused = [
+        AvgPool2d { padding: (2, 0), ..AvgPool2d::new(3, 1) },
+        AvgPool2d { kernel: (0, 2), ..AvgPool2d::new(2, 2) },
+        AvgPool2d { stride: (1, 0), ..AvgPool2d::new(2, 2) },
+        AvgPool2d { divisor: Divisor::Fixed(0), ..AvgPool2d::new(2, 2) },
+        AvgPool2d::new(6, 1),
+    ];
+    for pool in refused {
+        let e = pool.forward(&x).err().unwrap_or_else(|| panic!("{pool:?} accepted")).to_string();
+        assert!(e.contains("avg_pool2d"), "{e}");
+    }
+    let flat = Tensor::zeros((5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(AvgPool2d::new(2, 2).forward(&flat).is_err());
+    // Ceil mode adds the window that starts inside the input: 5 → 3 windows of 2, not 2.
+    let ceil = AvgPool2d { rounding: Rounding::Ceil, ..AvgPool2d::new(2, 2) };
+    assert_eq!(ceil.forward(&x).unwrap().dims(), [1, 2, 3, 3]);
+    assert_eq!(AvgPool2d::new(2, 2).forward(&x).unwrap().dims(), [1, 2, 2, 2]);
+}

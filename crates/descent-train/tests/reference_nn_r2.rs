@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 use descent_train::model::Linear;
 use descent_train::nn::{
-    adaptive_avg_pool2d_1x1, avg_pool2d, batch_norm, embedding, gelu, layer_norm, log_softmax, softmax,
-    BatchNormOptions, CausalSelfAttention, Gelu,
+    adaptive_avg_pool2d_1x1, avg_pool2d, batch_norm, embedding, gelu, layer_norm, log_softmax, softmax, AvgPool2d,
+    BatchNormOptions, CausalSelfAttention, Divisor, Gelu, Rounding,
 };
 use serde_json::Value;
 
@@ -28,8 +28,8 @@ fn dir() -> PathBuf {
     common::reference_nn_r2()
 }
 
-fn json_files(sub: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir().join(sub))
+fn json_files(folder: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| n.ends_with(".json"))
@@ -122,13 +122,39 @@ fn check_batch_norm(k: &mut Check) {
     k.close("grad_bias", None, g.get(b.as_tensor()).unwrap());
 }
 
+/// A pooling argument as torch takes it: one number for both dimensions or a pair; `None` when
+/// absent, `null` or `[]` (torch's default).
+fn pair(v: &Value) -> Option<(usize, usize)> {
+    match v {
+        Value::Number(n) => Some((n.as_u64().unwrap() as usize, n.as_u64().unwrap() as usize)),
+        Value::Array(a) if a.len() == 2 => Some((a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize)),
+        Value::Array(a) if a.len() == 1 => pair(&a[0]),
+        Value::Array(a) if a.is_empty() => None,
+        Value::Null => None,
+        other => panic!("a pooling size {other}"),
+    }
+}
+
 fn check_avg_pool(k: &mut Check) {
     let a = &k.case["args"];
-    let kernel = a["kernel_size"].as_u64().unwrap() as usize;
-    let stride = a["stride"].as_u64().map_or(kernel, |s| s as usize);
-    assert_eq!(a["padding"].as_u64().unwrap_or(0), 0, "{}: padding", k.file);
-    assert!(!a["ceil_mode"].as_bool().unwrap_or(false), "{}: ceil mode", k.file);
-    check_pointwise(k, &|x| avg_pool2d(x, kernel, stride).unwrap());
+    let kernel = pair(&a["kernel_size"]).expect("kernel_size");
+    let pool = AvgPool2d {
+        kernel,
+        stride: pair(&a["stride"]).unwrap_or(kernel),
+        padding: pair(&a["padding"]).unwrap_or((0, 0)),
+        rounding: if a["ceil_mode"].as_bool().unwrap_or(false) { Rounding::Ceil } else { Rounding::Floor },
+        divisor: match (a["divisor_override"].as_u64(), a["count_include_pad"].as_bool().unwrap_or(true)) {
+            (Some(d), _) => Divisor::Fixed(d as usize),
+            (None, true) => Divisor::Window,
+            (None, false) => Divisor::InputCells,
+        },
+    };
+    if pool.stride == pool.kernel && pool.padding == (0, 0) && pool.rounding == Rounding::Floor && kernel.0 == kernel.1
+    {
+        // The square, unpadded pooling's function gives the same.
+        check_pointwise(k, &|x| avg_pool2d(x, kernel.0, kernel.0).unwrap());
+    }
+    check_pointwise(k, &|x| pool.forward(x).unwrap());
 }
 
 fn check_adaptive_avg_pool(k: &mut Check) {
@@ -169,12 +195,22 @@ fn check_attention(k: &mut Check) {
 
 #[test]
 fn every_layer_file_matches_pytorch() {
-    let files = json_files("layers");
-    assert!(!files.is_empty(), "no reference layer files");
+    check_layer_files(&dir().join("layers"));
+}
+
+/// The project's own recordings of the same form (`scripts/layer_cases/`): arguments the shared
+/// files keep fixed (average pooling's windows, padding, ceil mode, divisors).
+#[test]
+fn the_projects_layer_cases_match_pytorch() {
+    check_layer_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cases/layers"));
+}
+
+fn check_layer_files(folder: &std::path::Path) {
+    let files = json_files(folder);
+    assert!(!files.is_empty(), "no layer files in {}", folder.display());
     let mut failures = vec![];
     for f in &files {
-        let case: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir().join("layers").join(f)).unwrap()).unwrap();
+        let case: Value = serde_json::from_str(&std::fs::read_to_string(folder.join(f)).unwrap()).unwrap();
         let mut k = Check::new(f, &case);
         let kind = f.split('.').next().unwrap();
         match kind {
@@ -209,7 +245,7 @@ fn every_layer_file_matches_pytorch() {
 
 #[test]
 fn every_model_file_is_covered_or_listed() {
-    for f in json_files("models") {
+    for f in json_files(&dir().join("models")) {
         let stem = f.split('.').next().unwrap();
         let tested = MODELS_TESTED_IN.iter().find(|(prefix, _)| stem.starts_with(prefix));
         if let Some((_, test)) = tested {

@@ -18,7 +18,7 @@ pub use attention::{causal_attention, causal_attention_with_weights, CausalSelfA
 pub use dropout::Dropout;
 pub use embedding::{embedding, Embedding};
 pub use norm::{batch_norm, layer_norm, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
-pub use pool::{adaptive_avg_pool2d_1x1, avg_pool2d, AvgPool2d};
+pub use pool::{adaptive_avg_pool2d_1x1, avg_pool2d, AvgPool2d, Divisor, Rounding};
 
 /// Rows handled per rayon task by the row-wise ops: small tensors stay on one thread.
 pub(crate) const ROWS_PER_TASK: usize = 64;
