@@ -158,6 +158,7 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
             return refuse("a schedule stepped per epoch")
         }
         LrSchedule::Spec(s) if s.per_epoch => return refuse("a schedule stepped per epoch"),
+        LrSchedule::Spec(s) => s.check_run(total)?,
         _ => {}
     }
     if cfg.batch_size == 0 {

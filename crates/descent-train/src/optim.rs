@@ -851,6 +851,12 @@ impl VarOptimizer {
         self.apply_scale(scale)
     }
 
+    /// Whether a learning-rate multiplier can be set ([`Self::set_lr_scale`]): the optimizer holds
+    /// its rates (not torch Rprop, not a rate given as a schedule) and its config has no schedule.
+    pub fn has_scalable_lr(&self) -> bool {
+        self.base_rates.is_some() && self.schedule.is_none()
+    }
+
     /// The learning rate the next step uses, read back from the optimizer: with parameter groups,
     /// that of the parameters in no group (the run's own rate; the first group's when every
     /// parameter is in one); `None` when the optimizer holds no constant rate (torch Rprop, a rate

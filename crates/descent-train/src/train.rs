@@ -174,6 +174,26 @@ impl PartialEq for SpecSchedule {
 }
 
 impl SpecSchedule {
+    /// Checks the schedule over a run of `n` steps (epochs, [`Self::per_epoch`]): defined that far
+    /// (torch `OneCycleLR` refuses to step past its `total_steps`; descent would wrap around its
+    /// values), and every learning rate a finite number ≥ 0 (a schedule's arguments can make it NaN,
+    /// e.g. a decay over 0 steps, or negative). The error names the schedule and the run's length.
+    pub fn check_run(&self, n: u64) -> Result<()> {
+        let unit = if self.per_epoch { "epochs (stepped per epoch)" } else { "steps" };
+        descent_core::schedule::check_steps(self.schedule.as_ref(), n)
+            .map_err(|e| Error::Param(format!("schedule {}: the run takes {n} {unit}: {e}", self.name)))?;
+        for t in 0..n.min(10_000_000) {
+            let v = self.schedule.value(t);
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::Param(format!(
+                    "schedule {}: the learning rate at step {t} would be {v}; check its arguments",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds `library.Name` (e.g. `torch.OneCycleLR`, `optax.warmup_cosine_decay_schedule`) with
     /// its keyword arguments; torch schedules get `base_lr` as the optimizer's learning rate.
     pub fn build(name: &str, kwargs: &Value, base_lr: f64, per_epoch: bool) -> Result<SpecSchedule> {
@@ -536,18 +556,24 @@ pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicato
                 "SWA anneals the learning rate towards swa_lr: the run needs a learning rate above 0".into(),
             ));
         }
-        opt.set_lr_scale(1.0).map_err(|_| {
-            Error::Param(format!("`{}` has no learning rate that SWA's schedule (SWALR) can set", cfg.optimizer))
-        })?;
+        if !opt.has_scalable_lr() {
+            return Err(Error::Param(format!(
+                "`{}` has no learning rate that SWA's schedule (SWALR) can set",
+                cfg.optimizer
+            )));
+        }
+        opt.set_lr_scale(1.0)?;
     }
     if cfg.schedule != LrSchedule::Constant {
-        opt.set_lr_scale(1.0).map_err(|_| {
-            Error::Param(format!(
+        if !opt.has_scalable_lr() {
+            return Err(Error::Param(format!(
                 "`{}` has no learning rate a schedule can set (torch Rprop reads lr only for its first step sizes; \
                  a rate given as a schedule, or made one by the optimizer's own warm-up (`warmup_steps`), sets itself)",
                 cfg.optimizer
-            ))
-        })?;
+            )));
+        }
+        // The optimizer's own refusals (a rate it does not take) as they are.
+        opt.set_lr_scale(1.0)?;
     }
     Ok(opt)
 }
