@@ -201,6 +201,8 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     if matches.value_source("optimizer") == Some(clap::parser::ValueSource::CommandLine) {
         bail!("{shared_optimizer}");
     }
+    // A target given (on the command line or in the file), not the default's.
+    let mut target_given = matches.value_source("target") == Some(clap::parser::ValueSource::CommandLine);
     if let Some(path) = &a.base.config {
         let mut file = train::read_toml(path)?;
         if file.contains_key("optimizer") {
@@ -224,6 +226,7 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         // The comparison's own settings from the file, under the command line's.
         let from_cli = |k: &str| matches.value_source(k) == Some(clap::parser::ValueSource::CommandLine);
         if let Some(v) = file.remove("target").filter(|_| !from_cli("target")) {
+            target_given = true;
             a.target = v
                 .as_float()
                 .or(v.as_integer().map(|i| i as f64))
@@ -283,6 +286,9 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         let what = || format!("run {} (`{}`)", i + 1, s.label);
         train::validate(&s.args).with_context(what)?;
         if s.args.model == "gpt" {
+            if target_given {
+                bail!("--target {}: {}: gpt is a language model, without accuracy", a.target, what());
+            }
             continue;
         }
         let key = (s.args.model.clone(), s.args.data.clone());

@@ -123,7 +123,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
         ),
         _ => {}
     }
-    let prompt = vocab.encode(&a.prompt).context("--prompt")?;
+    // Quoted and escaped: the default prompt is a newline.
+    let prompt = vocab.encode(&a.prompt).with_context(|| format!("--prompt {:?}", a.prompt))?;
     let sampling = Sampling { temperature: a.temperature, top_k: a.top_k, context: a.block_size };
     // The prompt, then each character as it is drawn (flushed at each line's end and every 64
     // characters), so that a long sample shows as it comes and an interrupted one keeps its text;

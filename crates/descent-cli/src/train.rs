@@ -1165,7 +1165,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     let optimizer = a.optimizer.clone().unwrap_or_else(|| "adam".into());
     let batch = a.batch_size.unwrap_or(defaults(&a.model).1);
     let copies = Copies::of(&optimizer, &hparams, comm.size(), a.shard_optimizer);
-    check_model_memory(&a.model, Arch::default(), batch, copies, crate::bench::available_memory())?;
+    check_model_memory(&a.model, Arch::default(), batch, copies, crate::bench::available_memory(), Sizing::Batch)?;
     let mut rng = Rng::new(0);
     let (model, train_set, _, loss) = workload(
         &a.model,
@@ -1261,7 +1261,7 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         cfg.clip_norm = Some(1.0);
     }
     cfg.shard_optimizer = a.shard_optimizer;
-    check_gpt_memory(&model.config, batch, crate::bench::available_memory())?;
+    check_gpt_memory(&model.config, batch, crate::bench::available_memory(), Sizing::Batch)?;
     check_model_settings(&model, &cfg)?;
     let results = alternate(&a, &mut cfg, |cfg| {
         Ok(descent_train::lm::bench_with(&model, &corpus, cfg, &TextConfig::new(block), a.warmup, a.batches, comm)?)
@@ -2084,7 +2084,9 @@ pub fn check_numbers(a: &TrainArgs) -> Result<()> {
     if !a.hparams.is_object() {
         bail!("--hparams {}: must be a JSON object of the optimizer's arguments", a.hparams);
     }
-    for key in ["lr", "learning_rate"] {
+    // The run's rate, and the rate of a Muon's Adam part (optax `adam_learning_rate`,
+    // pytorch_optimizer `adamw_lr`), refused as --lr is.
+    for key in ["lr", "learning_rate", "adam_learning_rate", "adamw_lr"] {
         if let Some(v) = a.hparams.get(key).and_then(|v| v.as_f64()) {
             if v < 0.0 {
                 bail!("--hparams: `{key}` {v}: the learning rate must be at least 0");
@@ -2345,7 +2347,7 @@ fn check_step_fits(batch: usize, accumulate: usize, samples: usize, model: &str,
 /// token and layer about 21 floats a channel and a row of attention weights per head, and the
 /// logits thrice (measured here: 52 KB a token for nanoGPT's recipe, this bound 48). Arithmetic
 /// in `u128`, saturating: no shape wraps around to a small number.
-fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Result<()> {
+fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>, sizing: Sizing) -> Result<()> {
     let u = |x: usize| x as u128;
     let (e, layers, vocab, block) = (u(c.n_embd), u(c.n_layer), u(c.vocab_size), u(c.block_size));
     let per_layer = e.saturating_mul(e).saturating_mul(12).saturating_add(e.saturating_mul(13));
@@ -2360,11 +2362,29 @@ fn check_gpt_memory(c: &GptConfig, batch: usize, available: Option<u64>) -> Resu
         .saturating_add(vocab.saturating_mul(3))
         .saturating_mul(4);
     let activations = u(batch).saturating_mul(block).saturating_mul(per_token);
-    let flags = format!(
-        "--batch-size {batch} --n-layer {} --n-head {} --n-embd {} --block-size {}",
-        c.n_layer, c.n_head, c.n_embd, c.block_size
-    );
-    refuse_beyond_memory(&flags, "this gpt", (activations, weights, "weights and gradients"), available, "model")
+    let shape =
+        format!("--n-layer {} --n-head {} --n-embd {} --block-size {}", c.n_layer, c.n_head, c.n_embd, c.block_size);
+    let (flags, smaller) = sizing.flags(batch, &shape, "model");
+    refuse_beyond_memory(&flags, "this gpt", (activations, weights, "weights and gradients"), available, smaller)
+}
+
+/// Which settings size a step for the memory checks' messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sizing {
+    /// `descent train`: the batch and the model's shape flags.
+    BatchAndShape,
+    /// `descent bench train`: the batch of the benchmark's fixed model.
+    Batch,
+}
+
+impl Sizing {
+    /// The flags a refusal names, and the smaller thing it suggests besides a smaller batch.
+    fn flags<'a>(self, batch: usize, shape: &str, what: &'a str) -> (String, Option<&'a str>) {
+        match self {
+            Sizing::BatchAndShape => (format!("--batch-size {batch} {shape}"), Some(what)),
+            Sizing::Batch => (format!("--batch-size {batch} (the benchmark's {shape})"), None),
+        }
+    }
 }
 
 /// The end of the memory checks: refuses a step that needs more than 2⁶⁴ bytes, or more than
@@ -2375,7 +2395,7 @@ fn refuse_beyond_memory(
     subject: &str,
     (activations, weights, label): (u128, u128, &str),
     available: Option<u64>,
-    what: &str,
+    smaller: Option<&str>,
 ) -> Result<()> {
     let need = weights.saturating_add(activations);
     if need > u64::MAX as u128 {
@@ -2384,11 +2404,15 @@ fn refuse_beyond_memory(
     match available {
         Some(have) if need > have as u128 => bail!(
             "{flags}: a step of {subject} keeps at least {} (activations {}, {label} {}), more than the {:.1} GB of \
-             memory available; use a smaller batch (with --accumulate for the same step) or a smaller {what}",
+             memory available; use a smaller batch{}",
             gigabytes(need),
             gigabytes(activations),
             gigabytes(weights),
-            have as f64 / 1e9
+            have as f64 / 1e9,
+            match smaller {
+                Some(what) => format!(" (with --accumulate for the same step) or a smaller {what}"),
+                None => String::new(),
+            }
         ),
         _ => Ok(()),
     }
@@ -2448,7 +2472,14 @@ pub(crate) fn state_floats_per_param(optimizer: &str, hparams: &serde_json::Valu
 /// and the pooled or hidden outputs once in LeNet and the MLP. Measured here at the default
 /// shapes: 909–967 KB an image for resnet and 504–509 KB for plain, against bounds of 853 KB
 /// and 452 KB.
-fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, available: Option<u64>) -> Result<()> {
+fn check_model_memory(
+    model: &str,
+    arch: Arch,
+    batch: usize,
+    copies: Copies,
+    available: Option<u64>,
+    sizing: Sizing,
+) -> Result<()> {
     // (weights, floats kept per image, the shape's flags as the message names them), in u128,
     // saturating: no shape wraps around to a small number.
     let u = |x: usize| x as u128;
@@ -2490,12 +2521,13 @@ fn check_model_memory(model: &str, arch: Arch, batch: usize, copies: Copies, ava
     let weights = weights.saturating_mul(per_weight).saturating_mul(u(replicas)) / 256;
     let activations = per_image.saturating_mul(4).saturating_mul(u(batch));
     let replicas = if replicas > 1 { format!(" on {replicas} replicas") } else { String::new() };
+    let (flags, smaller) = sizing.flags(batch, &shape, "network");
     refuse_beyond_memory(
-        &format!("--batch-size {batch} {shape}"),
+        &flags,
         &format!("this {model}{replicas}"),
         (activations, weights, "weights, gradients and optimizer state"),
         available,
-        "network",
+        smaller,
     )
 }
 
@@ -2693,7 +2725,7 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
         let corpus = corpus_of(a)?;
         let cfg = config(a, Loss::CrossEntropy)?;
         let shape = gpt_config_of(a, &corpus)?;
-        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory())?;
+        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory(), Sizing::BatchAndShape)?;
         let model = Gpt::new(shape, &mut rng, &Device::Cpu)?;
         let block = model.config.block_size;
         descent_train::lm::check(&corpus, &cfg, &TextConfig { block_size: block, ..TextConfig::new(block) })?;
@@ -2702,7 +2734,14 @@ pub fn validate(a: &TrainArgs) -> Result<()> {
     let init = Init::parse(&a.init)?;
     let cfg = config(a, loss_of(&a.model))?;
     let copies = Copies::of(&cfg.optimizer, &cfg.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
-    check_model_memory(&a.model, Arch::of(a), cfg.batch_size, copies, crate::bench::available_memory())?;
+    check_model_memory(
+        &a.model,
+        Arch::of(a),
+        cfg.batch_size,
+        copies,
+        crate::bench::available_memory(),
+        Sizing::BatchAndShape,
+    )?;
     let model = model_of(&a.model, Arch::of(a), init, a.dropout(), &mut rng)?;
     check_model_settings(model.as_ref(), &cfg)
 }
@@ -2790,19 +2829,7 @@ fn check_schedule_length(cfg: &TrainConfig, train_len: usize) -> Result<()> {
         bail!("--patience {p}: early stopping waits {p} epoch(s) without improvement, and {}: it would never stop the run", run());
     }
     let LrSchedule::Spec(s) = &cfg.schedule else { return Ok(()) };
-    let (n, unit) =
-        if s.per_epoch { (cfg.epochs as u64, "epochs (--schedule-interval epoch)") } else { (total, "steps") };
-    descent_core::schedule::check_steps(s.schedule.as_ref(), n)
-        .with_context(|| format!("--schedule {}: the run takes {n} {unit}", s.name))?;
-    // Every learning rate the run will use is a finite number ≥ 0 (a schedule's arguments can make
-    // it NaN, e.g. decay over 0 steps, or negative).
-    for t in 0..n.min(10_000_000) {
-        let v = s.schedule.value(t);
-        if !(v >= 0.0 && v.is_finite()) {
-            bail!("--schedule {}: the learning rate at step {t} would be {v}; check --schedule-args", s.name);
-        }
-    }
-    Ok(())
+    s.check_run(if s.per_epoch { cfg.epochs as u64 } else { total }).map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// That the checkpoint `ck` of the run folder `dir` (whose marker holds `run_id` and whose
@@ -2817,6 +2844,33 @@ pub fn check_checkpoint_of_run(ck: &Checkpoint, dir: &std::path::Path, run_id: &
         );
     }
     Ok(())
+}
+
+/// A run's config.toml is descent's copy of its config.json, for reading and for `--config`; a
+/// resume writes it again. An edit there is neither what the run continues with nor kept: refused,
+/// naming the first setting that differs, before anything is written.
+fn check_config_toml_unedited(dir: &std::path::Path, cfg: &TrainArgs) -> Result<()> {
+    let path = dir.join(folder::run::CONFIG_TOML);
+    // Absent where a setting is null (TOML has none), or removed: nothing to lose.
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let kept = serde_json::to_value(cfg)?;
+    let edited = match toml::from_str::<TrainArgs>(&text).map(|t| serde_json::to_value(&t)) {
+        Ok(Ok(v)) if v == kept => return Ok(()),
+        Ok(Ok(v)) => match (v.as_object(), kept.as_object()) {
+            (Some(v), Some(k)) => {
+                let key = k.keys().chain(v.keys()).find(|key| v.get(*key) != k.get(*key));
+                key.map_or_else(|| "a setting".to_string(), |key| format!("`{key}`"))
+            }
+            _ => "a setting".into(),
+        },
+        _ => "it no longer reads as a run's settings".into(),
+    };
+    bail!(
+        "{}: edited after the run wrote it ({edited}); --resume continues with the settings of config.json and would \
+         write over the edit: undo it, or train the edited settings as a new run (`descent train --config {} --out …`)",
+        path.display(),
+        path.display()
+    )
 }
 
 fn check_checkpoint_id(ck: &Checkpoint, dir: &std::path::Path, run_id: &str) -> Result<()> {
@@ -2963,6 +3017,12 @@ fn resume_settings(
     warnings: &mut Vec<String>,
 ) -> Result<std::result::Result<TrainArgs, String>> {
     let (cli_v, cfg_v) = (serde_json::to_value(cli)?, serde_json::to_value(&cfg)?);
+    // `--hparams` as a run with the default optimizer records it: over the model's defaults (gpt's
+    // AdamW arguments under those given).
+    let with_defaults = {
+        let mut r = TrainArgs { model: cfg.model.clone(), optimizer: None, ..cli.clone() };
+        resolve_defaults(&mut r).ok().map(|_| r.hparams)
+    };
     let d = dir.display();
     for id in &cli.given {
         match id.as_str() {
@@ -3016,7 +3076,9 @@ fn resume_settings(
                     }
                     continue;
                 }
-                if given != kept && !same_path && !default_of_null && !same_optimizer {
+                // Arguments a run with the default optimizer takes over its defaults.
+                let same_hparams = key == "hparams" && cli.optimizer.is_none() && with_defaults.as_ref() == Some(kept);
+                if given != kept && !same_path && !default_of_null && !same_optimizer && !same_hparams {
                     // A switch is given by its name alone.
                     let as_typed = if given.as_bool() == Some(true) {
                         flag_of(key)
@@ -3439,6 +3501,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 }
                 let ck = Checkpoint::load(&ck_path)?;
                 check_checkpoint_of_run(&ck, dir, &claimed.marker.id, &cfg)?;
+                check_config_toml_unedited(dir, &cfg)?;
                 let under_mpi = comm.size() > 1 && cli.data_parallel.is_none();
                 match resume_settings(&cli, dir, cfg, &ck, &claimed.marker, under_mpi, &mut resume_warnings)? {
                     Ok(cfg) => (cfg, Folder::Resume(claimed, Box::new(ck))),
@@ -3529,7 +3592,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         let corpus = corpus_of(&a)?;
         let cfg = config(&a, Loss::CrossEntropy)?;
         let shape = gpt_config_of(&a, &corpus)?;
-        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory())?;
+        check_gpt_memory(&shape, cfg.batch_size, crate::bench::available_memory(), Sizing::BatchAndShape)?;
         let model = Gpt::new(shape, &mut rng, &Device::Cpu)?;
         check_model_settings(&model, &cfg)?;
         let text = TextConfig {
@@ -3546,7 +3609,14 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         let init = Init::parse(&a.init)?;
         let mut cfg = config(&a, loss_of(&a.model))?;
         let copies = Copies::of(&cfg.optimizer, &cfg.hparams, a.data_parallel.unwrap_or(1), a.shard_optimizer);
-        check_model_memory(&a.model, Arch::of(&a), cfg.batch_size, copies, crate::bench::available_memory())?;
+        check_model_memory(
+            &a.model,
+            Arch::of(&a),
+            cfg.batch_size,
+            copies,
+            crate::bench::available_memory(),
+            Sizing::BatchAndShape,
+        )?;
         let (model, train_set, test_set, _) =
             workload(&a.model, Arch::of(&a), init, a.dropout(), a.normalize, &a.data, &mut rng)?;
         let (train_set, test_set) = hold_out(train_set, test_set, a.validation)?;
@@ -3942,33 +4012,48 @@ mod tests {
     #[test]
     fn a_gpt_batch_beyond_memory_is_refused() {
         let c = GptConfig::new(65, 64, 4, 4, 128);
-        assert!(check_model_memory("resnet", Arch::default(), 128, ONE, Some(24 << 30)).is_ok());
-        assert!(check_model_memory("linear", Arch::default(), 60_000, ONE, Some(1 << 20)).is_ok());
+        assert!(check_model_memory("resnet", Arch::default(), 128, ONE, Some(24 << 30), Sizing::BatchAndShape).is_ok());
+        assert!(
+            check_model_memory("linear", Arch::default(), 60_000, ONE, Some(1 << 20), Sizing::BatchAndShape).is_ok()
+        );
         // 853 KB an image at depth 6, width 16: 60 000 images need 51 GB, 20 000 of plain's
         // (452 KB) 9 GB.
-        let e = check_model_memory("resnet", Arch::default(), 60_000, ONE, Some(20 << 30)).unwrap_err().to_string();
+        let e = check_model_memory("resnet", Arch::default(), 60_000, ONE, Some(20 << 30), Sizing::BatchAndShape)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("51.2 GB"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(9_100_000_000)).is_ok());
-        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(8_900_000_000)).is_err());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(9_100_000_000), Sizing::BatchAndShape)
+            .is_ok());
+        assert!(check_model_memory("plain", Arch::default(), 20_000, ONE, Some(8_900_000_000), Sizing::BatchAndShape)
+            .is_err());
         // The whole training set in one plain batch (about 30 GB measured) on a 24 GB machine:
         // the two copies alone (24.1 GB) let it through to be killed.
-        let e =
-            check_model_memory("plain", Arch::default(), 60_000, ONE, Some(24_400_000_000)).unwrap_err().to_string();
+        let e = check_model_memory("plain", Arch::default(), 60_000, ONE, Some(24_400_000_000), Sizing::BatchAndShape)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--batch-size 60000") && e.contains("27.1 GB"), "{e}");
         let wide = Arch { depth: Some(18), width: Some(256), ..Arch::default() };
-        let e = check_model_memory("plain", wide, 1024, ONE, Some(8 << 30)).unwrap_err().to_string();
+        let e =
+            check_model_memory("plain", wide, 1024, ONE, Some(8 << 30), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--depth 18 --width 256"), "{e}");
-        assert!(check_model_memory("plain", Arch::default(), usize::MAX, ONE, Some(u64::MAX)).is_err());
-        let e = check_model_memory("plain", Arch::default(), usize::MAX, ONE, None).unwrap_err().to_string();
+        assert!(check_model_memory("plain", Arch::default(), usize::MAX, ONE, Some(u64::MAX), Sizing::BatchAndShape)
+            .is_err());
+        let e = check_model_memory("plain", Arch::default(), usize::MAX, ONE, None, Sizing::BatchAndShape)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--batch-size") && e.contains("too many"), "{e}");
         let wide = Arch { width: Some(100_000), ..Arch::default() };
-        let e = check_model_memory("lenet", wide, 64, ONE, Some(24 << 30)).unwrap_err().to_string();
+        let e =
+            check_model_memory("lenet", wide, 64, ONE, Some(24 << 30), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--width 100000") && e.contains("this lenet"), "{e}");
-        assert!(check_model_memory("lenet", Arch::default(), 60_000, ONE, Some(24 << 30)).is_ok());
+        assert!(
+            check_model_memory("lenet", Arch::default(), 60_000, ONE, Some(24 << 30), Sizing::BatchAndShape).is_ok()
+        );
         let wide = Arch { hidden: Some(100_000_000), ..Arch::default() };
-        let e = check_model_memory("mlp", wide, 32, ONE, Some(24 << 30)).unwrap_err().to_string();
+        let e =
+            check_model_memory("mlp", wide, 32, ONE, Some(24 << 30), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--hidden 100000000"), "{e}");
-        assert!(check_model_memory("mlp", Arch::default(), 60_000, ONE, Some(1 << 30)).is_ok());
+        assert!(check_model_memory("mlp", Arch::default(), 60_000, ONE, Some(1 << 30), Sizing::BatchAndShape).is_ok());
         // The optimizer's state counts: Adam keeps two floats a weight, SGD none, 8-bit Adam two
         // bytes and its block scales; sharded, each replica keeps its share.
         let state = |o: &str| Copies::of(o, &serde_json::json!({}), 1, false).state_floats;
@@ -3979,21 +4064,26 @@ mod tests {
         // without the state, which let it through to be killed).
         let wide = Arch { hidden: Some(2_000_000), ..Arch::default() };
         let adam = Copies::of("adam", &serde_json::json!({}), 1, false);
-        let e = check_model_memory("mlp", wide, 32, adam, Some(24_400_000_000)).unwrap_err().to_string();
+        let e = check_model_memory("mlp", wide, 32, adam, Some(24_400_000_000), Sizing::BatchAndShape)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optimizer state 25.4 GB"), "{e}");
-        assert!(check_model_memory("mlp", wide, 32, ONE, Some(24_400_000_000)).is_ok());
-        assert!(check_gpt_memory(&c, 12, Some(24 << 30)).is_ok());
-        assert!(check_gpt_memory(&c, 12, None).is_ok());
-        let e = check_gpt_memory(&c, 100_000, Some(24 << 30)).unwrap_err().to_string();
+        assert!(check_model_memory("mlp", wide, 32, ONE, Some(24_400_000_000), Sizing::BatchAndShape).is_ok());
+        assert!(check_gpt_memory(&c, 12, Some(24 << 30), Sizing::BatchAndShape).is_ok());
+        assert!(check_gpt_memory(&c, 12, None, Sizing::BatchAndShape).is_ok());
+        let e = check_gpt_memory(&c, 100_000, Some(24 << 30), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--batch-size 100000") && e.contains("activations"), "{e}");
+        // The benchmark's model is fixed: its refusal names the batch alone, with no smaller model.
+        let e = check_gpt_memory(&c, 100_000, Some(24 << 30), Sizing::Batch).unwrap_err().to_string();
+        assert!(e.contains("--batch-size 100000 (the benchmark's --n-layer") && !e.contains("smaller model"), "{e}");
         // A model too large on its own is refused before any weight exists, whatever the batch.
         let huge = GptConfig::new(65, 64, 1_000_000_000, 4, 128);
-        let e = check_gpt_memory(&huge, 1, Some(24 << 30)).unwrap_err().to_string();
+        let e = check_gpt_memory(&huge, 1, Some(24 << 30), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--n-layer 1000000000") && e.contains("weights and gradients 1586176.0 GB"), "{e}");
         let absurd = GptConfig::new(65, usize::MAX, usize::MAX, 1, usize::MAX);
-        let e = check_gpt_memory(&absurd, usize::MAX, Some(u64::MAX)).unwrap_err().to_string();
+        let e = check_gpt_memory(&absurd, usize::MAX, Some(u64::MAX), Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("10^12 GB or more"), "{e}");
-        let e = check_gpt_memory(&c, usize::MAX, None).unwrap_err().to_string();
+        let e = check_gpt_memory(&c, usize::MAX, None, Sizing::BatchAndShape).unwrap_err().to_string();
         assert!(e.contains("--batch-size") && e.contains("too many"), "{e}");
     }
 }

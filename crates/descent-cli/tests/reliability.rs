@@ -834,6 +834,39 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "--patience 1",
         ),
         (vec!["bench", "optimizers", "--model", "mlp", "--run", "sgd:label=."], "label `.`"),
+        // A library schedule shorter than a language model's run (torch refuses to step it on).
+        (
+            vec![
+                "train",
+                "--model",
+                "gpt",
+                "--n-layer",
+                "1",
+                "--n-embd",
+                "16",
+                "--steps",
+                "5",
+                "--schedule",
+                "torch.OneCycleLR",
+                "--schedule-args",
+                r#"{"max_lr": 0.01, "total_steps": 2}"#,
+            ],
+            "total steps is 2",
+        ),
+        (vec!["compare", "--model", "gpt", "--steps", "5", "--run", "adamw", "--target", "50"], "without accuracy"),
+        // The rate of a Muon's Adam part is refused as --lr is.
+        (
+            vec![
+                "train",
+                "--model",
+                "gpt",
+                "--optimizer",
+                "optax.contrib.muon",
+                "--hparams",
+                r#"{"adam_learning_rate": -3}"#,
+            ],
+            "`adam_learning_rate` -3",
+        ),
     ];
     for (args, needle) in cases {
         let o = descent().args(&args).args(["--out", s(&out)]).output().unwrap();
@@ -1475,4 +1508,30 @@ fn a_run_in_progress_is_named_as_such() {
     let (ok, t) = run(&["evaluate", s(&r)]);
     assert!(!ok && t.contains("deleted or moved"), "{t}");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A resumed run takes `--hparams` that agree with its settings as a new run records them (gpt's
+/// AdamW arguments over the given ones), and refuses a run whose config.toml was edited, naming the
+/// setting and keeping the edit, since it would continue from config.json and write over it.
+#[test]
+fn resume_reads_hparams_as_a_new_run_and_keeps_an_edited_config_toml() {
+    let d = fresh("toml-edit");
+    let run_dir = d.join("r");
+    let tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--eval-iters", "1"];
+    let mut args = vec!["train", "--model", "gpt", "--threads", "1", "--steps", "2", "--eval-interval", "2"];
+    args.extend(tiny);
+    args.extend(["--out", s(&run_dir)]);
+    let (ok, t) = run(&args);
+    assert!(ok, "{t}");
+    let (ok, t) = run(&["train", "--resume", s(&run_dir), "--steps", "3", "--hparams", r#"{"weight_decay": 0.1}"#]);
+    assert!(ok, "the recipe's own weight decay: {t}");
+    let (ok, t) = run(&["train", "--resume", s(&run_dir), "--steps", "4", "--hparams", r#"{"weight_decay": 0.2}"#]);
+    assert!(!ok && t.contains("contradicts"), "{t}");
+    let toml = run_dir.join("config.toml");
+    let edited = read(&toml).replace("\nlr = 0.001\n", "\nlr = 0.5\n");
+    assert!(edited.contains("lr = 0.5"), "{edited}");
+    std::fs::write(&toml, &edited).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&run_dir), "--steps", "4"]);
+    assert!(!ok && t.contains("config.toml: edited") && t.contains("`lr`"), "{t}");
+    assert_eq!(read(&toml), edited, "the edit is kept");
 }
