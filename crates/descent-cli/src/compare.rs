@@ -158,6 +158,14 @@ pub fn apply(base: &TrainArgs, run: &Map<String, Value>, what: &str) -> Result<T
                 TRAIN_KEYS.join(", ")
             ),
             _ => {
+                // Neither the optimizer's argument nor a run's training key, but near one of those:
+                // a misspelt training key (`n_heads`), which the optimizer would call unknown.
+                let keys: Vec<String> = TRAIN_KEYS.iter().map(|k| k.to_string()).collect();
+                if let Some(near) = descent_core::spec::nearest(k, &keys, 1).first() {
+                    if !optimizer_takes(&optimizer, k, val) {
+                        bail!("{what}: `{k}` is not an argument of `{optimizer}` nor a run's training key; did you mean `{near}`?");
+                    }
+                }
                 hparams.insert(k.clone(), val.clone());
             }
         }

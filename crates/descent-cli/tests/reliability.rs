@@ -854,6 +854,8 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "total steps is 2",
         ),
         (vec!["compare", "--model", "gpt", "--steps", "5", "--run", "adamw", "--target", "50"], "without accuracy"),
+        // A misspelt training key in a run's spec is named as such, not as the optimizer's.
+        (vec!["compare", "--model", "linear", "--run", "adam:lrr=0.1"], "did you mean `lr`?"),
         // The rate of a Muon's Adam part is refused as --lr is.
         (
             vec![

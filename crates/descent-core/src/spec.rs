@@ -356,7 +356,7 @@ pub(crate) fn unknown_among_many(
 /// The names of `candidates` closest to `name` (at most `k`, nearest first): compared without
 /// case and without a library prefix (`torch.`, `optax.`, …) on either side, within an edit
 /// distance of a third of the name's length (at least 2), or containing it.
-fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
+pub fn nearest(name: &str, candidates: &[String], k: usize) -> Vec<String> {
     let bare = |n: &str| -> String {
         let n = n.to_lowercase();
         match n.split_once('.') {
