@@ -141,9 +141,9 @@ struct Source {
 
 fn read_run(dir: &Path) -> Result<Source> {
     folder::require_dir(dir, "the folder of a `descent train` run")?;
-    if folder::is_compressed_output(dir) {
+    if dir.join(folder::run::COMPRESS_JSON).exists() {
         bail!(
-            "{}: the output of descent prune or quantize, not a training run; prune and quantize start from the folder of a `descent train` run",
+            "{}: the output of descent prune or quantize, not a training run; prune and quantize start from the folder of a `descent train` run (to prune further, prune that run with a larger amount)",
             dir.display()
         );
     }
@@ -212,6 +212,29 @@ fn check_out(run: &Path, out: &Path) -> Result<()> {
     };
     if same(run, out) {
         bail!("--out {}: the run being compressed; choose another folder", out.display());
+    }
+    // Inside it (the output would go stale when the run is replaced, and be taken for the run's):
+    // the nearest existing folder above `out`, with what follows it.
+    let inside = run.canonicalize().ok().is_some_and(|run| {
+        let mut base = out.to_path_buf();
+        let mut rest = vec![];
+        while !base.exists() {
+            match (base.file_name().map(|n| n.to_os_string()), base.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    base = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+                }
+                _ => return false,
+            }
+        }
+        base.canonicalize().is_ok_and(|b| rest.iter().rev().fold(b, |p, n| p.join(n)).starts_with(&run))
+    });
+    if inside {
+        bail!(
+            "--out {}: inside the run being compressed, {}; choose a folder outside it",
+            out.display(),
+            run.display()
+        );
     }
     if out.join(folder::run::CONFIG_JSON).exists() && !out.join(folder::run::COMPRESS_JSON).exists() {
         bail!(
@@ -351,7 +374,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
             ("--finetune-steps", s.finetune_steps.is_some()),
         ] {
             if given {
-                bail!("{flag}: a fine-tuning setting; give --finetune-epochs N too");
+                bail!("{flag}: a fine-tuning setting; give --finetune-epochs N (at least 1) too");
             }
         }
     }
@@ -389,7 +412,12 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     }
     // The compact model is possible (no layer lost every unit) before anything is written or
     // fine-tuned: the masks stay through fine-tuning.
-    let compact = s.method == "ln_structured" && s.dim() == 0 && matches!(src.args.model.as_str(), "mlp" | "lenet");
+    // The output units' axis of every pruned weight: 0, or counted from the end (-2 of a Linear).
+    let on_units = masks.iter().all(|(n, _)| {
+        let rank = src.model.named_vars().iter().find(|(k, _)| k == n).map_or(0, |(_, v)| v.rank()) as isize;
+        s.dim() == 0 || s.dim() == -rank
+    });
+    let compact = s.method == "ln_structured" && on_units && matches!(src.args.model.as_str(), "mlp" | "lenet");
     if compact {
         dc::shrink(&src.args.model, src.model.as_ref())?;
     }
@@ -567,11 +595,28 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// A folder of `descent prune --finetune-epochs` holds its compress.json and the fine-tuning's run
+/// from the start, and its model only once the fine-tuning has finished: refused before then by
+/// name, not with the missing file's error.
+fn require_finished(dir: &Path) -> Result<()> {
+    let has = |f: &str| dir.join(f).exists();
+    if has(folder::run::COMPRESS_JSON) && has(folder::run::CONFIG_JSON) && !has(folder::run::MODEL_F32) {
+        bail!(
+            "{}: a pruned model whose fine-tuning has not finished (it was stopped, or is still running): \
+             `descent train --resume {}` finishes it",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A run folder, or a folder of `descent prune` (its f32 model, with the source run's data).
 fn read_run_or_pruned(dir: &Path) -> Result<Source> {
     if !dir.join(folder::run::COMPRESS_JSON).exists() {
         return read_run(dir);
     }
+    require_finished(dir)?;
     let loaded = dc::load_compressed(dir)?;
     if loaded.info.kind != "pruned" {
         bail!("{}: already an {} model; quantize a run folder or a pruned one", dir.display(), loaded.info.kind);
@@ -685,6 +730,7 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
     for dir in &r.dirs {
         let mut loaded: Vec<(String, dc::Loaded)> = vec![];
         if dir.join(folder::run::COMPRESS_JSON).exists() {
+            require_finished(dir)?;
             loaded.push((dir.display().to_string(), dc::load_compressed(dir)?));
             if let Some(c) = dc::load_compact(dir)? {
                 loaded.push((format!("{} (compact)", dir.display()), c));

@@ -324,6 +324,21 @@ pub fn in_use_by(dir: &Path) -> Option<Option<u32>> {
     }
 }
 
+/// Says who holds the lock of `dir`, if another command does; takes nothing, writes nothing.
+fn refuse_in_use(dir: &Path) -> Result<()> {
+    let path = dir.join(LOCK);
+    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else { return Ok(()) };
+    if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock() {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().parse::<u32>().ok();
+        // This process's own claim (a command that checks a folder it holds) is not another's.
+        if holder != Some(std::process::id()) {
+            let who = holder.map(|p| format!(" (process {p})")).unwrap_or_default();
+            bail!("{} is in use by another descent command{who}; wait for it to finish", dir.display());
+        }
+    }
+    Ok(())
+}
+
 /// Takes the lock of `dir` (which exists), or says who holds it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK);
@@ -359,6 +374,8 @@ pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
             bail!("{} exists and is not a folder", dir.display());
         }
         check_replaceable(dir, kind, force, resume_hint, parent)?;
+        // In use by another command: said now, as the claim would.
+        refuse_in_use(dir)?;
     }
     Ok(())
 }

@@ -423,3 +423,48 @@ fn finetuning_hparams_merge_over_the_runs() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+/// Folders a prune or quantize must not take: an output inside the run it compresses (stale once
+/// the run is replaced), a pruned run fine-tuned by `prune` as a run to prune again (its amount
+/// would fall on its zeros), a fine-tuned prune whose fine-tuning has not finished (named, not the
+/// missing model file's error). And `--dim -2` on an MLP is its output units, as `--dim 0`: the
+/// compact model is written for both.
+#[test]
+fn nested_outputs_pruned_runs_and_unfinished_finetuning_are_refused() {
+    let run = out("cmp-nest-run");
+    let r = run.to_str().unwrap();
+    run_ok(&["train", "--model", "mlp", "--steps", "30", "--threads", "1", "--out", r]);
+    let inside = run.join("pruned");
+    let e = run_err(&["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--out", inside.to_str().unwrap()]);
+    assert!(e.contains("inside the run being compressed"), "{e}");
+    assert!(!inside.exists());
+    let ft = out("cmp-nest-ft");
+    let f = ft.to_str().unwrap();
+    #[rustfmt::skip]
+    run_ok(&["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--finetune-epochs", "1", "--finetune-steps", "3",
+        "--threads", "1", "--out", f]);
+    let again = out("cmp-nest-again");
+    let e = run_err(&["prune", f, "--method", "l1_unstructured", "--amount", "0.3", "--out", again.to_str().unwrap()]);
+    assert!(e.contains("the output of descent prune or quantize") && e.contains("larger amount"), "{e}");
+    // The fine-tuning stopped before its model was written.
+    std::fs::remove_file(ft.join("model.safetensors")).unwrap();
+    let q = out("cmp-nest-q");
+    let e = run_err(&["quantize", f, "--out", q.to_str().unwrap()]);
+    assert!(e.contains("fine-tuning has not finished") && e.contains("--resume"), "{e}");
+    let e = run_err(&["compress-report", f, "--rounds", "1"]);
+    assert!(e.contains("fine-tuning has not finished"), "{e}");
+    let d2 = out("cmp-nest-dim");
+    let text = run_ok(&[
+        "prune",
+        r,
+        "--method",
+        "ln_structured",
+        "--amount",
+        "0.5",
+        "--dim",
+        "-2",
+        "--out",
+        d2.to_str().unwrap(),
+    ]);
+    assert!(text.contains("compact model") && d2.join("compact.safetensors").exists(), "{text}");
+}
