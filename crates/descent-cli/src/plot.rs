@@ -212,6 +212,26 @@ pub fn tick(v: f64) -> String {
     }
 }
 
+/// A label of a linear axis whose ticks are about `step` apart: [`tick`], with more decimals where
+/// its three significant digits would give neighbouring ticks the same label (an accuracy curve
+/// between 10.10% and 10.20%).
+pub fn axis_tick(v: f64, step: f64) -> String {
+    if !(step > 0.0 && step.is_finite() && v.is_finite()) || v == 0.0 {
+        return tick(v);
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) || step >= 10f64.powi(a.log10().floor() as i32 - 2) {
+        return tick(v);
+    }
+    let digits = (-step.log10().floor()).clamp(0.0, 12.0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Ticks of a log axis: 1, 2 and 5 times the powers of ten in range; every digit when that gives
 /// fewer than four; powers of ten alone when it gives more than twelve.
 fn log_ticks(r: &Range<f64>) -> Vec<f64> {
@@ -261,7 +281,7 @@ fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()>
 }
 
 macro_rules! lines_body {
-    ($root:expr, $chart:expr, $xr:expr, $yr:expr) => {{
+    ($root:expr, $chart:expr, $xr:expr, $yr:expr, $y_step:expr) => {{
         let chart = $chart;
         let mut cc = ChartBuilder::on($root)
             .caption(&chart.title, (FONT, 24))
@@ -277,7 +297,7 @@ macro_rules! lines_body {
             .y_desc(chart.y_label.as_str())
             .y_labels(12)
             .x_label_formatter(&x_ticks)
-            .y_label_formatter(&|y| tick(*y))
+            .y_label_formatter(&|y| axis_tick(*y, $y_step))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 17))
             .light_line_style(TRANSPARENT)
@@ -357,19 +377,22 @@ fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -
     if chart.integer_x {
         xr = (xr.start.round() - 0.5)..(xr.end.round() + 0.5);
     }
+    // The linear y axis's twelve labels are about a twelfth of its span apart (a log axis's are
+    // its key points, which `tick` tells apart).
+    let y_step = (yr.end - yr.start) / 12.0;
     match (chart.log_x, log) {
-        (false, false) => lines_body!(&root, chart, xr, yr),
+        (false, false) => lines_body!(&root, chart, xr, yr, y_step),
         (false, true) => {
             let keys = log_ticks(&yr);
-            lines_body!(&root, chart, xr, yr.log_scale().with_key_points(keys))
+            lines_body!(&root, chart, xr, yr.log_scale().with_key_points(keys), 0.0)
         }
         (true, false) => {
             let keys = log_ticks(&xr);
-            lines_body!(&root, chart, xr.log_scale().with_key_points(keys), yr)
+            lines_body!(&root, chart, xr.log_scale().with_key_points(keys), yr, y_step)
         }
         (true, true) => {
             let (kx, ky) = (log_ticks(&xr), log_ticks(&yr));
-            lines_body!(&root, chart, xr.log_scale().with_key_points(kx), yr.log_scale().with_key_points(ky))
+            lines_body!(&root, chart, xr.log_scale().with_key_points(kx), yr.log_scale().with_key_points(ky), 0.0)
         }
     }
     root.present().map_err(err)?;
@@ -503,6 +526,16 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
 
 #[cfg(test)]
 mod tests {
+    /// Neighbouring ticks of a narrow axis get different labels; a wide axis keeps `tick`'s.
+    #[test]
+    fn narrow_axes_get_the_decimals_their_ticks_need() {
+        let labels: Vec<String> = [10.10, 10.11, 10.12, 10.13].iter().map(|&v| super::axis_tick(v, 0.01)).collect();
+        assert_eq!(labels, ["10.1", "10.11", "10.12", "10.13"]);
+        assert_eq!(super::axis_tick(10.1234, 1.0), super::tick(10.1234));
+        assert_eq!(super::axis_tick(0.5, 0.0), super::tick(0.5));
+        assert_eq!(super::axis_tick(97.25, 0.0025), "97.25");
+    }
+
     use super::*;
 
     /// Up to 40 series, no two share both colour and line.
