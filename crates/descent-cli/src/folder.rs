@@ -324,19 +324,10 @@ pub fn in_use_by(dir: &Path) -> Option<Option<u32>> {
     }
 }
 
-/// Says who holds the lock of `dir`, if another command does; takes nothing, writes nothing.
-fn refuse_in_use(dir: &Path) -> Result<()> {
-    let path = dir.join(LOCK);
-    let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&path) else { return Ok(()) };
-    if let Err(std::fs::TryLockError::WouldBlock) = f.try_lock() {
-        let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().parse::<u32>().ok();
-        // This process's own claim (a command that checks a folder it holds) is not another's.
-        if holder != Some(std::process::id()) {
-            let who = holder.map(|p| format!(" (process {p})")).unwrap_or_default();
-            bail!("{} is in use by another descent command{who}; wait for it to finish", dir.display());
-        }
-    }
-    Ok(())
+/// The refusal of `dir`, whose lock another command holds (`pid` where its lock file records it).
+fn in_use(dir: &Path, pid: Option<u32>) -> anyhow::Error {
+    let who = pid.map(|p| format!(" (process {p})")).unwrap_or_default();
+    anyhow::anyhow!("{} is in use by another descent command{who}; wait for it to finish", dir.display())
 }
 
 /// Takes the lock of `dir` (which exists), or says who holds it.
@@ -352,9 +343,7 @@ fn lock(dir: &Path) -> Result<File> {
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let who = holder.trim().parse::<u32>().map(|p| format!(" (process {p})")).unwrap_or_default();
-            bail!("{} is in use by another descent command{who}; wait for it to finish", dir.display());
+            return Err(in_use(dir, std::fs::read_to_string(&path).ok().and_then(|h| h.trim().parse().ok())));
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("locking {}", path.display()));
@@ -375,7 +364,9 @@ pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
         }
         check_replaceable(dir, kind, force, resume_hint, parent)?;
         // In use by another command: said now, as the claim would.
-        refuse_in_use(dir)?;
+        if let Some(pid) = in_use_by(dir) {
+            return Err(in_use(dir, pid));
+        }
     }
     Ok(())
 }

@@ -203,7 +203,11 @@ pub fn tick(v: f64) -> String {
         let m = m.trim_end_matches('0').trim_end_matches('.');
         return format!("{m}e{e}");
     }
-    let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+    fixed(v, (2 - a.log10().floor() as i32).max(0) as usize)
+}
+
+/// `v` with `digits` decimals, trailing zeros (and a bare point) dropped.
+fn fixed(v: f64, digits: usize) -> String {
     let s = format!("{v:.digits$}");
     if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -223,13 +227,7 @@ pub fn axis_tick(v: f64, step: f64) -> String {
     if !(1e-3..1e5).contains(&a) || step >= 10f64.powi(a.log10().floor() as i32 - 2) {
         return tick(v);
     }
-    let digits = (-step.log10().floor()).clamp(0.0, 12.0) as usize;
-    let s = format!("{v:.digits$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    fixed(v, (-step.log10().floor()).clamp(0.0, 12.0) as usize)
 }
 
 /// Ticks of a log axis: 1, 2 and 5 times the powers of ten in range; every digit when that gives
@@ -526,17 +524,17 @@ fn draw_contours<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, map: &Contour
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Neighbouring ticks of a narrow axis get different labels; a wide axis keeps `tick`'s.
     #[test]
     fn narrow_axes_get_the_decimals_their_ticks_need() {
-        let labels: Vec<String> = [10.10, 10.11, 10.12, 10.13].iter().map(|&v| super::axis_tick(v, 0.01)).collect();
+        let labels: Vec<String> = [10.10, 10.11, 10.12, 10.13].iter().map(|&v| axis_tick(v, 0.01)).collect();
         assert_eq!(labels, ["10.1", "10.11", "10.12", "10.13"]);
-        assert_eq!(super::axis_tick(10.1234, 1.0), super::tick(10.1234));
-        assert_eq!(super::axis_tick(0.5, 0.0), super::tick(0.5));
-        assert_eq!(super::axis_tick(97.25, 0.0025), "97.25");
+        assert_eq!(axis_tick(10.1234, 1.0), tick(10.1234));
+        assert_eq!(axis_tick(0.5, 0.0), tick(0.5));
+        assert_eq!(axis_tick(97.25, 0.0025), "97.25");
     }
-
-    use super::*;
 
     /// Up to 40 series, no two share both colour and line.
     #[test]
