@@ -213,22 +213,8 @@ fn check_out(run: &Path, out: &Path) -> Result<()> {
     if same(run, out) {
         bail!("--out {}: the run being compressed; choose another folder", out.display());
     }
-    // Inside it (the output would go stale when the run is replaced, and be taken for the run's):
-    // the nearest existing folder above `out`, with what follows it.
-    let inside = run.canonicalize().ok().is_some_and(|run| {
-        let mut base = out.to_path_buf();
-        let mut rest = vec![];
-        while !base.exists() {
-            match (base.file_name().map(|n| n.to_os_string()), base.parent()) {
-                (Some(name), Some(parent)) => {
-                    rest.push(name);
-                    base = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
-                }
-                _ => return false,
-            }
-        }
-        base.canonicalize().is_ok_and(|b| rest.iter().rev().fold(b, |p, n| p.join(n)).starts_with(&run))
-    });
+    // Inside it (the output would go stale when the run is replaced, and be taken for the run's).
+    let inside = run.canonicalize().ok().zip(folder::resolved(out)).is_some_and(|(run, out)| out.starts_with(run));
     if inside {
         bail!(
             "--out {}: inside the run being compressed, {}; choose a folder outside it",

@@ -20,6 +20,32 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// `p` as an absolute path, as the OS will take it once its missing folders are made: its longest
+/// existing prefix resolved (links followed), then the names after it, `.` and `..` folded by name
+/// (nothing missing can be a link). `None` where the current folder cannot be read.
+pub fn resolved(p: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(p).ok()?;
+    let mut base = abs.as_path();
+    let mut rest = vec![];
+    loop {
+        if let Ok(mut out) = base.canonicalize() {
+            for c in rest.into_iter().rev() {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::Normal(name) => out.push(name),
+                    _ => {}
+                }
+            }
+            return Some(out);
+        }
+        rest.push(base.components().next_back()?);
+        base = base.parent()?;
+    }
+}
+
 /// The marker file in every folder descent makes.
 pub const MARKER: &str = "descent.json";
 /// The lock file of a folder in use.
@@ -691,6 +717,21 @@ mod tests {
         let d = std::env::temp_dir().join(format!("descent-folder-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// A path resolves through the links of its existing part, and its missing part by name.
+    #[test]
+    #[cfg(unix)]
+    fn a_path_resolves_as_far_as_it_exists() {
+        let d = tmp("resolved");
+        std::fs::create_dir_all(d.join("real/sub")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let real = d.join("real").canonicalize().unwrap();
+        assert_eq!(resolved(&d.join("link/sub")), Some(real.join("sub")));
+        assert_eq!(resolved(&d.join("link/new/deeper")), Some(real.join("new/deeper")));
+        assert_eq!(resolved(&d.join("link/new/../other/./x")), Some(real.join("other/x")));
+        assert_eq!(resolved(&d.join("link/sub/..")), Some(real.clone()));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// A `--force` killed while clearing leaves the marker, which goes last: the retried `--force`

@@ -418,23 +418,13 @@ impl DistillSettings {
 }
 
 /// `to` as a path relative to the folder `from`: both resolved as far as they exist (a new run's
-/// folder does not yet: its parent is), the rest taken by name with `.` and `..` folded; `None`
+/// folder does not yet: its parent is; [`crate::folder::resolved`]), the rest taken by name; `None`
 /// where a path cannot be made absolute or the two are on different drives.
 fn relative_to(from: &Path, to: &Path) -> Option<PathBuf> {
     use std::path::Component;
     let names = |p: &Path| -> Option<Vec<std::ffi::OsString>> {
-        let p = match (std::fs::canonicalize(p), p.parent().zip(p.file_name())) {
-            (Ok(c), _) => c,
-            (Err(_), Some((parent, name))) => {
-                match std::fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
-                    Ok(c) => c.join(name),
-                    Err(_) => std::path::absolute(p).ok()?,
-                }
-            }
-            (Err(_), None) => std::path::absolute(p).ok()?,
-        };
         let mut out = vec![];
-        for c in p.components() {
+        for c in crate::folder::resolved(p)?.components() {
             match c {
                 Component::Normal(n) => out.push(n.to_os_string()),
                 Component::ParentDir => {
