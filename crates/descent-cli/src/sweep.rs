@@ -22,7 +22,7 @@ use crate::train::{self, RunOptions, TrainArgs};
 pub struct SweepArgs {
     /// A search dimension NAME=KIND:ARGS: uniform:LO..HI, loguniform:LO..HI, int:LO..HI,
     /// logint:LO..HI or choice:A|B|…; NAME is a train setting (lr, batch_size, schedule, l2, …) or
-    /// an optimizer argument (weight_decay, momentum, …). Repeatable; also a [space] table in
+    /// an optimizer argument (weight_decay, momentum, …). Repeatable; also a `[space]` table in
     /// --config.
     #[arg(long = "param", value_name = "NAME=KIND:ARGS")]
     pub params: Vec<String>,

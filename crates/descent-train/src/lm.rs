@@ -405,7 +405,7 @@ pub fn bench(
     bench_with(model, corpus, cfg, text, warmup, batches, &Local)
 }
 
-/// [`bench`] on the ranks of `comm`: every step's `cfg.batch_size` windows (the same on every
+/// [`bench()`] on the ranks of `comm`: every step's `cfg.batch_size` windows (the same on every
 /// rank) are split across the ranks as [`train_text_with`] splits a micro-batch, each rank's
 /// gradient weighted by its share, and the gradients summed over the ranks (timed apart as
 /// [`crate::train::BenchTimes::comm_s`]; with [`TrainConfig::shard_optimizer`] reduce-scattered,

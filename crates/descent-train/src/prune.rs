@@ -1,7 +1,7 @@
 //! Magnitude pruning with the semantics of `torch.nn.utils.prune`: `l1_unstructured`,
 //! `global_unstructured` (with `L1Unstructured`) and `ln_structured`, masks kept through
 //! fine-tuning ([`Pruner`]), gradual pruning on Zhu & Gupta's polynomial schedule, and the removal
-//! of structurally pruned units from an MLP or LeNet-5 ([`shrink`]).
+//! of structurally pruned units from an MLP or LeNet-5 ([`crate::compress::shrink`]).
 //!
 //! As in torch:
 //! - an amount is a fraction in `[0, 1]` of the weights (or channels) to prune, turned into a

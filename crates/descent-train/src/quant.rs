@@ -449,7 +449,7 @@ pub struct LayerSpec {
     pub flatten: bool,
 }
 
-/// The layers of a model that [`quantize`] handles: `mlp` and `lenet`.
+/// The layers of a model that [`QuantModel::quantize`] handles: `mlp` and `lenet`.
 pub fn layers_of(model: &str) -> Result<Vec<LayerSpec>> {
     let l = |name: &str, kind: &str, act, flatten| LayerSpec { name: name.into(), kind: kind.into(), act, flatten };
     Ok(match model {
@@ -1008,8 +1008,8 @@ impl QuantModel {
 
     /// Logits of a batch `x` (`[n, …]` f32), as f32 values and their dims.
     ///
-    /// The fused pipeline: the batch in tasks of [`IMAGES_PER_TASK`] images (or
-    /// [`ROWS_PER_TASK`] rows), run in parallel; within one, every layer's input is u8 (NHWC
+    /// The fused pipeline: the batch in tasks of `IMAGES_PER_TASK` images (or
+    /// `ROWS_PER_TASK` rows), run in parallel; within one, every layer's input is u8 (NHWC
     /// for a convolution), a convolution is an im2col of whole images into u8 rows and one GEMM
     /// of the kernel per block of them, a linear layer one GEMM over the task's rows, and the
     /// epilogue of each turns the i32 sums into the next layer's u8 input (max-pooling,

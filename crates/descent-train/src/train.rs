@@ -1632,10 +1632,9 @@ impl<'a> BenchUpdate<'a> {
     }
 }
 
-/// [`bench`] on the ranks of `comm`: each timed step takes a global batch of `batch_size`
+/// [`bench()`] on the ranks of `comm`: each timed step takes a global batch of `batch_size`
 /// samples, each rank its share, and sums the gradients over the ranks (timed apart as
-/// [`BenchTimes::comm_s`]; with [`TrainConfig::shard_optimizer`] the ZeRO-1 step, see
-/// [`BenchUpdate`]); `samples_per_s` counts the global batch.
+/// [`BenchTimes::comm_s`]; with [`TrainConfig::shard_optimizer`] the ZeRO-1 step); `samples_per_s` counts the global batch.
 pub fn bench_with(
     model: &dyn Model,
     data: &dyn BatchSource,
