@@ -131,7 +131,7 @@ impl Elementwise for ScaleByAdam {
                     let g = u[j];
                     let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = c2 * g * g + b2 * v[j];
+                    v[j] = c2 * (g * g) + b2 * v[j];
                     vm[j] = vm[j].max(v[j] * bc2);
                     u[j] = (mj * bc1) / ((vm[j] + eps_root).sqrt() + eps);
                 }
@@ -140,7 +140,7 @@ impl Elementwise for ScaleByAdam {
                     let g = u[j];
                     let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = c2 * g * g + b2 * v[j];
+                    v[j] = c2 * (g * g) + b2 * v[j];
                     let m_hat = b1 * (mj * bc1n) + c1 * (g * bc1);
                     u[j] = m_hat / ((v[j] * bc2 + eps_root).sqrt() + eps);
                 }
@@ -149,7 +149,7 @@ impl Elementwise for ScaleByAdam {
                     let g = u[j];
                     let mj = c1 * g + m.decayed(j, b1);
                     m.set(j, mj);
-                    v[j] = c2 * g * g + b2 * v[j];
+                    v[j] = c2 * (g * g) + b2 * v[j];
                     u[j] = (mj * bc1) / ((v[j] * bc2 + eps_root).sqrt() + eps);
                 }
             }
@@ -306,7 +306,7 @@ impl Elementwise for ScaleByRms {
         let v = this.nu.slice(i, off, u.len());
         let d = this.decay;
         for (g, v) in u.iter_mut().zip(v) {
-            *v = (1.0 - d) * *g * *g + d * *v;
+            *v = (1.0 - d) * (*g * *g) + d * *v;
             let vh = *v * this.bc;
             *g *= if this.eps_in_sqrt { 1.0 / (vh + this.eps).sqrt() } else { 1.0 / (vh.sqrt() + this.eps) };
         }
@@ -377,7 +377,7 @@ impl Elementwise for ScaleByStddev {
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - d) * g + d * m[j];
-            v[j] = (1.0 - d) * g * g + d * v[j];
+            v[j] = (1.0 - d) * (g * g) + d * v[j];
             let (mh, vh) = (m[j] * this.bc, v[j] * this.bc);
             let var = vh - mh * mh;
             u[j] = g * if this.eps_in_sqrt { 1.0 / (var + this.eps).sqrt() } else { 1.0 / (var.sqrt() + this.eps) };
@@ -538,9 +538,9 @@ impl Elementwise for ScaleByAdadelta {
         let r = this.rho;
         for j in 0..n {
             let g = u[j];
-            eg[j] = (1.0 - r) * g * g + r * eg[j];
+            eg[j] = (1.0 - r) * (g * g) + r * eg[j];
             let d = (ex[j] + this.eps).sqrt() / (eg[j] + this.eps).sqrt() * g;
-            ex[j] = (1.0 - r) * d * d + r * ex[j];
+            ex[j] = (1.0 - r) * (d * d) + r * ex[j];
             u[j] = d;
         }
     });
@@ -626,7 +626,7 @@ impl Elementwise for ScaleByAdan {
             m[j] = (1.0 - b1) * g + b1 * m[j];
             v[j] = (1.0 - b2) * diff + b2 * v[j];
             let sq = g + (1.0 - b2) * diff;
-            n[j] = (1.0 - b3) * sq * sq + b3 * n[j];
+            n[j] = (1.0 - b3) * (sq * sq) + b3 * n[j];
             let num = m[j] * this.bcs[0] + (1.0 - b2) * (v[j] * this.bcs[1]);
             u[j] = num / ((n[j] * this.bcs[2] + this.eps_root).sqrt() + this.eps);
             pg[j] = g;
@@ -703,7 +703,7 @@ impl Elementwise for ScaleByBelief {
             let g = u[j];
             m[j] = (1.0 - b1) * g + b1 * m[j];
             let e = g - m[j];
-            v[j] = (1.0 - b2) * e * e + b2 * v[j] + this.eps_root;
+            v[j] = (1.0 - b2) * (e * e) + b2 * v[j] + this.eps_root;
             let m_hat =
                 if this.nesterov { b1 * (m[j] * this.bc1_next) + (1.0 - b1) * (g * this.bc1) } else { m[j] * this.bc1 };
             u[j] = m_hat / ((v[j] * this.bc2).sqrt() + this.eps);
@@ -868,7 +868,7 @@ impl Elementwise for ScaleByRadam {
         for j in 0..n {
             let g = u[j];
             m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
-            v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
+            v[j] = (1.0 - this.b2) * (g * g) + this.b2 * v[j];
             let mh = if this.nesterov {
                 this.b1 * (m[j] * this.bc1_next) + (1.0 - this.b1) * (g * this.bc1)
             } else {

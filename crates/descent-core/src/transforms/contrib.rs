@@ -89,7 +89,7 @@ impl Elementwise for ScaleByAdemamix {
             let g = u[j];
             m1[j] = (1.0 - this.b1) * g + this.b1 * m1[j];
             m2[j] = c3 * g + b3 * m2[j];
-            v[j] = (1.0 - this.b2) * g * g + this.b2 * v[j];
+            v[j] = (1.0 - this.b2) * (g * g) + this.b2 * v[j];
             u[j] = (m1[j] * this.bc1 + alpha * m2[j]) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
@@ -241,7 +241,7 @@ impl Elementwise for ScaleByAdopt {
             if this.use_clipping {
                 x = crate::kernel::clip(x, -this.clip, this.clip);
             }
-            v[j] = (1.0 - b2) * g * g + b2 * v[j];
+            v[j] = (1.0 - b2) * (g * g) + b2 * v[j];
             m[j] = (1.0 - b1) * x + b1 * m[j];
             u[j] = if this.nesterov { (1.0 - b1) * x + b1 * m[j] } else { m[j] };
         }
@@ -314,7 +314,7 @@ impl Elementwise for ScaleByMadgrad {
         let (lamb, eps, momentum) = (this.lamb, this.eps, this.momentum);
         for j in 0..n {
             let g = u[j];
-            gss[j] += lamb * g * g;
+            gss[j] += lamb * (g * g);
             s[j] += lamb * g;
             // `jnp.cbrt`, odd: a negative sum (a negative rate) has a negative root.
             let sigma = cbrt_f32(gss[j].abs()).copysign(gss[j]) + eps;

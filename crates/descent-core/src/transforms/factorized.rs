@@ -592,7 +592,7 @@ impl Transform for ScaleBySm3 {
                     let mut row_max = new_row[r];
                     for c in 0..cols {
                         let g = gs[c];
-                        let accum = c0 * g * g + c1 * f32::INFINITY.min(mu_row[r]).min(mu_col[c]);
+                        let accum = c0 * (g * g) + c1 * f32::INFINITY.min(mu_row[r]).min(mu_col[c]);
                         row_max = row_max.max(accum);
                         new_col[c] = new_col[c].max(accum);
                         let inv = if accum > 0.0 { 1.0 / (accum + eps).sqrt() } else { 0.0 };

@@ -162,7 +162,8 @@ fn madgrad_block<const MOMENTUM: bool>(
             g += l2 * p[j];
         }
         let x0 = if MOMENTUM { x0s[j] } else { p[j] + s[j] / Madgrad::rms(sum_sq[j], eps) };
-        sum_sq[j] += lambda * (g * g);
+        // `addcmul_(grad, grad, value=λ)`: (λ·g)·g, as torch's kernel multiplies (finite where g² is not).
+        sum_sq[j] += lambda * g * g;
         s[j] += lambda * g;
         let z = x0 - s[j] / Madgrad::rms(sum_sq[j], eps);
         let mut w = if MOMENTUM { lerp(p[j], z, w_z) } else { z };
