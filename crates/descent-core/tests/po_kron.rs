@@ -366,7 +366,6 @@ fn options_and_bad_arguments() {
         json!({"memory_save_mode": "smart_one_diag", "weight_decouple": false, "weight_decay": 0.1}),
         json!({"memory_save_mode": "all_diag", "maximize": true}),
         json!({"mu_dtype": "bfloat16", "momentum_into_precondition_update": false}),
-        json!({"pre_conditioner_update_probability": null, "precondition_lr": 0.5, "precondition_init_scale": 2.0}),
         json!({"max_size_triangular": 3, "min_ndim_triangular": 1, "precondition_dtype": "float32"}),
     ] {
         let mut params = p.clone();
@@ -395,6 +394,26 @@ fn options_and_bad_arguments() {
         let e = build_optimizer("po", "kron", &h, None, &s).err().unwrap_or_else(|| panic!("{h} accepted")).to_string();
         assert!(e.contains(needle), "{h}: {e}");
     }
-    let groups = json!([{"params": [0, 1, 2, 3]}]);
-    assert!(build_optimizer("po", "kron", &json!({}), Some(&groups), &s).is_err());
+    // The constructor drops the preconditioner's rate and initial scale; a group's are read, and
+    // one group holds every parameter.
+    for key in ["precondition_lr", "precondition_init_scale"] {
+        let e = build_optimizer("po", "kron", &json!({ key: 0.5 }), None, &s).err().expect(key).to_string();
+        assert!(e.contains(key) && e.contains("dropped by pytorch_optimizer's Kron constructor"), "{e}");
+    }
+    let all: Vec<usize> = (0..s.len()).collect();
+    let grouped = json!([{"params": all, "hparams": {"pre_conditioner_update_probability": null, "precondition_lr": 0.5,
+        "precondition_init_scale": 2.0}}]);
+    let mut params = p.clone();
+    let tx = build_optimizer("po", "kron", &json!({}), Some(&grouped), &s).unwrap();
+    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    let mut opt = Optimizer::new(tx, s.to_vec(), &views).unwrap();
+    let losses = run(&mut opt, &mut params, &mut quadratic, 20);
+    assert!(losses[19] < losses[0], "{losses:?}");
+    for groups in [
+        json!([{"params": [0, 1]}, {"params": [2, 3]}]),
+        json!([{"params": [0, 1, 2]}]),
+        json!([{"params": all, "lr": 0.1}]),
+    ] {
+        assert!(build_optimizer("po", "kron", &json!({}), Some(&groups), &s).is_err(), "{groups}");
+    }
 }

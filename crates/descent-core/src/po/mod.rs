@@ -181,6 +181,7 @@ fn constructor_only(name: &str) -> &'static [&'static str] {
         "adopt" => &["maximize", "clip_lambda"],
         "spam" => &["maximize", "density", "grad_accu_steps", "threshold", "update_proj_gap", "warmup_epoch"],
         "shampoo" => &["maximize", "preconditioning_compute_steps"],
+        "kron" => &["maximize", "balance_prob"],
         "soap" => &["maximize", "data_format"],
         "scalableshampoo" => &[
             "maximize",

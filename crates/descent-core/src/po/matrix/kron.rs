@@ -434,8 +434,9 @@ impl Kron {
     /// The configuration from the library's keyword arguments, with its defaults.
     /// `pre_conditioner_update_probability` is a number, `null` (the default schedule) or
     /// `{"max_prob", "min_prob", "decay", "flat_start"}` (the schedule with those arguments, the
-    /// others at their defaults); `precondition_lr` and `precondition_init_scale`, group
-    /// defaults in the library, are keyword arguments here; `seed` is descent's addition.
+    /// others at their defaults); `precondition_lr` and `precondition_init_scale` are read here
+    /// as the library reads them from a parameter group (its constructor drops them; see
+    /// `po::matrix`); `seed` is descent's addition.
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = KronConfig::default();
         let lr = k.lr("lr", Some(1e-3))?;
