@@ -952,7 +952,7 @@ fn torch_sgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         ArgumentsOf::Constructor => torch::Sgd::new(config)?,
         ArgumentsOf::Group => torch::Sgd::for_group(config)?,
     };
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, SGD_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -986,7 +986,7 @@ fn torch_adam_like(k: &mut Kwargs, adamw: bool) -> Result<Box<dyn Transform>> {
         amsgrad: k.bool("amsgrad", false)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, ADAM_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1009,7 +1009,7 @@ fn torch_adagrad(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
         eps: k.f64("eps", 1e-10)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, ADAGRAD_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1023,7 +1023,7 @@ fn torch_rmsprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>>
         centered: k.bool("centered", false)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1035,7 +1035,7 @@ fn torch_adadelta(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>
         weight_decay: k.f64("weight_decay", 0.0)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1047,7 +1047,7 @@ fn torch_adamax(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> 
         weight_decay: k.f64("weight_decay", 0.0)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1068,7 +1068,7 @@ fn torch_nadam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         decay: dec,
         maximize,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1080,7 +1080,7 @@ fn torch_radam(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     let dec = if k.bool("decoupled_weight_decay", false)? { WeightDecay::Decoupled } else { WeightDecay::L2 };
     let maximize = k.bool("maximize", false)?;
     let t = torch::Radam::new(torch::RadamConfig { lr, betas, eps, weight_decay: wd, decay: dec, maximize })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1091,7 +1091,7 @@ fn torch_rprop(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         step_sizes: k.pair("step_sizes", (1e-6, 50.0))?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1104,7 +1104,7 @@ fn torch_asgd(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         weight_decay: k.f64("weight_decay", 0.0)?,
         maximize: k.bool("maximize", false)?,
     })?;
-    ignore_impl_flags(k)?;
+    ignore_impl_flags(k, UNFUSED_FLAGS)?;
     Ok(boxed(t))
 }
 
@@ -1162,18 +1162,26 @@ fn torch_muon(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
         ns_steps: k.u64("ns_steps", 5)? as usize,
         adjust,
     })?;
-    let _ = k.bool("use_addmm", false)?;
     Ok(boxed(t))
 }
 
-/// Accepts torch's implementation-selection flags, which do not change the numbers.
-fn ignore_impl_flags(k: &mut Kwargs) -> Result<()> {
-    // `foreach` and `fused` are `Optional[bool]` in torch; the other two plain booleans.
-    for key in ["foreach", "fused"] {
-        let _ = k.opt_bool(key)?;
-    }
-    for key in ["capturable", "differentiable"] {
-        let _ = k.bool(key, false)?;
+/// torch 2.15's implementation-selection flags of each optimizer, which do not change the numbers.
+const SGD_FLAGS: &[&str] = &["foreach", "fused", "differentiable"];
+const ADAM_FLAGS: &[&str] = &["foreach", "fused", "capturable", "differentiable"];
+const ADAGRAD_FLAGS: &[&str] = &["foreach", "fused", "differentiable"];
+/// Adadelta, Adamax, ASGD, NAdam, RAdam, RMSprop and Rprop: no fused kernel.
+const UNFUSED_FLAGS: &[&str] = &["foreach", "capturable", "differentiable"];
+
+/// Accepts the implementation-selection flags torch's constructor takes (`flags`, one of the lists
+/// above); another is left unread, so refused as torch raises on it.
+fn ignore_impl_flags(k: &mut Kwargs, flags: &[&'static str]) -> Result<()> {
+    for &key in flags {
+        // `foreach` and `fused` are `Optional[bool]` in torch; the other two plain booleans.
+        if key == "foreach" || key == "fused" {
+            let _ = k.opt_bool(key)?;
+        } else {
+            let _ = k.bool(key, false)?;
+        }
     }
     Ok(())
 }

@@ -274,6 +274,22 @@ fn null_or_non_finite_hyper_parameters_are_errors_naming_them() {
         let e = build_err(lib, name, h.clone());
         assert!(e.contains(key), "{lib}.{name} {h}: {e}");
     }
+    // torch 2.15's implementation flags where its constructor takes them, refused where it raises
+    // (a TypeError: no such keyword).
+    for (name, flag) in [("sgd", "fused"), ("adam", "capturable"), ("adagrad", "fused"), ("adadelta", "capturable")] {
+        build_optimizer("torch", name, &json!({ flag: false }), None, &[vec![2, 2]])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (name, flag) in [
+        ("sgd", "capturable"),
+        ("adagrad", "capturable"),
+        ("adadelta", "fused"),
+        ("rprop", "fused"),
+        ("muon", "use_addmm"),
+    ] {
+        let e = build_err("torch", name, json!({ flag: false }));
+        assert!(e.contains(flag) && e.contains("unknown"), "{name} {flag}: {e}");
+    }
     // The libraries' Optional arguments take None.
     for (lib, name, h) in [
         ("torch", "adam", json!({"lr": 0.1, "foreach": null, "fused": null})),
