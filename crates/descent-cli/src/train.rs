@@ -895,9 +895,11 @@ fn mnist_datasets(data: &std::path::Path, normalize: bool) -> Result<(Dataset, D
     Ok(sets)
 }
 
-/// Why a run folder has no checkpoint to read: a link to nothing, a checkpoint gone although the
-/// metrics record finished epochs (deleted or moved), or else `never` (the run stopped before its
-/// first one).
+/// Why a run folder has no checkpoint to read: a link to nothing, a first checkpoint whose writing
+/// was cut short (its temporary copy left: the run was stopped, or the disk filled, after its
+/// first epoch's metrics were recorded), a checkpoint gone although the metrics record finished
+/// epochs (deleted or moved, or its writing failed), or else `never` (the run stopped before its
+/// first one). A cut-short first checkpoint says how to train the run again from its start.
 pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
     let ck = dir.join(folder::run::CHECKPOINT);
     if let Ok(target) = std::fs::read_link(&ck) {
@@ -914,9 +916,25 @@ pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
             folder::run::CHECKPOINT
         );
     }
+    let again = format!(
+        "`descent train --config {} --out {} --force` trains it again from the start",
+        dir.join(folder::run::CONFIG_TOML).display(),
+        dir.display()
+    );
+    let tmp = dir.join(format!("{}.tmp", folder::run::CHECKPOINT));
+    if tmp.exists() {
+        return anyhow::anyhow!(
+            "{}: no {}: the run stopped while writing its first one (the unfinished {} is left), so it cannot be \
+             resumed; {again}",
+            dir.display(),
+            folder::run::CHECKPOINT,
+            tmp.display()
+        );
+    }
     if epochs > 0 {
         return anyhow::anyhow!(
-            "{}: no {}, although metrics.jsonl records {epochs} finished epoch(s) or estimate(s): the checkpoint was deleted or moved",
+            "{}: no {}, although metrics.jsonl records {epochs} finished epoch(s) or estimate(s): the checkpoint was \
+             deleted or moved, or writing it failed (a full disk)",
             dir.display(),
             folder::run::CHECKPOINT
         );

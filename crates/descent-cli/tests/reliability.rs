@@ -1362,6 +1362,15 @@ fn a_lost_checkpoint_is_named_as_lost() {
     std::os::unix::fs::symlink(d.join("nowhere"), &ck).unwrap();
     let (ok, t) = run(&["evaluate", s(&r)]);
     assert!(!ok && t.contains("a link to") && t.contains("nowhere"), "{t}");
+    // Stopped while writing its first checkpoint (after the epoch's metrics row): named, with the
+    // command that trains it again, which works.
+    std::fs::remove_file(&ck).unwrap();
+    std::fs::write(r.join("checkpoint.safetensors.tmp"), "partial").unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "2"]);
+    assert!(!ok && t.contains("stopped while writing its first one") && t.contains("--force"), "{t}");
+    let config = r.join("config.toml");
+    let (ok, t) = run(&["train", "--config", s(&config), "--out", s(&r), "--force"]);
+    assert!(ok && ck.exists() && !r.join("checkpoint.safetensors.tmp").exists(), "{t}");
 }
 
 /// Under an address-space limit (`ulimit -v`) a step that cannot fit is refused by the memory
