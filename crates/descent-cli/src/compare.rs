@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 
+use crate::evaluate::EvalSet;
 use crate::folder;
 use crate::runs::{self, RunMetrics};
 use crate::show::Bytes;
@@ -285,6 +286,23 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
             bail!("two runs are both `{}`; give them different settings or labels", s.label);
         }
     }
+    // One workload (`validation`, the evaluation set, is shared by `apply`): numbers that compare.
+    let first = &specs[0];
+    for (i, s) in specs.iter().enumerate().skip(1) {
+        if data_kind(&s.args.model) != data_kind(&first.args.model) {
+            bail!(
+                "run {} (`{}`) trains {} on {}, run 1 (`{}`) {} on {}: their losses do not compare; compare runs of \
+                 one workload",
+                i + 1,
+                s.label,
+                s.args.model,
+                data_kind(&s.args.model),
+                first.label,
+                first.args.model,
+                data_kind(&first.args.model)
+            );
+        }
+    }
     // Every run valid before any trains: an unknown optimizer or argument names its run.
     // The training set's length (read once per model and data folder) settles what acts between
     // epochs: a --patience or a per-epoch schedule that could never act is refused here, not by
@@ -311,6 +329,25 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
         train::validate_for_data(&s.args, n.saturating_sub(s.args.validation)).with_context(what)?;
     }
     Ok(specs)
+}
+
+/// The data a model trains on, as a comparison's runs must share it.
+fn data_kind(model: &str) -> &'static str {
+    match model {
+        "gpt" => "text",
+        "linear" => "y = 2x + noise",
+        _ => "MNIST",
+    }
+}
+
+/// The set the runs of a comparison are evaluated on (one, [`plan`] checks): gpt's loss estimates
+/// are on its held-out tenth of the text.
+fn evaluated_on(args: &TrainArgs) -> EvalSet {
+    if args.model == "gpt" {
+        EvalSet::Validation
+    } else {
+        EvalSet::of(args)
+    }
 }
 
 /// The label of a `[[run]]` table without one: the optimizer and its arguments as
@@ -484,10 +521,11 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
         rows.push(row(spec, dir, status, Some(&m), state_bytes, a.target));
         metrics.push(m);
     }
-    write_table(&rows, &out, a.target)?;
-    let title = format!("{models} on {}", if a.base.model == "linear" { "y = 2x + noise" } else { "MNIST" });
+    let set = evaluated_on(&specs[0].args);
+    write_table(&rows, &out, a.target, set)?;
+    let title = format!("{models} on {}", data_kind(&specs[0].args.model));
     let files = runs::draw(&metrics, &out, &title)?;
-    write_report(&rows, &files, &out, &title, a.target)?;
+    write_report(&rows, &files, &out, &title, a.target, set)?;
     println!("\n{}", std::fs::read_to_string(out.join("table.md"))?);
     println!("table, charts and report.html in {}", out.display());
     let failed: Vec<&str> = rows
@@ -549,12 +587,12 @@ fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 }
 
 /// The table's cells, one `Vec` per run, and its header.
-fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
+fn cells(rows: &[Row], target: f64, set: EvalSet) -> (Vec<String>, Vec<Vec<String>>) {
     let header = vec![
         "run".to_string(),
         "train loss".into(),
-        "test loss".into(),
-        "test accuracy".into(),
+        format!("{} loss", set.name()),
+        format!("{} accuracy", set.name()),
         format!("steps to {target}%"),
         format!("seconds to {target}%"),
         "samples/s".into(),
@@ -581,8 +619,8 @@ fn cells(rows: &[Row], target: f64) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 /// table.md (Markdown), table.csv (exact numbers) and compare.json.
-fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
-    let (header, body) = cells(rows, target);
+fn write_table(rows: &[Row], out: &Path, target: f64, set: EvalSet) -> Result<()> {
+    let (header, body) = cells(rows, target, set);
     let mut md = format!("| {} |\n|{}\n", header.join(" | "), " --- |".repeat(header.len()));
     for r in &body {
         md += &format!("| {} |\n", r.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | "));
@@ -624,7 +662,8 @@ fn write_table(rows: &[Row], out: &Path, target: f64) -> Result<()> {
         .collect();
     folder::write_atomic(
         &out.join("compare.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"target": target, "runs": json}))?.as_bytes(),
+        serde_json::to_string_pretty(&serde_json::json!({"target": target, "evaluated_on": set.name(), "runs": json}))?
+            .as_bytes(),
     )?;
     Ok(())
 }
@@ -634,8 +673,8 @@ fn html_escape(s: &str) -> String {
 }
 
 /// report.html: the table and the charts (SVG) in one page.
-fn write_report(rows: &[Row], files: &[PathBuf], out: &Path, title: &str, target: f64) -> Result<()> {
-    let (header, body) = cells(rows, target);
+fn write_report(rows: &[Row], files: &[PathBuf], out: &Path, title: &str, target: f64, set: EvalSet) -> Result<()> {
+    let (header, body) = cells(rows, target, set);
     let mut h = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>descent compare: {t}</title>\n<style>\
          body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse}} \

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::evaluate::EvalSet;
 use crate::folder::run;
 
 use crate::plot::{self, Chart, Series, YScale};
@@ -203,22 +204,26 @@ pub struct RunMetrics {
     pub evaluation: Evaluation,
 }
 
-/// The evaluations of a run, by its model: a classifier's test accuracy by epoch, a language
-/// model's loss estimates every few steps (validation loss in nats per character, by step), the
-/// regression's test loss by epoch.
+/// The evaluations of a run, by its model and the set it is evaluated on: a classifier's
+/// accuracy by epoch, a language model's loss estimates every few steps (validation loss in nats
+/// per character, by step), the regression's loss by epoch; on the test set, or on the samples a
+/// `--validation` run holds out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evaluation {
-    Accuracy,
+    Accuracy(EvalSet),
     ValLoss,
-    TestLoss,
+    Loss(EvalSet),
 }
 
 impl Evaluation {
-    fn of_model(model: &serde_json::Value) -> Evaluation {
-        match model.as_str() {
+    /// Of a run's config.json.
+    fn of_config(config: &Value) -> Evaluation {
+        let set =
+            if config["validation"].as_u64().is_some_and(|n| n > 0) { EvalSet::Validation } else { EvalSet::Test };
+        match config["model"].as_str() {
             Some("gpt") => Evaluation::ValLoss,
-            Some("linear") => Evaluation::TestLoss,
-            _ => Evaluation::Accuracy,
+            Some("linear") => Evaluation::Loss(set),
+            _ => Evaluation::Accuracy(set),
         }
     }
 }
@@ -282,7 +287,7 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
         grad_norms,
         warnings,
         faint: false,
-        evaluation: Evaluation::of_model(&config["model"]),
+        evaluation: Evaluation::of_config(&config),
     })
 }
 
@@ -411,11 +416,14 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
     if runs.iter().any(|r| !r.grad_norms.is_empty()) {
         files.extend(plot::line_chart(&grad_norms_by_layer(runs, title), &out.join("grad_norm_by_layer"))?);
     }
-    // The evaluation charts, one per kind of run among those drawn (by model), each with its own
-    // runs: a run with no evaluation yet (failed or stopped in its first epoch) keeps its place.
+    // The evaluation charts, one per kind of run among those drawn (by model and evaluation set),
+    // each with its own runs: a run with no evaluation yet (failed or stopped in its first epoch)
+    // keeps its place.
     use Evaluation as Kind;
+    let (test, validation) = (EvalSet::Test, EvalSet::Validation);
     let kind = |r: &RunMetrics| r.evaluation;
-    for k in [Kind::Accuracy, Kind::ValLoss, Kind::TestLoss] {
+    for k in [Kind::Accuracy(test), Kind::Accuracy(validation), Kind::ValLoss, Kind::Loss(test), Kind::Loss(validation)]
+    {
         let of_kind: Vec<&RunMetrics> = runs.iter().filter(|r| kind(r) == k).collect();
         if of_kind.is_empty() {
             continue;
@@ -427,21 +435,29 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
                     .epochs
                     .iter()
                     .map(|e| match k {
-                        Kind::Accuracy => (e.epoch as f64, 100.0 * e.test_accuracy.unwrap_or(f64::NAN)),
+                        Kind::Accuracy(_) => (e.epoch as f64, 100.0 * e.test_accuracy.unwrap_or(f64::NAN)),
                         Kind::ValLoss => (e.steps as f64, e.test_loss),
-                        Kind::TestLoss => (e.epoch as f64, e.test_loss),
+                        Kind::Loss(_) => (e.epoch as f64, e.test_loss),
                     })
                     .collect();
                 Series { style: plot::SeriesStyle::LineMarkers, faint: r.faint, ..Series::line(&r.label, pts) }
             })
             .collect();
         let (name, t, y) = match k {
-            Kind::Accuracy => ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)"),
-            Kind::ValLoss => ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)"),
-            Kind::TestLoss => ("test_loss", format!("{title}: test loss"), "test loss"),
+            Kind::Accuracy(EvalSet::Test) => {
+                ("accuracy", format!("{title}: test accuracy"), "test accuracy (%)".into())
+            }
+            Kind::Accuracy(EvalSet::Validation) => {
+                ("val_accuracy", format!("{title}: validation accuracy"), "validation accuracy (%)".into())
+            }
+            Kind::ValLoss => ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)".into()),
+            Kind::Loss(EvalSet::Test) => ("test_loss", format!("{title}: test loss"), "test loss".to_string()),
+            Kind::Loss(EvalSet::Validation) => {
+                ("validation_loss", format!("{title}: validation loss"), "validation loss".into())
+            }
         };
         let (legend, y_scale) = match k {
-            Kind::Accuracy => (SeriesLabelPosition::LowerRight, YScale::Linear),
+            Kind::Accuracy(_) => (SeriesLabelPosition::LowerRight, YScale::Linear),
             _ => (SeriesLabelPosition::UpperRight, YScale::Auto),
         };
         let chart = Chart {
@@ -449,7 +465,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
             log_x: false,
             integer_x: true,
             x_label: if k == Kind::ValLoss { "optimizer step".into() } else { "epoch".into() },
-            y_label: y.into(),
+            y_label: y,
             y_scale,
             series,
             legend,

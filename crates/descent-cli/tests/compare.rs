@@ -396,3 +396,29 @@ fn run_conflicts_are_refused_and_table_labels_name_every_setting() {
     let rows = csv_rows(&dir.join("table.csv"));
     assert_eq!(rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["sgd lr=0.1", "sgd lr=0.1 seed=4"]);
 }
+
+/// A comparison evaluated on held-out samples says so in its table, report and chart (a
+/// validation accuracy is not a test accuracy), and runs that train on other data (gpt on text
+/// beside an MNIST model) are refused before any trains.
+#[test]
+fn validation_runs_are_labelled_and_other_workloads_refused() {
+    let dir = out("cmp-validation");
+    let d = dir.to_str().unwrap();
+    #[rustfmt::skip]
+    run_ok(&["compare", "--model", "mlp", "--steps", "5", "--threads", "1", "--validation", "1000", "--out", d,
+        "--run", "adam", "--run", "sgd:lr=0.1"]);
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(table.contains("validation accuracy") && !table.contains("test accuracy"), "{table}");
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("validation accuracy") && !report.contains("test accuracy"));
+    assert!(dir.join("val_accuracy.svg").exists() && !dir.join("accuracy.svg").exists());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(json["evaluated_on"], "validation");
+    let mixed = out("cmp-mixed");
+    #[rustfmt::skip]
+    let e = run_err(&["compare", "--model", "mlp", "--steps", "5", "--threads", "1", "--out", mixed.to_str().unwrap(),
+        "--run", "adam", "--run", "adamw:model=gpt"]);
+    assert!(e.contains("gpt on text") && e.contains("mlp on MNIST"), "{e}");
+    assert!(!mixed.exists());
+}
