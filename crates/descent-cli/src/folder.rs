@@ -268,17 +268,17 @@ enum Found {
 /// holds its runs two levels down at most), named with its kind; else "a compare, sweep or
 /// benchmark folder".
 pub fn owner_of(dir: &Path, parent: &str) -> String {
+    owner(dir, parent)
+        .map(|(d, kind)| format!("the {} folder {}", kind.name(), d.display()))
+        .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
+}
+
+/// The folder above `dir` whose marker has the id `parent`, and its kind.
+pub fn owner(dir: &Path, parent: &str) -> Option<(PathBuf, Kind)> {
     dir.ancestors()
         .skip(1)
         .take(3)
-        .find_map(|d| {
-            Marker::read(d)
-                .ok()
-                .flatten()
-                .filter(|m| m.id == parent)
-                .map(|m| format!("the {} folder {}", m.kind.name(), d.display()))
-        })
-        .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
+        .find_map(|d| Marker::read(d).ok().flatten().filter(|m| m.id == parent).map(|m| (d.to_path_buf(), m.kind)))
 }
 
 /// Whether `dir` is the output of `descent prune` or `descent quantize` (its `compress.json`

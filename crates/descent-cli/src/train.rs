@@ -3483,6 +3483,17 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 }
                 let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
                 if let Some(parent) = claimed.marker.parent.as_deref().filter(|p| opts.parent.as_deref() != Some(*p)) {
+                    // A compare stopped before its table: its runs are trained again by the compare.
+                    if let Some((owner, folder::Kind::Compare)) =
+                        folder::owner(dir, parent).filter(|(d, _)| !d.join("compare.json").exists())
+                    {
+                        bail!(
+                            "--resume {}: a run of the compare folder {}, which stopped before it recorded its \
+                             result; the compare trains its runs itself: run the compare again with --force",
+                            dir.display(),
+                            owner.display()
+                        );
+                    }
                     bail!(
                         "--resume {}: a run of {} (id {parent}), which recorded its result: trained further here it would \
                          disagree with that record; start a run of your own from its settings with \

@@ -422,3 +422,32 @@ fn validation_runs_are_labelled_and_other_workloads_refused() {
     assert!(e.contains("gpt on text") && e.contains("mlp on MNIST"), "{e}");
     assert!(!mixed.exists());
 }
+
+/// A run of a compare stopped before its table is named as such on `--resume` (not as a run of a
+/// compare that recorded its result), with what trains it again.
+#[test]
+fn a_run_of_an_unfinished_compare_says_how_to_train_it_again() {
+    let dir = out("cmp-unfinished");
+    let d = dir.to_str().unwrap();
+    run_ok(&[
+        "compare",
+        "--model",
+        "linear",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        d,
+        "--run",
+        "sgd",
+        "--run",
+        "adam",
+    ]);
+    let run = std::fs::read_dir(dir.join("runs")).unwrap().next().unwrap().unwrap().path();
+    let e = run_err(&["train", "--resume", run.to_str().unwrap(), "--steps", "5"]);
+    assert!(e.contains("which recorded its result"), "{e}");
+    std::fs::remove_file(dir.join("compare.json")).unwrap();
+    let e = run_err(&["train", "--resume", run.to_str().unwrap(), "--steps", "5"]);
+    assert!(e.contains("stopped before it recorded its result") && e.contains("--force"), "{e}");
+}
