@@ -68,13 +68,27 @@ pub struct EpochRow {
 }
 
 impl EpochRow {
-    pub const CSV_HEADER: &'static str = "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr\n";
+    /// Every field of the record, an empty cell where it has no value (the averaged weights'
+    /// columns of a run without `--ema` or `--swa-start`).
+    pub const CSV_HEADER: &'static str = "epoch,steps,train_loss,test_loss,test_accuracy,seconds,samples_per_s,lr,\
+                                          ema_test_loss,ema_test_accuracy,swa_test_loss,swa_test_accuracy\n";
 
     pub fn csv(&self) -> String {
-        let acc = self.test_accuracy.map(|a| a.to_string()).unwrap_or_default();
+        let cell = |v: Option<f64>| v.map(|a| a.to_string()).unwrap_or_default();
         format!(
-            "{},{},{},{},{acc},{},{},{}\n",
-            self.epoch, self.steps, self.train_loss, self.test_loss, self.seconds, self.samples_per_s, self.lr
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            self.epoch,
+            self.steps,
+            self.train_loss,
+            self.test_loss,
+            cell(self.test_accuracy),
+            self.seconds,
+            self.samples_per_s,
+            self.lr,
+            cell(self.ema_test_loss),
+            cell(self.ema_test_accuracy),
+            cell(self.swa_test_loss),
+            cell(self.swa_test_accuracy)
         )
     }
 }

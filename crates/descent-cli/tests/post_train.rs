@@ -60,6 +60,14 @@ fn evaluate_reproduces_train_and_the_ema() {
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let row: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert!(row["ema_test_accuracy"].as_f64().is_some() && row["ema_test_loss"].as_f64().is_some(), "{row}");
+    // metrics.csv mirrors every field of the record, the EMA's too.
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no {name} column"));
+    let csv = common::csv_rows(&dir.join("metrics.csv"));
+    let last = csv.last().unwrap();
+    assert_eq!(last[at("ema_test_accuracy")].parse::<f64>().ok(), row["ema_test_accuracy"].as_f64());
+    assert!(last[at("swa_test_accuracy")].is_empty(), "{last:?}");
     one_line_error(&["evaluate", s(&dir), "--weights", "swa"], &["--weights swa", "--swa-start", "raw, ema"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

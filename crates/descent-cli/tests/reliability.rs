@@ -187,7 +187,7 @@ fn assert_whole_lines(dir: &Path) {
             serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{f}: `{l}`: {e}"));
         }
     }
-    for (f, w) in [("steps.csv", 5), ("metrics.csv", 8)] {
+    for (f, w) in [("steps.csv", 5), ("metrics.csv", 12)] {
         let t = read(&dir.join(f));
         assert!(t.lines().all(|l| l.split(',').count() == w), "{f}: {t}");
     }
