@@ -36,6 +36,8 @@ pub struct LrFindArgs {
 
 /// The longest test (each step's point is kept and drawn).
 const MAX_STEPS: u64 = 1_000_000;
+/// The fewest steps a test takes, and the fewest points a suggestion is read from.
+const MIN_STEPS: u64 = 10;
 
 /// One step of the test.
 #[derive(Debug, Clone, Copy)]
@@ -144,8 +146,8 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     if !(a.start_lr > 0.0 && a.end_lr > a.start_lr && a.start_lr.is_finite() && a.end_lr.is_finite()) {
         bail!("--start-lr {} and --end-lr {}: need finite rates with 0 < start < end", a.start_lr, a.end_lr);
     }
-    if !(10..=MAX_STEPS).contains(&a.num_steps) {
-        bail!("--num-steps {}: the test takes between 10 and {MAX_STEPS} steps", a.num_steps);
+    if !(MIN_STEPS..=MAX_STEPS).contains(&a.num_steps) {
+        bail!("--num-steps {}: the test takes between {MIN_STEPS} and {MAX_STEPS} steps", a.num_steps);
     }
     if !(a.diverge > 1.0 && a.diverge.is_finite()) {
         bail!("--diverge {}: a finite multiple above 1", a.diverge);
@@ -245,7 +247,10 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         csv += &format!("{},{},{},{}\n", i + 1, p.lr, p.loss, p.smoothed);
     }
     folder::write_atomic(&out.join("lr_find.csv"), csv.as_bytes())?;
-    let suggestion = suggest(&points);
+    // As few points as the shortest test allows (a test that diverged within its first ten steps)
+    // are too coarse a curve for its slope: no suggestion.
+    let too_few = points.len() < MIN_STEPS as usize;
+    let suggestion = if too_few { None } else { suggest(&points) };
     let mut series = vec![Series {
         raw: points.iter().map(|p| (p.lr, p.loss)).collect(),
         ..Series::line(
@@ -283,6 +288,11 @@ pub fn run(a: LrFindArgs) -> Result<()> {
             println!("                         {} (a tenth of the learning rate at the minimum)", plot::tick(min10));
         }
         None if points.is_empty() => println!("no suggestion: the test recorded no step"),
+        None if too_few => println!(
+            "no suggestion: the loss diverged after {} step(s), too few to locate its steepest descent; narrow the \
+             range (--end-lr) or start it lower (--start-lr)",
+            points.len()
+        ),
         None => println!(
             "no suggestion: the smoothed loss never fell (lowest at {}); start the range lower (--start-lr)",
             plot::tick(points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).map_or(f64::NAN, |p| p.lr))

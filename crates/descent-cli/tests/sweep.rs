@@ -298,6 +298,11 @@ fn lr_find_sweeps_exponentially_stops_at_divergence_and_suggests() {
     assert!((1e-3..2.0).contains(&lr), "{line}");
     let img = image::open(dir.join("lr_find.png")).unwrap();
     assert_eq!((img.width(), img.height()), (960, 600));
+    // A range so wide the loss diverges within a few steps suggests nothing from them.
+    #[rustfmt::skip]
+    let text = run_ok(&["lr-find", "--model", "linear", "--optimizer", "sgd", "--threads", "1", "--end-lr", "1e300",
+        "--num-steps", "30", "--out", dir.to_str().unwrap(), "--force"]);
+    assert!(text.contains("too few to locate") && !text.contains("suggested learning rate"), "{text}");
     let o = descent()
         .args(["lr-find", "--model", "linear", "--lr", "0.1", "--out", dir.to_str().unwrap(), "--force"])
         .output()
