@@ -91,6 +91,9 @@ impl Param {
                 Domain::LogInt { lo, hi }
             }
             "choice" => {
+                if args.split('|').any(|v| v.trim().is_empty()) && !args.trim().is_empty() {
+                    bail!("{what}: an empty value between the |s of `{args}`; list each value once, separated by |");
+                }
                 let vals: Vec<Value> = args
                     .split('|')
                     .filter(|v| !v.trim().is_empty())
@@ -391,6 +394,8 @@ mod tests {
             ("k=int:1.5..3", "integer"),
             ("schedule=choice:constant|constant", "\"constant\" is listed twice"),
             ("lr=choice:0.1|0.1", "0.1 is listed twice"),
+            ("momentum=choice:0.9|", "an empty value"),
+            ("momentum=choice:|0.9", "an empty value"),
         ] {
             let e = format!("{:#}", Param::parse(s).unwrap_err());
             assert!(e.contains(needle), "{s}: {e}");

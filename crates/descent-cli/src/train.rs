@@ -3107,12 +3107,6 @@ fn resume_settings(
         bail!("--epochs: gpt trains for --steps iterations, not epochs; continue the run with a larger --steps");
     }
     let extends = (given("epochs") && cli.epochs != cfg.epochs) || (given("steps") && cli.steps != cfg.steps);
-    if extends && schedule_spans_run(&cfg) {
-        bail!(
-            "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
-            cfg.schedule()
-        );
-    }
     // The run's own totals, given again, extend nothing.
     if let Some(e) = cli.epochs.filter(|&e| given("epochs") && Some(e) != cfg.epochs) {
         if e <= ck.epoch {
@@ -3125,6 +3119,13 @@ fn resume_settings(
             bail!("--steps {s} is not more than the {} steps the run in {d} has taken", ck.steps);
         }
         cfg.steps = Some(s);
+    }
+    // (A shorter total is refused above, as one the run has passed.)
+    if extends && schedule_spans_run(&cfg) {
+        bail!(
+            "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
+            cfg.schedule()
+        );
     }
     cfg.threads = cli.threads;
     // Replicas and a sharded state are the computation, not the settings. Other replicas change
@@ -3504,6 +3505,16 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                     );
                 }
                 let cfg_path = dir.join(folder::run::CONFIG_JSON);
+                if !cfg_path.exists() {
+                    bail!(
+                        "--resume {}: no {}, so nothing to resume (a run's settings are written before its first \
+                         step; a --force stopped while clearing the folder leaves it without them): train it anew \
+                         with --out {} --force",
+                        dir.display(),
+                        folder::run::CONFIG_JSON,
+                        dir.display()
+                    );
+                }
                 let text =
                     std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
                 let cfg: TrainArgs =

@@ -1375,6 +1375,10 @@ fn a_lost_checkpoint_is_named_as_lost() {
     let config = r.join("config.toml");
     let (ok, t) = run(&["train", "--config", s(&config), "--out", s(&r), "--force"]);
     assert!(ok && ck.exists() && !r.join("checkpoint.safetensors.tmp").exists(), "{t}");
+    // Without its settings (a --force stopped while clearing): named, not the OS error.
+    std::fs::remove_file(r.join("config.json")).unwrap();
+    let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "2"]);
+    assert!(!ok && t.contains("no config.json, so nothing to resume") && t.lines().count() <= 2, "{t}");
 }
 
 /// Under an address-space limit (`ulimit -v`) a step that cannot fit is refused by the memory
