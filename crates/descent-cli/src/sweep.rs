@@ -1104,7 +1104,12 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
                     bail!("every trial failed; the first: {}", first.status.trim_start_matches("failed: "));
                 }
             }
-            println!("no trial finished")
+            if history.iter().any(|t| t.status == "complete") {
+                // Complete trials without a value: a steps_to objective none reached.
+                println!("no best trial: no complete trial has a value of {} (none reached its target)", s.objective)
+            } else {
+                println!("no trial finished")
+            }
         }
     }
     Ok(())

@@ -417,4 +417,9 @@ fn steps_to_is_measured_within_the_epoch() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(at.iter().filter(|&&s| s < 151).count(), 49, "{at:?}");
+    // A target no trial reaches: the trials complete, and the sweep says none reached it.
+    #[rustfmt::skip]
+    let text = run_ok(&["sweep", "--model", "mlp", "--threads", "1", "--steps", "10", "--method", "grid", "--param",
+        "lr=choice:0.0003|0.01", "--objective", "steps_to:99.9", "--out", d, "--force"]);
+    assert!(text.contains("none reached its target") && !text.contains("no trial finished"), "{text}");
 }
