@@ -287,7 +287,15 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     // leaves its charts empty, which the reader is told.
     for name in [run::STEPS_JSONL, run::METRICS_JSONL] {
         if !dir.join(name).exists() {
-            warnings.push(format!("{}: no {name}; nothing of it to draw", dir.display()));
+            warnings.push(if name == run::METRICS_JSONL && dir.join(run::STEPS_JSONL).exists() {
+                format!(
+                    "{}: no {name}: it stopped before its first epoch's end (a trial ASHA pruned, or a run stopped \
+                     early): its training curves are drawn, no evaluation",
+                    dir.display()
+                )
+            } else {
+                format!("{}: no {name}; nothing of it to draw", dir.display())
+            });
         }
     }
     let steps = read_records(&dir.join(run::STEPS_JSONL), &mut warnings)?;
