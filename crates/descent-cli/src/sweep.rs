@@ -636,6 +636,28 @@ fn plan(s: &Settings) -> Result<Plan> {
         rungs: vec![],
     };
     p.base = p.length(&base_args);
+    // A length dimension whose every value gives the trials one length (--steps ending each
+    // within the epochs searched) would run the same trial again and again.
+    for dim in p.space.iter().filter(|d| d.name == "epochs" || d.name == "steps") {
+        let lengths = dim
+            .grid(2)
+            .iter()
+            .map(|v| {
+                let m: Map<String, Value> = [(dim.name.clone(), v.clone())].into_iter().collect();
+                Ok(p.length(&apply(&base_args, &m, &format!("search dimension `{}` = {v}", dim.name))?).steps)
+            })
+            .collect::<Result<Vec<u64>>>()?;
+        if lengths.windows(2).all(|w| w[0] == w[1]) {
+            let other = if dim.name == "epochs" { "--steps" } else { "--epochs" };
+            bail!(
+                "--param {}: every trial takes {} steps whatever its value ({other} ends it first; an epoch is {} \
+                 steps): the dimension changes nothing; give a larger {other}",
+                dim.name,
+                lengths[0],
+                p.base.per_epoch
+            );
+        }
+    }
     let steps_per_trial = p.base.steps;
     let eta = s.reduction_factor as u64;
     let min = s.min_steps.unwrap_or((steps_per_trial / eta.pow(3)).max(1));

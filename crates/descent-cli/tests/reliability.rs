@@ -622,6 +622,11 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["lr-find", "--model", "linear", "--min-lr", "1e-4"], "lr-find does not use --min-lr"),
         (vec!["lr-find", "--model", "linear", "--min-delta", "0.1"], "lr-find does not use --min-delta"),
         (vec!["lr-find", "--model", "linear", "--steps", "5"], "--steps (use --num-steps)"),
+        // A searched length that --steps makes the same for every trial.
+        (
+            vec!["sweep", "--model", "mlp", "--steps", "20", "--param", "epochs=int:1..3"],
+            "the dimension changes nothing",
+        ),
         // Sparse gradients' optimizer where training gives dense ones (torch raises at the step).
         (vec!["train", "--model", "linear", "--optimizer", "torch.sparseadam"], "steps sparse gradients only"),
         // A batch larger than the training set, as train refuses it (lr-find took the whole set).
