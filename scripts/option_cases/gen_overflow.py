@@ -20,6 +20,10 @@ if lib == 'optax':
     ]):
         tag = "overflow_centered" if h.get("centered") else "overflow"
         case(o, tag, h, SH, steps=6, seed=1200 + i, scale=2e19)
+    # scale_by_sm3 with b2 < 1 (optax.sm3 fixes b2 = 1, where the order cannot show): a matrix, a
+    # vector and a 3-D tensor, each branch of its accumulator.
+    sm3 = {"links": [["scale_by_sm3", {"b1": 0.9, "b2": 0.95}], ["scale", {"step_size": -0.1}]]}
+    case("chain", "sm3_b2_overflow", sm3, [(4, 3), (5,), (2, 3, 2)], steps=6, seed=1250, scale=2e19)
 else:
     exec(open('gen_po.py').read().split("G = lambda")[0])
     case("madgrad", "overflow", {"lr": 0.01}, SH, steps=6, seed=1300, scale=2e19)

@@ -154,9 +154,7 @@ impl Kind {
         let Some(stem) = name.strip_suffix(".png").or_else(|| name.strip_suffix(".svg")) else { return false };
         match self {
             Kind::Run => false,
-            Kind::Compare | Kind::Plot => {
-                ["loss", "grad_norm", "lr", "accuracy", "test_loss", "val_loss", "grad_norm_by_layer"].contains(&stem)
-            }
+            Kind::Compare | Kind::Plot => crate::runs::CHART_STEMS.contains(&stem),
             Kind::Sweep => ["objective", "curves"].contains(&stem) || stem.starts_with("param_"),
             Kind::Landscape => descent_core::landscape::TestFunction::ALL.iter().any(|f| f.name() == stem),
             Kind::LrFind => stem == "lr_find",
@@ -271,6 +269,30 @@ pub fn owner_of(dir: &Path, parent: &str) -> String {
     owner(dir, parent)
         .map(|(d, kind)| format!("the {} folder {}", kind.name(), d.display()))
         .unwrap_or_else(|| "a compare, sweep or benchmark folder".into())
+}
+
+/// How the command that owns the run `dir` (whose marker names `parent`) trains it again: a
+/// compare trains its runs itself (again with --force), a sweep or benchmark resumes its
+/// unfinished trials or runs.
+pub fn rerun_by_owner(dir: &Path, parent: &str) -> String {
+    match owner(dir, parent) {
+        Some((d, Kind::Compare)) => {
+            format!("it is a run of the compare folder {}: run the compare again with --force", d.display())
+        }
+        Some((d, Kind::Sweep)) => format!(
+            "it is a trial of the sweep folder {}, which trains its trials itself: `descent sweep --resume {}` runs \
+             one it had not finished",
+            d.display(),
+            d.display()
+        ),
+        Some((d, Kind::Benchmark)) => format!(
+            "it is a run of the benchmark folder {}, which trains its runs itself: `descent bench optimizers --resume \
+             {}` runs one it had not finished",
+            d.display(),
+            d.display()
+        ),
+        _ => format!("it is a run of {}: run that command again", owner_of(dir, parent)),
+    }
 }
 
 /// The folder above `dir` whose marker has the id `parent`, and its kind.

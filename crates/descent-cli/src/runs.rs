@@ -385,6 +385,20 @@ pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The stems of the charts [`draw`] writes (each as PNG and SVG): the files of a compare or plot
+/// folder that `--force` replaces.
+pub const CHART_STEMS: &[&str] = &[
+    "loss",
+    "grad_norm",
+    "lr",
+    "grad_norm_by_layer",
+    "accuracy",
+    "val_accuracy",
+    "val_loss",
+    "test_loss",
+    "val_loss_by_epoch",
+];
+
 /// The charts of a set of runs into `out`: training loss and gradient norm per step (smoothed,
 /// raw faint beneath), learning rate per step, test accuracy (or test loss, for regression) per
 /// epoch. Returns the files written.
@@ -433,6 +447,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
             legend: SeriesLabelPosition::UpperRight,
             fit_faint: false,
         };
+        debug_assert!(CHART_STEMS.contains(&name), "{name} is not among CHART_STEMS");
         files.extend(plot::line_chart(&chart, &out.join(name))?);
     }
     if runs.iter().any(|r| !r.grad_norms.is_empty()) {
@@ -475,7 +490,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
             Kind::ValLoss => ("val_loss", format!("{title}: validation loss"), "validation loss (nats/char)".into()),
             Kind::Loss(EvalSet::Test) => ("test_loss", format!("{title}: test loss"), "test loss".to_string()),
             Kind::Loss(EvalSet::Validation) => {
-                ("validation_loss", format!("{title}: validation loss"), "validation loss".into())
+                ("val_loss_by_epoch", format!("{title}: validation loss"), "validation loss".into())
             }
         };
         let (legend, y_scale) = match k {
@@ -493,6 +508,7 @@ pub fn draw(runs: &[RunMetrics], out: &Path, title: &str) -> Result<Vec<PathBuf>
             legend,
             fit_faint: false,
         };
+        debug_assert!(CHART_STEMS.contains(&name), "{name} is not among CHART_STEMS");
         files.extend(plot::line_chart(&chart, &out.join(name))?);
     }
     Ok(files)

@@ -647,7 +647,7 @@ fn plan(s: &Settings) -> Result<Plan> {
                 Ok(p.length(&apply(&base_args, &m, &format!("search dimension `{}` = {v}", dim.name))?).steps)
             })
             .collect::<Result<Vec<u64>>>()?;
-        if lengths.windows(2).all(|w| w[0] == w[1]) {
+        if lengths.len() > 1 && lengths.windows(2).all(|w| w[0] == w[1]) {
             let other = if dim.name == "epochs" { "--steps" } else { "--epochs" };
             bail!(
                 "--param {}: every trial takes {} steps whatever its value ({other} ends it first; an epoch is {} \
@@ -1127,8 +1127,10 @@ fn report(out: &Path, s: &Settings, p: &Plan, history: &[Trial]) -> Result<()> {
                 }
             }
             if history.iter().any(|t| t.status == "complete") {
-                // Complete trials without a value: a steps_to objective none reached.
-                println!("no best trial: no complete trial has a value of {} (none reached its target)", s.objective)
+                // Complete trials without a value: a steps_to objective none reached, or losses
+                // that are not finite.
+                let why = if s.objective.starts_with("steps_to") { " (none reached its target)" } else { "" };
+                println!("no best trial: no complete trial has a value of {}{why}", s.objective)
             } else {
                 println!("no trial finished")
             }

@@ -916,16 +916,20 @@ pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
             folder::run::CHECKPOINT
         );
     }
-    let again = format!(
-        "`descent train --config {} --out {} --force` trains it again from the start",
-        dir.join(folder::run::CONFIG_TOML).display(),
-        dir.display()
-    );
+    // A run of a compare or sweep is trained again by its command; a run of its own by train.
+    let again = match folder::Marker::read(dir).ok().flatten().and_then(|m| m.parent) {
+        Some(parent) => folder::rerun_by_owner(dir, &parent),
+        None => format!(
+            "`descent train --config {} --out {} --force` trains it again from the start",
+            dir.join(folder::run::CONFIG_TOML).display(),
+            dir.display()
+        ),
+    };
     let tmp = dir.join(format!("{}.tmp", folder::run::CHECKPOINT));
     if tmp.exists() {
         return anyhow::anyhow!(
-            "{}: no {}: the run stopped while writing its first one (the unfinished {} is left), so it cannot be \
-             resumed; {again}",
+            "{}: no {}: the run stopped while writing its first one (the unfinished {} is left), so there is none to \
+             read or resume; {again}",
             dir.display(),
             folder::run::CHECKPOINT,
             tmp.display()
@@ -3123,7 +3127,7 @@ fn resume_settings(
     // (A shorter total is refused above, as one the run has passed.)
     if extends && schedule_spans_run(&cfg) {
         bail!(
-            "--schedule {} spans the run's whole length: a longer run would change the learning rates it has already used; start a new run instead",
+            "--schedule {} spans the run's whole length: a run of another length would change the learning rates it has already used; start a new run instead",
             cfg.schedule()
         );
     }
@@ -3484,15 +3488,20 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                 }
                 let claimed = folder::claim_existing(dir, folder::Kind::Run)?;
                 if let Some(parent) = claimed.marker.parent.as_deref().filter(|p| opts.parent.as_deref() != Some(*p)) {
-                    // A compare stopped before its table: its runs are trained again by the compare.
-                    if let Some((owner, folder::Kind::Compare)) =
-                        folder::owner(dir, parent).filter(|(d, _)| !d.join("compare.json").exists())
-                    {
+                    // A compare stopped before its table, or a sweep's or benchmark's trial: trained
+                    // again by its command.
+                    let unrecorded = match folder::owner(dir, parent) {
+                        Some((d, folder::Kind::Compare)) => !d.join("compare.json").exists(),
+                        Some((_, folder::Kind::Sweep | folder::Kind::Benchmark)) => true,
+                        _ => false,
+                    };
+                    if unrecorded {
                         bail!(
-                            "--resume {}: a run of the compare folder {}, which stopped before it recorded its \
-                             result; the compare trains its runs itself: run the compare again with --force",
+                            "--resume {}: {}; to train its settings further, start a run of your own: `descent train \
+                             --config {}`",
                             dir.display(),
-                            owner.display()
+                            folder::rerun_by_owner(dir, parent),
+                            dir.join(folder::run::CONFIG_TOML).display()
                         );
                     }
                     bail!(

@@ -424,7 +424,8 @@ fn validation_runs_are_labelled_and_other_workloads_refused() {
 }
 
 /// A run of a compare stopped before its table is named as such on `--resume` (not as a run of a
-/// compare that recorded its result), with what trains it again.
+/// compare that recorded its result), with what trains it again; so is one whose first
+/// checkpoint was cut short.
 #[test]
 fn a_run_of_an_unfinished_compare_says_how_to_train_it_again() {
     let dir = out("cmp-unfinished");
@@ -449,5 +450,9 @@ fn a_run_of_an_unfinished_compare_says_how_to_train_it_again() {
     assert!(e.contains("which recorded its result"), "{e}");
     std::fs::remove_file(dir.join("compare.json")).unwrap();
     let e = run_err(&["train", "--resume", run.to_str().unwrap(), "--steps", "5"]);
-    assert!(e.contains("stopped before it recorded its result") && e.contains("--force"), "{e}");
+    assert!(e.contains("run the compare again with --force") && e.contains("--config"), "{e}");
+    // Its first checkpoint cut short: named, with the compare (not train --force, which its folder refuses).
+    std::fs::rename(run.join("checkpoint.safetensors"), run.join("checkpoint.safetensors.tmp")).unwrap();
+    let e = run_err(&["evaluate", run.to_str().unwrap()]);
+    assert!(e.contains("stopped while writing its first one") && e.contains("run the compare again"), "{e}");
 }

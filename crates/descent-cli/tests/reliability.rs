@@ -622,6 +622,8 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         (vec!["lr-find", "--model", "linear", "--min-lr", "1e-4"], "lr-find does not use --min-lr"),
         (vec!["lr-find", "--model", "linear", "--min-delta", "0.1"], "lr-find does not use --min-delta"),
         (vec!["lr-find", "--model", "linear", "--steps", "5"], "--steps (use --num-steps)"),
+        // Kron's groups share one preconditioner schedule in the library: one group, of every parameter.
+        (vec!["train", "--model", "mlp", "--optimizer", "po.kron", "--group", "fc1={\"lr\": 0.1}"], "one --group"),
         // A searched length that --steps makes the same for every trial.
         (
             vec!["sweep", "--model", "mlp", "--steps", "20", "--param", "epochs=int:1..3"],
@@ -629,6 +631,10 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
         ),
         // Sparse gradients' optimizer where training gives dense ones (torch raises at the step).
         (vec!["train", "--model", "linear", "--optimizer", "torch.sparseadam"], "steps sparse gradients only"),
+        (
+            vec!["train", "--model", "linear", "--optimizer", "sam", "--hparams", "{\"base\": \"sparseadam\"}"],
+            "in `sam`",
+        ),
         // A batch larger than the training set, as train refuses it (lr-find took the whole set).
         (vec!["lr-find", "--model", "mlp", "--batch-size", "10000000"], "--batch-size 10000000: more than the 60000"),
         // Each zero count named alone.

@@ -121,6 +121,7 @@ pub const OPTAX: Table = &[
     ("scale_by_rprop", optax_scale_by_rprop),
     ("scale_by_rss", optax_scale_by_rss),
     ("scale_by_sign", optax_scale_by_sign),
+    ("scale_by_sm3", optax_scale_by_sm3),
     ("scale_by_stddev", optax_scale_by_stddev),
     ("scale_by_trust_ratio", optax_scale_by_trust_ratio),
     ("scale_by_yogi", optax_scale_by_yogi),
@@ -1616,6 +1617,14 @@ fn optax_scale_by_rss(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transf
 
 fn optax_scale_by_sign(_: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
     Ok(boxed(ScaleBySign))
+}
+
+fn optax_scale_by_sm3(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
+    Ok(boxed(ScaleBySm3::new(ScaleBySm3Config {
+        b1: k.f64("b1", 0.9)?,
+        b2: k.f64("b2", 1.0)?,
+        eps: k.f64("eps", 1e-8)?,
+    })))
 }
 
 fn optax_scale_by_stddev(k: &mut Kwargs, _: &[Vec<usize>]) -> Result<Box<dyn Transform>> {

@@ -401,14 +401,23 @@ fn options_and_bad_arguments() {
         assert!(e.contains(key) && e.contains("dropped by pytorch_optimizer's Kron constructor"), "{e}");
     }
     let all: Vec<usize> = (0..s.len()).collect();
-    let grouped = json!([{"params": all, "hparams": {"pre_conditioner_update_probability": null, "precondition_lr": 0.5,
-        "precondition_init_scale": 2.0}}]);
-    let mut params = p.clone();
-    let tx = build_optimizer("po", "kron", &json!({}), Some(&grouped), &s).unwrap();
-    let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
-    let mut opt = Optimizer::new(tx, s.to_vec(), &views).unwrap();
-    let losses = run(&mut opt, &mut params, &mut quadratic, 20);
-    assert!(losses[19] < losses[0], "{losses:?}");
+    // The group's rate of the preconditioner fit is read: another value, another run (and the
+    // library's default, 0.1, the run without it).
+    let grouped_run = |group: Value| {
+        let groups = json!([{"params": all, "hparams": group}]);
+        let mut params = p.clone();
+        let tx = build_optimizer("po", "kron", &json!({"pre_conditioner_update_probability": 1.0}), Some(&groups), &s)
+            .unwrap();
+        let views: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+        let mut opt = Optimizer::new(tx, s.to_vec(), &views).unwrap();
+        let losses = run(&mut opt, &mut params, &mut quadratic, 20);
+        assert!(losses[19] < losses[0], "{group}: {losses:?}");
+        params
+    };
+    let default = grouped_run(json!({}));
+    assert_eq!(default, grouped_run(json!({"precondition_lr": 0.1})));
+    assert_ne!(default, grouped_run(json!({"precondition_lr": 0.5})));
+    assert_ne!(default, grouped_run(json!({"precondition_init_scale": 2.0})));
     for groups in [
         json!([{"params": [0, 1]}, {"params": [2, 3]}]),
         json!([{"params": [0, 1, 2]}]),

@@ -388,6 +388,28 @@ impl std::fmt::Debug for OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// Candle's gradients are dense, which torch's SparseAdam refuses: refused whether it is the
+    /// optimizer or one a wrapper steps (SAM's `base`, Lookahead's `optimizer`).
+    fn refuse_sparse_only(&self) -> Result<()> {
+        let sparse_only = |n: &str| resolve_optimizer(n).is_ok_and(|(l, n)| l == "torch" && n == "sparseadam");
+        fn names_any(v: &Value, f: &dyn Fn(&str) -> bool) -> bool {
+            match v {
+                Value::String(s) => f(s),
+                Value::Array(a) => a.iter().any(|v| names_any(v, f)),
+                Value::Object(o) => o.values().any(|v| names_any(v, f)),
+                _ => false,
+            }
+        }
+        if sparse_only(&self.optimizer) || names_any(&self.hparams, &sparse_only) {
+            return Err(Error::Param(format!(
+                "torch.sparseadam (in `{}`) steps sparse gradients only (torch raises on a dense one: \"SparseAdam \
+                 does not support dense gradients\"), and a candle model's gradients are dense; use torch.adam",
+                self.optimizer
+            )));
+        }
+        Ok(())
+    }
+
     /// The transformation of this config over parameters with these names and shapes: the
     /// clipping, the optimizer (one per group) and the learning-rate multiplier link last.
     fn transform(&self, names: &[String], shapes: &[Vec<usize>]) -> Result<Box<dyn Transform>> {
@@ -403,6 +425,7 @@ impl OptimizerConfig {
         norm_clip: bool,
     ) -> Result<Box<dyn Transform>> {
         let (lib, name) = resolve_optimizer(&self.optimizer)?;
+        self.refuse_sparse_only()?;
         let mut h = match &self.hparams {
             Value::Null => Value::Object(Default::default()),
             Value::Object(_) => self.hparams.clone(),
@@ -415,6 +438,23 @@ impl OptimizerConfig {
         }
         let tx = if self.groups.is_empty() {
             build_optimizer(lib, &name, &h, None, shapes)?
+        } else if lib == "po" && name == "kron" {
+            // pytorch_optimizer's Kron shares one preconditioner update schedule among its groups
+            // and reads `precondition_lr` / `precondition_init_scale` from its group only: one
+            // --group selecting every parameter is its one library group.
+            match self.groups.as_slice() {
+                [(pat, over)] if names.iter().all(|n| n.contains(pat.as_str())) => {
+                    let groups = serde_json::json!([{"params": (0..names.len()).collect::<Vec<_>>(), "hparams": over}]);
+                    build_optimizer(lib, &name, &h, Some(&groups), shapes)?
+                }
+                _ => {
+                    return Err(Error::Param(
+                        "po.kron: one --group, selecting every parameter (the library shares one preconditioner \
+                         update schedule among its groups)"
+                            .into(),
+                    ))
+                }
+            }
         } else {
             let mut member: Vec<usize> = vec![self.groups.len(); names.len()];
             for (i, n) in names.iter().enumerate() {
@@ -681,6 +721,7 @@ impl VarOptimizer {
         }
         let shapes: Vec<Vec<usize>> = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
         let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
+        cfg.refuse_sparse_only()?;
         let mut opt = if is_closure_optimizer(lib, &name) {
             let full = format!("{lib}.{name}");
             let refuse = |what: &str| {

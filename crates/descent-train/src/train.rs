@@ -544,16 +544,6 @@ pub fn optimizer_for(model: &dyn Model, cfg: &TrainConfig) -> Result<VarOptimize
 /// [`optimizer_for`] on the ranks of `comm`: sharded across them with
 /// [`TrainConfig::shard_optimizer`] (every rank calls it then; refused on one process).
 pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicator) -> Result<VarOptimizer> {
-    // Training steps dense gradients (candle's), which torch's SparseAdam refuses.
-    if descent_core::spec::resolve_optimizer(&cfg.optimizer)
-        .is_ok_and(|(lib, name)| lib == "torch" && name == "sparseadam")
-    {
-        return Err(Error::Param(format!(
-            "`{}` steps sparse gradients only (torch raises on a dense one: \"SparseAdam does not support dense \
-             gradients\"), and training here gives every parameter a dense gradient; use torch.adam",
-            cfg.optimizer
-        )));
-    }
     let config = optimizer_config(cfg);
     let mut opt = if cfg.shard_optimizer {
         VarOptimizer::for_vars_sharded(model.named_vars(), &config, comm)?

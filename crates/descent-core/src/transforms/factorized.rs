@@ -606,11 +606,11 @@ impl Transform for ScaleBySm3 {
             }
             for (e, g) in u.iter_mut().enumerate() {
                 let accum = if s.len() < 2 {
-                    c0 * *g * *g + c1 * self.mu[i][e.min(self.mu[i].len() - 1)]
+                    c0 * (*g * *g) + c1 * self.mu[i][e.min(self.mu[i].len() - 1)]
                 } else {
                     unravel(e, s, &mut idx);
                     let m = (0..s.len()).map(|k| self.mu[i][offsets[k] + idx[k]]).fold(f32::INFINITY, f32::min);
-                    c0 * *g * *g + c1 * m
+                    c0 * (*g * *g) + c1 * m
                 };
                 if s.len() < 2 {
                     let last = new_mu.len() - 1;
