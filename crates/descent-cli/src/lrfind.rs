@@ -196,12 +196,6 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     let mut args = a.base.clone();
     args.lr = Some(a.start_lr);
     train::validate(&args)?;
-    // A batch larger than the training set is refused as `train` refuses it (not cut to the set).
-    let n = train::training_set_len(&args.model, &args.data)?;
-    train::validate_for_data(&args, n.saturating_sub(args.validation))?;
-    // Claimed (created and locked) before the test trains: a folder that cannot be written
-    // fails now, not after the test, and a second command cannot write into it meanwhile.
-    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let init = Init::parse(&args.init)?;
     let mut rng = Rng::new(args.seed);
     let (model, train_set, test_set, loss) = train::workload(
@@ -213,6 +207,11 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         &args.data,
         &mut rng,
     )?;
+    // A batch larger than the training set is refused as `train` refuses it (not cut to the set).
+    train::validate_for_data(&args, train_set.len())?;
+    // Claimed (created and locked) before the test trains: a folder that cannot be written
+    // fails now, not after the test, and a second command cannot write into it meanwhile.
+    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut cfg = train::config(&args, loss)?;
     let (start, ratio, n) = (a.start_lr, a.end_lr / a.start_lr, a.num_steps);
     cfg.schedule = LrSchedule::Spec(SpecSchedule {

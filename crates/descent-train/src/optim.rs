@@ -721,8 +721,9 @@ impl VarOptimizer {
         }
         let shapes: Vec<Vec<usize>> = named.iter().map(|(_, v)| v.dims().to_vec()).collect();
         let (lib, name) = resolve_optimizer(&cfg.optimizer)?;
-        cfg.refuse_sparse_only()?;
         let mut opt = if is_closure_optimizer(lib, &name) {
+            // (The others are checked where their transformation is built.)
+            cfg.refuse_sparse_only()?;
             let full = format!("{lib}.{name}");
             let refuse = |what: &str| {
                 Err(Error::Param(format!(
