@@ -1193,7 +1193,7 @@ pub fn bench(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     }
     let lr = default_lr(&a.model, &optimizer, &hparams);
     check_step_fits(batch, 1, train_set.len(), &a.model, 0)?;
-    let mut cfg = TrainConfig::new(&optimizer, Some(lr), 1, batch, loss);
+    let mut cfg = TrainConfig::new(&optimizer, own_lr(&optimizer, &hparams, lr), 1, batch, loss);
     cfg.hparams = hparams;
     cfg.augment = a.augment.as_deref().map(|s| Affine::parse(s, 0.0)).transpose()?;
     cfg.shard_optimizer = a.shard_optimizer;
@@ -1266,6 +1266,7 @@ fn bench_gpt(a: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if let (Some(given), Some(h)) = (a.hparams.as_ref().and_then(|h| h.as_object()), cfg.hparams.as_object_mut()) {
         h.extend(given.clone());
     }
+    cfg.lr = own_lr(&cfg.optimizer, &cfg.hparams, 1e-3);
     // As `train --model gpt` clips: at 1.0 for every optimizer that does not evaluate the loss itself.
     let closure = descent_core::spec::resolve_optimizer(&cfg.optimizer)
         .is_ok_and(|(lib, name)| descent_core::closure::is_closure_optimizer(lib, &name));
@@ -1350,6 +1351,16 @@ pub fn default_lr(model: &str, optimizer: &str, hparams: &serde_json::Value) -> 
             descent_core::spec::library_default_lr(lib, &name).unwrap_or(suggested)
         }
         _ => suggested,
+    }
+}
+
+/// The rate a run passes to its optimizer: `lr`, or none for an optimizer without a learning rate
+/// of its own (`optax.chain`, `po.lookahead`: its links' arguments hold their rates; the library
+/// refuses a rate given to it).
+pub fn own_lr(optimizer: &str, hparams: &serde_json::Value, lr: f64) -> Option<f64> {
+    match descent_core::spec::resolve_optimizer(optimizer) {
+        Ok((lib, name)) if !descent_core::spec::takes_learning_rate(lib, &name, hparams) => None,
+        _ => Some(lr),
     }
 }
 
@@ -3249,7 +3260,13 @@ pub fn config(a: &TrainArgs, loss: Loss) -> Result<TrainConfig> {
         accumulate: a.accumulate.unwrap_or(1),
         precision: precision_of(a.precision.as_deref())?,
         shard_optimizer: a.shard_optimizer,
-        ..TrainConfig::new(a.optimizer(), Some(lr), a.epochs.unwrap_or(1), a.batch_size.unwrap_or(default_batch), loss)
+        ..TrainConfig::new(
+            a.optimizer(),
+            own_lr(a.optimizer(), &a.hparams, lr),
+            a.epochs.unwrap_or(1),
+            a.batch_size.unwrap_or(default_batch),
+            loss,
+        )
     })
 }
 

@@ -272,16 +272,19 @@ impl Optimizer {
         Ok(s.dict.buffers.values().map(|b| b.len() * std::mem::size_of::<f32>()).sum())
     }
 
-    /// The whole state, for saving.
+    /// The whole state, for saving: every buffer and counter, and the learning rates in force
+    /// (as torch's `state_dict` holds each param group's `lr`).
     pub fn state_dict(&mut self) -> Result<StateDict> {
         let mut s = crate::state::Saver::default();
         self.tx.visit_state(&mut s)?;
         s.dict.counters.insert("optimizer.steps".into(), self.steps);
         s.dict.counters.insert("optimizer.skipped".into(), self.skipped);
+        crate::state::learning_rates::save(&self.learning_rates(), &mut s.dict);
         Ok(s.dict)
     }
 
-    /// Restores a state saved by [`Optimizer::state_dict`]; refuses a mismatched one whole.
+    /// Restores a state saved by [`Optimizer::state_dict`], its learning rates included; refuses
+    /// a mismatched one whole.
     pub fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
         let mut inner = dict.clone();
         let steps = inner.counters.remove("optimizer.steps");
@@ -289,7 +292,10 @@ impl Optimizer {
         let (Some(steps), Some(skipped)) = (steps, skipped) else {
             return Err(Error::State("missing counters `optimizer.steps`/`optimizer.skipped`".into()));
         };
+        let count = self.learning_rates().len();
+        let rates = crate::state::learning_rates::take(&mut inner, count)?;
         crate::state::load_whole(&mut |v| self.tx.visit_state(v), &inner)?;
+        crate::state::learning_rates::restore(|f| self.tx.visit_learning_rates(f), &rates);
         self.steps = steps;
         self.skipped = skipped;
         Ok(())

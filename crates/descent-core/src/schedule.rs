@@ -904,6 +904,8 @@ pub struct ReduceLrOnPlateau {
     cooldown: u64,
     min_lr: f64,
     eps: f64,
+    /// ±∞ until a first metric improves on it (written `"inf"`, `"-inf"`).
+    #[serde(with = "crate::state::exact_float")]
     best: f64,
     num_bad_epochs: u64,
     cooldown_counter: u64,
@@ -1183,5 +1185,23 @@ mod tests {
         assert_eq!(p.step(1.0), 0.5); // 1 bad
         assert_eq!(p.step(1.0), 0.3); // reduce, clipped at min_lr
         assert_eq!(p.step(0.1), 0.3); // improvement
+    }
+
+    /// A plateau scheduler saved before any metric improved on its start (`best` = ±∞: a
+    /// checkpoint inside the first epoch, or only NaN metrics seen) reads back the same state
+    /// (serde_json writes a non-finite float as `null` and refuses it on reading).
+    #[test]
+    fn plateau_state_with_an_infinite_best_round_trips_through_json() {
+        for mode in [PlateauMode::Min, PlateauMode::Max] {
+            let mut p = ReduceLrOnPlateau::new(0.1, ReduceLrOnPlateauConfig { mode, ..Default::default() }).unwrap();
+            p.step(f64::NAN);
+            let text = serde_json::to_string(&p).unwrap();
+            assert!(text.contains("inf"), "{text}");
+            let back: ReduceLrOnPlateau = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, p);
+            p.step(2.0);
+            let back: ReduceLrOnPlateau = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+            assert_eq!(back, p);
+        }
     }
 }

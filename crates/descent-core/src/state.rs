@@ -107,6 +107,8 @@ pub struct StateDict {
     pub counters: BTreeMap<String, u64>,
 }
 
+pub(crate) use exact_floats::one as exact_float;
+
 /// Floats in JSON as descent writes them elsewhere: numbers, and the strings `"NaN"`, `"inf"`,
 /// `"-inf"` for what JSON numbers cannot hold (a diverged run's state round-trips too).
 mod exact_floats {
@@ -230,6 +232,20 @@ mod exact_floats {
         }
     }
 
+    /// One `f64` field written exactly (`#[serde(with = "crate::state::exact_float")]`): a
+    /// number, or `"NaN"`, `"inf"`, `"-inf"` (serde_json writes a non-finite float as `null` and
+    /// refuses to read it back).
+    pub mod one {
+        use serde::{Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+            super::Exact(*x).serialize(s)
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+            d.deserialize_any(super::One::<f64>(std::marker::PhantomData))
+        }
+    }
+
     pub fn serialize<V: Entry, S: Serializer>(map: &BTreeMap<String, V>, s: S) -> Result<S::Ok, S::Error> {
         struct Value<'a, V>(&'a V);
         impl<V: Entry> Serialize for Value<'_, V> {
@@ -339,6 +355,66 @@ pub fn load_whole(visit: &mut dyn FnMut(&mut dyn StateVisitor) -> Result<()>, di
         return Err(e);
     }
     Ok(())
+}
+
+/// The learning rates an optimizer holds, saved with its state as torch saves each param group's
+/// `lr`: a rate set between steps (`param_group["lr"] = …`, [`crate::Optimizer::set_learning_rate`])
+/// resumes as it was. Scalars `optimizer.lr.K`, in the order of the optimizer's
+/// `visit_learning_rates`; a schedule's rate is not saved (it follows the step count).
+pub(crate) mod learning_rates {
+    use super::StateDict;
+    use crate::error::{Error, Result};
+    use crate::LearningRate;
+
+    const PREFIX: &str = "optimizer.lr.";
+
+    fn key(k: usize) -> String {
+        format!("{PREFIX}{k}")
+    }
+
+    /// Adds the constant rates among `rates` to `dict`.
+    pub(crate) fn save(rates: &[Option<f64>], dict: &mut StateDict) {
+        for (k, r) in rates.iter().enumerate() {
+            if let Some(r) = r {
+                dict.scalars.insert(key(k), *r);
+            }
+        }
+    }
+
+    /// Takes the saved rates out of `dict`, checked against an optimizer holding `count` rates
+    /// (a state saved before rates were saved has none: the rates stay as built).
+    pub(crate) fn take(dict: &mut StateDict, count: usize) -> Result<Vec<(usize, f64)>> {
+        let keys: Vec<String> = dict.scalars.keys().filter(|k| k.starts_with(PREFIX)).cloned().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for name in keys {
+            let x = dict.scalars.remove(&name).unwrap_or(f64::NAN);
+            let k = name[PREFIX.len()..].parse::<usize>().ok().filter(|&k| k < count && key(k) == name);
+            let Some(k) = k else {
+                return Err(Error::State(format!(
+                    "learning rate `{name}`: the optimizer holds {count} learning rate(s) (optimizer.lr.0 …)"
+                )));
+            };
+            if !x.is_finite() || x < 0.0 {
+                return Err(Error::State(format!("learning rate `{name}` = {x}: a finite, non-negative rate")));
+            }
+            out.push((k, x));
+        }
+        Ok(out)
+    }
+
+    /// Sets the rates [`take`] returned, walking the optimizer's rates with `visit`.
+    pub(crate) fn restore(visit: impl FnOnce(&mut dyn FnMut(&mut LearningRate)), saved: &[(usize, f64)]) {
+        if saved.is_empty() {
+            return;
+        }
+        let mut k = 0;
+        visit(&mut |r| {
+            if let Some(&(_, x)) = saved.iter().find(|(i, _)| *i == k) {
+                *r = LearningRate::Constant(x);
+            }
+            k += 1;
+        });
+    }
 }
 
 /// Adds `0 ×` each entry's value in `before` to the entry of the state it visits: nothing where that

@@ -142,3 +142,50 @@ fn every_registry_optimizer_with_a_learning_rate_argument_lets_it_be_set() {
         opt.set_learning_rate(0.02).unwrap();
     }
 }
+
+/// A rate set between steps is part of the saved state, as torch's `state_dict` keeps each param
+/// group's `lr`: a restored optimizer steps at it (torch ASGD's next `eta` follows it too), a
+/// state saved before any rate was set restores as built, and a state naming a rate the
+/// optimizer does not hold is refused whole.
+#[test]
+fn a_rate_set_between_steps_is_saved_and_restored_with_the_state() {
+    let shapes = vec![vec![2], vec![3]];
+    let p0: Vec<Vec<f32>> = vec![vec![0.5, -0.5], vec![0.25, 0.0, 1.0]];
+    let views: Vec<&[f32]> = p0.iter().map(|p| p.as_slice()).collect();
+    let g = vec![vec![0.1f32, -0.2], vec![0.3, 0.4, -0.5]];
+    let groups = json!([{"params": [0], "hparams": {}}, {"params": [1], "hparams": {"lr": 0.01}}]);
+    for (name, kwargs) in [("adam", json!({"lr": 1e-2})), ("asgd", json!({"lr": 0.1})), ("sgd", json!({"lr": 0.1}))] {
+        let build = || {
+            let tx = build_optimizer("torch", name, &kwargs, Some(&groups), &shapes).unwrap();
+            Optimizer::new(tx, shapes.clone(), &views).unwrap()
+        };
+        let (mut a, mut b) = (build(), build());
+        let (mut pa, mut pb) = (p0.clone(), p0.clone());
+        a.step_vecs(&mut pa, &g).unwrap();
+        a.set_learning_rates(&[3e-3, 7e-4]).unwrap();
+        let saved = a.state_dict().unwrap();
+        b.load_state_dict(&saved).unwrap();
+        assert_eq!(b.learning_rates(), vec![Some(3e-3), Some(7e-4)], "{name}");
+        pb.clone_from(&pa);
+        for _ in 0..3 {
+            a.step_vecs(&mut pa, &g).unwrap();
+            b.step_vecs(&mut pb, &g).unwrap();
+        }
+        assert_eq!(pa, pb, "{name}: the restored optimizer steps as the saved one");
+        // An older state without rates: the rates stay as built.
+        let mut old = saved.clone();
+        old.scalars.retain(|k, _| !k.starts_with("optimizer.lr."));
+        let mut c = build();
+        c.load_state_dict(&old).unwrap();
+        assert_eq!(c.learning_rates(), vec![Some(kwargs["lr"].as_f64().unwrap()), Some(0.01)], "{name}");
+        // A rate the optimizer does not hold, or a negative one: refused, nothing changed.
+        for (key, x) in [("optimizer.lr.2", 0.1), ("optimizer.lr.1", -1.0), ("optimizer.lr.01", 0.1)] {
+            let mut bad = saved.clone();
+            bad.scalars.insert(key.into(), x);
+            let mut d = build();
+            let err = d.load_state_dict(&bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{name} {key}: {err}");
+            assert_eq!(d.state_dict().unwrap(), build().state_dict().unwrap(), "{name} {key}: changed");
+        }
+    }
+}

@@ -146,6 +146,8 @@ struct ClosureEngine {
 /// The counter of steps in a closure optimizer's saved state (the name the gradient optimizers'
 /// state uses too).
 const STEPS_KEY: &str = "optimizer.steps";
+/// The key of [`VarOptimizer::set_lr_scale`]'s multiplier in a saved state.
+const SCALE_KEY: &str = "optimizer.lr_scale";
 
 impl Engine {
     fn steps(&self) -> u64 {
@@ -331,7 +333,9 @@ pub struct OptimizerConfig {
     /// [`VarOptimizer::step_closure`], without groups or clipping.
     pub optimizer: String,
     /// The learning rate (the library's `lr` / `learning_rate`); `None` keeps the library's
-    /// default.
+    /// default, or the rate in `hparams`. Refused for an optimizer without a learning rate of
+    /// its own (`optax.chain`, `po.lookahead`: the rate is a link's argument) and beside a
+    /// different rate in `hparams`.
     pub lr: Option<f64>,
     /// Other keyword arguments, in the library's own names (`{"weight_decay": 0.05, "betas":
     /// [0.9, 0.95]}` for torch, `{"b1": 0.9}` for optax). Default: none.
@@ -432,9 +436,26 @@ impl OptimizerConfig {
             other => return Err(Error::Param(format!("optimizer arguments must be a JSON object, got {other}"))),
         };
         // The run's rate goes to the optimizer's own argument; a composition without one
-        // (`optax.chain`) has its rate in a link (the front end refuses an explicit `--lr` there).
-        if let Some(lr) = self.lr.filter(|_| takes_learning_rate_for(lib, &name, &h, shapes)) {
-            h[lr_key(lib)] = serde_json::json!(lr);
+        // (`optax.chain`, `po.lookahead`, a bare transformation such as `scale_by_adam`) has its
+        // rate in a link, and a rate given to it is refused (the libraries raise a TypeError), as
+        // is a second, different rate in `hparams`.
+        if let Some(lr) = self.lr {
+            let key = lr_key(lib);
+            if !takes_learning_rate_for(lib, &name, &h, shapes) {
+                return Err(Error::Param(format!(
+                    "`{lib}.{name}` takes no learning rate of its own (lr {lr} given): give it to a link of its \
+                     arguments, and no lr"
+                )));
+            }
+            match h.get(key).map(|v| (v.as_f64(), v)) {
+                Some((Some(x), _)) if x == lr => {}
+                Some((_, v)) => {
+                    return Err(Error::Param(format!(
+                        "`{lib}.{name}`: lr {lr} and its argument `{key}` = {v} are the same setting; give one"
+                    )))
+                }
+                None => h[key] = serde_json::json!(lr),
+            }
         }
         let tx = if self.groups.is_empty() {
             build_optimizer(lib, &name, &h, None, shapes)?
@@ -824,21 +845,49 @@ impl VarOptimizer {
         self.opt.steps()
     }
 
-    /// The optimizer's whole state, as a checkpoint stores it.
+    /// The optimizer's whole state, as a checkpoint stores it: with the learning rates in force,
+    /// and a multiplier set by [`VarOptimizer::set_lr_scale`] other than 1.
     pub fn state_dict(&mut self) -> Result<StateDict> {
-        match &mut self.opt {
-            Engine::Gradient(o) => Ok(o.state_dict()?),
+        let mut dict = match &mut self.opt {
+            Engine::Gradient(o) => o.state_dict()?,
             Engine::Closure(c) => {
                 let mut dict = c.opt.state_dict()?;
                 dict.counters.insert(STEPS_KEY.into(), c.steps);
-                Ok(dict)
+                dict
             }
-            Engine::Sharded(s) => Self::gathered_state(s),
+            Engine::Sharded(s) => Self::gathered_state(s)?,
+        };
+        // A config's schedule sets the multiplier before each step: only one set by hand is kept.
+        if self.schedule.is_none() && self.scale != 1.0 {
+            dict.scalars.insert(SCALE_KEY.into(), self.scale);
         }
+        Ok(dict)
     }
 
-    /// Restores a state saved by [`VarOptimizer::state_dict`]; refuses a mismatched one whole.
+    /// Restores a state saved by [`VarOptimizer::state_dict`], its learning rates and multiplier
+    /// included; refuses a mismatched one whole.
     pub fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
+        let scale = dict.scalars.get(SCALE_KEY).copied();
+        if let Some(x) = scale {
+            if !x.is_finite() || x < 0.0 || !self.has_scalable_lr() {
+                return Err(descent_core::Error::State(format!(
+                    "`{SCALE_KEY}` = {x}: a finite, non-negative multiplier, of an optimizer with learning rates \
+                     and no schedule"
+                ))
+                .into());
+            }
+            let mut inner = dict.clone();
+            inner.scalars.remove(SCALE_KEY);
+            self.load_engine_state(&inner)?;
+            self.scale = x;
+            return Ok(());
+        }
+        self.load_engine_state(dict)?;
+        self.scale = 1.0;
+        Ok(())
+    }
+
+    fn load_engine_state(&mut self, dict: &StateDict) -> Result<()> {
         match &mut self.opt {
             Engine::Gradient(o) => Ok(o.load_state_dict(dict)?),
             Engine::Closure(c) => {

@@ -434,8 +434,9 @@ fn what_a_run_cannot_honour_is_refused_before_it_starts() {
 }
 
 /// A composition whose per-parameter lists name every variable (optax `partition` labels) builds
-/// with the run's rate left to its links: whether it takes a rate of its own is tried on the
-/// variables' own shapes, not on one parameter (where the list does not fit).
+/// with its rates in its links, and a rate of the run's is refused as one it has no argument for:
+/// whether it takes a rate of its own is tried on the variables' own shapes, not on one parameter
+/// (where the list does not fit, and the rate would reach the build as an unknown keyword).
 #[test]
 fn a_partition_with_labels_for_every_variable_builds() {
     use descent_train::{OptimizerConfig, VarOptimizer};
@@ -448,7 +449,9 @@ fn a_partition_with_labels_for_every_variable_builds() {
                         "param_labels": ["a", "b"]}),
         ..Default::default()
     };
-    VarOptimizer::for_vars(named, &cfg).expect("the labels fit the two variables");
+    let err = VarOptimizer::for_vars(named.clone(), &cfg).err().expect("a rate it cannot take").to_string();
+    assert!(err.contains("takes no learning rate"), "{err}");
+    VarOptimizer::for_vars(named, &OptimizerConfig { lr: None, ..cfg }).expect("the labels fit the two variables");
 }
 
 /// `OptimizerConfig::non_finite`: with `Skip`, a step whose gradients hold a NaN leaves the

@@ -186,12 +186,58 @@ fn schedule_and_manual_multiplier() {
     assert!(opt.set_lr_scale(1.0).is_err(), "the schedule owns the multiplier");
 
     let vars = vec![var("w", vec![0.0])];
-    let mut opt = VarOptimizer::for_vars(vars.clone(), &OptimizerConfig { schedule: None, ..cfg }).unwrap();
+    let manual = OptimizerConfig { schedule: None, ..cfg };
+    let mut opt = VarOptimizer::for_vars(vars.clone(), &manual).unwrap();
     opt.step(&grad(&vars[0].1)).unwrap();
     opt.set_lr_scale(0.25).unwrap();
     opt.step(&grad(&vars[0].1)).unwrap();
     assert_eq!(values(&vars[0].1), [-1.25]);
     assert!(opt.set_lr_scale(f64::NAN).is_err());
+
+    // The multiplier set by hand is part of the state: a restored optimizer keeps it.
+    let saved = opt.state_dict().unwrap();
+    let vars2 = vec![var("w", vec![-1.25])];
+    let mut again = VarOptimizer::for_vars(vars2.clone(), &manual).unwrap();
+    again.load_state_dict(&saved).unwrap();
+    assert_eq!(again.lr_scale(), 0.25);
+    again.step(&grad(&vars2[0].1)).unwrap();
+    opt.step(&grad(&vars[0].1)).unwrap();
+    assert_eq!(values(&vars2[0].1), values(&vars[0].1));
+    assert_eq!(values(&vars2[0].1), [-1.5]);
+}
+
+/// A learning rate given to an optimizer that has none of its own (a composition whose rate is a
+/// link's argument, a bare transformation) is refused, as the libraries refuse the keyword; so is
+/// a second, different rate in its arguments.
+#[test]
+fn a_rate_the_optimizer_cannot_take_is_refused() {
+    let vars = vec![var("w", vec![0.0; 3])];
+    for (optimizer, hparams) in [
+        ("po.lookahead", json!({"optimizer": "torch.adamw"})),
+        ("scale_by_adam", json!({})),
+        ("optax.chain", json!({"links": [["scale_by_adam", {}], ["scale", {"step_size": -1e-3}]]})),
+    ] {
+        let cfg = OptimizerConfig {
+            optimizer: optimizer.into(),
+            lr: Some(3e-4),
+            hparams: hparams.clone(),
+            ..Default::default()
+        };
+        let err = VarOptimizer::for_vars(vars.clone(), &cfg).err().expect(optimizer).to_string();
+        assert!(err.contains("takes no learning rate"), "{optimizer}: {err}");
+        let cfg = OptimizerConfig { lr: None, ..cfg };
+        VarOptimizer::for_vars(vars.clone(), &cfg).unwrap();
+    }
+    let cfg = OptimizerConfig {
+        optimizer: "torch.adamw".into(),
+        lr: Some(3e-4),
+        hparams: json!({"lr": 1e-3}),
+        ..Default::default()
+    };
+    let err = VarOptimizer::for_vars(vars.clone(), &cfg).err().unwrap().to_string();
+    assert!(err.contains("same setting"), "{err}");
+    let same = OptimizerConfig { hparams: json!({"lr": 3e-4}), ..cfg };
+    VarOptimizer::for_vars(vars, &same).unwrap();
 }
 
 /// Ten steps straight equal five, a checkpoint file, a fresh model loading it, and five more:

@@ -132,16 +132,25 @@ pub trait ClosureOptimizer: Send {
         rates
     }
 
-    /// The whole state, for saving.
+    /// The whole state, for saving, with the learning rates in force (as
+    /// [`crate::Optimizer::state_dict`]).
     fn state_dict(&mut self) -> Result<StateDict> {
         let mut s = crate::state::Saver::default();
         self.visit_state(&mut s)?;
+        let rates = self.learning_rates();
+        crate::state::learning_rates::save(&rates, &mut s.dict);
         Ok(s.dict)
     }
 
-    /// Restores a state saved by [`ClosureOptimizer::state_dict`]; refuses a mismatched one whole.
+    /// Restores a state saved by [`ClosureOptimizer::state_dict`], its learning rates included;
+    /// refuses a mismatched one whole.
     fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
-        crate::state::load_whole(&mut |v| self.visit_state(v), dict)
+        let mut inner = dict.clone();
+        let count = self.learning_rates().len();
+        let rates = crate::state::learning_rates::take(&mut inner, count)?;
+        crate::state::load_whole(&mut |v| self.visit_state(v), &inner)?;
+        crate::state::learning_rates::restore(|f| self.visit_learning_rates(f), &rates);
+        Ok(())
     }
 }
 
