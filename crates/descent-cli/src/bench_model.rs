@@ -132,6 +132,13 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
     let shapes: Vec<Vec<usize>> = named.iter().map(|(_, s)| s.clone()).collect();
     let params: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     let all = cfg.optimizers.iter().any(|o| o == "all");
+    if all && cfg.optimizers.len() > 1 {
+        bail!(
+            "--optimizer {}: `all` is the default list ({}); give it alone, or name each optimizer",
+            cfg.optimizers.join(","),
+            DEFAULT_OPTIMIZERS.join(", ")
+        );
+    }
     if all && cfg.hparams.as_object().is_some_and(|h| !h.is_empty()) {
         bail!("--hparams with --optimizer all: each optimizer of the list runs with its library's defaults; name the optimizers the arguments are for");
     }

@@ -174,7 +174,8 @@ fn read_run(dir: &Path) -> Result<Source> {
         &mut rng,
     )?;
     train::check_data_of_checkpoint(&ck, &args)?;
-    dc::set_values(model.as_ref(), &ck.weights, &ck.buffers)
+    // The weights the run evaluated (schedule-free's average, Lookahead's slow weights).
+    ck.apply_evaluated_weights(model.as_ref(), &train::config(&args, loss)?)
         .with_context(|| dir.join(folder::run::CHECKPOINT).display().to_string())?;
     Ok(Source { args, run_id: ck.run_id, model, train_set, test_set, loss })
 }

@@ -43,6 +43,13 @@ pub fn settings(a: DistillArgs, matches: &clap::ArgMatches) -> Result<TrainArgs>
         bail!("--config: give the student's settings as flags");
     }
     crate::folder::distinct("--teacher", &a.teachers)?;
+    if let Some(t) = a.teachers.iter().find(|t| t.to_str().is_none()) {
+        // The run's config.json records its teachers' paths, in JSON text.
+        bail!(
+            "--teacher {}: not a UTF-8 path, which the run's config.json cannot record; rename the folder",
+            t.display()
+        );
+    }
     if !matches!(a.student.as_str(), "lenet" | "mlp" | "resnet" | "plain") {
         bail!("--student {}: distillation trains a classifier; accepted: lenet, mlp, resnet, plain", a.student);
     }

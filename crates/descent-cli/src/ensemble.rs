@@ -55,22 +55,8 @@ pub fn run(a: EnsembleArgs) -> Result<()> {
     crate::folder::distinct("ensemble: the run", &a.dirs)?;
     let runs = a.dirs.iter().map(|d| open_run(d)).collect::<Result<Vec<_>>>()?;
     let first = &runs[0];
-    // A copied folder is the same member again (the same run at the same step has the same
-    // weights); a copy taken at another step of the run is another snapshot, and welcome.
     for (i, r) in runs.iter().enumerate() {
-        let ck = &r.checkpoint;
-        if let Some(o) = runs[..i]
-            .iter()
-            .find(|o| !ck.run_id.is_empty() && o.checkpoint.run_id == ck.run_id && o.checkpoint.steps == ck.steps)
-        {
-            bail!(
-                "{}: the same run as {} (run id {}) at the same step ({}): a copy, not another member",
-                r.dir.display(),
-                o.dir.display(),
-                ck.run_id,
-                ck.steps
-            );
-        }
+        r.refuse_copy_of(&runs[..i], "another member")?;
     }
     for r in &runs {
         if r.classes().is_none() {

@@ -143,6 +143,26 @@ impl RunFolder {
         }
     }
 
+    /// Refuses a copy of one of `others` (the same run at the same step has the same weights; a
+    /// copy taken at another step of the run is another snapshot): `other` says what a distinct
+    /// run would be ("another member", "another teacher").
+    pub fn refuse_copy_of(&self, others: &[RunFolder], other: &str) -> Result<()> {
+        let ck = &self.checkpoint;
+        if let Some(o) = others
+            .iter()
+            .find(|o| !ck.run_id.is_empty() && o.checkpoint.run_id == ck.run_id && o.checkpoint.steps == ck.steps)
+        {
+            bail!(
+                "{}: the same run as {} (run id {}) at the same step ({}): a copy, not {other}",
+                self.dir.display(),
+                o.dir.display(),
+                ck.run_id,
+                ck.steps
+            );
+        }
+        Ok(())
+    }
+
     /// The run's model rebuilt from its settings, holding the checkpoint's `weights`, with the
     /// data it was trained and evaluated on.
     pub fn load_model(&self, weights: Weights) -> Result<LoadedModel> {
@@ -155,17 +175,20 @@ impl RunFolder {
             workload(&a.model, Arch::of(a), Init::parse(&a.init)?, a.dropout(), a.normalize, &a.data, &mut rng)?;
         crate::train::check_data_of_checkpoint(&self.checkpoint, a)?;
         let (_, eval_set) = hold_out(train_set, test_set, a.validation)?;
-        self.apply(model.as_ref(), weights)?;
+        self.apply(model.as_ref(), weights, loss)?;
         Ok(LoadedModel { model, eval_set, loss })
     }
 
-    /// Writes the checkpoint's `weights` into `model`.
-    fn apply(&self, model: &dyn Model, weights: Weights) -> Result<()> {
+    /// Writes the checkpoint's `weights` into `model`: for `raw`, those the run evaluated
+    /// (schedule-free's average, Lookahead's slow weights, where its optimizer keeps them apart).
+    fn apply(&self, model: &dyn Model, weights: Weights, loss: Loss) -> Result<()> {
         let d = self.dir.display();
         let ck = &self.checkpoint;
         match weights {
             Weights::Raw => {
-                ck.apply_weights(model).with_context(|| format!("{d}: the checkpoint does not fit the run"))?
+                let cfg = crate::train::config(&self.args, loss)?;
+                ck.apply_evaluated_weights(model, &cfg)
+                    .with_context(|| format!("{d}: the checkpoint does not fit the run"))?
             }
             w => {
                 let Some(avg) = ck.average.as_ref().filter(|s| s.kind == w.name()) else {
@@ -267,7 +290,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         let corpus = corpus_of(args)?;
         let model = gpt_of(args, &corpus, &mut Rng::new(args.seed))?;
         crate::train::check_text_checkpoint(ck, &model, &corpus)?;
-        ck.apply_weights(&model)
+        ck.apply_evaluated_weights(&model, &crate::train::config(args, Loss::CrossEntropy)?)
             .with_context(|| format!("{}: the checkpoint does not fit the run", run.dir.display()))?;
         let batch = args.batch_size.context("the run's config has no batch_size")?;
         let iters = args.eval_iters.context("the run's config has no eval_iters")?;

@@ -795,6 +795,9 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
         anyhow::bail!("{}: no case files (*.json) to check", shown.join(", "));
     }
     let (mut passed, mut failed) = (0, 0);
+    // A case is named by its id; where its file is named otherwise, or another file holds the
+    // same id (a copy, or another recording of one case), the line names the file too.
+    let mut ids: std::collections::HashMap<String, &PathBuf> = std::collections::HashMap::new();
     for f in &files {
         // The file read once: its unknown fields warned about, then the case parsed and run.
         let outcome = read_case_text(f)
@@ -802,7 +805,16 @@ fn check(paths: &[PathBuf]) -> Result<bool> {
                 warn_unknown_fields(f, &text);
                 parse_case(&f.display().to_string(), &text)
             })
-            .and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)));
+            .and_then(|c| run_and_check(&c).map(|r| (c.id().to_string(), r)))
+            .map(|(id, r)| {
+                let label = match ids.get(&id) {
+                    Some(first) => format!("{id} [{}; the id of {} too]", f.display(), first.display()),
+                    None if f.file_stem().is_some_and(|s| *s == *id) => id.clone(),
+                    None => format!("{id} [{}]", f.display()),
+                };
+                ids.entry(id).or_insert(f);
+                (label, r)
+            });
         match outcome {
             Ok((id, r)) if r.passed => {
                 passed += 1;

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use descent_train::checkpoint::Checkpoint;
 use descent_train::gpt::{generate_each, Gpt, GptConfig, Sampling};
 use descent_train::model::Model;
 use descent_train::rng::Rng;
 use descent_train::text::CharVocab;
+use descent_train::train::Loss;
 
 use crate::folder;
 
@@ -21,7 +21,7 @@ pub struct SampleArgs {
     /// weights, the model's shape and the vocabulary).
     pub run_dir: PathBuf,
     /// The text to continue; every character must be in the model's vocabulary.
-    #[arg(long, default_value = "\n")]
+    #[arg(long, default_value = "\n", value_parser = utf8_prompt())]
     pub prompt: String,
     /// Characters to generate after the prompt.
     #[arg(long, default_value_t = 500)]
@@ -68,10 +68,11 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
             folder::run::CHECKPOINT
         );
     }
-    let ck = Checkpoint::load(&path)?;
-    // Written by this folder's run, not copied from another run.
-    // The model is the checkpoint's own (its configuration and vocabulary); config.json is not read.
-    crate::train::check_checkpoint_of_folder(&ck, run_dir, None)?;
+    // Held to what resume holds a run to: the checkpoint's checksum, written by this folder's run
+    // (not copied from another), under the settings of its config.json. The model is the
+    // checkpoint's own (its configuration and vocabulary); sampling reads no data.
+    let run = crate::evaluate::open_run(run_dir)?;
+    let ck = &run.checkpoint;
     let (Some(config), Some(vocab)) = (&ck.model_config, &ck.vocab) else {
         bail!(
             "{}: the checkpoint holds no language model (no model configuration and vocabulary): sample from a run of `descent train --model gpt`",
@@ -100,7 +101,18 @@ pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
     if let Some((extra, _, _)) = ck.weights.iter().find(|(n, _, _)| !names.contains(n)) {
         bail!("{}: tensor `{extra}` is not a parameter of the model its configuration describes", path.display());
     }
+    // The weights the run evaluated (schedule-free's average, Lookahead's slow weights).
+    ck.apply_evaluated_weights(&model, &crate::train::config(&run.args, Loss::CrossEntropy)?)
+        .with_context(|| path.display().to_string())?;
     Ok((model, vocab))
+}
+
+/// `--prompt` as text: bytes that are not UTF-8 are refused naming the flag (clap's own message
+/// names no argument).
+fn utf8_prompt() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new()
+        .try_map(|s| s.into_string().map_err(|s| format!("{s:?} is not UTF-8 text; the vocabulary holds characters")))
 }
 
 /// `descent sample`: prints the prompt and its continuation.

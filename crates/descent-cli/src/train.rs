@@ -2793,7 +2793,53 @@ pub fn validate_for_data(a: &TrainArgs, train_len: usize) -> Result<()> {
     }
     let cfg = config(&a, loss_of(&a.model))?;
     check_step_fits(cfg.batch_size, cfg.accumulate, train_len, &a.model, a.validation)?;
+    check_run_length(&a, &cfg, train_len)?;
     check_schedule_length(&cfg, train_len)
+}
+
+/// The steps a run of `cfg` takes on a training set of `train_len` samples (a step takes
+/// `accumulate` micro-batches).
+fn run_steps(cfg: &TrainConfig, train_len: usize) -> u64 {
+    let per_epoch = cfg.steps_per_epoch(train_len);
+    cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64))
+}
+
+/// Gradual pruning's first and last steps, the flags' or their defaults (from step 0 to 3/4 of
+/// the run), within the run's `total` steps.
+fn prune_span(a: &TrainArgs, target: f64, total: u64) -> Result<(u64, u64)> {
+    let start = a.prune_start.unwrap_or(0);
+    if a.prune_end.is_none() && start > total {
+        bail!(
+            "--prune-start {start}: after the run's last step ({total}), so nothing would be pruned; start the pruning by step {total}"
+        );
+    }
+    let end = a.prune_end.unwrap_or((total * 3 / 4).max(start));
+    if end > total {
+        bail!(
+            "--prune-end {end}: after the run's last step ({total}), so the sparsity would never reach --prune-to {}; \
+             end the pruning by step {total}",
+            Num(target)
+        );
+    }
+    Ok((start, end))
+}
+
+/// The settings that must fall within the run's steps: gradual pruning's span, and SWA's first
+/// epoch (the average takes the weights at the end of each epoch from --swa-start on).
+fn check_run_length(a: &TrainArgs, cfg: &TrainConfig, train_len: usize) -> Result<()> {
+    if let Some(target) = a.prune_to {
+        prune_span(a, target, run_steps(cfg, train_len))?;
+    }
+    if let (Some(start), Some(steps)) = (a.swa_start, a.steps) {
+        let per_epoch = cfg.steps_per_epoch(train_len);
+        if steps < start as u64 * per_epoch {
+            bail!(
+                "--swa-start {start}: --steps {steps} ends the run before the end of epoch {start} (step {}); nothing would be averaged",
+                start as u64 * per_epoch
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What needs the model: the optimizer builds over its parameters (which refuses a `--group`
@@ -3280,8 +3326,10 @@ fn teachers_of(a: &TrainArgs, dirs: &[PathBuf], given: bool) -> Result<Vec<Box<d
     }
     let what = if given { "--teacher" } else { "the run's teacher (its config's distill.teachers)" };
     let mut out = vec![];
+    let mut opened: Vec<crate::evaluate::RunFolder> = vec![];
     for dir in dirs {
         let t = crate::evaluate::open_run(dir).with_context(|| format!("{what} {}", dir.display()))?;
+        t.refuse_copy_of(&opened, "another teacher").with_context(|| what.to_string())?;
         match t.classes() {
             None => bail!(
                 "{what} {}: a {} run is not a classifier; a teacher is a lenet, mlp, resnet or plain run",
@@ -3312,6 +3360,7 @@ fn teachers_of(a: &TrainArgs, dirs: &[PathBuf], given: bool) -> Result<Vec<Box<d
             );
         }
         out.push(t.load_model(crate::evaluate::Weights::Raw)?.model);
+        opened.push(t);
     }
     Ok(out)
 }
@@ -3680,16 +3729,7 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
         if let (Some(aug), &[_, _, h, w]) = (&cfg.augment, train_set.x.dims()) {
             aug.check_image(h, w)?;
         }
-        if let (Some(start), Some(steps)) = (a.swa_start, a.steps) {
-            // The average takes the weights at the end of each epoch from --swa-start on.
-            let per_epoch = cfg.steps_per_epoch(train_set.len());
-            if steps < start as u64 * per_epoch {
-                bail!(
-                    "--swa-start {start}: --steps {steps} ends the run before the end of epoch {start} (step {}); nothing would be averaged",
-                    start as u64 * per_epoch
-                );
-            }
-        }
+        check_run_length(&a, &cfg, train_set.len())?;
         if let Some(at) = opts.eval_at.clone() {
             cfg.eval_at = at;
         }
@@ -3697,24 +3737,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
             descent_train::compress::set_values(model.as_ref(), &s.weights, &s.buffers)?;
             cfg.pruner = Some(s.pruner.clone());
         } else if let Some(target) = a.prune_to {
-            // A step takes `accumulate` micro-batches.
-            let per_epoch = cfg.steps_per_epoch(train_set.len());
-            let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
-            let start = *a.prune_start.get_or_insert(0);
-            if a.prune_end.is_none() && start > total {
-                bail!(
-                    "--prune-start {start}: after the run's last step ({total}), so nothing would be pruned; start the pruning by step {total}"
-                );
-            }
-            let end = *a.prune_end.get_or_insert((total * 3 / 4).max(start));
+            let (start, end) = prune_span(&a, target, run_steps(&cfg, train_set.len()))?;
+            (a.prune_start, a.prune_end) = (Some(start), Some(end));
             let frequency = *a.prune_frequency.get_or_insert(100);
-            if end > total {
-                bail!(
-                    "--prune-end {end}: after the run's last step ({total}), so the sparsity would never reach --prune-to {}; \
-                     end the pruning by step {total}",
-                    Num(target)
-                );
-            }
             a.prune_schedule.get_or_insert_with(|| "polynomial".into());
             let g = descent_train::prune::GradualPruning { initial: 0.0, target, start, end, frequency };
             let targets = descent_train::prune::prunable(model.as_ref()).into_iter().map(|(n, _)| n).collect();

@@ -51,6 +51,11 @@ fn bench_step_refuses_bad_settings() {
     assert!(e.contains("--hparams with --optimizer all"), "{e}");
     let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", "torch.adamw", "--hparams", r#"{"bogus": 1}"#]);
     assert!(e.contains("bogus"), "{e}");
+    // `all` beside names would time the default list and drop the names: refused.
+    for list in ["all,torch.adam", "torch.adam,all"] {
+        let e = run_err(&["bench", "step", "--model", "mlp", "--optimizer", list, "--steps", "1"]);
+        assert!(e.contains(&format!("--optimizer {list}")) && e.contains("give it alone"), "{e}");
+    }
     // More parameters than memory holds: refused up front, not an allocation abort.
     let e = run_err(&["bench", "step", "--optimizer", "adam", "--params", "18446744073709551615"]);
     assert!(e.contains("--params") && !e.contains("panicked"), "{e}");
@@ -246,6 +251,20 @@ fn bench_optimizers_refuses_what_it_cannot_honour() {
             assert!(e.contains(x), "{flags:?}: {e}");
         }
         assert!(e.trim().lines().count() <= 2, "{flags:?}: one or two lines: {e}");
+    }
+    // Settings that must fall within each run's steps are checked before the folder is made.
+    let dir = common::out("bench-optimizers-length");
+    let d = dir.to_str().unwrap();
+    let short =
+        ["bench", "optimizers", "--model", "mlp", "--hidden", "8", "--run", "adam", "--steps", "20", "--out", d];
+    for (extra, expected) in [
+        (&["--prune-to", "0.5", "--prune-start", "50"][..], "--prune-start 50"),
+        (&["--prune-to", "0.5", "--prune-end", "100"][..], "--prune-end 100"),
+        (&["--swa-start", "1", "--swa-lr", "1e-3"][..], "--swa-start 1"),
+    ] {
+        let e = run_err(&[&short[..], extra].concat());
+        assert!(e.contains(expected) && e.contains("--run `adam`"), "{extra:?}: {e}");
+        assert!(!dir.exists(), "{extra:?}: a refused benchmark left its folder");
     }
 }
 

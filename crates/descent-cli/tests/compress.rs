@@ -317,6 +317,14 @@ fn a_pruned_model_whose_run_was_replaced_is_refused() {
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.join("compress.json")).unwrap()).unwrap();
     let id = info["source_run_id"].as_str().expect("the source run's id is recorded").to_string();
+    // A field added to compress.json is an edit too: refused, naming it.
+    let text = std::fs::read_to_string(p.join("compress.json")).unwrap();
+    let mut edited = info.clone();
+    edited["note"] = serde_json::json!("mine");
+    std::fs::write(p.join("compress.json"), serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+    common::one_line_error(&["evaluate", ps], &["compress.json", "note"]);
+    std::fs::write(p.join("compress.json"), text).unwrap();
+    run_ok(&["evaluate", ps]);
     run_ok(&[
         "train",
         "--model",

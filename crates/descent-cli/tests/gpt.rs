@@ -194,11 +194,36 @@ fn bad_gpt_input_is_a_one_line_error() {
     assert_eq!(greedy("1e-310"), greedy("1e-3"));
     assert!(greedy("1e-310").trim_end().len() > "ROMEO".len() + 1, "{}", greedy("1e-310"));
     one_line_error(&sample(&["--top-k", "0"]), &["--top-k"]);
+    // Bytes that are not UTF-8: the error names the flag (clap's own names no argument).
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let o =
+            descent().args(["sample", &run, "--prompt"]).arg(std::ffi::OsStr::from_bytes(b"\xff")).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("--prompt") && e.contains("not UTF-8"), "{e}");
+    }
     one_line_error(&["sample", &dir.to_string_lossy()], &["no checkpoint.safetensors"]);
     // A run of another model has no language model to sample from.
     let linear = dir.join("linear").to_string_lossy().to_string();
     run_ok(&["train", "--model", "linear", "--epochs", "1", "--threads", "1", "--out", &linear]);
     one_line_error(&["sample", &linear], &["no language model", "--model gpt"]);
+    // A copy of the run whose config.json was edited after its checkpoint: refused, as evaluate
+    // and resume refuse it.
+    let edited = dir.join("edited");
+    std::fs::create_dir_all(&edited).unwrap();
+    for f in std::fs::read_dir(base_run()).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, edited.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let e = edited.to_string_lossy().to_string();
+    run_ok(&["sample", &e, "--tokens", "5"]);
+    let config = std::fs::read_to_string(edited.join("config.json")).unwrap();
+    assert!(config.contains("\"seed\": 0"), "{config}");
+    std::fs::write(edited.join("config.json"), config.replace("\"seed\": 0", "\"seed\": 7")).unwrap();
+    one_line_error(&["sample", &e, "--tokens", "5"], &["config.json was changed"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

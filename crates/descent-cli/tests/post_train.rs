@@ -187,6 +187,42 @@ fn ensemble_of_tiny_runs() {
         }
     }
     one_line_error(&["ensemble", s(&a), s(&copy)], &["the same run as", "a copy"]);
+    // So is it as a distillation's second teacher (refused before any folder is made).
+    let student = out("ens-copy-student");
+    one_line_error(
+        &[
+            "distill",
+            "--teacher",
+            s(&a),
+            "--teacher",
+            s(&copy),
+            "--student",
+            "mlp",
+            "--steps",
+            "2",
+            "--out",
+            s(&student),
+        ],
+        &["--teacher", "the same run as", "not another teacher"],
+    );
+    assert!(!student.exists());
+    // A teacher's path that config.json cannot record is refused naming the flag.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = copy.with_file_name(std::ffi::OsStr::from_bytes(b"ens-\xff\xfe"));
+        std::fs::rename(&copy, &odd).unwrap();
+        let o = common::descent()
+            .args(["distill", "--teacher"])
+            .arg(&odd)
+            .args(["--student", "mlp", "--steps", "2", "--out", s(&student)])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("--teacher") && e.contains("not a UTF-8 path"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::rename(&odd, &copy).unwrap();
+    }
     run_ok(&["train", "--model", "linear", "--steps", "3", "--threads", "1", "--out", s(&c)]);
     one_line_error(&["ensemble", s(&a), s(&c)], &["linear", "not a classifier"]);
     let d = out("ens-d");

@@ -89,6 +89,31 @@ fn a_folder_without_cases_is_an_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A case in a file named otherwise than its id, or whose id another file holds too, is reported
+/// with its file: a copy under another name does not pass as another case.
+#[test]
+fn a_case_in_two_files_is_named_by_its_files() {
+    let dir = common::out("replay-twice");
+    std::fs::create_dir_all(&dir).unwrap();
+    let case = reference().join("optim/torch.sgd.maximize.json");
+    std::fs::copy(&case, dir.join("torch.sgd.maximize.json")).unwrap();
+    std::fs::copy(&case, dir.join("torch.adam.renamed.json")).unwrap();
+    let out = descent().args(["replay", "--check"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("PASS torch.sgd.maximize [") && lines[0].contains("torch.adam.renamed.json]"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("torch.sgd.maximize.json; the id of") && lines[1].contains("renamed.json too]"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Hostile case folders: a named pipe and a link to an endless device are refused as files that
 /// are not regular (instead of blocking or filling memory), an `id` whose library contradicts its
 /// `source` and a Newton–Schulz count that would run for hours are refused by name, an exact

@@ -573,3 +573,48 @@ fn a_resume_takes_the_run_s_own_settings_by_other_names() {
     let e = common::run_err(&["train", "--resume", &d, "--steps", "60", "--swa-anneal", "linear"]);
     assert!(e.contains("--swa-anneal"), "{e}");
 }
+
+/// A run whose optimizer evaluates other weights than those it steps (schedule-free's average
+/// `x`, optax Lookahead's slow weights) is scored by `descent evaluate` at those, the figures of
+/// its own last evaluation; early stopping restores the weights its best epoch evaluated.
+#[test]
+fn evaluate_scores_the_weights_the_run_evaluated() {
+    let rows = |d: &Out| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(format!("{d}/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let figures = |row: &serde_json::Value| {
+        (
+            format!("test loss: {:.5}", row["test_loss"].as_f64().unwrap()),
+            format!("test accuracy: {:.2}%", 100.0 * row["test_accuracy"].as_f64().unwrap()),
+        )
+    };
+    let lookahead =
+        r#"{"fast_optimizer": ["adam", {"learning_rate": 0.001}], "sync_period": 7, "slow_step_size": 0.5}"#;
+    let base = ["train", "--model", "mlp", "--hidden", "16", "--threads", "1"];
+    for (tag, opt) in [
+        ("eval-sf", &["--optimizer", "optax.contrib.schedule_free_adamw", "--lr", "3e-3"][..]),
+        ("eval-sf-radam", &["--optimizer", "po.schedulefreeradam"][..]),
+        ("eval-lookahead", &["--optimizer", "optax.lookahead", "--hparams", lookahead][..]),
+    ] {
+        let d = out(tag);
+        run_ok_out(&[&base[..], opt, &["--steps", "60", "--out", &d]].concat());
+        let (loss, acc) = figures(rows(&d).last().unwrap());
+        let scored = run_ok_out(&["evaluate", &d, "--threads", "1"]);
+        assert!(scored.contains(&loss) && scored.contains(&acc), "{tag}: the run's {loss}, {acc}; evaluate: {scored}");
+    }
+    // Every later epoch is no improvement by 10: epoch 1 is restored, as it evaluated.
+    let d = out("eval-sf-early");
+    let flags = ["--batch-size", "2048", "--epochs", "3", "--patience", "1", "--min-delta", "10"];
+    let said = run_ok_out(
+        &[&base[..], &flags, &["--optimizer", "optax.contrib.schedule_free_adamw", "--lr", "3e-3", "--out", &d]]
+            .concat(),
+    );
+    assert!(said.contains("restored epoch 1"), "{said}");
+    let (loss, acc) = figures(&rows(&d)[0]);
+    let scored = run_ok_out(&["evaluate", &d, "--threads", "1"]);
+    assert!(scored.contains(&loss) && scored.contains(&acc), "epoch 1's {loss}, {acc}; evaluate: {scored}");
+}

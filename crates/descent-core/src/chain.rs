@@ -1,7 +1,7 @@
 //! optax `chain`: transformations applied in sequence, with runs of elementwise links fused into
 //! one pass (the fusion planner folds affine links, maps and clipping around one kernel).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernel::*;
 use crate::learning_rate::LearningRate;
 use crate::state::StateVisitor;
@@ -11,12 +11,14 @@ use crate::transform::{Shapes, Transform};
 /// block of each parameter goes through all of them while it is in cache.
 pub struct Chain {
     links: Vec<Box<dyn Transform>>,
+    /// The parameters' shapes given to `init`, which a direct `update` is checked against.
+    shapes: Option<Vec<Vec<usize>>>,
 }
 
 impl Chain {
     /// A `Chain` with these hyper-parameters (`links`), as described above.
     pub fn new(links: Vec<Box<dyn Transform>>) -> Self {
-        Chain { links }
+        Chain { links, shapes: None }
     }
 
     /// One fused elementwise pass covers the whole chain: every link is elementwise and only the
@@ -86,11 +88,19 @@ impl Transform for Chain {
     }
     fn init(&mut self, shapes: &Shapes, params: &[&[f32]]) -> Result<()> {
         crate::transform::check_init(shapes, params)?;
-        self.links.iter_mut().try_for_each(|l| l.init(shapes, params))
+        self.links.iter_mut().try_for_each(|l| l.init(shapes, params))?;
+        self.shapes = Some(shapes.to_vec());
+        Ok(())
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         crate::transform::check_updates(updates, params)?;
+        // Updates of other parameters than `init` was given would index the links' state out of
+        // its ranges.
+        let Some(shapes) = &self.shapes else {
+            return Err(Error::Invalid("update before init: initialize the transformation first".into()));
+        };
+        crate::transform::check_sizes("update", shapes, updates)?;
         let mut k = 0;
         while k < self.links.len() {
             if self.links[k].elementwise().is_none() {

@@ -229,9 +229,11 @@ impl Optimizer {
     /// The parameters to evaluate when they differ from the stepped ones `params`: Lookahead's
     /// slow weights, schedule-free's average `x` (optax `schedule_free_eval_params`,
     /// pytorch_optimizer's `optimizer.eval()`); `None` when `params` themselves are evaluated.
-    pub fn eval_params(&self, params: &[Vec<f32>]) -> Option<Vec<Vec<f32>>> {
+    /// An error when `params` are not the optimizer's (their number or sizes).
+    pub fn eval_params(&self, params: &[Vec<f32>]) -> Result<Option<Vec<Vec<f32>>>> {
+        check_sizes("parameter", &self.shapes, params)?;
         let views: Vec<&[f32]> = params.iter().map(|v| v.as_slice()).collect();
-        self.tx.eval_params(&views)
+        Ok(self.tx.eval_params(&views))
     }
 
     /// Bytes of optimizer state as stored, from the visited buffers: `f32` buffers count 4 bytes

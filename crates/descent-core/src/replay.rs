@@ -809,7 +809,7 @@ impl OptimCase {
             // What a case records after each step (the reference README): optax `lookahead` its slow
             // weights, every other case — schedule-free's included — the parameters stepped.
             let recorded =
-                if self.library == "optax" && self.optimizer == "lookahead" { opt.eval_params(&params) } else { None };
+                if self.library == "optax" && self.optimizer == "lookahead" { opt.eval_params(&params)? } else { None };
             out.push(recorded.unwrap_or_else(|| params.clone()));
         }
         Ok(out)

@@ -211,3 +211,28 @@ fn a_direct_update_with_mismatched_buffers_is_an_error() {
     let mut longer: Vec<Vec<f32>> = params.iter().map(|p| vec![0.1; p.len() + 1]).collect();
     assert!(tx.update(&mut longer, &views).is_err());
 }
+
+/// Parameters of other sizes than `init` was given (both the updates and the parameters), or an
+/// update before `init`: an error naming the mismatch, not an index out of the state's range.
+#[test]
+fn an_update_of_other_parameters_than_init_is_an_error() {
+    let mut tx = optax::adam(optax::Adam::default());
+    let p = [0.0f32; 4];
+    let mut u = vec![vec![0.1f32; 4]];
+    let e = tx.update(&mut u, &[&p]).unwrap_err().to_string();
+    assert!(e.contains("before init"), "{e}");
+    tx.init(&[vec![3]], &[&[0.0; 3]]).unwrap();
+    let e = tx.update(&mut u, &[&p]).unwrap_err().to_string();
+    assert!(e.contains("4 elements") && e.contains("expected 3"), "{e}");
+    let mut u3 = vec![vec![0.1f32; 3]];
+    tx.update(&mut u3, &[&[0.0; 3]]).unwrap();
+    // The optimizer's evaluated weights, of parameters that are not its own.
+    let opt = descent_core::Optimizer::new(
+        optax::adamw(optax::AdamW { mask: Some(vec![true, false]), ..Default::default() }),
+        vec![vec![2, 3], vec![3]],
+        &[&[0.0; 6], &[0.0; 3]],
+    )
+    .unwrap();
+    assert!(opt.eval_params(&[vec![0.0; 6]]).is_err());
+    assert!(opt.eval_params(&[vec![0.0; 6], vec![0.0; 3]]).unwrap().is_none());
+}

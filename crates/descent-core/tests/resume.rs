@@ -19,7 +19,7 @@ fn run(case: &OptimCase, stop_at: Option<usize>) -> Vec<Vec<f32>> {
         }
         opt.step_vecs(&mut params, g).unwrap();
     }
-    opt.eval_params(&params).unwrap_or(params)
+    opt.eval_params(&params).unwrap().unwrap_or(params)
 }
 
 #[test]

@@ -87,7 +87,9 @@ pub struct AverageConfig {
     pub kind: AverageKind,
     /// torch's `use_buffers`: average the model's buffers (batch norm's running statistics) too.
     /// Off (torch's default), the averaged model's buffers are copies of the model's at each
-    /// update, and at the end of the run [`update_bn`] recomputes them for the averaged weights.
+    /// update, and at the end of the run [`update_bn`] recomputes them for the averaged weights
+    /// (through descent's [`crate::nn::BatchNorm`]: a model with other batch norms takes
+    /// `use_buffers`).
     pub use_buffers: bool,
 }
 
@@ -354,11 +356,23 @@ thread_local! {
     /// The momentum every batch norm of this thread uses instead of its own while set
     /// ([`update_bn`]'s cumulative average).
     static BN_MOMENTUM: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    /// How many batch-norm forward passes took that momentum (whether a model's batch norms are
+    /// descent's, which honour it).
+    static BN_OVERRIDDEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The batch-norm momentum override of this thread, if any.
+/// The batch-norm momentum override of this thread, if any (read by [`crate::nn::BatchNorm`]).
 pub(crate) fn bn_momentum_override() -> Option<f64> {
-    BN_MOMENTUM.with(|c| c.get())
+    let m = BN_MOMENTUM.with(|c| c.get());
+    if m.is_some() {
+        BN_OVERRIDDEN.with(|c| c.set(c.get() + 1));
+    }
+    m
+}
+
+/// Whether a buffer is batch normalization's running statistics, by torch's names.
+fn is_running_statistic(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
 struct MomentumGuard;
@@ -368,40 +382,63 @@ impl Drop for MomentumGuard {
     }
 }
 
-/// torch's `update_bn(loader, model)`: resets every batch norm's running statistics (mean 0,
-/// variance 1) and recomputes them in one pass over `data` in batches of `batch_size` (in order),
-/// the model in training mode with momentum `None`, i.e. the cumulative average of the batches'
-/// statistics (factor `1/k` at the `k`-th batch). A model without buffers is left as it is.
-/// Returns the number of batches.
+/// torch's `update_bn(loader, model)`: resets every batch norm's running statistics (buffers
+/// named `…running_mean` to 0, `…running_var` to 1; other buffers are left alone) and recomputes
+/// them in one pass over `data` in batches of `batch_size` (in order), the model in training mode
+/// with momentum `None`, i.e. the cumulative average of the batches' statistics (factor `1/k` at
+/// the `k`-th batch). The batch norms must be [`crate::nn::BatchNorm`]s, which take that
+/// momentum: a model whose running statistics are another layer's (the functional
+/// [`crate::nn::batch_norm`], candle-nn's) is refused with its buffers as they were. A model
+/// without running statistics is left as it is. Returns the number of batches.
 pub fn update_bn(
     model: &dyn Model,
     data: &dyn crate::dataset::BatchSource,
     batch_size: usize,
     seed: u64,
 ) -> Result<usize> {
-    let buffers = model.named_buffers();
+    let buffers: Vec<(String, candle_core::Var)> =
+        model.named_buffers().into_iter().filter(|(n, _)| is_running_statistic(n)).collect();
     if buffers.is_empty() {
         return Ok(0);
     }
     if batch_size == 0 {
         return Err(Error::Param("update_bn: batch size must be at least 1".into()));
     }
-    for (n, v) in &buffers {
-        let reset = if n.ends_with("running_var") { 1.0 } else { 0.0 };
-        v.set(&v.as_tensor().ones_like()?.affine(reset, 0.0)?)?;
+    let before: Vec<candle_core::Tensor> =
+        buffers.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let recompute = || -> Result<usize> {
+        for (n, v) in &buffers {
+            let reset = if n.ends_with("running_var") { 1.0 } else { 0.0 };
+            v.set(&v.as_tensor().ones_like()?.affine(reset, 0.0)?)?;
+        }
+        let _guard = MomentumGuard;
+        // Dropout draws (none in the batch-norm models) from a generator of their own.
+        let mut rng = Rng::new(seed ^ 0x5741_5f62_6e5f_7570);
+        let (n, mut start, mut k) = (data.len(), 0, 0usize);
+        while start < n {
+            let len = batch_size.min(n - start);
+            let indices: Vec<u32> = (start as u32..(start + len) as u32).collect();
+            let (x, _) = data.batch(&indices)?;
+            k += 1;
+            BN_MOMENTUM.with(|c| c.set(Some(1.0 / k as f64)));
+            let taken = BN_OVERRIDDEN.with(|c| c.get());
+            model.forward(&x, Mode::Train, &mut rng)?;
+            if BN_OVERRIDDEN.with(|c| c.get()) == taken {
+                return Err(Error::Param(format!(
+                    "update_bn: the model's running statistics ({}, …) are not those of descent's nn::BatchNorm, \
+                     which alone recomputes them as a cumulative average",
+                    buffers[0].0
+                )));
+            }
+            start += len;
+        }
+        Ok(k)
+    };
+    let out = recompute();
+    if out.is_err() {
+        for ((_, v), b) in buffers.iter().zip(&before) {
+            v.set(b)?;
+        }
     }
-    let _guard = MomentumGuard;
-    // Dropout draws (none in the batch-norm models) from a generator of their own.
-    let mut rng = Rng::new(seed ^ 0x5741_5f62_6e5f_7570);
-    let (n, mut start, mut k) = (data.len(), 0, 0usize);
-    while start < n {
-        let len = batch_size.min(n - start);
-        let indices: Vec<u32> = (start as u32..(start + len) as u32).collect();
-        let (x, _) = data.batch(&indices)?;
-        k += 1;
-        BN_MOMENTUM.with(|c| c.set(Some(1.0 / k as f64)));
-        model.forward(&x, Mode::Train, &mut rng)?;
-        start += len;
-    }
-    Ok(k)
+    out
 }

@@ -743,6 +743,25 @@ impl Checkpoint {
         set_model(["weights", "buffer"], &self.weights, &self.buffers, model)
     }
 
+    /// [`Checkpoint::apply_weights`], then, where the run's optimizer keeps the weights it
+    /// evaluates apart from those it steps (schedule-free's average `x`, Lookahead's slow
+    /// weights), those: computed from the checkpoint's optimizer state by the optimizer of `cfg`
+    /// (the run's config), as the run computed them at its evaluations. The weights `evaluate`,
+    /// an ensemble, a teacher or a pruning of the run take. A checkpoint of early stopping (no
+    /// optimizer state) holds the weights its best epoch evaluated already.
+    pub fn apply_evaluated_weights(&self, model: &dyn Model, cfg: &crate::train::TrainConfig) -> Result<()> {
+        self.apply_weights(model)?;
+        if self.optimizer == StateDict::default() {
+            return Ok(());
+        }
+        let mut opt = VarOptimizer::for_vars(model.named_vars(), &crate::train::optimizer_config(cfg))?;
+        opt.load_state_dict(&self.optimizer).map_err(|e| {
+            Error::Param(format!("the checkpoint's optimizer state does not fit the run's optimizer: {e}"))
+        })?;
+        opt.apply_eval_weights()?;
+        Ok(())
+    }
+
     /// [`Checkpoint::apply`] to named variables instead of a descent [`Model`] (no buffers: a
     /// checkpoint holding some is refused).
     pub fn apply_vars(&self, vars: &[(String, Var)], opt: &mut VarOptimizer) -> Result<()> {

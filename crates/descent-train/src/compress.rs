@@ -29,8 +29,9 @@ pub const MODEL_INT8: &str = "model.int8.safetensors";
 /// The smaller dense model of a structured pruning.
 pub const COMPACT: &str = "compact.safetensors";
 
-/// `compress.json`.
+/// `compress.json` (a field it does not hold is refused: an edited record, as a changed one is).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompressInfo {
     /// `pruned` or `int8`.
     pub kind: String,

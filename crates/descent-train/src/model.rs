@@ -112,8 +112,10 @@ impl Linear {
     }
 }
 
-/// Inverted dropout with a mask drawn from the seeded generator (candle's own RNG is not seedable).
+/// Inverted dropout with a mask drawn from the seeded generator (candle's own RNG is not seedable);
+/// `p` in `[0, 1]`.
 pub fn dropout(x: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+    crate::nn::dropout::check_probability(p)?;
     if p <= 0.0 {
         return Ok(x.clone());
     }
@@ -190,6 +192,7 @@ impl Mlp {
         if hidden == 0 {
             return Err(Error::Param("mlp: at least one hidden unit".into()));
         }
+        crate::nn::dropout::check_probability(dropout)?;
         Ok(Mlp {
             fc1: Linear::new(784, hidden, init, rng, dev)?,
             fc2: Linear::new(hidden, 10, init, rng, dev)?,

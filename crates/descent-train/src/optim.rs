@@ -815,24 +815,40 @@ impl VarOptimizer {
     /// puts the training weights back exactly afterwards, also when `evaluate` fails. With any
     /// other optimizer, `evaluate` runs on the variables as they are.
     pub fn with_eval_weights<T>(&mut self, evaluate: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some((train, eval)) = self.eval_values()? else { return evaluate() };
+        self.set_values(eval)?;
+        let out = evaluate();
+        self.set_values(train)?;
+        out
+    }
+
+    /// Moves the variables to the weights the optimizer evaluates, where it keeps them apart from
+    /// those it steps (as [`VarOptimizer::with_eval_weights`], for good: a run's model as its
+    /// evaluations saw it); returns whether they moved. The optimizer is not to be stepped after.
+    pub fn apply_eval_weights(&mut self) -> Result<bool> {
+        let Some((_, eval)) = self.eval_values()? else { return Ok(false) };
+        self.set_values(eval)?;
+        Ok(true)
+    }
+
+    /// The variables' values and the weights to evaluate, where the optimizer keeps those apart.
+    #[allow(clippy::type_complexity)]
+    fn eval_values(&self) -> Result<Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>> {
         // A sharded optimizer evaluates the stepped weights (others are refused when built).
-        let Engine::Gradient(opt) = &self.opt else { return evaluate() };
+        let Engine::Gradient(opt) = &self.opt else { return Ok(None) };
         let train: Vec<Vec<f32>> = self
             .vars
             .iter()
             .map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>())
             .collect::<candle_core::Result<_>>()?;
-        let Some(eval) = opt.eval_params(&train) else { return evaluate() };
-        let set = |values: Vec<Vec<f32>>| -> Result<()> {
-            for (v, w) in self.vars.iter().zip(values) {
-                v.set(&Tensor::from_vec(w, v.dims(), v.device())?)?;
-            }
-            Ok(())
-        };
-        set(eval)?;
-        let out = evaluate();
-        set(train)?;
-        out
+        Ok(opt.eval_params(&train)?.map(|eval| (train, eval)))
+    }
+
+    fn set_values(&self, values: Vec<Vec<f32>>) -> Result<()> {
+        for (v, w) in self.vars.iter().zip(values) {
+            v.set(&Tensor::from_vec(w, v.dims(), v.device())?)?;
+        }
+        Ok(())
     }
 
     /// The named variables, in optimizer order.

@@ -169,6 +169,7 @@ impl QatModel {
     /// The `mlp` or `lenet` `inner` (any width) for quantization-aware training; `dropout` is the
     /// MLP's (0 for LeNet-5).
     pub fn new(model_name: &str, inner: Box<dyn Model>, dropout: f32) -> Result<QatModel> {
+        crate::nn::dropout::check_probability(dropout)?;
         let specs = layers_of(model_name).map_err(|_| {
             Error::Param(format!("quantization-aware training handles mlp and lenet, not `{model_name}`"))
         })?;

@@ -1421,7 +1421,9 @@ pub fn train_with(
         let whole = cut.is_none();
         // The best epoch is known before the epoch's checkpoint, which records it.
         if whole && cfg.patience.is_some() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta) {
-            best = Some(BestEpoch::capture(model, m.test_loss, epoch, steps)?);
+            // The weights this epoch evaluated (schedule-free's `x`, Lookahead's slow weights),
+            // which early stopping restores.
+            best = Some(opt.with_eval_weights(|| BestEpoch::capture(model, m.test_loss, epoch, steps))?);
         }
         let reached = whole && cfg.target_accuracy.is_some_and(|t| m.test_accuracy.is_some_and(|a| a >= t));
         let converged = match (cfg.min_loss_change, last_epoch_train_loss) {

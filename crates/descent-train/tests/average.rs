@@ -217,6 +217,74 @@ fn images(n: usize, seed: u64) -> Dataset {
     }
 }
 
+/// A user's model: a descent batch norm, or the functional one with buffers of its own, beside a
+/// buffer that is not a running statistic (a fixed input scale).
+struct UserNet {
+    bn: descent_train::nn::BatchNorm,
+    scale: Var,
+    functional: bool,
+}
+
+impl Model for UserNet {
+    fn forward(&self, x: &Tensor, mode: descent_train::model::Mode, _: &mut Rng) -> descent_train::Result<Tensor> {
+        let x = x.broadcast_mul(self.scale.as_tensor())?;
+        if !self.functional {
+            return self.bn.forward(&x, mode);
+        }
+        let options = descent_train::nn::BatchNormOptions {
+            training: mode == descent_train::model::Mode::Train,
+            ..Default::default()
+        };
+        let (w, b) = (self.bn.weight.as_tensor(), self.bn.bias.as_tensor());
+        descent_train::nn::batch_norm(&x, &self.bn.running_mean, &self.bn.running_var, w, b, options)
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        vec![("bn.weight".into(), self.bn.weight.clone()), ("bn.bias".into(), self.bn.bias.clone())]
+    }
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        let mut b: Vec<(String, Var)> =
+            self.bn.named_buffers().into_iter().map(|(n, v)| (format!("bn.{n}"), v)).collect();
+        b.push(("scale".into(), self.scale.clone()));
+        b
+    }
+}
+
+/// update_bn recomputes running statistics only (a user's other buffer stays as it was, as
+/// torch's touches only its `_BatchNorm` modules), and only through descent's batch norm: a model
+/// whose statistics are another layer's (which would not take the cumulative average) is refused
+/// with its buffers as they were.
+#[test]
+fn update_bn_leaves_other_buffers_and_refuses_batch_norms_it_cannot_drive() {
+    let data = images(16, 5);
+    for functional in [false, true] {
+        let net = UserNet {
+            bn: descent_train::nn::BatchNorm::new(1, &Device::Cpu).unwrap(),
+            scale: Var::from_vec(vec![0.5f32], 1, &Device::Cpu).unwrap(),
+            functional,
+        };
+        set(&net.bn.running_mean, &[0.25]);
+        let before: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
+        let out = update_bn(&net, &data, 16, 0);
+        assert_eq!(values(&net.scale), [0.5], "functional {functional}: the scale buffer was reset");
+        if functional {
+            let e = out.expect_err("refused").to_string();
+            assert!(e.contains("bn.running_mean") && e.contains("nn::BatchNorm"), "{e}");
+            let after: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
+            assert_eq!(after, before, "a refused update_bn changed the buffers");
+        } else {
+            assert_eq!(out.unwrap(), 1);
+            // One batch: its own mean, of the scaled images.
+            let x = data.x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mean = x.iter().map(|v| v * 0.5).sum::<f32>() / x.len() as f32;
+            assert!(
+                (values(&net.bn.running_mean)[0] - mean).abs() < 1e-5,
+                "{:?} vs {mean}",
+                values(&net.bn.running_mean)
+            );
+        }
+    }
+}
+
 /// update_bn resets the running statistics and recomputes them as the cumulative average of the
 /// batches' statistics: one batch gives that batch's statistics, two the mean of both.
 #[test]

@@ -91,3 +91,23 @@ fn average_pooling_refuses_what_torch_refuses() {
     assert_eq!(ceil.forward(&x).unwrap().dims(), [1, 2, 3, 3]);
     assert_eq!(AvgPool2d::new(2, 2).forward(&x).unwrap().dims(), [1, 2, 2, 2]);
 }
+
+/// A dropout probability outside [0, 1] (or NaN) is refused on every path, as torch's `Dropout`
+/// refuses it (it made a dead layer: every unit dropped).
+#[test]
+fn a_dropout_probability_outside_0_1_is_refused() {
+    let (mut rng, dev) = (Rng::new(0), Device::Cpu);
+    let x = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
+    for p in [1.5f32, -0.1, f32::NAN] {
+        let e = descent_train::model::dropout(&x, p, &mut rng).expect_err("refused").to_string();
+        assert!(e.contains("dropout") && e.contains("[0, 1]"), "{p}: {e}");
+        assert!(descent_train::model::Mlp::with_hidden(8, Init::TorchDefault, p, &mut rng, &dev).is_err(), "{p}");
+        assert!(descent_train::nn::dropout::Dropout::new(p).is_err(), "{p}");
+    }
+    for p in [0.0f32, 0.5, 1.0] {
+        descent_train::model::dropout(&x, p, &mut rng).unwrap();
+    }
+    let all =
+        descent_train::model::dropout(&x, 1.0, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(all.iter().all(|&v| v == 0.0), "{all:?}");
+}

@@ -18,9 +18,7 @@ pub struct Dropout {
 impl Dropout {
     /// `p` must lie in `[0, 1]`.
     pub fn new(p: f32) -> Result<Self> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(Error::Param(format!("dropout: probability {p} is not in [0, 1]")));
-        }
+        check_probability(p)?;
         Ok(Dropout { p })
     }
     /// In [`Mode::Train`], `x` with each element zeroed with probability `p` and the others scaled by `1/(1 − p)`; `x` itself in [`Mode::Eval`].
@@ -30,4 +28,12 @@ impl Dropout {
             Mode::Eval => Ok(x.clone()),
         }
     }
+}
+
+/// A dropout probability, as torch's `Dropout` checks it: in `[0, 1]` (not NaN).
+pub(crate) fn check_probability(p: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::Param(format!("dropout: probability {p} is not in [0, 1]")));
+    }
+    Ok(())
 }

@@ -90,7 +90,7 @@ fn build_checked(
         )));
     }
     let values: Vec<Vec<f32>> = init.iter().map(|v| v.to_vec()).collect();
-    if opt.eval_params(&values).is_some() {
+    if opt.eval_params(&values)?.is_some() {
         return Err(Error::Param(format!(
             "{FLAG}: `{full}` evaluates other weights than it steps (schedule-free's average, Lookahead's slow weights), which a sharded optimizer does not gather; run it without {FLAG}"
         )));

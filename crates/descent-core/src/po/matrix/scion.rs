@@ -241,11 +241,10 @@ impl LmoNorm {
     }
 }
 
-/// `SCION`'s arguments, with the library's defaults.
+/// `SCION`'s arguments besides its learning rate (given to [`Scion::new`]), with the library's
+/// defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct ScionConfig {
-    /// Learning rate.
-    pub lr: f64,
     /// Weight of the new gradient in the momentum average (`1 −` the usual momentum), in (0, 1].
     pub momentum: f64,
     /// Conditional-gradient updates: `p ← (1 − lr)·p − lr·scale·lmo(d)`, no weight decay.
@@ -265,7 +264,6 @@ pub struct ScionConfig {
 impl Default for ScionConfig {
     fn default() -> Self {
         ScionConfig {
-            lr: 1e-3,
             momentum: 0.1,
             constraint: false,
             norm: LmoNorm::Auto,
@@ -300,13 +298,13 @@ impl Scion {
     /// From the library's keyword arguments.
     pub fn from_kwargs(k: &mut Kwargs) -> Result<Self> {
         let d = ScionConfig::default();
-        let lr = k.lr("lr", Some(d.lr))?;
+        // The library's default rate.
+        let lr = k.lr("lr", Some(1e-3))?;
         let momentum = k.f64("momentum", d.momentum)?;
         let constraint = k.bool("constraint", d.constraint)?;
         let norm_type = k.present("norm_type")?.cloned().unwrap_or(Value::from(1));
         let norm = LmoNorm::parse(&norm_type, k.value("norm_kwargs"))?;
         let cfg = ScionConfig {
-            lr: lr.constant().unwrap_or(d.lr),
             momentum,
             constraint,
             norm,
