@@ -46,7 +46,7 @@ pub struct SampleArgs {
 }
 
 /// The model and vocabulary of a run folder's checkpoint, verified: its checksum and finite
-/// values ([`Checkpoint::load`]), a model configuration and vocabulary that agree, and exactly
+/// values ([`descent_train::checkpoint::Checkpoint::load`]), a model configuration and vocabulary that agree, and exactly
 /// the tensors of that model with their shapes.
 pub fn load_model(run_dir: &std::path::Path) -> Result<(Gpt, CharVocab)> {
     let path = run_dir.join(folder::run::CHECKPOINT);
