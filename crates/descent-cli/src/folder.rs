@@ -677,27 +677,9 @@ pub fn distinct(flag: &str, dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Writes a whole file atomically: a temporary file beside it, synced, renamed over it.
+/// Writes a whole file atomically ([`descent_train::checkpoint::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // The rename itself is made durable by syncing the folder (best effort).
-            if let Ok(d) = File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::Error::new(e).context(format!("writing {}", path.display()))
-    })
+    Ok(descent_train::checkpoint::write_atomic(path, bytes)?)
 }
 
 /// Appends `text` (whole lines) to `path` in one write; with `sync`, flushed to disk before

@@ -20,7 +20,6 @@ mod sample;
 mod search_space;
 mod show;
 mod sweep;
-mod tensorboard;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -1397,7 +1397,7 @@ struct CliHooks<'a> {
     loss_sum: f64,
     seen: usize,
     steps: StepWriter,
-    tensorboard: Option<crate::tensorboard::Scalars>,
+    tensorboard: Option<descent_train::tensorboard::Scalars>,
     state_bytes: usize,
     /// The first error of a per-step write, raised at the epoch's end.
     error: Option<String>,
@@ -1432,7 +1432,7 @@ struct FolderStart {
 }
 
 impl FolderStart {
-    fn apply(self, run_dir: &RunDir) -> Result<Option<crate::tensorboard::Scalars>> {
+    fn apply(self, run_dir: &RunDir) -> Result<Option<descent_train::tensorboard::Scalars>> {
         if let Some((epochs, steps)) = self.cut_back_to {
             // What a killed command left half-written goes first.
             folder::remove_leftovers(&run_dir.dir)?;
@@ -1440,7 +1440,7 @@ impl FolderStart {
             for warning in warnings {
                 eprintln!("warning: {warning}");
             }
-            crate::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), steps, cut_row)?;
+            descent_train::tensorboard::Scalars::cut_back(&run_dir.dir.join(folder::run::TENSORBOARD), steps, cut_row)?;
             run_dir.cut_row.set(cut_row.then_some(epochs + 1));
         }
         folder::write_atomic(&run_dir.dir.join(folder::run::CONFIG_JSON), self.config_json.as_bytes())?;
@@ -1455,7 +1455,7 @@ impl FolderStart {
         }
         run_dir.start_csvs()?;
         Ok(if self.tensorboard {
-            Some(crate::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
+            Some(descent_train::tensorboard::Scalars::create(&run_dir.dir.join(folder::run::TENSORBOARD))?)
         } else {
             None
         })

@@ -618,3 +618,33 @@ fn evaluate_scores_the_weights_the_run_evaluated() {
     let scored = run_ok_out(&["evaluate", &d, "--threads", "1"]);
     assert!(scored.contains(&loss) && scored.contains(&acc), "epoch 1's {loss}, {acc}; evaluate: {scored}");
 }
+
+/// Whether an optimizer takes a rate of its own is asked with its per-parameter lists fitting:
+/// a chain with a masked link trains on its links' rates and refuses `--lr`; SWA, which anneals
+/// the run's own rate, is refused for it; pruning is refused with an optimizer whose evaluated
+/// weights the masks would not reach. Each before any folder is made.
+#[test]
+fn compositions_with_per_parameter_lists_and_what_they_cannot_do() {
+    let chain = r#"{"links": [["optax.scale_by_adam", {}], ["optax.add_decayed_weights", {"weight_decay": 1e-4, "mask": [true, false, true, false]}], ["optax.scale_by_learning_rate", {"learning_rate": 0.01}]]}"#;
+    let d = out("masked-chain");
+    let base = ["train", "--model", "mlp", "--optimizer", "optax.chain", "--hparams", chain, "--threads", "1"];
+    let said = run_ok_out(&[&base[..], &["--steps", "3", "--out", &d]].concat());
+    assert!(said.contains("test accuracy"), "{said}");
+    let e = out("masked-chain-refused");
+    for (extra, needles) in [
+        (&["--steps", "3", "--lr", "0.5"][..], &["--lr 0.5", "no learning rate of its own"][..]),
+        (
+            &["--epochs", "2", "--steps", "1900", "--swa-start", "1", "--swa-lr", "0.005"][..],
+            &["SWA", "none of its own"][..],
+        ),
+    ] {
+        common::one_line_error(&[&base[..], extra, &["--out", &e]].concat(), needles);
+        assert!(!std::path::Path::new(&*e).exists(), "{extra:?}: a refused run left its folder");
+    }
+    let sf = ["train", "--model", "mlp", "--optimizer", "schedule_free_adamw", "--steps", "30", "--threads", "1"];
+    common::one_line_error(
+        &[&sf[..], &["--prune-to", "0.5", "--prune-end", "20", "--prune-frequency", "10", "--out", &e]].concat(),
+        &["pruning", "schedule_free_adamw", "evaluates others"],
+    );
+    assert!(!std::path::Path::new(&*e).exists());
+}

@@ -407,16 +407,42 @@ pub fn lr_key(library: &str) -> &'static str {
 }
 
 /// Whether the optimizer takes a learning-rate argument ([`lr_key`]) beside `hparams`: false for
-/// the compositions that have none of their own (`optax.chain`, `optax.apply_every`,
-/// `optax.multisteps`, …), which refuse it as an unknown keyword. Tried on one parameter of one
-/// element: where `hparams` hold per-parameter lists, [`takes_learning_rate_for`] the real shapes.
+/// the compositions that have none of their own (`optax.chain`, `optax.masked`, `optax.partition`,
+/// `optax.apply_every`, `optax.multisteps`, …), which refuse it as an unknown keyword. Tried on
+/// parameters of one element: one, and as many as each list in `hparams` holds, so that a
+/// per-parameter mask or labels fit and the build gets as far as the keyword.
 pub fn takes_learning_rate(library: &str, name: &str, hparams: &Value) -> bool {
-    takes_learning_rate_for(library, name, hparams, &[vec![1]])
+    let mut counts = vec![1];
+    list_lengths(hparams, &mut counts);
+    counts.sort_unstable();
+    counts.dedup();
+    counts.into_iter().find_map(|n| rate_keyword_answer(library, name, hparams, &vec![vec![1]; n])).unwrap_or(true)
 }
 
-/// [`takes_learning_rate`] for parameters of these shapes (so that per-parameter masks and labels
-/// fit, and the build gets as far as the unknown keyword).
+/// [`takes_learning_rate`] for parameters of these shapes.
 pub fn takes_learning_rate_for(library: &str, name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> bool {
+    rate_keyword_answer(library, name, hparams, shapes).unwrap_or(true)
+}
+
+/// The lengths of the lists anywhere in `v` (per-parameter masks and labels among them), into
+/// `out`.
+fn list_lengths(v: &Value, out: &mut Vec<usize>) {
+    match v {
+        Value::Array(a) => {
+            if !a.is_empty() {
+                out.push(a.len());
+            }
+            a.iter().for_each(|x| list_lengths(x, out));
+        }
+        Value::Object(m) => m.values().for_each(|x| list_lengths(x, out)),
+        _ => {}
+    }
+}
+
+/// Whether the build with a learning rate added to `hparams` takes it (it builds) or refuses it
+/// as an unknown keyword; `None` when it fails for another reason before telling (a list that does
+/// not fit these shapes, another argument).
+fn rate_keyword_answer(library: &str, name: &str, hparams: &Value, shapes: &[Vec<usize>]) -> Option<bool> {
     let key = lr_key(library);
     let mut h = match hparams {
         Value::Object(m) => m.clone(),
@@ -424,8 +450,11 @@ pub fn takes_learning_rate_for(library: &str, name: &str, hparams: &Value, shape
     };
     h.insert(key.into(), Value::from(1e-3));
     match build_optimizer(library, name, &Value::Object(h), None, shapes) {
-        Err(Error::Unknown { kind: "keyword argument", name, .. }) => !name.starts_with(&format!("{key}`")),
-        _ => true,
+        Ok(_) => Some(true),
+        Err(Error::Unknown { kind: "keyword argument", name, .. }) if name.starts_with(&format!("{key}`")) => {
+            Some(false)
+        }
+        Err(_) => None,
     }
 }
 

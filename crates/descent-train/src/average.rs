@@ -382,6 +382,41 @@ impl Drop for MomentumGuard {
     }
 }
 
+/// Whether [`update_bn`] can recompute `model`'s running statistics, asked before a run that will
+/// need it at its end: one forward pass in training mode over the first samples of `data` with
+/// the cumulative momentum set, the buffers put back exactly afterwards. Refused as `update_bn`
+/// refuses (no batch norm took the momentum); nothing to check without running statistics.
+pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource) -> Result<()> {
+    let buffers: Vec<(String, candle_core::Var)> =
+        model.named_buffers().into_iter().filter(|(n, _)| is_running_statistic(n)).collect();
+    if buffers.is_empty() || data.is_empty() {
+        return Ok(());
+    }
+    let before: Vec<candle_core::Tensor> =
+        buffers.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let probe = || -> Result<bool> {
+        let _guard = MomentumGuard;
+        BN_MOMENTUM.with(|c| c.set(Some(1.0)));
+        let taken = BN_OVERRIDDEN.with(|c| c.get());
+        let indices: Vec<u32> = (0..data.len().min(2) as u32).collect();
+        let (x, _) = data.batch(&indices)?;
+        model.forward(&x, Mode::Train, &mut Rng::new(0))?;
+        Ok(BN_OVERRIDDEN.with(|c| c.get()) > taken)
+    };
+    let taken = probe();
+    for ((_, v), b) in buffers.iter().zip(&before) {
+        v.set(b)?;
+    }
+    if !taken? {
+        return Err(Error::Param(format!(
+            "the model's running statistics ({}, …) are not those of descent's nn::BatchNorm, so update_bn cannot \
+             recompute them for the averaged weights at the run's end: average them too (use_buffers)",
+            buffers[0].0
+        )));
+    }
+    Ok(())
+}
+
 /// torch's `update_bn(loader, model)`: resets every batch norm's running statistics (buffers
 /// named `…running_mean` to 0, `…running_var` to 1; other buffers are left alone) and recomputes
 /// them in one pass over `data` in batches of `batch_size` (in order), the model in training mode

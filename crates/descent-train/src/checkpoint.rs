@@ -309,6 +309,31 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Writes a whole file atomically: a temporary file beside it (`.NAME.tmpPID`), synced, renamed
+/// over `path`, and the folder synced (best effort) so that the rename lasts; on a failure the
+/// temporary file is removed and `path` is as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(path, format!("writing: {e}"))
+    })
+}
+
 /// A tensor to store: name, dtype, shape, little-endian bytes.
 pub(crate) type Part = (String, Dtype, Vec<usize>, Vec<u8>);
 
@@ -748,13 +773,17 @@ impl Checkpoint {
     /// weights), those: computed from the checkpoint's optimizer state by the optimizer of `cfg`
     /// (the run's config), as the run computed them at its evaluations. The weights `evaluate`,
     /// an ensemble, a teacher or a pruning of the run take. A checkpoint of early stopping (no
-    /// optimizer state) holds the weights its best epoch evaluated already.
+    /// optimizer state) holds the weights its best epoch evaluated already (those written before
+    /// descent kept them, its stepped weights).
     pub fn apply_evaluated_weights(&self, model: &dyn Model, cfg: &crate::train::TrainConfig) -> Result<()> {
         self.apply_weights(model)?;
         if self.optimizer == StateDict::default() {
             return Ok(());
         }
         let mut opt = VarOptimizer::for_vars(model.named_vars(), &crate::train::optimizer_config(cfg))?;
+        if !opt.evaluates_other_weights()? {
+            return Ok(());
+        }
         opt.load_state_dict(&self.optimizer).map_err(|e| {
             Error::Param(format!("the checkpoint's optimizer state does not fit the run's optimizer: {e}"))
         })?;

@@ -36,6 +36,7 @@ pub mod qat;
 pub mod quant;
 pub mod resnet;
 pub mod rng;
+pub mod tensorboard;
 pub mod text;
 pub mod train;
 

@@ -776,6 +776,13 @@ impl VarOptimizer {
                 }
                 (built, _) => built?,
             };
+            if let (Some(lr), Some(given)) = (cfg.lr, cfg.hparams.get(key).filter(|v| !v.is_null())) {
+                if given.as_f64() != Some(lr) {
+                    return Err(Error::Param(format!(
+                        "`{full}`: lr {lr} and its argument `{key}` = {given} are the same setting; give one"
+                    )));
+                }
+            }
             if let Some(lr) = cfg.lr {
                 // As `param_group["lr"] = lr`: every rate the optimizer holds (SAM's are its base's).
                 closure.set_learning_rate(lr).map_err(|e| Error::Param(format!("`{full}`: {e}")))?;
@@ -831,6 +838,12 @@ impl VarOptimizer {
         Ok(true)
     }
 
+    /// Whether the optimizer evaluates other weights than those it steps (schedule-free, Lookahead):
+    /// [`VarOptimizer::with_eval_weights`] swaps weights in for evaluations.
+    pub fn evaluates_other_weights(&self) -> Result<bool> {
+        Ok(self.eval_values()?.is_some())
+    }
+
     /// The variables' values and the weights to evaluate, where the optimizer keeps those apart.
     #[allow(clippy::type_complexity)]
     fn eval_values(&self) -> Result<Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>> {
@@ -884,6 +897,9 @@ impl VarOptimizer {
     /// included; refuses a mismatched one whole.
     pub fn load_state_dict(&mut self, dict: &StateDict) -> Result<()> {
         let scale = dict.scalars.get(SCALE_KEY).copied();
+        // A state saved before the rates were saved with it (no `optimizer.lr.K`) leaves the
+        // rates, and so the multiplier, as they are.
+        let with_rates = dict.scalars.keys().any(|k| k.starts_with("optimizer.lr."));
         if let Some(x) = scale {
             if !x.is_finite() || x < 0.0 || !self.has_scalable_lr() {
                 return Err(descent_core::Error::State(format!(
@@ -899,7 +915,9 @@ impl VarOptimizer {
             return Ok(());
         }
         self.load_engine_state(dict)?;
-        self.scale = 1.0;
+        if with_rates {
+            self.scale = 1.0;
+        }
         Ok(())
     }
 

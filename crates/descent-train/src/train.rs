@@ -19,12 +19,31 @@ use crate::precision::{Autocast, Precision};
 use crate::rng::Rng;
 
 /// The loss a workload trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Loss {
     /// Classification: logits against class indices; accuracy is reported.
     CrossEntropy,
     /// Regression.
     Mse,
+    /// A loss of your own (binary cross-entropy, a focal or a sequence loss): the model's output
+    /// and the batch's targets to a scalar, the mean over the batch's samples as the built-in
+    /// losses are (the loop weights each batch's loss by its size: a short last batch, the ranks'
+    /// shares, accumulated micro-batches). Every feature of the loop applies; the evaluation
+    /// reports the loss, no accuracy.
+    Custom(LossFn),
+}
+
+/// A loss of your own, for [`Loss::Custom`]: `(output, targets)` to a scalar tensor.
+pub type LossFn = fn(&Tensor, &Tensor) -> Result<Tensor>;
+
+impl PartialEq for Loss {
+    fn eq(&self, other: &Loss) -> bool {
+        match (self, other) {
+            (Loss::CrossEntropy, Loss::CrossEntropy) | (Loss::Mse, Loss::Mse) => true,
+            (Loss::Custom(a), Loss::Custom(b)) => std::ptr::fn_addr_eq(*a, *b),
+            _ => false,
+        }
+    }
 }
 
 /// Optimizer steps in an epoch of `samples`, batches of `batch_size` accumulated `accumulate` at a
@@ -550,11 +569,31 @@ pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicato
     } else {
         VarOptimizer::for_vars(model.named_vars(), &config)?
     };
+    // Pruning masks the weights the optimizer steps; evaluated weights kept apart (schedule-free's
+    // average, Lookahead's slow weights) would stay dense, and the model evaluated, saved and read
+    // afterwards with them.
+    if cfg.pruner.is_some() && opt.evaluates_other_weights()? {
+        return Err(Error::Param(format!(
+            "pruning masks the weights `{}` steps, and it evaluates others (schedule-free's average, Lookahead's \
+             slow weights), which the masks would not reach: prune with another optimizer",
+            cfg.optimizer
+        )));
+    }
     if let Some(AverageConfig { kind: AverageKind::Swa { .. }, .. }) = cfg.average {
-        if !cfg.lr.is_some_and(|l| l > 0.0 && l.is_finite()) {
-            return Err(Error::Param(
-                "SWA anneals the learning rate towards swa_lr: the run needs a learning rate above 0".into(),
-            ));
+        match cfg.lr {
+            None => {
+                return Err(Error::Param(format!(
+                    "SWA anneals the run's learning rate towards swa_lr, and `{}` has none of its own (its links \
+                     hold their rates): average with EMA, or train with an optimizer that has a learning rate",
+                    cfg.optimizer
+                )))
+            }
+            Some(l) if !(l > 0.0 && l.is_finite()) => {
+                return Err(Error::Param(
+                    "SWA anneals the learning rate towards swa_lr: the run needs a learning rate above 0".into(),
+                ))
+            }
+            Some(_) => {}
         }
         if !opt.has_scalable_lr() {
             return Err(Error::Param(format!(
@@ -679,6 +718,16 @@ fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
     match loss {
         Loss::CrossEntropy => cross_entropy(out, y),
         Loss::Mse => mse(out, y),
+        Loss::Custom(f) => {
+            let l = f(out, y)?;
+            if l.elem_count() != 1 {
+                return Err(Error::Param(format!(
+                    "the custom loss gave a tensor of shape {:?}: it must give one value (the batch's mean)",
+                    l.dims()
+                )));
+            }
+            Ok(l.reshape(())?.to_dtype(candle_core::DType::F32)?)
+        }
     }
 }
 
@@ -1170,6 +1219,11 @@ pub fn train_with(
         crate::checkpoint::f32_var(&name, &b)?;
     }
     let mut opt = optimizer_on(model, cfg, comm)?;
+    // An average without its own buffers recomputes the running statistics at the run's end:
+    // asked now, not after the whole run.
+    if cfg.average.as_ref().is_some_and(|a| !a.use_buffers) {
+        crate::average::check_update_bn(model, train)?;
+    }
     let mut par = Parallel::new(comm, cfg, &opt)?;
     if distill.is_some() && par.active(cfg) {
         return Err(Error::Param(

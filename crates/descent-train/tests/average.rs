@@ -264,8 +264,14 @@ fn update_bn_leaves_other_buffers_and_refuses_batch_norms_it_cannot_drive() {
         };
         set(&net.bn.running_mean, &[0.25]);
         let before: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
+        descent_train::average::check_update_bn(&net, &data).ok();
+        let probed: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
+        assert_eq!(probed, before, "functional {functional}: the check changed the buffers");
         let out = update_bn(&net, &data, 16, 0);
         assert_eq!(values(&net.scale), [0.5], "functional {functional}: the scale buffer was reset");
+        // Asked before a run that would need it at its end, the buffers left as they were.
+        let ask = descent_train::average::check_update_bn(&net, &data);
+        assert_eq!(ask.is_err(), functional, "{ask:?}");
         if functional {
             let e = out.expect_err("refused").to_string();
             assert!(e.contains("bn.running_mean") && e.contains("nn::BatchNorm"), "{e}");

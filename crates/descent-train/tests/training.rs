@@ -474,3 +474,35 @@ fn a_non_finite_step_is_skipped_when_asked() {
     let closure = OptimizerConfig { optimizer: "lbfgs".into(), non_finite: NonFinite::Skip, ..Default::default() };
     assert!(VarOptimizer::for_vars(vec![("w".into(), w.clone())], &closure).is_err());
 }
+
+/// Mean absolute error, a loss the loop does not have.
+fn mae(out: &candle_core::Tensor, y: &candle_core::Tensor) -> descent_train::Result<candle_core::Tensor> {
+    Ok(out.broadcast_sub(y)?.abs()?.mean_all()?)
+}
+
+/// A loss of the user's own trains through the loop (here the mean absolute error, whose
+/// minimum is the same slope): the run learns, the evaluation reports that loss over the test
+/// set and no accuracy; a loss that gives more than one value is refused naming its shape.
+#[test]
+fn a_custom_loss_trains_through_the_loop() {
+    let (tr, te, model) = regression(5);
+    let c = TrainConfig { loss: Loss::Custom(mae), ..cfg("adam", 0.05, 10, 32) };
+    let (h, _) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert!((slope(&model) - 2.0).abs() < 0.1, "slope {}", slope(&model));
+    let last = h.last().unwrap();
+    assert_eq!(last.test_accuracy, None);
+    let (x, y) = te.range(0, te.len()).unwrap();
+    let want = mae(&model.forward(&x, descent_train::model::Mode::Eval, &mut Rng::new(0)).unwrap(), &y).unwrap();
+    let want = want.to_scalar::<f32>().unwrap() as f64;
+    assert!((last.test_loss - want).abs() <= 1e-6 * want.max(1.0), "{} vs {want}", last.test_loss);
+    assert_eq!(Loss::Custom(mae), Loss::Custom(mae));
+    assert_ne!(Loss::Custom(mae), Loss::Mse);
+
+    fn per_sample(out: &candle_core::Tensor, y: &candle_core::Tensor) -> descent_train::Result<candle_core::Tensor> {
+        Ok(out.broadcast_sub(y)?.abs()?)
+    }
+    let (tr, te, model) = regression(6);
+    let c = TrainConfig { loss: Loss::Custom(per_sample), ..cfg("adam", 0.05, 1, 32) };
+    let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("custom loss") && e.contains("[32, 1]"), "{e}");
+}

@@ -237,7 +237,11 @@ fn a_rate_the_optimizer_cannot_take_is_refused() {
     let err = VarOptimizer::for_vars(vars.clone(), &cfg).err().unwrap().to_string();
     assert!(err.contains("same setting"), "{err}");
     let same = OptimizerConfig { hparams: json!({"lr": 3e-4}), ..cfg };
-    VarOptimizer::for_vars(vars, &same).unwrap();
+    VarOptimizer::for_vars(vars.clone(), &same).unwrap();
+    // So for an optimizer that evaluates the objective itself.
+    let lbfgs = OptimizerConfig { optimizer: "torch.lbfgs".into(), hparams: json!({"lr": 1.0}), ..same };
+    let err = VarOptimizer::for_vars(vars, &lbfgs).err().unwrap().to_string();
+    assert!(err.contains("same setting"), "{err}");
 }
 
 /// Ten steps straight equal five, a checkpoint file, a fresh model loading it, and five more:

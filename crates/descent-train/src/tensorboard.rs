@@ -1,19 +1,36 @@
 //! TensorBoard scalars: event files (TFRecord framing of `tensorflow.Event` protos) that
-//! TensorBoard reads from a run folder's `tensorboard/`, written through the `tfrecord` crate.
+//! TensorBoard reads from a folder (`tensorboard --logdir DIR`), written through the `tfrecord`
+//! crate. `descent train` writes a run's under its `tensorboard/`; a loop of your own writes its
+//! scalars the same way:
+//!
+//! ```no_run
+//! # fn main() -> descent_train::Result<()> {
+//! let mut tb = descent_train::tensorboard::Scalars::create(std::path::Path::new("runs/mine"))?;
+//! tb.scalar("train/loss", 1, 2.31)?;
+//! tb.flush()?;
+//! # Ok(()) }
+//! ```
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use tfrecord::protobuf::event::What;
 use tfrecord::{Event, EventWriter, EventWriterConfig};
+
+use crate::error::{Error, Result};
+
+/// An I/O error of the event file `path`, as a data error naming it.
+fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Data { path: path.display().to_string(), message: format!("{what}: {e}") }
+}
 
 /// The start of an event file's name, as TensorBoard looks for it.
 const EVENTS_PREFIX: &str = "events.out.tfevents.";
 
-/// An open event file.
+/// An open event file, appending scalars (a tag, a step, a value).
 pub struct Scalars {
+    path: PathBuf,
     writer: EventWriter<BufWriter<File>>,
 }
 
@@ -25,7 +42,7 @@ impl Scalars {
     /// A new event file in `dir` (created if missing), named as TensorBoard expects
     /// (`events.out.tfevents.TIME.HOST`); a resumed run adds a second file beside the first.
     pub fn create(dir: &Path) -> Result<Scalars> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, "creating the folder", e))?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let path: PathBuf = (0..)
             .map(|k| {
@@ -38,7 +55,7 @@ impl Scalars {
             .find(|p| !p.exists())
             .expect("some name is free");
         let mut writer = EventWriter::create(&path, EventWriterConfig { auto_flush: false })
-            .with_context(|| format!("creating {}", path.display()))?;
+            .map_err(|e| io(&path, "creating", e))?;
         writer
             .write_event(Event {
                 wall_time: now(),
@@ -46,8 +63,8 @@ impl Scalars {
                 what: Some(What::FileVersion("brain.Event:2".into())),
                 ..Default::default()
             })
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Scalars { writer })
+            .map_err(|e| io(&path, "writing", e))?;
+        Ok(Scalars { path, writer })
     }
 
     /// Cuts the event files already in `dir` back to the events of steps up to `steps` (the
@@ -64,12 +81,12 @@ impl Scalars {
             return Ok(());
         };
         for entry in entries {
-            let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+            let path = entry.map_err(|e| io(dir, "reading the folder", e))?.path();
             if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(EVENTS_PREFIX)) {
                 continue;
             }
             let reader = tfrecord::EventIter::open(&path, tfrecord::RecordReaderConfig { check_integrity: true })
-                .with_context(|| format!("reading {}", path.display()))?;
+                .map_err(|e| io(&path, "reading", e))?;
             let (mut kept, mut changed) = (vec![], false);
             for event in reader {
                 match event {
@@ -85,12 +102,14 @@ impl Scalars {
             if changed {
                 // The kept records framed in memory, then the file replaced by them whole.
                 let mut bytes = Vec::new();
-                let mut w = EventWriter::from_writer(&mut bytes, EventWriterConfig { auto_flush: false })?;
+                let frame = |e| io(&path, "framing the kept events", e);
+                let mut w =
+                    EventWriter::from_writer(&mut bytes, EventWriterConfig { auto_flush: false }).map_err(frame)?;
                 for e in kept {
-                    w.write_event(e)?;
+                    w.write_event(e).map_err(frame)?;
                 }
-                w.flush()?;
-                crate::folder::write_atomic(&path, &bytes)?;
+                w.flush().map_err(frame)?;
+                crate::checkpoint::write_atomic(&path, &bytes)?;
             }
         }
         Ok(())
@@ -104,12 +123,14 @@ fn is_epoch_scalar(e: &tfrecord::Event) -> bool {
 }
 
 impl Scalars {
+    /// Appends `value` under `tag` (`train/loss`, `epoch/test_accuracy`) at `step`.
     pub fn scalar(&mut self, tag: &str, step: u64, value: f64) -> Result<()> {
-        Ok(self.writer.write_scalar(tag, (step as i64, now()), value as f32)?)
+        self.writer.write_scalar(tag, (step as i64, now()), value as f32).map_err(|e| io(&self.path, "writing", e))
     }
 
+    /// Writes what is buffered to the file.
     pub fn flush(&mut self) -> Result<()> {
-        Ok(self.writer.flush()?)
+        self.writer.flush().map_err(|e| io(&self.path, "writing", e))
     }
 }
 
