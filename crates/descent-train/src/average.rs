@@ -383,13 +383,18 @@ impl Drop for MomentumGuard {
 }
 
 /// Whether [`update_bn`] can recompute `model`'s running statistics, asked before a run that will
-/// need it at its end: one forward pass in training mode over the first samples of `data` with
-/// the cumulative momentum set, the buffers put back exactly afterwards. Refused as `update_bn`
+/// need it at its end: one forward pass in training mode over its first batch of `data` (of
+/// `batch_size` samples) with the cumulative momentum set, every buffer put back exactly
+/// afterwards. Refused as `update_bn`
 /// refuses (no batch norm took the momentum); nothing to check without running statistics.
-pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource) -> Result<()> {
-    let buffers: Vec<(String, candle_core::Var)> =
-        model.named_buffers().into_iter().filter(|(n, _)| is_running_statistic(n)).collect();
-    if buffers.is_empty() || data.is_empty() {
+pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource, batch_size: usize) -> Result<()> {
+    // Every buffer put back, not only the running statistics: a training-mode forward moves
+    // others too (quantization-aware training's observers).
+    let buffers = model.named_buffers();
+    let Some(first) = buffers.iter().find(|(n, _)| is_running_statistic(n)).map(|(n, _)| n.clone()) else {
+        return Ok(());
+    };
+    if data.is_empty() {
         return Ok(());
     }
     let before: Vec<candle_core::Tensor> =
@@ -398,7 +403,7 @@ pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource
         let _guard = MomentumGuard;
         BN_MOMENTUM.with(|c| c.set(Some(1.0)));
         let taken = BN_OVERRIDDEN.with(|c| c.get());
-        let indices: Vec<u32> = (0..data.len().min(2) as u32).collect();
+        let indices: Vec<u32> = (0..data.len().min(batch_size.max(1)) as u32).collect();
         let (x, _) = data.batch(&indices)?;
         model.forward(&x, Mode::Train, &mut Rng::new(0))?;
         Ok(BN_OVERRIDDEN.with(|c| c.get()) > taken)
@@ -409,9 +414,8 @@ pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource
     }
     if !taken? {
         return Err(Error::Param(format!(
-            "the model's running statistics ({}, …) are not those of descent's nn::BatchNorm, so update_bn cannot \
-             recompute them for the averaged weights at the run's end: average them too (use_buffers)",
-            buffers[0].0
+            "the model's running statistics ({first}, …) are not those of descent's nn::BatchNorm, so update_bn \
+             cannot recompute them for the averaged weights at the run's end: average them too (use_buffers)"
         )));
     }
     Ok(())
@@ -439,8 +443,10 @@ pub fn update_bn(
     if batch_size == 0 {
         return Err(Error::Param("update_bn: batch size must be at least 1".into()));
     }
+    // Every buffer kept to be put back on a refusal (the forward passes move others too).
+    let all = model.named_buffers();
     let before: Vec<candle_core::Tensor> =
-        buffers.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        all.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
     let recompute = || -> Result<usize> {
         for (n, v) in &buffers {
             let reset = if n.ends_with("running_var") { 1.0 } else { 0.0 };
@@ -471,7 +477,7 @@ pub fn update_bn(
     };
     let out = recompute();
     if out.is_err() {
-        for ((_, v), b) in buffers.iter().zip(&before) {
+        for ((_, v), b) in all.iter().zip(&before) {
             v.set(b)?;
         }
     }

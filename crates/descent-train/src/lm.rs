@@ -135,6 +135,9 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
         .max_steps
         .ok_or_else(|| Error::Param("a language model trains for a number of steps: set max_steps".into()))?;
     let refuse = |what: &str| Err(Error::Param(format!("{what}: not available for language-model training")));
+    if cfg.loss != crate::train::Loss::CrossEntropy {
+        return refuse("a loss other than the next character's cross-entropy");
+    }
     if cfg.patience.is_some() {
         return refuse("early stopping (patience)");
     }

@@ -551,6 +551,16 @@ pub fn optimizer_config(cfg: &TrainConfig) -> OptimizerConfig {
     }
 }
 
+/// Whether the config's optimizer has a learning-rate argument of its own, asked on the model's
+/// parameters (a composition's per-parameter lists fit them).
+fn takes_own_rate(model: &dyn Model, cfg: &TrainConfig) -> bool {
+    let shapes: Vec<Vec<usize>> = model.named_vars().iter().map(|(_, v)| v.dims().to_vec()).collect();
+    match descent_core::spec::resolve_optimizer(&cfg.optimizer) {
+        Ok((lib, name)) => descent_core::spec::takes_learning_rate_for(lib, &name, &cfg.hparams, &shapes),
+        Err(_) => true,
+    }
+}
+
 /// Builds the optimizer of a config over a model's parameters (through [`OptimizerConfig`]:
 /// groups by name, clipping). A schedule sets each group's rate to its base times the
 /// multiplier before every step ([`VarOptimizer::set_lr_scale`], as torch's `LRScheduler` sets
@@ -581,12 +591,19 @@ pub fn optimizer_on(model: &dyn Model, cfg: &TrainConfig, comm: &dyn Communicato
     }
     if let Some(AverageConfig { kind: AverageKind::Swa { .. }, .. }) = cfg.average {
         match cfg.lr {
-            None => {
+            None if !takes_own_rate(model, cfg) => {
                 return Err(Error::Param(format!(
                     "SWA anneals the run's learning rate towards swa_lr, and `{}` has none of its own (its links \
                      hold their rates): average with EMA, or train with an optimizer that has a learning rate",
                     cfg.optimizer
                 )))
+            }
+            None => {
+                return Err(Error::Param(
+                    "SWA anneals the run's learning rate towards swa_lr: give the run its rate (lr), which SWALR \
+                     starts from"
+                        .into(),
+                ))
             }
             Some(l) if !(l > 0.0 && l.is_finite()) => {
                 return Err(Error::Param(
@@ -1222,7 +1239,12 @@ pub fn train_with(
     // An average without its own buffers recomputes the running statistics at the run's end:
     // asked now, not after the whole run.
     if cfg.average.as_ref().is_some_and(|a| !a.use_buffers) {
-        crate::average::check_update_bn(model, train)?;
+        crate::average::check_update_bn(model, train, cfg.batch_size)?;
+    }
+    if cfg.target_accuracy.is_some() && cfg.loss != Loss::CrossEntropy {
+        return Err(Error::Param(
+            "a target accuracy: the run's loss is not a classifier's (no accuracy is measured)".into(),
+        ));
     }
     let mut par = Parallel::new(comm, cfg, &opt)?;
     if distill.is_some() && par.active(cfg) {

@@ -222,12 +222,17 @@ fn images(n: usize, seed: u64) -> Dataset {
 struct UserNet {
     bn: descent_train::nn::BatchNorm,
     scale: Var,
+    /// Training-mode forward passes, a buffer the forward writes (as an observer would).
+    calls: Var,
     functional: bool,
 }
 
 impl Model for UserNet {
     fn forward(&self, x: &Tensor, mode: descent_train::model::Mode, _: &mut Rng) -> descent_train::Result<Tensor> {
         let x = x.broadcast_mul(self.scale.as_tensor())?;
+        if mode == descent_train::model::Mode::Train {
+            self.calls.set(&(self.calls.as_tensor() + 1.0)?)?;
+        }
         if !self.functional {
             return self.bn.forward(&x, mode);
         }
@@ -245,6 +250,7 @@ impl Model for UserNet {
         let mut b: Vec<(String, Var)> =
             self.bn.named_buffers().into_iter().map(|(n, v)| (format!("bn.{n}"), v)).collect();
         b.push(("scale".into(), self.scale.clone()));
+        b.push(("calls".into(), self.calls.clone()));
         b
     }
 }
@@ -260,17 +266,18 @@ fn update_bn_leaves_other_buffers_and_refuses_batch_norms_it_cannot_drive() {
         let net = UserNet {
             bn: descent_train::nn::BatchNorm::new(1, &Device::Cpu).unwrap(),
             scale: Var::from_vec(vec![0.5f32], 1, &Device::Cpu).unwrap(),
+            calls: Var::from_vec(vec![0.0f32], 1, &Device::Cpu).unwrap(),
             functional,
         };
         set(&net.bn.running_mean, &[0.25]);
         let before: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
-        descent_train::average::check_update_bn(&net, &data).ok();
+        descent_train::average::check_update_bn(&net, &data, 16).ok();
         let probed: Vec<Vec<f32>> = net.named_buffers().iter().map(|(_, v)| values(v)).collect();
         assert_eq!(probed, before, "functional {functional}: the check changed the buffers");
         let out = update_bn(&net, &data, 16, 0);
         assert_eq!(values(&net.scale), [0.5], "functional {functional}: the scale buffer was reset");
         // Asked before a run that would need it at its end, the buffers left as they were.
-        let ask = descent_train::average::check_update_bn(&net, &data);
+        let ask = descent_train::average::check_update_bn(&net, &data, 16);
         assert_eq!(ask.is_err(), functional, "{ask:?}");
         if functional {
             let e = out.expect_err("refused").to_string();

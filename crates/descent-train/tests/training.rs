@@ -497,6 +497,10 @@ fn a_custom_loss_trains_through_the_loop() {
     assert!((last.test_loss - want).abs() <= 1e-6 * want.max(1.0), "{} vs {want}", last.test_loss);
     assert_eq!(Loss::Custom(mae), Loss::Custom(mae));
     assert_ne!(Loss::Custom(mae), Loss::Mse);
+    // No accuracy is measured: a target accuracy would never be reached, and is refused.
+    let c = TrainConfig { target_accuracy: Some(0.9), ..c };
+    let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("target accuracy"), "{e}");
 
     fn per_sample(out: &candle_core::Tensor, y: &candle_core::Tensor) -> descent_train::Result<candle_core::Tensor> {
         Ok(out.broadcast_sub(y)?.abs()?)
