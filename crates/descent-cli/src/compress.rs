@@ -388,6 +388,20 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
                 .then(|| format!("the run's {m}; give --finetune-epochs of at least its --swa-start"));
             anyhow::anyhow!(renamed.or(averaging).unwrap_or(m))
         })?;
+        // The masks reach the weights the optimizer steps: one that evaluates others would
+        // fine-tune a model evaluated dense (the run's training refuses it; asked here, before
+        // anything is pruned).
+        let mut settled = a.clone();
+        train::unify_lr(&mut settled)?;
+        train::resolve_defaults(&mut settled)?;
+        let opt = descent_train::train::optimizer_for(src.model.as_ref(), &train::config(&settled, src.loss)?)?;
+        if opt.evaluates_other_weights()? {
+            bail!(
+                "--finetune-epochs: the fine-tuning keeps the masks on the weights `{}` steps, and it evaluates others \
+                 (schedule-free's average, Lookahead's slow weights), which the masks would not reach; give --optimizer another",
+                a.optimizer()
+            );
+        }
         Some(a)
     } else {
         None

@@ -2667,21 +2667,10 @@ pub fn unify_lr(a: &mut TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The learning rate given to the base optimizer of `descent.sam` in its `base` pair or
-/// `base_hparams`, if any.
+/// The learning rate given to the base optimizer of `descent.sam` in `--hparams`, if any.
 fn sam_base_lr(a: &TrainArgs) -> Option<f64> {
     let (lib, name) = descent_core::spec::resolve_optimizer(a.optimizer()).ok()?;
-    if (lib, name.as_str()) != ("descent", "sam") {
-        return None;
-    }
-    let base = a.hparams.get("base")?;
-    let (base_name, kwargs) = match base {
-        serde_json::Value::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?),
-        serde_json::Value::String(n) => (n.as_str(), a.hparams.get("base_hparams")?),
-        _ => return None,
-    };
-    let (base_lib, _) = descent_core::spec::resolve_optimizer(base_name).ok()?;
-    kwargs.get(descent_core::spec::lr_key(base_lib))?.as_f64()
+    descent_core::closure::sam_base_lr(lib, &name, &a.hparams)
 }
 
 /// Why the run's learning rate is not a setting of its own, when it is not: an optax schedule

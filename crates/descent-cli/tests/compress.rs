@@ -476,3 +476,46 @@ fn nested_outputs_pruned_runs_and_unfinished_finetuning_are_refused() {
     ]);
     assert!(text.contains("compact model") && d2.join("compact.safetensors").exists(), "{text}");
 }
+
+/// A fine-tuning whose optimizer evaluates other weights than it steps (schedule-free's average)
+/// would keep the masks on weights it does not evaluate: refused before anything is pruned,
+/// naming --optimizer; another optimizer fine-tunes the same run.
+#[test]
+fn a_finetuning_optimizer_the_masks_cannot_reach_is_refused_first() {
+    let (run, p) = (out("cmp-sf-run"), out("cmp-sf-p"));
+    let (r, ps) = (run.to_str().unwrap(), p.to_str().unwrap());
+    run_ok(&[
+        "train",
+        "--model",
+        "mlp",
+        "--optimizer",
+        "schedule_free_adamw",
+        "--steps",
+        "30",
+        "--threads",
+        "1",
+        "--out",
+        r,
+    ]);
+    let prune = [
+        "prune",
+        r,
+        "--method",
+        "l1_unstructured",
+        "--amount",
+        "0.5",
+        "--finetune-epochs",
+        "1",
+        "--finetune-steps",
+        "5",
+    ];
+    common::one_line_error(
+        &[&prune[..], &["--out", ps]].concat(),
+        &["--finetune-epochs", "schedule_free_adamw", "--optimizer"],
+    );
+    assert!(!p.exists(), "the refused prune left its folder");
+    run_ok(&[&prune[..], &["--optimizer", "adamw", "--out", ps]].concat());
+    for d in [run, p] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

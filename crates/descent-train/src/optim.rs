@@ -776,7 +776,9 @@ impl VarOptimizer {
                 }
                 (built, _) => built?,
             };
-            if let (Some(lr), Some(given)) = (cfg.lr, cfg.hparams.get(key).filter(|v| !v.is_null())) {
+            // SAM's base may carry its own rate: the same setting too.
+            let base = descent_core::closure::sam_base_lr(lib, &name, &cfg.hparams).map(Value::from);
+            if let (Some(lr), Some(given)) = (cfg.lr, cfg.hparams.get(key).filter(|v| !v.is_null()).or(base.as_ref())) {
                 if given.as_f64() != Some(lr) {
                     return Err(Error::Param(format!(
                         "`{full}`: lr {lr} and its argument `{key}` = {given} are the same setting; give one"

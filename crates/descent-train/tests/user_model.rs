@@ -240,8 +240,17 @@ fn a_rate_the_optimizer_cannot_take_is_refused() {
     VarOptimizer::for_vars(vars.clone(), &same).unwrap();
     // So for an optimizer that evaluates the objective itself.
     let lbfgs = OptimizerConfig { optimizer: "torch.lbfgs".into(), hparams: json!({"lr": 1.0}), ..same };
-    let err = VarOptimizer::for_vars(vars, &lbfgs).err().unwrap().to_string();
+    let err = VarOptimizer::for_vars(vars.clone(), &lbfgs).err().unwrap().to_string();
     assert!(err.contains("same setting"), "{err}");
+    // And SAM's base rate, which the run's rate would replace.
+    let sam = OptimizerConfig {
+        optimizer: "descent.sam".into(),
+        hparams: json!({"rho": 0.05, "base": ["torch.adamw", {"lr": 0.1}]}),
+        ..lbfgs
+    };
+    let err = VarOptimizer::for_vars(vars.clone(), &sam).err().unwrap().to_string();
+    assert!(err.contains("same setting"), "{err}");
+    VarOptimizer::for_vars(vars, &OptimizerConfig { lr: Some(0.1), ..sam }).unwrap();
 }
 
 /// Ten steps straight equal five, a checkpoint file, a fresh model loading it, and five more:

@@ -171,6 +171,21 @@ pub fn is_closure_optimizer(library: &str, name: &str) -> bool {
     [first_order::NAMES, lbfgs::NAMES, sophia::NAMES].iter().any(|names| names.contains(&full.as_str()))
 }
 
+/// The learning rate given to the base optimizer of `descent.sam` in its `base` pair
+/// (`["adamw", {"lr": …}]`) or `base_hparams`, if any: the run's rate is the same setting.
+pub fn sam_base_lr(library: &str, name: &str, hparams: &Value) -> Option<f64> {
+    if (library, name) != ("descent", "sam") {
+        return None;
+    }
+    let (base_name, kwargs) = match hparams.get("base")? {
+        Value::Array(pair) => (pair.first()?.as_str()?, pair.get(1)?),
+        Value::String(n) => (n.as_str(), hparams.get("base_hparams")?),
+        _ => return None,
+    };
+    let (base_lib, _) = crate::spec::resolve_optimizer(base_name).ok()?;
+    kwargs.get(crate::spec::lr_key(base_lib))?.as_f64()
+}
+
 /// The learning rate the closure-driven optimizer `library.name` takes from these keyword
 /// arguments: its library's default when they set none (torch `LBFGS` 1.0, optax
 /// `contrib.momo_adam` 1e-2), the base optimizer's for SAM. `None` when they do not build, or
