@@ -150,8 +150,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The same run without a stop.
     let straight = Net::new(0)?;
-    train_from(&straight, &train, &test, &config(EPOCHS), None, |_: &EpochMetrics, _: &mut EpochEnd| Ok(()))?;
-    let same = weights(&resumed) == weights(&straight);
+    let (whole, _) =
+        train_from(&straight, &train, &test, &config(EPOCHS), None, |_: &EpochMetrics, _: &mut EpochEnd| Ok(()))?;
+    // The weights, and the last epoch's figures: its losses and the EMA weights' evaluation.
+    let figures = |m: &EpochMetrics| {
+        (m.train_loss, m.test_loss, m.average.as_ref().map(|a| (a.test_loss, a.test_accuracy, a.n_averaged)))
+    };
+    let same = weights(&resumed) == weights(&straight) && whole.last().map(figures) == Some(figures(last));
 
     let acc = last.test_accuracy.unwrap_or(0.0);
     let ema = last.average.as_ref().and_then(|a| a.test_accuracy).unwrap_or(0.0);
