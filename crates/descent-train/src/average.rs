@@ -375,6 +375,31 @@ fn is_running_statistic(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
+/// Every buffer of a model copied, to be put back: a training-mode forward pass moves not only
+/// the running statistics but others too (quantization-aware training's observers, counters).
+struct BufferSnapshot(Vec<(candle_core::Var, candle_core::Tensor)>);
+
+impl BufferSnapshot {
+    fn take(model: &dyn Model) -> Result<Self> {
+        let saved = model
+            .named_buffers()
+            .into_iter()
+            .map(|(_, v)| {
+                let copy = v.as_tensor().copy()?;
+                Ok((v, copy))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self(saved))
+    }
+
+    fn restore(&self) -> Result<()> {
+        for (v, saved) in &self.0 {
+            v.set(saved)?;
+        }
+        Ok(())
+    }
+}
+
 struct MomentumGuard;
 impl Drop for MomentumGuard {
     fn drop(&mut self) {
@@ -388,17 +413,13 @@ impl Drop for MomentumGuard {
 /// afterwards. Refused as `update_bn`
 /// refuses (no batch norm took the momentum); nothing to check without running statistics.
 pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource, batch_size: usize) -> Result<()> {
-    // Every buffer put back, not only the running statistics: a training-mode forward moves
-    // others too (quantization-aware training's observers).
-    let buffers = model.named_buffers();
-    let Some(first) = buffers.iter().find(|(n, _)| is_running_statistic(n)).map(|(n, _)| n.clone()) else {
+    let Some(first) = model.named_buffers().into_iter().map(|(n, _)| n).find(|n| is_running_statistic(n)) else {
         return Ok(());
     };
     if data.is_empty() {
         return Ok(());
     }
-    let before: Vec<candle_core::Tensor> =
-        buffers.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let before = BufferSnapshot::take(model)?;
     let probe = || -> Result<bool> {
         let _guard = MomentumGuard;
         BN_MOMENTUM.with(|c| c.set(Some(1.0)));
@@ -409,9 +430,7 @@ pub fn check_update_bn(model: &dyn Model, data: &dyn crate::dataset::BatchSource
         Ok(BN_OVERRIDDEN.with(|c| c.get()) > taken)
     };
     let taken = probe();
-    for ((_, v), b) in buffers.iter().zip(&before) {
-        v.set(b)?;
-    }
+    before.restore()?;
     if !taken? {
         return Err(Error::Param(format!(
             "the model's running statistics ({first}, …) are not those of descent's nn::BatchNorm, so update_bn \
@@ -443,10 +462,7 @@ pub fn update_bn(
     if batch_size == 0 {
         return Err(Error::Param("update_bn: batch size must be at least 1".into()));
     }
-    // Every buffer kept to be put back on a refusal (the forward passes move others too).
-    let all = model.named_buffers();
-    let before: Vec<candle_core::Tensor> =
-        all.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+    let before = BufferSnapshot::take(model)?;
     let recompute = || -> Result<usize> {
         for (n, v) in &buffers {
             let reset = if n.ends_with("running_var") { 1.0 } else { 0.0 };
@@ -477,9 +493,7 @@ pub fn update_bn(
     };
     let out = recompute();
     if out.is_err() {
-        for ((_, v), b) in all.iter().zip(&before) {
-            v.set(b)?;
-        }
+        before.restore()?;
     }
     out
 }

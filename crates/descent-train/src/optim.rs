@@ -447,14 +447,8 @@ impl OptimizerConfig {
                      arguments, and no lr"
                 )));
             }
-            match h.get(key).map(|v| (v.as_f64(), v)) {
-                Some((Some(x), _)) if x == lr => {}
-                Some((_, v)) => {
-                    return Err(Error::Param(format!(
-                        "`{lib}.{name}`: lr {lr} and its argument `{key}` = {v} are the same setting; give one"
-                    )))
-                }
-                None => h[key] = serde_json::json!(lr),
+            if !rate_given_once(&format!("{lib}.{name}"), lr, key, h.get(key))? {
+                h[key] = serde_json::json!(lr);
             }
         }
         let tx = if self.groups.is_empty() {
@@ -532,6 +526,18 @@ impl OptimizerConfig {
         }
         links.push(tx);
         Ok(descent_core::chain(links))
+    }
+}
+
+/// The run's rate `lr` and the optimizer's own argument `key` (`given`, if any) are one setting:
+/// given once, or twice with the same value. Whether the argument was given (a null is not).
+fn rate_given_once(optimizer: &str, lr: f64, key: &str, given: Option<&Value>) -> Result<bool> {
+    match given.filter(|v| !v.is_null()) {
+        None => Ok(false),
+        Some(v) if v.as_f64() == Some(lr) => Ok(true),
+        Some(v) => Err(Error::Param(format!(
+            "`{optimizer}`: lr {lr} and its argument `{key}` = {v} are the same setting; give one"
+        ))),
     }
 }
 
@@ -778,12 +784,8 @@ impl VarOptimizer {
             };
             // SAM's base may carry its own rate: the same setting too.
             let base = descent_core::closure::sam_base_lr(lib, &name, &cfg.hparams).map(Value::from);
-            if let (Some(lr), Some(given)) = (cfg.lr, cfg.hparams.get(key).filter(|v| !v.is_null()).or(base.as_ref())) {
-                if given.as_f64() != Some(lr) {
-                    return Err(Error::Param(format!(
-                        "`{full}`: lr {lr} and its argument `{key}` = {given} are the same setting; give one"
-                    )));
-                }
+            if let Some(lr) = cfg.lr {
+                rate_given_once(&full, lr, key, cfg.hparams.get(key).filter(|v| !v.is_null()).or(base.as_ref()))?;
             }
             if let Some(lr) = cfg.lr {
                 // As `param_group["lr"] = lr`: every rate the optimizer holds (SAM's are its base's).
