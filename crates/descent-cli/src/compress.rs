@@ -175,7 +175,7 @@ fn read_run(dir: &Path) -> Result<Source> {
     )?;
     train::check_data_of_checkpoint(&ck, &args)?;
     // The weights the run evaluated (schedule-free's average, Lookahead's slow weights).
-    ck.apply_evaluated_weights(model.as_ref(), &train::config(&args, loss)?)
+    ck.apply_evaluated_weights(model.as_ref(), &train::config(&args, loss.clone())?)
         .with_context(|| dir.join(folder::run::CHECKPOINT).display().to_string())?;
     Ok(Source { args, run_id: ck.run_id, model, train_set, test_set, loss })
 }
@@ -394,7 +394,7 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
         let mut settled = a.clone();
         train::unify_lr(&mut settled)?;
         train::resolve_defaults(&mut settled)?;
-        let opt = descent_train::train::optimizer_for(src.model.as_ref(), &train::config(&settled, src.loss)?)?;
+        let opt = descent_train::train::optimizer_for(src.model.as_ref(), &train::config(&settled, src.loss.clone())?)?;
         if opt.evaluates_other_weights()? {
             bail!(
                 "--finetune-epochs: the fine-tuning keeps the masks on the weights `{}` steps, and it evaluates others \
@@ -485,10 +485,10 @@ pub fn prune_cmd(s: PruneArgs) -> Result<()> {
     }
     println!("model folder: {}", s.out.display());
     let loaded = dc::load_compressed(&s.out)?;
-    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
+    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, &src.loss)?;
     match acc {
         Some(acc) => println!("{}", accuracy_line(EvalSet::Test, acc)),
-        None => println!("test loss: {:.5}", evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?.0),
+        None => println!("test loss: {:.5}", evaluate(loaded.model.as_ref(), &src.test_set, &src.loss)?.0),
     }
     Ok(())
 }
@@ -579,7 +579,7 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
         int8_bytes,
         std::fs::metadata(q.out.join(folder::run::MODEL_INT8)).map(|m| m.len()).unwrap_or(0)
     );
-    let (_, f32_acc) = evaluate(src.model.as_ref(), &src.test_set, src.loss)?;
+    let (_, f32_acc) = evaluate(src.model.as_ref(), &src.test_set, &src.loss)?;
     if let Some(a) = f32_acc {
         if src.args.qat {
             println!("QAT model (fake-quantized f32) test accuracy: {:.2}%", 100.0 * a);
@@ -589,7 +589,7 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
     }
     println!("model folder: {}", q.out.display());
     let loaded = dc::load_compressed(&q.out)?;
-    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, src.loss)?;
+    let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, &src.loss)?;
     if let Some(acc) = acc {
         println!("{}", accuracy_line(EvalSet::Test, acc));
     }
@@ -762,7 +762,7 @@ pub fn report_cmd(r: ReportArgs) -> Result<()> {
                 bail!("{name}: the linear model's test set is synthetic: nothing to report");
             }
             let test = set_for(&l.info)?;
-            let (_, acc) = evaluate(l.model.as_ref(), &test, Loss::CrossEntropy)?;
+            let (_, acc) = evaluate(l.model.as_ref(), &test, &Loss::CrossEntropy)?;
             rows.push(Row {
                 name: format!("{name} [{} {}]", l.info.model, l.info.kind),
                 model: l.model,

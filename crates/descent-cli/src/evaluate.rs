@@ -175,7 +175,7 @@ impl RunFolder {
             workload(&a.model, Arch::of(a), Init::parse(&a.init)?, a.dropout(), a.normalize, &a.data, &mut rng)?;
         crate::train::check_data_of_checkpoint(&self.checkpoint, a)?;
         let (_, eval_set) = hold_out(train_set, test_set, a.validation)?;
-        self.apply(model.as_ref(), weights, loss)?;
+        self.apply(model.as_ref(), weights, loss.clone())?;
         Ok(LoadedModel { model, eval_set, loss })
     }
 
@@ -249,7 +249,7 @@ fn run_compressed(a: &EvaluateArgs) -> Result<()> {
         loaded.info.method,
         test.len()
     );
-    let (loss, acc) = evaluate(loaded.model.as_ref(), &test, loss)?;
+    let (loss, acc) = evaluate(loaded.model.as_ref(), &test, &loss)?;
     println!("test loss: {loss:.5}");
     if let Some(acc) = acc {
         println!("{}", accuracy_line(EvalSet::Test, acc));
@@ -309,7 +309,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         format!("the {} test samples", m.eval_set.len())
     };
     println!("evaluating {} ({}, {position}, {} weights) on {what}", run.dir.display(), args.model, weights.name());
-    let (loss, acc) = evaluate(m.model.as_ref(), &m.eval_set, m.loss)?;
+    let (loss, acc) = evaluate(m.model.as_ref(), &m.eval_set, &m.loss)?;
     let set = EvalSet::of(args);
     println!("{} loss: {loss:.5}", set.name());
     if let Some(acc) = acc {

@@ -102,9 +102,22 @@ impl Affine {
         Ok(a)
     }
 
-    /// That the shift fits images of `h × w` pixels: at most their side (torchvision's
-    /// `RandomAffine` takes `translate` as a fraction of the size, at most 1).
+    /// That the settings are numbers `parse` accepts (finite, at least 0, a rotation of at most
+    /// 180 degrees, a finite fill) and that the shift fits images of `h × w` pixels: at most their
+    /// side (torchvision's `RandomAffine` takes `translate` as a fraction of the size, at most 1).
     pub fn check_image(&self, h: usize, w: usize) -> Result<()> {
+        // A struct built in code has not been through `parse`: its numbers are checked here.
+        for (what, x) in [("translate", self.translate), ("rotate", self.rotate)] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(Error::Param(format!("--augment {what}={x}: expected a finite number ≥ 0")));
+            }
+        }
+        if self.rotate > 180.0 {
+            return Err(Error::Param(format!("--augment rotate={}: at most 180 degrees", self.rotate)));
+        }
+        if !self.fill.is_finite() {
+            return Err(Error::Param(format!("augmentation fill {}: expected a finite pixel value", self.fill)));
+        }
         let side = h.min(w);
         if self.translate > side as f32 {
             return Err(Error::Param(format!(

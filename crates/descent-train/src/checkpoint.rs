@@ -291,7 +291,30 @@ fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
         })
         .collect::<Result<Vec<Stored>>>()?;
     v.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = v.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::Param(format!(
+            "two tensors are named `{}`: a checkpoint names each once (prefix each layer's names with the layer's)",
+            w[0].0
+        )));
+    }
     Ok(v)
+}
+
+/// A checkpoint names each parameter once and each buffer once: a model whose lists repeat a
+/// name (two layers' unprefixed `running_mean`) is refused before it trains, naming it.
+pub(crate) fn check_unique_names(model: &dyn Model) -> Result<()> {
+    for (what, names) in [
+        ("parameters", model.named_vars().into_iter().map(|(n, _)| n).collect::<Vec<_>>()),
+        ("buffers", model.named_buffers().into_iter().map(|(n, _)| n).collect()),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(n) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::Param(format!(
+                "the model's {what} name `{n}` twice: each must have a name of its own (prefix each layer's names with the layer's)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoints hold f32 tensors: a model's variable or buffer of another type is named.
@@ -349,19 +372,14 @@ pub(crate) fn save_verified(path: &Path, what: &str, parts: &[Part], mut meta: H
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| err(path, e.to_string()))?)))
         .collect::<Result<Vec<_>>>()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((n, ..)) = parts.iter().find(|(n, ..)| !seen.insert(n.as_str())) {
+        return Err(err(path, format!("writing {what}: two tensors are named `{n}`; each name must be given once")));
+    }
     let data = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        // A partial temporary file would keep a full disk full.
-        let _ = std::fs::remove_file(&tmp);
-        err(path, format!("writing {what}: {e}"))
+    write_atomic(path, &data).map_err(|e| match e {
+        Error::Data { message, .. } => err(path, format!("{what}: {message}")),
+        other => other,
     })
 }
 

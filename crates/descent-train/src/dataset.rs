@@ -105,6 +105,15 @@ impl BatchSource for TokenWindows<'_> {
     }
 }
 
+/// A source's samples are indexed by `u32` ([`BatchSource::batch`]): at most `u32::MAX` of them
+/// (more would wrap around, drawing some twice as often and others never).
+pub fn indexable(n: usize) -> Result<()> {
+    if n > u32::MAX as usize {
+        return Err(Error::Param(format!("{n} samples: at most {} (samples are indexed by u32)", u32::MAX)));
+    }
+    Ok(())
+}
+
 /// Each sample once per epoch: `0..n` shuffled (Fisher–Yates) by the generator at the epoch's
 /// start, cut into batches of `batch_size` (the last one shorter when `n` is not a multiple).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +128,7 @@ impl EpochSampler {
         if batch_size == 0 {
             return Err(Error::Param("batch size must be at least 1".into()));
         }
+        indexable(n)?;
         let mut order: Vec<u32> = (0..n as u32).collect();
         rng.shuffle(&mut order);
         Ok(EpochSampler { order, batch_size })
@@ -163,6 +173,16 @@ pub struct RandomSampler {
 }
 
 impl RandomSampler {
+    /// Draws of `batch_size` indices from `0..n`; refused for more samples than a `u32` index
+    /// reaches or a batch of 0.
+    pub fn new(n: usize, batch_size: usize) -> Result<RandomSampler> {
+        if batch_size == 0 {
+            return Err(Error::Param("batch size must be at least 1".into()));
+        }
+        indexable(n)?;
+        Ok(RandomSampler { n, batch_size })
+    }
+
     /// The next batch of indices, drawn from `rng`.
     pub fn draw(&self, rng: &mut Rng) -> Vec<u32> {
         (0..self.batch_size).map(|_| rng.below(self.n) as u32).collect()

@@ -153,6 +153,9 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
     if cfg.augment.is_some() {
         return refuse("image augmentation");
     }
+    if cfg.pruner.is_some() {
+        return refuse("pruning");
+    }
     if cfg.eval_at != EvalAt::EpochEnds {
         return refuse("evaluations at given steps (use TextConfig::eval_interval)");
     }
@@ -164,9 +167,7 @@ pub fn check(corpus: &CharCorpus, cfg: &TrainConfig, text: &TextConfig) -> Resul
         LrSchedule::Spec(s) => s.check_run(total)?,
         _ => {}
     }
-    if cfg.batch_size == 0 {
-        return Err(Error::Param("batch size must be at least 1".into()));
-    }
+    cfg.check()?;
     if text.block_size == 0 || text.eval_interval == 0 || text.eval_iters == 0 {
         return Err(Error::Param(format!(
             "block size, evaluation interval and evaluation batches must each be at least 1: {text:?}"
@@ -264,6 +265,7 @@ pub fn train_text_with(
 ) -> Result<(Vec<EpochMetrics>, Stop)> {
     let _autocast = crate::precision::Autocast::enter(cfg.precision);
     let total = check(corpus, cfg, text)?;
+    crate::checkpoint::check_unique_names(model)?;
     let mut opt = optimizer_on(model, cfg, comm)?;
     let mut par = Parallel::new(comm, cfg, &opt)?;
     let global = cfg.batch_size * cfg.accumulate;
@@ -310,7 +312,7 @@ pub fn train_text_with(
     let (mut seconds, mut seen) = (0.0f64, 0usize);
     let block = text.block_size;
     let windows = TokenWindows::new(corpus.split(TextSplit::Train), block)?;
-    let sampler = RandomSampler { n: windows.len(), batch_size: global };
+    let sampler = RandomSampler::new(windows.len(), global)?;
     while steps < total {
         let period = evals + 1;
         let m = cfg.schedule.multiplier(steps, total, period);
@@ -436,7 +438,7 @@ pub fn bench_with(
             comm.size()
         )));
     }
-    let sampler = RandomSampler { n: windows.len(), batch_size: global };
+    let sampler = RandomSampler::new(windows.len(), global)?;
     // The windows from one generator, the same on every rank; dropout from each rank's own (rank
     // 0's the windows' one, as on one process).
     let mut rng = train_rng(cfg.seed);

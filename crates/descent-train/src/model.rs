@@ -218,7 +218,8 @@ impl Model for Mlp {
     }
 }
 
-/// Mean cross-entropy of logits `[n, classes]` against class indices `[n]` (u32).
+/// Mean cross-entropy of logits `[n, classes]` against class indices `[n]` (u8, u32 or i64, each
+/// in `[0, classes)`).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, crate::loss::CrossEntropyOp)?)
 }
@@ -235,10 +236,12 @@ pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok(((relu - (logits * target)?)? + soft)?.mean_all()?)
 }
 
-/// Number of correct predictions (argmax of logits against class indices).
+/// Number of correct predictions (argmax of logits against class indices, of any integer type
+/// [`cross_entropy`] takes: u8, u32 or i64).
 pub fn correct(logits: &Tensor, targets: &Tensor) -> Result<usize> {
     let pred = logits.argmax(D::Minus1)?;
-    Ok(pred.eq(targets)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+    let targets = if targets.dtype() == DType::U32 { targets.clone() } else { targets.to_dtype(DType::U32)? };
+    Ok(pred.eq(&targets)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
 }
 
 /// LeNet-5 (LeCun et al. 1998) as PyTorch tutorials write it: Conv(1→6, 5) → ReLU → MaxPool(2) →

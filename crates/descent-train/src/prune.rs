@@ -278,6 +278,15 @@ impl Pruner {
         Pruner { masks: Mutex::new(HashMap::new()), gradual: Some(g), targets }
     }
 
+    /// At the start of a run: gradual pruning's masks are the run's own, made as it goes, so a
+    /// pruner given to a second run (a config cloned for another seed) starts it without the
+    /// first run's; fixed masks are the caller's and stay.
+    pub(crate) fn begin_run(&self) {
+        if self.gradual.is_some() {
+            self.masks.lock().expect("mask lock").clear();
+        }
+    }
+
     /// Masks from the zeros of the model's prunable weights (a pruned run resumed from its
     /// checkpoint, where pruning was made permanent).
     pub fn from_zeros(&self, model: &dyn Model) -> Result<()> {
@@ -491,5 +500,15 @@ mod tests {
             let zeros = w.iter().filter(|&&x| x == 0.0).count();
             assert_eq!(zeros, (0.8 * w.len() as f64).round_ties_even() as usize);
         }
+        // The same pruner in a second run (of another model) prunes that model by its own
+        // weights, as a new pruner does, not by the first run's masks.
+        let second = Mlp::new(Init::TorchDefault, 0.0, &mut rng.clone(), &dev).unwrap();
+        let again = Mlp::new(Init::TorchDefault, 0.0, &mut rng.clone(), &dev).unwrap();
+        train(&second, &data, &data, &cfg, |_| {}).unwrap();
+        let mut own = cfg.clone();
+        own.pruner = Some(std::sync::Arc::new(Pruner::gradual(g, vec!["fc1.weight".into(), "fc2.weight".into()])));
+        train(&again, &data, &data, &own, |_| {}).unwrap();
+        assert_eq!(values(&second.fc1.weight), values(&again.fc1.weight));
+        assert_eq!(values(&second.fc2.weight), values(&again.fc2.weight));
     }
 }

@@ -384,7 +384,8 @@ impl Quantizer {
 pub enum Calibration {
     /// The smallest and largest value seen.
     MinMax,
-    /// The `p`-th and `(100 − p)`-th percentiles of the values seen (clipping outliers).
+    /// The `p`-th and `(100 − p)`-th percentiles of the values seen (clipping outliers), `p` in
+    /// (50, 100].
     Percentile(f64),
 }
 
@@ -809,6 +810,14 @@ impl QuantModel {
             .collect();
         if batches.is_empty() {
             return Err(Error::Param("calibration needs at least one batch".into()));
+        }
+        if let Calibration::Percentile(p) = calibration {
+            if !(p > 50.0 && p <= 100.0) {
+                return Err(Error::Param(format!("calibration percentile {p}: in (50, 100]")));
+            }
+        }
+        if let Some(x) = batches.iter().find(|x| x.elem_count() == 0) {
+            return Err(Error::Param(format!("calibration batch of shape {:?}: empty", x.dims())));
         }
         for x in batches {
             let mut h = x.clone();

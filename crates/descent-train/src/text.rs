@@ -184,9 +184,16 @@ impl CharCorpus {
     /// the split's end is an error.
     pub fn batch_at(&self, split: TextSplit, offsets: &[usize], block: usize) -> Result<(Tensor, Tensor)> {
         let data = self.split(split);
+        if block >= data.len() {
+            return Err(Error::Param(format!(
+                "windows of {} characters: longer than the {}-character {split:?} split",
+                block.saturating_add(1),
+                data.len()
+            )));
+        }
         let (mut x, mut y) = (Vec::with_capacity(offsets.len() * block), Vec::with_capacity(offsets.len() * block));
         for &o in offsets {
-            if o + block + 1 > data.len() {
+            if o > data.len() - block - 1 {
                 return Err(Error::Param(format!(
                     "window of {} characters at offset {o} runs past the {}-character {split:?} split",
                     block + 1,

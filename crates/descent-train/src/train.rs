@@ -19,28 +19,49 @@ use crate::precision::{Autocast, Precision};
 use crate::rng::Rng;
 
 /// The loss a workload trains on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub enum Loss {
     /// Classification: logits against class indices; accuracy is reported.
     CrossEntropy,
     /// Regression.
     Mse,
-    /// A loss of your own (binary cross-entropy, a focal or a sequence loss): the model's output
-    /// and the batch's targets to a scalar, the mean over the batch's samples as the built-in
-    /// losses are (the loop weights each batch's loss by its size: a short last batch, the ranks'
-    /// shares, accumulated micro-batches). Every feature of the loop applies; the evaluation
-    /// reports the loss, no accuracy.
+    /// A loss of your own (binary cross-entropy, a focal or a sequence loss), made with
+    /// [`Loss::custom`]: the model's output and the batch's targets to a scalar, the mean over the
+    /// batch's samples as the built-in losses are (the loop weights each batch's loss by its size:
+    /// a short last batch, the ranks' shares, accumulated micro-batches). Every feature of the
+    /// loop applies; the evaluation reports the loss, no accuracy.
     Custom(LossFn),
 }
 
-/// A loss of your own, for [`Loss::Custom`]: `(output, targets)` to a scalar tensor.
-pub type LossFn = fn(&Tensor, &Tensor) -> Result<Tensor>;
+/// A loss of your own, for [`Loss::Custom`]: `(output, targets)` to a scalar tensor. A closure,
+/// so it may hold its own settings (a focal loss's γ, class weights); shared, not copied, by the
+/// data-parallel replicas.
+pub type LossFn = std::sync::Arc<dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
 
+impl Loss {
+    /// [`Loss::Custom`] of a function or closure: `Loss::custom(move |out, y| focal(out, y, gamma))`.
+    pub fn custom(f: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Loss {
+        Loss::Custom(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loss::CrossEntropy => f.write_str("CrossEntropy"),
+            Loss::Mse => f.write_str("Mse"),
+            Loss::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Two custom losses are equal when they are the same function object (one [`LossFn`] cloned),
+/// not when they compute the same thing.
 impl PartialEq for Loss {
     fn eq(&self, other: &Loss) -> bool {
         match (self, other) {
             (Loss::CrossEntropy, Loss::CrossEntropy) | (Loss::Mse, Loss::Mse) => true,
-            (Loss::Custom(a), Loss::Custom(b)) => std::ptr::fn_addr_eq(*a, *b),
+            (Loss::Custom(a), Loss::Custom(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -75,7 +96,8 @@ pub struct TrainConfig {
     /// rounding. Clipping sees the accumulated gradient; schedules and `max_steps` count
     /// optimizer steps. 1: no accumulation.
     pub accumulate: usize,
-    /// Seed of the initialization, the batch order and dropout.
+    /// Seed of the batch order, dropout and augmentation (the model comes initialized: its seed is
+    /// the caller's).
     pub seed: u64,
     /// The loss minimized.
     pub loss: Loss,
@@ -132,6 +154,49 @@ impl TrainConfig {
     /// `batch_size × accumulate` of them (the last step of an epoch fewer).
     pub fn steps_per_epoch(&self, samples: usize) -> u64 {
         steps_per_epoch(samples, self.batch_size, self.accumulate)
+    }
+
+    /// Refuses settings the loop cannot honour, naming the field: penalties and thresholds that
+    /// are negative or not finite, a `min_delta` without `patience` (it is early stopping's), a
+    /// target accuracy outside (0, 1] (a fraction, not a percentage), evaluations every 0 steps,
+    /// a zero batch size or a step of more samples than a count holds, and a schedule's own
+    /// arguments ([`LrSchedule::check`]). [`train_with`] asks it first.
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Param("batch size must be at least 1".into()));
+        }
+        if self.accumulate == 0 {
+            return Err(Error::Param("accumulate must be at least 1 micro-batch per step".into()));
+        }
+        if self.batch_size.checked_mul(self.accumulate).is_none() {
+            return Err(Error::Param(format!(
+                "batch size {} × accumulate {}: more samples a step than a count holds",
+                self.batch_size, self.accumulate
+            )));
+        }
+        for (field, v) in [
+            ("l1", Some(self.l1)),
+            ("l2", Some(self.l2)),
+            ("min_delta", Some(self.min_delta)),
+            ("min_loss_change", self.min_loss_change),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Error::Param(format!("{field} {v}: a finite number of at least 0")));
+            }
+        }
+        if self.patience.is_none() && self.min_delta != 0.0 {
+            return Err(Error::Param(format!(
+                "min_delta {}: it is early stopping's threshold; set patience too",
+                self.min_delta
+            )));
+        }
+        if let Some(t) = self.target_accuracy.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
+            return Err(Error::Param(format!("target_accuracy {t}: a fraction in (0, 1] (0.99 for 99%)")));
+        }
+        if self.eval_at == EvalAt::Every(0) {
+            return Err(Error::Param("eval_at Every(0): evaluate every 1 step or more".into()));
+        }
+        self.schedule.check()
     }
 
     /// A plain config: no clipping, penalties or early stopping.
@@ -439,7 +504,7 @@ pub enum Control {
 /// A mid-epoch evaluation ([`TrainConfig::eval_at`]) on the evaluation set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalMetrics {
-    /// The epoch (from 0).
+    /// The epoch (from 1).
     pub epoch: usize,
     /// Optimizer steps taken so far.
     pub step: u64,
@@ -452,7 +517,7 @@ pub struct EvalMetrics {
 /// What one epoch gave.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochMetrics {
-    /// The epoch (from 0).
+    /// The epoch (from 1).
     pub epoch: usize,
     /// Optimizer steps taken so far.
     pub steps: u64,
@@ -495,7 +560,7 @@ pub struct AverageMetrics {
 /// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepMetrics {
-    /// The epoch (from 0).
+    /// The epoch (from 1).
     pub epoch: usize,
     /// The batch within the epoch (from 0) and the batches per epoch.
     pub batch: usize,
@@ -731,7 +796,7 @@ pub(crate) fn closure_step(
     Ok(ClosureStep { loss, grad_norm, param_grad_norms })
 }
 
-fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn loss_of(loss: &Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
     match loss {
         Loss::CrossEntropy => cross_entropy(out, y),
         Loss::Mse => mse(out, y),
@@ -752,7 +817,7 @@ fn loss_of(loss: Loss, out: &Tensor, y: &Tensor) -> Result<Tensor> {
 const EMPTY_EVALUATION: &str = "the evaluation set is empty: no loss or accuracy to measure";
 
 /// Loss and accuracy over a whole dataset, in batches of 1000, without dropout.
-pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, Option<f64>)> {
+pub fn evaluate(model: &dyn Model, data: &Dataset, loss: &Loss) -> Result<(f64, Option<f64>)> {
     evaluate_with(model, data, loss, &Local)
 }
 
@@ -761,7 +826,7 @@ pub fn evaluate(model: &dyn Model, data: &Dataset, loss: Loss) -> Result<(f64, O
 pub fn evaluate_with(
     model: &dyn Model,
     data: &Dataset,
-    loss: Loss,
+    loss: &Loss,
     comm: &dyn Communicator,
 ) -> Result<(f64, Option<f64>)> {
     let (mut total, mut right) = (0.0f64, 0usize);
@@ -776,7 +841,7 @@ pub fn evaluate_with(
         let (x, y) = data.range(start, len)?;
         let out = model.forward(&x, Mode::Eval, &mut rng)?;
         total += loss_of(loss, &out, &y)?.to_scalar::<f32>()? as f64 * len as f64;
-        if loss == Loss::CrossEntropy {
+        if *loss == Loss::CrossEntropy {
             right += correct(&out, &y)?;
         }
     }
@@ -785,7 +850,7 @@ pub fn evaluate_with(
         comm.all_reduce_sum_f64(&mut sums)?;
         (total, right) = (sums[0], sums[1] as usize);
     }
-    let acc = (loss == Loss::CrossEntropy).then(|| right as f64 / n as f64);
+    let acc = (*loss == Loss::CrossEntropy).then(|| right as f64 / n as f64);
     Ok((total / n as f64, acc))
 }
 
@@ -1214,16 +1279,7 @@ pub fn train_with(
             return Err(Error::Param("distillation trains a classifier (cross-entropy loss)".into()));
         }
     }
-    if cfg.batch_size == 0 {
-        return Err(Error::Param("batch size must be at least 1".into()));
-    }
-    if cfg.batch_size.checked_mul(cfg.accumulate).is_none() {
-        return Err(Error::Param(format!(
-            "batch size {} × accumulate {}: more samples a step than a count holds",
-            cfg.batch_size, cfg.accumulate
-        )));
-    }
-    cfg.schedule.check()?;
+    cfg.check()?;
     train.check().map_err(|e| Error::Param(format!("training set: {e}")))?;
     test.check().map_err(|e| Error::Param(format!("evaluation set: {e}")))?;
     if train.is_empty() {
@@ -1235,6 +1291,7 @@ pub fn train_with(
     for (name, b) in model.named_buffers() {
         crate::checkpoint::f32_var(&name, &b)?;
     }
+    crate::checkpoint::check_unique_names(model)?;
     let mut opt = optimizer_on(model, cfg, comm)?;
     // An average without its own buffers recomputes the running statistics at the run's end:
     // asked now, not after the whole run.
@@ -1256,6 +1313,9 @@ pub fn train_with(
     let global = cfg.batch_size * cfg.accumulate;
     let per_epoch = cfg.steps_per_epoch(train.len());
     let total = cfg.max_steps.unwrap_or(u64::MAX).min(per_epoch.saturating_mul(cfg.epochs as u64));
+    if let LrSchedule::Spec(s) = &cfg.schedule {
+        s.check_run(if s.per_epoch { cfg.epochs as u64 } else { total })?;
+    }
     let mut plateau = match &cfg.schedule {
         &LrSchedule::Plateau { factor, patience } => Some(descent_core::schedule::ReduceLrOnPlateau::new(
             1.0,
@@ -1271,6 +1331,9 @@ pub fn train_with(
     // The training loss of the last whole epoch, for `min_loss_change` (kept in checkpoints, so a
     // resumed run compares its next epoch with it as the uninterrupted run does).
     let mut last_epoch_train_loss: Option<f64> = None;
+    if let Some(p) = &cfg.pruner {
+        p.begin_run();
+    }
     if let Some(ck) = resume {
         match (avg.as_mut(), &ck.average) {
             (Some(a), Some(s)) => s.restore(a, model)?,
@@ -1392,7 +1455,7 @@ pub fn train_with(
                 let (_, y, teacher) = single.as_ref().expect("one process");
                 match (distill, teacher) {
                     (Some(d), Some(p)) => d.loss(out, p, y),
-                    _ => loss_of(cfg.loss, out, y),
+                    _ => loss_of(&cfg.loss, out, y),
                 }
             };
             let (l, grad_norm, param_grad_norms) = if par.active(cfg) {
@@ -1411,7 +1474,7 @@ pub fn train_with(
                         parts.push((x, y, mine.len() as f32 / idx.len() as f32));
                     }
                 }
-                let of = |out: &Tensor, y: &Tensor| loss_of(cfg.loss, out, y);
+                let of = |out: &Tensor, y: &Tensor| loss_of(&cfg.loss, out, y);
                 let s = par.step(model, &mut opt, cfg, parts, &mut rng, &of, steps + 1)?;
                 (s.loss, s.grad_norm, s.param_grad_norms)
             } else if opt.closure_optimizer().is_some() {
@@ -1454,7 +1517,7 @@ pub fn train_with(
             if cfg.eval_at.at(steps) && !epoch_end {
                 let te = Instant::now();
                 let (test_loss, test_accuracy) =
-                    opt.with_eval_weights(|| evaluate_with(model, test, cfg.loss, comm))?;
+                    opt.with_eval_weights(|| evaluate_with(model, test, &cfg.loss, comm))?;
                 evaluating += te.elapsed();
                 let control = hooks.on_eval(&EvalMetrics { epoch, step: steps, test_loss, test_accuracy })?;
                 if any(comm, control == Control::Stop)? {
@@ -1468,7 +1531,7 @@ pub fn train_with(
         // left to the end of the epoch as in a run never stopped.
         let cut =
             (done < batches).then_some(EpochProgress { batch: done, epoch_rng, loss_sum: sum, samples: seen, seconds });
-        let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate_with(model, test, cfg.loss, comm))?;
+        let (test_loss, test_accuracy) = opt.with_eval_weights(|| evaluate_with(model, test, &cfg.loss, comm))?;
         if let (Some(p), None) = (plateau.as_mut(), &cut) {
             p.step(test_loss);
         }
@@ -1496,7 +1559,11 @@ pub fn train_with(
         // compare the next one with.
         let whole = cut.is_none();
         // The best epoch is known before the epoch's checkpoint, which records it.
-        if whole && cfg.patience.is_some() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta) {
+        // A loss that is not a number is no improvement (Keras starts from `best = inf`; NaN
+        // compares less than nothing).
+        let improved =
+            m.test_loss.is_finite() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta);
+        if whole && cfg.patience.is_some() && improved {
             // The weights this epoch evaluated (schedule-free's `x`, Lookahead's slow weights),
             // which early stopping restores.
             best = Some(opt.with_eval_weights(|| BestEpoch::capture(model, m.test_loss, epoch, steps))?);
@@ -1595,7 +1662,7 @@ fn average_epoch(
     let n_averaged = a.n_averaged;
     let (bn_batches, (test_loss, test_accuracy)) = a.with_averaged(model, |m| {
         let k = if refresh_bn { crate::average::update_bn(m, train, cfg.batch_size, cfg.seed)? } else { 0 };
-        Ok((k, evaluate(m, test, cfg.loss)?))
+        Ok((k, evaluate(m, test, &cfg.loss)?))
     })?;
     Ok(Some(AverageMetrics { label, test_loss, test_accuracy, n_averaged, bn_batches }))
 }
@@ -1751,7 +1818,7 @@ pub fn bench_with(
         };
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train, &mut rng)?;
-        let loss = penalized(loss_of(cfg.loss, &out, &y)?, model, cfg)?;
+        let loss = penalized(loss_of(&cfg.loss, &out, &y)?, model, cfg)?;
         let l = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;

@@ -111,3 +111,177 @@ fn a_dropout_probability_outside_0_1_is_refused() {
         descent_train::model::dropout(&x, 1.0, &mut rng).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(all.iter().all(|&v| v == 0.0), "{all:?}");
 }
+
+fn regression(seed: u64) -> (Dataset, Dataset, descent_train::model::LinearRegression) {
+    let mut rng = Rng::new(seed);
+    let (tr, te) = (Dataset::regression(200, &mut rng).unwrap(), Dataset::regression(50, &mut rng).unwrap());
+    (tr, te, descent_train::model::LinearRegression::new(Init::TorchDefault, &mut rng, &Device::Cpu).unwrap())
+}
+
+/// Settings the loop cannot honour are refused before a step, naming the field: as the command
+/// line refuses them, not silently ineffective (a target accuracy of 98 as a percentage that
+/// never stops the run, a negative penalty that rewards large weights, a library schedule
+/// shorter than the run that would climb back up).
+#[test]
+fn a_config_the_loop_cannot_honour_is_refused() {
+    use descent_train::train::{train, EvalAt, Loss, SpecSchedule, TrainConfig};
+    let (tr, te, model) = regression(1);
+    let base = TrainConfig::new("adam", Some(0.01), 2, 32, Loss::Mse);
+    let classify = TrainConfig::new("adam", Some(0.01), 2, 32, Loss::CrossEntropy);
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (TrainConfig { target_accuracy: Some(98.0), ..classify.clone() }, "target_accuracy"),
+        (TrainConfig { target_accuracy: Some(0.0), ..classify }, "target_accuracy"),
+        (TrainConfig { l1: -0.1, ..base.clone() }, "l1"),
+        (TrainConfig { l2: f64::NAN, ..base.clone() }, "l2"),
+        (TrainConfig { min_delta: 0.1, ..base.clone() }, "min_delta"),
+        (TrainConfig { min_delta: f64::NAN, patience: Some(1), ..base.clone() }, "min_delta"),
+        (TrainConfig { min_loss_change: Some(-1.0), ..base.clone() }, "min_loss_change"),
+        (TrainConfig { eval_at: EvalAt::Every(0), ..base.clone() }, "eval_at"),
+        (TrainConfig { accumulate: 0, ..base.clone() }, "accumulate"),
+        (
+            TrainConfig {
+                schedule: LrSchedule::Spec(
+                    SpecSchedule::build(
+                        "torch.OneCycleLR",
+                        &serde_json::json!({"max_lr": 0.01, "total_steps": 5}),
+                        0.01,
+                        false,
+                    )
+                    .unwrap(),
+                ),
+                ..base.clone()
+            },
+            "OneCycleLR",
+        ),
+    ];
+    for (c, field) in cases {
+        let e = train(&model, &tr, &te, &c, |_| {}).expect_err(field).to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    // An augmentation built in code with numbers `parse` would refuse.
+    let nan = descent_train::augment::Affine {
+        translate: f32::NAN,
+        ..descent_train::augment::Affine::parse("rotate=5", 0.0).unwrap()
+    };
+    assert!(nan.check_image(28, 28).unwrap_err().to_string().contains("translate"));
+    let wide = descent_train::augment::Affine { rotate: 270.0, ..nan };
+    assert!(wide.check_image(28, 28).is_err());
+}
+
+/// A test loss that is not a number never counts as the best epoch: early stopping does not
+/// stop at, and restore, an epoch of NaN figures, and every checkpoint the run writes loads.
+#[test]
+fn a_nan_test_loss_is_never_the_best_epoch() {
+    use descent_train::train::{train_from, EpochEnd, EpochMetrics, Loss, Stop, TrainConfig};
+    let (tr, te, model) = regression(2);
+    let dev = Device::Cpu;
+    let n = te.len();
+    let y = Tensor::from_vec(vec![f32::NAN; n], te.y.dims(), &dev).unwrap();
+    let te = Dataset { x: te.x.clone(), y };
+    let c = TrainConfig { patience: Some(1), ..TrainConfig::new("adam", Some(0.01), 3, 32, Loss::Mse) };
+    let dir = std::env::temp_dir().join(format!("descent-nan-best-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    let (h, stop) = train_from(&model, &tr, &te, &c, None, |_: &EpochMetrics, e: &mut EpochEnd| {
+        e.checkpoint()?.save(&path)?;
+        descent_train::checkpoint::Checkpoint::load(&path).map(drop)
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(h.iter().all(|m| m.test_loss.is_nan()));
+    assert_eq!(stop, Stop::Epochs);
+}
+
+/// Class indices of every type the cross-entropy takes (u8, u32, i64) are counted right.
+#[test]
+fn class_targets_of_any_integer_type_are_counted() {
+    let dev = Device::Cpu;
+    let logits = Tensor::new(&[[0.1f32, 2.0, 0.3], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
+    for y in [
+        Tensor::new(&[1u32, 0, 0], &dev).unwrap(),
+        Tensor::new(&[1i64, 0, 0], &dev).unwrap(),
+        Tensor::new(&[1u8, 0, 0], &dev).unwrap(),
+    ] {
+        assert_eq!(descent_train::model::correct(&logits, &y).unwrap(), 2, "{:?}", y.dtype());
+        descent_train::model::cross_entropy(&logits, &y).unwrap();
+    }
+}
+
+/// Two buffers of one name (two batch norms' unprefixed `running_mean`) would collide in a
+/// checkpoint: refused before the run trains, naming the name.
+#[test]
+fn a_model_naming_two_tensors_alike_is_refused() {
+    use descent_train::model::{Mode, Model};
+    use descent_train::nn::BatchNorm;
+    use descent_train::train::{train, Loss, TrainConfig};
+    struct Two {
+        lin: Linear,
+        a: BatchNorm,
+        b: BatchNorm,
+    }
+    impl Model for Two {
+        fn forward(&self, x: &Tensor, mode: Mode, _: &mut Rng) -> descent_train::Result<Tensor> {
+            let h = self.a.forward(&self.lin.forward(x)?, mode)?;
+            self.b.forward(&h, mode)
+        }
+        fn named_vars(&self) -> Vec<(String, candle_core::Var)> {
+            let mut v =
+                vec![("lin.weight".into(), self.lin.weight.clone()), ("lin.bias".into(), self.lin.bias.clone())];
+            for (k, bn) in [("a", &self.a), ("b", &self.b)] {
+                v.push((format!("{k}.weight"), bn.weight.clone()));
+                v.push((format!("{k}.bias"), bn.bias.clone()));
+            }
+            v
+        }
+        fn named_buffers(&self) -> Vec<(String, candle_core::Var)> {
+            let mut v = self.a.named_buffers();
+            v.extend(self.b.named_buffers());
+            v
+        }
+    }
+    let (mut rng, dev) = (Rng::new(3), Device::Cpu);
+    let (tr, te, _) = regression(3);
+    let m = Two {
+        lin: Linear::new(1, 1, Init::TorchDefault, &mut rng, &dev).unwrap(),
+        a: BatchNorm::new(1, &dev).unwrap(),
+        b: BatchNorm::new(1, &dev).unwrap(),
+    };
+    let e = train(&m, &tr, &te, &TrainConfig::new("adam", Some(0.01), 1, 32, Loss::Mse), |_| {})
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("running_mean") && e.contains("twice"), "{e}");
+}
+
+/// Geometry and index values that cannot be honoured are errors, not garbage or a panic: a
+/// convolution's dilation or stride 0 (torch refuses them), a text window past any split, more
+/// samples than a `u32` index reaches, a calibration percentile outside (50, 100].
+#[test]
+fn impossible_geometry_and_indices_are_errors() {
+    let dev = Device::Cpu;
+    let x = Tensor::ones((1, 1, 6, 6), candle_core::DType::F32, &dev).unwrap();
+    let w = Tensor::ones((1, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    for g in [Conv2dGeometry { dilation: 0, ..Default::default() }, Conv2dGeometry { stride: 0, ..Default::default() }]
+    {
+        let e = conv2d(&x, &w, None, g).expect_err("refused").to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+    let c = descent_train::text::CharCorpus::from_text(&"to be or not to be. ".repeat(10), "t").unwrap();
+    use descent_train::text::TextSplit;
+    assert!(c.batch_at(TextSplit::Train, &[usize::MAX], 4).is_err());
+    assert!(c.batch_at(TextSplit::Train, &[0], usize::MAX).is_err());
+    assert!(c.batch_at(TextSplit::Train, &[0], 4).is_ok());
+    let many = u32::MAX as usize + 5;
+    assert!(descent_train::dataset::EpochSampler::new(many, 8, &mut Rng::new(0)).is_err());
+    assert!(descent_train::dataset::RandomSampler::new(many, 8).is_err());
+    let mut rng = Rng::new(4);
+    let mlp = descent_train::model::Mlp::new(Init::TorchDefault, 0.0, &mut rng, &dev).unwrap();
+    let batch = Tensor::ones((2, 1, 28, 28), candle_core::DType::F32, &dev).unwrap();
+    use descent_train::quant::{Calibration, QuantModel};
+    for p in [150.0, -1.0, 50.0, f64::NAN] {
+        let e = QuantModel::quantize("mlp", &mlp, std::slice::from_ref(&batch), Calibration::Percentile(p))
+            .map(drop)
+            .expect_err("refused");
+        assert!(e.to_string().contains("percentile"), "{e}");
+    }
+    QuantModel::quantize("mlp", &mlp, &[batch], Calibration::Percentile(99.0)).unwrap();
+}

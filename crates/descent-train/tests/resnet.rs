@@ -193,7 +193,7 @@ fn eval_mode_leaves_the_buffers_unchanged() {
     let e1 = values(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
     assert_eq!(bits(&model.named_buffers()), before);
     // The whole-dataset evaluation of the training loop too.
-    evaluate(&model, &slice(&mnist().test, 0, 40), Loss::CrossEntropy).unwrap();
+    evaluate(&model, &slice(&mnist().test, 0, 40), &Loss::CrossEntropy).unwrap();
     assert_eq!(bits(&model.named_buffers()), before);
     let e2 = values(&model.forward(&x, Mode::Eval, &mut Rng::new(0)).unwrap());
     assert_eq!(e1, e2);
@@ -253,7 +253,7 @@ fn checkpoint_round_trip_keeps_the_running_statistics() {
     assert_eq!(stop, Stop::Steps);
     assert_eq!(bits(&resumed.named_vars()), bits(&full.named_vars()));
     assert_eq!(bits(&resumed.named_buffers()), bits(&full.named_buffers()));
-    let e = |m: &ResNet| evaluate(m, &test, Loss::CrossEntropy).unwrap().0.to_bits();
+    let e = |m: &ResNet| evaluate(m, &test, &Loss::CrossEntropy).unwrap().0.to_bits();
     assert_eq!(e(&resumed), e(&full));
 
     // A buffer's bytes changed in the file: the checksum catches it.
@@ -317,7 +317,7 @@ fn early_stopping_restores_the_buffers() {
 fn resnet_learns_a_few_hundred_samples() {
     let data = slice(&mnist().train, 0, 256);
     let model = ResNet::new(6, 16, Init::TorchDefault, &mut Rng::new(3), &Device::Cpu).unwrap();
-    let (before, _) = evaluate(&model, &data, Loss::CrossEntropy).unwrap();
+    let (before, _) = evaluate(&model, &data, &Loss::CrossEntropy).unwrap();
     let c = TrainConfig::new("adam", Some(1e-2), 4, 16, Loss::CrossEntropy);
     let (h, _) = train_from(&model, &data, &data, &c, None, |_: &EpochMetrics, _: &mut EpochEnd| Ok(())).unwrap();
     let losses: Vec<f64> = h.iter().map(|m| m.train_loss).collect();

@@ -92,7 +92,7 @@ fn early_stopping_restores_the_best_weights() {
     assert!(h.iter().all(|m| m.test_loss >= best));
     assert!(h.len() < 30 && h.last().unwrap().test_loss > best);
     // The model now holds the best epoch's weights: its test loss is the best one.
-    let (loss, _) = descent_train::train::evaluate(&model, &te, Loss::Mse).unwrap();
+    let (loss, _) = descent_train::train::evaluate(&model, &te, &Loss::Mse).unwrap();
     assert!((loss - best).abs() < 1e-9, "{loss} vs {best}");
 }
 
@@ -486,7 +486,7 @@ fn mae(out: &candle_core::Tensor, y: &candle_core::Tensor) -> descent_train::Res
 #[test]
 fn a_custom_loss_trains_through_the_loop() {
     let (tr, te, model) = regression(5);
-    let c = TrainConfig { loss: Loss::Custom(mae), ..cfg("adam", 0.05, 10, 32) };
+    let c = TrainConfig { loss: Loss::custom(mae), ..cfg("adam", 0.05, 10, 32) };
     let (h, _) = train(&model, &tr, &te, &c, |_| {}).unwrap();
     assert!((slope(&model) - 2.0).abs() < 0.1, "slope {}", slope(&model));
     let last = h.last().unwrap();
@@ -495,8 +495,11 @@ fn a_custom_loss_trains_through_the_loop() {
     let want = mae(&model.forward(&x, descent_train::model::Mode::Eval, &mut Rng::new(0)).unwrap(), &y).unwrap();
     let want = want.to_scalar::<f32>().unwrap() as f64;
     assert!((last.test_loss - want).abs() <= 1e-6 * want.max(1.0), "{} vs {want}", last.test_loss);
-    assert_eq!(Loss::Custom(mae), Loss::Custom(mae));
-    assert_ne!(Loss::Custom(mae), Loss::Mse);
+    // One loss object, cloned, is the same loss; two made apart are not (nothing can tell whether
+    // two closures compute the same thing).
+    assert_eq!(c.loss.clone(), c.loss);
+    assert_ne!(Loss::custom(mae), Loss::custom(mae));
+    assert_ne!(Loss::custom(mae), Loss::Mse);
     // No accuracy is measured: a target accuracy would never be reached, and is refused.
     let c = TrainConfig { target_accuracy: Some(0.9), ..c };
     let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
@@ -506,7 +509,36 @@ fn a_custom_loss_trains_through_the_loop() {
         Ok(out.broadcast_sub(y)?.abs()?)
     }
     let (tr, te, model) = regression(6);
-    let c = TrainConfig { loss: Loss::Custom(per_sample), ..cfg("adam", 0.05, 1, 32) };
+    let c = TrainConfig { loss: Loss::custom(per_sample), ..cfg("adam", 0.05, 1, 32) };
     let e = train(&model, &tr, &te, &c, |_| {}).unwrap_err().to_string();
     assert!(e.contains("custom loss") && e.contains("[32, 1]"), "{e}");
+}
+
+/// A custom loss may be a closure holding its own settings (here the Huber loss's δ, as
+/// `torch.nn.HuberLoss(delta=…)`): the run uses the captured value, and the evaluation reports
+/// that loss, not another δ's.
+#[test]
+fn a_custom_loss_closure_keeps_its_settings() {
+    fn huber(
+        out: &candle_core::Tensor,
+        y: &candle_core::Tensor,
+        delta: f64,
+    ) -> descent_train::Result<candle_core::Tensor> {
+        let d = out.broadcast_sub(y)?.abs()?;
+        let quadratic = d.minimum(delta)?;
+        let linear = (&d - &quadratic)?;
+        Ok(((quadratic.sqr()? * 0.5)? + (linear * delta)?)?.mean_all()?)
+    }
+    let (tr, te, model) = regression(7);
+    let delta = 0.25;
+    let c = TrainConfig { loss: Loss::custom(move |out, y| huber(out, y, delta)), ..cfg("adam", 0.05, 10, 32) };
+    let (h, _) = train(&model, &tr, &te, &c, |_| {}).unwrap();
+    assert!((slope(&model) - 2.0).abs() < 0.1, "slope {}", slope(&model));
+    let (x, y) = te.range(0, te.len()).unwrap();
+    let out = model.forward(&x, descent_train::model::Mode::Eval, &mut Rng::new(0)).unwrap();
+    let want = huber(&out, &y, delta).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let other = huber(&out, &y, 1.0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = h.last().unwrap().test_loss;
+    assert!((got - want).abs() <= 1e-6 * want.max(1.0), "{got} vs {want}");
+    assert!((got - other).abs() > 1e-4, "δ = 0.25 and δ = 1 give {got} and {other}");
 }

@@ -431,8 +431,15 @@ impl Conv2dOp {
                 "conv2d: {c} input and {o} output channels do not split into {g} groups of weight {w:?}"
             );
         }
+        if self.stride == 0 || self.dilation == 0 {
+            candle_core::bail!(
+                "conv2d: stride {} and dilation {}: each must be at least 1",
+                self.stride,
+                self.dilation
+            );
+        }
         let span = |k: usize| self.dilation * (k - 1) + 1;
-        if h + 2 * self.padding < span(kh) || wd + 2 * self.padding < span(kw) || self.stride == 0 {
+        if h + 2 * self.padding < span(kh) || wd + 2 * self.padding < span(kw) {
             candle_core::bail!(
                 "conv2d: kernel {kh}x{kw} (dilation {}) larger than the padded input {x:?}",
                 self.dilation

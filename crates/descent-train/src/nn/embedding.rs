@@ -32,7 +32,8 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// A table of `v` vectors of `c` channels, `N(0, 0.02²)` as nanoGPT initializes it.
+    /// A table of `v` vectors of `c` channels, `N(0, 1)` as `torch.nn.Embedding` initializes it
+    /// (nanoGPT re-draws it `N(0, 0.02²)`: [`Embedding::normal`]).
     pub fn new(v: usize, c: usize, rng: &mut Rng, dev: &Device) -> Result<Self> {
         Self::normal(v, c, 1.0, rng, dev)
     }
