@@ -109,7 +109,13 @@ pub fn parse_spec(spec: &str) -> Result<Map<String, Value>> {
     for part in split_top(rest) {
         let (k, v) = part.split_once('=').with_context(|| format!("run `{spec}`: `{part}` is not key=value"))?;
         let k = k.trim().replace('-', "_");
-        let v = crate::train::parse_value(v).map_err(|e| anyhow::anyhow!("run `{spec}`: `{k}`: {e}"))?;
+        // A label is text as written (`label=1e-3` stays "1e-3"; a quoted one is read as a JSON
+        // string); every other value is read as a number, a boolean, JSON or text.
+        let v = if k == "label" && !v.trim_start().starts_with('"') {
+            Value::from(v.trim())
+        } else {
+            crate::train::parse_value(v).map_err(|e| anyhow::anyhow!("run `{spec}`: `{k}`: {e}"))?
+        };
         if m.insert(k.clone(), v).is_some() {
             bail!("run `{spec}`: `{k}` is given twice");
         }
@@ -311,6 +317,9 @@ pub fn plan(a: &mut CompareArgs, matches: &clap::ArgMatches) -> Result<Vec<RunSp
     for (i, s) in specs.iter().enumerate() {
         let what = || format!("run {} (`{}`)", i + 1, s.label);
         train::validate(&s.args).with_context(what)?;
+        if target_given && s.args.model == "linear" {
+            bail!("--target {}: {}: the linear model is a regression, without accuracy", a.target, what());
+        }
         if s.args.model == "gpt" {
             if target_given {
                 bail!("--target {}: {}: gpt is a language model, without accuracy", a.target, what());

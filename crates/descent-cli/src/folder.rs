@@ -4,9 +4,10 @@
 //!
 //! The rules, as the README's "Reliability" section states them:
 //! - Every folder descent makes holds a marker, `descent.json`, naming its kind and a random id.
-//! - `--force` replaces only a folder of the same kind that descent wrote (by its marker, or for
-//!   folders written before markers, by its own files), and then only descent's own files in it;
-//!   an empty folder is taken as is. Anything else is refused before anything is deleted.
+//! - `--force` replaces only a folder of the same kind that descent wrote (by its marker: files
+//!   named like descent's, `table.md` or `sweep.json`, do not make a folder descent's), and then
+//!   only descent's own files in it; an empty folder is taken as is. Anything else is refused
+//!   before anything is deleted.
 //! - A folder is locked (an OS file lock on `.descent.lock`, released by the kernel when the
 //!   process ends, however it ends) for as long as a command writes into it: a second command on
 //!   the same folder is refused.
@@ -165,11 +166,12 @@ impl Kind {
 
     /// Whether `name` at the top of a folder of this kind is descent's.
     fn owns(self, name: &str) -> bool {
-        name == MARKER || name == LOCK || self.files().contains(&name) || self.is_chart(name) || is_leftover(name)
+        name == MARKER || name == LOCK || self.files().contains(&name) || self.is_chart(name) || is_leftover(self, name)
     }
 
-    /// Whether a folder without a marker is one that descent wrote before markers existed.
-    fn legacy(self, dir: &Path) -> bool {
+    /// Whether a folder without a marker holds files named as this kind's (descent's before its
+    /// marker was deleted, or a user's): for the message refusing to resume it, never to take it.
+    fn looks_like(self, dir: &Path) -> bool {
         let has = |n: &str| dir.join(n).is_file();
         match self {
             Kind::Run => has(run::CONFIG_JSON) && (has(run::METRICS_JSONL) || has(run::STEPS_JSONL)),
@@ -310,17 +312,33 @@ pub fn is_compressed_output(dir: &Path) -> bool {
     dir.join(run::COMPRESS_JSON).exists() && !dir.join(run::CONFIG_JSON).exists()
 }
 
-/// Whether `name` is a temporary file descent writes before renaming it over its file
-/// (`.NAME.tmpPID`, a chart's `.STEM.tmpPID.EXT`, a checkpoint's `NAME.safetensors.tmp`), which a
-/// command killed at the wrong moment leaves behind.
-pub fn is_leftover(name: &str) -> bool {
-    (name.starts_with('.') && name.contains(".tmp")) || name.ends_with(".safetensors.tmp")
+/// Whether `name` is a temporary file descent writes before renaming it over one of the files of a
+/// `kind` folder, which a command killed at the wrong moment leaves behind: `.NAME.tmpPID` (any
+/// file, [`write_atomic`]) and `.STEM.tmpPID.EXT` (a chart), where `NAME` (`STEM.EXT`) is the
+/// kind's own, and an older version's `NAME.safetensors.tmp`. A user's `.notes.tmp` or
+/// `weights.safetensors.tmp` is not descent's.
+pub fn is_leftover(kind: Kind, name: &str) -> bool {
+    let ours = |file: &str| file == MARKER || kind.files().contains(&file) || kind.is_chart(file);
+    if let Some((base, tail)) = name.strip_prefix('.').and_then(|rest| rest.rsplit_once(".tmp")) {
+        let (pid, ext) = match tail.split_once('.') {
+            Some((pid, ext)) => (pid, Some(ext)),
+            None => (tail, None),
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        return match ext {
+            Some(ext) => ours(&format!("{base}.{ext}")),
+            None => ours(base),
+        };
+    }
+    name.strip_suffix(".tmp").is_some_and(|file| file.ends_with(".safetensors") && kind.files().contains(&file))
 }
 
-/// Removes the temporary files a killed command left in `dir` (its lock held, so none is being
-/// written).
-pub fn remove_leftovers(dir: &Path) -> Result<()> {
-    for name in entries(dir)?.into_iter().filter(|n| is_leftover(n)) {
+/// Removes the temporary files a killed command left in the `kind` folder `dir` (its lock held,
+/// so none is being written).
+pub fn remove_leftovers(dir: &Path, kind: Kind) -> Result<()> {
+    for name in entries(dir)?.into_iter().filter(|n| is_leftover(kind, n)) {
         let p = dir.join(&name);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
             remove_file(&p)?;
@@ -334,14 +352,13 @@ pub fn remove_leftovers(dir: &Path) -> Result<()> {
 /// files (a command killed before its marker was written) is empty.
 fn inspect(dir: &Path, kind: Kind, parent: Option<&str>) -> Result<Found> {
     let names = entries(dir)?;
-    if names.iter().all(|n| n == LOCK || is_leftover(n)) {
+    if names.iter().all(|n| n == LOCK || is_leftover(kind, n)) {
         return Ok(Found::Empty);
     }
     match Marker::read(dir)? {
         Some(m) if m.kind == kind && m.parent.as_deref() == parent => Ok(Found::Ours),
         Some(m) if m.kind == kind => Ok(Found::OtherParent),
         Some(m) => Ok(Found::OtherKind(m.kind)),
-        None if kind.legacy(dir) => Ok(Found::Ours),
         None => Ok(Found::Foreign(names)),
     }
 }
@@ -479,7 +496,7 @@ pub fn claim_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
             );
         }
         clear(dir, kind, old.as_deref(), Clearing::KeepMarker)?;
-        remove_leftovers(dir)?;
+        remove_leftovers(dir, kind)?;
     }
     // Written over the old marker by a rename: a kill in between leaves the folder marked.
     let marker = Marker::new(kind, parent);
@@ -566,7 +583,8 @@ fn clear(dir: &Path, kind: Kind, id: Option<&str>, how: Clearing) -> Result<()> 
                 (_, name) if kind.runs_folder() == Some(name) => {
                     for sub in entries(&p)? {
                         let s = p.join(&sub);
-                        if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours | Found::Empty) {
+                        // A link there (to a run, anywhere) is the user's: neither followed nor removed.
+                        if real_dir(&s) && matches!(inspect(&s, Kind::Run, id)?, Found::Ours | Found::Empty) {
                             // A run folder in use by another command is not cleared under it.
                             let _lock = lock(&s)?;
                             clear(&s, Kind::Run, None, Clearing::All)?;
@@ -602,11 +620,11 @@ fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<Strin
     }
     for sub in entries(&p)? {
         let s = p.join(&sub);
-        if s.is_dir() && matches!(inspect(&s, Kind::Run, id)?, Found::Ours) {
+        if real_dir(&s) && matches!(inspect(&s, Kind::Run, id)?, Found::Ours) {
             for name in entries(&s)? {
                 if name != LOCK && !Kind::Run.owns(&name) {
                     out.push(format!("{runs}/{sub}/{name}"));
-                } else if name == run::TENSORBOARD && s.join(&name).is_dir() {
+                } else if name == run::TENSORBOARD && real_dir(&s.join(&name)) {
                     // The clearing removes only the event files there.
                     for f in entries(&s.join(&name))? {
                         if !f.starts_with(TFEVENTS_PREFIX) {
@@ -618,6 +636,11 @@ fn foreign_in_runs(dir: &Path, kind: Kind, id: Option<&str>) -> Result<Vec<Strin
         }
     }
     Ok(out)
+}
+
+/// Whether `p` is a folder itself, not a link to one.
+fn real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
 }
 
 fn remove_file(p: &Path) -> Result<()> {
@@ -648,18 +671,16 @@ pub fn claim_existing(dir: &Path, kind: Kind) -> Result<Claimed> {
     let marker = match Marker::read(dir)? {
         Some(m) if m.kind == kind => m,
         Some(m) => bail!("{d} is a descent {} folder, not a {} folder", m.kind.name(), kind.name()),
-        None if kind.legacy(dir) && kind == Kind::Run => bail!(
-            "{d} has no {MARKER} (a run of an older descent, or its marker was deleted), so nothing ties its checkpoint to its logs; it cannot be resumed safely: start it again with --force"
+        // Nothing is written into a folder without a marker: its files may be anyone's.
+        None if kind.looks_like(dir) => bail!(
+            "{d} has no {MARKER} (a {} of an older descent, or its marker was deleted), so nothing ties its files \
+             together; it cannot be resumed safely: start it again in a new folder (--out)",
+            kind.name()
         ),
-        // A sweep's trials are checked line by line: an older folder is given its marker.
-        None if kind.legacy(dir) => Marker::new(kind, None),
         None => bail!("{d} is not a descent {} folder (no {MARKER})", kind.name()),
     };
     let lock = lock(dir)?;
     refuse_obstacles(dir, kind)?;
-    if !dir.join(MARKER).exists() {
-        marker.write(dir)?;
-    }
     Ok(Claimed { dir: dir.to_path_buf(), marker, _lock: lock })
 }
 

@@ -2,13 +2,11 @@
 //! function's contour map, with a table of where they ended and how fast they got there.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use descent_core::landscape::{descend, steps_to_tolerance, TestFunction};
 use descent_core::spec::{build_optimizer, lr_key, resolve_optimizer};
-use descent_core::transforms::{ScaleByShared, SharedScale};
-use descent_core::{chain, Optimizer, Transform};
+use descent_core::Optimizer;
 use descent_train::train::LrSchedule;
 use serde_json::{Map, Value};
 
@@ -66,11 +64,7 @@ fn default_runs(f: TestFunction) -> Vec<String> {
 }
 
 /// An optimizer over one `[2]` parameter from a run spec, and the schedule that drives it.
-fn build(
-    spec: &Map<String, Value>,
-    start: (f64, f64),
-    what: &str,
-) -> Result<(Optimizer, LrSchedule, Arc<SharedScale>)> {
+fn build(spec: &Map<String, Value>, start: (f64, f64), what: &str) -> Result<(Optimizer, LrSchedule, Vec<f64>)> {
     let name = spec["optimizer"].as_str().unwrap_or_default();
     let (lib, name) = resolve_optimizer(name).with_context(|| what.to_string())?;
     if descent_core::closure::is_closure_optimizer(lib, &name) {
@@ -111,14 +105,18 @@ fn build(
     }
     let shapes = vec![vec![2]];
     let tx = build_optimizer(lib, &name, &Value::Object(h), None, &shapes).with_context(|| what.to_string())?;
-    let scale = SharedScale::new(1.0);
-    let tx: Box<dyn Transform> = if schedule == LrSchedule::Constant {
-        tx
-    } else {
-        chain(vec![tx, Box::new(ScaleByShared::new(scale.clone()))])
-    };
-    let opt = Optimizer::new(tx, shapes, &[&[start.0 as f32, start.1 as f32]]).with_context(|| what.to_string())?;
-    Ok((opt, schedule, scale))
+    let mut opt = Optimizer::new(tx, shapes, &[&[start.0 as f32, start.1 as f32]]).with_context(|| what.to_string())?;
+    // A schedule sets the optimizer's learning rates between steps, as `train` does (not a scale
+    // on its update: Prodigy's or schedule-free's state follows the rate); refused as `train`
+    // refuses it where there is no constant rate to set.
+    let base: Vec<f64> = opt.learning_rates().into_iter().collect::<Option<Vec<_>>>().unwrap_or_default();
+    if schedule != LrSchedule::Constant && base.is_empty() {
+        bail!(
+            "{what}: `{lib}.{name}` has no constant learning rate a schedule can set (torch Rprop has none; a \
+             schedule given as its rate already sets it)"
+        );
+    }
+    Ok((opt, schedule, base))
 }
 
 /// One path's outcome.
@@ -171,9 +169,15 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
     for (f, runs) in plans {
         let mut paths = vec![];
         for (label, m) in &runs {
-            let (mut opt, schedule, scale) = build(m, f.start(), label)?;
-            let path =
-                descend(&mut opt, f, f.start(), a.steps, |t| scale.set(schedule.multiplier(t, a.steps as u64, 1)))?;
+            let (mut opt, schedule, base) = build(m, f.start(), label)?;
+            let path = descend(&mut opt, f, f.start(), a.steps, |opt, t| {
+                if schedule == LrSchedule::Constant {
+                    return Ok(());
+                }
+                let m = schedule.multiplier(t, a.steps as u64, 1);
+                opt.set_learning_rates(&base.iter().map(|r| r * m).collect::<Vec<_>>())
+            })
+            .with_context(|| label.clone())?;
             let end = *path.last().expect("the start at least");
             let diverged = !end.0.is_finite() || !end.1.is_finite();
             rows.push(PathRow {

@@ -81,13 +81,46 @@ impl Hooks for &mut Recorder {
     }
 }
 
-/// The suggestions: the learning rate where the smoothed loss falls fastest (per decade), before
-/// its minimum, and a tenth of the learning rate at the minimum; none where the loss never fell
-/// (its minimum at the first step, or no falling slope before it: the range starts too high).
-pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
-    let min = (0..points.len()).min_by(|&a, &b| points[a].smoothed.total_cmp(&points[b].smoothed))?;
-    // Skip the first tenth: the moving average is still warming up.
-    let first = (points.len() / 10).min(min);
+/// What a range test's curve says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// The learning rate where the smoothed loss falls fastest (per decade), before its minimum,
+    /// and a tenth of the learning rate at the minimum.
+    Suggest(f64, f64),
+    /// The loss never fell and rose above its noise: the range starts above the usable rates.
+    Rising,
+    /// The loss moved by no more than its batch-to-batch noise (`fall`, `noise`): nothing learned
+    /// in the range, which ends below the usable rates (or the model does not learn).
+    Flat { fall: f64, noise: f64 },
+}
+
+/// The batch-to-batch noise of the loss over `points`: the standard deviation of one step's
+/// loss about its trend, from the differences of consecutive losses (a trend moves them little,
+/// the noise by √2 of its own) by their median absolute deviation (a diverging end's jumps do not
+/// count).
+fn noise(points: &[Point]) -> f64 {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            0.0
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    let diffs: Vec<f64> = points.windows(2).map(|w| w[1].loss - w[0].loss).filter(|d| d.is_finite()).collect();
+    let mid = median(diffs.clone());
+    1.4826 * median(diffs.into_iter().map(|d| (d - mid).abs()).collect()) / std::f64::consts::SQRT_2
+}
+
+/// The suggestions ([`Verdict::Suggest`]) where the smoothed loss fell, from its highest before
+/// its minimum to that minimum, by more than three times the loss's noise; else why there are
+/// none.
+pub fn suggest(points: &[Point]) -> Option<Verdict> {
+    // Skip the first tenth, and at least the average's memory (10 steps) where the test is three
+    // times as long: the moving average is still warming up (its first value is a single batch's
+    // loss, as noisy as any).
+    let first = (points.len() / 10).max(10.min(points.len() / 3));
+    let min = (first..points.len()).min_by(|&a, &b| points[a].smoothed.total_cmp(&points[b].smoothed))?;
     // Slopes over a quarter of a decade each side: neighbouring steps differ by batch noise more
     // than by the trend.
     let decades = (points[points.len() - 1].lr / points[0].lr).log10().max(1e-9);
@@ -99,11 +132,21 @@ pub fn suggest(points: &[Point]) -> Option<(f64, f64)> {
         }
         (points[b].smoothed - points[a].smoothed) / (points[b].lr.log10() - points[a].lr.log10())
     };
+    let noise = noise(points);
+    let lowest = points[min].smoothed;
+    let fall = points[first..=min].iter().map(|p| p.smoothed).fold(lowest, f64::max) - lowest;
     let steepest = (first..=min).min_by(|&a, &b| slope(a).total_cmp(&slope(b)))?;
-    if min == 0 || slope(steepest) >= 0.0 || slope(steepest).is_nan() {
-        return None;
+    if min == first || slope(steepest) >= 0.0 || slope(steepest).is_nan() {
+        let rise = points[points.len() - 1].smoothed - lowest;
+        return Some(if rise > 3.0 * noise { Verdict::Rising } else { Verdict::Flat { fall, noise } });
     }
-    Some((points[steepest].lr, points[min].lr / 10.0))
+    // The smoothed curve of pure noise wanders by about the noise itself over a test (its own
+    // spread is a quarter of the noise's, more while the average warms up): a fall is the
+    // trend's when it is more than three times the noise.
+    if fall <= 3.0 * noise {
+        return Some(Verdict::Flat { fall, noise });
+    }
+    Some(Verdict::Suggest(points[steepest].lr, points[min].lr / 10.0))
 }
 
 /// Whether a train flag was given (differs from its default).
@@ -209,9 +252,6 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     )?;
     // A batch larger than the training set is refused as `train` refuses it (not cut to the set).
     train::validate_for_data(&args, train_set.len())?;
-    // Claimed (created and locked) before the test trains: a folder that cannot be written
-    // fails now, not after the test, and a second command cannot write into it meanwhile.
-    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     let mut cfg = train::config(&args, loss)?;
     let (start, ratio, n) = (a.start_lr, a.end_lr / a.start_lr, a.num_steps);
     cfg.schedule = LrSchedule::Spec(SpecSchedule {
@@ -222,6 +262,12 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     });
     cfg.max_steps = Some(n);
     cfg.epochs = usize::try_from(n.div_ceil(cfg.steps_per_epoch(train_set.len()).max(1))).unwrap_or(usize::MAX);
+    // The optimizer over the model, with the ramp as its schedule: one whose rate a schedule
+    // cannot set (torch Rprop) is refused before the folder is made.
+    descent_train::train::optimizer_for(model.as_ref(), &cfg).map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?;
+    // Claimed (created and locked) before the test trains: a folder that cannot be written
+    // fails now, not after the test, and a second command cannot write into it meanwhile.
+    let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;
     println!(
         "learning-rate range test: {} with {}, {:e} to {:e} over {} steps (batch {}{})",
         args.model,
@@ -249,7 +295,11 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     // As few points as the shortest test allows (a test that diverged within its first ten steps)
     // are too coarse a curve for its slope: no suggestion.
     let too_few = points.len() < MIN_STEPS as usize;
-    let suggestion = if too_few { None } else { suggest(&points) };
+    let verdict = if too_few { None } else { suggest(&points) };
+    let suggestion = match verdict {
+        Some(Verdict::Suggest(steep, min10)) => Some((steep, min10)),
+        _ => None,
+    };
     let mut series = vec![Series {
         raw: points.iter().map(|p| (p.lr, p.loss)).collect(),
         ..Series::line(
@@ -292,10 +342,16 @@ pub fn run(a: LrFindArgs) -> Result<()> {
              range (--end-lr) or start it lower (--start-lr)",
             points.len()
         ),
-        None => println!(
-            "no suggestion: the smoothed loss never fell (lowest at {}); start the range lower (--start-lr)",
-            plot::tick(points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).map_or(f64::NAN, |p| p.lr))
-        ),
+        None => match verdict {
+            Some(Verdict::Flat { fall, noise }) => println!(
+                "no suggestion: the smoothed loss fell by {fall:.3} at most, within its batch-to-batch noise ({noise:.3}): \
+                 nothing was learned in this range; raise its end (--end-lr)"
+            ),
+            _ => println!(
+                "no suggestion: the smoothed loss never fell (lowest at {}); start the range lower (--start-lr)",
+                plot::tick(points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).map_or(f64::NAN, |p| p.lr))
+            ),
+        },
     }
     Ok(())
 }
@@ -318,7 +374,7 @@ mod tests {
                 Point { lr, loss: s, smoothed: s }
             })
             .collect();
-        let (steep, min10) = suggest(&points).unwrap();
+        let Some(Verdict::Suggest(steep, min10)) = suggest(&points) else { panic!("{:?}", suggest(&points)) };
         assert!((7e-4..1.5e-3).contains(&steep), "{steep}");
         let min_lr = points.iter().min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).unwrap().lr;
         assert_eq!(min10, min_lr / 10.0);
@@ -334,6 +390,23 @@ mod tests {
                 Point { lr, loss: s, smoothed: s }
             })
             .collect();
-        assert_eq!(suggest(&points), None);
+        assert_eq!(suggest(&points), Some(Verdict::Rising));
+    }
+
+    /// A flat curve of batch noise (nothing learns in the range) suggests nothing, whatever the
+    /// noise's draws, and says the range ends too low: not that it starts too high.
+    #[test]
+    fn a_loss_flat_within_its_noise_suggests_nothing() {
+        for seed in 0..1000u64 {
+            let mut rng = descent_train::rng::Rng::new(seed);
+            let (mut avg, mut points) = (0.0, vec![]);
+            for i in 0..30 {
+                let loss = 2.3 + 0.05 * (rng.uniform() as f64 - 0.5);
+                avg = 0.9 * avg + 0.1 * loss;
+                let smoothed = avg / (1.0 - 0.9f64.powi(i + 1));
+                points.push(Point { lr: 1e-9 * 100f64.powf(i as f64 / 29.0), loss, smoothed });
+            }
+            assert!(matches!(suggest(&points), Some(Verdict::Flat { .. })), "seed {seed}: {:?}", suggest(&points));
+        }
     }
 }

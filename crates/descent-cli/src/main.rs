@@ -703,10 +703,16 @@ fn set_thread_env(per_pool: usize) {
 fn plot_runs(dirs: &[PathBuf], out: &std::path::Path, title: &str) -> Result<()> {
     let mut all = vec![];
     for d in dirs {
+        // A compare folder's runs keep the labels and the failures its own charts show.
+        let shown = runs::compare_labels(d)?;
         for run in runs::expand(d)? {
-            let m = runs::read_run(&run)?;
+            let mut m = runs::read_run(&run)?;
             for w in &m.warnings {
                 eprintln!("warning: {w}");
+            }
+            if let Some((label, failed)) = run.file_name().and_then(|n| shown.get(&*n.to_string_lossy())) {
+                m.faint = *failed;
+                m.label = if *failed { format!("{label} (failed)") } else { label.clone() };
             }
             all.push(m);
         }

@@ -264,14 +264,24 @@ pub fn line_chart(chart: &Chart, stem: &Path) -> Result<[PathBuf; 2]> {
     Ok([png, svg])
 }
 
-/// Draws into a temporary file beside `path` (with its extension, which picks the format), then
-/// renames it over `path`: a chart is replaced whole or not at all.
+/// Draws into a temporary file beside `path` (with its extension, which picks the format), syncs
+/// it, then renames it over `path` and syncs the folder: a chart is replaced whole or not at all,
+/// as [`crate::folder::write_atomic`] writes a file.
 fn atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{stem}.tmp{}.{ext}", std::process::id()));
-    let r =
-        draw(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| anyhow!("writing {}: {e}", path.display())));
+    let settle = || -> std::io::Result<()> {
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    };
+    let r = draw(&tmp).and_then(|_| settle().map_err(|e| anyhow!("writing {}: {e}", path.display())));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -385,6 +385,28 @@ pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// The label and whether it failed of each run of the compare folder `dir` (by its folder's name
+/// in `runs/`), as its `compare.json` records them; nothing for another folder.
+pub fn compare_labels(dir: &Path) -> Result<std::collections::HashMap<String, (String, bool)>> {
+    let path = dir.join("compare.json");
+    let mut out = std::collections::HashMap::new();
+    if !(path.is_file() && dir.join("runs").is_dir()) {
+        return Ok(out);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
+    for r in v["runs"].as_array().into_iter().flatten() {
+        let (Some(label), Some(dir), Some(status)) = (r["label"].as_str(), r["dir"].as_str(), r["status"].as_str())
+        else {
+            bail!("{}: a run without its label, folder and status: {r}", path.display());
+        };
+        if let Some(name) = Path::new(dir).file_name() {
+            out.insert(name.to_string_lossy().into_owned(), (label.to_string(), status.starts_with("failed")));
+        }
+    }
+    Ok(out)
+}
+
 /// The stems of the charts [`draw`] writes (each as PNG and SVG): the files of a compare or plot
 /// folder that `--force` replaces.
 pub const CHART_STEMS: &[&str] = &[

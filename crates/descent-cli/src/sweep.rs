@@ -734,6 +734,23 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     };
     let p = plan(&s)?;
+    // Each trial's folder is checked before the sweep folder is claimed (with --force, cleared):
+    // one that descent did not write as a trial of this sweep would fail its trial only after the
+    // earlier results were deleted (as a compare checks its runs' folders).
+    let old_id = match &claimed {
+        Some(c) => Some(c.marker.id.clone()),
+        None => {
+            folder::check_new(&out, folder::Kind::Sweep, a.base.force, true, None)?;
+            folder::Marker::read(&out).ok().flatten().filter(|m| m.kind == folder::Kind::Sweep).map(|m| m.id)
+        }
+    };
+    for i in 0..p.trials {
+        let dir = trial_dir(&out, i);
+        if dir.exists() || dir.symlink_metadata().is_ok() {
+            folder::check_new(&dir, folder::Kind::Run, true, false, old_id.as_deref())
+                .with_context(|| format!("trial {}", i + 1))?;
+        }
+    }
     let claimed = match claimed {
         Some(c) => c,
         None => {
@@ -940,7 +957,18 @@ fn run_trial(
     }
     let seconds = t0.elapsed().as_secs_f64();
     let rungs = rungs_reached.into_inner().expect("rungs lock");
-    let curve = read_curve(&dir, p.objective);
+    // A folder another command made there since the sweep started (checked at its start) is not
+    // this trial's: its curve is not read, and the trial is not recorded as one that failed.
+    let own = folder::Marker::read(&dir).ok().flatten().is_some_and(|m| m.parent.as_deref() == Some(sweep_id));
+    if r.is_err() && !own && dir.join(folder::MARKER).exists() {
+        bail!(
+            "trial {}: {} holds a run that is not this sweep's; move it away, then `descent sweep --resume {}` runs the trial",
+            i + 1,
+            dir.display(),
+            out.display()
+        );
+    }
+    let curve = if own { read_curve(&dir, p.objective) } else { vec![] };
     let per_epoch = len.per_epoch as f64;
     Ok(match r {
         Ok(o) => {

@@ -1435,7 +1435,7 @@ impl FolderStart {
     fn apply(self, run_dir: &RunDir) -> Result<Option<descent_train::tensorboard::Scalars>> {
         if let Some((epochs, steps)) = self.cut_back_to {
             // What a killed command left half-written goes first.
-            folder::remove_leftovers(&run_dir.dir)?;
+            folder::remove_leftovers(&run_dir.dir, folder::Kind::Run)?;
             let (warnings, cut_row) = run_dir.truncate_after(epochs, steps)?;
             for warning in warnings {
                 eprintln!("warning: {warning}");

@@ -60,8 +60,6 @@ fn compare_equals_runs_made_alone_and_marks_a_diverged_run() {
         "2",
         "--threads",
         "1",
-        "--target",
-        "50",
         "--run",
         "sgd:lr=0.1",
         "--run",
@@ -100,6 +98,14 @@ fn compare_equals_runs_made_alone_and_marks_a_diverged_run() {
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("loss.svg") && html.contains("sgd:lr=0.1"));
     assert!(std::fs::read_to_string(dir.join("table.md")).unwrap().contains("| adam:lr=0.05,betas=[0.8,0.99] |"));
+    // `plot` of the folder draws the failed run as failed, as the compare's charts do.
+    let pics = out("table-plot");
+    run_ok(&["plot", d, "--out", pics.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(pics.join("loss.svg")).unwrap();
+    assert!(svg.contains("sgd:lr=1e30 (failed)"), "the legend does not mark the failed run");
+    // A target accuracy for a regression, which measures none, is refused.
+    let e = run_err(&["compare", "--model", "linear", "--run", "sgd", "--target", "50", "--out", d, "--force"]);
+    assert!(e.contains("--target 50") && e.contains("without accuracy"), "{e}");
     // An existing folder is not overwritten without --force.
     let e = run_err(&["compare", "--model", "linear", "--run", "sgd", "--out", d]);
     assert!(e.contains("exists") && e.contains("--force"), "{e}");
@@ -361,6 +367,26 @@ fn a_run_spec_label_names_the_run() {
     let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
     assert!(table.contains("| fast |") && table.contains("| slow |"), "{table}");
     assert!(dir.join("runs/01-fast").is_dir() && dir.join("runs/02-slow").is_dir());
+    // `plot` of the compare folder names its runs as the compare's own charts do.
+    let pics = out("labels-plot");
+    run_ok(&["plot", d, "--out", pics.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(pics.join("loss.svg")).unwrap();
+    let texts: Vec<&str> = svg.lines().map(str::trim).collect();
+    assert!(texts.contains(&"fast") && texts.contains(&"slow"), "the legend names the runs otherwise");
+    // A label is text as written, whatever it looks like.
+    let mut texts = base.to_vec();
+    texts.extend([
+        "--run",
+        "adam:label=1e-3",
+        "--run",
+        "adam:label=true,lr=0.1",
+        "--run",
+        "adam:label=1e400",
+        "--force",
+    ]);
+    run_ok(&texts);
+    let table = std::fs::read_to_string(dir.join("table.md")).unwrap();
+    assert!(table.contains("| 1e-3 |") && table.contains("| true |") && table.contains("| 1e400 |"), "{table}");
     let mut twice = base.to_vec();
     twice.extend(["--run", "adam:label=x", "--run", "adam:label=x,lr=0.1", "--force"]);
     let e = run_err(&twice);

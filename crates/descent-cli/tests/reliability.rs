@@ -869,6 +869,12 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             "total steps is 2",
         ),
         (vec!["compare", "--model", "gpt", "--steps", "5", "--run", "adamw", "--target", "50"], "without accuracy"),
+        (vec!["compare", "--model", "linear", "--run", "sgd", "--target", "50"], "without accuracy"),
+        // A schedule sets a rate a landscape's optimizer must have, as `train` requires.
+        (
+            vec!["landscape", "--function", "beale", "--run", "rprop:lr=0.01,schedule=cosine"],
+            "no constant learning rate a schedule can set",
+        ),
         // A misspelt training key in a run's spec is named as such, not as the optimizer's.
         (vec!["compare", "--model", "linear", "--run", "adam:lrr=0.1"], "did you mean `lr`?"),
         // The rate of a Muon's Adam part is refused as --lr is.
@@ -1013,6 +1019,91 @@ fn compare_force_clears_only_its_own_runs() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// What only looks like descent's is not taken for it: a user's files named like a temporary
+/// file (`.thesis.tmp`, `weights.safetensors.tmp`) make a folder the user's, not an empty one; a
+/// folder of a `table.md` and a `table.csv` (or a `sweep.json`) without a marker is not an old
+/// landscape (sweep) folder for `--force` to overwrite or `--resume` to mark; a link in a
+/// compare's `runs/` is neither followed nor removed; a sweep whose trial folder holds a run of
+/// another command is refused before its results are cleared; lr-find with an optimizer whose
+/// rate it cannot ramp is refused before its folder is made.
+#[test]
+fn force_and_resume_take_only_what_descent_marked() {
+    let d = fresh("marked");
+    let u = d.join("u");
+    std::fs::create_dir_all(&u).unwrap();
+    std::fs::write(u.join(".thesis.tmp"), "years of work").unwrap();
+    std::fs::write(u.join("weights.safetensors.tmp"), "w").unwrap();
+    for force in [false, true] {
+        let mut cmd = vec!["lr-find", "--model", "linear", "--num-steps", "10", "--out", s(&u)];
+        if force {
+            cmd.push("--force");
+        }
+        let (ok, t) = run(&cmd);
+        assert!(!ok && t.contains("not a folder descent wrote"), "{t}");
+        assert_eq!(names(&u), vec![".thesis.tmp", "weights.safetensors.tmp"]);
+    }
+    let r = d.join("r");
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(r.join("table.md"), "mine").unwrap();
+    std::fs::write(r.join("table.csv"), "a,b").unwrap();
+    let (ok, t) =
+        run(&["landscape", "--function", "beale", "--run", "adam:lr=0.05", "--steps", "10", "--out", s(&r), "--force"]);
+    assert!(!ok && t.contains("not a folder descent wrote"), "{t}");
+    assert_eq!(read(&r.join("table.md")), "mine");
+    let w = d.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::write(w.join("sweep.json"), r#"{"method":"bayes"}"#).unwrap();
+    let (ok, t) = run(&["sweep", "--resume", s(&w)]);
+    assert!(!ok && t.contains("has no descent.json"), "{t}");
+    assert_eq!(names(&w), vec!["sweep.json"], "the refused resume wrote into the folder");
+    // A link in a compare's runs/ to one of its runs.
+    let c = d.join("c");
+    let cmp = ["compare", "--model", "linear", "--epochs", "1", "--run", "sgd", "--run", "adam", "--out", s(&c)];
+    assert!(run(&cmp).0);
+    std::os::unix::fs::symlink("02-adam", c.join("runs/00-best")).unwrap();
+    let (ok, t) = run(&[&cmp[..], &["--force"]].concat());
+    assert!(ok, "{t}");
+    assert!(c.join("runs/00-best").symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(c.join("runs/02-adam/checkpoint.safetensors").exists() && c.join("report.html").exists());
+    // A trial folder of a sweep holding a run of `descent train`.
+    let sw = d.join("sw");
+    let sweep = |trials: &'static str, extra: &[&'static str]| {
+        let mut v = vec![
+            "sweep",
+            "--model",
+            "linear",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "sgd",
+            "--objective",
+            "val_loss",
+            "--param",
+            "lr=loguniform:1e-3..1e-1",
+            "--method",
+            "random",
+            "--trials",
+            trials,
+            "--out",
+            s(&sw),
+        ];
+        v.extend_from_slice(extra);
+        run(&v)
+    };
+    assert!(sweep("2", &[]).0);
+    assert!(linear(&sw.join("trials/003"), &["--epochs", "1"]).0);
+    let before = read(&sw.join("trials.jsonl"));
+    let (ok, t) = sweep("3", &["--force"]);
+    assert!(!ok && t.contains("trial 3") && t.contains("trials/003"), "{t}");
+    assert_eq!(read(&sw.join("trials.jsonl")), before, "the refused sweep cleared its results");
+    // lr-find with torch Rprop, whose rate a schedule cannot set.
+    let l = d.join("l");
+    let (ok, t) = run(&["lr-find", "--model", "linear", "--optimizer", "rprop", "--num-steps", "30", "--out", s(&l)]);
+    assert!(!ok && t.contains("--optimizer") && t.contains("rprop"), "{t}");
+    assert!(!l.exists(), "{:?}", names(&l));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn residual_and_plain_cnns_train_and_resume_with_their_running_statistics() {
     let d = fresh("resnet");
@@ -1091,7 +1182,7 @@ fn a_run_whose_marker_was_deleted_is_not_resumed_and_the_message_says_why() {
     let before = names(&r);
     common::one_line_error(
         &["train", "--resume", s(&r), "--epochs", "2"],
-        &["has no descent.json", "marker was deleted", "--force"],
+        &["has no descent.json", "marker was deleted", "new folder (--out)"],
     );
     assert_eq!(names(&r), before, "the refused resume changed the folder");
     std::fs::remove_dir_all(&d).unwrap();

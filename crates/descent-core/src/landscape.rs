@@ -153,22 +153,22 @@ impl TestFunction {
 }
 
 /// Runs `steps` optimizer steps from `start` on `f`'s analytic gradient: the optimizer must hold
-/// one parameter of shape `[2]`. `before_step(t)` runs before step `t` (0-based; a schedule sets
-/// its learning rate there). Returns the points visited, the start first; stops early at a
-/// non-finite point (which ends the path).
+/// one parameter of shape `[2]`. `before_step(opt, t)` runs before step `t` (0-based; a schedule
+/// sets the optimizer's learning rate there). Returns the points visited, the start first; stops
+/// early at a non-finite point (which ends the path).
 pub fn descend(
     opt: &mut Optimizer,
     f: TestFunction,
     start: (f64, f64),
     steps: usize,
-    mut before_step: impl FnMut(u64),
+    mut before_step: impl FnMut(&mut Optimizer, u64) -> Result<()>,
 ) -> Result<Vec<(f64, f64)>> {
     let mut p = vec![vec![start.0 as f32, start.1 as f32]];
     let mut path = Vec::with_capacity(steps + 1);
     path.push((p[0][0] as f64, p[0][1] as f64));
     for t in 0..steps {
         let (gx, gy) = f.grad(p[0][0] as f64, p[0][1] as f64);
-        before_step(t as u64);
+        before_step(opt, t as u64)?;
         opt.step_vecs(&mut p, &[vec![gx as f32, gy as f32]])?;
         let q = (p[0][0] as f64, p[0][1] as f64);
         path.push(q);
@@ -229,7 +229,7 @@ mod tests {
             &[&[sx as f32, sy as f32]],
         )
         .unwrap();
-        let path = descend(&mut sgd, f, f.start(), 50, |_| {}).unwrap();
+        let path = descend(&mut sgd, f, f.start(), 50, |_, _| Ok(())).unwrap();
         let mut p = [sx as f32, sy as f32];
         for &(x, y) in &path[1..] {
             let (gx, gy) = f.grad(p[0] as f64, p[1] as f64);
@@ -240,7 +240,7 @@ mod tests {
             let tx = build_optimizer("optax", "adam", &json!({"learning_rate": 0.05}), None, &shapes).unwrap();
             Optimizer::new(tx, shapes.clone(), &[&[sx as f32, sy as f32]]).unwrap()
         };
-        let path = descend(&mut adam(), f, f.start(), 200, |_| {}).unwrap();
+        let path = descend(&mut adam(), f, f.start(), 200, |_, _| Ok(())).unwrap();
         let (mut by_hand, mut q) = (adam(), vec![vec![sx as f32, sy as f32]]);
         for &(x, y) in &path[1..] {
             let (gx, gy) = f.grad(q[0][0] as f64, q[0][1] as f64);

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 use descent_train::model::Linear;
 use descent_train::nn::{
-    adaptive_avg_pool2d_1x1, avg_pool2d, batch_norm, embedding, gelu, layer_norm, log_softmax, softmax, AvgPool2d,
-    BatchNormOptions, CausalSelfAttention, Divisor, Gelu, Rounding,
+    adaptive_avg_pool2d_1x1, avg_pool2d, batch_norm, embedding, embedding_with, gelu, layer_norm, log_softmax, softmax,
+    AvgPool2d, BatchNormOptions, CausalSelfAttention, Divisor, EmbeddingOptions, Gelu, Rounding,
 };
 use serde_json::Value;
 
@@ -54,6 +54,7 @@ fn backward(y: &Tensor, c: &Value) -> candle_core::backprop::GradStore {
 }
 
 fn check_layer_norm(k: &mut Check) {
+    known_args(k, &["normalized_shape", "eps"]);
     let c = k.case;
     let (x, w, b) = (var(&c["input"]), var(&c["weight"]), var(&c["bias"]));
     let shape = c["args"]["normalized_shape"].as_array().unwrap();
@@ -67,10 +68,30 @@ fn check_layer_norm(k: &mut Check) {
     k.close("grad_bias", None, g.get(b.as_tensor()).unwrap());
 }
 
+/// That a case's `args` hold only the arguments its check reads: one it would not read fails the
+/// case by name rather than be ignored.
+fn known_args(k: &Check, known: &[&str]) {
+    if let Some(args) = k.case["args"].as_object() {
+        for name in args.keys() {
+            assert!(known.contains(&name.as_str()), "{}: argument `{name}` is not one this check reads", k.file);
+        }
+    }
+}
+
 fn check_embedding(k: &mut Check) {
+    known_args(k, &["padding_idx", "scale_grad_by_freq"]);
     let c = k.case;
+    let a = &c["args"];
     let w = var(&c["weight"]);
-    let y = embedding(&indices(&c["indices"]), w.as_tensor()).unwrap();
+    let options = EmbeddingOptions {
+        padding_idx: a["padding_idx"].as_i64(),
+        scale_grad_by_freq: a["scale_grad_by_freq"].as_bool().unwrap_or(false),
+    };
+    let y = if options == EmbeddingOptions::default() {
+        embedding(&indices(&c["indices"]), w.as_tensor()).unwrap()
+    } else {
+        embedding_with(&indices(&c["indices"]), w.as_tensor(), options).unwrap()
+    };
     k.close("output", None, &y);
     let g = backward(&y, c);
     k.close("grad_weight", None, g.get(w.as_tensor()).unwrap());
@@ -93,6 +114,7 @@ fn last_dim(k: &Check) {
 }
 
 fn check_batch_norm(k: &mut Check) {
+    known_args(k, &["training", "momentum", "eps"]);
     let c = k.case;
     let a = &c["args"];
     let (x, w, b) = (var(&c["input"]), var(&c["weight"]), var(&c["bias"]));
@@ -136,6 +158,7 @@ fn pair(v: &Value) -> Option<(usize, usize)> {
 }
 
 fn check_avg_pool(k: &mut Check) {
+    known_args(k, &["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"]);
     let a = &k.case["args"];
     let kernel = pair(&a["kernel_size"]).expect("kernel_size");
     let pool = AvgPool2d {
@@ -158,6 +181,7 @@ fn check_avg_pool(k: &mut Check) {
 }
 
 fn check_adaptive_avg_pool(k: &mut Check) {
+    known_args(k, &["output_size"]);
     let size: Vec<u64> =
         k.case["args"]["output_size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(size, [1, 1], "{}: global pooling only", k.file);
@@ -165,6 +189,7 @@ fn check_adaptive_avg_pool(k: &mut Check) {
 }
 
 fn check_attention(k: &mut Check) {
+    known_args(k, &["n_head", "dropout"]);
     let c = k.case;
     let p = |n: &str| var(&c["params"][n]);
     let layer = CausalSelfAttention {
@@ -217,6 +242,7 @@ fn check_layer_files(folder: &std::path::Path) {
             "layer_norm" => check_layer_norm(&mut k),
             "embedding" => check_embedding(&mut k),
             "gelu" => {
+                known_args(&k, &["approximate"]);
                 let which = match case["args"]["approximate"].as_str().unwrap_or("none") {
                     "none" => Gelu::Erf,
                     "tanh" => Gelu::Tanh,
@@ -225,10 +251,12 @@ fn check_layer_files(folder: &std::path::Path) {
                 check_pointwise(&mut k, &|x| gelu(x, which).unwrap())
             }
             "softmax" => {
+                known_args(&k, &["dim"]);
                 last_dim(&k);
                 check_pointwise(&mut k, &|x| softmax(x).unwrap())
             }
             "log_softmax" => {
+                known_args(&k, &["dim"]);
                 last_dim(&k);
                 check_pointwise(&mut k, &|x| log_softmax(x).unwrap())
             }

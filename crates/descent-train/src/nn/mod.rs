@@ -16,7 +16,7 @@ pub mod pool;
 pub use activation::{gelu, log_softmax, softmax, Gelu};
 pub use attention::{causal_attention, causal_attention_with_weights, CausalSelfAttention};
 pub use dropout::Dropout;
-pub use embedding::{embedding, Embedding};
+pub use embedding::{embedding, embedding_with, Embedding, EmbeddingOptions};
 pub use norm::{batch_norm, layer_norm, BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
 pub use pool::{adaptive_avg_pool2d_1x1, avg_pool2d, AvgPool2d, Divisor, Rounding};
 
