@@ -512,6 +512,16 @@ impl QLayer {
     /// against: it quantizes its input, multiplies, dequantizes, applies ReLU and max-pooling in
     /// f32, image by image.
     pub fn forward(&self, kernel: Kernel, x: &[f32], in_dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        // A linear layer takes `[n, …]` (a convolution's output flattens), a convolution NCHW.
+        let rank_ok = if self.spec.kind == "linear" { !in_dims.is_empty() } else { in_dims.len() == 4 };
+        if !rank_ok || in_dims.iter().product::<usize>() != x.len() {
+            return Err(Error::Param(format!(
+                "{}: input dims {in_dims:?} for {} values ({} takes [n, …], a convolution [n, c, h, w])",
+                self.spec.name,
+                x.len(),
+                if self.spec.kind == "linear" { "a linear layer" } else { "it" }
+            )));
+        }
         let n = in_dims[0];
         let qp = self.input;
         let o = self.weight.n;
@@ -1163,6 +1173,9 @@ impl QuantModel {
     /// The logits by [`QLayer::forward`] layer after layer: the unfused reference of
     /// [`QuantModel::run`].
     pub fn run_reference(&self, x: &[f32], dims: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        if dims.is_empty() || dims.iter().product::<usize>() != x.len() {
+            return Err(Error::Param(format!("input dims {dims:?} for {} values", x.len())));
+        }
         let (mut h, mut d) = (x.to_vec(), dims.to_vec());
         for l in &self.layers {
             if l.spec.flatten {

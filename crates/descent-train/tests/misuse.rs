@@ -283,5 +283,12 @@ fn impossible_geometry_and_indices_are_errors() {
             .expect_err("refused");
         assert!(e.to_string().contains("percentile"), "{e}");
     }
-    QuantModel::quantize("mlp", &mlp, &[batch], Calibration::Percentile(99.0)).unwrap();
+    let q = QuantModel::quantize("mlp", &mlp, &[batch], Calibration::Percentile(99.0)).unwrap();
+    // The unfused reference path checks its input's dims against its values.
+    let x = vec![0.5f32; 2 * 784];
+    for dims in [vec![], vec![3, 784], vec![2, 1, 28]] {
+        assert!(q.run_reference(&x, &dims).is_err(), "{dims:?}");
+    }
+    let (y, d) = q.run_reference(&x, &[2, 1, 28, 28]).unwrap();
+    assert_eq!((y.len(), d), (20, vec![2, 10]));
 }
