@@ -904,11 +904,14 @@ pub(crate) fn map_inline(u: &mut [f32], map: Option<Map>) {
 pub struct ParamBufs<T = f32> {
     data: Vec<Vec<T>>,
     ptrs: Vec<*mut T>,
+    /// The element counts of the parameters `init` set this state up for (allocated, or left
+    /// empty when unused); `None` before `init`.
+    init_for: Option<Vec<usize>>,
 }
 
 impl<T> Default for ParamBufs<T> {
     fn default() -> Self {
-        ParamBufs { data: vec![], ptrs: vec![] }
+        ParamBufs { data: vec![], ptrs: vec![], init_for: None }
     }
 }
 
@@ -919,10 +922,87 @@ unsafe impl<T: Sync> Sync for ParamBufs<T> {}
 
 impl<T> From<Vec<Vec<T>>> for ParamBufs<T> {
     fn from(data: Vec<Vec<T>>) -> Self {
-        let mut b = ParamBufs { data, ptrs: vec![] };
+        let mut b = ParamBufs { data, ptrs: vec![], init_for: None };
         b.refresh();
         b
     }
+}
+
+/// What a state buffer knows of the `init` that set it up.
+pub(crate) enum InitMark<'a> {
+    /// Set up by `init` for parameters of these element counts (allocated, or left empty).
+    Init(&'a [usize]),
+    /// Not set up yet.
+    NotInit,
+    /// A buffer that does not record it.
+    Unknown,
+}
+
+/// The state buffers of an elementwise transformation, as its `init` left them: what
+/// [`Transform::update`](crate::Transform::update) called directly (without
+/// [`crate::Optimizer`], which checks the parameters against its shapes) checks before the
+/// kernels index them ([`check_init_marks`]), so that an update before `init`, or of other
+/// sizes, is an error rather than an index out of range.
+pub(crate) trait InitState {
+    /// Marks the state as set up by `init` for parameters of these element counts.
+    fn mark_init(&mut self, numels: &[usize]);
+    /// What the state knows of its `init`.
+    fn init_mark(&self) -> InitMark<'_>;
+}
+
+impl<T> InitState for ParamBufs<T> {
+    fn mark_init(&mut self, numels: &[usize]) {
+        self.init_for = Some(numels.to_vec());
+    }
+    fn init_mark(&self) -> InitMark<'_> {
+        match &self.init_for {
+            Some(n) => InitMark::Init(n),
+            None => InitMark::NotInit,
+        }
+    }
+}
+
+impl InitState for Vec<ParamBufs> {
+    fn mark_init(&mut self, numels: &[usize]) {
+        self.iter_mut().for_each(|b| b.mark_init(numels));
+    }
+    fn init_mark(&self) -> InitMark<'_> {
+        self.first().map_or(InitMark::Unknown, |b| b.init_mark())
+    }
+}
+
+impl InitState for Vec<Vec<f32>> {
+    fn mark_init(&mut self, _numels: &[usize]) {}
+    fn init_mark(&self) -> InitMark<'_> {
+        InitMark::Unknown
+    }
+}
+
+/// That updates of these element counts fit the state whose buffers say `marks`: the counts
+/// `init` was given, if any buffer recorded them; an error when every buffer says it was never
+/// set up.
+pub(crate) fn check_init_marks(marks: &[InitMark<'_>], sizes: &[usize]) -> crate::error::Result<()> {
+    use crate::error::Error;
+    if let Some(numels) = marks.iter().find_map(|m| if let InitMark::Init(n) = m { Some(*n) } else { None }) {
+        if numels.len() != sizes.len() {
+            return Err(Error::Shape(format!(
+                "the state was set up by init for {} parameters, {} updates given",
+                numels.len(),
+                sizes.len()
+            )));
+        }
+        return match numels.iter().zip(sizes).position(|(a, b)| a != b) {
+            Some(i) => Err(Error::Shape(format!(
+                "update {i} has {} elements, and init set up its state for {}",
+                sizes[i], numels[i]
+            ))),
+            None => Ok(()),
+        };
+    }
+    if !marks.is_empty() && marks.iter().all(|m| matches!(m, InitMark::NotInit)) {
+        return Err(Error::Invalid("update before init: the transformation's state was never set up".into()));
+    }
+    Ok(())
 }
 
 impl<T> ParamBufs<T> {

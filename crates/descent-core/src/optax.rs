@@ -652,26 +652,10 @@ impl Default for Fromage {
 /// optax `fromage`: `scale_by_trust_ratio → scale(−α·mult) → add_decayed_weights(mult − 1)`.
 pub fn fromage(c: Fromage) -> Box<dyn Transform> {
     let trust = boxed(ScaleByTrustRatio::new(ScaleByTrustRatioConfig { min_norm: c.min_norm, ..Default::default() }));
-    let mult = |lr: f64| 1.0 / (1.0 + lr * lr).sqrt();
-    match c.learning_rate {
-        LearningRate::Constant(lr) => {
-            // The rate enters the decay factor too, fixed here: a plain scale, which
-            // set_learning_rate does not see (it would change the step but not the decay).
-            chain(vec![trust, boxed(Scale::new(-(lr * mult(lr)))), boxed(AddDecayedWeights::new(mult(lr) - 1.0))])
-        }
-        LearningRate::Schedule(s) => {
-            // optax's callable branch: the step `α(t)·mult(t)` and the decay `mult(t) − 1`, both
-            // from the schedule at the step's count.
-            let s: std::sync::Arc<dyn crate::schedule::Schedule> = std::sync::Arc::from(s);
-            let for_decay = s.clone();
-            let step: Box<dyn crate::schedule::Schedule> = Box::new(move |t: u64| {
-                let lr = s.value(t);
-                mult(lr) * lr
-            });
-            let decay: Box<dyn crate::schedule::Schedule> = Box::new(move |t: u64| mult(for_decay.value(t)) - 1.0);
-            chain(vec![trust, scale_by_learning_rate(step.into()), boxed(AddDecayedWeights::new(decay))])
-        }
-    }
+    // The step `α·mult` and the decay `mult − 1` (mult = 1/√(1 + α²)) from the one rate, at
+    // the step's count for a schedule (optax's callable branch), and from a rate set between
+    // steps.
+    chain(vec![trust, boxed(crate::transforms::ScaleByFromage::new(c.learning_rate))])
 }
 
 /// optax `lamb` (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76
@@ -928,9 +912,8 @@ impl Default for OptimisticAdam {
 }
 /// optax `optimistic_adam`: `scale_by_adam → scale_by_optimistic_gradient(α, o) → scale(−1)`.
 pub fn optimistic_adam(c: OptimisticAdam) -> Box<dyn Transform> {
-    let (alpha, beta) = (c.learning_rate, c.optimism.unwrap_or(c.learning_rate));
-    // The learning rate and the optimism weight the optimistic gradient; the last link only flips
-    // the sign.
+    // The learning rate and the optimism weight the optimistic gradient (a rate set between
+    // steps is α, and the optimism when it follows the rate); the last link only flips the sign.
     chain(vec![
         boxed(
             ScaleByAdam::new(ScaleByAdamConfig {
@@ -942,8 +925,8 @@ pub fn optimistic_adam(c: OptimisticAdam) -> Box<dyn Transform> {
             })
             .mu_dtype(c.mu_dtype),
         ),
-        boxed(ScaleByOptimisticGradient::new(alpha, beta)),
-        scale_by_learning_rate(1.0.into()),
+        boxed(ScaleByOptimisticGradient::learning_rate(c.learning_rate, c.optimism)),
+        boxed(Scale::new(-1.0)),
     ])
 }
 

@@ -1211,7 +1211,8 @@ pub struct AdafactorConfig {
     pub lr: LearningRate,
     /// The second moment's decay is `1 − t^beta2_decay`.
     pub beta2_decay: f64,
-    /// `eps1` (added to the second moment; `None`: the float's smallest normal) and `eps2` (floor of the parameter RMS).
+    /// `eps1` (added to the second moment; `None`: the float's machine epsilon, `torch.finfo(float32).eps`
+    /// ≈ 1.19e-7, as torch takes it) and `eps2` (floor of the parameter RMS).
     pub eps: (Option<f64>, f64),
     /// Clipping threshold of the update's RMS.
     pub d: f64,
@@ -1429,6 +1430,7 @@ impl Transform for Adafactor {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let (w, eps1) = self.begin_step();
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             if self.maximize {
@@ -1588,6 +1590,7 @@ impl Transform for Muon {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = self.lr.at(self.step);
         self.step += 1;
         let m = self.momentum;
@@ -1597,7 +1600,7 @@ impl Transform for Muon {
                 *g = if self.nesterov { lerp(*g, *b, m) } else { *b };
             }
             let (rows, cols) = (self.shapes[i][0], self.shapes[i][1]);
-            let o = newton_schulz(u, rows, cols, self.coeffs, self.ns_steps, self.eps, NsPrecision::TorchBf16);
+            let o = newton_schulz(u, rows, cols, self.coeffs, self.ns_steps, self.eps, NsPrecision::TorchBf16)?;
             let ratio = match self.adjust {
                 MuonLrAdjust::Original => (rows as f64 / cols as f64).max(1.0).sqrt(),
                 MuonLrAdjust::MatchRmsAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),

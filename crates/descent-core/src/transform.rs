@@ -86,17 +86,7 @@ pub trait Transform: Send + Sync {
     /// Transforms `updates` in place; `params` are the current parameters.
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
         check_updates(updates, params)?;
-        let e = self
-            .as_elementwise()
-            .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
-        if e.needs_prepare() {
-            let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
-            e.prepare(&inputs, params);
-        }
-        e.begin_step();
-        let e = self.elementwise().expect("a transformation with as_elementwise has elementwise");
-        run_elementwise(e, updates, params);
-        Ok(())
+        update_elementwise(self, updates, params)
     }
 
     /// A whole step `p ← p + update(g)` for a transformation that does not run as one fused
@@ -148,6 +138,26 @@ pub trait Transform: Send + Sync {
     }
 }
 
+/// [`Transform::update`] of a transformation with an elementwise form: its kernels over the
+/// updates (checked against the parameters and its state by the caller).
+pub(crate) fn update_elementwise<T: Transform + ?Sized>(
+    tx: &mut T,
+    updates: &mut [Vec<f32>],
+    params: &[&[f32]],
+) -> Result<()> {
+    let e = tx
+        .as_elementwise()
+        .ok_or_else(|| Error::Invalid("transformation has neither update nor an elementwise form".into()))?;
+    if e.needs_prepare() {
+        let inputs: Vec<&[f32]> = updates.iter().map(|u| u.as_slice()).collect();
+        e.prepare(&inputs, params);
+    }
+    e.begin_step();
+    let e = tx.elementwise().expect("a transformation with as_elementwise has elementwise");
+    run_elementwise(e, updates, params);
+    Ok(())
+}
+
 /// The plain step: gradients copied into `updates`, `tx.update`, updates added to the parameters.
 pub(crate) fn step_through_updates<T: Transform + ?Sized>(
     tx: &mut T,
@@ -178,6 +188,17 @@ pub(crate) fn check_updates(updates: &[Vec<f32>], params: &[&[f32]]) -> Result<(
         ))),
         None => Ok(()),
     }
+}
+
+/// What an `update` of a transformation that keeps the shapes `init` was given checks first:
+/// updates matching the parameters, and both the shapes (an update before `init`, or of other
+/// parameters, is an error instead of an index out of its state's range).
+pub(crate) fn check_against_init(shapes: &Shapes, updates: &[Vec<f32>], params: &[&[f32]]) -> Result<()> {
+    check_updates(updates, params)?;
+    if shapes.is_empty() && !updates.is_empty() {
+        return Err(Error::Invalid("update before init: the transformation's state was never set up".into()));
+    }
+    check_sizes("update", shapes, updates)
 }
 
 pub(crate) fn check_sizes<T: AsRef<[f32]>>(what: &str, shapes: &[Vec<usize>], bufs: &[T]) -> Result<()> {

@@ -680,3 +680,29 @@ fn per_step_rates_under_a_wrapper_that_skips_steps_are_refused() {
     let kept = serde_json::json!({"sync_period": 2, "slow_step_size": 0.5, "inner": inner});
     assert!(build_optimizer("optax", "lookahead", &kept, None, &[vec![2]]).is_ok());
 }
+
+/// A transformation stepped directly, optax's `init`/`update` without an `Optimizer` to check the
+/// parameters: an update before `init`, or of other sizes than `init` was given, is an error
+/// naming it, never an index out of the state's range — for the fused elementwise rules and for
+/// those with an update of their own (torch's Adafactor and Muon, pytorch_optimizer's Shampoo).
+#[test]
+fn a_transformation_updated_before_init_or_with_other_sizes_is_an_error() {
+    use descent_core::transforms::{ScaleByAdam, ScaleByAdamConfig};
+    use descent_core::Transform;
+    let mut built: Vec<(&str, Box<dyn Transform>)> = vec![
+        ("scale_by_adam", Box::new(ScaleByAdam::new(ScaleByAdamConfig::default()))),
+        ("torch.adafactor", build_optimizer("torch", "adafactor", &json!({}), None, &[vec![2, 2]]).unwrap()),
+        ("torch.muon", build_optimizer("torch", "muon", &json!({}), None, &[vec![2, 2]]).unwrap()),
+        ("po.shampoo", build_optimizer("po", "shampoo", &json!({}), None, &[vec![2, 2]]).unwrap()),
+    ];
+    for (name, tx) in built.iter_mut() {
+        let e = tx.update(&mut [vec![1.0; 4]], &[&[0.0; 4]]).expect_err(name).to_string();
+        assert!(e.contains("before init"), "{name}: {e}");
+        tx.init(&[vec![2, 2]], &[&[0.0; 4]]).unwrap();
+        let e = tx.update(&mut [vec![1.0; 6]], &[&[0.0; 6]]).expect_err(name).to_string();
+        assert!(e.contains('6') && e.contains('4'), "{name}: {e}");
+        let e = tx.update(&mut [vec![1.0; 4], vec![1.0; 4]], &[&[0.0; 4], &[0.0; 4]]).expect_err(name).to_string();
+        assert!(e.contains("2"), "{name}: {e}");
+        tx.update(&mut [vec![1.0; 4]], &[&[0.0; 4]]).unwrap();
+    }
+}

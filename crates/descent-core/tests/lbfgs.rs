@@ -342,3 +342,32 @@ fn every_variant_minimizes_a_quadratic() {
         }
     }
 }
+
+/// The typed configs are a user's way in, as torch's and optax's constructors are: the same
+/// optimizer as the registry builds from the same arguments (the same trajectory on the
+/// Rosenbrock function), and the same refusals.
+#[test]
+fn typed_configs_build_what_the_registry_builds() {
+    use descent_core::closure::{OptaxLbfgs, OptaxLbfgsConfig, TorchLbfgs, TorchLbfgsConfig};
+    let shapes = vec![vec![2]];
+    let mut typed: Vec<(Box<dyn ClosureOptimizer>, Box<dyn ClosureOptimizer>)> = vec![
+        (
+            Box::new(TorchLbfgs::new(TorchLbfgsConfig { history_size: 5, ..Default::default() }, &shapes).unwrap()),
+            build_closure_optimizer("torch", "lbfgs", &json!({"history_size": 5}), &shapes).unwrap(),
+        ),
+        (
+            Box::new(OptaxLbfgs::new(OptaxLbfgsConfig { memory_size: 4, ..Default::default() }, &shapes).unwrap()),
+            build_closure_optimizer("optax", "lbfgs", &json!({"memory_size": 4}), &shapes).unwrap(),
+        ),
+    ];
+    for (a, b) in typed.iter_mut() {
+        let (mut pa, mut pb) = (vec![vec![-1.2f32, 1.0]], vec![vec![-1.2f32, 1.0]]);
+        for _ in 0..5 {
+            a.step(&mut pa, &mut Problem::Rosenbrock(Rosenbrock::new(2).unwrap())).unwrap();
+            b.step(&mut pb, &mut Problem::Rosenbrock(Rosenbrock::new(2).unwrap())).unwrap();
+        }
+        assert_eq!(pa, pb);
+    }
+    assert!(TorchLbfgs::new(TorchLbfgsConfig { history_size: 0, ..Default::default() }, &shapes).is_err());
+    assert!(OptaxLbfgs::new(OptaxLbfgsConfig { memory_size: 0, ..Default::default() }, &shapes).is_err());
+}

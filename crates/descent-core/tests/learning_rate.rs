@@ -189,3 +189,30 @@ fn a_rate_set_between_steps_is_saved_and_restored_with_the_state() {
         }
     }
 }
+
+/// optax's `inject_hyperparams` over `optimistic_adam` and `fromage`: the rate set is the one the
+/// optimizer was built with in every place it enters (optimistic Adam's α and, when it follows
+/// the rate, its optimism; fromage's step and its shrink of the weights), so a rate set before
+/// the first step gives the trajectory of an optimizer built with it. The rate reported is the
+/// one given, not a sign flip of 1.
+#[test]
+fn a_rate_set_reaches_every_place_it_enters() {
+    for (name, built, set) in [("optimistic_adam", 1e-3, 2e-3), ("fromage", 1e-2, 5e-2)] {
+        let shapes = vec![vec![5]];
+        let p0 = [0.5f32, -1.0, 2.0, 0.25, -0.75];
+        let make = |lr: f64| {
+            let tx = build_optimizer("optax", name, &json!({ "learning_rate": lr }), None, &shapes).unwrap();
+            Optimizer::new(tx, shapes.clone(), &[&p0]).unwrap()
+        };
+        let (mut a, mut b) = (make(built), make(set));
+        assert_eq!(a.learning_rate(), Some(built), "{name}");
+        a.set_learning_rate(set).unwrap();
+        let (mut pa, mut pb) = (vec![p0.to_vec()], vec![p0.to_vec()]);
+        for t in 0..6 {
+            a.step_vecs(&mut pa, &grads(t)).unwrap();
+            b.step_vecs(&mut pb, &grads(t)).unwrap();
+        }
+        assert_eq!(pa, pb, "{name}");
+        assert_ne!(pa[0], p0.to_vec(), "{name} moved");
+    }
+}

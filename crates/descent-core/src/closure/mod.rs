@@ -21,6 +21,10 @@ pub use first_order::{
     Momo, MomoAdam, MomoAdamConfig, MomoConfig, OptaxSam, OptaxSamConfig, PoSam, PoSamConfig, PolyakSgd,
     PolyakSgdConfig, PolyakVariant, TransformFactory,
 };
+pub use lbfgs::{
+    BacktrackingLinesearchConfig, OptaxLbfgs, OptaxLbfgsConfig, OptaxLinesearch, TorchLbfgs, TorchLbfgsConfig,
+    ZoomLinesearchConfig,
+};
 pub use problems::{Problem, Rosenbrock, SoftmaxRegression};
 pub use sophia::{Sophia, SophiaConfig};
 

@@ -327,10 +327,53 @@ impl Elementwise for Clip {
     });
 }
 
+/// The step and the shrink of optax `fromage` after its trust ratio, from one learning rate α
+/// (a constant or a schedule): `u ← −α·m·u + (m − 1)·θ` with `m = 1/√(1 + α²)`, as its
+/// `scale(−α·m)` and `add_decayed_weights(m − 1)` links give it. One rate, so a rate set between
+/// steps moves both (optax's `inject_hyperparams(fromage)`).
+pub(crate) struct ScaleByFromage {
+    lr: LearningRate,
+    count: u64,
+    /// `−α·m` and `m − 1` of the step.
+    step: f32,
+    decay: f32,
+}
+impl ScaleByFromage {
+    pub(crate) fn new(lr: LearningRate) -> Self {
+        ScaleByFromage { lr, count: 0, step: 0.0, decay: 0.0 }
+    }
+}
+elementwise_transform!(ScaleByFromage, |_s, _sh, _p| {}; bufs: []; counters: [count]; scalars: []);
+impl Elementwise for ScaleByFromage {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        f(&mut self.lr);
+    }
+    fn affine(&self, _i: usize) -> Option<(f32, f32)> {
+        Some((self.step, self.decay))
+    }
+    fn begin_step(&mut self) {
+        let lr = self.lr.at(self.count);
+        let mult = 1.0 / (1.0 + lr * lr).sqrt();
+        (self.step, self.decay) = ((-(lr * mult)) as f32, (mult - 1.0) as f32);
+        self.count += 1;
+    }
+    simd_apply!(ScaleByFromage, |this, i, off, u, p| {
+        crate::kernel::affine_inline(u, p, this.step, this.decay);
+    });
+}
+
 /// optax `scale_by_optimistic_gradient`: `u ← (α+β)·g − β·g_prev` (optimistic gradient descent,
 /// Daskalakis et al. 2018); the first step uses `g_prev = g`.
 pub struct ScaleByOptimisticGradient {
-    alpha: f32,
+    /// α, a constant.
+    alpha: LearningRate,
+    /// β; `None`: α's value (optax `optimistic_adam`'s `optimism=None`).
+    optimism: Option<f64>,
+    /// Whether α is the optimizer's learning rate (in `optimistic_adam`), visited by
+    /// [`crate::Optimizer::set_learning_rate`] as optax's `inject_hyperparams` sets it.
+    alpha_is_learning_rate: bool,
+    /// `α + β` and `β` of the step.
+    ab: f32,
     beta: f32,
     first: bool,
     initial: u64,
@@ -339,9 +382,20 @@ pub struct ScaleByOptimisticGradient {
 impl ScaleByOptimisticGradient {
     /// A `ScaleByOptimisticGradient` with these hyper-parameters (`alpha`, `beta`), as described above.
     pub fn new(alpha: f64, beta: f64) -> Self {
+        Self::with(alpha, Some(beta), false)
+    }
+    /// The rule of optax `optimistic_adam`, whose learning rate is α and whose optimism
+    /// (`None`: the learning rate) follows a rate set between steps.
+    pub(crate) fn learning_rate(alpha: f64, optimism: Option<f64>) -> Self {
+        Self::with(alpha, optimism, true)
+    }
+    fn with(alpha: f64, optimism: Option<f64>, alpha_is_learning_rate: bool) -> Self {
         ScaleByOptimisticGradient {
-            alpha: alpha as f32,
-            beta: beta as f32,
+            alpha: LearningRate::Constant(alpha),
+            optimism,
+            alpha_is_learning_rate,
+            ab: 0.0,
+            beta: 0.0,
             first: true,
             initial: 1,
             prev: ParamBufs::default(),
@@ -350,16 +404,25 @@ impl ScaleByOptimisticGradient {
 }
 elementwise_transform!(ScaleByOptimisticGradient, |s, shapes, _p| { s.prev = zeros(shapes).into(); s.initial = 1; }; bufs: [prev]; counters: [initial]; scalars: []);
 impl Elementwise for ScaleByOptimisticGradient {
+    fn visit_learning_rates(&mut self, f: &mut dyn FnMut(&mut LearningRate)) {
+        if self.alpha_is_learning_rate {
+            f(&mut self.alpha);
+        }
+    }
     fn begin_step(&mut self) {
         self.first = self.initial == 1;
         self.initial = 0;
+        // α is a constant (a rate set between steps is one too).
+        let alpha = self.alpha.at(0);
+        let beta = self.optimism.unwrap_or(alpha);
+        (self.ab, self.beta) = ((alpha as f32) + (beta as f32), beta as f32);
     }
     simd_apply!(ScaleByOptimisticGradient, |this, i, off, u, p| {
         // The hyper-parameters read once: the loop writes through `prev`, which the compiler
         // cannot tell apart from `this`, and reloading them each time kept it scalar.
         let n = u.len();
         let prev = &mut this.prev.slice(i, off, n)[..n];
-        let (first, ab, beta) = (this.first, this.alpha + this.beta, this.beta);
+        let (first, ab, beta) = (this.first, this.ab, this.beta);
         for j in 0..n {
             let g = u[j];
             let gp = if first { g } else { prev[j] };

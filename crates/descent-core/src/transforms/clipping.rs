@@ -22,6 +22,7 @@ impl Transform for Centralize {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, _params)?;
         for (u, s) in updates.iter_mut().zip(&self.shapes) {
             if s.len() > 1 && !u.is_empty() {
                 let row = u.len() / s[0];
@@ -197,6 +198,7 @@ impl Transform for AdaptiveGradClip {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         for ((u, p), s) in updates.iter_mut().zip(params).zip(&self.shapes) {
             let (groups, key) = match self.axes_of(s.len())? {
                 Some(axes) => axis_groups(s, &axes),

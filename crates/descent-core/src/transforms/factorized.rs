@@ -563,6 +563,7 @@ impl Transform for ScaleBySm3 {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], _params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, _params)?;
         let (c0, c1) = (if self.b2 != 1.0 { 1.0 - self.b2 } else { 1.0 }, self.b2);
         for (i, u) in updates.iter_mut().enumerate() {
             if u.is_empty() {

@@ -183,16 +183,28 @@ macro_rules! elementwise_transform {
         $crate::transforms::prefetch_state!($t; $($b),*);
         $crate::transforms::elementwise_transform!(@transform $t, |$this, $shapes, $params| $init; bufs: [$($b),*]; $($st)*);
     };
-    (@transform $t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; $($st:tt)*) => {
+    (@transform $t:ty, |$this:ident, $shapes:ident, $params:ident| $init:block; bufs: [$($b:ident),*]; $($rest:tt)*) => {
         impl $crate::transform::Transform for $t {
             fn init(&mut self, $shapes: &$crate::transform::Shapes, $params: &[&[f32]]) -> $crate::error::Result<()> {
                 $crate::transform::check_init($shapes, $params)?;
-                let $this = self;
-                let _ = &$params;
-                let _ = &$shapes;
-                $crate::transforms::reset_counters!($this; $($st)*);
-                $init
+                #[allow(clippy::redundant_closure_call)]
+                (|$this: &mut Self| -> $crate::error::Result<()> {
+                    let _ = &$params;
+                    let _ = &$shapes;
+                    $crate::transforms::reset_counters!($this; bufs: [$($b),*]; $($rest)*);
+                    $init
+                    Ok(())
+                })(self)?;
+                let numels: Vec<usize> = $params.iter().map(|p| p.len()).collect();
+                $( $crate::kernel::InitState::mark_init(&mut self.$b, &numels); )*
+                let _ = &numels;
                 Ok(())
+            }
+            fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> $crate::error::Result<()> {
+                $crate::transform::check_updates(updates, params)?;
+                let sizes: Vec<usize> = updates.iter().map(|u| u.len()).collect();
+                $crate::kernel::check_init_marks(&[$( $crate::kernel::InitState::init_mark(&self.$b) ),*], &sizes)?;
+                $crate::transform::update_elementwise(self, updates, params)
             }
             fn as_elementwise(&mut self) -> Option<&mut dyn $crate::kernel::Elementwise> {
                 Some(self)
@@ -200,7 +212,7 @@ macro_rules! elementwise_transform {
             fn elementwise(&self) -> Option<&dyn $crate::kernel::Elementwise> {
                 Some(self)
             }
-            $crate::transforms::state!($t; $($st)*);
+            $crate::transforms::state!($t; bufs: [$($b),*]; $($rest)*);
         }
     };
 }

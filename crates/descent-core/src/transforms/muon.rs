@@ -95,7 +95,8 @@ pub fn round_bf16(x: f32) -> f32 {
 
 /// Newton–Schulz orthogonalization of a `rows × cols` matrix (Muon, Jordan et al. 2024): the matrix
 /// is transposed to be wide, normalized by its Frobenius norm, then iterated
-/// `X ← aX + (bA + cA²)X` with `A = XXᵀ`, in the arithmetic `precision` names.
+/// `X ← aX + (bA + cA²)X` with `A = XXᵀ`, in the arithmetic `precision` names. `x` must hold
+/// the `rows × cols` values.
 pub fn newton_schulz(
     x: &[f32],
     rows: usize,
@@ -104,8 +105,14 @@ pub fn newton_schulz(
     steps: usize,
     eps: f64,
     precision: NsPrecision,
-) -> Vec<f32> {
-    orthogonalize(x, rows, cols, &vec![coeffs; steps], NsPreconditioning::Frobenius, eps, precision)
+) -> crate::error::Result<Vec<f32>> {
+    if rows.checked_mul(cols) != Some(x.len()) {
+        return Err(crate::error::Error::Shape(format!(
+            "newton_schulz: {} values for a {rows} × {cols} matrix",
+            x.len()
+        )));
+    }
+    Ok(orthogonalize(x, rows, cols, &vec![coeffs; steps], NsPreconditioning::Frobenius, eps, precision))
 }
 
 /// How the Newton–Schulz iteration's input is brought to a spectral norm of at most about 1

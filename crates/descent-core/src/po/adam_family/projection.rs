@@ -184,6 +184,7 @@ impl Transform for AdamP {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = self.lr.at(self.step);
         self.step += 1;
         let [b1, b2] = self.betas;
@@ -328,6 +329,7 @@ impl Transform for Sgdp {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = self.lr.at(self.step);
         self.step += 1;
         let (mom, damp) = (self.momentum as f32, (1.0 - self.dampening) as f32);

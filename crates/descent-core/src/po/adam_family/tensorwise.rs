@@ -162,6 +162,7 @@ impl Transform for Mars {
         Ok(())
     }
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = self.lr.at(self.step);
         self.step += 1;
         for (i, (g, p)) in updates.iter_mut().zip(params).enumerate() {
@@ -200,7 +201,7 @@ impl Transform for Mars {
                     let scale = (1.0 / (1.0 - b1)) as f32;
                     upd.iter_mut().for_each(|u| *u *= scale);
                     let o =
-                        newton_schulz(&upd, rows, cols, NS_COEFFICIENTS, 5, self.eps as f64, NsPrecision::TorchBf16);
+                        newton_schulz(&upd, rows, cols, NS_COEFFICIENTS, 5, self.eps as f64, NsPrecision::TorchBf16)?;
                     let factor = (shape[0] as f64 / shape[1] as f64).max(1.0).sqrt() as f32;
                     upd.iter_mut().zip(&o).for_each(|(u, &o)| *u = round_bf16(o * factor));
                 }

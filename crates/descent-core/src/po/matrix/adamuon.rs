@@ -257,6 +257,7 @@ impl Transform for AdaMuonGroup {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = lr_of(&self.lr, self.step);
         self.step += 1;
         let c = &self.cfg;

@@ -591,6 +591,7 @@ impl Transform for Kron {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let c = self.cfg;
         let lr = lr_of(&self.lr, self.step);
         let (positive, inverse) = c.pre_conditioner_update_probability.inverse_at(self.step);

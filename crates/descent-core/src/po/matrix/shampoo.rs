@@ -143,6 +143,7 @@ impl Transform for Shampoo {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = lr_of(&self.lr, self.step);
         let first = self.step == 0;
         self.step += 1;

@@ -361,6 +361,7 @@ impl Transform for Ranger21 {
     }
 
     fn update(&mut self, updates: &mut [Vec<f32>], params: &[&[f32]]) -> Result<()> {
+        crate::transform::check_against_init(&self.shapes, updates, params)?;
         let param_size: usize = updates.iter().map(|u| u.len()).sum();
         if param_size == 0 {
             return Err(invalid("Ranger21 needs parameters with at least one element"));
