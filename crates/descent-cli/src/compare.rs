@@ -459,7 +459,8 @@ pub fn run(a: CompareArgs, matches: &clap::ArgMatches) -> Result<()> {
     folder::check_new(&out, folder::Kind::Compare, a.base.force, false, None)?;
     let old_id = folder::Marker::read(&out).ok().flatten().filter(|m| m.kind == folder::Kind::Compare).map(|m| m.id);
     for (spec, dir) in specs.iter().zip(&dirs) {
-        folder::check_new(dir, folder::Kind::Run, a.base.force, false, old_id.as_deref())
+        folder::refuse_link_in(dir)
+            .and_then(|_| folder::check_new(dir, folder::Kind::Run, a.base.force, false, old_id.as_deref()))
             .with_context(|| format!("run `{}`", spec.label))?;
     }
     let claimed = folder::claim_new(&out, folder::Kind::Compare, a.base.force, false, None)?;

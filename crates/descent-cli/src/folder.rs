@@ -335,6 +335,21 @@ pub fn is_leftover(kind: Kind, name: &str) -> bool {
     name.strip_suffix(".tmp").is_some_and(|file| file.ends_with(".safetensors") && kind.files().contains(&file))
 }
 
+/// The temporary file a command killed while writing `file` of the `kind` folder `dir` left
+/// beside it, if any ([`is_leftover`]'s names for that file).
+pub fn leftover_of(dir: &Path, kind: Kind, file: &str) -> Option<PathBuf> {
+    let names = entries(dir).ok()?;
+    names
+        .into_iter()
+        .find(|n| {
+            is_leftover(kind, n)
+                && (n == &format!("{file}.tmp")
+                    || n.strip_prefix(&format!(".{file}.tmp"))
+                        .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit())))
+        })
+        .map(|n| dir.join(n))
+}
+
 /// Removes the temporary files a killed command left in the `kind` folder `dir` (its lock held,
 /// so none is being written).
 pub fn remove_leftovers(dir: &Path, kind: Kind) -> Result<()> {
@@ -432,6 +447,16 @@ pub fn check_new(dir: &Path, kind: Kind, force: bool, resume_hint: bool, parent:
         if let Some(pid) = in_use_by(dir) {
             return Err(in_use(dir, pid));
         }
+    }
+    Ok(())
+}
+
+/// A run folder inside a compare's `runs/` or a sweep's `trials/` that is a link (to a run,
+/// anywhere): refused before anything is cleared, since `--force` neither follows nor removes a
+/// link there and a run written through it would land in someone else's folder.
+pub fn refuse_link_in(dir: &Path) -> Result<()> {
+    if dir.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!("{}: a link; descent writes each run into a folder of its own there: move the link away", dir.display());
     }
     Ok(())
 }
@@ -548,9 +573,7 @@ fn clearing_order(mut names: Vec<String>) -> Vec<String> {
 /// not when the first checkpoint fails after an epoch.
 fn refuse_obstacles(dir: &Path, kind: Kind) -> Result<()> {
     let folders = [run::TENSORBOARD, "runs", "trials"];
-    let temporaries = [format!("{}.tmp", run::CHECKPOINT)];
-    for name in kind.files().iter().map(|n| n.to_string()).filter(|n| !folders.contains(&n.as_str())).chain(temporaries)
-    {
+    for name in kind.files().iter().map(|n| n.to_string()).filter(|n| !folders.contains(&n.as_str())) {
         let p = dir.join(&name);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             bail!("{}: a folder where descent writes a file; move it away", p.display());
@@ -791,7 +814,8 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(LOCK), "1").unwrap();
         std::fs::write(d.join(".descent.json.tmp4242"), "{").unwrap();
-        std::fs::write(d.join("checkpoint.safetensors.tmp"), "partial").unwrap();
+        std::fs::write(d.join(".checkpoint.safetensors.tmp4242"), "partial").unwrap();
+        std::fs::write(d.join("checkpoint.safetensors.tmp"), "an older descent's").unwrap();
         claim_new(&d, Kind::Run, false, true, None).unwrap();
         assert_eq!(entries(&d).unwrap(), vec![LOCK.to_string(), MARKER.to_string()]);
         // Cleared for --force with a note of the user's: the marker is never deleted.

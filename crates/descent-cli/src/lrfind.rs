@@ -264,7 +264,7 @@ pub fn run(a: LrFindArgs) -> Result<()> {
     cfg.epochs = usize::try_from(n.div_ceil(cfg.steps_per_epoch(train_set.len()).max(1))).unwrap_or(usize::MAX);
     // The optimizer over the model, with the ramp as its schedule: one whose rate a schedule
     // cannot set (torch Rprop) is refused before the folder is made.
-    descent_train::train::optimizer_for(model.as_ref(), &cfg).map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?;
+    descent_train::train::optimizer_for(model.as_ref(), &cfg)?;
     // Claimed (created and locked) before the test trains: a folder that cannot be written
     // fails now, not after the test, and a second command cannot write into it meanwhile.
     let _claimed = folder::claim_new(&out, folder::Kind::LrFind, a.base.force, false, None)?;

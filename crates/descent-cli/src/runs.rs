@@ -386,25 +386,39 @@ pub fn expand(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The label and whether it failed of each run of the compare folder `dir` (by its folder's name
-/// in `runs/`), as its `compare.json` records them; nothing for another folder.
-pub fn compare_labels(dir: &Path) -> Result<std::collections::HashMap<String, (String, bool)>> {
+/// in `runs/`), as its `compare.json` records them; nothing for another folder. A `compare.json`
+/// that does not read, or a run it records without its label, folder or status, is said in a
+/// warning and those runs keep the labels of their settings.
+pub fn compare_labels(dir: &Path) -> std::collections::HashMap<String, (String, bool)> {
     let path = dir.join("compare.json");
     let mut out = std::collections::HashMap::new();
     if !(path.is_file() && dir.join("runs").is_dir()) {
-        return Ok(out);
+        return out;
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
+    let v: Value = match std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("warning: {}: {e}; its runs are labelled by their settings", path.display());
+            return out;
+        }
+    };
     for r in v["runs"].as_array().into_iter().flatten() {
-        let (Some(label), Some(dir), Some(status)) = (r["label"].as_str(), r["dir"].as_str(), r["status"].as_str())
-        else {
-            bail!("{}: a run without its label, folder and status: {r}", path.display());
-        };
-        if let Some(name) = Path::new(dir).file_name() {
-            out.insert(name.to_string_lossy().into_owned(), (label.to_string(), status.starts_with("failed")));
+        match (r["label"].as_str(), r["dir"].as_str(), r["status"].as_str()) {
+            (Some(label), Some(dir), Some(status)) => {
+                if let Some(name) = Path::new(dir).file_name() {
+                    out.insert(name.to_string_lossy().into_owned(), (label.to_string(), status.starts_with("failed")));
+                }
+            }
+            _ => eprintln!(
+                "warning: {}: a run without its label, folder or status ({r}); it is labelled by its settings",
+                path.display()
+            ),
         }
     }
-    Ok(out)
+    out
 }
 
 /// The stems of the charts [`draw`] writes (each as PNG and SVG): the files of a compare or plot

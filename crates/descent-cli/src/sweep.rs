@@ -746,8 +746,9 @@ pub fn run(a: SweepArgs, matches: &clap::ArgMatches) -> Result<()> {
     };
     for i in 0..p.trials {
         let dir = trial_dir(&out, i);
-        if dir.exists() || dir.symlink_metadata().is_ok() {
-            folder::check_new(&dir, folder::Kind::Run, true, false, old_id.as_deref())
+        if dir.symlink_metadata().is_ok() {
+            folder::refuse_link_in(&dir)
+                .and_then(|_| folder::check_new(&dir, folder::Kind::Run, true, false, old_id.as_deref()))
                 .with_context(|| format!("trial {}", i + 1))?;
         }
     }

@@ -925,8 +925,7 @@ pub fn missing_checkpoint(dir: &std::path::Path, never: &str) -> anyhow::Error {
             dir.display()
         ),
     };
-    let tmp = dir.join(format!("{}.tmp", folder::run::CHECKPOINT));
-    if tmp.exists() {
+    if let Some(tmp) = folder::leftover_of(dir, folder::Kind::Run, folder::run::CHECKPOINT) {
         return anyhow::anyhow!(
             "{}: no {}: the run stopped while writing its first one (the unfinished {} is left), so there is none to \
              read or resume; {again}",

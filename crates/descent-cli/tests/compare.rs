@@ -478,7 +478,7 @@ fn a_run_of_an_unfinished_compare_says_how_to_train_it_again() {
     let e = run_err(&["train", "--resume", run.to_str().unwrap(), "--steps", "5"]);
     assert!(e.contains("run the compare again with --force") && e.contains("--config"), "{e}");
     // Its first checkpoint cut short: named, with the compare (not train --force, which its folder refuses).
-    std::fs::rename(run.join("checkpoint.safetensors"), run.join("checkpoint.safetensors.tmp")).unwrap();
+    std::fs::rename(run.join("checkpoint.safetensors"), run.join(".checkpoint.safetensors.tmp4321")).unwrap();
     let e = run_err(&["evaluate", run.to_str().unwrap()]);
     assert!(e.contains("stopped while writing its first one") && e.contains("run the compare again"), "{e}");
 }

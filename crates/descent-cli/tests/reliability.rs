@@ -1065,6 +1065,14 @@ fn force_and_resume_take_only_what_descent_marked() {
     assert!(ok, "{t}");
     assert!(c.join("runs/00-best").symlink_metadata().unwrap().file_type().is_symlink());
     assert!(c.join("runs/02-adam/checkpoint.safetensors").exists() && c.join("report.html").exists());
+    // A link where one of its runs goes is refused before anything is cleared.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(c.join("runs/02-adam"), elsewhere.join("02-adam")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("02-adam"), c.join("runs/02-adam")).unwrap();
+    let (ok, t) = run(&[&cmp[..], &["--force"]].concat());
+    assert!(!ok && t.contains("a link"), "{t}");
+    assert!(c.join("report.html").exists() && c.join("runs/01-sgd/checkpoint.safetensors").exists());
     // A trial folder of a sweep holding a run of `descent train`.
     let sw = d.join("sw");
     let sweep = |trials: &'static str, extra: &[&'static str]| {
@@ -1096,10 +1104,16 @@ fn force_and_resume_take_only_what_descent_marked() {
     let (ok, t) = sweep("3", &["--force"]);
     assert!(!ok && t.contains("trial 3") && t.contains("trials/003"), "{t}");
     assert_eq!(read(&sw.join("trials.jsonl")), before, "the refused sweep cleared its results");
+    // A trial's folder that is a link: refused the same way.
+    std::fs::remove_dir_all(sw.join("trials/003")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sw.join("trials/003")).unwrap();
+    let (ok, t) = sweep("3", &["--force"]);
+    assert!(!ok && t.contains("trial 3") && t.contains("a link"), "{t}");
+    assert_eq!(read(&sw.join("trials.jsonl")), before, "the refused sweep cleared its results");
     // lr-find with torch Rprop, whose rate a schedule cannot set.
     let l = d.join("l");
     let (ok, t) = run(&["lr-find", "--model", "linear", "--optimizer", "rprop", "--num-steps", "30", "--out", s(&l)]);
-    assert!(!ok && t.contains("--optimizer") && t.contains("rprop"), "{t}");
+    assert!(!ok && t.contains("rprop") && t.contains("learning rate"), "{t}");
     assert!(!l.exists(), "{:?}", names(&l));
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -1471,12 +1485,14 @@ fn a_lost_checkpoint_is_named_as_lost() {
     // Stopped while writing its first checkpoint (after the epoch's metrics row): named, with the
     // command that trains it again, which works.
     std::fs::remove_file(&ck).unwrap();
-    std::fs::write(r.join("checkpoint.safetensors.tmp"), "partial").unwrap();
+    // (The name descent writes it under: `.checkpoint.safetensors.tmp` and the process id.)
+    let partial = r.join(".checkpoint.safetensors.tmp31337");
+    std::fs::write(&partial, "partial").unwrap();
     let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "2"]);
     assert!(!ok && t.contains("stopped while writing its first one") && t.contains("--force"), "{t}");
     let config = r.join("config.toml");
     let (ok, t) = run(&["train", "--config", s(&config), "--out", s(&r), "--force"]);
-    assert!(ok && ck.exists() && !r.join("checkpoint.safetensors.tmp").exists(), "{t}");
+    assert!(ok && ck.exists() && !partial.exists(), "{t}");
     // Without its settings (a --force stopped while clearing): named, not the OS error.
     std::fs::remove_file(r.join("config.json")).unwrap();
     let (ok, t) = run(&["train", "--resume", s(&r), "--epochs", "2"]);

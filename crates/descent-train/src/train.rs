@@ -110,7 +110,8 @@ pub struct TrainConfig {
     /// The L2 penalty's coefficient (see `l1`).
     pub l2: f64,
     /// Stop when the test loss has not improved by `min_delta` for this many epochs, and restore
-    /// the best weights (and the model's buffers: batch norm's running statistics).
+    /// the best weights (and the model's buffers: batch norm's running statistics). Epochs are
+    /// counted from the best one; a test loss that is not a number is never the best.
     pub patience: Option<usize>,
     /// The least decrease of the test loss that counts as an improvement (see `patience`).
     pub min_delta: f64,
@@ -1559,8 +1560,10 @@ pub fn train_with(
         // compare the next one with.
         let whole = cut.is_none();
         // The best epoch is known before the epoch's checkpoint, which records it.
-        // A loss that is not a number is no improvement (Keras starts from `best = inf`; NaN
-        // compares less than nothing).
+        // A loss that is not a number is never the best epoch (its weights would be restored
+        // under NaN figures, and a checkpoint cannot record them). Early stopping counts epochs
+        // since the best one: a run without a finite test loss yet is not stopped by it, having
+        // no epoch to restore (Keras would stop it after `patience` epochs, restoring nothing).
         let improved =
             m.test_loss.is_finite() && best.as_ref().is_none_or(|b| m.test_loss < b.test_loss - cfg.min_delta);
         if whole && cfg.patience.is_some() && improved {
