@@ -95,7 +95,8 @@ impl WeightDecay {
 pub struct Sgd {
     lr: LearningRate,
     momentum: f32,
-    dampening: f32,
+    /// `1 − dampening` ([`crate::transforms::one_minus`]).
+    one_minus_dampening: f32,
     weight_decay: f32,
     nesterov: bool,
     maximize: bool,
@@ -155,7 +156,7 @@ impl Sgd {
         Ok(Sgd {
             lr,
             momentum: momentum as f32,
-            dampening: dampening as f32,
+            one_minus_dampening: crate::transforms::one_minus(dampening),
             weight_decay: weight_decay as f32,
             nesterov,
             maximize,
@@ -194,12 +195,12 @@ impl Elementwise for Sgd {
         }
         #[inline(always)]
         fn with_momentum(p: &mut [f32], g: &[f32], buf: &mut [f32], this: &Sgd) {
-            let (lr, mom, damp, wd) = (this.cur_lr, this.momentum, this.dampening, this.weight_decay);
+            let (lr, mom, c, wd) = (this.cur_lr, this.momentum, this.one_minus_dampening, this.weight_decay);
             let (buf, g) = (&mut buf[..p.len()], &g[..p.len()]);
             for ((w, &g), b) in p.iter_mut().zip(g).zip(buf) {
                 let mut d = if this.maximize { -g } else { g };
                 d += wd * *w;
-                *b = if this.first { d } else { mom * *b + (1.0 - damp) * d };
+                *b = if this.first { d } else { mom * *b + c * d };
                 let step = if this.nesterov { d + mom * *b } else { *b };
                 *w += -lr * step;
             }
@@ -220,7 +221,7 @@ impl Elementwise for Sgd {
         true
     }
     simd_apply!(Sgd, |this, i, off, u, p| {
-        let (lr, mom, damp, wd) = (this.cur_lr, this.momentum, this.dampening, this.weight_decay);
+        let (lr, mom, c, wd) = (this.cur_lr, this.momentum, this.one_minus_dampening, this.weight_decay);
         if mom == 0.0 {
             for (g, &w) in u.iter_mut().zip(p) {
                 let mut d = if this.maximize { -*g } else { *g };
@@ -233,7 +234,7 @@ impl Elementwise for Sgd {
         for ((g, &w), b) in u.iter_mut().zip(p).zip(buf) {
             let mut d = if this.maximize { -*g } else { *g };
             d += wd * w;
-            *b = if this.first { d } else { mom * *b + (1.0 - damp) * d };
+            *b = if this.first { d } else { mom * *b + c * d };
             let step = if this.nesterov { d + mom * *b } else { *b };
             *g = -lr * step;
         }
@@ -457,6 +458,8 @@ impl Elementwise for Adagrad {
 pub struct Rmsprop {
     lr: LearningRate,
     alpha: f32,
+    /// `1 − alpha` ([`crate::transforms::one_minus`]).
+    one_minus_alpha: f32,
     eps: f32,
     weight_decay: f32,
     momentum: f32,
@@ -512,6 +515,7 @@ impl Rmsprop {
         Ok(Rmsprop {
             lr,
             alpha: alpha as f32,
+            one_minus_alpha: crate::transforms::one_minus(alpha),
             eps: eps as f32,
             weight_decay: weight_decay as f32,
             momentum: momentum as f32,
@@ -554,12 +558,13 @@ impl Elementwise for Rmsprop {
             let (p, sq) = (&p[..n], &mut sq[..n]);
             let (ga, mb) = (&mut ga[..if CENTERED { n } else { 0 }], &mut mb[..if MOMENTUM { n } else { 0 }]);
             let (a, eps, wd, mom, lr) = (this.alpha, this.eps, this.weight_decay, this.momentum, this.cur_lr);
+            let c = this.one_minus_alpha;
             for j in 0..n {
                 let mut g = if this.maximize { -u[j] } else { u[j] };
                 g += wd * p[j];
-                sq[j] = a * sq[j] + (1.0 - a) * g * g;
+                sq[j] = a * sq[j] + c * g * g;
                 let avg = if CENTERED {
-                    ga[j] += (g - ga[j]) * (1.0 - a);
+                    ga[j] += (g - ga[j]) * c;
                     (sq[j] - ga[j] * ga[j]).sqrt() + eps
                 } else {
                     sq[j].sqrt() + eps
@@ -589,6 +594,8 @@ impl Elementwise for Rmsprop {
 pub struct Adadelta {
     lr: LearningRate,
     rho: f32,
+    /// `1 − rho` ([`crate::transforms::one_minus`]).
+    one_minus_rho: f32,
     eps: f32,
     weight_decay: f32,
     maximize: bool,
@@ -628,6 +635,7 @@ impl Adadelta {
         Ok(Adadelta {
             lr,
             rho: rho as f32,
+            one_minus_rho: crate::transforms::one_minus(rho),
             eps: eps as f32,
             weight_decay: weight_decay as f32,
             maximize,
@@ -650,16 +658,16 @@ impl Elementwise for Adadelta {
     simd_apply!(Adadelta, |this, i, off, u, p| {
         let square_avg_s = this.square_avg.slice(i, off, u.len());
         let acc_delta_s = this.acc_delta.slice(i, off, u.len());
-        let r = this.rho;
+        let (r, c) = (this.rho, this.one_minus_rho);
         for j in 0..u.len() {
             let mut g = if this.maximize { -u[j] } else { u[j] };
             g += this.weight_decay * p[j];
             let sq = &mut square_avg_s[j];
-            *sq = r * *sq + (1.0 - r) * g * g;
+            *sq = r * *sq + c * g * g;
             let std = (*sq + this.eps).sqrt();
             let acc = &mut acc_delta_s[j];
             let delta = (*acc + this.eps).sqrt() / std * g;
-            *acc = r * *acc + (1.0 - r) * delta * delta;
+            *acc = r * *acc + c * delta * delta;
             u[j] = -this.cur_lr * delta;
         }
     });
@@ -1504,6 +1512,8 @@ pub struct Muon {
     lr: LearningRate,
     weight_decay: f64,
     momentum: f32,
+    /// `1 − momentum` ([`crate::transforms::one_minus`]), the weight of `buf.lerp_(grad, 1 − momentum)`.
+    one_minus_momentum: f32,
     nesterov: bool,
     coeffs: [f64; 3],
     eps: f64,
@@ -1560,6 +1570,7 @@ impl Muon {
             lr,
             weight_decay,
             momentum: momentum as f32,
+            one_minus_momentum: crate::transforms::one_minus(momentum),
             nesterov,
             coeffs,
             eps,
@@ -1593,10 +1604,10 @@ impl Transform for Muon {
         crate::transform::check_against_init(&self.shapes, updates, params)?;
         let lr = self.lr.at(self.step);
         self.step += 1;
-        let m = self.momentum;
+        let (m, c) = (self.momentum, self.one_minus_momentum);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             for (g, b) in u.iter_mut().zip(self.momentum_buffer[i].iter_mut()) {
-                *b = lerp(*b, *g, 1.0 - m);
+                *b = lerp(*b, *g, c);
                 *g = if self.nesterov { lerp(*g, *b, m) } else { *b };
             }
             let (rows, cols) = (self.shapes[i][0], self.shapes[i][1]);

@@ -66,8 +66,8 @@ impl ScaleByAdam {
             correct_nu: true,
             b1: b1 as f32,
             b2: b2 as f32,
-            one_minus_b1: (1.0 - b1) as f32,
-            one_minus_b2: (1.0 - b2) as f32,
+            one_minus_b1: crate::transforms::one_minus(b1),
+            one_minus_b2: crate::transforms::one_minus(b2),
             eps: eps as f32,
             eps_root: eps_root as f32,
             nesterov,
@@ -251,6 +251,8 @@ pub fn f32_to_bf16(x: f32) -> u16 {
 /// `u ← g/√(ν̂ + eps)` (or `g/(√ν̂ + eps)`), `ν̂` bias-corrected on request.
 pub struct ScaleByRms {
     decay: f32,
+    /// `1 − decay`, as optax computes it ([`crate::transforms::one_minus`]).
+    one_minus_decay: f32,
     eps: f32,
     initial_scale: f32,
     eps_in_sqrt: bool,
@@ -284,6 +286,7 @@ impl ScaleByRms {
         let ScaleByRmsConfig { decay, eps, initial_scale, eps_in_sqrt, bias_correction } = config;
         ScaleByRms {
             decay: decay as f32,
+            one_minus_decay: crate::transforms::one_minus(decay),
             eps: eps as f32,
             initial_scale: initial_scale as f32,
             eps_in_sqrt,
@@ -304,9 +307,9 @@ impl Elementwise for ScaleByRms {
     }
     simd_apply!(ScaleByRms, |this, i, off, u, p| {
         let v = this.nu.slice(i, off, u.len());
-        let d = this.decay;
+        let (d, c) = (this.decay, this.one_minus_decay);
         for (g, v) in u.iter_mut().zip(v) {
-            *v = (1.0 - d) * (*g * *g) + d * *v;
+            *v = c * (*g * *g) + d * *v;
             let vh = *v * this.bc;
             *g *= if this.eps_in_sqrt { 1.0 / (vh + this.eps).sqrt() } else { 1.0 / (vh.sqrt() + this.eps) };
         }
@@ -316,6 +319,8 @@ impl Elementwise for ScaleByRms {
 /// optax `scale_by_stddev` (centered RMSProp, Graves 2013): divides by `√(ν − μ² + eps)`.
 pub struct ScaleByStddev {
     decay: f32,
+    /// `1 − decay`, as optax computes it ([`crate::transforms::one_minus`]).
+    one_minus_decay: f32,
     eps: f32,
     initial_scale: f32,
     eps_in_sqrt: bool,
@@ -350,6 +355,7 @@ impl ScaleByStddev {
         let ScaleByStddevConfig { decay, eps, initial_scale, eps_in_sqrt, bias_correction } = config;
         ScaleByStddev {
             decay: decay as f32,
+            one_minus_decay: crate::transforms::one_minus(decay),
             eps: eps as f32,
             initial_scale: initial_scale as f32,
             eps_in_sqrt,
@@ -373,11 +379,11 @@ impl Elementwise for ScaleByStddev {
         let n = u.len();
         let m = this.mu.slice(i, off, n);
         let v = this.nu.slice(i, off, n);
-        let d = this.decay;
+        let (d, c) = (this.decay, this.one_minus_decay);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - d) * g + d * m[j];
-            v[j] = (1.0 - d) * (g * g) + d * v[j];
+            m[j] = c * g + d * m[j];
+            v[j] = c * (g * g) + d * v[j];
             let (mh, vh) = (m[j] * this.bc, v[j] * this.bc);
             let var = vh - mh * mh;
             u[j] = g * if this.eps_in_sqrt { 1.0 / (var + this.eps).sqrt() } else { 1.0 / (var.sqrt() + this.eps) };
@@ -388,6 +394,8 @@ impl Elementwise for ScaleByStddev {
 /// optax `scale_by_adamax` (Kingma & Ba 2015, §7): `ν ← max(|g| + eps, β₂ν)`, `u ← m̂/ν`.
 pub struct ScaleByAdamax {
     b1: f32,
+    /// `1 − β₁`, as optax computes it ([`crate::transforms::one_minus`]).
+    one_minus_b1: f32,
     b2: f32,
     eps: f32,
     count: u64,
@@ -416,6 +424,7 @@ impl ScaleByAdamax {
         let ScaleByAdamaxConfig { b1, b2, eps } = config;
         ScaleByAdamax {
             b1: b1 as f32,
+            one_minus_b1: crate::transforms::one_minus(b1),
             b2: b2 as f32,
             eps: eps as f32,
             count: 0,
@@ -437,7 +446,7 @@ impl Elementwise for ScaleByAdamax {
         let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
+            m[j] = this.one_minus_b1 * g + this.b1 * m[j];
             v[j] = (g.abs() + this.eps).max(this.b2 * v[j]);
             u[j] = (m[j] * this.bc1) / v[j];
         }
@@ -449,6 +458,8 @@ impl Elementwise for ScaleByAdamax {
 pub struct ScaleByLion {
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
     mode: LionMode,
     count: u64,
     mu: ParamBufs,
@@ -472,7 +483,14 @@ pub enum LionMode {
 impl ScaleByLion {
     /// A `ScaleByLion` with these hyper-parameters (`b1`, `b2`), as described above.
     pub fn new(b1: f64, b2: f64) -> Self {
-        ScaleByLion { b1: b1 as f32, b2: b2 as f32, mode: LionMode::Hard, count: 0, mu: ParamBufs::default() }
+        ScaleByLion {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
+            mode: LionMode::Hard,
+            count: 0,
+            mu: ParamBufs::default(),
+        }
     }
 
     /// The same with another sign variant.
@@ -492,22 +510,22 @@ impl Elementwise for ScaleByLion {
         match this.mode {
             LionMode::Hard => {
                 for (g, m) in u.iter_mut().zip(m) {
-                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
-                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    let x = this.one_minus[0] * *g + this.b1 * *m;
+                    *m = this.one_minus[1] * *g + this.b2 * *m;
                     *g = sign(x);
                 }
             }
             LionMode::Smooth { beta } => {
                 for (g, m) in u.iter_mut().zip(m) {
-                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
-                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    let x = this.one_minus[0] * *g + this.b1 * *m;
+                    *m = this.one_minus[1] * *g + this.b2 * *m;
                     *g = (beta * x).tanh();
                 }
             }
             LionMode::Refined => {
                 for (g, m) in u.iter_mut().zip(m) {
-                    let x = (1.0 - this.b1) * *g + this.b1 * *m;
-                    *m = (1.0 - this.b2) * *g + this.b2 * *m;
+                    let x = this.one_minus[0] * *g + this.b1 * *m;
+                    *m = this.one_minus[1] * *g + this.b2 * *m;
                     *g = if x.abs() < 1.0 { x } else { sign(x) };
                 }
             }
@@ -518,6 +536,8 @@ impl Elementwise for ScaleByLion {
 /// optax `scale_by_adadelta` (Zeiler 2012): `u ← √(E[Δx²] + eps)/√(E[g²] + eps)·g`.
 pub struct ScaleByAdadelta {
     rho: f32,
+    /// `1 − ρ`, as optax computes it ([`crate::transforms::one_minus`]).
+    one_minus_rho: f32,
     eps: f32,
     e_g: ParamBufs,
     e_x: ParamBufs,
@@ -525,7 +545,13 @@ pub struct ScaleByAdadelta {
 impl ScaleByAdadelta {
     /// A `ScaleByAdadelta` with these hyper-parameters (`rho`, `eps`), as described above.
     pub fn new(rho: f64, eps: f64) -> Self {
-        ScaleByAdadelta { rho: rho as f32, eps: eps as f32, e_g: ParamBufs::default(), e_x: ParamBufs::default() }
+        ScaleByAdadelta {
+            rho: rho as f32,
+            one_minus_rho: crate::transforms::one_minus(rho),
+            eps: eps as f32,
+            e_g: ParamBufs::default(),
+            e_x: ParamBufs::default(),
+        }
     }
 }
 elementwise_transform!(ScaleByAdadelta, |s, shapes, _p| { s.e_g = zeros(shapes).into(); s.e_x = zeros(shapes).into(); }; bufs: [e_g, e_x]; counters: []; scalars: []);
@@ -535,12 +561,12 @@ impl Elementwise for ScaleByAdadelta {
         let n = u.len();
         let eg = this.e_g.slice(i, off, n);
         let ex = this.e_x.slice(i, off, n);
-        let r = this.rho;
+        let (r, c) = (this.rho, this.one_minus_rho);
         for j in 0..n {
             let g = u[j];
-            eg[j] = (1.0 - r) * (g * g) + r * eg[j];
+            eg[j] = c * (g * g) + r * eg[j];
             let d = (ex[j] + this.eps).sqrt() / (eg[j] + this.eps).sqrt() * g;
-            ex[j] = (1.0 - r) * (d * d) + r * ex[j];
+            ex[j] = c * (d * d) + r * ex[j];
             u[j] = d;
         }
     });
@@ -552,6 +578,8 @@ pub struct ScaleByAdan {
     b1: f32,
     b2: f32,
     b3: f32,
+    /// `1 − β₁`, `1 − β₂`, `1 − β₃`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 3],
     eps: f32,
     eps_root: f32,
     t: u64,
@@ -589,6 +617,11 @@ impl ScaleByAdan {
             b1: b1 as f32,
             b2: b2 as f32,
             b3: b3 as f32,
+            one_minus: [
+                crate::transforms::one_minus(b1),
+                crate::transforms::one_minus(b2),
+                crate::transforms::one_minus(b3),
+            ],
             eps: eps as f32,
             eps_root: eps_root as f32,
             t: 0,
@@ -616,6 +649,7 @@ impl Elementwise for ScaleByAdan {
     simd_apply!(ScaleByAdan, |this, i, off, u, p| {
         let len = u.len();
         let (b1, b2, b3) = (this.b1, this.b2, this.b3);
+        let [c1, c2, c3] = this.one_minus;
         let m = this.m.slice(i, off, len);
         let v = this.v.slice(i, off, len);
         let n = this.n.slice(i, off, len);
@@ -623,11 +657,11 @@ impl Elementwise for ScaleByAdan {
         for j in 0..len {
             let g = u[j];
             let diff = if this.first { 0.0 } else { g - pg[j] };
-            m[j] = (1.0 - b1) * g + b1 * m[j];
-            v[j] = (1.0 - b2) * diff + b2 * v[j];
-            let sq = g + (1.0 - b2) * diff;
-            n[j] = (1.0 - b3) * (sq * sq) + b3 * n[j];
-            let num = m[j] * this.bcs[0] + (1.0 - b2) * (v[j] * this.bcs[1]);
+            m[j] = c1 * g + b1 * m[j];
+            v[j] = c2 * diff + b2 * v[j];
+            let sq = g + c2 * diff;
+            n[j] = c3 * (sq * sq) + b3 * n[j];
+            let num = m[j] * this.bcs[0] + c2 * (v[j] * this.bcs[1]);
             u[j] = num / ((n[j] * this.bcs[2] + this.eps_root).sqrt() + this.eps);
             pg[j] = g;
         }
@@ -638,6 +672,8 @@ impl Elementwise for ScaleByAdan {
 pub struct ScaleByBelief {
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
     eps: f32,
     eps_root: f32,
     nesterov: bool,
@@ -674,6 +710,7 @@ impl ScaleByBelief {
         ScaleByBelief {
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
             eps: eps as f32,
             eps_root: eps_root as f32,
             nesterov,
@@ -697,15 +734,15 @@ impl Elementwise for ScaleByBelief {
     simd_apply!(ScaleByBelief, |this, i, off, u, p| {
         let n = u.len();
         let (b1, b2) = (this.b1, this.b2);
+        let [c1, c2] = this.one_minus;
         let m = this.mu.slice(i, off, n);
         let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - b1) * g + b1 * m[j];
+            m[j] = c1 * g + b1 * m[j];
             let e = g - m[j];
-            v[j] = (1.0 - b2) * (e * e) + b2 * v[j] + this.eps_root;
-            let m_hat =
-                if this.nesterov { b1 * (m[j] * this.bc1_next) + (1.0 - b1) * (g * this.bc1) } else { m[j] * this.bc1 };
+            v[j] = c2 * (e * e) + b2 * v[j] + this.eps_root;
+            let m_hat = if this.nesterov { b1 * (m[j] * this.bc1_next) + c1 * (g * this.bc1) } else { m[j] * this.bc1 };
             u[j] = m_hat / ((v[j] * this.bc2).sqrt() + this.eps);
         }
     });
@@ -715,6 +752,8 @@ impl Elementwise for ScaleByBelief {
 pub struct ScaleByYogi {
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
     eps: f32,
     eps_root: f32,
     initial: f32,
@@ -750,6 +789,7 @@ impl ScaleByYogi {
         ScaleByYogi {
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
             eps: eps as f32,
             eps_root: eps_root as f32,
             initial: initial_accumulator_value as f32,
@@ -775,8 +815,8 @@ impl Elementwise for ScaleByYogi {
         for j in 0..n {
             let g = u[j];
             let g2 = g * g;
-            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
-            v[j] -= (1.0 - this.b2) * sign(v[j] - g2) * g2;
+            m[j] = this.one_minus[0] * g + this.b1 * m[j];
+            v[j] -= this.one_minus[1] * sign(v[j] - g2) * g2;
             u[j] = (m[j] * this.bc1) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
@@ -789,6 +829,10 @@ pub struct ScaleByRadam {
     bc1_next: f32,
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
+    /// `ρ∞ = 2/(1 − β₂) − 1`, in double precision from the β₂ given, as optax computes it.
+    ro_inf: f64,
     eps: f32,
     eps_root: f32,
     threshold: f64,
@@ -827,6 +871,8 @@ impl ScaleByRadam {
             bc1_next: 1.0,
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
+            ro_inf: 2.0 / (1.0 - b2) - 1.0,
             eps: eps as f32,
             eps_root: eps_root as f32,
             threshold,
@@ -854,12 +900,13 @@ impl Elementwise for ScaleByRadam {
         self.bc1 = bc(self.b1, self.count);
         self.bc1_next = bc(self.b1, self.count + 1);
         self.bc2 = bc(self.b2, self.count);
-        let b2 = self.b2 as f64;
-        let ro_inf = 2.0 / (1.0 - b2) - 1.0;
-        let b2t = b2.powf(self.count as f64);
-        let ro = ro_inf - 2.0 * self.count as f64 * b2t / (1.0 - b2t);
-        self.rect = (ro >= self.threshold)
-            .then(|| ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt() as f32);
+        // As optax computes it: ρ∞ in double from the β₂ given, the rest in f32 from f32(β₂)
+        // (`b2**count` of an int32 count), so that for β₂ near 1 the two disagree as optax's do.
+        let ro_inf = self.ro_inf as f32;
+        let b2t = self.b2.powf(self.count as f32);
+        let ro = ro_inf - (2.0 * self.count as f32) * b2t / (1.0 - b2t);
+        self.rect = (ro >= self.threshold as f32)
+            .then(|| ((ro - 4.0) * (ro - 2.0) * ro_inf / ((ro_inf - 4.0) * (ro_inf - 2.0) * ro)).sqrt());
     }
     simd_apply!(ScaleByRadam, |this, i, off, u, p| {
         let n = u.len();
@@ -867,13 +914,11 @@ impl Elementwise for ScaleByRadam {
         let v = this.nu.slice(i, off, n);
         for j in 0..n {
             let g = u[j];
-            m[j] = (1.0 - this.b1) * g + this.b1 * m[j];
-            v[j] = (1.0 - this.b2) * (g * g) + this.b2 * v[j];
-            let mh = if this.nesterov {
-                this.b1 * (m[j] * this.bc1_next) + (1.0 - this.b1) * (g * this.bc1)
-            } else {
-                m[j] * this.bc1
-            };
+            let [c1, c2] = this.one_minus;
+            m[j] = c1 * g + this.b1 * m[j];
+            v[j] = c2 * (g * g) + this.b2 * v[j];
+            let mh =
+                if this.nesterov { this.b1 * (m[j] * this.bc1_next) + c1 * (g * this.bc1) } else { m[j] * this.bc1 };
             u[j] = match this.rect {
                 Some(r) => r * mh / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps),
                 None => mh,

@@ -15,6 +15,8 @@ use crate::transform::{Shapes, Transform};
 pub struct ScaleByAdemamix {
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
     b3: LearningRate,
     alpha: LearningRate,
     eps: f32,
@@ -55,6 +57,7 @@ impl ScaleByAdemamix {
         ScaleByAdemamix {
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
             b3,
             alpha,
             eps: eps as f32,
@@ -87,9 +90,9 @@ impl Elementwise for ScaleByAdemamix {
         let [b3, c3, alpha] = this.slow;
         for j in 0..n {
             let g = u[j];
-            m1[j] = (1.0 - this.b1) * g + this.b1 * m1[j];
+            m1[j] = this.one_minus[0] * g + this.b1 * m1[j];
             m2[j] = c3 * g + b3 * m2[j];
-            v[j] = (1.0 - this.b2) * (g * g) + this.b2 * v[j];
+            v[j] = this.one_minus[1] * (g * g) + this.b2 * v[j];
             u[j] = (m1[j] * this.bc1 + alpha * m2[j]) / ((v[j] * this.bc2 + this.eps_root).sqrt() + this.eps);
         }
     });
@@ -332,6 +335,8 @@ impl Elementwise for ScaleByMadgrad {
 pub struct ScaleByAcprop {
     b1: f32,
     b2: f32,
+    /// `1 − β₁` and `1 − β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 2],
     eps: f32,
     eps_root: f32,
     count: u64,
@@ -366,6 +371,7 @@ impl ScaleByAcprop {
         ScaleByAcprop {
             b1: b1 as f32,
             b2: b2 as f32,
+            one_minus: [crate::transforms::one_minus(b1), crate::transforms::one_minus(b2)],
             eps: eps as f32,
             eps_root: eps_root as f32,
             count: 0,
@@ -393,9 +399,9 @@ impl Elementwise for ScaleByAcprop {
         for j in 0..n {
             let g = u[j];
             let err = g - m[j];
-            m[j] = (1.0 - b1) * g + b1 * m[j];
+            m[j] = this.one_minus[0] * g + b1 * m[j];
             let v_hat = if initial { 1.0 } else { v[j] / bc };
-            v[j] = (1.0 - b2) * (err * err) + b2 * v[j] + eps_root;
+            v[j] = this.one_minus[1] * (err * err) + b2 * v[j] + eps_root;
             u[j] = g / (v_hat.sqrt() + eps);
         }
     });

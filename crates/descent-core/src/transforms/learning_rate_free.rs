@@ -142,13 +142,15 @@ impl Transform for DadaptAdamw {
         let sched = self.lr.at(self.count);
         self.count += 1;
         let t = self.count as f64;
-        let bc = super::bias_correction(b2, t).sqrt() / super::bias_correction(b1, t);
+        // optax's `beta ** (count + 1)` of an int32 count: powers of f32(β).
+        let bc = super::bias_correction(b2 as f32 as f64, t).sqrt() / super::bias_correction(b1 as f32 as f64, t);
         let dlr = self.estim_lr * sched * bc;
         let (b1f, b2f, sb2f, dlrf, epsf) = (b1 as f32, b2 as f32, sb2 as f32, dlr as f32, eps as f32);
         let wd = (self.weight_decay * dlr) as f32;
+        let one_minus = [super::one_minus(b1), super::one_minus(b2), super::one_minus(sb2)];
         // One pass ([`dadapt_chunk`]), each tensor in fixed chunks across threads, as Prodigy's
         // (the same value on any number of threads).
-        let k = DadaptStep { b1f, b2f, sb2f, dlrf, epsf, wd };
+        let k = DadaptStep { b1f, b2f, sb2f, one_minus, dlrf, epsf, wd };
         let (mut numerator_acum, mut l1) = (0.0f64, 0.0f64);
         for (i, (u, p)) in updates.iter_mut().zip(params).enumerate() {
             let (m, v, s) = (
@@ -334,6 +336,8 @@ struct DadaptStep {
     b1f: f32,
     b2f: f32,
     sb2f: f32,
+    /// `1 − β₁`, `1 − β₂`, `1 − √β₂`, as optax computes them ([`crate::transforms::one_minus`]).
+    one_minus: [f32; 3],
     dlrf: f32,
     epsf: f32,
     wd: f32,
@@ -363,7 +367,7 @@ fn dadapt_chunk_dispatch(
 /// `lane_sums`) folded at the end. The step needs neither: they set the next step's estimate.
 #[inline(always)]
 fn dadapt_chunk(k: DadaptStep, u: &mut [f32], p: &[f32], m: &mut [f32], v: &mut [f32], s: &mut [f32]) -> (f64, f64) {
-    let DadaptStep { b1f, b2f, sb2f, dlrf, epsf, wd } = k;
+    let DadaptStep { b1f, b2f, sb2f, one_minus: [c1, c2, cs], dlrf, epsf, wd } = k;
     let (mut num, mut abs) = ([0.0f64; 8], [0.0f64; 8]);
     let blocks =
         u.chunks_mut(1024).zip(p.chunks(1024)).zip(m.chunks_mut(1024)).zip(v.chunks_mut(1024)).zip(s.chunks_mut(1024));
@@ -371,9 +375,9 @@ fn dadapt_chunk(k: DadaptStep, u: &mut [f32], p: &[f32], m: &mut [f32], v: &mut 
         lane_sums(&mut num, u, |k| u[k] as f64 * (s[k] / (v[k].sqrt() + epsf)) as f64);
         for k in 0..u.len() {
             let g = u[k];
-            m[k] = b1f * m[k] + (1.0 - b1f) * dlrf * g;
-            v[k] = b2f * v[k] + (1.0 - b2f) * g * g;
-            s[k] = sb2f * s[k] + (1.0 - sb2f) * dlrf * g;
+            m[k] = b1f * m[k] + c1 * dlrf * g;
+            v[k] = b2f * v[k] + c2 * g * g;
+            s[k] = sb2f * s[k] + cs * dlrf * g;
             u[k] = -wd * p[k] - m[k] / (v[k].sqrt() + epsf);
         }
         lane_sums(&mut abs, s, |k| s[k].abs() as f64);

@@ -35,6 +35,13 @@ pub fn bias_correction(beta: f64, t: f64) -> f64 {
     1.0 - beta.powf(t)
 }
 
+/// `1 − β`, a moving average's weight, as torch and optax compute it: in double precision from
+/// the β given (a Python float), then rounded to `f32` for the `f32` state. `1 − f32(β)` is
+/// another number: 0.00099998713 for β = 0.999, 1.19e-7 for β = 0.9999999 (19% off).
+pub(crate) fn one_minus(beta: f64) -> f32 {
+    (1.0 - beta) as f32
+}
+
 /// One zero-filled buffer per parameter.
 pub(crate) fn zeros(shapes: &Shapes) -> Vec<Vec<f32>> {
     full(shapes, 0.0)
