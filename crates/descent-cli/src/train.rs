@@ -2237,6 +2237,18 @@ fn check_prune_flags(a: &TrainArgs) -> Result<()> {
             bail!("--prune-end {t1}: must not come before --prune-start {t0}");
         }
     }
+    // A stopping rule could end the run before the pruning does: a model less sparse than asked.
+    let stops = [
+        (a.patience.is_some(), "--patience"),
+        (a.target_accuracy.is_some(), "--target-accuracy"),
+        (a.min_loss_change.is_some(), "--min-loss-change"),
+    ];
+    if let Some((_, flag)) = stops.iter().find(|(on, _)| *on) {
+        bail!(
+            "--prune-to {s} with {flag}: a run stopped before --prune-end would keep a model less sparse than asked \
+             for; give one of them"
+        );
+    }
     Ok(())
 }
 

@@ -616,6 +616,12 @@ fn every_command_refuses_what_it_would_ignore_or_cannot_honour() {
             ],
             "--prune-end 200",
         ),
+        // A stopping rule that could end the run before its pruning does.
+        (vec!["train", "--model", "linear", "--epochs", "3", "--prune-to", "0.5", "--patience", "1"], "--patience"),
+        (
+            vec!["train", "--model", "mlp", "--epochs", "3", "--prune-to", "0.5", "--target-accuracy", "80"],
+            "--target-accuracy",
+        ),
         (vec!["lr-find", "--model", "linear", "--ema", "0.9"], "--ema"),
         (vec!["lr-find", "--model", "linear", "--prune-to", "0.5"], "--prune-to"),
         (vec!["lr-find", "--model", "linear", "--log-grad-norms"], "--log-grad-norms"),

@@ -342,6 +342,20 @@ impl WeightAverage {
         swap_into(&model.named_buffers(), &mut self.buffers)
     }
 
+    /// Multiplies the averaged weights by pruning masks (by parameter name): where the weights
+    /// are pruned, so is their average. Called where the masks change; in between, the pruned
+    /// weights are zero, and so their average stays zero.
+    pub fn apply_masks(&mut self, model: &dyn Model, masks: &std::collections::HashMap<String, Vec<f32>>) {
+        if self.n_averaged == 0 {
+            return;
+        }
+        for ((n, _), avg) in model.named_vars().iter().zip(self.params.iter_mut()) {
+            if let Some(m) = masks.get(n).filter(|m| m.len() == avg.len()) {
+                avg.iter_mut().zip(m).for_each(|(x, &k)| *x *= k);
+            }
+        }
+    }
+
     /// Runs `f` with the averaged weights in the model, then puts the model's own back (also when
     /// `f` fails).
     pub fn with_averaged<T>(&mut self, model: &dyn Model, f: impl FnOnce(&dyn Model) -> Result<T>) -> Result<T> {

@@ -303,13 +303,27 @@ impl Pruner {
         Ok(())
     }
 
-    /// After optimizer step `step`: prunes further when gradual pruning says so, then multiplies
-    /// each masked weight by its mask.
+    /// Whether gradual pruning prunes further after step `step` (its masks change there).
+    pub fn prunes_at(&self, step: u64) -> bool {
+        self.gradual.is_some_and(|g| g.sparsity_at(step).is_some())
+    }
+
+    /// Whether this is gradual pruning (masks made as the run goes), not fixed masks.
+    pub fn is_gradual(&self) -> bool {
+        self.gradual.is_some()
+    }
+
+    /// After optimizer step `step` (0: before the first): prunes further when gradual pruning
+    /// says so, then multiplies each masked weight by its mask.
     pub fn after_step(&self, model: &dyn Model, step: u64) -> Result<()> {
         let vars: HashMap<String, Var> = model.named_vars().into_iter().collect();
         let mut masks = self.masks.lock().expect("mask lock");
         if let Some(s) = self.gradual.and_then(|g| g.sparsity_at(step)) {
             for n in &self.targets {
+                if s == 0.0 && !masks.contains_key(n) {
+                    // Nothing pruned yet and nothing to prune: no mask of ones to apply every step.
+                    continue;
+                }
                 let v = vars.get(n).ok_or_else(|| Error::Param(format!("no parameter `{n}` to prune")))?;
                 let mut w = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
                 if let Some(m) = masks.get(n) {
@@ -510,5 +524,46 @@ mod tests {
         train(&again, &data, &data, &own, |_| {}).unwrap();
         assert_eq!(values(&second.fc1.weight), values(&again.fc1.weight));
         assert_eq!(values(&second.fc2.weight), values(&again.fc2.weight));
+
+        // Pruning that ends at step 0 prunes before the first step; an EMA of the weights is
+        // pruned with them (its run evaluates it); a stopping rule that could end the run before
+        // the pruning does is refused.
+        use crate::average::{AverageConfig, AverageKind};
+        let m = Mlp::new(Init::TorchDefault, 0.0, &mut rng, &dev).unwrap();
+        let g = GradualPruning { initial: 0.0, target: 0.8, start: 0, end: 0, frequency: 2 };
+        let mut cfg = TrainConfig::new("adam", Some(1e-2), 1, 16, Loss::CrossEntropy);
+        cfg.max_steps = Some(1);
+        cfg.pruner = Some(std::sync::Arc::new(Pruner::gradual(g, vec!["fc1.weight".into()])));
+        let before = values(&m.fc1.weight);
+        train(&m, &data, &data, &cfg, |_| {}).unwrap();
+        let w = values(&m.fc1.weight);
+        assert_eq!(w.iter().filter(|&&x| x == 0.0).count(), (0.8 * w.len() as f64).round_ties_even() as usize);
+        // Pruned by magnitude before the step: the smallest of the initial weights are the zeros.
+        let mask = l1_unstructured(&before, Amount::Fraction(0.8)).unwrap();
+        assert!(w.iter().zip(&mask).all(|(x, k)| (*x == 0.0) == (*k == 0.0)));
+        // Pruning at step 2 of 4 under an EMA of the weights.
+        let m = Mlp::new(Init::TorchDefault, 0.0, &mut rng, &dev).unwrap();
+        let g = GradualPruning { initial: 0.0, target: 0.8, start: 0, end: 2, frequency: 2 };
+        let mut cfg = TrainConfig::new("adam", Some(1e-2), 1, 16, Loss::CrossEntropy);
+        cfg.pruner = Some(std::sync::Arc::new(Pruner::gradual(g, vec!["fc1.weight".into()])));
+        cfg.average = Some(AverageConfig { kind: AverageKind::Ema { decay: 0.9, warmup: false }, use_buffers: false });
+        let mut average = None;
+        crate::train::train_from(&m, &data, &data, &cfg, None, |_: &_, e: &mut crate::train::EpochEnd| {
+            average = e.checkpoint()?.average.map(|a| a.weights);
+            Ok(())
+        })
+        .unwrap();
+        let w = values(&m.fc1.weight);
+        assert_eq!(w.iter().filter(|&&x| x == 0.0).count(), (0.8 * w.len() as f64).round_ties_even() as usize);
+        let avg = average.expect("an average");
+        let (_, _, fc1) = avg.iter().find(|(n, ..)| n == "fc1.weight").expect("fc1.weight averaged");
+        for (a, x) in fc1.iter().zip(&w) {
+            assert!(*x != 0.0 || *a == 0.0, "an averaged pruned weight is {a}");
+        }
+        let g = GradualPruning { initial: 0.0, target: 0.8, start: 0, end: 4, frequency: 2 };
+        cfg.pruner = Some(std::sync::Arc::new(Pruner::gradual(g, vec!["fc1.weight".into()])));
+        cfg.patience = Some(1);
+        let e = train(&m, &data, &data, &cfg, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("gradual pruning") && e.contains("patience"), "{e}");
     }
 }

@@ -194,6 +194,19 @@ impl TrainConfig {
         if let Some(t) = self.target_accuracy.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
             return Err(Error::Param(format!("target_accuracy {t}: a fraction in (0, 1] (0.99 for 99%)")));
         }
+        if self.pruner.as_ref().is_some_and(|p| p.is_gradual()) {
+            let stops = [
+                (self.patience.is_some(), "early stopping (patience)"),
+                (self.target_accuracy.is_some(), "a target accuracy"),
+                (self.min_loss_change.is_some(), "min_loss_change"),
+            ];
+            if let Some((_, what)) = stops.iter().find(|(on, _)| *on) {
+                return Err(Error::Param(format!(
+                    "gradual pruning with {what}: a run stopped before the pruning's end would keep a model \
+                     less sparse than asked for (and early stopping would restore a less pruned epoch)"
+                )));
+            }
+        }
         if self.eval_at == EvalAt::Every(0) {
             return Err(Error::Param("eval_at Every(0): evaluate every 1 step or more".into()));
         }
@@ -1393,10 +1406,16 @@ pub fn train_with(
             )));
         }
     }
-    if let Some(p) = &cfg.pruner {
-        p.apply(model)?;
-    }
     par.broadcast_weights(model, &opt)?;
+    if let Some(p) = &cfg.pruner {
+        // A fresh run prunes at step 0 where gradual pruning starts there (its initial sparsity,
+        // or the whole target when it also ends there); a resumed one applies its masks.
+        if steps == 0 {
+            p.after_step(model, 0)?;
+        } else {
+            p.apply(model)?;
+        }
+    }
     hooks.on_start()?;
     let mut history: Vec<EpochMetrics> = vec![];
     let mut stop = Stop::Epochs;
@@ -1491,6 +1510,10 @@ pub fn train_with(
             steps += 1;
             if let Some(p) = &cfg.pruner {
                 p.after_step(model, steps)?;
+                // An average (EMA, SWA) of weights now pruned is pruned with them.
+                if let Some(a) = avg.as_mut().filter(|_| p.prunes_at(steps)) {
+                    a.apply_masks(model, &p.masks());
+                }
             }
             if let Some(a) = avg.as_mut().filter(|a| matches!(a.config.kind, AverageKind::Ema { .. })) {
                 a.update(model)?;
