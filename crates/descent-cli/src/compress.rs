@@ -174,6 +174,10 @@ fn read_run(dir: &Path) -> Result<Source> {
         &mut rng,
     )?;
     train::check_data_of_checkpoint(&ck, &args)?;
+    // A run with --validation trained on all but its last samples: the calibration's training
+    // batches are the run's own (the held-out ones are not trained on); compressed models are
+    // evaluated on the test set, as `descent evaluate` and `compress-report` evaluate them.
+    let (train_set, _) = train::hold_out(train_set, test_set.clone(), args.validation)?;
     // The weights the run evaluated (schedule-free's average, Lookahead's slow weights).
     ck.apply_evaluated_weights(model.as_ref(), &train::config(&args, loss.clone())?)
         .with_context(|| dir.join(folder::run::CHECKPOINT).display().to_string())?;
@@ -580,18 +584,19 @@ pub fn quantize_cmd(q: QuantizeArgs) -> Result<()> {
         std::fs::metadata(q.out.join(folder::run::MODEL_INT8)).map(|m| m.len()).unwrap_or(0)
     );
     let (_, f32_acc) = evaluate(src.model.as_ref(), &src.test_set, &src.loss)?;
+    let set = EvalSet::Test;
     if let Some(a) = f32_acc {
         if src.args.qat {
-            println!("QAT model (fake-quantized f32) test accuracy: {:.2}%", 100.0 * a);
+            println!("QAT model (fake-quantized f32) {}", accuracy_line(set, a));
         } else {
-            println!("f32 test accuracy: {:.2}%", 100.0 * a);
+            println!("f32 {}", accuracy_line(set, a));
         }
     }
     println!("model folder: {}", q.out.display());
     let loaded = dc::load_compressed(&q.out)?;
     let (_, acc) = evaluate(loaded.model.as_ref(), &src.test_set, &src.loss)?;
     if let Some(acc) = acc {
-        println!("{}", accuracy_line(EvalSet::Test, acc));
+        println!("{}", accuracy_line(set, acc));
     }
     Ok(())
 }

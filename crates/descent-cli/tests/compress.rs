@@ -519,3 +519,20 @@ fn a_finetuning_optimizer_the_masks_cannot_reach_is_refused_first() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A run trained with `--validation N` calibrates its int8 model on the samples it trained on,
+/// not on the ones it held out: its training batches are the first 55 000 images' (1 719 of 32),
+/// and the compressed model is evaluated on the test set as `descent evaluate` evaluates it.
+#[test]
+fn a_validation_run_calibrates_on_its_own_training_samples() {
+    let dir = out("qval");
+    let (run, q) = (dir.join("run"), dir.join("q"));
+    let (r, qs) = (run.to_str().unwrap(), q.to_str().unwrap());
+    run_ok(&["train", "--model", "mlp", "--steps", "20", "--threads", "1", "--validation", "5000", "--out", r]);
+    let e = run_err(&["quantize", r, "--out", qs, "--calibration-batches", "1875"]);
+    assert!(e.contains("1719 batches"), "{e}");
+    let text = run_ok(&["quantize", r, "--out", qs, "--calibration-batches", "1719"]);
+    let reported = accuracy(&text, "test accuracy: ");
+    let evaluated = accuracy(&run_ok(&["evaluate", qs]), "test accuracy: ");
+    assert_eq!(reported, evaluated);
+}
