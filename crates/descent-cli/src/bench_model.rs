@@ -110,17 +110,28 @@ impl Run {
 
 /// How often each optimizer of the default list updates its preconditioner by default (the
 /// library's defaults, which the benchmark keeps).
-fn frequency_note(label: &str) -> Option<&'static str> {
+fn frequency_note(label: &str, hparams: &serde_json::Value) -> Option<String> {
+    // The optimizer's own setting where --hparams gives it, else the library's default.
+    let given = |key: &str, default: u64| hparams.get(key).and_then(|v| v.as_u64()).unwrap_or(default);
     Some(match label {
-        "po.kron" => {
-            "preconditioner updated with probability 1 for the first 500 steps (pre_conditioner_update_probability: \
-             the library's schedule, decaying to 0.03 after), so every timed step updates it"
-        }
+        "po.kron" => match hparams.get("pre_conditioner_update_probability") {
+            Some(p) => format!("preconditioner updated with probability {p} at each step (pre_conditioner_update_probability)"),
+            None => "preconditioner updated with probability 1 for the first 500 steps (pre_conditioner_update_probability: \
+                     the library's schedule, decaying to 0.03 after), so every timed step updates it"
+                .into(),
+        },
         "po.soap" => {
-            "eigenbases refreshed every 10 steps (precondition_frequency 10), Adam in the rotated basis every step"
+            let f = given("precondition_frequency", 10);
+            format!("eigenbases refreshed every {f} steps (precondition_frequency {f}), Adam in the rotated basis every step")
         }
-        "po.shampoo" => "preconditioners recomputed every step (preconditioning_compute_steps 1)",
-        "optax.contrib.muon" => "Newton-Schulz orthogonalization (ns_steps 5) every step on matrices, Adam elsewhere",
+        "po.shampoo" => {
+            let k = given("preconditioning_compute_steps", 1);
+            format!("preconditioners recomputed every {k} step(s) (preconditioning_compute_steps {k})")
+        }
+        "optax.contrib.muon" => {
+            let n = given("ns_steps", 5);
+            format!("Newton-Schulz orthogonalization (ns_steps {n}) every step on matrices, Adam elsewhere")
+        }
         _ => return None,
     })
 }
@@ -205,7 +216,7 @@ pub fn run(cfg: &ModelBench) -> Result<()> {
                 "ratio_to_adamw": x.mean_ms() / base.median_ms(),
                 "state_bytes": state,
                 "state_bytes_per_param": state as f64 / params as f64,
-                "frequency": frequency_note(&x.label),
+                "frequency": frequency_note(&x.label, &cfg.hparams),
             }))
         })?;
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);

@@ -1915,6 +1915,12 @@ impl RunOutcome {
     }
 }
 
+/// Whether this run is a prune's fine-tuning (it writes a compressed model's folder itself), which
+/// may replace another compressed model's folder with `--force`.
+fn replaces_compressed(opts: &RunOptions) -> bool {
+    opts.start.as_ref().is_some_and(|s| s.info.is_some())
+}
+
 /// A pruned or quantized model's folder (compress.json without config.json) is marked a run but
 /// holds none: no run `--force` may replace or `--resume` continue.
 fn refuse_compressed_output(dir: &std::path::Path) -> Result<()> {
@@ -3642,7 +3648,11 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
                             .expect("some name is free")
                     }
                 };
-                refuse_compressed_output(&dir)?;
+                // A prune's fine-tuning with --force replaces an earlier prune or quantize folder,
+                // as the prune without fine-tuning does.
+                if !(replaces_compressed(&opts) && cli.force) {
+                    refuse_compressed_output(&dir)?;
+                }
                 folder::check_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
                 (cli, Folder::New(dir))
             }
@@ -3815,7 +3825,9 @@ pub fn execute(a: TrainArgs, opts: RunOptions) -> Result<RunOutcome> {
     let hash = config_hash(&a)?;
     let (claimed, resume) = match target {
         Folder::New(dir) => {
-            refuse_compressed_output(&dir)?;
+            if !(replaces_compressed(&opts) && cli.force) {
+                refuse_compressed_output(&dir)?;
+            }
             let claimed = folder::claim_new(&dir, folder::Kind::Run, cli.force, true, opts.parent.as_deref())?;
             if let Some(info) = opts.start.as_ref().and_then(|s| s.info.as_ref()) {
                 folder::write_atomic(

@@ -333,3 +333,24 @@ fn bench_step_pairs_print_the_figures_of_their_ratio() {
         assert!((b / a - r).abs() <= 0.006 + 0.002 * r, "{l}");
     }
 }
+
+/// The note on a preconditioner's refresh names the period the run used, from `--hparams` where it
+/// is given, not the library's default.
+#[test]
+fn bench_step_describes_the_refresh_period_it_ran() {
+    let text = run_ok(&[
+        "bench",
+        "step",
+        "--model",
+        "lenet",
+        "--optimizer",
+        "po.shampoo",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--hparams",
+        r#"{"preconditioning_compute_steps": 7}"#,
+    ]);
+    assert!(text.contains("recomputed every 7 step(s) (preconditioning_compute_steps 7)"), "{text}");
+}

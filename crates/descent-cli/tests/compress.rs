@@ -535,4 +535,9 @@ fn a_validation_run_calibrates_on_its_own_training_samples() {
     let reported = accuracy(&text, "test accuracy: ");
     let evaluated = accuracy(&run_ok(&["evaluate", qs]), "test accuracy: ");
     assert_eq!(reported, evaluated);
+    // A prune fine-tuned with --force replaces the quantized folder, as a prune without
+    // fine-tuning does.
+    let prune = ["prune", r, "--method", "l1_unstructured", "--amount", "0.5", "--out", qs, "--force"];
+    run_ok(&[&prune[..], &["--finetune-epochs", "1", "--finetune-steps", "5"]].concat());
+    assert!(q.join("model.safetensors").exists() && !q.join("model.int8.safetensors").exists());
 }
