@@ -1,5 +1,8 @@
-import os
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gen_s.py')).read().split('def torch_cases')[0])
+"""optax exponential (and other) schedules over hundreds of steps. usage: gen_s2.py OUT (cases in OUT/cases/)."""
+import os, sys
+# The writer of scripts/schedule_cases/gen_sched.py, with OUT as its output folder.
+sys.argv = [sys.argv[0], "optax", sys.argv[1]]
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '../schedule_cases/gen_sched.py')).read().split('def torch_cases')[0])
 import jax.numpy as jnp, optax
 def case(cid, name, kwargs, steps):
     c = {"id": "optax." + cid, "source": f"optax 0.2.8 optax.{name}", "schedule": name, "kwargs": kwargs, "steps": steps}

@@ -1,10 +1,12 @@
-import os
-"""Recompute `expected` for grads-form optax cases (incl. wrappers)."""
+"""`compute(d)`: the `expected` trajectory of a grads-form optax case (wrappers included), from
+the optimizer builder of `scripts/wrapper_cases/gen_wrappers.py` and the argument conversions of
+`scripts/option_cases/common.py`."""
 import sys, os, json, functools, numpy as np, jax, jax.numpy as jnp, optax
 from optax import contrib
 jax.config.update("jax_platform_name", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '../wrapper_cases/gen_wrappers.py')).read()
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, os.path.join(SCRIPTS, 'option_cases'))
+src = open(os.path.join(SCRIPTS, 'wrapper_cases', 'gen_wrappers.py')).read()
 src = src[src.index('def plain_kwargs'):src.index('def case(')]
 from common import conv, fn
 exec(src)
@@ -30,20 +32,3 @@ def compute(d):
         rec = p.slow if opt == 'lookahead' else p
         exp.append([np.asarray(x, np.float32).ravel().tolist() for x in rec])
     return exp
-def cmp(d, exp):
-    init = np.concatenate([np.array(p['init'], np.float64) for p in d['params']])
-    worst = 0
-    for t, (a, b) in enumerate(zip(exp, d['expected'])):
-        a = np.concatenate([np.array(x, np.float64) for x in a]) - init
-        b = np.concatenate([np.array(x, np.float64) for x in b]) - init
-        err = np.max(np.abs(a - b)); lim = d['tolerance']['rel'] * np.max(np.abs(b)) + d['tolerance']['abs']
-        worst = max(worst, err / lim)
-    return worst
-if __name__ == '__main__':
-    for f in sys.argv[1:]:
-        d = json.load(open(f))
-        if 'grads' not in d: continue
-        try:
-            r = cmp(d, compute(d)); print(f"{r:.3g}", os.path.basename(f))
-        except Exception as e:
-            print("ERR", os.path.basename(f), repr(e)[:200])

@@ -291,12 +291,6 @@ fn values(vars: &[(String, Var)]) -> Result<Vec<Stored>> {
         })
         .collect::<Result<Vec<Stored>>>()?;
     v.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(w) = v.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::Param(format!(
-            "two tensors are named `{}`: a checkpoint names each once (prefix each layer's names with the layer's)",
-            w[0].0
-        )));
-    }
     Ok(v)
 }
 
